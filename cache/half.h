@@ -1,0 +1,73 @@
+// IEEE binary16 / bfloat16 storage types and conversions, usable from host and device code.
+// The runtime stores K/V as raw 16-bit patterns (uint16_t) so that no CUDA type leaks
+// into host headers; kernels reinterpret them as __half.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define TWL_HD __host__ __device__ __forceinline__
+#else
+#define TWL_HD inline
+#endif
+
+namespace twl {
+
+using fp16_t = uint16_t;  // IEEE binary16 bit pattern
+using bf16_t = uint16_t;  // bfloat16 bit pattern
+
+TWL_HD float BitsToFloat(uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof(f));
+  return f;
+}
+TWL_HD uint32_t FloatToBits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof(u));
+  return u;
+}
+
+// Exact conversion (every binary16 value is a float).
+TWL_HD float HalfToFloat(fp16_t h) {
+  const uint32_t sign = (uint32_t(h) & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t mant = h & 0x3ffu;
+  if (exp == 0x1f) return BitsToFloat(sign | 0x7f800000u | (mant << 13));  // inf / nan
+  if (exp != 0) return BitsToFloat(sign | ((exp + 112) << 23) | (mant << 13));
+  if (mant == 0) return BitsToFloat(sign);
+  // Subnormal: value = mant * 2^-24.
+  const float v = float(mant) * 5.9604644775390625e-8f;
+  return sign ? -v : v;
+}
+
+// Round to nearest even, overflow to inf, NaN preserved.
+TWL_HD fp16_t FloatToHalf(float f) {
+  const uint32_t u = FloatToBits(f);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t abs = u & 0x7fffffffu;
+  if (abs >= 0x7f800000u) return fp16_t(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
+  if (abs >= 0x477ff000u) return fp16_t(sign | 0x7c00u);  // rounds to >= 65520: inf
+  if (abs < 0x38800000u) {                                // below 2^-14: subnormal or zero
+    const float mag = BitsToFloat(abs) * 16777216.0f;     // in units of 2^-24
+    uint32_t m = uint32_t(mag);
+    const float rem = mag - float(m);
+    if (rem > 0.5f || (rem == 0.5f && (m & 1u))) ++m;
+    return fp16_t(sign | m);
+  }
+  const uint32_t exp = (abs >> 23) - 112;
+  uint32_t mant = abs & 0x7fffffu;
+  uint32_t h = (exp << 10) | (mant >> 13);
+  const uint32_t rest = mant & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
+  return fp16_t(sign | h);
+}
+
+TWL_HD float Bf16ToFloat(bf16_t b) { return BitsToFloat(uint32_t(b) << 16); }
+TWL_HD bf16_t FloatToBf16(float f) {
+  const uint32_t u = FloatToBits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16_t((u >> 16) | 0x40u);
+  return bf16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+}  // namespace twl

@@ -1,0 +1,83 @@
+// Page layout of the KV cache: the one definition of where every byte of a page lives.
+//
+// A *page* covers `page_size` consecutive tokens of one (sequence, layer) for all KV heads.
+// A *block* is one KV head's part of a page: block id = page id * num_kv_heads + kv head.
+// The block is the unit of quantization metadata, fetch and GPU caching, because top-p
+// keeps different tokens for different KV heads.
+//
+//   FP16 block   [2][page_size][head_dim] fp16: K rows then V rows       (host pool, GPU cache)
+//   K codes      [page_size][head_dim * k_bits / 8] bytes, element j of a row at byte
+//                j*k_bits/8, bit offset (j % (8/k_bits))*k_bits, low bits first (GPU)
+//   K scale/zero [page_size] fp16 each: one group per (token, KV head)      (GPU)
+//   K min/max    [head_dim] fp16 each: Quest per-channel bounds of the block (GPU)
+// Dequantization: k ~= code * scale + zero, scale = (max - min) / (2^bits - 1), zero = min.
+// k_bits = 16 means "no quantized copy": the pruner estimates with the FP16 K itself.
+#pragma once
+
+#include <cstdint>
+
+#include "cache/half.h"
+
+namespace twl {
+
+struct PageGeometry {
+  int32_t page_size = 16;    // tokens per page
+  int32_t head_dim = 128;    // channels per head
+  int32_t num_kv_heads = 8;  // blocks per page
+  int32_t k_bits = 4;        // bits per estimated K element: 2, 4, 8 (or 16 = exact)
+
+  TWL_HD int64_t BlockId(int64_t page, int32_t kv_head) const {
+    return page * num_kv_heads + kv_head;
+  }
+  TWL_HD int64_t FpBlockElems() const { return 2ll * page_size * head_dim; }
+  TWL_HD int64_t FpBlockBytes() const { return FpBlockElems() * 2; }
+  TWL_HD int32_t CodeBytesPerToken() const {
+    return k_bits >= 16 ? 0 : head_dim * k_bits / 8;
+  }
+  TWL_HD int64_t CodeBlockBytes() const { return int64_t(page_size) * CodeBytesPerToken(); }
+  TWL_HD int32_t MaxCode() const { return (1 << k_bits) - 1; }
+  // Device bytes the estimation copy needs per block: codes + scale + zero + min + max.
+  TWL_HD int64_t QuantBlockBytes() const {
+    return CodeBlockBytes() + (k_bits >= 16 ? 0 : 4ll * page_size) + 4ll * head_dim;
+  }
+};
+
+// FP16 K/V blocks addressed by block id, optionally through a slot indirection (the GPU
+// hot-page cache): block b lives at kv + slot * FpBlockElems(), slot = slot_of_block[b]
+// when slot_of_block is set, else slot = b.
+struct FpKvView {
+  fp16_t* kv = nullptr;                    // [num_slots][2][page_size][head_dim]
+  const int32_t* slot_of_block = nullptr;  // [num_blocks] or null for identity
+
+  TWL_HD fp16_t* Block(const PageGeometry& g, int64_t block) const {
+    const int64_t slot = slot_of_block ? slot_of_block[block] : block;
+    return kv + slot * g.FpBlockElems();
+  }
+  TWL_HD fp16_t* K(const PageGeometry& g, int64_t block, int32_t row) const {
+    return Block(g, block) + int64_t(row) * g.head_dim;
+  }
+  TWL_HD fp16_t* V(const PageGeometry& g, int64_t block, int32_t row) const {
+    return Block(g, block) + int64_t(g.page_size + row) * g.head_dim;
+  }
+};
+
+// The estimation copy of K plus the selector's page metadata, addressed by block id.
+struct QuantKView {
+  uint8_t* codes = nullptr;  // [num_blocks][page_size][CodeBytesPerToken()]
+  fp16_t* scale = nullptr;   // [num_blocks][page_size]
+  fp16_t* zero = nullptr;    // [num_blocks][page_size]
+  fp16_t* kmin = nullptr;    // [num_blocks][head_dim]
+  fp16_t* kmax = nullptr;    // [num_blocks][head_dim]
+
+  TWL_HD uint8_t* Codes(const PageGeometry& g, int64_t block, int32_t row) const {
+    return codes + (block * g.page_size + row) * g.CodeBytesPerToken();
+  }
+};
+
+// Extract element j of a packed code row (see the layout comment above).
+TWL_HD uint32_t UnpackCode(const uint8_t* row, int32_t j, int32_t bits) {
+  const int32_t per_byte = 8 / bits;
+  return (uint32_t(row[j / per_byte]) >> ((j % per_byte) * bits)) & ((1u << bits) - 1u);
+}
+
+}  // namespace twl

@@ -1,0 +1,24 @@
+// CPU reference of the append stage: FP16 K/V rows into their blocks, K quantized to
+// k_bits with one (scale, zero) group per (token, KV head), and the Quest per-channel
+// min/max of each touched block recomputed over its filled rows.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "gpu/stage_views.h"
+
+namespace twl {
+
+// Quantizes one K row of head_dim values: codes packed per page_layout.h.
+void QuantizeRowRef(const PageGeometry& g, const fp16_t* k, uint8_t* codes, fp16_t* scale,
+                    fp16_t* zero);
+// Dequantized element j of a code row.
+float DequantizeRef(const PageGeometry& g, const uint8_t* codes, fp16_t scale, fp16_t zero,
+                    int32_t j);
+
+// Writes the tokens of `in` into `kv` and `qk` (kv.slot_of_block must be null).
+absl::Status AppendRef(const PageGeometry& g, const AppendView& in, const FpKvView& kv,
+                       const QuantKView& qk);
+
+}  // namespace twl

@@ -1,0 +1,96 @@
+// Inputs and outputs of the four stages of one decode step of one layer
+// (select -> prune -> fetch -> attend), as plain views that the CPU reference
+// (gpu/reference/) and the CUDA kernels (gpu/cuda/) share. Every array has a fixed
+// stride so that the GPU path never has to wait for the host to size an output.
+#pragma once
+
+#include <cstdint>
+
+#include "cache/page_layout.h"
+
+namespace twl {
+
+// The batch of sequences decoded together for one layer.
+struct BatchView {
+  int32_t num_seqs = 0;
+  int32_t num_q_heads = 0;          // group_size * num_kv_heads (GQA)
+  const int32_t* seq_len = nullptr;     // [num_seqs] tokens cached for this layer (> 0)
+  const int32_t* page_table = nullptr;  // [num_seqs][max_pages] page ids, row-major
+  int32_t max_pages = 0;                // page_table row stride (>= ceil(seq_len/page_size))
+
+  TWL_HD int32_t NumPages(const PageGeometry& g, int32_t s) const {
+    return (seq_len[s] + g.page_size - 1) / g.page_size;
+  }
+  TWL_HD int32_t PageId(int32_t s, int32_t page_idx) const {
+    return page_table[int64_t(s) * max_pages + page_idx];
+  }
+};
+
+enum class SelectorKind : int32_t {
+  kFull = 0,   // every page is a candidate (Twilight alone)
+  kQuest = 1,  // top-B0 pages by the Quest upper bound of q.k
+};
+
+struct SelectorParams {
+  SelectorKind kind = SelectorKind::kQuest;
+  int32_t budget_pages = 0;  // B0: pages kept by the bound ranking (sinks and last page extra)
+  int32_t sink_pages = 1;    // first pages always kept (attention sinks)
+};
+
+// Candidate pages per (sequence, KV head): logical page indices, ascending.
+struct SelectionView {
+  int32_t* pages = nullptr;  // [num_seqs][num_kv_heads][max_select]
+  int32_t* count = nullptr;  // [num_seqs][num_kv_heads]
+  int32_t max_select = 0;    // stride: >= min(budget + sinks + 1, max_pages)
+};
+
+struct PrunerParams {
+  float p = 0.95f;                 // default top-p mass in (0, 1]
+  const float* seq_p = nullptr;    // [num_seqs] per-sequence override, nullable
+  float softmax_scale = 0.0f;      // 0: 1/sqrt(head_dim)
+  bool dense = false;              // keep every selected token (dense layers)
+  float stop_gap = 1e-5f;          // binary search stops when high - low <= stop_gap
+  int32_t max_iterations = 64;     // safety bound on the threshold search
+};
+
+// Tokens kept per (sequence, KV head): the union over the group's query heads, ascending
+// logical token positions. This is both the fetch set (their blocks) and the attention set.
+struct KeptView {
+  int32_t* tokens = nullptr;  // [num_seqs][num_kv_heads][max_kept]
+  int32_t* count = nullptr;   // [num_seqs][num_kv_heads]
+  int32_t max_kept = 0;       // stride: >= max_select * page_size
+};
+
+// Per query head telemetry of the pruner; any pointer may be null.
+struct HeadStatsView {
+  int32_t* selected = nullptr;  // [num_seqs][num_q_heads] candidate tokens
+  int32_t* kept = nullptr;      // [num_seqs][num_q_heads] tokens in this head's own top-p set
+  float* est_mass = nullptr;    // [num_seqs][num_q_heads] estimated mass of its own set
+};
+
+// Queries and outputs, FP16, [num_seqs][num_q_heads][head_dim].
+struct QueryView {
+  const fp16_t* q = nullptr;
+};
+struct OutputView {
+  fp16_t* out = nullptr;
+};
+
+// Tokens appended to the cache in one call: token i goes to row slot[i] of page page_id[i]
+// (all KV heads). Rows of a page are written in order, so a page's filled rows after the
+// call are 0..max(slot) of its tokens.
+struct AppendView {
+  int32_t num_tokens = 0;
+  const fp16_t* k = nullptr;        // [num_tokens][num_kv_heads][head_dim]
+  const fp16_t* v = nullptr;        // [num_tokens][num_kv_heads][head_dim]
+  const int32_t* page_id = nullptr; // [num_tokens]
+  const int32_t* slot = nullptr;    // [num_tokens]
+};
+
+TWL_HD int32_t SelectStride(const SelectorParams& s, int32_t max_pages) {
+  if (s.kind == SelectorKind::kFull) return max_pages;
+  const int32_t want = s.budget_pages + s.sink_pages + 1;
+  return want < max_pages ? want : max_pages;
+}
+
+}  // namespace twl

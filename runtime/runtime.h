@@ -1,0 +1,140 @@
+// The C++ face of the runtime: sequences, appends and the Twilight decode step of one layer
+// for a batch of sequences. The C API (api/) is a thin layer over this class.
+//
+// Decode step (per layer, per KV head):  select (Quest) -> prune (top-p on INT4 K)
+//   -> fetch surviving FP16 pages (offload backend) -> sparse attention.
+// Backends: CPU reference (always available), GPU with all KV in HBM, GPU offload
+// (FP16 KV in pinned host memory, INT4 K + page metadata + hot-page cache on the GPU).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "gpu/stage_views.h"
+
+namespace twl {
+
+enum class BackendKind : int32_t {
+  kAuto = 0,        // GPU offload when a GPU is present, else CPU
+  kCpu = 1,         // CPU reference pipeline
+  kGpuHbm = 2,      // GPU, all FP16 KV in device memory
+  kGpuOffload = 3,  // GPU, FP16 KV in pinned host memory
+};
+
+enum class DType : int32_t { kFp16 = 0, kBf16 = 1, kFp32 = 2 };
+enum class MemSpace : int32_t { kHost = 0, kDevice = 1 };
+
+enum class FetchPath : int32_t {
+  kAuto = 0,      // chosen by measurement
+  kGather = 1,    // SM-driven zero-copy gather from mapped pinned memory
+  kCopyEngine = 2 // cudaMemcpyBatchAsync / cudaMemcpyAsync
+};
+
+struct RuntimeConfig {
+  // Model shape.
+  int32_t num_layers = 1;
+  int32_t num_q_heads = 32;
+  int32_t num_kv_heads = 8;
+  int32_t head_dim = 128;
+  // Cache layout.
+  int32_t page_size = 16;
+  int32_t k_bits = 4;  // 2, 4, 8 or 16 (estimate with FP16 K)
+  // Twilight.
+  float top_p = 0.95f;
+  SelectorKind selector = SelectorKind::kQuest;
+  int32_t selector_budget_tokens = 0;       // B0 in tokens; 0: use the fraction
+  float selector_budget_fraction = 0.25f;   // B0 as a fraction of the context
+  int32_t sink_pages = 1;
+  int32_t dense_layers = 0;                 // first layers decoded densely (paper: 2)
+  // Memory.
+  int64_t host_pool_bytes = 0;  // 0: library chooses (1 GiB)
+  int64_t gpu_cache_bytes = 0;  // 0: library chooses (hot FP16 page cache)
+  FetchPath fetch_path = FetchPath::kAuto;
+  // Placement.
+  BackendKind backend = BackendKind::kAuto;
+  int32_t device_id = 0;
+
+  // Validates ranges and divisibility (num_q_heads % num_kv_heads, head_dim, bits, p).
+  absl::Status Validate() const;
+};
+
+using SeqId = int64_t;
+
+// Telemetry of the last decode step (one layer, one batch).
+struct StepTelemetry {
+  int32_t layer = -1;
+  int32_t num_seqs = 0;
+  std::vector<int32_t> selected_tokens;   // [num_seqs][num_q_heads]
+  std::vector<int32_t> kept_tokens;       // [num_seqs][num_q_heads] own top-p set
+  std::vector<float> est_mass;            // [num_seqs][num_q_heads]
+  std::vector<int32_t> kept_tokens_kv;    // [num_seqs][num_kv_heads] union (what is attended)
+  int64_t blocks_needed = 0;   // FP16 blocks the attention reads
+  int64_t blocks_fetched = 0;  // of those, fetched from host this step
+  int64_t bytes_h2d = 0;
+  double ms_select = 0, ms_prune = 0, ms_fetch = 0, ms_attend = 0, ms_total = 0;
+  double CacheHitRate() const {
+    return blocks_needed ? 1.0 - double(blocks_fetched) / double(blocks_needed) : 1.0;
+  }
+};
+
+struct MemoryUsage {
+  int64_t host_pool_bytes_used = 0, host_pool_bytes_total = 0;
+  int64_t gpu_quant_bytes = 0;     // INT4 K + metadata on the GPU
+  int64_t gpu_cache_bytes = 0;     // hot FP16 page cache on the GPU
+  int64_t gpu_fp16_bytes = 0;      // FP16 KV on the GPU (HBM backend)
+  int64_t disk_bytes = 0;
+};
+
+class Backend;        // runtime/backend.h
+class SequenceTable;  // cache/sequence_table.h
+
+class Runtime {
+ public:
+  static absl::StatusOr<std::unique_ptr<Runtime>> Create(const RuntimeConfig& config);
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  const RuntimeConfig& config() const { return config_; }
+  BackendKind backend_kind() const;
+  std::string backend_name() const;
+
+  absl::StatusOr<SeqId> CreateSequence();
+  absl::Status FreeSequence(SeqId seq);
+  // New sequence sharing `parent`'s full pages (copy-on-write); its partial page is copied.
+  absl::StatusOr<SeqId> ForkSequence(SeqId parent);
+  absl::StatusOr<int32_t> SequenceLength(SeqId seq, int32_t layer) const;
+
+  // Appends n tokens of K and V, each [n][num_kv_heads][head_dim] in `dtype`, to `layer`.
+  // All-or-nothing: on error the sequence is unchanged.
+  absl::Status Append(SeqId seq, int32_t layer, int32_t n, const void* k, const void* v,
+                      DType dtype, MemSpace space);
+
+  // One decode step of `layer` for `seqs`: q and out are [num_seqs][num_q_heads][head_dim]
+  // FP16 in `space` (device pointers on GPU backends). seq_p: per-sequence p or empty.
+  // stream: the caller's cudaStream_t (as void*), or null for the runtime's own.
+  absl::Status Decode(int32_t layer, absl::Span<const SeqId> seqs, const fp16_t* q,
+                      fp16_t* out, MemSpace space, absl::Span<const float> seq_p,
+                      void* stream, StepTelemetry* telemetry);
+
+  // Reads back a sequence's cached FP16 K/V of one layer ([len][num_kv_heads][head_dim]).
+  absl::Status ReadKv(SeqId seq, int32_t layer, std::vector<fp16_t>* k,
+                      std::vector<fp16_t>* v) const;
+
+  MemoryUsage Memory() const;
+  // First error of a background transfer since the last call (then cleared).
+  absl::Status TakeAsyncError();
+
+ private:
+  explicit Runtime(const RuntimeConfig& config);
+  RuntimeConfig config_;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace twl
