@@ -1,0 +1,58 @@
+// Internal interface between the Runtime (sequences, page allocation, validation) and the
+// place where pages live and the decode step runs. Page ids come from the Runtime's page
+// allocator (cache/); a backend is sized for `num_pages` pages at creation and stores, per
+// block (page id * num_kv_heads + KV head), the FP16 K/V and the quantized K + metadata.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "gpu/stage_views.h"
+#include "runtime/runtime.h"
+
+namespace twl {
+
+// One decode step of one layer, as the Runtime hands it to a backend. Host-side plan:
+// batch.seq_len and batch.page_table are host pointers, valid for the call.
+struct DecodeRequest {
+  int32_t layer = 0;
+  BatchView batch;                 // host pointers
+  const fp16_t* q = nullptr;       // [num_seqs][num_q_heads][head_dim] in `space`
+  fp16_t* out = nullptr;           // [num_seqs][num_q_heads][head_dim] in `space`
+  MemSpace space = MemSpace::kHost;
+  SelectorParams selector;
+  PrunerParams pruner;             // pruner.seq_p is a host pointer or null
+  void* stream = nullptr;          // caller's cudaStream_t or null
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual BackendKind Kind() const = 0;
+  virtual std::string Name() const = 0;
+
+  // Writes appended tokens: tokens.k/v in `space` and `dtype`; tokens.page_id/slot host.
+  virtual absl::Status Append(const AppendView& tokens, DType dtype, MemSpace space) = 0;
+  // Copies the first `rows` rows of every block of page src into page dst (copy-on-write).
+  virtual absl::Status CopyPage(int32_t src_page, int32_t dst_page, int32_t rows) = 0;
+  // Reads `rows` rows of a page: k, v host arrays [rows][num_kv_heads][head_dim].
+  virtual absl::Status ReadPage(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const = 0;
+  // Forgets anything cached about a freed page (e.g. GPU hot-cache slots).
+  virtual void ReleasePage(int32_t /*page*/) {}
+
+  virtual absl::Status Decode(const DecodeRequest& request, StepTelemetry* telemetry) = 0;
+  virtual MemoryUsage Memory() const = 0;
+  virtual absl::Status TakeAsyncError() { return absl::OkStatus(); }
+};
+
+// Factories (each in its own file). GPU ones return Unavailable without a usable GPU.
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const RuntimeConfig& config,
+                                                          int64_t num_pages);
+absl::StatusOr<std::unique_ptr<Backend>> CreateGpuHbmBackend(const RuntimeConfig& config,
+                                                             int64_t num_pages);
+absl::StatusOr<std::unique_ptr<Backend>> CreateGpuOffloadBackend(const RuntimeConfig& config,
+                                                                 int64_t num_pages);
+
+}  // namespace twl
