@@ -1,0 +1,86 @@
+// CPU reference of the Quest selector (see select_ref.h).
+#include "gpu/reference/select_ref.h"
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "gpu/reference/head_math.h"
+#include "gpu/reference/validate.h"
+#include "oneapi/tbb/parallel_for.h"
+
+namespace twl {
+
+float PageUpperBoundRef(const PageGeometry& g, const float* q, const fp16_t* kmin,
+                        const fp16_t* kmax) {
+  float bound = 0.0f;
+  for (int32_t c = 0; c < g.head_dim; ++c) {
+    bound += std::max(q[c] * HalfToFloat(kmin[c]), q[c] * HalfToFloat(kmax[c]));
+  }
+  return bound;
+}
+
+absl::Status SelectPagesRef(const PageGeometry& g, const SelectorParams& params,
+                            const BatchView& batch, const QueryView& q, const QuantKView& qk,
+                            const SelectionView& out) {
+  if (absl::Status st = ValidateGeometry(g); !st.ok()) return st;
+  if (absl::Status st = ValidateBatch(g, batch, true); !st.ok()) return st;
+  if (!q.q || !out.pages || !out.count) {
+    return absl::InvalidArgumentError("select: q and outputs must not be null");
+  }
+  if (params.kind == SelectorKind::kQuest && (params.budget_pages < 1 || params.sink_pages < 0)) {
+    return absl::InvalidArgumentError("select: Quest needs budget_pages >= 1 and sink_pages >= 0");
+  }
+  if (params.kind == SelectorKind::kQuest && (!qk.kmin || !qk.kmax)) {
+    return absl::InvalidArgumentError("select: Quest needs the page min/max metadata");
+  }
+  if (out.max_select < SelectStride(params, batch.max_pages)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "select: max_select %d is below the stride %d the selector needs", out.max_select,
+        SelectStride(params, batch.max_pages)));
+  }
+  const int32_t group = batch.num_q_heads / g.num_kv_heads;
+  const int32_t items = batch.num_seqs * g.num_kv_heads;
+  tbb::parallel_for(0, items, [&](int32_t item) {
+    const int32_t s = item / g.num_kv_heads;
+    const int32_t h = item % g.num_kv_heads;
+    const int32_t num_pages = batch.NumPages(g, s);
+    int32_t* dst = out.pages + int64_t(item) * out.max_select;
+    const int32_t keep_all = params.budget_pages + params.sink_pages + 1;
+    if (params.kind == SelectorKind::kFull || num_pages <= keep_all) {
+      std::iota(dst, dst + num_pages, 0);
+      out.count[item] = num_pages;
+      return;
+    }
+    // Ranked pages: everything but the sinks and the last page, which are always kept.
+    const int32_t first = params.sink_pages;
+    const int32_t last = num_pages - 1;
+    std::vector<float> score(size_t(num_pages), 0.0f);
+    for (int32_t j = 0; j < group; ++j) {
+      const std::vector<float> qr = QueryRow(g, batch, q, s, h * group + j, 1.0f);
+      for (int32_t p = first; p < last; ++p) {
+        const int64_t block = g.BlockId(batch.PageId(s, p), h);
+        const float b = PageUpperBoundRef(g, qr.data(), qk.kmin + block * g.head_dim,
+                                          qk.kmax + block * g.head_dim);
+        score[size_t(p)] = j == 0 ? b : std::max(score[size_t(p)], b);
+      }
+    }
+    std::vector<int32_t> ranked(static_cast<size_t>(last - first));
+    std::iota(ranked.begin(), ranked.end(), first);
+    std::nth_element(ranked.begin(), ranked.begin() + params.budget_pages - 1, ranked.end(),
+                     [&](int32_t a, int32_t b) {
+                       return score[size_t(a)] != score[size_t(b)] ? score[size_t(a)] > score[size_t(b)]
+                                                                   : a < b;
+                     });
+    ranked.resize(size_t(params.budget_pages));
+    for (int32_t p = 0; p < first; ++p) ranked.push_back(p);
+    ranked.push_back(last);
+    std::sort(ranked.begin(), ranked.end());
+    std::copy(ranked.begin(), ranked.end(), dst);
+    out.count[item] = int32_t(ranked.size());
+  });
+  return absl::OkStatus();
+}
+
+}  // namespace twl

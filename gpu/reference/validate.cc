@@ -1,0 +1,73 @@
+// Argument checks shared by the CPU reference stages and the kernel launchers.
+#include "gpu/reference/validate.h"
+
+#include <cmath>
+
+#include "absl/strings/str_format.h"
+
+namespace twl {
+
+absl::Status ValidateGeometry(const PageGeometry& g) {
+  if (g.page_size < 1) {
+    return absl::InvalidArgumentError(absl::StrFormat("page_size must be >= 1, got %d", g.page_size));
+  }
+  if (g.head_dim < 2 || g.head_dim % 2 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("head_dim must be even and >= 2, got %d", g.head_dim));
+  }
+  if (g.num_kv_heads < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("num_kv_heads must be >= 1, got %d", g.num_kv_heads));
+  }
+  if (g.k_bits != 2 && g.k_bits != 4 && g.k_bits != 8 && g.k_bits != 16) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("k_bits must be 2, 4, 8 or 16, got %d", g.k_bits));
+  }
+  if ((int64_t(g.head_dim) * g.k_bits) % 8 != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "head_dim * k_bits must be a whole number of bytes (head_dim %d, k_bits %d)", g.head_dim,
+        g.k_bits));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateBatch(const PageGeometry& g, const BatchView& b, bool check_host_data) {
+  if (b.num_seqs < 1) return absl::InvalidArgumentError("batch has no sequences");
+  if (b.num_q_heads < 1 || b.num_q_heads % g.num_kv_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "num_q_heads (%d) must be a positive multiple of num_kv_heads (%d)", b.num_q_heads,
+        g.num_kv_heads));
+  }
+  if (b.seq_len == nullptr || b.page_table == nullptr) {
+    return absl::InvalidArgumentError("batch seq_len and page_table must not be null");
+  }
+  if (b.max_pages < 1) return absl::InvalidArgumentError("batch max_pages must be >= 1");
+  if (!check_host_data) return absl::OkStatus();
+  for (int32_t s = 0; s < b.num_seqs; ++s) {
+    const int32_t len = b.seq_len[s];
+    if (len < 1) {
+      return absl::FailedPreconditionError(absl::StrFormat("sequence %d of the batch is empty", s));
+    }
+    if (int64_t(len) > int64_t(b.max_pages) * g.page_size) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "sequence %d has %d tokens, more than max_pages (%d) * page_size (%d)", s, len,
+          b.max_pages, g.page_size));
+    }
+    for (int32_t p = 0; p < b.NumPages(g, s); ++p) {
+      if (b.PageId(s, p) < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("sequence %d page %d has invalid page id %d", s, p, b.PageId(s, p)));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateP(float p) {
+  if (!(p > 0.0f && p <= 1.0f)) {  // also rejects NaN
+    return absl::InvalidArgumentError(absl::StrFormat("top-p must be in (0, 1], got %g", p));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace twl

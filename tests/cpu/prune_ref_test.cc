@@ -1,0 +1,245 @@
+// Twilight pruner: top-p threshold by bisection (mass, minimality, extremes, ties, agreement
+// with sort + cumulative sum), GQA union, and the whole PruneRef stage.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "gpu/reference/head_math.h"
+#include "gpu/reference/oracle_ref.h"
+#include "gpu/reference/prune_ref.h"
+#include "gpu/reference/select_ref.h"
+#include "gtest/gtest.h"
+#include "support/ref_store.h"
+
+namespace twl {
+namespace {
+
+// Softmax-like weights: exp of random scores at a random temperature (flat to peaked).
+std::vector<float> RandomWeights(std::mt19937_64& rng, int32_t n) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const float temp = std::exp(std::uniform_real_distribution<float>(-1.0f, 2.5f)(rng));
+  std::vector<float> s(static_cast<size_t>(n));
+  float mx = -1e30f;
+  for (auto& x : s) {
+    x = temp * nd(rng);
+    mx = std::max(mx, x);
+  }
+  for (auto& x : s) x = std::exp(x - mx);
+  return s;
+}
+
+// Sort + cumulative sum in double: the size of the smallest prefix reaching p.
+int32_t OraclePrefix(const std::vector<float>& w, double p, double* boundary_slack) {
+  std::vector<float> sorted = w;
+  std::sort(sorted.begin(), sorted.end(), std::greater<>());
+  const double total = std::accumulate(w.begin(), w.end(), 0.0);
+  double mass = 0.0;
+  for (size_t i = 0; i < sorted.size(); ++i) {
+    mass += sorted[i];
+    if (mass >= p * total) {
+      *boundary_slack = std::min(std::abs(mass - p * total), std::abs(mass - sorted[i] - p * total)) / total;
+      return int32_t(i + 1);
+    }
+  }
+  *boundary_slack = 0;
+  return int32_t(sorted.size());
+}
+
+TEST(TopPThreshold, MassMinimalityAndOracleAgreement) {
+  std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed());
+  int agreed = 0, trials = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    const int32_t n = 1 + int32_t(rng() % 3000);
+    const auto w = RandomWeights(rng, n);
+    const float p = std::uniform_real_distribution<float>(0.05f, 0.999f)(rng);
+    const TopPResult r = TopPThresholdRef(w, p, 0.0f);  // exact stop only
+    const double total = std::accumulate(w.begin(), w.end(), 0.0);
+    double kept_mass = 0.0;
+    float smallest = 2.0f;
+    int32_t kept = 0;
+    for (float x : w) {
+      if (x > r.threshold) {
+        kept_mass += x;
+        smallest = std::min(smallest, x);
+        ++kept;
+      }
+    }
+    ASSERT_EQ(kept, r.kept);
+    // Mass >= p, with float summation slack of 1e-5 relative.
+    ASSERT_GE(kept_mass / total, double(p) - 1e-5) << "n " << n << " p " << p;
+    ASSERT_NEAR(r.mass, kept_mass / total, 1e-4);
+    // Minimal: dropping the smallest kept weight falls below p (random floats: no ties).
+    ASSERT_LT((kept_mass - smallest) / total, double(p) + 1e-5);
+    double slack;
+    const int32_t oracle = OraclePrefix(w, p, &slack);
+    ++trials;
+    if (oracle == kept) ++agreed;
+    else ASSERT_LT(slack, 1e-5) << "disagrees with the oracle away from a rounding boundary";
+    ASSERT_LE(r.iterations, 64);
+  }
+  EXPECT_GE(agreed, trials * 95 / 100);
+}
+
+TEST(TopPThreshold, Extremes) {
+  std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + 1);
+  for (int trial = 0; trial < 50; ++trial) {
+    auto w = RandomWeights(rng, 1 + int32_t(rng() % 500));
+    w.push_back(0.0f);  // an underflowed weight is never kept
+    const int32_t nonzero = int32_t(std::count_if(w.begin(), w.end(), [](float x) { return x > 0; }));
+    EXPECT_EQ(TopPThresholdRef(w, 1.0f).kept, nonzero);
+    // p -> 0 keeps exactly the argmax.
+    const TopPResult tiny = TopPThresholdRef(w, 1e-7f, 0.0f);
+    ASSERT_EQ(tiny.kept, 1);
+    const float mx = *std::max_element(w.begin(), w.end());
+    EXPECT_EQ(std::count_if(w.begin(), w.end(), [&](float x) { return x > tiny.threshold; }), 1);
+    EXPECT_TRUE(mx > tiny.threshold);
+  }
+}
+
+TEST(TopPThreshold, TiesAreKeptTogether) {
+  // Four equal top weights and small rest: any p needing part of the tie keeps all four.
+  std::vector<float> w = {0.2f, 0.01f, 0.2f, 0.2f, 0.02f, 0.2f, 0.03f};
+  const TopPResult r = TopPThresholdRef(w, 0.5f, 0.0f);
+  EXPECT_EQ(r.kept, 4);
+  std::vector<float> flat(100, 0.37f);
+  EXPECT_EQ(TopPThresholdRef(flat, 0.3f).kept, 100);
+  EXPECT_EQ(TopPThresholdRef({}, 0.9f).kept, 0);
+}
+
+TEST(TopPThreshold, StopGapKeepsMassAtLeastP) {
+  std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + 2);
+  for (int trial = 0; trial < 100; ++trial) {
+    const auto w = RandomWeights(rng, 2000);
+    const TopPResult r = TopPThresholdRef(w, 0.9f, 1e-3f);
+    EXPECT_GE(r.mass, 0.9f - 1e-5f);
+  }
+}
+
+struct PruneRun {
+  std::vector<int32_t> tokens, count, sel, kept;
+  std::vector<float> mass;
+  KeptView view;
+};
+
+PruneRun RunPrune(testing::RefStore& st, const SelectorParams& sp, PrunerParams pp) {
+  BatchView b = st.Batch();
+  const PageGeometry& g = st.g;
+  PruneRun r;
+  const int32_t stride = SelectStride(sp, b.max_pages);
+  std::vector<int32_t> pages(static_cast<size_t>(b.num_seqs * g.num_kv_heads * stride));
+  std::vector<int32_t> pcount(static_cast<size_t>(b.num_seqs * g.num_kv_heads));
+  SelectionView sel{pages.data(), pcount.data(), stride};
+  EXPECT_TRUE(SelectPagesRef(g, sp, b, st.Query(), st.Quant(), sel).ok());
+  const int32_t max_kept = stride * g.page_size;
+  r.tokens.assign(size_t(b.num_seqs * g.num_kv_heads * max_kept), -1);
+  r.count.assign(size_t(b.num_seqs * g.num_kv_heads), -1);
+  r.sel.assign(size_t(b.num_seqs * b.num_q_heads), -1);
+  r.kept.assign(r.sel.size(), -1);
+  r.mass.assign(r.sel.size(), -1.0f);
+  r.view = KeptView{r.tokens.data(), r.count.data(), max_kept};
+  HeadStatsView stats{r.sel.data(), r.kept.data(), r.mass.data()};
+  EXPECT_TRUE(PruneRef(g, pp, b, st.Query(), st.Quant(), st.Kv(), sel, r.view, stats).ok());
+  return r;
+}
+
+TEST(Prune, ExactEstimationMatchesOracleUpToTies) {
+  for (int32_t group : {1, 4}) {
+    PageGeometry g{16, 64, 2, 16};  // k_bits 16: estimate with the FP16 K itself
+    auto st = testing::MakeRandomStore(g, 2 * group, {333, 70, 16 * 12},
+                                       ::testing::UnitTest::GetInstance()->random_seed() + group);
+    for (float p : {0.5f, 0.9f, 0.95f}) {
+      PrunerParams pp;
+      pp.p = p;
+      pp.stop_gap = 0.0f;
+      auto run = RunPrune(st, {SelectorKind::kFull, 0, 0}, pp);
+      BatchView b = st.Batch();
+      std::vector<int32_t> otok(run.tokens.size()), ocount(run.count.size());
+      KeptView oracle{otok.data(), ocount.data(), run.view.max_kept};
+      ASSERT_TRUE(OracleTopPRef(g, b, st.Query(), st.Kv(), p, oracle, {}).ok());
+      for (size_t item = 0; item < run.count.size(); ++item) {
+        std::vector<int32_t> a(run.tokens.begin() + int64_t(item) * run.view.max_kept,
+                               run.tokens.begin() + int64_t(item) * run.view.max_kept + run.count[item]);
+        std::vector<int32_t> o(otok.begin() + int64_t(item) * oracle.max_kept,
+                               otok.begin() + int64_t(item) * oracle.max_kept + ocount[item]);
+        std::vector<int32_t> diff;
+        std::set_symmetric_difference(a.begin(), a.end(), o.begin(), o.end(), std::back_inserter(diff));
+        EXPECT_LE(diff.size(), size_t(group)) << "p " << p << " item " << item;
+      }
+    }
+  }
+}
+
+TEST(Prune, GqaUnionAndVaryingBudgets) {
+  PageGeometry g{16, 64, 4, 4};
+  auto st = testing::MakeRandomStore(g, 16, {1000, 517}, ::testing::UnitTest::GetInstance()->random_seed());
+  // Make KV head 0's queries peaked and KV head 3's flat, so their budgets differ.
+  for (size_t s = 0; s < 2; ++s) {
+    for (int32_t qh = 12; qh < 16; ++qh) {
+      for (int32_t j = 0; j < 64; ++j) {
+        fp16_t& x = st.q[(s * 16 + size_t(qh)) * 64 + size_t(j)];
+        x = FloatToHalf(0.05f * HalfToFloat(x));
+      }
+    }
+  }
+  PrunerParams pp;
+  pp.p = 0.9f;
+  auto run = RunPrune(st, {SelectorKind::kFull, 0, 0}, pp);
+  for (int32_t s = 0; s < 2; ++s) {
+    for (int32_t h = 0; h < 4; ++h) {
+      const int32_t item = s * 4 + h;
+      int32_t mx = 0, sum = 0;
+      for (int32_t j = 0; j < 4; ++j) {
+        const int32_t k = run.kept[size_t(s * 16 + h * 4 + j)];
+        EXPECT_GE(run.mass[size_t(s * 16 + h * 4 + j)], 0.9f - 1e-4f);
+        mx = std::max(mx, k);
+        sum += k;
+      }
+      EXPECT_GE(run.count[size_t(item)], mx);
+      EXPECT_LE(run.count[size_t(item)], sum);
+      const int32_t* t = run.tokens.data() + int64_t(item) * run.view.max_kept;
+      EXPECT_TRUE(std::is_sorted(t, t + run.count[size_t(item)]));
+    }
+    EXPECT_GT(run.count[size_t(s * 4 + 3)], 2 * run.count[size_t(s * 4 + 0)])
+        << "flat heads should need a larger budget than peaked ones";
+  }
+}
+
+TEST(Prune, QuestThenPruneKeepsOnlySelectedPagesAndDenseKeepsAll) {
+  PageGeometry g{16, 128, 2, 4};
+  auto st = testing::MakeRandomStore(g, 8, {16 * 64 + 3, 250}, 99);
+  PrunerParams pp;
+  auto run = RunPrune(st, {SelectorKind::kQuest, 8, 1}, pp);
+  BatchView b = st.Batch();
+  for (int32_t s = 0; s < 2; ++s) {
+    EXPECT_LE(run.sel[size_t(s * 8)], 10 * 16);
+    for (int32_t qh = 0; qh < 8; ++qh) EXPECT_GE(run.kept[size_t(s * 8 + qh)], 1);
+  }
+  pp.dense = true;
+  auto dense = RunPrune(st, {SelectorKind::kFull, 0, 0}, pp);
+  EXPECT_EQ(dense.count[0], b.seq_len[0]);
+  EXPECT_EQ(dense.count[3], b.seq_len[1]);
+}
+
+TEST(Prune, RejectsBadP) {
+  PageGeometry g{16, 64, 2, 4};
+  auto st = testing::MakeRandomStore(g, 4, {40}, 3);
+  BatchView b = st.Batch();
+  std::vector<int32_t> pages(static_cast<size_t>(2 * b.max_pages)), pc(2), tok(size_t(2 * b.max_pages * 16)), tc(2);
+  SelectionView sel{pages.data(), pc.data(), b.max_pages};
+  ASSERT_TRUE(SelectPagesRef(g, {SelectorKind::kFull, 0, 0}, b, st.Query(), st.Quant(), sel).ok());
+  KeptView out{tok.data(), tc.data(), b.max_pages * 16};
+  for (float bad : {0.0f, -0.1f, 1.5f, std::nanf("")}) {
+    PrunerParams pp;
+    pp.p = bad;
+    EXPECT_EQ(PruneRef(g, pp, b, st.Query(), st.Quant(), st.Kv(), sel, out, {}).code(),
+              absl::StatusCode::kInvalidArgument);
+    PrunerParams per_seq;
+    per_seq.seq_p = &bad;
+    EXPECT_EQ(PruneRef(g, per_seq, b, st.Query(), st.Quant(), st.Kv(), sel, out, {}).code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+}
+
+}  // namespace
+}  // namespace twl

@@ -1,0 +1,130 @@
+// Quantized K copy: round-trip error bound, packing order, odd sizes, Quest bounds on append.
+#include <cmath>
+#include <random>
+
+#include "gpu/reference/quantize_ref.h"
+#include "gtest/gtest.h"
+#include "support/ref_store.h"
+
+namespace twl {
+namespace {
+
+std::vector<fp16_t> RandomRow(int32_t d, std::mt19937_64& rng, float spread) {
+  std::normal_distribution<float> n(0.5f, spread);
+  std::vector<fp16_t> k(static_cast<size_t>(d));
+  for (auto& x : k) x = FloatToHalf(n(rng));
+  return k;
+}
+
+class QuantizeBits : public ::testing::TestWithParam<int32_t> {};
+
+TEST_P(QuantizeBits, RoundTripWithinHalfStep) {
+  std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + GetParam());
+  for (int32_t d : {8, 64, 128, 136}) {
+    PageGeometry g{16, d, 1, GetParam()};
+    for (int trial = 0; trial < 200; ++trial) {
+      const auto k = RandomRow(d, rng, trial % 2 ? 3.0f : 0.05f);
+      std::vector<uint8_t> codes(static_cast<size_t>(g.CodeBytesPerToken()));
+      fp16_t scale, zero;
+      QuantizeRowRef(g, k.data(), codes.data(), &scale, &zero);
+      const float s = HalfToFloat(scale);
+      ASSERT_GT(s, 0.0f);
+      for (int32_t j = 0; j < d; ++j) {
+        const float x = HalfToFloat(k[size_t(j)]);
+        const float deq = DequantizeRef(g, codes.data(), scale, zero, j);
+        // Tolerance: half a quantization step, plus the FP16 rounding of zero (half an ulp of
+        // min) and of scale (at most 2^-11 relative, times the largest code).
+        const float tol = 0.5f * s + std::abs(HalfToFloat(zero)) * 0x1p-11f +
+                          s * float(g.MaxCode()) * 0x1p-11f + 1e-7f;
+        ASSERT_LE(std::abs(x - deq), tol) << "bits " << g.k_bits << " d " << d << " j " << j;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Bits, QuantizeBits, ::testing::Values(2, 4, 8));
+
+TEST(Quantize, PackingOrderLowNibbleFirst) {
+  // A row whose values are exactly min + c * step for known codes c.
+  PageGeometry g{16, 8, 1, 4};
+  const int32_t want[8] = {0, 15, 3, 12, 7, 8, 1, 14};
+  std::vector<fp16_t> k(8);
+  for (int j = 0; j < 8; ++j) k[size_t(j)] = FloatToHalf(-2.0f + 0.25f * float(want[j]));
+  std::vector<uint8_t> codes(4);
+  fp16_t scale, zero;
+  QuantizeRowRef(g, k.data(), codes.data(), &scale, &zero);
+  EXPECT_EQ(HalfToFloat(scale), 0.25f);
+  EXPECT_EQ(HalfToFloat(zero), -2.0f);
+  EXPECT_EQ(codes[0], 0xF0);  // element 0 in the low nibble, element 1 in the high nibble
+  EXPECT_EQ(codes[1], 0xC3);
+  EXPECT_EQ(codes[2], 0x87);
+  EXPECT_EQ(codes[3], 0xE1);
+  for (int j = 0; j < 8; ++j) EXPECT_EQ(int(UnpackCode(codes.data(), j, 4)), want[j]);
+  EXPECT_EQ(UnpackCode(codes.data(), 1, 2), 0u);  // bits 2..3 of 0xF0
+  EXPECT_EQ(UnpackCode(codes.data(), 2, 2), 3u);  // bits 4..5
+}
+
+TEST(Quantize, ConstantRowHasZeroScaleAndExactValue) {
+  PageGeometry g{16, 64, 1, 4};
+  std::vector<fp16_t> k(64, FloatToHalf(1.375f));
+  std::vector<uint8_t> codes(32, 0xAB);
+  fp16_t scale, zero;
+  QuantizeRowRef(g, k.data(), codes.data(), &scale, &zero);
+  EXPECT_EQ(HalfToFloat(scale), 0.0f);
+  for (int j = 0; j < 64; ++j) EXPECT_EQ(DequantizeRef(g, codes.data(), scale, zero, j), 1.375f);
+}
+
+TEST(Append, StoresRowsAndExactPageBoundsAcrossOddLengths) {
+  for (int32_t page_size : {1, 3, 7, 16, 17}) {
+    PageGeometry g{page_size, 64, 2, 4};
+    auto st = testing::MakeRandomStore(g, 4, {1, page_size, page_size + 1, 3 * page_size + 2},
+                                       ::testing::UnitTest::GetInstance()->random_seed() + page_size);
+    for (size_t s = 0; s < st.seq_len.size(); ++s) {
+      const int32_t len = st.seq_len[s];
+      ASSERT_EQ(int64_t(st.k_in[s].size()), int64_t(len) * g.num_kv_heads * g.head_dim);
+      for (int32_t p = 0; p < (len + page_size - 1) / page_size; ++p) {
+        const int32_t page = st.page_table[size_t(int64_t(s) * st.max_pages + p)];
+        const int32_t rows = std::min(page_size, len - p * page_size);
+        for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+          const int64_t block = g.BlockId(page, h);
+          for (int32_t c = 0; c < g.head_dim; ++c) {
+            float lo = 1e30f, hi = -1e30f;
+            for (int32_t r = 0; r < rows; ++r) {
+              const int64_t src = (int64_t(p * page_size + r) * g.num_kv_heads + h) * g.head_dim + c;
+              const float x = HalfToFloat(st.k_in[s][size_t(src)]);
+              ASSERT_EQ(st.kv[size_t(block * g.FpBlockElems() + r * g.head_dim + c)],
+                        st.k_in[s][size_t(src)]);
+              ASSERT_EQ(st.kv[size_t(block * g.FpBlockElems() + (page_size + r) * g.head_dim + c)],
+                        st.v_in[s][size_t(src)]);
+              lo = std::min(lo, x);
+              hi = std::max(hi, x);
+            }
+            ASSERT_EQ(HalfToFloat(st.kmin[size_t(block * g.head_dim + c)]), lo);
+            ASSERT_EQ(HalfToFloat(st.kmax[size_t(block * g.head_dim + c)]), hi);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Append, RejectsBadInputWithoutWriting) {
+  PageGeometry g{16, 64, 2, 4};
+  auto st = testing::MakeRandomStore(g, 2, {20}, 7);
+  const auto before = st.kv;
+  std::vector<fp16_t> k(static_cast<size_t>(g.num_kv_heads * g.head_dim), FloatToHalf(1.0f));
+  int32_t page = 0, bad_slot = 16;
+  AppendView in{1, k.data(), k.data(), &page, &bad_slot};
+  EXPECT_EQ(AppendRef(g, in, st.Kv(), st.Quant()).code(), absl::StatusCode::kInvalidArgument);
+  AppendView null_k{1, nullptr, k.data(), &page, &bad_slot};
+  EXPECT_EQ(AppendRef(g, null_k, st.Kv(), st.Quant()).code(), absl::StatusCode::kInvalidArgument);
+  PageGeometry bad = g;
+  bad.k_bits = 3;
+  int32_t slot = 0;
+  AppendView ok_in{1, k.data(), k.data(), &page, &slot};
+  EXPECT_EQ(AppendRef(bad, ok_in, st.Kv(), st.Quant()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(st.kv, before);
+}
+
+}  // namespace
+}  // namespace twl
