@@ -1,0 +1,286 @@
+// The CPU backend (see cpu_backend.h): host block stores and the reference pipeline.
+#include "runtime/cpu_backend.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_format.h"
+#include "cache/host_arena.h"
+#include "gpu/reference/attend_ref.h"
+#include "gpu/reference/prune_ref.h"
+#include "gpu/reference/quantize_ref.h"
+#include "gpu/reference/select_ref.h"
+#include "gpu/reference/validate.h"
+#include "oneapi/tbb/parallel_for.h"
+#include "runtime/dtype_convert.h"
+#include "runtime/geometry.h"
+
+namespace twl {
+namespace {
+
+double MsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(const PageGeometry& g, int64_t num_pages) : g_(g), num_pages_(num_pages) {}
+
+  absl::Status Init() {
+    const int64_t blocks = num_pages_ * g_.num_kv_heads;
+    const HostMemKind kind = HostMemKind::kAligned;
+    auto fp = HostArena::Create(kind, g_.FpBlockBytes(), blocks, 2);
+    if (!fp.ok()) return fp.status();
+    fp16_ = std::move(*fp);
+    const bool quant = g_.k_bits < 16;
+    auto codes = HostArena::Create(kind, quant ? g_.CodeBlockBytes() : 0, blocks);
+    auto scale = HostArena::Create(kind, quant ? 2ll * g_.page_size : 0, blocks, 2);
+    auto zero = HostArena::Create(kind, quant ? 2ll * g_.page_size : 0, blocks, 2);
+    auto kmin = HostArena::Create(kind, 2ll * g_.head_dim, blocks, 2);
+    auto kmax = HostArena::Create(kind, 2ll * g_.head_dim, blocks, 2);
+    for (auto* a : {&codes, &scale, &zero, &kmin, &kmax}) {
+      if (!a->ok()) return a->status();
+    }
+    codes_ = std::move(*codes);
+    scale_ = std::move(*scale);
+    zero_ = std::move(*zero);
+    kmin_ = std::move(*kmin);
+    kmax_ = std::move(*kmax);
+    kv_ = FpKvView{static_cast<fp16_t*>(fp16_->base()), nullptr};
+    qk_ = QuantKView{static_cast<uint8_t*>(codes_->base()), static_cast<fp16_t*>(scale_->base()),
+                     static_cast<fp16_t*>(zero_->base()), static_cast<fp16_t*>(kmin_->base()),
+                     static_cast<fp16_t*>(kmax_->base())};
+    return absl::OkStatus();
+  }
+
+  BackendKind Kind() const override { return BackendKind::kCpu; }
+  std::string Name() const override { return "cpu"; }
+
+  absl::Status Append(const AppendView& tokens, DType dtype, MemSpace space) override {
+    if (space != MemSpace::kHost) {
+      return absl::InvalidArgumentError("the CPU backend needs host pointers for K/V");
+    }
+    if (!IsValidDType(dtype)) return absl::InvalidArgumentError("unknown dtype");
+    if (tokens.num_tokens < 0) return absl::InvalidArgumentError("num_tokens < 0");
+    if (tokens.num_tokens == 0) return absl::OkStatus();
+    if (!tokens.k || !tokens.v || !tokens.page_id || !tokens.slot) {
+      return absl::InvalidArgumentError("append: k, v, page_id and slot must not be null");
+    }
+    for (int32_t i = 0; i < tokens.num_tokens; ++i) {
+      if (tokens.page_id[i] < 0 || tokens.page_id[i] >= num_pages_) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "append: page id %d out of range [0, %d)", tokens.page_id[i], num_pages_));
+      }
+    }
+    AppendView in = tokens;
+    std::vector<fp16_t> k16, v16;
+    if (dtype != DType::kFp16) {  // the Runtime converts host input; this is for direct use
+      const int64_t n = int64_t(tokens.num_tokens) * g_.num_kv_heads * g_.head_dim;
+      k16.resize(size_t(n));
+      v16.resize(size_t(n));
+      ConvertToFp16(tokens.k, dtype, n, k16.data());
+      ConvertToFp16(tokens.v, dtype, n, v16.data());
+      in.k = k16.data();
+      in.v = v16.data();
+    }
+    // Runs of consecutive tokens on the same page are independent when no page appears in
+    // two runs (AppendRef recomputes a touched page's bounds): write them in parallel.
+    std::vector<int32_t> run_start;
+    absl::flat_hash_set<int32_t> seen;
+    bool disjoint = true;
+    for (int32_t i = 0; i < in.num_tokens; ++i) {
+      if (i == 0 || in.page_id[i] != in.page_id[i - 1]) {
+        run_start.push_back(i);
+        disjoint = disjoint && seen.insert(in.page_id[i]).second;
+      }
+    }
+    run_start.push_back(in.num_tokens);
+    const int32_t runs = int32_t(run_start.size()) - 1;
+    if (!disjoint || runs == 1) return AppendRef(g_, in, kv_, qk_);
+    const int64_t row = int64_t(g_.num_kv_heads) * g_.head_dim;
+    std::vector<absl::Status> status(static_cast<size_t>(runs));
+    tbb::parallel_for(0, runs, [&](int32_t r) {
+      const int32_t b = run_start[size_t(r)];
+      AppendView part;
+      part.num_tokens = run_start[size_t(r) + 1] - b;
+      part.k = in.k + b * row;
+      part.v = in.v + b * row;
+      part.page_id = in.page_id + b;
+      part.slot = in.slot + b;
+      status[size_t(r)] = AppendRef(g_, part, kv_, qk_);
+    });
+    for (const absl::Status& s : status) {
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status CopyPage(int32_t src_page, int32_t dst_page, int32_t rows) override {
+    if (absl::Status s = CheckPage(src_page); !s.ok()) return s;
+    if (absl::Status s = CheckPage(dst_page); !s.ok()) return s;
+    if (rows < 0 || rows > g_.page_size) {
+      return absl::InvalidArgumentError(absl::StrFormat("copy: %d rows of a %d-row page", rows,
+                                                        g_.page_size));
+    }
+    if (rows == 0 || src_page == dst_page) return absl::OkStatus();
+    // Re-append the rows: the quantized copy and the page bounds come out exactly as if the
+    // tokens had been appended to dst (quantization is deterministic).
+    const int64_t n = int64_t(rows) * g_.num_kv_heads * g_.head_dim;
+    std::vector<fp16_t> k(static_cast<size_t>(n)), v(static_cast<size_t>(n));
+    if (absl::Status s = ReadPage(src_page, rows, k.data(), v.data()); !s.ok()) return s;
+    std::vector<int32_t> page_id(static_cast<size_t>(rows), dst_page);
+    std::vector<int32_t> slot(static_cast<size_t>(rows));
+    for (int32_t r = 0; r < rows; ++r) slot[size_t(r)] = r;
+    AppendView in;
+    in.num_tokens = rows;
+    in.k = k.data();
+    in.v = v.data();
+    in.page_id = page_id.data();
+    in.slot = slot.data();
+    return AppendRef(g_, in, kv_, qk_);
+  }
+
+  absl::Status ReadPage(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const override {
+    if (absl::Status s = CheckPage(page); !s.ok()) return s;
+    if (rows < 0 || rows > g_.page_size) {
+      return absl::InvalidArgumentError(absl::StrFormat("read: %d rows of a %d-row page", rows,
+                                                        g_.page_size));
+    }
+    if (rows > 0 && (!k || !v)) return absl::InvalidArgumentError("read: null output");
+    const size_t bytes = sizeof(fp16_t) * size_t(g_.head_dim);
+    for (int32_t r = 0; r < rows; ++r) {
+      for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
+        const int64_t block = g_.BlockId(page, h);
+        const int64_t at = (int64_t(r) * g_.num_kv_heads + h) * g_.head_dim;
+        std::memcpy(k + at, kv_.K(g_, block, r), bytes);
+        std::memcpy(v + at, kv_.V(g_, block, r), bytes);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Decode(const DecodeRequest& request, StepTelemetry* telemetry) override {
+    const auto t_start = std::chrono::steady_clock::now();
+    if (request.space != MemSpace::kHost) {
+      return absl::InvalidArgumentError("the CPU backend needs host q/out pointers");
+    }
+    if (!request.q || !request.out) return absl::InvalidArgumentError("decode: null q or out");
+    const BatchView& b = request.batch;
+    if (absl::Status s = ValidateBatch(g_, b, true); !s.ok()) return s;
+    for (int32_t s = 0; s < b.num_seqs; ++s) {
+      for (int32_t p = 0; p < b.NumPages(g_, s); ++p) {
+        if (b.PageId(s, p) >= num_pages_) {
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "decode: page id %d out of range [0, %d)", b.PageId(s, p), num_pages_));
+        }
+      }
+    }
+    const int32_t max_select = SelectStride(request.selector, b.max_pages);
+    const int64_t max_kept = int64_t(max_select) * g_.page_size;
+    if (max_kept > std::numeric_limits<int32_t>::max()) {
+      return absl::InvalidArgumentError("decode: kept-token stride overflows int32");
+    }
+    const int64_t kv_items = int64_t(b.num_seqs) * g_.num_kv_heads;
+    const int64_t q_items = int64_t(b.num_seqs) * b.num_q_heads;
+
+    std::vector<int32_t> sel_pages(static_cast<size_t>(kv_items * max_select));
+    std::vector<int32_t> sel_count(static_cast<size_t>(kv_items));
+    std::vector<int32_t> kept_tokens(static_cast<size_t>(kv_items * max_kept));
+    std::vector<int32_t> kept_count(static_cast<size_t>(kv_items));
+    StepTelemetry local;
+    StepTelemetry* t = telemetry ? telemetry : &local;
+    t->selected_tokens.assign(size_t(q_items), 0);
+    t->kept_tokens.assign(size_t(q_items), 0);
+    t->est_mass.assign(size_t(q_items), 0.0f);
+
+    SelectionView sel{sel_pages.data(), sel_count.data(), max_select};
+    KeptView kept{kept_tokens.data(), kept_count.data(), int32_t(max_kept)};
+    HeadStatsView stats{t->selected_tokens.data(), t->kept_tokens.data(), t->est_mass.data()};
+    QueryView q{request.q};
+
+    auto t0 = std::chrono::steady_clock::now();
+    if (absl::Status s = SelectPagesRef(g_, request.selector, b, q, qk_, sel); !s.ok()) return s;
+    t->ms_select = MsSince(t0);
+    t0 = std::chrono::steady_clock::now();
+    if (absl::Status s = PruneRef(g_, request.pruner, b, q, qk_, kv_, sel, kept, stats); !s.ok()) {
+      return s;
+    }
+    t->ms_prune = MsSince(t0);
+    t0 = std::chrono::steady_clock::now();
+    if (absl::Status s = SparseAttentionRef(g_, b, q, kv_, kept, OutputView{request.out},
+                                            request.pruner.softmax_scale);
+        !s.ok()) {
+      return s;
+    }
+    t->ms_attend = MsSince(t0);
+    t->ms_fetch = 0.0;  // everything is already in host memory
+
+    // Blocks the attention read: distinct pages of each (sequence, KV head) kept set
+    // (tokens are ascending, so a page change is a new block).
+    t->kept_tokens_kv.assign(kept_count.begin(), kept_count.end());
+    int64_t blocks = 0;
+    for (int64_t item = 0; item < kv_items; ++item) {
+      const int32_t* tok = kept_tokens.data() + item * max_kept;
+      int32_t last = -1;
+      for (int32_t i = 0; i < kept_count[size_t(item)]; ++i) {
+        const int32_t page = tok[i] / g_.page_size;
+        if (page != last) ++blocks;
+        last = page;
+      }
+    }
+    t->blocks_needed = blocks;
+    t->blocks_fetched = 0;
+    t->bytes_h2d = 0;
+    t->ms_total = MsSince(t_start);
+    return absl::OkStatus();
+  }
+
+  MemoryUsage Memory() const override {
+    MemoryUsage m;
+    for (const auto* a : {&fp16_, &codes_, &scale_, &zero_, &kmin_, &kmax_}) {
+      if (*a) m.host_pool_bytes_total += (*a)->bytes();
+    }
+    return m;
+  }
+
+ private:
+  absl::Status CheckPage(int32_t page) const {
+    if (page < 0 || page >= num_pages_) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("page id %d out of range [0, %d)", page, num_pages_));
+    }
+    return absl::OkStatus();
+  }
+
+  const PageGeometry g_;
+  const int64_t num_pages_;
+  std::unique_ptr<HostArena> fp16_, codes_, scale_, zero_, kmin_, kmax_;
+  FpKvView kv_;
+  QuantKView qk_;
+};
+
+}  // namespace
+
+int64_t CpuBackendBytesPerPage(const RuntimeConfig& config) {
+  const PageGeometry g = GeometryOf(config);
+  const int64_t quant = g.k_bits < 16 ? g.CodeBlockBytes() + 4ll * g.page_size : 0;
+  return int64_t(g.num_kv_heads) * (g.FpBlockBytes() + quant + 4ll * g.head_dim);
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const RuntimeConfig& config,
+                                                          int64_t num_pages) {
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  if (num_pages < 1 || num_pages > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("CPU backend: num_pages %d outside [1, 2^31)", num_pages));
+  }
+  auto backend = std::make_unique<CpuBackend>(GeometryOf(config), num_pages);
+  if (absl::Status s = backend->Init(); !s.ok()) return s;
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace twl

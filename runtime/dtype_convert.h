@@ -1,0 +1,18 @@
+// Conversion of host K/V input (FP16, BF16 or FP32) to the FP16 the cache stores.
+#pragma once
+
+#include <cstdint>
+
+#include "cache/half.h"
+#include "runtime/runtime.h"
+
+namespace twl {
+
+// Bytes of one element of `dtype` (0 for an unknown dtype).
+int32_t DTypeBytes(DType dtype);
+bool IsValidDType(DType dtype);
+
+// dst[i] = fp16(src[i]) for n elements, round to nearest even (FP16 input is copied).
+void ConvertToFp16(const void* src, DType dtype, int64_t n, fp16_t* dst);
+
+}  // namespace twl

@@ -1,0 +1,19 @@
+// The page geometry a runtime configuration implies: shared by the Runtime and every
+// backend so that they agree on where each byte of a page lives.
+#pragma once
+
+#include "cache/page_layout.h"
+#include "runtime/runtime.h"
+
+namespace twl {
+
+inline PageGeometry GeometryOf(const RuntimeConfig& config) {
+  PageGeometry g;
+  g.page_size = config.page_size;
+  g.head_dim = config.head_dim;
+  g.num_kv_heads = config.num_kv_heads;
+  g.k_bits = config.k_bits;
+  return g;
+}
+
+}  // namespace twl
