@@ -1,0 +1,86 @@
+// What the opaque twl_runtime handle is, and the guard that every C entry point runs its body
+// in: it turns absl::Status and exceptions into a twl_status, records the message for
+// twl_runtime_last_error, and never lets anything escape.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include "absl/strings/string_view.h"
+#include <thread>
+#include <unordered_map>
+
+#include "absl/status/status.h"
+#include "api/status_map.h"
+#include "runtime/runtime.h"
+#include "twilight.h"
+
+// Per-thread state of one runtime: what twl_runtime_last_error and twl_runtime_last_step
+// report, so that threads sharing a runtime do not see each other's results.
+struct TwlThreadState {
+  std::string last_error;
+  twl::StepTelemetry last_step;
+  bool has_step = false;
+};
+
+struct twl_runtime {
+  static constexpr uint64_t kMagic = 0x54574c52554e5431ull;  // "TWLRUNT1"
+  static constexpr uint64_t kDeadMagic = 0xdeadbeefdeadbeefull;
+
+  uint64_t magic = kMagic;  // catches obviously wrong pointers, not every use after free
+  std::unique_ptr<twl::Runtime> runtime;
+  twl_runtime_config config{};  // resolved: no sentinel left
+  twl_backend backend = TWL_BACKEND_AUTO;
+  std::string backend_name;
+  bool collect_telemetry = true;
+
+  // Serializes every call into `runtime`: the C contract makes a runtime usable from many
+  // threads without relying on how much of twl::Runtime is itself thread-safe.
+  mutable std::mutex mu;
+  twl::StepTelemetry scratch_step;  // guarded by mu: written by Decode, then swapped in
+
+  // Guards per_thread. Never held while calling into `runtime`. Entries are never erased
+  // before the handle dies, so a string handed out by twl_runtime_last_error stays put
+  // (unordered_map nodes do not move on rehash).
+  mutable std::mutex thread_mu;
+  mutable std::unordered_map<std::thread::id, TwlThreadState> per_thread;
+};
+
+namespace twl::api {
+
+// Null or not a live handle -> InvalidArgument.
+absl::Status CheckHandle(const twl_runtime* rt);
+
+// Stores "fn: message detail" as the calling thread's last error for rt (or for "no runtime"
+// when rt is not a valid handle). Never throws (a message that cannot be stored is dropped).
+void RecordError(const twl_runtime* rt, const char* fn, absl::string_view message,
+                 absl::string_view detail = {}) noexcept;
+
+// Runs body() -> absl::Status behind the exception barrier; records any failure.
+template <typename Body>
+twl_status Guard(const twl_runtime* rt, const char* fn, Body&& body) noexcept {
+  twl_status code = TWL_INTERNAL;
+  try {
+    const absl::Status status = body();
+    code = ToTwlStatus(status);
+    if (code != TWL_OK) {
+      RecordError(rt, fn,
+                  status.message().empty() ? absl::string_view(twl_status_string(code))
+                                           : status.message());
+    }
+    return code;
+  } catch (const std::bad_alloc&) {
+    RecordError(rt, fn, "out of host memory");
+    return TWL_OUT_OF_MEMORY;
+  } catch (const std::exception& e) {
+    RecordError(rt, fn, "internal error (exception):", e.what());
+    return TWL_INTERNAL;
+  } catch (...) {
+    RecordError(rt, fn, "internal error (unknown exception)");
+    return TWL_INTERNAL;
+  }
+}
+
+}  // namespace twl::api

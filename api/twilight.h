@@ -1,0 +1,402 @@
+/* twilight.h: the public C API of the Twilight KV runtime (arXiv 2502.02770), for embedding in
+ * serving systems. Self-contained C99: it includes only <stddef.h> and <stdint.h> and names no
+ * CUDA type (streams travel as void*).
+ *
+ * Model of use
+ *   twl_runtime   one KV cache for one model (shape fixed at creation) on one backend:
+ *                 CPU reference, GPU with all KV in HBM, or GPU with FP16 KV offloaded to host.
+ *   twl_seq_id    a sequence (one request) inside a runtime, identified by a 64-bit id that the
+ *                 runtime hands out; ids are never reused within one runtime.
+ *   Per generated token a serving loop calls, for every layer, twl_sequence_append() for the
+ *   new token's K/V of each running sequence and then twl_decode() once for the whole batch:
+ *   select (Quest pages) -> prune (top-p on INT4 K) -> fetch kept FP16 blocks -> attention.
+ *
+ * Errors: three channels.
+ *   1. Every fallible function returns a twl_status, chosen by what the caller does next
+ *      (see twl_status). twl_status_string() gives a static name for each code.
+ *   2. twl_runtime_last_error() gives a human-readable message for the most recent failure.
+ *   3. twl_runtime_async_error() reports failures of background transfers that no call returned.
+ *   No function aborts the process or lets a C++ exception escape; an unexpected failure inside
+ *   the library returns TWL_INTERNAL.
+ *
+ * Thread safety (for every function below unless its comment says otherwise):
+ *   - Functions on one twl_runtime may be called from any number of threads at once; the
+ *     runtime serializes the work internally.
+ *   - One sequence must not be used by two threads at the same time (append, decode that
+ *     includes it, fork from it, save, free): the caller serializes per sequence. Different
+ *     sequences may be driven by different threads concurrently.
+ *   - twl_runtime_free() must not race with any other call on the same runtime.
+ *
+ * ABI: the structs below are append-only. Their first field, struct_size, must be set to
+ * sizeof(the struct) as the caller's header knows it (the *_default()/_INIT helpers do it); the
+ * library reads only the fields that fit in struct_size and uses defaults for the rest.
+ * Enumerator values never change. Sizes, counts and byte totals are int64_t or size_t.
+ */
+#ifndef TWILIGHT_H_
+#define TWILIGHT_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- Symbol visibility --------------------------------------------------------------------
+ * The library is built with hidden visibility; TWL_API marks the exported entry points. */
+#if defined(_WIN32)
+#if defined(TWL_BUILDING_LIBRARY)
+#define TWL_API __declspec(dllexport)
+#else
+#define TWL_API __declspec(dllimport)
+#endif
+#elif defined(TWL_BUILDING_LIBRARY) && (defined(__GNUC__) || defined(__clang__))
+#define TWL_API __attribute__((visibility("default")))
+#else
+#define TWL_API
+#endif
+
+/* The library's own sources are C++ and mark every entry point noexcept. */
+#if defined(__cplusplus)
+#define TWL_NOEXCEPT noexcept
+#else
+#define TWL_NOEXCEPT
+#endif
+
+/* ---- Version ------------------------------------------------------------------------------
+ * Compile-time version of this header; twl_version() is the version of the library loaded at
+ * run time. They differ only when a program runs against another build than it compiled with:
+ * the same major version (and, while major is 0, the same minor) is ABI compatible. */
+#define TWL_VERSION_MAJOR 0
+#define TWL_VERSION_MINOR 1
+#define TWL_VERSION_PATCH 0
+#define TWL_VERSION_NUMBER \
+  (TWL_VERSION_MAJOR * 10000 + TWL_VERSION_MINOR * 100 + TWL_VERSION_PATCH)
+#define TWL_VERSION_STRING "0.1.0"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* TWL_VERSION_NUMBER of the loaded library. Never fails; any thread. */
+TWL_API unsigned twl_version(void) TWL_NOEXCEPT;
+/* "MAJOR.MINOR.PATCH" of the loaded library: static storage, never NULL. Any thread. */
+TWL_API const char* twl_version_string(void) TWL_NOEXCEPT;
+
+/* ---- Status -------------------------------------------------------------------------------
+ * Values are fixed forever; new codes are only appended. */
+typedef enum twl_status {
+  TWL_OK = 0,
+  /* A null handle or pointer, a shape or enum out of range, p outside (0, 1] or NaN, a file
+   * saved for another model shape. Fix the call; retrying it unchanged fails again. */
+  TWL_INVALID_ARGUMENT = 1,
+  /* The sequence id is not (or no longer) part of this runtime. */
+  TWL_NOT_FOUND = 2,
+  /* The process ran out of memory (host allocation failed). Free memory or retry later. */
+  TWL_OUT_OF_MEMORY = 3,
+  /* The runtime's fixed KV pools are full (host pool pages, GPU memory reserved at creation).
+   * Free or finish sequences (or preempt one) and retry; the cache is unchanged. */
+  TWL_CAPACITY_EXHAUSTED = 4,
+  /* A resource is not available now: no usable GPU for a GPU backend, a device busy or lost.
+   * Retry later or create the runtime with the CPU backend. */
+  TWL_UNAVAILABLE = 5,
+  /* The call is valid but the state does not allow it, e.g. decoding a sequence that has no
+   * tokens in that layer. Change the order of calls. */
+  TWL_FAILED_PRECONDITION = 6,
+  /* A file could not be opened, read or written (save/restore). Check the path and disk. */
+  TWL_IO_ERROR = 7,
+  /* A file is truncated, corrupted or not a Twilight file. Discard it; nothing was changed. */
+  TWL_CORRUPT_DATA = 8,
+  /* The feature is not supported by this build or backend (e.g. device pointers with the CPU
+   * backend, a file format version newer than this library). */
+  TWL_UNSUPPORTED = 9,
+  /* A bug or an unexpected failure inside the library. The message says what; report it. */
+  TWL_INTERNAL = 10
+} twl_status;
+
+/* Static name of a code, e.g. "TWL_CAPACITY_EXHAUSTED"; "TWL_UNKNOWN_STATUS" for values not in
+ * the enum. Never NULL; never freed; any thread. */
+TWL_API const char* twl_status_string(twl_status status) TWL_NOEXCEPT;
+
+/* ---- Enums ------------------------------------------------------------------------------- */
+typedef enum twl_backend {
+  TWL_BACKEND_AUTO = 0,        /* GPU offload when a usable GPU is present, else CPU */
+  TWL_BACKEND_CPU = 1,         /* CPU reference pipeline (host memory only) */
+  TWL_BACKEND_GPU_HBM = 2,     /* GPU, all FP16 KV in device memory */
+  TWL_BACKEND_GPU_OFFLOAD = 3  /* GPU, FP16 KV in pinned host memory + a hot-page GPU cache */
+} twl_backend;
+
+typedef enum twl_dtype {
+  TWL_DTYPE_FP16 = 0, /* IEEE binary16 */
+  TWL_DTYPE_BF16 = 1, /* bfloat16 */
+  TWL_DTYPE_FP32 = 2  /* IEEE binary32 */
+} twl_dtype;
+
+typedef enum twl_memory_space {
+  TWL_MEMORY_HOST = 0,  /* ordinary (or pinned) host memory */
+  TWL_MEMORY_DEVICE = 1 /* memory of the runtime's GPU; GPU backends only */
+} twl_memory_space;
+
+typedef enum twl_selector {
+  TWL_SELECTOR_DEFAULT = 0, /* library chooses (Quest) */
+  TWL_SELECTOR_QUEST = 1,   /* top-B0 pages by the Quest bound, then top-p pruning */
+  TWL_SELECTOR_FULL = 2     /* every page is a candidate: top-p pruning alone */
+} twl_selector;
+
+typedef enum twl_fetch_path {
+  TWL_FETCH_AUTO = 0,        /* chosen by measurement */
+  TWL_FETCH_GATHER = 1,      /* SM-driven gather from mapped pinned memory */
+  TWL_FETCH_COPY_ENGINE = 2  /* DMA copy engine */
+} twl_fetch_path;
+
+/* ---- Runtime configuration -----------------------------------------------------------------
+ * Fill with twl_runtime_config_default() (or TWL_RUNTIME_CONFIG_INIT), then set the model shape.
+ * Sentinels: a field documented "0: library chooses" (or "-1: ...") takes the library's default;
+ * twl_runtime_get_config() reports the values actually used. */
+typedef struct twl_runtime_config {
+  size_t struct_size;       /* sizeof(twl_runtime_config) */
+  /* Model shape: required (0 is invalid). */
+  int32_t num_layers;       /* >= 1 */
+  int32_t num_q_heads;      /* a multiple of num_kv_heads (GQA) */
+  int32_t num_kv_heads;     /* >= 1 */
+  int32_t head_dim;         /* 64 or 128 (the GPU kernels' sizes; the CPU backend takes any
+                               multiple of 8 up to 256) */
+  /* Cache layout. */
+  int32_t page_size;        /* tokens per page; 0: library chooses (16) */
+  int32_t k_bits;           /* bits of the estimation copy of K: 2, 4, 8, or 16 (estimate with
+                               FP16 K); 0: library chooses (4) */
+  /* Twilight. */
+  float top_p;              /* default top-p mass in (0, 1]; 0: library chooses (0.95) */
+  twl_selector selector;    /* TWL_SELECTOR_DEFAULT: library chooses (Quest) */
+  int32_t selector_budget_tokens;  /* B0 in tokens; 0: use selector_budget_fraction */
+  float selector_budget_fraction;  /* B0 as a fraction of the context in (0, 1];
+                                      0: library chooses (0.25) */
+  int32_t sink_pages;       /* first pages always selected; -1: library chooses (1) */
+  int32_t dense_layers;     /* first layers decoded densely; -1: library chooses (0) */
+  /* Memory. */
+  int64_t host_pool_bytes;  /* FP16 KV pool (host for offload/CPU, device for GPU_HBM);
+                               0: library chooses (1 GiB) */
+  int64_t gpu_cache_bytes;  /* hot FP16 page cache on the GPU; 0: library chooses */
+  twl_fetch_path fetch_path;
+  /* Placement. */
+  twl_backend backend;      /* TWL_BACKEND_AUTO: GPU offload if a GPU is usable, else CPU */
+  int32_t device_id;        /* CUDA device ordinal; -1: library chooses (0) */
+  /* Telemetry: 1 keeps the per-head statistics of each decode for twl_runtime_last_step*;
+   * 0 skips collecting them (GPU backends then avoid a device-to-host copy per step);
+   * -1: library chooses (1). */
+  int32_t collect_telemetry;
+} twl_runtime_config;
+
+#define TWL_RUNTIME_CONFIG_INIT                                                              \
+  {                                                                                          \
+    sizeof(twl_runtime_config), 0, 0, 0, 0, 0, 0, 0.0f, TWL_SELECTOR_DEFAULT, 0, 0.0f, -1, \
+        -1, 0, 0, TWL_FETCH_AUTO, TWL_BACKEND_AUTO, -1, -1                                   \
+  }
+
+/* A configuration with every tunable at "library chooses" and the model shape unset. Inline,
+ * so struct_size is the size this header knows. */
+static inline twl_runtime_config twl_runtime_config_default(void) {
+  twl_runtime_config config = TWL_RUNTIME_CONFIG_INIT;
+  return config;
+}
+
+/* ---- Runtime ------------------------------------------------------------------------------ */
+typedef struct twl_runtime twl_runtime;
+typedef int64_t twl_seq_id;
+#define TWL_INVALID_SEQ_ID ((twl_seq_id)-1)
+
+/* Creates a runtime: allocates its KV pools and, for GPU backends, device memory.
+ * config: read during the call only. out: receives the handle (owned by the caller, release with
+ * twl_runtime_free); set to NULL on failure.
+ * Status: TWL_INVALID_ARGUMENT (null pointer, bad struct_size, shape or tunable out of range),
+ *   TWL_UNAVAILABLE (a GPU backend was asked for and no usable GPU is present),
+ *   TWL_OUT_OF_MEMORY / TWL_CAPACITY_EXHAUSTED (pools could not be allocated), TWL_INTERNAL.
+ * On failure nothing is allocated; the message is twl_runtime_last_error(NULL). */
+TWL_API twl_status twl_runtime_create(const twl_runtime_config* config,
+                                      twl_runtime** out) TWL_NOEXCEPT;
+
+/* Frees the runtime, every sequence in it and its memory. NULL is a no-op. The caller must
+ * ensure no other call on rt is running or will start, and that GPU work it enqueued with
+ * twl_decode on its own streams has finished. */
+TWL_API void twl_runtime_free(twl_runtime* rt) TWL_NOEXCEPT;
+
+/* The message of the most recent failed call on rt made by the calling thread, or "" if this
+ * thread's calls on rt have all succeeded. rt == NULL: the calling thread's most recent failure
+ * of a call that had no valid runtime (twl_runtime_create, or any call passed rt == NULL).
+ * Lifetime: the string is owned by the library and stays valid until this thread's next
+ * failing call on the same rt (or NULL), or twl_runtime_free(rt). Never returns NULL. */
+TWL_API const char* twl_runtime_last_error(const twl_runtime* rt) TWL_NOEXCEPT;
+
+/* The first failure of a background transfer (offload/prefetch) since the previous call, and
+ * clears it; TWL_OK when there was none. When not TWL_OK its message is also this thread's
+ * twl_runtime_last_error(rt). Such a failure may have left the output of the decode steps
+ * issued after it wrong: a serving system should fail the affected requests.
+ * Status: TWL_OK, TWL_INVALID_ARGUMENT (rt NULL), or the failure's own code. */
+TWL_API twl_status twl_runtime_async_error(twl_runtime* rt) TWL_NOEXCEPT;
+
+/* The configuration in use, with every sentinel replaced by the value chosen.
+ * out->struct_size must be set by the caller; only that many bytes are written.
+ * Status: TWL_OK, TWL_INVALID_ARGUMENT (null, struct_size too small). */
+TWL_API twl_status twl_runtime_get_config(const twl_runtime* rt,
+                                          twl_runtime_config* out) TWL_NOEXCEPT;
+
+/* The backend in use (never TWL_BACKEND_AUTO), or TWL_BACKEND_AUTO for rt == NULL. */
+TWL_API twl_backend twl_runtime_backend(const twl_runtime* rt) TWL_NOEXCEPT;
+/* Human-readable backend name, e.g. "cpu" or "gpu-offload (NVIDIA H100 ...)". Owned by rt,
+ * valid until twl_runtime_free(rt); "" for rt == NULL. */
+TWL_API const char* twl_runtime_backend_name(const twl_runtime* rt) TWL_NOEXCEPT;
+
+/* ---- Sequences -----------------------------------------------------------------------------
+ * A sequence holds, per layer, the K/V of its tokens; layers may have different lengths while a
+ * prompt is being prefilled layer by layer. */
+
+/* Creates an empty sequence. *out receives its id (TWL_INVALID_SEQ_ID on failure).
+ * Status: TWL_OK, TWL_INVALID_ARGUMENT (null), TWL_CAPACITY_EXHAUSTED, TWL_INTERNAL. */
+TWL_API twl_status twl_sequence_create(twl_runtime* rt, twl_seq_id* out) TWL_NOEXCEPT;
+
+/* Frees a sequence and the pages only it used. The id becomes unknown (TWL_NOT_FOUND).
+ * Status: TWL_OK, TWL_INVALID_ARGUMENT (rt NULL), TWL_NOT_FOUND (nothing changed). */
+TWL_API twl_status twl_sequence_free(twl_runtime* rt, twl_seq_id seq) TWL_NOEXCEPT;
+
+/* Creates a new sequence with the same K/V as parent in every layer (e.g. a shared prompt
+ * prefix for parallel sampling). Full pages are shared copy-on-write, so this costs little
+ * memory; later appends to either sequence do not affect the other. *out receives the new id.
+ * Status: TWL_OK, TWL_INVALID_ARGUMENT (null), TWL_NOT_FOUND (parent unknown),
+ *   TWL_CAPACITY_EXHAUSTED (no page for the copied partial page). On failure no sequence is
+ *   created and parent is unchanged. */
+TWL_API twl_status twl_sequence_fork(twl_runtime* rt, twl_seq_id parent,
+                                     twl_seq_id* out) TWL_NOEXCEPT;
+
+/* Tokens cached for seq in layer, into *out.
+ * Status: TWL_OK, TWL_INVALID_ARGUMENT (null, layer out of range), TWL_NOT_FOUND. */
+TWL_API twl_status twl_sequence_length(const twl_runtime* rt, twl_seq_id seq, int32_t layer,
+                                       int32_t* out) TWL_NOEXCEPT;
+
+/* Appends n tokens to seq in layer. k and v are each [n][num_kv_heads][head_dim] elements of
+ * dtype, row-major, in memory space `space` (device pointers need a GPU backend). They are read
+ * during the call only (on GPU backends the copy is complete when the call returns).
+ * n == 0 is a no-op (k and v may then be NULL). Values are stored as FP16.
+ * Status: TWL_OK; TWL_INVALID_ARGUMENT (null, n < 0, layer/dtype/space out of range);
+ *   TWL_NOT_FOUND; TWL_CAPACITY_EXHAUSTED (pool full); TWL_UNSUPPORTED (device memory on the
+ *   CPU backend); TWL_INTERNAL. All-or-nothing: on any failure the sequence is unchanged. */
+TWL_API twl_status twl_sequence_append(twl_runtime* rt, twl_seq_id seq, int32_t layer,
+                                       int32_t n, const void* k, const void* v,
+                                       twl_dtype dtype, twl_memory_space space) TWL_NOEXCEPT;
+
+/* Copies the cached K and V of seq in layer to host buffers, FP16, each
+ * [len][num_kv_heads][head_dim], where len = twl_sequence_length(). capacity_tokens is the size
+ * of k and v in tokens. *out_len (required) receives len even when the buffers are too small.
+ * k and v may be NULL when capacity_tokens is 0 (a size query). Buffers are owned by the caller.
+ * Status: TWL_OK; TWL_INVALID_ARGUMENT (null, layer out of range, capacity_tokens < len: then
+ *   nothing is written to k and v); TWL_NOT_FOUND. */
+TWL_API twl_status twl_sequence_read_kv(const twl_runtime* rt, twl_seq_id seq, int32_t layer,
+                                        uint16_t* k, uint16_t* v, int64_t capacity_tokens,
+                                        int32_t* out_len) TWL_NOEXCEPT;
+
+/* ---- Decode --------------------------------------------------------------------------------
+ * One Twilight decode-attention step of one layer for a batch of sequences:
+ *   q    [num_seqs][num_q_heads][head_dim] FP16, the queries of each sequence's newest token
+ *   out  [num_seqs][num_q_heads][head_dim] FP16, attention over each sequence's cached tokens
+ *        (append the newest token's K/V first, so it attends to itself).
+ * seqs: num_seqs distinct ids (host array, read during the call).
+ * space: where q and out live. TWL_MEMORY_DEVICE (GPU backends): the step is enqueued on
+ *   `stream` (a cudaStream_t, or NULL for the runtime's own stream) and out is ready when that
+ *   stream reaches this point; q must stay valid until then. TWL_MEMORY_HOST: synchronous, out
+ *   is ready on return. The CPU backend ignores stream.
+ * seq_p: NULL (every sequence uses the runtime's top_p) or a host array [num_seqs] of per-
+ *   sequence p, each in (0, 1].
+ * Status: TWL_OK; TWL_INVALID_ARGUMENT (null handle/pointer, num_seqs < 1, layer or space out of
+ *   range, a duplicate id, a p outside (0, 1] or NaN); TWL_NOT_FOUND (an unknown id: the message
+ *   names it); TWL_FAILED_PRECONDITION (a sequence with no tokens in this layer);
+ *   TWL_UNSUPPORTED (device memory on the CPU backend); TWL_UNAVAILABLE (the device failed);
+ *   TWL_INTERNAL. Never changes the cache. On failure out is unchanged when the status is
+ *   TWL_INVALID_ARGUMENT, TWL_NOT_FOUND, TWL_FAILED_PRECONDITION or TWL_UNSUPPORTED (checked before
+ *   any work), otherwise unspecified; the last-step telemetry is that of the previous success. */
+TWL_API twl_status twl_decode(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs,
+                              int32_t num_seqs, const void* q, void* out,
+                              twl_memory_space space, const float* seq_p,
+                              void* stream) TWL_NOEXCEPT;
+
+/* ---- Telemetry of the last decode step -----------------------------------------------------
+ * "Last" = the most recent successful twl_decode on rt made by the calling thread (so threads
+ * decoding concurrently each see their own). Before any, num_seqs is 0 and layer is -1. */
+typedef struct twl_step_stats {
+  size_t struct_size;       /* sizeof(twl_step_stats), set by the caller */
+  int32_t layer;
+  int32_t num_seqs;
+  int32_t num_q_heads;      /* per-head arrays hold num_seqs * num_q_heads entries */
+  int32_t num_kv_heads;     /* per-KV-head arrays hold num_seqs * num_kv_heads entries */
+  int64_t blocks_needed;    /* FP16 blocks (page x KV head) read by the attention */
+  int64_t blocks_fetched;   /* of those, transferred host -> GPU in this step */
+  int64_t bytes_h2d;        /* bytes transferred host -> GPU in this step */
+  double cache_hit_rate;    /* 1 - blocks_fetched / blocks_needed (1 when none needed) */
+  double ms_select, ms_prune, ms_fetch, ms_attend, ms_total; /* wall time per stage */
+  double mean_kept_tokens;  /* mean over (sequence, query head) of the head's own kept tokens */
+  double mean_kept_tokens_kv; /* mean over (sequence, KV head) of tokens attended (union) */
+} twl_step_stats;
+
+/* Scalars of the last step into *out (out->struct_size set by the caller).
+ * Status: TWL_OK, TWL_INVALID_ARGUMENT (null, struct_size too small). */
+TWL_API twl_status twl_runtime_last_step(const twl_runtime* rt,
+                                         twl_step_stats* out) TWL_NOEXCEPT;
+
+/* Per-head arrays of the last step into caller-owned buffers, row-major by sequence (in the
+ * order of the seqs passed to twl_decode). Each pointer may be NULL (not wanted).
+ *   selected  [num_seqs][num_q_heads]  candidate tokens after page selection
+ *   kept      [num_seqs][num_q_heads]  tokens in the head's own top-p set (its budget)
+ *   est_mass  [num_seqs][num_q_heads]  estimated softmax mass of that set
+ *   kept_kv   [num_seqs][num_kv_heads] tokens attended by the KV head (union over its group)
+ * q_capacity / kv_capacity: entries available in the q-head / KV-head arrays.
+ * Status: TWL_OK; TWL_INVALID_ARGUMENT (rt NULL, or a wanted array's capacity too small: then
+ *   nothing is written); TWL_FAILED_PRECONDITION (telemetry collection is off). Sizes come from
+ *   twl_runtime_last_step(). */
+TWL_API twl_status twl_runtime_last_step_heads(const twl_runtime* rt, int32_t* selected,
+                                               int32_t* kept, float* est_mass,
+                                               int64_t q_capacity, int32_t* kept_kv,
+                                               int64_t kv_capacity) TWL_NOEXCEPT;
+
+/* ---- Memory --------------------------------------------------------------------------------- */
+typedef struct twl_memory_usage {
+  size_t struct_size;            /* sizeof(twl_memory_usage), set by the caller */
+  int64_t host_pool_bytes_used;  /* FP16 KV pool in use (pages held by sequences) */
+  int64_t host_pool_bytes_total; /* FP16 KV pool capacity */
+  int64_t gpu_quant_bytes;       /* INT4 K + page metadata on the GPU */
+  int64_t gpu_cache_bytes;       /* hot FP16 page cache on the GPU */
+  int64_t gpu_fp16_bytes;        /* FP16 KV on the GPU (HBM backend) */
+  int64_t disk_bytes;            /* spilled to disk */
+} twl_memory_usage;
+
+/* Memory by tier into *out. Status: TWL_OK, TWL_INVALID_ARGUMENT (null, struct_size too small). */
+TWL_API twl_status twl_runtime_memory(const twl_runtime* rt,
+                                      twl_memory_usage* out) TWL_NOEXCEPT;
+
+/* ---- Save / restore ----------------------------------------------------------------------
+ * File format (little-endian): a versioned header with the model shape, the length of every
+ * layer, then the FP16 K/V in chunks, each followed by a CRC-32C; see api/persist.cc. A file can
+ * be restored into any runtime with the same num_layers, num_kv_heads and head_dim (page size,
+ * k_bits and backend may differ). */
+
+/* Writes seq's K/V of every layer to path. The file is written beside path and renamed over it
+ * when complete, so on failure an existing file at path is unchanged. seq is only read (the
+ * caller must not append to it during the call).
+ * Status: TWL_OK, TWL_INVALID_ARGUMENT (null), TWL_NOT_FOUND, TWL_IO_ERROR,
+ *   TWL_OUT_OF_MEMORY. */
+TWL_API twl_status twl_sequence_save(twl_runtime* rt, twl_seq_id seq,
+                                     const char* path) TWL_NOEXCEPT;
+
+/* Creates a new sequence from a file written by twl_sequence_save. *out receives its id.
+ * The whole file is checked before anything is created.
+ * Status: TWL_OK; TWL_INVALID_ARGUMENT (null, file saved for another model shape); TWL_IO_ERROR
+ *   (cannot open/read); TWL_CORRUPT_DATA (truncated, checksum mismatch, not a Twilight file);
+ *   TWL_UNSUPPORTED (newer format version); TWL_CAPACITY_EXHAUSTED. On any failure no sequence
+ *   is created and the runtime is unchanged. */
+TWL_API twl_status twl_sequence_restore(twl_runtime* rt, const char* path,
+                                        twl_seq_id* out) TWL_NOEXCEPT;
+
+/* ---- Conversions (host helpers for callers without half-precision types) -------------------
+ * Round to nearest even; NaN and infinities preserved. n elements; src and dst must not
+ * overlap. Any thread; never fail. */
+TWL_API void twl_fp32_to_fp16(const float* src, uint16_t* dst, size_t n) TWL_NOEXCEPT;
+TWL_API void twl_fp16_to_fp32(const uint16_t* src, float* dst, size_t n) TWL_NOEXCEPT;
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* TWILIGHT_H_ */
