@@ -2,6 +2,7 @@
 #include "runtime/cpu_backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <limits>
@@ -21,6 +22,19 @@
 
 namespace twl {
 namespace {
+
+std::atomic<int32_t> g_writes_before_failure{-1};
+
+// True when the injected failure is due now (then disarmed).
+bool InjectedWriteFailure() {
+  int32_t n = g_writes_before_failure.load(std::memory_order_relaxed);
+  while (n >= 0) {
+    if (g_writes_before_failure.compare_exchange_weak(n, n - 1, std::memory_order_relaxed)) {
+      return n == 0;
+    }
+  }
+  return false;
+}
 
 double MsSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -67,6 +81,7 @@ class CpuBackend final : public Backend {
     if (!IsValidDType(dtype)) return absl::InvalidArgumentError("unknown dtype");
     if (tokens.num_tokens < 0) return absl::InvalidArgumentError("num_tokens < 0");
     if (tokens.num_tokens == 0) return absl::OkStatus();
+    if (InjectedWriteFailure()) return absl::InternalError("append: injected failure");
     if (!tokens.k || !tokens.v || !tokens.page_id || !tokens.slot) {
       return absl::InvalidArgumentError("append: k, v, page_id and slot must not be null");
     }
@@ -127,6 +142,7 @@ class CpuBackend final : public Backend {
                                                         g_.page_size));
     }
     if (rows == 0 || src_page == dst_page) return absl::OkStatus();
+    if (InjectedWriteFailure()) return absl::InternalError("copy: injected failure");
     // Re-append the rows: the quantized copy and the page bounds come out exactly as if the
     // tokens had been appended to dst (quantization is deterministic).
     const int64_t n = int64_t(rows) * g_.num_kv_heads * g_.head_dim;
@@ -264,6 +280,10 @@ class CpuBackend final : public Backend {
 };
 
 }  // namespace
+
+void SetCpuBackendWriteFailureForTesting(int32_t n) {
+  g_writes_before_failure.store(n, std::memory_order_relaxed);
+}
 
 int64_t CpuBackendBytesPerPage(const RuntimeConfig& config) {
   const PageGeometry g = GeometryOf(config);

@@ -25,4 +25,9 @@ int64_t CpuBackendBytesPerPage(const RuntimeConfig& config);
 
 // CreateCpuBackend(config, num_pages) is declared in runtime/backend.h.
 
+// Fault injection for tests (process-wide): after `n` more successful Append/CopyPage
+// calls, the next one fails with Internal (once); n < 0 disables it. Used to check that the
+// Runtime rolls a failed append back.
+void SetCpuBackendWriteFailureForTesting(int32_t n);
+
 }  // namespace twl
