@@ -1,0 +1,454 @@
+// twl_demo: the main job. Decodes a batch of long sequences with the Twilight runtime and
+// shows what adaptive top-p does: per-step kept budgets per head, time per stage, tokens/s,
+// and the error of the output against dense attention over the same cache.
+//
+// K/V/Q come from the synthetic attention generator (bench/lib/synthetic_attention.h:
+// RoPE, attention sinks, a local window, retrieval spikes, heads from peaked to flat). The
+// context of each sequence is prefilled, then every decode step appends one token per
+// sequence and layer and decodes every layer for the whole batch.
+//
+//   twl_demo [--seqs 4] [--context 4096] [--layers 4] [--steps 6] [--p 0.95]
+//            [--backend auto|cpu|gpu|offload] [--budget 0.25] [--selector quest|full]
+//            [--page-size 16] [--k-bits 4] [--dense-layers 0] [--seed 1]
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include "absl/strings/str_format.h"
+#include "gpu/device.h"
+#include "lib/synthetic_attention.h"
+#include "lib/table.h"
+#include "oneapi/tbb/parallel_for.h"
+#include "runtime/runtime.h"
+
+namespace {
+
+using twl::fp16_t;
+
+struct Options {
+  int seqs = 4;
+  int context = 4096;
+  int layers = 4;
+  int steps = 6;
+  float p = 0.95f;
+  std::string backend = "auto";
+  float budget = 0.25f;
+  std::string selector = "quest";
+  int page_size = 16;
+  int k_bits = 4;
+  int dense_layers = 0;
+  int q_heads = 32;
+  int kv_heads = 8;
+  int head_dim = 128;
+  uint64_t seed = 1;
+};
+
+void Usage() {
+  std::printf(
+      "usage: twl_demo [--seqs N] [--context TOKENS] [--layers N] [--steps N] [--p P]\n"
+      "                [--backend auto|cpu|gpu|offload] [--budget FRACTION]\n"
+      "                [--selector quest|full] [--page-size N] [--k-bits 2|4|8|16]\n"
+      "                [--dense-layers N] [--q-heads N] [--kv-heads N] [--head-dim N]\n"
+      "                [--seed N]\n"
+      "Decodes a batch of synthetic long-context sequences with Twilight (Quest selector +\n"
+      "top-p pruner + sparse attention) and compares each output with dense attention.\n"
+      "--backend gpu = all KV in GPU memory, offload = FP16 KV in pinned host memory.\n");
+}
+
+bool ParseArgs(int argc, char** argv, Options* o) {
+  std::map<std::string, std::string> kv;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "-h" || a == "--help") {
+      Usage();
+      std::exit(0);
+    }
+    if (a.rfind("--", 0) != 0) {
+      std::fprintf(stderr, "twl_demo: unexpected argument '%s'\n", a.c_str());
+      return false;
+    }
+    a = a.substr(2);
+    std::string value;
+    if (const size_t eq = a.find('='); eq != std::string::npos) {
+      value = a.substr(eq + 1);
+      a = a.substr(0, eq);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      std::fprintf(stderr, "twl_demo: --%s needs a value\n", a.c_str());
+      return false;
+    }
+    kv[a] = value;
+  }
+  for (const auto& [key, value] : kv) {
+    char* end = nullptr;
+    auto as_int = [&](int* dst) {
+      const long v = std::strtol(value.c_str(), &end, 10);
+      if (*end != '\0' || value.empty()) return false;
+      *dst = int(v);
+      return true;
+    };
+    bool ok = true;
+    if (key == "seqs") ok = as_int(&o->seqs);
+    else if (key == "context") ok = as_int(&o->context);
+    else if (key == "layers") ok = as_int(&o->layers);
+    else if (key == "steps") ok = as_int(&o->steps);
+    else if (key == "page-size") ok = as_int(&o->page_size);
+    else if (key == "k-bits") ok = as_int(&o->k_bits);
+    else if (key == "dense-layers") ok = as_int(&o->dense_layers);
+    else if (key == "q-heads") ok = as_int(&o->q_heads);
+    else if (key == "kv-heads") ok = as_int(&o->kv_heads);
+    else if (key == "head-dim") ok = as_int(&o->head_dim);
+    else if (key == "seed") {
+      int s = 0;
+      ok = as_int(&s);
+      o->seed = uint64_t(s);
+    } else if (key == "p" || key == "budget") {
+      const float v = std::strtof(value.c_str(), &end);
+      ok = *end == '\0' && !value.empty();
+      (key == "p" ? o->p : o->budget) = v;
+    } else if (key == "backend") {
+      o->backend = value;
+      ok = value == "auto" || value == "cpu" || value == "gpu" || value == "offload";
+    } else if (key == "selector") {
+      o->selector = value;
+      ok = value == "quest" || value == "full";
+    } else {
+      std::fprintf(stderr, "twl_demo: unknown flag --%s (see --help)\n", key.c_str());
+      return false;
+    }
+    if (!ok) {
+      std::fprintf(stderr, "twl_demo: bad value '%s' for --%s\n", value.c_str(), key.c_str());
+      return false;
+    }
+  }
+  if (o->seqs < 1 || o->layers < 1 || o->steps < 1 || o->context < 64) {
+    std::fprintf(stderr, "twl_demo: need --seqs, --layers, --steps >= 1 and --context >= 64\n");
+    return false;
+  }
+  return true;
+}
+
+// Progress on stderr: rewritten in place on a terminal, one line per update otherwise.
+void Progress(const std::string& line, bool final_line = false) {
+  static const bool tty = isatty(fileno(stderr)) != 0;
+  if (tty) {
+    std::fprintf(stderr, "\r%-70s%s", line.c_str(), final_line ? "\n" : "");
+  } else if (final_line) {
+    std::fprintf(stderr, "%s\n", line.c_str());
+  }
+}
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Dense attention over the first `len` tokens, FP32 accumulation: the yardstick.
+// k, v [>= len][kv_heads][d]; q, out [q_heads][d].
+void DenseAttention(const fp16_t* k, const fp16_t* v, int len, int kv_heads, int q_heads, int d,
+                    const fp16_t* q, float* out) {
+  const int group = q_heads / kv_heads;
+  const float scale = 1.0f / std::sqrt(float(d));
+  tbb::parallel_for(0, kv_heads, [&](int h) {
+    const size_t n = static_cast<size_t>(len);
+    std::vector<float> kf(n * d), vf(n * d), w(n), qf(static_cast<size_t>(d));
+    for (int t = 0; t < len; ++t) {
+      const int64_t at = (int64_t(t) * kv_heads + h) * d;
+      for (int j = 0; j < d; ++j) {
+        kf[size_t(t) * d + j] = twl::HalfToFloat(k[at + j]);
+        vf[size_t(t) * d + j] = twl::HalfToFloat(v[at + j]);
+      }
+    }
+    for (int g = 0; g < group; ++g) {
+      const int qh = h * group + g;
+      for (int j = 0; j < d; ++j) qf[size_t(j)] = twl::HalfToFloat(q[int64_t(qh) * d + j]) * scale;
+      float mx = -INFINITY;
+      for (int t = 0; t < len; ++t) {
+        const float* kr = kf.data() + size_t(t) * d;
+        float s = 0.0f;
+        for (int j = 0; j < d; ++j) s += qf[size_t(j)] * kr[j];
+        w[size_t(t)] = s;
+        mx = std::max(mx, s);
+      }
+      double sum = 0.0;
+      for (int t = 0; t < len; ++t) {
+        w[size_t(t)] = std::exp(w[size_t(t)] - mx);
+        sum += w[size_t(t)];
+      }
+      float* o = out + int64_t(qh) * d;
+      std::fill(o, o + d, 0.0f);
+      for (int t = 0; t < len; ++t) {
+        const float a = float(w[size_t(t)] / sum);
+        const float* vr = vf.data() + size_t(t) * d;
+        for (int j = 0; j < d; ++j) o[j] += a * vr[j];
+      }
+    }
+  });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options opt;
+  if (!ParseArgs(argc, argv, &opt)) return 2;
+  const double t_begin = Now();
+
+  twl::RuntimeConfig cfg;
+  cfg.num_layers = opt.layers;
+  cfg.num_q_heads = opt.q_heads;
+  cfg.num_kv_heads = opt.kv_heads;
+  cfg.head_dim = opt.head_dim;
+  cfg.page_size = opt.page_size;
+  cfg.k_bits = opt.k_bits;
+  cfg.top_p = opt.p;
+  cfg.selector = opt.selector == "full" ? twl::SelectorKind::kFull : twl::SelectorKind::kQuest;
+  cfg.selector_budget_fraction = opt.budget;
+  cfg.dense_layers = opt.dense_layers;
+  cfg.backend = opt.backend == "cpu"       ? twl::BackendKind::kCpu
+                : opt.backend == "gpu"     ? twl::BackendKind::kGpuHbm
+                : opt.backend == "offload" ? twl::BackendKind::kGpuOffload
+                                           : twl::BackendKind::kAuto;
+  // Size the host pool for the whole run (with slack for partial pages), not the default.
+  const int64_t pages_per_seq_layer = (opt.context + opt.page_size - 1) / opt.page_size + 1;
+  const int64_t page_bytes = int64_t(opt.kv_heads) * 4 * opt.page_size * opt.head_dim;
+  cfg.host_pool_bytes = pages_per_seq_layer * opt.seqs * opt.layers * page_bytes + page_bytes;
+
+  auto created = twl::Runtime::Create(cfg);
+  if (!created.ok()) {
+    std::fprintf(stderr, "twl_demo: cannot create the runtime: %s\n",
+                 created.status().ToString().c_str());
+    return 1;
+  }
+  std::unique_ptr<twl::Runtime> rt = std::move(*created);
+  const bool on_cpu = rt->backend_kind() == twl::BackendKind::kCpu;
+  std::printf("twl_demo: Twilight decode on backend %s\n", rt->backend_name().c_str());
+  if (on_cpu && cfg.backend == twl::BackendKind::kAuto) {
+    std::printf("no GPU found: using the CPU backend\n");
+  }
+  std::printf(
+      "model: %d layers, %d query / %d KV heads, head dim %d; page %d tokens, K estimate %s\n",
+      opt.layers, opt.q_heads, opt.kv_heads, opt.head_dim, opt.page_size,
+      opt.k_bits == 16 ? "FP16" : absl::StrFormat("INT%d", opt.k_bits).c_str());
+  std::printf("twilight: p = %.3g, selector %s%s, dense layers %d\n", opt.p,
+              opt.selector.c_str(),
+              opt.selector == "quest" ? absl::StrFormat(" (budget %.0f%% of context)",
+                                                        100.0 * opt.budget).c_str()
+                                      : "",
+              opt.dense_layers);
+
+  // ---- Synthetic batch: mixed lengths around --context ---------------------------------
+  // layer_data[l][s]: K/V of the whole context plus the decode steps, and the step queries.
+  std::vector<std::vector<twl::bench::SyntheticLayer>> data(size_t(opt.layers));
+  std::vector<int> ctx(size_t(opt.seqs));
+  for (int s = 0; s < opt.seqs; ++s) {
+    ctx[size_t(s)] = std::max(64, opt.context - (opt.context / 4) * s / std::max(1, opt.seqs));
+  }
+  Progress("generating synthetic K/V/Q ...");
+  for (int l = 0; l < opt.layers; ++l) {
+    for (int s = 0; s < opt.seqs; ++s) {
+      twl::bench::SyntheticConfig sc;
+      sc.num_tokens = ctx[size_t(s)] + opt.steps - 1;  // prefill + one token per later step
+      sc.num_kv_heads = opt.kv_heads;
+      sc.group_size = opt.q_heads / std::max(1, opt.kv_heads);
+      sc.head_dim = opt.head_dim;
+      sc.num_steps = opt.steps;
+      sc.seed = opt.seed * 7919 + uint64_t(s);
+      auto layer = twl::bench::GenerateLayer(sc, l);
+      if (!layer.ok()) {
+        std::fprintf(stderr, "\ntwl_demo: generator: %s\n", layer.status().ToString().c_str());
+        return 1;
+      }
+      data[size_t(l)].push_back(std::move(*layer));
+    }
+  }
+  Progress(absl::StrFormat("generated synthetic K/V/Q for %d sequences x %d layers in %.1f s",
+                           opt.seqs, opt.layers, Now() - t_begin),
+           true);
+
+  // ---- Prefill ----------------------------------------------------------------------------
+  std::vector<twl::SeqId> ids;
+  for (int s = 0; s < opt.seqs; ++s) ids.push_back(*rt->CreateSequence());
+  const int64_t row = int64_t(opt.kv_heads) * opt.head_dim;
+  const double t_prefill = Now();
+  int64_t prefill_tokens = 0;
+  for (int l = 0; l < opt.layers; ++l) {
+    for (int s = 0; s < opt.seqs; ++s) {
+      const auto& d = data[size_t(l)][size_t(s)];
+      const int len = d.StepLength(0);
+      for (int at = 0; at < len; at += 1024) {  // chunked prefill, as a server would
+        const int n = std::min(1024, len - at);
+        absl::Status st = rt->Append(ids[size_t(s)], l, n, d.k.data() + at * row,
+                                     d.v.data() + at * row, twl::DType::kFp16,
+                                     twl::MemSpace::kHost);
+        if (!st.ok()) {
+          std::fprintf(stderr, "twl_demo: append: %s\n", st.ToString().c_str());
+          return 1;
+        }
+        prefill_tokens += n;
+      }
+    }
+    Progress(absl::StrFormat("prefill: layer %d/%d", l + 1, opt.layers));
+  }
+  Progress(absl::StrFormat("prefill: %d tokens (%d sequences x %d layers) in %.2f s",
+                           prefill_tokens, opt.seqs, opt.layers, Now() - t_prefill),
+           true);
+
+  // ---- Decode -----------------------------------------------------------------------------
+  const size_t qn = size_t(opt.seqs) * opt.q_heads * opt.head_dim;
+  std::vector<fp16_t> q(qn), out(qn);
+  std::vector<float> dense(qn);
+  void* d_q = nullptr;
+  void* d_out = nullptr;
+  if (!on_cpu) {  // GPU backends take q/out in device memory
+    auto a = twl::gpu::Malloc(qn * sizeof(fp16_t));
+    auto b = twl::gpu::Malloc(qn * sizeof(fp16_t));
+    if (!a.ok() || !b.ok()) {
+      std::fprintf(stderr, "twl_demo: cannot allocate device buffers\n");
+      return 1;
+    }
+    d_q = *a;
+    d_out = *b;
+  }
+
+  twl::bench::Table table({"step", "layer", "ctx", "sel/head", "kept mean", "kept min",
+                           "kept max", "kept %", "kv union", "est mass", "select ms",
+                           "prune ms", "fetch ms", "attend ms", "total ms", "rel err"});
+  table.title = "per step and layer: kept tokens per query head (own top-p set) over the batch";
+  double ms_select = 0, ms_prune = 0, ms_fetch = 0, ms_attend = 0, ms_total = 0;
+  double err_sum = 0, err_max = 0, kept_frac_sum = 0;
+  int64_t kept_min_all = INT64_MAX, kept_max_all = 0;
+  int rows = 0;
+  for (int step = 0; step < opt.steps; ++step) {
+    for (int l = 0; l < opt.layers; ++l) {
+      // The new token of this step (the prefill already holds step 0's context).
+      if (step > 0) {
+        for (int s = 0; s < opt.seqs; ++s) {
+          const auto& d = data[size_t(l)][size_t(s)];
+          const int pos = d.StepLength(step) - 1;
+          absl::Status st = rt->Append(ids[size_t(s)], l, 1, d.k.data() + pos * row,
+                                       d.v.data() + pos * row, twl::DType::kFp16,
+                                       twl::MemSpace::kHost);
+          if (!st.ok()) {
+            std::fprintf(stderr, "twl_demo: append: %s\n", st.ToString().c_str());
+            return 1;
+          }
+        }
+      }
+      const size_t per_seq = size_t(opt.q_heads) * opt.head_dim;
+      for (int s = 0; s < opt.seqs; ++s) {
+        const fp16_t* qs = data[size_t(l)][size_t(s)].Q(step);
+        std::copy(qs, qs + per_seq, q.begin() + int64_t(s) * per_seq);
+      }
+      twl::StepTelemetry t;
+      absl::Status st;
+      if (on_cpu) {
+        st = rt->Decode(l, ids, q.data(), out.data(), twl::MemSpace::kHost, {}, nullptr, &t);
+      } else {
+        st = twl::gpu::CopyToDevice(d_q, q.data(), qn * sizeof(fp16_t));
+        if (st.ok()) {
+          st = rt->Decode(l, ids, static_cast<const fp16_t*>(d_q), static_cast<fp16_t*>(d_out),
+                          twl::MemSpace::kDevice, {}, nullptr, &t);
+        }
+        if (st.ok()) st = twl::gpu::CopyToHost(out.data(), d_out, qn * sizeof(fp16_t));
+      }
+      if (!st.ok()) {
+        std::fprintf(stderr, "twl_demo: decode: %s\n", st.ToString().c_str());
+        return 1;
+      }
+
+      // Dense attention over the same tokens, and the relative L2 error of the output.
+      double num = 0, den = 0;
+      int64_t ctx_sum = 0;
+      for (int s = 0; s < opt.seqs; ++s) {
+        const auto& d = data[size_t(l)][size_t(s)];
+        const int len = d.StepLength(step);
+        ctx_sum += len;
+        DenseAttention(d.k.data(), d.v.data(), len, opt.kv_heads, opt.q_heads, opt.head_dim,
+                       q.data() + int64_t(s) * per_seq, dense.data() + int64_t(s) * per_seq);
+      }
+      for (size_t i = 0; i < qn; ++i) {
+        const double a = twl::HalfToFloat(out[i]), b = dense[i];
+        num += (a - b) * (a - b);
+        den += b * b;
+      }
+      const double err = std::sqrt(num / std::max(den, 1e-30));
+
+      int64_t kmin = INT64_MAX, kmax = 0, ksum = 0, sel = 0, union_sum = 0;
+      double mass = 0, frac = 0;
+      for (int s = 0; s < opt.seqs; ++s) {
+        const int len = data[size_t(l)][size_t(s)].StepLength(step);
+        for (int h = 0; h < opt.q_heads; ++h) {
+          const size_t i = size_t(s) * opt.q_heads + h;
+          const int64_t k = t.kept_tokens[i];
+          kmin = std::min(kmin, k);
+          kmax = std::max(kmax, k);
+          ksum += k;
+          sel += t.selected_tokens[i];
+          mass += t.est_mass[i];
+          frac += double(k) / len;
+        }
+      }
+      for (int32_t k : t.kept_tokens_kv) union_sum += k;
+      const double heads = double(opt.seqs) * opt.q_heads;
+      table.AddRow({step, l, twl::bench::Cell(double(ctx_sum) / opt.seqs, 5),
+                    twl::bench::Cell(sel / heads, 4), twl::bench::Cell(ksum / heads, 4), kmin,
+                    kmax, twl::bench::Cell(100.0 * frac / heads, 3),
+                    twl::bench::Cell(double(union_sum) / t.kept_tokens_kv.size(), 4),
+                    twl::bench::Cell(mass / heads, 4), twl::bench::Cell(t.ms_select, 3),
+                    twl::bench::Cell(t.ms_prune, 3), twl::bench::Cell(t.ms_fetch, 3),
+                    twl::bench::Cell(t.ms_attend, 3), twl::bench::Cell(t.ms_total, 3),
+                    twl::bench::Cell(err, 3)});
+      ms_select += t.ms_select;
+      ms_prune += t.ms_prune;
+      ms_fetch += t.ms_fetch;
+      ms_attend += t.ms_attend;
+      ms_total += t.ms_total;
+      err_sum += err;
+      err_max = std::max(err_max, err);
+      kept_frac_sum += frac / heads;
+      kept_min_all = std::min(kept_min_all, kmin);
+      kept_max_all = std::max(kept_max_all, kmax);
+      ++rows;
+      Progress(absl::StrFormat("decode: step %d/%d layer %d/%d", step + 1, opt.steps, l + 1,
+                               opt.layers),
+               step + 1 == opt.steps && l + 1 == opt.layers);
+    }
+  }
+  if (!on_cpu) {
+    twl::gpu::Free(d_q);
+    twl::gpu::Free(d_out);
+  }
+
+  std::printf("\n");
+  table.Print();
+  std::printf("\n");
+  const double share = ms_total > 0 ? 100.0 / ms_total : 0.0;
+  std::printf("time per stage (sum of %d layer-steps): select %.1f ms (%.0f%%), prune %.1f ms "
+              "(%.0f%%), fetch %.1f ms (%.0f%%), attend %.1f ms (%.0f%%), total %.1f ms\n",
+              rows, ms_select, ms_select * share, ms_prune, ms_prune * share, ms_fetch,
+              ms_fetch * share, ms_attend, ms_attend * share, ms_total);
+  const double tokens = double(opt.seqs) * opt.steps;
+  std::printf("decode throughput: %.1f tokens/s (%d sequences x %d steps, attention of all %d "
+              "layers: %.1f ms per step)\n",
+              tokens / (ms_total / 1e3), opt.seqs, opt.steps, opt.layers, ms_total / opt.steps);
+  std::printf("kept per query head: mean %.2f%% of the context (min %lld, max %lld tokens)\n",
+              100.0 * kept_frac_sum / rows, static_cast<long long>(kept_min_all),
+              static_cast<long long>(kept_max_all));
+  std::printf("output vs dense attention: relative L2 error mean %.3g, max %.3g\n",
+              err_sum / rows, err_max);
+  const twl::MemoryUsage m = rt->Memory();
+  std::printf("memory: host pool %.1f of %.1f MiB used; GPU quant %.1f MiB, cache %.1f MiB\n",
+              m.host_pool_bytes_used / 1048576.0, m.host_pool_bytes_total / 1048576.0,
+              m.gpu_quant_bytes / 1048576.0, m.gpu_cache_bytes / 1048576.0);
+  std::printf("done in %.1f s\n", Now() - t_begin);
+  return 0;
+}
