@@ -515,11 +515,12 @@ void DiskTier::WorkerLoop() {
       free_bounce_.pop_back();
       op->io = bounce_ + op->bounce * record_stride_;
     }
-    lock.unlock();
-
+    // Asked under mu_, in queue order, so that "the Nth write" means the Nth submitted.
     op->checked = true;
     const int fault =
         injector_->Check(op->write ? FaultSite::kDiskWrite : FaultSite::kDiskRead);
+    lock.unlock();
+
     int64_t res = 0;  // last result: bytes or -errno
     int64_t retries = 0;
     if (fault != 0) {
