@@ -1,0 +1,211 @@
+// C API basics: version, status names, configuration defaults and sentinels, runtime
+// create/free and the errors of creation, through the public header only.
+#include <cstring>
+#include <set>
+#include <string>
+
+#include "api_test_util.h"
+
+namespace {
+
+using twl_test::MakeRuntime;
+using twl_test::SmallConfig;
+
+TEST(ApiBasics, VersionMatchesHeader) {
+  EXPECT_EQ(twl_version(), unsigned(TWL_VERSION_NUMBER));
+  EXPECT_STREQ(twl_version_string(), TWL_VERSION_STRING);
+  const std::string expect = std::to_string(TWL_VERSION_MAJOR) + "." +
+                             std::to_string(TWL_VERSION_MINOR) + "." +
+                             std::to_string(TWL_VERSION_PATCH);
+  EXPECT_EQ(expect, TWL_VERSION_STRING);
+}
+
+TEST(ApiBasics, EveryStatusHasADistinctStaticName) {
+  std::set<std::string> names;
+  for (int s = TWL_OK; s <= TWL_INTERNAL; ++s) {
+    const char* name = twl_status_string(twl_status(s));
+    ASSERT_NE(name, nullptr);
+    EXPECT_EQ(std::string(name).rfind("TWL_", 0), 0u) << name;
+    EXPECT_NE(std::string(name), "TWL_UNKNOWN_STATUS") << s;
+    names.insert(name);
+    EXPECT_EQ(name, twl_status_string(twl_status(s))) << "static storage";
+  }
+  EXPECT_EQ(names.size(), size_t(TWL_INTERNAL + 1));
+  EXPECT_STREQ(twl_status_string(twl_status(-1)), "TWL_UNKNOWN_STATUS");
+  EXPECT_STREQ(twl_status_string(twl_status(1000)), "TWL_UNKNOWN_STATUS");
+}
+
+TEST(ApiBasics, ConfigDefaultIsAllSentinels) {
+  const twl_runtime_config c = twl_runtime_config_default();
+  EXPECT_EQ(c.struct_size, sizeof(twl_runtime_config));
+  EXPECT_EQ(c.num_layers, 0);
+  EXPECT_EQ(c.page_size, 0);
+  EXPECT_EQ(c.k_bits, 0);
+  EXPECT_EQ(c.top_p, 0.0f);
+  EXPECT_EQ(c.sink_pages, -1);
+  EXPECT_EQ(c.dense_layers, -1);
+  EXPECT_EQ(c.device_id, -1);
+  EXPECT_EQ(c.collect_telemetry, -1);
+  EXPECT_EQ(c.backend, TWL_BACKEND_AUTO);
+}
+
+TEST(ApiBasics, CreateResolvesSentinels) {
+  twilight::RuntimePtr rt = MakeRuntime(SmallConfig());
+  ASSERT_TRUE(rt);
+  twl_runtime_config c;
+  c.struct_size = sizeof(c);
+  ASSERT_EQ(twl_runtime_get_config(rt.get(), &c), TWL_OK);
+  EXPECT_EQ(c.num_layers, 2);
+  EXPECT_EQ(c.page_size, 8);
+  EXPECT_EQ(c.k_bits, 4);
+  EXPECT_FLOAT_EQ(c.top_p, 0.95f);
+  EXPECT_EQ(c.selector, TWL_SELECTOR_QUEST);
+  EXPECT_FLOAT_EQ(c.selector_budget_fraction, 0.25f);
+  EXPECT_EQ(c.sink_pages, 1);
+  EXPECT_EQ(c.dense_layers, 0);
+  EXPECT_GT(c.host_pool_bytes, 0);
+  EXPECT_EQ(c.backend, TWL_BACKEND_CPU);
+  EXPECT_EQ(c.device_id, 0);
+  EXPECT_EQ(c.collect_telemetry, 1);
+  EXPECT_EQ(twl_runtime_backend(rt.get()), TWL_BACKEND_CPU);
+  EXPECT_STRNE(twl_runtime_backend_name(rt.get()), "");
+  EXPECT_STREQ(twl_runtime_last_error(rt.get()), "") << "nothing failed yet";
+
+  twl_memory_usage m;
+  m.struct_size = sizeof(m);
+  ASSERT_EQ(twl_runtime_memory(rt.get(), &m), TWL_OK);
+  EXPECT_EQ(m.host_pool_bytes_used, 0);
+  EXPECT_GT(m.host_pool_bytes_total, 0);
+}
+
+TEST(ApiBasics, FreeNullIsANoOp) {
+  twl_runtime_free(nullptr);
+  EXPECT_EQ(twl_runtime_backend(nullptr), TWL_BACKEND_AUTO);
+  EXPECT_STREQ(twl_runtime_backend_name(nullptr), "");
+}
+
+TEST(ApiBasics, CreateRejectsBadArguments) {
+  twl_runtime* rt = reinterpret_cast<twl_runtime*>(0x1);
+  EXPECT_EQ(twl_runtime_create(nullptr, &rt), TWL_INVALID_ARGUMENT);
+  EXPECT_EQ(rt, nullptr) << "out is cleared on failure";
+  EXPECT_NE(std::string(twl_runtime_last_error(nullptr)).find("twl_runtime_create"),
+            std::string::npos);
+
+  twl_runtime_config good = SmallConfig();
+  EXPECT_EQ(twl_runtime_create(&good, nullptr), TWL_INVALID_ARGUMENT);
+
+  struct Case {
+    const char* what;
+    void (*edit)(twl_runtime_config*);
+  };
+  const Case cases[] = {
+      {"struct_size", [](twl_runtime_config* c) { c->struct_size = 8; }},
+      {"model shape unset", [](twl_runtime_config* c) { c->num_layers = 0; }},
+      {"num_kv_heads", [](twl_runtime_config* c) { c->num_kv_heads = 0; }},
+      {"GQA divisibility", [](twl_runtime_config* c) { c->num_q_heads = 5; }},
+      {"head_dim", [](twl_runtime_config* c) { c->head_dim = 33; }},
+      {"k_bits", [](twl_runtime_config* c) { c->k_bits = 3; }},
+      {"top_p > 1", [](twl_runtime_config* c) { c->top_p = 1.5f; }},
+      {"top_p < 0", [](twl_runtime_config* c) { c->top_p = -0.5f; }},
+      {"top_p NaN", [](twl_runtime_config* c) { c->top_p = std::nanf(""); }},
+      {"selector", [](twl_runtime_config* c) { c->selector = twl_selector(9); }},
+      {"budget fraction", [](twl_runtime_config* c) { c->selector_budget_fraction = 2.0f; }},
+      {"sink_pages", [](twl_runtime_config* c) { c->sink_pages = -2; }},
+      {"dense_layers", [](twl_runtime_config* c) { c->dense_layers = 3; }},
+      {"host_pool_bytes < 0", [](twl_runtime_config* c) { c->host_pool_bytes = -1; }},
+      {"pool holds no page", [](twl_runtime_config* c) { c->host_pool_bytes = 100; }},
+      {"backend", [](twl_runtime_config* c) { c->backend = twl_backend(7); }},
+      {"fetch_path", [](twl_runtime_config* c) { c->fetch_path = twl_fetch_path(5); }},
+      {"device_id", [](twl_runtime_config* c) { c->device_id = -3; }},
+      {"collect_telemetry", [](twl_runtime_config* c) { c->collect_telemetry = 2; }},
+  };
+  for (const Case& k : cases) {
+    twl_runtime_config c = good;
+    k.edit(&c);
+    twl_runtime* out = reinterpret_cast<twl_runtime*>(0x1);
+    EXPECT_EQ(twl_runtime_create(&c, &out), TWL_INVALID_ARGUMENT) << k.what;
+    EXPECT_EQ(out, nullptr) << k.what;
+    EXPECT_STRNE(twl_runtime_last_error(nullptr), "") << k.what;
+  }
+}
+
+TEST(ApiBasics, LargerStructFromANewerHeaderIsAccepted) {
+  // A newer header appends fields; this library ignores what it does not know.
+  struct Newer {
+    twl_runtime_config v1;
+    int64_t future_field;
+  } newer;
+  newer.v1 = SmallConfig();
+  newer.v1.struct_size = sizeof(newer);
+  newer.future_field = 42;
+  twl_runtime* rt = nullptr;
+  ASSERT_EQ(twl_runtime_create(&newer.v1, &rt), TWL_OK) << twl_runtime_last_error(nullptr);
+  twl_runtime_free(rt);
+}
+
+TEST(ApiBasics, GpuBackendWithoutGpuIsUnavailableOrWorks) {
+  twl_runtime_config c = SmallConfig();
+  c.backend = TWL_BACKEND_GPU_OFFLOAD;
+  twl_runtime* rt = nullptr;
+  const twl_status s = twl_runtime_create(&c, &rt);
+  if (s == TWL_OK) {  // a machine with a GPU
+    EXPECT_EQ(twl_runtime_backend(rt), TWL_BACKEND_GPU_OFFLOAD);
+    twl_runtime_free(rt);
+    return;
+  }
+  EXPECT_EQ(s, TWL_UNAVAILABLE) << twl_runtime_last_error(nullptr);
+  EXPECT_EQ(rt, nullptr);
+  EXPECT_STRNE(twl_runtime_last_error(nullptr), "");
+}
+
+TEST(ApiBasics, OutStructsCheckTheirSize) {
+  twilight::RuntimePtr rt = MakeRuntime(SmallConfig());
+  ASSERT_TRUE(rt);
+  twl_runtime_config c;
+  c.struct_size = 4;
+  EXPECT_STATUS_WITH_MESSAGE(twl_runtime_get_config(rt.get(), &c), TWL_INVALID_ARGUMENT,
+                             rt.get(), "twl_runtime_get_config");
+  twl_memory_usage m;
+  m.struct_size = 0;
+  EXPECT_STATUS_WITH_MESSAGE(twl_runtime_memory(rt.get(), &m), TWL_INVALID_ARGUMENT, rt.get(),
+                             "twl_runtime_memory");
+  twl_step_stats st;
+  st.struct_size = sizeof(st) - 8;
+  EXPECT_STATUS_WITH_MESSAGE(twl_runtime_last_step(rt.get(), &st), TWL_INVALID_ARGUMENT,
+                             rt.get(), "twl_runtime_last_step");
+  EXPECT_STATUS_WITH_MESSAGE(twl_runtime_last_step(rt.get(), nullptr), TWL_INVALID_ARGUMENT,
+                             rt.get(), "twl_runtime_last_step");
+  // Before any decode: layer -1, no sequences.
+  st.struct_size = sizeof(st);
+  ASSERT_EQ(twl_runtime_last_step(rt.get(), &st), TWL_OK);
+  EXPECT_EQ(st.layer, -1);
+  EXPECT_EQ(st.num_seqs, 0);
+  EXPECT_EQ(twl_runtime_async_error(rt.get()), TWL_OK);
+}
+
+TEST(ApiBasics, ConversionsRoundTrip) {
+  const float in[] = {0.0f, -0.0f, 1.0f, -2.5f, 65504.0f, 1e-7f, 3.14159f, INFINITY};
+  uint16_t h[8];
+  float back[8];
+  twl_fp32_to_fp16(in, h, 8);
+  twl_fp16_to_fp32(h, back, 8);
+  EXPECT_EQ(h[2], 0x3c00);
+  EXPECT_EQ(h[4], 0x7bff);
+  EXPECT_EQ(h[7], 0x7c00);
+  for (int i = 0; i < 7; ++i) {
+    EXPECT_NEAR(back[i], in[i], std::fabs(in[i]) * 1e-3f + 6e-8f) << i;
+  }
+  EXPECT_TRUE(std::isinf(back[7]));
+  uint16_t nan16;
+  const float nan = std::nanf("");
+  twl_fp32_to_fp16(&nan, &nan16, 1);
+  float nan_back;
+  twl_fp16_to_fp32(&nan16, &nan_back, 1);
+  EXPECT_TRUE(std::isnan(nan_back));
+}
+
+// The header compiles as strict C99 (c99_check.c) and its entry points work from C.
+extern "C" int twl_test_c99_smoke(void);
+TEST(ApiBasics, C99CallerWorks) { EXPECT_EQ(twl_test_c99_smoke(), 0); }
+
+}  // namespace
