@@ -1,0 +1,84 @@
+// Launchers of the device side of the GPU hot-page cache (offload/cache_plan.cu): the policy
+// of cache/gpu_page_cache.h run on device copies of its arrays, from the pruner's kept lists,
+// so that deciding what to fetch never needs the host. Plus the small kernels that keep the
+// cache coherent (invalidation of freed pages, appended rows mirrored into resident slots)
+// and the merge of units attended straight from host memory. No device code, no CUDA types.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "cache/gpu_page_cache.h"
+#include "gpu/stage_views.h"
+
+namespace twl {
+
+// Device arrays of the cache (see cache/gpu_page_cache.h for their meaning).
+struct DeviceCacheState {
+  int32_t* d_slot_of_block = nullptr;  // [num_blocks], -1 = not resident
+  int32_t* d_block_of_slot = nullptr;  // [num_slots], -1 = free
+  uint32_t* d_last_use = nullptr;      // [num_slots]
+  uint32_t* d_need_stamp = nullptr;    // [num_blocks] de-duplication within a group
+  fp16_t* d_slots = nullptr;           // [num_slots][2][page_size][head_dim] FP16 blocks
+  int64_t num_blocks = 0;
+  int32_t num_slots = 0;
+};
+
+// Counters of one planned group, written by the plan kernels (device memory). Zero-fill
+// once at allocation; the kernels reset what they use.
+struct DeviceGroupCounters {
+  int32_t capacity = 0;      // slots the group may fill
+  int32_t units_direct = 0;  // units not admitted (attended from host memory)
+  int32_t needed = 0;        // distinct blocks of admitted units
+  int32_t hits = 0;
+  int32_t misses = 0;
+  int32_t fetched = 0;       // fetch list length (== misses unless error)
+  int32_t evictions = 0;
+  int32_t pinned = 0;        // hits + fetched: slots the next group must leave alone
+  int32_t cutoff_bucket = 0; // victim search: buckets above it are taken whole
+  int32_t cutoff_quota = 0;  //   and this many slots of the cutoff bucket
+  int32_t cutoff_taken = 0;
+  int32_t ticket = 0;        // last-block detection, self-resetting
+  int32_t error = 0;         // 1: fewer evictable slots than misses (cannot happen)
+  int32_t hist[kCacheAgeBuckets] = {};
+};
+
+struct CachePlanArgs {
+  PageGeometry g;
+  BatchView batch;   // the group's sequences, device seq_len / page_table
+  KeptView kept;     // the group's kept lists (device), same sequence order
+  CacheStamps stamps;
+  // The previous group's counters (its `pinned` is protected) or null when the previous
+  // group's attention is known complete (first group of a step).
+  const DeviceGroupCounters* d_prev = nullptr;
+  DeviceGroupCounters* d_counters = nullptr;
+  int32_t* d_count_cache = nullptr;   // [num_units] kept count if admitted, else 0
+  int32_t* d_count_direct = nullptr;  // [num_units] kept count if not admitted, else 0
+  int32_t* d_unit_blocks = nullptr;   // [num_units] scratch
+  int32_t* d_missing = nullptr;       // [num_slots] scratch
+  FetchEntry* d_fetch = nullptr;      // [num_slots] the fetch list; length d_counters->fetched
+};
+
+// Enqueues the plan of one group (4 small kernels). Units are (sequence, KV head) in
+// batch order, num_units = batch.num_seqs * g.num_kv_heads.
+absl::Status LaunchCachePlan(const DeviceCacheState& cache, const CachePlanArgs& args,
+                             void* stream);
+
+// Drops every block of the listed pages from the cache (freed or rewritten pages).
+absl::Status LaunchCacheInvalidatePages(const DeviceCacheState& cache, const int32_t* d_pages,
+                                        int32_t num_pages, int32_t num_kv_heads, void* stream);
+
+// Copies freshly appended rows from the host pool (mapped, identity-addressed blocks) into
+// the cache slots of blocks that are resident, so that cached blocks never go stale. Token i
+// is row d_row[i] of page d_page_id[i], all KV heads.
+absl::Status LaunchCacheMirrorRows(const DeviceCacheState& cache, const PageGeometry& g,
+                                   const fp16_t* mapped_pool, const int32_t* d_page_id,
+                                   const int32_t* d_row, int32_t num_tokens, void* stream);
+
+// out[s][q][:] = direct_out[s][q][:] for every query head q of a unit with
+// d_count_direct[unit] > 0 (units attended from host memory).
+absl::Status LaunchScatterDirect(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
+                                 const int32_t* d_count_direct, const fp16_t* direct_out,
+                                 fp16_t* out, void* stream);
+
+}  // namespace twl

@@ -1,0 +1,764 @@
+// The GPU offload backend (see runtime/gpu_offload_backend.h for the design): orchestrates
+// gpuk's stage kernels (gpu/kernels.h), the device-side cache planning and the zero-copy
+// gather (offload/) over three streams: compute (the caller's or our own), fetch, append.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "cache/host_arena.h"
+#include "gpu/device.h"
+#include "gpu/kernels.h"
+#include "gpu/reference/validate.h"
+#include "offload/cache_plan.h"
+#include "offload/cuda_check.cuh"
+#include "offload/gather.h"
+#include "runtime/geometry.h"
+#include "runtime/gpu_offload_backend.h"
+
+namespace twl {
+namespace {
+
+using offload_cuda::AsStream;
+
+constexpr int32_t kMaxGroups = 8;       // pipeline groups per step (each costs ~6 launches)
+constexpr int32_t kPipelineGroups = 2;  // wanted when the batch has two sequences or more
+constexpr int32_t kAppendChunkTokens = 4096;  // host-input appends are staged in chunks
+
+// Pinned host buffer that grows (contents lost).
+class PinnedBuffer {
+ public:
+  ~PinnedBuffer() {
+    if (p_) cudaFreeHost(p_);
+  }
+  absl::Status Reserve(size_t bytes) {
+    if (bytes <= bytes_ && p_) return absl::OkStatus();
+    if (p_) cudaFreeHost(p_);
+    p_ = nullptr;
+    bytes_ = 0;
+    TWL_OFF_CUDA(cudaMallocHost(&p_, std::max<size_t>(bytes, 256)));
+    bytes_ = std::max<size_t>(bytes, 256);
+    return absl::OkStatus();
+  }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p_);
+  }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Device buffers only grow; growing frees memory that queued work may still use, so wait.
+absl::Status Grow(gpu::DeviceBuffer& b, size_t bytes) {
+  if (bytes <= b.bytes() && b.get()) return absl::OkStatus();
+  if (b.get()) TWL_OFF_CUDA(cudaDeviceSynchronize());
+  return b.Reserve(std::max<size_t>(bytes, 256));
+}
+
+KvInputType InputType(DType t) {
+  switch (t) {
+    case DType::kBf16:
+      return KvInputType::kBf16;
+    case DType::kFp32:
+      return KvInputType::kFp32;
+    default:
+      return KvInputType::kFp16;
+  }
+}
+size_t DTypeBytes(DType t) { return t == DType::kFp32 ? 4 : 2; }
+
+// Timing events of one group (recorded only when telemetry is asked for).
+enum GroupEvent { kSel0, kSel1, kPrune1, kFetch0, kFetch1, kAttn0, kAttn1, kNumGroupEvents };
+
+class GpuOffloadBackend final : public OffloadBackend {
+ public:
+  GpuOffloadBackend(const RuntimeConfig& c, int64_t num_pages)
+      : cfg_(c), g_(GeometryOf(c)), num_pages_(num_pages),
+        num_blocks_(num_pages * c.num_kv_heads) {}
+
+  ~GpuOffloadBackend() override {
+    cudaDeviceSynchronize();
+    for (cudaEvent_t e : all_events_) cudaEventDestroy(e);
+    for (cudaStream_t s : {own_stream_, fetch_stream_, append_stream_}) {
+      if (s) cudaStreamDestroy(s);
+    }
+  }
+
+  absl::Status Init() {
+    TWL_OFF_CUDA(cudaSetDevice(cfg_.device_id));
+    if (g_.FpBlockBytes() % 16 != 0) {
+      return absl::InvalidArgumentError("offload: FP16 block bytes must be a multiple of 16");
+    }
+    if (num_blocks_ > std::numeric_limits<int32_t>::max()) {
+      return absl::InvalidArgumentError("offload: more than 2^31 blocks");
+    }
+    absl::StatusOr<std::unique_ptr<HostArena>> pool =
+        HostArena::Create(HostMemKind::kPinnedMapped, g_.FpBlockBytes(), num_blocks_, 16);
+    if (!pool.ok()) return pool.status();
+    pool_ = std::move(*pool);
+    if (pool_->block_bytes() != g_.FpBlockBytes() || !pool_->device_base()) {
+      return absl::InternalError("offload: host pool is not identity-addressed and mapped");
+    }
+    // Quantized K + bounds, one allocation carved like QuantKView expects.
+    const int64_t nb = num_blocks_;
+    const int64_t codes = nb * g_.CodeBlockBytes();
+    const int64_t sz = g_.k_bits >= 16 ? 0 : nb * g_.page_size * 2;
+    const int64_t mm = nb * g_.head_dim * 2;
+    auto al = [](int64_t x) { return (x + 255) / 256 * 256; };
+    quant_bytes_ = al(codes) + 2 * al(sz) + 2 * al(mm);
+    TWL_OFF_RETURN(Grow(quant_, size_t(quant_bytes_)));
+    char* q = quant_.as<char>();
+    qk_.codes = codes ? reinterpret_cast<uint8_t*>(q) : nullptr;
+    q += al(codes);
+    qk_.scale = sz ? reinterpret_cast<fp16_t*>(q) : nullptr;
+    q += al(sz);
+    qk_.zero = sz ? reinterpret_cast<fp16_t*>(q) : nullptr;
+    q += al(sz);
+    qk_.kmin = reinterpret_cast<fp16_t*>(q);
+    q += al(mm);
+    qk_.kmax = reinterpret_cast<fp16_t*>(q);
+    TWL_OFF_CUDA(cudaMemset(quant_.get(), 0, size_t(quant_bytes_)));
+
+    // Cache.
+    num_slots_ = int32_t(std::min<int64_t>(OffloadCacheSlots(cfg_, num_pages_), num_blocks_));
+    num_slots_ = std::max(num_slots_, 1);
+    TWL_OFF_RETURN(Grow(slots_, size_t(num_slots_) * size_t(g_.FpBlockBytes())));
+    TWL_OFF_RETURN(Grow(slot_of_block_, size_t(num_blocks_) * 4));
+    TWL_OFF_RETURN(Grow(need_stamp_, size_t(num_blocks_) * 4));
+    TWL_OFF_RETURN(Grow(block_of_slot_, size_t(num_slots_) * 4));
+    TWL_OFF_RETURN(Grow(last_use_, size_t(num_slots_) * 4));
+    TWL_OFF_CUDA(cudaMemset(slot_of_block_.get(), 0xff, size_t(num_blocks_) * 4));
+    TWL_OFF_CUDA(cudaMemset(need_stamp_.get(), 0, size_t(num_blocks_) * 4));
+    TWL_OFF_CUDA(cudaMemset(block_of_slot_.get(), 0xff, size_t(num_slots_) * 4));
+    TWL_OFF_CUDA(cudaMemset(last_use_.get(), 0, size_t(num_slots_) * 4));
+    cache_.d_slot_of_block = slot_of_block_.as<int32_t>();
+    cache_.d_block_of_slot = block_of_slot_.as<int32_t>();
+    cache_.d_last_use = last_use_.as<uint32_t>();
+    cache_.d_need_stamp = need_stamp_.as<uint32_t>();
+    cache_.d_slots = slots_.as<fp16_t>();
+    cache_.num_blocks = num_blocks_;
+    cache_.num_slots = num_slots_;
+    TWL_OFF_RETURN(Grow(counters_, sizeof(DeviceGroupCounters) * kMaxGroups));
+    TWL_OFF_CUDA(cudaMemset(counters_.get(), 0, sizeof(DeviceGroupCounters) * kMaxGroups));
+    TWL_OFF_RETURN(Grow(missing_, size_t(num_slots_) * 4));
+    TWL_OFF_RETURN(Grow(fetch_, size_t(num_slots_) * sizeof(FetchEntry)));
+
+    // Streams and events.
+    TWL_OFF_CUDA(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
+    TWL_OFF_CUDA(cudaStreamCreateWithFlags(&fetch_stream_, cudaStreamNonBlocking));
+    TWL_OFF_CUDA(cudaStreamCreateWithFlags(&append_stream_, cudaStreamNonBlocking));
+    for (cudaEvent_t* e : {&ev_append_done_, &ev_step_done_, &ev_upload_, &ev_append_staged_,
+                           &ev_appended_}) {
+      TWL_OFF_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+      all_events_.push_back(*e);
+    }
+    for (int32_t i = 0; i < kMaxGroups; ++i) {
+      TWL_OFF_CUDA(cudaEventCreateWithFlags(&ev_pruned_[i], cudaEventDisableTiming));
+      TWL_OFF_CUDA(cudaEventCreateWithFlags(&ev_fetched_[i], cudaEventDisableTiming));
+      all_events_.push_back(ev_pruned_[i]);
+      all_events_.push_back(ev_fetched_[i]);
+      for (int32_t k = 0; k < kNumGroupEvents; ++k) {
+        TWL_OFF_CUDA(cudaEventCreate(&ev_time_[i][k]));
+        all_events_.push_back(ev_time_[i][k]);
+      }
+    }
+
+    // Transports: the gather consumes the device-resident fetch list (no host round trip).
+    FetchSource src{pool_->base(), pool_->device_base(), g_.FpBlockBytes(), num_blocks_};
+    FetchDest dst{slots_.get(), num_slots_};
+    absl::StatusOr<std::unique_ptr<FetchTransport>> gt = CreateGatherTransport(src, dst);
+    if (!gt.ok()) return gt.status();
+    gather_ = std::move(*gt);
+    absl::StatusOr<std::unique_ptr<FetchTransport>> ce = CreateCopyEngineTransport(src, dst);
+    if (!ce.ok()) return ce.status();
+    copy_engine_ = std::move(*ce);
+    // kAuto: the decode path's fetch list lives on the device, where only the gather can
+    // consume it without a host round trip; the copy engine is used only when asked for
+    // (measured against the gather in bench/offload_main.cc and recorded in RESULTS.md).
+    use_copy_engine_ = cfg_.fetch_path == FetchPath::kCopyEngine;
+    return absl::OkStatus();
+  }
+
+  BackendKind Kind() const override { return BackendKind::kGpuOffload; }
+  std::string Name() const override {
+    return absl::StrFormat("gpu-offload (%d cache slots, %s)", num_slots_, fetch_path_name());
+  }
+  int32_t num_cache_slots() const override { return num_slots_; }
+  std::string fetch_path_name() const override {
+    return use_copy_engine_ ? copy_engine_->caps().name : gather_->caps().name;
+  }
+  FetchSource HostPool() const override {
+    return FetchSource{pool_->base(), pool_->device_base(), g_.FpBlockBytes(), num_blocks_};
+  }
+  QuantKView DeviceQuant() const override { return qk_; }
+  OffloadStepStats LastStepStats() const override { return last_stats_; }
+  CacheCounters CacheTotals() const override { return totals_; }
+
+  absl::Status Append(const AppendView& tokens, DType dtype, MemSpace space) override;
+  absl::Status CopyPage(int32_t src_page, int32_t dst_page, int32_t rows) override;
+  absl::Status ReadPage(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const override;
+  void ReleasePage(int32_t page) override { pending_release_.push_back(page); }
+  absl::Status Decode(const DecodeRequest& request, StepTelemetry* telemetry) override;
+  MemoryUsage Memory() const override;
+  absl::Status TakeAsyncError() override {
+    absl::Status s = std::exchange(async_error_, absl::OkStatus());
+    if (s.ok()) {
+      const cudaError_t e = cudaGetLastError();
+      if (e != cudaSuccess) s.Update(offload_cuda::CudaStatus(e, "offload backend"));
+    }
+    return s;
+  }
+
+ private:
+  absl::Status CheckPages(const int32_t* pages, int64_t n, const char* what) const {
+    for (int64_t i = 0; i < n; ++i) {
+      if (pages[i] < 0 || pages[i] >= num_pages_) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "%s: page id %d out of range [0, %d)", what, pages[i], num_pages_));
+      }
+    }
+    return absl::OkStatus();
+  }
+  // Invalidates freed pages' blocks, on the fetch stream, after the last step (whose
+  // attention may still read their slots) has completed.
+  absl::Status ApplyPendingReleases();
+  absl::Status AppendChunk(const AppendView& in, DType dtype, MemSpace space);
+  absl::Status FillTelemetry(const DecodeRequest& req, int32_t num_groups, int32_t max_kept,
+                             cudaStream_t c, StepTelemetry* t);
+
+  const RuntimeConfig cfg_;
+  const PageGeometry g_;
+  const int64_t num_pages_;
+  const int64_t num_blocks_;
+  int32_t num_slots_ = 0;
+  int64_t quant_bytes_ = 0;
+  std::unique_ptr<HostArena> pool_;
+  gpu::DeviceBuffer quant_, slots_, slot_of_block_, need_stamp_, block_of_slot_, last_use_;
+  gpu::DeviceBuffer counters_, missing_, fetch_;
+  QuantKView qk_;
+  DeviceCacheState cache_;
+  std::unique_ptr<FetchTransport> gather_, copy_engine_;
+  bool use_copy_engine_ = false;
+
+  cudaStream_t own_stream_ = nullptr, fetch_stream_ = nullptr, append_stream_ = nullptr;
+  cudaEvent_t ev_append_done_ = nullptr;  // fetch stream: appends + cache mirror done
+  cudaEvent_t ev_step_done_ = nullptr;    // compute stream: last step's attention done
+  cudaEvent_t ev_upload_ = nullptr;       // step staging consumed
+  cudaEvent_t ev_append_staged_ = nullptr;  // append staging consumed
+  cudaEvent_t ev_appended_ = nullptr;     // append stream: rows written
+  cudaEvent_t ev_pruned_[kMaxGroups] = {}, ev_fetched_[kMaxGroups] = {};
+  cudaEvent_t ev_time_[kMaxGroups][kNumGroupEvents] = {};
+  std::vector<cudaEvent_t> all_events_;
+
+  // Step scratch.
+  PinnedBuffer h_upload_, h_telemetry_, h_fetch_list_;
+  gpu::DeviceBuffer d_upload_, d_q_, d_out_, d_direct_out_, d_sel_pages_, d_sel_count_;
+  gpu::DeviceBuffer d_kept_tokens_, d_kept_count_, d_stats_, d_count_cache_, d_count_direct_;
+  gpu::DeviceBuffer d_unit_blocks_, ws_select_, ws_prune_, ws_attn_;
+  // Append scratch.
+  PinnedBuffer h_append_;
+  gpu::DeviceBuffer d_append_;
+  std::vector<int32_t> plan_pages_, plan_rows_;
+  std::vector<int32_t> pending_release_;
+  PinnedBuffer h_release_;
+  gpu::DeviceBuffer d_release_;
+
+  uint32_t stamp_ = 1;
+  absl::Status async_error_;
+  OffloadStepStats last_stats_;
+  CacheCounters totals_;
+};
+
+absl::Status GpuOffloadBackend::ApplyPendingReleases() {
+  if (pending_release_.empty()) return absl::OkStatus();
+  const int32_t n = int32_t(pending_release_.size());
+  TWL_OFF_CUDA(cudaStreamSynchronize(fetch_stream_));  // the staging may still be read
+  TWL_OFF_RETURN(h_release_.Reserve(size_t(n) * 4));
+  TWL_OFF_RETURN(Grow(d_release_, size_t(n) * 4));
+  std::memcpy(h_release_.as<int32_t>(), pending_release_.data(), size_t(n) * 4);
+  pending_release_.clear();
+  TWL_OFF_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_step_done_, 0));
+  TWL_OFF_CUDA(cudaMemcpyAsync(d_release_.get(), h_release_.as<int32_t>(), size_t(n) * 4,
+                               cudaMemcpyHostToDevice, fetch_stream_));
+  TWL_OFF_RETURN(LaunchCacheInvalidatePages(cache_, d_release_.as<int32_t>(), n,
+                                            g_.num_kv_heads, fetch_stream_));
+  TWL_OFF_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
+  return absl::OkStatus();
+}
+
+absl::Status GpuOffloadBackend::Append(const AppendView& tokens, DType dtype, MemSpace space) {
+  if (tokens.num_tokens < 0) return absl::InvalidArgumentError("append: num_tokens < 0");
+  if (tokens.num_tokens == 0) return absl::OkStatus();
+  if (!tokens.k || !tokens.v || !tokens.page_id || !tokens.slot) {
+    return absl::InvalidArgumentError("append: null k, v, page_id or slot");
+  }
+  TWL_OFF_RETURN(CheckPages(tokens.page_id, tokens.num_tokens, "append"));
+  for (int32_t i = 0; i < tokens.num_tokens; ++i) {
+    if (tokens.slot[i] < 0 || tokens.slot[i] >= g_.page_size) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "append: row %d of token %d outside [0, %d)", tokens.slot[i], i, g_.page_size));
+    }
+  }
+  TWL_OFF_RETURN(ApplyPendingReleases());
+  // Host input is staged through pinned memory in chunks; device input goes in one launch.
+  const int32_t chunk = space == MemSpace::kHost ? kAppendChunkTokens : tokens.num_tokens;
+  const int64_t row_bytes = int64_t(g_.num_kv_heads) * g_.head_dim * int64_t(DTypeBytes(dtype));
+  for (int32_t t0 = 0; t0 < tokens.num_tokens; t0 += chunk) {
+    AppendView part;
+    part.num_tokens = std::min(chunk, tokens.num_tokens - t0);
+    part.k = reinterpret_cast<const fp16_t*>(reinterpret_cast<const char*>(tokens.k) +
+                                             t0 * row_bytes);
+    part.v = reinterpret_cast<const fp16_t*>(reinterpret_cast<const char*>(tokens.v) +
+                                             t0 * row_bytes);
+    part.page_id = tokens.page_id + t0;
+    part.slot = tokens.slot + t0;
+    TWL_OFF_RETURN(AppendChunk(part, dtype, space));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GpuOffloadBackend::AppendChunk(const AppendView& in, DType dtype, MemSpace space) {
+  const int32_t n = in.num_tokens;
+  PlanAppendPages(in.page_id, in.slot, n, &plan_pages_, &plan_rows_);
+  const int32_t np = int32_t(plan_pages_.size());
+  const size_t kv_bytes =
+      space == MemSpace::kHost ? size_t(n) * g_.num_kv_heads * g_.head_dim * DTypeBytes(dtype)
+                               : 0;
+  // Layout of the staging: page_id[n], slot[n], pages[np], rows[np], then k, v (host input).
+  const size_t idx_bytes = (size_t(2) * n + 2 * size_t(np)) * 4;
+  const size_t kv_off = (idx_bytes + 255) / 256 * 256;
+  const size_t total = kv_off + 2 * kv_bytes;
+  TWL_OFF_CUDA(cudaEventSynchronize(ev_append_staged_));  // previous chunk's upload is done
+  TWL_OFF_RETURN(h_append_.Reserve(total));
+  TWL_OFF_RETURN(Grow(d_append_, total));
+  char* h = h_append_.as<char>();
+  std::memcpy(h, in.page_id, size_t(n) * 4);
+  std::memcpy(h + size_t(n) * 4, in.slot, size_t(n) * 4);
+  std::memcpy(h + size_t(2 * n) * 4, plan_pages_.data(), size_t(np) * 4);
+  std::memcpy(h + size_t(2 * n + np) * 4, plan_rows_.data(), size_t(np) * 4);
+  if (kv_bytes) {
+    std::memcpy(h + kv_off, in.k, kv_bytes);
+    std::memcpy(h + kv_off + kv_bytes, in.v, kv_bytes);
+  }
+  cudaStream_t a = append_stream_;
+  // Appends only add rows beyond the seq_len of every step already issued, but a page freed
+  // and reused since the last step may still be read by it: wait for that step (GPU-side).
+  TWL_OFF_CUDA(cudaStreamWaitEvent(a, ev_step_done_, 0));
+  TWL_OFF_CUDA(cudaMemcpyAsync(d_append_.get(), h, total, cudaMemcpyHostToDevice, a));
+  TWL_OFF_CUDA(cudaEventRecord(ev_append_staged_, a));
+  char* d = d_append_.as<char>();
+  AppendView dev;
+  dev.num_tokens = n;
+  dev.page_id = reinterpret_cast<const int32_t*>(d);
+  dev.slot = reinterpret_cast<const int32_t*>(d + size_t(n) * 4);
+  dev.k = kv_bytes ? reinterpret_cast<const fp16_t*>(d + kv_off) : in.k;
+  dev.v = kv_bytes ? reinterpret_cast<const fp16_t*>(d + kv_off + kv_bytes) : in.v;
+  AppendPagePlan plan;
+  plan.d_page = reinterpret_cast<const int32_t*>(d + size_t(2 * n) * 4);
+  plan.d_rows = reinterpret_cast<const int32_t*>(d + size_t(2 * n + np) * 4);
+  plan.num_pages = np;
+  // FP16 rows land in the mapped host pool (identity addressed), INT4 K + bounds on the GPU.
+  const FpKvView pool_view{static_cast<fp16_t*>(pool_->device_base()), nullptr};
+  TWL_OFF_RETURN(LaunchAppend(g_, dev, InputType(dtype), plan, pool_view, qk_, a));
+  TWL_OFF_CUDA(cudaEventRecord(ev_appended_, a));
+  // Cache coherence on the fetch stream, where every other cache mutation runs.
+  TWL_OFF_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_appended_, 0));
+  TWL_OFF_RETURN(LaunchCacheMirrorRows(cache_, g_, static_cast<const fp16_t*>(pool_->device_base()),
+                                       dev.page_id, dev.slot, n, fetch_stream_));
+  TWL_OFF_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
+  // The staging (indices read by the mirror) is reused only after the mirror has run.
+  TWL_OFF_CUDA(cudaEventRecord(ev_append_staged_, fetch_stream_));
+  return absl::OkStatus();
+}
+
+absl::Status GpuOffloadBackend::CopyPage(int32_t src_page, int32_t dst_page, int32_t rows) {
+  const int32_t pages[2] = {src_page, dst_page};
+  TWL_OFF_RETURN(CheckPages(pages, 2, "copy page"));
+  if (rows < 0 || rows > g_.page_size) {
+    return absl::InvalidArgumentError(absl::StrFormat("copy page: rows %d", rows));
+  }
+  TWL_OFF_RETURN(ApplyPendingReleases());
+  // Rows of src may still be in flight from an append kernel, and a step issued before
+  // dst_page was last freed may still read it.
+  TWL_OFF_CUDA(cudaStreamSynchronize(append_stream_));
+  TWL_OFF_CUDA(cudaEventSynchronize(ev_step_done_));
+  const int32_t H = g_.num_kv_heads;
+  const int64_t row_elems = g_.head_dim;
+  for (int32_t h = 0; h < H; ++h) {
+    const int64_t sb = int64_t(src_page) * H + h, db = int64_t(dst_page) * H + h;
+    auto* s = static_cast<fp16_t*>(pool_->Block(sb));
+    auto* dd = static_cast<fp16_t*>(pool_->Block(db));
+    std::memcpy(dd, s, size_t(rows * row_elems) * 2);  // K rows
+    std::memcpy(dd + g_.page_size * row_elems, s + g_.page_size * row_elems,
+                size_t(rows * row_elems) * 2);  // V rows
+  }
+  if (rows == 0) return absl::OkStatus();
+  cudaStream_t a = append_stream_;
+  // Codes, scale and zero of the page's blocks are contiguous per page (block-major).
+  const int64_t sb0 = int64_t(src_page) * H, db0 = int64_t(dst_page) * H;
+  if (qk_.codes) {
+    TWL_OFF_CUDA(cudaMemcpyAsync(qk_.codes + db0 * g_.CodeBlockBytes(),
+                                 qk_.codes + sb0 * g_.CodeBlockBytes(),
+                                 size_t(H * g_.CodeBlockBytes()), cudaMemcpyDeviceToDevice, a));
+  }
+  for (fp16_t* arr : {qk_.scale, qk_.zero}) {
+    if (!arr) continue;
+    TWL_OFF_CUDA(cudaMemcpyAsync(arr + db0 * g_.page_size, arr + sb0 * g_.page_size,
+                                 size_t(H) * g_.page_size * 2, cudaMemcpyDeviceToDevice, a));
+  }
+  // Page bounds over the copied rows, from the FP16 K now in the host pool.
+  TWL_OFF_CUDA(cudaEventSynchronize(ev_append_staged_));
+  TWL_OFF_RETURN(h_append_.Reserve(16));
+  TWL_OFF_RETURN(Grow(d_append_, 16));
+  int32_t* h = h_append_.as<int32_t>();
+  h[0] = dst_page;
+  h[1] = rows;
+  TWL_OFF_CUDA(cudaMemcpyAsync(d_append_.get(), h, 8, cudaMemcpyHostToDevice, a));
+  AppendPagePlan plan{d_append_.as<int32_t>(), d_append_.as<int32_t>() + 1, 1};
+  const FpKvView pool_view{static_cast<fp16_t*>(pool_->device_base()), nullptr};
+  TWL_OFF_RETURN(LaunchRecomputeMinMax(g_, plan, pool_view, qk_, a));
+  TWL_OFF_CUDA(cudaEventRecord(ev_append_staged_, a));
+  TWL_OFF_CUDA(cudaEventRecord(ev_appended_, a));
+  // A reused page id must not hit stale cache slots.
+  pending_release_.push_back(dst_page);
+  TWL_OFF_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_appended_, 0));
+  return ApplyPendingReleases();
+}
+
+absl::Status GpuOffloadBackend::ReadPage(int32_t page, int32_t rows, fp16_t* k,
+                                         fp16_t* v) const {
+  TWL_OFF_RETURN(CheckPages(&page, 1, "read page"));
+  if (rows < 0 || rows > g_.page_size || !k || !v) {
+    return absl::InvalidArgumentError("read page: bad rows or null output");
+  }
+  TWL_OFF_CUDA(cudaStreamSynchronize(append_stream_));  // appended rows have landed
+  const int32_t H = g_.num_kv_heads, d = g_.head_dim;
+  for (int32_t h = 0; h < H; ++h) {
+    const auto* b = static_cast<const fp16_t*>(pool_->Block(int64_t(page) * H + h));
+    for (int32_t r = 0; r < rows; ++r) {
+      std::memcpy(k + (int64_t(r) * H + h) * d, b + int64_t(r) * d, size_t(d) * 2);
+      std::memcpy(v + (int64_t(r) * H + h) * d, b + int64_t(g_.page_size + r) * d,
+                  size_t(d) * 2);
+    }
+  }
+  return absl::OkStatus();
+}
+
+MemoryUsage GpuOffloadBackend::Memory() const {
+  MemoryUsage m;
+  m.host_pool_bytes_total = pool_ ? pool_->bytes() : 0;
+  m.gpu_quant_bytes = quant_bytes_;
+  m.gpu_cache_bytes = int64_t(num_slots_) * g_.FpBlockBytes() +
+                      (num_blocks_ * 2 + int64_t(num_slots_) * 2) * 4;  // + maps and stamps
+  return m;
+}
+
+absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* t) {
+  const BatchView& hb = req.batch;
+  TWL_OFF_RETURN(ValidateBatch(g_, hb, /*check_host_data=*/true));
+  if (!req.q || !req.out) return absl::InvalidArgumentError("decode: null q or out");
+  if (req.space != MemSpace::kHost && req.space != MemSpace::kDevice) {
+    return absl::InvalidArgumentError("decode: unknown memory space");
+  }
+  for (int32_t s = 0; s < hb.num_seqs; ++s) {
+    TWL_OFF_RETURN(CheckPages(hb.page_table + int64_t(s) * hb.max_pages, hb.NumPages(g_, s),
+                              "decode"));
+  }
+  TWL_OFF_RETURN(ApplyPendingReleases());
+  const int32_t B = hb.num_seqs, Hq = hb.num_q_heads, H = g_.num_kv_heads, D = g_.head_dim;
+  const int32_t max_select = SelectStride(req.selector, hb.max_pages);
+  const int64_t max_kept64 = int64_t(max_select) * g_.page_size;
+  if (max_kept64 > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError("decode: kept-token stride overflows int32");
+  }
+  const int32_t max_kept = int32_t(max_kept64);
+  const int64_t units = int64_t(B) * H;
+  const size_t qo_bytes = size_t(B) * Hq * D * 2;
+
+  // Scratch (grows to the largest batch seen).
+  TWL_OFF_RETURN(Grow(d_sel_pages_, size_t(units * max_select) * 4));
+  TWL_OFF_RETURN(Grow(d_sel_count_, size_t(units) * 4));
+  TWL_OFF_RETURN(Grow(d_kept_tokens_, size_t(units * max_kept) * 4));
+  TWL_OFF_RETURN(Grow(d_kept_count_, size_t(units) * 4));
+  TWL_OFF_RETURN(Grow(d_count_cache_, size_t(units) * 4));
+  TWL_OFF_RETURN(Grow(d_count_direct_, size_t(units) * 4));
+  TWL_OFF_RETURN(Grow(d_unit_blocks_, size_t(units) * 4));
+  TWL_OFF_RETURN(Grow(d_stats_, size_t(B) * Hq * 12));
+  TWL_OFF_RETURN(Grow(d_direct_out_, qo_bytes));
+  if (req.space == MemSpace::kHost) {
+    TWL_OFF_RETURN(Grow(d_q_, qo_bytes));
+    TWL_OFF_RETURN(Grow(d_out_, qo_bytes));
+  }
+  const size_t ws_sel = SelectWorkspaceBytes(g_, req.selector, B, hb.max_pages);
+  const size_t ws_pru = PruneWorkspaceBytes(g_, B, Hq, max_select);
+  const size_t ws_att = AttentionWorkspaceBytes(g_, B, Hq);
+  TWL_OFF_RETURN(Grow(ws_select_, ws_sel));
+  TWL_OFF_RETURN(Grow(ws_prune_, ws_pru));
+  TWL_OFF_RETURN(Grow(ws_attn_, ws_att));
+
+  // Host plan: sequence lengths, page table and p go up in one copy.
+  const size_t pt_elems = size_t(B) * hb.max_pages;
+  const size_t up_bytes = (size_t(B) + pt_elems + size_t(B)) * 4;
+  TWL_OFF_CUDA(cudaEventSynchronize(ev_upload_));  // the previous step's upload is done
+  TWL_OFF_RETURN(h_upload_.Reserve(up_bytes));
+  TWL_OFF_RETURN(Grow(d_upload_, up_bytes));
+  int32_t* hu = h_upload_.as<int32_t>();
+  std::memcpy(hu, hb.seq_len, size_t(B) * 4);
+  std::memcpy(hu + B, hb.page_table, pt_elems * 4);
+  float* hp = reinterpret_cast<float*>(hu + B + pt_elems);
+  for (int32_t s = 0; s < B; ++s) hp[s] = req.pruner.seq_p ? req.pruner.seq_p[s] : req.pruner.p;
+
+  cudaStream_t c = req.stream ? AsStream(req.stream) : own_stream_;
+  cudaStream_t f = fetch_stream_;
+  const bool timing = t != nullptr;
+  TWL_OFF_CUDA(cudaStreamWaitEvent(c, ev_append_done_, 0));
+  TWL_OFF_CUDA(cudaStreamWaitEvent(c, ev_step_done_, 0));
+  TWL_OFF_CUDA(cudaMemcpyAsync(d_upload_.get(), hu, up_bytes, cudaMemcpyHostToDevice, c));
+  TWL_OFF_CUDA(cudaEventRecord(ev_upload_, c));
+  const fp16_t* q = req.q;
+  fp16_t* out = req.out;
+  if (req.space == MemSpace::kHost) {
+    TWL_OFF_CUDA(cudaMemcpyAsync(d_q_.get(), req.q, qo_bytes, cudaMemcpyHostToDevice, c));
+    q = d_q_.as<fp16_t>();
+    out = d_out_.as<fp16_t>();
+  }
+  const int32_t* d_seq_len = d_upload_.as<int32_t>();
+  const int32_t* d_page_table = d_seq_len + B;
+  const float* d_seq_p = reinterpret_cast<const float*>(d_page_table + pt_elems);
+
+  // Groups of sequences from the host's bound on blocks per sequence.
+  std::vector<int64_t> worst(static_cast<size_t>(B));
+  for (int32_t s = 0; s < B; ++s) {
+    const int64_t pages = hb.NumPages(g_, s);
+    worst[s] = int64_t(H) * std::min<int64_t>(pages, max_select);
+  }
+  const std::vector<SeqGroup> groups =
+      PlanSeqGroups(worst, num_slots_, std::min(B, kPipelineGroups), kMaxGroups);
+  const int32_t G = int32_t(groups.size());
+
+  int32_t* stats_sel = d_stats_.as<int32_t>();
+  int32_t* stats_kept = stats_sel + size_t(B) * Hq;
+  float* stats_mass = reinterpret_cast<float*>(stats_kept + size_t(B) * Hq);
+  auto* counters = counters_.as<DeviceGroupCounters>();
+
+  auto sub_batch = [&](const SeqGroup& grp) {
+    BatchView b;
+    b.num_seqs = grp.num_seqs;
+    b.num_q_heads = Hq;
+    b.seq_len = d_seq_len + grp.first_seq;
+    b.page_table = d_page_table + int64_t(grp.first_seq) * hb.max_pages;
+    b.max_pages = hb.max_pages;
+    return b;
+  };
+  auto kept_of = [&](const SeqGroup& grp, const int32_t* counts) {
+    const int64_t u0 = int64_t(grp.first_seq) * H;
+    return KeptView{d_kept_tokens_.as<int32_t>() + u0 * max_kept,
+                    const_cast<int32_t*>(counts) + u0, max_kept};
+  };
+  auto attend = [&](int32_t gi) -> absl::Status {
+    const SeqGroup& grp = groups[gi];
+    const BatchView b = sub_batch(grp);
+    const int64_t u0 = int64_t(grp.first_seq) * H;
+    const int64_t row0 = int64_t(grp.first_seq) * Hq * D;
+    TWL_OFF_CUDA(cudaStreamWaitEvent(c, ev_fetched_[gi], 0));
+    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[gi][kAttn0], c));
+    const FpKvView cached{slots_.as<fp16_t>(), slot_of_block_.as<int32_t>()};
+    TWL_OFF_RETURN(LaunchSparseAttention(g_, b, QueryView{q + row0}, cached,
+                                         kept_of(grp, d_count_cache_.as<int32_t>()),
+                                         OutputView{out + row0}, req.pruner.softmax_scale,
+                                         ws_attn_.get(), ws_att, c));
+    if (grp.may_overflow) {
+      // Units that did not fit: attention reads their kept rows from the mapped host pool.
+      const FpKvView host{static_cast<fp16_t*>(pool_->device_base()), nullptr};
+      fp16_t* direct = d_direct_out_.as<fp16_t>() + row0;
+      TWL_OFF_RETURN(LaunchSparseAttention(g_, b, QueryView{q + row0}, host,
+                                           kept_of(grp, d_count_direct_.as<int32_t>()),
+                                           OutputView{direct}, req.pruner.softmax_scale,
+                                           ws_attn_.get(), ws_att, c));
+      TWL_OFF_RETURN(LaunchScatterDirect(g_, grp.num_seqs, Hq, d_count_direct_.as<int32_t>() + u0,
+                                         direct, out + row0, c));
+    }
+    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[gi][kAttn1], c));
+    return absl::OkStatus();
+  };
+
+  for (int32_t gi = 0; gi < G; ++gi) {
+    const SeqGroup& grp = groups[gi];
+    const BatchView b = sub_batch(grp);
+    const int64_t u0 = int64_t(grp.first_seq) * H;
+    const int64_t row0 = int64_t(grp.first_seq) * Hq * D;
+    // Compute stream: select + prune of this group.
+    SelectionView sel{d_sel_pages_.as<int32_t>() + u0 * max_select,
+                      d_sel_count_.as<int32_t>() + u0, max_select};
+    const KeptView kept = kept_of(grp, d_kept_count_.as<int32_t>());
+    const int64_t h0 = int64_t(grp.first_seq) * Hq;
+    HeadStatsView stats{stats_sel + h0, stats_kept + h0, stats_mass + h0};
+    PrunerParams pp = req.pruner;
+    pp.seq_p = d_seq_p + grp.first_seq;
+    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[gi][kSel0], c));
+    TWL_OFF_RETURN(LaunchSelectPages(g_, req.selector, b, QueryView{q + row0}, qk_, sel,
+                                     ws_select_.get(), ws_sel, c));
+    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[gi][kSel1], c));
+    // k_bits 16 estimates with the FP16 K itself: read from the mapped pool (slow; rare).
+    const FpKvView pool_kv{static_cast<fp16_t*>(pool_->device_base()), nullptr};
+    TWL_OFF_RETURN(LaunchPrune(g_, pp, b, QueryView{q + row0}, qk_, pool_kv, sel, kept,
+                               stats, ws_prune_.get(), ws_pru, c));
+    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[gi][kPrune1], c));
+    TWL_OFF_CUDA(cudaEventRecord(ev_pruned_[gi], c));
+
+    // Fetch stream: plan on the device, then gather the misses.
+    TWL_OFF_CUDA(cudaStreamWaitEvent(f, ev_pruned_[gi], 0));
+    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[gi][kFetch0], f));
+    CachePlanArgs pa;
+    pa.g = g_;
+    pa.batch = b;
+    pa.kept = kept;
+    pa.stamps.protect_from = gi == 0 ? stamp_ + 1 : stamp_;
+    pa.stamps.current = ++stamp_;
+    pa.d_prev = gi == 0 ? nullptr : counters + (gi - 1);
+    pa.d_counters = counters + gi;
+    pa.d_count_cache = d_count_cache_.as<int32_t>() + u0;
+    pa.d_count_direct = d_count_direct_.as<int32_t>() + u0;
+    pa.d_unit_blocks = d_unit_blocks_.as<int32_t>() + u0;
+    pa.d_missing = missing_.as<int32_t>();
+    pa.d_fetch = fetch_.as<FetchEntry>();
+    TWL_OFF_RETURN(LaunchCachePlan(cache_, pa, f));
+    const DeviceFetchList list{fetch_.as<FetchEntry>(), &counters[gi].fetched, num_slots_};
+    if (use_copy_engine_) {
+      // The copy engine needs the list on the host: one round trip per group.
+      TWL_OFF_RETURN(h_fetch_list_.Reserve(size_t(num_slots_) * sizeof(FetchEntry) + 64));
+      int32_t* h_count = h_fetch_list_.as<int32_t>();
+      auto* h_list = reinterpret_cast<FetchEntry*>(h_fetch_list_.as<char>() + 64);
+      TWL_OFF_CUDA(cudaMemcpyAsync(h_count, &counters[gi].fetched, 4, cudaMemcpyDeviceToHost, f));
+      TWL_OFF_CUDA(cudaStreamSynchronize(f));
+      TWL_OFF_CUDA(cudaMemcpyAsync(h_list, fetch_.get(), size_t(*h_count) * sizeof(FetchEntry),
+                                   cudaMemcpyDeviceToHost, f));
+      TWL_OFF_CUDA(cudaStreamSynchronize(f));
+      TWL_OFF_RETURN(copy_engine_->SubmitHost(h_list, *h_count, f));
+    } else {
+      TWL_OFF_RETURN(gather_->SubmitDevice(list, f));
+    }
+    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[gi][kFetch1], f));
+    TWL_OFF_CUDA(cudaEventRecord(ev_fetched_[gi], f));
+
+    // Compute stream: the previous group's attention overlaps this group's fetch.
+    if (gi > 0) TWL_OFF_RETURN(attend(gi - 1));
+  }
+  TWL_OFF_RETURN(attend(G - 1));
+  TWL_OFF_CUDA(cudaEventRecord(ev_step_done_, c));
+  if (req.space == MemSpace::kHost) {
+    TWL_OFF_CUDA(cudaMemcpyAsync(req.out, out, qo_bytes, cudaMemcpyDeviceToHost, c));
+  }
+  if (t) TWL_OFF_RETURN(FillTelemetry(req, G, max_kept, c, t));
+  if (req.space == MemSpace::kHost) TWL_OFF_CUDA(cudaStreamSynchronize(c));
+  return offload_cuda::LaunchStatus("offload decode");
+}
+
+absl::Status GpuOffloadBackend::FillTelemetry(const DecodeRequest& req, int32_t num_groups,
+                                              int32_t /*max_kept*/, cudaStream_t c,
+                                              StepTelemetry* t) {
+  const int32_t B = req.batch.num_seqs, Hq = req.batch.num_q_heads, H = g_.num_kv_heads;
+  const size_t units = size_t(B) * H, heads = size_t(B) * Hq;
+  const size_t cnt_bytes = sizeof(DeviceGroupCounters) * size_t(num_groups);
+  const size_t bytes = cnt_bytes + heads * 12 + units * 4 * 3;
+  TWL_OFF_RETURN(h_telemetry_.Reserve(bytes));
+  char* h = h_telemetry_.as<char>();
+  TWL_OFF_CUDA(cudaMemcpyAsync(h, counters_.get(), cnt_bytes, cudaMemcpyDeviceToHost, c));
+  TWL_OFF_CUDA(cudaMemcpyAsync(h + cnt_bytes, d_stats_.get(), heads * 12, cudaMemcpyDeviceToHost, c));
+  char* hk = h + cnt_bytes + heads * 12;
+  TWL_OFF_CUDA(cudaMemcpyAsync(hk, d_kept_count_.get(), units * 4, cudaMemcpyDeviceToHost, c));
+  TWL_OFF_CUDA(cudaMemcpyAsync(hk + units * 4, d_count_direct_.get(), units * 4,
+                               cudaMemcpyDeviceToHost, c));
+  TWL_OFF_CUDA(cudaMemcpyAsync(hk + units * 8, d_unit_blocks_.get(), units * 4,
+                               cudaMemcpyDeviceToHost, c));
+  TWL_OFF_CUDA(cudaStreamSynchronize(c));
+  const auto* cnt = reinterpret_cast<const DeviceGroupCounters*>(h);
+  const auto* sel = reinterpret_cast<const int32_t*>(h + cnt_bytes);
+  const auto* kept = sel + heads;
+  const auto* mass = reinterpret_cast<const float*>(kept + heads);
+  const auto* kept_kv = reinterpret_cast<const int32_t*>(hk);
+  const auto* direct = kept_kv + units;
+  const auto* unit_blocks = direct + units;
+  t->selected_tokens.assign(sel, sel + heads);
+  t->kept_tokens.assign(kept, kept + heads);
+  t->est_mass.assign(mass, mass + heads);
+  t->kept_tokens_kv.assign(kept_kv, kept_kv + units);
+  OffloadStepStats st;
+  st.groups = num_groups;
+  st.cache.units = int64_t(units);
+  for (int32_t gi = 0; gi < num_groups; ++gi) {
+    st.cache.units_direct += cnt[gi].units_direct;
+    st.cache.blocks_needed += cnt[gi].needed;
+    st.cache.hits += cnt[gi].hits;
+    st.cache.misses += cnt[gi].fetched;
+    st.cache.evictions += cnt[gi].evictions;
+    if (cnt[gi].error) {
+      ++st.errors;
+      if (async_error_.ok()) {
+        async_error_.Update(absl::InternalError(absl::StrFormat(
+            "offload: cache plan of group %d reported error %d", gi, cnt[gi].error)));
+      }
+    }
+  }
+  for (size_t u = 0; u < units; ++u) {
+    if (direct[u] > 0) {
+      st.direct_blocks += unit_blocks[u];
+      st.direct_tokens += direct[u];
+    }
+  }
+  const int64_t row_bytes = int64_t(g_.head_dim) * 2 * 2;  // one K row + one V row
+  t->blocks_needed = st.cache.blocks_needed + st.direct_blocks;
+  t->blocks_fetched = st.cache.misses;
+  t->bytes_h2d = st.cache.misses * g_.FpBlockBytes() + st.direct_tokens * row_bytes;
+  auto ms = [&](int32_t gi, int a, int b) {
+    float v = 0;
+    if (cudaEventElapsedTime(&v, ev_time_[gi][a], ev_time_[gi][b]) != cudaSuccess) {
+      cudaGetLastError();
+      return 0.0;
+    }
+    return double(v);
+  };
+  t->ms_select = t->ms_prune = t->ms_fetch = t->ms_attend = 0;
+  for (int32_t gi = 0; gi < num_groups; ++gi) {
+    t->ms_select += ms(gi, kSel0, kSel1);
+    t->ms_prune += ms(gi, kSel1, kPrune1);
+    t->ms_fetch += ms(gi, kFetch0, kFetch1);
+    t->ms_attend += ms(gi, kAttn0, kAttn1);
+  }
+  // Wall time of the step on the GPU, first select to last attention (stages overlap).
+  float total = 0;
+  if (cudaEventElapsedTime(&total, ev_time_[0][kSel0], ev_time_[num_groups - 1][kAttn1]) !=
+      cudaSuccess) {
+    cudaGetLastError();
+  }
+  t->ms_total = total;
+  last_stats_ = st;
+  totals_ += st.cache;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<OffloadBackend>> CreateGpuOffloadBackendEx(
+    const RuntimeConfig& config, int64_t num_pages) {
+  if (!gpu::GpuAvailable()) return absl::UnavailableError("GPU offload backend: no GPU found");
+  if (num_pages < 1) return absl::InvalidArgumentError("GPU offload backend: no pages");
+  auto b = std::make_unique<GpuOffloadBackend>(config, num_pages);
+  if (absl::Status s = b->Init(); !s.ok()) return s;
+  return std::unique_ptr<OffloadBackend>(std::move(b));
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateGpuOffloadBackend(const RuntimeConfig& config,
+                                                                 int64_t num_pages) {
+  absl::StatusOr<std::unique_ptr<OffloadBackend>> b = CreateGpuOffloadBackendEx(config, num_pages);
+  if (!b.ok()) return b.status();
+  return std::unique_ptr<Backend>(std::move(*b));
+}
+
+}  // namespace twl

@@ -1,0 +1,72 @@
+// The GPU offload backend (runtime/gpu_offload_backend.cu): FP16 K/V blocks in a pinned,
+// device-mapped host pool; the INT4 K estimation copy, the Quest page bounds and a bounded
+// hot cache of FP16 blocks on the GPU. CreateGpuOffloadBackend (runtime/backend.h) returns
+// this class; tests and benchmarks that need its counters create it with
+// CreateGpuOffloadBackendEx. No CUDA types here.
+//
+// Decode step of one layer, per group of sequences (groups pipeline, see below):
+//   compute stream: Quest select -> Twilight prune                         [gpuk's kernels]
+//   fetch stream:   cache plan on the GPU from the kept lists (hits pinned, misses get LRU
+//                   victims, fetch list written on the device) -> zero-copy gather of the
+//                   missing blocks from host memory into their slots        [offload/]
+//   compute stream: sparse attention through slot_of_block                 [gpuk's kernel]
+//                   (+ units that did not fit in the cache: attention straight from the
+//                   mapped host pool, merged into the output)
+// Nothing waits for the host inside a step: the only host synchronisation is the optional
+// telemetry read at the end (and the copy back of `out` when it is a host pointer).
+//
+// Overlap: the batch is split into groups of sequences (cache/gpu_page_cache.h
+// PlanSeqGroups). The prune of group g+1 runs on the compute stream while group g's blocks
+// are gathered on the fetch stream, and group g's attention runs while group g+1's blocks
+// are gathered. Not overlapped: attention of a group with the fetch of its own missing
+// blocks (a split of each kept set into resident and missing tokens would need partial
+// softmax states from the attention kernel), and work of different Decode calls.
+//
+// Append: FP16 rows go straight into the mapped host pool and INT4 K + page bounds into
+// device memory, by one kernel on the append stream; rows of blocks resident in the cache
+// are mirrored into their slots on the fetch stream (the cache never holds stale rows).
+// Device input pointers must be ready when Append is called (no stream is passed).
+// Thread-safety: one caller at a time (the Runtime serializes calls).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "cache/gpu_page_cache.h"
+#include "offload/fetch_transport.h"
+#include "runtime/backend.h"
+
+namespace twl {
+
+// Offload counters of the last Decode that asked for telemetry (summed over its groups).
+struct OffloadStepStats {
+  CacheCounters cache;          // units, direct units, needed (distinct), hits, misses...
+  int64_t direct_blocks = 0;    // blocks of units attended from host memory
+  int64_t direct_tokens = 0;    // kept tokens of those units
+  int32_t groups = 0;           // pipeline groups of the step
+  int32_t errors = 0;           // plan kernels that reported an inconsistency (must be 0)
+};
+
+class OffloadBackend : public Backend {
+ public:
+  virtual OffloadStepStats LastStepStats() const = 0;
+  virtual CacheCounters CacheTotals() const = 0;  // summed over telemetry steps
+  virtual int32_t num_cache_slots() const = 0;
+  virtual std::string fetch_path_name() const = 0;
+  // The host pool (for baselines that move whole layers): block b at base + b * block_bytes.
+  virtual FetchSource HostPool() const = 0;
+  // Quantized K + page bounds in device memory (for baselines that share them).
+  virtual QuantKView DeviceQuant() const = 0;
+};
+
+// CreateGpuOffloadBackend (runtime/backend.h) returns the same object.
+absl::StatusOr<std::unique_ptr<OffloadBackend>> CreateGpuOffloadBackendEx(
+    const RuntimeConfig& config, int64_t num_pages);
+
+// Cache slots the backend uses for a configuration (gpu_cache_bytes, or the default: 10% of
+// the host pool's FP16 bytes, at least 64 slots).
+int64_t OffloadCacheSlots(const RuntimeConfig& config, int64_t num_pages);
+
+}  // namespace twl

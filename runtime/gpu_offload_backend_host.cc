@@ -1,0 +1,26 @@
+// Host-only parts of the GPU offload backend: cache sizing, and the factory's stand-in when
+// the library is built without CUDA (runtime/gpu_offload_backend.cu replaces it).
+#include <algorithm>
+
+#include "runtime/geometry.h"
+#include "runtime/gpu_offload_backend.h"
+
+namespace twl {
+
+int64_t OffloadCacheSlots(const RuntimeConfig& config, int64_t num_pages) {
+  const PageGeometry g = GeometryOf(config);
+  const int64_t block = g.FpBlockBytes();
+  const int64_t bytes = config.gpu_cache_bytes > 0
+                            ? config.gpu_cache_bytes
+                            : num_pages * config.num_kv_heads * block / 10;
+  return std::max<int64_t>(bytes / block, 64);
+}
+
+#if !TWL_HAVE_CUDA
+absl::StatusOr<std::unique_ptr<OffloadBackend>> CreateGpuOffloadBackendEx(
+    const RuntimeConfig& /*config*/, int64_t /*num_pages*/) {
+  return absl::UnavailableError("GPU offload backend: built without CUDA");
+}
+#endif
+
+}  // namespace twl
