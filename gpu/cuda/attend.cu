@@ -1,0 +1,119 @@
+// Launchers of the split-K attention kernels (see attend.cuh and gpu/kernels.h).
+// Instantiations: AttendChunkKernel<D, G> for D in {64, 128} x G in {1, 2, 4, 8} (G is the
+// group size rounded up to a power of two; extra heads are masked).
+#include "gpu/cuda/attend.cuh"
+#include "gpu/device.h"
+#include "gpu/kernels.h"
+#include "gpu/reference/validate.h"
+
+namespace twl {
+
+using cuda::AsStream;
+using cuda::LaunchStatus;
+
+namespace {
+
+int32_t PaddedGroup(int32_t group) {
+  int32_t p = 1;
+  while (p < group) p *= 2;
+  return p;
+}
+
+struct AttnLayout {
+  cuda::AttnPlan* plan = nullptr;
+  int32_t* item_offset = nullptr;  // [pairs + 1]
+  float* part_acc = nullptr;       // [max_items][gpad][head_dim]
+  float2* part_ml = nullptr;       // [max_items][gpad]
+  int32_t max_items = 0;
+  int32_t target_items = 0;
+  size_t bytes = 0;
+};
+
+AttnLayout Layout(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads, void* base) {
+  const int64_t pairs = int64_t(num_seqs) * g.num_kv_heads;
+  const int32_t gpad = PaddedGroup(std::max(1, num_q_heads / std::max(1, g.num_kv_heads)));
+  AttnLayout l;
+  l.target_items = cuda::kItemsPerSm * gpu::SmCount();
+  l.max_items = int32_t(std::min<int64_t>(INT32_MAX / 2, l.target_items + pairs));
+  cuda::WorkspaceCarver c(base);
+  l.plan = c.Take<cuda::AttnPlan>(1);
+  l.item_offset = c.Take<int32_t>(size_t(pairs) + 1);
+  l.part_acc = c.Take<float>(size_t(l.max_items) * gpad * size_t(g.head_dim));
+  l.part_ml = c.Take<float2>(size_t(l.max_items) * gpad);
+  l.bytes = c.used();
+  return l;
+}
+
+absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryView& q,
+                    const FpKvView& kv, const KeptView* kept, const OutputView& out,
+                    float softmax_scale, void* workspace, size_t workspace_bytes, void* stream) {
+  TWL_RETURN_IF_ERROR(ValidateGeometry(g));
+  TWL_RETURN_IF_ERROR(ValidateBatch(g, batch, /*check_host_data=*/false));
+  TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
+  const int32_t group = batch.num_q_heads / g.num_kv_heads;
+  TWL_RETURN_IF_ERROR(cuda::CheckGroup(group));
+  if (!q.q || !kv.kv || !out.out) {
+    return absl::InvalidArgumentError("attention: q, kv and out must not be null");
+  }
+  if (kept && (!kept->tokens || !kept->count)) {
+    return absl::InvalidArgumentError("attention: kept set must not be null");
+  }
+  const int64_t pairs = int64_t(batch.num_seqs) * g.num_kv_heads;
+  if (pairs > INT32_MAX / 2) return absl::InvalidArgumentError("attention: batch too large");
+  const AttnLayout l = Layout(g, batch.num_seqs, batch.num_q_heads, workspace);
+  if (workspace_bytes < l.bytes || !workspace) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("attention: workspace of %d bytes, needs %d", workspace_bytes, l.bytes));
+  }
+  const float scale =
+      (softmax_scale > 0.0f ? softmax_scale : 1.0f / sqrtf(float(g.head_dim))) * cuda::kLog2e;
+  const KeptView kv_set = kept ? *kept : KeptView{};
+  const bool dense = kept == nullptr;
+  cudaStream_t st = AsStream(stream);
+  cuda::AttendPlanKernel<<<1, 1024, 0, st>>>(g, batch, kv_set, dense, l.target_items, l.plan,
+                                             l.item_offset);
+  TWL_RETURN_IF_ERROR(LaunchStatus("AttendPlanKernel"));
+  const int32_t gpad = PaddedGroup(group);
+  TWL_RETURN_IF_ERROR(TWL_DISPATCH_HEAD_DIM(g.head_dim, [&]() -> absl::Status {
+    auto launch = [&](auto kernel) {
+      kernel<<<unsigned(l.max_items), cuda::kAttnThreads, 0, st>>>(
+          g, batch, q, kv, kv_set, dense, group, scale, l.plan, l.item_offset, l.part_acc,
+          l.part_ml);
+      return LaunchStatus("AttendChunkKernel");
+    };
+    switch (gpad) {
+      case 1: return launch(cuda::AttendChunkKernel<kHeadDim, 1>);
+      case 2: return launch(cuda::AttendChunkKernel<kHeadDim, 2>);
+      case 4: return launch(cuda::AttendChunkKernel<kHeadDim, 4>);
+      default: return launch(cuda::AttendChunkKernel<kHeadDim, 8>);
+    }
+  }));
+  const int64_t heads = int64_t(batch.num_seqs) * batch.num_q_heads;
+  cuda::AttendMergeKernel<<<unsigned(heads), 128, 0, st>>>(g, batch, group, gpad, l.item_offset,
+                                                           l.part_acc, l.part_ml, out);
+  return LaunchStatus("AttendMergeKernel");
+}
+
+}  // namespace
+
+size_t AttentionWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads) {
+  return Layout(g, num_seqs, num_q_heads, nullptr).bytes;
+}
+
+absl::Status LaunchSparseAttention(const PageGeometry& g, const BatchView& batch,
+                                   const QueryView& q, const FpKvView& kv,
+                                   const KeptView& kept, const OutputView& out,
+                                   float softmax_scale, void* workspace,
+                                   size_t workspace_bytes, void* stream) {
+  return Attend(g, batch, q, kv, &kept, out, softmax_scale, workspace, workspace_bytes, stream);
+}
+
+absl::Status LaunchDenseAttention(const PageGeometry& g, const BatchView& batch,
+                                  const QueryView& q, const FpKvView& kv,
+                                  const OutputView& out, float softmax_scale, void* workspace,
+                                  size_t workspace_bytes, void* stream) {
+  return Attend(g, batch, q, kv, nullptr, out, softmax_scale, workspace, workspace_bytes,
+                stream);
+}
+
+}  // namespace twl

@@ -1,0 +1,137 @@
+// Device-side helpers shared by the stage kernels: launch checks, bounded head-dim dispatch,
+// warp/block reductions and scans, FP16 conversions. Included only by gpu/cuda/*.cu.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+#include "gpu/stage_views.h"
+
+namespace twl::cuda {
+
+inline cudaStream_t AsStream(void* s) { return static_cast<cudaStream_t>(s); }
+
+// Status of the launch just enqueued (configuration errors surface here, not later).
+inline absl::Status LaunchStatus(const char* kernel) {
+  const cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrFormat("%s launch: %s", kernel, cudaGetErrorString(e)));
+}
+
+#define TWL_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    if (absl::Status _s = (expr); !_s.ok()) {  \
+      return _s;                               \
+    }                                          \
+  } while (0)
+
+// Bounded head-dim dispatch: the body sees `constexpr int kHeadDim`; other sizes return
+// Unimplemented (the CPU reference handles them).
+#define TWL_DISPATCH_HEAD_DIM(head_dim, ...)                                                  \
+  [&]() -> absl::Status {                                                                     \
+    switch (head_dim) {                                                                       \
+      case 64: {                                                                              \
+        constexpr int kHeadDim = 64;                                                          \
+        return __VA_ARGS__();                                                                 \
+      }                                                                                       \
+      case 128: {                                                                             \
+        constexpr int kHeadDim = 128;                                                         \
+        return __VA_ARGS__();                                                                 \
+      }                                                                                       \
+      default:                                                                                \
+        return absl::UnimplementedError(absl::StrFormat(                                      \
+            "GPU kernels support head_dim 64 and 128, got %d (use the CPU backend)", head_dim)); \
+    }                                                                                         \
+  }()
+
+inline absl::Status CheckHeadDim(int32_t head_dim) {
+  if (head_dim == 64 || head_dim == 128) return absl::OkStatus();
+  return absl::UnimplementedError(absl::StrFormat(
+      "GPU kernels support head_dim 64 and 128, got %d (use the CPU backend)", head_dim));
+}
+
+constexpr int kMaxGroup = 8;  // query heads per KV head handled on the GPU
+
+inline absl::Status CheckGroup(int32_t group) {
+  if (group < 1 || group > kMaxGroup) {
+    return absl::UnimplementedError(
+        absl::StrFormat("GPU kernels support 1..%d query heads per KV head, got %d", kMaxGroup,
+                        group));
+  }
+  return absl::OkStatus();
+}
+
+inline size_t AlignUp(size_t x, size_t a = 256) { return (x + a - 1) / a * a; }
+
+// Carves aligned sub-buffers out of a caller workspace (same walk for size and pointers).
+class WorkspaceCarver {
+ public:
+  explicit WorkspaceCarver(void* base) : base_(static_cast<char*>(base)) {}
+  template <typename T>
+  T* Take(size_t count) {
+    T* p = base_ ? reinterpret_cast<T*>(base_ + used_) : nullptr;
+    used_ += AlignUp(count * sizeof(T));
+    return p;
+  }
+  size_t used() const { return used_; }
+
+ private:
+  char* base_;
+  size_t used_ = 0;
+};
+
+__device__ __forceinline__ float H2F(fp16_t h) { return __half2float(__ushort_as_half(h)); }
+__device__ __forceinline__ fp16_t F2H(float f) { return __half_as_ushort(__float2half_rn(f)); }
+
+template <typename T>
+__device__ __forceinline__ T WarpSum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float WarpMax(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float WarpMin(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Block-wide exclusive prefix sum of one int per thread; *total gets the block sum.
+// `scratch` holds 33 ints; every thread of the block must call it.
+__device__ __forceinline__ int BlockExclusiveSum(int v, int* scratch, int* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nwarps = (blockDim.x + 31) >> 5;
+  int incl = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += y;
+  }
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 31) scratch[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    int w = lane < nwarps ? scratch[lane] : 0;
+    int wi = w;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(0xffffffffu, wi, o);
+      if (lane >= o) wi += y;
+    }
+    if (lane < nwarps) scratch[lane] = wi - w;  // exclusive warp offsets
+    if (lane == 31) scratch[32] = wi;           // block total (nwarps <= 32)
+  }
+  __syncthreads();
+  *total = scratch[32];
+  return scratch[warp] + incl - v;
+}
+
+}  // namespace twl::cuda

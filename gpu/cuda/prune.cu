@@ -1,0 +1,114 @@
+// Launchers of the pruner kernels (see prune.cuh and gpu/kernels.h).
+// Instantiations: ScoreInt4Kernel<64>, ScoreInt4Kernel<128>; the rest are not templates.
+#include "gpu/cuda/prune.cuh"
+#include "gpu/kernels.h"
+#include "gpu/reference/validate.h"
+
+namespace twl {
+
+using cuda::AsStream;
+using cuda::LaunchStatus;
+
+namespace {
+
+struct PruneLayout {
+  float* scores = nullptr;    // [num_seqs * num_q_heads][cand_stride]
+  uint32_t* bits = nullptr;   // [num_seqs * num_kv_heads][bit_words]
+  size_t bits_bytes = 0;
+  size_t bytes = 0;
+};
+
+PruneLayout Layout(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
+                   int32_t max_select, void* base) {
+  const int64_t cand = int64_t(max_select) * g.page_size;
+  const int64_t words = (cand + 31) / 32;
+  cuda::WorkspaceCarver c(base);
+  PruneLayout l;
+  l.scores = c.Take<float>(size_t(num_seqs) * size_t(num_q_heads) * size_t(cand));
+  l.bits_bytes = size_t(num_seqs) * size_t(g.num_kv_heads) * size_t(words) * sizeof(uint32_t);
+  l.bits = c.Take<uint32_t>(l.bits_bytes / sizeof(uint32_t));
+  l.bytes = c.used();
+  return l;
+}
+
+}  // namespace
+
+size_t PruneWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
+                           int32_t max_select) {
+  return Layout(g, num_seqs, num_q_heads, max_select, nullptr).bytes;
+}
+
+absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
+                         const BatchView& batch, const QueryView& q, const QuantKView& qk,
+                         const FpKvView& kv, const SelectionView& selection,
+                         const KeptView& out, const HeadStatsView& stats, void* workspace,
+                         size_t workspace_bytes, void* stream) {
+  TWL_RETURN_IF_ERROR(ValidateGeometry(g));
+  TWL_RETURN_IF_ERROR(ValidateBatch(g, batch, /*check_host_data=*/false));
+  TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
+  TWL_RETURN_IF_ERROR(ValidateP(params.p));  // seq_p lives on the device: checked by the caller
+  const int32_t group = batch.num_q_heads / g.num_kv_heads;
+  TWL_RETURN_IF_ERROR(cuda::CheckGroup(group));
+  if (!q.q || !selection.pages || !selection.count || !out.tokens || !out.count) {
+    return absl::InvalidArgumentError("prune: q, selection and outputs must not be null");
+  }
+  if (!params.dense && (g.k_bits >= 16 ? !kv.kv : (!qk.codes || !qk.scale || !qk.zero))) {
+    return absl::InvalidArgumentError("prune: the estimation K store is missing");
+  }
+  const int64_t cand = int64_t(selection.max_select) * g.page_size;
+  if (selection.max_select < 1 || cand > INT32_MAX / 2) {
+    return absl::InvalidArgumentError("prune: bad max_select");
+  }
+  if (out.max_kept < cand) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "prune: max_kept %d is below max_select * page_size = %d", out.max_kept, cand));
+  }
+  const int64_t pairs = int64_t(batch.num_seqs) * g.num_kv_heads;
+  if (pairs > 65535) return absl::InvalidArgumentError("prune: more than 65535 (seq, KV head)");
+  const PruneLayout l = Layout(g, batch.num_seqs, batch.num_q_heads, selection.max_select,
+                               workspace);
+  if (workspace_bytes < l.bytes || !workspace) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("prune: workspace of %d bytes, needs %d", workspace_bytes, l.bytes));
+  }
+  cuda::PruneShape shape;
+  shape.group = group;
+  shape.cand_stride = int32_t(cand);
+  shape.bit_words = int32_t((cand + 31) / 32);
+  shape.scale = params.softmax_scale > 0.0f ? params.softmax_scale
+                                            : 1.0f / sqrtf(float(g.head_dim));
+  cudaStream_t st = AsStream(stream);
+
+  if (!params.dense) {
+    if (cudaMemsetAsync(l.bits, 0, l.bits_bytes, st) != cudaSuccess) {
+      return LaunchStatus("prune bits memset");
+    }
+    const bool tensor_cores = g.k_bits == 4 && (g.head_dim == 64 || g.head_dim == 128);
+    if (tensor_cores) {
+      TWL_RETURN_IF_ERROR(TWL_DISPATCH_HEAD_DIM(g.head_dim, [&] {
+        const int64_t tiles = (cand + 15) / 16;
+        const int64_t per_block = cuda::kScoreWarps * cuda::kTilesPerWarp;
+        const dim3 grid(unsigned((tiles + per_block - 1) / per_block), unsigned(pairs));
+        cuda::ScoreInt4Kernel<kHeadDim><<<grid, cuda::kScoreWarps * 32, 0, st>>>(
+            g, batch, q, qk, selection, shape, l.scores);
+        return LaunchStatus("ScoreInt4Kernel");
+      }));
+    } else {
+      TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
+      const dim3 grid(unsigned((cand + cuda::kScoreWarps - 1) / cuda::kScoreWarps),
+                      unsigned(pairs));
+      cuda::ScoreScalarKernel<<<grid, cuda::kScoreWarps * 32, 0, st>>>(g, batch, q, qk, kv,
+                                                                      selection, shape, l.scores);
+      TWL_RETURN_IF_ERROR(LaunchStatus("ScoreScalarKernel"));
+    }
+  }
+  const int64_t heads = int64_t(batch.num_seqs) * batch.num_q_heads;
+  cuda::TopPKernel<<<unsigned(heads), cuda::kTopPThreads, sizeof(cuda::TopPSmem), st>>>(
+      g, params, batch, selection, shape, l.scores, l.bits, stats);
+  TWL_RETURN_IF_ERROR(LaunchStatus("TopPKernel"));
+  cuda::CompactKeptKernel<<<unsigned(pairs), cuda::kCompactThreads, 0, st>>>(
+      g, batch, selection, shape, params.dense, l.bits, out);
+  return LaunchStatus("CompactKeptKernel");
+}
+
+}  // namespace twl

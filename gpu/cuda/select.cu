@@ -1,0 +1,67 @@
+// Launchers of the Quest selector kernels (see select.cuh and gpu/kernels.h).
+// Instantiations: PageBoundKernel<64>, PageBoundKernel<128>.
+#include "gpu/cuda/select.cuh"
+#include "gpu/kernels.h"
+#include "gpu/reference/validate.h"
+
+namespace twl {
+
+using cuda::AsStream;
+using cuda::LaunchStatus;
+
+size_t SelectWorkspaceBytes(const PageGeometry& g, const SelectorParams& params,
+                            int32_t num_seqs, int32_t max_pages) {
+  if (params.kind == SelectorKind::kFull) return 0;
+  return cuda::AlignUp(size_t(num_seqs) * size_t(g.num_kv_heads) * size_t(max_pages) *
+                       sizeof(float));
+}
+
+absl::Status LaunchSelectPages(const PageGeometry& g, const SelectorParams& params,
+                               const BatchView& batch, const QueryView& q, const QuantKView& qk,
+                               const SelectionView& out, void* workspace,
+                               size_t workspace_bytes, void* stream) {
+  TWL_RETURN_IF_ERROR(ValidateGeometry(g));
+  TWL_RETURN_IF_ERROR(ValidateBatch(g, batch, /*check_host_data=*/false));
+  TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
+  TWL_RETURN_IF_ERROR(cuda::CheckGroup(batch.num_q_heads / g.num_kv_heads));
+  if (!q.q || !out.pages || !out.count) {
+    return absl::InvalidArgumentError("select: q and outputs must not be null");
+  }
+  const bool quest = params.kind == SelectorKind::kQuest;
+  if (quest && (params.budget_pages < 1 || params.sink_pages < 0)) {
+    return absl::InvalidArgumentError("select: Quest needs budget_pages >= 1 and sink_pages >= 0");
+  }
+  if (quest && (!qk.kmin || !qk.kmax)) {
+    return absl::InvalidArgumentError("select: Quest needs the page min/max metadata");
+  }
+  if (out.max_select < SelectStride(params, batch.max_pages)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "select: max_select %d is below the stride %d the selector needs", out.max_select,
+        SelectStride(params, batch.max_pages)));
+  }
+  const size_t need = SelectWorkspaceBytes(g, params, batch.num_seqs, batch.max_pages);
+  if (workspace_bytes < need || (need && !workspace)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("select: workspace of %d bytes, needs %d", workspace_bytes, need));
+  }
+  const int64_t pairs = int64_t(batch.num_seqs) * g.num_kv_heads;
+  if (pairs > INT32_MAX) return absl::InvalidArgumentError("select: batch too large");
+  float* scores = static_cast<float*>(workspace);
+  cudaStream_t st = AsStream(stream);
+  if (quest) {
+    TWL_RETURN_IF_ERROR(TWL_DISPATCH_HEAD_DIM(g.head_dim, [&] {
+      const int32_t runs = (batch.max_pages + cuda::kBoundPagesPerWarp - 1) /
+                           cuda::kBoundPagesPerWarp;
+      const int64_t grid = (pairs * runs + cuda::kBoundWarps - 1) / cuda::kBoundWarps;
+      if (grid > INT32_MAX) return absl::InvalidArgumentError("select: batch too large");
+      cuda::PageBoundKernel<kHeadDim><<<unsigned(grid), cuda::kBoundWarps * 32, 0, st>>>(
+          g, params, batch, q, qk, scores, runs);
+      return LaunchStatus("PageBoundKernel");
+    }));
+  }
+  cuda::TopPagesKernel<<<unsigned(pairs), cuda::kSelectThreads, 0, st>>>(g, params, batch,
+                                                                         scores, out);
+  return LaunchStatus("TopPagesKernel");
+}
+
+}  // namespace twl

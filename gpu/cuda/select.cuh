@@ -1,0 +1,180 @@
+// Quest selector kernels: (1) page upper bounds of q.k from each block's per-channel
+// min/max, max over the query heads of the GQA group, for every ranked page of the batch;
+// (2) per (sequence, KV head) the top `budget` pages by a block-wide 4-pass radix select
+// on order-preserving float keys (no sort), ties to the lower page index, plus sink pages
+// and the last page, written ascending with a block-wide scan.
+#pragma once
+
+#include "gpu/cuda/common.cuh"
+
+namespace twl::cuda {
+
+constexpr int kBoundPagesPerWarp = 16;
+constexpr int kBoundWarps = 8;
+constexpr int kSelectThreads = 512;
+
+// Pages ranked by bound: [sink, num_pages - 1) when the sequence has more pages than the
+// selector keeps anyway; else none (every page is selected).
+__device__ __forceinline__ bool RankedRange(const SelectorParams& p, int32_t num_pages,
+                                            int32_t* first, int32_t* last) {
+  if (p.kind == SelectorKind::kFull || num_pages <= p.budget_pages + p.sink_pages + 1) {
+    return false;
+  }
+  *first = p.sink_pages;
+  *last = num_pages - 1;
+  return true;
+}
+
+// One warp per (sequence, KV head, run of kBoundPagesPerWarp pages); each lane owns
+// kHeadDim/32 channels and keeps the group's query values for them in registers.
+template <int kHeadDim>
+__global__ void __launch_bounds__(kBoundWarps * 32)
+    PageBoundKernel(PageGeometry g, SelectorParams params, BatchView batch, QueryView q,
+                    QuantKView qk, float* __restrict__ scores, int32_t runs_per_seq_head) {
+  constexpr int kE = kHeadDim / 32;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t task = int64_t(blockIdx.x) * kBoundWarps + warp;
+  const int64_t pairs = int64_t(batch.num_seqs) * g.num_kv_heads;
+  if (task >= pairs * runs_per_seq_head) return;
+  const int32_t pair = int32_t(task / runs_per_seq_head);
+  const int32_t run = int32_t(task % runs_per_seq_head);
+  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
+  int32_t first, last;
+  if (!RankedRange(params, batch.NumPages(g, s), &first, &last)) return;
+  const int32_t p0 = max(first, run * kBoundPagesPerWarp);
+  const int32_t p1 = min(last, (run + 1) * kBoundPagesPerWarp);
+  if (p0 >= p1) return;
+  const int32_t group = batch.num_q_heads / g.num_kv_heads;
+
+  float qv[kMaxGroup][kE];
+#pragma unroll
+  for (int j = 0; j < kMaxGroup; ++j) {
+#pragma unroll
+    for (int e = 0; e < kE; ++e) {
+      qv[j][e] = j < group ? H2F(q.q[(int64_t(s) * batch.num_q_heads + h * group + j) * kHeadDim +
+                                     lane * kE + e])
+                           : 0.0f;
+    }
+  }
+  float* out = scores + int64_t(pair) * batch.max_pages;
+  for (int32_t p = p0; p < p1; ++p) {
+    const int64_t block = g.BlockId(batch.PageId(s, p), h);
+    const fp16_t* mn = qk.kmin + block * kHeadDim + lane * kE;
+    const fp16_t* mx = qk.kmax + block * kHeadDim + lane * kE;
+    fp16_t mnv[kE], mxv[kE];
+    if constexpr (kE == 4) {
+      *reinterpret_cast<uint2*>(mnv) = *reinterpret_cast<const uint2*>(mn);
+      *reinterpret_cast<uint2*>(mxv) = *reinterpret_cast<const uint2*>(mx);
+    } else {
+      *reinterpret_cast<uint32_t*>(mnv) = *reinterpret_cast<const uint32_t*>(mn);
+      *reinterpret_cast<uint32_t*>(mxv) = *reinterpret_cast<const uint32_t*>(mx);
+    }
+    float best = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      if (j < group) {
+        float b = 0.0f;
+#pragma unroll
+        for (int e = 0; e < kE; ++e) {
+          b += fmaxf(__fmul_rn(qv[j][e], H2F(mnv[e])), __fmul_rn(qv[j][e], H2F(mxv[e])));
+        }
+        best = fmaxf(best, WarpSum(b));
+      }
+    }
+    if (lane == 0) out[p] = best;
+  }
+}
+
+// Order-preserving map of a float to uint32 (-0 and +0 equal).
+__device__ __forceinline__ uint32_t OrderedKey(float f) {
+  if (f == 0.0f) f = 0.0f;
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// One block per (sequence, KV head).
+__global__ void __launch_bounds__(kSelectThreads)
+    TopPagesKernel(PageGeometry g, SelectorParams params, BatchView batch,
+                   const float* __restrict__ scores, SelectionView out) {
+  __shared__ int hist[256];
+  __shared__ int scan_scratch[33];
+  __shared__ uint32_t s_digit;
+  __shared__ int s_above;
+  const int32_t pair = blockIdx.x;
+  const int32_t s = pair / g.num_kv_heads;
+  const int32_t num_pages = batch.NumPages(g, s);
+  int32_t* dst = out.pages + int64_t(pair) * out.max_select;
+  int32_t first = 0, last = 0;
+  if (!RankedRange(params, num_pages, &first, &last)) {
+    for (int32_t p = threadIdx.x; p < num_pages; p += blockDim.x) dst[p] = p;
+    if (threadIdx.x == 0) out.count[pair] = num_pages;
+    return;
+  }
+  const float* sc = scores + int64_t(pair) * batch.max_pages;
+
+  // Radix select of the budget-th largest key among the ranked pages, 8 bits per pass.
+  uint32_t prefix = 0, mask = 0;
+  int remaining = params.budget_pages;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+    __syncthreads();
+    for (int32_t p = first + threadIdx.x; p < last; p += blockDim.x) {
+      const uint32_t key = OrderedKey(sc[p]);
+      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      // Lane l owns digits 255-8l .. 248-8l (descending); find the digit where the count
+      // of larger keys first reaches `remaining`.
+      const int lane = threadIdx.x;
+      int mine = 0;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) mine += hist[255 - (lane * 8 + i)];
+      int incl = mine;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += y;
+      }
+      int before = incl - mine;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int d = 255 - (lane * 8 + i);
+        const int c = hist[d];
+        if (before < remaining && before + c >= remaining) {
+          s_digit = uint32_t(d);
+          s_above = before;
+        }
+        before += c;
+      }
+    }
+    __syncthreads();
+    prefix |= s_digit << shift;
+    mask |= 255u << shift;
+    remaining -= s_above;
+    __syncthreads();  // s_digit/s_above are rewritten by the next pass
+  }
+  const uint32_t kth = prefix;  // `remaining` pages with this exact key are taken, lowest first
+
+  // Ascending compaction: sinks, ranked winners, last page.
+  int out_base = 0, eq_base = 0;
+  for (int32_t base = 0; base < num_pages; base += blockDim.x) {
+    const int32_t p = base + threadIdx.x;
+    const bool valid = p < num_pages;
+    const bool ranked = valid && p >= first && p < last;
+    const uint32_t key = ranked ? OrderedKey(sc[p]) : 0u;
+    const bool eq = ranked && key == kth;
+    int eq_total;
+    const int eq_rank = eq_base + BlockExclusiveSum(eq ? 1 : 0, scan_scratch, &eq_total);
+    const bool keep = valid && (p < first || p == last || (ranked && key > kth) ||
+                                (eq && eq_rank < remaining));
+    int keep_total;
+    const int at = out_base + BlockExclusiveSum(keep ? 1 : 0, scan_scratch, &keep_total);
+    if (keep) dst[at] = p;
+    out_base += keep_total;
+    eq_base += eq_total;
+  }
+  if (threadIdx.x == 0) out.count[pair] = out_base;
+}
+
+}  // namespace twl::cuda

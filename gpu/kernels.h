@@ -1,0 +1,113 @@
+// Host launchers of the CUDA kernels of every decode stage (append, select, prune, attend).
+// No device code and no CUDA types: every pointer inside the views is a DEVICE pointer
+// (including BatchView.seq_len/page_table and PrunerParams.seq_p), `stream` is a
+// cudaStream_t passed as void* (null: the legacy default stream), and each launcher only
+// enqueues work: it never synchronizes, so a decode step never waits for the host.
+//
+// Outputs are exactly those of the CPU reference (gpu/reference/): same views, same fixed
+// strides, same algorithms; float sums run in a different order, so scores can differ in the
+// last bits and top-p / top-B0 sets can differ at near ties (see tests/gpu/).
+//
+// Supported on the GPU: head_dim 64 and 128, group size (num_q_heads / num_kv_heads) 1..8,
+// any page_size; INT4 K uses the tensor-core estimator, k_bits 2/8/16 a scalar one.
+// Anything else returns Unimplemented before enqueueing work.
+//
+// Temporaries live in a caller-owned workspace sized by the matching *WorkspaceBytes query
+// (it depends only on shapes, so it can be allocated once; CUDA-graph safe). Workspaces must
+// be 256-byte aligned (cudaMalloc is). A workspace may be reused by the next launch on the
+// same stream, never concurrently by two streams.
+//
+// Status codes: InvalidArgument (bad shape/null pointer/small workspace), Unimplemented
+// (shape outside the list above), Unavailable (built without CUDA), Internal (launch failed).
+// Built without CUDA, every launcher returns Unavailable.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gpu/stage_views.h"
+
+namespace twl {
+
+// ---- Append ---------------------------------------------------------------------------
+
+// Element type of the K/V rows handed to LaunchAppend (AppendView.k/v are reinterpreted).
+enum class KvInputType : int32_t { kFp16 = 0, kBf16 = 1, kFp32 = 2 };
+
+// Pages touched by an append and their filled rows afterwards, so that the Quest min/max
+// is recomputed over exactly the rows AppendRef uses. Built on the host (which knows the
+// page ids and slots) by PlanAppendPages and copied to the device.
+struct AppendPagePlan {
+  const int32_t* d_page = nullptr;  // [num_pages] distinct page ids
+  const int32_t* d_rows = nullptr;  // [num_pages] rows filled after the call (max slot + 1)
+  int32_t num_pages = 0;
+};
+
+// Host helper: distinct pages of h_page_id[0..n) (in first-seen order) and max slot + 1.
+void PlanAppendPages(const int32_t* h_page_id, const int32_t* h_slot, int32_t n,
+                     std::vector<int32_t>* pages, std::vector<int32_t>* rows);
+
+// Writes FP16 K/V rows (converted from `type`) into kv, quantizes K into qk (k_bits < 16),
+// then recomputes kmin/kmax of every (plan page, KV head) block over its filled rows from
+// the FP16 K in kv. in.page_id/in.slot are device arrays. kv.slot_of_block may be set (e.g.
+// device-mapped pinned host blocks stay identity-addressed; a slot table redirects).
+absl::Status LaunchAppend(const PageGeometry& g, const AppendView& in, KvInputType type,
+                          const AppendPagePlan& plan, const FpKvView& kv, const QuantKView& qk,
+                          void* stream);
+
+// Recomputes kmin/kmax of the plan's blocks from the FP16 K in kv (e.g. after a page copy).
+absl::Status LaunchRecomputeMinMax(const PageGeometry& g, const AppendPagePlan& plan,
+                                   const FpKvView& kv, const QuantKView& qk, void* stream);
+
+// ---- Select (Quest) ---------------------------------------------------------------------
+
+size_t SelectWorkspaceBytes(const PageGeometry& g, const SelectorParams& params,
+                            int32_t num_seqs, int32_t max_pages);
+
+// SelectPagesRef on the GPU: page bounds of every page of the batch, then per (sequence,
+// KV head) the top budget pages by a block-wide radix select (ties to the lower page),
+// plus sinks and the last page; output ascending.
+absl::Status LaunchSelectPages(const PageGeometry& g, const SelectorParams& params,
+                               const BatchView& batch, const QueryView& q, const QuantKView& qk,
+                               const SelectionView& out, void* workspace,
+                               size_t workspace_bytes, void* stream);
+
+// ---- Prune (Twilight top-p) -----------------------------------------------------------
+
+size_t PruneWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
+                           int32_t max_select);
+
+// PruneRef on the GPU: estimated scores of the selected tokens (INT4 codes, tensor cores),
+// softmax, top-p threshold by the reference bisection per query head, union over the GQA
+// group -> ascending kept tokens + counts, and per-head telemetry (stats pointers nullable).
+// params.seq_p is a device array or null. kv is read only when g.k_bits == 16.
+absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
+                         const BatchView& batch, const QueryView& q, const QuantKView& qk,
+                         const FpKvView& kv, const SelectionView& selection,
+                         const KeptView& out, const HeadStatsView& stats, void* workspace,
+                         size_t workspace_bytes, void* stream);
+
+// ---- Attention --------------------------------------------------------------------------
+
+// Workspace of both attention launchers (partial softmax states of the split-K chunks).
+size_t AttentionWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads);
+
+// Split-K (flash-decoding) attention over each (sequence, KV head) kept set, read once for
+// all query heads of the group; work items (sequence, KV head, chunk) are planned on the
+// device from the kept counts, so heavy and light heads spread evenly over the SMs.
+// kv.slot_of_block is honoured (GPU cache slots). softmax_scale 0: 1/sqrt(head_dim).
+absl::Status LaunchSparseAttention(const PageGeometry& g, const BatchView& batch,
+                                   const QueryView& q, const FpKvView& kv,
+                                   const KeptView& kept, const OutputView& out,
+                                   float softmax_scale, void* workspace,
+                                   size_t workspace_bytes, void* stream);
+
+// The same kernels over every token of every sequence (the in-run dense baseline).
+absl::Status LaunchDenseAttention(const PageGeometry& g, const BatchView& batch,
+                                  const QueryView& q, const FpKvView& kv,
+                                  const OutputView& out, float softmax_scale, void* workspace,
+                                  size_t workspace_bytes, void* stream);
+
+}  // namespace twl

@@ -1,0 +1,66 @@
+// Host-only parts of gpu/kernels.h: the append page plan, and Unavailable stand-ins for
+// every launcher when the library is built without CUDA (the .cu launchers replace them).
+#include <algorithm>
+
+#include "absl/container/flat_hash_map.h"
+#include "gpu/kernels.h"
+
+namespace twl {
+
+void PlanAppendPages(const int32_t* h_page_id, const int32_t* h_slot, int32_t n,
+                     std::vector<int32_t>* pages, std::vector<int32_t>* rows) {
+  pages->clear();
+  rows->clear();
+  absl::flat_hash_map<int32_t, size_t> at;
+  for (int32_t i = 0; i < n; ++i) {
+    auto [it, fresh] = at.try_emplace(h_page_id[i], pages->size());
+    if (fresh) {
+      pages->push_back(h_page_id[i]);
+      rows->push_back(0);
+    }
+    (*rows)[it->second] = std::max((*rows)[it->second], h_slot[i] + 1);
+  }
+}
+
+#if !TWL_HAVE_CUDA
+namespace {
+absl::Status NoCuda() { return absl::UnavailableError("GPU kernels: built without CUDA"); }
+}  // namespace
+
+absl::Status LaunchAppend(const PageGeometry&, const AppendView&, KvInputType,
+                          const AppendPagePlan&, const FpKvView&, const QuantKView&, void*) {
+  return NoCuda();
+}
+absl::Status LaunchRecomputeMinMax(const PageGeometry&, const AppendPagePlan&, const FpKvView&,
+                                   const QuantKView&, void*) {
+  return NoCuda();
+}
+size_t SelectWorkspaceBytes(const PageGeometry&, const SelectorParams&, int32_t, int32_t) {
+  return 0;
+}
+absl::Status LaunchSelectPages(const PageGeometry&, const SelectorParams&, const BatchView&,
+                               const QueryView&, const QuantKView&, const SelectionView&, void*,
+                               size_t, void*) {
+  return NoCuda();
+}
+size_t PruneWorkspaceBytes(const PageGeometry&, int32_t, int32_t, int32_t) { return 0; }
+absl::Status LaunchPrune(const PageGeometry&, const PrunerParams&, const BatchView&,
+                         const QueryView&, const QuantKView&, const FpKvView&,
+                         const SelectionView&, const KeptView&, const HeadStatsView&, void*,
+                         size_t, void*) {
+  return NoCuda();
+}
+size_t AttentionWorkspaceBytes(const PageGeometry&, int32_t, int32_t) { return 0; }
+absl::Status LaunchSparseAttention(const PageGeometry&, const BatchView&, const QueryView&,
+                                   const FpKvView&, const KeptView&, const OutputView&, float,
+                                   void*, size_t, void*) {
+  return NoCuda();
+}
+absl::Status LaunchDenseAttention(const PageGeometry&, const BatchView&, const QueryView&,
+                                  const FpKvView&, const OutputView&, float, void*, size_t,
+                                  void*) {
+  return NoCuda();
+}
+#endif
+
+}  // namespace twl

@@ -1,0 +1,145 @@
+// GPU append (LaunchAppend) against AppendRef: FP16 blocks, packed codes, scale/zero and the
+// Quest min/max must be bit-identical over the whole store (written and untouched bytes),
+// for several appends into partially filled pages, FP16/BF16/FP32 input, head dim 64/128,
+// k_bits 2/4/8/16.
+#include <algorithm>
+#include <random>
+
+#include "gpu/kernels.h"
+#include "gpu/reference/quantize_ref.h"
+#include "gpu_test_util.h"
+
+namespace twl {
+namespace {
+
+using testing::Download;
+using testing::Upload;
+
+struct AppendCase {
+  int32_t head_dim, k_bits, num_kv_heads;
+  KvInputType type;
+};
+
+template <typename T>
+std::vector<T> RandomBytesVec(size_t n, std::mt19937_64& rng) {
+  std::vector<T> v(n);
+  std::uniform_int_distribution<int> byte(0, 255);
+  auto* p = reinterpret_cast<uint8_t*>(v.data());
+  for (size_t i = 0; i < n * sizeof(T); ++i) p[i] = uint8_t(byte(rng));
+  return v;
+}
+
+class AppendGpuTest : public ::testing::TestWithParam<AppendCase> {};
+
+TEST_P(AppendGpuTest, MatchesReferenceBitExact) {
+  TWL_SKIP_WITHOUT_GPU();
+  const AppendCase c = GetParam();
+  PageGeometry g;
+  g.page_size = 16;
+  g.head_dim = c.head_dim;
+  g.num_kv_heads = c.num_kv_heads;
+  g.k_bits = c.k_bits;
+  std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + c.head_dim * 7 +
+                      c.k_bits);
+  const int32_t num_pages = 23;
+  const int64_t blocks = int64_t(num_pages) * g.num_kv_heads;
+  // Both stores start from the same random bytes, so untouched bytes are compared too.
+  std::vector<fp16_t> kv = RandomBytesVec<fp16_t>(size_t(blocks * g.FpBlockElems()), rng);
+  std::vector<uint8_t> codes = RandomBytesVec<uint8_t>(size_t(blocks * g.CodeBlockBytes()), rng);
+  std::vector<fp16_t> scale = RandomBytesVec<fp16_t>(size_t(blocks * g.page_size), rng);
+  std::vector<fp16_t> zero = RandomBytesVec<fp16_t>(size_t(blocks * g.page_size), rng);
+  std::vector<fp16_t> kmin = RandomBytesVec<fp16_t>(size_t(blocks * g.head_dim), rng);
+  std::vector<fp16_t> kmax = RandomBytesVec<fp16_t>(size_t(blocks * g.head_dim), rng);
+  gpu::DeviceBuffer d_kv = Upload(kv), d_codes = Upload(codes), d_scale = Upload(scale),
+                    d_zero = Upload(zero), d_kmin = Upload(kmin), d_kmax = Upload(kmax);
+  const FpKvView hkv{kv.data(), nullptr};
+  const QuantKView hqk{codes.data(), scale.data(), zero.data(), kmin.data(), kmax.data()};
+  const FpKvView dkv{d_kv.as<fp16_t>(), nullptr};
+  const QuantKView dqk{d_codes.as<uint8_t>(), d_scale.as<fp16_t>(), d_zero.as<fp16_t>(),
+                       d_kmin.as<fp16_t>(), d_kmax.as<fp16_t>()};
+
+  // Three sequences over shuffled pages, appended in uneven rounds (partial pages refilled).
+  std::vector<int32_t> pages(num_pages);
+  for (int32_t i = 0; i < num_pages; ++i) pages[size_t(i)] = i;
+  std::shuffle(pages.begin(), pages.end(), rng);
+  std::vector<int32_t> len = {0, 0, 0};
+  const std::vector<std::vector<int32_t>> rounds = {{37, 1, 16}, {5, 16, 1}, {1, 30, 0}, {70, 2, 9}};
+  const int64_t row = int64_t(g.num_kv_heads) * g.head_dim;
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (const auto& round : rounds) {
+    std::vector<int32_t> page_id, slot;
+    for (int32_t s = 0; s < 3; ++s) {
+      for (int32_t i = 0; i < round[size_t(s)]; ++i) {
+        const int32_t t = len[size_t(s)]++;
+        page_id.push_back(pages[size_t(s * 8 + t / g.page_size)]);
+        slot.push_back(t % g.page_size);
+      }
+    }
+    const int32_t n = int32_t(page_id.size());
+    // Input in the case's type; the reference sees the same values rounded to FP16.
+    std::vector<float> kf(size_t(n * row)), vf(size_t(n * row));
+    for (int64_t i = 0; i < n * row; ++i) {
+      kf[size_t(i)] = 0.2f * float(i % g.head_dim % 5) + (i % 13 == 0 ? 5.0f : 1.0f) * nd(rng);
+      vf[size_t(i)] = nd(rng);
+    }
+    std::vector<uint16_t> k16(kf.size()), v16(vf.size()), kh(kf.size()), vh(vf.size());
+    for (size_t i = 0; i < kf.size(); ++i) {
+      if (c.type == KvInputType::kBf16) {
+        k16[i] = FloatToBf16(kf[i]);
+        v16[i] = FloatToBf16(vf[i]);
+        kh[i] = FloatToHalf(Bf16ToFloat(k16[i]));
+        vh[i] = FloatToHalf(Bf16ToFloat(v16[i]));
+      } else {
+        kh[i] = FloatToHalf(kf[i]);
+        vh[i] = FloatToHalf(vf[i]);
+        k16[i] = kh[i];
+        v16[i] = vh[i];
+      }
+    }
+    const AppendView hin{n, kh.data(), vh.data(), page_id.data(), slot.data()};
+    ASSERT_TRUE(AppendRef(g, hin, hkv, hqk).ok());
+
+    gpu::DeviceBuffer d_k = c.type == KvInputType::kFp32 ? Upload(kf) : Upload(k16);
+    gpu::DeviceBuffer d_v = c.type == KvInputType::kFp32 ? Upload(vf) : Upload(v16);
+    gpu::DeviceBuffer d_page = Upload(page_id), d_slot = Upload(slot);
+    std::vector<int32_t> plan_pages, plan_rows;
+    PlanAppendPages(page_id.data(), slot.data(), n, &plan_pages, &plan_rows);
+    gpu::DeviceBuffer d_pp = Upload(plan_pages), d_pr = Upload(plan_rows);
+    const AppendView din{n, d_k.as<fp16_t>(), d_v.as<fp16_t>(), d_page.as<int32_t>(),
+                         d_slot.as<int32_t>()};
+    const AppendPagePlan plan{d_pp.as<int32_t>(), d_pr.as<int32_t>(),
+                              int32_t(plan_pages.size())};
+    TWL_ASSERT_OK(LaunchAppend(g, din, c.type, plan, dkv, dqk, nullptr));
+    TWL_ASSERT_OK(gpu::DeviceSync());
+  }
+  EXPECT_EQ(Download<fp16_t>(d_kv, kv.size()), kv);
+  EXPECT_EQ(Download<uint8_t>(d_codes, codes.size()), codes);
+  EXPECT_EQ(Download<fp16_t>(d_scale, scale.size()), scale);
+  EXPECT_EQ(Download<fp16_t>(d_zero, zero.size()), zero);
+  EXPECT_EQ(Download<fp16_t>(d_kmin, kmin.size()), kmin);
+  EXPECT_EQ(Download<fp16_t>(d_kmax, kmax.size()), kmax);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, AppendGpuTest,
+    ::testing::Values(AppendCase{128, 4, 4, KvInputType::kFp16},
+                      AppendCase{64, 4, 2, KvInputType::kFp16},
+                      AppendCase{128, 2, 3, KvInputType::kFp16},
+                      AppendCase{64, 8, 2, KvInputType::kFp16},
+                      AppendCase{128, 16, 2, KvInputType::kFp16},
+                      AppendCase{128, 4, 2, KvInputType::kBf16},
+                      AppendCase{64, 4, 1, KvInputType::kFp32}));
+
+TEST(AppendGpu, RejectsBadArguments) {
+  TWL_SKIP_WITHOUT_GPU();
+  PageGeometry g;
+  AppendView in{1, nullptr, nullptr, nullptr, nullptr};
+  EXPECT_EQ(LaunchAppend(g, in, KvInputType::kFp16, {}, {}, {}, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  g.head_dim = 512;
+  EXPECT_EQ(LaunchAppend(g, in, KvInputType::kFp16, {}, {}, {}, nullptr).code(),
+            absl::StatusCode::kUnimplemented);
+}
+
+}  // namespace
+}  // namespace twl
