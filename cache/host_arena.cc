@@ -50,7 +50,10 @@ void Unreserve(HostMemKind kind, int64_t bytes) {
 
 void* AlignedAlloc(int64_t bytes) {
 #if TWL_ARENA_USE_LIBC
-  return std::aligned_alloc(HostArena::kAlignment, static_cast<size_t>(bytes));
+  // aligned_alloc wants a size that is a multiple of the alignment.
+  const int64_t rounded = (bytes + HostArena::kAlignment - 1) / HostArena::kAlignment *
+                          HostArena::kAlignment;
+  return std::aligned_alloc(HostArena::kAlignment, static_cast<size_t>(rounded));
 #else
   return mi_malloc_aligned(static_cast<size_t>(bytes), HostArena::kAlignment);
 #endif

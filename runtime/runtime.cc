@@ -9,6 +9,7 @@
 #include "runtime/runtime.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -144,7 +145,12 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeConfig& co
   im.backend = std::move(*backend);
   if (im.backend_name.empty()) im.backend_name = im.backend->Name();
   if (config.backend == BackendKind::kAuto) {
-    std::fprintf(stderr, "twilight: backend %s\n", im.backend_name.c_str());
+    // Say once per process which backend the automatic choice gave, and why, without
+    // flooding a server that creates many runtimes.
+    static std::atomic<bool> logged{false};
+    if (!logged.exchange(true)) {
+      std::fprintf(stderr, "twilight: backend %s\n", im.backend_name.c_str());
+    }
   }
   im.allocator = std::make_unique<PageAllocator>(static_cast<int32_t>(im.num_pages));
   im.table = std::make_unique<SequenceTable>(config.num_layers, config.page_size,

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -476,6 +477,46 @@ TEST(Runtime, BadInputsReturnTheirStatusAndLeaveTheCacheUnchanged) {
   ASSERT_TRUE(rt->Append(forked, 0, 40, k, v, DType::kFp16, MemSpace::kHost).ok());
   ASSERT_TRUE(rt->Decode(0, {a, b}, q.data(), out.data(), MemSpace::kHost, {}, nullptr, nullptr)
                   .ok());
+}
+
+TEST(Runtime, ThreadsDrivingDifferentSequencesConcurrently) {
+  RuntimeConfig c = SmallConfig(8);
+  c.selector = SelectorKind::kFull;
+  c.top_p = 1.0f;
+  auto rt = MakeRuntime(c);
+  ASSERT_TRUE(rt);
+  constexpr int kThreads = 4;
+  std::vector<RefStore> stores;
+  for (int i = 0; i < kThreads; ++i) {
+    stores.push_back(MakeRandomStore(GeometryFor(c), c.num_q_heads, {60 + 37 * i}, 500 + i));
+  }
+  std::vector<std::thread> threads;
+  std::vector<int> failures(kThreads, 0);
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      RefStore& st = stores[size_t(i)];
+      std::mt19937_64 rng(900 + i);
+      const SeqId id = *rt->CreateSequence();
+      AppendInChunks(*rt, id, 0, st, 0, rng);
+      for (int round = 0; round < 3; ++round) {
+        std::vector<fp16_t> k, v;
+        if (!rt->ReadKv(id, 0, &k, &v).ok() || k != st.k_in[0] || v != st.v_in[0]) ++failures[i];
+        std::vector<fp16_t> out(st.q.size()), dense(st.q.size());
+        if (!rt->Decode(0, {id}, st.q.data(), out.data(), MemSpace::kHost, {}, nullptr, nullptr)
+                 .ok()) {
+          ++failures[i];
+          continue;
+        }
+        (void)DenseAttentionRef(st.g, st.Batch(), st.Query(), st.Kv(), OutputView{dense.data()});
+        if (RelError(ToFloat(out), ToFloat(dense)) > 1e-3) ++failures[i];
+      }
+      const SeqId fork = *rt->ForkSequence(id);
+      if (!rt->FreeSequence(id).ok() || !rt->FreeSequence(fork).ok()) ++failures[i];
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < kThreads; ++i) EXPECT_EQ(failures[size_t(i)], 0) << "thread " << i;
+  EXPECT_EQ(rt->Memory().host_pool_bytes_used, 0);
 }
 
 TEST(Runtime, ConfigValidation) {
