@@ -155,8 +155,8 @@ typedef struct twl_runtime_config {
   int32_t num_layers;       /* >= 1 */
   int32_t num_q_heads;      /* a multiple of num_kv_heads (GQA) */
   int32_t num_kv_heads;     /* >= 1 */
-  int32_t head_dim;         /* 64 or 128 (the GPU kernels' sizes; the CPU backend takes any
-                               multiple of 8 up to 256) */
+  int32_t head_dim;         /* 8, 16, 32, 64, 128 or 256; GPU backends may accept fewer
+                               (then create fails with TWL_INVALID_ARGUMENT) */
   /* Cache layout. */
   int32_t page_size;        /* tokens per page; 0: library chooses (16) */
   int32_t k_bits;           /* bits of the estimation copy of K: 2, 4, 8, or 16 (estimate with
@@ -216,11 +216,13 @@ TWL_API twl_status twl_runtime_create(const twl_runtime_config* config,
  * twl_decode on its own streams has finished. */
 TWL_API void twl_runtime_free(twl_runtime* rt) TWL_NOEXCEPT;
 
-/* The message of the most recent failed call on rt made by the calling thread, or "" if this
- * thread's calls on rt have all succeeded. rt == NULL: the calling thread's most recent failure
- * of a call that had no valid runtime (twl_runtime_create, or any call passed rt == NULL).
- * Lifetime: the string is owned by the library and stays valid until this thread's next
- * failing call on the same rt (or NULL), or twl_runtime_free(rt). Never returns NULL. */
+/* The message of the most recent call on rt by the calling thread that failed, or "" if none
+ * has (successful calls do not clear it, so read it right after the failing call). Messages
+ * start with the function's name, e.g. "twl_decode: unknown sequence 42".
+ * rt == NULL (or not a live handle): the calling thread's most recent failure of a call that
+ * had no valid runtime (twl_runtime_create, or any call passed rt == NULL).
+ * Lifetime: owned by the library; valid until this thread's next failing call on the same rt
+ * (or NULL), or twl_runtime_free(rt). Never returns NULL. Any thread. */
 TWL_API const char* twl_runtime_last_error(const twl_runtime* rt) TWL_NOEXCEPT;
 
 /* The first failure of a background transfer (offload/prefetch) since the previous call, and
@@ -246,8 +248,9 @@ TWL_API const char* twl_runtime_backend_name(const twl_runtime* rt) TWL_NOEXCEPT
  * A sequence holds, per layer, the K/V of its tokens; layers may have different lengths while a
  * prompt is being prefilled layer by layer. */
 
-/* Creates an empty sequence. *out receives its id (TWL_INVALID_SEQ_ID on failure).
- * Status: TWL_OK, TWL_INVALID_ARGUMENT (null), TWL_CAPACITY_EXHAUSTED, TWL_INTERNAL. */
+/* Creates an empty sequence (no page is allocated until the first append). *out receives its
+ * id (TWL_INVALID_SEQ_ID on failure).
+ * Status: TWL_OK, TWL_INVALID_ARGUMENT (null), TWL_OUT_OF_MEMORY, TWL_INTERNAL. */
 TWL_API twl_status twl_sequence_create(twl_runtime* rt, twl_seq_id* out) TWL_NOEXCEPT;
 
 /* Frees a sequence and the pages only it used. The id becomes unknown (TWL_NOT_FOUND).
@@ -255,11 +258,12 @@ TWL_API twl_status twl_sequence_create(twl_runtime* rt, twl_seq_id* out) TWL_NOE
 TWL_API twl_status twl_sequence_free(twl_runtime* rt, twl_seq_id seq) TWL_NOEXCEPT;
 
 /* Creates a new sequence with the same K/V as parent in every layer (e.g. a shared prompt
- * prefix for parallel sampling). Full pages are shared copy-on-write, so this costs little
- * memory; later appends to either sequence do not affect the other. *out receives the new id.
- * Status: TWL_OK, TWL_INVALID_ARGUMENT (null), TWL_NOT_FOUND (parent unknown),
- *   TWL_CAPACITY_EXHAUSTED (no page for the copied partial page). On failure no sequence is
- *   created and parent is unchanged. */
+ * prefix for parallel sampling). Pages are shared, not copied, so a fork costs no pool memory;
+ * the partially filled last page of a layer is copied on the first append to it by either
+ * sequence (copy-on-write), and that append may then return TWL_CAPACITY_EXHAUSTED. Appends to
+ * one sequence never affect the other. *out receives the new id (TWL_INVALID_SEQ_ID on failure).
+ * Status: TWL_OK, TWL_INVALID_ARGUMENT (null), TWL_NOT_FOUND (parent unknown: nothing created),
+ *   TWL_OUT_OF_MEMORY. */
 TWL_API twl_status twl_sequence_fork(twl_runtime* rt, twl_seq_id parent,
                                      twl_seq_id* out) TWL_NOEXCEPT;
 
@@ -375,8 +379,9 @@ TWL_API twl_status twl_runtime_memory(const twl_runtime* rt,
 /* Writes seq's K/V of every layer to path. The file is written beside path and renamed over it
  * when complete, so on failure an existing file at path is unchanged. seq is only read (the
  * caller must not append to it during the call).
- * Status: TWL_OK, TWL_INVALID_ARGUMENT (null), TWL_NOT_FOUND, TWL_IO_ERROR,
- *   TWL_OUT_OF_MEMORY. */
+ * The file is created with mode 0600 (it holds the request's K/V).
+ * Status: TWL_OK, TWL_INVALID_ARGUMENT (null or empty path), TWL_NOT_FOUND, TWL_IO_ERROR,
+ *   TWL_FAILED_PRECONDITION (seq was appended to during the save), TWL_OUT_OF_MEMORY. */
 TWL_API twl_status twl_sequence_save(twl_runtime* rt, twl_seq_id seq,
                                      const char* path) TWL_NOEXCEPT;
 
