@@ -66,8 +66,10 @@ absl::Status CApiAttention::operator()(int32_t layer, int32_t pos, const float* 
   if (len != pos + 1)
     return absl::FailedPreconditionError(
         absl::StrFormat("layer %d holds %d tokens at position %d", layer, len, pos));
+  // Short contexts are decoded densely when asked (sparse attention pays only when long).
+  const float p = len < opt_.dense_below ? 1.0f : opt_.p;
   if (absl::Status s = FromC(twl_decode(rt_, layer, &seq_, 1, q16.data(), o16.data(),
-                                        TWL_MEMORY_HOST, &opt_.p, nullptr),
+                                        TWL_MEMORY_HOST, &p, nullptr),
                              rt_, "twl_decode");
       !s.ok())
     return s;

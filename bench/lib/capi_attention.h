@@ -21,6 +21,7 @@ struct CApiAttentionOptions {
   int32_t budget_tokens = 0;   // Quest B0 (selector QUEST)
   float budget_fraction = 0;   // Quest B0 as a fraction of the context, when tokens is 0
   int32_t dense_layers = 0;
+  int32_t dense_below = 0;     // contexts shorter than this decode with p = 1 (dense)
 };
 
 class CApiAttention {

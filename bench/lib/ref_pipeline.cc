@@ -59,6 +59,12 @@ absl::Status PagedLayer::Append(int32_t n, const fp16_t* k, const fp16_t* v) {
 QuantKView PagedLayer::Quant(int32_t k_bits) {
   if (k_bits >= 16) return QuantKView{nullptr, nullptr, nullptr, kmin_.data(), kmax_.data()};
   const PageGeometry g = Geometry(k_bits);
+  // Up to date: read-only, so concurrent RunMethod calls may share the layer.
+  if (auto it = quant_.find(k_bits); it != quant_.end() && it->second.rows_done == length_) {
+    QuantStore& qs = it->second;
+    return QuantKView{qs.codes.data(), qs.scale.data(), qs.zero.data(), kmin_.data(),
+                      kmax_.data()};
+  }
   QuantStore& qs = quant_[k_bits];
   if (qs.codes.empty()) {
     const int64_t rows = int64_t(max_pages_) * num_kv_heads_ * page_size_;
@@ -198,8 +204,8 @@ absl::StatusOr<MethodResult> RunMethod(PagedLayer& layer, const Method& m,
       st = OracleTopPRef(g, single, QueryView{qr.data()}, kv, m.p, own, stats);
     } else {
       PrunerParams pp;
-      pp.p = m.p;
       pp.dense = m.kind == MethodKind::kDense || m.kind == MethodKind::kQuest;
+      pp.p = pp.dense ? 1.0f : m.p;  // p is unused (but validated) when keeping everything
       st = PruneRef(g, pp, single, QueryView{qr.data()}, qk, kv, selection, own, stats);
     }
     if (!st.ok()) return st;

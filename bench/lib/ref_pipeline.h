@@ -41,7 +41,8 @@ class PagedLayer {
   // Geometry with the given estimation width (16: FP16 K itself).
   PageGeometry Geometry(int32_t k_bits) const;
   FpKvView Kv() { return FpKvView{kv_.data(), nullptr}; }
-  // Estimation copy at k_bits (quantizing the rows appended since the last call).
+  // Estimation copy at k_bits (quantizing the rows appended since the last call). Not
+  // thread-safe while rows are pending; once every width in use is up to date, calls only read.
   QuantKView Quant(int32_t k_bits);
   const int32_t* page_table() const { return page_table_.data(); }
 
@@ -90,6 +91,7 @@ struct MethodResult {
 
 // Runs `m` for queries q [num_seqs][num_q_heads][head_dim] (FP16) where query i sees the
 // first seq_len[i] tokens of `layer` (each <= layer.length()).
+// Thread-safe for one layer when layer.Quant(m.k_bits) is up to date.
 absl::StatusOr<MethodResult> RunMethod(PagedLayer& layer, const Method& m,
                                        const std::vector<int32_t>& seq_len, const fp16_t* q,
                                        int32_t num_q_heads);

@@ -220,6 +220,10 @@ absl::StatusOr<SyntheticLayer> GenerateLayer(const SyntheticConfig& cfg, int32_t
 
     // Queries (float) [steps][group][d].
     std::vector<float> qs(size_t(steps) * group * d);
+    std::vector<float> w_group(cfg.subspace_rank);
+    for (float& x : w_group) x = n01(rng);
+    Normalize(w_group);
+    const float share = std::clamp(cfg.group_similarity, 0.0f, 1.0f);
     for (int r = 0; r < group; ++r) {
       const HeadProfile& hp = out.heads[g * group + r];
       const float a_top = hp.topic_std * sqrt_d / cfg.key_scale;
@@ -228,6 +232,9 @@ absl::StatusOr<SyntheticLayer> GenerateLayer(const SyntheticConfig& cfg, int32_t
       const float a_spike = hp.spike_logit / cfg.spike_key_scale;
       std::vector<float> w(cfg.subspace_rank);
       for (float& x : w) x = n01(rng);
+      Normalize(w);
+      for (int i = 0; i < cfg.subspace_rank; ++i)
+        w[i] = std::sqrt(share) * w_group[i] + std::sqrt(1 - share) * w[i];
       Normalize(w);
       const float wr = 1.0f - cfg.query_drift, wi = std::sqrt(std::max(0.0f, 1 - wr * wr));
       for (int t = 0; t < steps; ++t) {

@@ -12,7 +12,7 @@
 //    on the low-frequency half of the channels (keys live in a low-dimensional subspace),
 //    z_n an AR(1) process over positions (topics persist over neighbouring tokens). The
 //    query's component along B w gives logits with standard deviation topic_std (w drifts
-//    between steps by query_drift).
+//    between steps by query_drift; heads of one GQA group share part of w).
 //  * Outlier channels: a few low-frequency channels of mu are +-outlier_scale (the per-channel
 //    outliers of real K caches; they stretch per-token quantization ranges).
 //  * Attention sink: the first sink_tokens keys carry sink_scale * u (u orthogonal to B);
@@ -53,7 +53,7 @@ struct SyntheticConfig {
 
   // Keys.
   int32_t subspace_rank = 8;       // rank of the semantic key subspace (< head_dim / 2)
-  float key_scale = 1.0f;          // std of the semantic component per basis direction
+  float key_scale = 2.0f;          // std of the semantic component per basis direction
   float mean_scale = 1.0f;         // std per high-frequency channel of the mean key mu
   float noise_scale = 0.3f;        // isotropic per-channel key noise
   float topic_correlation = 0.98f; // AR(1) coefficient of z over positions
@@ -70,6 +70,8 @@ struct SyntheticConfig {
   float spike_offset_min = -6.0f, spike_offset_max = 2.0f; // vs ln(context)
   int32_t spike_spans = 8;
   int32_t spike_span = 4;
+  float group_similarity = 0.7f;   // share of a query's topic direction common to its GQA
+                                   // group (heads sharing K tend to look at the same tokens)
   float query_drift = 0.05f;       // 1 - AR(1) coefficient of w between steps
   float query_noise = 0.1f;        // isotropic per-channel query noise
 
