@@ -193,6 +193,9 @@ class GpuOffloadBackend final : public OffloadBackend {
   std::string fetch_path_name() const override {
     return use_copy_engine_ ? copy_engine_->caps().name : gather_->caps().name;
   }
+  void SetFetchPath(FetchPath path) override {
+    use_copy_engine_ = path == FetchPath::kCopyEngine;
+  }
   FetchSource HostPool() const override {
     return FetchSource{pool_->base(), pool_->device_base(), g_.FpBlockBytes(), num_blocks_};
   }

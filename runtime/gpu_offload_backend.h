@@ -55,6 +55,8 @@ class OffloadBackend : public Backend {
   virtual CacheCounters CacheTotals() const = 0;  // summed over telemetry steps
   virtual int32_t num_cache_slots() const = 0;
   virtual std::string fetch_path_name() const = 0;
+  // Switches between the gather and the copy engine (kAuto: the gather) between steps.
+  virtual void SetFetchPath(FetchPath path) = 0;
   // The host pool (for baselines that move whole layers): block b at base + b * block_bytes.
   virtual FetchSource HostPool() const = 0;
   // Quantized K + page bounds in device memory (for baselines that share them).
