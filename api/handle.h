@@ -8,11 +8,11 @@
 #include <mutex>
 #include <new>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <thread>
 #include <unordered_map>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "api/status_map.h"
 #include "runtime/runtime.h"
 #include "twilight.h"
@@ -66,9 +66,9 @@ twl_status Guard(const twl_runtime* rt, const char* fn, Body&& body) noexcept {
     const absl::Status status = body();
     code = ToTwlStatus(status);
     if (code != TWL_OK) {
-      RecordError(rt, fn,
-                  status.message().empty() ? absl::string_view(twl_status_string(code))
-                                           : status.message());
+      RecordError(
+          rt, fn,
+          status.message().empty() ? absl::string_view(twl_status_string(code)) : status.message());
     }
     return code;
   } catch (const std::bad_alloc&) {

@@ -40,8 +40,8 @@ constexpr char kMagic[8] = {'T', 'W', 'L', 'K', 'V', 'S', 'E', 'Q'};
 constexpr uint32_t kFormatVersion = 1;
 constexpr uint32_t kHeaderBytes = 64;
 constexpr uint32_t kByteOrderCheck = 0x01020304u;
-constexpr uint32_t kChunkTokens = 1024;          // written by this library
-constexpr uint32_t kMaxChunkTokens = 1u << 20;   // accepted from a file
+constexpr uint32_t kChunkTokens = 1024;         // written by this library
+constexpr uint32_t kMaxChunkTokens = 1u << 20;  // accepted from a file
 
 struct Header {
   uint32_t format_version = kFormatVersion;
@@ -193,9 +193,9 @@ absl::Status SaveSequence(twl_runtime* rt, twl_seq_id seq, const std::string& pa
       if (absl::Status s = rt->runtime->ReadKv(seq, int32_t(l), &k, &v); !s.ok()) return s;
     }
     if (k.size() != lengths[l] * token_elems || v.size() != k.size()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "sequence ", seq, " changed during the save (layer ", l, " now has ",
-          k.size() / token_elems, " tokens, had ", lengths[l], ")"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("sequence ", seq, " changed during the save (layer ", l, " now has ",
+                       k.size() / token_elems, " tokens, had ", lengths[l], ")"));
     }
     for (uint32_t t0 = 0; t0 < lengths[l]; t0 += h.chunk_tokens) {
       const uint32_t c = std::min(h.chunk_tokens, lengths[l] - t0);
@@ -218,15 +218,15 @@ absl::Status SaveSequence(twl_runtime* rt, twl_seq_id seq, const std::string& pa
 }
 
 // Header + table checks: everything that can be known without reading the data.
-absl::Status ReadLayout(FILE* f, const std::string& path, const twl_runtime_config& cfg,
-                        Header* h, std::vector<uint32_t>* lengths) {
+absl::Status ReadLayout(FILE* f, const std::string& path, const twl_runtime_config& cfg, Header* h,
+                        std::vector<uint32_t>* lengths) {
   if (std::fseek(f, 0, SEEK_END) != 0) return Errno("cannot seek", path);
   const long size = std::ftell(f);
   if (size < 0) return Errno("cannot size", path);
   std::rewind(f);
   if (uint64_t(size) < kHeaderBytes) {
-    return CorruptData(absl::StrCat("'", path, "' is ", size,
-                                    " bytes: too short for a Twilight sequence file"));
+    return CorruptData(
+        absl::StrCat("'", path, "' is ", size, " bytes: too short for a Twilight sequence file"));
   }
   unsigned char header[kHeaderBytes];
   if (absl::Status s = Read(f, header, sizeof(header), path); !s.ok()) return s;
@@ -256,17 +256,18 @@ absl::Status ReadLayout(FILE* f, const std::string& path, const twl_runtime_conf
   }
   if (h->num_layers != uint32_t(cfg.num_layers) || h->num_kv_heads != uint32_t(cfg.num_kv_heads) ||
       h->head_dim != uint32_t(cfg.head_dim)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "'", path, "' was saved for ", h->num_layers, " layers x ", h->num_kv_heads,
-        " KV heads x head_dim ", h->head_dim, "; this runtime has ", cfg.num_layers, " x ",
-        cfg.num_kv_heads, " x ", cfg.head_dim));
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", path, "' was saved for ", h->num_layers, " layers x ", h->num_kv_heads,
+                     " KV heads x head_dim ", h->head_dim, "; this runtime has ", cfg.num_layers,
+                     " x ", cfg.num_kv_heads, " x ", cfg.head_dim));
   }
   std::vector<unsigned char> table(4ull * h->num_layers + 4);
   if (uint64_t(size) < kHeaderBytes + table.size()) {
     return CorruptData(absl::StrCat("'", path, "' is truncated (layer table)"));
   }
   if (absl::Status s = Read(f, table.data(), table.size(), path); !s.ok()) return s;
-  if (GetU32(table.data() + 4ull * h->num_layers) != Crc32c(0, table.data(), 4ull * h->num_layers)) {
+  if (GetU32(table.data() + 4ull * h->num_layers) !=
+      Crc32c(0, table.data(), 4ull * h->num_layers)) {
     return CorruptData(absl::StrCat("'", path, "': layer table checksum mismatch"));
   }
   lengths->resize(h->num_layers);
@@ -303,8 +304,8 @@ absl::Status ForEachChunk(FILE* f, const std::string& path, const Header& h,
       if (absl::Status s = Read(f, v.data(), bytes, path); !s.ok()) return s;
       if (absl::Status s = Read(f, crc, 4, path); !s.ok()) return s;
       if (GetU32(crc) != Crc32c(Crc32c(0, k.data(), bytes), v.data(), bytes)) {
-        return CorruptData(absl::StrCat("'", path, "': checksum mismatch in layer ", l,
-                                        " chunk ", chunk));
+        return CorruptData(
+            absl::StrCat("'", path, "': checksum mismatch in layer ", l, " chunk ", chunk));
       }
       if (absl::Status s = fn(l, k.data(), v.data(), c); !s.ok()) return s;
     }
@@ -323,9 +324,9 @@ absl::Status RestoreSequence(twl_runtime* rt, const std::string& path, twl_seq_i
   }
   const long data_start = std::ftell(file.get());
   // Pass 1: every checksum, before anything changes.
-  absl::Status scan = ForEachChunk(file.get(), path, h, lengths,
-                                   [](uint32_t, const twl::fp16_t*, const twl::fp16_t*,
-                                      uint32_t) { return absl::OkStatus(); });
+  absl::Status scan = ForEachChunk(
+      file.get(), path, h, lengths,
+      [](uint32_t, const twl::fp16_t*, const twl::fp16_t*, uint32_t) { return absl::OkStatus(); });
   if (!scan.ok()) return scan;
   if (std::fseek(file.get(), data_start, SEEK_SET) != 0) return Errno("cannot seek", path);
 
@@ -341,8 +342,8 @@ absl::Status RestoreSequence(twl_runtime* rt, const std::string& path, twl_seq_i
       file.get(), path, h, lengths,
       [&](uint32_t layer, const twl::fp16_t* k, const twl::fp16_t* v, uint32_t tokens) {
         std::lock_guard<std::mutex> lock(rt->mu);
-        return rt->runtime->Append(seq, int32_t(layer), int32_t(tokens), k, v,
-                                   twl::DType::kFp16, twl::MemSpace::kHost);
+        return rt->runtime->Append(seq, int32_t(layer), int32_t(tokens), k, v, twl::DType::kFp16,
+                                   twl::MemSpace::kHost);
       });
   if (!fill.ok()) {
     std::lock_guard<std::mutex> lock(rt->mu);

@@ -38,8 +38,8 @@ void WriteOut(const T& value, T* out) {
 
 absl::Status CheckOutStruct(size_t struct_size, size_t v1_size, const char* name) {
   if (struct_size < v1_size) {
-    return absl::InvalidArgumentError(absl::StrCat(name, ".struct_size is ", struct_size,
-                                                   ", expected at least ", v1_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, ".struct_size is ", struct_size, ", expected at least ", v1_size));
   }
   return absl::OkStatus();
 }
@@ -60,12 +60,19 @@ absl::StatusOr<twl::RuntimeConfig> ToRuntimeConfig(const twl_runtime_config& c) 
   r.k_bits = c.k_bits == 0 ? defaults.k_bits : c.k_bits;
   if (std::isnan(c.top_p)) return absl::InvalidArgumentError("top_p is NaN");
   r.top_p = c.top_p == 0.0f ? defaults.top_p : c.top_p;
-  switch (c.selector) {
-    case TWL_SELECTOR_DEFAULT: r.selector = defaults.selector; break;
-    case TWL_SELECTOR_QUEST: r.selector = twl::SelectorKind::kQuest; break;
-    case TWL_SELECTOR_FULL: r.selector = twl::SelectorKind::kFull; break;
+  const int32_t selector = EnumValue(c.selector);
+  switch (selector) {
+    case TWL_SELECTOR_DEFAULT:
+      r.selector = defaults.selector;
+      break;
+    case TWL_SELECTOR_QUEST:
+      r.selector = twl::SelectorKind::kQuest;
+      break;
+    case TWL_SELECTOR_FULL:
+      r.selector = twl::SelectorKind::kFull;
+      break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat("selector ", int(c.selector), " unknown"));
+      return absl::InvalidArgumentError(absl::StrCat("selector ", selector, " unknown"));
   }
   if (c.selector_budget_tokens < 0) {
     return absl::InvalidArgumentError("selector_budget_tokens must be >= 0");
@@ -73,9 +80,9 @@ absl::StatusOr<twl::RuntimeConfig> ToRuntimeConfig(const twl_runtime_config& c) 
   r.selector_budget_tokens = c.selector_budget_tokens;
   if (std::isnan(c.selector_budget_fraction) || c.selector_budget_fraction < 0.0f ||
       c.selector_budget_fraction > 1.0f) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("selector_budget_fraction ", c.selector_budget_fraction,
-                     " outside [0, 1] (0: library chooses)"));
+    return absl::InvalidArgumentError(absl::StrCat("selector_budget_fraction ",
+                                                   c.selector_budget_fraction,
+                                                   " outside [0, 1] (0: library chooses)"));
   }
   r.selector_budget_fraction = c.selector_budget_fraction == 0.0f
                                    ? defaults.selector_budget_fraction
@@ -89,21 +96,36 @@ absl::StatusOr<twl::RuntimeConfig> ToRuntimeConfig(const twl_runtime_config& c) 
   }
   r.host_pool_bytes = c.host_pool_bytes;
   r.gpu_cache_bytes = c.gpu_cache_bytes;
-  switch (c.fetch_path) {
-    case TWL_FETCH_AUTO: r.fetch_path = twl::FetchPath::kAuto; break;
-    case TWL_FETCH_GATHER: r.fetch_path = twl::FetchPath::kGather; break;
-    case TWL_FETCH_COPY_ENGINE: r.fetch_path = twl::FetchPath::kCopyEngine; break;
+  const int32_t fetch_path = EnumValue(c.fetch_path);
+  switch (fetch_path) {
+    case TWL_FETCH_AUTO:
+      r.fetch_path = twl::FetchPath::kAuto;
+      break;
+    case TWL_FETCH_GATHER:
+      r.fetch_path = twl::FetchPath::kGather;
+      break;
+    case TWL_FETCH_COPY_ENGINE:
+      r.fetch_path = twl::FetchPath::kCopyEngine;
+      break;
     default:
-      return absl::InvalidArgumentError(
-          absl::StrCat("fetch_path ", int(c.fetch_path), " unknown"));
+      return absl::InvalidArgumentError(absl::StrCat("fetch_path ", fetch_path, " unknown"));
   }
-  switch (c.backend) {
-    case TWL_BACKEND_AUTO: r.backend = twl::BackendKind::kAuto; break;
-    case TWL_BACKEND_CPU: r.backend = twl::BackendKind::kCpu; break;
-    case TWL_BACKEND_GPU_HBM: r.backend = twl::BackendKind::kGpuHbm; break;
-    case TWL_BACKEND_GPU_OFFLOAD: r.backend = twl::BackendKind::kGpuOffload; break;
+  const int32_t backend = EnumValue(c.backend);
+  switch (backend) {
+    case TWL_BACKEND_AUTO:
+      r.backend = twl::BackendKind::kAuto;
+      break;
+    case TWL_BACKEND_CPU:
+      r.backend = twl::BackendKind::kCpu;
+      break;
+    case TWL_BACKEND_GPU_HBM:
+      r.backend = twl::BackendKind::kGpuHbm;
+      break;
+    case TWL_BACKEND_GPU_OFFLOAD:
+      r.backend = twl::BackendKind::kGpuOffload;
+      break;
     default:
-      return absl::InvalidArgumentError(absl::StrCat("backend ", int(c.backend), " unknown"));
+      return absl::InvalidArgumentError(absl::StrCat("backend ", backend, " unknown"));
   }
   if (c.device_id < -1) return absl::InvalidArgumentError("device_id must be >= -1");
   r.device_id = c.device_id == -1 ? 0 : c.device_id;
@@ -115,10 +137,14 @@ absl::StatusOr<twl::RuntimeConfig> ToRuntimeConfig(const twl_runtime_config& c) 
 
 twl_backend FromBackendKind(twl::BackendKind kind) {
   switch (kind) {
-    case twl::BackendKind::kCpu: return TWL_BACKEND_CPU;
-    case twl::BackendKind::kGpuHbm: return TWL_BACKEND_GPU_HBM;
-    case twl::BackendKind::kGpuOffload: return TWL_BACKEND_GPU_OFFLOAD;
-    case twl::BackendKind::kAuto: break;
+    case twl::BackendKind::kCpu:
+      return TWL_BACKEND_CPU;
+    case twl::BackendKind::kGpuHbm:
+      return TWL_BACKEND_GPU_HBM;
+    case twl::BackendKind::kGpuOffload:
+      return TWL_BACKEND_GPU_OFFLOAD;
+    case twl::BackendKind::kAuto:
+      break;
   }
   return TWL_BACKEND_AUTO;
 }
@@ -132,8 +158,7 @@ twl_runtime_config ResolvedConfig(const twl_runtime_config& asked, const twl::Ru
   c.page_size = r.page_size;
   c.k_bits = r.k_bits;
   c.top_p = r.top_p;
-  c.selector =
-      r.selector == twl::SelectorKind::kFull ? TWL_SELECTOR_FULL : TWL_SELECTOR_QUEST;
+  c.selector = r.selector == twl::SelectorKind::kFull ? TWL_SELECTOR_FULL : TWL_SELECTOR_QUEST;
   c.selector_budget_tokens = r.selector_budget_tokens;
   c.selector_budget_fraction = r.selector_budget_fraction;
   c.sink_pages = r.sink_pages;
@@ -356,12 +381,12 @@ twl_status twl_runtime_last_step_heads(const twl_runtime* rt, int32_t* selected,
     const int64_t kv_entries = int64_t(t.num_seqs) * rt->config.num_kv_heads;
     const bool want_q = selected != nullptr || kept != nullptr || est_mass != nullptr;
     if (want_q && q_capacity < q_entries) {
-      return absl::InvalidArgumentError(absl::StrCat("q_capacity ", q_capacity, " < ",
-                                                     q_entries, " (num_seqs * num_q_heads)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("q_capacity ", q_capacity, " < ", q_entries, " (num_seqs * num_q_heads)"));
     }
     if (kept_kv != nullptr && kv_capacity < kv_entries) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "kv_capacity ", kv_capacity, " < ", kv_entries, " (num_seqs * num_kv_heads)"));
+      return absl::InvalidArgumentError(absl::StrCat("kv_capacity ", kv_capacity, " < ", kv_entries,
+                                                     " (num_seqs * num_kv_heads)"));
     }
     if (int64_t(t.selected_tokens.size()) != q_entries ||
         int64_t(t.kept_tokens.size()) != q_entries || int64_t(t.est_mass.size()) != q_entries ||

@@ -22,8 +22,9 @@ absl::Status CheckLayer(const twl_runtime* rt, int32_t layer) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<twl::MemSpace> CheckSpace(const twl_runtime* rt, twl_memory_space space) {
-  switch (space) {
+absl::StatusOr<twl::MemSpace> CheckSpace(const twl_runtime* rt, const twl_memory_space& space) {
+  const int32_t value = EnumValue(space);
+  switch (value) {
     case TWL_MEMORY_HOST:
       return twl::MemSpace::kHost;
     case TWL_MEMORY_DEVICE:
@@ -32,7 +33,7 @@ absl::StatusOr<twl::MemSpace> CheckSpace(const twl_runtime* rt, twl_memory_space
       }
       return twl::MemSpace::kDevice;
   }
-  return absl::InvalidArgumentError(absl::StrCat("memory space ", int(space), " unknown"));
+  return absl::InvalidArgumentError(absl::StrCat("memory space ", value, " unknown"));
 }
 
 void ResetTelemetry(twl::StepTelemetry* t) {
@@ -60,8 +61,7 @@ absl::Status CheckDecodeArgs(const twl_runtime* rt, int32_t layer, const twl_seq
     for (int32_t i = 0; i < num_seqs; ++i) {
       const float p = seq_p[i];
       if (!(p > 0.0f && p <= 1.0f)) {  // also rejects NaN
-        return absl::InvalidArgumentError(
-            absl::StrCat("seq_p[", i, "] = ", p, " outside (0, 1]"));
+        return absl::InvalidArgumentError(absl::StrCat("seq_p[", i, "] = ", p, " outside (0, 1]"));
       }
     }
   }
@@ -139,8 +139,10 @@ twl_status twl_sequence_append(twl_runtime* rt, twl_seq_id seq, int32_t layer, i
     if (absl::Status s = CheckHandle(rt); !s.ok()) return s;
     if (absl::Status s = twl::api::CheckLayer(rt, layer); !s.ok()) return s;
     if (n < 0) return absl::InvalidArgumentError(absl::StrCat("n is ", n, ", must be >= 0"));
-    if (dtype != TWL_DTYPE_FP16 && dtype != TWL_DTYPE_BF16 && dtype != TWL_DTYPE_FP32) {
-      return absl::InvalidArgumentError(absl::StrCat("dtype ", int(dtype), " unknown"));
+    const int32_t dtype_value = twl::api::EnumValue(dtype);
+    if (dtype_value != TWL_DTYPE_FP16 && dtype_value != TWL_DTYPE_BF16 &&
+        dtype_value != TWL_DTYPE_FP32) {
+      return absl::InvalidArgumentError(absl::StrCat("dtype ", dtype_value, " unknown"));
     }
     absl::StatusOr<twl::MemSpace> mem = twl::api::CheckSpace(rt, space);
     if (!mem.ok()) return mem.status();
@@ -153,9 +155,8 @@ twl_status twl_sequence_append(twl_runtime* rt, twl_seq_id seq, int32_t layer, i
   });
 }
 
-twl_status twl_sequence_read_kv(const twl_runtime* rt, twl_seq_id seq, int32_t layer,
-                                uint16_t* k, uint16_t* v, int64_t capacity_tokens,
-                                int32_t* out_len) noexcept {
+twl_status twl_sequence_read_kv(const twl_runtime* rt, twl_seq_id seq, int32_t layer, uint16_t* k,
+                                uint16_t* v, int64_t capacity_tokens, int32_t* out_len) noexcept {
   return Guard(rt, "twl_sequence_read_kv", [&]() -> absl::Status {
     if (absl::Status s = CheckHandle(rt); !s.ok()) return s;
     if (out_len == nullptr) return absl::InvalidArgumentError("out_len is NULL");

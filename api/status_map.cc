@@ -19,10 +19,17 @@ absl::Status TaggedError(twl_status code, absl::string_view message) {
   // The absl code is only a fallback for readers that ignore the payload.
   absl::StatusCode fallback = absl::StatusCode::kUnknown;
   switch (code) {
-    case TWL_IO_ERROR: fallback = absl::StatusCode::kUnavailable; break;
-    case TWL_CORRUPT_DATA: fallback = absl::StatusCode::kDataLoss; break;
-    case TWL_UNSUPPORTED: fallback = absl::StatusCode::kUnimplemented; break;
-    default: break;
+    case TWL_IO_ERROR:
+      fallback = absl::StatusCode::kUnavailable;
+      break;
+    case TWL_CORRUPT_DATA:
+      fallback = absl::StatusCode::kDataLoss;
+      break;
+    case TWL_UNSUPPORTED:
+      fallback = absl::StatusCode::kUnimplemented;
+      break;
+    default:
+      break;
   }
   absl::Status status(fallback, message);
   status.SetPayload(kPayloadUrl, absl::Cord(std::to_string(static_cast<int>(code))));
@@ -74,18 +81,30 @@ twl_status ToTwlStatus(const absl::Status& status) {
 }  // namespace twl::api
 
 extern "C" const char* twl_status_string(twl_status status) noexcept {
-  switch (status) {
-    case TWL_OK: return "TWL_OK";
-    case TWL_INVALID_ARGUMENT: return "TWL_INVALID_ARGUMENT";
-    case TWL_NOT_FOUND: return "TWL_NOT_FOUND";
-    case TWL_OUT_OF_MEMORY: return "TWL_OUT_OF_MEMORY";
-    case TWL_CAPACITY_EXHAUSTED: return "TWL_CAPACITY_EXHAUSTED";
-    case TWL_UNAVAILABLE: return "TWL_UNAVAILABLE";
-    case TWL_FAILED_PRECONDITION: return "TWL_FAILED_PRECONDITION";
-    case TWL_IO_ERROR: return "TWL_IO_ERROR";
-    case TWL_CORRUPT_DATA: return "TWL_CORRUPT_DATA";
-    case TWL_UNSUPPORTED: return "TWL_UNSUPPORTED";
-    case TWL_INTERNAL: return "TWL_INTERNAL";
+  switch (twl::api::EnumValue(status)) {
+    case TWL_OK:
+      return "TWL_OK";
+    case TWL_INVALID_ARGUMENT:
+      return "TWL_INVALID_ARGUMENT";
+    case TWL_NOT_FOUND:
+      return "TWL_NOT_FOUND";
+    case TWL_OUT_OF_MEMORY:
+      return "TWL_OUT_OF_MEMORY";
+    case TWL_CAPACITY_EXHAUSTED:
+      return "TWL_CAPACITY_EXHAUSTED";
+    case TWL_UNAVAILABLE:
+      return "TWL_UNAVAILABLE";
+    case TWL_FAILED_PRECONDITION:
+      return "TWL_FAILED_PRECONDITION";
+    case TWL_IO_ERROR:
+      return "TWL_IO_ERROR";
+    case TWL_CORRUPT_DATA:
+      return "TWL_CORRUPT_DATA";
+    case TWL_UNSUPPORTED:
+      return "TWL_UNSUPPORTED";
+    case TWL_INTERNAL:
+      return "TWL_INTERNAL";
+    default:
+      return "TWL_UNKNOWN_STATUS";
   }
-  return "TWL_UNKNOWN_STATUS";
 }

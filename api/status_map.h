@@ -3,9 +3,11 @@
 // code for.
 #pragma once
 
-#include "absl/strings/string_view.h"
+#include <cstdint>
+#include <cstring>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "twilight.h"
 
 namespace twl::api {
@@ -24,5 +26,15 @@ inline absl::Status Unsupported(absl::string_view message) {
 }
 
 twl_status ToTwlStatus(const absl::Status& status);
+
+// The integer a C caller stored in an enum. C allows any int there; C++ makes loading a value
+// outside the enumerators' range undefined, so the library reads the bytes instead.
+template <typename Enum>
+int32_t EnumValue(const Enum& e) {
+  static_assert(sizeof(Enum) == sizeof(int32_t), "C API enums are 32-bit");
+  int32_t v;
+  std::memcpy(&v, &e, sizeof(v));
+  return v;
+}
 
 }  // namespace twl::api

@@ -107,42 +107,50 @@ typedef enum twl_status {
    * backend, a file format version newer than this library). */
   TWL_UNSUPPORTED = 9,
   /* A bug or an unexpected failure inside the library. The message says what; report it. */
-  TWL_INTERNAL = 10
+  TWL_INTERNAL = 10,
+  TWL_STATUS_FORCE_INT32_ = 0x7fffffff /* not a status: keeps the enum 32-bit everywhere */
 } twl_status;
 
 /* Static name of a code, e.g. "TWL_CAPACITY_EXHAUSTED"; "TWL_UNKNOWN_STATUS" for values not in
  * the enum. Never NULL; never freed; any thread. */
 TWL_API const char* twl_status_string(twl_status status) TWL_NOEXCEPT;
 
-/* ---- Enums ------------------------------------------------------------------------------- */
+/* ---- Enums -------------------------------------------------------------------------------
+ * Each enum ends with a *_FORCE_INT32_ member that is not a value: it fixes the enum's size at
+ * 32 bits for every compiler (the ABI) and keeps any non-negative int a valid C++ value of it. */
 typedef enum twl_backend {
   TWL_BACKEND_AUTO = 0,        /* GPU offload when a usable GPU is present, else CPU */
   TWL_BACKEND_CPU = 1,         /* CPU reference pipeline (host memory only) */
   TWL_BACKEND_GPU_HBM = 2,     /* GPU, all FP16 KV in device memory */
-  TWL_BACKEND_GPU_OFFLOAD = 3  /* GPU, FP16 KV in pinned host memory + a hot-page GPU cache */
+  TWL_BACKEND_GPU_OFFLOAD = 3, /* GPU, FP16 KV in pinned host memory + a hot-page GPU cache */
+  TWL_BACKEND_FORCE_INT32_ = 0x7fffffff
 } twl_backend;
 
 typedef enum twl_dtype {
   TWL_DTYPE_FP16 = 0, /* IEEE binary16 */
   TWL_DTYPE_BF16 = 1, /* bfloat16 */
-  TWL_DTYPE_FP32 = 2  /* IEEE binary32 */
+  TWL_DTYPE_FP32 = 2, /* IEEE binary32 */
+  TWL_DTYPE_FORCE_INT32_ = 0x7fffffff
 } twl_dtype;
 
 typedef enum twl_memory_space {
   TWL_MEMORY_HOST = 0,  /* ordinary (or pinned) host memory */
-  TWL_MEMORY_DEVICE = 1 /* memory of the runtime's GPU; GPU backends only */
+  TWL_MEMORY_DEVICE = 1, /* memory of the runtime's GPU; GPU backends only */
+  TWL_MEMORY_FORCE_INT32_ = 0x7fffffff
 } twl_memory_space;
 
 typedef enum twl_selector {
   TWL_SELECTOR_DEFAULT = 0, /* library chooses (Quest) */
   TWL_SELECTOR_QUEST = 1,   /* top-B0 pages by the Quest bound, then top-p pruning */
-  TWL_SELECTOR_FULL = 2     /* every page is a candidate: top-p pruning alone */
+  TWL_SELECTOR_FULL = 2,    /* every page is a candidate: top-p pruning alone */
+  TWL_SELECTOR_FORCE_INT32_ = 0x7fffffff
 } twl_selector;
 
 typedef enum twl_fetch_path {
   TWL_FETCH_AUTO = 0,        /* chosen by measurement */
   TWL_FETCH_GATHER = 1,      /* SM-driven gather from mapped pinned memory */
-  TWL_FETCH_COPY_ENGINE = 2  /* DMA copy engine */
+  TWL_FETCH_COPY_ENGINE = 2, /* DMA copy engine */
+  TWL_FETCH_FORCE_INT32_ = 0x7fffffff
 } twl_fetch_path;
 
 /* ---- Runtime configuration -----------------------------------------------------------------

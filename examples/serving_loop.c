@@ -364,6 +364,7 @@ int main(int argc, char** argv) {
   }
 
   if (!failed) {
+    const double samples = kept_samples ? (double)kept_samples : 1.0;
     twl_memory_usage mem;
     mem.struct_size = sizeof(mem);
     twl_runtime_memory(rt, &mem);
@@ -372,10 +373,10 @@ int main(int argc, char** argv) {
            done, step, generated_total, prefill_tokens, deferred);
     printf("decode: %.1f tokens/s (%.1f ms per step incl. %d layers), prefill append: %.0f "
            "tokens/s\n",
-           generated_total / (decode_ms * 1e-3), decode_ms / (kept_samples ? kept_samples : 1),
+           generated_total / (decode_ms * 1e-3), decode_ms / samples,
            o.layers, prefill_tokens / (prefill_ms * 1e-3 + 1e-9));
     printf("budget: mean %.1f kept tokens per head of a mean context of %.0f (%.1f%%)\n",
-           kept_sum / (kept_samples ? kept_samples : 1), ctx_sum / (kept_samples ? kept_samples : 1),
+           kept_sum / samples, ctx_sum / samples,
            100.0 * kept_sum / (ctx_sum > 0 ? ctx_sum : 1));
     printf("memory: host pool %.1f / %.1f MiB used, GPU quant %.1f MiB, GPU cache %.1f MiB\n",
            mem.host_pool_bytes_used / 1048576.0, mem.host_pool_bytes_total / 1048576.0,

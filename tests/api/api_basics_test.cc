@@ -31,7 +31,7 @@ TEST(ApiBasics, EveryStatusHasADistinctStaticName) {
     EXPECT_EQ(name, twl_status_string(twl_status(s))) << "static storage";
   }
   EXPECT_EQ(names.size(), size_t(TWL_INTERNAL + 1));
-  EXPECT_STREQ(twl_status_string(twl_status(-1)), "TWL_UNKNOWN_STATUS");
+  EXPECT_STREQ(twl_status_string(TWL_STATUS_FORCE_INT32_), "TWL_UNKNOWN_STATUS");
   EXPECT_STREQ(twl_status_string(twl_status(1000)), "TWL_UNKNOWN_STATUS");
 }
 
@@ -163,16 +163,16 @@ TEST(ApiBasics, OutStructsCheckTheirSize) {
   ASSERT_TRUE(rt);
   twl_runtime_config c;
   c.struct_size = 4;
-  EXPECT_STATUS_WITH_MESSAGE(twl_runtime_get_config(rt.get(), &c), TWL_INVALID_ARGUMENT,
-                             rt.get(), "twl_runtime_get_config");
+  EXPECT_STATUS_WITH_MESSAGE(twl_runtime_get_config(rt.get(), &c), TWL_INVALID_ARGUMENT, rt.get(),
+                             "twl_runtime_get_config");
   twl_memory_usage m;
   m.struct_size = 0;
   EXPECT_STATUS_WITH_MESSAGE(twl_runtime_memory(rt.get(), &m), TWL_INVALID_ARGUMENT, rt.get(),
                              "twl_runtime_memory");
   twl_step_stats st;
   st.struct_size = sizeof(st) - 8;
-  EXPECT_STATUS_WITH_MESSAGE(twl_runtime_last_step(rt.get(), &st), TWL_INVALID_ARGUMENT,
-                             rt.get(), "twl_runtime_last_step");
+  EXPECT_STATUS_WITH_MESSAGE(twl_runtime_last_step(rt.get(), &st), TWL_INVALID_ARGUMENT, rt.get(),
+                             "twl_runtime_last_step");
   EXPECT_STATUS_WITH_MESSAGE(twl_runtime_last_step(rt.get(), nullptr), TWL_INVALID_ARGUMENT,
                              rt.get(), "twl_runtime_last_step");
   // Before any decode: layer -1, no sequences.

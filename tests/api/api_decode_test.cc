@@ -48,8 +48,8 @@ TEST(ApiDecode, TopPOneFullSelectorExactKIsDenseAttention) {
       std::vector<float> k(elems), v(elems);
       for (float& x : k) x = dist(rng);
       for (float& x : v) x = dist(rng);
-      ASSERT_EQ(twl_sequence_append(rt.get(), seqs[s], layer, n, k.data(), v.data(),
-                                    TWL_DTYPE_FP32, TWL_MEMORY_HOST),
+      ASSERT_EQ(twl_sequence_append(rt.get(), seqs[s], layer, n, k.data(), v.data(), TWL_DTYPE_FP32,
+                                    TWL_MEMORY_HOST),
                 TWL_OK)
           << twl_runtime_last_error(rt.get());
       // FP32 input is stored as FP16: read back equals the rounded input.
@@ -69,12 +69,12 @@ TEST(ApiDecode, TopPOneFullSelectorExactKIsDenseAttention) {
     const std::vector<float> qf = ToFloat(q), outf = ToFloat(out);
     for (int s = 0; s < 3; ++s) {
       const LayerKv kv = ReadKv(rt.get(), seqs[s], layer);
-      const std::vector<float> want =
-          DenseAttention(std::vector<float>(qf.begin() + s * q_elems, qf.begin() + (s + 1) * q_elems),
-                         kv, c.num_q_heads, c.num_kv_heads, c.head_dim);
-      ExpectNearDense(std::vector<float>(outf.begin() + s * q_elems,
-                                         outf.begin() + (s + 1) * q_elems),
-                      want, "dense");
+      const std::vector<float> want = DenseAttention(
+          std::vector<float>(qf.begin() + s * q_elems, qf.begin() + (s + 1) * q_elems), kv,
+          c.num_q_heads, c.num_kv_heads, c.head_dim);
+      ExpectNearDense(
+          std::vector<float>(outf.begin() + s * q_elems, outf.begin() + (s + 1) * q_elems), want,
+          "dense");
     }
     // p = 1 keeps every token: kept == selected == length, mass ~ 1.
     twl_step_stats st;
@@ -170,8 +170,7 @@ TEST(ApiDecode, ForkIsCopyOnWrite) {
   const size_t prefix = size_t(21) * 2 * 32;
   EXPECT_TRUE(std::equal(p0.k.begin(), p0.k.end(), c1.k.begin()));
   EXPECT_TRUE(std::equal(p0.k.begin(), p0.k.end(), p1.k.begin()));
-  EXPECT_FALSE(std::equal(c1.k.begin() + prefix, c1.k.begin() + prefix + 64,
-                          p1.k.begin() + prefix))
+  EXPECT_FALSE(std::equal(c1.k.begin() + prefix, c1.k.begin() + prefix + 64, p1.k.begin() + prefix))
       << "the two continuations are independent";
 
   // The wrapper frees on scope exit: the pool is empty afterwards.
@@ -194,9 +193,9 @@ TEST(ApiDecode, TelemetryOffRefusesPerHeadQuery) {
   const std::vector<uint16_t> q = RandomHalf(&rng, 4 * 32);
   std::vector<uint16_t> out(4 * 32);
   const twl_seq_id id = seq.id();
-  ASSERT_EQ(twl_decode(rt.get(), 0, &id, 1, q.data(), out.data(), TWL_MEMORY_HOST, nullptr,
-                       nullptr),
-            TWL_OK);
+  ASSERT_EQ(
+      twl_decode(rt.get(), 0, &id, 1, q.data(), out.data(), TWL_MEMORY_HOST, nullptr, nullptr),
+      TWL_OK);
   int32_t kept[4];
   EXPECT_STATUS_WITH_MESSAGE(
       twl_runtime_last_step_heads(rt.get(), nullptr, kept, nullptr, 4, nullptr, 0),

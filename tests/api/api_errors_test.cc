@@ -40,8 +40,8 @@ class ApiErrors : public ::testing::Test {
   size_t QElems() const { return size_t(config_.num_q_heads) * config_.head_dim; }
 
   struct State {
-    std::vector<LayerKv> kv;          // [seq a, b][layer]
-    std::vector<uint16_t> out;        // decode of {a, b} per layer
+    std::vector<LayerKv> kv;    // [seq a, b][layer]
+    std::vector<uint16_t> out;  // decode of {a, b} per layer
     twl_memory_usage memory{};
     bool operator==(const State& o) const {
       return kv == o.kv && out == o.out &&
@@ -96,8 +96,7 @@ TEST_F(ApiErrors, NullRuntimeHandle) {
   EXPECT_STATUS_WITH_MESSAGE(twl_sequence_create(nullptr, &id), expect, nullptr,
                              "twl_sequence_create");
   EXPECT_EQ(id, TWL_INVALID_SEQ_ID);
-  EXPECT_STATUS_WITH_MESSAGE(twl_sequence_free(nullptr, a_), expect, nullptr,
-                             "twl_sequence_free");
+  EXPECT_STATUS_WITH_MESSAGE(twl_sequence_free(nullptr, a_), expect, nullptr, "twl_sequence_free");
   EXPECT_STATUS_WITH_MESSAGE(twl_sequence_fork(nullptr, a_, &id), expect, nullptr,
                              "twl_sequence_fork");
   EXPECT_STATUS_WITH_MESSAGE(twl_sequence_length(nullptr, a_, 0, &len), expect, nullptr,
@@ -112,9 +111,9 @@ TEST_F(ApiErrors, NullRuntimeHandle) {
       nullptr, "twl_decode");
   EXPECT_STATUS_WITH_MESSAGE(twl_runtime_last_step(nullptr, &st), expect, nullptr,
                              "twl_runtime_last_step");
-  EXPECT_STATUS_WITH_MESSAGE(twl_runtime_last_step_heads(nullptr, nullptr, nullptr, nullptr, 0,
-                                                         nullptr, 0),
-                             expect, nullptr, "twl_runtime_last_step_heads");
+  EXPECT_STATUS_WITH_MESSAGE(
+      twl_runtime_last_step_heads(nullptr, nullptr, nullptr, nullptr, 0, nullptr, 0), expect,
+      nullptr, "twl_runtime_last_step_heads");
   EXPECT_STATUS_WITH_MESSAGE(twl_runtime_memory(nullptr, &m), expect, nullptr,
                              "twl_runtime_memory");
   EXPECT_STATUS_WITH_MESSAGE(twl_runtime_get_config(nullptr, &c), expect, nullptr,
@@ -154,8 +153,8 @@ TEST_F(ApiErrors, UnknownSequence) {
   EXPECT_STATUS_WITH_MESSAGE(
       twl_sequence_append(rt, unknown, 0, 0, nullptr, nullptr, TWL_DTYPE_FP16, TWL_MEMORY_HOST),
       TWL_NOT_FOUND, rt, "twl_sequence_append");
-  EXPECT_STATUS_WITH_MESSAGE(twl_sequence_read_kv(rt, unknown, 0, buf, buf, 1, &len),
-                             TWL_NOT_FOUND, rt, "twl_sequence_read_kv");
+  EXPECT_STATUS_WITH_MESSAGE(twl_sequence_read_kv(rt, unknown, 0, buf, buf, 1, &len), TWL_NOT_FOUND,
+                             rt, "twl_sequence_read_kv");
   EXPECT_STATUS_WITH_MESSAGE(twl_sequence_save(rt, unknown, "/tmp/twl_api_unknown.seq"),
                              TWL_NOT_FOUND, rt, "twl_sequence_save");
   // Decode: the unknown id in the middle of a batch; out is untouched.
@@ -197,8 +196,8 @@ TEST_F(ApiErrors, BadAppends) {
   EXPECT_STATUS_WITH_MESSAGE(
       twl_sequence_append(rt, a_, -1, 3, k.data(), k.data(), TWL_DTYPE_FP16, TWL_MEMORY_HOST),
       TWL_INVALID_ARGUMENT, rt, fn);
-  EXPECT_STATUS_WITH_MESSAGE(twl_sequence_append(rt, a_, config_.num_layers, 3, k.data(),
-                                                 k.data(), TWL_DTYPE_FP16, TWL_MEMORY_HOST),
+  EXPECT_STATUS_WITH_MESSAGE(twl_sequence_append(rt, a_, config_.num_layers, 3, k.data(), k.data(),
+                                                 TWL_DTYPE_FP16, TWL_MEMORY_HOST),
                              TWL_INVALID_ARGUMENT, rt, fn);
   EXPECT_STATUS_WITH_MESSAGE(
       twl_sequence_append(rt, a_, 0, 3, k.data(), k.data(), twl_dtype(7), TWL_MEMORY_HOST),
@@ -243,15 +242,14 @@ TEST_F(ApiErrors, BadDecodes) {
   EXPECT_STATUS_WITH_MESSAGE(
       decode(0, batch, 2, q_.data(), out.data(), twl_memory_space(3), nullptr),
       TWL_INVALID_ARGUMENT, rt, fn);
-  EXPECT_STATUS_WITH_MESSAGE(
-      decode(0, batch, 2, q_.data(), out.data(), TWL_MEMORY_DEVICE, nullptr), TWL_UNSUPPORTED,
-      rt, fn);
+  EXPECT_STATUS_WITH_MESSAGE(decode(0, batch, 2, q_.data(), out.data(), TWL_MEMORY_DEVICE, nullptr),
+                             TWL_UNSUPPORTED, rt, fn);
   const twl_seq_id dup[2] = {a_, a_};
   EXPECT_STATUS_WITH_MESSAGE(decode(0, dup, 2, q_.data(), out.data(), TWL_MEMORY_HOST, nullptr),
                              TWL_INVALID_ARGUMENT, rt, fn);
   // p outside (0, 1], NaN included, in either position.
-  const float bad_p[] = {0.0f, -0.1f, 1.0001f, 1.5f, std::nanf(""),
-                         std::numeric_limits<float>::infinity(), -0.0f};
+  const float bad_p[] = {
+      0.0f, -0.1f, 1.0001f, 1.5f, std::nanf(""), std::numeric_limits<float>::infinity(), -0.0f};
   for (float p : bad_p) {
     for (int pos = 0; pos < 2; ++pos) {
       float ps[2] = {0.9f, 0.9f};
@@ -298,13 +296,11 @@ TEST_F(ApiErrors, BadReadsAndTelemetryBuffers) {
   // The snapshot's last decode was {a, b}: 2 x 4 q-head entries, 2 x 2 KV-head entries.
   int32_t kept[8], kept_kv[4];
   std::fill(kept, kept + 8, -5);
-  EXPECT_STATUS_WITH_MESSAGE(
-      twl_runtime_last_step_heads(rt, nullptr, kept, nullptr, 7, nullptr, 0),
-      TWL_INVALID_ARGUMENT, rt, "twl_runtime_last_step_heads");
+  EXPECT_STATUS_WITH_MESSAGE(twl_runtime_last_step_heads(rt, nullptr, kept, nullptr, 7, nullptr, 0),
+                             TWL_INVALID_ARGUMENT, rt, "twl_runtime_last_step_heads");
   EXPECT_EQ(kept[0], -5) << "nothing written";
-  EXPECT_STATUS_WITH_MESSAGE(
-      twl_runtime_last_step_heads(rt, nullptr, kept, nullptr, 8, kept_kv, 3),
-      TWL_INVALID_ARGUMENT, rt, "twl_runtime_last_step_heads");
+  EXPECT_STATUS_WITH_MESSAGE(twl_runtime_last_step_heads(rt, nullptr, kept, nullptr, 8, kept_kv, 3),
+                             TWL_INVALID_ARGUMENT, rt, "twl_runtime_last_step_heads");
   EXPECT_EQ(twl_runtime_last_step_heads(rt, nullptr, kept, nullptr, 8, kept_kv, 4), TWL_OK);
   for (int i = 0; i < 8; ++i) EXPECT_GE(kept[i], 1) << i;
   ExpectUnchanged("bad reads");
@@ -317,13 +313,13 @@ TEST_F(ApiErrors, SaveAndRestoreBadPaths) {
                              "twl_sequence_save");
   EXPECT_STATUS_WITH_MESSAGE(twl_sequence_save(rt, a_, ""), TWL_INVALID_ARGUMENT, rt,
                              "twl_sequence_save");
-  EXPECT_STATUS_WITH_MESSAGE(twl_sequence_save(rt, a_, "/nonexistent-dir-twl/x.seq"),
-                             TWL_IO_ERROR, rt, "twl_sequence_save");
+  EXPECT_STATUS_WITH_MESSAGE(twl_sequence_save(rt, a_, "/nonexistent-dir-twl/x.seq"), TWL_IO_ERROR,
+                             rt, "twl_sequence_save");
   EXPECT_STATUS_WITH_MESSAGE(twl_sequence_restore(rt, "/nonexistent-dir-twl/x.seq", &id),
                              TWL_IO_ERROR, rt, "twl_sequence_restore");
   EXPECT_EQ(id, TWL_INVALID_SEQ_ID);
-  EXPECT_STATUS_WITH_MESSAGE(twl_sequence_restore(rt, "/tmp", nullptr), TWL_INVALID_ARGUMENT,
-                             rt, "twl_sequence_restore");
+  EXPECT_STATUS_WITH_MESSAGE(twl_sequence_restore(rt, "/tmp", nullptr), TWL_INVALID_ARGUMENT, rt,
+                             "twl_sequence_restore");
   ExpectUnchanged("bad save/restore paths");
 }
 
@@ -347,8 +343,8 @@ TEST(ApiCapacity, ExhaustedPoolIsReportedAndRecoverable) {
   ASSERT_EQ(twl_runtime_memory(rt.get(), &m0), TWL_OK);
 
   // 20 more tokens for b need 2 more pages (1 is free).
-  EXPECT_STATUS_WITH_MESSAGE(AppendRandom(rt.get(), b, 0, 20, 2, 32, &rng),
-                             TWL_CAPACITY_EXHAUSTED, rt.get(), "twl_sequence_append");
+  EXPECT_STATUS_WITH_MESSAGE(AppendRandom(rt.get(), b, 0, 20, 2, 32, &rng), TWL_CAPACITY_EXHAUSTED,
+                             rt.get(), "twl_sequence_append");
   EXPECT_TRUE(ReadKv(rt.get(), b, 0) == b0);
   EXPECT_TRUE(ReadKv(rt.get(), a, 0) == a0);
   twl_memory_usage m1;

@@ -115,9 +115,9 @@ TEST_F(ApiPersist, RoundTripIsBitIdentical) {
   q.insert(q.end(), q1.begin(), q1.end());
   std::vector<uint16_t> out(2 * 4 * 32);
   const twl_seq_id batch[2] = {seq_, restored};
-  ASSERT_EQ(twl_decode(rt_.get(), 1, batch, 2, q.data(), out.data(), TWL_MEMORY_HOST, nullptr,
-                       nullptr),
-            TWL_OK);
+  ASSERT_EQ(
+      twl_decode(rt_.get(), 1, batch, 2, q.data(), out.data(), TWL_MEMORY_HOST, nullptr, nullptr),
+      TWL_OK);
   EXPECT_TRUE(std::equal(out.begin(), out.begin() + 128, out.begin() + 128));
   // The restored sequence is independent: appending to it leaves the original alone.
   const LayerKv original = ReadKv(rt_.get(), seq_, 0);

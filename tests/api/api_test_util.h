@@ -68,8 +68,7 @@ inline LayerKv ReadKv(const twl_runtime* rt, twl_seq_id seq, int32_t layer) {
   const size_t elems = size_t(len) * c.num_kv_heads * c.head_dim;
   kv.k.resize(elems);
   kv.v.resize(elems);
-  EXPECT_EQ(twl_sequence_read_kv(rt, seq, layer, kv.k.data(), kv.v.data(), len, &kv.len),
-            TWL_OK)
+  EXPECT_EQ(twl_sequence_read_kv(rt, seq, layer, kv.k.data(), kv.v.data(), len, &kv.len), TWL_OK)
       << twl_runtime_last_error(rt);
   return kv;
 }
@@ -90,8 +89,8 @@ inline std::vector<float> DenseAttention(const std::vector<float>& q, const Laye
     for (int32_t t = 0; t < kv.len; ++t) {
       double s = 0;
       for (int32_t c = 0; c < head_dim; ++c) {
-        s += double(q[size_t(qh) * head_dim + c]) *
-             k[(size_t(t) * num_kv_heads + h) * head_dim + c];
+        s +=
+            double(q[size_t(qh) * head_dim + c]) * k[(size_t(t) * num_kv_heads + h) * head_dim + c];
       }
       w[t] = s * scale;
       max_s = std::max(max_s, w[t]);
@@ -119,12 +118,12 @@ inline twl_status AppendRandom(twl_runtime* rt, twl_seq_id seq, int32_t layer, i
 
 // A failed call must leave a message that names the function.
 #define EXPECT_STATUS_WITH_MESSAGE(call, expected, rt, fn)                         \
-  do {                                                                            \
-    const twl_status status_ = (call);                                            \
+  do {                                                                             \
+    const twl_status status_ = (call);                                             \
     EXPECT_EQ(status_, (expected)) << #call << ": " << twl_runtime_last_error(rt); \
-    const std::string message_ = twl_runtime_last_error(rt);                     \
+    const std::string message_ = twl_runtime_last_error(rt);                       \
     EXPECT_NE(message_.find(fn), std::string::npos) << #call << ": " << message_;  \
-    EXPECT_GT(message_.size(), std::string(fn).size() + 2) << #call;             \
+    EXPECT_GT(message_.size(), std::string(fn).size() + 2) << #call;               \
   } while (0)
 
 }  // namespace twl_test

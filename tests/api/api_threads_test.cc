@@ -33,8 +33,8 @@ WorkerResult RunWorker(twl_runtime* rt, int worker, std::atomic<int>* start_gate
   auto check = [&](twl_status s, const char* what) {
     if (s == TWL_OK) return true;
     if (r.failures++ == 0) {
-      r.first_failure = std::string(what) + ": " + twl_status_string(s) + " " +
-                        twl_runtime_last_error(rt);
+      r.first_failure =
+          std::string(what) + ": " + twl_status_string(s) + " " + twl_runtime_last_error(rt);
     }
     return false;
   };
@@ -78,8 +78,7 @@ WorkerResult RunWorker(twl_runtime* rt, int worker, std::atomic<int>* start_gate
       const std::vector<uint16_t> q = RandomHalf(&rng, 2 * q_elems);
       std::vector<uint16_t> out(2 * q_elems);
       const float p[2] = {0.9f, 0.97f};
-      if (!check(twl_decode(rt, layer, seqs, 2, q.data(), out.data(), TWL_MEMORY_HOST, p,
-                            nullptr),
+      if (!check(twl_decode(rt, layer, seqs, 2, q.data(), out.data(), TWL_MEMORY_HOST, p, nullptr),
                  "decode")) {
         break;
       }
@@ -93,8 +92,8 @@ WorkerResult RunWorker(twl_runtime* rt, int worker, std::atomic<int>* start_gate
         r.first_failure = "telemetry of another thread's step";
       }
       std::vector<int32_t> kept(2 * c.num_q_heads);
-      check(twl_runtime_last_step_heads(rt, nullptr, kept.data(), nullptr,
-                                        int64_t(kept.size()), nullptr, 0),
+      check(twl_runtime_last_step_heads(rt, nullptr, kept.data(), nullptr, int64_t(kept.size()),
+                                        nullptr, 0),
             "last_step_heads");
       r.kept.insert(r.kept.end(), kept.begin(), kept.end());
     }
