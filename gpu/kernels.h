@@ -89,6 +89,17 @@ absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
                          const KeptView& out, const HeadStatsView& stats, void* workspace,
                          size_t workspace_bytes, void* stream);
 
+// Benchmark aid, not for the decode path: LaunchPrune with each phase timed by events
+// (estimated scores / top-p threshold / kept-list compaction). Synchronizes the stream.
+struct PruneProfile {
+  float ms_score = 0.0f, ms_topp = 0.0f, ms_compact = 0.0f;
+};
+absl::Status ProfilePrune(const PageGeometry& g, const PrunerParams& params,
+                          const BatchView& batch, const QueryView& q, const QuantKView& qk,
+                          const FpKvView& kv, const SelectionView& selection,
+                          const KeptView& out, const HeadStatsView& stats, void* workspace,
+                          size_t workspace_bytes, void* stream, PruneProfile* profile);
+
 // ---- Attention --------------------------------------------------------------------------
 
 // Workspace of both attention launchers (partial softmax states of the split-K chunks).

@@ -4,6 +4,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "gpu/kernels.h"
+#include "gpu/synth.h"
 
 namespace twl {
 
@@ -59,6 +60,19 @@ absl::Status LaunchSparseAttention(const PageGeometry&, const BatchView&, const 
 absl::Status LaunchDenseAttention(const PageGeometry&, const BatchView&, const QueryView&,
                                   const FpKvView&, const OutputView&, float, void*, size_t,
                                   void*) {
+  return NoCuda();
+}
+absl::Status ProfilePrune(const PageGeometry&, const PrunerParams&, const BatchView&,
+                          const QueryView&, const QuantKView&, const FpKvView&,
+                          const SelectionView&, const KeptView&, const HeadStatsView&, void*,
+                          size_t, void*, PruneProfile*) {
+  return NoCuda();
+}
+absl::Status LaunchSynthKv(const SynthSpec&, int32_t, int32_t, int32_t, int32_t, fp16_t*,
+                           fp16_t*, void*) {
+  return NoCuda();
+}
+absl::Status LaunchSynthQueries(const SynthSpec&, int32_t, int32_t, fp16_t*, void*) {
   return NoCuda();
 }
 #endif

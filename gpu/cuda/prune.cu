@@ -38,11 +38,19 @@ size_t PruneWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_
   return Layout(g, num_seqs, num_q_heads, max_select, nullptr).bytes;
 }
 
-absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
-                         const BatchView& batch, const QueryView& q, const QuantKView& qk,
-                         const FpKvView& kv, const SelectionView& selection,
-                         const KeptView& out, const HeadStatsView& stats, void* workspace,
-                         size_t workspace_bytes, void* stream) {
+namespace {
+
+// Records ev[i] on the stream when events are given (profiling).
+absl::Status Mark(cudaEvent_t* ev, int i, cudaStream_t st) {
+  if (ev && cudaEventRecord(ev[i], st) != cudaSuccess) return LaunchStatus("prune event");
+  return absl::OkStatus();
+}
+
+absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
+                      const BatchView& batch, const QueryView& q, const QuantKView& qk,
+                      const FpKvView& kv, const SelectionView& selection, const KeptView& out,
+                      const HeadStatsView& stats, void* workspace, size_t workspace_bytes,
+                      void* stream, cudaEvent_t* ev) {
   TWL_RETURN_IF_ERROR(ValidateGeometry(g));
   TWL_RETURN_IF_ERROR(ValidateBatch(g, batch, /*check_host_data=*/false));
   TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
@@ -79,6 +87,7 @@ absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
                                             : 1.0f / sqrtf(float(g.head_dim));
   cudaStream_t st = AsStream(stream);
 
+  TWL_RETURN_IF_ERROR(Mark(ev, 0, st));
   if (!params.dense) {
     if (cudaMemsetAsync(l.bits, 0, l.bits_bytes, st) != cudaSuccess) {
       return LaunchStatus("prune bits memset");
@@ -102,13 +111,48 @@ absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
       TWL_RETURN_IF_ERROR(LaunchStatus("ScoreScalarKernel"));
     }
   }
+  TWL_RETURN_IF_ERROR(Mark(ev, 1, st));
   const int64_t heads = int64_t(batch.num_seqs) * batch.num_q_heads;
   cuda::TopPKernel<<<unsigned(heads), cuda::kTopPThreads, sizeof(cuda::TopPSmem), st>>>(
       g, params, batch, selection, shape, l.scores, l.bits, stats);
   TWL_RETURN_IF_ERROR(LaunchStatus("TopPKernel"));
+  TWL_RETURN_IF_ERROR(Mark(ev, 2, st));
   cuda::CompactKeptKernel<<<unsigned(pairs), cuda::kCompactThreads, 0, st>>>(
       g, batch, selection, shape, params.dense, l.bits, out);
-  return LaunchStatus("CompactKeptKernel");
+  TWL_RETURN_IF_ERROR(LaunchStatus("CompactKeptKernel"));
+  return Mark(ev, 3, st);
+}
+
+}  // namespace
+
+absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
+                         const BatchView& batch, const QueryView& q, const QuantKView& qk,
+                         const FpKvView& kv, const SelectionView& selection,
+                         const KeptView& out, const HeadStatsView& stats, void* workspace,
+                         size_t workspace_bytes, void* stream) {
+  return RunPrune(g, params, batch, q, qk, kv, selection, out, stats, workspace,
+                  workspace_bytes, stream, nullptr);
+}
+
+absl::Status ProfilePrune(const PageGeometry& g, const PrunerParams& params,
+                          const BatchView& batch, const QueryView& q, const QuantKView& qk,
+                          const FpKvView& kv, const SelectionView& selection,
+                          const KeptView& out, const HeadStatsView& stats, void* workspace,
+                          size_t workspace_bytes, void* stream, PruneProfile* profile) {
+  cudaEvent_t ev[4] = {};
+  for (cudaEvent_t& e : ev) {
+    if (cudaEventCreate(&e) != cudaSuccess) return LaunchStatus("prune profile events");
+  }
+  absl::Status s = RunPrune(g, params, batch, q, qk, kv, selection, out, stats, workspace,
+                            workspace_bytes, stream, ev);
+  if (s.ok() && cudaEventSynchronize(ev[3]) != cudaSuccess) s.Update(LaunchStatus("prune profile"));
+  if (s.ok() && profile) {
+    cudaEventElapsedTime(&profile->ms_score, ev[0], ev[1]);
+    cudaEventElapsedTime(&profile->ms_topp, ev[1], ev[2]);
+    cudaEventElapsedTime(&profile->ms_compact, ev[2], ev[3]);
+  }
+  for (cudaEvent_t e : ev) cudaEventDestroy(e);
+  return s;
 }
 
 }  // namespace twl

@@ -211,7 +211,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32)
 
 struct BisectPart {
   float mass;   // sum of x > mid
-  float below;  // max x in (low, mid], -1 if none
+  float below;  // max x in (low, mid], -inf if none
   float above;  // min x in (mid, high), +inf if none
   int between;  // count of x in (low, high)
 };
@@ -250,7 +250,7 @@ __device__ __forceinline__ BisectPart BlockReduce(BisectPart a, TopPSmem& sm) {
   }
   __syncthreads();
   if (warp == 0) {
-    BisectPart b{0.0f, -1.0f, INFINITY, 0};
+    BisectPart b{0.0f, -INFINITY, INFINITY, 0};  // identities
     if (lane < nwarps) {
       b = {sm.red_f[0][lane], sm.red_f[1][lane], sm.red_f[2][lane], sm.red_i[lane]};
     }
@@ -272,13 +272,13 @@ __device__ __forceinline__ BisectPart BlockReduce(BisectPart a, TopPSmem& sm) {
 }
 
 __device__ __forceinline__ float BlockSumF(float v, TopPSmem& sm) {
-  return BlockReduce(BisectPart{v, -1.0f, INFINITY, 0}, sm).mass;
+  return BlockReduce(BisectPart{v, -INFINITY, INFINITY, 0}, sm).mass;
 }
 __device__ __forceinline__ float BlockMaxF(float v, TopPSmem& sm) {
   return BlockReduce(BisectPart{0.0f, v, INFINITY, 0}, sm).below;
 }
 __device__ __forceinline__ int BlockSumI(int v, TopPSmem& sm) {
-  return BlockReduce(BisectPart{0.0f, -1.0f, INFINITY, v}, sm).between;
+  return BlockReduce(BisectPart{0.0f, -INFINITY, INFINITY, v}, sm).between;
 }
 
 // One block per (sequence, query head). weights: the scores row, overwritten in place by
@@ -351,7 +351,7 @@ __global__ void __launch_bounds__(kTopPThreads)
       const float gap = params.stop_gap * total;
       for (int it = 0; it < params.max_iterations; ++it) {
         const float mid = 0.5f * (low + high);
-        BisectPart a{0.0f, -1.0f, INFINITY, 0};
+        BisectPart a{0.0f, -INFINITY, INFINITY, 0};
         for (int32_t i = threadIdx.x; i < len; i += blockDim.x) Accumulate(a, buf[i], low, mid, high);
         a = BlockReduce(a, sm);
         const float mass_mid = hi_mass + a.mass;

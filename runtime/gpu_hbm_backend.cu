@@ -1,0 +1,519 @@
+// The GPU HBM backend: every FP16 K/V block, the quantized K and the Quest page bounds live
+// in device memory, and a decode step is select -> prune -> sparse attention (gpu/kernels.h)
+// enqueued on the caller's stream (or the backend's own). Nothing waits for the host inside
+// the step; the host synchronizes once at the end, and only when it must read something
+// back (telemetry, or `out` in host memory). Stage times come from CUDA events.
+//
+// A dense step (pruner.dense with the full selector) runs the dense attention directly: the
+// kept sets would be every token, so the outputs are the same.
+//
+// Ordering: appends run on the backend's stream; a decode's stream waits for the last
+// append (event), and the next append waits for the last decode, so a step never sees a
+// half-written page. Host staging buffers are pinned and reused once the event of their
+// previous upload has completed. Device input pointers must be ready when Append is called.
+// Thread-safety: one caller at a time (the Runtime serializes calls).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "absl/strings/str_format.h"
+#include "gpu/device.h"
+#include "gpu/kernels.h"
+#include "gpu/reference/validate.h"
+#include "runtime/backend.h"
+#include "runtime/dtype_convert.h"
+#include "runtime/geometry.h"
+
+namespace twl {
+namespace {
+
+#define TWL_HBM_CUDA(expr)                                                                  \
+  do {                                                                                      \
+    const cudaError_t _e = (expr);                                                          \
+    if (_e != cudaSuccess) {                                                                \
+      return absl::InternalError(absl::StrFormat("%s: %s", #expr, cudaGetErrorString(_e))); \
+    }                                                                                       \
+  } while (0)
+#define TWL_HBM_RETURN(expr)                   \
+  do {                                         \
+    if (absl::Status _s = (expr); !_s.ok()) {  \
+      return _s;                               \
+    }                                          \
+  } while (0)
+
+cudaStream_t AsStream(void* s) { return static_cast<cudaStream_t>(s); }
+
+KvInputType InputType(DType t) {
+  switch (t) {
+    case DType::kBf16:
+      return KvInputType::kBf16;
+    case DType::kFp32:
+      return KvInputType::kFp32;
+    default:
+      return KvInputType::kFp16;
+  }
+}
+
+// Distinct pages of each (sequence, KV head) kept set: tokens ascend, so a page change
+// starts a new block. One warp per set.
+__global__ void CountBlocksKernel(int32_t page_size, KeptView kept, int32_t pairs,
+                                  int32_t* __restrict__ blocks) {
+  const int32_t pair = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (pair >= pairs) return;
+  const int lane = threadIdx.x & 31;
+  const int32_t* t = kept.tokens + int64_t(pair) * kept.max_kept;
+  const int32_t n = kept.count[pair];
+  int c = 0;
+  for (int32_t i = lane; i < n; i += 32) {
+    c += (i == 0 || t[i] / page_size != t[i - 1] / page_size) ? 1 : 0;
+  }
+  for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
+  if (lane == 0) blocks[pair] = c;
+}
+
+class PinnedBuffer {
+ public:
+  ~PinnedBuffer() {
+    if (p_) cudaFreeHost(p_);
+  }
+  absl::Status Reserve(size_t bytes) {
+    if (bytes <= bytes_ && p_) return absl::OkStatus();
+    if (p_) cudaFreeHost(p_);
+    p_ = nullptr;
+    bytes_ = 0;
+    const size_t want = std::max<size_t>(bytes, 4096);
+    TWL_HBM_CUDA(cudaMallocHost(&p_, want));
+    bytes_ = want;
+    return absl::OkStatus();
+  }
+  char* data() const { return static_cast<char*>(p_); }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Packs host arrays back to back (256-byte aligned) for one upload.
+class Packer {
+ public:
+  template <typename T>
+  size_t Add(size_t count) {
+    const size_t at = used_;
+    used_ += (count * sizeof(T) + 255) / 256 * 256;
+    return at;
+  }
+  size_t used() const { return used_; }
+
+ private:
+  size_t used_ = 0;
+};
+
+class GpuHbmBackend final : public Backend {
+ public:
+  GpuHbmBackend(const RuntimeConfig& config, int64_t num_pages)
+      : config_(config), g_(GeometryOf(config)), num_pages_(num_pages) {}
+
+  ~GpuHbmBackend() override {
+    if (stream_) cudaStreamSynchronize(stream_);
+    for (cudaEvent_t e : {ev_append_, ev_decode_, ev_append_upload_, ev_decode_upload_,
+                          ev_t0_, ev_t1_, ev_t2_, ev_t3_}) {
+      if (e) cudaEventDestroy(e);
+    }
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  absl::Status Init() {
+    TWL_HBM_CUDA(cudaSetDevice(config_.device_id));
+    TWL_HBM_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    for (cudaEvent_t* e : {&ev_append_, &ev_decode_, &ev_append_upload_, &ev_decode_upload_}) {
+      TWL_HBM_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+    }
+    for (cudaEvent_t* e : {&ev_t0_, &ev_t1_, &ev_t2_, &ev_t3_}) TWL_HBM_CUDA(cudaEventCreate(e));
+    const int64_t blocks = num_pages_ * g_.num_kv_heads;
+    TWL_HBM_RETURN(kv_buf_.Reserve(size_t(blocks * g_.FpBlockBytes())));
+    if (g_.k_bits < 16) {
+      TWL_HBM_RETURN(codes_buf_.Reserve(size_t(blocks * g_.CodeBlockBytes())));
+      TWL_HBM_RETURN(scale_buf_.Reserve(size_t(blocks * g_.page_size) * 2));
+      TWL_HBM_RETURN(zero_buf_.Reserve(size_t(blocks * g_.page_size) * 2));
+    }
+    TWL_HBM_RETURN(kmin_buf_.Reserve(size_t(blocks * g_.head_dim) * 2));
+    TWL_HBM_RETURN(kmax_buf_.Reserve(size_t(blocks * g_.head_dim) * 2));
+    kv_ = FpKvView{kv_buf_.as<fp16_t>(), nullptr};
+    qk_ = QuantKView{codes_buf_.as<uint8_t>(), scale_buf_.as<fp16_t>(), zero_buf_.as<fp16_t>(),
+                     kmin_buf_.as<fp16_t>(), kmax_buf_.as<fp16_t>()};
+    absl::StatusOr<gpu::DeviceInfo> d = gpu::CurrentDevice();
+    device_name_ = d.ok() ? d->name : "unknown GPU";
+    return absl::OkStatus();
+  }
+
+  BackendKind Kind() const override { return BackendKind::kGpuHbm; }
+  std::string Name() const override { return "gpu-hbm (" + device_name_ + ")"; }
+
+  absl::Status Append(const AppendView& tokens, DType dtype, MemSpace space) override;
+  absl::Status CopyPage(int32_t src_page, int32_t dst_page, int32_t rows) override;
+  absl::Status ReadPage(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const override;
+  absl::Status Decode(const DecodeRequest& request, StepTelemetry* telemetry) override;
+
+  MemoryUsage Memory() const override {
+    MemoryUsage m;
+    m.gpu_fp16_bytes = int64_t(kv_buf_.bytes());
+    m.gpu_quant_bytes = int64_t(codes_buf_.bytes() + scale_buf_.bytes() + zero_buf_.bytes() +
+                                kmin_buf_.bytes() + kmax_buf_.bytes());
+    return m;
+  }
+
+  absl::Status TakeAsyncError() override {
+    const cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess) return absl::OkStatus();
+    return absl::InternalError(absl::StrFormat("GPU: %s", cudaGetErrorString(e)));
+  }
+
+ private:
+  absl::Status CheckPage(int32_t page) const {
+    if (page < 0 || page >= num_pages_) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("page id %d out of range [0, %d)", page, num_pages_));
+    }
+    return absl::OkStatus();
+  }
+  // Device buffers only grow; growing frees memory queued work may still read, so wait.
+  absl::Status Grow(gpu::DeviceBuffer& b, size_t bytes) {
+    if (bytes <= b.bytes() && b.get()) return absl::OkStatus();
+    if (b.get()) TWL_HBM_CUDA(cudaDeviceSynchronize());
+    return b.Reserve(bytes);
+  }
+  absl::Status WriteTelemetry(const DecodeRequest& req, bool ran_pruner, int32_t max_kept,
+                              cudaStream_t s, StepTelemetry* t);
+
+  const RuntimeConfig config_;
+  const PageGeometry g_;
+  const int64_t num_pages_;
+  std::string device_name_;
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t ev_append_ = nullptr, ev_decode_ = nullptr;
+  cudaEvent_t ev_append_upload_ = nullptr, ev_decode_upload_ = nullptr;
+  cudaEvent_t ev_t0_ = nullptr, ev_t1_ = nullptr, ev_t2_ = nullptr, ev_t3_ = nullptr;
+  bool appended_ = false, decoded_ = false;
+
+  gpu::DeviceBuffer kv_buf_, codes_buf_, scale_buf_, zero_buf_, kmin_buf_, kmax_buf_;
+  FpKvView kv_;
+  QuantKView qk_;
+
+  // Append staging.
+  PinnedBuffer append_pin_;
+  gpu::DeviceBuffer append_dev_;
+  // Decode staging and scratch.
+  PinnedBuffer step_pin_, tele_pin_;
+  gpu::DeviceBuffer step_dev_, sel_pages_, sel_count_, kept_tokens_, kept_count_, stats_,
+      blocks_, ws_select_, ws_prune_, ws_attend_;
+};
+
+absl::Status GpuHbmBackend::Append(const AppendView& tokens, DType dtype, MemSpace space) {
+  if (!IsValidDType(dtype)) return absl::InvalidArgumentError("append: unknown dtype");
+  if (tokens.num_tokens < 0) return absl::InvalidArgumentError("append: num_tokens < 0");
+  if (tokens.num_tokens == 0) return absl::OkStatus();
+  if (!tokens.k || !tokens.v || !tokens.page_id || !tokens.slot) {
+    return absl::InvalidArgumentError("append: k, v, page_id and slot must not be null");
+  }
+  for (int32_t i = 0; i < tokens.num_tokens; ++i) {
+    TWL_HBM_RETURN(CheckPage(tokens.page_id[i]));
+    if (tokens.slot[i] < 0 || tokens.slot[i] >= g_.page_size) {
+      return absl::InvalidArgumentError(absl::StrFormat("append: slot %d", tokens.slot[i]));
+    }
+  }
+  const int32_t n = tokens.num_tokens;
+  std::vector<int32_t> plan_pages, plan_rows;
+  PlanAppendPages(tokens.page_id, tokens.slot, n, &plan_pages, &plan_rows);
+  const size_t kv_bytes = size_t(n) * g_.num_kv_heads * g_.head_dim * size_t(DTypeBytes(dtype));
+  const bool host = space == MemSpace::kHost;
+  Packer pk;
+  const size_t o_page = pk.Add<int32_t>(size_t(n));
+  const size_t o_slot = pk.Add<int32_t>(size_t(n));
+  const size_t o_pp = pk.Add<int32_t>(plan_pages.size());
+  const size_t o_pr = pk.Add<int32_t>(plan_rows.size());
+  const size_t o_k = pk.Add<char>(host ? kv_bytes : 0);
+  const size_t o_v = pk.Add<char>(host ? kv_bytes : 0);
+
+  // Reuse the staging only after the previous append's upload has run.
+  TWL_HBM_CUDA(cudaEventSynchronize(ev_append_upload_));
+  TWL_HBM_RETURN(append_pin_.Reserve(pk.used()));
+  TWL_HBM_RETURN(Grow(append_dev_, pk.used()));
+  char* pin = append_pin_.data();
+  std::memcpy(pin + o_page, tokens.page_id, sizeof(int32_t) * size_t(n));
+  std::memcpy(pin + o_slot, tokens.slot, sizeof(int32_t) * size_t(n));
+  std::memcpy(pin + o_pp, plan_pages.data(), sizeof(int32_t) * plan_pages.size());
+  std::memcpy(pin + o_pr, plan_rows.data(), sizeof(int32_t) * plan_rows.size());
+  if (host) {
+    std::memcpy(pin + o_k, tokens.k, kv_bytes);
+    std::memcpy(pin + o_v, tokens.v, kv_bytes);
+  }
+  if (decoded_) TWL_HBM_CUDA(cudaStreamWaitEvent(stream_, ev_decode_, 0));
+  TWL_HBM_CUDA(cudaMemcpyAsync(append_dev_.get(), pin, pk.used(), cudaMemcpyHostToDevice, stream_));
+  TWL_HBM_CUDA(cudaEventRecord(ev_append_upload_, stream_));
+  char* dev = append_dev_.as<char>();
+  AppendView in;
+  in.num_tokens = n;
+  in.k = host ? reinterpret_cast<const fp16_t*>(dev + o_k) : tokens.k;
+  in.v = host ? reinterpret_cast<const fp16_t*>(dev + o_v) : tokens.v;
+  in.page_id = reinterpret_cast<const int32_t*>(dev + o_page);
+  in.slot = reinterpret_cast<const int32_t*>(dev + o_slot);
+  const AppendPagePlan plan{reinterpret_cast<const int32_t*>(dev + o_pp),
+                            reinterpret_cast<const int32_t*>(dev + o_pr),
+                            int32_t(plan_pages.size())};
+  TWL_HBM_RETURN(LaunchAppend(g_, in, InputType(dtype), plan, kv_, qk_, stream_));
+  TWL_HBM_CUDA(cudaEventRecord(ev_append_, stream_));
+  appended_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status GpuHbmBackend::CopyPage(int32_t src_page, int32_t dst_page, int32_t rows) {
+  TWL_HBM_RETURN(CheckPage(src_page));
+  TWL_HBM_RETURN(CheckPage(dst_page));
+  if (rows < 0 || rows > g_.page_size) {
+    return absl::InvalidArgumentError(absl::StrFormat("copy: %d rows", rows));
+  }
+  if (rows == 0 || src_page == dst_page) return absl::OkStatus();
+  if (decoded_) TWL_HBM_CUDA(cudaStreamWaitEvent(stream_, ev_decode_, 0));
+  const size_t row_bytes = size_t(g_.head_dim) * 2;
+  for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
+    const int64_t sb = g_.BlockId(src_page, h), db = g_.BlockId(dst_page, h);
+    TWL_HBM_CUDA(cudaMemcpyAsync(kv_.K(g_, db, 0), kv_.K(g_, sb, 0), row_bytes * rows,
+                                 cudaMemcpyDeviceToDevice, stream_));
+    TWL_HBM_CUDA(cudaMemcpyAsync(kv_.V(g_, db, 0), kv_.V(g_, sb, 0), row_bytes * rows,
+                                 cudaMemcpyDeviceToDevice, stream_));
+    if (g_.k_bits < 16) {
+      TWL_HBM_CUDA(cudaMemcpyAsync(qk_.Codes(g_, db, 0), qk_.Codes(g_, sb, 0),
+                                   size_t(g_.CodeBytesPerToken()) * rows,
+                                   cudaMemcpyDeviceToDevice, stream_));
+      TWL_HBM_CUDA(cudaMemcpyAsync(qk_.scale + db * g_.page_size, qk_.scale + sb * g_.page_size,
+                                   2 * size_t(rows), cudaMemcpyDeviceToDevice, stream_));
+      TWL_HBM_CUDA(cudaMemcpyAsync(qk_.zero + db * g_.page_size, qk_.zero + sb * g_.page_size,
+                                   2 * size_t(rows), cudaMemcpyDeviceToDevice, stream_));
+    }
+  }
+  // Bounds over exactly the copied rows (as if they had been appended to dst).
+  const int32_t plan_host[2] = {dst_page, rows};
+  gpu::DeviceBuffer plan_dev;
+  TWL_HBM_RETURN(plan_dev.Reserve(sizeof(plan_host)));
+  TWL_HBM_CUDA(cudaMemcpyAsync(plan_dev.get(), plan_host, sizeof(plan_host),
+                               cudaMemcpyHostToDevice, stream_));
+  const AppendPagePlan plan{plan_dev.as<int32_t>(), plan_dev.as<int32_t>() + 1, 1};
+  TWL_HBM_RETURN(LaunchRecomputeMinMax(g_, plan, kv_, qk_, stream_));
+  TWL_HBM_CUDA(cudaEventRecord(ev_append_, stream_));
+  appended_ = true;
+  TWL_HBM_CUDA(cudaStreamSynchronize(stream_));  // plan_host / plan_dev die here
+  return absl::OkStatus();
+}
+
+absl::Status GpuHbmBackend::ReadPage(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const {
+  TWL_HBM_RETURN(CheckPage(page));
+  if (rows < 0 || rows > g_.page_size) {
+    return absl::InvalidArgumentError(absl::StrFormat("read: %d rows", rows));
+  }
+  if (rows == 0) return absl::OkStatus();
+  if (!k || !v) return absl::InvalidArgumentError("read: null output");
+  const size_t row_bytes = size_t(g_.head_dim) * 2;
+  const size_t pitch = row_bytes * g_.num_kv_heads;
+  for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
+    const int64_t b = g_.BlockId(page, h);
+    TWL_HBM_CUDA(cudaMemcpy2DAsync(k + int64_t(h) * g_.head_dim, pitch, kv_.K(g_, b, 0),
+                                   row_bytes, row_bytes, rows, cudaMemcpyDeviceToHost, stream_));
+    TWL_HBM_CUDA(cudaMemcpy2DAsync(v + int64_t(h) * g_.head_dim, pitch, kv_.V(g_, b, 0),
+                                   row_bytes, row_bytes, rows, cudaMemcpyDeviceToHost, stream_));
+  }
+  TWL_HBM_CUDA(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
+absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* telemetry) {
+  const auto t_start = std::chrono::steady_clock::now();
+  if (!req.q || !req.out) return absl::InvalidArgumentError("decode: null q or out");
+  const BatchView& hb = req.batch;
+  TWL_HBM_RETURN(ValidateBatch(g_, hb, /*check_host_data=*/true));
+  for (int32_t s = 0; s < hb.num_seqs; ++s) {
+    for (int32_t p = 0; p < hb.NumPages(g_, s); ++p) TWL_HBM_RETURN(CheckPage(hb.PageId(s, p)));
+  }
+  TWL_HBM_RETURN(ValidateP(req.pruner.p));
+  if (req.pruner.seq_p) {
+    for (int32_t s = 0; s < hb.num_seqs; ++s) TWL_HBM_RETURN(ValidateP(req.pruner.seq_p[s]));
+  }
+  const int32_t Hq = hb.num_q_heads;
+  const int64_t pairs = int64_t(hb.num_seqs) * g_.num_kv_heads;
+  const int64_t heads = int64_t(hb.num_seqs) * Hq;
+  const size_t qo_bytes = size_t(heads) * g_.head_dim * sizeof(fp16_t);
+  const bool host_io = req.space == MemSpace::kHost;
+  cudaStream_t s = req.stream ? AsStream(req.stream) : stream_;
+
+  // Upload the host plan (and q when it is a host array) in one copy.
+  Packer pk;
+  const size_t o_len = pk.Add<int32_t>(size_t(hb.num_seqs));
+  const size_t o_table = pk.Add<int32_t>(size_t(hb.num_seqs) * hb.max_pages);
+  const size_t o_p = pk.Add<float>(req.pruner.seq_p ? size_t(hb.num_seqs) : 0);
+  const size_t o_q = pk.Add<char>(host_io ? qo_bytes : 0);
+  const size_t o_out = pk.Add<char>(host_io ? qo_bytes : 0);
+  TWL_HBM_CUDA(cudaEventSynchronize(ev_decode_upload_));
+  TWL_HBM_RETURN(step_pin_.Reserve(pk.used()));
+  TWL_HBM_RETURN(Grow(step_dev_, pk.used()));
+  char* pin = step_pin_.data();
+  std::memcpy(pin + o_len, hb.seq_len, sizeof(int32_t) * size_t(hb.num_seqs));
+  std::memcpy(pin + o_table, hb.page_table, sizeof(int32_t) * size_t(hb.num_seqs) * hb.max_pages);
+  if (req.pruner.seq_p) std::memcpy(pin + o_p, req.pruner.seq_p, sizeof(float) * hb.num_seqs);
+  if (host_io) std::memcpy(pin + o_q, req.q, qo_bytes);
+
+  // Scratch sized for this step.
+  const bool dense_only = req.pruner.dense && req.selector.kind == SelectorKind::kFull;
+  const int32_t max_select = SelectStride(req.selector, hb.max_pages);
+  const int64_t max_kept = int64_t(max_select) * g_.page_size;
+  if (max_kept > std::numeric_limits<int32_t>::max() / 2) {
+    return absl::InvalidArgumentError("decode: kept-token stride overflows int32");
+  }
+  const size_t ws_sel = SelectWorkspaceBytes(g_, req.selector, hb.num_seqs, hb.max_pages);
+  const size_t ws_pr = PruneWorkspaceBytes(g_, hb.num_seqs, Hq, max_select);
+  const size_t ws_at = AttentionWorkspaceBytes(g_, hb.num_seqs, Hq);
+  TWL_HBM_RETURN(Grow(ws_attend_, ws_at));
+  if (!dense_only) {
+    TWL_HBM_RETURN(Grow(sel_pages_, size_t(pairs * max_select) * 4));
+    TWL_HBM_RETURN(Grow(sel_count_, size_t(pairs) * 4));
+    TWL_HBM_RETURN(Grow(kept_tokens_, size_t(pairs * max_kept) * 4));
+    TWL_HBM_RETURN(Grow(kept_count_, size_t(pairs) * 4));
+    TWL_HBM_RETURN(Grow(stats_, size_t(heads) * 12));
+    TWL_HBM_RETURN(Grow(blocks_, size_t(pairs) * 4));
+    TWL_HBM_RETURN(Grow(ws_select_, ws_sel));
+    TWL_HBM_RETURN(Grow(ws_prune_, ws_pr));
+  }
+
+  if (appended_) TWL_HBM_CUDA(cudaStreamWaitEvent(s, ev_append_, 0));
+  // Scratch is shared by consecutive steps, which may come on different streams.
+  if (decoded_) TWL_HBM_CUDA(cudaStreamWaitEvent(s, ev_decode_, 0));
+  TWL_HBM_CUDA(cudaMemcpyAsync(step_dev_.get(), pin, pk.used(), cudaMemcpyHostToDevice, s));
+  TWL_HBM_CUDA(cudaEventRecord(ev_decode_upload_, s));
+  char* dev = step_dev_.as<char>();
+  BatchView db = hb;
+  db.seq_len = reinterpret_cast<const int32_t*>(dev + o_len);
+  db.page_table = reinterpret_cast<const int32_t*>(dev + o_table);
+  const QueryView q{host_io ? reinterpret_cast<const fp16_t*>(dev + o_q) : req.q};
+  const OutputView out{host_io ? reinterpret_cast<fp16_t*>(dev + o_out) : req.out};
+  PrunerParams pp = req.pruner;
+  pp.seq_p = req.pruner.seq_p ? reinterpret_cast<const float*>(dev + o_p) : nullptr;
+
+  const bool timing = telemetry != nullptr;
+  if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t0_, s));
+  const SelectionView sel{sel_pages_.as<int32_t>(), sel_count_.as<int32_t>(), max_select};
+  const KeptView kept{kept_tokens_.as<int32_t>(), kept_count_.as<int32_t>(), int32_t(max_kept)};
+  if (dense_only) {
+    if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t1_, s));
+    if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t2_, s));
+    TWL_HBM_RETURN(LaunchDenseAttention(g_, db, q, kv_, out, req.pruner.softmax_scale,
+                                        ws_attend_.get(), ws_attend_.bytes(), s));
+  } else {
+    TWL_HBM_RETURN(LaunchSelectPages(g_, req.selector, db, q, qk_, sel, ws_select_.get(),
+                                     ws_select_.bytes(), s));
+    if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t1_, s));
+    int32_t* st = stats_.as<int32_t>();
+    const HeadStatsView stats{st, st + heads, reinterpret_cast<float*>(st + 2 * heads)};
+    TWL_HBM_RETURN(LaunchPrune(g_, pp, db, q, qk_, kv_, sel, kept, stats, ws_prune_.get(),
+                               ws_prune_.bytes(), s));
+    if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t2_, s));
+    TWL_HBM_RETURN(LaunchSparseAttention(g_, db, q, kv_, kept, out, req.pruner.softmax_scale,
+                                         ws_attend_.get(), ws_attend_.bytes(), s));
+  }
+  if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t3_, s));
+  TWL_HBM_CUDA(cudaEventRecord(ev_decode_, s));
+  decoded_ = true;
+
+  if (host_io) {
+    TWL_HBM_CUDA(cudaMemcpyAsync(pin + o_out, out.out, qo_bytes, cudaMemcpyDeviceToHost, s));
+  }
+  if (timing) TWL_HBM_RETURN(WriteTelemetry(req, !dense_only, int32_t(max_kept), s, telemetry));
+  if (host_io || timing) TWL_HBM_CUDA(cudaStreamSynchronize(s));
+  if (host_io) std::memcpy(req.out, pin + o_out, qo_bytes);
+  if (timing) {
+    StepTelemetry* t = telemetry;
+    const int32_t* tp = reinterpret_cast<const int32_t*>(tele_pin_.data());
+    if (!dense_only) {
+      t->selected_tokens.assign(tp, tp + heads);
+      t->kept_tokens.assign(tp + heads, tp + 2 * heads);
+      const float* m = reinterpret_cast<const float*>(tp + 2 * heads);
+      t->est_mass.assign(m, m + heads);
+      t->kept_tokens_kv.assign(tp + 3 * heads, tp + 3 * heads + pairs);
+      t->blocks_needed = 0;
+      for (int64_t i = 0; i < pairs; ++i) t->blocks_needed += tp[3 * heads + pairs + i];
+    } else {
+      t->selected_tokens.assign(size_t(heads), 0);
+      t->kept_tokens_kv.assign(size_t(pairs), 0);
+      t->blocks_needed = 0;
+      for (int64_t i = 0; i < heads; ++i) t->selected_tokens[size_t(i)] = hb.seq_len[i / Hq];
+      for (int64_t i = 0; i < pairs; ++i) {
+        t->kept_tokens_kv[size_t(i)] = hb.seq_len[i / g_.num_kv_heads];
+        t->blocks_needed += hb.NumPages(g_, int32_t(i / g_.num_kv_heads));
+      }
+      t->kept_tokens = t->selected_tokens;
+      t->est_mass.assign(size_t(heads), 1.0f);
+    }
+    float ms = 0;
+    TWL_HBM_CUDA(cudaEventElapsedTime(&ms, ev_t0_, ev_t1_));
+    t->ms_select = ms;
+    TWL_HBM_CUDA(cudaEventElapsedTime(&ms, ev_t1_, ev_t2_));
+    t->ms_prune = ms;
+    TWL_HBM_CUDA(cudaEventElapsedTime(&ms, ev_t2_, ev_t3_));
+    t->ms_attend = ms;
+    t->ms_fetch = 0.0;
+    t->blocks_fetched = 0;
+    t->bytes_h2d = 0;
+    t->ms_total = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                            t_start)
+                      .count();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GpuHbmBackend::WriteTelemetry(const DecodeRequest& req, bool ran_pruner,
+                                           int32_t max_kept, cudaStream_t s, StepTelemetry* t) {
+  t->layer = req.layer;
+  t->num_seqs = req.batch.num_seqs;
+  if (!ran_pruner) return absl::OkStatus();
+  const int64_t pairs = int64_t(req.batch.num_seqs) * g_.num_kv_heads;
+  const int64_t heads = int64_t(req.batch.num_seqs) * req.batch.num_q_heads;
+  const KeptView kept{kept_tokens_.as<int32_t>(), kept_count_.as<int32_t>(), max_kept};
+  CountBlocksKernel<<<unsigned((pairs + 7) / 8), 256, 0, s>>>(g_.page_size, kept, int32_t(pairs),
+                                                              blocks_.as<int32_t>());
+  TWL_HBM_CUDA(cudaGetLastError());
+  // Pinned layout: stats [3 * heads] | kept counts [pairs] | blocks [pairs].
+  TWL_HBM_RETURN(tele_pin_.Reserve(size_t(3 * heads + 2 * pairs) * 4));
+  char* tp = tele_pin_.data();
+  TWL_HBM_CUDA(cudaMemcpyAsync(tp, stats_.get(), size_t(3 * heads) * 4, cudaMemcpyDeviceToHost, s));
+  TWL_HBM_CUDA(cudaMemcpyAsync(tp + 3 * heads * 4, kept_count_.get(), size_t(pairs) * 4,
+                               cudaMemcpyDeviceToHost, s));
+  TWL_HBM_CUDA(cudaMemcpyAsync(tp + (3 * heads + pairs) * 4, blocks_.get(), size_t(pairs) * 4,
+                               cudaMemcpyDeviceToHost, s));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateGpuHbmBackend(const RuntimeConfig& config,
+                                                             int64_t num_pages) {
+  TWL_HBM_RETURN(config.Validate());
+  if (!gpu::GpuAvailable()) return absl::UnavailableError("GPU HBM backend: no GPU found");
+  if (config.head_dim != 64 && config.head_dim != 128) {
+    return absl::UnimplementedError(absl::StrFormat(
+        "GPU HBM backend: head_dim %d unsupported (64 or 128; use the CPU backend)",
+        config.head_dim));
+  }
+  if (config.num_q_heads / config.num_kv_heads > 8) {
+    return absl::UnimplementedError("GPU HBM backend: more than 8 query heads per KV head");
+  }
+  if (num_pages < 1 || num_pages > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("GPU HBM backend: num_pages %d outside [1, 2^31)", num_pages));
+  }
+  auto backend = std::make_unique<GpuHbmBackend>(config, num_pages);
+  TWL_HBM_RETURN(backend->Init());
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace twl

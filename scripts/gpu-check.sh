@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# GPU check: build here, run on the device machine (issue 4).
+#
+#   scripts/gpu-check.sh build    Here (no GPU needed): configure build-gpu with CUDA on, sm_90,
+#                                 static cudart; build the GPU tests and kernel benchmarks;
+#                                 stage binaries + the non-system shared libraries they need
+#                                 into .device/gpu/ (git-ignored) for the device's `carry`.
+#   scripts/gpu-check.sh remote   On the device (run tool, carry [".device/gpu"]): GPU test
+#                                 suite, compute-sanitizer memcheck + racecheck on the kernel
+#                                 tests, PyTorch SDPA baseline, twl_kernels; logs, CSVs and the
+#                                 plot go to $OUT; a short summary table is printed last.
+#
+# Environment: GPU_BUILD_DIR (default build-gpu), GPU_CHECK_TARGETS (extra ninja targets to stage), BENCH_ARGS (extra
+# twl_kernels flags, e.g. "--contexts 32768,131072"), SKIP_SANITIZER=1, SKIP_BENCH=1.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+STAGE=$ROOT/.device/gpu
+BUILD=${GPU_BUILD_DIR:-build-gpu}
+
+build() {
+  set -e
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTWL_WITH_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DTWL_WERROR=ON >/dev/null
+  local targets="twl_gpu_tests twl_kernels ${GPU_CHECK_TARGETS:-}"
+  # shellcheck disable=SC2086
+  ninja -C "$BUILD" -j2 $targets
+  rm -rf "$STAGE"
+  mkdir -p "$STAGE/bin" "$STAGE/lib"
+  for t in $targets; do
+    local f
+    f=$(find "$BUILD" -maxdepth 3 -type f -name "$t" -perm -u+x | head -1)
+    [ -n "$f" ] || { echo "gpu-check: target $t not found" >&2; exit 1; }
+    cp "$f" "$STAGE/bin/"
+    # Copy every resolved shared library except the C/C++ runtime the device already has.
+    ldd "$f" | awk '/=> \//{print $3}' | while read -r lib; do
+      case "$(basename "$lib")" in
+        libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|ld-linux*|libgcc_s.so*|libstdc++.so*|libcuda.so*) ;;
+        *) cp -Ln "$lib" "$STAGE/lib/" 2>/dev/null || true ;;
+      esac
+    done
+  done
+  du -sh "$STAGE"
+  echo "gpu-check: staged $(ls "$STAGE/bin" | tr '\n' ' ')into .device/gpu (carry it)"
+}
+
+remote() {
+  local out=${OUT:-/tmp/gpu-check-out}
+  mkdir -p "$out"
+  export LD_LIBRARY_PATH=$STAGE/lib:${LD_LIBRARY_PATH:-}
+  local bin=$STAGE/bin
+  local summary=$out/summary.txt
+  : >"$summary"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv \
+    | tee -a "$summary"
+
+  # 1. GPU test suite.
+  timeout 240 "$bin/twl_gpu_tests" --gtest_color=no >"$out/gpu_tests.log" 2>&1
+  local rc=$?
+  local passed failed skipped
+  passed=$(grep -c '^\[       OK \]' "$out/gpu_tests.log")
+  failed=$(grep -c '^\[  FAILED  \]' "$out/gpu_tests.log")
+  skipped=$(grep -c '^\[  SKIPPED \]' "$out/gpu_tests.log")
+  echo "gpu tests: rc=$rc passed=$passed failed_lines=$failed skipped=$skipped" | tee -a "$summary"
+  grep -E '^\[  FAILED  \]|Failure|error:' "$out/gpu_tests.log" | head -40
+
+  # 2. compute-sanitizer on the kernel tests (small sizes; the CPU reference dominates).
+  if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
+    local cs
+    cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+    local filt='*AppendGpu*:*SelectGpu*:*PruneGpu*:*AttendGpu*'
+    local race='*AppendGpuTest*/0:*SelectGpuTest*/0:*PruneGpuTest*/0:*PruneGpuTest*/3:*AttendGpuTest*/0:*AttendGpuTest*/5'
+    {
+      echo "== memcheck"
+      timeout 200 "$cs" --tool memcheck --leak-check no --error-exitcode 9 \
+        "$bin/twl_gpu_tests" --gtest_filter="$filt" --gtest_brief=1 2>&1
+      echo "memcheck rc=$?"
+      echo "== racecheck"
+      timeout 150 "$cs" --tool racecheck --racecheck-report all --error-exitcode 9 \
+        "$bin/twl_gpu_tests" --gtest_filter="$race" --gtest_brief=1 2>&1
+      echo "racecheck rc=$?"
+    } >"$out/sanitizer.log" 2>&1
+    grep -E '^(memcheck|racecheck) rc=|ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer.log" \
+      | tee -a "$summary"
+  fi
+
+  # 3. Benchmarks: SDPA baseline first (it frees its memory), then the kernels.
+  if [ "${SKIP_BENCH:-0}" != 1 ]; then
+    # shellcheck disable=SC2086
+    PYTHONUNBUFFERED=1 timeout 120 python3 bench/sdpa_baseline.py "$out/sdpa.csv" \
+      $(echo "${BENCH_ARGS:-}" | sed -n 's/.*--contexts \([0-9,]*\).*/--contexts \1/p') \
+      >"$out/bench.log" 2>&1
+    echo "sdpa baseline rc=$?" | tee -a "$summary"
+    # shellcheck disable=SC2086
+    timeout 300 "$bin/twl_kernels" --out "$out" --sdpa_csv "$out/sdpa.csv" ${BENCH_ARGS:-} \
+      >>"$out/bench.log" 2>&1
+    echo "twl_kernels rc=$?" | tee -a "$summary"
+  fi
+
+  echo "==== summary"
+  cat "$summary"
+  if [ -f "$out/bench.log" ]; then
+    sed -n '/^twl_kernels: /,$p' "$out/bench.log" | cut -c1-170
+  fi
+}
+
+case "${1:-}" in
+  build) build ;;
+  remote) remote ;;
+  *) echo "usage: $0 build|remote" >&2; exit 2 ;;
+esac
