@@ -106,7 +106,8 @@ class Runtime {
 
   absl::StatusOr<SeqId> CreateSequence();
   absl::Status FreeSequence(SeqId seq);
-  // New sequence sharing `parent`'s full pages (copy-on-write); its partial page is copied.
+  // New sequence sharing all of `parent`'s pages (copy-on-write): a shared partial last
+  // page is copied on the first append that writes into it.
   absl::StatusOr<SeqId> ForkSequence(SeqId parent);
   absl::StatusOr<int32_t> SequenceLength(SeqId seq, int32_t layer) const;
 
