@@ -11,7 +11,8 @@
 #                                 plot go to $OUT; a short summary table is printed last.
 #
 # Environment: GPU_BUILD_DIR (default build-gpu), GPU_CHECK_TARGETS (extra ninja targets to stage), BENCH_ARGS (extra
-# twl_kernels flags, e.g. "--contexts 32768,131072"), SKIP_SANITIZER=1, SKIP_BENCH=1.
+# twl_kernels flags, e.g. "--contexts 32768,131072"), SKIP_SANITIZER=1, SKIP_BENCH=1,
+# T_TESTS/T_MEMCHECK/T_RACE/T_SDPA/T_BENCH (seconds; defaults keep a run under 8 minutes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -55,7 +56,7 @@ remote() {
     | tee -a "$summary"
 
   # 1. GPU test suite.
-  timeout 240 "$bin/twl_gpu_tests" --gtest_color=no >"$out/gpu_tests.log" 2>&1
+  timeout "${T_TESTS:-120}" "$bin/twl_gpu_tests" --gtest_color=no >"$out/gpu_tests.log" 2>&1
   local rc=$?
   local passed failed skipped
   passed=$(grep -c '^\[       OK \]' "$out/gpu_tests.log")
@@ -72,11 +73,11 @@ remote() {
     local race='*AppendGpuTest*/0:*SelectGpuTest*/0:*PruneGpuTest*/0:*PruneGpuTest*/3:*AttendGpuTest*/0:*AttendGpuTest*/5'
     {
       echo "== memcheck"
-      timeout 200 "$cs" --tool memcheck --leak-check no --error-exitcode 9 \
+      timeout "${T_MEMCHECK:-100}" "$cs" --tool memcheck --leak-check no --error-exitcode 9 \
         "$bin/twl_gpu_tests" --gtest_filter="$filt" --gtest_brief=1 2>&1
       echo "memcheck rc=$?"
       echo "== racecheck"
-      timeout 150 "$cs" --tool racecheck --racecheck-report all --error-exitcode 9 \
+      timeout "${T_RACE:-60}" "$cs" --tool racecheck --racecheck-report all --error-exitcode 9 \
         "$bin/twl_gpu_tests" --gtest_filter="$race" --gtest_brief=1 2>&1
       echo "racecheck rc=$?"
     } >"$out/sanitizer.log" 2>&1
@@ -87,12 +88,12 @@ remote() {
   # 3. Benchmarks: SDPA baseline first (it frees its memory), then the kernels.
   if [ "${SKIP_BENCH:-0}" != 1 ]; then
     # shellcheck disable=SC2086
-    PYTHONUNBUFFERED=1 timeout 120 python3 bench/sdpa_baseline.py "$out/sdpa.csv" \
+    PYTHONUNBUFFERED=1 timeout "${T_SDPA:-50}" python3 bench/sdpa_baseline.py "$out/sdpa.csv" \
       $(echo "${BENCH_ARGS:-}" | sed -n 's/.*--contexts \([0-9,]*\).*/--contexts \1/p') \
       >"$out/bench.log" 2>&1
     echo "sdpa baseline rc=$?" | tee -a "$summary"
     # shellcheck disable=SC2086
-    timeout 300 "$bin/twl_kernels" --out "$out" --sdpa_csv "$out/sdpa.csv" ${BENCH_ARGS:-} \
+    timeout "${T_BENCH:-130}" "$bin/twl_kernels" --out "$out" --sdpa_csv "$out/sdpa.csv" ${BENCH_ARGS:-} \
       >>"$out/bench.log" 2>&1
     echo "twl_kernels rc=$?" | tee -a "$summary"
   fi
