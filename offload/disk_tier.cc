@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <liburing.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -20,6 +21,8 @@ namespace twl {
 namespace {
 
 constexpr int64_t kAlign = 4096;
+// Bookkeeping is 9 bytes per record in host memory; record ids fit an int32.
+constexpr int64_t kMaxRecords = (int64_t(1) << 31) - 1;
 constexpr uint64_t kStopTag = 0;  // user_data of the NOP that stops the reaper
 
 std::string ErrnoText(int err) {
@@ -96,17 +99,44 @@ absl::Status DiskTier::Init(const DiskTierOptions& options) {
         options.capacity_bytes, record_stride_));
   }
   capacity_ = options.capacity_bytes / record_stride_;
+  if (capacity_ > kMaxRecords) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "disk tier: %d records of %d bytes is more than the %d records a tier tracks",
+        capacity_, record_stride_, kMaxRecords));
+  }
   queue_depth_ = options.queue_depth;
   injector_ = options.injector ? options.injector : &ProcessFaultInjector();
 
   absl::Status s = OpenFile(options);
   if (!s.ok()) return s;
+  if (options.preallocate) {
+    // Refuse up front what cannot fit, rather than let fallocate fill the disk first.
+    struct statvfs fs;
+    if (fstatvfs(fd_, &fs) == 0 &&
+        static_cast<double>(fs.f_bavail) * static_cast<double>(fs.f_frsize) <
+            static_cast<double>(capacity_ * record_stride_)) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "disk tier full: %d bytes requested, %d available in %s", capacity_ * record_stride_,
+          static_cast<int64_t>(fs.f_bavail * fs.f_frsize), path_));
+    }
+    // fallocate, not posix_fallocate: no slow emulation by writing zeros.
+    const int err = fallocate(fd_, 0, 0, static_cast<off_t>(capacity_ * record_stride_)) == 0
+                        ? 0
+                        : errno;
+    if (err == ENOSPC || err == EDQUOT || err == EFBIG) {
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "disk tier full: cannot reserve %d bytes in %s: %s", capacity_ * record_stride_,
+          path_, ErrnoText(err)));
+    }
+    // EOPNOTSUPP/EINVAL (no fallocate on this filesystem): writes will extend the file.
+    preallocated_ = err == 0;
+  }
 
   state_.assign(capacity_, RecordState::kFree);
   readers_.assign(capacity_, 0);
   free_.resize(capacity_);
   // Record 0 is handed out first, so a fresh tier fills its file front to back.
-  for (int64_t i = 0; i < capacity_; ++i) free_[i] = capacity_ - 1 - i;
+  for (int64_t i = 0; i < capacity_; ++i) free_[i] = static_cast<int32_t>(capacity_ - 1 - i);
 
   if (direct_io_) {
     bounce_ = static_cast<char*>(
@@ -455,7 +485,7 @@ void DiskTier::FinishOpLocked(Op* op, absl::Status status) {
       stats_.bytes_written += record_bytes_;
     } else {
       state_[r] = RecordState::kFree;  // the write never took: the record goes back
-      free_.push_back(r);
+      free_.push_back(static_cast<int32_t>(r));
       ++stats_.write_errors;
     }
   } else {
@@ -637,7 +667,7 @@ absl::Status DiskTier::Free(absl::Span<const int64_t> records) {
     for (size_t j = 0; j < i; ++j) state_[records[j]] = RecordState::kValid;
     return status;
   }
-  for (const int64_t r : records) free_.push_back(r);
+  for (const int64_t r : records) free_.push_back(static_cast<int32_t>(r));
   return absl::OkStatus();
 }
 

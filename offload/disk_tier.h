@@ -65,11 +65,17 @@ struct DiskTierOptions {
   // truncated). Empty: $TMPDIR, else /tmp.
   std::string path;
   int64_t record_bytes = 0;    // payload of one record (> 0)
-  int64_t capacity_bytes = 0;  // byte limit of the file: capacity = limit / record_stride
+  // Byte limit of the file: capacity = limit / record_stride records (at most 2^31 - 1;
+  // the tier keeps 9 bytes of host memory per record).
+  int64_t capacity_bytes = 0;
   int32_t queue_depth = 32;    // operations in flight at most (1..4096)
   bool force_thread_pool = false;  // use the pread/pwrite threads even if io_uring works
   bool try_direct_io = true;       // O_DIRECT when the filesystem supports it
   bool keep_file = false;          // do not unlink the file (debugging only)
+  // Reserve the whole capacity with fallocate at creation: ENOSPC shows up here (as
+  // ResourceExhausted) instead of mid-run, and writes do not extend the file (extending
+  // O_DIRECT writes serialize on the inode). Skipped where fallocate is not supported.
+  bool preallocate = true;
   // Threads of the fallback engine: 0 = min(queue_depth, 16).
   int32_t thread_pool_size = 0;
   // Null: ProcessFaultInjector().
@@ -104,6 +110,7 @@ class DiskTier {
   // Why io_uring is not used ("" when it is): the failed call and its errno, or "forced".
   const std::string& fallback_reason() const { return fallback_reason_; }
   bool direct_io() const { return direct_io_; }
+  bool preallocated() const { return preallocated_; }
   const std::string& path() const { return path_; }
 
   int64_t record_bytes() const { return record_bytes_; }
@@ -176,6 +183,7 @@ class DiskTier {
   std::string path_;
   int fd_ = -1;
   bool direct_io_ = false;
+  bool preallocated_ = false;
   int64_t record_bytes_ = 0;
   int64_t record_stride_ = 0;
   int64_t capacity_ = 0;
@@ -193,7 +201,7 @@ class DiskTier {
   // Guarded by mu_:
   std::vector<RecordState> state_;     // [capacity]
   std::vector<int32_t> readers_;       // [capacity] reads in flight
-  std::vector<int64_t> free_;          // stack of free records: back() is taken next
+  std::vector<int32_t> free_;          // stack of free records: back() is taken next
   std::deque<Op*> queued_;             // submitted, not yet given to the engine
   std::vector<int32_t> free_bounce_;   // bounce slots not in use
   int32_t in_flight_ = 0;              // ops given to the engine, not finished

@@ -7,6 +7,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -545,6 +546,42 @@ TEST(DiskTierCreate, RejectsBadOptions) {
   o.queue_depth = 4;
   o.path = dir.path() + "/no/such/dir/file";
   EXPECT_EQ(DiskTier::Create(o).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(DiskTierCreate, PreallocatesTheCapacityAndRefusesWhatCannotFit) {
+  TempDir dir;
+  DiskTierOptions o;
+  o.path = dir.path();
+  o.record_bytes = 5000;  // stride 8 KiB
+  o.capacity_bytes = 100 * 8192 + 100;
+  auto tier = DiskTier::Create(o);
+  ASSERT_TRUE(tier.ok()) << tier.status();
+  EXPECT_EQ((*tier)->capacity(), 100);
+  if ((*tier)->preallocated()) {
+    struct stat st;
+    ASSERT_EQ(fstat((*tier)->fd_for_testing(), &st), 0);
+    EXPECT_EQ(st.st_size, 100 * 8192);
+  }
+  // Twice the free space of the filesystem: refused before any byte is reserved.
+  struct statvfs fs;
+  ASSERT_EQ(statvfs(dir.path().c_str(), &fs), 0);
+  const int64_t twice_free = 2 * int64_t(fs.f_bavail) * int64_t(fs.f_frsize);
+  o.record_bytes = 1 << 20;
+  o.capacity_bytes = std::max<int64_t>(twice_free, int64_t(1) << 30);
+  absl::StatusOr<std::unique_ptr<DiskTier>> big = DiskTier::Create(o);
+  EXPECT_EQ(big.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(big.status().message().find("disk tier full"), std::string::npos);
+  // Too many records to track.
+  o.record_bytes = 4096;
+  o.capacity_bytes = int64_t(4096) << 32;
+  EXPECT_EQ(DiskTier::Create(o).status().code(), absl::StatusCode::kInvalidArgument);
+  // Without preallocation a tier larger than the disk is created; writes would find out.
+  o.record_bytes = 1 << 20;
+  o.capacity_bytes = std::max<int64_t>(twice_free, int64_t(1) << 30);
+  o.preallocate = false;
+  auto lazy = DiskTier::Create(o);
+  ASSERT_TRUE(lazy.ok()) << lazy.status();
+  EXPECT_FALSE((*lazy)->preallocated());
 }
 
 TEST(DiskTierCreate, FileIsUnlinkedUnlessKept) {
