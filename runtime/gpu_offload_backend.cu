@@ -25,8 +25,12 @@ namespace {
 
 using offload_cuda::AsStream;
 
-constexpr int32_t kMaxGroups = 8;       // pipeline groups per step (each costs ~6 launches)
-constexpr int32_t kPipelineGroups = 2;  // wanted when the batch has two sequences or more
+// Pipeline groups per step. Two: the prune of one overlaps the fetch of the other. Splitting
+// further by the host's worst-case block bound (5 groups at B = 8, N = 128k) made each
+// pruner launch too small for the GPU (prune stage 2.8 ms in total, H100, RESULTS.md);
+// units that do not fit are attended from host memory instead, which moves no more bytes.
+constexpr int32_t kMaxGroups = 2;
+constexpr int32_t kPipelineGroups = 2;
 constexpr int32_t kAppendChunkTokens = 4096;  // host-input appends are staged in chunks
 
 // Pinned host buffer that grows (contents lost).

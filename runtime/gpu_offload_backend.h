@@ -15,8 +15,9 @@
 // Nothing waits for the host inside a step: the only host synchronisation is the optional
 // telemetry read at the end (and the copy back of `out` when it is a host pointer).
 //
-// Overlap: the batch is split into groups of sequences (cache/gpu_page_cache.h
-// PlanSeqGroups). The prune of group g+1 runs on the compute stream while group g's blocks
+// Overlap: the batch is split into two groups of sequences (cache/gpu_page_cache.h
+// PlanSeqGroups; more groups would shrink each pruner launch below the SM count, measured
+// on the H100). The prune of group g+1 runs on the compute stream while group g's blocks
 // are gathered on the fetch stream, and group g's attention runs while group g+1's blocks
 // are gathered. Not overlapped: attention of a group with the fetch of its own missing
 // blocks (a split of each kept set into resident and missing tokens would need partial
@@ -67,8 +68,8 @@ class OffloadBackend : public Backend {
 absl::StatusOr<std::unique_ptr<OffloadBackend>> CreateGpuOffloadBackendEx(
     const RuntimeConfig& config, int64_t num_pages);
 
-// Cache slots the backend uses for a configuration (gpu_cache_bytes, or the default: 10% of
-// the host pool's FP16 bytes, at least 64 slots).
+// Cache slots the backend uses for a configuration: gpu_cache_bytes / block bytes (at least
+// 1), or by default 10% of the host pool's FP16 bytes (at least 64 slots).
 int64_t OffloadCacheSlots(const RuntimeConfig& config, int64_t num_pages);
 
 }  // namespace twl

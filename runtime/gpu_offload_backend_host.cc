@@ -10,10 +10,8 @@ namespace twl {
 int64_t OffloadCacheSlots(const RuntimeConfig& config, int64_t num_pages) {
   const PageGeometry g = GeometryOf(config);
   const int64_t block = g.FpBlockBytes();
-  const int64_t bytes = config.gpu_cache_bytes > 0
-                            ? config.gpu_cache_bytes
-                            : num_pages * config.num_kv_heads * block / 10;
-  return std::max<int64_t>(bytes / block, 64);
+  if (config.gpu_cache_bytes > 0) return std::max<int64_t>(config.gpu_cache_bytes / block, 1);
+  return std::max<int64_t>(num_pages * config.num_kv_heads * block / 10 / block, 64);
 }
 
 #if !TWL_HAVE_CUDA

@@ -18,7 +18,7 @@ if [[ $mode == build ]]; then
   rm -rf "$dest" && mkdir -p "$dest/lib"
   cp "$build/tests/twl_gpu_tests" "$build/bench/twl_offload" "$dest/"
   for bin in "$dest/twl_gpu_tests" "$dest/twl_offload"; do
-    ldd "$bin" | awk '/=> \// {print $3}' | grep -v -E '^/lib|^/usr/lib/x86_64-linux-gnu/(libc|libm|libstdc|libgcc|libpthread|libdl|librt)' |
+    ldd "$bin" | awk '/=> \// {print $3}' | grep -v -E '/(libc|libm|libgcc_s|libpthread|libdl|librt|ld-linux[^/]*)\.so' |
       while read -r so; do cp -L "$so" "$dest/lib/"; done
   done
   du -sh "$dest"
@@ -27,11 +27,21 @@ fi
 out=${OUT:-out}
 mkdir -p "$out"
 export LD_LIBRARY_PATH=$PWD/$dest/lib:${LD_LIBRARY_PATH:-}
-nvidia-smi --query-gpu=name,memory.total,pcie.link.gen.current,pcie.link.width.current --format=csv | tee "$out/gpu.txt"
 set +e
-"$dest/twl_gpu_tests" --gtest_filter='Offload*' 2>&1 | tee "$out/offload_tests.log"
+{ nvidia-smi --query-gpu=name,memory.total,pcie.link.gen.current,pcie.link.width.current --format=csv
+  "$dest/twl_gpu_tests" --gtest_filter='Offload*'; } 2>&1 | tee "$out/offload_tests.log"
 tests_rc=${PIPESTATUS[0]}
+if [[ ${TWL_SANITIZE:-0} == 1 ]] && command -v compute-sanitizer >/dev/null; then
+  compute-sanitizer --tool memcheck --error-exitcode 9 "$dest/twl_gpu_tests" \
+    --gtest_filter='OffloadTransport*:OffloadCachePlan*:OffloadBackendTest.RepeatedStep*' \
+    > "$out/offload_memcheck.log" 2>&1
+  echo "memcheck rc=$?" | tee -a "$out/offload_memcheck.log"; tail -3 "$out/offload_memcheck.log"
+fi
 "$dest/twl_offload" --out="$out" "$@" 2>&1 | tee "$out/offload_bench.log"
 bench_rc=${PIPESTATUS[0]}
+# PyTorch SDPA on the same GPU (gpuk's script), for the dense baseline's comparison.
+if [[ ${TWL_SDPA:-1} == 1 ]] && python3 -c 'import torch' 2>/dev/null; then
+  python3 bench/sdpa_baseline.py "$out/sdpa.csv" ${SDPA_ARGS:-} 2>&1 | tail -20
+fi
 echo "offload tests rc=$tests_rc bench rc=$bench_rc"
 exit $(( tests_rc != 0 || bench_rc != 0 ))
