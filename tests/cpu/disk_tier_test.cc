@@ -6,6 +6,11 @@
 #include "offload/disk_tier.h"
 
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -13,6 +18,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
@@ -639,6 +645,52 @@ TEST(DiskTierCreate, ReportsTheEngine) {
     EXPECT_STREQ(t.engine_name(), "pread/pwrite threads");
     EXPECT_NE(t.fallback_reason().find("io_uring_queue_init"), std::string::npos);
   }
+}
+
+// In a child process whose seccomp filter refuses io_uring_setup with EPERM (as Docker's
+// default profile does), a tier falls back to the threads, says why, and round-trips data.
+// Exit code: 0 ok, 10+ the failed check.
+int ChildWithIoUringForbidden(const std::string& dir) {
+  struct sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {static_cast<unsigned short>(sizeof(filter) / sizeof(filter[0])),
+                            filter};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 10;
+  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) return 11;
+  DiskTierOptions o;
+  o.path = dir;
+  o.record_bytes = 3000;
+  o.capacity_bytes = 64 * 4096;
+  auto tier = DiskTier::Create(o);
+  if (!tier.ok()) return 12;
+  if ((*tier)->engine() != DiskEngine::kThreadPool) return 13;
+  if ((*tier)->fallback_reason().find("io_uring_queue_init: Operation not permitted") ==
+      std::string::npos) {
+    return 14;
+  }
+  HostRecords src(20, 3000, 8), dst(20, 3000, 8);
+  FillAll(src, 31);
+  std::vector<int64_t> records;
+  if (!(*tier)->Write(src.Pointers(), &records).ok()) return 15;
+  std::vector<DiskReadOp> reads;
+  for (int i = 0; i < 20; ++i) reads.push_back({records[i], dst.Get(i)});
+  if (!(*tier)->Read(reads).ok()) return 16;
+  return FirstMismatch(src, dst) == -1 ? 0 : 17;
+}
+
+TEST(DiskTierCreate, FallsBackWhenSeccompForbidsIoUring) {
+  TempDir dir;
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) _exit(ChildWithIoUringForbidden(dir.path()));
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "failed check " << WEXITSTATUS(status);
 }
 
 TEST(FaultInjector, CountsFromNowAndFiresExactlyInRange) {
