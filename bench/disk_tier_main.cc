@@ -6,7 +6,7 @@
 //
 //   twl_disk_tier [--dir $TMPDIR] [--record-kib 64] [--mib 64] [--batch 64] [--reps 3]
 //                 [--depths 1,8,32] [--engines uring,threads] [--buffered]
-//                 [--max-seconds 0.5] [--csv out/disk_tier.csv]
+//                 [--no-preallocate] [--max-seconds 0.5] [--csv out/disk_tier.csv]
 //
 // Each phase runs --reps times (the records are freed in between); the table shows the
 // median throughput and the spread. Defaults finish in about 10 s on a disk doing ~500 MB/s
@@ -43,6 +43,7 @@ struct Options {
   std::vector<int> depths = {1, 8, 32};
   std::vector<std::string> engines = {"uring", "threads"};
   bool buffered = false;
+  bool preallocate = true;
   double max_seconds = 0.5;  // per phase: stop early on a slow disk
   std::string csv = "out/disk_tier.csv";
 };
@@ -51,9 +52,10 @@ void Usage() {
   std::printf(
       "usage: twl_disk_tier [--dir DIR] [--record-kib N] [--mib N] [--batch N] [--reps N]\n"
       "                     [--depths 1,8,32] [--engines uring,threads] [--buffered]\n"
-      "                     [--max-seconds S] [--csv PATH]\n"
+      "                     [--no-preallocate] [--max-seconds S] [--csv PATH]\n"
       "Measures the disk tier's write and read throughput for batches of page records.\n"
-      "--buffered: no O_DIRECT (reads then mostly come from the page cache).\n");
+      "--buffered: no O_DIRECT (reads then mostly come from the page cache).\n"
+      "--no-preallocate: let writes extend the file instead of fallocate'ing it.\n");
 }
 
 bool ParseArgs(int argc, char** argv, Options* o) {
@@ -65,6 +67,10 @@ bool ParseArgs(int argc, char** argv, Options* o) {
     }
     if (a == "--buffered") {
       o->buffered = true;
+      continue;
+    }
+    if (a == "--no-preallocate") {
+      o->preallocate = false;
       continue;
     }
     if (a.rfind("--", 0) != 0 || i + 1 >= argc) {
@@ -259,6 +265,7 @@ int main(int argc, char** argv) {
       o.queue_depth = depth;
       o.force_thread_pool = engine == "threads";
       o.try_direct_io = !opt.buffered;
+      o.preallocate = opt.preallocate;
       auto tier = twl::DiskTier::Create(o);
       if (!tier.ok()) {
         std::fprintf(stderr, "twl_disk_tier: %s\n", std::string(tier.status().message()).c_str());

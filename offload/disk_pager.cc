@@ -43,7 +43,9 @@ absl::Status DiskPager::Evict(int32_t n, int64_t step, absl::Span<const int32_t>
   if (!dirty.empty()) {
     std::vector<const void*> src;
     src.reserve(dirty.size());
-    for (const int32_t page : dirty) src.push_back(slot_address_(policy_->GetLocation(page).host_slot));
+    for (const int32_t page : dirty) {
+      src.push_back(slot_address_(policy_->GetLocation(page).host_slot));
+    }
     std::vector<int64_t> records;
     std::vector<absl::Status> per_op;
     const absl::Status s = tier_->Write(src, &records, &per_op);

@@ -460,8 +460,8 @@ absl::Status DiskTier::ErrorStatus(const Op& op, int err, int64_t moved) const {
         ErrnoText(err)));
   }
   if (err == 0) {
-    return absl::DataLossError(absl::StrFormat("disk tier: short read of record %d (%d of %d bytes)",
-                                               op.record, moved, op.length));
+    return absl::DataLossError(absl::StrFormat(
+        "disk tier: short read of record %d (%d of %d bytes)", op.record, moved, op.length));
   }
   if (err == EIO) {
     return absl::DataLossError(
