@@ -9,12 +9,15 @@
 // record_bytes rounded up to 4 KiB, so every record starts on a 4 KiB boundary. The file is
 // opened with O_DIRECT when the filesystem accepts it (checked by a probe write), else
 // buffered. Under O_DIRECT a record whose host buffer is not 4 KiB aligned, or whose size is
-// not a multiple of 4 KiB, goes through an aligned bounce buffer (counted in stats()).
+// not a multiple of 4 KiB, goes through an aligned bounce buffer (counted in stats()). By
+// default the whole capacity is reserved with fallocate at creation (preallocate), so that a
+// disk too small is reported by Create, not by a write in the middle of a decode step.
 //
 // Engines. io_uring (liburing) when io_uring_queue_init works; in containers whose seccomp
 // profile forbids io_uring (or with force_thread_pool) a pool of threads doing pread/pwrite.
 // Both keep at most queue_depth operations in flight; a batch larger than that is queued and
-// fed as operations complete. engine() / engine_name() / fallback_reason() say which.
+// fed as operations complete (io_uring: one reaper thread waits for completions and refills
+// the ring; threads: min(queue_depth, 16) workers). engine() / engine_name() / fallback_reason() say which.
 //
 // Records. Allocation is part of a write: WriteAsync takes free records (all or nothing,
 // ResourceExhausted "disk tier full" when there are too few) and returns their indices at
@@ -27,9 +30,11 @@
 //   EIO or other errno on write,
 //   write that moves no bytes        Internal "... record R ..." (record freed, host copy kept)
 //   EIO on read, short read          DataLoss "... record R ..." (record stays allocated:
-//                                    its disk copy is suspect; Free it)
+//                                    retry the read, or Free it and drop the page)
 //   other errno on read              Internal
-// EINTR/EAGAIN are retried; partial transfers are continued.
+// EINTR/EAGAIN are retried; partial transfers are continued. Fault injection: the injector
+// (options.injector, else ProcessFaultInjector()) is asked once per operation, in submission
+// order, at the sites kDiskWrite / kDiskRead; an injected fault takes the paths above.
 //
 // Thread-safety: every method may be called from any thread. Host buffers must stay valid
 // and untouched until the batch that uses them is waited for. The destructor waits for
