@@ -342,7 +342,7 @@ struct Step {
 struct StepResult {
   double graph_ms = 0, stream_ms = 0, sel_ms = 0, prune_ms = 0, attend_ms = 0;
   double kept_peaked = 0, kept_flat = 0, selected = 0, est_mass = 0, rel_err = 0;
-  double int4_gbs = 0, score_ms = 0, topp_ms = 0;
+  double int4_gbs = 0, score_ms = 0, topp_ms = 0, bounds_ms = 0, top_ms = 0;
 };
 
 double RelErr(const Store& st, int32_t b) {
@@ -414,6 +414,19 @@ StepResult RunStep(const Store& st, int32_t b, Step& step, Timer& timer, cudaStr
   r.kept_flat = nf ? kf / nf : 0;
   r.selected = std::accumulate(sel.begin(), sel.end(), 0.0) / double(heads);
   r.est_mass = std::accumulate(mass.begin(), mass.end(), 0.0) / double(heads);
+  if (step.sel.kind == SelectorKind::kQuest) {
+    std::vector<double> bounds, top;
+    for (int i = 0; i < 7; ++i) {
+      timer.Flush();
+      SelectProfile p;
+      OK(ProfileSelect(g, step.sel, batch, q, st.Quant(), step.Sel(), step.ws_sel, step.ws_sel_b,
+                       s, &p));
+      bounds.push_back(p.ms_bounds);
+      top.push_back(p.ms_top);
+    }
+    r.bounds_ms = Median(bounds);
+    r.top_ms = Median(top);
+  }
   // Estimator phase: INT4 codes + scale/zero of every selected page, read once per KV head.
   if (!step.pr.dense) {
     std::vector<double> score, topp;
@@ -455,7 +468,7 @@ int Run(const Options& o) {
   Timer timer(s, o.reps);
   bench::Table t({"batch", "context", "method", "ms", "vs_dense", "select_ms", "prune_ms",
                   "attend_ms", "kept_peaked", "kept_flat", "selected", "est_mass", "rel_err",
-                  "GB_s", "of_copy"});
+                  "GB_s", "of_copy", "bounds_ms", "top_ms", "score_ms", "topp_ms"});
   t.title = "twl_kernels: " + dev->name + ", 32 q / 8 KV heads, d=128, page 16, INT4 K";
   struct Point {
     int32_t b, ctx;
@@ -541,7 +554,10 @@ int Run(const Options& o) {
                   bench::Cell(r.kept_peaked, 4), bench::Cell(r.kept_flat, 4), bench::Cell(r.selected, 4),
                   bench::Cell(r.est_mass, 4), bench::Cell(r.rel_err, 3),
                   estimator ? bench::Cell(r.int4_gbs, 4) : bench::Cell(""),
-                  estimator ? bench::Cell(r.int4_gbs / copy_gbs, 3) : bench::Cell("")});
+                  estimator ? bench::Cell(r.int4_gbs / copy_gbs, 3) : bench::Cell(""),
+                  bench::Cell(r.bounds_ms, 3), bench::Cell(r.top_ms, 3),
+                  estimator ? bench::Cell(r.score_ms, 3) : bench::Cell(""),
+                  estimator ? bench::Cell(r.topp_ms, 3) : bench::Cell("")});
         points.push_back({b, ctx, v.name, r.graph_ms});
         std::fflush(stdout);
       }

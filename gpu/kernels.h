@@ -74,6 +74,16 @@ absl::Status LaunchSelectPages(const PageGeometry& g, const SelectorParams& para
                                const SelectionView& out, void* workspace,
                                size_t workspace_bytes, void* stream);
 
+// Benchmark aid, not for the decode path: LaunchSelectPages with the page-bound and top-B0
+// kernels timed by events. Synchronizes the stream.
+struct SelectProfile {
+  float ms_bounds = 0.0f, ms_top = 0.0f;
+};
+absl::Status ProfileSelect(const PageGeometry& g, const SelectorParams& params,
+                           const BatchView& batch, const QueryView& q, const QuantKView& qk,
+                           const SelectionView& out, void* workspace, size_t workspace_bytes,
+                           void* stream, SelectProfile* profile);
+
 // ---- Prune (Twilight top-p) -----------------------------------------------------------
 
 size_t PruneWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,

@@ -44,6 +44,11 @@ absl::Status LaunchSelectPages(const PageGeometry&, const SelectorParams&, const
                                size_t, void*) {
   return NoCuda();
 }
+absl::Status ProfileSelect(const PageGeometry&, const SelectorParams&, const BatchView&,
+                           const QueryView&, const QuantKView&, const SelectionView&, void*,
+                           size_t, void*, SelectProfile*) {
+  return NoCuda();
+}
 size_t PruneWorkspaceBytes(const PageGeometry&, int32_t, int32_t, int32_t) { return 0; }
 absl::Status LaunchPrune(const PageGeometry&, const PrunerParams&, const BatchView&,
                          const QueryView&, const QuantKView&, const FpKvView&,

@@ -76,7 +76,12 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
   const int32_t gpad = PaddedGroup(group);
   TWL_RETURN_IF_ERROR(TWL_DISPATCH_HEAD_DIM(g.head_dim, [&]() -> absl::Status {
     auto launch = [&](auto kernel) {
-      kernel<<<unsigned(l.max_items), cuda::kAttnThreads, 0, st>>>(
+      constexpr size_t smem = cuda::AttnCfg<kHeadDim>::kSmemBytes;
+      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) !=
+          cudaSuccess) {
+        return LaunchStatus("AttendChunkKernel smem attribute");
+      }
+      kernel<<<unsigned(l.max_items), cuda::kAttnThreads, smem, st>>>(
           g, batch, q, kv, kv_set, dense, group, scale, l.plan, l.item_offset, l.part_acc,
           l.part_ml);
       return LaunchStatus("AttendChunkKernel");

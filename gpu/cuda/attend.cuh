@@ -16,7 +16,6 @@ namespace twl::cuda {
 
 constexpr int kAttnWarps = 8;
 constexpr int kAttnThreads = kAttnWarps * 32;
-constexpr int kAttnTile = 512;  // token addresses resolved per block-wide step
 constexpr int kAttnMinChunk = 64;
 constexpr int kItemsPerSm = 4;
 constexpr float kLog2e = 1.4426950408889634f;
@@ -47,7 +46,7 @@ __global__ void __launch_bounds__(1024)
     total += tile_total;
   }
   const long long want = (total + target_items - 1) / target_items;
-  const int32_t chunk = int32_t(max((long long)kAttnMinChunk, (want + 31) / 32 * 32));
+  const int32_t chunk = int32_t(max((long long)kAttnMinChunk, (want + 63) / 64 * 64));
   int items = 0;
   for (int32_t base = 0; base < pairs; base += blockDim.x) {
     const int32_t i = base + threadIdx.x;
@@ -80,26 +79,52 @@ __device__ __forceinline__ float SafeExp2Diff(float a, float b) {
   return a == -INFINITY ? 0.0f : exp2f(a - b);
 }
 
-template <int D, int G>
-struct AttnSmem {
-  int64_t off[kAttnTile];
-  float acc[kAttnWarps][G][D];
-  float m[kAttnWarps][G];
-  float l[kAttnWarps][G];
+// ---- cp.async helpers (Ampere+ asynchronous global -> shared copies, 16 bytes each) ------
+
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  const unsigned dst = unsigned(__cvta_generic_to_shared(smem));
+  // src-size 0 zero-fills the destination without reading global memory.
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Pipeline shape per head dim: kStages buffers of kStageTok tokens (K and V rows).
+template <int D>
+struct AttnCfg {
+  static constexpr int kStageTok = 64;               // tokens per stage (4 loader threads each)
+  static constexpr int kStages = D >= 128 ? 3 : 4;    // 96 KB (D=128) / 64 KB (D=64) of smem
+  static constexpr int kRowChunks = D / 8;           // 16-byte chunks per K or V row
+  static constexpr int kLoadChunks = kRowChunks / 4;  // per loader thread per row
+  static constexpr size_t kSmemBytes = size_t(kStages) * kStageTok * D * 2 * sizeof(fp16_t);
 };
 
+// One work item (sequence, KV head, chunk of its token list) per block of 256 threads.
+// Loader role: thread t owns token t/4 of every stage and copies a quarter of its K and V
+// rows with cp.async, kStages - 1 stages ahead of the compute. The token -> page -> slot
+// lookups feeding those copies run in a register pipeline one to three stages further
+// ahead, so their latency overlaps the compute instead of stalling it.
+// Compute role: warp w scores tokens [8w, 8w + 8) of each stage for all G heads (lanes own 8
+// channels; D/8 lanes per token), FP32 online softmax in base 2, V accumulated in registers.
 template <int D, int G>
 __global__ void __launch_bounds__(kAttnThreads)
     AttendChunkKernel(PageGeometry g, BatchView batch, QueryView q, FpKvView kv, KeptView kept,
                       bool dense, int32_t group, float qscale, const AttnPlan* __restrict__ plan,
                       const int32_t* __restrict__ item_offset, float* __restrict__ part_acc,
                       float2* __restrict__ part_ml) {
-  constexpr int L = D / 8;          // lanes per token (8 channels each)
-  constexpr int TPW = 32 / L;       // tokens per warp step
-  constexpr int U = G <= 4 ? 4 : 2; // warp steps whose loads are in flight together
-  constexpr int kPerWarp = kAttnTile / kAttnWarps;
-  static_assert(kPerWarp % (TPW * U) == 0, "tile must split evenly");
-  __shared__ AttnSmem<D, G> sm;
+  using Cfg = AttnCfg<D>;
+  constexpr int S = Cfg::kStages, T = Cfg::kStageTok;
+  constexpr int L = D / 8;           // lanes per token (8 channels each)
+  constexpr int TPW = 32 / L;        // tokens per warp step
+  constexpr int U = 8 / TPW;         // warp steps per stage (8 tokens per warp per stage)
+  static_assert(T == kAttnWarps * 8 && kAttnThreads == T * 4, "stage/thread mapping");
+  extern __shared__ __align__(16) unsigned char attn_smem[];
+  fp16_t* kbuf = reinterpret_cast<fp16_t*>(attn_smem);  // [S][T][D]
+  fp16_t* vbuf = kbuf + S * T * D;                      // [S][T][D]
 
   const int32_t pairs = batch.num_seqs * g.num_kv_heads;
   const int32_t item = blockIdx.x;
@@ -112,13 +137,58 @@ __global__ void __launch_bounds__(kAttnThreads)
   }
   const int32_t pair = lo;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
-  const int32_t chunk = plan->chunk;
   const int32_t count = AttnCount(kept, batch, g, dense, pair);
-  const int32_t c0 = (item - item_offset[pair]) * chunk;
-  const int32_t c1 = min(count, c0 + chunk);
+  const int32_t c0 = (item - item_offset[pair]) * plan->chunk;
+  const int32_t c1 = min(count, c0 + plan->chunk);
+  const int32_t nst = (c1 - c0 + T - 1) / T;  // stages of this item
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int lg = lane / L, li = lane % L;
+  const int tl = threadIdx.x >> 2, part = threadIdx.x & 3;  // loader: token, quarter
+  const int lg = lane / L, li = lane % L;                    // compute: token in step, chunk
 
+  // ---- loader address pipeline (per thread: token tl of each stage) ----
+  const int32_t* tokens = dense ? nullptr : kept.tokens + int64_t(pair) * kept.max_kept;
+  const int32_t* ptab = batch.page_table + int64_t(s) * batch.max_pages;
+  auto load_pos = [&](int32_t stage) -> int32_t {  // -1 past the item's end
+    const int32_t i = c0 + stage * T + tl;
+    if (i >= c1) return -1;
+    return dense ? i : tokens[i];
+  };
+  auto load_page = [&](int32_t pos) -> int32_t { return pos < 0 ? 0 : ptab[pos / g.page_size]; };
+  auto load_slot = [&](int32_t pos, int32_t page) -> int64_t {
+    if (pos < 0) return 0;
+    const int64_t block = g.BlockId(page, h);
+    return kv.slot_of_block ? int64_t(kv.slot_of_block[block]) : block;
+  };
+  auto issue = [&](int32_t stage, int32_t pos, int64_t slot) {
+    const int b = stage % S;
+    const bool valid = pos >= 0;
+    const fp16_t* src = kv.kv + (valid ? slot * g.FpBlockElems() + int64_t(pos % g.page_size) * D : 0);
+    fp16_t* kd = kbuf + (b * T + tl) * D;
+    fp16_t* vd = vbuf + (b * T + tl) * D;
+#pragma unroll
+    for (int c = 0; c < Cfg::kLoadChunks; ++c) {
+      const int e = (part * Cfg::kLoadChunks + c) * 8;
+      CpAsync16(kd + e, src + e, valid);
+      CpAsync16(vd + e, src + int64_t(g.page_size) * D + e, valid);
+    }
+  };
+  // Prologue: stages 0 .. S-2 resolved synchronously and in flight.
+  for (int32_t st = 0; st < S - 1; ++st) {
+    if (st < nst) {
+      const int32_t pos = load_pos(st);
+      issue(st, pos, load_slot(pos, load_page(pos)));
+    }
+    CpAsyncCommit();
+  }
+  // Register pipeline: stage S-1 resolved (pos1, slot1), stage S has its page (pos2, page2),
+  // stage S+1 has its position (pos3).
+  int32_t pos1 = load_pos(S - 1);
+  int64_t slot1 = load_slot(pos1, load_page(pos1));
+  int32_t pos2 = load_pos(S);
+  int32_t page2 = load_page(pos2);
+  int32_t pos3 = load_pos(S + 1);
+
+  // ---- compute state ----
   float qv[G][8];
 #pragma unroll
   for (int j = 0; j < G; ++j) {
@@ -142,78 +212,69 @@ __global__ void __launch_bounds__(kAttnThreads)
     for (int e = 0; e < 8; ++e) acc[j][e] = 0.0f;
   }
 
-  const int32_t* tokens = dense ? nullptr : kept.tokens + int64_t(pair) * kept.max_kept;
-  const int64_t v_shift = int64_t(g.page_size) * D;
-  for (int32_t base = c0; base < c1; base += kAttnTile) {
-    const int32_t n_tile = min(kAttnTile, c1 - base);
-    __syncthreads();  // the previous tile's offsets are no longer read
-    for (int k = threadIdx.x; k < n_tile; k += kAttnThreads) {
-      const int32_t pos = dense ? base + k : tokens[base + k];
-      const int64_t block = g.BlockId(batch.PageId(s, pos / g.page_size), h);
-      const int64_t slot = kv.slot_of_block ? kv.slot_of_block[block] : block;
-      sm.off[k] = slot * g.FpBlockElems() + int64_t(pos % g.page_size) * D;
-    }
-    __syncthreads();
-    for (int st = 0; st < kPerWarp / TPW; st += U) {
-      uint4 kr[U], vr[U];
-      bool ok[U];
+  for (int32_t st = 0; st < nst; ++st) {
+    CpAsyncWait<S - 2>();
+    __syncthreads();  // stage st landed for every thread; buffer (st - 1) % S is free
+    // Loader: copies for stage st + S - 1, then advance the lookups by one stage (the loads
+    // issued here are consumed one iteration later).
+    if (st + S - 1 < nst) issue(st + S - 1, pos1, slot1);
+    CpAsyncCommit();
+    pos1 = pos2;
+    slot1 = load_slot(pos2, page2);
+    pos2 = pos3;
+    page2 = load_page(pos3);
+    pos3 = load_pos(st + S + 2);
+
+    // Compute on stage st.
+    const int b = st % S;
+    const int32_t nvalid = min(T, c1 - (c0 + st * T));
+    float sc[U][G];
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int idx = warp * kPerWarp + (st + u) * TPW + lg;
-        ok[u] = idx < n_tile;
-        if (ok[u]) {
-          const fp16_t* kp = kv.kv + sm.off[idx] + li * 8;
-          kr[u] = *reinterpret_cast<const uint4*>(kp);
-          vr[u] = *reinterpret_cast<const uint4*>(kp + v_shift);
-        } else {
-          kr[u] = make_uint4(0, 0, 0, 0);
-          vr[u] = make_uint4(0, 0, 0, 0);
-        }
-      }
-      if (!__any_sync(0xffffffffu, ok[0])) break;  // rest of the warp's share is past the end
-      float sc[U][G];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        float kf[8];
-        Unpack8(kr[u], kf);
-#pragma unroll
-        for (int j = 0; j < G; ++j) {
-          float d = 0.0f;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) d = fmaf(qv[j][e], kf[e], d);
-#pragma unroll
-          for (int o = L / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-          sc[u][j] = ok[u] ? d : -INFINITY;
-        }
-      }
+    for (int u = 0; u < U; ++u) {
+      const int t = warp * 8 + u * TPW + lg;
+      float kf[8];
+      Unpack8(*reinterpret_cast<const uint4*>(kbuf + (b * T + t) * D + li * 8), kf);
 #pragma unroll
       for (int j = 0; j < G; ++j) {
-        float mn = m[j];
+        float d = 0.0f;
 #pragma unroll
-        for (int u = 0; u < U; ++u) mn = fmaxf(mn, sc[u][j]);
-        const float ms = mn == -INFINITY ? 0.0f : mn;
-        const float alpha = SafeExp2Diff(m[j], ms);
-        float p[U];
-        float psum = 0.0f;
+        for (int e = 0; e < 8; ++e) d = fmaf(qv[j][e], kf[e], d);
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-          p[u] = exp2f(sc[u][j] - ms);
-          psum += p[u];
-        }
-        l[j] = l[j] * alpha + psum;
-        m[j] = mn;
+        for (int o = L / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+        sc[u][j] = t < nvalid ? d : -INFINITY;
+      }
+    }
 #pragma unroll
-        for (int e = 0; e < 8; ++e) acc[j][e] *= alpha;
+    for (int j = 0; j < G; ++j) {
+      float mn = m[j];
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-          float vf[8];
-          Unpack8(vr[u], vf);
+      for (int u = 0; u < U; ++u) mn = fmaxf(mn, sc[u][j]);
+      const float ms = mn == -INFINITY ? 0.0f : mn;
+      const float alpha = SafeExp2Diff(m[j], ms);
+      l[j] *= alpha;
 #pragma unroll
-          for (int e = 0; e < 8; ++e) acc[j][e] = fmaf(p[u], vf[e], acc[j][e]);
-        }
+      for (int e = 0; e < 8; ++e) acc[j][e] *= alpha;
+      m[j] = mn;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        sc[u][j] = exp2f(sc[u][j] - ms);  // 0 for masked tokens
+        l[j] += sc[u][j];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int t = warp * 8 + u * TPW + lg;
+      float vf[8];
+      Unpack8(*reinterpret_cast<const uint4*>(vbuf + (b * T + t) * D + li * 8), vf);
+#pragma unroll
+      for (int j = 0; j < G; ++j) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[j][e] = fmaf(sc[u][j], vf[e], acc[j][e]);
       }
     }
   }
+  CpAsyncWait<0>();
+  __syncthreads();  // stage buffers are reused for the merge below
 
   // Merge the TPW token lanes of each warp (lanes li of groups lg hold the same channels).
 #pragma unroll
@@ -234,14 +295,18 @@ __global__ void __launch_bounds__(kAttnThreads)
       m[j] = mn;
     }
   }
+  float* sacc = reinterpret_cast<float*>(attn_smem);     // [kAttnWarps][G][D]
+  float* sm_m = sacc + kAttnWarps * G * D;               // [kAttnWarps][G]
+  float* sm_l = sm_m + kAttnWarps * G;                   // [kAttnWarps][G]
+  static_assert(sizeof(float) * kAttnWarps * G * (D + 2) <= Cfg::kSmemBytes, "merge scratch");
   if (lane < L) {
 #pragma unroll
     for (int j = 0; j < G; ++j) {
 #pragma unroll
-      for (int e = 0; e < 8; ++e) sm.acc[warp][j][li * 8 + e] = acc[j][e];
+      for (int e = 0; e < 8; ++e) sacc[(warp * G + j) * D + li * 8 + e] = acc[j][e];
       if (li == 0) {
-        sm.m[warp][j] = m[j];
-        sm.l[warp][j] = l[j];
+        sm_m[warp * G + j] = m[j];
+        sm_l[warp * G + j] = l[j];
       }
     }
   }
@@ -252,14 +317,14 @@ __global__ void __launch_bounds__(kAttnThreads)
     if (j >= group) continue;
     float mn = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kAttnWarps; ++w) mn = fmaxf(mn, sm.m[w][j]);
+    for (int w = 0; w < kAttnWarps; ++w) mn = fmaxf(mn, sm_m[w * G + j]);
     const float ms = mn == -INFINITY ? 0.0f : mn;
     float a = 0.0f, lsum = 0.0f;
 #pragma unroll
     for (int w = 0; w < kAttnWarps; ++w) {
-      const float f = SafeExp2Diff(sm.m[w][j], ms);
-      a += sm.acc[w][j][c] * f;
-      lsum += sm.l[w][j] * f;
+      const float f = SafeExp2Diff(sm_m[w * G + j], ms);
+      a += sacc[(w * G + j) * D + c] * f;
+      lsum += sm_l[w * G + j] * f;
     }
     part_acc[(int64_t(item) * G + j) * D + c] = a;
     if (c == 0) part_ml[int64_t(item) * G + j] = make_float2(mn, lsum);

@@ -1,6 +1,9 @@
 // Launchers of the pruner kernels (see prune.cuh and gpu/kernels.h).
 // Instantiations: ScoreInt4Kernel<64>, ScoreInt4Kernel<128>; the rest are not templates.
+#include <algorithm>
+
 #include "gpu/cuda/prune.cuh"
+#include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "gpu/reference/validate.h"
 
@@ -12,9 +15,10 @@ using cuda::LaunchStatus;
 namespace {
 
 struct PruneLayout {
-  float* scores = nullptr;    // [num_seqs * num_q_heads][cand_stride]
-  uint32_t* bits = nullptr;   // [num_seqs * num_kv_heads][bit_words]
-  size_t bits_bytes = 0;
+  float* scores = nullptr;     // [num_seqs * num_q_heads][cand_stride]
+  uint32_t* bits = nullptr;    // [num_seqs * num_kv_heads][bit_words], then
+  uint32_t* head_max = nullptr;  // [num_seqs * num_q_heads] (one memset clears both)
+  size_t clear_bytes = 0;
   size_t bytes = 0;
 };
 
@@ -25,8 +29,11 @@ PruneLayout Layout(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
   cuda::WorkspaceCarver c(base);
   PruneLayout l;
   l.scores = c.Take<float>(size_t(num_seqs) * size_t(num_q_heads) * size_t(cand));
-  l.bits_bytes = size_t(num_seqs) * size_t(g.num_kv_heads) * size_t(words) * sizeof(uint32_t);
-  l.bits = c.Take<uint32_t>(l.bits_bytes / sizeof(uint32_t));
+  const size_t bit_words = size_t(num_seqs) * size_t(g.num_kv_heads) * size_t(words);
+  const size_t heads = size_t(num_seqs) * size_t(num_q_heads);
+  l.bits = c.Take<uint32_t>(bit_words + heads);
+  l.head_max = l.bits ? l.bits + bit_words : nullptr;
+  l.clear_bytes = (bit_words + heads) * sizeof(uint32_t);
   l.bytes = c.used();
   return l;
 }
@@ -89,32 +96,46 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
 
   TWL_RETURN_IF_ERROR(Mark(ev, 0, st));
   if (!params.dense) {
-    if (cudaMemsetAsync(l.bits, 0, l.bits_bytes, st) != cudaSuccess) {
+    if (cudaMemsetAsync(l.bits, 0, l.clear_bytes, st) != cudaSuccess) {
       return LaunchStatus("prune bits memset");
     }
     const bool tensor_cores = g.k_bits == 4 && (g.head_dim == 64 || g.head_dim == 128);
     if (tensor_cores) {
+      // Each block streams a contiguous run of tiles of one (seq, KV head): enough blocks
+      // for ~4 per SM, runs short enough for the block's page table in shared memory.
+      const int64_t tiles = (cand + 15) / 16;
+      const int64_t per_group = cuda::kScoreWarps * cuda::kTilesPerWarp;
+      int64_t bx = std::max<int64_t>(1, (4 * int64_t(gpu::SmCount()) + pairs - 1) / pairs);
+      bx = std::min(bx, (tiles + per_group - 1) / per_group);
+      int64_t run = (tiles + bx - 1) / bx;
+      const int64_t max_run = (int64_t(cuda::kScoreMaxPages - 2) * g.page_size) / 16;
+      if (run > max_run) {
+        run = max_run;
+        bx = (tiles + run - 1) / run;
+      }
       TWL_RETURN_IF_ERROR(TWL_DISPATCH_HEAD_DIM(g.head_dim, [&] {
-        const int64_t tiles = (cand + 15) / 16;
-        const int64_t per_block = cuda::kScoreWarps * cuda::kTilesPerWarp;
-        const dim3 grid(unsigned((tiles + per_block - 1) / per_block), unsigned(pairs));
+        const dim3 grid{unsigned(bx), unsigned(pairs), 1u};
         cuda::ScoreInt4Kernel<kHeadDim><<<grid, cuda::kScoreWarps * 32, 0, st>>>(
-            g, batch, q, qk, selection, shape, l.scores);
+            g, batch, q, qk, selection, shape, int32_t(run), l.scores, l.head_max);
         return LaunchStatus("ScoreInt4Kernel");
       }));
     } else {
       TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
       const dim3 grid(unsigned((cand + cuda::kScoreWarps - 1) / cuda::kScoreWarps),
                       unsigned(pairs));
-      cuda::ScoreScalarKernel<<<grid, cuda::kScoreWarps * 32, 0, st>>>(g, batch, q, qk, kv,
-                                                                      selection, shape, l.scores);
+      cuda::ScoreScalarKernel<<<grid, cuda::kScoreWarps * 32, 0, st>>>(
+          g, batch, q, qk, kv, selection, shape, l.scores, l.head_max);
       TWL_RETURN_IF_ERROR(LaunchStatus("ScoreScalarKernel"));
     }
   }
   TWL_RETURN_IF_ERROR(Mark(ev, 1, st));
   const int64_t heads = int64_t(batch.num_seqs) * batch.num_q_heads;
-  cuda::TopPKernel<<<unsigned(heads), cuda::kTopPThreads, sizeof(cuda::TopPSmem), st>>>(
-      g, params, batch, selection, shape, l.scores, l.bits, stats);
+  if (cudaFuncSetAttribute(cuda::TopPKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           int(cuda::kTopPSmemBytes)) != cudaSuccess) {
+    return LaunchStatus("TopPKernel smem attribute");
+  }
+  cuda::TopPKernel<<<unsigned(heads), cuda::kTopPThreads, cuda::kTopPSmemBytes, st>>>(
+      g, params, batch, selection, shape, l.scores, l.head_max, l.bits, stats);
   TWL_RETURN_IF_ERROR(LaunchStatus("TopPKernel"));
   TWL_RETURN_IF_ERROR(Mark(ev, 2, st));
   cuda::CompactKeptKernel<<<unsigned(pairs), cuda::kCompactThreads, 0, st>>>(

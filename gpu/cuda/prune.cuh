@@ -1,4 +1,4 @@
-// Twilight pruner kernels, in four launches per decode step:
+// Twilight pruner kernels, three launches per decode step (+ a memset of the union bits):
 //  1. ScoreInt4Kernel: estimated scores q.k~ of every candidate slot (selected page x row)
 //     for all query heads of the GQA group at once: a tensor-core SpGEMV where A = INT4 codes
 //     of 16 tokens (two 16-byte loads per thread, nibbles turned into FP16 in registers with
@@ -6,12 +6,19 @@
 //     FP32 accumulation; scale/zero applied once per token: s = scale*(q.c) + zero*sum(q).
 //     The k-order of the MMA is permuted so that each thread's fragment is exactly the
 //     nibbles it loaded (a dot product does not care about the order of its terms).
+//     Each block owns a contiguous run of tiles of one (sequence, KV head): it resolves the
+//     physical pages of the run once into shared memory, then every warp streams groups of
+//     kTilesPerWarp tiles with all their loads in flight. The per-head score maximum is
+//     folded in with one atomicMax per warp and head (order-preserving integer keys).
 //     ScoreScalarKernel is the fallback for k_bits 2/8 and for FP16 K (k_bits 16).
-//  2. TopPKernel, one block per (sequence, query head): softmax weights, then the bisection
-//     of TopPThresholdRef, each iteration one block-wide reduction (mass above mid, nearest
-//     weights either side of mid, count strictly between the bounds). Weights that can no
-//     longer change the answer (<= low or >= high) are periodically compacted away into
-//     shared memory, so late iterations touch a few hundred values. Sets union bits.
+//  2. TopPKernel, one block per (sequence, query head): softmax weights exp(s - max) and
+//     the bisection of TopPThresholdRef, each iteration one block-wide reduction of (mass
+//     above mid, nearest weights either side of mid, count strictly between the bounds).
+//     The first iteration (low = 0, high = max weight = exp(0) = 1) rides on the pass that
+//     computes the weights; weights that can no longer change the answer (<= low or >= high)
+//     are compacted away into shared memory, and once few remain a single warp finishes the
+//     search without block barriers. Union bits per KV head are set with one atomicOr per 32
+//     slots (weights recomputed from the scores, bit-identical to the first pass).
 //  3. CompactKeptKernel, one block per (sequence, KV head): union bits -> ascending tokens.
 #pragma once
 
@@ -20,9 +27,11 @@
 namespace twl::cuda {
 
 constexpr int kScoreWarps = 8;
-constexpr int kTilesPerWarp = 4;  // 16-token MMA tiles per warp, loads issued together
+constexpr int kTilesPerWarp = 8;       // 16-token MMA tiles per warp group, loads in flight
+constexpr int kScoreMaxPages = 4096;   // pages of a block's tile run resolved in smem
 constexpr int kTopPThreads = 512;
-constexpr int kTopPSmemValues = 8192;  // compacted active weights kept in shared memory
+constexpr int kTopPSmemValues = 24576;  // active weights kept in shared memory (96 KB)
+constexpr int kTopPWarpValues = 2048;   // below this, one warp finishes the bisection
 constexpr int kCompactThreads = 512;
 
 struct PruneShape {
@@ -31,6 +40,15 @@ struct PruneShape {
   int32_t bit_words = 0;    // ceil(cand_stride / 32)
   float scale = 0.0f;       // softmax scale
 };
+
+// Order-preserving float <-> uint32 keys (0 is below every float; atomicMax on keys).
+__device__ __forceinline__ uint32_t FloatKey(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float KeyFloat(uint32_t k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
 
 // Candidate slot i of a (sequence, KV head): selected page i / page_size, row i % page_size.
 // Returns the block id, or -1 when the row lies past the end of the sequence.
@@ -65,24 +83,38 @@ __device__ __forceinline__ uint32_t PackHalves(fp16_t lo, fp16_t hi) {
   return uint32_t(lo) | (uint32_t(hi) << 16);
 }
 
-// Grid: x = groups of kScoreWarps * kTilesPerWarp tiles, y = (sequence, KV head).
-// scores: [num_seqs * num_q_heads][cand_stride]; masked slots get -inf.
+// Grid: x = blocks per (sequence, KV head), each owning tiles [x * tiles_per_block, ...);
+// y = (sequence, KV head). scores: [num_seqs * num_q_heads][cand_stride], -inf for slots
+// past the sequence end; head_max: [num_seqs * num_q_heads] FloatKey, zeroed before.
 template <int kHeadDim>
 __global__ void __launch_bounds__(kScoreWarps * 32)
     ScoreInt4Kernel(PageGeometry g, BatchView batch, QueryView q, QuantKView qk,
-                    SelectionView sel, PruneShape shape, float* __restrict__ scores) {
-  constexpr int kWords = kHeadDim / 32;     // 32-bit code words per thread per token
+                    SelectionView sel, PruneShape shape, int32_t tiles_per_block,
+                    float* __restrict__ scores, uint32_t* __restrict__ head_max) {
+  constexpr int kWords = kHeadDim / 32;  // 32-bit code words per thread per token
   constexpr int kChanPerThread = kHeadDim / 4;
+  __shared__ int32_t run_page[kScoreMaxPages];  // physical page id of run page i
+  __shared__ int32_t run_rows[kScoreMaxPages];  // rows of run page i inside the sequence
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t slots = sel.count[pair] * g.page_size;
-  const int32_t tile0 = (blockIdx.x * kScoreWarps + warp) * kTilesPerWarp;
-  if (tile0 * 16 >= slots) return;
+  const int32_t t_begin = blockIdx.x * tiles_per_block;
+  const int32_t t_end = min((slots + 15) / 16, t_begin + tiles_per_block);
+  if (t_begin >= t_end) return;
+  // Pages of the run, resolved once: selected index -> page table -> physical page.
+  const int32_t p_begin = t_begin * 16 / g.page_size;
+  const int32_t p_end = min(sel.count[pair], (t_end * 16 + g.page_size - 1) / g.page_size);
+  const int32_t len = batch.seq_len[s];
+  for (int32_t i = threadIdx.x; i < p_end - p_begin; i += blockDim.x) {
+    const int32_t page_idx = sel.pages[int64_t(pair) * sel.max_select + p_begin + i];
+    run_page[i] = batch.PageId(s, page_idx);
+    run_rows[i] = min(g.page_size, len - page_idx * g.page_size);
+  }
   const int r = lane >> 2, t4 = lane & 3;
 
   // B fragments: query head n = r of the group (zero past the group), channels permuted to
-  // match the nibble order of A (see NibblesToHalf2 and the loop below).
+  // match the nibble order of A (see NibblesToHalf2 and the MMA loop below).
   uint32_t bfrag[kWords][2][2];
   {
     const bool real = r < shape.group;
@@ -91,8 +123,11 @@ __global__ void __launch_bounds__(kScoreWarps * 32)
 #pragma unroll
     for (int m = 0; m < kWords; ++m) {
       fp16_t e[8];
+      *reinterpret_cast<uint4*>(e) = *reinterpret_cast<const uint4*>(qh + m * 8);
+      if (!real) {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) e[i] = real ? qh[m * 8 + i] : fp16_t(0);
+        for (int i = 0; i < 8; ++i) e[i] = 0;
+      }
       bfrag[m][0][0] = PackHalves(e[0], e[4]);
       bfrag[m][0][1] = PackHalves(e[1], e[5]);
       bfrag[m][1][0] = PackHalves(e[2], e[6]);
@@ -114,54 +149,74 @@ __global__ void __launch_bounds__(kScoreWarps * 32)
       }
     }
   }
+  __syncthreads();  // run_page / run_rows ready
 
-  // Issue every load of the warp's tiles before the first use.
   using Chunk = typename std::conditional<kWords == 4, uint4, uint2>::type;
-  Chunk codes[kTilesPerWarp][2];
-  float tscale[kTilesPerWarp][2], tzero[kTilesPerWarp][2];
-  bool valid[kTilesPerWarp][2];
+  float run_max[2] = {-INFINITY, -INFINITY};
+  for (int32_t tile0 = t_begin + warp * kTilesPerWarp; tile0 < t_end;
+       tile0 += kScoreWarps * kTilesPerWarp) {
+    // Issue every load of the group's tiles before the first use.
+    Chunk codes[kTilesPerWarp][2];
+    float tscale[kTilesPerWarp][2], tzero[kTilesPerWarp][2];
+    bool valid[kTilesPerWarp][2];
 #pragma unroll
-  for (int t = 0; t < kTilesPerWarp; ++t) {
+    for (int t = 0; t < kTilesPerWarp; ++t) {
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int32_t slot = (tile0 + t) * 16 + r + half * 8;
-      int32_t pos;
-      const int64_t block = slot < slots ? SlotBlock(g, batch, sel, pair, s, h, slot, &pos) : -1;
-      valid[t][half] = block >= 0;
-      const int64_t b = valid[t][half] ? block : 0;
-      const int32_t row = valid[t][half] ? slot % g.page_size : 0;
-      codes[t][half] = *reinterpret_cast<const Chunk*>(qk.Codes(g, b, row) + t4 * (kHeadDim / 8));
-      tscale[t][half] = H2F(qk.scale[b * g.page_size + row]);
-      tzero[t][half] = H2F(qk.zero[b * g.page_size + row]);
+      for (int half = 0; half < 2; ++half) {
+        const int32_t slot = (tile0 + t) * 16 + r + half * 8;
+        const int32_t local = slot / g.page_size - p_begin;
+        const int32_t row = slot % g.page_size;
+        valid[t][half] = tile0 + t < t_end && slot < slots &&
+                         row < run_rows[min(local, p_end - p_begin - 1)];
+        const int64_t b = valid[t][half] ? g.BlockId(run_page[local], h) : 0;
+        const int32_t rr = valid[t][half] ? row : 0;
+        codes[t][half] = *reinterpret_cast<const Chunk*>(qk.Codes(g, b, rr) + t4 * (kHeadDim / 8));
+        tscale[t][half] = H2F(qk.scale[b * g.page_size + rr]);
+        tzero[t][half] = H2F(qk.zero[b * g.page_size + rr]);
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kTilesPerWarp; ++t) {
+      if (tile0 + t >= t_end) break;
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      const uint32_t* wa = reinterpret_cast<const uint32_t*>(&codes[t][0]);
+      const uint32_t* wb = reinterpret_cast<const uint32_t*>(&codes[t][1]);
+#pragma unroll
+      for (int m = 0; m < kWords; ++m) {
+        Mma16816(acc, NibblesToHalf2(wa[m], 0), NibblesToHalf2(wb[m], 0),
+                 NibblesToHalf2(wa[m], 4), NibblesToHalf2(wb[m], 4), bfrag[m][0][0],
+                 bfrag[m][0][1]);
+        Mma16816(acc, NibblesToHalf2(wa[m], 8), NibblesToHalf2(wb[m], 8),
+                 NibblesToHalf2(wa[m], 12), NibblesToHalf2(wb[m], 12), bfrag[m][1][0],
+                 bfrag[m][1][1]);
+      }
+      // acc[0], acc[1]: token r, heads 2t4, 2t4+1; acc[2], acc[3]: token r + 8.
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int32_t slot = (tile0 + t) * 16 + r + half * 8;
+        if (slot >= slots) continue;
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+          const int j = 2 * t4 + k;
+          if (j >= shape.group) continue;
+          const float est = valid[t][half] ? shape.scale * (tscale[t][half] * acc[half * 2 + k] +
+                                                            tzero[t][half] * qsum[k])
+                                           : -INFINITY;
+          run_max[k] = fmaxf(run_max[k], est);
+          scores[(int64_t(s) * batch.num_q_heads + h * shape.group + j) * shape.cand_stride +
+                 slot] = est;
+        }
+      }
     }
   }
+  // Per-head maximum: lanes with the same t4 hold the same heads.
 #pragma unroll
-  for (int t = 0; t < kTilesPerWarp; ++t) {
-    if ((tile0 + t) * 16 >= slots) break;
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    const uint32_t* wa = reinterpret_cast<const uint32_t*>(&codes[t][0]);
-    const uint32_t* wb = reinterpret_cast<const uint32_t*>(&codes[t][1]);
+  for (int k = 0; k < 2; ++k) {
 #pragma unroll
-    for (int m = 0; m < kWords; ++m) {
-      Mma16816(acc, NibblesToHalf2(wa[m], 0), NibblesToHalf2(wb[m], 0), NibblesToHalf2(wa[m], 4),
-               NibblesToHalf2(wb[m], 4), bfrag[m][0][0], bfrag[m][0][1]);
-      Mma16816(acc, NibblesToHalf2(wa[m], 8), NibblesToHalf2(wb[m], 8), NibblesToHalf2(wa[m], 12),
-               NibblesToHalf2(wb[m], 12), bfrag[m][1][0], bfrag[m][1][1]);
-    }
-    // acc[0], acc[1]: token r, heads 2t4, 2t4+1; acc[2], acc[3]: token r + 8.
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int32_t slot = (tile0 + t) * 16 + r + half * 8;
-      if (slot >= slots) continue;
-#pragma unroll
-      for (int k = 0; k < 2; ++k) {
-        const int j = 2 * t4 + k;
-        if (j >= shape.group) continue;
-        const float est = shape.scale * (tscale[t][half] * acc[half * 2 + k] +
-                                         tzero[t][half] * qsum[k]);
-        scores[(int64_t(s) * batch.num_q_heads + h * shape.group + j) * shape.cand_stride + slot] =
-            valid[t][half] ? est : -INFINITY;
-      }
+    for (int o = 4; o < 32; o <<= 1) run_max[k] = fmaxf(run_max[k], __shfl_xor_sync(0xffffffffu, run_max[k], o));
+    const int j = 2 * t4 + k;
+    if (r == 0 && j < shape.group && run_max[k] > -INFINITY) {
+      atomicMax(&head_max[s * batch.num_q_heads + h * shape.group + j], FloatKey(run_max[k]));
     }
   }
 }
@@ -169,7 +224,8 @@ __global__ void __launch_bounds__(kScoreWarps * 32)
 // Scalar estimator (k_bits 2/8, or the FP16 K itself when k_bits == 16): one warp per slot.
 __global__ void __launch_bounds__(kScoreWarps * 32)
     ScoreScalarKernel(PageGeometry g, BatchView batch, QueryView q, QuantKView qk, FpKvView kv,
-                      SelectionView sel, PruneShape shape, float* __restrict__ scores) {
+                      SelectionView sel, PruneShape shape, float* __restrict__ scores,
+                      uint32_t* __restrict__ head_max) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
@@ -203,6 +259,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32)
     }
     if (lane == 0) {
       scores[(int64_t(s) * batch.num_q_heads + qh) * shape.cand_stride + slot] = est;
+      if (block >= 0) atomicMax(&head_max[s * batch.num_q_heads + qh], FloatKey(est));
     }
   }
 }
@@ -214,7 +271,12 @@ struct BisectPart {
   float below;  // max x in (low, mid], -inf if none
   float above;  // min x in (mid, high), +inf if none
   int between;  // count of x in (low, high)
+  float total;  // sum of x (first pass only)
 };
+
+__device__ __forceinline__ BisectPart EmptyPart() {
+  return BisectPart{0.0f, -INFINITY, INFINITY, 0, 0.0f};
+}
 
 __device__ __forceinline__ void Accumulate(BisectPart& a, float x, float low, float mid,
                                            float high) {
@@ -226,78 +288,108 @@ __device__ __forceinline__ void Accumulate(BisectPart& a, float x, float low, fl
   }
 }
 
-struct TopPSmem {
-  float buf[kTopPSmemValues];
-  float red_f[3][32];
-  int red_i[32];
-  int scan[33];
-  float bcast_f[3];
-  int bcast_i;
-};
-
-__device__ __forceinline__ BisectPart BlockReduce(BisectPart a, TopPSmem& sm) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int nwarps = blockDim.x >> 5;
+__device__ __forceinline__ BisectPart WarpReduce(BisectPart a) {
   a.mass = WarpSum(a.mass);
   a.below = WarpMax(a.below);
   a.above = WarpMin(a.above);
   a.between = WarpSum(a.between);
+  a.total = WarpSum(a.total);
+  return a;
+}
+
+struct TopPScratch {
+  float red_f[4][32];
+  int red_i[32];
+  int scan[33];
+  float bcast_f[4];
+  int bcast_i;
+  float low;
+};
+
+__device__ __forceinline__ BisectPart BlockReduce(BisectPart a, TopPScratch& sm) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nwarps = blockDim.x >> 5;
+  a = WarpReduce(a);
   if (lane == 0) {
     sm.red_f[0][warp] = a.mass;
     sm.red_f[1][warp] = a.below;
     sm.red_f[2][warp] = a.above;
+    sm.red_f[3][warp] = a.total;
     sm.red_i[warp] = a.between;
   }
   __syncthreads();
   if (warp == 0) {
-    BisectPart b{0.0f, -INFINITY, INFINITY, 0};  // identities
+    BisectPart b = EmptyPart();  // identities for the lanes past the warp count
     if (lane < nwarps) {
-      b = {sm.red_f[0][lane], sm.red_f[1][lane], sm.red_f[2][lane], sm.red_i[lane]};
+      b = {sm.red_f[0][lane], sm.red_f[1][lane], sm.red_f[2][lane], sm.red_i[lane],
+           sm.red_f[3][lane]};
     }
-    b.mass = WarpSum(b.mass);
-    b.below = WarpMax(b.below);
-    b.above = WarpMin(b.above);
-    b.between = WarpSum(b.between);
+    b = WarpReduce(b);
     if (lane == 0) {
       sm.bcast_f[0] = b.mass;
       sm.bcast_f[1] = b.below;
       sm.bcast_f[2] = b.above;
+      sm.bcast_f[3] = b.total;
       sm.bcast_i = b.between;
     }
   }
   __syncthreads();
-  BisectPart r{sm.bcast_f[0], sm.bcast_f[1], sm.bcast_f[2], sm.bcast_i};
+  BisectPart r{sm.bcast_f[0], sm.bcast_f[1], sm.bcast_f[2], sm.bcast_i, sm.bcast_f[3]};
   __syncthreads();  // the broadcast slots are rewritten by the next reduction
   return r;
 }
 
-__device__ __forceinline__ float BlockSumF(float v, TopPSmem& sm) {
-  return BlockReduce(BisectPart{v, -INFINITY, INFINITY, 0}, sm).mass;
+__device__ __forceinline__ float BlockSumF(float v, TopPScratch& sm) {
+  BisectPart p = EmptyPart();
+  p.mass = v;
+  return BlockReduce(p, sm).mass;
 }
-__device__ __forceinline__ float BlockMaxF(float v, TopPSmem& sm) {
-  return BlockReduce(BisectPart{0.0f, v, INFINITY, 0}, sm).below;
-}
-__device__ __forceinline__ int BlockSumI(int v, TopPSmem& sm) {
-  return BlockReduce(BisectPart{0.0f, -INFINITY, INFINITY, v}, sm).between;
+__device__ __forceinline__ int BlockSumI(int v, TopPScratch& sm) {
+  BisectPart p = EmptyPart();
+  p.between = v;
+  return BlockReduce(p, sm).between;
 }
 
-// One block per (sequence, query head). weights: the scores row, overwritten in place by
-// the unnormalized softmax weights exp(s - max) (0 for masked slots). bits: union flags
-// [num_seqs * num_kv_heads][bit_words], zeroed before the launch.
+// The softmax weight of slot i (0 for masked slots); every pass computes it the same way.
+__device__ __forceinline__ float WeightAt(const float* scores, int32_t i, float mx) {
+  const float x = scores[i];
+  return x == -INFINITY ? 0.0f : expf(x - mx);
+}
+
+// One bisection step of TopPThresholdRef on reduced partials: false when the search stops.
+__device__ __forceinline__ bool BisectStep(const BisectPart& a, float hi_mass, float target,
+                                           float gap, float& low, float& high) {
+  const float mass_mid = hi_mass + a.mass;
+  if (a.between == 0 || high - low <= gap) return false;
+  if (mass_mid >= target) {
+    low = a.below >= 0.0f ? a.below : 0.5f * (low + high);  // {w > below} == {w > mid}
+  } else {
+    high = isinf(a.above) ? 0.5f * (low + high) : a.above;  // mass(> above) < target
+  }
+  return true;
+}
+
+constexpr size_t kTopPSmemBytes = sizeof(float) * kTopPSmemValues + sizeof(TopPScratch);
+
+// One block per (sequence, query head). scores: the row of LaunchPrune's score workspace;
+// head_max: its FloatKey maximum; bits: union flags [num_seqs * num_kv_heads][bit_words],
+// zeroed before the launch.
 __global__ void __launch_bounds__(kTopPThreads)
     TopPKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
-               PruneShape shape, float* __restrict__ weights, uint32_t* __restrict__ bits,
+               PruneShape shape, const float* __restrict__ scores_all,
+               const uint32_t* __restrict__ head_max, uint32_t* __restrict__ bits,
                HeadStatsView stats) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  TopPSmem& sm = *reinterpret_cast<TopPSmem*>(smem_raw);
+  float* buf = reinterpret_cast<float*>(smem_raw);  // [kTopPSmemValues]
+  TopPScratch& sm = *reinterpret_cast<TopPScratch*>(smem_raw + sizeof(float) * kTopPSmemValues);
   const int32_t sq = blockIdx.x;  // s * num_q_heads + qh
   const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
   const int32_t h = qh / shape.group;
   const int32_t pair = s * g.num_kv_heads + h;
   const int32_t slots = sel.count[pair] * g.page_size;
-  float* w = weights + int64_t(sq) * shape.cand_stride;
+  const float* sc = scores_all + int64_t(sq) * shape.cand_stride;
   uint32_t* pair_bits = bits + int64_t(pair) * shape.bit_words;
-  const int lane = threadIdx.x & 31;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 
   // Valid candidates: the rows of the selected pages inside the sequence.
   int nvalid = 0;
@@ -318,59 +410,47 @@ __global__ void __launch_bounds__(kTopPThreads)
     }
     return;  // CompactKeptKernel keeps every valid slot
   }
-
-  float mx = -INFINITY;
-  for (int32_t i = threadIdx.x; i < slots; i += blockDim.x) mx = fmaxf(mx, w[i]);
-  mx = BlockMaxF(mx, sm);
-  const bool in_smem = slots <= kTopPSmemValues;
-  float part = 0.0f, wmax_part = 0.0f;
-  for (int32_t i = threadIdx.x; i < slots; i += blockDim.x) {
-    const float x = w[i] == -INFINITY ? 0.0f : expf(w[i] - mx);
-    w[i] = x;
-    if (in_smem) sm.buf[i] = x;
-    part += x;
-    wmax_part = fmaxf(wmax_part, x);
-  }
-  const float total = BlockSumF(part, sm);
-  const float wmax = BlockMaxF(wmax_part, sm);  // also orders the smem writes above
-
+  const float mx = head_max[sq] ? KeyFloat(head_max[sq]) : 0.0f;
   const float p = params.seq_p ? params.seq_p[s] : params.p;
-  float low = 0.0f;
+  const bool in_smem = slots <= kTopPSmemValues;
+
+  // Pass 1: weights (into shared memory when they fit), their sum and, fused, the first
+  // bisection step: low = 0, high = max weight = exp(0) = 1, mid = 0.5.
+  float low = 0.0f, high = 1.0f;
+  BisectPart a = EmptyPart();
+  for (int32_t i = threadIdx.x; i < slots; i += blockDim.x) {
+    const float x = WeightAt(sc, i, mx);
+    if (in_smem) buf[i] = x;
+    a.total += x;
+    Accumulate(a, x, low, 0.5f, high);
+  }
+  a = BlockReduce(a, sm);  // also publishes the shared-memory weights
+  const float total = a.total;
+
   int kept = 0;
   float kept_mass = 0.0f;
   if (total > 0.0f) {
-    // Active values: w (global) or sm.buf (shared), `len` of them; values removed by a
-    // compaction that are >= high are accounted in hi_mass/hi_count.
-    const float* buf = in_smem ? sm.buf : w;
+    // Active values: sm buf (or the scores in global memory until the first compaction),
+    // `len` of them; compacted-away values >= high are accounted in hi_mass / hi_count.
+    bool global = !in_smem;
     int32_t len = slots;
     float hi_mass = 0.0f;
     int hi_count = 0;
     if (p < 1.0f) {
       const float target = p * total;
-      float high = wmax;
       const float gap = params.stop_gap * total;
-      for (int it = 0; it < params.max_iterations; ++it) {
-        const float mid = 0.5f * (low + high);
-        BisectPart a{0.0f, -INFINITY, INFINITY, 0};
-        for (int32_t i = threadIdx.x; i < len; i += blockDim.x) Accumulate(a, buf[i], low, mid, high);
-        a = BlockReduce(a, sm);
-        const float mass_mid = hi_mass + a.mass;
-        if (a.between == 0 || high - low <= gap) break;
-        if (mass_mid >= target) {
-          low = a.below >= 0.0f ? a.below : mid;
-        } else {
-          high = isinf(a.above) ? mid : a.above;
-        }
-        // Compact when few values can still matter: into shared memory from global, or
-        // in place when the shared buffer shrank to a quarter.
-        if (a.between <= kTopPSmemValues && (buf == w ? true : a.between * 4 <= len) &&
-            len > 2 * int32_t(blockDim.x)) {
+      int it = 0;
+      while (BisectStep(a, hi_mass, target, gap, low, high) && ++it < params.max_iterations) {
+        // Compact when at most half of the values can still matter (or, from global
+        // memory, as soon as they fit in shared memory).
+        const int32_t active = a.between;  // upper bound of the values in the new bounds
+        if ((global && active <= kTopPSmemValues) || (!global && 2 * active <= len)) {
           float drop_mass = 0.0f;
           int drop_count = 0;
           int32_t out = 0;
           for (int32_t base = 0; base < len; base += blockDim.x) {
             const int32_t i = base + threadIdx.x;
-            const float x = i < len ? buf[i] : 0.0f;
+            const float x = i < len ? (global ? WeightAt(sc, i, mx) : buf[i]) : 0.0f;
             const bool keep = i < len && x > low && x < high;
             if (i < len && x >= high) {
               drop_mass += x;
@@ -378,21 +458,44 @@ __global__ void __launch_bounds__(kTopPThreads)
             }
             int tile_total;
             const int pos = out + BlockExclusiveSum(keep ? 1 : 0, sm.scan, &tile_total);
-            if (keep) sm.buf[pos] = x;
+            if (keep) buf[pos] = x;  // pos <= i: in place is safe (reads done before)
             out += tile_total;
           }
           hi_mass += BlockSumF(drop_mass, sm);
           hi_count += BlockSumI(drop_count, sm);
-          buf = sm.buf;
+          global = false;
           len = out;
         }
+        if (!global && len <= kTopPWarpValues) {
+          // One warp finishes the search on the (small) shared buffer, no block barriers.
+          if (warp == 0) {
+            bool go = true;
+            while (go) {
+              const float mid = 0.5f * (low + high);
+              BisectPart w = EmptyPart();
+              for (int32_t i = lane; i < len; i += 32) Accumulate(w, buf[i], low, mid, high);
+              w = WarpReduce(w);
+              go = BisectStep(w, hi_mass, target, gap, low, high) && ++it < params.max_iterations;
+            }
+            if (lane == 0) sm.low = low;
+          }
+          __syncthreads();
+          low = sm.low;
+          break;
+        }
+        const float mid = 0.5f * (low + high);
+        a = EmptyPart();
+        for (int32_t i = threadIdx.x; i < len; i += blockDim.x) {
+          Accumulate(a, global ? WeightAt(sc, i, mx) : buf[i], low, mid, high);
+        }
+        a = BlockReduce(a, sm);
       }
     }
     // kept = { x > low } over all slots (hi_* hold the compacted-away values >= high > low).
     float m = 0.0f;
     int c = 0;
     for (int32_t i = threadIdx.x; i < len; i += blockDim.x) {
-      const float x = buf[i];
+      const float x = global ? WeightAt(sc, i, mx) : buf[i];
       if (x > low) {
         m += x;
         ++c;
@@ -403,7 +506,7 @@ __global__ void __launch_bounds__(kTopPThreads)
     // Union bits over the original slots: warp-contiguous slots -> one ballot per word.
     for (int32_t base = 0; base < slots; base += blockDim.x) {
       const int32_t i = base + threadIdx.x;
-      const bool keep = i < slots && w[i] > low;
+      const bool keep = i < slots && WeightAt(sc, i, mx) > low;
       const uint32_t word = __ballot_sync(0xffffffffu, keep);
       if (lane == 0 && word) atomicOr(&pair_bits[i >> 5], word);
     }

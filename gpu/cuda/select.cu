@@ -16,10 +16,12 @@ size_t SelectWorkspaceBytes(const PageGeometry& g, const SelectorParams& params,
                        sizeof(float));
 }
 
-absl::Status LaunchSelectPages(const PageGeometry& g, const SelectorParams& params,
-                               const BatchView& batch, const QueryView& q, const QuantKView& qk,
-                               const SelectionView& out, void* workspace,
-                               size_t workspace_bytes, void* stream) {
+namespace {
+
+absl::Status RunSelect(const PageGeometry& g, const SelectorParams& params,
+                       const BatchView& batch, const QueryView& q, const QuantKView& qk,
+                       const SelectionView& out, void* workspace, size_t workspace_bytes,
+                       void* stream, cudaEvent_t* ev) {
   TWL_RETURN_IF_ERROR(ValidateGeometry(g));
   TWL_RETURN_IF_ERROR(ValidateBatch(g, batch, /*check_host_data=*/false));
   TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
@@ -48,6 +50,7 @@ absl::Status LaunchSelectPages(const PageGeometry& g, const SelectorParams& para
   if (pairs > INT32_MAX) return absl::InvalidArgumentError("select: batch too large");
   float* scores = static_cast<float*>(workspace);
   cudaStream_t st = AsStream(stream);
+  if (ev && cudaEventRecord(ev[0], st) != cudaSuccess) return LaunchStatus("select event");
   if (quest) {
     TWL_RETURN_IF_ERROR(TWL_DISPATCH_HEAD_DIM(g.head_dim, [&] {
       const int32_t runs = (batch.max_pages + cuda::kBoundPagesPerWarp - 1) /
@@ -59,9 +62,40 @@ absl::Status LaunchSelectPages(const PageGeometry& g, const SelectorParams& para
       return LaunchStatus("PageBoundKernel");
     }));
   }
+  if (ev && cudaEventRecord(ev[1], st) != cudaSuccess) return LaunchStatus("select event");
   cuda::TopPagesKernel<<<unsigned(pairs), cuda::kSelectThreads, 0, st>>>(g, params, batch,
                                                                          scores, out);
-  return LaunchStatus("TopPagesKernel");
+  TWL_RETURN_IF_ERROR(LaunchStatus("TopPagesKernel"));
+  if (ev && cudaEventRecord(ev[2], st) != cudaSuccess) return LaunchStatus("select event");
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status LaunchSelectPages(const PageGeometry& g, const SelectorParams& params,
+                               const BatchView& batch, const QueryView& q, const QuantKView& qk,
+                               const SelectionView& out, void* workspace,
+                               size_t workspace_bytes, void* stream) {
+  return RunSelect(g, params, batch, q, qk, out, workspace, workspace_bytes, stream, nullptr);
+}
+
+absl::Status ProfileSelect(const PageGeometry& g, const SelectorParams& params,
+                           const BatchView& batch, const QueryView& q, const QuantKView& qk,
+                           const SelectionView& out, void* workspace, size_t workspace_bytes,
+                           void* stream, SelectProfile* profile) {
+  cudaEvent_t ev[3] = {};
+  for (cudaEvent_t& e : ev) {
+    if (cudaEventCreate(&e) != cudaSuccess) return LaunchStatus("select profile events");
+  }
+  absl::Status s =
+      RunSelect(g, params, batch, q, qk, out, workspace, workspace_bytes, stream, ev);
+  if (s.ok() && cudaEventSynchronize(ev[2]) != cudaSuccess) s.Update(LaunchStatus("select profile"));
+  if (s.ok() && profile) {
+    cudaEventElapsedTime(&profile->ms_bounds, ev[0], ev[1]);
+    cudaEventElapsedTime(&profile->ms_top, ev[1], ev[2]);
+  }
+  for (cudaEvent_t e : ev) cudaEventDestroy(e);
+  return s;
 }
 
 }  // namespace twl

@@ -10,6 +10,7 @@
 namespace twl::cuda {
 
 constexpr int kBoundPagesPerWarp = 16;
+constexpr int kBoundBatch = 4;  // pages whose loads are in flight together
 constexpr int kBoundWarps = 8;
 constexpr int kSelectThreads = 512;
 
@@ -57,31 +58,35 @@ __global__ void __launch_bounds__(kBoundWarps * 32)
     }
   }
   float* out = scores + int64_t(pair) * batch.max_pages;
-  for (int32_t p = p0; p < p1; ++p) {
-    const int64_t block = g.BlockId(batch.PageId(s, p), h);
-    const fp16_t* mn = qk.kmin + block * kHeadDim + lane * kE;
-    const fp16_t* mx = qk.kmax + block * kHeadDim + lane * kE;
-    fp16_t mnv[kE], mxv[kE];
-    if constexpr (kE == 4) {
-      *reinterpret_cast<uint2*>(mnv) = *reinterpret_cast<const uint2*>(mn);
-      *reinterpret_cast<uint2*>(mxv) = *reinterpret_cast<const uint2*>(mx);
-    } else {
-      *reinterpret_cast<uint32_t*>(mnv) = *reinterpret_cast<const uint32_t*>(mn);
-      *reinterpret_cast<uint32_t*>(mxv) = *reinterpret_cast<const uint32_t*>(mx);
+  // Pages in groups of kBoundBatch with all their min/max loads in flight before the math.
+  using Vec = typename std::conditional<kE == 4, uint2, uint32_t>::type;
+  for (int32_t pb = p0; pb < p1; pb += kBoundBatch) {
+    Vec mnv[kBoundBatch], mxv[kBoundBatch];
+#pragma unroll
+    for (int i = 0; i < kBoundBatch; ++i) {
+      const int32_t p = min(pb + i, p1 - 1);
+      const int64_t block = g.BlockId(batch.PageId(s, p), h);
+      mnv[i] = *reinterpret_cast<const Vec*>(qk.kmin + block * kHeadDim + lane * kE);
+      mxv[i] = *reinterpret_cast<const Vec*>(qk.kmax + block * kHeadDim + lane * kE);
     }
-    float best = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      if (j < group) {
-        float b = 0.0f;
+    for (int i = 0; i < kBoundBatch; ++i) {
+      const fp16_t* mn = reinterpret_cast<const fp16_t*>(&mnv[i]);
+      const fp16_t* mx = reinterpret_cast<const fp16_t*>(&mxv[i]);
+      float best = -INFINITY;
 #pragma unroll
-        for (int e = 0; e < kE; ++e) {
-          b += fmaxf(__fmul_rn(qv[j][e], H2F(mnv[e])), __fmul_rn(qv[j][e], H2F(mxv[e])));
+      for (int j = 0; j < kMaxGroup; ++j) {
+        if (j < group) {
+          float b = 0.0f;
+#pragma unroll
+          for (int e = 0; e < kE; ++e) {
+            b += fmaxf(__fmul_rn(qv[j][e], H2F(mn[e])), __fmul_rn(qv[j][e], H2F(mx[e])));
+          }
+          best = fmaxf(best, WarpSum(b));
         }
-        best = fmaxf(best, WarpSum(b));
       }
+      if (lane == 0 && pb + i < p1) out[pb + i] = best;
     }
-    if (lane == 0) out[p] = best;
   }
 }
 
@@ -118,9 +123,17 @@ __global__ void __launch_bounds__(kSelectThreads)
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
     __syncthreads();
-    for (int32_t p = first + threadIdx.x; p < last; p += blockDim.x) {
-      const uint32_t key = OrderedKey(sc[p]);
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
+    for (int32_t base = first; base < last; base += blockDim.x) {
+      const int32_t p = base + threadIdx.x;
+      const uint32_t key = p < last ? OrderedKey(sc[p]) : 0u;
+      const bool counted = p < last && (key & mask) == prefix;
+      const uint32_t bin = (key >> shift) & 255u;
+      // Bounds of one sequence share their top bits: aggregate equal bins per warp so
+      // that one lane adds for all (no 32-way shared-atomic serialization).
+      const unsigned peers = __match_any_sync(0xffffffffu, counted ? bin : 256u + threadIdx.x % 32);
+      if (counted && (threadIdx.x % 32) == unsigned(__ffs(peers) - 1)) {
+        atomicAdd(&hist[bin], __popc(peers));
+      }
     }
     __syncthreads();
     if (threadIdx.x < 32) {

@@ -106,9 +106,11 @@ TEST(GpuHbmBackend, MatchesCpuBackend) {
     ASSERT_TRUE(b.cpu->CopyPage(src, free_page, 11).ok());
     ASSERT_TRUE(b.gpu->CopyPage(src, free_page, 11).ok());
     const size_t page_elems = size_t(c.page_size) * kv_heads * head_dim;
-    for (int32_t page : {table[0], table[max_pages + 2], src, free_page}) {
+    // (page, filled rows): full pages, sequence 1's partial last page (37 = 2*16 + 5), the copy.
+    const std::pair<int32_t, int32_t> pages[] = {
+        {table[0], c.page_size}, {table[max_pages + 2], 5}, {src, c.page_size}, {free_page, 11}};
+    for (const auto& [page, rows] : pages) {
       std::vector<fp16_t> kc(page_elems), vc(page_elems), kg(page_elems), vg(page_elems);
-      const int32_t rows = page == free_page ? 11 : c.page_size;
       ASSERT_TRUE(b.cpu->ReadPage(page, rows, kc.data(), vc.data()).ok());
       ASSERT_TRUE(b.gpu->ReadPage(page, rows, kg.data(), vg.data()).ok());
       EXPECT_EQ(kc, kg) << "page " << page;
@@ -169,8 +171,11 @@ TEST(GpuHbmBackend, MatchesCpuBackend) {
 
 TEST(GpuHbmBackend, RejectsUnsupportedShapes) {
   TWL_SKIP_WITHOUT_GPU();
-  RuntimeConfig c = Config(96, 2, 4);
-  EXPECT_EQ(CreateGpuHbmBackend(c, 10).status().code(), absl::StatusCode::kUnimplemented);
+  // Valid configurations the kernels do not cover: head_dim 32, 16 query heads per KV head.
+  EXPECT_EQ(CreateGpuHbmBackend(Config(32, 2, 4), 10).status().code(),
+            absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(CreateGpuHbmBackend(Config(128, 2, 32), 10).status().code(),
+            absl::StatusCode::kUnimplemented);
 }
 
 }  // namespace

@@ -79,8 +79,8 @@ TEST_P(PruneGpuTest, MatchesReferenceUpToThresholdTies) {
   const uint64_t seed =
       ::testing::UnitTest::GetInstance()->random_seed() + uint64_t(c.group * 31 + c.k_bits);
   // The full-selector cases include a sequence longer than the pruner's shared-memory
-  // buffer, so the first bisection steps run from global memory.
-  const std::vector<int32_t> lens = c.full_selector ? std::vector<int32_t>{9100, 37, 3001}
+  // buffer (24,576 weights), so the first bisection steps run from global memory.
+  const std::vector<int32_t> lens = c.full_selector ? std::vector<int32_t>{25100, 37, 3001}
                                                     : std::vector<int32_t>{1203, 37, 700, 16, 3001};
   RefStore st = MakeRandomStore(g, c.num_kv_heads * c.group, lens, seed, /*peak=*/2.5f);
   const BatchView hb = st.Batch();
@@ -217,7 +217,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(PruneCase{128, 8, 4, 4, 0.9f, false, false, false},
                       PruneCase{128, 2, 8, 4, 0.95f, false, false, false},
                       PruneCase{64, 4, 1, 4, 0.8f, false, false, false},
-                      PruneCase{128, 2, 4, 4, 0.9f, true, false, true},  // 9k candidates: global first
+                      PruneCase{128, 2, 4, 4, 0.9f, true, false, true},  // 25k candidates: global first
                       PruneCase{64, 2, 4, 4, 1.0f, false, false, false},
                       PruneCase{128, 2, 4, 4, 0.9f, false, true, false},
                       PruneCase{128, 2, 4, 2, 0.9f, false, false, false},
