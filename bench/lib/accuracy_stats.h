@@ -19,14 +19,14 @@ Summary Summarize(std::vector<double> v);
 
 // Everything measured for one method over all (layer, step, query head) of a workload.
 struct MethodAggregate {
-  std::vector<double> kept;          // own set size per query head
-  std::vector<double> kept_frac;     // own set size / context
-  std::vector<double> attended_frac; // union size (tokens read) / context, per query head
-  std::vector<double> own_mass;      // true mass of the own set
-  std::vector<double> union_mass;    // true mass of the union
-  std::vector<double> est_mass;      // estimated mass of the own set
-  std::vector<double> rel_err;       // ||out - dense|| / ||dense||
-  double p = 0;                      // the method's p (0 when not a top-p method)
+  std::vector<double> kept;           // own set size per query head
+  std::vector<double> kept_frac;      // own set size / context
+  std::vector<double> attended_frac;  // union size (tokens read) / context, per query head
+  std::vector<double> own_mass;       // true mass of the own set
+  std::vector<double> union_mass;     // true mass of the union
+  std::vector<double> est_mass;       // estimated mass of the own set
+  std::vector<double> rel_err;        // ||out - dense|| / ||dense||
+  double p = 0;                       // the method's p (0 when not a top-p method)
 
   // Adds one RunMethod result, with `dense` the dense result on the same inputs.
   void Add(const MethodResult& r, const MethodResult& dense);

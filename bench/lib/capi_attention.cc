@@ -8,8 +8,8 @@ namespace {
 
 absl::Status FromC(twl_status s, const twl_runtime* rt, const char* what) {
   if (s == TWL_OK) return absl::OkStatus();
-  return absl::InternalError(absl::StrFormat("%s: %s (%s)", what, twl_status_string(s),
-                                             twl_runtime_last_error(rt)));
+  return absl::InternalError(
+      absl::StrFormat("%s: %s (%s)", what, twl_status_string(s), twl_runtime_last_error(rt)));
 }
 
 }  // namespace
@@ -32,8 +32,8 @@ absl::StatusOr<std::unique_ptr<CApiAttention>> CApiAttention::Create(
   c.selector_budget_fraction = o.budget_fraction;
   c.dense_layers = o.dense_layers;
   c.backend = TWL_BACKEND_CPU;  // the harness measures accuracy, not speed
-  c.host_pool_bytes = int64_t(model.n_layers) * model.seq_len * model.kv_dim() * 2 * 2 * 2 +
-                      (int64_t(1) << 20);
+  c.host_pool_bytes =
+      int64_t(model.n_layers) * model.seq_len * model.kv_dim() * 2 * 2 * 2 + (int64_t(1) << 20);
   if (absl::Status s = FromC(twl_runtime_create(&c, &a->rt_), nullptr, "twl_runtime_create");
       !s.ok())
     return s;
@@ -48,8 +48,8 @@ CApiAttention::~CApiAttention() {
   twl_runtime_free(rt_);
 }
 
-absl::Status CApiAttention::operator()(int32_t layer, int32_t pos, const float* q,
-                                       const float* k, const float* v, float* out) {
+absl::Status CApiAttention::operator()(int32_t layer, int32_t pos, const float* q, const float* k,
+                                       const float* v, float* out) {
   const int32_t kvd = model_.kv_dim(), dim = model_.dim;
   std::vector<uint16_t> k16(kvd), v16(kvd), q16(dim), o16(dim);
   twl_fp32_to_fp16(k, k16.data(), size_t(kvd));
@@ -68,9 +68,9 @@ absl::Status CApiAttention::operator()(int32_t layer, int32_t pos, const float* 
         absl::StrFormat("layer %d holds %d tokens at position %d", layer, len, pos));
   // Short contexts are decoded densely when asked (sparse attention pays only when long).
   const float p = len < opt_.dense_below ? 1.0f : opt_.p;
-  if (absl::Status s = FromC(twl_decode(rt_, layer, &seq_, 1, q16.data(), o16.data(),
-                                        TWL_MEMORY_HOST, &p, nullptr),
-                             rt_, "twl_decode");
+  if (absl::Status s = FromC(
+          twl_decode(rt_, layer, &seq_, 1, q16.data(), o16.data(), TWL_MEMORY_HOST, &p, nullptr),
+          rt_, "twl_decode");
       !s.ok())
     return s;
   twl_fp16_to_fp32(o16.data(), out, size_t(dim));

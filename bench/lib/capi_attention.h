@@ -14,14 +14,14 @@
 namespace twl::bench {
 
 struct CApiAttentionOptions {
-  float p = 0.95f;             // top-p (1.0: keep every token: dense through the runtime)
+  float p = 0.95f;  // top-p (1.0: keep every token: dense through the runtime)
   int32_t k_bits = 4;
   int32_t page_size = 4;
   twl_selector selector = TWL_SELECTOR_FULL;
-  int32_t budget_tokens = 0;   // Quest B0 (selector QUEST)
-  float budget_fraction = 0;   // Quest B0 as a fraction of the context, when tokens is 0
+  int32_t budget_tokens = 0;  // Quest B0 (selector QUEST)
+  float budget_fraction = 0;  // Quest B0 as a fraction of the context, when tokens is 0
   int32_t dense_layers = 0;
-  int32_t dense_below = 0;     // contexts shorter than this decode with p = 1 (dense)
+  int32_t dense_below = 0;  // contexts shorter than this decode with p = 1 (dense)
 };
 
 class CApiAttention {
@@ -35,8 +35,9 @@ class CApiAttention {
   absl::Status operator()(int32_t layer, int32_t pos, const float* q, const float* k,
                           const float* v, float* out);
   AttentionFn Fn() {
-    return [this](int32_t l, int32_t p, const float* q, const float* k, const float* v,
-                  float* o) { return (*this)(l, p, q, k, v, o); };
+    return [this](int32_t l, int32_t p, const float* q, const float* k, const float* v, float* o) {
+      return (*this)(l, p, q, k, v, o);
+    };
   }
 
   // Per decode call and query head: own kept tokens and the context length then.

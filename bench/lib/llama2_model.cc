@@ -64,9 +64,9 @@ absl::StatusOr<Llama2Model> Llama2Model::Load(const std::string& path) {
   c.seq_len = header[6];
   const bool shared = c.vocab_size > 0;
   c.vocab_size = std::abs(c.vocab_size);
-  if (c.dim <= 0 || c.hidden_dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 ||
-      c.n_kv_heads <= 0 || c.n_heads % c.n_kv_heads != 0 || c.dim % c.n_heads != 0 ||
-      c.head_dim() % 2 != 0 || c.vocab_size <= 0 || c.seq_len <= 0)
+  if (c.dim <= 0 || c.hidden_dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 ||
+      c.n_heads % c.n_kv_heads != 0 || c.dim % c.n_heads != 0 || c.head_dim() % 2 != 0 ||
+      c.vocab_size <= 0 || c.seq_len <= 0)
     return absl::DataLossError(absl::StrFormat(
         "model header not a llama2.c config: dim %d hidden %d layers %d heads %d/%d", c.dim,
         c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads));
@@ -141,8 +141,8 @@ DenseAttention::DenseAttention(const LlamaConfig& c) : c_(c) {
   v_.assign(size_t(c.n_layers), std::vector<float>(size_t(c.seq_len) * c.kv_dim()));
 }
 
-absl::Status DenseAttention::operator()(int32_t layer, int32_t pos, const float* q,
-                                        const float* k, const float* v, float* out) {
+absl::Status DenseAttention::operator()(int32_t layer, int32_t pos, const float* q, const float* k,
+                                        const float* v, float* out) {
   if (layer < 0 || layer >= c_.n_layers || pos < 0 || pos >= c_.seq_len)
     return absl::InvalidArgumentError("DenseAttention: layer or position out of range");
   const int32_t KV = c_.kv_dim(), hd = c_.head_dim(), group = c_.n_heads / c_.n_kv_heads;

@@ -59,8 +59,9 @@ class DenseAttention {
   absl::Status operator()(int32_t layer, int32_t pos, const float* q, const float* k,
                           const float* v, float* out);
   AttentionFn Fn() {
-    return [this](int32_t l, int32_t p, const float* q, const float* k, const float* v,
-                  float* o) { return (*this)(l, p, q, k, v, o); };
+    return [this](int32_t l, int32_t p, const float* q, const float* k, const float* v, float* o) {
+      return (*this)(l, p, q, k, v, o);
+    };
   }
 
  private:

@@ -22,8 +22,7 @@ absl::StatusOr<GreedyRun> RunGreedy(const Llama2Model& model, const AttentionFn&
   return run;
 }
 
-absl::StatusOr<ModelComparison> CompareWithReference(const Llama2Model& model,
-                                                     const GreedyRun& ref,
+absl::StatusOr<ModelComparison> CompareWithReference(const Llama2Model& model, const GreedyRun& ref,
                                                      const AttentionFactory& method) {
   ModelComparison c;
   c.steps = int32_t(ref.tokens.size());
@@ -54,6 +53,7 @@ absl::StatusOr<ModelComparison> CompareWithReference(const Llama2Model& model,
     std::vector<float> sorted = r;
     std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
     c.mean_top1_margin += double(sorted[0]) - double(sorted[1]);
+    if (pos == c.first_divergence) c.margin_at_divergence = double(sorted[0]) - double(sorted[1]);
     token = ref.tokens[size_t(pos)];
   }
   c.mean_kl /= c.steps;

@@ -23,8 +23,8 @@ using AttentionFactory = std::function<absl::StatusOr<AttentionInstance>()>;
 
 // The reference run: greedy tokens from BOS (token 1) and the logits at every step.
 struct GreedyRun {
-  std::vector<int32_t> tokens;              // [steps] token chosen at each position
-  std::vector<std::vector<float>> logits;   // [steps][vocab]
+  std::vector<int32_t> tokens;             // [steps] token chosen at each position
+  std::vector<std::vector<float>> logits;  // [steps][vocab]
 };
 absl::StatusOr<GreedyRun> RunGreedy(const Llama2Model& model, const AttentionFn& attention,
                                     int32_t steps);
@@ -36,11 +36,11 @@ struct ModelComparison {
   int32_t forced_top1_agree = 0;    // teacher-forced steps with the same argmax
   double mean_kl = 0, max_kl = 0;   // KL(reference || method) per step, nats
   double mean_top1_margin = 0;      // reference's mean logit gap between its top two tokens
+  double margin_at_divergence = 0;  // that gap at first_divergence (same prefix up to there)
 };
 
 // Compares `method` with the reference run `ref` (made by RunGreedy on the same model).
-absl::StatusOr<ModelComparison> CompareWithReference(const Llama2Model& model,
-                                                     const GreedyRun& ref,
+absl::StatusOr<ModelComparison> CompareWithReference(const Llama2Model& model, const GreedyRun& ref,
                                                      const AttentionFactory& method);
 
 }  // namespace twl::bench

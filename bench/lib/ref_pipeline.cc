@@ -62,8 +62,7 @@ QuantKView PagedLayer::Quant(int32_t k_bits) {
   // Up to date: read-only, so concurrent RunMethod calls may share the layer.
   if (auto it = quant_.find(k_bits); it != quant_.end() && it->second.rows_done == length_) {
     QuantStore& qs = it->second;
-    return QuantKView{qs.codes.data(), qs.scale.data(), qs.zero.data(), kmin_.data(),
-                      kmax_.data()};
+    return QuantKView{qs.codes.data(), qs.scale.data(), qs.zero.data(), kmin_.data(), kmax_.data()};
   }
   QuantStore& qs = quant_[k_bits];
   if (qs.codes.empty()) {
@@ -173,8 +172,8 @@ absl::StatusOr<MethodResult> RunMethod(PagedLayer& layer, const Method& m,
       BatchView one{1, num_q_heads, &seq_len[s], table.data(), max_pages};
       SelectionView dst{sel_pages.data() + int64_t(s) * hkv * stride,
                         sel_count.data() + int64_t(s) * hkv, stride};
-      if (absl::Status st = SelectPagesRef(g, p, one, QueryView{q + int64_t(s) * num_q_heads * d},
-                                           qk, dst);
+      if (absl::Status st =
+              SelectPagesRef(g, p, one, QueryView{q + int64_t(s) * num_q_heads * d}, qk, dst);
           !st.ok())
         return st;
     }

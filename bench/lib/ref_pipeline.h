@@ -54,9 +54,9 @@ class PagedLayer {
   };
   int32_t page_size_, num_kv_heads_, head_dim_, capacity_, max_pages_;
   int32_t length_ = 0;
-  std::vector<fp16_t> kv_;          // [max_pages * num_kv_heads][2][page_size][head_dim]
-  std::vector<fp16_t> kmin_, kmax_; // [max_pages * num_kv_heads][head_dim]
-  std::vector<int32_t> page_table_; // [max_pages] identity
+  std::vector<fp16_t> kv_;           // [max_pages * num_kv_heads][2][page_size][head_dim]
+  std::vector<fp16_t> kmin_, kmax_;  // [max_pages * num_kv_heads][head_dim]
+  std::vector<int32_t> page_table_;  // [max_pages] identity
   std::map<int32_t, QuantStore> quant_;
 };
 
@@ -65,10 +65,10 @@ enum class MethodKind { kDense, kOracle, kTwilight, kQuest, kQuestTwilight };
 struct Method {
   std::string name;
   MethodKind kind = MethodKind::kDense;
-  float p = 0.95f;                // oracle / pruner mass
-  int32_t k_bits = 4;             // pruner estimation width (2, 4, 8, 16)
-  int32_t budget_tokens = 0;      // Quest B0 in tokens (used when > 0)
-  float budget_fraction = 0.0f;   // else B0 as a fraction of the context
+  float p = 0.95f;               // oracle / pruner mass
+  int32_t k_bits = 4;            // pruner estimation width (2, 4, 8, 16)
+  int32_t budget_tokens = 0;     // Quest B0 in tokens (used when > 0)
+  float budget_fraction = 0.0f;  // else B0 as a fraction of the context
   int32_t sink_pages = 1;
 };
 
@@ -77,16 +77,16 @@ int32_t QuestBudgetPages(const Method& m, int32_t len, int32_t page_size);
 
 struct MethodResult {
   int32_t num_seqs = 0, num_q_heads = 0, num_kv_heads = 0, head_dim = 0;
-  std::vector<int32_t> seq_len;    // [num_seqs]
-  std::vector<int32_t> selected;   // [num_seqs][num_q_heads] candidate tokens
-  std::vector<int32_t> kept;       // [num_seqs][num_q_heads] own set size
-  std::vector<float> est_mass;     // [num_seqs][num_q_heads] estimated mass of the own set
-  std::vector<float> own_mass;     // [num_seqs][num_q_heads] true mass of the own set
-  std::vector<float> union_mass;   // [num_seqs][num_q_heads] true mass of the group's union
-  std::vector<int32_t> kept_kv;    // [num_seqs][num_kv_heads] union size (tokens attended)
-  std::vector<int32_t> kept_tokens;// [num_seqs][num_kv_heads][max_kept] union, ascending
+  std::vector<int32_t> seq_len;      // [num_seqs]
+  std::vector<int32_t> selected;     // [num_seqs][num_q_heads] candidate tokens
+  std::vector<int32_t> kept;         // [num_seqs][num_q_heads] own set size
+  std::vector<float> est_mass;       // [num_seqs][num_q_heads] estimated mass of the own set
+  std::vector<float> own_mass;       // [num_seqs][num_q_heads] true mass of the own set
+  std::vector<float> union_mass;     // [num_seqs][num_q_heads] true mass of the group's union
+  std::vector<int32_t> kept_kv;      // [num_seqs][num_kv_heads] union size (tokens attended)
+  std::vector<int32_t> kept_tokens;  // [num_seqs][num_kv_heads][max_kept] union, ascending
   int32_t max_kept = 0;
-  std::vector<float> out;          // [num_seqs][num_q_heads][head_dim] FP32 attention output
+  std::vector<float> out;  // [num_seqs][num_q_heads][head_dim] FP32 attention output
 };
 
 // Runs `m` for queries q [num_seqs][num_q_heads][head_dim] (FP16) where query i sees the

@@ -91,13 +91,13 @@ absl::Status ValidateSyntheticConfig(const SyntheticConfig& c) {
   if (c.num_kv_heads <= 0 || c.group_size <= 0)
     return absl::InvalidArgumentError("num_kv_heads and group_size must be positive");
   if (c.num_steps <= 0 || c.num_tokens < c.num_steps + c.sink_tokens + 16)
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "num_tokens %d too small for %d steps and %d sinks", c.num_tokens, c.num_steps,
-        c.sink_tokens));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("num_tokens %d too small for %d steps and %d sinks", c.num_tokens,
+                        c.num_steps, c.sink_tokens));
   const int lf_channels = c.head_dim / 2 - std::min(c.num_outlier_channels, c.head_dim / 2);
   if (c.subspace_rank <= 0 || c.subspace_rank + 1 > lf_channels)
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "subspace_rank %d must be in [1, %d)", c.subspace_rank, lf_channels));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("subspace_rank %d must be in [1, %d)", c.subspace_rank, lf_channels));
   if (c.num_outlier_channels < 0 || c.num_outlier_channels > c.head_dim / 4)
     return absl::InvalidArgumentError("num_outlier_channels must be in [0, head_dim/4]");
   if (!(c.topic_correlation >= 0 && c.topic_correlation < 1) ||
@@ -192,14 +192,13 @@ absl::StatusOr<SyntheticLayer> GenerateLayer(const SyntheticConfig& cfg, int32_t
       HeadProfile& hp = out.heads[g * group + r];
       const float lo = std::log(cfg.topic_std_min), hi = std::log(cfg.topic_std_max);
       hp.topic_std = std::exp(lo + (hi - lo) * u01(rng));
-      hp.local_logit = std::max(
-          0.0f, ln_ctx + cfg.local_offset_min +
-                    (cfg.local_offset_max - cfg.local_offset_min) * u01(rng));
-      hp.sink_logit = cfg.sink_tokens == 0
-                          ? 0.0f
-                          : std::max(0.0f, ln_ctx + cfg.sink_offset_min +
-                                               (cfg.sink_offset_max - cfg.sink_offset_min) *
-                                                   u01(rng));
+      hp.local_logit = std::max(0.0f, ln_ctx + cfg.local_offset_min +
+                                          (cfg.local_offset_max - cfg.local_offset_min) * u01(rng));
+      hp.sink_logit =
+          cfg.sink_tokens == 0
+              ? 0.0f
+              : std::max(0.0f, ln_ctx + cfg.sink_offset_min +
+                                   (cfg.sink_offset_max - cfg.sink_offset_min) * u01(rng));
       const int spike_tokens = cfg.spike_spans * cfg.spike_span;
       hp.spike_logit =
           spike_tokens == 0
@@ -207,9 +206,8 @@ absl::StatusOr<SyntheticLayer> GenerateLayer(const SyntheticConfig& cfg, int32_t
               : std::max(0.0f, ln_ctx - std::log(float(spike_tokens)) + cfg.spike_offset_min +
                                    (cfg.spike_offset_max - cfg.spike_offset_min) * u01(rng));
       spike_dir[r] = RandomUnit(rng, d, clean);
-      std::uniform_int_distribution<int> start(cfg.sink_tokens,
-                                               std::max(cfg.sink_tokens,
-                                                        first_step_len - cfg.spike_span - 1));
+      std::uniform_int_distribution<int> start(
+          cfg.sink_tokens, std::max(cfg.sink_tokens, first_step_len - cfg.spike_span - 1));
       for (int s = 0; s < cfg.spike_spans; ++s) {
         const int p0 = start(rng);
         for (int i = p0; i < std::min(p0 + cfg.spike_span, first_step_len); ++i)
@@ -314,8 +312,7 @@ absl::StatusOr<SyntheticLayer> GenerateLayer(const SyntheticConfig& cfg, int32_t
       for (int r = 0; r < group; ++r) {
         const float* q = &qs[(size_t(last) * group + r) * d];
         gain[r] = std::max(0.25f * a_n, Dot(q, ndir.data(), d)) / sqrt_d;
-        for (int n = 0; n < len_last; ++n)
-          logits[r][n] = Dot(q, &keys[size_t(n) * d], d) / sqrt_d;
+        for (int n = 0; n < len_last; ++n) logits[r][n] = Dot(q, &keys[size_t(n) * d], d) / sqrt_d;
         const float target =
             LogSumExp(logits[r]) + needle->margin - std::log(float(needle->length));
         for (int i = out.needle_pos; i < out.needle_pos + needle->length; ++i)

@@ -45,35 +45,35 @@ namespace twl::bench {
 struct SyntheticConfig {
   int32_t num_tokens = 4096;  // context length, including the decode steps
   int32_t num_kv_heads = 8;
-  int32_t group_size = 4;     // query heads per KV head
+  int32_t group_size = 4;  // query heads per KV head
   int32_t head_dim = 128;
-  int32_t num_steps = 4;      // decode steps (queries) at the end of the context
+  int32_t num_steps = 4;  // decode steps (queries) at the end of the context
   uint64_t seed = 1;
   float rope_theta = 500000.0f;  // Llama-3 style; long contexts need a large theta
 
   // Keys.
-  int32_t subspace_rank = 8;       // rank of the semantic key subspace (< head_dim / 2)
-  float key_scale = 2.0f;          // std of the semantic component per basis direction
-  float mean_scale = 1.0f;         // std per high-frequency channel of the mean key mu
-  float noise_scale = 0.3f;        // isotropic per-channel key noise
-  float topic_correlation = 0.98f; // AR(1) coefficient of z over positions
+  int32_t subspace_rank = 8;        // rank of the semantic key subspace (< head_dim / 2)
+  float key_scale = 2.0f;           // std of the semantic component per basis direction
+  float mean_scale = 1.0f;          // std per high-frequency channel of the mean key mu
+  float noise_scale = 0.3f;         // isotropic per-channel key noise
+  float topic_correlation = 0.98f;  // AR(1) coefficient of z over positions
   int32_t num_outlier_channels = 4;
   float outlier_scale = 6.0f;
   int32_t sink_tokens = 4;
-  float sink_scale = 2.0f;         // x sqrt(head_dim): norm of the sink key component
-  float spike_key_scale = 2.0f;    // x sqrt(head_dim): norm of a spike key component
+  float sink_scale = 2.0f;       // x sqrt(head_dim): norm of the sink key component
+  float spike_key_scale = 2.0f;  // x sqrt(head_dim): norm of a spike key component
 
   // Per-query-head strengths, drawn from [min, max].
-  float topic_std_min = 1.5f, topic_std_max = 3.5f;        // log-uniform
-  float local_offset_min = -6.0f, local_offset_max = 0.0f; // vs ln(context)
-  float sink_offset_min = -4.0f, sink_offset_max = 2.0f;   // vs ln(context)
-  float spike_offset_min = -6.0f, spike_offset_max = 2.0f; // vs ln(context)
+  float topic_std_min = 2.0f, topic_std_max = 4.5f;         // log-uniform
+  float local_offset_min = -6.0f, local_offset_max = 0.0f;  // vs ln(context)
+  float sink_offset_min = -4.0f, sink_offset_max = 2.0f;    // vs ln(context)
+  float spike_offset_min = -6.0f, spike_offset_max = 2.0f;  // vs ln(context)
   int32_t spike_spans = 8;
   int32_t spike_span = 4;
-  float group_similarity = 0.7f;   // share of a query's topic direction common to its GQA
-                                   // group (heads sharing K tend to look at the same tokens)
-  float query_drift = 0.05f;       // 1 - AR(1) coefficient of w between steps
-  float query_noise = 0.1f;        // isotropic per-channel query noise
+  float group_similarity = 0.7f;  // share of a query's topic direction common to its GQA
+                                  // group (heads sharing K tend to look at the same tokens)
+  float query_drift = 0.05f;      // 1 - AR(1) coefficient of w between steps
+  float query_noise = 0.1f;       // isotropic per-channel query noise
 
   // Values: v = value_mean + low-rank AR(1) content + noise (no RoPE).
   float value_mean_scale = 0.5f;
@@ -82,12 +82,12 @@ struct SyntheticConfig {
 };
 
 struct NeedleSpec {
-  float depth = 0.5f;          // 0 = right after the sinks, 1 = just before the first step
-  int32_t length = 8;          // needle tokens (consecutive)
-  float margin = 2.0f;         // ln(needle mass / background mass), least favourable head
+  float depth = 0.5f;   // 0 = right after the sinks, 1 = just before the first step
+  int32_t length = 8;   // needle tokens (consecutive)
+  float margin = 2.0f;  // ln(needle mass / background mass), least favourable head
   int32_t num_distractors = 32;
-  float distractor_gap = 3.0f; // logits below the needle
-  float value_scale = 4.0f;    // norm of the needle value
+  float distractor_gap = 3.0f;  // logits below the needle
+  float value_scale = 4.0f;     // norm of the needle value
 };
 
 // Per query head profile actually drawn (logits).
@@ -97,8 +97,8 @@ struct HeadProfile {
 
 struct SyntheticLayer {
   SyntheticConfig config;
-  std::vector<fp16_t> k, v;  // [num_tokens][num_kv_heads][head_dim]
-  std::vector<fp16_t> q;     // [num_steps][num_q_heads][head_dim]
+  std::vector<fp16_t> k, v;        // [num_tokens][num_kv_heads][head_dim]
+  std::vector<fp16_t> q;           // [num_steps][num_q_heads][head_dim]
   std::vector<HeadProfile> heads;  // [num_q_heads]
   // Needle, when planted: its first position, length, and per KV head the unit value
   // direction [num_kv_heads][head_dim] scaled by value_scale in the needle's V rows.
@@ -107,9 +107,7 @@ struct SyntheticLayer {
   std::vector<float> needle_dir;
 
   int32_t num_q_heads() const { return config.num_kv_heads * config.group_size; }
-  int32_t StepLength(int32_t step) const {
-    return config.num_tokens - config.num_steps + 1 + step;
-  }
+  int32_t StepLength(int32_t step) const { return config.num_tokens - config.num_steps + 1 + step; }
   const fp16_t* Q(int32_t step) const {
     return q.data() + int64_t(step) * num_q_heads() * config.head_dim;
   }

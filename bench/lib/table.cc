@@ -25,11 +25,21 @@ std::string JsonString(const std::string& s) {
   std::string out = "\"";
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20) {
           out += absl::StrFormat("\\u%04x", c);
@@ -148,9 +158,7 @@ absl::Status WriteTextFile(const std::string& path, const std::string& contents)
   return absl::OkStatus();
 }
 
-absl::Status Table::WriteCsv(const std::string& path) const {
-  return WriteTextFile(path, ToCsv());
-}
+absl::Status Table::WriteCsv(const std::string& path) const { return WriteTextFile(path, ToCsv()); }
 absl::Status Table::WriteJson(const std::string& path) const {
   return WriteTextFile(path, ToJson());
 }

@@ -18,16 +18,16 @@ namespace twl::bench {
 
 // One table cell: text, or a number with its display precision (significant digits).
 struct Cell {
-  Cell(const char* s) : text(s) {}                // NOLINT: implicit by design
-  Cell(std::string s) : text(std::move(s)) {}     // NOLINT
-  Cell(int v) : Cell(int64_t(v)) {}               // NOLINT
-  Cell(int64_t v);                                // NOLINT
-  Cell(double v, int significant = 4);            // NOLINT
+  Cell(const char* s) : text(s) {}             // NOLINT: implicit by design
+  Cell(std::string s) : text(std::move(s)) {}  // NOLINT
+  Cell(int v) : Cell(int64_t(v)) {}            // NOLINT
+  Cell(int64_t v);                             // NOLINT
+  Cell(double v, int significant = 4);         // NOLINT
   Cell(float v, int significant = 4) : Cell(double(v), significant) {}  // NOLINT
 
-  std::string text;      // what the console and the CSV show
+  std::string text;  // what the console and the CSV show
   bool numeric = false;
-  double value = 0.0;    // full precision, written to JSON
+  double value = 0.0;  // full precision, written to JSON
 };
 
 class Table {

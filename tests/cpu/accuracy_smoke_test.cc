@@ -53,8 +53,8 @@ Loaded Load(const SyntheticConfig& c, int page_size = 16,
             const std::optional<NeedleSpec>& needle = {}) {
   absl::StatusOr<SyntheticLayer> gen = GenerateLayer(c, 0, needle);
   EXPECT_TRUE(gen.ok()) << gen.status();
-  Loaded l{std::move(*gen), std::make_unique<PagedLayer>(page_size, c.num_kv_heads, c.head_dim,
-                                                         c.num_tokens),
+  Loaded l{std::move(*gen),
+           std::make_unique<PagedLayer>(page_size, c.num_kv_heads, c.head_dim, c.num_tokens),
            {}};
   EXPECT_TRUE(l.layer->Append(c.num_tokens, l.gen.k.data(), l.gen.v.data()).ok());
   for (int t = 0; t < c.num_steps; ++t) l.seq_len.push_back(l.gen.StepLength(t));
@@ -159,7 +159,8 @@ TEST(SyntheticAttention, DenseAttentionFindsEveryNeedle) {
       const int g = h / c.group_size;
       double share = 0;
       for (int j = 0; j < c.head_dim; ++j)
-        share += dense.out[size_t(h) * c.head_dim + j] * l.gen.needle_dir[size_t(g) * c.head_dim + j];
+        share +=
+            dense.out[size_t(h) * c.head_dim + j] * l.gen.needle_dir[size_t(g) * c.head_dim + j];
       EXPECT_GT(share / l.gen.needle_value_scale, 0.5) << "depth " << depth << " head " << h;
     }
   }
@@ -191,13 +192,14 @@ TEST(AccuracyPipeline, UnionOfOwnSetsIsWhatThePrunerKeeps) {
     KeptView out{kept.data(), kcount.data(), stride * g.page_size};
     PrunerParams pp;
     pp.p = m.p;
-    ASSERT_TRUE(PruneRef(g, pp, b, QueryView{l.gen.q.data()}, l.layer->Quant(4), l.layer->Kv(),
-                         sel, out, HeadStatsView{})
+    ASSERT_TRUE(PruneRef(g, pp, b, QueryView{l.gen.q.data()}, l.layer->Quant(4), l.layer->Kv(), sel,
+                         out, HeadStatsView{})
                     .ok());
     for (int32_t item = 0; item < n * hkv; ++item) {
       ASSERT_EQ(r.kept_kv[size_t(item)], kcount[size_t(item)]) << "item " << item;
       for (int32_t i = 0; i < kcount[size_t(item)]; ++i)
-        ASSERT_EQ(r.kept_tokens[size_t(item) * r.max_kept + i], kept[size_t(item) * out.max_kept + i]);
+        ASSERT_EQ(r.kept_tokens[size_t(item) * r.max_kept + i],
+                  kept[size_t(item) * out.max_kept + i]);
     }
   }
 }
@@ -213,7 +215,9 @@ TEST(AccuracyPipeline, DenseMethodEqualsDenseAttentionRef) {
                 table.begin() + int64_t(s) * l.layer->max_pages());
   BatchView b{n, l.gen.num_q_heads(), l.seq_len.data(), table.data(), l.layer->max_pages()};
   std::vector<fp16_t> out(r.out.size());
-  ASSERT_TRUE(DenseAttentionRef(g, b, QueryView{l.gen.q.data()}, l.layer->Kv(), OutputView{out.data()}).ok());
+  ASSERT_TRUE(
+      DenseAttentionRef(g, b, QueryView{l.gen.q.data()}, l.layer->Kv(), OutputView{out.data()})
+          .ok());
   std::vector<float> ref(out.size());
   for (size_t i = 0; i < out.size(); ++i) ref[i] = HalfToFloat(out[i]);
   // FP16 rounding of the reference output: relative error per head well below 1e-3.
@@ -319,7 +323,8 @@ TEST(Llama2Model, RuntimeDenseThroughCApiMatchesPlainReference) {
   CApiAttentionOptions dense;
   dense.p = 1.0f;  // keeps every token: dense attention through the runtime
   AttentionFactory factory = [&]() -> absl::StatusOr<AttentionInstance> {
-    absl::StatusOr<std::unique_ptr<CApiAttention>> a = CApiAttention::Create(model->config(), dense);
+    absl::StatusOr<std::unique_ptr<CApiAttention>> a =
+        CApiAttention::Create(model->config(), dense);
     if (!a.ok()) return a.status();
     std::shared_ptr<CApiAttention> owner(std::move(*a));
     return AttentionInstance{owner, owner->Fn()};

@@ -138,7 +138,8 @@ TEST(PngPlot, ChecksumsMatchPublishedCheckValues) {
 TEST(PngPlot, ZlibStreamsInflateToTheInput) {
   std::mt19937 rng(123);
   // Runs (long matches), random bytes (literals) and sizes around the stored block limit.
-  for (size_t n : {size_t(0), size_t(1), size_t(300), size_t(65535), size_t(65536), size_t(200000)}) {
+  for (size_t n :
+       {size_t(0), size_t(1), size_t(300), size_t(65535), size_t(65536), size_t(200000)}) {
     std::vector<uint8_t> data(n);
     for (size_t i = 0; i < n; ++i)
       data[i] = (i / 97) % 3 == 0 ? uint8_t(rng()) : uint8_t((i * 7) % 13);
@@ -175,7 +176,8 @@ TEST(PngPlot, PngHasValidChunksAndPixels) {
       EXPECT_EQ(png[at + 16], 8);  // bit depth
       EXPECT_EQ(png[at + 17], 2);  // RGB
     }
-    if (type == "IDAT") idat.insert(idat.end(), png.begin() + long(at + 8), png.begin() + long(at + 8 + len));
+    if (type == "IDAT")
+      idat.insert(idat.end(), png.begin() + long(at + 8), png.begin() + long(at + 8 + len));
     types.push_back(type);
     at += 12 + len;
   }
