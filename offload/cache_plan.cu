@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) c->hist[i] = 0;
   if (threadIdx.x == 0) {
     const int32_t capacity = num_slots - (prev ? prev->pinned : 0);
-    int32_t used = 0, direct = 0;
+    int32_t used = 0, direct = 0, direct_blocks = 0;
     for (int32_t u = 0; u < num_units; ++u) {
       const int32_t n = __ldcg(&unit_blocks[u]);
       const int32_t count = kept.count[u];
@@ -116,12 +116,14 @@ __global__ void __launch_bounds__(kThreads)
         count_direct[u] = 0;
       } else {
         ++direct;
+        direct_blocks += n;
         count_cache[u] = 0;
         count_direct[u] = count;
       }
     }
     c->capacity = capacity;
     c->units_direct = direct;
+    c->direct_blocks = direct_blocks;
     c->needed = c->hits = c->misses = c->fetched = c->evictions = c->pinned = 0;
     c->cutoff_bucket = kCacheAgeBuckets;
     c->cutoff_quota = c->cutoff_taken = c->error = 0;

@@ -29,6 +29,7 @@ struct DeviceCacheState {
 struct DeviceGroupCounters {
   int32_t capacity = 0;      // slots the group may fill
   int32_t units_direct = 0;  // units not admitted (attended from host memory)
+  int32_t direct_blocks = 0; // their distinct blocks
   int32_t needed = 0;        // distinct blocks of admitted units
   int32_t hits = 0;
   int32_t misses = 0;

@@ -15,9 +15,9 @@
 // Nothing waits for the host inside a step: the only host synchronisation is the optional
 // telemetry read at the end (and the copy back of `out` when it is a host pointer).
 //
-// Overlap: the batch is split into two groups of sequences (cache/gpu_page_cache.h
-// PlanSeqGroups; more groups would shrink each pruner launch below the SM count, measured
-// on the H100). The prune of group g+1 runs on the compute stream while group g's blocks
+// Overlap: the batch is split into groups of sequences (two, or more when the previous step
+// of the layer needed more blocks than half the cache; cache/gpu_page_cache.h PlanSeqGroups).
+// The prune of group g+1 runs on the compute stream while group g's blocks
 // are gathered on the fetch stream, and group g's attention runs while group g+1's blocks
 // are gathered. Not overlapped: attention of a group with the fetch of its own missing
 // blocks (a split of each kept set into resident and missing tokens would need partial

@@ -176,6 +176,7 @@ TEST(OffloadCachePlanTest, DeviceMatchesPolicy) {
     DeviceCacheState cache{s_sob.as<int32_t>(), s_bos.as<int32_t>(), s_lu.as<uint32_t>(),
                            s_ns.as<uint32_t>(), nullptr, num_blocks, num_slots};
     auto host = GpuPageCache::Create(num_blocks, num_slots).value();
+    int64_t device_evictions = 0;
 
     // Kept tokens per unit drift from step to step.
     std::vector<std::set<int32_t>> kept(size_t(B) * H);
@@ -224,6 +225,7 @@ TEST(OffloadCachePlanTest, DeviceMatchesPolicy) {
         DeviceGroupCounters c;
         ASSERT_OK(gpu::CopyToHost(&c, counters + gi, sizeof(c)));
         EXPECT_EQ(c.error, 0);
+        device_evictions += c.evictions;
         std::vector<int32_t> sob(static_cast<size_t>(num_blocks)), bos(static_cast<size_t>(num_slots));
         std::vector<uint32_t> lu(static_cast<size_t>(num_slots));
         ASSERT_OK(gpu::CopyToHost(sob.data(), s_sob.get(), sob.size() * 4));
@@ -278,11 +280,9 @@ TEST(OffloadCachePlanTest, DeviceMatchesPolicy) {
           EXPECT_EQ(c.fetched, hp.counters.misses);
           EXPECT_EQ(c.evictions, 0);
         }
-        // Keep the host model's resident set in step with the device's (victim ties may
-        // pick different slots) by replaying the device state into a fresh comparison:
-        // only the counts above are compared, so nothing more is needed.
       }
     }
+    if (num_slots == 40) EXPECT_GT(device_evictions, 0) << "40 slots never evicted";
   }
 }
 
@@ -526,8 +526,9 @@ TEST(OffloadBackendTest, MatchesHbmBackendAcrossStepsAndCacheSizes) {
       for (int32_t s : seqs) ASSERT_OK(sb.Append(s, w, 1 + int32_t(rng() % 20)));
     }
     if (slots == 48) {
-      EXPECT_GT(direct_units, 0) << "the tiny cache should force direct units";
-      EXPECT_GT(evictions, 0);
+      // Hundreds of blocks per step through 48 slots: units went direct, or groups evicted
+      // each other's blocks mid-step (which one depends on the kept sets).
+      EXPECT_GT(direct_units + evictions, 0) << "the tiny cache never overflowed";
     }
     if (slots == 6000) {
       EXPECT_EQ(direct_units, 0);
