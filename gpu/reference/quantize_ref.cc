@@ -29,9 +29,12 @@ void QuantizeRowRef(const PageGeometry& g, const fp16_t* k, uint8_t* codes, fp16
   std::memset(codes, 0, size_t(g.CodeBytesPerToken()));
   const int32_t per_byte = 8 / g.k_bits;
   for (int32_t j = 0; j < g.head_dim; ++j) {
-    int32_t c = 0;
-    if (s > 0.0f) c = int32_t(std::rint((HalfToFloat(k[j]) - z) / s));
-    c = std::clamp(c, 0, max_code);
+    // Clamp in float before the conversion: with non-finite K (inf, NaN: the caller's data)
+    // the quotient may be NaN or out of int range, and converting that is undefined. NaN
+    // fails both comparisons and becomes code 0.
+    float r = 0.0f;
+    if (s > 0.0f) r = std::rint((HalfToFloat(k[j]) - z) / s);
+    const int32_t c = r >= float(max_code) ? max_code : (r > 0.0f ? int32_t(r) : 0);
     codes[j / per_byte] = uint8_t(codes[j / per_byte] | (c << ((j % per_byte) * g.k_bits)));
   }
 }

@@ -46,6 +46,16 @@ namespace {
   std::fprintf(stderr, "\n");
   std::abort();
 }
+// TWL_FUZZ_TRACE=1 prints every call and its status (to triage a crash input).
+bool Tracing() {
+  static const bool on = std::getenv("TWL_FUZZ_TRACE") != nullptr;
+  return on;
+}
+#define TRACE(...)                                   \
+  do {                                               \
+    if (Tracing()) std::fprintf(stderr, __VA_ARGS__); \
+  } while (0)
+
 #define FUZZ_CHECK(cond, ...)                 \
   do {                                        \
     if (!(cond)) Violation(__LINE__, __VA_ARGS__); \
@@ -128,15 +138,16 @@ struct SavedFile {
   SeqModel model;
 };
 
-std::string TempDir() {
-  static std::string dir = [] {
+// One scratch directory per process, removed at exit (never destroyed before that handler).
+const std::string& TempDir() {
+  static const std::string* dir = [] {
     const char* base = std::getenv("TMPDIR");
-    std::string d = std::string(base && *base ? base : "/tmp") + "/twl-fuzz-XXXXXX";
-    if (mkdtemp(d.data()) == nullptr) Violation(__LINE__, "mkdtemp failed");
+    auto* d = new std::string(std::string(base && *base ? base : "/tmp") + "/twl-fuzz-XXXXXX");
+    if (mkdtemp(d->data()) == nullptr) Violation(__LINE__, "mkdtemp failed");
     std::atexit([] { rmdir(TempDir().c_str()); });
     return d;
   }();
-  return dir;
+  return *dir;
 }
 
 bool ReadFile(const std::string& path, std::vector<uint8_t>* out) {
@@ -159,6 +170,14 @@ void WriteFile(const std::string& path, const std::vector<uint8_t>& data) {
   std::fclose(f);
 }
 
+// Values no enumerator names. Only values inside an enum's range (the smallest bit-field that
+// holds its enumerators) are formed here: a C++ enum object outside that range is undefined
+// behaviour on this side of the call (UBSan's -fsanitize=enum flags it). C callers can pass any
+// int; see docs/GUARANTEES.md.
+constexpr twl_dtype kBadDtype = static_cast<twl_dtype>(3);
+constexpr twl_selector kBadSelector = static_cast<twl_selector>(3);
+constexpr twl_fetch_path kBadFetch = static_cast<twl_fetch_path>(3);
+
 bool Allowed(twl_status s, const std::vector<twl_status>& allowed) {
   return std::find(allowed.begin(), allowed.end(), s) != allowed.end();
 }
@@ -180,6 +199,7 @@ class Harness {
   // ---- status checking ---------------------------------------------------------------------
   void Expect(twl_status got, const std::vector<twl_status>& allowed, const char* fn,
               const twl_runtime* rt) {
+    TRACE("%s -> %s %s\n", fn, twl_status_string(got), got ? twl_runtime_last_error(rt) : "");
     FUZZ_CHECK(got >= TWL_OK && got <= TWL_INTERNAL, "%s returned %d, not a twl_status", fn,
                int(got));
     if (!Allowed(got, allowed)) {
@@ -207,7 +227,7 @@ class Harness {
     const int32_t bits[] = {0, 2, 4, 8, 16, 4, 3, -4, 32};
     const float ps[] = {0.0f, 0.9f, 1.0f, 0.5f, 1.0f, 1e-30f, 1.5f, -0.1f, NAN, INFINITY};
     const twl_selector selectors[] = {TWL_SELECTOR_DEFAULT, TWL_SELECTOR_QUEST, TWL_SELECTOR_FULL,
-                                      TWL_SELECTOR_FULL, static_cast<twl_selector>(7)};
+                                      TWL_SELECTOR_FULL, kBadSelector};
     const int32_t budgets[] = {0, 0, 1, 8, 1000, -1};
     const float fractions[] = {0.0f, 0.25f, 1.0f, 0.01f, 1.5f, -0.5f, NAN};
     const int32_t sinks[] = {-1, 0, 1, 3, -5, 1 << 20};
@@ -218,10 +238,10 @@ class Harness {
     const int64_t pools[] = {64 << 10, 16 << 10, 4 << 10, 256 << 10, 1 << 20, 100, -1, 0};
     const int64_t gpu_caches[] = {0, 1 << 20, -1};
     const twl_fetch_path fetches[] = {TWL_FETCH_AUTO, TWL_FETCH_GATHER, TWL_FETCH_COPY_ENGINE,
-                                      static_cast<twl_fetch_path>(9)};
-    const twl_backend backends[] = {TWL_BACKEND_CPU, TWL_BACKEND_CPU, TWL_BACKEND_CPU,
-                                    TWL_BACKEND_AUTO, TWL_BACKEND_GPU_HBM,
-                                    TWL_BACKEND_GPU_OFFLOAD, static_cast<twl_backend>(9)};
+                                      kBadFetch};
+    const twl_backend backends[] = {TWL_BACKEND_CPU,         TWL_BACKEND_CPU, TWL_BACKEND_CPU,
+                                    TWL_BACKEND_AUTO,        TWL_BACKEND_GPU_HBM,
+                                    TWL_BACKEND_GPU_OFFLOAD, TWL_BACKEND_CPU};
     const int32_t devices[] = {-1, 0, 3, -7};
     const int32_t telemetry[] = {-1, 1, 0, 2};
     c.num_layers = in_.From(layers);
@@ -332,6 +352,12 @@ class Harness {
     rt_ = rt;
     cfg_.struct_size = sizeof(cfg_);
     Expect(twl_runtime_get_config(rt_, &cfg_), {TWL_OK}, "twl_runtime_get_config", rt_);
+    TRACE("config: layers %d q %d kv %d dim %d page %d bits %d p %g sel %d budget %d/%g sinks %d "
+          "dense %d pool %lld telemetry %d\n",
+          cfg_.num_layers, cfg_.num_q_heads, cfg_.num_kv_heads, cfg_.head_dim, cfg_.page_size,
+          cfg_.k_bits, double(cfg_.top_p), int(cfg_.selector), cfg_.selector_budget_tokens,
+          double(cfg_.selector_budget_fraction), cfg_.sink_pages, cfg_.dense_layers,
+          (long long)cfg_.host_pool_bytes, cfg_.collect_telemetry);
     FUZZ_CHECK(cfg_.page_size >= 1 && cfg_.top_p > 0.0f && cfg_.top_p <= 1.0f &&
                    (cfg_.k_bits == 2 || cfg_.k_bits == 4 || cfg_.k_bits == 8 || cfg_.k_bits == 16) &&
                    cfg_.sink_pages >= 0 && cfg_.dense_layers >= 0 && cfg_.host_pool_bytes > 0 &&
@@ -496,11 +522,9 @@ class Harness {
     if (in_.Pick(10) == 0) (in_.Pick(2) ? null_k : null_v) = true;
     if (n > 0 && !(n == INT32_MAX)) alloc_tokens = size_t(n);
     const twl_dtype dtypes[] = {TWL_DTYPE_FP16, TWL_DTYPE_FP16, TWL_DTYPE_FP16, TWL_DTYPE_BF16,
-                                TWL_DTYPE_FP32, static_cast<twl_dtype>(3),
-                                static_cast<twl_dtype>(-1)};
+                                TWL_DTYPE_FP32, kBadDtype};
     const twl_memory_space spaces[] = {TWL_MEMORY_HOST, TWL_MEMORY_HOST, TWL_MEMORY_HOST,
-                                       TWL_MEMORY_HOST, TWL_MEMORY_DEVICE,
-                                       static_cast<twl_memory_space>(7)};
+                                       TWL_MEMORY_HOST, TWL_MEMORY_DEVICE};
     const twl_dtype dtype = in_.From(dtypes);
     const twl_memory_space space = in_.From(spaces);
     const bool raw = in_.Pick(16) == 0;
@@ -568,6 +592,8 @@ class Harness {
         allowed.push_back(TWL_OUT_OF_MEMORY);
       }
     }
+    TRACE("append seq %lld layer %d n %d dtype %d space %d raw %d null %d%d\n", (long long)seq,
+          layer, n, int(dtype), int(space), int(raw), int(kp == nullptr), int(vp == nullptr));
     const int64_t used_before = PoolUsed();
     const twl_status s = twl_sequence_append(rt_, seq, layer, n, kp, vp, dtype, space);
     Expect(s, allowed, "twl_sequence_append", rt_);
@@ -743,8 +769,7 @@ class Harness {
     std::vector<float> p(seqs.size());
     for (float& x : p) x = in_.Pick(3) ? p_choices[in_.Pick(5)] : in_.From(p_choices);
     const twl_memory_space spaces[] = {TWL_MEMORY_HOST, TWL_MEMORY_HOST, TWL_MEMORY_HOST,
-                                       TWL_MEMORY_HOST, TWL_MEMORY_HOST, TWL_MEMORY_DEVICE,
-                                       static_cast<twl_memory_space>(3)};
+                                       TWL_MEMORY_HOST, TWL_MEMORY_HOST, TWL_MEMORY_DEVICE};
     const twl_memory_space space = in_.From(spaces);
     const bool null_q = in_.Pick(16) == 0, null_seqs = in_.Pick(16) == 0;
     Rng rng(in_.U32());
@@ -781,6 +806,11 @@ class Harness {
         }
       }
     }
+    TRACE("decode layer %d n %d raw %d p %s:", layer, num_seqs, int(raw), use_p ? "yes" : "no");
+    for (int32_t i = 0; i < std::max(num_seqs, 0); ++i) {
+      TRACE(" %lld/%g", (long long)seqs[size_t(i)], double(p[size_t(i)]));
+    }
+    TRACE("\n");
     const bool clean = allowed.empty();
     if (clean) allowed = {TWL_OK, TWL_OUT_OF_MEMORY};
     const twl_status s =
@@ -798,6 +828,7 @@ class Harness {
     }
     last_decode_seqs_ = num_seqs;
     last_decode_layer_ = layer;
+    last_decode_finite_ = all_finite;
     if (!all_finite) return;
     // Output checks per sequence.
     for (int32_t i = 0; i < num_seqs; ++i) {
@@ -909,7 +940,8 @@ class Harness {
                            mass[size_t(i)] <= 1.0001f,
                        "bad per-head telemetry");
           }
-          for (int64_t i = 0; i < kv_need; ++i) {
+          for (int64_t i = 0; i < kv_need && last_decode_finite_; ++i) {
+            // (A NaN query or key may legitimately leave nothing to keep.)
             FUZZ_CHECK(kept_kv[size_t(i)] >= 1, "a KV head attended no token");
           }
           FUZZ_CHECK(sel[size_t(q_cap)] == -3 && kept_kv[size_t(kv_cap)] == -3,
@@ -938,7 +970,7 @@ class Harness {
   void OpMisc() {
     switch (in_.Pick(4)) {
       case 0: {
-        const int code = int(int8_t(in_.U8()));
+        const int code = in_.Pick(16);  // the enum's range (see kBadDtype)
         const char* name = twl_status_string(static_cast<twl_status>(code));
         FUZZ_CHECK(name != nullptr && name[0] != '\0', "status string of %d", code);
         break;
@@ -1162,6 +1194,7 @@ class Harness {
   std::vector<std::string> scratch_;
   int counter_ = 0;
   int32_t last_decode_seqs_ = 0, last_decode_layer_ = -1;
+  bool last_decode_finite_ = true;
 
 };
 

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -448,6 +449,52 @@ TEST(CapiFaults, DiskTierFaultsMapToDocumentedCodesAndKeepEarlierRecords) {
     EXPECT_EQ(back0, data[0]);
     EXPECT_EQ(back1, data[1]);
   }
+}
+
+}  // namespace
+
+namespace {
+
+// Regression (found by the fuzzer: quantizing a K row holding inf/NaN converted NaN to int,
+// undefined behaviour): non-finite K/V are the caller's data and are stored as given; they
+// may make that sequence's output non-finite but never another sequence's in the same batch.
+TEST(CapiFaults, NonFiniteInputOnlyAffectsItsOwnSequence) {
+  Fixture fx(7);
+  twl_runtime* rt = fx.rt();
+  const twl_runtime_config& c = fx.config();
+  const size_t tok = size_t(c.num_kv_heads) * c.head_dim;
+  twl_seq_id bad = -1;
+  ASSERT_EQ(twl_sequence_create(rt, &bad), TWL_OK);
+  std::mt19937 rng(8);
+  for (int32_t layer = 0; layer < 2; ++layer) {
+    std::vector<uint16_t> k = RandomHalf(&rng, 9 * tok), v = RandomHalf(&rng, 9 * tok);
+    k[3] = 0x7e00;                // NaN
+    k[tok + 5] = 0x7c00;          // +inf
+    k[2 * tok + 1] = 0xfc00;      // -inf
+    for (size_t i = 3 * tok; i < 4 * tok; ++i) k[i] = 0x7c00;  // a whole row of +inf
+    v[7] = 0x7e00;
+    ASSERT_EQ(twl_sequence_append(rt, bad, layer, 9, k.data(), v.data(), TWL_DTYPE_FP16,
+                                  TWL_MEMORY_HOST),
+              TWL_OK)
+        << twl_runtime_last_error(rt);
+    const LayerKv back = Read(rt, bad, layer);
+    EXPECT_EQ(back.k, k) << "non-finite values are stored as given";
+    EXPECT_EQ(back.v, v);
+  }
+  const std::vector<uint16_t> q = RandomHalf(&rng, 2 * size_t(c.num_q_heads) * c.head_dim);
+  std::vector<uint16_t> out(q.size());
+  const twl_seq_id seqs[2] = {fx.a(), bad};
+  for (int32_t layer = 0; layer < 2; ++layer) {
+    ASSERT_EQ(twl_decode(rt, layer, seqs, 2, q.data(), out.data(), TWL_MEMORY_HOST, nullptr,
+                         nullptr),
+              TWL_OK)
+        << twl_runtime_last_error(rt);
+    std::vector<float> f(out.size() / 2);
+    twl_fp16_to_fp32(out.data(), f.data(), f.size());  // the first sequence's rows
+    for (float x : f) ASSERT_TRUE(std::isfinite(x)) << "a NaN leaked into another sequence";
+  }
+  ASSERT_EQ(twl_sequence_free(rt, bad), TWL_OK);
+  fx.ExpectIntact("a sequence with non-finite K/V came and went");
 }
 
 }  // namespace
