@@ -32,8 +32,12 @@ endif()
 if(CMAKE_SYSTEM_NAME STREQUAL "Linux")
   target_link_options(twilight PRIVATE
     "LINKER:--version-script=${TWL_API_DIR}/twilight.map"
-    "LINKER:--exclude-libs,ALL"
-    "LINKER:--no-undefined")
+    "LINKER:--exclude-libs,ALL")
+  # Sanitizer builds (scripts/run-sanitizers.sh) leave the sanitizer runtime's symbols to the
+  # executable, so only uninstrumented builds can insist on a fully resolved library.
+  if(NOT CMAKE_CXX_FLAGS MATCHES "-fsanitize=")
+    target_link_options(twilight PRIVATE "LINKER:--no-undefined")
+  endif()
   set_property(TARGET twilight APPEND PROPERTY LINK_DEPENDS ${TWL_API_DIR}/twilight.map)
 endif()
 set_target_properties(twilight PROPERTIES
