@@ -16,8 +16,8 @@ namespace twl::cuda {
 
 constexpr int kAttnWarps = 8;
 constexpr int kAttnThreads = kAttnWarps * 32;
-constexpr int kAttnMinChunk = 64;
-constexpr int kItemsPerSm = 4;
+constexpr int kAttnMinChunk = 256;  // 4 stages: amortizes the per-item prologue
+constexpr int kItemsPerSm = 16;  // many items per SM: a small last wave (tail)
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct AttnPlan {

@@ -115,7 +115,13 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
       }
       TWL_RETURN_IF_ERROR(TWL_DISPATCH_HEAD_DIM(g.head_dim, [&] {
         const dim3 grid{unsigned(bx), unsigned(pairs), 1u};
-        cuda::ScoreInt4Kernel<kHeadDim><<<grid, cuda::kScoreWarps * 32, 0, st>>>(
+        constexpr size_t smem = cuda::ScoreSmemBytes<kHeadDim>();
+        if (cudaFuncSetAttribute(cuda::ScoreInt4Kernel<kHeadDim>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 int(smem)) != cudaSuccess) {
+          return LaunchStatus("ScoreInt4Kernel smem attribute");
+        }
+        cuda::ScoreInt4Kernel<kHeadDim><<<grid, cuda::kScoreWarps * 32, smem, st>>>(
             g, batch, q, qk, selection, shape, int32_t(run), l.scores, l.head_max);
         return LaunchStatus("ScoreInt4Kernel");
       }));

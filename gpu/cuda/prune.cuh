@@ -8,8 +8,9 @@
 //     nibbles it loaded (a dot product does not care about the order of its terms).
 //     Each block owns a contiguous run of tiles of one (sequence, KV head): it resolves the
 //     physical pages of the run once into shared memory, then every warp streams groups of
-//     kTilesPerWarp tiles with all their loads in flight. The per-head score maximum is
-//     folded in with one atomicMax per warp and head (order-preserving integer keys).
+//     kTilesPerWarp tiles through a per-thread cp.async landing buffer two groups deep.
+//     The per-head score maximum is folded in with one atomicMax per warp and head
+//     (order-preserving integer keys).
 //     ScoreScalarKernel is the fallback for k_bits 2/8 and for FP16 K (k_bits 16).
 //  2. TopPKernel, one block per (sequence, query head): softmax weights exp(s - max) and
 //     the bisection of TopPThresholdRef, each iteration one block-wide reduction of (mass
@@ -27,8 +28,8 @@
 namespace twl::cuda {
 
 constexpr int kScoreWarps = 8;
-constexpr int kTilesPerWarp = 8;       // 16-token MMA tiles per warp group, loads in flight
-constexpr int kScoreMaxPages = 4096;   // pages of a block's tile run resolved in smem
+constexpr int kTilesPerWarp = 4;       // 16-token MMA tiles per warp group
+constexpr int kScoreMaxPages = 1024;   // pages of a block's tile run resolved in smem
 constexpr int kTopPThreads = 512;
 constexpr int kTopPSmemValues = 24576;  // active weights kept in shared memory (96 KB)
 constexpr int kTopPWarpValues = 2048;   // below this, one warp finishes the bisection
@@ -83,16 +84,48 @@ __device__ __forceinline__ uint32_t PackHalves(fp16_t lo, fp16_t hi) {
   return uint32_t(lo) | (uint32_t(hi) << 16);
 }
 
+__device__ __forceinline__ void CpAsyncBytes16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
+                   unsigned(__cvta_generic_to_shared(smem))),
+               "l"(gmem));
+}
+__device__ __forceinline__ void CpAsyncBytes8(void* smem, const void* gmem) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(
+                   unsigned(__cvta_generic_to_shared(smem))),
+               "l"(gmem));
+}
+__device__ __forceinline__ void CpAsyncCommitGroup() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWaitGroup() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Landing buffer of the score kernel: every thread stages its own code chunks (the bytes of
+// its MMA fragments) with cp.async kScoreStages - 1 groups ahead, so loads stay in flight
+// while the warp computes, without registers. Chunks are interleaved across threads (chunk
+// slot k of thread t at [k][t]) so that a warp's 16-byte accesses hit distinct banks.
+constexpr int kScoreStages = 3;
+constexpr int kScoreSlots = kScoreStages * kTilesPerWarp * 2;  // chunks per thread
+template <int kHeadDim>
+constexpr size_t ScoreSmemBytes() {
+  return size_t(kScoreSlots) * kScoreWarps * 32 * (kHeadDim / 8);
+}
+
 // Grid: x = blocks per (sequence, KV head), each owning tiles [x * tiles_per_block, ...);
 // y = (sequence, KV head). scores: [num_seqs * num_q_heads][cand_stride], -inf for slots
 // past the sequence end; head_max: [num_seqs * num_q_heads] FloatKey, zeroed before.
 template <int kHeadDim>
-__global__ void __launch_bounds__(kScoreWarps * 32)
+__global__ void __launch_bounds__(kScoreWarps * 32, 2)
     ScoreInt4Kernel(PageGeometry g, BatchView batch, QueryView q, QuantKView qk,
                     SelectionView sel, PruneShape shape, int32_t tiles_per_block,
                     float* __restrict__ scores, uint32_t* __restrict__ head_max) {
   constexpr int kWords = kHeadDim / 32;  // 32-bit code words per thread per token
+  constexpr int kChunk = kHeadDim / 8;   // code bytes per thread per token (16 or 8)
   constexpr int kChanPerThread = kHeadDim / 4;
+  constexpr int kThreads = kScoreWarps * 32;
+  using Chunk = typename std::conditional<kWords == 4, uint4, uint2>::type;
+  extern __shared__ __align__(16) unsigned char score_smem[];
+  Chunk* landing = reinterpret_cast<Chunk*>(score_smem);  // [kScoreSlots][kThreads]
   __shared__ int32_t run_page[kScoreMaxPages];  // physical page id of run page i
   __shared__ int32_t run_rows[kScoreMaxPages];  // rows of run page i inside the sequence
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -151,36 +184,71 @@ __global__ void __launch_bounds__(kScoreWarps * 32)
   }
   __syncthreads();  // run_page / run_rows ready
 
-  using Chunk = typename std::conditional<kWords == 4, uint4, uint2>::type;
+  // Row (t, half) of group `grp` of this warp: slot, block, row, validity.
+  auto row_of = [&](int32_t tile, int half, int64_t* block, int32_t* row) -> bool {
+    const int32_t slot = tile * 16 + r + half * 8;
+    const int32_t local = slot / g.page_size - p_begin;
+    *row = slot % g.page_size;
+    const bool valid = tile < t_end && slot < slots && *row < run_rows[min(local, p_end - p_begin - 1)];
+    *block = valid ? g.BlockId(run_page[local], h) : 0;
+    if (!valid) *row = 0;
+    return valid;
+  };
+  const int32_t stride = kScoreWarps * kTilesPerWarp;  // tiles between a warp's groups
+  const int32_t first_tile = t_begin + warp * kTilesPerWarp;
+  const int32_t groups = first_tile < t_end ? (t_end - first_tile + stride - 1) / stride : 0;
+  // Copies of group k into landing stage k % kScoreStages (rows past the end: row 0 of
+  // block 0, never used).
+  auto issue = [&](int32_t k) {
+    if (k < groups) {
+      const int stage = k % kScoreStages;
+#pragma unroll
+      for (int t = 0; t < kTilesPerWarp; ++t) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          int64_t block;
+          int32_t row;
+          row_of(first_tile + k * stride + t, half, &block, &row);
+          const uint8_t* src = qk.Codes(g, block, row) + t4 * kChunk;
+          Chunk* dst = &landing[((stage * kTilesPerWarp + t) * 2 + half) * kThreads + threadIdx.x];
+          if constexpr (kChunk == 16) CpAsyncBytes16(dst, src);
+          else CpAsyncBytes8(dst, src);
+        }
+      }
+    }
+    CpAsyncCommitGroup();
+  };
+#pragma unroll
+  for (int k = 0; k < kScoreStages - 1; ++k) issue(k);
+
   float run_max[2] = {-INFINITY, -INFINITY};
-  for (int32_t tile0 = t_begin + warp * kTilesPerWarp; tile0 < t_end;
-       tile0 += kScoreWarps * kTilesPerWarp) {
-    // Issue every load of the group's tiles before the first use.
-    Chunk codes[kTilesPerWarp][2];
+  for (int32_t k = 0; k < groups; ++k) {
+    CpAsyncWaitGroup<kScoreStages - 2>();  // this thread's copies of group k have landed
+    issue(k + kScoreStages - 1);
+    const int stage = k % kScoreStages;
+    const int32_t tile0 = first_tile + k * stride;
+    // Scale / zero of the group's rows (small loads; their latency overlaps the MMAs).
     float tscale[kTilesPerWarp][2], tzero[kTilesPerWarp][2];
     bool valid[kTilesPerWarp][2];
 #pragma unroll
     for (int t = 0; t < kTilesPerWarp; ++t) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int32_t slot = (tile0 + t) * 16 + r + half * 8;
-        const int32_t local = slot / g.page_size - p_begin;
-        const int32_t row = slot % g.page_size;
-        valid[t][half] = tile0 + t < t_end && slot < slots &&
-                         row < run_rows[min(local, p_end - p_begin - 1)];
-        const int64_t b = valid[t][half] ? g.BlockId(run_page[local], h) : 0;
-        const int32_t rr = valid[t][half] ? row : 0;
-        codes[t][half] = *reinterpret_cast<const Chunk*>(qk.Codes(g, b, rr) + t4 * (kHeadDim / 8));
-        tscale[t][half] = H2F(qk.scale[b * g.page_size + rr]);
-        tzero[t][half] = H2F(qk.zero[b * g.page_size + rr]);
+        int64_t block;
+        int32_t row;
+        valid[t][half] = row_of(tile0 + t, half, &block, &row);
+        tscale[t][half] = H2F(qk.scale[block * g.page_size + row]);
+        tzero[t][half] = H2F(qk.zero[block * g.page_size + row]);
       }
     }
 #pragma unroll
     for (int t = 0; t < kTilesPerWarp; ++t) {
       if (tile0 + t >= t_end) break;
+      const Chunk ca = landing[((stage * kTilesPerWarp + t) * 2 + 0) * kThreads + threadIdx.x];
+      const Chunk cb = landing[((stage * kTilesPerWarp + t) * 2 + 1) * kThreads + threadIdx.x];
+      const uint32_t* wa = reinterpret_cast<const uint32_t*>(&ca);
+      const uint32_t* wb = reinterpret_cast<const uint32_t*>(&cb);
       float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      const uint32_t* wa = reinterpret_cast<const uint32_t*>(&codes[t][0]);
-      const uint32_t* wb = reinterpret_cast<const uint32_t*>(&codes[t][1]);
 #pragma unroll
       for (int m = 0; m < kWords; ++m) {
         Mma16816(acc, NibblesToHalf2(wa[m], 0), NibblesToHalf2(wb[m], 0),
@@ -196,27 +264,30 @@ __global__ void __launch_bounds__(kScoreWarps * 32)
         const int32_t slot = (tile0 + t) * 16 + r + half * 8;
         if (slot >= slots) continue;
 #pragma unroll
-        for (int k = 0; k < 2; ++k) {
-          const int j = 2 * t4 + k;
+        for (int kk = 0; kk < 2; ++kk) {
+          const int j = 2 * t4 + kk;
           if (j >= shape.group) continue;
-          const float est = valid[t][half] ? shape.scale * (tscale[t][half] * acc[half * 2 + k] +
-                                                            tzero[t][half] * qsum[k])
+          const float est = valid[t][half] ? shape.scale * (tscale[t][half] * acc[half * 2 + kk] +
+                                                            tzero[t][half] * qsum[kk])
                                            : -INFINITY;
-          run_max[k] = fmaxf(run_max[k], est);
+          run_max[kk] = fmaxf(run_max[kk], est);
           scores[(int64_t(s) * batch.num_q_heads + h * shape.group + j) * shape.cand_stride +
                  slot] = est;
         }
       }
     }
   }
+  CpAsyncWaitGroup<0>();
   // Per-head maximum: lanes with the same t4 hold the same heads.
 #pragma unroll
-  for (int k = 0; k < 2; ++k) {
+  for (int kk = 0; kk < 2; ++kk) {
 #pragma unroll
-    for (int o = 4; o < 32; o <<= 1) run_max[k] = fmaxf(run_max[k], __shfl_xor_sync(0xffffffffu, run_max[k], o));
-    const int j = 2 * t4 + k;
-    if (r == 0 && j < shape.group && run_max[k] > -INFINITY) {
-      atomicMax(&head_max[s * batch.num_q_heads + h * shape.group + j], FloatKey(run_max[k]));
+    for (int o = 4; o < 32; o <<= 1) {
+      run_max[kk] = fmaxf(run_max[kk], __shfl_xor_sync(0xffffffffu, run_max[kk], o));
+    }
+    const int j = 2 * t4 + kk;
+    if (r == 0 && j < shape.group && run_max[kk] > -INFINITY) {
+      atomicMax(&head_max[s * batch.num_q_heads + h * shape.group + j], FloatKey(run_max[kk]));
     }
   }
 }
@@ -297,6 +368,8 @@ __device__ __forceinline__ BisectPart WarpReduce(BisectPart a) {
   return a;
 }
 
+constexpr int kFloorLevels = 8;  // drop-floor candidates 4^-k, k = 0 .. 7
+
 struct TopPScratch {
   float red_f[4][32];
   int red_i[32];
@@ -304,6 +377,8 @@ struct TopPScratch {
   float bcast_f[4];
   int bcast_i;
   float low;
+  float red_lv[32][2 * kFloorLevels];  // per-warp partials of the level statistics
+  float lv[2 * kFloorLevels];
 };
 
 __device__ __forceinline__ BisectPart BlockReduce(BisectPart a, TopPScratch& sm) {
@@ -371,9 +446,38 @@ __device__ __forceinline__ bool BisectStep(const BisectPart& a, float hi_mass, f
 
 constexpr size_t kTopPSmemBytes = sizeof(float) * kTopPSmemValues + sizeof(TopPScratch);
 
+// Calls f(i, x) for the weights x of slots [0, n) of a score row (thread-strided; float4
+// loads when the row is 16-byte aligned, which it is for page sizes that are multiples of 4).
+template <typename F>
+__device__ __forceinline__ void ForEachWeight(const float* sc, int32_t n, float mx, F f) {
+  const bool vec = (reinterpret_cast<uintptr_t>(sc) & 15u) == 0;
+  const int32_t n4 = vec ? n / 4 : 0;
+  const float4* sc4 = reinterpret_cast<const float4*>(sc);
+#pragma unroll 4
+  for (int32_t i4 = threadIdx.x; i4 < n4; i4 += blockDim.x) {
+    const float4 v = sc4[i4];
+    f(4 * i4 + 0, v.x == -INFINITY ? 0.0f : expf(v.x - mx));
+    f(4 * i4 + 1, v.y == -INFINITY ? 0.0f : expf(v.y - mx));
+    f(4 * i4 + 2, v.z == -INFINITY ? 0.0f : expf(v.z - mx));
+    f(4 * i4 + 3, v.w == -INFINITY ? 0.0f : expf(v.w - mx));
+  }
+  for (int32_t i = 4 * n4 + threadIdx.x; i < n; i += blockDim.x) f(i, WeightAt(sc, i, mx));
+}
+
+__device__ __forceinline__ float FloorLevel(int k) { return exp2f(-2.0f * float(k)); }  // 4^-k
+
 // One block per (sequence, query head). scores: the row of LaunchPrune's score workspace;
 // head_max: its FloatKey maximum; bits: union flags [num_seqs * num_kv_heads][bit_words],
 // zeroed before the launch.
+//
+// Drop floor: the first pass also sums mass and count of the weights >= 4^-k (k = 0..7).
+// If the weights >= 4^-k* already carry the target mass (with a 1e-4 margin for float sums)
+// and the largest weight below 4^-k* is >= 4^-(j+1), the final threshold t* (the largest
+// weight w with mass(> w) >= target) is >= 4^-(j+1), every bisection mid is > t*/2, and
+// weights below floor = 4^-(j+2) <= t*/4 can never be above a mid: they are left out of
+// the active set at once. In a peaked head that is nearly every weight. They can only
+// change which weight `below` snaps to and when the search stops, i.e. the threshold within
+// the stop gap (the documented tie band); the kept set is {w > low} over all slots.
 __global__ void __launch_bounds__(kTopPThreads)
     TopPKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                PruneShape shape, const float* __restrict__ scores_all,
@@ -414,57 +518,93 @@ __global__ void __launch_bounds__(kTopPThreads)
   const float p = params.seq_p ? params.seq_p[s] : params.p;
   const bool in_smem = slots <= kTopPSmemValues;
 
-  // Pass 1: weights (into shared memory when they fit), their sum and, fused, the first
-  // bisection step: low = 0, high = max weight = exp(0) = 1, mid = 0.5.
+  // Pass 1: weights (into shared memory when they fit), their sum, the drop-floor level
+  // statistics and, fused, the first bisection step: low = 0, high = max weight =
+  // exp(0) = 1, mid = 0.5.
   float low = 0.0f, high = 1.0f;
   BisectPart a = EmptyPart();
-  for (int32_t i = threadIdx.x; i < slots; i += blockDim.x) {
-    const float x = WeightAt(sc, i, mx);
+  float lv_mass[kFloorLevels], lv_count[kFloorLevels];
+#pragma unroll
+  for (int k = 0; k < kFloorLevels; ++k) lv_mass[k] = lv_count[k] = 0.0f;
+  ForEachWeight(sc, slots, mx, [&](int32_t i, float x) {
     if (in_smem) buf[i] = x;
     a.total += x;
     Accumulate(a, x, low, 0.5f, high);
+#pragma unroll
+    for (int k = 0; k < kFloorLevels; ++k) {
+      const bool ge = x >= FloorLevel(k);
+      lv_mass[k] += ge ? x : 0.0f;
+      lv_count[k] += ge ? 1.0f : 0.0f;
+    }
+  });
+  // Level statistics: warp sums, then one row per warp in shared memory.
+#pragma unroll
+  for (int k = 0; k < kFloorLevels; ++k) {
+    lv_mass[k] = WarpSum(lv_mass[k]);
+    lv_count[k] = WarpSum(lv_count[k]);
   }
-  a = BlockReduce(a, sm);  // also publishes the shared-memory weights
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k < kFloorLevels; ++k) {
+      sm.red_lv[warp][k] = lv_mass[k];
+      sm.red_lv[warp][kFloorLevels + k] = lv_count[k];
+    }
+  }
+  a = BlockReduce(a, sm);  // also publishes the shared-memory weights and red_lv
+  if (threadIdx.x < 2 * kFloorLevels) {
+    float v = 0.0f;
+    for (int w = 0; w < int(blockDim.x >> 5); ++w) v += sm.red_lv[w][threadIdx.x];
+    sm.lv[threadIdx.x] = v;
+  }
+  __syncthreads();
   const float total = a.total;
 
   int kept = 0;
   float kept_mass = 0.0f;
   if (total > 0.0f) {
-    // Active values: sm buf (or the scores in global memory until the first compaction),
-    // `len` of them; compacted-away values >= high are accounted in hi_mass / hi_count.
-    bool global = !in_smem;
+    bool global = !in_smem;  // active values still in the score row (not yet compacted)
     int32_t len = slots;
-    float hi_mass = 0.0f;
-    int hi_count = 0;
+    float hi_mass = 0.0f;    // mass of compacted-away weights >= high
+    float floor = 0.0f;      // weights below it are out of the search (see above)
+    float floor_count = float(slots);
     if (p < 1.0f) {
       const float target = p * total;
       const float gap = params.stop_gap * total;
+      int kstar = -1;
+      for (int k = 0; k < kFloorLevels && kstar < 0; ++k) {
+        if (sm.lv[k] >= target * 1.0001f) kstar = k;
+      }
+      if (kstar >= 0) {
+        for (int j = kstar; j + 2 < kFloorLevels; ++j) {
+          if (sm.lv[kFloorLevels + j + 1] > sm.lv[kFloorLevels + j]) {
+            floor = FloorLevel(j + 2);
+            floor_count = sm.lv[kFloorLevels + j + 2];  // weights >= floor
+            break;
+          }
+        }
+      }
       int it = 0;
       while (BisectStep(a, hi_mass, target, gap, low, high) && ++it < params.max_iterations) {
         // Compact when at most half of the values can still matter (or, from global
         // memory, as soon as they fit in shared memory).
-        const int32_t active = a.between;  // upper bound of the values in the new bounds
-        if ((global && active <= kTopPSmemValues) || (!global && 2 * active <= len)) {
+        const float active = fminf(float(a.between), floor_count);  // bound for new bounds
+        if ((global && active <= float(kTopPSmemValues)) || (!global && 2.0f * active <= float(len))) {
           float drop_mass = 0.0f;
-          int drop_count = 0;
           int32_t out = 0;
           for (int32_t base = 0; base < len; base += blockDim.x) {
             const int32_t i = base + threadIdx.x;
             const float x = i < len ? (global ? WeightAt(sc, i, mx) : buf[i]) : 0.0f;
-            const bool keep = i < len && x > low && x < high;
-            if (i < len && x >= high) {
-              drop_mass += x;
-              ++drop_count;
-            }
+            const bool keep = i < len && x > low && x < high && x >= floor;
+            if (i < len && x >= high) drop_mass += x;
             int tile_total;
             const int pos = out + BlockExclusiveSum(keep ? 1 : 0, sm.scan, &tile_total);
             if (keep) buf[pos] = x;  // pos <= i: in place is safe (reads done before)
             out += tile_total;
           }
           hi_mass += BlockSumF(drop_mass, sm);
-          hi_count += BlockSumI(drop_count, sm);
           global = false;
           len = out;
+          floor_count = float(len);
         }
         if (!global && len <= kTopPWarpValues) {
           // One warp finishes the search on the (small) shared buffer, no block barriers.
@@ -473,7 +613,10 @@ __global__ void __launch_bounds__(kTopPThreads)
             while (go) {
               const float mid = 0.5f * (low + high);
               BisectPart w = EmptyPart();
-              for (int32_t i = lane; i < len; i += 32) Accumulate(w, buf[i], low, mid, high);
+              for (int32_t i = lane; i < len; i += 32) {
+                const float x = buf[i];
+                if (x >= floor) Accumulate(w, x, low, mid, high);
+              }
               w = WarpReduce(w);
               go = BisectStep(w, hi_mass, target, gap, low, high) && ++it < params.max_iterations;
             }
@@ -485,31 +628,40 @@ __global__ void __launch_bounds__(kTopPThreads)
         }
         const float mid = 0.5f * (low + high);
         a = EmptyPart();
-        for (int32_t i = threadIdx.x; i < len; i += blockDim.x) {
-          Accumulate(a, global ? WeightAt(sc, i, mx) : buf[i], low, mid, high);
+        if (global) {
+          ForEachWeight(sc, len, mx, [&](int32_t, float x) {
+            if (x >= floor) Accumulate(a, x, low, mid, high);
+          });
+        } else {
+          for (int32_t i = threadIdx.x; i < len; i += blockDim.x) {
+            const float x = buf[i];
+            if (x >= floor) Accumulate(a, x, low, mid, high);
+          }
         }
         a = BlockReduce(a, sm);
       }
     }
-    // kept = { x > low } over all slots (hi_* hold the compacted-away values >= high > low).
+    // Kept set { w > low } over every slot: union bits (one ballot per 32 warp-contiguous
+    // slots) and the head's own count and mass.
     float m = 0.0f;
     int c = 0;
-    for (int32_t i = threadIdx.x; i < len; i += blockDim.x) {
-      const float x = global ? WeightAt(sc, i, mx) : buf[i];
-      if (x > low) {
+    for (int32_t base = 0; base < slots; base += blockDim.x) {
+      const int32_t i = base + threadIdx.x;
+      const float x = i < slots ? WeightAt(sc, i, mx) : 0.0f;
+      const bool keep = i < slots && x > low;
+      if (keep) {
         m += x;
         ++c;
       }
-    }
-    kept_mass = (hi_mass + BlockSumF(m, sm)) / total;
-    kept = hi_count + BlockSumI(c, sm);
-    // Union bits over the original slots: warp-contiguous slots -> one ballot per word.
-    for (int32_t base = 0; base < slots; base += blockDim.x) {
-      const int32_t i = base + threadIdx.x;
-      const bool keep = i < slots && WeightAt(sc, i, mx) > low;
       const uint32_t word = __ballot_sync(0xffffffffu, keep);
       if (lane == 0 && word) atomicOr(&pair_bits[i >> 5], word);
     }
+    BisectPart k = EmptyPart();
+    k.mass = m;
+    k.between = c;
+    k = BlockReduce(k, sm);
+    kept_mass = k.mass / total;
+    kept = k.between;
   }
   if (threadIdx.x == 0) {
     if (stats.selected) stats.selected[at] = nvalid;

@@ -73,18 +73,43 @@ __global__ void __launch_bounds__(kBoundWarps * 32)
     for (int i = 0; i < kBoundBatch; ++i) {
       const fp16_t* mn = reinterpret_cast<const fp16_t*>(&mnv[i]);
       const fp16_t* mx = reinterpret_cast<const fp16_t*>(&mxv[i]);
-      float best = -INFINITY;
+      float b[kMaxGroup];
 #pragma unroll
       for (int j = 0; j < kMaxGroup; ++j) {
+        b[j] = 0.0f;
         if (j < group) {
-          float b = 0.0f;
 #pragma unroll
           for (int e = 0; e < kE; ++e) {
-            b += fmaxf(__fmul_rn(qv[j][e], H2F(mn[e])), __fmul_rn(qv[j][e], H2F(mx[e])));
+            b[j] += fmaxf(__fmul_rn(qv[j][e], H2F(mn[e])), __fmul_rn(qv[j][e], H2F(mx[e])));
           }
-          best = fmaxf(best, WarpSum(b));
         }
       }
+      // Transposed warp reduction of the 8 head sums (9 shuffles instead of 40): each step
+      // halves the values a lane holds; afterwards lane holds the sum of head HeadOf(lane).
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const bool up = lane & 16;
+        const float send = up ? b[j] : b[j + 4];
+        b[j] = (up ? b[j + 4] : b[j]) + __shfl_xor_sync(0xffffffffu, send, 16);
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const bool up = lane & 8;
+        const float send = up ? b[j] : b[j + 2];
+        b[j] = (up ? b[j + 2] : b[j]) + __shfl_xor_sync(0xffffffffu, send, 8);
+      }
+      {
+        const bool up = lane & 4;
+        const float send = up ? b[0] : b[1];
+        b[0] = (up ? b[1] : b[0]) + __shfl_xor_sync(0xffffffffu, send, 4);
+      }
+      b[0] += __shfl_xor_sync(0xffffffffu, b[0], 2);
+      b[0] += __shfl_xor_sync(0xffffffffu, b[0], 1);
+      const int head = ((lane >> 4) & 1) * 4 + ((lane >> 3) & 1) * 2 + ((lane >> 2) & 1);
+      float best = head < group ? b[0] : -INFINITY;
+      best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, 4));
+      best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, 8));
+      best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, 16));
       if (lane == 0 && pb + i < p1) out[pb + i] = best;
     }
   }
