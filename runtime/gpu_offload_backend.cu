@@ -26,14 +26,18 @@ namespace {
 using offload_cuda::AsStream;
 
 // Pipeline groups per step: the prune of one group overlaps the fetch of the other, and
-// consecutive groups may evict each other's blocks (forced eviction mid-step), so a step
-// whose blocks exceed the cache still goes through it. More groups than needed hurt: each
-// pruner launch gets too small for the GPU (5 groups at B = 8, N = 128k: prune stage 2.8 ms
-// vs 1.25 ms with 2, H100, bench/RESULTS.md). How many a step needs is known only on the
-// GPU; the host uses the previous step's count of this layer (read back without waiting,
-// when its copy has landed) with Twilight, and the selection bound (exact there) when the
-// pruner keeps every selected token (Quest alone, dense layers). Units that still do not
-// fit are attended straight from host memory (correct, slower: about 15 GB/s, H100).
+// consecutive groups may evict each other's blocks (forced eviction mid-step). Measured on
+// the H100 (bench/RESULTS.md):
+//  * with Twilight the host's selection bound overestimates a step's blocks 10-50x, and
+//    splitting by it (5 groups at B = 8, N = 128k) made each pruner launch too small
+//    (prune stage 2.8 ms vs 1.25 ms with 2 groups); splitting by the previous step's real
+//    count instead made every step cycle the whole cache when its blocks exceed it (hit
+//    rate 0.82 -> 0.04, flat workload, B = 8, N = 32k: 2.75 -> 3.96 ms), while with two
+//    groups the units that fit stay resident step after step and the rest are attended
+//    from host memory. So Twilight steps use two groups;
+//  * when the pruner keeps every selected token (Quest alone, dense layers) the bound is
+//    exact, and groups that fit halve the step against attention from host memory, which
+//    reads at about 15 GB/s (Quest, B = 8, N = 32k: 11.9 -> 6.2 ms).
 constexpr int32_t kMaxGroups = 8;
 constexpr int32_t kPipelineGroups = 2;
 constexpr int32_t kAppendChunkTokens = 4096;  // host-input appends are staged in chunks
@@ -163,7 +167,7 @@ class GpuOffloadBackend final : public OffloadBackend {
     TWL_OFF_CUDA(cudaStreamCreateWithFlags(&fetch_stream_, cudaStreamNonBlocking));
     TWL_OFF_CUDA(cudaStreamCreateWithFlags(&append_stream_, cudaStreamNonBlocking));
     for (cudaEvent_t* e : {&ev_append_done_, &ev_step_done_, &ev_upload_, &ev_append_staged_,
-                           &ev_appended_, &ev_feedback_}) {
+                           &ev_appended_}) {
       TWL_OFF_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
       all_events_.push_back(*e);
     }
@@ -241,8 +245,6 @@ class GpuOffloadBackend final : public OffloadBackend {
   // attention may still read their slots) has completed.
   absl::Status ApplyPendingReleases();
   absl::Status AppendChunk(const AppendView& in, DType dtype, MemSpace space);
-  // Consumes the previous step's block counts if their copy has landed (never waits).
-  void ReadFeedback();
   absl::Status FillTelemetry(const DecodeRequest& req, int32_t num_groups, int32_t max_kept,
                              cudaStream_t c, StepTelemetry* t);
 
@@ -284,12 +286,6 @@ class GpuOffloadBackend final : public OffloadBackend {
   gpu::DeviceBuffer d_release_;
 
   uint32_t stamp_ = 1;
-  // Step-to-step feedback of the blocks a layer needed (see kMaxGroups).
-  PinnedBuffer h_feedback_;
-  cudaEvent_t ev_feedback_ = nullptr;
-  bool feedback_pending_ = false;
-  int32_t feedback_layer_ = 0, feedback_groups_ = 0;
-  std::vector<int64_t> last_need_;
   absl::Status async_error_;
   OffloadStepStats last_stats_;
   CacheCounters totals_;
@@ -558,17 +554,10 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     const int64_t pages = hb.NumPages(g_, s);
     worst[s] = int64_t(H) * std::min<int64_t>(pages, max_select);
   }
-  ReadFeedback();
-  int32_t want = kPipelineGroups;
-  if (!req.pruner.dense) {
-    const int64_t need = req.layer < int32_t(last_need_.size()) ? last_need_[size_t(req.layer)] : 0;
-    const int64_t half = std::max<int64_t>(1, num_slots_ / 2);
-    want = int32_t(std::clamp<int64_t>((need * 5 / 4 + half - 1) / half, kPipelineGroups,
-                                       kMaxGroups));
-  }
   const std::vector<SeqGroup> groups =
-      req.pruner.dense ? PlanSeqGroups(worst, num_slots_, std::min(B, kPipelineGroups), kMaxGroups)
-                       : PlanSeqGroups(worst, num_slots_, want, want);
+      req.pruner.dense
+          ? PlanSeqGroups(worst, num_slots_, std::min(B, kPipelineGroups), kMaxGroups)
+          : PlanSeqGroups(worst, num_slots_, kPipelineGroups, kPipelineGroups);
   const int32_t G = int32_t(groups.size());
 
   int32_t* stats_sel = d_stats_.as<int32_t>();
@@ -681,39 +670,12 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   }
   TWL_OFF_RETURN(attend(G - 1));
   TWL_OFF_CUDA(cudaEventRecord(ev_step_done_, c));
-  // This step's block counts, for the next step of this layer (read without waiting).
-  if (!feedback_pending_) {
-    TWL_OFF_RETURN(h_feedback_.Reserve(sizeof(DeviceGroupCounters) * kMaxGroups));
-    TWL_OFF_CUDA(cudaMemcpyAsync(h_feedback_.as<DeviceGroupCounters>(), counters_.get(),
-                                 sizeof(DeviceGroupCounters) * size_t(G),
-                                 cudaMemcpyDeviceToHost, c));
-    TWL_OFF_CUDA(cudaEventRecord(ev_feedback_, c));
-    feedback_pending_ = true;
-    feedback_layer_ = req.layer;
-    feedback_groups_ = G;
-  }
   if (req.space == MemSpace::kHost) {
     TWL_OFF_CUDA(cudaMemcpyAsync(req.out, out, qo_bytes, cudaMemcpyDeviceToHost, c));
   }
   if (t) TWL_OFF_RETURN(FillTelemetry(req, G, max_kept, c, t));
   if (req.space == MemSpace::kHost) TWL_OFF_CUDA(cudaStreamSynchronize(c));
   return offload_cuda::LaunchStatus("offload decode");
-}
-
-void GpuOffloadBackend::ReadFeedback() {
-  if (!feedback_pending_) return;
-  const cudaError_t e = cudaEventQuery(ev_feedback_);
-  if (e == cudaErrorNotReady) return;  // try again at the next step
-  feedback_pending_ = false;
-  if (e != cudaSuccess) {
-    cudaGetLastError();
-    return;
-  }
-  const auto* c = h_feedback_.as<DeviceGroupCounters>();
-  int64_t need = 0;
-  for (int32_t gi = 0; gi < feedback_groups_; ++gi) need += c[gi].needed + c[gi].direct_blocks;
-  if (feedback_layer_ >= int32_t(last_need_.size())) last_need_.resize(size_t(feedback_layer_) + 1, 0);
-  last_need_[size_t(feedback_layer_)] = need;
 }
 
 absl::Status GpuOffloadBackend::FillTelemetry(const DecodeRequest& req, int32_t num_groups,

@@ -15,8 +15,8 @@
 // Nothing waits for the host inside a step: the only host synchronisation is the optional
 // telemetry read at the end (and the copy back of `out` when it is a host pointer).
 //
-// Overlap: the batch is split into groups of sequences (two, or more when the previous step
-// of the layer needed more blocks than half the cache; cache/gpu_page_cache.h PlanSeqGroups).
+// Overlap: the batch is split into groups of sequences (two with Twilight; with Quest alone
+// as many as its exact block bound needs to fit; cache/gpu_page_cache.h PlanSeqGroups).
 // The prune of group g+1 runs on the compute stream while group g's blocks
 // are gathered on the fetch stream, and group g's attention runs while group g+1's blocks
 // are gathered. Not overlapped: attention of a group with the fetch of its own missing
