@@ -92,7 +92,9 @@ std::string Table::ToText() const {
   for (size_t c = 0; c < columns_.size(); ++c) {
     // Header aligned like its column's first row.
     const bool right = !rows_.empty() && rows_[0][c].numeric;
-    out += absl::StrFormat(right ? "%*s" : "%-*s", int(w[c]), columns_[c]);
+    // (Two literal formats: clang checks absl format strings at compile time.)
+    out += right ? absl::StrFormat("%*s", int(w[c]), columns_[c])
+                 : absl::StrFormat("%-*s", int(w[c]), columns_[c]);
     if (c + 1 < columns_.size()) out += "  ";
   }
   out += "\n";
@@ -101,7 +103,8 @@ std::string Table::ToText() const {
   out += std::string(total, '-') + "\n";
   for (const auto& r : rows_) {
     for (size_t c = 0; c < columns_.size(); ++c) {
-      out += absl::StrFormat(r[c].numeric ? "%*s" : "%-*s", int(w[c]), r[c].text);
+      out += r[c].numeric ? absl::StrFormat("%*s", int(w[c]), r[c].text)
+                          : absl::StrFormat("%-*s", int(w[c]), r[c].text);
       if (c + 1 < columns_.size()) out += "  ";
     }
     out += "\n";
