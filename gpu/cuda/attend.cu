@@ -20,12 +20,11 @@ int32_t PaddedGroup(int32_t group) {
 }
 
 struct AttnLayout {
-  cuda::AttnPlan* plan = nullptr;
-  int32_t* item_offset = nullptr;  // [pairs + 1]
+  int32_t* cum = nullptr;          // [pairs + 1] exclusive prefix of the token counts
+  int32_t* item_offset = nullptr;  // [pairs + 1] first partial state of each pair
   float* part_acc = nullptr;       // [max_items][gpad][head_dim]
   float2* part_ml = nullptr;       // [max_items][gpad]
-  int32_t max_items = 0;
-  int32_t target_items = 0;
+  int32_t max_blocks = 0;          // bound on the attention grid (resident blocks)
   size_t bytes = 0;
 };
 
@@ -33,13 +32,14 @@ AttnLayout Layout(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads, 
   const int64_t pairs = int64_t(num_seqs) * g.num_kv_heads;
   const int32_t gpad = PaddedGroup(std::max(1, num_q_heads / std::max(1, g.num_kv_heads)));
   AttnLayout l;
-  l.target_items = cuda::kItemsPerSm * gpu::SmCount();
-  l.max_items = int32_t(std::min<int64_t>(INT32_MAX / 2, l.target_items + pairs));
+  l.max_blocks = cuda::kMaxBlocksPerSm * gpu::SmCount();
+  // Pieces: one per block range plus at most one extra per pair boundary.
+  const int64_t max_items = std::min<int64_t>(INT32_MAX / 2, l.max_blocks + pairs);
   cuda::WorkspaceCarver c(base);
-  l.plan = c.Take<cuda::AttnPlan>(1);
+  l.cum = c.Take<int32_t>(size_t(pairs) + 1);
   l.item_offset = c.Take<int32_t>(size_t(pairs) + 1);
-  l.part_acc = c.Take<float>(size_t(l.max_items) * gpad * size_t(g.head_dim));
-  l.part_ml = c.Take<float2>(size_t(l.max_items) * gpad);
+  l.part_acc = c.Take<float>(size_t(max_items) * gpad * size_t(g.head_dim));
+  l.part_ml = c.Take<float2>(size_t(max_items) * gpad);
   l.bytes = c.used();
   return l;
 }
@@ -70,9 +70,6 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
   const KeptView kv_set = kept ? *kept : KeptView{};
   const bool dense = kept == nullptr;
   cudaStream_t st = AsStream(stream);
-  cuda::AttendPlanKernel<<<1, 1024, 0, st>>>(g, batch, kv_set, dense, l.target_items, l.plan,
-                                             l.item_offset);
-  TWL_RETURN_IF_ERROR(LaunchStatus("AttendPlanKernel"));
   const int32_t gpad = PaddedGroup(group);
   TWL_RETURN_IF_ERROR(TWL_DISPATCH_HEAD_DIM(g.head_dim, [&]() -> absl::Status {
     auto launch = [&](auto kernel) {
@@ -81,8 +78,19 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
           cudaSuccess) {
         return LaunchStatus("AttendChunkKernel smem attribute");
       }
-      kernel<<<unsigned(l.max_items), cuda::kAttnThreads, smem, st>>>(
-          g, batch, q, kv, kv_set, dense, group, scale, l.plan, l.item_offset, l.part_acc,
+      // Stream-K: as many blocks as fit at once; each takes an equal share of the tokens.
+      int per_sm = 0;
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, cuda::kAttnThreads,
+                                                        smem) != cudaSuccess) {
+        return LaunchStatus("AttendChunkKernel occupancy");
+      }
+      const int32_t blocks =
+          std::min(l.max_blocks, std::max(1, per_sm) * gpu::SmCount());
+      cuda::AttendPlanKernel<<<1, 1024, 0, st>>>(g, batch, kv_set, dense, blocks, l.cum,
+                                                 l.item_offset);
+      TWL_RETURN_IF_ERROR(LaunchStatus("AttendPlanKernel"));
+      kernel<<<unsigned(blocks), cuda::kAttnThreads, smem, st>>>(
+          g, batch, q, kv, kv_set, dense, group, scale, l.cum, l.item_offset, l.part_acc,
           l.part_ml);
       return LaunchStatus("AttendChunkKernel");
     };

@@ -1,13 +1,15 @@
 // Split-K paged decode attention (flash-decoding) over kept token sets, and its dense form.
 //
-// Work is planned on the device (no host round trip): AttendPlanKernel reads the kept
-// counts, picks one chunk length for the whole batch (about kItemsPerSm work items per SM)
-// and writes each (sequence, KV head)'s first item index, so a heavy head is cut into many
-// chunks and a light one into few, and the flat item list spreads evenly over the SMs.
-// AttendChunkKernel<D, G> runs one item per block: the FP16 K/V rows of its chunk are read
-// once for all G query heads of the KV group (16-byte loads, FP32 online softmax), and it
-// writes an unnormalized partial state (m, l, acc). AttendMergeKernel combines the partial
-// states of each (sequence, query head) and writes FP16.
+// Work is planned on the device (no host round trip), stream-K style: AttendPlanKernel
+// scans the kept counts into cum[] (the flat token space of the batch, pair-major) and the
+// grid's P resident blocks each take an equal range [b*T/P, (b+1)*T/P) of it. A block's
+// range is cut at (sequence, KV head) boundaries into pieces; each piece is one partial
+// softmax state, numbered per pair (item_offset), so a heavy head is spread over many blocks,
+// a light one fits in one, and every SM gets the same number of tokens however the budgets
+// vary. AttendChunkKernel<D, G> reads each piece's FP16 K/V rows once for all G query
+// heads of the KV group (cp.async pipeline, FP32 online softmax) and writes an unnormalized
+// partial state (m, l, acc). AttendMergeKernel combines the partial states of each
+// (sequence, query head) and writes FP16.
 #pragma once
 
 #include "gpu/cuda/common.cuh"
@@ -16,14 +18,8 @@ namespace twl::cuda {
 
 constexpr int kAttnWarps = 8;
 constexpr int kAttnThreads = kAttnWarps * 32;
-constexpr int kAttnMinChunk = 256;  // 4 stages: amortizes the per-item prologue
-constexpr int kItemsPerSm = 16;  // many items per SM: a small last wave (tail)
+constexpr int kMaxBlocksPerSm = 4;  // bound on resident attention blocks (workspace sizing)
 constexpr float kLog2e = 1.4426950408889634f;
-
-struct AttnPlan {
-  int32_t chunk = 0;        // tokens per work item
-  int32_t total_items = 0;  // == item_offset[num_pairs]
-};
 
 // Tokens attended by a (sequence, KV head): its kept count, or the whole sequence.
 __device__ __forceinline__ int32_t AttnCount(const KeptView& kept, const BatchView& batch,
@@ -31,10 +27,21 @@ __device__ __forceinline__ int32_t AttnCount(const KeptView& kept, const BatchVi
   return dense ? batch.seq_len[pair / g.num_kv_heads] : kept.count[pair];
 }
 
-// One block of 1024 threads.
+// Stream-K boundaries: block b of P starts at B(b) = floor(b * T / P); with P <= T they are
+// distinct. BoundariesUpTo(x) = #{b in [1, P) : B(b) <= x} for x >= 0.
+__device__ __forceinline__ long long Boundary(long long b, long long total, long long p) {
+  return b * total / p;
+}
+__device__ __forceinline__ long long BoundariesUpTo(long long x, long long total, long long p) {
+  return min(p - 1, ((x + 1) * p - 1) / total);
+}
+
+// One block of 1024 threads: cum[pairs + 1] (exclusive prefix of the counts) and
+// item_offset[pairs + 1] (first piece of each pair; a pair of c tokens starting at cum has
+// 1 + #{boundaries strictly inside (cum, cum + c)} pieces, none when c = 0).
 __global__ void __launch_bounds__(1024)
     AttendPlanKernel(PageGeometry g, BatchView batch, KeptView kept, bool dense,
-                     int32_t target_items, AttnPlan* plan, int32_t* item_offset) {
+                     int32_t grid_blocks, int32_t* cum, int32_t* item_offset) {
   __shared__ int scan[33];
   const int32_t pairs = batch.num_seqs * g.num_kv_heads;
   long long total = 0;
@@ -42,16 +49,20 @@ __global__ void __launch_bounds__(1024)
     const int32_t i = base + threadIdx.x;
     const int c = i < pairs ? max(0, AttnCount(kept, batch, g, dense, i)) : 0;
     int tile_total;
-    BlockExclusiveSum(c, scan, &tile_total);
+    const int at = BlockExclusiveSum(c, scan, &tile_total);
+    if (i < pairs) cum[i] = int32_t(total + at);
     total += tile_total;
   }
-  const long long want = (total + target_items - 1) / target_items;
-  const int32_t chunk = int32_t(max((long long)kAttnMinChunk, (want + 63) / 64 * 64));
+  const long long p = min((long long)grid_blocks, max(1ll, total));
   int items = 0;
   for (int32_t base = 0; base < pairs; base += blockDim.x) {
     const int32_t i = base + threadIdx.x;
-    const int c = i < pairs ? max(0, AttnCount(kept, batch, g, dense, i)) : 0;
-    const int n = (c + chunk - 1) / chunk;
+    int n = 0;
+    if (i < pairs) {
+      const int c = max(0, AttnCount(kept, batch, g, dense, i));
+      const long long c0 = cum[i];  // written by this thread above
+      if (c > 0) n = 1 + int(BoundariesUpTo(c0 + c - 1, total, p) - BoundariesUpTo(c0, total, p));
+    }
     int tile_total;
     const int at = items + BlockExclusiveSum(n, scan, &tile_total);
     if (i < pairs) item_offset[i] = at;
@@ -59,8 +70,7 @@ __global__ void __launch_bounds__(1024)
   }
   if (threadIdx.x == 0) {
     item_offset[pairs] = items;
-    plan->chunk = chunk;
-    plan->total_items = items;
+    cum[pairs] = int32_t(total);
   }
 }
 
@@ -111,9 +121,9 @@ struct AttnCfg {
 // Compute role: warp w scores tokens [8w, 8w + 8) of each stage for all G heads (lanes own 8
 // channels; D/8 lanes per token), FP32 online softmax in base 2, V accumulated in registers.
 template <int D, int G>
-__global__ void __launch_bounds__(kAttnThreads)
+__global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM up to G = 4
     AttendChunkKernel(PageGeometry g, BatchView batch, QueryView q, FpKvView kv, KeptView kept,
-                      bool dense, int32_t group, float qscale, const AttnPlan* __restrict__ plan,
+                      bool dense, int32_t group, float qscale, const int32_t* __restrict__ cum,
                       const int32_t* __restrict__ item_offset, float* __restrict__ part_acc,
                       float2* __restrict__ part_ml) {
   using Cfg = AttnCfg<D>;
@@ -127,208 +137,222 @@ __global__ void __launch_bounds__(kAttnThreads)
   fp16_t* vbuf = kbuf + S * T * D;                      // [S][T][D]
 
   const int32_t pairs = batch.num_seqs * g.num_kv_heads;
-  const int32_t item = blockIdx.x;
-  if (item >= item_offset[pairs]) return;
-  int32_t lo = 0, hi = pairs;  // last pair with item_offset[pair] <= item
-  while (hi - lo > 1) {
-    const int32_t mid = (lo + hi) / 2;
-    if (item_offset[mid] <= item) lo = mid;
-    else hi = mid;
-  }
-  const int32_t pair = lo;
-  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
-  const int32_t count = AttnCount(kept, batch, g, dense, pair);
-  const int32_t c0 = (item - item_offset[pair]) * plan->chunk;
-  const int32_t c1 = min(count, c0 + plan->chunk);
-  const int32_t nst = (c1 - c0 + T - 1) / T;  // stages of this item
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int tl = threadIdx.x >> 2, part = threadIdx.x & 3;  // loader: token, quarter
-  const int lg = lane / L, li = lane % L;                    // compute: token in step, chunk
-
-  // ---- loader address pipeline (per thread: token tl of each stage) ----
-  const int32_t* tokens = dense ? nullptr : kept.tokens + int64_t(pair) * kept.max_kept;
-  const int32_t* ptab = batch.page_table + int64_t(s) * batch.max_pages;
-  auto load_pos = [&](int32_t stage) -> int32_t {  // -1 past the item's end
-    const int32_t i = c0 + stage * T + tl;
-    if (i >= c1) return -1;
-    return dense ? i : tokens[i];
-  };
-  auto load_page = [&](int32_t pos) -> int32_t { return pos < 0 ? 0 : ptab[pos / g.page_size]; };
-  auto load_slot = [&](int32_t pos, int32_t page) -> int64_t {
-    if (pos < 0) return 0;
-    const int64_t block = g.BlockId(page, h);
-    return kv.slot_of_block ? int64_t(kv.slot_of_block[block]) : block;
-  };
-  auto issue = [&](int32_t stage, int32_t pos, int64_t slot) {
-    const int b = stage % S;
-    const bool valid = pos >= 0;
-    const fp16_t* src = kv.kv + (valid ? slot * g.FpBlockElems() + int64_t(pos % g.page_size) * D : 0);
-    fp16_t* kd = kbuf + (b * T + tl) * D;
-    fp16_t* vd = vbuf + (b * T + tl) * D;
-#pragma unroll
-    for (int c = 0; c < Cfg::kLoadChunks; ++c) {
-      const int e = (part * Cfg::kLoadChunks + c) * 8;
-      CpAsync16(kd + e, src + e, valid);
-      CpAsync16(vd + e, src + int64_t(g.page_size) * D + e, valid);
+  const long long total = cum[pairs];
+  const long long nblk = min((long long)gridDim.x, max(1ll, total));
+  if (blockIdx.x >= nblk) return;
+  const long long range_lo = Boundary(blockIdx.x, total, nblk);
+  const long long range_hi = Boundary(blockIdx.x + 1, total, nblk);
+  int32_t pair;
+  {
+    int32_t lo = 0, hi = pairs;  // last pair with cum[pair] <= range_lo (it holds range_lo)
+    while (hi - lo > 1) {
+      const int32_t mid = (lo + hi) / 2;
+      if (cum[mid] <= range_lo) lo = mid;
+      else hi = mid;
     }
-  };
-  // Prologue: stages 0 .. S-2 resolved synchronously and in flight.
-  for (int32_t st = 0; st < S - 1; ++st) {
-    if (st < nst) {
-      const int32_t pos = load_pos(st);
-      issue(st, pos, load_slot(pos, load_page(pos)));
-    }
-    CpAsyncCommit();
+    pair = lo;
   }
-  // Register pipeline: stage S-1 resolved (pos1, slot1), stage S has its page (pos2, page2),
-  // stage S+1 has its position (pos3).
-  int32_t pos1 = load_pos(S - 1);
-  int64_t slot1 = load_slot(pos1, load_page(pos1));
-  int32_t pos2 = load_pos(S);
-  int32_t page2 = load_page(pos2);
-  int32_t pos3 = load_pos(S + 1);
+  for (long long pos = range_lo; pos < range_hi;) {
+    while (cum[pair + 1] <= pos) ++pair;  // skip empty sets
+    const long long piece_end = min(range_hi, (long long)cum[pair + 1]);
+    const int32_t item =
+        item_offset[pair] + (pos == cum[pair] ? 0
+                                              : int32_t(BoundariesUpTo(pos, total, nblk) -
+                                                        BoundariesUpTo(cum[pair], total, nblk)));
+    const int32_t c0 = int32_t(pos - cum[pair]), c1 = int32_t(piece_end - cum[pair]);
+    pos = piece_end;
+    __syncthreads();  // the previous piece's merge scratch is no longer read
+    const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
+    const int32_t nst = (c1 - c0 + T - 1) / T;  // stages of this item
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int tl = threadIdx.x >> 2, part = threadIdx.x & 3;  // loader: token, quarter
+    const int lg = lane / L, li = lane % L;                    // compute: token in step, chunk
 
-  // ---- compute state ----
-  float qv[G][8];
+    // ---- loader address pipeline (per thread: token tl of each stage) ----
+    const int32_t* tokens = dense ? nullptr : kept.tokens + int64_t(pair) * kept.max_kept;
+    const int32_t* ptab = batch.page_table + int64_t(s) * batch.max_pages;
+    auto load_pos = [&](int32_t stage) -> int32_t {  // -1 past the item's end
+      const int32_t i = c0 + stage * T + tl;
+      if (i >= c1) return -1;
+      return dense ? i : tokens[i];
+    };
+    auto load_page = [&](int32_t pos) -> int32_t { return pos < 0 ? 0 : ptab[pos / g.page_size]; };
+    auto load_slot = [&](int32_t pos, int32_t page) -> int64_t {
+      if (pos < 0) return 0;
+      const int64_t block = g.BlockId(page, h);
+      return kv.slot_of_block ? int64_t(kv.slot_of_block[block]) : block;
+    };
+    auto issue = [&](int32_t stage, int32_t pos, int64_t slot) {
+      const int b = stage % S;
+      const bool valid = pos >= 0;
+      const fp16_t* src = kv.kv + (valid ? slot * g.FpBlockElems() + int64_t(pos % g.page_size) * D : 0);
+      fp16_t* kd = kbuf + (b * T + tl) * D;
+      fp16_t* vd = vbuf + (b * T + tl) * D;
 #pragma unroll
-  for (int j = 0; j < G; ++j) {
-    if (j < group) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(
-          q.q + (int64_t(s) * batch.num_q_heads + h * group + j) * D + li * 8);
-      Unpack8(raw, qv[j]);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) qv[j][e] *= qscale;
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) qv[j][e] = 0.0f;
-    }
-  }
-  float m[G], l[G], acc[G][8];
-#pragma unroll
-  for (int j = 0; j < G; ++j) {
-    m[j] = -INFINITY;
-    l[j] = 0.0f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) acc[j][e] = 0.0f;
-  }
-
-  for (int32_t st = 0; st < nst; ++st) {
-    CpAsyncWait<S - 2>();
-    __syncthreads();  // stage st landed for every thread; buffer (st - 1) % S is free
-    // Loader: copies for stage st + S - 1, then advance the lookups by one stage (the loads
-    // issued here are consumed one iteration later).
-    if (st + S - 1 < nst) issue(st + S - 1, pos1, slot1);
-    CpAsyncCommit();
-    pos1 = pos2;
-    slot1 = load_slot(pos2, page2);
-    pos2 = pos3;
-    page2 = load_page(pos3);
-    pos3 = load_pos(st + S + 2);
-
-    // Compute on stage st.
-    const int b = st % S;
-    const int32_t nvalid = min(T, c1 - (c0 + st * T));
-    float sc[U][G];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int t = warp * 8 + u * TPW + lg;
-      float kf[8];
-      Unpack8(*reinterpret_cast<const uint4*>(kbuf + (b * T + t) * D + li * 8), kf);
-#pragma unroll
-      for (int j = 0; j < G; ++j) {
-        float d = 0.0f;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) d = fmaf(qv[j][e], kf[e], d);
-#pragma unroll
-        for (int o = L / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-        sc[u][j] = t < nvalid ? d : -INFINITY;
+      for (int c = 0; c < Cfg::kLoadChunks; ++c) {
+        const int e = (part * Cfg::kLoadChunks + c) * 8;
+        CpAsync16(kd + e, src + e, valid);
+        CpAsync16(vd + e, src + int64_t(g.page_size) * D + e, valid);
       }
+    };
+    // Prologue: stages 0 .. S-2 resolved synchronously and in flight.
+    for (int32_t st = 0; st < S - 1; ++st) {
+      if (st < nst) {
+        const int32_t pos = load_pos(st);
+        issue(st, pos, load_slot(pos, load_page(pos)));
+      }
+      CpAsyncCommit();
     }
+    // Register pipeline: stage S-1 resolved (pos1, slot1), stage S has its page (pos2, page2),
+    // stage S+1 has its position (pos3).
+    int32_t pos1 = load_pos(S - 1);
+    int64_t slot1 = load_slot(pos1, load_page(pos1));
+    int32_t pos2 = load_pos(S);
+    int32_t page2 = load_page(pos2);
+    int32_t pos3 = load_pos(S + 1);
+
+    // ---- compute state ----
+    float qv[G][8];
 #pragma unroll
     for (int j = 0; j < G; ++j) {
-      float mn = m[j];
+      if (j < group) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(
+            q.q + (int64_t(s) * batch.num_q_heads + h * group + j) * D + li * 8);
+        Unpack8(raw, qv[j]);
 #pragma unroll
-      for (int u = 0; u < U; ++u) mn = fmaxf(mn, sc[u][j]);
-      const float ms = mn == -INFINITY ? 0.0f : mn;
-      const float alpha = SafeExp2Diff(m[j], ms);
-      l[j] *= alpha;
+        for (int e = 0; e < 8; ++e) qv[j][e] *= qscale;
+      } else {
 #pragma unroll
-      for (int e = 0; e < 8; ++e) acc[j][e] *= alpha;
-      m[j] = mn;
+        for (int e = 0; e < 8; ++e) qv[j][e] = 0.0f;
+      }
+    }
+    float m[G], l[G], acc[G][8];
+#pragma unroll
+    for (int j = 0; j < G; ++j) {
+      m[j] = -INFINITY;
+      l[j] = 0.0f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[j][e] = 0.0f;
+    }
+
+    for (int32_t st = 0; st < nst; ++st) {
+      CpAsyncWait<S - 2>();
+      __syncthreads();  // stage st landed for every thread; buffer (st - 1) % S is free
+      // Loader: copies for stage st + S - 1, then advance the lookups by one stage (the loads
+      // issued here are consumed one iteration later).
+      if (st + S - 1 < nst) issue(st + S - 1, pos1, slot1);
+      CpAsyncCommit();
+      pos1 = pos2;
+      slot1 = load_slot(pos2, page2);
+      pos2 = pos3;
+      page2 = load_page(pos3);
+      pos3 = load_pos(st + S + 2);
+
+      // Compute on stage st.
+      const int b = st % S;
+      const int32_t nvalid = min(T, c1 - (c0 + st * T));
+      float sc[U][G];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        sc[u][j] = exp2f(sc[u][j] - ms);  // 0 for masked tokens
-        l[j] += sc[u][j];
+        const int t = warp * 8 + u * TPW + lg;
+        float kf[8];
+        Unpack8(*reinterpret_cast<const uint4*>(kbuf + (b * T + t) * D + li * 8), kf);
+#pragma unroll
+        for (int j = 0; j < G; ++j) {
+          float d = 0.0f;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) d = fmaf(qv[j][e], kf[e], d);
+#pragma unroll
+          for (int o = L / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+          sc[u][j] = t < nvalid ? d : -INFINITY;
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < G; ++j) {
+        float mn = m[j];
+#pragma unroll
+        for (int u = 0; u < U; ++u) mn = fmaxf(mn, sc[u][j]);
+        const float ms = mn == -INFINITY ? 0.0f : mn;
+        const float alpha = SafeExp2Diff(m[j], ms);
+        l[j] *= alpha;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[j][e] *= alpha;
+        m[j] = mn;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          sc[u][j] = exp2f(sc[u][j] - ms);  // 0 for masked tokens
+          l[j] += sc[u][j];
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int t = warp * 8 + u * TPW + lg;
+        float vf[8];
+        Unpack8(*reinterpret_cast<const uint4*>(vbuf + (b * T + t) * D + li * 8), vf);
+#pragma unroll
+        for (int j = 0; j < G; ++j) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[j][e] = fmaf(sc[u][j], vf[e], acc[j][e]);
+        }
       }
     }
+    CpAsyncWait<0>();
+    __syncthreads();  // stage buffers are reused for the merge below
+
+    // Merge the TPW token lanes of each warp (lanes li of groups lg hold the same channels).
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int t = warp * 8 + u * TPW + lg;
-      float vf[8];
-      Unpack8(*reinterpret_cast<const uint4*>(vbuf + (b * T + t) * D + li * 8), vf);
+    for (int o = L; o < 32; o <<= 1) {
+#pragma unroll
+      for (int j = 0; j < G; ++j) {
+        const float mo = __shfl_xor_sync(0xffffffffu, m[j], o);
+        const float lo_ = __shfl_xor_sync(0xffffffffu, l[j], o);
+        const float mn = fmaxf(m[j], mo);
+        const float ms = mn == -INFINITY ? 0.0f : mn;
+        const float fa = SafeExp2Diff(m[j], ms), fb = SafeExp2Diff(mo, ms);
+        l[j] = l[j] * fa + lo_ * fb;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const float ao = __shfl_xor_sync(0xffffffffu, acc[j][e], o);
+          acc[j][e] = acc[j][e] * fa + ao * fb;
+        }
+        m[j] = mn;
+      }
+    }
+    float* sacc = reinterpret_cast<float*>(attn_smem);     // [kAttnWarps][G][D]
+    float* sm_m = sacc + kAttnWarps * G * D;               // [kAttnWarps][G]
+    float* sm_l = sm_m + kAttnWarps * G;                   // [kAttnWarps][G]
+    static_assert(sizeof(float) * kAttnWarps * G * (D + 2) <= Cfg::kSmemBytes, "merge scratch");
+    if (lane < L) {
 #pragma unroll
       for (int j = 0; j < G; ++j) {
 #pragma unroll
-        for (int e = 0; e < 8; ++e) acc[j][e] = fmaf(sc[u][j], vf[e], acc[j][e]);
+        for (int e = 0; e < 8; ++e) sacc[(warp * G + j) * D + li * 8 + e] = acc[j][e];
+        if (li == 0) {
+          sm_m[warp * G + j] = m[j];
+          sm_l[warp * G + j] = l[j];
+        }
       }
     }
-  }
-  CpAsyncWait<0>();
-  __syncthreads();  // stage buffers are reused for the merge below
-
-  // Merge the TPW token lanes of each warp (lanes li of groups lg hold the same channels).
+    __syncthreads();
+    // Merge the warps; one thread per (head, channel).
+    for (int idx = threadIdx.x; idx < G * D; idx += kAttnThreads) {
+      const int j = idx / D, c = idx % D;
+      if (j >= group) continue;
+      float mn = -INFINITY;
 #pragma unroll
-  for (int o = L; o < 32; o <<= 1) {
-#pragma unroll
-    for (int j = 0; j < G; ++j) {
-      const float mo = __shfl_xor_sync(0xffffffffu, m[j], o);
-      const float lo_ = __shfl_xor_sync(0xffffffffu, l[j], o);
-      const float mn = fmaxf(m[j], mo);
+      for (int w = 0; w < kAttnWarps; ++w) mn = fmaxf(mn, sm_m[w * G + j]);
       const float ms = mn == -INFINITY ? 0.0f : mn;
-      const float fa = SafeExp2Diff(m[j], ms), fb = SafeExp2Diff(mo, ms);
-      l[j] = l[j] * fa + lo_ * fb;
+      float a = 0.0f, lsum = 0.0f;
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const float ao = __shfl_xor_sync(0xffffffffu, acc[j][e], o);
-        acc[j][e] = acc[j][e] * fa + ao * fb;
+      for (int w = 0; w < kAttnWarps; ++w) {
+        const float f = SafeExp2Diff(sm_m[w * G + j], ms);
+        a += sacc[(w * G + j) * D + c] * f;
+        lsum += sm_l[w * G + j] * f;
       }
-      m[j] = mn;
+      part_acc[(int64_t(item) * G + j) * D + c] = a;
+      if (c == 0) part_ml[int64_t(item) * G + j] = make_float2(mn, lsum);
     }
-  }
-  float* sacc = reinterpret_cast<float*>(attn_smem);     // [kAttnWarps][G][D]
-  float* sm_m = sacc + kAttnWarps * G * D;               // [kAttnWarps][G]
-  float* sm_l = sm_m + kAttnWarps * G;                   // [kAttnWarps][G]
-  static_assert(sizeof(float) * kAttnWarps * G * (D + 2) <= Cfg::kSmemBytes, "merge scratch");
-  if (lane < L) {
-#pragma unroll
-    for (int j = 0; j < G; ++j) {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) sacc[(warp * G + j) * D + li * 8 + e] = acc[j][e];
-      if (li == 0) {
-        sm_m[warp * G + j] = m[j];
-        sm_l[warp * G + j] = l[j];
-      }
-    }
-  }
-  __syncthreads();
-  // Merge the warps; one thread per (head, channel).
-  for (int idx = threadIdx.x; idx < G * D; idx += kAttnThreads) {
-    const int j = idx / D, c = idx % D;
-    if (j >= group) continue;
-    float mn = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kAttnWarps; ++w) mn = fmaxf(mn, sm_m[w * G + j]);
-    const float ms = mn == -INFINITY ? 0.0f : mn;
-    float a = 0.0f, lsum = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kAttnWarps; ++w) {
-      const float f = SafeExp2Diff(sm_m[w * G + j], ms);
-      a += sacc[(w * G + j) * D + c] * f;
-      lsum += sm_l[w * G + j] * f;
-    }
-    part_acc[(int64_t(item) * G + j) * D + c] = a;
-    if (c == 0) part_ml[int64_t(item) * G + j] = make_float2(mn, lsum);
-  }
+  }  // pieces
 }
 
 // One block per (sequence, query head): combine the partial states of its KV head's items.

@@ -71,6 +71,26 @@ __device__ __forceinline__ uint32_t NibblesToHalf2(uint32_t w, int shift) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
+// The 8 nibbles of a code word as four FP16 pairs (e0,e4), (e1,e5), (e2,e6), (e3,e7): low
+// nibbles by the 0x6400 trick (1024 + n, minus 1024), high nibbles in place as 1024 + 16 n
+// and scaled back with one FMA (n = x / 16 - 64); every step is exact in FP16.
+__device__ __forceinline__ void NibbleWordToHalf2x4(uint32_t w, uint32_t* out) {
+  const __half2 k1024 = __halves2half2(__ushort_as_half(0x6400), __ushort_as_half(0x6400));
+  const __half2 k1_16 = __halves2half2(__ushort_as_half(0x2C00), __ushort_as_half(0x2C00));
+  const __half2 km64 = __halves2half2(__ushort_as_half(0xD400), __ushort_as_half(0xD400));
+  const uint32_t w8 = w >> 8;
+  uint32_t lo0 = (w & 0x000F000Fu) | 0x64006400u, hi0 = (w & 0x00F000F0u) | 0x64006400u;
+  uint32_t lo1 = (w8 & 0x000F000Fu) | 0x64006400u, hi1 = (w8 & 0x00F000F0u) | 0x64006400u;
+  const __half2 a = __hsub2(*reinterpret_cast<__half2*>(&lo0), k1024);
+  const __half2 b = __hfma2(*reinterpret_cast<__half2*>(&hi0), k1_16, km64);
+  const __half2 c = __hsub2(*reinterpret_cast<__half2*>(&lo1), k1024);
+  const __half2 d = __hfma2(*reinterpret_cast<__half2*>(&hi1), k1_16, km64);
+  out[0] = *reinterpret_cast<const uint32_t*>(&a);
+  out[1] = *reinterpret_cast<const uint32_t*>(&b);
+  out[2] = *reinterpret_cast<const uint32_t*>(&c);
+  out[3] = *reinterpret_cast<const uint32_t*>(&d);
+}
+
 __device__ __forceinline__ void Mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2,
                                          uint32_t a3, uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -185,10 +205,11 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
   __syncthreads();  // run_page / run_rows ready
 
   // Row (t, half) of group `grp` of this warp: slot, block, row, validity.
+  const bool page16 = g.page_size == 16;  // tile == page: no division
   auto row_of = [&](int32_t tile, int half, int64_t* block, int32_t* row) -> bool {
     const int32_t slot = tile * 16 + r + half * 8;
-    const int32_t local = slot / g.page_size - p_begin;
-    *row = slot % g.page_size;
+    const int32_t local = page16 ? tile - p_begin : slot / g.page_size - p_begin;
+    *row = page16 ? r + half * 8 : slot % g.page_size;
     const bool valid = tile < t_end && slot < slots && *row < run_rows[min(local, p_end - p_begin - 1)];
     *block = valid ? g.BlockId(run_page[local], h) : 0;
     if (!valid) *row = 0;
@@ -222,6 +243,12 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
   for (int k = 0; k < kScoreStages - 1; ++k) issue(k);
 
   float run_max[2] = {-INFINITY, -INFINITY};
+  float* out_row[2];
+#pragma unroll
+  for (int kk = 0; kk < 2; ++kk) {
+    const int j = min(2 * t4 + kk, shape.group - 1);
+    out_row[kk] = scores + (int64_t(s) * batch.num_q_heads + h * shape.group + j) * shape.cand_stride;
+  }
   for (int32_t k = 0; k < groups; ++k) {
     CpAsyncWaitGroup<kScoreStages - 2>();  // this thread's copies of group k have landed
     issue(k + kScoreStages - 1);
@@ -251,12 +278,11 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
       float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int m = 0; m < kWords; ++m) {
-        Mma16816(acc, NibblesToHalf2(wa[m], 0), NibblesToHalf2(wb[m], 0),
-                 NibblesToHalf2(wa[m], 4), NibblesToHalf2(wb[m], 4), bfrag[m][0][0],
-                 bfrag[m][0][1]);
-        Mma16816(acc, NibblesToHalf2(wa[m], 8), NibblesToHalf2(wb[m], 8),
-                 NibblesToHalf2(wa[m], 12), NibblesToHalf2(wb[m], 12), bfrag[m][1][0],
-                 bfrag[m][1][1]);
+        uint32_t xa[4], xb[4];
+        NibbleWordToHalf2x4(wa[m], xa);
+        NibbleWordToHalf2x4(wb[m], xb);
+        Mma16816(acc, xa[0], xb[0], xa[1], xb[1], bfrag[m][0][0], bfrag[m][0][1]);
+        Mma16816(acc, xa[2], xb[2], xa[3], xb[3], bfrag[m][1][0], bfrag[m][1][1]);
       }
       // acc[0], acc[1]: token r, heads 2t4, 2t4+1; acc[2], acc[3]: token r + 8.
 #pragma unroll
@@ -271,8 +297,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
                                                             tzero[t][half] * qsum[kk])
                                            : -INFINITY;
           run_max[kk] = fmaxf(run_max[kk], est);
-          scores[(int64_t(s) * batch.num_q_heads + h * shape.group + j) * shape.cand_stride +
-                 slot] = est;
+          out_row[kk][slot] = est;
         }
       }
     }

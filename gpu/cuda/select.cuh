@@ -1,5 +1,6 @@
 // Quest selector kernels: (1) page upper bounds of q.k from each block's per-channel
-// min/max, max over the query heads of the GQA group, for every ranked page of the batch;
+// min/max, max over the query heads of the GQA group, for every ranked page of the batch
+// (tensor cores, see PageBoundKernel);
 // (2) per (sequence, KV head) the top `budget` pages by a block-wide 4-pass radix select
 // on order-preserving float keys (no sort), ties to the lower page index, plus sink pages
 // and the last page, written ascending with a block-wide scan.
@@ -9,8 +10,7 @@
 
 namespace twl::cuda {
 
-constexpr int kBoundPagesPerWarp = 16;
-constexpr int kBoundBatch = 4;  // pages whose loads are in flight together
+constexpr int kBoundPagesPerWarp = 64;  // 4 tiles of 16 pages per warp
 constexpr int kBoundWarps = 8;
 constexpr int kSelectThreads = 512;
 
@@ -26,13 +26,30 @@ __device__ __forceinline__ bool RankedRange(const SelectorParams& p, int32_t num
   return true;
 }
 
-// One warp per (sequence, KV head, run of kBoundPagesPerWarp pages); each lane owns
-// kHeadDim/32 channels and keeps the group's query values for them in registers.
+__device__ __forceinline__ void BoundMma(float* d, uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Page bounds as a tensor-core GEMV. The Quest bound sum_c max(q_c min_c, q_c max_c) equals
+// q+ . max + q- . min with q+ = max(q, 0), q- = min(q, 0) (the same products), so for 16
+// pages at a time A = [kmax | kmin] rows (FP16 as stored: no conversion), B = [q+ ; q-] for
+// the group's query heads (n = 8), FP32 accumulation: exact products, only the order of the
+// sum differs from the reference. As in the pruner, the MMA's k-order is permuted so that
+// each thread's A fragments are the 16-byte chunks it loads itself (thread t4 of a row owns
+// a quarter of [kmax | kmin]). One warp per (sequence, KV head, run of kBoundPagesPerWarp
+// pages), kBoundPagesPerWarp / 16 tiles; the page-table lookups of the next tile are issued
+// before the current tile's math.
 template <int kHeadDim>
 __global__ void __launch_bounds__(kBoundWarps * 32)
     PageBoundKernel(PageGeometry g, SelectorParams params, BatchView batch, QueryView q,
                     QuantKView qk, float* __restrict__ scores, int32_t runs_per_seq_head) {
-  constexpr int kE = kHeadDim / 32;
+  constexpr int kPer = kHeadDim / 2;  // elements of [kmax | kmin] per thread and page
+  constexpr int kCh = kPer / 8;       // 16-byte chunks per thread and page
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t task = int64_t(blockIdx.x) * kBoundWarps + warp;
   const int64_t pairs = int64_t(batch.num_seqs) * g.num_kv_heads;
@@ -46,71 +63,66 @@ __global__ void __launch_bounds__(kBoundWarps * 32)
   const int32_t p1 = min(last, (run + 1) * kBoundPagesPerWarp);
   if (p0 >= p1) return;
   const int32_t group = batch.num_q_heads / g.num_kv_heads;
+  const int r = lane >> 2, t4 = lane & 3;
 
-  float qv[kMaxGroup][kE];
+  // B: head r of the group (zero past it), q+ for threads t4 = 0, 1 (the kmax half of the
+  // row), q- for t4 = 2, 3 (the kmin half), in the thread's element order.
+  uint32_t bf[kCh][2][2];
+  {
+    const bool real = r < group;
+    const fp16_t* qh = q.q + (int64_t(s) * batch.num_q_heads + h * group + (real ? r : 0)) *
+                                 kHeadDim + (t4 & 1) * kPer;
+    const bool plus = t4 < 2;
 #pragma unroll
-  for (int j = 0; j < kMaxGroup; ++j) {
+    for (int c = 0; c < kCh; ++c) {
+      fp16_t e[8];
+      *reinterpret_cast<uint4*>(e) = *reinterpret_cast<const uint4*>(qh + c * 8);
 #pragma unroll
-    for (int e = 0; e < kE; ++e) {
-      qv[j][e] = j < group ? H2F(q.q[(int64_t(s) * batch.num_q_heads + h * group + j) * kHeadDim +
-                                     lane * kE + e])
-                           : 0.0f;
+      for (int i = 0; i < 8; ++i) {
+        const bool neg = (e[i] & 0x8000u) != 0;
+        if (!real || (plus ? neg : !neg)) e[i] = 0;  // q+ keeps >= 0, q- keeps < 0
+      }
+      bf[c][0][0] = uint32_t(e[0]) | (uint32_t(e[1]) << 16);
+      bf[c][0][1] = uint32_t(e[2]) | (uint32_t(e[3]) << 16);
+      bf[c][1][0] = uint32_t(e[4]) | (uint32_t(e[5]) << 16);
+      bf[c][1][1] = uint32_t(e[6]) | (uint32_t(e[7]) << 16);
     }
   }
+  const fp16_t* meta = (t4 < 2 ? qk.kmax : qk.kmin) + (t4 & 1) * kPer;
   float* out = scores + int64_t(pair) * batch.max_pages;
-  // Pages in groups of kBoundBatch with all their min/max loads in flight before the math.
-  using Vec = typename std::conditional<kE == 4, uint2, uint32_t>::type;
-  for (int32_t pb = p0; pb < p1; pb += kBoundBatch) {
-    Vec mnv[kBoundBatch], mxv[kBoundBatch];
+  const int32_t tile0 = (p0 / 16) * 16;
+  auto block_of = [&](int32_t page) -> int64_t {
+    return (page >= p0 && page < p1) ? g.BlockId(batch.PageId(s, page), h) : -1;
+  };
+  int64_t next_a = block_of(tile0 + r), next_b = block_of(tile0 + r + 8);
+  for (int32_t tb = tile0; tb < p1; tb += 16) {
+    const int64_t ba = next_a, bb = next_b;
+    next_a = block_of(tb + 16 + r);  // lookups of the next tile, consumed next iteration
+    next_b = block_of(tb + 16 + r + 8);
+    uint4 ca[kCh], cb[kCh];
 #pragma unroll
-    for (int i = 0; i < kBoundBatch; ++i) {
-      const int32_t p = min(pb + i, p1 - 1);
-      const int64_t block = g.BlockId(batch.PageId(s, p), h);
-      mnv[i] = *reinterpret_cast<const Vec*>(qk.kmin + block * kHeadDim + lane * kE);
-      mxv[i] = *reinterpret_cast<const Vec*>(qk.kmax + block * kHeadDim + lane * kE);
+    for (int c = 0; c < kCh; ++c) {
+      ca[c] = *reinterpret_cast<const uint4*>(meta + (ba < 0 ? 0 : ba) * kHeadDim + c * 8);
+      cb[c] = *reinterpret_cast<const uint4*>(meta + (bb < 0 ? 0 : bb) * kHeadDim + c * 8);
     }
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int i = 0; i < kBoundBatch; ++i) {
-      const fp16_t* mn = reinterpret_cast<const fp16_t*>(&mnv[i]);
-      const fp16_t* mx = reinterpret_cast<const fp16_t*>(&mxv[i]);
-      float b[kMaxGroup];
+    for (int c = 0; c < kCh; ++c) {
+      BoundMma(acc, ca[c].x, cb[c].x, ca[c].y, cb[c].y, bf[c][0][0], bf[c][0][1]);
+      BoundMma(acc, ca[c].z, cb[c].z, ca[c].w, cb[c].w, bf[c][1][0], bf[c][1][1]);
+    }
+    // acc: (page r, heads 2t4, 2t4+1), (page r + 8, heads 2t4, 2t4+1); max over the group.
+    const bool h0 = 2 * t4 < group, h1 = 2 * t4 + 1 < group;
+    float best_a = fmaxf(h0 ? acc[0] : -INFINITY, h1 ? acc[1] : -INFINITY);
+    float best_b = fmaxf(h0 ? acc[2] : -INFINITY, h1 ? acc[3] : -INFINITY);
 #pragma unroll
-      for (int j = 0; j < kMaxGroup; ++j) {
-        b[j] = 0.0f;
-        if (j < group) {
-#pragma unroll
-          for (int e = 0; e < kE; ++e) {
-            b[j] += fmaxf(__fmul_rn(qv[j][e], H2F(mn[e])), __fmul_rn(qv[j][e], H2F(mx[e])));
-          }
-        }
-      }
-      // Transposed warp reduction of the 8 head sums (9 shuffles instead of 40): each step
-      // halves the values a lane holds; afterwards lane holds the sum of head HeadOf(lane).
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const bool up = lane & 16;
-        const float send = up ? b[j] : b[j + 4];
-        b[j] = (up ? b[j + 4] : b[j]) + __shfl_xor_sync(0xffffffffu, send, 16);
-      }
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const bool up = lane & 8;
-        const float send = up ? b[j] : b[j + 2];
-        b[j] = (up ? b[j + 2] : b[j]) + __shfl_xor_sync(0xffffffffu, send, 8);
-      }
-      {
-        const bool up = lane & 4;
-        const float send = up ? b[0] : b[1];
-        b[0] = (up ? b[1] : b[0]) + __shfl_xor_sync(0xffffffffu, send, 4);
-      }
-      b[0] += __shfl_xor_sync(0xffffffffu, b[0], 2);
-      b[0] += __shfl_xor_sync(0xffffffffu, b[0], 1);
-      const int head = ((lane >> 4) & 1) * 4 + ((lane >> 3) & 1) * 2 + ((lane >> 2) & 1);
-      float best = head < group ? b[0] : -INFINITY;
-      best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, 4));
-      best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, 8));
-      best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, 16));
-      if (lane == 0 && pb + i < p1) out[pb + i] = best;
+    for (int o = 1; o < 4; o <<= 1) {
+      best_a = fmaxf(best_a, __shfl_xor_sync(0xffffffffu, best_a, o));
+      best_b = fmaxf(best_b, __shfl_xor_sync(0xffffffffu, best_b, o));
+    }
+    if (t4 == 0) {
+      if (ba >= 0) out[tb + r] = best_a;
+      if (bb >= 0) out[tb + r + 8] = best_b;
     }
   }
 }
