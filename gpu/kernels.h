@@ -116,8 +116,9 @@ absl::Status ProfilePrune(const PageGeometry& g, const PrunerParams& params,
 size_t AttentionWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads);
 
 // Split-K (flash-decoding) attention over each (sequence, KV head) kept set, read once for
-// all query heads of the group; work items (sequence, KV head, chunk) are planned on the
-// device from the kept counts, so heavy and light heads spread evenly over the SMs.
+// all query heads of the group. The split is planned on the device from the kept counts
+// (stream-K): every resident block takes an equal share of the batch's kept tokens, cut at
+// (sequence, KV head) boundaries, so heavy and light heads spread evenly over the SMs.
 // kv.slot_of_block is honoured (GPU cache slots). softmax_scale 0: 1/sqrt(head_dim).
 absl::Status LaunchSparseAttention(const PageGeometry& g, const BatchView& batch,
                                    const QueryView& q, const FpKvView& kv,

@@ -2,7 +2,7 @@
 //  1. ScoreInt4Kernel: estimated scores q.k~ of every candidate slot (selected page x row)
 //     for all query heads of the GQA group at once: a tensor-core SpGEMV where A = INT4 codes
 //     of 16 tokens (two 16-byte loads per thread, nibbles turned into FP16 in registers with
-//     the 0x6400 exponent trick, exact for 0..15), B = the group's queries (n = 8 heads),
+//     the 0x6400 exponent trick, exact for 0..15, see NibbleWordToHalf2x4), B = the group's queries (n = 8 heads),
 //     FP32 accumulation; scale/zero applied once per token: s = scale*(q.c) + zero*sum(q).
 //     The k-order of the MMA is permuted so that each thread's fragment is exactly the
 //     nibbles it loaded (a dot product does not care about the order of its terms).
@@ -61,14 +61,6 @@ __device__ __forceinline__ int64_t SlotBlock(const PageGeometry& g, const BatchV
   *pos = page_idx * g.page_size + row;
   if (*pos >= batch.seq_len[s]) return -1;
   return g.BlockId(batch.PageId(s, page_idx), h);
-}
-
-__device__ __forceinline__ uint32_t NibblesToHalf2(uint32_t w, int shift) {
-  // (0x6400 | n) as FP16 is 1024 + n exactly; subtracting 1024 leaves n.
-  const uint32_t x = ((w >> shift) & 0x000F000Fu) | 0x64006400u;
-  const __half2 h = __hsub2(*reinterpret_cast<const __half2*>(&x),
-                            __halves2half2(__ushort_as_half(0x6400), __ushort_as_half(0x6400)));
-  return *reinterpret_cast<const uint32_t*>(&h);
 }
 
 // The 8 nibbles of a code word as four FP16 pairs (e0,e4), (e1,e5), (e2,e6), (e3,e7): low
@@ -167,7 +159,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
   const int r = lane >> 2, t4 = lane & 3;
 
   // B fragments: query head n = r of the group (zero past the group), channels permuted to
-  // match the nibble order of A (see NibblesToHalf2 and the MMA loop below).
+  // match the nibble order of A (see NibbleWordToHalf2x4 and the MMA loop below).
   uint32_t bfrag[kWords][2][2];
   {
     const bool real = r < shape.group;
