@@ -49,7 +49,10 @@ struct PrunerParams {
   const float* seq_p = nullptr;    // [num_seqs] per-sequence override, nullable
   float softmax_scale = 0.0f;      // 0: 1/sqrt(head_dim)
   bool dense = false;              // keep every selected token (dense layers)
-  float stop_gap = 1e-5f;          // binary search stops when high - low <= stop_gap
+  // The threshold search also stops when high - low <= stop_gap * (mean candidate weight):
+  // relative to the mean, so that long contexts (many tiny weights) still converge to the
+  // minimal set; 0 = stop only when no weight lies strictly between low and high.
+  float stop_gap = 1e-4f;
   int32_t max_iterations = 64;     // safety bound on the threshold search
 };
 

@@ -586,7 +586,7 @@ __global__ void __launch_bounds__(kTopPThreads)
     float floor_count = float(slots);
     if (p < 1.0f) {
       const float target = p * total;
-      const float gap = params.stop_gap * total;
+      const float gap = params.stop_gap * total / float(slots);  // fraction of the mean weight
       int kstar = -1;
       for (int k = 0; k < kFloorLevels && kstar < 0; ++k) {
         if (sm.lv[k] >= target * 1.0001f) kstar = k;

@@ -42,7 +42,7 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
   const float target = p * total;
   float low = 0.0f;    // mass(> low) >= target
   float high = wmax;   // mass(> high) < target
-  const float gap = stop_gap * total;
+  const float gap = stop_gap * total / float(w.size());
   for (; r.iterations < max_iterations; ++r.iterations) {
     const float mid = 0.5f * (low + high);
     // One pass: mass above mid, the nearest weights on either side of mid inside
