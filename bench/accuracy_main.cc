@@ -351,7 +351,9 @@ void RunSynthetic(const Options& o, const Sizes& sz, GoalInputs* goals) {
       series[key].second.push_back(tb::Summarize(agg[i].rel_err).mean);
     }
     for (const std::string& k : order) {
-      auto& [xs, ys] = series[k];
+      // Not a structured binding: clang 14 cannot capture one in the lambda below.
+      auto& xs = series[k].first;
+      auto& ys = series[k].second;
       // Lines join points in order of budget.
       std::vector<size_t> idx(xs.size());
       for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
