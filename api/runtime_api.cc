@@ -1,6 +1,7 @@
 // C entry points of the runtime object: version, create/free (config sentinels resolved here),
 // error channels, backend, telemetry of the last step, memory usage, FP16 conversions.
 #include <algorithm>
+#include <cstddef>
 #include <cmath>
 #include <cstring>
 #include <utility>
@@ -20,11 +21,18 @@ thread_local std::string t_no_runtime_error;
 static_assert(sizeof(twl_seq_id) == sizeof(twl::SeqId), "sequence ids cross the boundary");
 static_assert(std::is_same_v<uint16_t, twl::fp16_t>, "FP16 crosses the boundary as uint16_t");
 
-// The first version of each struct; smaller struct_size values are rejected, larger ones come
-// from newer headers and their extra fields are ignored.
-constexpr size_t kConfigV1Size = sizeof(twl_runtime_config);
-constexpr size_t kStepStatsV1Size = sizeof(twl_step_stats);
+// The first version of each struct (its fields up to the first appended one); smaller
+// struct_size values are rejected, larger ones come from newer headers and their extra fields
+// are ignored. A caller's struct may end before appended fields (an older header): those
+// take their defaults.
+constexpr size_t kConfigV1Size = offsetof(twl_runtime_config, disk_path);
+constexpr size_t kStepStatsV1Size = offsetof(twl_step_stats, disk_pages_loaded);
 constexpr size_t kMemoryUsageV1Size = sizeof(twl_memory_usage);
+
+// True when a caller struct of `struct_size` bytes holds the whole field at offset..+size.
+constexpr bool HasField(size_t struct_size, size_t offset, size_t size) {
+  return struct_size >= offset + size;
+}
 
 bool IsLive(const twl_runtime* rt) { return rt != nullptr && rt->magic == twl_runtime::kMagic; }
 
@@ -132,6 +140,9 @@ absl::StatusOr<twl::RuntimeConfig> ToRuntimeConfig(const twl_runtime_config& c) 
   if (c.collect_telemetry < -1 || c.collect_telemetry > 1) {
     return absl::InvalidArgumentError("collect_telemetry must be -1, 0 or 1");
   }
+  if (c.disk_bytes < 0) return absl::InvalidArgumentError("disk_bytes must be >= 0");
+  r.disk_path = c.disk_path != nullptr ? c.disk_path : "";
+  r.disk_bytes = c.disk_bytes;
   return r;
 }
 
@@ -169,6 +180,9 @@ twl_runtime_config ResolvedConfig(const twl_runtime_config& asked, const twl::Ru
   c.backend = FromBackendKind(runtime.backend_kind());
   c.device_id = r.device_id;
   c.collect_telemetry = asked.collect_telemetry == 0 ? 0 : 1;
+  // Owned by the runtime (its config copy), so valid until twl_runtime_free.
+  c.disk_path = r.disk_path.empty() ? nullptr : r.disk_path.c_str();
+  c.disk_bytes = r.disk_bytes;
   return c;
 }
 
@@ -228,6 +242,16 @@ twl_status twl_runtime_create(const twl_runtime_config* config, twl_runtime** ou
     }
     twl_runtime_config asked = TWL_RUNTIME_CONFIG_INIT;
     std::memcpy(&asked, config, std::min(config->struct_size, sizeof(asked)));
+    // Appended fields only when the caller's struct holds them whole.
+    const twl_runtime_config defaults = TWL_RUNTIME_CONFIG_INIT;
+    if (!twl::api::HasField(config->struct_size, offsetof(twl_runtime_config, disk_path),
+                            sizeof(asked.disk_path))) {
+      asked.disk_path = defaults.disk_path;
+    }
+    if (!twl::api::HasField(config->struct_size, offsetof(twl_runtime_config, disk_bytes),
+                            sizeof(asked.disk_bytes))) {
+      asked.disk_bytes = defaults.disk_bytes;
+    }
     absl::StatusOr<twl::RuntimeConfig> rc = twl::api::ToRuntimeConfig(asked);
     if (!rc.ok()) return rc.status();
     if (absl::Status valid = rc->Validate(); !valid.ok()) return valid;
@@ -356,6 +380,9 @@ twl_status twl_runtime_last_step(const twl_runtime* rt, twl_step_stats* out) noe
         stats.ms_total = t.ms_total;
         stats.mean_kept_tokens = twl::api::Mean(t.kept_tokens);
         stats.mean_kept_tokens_kv = twl::api::Mean(t.kept_tokens_kv);
+        stats.disk_pages_loaded = t.disk_pages_loaded;
+        stats.disk_pages_spilled = t.disk_pages_spilled;
+        stats.ms_disk = t.ms_disk;
       }
     }
     twl::api::WriteOut(stats, out);

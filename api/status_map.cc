@@ -7,6 +7,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/numbers.h"
 #include "absl/types/optional.h"
+#include "runtime/disk_io_status.h"
 
 namespace twl::api {
 namespace {
@@ -44,6 +45,8 @@ twl_status ToTwlStatus(const absl::Status& status) {
       return static_cast<twl_status>(code);
     }
   }
+  // The disk tier failed to read or write a page (whatever absl code the tier chose).
+  if (twl::IsDiskIoError(status)) return TWL_IO_ERROR;
   switch (status.code()) {
     case absl::StatusCode::kOk:
       return TWL_OK;

@@ -99,7 +99,9 @@ typedef enum twl_status {
   /* The call is valid but the state does not allow it, e.g. decoding a sequence that has no
    * tokens in that layer. Change the order of calls. */
   TWL_FAILED_PRECONDITION = 6,
-  /* A file could not be opened, read or written (save/restore). Check the path and disk. */
+  /* A file could not be opened, read or written (save/restore), or the disk tier failed to
+   * read or write a page (append, decode, read_kv: nothing was lost, the page stays where it
+   * was). Check the path and disk; retry once the disk works. */
   TWL_IO_ERROR = 7,
   /* A file is truncated, corrupted or not a Twilight file. Discard it; nothing was changed. */
   TWL_CORRUPT_DATA = 8,
@@ -189,12 +191,24 @@ typedef struct twl_runtime_config {
    * 0 skips collecting them (GPU backends then avoid a device-to-host copy per step);
    * -1: library chooses (1). */
   int32_t collect_telemetry;
+  /* ---- Appended after collect_telemetry: the disk tier. ----
+   * KV larger than host memory: FP16 pages that do not fit in the host pool are spilled to one
+   * file (io_uring, O_DIRECT where the filesystem allows it) in the existing directory
+   * disk_path, of disk_bytes bytes reserved at creation; the file is unlinked at once and is
+   * not storage (contents are lost with the runtime). NULL/0 (both): no disk tier; setting
+   * only one is TWL_INVALID_ARGUMENT. CPU backend only (TWL_BACKEND_AUTO then picks the CPU;
+   * a GPU backend gives TWL_UNSUPPORTED). The cache then holds host pool pages + disk pages
+   * - 1; the quantized K copy (about 1/5 of FP16 at 4 bits) of every page stays in host
+   * memory. A decode step needs every page it attends to in the host pool at once (else
+   * TWL_CAPACITY_EXHAUSTED). disk_path is read during twl_runtime_create only. */
+  const char* disk_path;
+  int64_t disk_bytes;
 } twl_runtime_config;
 
 #define TWL_RUNTIME_CONFIG_INIT                                                              \
   {                                                                                          \
     sizeof(twl_runtime_config), 0, 0, 0, 0, 0, 0, 0.0f, TWL_SELECTOR_DEFAULT, 0, 0.0f, -1, \
-        -1, 0, 0, TWL_FETCH_AUTO, TWL_BACKEND_AUTO, -1, -1                                   \
+        -1, 0, 0, TWL_FETCH_AUTO, TWL_BACKEND_AUTO, -1, -1, NULL, 0                          \
   }
 
 /* A configuration with every tunable at "library chooses" and the model shape unset. Inline,
@@ -212,9 +226,13 @@ typedef int64_t twl_seq_id;
 /* Creates a runtime: allocates its KV pools and, for GPU backends, device memory.
  * config: read during the call only. out: receives the handle (owned by the caller, release with
  * twl_runtime_free); set to NULL on failure.
- * Status: TWL_INVALID_ARGUMENT (null pointer, bad struct_size, shape or tunable out of range),
+ * Status: TWL_INVALID_ARGUMENT (null pointer, bad struct_size, shape or tunable out of range,
+ *   disk_path not a directory or disk_bytes below one page),
  *   TWL_UNAVAILABLE (a GPU backend was asked for and no usable GPU is present),
- *   TWL_OUT_OF_MEMORY / TWL_CAPACITY_EXHAUSTED (pools could not be allocated), TWL_INTERNAL.
+ *   TWL_UNSUPPORTED (a disk tier with a GPU backend),
+ *   TWL_OUT_OF_MEMORY / TWL_CAPACITY_EXHAUSTED (pools could not be allocated, or the disk lacks
+ *   disk_bytes of free space), TWL_IO_ERROR (the disk tier's file cannot be created),
+ *   TWL_INTERNAL.
  * On failure nothing is allocated; the message is twl_runtime_last_error(NULL). */
 TWL_API twl_status twl_runtime_create(const twl_runtime_config* config,
                                       twl_runtime** out) TWL_NOEXCEPT;
@@ -285,8 +303,11 @@ TWL_API twl_status twl_sequence_length(const twl_runtime* rt, twl_seq_id seq, in
  * during the call only (on GPU backends the copy is complete when the call returns).
  * n == 0 is a no-op (k and v may then be NULL). Values are stored as FP16.
  * Status: TWL_OK; TWL_INVALID_ARGUMENT (null, n < 0, layer/dtype/space out of range);
- *   TWL_NOT_FOUND; TWL_CAPACITY_EXHAUSTED (pool full); TWL_UNSUPPORTED (device memory on the
- *   CPU backend); TWL_INTERNAL. All-or-nothing: on any failure the sequence is unchanged. */
+ *   TWL_NOT_FOUND; TWL_CAPACITY_EXHAUSTED (pool full; with a disk tier: host pool and disk tier
+ *   full); TWL_IO_ERROR (disk tier: a page could not be spilled or read back); TWL_UNSUPPORTED
+ *   (device memory on the CPU backend); TWL_INTERNAL. All-or-nothing: on any failure the
+ *   sequence is unchanged (with a disk tier other pages may have moved between host and disk,
+ *   which changes no data). */
 TWL_API twl_status twl_sequence_append(twl_runtime* rt, twl_seq_id seq, int32_t layer,
                                        int32_t n, const void* k, const void* v,
                                        twl_dtype dtype, twl_memory_space space) TWL_NOEXCEPT;
@@ -296,7 +317,8 @@ TWL_API twl_status twl_sequence_append(twl_runtime* rt, twl_seq_id seq, int32_t 
  * of k and v in tokens. *out_len (required) receives len even when the buffers are too small.
  * k and v may be NULL when capacity_tokens is 0 (a size query). Buffers are owned by the caller.
  * Status: TWL_OK; TWL_INVALID_ARGUMENT (null, layer out of range, capacity_tokens < len: then
- *   nothing is written to k and v); TWL_NOT_FOUND. */
+ *   nothing is written to k and v); TWL_NOT_FOUND; TWL_IO_ERROR (disk tier: a page on disk could
+ *   not be read; nothing changed, retry). Reading spilled pages does not move them. */
 TWL_API twl_status twl_sequence_read_kv(const twl_runtime* rt, twl_seq_id seq, int32_t layer,
                                         uint16_t* k, uint16_t* v, int64_t capacity_tokens,
                                         int32_t* out_len) TWL_NOEXCEPT;
@@ -317,7 +339,10 @@ TWL_API twl_status twl_sequence_read_kv(const twl_runtime* rt, twl_seq_id seq, i
  *   range, a duplicate id, a p outside (0, 1] or NaN); TWL_NOT_FOUND (an unknown id: the message
  *   names it); TWL_FAILED_PRECONDITION (a sequence with no tokens in this layer);
  *   TWL_UNSUPPORTED (device memory on the CPU backend); TWL_UNAVAILABLE (the device failed);
- *   TWL_INTERNAL. Never changes the cache. On failure out is unchanged when the status is
+ *   with a disk tier: TWL_CAPACITY_EXHAUSTED (the step keeps more pages than the host pool
+ *   holds, or the disk tier is full) and TWL_IO_ERROR (a page could not be read back: it stays
+ *   on disk and a retry reads it again); TWL_INTERNAL. Never changes the cache's data (with a
+ *   disk tier, pages move between host and disk). On failure out is unchanged when the status is
  *   TWL_INVALID_ARGUMENT, TWL_NOT_FOUND, TWL_FAILED_PRECONDITION or TWL_UNSUPPORTED (checked before
  *   any work), otherwise unspecified; the last-step telemetry is that of the previous success. */
 TWL_API twl_status twl_decode(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs,
@@ -341,6 +366,10 @@ typedef struct twl_step_stats {
   double ms_select, ms_prune, ms_fetch, ms_attend, ms_total; /* wall time per stage */
   double mean_kept_tokens;  /* mean over (sequence, query head) of the head's own kept tokens */
   double mean_kept_tokens_kv; /* mean over (sequence, KV head) of tokens attended (union) */
+  /* Appended after mean_kept_tokens_kv: the disk tier (0 without one). */
+  int64_t disk_pages_loaded;  /* pages read back from disk into the host pool for this step */
+  int64_t disk_pages_spilled; /* pages written to disk to make room in this step */
+  double ms_disk;             /* wall time of that disk I/O (included in ms_fetch) */
 } twl_step_stats;
 
 /* Scalars of the last step into *out (out->struct_size set by the caller).
@@ -371,7 +400,7 @@ typedef struct twl_memory_usage {
   int64_t gpu_quant_bytes;       /* INT4 K + page metadata on the GPU */
   int64_t gpu_cache_bytes;       /* hot FP16 page cache on the GPU */
   int64_t gpu_fp16_bytes;        /* FP16 KV on the GPU (HBM backend) */
-  int64_t disk_bytes;            /* spilled to disk */
+  int64_t disk_bytes;            /* disk tier file in use (pages spilled to disk) */
 } twl_memory_usage;
 
 /* Memory by tier into *out. Status: TWL_OK, TWL_INVALID_ARGUMENT (null, struct_size too small). */

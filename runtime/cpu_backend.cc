@@ -8,6 +8,7 @@
 #include <limits>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
 #include "cache/host_arena.h"
@@ -16,7 +17,10 @@
 #include "gpu/reference/quantize_ref.h"
 #include "gpu/reference/select_ref.h"
 #include "gpu/reference/validate.h"
+#include "offload/disk_tier.h"
 #include "oneapi/tbb/parallel_for.h"
+#include "runtime/disk_io_status.h"
+#include "runtime/disk_residency.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/geometry.h"
 
@@ -40,16 +44,27 @@ double MsSince(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// Distinct values of `v`, ascending.
+std::vector<int32_t> Distinct(std::vector<int32_t> v) {
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+  return v;
+}
+
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(const PageGeometry& g, int64_t num_pages) : g_(g), num_pages_(num_pages) {}
+  // disk: null for FP16 blocks of every page in host memory (block id addressing).
+  CpuBackend(const PageGeometry& g, int64_t num_pages, std::unique_ptr<DiskResidency> disk)
+      : g_(g), num_pages_(num_pages), disk_(std::move(disk)) {}
 
   absl::Status Init() {
     const int64_t blocks = num_pages_ * g_.num_kv_heads;
     const HostMemKind kind = HostMemKind::kAligned;
-    auto fp = HostArena::Create(kind, g_.FpBlockBytes(), blocks, 2);
-    if (!fp.ok()) return fp.status();
-    fp16_ = std::move(*fp);
+    if (!disk_) {
+      auto fp = HostArena::Create(kind, g_.FpBlockBytes(), blocks, 2);
+      if (!fp.ok()) return fp.status();
+      fp16_ = std::move(*fp);
+    }
     const bool quant = g_.k_bits < 16;
     auto codes = HostArena::Create(kind, quant ? g_.CodeBlockBytes() : 0, blocks);
     auto scale = HostArena::Create(kind, quant ? 2ll * g_.page_size : 0, blocks, 2);
@@ -64,7 +79,7 @@ class CpuBackend final : public Backend {
     zero_ = std::move(*zero);
     kmin_ = std::move(*kmin);
     kmax_ = std::move(*kmax);
-    kv_ = FpKvView{static_cast<fp16_t*>(fp16_->base()), nullptr};
+    kv_ = disk_ ? disk_->View() : FpKvView{static_cast<fp16_t*>(fp16_->base()), nullptr};
     qk_ = QuantKView{static_cast<uint8_t*>(codes_->base()), static_cast<fp16_t*>(scale_->base()),
                      static_cast<fp16_t*>(zero_->base()), static_cast<fp16_t*>(kmin_->base()),
                      static_cast<fp16_t*>(kmax_->base())};
@@ -72,7 +87,13 @@ class CpuBackend final : public Backend {
   }
 
   BackendKind Kind() const override { return BackendKind::kCpu; }
-  std::string Name() const override { return "cpu"; }
+  std::string Name() const override {
+    if (!disk_) return "cpu";
+    const DiskTier& tier = disk_->tier();
+    return absl::StrFormat("cpu + disk tier (%s%s, %d page slots in host memory)",
+                           tier.engine_name(), tier.direct_io() ? ", O_DIRECT" : "",
+                           disk_->num_slots());
+  }
 
   absl::Status Append(const AppendView& tokens, DType dtype, MemSpace space) override {
     if (space != MemSpace::kHost) {
@@ -102,6 +123,12 @@ class CpuBackend final : public Backend {
       in.k = k16.data();
       in.v = v16.data();
     }
+    if (disk_) return PrefixStatus(WriteThroughSlots(in), "append: ");
+    return WriteDirect(in);
+  }
+
+  // Writes validated FP16 tokens into the block store indexed by page id (no disk tier).
+  absl::Status WriteDirect(const AppendView& in) {
     // Runs of consecutive tokens on the same page are independent when no page appears in
     // two runs (AppendRef recomputes a touched page's bounds): write them in parallel.
     std::vector<int32_t> run_start;
@@ -157,6 +184,7 @@ class CpuBackend final : public Backend {
     in.v = v.data();
     in.page_id = page_id.data();
     in.slot = slot.data();
+    if (disk_) return PrefixStatus(WriteThroughSlots(in), "copy-on-write: ");
     return AppendRef(g_, in, kv_, qk_);
   }
 
@@ -167,6 +195,7 @@ class CpuBackend final : public Backend {
                                                         g_.page_size));
     }
     if (rows > 0 && (!k || !v)) return absl::InvalidArgumentError("read: null output");
+    if (disk_) return disk_->ReadRows(page, rows, k, v);
     const size_t bytes = sizeof(fp16_t) * size_t(g_.head_dim);
     for (int32_t r = 0; r < rows; ++r) {
       for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
@@ -221,11 +250,23 @@ class CpuBackend final : public Backend {
     auto t0 = std::chrono::steady_clock::now();
     if (absl::Status s = SelectPagesRef(g_, request.selector, b, q, qk_, sel); !s.ok()) return s;
     t->ms_select = MsSince(t0);
+    DiskIoCounts io;
+    if (disk_ && g_.k_bits >= 16) {
+      // The pruner estimates with the FP16 K itself: every candidate page must be resident.
+      if (absl::Status s = disk_->Reserve(SelectedPages(b, sel), &io); !s.ok()) {
+        return PrefixStatus(s, "decode (k_bits = 16: the pruner reads FP16 K of the candidates): ");
+      }
+    }
     t0 = std::chrono::steady_clock::now();
     if (absl::Status s = PruneRef(g_, request.pruner, b, q, qk_, kv_, sel, kept, stats); !s.ok()) {
       return s;
     }
     t->ms_prune = MsSince(t0);
+    if (disk_) {
+      if (absl::Status s = disk_->Reserve(KeptPages(b, kept), &io); !s.ok()) {
+        return PrefixStatus(s, "decode: this step ");
+      }
+    }
     t0 = std::chrono::steady_clock::now();
     if (absl::Status s = SparseAttentionRef(g_, b, q, kv_, kept, OutputView{request.out},
                                             request.pruner.softmax_scale);
@@ -233,7 +274,12 @@ class CpuBackend final : public Backend {
       return s;
     }
     t->ms_attend = MsSince(t0);
-    t->ms_fetch = 0.0;  // everything is already in host memory
+    // Without a disk tier everything is already in host memory; with one, fetching is
+    // reading pages back from disk.
+    t->ms_fetch = io.ms;
+    t->ms_disk = io.ms;
+    t->disk_pages_loaded = io.pages_loaded;
+    t->disk_pages_spilled = io.pages_written;
 
     // Blocks the attention read: distinct pages of each (sequence, KV head) kept set
     // (tokens are ascending, so a page change is a new block).
@@ -260,7 +306,21 @@ class CpuBackend final : public Backend {
     for (const auto* a : {&fp16_, &codes_, &scale_, &zero_, &kmin_, &kmax_}) {
       if (*a) m.host_pool_bytes_total += (*a)->bytes();
     }
+    if (disk_) {
+      // The quantized store is used in proportion to the pages holding data; the FP16 slot
+      // pool by the pages on the host. (Without a disk tier the Runtime fills in "used".)
+      const int64_t quant = m.host_pool_bytes_total;
+      m.host_pool_bytes_total += disk_->host_bytes();
+      m.host_pool_bytes_used =
+          disk_->host_bytes_used() +
+          static_cast<int64_t>(double(quant) * disk_->num_live_pages() / double(num_pages_));
+      m.disk_bytes = disk_->disk_bytes_used();
+    }
     return m;
+  }
+
+  void ReleasePage(int32_t page) override {
+    if (disk_) disk_->Release(page);
   }
 
  private:
@@ -272,8 +332,123 @@ class CpuBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  // The quantized K store seen from one page: its blocks are blocks 0..num_kv_heads-1.
+  QuantKView QuantOfPage(int32_t page) const {
+    const int64_t b0 = int64_t(page) * g_.num_kv_heads;
+    QuantKView q = qk_;
+    if (q.codes) q.codes += b0 * g_.CodeBlockBytes();
+    if (q.scale) q.scale += b0 * g_.page_size;
+    if (q.zero) q.zero += b0 * g_.page_size;
+    q.kmin += b0 * g_.head_dim;
+    q.kmax += b0 * g_.head_dim;
+    return q;
+  }
+
+  // With a disk tier: writes validated FP16 tokens page by page into host slots. Pages are
+  // taken in order of first appearance, in chunks of at most num_slots pages that are
+  // reserved (loaded or given empty slots, other pages spilled) and then written; chunks go
+  // last to first, so the first page (the only one that can hold rows from before this
+  // call) changes only after every other chunk succeeded: a failure changes no page that
+  // existed before the call, and the Runtime frees the new ones.
+  absl::Status WriteThroughSlots(const AppendView& in) {
+    std::vector<int32_t> pages;
+    std::vector<std::vector<int32_t>> tokens_of;  // [pages.size()] token indices, ascending
+    absl::flat_hash_map<int32_t, size_t> index;
+    for (int32_t i = 0; i < in.num_tokens; ++i) {
+      auto [it, inserted] = index.try_emplace(in.page_id[i], pages.size());
+      if (inserted) {
+        pages.push_back(in.page_id[i]);
+        tokens_of.emplace_back();
+      }
+      tokens_of[it->second].push_back(i);
+    }
+    const size_t per_chunk = size_t(disk_->num_slots());
+    const size_t chunks = (pages.size() + per_chunk - 1) / per_chunk;
+    for (size_t c = chunks; c-- > 0;) {
+      const size_t first = c * per_chunk;
+      const size_t count = std::min(per_chunk, pages.size() - first);
+      const absl::Span<const int32_t> chunk(pages.data() + first, count);
+      if (absl::Status s = disk_->Reserve(chunk, nullptr); !s.ok()) return s;
+      if (absl::Status s = disk_->MarkDirty(chunk); !s.ok()) return s;
+      std::vector<absl::Status> status(count);
+      tbb::parallel_for(size_t(0), count, [&](size_t j) {
+        status[j] = WritePage(in, chunk[j], tokens_of[first + j]);
+      });
+      for (const absl::Status& s : status) {
+        if (!s.ok()) return s;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Writes the tokens `tokens` (indices into `in`, all of page `page`, which is on the host)
+  // with AppendRef on views of this one page: its host slot as a block store of one page and
+  // the quantized store shifted to its blocks, so rows, codes and bounds come out exactly as
+  // with the direct store.
+  absl::Status WritePage(const AppendView& in, int32_t page, const std::vector<int32_t>& tokens) {
+    fp16_t* blocks = disk_->HostPage(page);
+    if (blocks == nullptr) {
+      return absl::InternalError(absl::StrFormat("page %d has no host slot after Reserve", page));
+    }
+    const int64_t row = int64_t(g_.num_kv_heads) * g_.head_dim;
+    const int32_t n = static_cast<int32_t>(tokens.size());
+    std::vector<int32_t> zero_page(tokens.size(), 0), slot(tokens.size());
+    AppendView part;
+    part.num_tokens = n;
+    part.page_id = zero_page.data();
+    std::vector<fp16_t> k, v;
+    if (tokens.back() - tokens.front() + 1 == n) {  // contiguous: the usual case
+      part.k = in.k + tokens.front() * row;
+      part.v = in.v + tokens.front() * row;
+    } else {
+      k.resize(size_t(n * row));
+      v.resize(size_t(n * row));
+      for (int32_t i = 0; i < n; ++i) {
+        std::memcpy(k.data() + i * row, in.k + tokens[size_t(i)] * row, sizeof(fp16_t) * row);
+        std::memcpy(v.data() + i * row, in.v + tokens[size_t(i)] * row, sizeof(fp16_t) * row);
+      }
+      part.k = k.data();
+      part.v = v.data();
+    }
+    for (int32_t i = 0; i < n; ++i) slot[size_t(i)] = in.slot[tokens[size_t(i)]];
+    part.slot = slot.data();
+    return AppendRef(g_, part, FpKvView{blocks, nullptr}, QuantOfPage(page));
+  }
+
+  // Distinct page ids of the selected pages of every (sequence, KV head).
+  std::vector<int32_t> SelectedPages(const BatchView& b, const SelectionView& sel) const {
+    std::vector<int32_t> pages;
+    for (int32_t s = 0; s < b.num_seqs; ++s) {
+      for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
+        const int64_t item = int64_t(s) * g_.num_kv_heads + h;
+        for (int32_t i = 0; i < sel.count[item]; ++i) {
+          pages.push_back(b.PageId(s, sel.pages[item * sel.max_select + i]));
+        }
+      }
+    }
+    return Distinct(std::move(pages));
+  }
+
+  // Distinct page ids of the kept tokens of every (sequence, KV head).
+  std::vector<int32_t> KeptPages(const BatchView& b, const KeptView& kept) const {
+    std::vector<int32_t> pages;
+    for (int32_t s = 0; s < b.num_seqs; ++s) {
+      for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
+        const int64_t item = int64_t(s) * g_.num_kv_heads + h;
+        int32_t last = -1;
+        for (int32_t i = 0; i < kept.count[item]; ++i) {
+          const int32_t idx = kept.tokens[item * kept.max_kept + i] / g_.page_size;
+          if (idx != last) pages.push_back(b.PageId(s, idx));
+          last = idx;
+        }
+      }
+    }
+    return Distinct(std::move(pages));
+  }
+
   const PageGeometry g_;
   const int64_t num_pages_;
+  std::unique_ptr<DiskResidency> disk_;  // null: no disk tier
   std::unique_ptr<HostArena> fp16_, codes_, scale_, zero_, kmin_, kmax_;
   FpKvView kv_;
   QuantKView qk_;
@@ -298,7 +473,27 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const RuntimeConfig& c
     return absl::InvalidArgumentError(
         absl::StrFormat("CPU backend: num_pages %d outside [1, 2^31)", num_pages));
   }
-  auto backend = std::make_unique<CpuBackend>(GeometryOf(config), num_pages);
+  auto backend = std::make_unique<CpuBackend>(GeometryOf(config), num_pages, nullptr);
+  if (absl::Status s = backend->Init(); !s.ok()) return s;
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackendWithDisk(const RuntimeConfig& config,
+                                                                  int64_t num_pages,
+                                                                  int64_t host_slots,
+                                                                  std::unique_ptr<DiskTier> tier) {
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  if (num_pages < 1 || num_pages > std::numeric_limits<int32_t>::max() || host_slots < 1 ||
+      host_slots > num_pages + 1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "CPU backend: %d pages with %d host slots (need 1 <= slots <= pages + 1 < 2^31)",
+        num_pages, host_slots));
+  }
+  const PageGeometry g = GeometryOf(config);
+  auto disk = DiskResidency::Create(g, static_cast<int32_t>(num_pages),
+                                    static_cast<int32_t>(host_slots), std::move(tier));
+  if (!disk.ok()) return disk.status();
+  auto backend = std::make_unique<CpuBackend>(g, num_pages, std::move(*disk));
   if (absl::Status s = backend->Init(); !s.ok()) return s;
   return std::unique_ptr<Backend>(std::move(backend));
 }

@@ -21,7 +21,10 @@
 #include "cache/page_allocator.h"
 #include "cache/sequence_table.h"
 #include "gpu/reference/validate.h"
+#include "offload/disk_tier.h"
 #include "runtime/backend.h"
+#include "runtime/cpu_backend.h"
+#include "runtime/disk_residency.h"
 #include "runtime/device_probe.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/geometry.h"
@@ -81,12 +84,21 @@ absl::Status RuntimeConfig::Validate() const {
   if (!OneOf(static_cast<int32_t>(fetch_path), {0, 1, 2})) return bad("unknown fetch_path");
   if (!OneOf(static_cast<int32_t>(backend), {0, 1, 2, 3})) return bad("unknown backend kind");
   if (device_id < 0) return bad(absl::StrFormat("device_id must be >= 0, got %d", device_id));
+  if (disk_bytes < 0) return bad(absl::StrFormat("disk_bytes must be >= 0, got %d", disk_bytes));
+  if (disk_bytes > 0 && disk_path.empty()) {
+    return bad("disk_bytes > 0 needs disk_path (a directory for the disk tier's file)");
+  }
+  if (disk_bytes == 0 && !disk_path.empty()) {
+    return bad(absl::StrFormat("disk_path '%s' needs disk_bytes > 0 (the disk tier's size)",
+                               disk_path));
+  }
   return ValidateGeometry(GeometryOf(*this));
 }
 
 struct Runtime::Impl {
   PageGeometry g;
   int64_t num_pages = 0;
+  bool disk_tier = false;  // the backend reports its own pool usage
   std::unique_ptr<PageAllocator> allocator;
   std::unique_ptr<SequenceTable> table;
   std::unique_ptr<Backend> backend;
@@ -115,8 +127,33 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeConfig& co
   }
 
   absl::StatusOr<std::unique_ptr<Backend>> backend;
-  switch (config.backend) {
+  im.disk_tier = config.disk_bytes > 0;
+  if (im.disk_tier) {
+    // The disk tier is wired into the CPU backend only (docs/DESIGN.md): the GPU backends
+    // would need to gather from host slots that change under them.
+    if (config.backend == BackendKind::kGpuHbm || config.backend == BackendKind::kGpuOffload) {
+      return absl::UnimplementedError(
+          "config: a disk tier (disk_bytes > 0) is supported by the CPU backend only; use "
+          "backend kCpu (or kAuto, which then picks the CPU)");
+    }
+    absl::StatusOr<std::unique_ptr<DiskTier>> tier = CreatePageDiskTier(config);
+    if (!tier.ok()) return tier.status();
+    // Host slots + disk records - 1 logical pages (the slack is explained in
+    // runtime/disk_residency.h).
+    const int64_t host_slots = im.num_pages;
+    im.num_pages = std::min<int64_t>(host_slots - 1 + (*tier)->capacity(),
+                                     std::numeric_limits<int32_t>::max());
+    backend = CreateCpuBackendWithDisk(config, im.num_pages, host_slots, std::move(*tier));
+    if (backend.ok()) {
+      im.backend_name = (*backend)->Name();
+      if (config.backend == BackendKind::kAuto) {
+        im.backend_name += " (the disk tier needs the CPU backend)";
+      }
+    }
+  }
+  switch (im.disk_tier ? BackendKind::kCpu : config.backend) {
     case BackendKind::kCpu:
+      if (im.disk_tier) break;  // created above
       backend = CreateCpuBackend(config, im.num_pages);
       im.backend_name = "cpu";
       break;
@@ -334,6 +371,7 @@ absl::Status Runtime::ReadKv(SeqId seq, int32_t layer, std::vector<fp16_t>* k,
 MemoryUsage Runtime::Memory() const {
   std::shared_lock lock(impl_->mu);
   MemoryUsage m = impl_->backend->Memory();
+  if (impl_->disk_tier) return m;  // the backend knows which pages are on the host
   // Pages have a fixed size, so the used share of the pool is the used share of the ids.
   m.host_pool_bytes_used = static_cast<int64_t>(double(m.host_pool_bytes_total) *
                                                 impl_->allocator->num_used() /

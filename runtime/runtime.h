@@ -58,6 +58,13 @@ struct RuntimeConfig {
   // Placement.
   BackendKind backend = BackendKind::kAuto;
   int32_t device_id = 0;
+  // Disk tier (NVMe, io_uring; CPU backend only): FP16 pages that do not fit in the host pool
+  // are spilled to a file in `disk_path` (a directory) of at most `disk_bytes` bytes, and read
+  // back when a step keeps them. Both set = on; both empty/0 = off. The page capacity becomes
+  // host pool pages + disk records - 1; one decode step still needs every page it attends to
+  // in the host pool at once (else ResourceExhausted).
+  std::string disk_path;
+  int64_t disk_bytes = 0;
 
   // Validates ranges and divisibility (num_q_heads % num_kv_heads, head_dim, bits, p).
   absl::Status Validate() const;
@@ -80,6 +87,12 @@ struct StepTelemetry {
   double CacheHitRate() const {
     return blocks_needed ? 1.0 - double(blocks_fetched) / double(blocks_needed) : 1.0;
   }
+  // Disk tier (RuntimeConfig::disk_bytes > 0): pages read back from disk into the host pool
+  // for this step, pages written to disk to make room, and the wall time of that I/O (also
+  // counted in ms_fetch).
+  int64_t disk_pages_loaded = 0;
+  int64_t disk_pages_spilled = 0;
+  double ms_disk = 0;
 };
 
 struct MemoryUsage {
@@ -87,7 +100,7 @@ struct MemoryUsage {
   int64_t gpu_quant_bytes = 0;     // INT4 K + metadata on the GPU
   int64_t gpu_cache_bytes = 0;     // hot FP16 page cache on the GPU
   int64_t gpu_fp16_bytes = 0;      // FP16 KV on the GPU (HBM backend)
-  int64_t disk_bytes = 0;
+  int64_t disk_bytes = 0;          // disk tier file in use (records of spilled pages)
 };
 
 class Backend;        // runtime/backend.h

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdarg>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -170,13 +171,13 @@ void WriteFile(const std::string& path, const std::vector<uint8_t>& data) {
   std::fclose(f);
 }
 
-// Values no enumerator names. Only values inside an enum's range (the smallest bit-field that
-// holds its enumerators) are formed here: a C++ enum object outside that range is undefined
-// behaviour on this side of the call (UBSan's -fsanitize=enum flags it). C callers can pass any
-// int; see docs/GUARANTEES.md.
-constexpr twl_dtype kBadDtype = static_cast<twl_dtype>(3);
-constexpr twl_selector kBadSelector = static_cast<twl_selector>(3);
+// Values no enumerator names. The enums' *_FORCE_INT32_ members make every non-negative
+// int32 a valid C++ value of them, so these are well-formed on this side of the call.
+constexpr twl_dtype kBadDtype = static_cast<twl_dtype>(7);
+constexpr twl_selector kBadSelector = static_cast<twl_selector>(0x7fffffff);
 constexpr twl_fetch_path kBadFetch = static_cast<twl_fetch_path>(3);
+constexpr twl_memory_space kBadSpace = static_cast<twl_memory_space>(2);
+constexpr twl_backend kBadBackend = static_cast<twl_backend>(9);
 
 bool Allowed(twl_status s, const std::vector<twl_status>& allowed) {
   return std::find(allowed.begin(), allowed.end(), s) != allowed.end();
@@ -241,7 +242,7 @@ class Harness {
                                       kBadFetch};
     const twl_backend backends[] = {TWL_BACKEND_CPU,         TWL_BACKEND_CPU, TWL_BACKEND_CPU,
                                     TWL_BACKEND_AUTO,        TWL_BACKEND_GPU_HBM,
-                                    TWL_BACKEND_GPU_OFFLOAD, TWL_BACKEND_CPU};
+                                    TWL_BACKEND_GPU_OFFLOAD, kBadBackend};
     const int32_t devices[] = {-1, 0, 3, -7};
     const int32_t telemetry[] = {-1, 1, 0, 2};
     c.num_layers = in_.From(layers);
@@ -309,8 +310,12 @@ class Harness {
       big.config.struct_size = 0;
       size_ok = false;
     } else if (size_mode == 1) {
-      big.config.struct_size = sizeof(twl_runtime_config) - 4;
+      big.config.struct_size = sizeof(size_t);  // smaller than any version of the struct
       size_ok = false;
+    } else if (size_mode == 4) {
+      // An older caller: the fields past its size take their defaults (those at the end are
+      // the disk tier's, which this driver leaves unset anyway).
+      big.config.struct_size = sizeof(twl_runtime_config) - 4;
     } else if (size_mode == 2) {
       big.config.struct_size = sizeof(big);
     } else if (size_mode == 3) {
@@ -524,7 +529,7 @@ class Harness {
     const twl_dtype dtypes[] = {TWL_DTYPE_FP16, TWL_DTYPE_FP16, TWL_DTYPE_FP16, TWL_DTYPE_BF16,
                                 TWL_DTYPE_FP32, kBadDtype};
     const twl_memory_space spaces[] = {TWL_MEMORY_HOST, TWL_MEMORY_HOST, TWL_MEMORY_HOST,
-                                       TWL_MEMORY_HOST, TWL_MEMORY_DEVICE};
+                                       TWL_MEMORY_HOST, TWL_MEMORY_DEVICE, kBadSpace};
     const twl_dtype dtype = in_.From(dtypes);
     const twl_memory_space space = in_.From(spaces);
     const bool raw = in_.Pick(16) == 0;
@@ -769,7 +774,8 @@ class Harness {
     std::vector<float> p(seqs.size());
     for (float& x : p) x = in_.Pick(3) ? p_choices[in_.Pick(5)] : in_.From(p_choices);
     const twl_memory_space spaces[] = {TWL_MEMORY_HOST, TWL_MEMORY_HOST, TWL_MEMORY_HOST,
-                                       TWL_MEMORY_HOST, TWL_MEMORY_HOST, TWL_MEMORY_DEVICE};
+                                       TWL_MEMORY_HOST, TWL_MEMORY_HOST, TWL_MEMORY_DEVICE,
+                                       kBadSpace};
     const twl_memory_space space = in_.From(spaces);
     const bool null_q = in_.Pick(16) == 0, null_seqs = in_.Pick(16) == 0;
     Rng rng(in_.U32());
@@ -870,27 +876,35 @@ class Harness {
     }
   }
 
-  // Queries with odd struct sizes: too small fails and writes nothing, larger is accepted and
-  // the bytes past the library's struct are untouched.
+  // Queries with odd struct sizes. Any size below the struct's first version fails and writes
+  // nothing; the current size and larger ones (a newer caller) succeed; sizes in between (an
+  // older caller) may succeed. A call never writes at or past the struct_size it was given.
   template <typename T, typename Fn>
   void OddStruct(Fn&& call, const char* fn) {
-    struct {
+    union {
       T value;
-      unsigned char tail[16];
+      unsigned char bytes[sizeof(T) + 16];
     } box;
-    std::memset(&box, 0xab, sizeof(box));
-    const int mode = in_.Pick(4);
-    const size_t sizes[] = {sizeof(T), 0, sizeof(T) - 1, sizeof(box)};
-    box.value.struct_size = sizes[mode];
-    const twl_status s = call(in_.Pick(12) == 0 ? nullptr : &box.value);
-    if (s == TWL_OK) {
-      FUZZ_CHECK(box.value.struct_size == sizes[mode], "%s changed struct_size", fn);
-      for (unsigned char b : box.tail) FUZZ_CHECK(b == 0xab, "%s wrote past its struct", fn);
-    } else {
-      Expect(s, {TWL_INVALID_ARGUMENT, TWL_FAILED_PRECONDITION}, fn, rt_);
+    std::memset(box.bytes, 0xab, sizeof(box.bytes));
+    const int mode = in_.Pick(5);
+    const size_t sizes[] = {sizeof(T), 0, sizeof(size_t), sizeof(T) - 1, sizeof(box.bytes)};
+    const size_t size = sizes[mode];
+    std::memcpy(box.bytes, &size, sizeof(size));
+    const bool null_out = in_.Pick(12) == 0;
+    const twl_status s = call(null_out ? nullptr : &box.value);
+    if (s != TWL_OK) Expect(s, {TWL_INVALID_ARGUMENT}, fn, rt_);
+    FUZZ_CHECK(s == TWL_OK || null_out || mode == 1 || mode == 2 || mode == 3,
+               "%s refused struct_size %zu", fn, size);
+    FUZZ_CHECK(s != TWL_OK || (mode != 1 && mode != 2 && !null_out),
+               "%s accepted struct_size %zu", fn, size);
+    size_t size_after;
+    std::memcpy(&size_after, box.bytes, sizeof(size_after));
+    FUZZ_CHECK(size_after == size, "%s changed struct_size", fn);
+    const size_t untouched_from = s == TWL_OK ? size : sizeof(size_t);
+    for (size_t b = untouched_from; b < sizeof(box.bytes); ++b) {
+      FUZZ_CHECK(box.bytes[b] == 0xab, "%s wrote byte %zu of a %zu-byte struct (status %s)", fn,
+                 b, size, twl_status_string(s));
     }
-    FUZZ_CHECK(s != TWL_OK || mode == 0 || mode == 3, "%s accepted struct_size %zu", fn,
-               sizes[mode]);
   }
 
   void OpQueries() {
@@ -970,7 +984,7 @@ class Harness {
   void OpMisc() {
     switch (in_.Pick(4)) {
       case 0: {
-        const int code = in_.Pick(16);  // the enum's range (see kBadDtype)
+        const int code = in_.Pick(2) ? in_.Pick(16) : int(in_.U32() & 0x7fffffffu);
         const char* name = twl_status_string(static_cast<twl_status>(code));
         FUZZ_CHECK(name != nullptr && name[0] != '\0', "status string of %d", code);
         break;

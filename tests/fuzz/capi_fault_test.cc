@@ -8,7 +8,8 @@
 //     (runtime/cpu_backend.h SetCpuBackendWriteFailureForTesting): all-or-nothing;
 //   - the pool running full in the middle of a restore;
 //   - file I/O errors of save (a file size limit: EFBIG) and restore (unreadable paths);
-//   - the disk tier's injected I/O errors (offload/fault_injection.h), mapped to C API codes.
+//   - the disk tier's injected I/O errors (offload/fault_injection.h), mapped to C API codes,
+//     on the tier itself and behind a runtime with a disk tier (append, decode, read_kv).
 // This binary links the C API statically (tests/fuzz/CMakeLists.txt) so that the hooks, which
 // libtwilight.so does not export, reach the same copy of the core as the C entry points.
 #include <signal.h>
@@ -395,9 +396,10 @@ TEST(CapiFaults, UnreadableRestorePathsAreIoErrors) {
   fx.ExpectIntact("failed restores");
 }
 
-// The disk tier is not yet behind a C API call; its statuses must still map to the codes the
-// header gives a caller (capacity full -> retry after freeing; a bad read -> discard; a failed
-// write -> internal), and the records written before a fault keep their data.
+// The disk tier on its own: its statuses map to C API codes (capacity full -> retry after
+// freeing; a bad read -> discard; a failed write -> internal), and the records written before
+// a fault keep their data. (Behind the runtime, the runtime marks its I/O failures as
+// TWL_IO_ERROR: see the test below.)
 TEST(CapiFaults, DiskTierFaultsMapToDocumentedCodesAndKeepEarlierRecords) {
   twl::FaultInjector injector;
   twl::DiskTierOptions options;
@@ -449,6 +451,86 @@ TEST(CapiFaults, DiskTierFaultsMapToDocumentedCodesAndKeepEarlierRecords) {
     EXPECT_EQ(back0, data[0]);
     EXPECT_EQ(back1, data[1]);
   }
+}
+
+// The disk tier behind the C API (config disk_path / disk_bytes, 4 host page slots): a full
+// disk on a spill is TWL_CAPACITY_EXHAUSTED, a failed page write or read is TWL_IO_ERROR
+// (append, decode, read_kv); the failed call changes no sequence, and once the fault clears
+// the same calls work and every token reads back bit for bit.
+TEST(CapiFaults, DiskTierRuntimeFaultsReturnTheirCodesAndLoseNothing) {
+  struct ClearFaults {
+    ~ClearFaults() { twl::ProcessFaultInjector().Clear(); }
+  } clear;
+  twl::FaultInjector& inj = twl::ProcessFaultInjector();
+  TempDir dir;
+  const std::string path = dir.File("");
+  twl_runtime_config c = SmallConfig();
+  c.host_pool_bytes = 4 * 2048;  // 4 pages of 8 tokens x 2 KV heads x head dim 32
+  c.disk_path = path.c_str();
+  c.disk_bytes = 40 * 4096;
+  c.top_p = 1.0f;
+  c.selector = TWL_SELECTOR_FULL;
+  RtPtr rt = Create(c);
+  ASSERT_TRUE(rt);
+  std::mt19937 rng(21);
+  const size_t tok = size_t(c.num_kv_heads) * c.head_dim;
+  twl_seq_id a = -1, b = -1;
+  ASSERT_EQ(twl_sequence_create(rt.get(), &a), TWL_OK);
+  ASSERT_EQ(twl_sequence_create(rt.get(), &b), TWL_OK);
+  const std::vector<uint16_t> ka = RandomHalf(&rng, 32 * tok), va = RandomHalf(&rng, 32 * tok);
+  const std::vector<uint16_t> kb = RandomHalf(&rng, 32 * tok), vb = RandomHalf(&rng, 32 * tok);
+  ASSERT_EQ(twl_sequence_append(rt.get(), a, 0, 32, ka.data(), va.data(), TWL_DTYPE_FP16,
+                                TWL_MEMORY_HOST),
+            TWL_OK);  // fills the 4 slots
+  auto append_b = [&](int32_t n) {
+    return twl_sequence_append(rt.get(), b, 0, n, kb.data(), vb.data(), TWL_DTYPE_FP16,
+                               TWL_MEMORY_HOST);
+  };
+  auto length = [&](twl_seq_id seq) {
+    int32_t len = -1;
+    EXPECT_EQ(twl_sequence_length(rt.get(), seq, 0, &len), TWL_OK);
+    return len;
+  };
+
+  inj.FailRange(twl::FaultSite::kDiskWrite, 1, -1, ENOSPC);
+  EXPECT_EQ(append_b(8), TWL_CAPACITY_EXHAUSTED) << twl_runtime_last_error(rt.get());
+  EXPECT_NE(std::string(twl_runtime_last_error(rt.get())).find("disk tier full"),
+            std::string::npos);
+  inj.Clear();
+  inj.FailNth(twl::FaultSite::kDiskWrite, 1, EIO);
+  EXPECT_EQ(append_b(8), TWL_IO_ERROR) << twl_runtime_last_error(rt.get());
+  inj.Clear();
+  EXPECT_EQ(length(b), 0);
+  ASSERT_EQ(append_b(32), TWL_OK) << twl_runtime_last_error(rt.get());  // a goes to disk
+
+  const std::vector<uint16_t> q = RandomHalf(&rng, size_t(c.num_q_heads) * c.head_dim);
+  std::vector<uint16_t> out(q.size()), out_again(q.size());
+  inj.FailRange(twl::FaultSite::kDiskRead, 1, -1, EIO);
+  EXPECT_EQ(twl_decode(rt.get(), 0, &a, 1, q.data(), out.data(), TWL_MEMORY_HOST, nullptr,
+                       nullptr),
+            TWL_IO_ERROR)
+      << twl_runtime_last_error(rt.get());
+  std::vector<uint16_t> k(32 * tok), v(32 * tok);
+  int32_t len = 0;
+  EXPECT_EQ(twl_sequence_read_kv(rt.get(), a, 0, k.data(), v.data(), 32, &len), TWL_IO_ERROR);
+  inj.Clear();
+
+  EXPECT_EQ(length(a), 32);
+  EXPECT_TRUE(Read(rt.get(), a, 0) == (LayerKv{32, ka, va}));
+  EXPECT_TRUE(Read(rt.get(), b, 0) == (LayerKv{32, kb, vb}));
+  ASSERT_EQ(twl_decode(rt.get(), 0, &a, 1, q.data(), out.data(), TWL_MEMORY_HOST, nullptr,
+                       nullptr),
+            TWL_OK)
+      << twl_runtime_last_error(rt.get());
+  twl_step_stats st;
+  st.struct_size = sizeof(st);
+  ASSERT_EQ(twl_runtime_last_step(rt.get(), &st), TWL_OK);
+  EXPECT_EQ(st.disk_pages_loaded, 4);
+  // The same step again (pages now on the host) gives the same output.
+  ASSERT_EQ(twl_decode(rt.get(), 0, &a, 1, q.data(), out_again.data(), TWL_MEMORY_HOST, nullptr,
+                       nullptr),
+            TWL_OK);
+  EXPECT_EQ(out, out_again);
 }
 
 }  // namespace

@@ -1,0 +1,300 @@
+// Host slots and disk moves of the CPU backend's FP16 pages (see disk_residency.h).
+#include "runtime/disk_residency.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "runtime/disk_io_status.h"
+#include "runtime/geometry.h"
+
+namespace twl {
+namespace {
+
+double MsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<DiskTier>> CreatePageDiskTier(const RuntimeConfig& config) {
+  struct stat st;
+  if (config.disk_path.empty() || ::stat(config.disk_path.c_str(), &st) != 0 ||
+      !S_ISDIR(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "config: disk_path '%s' is not an existing directory%s", config.disk_path,
+        config.disk_path.empty() ? "" : absl::StrCat(" (", std::strerror(errno), ")")));
+  }
+  const PageGeometry g = GeometryOf(config);
+  DiskTierOptions options;
+  options.path = config.disk_path;
+  options.record_bytes = int64_t(g.num_kv_heads) * g.FpBlockBytes();
+  options.capacity_bytes = config.disk_bytes;
+  absl::StatusOr<std::unique_ptr<DiskTier>> tier = DiskTier::Create(options);
+  if (!tier.ok()) {
+    // A file that cannot be created or opened is the disk's fault (an I/O error for the C
+    // API); sizes out of range and a full disk keep their codes.
+    if (absl::IsInvalidArgument(tier.status()) || absl::IsResourceExhausted(tier.status())) {
+      return PrefixStatus(tier.status(), "config: ");
+    }
+    return DiskIoError(tier.status(), "config: disk tier");
+  }
+  return tier;
+}
+
+DiskResidency::DiskResidency(const PageGeometry& g, int32_t num_pages, int32_t num_slots,
+                             std::unique_ptr<DiskTier> tier, std::unique_ptr<HostArena> arena)
+    : g_(g),
+      num_slots_(num_slots),
+      tier_(std::move(tier)),
+      arena_(std::move(arena)),
+      base_(static_cast<fp16_t*>(arena_->base())),
+      policy_(num_pages),
+      pager_(tier_.get(), &policy_, [this](int32_t slot) { return SlotAddress(slot); }),
+      slot_of_block_(size_t(num_pages) * size_t(g.num_kv_heads), -1),
+      page_of_slot_(size_t(num_slots), -1) {
+  free_slots_.reserve(size_t(num_slots));
+  // Stack: slot 0 is handed out first.
+  for (int32_t s = num_slots - 1; s >= 0; --s) free_slots_.push_back(s);
+}
+
+absl::StatusOr<std::unique_ptr<DiskResidency>> DiskResidency::Create(
+    const PageGeometry& g, int32_t num_pages, int32_t num_slots, std::unique_ptr<DiskTier> tier) {
+  if (tier == nullptr) return absl::InvalidArgumentError("disk residency: no disk tier");
+  const int64_t page_bytes = int64_t(g.num_kv_heads) * g.FpBlockBytes();
+  if (tier->record_bytes() != page_bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "disk residency: tier records are %d bytes, a page is %d", tier->record_bytes(),
+        page_bytes));
+  }
+  if (num_slots < 1 || num_pages < 1 || int64_t(num_pages) > num_slots - 1 + tier->capacity()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "disk residency: %d pages need 1 <= pages <= slots - 1 + records (%d slots, %d records)",
+        num_pages, num_slots, tier->capacity()));
+  }
+  auto arena = HostArena::Create(HostMemKind::kAligned, g.FpBlockBytes(),
+                                 int64_t(num_slots) * g.num_kv_heads, 2);
+  if (!arena.ok()) return arena.status();
+  return std::unique_ptr<DiskResidency>(
+      new DiskResidency(g, num_pages, num_slots, std::move(tier), std::move(*arena)));
+}
+
+void* DiskResidency::SlotAddress(int32_t slot) const {
+  return base_ + int64_t(slot) * g_.num_kv_heads * g_.FpBlockElems();
+}
+
+fp16_t* DiskResidency::HostPage(int32_t page) const {
+  const PageLocation loc = policy_.GetLocation(page);
+  return loc.on_host() ? static_cast<fp16_t*>(SlotAddress(loc.host_slot)) : nullptr;
+}
+
+void DiskResidency::Assign(int32_t page, int32_t slot) {
+  page_of_slot_[size_t(slot)] = page;
+  for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
+    slot_of_block_[size_t(g_.BlockId(page, h))] = slot * g_.num_kv_heads + h;
+  }
+}
+
+void DiskResidency::ForgetFreedSlots(size_t from) {
+  for (size_t i = from; i < free_slots_.size(); ++i) {
+    const int32_t slot = free_slots_[i];
+    const int32_t page = page_of_slot_[size_t(slot)];
+    page_of_slot_[size_t(slot)] = -1;
+    if (page < 0) continue;
+    for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
+      slot_of_block_[size_t(g_.BlockId(page, h))] = -1;
+    }
+  }
+}
+
+void DiskResidency::DropCleanCopies(int64_t n, absl::Span<const int32_t> in_use) {
+  auto drop = [&](int32_t page) {
+    const PageLocation loc = policy_.GetLocation(page);
+    if (n > 0 && loc.on_host() && loc.on_disk() && pager_.MarkDirty(page).ok()) --n;
+  };
+  // Pages of this step stay on the host anyway: their copies are the cheapest to lose.
+  for (const int32_t page : in_use) drop(page);
+  for (int32_t slot = 0; slot < num_slots_ && n > 0; ++slot) {
+    if (page_of_slot_[size_t(slot)] >= 0) drop(page_of_slot_[size_t(slot)]);
+  }
+}
+
+absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCounts* io) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (int64_t(pages.size()) > num_slots_) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "needs %d pages in host memory at once but the host pool has %d page slots (raise "
+        "host_pool_bytes, or lower top_p, the selector budget or the batch)",
+        pages.size(), num_slots_));
+  }
+  {
+    std::vector<int32_t> sorted(pages.begin(), pages.end());
+    std::sort(sorted.begin(), sorted.end());
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+      return absl::InvalidArgumentError("disk residency: a page is listed twice");
+    }
+  }
+  ++step_;
+  if (absl::Status s = policy_.Touch(pages, step_); !s.ok()) return s;
+
+  const std::vector<int32_t> to_load = policy_.NeedsLoad(pages);
+  std::vector<int32_t> fresh;
+  for (const int32_t page : pages) {
+    const PageLocation loc = policy_.GetLocation(page);
+    if (!loc.on_host() && !loc.on_disk()) fresh.push_back(page);
+  }
+  const DiskPagerStats before = pager_.stats();
+  absl::Status status;
+  size_t loaded = 0, placed = 0;
+  while (status.ok() && (loaded < to_load.size() || placed < fresh.size())) {
+    if (free_slots_.empty()) {
+      const int64_t want = int64_t(to_load.size() - loaded + fresh.size() - placed);
+      // Dirty victims need free records; see the capacity note in the header.
+      if (tier_->num_free() < want) DropCleanCopies(want - tier_->num_free(), pages);
+      const size_t from = free_slots_.size();
+      absl::Status s = pager_.Evict(static_cast<int32_t>(want), step_, {}, &free_slots_);
+      ForgetFreedSlots(from);
+      // Partial progress on a short tier is fine: a later round frees the rest.
+      if (!s.ok() && (free_slots_.size() == from || !absl::IsResourceExhausted(s))) {
+        status = DiskIoError(s, "spilling pages to the disk tier");
+      }
+      continue;
+    }
+    const size_t n = std::min(free_slots_.size(), to_load.size() - loaded);
+    if (n > 0) {
+      std::vector<int32_t> slots(free_slots_.end() - static_cast<std::ptrdiff_t>(n),
+                                 free_slots_.end());
+      free_slots_.resize(free_slots_.size() - n);
+      const absl::Span<const int32_t> batch(to_load.data() + loaded, n);
+      std::vector<int32_t> unused;
+      absl::Status s = pager_.Load(batch, slots, &unused);
+      for (size_t i = 0; i < n; ++i) {
+        const PageLocation loc = policy_.GetLocation(batch[i]);
+        if (loc.on_host()) Assign(batch[i], loc.host_slot);
+      }
+      free_slots_.insert(free_slots_.end(), unused.begin(), unused.end());
+      loaded += n;
+      if (!s.ok()) {
+        status = DiskIoError(s, "loading pages from the disk tier (they stay on disk)");
+        break;
+      }
+    }
+    while (placed < fresh.size() && !free_slots_.empty()) {
+      const int32_t slot = free_slots_.back();
+      free_slots_.pop_back();
+      const int32_t page = fresh[placed++];
+      (void)policy_.SetLocation(page, {slot, -1});  // valid: page and slot in range
+      Assign(page, slot);
+    }
+  }
+  if (io != nullptr) {
+    const DiskPagerStats& after = pager_.stats();
+    io->pages_loaded += after.pages_loaded - before.pages_loaded;
+    io->pages_written += after.pages_written - before.pages_written;
+    io->pages_dropped += after.pages_clean - before.pages_clean;
+    io->ms += MsSince(t0);
+  }
+  return status;
+}
+
+absl::Status DiskResidency::MarkDirty(absl::Span<const int32_t> pages) {
+  for (const int32_t page : pages) {
+    if (absl::Status s = pager_.MarkDirty(page); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DiskResidency::ReadRows(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const {
+  const PageLocation loc = policy_.GetLocation(page);
+  std::vector<fp16_t> buffer;
+  const fp16_t* blocks = nullptr;
+  if (loc.on_host()) {
+    blocks = static_cast<const fp16_t*>(SlotAddress(loc.host_slot));
+  } else if (loc.on_disk()) {
+    buffer.resize(size_t(g_.num_kv_heads) * size_t(g_.FpBlockElems()));
+    const DiskReadOp op{loc.disk_record, buffer.data()};
+    if (absl::Status s = tier_->Read({op}); !s.ok()) {
+      return DiskIoError(s, absl::StrFormat("reading page %d from the disk tier", page));
+    }
+    blocks = buffer.data();
+  } else {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("page %d holds no data (not written yet)", page));
+  }
+  const size_t bytes = sizeof(fp16_t) * size_t(g_.head_dim);
+  const FpKvView local{const_cast<fp16_t*>(blocks), nullptr};
+  for (int32_t r = 0; r < rows; ++r) {
+    for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
+      const int64_t at = (int64_t(r) * g_.num_kv_heads + h) * g_.head_dim;
+      std::memcpy(k + at, local.K(g_, h, r), bytes);
+      std::memcpy(v + at, local.V(g_, h, r), bytes);
+    }
+  }
+  return absl::OkStatus();
+}
+
+void DiskResidency::Release(int32_t page) {
+  if (page < 0 || page >= num_pages()) return;
+  const PageLocation loc = policy_.GetLocation(page);
+  // Fails only for a record with I/O in flight, and all I/O is waited for inside the calls.
+  absl::StatusOr<int32_t> slot = pager_.Release(page);
+  if (!slot.ok()) return;
+  if (loc.on_host()) {
+    free_slots_.push_back(loc.host_slot);
+    ForgetFreedSlots(free_slots_.size() - 1);
+  }
+}
+
+int64_t DiskResidency::host_bytes_used() const {
+  return int64_t(policy_.num_on_host()) * g_.num_kv_heads * g_.FpBlockBytes();
+}
+
+absl::Status DiskResidency::CheckConsistency() const {
+  if (absl::Status s = policy_.CheckConsistency(); !s.ok()) return s;
+  std::vector<bool> is_free(size_t(num_slots_), false);
+  for (const int32_t slot : free_slots_) {
+    if (slot < 0 || slot >= num_slots_ || is_free[size_t(slot)]) {
+      return absl::InternalError(absl::StrFormat("free slot %d out of range or listed twice",
+                                                 slot));
+    }
+    is_free[size_t(slot)] = true;
+  }
+  int32_t on_host = 0;
+  for (int32_t slot = 0; slot < num_slots_; ++slot) {
+    const int32_t page = page_of_slot_[size_t(slot)];
+    if (is_free[size_t(slot)] != (page < 0)) {
+      return absl::InternalError(absl::StrFormat("slot %d: free %d but page %d", slot,
+                                                 int(is_free[size_t(slot)]), page));
+    }
+    if (page < 0) continue;
+    ++on_host;
+    if (policy_.GetLocation(page).host_slot != slot) {
+      return absl::InternalError(absl::StrFormat("slot %d holds page %d, whose slot is %d", slot,
+                                                 page, policy_.GetLocation(page).host_slot));
+    }
+  }
+  if (on_host != policy_.num_on_host()) {
+    return absl::InternalError(absl::StrFormat("%d slots used, %d pages on the host", on_host,
+                                               policy_.num_on_host()));
+  }
+  for (int32_t page = 0; page < num_pages(); ++page) {
+    const PageLocation loc = policy_.GetLocation(page);
+    for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
+      const int32_t want = loc.on_host() ? loc.host_slot * g_.num_kv_heads + h : -1;
+      if (slot_of_block_[size_t(g_.BlockId(page, h))] != want) {
+        return absl::InternalError(absl::StrFormat("page %d head %d: slot_of_block %d, want %d",
+                                                   page, h,
+                                                   slot_of_block_[size_t(g_.BlockId(page, h))],
+                                                   want));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace twl
