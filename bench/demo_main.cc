@@ -10,6 +10,10 @@
 //   twl_demo [--seqs 4] [--context 4096] [--layers 4] [--steps 6] [--p 0.95]
 //            [--backend auto|cpu|gpu|offload] [--budget 0.25] [--selector quest|full]
 //            [--page-size 16] [--k-bits 4] [--dense-layers 0] [--seed 1]
+//            [--disk DIR [--host-pool-mb MB]]
+// --disk puts a disk tier (a file in DIR sized for the whole KV) under a host pool smaller
+// than the KV (default: one layer's KV + 25%), on the CPU backend: every step then reads the
+// pages it keeps back from disk, and the table shows how many.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -49,6 +53,8 @@ struct Options {
   int kv_heads = 8;
   int head_dim = 128;
   uint64_t seed = 1;
+  std::string disk;      // disk tier directory ("": none)
+  int host_pool_mb = 0;  // with --disk: host pool size (0: one layer's KV + 25%)
 };
 
 void Usage() {
@@ -57,10 +63,12 @@ void Usage() {
       "                [--backend auto|cpu|gpu|offload] [--budget FRACTION]\n"
       "                [--selector quest|full] [--page-size N] [--k-bits 2|4|8|16]\n"
       "                [--dense-layers N] [--q-heads N] [--kv-heads N] [--head-dim N]\n"
-      "                [--seed N]\n"
+      "                [--seed N] [--disk DIR [--host-pool-mb MB]]\n"
       "Decodes a batch of synthetic long-context sequences with Twilight (Quest selector +\n"
       "top-p pruner + sparse attention) and compares each output with dense attention.\n"
-      "--backend gpu = all KV in GPU memory, offload = FP16 KV in pinned host memory.\n");
+      "--backend gpu = all KV in GPU memory, offload = FP16 KV in pinned host memory.\n"
+      "--disk DIR: KV larger than host memory: a disk tier file in DIR holds the whole KV and\n"
+      "the host pool only --host-pool-mb (default one layer's KV + 25%%); CPU backend.\n");
 }
 
 bool ParseArgs(int argc, char** argv, Options* o) {
@@ -107,6 +115,11 @@ bool ParseArgs(int argc, char** argv, Options* o) {
     else if (key == "q-heads") ok = as_int(&o->q_heads);
     else if (key == "kv-heads") ok = as_int(&o->kv_heads);
     else if (key == "head-dim") ok = as_int(&o->head_dim);
+    else if (key == "host-pool-mb") ok = as_int(&o->host_pool_mb) && o->host_pool_mb > 0;
+    else if (key == "disk") {
+      o->disk = value;
+      ok = !value.empty();
+    }
     else if (key == "seed") {
       int s = 0;
       ok = as_int(&s);
@@ -220,7 +233,18 @@ int main(int argc, char** argv) {
   // Size the host pool for the whole run (with slack for partial pages), not the default.
   const int64_t pages_per_seq_layer = (opt.context + opt.page_size - 1) / opt.page_size + 1;
   const int64_t page_bytes = int64_t(opt.kv_heads) * 4 * opt.page_size * opt.head_dim;
-  cfg.host_pool_bytes = pages_per_seq_layer * opt.seqs * opt.layers * page_bytes + page_bytes;
+  const int64_t kv_bytes = pages_per_seq_layer * opt.seqs * opt.layers * page_bytes + page_bytes;
+  cfg.host_pool_bytes = kv_bytes;
+  if (!opt.disk.empty()) {
+    // The disk holds the whole KV (records are pages rounded up to 4 KiB); the host pool one
+    // layer's working set, so each layer's step reads its kept pages back.
+    const int64_t record = (page_bytes + 4095) / 4096 * 4096;
+    cfg.disk_path = opt.disk;
+    cfg.disk_bytes = (kv_bytes / page_bytes + 1) * record;
+    cfg.host_pool_bytes = opt.host_pool_mb > 0 ? int64_t(opt.host_pool_mb) << 20
+                                               : kv_bytes / opt.layers * 5 / 4 + page_bytes;
+    if (cfg.backend == twl::BackendKind::kAuto) cfg.backend = twl::BackendKind::kCpu;
+  }
 
   auto created = twl::Runtime::Create(cfg);
   if (!created.ok()) {
@@ -238,6 +262,11 @@ int main(int argc, char** argv) {
       "model: %d layers, %d query / %d KV heads, head dim %d; page %d tokens, K estimate %s\n",
       opt.layers, opt.q_heads, opt.kv_heads, opt.head_dim, opt.page_size,
       opt.k_bits == 16 ? "FP16" : absl::StrFormat("INT%d", opt.k_bits).c_str());
+  if (!opt.disk.empty()) {
+    std::printf("disk tier: KV %.1f MiB, host pool %.1f MiB (%.0f%% of the KV), disk file in %s\n",
+                kv_bytes / 1048576.0, cfg.host_pool_bytes / 1048576.0,
+                100.0 * double(cfg.host_pool_bytes) / double(kv_bytes), opt.disk.c_str());
+  }
   std::printf("twilight: p = %.3g, selector %s%s, dense layers %d\n", opt.p,
               opt.selector.c_str(),
               opt.selector == "quest" ? absl::StrFormat(" (budget %.0f%% of context)",
@@ -319,11 +348,20 @@ int main(int argc, char** argv) {
     d_out = *b;
   }
 
-  twl::bench::Table table({"step", "layer", "ctx", "sel/head", "kept mean", "kept min",
-                           "kept max", "kept %", "kv union", "est mass", "select ms",
-                           "prune ms", "fetch ms", "attend ms", "total ms", "rel err"});
+  const bool disk = !opt.disk.empty();
+  std::vector<std::string> columns = {"step", "layer", "ctx", "sel/head", "kept mean",
+                                      "kept min", "kept max", "kept %", "kv union", "est mass",
+                                      "select ms", "prune ms", "fetch ms", "attend ms",
+                                      "total ms", "rel err"};
+  if (disk) {
+    columns.insert(columns.end() - 1, "disk loads");
+    columns.insert(columns.end() - 1, "disk spills");
+  }
+  twl::bench::Table table(columns);
   table.title = "per step and layer: kept tokens per query head (own top-p set) over the batch";
   double ms_select = 0, ms_prune = 0, ms_fetch = 0, ms_attend = 0, ms_total = 0;
+  double ms_disk = 0;
+  int64_t disk_loads = 0, disk_spills = 0;
   double err_sum = 0, err_max = 0, kept_frac_sum = 0;
   int64_t kept_min_all = INT64_MAX, kept_max_all = 0;
   int rows = 0;
@@ -399,14 +437,23 @@ int main(int argc, char** argv) {
       }
       for (int32_t k : t.kept_tokens_kv) union_sum += k;
       const double heads = double(opt.seqs) * opt.q_heads;
-      table.AddRow({step, l, twl::bench::Cell(double(ctx_sum) / opt.seqs, 5),
-                    twl::bench::Cell(sel / heads, 4), twl::bench::Cell(ksum / heads, 4), kmin,
-                    kmax, twl::bench::Cell(100.0 * frac / heads, 3),
-                    twl::bench::Cell(double(union_sum) / t.kept_tokens_kv.size(), 4),
-                    twl::bench::Cell(mass / heads, 4), twl::bench::Cell(t.ms_select, 3),
-                    twl::bench::Cell(t.ms_prune, 3), twl::bench::Cell(t.ms_fetch, 3),
-                    twl::bench::Cell(t.ms_attend, 3), twl::bench::Cell(t.ms_total, 3),
-                    twl::bench::Cell(err, 3)});
+      std::vector<twl::bench::Cell> cells = {
+          step, l, twl::bench::Cell(double(ctx_sum) / opt.seqs, 5),
+          twl::bench::Cell(sel / heads, 4), twl::bench::Cell(ksum / heads, 4), kmin, kmax,
+          twl::bench::Cell(100.0 * frac / heads, 3),
+          twl::bench::Cell(double(union_sum) / t.kept_tokens_kv.size(), 4),
+          twl::bench::Cell(mass / heads, 4), twl::bench::Cell(t.ms_select, 3),
+          twl::bench::Cell(t.ms_prune, 3), twl::bench::Cell(t.ms_fetch, 3),
+          twl::bench::Cell(t.ms_attend, 3), twl::bench::Cell(t.ms_total, 3),
+          twl::bench::Cell(err, 3)};
+      if (disk) {
+        cells.insert(cells.end() - 1, twl::bench::Cell(t.disk_pages_loaded));
+        cells.insert(cells.end() - 1, twl::bench::Cell(t.disk_pages_spilled));
+      }
+      table.AddRow(cells);
+      ms_disk += t.ms_disk;
+      disk_loads += t.disk_pages_loaded;
+      disk_spills += t.disk_pages_spilled;
       ms_select += t.ms_select;
       ms_prune += t.ms_prune;
       ms_fetch += t.ms_fetch;
@@ -449,6 +496,15 @@ int main(int argc, char** argv) {
   std::printf("memory: host pool %.1f of %.1f MiB used; GPU quant %.1f MiB, cache %.1f MiB\n",
               m.host_pool_bytes_used / 1048576.0, m.host_pool_bytes_total / 1048576.0,
               m.gpu_quant_bytes / 1048576.0, m.gpu_cache_bytes / 1048576.0);
+  if (disk) {
+    // Loads per layer-step: the kept pages (union over the batch's KV heads) not in the pool.
+    const double mib = double(disk_loads + disk_spills) * double(page_bytes) / 1048576.0;
+    std::printf("disk tier: %.1f MiB in use; per layer-step %.1f pages loaded, %.1f spilled; "
+                "%.1f ms of disk I/O in all (%.0f%% of decode time, %.0f MiB/s moved)\n",
+                m.disk_bytes / 1048576.0, double(disk_loads) / rows,
+                double(disk_spills) / rows, ms_disk, ms_total > 0 ? 100.0 * ms_disk / ms_total : 0.0,
+                ms_disk > 0 ? mib / (ms_disk / 1e3) : 0.0);
+  }
   std::printf("done in %.1f s\n", Now() - t_begin);
   return 0;
 }
