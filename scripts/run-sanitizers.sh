@@ -2,7 +2,8 @@
 # Builds the CPU-only tree with clang under the sanitizers and runs its tests; any finding fails.
 #   build-asan/  AddressSanitizer + UndefinedBehaviorSanitizer (+ LeakSanitizer), no recovery
 #   build-tsan/  ThreadSanitizer (suppressions with reasons: scripts/tsan.supp)
-# Only the test executables are built (not the benchmarks), at -O1 with assertions on.
+# Only the test executables are built (not the benchmarks), at -O1 with assertions on. C programs
+# (the example) link the C++ part of the sanitizer runtime, which the C++ library needs.
 #
 # The ASan tree also carries libFuzzer's coverage instrumentation (-fsanitize=fuzzer-no-link)
 # and the fuzz target, so that scripts/run-fuzz.sh reuses it instead of building a third tree.
@@ -37,11 +38,16 @@ if ((${#missing[@]})); then
 fi
 symbolizer=$(command -v llvm-symbolizer-14 || command -v llvm-symbolizer || true)
 
-# The test executables (everything ctest runs, nothing else). A target missing from this tree
-# is skipped; a test executable added later must be listed here or ctest reports it NOT_BUILT.
-targets=(twl_cpu_tests twl_api_tests twl_serving_loop twl_fuzz_replay twl_capi_reliability_tests
-         twl_api_fuzz)
-if [ -n "${TWL_SAN_TARGETS:-}" ]; then read -r -a targets <<<"$TWL_SAN_TARGETS"; fi
+# What is built: the executables ctest runs, read from the generated CTestTestfile.cmake files
+# (add_test commands, and gtest_discover_tests' <target>[1]_include.cmake), so that a test added
+# anywhere is built and nothing else is (no benchmarks without a test). Plus the fuzz target.
+test_targets() {  # build dir -> target names, one per line
+  find "$1" -name CTestTestfile.cmake -print0 |
+    xargs -0 grep -hoE 'add_test\([^ ]+ "[^"]+"|[A-Za-z0-9_]+\[1\]_include\.cmake' |
+    sed -E 's/^add_test\([^ ]+ "(.*)"$/\1/; s/\[1\]_include\.cmake$//' |
+    xargs -n1 basename | sort -u
+  echo twl_api_fuzz
+}
 # Not run under the sanitizers, each for a stated reason:
 #   api_install_consumer  installs the library and links outside C projects against it without
 #                         the sanitizer runtime, which cannot link an instrumented library; it is
@@ -55,11 +61,18 @@ run_tree() {  # name, extra compile flags, extra cmake arguments...
   CC=clang CXX=clang++ cmake -S "$root" -B "$dir" -G Ninja -DTWL_WITH_CUDA=OFF -DTWL_WERROR=ON "$@" \
     -DTWL_BUILD_TESTS=ON -DTWL_BUILD_BENCH=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     "-DCMAKE_C_FLAGS=$flags" "-DCMAKE_CXX_FLAGS=$flags" \
+    "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize-link-c++-runtime" -DCMAKE_C_STANDARD_LIBRARIES=-lstdc++ \
     "-DCMAKE_C_FLAGS_RELWITHDEBINFO=-O1 -g" "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g" >/dev/null
-  local present=()
+  local targets=() present=()
+  if [ -n "${TWL_SAN_TARGETS:-}" ]; then
+    read -r -a targets <<<"$TWL_SAN_TARGETS"
+  else
+    mapfile -t targets < <(test_targets "$dir")
+  fi
   for t in "${targets[@]}"; do
     if ninja -C "$dir" -t query "$t" >/dev/null 2>&1; then present+=("$t"); fi
   done
+  echo "=== sanitizers: $name: building ${present[*]}"
   ninja -C "$dir" -j "$jobs" "${present[@]}"
   [ "$build_only" = 1 ] && return
   echo "=== sanitizers: $name: ctest"
