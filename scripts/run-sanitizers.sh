@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the CPU-only tree with clang under the sanitizers and runs its tests; any finding fails.
 #   build-asan/  AddressSanitizer + UndefinedBehaviorSanitizer (+ LeakSanitizer), no recovery
-#   build-tsan/  ThreadSanitizer (suppressions with reasons: scripts/tsan.supp)
-# Only the test executables are built (not the benchmarks), at -O1 with assertions on. C programs
-# (the example) link the C++ part of the sanitizer runtime, which the C++ library needs.
+#   build-tsan/  ThreadSanitizer, each test pinned to one CPU so that oneTBB runs parallel_for
+#                inline (scripts/one-cpu.sh explains why; scripts/tsan.supp holds no entry)
+# Only what ctest runs is built, at -O1 with assertions on.
 #
 # The ASan tree also carries libFuzzer's coverage instrumentation (-fsanitize=fuzzer-no-link)
 # and the fuzz target, so that scripts/run-fuzz.sh reuses it instead of building a third tree.
@@ -41,12 +41,16 @@ symbolizer=$(command -v llvm-symbolizer-14 || command -v llvm-symbolizer || true
 # What is built: the executables ctest runs, read from the generated CTestTestfile.cmake files
 # (add_test commands, and gtest_discover_tests' <target>[1]_include.cmake), so that a test added
 # anywhere is built and nothing else is (no benchmarks without a test). Plus the fuzz target.
-test_targets() {  # build dir -> target names, one per line
-  find "$1" -name CTestTestfile.cmake -print0 |
-    xargs -0 grep -hoE 'add_test\([^ ]+ "[^"]+"|[A-Za-z0-9_]+\[1\]_include\.cmake' |
-    sed -E 's/^add_test\([^ ]+ "(.*)"$/\1/; s/\[1\]_include\.cmake$//' |
-    xargs -n1 basename | sort -u
-  echo twl_api_fuzz
+# Every quoted word of an add_test line is a candidate (the command may follow a launcher);
+# run_tree keeps those that name a target.
+test_targets() {  # build dir -> candidate target names, one per line
+  local files
+  mapfile -t files < <(find "$1" -name CTestTestfile.cmake)
+  { grep -h '^add_test(' "${files[@]}" | grep -oE '"[^"]+"' | tr -d '"' | grep -v '^-' |
+      xargs -r -n1 basename
+    grep -hoE '[A-Za-z0-9_]+\[1\]_include\.cmake' "${files[@]}" | sed 's/\[1\]_include\.cmake$//'
+    echo twl_api_fuzz
+  } | sort -u
 }
 # Not run under the sanitizers, each for a stated reason:
 #   api_install_consumer  installs the library and links outside C projects against it without
@@ -54,14 +58,14 @@ test_targets() {  # build dir -> target names, one per line
 #                         a packaging test (the main CI build runs it), not a memory/thread check.
 exclude='^api_install_consumer$'
 
-run_tree() {  # name, extra compile flags, extra cmake arguments...
-  local name=$1 flags=$2 dir=$root/${TWL_SAN_PREFIX:-build}-$1
-  shift 2
+run_tree() {  # name, compile flags, executable link flags, extra cmake arguments...
+  local name=$1 flags=$2 link=$3 dir=$root/${TWL_SAN_PREFIX:-build}-$1
+  shift 3
   echo "=== sanitizers: $name: configure + build ($dir)"
   CC=clang CXX=clang++ cmake -S "$root" -B "$dir" -G Ninja -DTWL_WITH_CUDA=OFF -DTWL_WERROR=ON "$@" \
     -DTWL_BUILD_TESTS=ON -DTWL_BUILD_BENCH=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     "-DCMAKE_C_FLAGS=$flags" "-DCMAKE_CXX_FLAGS=$flags" \
-    "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize-link-c++-runtime" -DCMAKE_C_STANDARD_LIBRARIES=-lstdc++ \
+    "-DCMAKE_EXE_LINKER_FLAGS=$link" \
     "-DCMAKE_C_FLAGS_RELWITHDEBINFO=-O1 -g" "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g" >/dev/null
   local targets=() present=()
   if [ -n "${TWL_SAN_TARGETS:-}" ]; then
@@ -85,13 +89,19 @@ if [ "$which_san" = all ] || [ "$which_san" = asan ]; then
   export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
   export LSAN_OPTIONS="suppressions=$root/scripts/lsan.supp:print_suppressions=0"
   [ -n "$symbolizer" ] && export ASAN_SYMBOLIZER_PATH=$symbolizer
-  run_tree asan "-fsanitize=address,undefined,fuzzer-no-link $common" -DTWL_FUZZ=ON
+  # C programs (the example) link UBSan's C++ part (the C++ library's vptr checks need it)
+  # and libstdc++, which it needs in turn.
+  run_tree asan "-fsanitize=address,undefined,fuzzer-no-link $common" \
+    "-fsanitize-link-c++-runtime -Wl,--push-state,--no-as-needed,-lstdc++,--pop-state" \
+    -DTWL_FUZZ=ON
   unset ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS
 fi
 if [ "$which_san" = all ] || [ "$which_san" = tsan ]; then
   export TSAN_OPTIONS="halt_on_error=1:abort_on_error=1:second_deadlock_stack=1:suppressions=$root/scripts/tsan.supp:print_suppressions=0"
   [ -n "$symbolizer" ] && export TSAN_OPTIONS="$TSAN_OPTIONS:external_symbolizer_path=$symbolizer"
-  run_tree tsan "-fsanitize=thread $common"
+  # Every test runs on one CPU (scripts/one-cpu.sh says why: TBB is not instrumented).
+  run_tree tsan "-fsanitize=thread $common" "" \
+    "-DCMAKE_CROSSCOMPILING_EMULATOR=$root/scripts/one-cpu.sh"
   unset TSAN_OPTIONS
 fi
 echo "=== sanitizers: $which_san clean"

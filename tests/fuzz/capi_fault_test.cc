@@ -533,6 +533,169 @@ TEST(CapiFaults, DiskTierRuntimeFaultsReturnTheirCodesAndLoseNothing) {
   EXPECT_EQ(out, out_again);
 }
 
+// A workload over the disk tier with random faults: a runtime whose host pool holds 12 pages
+// over a disk tier of 96 pages, mirrored by a runtime without a disk tier that receives the
+// same successful appends. Faults (EIO, ENOSPC, short transfers) are armed a few operations
+// ahead on reads and writes; every call returns OK, TWL_IO_ERROR or TWL_CAPACITY_EXHAUSTED,
+// and whatever it returns, every sequence still reads back exactly what was appended, a failed
+// read_kv writes nothing, and every successful decode is bit-identical to the mirror's.
+class DiskFixture {
+ public:
+  static constexpr int kSeqs = 4;
+
+  DiskFixture() : rng_(21) {
+    twl::ProcessFaultInjector().Clear();
+    twl_runtime_config c = SmallConfig();
+    c.selector = TWL_SELECTOR_FULL;
+    c.host_pool_bytes = 128 * 2048;  // the mirror holds everything in its host pool
+    mirror_ = Create(c);
+    c.host_pool_bytes = 12 * 2048;  // pages of 8 tokens x 2 KV heads x 32 dims x K+V x FP16
+    c.disk_path = dir_path_.c_str();
+    c.disk_bytes = 96 * 4096;  // records are rounded up to 4 KiB
+    disk_ = Create(c);
+    c_ = c;
+    tok_ = size_t(c.num_kv_heads) * c.head_dim;
+    for (int i = 0; i < kSeqs && ok(); ++i) {
+      twl_seq_id a = -1, b = -1;
+      EXPECT_EQ(twl_sequence_create(disk_.get(), &a), TWL_OK);
+      EXPECT_EQ(twl_sequence_create(mirror_.get(), &b), TWL_OK);
+      ids_.push_back({a, b});
+      model_k_.emplace_back(2);
+      model_v_.emplace_back(2);
+    }
+  }
+  ~DiskFixture() { twl::ProcessFaultInjector().Clear(); }
+
+  bool ok() const { return disk_ && mirror_; }
+  twl_runtime* disk() { return disk_.get(); }
+
+  // Appends n random tokens to sequence i, layer; on success also to the mirror and model.
+  twl_status Append(int i, int32_t layer, int32_t n) {
+    const std::vector<uint16_t> k = RandomHalf(&rng_, size_t(n) * tok_);
+    const std::vector<uint16_t> v = RandomHalf(&rng_, size_t(n) * tok_);
+    const twl_status s = twl_sequence_append(disk_.get(), ids_[size_t(i)].first, layer, n,
+                                             k.data(), v.data(), TWL_DTYPE_FP16, TWL_MEMORY_HOST);
+    if (s == TWL_OK) {
+      EXPECT_EQ(twl_sequence_append(mirror_.get(), ids_[size_t(i)].second, layer, n, k.data(),
+                                    v.data(), TWL_DTYPE_FP16, TWL_MEMORY_HOST),
+                TWL_OK);
+      auto& mk = model_k_[size_t(i)][size_t(layer)];
+      auto& mv = model_v_[size_t(i)][size_t(layer)];
+      mk.insert(mk.end(), k.begin(), k.end());
+      mv.insert(mv.end(), v.begin(), v.end());
+    }
+    return s;
+  }
+
+  // Decodes the sequences `which` in layer on both runtimes; on success the outputs must be
+  // bit-identical (the disk tier moves data, it never changes it).
+  twl_status Decode(const std::vector<int>& which, int32_t layer) {
+    std::vector<twl_seq_id> a, b;
+    for (int i : which) {
+      a.push_back(ids_[size_t(i)].first);
+      b.push_back(ids_[size_t(i)].second);
+    }
+    const std::vector<uint16_t> q =
+        RandomHalf(&rng_, which.size() * size_t(c_.num_q_heads) * c_.head_dim);
+    std::vector<float> p(which.size());
+    for (size_t i = 0; i < p.size(); ++i) p[i] = i % 2 ? 1.0f : 0.8f;
+    std::vector<uint16_t> out_a(q.size(), 0x7e00), out_b(q.size(), 0x7e00);
+    const twl_status s = twl_decode(disk_.get(), layer, a.data(), int32_t(a.size()), q.data(),
+                                    out_a.data(), TWL_MEMORY_HOST, p.data(), nullptr);
+    if (s != TWL_OK) return s;
+    EXPECT_EQ(twl_decode(mirror_.get(), layer, b.data(), int32_t(b.size()), q.data(),
+                         out_b.data(), TWL_MEMORY_HOST, p.data(), nullptr),
+              TWL_OK);
+    EXPECT_EQ(out_a, out_b) << "the disk tier changed a decode's output";
+    return s;
+  }
+
+  // read_kv under whatever fault is armed: OK with the model's data, or an I/O error that
+  // leaves the buffers untouched.
+  twl_status ReadUnderFaults(int i, int32_t layer) {
+    const size_t n = model_k_[size_t(i)][size_t(layer)].size();
+    std::vector<uint16_t> k(n + 1, 0x1234), v(n + 1, 0x1234);
+    int32_t len = -1;
+    const twl_status s = twl_sequence_read_kv(disk_.get(), ids_[size_t(i)].first, layer,
+                                              k.data(), v.data(), int64_t(n / tok_), &len);
+    if (s == TWL_OK) {
+      EXPECT_TRUE(std::equal(k.begin(), k.end() - 1, model_k_[size_t(i)][size_t(layer)].begin()));
+      EXPECT_TRUE(std::equal(v.begin(), v.end() - 1, model_v_[size_t(i)][size_t(layer)].begin()));
+    } else {
+      EXPECT_TRUE(std::all_of(k.begin(), k.end(), [](uint16_t x) { return x == 0x1234; }))
+          << "a failed read_kv wrote to the buffer";
+    }
+    return s;
+  }
+
+  // Every sequence reads back exactly its model (with no fault armed).
+  void ExpectIntact(const std::string& what) {
+    twl::ProcessFaultInjector().Clear();
+    for (int i = 0; i < kSeqs; ++i) {
+      for (int32_t layer = 0; layer < 2; ++layer) {
+        const LayerKv kv = Read(disk_.get(), ids_[size_t(i)].first, layer);
+        EXPECT_EQ(kv.k, model_k_[size_t(i)][size_t(layer)]) << what << ": seq " << i;
+        EXPECT_EQ(kv.v, model_v_[size_t(i)][size_t(layer)]) << what << ": seq " << i;
+      }
+    }
+  }
+
+  int64_t Tokens(int i, int32_t layer) const {
+    return int64_t(model_k_[size_t(i)][size_t(layer)].size() / tok_);
+  }
+
+ private:
+  TempDir dir_;
+  std::string dir_path_ = dir_.File("");
+  std::mt19937 rng_;
+  RtPtr mirror_, disk_;
+  twl_runtime_config c_{};
+  size_t tok_ = 0;
+  std::vector<std::pair<twl_seq_id, twl_seq_id>> ids_;
+  std::vector<std::vector<std::vector<uint16_t>>> model_k_, model_v_;  // [seq][layer]
+};
+
+TEST(CapiDiskFaults, RandomFaultsDuringAWorkloadNeverLoseOrCorruptData) {
+  DiskFixture fx;
+  ASSERT_TRUE(fx.ok());
+  std::mt19937 rng(5);
+  const int errs[] = {EIO, ENOSPC, twl::FaultInjector::kShortTransfer, EIO};
+  int armed = 0, failed = 0, decodes = 0;
+  for (int step = 0; step < 200 && !HasFailure(); ++step) {
+    if (rng() % 3 == 0) {  // a fault a few disk operations ahead
+      const auto site = rng() % 2 ? twl::FaultSite::kDiskRead : twl::FaultSite::kDiskWrite;
+      twl::ProcessFaultInjector().FailRange(site, 1 + int64_t(rng() % 4), 1 + int64_t(rng() % 3),
+                                            errs[rng() % 4]);
+      ++armed;
+    }
+    const int i = int(rng() % DiskFixture::kSeqs);
+    const int32_t layer = int32_t(rng() % 2);
+    const uint32_t op = rng() % 6;
+    twl_status s = TWL_OK;
+    if (op < 3 || fx.Tokens(i, layer) == 0) {
+      if (fx.Tokens(i, layer) > 28) continue;  // at most 5 pages per (sequence, layer)
+      s = fx.Append(i, layer, 1 + int32_t(rng() % 12));
+    } else if (op < 5) {
+      // At most two sequences (10 pages) per step: a step must fit in the 12 host slots.
+      std::vector<int> which = {i};
+      const int j = int(rng() % DiskFixture::kSeqs);
+      if (j != i && fx.Tokens(j, layer) > 0) which.push_back(j);
+      s = fx.Decode(which, layer);
+      decodes += s == TWL_OK;
+    } else {
+      s = fx.ReadUnderFaults(i, layer);
+    }
+    EXPECT_TRUE(s == TWL_OK || s == TWL_IO_ERROR || s == TWL_CAPACITY_EXHAUSTED)
+        << twl_status_string(s) << ": " << twl_runtime_last_error(fx.disk());
+    failed += s != TWL_OK;
+    if (step % 25 == 24) fx.ExpectIntact("step " + std::to_string(step));
+  }
+  fx.ExpectIntact("the end");
+  EXPECT_GT(armed, 30);
+  EXPECT_GT(failed, 5) << "too few injected faults reached a call";
+  EXPECT_GT(decodes, 20);
+}
+
 }  // namespace
 
 namespace {
