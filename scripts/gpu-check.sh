@@ -6,9 +6,11 @@
 #                                 stage binaries + the non-system shared libraries they need
 #                                 into .device/gpu/ (git-ignored) for the device's `carry`.
 #   scripts/gpu-check.sh remote   On the device (run tool, carry [".device/gpu"]): GPU test
-#                                 suite, compute-sanitizer memcheck + racecheck on the kernel
-#                                 tests, PyTorch SDPA baseline, twl_kernels; logs, CSVs and the
-#                                 plot go to $OUT; a short summary table is printed last.
+#                                 suite (kernels, HBM and offload backends vs the CPU reference),
+#                                 compute-sanitizer memcheck + racecheck + synccheck, PyTorch SDPA
+#                                 baseline, twl_kernels, twl_offload, twl_demo on the GPU; logs,
+#                                 CSVs and plots go to $OUT; a short summary is printed last.
+#   Default build stages twl_gpu_tests twl_kernels twl_offload twl_demo.
 #
 # Environment: GPU_BUILD_DIR (default build-gpu), GPU_CHECK_TARGETS (extra ninja targets to stage), BENCH_ARGS (extra
 # twl_kernels flags, e.g. "--contexts 32768,131072"), SKIP_SANITIZER=1, SKIP_BENCH=1,
@@ -23,7 +25,7 @@ build() {
   set -e
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTWL_WITH_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DTWL_WERROR=ON >/dev/null
-  local targets="twl_gpu_tests twl_kernels ${GPU_CHECK_TARGETS:-}"
+  local targets="twl_gpu_tests twl_kernels twl_offload twl_demo ${GPU_CHECK_TARGETS:-}"
   # shellcheck disable=SC2086
   ninja -C "$BUILD" -j2 $targets
   rm -rf "$STAGE"
@@ -69,7 +71,7 @@ remote() {
   if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
     local cs
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
-    local filt='*AppendGpu*:*SelectGpu*:*PruneGpu*:*AttendGpu*'
+    local filt='*AppendGpu*:*SelectGpu*:*PruneGpu*:*AttendGpu*:OffloadTransport*:OffloadCachePlan*:OffloadBackendTest.RepeatedStep*'
     local race='*AppendGpuTest*/0:*SelectGpuTest*/0:*PruneGpuTest*/0:*PruneGpuTest*/3:*AttendGpuTest*/0:*AttendGpuTest*/5'
     {
       echo "== memcheck"
@@ -80,8 +82,12 @@ remote() {
       timeout "${T_RACE:-60}" "$cs" --tool racecheck --racecheck-report all --error-exitcode 9 \
         "$bin/twl_gpu_tests" --gtest_filter="$race" --gtest_brief=1 2>&1
       echo "racecheck rc=$?"
+      echo "== synccheck"
+      timeout "${T_SYNC:-60}" "$cs" --tool synccheck --error-exitcode 9 \
+        "$bin/twl_gpu_tests" --gtest_filter="$race" --gtest_brief=1 2>&1
+      echo "synccheck rc=$?"
     } >"$out/sanitizer.log" 2>&1
-    grep -E '^(memcheck|racecheck) rc=|ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer.log" \
+    grep -E '^(memcheck|racecheck|synccheck) rc=|ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer.log" \
       | tee -a "$summary"
   fi
 
@@ -96,13 +102,23 @@ remote() {
     timeout "${T_BENCH:-130}" "$bin/twl_kernels" --out "$out" --sdpa_csv "$out/sdpa.csv" ${BENCH_ARGS:-} \
       >>"$out/bench.log" 2>&1
     echo "twl_kernels rc=$?" | tee -a "$summary"
+    # 4. Offload path (issue 8): Twilight offload vs dense in HBM, full offload, Quest.
+    # shellcheck disable=SC2086
+    timeout "${T_OFFLOAD:-200}" "$bin/twl_offload" --out="$out" ${OFFLOAD_ARGS:-} \
+      >"$out/offload_bench.log" 2>&1
+    echo "twl_offload rc=$?" | tee -a "$summary"
   fi
+  # 5. The README's main job on the GPU (offload backend).
+  timeout "${T_DEMO:-60}" "$bin/twl_demo" >"$out/demo.log" 2>&1
+  echo "twl_demo rc=$?" | tee -a "$summary"
 
   echo "==== summary"
   cat "$summary"
   if [ -f "$out/bench.log" ]; then
     sed -n '/^twl_kernels: /,$p' "$out/bench.log" | cut -c1-170
   fi
+  [ -f "$out/offload_bench.log" ] && tail -n 40 "$out/offload_bench.log" | cut -c1-170
+  tail -n 12 "$out/demo.log" | cut -c1-170
 }
 
 case "${1:-}" in
