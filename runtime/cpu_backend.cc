@@ -111,6 +111,12 @@ class CpuBackend final : public Backend {
         return absl::InvalidArgumentError(absl::StrFormat(
             "append: page id %d out of range [0, %d)", tokens.page_id[i], num_pages_));
       }
+      // Checked here too (AppendRef checks again) so that no page is written before a bad
+      // row is found (with a disk tier pages are written in chunks).
+      if (tokens.slot[i] < 0 || tokens.slot[i] >= g_.page_size) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "append: row %d of a %d-row page", tokens.slot[i], g_.page_size));
+      }
     }
     AppendView in = tokens;
     std::vector<fp16_t> k16, v16;
