@@ -15,6 +15,10 @@
 //     attention where the configuration makes Twilight dense (dense layers, or the full
 //     selector with p = 1);
 //   - freeing every sequence returns the pool to empty.
+// Some configurations put a disk tier under the host pool; the driver then also arms disk
+// read/write faults (EIO, ENOSPC, short transfers) through the process-wide fault injector, and
+// the calls that move pages may return TWL_IO_ERROR / TWL_CAPACITY_EXHAUSTED, with the same
+// oracle: whatever they return, the data stays equal to the model.
 // Any violation aborts, which libFuzzer reports as a crash. The same file runs without
 // libFuzzer through replay_main.cc (ctest fuzz_corpus_replay).
 #include <fcntl.h>
@@ -22,6 +26,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdarg>
 #include <cstddef>
@@ -34,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "offload/fault_injection.h"
 #include "twilight.h"
 
 namespace {
@@ -189,6 +195,7 @@ class Harness {
   ~Harness() { Teardown(); }
 
   void Run() {
+    twl::ProcessFaultInjector().Clear();
     CreateRuntime();
     for (int op = 0; op < 200 && !in_.empty(); ++op) Step();
     VerifyAll();
@@ -265,6 +272,25 @@ class Harness {
     c.backend = in_.From(backends);
     c.device_id = in_.From(devices);
     c.collect_telemetry = in_.From(telemetry);
+    // The disk tier: mostly off; on with a few sizes; or one of the ways to get it wrong.
+    switch (in_.Pick(8)) {
+      case 5:
+      case 6: {
+        const int64_t sizes[] = {64 << 10, 256 << 10, 16 << 10, 4096, 1};
+        c.disk_path = TempDir().c_str();
+        c.disk_bytes = in_.From(sizes);
+        break;
+      }
+      case 7: {
+        const int bad = in_.Pick(4);
+        static const std::string missing = TempDir() + "/no-such-dir";
+        c.disk_path = bad == 1 ? nullptr : bad == 2 ? missing.c_str() : TempDir().c_str();
+        c.disk_bytes = bad == 0 ? 0 : bad == 3 ? -4096 : 64 << 10;
+        break;
+      }
+      default:
+        break;
+    }
     return c;
   }
 
@@ -288,6 +314,7 @@ class Harness {
       return false;
     }
     if (c.device_id < -1 || c.collect_telemetry < -1 || c.collect_telemetry > 1) return false;
+    if (c.disk_bytes < 0 || (c.disk_path != nullptr) != (c.disk_bytes > 0)) return false;
     const int64_t page = c.page_size == 0 ? 16 : c.page_size;
     const int64_t page_bytes = page * c.num_kv_heads * c.head_dim * 4;
     if (c.host_pool_bytes != 0 && c.host_pool_bytes < page_bytes) return false;
@@ -325,7 +352,8 @@ class Harness {
     twl_runtime* rt = reinterpret_cast<twl_runtime*>(uintptr_t(0x1));  // must be reset
     twl_status s = twl_runtime_create(arg, &rt);
     Expect(s, size_ok ? std::vector<twl_status>{TWL_OK, TWL_INVALID_ARGUMENT, TWL_UNAVAILABLE,
-                                                TWL_OUT_OF_MEMORY, TWL_CAPACITY_EXHAUSTED}
+                                                TWL_OUT_OF_MEMORY, TWL_CAPACITY_EXHAUSTED,
+                                                TWL_UNSUPPORTED, TWL_IO_ERROR}
                       : std::vector<twl_status>{TWL_INVALID_ARGUMENT},
            "twl_runtime_create", nullptr);
     FUZZ_CHECK((s == TWL_OK) == (rt != nullptr), "create: status %d but handle %p", int(s),
@@ -335,7 +363,9 @@ class Harness {
     // accepted unless memory runs out.
     const bool valid = ConfigValid(c);
     FUZZ_CHECK(s != TWL_OK || valid, "an invalid config was accepted");
-    FUZZ_CHECK(!(valid && size_ok && c.backend == TWL_BACKEND_CPU) || s == TWL_OK ||
+    // (A disk tier has rules of its own, e.g. disk_bytes of at least one page: not modelled.)
+    FUZZ_CHECK(!(valid && size_ok && c.backend == TWL_BACKEND_CPU && c.disk_bytes == 0) ||
+                   s == TWL_OK ||
                    s == TWL_OUT_OF_MEMORY || s == TWL_CAPACITY_EXHAUSTED,
                "a valid CPU config was refused: %s", twl_runtime_last_error(nullptr));
     if (s != TWL_OK) {
@@ -369,6 +399,7 @@ class Harness {
                    cfg_.collect_telemetry >= 0 && cfg_.backend != TWL_BACKEND_AUTO,
                "resolved config still holds a sentinel");
     tok_ = size_t(cfg_.num_kv_heads) * size_t(cfg_.head_dim);
+    disk_ = cfg_.disk_bytes > 0;
     FUZZ_CHECK(twl_runtime_backend(rt_) == cfg_.backend, "backend mismatch");
     FUZZ_CHECK(twl_runtime_backend_name(rt_) != nullptr, "backend name NULL");
   }
@@ -410,6 +441,7 @@ class Harness {
   }
 
   void Teardown() {
+    twl::ProcessFaultInjector().Clear();
     if (rt_ == nullptr) return;
     for (const SavedFile& f : files_) std::remove(f.path.c_str());
     for (const std::string& p : scratch_) std::remove(p.c_str());
@@ -595,6 +627,7 @@ class Harness {
       if (n > 0) {
         allowed.push_back(TWL_CAPACITY_EXHAUSTED);
         allowed.push_back(TWL_OUT_OF_MEMORY);
+        if (armed_) allowed.push_back(TWL_IO_ERROR);
       }
     }
     TRACE("append seq %lld layer %d n %d dtype %d space %d raw %d null %d%d\n", (long long)seq,
@@ -607,7 +640,7 @@ class Harness {
       m->v[size_t(layer)].insert(m->v[size_t(layer)].end(), v16.begin(), v16.end());
       m->finite = m->finite && AllFinite(k16) && AllFinite(v16);
       touched_.insert(layer);
-    } else if (s != TWL_OK) {
+    } else if (s != TWL_OK && !disk_) {  // (with a disk tier other pages may move)
       FUZZ_CHECK(PoolUsed() == used_before, "failed append changed pool use %lld -> %lld",
                  (long long)used_before, (long long)PoolUsed());
     }
@@ -639,8 +672,10 @@ class Harness {
     FUZZ_CHECK(len2 == want, "length %d vs model %d", len2, want);
     if (want == 0) return;
     std::vector<uint16_t> k(size_t(want) * tok_), v(k.size());
-    Expect(twl_sequence_read_kv(rt_, seq, layer, k.data(), v.data(), want, &len), {TWL_OK},
+    const twl_status s = twl_sequence_read_kv(rt_, seq, layer, k.data(), v.data(), want, &len);
+    Expect(s, armed_ ? std::vector<twl_status>{TWL_OK, TWL_IO_ERROR} : std::vector<twl_status>{TWL_OK},
            "twl_sequence_read_kv", rt_);
+    if (s != TWL_OK) return;
     FUZZ_CHECK(k == m.k[size_t(layer)] && v == m.v[size_t(layer)],
                "read-back of seq %lld layer %d differs from what was appended", (long long)seq,
                layer);
@@ -674,6 +709,9 @@ class Harness {
     if (allowed.empty()) {
       allowed.push_back(capacity < len && !(capacity == 0 && null_buffers) ? TWL_INVALID_ARGUMENT
                                                                            : TWL_OK);
+      if (allowed[0] == TWL_OK && armed_ && len > 0 && !null_buffers) {
+        allowed.push_back(TWL_IO_ERROR);
+      }
     }
     int32_t out_len = -9;
     const twl_status s = twl_sequence_read_kv(
@@ -818,7 +856,11 @@ class Harness {
     }
     TRACE("\n");
     const bool clean = allowed.empty();
-    if (clean) allowed = {TWL_OK, TWL_OUT_OF_MEMORY};
+    if (clean) {
+      allowed = {TWL_OK, TWL_OUT_OF_MEMORY};
+      if (disk_) allowed.push_back(TWL_CAPACITY_EXHAUSTED);  // more kept pages than host slots
+      if (armed_) allowed.push_back(TWL_IO_ERROR);
+    }
     const twl_status s =
         twl_decode(rt_, layer, null_seqs ? nullptr : seqs.data(), num_seqs,
                    null_q ? nullptr : q.data(), out.data(), space, use_p ? p.data() : nullptr,
@@ -826,7 +868,7 @@ class Harness {
     Expect(s, allowed, "twl_decode", rt_);
     if (s != TWL_OK) {
       if (s == TWL_INVALID_ARGUMENT || s == TWL_NOT_FOUND || s == TWL_FAILED_PRECONDITION ||
-          s == TWL_UNSUPPORTED) {
+          s == TWL_UNSUPPORTED || (disk_ && (s == TWL_IO_ERROR || s == TWL_CAPACITY_EXHAUSTED))) {
         FUZZ_CHECK(out == out_before, "decode failed with %s but wrote out",
                    twl_status_string(s));
       }
@@ -982,7 +1024,21 @@ class Harness {
   }
 
   void OpMisc() {
-    switch (in_.Pick(4)) {
+    switch (in_.Pick(5)) {
+      case 4: {  // a disk fault a few operations ahead (only a disk tier does disk I/O)
+        const int errs[] = {EIO, ENOSPC, twl::FaultInjector::kShortTransfer, EINTR};
+        const twl::FaultSite site =
+            in_.Pick(2) ? twl::FaultSite::kDiskRead : twl::FaultSite::kDiskWrite;
+        const int64_t nth = 1 + in_.Pick(6), count = in_.Pick(8) == 0 ? -1 : 1 + in_.Pick(3);
+        const int err = in_.From(errs);
+        if (disk_) {
+          twl::ProcessFaultInjector().FailRange(site, nth, count, err);
+          armed_ = true;
+          TRACE("arm fault site %d nth %lld count %lld err %d\n", int(site), (long long)nth,
+                (long long)count, err);
+        }
+        break;
+      }
       case 0: {
         const int code = in_.Pick(2) ? in_.Pick(16) : int(in_.U32() & 0x7fffffffu);
         const char* name = twl_status_string(static_cast<twl_status>(code));
@@ -1049,7 +1105,10 @@ class Harness {
       had_file = ReadFile(path, &existing);
     }
     if (!Find(seq)) allowed.push_back(TWL_NOT_FOUND);
-    if (allowed.empty()) allowed = {TWL_OK, TWL_OUT_OF_MEMORY};
+    if (allowed.empty()) {
+      allowed = {TWL_OK, TWL_OUT_OF_MEMORY};
+      if (armed_) allowed.push_back(TWL_IO_ERROR);  // a spilled page could not be read
+    }
     const twl_status s = twl_sequence_save(rt_, seq, arg);
     Expect(s, allowed, "twl_sequence_save", rt_);
     if (s == TWL_OK) {
@@ -1144,13 +1203,14 @@ class Harness {
              "twl_sequence_restore", rt_);
       return;
     }
+    if (armed_) allowed.push_back(TWL_IO_ERROR);
     const int64_t used_before = PoolUsed();
     twl_seq_id id = 5;
     const twl_status s = twl_sequence_restore(rt_, path.c_str(), &id);
     Expect(s, allowed, "twl_sequence_restore", rt_);
     if (s != TWL_OK) {
       FUZZ_CHECK(id == TWL_INVALID_SEQ_ID, "failed restore left id %lld", (long long)id);
-      FUZZ_CHECK(PoolUsed() == used_before, "failed restore changed pool use");
+      FUZZ_CHECK(disk_ || PoolUsed() == used_before, "failed restore changed pool use");
       return;
     }
     FUZZ_CHECK(model_.count(id) == 0 && !WasFreed(id), "restore reused id %lld", (long long)id);
@@ -1182,6 +1242,8 @@ class Harness {
   // must be empty again.
   void VerifyAll() {
     if (rt_ == nullptr) return;
+    twl::ProcessFaultInjector().Clear();  // the disk works again: everything must read back
+    armed_ = false;
     for (const auto& [seq, m] : model_) {
       for (int32_t l : touched_) CheckRead(seq, l);
       CheckRead(seq, cfg_.num_layers - 1);
@@ -1190,11 +1252,18 @@ class Harness {
 
   void FreeAllAndCheckEmpty() {
     if (rt_ == nullptr) return;
+    twl::ProcessFaultInjector().Clear();
+    armed_ = false;
     for (auto it = model_.begin(); it != model_.end();) {
       Expect(twl_sequence_free(rt_, it->first), {TWL_OK}, "twl_sequence_free", rt_);
       it = model_.erase(it);
     }
     FUZZ_CHECK(PoolUsed() == 0, "pool not empty after every sequence was freed");
+    twl_memory_usage mem;
+    mem.struct_size = sizeof(mem);
+    Expect(twl_runtime_memory(rt_, &mem), {TWL_OK}, "twl_runtime_memory", rt_);
+    FUZZ_CHECK(mem.disk_bytes == 0, "disk tier holds %lld bytes after every sequence was freed",
+               (long long)mem.disk_bytes);
   }
 
   Bytes& in_;
@@ -1207,6 +1276,8 @@ class Harness {
   std::vector<SavedFile> files_;
   std::vector<std::string> scratch_;
   int counter_ = 0;
+  bool disk_ = false;   // the runtime has a disk tier: pages move, pool use is not checked
+  bool armed_ = false;  // a disk fault was armed in this input (stays set)
   int32_t last_decode_seqs_ = 0, last_decode_layer_ = -1;
   bool last_decode_finite_ = true;
 
