@@ -6,6 +6,7 @@
 // enough that appends are sometimes refused for capacity while other threads hold pages. Run
 // under ThreadSanitizer by scripts/run-sanitizers.sh.
 #include <atomic>
+#include <cstdio>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -156,6 +157,10 @@ TEST(ConcurrencyStress, RuntimeWorkersMatchTheirModelsUnderContention) {
     hull += s.hull_checked;
     appends += s.appends;
   }
+  std::printf("stress: %d workers, %lld appends, %lld decodes (%lld checked dense, %lld hull), "
+              "%lld observer reads\n",
+              kWorkers, (long long)appends, (long long)decodes, (long long)dense, (long long)hull,
+              (long long)observer_reads.load());
   EXPECT_EQ(observer_error, "");
   // Not vacuous: every kind of check ran (a few hundred operations even under TSan).
   EXPECT_GT(appends, 10);

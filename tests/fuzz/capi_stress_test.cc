@@ -3,6 +3,7 @@
 // twilight.h), while another thread polls the runtime-wide calls (memory, config, async error).
 // Every result is checked against the thread's private model; TSan runs it in CI.
 #include <atomic>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <thread>
@@ -139,6 +140,9 @@ TEST(CapiStress, WorkersMatchTheirModelsUnderContention) {
     dense += stats[size_t(w)].dense_checked;
     hull += stats[size_t(w)].hull_checked;
   }
+  std::printf("stress: %d workers, %lld decodes (%lld checked dense, %lld hull), %lld polls\n",
+              kWorkers, (long long)decodes, (long long)dense, (long long)hull,
+              (long long)polls.load());
   EXPECT_EQ(poll_error, "");
   EXPECT_GT(decodes, 10);
   EXPECT_GT(dense, 0);
