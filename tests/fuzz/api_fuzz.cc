@@ -296,29 +296,30 @@ class Harness {
 
   // The ranges of twilight.h, plus the runtime's own limits (page_size <= 4096, dense_layers
   // <= num_layers, a pool that holds at least one page).
-  static bool ConfigValid(const twl_runtime_config& c) {
+  // nullptr when valid, else the rule broken.
+  static const char* ConfigInvalid(const twl_runtime_config& c) {
     auto one_of = [](int32_t v, std::initializer_list<int32_t> set) {
       return std::find(set.begin(), set.end(), v) != set.end();
     };
     if (c.num_layers < 1 || c.num_kv_heads < 1 || c.num_q_heads < 1 ||
         c.num_q_heads % c.num_kv_heads != 0 || !one_of(c.head_dim, {8, 16, 32, 64, 128, 256})) {
-      return false;
+      return "shape";
     }
-    if (c.page_size < 0 || c.page_size > 4096 || !one_of(c.k_bits, {0, 2, 4, 8, 16})) return false;
-    if (!(c.top_p >= 0.0f && c.top_p <= 1.0f)) return false;  // 0: library chooses; NaN fails
-    if (!one_of(int32_t(c.selector), {0, 1, 2}) || c.selector_budget_tokens < 0) return false;
-    if (!(c.selector_budget_fraction >= 0.0f && c.selector_budget_fraction <= 1.0f)) return false;
-    if (c.sink_pages < -1 || c.dense_layers < -1 || c.dense_layers > c.num_layers) return false;
-    if (c.host_pool_bytes < 0 || c.gpu_cache_bytes < 0) return false;
+    if (c.page_size < 0 || c.page_size > 4096 || !one_of(c.k_bits, {0, 2, 4, 8, 16})) return "page size or k_bits";
+    if (!(c.top_p >= 0.0f && c.top_p <= 1.0f)) return "top_p";  // 0: library chooses; NaN fails
+    if (!one_of(int32_t(c.selector), {0, 1, 2}) || c.selector_budget_tokens < 0) return "selector or budget tokens";
+    if (!(c.selector_budget_fraction >= 0.0f && c.selector_budget_fraction <= 1.0f)) return "budget fraction";
+    if (c.sink_pages < -1 || c.dense_layers < -1 || c.dense_layers > c.num_layers) return "sinks or dense layers";
+    if (c.host_pool_bytes < 0 || c.gpu_cache_bytes < 0) return "pool sizes";
     if (!one_of(int32_t(c.fetch_path), {0, 1, 2}) || !one_of(int32_t(c.backend), {0, 1, 2, 3})) {
-      return false;
+      return "fetch path or backend";
     }
-    if (c.device_id < -1 || c.collect_telemetry < -1 || c.collect_telemetry > 1) return false;
-    if (c.disk_bytes < 0 || (c.disk_path != nullptr) != (c.disk_bytes > 0)) return false;
+    if (c.device_id < -1 || c.collect_telemetry < -1 || c.collect_telemetry > 1) return "device or telemetry";
+    if (c.disk_bytes < 0 || (c.disk_path != nullptr) != (c.disk_bytes > 0)) return "disk fields";
     const int64_t page = c.page_size == 0 ? 16 : c.page_size;
     const int64_t page_bytes = page * c.num_kv_heads * c.head_dim * 4;
-    if (c.host_pool_bytes != 0 && c.host_pool_bytes < page_bytes) return false;
-    return true;
+    if (c.host_pool_bytes != 0 && c.host_pool_bytes < page_bytes) return "pool below one page";
+    return nullptr;
   }
 
   void CreateRuntime() {
@@ -350,6 +351,8 @@ class Harness {
       size_ok = false;
     }
     twl_runtime* rt = reinterpret_cast<twl_runtime*>(uintptr_t(0x1));  // must be reset
+    TRACE("create: struct_size mode %d, disk_path %s, disk_bytes %lld, backend %d\n", size_mode,
+          c.disk_path ? c.disk_path : "(null)", (long long)c.disk_bytes, int(c.backend));
     twl_status s = twl_runtime_create(arg, &rt);
     Expect(s, size_ok ? std::vector<twl_status>{TWL_OK, TWL_INVALID_ARGUMENT, TWL_UNAVAILABLE,
                                                 TWL_OUT_OF_MEMORY, TWL_CAPACITY_EXHAUSTED,
@@ -361,10 +364,14 @@ class Harness {
     FUZZ_CHECK(twl_runtime_create(&c, nullptr) == TWL_INVALID_ARGUMENT, "create(out=NULL)");
     // The documented ranges decide: accepted implies valid, and a valid CPU configuration is
     // accepted unless memory runs out.
-    const bool valid = ConfigValid(c);
-    FUZZ_CHECK(s != TWL_OK || valid, "an invalid config was accepted");
+    // What the library sees: an older caller's struct (mode 4) ends before disk_bytes.
+    twl_runtime_config seen = c;
+    if (size_mode == 4) seen.disk_bytes = 0;
+    const char* invalid = ConfigInvalid(seen);
+    const bool valid = invalid == nullptr;
+    FUZZ_CHECK(s != TWL_OK || valid, "a config with bad %s was accepted", invalid);
     // (A disk tier has rules of its own, e.g. disk_bytes of at least one page: not modelled.)
-    FUZZ_CHECK(!(valid && size_ok && c.backend == TWL_BACKEND_CPU && c.disk_bytes == 0) ||
+    FUZZ_CHECK(!(valid && size_ok && c.backend == TWL_BACKEND_CPU && seen.disk_bytes == 0) ||
                    s == TWL_OK ||
                    s == TWL_OUT_OF_MEMORY || s == TWL_CAPACITY_EXHAUSTED,
                "a valid CPU config was refused: %s", twl_runtime_last_error(nullptr));
