@@ -93,4 +93,36 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
+// Owning pinned host buffer that only grows (move-only); Reserve loses the contents. Used to
+// stage small uploads and telemetry read-backs asynchronously.
+class PinnedHostBuffer {
+ public:
+  PinnedHostBuffer() = default;
+  ~PinnedHostBuffer() { FreeHost(ptr_); }
+  PinnedHostBuffer(const PinnedHostBuffer&) = delete;
+  PinnedHostBuffer& operator=(const PinnedHostBuffer&) = delete;
+  absl::Status Reserve(size_t bytes) {
+    if (bytes <= bytes_ && ptr_) return absl::OkStatus();
+    FreeHost(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+    const size_t want = bytes < 256 ? 256 : bytes;
+    absl::StatusOr<void*> p = MallocHost(want);
+    if (!p.ok()) return p.status();
+    ptr_ = *p;
+    bytes_ = want;
+    return absl::OkStatus();
+  }
+  char* data() const { return static_cast<char*>(ptr_); }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 }  // namespace twl::gpu

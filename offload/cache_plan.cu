@@ -18,6 +18,7 @@
 
 #include <algorithm>
 
+#include "gpu/device.h"
 #include "offload/cache_plan.h"
 #include "offload/cuda_check.cuh"
 
@@ -31,22 +32,10 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kTokensPerItem = 512;  // kept tokens one warp scans per work item
 
-int32_t SmCount() {
-  static const int32_t sms = [] {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-      cudaGetLastError();
-      return 132;
-    }
-    return n;
-  }();
-  return sms;
-}
 
 int32_t GridFor(int64_t warp_items) {
   const int64_t blocks = (warp_items + kWarps - 1) / kWarps;
-  return int32_t(std::clamp<int64_t>(blocks, 1, int64_t(SmCount()) * 8));
+  return int32_t(std::clamp<int64_t>(blocks, 1, int64_t(gpu::SmCount()) * 8));
 }
 
 // True in exactly one thread block: the last one of the grid to get here. Every block's
@@ -316,7 +305,7 @@ absl::Status LaunchCachePlan(const DeviceCacheState& cache, const CachePlanArgs&
                                              cache, a.d_count_cache, a.d_counters, a.d_missing);
   TWL_OFF_RETURN(LaunchStatus("MarkKernel"));
   const int32_t grid_slots = int32_t(std::clamp<int64_t>(
-      (int64_t(cache.num_slots) + kThreads - 1) / kThreads, 1, int64_t(SmCount()) * 4));
+      (int64_t(cache.num_slots) + kThreads - 1) / kThreads, 1, int64_t(gpu::SmCount()) * 4));
   HistogramKernel<<<grid_slots, kThreads, 0, s>>>(cache, a.stamps, a.d_counters);
   TWL_OFF_RETURN(LaunchStatus("HistogramKernel"));
   AssignKernel<<<grid_slots, kThreads, 0, s>>>(cache, a.stamps, a.d_counters, a.d_missing,

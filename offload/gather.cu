@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "gpu/device.h"
 #include "offload/cuda_check.cuh"
 #include "offload/fetch_transport.h"
 #include "offload/gather.h"
@@ -55,18 +56,6 @@ __global__ void __launch_bounds__(kGatherThreads)
   }
 }
 
-int32_t SmCountCached() {
-  static const int32_t sms = [] {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-      cudaGetLastError();
-      return 132;
-    }
-    return n;
-  }();
-  return sms;
-}
 
 absl::Status CheckEnds(const FetchSource& src, const FetchDest& dst, bool need_mapped) {
   if (src.block_bytes <= 0 || src.block_bytes % 16 != 0) {
@@ -239,7 +228,7 @@ absl::Status LaunchGather(const FetchSource& src, const FetchDest& dst,
   const int32_t warps_per_block = kGatherThreads / 32;
   const int64_t want = (int64_t(list.max_entries) + warps_per_block - 1) / warps_per_block;
   // Enough resident warps to keep PCIe busy, not more: the kernel is latency-bound.
-  const int32_t grid = int32_t(std::min<int64_t>(want, int64_t(SmCountCached()) * 4));
+  const int32_t grid = int32_t(std::min<int64_t>(want, int64_t(gpu::SmCount()) * 4));
   GatherKernel<<<grid, kGatherThreads, 0, AsStream(stream)>>>(
       static_cast<const uint4*>(src.mapped_base), static_cast<uint4*>(dst.slots_base),
       list.d_entries, list.d_count, list.max_entries, src.block_bytes / 16, dst.num_slots,

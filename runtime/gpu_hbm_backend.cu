@@ -75,27 +75,7 @@ __global__ void CountBlocksKernel(int32_t page_size, KeptView kept, int32_t pair
   if (lane == 0) blocks[pair] = c;
 }
 
-class PinnedBuffer {
- public:
-  ~PinnedBuffer() {
-    if (p_) cudaFreeHost(p_);
-  }
-  absl::Status Reserve(size_t bytes) {
-    if (bytes <= bytes_ && p_) return absl::OkStatus();
-    if (p_) cudaFreeHost(p_);
-    p_ = nullptr;
-    bytes_ = 0;
-    const size_t want = std::max<size_t>(bytes, 4096);
-    TWL_HBM_CUDA(cudaMallocHost(&p_, want));
-    bytes_ = want;
-    return absl::OkStatus();
-  }
-  char* data() const { return static_cast<char*>(p_); }
-
- private:
-  void* p_ = nullptr;
-  size_t bytes_ = 0;
-};
+using PinnedBuffer = gpu::PinnedHostBuffer;
 
 // Packs host arrays back to back (256-byte aligned) for one upload.
 class Packer {

@@ -42,30 +42,7 @@ constexpr int32_t kMaxGroups = 8;
 constexpr int32_t kPipelineGroups = 2;
 constexpr int32_t kAppendChunkTokens = 4096;  // host-input appends are staged in chunks
 
-// Pinned host buffer that grows (contents lost).
-class PinnedBuffer {
- public:
-  ~PinnedBuffer() {
-    if (p_) cudaFreeHost(p_);
-  }
-  absl::Status Reserve(size_t bytes) {
-    if (bytes <= bytes_ && p_) return absl::OkStatus();
-    if (p_) cudaFreeHost(p_);
-    p_ = nullptr;
-    bytes_ = 0;
-    TWL_OFF_CUDA(cudaMallocHost(&p_, std::max<size_t>(bytes, 256)));
-    bytes_ = std::max<size_t>(bytes, 256);
-    return absl::OkStatus();
-  }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(p_);
-  }
-
- private:
-  void* p_ = nullptr;
-  size_t bytes_ = 0;
-};
+using PinnedBuffer = gpu::PinnedHostBuffer;
 
 // Device buffers only grow; growing frees memory that queued work may still use, so wait.
 absl::Status Grow(gpu::DeviceBuffer& b, size_t bytes) {

@@ -134,4 +134,14 @@ __device__ __forceinline__ int BlockExclusiveSum(int v, int* scratch, int* total
   return scratch[warp] + incl - v;
 }
 
+// One m16n8k16 tensor-core MMA, FP16 inputs, FP32 accumulate in place (d += a * b).
+__device__ __forceinline__ void Mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
 }  // namespace twl::cuda

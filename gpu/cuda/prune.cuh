@@ -83,15 +83,6 @@ __device__ __forceinline__ void NibbleWordToHalf2x4(uint32_t w, uint32_t* out) {
   out[3] = *reinterpret_cast<const uint32_t*>(&d);
 }
 
-__device__ __forceinline__ void Mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2,
-                                         uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 __device__ __forceinline__ uint32_t PackHalves(fp16_t lo, fp16_t hi) {
   return uint32_t(lo) | (uint32_t(hi) << 16);
 }

@@ -26,15 +26,6 @@ __device__ __forceinline__ bool RankedRange(const SelectorParams& p, int32_t num
   return true;
 }
 
-__device__ __forceinline__ void BoundMma(float* d, uint32_t a0, uint32_t a1, uint32_t a2,
-                                         uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 // Page bounds as a tensor-core GEMV. The Quest bound sum_c max(q_c min_c, q_c max_c) equals
 // q+ . max + q- . min with q+ = max(q, 0), q- = min(q, 0) (the same products), so for 16
 // pages at a time A = [kmax | kmin] rows (FP16 as stored: no conversion), B = [q+ ; q-] for
@@ -108,8 +99,8 @@ __global__ void __launch_bounds__(kBoundWarps * 32)
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int c = 0; c < kCh; ++c) {
-      BoundMma(acc, ca[c].x, cb[c].x, ca[c].y, cb[c].y, bf[c][0][0], bf[c][0][1]);
-      BoundMma(acc, ca[c].z, cb[c].z, ca[c].w, cb[c].w, bf[c][1][0], bf[c][1][1]);
+      Mma16816(acc, ca[c].x, cb[c].x, ca[c].y, cb[c].y, bf[c][0][0], bf[c][0][1]);
+      Mma16816(acc, ca[c].z, cb[c].z, ca[c].w, cb[c].w, bf[c][1][0], bf[c][1][1]);
     }
     // acc: (page r, heads 2t4, 2t4+1), (page r + 8, heads 2t4, 2t4+1); max over the group.
     const bool h0 = 2 * t4 < group, h1 = 2 * t4 + 1 < group;
