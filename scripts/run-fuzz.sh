@@ -6,8 +6,8 @@
 # fuzz_corpus_replay replays it from then on (a regression test), then fix the bug.
 #
 # Usage: scripts/run-fuzz.sh [seconds] [--merge]     (default: 60 seconds)
-#   --merge  afterwards, add the inputs that found new coverage to tests/fuzz/corpus/ (fuzz-*),
-#            minimized by libFuzzer's merge, for committing.
+#   --merge  afterwards, add the inputs that reached new code edges to tests/fuzz/corpus/
+#            (fuzz-*), chosen by libFuzzer's merge, for committing.
 # It reuses the ASan tree of scripts/run-sanitizers.sh (same directory, same flags), building
 # only the fuzz target when the tree is not there yet.
 set -euo pipefail
@@ -51,7 +51,9 @@ if [ "$merge" = 1 ]; then
   new=$dir/fuzz-merged
   rm -rf "$new" && mkdir -p "$new"
   cp tests/fuzz/corpus/* "$new"/
-  "$fuzzer" -merge=1 "$new" "$work" 2>&1 | tail -n 3
+  # Edges only (no hit counts, no comparison operands): a corpus small enough to commit and to
+  # replay in every CI build, still covering every edge the run reached.
+  "$fuzzer" -merge=1 -use_counters=0 -use_cmp=0 "$new" "$work" 2>&1 | tail -n 3
   for f in "$new"/*; do  # merge names what it adds by content hash
     name=$(basename "$f")
     [ -e "tests/fuzz/corpus/$name" ] || cp "$f" "tests/fuzz/corpus/fuzz-$name"
