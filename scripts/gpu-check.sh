@@ -10,7 +10,8 @@
 #                                 compute-sanitizer memcheck + racecheck + synccheck, PyTorch SDPA
 #                                 baseline, twl_kernels, twl_offload, twl_demo on the GPU; logs,
 #                                 CSVs and plots go to $OUT; a short summary is printed last.
-#   Default build stages twl_gpu_tests twl_kernels twl_offload twl_demo.
+#   Default build stages twl_gpu_tests twl_kernels twl_offload twl_demo twl_accuracy
+#   (ACCURACY="--full" runs the accuracy harness at full size in remote mode).
 #
 # Environment: GPU_BUILD_DIR (default build-gpu), GPU_CHECK_TARGETS (extra ninja targets to stage), BENCH_ARGS (extra
 # twl_kernels flags, e.g. "--contexts 32768,131072"), SKIP_SANITIZER=1, SKIP_BENCH=1,
@@ -25,7 +26,7 @@ build() {
   set -e
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTWL_WITH_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DTWL_WERROR=ON >/dev/null
-  local targets="twl_gpu_tests twl_kernels twl_offload twl_demo ${GPU_CHECK_TARGETS:-}"
+  local targets="twl_gpu_tests twl_kernels twl_offload twl_demo twl_accuracy ${GPU_CHECK_TARGETS:-}"
   # shellcheck disable=SC2086
   ninja -C "$BUILD" -j2 $targets
   rm -rf "$STAGE"
@@ -86,8 +87,13 @@ remote() {
       timeout "${T_SYNC:-60}" "$cs" --tool synccheck --error-exitcode 9 \
         "$bin/twl_gpu_tests" --gtest_filter="$race" --gtest_brief=1 2>&1
       echo "synccheck rc=$?"
+      echo "== memcheck: offload benchmark, small size"
+      timeout "${T_MEMCHECK_OFFLOAD:-120}" "$cs" --tool memcheck --leak-check no --error-exitcode 9 \
+        "$bin/twl_offload" --out="$out/offload_memcheck" --batches=2 --contexts=8192 \
+        --workloads=peaked --steps=2 --warmup=1 2>&1 | tail -n 5
+      echo "memcheck-offload rc=${PIPESTATUS[0]}"
     } >"$out/sanitizer.log" 2>&1
-    grep -E '^(memcheck|racecheck|synccheck) rc=|ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer.log" \
+    grep -E '^(memcheck|racecheck|synccheck|memcheck-offload) rc=|ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitizer.log" \
       | tee -a "$summary"
   fi
 
@@ -108,7 +114,15 @@ remote() {
       >"$out/offload_bench.log" 2>&1
     echo "twl_offload rc=$?" | tee -a "$summary"
   fi
-  # 5. The README's main job on the GPU (offload backend).
+  # 5. Optional: the accuracy harness at full size (CPU reference; the device's 16 cores).
+  if [ -n "${ACCURACY:-}" ] && [ -x "$bin/twl_accuracy" ]; then
+    # shellcheck disable=SC2086
+    timeout "${T_ACCURACY:-400}" "$bin/twl_accuracy" $ACCURACY --out "$out/accuracy" \
+      >"$out/accuracy.log" 2>&1
+    echo "twl_accuracy $ACCURACY rc=$?" | tee -a "$summary"
+    sed -n '/Goals of issue 7/,$p' "$out/accuracy.log" | cut -c1-200
+  fi
+  # 6. The README's main job on the GPU (offload backend).
   timeout "${T_DEMO:-60}" "$bin/twl_demo" >"$out/demo.log" 2>&1
   echo "twl_demo rc=$?" | tee -a "$summary"
 
