@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <mutex>
 #include <shared_mutex>
@@ -182,10 +183,11 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeConfig& co
   im.backend = std::move(*backend);
   if (im.backend_name.empty()) im.backend_name = im.backend->Name();
   if (config.backend == BackendKind::kAuto) {
-    // Say once per process which backend the automatic choice gave, and why, without
-    // flooding a server that creates many runtimes.
+    // A library embedded in a server stays quiet by default (backend_name() tells the
+    // caller); TWL_VERBOSE=1 says once per process which backend the automatic choice gave.
     static std::atomic<bool> logged{false};
-    if (!logged.exchange(true)) {
+    const char* verbose = std::getenv("TWL_VERBOSE");
+    if (verbose && verbose[0] == '1' && !logged.exchange(true)) {
       std::fprintf(stderr, "twilight: backend %s\n", im.backend_name.c_str());
     }
   }
