@@ -23,9 +23,13 @@
 #include "runtime/disk_residency.h"
 #include "runtime/runtime.h"
 #include "support/ref_store.h"
+#include "runtime/geometry.h"
+#include "support/runtime_fixture.h"
 
 namespace twl {
 namespace {
+
+using testing::MakeRuntime;
 
 using testing::MakeRandomStore;
 using testing::RefStore;
@@ -74,21 +78,6 @@ RuntimeConfig DiskConfig(const std::string& dir, int32_t host_pages, int32_t dis
   c.disk_path = dir;
   c.disk_bytes = disk_pages * kPageBytes;  // 8 KiB records: the 4 KiB stride adds nothing
   return c;
-}
-
-PageGeometry GeometryFor(const RuntimeConfig& c) {
-  PageGeometry g;
-  g.page_size = c.page_size;
-  g.head_dim = c.head_dim;
-  g.num_kv_heads = c.num_kv_heads;
-  g.k_bits = c.k_bits;
-  return g;
-}
-
-std::unique_ptr<Runtime> MakeRuntime(const RuntimeConfig& c) {
-  auto rt = Runtime::Create(c);
-  EXPECT_TRUE(rt.ok()) << rt.status();
-  return rt.ok() ? std::move(*rt) : nullptr;
 }
 
 int64_t Row(const RefStore& st) { return int64_t(st.g.num_kv_heads) * st.g.head_dim; }
@@ -147,8 +136,8 @@ TEST(DiskRuntime, KvEightTimesTheHostPoolReadsBackExactly) {
   ASSERT_TRUE(rt);
   EXPECT_NE(rt->backend_name().find("disk tier"), std::string::npos) << rt->backend_name();
   const std::vector<int32_t> lens = {1, 17, 100, 47, 64, 130, 33, 90};
-  RefStore st0 = MakeRandomStore(GeometryFor(c), c.num_q_heads, lens, 21);
-  RefStore st1 = MakeRandomStore(GeometryFor(c), c.num_q_heads, lens, 22);
+  RefStore st0 = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 21);
+  RefStore st1 = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 22);
   std::mt19937_64 rng(7);
   std::vector<SeqId> ids;
   for (size_t s = 0; s < lens.size(); ++s) ids.push_back(*rt->CreateSequence());
@@ -187,8 +176,8 @@ TEST(DiskRuntime, FullSelectorAtPOneEqualsDenseAttention) {
   // 8 sequences of up to 7 pages in each of two layers (~90 pages), decoded one at a time
   // (a step must fit in the 8 slots), so nearly every step reads its pages back from disk.
   const std::vector<int32_t> lens = {100, 37, 112, 80, 5, 96, 64, 111};
-  RefStore st[2] = {MakeRandomStore(GeometryFor(c), c.num_q_heads, lens, 31),
-                    MakeRandomStore(GeometryFor(c), c.num_q_heads, lens, 32)};
+  RefStore st[2] = {MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 31),
+                    MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 32)};
   std::mt19937_64 rng(9);
   std::vector<SeqId> ids;
   for (size_t s = 0; s < lens.size(); ++s) {
@@ -239,8 +228,8 @@ TEST_P(DiskVsHost, TwilightDecodeIsBitIdenticalToNoDiskTier) {
   const std::vector<int32_t> lens = {150, 190, 120, 175, 200, 163};
   std::vector<int32_t> full = lens;
   for (int32_t& n : full) n += steps;
-  RefStore st[2] = {MakeRandomStore(GeometryFor(c), c.num_q_heads, full, 41),
-                    MakeRandomStore(GeometryFor(c), c.num_q_heads, full, 42)};
+  RefStore st[2] = {MakeRandomStore(GeometryOf(c), c.num_q_heads, full, 41),
+                    MakeRandomStore(GeometryOf(c), c.num_q_heads, full, 42)};
   std::mt19937_64 rng(11);
   std::vector<SeqId> idd, idh;
   for (size_t s = 0; s < lens.size(); ++s) {
@@ -304,7 +293,7 @@ TEST(DiskRuntime, StepLargerThanTheHostPoolIsResourceExhausted) {
   auto rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
   const std::vector<int32_t> lens = {100, 50};  // 7 pages: more than the 4 slots
-  RefStore st = MakeRandomStore(GeometryFor(c), c.num_q_heads, lens, 51);
+  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 51);
   std::mt19937_64 rng(13);
   const SeqId big = *rt->CreateSequence(), small = *rt->CreateSequence();
   AppendInChunks(*rt, big, 0, st, 0, rng, 100);
@@ -327,7 +316,7 @@ TEST(DiskRuntime, ForkedPagesOnDiskAreCopiedOnWrite) {
   const RuntimeConfig c = DiskConfig(dir.path(), 4, 40);
   auto rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
-  RefStore st = MakeRandomStore(GeometryFor(c), c.num_q_heads, {50, 64, 50}, 61);
+  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, {50, 64, 50}, 61);
   const SeqId a = *rt->CreateSequence();
   ASSERT_TRUE(AppendRange(*rt, a, 0, st, 0, 0, 40).ok());  // pages 16 + 16 + 8 (partial)
   const SeqId child = *rt->ForkSequence(a);
@@ -354,7 +343,7 @@ TEST(DiskRuntime, DiskFullOnSpillFailsTheAppendAndChangesNothing) {
   const RuntimeConfig c = DiskConfig(dir.path(), 4, 40);
   auto rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
-  RefStore st = MakeRandomStore(GeometryFor(c), c.num_q_heads, {70, 40}, 71);
+  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, {70, 40}, 71);
   const SeqId a = *rt->CreateSequence(), b = *rt->CreateSequence();
   ASSERT_TRUE(AppendRange(*rt, a, 0, st, 0, 0, 64).ok());  // the 4 slots, all dirty
   const MemoryUsage before = rt->Memory();
@@ -398,7 +387,7 @@ TEST(DiskRuntime, ReadErrorOnLoadFailsDecodeAndKeepsThePageOnDisk) {
   c.top_p = 1.0f;
   auto rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
-  RefStore st = MakeRandomStore(GeometryFor(c), c.num_q_heads, {60, 64}, 81);
+  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, {60, 64}, 81);
   const SeqId a = *rt->CreateSequence(), b = *rt->CreateSequence();
   ASSERT_TRUE(AppendRange(*rt, a, 0, st, 0, 0, 60).ok());
   ASSERT_TRUE(AppendRange(*rt, b, 0, st, 1, 0, 64).ok());  // a's 4 pages go to disk
@@ -435,7 +424,7 @@ TEST(DiskRuntime, ReadErrorInAChunkedAppendLeavesTheSequenceUnchanged) {
   const RuntimeConfig c = DiskConfig(dir.path(), 4, 40);
   auto rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
-  RefStore st = MakeRandomStore(GeometryFor(c), c.num_q_heads, {140, 64}, 91);
+  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, {140, 64}, 91);
   const SeqId a = *rt->CreateSequence(), b = *rt->CreateSequence();
   ASSERT_TRUE(AppendRange(*rt, a, 0, st, 0, 0, 40).ok());
   ASSERT_TRUE(AppendRange(*rt, b, 0, st, 1, 0, 64).ok());  // a's partial page goes to disk
@@ -486,7 +475,7 @@ TEST(DiskRuntime, ConfigurationErrors) {
   // Capacity: host slots + records - 1 pages.
   auto rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
-  RefStore st = MakeRandomStore(GeometryFor(c), c.num_q_heads, {43 * kPageSize + 1}, 5);
+  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, {43 * kPageSize + 1}, 5);
   const SeqId a = *rt->CreateSequence();
   ASSERT_TRUE(AppendRange(*rt, a, 0, st, 0, 0, 43 * kPageSize).ok());
   const absl::Status full = AppendRange(*rt, a, 0, st, 0, 43 * kPageSize, 1);
@@ -505,7 +494,7 @@ TEST(DiskResidency, RandomReserveAndReleaseKeepEveryPageIntact) {
   config.head_dim = 8;
   config.page_size = 4;
   config.disk_path = dir.path();
-  const PageGeometry g = GeometryFor(config);
+  const PageGeometry g = GeometryOf(config);
   const int64_t page_elems = int64_t(g.num_kv_heads) * g.FpBlockElems();
   for (int32_t slots : {1, 2, 5}) {
     const int32_t records = 12;
@@ -579,7 +568,7 @@ TEST(DiskResidency, MorePagesThanTheSlotsPlusRecordsIsRejected) {
   config.disk_bytes = 4 * kPageBytes;
   auto tier = CreatePageDiskTier(config);
   ASSERT_TRUE(tier.ok()) << tier.status();
-  auto res = DiskResidency::Create(GeometryFor(config), 3 + 4, 3, std::move(*tier));
+  auto res = DiskResidency::Create(GeometryOf(config), 3 + 4, 3, std::move(*tier));
   EXPECT_TRUE(absl::IsInvalidArgument(res.status())) << res.status();
 }
 

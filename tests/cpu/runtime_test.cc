@@ -15,9 +15,13 @@
 #include "gpu/reference/quantize_ref.h"
 #include "runtime/cpu_backend.h"
 #include "support/ref_store.h"
+#include "runtime/geometry.h"
+#include "support/runtime_fixture.h"
 
 namespace twl {
 namespace {
+
+using testing::MakeRuntime;
 
 using testing::MakeRandomStore;
 using testing::RefStore;
@@ -34,21 +38,6 @@ RuntimeConfig SmallConfig(int32_t page_size = 16) {
   c.backend = BackendKind::kCpu;
   c.host_pool_bytes = int64_t(8) << 20;
   return c;
-}
-
-PageGeometry GeometryFor(const RuntimeConfig& c) {
-  PageGeometry g;
-  g.page_size = c.page_size;
-  g.head_dim = c.head_dim;
-  g.num_kv_heads = c.num_kv_heads;
-  g.k_bits = c.k_bits;
-  return g;
-}
-
-std::unique_ptr<Runtime> MakeRuntime(const RuntimeConfig& c) {
-  auto rt = Runtime::Create(c);
-  EXPECT_TRUE(rt.ok()) << rt.status();
-  return rt.ok() ? std::move(*rt) : nullptr;
 }
 
 // Appends store sequence s's K/V to (seq, layer) in random chunk sizes.
@@ -80,8 +69,8 @@ TEST_P(RuntimeAppend, RandomChunksReadBackExactly) {
   auto rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
   const std::vector<int32_t> lens = {1, 17, 100, 333, 64};
-  RefStore st = MakeRandomStore(GeometryFor(c), c.num_q_heads, lens, 11 + GetParam());
-  RefStore st1 = MakeRandomStore(GeometryFor(c), c.num_q_heads, lens, 99 + GetParam());
+  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 11 + GetParam());
+  RefStore st1 = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 99 + GetParam());
   std::mt19937_64 rng(5);
   std::vector<SeqId> ids;
   for (size_t s = 0; s < lens.size(); ++s) ids.push_back(*rt->CreateSequence());
@@ -150,7 +139,7 @@ TEST(Runtime, FullSelectorAtPOneEqualsDenseAttention) {
   auto rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
   const std::vector<int32_t> lens = {5, 200, 77, 513};
-  RefStore st = MakeRandomStore(GeometryFor(c), c.num_q_heads, lens, 21);
+  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 21);
   std::mt19937_64 rng(8);
   std::vector<SeqId> ids;
   for (size_t s = 0; s < lens.size(); ++s) {
@@ -182,7 +171,7 @@ TEST(Runtime, DenseLayersIgnorePAndBudget) {
   auto rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
   const std::vector<int32_t> lens = {300, 41};
-  RefStore st = MakeRandomStore(GeometryFor(c), c.num_q_heads, lens, 5);
+  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 5);
   std::mt19937_64 rng(1);
   std::vector<SeqId> ids;
   for (size_t s = 0; s < lens.size(); ++s) {
@@ -219,7 +208,7 @@ TEST(Runtime, PerSequencePOverridesChangeBudgets) {
   auto rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
   // Flat-ish attention (weakly planted keys) so that budgets depend strongly on p.
-  RefStore st = MakeRandomStore(GeometryFor(c), c.num_q_heads, {400}, 77, 1.0f);
+  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, {400}, 77, 1.0f);
   std::mt19937_64 rng(2);
   const SeqId a = *rt->CreateSequence();
   AppendInChunks(*rt, a, 0, st, 0, rng);
@@ -255,7 +244,7 @@ TEST(Runtime, ForkIsCopyOnWrite) {
   auto rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
   // Parent: 37 tokens (2 full pages + 5 rows); extra data for the child and the parent.
-  RefStore st = MakeRandomStore(GeometryFor(c), c.num_q_heads, {37, 20, 9}, 31);
+  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, {37, 20, 9}, 31);
   const SeqId parent = *rt->CreateSequence();
   ASSERT_TRUE(rt->Append(parent, 0, 37, st.k_in[0].data(), st.v_in[0].data(), DType::kFp16,
                          MemSpace::kHost).ok());
@@ -317,7 +306,7 @@ TEST(Runtime, ForkedSequencesDecodeLikeDenseOverTheirOwnData) {
   ASSERT_TRUE(rt);
   // Shared prefix D (45 tokens: the last page is partial), then the child appends E and the
   // parent F, both through copy-on-write of the shared partial page.
-  RefStore data = MakeRandomStore(GeometryFor(c), c.num_q_heads, {45, 30, 10}, 41);
+  RefStore data = MakeRandomStore(GeometryOf(c), c.num_q_heads, {45, 30, 10}, 41);
   const SeqId parent = *rt->CreateSequence();
   ASSERT_TRUE(rt->Append(parent, 0, 45, data.k_in[0].data(), data.v_in[0].data(), DType::kFp16,
                          MemSpace::kHost).ok());
@@ -327,7 +316,7 @@ TEST(Runtime, ForkedSequencesDecodeLikeDenseOverTheirOwnData) {
   ASSERT_TRUE(rt->Append(parent, 0, 10, data.k_in[2].data(), data.v_in[2].data(), DType::kFp16,
                          MemSpace::kHost).ok());
 
-  RefStore ref = MakeRandomStore(GeometryFor(c), c.num_q_heads, {55, 75}, 42);
+  RefStore ref = MakeRandomStore(GeometryOf(c), c.num_q_heads, {55, 75}, 42);
   Overwrite(ref, 0, Concat(data.k_in[0], data.k_in[2]), Concat(data.v_in[0], data.v_in[2]));
   Overwrite(ref, 1, Concat(data.k_in[0], data.k_in[1]), Concat(data.v_in[0], data.v_in[1]));
   ExpectKv(*rt, parent, 0, ref.k_in[0], ref.v_in[0]);
@@ -369,7 +358,7 @@ TEST(Runtime, BadInputsReturnTheirStatusAndLeaveTheCacheUnchanged) {
   c.host_pool_bytes = 40 * int64_t(c.num_kv_heads) * 2 * 2 * c.page_size * c.head_dim;  // 40 pages
   auto rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
-  RefStore st = MakeRandomStore(GeometryFor(c), c.num_q_heads, {50, 30, 700}, 61);
+  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, {50, 30, 700}, 61);
   std::mt19937_64 rng(6);
   const SeqId a = *rt->CreateSequence();
   const SeqId b = *rt->CreateSequence();
@@ -488,7 +477,7 @@ TEST(Runtime, ThreadsDrivingDifferentSequencesConcurrently) {
   constexpr int kThreads = 4;
   std::vector<RefStore> stores;
   for (int i = 0; i < kThreads; ++i) {
-    stores.push_back(MakeRandomStore(GeometryFor(c), c.num_q_heads, {60 + 37 * i}, 500 + i));
+    stores.push_back(MakeRandomStore(GeometryOf(c), c.num_q_heads, {60 + 37 * i}, 500 + i));
   }
   std::vector<std::thread> threads;
   std::vector<int> failures(kThreads, 0);
