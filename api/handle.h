@@ -10,6 +10,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -40,6 +41,11 @@ struct twl_runtime {
   // threads without relying on how much of twl::Runtime is itself thread-safe.
   mutable std::mutex mu;
   twl::StepTelemetry scratch_step;  // guarded by mu: written by Decode, then swapped in
+  // twl_runtime_set_capture_kept / twl_runtime_last_step_kept, guarded by mu.
+  bool capture_kept = false;
+  int32_t kept_num_seqs = -1;  // -1: no captured step yet
+  std::vector<int64_t> kept_offsets;
+  std::vector<int32_t> kept_tokens;
 
   // Guards per_thread. Never held while calling into `runtime`. Entries are never erased
   // before the handle dies, so a string handed out by twl_runtime_last_error stays put

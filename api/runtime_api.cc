@@ -431,6 +431,54 @@ twl_status twl_runtime_last_step_heads(const twl_runtime* rt, int32_t* selected,
   });
 }
 
+twl_status twl_runtime_set_capture_kept(twl_runtime* rt, int32_t enable) noexcept {
+  return Guard(rt, "twl_runtime_set_capture_kept", [&]() -> absl::Status {
+    if (absl::Status s = CheckHandle(rt); !s.ok()) return s;
+    if (enable != 0 && enable != 1) {
+      return absl::InvalidArgumentError(absl::StrCat("enable must be 0 or 1, got ", enable));
+    }
+    std::lock_guard<std::mutex> lock(rt->mu);
+    rt->capture_kept = enable == 1;
+    rt->runtime->SetCaptureKept(enable == 1);
+    return absl::OkStatus();
+  });
+}
+
+twl_status twl_runtime_last_step_kept(const twl_runtime* rt, int32_t seq_index, int32_t kv_head,
+                                      int32_t* tokens, int64_t capacity,
+                                      int32_t* out_count) noexcept {
+  return Guard(rt, "twl_runtime_last_step_kept", [&]() -> absl::Status {
+    if (absl::Status s = CheckHandle(rt); !s.ok()) return s;
+    if (out_count == nullptr) return absl::InvalidArgumentError("out_count is NULL");
+    std::lock_guard<std::mutex> lock(rt->mu);
+    if (rt->kept_num_seqs < 0) {
+      return absl::FailedPreconditionError(
+          "no decode step with capture on yet (twl_runtime_set_capture_kept)");
+    }
+    const int32_t H = rt->config.num_kv_heads;
+    if (seq_index < 0 || seq_index >= rt->kept_num_seqs || kv_head < 0 || kv_head >= H) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "seq_index ", seq_index, " / kv_head ", kv_head, " outside [0, ", rt->kept_num_seqs,
+          ") x [0, ", H, ")"));
+    }
+    const size_t u = size_t(seq_index) * size_t(H) + size_t(kv_head);
+    if (u + 1 >= rt->kept_offsets.size()) {
+      return absl::InternalError("captured kept lists are incomplete");
+    }
+    const int64_t begin = rt->kept_offsets[u], end = rt->kept_offsets[u + 1];
+    *out_count = int32_t(end - begin);
+    if (capacity < end - begin) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("capacity ", capacity, " < ", end - begin, " kept tokens"));
+    }
+    if (end > begin) {
+      if (tokens == nullptr) return absl::InvalidArgumentError("tokens is NULL");
+      std::copy(rt->kept_tokens.begin() + begin, rt->kept_tokens.begin() + end, tokens);
+    }
+    return absl::OkStatus();
+  });
+}
+
 void twl_fp32_to_fp16(const float* src, uint16_t* dst, size_t n) noexcept {
   if (src == nullptr || dst == nullptr) return;
   for (size_t i = 0; i < n; ++i) dst[i] = twl::FloatToHalf(src[i]);

@@ -206,7 +206,7 @@ twl_status twl_decode(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs, in
 
     std::lock_guard<std::mutex> lock(rt->mu);
     twl::StepTelemetry* telemetry = nullptr;
-    if (rt->collect_telemetry) {
+    if (rt->collect_telemetry || rt->capture_kept) {
       telemetry = &rt->scratch_step;
       twl::api::ResetTelemetry(telemetry);
     }
@@ -214,6 +214,14 @@ twl_status twl_decode(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs, in
         layer, absl::MakeConstSpan(seqs, size_t(num_seqs)), static_cast<const twl::fp16_t*>(q),
         static_cast<twl::fp16_t*>(out), *mem, p_span, stream, telemetry);
     if (!status.ok() || telemetry == nullptr) return status;
+    if (rt->capture_kept) {
+      rt->kept_num_seqs = num_seqs;
+      rt->kept_offsets = std::move(telemetry->kept_list_offsets);
+      rt->kept_tokens = std::move(telemetry->kept_list_tokens);
+      telemetry->kept_list_offsets.clear();
+      telemetry->kept_list_tokens.clear();
+    }
+    if (!rt->collect_telemetry) return status;
     telemetry->layer = layer;  // whatever the backend filled in, these are known here
     telemetry->num_seqs = num_seqs;
     // Publish to this thread's last step; the old one becomes the next scratch.

@@ -437,6 +437,27 @@ TWL_API twl_status twl_sequence_restore(twl_runtime* rt, const char* path,
 TWL_API void twl_fp32_to_fp16(const float* src, uint16_t* dst, size_t n) TWL_NOEXCEPT;
 TWL_API void twl_fp16_to_fp32(const uint16_t* src, float* dst, size_t n) TWL_NOEXCEPT;
 
+/* ---- Evaluation aid: what a step attended ------------------------------------------------
+ * For benchmarks and accuracy studies that need the TRUE softmax mass of the attended set
+ * (from the FP16 K, not the pruner's estimate): with capture on, every successful twl_decode
+ * on rt also keeps the token positions each (sequence, KV head) attended (the union over its
+ * query heads). It costs a device-to-host copy and a host wait per step on GPU backends and
+ * host memory proportional to the kept tokens: not for serving. */
+
+/* enable: 1 on, 0 off (the default). Status: TWL_OK, TWL_INVALID_ARGUMENT (rt NULL, enable not
+ * 0 or 1). Any thread. */
+TWL_API twl_status twl_runtime_set_capture_kept(twl_runtime* rt, int32_t enable) TWL_NOEXCEPT;
+
+/* The ascending token positions attended by KV head kv_head of the seq_index-th sequence (in
+ * the order of the seqs array) of the most recent successful twl_decode on rt with capture on,
+ * by any thread. *out_count (required) receives their number even when capacity is too small
+ * (then nothing is written to tokens; tokens may be NULL with capacity 0: a size query).
+ * Status: TWL_OK; TWL_INVALID_ARGUMENT (rt or out_count NULL, seq_index or kv_head out of
+ *   range, capacity < count); TWL_FAILED_PRECONDITION (no decode with capture on yet). */
+TWL_API twl_status twl_runtime_last_step_kept(const twl_runtime* rt, int32_t seq_index,
+                                              int32_t kv_head, int32_t* tokens,
+                                              int64_t capacity, int32_t* out_count) TWL_NOEXCEPT;
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

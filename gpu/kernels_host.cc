@@ -80,6 +80,10 @@ absl::Status LaunchSynthKv(const SynthSpec&, int32_t, int32_t, int32_t, int32_t,
 absl::Status LaunchSynthQueries(const SynthSpec&, int32_t, int32_t, fp16_t*, void*) {
   return NoCuda();
 }
+absl::Status LaunchSynthQueriesFor(const SynthSpec&, const int32_t*, int32_t, int32_t, int32_t,
+                                   fp16_t*, void*) {
+  return NoCuda();
+}
 #endif
 
 }  // namespace twl

@@ -26,6 +26,12 @@ struct SynthSpec {
   int32_t heavy_every = 512;
   int32_t local_window = 32;
   uint32_t flat_mask = 0;
+  // Flat heads' heavy-token gain (< 0: gamma). 0 makes a flat head's scores a plain
+  // lognormal spread, so its top-p set is a large share of the context (beta_flat ~ 2: ~35%).
+  float gamma_flat = -1.0f;
+  // Drift: > 0 gives every region of region_tokens consecutive tokens its own hot direction,
+  // and a query looks at one region (query_region), so the hot pages move when it changes.
+  int32_t region_tokens = 0;
 };
 
 // K and V rows of tokens pos0 .. pos0 + n - 1 of sequence `seq` whose final length is
@@ -33,8 +39,20 @@ struct SynthSpec {
 absl::Status LaunchSynthKv(const SynthSpec& spec, int32_t seq, int32_t pos0, int32_t n,
                            int32_t len, fp16_t* k, fp16_t* v, void* stream);
 
-// Queries [num_seqs][num_q_heads][head_dim] FP16 (device) matching the K of LaunchSynthKv.
+// Queries [num_seqs][num_q_heads][head_dim] FP16 (device) matching the K of LaunchSynthKv;
+// row s is sequence s, looking at region 0.
 absl::Status LaunchSynthQueries(const SynthSpec& spec, int32_t num_seqs, int32_t num_q_heads,
                                 fp16_t* q, void* stream);
+
+// The same for the sequences seq_ids[0..num_seqs) (a DEVICE array), looking at `region`.
+absl::Status LaunchSynthQueriesFor(const SynthSpec& spec, const int32_t* seq_ids,
+                                   int32_t num_seqs, int32_t num_q_heads, int32_t region,
+                                   fp16_t* q, void* stream);
+
+// Host versions (any build; the same formulas): k/v/q are host arrays in the same layouts.
+void SynthKvHost(const SynthSpec& spec, int32_t seq, int32_t pos0, int32_t n, int32_t len,
+                 fp16_t* k, fp16_t* v);
+void SynthQueriesHost(const SynthSpec& spec, const int32_t* seq_ids, int32_t num_seqs,
+                      int32_t num_q_heads, int32_t region, fp16_t* q);
 
 }  // namespace twl

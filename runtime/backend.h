@@ -25,6 +25,7 @@ struct DecodeRequest {
   SelectorParams selector;
   PrunerParams pruner;             // pruner.seq_p is a host pointer or null
   void* stream = nullptr;          // caller's cudaStream_t or null
+  bool capture_kept = false;       // fill StepTelemetry::kept_list_* (telemetry non-null)
 };
 
 class Backend {

@@ -1,5 +1,6 @@
 // The CPU backend (see cpu_backend.h): host block stores and the reference pipeline.
 #include "runtime/cpu_backend.h"
+#include "runtime/kept_capture.h"
 
 #include <algorithm>
 #include <atomic>
@@ -290,6 +291,9 @@ class CpuBackend final : public Backend {
     // Blocks the attention read: distinct pages of each (sequence, KV head) kept set
     // (tokens are ascending, so a page change is a new block).
     t->kept_tokens_kv.assign(kept_count.begin(), kept_count.end());
+    if (request.capture_kept) {
+      StoreKeptLists(kept_tokens.data(), kept_count.data(), kv_items, int32_t(max_kept), t);
+    }
     int64_t blocks = 0;
     for (int64_t item = 0; item < kv_items; ++item) {
       const int32_t* tok = kept_tokens.data() + item * max_kept;

@@ -27,6 +27,7 @@
 #include "runtime/backend.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/geometry.h"
+#include "runtime/kept_capture.h"
 
 namespace twl {
 namespace {
@@ -411,6 +412,14 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
   if (timing) TWL_HBM_RETURN(WriteTelemetry(req, !dense_only, int32_t(max_kept), s, telemetry));
   if (host_io || timing) TWL_HBM_CUDA(cudaStreamSynchronize(s));
   if (host_io) std::memcpy(req.out, pin + o_out, qo_bytes);
+  if (req.capture_kept && telemetry) {
+    if (dense_only) {
+      StoreDenseKeptLists(hb.seq_len, hb.num_seqs, g_.num_kv_heads, telemetry);
+    } else {
+      TWL_HBM_RETURN(CaptureDeviceKeptLists(kept_tokens_.as<int32_t>(), kept_count_.as<int32_t>(),
+                                            pairs, int32_t(max_kept), s, telemetry));
+    }
+  }
   if (timing) {
     StepTelemetry* t = telemetry;
     const int32_t* tp = reinterpret_cast<const int32_t*>(tele_pin_.data());

@@ -18,6 +18,7 @@
 #include "offload/cuda_check.cuh"
 #include "offload/gather.h"
 #include "runtime/geometry.h"
+#include "runtime/kept_capture.h"
 #include "runtime/gpu_offload_backend.h"
 
 namespace twl {
@@ -651,6 +652,10 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     TWL_OFF_CUDA(cudaMemcpyAsync(req.out, out, qo_bytes, cudaMemcpyDeviceToHost, c));
   }
   if (t) TWL_OFF_RETURN(FillTelemetry(req, G, max_kept, c, t));
+  if (t && req.capture_kept) {
+    TWL_OFF_RETURN(CaptureDeviceKeptLists(d_kept_tokens_.as<int32_t>(),
+                                          d_kept_count_.as<int32_t>(), units, max_kept, c, t));
+  }
   if (req.space == MemSpace::kHost) TWL_OFF_CUDA(cudaStreamSynchronize(c));
   return offload_cuda::LaunchStatus("offload decode");
 }

@@ -105,6 +105,7 @@ struct Runtime::Impl {
   std::unique_ptr<Backend> backend;
   std::string backend_name;
   mutable std::shared_mutex mu;
+  std::atomic<bool> capture_kept{false};
 
   void ReleasePages(const std::vector<int32_t>& freed) {
     for (int32_t p : freed) backend->ReleasePage(p);
@@ -338,6 +339,7 @@ absl::Status Runtime::Decode(int32_t layer, absl::Span<const SeqId> seqs, const 
   req.pruner.p = config_.top_p;
   req.pruner.seq_p = seq_p.empty() ? nullptr : seq_p.data();
   req.pruner.dense = dense;
+  req.capture_kept = im.capture_kept.load(std::memory_order_relaxed);
 
   StepTelemetry local;
   StepTelemetry* t = telemetry ? telemetry : &local;
@@ -349,6 +351,8 @@ absl::Status Runtime::Decode(int32_t layer, absl::Span<const SeqId> seqs, const 
                                                           t_start).count();
   return absl::OkStatus();
 }
+
+void Runtime::SetCaptureKept(bool on) { impl_->capture_kept.store(on); }
 
 absl::Status Runtime::ReadKv(SeqId seq, int32_t layer, std::vector<fp16_t>* k,
                              std::vector<fp16_t>* v) const {

@@ -93,6 +93,11 @@ struct StepTelemetry {
   int64_t disk_pages_loaded = 0;
   int64_t disk_pages_spilled = 0;
   double ms_disk = 0;
+  // Evaluation aid (Runtime::SetCaptureKept): the ascending token positions each (sequence,
+  // KV head) attended, as CSR: unit u = s * num_kv_heads + h holds
+  // kept_list_tokens[kept_list_offsets[u] .. kept_list_offsets[u + 1]). Empty when off.
+  std::vector<int64_t> kept_list_offsets;
+  std::vector<int32_t> kept_list_tokens;
 };
 
 struct MemoryUsage {
@@ -141,6 +146,10 @@ class Runtime {
                       std::vector<fp16_t>* v) const;
 
   MemoryUsage Memory() const;
+  // Evaluation aid: when on, every decode step also returns the token positions it attended
+  // (StepTelemetry::kept_list_*), at the cost of a device-to-host copy and a host wait per
+  // step on GPU backends. Off by default; not for serving.
+  void SetCaptureKept(bool on);
   // First error of a background transfer since the last call (then cleared).
   absl::Status TakeAsyncError();
 

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Dense baseline of twl_serve_bench: the same serving loop with all FP16 KV in HBM and PyTorch
+SDPA as the attention. Per step and layer: write the new token's K/V of every sequence into a
+preallocated [B, Hkv, N + steps, D] cache (one index_copy_ per K and V), then one SDPA decode
+call over the filled prefix (GQA, one query token). L layers, each its own cache, so nothing
+stays in L2 between layers. Every SDPA backend that takes the shape is timed (cuDNN, flash,
+efficient); the CSV has one row per backend and twl_serve_bench takes the fastest.
+Dense attention costs are linear in tokens, so mixed lengths are measured at their mean.
+
+Usage: sdpa_serving.py OUT.csv [--shapes 32x8,64x8] [--batches 1,8,16] [--context 131072]
+                       [--layers 8] [--steps 8] [--head_dim 128]
+CSV: q_heads,kv_heads,batch,context,backend,ms   (ms per layer-step, appends included)
+"""
+import argparse
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+def measure(q_heads, kv_heads, batch, ctx, layers, steps, head_dim, backend):
+    dev = torch.device("cuda")
+    cap = ctx + steps + 4
+    g = torch.Generator(device=dev).manual_seed(batch * 7919 + ctx)
+    ks, vs = [], []
+    for _ in range(layers):
+        k = torch.empty(batch, kv_heads, cap, head_dim, device=dev, dtype=torch.float16)
+        v = torch.empty_like(k)
+        k.normal_(generator=g)
+        v.normal_(generator=g)
+        ks.append(k)
+        vs.append(v)
+    q = torch.randn(steps + 2, layers, batch, q_heads, 1, head_dim, device=dev,
+                    dtype=torch.float16, generator=g)
+    new_k = torch.randn(steps + 2, layers, batch, kv_heads, 1, head_dim, device=dev,
+                        dtype=torch.float16, generator=g)
+    new_v = torch.randn_like(new_k)
+
+    def step(s, pos):
+        idx = torch.tensor([pos], device=dev)
+        for l in range(layers):
+            ks[l].index_copy_(2, idx, new_k[s, l])
+            vs[l].index_copy_(2, idx, new_v[s, l])
+            F.scaled_dot_product_attention(q[s, l], ks[l][:, :, :pos + 1],
+                                           vs[l][:, :, :pos + 1], enable_gqa=True)
+
+    with sdpa_kernel([backend]):
+        step(0, ctx)  # raises when the backend does not take the shape
+        torch.cuda.synchronize()
+        times = []
+        for s in range(steps):
+            a = torch.cuda.Event(enable_timing=True)
+            b = torch.cuda.Event(enable_timing=True)
+            a.record()
+            step(s % (steps + 2), ctx + 1 + s)
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / layers)
+    del ks, vs, q, new_k, new_v
+    torch.cuda.empty_cache()
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out")
+    ap.add_argument("--shapes", default="32x8,64x8")
+    ap.add_argument("--batches", default="1,8,16")
+    ap.add_argument("--context", type=int, default=131072)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--head_dim", type=int, default=128)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("sdpa_serving: no CUDA device; nothing to measure", flush=True)
+        return 0
+    backends = [("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
+                ("efficient", SDPBackend.EFFICIENT_ATTENTION)]
+    rows = []
+    for shape in args.shapes.split(","):
+        qh, kvh = (int(x) for x in shape.split("x"))
+        for b in (int(x) for x in args.batches.split(",")):
+            free, _ = torch.cuda.mem_get_info()
+            need = 2 * args.layers * b * kvh * (args.context + args.steps + 4) * args.head_dim * 2
+            if need > 0.85 * free:
+                print(f"sdpa_serving: {shape} B={b} needs {need / 2**30:.1f} GiB, skipped",
+                      flush=True)
+                continue
+            for name, be in backends:
+                try:
+                    ms = measure(qh, kvh, b, args.context, args.layers, args.steps,
+                                 args.head_dim, be)
+                except Exception as e:  # the backend does not take this shape
+                    print(f"sdpa_serving: {name} {shape} B={b}: unavailable ({str(e)[:100]})",
+                          flush=True)
+                    torch.cuda.empty_cache()
+                    continue
+                rows.append((qh, kvh, b, args.context, name, ms))
+                print(f"sdpa_serving: {name:9s} {shape} B={b:3d} ctx={args.context} "
+                      f"{ms:8.4f} ms/layer-step", flush=True)
+    with open(args.out, "w") as f:
+        f.write("q_heads,kv_heads,batch,context,backend,ms\n")
+        for r in rows:
+            f.write(f"{r[0]},{r[1]},{r[2]},{r[3]},{r[4]},{r[5]:.5f}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,882 @@
+// twl_serve_bench: the serving-loop benchmark, the acceptance benchmark for speed.
+//
+// It drives the public C API (api/twilight.h) the way a serving engine does: one runtime holds
+// L layers of B sequences of mixed lengths; per step and layer it appends the new token of
+// every sequence (K/V made on the GPU, device pointers) and then decodes the batch with one
+// twl_decode on the engine's stream. Continuous batching: every --churn_every steps the oldest
+// sequence finishes and a new one is prefilled (prefill time is reported apart from the
+// decode time). Workloads (gpu/synth.h generators):
+//   peaked    every KV head has a few hundred hot tokens (paper-like budgets)
+//   mixed     two of the eight KV heads are flat: top-p needs 20-50% of their context
+//   drifting  each query looks at one region of the context; the region moves every
+//             --drift_every steps, so the hot pages move
+// Methods (each its own runtime, same workload and seeds):
+//   twilight        gpu-offload, library defaults (Quest + Twilight)
+//   twilight-b8k    gpu-offload, Quest B0 = --quest_budget tokens + Twilight
+//   quest-b8k       gpu-offload, Quest B0 alone (p = 1 per call: every candidate is kept)
+//   hbm-b8k         gpu-hbm (all FP16 KV in HBM), Quest B0 + Twilight
+//   hbm             gpu-hbm, library defaults
+//   dense-hbm       gpu-hbm, every layer dense (the project's own dense kernel)
+//   full-offload    gpu-offload, every layer dense (all KV over PCIe each step)
+//   cpu, cpu-dense  the CPU backend (what a run without a GPU measures; CI's tiny run)
+// Baseline: the fastest dense decode on the machine, measured by bench/sdpa_serving.py in the
+// same gpu-check run (PyTorch SDPA: cuDNN / flash / efficient, whichever is fastest; the
+// CSV names it), read with --sdpa_csv. Dense attention cost is linear in the batch's tokens,
+// so it is measured at the batch's mean length.
+//
+// Reported per (shape, batch, workload, method): wall time per layer-step with appends,
+// tokens/s, stage split, blocks and bytes over PCIe, GPU memory / FP16 KV bytes, and for a
+// sample of (sequence, KV head) pairs the TRUE softmax mass of what was attended (from the
+// stored FP16 K, via twl_runtime_last_step_kept) and the output error vs dense, next to
+// exact top-p's error (the oracle). Table + CSV + JSON + PNG under --out; a progress line.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
+#include "gpu/device.h"
+#include "gpu/synth.h"
+#include "lib/png_plot.h"
+#include "lib/serve_accuracy.h"
+#include "lib/table.h"
+#include "twilight.h"
+
+ABSL_FLAG(std::string, mode, "auto", "auto (gpu when one is visible), gpu or cpu");
+ABSL_FLAG(std::string, shapes, "32x8,64x8", "attention shapes: q_heads x kv_heads (head_dim 128)");
+ABSL_FLAG(int32_t, head_dim, 128, "head dimension");
+ABSL_FLAG(int32_t, layers, 8, "layers in the runtime (>= 1)");
+ABSL_FLAG(std::string, batches, "1,8,16", "batch sizes (running sequences)");
+ABSL_FLAG(int32_t, context, 131072, "mean prompt length in tokens");
+ABSL_FLAG(double, len_spread, 0.25, "lengths are uniform in context * [1 - s, 1 + s]");
+ABSL_FLAG(std::string, workloads, "peaked,mixed,drifting", "peaked, mixed, drifting");
+ABSL_FLAG(std::string, methods, "",
+          "comma list (default: gpu: twilight,twilight-b8k,quest-b8k,hbm-b8k,hbm,dense-hbm,"
+          "full-offload; cpu: cpu,cpu-dense)");
+ABSL_FLAG(int32_t, steps, 16, "measured decode steps per configuration");
+ABSL_FLAG(int32_t, warmup, 2, "unmeasured steps first");
+ABSL_FLAG(int32_t, churn_every, 8, "a sequence finishes and a new one starts every N steps (0: off)");
+ABSL_FLAG(int32_t, drift_every, 32, "drifting: steps between moves of the hot region");
+ABSL_FLAG(double, cache_frac, 0.10, "GPU hot-page cache as a fraction of all layers' FP16 KV");
+ABSL_FLAG(int32_t, quest_budget, 8192, "B0 in tokens of the *-b8k methods");
+ABSL_FLAG(double, top_p, 0.95, "top-p of the Twilight methods");
+ABSL_FLAG(int32_t, sample_units, 16, "(sequence, KV head) pairs whose accuracy is measured");
+ABSL_FLAG(int32_t, full_offload_steps, 2, "measured steps of full-offload (each moves all KV)");
+ABSL_FLAG(int32_t, prefill_chunk, 8192, "tokens per prefill append call");
+ABSL_FLAG(std::string, sdpa_csv, "", "CSV of bench/sdpa_serving.py (the dense baseline)");
+ABSL_FLAG(std::string, out, "out/serve", "output directory (created)");
+ABSL_FLAG(uint64_t, seed, 20261201, "workload seed");
+
+namespace twl {
+namespace {
+
+using bench::Cell;
+
+// ---- Small helpers ---------------------------------------------------------------------
+
+[[noreturn]] void Die(const std::string& what) {
+  std::fprintf(stderr, "twl_serve_bench: %s\n", what.c_str());
+  std::exit(1);
+}
+
+// A bad flag value: say which and exit 2 (as absl does for unknown flags).
+[[noreturn]] void BadFlag(const std::string& what) {
+  std::fprintf(stderr, "twl_serve_bench: %s (see --help)\n", what.c_str());
+  std::exit(2);
+}
+
+void Check(twl_status s, twl_runtime* rt, const char* what) {
+  if (s != TWL_OK) {
+    Die(absl::StrCat(what, ": ", twl_status_string(s), ": ", twl_runtime_last_error(rt)));
+  }
+}
+
+void CheckOk(const absl::Status& s, const char* what) {
+  if (!s.ok()) Die(absl::StrCat(what, ": ", s.message()));
+}
+
+template <typename T>
+T OrDie(absl::StatusOr<T> v, const char* what) {
+  if (!v.ok()) Die(absl::StrCat(what, ": ", v.status().message()));
+  return std::move(*v);
+}
+
+bool ParseInts(const std::string& s, std::vector<int32_t>* out, std::string* err) {
+  out->clear();
+  for (absl::string_view p : absl::StrSplit(s, ',', absl::SkipEmpty())) {
+    int32_t v = 0;
+    if (!absl::SimpleAtoi(p, &v) || v < 1) {
+      *err = absl::StrCat("'", p, "' is not a positive integer");
+      return false;
+    }
+    out->push_back(v);
+  }
+  if (out->empty()) *err = "empty list";
+  return !out->empty();
+}
+
+std::vector<std::string> ParseNames(const std::string& s) {
+  std::vector<std::string> v;
+  for (absl::string_view p : absl::StrSplit(s, ',', absl::SkipEmpty())) v.emplace_back(p);
+  return v;
+}
+
+using Clock = std::chrono::steady_clock;
+double MsSince(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// ---- Configuration -----------------------------------------------------------------------
+
+struct Shape {
+  int32_t q_heads = 32, kv_heads = 8;
+  std::string Name() const { return absl::StrCat(q_heads, "x", kv_heads); }
+};
+
+struct Method {
+  std::string name;
+  twl_backend backend = TWL_BACKEND_GPU_OFFLOAD;
+  int32_t budget_tokens = 0;  // 0: library default
+  bool dense = false;         // every layer dense
+  bool quest_alone = false;   // p = 1 per call
+};
+
+bool MakeMethod(const std::string& name, int32_t quest_budget, Method* m) {
+  m->name = name;
+  if (name == "twilight") {
+    m->backend = TWL_BACKEND_GPU_OFFLOAD;
+  } else if (name == "twilight-b8k") {
+    m->backend = TWL_BACKEND_GPU_OFFLOAD;
+    m->budget_tokens = quest_budget;
+  } else if (name == "quest-b8k") {
+    m->backend = TWL_BACKEND_GPU_OFFLOAD;
+    m->budget_tokens = quest_budget;
+    m->quest_alone = true;
+  } else if (name == "hbm-b8k") {
+    m->backend = TWL_BACKEND_GPU_HBM;
+    m->budget_tokens = quest_budget;
+  } else if (name == "hbm") {
+    m->backend = TWL_BACKEND_GPU_HBM;
+  } else if (name == "dense-hbm") {
+    m->backend = TWL_BACKEND_GPU_HBM;
+    m->dense = true;
+  } else if (name == "full-offload") {
+    m->backend = TWL_BACKEND_GPU_OFFLOAD;
+    m->dense = true;
+  } else if (name == "cpu") {
+    m->backend = TWL_BACKEND_CPU;
+  } else if (name == "cpu-dense") {
+    m->backend = TWL_BACKEND_CPU;
+    m->dense = true;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+SynthSpec Workload(const std::string& name, int32_t kv_heads, int32_t head_dim, int32_t context,
+                   uint64_t seed, int32_t layer) {
+  SynthSpec s;
+  s.seed = seed * 1000003ull + uint64_t(layer) * 7919ull;
+  s.num_kv_heads = kv_heads;
+  s.head_dim = head_dim;
+  if (name == "mixed") {
+    // Two flat KV heads: lognormal scores with sigma ~ beta_flat and no hot tokens, so exact
+    // top-p at 0.95 keeps about a third of their context.
+    s.flat_mask = 0x3u;
+    s.beta_flat = 2.0f;
+    s.gamma_flat = 0.0f;
+  } else if (name == "drifting") {
+    s.region_tokens = std::max(64, context / 8);
+  }
+  return s;
+}
+
+// ---- Device / host buffers (the bench's own memory, not the runtime's) -------------------
+
+class Buf {
+ public:
+  Buf() = default;
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  ~Buf() { Reset(); }
+  void Reset() {
+    if (p_ && device_) gpu::Free(p_);
+    host_.clear();
+    host_.shrink_to_fit();
+    p_ = nullptr;
+    bytes_ = 0;
+  }
+  void Resize(size_t bytes, bool device) {
+    if (bytes <= bytes_ && device == device_ && (p_ || bytes == 0)) return;
+    Reset();
+    device_ = device;
+    bytes_ = std::max<size_t>(bytes, 256);
+    if (device) {
+      p_ = OrDie(gpu::Malloc(bytes_), "device allocation");
+    } else {
+      host_.assign(bytes_, 0);
+      p_ = host_.data();
+    }
+  }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p_);
+  }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+  bool device_ = false;
+  std::vector<char> host_;
+};
+
+// ---- One configuration --------------------------------------------------------------------
+
+struct Running {
+  twl_seq_id id = TWL_INVALID_SEQ_ID;
+  int32_t synth_id = 0;  // the generator's sequence index
+  int32_t len = 0;       // tokens cached in every layer
+  int32_t target = 0;    // prompt length
+};
+
+struct Result {
+  std::string shape, workload, method;
+  int32_t batch = 0, mean_len = 0;
+  double ms_layer_step = NAN, gpu_ms_layer_step = NAN, tokens_per_s = NAN;
+  double ms_select = 0, ms_prune = 0, ms_fetch = 0, ms_attend = 0;
+  double ms_append = NAN;  // per layer-step, host wall time of the appends alone
+  double hit_rate = NAN, mb_h2d = 0, kept_kv = 0, kept_q = 0;
+  double gpu_mem_ratio = NAN;  // GPU bytes of the runtime / FP16 KV bytes
+  double prefill_gbps = NAN, churn_prefill_ms = NAN;
+  // Accuracy over the sampled query heads.
+  int32_t heads = 0;
+  double min_mass = NAN, mean_mass = NAN, frac_mass_ok = NAN;
+  double median_err = NAN, max_err = NAN, median_err_ratio = NAN, max_err_ratio = NAN;
+  double median_oracle_kept = NAN;
+};
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+class Config {
+ public:
+  Config(const Shape& shape, int32_t batch, const std::string& workload, const Method& m,
+         bool gpu)
+      : shape_(shape), batch_(batch), workload_(workload), method_(m), gpu_(gpu) {}
+  ~Config() {
+    if (rt_) twl_runtime_free(rt_);
+    if (stream_) gpu::StreamDestroy(stream_);
+    for (void* e : {ev0_, ev1_}) {
+      if (e) gpu::EventDestroy(e);
+    }
+  }
+
+  Result Run();
+
+ private:
+  int32_t D() const { return absl::GetFlag(FLAGS_head_dim); }
+  int32_t L() const { return absl::GetFlag(FLAGS_layers); }
+  int64_t RowElems() const { return int64_t(shape_.kv_heads) * D(); }
+  int32_t DrawLength() {
+    const double ctx = absl::GetFlag(FLAGS_context), s = absl::GetFlag(FLAGS_len_spread);
+    std::uniform_real_distribution<double> u(ctx * (1 - s), ctx * (1 + s));
+    return std::max(16, int32_t(u(rng_)));
+  }
+  SynthSpec Spec(int32_t layer) const {
+    return Workload(workload_, shape_.kv_heads, D(), absl::GetFlag(FLAGS_context),
+                    absl::GetFlag(FLAGS_seed), layer);
+  }
+  void CreateRuntime(int64_t max_tokens);
+  void Prefill(Running* r);  // appends r->target tokens in every layer
+  void StartSequence(Running* r);
+  void GenerateSegment(int32_t first_step, int32_t steps);
+  void Step(int32_t seg_step, double* append_ms);
+  void MeasureAccuracy(Result* res);
+
+  const Shape shape_;
+  const int32_t batch_;
+  const std::string workload_;
+  const Method method_;
+  const bool gpu_;
+  std::mt19937_64 rng_{absl::GetFlag(FLAGS_seed)};
+  twl_runtime* rt_ = nullptr;
+  void* stream_ = nullptr;
+  void* ev0_ = nullptr;
+  void* ev1_ = nullptr;
+  std::vector<Running> seqs_;
+  int32_t next_synth_id_ = 0;
+  Buf chunk_k_, chunk_v_;  // prefill staging
+  Buf seg_q_, seg_k_, seg_v_, out_;
+  std::vector<int32_t> synth_ids_;
+  Buf synth_ids_dev_;
+  double prefill_ms_ = 0;
+  int64_t prefill_bytes_ = 0;
+};
+
+void Config::CreateRuntime(int64_t max_tokens) {
+  twl_runtime_config c = twl_runtime_config_default();
+  c.num_layers = L();
+  c.num_q_heads = shape_.q_heads;
+  c.num_kv_heads = shape_.kv_heads;
+  c.head_dim = D();
+  c.backend = method_.backend;
+  c.selector_budget_tokens = method_.budget_tokens;
+  c.dense_layers = method_.dense ? L() : 0;
+  c.top_p = float(absl::GetFlag(FLAGS_top_p));
+  c.collect_telemetry = 1;
+  const int64_t page = 16;
+  const int64_t kv_bytes_all = max_tokens * L() * RowElems() * 2 * 2;
+  // Pool: every sequence's pages in every layer, plus a page of slack per (sequence, layer).
+  c.host_pool_bytes = kv_bytes_all + int64_t(batch_ + 1) * L() * page * RowElems() * 4 +
+                      (int64_t(64) << 20);
+  if (method_.backend == TWL_BACKEND_GPU_OFFLOAD) {
+    c.gpu_cache_bytes = std::max<int64_t>(int64_t(absl::GetFlag(FLAGS_cache_frac) * kv_bytes_all),
+                                          int64_t(1) << 20);
+  }
+  Check(twl_runtime_create(&c, &rt_), nullptr, "twl_runtime_create");
+}
+
+void Config::Prefill(Running* r) {
+  const int32_t chunk = std::max(16, absl::GetFlag(FLAGS_prefill_chunk));
+  const size_t bytes = size_t(chunk) * size_t(RowElems()) * 2;
+  chunk_k_.Resize(bytes, gpu_);
+  chunk_v_.Resize(bytes, gpu_);
+  const twl_memory_space space = gpu_ ? TWL_MEMORY_DEVICE : TWL_MEMORY_HOST;
+  for (int32_t l = 0; l < L(); ++l) {
+    const SynthSpec spec = Spec(l);
+    for (int32_t t0 = 0; t0 < r->target; t0 += chunk) {
+      const int32_t n = std::min(chunk, r->target - t0);
+      if (gpu_) {
+        CheckOk(LaunchSynthKv(spec, r->synth_id, t0, n, r->target, chunk_k_.as<fp16_t>(),
+                              chunk_v_.as<fp16_t>(), stream_),
+                "synth kv");
+        CheckOk(gpu::StreamSync(stream_), "synth sync");
+      } else {
+        SynthKvHost(spec, r->synth_id, t0, n, r->target, chunk_k_.as<fp16_t>(),
+                    chunk_v_.as<fp16_t>());
+      }
+      const auto t_start = Clock::now();
+      Check(twl_sequence_append(rt_, r->id, l, n, chunk_k_.as<void>(), chunk_v_.as<void>(),
+                                TWL_DTYPE_FP16, space),
+            rt_, "prefill append");
+      prefill_ms_ += MsSince(t_start);
+      prefill_bytes_ += int64_t(n) * RowElems() * 4;
+    }
+  }
+  r->len = r->target;
+}
+
+void Config::StartSequence(Running* r) {
+  Check(twl_sequence_create(rt_, &r->id), rt_, "twl_sequence_create");
+  r->synth_id = next_synth_id_++;
+  r->target = DrawLength();
+  Prefill(r);
+}
+
+// Inputs of `steps` steps starting at `first_step` for the current batch, made before the
+// timed loop so that the loop holds only the engine's calls: q [step][layer][B][Hq][D],
+// new K/V [step][layer][B][Hkv][D].
+void Config::GenerateSegment(int32_t first_step, int32_t steps) {
+  const int32_t B = batch_, Hq = shape_.q_heads;
+  const size_t q_elems = size_t(steps) * L() * B * Hq * D();
+  const size_t kv_elems = size_t(steps) * L() * B * size_t(RowElems());
+  seg_q_.Resize(q_elems * 2, gpu_);
+  seg_k_.Resize(kv_elems * 2, gpu_);
+  seg_v_.Resize(kv_elems * 2, gpu_);
+  out_.Resize(size_t(B) * Hq * D() * 2, gpu_);
+  synth_ids_.resize(size_t(B));
+  const int32_t drift = std::max(1, absl::GetFlag(FLAGS_drift_every));
+  for (int32_t st = 0; st < steps; ++st) {
+    const int32_t step = first_step + st;
+    for (int32_t l = 0; l < L(); ++l) {
+      const SynthSpec spec = Spec(l);
+      const size_t base = (size_t(st) * L() + l) * B;
+      for (int32_t b = 0; b < B; ++b) {
+        const Running& r = seqs_[size_t(b)];
+        synth_ids_[size_t(b)] = r.synth_id;
+        const int32_t pos = r.len + st;  // the new token's position
+        fp16_t* k = seg_k_.as<fp16_t>() + (base + b) * RowElems();
+        fp16_t* v = seg_v_.as<fp16_t>() + (base + b) * RowElems();
+        if (gpu_) {
+          CheckOk(LaunchSynthKv(spec, r.synth_id, pos, 1, pos + 1, k, v, stream_), "synth kv");
+        } else {
+          SynthKvHost(spec, r.synth_id, pos, 1, pos + 1, k, v);
+        }
+      }
+      // Drifting: the region each query looks at moves every `drift` steps (per sequence
+      // offset, so sequences do not move together).
+      const int32_t regions =
+          spec.region_tokens > 0 ? std::max(1, absl::GetFlag(FLAGS_context) / spec.region_tokens)
+                                 : 1;
+      fp16_t* q = seg_q_.as<fp16_t>() + base * Hq * D();
+      for (int32_t b = 0; b < B; ++b) {
+        const int32_t region = (step / drift + b) % regions;
+        if (gpu_) {
+          synth_ids_dev_.Resize(4, true);
+          CheckOk(gpu::CopyToDevice(synth_ids_dev_.as<void>(), &synth_ids_[size_t(b)], 4,
+                                    nullptr),
+                  "ids");
+          CheckOk(LaunchSynthQueriesFor(spec, synth_ids_dev_.as<int32_t>(), 1, Hq, region,
+                                        q + int64_t(b) * Hq * D(), nullptr),
+                  "synth q");
+          CheckOk(gpu::DeviceSync(), "synth q sync");
+        } else {
+          SynthQueriesHost(spec, &synth_ids_[size_t(b)], 1, Hq, region,
+                           q + int64_t(b) * Hq * D());
+        }
+      }
+    }
+  }
+  if (gpu_) CheckOk(gpu::DeviceSync(), "segment inputs");
+}
+
+// One decode step over all layers: per layer, append every sequence's new token, then decode.
+void Config::Step(int32_t seg_step, double* append_ms) {
+  const int32_t B = batch_, Hq = shape_.q_heads;
+  const twl_memory_space space = gpu_ ? TWL_MEMORY_DEVICE : TWL_MEMORY_HOST;
+  std::vector<twl_seq_id> ids(static_cast<size_t>(B));
+  for (int32_t b = 0; b < B; ++b) ids[size_t(b)] = seqs_[size_t(b)].id;
+  std::vector<float> ones(static_cast<size_t>(B), 1.0f);
+  for (int32_t l = 0; l < L(); ++l) {
+    const size_t base = (size_t(seg_step) * L() + l) * B;
+    const auto ta = Clock::now();
+    for (int32_t b = 0; b < B; ++b) {
+      const fp16_t* k = seg_k_.as<fp16_t>() + (base + b) * RowElems();
+      const fp16_t* v = seg_v_.as<fp16_t>() + (base + b) * RowElems();
+      Check(twl_sequence_append(rt_, ids[size_t(b)], l, 1, k, v, TWL_DTYPE_FP16, space), rt_,
+            "append");
+    }
+    if (append_ms) *append_ms += MsSince(ta);
+    const fp16_t* q = seg_q_.as<fp16_t>() + base * Hq * D();
+    Check(twl_decode(rt_, l, ids.data(), B, q, out_.as<void>(), space,
+                     method_.quest_alone ? ones.data() : nullptr, stream_),
+          rt_, "twl_decode");
+  }
+  for (Running& r : seqs_) ++r.len;
+}
+
+void Config::MeasureAccuracy(Result* res) {
+  // One more step with capture on; the sampled units are read back at the middle layer.
+  const int32_t B = batch_, Hq = shape_.q_heads, H = shape_.kv_heads;
+  const int32_t group = Hq / H;
+  const int32_t layer = L() / 2;
+  GenerateSegment(1 << 20, 1);
+  Check(twl_runtime_set_capture_kept(rt_, 1), rt_, "capture on");
+  std::vector<twl_seq_id> ids(static_cast<size_t>(B));
+  for (int32_t b = 0; b < B; ++b) ids[size_t(b)] = seqs_[size_t(b)].id;
+  const twl_memory_space space = gpu_ ? TWL_MEMORY_DEVICE : TWL_MEMORY_HOST;
+  std::vector<float> ones(static_cast<size_t>(B), 1.0f);
+  for (int32_t l = 0; l < L(); ++l) {
+    const size_t base = size_t(l) * B;
+    for (int32_t b = 0; b < B; ++b) {
+      Check(twl_sequence_append(rt_, ids[size_t(b)], l, 1,
+                                seg_k_.as<fp16_t>() + (base + b) * RowElems(),
+                                seg_v_.as<fp16_t>() + (base + b) * RowElems(), TWL_DTYPE_FP16,
+                                space),
+            rt_, "append");
+    }
+    if (l != layer) continue;
+    Check(twl_decode(rt_, l, ids.data(), B, seg_q_.as<fp16_t>() + base * Hq * D(),
+                     out_.as<void>(), space, method_.quest_alone ? ones.data() : nullptr,
+                     stream_),
+          rt_, "twl_decode (capture)");
+  }
+  if (gpu_) CheckOk(gpu::StreamSync(stream_), "capture sync");
+  Check(twl_runtime_set_capture_kept(rt_, 0), rt_, "capture off");
+  for (Running& r : seqs_) ++r.len;
+
+  const size_t qo = size_t(B) * Hq * D();
+  std::vector<fp16_t> q(qo), out(qo);
+  const fp16_t* q_src = seg_q_.as<fp16_t>() + size_t(layer) * B * Hq * D();
+  if (gpu_) {
+    CheckOk(gpu::CopyToHost(q.data(), q_src, qo * 2, nullptr), "q back");
+    CheckOk(gpu::CopyToHost(out.data(), out_.as<void>(), qo * 2, nullptr), "out back");
+  } else {
+    std::memcpy(q.data(), q_src, qo * 2);
+    std::memcpy(out.data(), out_.as<void>(), qo * 2);
+  }
+  // Sample units: spread over sequences and KV heads (every KV head of a few sequences, so
+  // flat and peaked heads are both seen).
+  const int32_t want = std::min(absl::GetFlag(FLAGS_sample_units), B * H);
+  const int32_t n_seqs = std::max(1, std::min(B, (want + H - 1) / H));
+  const double p = method_.quest_alone || method_.dense ? 1.0 : absl::GetFlag(FLAGS_top_p);
+  const double p_eval = absl::GetFlag(FLAGS_top_p);  // oracle reference at the runtime's p
+  std::vector<double> mass, err, ratio, oracle_kept;
+  int32_t mass_ok = 0;
+  for (int32_t si = 0; si < n_seqs; ++si) {
+    const int32_t b = int32_t(int64_t(si) * B / n_seqs);
+    const twl_seq_id id = ids[size_t(b)];
+    int32_t len = 0;
+    Check(twl_sequence_read_kv(rt_, id, layer, nullptr, nullptr, 0, &len), rt_, "kv size");
+    std::vector<uint16_t> k(size_t(len) * RowElems()), v(size_t(len) * RowElems());
+    Check(twl_sequence_read_kv(rt_, id, layer, k.data(), v.data(), len, &len), rt_, "read kv");
+    for (int32_t h = 0; h < H; ++h) {
+      // A size query (capacity 0) answers INVALID_ARGUMENT when the list is not empty, with
+      // the count filled in.
+      int32_t count = 0;
+      twl_runtime_last_step_kept(rt_, b, h, nullptr, 0, &count);
+      std::vector<int32_t> kept(size_t(std::max(count, 1)));
+      Check(twl_runtime_last_step_kept(rt_, b, h, kept.data(), int64_t(kept.size()), &count),
+            rt_, "kept");
+      kept.resize(size_t(count));
+      for (int32_t g = 0; g < group; ++g) {
+        const int32_t qh = h * group + g;
+        const size_t off = (size_t(b) * Hq + qh) * D();
+        const bench::HeadAccuracy a =
+            bench::MeasureHead(k.data(), v.data(), len, H, D(), h, q.data() + off,
+                               out.data() + off, kept, p_eval);
+        mass.push_back(a.true_mass);
+        err.push_back(a.rel_err);
+        // FP16 output rounding floors the error near 1e-3; the ratio uses that floor.
+        ratio.push_back(a.rel_err / std::max(a.oracle_err, 2e-3));
+        oracle_kept.push_back(a.oracle_kept);
+        if (a.true_mass >= std::min(p, p_eval) - 0.02) ++mass_ok;
+      }
+    }
+  }
+  res->heads = int32_t(mass.size());
+  if (mass.empty()) return;
+  res->min_mass = *std::min_element(mass.begin(), mass.end());
+  double s = 0;
+  for (double m : mass) s += m;
+  res->mean_mass = s / double(mass.size());
+  res->frac_mass_ok = double(mass_ok) / double(mass.size());
+  res->median_err = Median(err);
+  res->max_err = *std::max_element(err.begin(), err.end());
+  res->median_err_ratio = Median(ratio);
+  res->max_err_ratio = *std::max_element(ratio.begin(), ratio.end());
+  res->median_oracle_kept = Median(oracle_kept);
+}
+
+Result Config::Run() {
+  Result res;
+  res.shape = shape_.Name();
+  res.workload = workload_;
+  res.method = method_.name;
+  res.batch = batch_;
+  if (gpu_) {
+    stream_ = OrDie(gpu::StreamCreate(), "stream");
+    ev0_ = OrDie(gpu::EventCreate(), "event");
+    ev1_ = OrDie(gpu::EventCreate(), "event");
+  }
+  const int32_t steps = method_.name == "full-offload"
+                            ? std::max(1, absl::GetFlag(FLAGS_full_offload_steps))
+                            : std::max(1, absl::GetFlag(FLAGS_steps));
+  const int32_t warmup = std::max(0, absl::GetFlag(FLAGS_warmup));
+  const int32_t churn = absl::GetFlag(FLAGS_churn_every);
+  const double ctx = absl::GetFlag(FLAGS_context), spread = absl::GetFlag(FLAGS_len_spread);
+  const int32_t max_len = int32_t(ctx * (1 + spread)) + 1;
+  const int32_t churns = churn > 0 ? (warmup + steps) / churn + 1 : 0;
+  // Room for the batch, the sequences that replace finished ones while pages are held, and
+  // the decoded tokens.
+  const int64_t max_tokens =
+      int64_t(batch_ + std::min(churns, 2)) * (max_len + warmup + steps + 8);
+  CreateRuntime(max_tokens);
+
+  seqs_.resize(size_t(batch_));
+  for (Running& r : seqs_) StartSequence(&r);
+  if (gpu_) CheckOk(gpu::DeviceSync(), "prefill");
+  res.prefill_gbps = prefill_ms_ > 0 ? double(prefill_bytes_) / (prefill_ms_ * 1e6) : NAN;
+  int64_t tokens = 0;
+  for (const Running& r : seqs_) tokens += r.len;
+  res.mean_len = int32_t(tokens / batch_);
+
+  double wall_ms = 0, gpu_ms = 0, append_ms = 0, churn_ms = 0;
+  int32_t measured = 0, churn_count = 0;
+  double sel = 0, pru = 0, fet = 0, att = 0, hit = 0, h2d = 0, kkv = 0, kq = 0;
+  int32_t tele = 0;
+  int32_t step = 0;
+  const int32_t total = warmup + steps;
+  while (step < total) {
+    // A segment runs until the next churn point (or the end).
+    int32_t seg = total - step;
+    if (churn > 0) seg = std::min(seg, churn - step % churn);
+    GenerateSegment(step, seg);
+    for (int32_t st = 0; st < seg; ++st, ++step) {
+      const bool timed = step >= warmup;
+      if (gpu_) CheckOk(gpu::StreamSync(stream_), "sync");
+      if (gpu_) CheckOk(gpu::EventRecord(ev0_, stream_), "event");
+      const auto t0 = Clock::now();
+      double a_ms = 0;
+      Step(st, &a_ms);
+      if (gpu_) CheckOk(gpu::EventRecord(ev1_, stream_), "event");
+      if (gpu_) CheckOk(gpu::StreamSync(stream_), "sync");
+      const double w = MsSince(t0);
+      if (!timed) continue;
+      wall_ms += w;
+      append_ms += a_ms;
+      if (gpu_) gpu_ms += double(OrDie(gpu::EventElapsedMs(ev0_, ev1_), "elapsed"));
+      ++measured;
+      // Telemetry of the last layer's decode of this step.
+      twl_step_stats s{};
+      s.struct_size = sizeof(s);
+      if (twl_runtime_last_step(rt_, &s) == TWL_OK && s.num_seqs > 0) {
+        sel += s.ms_select;
+        pru += s.ms_prune;
+        fet += s.ms_fetch;
+        att += s.ms_attend;
+        hit += s.cache_hit_rate;
+        h2d += double(s.bytes_h2d);
+        kkv += s.mean_kept_tokens_kv;
+        kq += s.mean_kept_tokens;
+        ++tele;
+      }
+    }
+    if (churn > 0 && step < total && step % churn == 0) {
+      // The oldest running sequence finishes; a new request is prefilled in its place.
+      const int32_t victim = churn_count % batch_;
+      Running& r = seqs_[size_t(victim)];
+      Check(twl_sequence_free(rt_, r.id), rt_, "twl_sequence_free");
+      const double before = prefill_ms_;
+      StartSequence(&r);
+      if (gpu_) CheckOk(gpu::DeviceSync(), "churn prefill");
+      churn_ms += prefill_ms_ - before;
+      ++churn_count;
+    }
+  }
+  const double layer_steps = double(measured) * L();
+  res.ms_layer_step = wall_ms / layer_steps;
+  res.gpu_ms_layer_step = gpu_ ? gpu_ms / layer_steps : NAN;
+  res.ms_append = append_ms / layer_steps;
+  res.tokens_per_s = double(batch_) * measured / (wall_ms * 1e-3);
+  if (tele > 0) {
+    res.ms_select = sel / tele;
+    res.ms_prune = pru / tele;
+    res.ms_fetch = fet / tele;
+    res.ms_attend = att / tele;
+    res.hit_rate = hit / tele;
+    res.mb_h2d = h2d / tele / 1e6;
+    res.kept_kv = kkv / tele;
+    res.kept_q = kq / tele;
+  }
+  res.churn_prefill_ms = churn_count ? churn_ms / churn_count : NAN;
+
+  twl_memory_usage mem{};
+  mem.struct_size = sizeof(mem);
+  Check(twl_runtime_memory(rt_, &mem), rt_, "twl_runtime_memory");
+  int64_t cached = 0;
+  for (const Running& r : seqs_) cached += r.len;
+  const double kv_bytes = double(cached) * L() * double(RowElems()) * 4;
+  const double gpu_bytes =
+      double(mem.gpu_quant_bytes + mem.gpu_cache_bytes + mem.gpu_fp16_bytes);
+  res.gpu_mem_ratio = gpu_ ? gpu_bytes / kv_bytes : 0.0;
+
+  MeasureAccuracy(&res);
+  return res;
+}
+
+// ---- Baseline CSV (bench/sdpa_serving.py) --------------------------------------------------
+
+struct SdpaRow {
+  double ms = NAN;
+  std::string backend;
+};
+
+std::map<std::string, SdpaRow> ReadSdpa(const std::string& path) {
+  std::map<std::string, SdpaRow> rows;
+  if (path.empty()) return rows;
+  std::ifstream f(path);
+  if (!f) {
+    std::fprintf(stderr, "twl_serve_bench: cannot read --sdpa_csv %s (no baseline)\n",
+                 path.c_str());
+    return rows;
+  }
+  std::string line;
+  std::getline(f, line);  // header: q_heads,kv_heads,batch,context,backend,ms
+  while (std::getline(f, line)) {
+    std::vector<std::string> c = absl::StrSplit(line, ',');
+    if (c.size() < 6) continue;
+    double ms = 0;
+    if (!absl::SimpleAtod(c[5], &ms)) continue;
+    const std::string key = absl::StrCat(c[0], "x", c[1], "/", c[2], "/", c[3]);
+    auto it = rows.find(key);
+    if (it == rows.end() || ms < it->second.ms) rows[key] = SdpaRow{ms, c[4]};
+  }
+  return rows;
+}
+
+int Main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "The serving-loop benchmark of the Twilight runtime (see the file comment of "
+      "bench/serve_bench_main.cc). Example: twl_serve_bench --batches=8 --context=131072 "
+      "--sdpa_csv=sdpa_serving.csv --out=out/serve");
+  // --help lists this tool's flags (absl matches flag files to the program name otherwise).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "serve_bench_main");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  absl::ParseCommandLine(argc, argv);
+  std::string mode = absl::GetFlag(FLAGS_mode);
+  if (mode != "auto" && mode != "gpu" && mode != "cpu") {
+    BadFlag(absl::StrCat("--mode must be auto, gpu or cpu, got '", mode, "'"));
+  }
+  const bool have_gpu = gpu::GpuAvailable();
+  if (mode == "auto") {
+    mode = have_gpu ? "gpu" : "cpu";
+    if (!have_gpu) std::printf("twl_serve_bench: no GPU visible: CPU backend run\n");
+  }
+  if (mode == "gpu" && !have_gpu) BadFlag("--mode=gpu but no GPU is visible");
+  const bool gpu = mode == "gpu";
+
+  std::string err;
+  std::vector<int32_t> batches;
+  if (!ParseInts(absl::GetFlag(FLAGS_batches), &batches, &err)) BadFlag("--batches: " + err);
+  std::vector<Shape> shapes;
+  for (const std::string& s : ParseNames(absl::GetFlag(FLAGS_shapes))) {
+    std::vector<std::string> p = absl::StrSplit(s, 'x');
+    Shape sh;
+    if (p.size() != 2 || !absl::SimpleAtoi(p[0], &sh.q_heads) ||
+        !absl::SimpleAtoi(p[1], &sh.kv_heads) || sh.q_heads < 1 || sh.kv_heads < 1 ||
+        sh.q_heads % sh.kv_heads != 0) {
+      BadFlag(absl::StrCat("--shapes: '", s, "' is not QxKV with Q a multiple of KV"));
+    }
+    shapes.push_back(sh);
+  }
+  if (shapes.empty()) BadFlag("--shapes: empty");
+  const std::vector<std::string> workloads = ParseNames(absl::GetFlag(FLAGS_workloads));
+  for (const std::string& w : workloads) {
+    if (w != "peaked" && w != "mixed" && w != "drifting") {
+      BadFlag(absl::StrCat("--workloads: unknown '", w, "' (peaked, mixed, drifting)"));
+    }
+  }
+  if (workloads.empty()) BadFlag("--workloads: empty");
+  std::string method_list = absl::GetFlag(FLAGS_methods);
+  if (method_list.empty()) {
+    method_list = gpu ? "twilight,twilight-b8k,quest-b8k,hbm-b8k,hbm,dense-hbm,full-offload"
+                      : "cpu,cpu-dense";
+  }
+  std::vector<Method> methods;
+  for (const std::string& n : ParseNames(method_list)) {
+    Method m;
+    if (!MakeMethod(n, absl::GetFlag(FLAGS_quest_budget), &m)) {
+      BadFlag(absl::StrCat("--methods: unknown '", n, "'"));
+    }
+    if (!gpu && m.backend != TWL_BACKEND_CPU) BadFlag("method " + n + " needs a GPU");
+    methods.push_back(m);
+  }
+  if (absl::GetFlag(FLAGS_layers) < 1 || absl::GetFlag(FLAGS_context) < 16 ||
+      absl::GetFlag(FLAGS_steps) < 1 || absl::GetFlag(FLAGS_head_dim) < 8 ||
+      !(absl::GetFlag(FLAGS_len_spread) >= 0 && absl::GetFlag(FLAGS_len_spread) < 1) ||
+      !(absl::GetFlag(FLAGS_cache_frac) > 0 && absl::GetFlag(FLAGS_cache_frac) <= 1) ||
+      !(absl::GetFlag(FLAGS_top_p) > 0 && absl::GetFlag(FLAGS_top_p) <= 1) ||
+      absl::GetFlag(FLAGS_quest_budget) < 16 || absl::GetFlag(FLAGS_churn_every) < 0 ||
+      absl::GetFlag(FLAGS_warmup) < 0 || absl::GetFlag(FLAGS_sample_units) < 0) {
+    BadFlag("a flag is out of range: --layers >= 1, --context >= 16, --steps >= 1, --head_dim >= 8, "
+        "0 <= --len_spread < 1, 0 < --cache_frac <= 1, 0 < --top_p <= 1, --quest_budget >= 16, "
+        "--churn_every/--warmup/--sample_units >= 0 (see --help)");
+  }
+  const std::string out = absl::GetFlag(FLAGS_out);
+  if (std::system(absl::StrCat("mkdir -p '", out, "'").c_str()) != 0) {
+    Die("cannot create --out " + out);
+  }
+  const std::map<std::string, SdpaRow> sdpa = ReadSdpa(absl::GetFlag(FLAGS_sdpa_csv));
+
+  if (gpu) {
+    auto dev = gpu::CurrentDevice();
+    std::printf("device: %s\n", dev.ok() ? dev->name.c_str() : "?");
+  }
+  std::printf("twl_serve_bench: %s mode, %d layers, context %d (+-%.0f%%), %d steps, "
+              "churn every %d, cache %.0f%% of KV\n",
+              mode.c_str(), absl::GetFlag(FLAGS_layers), absl::GetFlag(FLAGS_context),
+              100 * absl::GetFlag(FLAGS_len_spread), absl::GetFlag(FLAGS_steps),
+              absl::GetFlag(FLAGS_churn_every), 100 * absl::GetFlag(FLAGS_cache_frac));
+
+  bench::Table table({"shape", "B", "workload", "method", "ms/layer-step", "x dense", "tok/s",
+                      "append ms", "sel", "prune", "fetch", "attend", "hit", "MB h2d",
+                      "kept kv", "gpu/kv", "prefill GB/s", "min mass", "mass ok",
+                      "med err", "max err", "err/oracle med", "err/oracle max",
+                      "oracle kept", "baseline"});
+  table.title = "serving loop: per layer-step with appends (wall time), accuracy vs dense";
+  const int32_t n_total = int32_t(shapes.size() * batches.size() * workloads.size() * methods.size());
+  int32_t done = 0;
+  std::map<std::string, std::vector<std::pair<double, double>>> plot_points;
+  for (const Shape& shape : shapes) {
+    for (const std::string& w : workloads) {
+      for (int32_t B : batches) {
+        for (const Method& m : methods) {
+          ++done;
+          std::fprintf(stderr, "[%d/%d] %s B=%d %s %s ...\n", done, n_total,
+                       shape.Name().c_str(), B, w.c_str(), m.name.c_str());
+          const auto t0 = Clock::now();
+          Result r;
+          {
+            Config cfg(shape, B, w, m, gpu);
+            r = cfg.Run();
+          }
+          const std::string key =
+              absl::StrCat(shape.Name(), "/", B, "/", absl::GetFlag(FLAGS_context));
+          auto it = sdpa.find(key);
+          const double base_ms = it != sdpa.end() ? it->second.ms : NAN;
+          const std::string base_name =
+              it != sdpa.end() ? "sdpa-" + it->second.backend : "none";
+          const double ratio = r.ms_layer_step / base_ms;
+          table.AddRow({r.shape, B, r.workload, r.method, Cell(r.ms_layer_step, 4),
+                        Cell(ratio, 3), Cell(r.tokens_per_s, 4), Cell(r.ms_append, 3),
+                        Cell(r.ms_select, 3), Cell(r.ms_prune, 3), Cell(r.ms_fetch, 3),
+                        Cell(r.ms_attend, 3), Cell(r.hit_rate, 3), Cell(r.mb_h2d, 3),
+                        Cell(r.kept_kv, 4), Cell(r.gpu_mem_ratio, 3), Cell(r.prefill_gbps, 3),
+                        Cell(r.min_mass, 3), Cell(r.frac_mass_ok, 3), Cell(r.median_err, 3),
+                        Cell(r.max_err, 3), Cell(r.median_err_ratio, 3),
+                        Cell(r.max_err_ratio, 3), Cell(r.median_oracle_kept, 4), base_name});
+          std::fprintf(stderr,
+                       "    %.4f ms/layer-step (%.3fx %s), gpu %.4f ms, min true mass %.3f, "
+                       "max err %.3g (%.1f s)\n",
+                       r.ms_layer_step, ratio, base_name.c_str(), r.gpu_ms_layer_step,
+                       r.min_mass, r.max_err, MsSince(t0) / 1000);
+          if (w == workloads.front() && shape.Name() == shapes.front().Name()) {
+            plot_points[m.name].push_back({double(B), r.ms_layer_step});
+            if (!std::isnan(base_ms)) plot_points["dense " + base_name].push_back({double(B), base_ms});
+          }
+        }
+      }
+    }
+  }
+  table.Print();
+  CheckOk(table.WriteCsv(out + "/serve.csv"), "csv");
+  CheckOk(table.WriteJson(out + "/serve.json"), "json");
+  bench::Plot plot;
+  plot.title = absl::StrCat("serving loop, ", shapes.front().Name(), ", ", workloads.front(),
+                            ", context ", absl::GetFlag(FLAGS_context));
+  plot.x_label = "batch (sequences)";
+  plot.y_label = "ms per layer-step (appends included)";
+  plot.log_y = true;
+  for (auto& [name, pts] : plot_points) {
+    std::sort(pts.begin(), pts.end());
+    pts.erase(std::unique(pts.begin(), pts.end()), pts.end());
+    std::vector<double> xs, ys;
+    for (auto& [x, y] : pts) {
+      xs.push_back(x);
+      ys.push_back(y);
+    }
+    plot.AddSeries(name, xs, ys, bench::Style::kLinePoints);
+  }
+  CheckOk(plot.SavePng(out + "/serve.png"), "png");
+  std::printf("wrote %s/serve.{csv,json,png}\n", out.c_str());
+  return 0;
+}
+
+}  // namespace
+}  // namespace twl
+
+int main(int argc, char** argv) { return twl::Main(argc, argv); }
