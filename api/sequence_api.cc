@@ -222,8 +222,10 @@ twl_status twl_decode(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs, in
       telemetry->kept_list_tokens.clear();
     }
     if (!rt->collect_telemetry) return status;
-    telemetry->layer = layer;  // whatever the backend filled in, these are known here
-    telemetry->num_seqs = num_seqs;
+    if (telemetry->layer < 0) {  // a backend reporting an earlier step sets these itself
+      telemetry->layer = layer;
+      telemetry->num_seqs = num_seqs;
+    }
     // Publish to this thread's last step; the old one becomes the next scratch.
     std::lock_guard<std::mutex> thread_lock(rt->thread_mu);
     TwlThreadState& state = rt->per_thread[std::this_thread::get_id()];

@@ -352,7 +352,13 @@ TWL_API twl_status twl_decode(twl_runtime* rt, int32_t layer, const twl_seq_id* 
 
 /* ---- Telemetry of the last decode step -----------------------------------------------------
  * "Last" = the most recent successful twl_decode on rt made by the calling thread (so threads
- * decoding concurrently each see their own). Before any, num_seqs is 0 and layer is -1. */
+ * decoding concurrently each see their own). Before any, num_seqs is 0 and layer is -1.
+ * GPU backends with TWL_MEMORY_DEVICE: a step's figures exist only once the GPU has run it,
+ * and waiting for that would stall the caller's pipeline, so each twl_decode publishes the
+ * figures of the runtime's PREVIOUS decode (copied asynchronously; layer and num_seqs say
+ * which step they describe); its own figures come with the next call. The first step of a
+ * runtime, host memory, and steps with capture on (twl_runtime_set_capture_kept) report
+ * their own step. */
 typedef struct twl_step_stats {
   size_t struct_size;       /* sizeof(twl_step_stats), set by the caller */
   int32_t layer;

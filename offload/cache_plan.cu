@@ -159,7 +159,10 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ int32_t hist[kCacheAgeBuckets];
   for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) hist[i] = 0;
   __syncthreads();
-  for (int32_t s = blockIdx.x * kThreads + threadIdx.x; s < cache.num_slots;
+  // An all-hit group needs no victims: skip the scan of every slot (MarkKernel, which set
+  // misses, ran before this kernel on the stream).
+  const int32_t scan_end = c->misses > 0 ? cache.num_slots : 0;
+  for (int32_t s = blockIdx.x * kThreads + threadIdx.x; s < scan_end;
        s += gridDim.x * kThreads) {
     const uint32_t lu = cache.d_last_use[s];
     if (SlotEvictable(lu, st)) atomicAdd(&hist[SlotAgeBucket(cache.d_block_of_slot[s], lu, st)], 1);

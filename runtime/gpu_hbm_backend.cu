@@ -100,8 +100,7 @@ class GpuHbmBackend final : public Backend {
 
   ~GpuHbmBackend() override {
     if (stream_) cudaStreamSynchronize(stream_);
-    for (cudaEvent_t e : {ev_append_, ev_decode_, ev_append_upload_, ev_decode_upload_,
-                          ev_t0_, ev_t1_, ev_t2_, ev_t3_}) {
+    for (cudaEvent_t e : all_events_) {
       if (e) cudaEventDestroy(e);
     }
     if (stream_) cudaStreamDestroy(stream_);
@@ -110,10 +109,24 @@ class GpuHbmBackend final : public Backend {
   absl::Status Init() {
     TWL_HBM_CUDA(cudaSetDevice(config_.device_id));
     TWL_HBM_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    for (cudaEvent_t* e : {&ev_append_, &ev_decode_, &ev_append_upload_, &ev_decode_upload_}) {
-      TWL_HBM_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+    for (cudaEvent_t& e : ev_decode_upload_) {
+      TWL_HBM_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      all_events_.push_back(e);
     }
-    for (cudaEvent_t* e : {&ev_t0_, &ev_t1_, &ev_t2_, &ev_t3_}) TWL_HBM_CUDA(cudaEventCreate(e));
+    for (cudaEvent_t& e : ev_telemetry_) {
+      TWL_HBM_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      all_events_.push_back(e);
+    }
+    for (auto& slot : ev_t_) {
+      for (cudaEvent_t& e : slot) {
+        TWL_HBM_CUDA(cudaEventCreate(&e));
+        all_events_.push_back(e);
+      }
+    }
+    for (cudaEvent_t* e : {&ev_append_, &ev_decode_, &ev_append_upload_}) {
+      TWL_HBM_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+      all_events_.push_back(*e);
+    }
     const int64_t blocks = num_pages_ * g_.num_kv_heads;
     TWL_HBM_RETURN(kv_buf_.Reserve(size_t(blocks * g_.FpBlockBytes())));
     if (g_.k_bits < 16) {
@@ -167,6 +180,9 @@ class GpuHbmBackend final : public Backend {
     if (b.get()) TWL_HBM_CUDA(cudaDeviceSynchronize());
     return b.Reserve(bytes);
   }
+  // Telemetry without a host wait on the step just queued (see the offload backend): copies
+  // go to a pinned slot on the step's stream; the next Decode reads them.
+  absl::Status HarvestTelemetry(int32_t slot, StepTelemetry* t);
   absl::Status WriteTelemetry(const DecodeRequest& req, bool ran_pruner, int32_t max_kept,
                               cudaStream_t s, StepTelemetry* t);
 
@@ -176,8 +192,21 @@ class GpuHbmBackend final : public Backend {
   std::string device_name_;
   cudaStream_t stream_ = nullptr;
   cudaEvent_t ev_append_ = nullptr, ev_decode_ = nullptr;
-  cudaEvent_t ev_append_upload_ = nullptr, ev_decode_upload_ = nullptr;
-  cudaEvent_t ev_t0_ = nullptr, ev_t1_ = nullptr, ev_t2_ = nullptr, ev_t3_ = nullptr;
+  cudaEvent_t ev_append_upload_ = nullptr;
+  std::vector<cudaEvent_t> all_events_;
+  static constexpr int32_t kUploadRing = 4;  // step plans in flight before the host waits
+  cudaEvent_t ev_decode_upload_[kUploadRing] = {};
+  int32_t upload_slot_ = 0;
+  static constexpr int32_t kTelemetryRing = 2;
+  cudaEvent_t ev_t_[kTelemetryRing][4] = {};  // select start, prune start, attend start, end
+  cudaEvent_t ev_telemetry_[kTelemetryRing] = {};
+  struct PendingTelemetry {
+    bool valid = false, ran_pruner = false;
+    int32_t layer = -1, num_seqs = 0, num_q_heads = 0;
+    std::vector<int32_t> seq_len;  // dense steps: telemetry follows from the lengths
+  };
+  PendingTelemetry pending_[kTelemetryRing];
+  int32_t telemetry_slot_ = 0;
   bool appended_ = false, decoded_ = false;
 
   gpu::DeviceBuffer kv_buf_, codes_buf_, scale_buf_, zero_buf_, kmin_buf_, kmax_buf_;
@@ -188,8 +217,9 @@ class GpuHbmBackend final : public Backend {
   PinnedBuffer append_pin_;
   gpu::DeviceBuffer append_dev_;
   // Decode staging and scratch.
-  PinnedBuffer step_pin_, tele_pin_;
-  gpu::DeviceBuffer step_dev_, sel_pages_, sel_count_, kept_tokens_, kept_count_, stats_,
+  PinnedBuffer step_pin_[kUploadRing], tele_pin_[kTelemetryRing];
+  gpu::DeviceBuffer step_dev_[kUploadRing];
+  gpu::DeviceBuffer sel_pages_, sel_count_, kept_tokens_, kept_count_, stats_,
       blocks_, ws_select_, ws_prune_, ws_attend_;
 };
 
@@ -314,10 +344,7 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
   const auto t_start = std::chrono::steady_clock::now();
   if (!req.q || !req.out) return absl::InvalidArgumentError("decode: null q or out");
   const BatchView& hb = req.batch;
-  TWL_HBM_RETURN(ValidateBatch(g_, hb, /*check_host_data=*/true));
-  for (int32_t s = 0; s < hb.num_seqs; ++s) {
-    for (int32_t p = 0; p < hb.NumPages(g_, s); ++p) TWL_HBM_RETURN(CheckPage(hb.PageId(s, p)));
-  }
+  TWL_HBM_RETURN(ValidateBatchPages(g_, hb, num_pages_));
   TWL_HBM_RETURN(ValidateP(req.pruner.p));
   if (req.pruner.seq_p) {
     for (int32_t s = 0; s < hb.num_seqs; ++s) TWL_HBM_RETURN(ValidateP(req.pruner.seq_p[s]));
@@ -336,10 +363,12 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
   const size_t o_p = pk.Add<float>(req.pruner.seq_p ? size_t(hb.num_seqs) : 0);
   const size_t o_q = pk.Add<char>(host_io ? qo_bytes : 0);
   const size_t o_out = pk.Add<char>(host_io ? qo_bytes : 0);
-  TWL_HBM_CUDA(cudaEventSynchronize(ev_decode_upload_));
-  TWL_HBM_RETURN(step_pin_.Reserve(pk.used()));
-  TWL_HBM_RETURN(Grow(step_dev_, pk.used()));
-  char* pin = step_pin_.data();
+  const int32_t us = upload_slot_;
+  upload_slot_ = (upload_slot_ + 1) % kUploadRing;
+  TWL_HBM_CUDA(cudaEventSynchronize(ev_decode_upload_[us]));  // that slot's last use is done
+  TWL_HBM_RETURN(step_pin_[us].Reserve(pk.used()));
+  TWL_HBM_RETURN(Grow(step_dev_[us], pk.used()));
+  char* pin = step_pin_[us].data();
   std::memcpy(pin + o_len, hb.seq_len, sizeof(int32_t) * size_t(hb.num_seqs));
   std::memcpy(pin + o_table, hb.page_table, sizeof(int32_t) * size_t(hb.num_seqs) * hb.max_pages);
   if (req.pruner.seq_p) std::memcpy(pin + o_p, req.pruner.seq_p, sizeof(float) * hb.num_seqs);
@@ -370,9 +399,8 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
   if (appended_) TWL_HBM_CUDA(cudaStreamWaitEvent(s, ev_append_, 0));
   // Scratch is shared by consecutive steps, which may come on different streams.
   if (decoded_) TWL_HBM_CUDA(cudaStreamWaitEvent(s, ev_decode_, 0));
-  TWL_HBM_CUDA(cudaMemcpyAsync(step_dev_.get(), pin, pk.used(), cudaMemcpyHostToDevice, s));
-  TWL_HBM_CUDA(cudaEventRecord(ev_decode_upload_, s));
-  char* dev = step_dev_.as<char>();
+  TWL_HBM_CUDA(cudaMemcpyAsync(step_dev_[us].get(), pin, pk.used(), cudaMemcpyHostToDevice, s));
+  char* dev = step_dev_[us].as<char>();
   BatchView db = hb;
   db.seq_len = reinterpret_cast<const int32_t*>(dev + o_len);
   db.page_table = reinterpret_cast<const int32_t*>(dev + o_table);
@@ -382,6 +410,9 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
   pp.seq_p = req.pruner.seq_p ? reinterpret_cast<const float*>(dev + o_p) : nullptr;
 
   const bool timing = telemetry != nullptr;
+  const int32_t ts = telemetry_slot_;
+  cudaEvent_t ev_t0_ = ev_t_[ts][0], ev_t1_ = ev_t_[ts][1], ev_t2_ = ev_t_[ts][2],
+              ev_t3_ = ev_t_[ts][3];
   if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t0_, s));
   const SelectionView sel{sel_pages_.as<int32_t>(), sel_count_.as<int32_t>(), max_select};
   const KeptView kept{kept_tokens_.as<int32_t>(), kept_count_.as<int32_t>(), int32_t(max_kept)};
@@ -403,15 +434,31 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
                                          ws_attend_.get(), ws_attend_.bytes(), s));
   }
   if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t3_, s));
+  // Telemetry copies are queued before the step counts as done (the next step overwrites
+  // their sources only after ev_decode_).
+  if (timing) TWL_HBM_RETURN(WriteTelemetry(req, !dense_only, int32_t(max_kept), s, telemetry));
   TWL_HBM_CUDA(cudaEventRecord(ev_decode_, s));
+  // The host may reuse this upload slot (pinned plan, q and out staging) once the step ran.
+  TWL_HBM_CUDA(cudaEventRecord(ev_decode_upload_[us], s));
   decoded_ = true;
 
   if (host_io) {
     TWL_HBM_CUDA(cudaMemcpyAsync(pin + o_out, out.out, qo_bytes, cudaMemcpyDeviceToHost, s));
+    TWL_HBM_CUDA(cudaEventRecord(ev_decode_upload_[us], s));
+    TWL_HBM_CUDA(cudaStreamSynchronize(s));
+    std::memcpy(req.out, pin + o_out, qo_bytes);
   }
-  if (timing) TWL_HBM_RETURN(WriteTelemetry(req, !dense_only, int32_t(max_kept), s, telemetry));
-  if (host_io || timing) TWL_HBM_CUDA(cudaStreamSynchronize(s));
-  if (host_io) std::memcpy(req.out, pin + o_out, qo_bytes);
+  if (timing) {
+    // Device memory: publish the previous step's figures; host memory (synchronous anyway),
+    // captured kept lists or no previous step: this step's.
+    const int32_t prev = (ts + kTelemetryRing - 1) % kTelemetryRing;
+    const bool own = host_io || req.capture_kept || !pending_[prev].valid;
+    telemetry_slot_ = (telemetry_slot_ + 1) % kTelemetryRing;
+    TWL_HBM_RETURN(HarvestTelemetry(own ? ts : prev, telemetry));
+    if (own) pending_[prev].valid = false;
+    telemetry->ms_total = std::chrono::duration<double, std::milli>(
+                              std::chrono::steady_clock::now() - t_start).count();
+  }
   if (req.capture_kept && telemetry) {
     if (dense_only) {
       StoreDenseKeptLists(hb.seq_len, hb.num_seqs, g_.num_kv_heads, telemetry);
@@ -420,51 +467,69 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
                                             pairs, int32_t(max_kept), s, telemetry));
     }
   }
-  if (timing) {
-    StepTelemetry* t = telemetry;
-    const int32_t* tp = reinterpret_cast<const int32_t*>(tele_pin_.data());
-    if (!dense_only) {
-      t->selected_tokens.assign(tp, tp + heads);
-      t->kept_tokens.assign(tp + heads, tp + 2 * heads);
-      const float* m = reinterpret_cast<const float*>(tp + 2 * heads);
-      t->est_mass.assign(m, m + heads);
-      t->kept_tokens_kv.assign(tp + 3 * heads, tp + 3 * heads + pairs);
-      t->blocks_needed = 0;
-      for (int64_t i = 0; i < pairs; ++i) t->blocks_needed += tp[3 * heads + pairs + i];
-    } else {
-      t->selected_tokens.assign(size_t(heads), 0);
-      t->kept_tokens_kv.assign(size_t(pairs), 0);
-      t->blocks_needed = 0;
-      for (int64_t i = 0; i < heads; ++i) t->selected_tokens[size_t(i)] = hb.seq_len[i / Hq];
-      for (int64_t i = 0; i < pairs; ++i) {
-        t->kept_tokens_kv[size_t(i)] = hb.seq_len[i / g_.num_kv_heads];
-        t->blocks_needed += hb.NumPages(g_, int32_t(i / g_.num_kv_heads));
-      }
-      t->kept_tokens = t->selected_tokens;
-      t->est_mass.assign(size_t(heads), 1.0f);
+  return absl::OkStatus();
+}
+
+absl::Status GpuHbmBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t) {
+  PendingTelemetry& p = pending_[slot];
+  if (!p.valid) return absl::InternalError("hbm telemetry: no pending step in the slot");
+  p.valid = false;
+  TWL_HBM_CUDA(cudaEventSynchronize(ev_telemetry_[slot]));
+  const int64_t heads = int64_t(p.num_seqs) * p.num_q_heads;
+  const int64_t pairs = int64_t(p.num_seqs) * g_.num_kv_heads;
+  const int32_t Hq = p.num_q_heads;
+  t->layer = p.layer;
+  t->num_seqs = p.num_seqs;
+  const int32_t* tp = reinterpret_cast<const int32_t*>(tele_pin_[slot].data());
+  if (p.ran_pruner) {
+    t->selected_tokens.assign(tp, tp + heads);
+    t->kept_tokens.assign(tp + heads, tp + 2 * heads);
+    const float* m = reinterpret_cast<const float*>(tp + 2 * heads);
+    t->est_mass.assign(m, m + heads);
+    t->kept_tokens_kv.assign(tp + 3 * heads, tp + 3 * heads + pairs);
+    t->blocks_needed = 0;
+    for (int64_t i = 0; i < pairs; ++i) t->blocks_needed += tp[3 * heads + pairs + i];
+  } else {
+    t->selected_tokens.assign(size_t(heads), 0);
+    t->kept_tokens_kv.assign(size_t(pairs), 0);
+    t->blocks_needed = 0;
+    for (int64_t i = 0; i < heads; ++i) t->selected_tokens[size_t(i)] = p.seq_len[size_t(i / Hq)];
+    for (int64_t i = 0; i < pairs; ++i) {
+      const int32_t len = p.seq_len[size_t(i / g_.num_kv_heads)];
+      t->kept_tokens_kv[size_t(i)] = len;
+      t->blocks_needed += (len + g_.page_size - 1) / g_.page_size;
     }
-    float ms = 0;
-    TWL_HBM_CUDA(cudaEventElapsedTime(&ms, ev_t0_, ev_t1_));
-    t->ms_select = ms;
-    TWL_HBM_CUDA(cudaEventElapsedTime(&ms, ev_t1_, ev_t2_));
-    t->ms_prune = ms;
-    TWL_HBM_CUDA(cudaEventElapsedTime(&ms, ev_t2_, ev_t3_));
-    t->ms_attend = ms;
-    t->ms_fetch = 0.0;
-    t->blocks_fetched = 0;
-    t->bytes_h2d = 0;
-    t->ms_total = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
-                                                            t_start)
-                      .count();
+    t->kept_tokens = t->selected_tokens;
+    t->est_mass.assign(size_t(heads), 1.0f);
   }
+  float ms = 0;
+  TWL_HBM_CUDA(cudaEventElapsedTime(&ms, ev_t_[slot][0], ev_t_[slot][1]));
+  t->ms_select = ms;
+  TWL_HBM_CUDA(cudaEventElapsedTime(&ms, ev_t_[slot][1], ev_t_[slot][2]));
+  t->ms_prune = ms;
+  TWL_HBM_CUDA(cudaEventElapsedTime(&ms, ev_t_[slot][2], ev_t_[slot][3]));
+  t->ms_attend = ms;
+  t->ms_fetch = 0.0;
+  t->blocks_fetched = 0;
+  t->bytes_h2d = 0;
   return absl::OkStatus();
 }
 
 absl::Status GpuHbmBackend::WriteTelemetry(const DecodeRequest& req, bool ran_pruner,
                                            int32_t max_kept, cudaStream_t s, StepTelemetry* t) {
-  t->layer = req.layer;
-  t->num_seqs = req.batch.num_seqs;
-  if (!ran_pruner) return absl::OkStatus();
+  (void)t;
+  const int32_t slot = telemetry_slot_;
+  PendingTelemetry& p = pending_[slot];
+  p.valid = true;
+  p.ran_pruner = ran_pruner;
+  p.layer = req.layer;
+  p.num_seqs = req.batch.num_seqs;
+  p.num_q_heads = req.batch.num_q_heads;
+  p.seq_len.assign(req.batch.seq_len, req.batch.seq_len + req.batch.num_seqs);
+  if (!ran_pruner) {
+    TWL_HBM_CUDA(cudaEventRecord(ev_telemetry_[slot], s));
+    return absl::OkStatus();
+  }
   const int64_t pairs = int64_t(req.batch.num_seqs) * g_.num_kv_heads;
   const int64_t heads = int64_t(req.batch.num_seqs) * req.batch.num_q_heads;
   const KeptView kept{kept_tokens_.as<int32_t>(), kept_count_.as<int32_t>(), max_kept};
@@ -472,13 +537,14 @@ absl::Status GpuHbmBackend::WriteTelemetry(const DecodeRequest& req, bool ran_pr
                                                               blocks_.as<int32_t>());
   TWL_HBM_CUDA(cudaGetLastError());
   // Pinned layout: stats [3 * heads] | kept counts [pairs] | blocks [pairs].
-  TWL_HBM_RETURN(tele_pin_.Reserve(size_t(3 * heads + 2 * pairs) * 4));
-  char* tp = tele_pin_.data();
+  TWL_HBM_RETURN(tele_pin_[slot].Reserve(size_t(3 * heads + 2 * pairs) * 4));
+  char* tp = tele_pin_[slot].data();
   TWL_HBM_CUDA(cudaMemcpyAsync(tp, stats_.get(), size_t(3 * heads) * 4, cudaMemcpyDeviceToHost, s));
   TWL_HBM_CUDA(cudaMemcpyAsync(tp + 3 * heads * 4, kept_count_.get(), size_t(pairs) * 4,
                                cudaMemcpyDeviceToHost, s));
   TWL_HBM_CUDA(cudaMemcpyAsync(tp + (3 * heads + pairs) * 4, blocks_.get(), size_t(pairs) * 4,
                                cudaMemcpyDeviceToHost, s));
+  TWL_HBM_CUDA(cudaEventRecord(ev_telemetry_[slot], s));
   return absl::OkStatus();
 }
 

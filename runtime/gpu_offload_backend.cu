@@ -144,19 +144,29 @@ class GpuOffloadBackend final : public OffloadBackend {
     TWL_OFF_CUDA(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
     TWL_OFF_CUDA(cudaStreamCreateWithFlags(&fetch_stream_, cudaStreamNonBlocking));
     TWL_OFF_CUDA(cudaStreamCreateWithFlags(&append_stream_, cudaStreamNonBlocking));
-    for (cudaEvent_t* e : {&ev_append_done_, &ev_step_done_, &ev_upload_, &ev_append_staged_,
+    for (cudaEvent_t* e : {&ev_append_done_, &ev_step_done_, &ev_append_staged_,
                            &ev_appended_}) {
       TWL_OFF_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
       all_events_.push_back(*e);
+    }
+    for (cudaEvent_t& e : ev_upload_) {
+      TWL_OFF_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      all_events_.push_back(e);
+    }
+    for (cudaEvent_t& e : ev_telemetry_) {
+      TWL_OFF_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      all_events_.push_back(e);
     }
     for (int32_t i = 0; i < kMaxGroups; ++i) {
       TWL_OFF_CUDA(cudaEventCreateWithFlags(&ev_pruned_[i], cudaEventDisableTiming));
       TWL_OFF_CUDA(cudaEventCreateWithFlags(&ev_fetched_[i], cudaEventDisableTiming));
       all_events_.push_back(ev_pruned_[i]);
       all_events_.push_back(ev_fetched_[i]);
-      for (int32_t k = 0; k < kNumGroupEvents; ++k) {
-        TWL_OFF_CUDA(cudaEventCreate(&ev_time_[i][k]));
-        all_events_.push_back(ev_time_[i][k]);
+      for (int32_t r = 0; r < kTelemetryRing; ++r) {
+        for (int32_t k = 0; k < kNumGroupEvents; ++k) {
+          TWL_OFF_CUDA(cudaEventCreate(&ev_time_[r][i][k]));
+          all_events_.push_back(ev_time_[r][i][k]);
+        }
       }
     }
 
@@ -223,8 +233,11 @@ class GpuOffloadBackend final : public OffloadBackend {
   // attention may still read their slots) has completed.
   absl::Status ApplyPendingReleases();
   absl::Status AppendChunk(const AppendView& in, DType dtype, MemSpace space);
-  absl::Status FillTelemetry(const DecodeRequest& req, int32_t num_groups, int32_t max_kept,
-                             cudaStream_t c, StepTelemetry* t);
+  // Telemetry without a host wait on the step: the step's figures are copied to a pinned
+  // slot on its stream (EnqueueTelemetry) and read by the next Decode (HarvestTelemetry),
+  // which waits only for the previous step, not the one it just queued.
+  absl::Status EnqueueTelemetry(const DecodeRequest& req, int32_t num_groups, cudaStream_t c);
+  absl::Status HarvestTelemetry(int32_t slot, StepTelemetry* t);
 
   const RuntimeConfig cfg_;
   const PageGeometry g_;
@@ -243,16 +256,29 @@ class GpuOffloadBackend final : public OffloadBackend {
   cudaStream_t own_stream_ = nullptr, fetch_stream_ = nullptr, append_stream_ = nullptr;
   cudaEvent_t ev_append_done_ = nullptr;  // fetch stream: appends + cache mirror done
   cudaEvent_t ev_step_done_ = nullptr;    // compute stream: last step's attention done
-  cudaEvent_t ev_upload_ = nullptr;       // step staging consumed
+  // Step plan uploads rotate through a ring, so the host waits only for the upload of
+  // kUploadRing steps ago (long done) instead of the previous step's.
+  static constexpr int32_t kUploadRing = 4;
+  cudaEvent_t ev_upload_[kUploadRing] = {};  // ring slot's staging consumed
+  int32_t upload_slot_ = 0;
+  static constexpr int32_t kTelemetryRing = 2;
+  cudaEvent_t ev_telemetry_[kTelemetryRing] = {};  // slot's figures landed in pinned memory
+  struct PendingTelemetry {
+    bool valid = false;
+    int32_t layer = -1, num_seqs = 0, num_q_heads = 0, num_groups = 0;
+  };
+  PendingTelemetry pending_[kTelemetryRing];
+  int32_t telemetry_slot_ = 0;
   cudaEvent_t ev_append_staged_ = nullptr;  // append staging consumed
   cudaEvent_t ev_appended_ = nullptr;     // append stream: rows written
   cudaEvent_t ev_pruned_[kMaxGroups] = {}, ev_fetched_[kMaxGroups] = {};
-  cudaEvent_t ev_time_[kMaxGroups][kNumGroupEvents] = {};
+  cudaEvent_t ev_time_[kTelemetryRing][kMaxGroups][kNumGroupEvents] = {};
   std::vector<cudaEvent_t> all_events_;
 
   // Step scratch.
-  PinnedBuffer h_upload_, h_telemetry_, h_fetch_list_;
-  gpu::DeviceBuffer d_upload_, d_q_, d_out_, d_direct_out_, d_sel_pages_, d_sel_count_;
+  PinnedBuffer h_upload_[kUploadRing], h_telemetry_[kTelemetryRing], h_fetch_list_;
+  gpu::DeviceBuffer d_upload_[kUploadRing];
+  gpu::DeviceBuffer d_q_, d_out_, d_direct_out_, d_sel_pages_, d_sel_count_;
   gpu::DeviceBuffer d_kept_tokens_, d_kept_count_, d_stats_, d_count_cache_, d_count_direct_;
   gpu::DeviceBuffer d_unit_blocks_, ws_select_, ws_prune_, ws_attn_;
   // Append scratch.
@@ -455,14 +481,10 @@ MemoryUsage GpuOffloadBackend::Memory() const {
 
 absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* t) {
   const BatchView& hb = req.batch;
-  TWL_OFF_RETURN(ValidateBatch(g_, hb, /*check_host_data=*/true));
+  TWL_OFF_RETURN(ValidateBatchPages(g_, hb, num_pages_));
   if (!req.q || !req.out) return absl::InvalidArgumentError("decode: null q or out");
   if (req.space != MemSpace::kHost && req.space != MemSpace::kDevice) {
     return absl::InvalidArgumentError("decode: unknown memory space");
-  }
-  for (int32_t s = 0; s < hb.num_seqs; ++s) {
-    TWL_OFF_RETURN(CheckPages(hb.page_table + int64_t(s) * hb.max_pages, hb.NumPages(g_, s),
-                              "decode"));
   }
   TWL_OFF_RETURN(ApplyPendingReleases());
   const int32_t B = hb.num_seqs, Hq = hb.num_q_heads, H = g_.num_kv_heads, D = g_.head_dim;
@@ -499,10 +521,12 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   // Host plan: sequence lengths, page table and p go up in one copy.
   const size_t pt_elems = size_t(B) * hb.max_pages;
   const size_t up_bytes = (size_t(B) + pt_elems + size_t(B)) * 4;
-  TWL_OFF_CUDA(cudaEventSynchronize(ev_upload_));  // the previous step's upload is done
-  TWL_OFF_RETURN(h_upload_.Reserve(up_bytes));
-  TWL_OFF_RETURN(Grow(d_upload_, up_bytes));
-  int32_t* hu = h_upload_.as<int32_t>();
+  const int32_t us = upload_slot_;
+  upload_slot_ = (upload_slot_ + 1) % kUploadRing;
+  TWL_OFF_CUDA(cudaEventSynchronize(ev_upload_[us]));  // that slot's last upload is done
+  TWL_OFF_RETURN(h_upload_[us].Reserve(up_bytes));
+  TWL_OFF_RETURN(Grow(d_upload_[us], up_bytes));
+  int32_t* hu = h_upload_[us].as<int32_t>();
   std::memcpy(hu, hb.seq_len, size_t(B) * 4);
   std::memcpy(hu + B, hb.page_table, pt_elems * 4);
   float* hp = reinterpret_cast<float*>(hu + B + pt_elems);
@@ -511,10 +535,11 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   cudaStream_t c = req.stream ? AsStream(req.stream) : own_stream_;
   cudaStream_t f = fetch_stream_;
   const bool timing = t != nullptr;
+  const int32_t ts = telemetry_slot_;  // this step's telemetry slot (events, pinned copy)
   TWL_OFF_CUDA(cudaStreamWaitEvent(c, ev_append_done_, 0));
   TWL_OFF_CUDA(cudaStreamWaitEvent(c, ev_step_done_, 0));
-  TWL_OFF_CUDA(cudaMemcpyAsync(d_upload_.get(), hu, up_bytes, cudaMemcpyHostToDevice, c));
-  TWL_OFF_CUDA(cudaEventRecord(ev_upload_, c));
+  TWL_OFF_CUDA(cudaMemcpyAsync(d_upload_[us].get(), hu, up_bytes, cudaMemcpyHostToDevice, c));
+  TWL_OFF_CUDA(cudaEventRecord(ev_upload_[us], c));
   const fp16_t* q = req.q;
   fp16_t* out = req.out;
   if (req.space == MemSpace::kHost) {
@@ -522,7 +547,7 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     q = d_q_.as<fp16_t>();
     out = d_out_.as<fp16_t>();
   }
-  const int32_t* d_seq_len = d_upload_.as<int32_t>();
+  const int32_t* d_seq_len = d_upload_[us].as<int32_t>();
   const int32_t* d_page_table = d_seq_len + B;
   const float* d_seq_p = reinterpret_cast<const float*>(d_page_table + pt_elems);
 
@@ -563,7 +588,7 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     const int64_t u0 = int64_t(grp.first_seq) * H;
     const int64_t row0 = int64_t(grp.first_seq) * Hq * D;
     TWL_OFF_CUDA(cudaStreamWaitEvent(c, ev_fetched_[gi], 0));
-    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[gi][kAttn0], c));
+    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[ts][gi][kAttn0], c));
     const FpKvView cached{slots_.as<fp16_t>(), slot_of_block_.as<int32_t>()};
     TWL_OFF_RETURN(LaunchSparseAttention(g_, b, QueryView{q + row0}, cached,
                                          kept_of(grp, d_count_cache_.as<int32_t>()),
@@ -580,7 +605,7 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
       TWL_OFF_RETURN(LaunchScatterDirect(g_, grp.num_seqs, Hq, d_count_direct_.as<int32_t>() + u0,
                                          direct, out + row0, c));
     }
-    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[gi][kAttn1], c));
+    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[ts][gi][kAttn1], c));
     return absl::OkStatus();
   };
 
@@ -597,20 +622,20 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     HeadStatsView stats{stats_sel + h0, stats_kept + h0, stats_mass + h0};
     PrunerParams pp = req.pruner;
     pp.seq_p = d_seq_p + grp.first_seq;
-    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[gi][kSel0], c));
+    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[ts][gi][kSel0], c));
     TWL_OFF_RETURN(LaunchSelectPages(g_, req.selector, b, QueryView{q + row0}, qk_, sel,
                                      ws_select_.get(), ws_sel, c));
-    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[gi][kSel1], c));
+    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[ts][gi][kSel1], c));
     // k_bits 16 estimates with the FP16 K itself: read from the mapped pool (slow; rare).
     const FpKvView pool_kv{static_cast<fp16_t*>(pool_->device_base()), nullptr};
     TWL_OFF_RETURN(LaunchPrune(g_, pp, b, QueryView{q + row0}, qk_, pool_kv, sel, kept,
                                stats, ws_prune_.get(), ws_pru, c));
-    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[gi][kPrune1], c));
+    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[ts][gi][kPrune1], c));
     TWL_OFF_CUDA(cudaEventRecord(ev_pruned_[gi], c));
 
     // Fetch stream: plan on the device, then gather the misses.
     TWL_OFF_CUDA(cudaStreamWaitEvent(f, ev_pruned_[gi], 0));
-    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[gi][kFetch0], f));
+    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[ts][gi][kFetch0], f));
     CachePlanArgs pa;
     pa.g = g_;
     pa.batch = b;
@@ -640,18 +665,30 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     } else {
       TWL_OFF_RETURN(gather_->SubmitDevice(list, f));
     }
-    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[gi][kFetch1], f));
+    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[ts][gi][kFetch1], f));
     TWL_OFF_CUDA(cudaEventRecord(ev_fetched_[gi], f));
 
     // Compute stream: the previous group's attention overlaps this group's fetch.
     if (gi > 0) TWL_OFF_RETURN(attend(gi - 1));
   }
   TWL_OFF_RETURN(attend(G - 1));
+  // The figures are copied before the step counts as done: the next step (on any stream)
+  // overwrites the scratch they come from only after ev_step_done_.
+  if (t) TWL_OFF_RETURN(EnqueueTelemetry(req, G, c));
   TWL_OFF_CUDA(cudaEventRecord(ev_step_done_, c));
   if (req.space == MemSpace::kHost) {
     TWL_OFF_CUDA(cudaMemcpyAsync(req.out, out, qo_bytes, cudaMemcpyDeviceToHost, c));
   }
-  if (t) TWL_OFF_RETURN(FillTelemetry(req, G, max_kept, c, t));
+  if (t) {
+    // Device memory: report the previous step (its copy has landed or is about to), so the
+    // host never waits for the step it just queued. Host memory (synchronous anyway), kept
+    // lists wanted, or no previous step: this step's own figures.
+    const int32_t prev = (ts + kTelemetryRing - 1) % kTelemetryRing;
+    const bool own = req.space == MemSpace::kHost || req.capture_kept || !pending_[prev].valid;
+    telemetry_slot_ = (telemetry_slot_ + 1) % kTelemetryRing;
+    TWL_OFF_RETURN(HarvestTelemetry(own ? ts : prev, t));
+    if (own) pending_[prev].valid = false;  // superseded by a newer report
+  }
   if (t && req.capture_kept) {
     TWL_OFF_RETURN(CaptureDeviceKeptLists(d_kept_tokens_.as<int32_t>(),
                                           d_kept_count_.as<int32_t>(), units, max_kept, c, t));
@@ -660,15 +697,17 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   return offload_cuda::LaunchStatus("offload decode");
 }
 
-absl::Status GpuOffloadBackend::FillTelemetry(const DecodeRequest& req, int32_t num_groups,
-                                              int32_t /*max_kept*/, cudaStream_t c,
-                                              StepTelemetry* t) {
+// Pinned slot layout: group counters, then per q head (selected, kept, mass), then per unit
+// (kept union, direct tokens, blocks).
+absl::Status GpuOffloadBackend::EnqueueTelemetry(const DecodeRequest& req, int32_t num_groups,
+                                                 cudaStream_t c) {
+  const int32_t slot = telemetry_slot_;
   const int32_t B = req.batch.num_seqs, Hq = req.batch.num_q_heads, H = g_.num_kv_heads;
   const size_t units = size_t(B) * H, heads = size_t(B) * Hq;
   const size_t cnt_bytes = sizeof(DeviceGroupCounters) * size_t(num_groups);
   const size_t bytes = cnt_bytes + heads * 12 + units * 4 * 3;
-  TWL_OFF_RETURN(h_telemetry_.Reserve(bytes));
-  char* h = h_telemetry_.as<char>();
+  TWL_OFF_RETURN(h_telemetry_[slot].Reserve(bytes));  // the slot was harvested: not in flight
+  char* h = h_telemetry_[slot].as<char>();
   TWL_OFF_CUDA(cudaMemcpyAsync(h, counters_.get(), cnt_bytes, cudaMemcpyDeviceToHost, c));
   TWL_OFF_CUDA(cudaMemcpyAsync(h + cnt_bytes, d_stats_.get(), heads * 12, cudaMemcpyDeviceToHost, c));
   char* hk = h + cnt_bytes + heads * 12;
@@ -677,7 +716,24 @@ absl::Status GpuOffloadBackend::FillTelemetry(const DecodeRequest& req, int32_t 
                                cudaMemcpyDeviceToHost, c));
   TWL_OFF_CUDA(cudaMemcpyAsync(hk + units * 8, d_unit_blocks_.get(), units * 4,
                                cudaMemcpyDeviceToHost, c));
-  TWL_OFF_CUDA(cudaStreamSynchronize(c));
+  TWL_OFF_CUDA(cudaEventRecord(ev_telemetry_[slot], c));
+  pending_[slot] = PendingTelemetry{true, req.layer, B, Hq, num_groups};
+  return absl::OkStatus();
+}
+
+absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t) {
+  PendingTelemetry& p = pending_[slot];
+  if (!p.valid) return absl::InternalError("offload telemetry: no pending step in the slot");
+  p.valid = false;
+  TWL_OFF_CUDA(cudaEventSynchronize(ev_telemetry_[slot]));
+  const int32_t num_groups = p.num_groups, B = p.num_seqs, Hq = p.num_q_heads;
+  const int32_t H = g_.num_kv_heads;
+  const size_t units = size_t(B) * H, heads = size_t(B) * Hq;
+  const size_t cnt_bytes = sizeof(DeviceGroupCounters) * size_t(num_groups);
+  const char* h = h_telemetry_[slot].as<char>();
+  const char* hk = h + cnt_bytes + heads * 12;
+  t->layer = p.layer;
+  t->num_seqs = B;
   const auto* cnt = reinterpret_cast<const DeviceGroupCounters*>(h);
   const auto* sel = reinterpret_cast<const int32_t*>(h + cnt_bytes);
   const auto* kept = sel + heads;
@@ -718,7 +774,7 @@ absl::Status GpuOffloadBackend::FillTelemetry(const DecodeRequest& req, int32_t 
   t->bytes_h2d = st.cache.misses * g_.FpBlockBytes() + st.direct_tokens * row_bytes;
   auto ms = [&](int32_t gi, int a, int b) {
     float v = 0;
-    if (cudaEventElapsedTime(&v, ev_time_[gi][a], ev_time_[gi][b]) != cudaSuccess) {
+    if (cudaEventElapsedTime(&v, ev_time_[slot][gi][a], ev_time_[slot][gi][b]) != cudaSuccess) {
       cudaGetLastError();
       return 0.0;
     }
@@ -733,7 +789,7 @@ absl::Status GpuOffloadBackend::FillTelemetry(const DecodeRequest& req, int32_t 
   }
   // Wall time of the step on the GPU, first select to last attention (stages overlap).
   float total = 0;
-  if (cudaEventElapsedTime(&total, ev_time_[0][kSel0], ev_time_[num_groups - 1][kAttn1]) !=
+  if (cudaEventElapsedTime(&total, ev_time_[slot][0][kSel0], ev_time_[slot][num_groups - 1][kAttn1]) !=
       cudaSuccess) {
     cudaGetLastError();
   }

@@ -345,8 +345,10 @@ absl::Status Runtime::Decode(int32_t layer, absl::Span<const SeqId> seqs, const 
   StepTelemetry* t = telemetry ? telemetry : &local;
   *t = StepTelemetry();
   if (absl::Status s = im.backend->Decode(req, t); !s.ok()) return s;
-  t->layer = layer;
-  t->num_seqs = req.batch.num_seqs;
+  if (t->layer < 0) {  // GPU backends with device memory report the step before (layer set)
+    t->layer = layer;
+    t->num_seqs = req.batch.num_seqs;
+  }
   t->ms_total = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
                                                           t_start).count();
   return absl::OkStatus();

@@ -63,6 +63,35 @@ absl::Status ValidateBatch(const PageGeometry& g, const BatchView& b, bool check
   return absl::OkStatus();
 }
 
+absl::Status ValidateBatchPages(const PageGeometry& g, const BatchView& b, int64_t num_pages) {
+  if (absl::Status s = ValidateBatch(g, b, /*check_host_data=*/false); !s.ok()) return s;
+  for (int32_t s = 0; s < b.num_seqs; ++s) {
+    const int32_t len = b.seq_len[s];
+    if (len < 1) {
+      return absl::FailedPreconditionError(absl::StrFormat("sequence %d of the batch is empty", s));
+    }
+    if (int64_t(len) > int64_t(b.max_pages) * g.page_size) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "sequence %d has %d tokens, more than max_pages (%d) * page_size (%d)", s, len,
+          b.max_pages, g.page_size));
+    }
+    const int32_t* row = b.page_table + int64_t(s) * b.max_pages;
+    const int32_t n = b.NumPages(g, s);
+    // Branch-free range check of the row, then the first offender for the message.
+    uint32_t bad = 0;
+    for (int32_t p = 0; p < n; ++p) bad |= uint32_t(int64_t(row[p]) >= num_pages || row[p] < 0);
+    if (bad) {
+      for (int32_t p = 0; p < n; ++p) {
+        if (row[p] < 0 || int64_t(row[p]) >= num_pages) {
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "sequence %d page %d has page id %d outside [0, %d)", s, p, row[p], num_pages));
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateP(float p) {
   if (!(p > 0.0f && p <= 1.0f)) {  // also rejects NaN
     return absl::InvalidArgumentError(absl::StrFormat("top-p must be in (0, 1], got %g", p));

@@ -10,6 +10,9 @@ namespace twl {
 absl::Status ValidateGeometry(const PageGeometry& g);
 // Checks counts and strides; with check_host_data also seq_len and page ids (host pointers).
 absl::Status ValidateBatch(const PageGeometry& g, const BatchView& b, bool check_host_data);
+// ValidateBatch with host data, and every page id of the batch below num_pages, in one pass
+// over the page table (the decode path's per-step check; tables reach 10^5 ids at 128k).
+absl::Status ValidateBatchPages(const PageGeometry& g, const BatchView& b, int64_t num_pages);
 absl::Status ValidateP(float p);
 
 }  // namespace twl
