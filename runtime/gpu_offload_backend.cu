@@ -43,9 +43,10 @@ using offload_cuda::AsStream;
 constexpr int32_t kMaxGroups = 8;
 constexpr int32_t kPipelineGroups = 2;
 constexpr int32_t kAppendChunkTokens = 4096;  // host-input appends are staged in chunks
-// Bulk append: device staging for whole pages before the copy engine moves them (rounds
-// beyond it), pinned descriptor buffers in flight, and the least staged bytes per chunk
-// worth copy-engine calls (below it the kernel writes the rows into the mapped pool).
+// Bulk append: device staging for whole pages before the copy engine moves them (two
+// halves, rounds beyond them), pinned descriptor buffers in flight, and the least staged
+// bytes per chunk worth copy-engine calls (below it the kernel writes the rows into the
+// mapped pool).
 constexpr int64_t kStageBytes = int64_t(32) << 20;
 constexpr int32_t kDescRing = 8;
 constexpr int64_t kMinCopyEngineBytes = int64_t(256) << 10;
@@ -82,7 +83,7 @@ class GpuOffloadBackend final : public OffloadBackend {
   ~GpuOffloadBackend() override {
     cudaDeviceSynchronize();
     for (cudaEvent_t e : all_events_) cudaEventDestroy(e);
-    for (cudaStream_t s : {own_stream_, fetch_stream_, append_stream_}) {
+    for (cudaStream_t s : {own_stream_, fetch_stream_, append_stream_, copy_stream_}) {
       if (s) cudaStreamDestroy(s);
     }
   }
@@ -165,8 +166,14 @@ class GpuOffloadBackend final : public OffloadBackend {
     }
     // Bulk-append staging, sized here so that appends never allocate on the way.
     page_bytes_ = int64_t(g_.num_kv_heads) * g_.FpBlockBytes();
-    stage_pages_ = std::max<int64_t>(1, std::min<int64_t>(kStageBytes / page_bytes_, num_pages_));
-    TWL_OFF_RETURN(Grow(stage_, size_t(stage_pages_ * page_bytes_)));
+    // Two halves: the kernel fills one while the copy engine drains the other.
+    half_pages_ = std::max<int64_t>(1, std::min<int64_t>(kStageBytes / page_bytes_, num_pages_) / 2);
+    TWL_OFF_RETURN(Grow(stage_, size_t(2 * half_pages_ * page_bytes_)));
+    TWL_OFF_CUDA(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
+    for (cudaEvent_t* e : {&ev_filled_, &ev_half_[0], &ev_half_[1]}) {
+      TWL_OFF_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+      all_events_.push_back(*e);
+    }
     TWL_OFF_RETURN(Grow(d_segs_, size_t(4096) * sizeof(AppendSegment)));
     if (const char* p = std::getenv("TWL_APPEND_PATH"); p && std::strcmp(p, "kernel") == 0) {
       append_path_ = AppendPath::kKernel;
@@ -298,11 +305,15 @@ class GpuOffloadBackend final : public OffloadBackend {
   // Bulk append (AppendSegments).
   AppendPath append_path_ = AppendPath::kCopyEngine;
   int64_t page_bytes_ = 0;   // one page: num_kv_heads blocks, contiguous in the pool
-  int64_t stage_pages_ = 0;  // pages of stage_
+  int64_t half_pages_ = 0;   // pages of each half of stage_
+  cudaStream_t copy_stream_ = nullptr;  // D2H of staged pages
+  cudaEvent_t ev_filled_ = nullptr;     // a half of the staging written by the kernel
+  cudaEvent_t ev_half_[2] = {};         // a half of the staging drained by the copy engine
   gpu::DeviceBuffer stage_, d_segs_, d_in_;
   PinnedBuffer h_desc_[kDescRing];
   cudaEvent_t ev_desc_[kDescRing] = {};
   int32_t desc_next_ = 0;
+  int32_t half_next_ = 0;  // staging half of the next round
   PinnedBuffer h_in_[2];  // host input, double-buffered
   cudaEvent_t ev_in_[2] = {};
   int32_t in_next_ = 0;
@@ -438,7 +449,7 @@ absl::Status GpuOffloadBackend::AppendSegments(const AppendView& tokens, DType d
       Round r;
       r.seg_begin = int32_t(all.size());
       if (ch.rounds.empty()) all.insert(all.end(), direct.begin(), direct.end());
-      const size_t take = std::min<size_t>(size_t(stage_pages_), staged.size() - next_staged);
+      const size_t take = std::min<size_t>(size_t(half_pages_), staged.size() - next_staged);
       for (size_t j = 0; j < take; ++j) {
         AppendSegment sg = staged[next_staged + j];
         sg.stage = int32_t(j);
@@ -474,6 +485,7 @@ absl::Status GpuOffloadBackend::AppendSegments(const AppendView& tokens, DType d
   if (host) TWL_OFF_RETURN(Grow(d_in_, size_t(2 * int64_t(kAppendChunkTokens) * row_bytes)));
 
   const auto* d_all = d_segs_.as<AppendSegment>();
+  bool copied = false;
   const FpKvView pool_view{static_cast<fp16_t*>(pool_->device_base()), nullptr};
   auto* pool_host = static_cast<char*>(pool_->base());
   for (const Chunk& ch : chunks) {
@@ -496,17 +508,32 @@ absl::Status GpuOffloadBackend::AppendSegments(const AppendView& tokens, DType d
       v = d_in_.as<char>() + bytes;
     }
     for (const Round& r : ch.rounds) {
+      // Rounds alternate between the staging halves: the kernel of round i + 1 runs while
+      // the copy engine still drains round i's half (on copy_stream_); round i + 2 waits for
+      // that drain before it overwrites the half.
+      const int32_t half = half_next_;
+      char* stage = stage_.as<char>() + int64_t(half) * half_pages_ * page_bytes_;
+      if (!r.runs.empty()) TWL_OFF_CUDA(cudaStreamWaitEvent(s, ev_half_[half], 0));
       TWL_OFF_RETURN(LaunchAppendSegments(g_, d_all + r.seg_begin, r.seg_count, k, v,
-                                          InputType(dtype), pool_view, stage_.as<fp16_t>(), qk_,
-                                          s));
+                                          InputType(dtype), pool_view,
+                                          reinterpret_cast<fp16_t*>(stage), qk_, s));
+      if (r.runs.empty()) continue;
+      TWL_OFF_CUDA(cudaEventRecord(ev_filled_, s));
+      TWL_OFF_CUDA(cudaStreamWaitEvent(copy_stream_, ev_filled_, 0));
       for (const Run& run : r.runs) {
         TWL_OFF_CUDA(cudaMemcpyAsync(pool_host + int64_t(run.page) * page_bytes_,
-                                     stage_.as<char>() + int64_t(run.stage) * page_bytes_,
+                                     stage + int64_t(run.stage) * page_bytes_,
                                      size_t(int64_t(run.count) * page_bytes_),
-                                     cudaMemcpyDeviceToHost, s));
+                                     cudaMemcpyDeviceToHost, copy_stream_));
       }
+      TWL_OFF_CUDA(cudaEventRecord(ev_half_[half], copy_stream_));
+      half_next_ ^= 1;
+      copied = true;
     }
   }
+  // The caller's stream reaches "appended" only once every staged page is in the pool
+  // (copy_stream_ runs its copies in order, so its last event covers them all).
+  if (copied) TWL_OFF_CUDA(cudaStreamWaitEvent(s, ev_half_[half_next_ ^ 1], 0));
   TWL_OFF_CUDA(cudaEventRecord(ev_appended_, s));
   if (direct_segments > 0) {
     // Cache coherence on the fetch stream, where every other cache mutation runs. Whole new

@@ -32,8 +32,9 @@
 // pinned pool by the copy engine, one cudaMemcpyAsync per run of consecutive page ids
 // (AppendPath::kCopyEngine, the default); rows of partial pages (a sequence's first and
 // last page, decode-time appends) are written by the kernel straight into the mapped pool
-// with 16-byte stores (AppendPath::kKernel writes everything that way). Staging beyond its
-// size (32 MiB) goes in rounds on the same stream. Descriptors go up through a ring of
+// with 16-byte stores (AppendPath::kKernel writes everything that way). The staging (32 MiB)
+// has two halves: the kernel fills one while the copy engine (on a stream of its own that
+// the caller's stream then waits for) drains the other. Descriptors go up through a ring of
 // pinned buffers guarded by events (the host waits only when it is kDescRing calls ahead).
 // Rows of blocks resident in the cache are mirrored into their slots on the fetch stream
 // (the cache never holds stale rows). Appends are chained (each waits, on the device, for

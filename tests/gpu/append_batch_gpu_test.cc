@@ -44,7 +44,7 @@ RuntimeConfig Config(BackendKind backend) {
   c.num_kv_heads = 4;
   c.head_dim = 128;
   c.page_size = 16;
-  c.host_pool_bytes = int64_t(48) << 20;      // 1536 pages of 32 KiB: staging holds 1024
+  c.host_pool_bytes = int64_t(48) << 20;      // 1536 pages of 32 KiB: staging 2 x 512
   c.gpu_cache_bytes = int64_t(300) * 8192;    // 300 cached blocks
   c.selector_budget_fraction = 0.3f;
   c.backend = backend;
@@ -128,7 +128,8 @@ TEST_P(AppendBatchGpuTest, DeviceInputOnCallerStreamMatchesCpu) {
     EXPECT_LE(RelError(ToFloat(out), ToFloat(ref)), 2e-2) << what << ", layer " << layer;
   };
   void* a = *s1;
-  // Layer 0: a prefill batch of 1189 whole pages (two staging rounds of at most 1024), with
+  // Layer 0: a prefill batch of 1189 whole pages (three staging rounds of at most 512, the
+  // halves of the staging alternating), with
   // partial last pages; layer 1: a smaller one. Then ragged and zero counts, single tokens.
   append(0, {7000, 12000, 37}, a);
   append(1, {300, 200, 37}, a);
