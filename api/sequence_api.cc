@@ -157,6 +157,35 @@ twl_status twl_sequence_append(twl_runtime* rt, twl_seq_id seq, int32_t layer, i
   });
 }
 
+twl_status twl_append_batch(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs,
+                            const int32_t* counts, int32_t num_seqs, const void* k,
+                            const void* v, twl_dtype dtype, twl_memory_space space,
+                            void* stream) noexcept {
+  return Guard(rt, "twl_append_batch", [&]() -> absl::Status {
+    if (absl::Status s = CheckHandle(rt); !s.ok()) return s;
+    if (absl::Status s = twl::api::CheckLayer(rt, layer); !s.ok()) return s;
+    if (num_seqs < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("num_seqs is ", num_seqs, ", must be >= 0"));
+    }
+    if (num_seqs > 0 && (seqs == nullptr || counts == nullptr)) {
+      return absl::InvalidArgumentError("seqs and counts must not be NULL when num_seqs > 0");
+    }
+    const int32_t dtype_value = twl::api::EnumValue(dtype);
+    if (dtype_value != TWL_DTYPE_FP16 && dtype_value != TWL_DTYPE_BF16 &&
+        dtype_value != TWL_DTYPE_FP32) {
+      return absl::InvalidArgumentError(absl::StrCat("dtype ", dtype_value, " unknown"));
+    }
+    absl::StatusOr<twl::MemSpace> mem = twl::api::CheckSpace(rt, space);
+    if (!mem.ok()) return mem.status();
+    if (num_seqs == 0) return absl::OkStatus();
+    std::lock_guard<std::mutex> lock(rt->mu);
+    // Counts, duplicates, ids and capacity are checked by the runtime before anything changes.
+    return rt->runtime->AppendBatch(layer, absl::MakeConstSpan(seqs, size_t(num_seqs)),
+                                    absl::MakeConstSpan(counts, size_t(num_seqs)), k, v,
+                                    static_cast<twl::DType>(dtype), *mem, stream);
+  });
+}
+
 twl_status twl_sequence_read_kv(const twl_runtime* rt, twl_seq_id seq, int32_t layer, uint16_t* k,
                                 uint16_t* v, int64_t capacity_tokens, int32_t* out_len) noexcept {
   return Guard(rt, "twl_sequence_read_kv", [&]() -> absl::Status {

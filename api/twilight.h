@@ -239,7 +239,7 @@ TWL_API twl_status twl_runtime_create(const twl_runtime_config* config,
 
 /* Frees the runtime, every sequence in it and its memory. NULL is a no-op. The caller must
  * ensure no other call on rt is running or will start, and that GPU work it enqueued with
- * twl_decode on its own streams has finished. */
+ * twl_decode or twl_append_batch on its own streams has finished. */
 TWL_API void twl_runtime_free(twl_runtime* rt) TWL_NOEXCEPT;
 
 /* The message of the most recent call on rt by the calling thread that failed, or "" if none
@@ -300,7 +300,8 @@ TWL_API twl_status twl_sequence_length(const twl_runtime* rt, twl_seq_id seq, in
 
 /* Appends n tokens to seq in layer. k and v are each [n][num_kv_heads][head_dim] elements of
  * dtype, row-major, in memory space `space` (device pointers need a GPU backend). They are read
- * during the call only (on GPU backends the copy is complete when the call returns).
+ * during the call only (on GPU backends the copy is complete when the call returns;
+ * twl_append_batch appends many sequences at once without waiting).
  * n == 0 is a no-op (k and v may then be NULL). Values are stored as FP16.
  * Status: TWL_OK; TWL_INVALID_ARGUMENT (null, n < 0, layer/dtype/space out of range);
  *   TWL_NOT_FOUND; TWL_CAPACITY_EXHAUSTED (pool full; with a disk tier: host pool and disk tier
@@ -463,6 +464,46 @@ TWL_API twl_status twl_runtime_set_capture_kept(twl_runtime* rt, int32_t enable)
 TWL_API twl_status twl_runtime_last_step_kept(const twl_runtime* rt, int32_t seq_index,
                                               int32_t kv_head, int32_t* tokens,
                                               int64_t capacity, int32_t* out_count) TWL_NOEXCEPT;
+
+/* ==== Batched appends (added in 0.1: serving engines, prefill at link speed) =============== */
+
+/* Appends the new tokens of many sequences in one layer with one call: counts[i] tokens to
+ * seqs[i] for every i < num_seqs (ragged: counts may differ; counts[i] == 0 appends nothing to
+ * seqs[i], whose id is still checked). twl_sequence_append(rt, s, layer, n, ...) is this call
+ * with one sequence followed by a wait; both share one implementation.
+ *   seqs, counts  host arrays [num_seqs], read during the call only; may be NULL when
+ *                 num_seqs == 0 (a no-op).
+ *   k, v          each [sum(counts)][num_kv_heads][head_dim] elements of dtype, row-major,
+ *                 packed sequence after sequence in the order of seqs; may be NULL when
+ *                 sum(counts) == 0. Values are stored as FP16.
+ *   space         TWL_MEMORY_HOST: k and v are read (copied) before the call returns; the
+ *                 caller may reuse them at once. TWL_MEMORY_DEVICE (GPU backends): memory of
+ *                 the runtime's GPU; the append is enqueued on `stream`.
+ *   stream        a cudaStream_t, or NULL for the runtime's own stream. With device input the
+ *                 call does not synchronize the host with the device: it returns once the work
+ *                 is enqueued (it may wait only when the runtime's few staging buffers are all
+ *                 still in flight, or the first time a batch this large is appended). k and v
+ *                 must stay valid and unchanged until `stream` reaches the append (e.g. until an
+ *                 event recorded on `stream` after the call completes); with NULL they must be
+ *                 ready when the call is made. Work that reads the cache afterwards (twl_decode
+ *                 on any stream, twl_sequence_read_kv, twl_sequence_save, fork) is ordered
+ *                 after the append by the runtime. The CPU backend ignores stream and is
+ *                 synchronous.
+ * All-or-nothing across the batch: pages for every sequence are reserved first; on any failure
+ *   no sequence changes (lengths and cached data are those before the call).
+ * Status: TWL_OK; TWL_INVALID_ARGUMENT (rt NULL, num_seqs < 0, seqs or counts NULL with
+ *   num_seqs > 0, a count < 0, a sequence listed twice, k or v NULL with tokens, more than
+ *   2^31-1 tokens in the call, layer/dtype/space out of range); TWL_NOT_FOUND (an unknown id:
+ *   the message names it and its entry); TWL_CAPACITY_EXHAUSTED (the pool cannot hold the
+ *   whole batch: free or finish sequences, or append fewer at once; with a disk tier also a
+ *   batch extending more partially filled pages than the host pool holds); TWL_IO_ERROR (disk
+ *   tier); TWL_UNSUPPORTED (device memory on the CPU backend); TWL_INTERNAL. A device failure
+ *   after the call returned is reported by twl_runtime_async_error().
+ * Thread safety: as for the calls above; a sequence must not be in two calls at once. */
+TWL_API twl_status twl_append_batch(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs,
+                                    const int32_t* counts, int32_t num_seqs, const void* k,
+                                    const void* v, twl_dtype dtype, twl_memory_space space,
+                                    void* stream) TWL_NOEXCEPT;
 
 #ifdef __cplusplus
 } /* extern "C" */

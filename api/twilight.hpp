@@ -89,6 +89,15 @@ class Sequence {
   twl_seq_id id_ = TWL_INVALID_SEQ_ID;
 };
 
+// twl_append_batch with C++ defaults (host input, the runtime's own stream).
+inline twl_status AppendBatch(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs,
+                              const int32_t* counts, int32_t num_seqs, const void* k,
+                              const void* v, twl_dtype dtype,
+                              twl_memory_space space = TWL_MEMORY_HOST,
+                              void* stream = nullptr) noexcept {
+  return twl_append_batch(rt, layer, seqs, counts, num_seqs, k, v, dtype, space, stream);
+}
+
 }  // namespace twilight
 
 #endif  // TWILIGHT_HPP_

@@ -313,7 +313,7 @@ class Bench {
         a.v = d_v.as<fp16_t>();
         a.page_id = page_id.data();
         a.slot = slot.data();
-        CHECK_OK(off->Append(a, DType::kFp16, MemSpace::kDevice));
+        CHECK_OK(off->Append(a, DType::kFp16, MemSpace::kDevice, nullptr));
       }
       CHECK_OK(gpu::DeviceSync());
     }

@@ -3,8 +3,8 @@
  *
  * Requests arrive over time with different prompt lengths and generation lengths. A request
  * joins the running batch when there is room: its prompt is "prefilled" by appending K/V for
- * every layer. Each decode step then, for every layer, appends the newest token's K/V of each
- * running request and calls twl_decode once for the whole batch. Finished requests are freed
+ * every layer. Each decode step then, for every layer, appends the newest token's K/V of every
+ * running request with one twl_append_batch call and calls twl_decode once for the whole batch. Finished requests are freed
  * and their slots go to waiting ones. K, V and q are synthetic but structured (a few "relevant"
  * tokens per sequence that the query aligns with), so that top-p keeps a budget that differs
  * per request, which is what the per-step lines show. Deterministic for a given --seed.
@@ -182,6 +182,7 @@ int main(int argc, char** argv) {
   twl_status s;
   request* reqs;
   twl_seq_id* batch_ids;
+  int32_t* batch_ones;
   float *batch_p, *kbuf, *vbuf, *qf;
   uint16_t *q16, *out16;
   float* outf;
@@ -225,16 +226,21 @@ int main(int argc, char** argv) {
   q_elems = (size_t)o.q_heads * o.head_dim;
   batch_ids = (twl_seq_id*)malloc(sizeof(twl_seq_id) * (size_t)o.max_batch);
   batch_p = (float*)malloc(sizeof(float) * (size_t)o.max_batch);
-  kbuf = (float*)malloc(sizeof(float) * token_elems * (size_t)o.max_prompt);
-  vbuf = (float*)malloc(sizeof(float) * token_elems * (size_t)o.max_prompt);
+  batch_ones = (int32_t*)malloc(sizeof(int32_t) * (size_t)o.max_batch);
+  /* K/V staging: a prompt, or one token of every sequence of a batch. */
+  kbuf = (float*)malloc(sizeof(float) * token_elems *
+                        (size_t)(o.max_prompt > o.max_batch ? o.max_prompt : o.max_batch));
+  vbuf = (float*)malloc(sizeof(float) * token_elems *
+                        (size_t)(o.max_prompt > o.max_batch ? o.max_prompt : o.max_batch));
   qf = (float*)malloc(sizeof(float) * q_elems * (size_t)o.max_batch);
   q16 = (uint16_t*)malloc(sizeof(uint16_t) * q_elems * (size_t)o.max_batch);
   out16 = (uint16_t*)malloc(sizeof(uint16_t) * q_elems * (size_t)o.max_batch);
   outf = (float*)malloc(sizeof(float) * q_elems * (size_t)o.max_batch);
-  if (!reqs || !batch_ids || !batch_p || !kbuf || !vbuf || !qf || !q16 || !out16 || !outf) {
+  if (!reqs || !batch_ids || !batch_ones || !batch_p || !kbuf || !vbuf || !qf || !q16 || !out16 || !outf) {
     fprintf(stderr, "out of memory\n");
     return 1;
   }
+  for (i = 0; i < o.max_batch; ++i) batch_ones[i] = 1;
 
   if (!o.quiet) printf("%5s %5s %8s %10s %8s %9s %10s\n", "step", "batch", "mean_ctx",
                        "kept/head", "budget%", "step_ms", "tok/s");
@@ -301,17 +307,17 @@ int main(int argc, char** argv) {
       for (i = 0; i < o.requests; ++i) {
         request* r = &reqs[i];
         if (r->state != 1) continue;
-        make_kv(r, &o, 1, kbuf, vbuf);
-        s = twl_sequence_append(rt, r->seq, layer, 1, kbuf, vbuf, TWL_DTYPE_FP32,
-                                TWL_MEMORY_HOST);
-        if (!check(rt, s, "twl_sequence_append (decode)")) {
-          failed = 1;
-          break;
-        }
+        /* The new token of each sequence, packed in batch order for one append call. */
+        make_kv(r, &o, 1, kbuf + (size_t)b * token_elems, vbuf + (size_t)b * token_elems);
         make_q(r, &o, qf + (size_t)b * q_elems);
         ++b;
       }
-      if (failed) break;
+      s = twl_append_batch(rt, layer, batch_ids, batch_ones, nb, kbuf, vbuf, TWL_DTYPE_FP32,
+                           TWL_MEMORY_HOST, NULL);
+      if (!check(rt, s, "twl_append_batch (decode)")) {
+        failed = 1;
+        break;
+      }
       twl_fp32_to_fp16(qf, q16, q_elems * (size_t)nb);
       s = twl_decode(rt, layer, batch_ids, nb, q16, out16, TWL_MEMORY_HOST, batch_p, NULL);
       if (!check(rt, s, "twl_decode")) {
@@ -391,6 +397,7 @@ int main(int argc, char** argv) {
   free(reqs);
   free(batch_ids);
   free(batch_p);
+  free(batch_ones);
   free(kbuf);
   free(vbuf);
   free(qf);

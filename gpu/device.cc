@@ -142,6 +142,10 @@ void EventDestroy(void* event) {
 absl::Status EventRecord(void* event, void* stream) {
   return Check(cudaEventRecord(static_cast<cudaEvent_t>(event), S(stream)), "cudaEventRecord");
 }
+absl::Status StreamWaitEvent(void* stream, void* event) {
+  return Check(cudaStreamWaitEvent(S(stream), static_cast<cudaEvent_t>(event), 0),
+               "cudaStreamWaitEvent");
+}
 absl::StatusOr<float> EventElapsedMs(void* start, void* stop) {
   if (absl::Status s = Check(cudaEventSynchronize(static_cast<cudaEvent_t>(stop)),
                              "cudaEventSynchronize");
@@ -184,6 +188,7 @@ absl::StatusOr<void*> EventCreate() { return NoCuda(); }
 void EventDestroy(void*) {}
 absl::Status EventRecord(void*, void*) { return NoCuda(); }
 absl::StatusOr<float> EventElapsedMs(void*, void*) { return NoCuda(); }
+absl::Status StreamWaitEvent(void*, void*) { return NoCuda(); }
 
 #endif
 

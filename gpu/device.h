@@ -52,6 +52,8 @@ absl::StatusOr<void*> EventCreate();
 void EventDestroy(void* event);
 absl::Status EventRecord(void* event, void* stream);
 absl::StatusOr<float> EventElapsedMs(void* start, void* stop);  // syncs on stop
+// Work enqueued on `stream` after this call waits (on the device) for `event`.
+absl::Status StreamWaitEvent(void* stream, void* event);
 
 // Owning device buffer (move-only).
 class DeviceBuffer {

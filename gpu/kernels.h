@@ -61,6 +61,41 @@ absl::Status LaunchAppend(const PageGeometry& g, const AppendView& in, KvInputTy
 absl::Status LaunchRecomputeMinMax(const PageGeometry& g, const AppendPagePlan& plan,
                                    const FpKvView& kv, const QuantKView& qk, void* stream);
 
+// Bulk append (one launch for a whole batch of sequences). A segment is a run of rows of one
+// page written by one append: rows [row_begin, row_end) of every KV head's block of `page`
+// come from input tokens src_token, src_token + 1, ... . stage >= 0 sends the segment's FP16
+// rows to page `stage` of a device staging buffer laid out like the block store (a page's
+// num_kv_heads blocks back to back, so whole pages can then be copied to the store in large
+// contiguous transfers) instead of the block store itself.
+struct AppendSegment {
+  int32_t page = 0;
+  int32_t row_begin = 0;
+  int32_t row_end = 0;
+  int32_t src_token = 0;
+  int32_t stage = -1;
+};
+
+// Host helper: the segments of h_page_id/h_slot[0..n) (maximal runs of tokens with
+// consecutive slots on one page), stage -1. Returns false when a page appears in two runs
+// (then the segment kernel does not apply: use LaunchAppend).
+bool PlanAppendSegments(const int32_t* h_page_id, const int32_t* h_slot, int32_t n,
+                        std::vector<AppendSegment>* segments);
+
+// Writes every segment of d_segments[0..num_segments) (device array) in one pass, one thread
+// block per (segment, KV head): the FP16 K/V rows (converted from `type`) to kv (identity
+// addressed: kv.slot_of_block must be null) or to `stage` (segments with stage >= 0), K
+// quantized into qk (k_bits < 16), and the Quest kmin/kmax of the block from the same
+// registers: rows [0, row_begin) are taken to be the block's filled rows before the call
+// (how the Runtime appends), so the bounds already in qk are merged with the new rows'
+// (row_begin == 0 replaces them). Outputs equal AppendRef's for such appends. k and v are
+// [tokens][num_kv_heads][head_dim] device (or device-mapped) arrays; 16-byte aligned input
+// is read with vector loads. Stores are 16-byte vectors, whole rows per thread group, so
+// writes into mapped host memory go out as full 128-byte lines.
+absl::Status LaunchAppendSegments(const PageGeometry& g, const AppendSegment* d_segments,
+                                  int32_t num_segments, const void* k, const void* v,
+                                  KvInputType type, const FpKvView& kv, fp16_t* stage,
+                                  const QuantKView& qk, void* stream);
+
 // ---- Select (Quest) ---------------------------------------------------------------------
 
 size_t SelectWorkspaceBytes(const PageGeometry& g, const SelectorParams& params,

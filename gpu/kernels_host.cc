@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "gpu/kernels.h"
 #include "gpu/synth.h"
 
@@ -23,6 +24,29 @@ void PlanAppendPages(const int32_t* h_page_id, const int32_t* h_slot, int32_t n,
   }
 }
 
+bool PlanAppendSegments(const int32_t* h_page_id, const int32_t* h_slot, int32_t n,
+                        std::vector<AppendSegment>* segments) {
+  segments->clear();
+  absl::flat_hash_set<int32_t> seen;
+  for (int32_t i = 0; i < n; ++i) {
+    if (!segments->empty()) {
+      AppendSegment& last = segments->back();
+      if (h_page_id[i] == last.page && h_slot[i] == last.row_end) {
+        ++last.row_end;
+        continue;
+      }
+    }
+    if (!seen.insert(h_page_id[i]).second) return false;
+    AppendSegment s;
+    s.page = h_page_id[i];
+    s.row_begin = h_slot[i];
+    s.row_end = h_slot[i] + 1;
+    s.src_token = i;
+    segments->push_back(s);
+  }
+  return true;
+}
+
 #if !TWL_HAVE_CUDA
 namespace {
 absl::Status NoCuda() { return absl::UnavailableError("GPU kernels: built without CUDA"); }
@@ -30,6 +54,11 @@ absl::Status NoCuda() { return absl::UnavailableError("GPU kernels: built withou
 
 absl::Status LaunchAppend(const PageGeometry&, const AppendView&, KvInputType,
                           const AppendPagePlan&, const FpKvView&, const QuantKView&, void*) {
+  return NoCuda();
+}
+absl::Status LaunchAppendSegments(const PageGeometry&, const AppendSegment*, int32_t,
+                                  const void*, const void*, KvInputType, const FpKvView&,
+                                  fp16_t*, const QuantKView&, void*) {
   return NoCuda();
 }
 absl::Status LaunchRecomputeMinMax(const PageGeometry&, const AppendPagePlan&, const FpKvView&,
@@ -84,6 +113,7 @@ absl::Status LaunchSynthQueriesFor(const SynthSpec&, const int32_t*, int32_t, in
                                    fp16_t*, void*) {
   return NoCuda();
 }
+absl::Status LaunchBusyWait(double, int32_t, int32_t, int32_t, void*) { return NoCuda(); }
 #endif
 
 }  // namespace twl

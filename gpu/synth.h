@@ -55,4 +55,11 @@ void SynthKvHost(const SynthSpec& spec, int32_t seq, int32_t pos0, int32_t n, in
 void SynthQueriesHost(const SynthSpec& spec, const int32_t* seq_ids, int32_t num_seqs,
                       int32_t num_q_heads, int32_t region, fp16_t* q);
 
+// Keeps `blocks` thread blocks of `threads` threads (and `smem_bytes` of shared memory each,
+// to limit what else fits on an SM) busy on `stream` for `microseconds` of GPU time (a spin
+// on the global timer, no memory traffic): a stand-in for a model's compute, e.g. a layer's
+// prefill in the prefill benchmark, or a long kernel ahead of work in a test.
+absl::Status LaunchBusyWait(double microseconds, int32_t blocks, int32_t threads,
+                            int32_t smem_bytes, void* stream);
+
 }  // namespace twl

@@ -271,6 +271,33 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// One warp per (segment, KV head): rows [row_begin, row_end) of K and of V, 16-byte steps.
+__global__ void __launch_bounds__(kThreads)
+    MirrorSegmentsKernel(DeviceCacheState cache, PageGeometry g, const uint4* pool,
+                         const AppendSegment* segs, int32_t num_segments) {
+  const int32_t H = g.num_kv_heads;
+  const int64_t items = int64_t(num_segments) * H;
+  const int32_t row_vecs = g.head_dim / 8;
+  const int64_t block_vecs = g.FpBlockBytes() / 16;
+  const int lane = threadIdx.x & 31;
+  for (int64_t it = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5); it < items;
+       it += int64_t(gridDim.x) * kWarps) {
+    const AppendSegment seg = segs[it / H];
+    const int64_t b = int64_t(seg.page) * H + int32_t(it % H);
+    if (b < 0 || b >= cache.num_blocks) continue;
+    const int32_t slot = cache.d_slot_of_block[b];
+    if (slot < 0) continue;
+    const uint4* src = pool + b * block_vecs;
+    uint4* dst = reinterpret_cast<uint4*>(cache.d_slots) + int64_t(slot) * block_vecs;
+    const int32_t n = (seg.row_end - seg.row_begin) * row_vecs;  // vectors per half
+    for (int32_t v = lane; v < 2 * n; v += 32) {
+      const int32_t half = v / n;  // 0: K rows, 1: V rows
+      const int64_t off = (int64_t(half) * g.page_size + seg.row_begin) * row_vecs + v % n;
+      dst[off] = src[off];
+    }
+  }
+}
+
 __global__ void ScatterDirectKernel(int32_t num_rows, int32_t num_q_heads, int32_t group,
                                     int32_t row_vecs, const int32_t* count_direct,
                                     const uint4* direct_out, uint4* out) {
@@ -343,6 +370,22 @@ absl::Status LaunchCacheMirrorRows(const DeviceCacheState& cache, const PageGeom
                      AsStream(stream)>>>(cache, g, reinterpret_cast<const uint4*>(mapped_pool),
                                          d_page_id, d_row, num_tokens);
   return LaunchStatus("MirrorRowsKernel");
+}
+
+absl::Status LaunchCacheMirrorSegments(const DeviceCacheState& cache, const PageGeometry& g,
+                                       const fp16_t* mapped_pool, const AppendSegment* d_segments,
+                                       int32_t num_segments, void* stream) {
+  if (num_segments <= 0) return absl::OkStatus();
+  if (!mapped_pool || !d_segments || !cache.d_slots) {
+    return absl::InvalidArgumentError("LaunchCacheMirrorSegments: null pointer");
+  }
+  if (g.head_dim % 8 != 0) {
+    return absl::InvalidArgumentError("LaunchCacheMirrorSegments: head_dim must be a multiple of 8");
+  }
+  MirrorSegmentsKernel<<<GridFor(int64_t(num_segments) * g.num_kv_heads), kThreads, 0,
+                         AsStream(stream)>>>(cache, g, reinterpret_cast<const uint4*>(mapped_pool),
+                                             d_segments, num_segments);
+  return LaunchStatus("MirrorSegmentsKernel");
 }
 
 absl::Status LaunchScatterDirect(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,

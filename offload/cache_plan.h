@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "cache/gpu_page_cache.h"
+#include "gpu/kernels.h"
 #include "gpu/stage_views.h"
 
 namespace twl {
@@ -75,6 +76,13 @@ absl::Status LaunchCacheInvalidatePages(const DeviceCacheState& cache, const int
 absl::Status LaunchCacheMirrorRows(const DeviceCacheState& cache, const PageGeometry& g,
                                    const fp16_t* mapped_pool, const int32_t* d_page_id,
                                    const int32_t* d_row, int32_t num_tokens, void* stream);
+
+// LaunchCacheMirrorRows for bulk appends: rows [row_begin, row_end) of every segment's page
+// (gpu/kernels.h AppendSegment; stage is ignored, the rows are read from the pool), all KV
+// heads, copied into the cache slots of resident blocks. One warp per (segment, KV head).
+absl::Status LaunchCacheMirrorSegments(const DeviceCacheState& cache, const PageGeometry& g,
+                                       const fp16_t* mapped_pool, const AppendSegment* d_segments,
+                                       int32_t num_segments, void* stream);
 
 // out[s][q][:] = direct_out[s][q][:] for every query head q of a unit with
 // d_count_direct[unit] > 0 (units attended from host memory).

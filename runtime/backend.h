@@ -34,8 +34,19 @@ class Backend {
   virtual BackendKind Kind() const = 0;
   virtual std::string Name() const = 0;
 
-  // Writes appended tokens: tokens.k/v in `space` and `dtype`; tokens.page_id/slot host.
-  virtual absl::Status Append(const AppendView& tokens, DType dtype, MemSpace space) = 0;
+  // Writes appended tokens, of one sequence or of a whole batch of sequences (the Runtime
+  // concatenates them): tokens.k/v in `space` and `dtype`; tokens.page_id/slot host arrays.
+  // One call is one pass over the batch (GPU backends: one kernel launch plus bulk copies,
+  // not one per sequence). `stream`: the caller's cudaStream_t as void* (null: the backend's
+  // own). GPU backends enqueue the work on it and return without waiting for the device:
+  // device input is read when the stream gets there; host input is copied before return.
+  // Work that reads the cache afterwards (Decode on any stream, CopyPage, ReadPage) is
+  // ordered after the append by the backend. Nothing is written when a check fails.
+  virtual absl::Status Append(const AppendView& tokens, DType dtype, MemSpace space,
+                              void* stream) = 0;
+  // Blocks the host until every append issued so far has completed on the device (input
+  // consumed, rows and metadata written). CPU backend: nothing to wait for.
+  virtual absl::Status WaitAppends() { return absl::OkStatus(); }
   // Copies the first `rows` rows of every block of page src into page dst (copy-on-write).
   virtual absl::Status CopyPage(int32_t src_page, int32_t dst_page, int32_t rows) = 0;
   // Reads `rows` rows of a page: k, v host arrays [rows][num_kv_heads][head_dim].

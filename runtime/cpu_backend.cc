@@ -96,7 +96,9 @@ class CpuBackend final : public Backend {
                            disk_->num_slots());
   }
 
-  absl::Status Append(const AppendView& tokens, DType dtype, MemSpace space) override {
+  // A batch of sequences arrives as one token list; the CPU writes in place (stream unused).
+  absl::Status Append(const AppendView& tokens, DType dtype, MemSpace space,
+                      void* /*stream*/) override {
     if (space != MemSpace::kHost) {
       return absl::InvalidArgumentError("the CPU backend needs host pointers for K/V");
     }
@@ -360,19 +362,47 @@ class CpuBackend final : public Backend {
   // last to first, so the first page (the only one that can hold rows from before this
   // call) changes only after every other chunk succeeded: a failure changes no page that
   // existed before the call, and the Runtime frees the new ones.
+  //
+  // A batch of sequences has one such page per sequence (the first page of each, when its
+  // first row is not row 0): all of them go first, so that they land in the chunk written
+  // last; a batch with more of them than host slots is refused before anything is written.
   absl::Status WriteThroughSlots(const AppendView& in) {
     std::vector<int32_t> pages;
     std::vector<std::vector<int32_t>> tokens_of;  // [pages.size()] token indices, ascending
+    std::vector<bool> had_rows;                     // [pages.size()] first row written > 0
     absl::flat_hash_map<int32_t, size_t> index;
     for (int32_t i = 0; i < in.num_tokens; ++i) {
       auto [it, inserted] = index.try_emplace(in.page_id[i], pages.size());
       if (inserted) {
         pages.push_back(in.page_id[i]);
         tokens_of.emplace_back();
+        had_rows.push_back(in.slot[i] > 0);
       }
       tokens_of[it->second].push_back(i);
     }
     const size_t per_chunk = size_t(disk_->num_slots());
+    {
+      // Stable partition: pages holding rows from before this call first.
+      std::vector<size_t> order(pages.size());
+      for (size_t j = 0; j < order.size(); ++j) order[j] = j;
+      std::stable_partition(order.begin(), order.end(), [&](size_t j) { return had_rows[j]; });
+      size_t existing = 0;
+      for (bool h : had_rows) existing += h ? 1 : 0;
+      if (existing > per_chunk) {
+        return absl::ResourceExhaustedError(absl::StrFormat(
+            "the batch extends %d partially filled pages, more than the %d host page slots "
+            "(append fewer sequences per call)",
+            existing, per_chunk));
+      }
+      std::vector<int32_t> p2(pages.size());
+      std::vector<std::vector<int32_t>> t2(pages.size());
+      for (size_t j = 0; j < order.size(); ++j) {
+        p2[j] = pages[order[j]];
+        t2[j] = std::move(tokens_of[order[j]]);
+      }
+      pages = std::move(p2);
+      tokens_of = std::move(t2);
+    }
     const size_t chunks = (pages.size() + per_chunk - 1) / per_chunk;
     for (size_t c = chunks; c-- > 0;) {
       const size_t first = c * per_chunk;

@@ -7,10 +7,14 @@
 // A dense step (pruner.dense with the full selector) runs the dense attention directly: the
 // kept sets would be every token, so the outputs are the same.
 //
-// Ordering: appends run on the backend's stream; a decode's stream waits for the last
-// append (event), and the next append waits for the last decode, so a step never sees a
-// half-written page. Host staging buffers are pinned and reused once the event of their
-// previous upload has completed. Device input pointers must be ready when Append is called.
+// Append: one call writes a whole batch of sequences with one kernel (gpu/kernels.h
+// LaunchAppendSegments: FP16 rows, INT4 K and page bounds in one pass), enqueued on the
+// caller's stream (or the backend's own) without waiting for the device; device input is
+// read when the stream gets there.
+// Ordering: appends are chained (each waits for the previous one) and wait for the last
+// decode; a decode's stream waits for the last append (event), so a step never sees a
+// half-written page, whatever streams the caller uses. Host staging buffers are pinned and
+// reused once the event of their previous upload has completed.
 // Thread-safety: one caller at a time (the Runtime serializes calls).
 #include <cuda_runtime.h>
 
@@ -99,8 +103,11 @@ class GpuHbmBackend final : public Backend {
       : config_(config), g_(GeometryOf(config)), num_pages_(num_pages) {}
 
   ~GpuHbmBackend() override {
-    if (stream_) cudaStreamSynchronize(stream_);
+    cudaDeviceSynchronize();  // appends and steps may be queued on callers' streams
     for (cudaEvent_t e : all_events_) {
+      if (e) cudaEventDestroy(e);
+    }
+    for (cudaEvent_t e : ev_desc_) {
       if (e) cudaEventDestroy(e);
     }
     if (stream_) cudaStreamDestroy(stream_);
@@ -127,6 +134,9 @@ class GpuHbmBackend final : public Backend {
       TWL_HBM_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
       all_events_.push_back(*e);
     }
+    for (cudaEvent_t& e : ev_desc_) {
+      TWL_HBM_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    }
     const int64_t blocks = num_pages_ * g_.num_kv_heads;
     TWL_HBM_RETURN(kv_buf_.Reserve(size_t(blocks * g_.FpBlockBytes())));
     if (g_.k_bits < 16) {
@@ -147,7 +157,12 @@ class GpuHbmBackend final : public Backend {
   BackendKind Kind() const override { return BackendKind::kGpuHbm; }
   std::string Name() const override { return "gpu-hbm (" + device_name_ + ")"; }
 
-  absl::Status Append(const AppendView& tokens, DType dtype, MemSpace space) override;
+  absl::Status Append(const AppendView& tokens, DType dtype, MemSpace space,
+                      void* stream) override;
+  absl::Status WaitAppends() override {
+    if (appended_) TWL_HBM_CUDA(cudaEventSynchronize(ev_append_));  // a device fault shows here
+    return absl::OkStatus();
+  }
   absl::Status CopyPage(int32_t src_page, int32_t dst_page, int32_t rows) override;
   absl::Status ReadPage(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const override;
   absl::Status Decode(const DecodeRequest& request, StepTelemetry* telemetry) override;
@@ -216,6 +231,11 @@ class GpuHbmBackend final : public Backend {
   // Append staging.
   PinnedBuffer append_pin_;
   gpu::DeviceBuffer append_dev_;
+  static constexpr int32_t kDescRing = 8;
+  PinnedBuffer desc_pin_[kDescRing];
+  cudaEvent_t ev_desc_[kDescRing] = {};
+  int32_t desc_next_ = 0;
+  std::vector<AppendSegment> segs_;
   // Decode staging and scratch.
   PinnedBuffer step_pin_[kUploadRing], tele_pin_[kTelemetryRing];
   gpu::DeviceBuffer step_dev_[kUploadRing];
@@ -223,8 +243,12 @@ class GpuHbmBackend final : public Backend {
       blocks_, ws_select_, ws_prune_, ws_attend_;
 };
 
-absl::Status GpuHbmBackend::Append(const AppendView& tokens, DType dtype, MemSpace space) {
+absl::Status GpuHbmBackend::Append(const AppendView& tokens, DType dtype, MemSpace space,
+                                   void* stream) {
   if (!IsValidDType(dtype)) return absl::InvalidArgumentError("append: unknown dtype");
+  if (space != MemSpace::kHost && space != MemSpace::kDevice) {
+    return absl::InvalidArgumentError("append: unknown memory space");
+  }
   if (tokens.num_tokens < 0) return absl::InvalidArgumentError("append: num_tokens < 0");
   if (tokens.num_tokens == 0) return absl::OkStatus();
   if (!tokens.k || !tokens.v || !tokens.page_id || !tokens.slot) {
@@ -237,46 +261,76 @@ absl::Status GpuHbmBackend::Append(const AppendView& tokens, DType dtype, MemSpa
     }
   }
   const int32_t n = tokens.num_tokens;
-  std::vector<int32_t> plan_pages, plan_rows;
-  PlanAppendPages(tokens.page_id, tokens.slot, n, &plan_pages, &plan_rows);
-  const size_t kv_bytes = size_t(n) * g_.num_kv_heads * g_.head_dim * size_t(DTypeBytes(dtype));
   const bool host = space == MemSpace::kHost;
+  const size_t kv_bytes = size_t(n) * g_.num_kv_heads * g_.head_dim * size_t(DTypeBytes(dtype));
+  cudaStream_t a = stream ? AsStream(stream) : stream_;
+  // Bulk path: one kernel writes every segment (rows of one page) of the batch with its
+  // codes and bounds. It needs each page written in one run of consecutive rows (how the
+  // Runtime appends); anything else takes the per-token kernel + bounds recompute below.
+  const bool bulk = PlanAppendSegments(tokens.page_id, tokens.slot, n, &segs_);
+  std::vector<int32_t> plan_pages, plan_rows;
+  if (!bulk) PlanAppendPages(tokens.page_id, tokens.slot, n, &plan_pages, &plan_rows);
   Packer pk;
-  const size_t o_page = pk.Add<int32_t>(size_t(n));
-  const size_t o_slot = pk.Add<int32_t>(size_t(n));
+  const size_t o_seg = pk.Add<AppendSegment>(bulk ? segs_.size() : 0);
+  const size_t o_page = pk.Add<int32_t>(bulk ? 0 : size_t(n));
+  const size_t o_slot = pk.Add<int32_t>(bulk ? 0 : size_t(n));
   const size_t o_pp = pk.Add<int32_t>(plan_pages.size());
   const size_t o_pr = pk.Add<int32_t>(plan_rows.size());
   const size_t o_k = pk.Add<char>(host ? kv_bytes : 0);
   const size_t o_v = pk.Add<char>(host ? kv_bytes : 0);
 
-  // Reuse the staging only after the previous append's upload has run.
-  TWL_HBM_CUDA(cudaEventSynchronize(ev_append_upload_));
-  TWL_HBM_RETURN(append_pin_.Reserve(pk.used()));
+  // Staging: host input goes through one pinned buffer (reused once its previous upload has
+  // run: the host may wait); device input needs only the descriptors, which go through a
+  // ring of pinned buffers, so the host waits only when kDescRing appends are queued.
+  PinnedBuffer* pin_buf = &append_pin_;
+  cudaEvent_t pin_event = ev_append_upload_;
+  if (!host) {
+    pin_buf = &desc_pin_[desc_next_];
+    pin_event = ev_desc_[desc_next_];
+    desc_next_ = (desc_next_ + 1) % kDescRing;
+  }
+  TWL_HBM_CUDA(cudaEventSynchronize(pin_event));  // returns at once when done
+  TWL_HBM_RETURN(pin_buf->Reserve(pk.used()));
   TWL_HBM_RETURN(Grow(append_dev_, pk.used()));
-  char* pin = append_pin_.data();
-  std::memcpy(pin + o_page, tokens.page_id, sizeof(int32_t) * size_t(n));
-  std::memcpy(pin + o_slot, tokens.slot, sizeof(int32_t) * size_t(n));
-  std::memcpy(pin + o_pp, plan_pages.data(), sizeof(int32_t) * plan_pages.size());
-  std::memcpy(pin + o_pr, plan_rows.data(), sizeof(int32_t) * plan_rows.size());
+  char* pin = pin_buf->data();
+  if (bulk) {
+    std::memcpy(pin + o_seg, segs_.data(), sizeof(AppendSegment) * segs_.size());
+  } else {
+    std::memcpy(pin + o_page, tokens.page_id, sizeof(int32_t) * size_t(n));
+    std::memcpy(pin + o_slot, tokens.slot, sizeof(int32_t) * size_t(n));
+    std::memcpy(pin + o_pp, plan_pages.data(), sizeof(int32_t) * plan_pages.size());
+    std::memcpy(pin + o_pr, plan_rows.data(), sizeof(int32_t) * plan_rows.size());
+  }
   if (host) {
     std::memcpy(pin + o_k, tokens.k, kv_bytes);
     std::memcpy(pin + o_v, tokens.v, kv_bytes);
   }
-  if (decoded_) TWL_HBM_CUDA(cudaStreamWaitEvent(stream_, ev_decode_, 0));
-  TWL_HBM_CUDA(cudaMemcpyAsync(append_dev_.get(), pin, pk.used(), cudaMemcpyHostToDevice, stream_));
-  TWL_HBM_CUDA(cudaEventRecord(ev_append_upload_, stream_));
+  // Device-side order: after the last decode (a reused page may still be read by it) and
+  // the last append (append_dev_ is shared; ReadPage/CopyPage/Decode wait for the last).
+  if (decoded_) TWL_HBM_CUDA(cudaStreamWaitEvent(a, ev_decode_, 0));
+  if (appended_) TWL_HBM_CUDA(cudaStreamWaitEvent(a, ev_append_, 0));
+  TWL_HBM_CUDA(cudaMemcpyAsync(append_dev_.get(), pin, pk.used(), cudaMemcpyHostToDevice, a));
+  TWL_HBM_CUDA(cudaEventRecord(pin_event, a));
   char* dev = append_dev_.as<char>();
-  AppendView in;
-  in.num_tokens = n;
-  in.k = host ? reinterpret_cast<const fp16_t*>(dev + o_k) : tokens.k;
-  in.v = host ? reinterpret_cast<const fp16_t*>(dev + o_v) : tokens.v;
-  in.page_id = reinterpret_cast<const int32_t*>(dev + o_page);
-  in.slot = reinterpret_cast<const int32_t*>(dev + o_slot);
-  const AppendPagePlan plan{reinterpret_cast<const int32_t*>(dev + o_pp),
-                            reinterpret_cast<const int32_t*>(dev + o_pr),
-                            int32_t(plan_pages.size())};
-  TWL_HBM_RETURN(LaunchAppend(g_, in, InputType(dtype), plan, kv_, qk_, stream_));
-  TWL_HBM_CUDA(cudaEventRecord(ev_append_, stream_));
+  const void* k = host ? static_cast<const void*>(dev + o_k) : tokens.k;
+  const void* v = host ? static_cast<const void*>(dev + o_v) : tokens.v;
+  if (bulk) {
+    TWL_HBM_RETURN(LaunchAppendSegments(g_, reinterpret_cast<const AppendSegment*>(dev + o_seg),
+                                        int32_t(segs_.size()), k, v, InputType(dtype), kv_,
+                                        nullptr, qk_, a));
+  } else {
+    AppendView in;
+    in.num_tokens = n;
+    in.k = static_cast<const fp16_t*>(k);
+    in.v = static_cast<const fp16_t*>(v);
+    in.page_id = reinterpret_cast<const int32_t*>(dev + o_page);
+    in.slot = reinterpret_cast<const int32_t*>(dev + o_slot);
+    const AppendPagePlan plan{reinterpret_cast<const int32_t*>(dev + o_pp),
+                              reinterpret_cast<const int32_t*>(dev + o_pr),
+                              int32_t(plan_pages.size())};
+    TWL_HBM_RETURN(LaunchAppend(g_, in, InputType(dtype), plan, kv_, qk_, a));
+  }
+  TWL_HBM_CUDA(cudaEventRecord(ev_append_, a));
   appended_ = true;
   return absl::OkStatus();
 }
@@ -289,6 +343,7 @@ absl::Status GpuHbmBackend::CopyPage(int32_t src_page, int32_t dst_page, int32_t
   }
   if (rows == 0 || src_page == dst_page) return absl::OkStatus();
   if (decoded_) TWL_HBM_CUDA(cudaStreamWaitEvent(stream_, ev_decode_, 0));
+  if (appended_) TWL_HBM_CUDA(cudaStreamWaitEvent(stream_, ev_append_, 0));
   const size_t row_bytes = size_t(g_.head_dim) * 2;
   for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
     const int64_t sb = g_.BlockId(src_page, h), db = g_.BlockId(dst_page, h);
@@ -327,6 +382,8 @@ absl::Status GpuHbmBackend::ReadPage(int32_t page, int32_t rows, fp16_t* k, fp16
   }
   if (rows == 0) return absl::OkStatus();
   if (!k || !v) return absl::InvalidArgumentError("read: null output");
+  // Appends may run on callers' streams: the last one's event covers all (they are chained).
+  if (appended_) TWL_HBM_CUDA(cudaStreamWaitEvent(stream_, ev_append_, 0));
   const size_t row_bytes = size_t(g_.head_dim) * 2;
   const size_t pitch = row_bytes * g_.num_kv_heads;
   for (int32_t h = 0; h < g_.num_kv_heads; ++h) {

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <utility>
@@ -17,6 +18,7 @@
 #include "offload/cache_plan.h"
 #include "offload/cuda_check.cuh"
 #include "offload/gather.h"
+#include "runtime/dtype_convert.h"
 #include "runtime/geometry.h"
 #include "runtime/kept_capture.h"
 #include "runtime/gpu_offload_backend.h"
@@ -42,6 +44,13 @@ using offload_cuda::AsStream;
 constexpr int32_t kMaxGroups = 8;
 constexpr int32_t kPipelineGroups = 2;
 constexpr int32_t kAppendChunkTokens = 4096;  // host-input appends are staged in chunks
+// Bulk append: device staging for whole pages before the copy engine moves them (two
+// halves, rounds beyond them), pinned descriptor buffers in flight, and the least staged
+// bytes per chunk worth copy-engine calls (below it the kernel writes the rows into the
+// mapped pool).
+constexpr int64_t kStageBytes = int64_t(32) << 20;
+constexpr int32_t kDescRing = 8;
+constexpr int64_t kMinCopyEngineBytes = int64_t(256) << 10;
 
 using PinnedBuffer = gpu::PinnedHostBuffer;
 
@@ -62,7 +71,6 @@ KvInputType InputType(DType t) {
       return KvInputType::kFp16;
   }
 }
-size_t DTypeBytes(DType t) { return t == DType::kFp32 ? 4 : 2; }
 
 // Timing events of one group (recorded only when telemetry is asked for).
 enum GroupEvent { kSel0, kSel1, kPrune1, kFetch0, kFetch1, kAttn0, kAttn1, kNumGroupEvents };
@@ -76,7 +84,7 @@ class GpuOffloadBackend final : public OffloadBackend {
   ~GpuOffloadBackend() override {
     cudaDeviceSynchronize();
     for (cudaEvent_t e : all_events_) cudaEventDestroy(e);
-    for (cudaStream_t s : {own_stream_, fetch_stream_, append_stream_}) {
+    for (cudaStream_t s : {own_stream_, fetch_stream_, append_stream_, copy_stream_}) {
       if (s) cudaStreamDestroy(s);
     }
   }
@@ -157,6 +165,28 @@ class GpuOffloadBackend final : public OffloadBackend {
       TWL_OFF_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
       all_events_.push_back(e);
     }
+    for (cudaEvent_t* e : {&ev_release_staged_, &ev_in_[0], &ev_in_[1]}) {
+      TWL_OFF_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+      all_events_.push_back(*e);
+    }
+    for (int32_t i = 0; i < kDescRing; ++i) {
+      TWL_OFF_CUDA(cudaEventCreateWithFlags(&ev_desc_[i], cudaEventDisableTiming));
+      all_events_.push_back(ev_desc_[i]);
+    }
+    // Bulk-append staging, sized here so that appends never allocate on the way.
+    page_bytes_ = int64_t(g_.num_kv_heads) * g_.FpBlockBytes();
+    // Two halves: the kernel fills one while the copy engine drains the other.
+    half_pages_ = std::max<int64_t>(1, std::min<int64_t>(kStageBytes / page_bytes_, num_pages_) / 2);
+    TWL_OFF_RETURN(Grow(stage_, size_t(2 * half_pages_ * page_bytes_)));
+    TWL_OFF_CUDA(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
+    for (cudaEvent_t* e : {&ev_filled_, &ev_half_[0], &ev_half_[1]}) {
+      TWL_OFF_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+      all_events_.push_back(*e);
+    }
+    TWL_OFF_RETURN(Grow(d_segs_, size_t(4096) * sizeof(AppendSegment)));
+    if (const char* p = std::getenv("TWL_APPEND_PATH"); p && std::strcmp(p, "kernel") == 0) {
+      append_path_ = AppendPath::kKernel;
+    }
     for (int32_t i = 0; i < kMaxGroups; ++i) {
       TWL_OFF_CUDA(cudaEventCreateWithFlags(&ev_pruned_[i], cudaEventDisableTiming));
       TWL_OFF_CUDA(cudaEventCreateWithFlags(&ev_fetched_[i], cudaEventDisableTiming));
@@ -197,6 +227,8 @@ class GpuOffloadBackend final : public OffloadBackend {
   void SetFetchPath(FetchPath path) override {
     use_copy_engine_ = path == FetchPath::kCopyEngine;
   }
+  void SetAppendPath(AppendPath path) override { append_path_ = path; }
+  AppendPath append_path() const override { return append_path_; }
   FetchSource HostPool() const override {
     return FetchSource{pool_->base(), pool_->device_base(), g_.FpBlockBytes(), num_blocks_};
   }
@@ -204,7 +236,12 @@ class GpuOffloadBackend final : public OffloadBackend {
   OffloadStepStats LastStepStats() const override { return last_stats_; }
   CacheCounters CacheTotals() const override { return totals_; }
 
-  absl::Status Append(const AppendView& tokens, DType dtype, MemSpace space) override;
+  absl::Status Append(const AppendView& tokens, DType dtype, MemSpace space,
+                      void* stream) override;
+  absl::Status WaitAppends() override {
+    TWL_OFF_CUDA(cudaEventSynchronize(ev_append_done_));  // a device fault shows here
+    return absl::OkStatus();
+  }
   absl::Status CopyPage(int32_t src_page, int32_t dst_page, int32_t rows) override;
   absl::Status ReadPage(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const override;
   void ReleasePage(int32_t page) override { pending_release_.push_back(page); }
@@ -232,7 +269,10 @@ class GpuOffloadBackend final : public OffloadBackend {
   // Invalidates freed pages' blocks, on the fetch stream, after the last step (whose
   // attention may still read their slots) has completed.
   absl::Status ApplyPendingReleases();
-  absl::Status AppendChunk(const AppendView& in, DType dtype, MemSpace space);
+  absl::Status AppendChunk(const AppendView& in, DType dtype, MemSpace space, cudaStream_t a);
+  // The bulk path (see the header): segments, staging rounds, one kernel per chunk.
+  absl::Status AppendSegments(const AppendView& tokens, DType dtype, MemSpace space,
+                              cudaStream_t s);
   // Telemetry without a host wait on the step: the step's figures are copied to a pinned
   // slot on its stream (EnqueueTelemetry) and read by the next Decode (HarvestTelemetry),
   // which waits only for the previous step, not the one it just queued.
@@ -288,6 +328,23 @@ class GpuOffloadBackend final : public OffloadBackend {
   std::vector<int32_t> pending_release_;
   PinnedBuffer h_release_;
   gpu::DeviceBuffer d_release_;
+  cudaEvent_t ev_release_staged_ = nullptr;  // h_release_ consumed
+  // Bulk append (AppendSegments).
+  AppendPath append_path_ = AppendPath::kCopyEngine;
+  int64_t page_bytes_ = 0;   // one page: num_kv_heads blocks, contiguous in the pool
+  int64_t half_pages_ = 0;   // pages of each half of stage_
+  cudaStream_t copy_stream_ = nullptr;  // D2H of staged pages
+  cudaEvent_t ev_filled_ = nullptr;     // a half of the staging written by the kernel
+  cudaEvent_t ev_half_[2] = {};         // a half of the staging drained by the copy engine
+  gpu::DeviceBuffer stage_, d_segs_, d_in_;
+  PinnedBuffer h_desc_[kDescRing];
+  cudaEvent_t ev_desc_[kDescRing] = {};
+  int32_t desc_next_ = 0;
+  int32_t half_next_ = 0;  // staging half of the next round
+  PinnedBuffer h_in_[2];  // host input, double-buffered
+  cudaEvent_t ev_in_[2] = {};
+  int32_t in_next_ = 0;
+  std::vector<AppendSegment> segs_;
 
   uint32_t stamp_ = 1;
   absl::Status async_error_;
@@ -298,7 +355,9 @@ class GpuOffloadBackend final : public OffloadBackend {
 absl::Status GpuOffloadBackend::ApplyPendingReleases() {
   if (pending_release_.empty()) return absl::OkStatus();
   const int32_t n = int32_t(pending_release_.size());
-  TWL_OFF_CUDA(cudaStreamSynchronize(fetch_stream_));  // the staging may still be read
+  // The staging may still be read by the previous release's upload (only that is waited
+  // for, not the whole fetch stream).
+  TWL_OFF_CUDA(cudaEventSynchronize(ev_release_staged_));
   TWL_OFF_RETURN(h_release_.Reserve(size_t(n) * 4));
   TWL_OFF_RETURN(Grow(d_release_, size_t(n) * 4));
   std::memcpy(h_release_.as<int32_t>(), pending_release_.data(), size_t(n) * 4);
@@ -306,17 +365,23 @@ absl::Status GpuOffloadBackend::ApplyPendingReleases() {
   TWL_OFF_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_step_done_, 0));
   TWL_OFF_CUDA(cudaMemcpyAsync(d_release_.get(), h_release_.as<int32_t>(), size_t(n) * 4,
                                cudaMemcpyHostToDevice, fetch_stream_));
+  TWL_OFF_CUDA(cudaEventRecord(ev_release_staged_, fetch_stream_));
   TWL_OFF_RETURN(LaunchCacheInvalidatePages(cache_, d_release_.as<int32_t>(), n,
                                             g_.num_kv_heads, fetch_stream_));
   TWL_OFF_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
   return absl::OkStatus();
 }
 
-absl::Status GpuOffloadBackend::Append(const AppendView& tokens, DType dtype, MemSpace space) {
+absl::Status GpuOffloadBackend::Append(const AppendView& tokens, DType dtype, MemSpace space,
+                                       void* stream) {
   if (tokens.num_tokens < 0) return absl::InvalidArgumentError("append: num_tokens < 0");
   if (tokens.num_tokens == 0) return absl::OkStatus();
   if (!tokens.k || !tokens.v || !tokens.page_id || !tokens.slot) {
     return absl::InvalidArgumentError("append: null k, v, page_id or slot");
+  }
+  if (!IsValidDType(dtype)) return absl::InvalidArgumentError("append: unknown dtype");
+  if (space != MemSpace::kHost && space != MemSpace::kDevice) {
+    return absl::InvalidArgumentError("append: unknown memory space");
   }
   TWL_OFF_RETURN(CheckPages(tokens.page_id, tokens.num_tokens, "append"));
   for (int32_t i = 0; i < tokens.num_tokens; ++i) {
@@ -326,6 +391,19 @@ absl::Status GpuOffloadBackend::Append(const AppendView& tokens, DType dtype, Me
     }
   }
   TWL_OFF_RETURN(ApplyPendingReleases());
+  cudaStream_t a = stream ? AsStream(stream) : append_stream_;
+  // Chained after the previous append (and its cache mirror): they share the staging and the
+  // descriptor buffer, and CopyPage/ReadPage/Decode wait for the last one only. A page freed
+  // and reused since the last step may still be read by it: wait for that step too. Both
+  // waits are on the device; the host goes on.
+  TWL_OFF_CUDA(cudaStreamWaitEvent(a, ev_append_done_, 0));
+  TWL_OFF_CUDA(cudaStreamWaitEvent(a, ev_step_done_, 0));
+  // The bulk path needs every page written in one run of consecutive rows (how the Runtime
+  // appends, batches included); anything else takes the per-token path.
+  if (PlanAppendSegments(tokens.page_id, tokens.slot, tokens.num_tokens, &segs_) &&
+      g_.head_dim % 8 == 0) {
+    return AppendSegments(tokens, dtype, space, a);
+  }
   // Host input is staged through pinned memory in chunks; device input goes in one launch.
   const int32_t chunk = space == MemSpace::kHost ? kAppendChunkTokens : tokens.num_tokens;
   const int64_t row_bytes = int64_t(g_.num_kv_heads) * g_.head_dim * int64_t(DTypeBytes(dtype));
@@ -338,12 +416,169 @@ absl::Status GpuOffloadBackend::Append(const AppendView& tokens, DType dtype, Me
                                              t0 * row_bytes);
     part.page_id = tokens.page_id + t0;
     part.slot = tokens.slot + t0;
-    TWL_OFF_RETURN(AppendChunk(part, dtype, space));
+    TWL_OFF_RETURN(AppendChunk(part, dtype, space, a));
   }
   return absl::OkStatus();
 }
 
-absl::Status GpuOffloadBackend::AppendChunk(const AppendView& in, DType dtype, MemSpace space) {
+absl::Status GpuOffloadBackend::AppendSegments(const AppendView& tokens, DType dtype,
+                                               MemSpace space, cudaStream_t s) {
+  const int32_t n = tokens.num_tokens;
+  const int64_t row_bytes = int64_t(g_.num_kv_heads) * g_.head_dim * int64_t(DTypeBytes(dtype));
+  // Host input goes up in chunks of tokens (each chunk re-planned: a page split across two
+  // chunks becomes two segments, the second merging its bounds with the first's, which the
+  // stream has written by then).
+  const bool host = space == MemSpace::kHost;
+  const int32_t chunk_tokens = host ? kAppendChunkTokens : n;
+  struct Run {  // one copy-engine transfer: pages [page, page + count) from stage [stage, ...)
+    int32_t stage, page, count;
+  };
+  struct Round {
+    int32_t seg_begin, seg_count;  // into the call's descriptor array
+    std::vector<Run> runs;
+  };
+  struct Chunk {
+    int32_t t0, tokens;
+    std::vector<Round> rounds;
+  };
+  std::vector<Chunk> chunks;
+  std::vector<AppendSegment> all;  // every chunk's segments, in launch order
+  all.reserve(segs_.size() + size_t(n / std::max(chunk_tokens, 1)) + 1);
+  std::vector<AppendSegment> plan, direct, staged;
+  int64_t direct_segments = 0;
+  for (int32_t t0 = 0; t0 < n; t0 += chunk_tokens) {
+    Chunk ch;
+    ch.t0 = t0;
+    ch.tokens = std::min(chunk_tokens, n - t0);
+    if (host) {
+      PlanAppendSegments(tokens.page_id + t0, tokens.slot + t0, ch.tokens, &plan);
+    } else {
+      plan.swap(segs_);
+    }
+    // Whole pages go through the staging when enough of them make the copy engine pay.
+    direct.clear();
+    staged.clear();
+    for (const AppendSegment& sg : plan) {
+      const bool whole = sg.row_begin == 0 && sg.row_end == g_.page_size;
+      (whole && append_path_ == AppendPath::kCopyEngine ? staged : direct).push_back(sg);
+    }
+    if (int64_t(staged.size()) * page_bytes_ < kMinCopyEngineBytes) {
+      direct.insert(direct.end(), staged.begin(), staged.end());
+      staged.clear();
+    }
+    // Sorted by page id, consecutive ids become one transfer (a fresh pool hands out
+    // consecutive pages; after frees, LIFO reuse hands them out in reverse).
+    std::sort(staged.begin(), staged.end(),
+              [](const AppendSegment& x, const AppendSegment& y) { return x.page < y.page; });
+    direct_segments += int64_t(direct.size());
+    size_t next_staged = 0;
+    do {
+      Round r;
+      r.seg_begin = int32_t(all.size());
+      if (ch.rounds.empty()) all.insert(all.end(), direct.begin(), direct.end());
+      const size_t take = std::min<size_t>(size_t(half_pages_), staged.size() - next_staged);
+      for (size_t j = 0; j < take; ++j) {
+        AppendSegment sg = staged[next_staged + j];
+        sg.stage = int32_t(j);
+        if (!r.runs.empty() && r.runs.back().page + r.runs.back().count == sg.page) {
+          ++r.runs.back().count;
+        } else {
+          r.runs.push_back(Run{sg.stage, sg.page, 1});
+        }
+        all.push_back(sg);
+      }
+      next_staged += take;
+      r.seg_count = int32_t(all.size()) - r.seg_begin;
+      ch.rounds.push_back(std::move(r));
+    } while (next_staged < staged.size());
+    chunks.push_back(std::move(ch));
+  }
+  if (all.size() > size_t(std::numeric_limits<int32_t>::max())) {
+    return absl::InvalidArgumentError("append: too many segments");
+  }
+
+  // Descriptors up in one copy, through the next pinned ring buffer. Waiting for its event
+  // blocks the host only when kDescRing appends are still queued ahead of this one.
+  const size_t desc_bytes = all.size() * sizeof(AppendSegment);
+  const int32_t ring = desc_next_;
+  desc_next_ = (desc_next_ + 1) % kDescRing;
+  TWL_OFF_CUDA(cudaEventSynchronize(ev_desc_[ring]));  // returns at once when done
+  TWL_OFF_RETURN(h_desc_[ring].Reserve(desc_bytes));
+  TWL_OFF_RETURN(Grow(d_segs_, desc_bytes));  // grows only for a larger call than any before
+  std::memcpy(h_desc_[ring].data(), all.data(), desc_bytes);
+  TWL_OFF_CUDA(cudaMemcpyAsync(d_segs_.get(), h_desc_[ring].data(), desc_bytes,
+                               cudaMemcpyHostToDevice, s));
+  TWL_OFF_CUDA(cudaEventRecord(ev_desc_[ring], s));
+  if (host) TWL_OFF_RETURN(Grow(d_in_, size_t(2 * int64_t(kAppendChunkTokens) * row_bytes)));
+
+  const auto* d_all = d_segs_.as<AppendSegment>();
+  bool copied = false;
+  const FpKvView pool_view{static_cast<fp16_t*>(pool_->device_base()), nullptr};
+  auto* pool_host = static_cast<char*>(pool_->base());
+  for (const Chunk& ch : chunks) {
+    const void* k = reinterpret_cast<const char*>(tokens.k) + ch.t0 * row_bytes;
+    const void* v = reinterpret_cast<const char*>(tokens.v) + ch.t0 * row_bytes;
+    if (host) {
+      // Host rows -> pinned (double-buffered, each guarded by the event of its upload) ->
+      // d_in_, which the stream frees for the next chunk once this chunk's kernel has run.
+      const size_t bytes = size_t(ch.tokens * row_bytes);
+      const int32_t b = in_next_;
+      in_next_ ^= 1;
+      TWL_OFF_CUDA(cudaEventSynchronize(ev_in_[b]));
+      TWL_OFF_RETURN(h_in_[b].Reserve(2 * bytes));
+      std::memcpy(h_in_[b].data(), k, bytes);
+      std::memcpy(h_in_[b].data() + bytes, v, bytes);
+      TWL_OFF_CUDA(cudaMemcpyAsync(d_in_.get(), h_in_[b].data(), 2 * bytes,
+                                   cudaMemcpyHostToDevice, s));
+      TWL_OFF_CUDA(cudaEventRecord(ev_in_[b], s));
+      k = d_in_.get();
+      v = d_in_.as<char>() + bytes;
+    }
+    for (const Round& r : ch.rounds) {
+      // Rounds alternate between the staging halves: the kernel of round i + 1 runs while
+      // the copy engine still drains round i's half (on copy_stream_); round i + 2 waits for
+      // that drain before it overwrites the half.
+      const int32_t half = half_next_;
+      char* stage = stage_.as<char>() + int64_t(half) * half_pages_ * page_bytes_;
+      if (!r.runs.empty()) TWL_OFF_CUDA(cudaStreamWaitEvent(s, ev_half_[half], 0));
+      TWL_OFF_RETURN(LaunchAppendSegments(g_, d_all + r.seg_begin, r.seg_count, k, v,
+                                          InputType(dtype), pool_view,
+                                          reinterpret_cast<fp16_t*>(stage), qk_, s));
+      if (r.runs.empty()) continue;
+      TWL_OFF_CUDA(cudaEventRecord(ev_filled_, s));
+      TWL_OFF_CUDA(cudaStreamWaitEvent(copy_stream_, ev_filled_, 0));
+      for (const Run& run : r.runs) {
+        TWL_OFF_CUDA(cudaMemcpyAsync(pool_host + int64_t(run.page) * page_bytes_,
+                                     stage + int64_t(run.stage) * page_bytes_,
+                                     size_t(int64_t(run.count) * page_bytes_),
+                                     cudaMemcpyDeviceToHost, copy_stream_));
+      }
+      TWL_OFF_CUDA(cudaEventRecord(ev_half_[half], copy_stream_));
+      half_next_ ^= 1;
+      copied = true;
+    }
+  }
+  // The caller's stream reaches "appended" only once every staged page is in the pool
+  // (copy_stream_ runs its copies in order, so its last event covers them all).
+  if (copied) TWL_OFF_CUDA(cudaStreamWaitEvent(s, ev_half_[half_next_ ^ 1], 0));
+  TWL_OFF_CUDA(cudaEventRecord(ev_appended_, s));
+  if (direct_segments > 0) {
+    // Cache coherence on the fetch stream, where every other cache mutation runs. Whole new
+    // pages cannot be resident (freed pages were invalidated before), so only calls with
+    // partial pages need it.
+    TWL_OFF_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_appended_, 0));
+    TWL_OFF_RETURN(LaunchCacheMirrorSegments(cache_, g_,
+                                             static_cast<const fp16_t*>(pool_->device_base()),
+                                             d_all, int32_t(all.size()), fetch_stream_));
+    TWL_OFF_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
+  } else {
+    TWL_OFF_CUDA(cudaEventRecord(ev_append_done_, s));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GpuOffloadBackend::AppendChunk(const AppendView& in, DType dtype, MemSpace space,
+                                            cudaStream_t a) {
   const int32_t n = in.num_tokens;
   PlanAppendPages(in.page_id, in.slot, n, &plan_pages_, &plan_rows_);
   const int32_t np = int32_t(plan_pages_.size());
@@ -366,10 +601,7 @@ absl::Status GpuOffloadBackend::AppendChunk(const AppendView& in, DType dtype, M
     std::memcpy(h + kv_off, in.k, kv_bytes);
     std::memcpy(h + kv_off + kv_bytes, in.v, kv_bytes);
   }
-  cudaStream_t a = append_stream_;
-  // Appends only add rows beyond the seq_len of every step already issued, but a page freed
-  // and reused since the last step may still be read by it: wait for that step (GPU-side).
-  TWL_OFF_CUDA(cudaStreamWaitEvent(a, ev_step_done_, 0));
+  TWL_OFF_CUDA(cudaStreamWaitEvent(a, ev_append_done_, 0));
   TWL_OFF_CUDA(cudaMemcpyAsync(d_append_.get(), h, total, cudaMemcpyHostToDevice, a));
   TWL_OFF_CUDA(cudaEventRecord(ev_append_staged_, a));
   char* d = d_append_.as<char>();
@@ -404,9 +636,10 @@ absl::Status GpuOffloadBackend::CopyPage(int32_t src_page, int32_t dst_page, int
     return absl::InvalidArgumentError(absl::StrFormat("copy page: rows %d", rows));
   }
   TWL_OFF_RETURN(ApplyPendingReleases());
-  // Rows of src may still be in flight from an append kernel, and a step issued before
-  // dst_page was last freed may still read it.
-  TWL_OFF_CUDA(cudaStreamSynchronize(append_stream_));
+  // Rows of src may still be in flight from an append (on whatever stream; appends are
+  // chained, so the last one's event covers all), and a step issued before dst_page was
+  // last freed may still read it.
+  TWL_OFF_CUDA(cudaEventSynchronize(ev_append_done_));
   TWL_OFF_CUDA(cudaEventSynchronize(ev_step_done_));
   const int32_t H = g_.num_kv_heads;
   const int64_t row_elems = g_.head_dim;
@@ -457,7 +690,7 @@ absl::Status GpuOffloadBackend::ReadPage(int32_t page, int32_t rows, fp16_t* k,
   if (rows < 0 || rows > g_.page_size || !k || !v) {
     return absl::InvalidArgumentError("read page: bad rows or null output");
   }
-  TWL_OFF_CUDA(cudaStreamSynchronize(append_stream_));  // appended rows have landed
+  TWL_OFF_CUDA(cudaEventSynchronize(ev_append_done_));  // appended rows have landed
   const int32_t H = g_.num_kv_heads, d = g_.head_dim;
   for (int32_t h = 0; h < H; ++h) {
     const auto* b = static_cast<const fp16_t*>(pool_->Block(int64_t(page) * H + h));

@@ -23,10 +23,23 @@
 // blocks (a split of each kept set into resident and missing tokens would need partial
 // softmax states from the attention kernel), and work of different Decode calls.
 //
-// Append: FP16 rows go straight into the mapped host pool and INT4 K + page bounds into
-// device memory, by one kernel on the append stream; rows of blocks resident in the cache
-// are mirrored into their slots on the fetch stream (the cache never holds stale rows).
-// Device input pointers must be ready when Append is called (no stream is passed).
+// Append (one call for a whole batch of sequences, enqueued on the caller's stream, never
+// waiting for the device on the way): the tokens are cut into segments (rows of one page);
+// ONE kernel per call writes every segment, computing the INT4 K, its scales and the Quest
+// page bounds in device memory from the same registers (bounds of a partially filled page
+// are merged with the ones already there, so the host pool is never read back). The FP16
+// rows of whole pages go to a device staging buffer laid out like the pool and then to the
+// pinned pool by the copy engine, one cudaMemcpyAsync per run of consecutive page ids
+// (AppendPath::kCopyEngine, the default); rows of partial pages (a sequence's first and
+// last page, decode-time appends) are written by the kernel straight into the mapped pool
+// with 16-byte stores (AppendPath::kKernel writes everything that way). The staging (32 MiB)
+// has two halves: the kernel fills one while the copy engine (on a stream of its own that
+// the caller's stream then waits for) drains the other. Descriptors go up through a ring of
+// pinned buffers guarded by events (the host waits only when it is kDescRing calls ahead).
+// Rows of blocks resident in the cache are mirrored into their slots on the fetch stream
+// (the cache never holds stale rows). Appends are chained (each waits, on the device, for
+// the previous one and for the last decode step), and every decode waits for the last
+// append, whatever streams they use.
 // Thread-safety: one caller at a time (the Runtime serializes calls).
 #pragma once
 
@@ -50,8 +63,17 @@ struct OffloadStepStats {
   int32_t errors = 0;           // plan kernels that reported an inconsistency (must be 0)
 };
 
+// How Append moves the FP16 rows of whole pages to the host pool (see above).
+enum class AppendPath : int32_t {
+  kCopyEngine = 0,  // device staging + cudaMemcpyAsync D2H per run of consecutive pages
+  kKernel = 1,      // the append kernel stores into the mapped pool
+};
+
 class OffloadBackend : public Backend {
  public:
+  // Default: kCopyEngine, or TWL_APPEND_PATH=kernel|copy in the environment at creation.
+  virtual void SetAppendPath(AppendPath path) = 0;
+  virtual AppendPath append_path() const = 0;
   virtual OffloadStepStats LastStepStats() const = 0;
   virtual CacheCounters CacheTotals() const = 0;  // summed over telemetry steps
   virtual int32_t num_cache_slots() const = 0;

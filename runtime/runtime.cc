@@ -18,6 +18,7 @@
 #include <mutex>
 #include <shared_mutex>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_format.h"
 #include "cache/page_allocator.h"
 #include "cache/sequence_table.h"
@@ -226,34 +227,72 @@ absl::StatusOr<int32_t> Runtime::SequenceLength(SeqId seq, int32_t layer) const 
 
 absl::Status Runtime::Append(SeqId seq, int32_t layer, int32_t n, const void* k, const void* v,
                              DType dtype, MemSpace space) {
-  Impl& im = *impl_;
-  // Every check comes before the first mutation, so a failed call changes nothing.
-  if (k == nullptr || v == nullptr) return absl::InvalidArgumentError("append: null k or v");
   if (n <= 0) return absl::InvalidArgumentError(absl::StrFormat("append: n = %d, need >= 1", n));
+  const SeqId seqs[1] = {seq};
+  const int32_t counts[1] = {n};
+  return AppendImpl("append", layer, seqs, counts, k, v, dtype, space, /*stream=*/nullptr,
+                    /*wait=*/true);
+}
+
+absl::Status Runtime::AppendBatch(int32_t layer, absl::Span<const SeqId> seqs,
+                                  absl::Span<const int32_t> counts, const void* k, const void* v,
+                                  DType dtype, MemSpace space, void* stream) {
+  return AppendImpl("append batch", layer, seqs, counts, k, v, dtype, space, stream,
+                    /*wait=*/false);
+}
+
+absl::Status Runtime::AppendImpl(const char* what, int32_t layer, absl::Span<const SeqId> seqs,
+                                 absl::Span<const int32_t> counts, const void* k, const void* v,
+                                 DType dtype, MemSpace space, void* stream, bool wait) {
+  Impl& im = *impl_;
+  auto bad = [&](const std::string& msg) {
+    return absl::InvalidArgumentError(absl::StrFormat("%s: %s", what, msg));
+  };
+  // Every check comes before the first mutation, so a failed call changes nothing.
+  if (seqs.size() != counts.size()) {
+    return bad(absl::StrFormat("%d sequences but %d counts", seqs.size(), counts.size()));
+  }
+  if (seqs.size() > size_t(std::numeric_limits<int32_t>::max())) return bad("batch too large");
   if (layer < 0 || layer >= config_.num_layers) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("append: layer %d out of range [0, %d)", layer, config_.num_layers));
+    return bad(absl::StrFormat("layer %d out of range [0, %d)", layer, config_.num_layers));
   }
   if (!IsValidDType(dtype)) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("append: unknown dtype %d", static_cast<int32_t>(dtype)));
+    return bad(absl::StrFormat("unknown dtype %d", static_cast<int32_t>(dtype)));
   }
-  if (space != MemSpace::kHost && space != MemSpace::kDevice) {
-    return absl::InvalidArgumentError("append: unknown memory space");
-  }
+  if (space != MemSpace::kHost && space != MemSpace::kDevice) return bad("unknown memory space");
   if (space == MemSpace::kDevice && im.backend->Kind() == BackendKind::kCpu) {
-    return absl::InvalidArgumentError("append: device pointers need a GPU backend");
+    return bad("device pointers need a GPU backend");
   }
-  if (!im.table->Contains(seq)) {
-    return absl::NotFoundError(absl::StrFormat("append: unknown sequence %d", seq));
+  int64_t total = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    if (counts[i] < 0) {
+      return bad(absl::StrFormat("count %d of entry %d (sequence %d) is negative", counts[i], i,
+                                 seqs[i]));
+    }
+    total += counts[i];
+  }
+  if (total > std::numeric_limits<int32_t>::max()) {
+    return bad(absl::StrFormat("%d tokens in one call, at most 2^31-1", total));
+  }
+  if (total > 0 && (k == nullptr || v == nullptr)) return bad("null k or v");
+  {
+    absl::flat_hash_map<SeqId, size_t> first;
+    first.reserve(seqs.size());
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      auto [it, inserted] = first.try_emplace(seqs[i], i);
+      if (!inserted) {
+        return bad(absl::StrFormat("sequence %d listed twice (entries %d and %d)", seqs[i],
+                                   it->second, i));
+      }
+    }
   }
   // Host input in BF16/FP32 becomes FP16 here, so backends see one host format.
-  const int64_t elems = int64_t(n) * config_.num_kv_heads * config_.head_dim;
+  const int64_t elems = total * config_.num_kv_heads * config_.head_dim;
   const void* k_in = k;
   const void* v_in = v;
   DType dtype_in = dtype;
   std::vector<fp16_t> k16, v16;
-  if (space == MemSpace::kHost && dtype != DType::kFp16) {
+  if (space == MemSpace::kHost && dtype != DType::kFp16 && total > 0) {
     k16.resize(size_t(elems));
     v16.resize(size_t(elems));
     ConvertToFp16(k, dtype, elems, k16.data());
@@ -264,24 +303,82 @@ absl::Status Runtime::Append(SeqId seq, int32_t layer, int32_t n, const void* k,
   }
 
   std::unique_lock lock(im.mu);
-  absl::StatusOr<AppendPlan> plan = im.table->PlanAppend(seq, layer, n);
-  if (!plan.ok()) return plan.status();
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (!im.table->Contains(seqs[i])) {
+      return absl::NotFoundError(
+          absl::StrFormat("%s: unknown sequence %d (entry %d)", what, seqs[i], i));
+    }
+  }
+  if (total == 0) return absl::OkStatus();
+
+  // Phase 1: pages for every sequence (all-or-nothing: a failure returns the pages of the
+  // sequences planned before it).
+  std::vector<AppendPlan> plans;
+  plans.reserve(seqs.size());
   auto abort = [&](absl::Status s) {
     std::vector<int32_t> freed;
-    im.table->AbortAppend(*plan, &freed);
+    for (const AppendPlan& p : plans) im.table->AbortAppend(p, &freed);
     im.ReleasePages(freed);
     return s;
   };
-  if (plan->has_cow()) {
-    if (absl::Status s = im.backend->CopyPage(plan->cow_src, plan->cow_dst, plan->cow_rows);
-        !s.ok()) {
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (counts[i] == 0) continue;
+    absl::StatusOr<AppendPlan> plan = im.table->PlanAppend(seqs[i], layer, counts[i]);
+    if (!plan.ok()) {
+      const absl::Status& st = plan.status();
+      return abort(absl::Status(
+          st.code(), seqs.size() == 1
+                         ? absl::StrFormat("%s: %s", what, st.message())
+                         : absl::StrFormat("%s: sequence %d (entry %d of %d, %d tokens): %s",
+                                           what, seqs[i], i, seqs.size(), counts[i],
+                                           st.message())));
+    }
+    plans.push_back(std::move(*plan));
+  }
+  // Phase 2: copy-on-write of shared partial pages (forks; rare).
+  for (const AppendPlan& p : plans) {
+    if (!p.has_cow()) continue;
+    if (absl::Status s = im.backend->CopyPage(p.cow_src, p.cow_dst, p.cow_rows); !s.ok()) {
       return abort(s);
     }
   }
-  AppendView view = plan->View(static_cast<const fp16_t*>(k_in), static_cast<const fp16_t*>(v_in));
-  if (absl::Status s = im.backend->Append(view, dtype_in, space); !s.ok()) return abort(s);
+  // Phase 3: one backend call for every token of the batch (packed input order = plan order).
+  AppendView view;
+  std::vector<int32_t> page_id, slot;
+  if (plans.size() == 1) {
+    view = plans[0].View(nullptr, nullptr);
+  } else {
+    page_id.reserve(size_t(total));
+    slot.reserve(size_t(total));
+    for (const AppendPlan& p : plans) {
+      page_id.insert(page_id.end(), p.page_id.begin(), p.page_id.end());
+      slot.insert(slot.end(), p.slot.begin(), p.slot.end());
+    }
+    view.num_tokens = static_cast<int32_t>(total);
+    view.page_id = page_id.data();
+    view.slot = slot.data();
+  }
+  view.k = static_cast<const fp16_t*>(k_in);
+  view.v = static_cast<const fp16_t*>(v_in);
+  if (absl::Status s = im.backend->Append(view, dtype_in, space, stream); !s.ok()) {
+    return abort(s);
+  }
+  if (wait) {
+    if (absl::Status s = im.backend->WaitAppends(); !s.ok()) return abort(s);
+  }
+  // Phase 4: install. Nothing else mutates the table while the exclusive lock is held, so a
+  // commit cannot find its sequence changed; the check below is for a broken invariant.
   std::vector<int32_t> freed;
-  if (absl::Status s = im.table->CommitAppend(*plan, &freed); !s.ok()) return abort(s);
+  for (size_t i = 0; i < plans.size(); ++i) {
+    if (absl::Status s = im.table->CommitAppend(plans[i], &freed); !s.ok()) {
+      std::vector<int32_t> aborted;
+      for (size_t j = i; j < plans.size(); ++j) im.table->AbortAppend(plans[j], &aborted);
+      im.ReleasePages(aborted);
+      im.ReleasePages(freed);
+      return absl::InternalError(absl::StrFormat(
+          "%s: commit of entry %d failed after %d committed: %s", what, i, i, s.message()));
+    }
+  }
   im.ReleasePages(freed);
   return absl::OkStatus();
 }

@@ -130,9 +130,25 @@ class Runtime {
   absl::StatusOr<int32_t> SequenceLength(SeqId seq, int32_t layer) const;
 
   // Appends n tokens of K and V, each [n][num_kv_heads][head_dim] in `dtype`, to `layer`.
-  // All-or-nothing: on error the sequence is unchanged.
+  // All-or-nothing: on error the sequence is unchanged. Synchronous: device input has been
+  // consumed when it returns (it is AppendBatch of one sequence, then a wait).
   absl::Status Append(SeqId seq, int32_t layer, int32_t n, const void* k, const void* v,
                       DType dtype, MemSpace space);
+
+  // Appends counts[i] tokens to seqs[i] in `layer`, for every i, in one pass: k and v are
+  // each packed [sum(counts)][num_kv_heads][head_dim] in `dtype`, sequence after sequence in
+  // the order of `seqs`. counts[i] == 0 appends nothing to seqs[i] (the id is still
+  // checked). All-or-nothing across the batch: pages of every sequence are allocated first
+  // (rolled back if any sequence does not fit), then ONE backend call writes every token;
+  // on any error no sequence changes. Errors: InvalidArgument (sizes differ, a count < 0,
+  // a duplicate id, null k/v with tokens, total over 2^31-1, bad layer/dtype/space),
+  // NotFound (an unknown id), ResourceExhausted (the pool cannot hold the batch).
+  // GPU backends with device input: enqueued on `stream` (cudaStream_t as void*, null: the
+  // backend's own) without blocking the host; k/v must stay valid until the stream reaches
+  // the append. A later Decode (any stream) sees the rows.
+  absl::Status AppendBatch(int32_t layer, absl::Span<const SeqId> seqs,
+                           absl::Span<const int32_t> counts, const void* k, const void* v,
+                           DType dtype, MemSpace space, void* stream);
 
   // One decode step of `layer` for `seqs`: q and out are [num_seqs][num_q_heads][head_dim]
   // FP16 in `space` (device pointers on GPU backends). seq_p: per-sequence p or empty.
@@ -155,6 +171,11 @@ class Runtime {
 
  private:
   explicit Runtime(const RuntimeConfig& config);
+  // Shared body of Append and AppendBatch; `what` prefixes messages; `wait`: block until
+  // the device has consumed the input.
+  absl::Status AppendImpl(const char* what, int32_t layer, absl::Span<const SeqId> seqs,
+                          absl::Span<const int32_t> counts, const void* k, const void* v,
+                          DType dtype, MemSpace space, void* stream, bool wait);
   RuntimeConfig config_;
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -31,7 +31,7 @@ build() {
   fi
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTWL_WITH_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DTWL_WERROR=ON "${launcher[@]}" >/dev/null
-  local targets="twl_gpu_tests twl_kernels twl_offload twl_demo twl_accuracy twl_serve_bench ${GPU_CHECK_TARGETS:-}"
+  local targets="twl_gpu_tests twl_kernels twl_offload twl_demo twl_accuracy twl_serve_bench twl_prefill_bench ${GPU_CHECK_TARGETS:-}"
   # shellcheck disable=SC2086
   ninja -C "$BUILD" -j2 $targets
   rm -rf "$STAGE"
@@ -79,7 +79,7 @@ remote() {
   if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
     local cs
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
-    local filt='*AppendGpu*:*SelectGpu*:*PruneGpu*:*AttendGpu*:OffloadTransport*:OffloadCachePlan*:OffloadBackendTest.RepeatedStep*'
+    local filt='*AppendGpu*:*AppendSegmentsGpu*:*SelectGpu*:*PruneGpu*:*AttendGpu*:OffloadTransport*:OffloadCachePlan*:OffloadBackendTest.RepeatedStep*'
     local race='*AppendGpuTest*/0:*SelectGpuTest*/0:*PruneGpuTest*/0:*PruneGpuTest*/3:*AttendGpuTest*/0:*AttendGpuTest*/5'
     {
       echo "== memcheck"
@@ -120,6 +120,10 @@ remote() {
     timeout "${T_OFFLOAD:-200}" "$bin/twl_offload" --out="$out" ${OFFLOAD_ARGS:-} \
       >"$out/offload_bench.log" 2>&1
     echo "twl_offload rc=$?" | tee -a "$summary"
+    # Prefill through twl_append_batch: append GB/s vs the measured D2H link, TTFT vs HBM.
+    timeout "${T_PREFILL:-240}" "$bin/twl_prefill_bench" --csv "$out/prefill.csv" ${PREFILL_ARGS:-} \
+      >"$out/prefill_bench.log" 2>&1
+    echo "twl_prefill_bench rc=$?" | tee -a "$summary"
   fi
   # 4b. The serving-loop benchmark (issue 11), the acceptance benchmark for speed: the dense
   # SDPA baseline of the same loop first (it frees its memory), then twl_serve_bench.
@@ -161,6 +165,7 @@ remote() {
     sed -n '/^twl_kernels: /,$p' "$out/bench.log" | cut -c1-170
   fi
   [ -f "$out/offload_bench.log" ] && tail -n 40 "$out/offload_bench.log" | cut -c1-170
+  [ -f "$out/prefill_bench.log" ] && tail -n 16 "$out/prefill_bench.log" | cut -c1-170
   [ -f "$out/demo.log" ] && tail -n 12 "$out/demo.log" | cut -c1-170
   [ -f "$out/serve.log" ] && grep -v '^\[' "$out/serve.log" | tail -n 60 | cut -c1-260
 }

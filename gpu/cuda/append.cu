@@ -56,4 +56,36 @@ absl::Status LaunchAppend(const PageGeometry& g, const AppendView& in, KvInputTy
   return LaunchRecomputeMinMax(g, plan, kv, qk, stream);
 }
 
+absl::Status LaunchAppendSegments(const PageGeometry& g, const AppendSegment* d_segments,
+                                  int32_t num_segments, const void* k, const void* v,
+                                  KvInputType type, const FpKvView& kv, fp16_t* stage,
+                                  const QuantKView& qk, void* stream) {
+  TWL_RETURN_IF_ERROR(CheckAppendShapes(g, kv, qk));
+  if (num_segments < 0) return absl::InvalidArgumentError("append: num_segments < 0");
+  if (num_segments == 0) return absl::OkStatus();
+  if (!d_segments || !k || !v) {
+    return absl::InvalidArgumentError("append: segments, k and v must not be null");
+  }
+  if (kv.slot_of_block) {
+    return absl::InvalidArgumentError("append segments: the block store must be identity addressed");
+  }
+  const int tpr = g.head_dim / 8;
+  if (g.head_dim % 8 != 0 || tpr < 1 || tpr > 32 || cuda::kSegThreads % tpr != 0) {
+    return absl::UnimplementedError(
+        absl::StrFormat("append segments: head_dim %d is not 8 * a power of two <= 256", g.head_dim));
+  }
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (!aligned(kv.kv) || (stage && !aligned(stage))) {
+    return absl::InvalidArgumentError("append segments: block store and staging must be 16-byte aligned");
+  }
+  const int64_t grid = int64_t(num_segments) * g.num_kv_heads;
+  if (grid > INT32_MAX) return absl::InvalidArgumentError("append: too many segments");
+  // Rows start at multiples of head_dim elements (>= 8), so aligned bases keep every
+  // 8-element group of FP16/BF16 (16 bytes) and FP32 (32 bytes) input aligned too.
+  const bool vec = aligned(k) && aligned(v);
+  cuda::AppendSegmentsKernel<<<unsigned(grid), cuda::kSegThreads, 0, AsStream(stream)>>>(
+      g, d_segments, k, v, type, vec, kv.kv, stage, qk);
+  return LaunchStatus("AppendSegmentsKernel");
+}
+
 }  // namespace twl

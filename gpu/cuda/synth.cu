@@ -34,8 +34,37 @@ __global__ void SynthQueryKernel(SynthSpec sp, const int32_t* seq_ids, int32_t n
   }
 }
 
+__global__ void BusyWaitKernel(uint64_t ns) {
+  extern __shared__ uint32_t busy_smem[];
+  uint64_t t0 = 0, t = 0;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } while (t - t0 < ns);
+  if (threadIdx.x == 0 && t == 0) busy_smem[0] = 1;  // never true: keeps the smem request
+}
+
 }  // namespace
 }  // namespace cuda
+
+absl::Status LaunchBusyWait(double microseconds, int32_t blocks, int32_t threads,
+                            int32_t smem_bytes, void* stream) {
+  if (!(microseconds >= 0) || blocks < 1 || threads < 1 || threads > 1024 || smem_bytes < 0) {
+    return absl::InvalidArgumentError("busy wait: bad arguments");
+  }
+  if (smem_bytes > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(
+        cuda::BusyWaitKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
+    if (e != cudaSuccess) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("busy wait: %d bytes of shared memory: %s", smem_bytes,
+                          cudaGetErrorString(e)));
+    }
+  }
+  cuda::BusyWaitKernel<<<unsigned(blocks), unsigned(threads), size_t(smem_bytes),
+                         cuda::AsStream(stream)>>>(uint64_t(microseconds * 1000.0));
+  return cuda::LaunchStatus("BusyWaitKernel");
+}
 
 absl::Status LaunchSynthKv(const SynthSpec& spec, int32_t seq, int32_t pos0, int32_t n,
                            int32_t len, fp16_t* k, fp16_t* v, void* stream) {

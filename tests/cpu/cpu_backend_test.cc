@@ -33,7 +33,7 @@ absl::Status AppendRows(Backend& b, int32_t page, int32_t first,
   std::vector<int32_t> page_id(static_cast<size_t>(rows), page), slot(static_cast<size_t>(rows));
   for (int32_t r = 0; r < rows; ++r) slot[size_t(r)] = first + r;
   return b.Append(AppendView{rows, k.data(), v.data(), page_id.data(), slot.data()},
-                  DType::kFp16, MemSpace::kHost);
+                  DType::kFp16, MemSpace::kHost, nullptr);
 }
 
 // Decodes one single-page sequence held in `page` with `len` rows.
@@ -102,7 +102,7 @@ TEST(CpuBackend, ConvertsBf16AndFp32Input) {
   const int32_t page_id[3] = {1, 1, 1}, slot[3] = {0, 1, 2};
   AppendView in{3, reinterpret_cast<const fp16_t*>(k.data()),
                 reinterpret_cast<const fp16_t*>(v.data()), page_id, slot};
-  ASSERT_TRUE((*b)->Append(in, DType::kFp32, MemSpace::kHost).ok());
+  ASSERT_TRUE((*b)->Append(in, DType::kFp32, MemSpace::kHost, nullptr).ok());
   std::vector<fp16_t> rk(n), rv(n);
   ASSERT_TRUE((*b)->ReadPage(1, 3, rk.data(), rv.data()).ok());
   for (size_t i = 0; i < n; ++i) {
@@ -122,11 +122,11 @@ TEST(CpuBackend, RejectsOutOfRangePagesAndRows) {
   EXPECT_EQ((*b)->CopyPage(0, 1, 9).code(), absl::StatusCode::kInvalidArgument);
   const int32_t bad_page = 3, slot = 0;
   AppendView in{1, buf.data(), buf.data(), &bad_page, &slot};
-  EXPECT_EQ((*b)->Append(in, DType::kFp16, MemSpace::kHost).code(),
+  EXPECT_EQ((*b)->Append(in, DType::kFp16, MemSpace::kHost, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
   const int32_t good_page = 0;
   in.page_id = &good_page;
-  EXPECT_EQ((*b)->Append(in, DType::kFp16, MemSpace::kDevice).code(),
+  EXPECT_EQ((*b)->Append(in, DType::kFp16, MemSpace::kDevice, nullptr).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(CreateCpuBackend(c, 0).status().code(), absl::StatusCode::kInvalidArgument);
 }

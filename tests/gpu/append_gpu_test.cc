@@ -4,6 +4,7 @@
 // k_bits 2/4/8/16.
 #include <algorithm>
 #include <random>
+#include <utility>
 
 #include "gpu/kernels.h"
 #include "gpu/reference/quantize_ref.h"
@@ -129,6 +130,124 @@ INSTANTIATE_TEST_SUITE_P(
                       AppendCase{128, 16, 2, KvInputType::kFp16},
                       AppendCase{128, 4, 2, KvInputType::kBf16},
                       AppendCase{64, 4, 1, KvInputType::kFp32}));
+
+// The bulk append (LaunchAppendSegments: one launch per call, bounds merged in the same pass)
+// against AppendRef, bit-exact over the whole store, with whole pages sent through a staging
+// buffer and copied into the store afterwards (as the offload backend's copy-engine path does).
+class AppendSegmentsGpuTest : public ::testing::TestWithParam<AppendCase> {};
+
+TEST_P(AppendSegmentsGpuTest, MatchesReferenceBitExact) {
+  TWL_SKIP_WITHOUT_GPU();
+  const AppendCase c = GetParam();
+  PageGeometry g;
+  g.page_size = 16;
+  g.head_dim = c.head_dim;
+  g.num_kv_heads = c.num_kv_heads;
+  g.k_bits = c.k_bits;
+  std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + c.head_dim * 5 +
+                      c.k_bits);
+  const int32_t num_pages = 40;
+  const int64_t blocks = int64_t(num_pages) * g.num_kv_heads;
+  std::vector<fp16_t> kv = RandomBytesVec<fp16_t>(size_t(blocks * g.FpBlockElems()), rng);
+  std::vector<uint8_t> codes = RandomBytesVec<uint8_t>(size_t(blocks * g.CodeBlockBytes()), rng);
+  std::vector<fp16_t> scale = RandomBytesVec<fp16_t>(size_t(blocks * g.page_size), rng);
+  std::vector<fp16_t> zero = RandomBytesVec<fp16_t>(size_t(blocks * g.page_size), rng);
+  std::vector<fp16_t> kmin = RandomBytesVec<fp16_t>(size_t(blocks * g.head_dim), rng);
+  std::vector<fp16_t> kmax = RandomBytesVec<fp16_t>(size_t(blocks * g.head_dim), rng);
+  gpu::DeviceBuffer d_kv = Upload(kv), d_codes = Upload(codes), d_scale = Upload(scale),
+                    d_zero = Upload(zero), d_kmin = Upload(kmin), d_kmax = Upload(kmax);
+  const FpKvView hkv{kv.data(), nullptr};
+  const QuantKView hqk{codes.data(), scale.data(), zero.data(), kmin.data(), kmax.data()};
+  const FpKvView dkv{d_kv.as<fp16_t>(), nullptr};
+  const QuantKView dqk{d_codes.as<uint8_t>(), d_scale.as<fp16_t>(), d_zero.as<fp16_t>(),
+                       d_kmin.as<fp16_t>(), d_kmax.as<fp16_t>()};
+  const int64_t page_elems = int64_t(g.num_kv_heads) * g.FpBlockElems();
+  gpu::DeviceBuffer d_stage;
+  TWL_ASSERT_OK(d_stage.Reserve(size_t(num_pages * page_elems) * 2));
+
+  // Four sequences of at most 10 pages over shuffled page ids; ragged rounds: whole pages,
+  // partial first and last pages, single tokens, zero counts.
+  std::vector<int32_t> pages(num_pages);
+  for (int32_t i = 0; i < num_pages; ++i) pages[size_t(i)] = i;
+  std::shuffle(pages.begin(), pages.end(), rng);
+  std::vector<int32_t> len = {0, 0, 0, 0};
+  const std::vector<std::vector<int32_t>> rounds = {
+      {37, 1, 16, 64}, {5, 16, 1, 1}, {1, 30, 0, 1}, {70, 2, 9, 0}, {32, 40, 1, 13}};
+  const int64_t row = int64_t(g.num_kv_heads) * g.head_dim;
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (const auto& round : rounds) {
+    std::vector<int32_t> page_id, slot;
+    for (int32_t s = 0; s < 4; ++s) {
+      for (int32_t i = 0; i < round[size_t(s)]; ++i) {
+        const int32_t t = len[size_t(s)]++;
+        page_id.push_back(pages[size_t(s * 10 + t / g.page_size)]);
+        slot.push_back(t % g.page_size);
+      }
+    }
+    const int32_t n = int32_t(page_id.size());
+    std::vector<float> kf(size_t(n * row)), vf(size_t(n * row));
+    for (int64_t i = 0; i < n * row; ++i) {
+      kf[size_t(i)] = 0.2f * float(i % g.head_dim % 5) + (i % 13 == 0 ? 5.0f : 1.0f) * nd(rng);
+      vf[size_t(i)] = nd(rng);
+    }
+    std::vector<uint16_t> k16(kf.size()), v16(vf.size()), kh(kf.size()), vh(vf.size());
+    for (size_t i = 0; i < kf.size(); ++i) {
+      if (c.type == KvInputType::kBf16) {
+        k16[i] = FloatToBf16(kf[i]);
+        v16[i] = FloatToBf16(vf[i]);
+        kh[i] = FloatToHalf(Bf16ToFloat(k16[i]));
+        vh[i] = FloatToHalf(Bf16ToFloat(v16[i]));
+      } else {
+        kh[i] = FloatToHalf(kf[i]);
+        vh[i] = FloatToHalf(vf[i]);
+        k16[i] = kh[i];
+        v16[i] = vh[i];
+      }
+    }
+    const AppendView hin{n, kh.data(), vh.data(), page_id.data(), slot.data()};
+    ASSERT_TRUE(AppendRef(g, hin, hkv, hqk).ok());
+
+    std::vector<AppendSegment> segs;
+    ASSERT_TRUE(PlanAppendSegments(page_id.data(), slot.data(), n, &segs));
+    std::vector<std::pair<int32_t, int32_t>> staged;  // (stage, page)
+    for (AppendSegment& sg : segs) {
+      if (sg.row_begin == 0 && sg.row_end == g.page_size) {
+        sg.stage = int32_t(staged.size());
+        staged.emplace_back(sg.stage, sg.page);
+      }
+    }
+    gpu::DeviceBuffer d_k = c.type == KvInputType::kFp32 ? Upload(kf) : Upload(k16);
+    gpu::DeviceBuffer d_v = c.type == KvInputType::kFp32 ? Upload(vf) : Upload(v16);
+    gpu::DeviceBuffer d_segs = Upload(segs);
+    TWL_ASSERT_OK(LaunchAppendSegments(g, d_segs.as<AppendSegment>(), int32_t(segs.size()),
+                                       d_k.get(), d_v.get(), c.type, dkv, d_stage.as<fp16_t>(),
+                                       dqk, nullptr));
+    TWL_ASSERT_OK(gpu::DeviceSync());
+    for (const auto& [st, page] : staged) {
+      TWL_ASSERT_OK(gpu::CopyOnDevice(d_kv.as<fp16_t>() + page * page_elems,
+                                            d_stage.as<fp16_t>() + st * page_elems,
+                                            size_t(page_elems) * 2));
+    }
+  }
+  EXPECT_EQ(Download<fp16_t>(d_kv, kv.size()), kv);
+  EXPECT_EQ(Download<uint8_t>(d_codes, codes.size()), codes);
+  EXPECT_EQ(Download<fp16_t>(d_scale, scale.size()), scale);
+  EXPECT_EQ(Download<fp16_t>(d_zero, zero.size()), zero);
+  EXPECT_EQ(Download<fp16_t>(d_kmin, kmin.size()), kmin);
+  EXPECT_EQ(Download<fp16_t>(d_kmax, kmax.size()), kmax);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, AppendSegmentsGpuTest,
+    ::testing::Values(AppendCase{128, 4, 8, KvInputType::kFp16},
+                      AppendCase{64, 4, 2, KvInputType::kFp16},
+                      AppendCase{128, 2, 3, KvInputType::kFp16},
+                      AppendCase{64, 8, 2, KvInputType::kFp16},
+                      AppendCase{128, 16, 2, KvInputType::kFp16},
+                      AppendCase{128, 4, 2, KvInputType::kBf16},
+                      AppendCase{64, 4, 1, KvInputType::kFp32},
+                      AppendCase{256, 4, 1, KvInputType::kFp16},
+                      AppendCase{32, 4, 2, KvInputType::kBf16}));
 
 TEST(AppendGpu, RejectsBadArguments) {
   TWL_SKIP_WITHOUT_GPU();

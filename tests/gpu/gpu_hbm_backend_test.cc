@@ -63,8 +63,8 @@ std::vector<int32_t> Fill(Pair& b, const RuntimeConfig& c, const std::vector<int
         v16[i] = dtype == DType::kBf16 ? FloatToBf16(vf[i]) : FloatToHalf(vf[i]);
       }
       const AppendView in{n, k16.data(), v16.data(), page.data(), slot.data()};
-      EXPECT_TRUE(b.cpu->Append(in, dtype, MemSpace::kHost).ok());
-      EXPECT_TRUE(b.gpu->Append(in, dtype, MemSpace::kHost).ok());
+      EXPECT_TRUE(b.cpu->Append(in, dtype, MemSpace::kHost, nullptr).ok());
+      EXPECT_TRUE(b.gpu->Append(in, dtype, MemSpace::kHost, nullptr).ok());
       t0 += n;
     }
   }

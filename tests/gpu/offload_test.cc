@@ -404,8 +404,10 @@ struct SideBySide {
     a.v = v.data();
     a.page_id = page_id.data();
     a.slot = slot.data();
-    if (absl::Status st = off->Append(a, DType::kFp16, MemSpace::kHost); !st.ok()) return st;
-    if (absl::Status st = ref->Append(a, DType::kFp16, MemSpace::kHost); !st.ok()) return st;
+    absl::Status st = off->Append(a, DType::kFp16, MemSpace::kHost, nullptr);
+    if (!st.ok()) return st;
+    st = ref->Append(a, DType::kFp16, MemSpace::kHost, nullptr);
+    if (!st.ok()) return st;
     len[size_t(s)] += n;
     return absl::OkStatus();
   }
