@@ -2,8 +2,9 @@
 //
 // It drives the public C API (api/twilight.h) the way a serving engine does: one runtime holds
 // L layers of B sequences of mixed lengths; per step and layer it appends the new token of
-// every sequence (K/V made on the GPU, device pointers) and then decodes the batch with one
-// twl_decode on the engine's stream. Continuous batching: every --churn_every steps the oldest
+// every sequence with one twl_append_batch (K/V made on the GPU, device pointers) and then
+// decodes the batch with one twl_decode, both queued on the engine's stream; the host waits
+// once per step (as an engine does to sample the next tokens). Continuous batching: every --churn_every steps the oldest
 // sequence finishes and a new one is prefilled (prefill time is reported apart from the
 // decode time). Workloads (gpu/synth.h generators):
 //   peaked    every KV head has a few hundred hot tokens (paper-like budgets)
@@ -374,10 +375,12 @@ void Config::Prefill(Running* r) {
         SynthKvHost(spec, r->synth_id, t0, n, r->target, chunk_k_.as<fp16_t>(),
                     chunk_v_.as<fp16_t>());
       }
+      // One batched append on the engine's stream, timed to its completion.
       const auto t_start = Clock::now();
-      Check(twl_sequence_append(rt_, r->id, l, n, chunk_k_.as<void>(), chunk_v_.as<void>(),
-                                TWL_DTYPE_FP16, space),
+      Check(twl_append_batch(rt_, l, &r->id, &n, 1, chunk_k_.as<void>(), chunk_v_.as<void>(),
+                             TWL_DTYPE_FP16, space, stream_),
             rt_, "prefill append");
+      if (gpu_) CheckOk(gpu::StreamSync(stream_), "prefill sync");
       prefill_ms_ += MsSince(t_start);
       prefill_bytes_ += int64_t(n) * RowElems() * 4;
     }
@@ -456,15 +459,16 @@ void Config::Step(int32_t seg_step, double* append_ms) {
   std::vector<twl_seq_id> ids(static_cast<size_t>(B));
   for (int32_t b = 0; b < B; ++b) ids[size_t(b)] = seqs_[size_t(b)].id;
   std::vector<float> ones(static_cast<size_t>(B), 1.0f);
+  const std::vector<int32_t> counts(static_cast<size_t>(B), 1);
   for (int32_t l = 0; l < L(); ++l) {
     const size_t base = (size_t(seg_step) * L() + l) * B;
     const auto ta = Clock::now();
-    for (int32_t b = 0; b < B; ++b) {
-      const fp16_t* k = seg_k_.as<fp16_t>() + (base + b) * RowElems();
-      const fp16_t* v = seg_v_.as<fp16_t>() + (base + b) * RowElems();
-      Check(twl_sequence_append(rt_, ids[size_t(b)], l, 1, k, v, TWL_DTYPE_FP16, space), rt_,
-            "append");
-    }
+    // The new token of every sequence in one call, queued on the engine's stream.
+    Check(twl_append_batch(rt_, l, ids.data(), counts.data(), B,
+                           seg_k_.as<fp16_t>() + base * RowElems(),
+                           seg_v_.as<fp16_t>() + base * RowElems(), TWL_DTYPE_FP16, space,
+                           stream_),
+          rt_, "twl_append_batch");
     if (append_ms) *append_ms += MsSince(ta);
     const fp16_t* q = seg_q_.as<fp16_t>() + base * Hq * D();
     Check(twl_decode(rt_, l, ids.data(), B, q, out_.as<void>(), space,
@@ -485,15 +489,14 @@ void Config::MeasureAccuracy(Result* res) {
   for (int32_t b = 0; b < B; ++b) ids[size_t(b)] = seqs_[size_t(b)].id;
   const twl_memory_space space = gpu_ ? TWL_MEMORY_DEVICE : TWL_MEMORY_HOST;
   std::vector<float> ones(static_cast<size_t>(B), 1.0f);
+  const std::vector<int32_t> counts(static_cast<size_t>(B), 1);
   for (int32_t l = 0; l < L(); ++l) {
     const size_t base = size_t(l) * B;
-    for (int32_t b = 0; b < B; ++b) {
-      Check(twl_sequence_append(rt_, ids[size_t(b)], l, 1,
-                                seg_k_.as<fp16_t>() + (base + b) * RowElems(),
-                                seg_v_.as<fp16_t>() + (base + b) * RowElems(), TWL_DTYPE_FP16,
-                                space),
-            rt_, "append");
-    }
+    Check(twl_append_batch(rt_, l, ids.data(), counts.data(), B,
+                           seg_k_.as<fp16_t>() + base * RowElems(),
+                           seg_v_.as<fp16_t>() + base * RowElems(), TWL_DTYPE_FP16, space,
+                           stream_),
+          rt_, "twl_append_batch");
     if (l != layer) continue;
     Check(twl_decode(rt_, l, ids.data(), B, seg_q_.as<fp16_t>() + base * Hq * D(),
                      out_.as<void>(), space, method_.quest_alone ? ones.data() : nullptr,
