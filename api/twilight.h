@@ -479,13 +479,14 @@ TWL_API twl_status twl_runtime_last_step_kept(const twl_runtime* rt, int32_t seq
  *   space         TWL_MEMORY_HOST: k and v are read (copied) before the call returns; the
  *                 caller may reuse them at once. TWL_MEMORY_DEVICE (GPU backends): memory of
  *                 the runtime's GPU; the append is enqueued on `stream`.
- *   stream        a cudaStream_t, or NULL for the runtime's own stream. With device input the
- *                 call does not synchronize the host with the device: it returns once the work
- *                 is enqueued (it may wait only when the runtime's few staging buffers are all
- *                 still in flight, or the first time a batch this large is appended). k and v
- *                 must stay valid and unchanged until `stream` reaches the append (e.g. until an
- *                 event recorded on `stream` after the call completes); with NULL they must be
- *                 ready when the call is made. Work that reads the cache afterwards (twl_decode
+ *   stream        a cudaStream_t, or NULL. With device input and a stream, the call does not
+ *                 synchronize the host with the device: it returns once the work is enqueued
+ *                 on `stream` (it may wait only when the runtime's few staging buffers are all
+ *                 still in flight, or the first time a batch this large is appended); k and v
+ *                 must stay valid and unchanged until `stream` reaches the append (e.g. until
+ *                 an event recorded on `stream` after the call completes). With NULL, k and v
+ *                 must be ready when the call is made and the call returns once they have been
+ *                 read (like twl_sequence_append). Work that reads the cache afterwards (twl_decode
  *                 on any stream, twl_sequence_read_kv, twl_sequence_save, fork) is ordered
  *                 after the append by the runtime. The CPU backend ignores stream and is
  *                 synchronous.

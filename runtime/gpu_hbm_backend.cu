@@ -232,6 +232,7 @@ class GpuHbmBackend final : public Backend {
   PinnedBuffer append_pin_;
   gpu::DeviceBuffer append_dev_;
   static constexpr int32_t kDescRing = 8;
+  static constexpr size_t kSmallHostBytes = size_t(4) << 20;
   PinnedBuffer desc_pin_[kDescRing];
   cudaEvent_t ev_desc_[kDescRing] = {};
   int32_t desc_next_ = 0;
@@ -279,12 +280,13 @@ absl::Status GpuHbmBackend::Append(const AppendView& tokens, DType dtype, MemSpa
   const size_t o_k = pk.Add<char>(host ? kv_bytes : 0);
   const size_t o_v = pk.Add<char>(host ? kv_bytes : 0);
 
-  // Staging: host input goes through one pinned buffer (reused once its previous upload has
-  // run: the host may wait); device input needs only the descriptors, which go through a
-  // ring of pinned buffers, so the host waits only when kDescRing appends are queued.
+  // Staging: descriptors (and small host input, e.g. a decode step's tokens) go through a
+  // ring of pinned buffers, so the host waits only when kDescRing appends are queued; large
+  // host input (a prompt) goes through one pinned buffer, reused once its previous upload has
+  // run (the host may wait).
   PinnedBuffer* pin_buf = &append_pin_;
   cudaEvent_t pin_event = ev_append_upload_;
-  if (!host) {
+  if (!host || 2 * kv_bytes <= kSmallHostBytes) {
     pin_buf = &desc_pin_[desc_next_];
     pin_event = ev_desc_[desc_next_];
     desc_next_ = (desc_next_ + 1) % kDescRing;

@@ -51,6 +51,9 @@ constexpr int32_t kAppendChunkTokens = 4096;  // host-input appends are staged i
 constexpr int64_t kStageBytes = int64_t(32) << 20;
 constexpr int32_t kDescRing = 8;
 constexpr int64_t kMinCopyEngineBytes = int64_t(256) << 10;
+// Host input up to this size (both K and V) rides in the descriptor ring (a decode step's
+// tokens), so it waits no more than device input does.
+constexpr int64_t kSmallHostBytes = int64_t(4) << 20;
 
 using PinnedBuffer = gpu::PinnedHostBuffer;
 
@@ -500,16 +503,26 @@ absl::Status GpuOffloadBackend::AppendSegments(const AppendView& tokens, DType d
   // Descriptors up in one copy, through the next pinned ring buffer. Waiting for its event
   // blocks the host only when kDescRing appends are still queued ahead of this one.
   const size_t desc_bytes = all.size() * sizeof(AppendSegment);
+  const bool small_host =
+      host && chunks.size() == 1 && 2 * int64_t(n) * row_bytes <= kSmallHostBytes;
+  const size_t in_bytes = size_t(n * row_bytes);  // K (or V) of a small host input
+  const size_t in_off = (desc_bytes + 255) / 256 * 256;
   const int32_t ring = desc_next_;
   desc_next_ = (desc_next_ + 1) % kDescRing;
   TWL_OFF_CUDA(cudaEventSynchronize(ev_desc_[ring]));  // returns at once when done
-  TWL_OFF_RETURN(h_desc_[ring].Reserve(desc_bytes));
+  TWL_OFF_RETURN(h_desc_[ring].Reserve(small_host ? in_off + 2 * in_bytes : desc_bytes));
   TWL_OFF_RETURN(Grow(d_segs_, desc_bytes));  // grows only for a larger call than any before
-  std::memcpy(h_desc_[ring].data(), all.data(), desc_bytes);
-  TWL_OFF_CUDA(cudaMemcpyAsync(d_segs_.get(), h_desc_[ring].data(), desc_bytes,
-                               cudaMemcpyHostToDevice, s));
-  TWL_OFF_CUDA(cudaEventRecord(ev_desc_[ring], s));
   if (host) TWL_OFF_RETURN(Grow(d_in_, size_t(2 * int64_t(kAppendChunkTokens) * row_bytes)));
+  char* ring_buf = h_desc_[ring].data();
+  std::memcpy(ring_buf, all.data(), desc_bytes);
+  TWL_OFF_CUDA(cudaMemcpyAsync(d_segs_.get(), ring_buf, desc_bytes, cudaMemcpyHostToDevice, s));
+  if (small_host) {
+    std::memcpy(ring_buf + in_off, tokens.k, in_bytes);
+    std::memcpy(ring_buf + in_off + in_bytes, tokens.v, in_bytes);
+    TWL_OFF_CUDA(cudaMemcpyAsync(d_in_.get(), ring_buf + in_off, 2 * in_bytes,
+                                 cudaMemcpyHostToDevice, s));
+  }
+  TWL_OFF_CUDA(cudaEventRecord(ev_desc_[ring], s));
 
   const auto* d_all = d_segs_.as<AppendSegment>();
   bool copied = false;
@@ -518,7 +531,10 @@ absl::Status GpuOffloadBackend::AppendSegments(const AppendView& tokens, DType d
   for (const Chunk& ch : chunks) {
     const void* k = reinterpret_cast<const char*>(tokens.k) + ch.t0 * row_bytes;
     const void* v = reinterpret_cast<const char*>(tokens.v) + ch.t0 * row_bytes;
-    if (host) {
+    if (small_host) {
+      k = d_in_.get();
+      v = d_in_.as<char>() + in_bytes;
+    } else if (host) {
       // Host rows -> pinned (double-buffered, each guarded by the event of its upload) ->
       // d_in_, which the stream frees for the next chunk once this chunk's kernel has run.
       const size_t bytes = size_t(ch.tokens * row_bytes);

@@ -237,8 +237,9 @@ absl::Status Runtime::Append(SeqId seq, int32_t layer, int32_t n, const void* k,
 absl::Status Runtime::AppendBatch(int32_t layer, absl::Span<const SeqId> seqs,
                                   absl::Span<const int32_t> counts, const void* k, const void* v,
                                   DType dtype, MemSpace space, void* stream) {
+  // Without a stream the caller has no way to know when device input was read: wait.
   return AppendImpl("append batch", layer, seqs, counts, k, v, dtype, space, stream,
-                    /*wait=*/false);
+                    /*wait=*/stream == nullptr && space == MemSpace::kDevice);
 }
 
 absl::Status Runtime::AppendImpl(const char* what, int32_t layer, absl::Span<const SeqId> seqs,

@@ -143,9 +143,10 @@ class Runtime {
   // on any error no sequence changes. Errors: InvalidArgument (sizes differ, a count < 0,
   // a duplicate id, null k/v with tokens, total over 2^31-1, bad layer/dtype/space),
   // NotFound (an unknown id), ResourceExhausted (the pool cannot hold the batch).
-  // GPU backends with device input: enqueued on `stream` (cudaStream_t as void*, null: the
-  // backend's own) without blocking the host; k/v must stay valid until the stream reaches
-  // the append. A later Decode (any stream) sees the rows.
+  // GPU backends with device input: enqueued on `stream` (cudaStream_t as void*) without
+  // blocking the host; k/v must stay valid until the stream reaches the append (null stream:
+  // the backend's own, and the call returns once the input has been read). A later Decode
+  // (any stream) sees the rows.
   absl::Status AppendBatch(int32_t layer, absl::Span<const SeqId> seqs,
                            absl::Span<const int32_t> counts, const void* k, const void* v,
                            DType dtype, MemSpace space, void* stream);

@@ -12,6 +12,7 @@
 
 #include <gtest/gtest.h>
 
+#include "gpu/kernels.h"
 #include "runtime/runtime.h"
 #include "support/runtime_fixture.h"
 
@@ -175,6 +176,35 @@ TEST(AppendBatch, DiskTierWritesBatchesWholeOrNotAtAll) {
                                      MemSpace::kHost, nullptr);
   EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
   EXPECT_TRUE(Read(*disk, id) == before);
+}
+
+// The host plan of the bulk GPU append: one segment per run of consecutive rows of a page.
+TEST(AppendBatch, PlanAppendSegmentsCutsRunsPerPage) {
+  // Sequence A: rows 13..15 of page 7, all of page 2, rows 0..4 of page 9; sequence B: row 3
+  // of page 4.
+  std::vector<int32_t> page, slot;
+  for (int32_t r = 13; r < 16; ++r) page.push_back(7), slot.push_back(r);
+  for (int32_t r = 0; r < 16; ++r) page.push_back(2), slot.push_back(r);
+  for (int32_t r = 0; r < 5; ++r) page.push_back(9), slot.push_back(r);
+  page.push_back(4), slot.push_back(3);
+  std::vector<AppendSegment> segs;
+  ASSERT_TRUE(PlanAppendSegments(page.data(), slot.data(), int32_t(page.size()), &segs));
+  ASSERT_EQ(segs.size(), 4u);
+  const int32_t want[4][4] = {{7, 13, 16, 0}, {2, 0, 16, 3}, {9, 0, 5, 19}, {4, 3, 4, 24}};
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(segs[i].page, want[i][0]);
+    EXPECT_EQ(segs[i].row_begin, want[i][1]);
+    EXPECT_EQ(segs[i].row_end, want[i][2]);
+    EXPECT_EQ(segs[i].src_token, want[i][3]);
+    EXPECT_EQ(segs[i].stage, -1);
+  }
+  // A page written in two runs (or rows out of order) is not for the bulk path.
+  page.push_back(7), slot.push_back(0);
+  EXPECT_FALSE(PlanAppendSegments(page.data(), slot.data(), int32_t(page.size()), &segs));
+  const int32_t p2[2] = {5, 5}, s2[2] = {4, 3};
+  EXPECT_FALSE(PlanAppendSegments(p2, s2, 2, &segs));
+  EXPECT_TRUE(PlanAppendSegments(p2, s2, 0, &segs));
+  EXPECT_TRUE(segs.empty());
 }
 
 }  // namespace

@@ -654,6 +654,71 @@ class Harness {
     if (m != nullptr && LayerOk(layer) && in_.Pick(4) == 0) CheckRead(seq, layer);
   }
 
+  // twl_append_batch: up to 5 entries whose ids may repeat or be unknown and whose counts may
+  // be 0 or negative, FP16 host input (sometimes null); all or nothing against the model.
+  void OpAppendBatch() {
+    const int32_t layer = PickLayer();
+    const int32_t num = in_.Pick(10) == 0 ? -1 : in_.Pick(6);
+    Rng rng(in_.U32());
+    std::vector<twl_seq_id> seqs;
+    std::vector<int32_t> counts;
+    bool negative = false, duplicate = false, unknown = false;
+    int64_t total = 0;
+    for (int32_t i = 0; i < num; ++i) {
+      const twl_seq_id id = PickSeq();
+      const int32_t c = in_.Pick(12) == 0 ? -1 : (in_.Pick(4) == 0 ? 0 : 1 + in_.Pick(20));
+      duplicate = duplicate || std::find(seqs.begin(), seqs.end(), id) != seqs.end();
+      unknown = unknown || Find(id) == nullptr;
+      negative = negative || c < 0;
+      if (c > 0) total += c;
+      seqs.push_back(id);
+      counts.push_back(c);
+    }
+    std::vector<uint16_t> k16(size_t(total) * tok_), v16(k16.size());
+    FillHalf(&k16, &rng, false);
+    FillHalf(&v16, &rng, false);
+    const bool null_kv = total > 0 && in_.Pick(12) == 0;
+    const void* kp = null_kv || total == 0 ? nullptr : k16.data();
+    const void* vp = total == 0 ? nullptr : v16.data();
+
+    std::vector<twl_status> allowed;
+    if (!LayerOk(layer) || num < 0 || negative || duplicate || (null_kv && !negative)) {
+      allowed.push_back(TWL_INVALID_ARGUMENT);
+    }
+    if (unknown && num > 0) allowed.push_back(TWL_NOT_FOUND);
+    if (allowed.empty()) {
+      allowed = {TWL_OK};
+      if (total > 0) {
+        allowed.push_back(TWL_CAPACITY_EXHAUSTED);
+        allowed.push_back(TWL_OUT_OF_MEMORY);
+        if (armed_) allowed.push_back(TWL_IO_ERROR);
+      }
+    }
+    TRACE("append batch layer %d num %d total %lld\n", layer, num, (long long)total);
+    const int64_t used_before = PoolUsed();
+    const twl_status s = twl_append_batch(rt_, layer, seqs.data(), counts.data(), num, kp, vp,
+                                          TWL_DTYPE_FP16, TWL_MEMORY_HOST, nullptr);
+    Expect(s, allowed, "twl_append_batch", rt_);
+    if (s == TWL_OK) {
+      size_t at = 0;
+      for (size_t i = 0; i < seqs.size(); ++i) {
+        if (counts[i] <= 0) continue;
+        SeqModel& m = model_.at(seqs[i]);
+        const size_t n = size_t(counts[i]) * tok_;
+        m.k[size_t(layer)].insert(m.k[size_t(layer)].end(), k16.begin() + at, k16.begin() + at + n);
+        m.v[size_t(layer)].insert(m.v[size_t(layer)].end(), v16.begin() + at, v16.begin() + at + n);
+        at += n;
+        touched_.insert(layer);
+      }
+    } else if (!disk_) {  // all or nothing: no pages kept (with a disk tier pages may move)
+      FUZZ_CHECK(PoolUsed() == used_before, "failed batch append changed pool use %lld -> %lld",
+                 (long long)used_before, (long long)PoolUsed());
+    }
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      if (Find(seqs[i]) != nullptr && LayerOk(layer) && in_.Pick(4) == 0) CheckRead(seqs[i], layer);
+    }
+  }
+
   int64_t PoolUsed() {
     twl_memory_usage mem;
     mem.struct_size = sizeof(mem);
@@ -1031,7 +1096,10 @@ class Harness {
   }
 
   void OpMisc() {
-    switch (in_.Pick(5)) {
+    switch (in_.Pick(6)) {
+      case 5:
+        OpAppendBatch();
+        break;
       case 4: {  // a disk fault a few operations ahead (only a disk tier does disk I/O)
         const int errs[] = {EIO, ENOSPC, twl::FaultInjector::kShortTransfer, EINTR};
         const twl::FaultSite site =

@@ -1,5 +1,5 @@
 // Runtime::AppendBatch on the GPU backends (offload with the copy-engine and the kernel
-// append paths, HBM) from device memory on a caller's stream, against the CPU backend fed
+// append paths, HBM) from device (and host) memory on a caller's stream, against the CPU backend fed
 // the same tokens: the cache reads back bit-exact, decode on the same stream and on another
 // stream (ordering by events) matches the CPU reference; a batch big enough to take several
 // staging rounds, ragged and zero counts, decode-time single tokens and forked sequences
@@ -44,7 +44,7 @@ RuntimeConfig Config(BackendKind backend) {
   c.num_kv_heads = 4;
   c.head_dim = 128;
   c.page_size = 16;
-  c.host_pool_bytes = int64_t(48) << 20;      // 1536 pages of 32 KiB: staging 2 x 512
+  c.host_pool_bytes = int64_t(64) << 20;      // 2048 pages of 32 KiB: staging 2 x 512
   c.gpu_cache_bytes = int64_t(300) * 8192;    // 300 cached blocks
   c.selector_budget_fraction = 0.3f;
   c.backend = backend;
@@ -90,7 +90,8 @@ TEST_P(AppendBatchGpuTest, DeviceInputOnCallerStreamMatchesCpu) {
   std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + 17);
   // Device inputs must live until their stream has consumed them: kept to the end.
   std::vector<gpu::DeviceBuffer> keep;
-  auto append = [&](int32_t layer, const std::vector<int32_t>& counts, void* stream) {
+  auto append = [&](int32_t layer, const std::vector<int32_t>& counts, void* stream,
+                    bool host_input = false) {
     int64_t total = 0;
     for (int32_t n : counts) total += n;
     const std::vector<fp16_t> k = Random(rng, size_t(total * row));
@@ -105,8 +106,13 @@ TEST_P(AppendBatchGpuTest, DeviceInputOnCallerStreamMatchesCpu) {
     TWL_ASSERT_OK(gpu::CopyToDevice(dv, v.data(), size_t(total * row) * 2, stream));
     std::vector<SeqId> sg(ig.begin(), ig.begin() + counts.size());
     std::vector<SeqId> sc(ic.begin(), ic.begin() + counts.size());
-    TWL_ASSERT_OK(rg.AppendBatch(layer, sg, counts, dk, dv, DType::kFp16, MemSpace::kDevice,
-                                 stream));
+    if (host_input) {  // host rows: staged through pinned memory (in chunks when large)
+      TWL_ASSERT_OK(rg.AppendBatch(layer, sg, counts, k.data(), v.data(), DType::kFp16,
+                                   MemSpace::kHost, stream));
+    } else {
+      TWL_ASSERT_OK(rg.AppendBatch(layer, sg, counts, dk, dv, DType::kFp16, MemSpace::kDevice,
+                                   stream));
+    }
     TWL_ASSERT_OK(rc.AppendBatch(layer, sc, counts, k.data(), v.data(), DType::kFp16,
                                  MemSpace::kHost, nullptr));
   };
@@ -133,6 +139,10 @@ TEST_P(AppendBatchGpuTest, DeviceInputOnCallerStreamMatchesCpu) {
   // partial last pages; layer 1: a smaller one. Then ragged and zero counts, single tokens.
   append(0, {7000, 12000, 37}, a);
   append(1, {300, 200, 37}, a);
+  // Host input: a large batch (several chunks of pinned staging) and a small one (it rides
+  // in the descriptor ring).
+  append(1, {4500, 700, 0}, a, /*host_input=*/true);
+  append(1, {3, 1, 2}, a, /*host_input=*/true);
   for (int32_t layer = 0; layer < 2; ++layer) {
     append(layer, {5, 0, 100}, a);
     for (int step = 0; step < 3; ++step) append(layer, {1, 1, 1}, a);
