@@ -40,6 +40,15 @@ if(TWL_BUILD_TESTS)
     set_tests_properties(python_tests PROPERTIES LABELS "cpu;python" TIMEOUT 300
       SKIP_RETURN_CODE 77
       ENVIRONMENT "TWILIGHT_LIB=$<TARGET_FILE:twilight>;PYTHONPATH=${TWL_PYTHON_DIR};PYTHONDONTWRITEBYTECODE=1;TWL_SHARED_DIR=${PROJECT_SOURCE_DIR}/../shared")
+    # The serving-loop example on the CPU backend with the trained stories260K: at p = 1 over
+    # all pages its greedy tokens must equal the dense loop's (a few seconds).
+    add_test(NAME python_example_llama_decode
+      COMMAND ${TWL_PYTHON3} ${TWL_PYTHON_DIR}/examples/llama_decode.py --backend cpu
+              --top-p 1 --selector full --k-bits 16 --batch 3 --prompt-len 48 --steps 16
+              --expect-match --skip-missing)
+    set_tests_properties(python_example_llama_decode PROPERTIES LABELS "cpu;python;example"
+      TIMEOUT 300 SKIP_RETURN_CODE 77
+      ENVIRONMENT "TWILIGHT_LIB=$<TARGET_FILE:twilight>;PYTHONDONTWRITEBYTECODE=1;TWL_SHARED_DIR=${PROJECT_SOURCE_DIR}/../shared")
     # The documented install: the package lands in a prefix and imports without TWILIGHT_LIB.
     add_test(NAME python_install
       COMMAND ${CMAKE_COMMAND} -DBUILD_DIR=${PROJECT_BINARY_DIR}
