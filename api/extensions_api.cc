@@ -39,9 +39,10 @@ void ConvertFromFp16(const fp16_t* src, DType to, int64_t n, void* dst) {
 
 // Frees stream-ordered scratch when the call leaves, whatever the path.
 struct ScratchGuard {
+  int32_t device = 0;
   void* p = nullptr;
   void* stream = nullptr;
-  ~ScratchGuard() { DeviceScratchFree(p, stream); }
+  ~ScratchGuard() { DeviceScratchFree(device, p, stream); }
 };
 
 // "90,100a-real" -> {90, 100}: the numbers of CMAKE_CUDA_ARCHITECTURES (comma-separated).
@@ -109,13 +110,14 @@ twl_status twl_decode_ex(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs,
   const int32_t where = twl::api::EnumValue(space);
   if (where == TWL_MEMORY_DEVICE && rt->backend != TWL_BACKEND_CPU) {
     void* st = stream != nullptr ? stream : twl::LegacyDefaultStream();
-    twl::api::ScratchGuard scratch{nullptr, st};
+    const int32_t device = rt->config.device_id;
+    twl::api::ScratchGuard scratch{device, nullptr, st};
     const twl_status conv = twl::api::Guard(rt, "twl_decode_ex", [&]() -> absl::Status {
       absl::StatusOr<void*> p =
-          twl::DeviceScratchAlloc(rt->config.device_id, size_t(n) * 2 * sizeof(twl::fp16_t), st);
+          twl::DeviceScratchAlloc(device, size_t(n) * 2 * sizeof(twl::fp16_t), st);
       if (!p.ok()) return p.status();
       scratch.p = *p;
-      return twl::DeviceConvert(q, from, scratch.p, twl::DType::kFp16, n, st);
+      return twl::DeviceConvert(device, q, from, scratch.p, twl::DType::kFp16, n, st);
     });
     if (conv != TWL_OK) return conv;
     twl::fp16_t* q16 = static_cast<twl::fp16_t*>(scratch.p);
@@ -123,7 +125,7 @@ twl_status twl_decode_ex(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs,
     const twl_status s = twl_decode(rt, layer, seqs, num_seqs, q16, out16, space, seq_p, st);
     if (s != TWL_OK) return s;
     return twl::api::Guard(rt, "twl_decode_ex", [&]() -> absl::Status {
-      return twl::DeviceConvert(out16, twl::DType::kFp16, out, from, n, st);
+      return twl::DeviceConvert(device, out16, twl::DType::kFp16, out, from, n, st);
     });
   }
   if (where != TWL_MEMORY_HOST) {

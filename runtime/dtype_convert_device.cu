@@ -56,11 +56,42 @@ absl::Status Launch(const void* src, void* dst, int64_t n, cudaStream_t stream) 
   return absl::OkStatus();
 }
 
+// Makes `device` current for the scope and restores the caller's device after: the C API must
+// not change which device the calling thread (e.g. the serving engine's) has selected.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int32_t device) {
+    if (cudaGetDevice(&previous_) != cudaSuccess) {
+      cudaGetLastError();
+      previous_ = -1;
+    }
+    const cudaError_t e = previous_ == device ? cudaSuccess : cudaSetDevice(device);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      status_ = absl::UnavailableError(
+          absl::StrFormat("cudaSetDevice(%d): %s", device, cudaGetErrorString(e)));
+    }
+  }
+  ~DeviceScope() {
+    int now = -1;
+    if (previous_ >= 0 && cudaGetDevice(&now) == cudaSuccess && now != previous_) {
+      cudaSetDevice(previous_);
+    }
+  }
+  const absl::Status& status() const { return status_; }
+
+ private:
+  int previous_ = -1;
+  absl::Status status_;
+};
+
 }  // namespace
 
-absl::Status DeviceConvert(const void* src, DType from, void* dst, DType to, int64_t n,
-                           void* stream) {
+absl::Status DeviceConvert(int32_t device, const void* src, DType from, void* dst, DType to,
+                           int64_t n, void* stream) {
   if (n <= 0) return absl::OkStatus();
+  DeviceScope scope(device);
+  if (!scope.status().ok()) return scope.status();
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   if (to == DType::kFp16) {
     switch (from) {
@@ -79,10 +110,8 @@ absl::Status DeviceConvert(const void* src, DType from, void* dst, DType to, int
 }
 
 absl::StatusOr<void*> DeviceScratchAlloc(int32_t device, size_t bytes, void* stream) {
-  if (cudaSetDevice(device) != cudaSuccess) {
-    return absl::UnavailableError(
-        absl::StrFormat("cudaSetDevice(%d): %s", device, cudaGetErrorString(cudaGetLastError())));
-  }
+  DeviceScope scope(device);
+  if (!scope.status().ok()) return scope.status();
   void* p = nullptr;
   const cudaError_t e = cudaMallocAsync(&p, bytes ? bytes : 1, static_cast<cudaStream_t>(stream));
   if (e != cudaSuccess) {
@@ -95,8 +124,10 @@ absl::StatusOr<void*> DeviceScratchAlloc(int32_t device, size_t bytes, void* str
   return p;
 }
 
-void DeviceScratchFree(void* p, void* stream) {
-  if (p != nullptr) cudaFreeAsync(p, static_cast<cudaStream_t>(stream));
+void DeviceScratchFree(int32_t device, void* p, void* stream) {
+  if (p == nullptr) return;
+  DeviceScope scope(device);
+  if (cudaFreeAsync(p, static_cast<cudaStream_t>(stream)) != cudaSuccess) cudaGetLastError();
 }
 
 void* LegacyDefaultStream() { return static_cast<void*>(cudaStreamLegacy); }

@@ -13,13 +13,14 @@
 
 namespace twl {
 
-// dst[i] = convert(src[i]) for n elements, enqueued on `stream` of the current device. Either
-// from is FP16 (FP16 -> to) or to is FP16 (from -> FP16).
-absl::Status DeviceConvert(const void* src, DType from, void* dst, DType to, int64_t n,
-                           void* stream);
-// Stream-ordered scratch (cudaMallocAsync / cudaFreeAsync) on `device`.
+// Each call selects `device` for its duration and restores the calling thread's device after.
+// dst[i] = convert(src[i]) for n elements, enqueued on `stream`. Either from is FP16
+// (FP16 -> to) or to is FP16 (from -> FP16).
+absl::Status DeviceConvert(int32_t device, const void* src, DType from, void* dst, DType to,
+                           int64_t n, void* stream);
+// Stream-ordered scratch (cudaMallocAsync / cudaFreeAsync).
 absl::StatusOr<void*> DeviceScratchAlloc(int32_t device, size_t bytes, void* stream);
-void DeviceScratchFree(void* p, void* stream);
+void DeviceScratchFree(int32_t device, void* p, void* stream);
 // The legacy default stream's handle (cudaStreamLegacy).
 void* LegacyDefaultStream();
 

@@ -5,13 +5,13 @@
 #if !TWL_HAVE_CUDA
 namespace twl {
 
-absl::Status DeviceConvert(const void*, DType, void*, DType, int64_t, void*) {
+absl::Status DeviceConvert(int32_t, const void*, DType, void*, DType, int64_t, void*) {
   return absl::UnavailableError("built without CUDA");
 }
 absl::StatusOr<void*> DeviceScratchAlloc(int32_t, size_t, void*) {
   return absl::UnavailableError("built without CUDA");
 }
-void DeviceScratchFree(void*, void*) {}
+void DeviceScratchFree(int32_t, void*, void*) {}
 void* LegacyDefaultStream() { return nullptr; }
 
 }  // namespace twl

@@ -209,13 +209,19 @@ class TwilightAttention:
         self.seqs = [self.rt.create_sequence() for _ in range(batch)]
         self.kept = []  # mean kept tokens per step (telemetry)
 
-    def prefill_kv(self, layer, k, v):
+    def _append(self, layer, k, v):
+        # twl_sequence_append has no stream argument: the K/V kernel must be done first. One
+        # synchronization per layer covers every sequence's append.
+        if k.is_cuda:
+            torch.cuda.current_stream(k.device).synchronize()
         for b, s in enumerate(self.seqs):
-            self.rt.append(s, layer, k[b], v[b])
+            self.rt.append(s, layer, k[b], v[b], synchronize=False)
+
+    def prefill_kv(self, layer, k, v):
+        self._append(layer, k, v)
 
     def __call__(self, layer, q, k, v):
-        for b, s in enumerate(self.seqs):
-            self.rt.append(s, layer, k[b], v[b])
+        self._append(layer, k, v)
         out = self.rt.decode(layer, self.seqs, q)  # torch's current stream on the GPU
         if layer == 0:
             self.kept.append(self.rt.last_step()["mean_kept_tokens"])

@@ -6,7 +6,7 @@ import os
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 from . import _lib
-from ._tensors import cuda_stream_of, empty_like, view
+from ._tensors import cuda_stream_of, empty_like, is_torch, sync_current_stream, view
 
 
 class TwilightError(RuntimeError):
@@ -146,10 +146,15 @@ class Runtime:
         _check(_lib.twl_sequence_length(self._h(), seq, layer, ctypes.byref(out)), self._handle)
         return out.value
 
-    def append(self, seq: int, layer: int, k, v) -> None:
+    def append(self, seq: int, layer: int, k, v, synchronize: bool = True) -> None:
         """Appends tokens' K and V, each [n, num_kv_heads, head_dim] (any shape with that many
         elements) as float16/bfloat16/float32, in host memory or (GPU backends) on the device.
-        The library has read them when this returns."""
+        The library has read them when this returns.
+
+        twl_sequence_append takes no stream, so CUDA tensors must be complete before the call:
+        with synchronize=True (default) torch's current stream is synchronized first. A loop
+        that appends many sequences' K/V produced by one kernel can synchronize once itself
+        and pass synchronize=False."""
         row = self.num_kv_heads * self.head_dim
         kv, vv = view(k, "k"), view(v, "v")
         if kv.numel != vv.numel or kv.numel % row:
@@ -158,6 +163,8 @@ class Runtime:
         if kv.dtype != vv.dtype or kv.space != vv.space:
             raise ValueError("k and v must have the same dtype and memory space")
         self._check_device(kv)
+        if synchronize and kv.space == _lib.MEMORY_DEVICE and is_torch(k):
+            sync_current_stream(k)
         n = kv.numel // row
         _check(_lib.twl_sequence_append(self._h(), seq, layer, n, kv.ptr, vv.ptr, kv.dtype,
                                         kv.space), self._handle)
@@ -198,8 +205,9 @@ class Runtime:
             raise ValueError("q and out must have the same dtype and memory space")
         self._check_device(qv)
         seq_arr = (_lib.seq_id_t * n)(*seqs)
-        p_arr = None if p is None else (ctypes.c_float * n)(*([p] * n if isinstance(p, float)
-                                                               else p))
+        if p is not None and isinstance(p, (int, float)):
+            p = [float(p)] * n
+        p_arr = None if p is None else (ctypes.c_float * n)(*p)
         st = cuda_stream_of(q, stream) if qv.space == _lib.MEMORY_DEVICE else None
         if qv.dtype == _lib.DTYPE_FP16 and _lib.twl_decode_ex is None:
             code = _lib.twl_decode(self._h(), layer, seq_arr, n, qv.ptr, ov.ptr, qv.space,

@@ -83,3 +83,8 @@ def cuda_stream_of(x, stream) -> Optional[int]:
     if is_torch(x) and x.device.type == "cuda":
         return int(_torch().cuda.current_stream(x.device).cuda_stream)
     return None
+
+
+def sync_current_stream(x) -> None:
+    """Waits for torch's current stream on x's device (work that produced x)."""
+    _torch().cuda.current_stream(x.device).synchronize()
