@@ -48,7 +48,7 @@ ABSL_FLAG(int32_t, page_size, 16, "tokens per page");
 ABSL_FLAG(int32_t, k_bits, 4, "bits of the K estimate: 2, 4, 8 or 16 (FP16)");
 ABSL_FLAG(int32_t, dense_layers, 0, "first layers decoded densely");
 ABSL_FLAG(int32_t, q_heads, 32, "query heads");
-ABSL_FLAG(int32_t, kv_heads, 8, "KV heads (q_heads must be a multiple)");
+ABSL_FLAG(int32_t, kv_heads, 8, "KV heads (--q-heads must be a multiple)");
 ABSL_FLAG(int32_t, head_dim, 128, "head dimension: 8, 16, 32, 64, 128 or 256 (GPU: 64, 128)");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the synthetic data");
 ABSL_FLAG(std::string, disk, "",
@@ -116,7 +116,7 @@ Options ParseArgs(int argc, char** argv) {
   RequireFlag(o.dense_layers >= 0, "dense_layers", "must be >= 0");
   RequireFlag(o.kv_heads >= 1 && o.kv_heads <= 1024, "kv_heads", "must be in [1, 1024]");
   RequireFlag(o.q_heads >= 1 && o.q_heads <= 4096 && o.q_heads % o.kv_heads == 0, "q_heads",
-              "must be in [1, 4096] and a multiple of --kv_heads");
+              "must be in [1, 4096] and a multiple of --kv-heads");
   RequireFlag(o.head_dim >= 1 && o.head_dim <= 256, "head_dim", "must be in [1, 256]");
   RequireFlag(o.host_pool_mb >= 0, "host_pool_mb", "must be >= 0");
   RequireFlag(o.host_pool_mb == 0 || !o.disk.empty(), "host_pool_mb", "needs --disk");

@@ -9,8 +9,8 @@
 
 #include "absl/flags/commandlineflag.h"
 #include "absl/flags/reflection.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
 namespace twl::tools {
@@ -18,13 +18,13 @@ namespace {
 
 std::string g_tool = "tool";
 
-std::string_view Basename(std::string_view path) {
+absl::string_view Basename(absl::string_view path) {
   const size_t slash = path.find_last_of('/');
-  return slash == std::string_view::npos ? path : path.substr(slash + 1);
+  return slash == absl::string_view::npos ? path : path.substr(slash + 1);
 }
 
 // The tool's own flags (defined in its main file), sorted by name.
-std::vector<absl::CommandLineFlag*> ToolFlags(std::string_view main_file) {
+std::vector<absl::CommandLineFlag*> ToolFlags(absl::string_view main_file) {
   std::vector<absl::CommandLineFlag*> flags;
   for (const auto& [name, flag] : absl::GetAllFlags()) {
     if (Basename(flag->Filename()) == Basename(main_file)) flags.push_back(flag);
@@ -34,7 +34,7 @@ std::vector<absl::CommandLineFlag*> ToolFlags(std::string_view main_file) {
   return flags;
 }
 
-void PrintHelp(std::string_view main_file, std::string_view usage) {
+void PrintHelp(absl::string_view main_file, absl::string_view usage) {
   std::printf("%.*s\n\nflags (--name=value or --name value; defaults in brackets):\n",
               int(usage.size()), usage.data());
   for (absl::CommandLineFlag* f : ToolFlags(main_file)) {
@@ -54,21 +54,24 @@ void ToolFlagError(const std::string& message) {
   std::exit(2);
 }
 
-void RequireFlag(bool cond, std::string_view flag, std::string_view what) {
-  if (!cond) ToolFlagError(absl::StrCat("--", flag, ": ", what));
+void RequireFlag(bool cond, absl::string_view flag, absl::string_view what) {
+  if (cond) return;
+  std::string name(flag);
+  std::replace(name.begin(), name.end(), '_', '-');  // as --help spells it
+  ToolFlagError(absl::StrCat("--", name, ": ", what));
 }
 
-void ParseToolFlags(int argc, char** argv, std::string_view main_file, std::string_view usage) {
+void ParseToolFlags(int argc, char** argv, absl::string_view main_file, absl::string_view usage) {
   if (argc > 0 && argv[0] != nullptr) g_tool = std::string(Basename(argv[0]));
   std::vector<absl::CommandLineFlag*> own = ToolFlags(main_file);
-  auto find = [&](std::string_view name) -> absl::CommandLineFlag* {
+  auto find = [&](absl::string_view name) -> absl::CommandLineFlag* {
     for (absl::CommandLineFlag* f : own) {
       if (f->Name() == name) return f;
     }
     return nullptr;
   };
   for (int i = 1; i < argc; ++i) {
-    std::string_view arg = argv[i];
+    absl::string_view arg = argv[i];
     if (arg == "-h" || arg == "--help" || arg == "-help") {
       PrintHelp(main_file, usage);
       std::exit(0);
@@ -77,9 +80,9 @@ void ParseToolFlags(int argc, char** argv, std::string_view main_file, std::stri
       ToolFlagError(absl::StrCat("unexpected argument '", arg, "'"));
     }
     arg.remove_prefix(2);
-    std::string_view name = arg, value;
+    absl::string_view name = arg, value;
     bool has_value = false;
-    if (const size_t eq = arg.find('='); eq != std::string_view::npos) {
+    if (const size_t eq = arg.find('='); eq != absl::string_view::npos) {
       name = arg.substr(0, eq);
       value = arg.substr(eq + 1);
       has_value = true;
@@ -114,7 +117,7 @@ void ParseToolFlags(int argc, char** argv, std::string_view main_file, std::stri
   }
 }
 
-std::vector<int32_t> IntListFlag(const std::vector<std::string>& items, std::string_view flag,
+std::vector<int32_t> IntListFlag(const std::vector<std::string>& items, absl::string_view flag,
                                  int64_t lo, int64_t hi) {
   std::vector<int32_t> out;
   for (const std::string& item : items) {
@@ -129,7 +132,7 @@ std::vector<int32_t> IntListFlag(const std::vector<std::string>& items, std::str
   return out;
 }
 
-BackendKind ParseBackendFlag(const std::string& value, std::string_view flag) {
+BackendKind ParseBackendFlag(const std::string& value, absl::string_view flag) {
   if (value == "auto") return BackendKind::kAuto;
   if (value == "cpu") return BackendKind::kCpu;
   if (value == "gpu-hbm") return BackendKind::kGpuHbm;

@@ -12,31 +12,31 @@
 
 #include <cstdint>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/string_view.h"
 #include "runtime/runtime.h"
 
 namespace twl::tools {
 
 // Parses argv into the tool's ABSL_FLAGs. `main_file` is __FILE__ of the tool's main (its flags
 // are the ones listed by --help); `usage` is the text printed above the flag list.
-void ParseToolFlags(int argc, char** argv, std::string_view main_file, std::string_view usage);
+void ParseToolFlags(int argc, char** argv, absl::string_view main_file, absl::string_view usage);
 
 // "<tool>: <message> (see --help)" on stderr, exit 2. For checks of values after parsing.
 [[noreturn]] void ToolFlagError(const std::string& message);
 
 // Checks `cond` or exits with ToolFlagError("--<flag>: <what>").
-void RequireFlag(bool cond, std::string_view flag, std::string_view what);
+void RequireFlag(bool cond, absl::string_view flag, absl::string_view what);
 
 // A comma-separated list flag (std::vector<std::string>) as integers, each in [lo, hi], at
 // least one; anything else exits 2.
-std::vector<int32_t> IntListFlag(const std::vector<std::string>& items, std::string_view flag,
+std::vector<int32_t> IntListFlag(const std::vector<std::string>& items, absl::string_view flag,
                                  int64_t lo, int64_t hi);
 
 // "auto", "cpu", "gpu-hbm", "gpu-offload" -> BackendKind; anything else exits 2.
-BackendKind ParseBackendFlag(const std::string& value, std::string_view flag = "backend");
+BackendKind ParseBackendFlag(const std::string& value, absl::string_view flag = "backend");
 // The inverse, for printing.
 const char* BackendFlagName(BackendKind kind);
 // The accepted spellings, for help texts.
