@@ -95,7 +95,10 @@ class Runtime:
         self.close()
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: modules may already be torn down
+            pass
 
     def _h(self):
         if not self._handle.value:
