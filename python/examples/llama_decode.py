@@ -210,12 +210,10 @@ class TwilightAttention:
         self.kept = []  # mean kept tokens per step (telemetry)
 
     def _append(self, layer, k, v):
-        # twl_sequence_append has no stream argument: the K/V kernel must be done first. One
-        # synchronization per layer covers every sequence's append.
-        if k.is_cuda:
-            torch.cuda.current_stream(k.device).synchronize()
-        for b, s in enumerate(self.seqs):
-            self.rt.append(s, layer, k[b], v[b], synchronize=False)
+        # k, v: [B, T, Hkv, D] (prefill) or [B, Hkv, D] (decode), sequence-major: one batched
+        # append on torch's current stream (twl_append_batch; no host wait). Libraries without
+        # it: one synchronization per layer, then one append per sequence.
+        self.rt.append_batch(layer, self.seqs, k, v)
 
     def prefill_kv(self, layer, k, v):
         self._append(layer, k, v)

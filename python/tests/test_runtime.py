@@ -221,3 +221,21 @@ def test_library_found_through_env(tmp_path):
         assert os.path.realpath(twilight.library_path) == os.path.realpath(
             os.environ["TWILIGHT_LIB"])
     assert isinstance(twilight._lib.lib, ctypes.CDLL)
+
+
+def test_append_batch_equals_appends(rt, rng):
+    a, b = rt.create_sequence(), rt.create_sequence()
+    k, v = random_kv(rng, 10)
+    rt.append_batch(0, [a, b], k, v, counts=[3, 7])
+    np.testing.assert_array_equal(rt.read_kv(a, 0)[0], k[:3])
+    np.testing.assert_array_equal(rt.read_kv(b, 0)[1], v[3:])
+    rt.append_batch(0, [a, b], k[:4], v[:4])  # default counts: an even split
+    assert rt.length(a, 0) == 5 and rt.length(b, 0) == 9
+    with pytest.raises(ValueError, match="counts"):
+        rt.append_batch(0, [a, b], k, v, counts=[3, 3])
+    with pytest.raises(ValueError, match="evenly"):
+        rt.append_batch(0, [a, b], k[:3], v[:3])
+    with pytest.raises(twilight.TwilightError) as e:
+        rt.append_batch(0, [a, b + 100], k[:2], v[:2])
+    assert e.value.status == "TWL_NOT_FOUND"
+    assert rt.length(a, 0) == 5  # all or nothing (the fallback checks ids in the C call too)

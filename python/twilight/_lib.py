@@ -222,6 +222,10 @@ twl_sequence_restore = _declare("twl_sequence_restore", status,
 twl_decode_ex = _declare("twl_decode_ex", status,
                          [rt_p, ctypes.c_int32, P(seq_id_t), ctypes.c_int32, vp, vp,
                           ctypes.c_int32, ctypes.c_int32, vp, vp], optional=True)
+twl_append_batch = _declare("twl_append_batch", status,
+                            [rt_p, ctypes.c_int32, P(seq_id_t), P(ctypes.c_int32),
+                             ctypes.c_int32, vp, vp, ctypes.c_int32, ctypes.c_int32, vp],
+                            optional=True)
 twl_get_capabilities = _declare("twl_get_capabilities", status, [P(Capabilities)], optional=True)
 twl_set_log_callback = _declare("twl_set_log_callback", None,
                                 [LOG_CALLBACK, ctypes.c_void_p, ctypes.c_int32], optional=True)

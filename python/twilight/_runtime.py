@@ -172,6 +172,55 @@ class Runtime:
         _check(_lib.twl_sequence_append(self._h(), seq, layer, n, kv.ptr, vv.ptr, kv.dtype,
                                         kv.space), self._handle)
 
+    def append_batch(self, layer: int, seqs: Sequence[int], k, v, counts=None,
+                     stream=None) -> None:
+        """Appends to many sequences of one layer in one call (twl_append_batch): k and v each
+        hold sum(counts) tokens [.., num_kv_heads, head_dim] packed sequence after sequence in
+        the order of seqs (e.g. a [B, T, Hkv, D] tensor with counts [T] * B, the default when
+        counts is None). All or nothing across the batch.
+
+        CUDA tensors are enqueued on `stream` (default torch's current stream on k's device),
+        so nothing synchronizes: the runtime orders later decodes after the append. With a
+        library older than twl_append_batch this falls back to one synchronized append per
+        sequence (which is not all or nothing when the pool runs full part way)."""
+        n = len(seqs)
+        row = self.num_kv_heads * self.head_dim
+        kv, vv = view(k, "k"), view(v, "v")
+        if kv.numel != vv.numel or kv.numel % row:
+            raise ValueError(f"k and v must each hold tokens * {row} elements "
+                             f"(got {kv.numel} and {vv.numel})")
+        if kv.dtype != vv.dtype or kv.space != vv.space:
+            raise ValueError("k and v must have the same dtype and memory space")
+        tokens = kv.numel // row
+        if counts is None:
+            if n == 0 or tokens % n:
+                raise ValueError(f"{tokens} tokens do not split evenly over {n} sequences; "
+                                 "pass counts")
+            counts = [tokens // n] * n
+        counts = [int(c) for c in counts]
+        if len(counts) != n or sum(counts) != tokens:
+            raise ValueError(f"counts must have {n} entries summing to {tokens}")
+        self._check_device(kv)
+        if _lib.twl_append_batch is None:
+            # Unknown ids fail before anything is appended; a pool running full part way
+            # through is not undone (twl_append_batch is all or nothing, this is not).
+            for s in seqs:
+                self.length(s, layer)
+            kt, vt = kv.obj.reshape(tokens, row), vv.obj.reshape(tokens, row)
+            if kv.space == _lib.MEMORY_DEVICE and is_torch(kt):
+                sync_current_stream(kt)
+            start = 0
+            for s, c in zip(seqs, counts):
+                if c:
+                    self.append(s, layer, kt[start:start + c], vt[start:start + c],
+                                synchronize=False)
+                start += c
+            return
+        st = cuda_stream_of(k, stream) if kv.space == _lib.MEMORY_DEVICE else None
+        _check(_lib.twl_append_batch(self._h(), layer, (_lib.seq_id_t * n)(*seqs),
+                                     (ctypes.c_int32 * n)(*counts), n, kv.ptr, vv.ptr, kv.dtype,
+                                     kv.space, st), self._handle)
+
     def read_kv(self, seq: int, layer: int):
         """The cached K and V of seq in layer as two numpy float16 arrays
         [len, num_kv_heads, head_dim] (a copy)."""
