@@ -58,6 +58,7 @@ class Runtime:
                  fetch_path="auto", device_id: int = -1, collect_telemetry: Optional[bool] = None,
                  disk_path: Optional[str] = None, disk_bytes: int = 0):
         self._handle = ctypes.c_void_p()
+        self._seq_key, self._seq_arr = None, None
         c = _lib.RuntimeConfig.default()
         c.num_layers, c.num_q_heads, c.num_kv_heads, c.head_dim = (
             num_layers, num_q_heads, num_kv_heads, head_dim)
@@ -256,7 +257,11 @@ class Runtime:
         if qv.dtype != ov.dtype or qv.space != ov.space:
             raise ValueError("q and out must have the same dtype and memory space")
         self._check_device(qv)
-        seq_arr = (_lib.seq_id_t * n)(*seqs)
+        # A serving loop decodes the same batch in every layer: reuse its C array.
+        key = tuple(seqs)
+        if key != self._seq_key:
+            self._seq_key, self._seq_arr = key, (_lib.seq_id_t * n)(*key)
+        seq_arr = self._seq_arr
         if p is not None and isinstance(p, (int, float)):
             p = [float(p)] * n
         p_arr = None if p is None else (ctypes.c_float * n)(*p)

@@ -5,20 +5,20 @@ imported here (a tensor is recognised by its type's module), so NumPy-only users
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 from . import _lib
 
 
-@dataclass
 class View:
-    ptr: int
-    dtype: int          # _lib.DTYPE_*
-    space: int          # _lib.MEMORY_*
-    device: Optional[int]  # CUDA ordinal of a device tensor
-    numel: int
-    obj: Any            # keeps the (possibly converted) array alive during the call
+    """A C view of an array: pointer, dtype, memory space, CUDA ordinal, element count, and the
+    (possibly converted) array, kept alive during the call."""
+
+    __slots__ = ("ptr", "dtype", "space", "device", "numel", "obj")
+
+    def __init__(self, ptr, dtype, space, device, numel, obj):
+        self.ptr, self.dtype, self.space = ptr, dtype, space
+        self.device, self.numel, self.obj = device, numel, obj
 
 
 def is_torch(x) -> bool:
@@ -35,38 +35,63 @@ def _torch():
     return torch
 
 
+# dtype -> twl_dtype, built on first use (decode runs per layer per step: no per-call dicts).
+_NUMPY_DTYPES = {"e": _lib.DTYPE_FP16, "f": _lib.DTYPE_FP32}  # numpy dtype.char
+_torch_dtypes = None
+
+
+def _torch_dtype_map():
+    global _torch_dtypes
+    if _torch_dtypes is None:
+        torch = _torch()
+        _torch_dtypes = {torch.float16: _lib.DTYPE_FP16, torch.bfloat16: _lib.DTYPE_BF16,
+                         torch.float32: _lib.DTYPE_FP32}
+    return _torch_dtypes
+
+
 def view(x, what: str, writable: bool = False) -> View:
     """The C view of x. Inputs that are not contiguous are made contiguous (a copy); an output
     (writable=True) must already be contiguous, since the library writes through the pointer."""
+    np = _numpy_module
+    if np is not None and type(x) is np.ndarray:
+        code = _NUMPY_DTYPES.get(x.dtype.char)
+        if code is None:
+            raise TypeError(f"{what}: numpy dtype {x.dtype} unsupported (float16 or float32; "
+                            "use a torch tensor for bfloat16)")
+        flags = x.flags
+        if not flags.c_contiguous or (writable and not flags.writeable):
+            if writable:
+                raise ValueError(f"{what}: output array must be C-contiguous and writeable")
+            x = np.ascontiguousarray(x)
+        return View(x.ctypes.data, code, _lib.MEMORY_HOST, None, x.size, x)
     if is_torch(x):
-        torch = _torch()
-        dtypes = {torch.float16: _lib.DTYPE_FP16, torch.bfloat16: _lib.DTYPE_BF16,
-                  torch.float32: _lib.DTYPE_FP32}
-        if x.dtype not in dtypes:
+        code = _torch_dtype_map().get(x.dtype)
+        if code is None:
             raise TypeError(f"{what}: torch dtype {x.dtype} unsupported "
                             "(float16, bfloat16 or float32)")
         if not x.is_contiguous():
             if writable:
                 raise ValueError(f"{what}: output tensor must be contiguous")
             x = x.contiguous()
-        if x.device.type == "cuda":
-            return View(x.data_ptr(), dtypes[x.dtype], _lib.MEMORY_DEVICE, x.device.index,
-                        x.numel(), x)
-        if x.device.type != "cpu":
-            raise ValueError(f"{what}: tensors on {x.device} are not supported (cpu or cuda)")
-        return View(x.data_ptr(), dtypes[x.dtype], _lib.MEMORY_HOST, None, x.numel(), x)
-    np = _numpy()
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{what}: expected a numpy.ndarray or torch.Tensor, got {type(x).__name__}")
-    dtypes = {np.dtype(np.float16): _lib.DTYPE_FP16, np.dtype(np.float32): _lib.DTYPE_FP32}
-    if x.dtype not in dtypes:
-        raise TypeError(f"{what}: numpy dtype {x.dtype} unsupported (float16 or float32; "
-                        "use a torch tensor for bfloat16)")
-    if not x.flags["C_CONTIGUOUS"] or (writable and not x.flags["WRITEABLE"]):
-        if writable:
-            raise ValueError(f"{what}: output array must be C-contiguous and writeable")
-        x = np.ascontiguousarray(x)
-    return View(x.ctypes.data, dtypes[x.dtype], _lib.MEMORY_HOST, None, x.size, x)
+        dev = x.device
+        if dev.type == "cuda":
+            return View(x.data_ptr(), code, _lib.MEMORY_DEVICE, dev.index, x.numel(), x)
+        if dev.type != "cpu":
+            raise ValueError(f"{what}: tensors on {dev} are not supported (cpu or cuda)")
+        return View(x.data_ptr(), code, _lib.MEMORY_HOST, None, x.numel(), x)
+    try:
+        np = _numpy()
+    except ImportError:
+        np = None
+    if np is not None and isinstance(x, np.ndarray):  # an ndarray subclass
+        return view(np.asarray(x), what, writable)
+    raise TypeError(f"{what}: expected a numpy.ndarray or torch.Tensor, got {type(x).__name__}")
+
+
+try:
+    import numpy as _numpy_module
+except ImportError:  # torch-only use
+    _numpy_module = None
 
 
 def empty_like(x):
