@@ -96,6 +96,9 @@ def test_decode_equals_dense_at_p1(rt, rng):
     buf = np.zeros_like(q)
     assert rt.decode(0, seqs, q, out=buf) is buf
     np.testing.assert_array_equal(buf, out)
+    # Another batch (order) after the first: the binding's cached id array must follow.
+    np.testing.assert_array_equal(rt.decode(0, seqs[::-1], q[::-1].copy()), out[::-1])
+    np.testing.assert_array_equal(rt.decode(0, seqs[1:], q[1:]), out[1:])
 
 
 def test_decode_float32_through_decode_ex(rt, rng):
