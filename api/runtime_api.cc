@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "api/handle.h"
 #include "cache/half.h"
+#include "runtime/log.h"
 #include "twilight.h"
 
 namespace twl::api {
@@ -208,6 +209,7 @@ void RecordError(const twl_runtime* rt, const char* fn, absl::string_view messag
   try {
     std::string text = absl::StrCat(fn, ": ", message);
     if (!detail.empty()) absl::StrAppend(&text, " ", detail);
+    twl::Log(twl::LogLevel::kDebug, text);
     if (IsLive(rt)) {
       std::lock_guard<std::mutex> lock(rt->thread_mu);
       rt->per_thread[std::this_thread::get_id()].last_error = std::move(text);

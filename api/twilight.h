@@ -64,11 +64,11 @@
  * run time. They differ only when a program runs against another build than it compiled with:
  * the same major version (and, while major is 0, the same minor) is ABI compatible. */
 #define TWL_VERSION_MAJOR 0
-#define TWL_VERSION_MINOR 1
+#define TWL_VERSION_MINOR 2
 #define TWL_VERSION_PATCH 0
 #define TWL_VERSION_NUMBER \
   (TWL_VERSION_MAJOR * 10000 + TWL_VERSION_MINOR * 100 + TWL_VERSION_PATCH)
-#define TWL_VERSION_STRING "0.1.0"
+#define TWL_VERSION_STRING "0.2.0"
 
 #ifdef __cplusplus
 extern "C" {
@@ -444,7 +444,7 @@ TWL_API twl_status twl_sequence_restore(twl_runtime* rt, const char* path,
 TWL_API void twl_fp32_to_fp16(const float* src, uint16_t* dst, size_t n) TWL_NOEXCEPT;
 TWL_API void twl_fp16_to_fp32(const uint16_t* src, float* dst, size_t n) TWL_NOEXCEPT;
 
-/* ---- Evaluation aid: what a step attended ------------------------------------------------
+/* ==== Added in 0.2: evaluation aid, what a step attended ===================================
  * For benchmarks and accuracy studies that need the TRUE softmax mass of the attended set
  * (from the FP16 K, not the pruner's estimate): with capture on, every successful twl_decode
  * on rt also keeps the token positions each (sequence, KV head) attended (the union over its
@@ -465,7 +465,7 @@ TWL_API twl_status twl_runtime_last_step_kept(const twl_runtime* rt, int32_t seq
                                               int32_t kv_head, int32_t* tokens,
                                               int64_t capacity, int32_t* out_count) TWL_NOEXCEPT;
 
-/* ==== Batched appends (added in 0.1: serving engines, prefill at link speed) =============== */
+/* ==== Added in 0.2: batched appends (serving engines, prefill at link speed) ================ */
 
 /* Appends the new tokens of many sequences in one layer with one call: counts[i] tokens to
  * seqs[i] for every i < num_seqs (ragged: counts may differ; counts[i] == 0 appends nothing to
@@ -505,6 +505,65 @@ TWL_API twl_status twl_append_batch(twl_runtime* rt, int32_t layer, const twl_se
                                     const int32_t* counts, int32_t num_seqs, const void* k,
                                     const void* v, twl_dtype dtype, twl_memory_space space,
                                     void* stream) TWL_NOEXCEPT;
+
+/* ==== Added in 0.2: dtype-generic decode, capability query, log callback ====================
+ * (Section kept separate from the entry points above so that concurrent additions merge.) */
+
+/* twl_decode with q and out of `dtype` (FP16, BF16 or FP32; both the same dtype). The cache and
+ * the attention stay FP16: the library converts q into FP16 and the FP16 result into `dtype` at
+ * the boundary (host memory: on the host; device memory: a conversion kernel on the same stream
+ * as the step, into device scratch, so nothing synchronizes). TWL_DTYPE_FP16 is exactly
+ * twl_decode. Device memory with a non-FP16 dtype and stream == NULL runs the conversions and the
+ * step on the legacy default stream. Everything else (arguments, status codes, what survives a
+ * failure, telemetry, threads) is as for twl_decode; a dtype out of range is
+ * TWL_INVALID_ARGUMENT. */
+TWL_API twl_status twl_decode_ex(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs,
+                                 int32_t num_seqs, const void* q, void* out, twl_dtype dtype,
+                                 twl_memory_space space, const float* seq_p,
+                                 void* stream) TWL_NOEXCEPT;
+
+/* What this build of the library supports. Arrays indexed by twl_backend are zero for
+ * TWL_BACKEND_AUTO and for backends not built. */
+#define TWL_CAPS_MAX_ARCHS 16
+#define TWL_CAPS_MAX_HEAD_DIMS 8
+typedef struct twl_capabilities {
+  size_t struct_size;       /* sizeof(twl_capabilities), set by the caller */
+  uint32_t backends_built;  /* bit (1u << b) for each twl_backend b this build has */
+  int32_t gpu_usable;       /* 1 when a CUDA device is visible now (GPU backends can start) */
+  int32_t num_cuda_archs;   /* entries of cuda_archs in use (0 without CUDA) */
+  int32_t cuda_archs[TWL_CAPS_MAX_ARCHS]; /* compiled CUDA architectures, e.g. 90 = sm_90 */
+  int32_t head_dims[4][TWL_CAPS_MAX_HEAD_DIMS]; /* per backend: head_dim values accepted,
+                                                   ascending, then 0 */
+  int32_t max_q_per_kv[4];  /* per backend: largest num_q_heads / num_kv_heads accepted */
+  uint32_t decode_dtypes[4]; /* per backend: bit (1u << twl_dtype) of twl_decode_ex q/out dtypes */
+} twl_capabilities;
+
+/* Fills *out (out->struct_size set by the caller; only that many bytes are written). Probes the
+ * GPU once per process (cheap afterwards). Any thread.
+ * Status: TWL_OK, TWL_INVALID_ARGUMENT (null, struct_size too small). */
+TWL_API twl_status twl_get_capabilities(twl_capabilities* out) TWL_NOEXCEPT;
+
+typedef enum twl_log_level {
+  TWL_LOG_ERROR = 0,   /* something failed that no call returned (e.g. a background transfer) */
+  TWL_LOG_WARNING = 1, /* a degraded choice (e.g. automatic backend fell back to the CPU) */
+  TWL_LOG_INFO = 2,    /* one-time facts (backend chosen) */
+  TWL_LOG_DEBUG = 3,   /* every failed call's message (also returned by twl_runtime_last_error) */
+  TWL_LOG_FORCE_INT32_ = 0x7fffffff
+} twl_log_level;
+
+/* Receives one message (no trailing newline; valid during the call only). May be called from
+ * any thread that calls into the library, with library locks held: it must not call back into
+ * the library and should return quickly. */
+typedef void (*twl_log_fn)(twl_log_level level, const char* message, void* user_data);
+
+/* Process-wide: messages of `max_level` or more severe (numerically <=) go to fn(user_data).
+ * fn == NULL restores the default: messages up to TWL_LOG_WARNING (TWL_LOG_INFO with
+ * TWL_VERBOSE=1 in the environment) to stderr; pass max_level = TWL_LOG_ERROR with a callback
+ * that ignores everything to silence the library. Any thread, any time except from inside a
+ * callback; delivery is serialized with replacement, so once this returns the previous
+ * callback is never called again. Never fails (out of memory keeps the previous callback). */
+TWL_API void twl_set_log_callback(twl_log_fn fn, void* user_data,
+                                  twl_log_level max_level) TWL_NOEXCEPT;
 
 #ifdef __cplusplus
 } /* extern "C" */

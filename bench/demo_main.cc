@@ -8,9 +8,9 @@
 // sequence and layer and decodes every layer for the whole batch.
 //
 //   twl_demo [--seqs 4] [--context 4096] [--layers 4] [--steps 6] [--p 0.95]
-//            [--backend auto|cpu|gpu|offload] [--budget 0.25] [--selector quest|full]
+//            [--backend auto|cpu|gpu-hbm|gpu-offload] [--budget 0.25] [--selector quest|full]
 //            [--page-size 16] [--k-bits 4] [--dense-layers 0] [--seed 1]
-//            [--disk DIR [--host-pool-mb MB]]
+//            [--disk DIR [--host-pool-mb MB]]        (twl_demo --help lists every flag)
 // --disk puts a disk tier (a file in DIR sized for the whole KV) under a host pool smaller
 // than the KV (default: one layer's KV + 25%), on the CPU backend: every step then reads the
 // pages it keeps back from disk, and the table shows how many.
@@ -26,128 +26,101 @@
 
 #include <unistd.h>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/str_format.h"
 #include "gpu/device.h"
 #include "lib/synthetic_attention.h"
 #include "lib/table.h"
+#include "lib/tool_flags.h"
 #include "oneapi/tbb/parallel_for.h"
 #include "runtime/runtime.h"
+
+ABSL_FLAG(int32_t, seqs, 4, "sequences decoded as one batch");
+ABSL_FLAG(int32_t, context, 4096, "prompt tokens of the longest sequence (others up to 25% shorter)");
+ABSL_FLAG(int32_t, layers, 4, "layers");
+ABSL_FLAG(int32_t, steps, 6, "decode steps (one token per sequence and layer each)");
+ABSL_FLAG(float, p, 0.95f, "top-p mass each head keeps, in (0, 1]");
+ABSL_FLAG(std::string, backend, "auto",
+          "auto|cpu|gpu-hbm|gpu-offload (auto: gpu-offload with a GPU, else cpu)");
+ABSL_FLAG(float, budget, 0.25f, "Quest selector budget B0 as a fraction of the context, (0, 1]");
+ABSL_FLAG(std::string, selector, "quest", "quest|full (full: every page is a candidate)");
+ABSL_FLAG(int32_t, page_size, 16, "tokens per page");
+ABSL_FLAG(int32_t, k_bits, 4, "bits of the K estimate: 2, 4, 8 or 16 (FP16)");
+ABSL_FLAG(int32_t, dense_layers, 0, "first layers decoded densely");
+ABSL_FLAG(int32_t, q_heads, 32, "query heads");
+ABSL_FLAG(int32_t, kv_heads, 8, "KV heads (--q-heads must be a multiple)");
+ABSL_FLAG(int32_t, head_dim, 128, "head dimension: 8, 16, 32, 64, 128 or 256 (GPU: 64, 128)");
+ABSL_FLAG(uint64_t, seed, 1, "seed of the synthetic data");
+ABSL_FLAG(std::string, disk, "",
+          "directory for a disk tier holding the whole KV (CPU backend); empty: none");
+ABSL_FLAG(int32_t, host_pool_mb, 0,
+          "with --disk: host pool in MiB (0: one layer's KV + 25%)");
 
 namespace {
 
 using twl::fp16_t;
 
 struct Options {
-  int seqs = 4;
-  int context = 4096;
-  int layers = 4;
-  int steps = 6;
-  float p = 0.95f;
-  std::string backend = "auto";
-  float budget = 0.25f;
-  std::string selector = "quest";
-  int page_size = 16;
-  int k_bits = 4;
-  int dense_layers = 0;
-  int q_heads = 32;
-  int kv_heads = 8;
-  int head_dim = 128;
-  uint64_t seed = 1;
-  std::string disk;      // disk tier directory ("": none)
-  int host_pool_mb = 0;  // with --disk: host pool size (0: one layer's KV + 25%)
+  int seqs, context, layers, steps;
+  float p;
+  twl::BackendKind backend;
+  float budget;
+  std::string selector;
+  int page_size, k_bits, dense_layers, q_heads, kv_heads, head_dim;
+  uint64_t seed;
+  std::string disk;  // disk tier directory ("": none)
+  int host_pool_mb;  // with --disk: host pool size (0: one layer's KV + 25%)
 };
 
-void Usage() {
-  std::printf(
-      "usage: twl_demo [--seqs N] [--context TOKENS] [--layers N] [--steps N] [--p P]\n"
-      "                [--backend auto|cpu|gpu|offload] [--budget FRACTION]\n"
-      "                [--selector quest|full] [--page-size N] [--k-bits 2|4|8|16]\n"
-      "                [--dense-layers N] [--q-heads N] [--kv-heads N] [--head-dim N]\n"
-      "                [--seed N] [--disk DIR [--host-pool-mb MB]]\n"
-      "Decodes a batch of synthetic long-context sequences with Twilight (Quest selector +\n"
-      "top-p pruner + sparse attention) and compares each output with dense attention.\n"
-      "--backend gpu = all KV in GPU memory, offload = FP16 KV in pinned host memory.\n"
-      "--disk DIR: KV larger than host memory: a disk tier file in DIR holds the whole KV and\n"
-      "the host pool only --host-pool-mb (default one layer's KV + 25%%); CPU backend.\n");
-}
+constexpr char kUsage[] =
+    "usage: twl_demo [flags]\n"
+    "Decodes a batch of synthetic long-context sequences with Twilight (Quest selector + top-p\n"
+    "pruner + sparse attention) and compares each output with dense attention.\n"
+    "Backends: gpu-hbm = all KV in GPU memory, gpu-offload = FP16 KV in pinned host memory.\n"
+    "--disk DIR: KV larger than host memory: a disk tier file in DIR holds the whole KV and the\n"
+    "host pool only --host-pool-mb; CPU backend. Columns of the output: README.md.";
 
-bool ParseArgs(int argc, char** argv, Options* o) {
-  std::map<std::string, std::string> kv;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "-h" || a == "--help") {
-      Usage();
-      std::exit(0);
-    }
-    if (a.rfind("--", 0) != 0) {
-      std::fprintf(stderr, "twl_demo: unexpected argument '%s'\n", a.c_str());
-      return false;
-    }
-    a = a.substr(2);
-    std::string value;
-    if (const size_t eq = a.find('='); eq != std::string::npos) {
-      value = a.substr(eq + 1);
-      a = a.substr(0, eq);
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      std::fprintf(stderr, "twl_demo: --%s needs a value\n", a.c_str());
-      return false;
-    }
-    kv[a] = value;
-  }
-  for (const auto& [key, value] : kv) {
-    char* end = nullptr;
-    auto as_int = [&](int* dst) {
-      const long v = std::strtol(value.c_str(), &end, 10);
-      if (*end != '\0' || value.empty()) return false;
-      *dst = int(v);
-      return true;
-    };
-    bool ok = true;
-    if (key == "seqs") ok = as_int(&o->seqs);
-    else if (key == "context") ok = as_int(&o->context);
-    else if (key == "layers") ok = as_int(&o->layers);
-    else if (key == "steps") ok = as_int(&o->steps);
-    else if (key == "page-size") ok = as_int(&o->page_size);
-    else if (key == "k-bits") ok = as_int(&o->k_bits);
-    else if (key == "dense-layers") ok = as_int(&o->dense_layers);
-    else if (key == "q-heads") ok = as_int(&o->q_heads);
-    else if (key == "kv-heads") ok = as_int(&o->kv_heads);
-    else if (key == "head-dim") ok = as_int(&o->head_dim);
-    else if (key == "host-pool-mb") ok = as_int(&o->host_pool_mb) && o->host_pool_mb > 0;
-    else if (key == "disk") {
-      o->disk = value;
-      ok = !value.empty();
-    }
-    else if (key == "seed") {
-      int s = 0;
-      ok = as_int(&s);
-      o->seed = uint64_t(s);
-    } else if (key == "p" || key == "budget") {
-      const float v = std::strtof(value.c_str(), &end);
-      ok = *end == '\0' && !value.empty();
-      (key == "p" ? o->p : o->budget) = v;
-    } else if (key == "backend") {
-      o->backend = value;
-      ok = value == "auto" || value == "cpu" || value == "gpu" || value == "offload";
-    } else if (key == "selector") {
-      o->selector = value;
-      ok = value == "quest" || value == "full";
-    } else {
-      std::fprintf(stderr, "twl_demo: unknown flag --%s (see --help)\n", key.c_str());
-      return false;
-    }
-    if (!ok) {
-      std::fprintf(stderr, "twl_demo: bad value '%s' for --%s\n", value.c_str(), key.c_str());
-      return false;
-    }
-  }
-  if (o->seqs < 1 || o->layers < 1 || o->steps < 1 || o->context < 64) {
-    std::fprintf(stderr, "twl_demo: need --seqs, --layers, --steps >= 1 and --context >= 64\n");
-    return false;
-  }
-  return true;
+Options ParseArgs(int argc, char** argv) {
+  using twl::tools::RequireFlag;
+  twl::tools::ParseToolFlags(argc, argv, __FILE__, kUsage);
+  Options o;
+  o.seqs = absl::GetFlag(FLAGS_seqs);
+  o.context = absl::GetFlag(FLAGS_context);
+  o.layers = absl::GetFlag(FLAGS_layers);
+  o.steps = absl::GetFlag(FLAGS_steps);
+  o.p = absl::GetFlag(FLAGS_p);
+  o.backend = twl::tools::ParseBackendFlag(absl::GetFlag(FLAGS_backend));
+  o.budget = absl::GetFlag(FLAGS_budget);
+  o.selector = absl::GetFlag(FLAGS_selector);
+  o.page_size = absl::GetFlag(FLAGS_page_size);
+  o.k_bits = absl::GetFlag(FLAGS_k_bits);
+  o.dense_layers = absl::GetFlag(FLAGS_dense_layers);
+  o.q_heads = absl::GetFlag(FLAGS_q_heads);
+  o.kv_heads = absl::GetFlag(FLAGS_kv_heads);
+  o.head_dim = absl::GetFlag(FLAGS_head_dim);
+  o.seed = absl::GetFlag(FLAGS_seed);
+  o.disk = absl::GetFlag(FLAGS_disk);
+  o.host_pool_mb = absl::GetFlag(FLAGS_host_pool_mb);
+  // Ranges that keep the demo's own sizing arithmetic and allocations sane; the runtime checks
+  // the model shape again (and says why) when it is created.
+  RequireFlag(o.seqs >= 1 && o.seqs <= 4096, "seqs", "must be in [1, 4096]");
+  RequireFlag(o.context >= 64 && o.context <= (1 << 22), "context", "must be in [64, 4194304]");
+  RequireFlag(o.layers >= 1 && o.layers <= 256, "layers", "must be in [1, 256]");
+  RequireFlag(o.steps >= 1 && o.steps <= 100000, "steps", "must be in [1, 100000]");
+  RequireFlag(o.p > 0.0f && o.p <= 1.0f, "p", "must be in (0, 1]");
+  RequireFlag(o.budget > 0.0f && o.budget <= 1.0f, "budget", "must be in (0, 1]");
+  RequireFlag(o.selector == "quest" || o.selector == "full", "selector", "quest or full");
+  RequireFlag(o.page_size >= 1 && o.page_size <= 4096, "page_size", "must be in [1, 4096]");
+  RequireFlag(o.k_bits == 2 || o.k_bits == 4 || o.k_bits == 8 || o.k_bits == 16, "k_bits",
+              "must be 2, 4, 8 or 16");
+  RequireFlag(o.dense_layers >= 0, "dense_layers", "must be >= 0");
+  RequireFlag(o.kv_heads >= 1 && o.kv_heads <= 1024, "kv_heads", "must be in [1, 1024]");
+  RequireFlag(o.q_heads >= 1 && o.q_heads <= 4096 && o.q_heads % o.kv_heads == 0, "q_heads",
+              "must be in [1, 4096] and a multiple of --kv-heads");
+  RequireFlag(o.head_dim >= 1 && o.head_dim <= 256, "head_dim", "must be in [1, 256]");
+  RequireFlag(o.host_pool_mb >= 0, "host_pool_mb", "must be >= 0");
+  RequireFlag(o.host_pool_mb == 0 || !o.disk.empty(), "host_pool_mb", "needs --disk");
+  return o;
 }
 
 // Progress on stderr: rewritten in place on a terminal, one line per update otherwise.
@@ -211,8 +184,7 @@ void DenseAttention(const fp16_t* k, const fp16_t* v, int len, int kv_heads, int
 }  // namespace
 
 int main(int argc, char** argv) {
-  Options opt;
-  if (!ParseArgs(argc, argv, &opt)) return 2;
+  const Options opt = ParseArgs(argc, argv);
   const double t_begin = Now();
 
   twl::RuntimeConfig cfg;
@@ -226,10 +198,7 @@ int main(int argc, char** argv) {
   cfg.selector = opt.selector == "full" ? twl::SelectorKind::kFull : twl::SelectorKind::kQuest;
   cfg.selector_budget_fraction = opt.budget;
   cfg.dense_layers = opt.dense_layers;
-  cfg.backend = opt.backend == "cpu"       ? twl::BackendKind::kCpu
-                : opt.backend == "gpu"     ? twl::BackendKind::kGpuHbm
-                : opt.backend == "offload" ? twl::BackendKind::kGpuOffload
-                                           : twl::BackendKind::kAuto;
+  cfg.backend = opt.backend;
   // Size the host pool for the whole run (with slack for partial pages), not the default.
   const int64_t pages_per_seq_layer = (opt.context + opt.page_size - 1) / opt.page_size + 1;
   const int64_t page_bytes = int64_t(opt.kv_heads) * 4 * opt.page_size * opt.head_dim;

@@ -25,9 +25,11 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "lib/table.h"
+#include "lib/tool_flags.h"
 #include "offload/disk_tier.h"
 
 namespace {
@@ -48,76 +50,53 @@ struct Options {
   std::string csv = "out/disk_tier.csv";
 };
 
-void Usage() {
-  std::printf(
-      "usage: twl_disk_tier [--dir DIR] [--record-kib N] [--mib N] [--batch N] [--reps N]\n"
-      "                     [--depths 1,8,32] [--engines uring,threads] [--buffered]\n"
-      "                     [--no-preallocate] [--max-seconds S] [--csv PATH]\n"
-      "Measures the disk tier's write and read throughput for batches of page records.\n"
-      "--buffered: no O_DIRECT (reads then mostly come from the page cache).\n"
-      "--no-preallocate: let writes extend the file instead of fallocate'ing it.\n");
-}
+}  // namespace
 
-bool ParseArgs(int argc, char** argv, Options* o) {
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "-h" || a == "--help") {
-      Usage();
-      std::exit(0);
-    }
-    if (a == "--buffered") {
-      o->buffered = true;
-      continue;
-    }
-    if (a == "--no-preallocate") {
-      o->preallocate = false;
-      continue;
-    }
-    if (a.rfind("--", 0) != 0 || i + 1 >= argc) {
-      std::fprintf(stderr, "twl_disk_tier: bad argument '%s' (see --help)\n", a.c_str());
-      return false;
-    }
-    const std::string v = argv[++i];
-    if (a == "--dir") {
-      o->dir = v;
-    } else if (a == "--record-kib") {
-      o->record_kib = std::atoi(v.c_str());
-    } else if (a == "--mib") {
-      o->mib = std::atoi(v.c_str());
-    } else if (a == "--reps") {
-      o->reps = std::atoi(v.c_str());
-    } else if (a == "--batch") {
-      o->batch = std::atoi(v.c_str());
-    } else if (a == "--max-seconds") {
-      o->max_seconds = std::atof(v.c_str());
-    } else if (a == "--csv") {
-      o->csv = v;
-    } else if (a == "--depths") {
-      o->depths.clear();
-      for (absl::string_view d : absl::StrSplit(v, ',')) {
-        o->depths.push_back(std::atoi(std::string(d).c_str()));
-      }
-    } else if (a == "--engines") {
-      o->engines.clear();
-      for (absl::string_view e : absl::StrSplit(v, ',')) o->engines.emplace_back(e);
-    } else {
-      std::fprintf(stderr, "twl_disk_tier: unknown option '%s'\n", a.c_str());
-      return false;
-    }
+ABSL_FLAG(std::string, dir, "", "directory of the test file (empty: $TMPDIR or /tmp)");
+ABSL_FLAG(int32_t, record_kib, 64, "KiB per page record");
+ABSL_FLAG(int32_t, mib, 64, "MiB written and read per phase");
+ABSL_FLAG(int32_t, batch, 64, "records per batch");
+ABSL_FLAG(int32_t, reps, 3, "repetitions per phase (the median is reported)");
+ABSL_FLAG(std::vector<std::string>, depths, std::vector<std::string>({"1", "8", "32"}),
+          "queue depths, comma-separated");
+ABSL_FLAG(std::vector<std::string>, engines, std::vector<std::string>({"uring", "threads"}),
+          "engines: uring, threads");
+ABSL_FLAG(bool, buffered, false, "no O_DIRECT (reads then mostly come from the page cache)");
+ABSL_FLAG(bool, preallocate, true,
+          "fallocate the file (--no-preallocate: let writes extend it)");
+ABSL_FLAG(double, max_seconds, 0.5, "per phase: stop early on a slow disk");
+ABSL_FLAG(std::string, csv, "out/disk_tier.csv", "CSV output path");
+
+namespace {
+
+Options ParseArgs(int argc, char** argv) {
+  using twl::tools::RequireFlag;
+  twl::tools::ParseToolFlags(
+      argc, argv, __FILE__,
+      "usage: twl_disk_tier [flags]\n"
+      "Measures the disk tier's write and read throughput for batches of page records.");
+  Options o;
+  o.dir = absl::GetFlag(FLAGS_dir);
+  o.record_kib = absl::GetFlag(FLAGS_record_kib);
+  RequireFlag(o.record_kib >= 1 && o.record_kib <= 65536, "record_kib", "must be in [1, 65536]");
+  o.mib = absl::GetFlag(FLAGS_mib);
+  RequireFlag(o.mib >= 1 && o.mib <= (1 << 20), "mib", "must be in [1, 1048576]");
+  o.batch = absl::GetFlag(FLAGS_batch);
+  RequireFlag(o.batch >= 1 && o.batch <= 65536, "batch", "must be in [1, 65536]");
+  o.reps = absl::GetFlag(FLAGS_reps);
+  RequireFlag(o.reps >= 1 && o.reps <= 1000, "reps", "must be in [1, 1000]");
+  o.depths = twl::tools::IntListFlag(absl::GetFlag(FLAGS_depths), "depths", 1, 4096);
+  o.engines = absl::GetFlag(FLAGS_engines);
+  RequireFlag(!o.engines.empty(), "engines", "needs at least one of uring, threads");
+  for (const std::string& e : o.engines) {
+    RequireFlag(e == "uring" || e == "threads", "engines", "each must be uring or threads");
   }
-  if (o->record_kib <= 0 || o->mib <= 0 || o->batch <= 0 || o->reps <= 0 ||
-      o->depths.empty()) {
-    std::fprintf(stderr, "twl_disk_tier: sizes must be positive\n");
-    return false;
-  }
-  for (const std::string& e : o->engines) {
-    if (e != "uring" && e != "threads") {
-      std::fprintf(stderr, "twl_disk_tier: engine must be uring or threads, got '%s'\n",
-                   e.c_str());
-      return false;
-    }
-  }
-  return true;
+  o.buffered = absl::GetFlag(FLAGS_buffered);
+  o.preallocate = absl::GetFlag(FLAGS_preallocate);
+  o.max_seconds = absl::GetFlag(FLAGS_max_seconds);
+  RequireFlag(o.max_seconds > 0 && o.max_seconds <= 1e6, "max_seconds", "must be > 0");
+  o.csv = absl::GetFlag(FLAGS_csv);
+  return o;
 }
 
 struct Phase {
@@ -242,8 +221,7 @@ Phase ReadPhase(twl::DiskTier* tier, const Buffers& buf, const std::vector<int64
 }  // namespace
 
 int main(int argc, char** argv) {
-  Options opt;
-  if (!ParseArgs(argc, argv, &opt)) return 2;
+  const Options opt = ParseArgs(argc, argv);
   const int64_t bytes = int64_t(opt.record_kib) * 1024;
   const int64_t total = std::max<int64_t>(1, int64_t(opt.mib) * 1024 * 1024 / bytes);
   Buffers buf(opt.batch, bytes);

@@ -25,48 +25,54 @@
 #include <string>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "gpu/synth.h"
 #include "lib/png_plot.h"
 #include "lib/table.h"
+#include "lib/tool_flags.h"
 
 #if TWL_HAVE_CUDA
 #include <cuda_runtime.h>
 #endif
 
+ABSL_FLAG(std::vector<std::string>, batches, std::vector<std::string>({"1", "8", "16"}),
+          "batch sizes, comma-separated");
+ABSL_FLAG(std::vector<std::string>, contexts,
+          std::vector<std::string>({"32768", "131072", "524288"}),
+          "context lengths in tokens, comma-separated");
+ABSL_FLAG(int32_t, reps, 20, "timed runs per point (the median is reported)");
+ABSL_FLAG(std::string, out, ".", "directory for kernels.csv and kernels.png");
+ABSL_FLAG(std::string, sdpa_csv, "", "PyTorch SDPA times from bench/sdpa_baseline.py (optional)");
+ABSL_FLAG(float, quest_fraction, 0.125f, "Quest budget B0 as a fraction of the context, (0, 1]");
+
 namespace twl {
 namespace {
 
 struct Options {
-  std::vector<int32_t> batches = {1, 8, 16};
-  std::vector<int32_t> contexts = {32768, 131072, 524288};
+  std::vector<int32_t> batches;
+  std::vector<int32_t> contexts;
   int reps = 20;
   std::string out_dir = ".";
   std::string sdpa_csv;
   float quest_fraction = 0.125f;  // B0 as a fraction of the context
 };
 
-std::vector<int32_t> ParseList(const std::string& s) {
-  std::vector<int32_t> v;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) v.push_back(int32_t(std::atol(item.c_str())));
-  return v;
-}
-
 Options ParseArgs(int argc, char** argv) {
+  tools::ParseToolFlags(argc, argv, __FILE__,
+                        "usage: twl_kernels [flags]\n"
+                        "GPU kernel benchmarks of the in-HBM Twilight decode step (needs a GPU).");
   Options o;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string k = argv[i], v = argv[i + 1];
-    if (k == "--batches") o.batches = ParseList(v);
-    else if (k == "--contexts") o.contexts = ParseList(v);
-    else if (k == "--reps") o.reps = std::max(1, std::atoi(v.c_str()));
-    else if (k == "--out") o.out_dir = v;
-    else if (k == "--sdpa_csv") o.sdpa_csv = v;
-    else if (k == "--quest_fraction") o.quest_fraction = float(std::atof(v.c_str()));
-    else std::fprintf(stderr, "twl_kernels: unknown flag %s\n", k.c_str());
-  }
+  o.batches = tools::IntListFlag(absl::GetFlag(FLAGS_batches), "batches", 1, 4096);
+  o.contexts = tools::IntListFlag(absl::GetFlag(FLAGS_contexts), "contexts", 64, 1 << 24);
+  o.reps = absl::GetFlag(FLAGS_reps);
+  tools::RequireFlag(o.reps >= 1 && o.reps <= 100000, "reps", "must be in [1, 100000]");
+  o.out_dir = absl::GetFlag(FLAGS_out);
+  o.sdpa_csv = absl::GetFlag(FLAGS_sdpa_csv);
+  o.quest_fraction = absl::GetFlag(FLAGS_quest_fraction);
+  tools::RequireFlag(o.quest_fraction > 0.0f && o.quest_fraction <= 1.0f, "quest_fraction",
+                     "must be in (0, 1]");
   std::sort(o.batches.begin(), o.batches.end());
   std::sort(o.contexts.begin(), o.contexts.end());
   return o;

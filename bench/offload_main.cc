@@ -37,12 +37,14 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/flags/flag.h"
 #include "cache/page_layout.h"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "lib/png_plot.h"
 #include "lib/synthetic_attention.h"
 #include "lib/table.h"
+#include "lib/tool_flags.h"
 #include "offload/fetch_calibration.h"
 #include "offload/fetch_transport.h"
 #include "runtime/backend.h"
@@ -52,15 +54,30 @@
 #include <cuda_runtime_api.h>
 #endif
 
+ABSL_FLAG(std::vector<std::string>, batches, std::vector<std::string>({"1", "8", "16"}),
+          "batch sizes, comma-separated");
+ABSL_FLAG(std::vector<std::string>, contexts,
+          std::vector<std::string>({"32768", "131072", "524288"}),
+          "context lengths in tokens, comma-separated");
+ABSL_FLAG(std::vector<std::string>, workloads, std::vector<std::string>({"peaked", "flat"}),
+          "synthetic workloads: peaked, flat");
+ABSL_FLAG(int32_t, steps, 5, "measured decode steps per point");
+ABSL_FLAG(int32_t, warmup, 2, "unmeasured steps before them");
+ABSL_FLAG(double, cache_frac, 0.10, "GPU hot-page cache as a fraction of the KV, [0, 1]");
+ABSL_FLAG(double, max_host_gb, 48, "skip points whose pinned host KV exceeds this many GB");
+ABSL_FLAG(int32_t, flat_max_context, 131072, "longest context of the flat workload");
+ABSL_FLAG(int32_t, quest_budget, 8192, "Quest's fixed budget in tokens");
+ABSL_FLAG(std::string, out, "out/offload", "output directory (CSV, PNG)");
+
 namespace twl {
 namespace {
 
 using bench::Cell;
 
 struct Options {
-  std::vector<int32_t> batches = {1, 8, 16};
-  std::vector<int32_t> contexts = {32768, 131072, 524288};
-  std::vector<std::string> workloads = {"peaked", "flat"};
+  std::vector<int32_t> batches;
+  std::vector<int32_t> contexts;
+  std::vector<std::string> workloads;
   int32_t steps = 5;
   int32_t warmup = 2;
   double cache_frac = 0.10;
@@ -70,38 +87,34 @@ struct Options {
   std::string out = "out/offload";
 };
 
-bool ParseList(const std::string& v, std::vector<int32_t>* out) {
-  out->clear();
-  for (absl::string_view p : absl::StrSplit(v, ',')) {
-    if (p.empty()) continue;
-    out->push_back(std::atoi(std::string(p).c_str()));
-  }
-  return !out->empty();
-}
-
 Options Parse(int argc, char** argv) {
+  using tools::RequireFlag;
+  tools::ParseToolFlags(argc, argv, __FILE__,
+                        "usage: twl_offload [flags]\n"
+                        "Offloaded Twilight against dense in HBM, full offload and Quest on the "
+                        "same path (needs a GPU).");
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    const size_t eq = a.find('=');
-    const std::string k = a.substr(0, eq), v = eq == std::string::npos ? "" : a.substr(eq + 1);
-    if (k == "--batches") ParseList(v, &o.batches);
-    else if (k == "--contexts") ParseList(v, &o.contexts);
-    else if (k == "--workloads") {
-      o.workloads.clear();
-      for (absl::string_view p : absl::StrSplit(v, ',')) o.workloads.emplace_back(p);
-    } else if (k == "--steps") o.steps = std::atoi(v.c_str());
-    else if (k == "--warmup") o.warmup = std::atoi(v.c_str());
-    else if (k == "--cache_frac") o.cache_frac = std::atof(v.c_str());
-    else if (k == "--max_host_gb") o.max_host_gb = std::atof(v.c_str());
-    else if (k == "--flat_max_context") o.flat_max_context = std::atoi(v.c_str());
-    else if (k == "--quest_budget") o.quest_budget = std::atoi(v.c_str());
-    else if (k == "--out") o.out = v;
-    else {
-      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
-      std::exit(2);
-    }
+  o.batches = tools::IntListFlag(absl::GetFlag(FLAGS_batches), "batches", 1, 4096);
+  o.contexts = tools::IntListFlag(absl::GetFlag(FLAGS_contexts), "contexts", 64, 1 << 24);
+  o.workloads = absl::GetFlag(FLAGS_workloads);
+  RequireFlag(!o.workloads.empty(), "workloads", "needs at least one of peaked, flat");
+  for (const std::string& w : o.workloads) {
+    RequireFlag(w == "peaked" || w == "flat", "workloads", "each must be peaked or flat");
   }
+  o.steps = absl::GetFlag(FLAGS_steps);
+  RequireFlag(o.steps >= 1 && o.steps <= 100000, "steps", "must be in [1, 100000]");
+  o.warmup = absl::GetFlag(FLAGS_warmup);
+  RequireFlag(o.warmup >= 0 && o.warmup <= 100000, "warmup", "must be in [0, 100000]");
+  o.cache_frac = absl::GetFlag(FLAGS_cache_frac);
+  RequireFlag(o.cache_frac >= 0 && o.cache_frac <= 1, "cache_frac", "must be in [0, 1]");
+  o.max_host_gb = absl::GetFlag(FLAGS_max_host_gb);
+  RequireFlag(o.max_host_gb > 0 && o.max_host_gb < 1e6, "max_host_gb", "must be > 0");
+  o.flat_max_context = absl::GetFlag(FLAGS_flat_max_context);
+  RequireFlag(o.flat_max_context >= 64, "flat_max_context", "must be >= 64");
+  o.quest_budget = absl::GetFlag(FLAGS_quest_budget);
+  RequireFlag(o.quest_budget >= 1, "quest_budget", "must be >= 1");
+  o.out = absl::GetFlag(FLAGS_out);
+  RequireFlag(!o.out.empty(), "out", "must not be empty");
   return o;
 }
 

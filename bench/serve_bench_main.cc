@@ -44,9 +44,6 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/match.h"
@@ -56,6 +53,7 @@
 #include "lib/png_plot.h"
 #include "lib/serve_accuracy.h"
 #include "lib/table.h"
+#include "lib/tool_flags.h"
 #include "twilight.h"
 
 ABSL_FLAG(std::string, mode, "auto", "auto (gpu when one is visible), gpu or cpu");
@@ -95,11 +93,8 @@ using bench::Cell;
   std::exit(1);
 }
 
-// A bad flag value: say which and exit 2 (as absl does for unknown flags).
-[[noreturn]] void BadFlag(const std::string& what) {
-  std::fprintf(stderr, "twl_serve_bench: %s (see --help)\n", what.c_str());
-  std::exit(2);
-}
+// A bad flag value: say which and exit 2 (the shared tool behaviour, bench/lib/tool_flags.h).
+[[noreturn]] void BadFlag(const std::string& what) { tools::ToolFlagError(what); }
 
 void Check(twl_status s, twl_runtime* rt, const char* what) {
   if (s != TWL_OK) {
@@ -718,18 +713,11 @@ std::map<std::string, SdpaRow> ReadSdpa(const std::string& path) {
 }
 
 int Main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "The serving-loop benchmark of the Twilight runtime (see the file comment of "
-      "bench/serve_bench_main.cc). Example: twl_serve_bench --batches=8 --context=131072 "
-      "--sdpa_csv=sdpa_serving.csv --out=out/serve");
-  // --help lists this tool's flags (absl matches flag files to the program name otherwise).
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view file) {
-    return absl::StrContains(file, "serve_bench_main");
-  };
-  usage.contains_helpshort_flags = usage.contains_help_flags;
-  absl::SetFlagsUsageConfig(usage);
-  absl::ParseCommandLine(argc, argv);
+  tools::ParseToolFlags(
+      argc, argv, __FILE__,
+      "twl_serve_bench: the serving-loop benchmark of the Twilight runtime (see the file "
+      "comment of bench/serve_bench_main.cc).\nExample: twl_serve_bench --batches=8 "
+      "--context=131072 --sdpa_csv=sdpa_serving.csv --out=out/serve");
   std::string mode = absl::GetFlag(FLAGS_mode);
   if (mode != "auto" && mode != "gpu" && mode != "cpu") {
     BadFlag(absl::StrCat("--mode must be auto, gpu or cpu, got '", mode, "'"));

@@ -5,7 +5,9 @@
 #include <cstdlib>
 #include <limits>
 
+#if TWL_WITH_MIMALLOC
 #include <mimalloc.h>
+#endif
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
@@ -14,9 +16,11 @@
 #include <cuda_runtime_api.h>
 #endif
 
-// Under AddressSanitizer use the libc allocator, which ASan instruments; mimalloc's
-// memory would hide overflows of a block.
-#if defined(__SANITIZE_ADDRESS__)
+// The libc allocator unless built with TWL_WITH_MIMALLOC (see CMakeLists.txt), and always
+// under AddressSanitizer, which instruments it; mimalloc's memory would hide overflows.
+#if !TWL_WITH_MIMALLOC
+#define TWL_ARENA_USE_LIBC 1
+#elif defined(__SANITIZE_ADDRESS__)
 #define TWL_ARENA_USE_LIBC 1
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer)

@@ -5,8 +5,9 @@
 // arena is a single allocation, never a list of pieces.
 //
 // Two kinds of memory:
-//   kAligned       plain host memory, 4 KiB aligned (mimalloc; std::aligned_alloc under
-//                  AddressSanitizer so that overflows are caught). The OS commits it lazily:
+//   kAligned       plain host memory, 4 KiB aligned (std::aligned_alloc; mimalloc when built
+//                  with TWL_WITH_MIMALLOC, except under AddressSanitizer so that overflows
+//                  are caught). The OS commits it lazily:
 //                  a 1 GiB pool costs nothing until pages are written.
 //   kPinnedMapped  page-locked memory mapped into the device address space
 //                  (cudaHostAlloc Mapped|Portable), so kernels can gather from it directly.

@@ -27,6 +27,7 @@
 #include "runtime/backend.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/disk_residency.h"
+#include "runtime/log.h"
 #include "runtime/device_probe.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/geometry.h"
@@ -186,11 +187,11 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeConfig& co
   if (im.backend_name.empty()) im.backend_name = im.backend->Name();
   if (config.backend == BackendKind::kAuto) {
     // A library embedded in a server stays quiet by default (backend_name() tells the
-    // caller); TWL_VERBOSE=1 says once per process which backend the automatic choice gave.
+    // caller); at info level (TWL_VERBOSE=1 or a log callback) it says once per process which
+    // backend the automatic choice gave.
     static std::atomic<bool> logged{false};
-    const char* verbose = std::getenv("TWL_VERBOSE");
-    if (verbose && verbose[0] == '1' && !logged.exchange(true)) {
-      std::fprintf(stderr, "twilight: backend %s\n", im.backend_name.c_str());
+    if (LogEnabled(LogLevel::kInfo) && !logged.exchange(true)) {
+      Log(LogLevel::kInfo, absl::StrFormat("backend %s", im.backend_name));
     }
   }
   im.allocator = std::make_unique<PageAllocator>(static_cast<int32_t>(im.num_pages));

@@ -56,7 +56,12 @@ test_targets() {  # build dir -> candidate target names, one per line
 #   api_install_consumer  installs the library and links outside C projects against it without
 #                         the sanitizer runtime, which cannot link an instrumented library; it is
 #                         a packaging test (the main CI build runs it), not a memory/thread check.
-exclude='^api_install_consumer$'
+#   python_*              load the instrumented library into /usr/bin/python3, which does not
+#                         start with the sanitizer runtime (ASan refuses to run so); the C API
+#                         they drive is covered here by the api tests and the fuzzer.
+#   tools_flags           runs the tools, which only the main build builds (this tree builds
+#                         test executables only).
+exclude='^(api_install_consumer|python_.*|tools_flags)$'
 
 run_tree() {  # name, compile flags, executable link flags, extra cmake arguments...
   local name=$1 flags=$2 link=$3 dir=$root/${TWL_SAN_PREFIX:-build}-$1

@@ -58,6 +58,25 @@ run(${C_COMPILER} -std=c99 -Wall -Wextra -Werror ${CONSUMER_DIR}/consumer.c ${fl
     -o ${WORK_DIR}/pc_consumer)
 run(${CMAKE_COMMAND} -E env LD_LIBRARY_PATH=${PREFIX}/${LIBDIR} ${WORK_DIR}/pc_consumer)
 message(STATUS "pkg-config consumer: ${RUN_OUTPUT}")
+# The README's documented link line, on the example serving loop (C99, C API only).
+if(DEFINED EXAMPLE_SRC)
+  run(${C_COMPILER} -std=c99 -Wall -Wextra -Werror ${EXAMPLE_SRC} ${flags}
+      -o ${WORK_DIR}/pc_serving_loop)
+  run(${CMAKE_COMMAND} -E env LD_LIBRARY_PATH=${PREFIX}/${LIBDIR} ${WORK_DIR}/pc_serving_loop
+      --backend cpu --quiet --requests 2)
+  message(STATUS "pkg-config serving_loop.c: built and ran")
+endif()
+
+# SONAME: 0.x carries major.minor (every 0.x minor may break the ABI).
+find_program(READELF readelf)
+if(READELF AND DEFINED EXPECT_SONAME)
+  file(GLOB libs ${PREFIX}/${LIBDIR}/libtwilight.so.*.*.*)
+  run(${READELF} -d ${libs})
+  if(NOT RUN_OUTPUT MATCHES "Library soname: \\[${EXPECT_SONAME}\\]")
+    message(FATAL_ERROR "SONAME is not ${EXPECT_SONAME}:\n${RUN_OUTPUT}")
+  endif()
+  message(STATUS "SONAME ${EXPECT_SONAME}")
+endif()
 
 # 4. Exported symbols: the C API only.
 find_program(NM nm)

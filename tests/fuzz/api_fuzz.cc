@@ -946,6 +946,23 @@ class Harness {
       }
       return;
     }
+    if (all_finite && !disk_ && !armed_ && space == TWL_MEMORY_HOST) {
+      // twl_decode_ex with FP32 q/out is the FP16 step widened (q holds FP16 values exactly).
+      std::vector<float> q32(q.size()), out32(out.size()), want(out.size());
+      for (size_t i = 0; i < q.size(); ++i) q32[i] = ToFloat(q[i]);
+      for (size_t i = 0; i < out.size(); ++i) want[i] = ToFloat(out[i]);
+      const twl_status s32 = twl_decode_ex(rt_, layer, seqs.data(), num_seqs, q32.data(),
+                                           out32.data(), TWL_DTYPE_FP32, space,
+                                           use_p ? p.data() : nullptr, nullptr);
+      Expect(s32, {TWL_OK, TWL_OUT_OF_MEMORY}, "twl_decode_ex", rt_);
+      if (s32 == TWL_OK) {
+        for (size_t i = 0; i < size_t(num_seqs) * q_row; ++i) {  // the rows decoded
+          FUZZ_CHECK(std::memcmp(&out32[i], &want[i], sizeof(float)) == 0,
+                     "twl_decode_ex(FP32) differs from twl_decode at %zu: %.9g vs %.9g", i,
+                     double(out32[i]), double(want[i]));
+        }
+      }
+    }
     last_decode_seqs_ = num_seqs;
     last_decode_layer_ = layer;
     last_decode_finite_ = all_finite;

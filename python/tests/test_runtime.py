@@ -1,0 +1,244 @@
+"""The Python binding on the CPU backend with NumPy arrays."""
+import ctypes
+import os
+
+import numpy as np
+import pytest
+
+import twilight
+from conftest import SHAPE, dense_attention, random_kv
+
+
+def test_version_matches_library():
+    major, minor, patch = (int(x) for x in twilight.version().split("."))
+    assert twilight._lib.twl_version() == major * 10000 + minor * 100 + patch
+
+
+def test_bad_config_raises_with_status_and_message():
+    with pytest.raises(twilight.TwilightError) as e:
+        twilight.Runtime(num_layers=1, num_q_heads=3, num_kv_heads=2, head_dim=16, backend="cpu")
+    assert e.value.status == "TWL_INVALID_ARGUMENT"
+    assert e.value.code == 1
+    assert "twl_runtime_create" in e.value.message
+    with pytest.raises(ValueError, match="backend"):
+        twilight.Runtime(1, 2, 1, 16, backend="gpu")  # one spelling: gpu-hbm / gpu-offload
+
+
+def test_config_resolved(rt):
+    c = rt.config
+    assert c["backend"] == "cpu" and rt.backend == "cpu"
+    assert c["page_size"] == 8 and c["top_p"] == pytest.approx(1.0)
+    assert c["selector"] == "full"
+    assert c["k_bits"] == 4  # library's choice, resolved
+    assert rt.backend_name.startswith("cpu")
+
+
+def test_sequences_append_read_fork_free(rt, rng):
+    s = rt.create_sequence()
+    k, v = random_kv(rng, 19)
+    rt.append(s, 0, k, v)
+    assert rt.length(s, 0) == 19 and rt.length(s, 1) == 0
+    k2, v2 = rt.read_kv(s, 0)
+    np.testing.assert_array_equal(k2, k)
+    np.testing.assert_array_equal(v2, v)
+    f = rt.fork_sequence(s)
+    assert f != s and rt.length(f, 0) == 19
+    rt.append(f, 0, *random_kv(rng, 1))
+    assert rt.length(f, 0) == 20 and rt.length(s, 0) == 19
+    rt.free_sequence(s)
+    with pytest.raises(twilight.TwilightError) as e:
+        rt.length(s, 0)
+    assert e.value.status == "TWL_NOT_FOUND"
+    assert str(s) in e.value.message
+
+
+def test_float32_append_is_converted(rt, rng):
+    s = rt.create_sequence()
+    k, v = random_kv(rng, 5, dtype=np.float32)
+    rt.append(s, 0, k, v)
+    k2, _ = rt.read_kv(s, 0)
+    np.testing.assert_array_equal(k2, k.astype(np.float16))
+
+
+def test_append_shape_errors(rt, rng):
+    s = rt.create_sequence()
+    k, v = random_kv(rng, 3)
+    with pytest.raises(ValueError):
+        rt.append(s, 0, k[:, :, :5], v[:, :, :5])  # 3 * 2 * 5 is not a multiple of a row
+    with pytest.raises(TypeError):
+        rt.append(s, 0, k.astype(np.int16), v.astype(np.int16))
+    with pytest.raises(twilight.TwilightError) as e:
+        rt.append(s, 7, k, v)  # no layer 7
+    assert e.value.status == "TWL_INVALID_ARGUMENT"
+    assert rt.length(s, 0) == 0
+
+
+def _batch(rt, rng, lengths):
+    seqs, kvs = [], []
+    for n in lengths:
+        s = rt.create_sequence()
+        k, v = random_kv(rng, n)
+        rt.append(s, 0, k, v)
+        seqs.append(s)
+        kvs.append((k, v))
+    q = rng.standard_normal((len(lengths), SHAPE["num_q_heads"], SHAPE["head_dim"]))
+    return seqs, kvs, q.astype(np.float16)
+
+
+def test_decode_equals_dense_at_p1(rt, rng):
+    seqs, kvs, q = _batch(rt, rng, [1, 9, 40])
+    out = rt.decode(0, seqs, q)
+    assert out.dtype == np.float16 and out.shape == q.shape
+    for b, (k, v) in enumerate(kvs):
+        np.testing.assert_allclose(out[b].astype(np.float64), dense_attention(q[b], k, v),
+                                   atol=3e-3, rtol=3e-3)
+    # Into a caller's buffer, no allocation.
+    buf = np.zeros_like(q)
+    assert rt.decode(0, seqs, q, out=buf) is buf
+    np.testing.assert_array_equal(buf, out)
+    # Another batch (order) after the first: the binding's cached id array must follow.
+    np.testing.assert_array_equal(rt.decode(0, seqs[::-1], q[::-1].copy()), out[::-1])
+    np.testing.assert_array_equal(rt.decode(0, seqs[1:], q[1:]), out[1:])
+
+
+def test_decode_float32_through_decode_ex(rt, rng):
+    seqs, kvs, q = _batch(rt, rng, [12, 30])
+    out16 = rt.decode(0, seqs, q)
+    out32 = rt.decode(0, seqs, q.astype(np.float32))
+    assert out32.dtype == np.float32
+    np.testing.assert_array_equal(out32, out16.astype(np.float32))
+
+
+def test_decode_noncontiguous_q_and_out(rt, rng):
+    seqs, _, q = _batch(rt, rng, [10, 11])
+    qt = np.ascontiguousarray(np.swapaxes(q, 0, 1)).swapaxes(0, 1)  # same values, strided
+    assert not qt.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(rt.decode(0, seqs, qt), rt.decode(0, seqs, q))
+    with pytest.raises(ValueError, match="contiguous"):
+        rt.decode(0, seqs, q, out=np.zeros_like(qt).swapaxes(0, 1).copy().swapaxes(0, 1))
+
+
+def test_decode_errors(rt, rng):
+    seqs, _, q = _batch(rt, rng, [4])
+    with pytest.raises(ValueError):
+        rt.decode(0, seqs + seqs, q)  # q holds one sequence
+    with pytest.raises(twilight.TwilightError) as e:
+        rt.decode(0, [seqs[0] + 1000], q)
+    assert e.value.status == "TWL_NOT_FOUND"
+    with pytest.raises(twilight.TwilightError) as e:
+        rt.decode(1, seqs, q)  # nothing appended in layer 1
+    assert e.value.status == "TWL_FAILED_PRECONDITION"
+    with pytest.raises(twilight.TwilightError) as e:
+        rt.decode(0, seqs, q, p=[1.5])
+    assert e.value.status == "TWL_INVALID_ARGUMENT"
+
+
+def test_per_sequence_p_and_telemetry(rng):
+    with twilight.Runtime(**SHAPE, backend="cpu", page_size=8) as rt:
+        seqs = []
+        for _ in range(2):
+            s = rt.create_sequence()
+            rt.append(s, 0, *random_kv(rng, 200))
+            seqs.append(s)
+        q = rng.standard_normal((2, SHAPE["num_q_heads"], SHAPE["head_dim"])).astype(np.float16)
+        rt.decode(0, seqs, q, p=[0.5, 1.0])
+        st = rt.last_step()
+        assert st["layer"] == 0 and st["num_seqs"] == 2
+        assert st["num_q_heads"] == SHAPE["num_q_heads"]
+        heads = rt.last_step_heads()
+        assert heads["kept"].shape == (2, SHAPE["num_q_heads"])
+        assert heads["kept_kv"].shape == (2, SHAPE["num_kv_heads"])
+        assert (heads["kept"] >= 1).all() and (heads["kept"] <= heads["selected"]).all()
+        assert (heads["selected"] <= 200).all()
+        # p = 0.5 keeps fewer tokens than p = 1 over the same candidates.
+        assert heads["kept"][0].sum() < heads["kept"][1].sum()
+        assert (heads["est_mass"][0] >= 0.5 - 1e-3).all()
+
+
+def test_memory(rt, rng):
+    before = rt.memory()
+    s = rt.create_sequence()
+    rt.append(s, 0, *random_kv(rng, 17))
+    after = rt.memory()
+    assert after["host_pool_bytes_total"] > 0
+    assert after["host_pool_bytes_used"] > before["host_pool_bytes_used"]
+
+
+def test_save_restore(rt, rng, tmp_path):
+    s = rt.create_sequence()
+    k, v = random_kv(rng, 13)
+    rt.append(s, 0, k, v)
+    rt.append(s, 1, k[:4], v[:4])
+    path = tmp_path / "seq.twl"
+    rt.save(s, path)
+    r = rt.restore(str(path))
+    assert rt.length(r, 0) == 13 and rt.length(r, 1) == 4
+    np.testing.assert_array_equal(rt.read_kv(r, 0)[0], k)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(twilight.TwilightError) as e:
+        rt.restore(path)
+    assert e.value.status == "TWL_CORRUPT_DATA"
+    with pytest.raises(twilight.TwilightError) as e:
+        rt.restore(tmp_path / "missing")
+    assert e.value.status == "TWL_IO_ERROR"
+
+
+def test_closed_runtime_raises(rng):
+    rt = twilight.Runtime(**SHAPE, backend="cpu")
+    rt.close()
+    rt.close()  # idempotent
+    with pytest.raises(twilight.TwilightError):
+        rt.create_sequence()
+
+
+def test_capabilities():
+    caps = twilight.capabilities()
+    cpu = caps["backends"]["cpu"]
+    assert cpu["head_dims"] == [8, 16, 32, 64, 128, 256]
+    assert set(cpu["decode_dtypes"]) == {"float16", "bfloat16", "float32"}
+    if "gpu-hbm" in caps["backends"]:
+        assert 128 in caps["backends"]["gpu-hbm"]["head_dims"]
+        assert caps["cuda_archs"], "a CUDA build lists its architectures"
+    else:
+        assert caps["cuda_archs"] == [] and not caps["gpu_usable"]
+
+
+def test_log_callback_receives_failures():
+    got = []
+    twilight.set_log_callback(lambda level, msg: got.append((level, msg)), twilight.LOG_DEBUG)
+    try:
+        with pytest.raises(twilight.TwilightError):
+            twilight.Runtime(1, 3, 2, 16, backend="cpu")
+    finally:
+        twilight.set_log_callback(None)
+    assert any(level == twilight.LOG_DEBUG and "twl_runtime_create" in msg for level, msg in got)
+    n = len(got)
+    with pytest.raises(twilight.TwilightError):
+        twilight.Runtime(1, 3, 2, 16, backend="cpu")
+    assert len(got) == n  # no longer registered
+
+
+def test_library_found_through_env(tmp_path):
+    # The ctest sets TWILIGHT_LIB to this build's library; the package must have used it.
+    if "TWILIGHT_LIB" in os.environ:
+        assert os.path.realpath(twilight.library_path) == os.path.realpath(
+            os.environ["TWILIGHT_LIB"])
+    assert isinstance(twilight._lib.lib, ctypes.CDLL)
+
+
+def test_append_batch_equals_appends(rt, rng):
+    a, b = rt.create_sequence(), rt.create_sequence()
+    k, v = random_kv(rng, 10)
+    rt.append_batch(0, [a, b], k, v, counts=[3, 7])
+    np.testing.assert_array_equal(rt.read_kv(a, 0)[0], k[:3])
+    np.testing.assert_array_equal(rt.read_kv(b, 0)[1], v[3:])
+    rt.append_batch(0, [a, b], k[:4], v[:4])  # default counts: an even split
+    assert rt.length(a, 0) == 5 and rt.length(b, 0) == 9
+    with pytest.raises(ValueError, match="counts"):
+        rt.append_batch(0, [a, b], k, v, counts=[3, 3])
+    with pytest.raises(ValueError, match="evenly"):
+        rt.append_batch(0, [a, b], k[:3], v[:3])
+    with pytest.raises(twilight.TwilightError) as e:
+        rt.append_batch(0, [a, b + 100], k[:2], v[:2])
+    assert e.value.status == "TWL_NOT_FOUND"
+    assert rt.length(a, 0) == 5  # all or nothing (the fallback checks ids in the C call too)
