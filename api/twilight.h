@@ -162,9 +162,9 @@ typedef enum twl_fetch_path {
 typedef struct twl_runtime_config {
   size_t struct_size;       /* sizeof(twl_runtime_config) */
   /* Model shape: required (0 is invalid). */
-  int32_t num_layers;       /* >= 1 */
-  int32_t num_q_heads;      /* a multiple of num_kv_heads (GQA) */
-  int32_t num_kv_heads;     /* >= 1 */
+  int32_t num_layers;       /* 1 .. 4096 (every sequence holds a table of num_layers) */
+  int32_t num_q_heads;      /* a multiple of num_kv_heads (GQA), at most 1024 */
+  int32_t num_kv_heads;     /* 1 .. 1024 */
   int32_t head_dim;         /* 8, 16, 32, 64, 128 or 256; GPU backends may accept fewer
                                (then create fails with TWL_INVALID_ARGUMENT) */
   /* Cache layout. */
@@ -177,7 +177,8 @@ typedef struct twl_runtime_config {
   int32_t selector_budget_tokens;  /* B0 in tokens; 0: use selector_budget_fraction */
   float selector_budget_fraction;  /* B0 as a fraction of the context in (0, 1];
                                       0: library chooses (0.25) */
-  int32_t sink_pages;       /* first pages always selected; -1: library chooses (1) */
+  int32_t sink_pages;       /* first pages always selected; -1: library chooses (1);
+                               sink_pages * page_size at most 2^30 */
   int32_t dense_layers;     /* first layers decoded densely; -1: library chooses (0) */
   /* Memory. */
   int64_t host_pool_bytes;  /* FP16 KV pool (host for offload/CPU, device for GPU_HBM);
@@ -227,6 +228,7 @@ typedef int64_t twl_seq_id;
  * config: read during the call only. out: receives the handle (owned by the caller, release with
  * twl_runtime_free); set to NULL on failure.
  * Status: TWL_INVALID_ARGUMENT (null pointer, bad struct_size, shape or tunable out of range,
+ *   including bounds that keep the library's sizes from overflowing: see the fields;
  *   disk_path not a directory or disk_bytes below one page),
  *   TWL_UNAVAILABLE (a GPU backend was asked for and no usable GPU is present),
  *   TWL_UNSUPPORTED (a disk tier with a GPU backend),

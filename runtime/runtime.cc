@@ -43,13 +43,20 @@ bool OneOf(int32_t v, std::initializer_list<int32_t> set) {
 
 absl::Status RuntimeConfig::Validate() const {
   auto bad = [](const std::string& msg) { return absl::InvalidArgumentError("config: " + msg); };
-  if (num_layers < 1) return bad(absl::StrFormat("num_layers must be >= 1, got %d", num_layers));
-  if (num_kv_heads < 1) {
-    return bad(absl::StrFormat("num_kv_heads must be >= 1, got %d", num_kv_heads));
+  // Upper bounds keep every product and sum of these in range (see kMaxLayers, kMaxHeads and
+  // kMaxSinkTokens in runtime.h): a value past them would overflow an int32 somewhere in a
+  // decode step instead of being refused here.
+  if (num_layers < 1 || num_layers > kMaxLayers) {
+    return bad(absl::StrFormat("num_layers must be in [1, %d], got %d", kMaxLayers, num_layers));
   }
-  if (num_q_heads < 1 || num_q_heads % num_kv_heads != 0) {
-    return bad(absl::StrFormat("num_q_heads (%d) must be a positive multiple of num_kv_heads (%d)",
-                               num_q_heads, num_kv_heads));
+  if (num_kv_heads < 1 || num_kv_heads > kMaxHeads) {
+    return bad(
+        absl::StrFormat("num_kv_heads must be in [1, %d], got %d", kMaxHeads, num_kv_heads));
+  }
+  if (num_q_heads < 1 || num_q_heads > kMaxHeads || num_q_heads % num_kv_heads != 0) {
+    return bad(absl::StrFormat(
+        "num_q_heads (%d) must be a multiple of num_kv_heads (%d) in [1, %d]", num_q_heads,
+        num_kv_heads, kMaxHeads));
   }
   if (!OneOf(head_dim, {8, 16, 32, 64, 128, 256})) {
     return bad(absl::StrFormat("head_dim must be 8, 16, 32, 64, 128 or 256, got %d", head_dim));
@@ -75,7 +82,11 @@ absl::Status RuntimeConfig::Validate() const {
     return bad(absl::StrFormat("selector_budget_fraction must be in (0, 1], got %g",
                                selector_budget_fraction));
   }
-  if (sink_pages < 0) return bad(absl::StrFormat("sink_pages must be >= 0, got %d", sink_pages));
+  if (sink_pages < 0 || int64_t(sink_pages) * page_size > kMaxSinkTokens) {
+    return bad(absl::StrFormat(
+        "sink_pages must be in [0, %d] (at most %d sink tokens with page_size %d), got %d",
+        kMaxSinkTokens / page_size, kMaxSinkTokens, page_size, sink_pages));
+  }
   if (dense_layers < 0 || dense_layers > num_layers) {
     return bad(absl::StrFormat("dense_layers must be in [0, num_layers=%d], got %d", num_layers,
                                dense_layers));
@@ -295,6 +306,12 @@ absl::Status Runtime::Decode(int32_t layer, absl::Span<const SeqId> seqs, const 
         absl::StrFormat("decode: layer %d out of range [0, %d)", layer, config_.num_layers));
   }
   if (seqs.empty()) return absl::InvalidArgumentError("decode: empty batch");
+  // (sequence, head) items are counted in int32 by the stages.
+  if (int64_t(seqs.size()) * config_.num_q_heads > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "decode: %d sequences x %d query heads is more than 2^31 - 1 heads", seqs.size(),
+        config_.num_q_heads));
+  }
   if (q == nullptr || out == nullptr) return absl::InvalidArgumentError("decode: null q or out");
   if (space != MemSpace::kHost && space != MemSpace::kDevice) {
     return absl::InvalidArgumentError("decode: unknown memory space");
@@ -326,7 +343,9 @@ absl::Status Runtime::Decode(int32_t layer, absl::Span<const SeqId> seqs, const 
   req.stream = stream;
   const bool dense = layer < config_.dense_layers;
   req.selector.kind = dense ? SelectorKind::kFull : config_.selector;
-  req.selector.sink_pages = config_.sink_pages;
+  // Sinks past the longest sequence change nothing; clamped so that the selector's sums
+  // (budget + sinks + 1) stay far from int32 overflow.
+  req.selector.sink_pages = std::min(config_.sink_pages, arrays.max_pages);
   // B0 from a token count, or a fraction of the longest sequence of the batch (one budget
   // per step keeps the selector's output stride fixed); at least one page.
   const double budget_tokens =

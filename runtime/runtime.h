@@ -35,6 +35,12 @@ enum class FetchPath : int32_t {
   kCopyEngine = 2 // cudaMemcpyBatchAsync / cudaMemcpyAsync
 };
 
+// Upper bounds of the configuration (RuntimeConfig::Validate refuses larger values): far
+// above any model, and low enough that sizes derived from them cannot overflow.
+inline constexpr int32_t kMaxLayers = 4096;       // each sequence holds a table per layer
+inline constexpr int32_t kMaxHeads = 1024;        // query heads (and so KV heads)
+inline constexpr int32_t kMaxSinkTokens = 1 << 30;  // sink_pages * page_size
+
 struct RuntimeConfig {
   // Model shape.
   int32_t num_layers = 1;
