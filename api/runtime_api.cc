@@ -209,8 +209,7 @@ void RecordError(const twl_runtime* rt, const char* fn, absl::string_view messag
     std::string text = absl::StrCat(fn, ": ", message);
     if (!detail.empty()) absl::StrAppend(&text, " ", detail);
     if (IsLive(rt)) {
-      std::lock_guard<std::mutex> lock(rt->thread_mu);
-      rt->per_thread[std::this_thread::get_id()].last_error = std::move(text);
+      ThreadState(rt, /*create=*/true)->last_error = std::move(text);
     } else {
       t_no_runtime_error = std::move(text);
     }
@@ -259,6 +258,7 @@ twl_status twl_runtime_create(const twl_runtime_config* config, twl_runtime** ou
     if (!runtime.ok()) return runtime.status();
 
     auto handle = std::make_unique<twl_runtime>();
+    handle->generation = twl::api::RegisterRuntime();
     handle->runtime = std::move(*runtime);
     handle->config = twl::api::ResolvedConfig(asked, *handle->runtime);
     handle->backend = handle->config.backend;
@@ -272,6 +272,7 @@ twl_status twl_runtime_create(const twl_runtime_config* config, twl_runtime** ou
 void twl_runtime_free(twl_runtime* rt) noexcept {
   if (rt == nullptr || rt->magic != twl_runtime::kMagic) return;
   rt->magic = twl_runtime::kDeadMagic;
+  twl::api::UnregisterRuntime(rt->generation);
   try {
     delete rt;
   } catch (...) {
@@ -281,13 +282,8 @@ void twl_runtime_free(twl_runtime* rt) noexcept {
 
 const char* twl_runtime_last_error(const twl_runtime* rt) noexcept {
   if (!twl::api::IsLive(rt)) return twl::api::t_no_runtime_error.c_str();
-  try {
-    std::lock_guard<std::mutex> lock(rt->thread_mu);
-    auto it = rt->per_thread.find(std::this_thread::get_id());
-    return it == rt->per_thread.end() ? "" : it->second.last_error.c_str();
-  } catch (...) {
-    return "";  // std::mutex::lock failed: nothing stored can be reached
-  }
+  const TwlThreadState* state = twl::api::ThreadState(rt, /*create=*/false);
+  return state == nullptr ? "" : state->last_error.c_str();
 }
 
 twl_status twl_runtime_async_error(twl_runtime* rt) noexcept {
@@ -363,10 +359,9 @@ twl_status twl_runtime_last_step(const twl_runtime* rt, twl_step_stats* out) noe
     stats.num_kv_heads = rt->config.num_kv_heads;
     stats.cache_hit_rate = 1.0;
     {
-      std::lock_guard<std::mutex> lock(rt->thread_mu);
-      auto it = rt->per_thread.find(std::this_thread::get_id());
-      if (it != rt->per_thread.end() && it->second.has_step) {
-        const twl::StepTelemetry& t = it->second.last_step;
+      const TwlThreadState* state = twl::api::ThreadState(rt, /*create=*/false);
+      if (state != nullptr && state->has_step) {
+        const twl::StepTelemetry& t = state->last_step;
         stats.layer = t.layer;
         stats.num_seqs = t.num_seqs;
         stats.blocks_needed = t.blocks_needed;
@@ -399,11 +394,9 @@ twl_status twl_runtime_last_step_heads(const twl_runtime* rt, int32_t* selected,
       return absl::FailedPreconditionError(
           "telemetry collection is off (config.collect_telemetry = 0)");
     }
-    std::lock_guard<std::mutex> lock(rt->thread_mu);
-    auto it = rt->per_thread.find(std::this_thread::get_id());
+    const TwlThreadState* state = twl::api::ThreadState(rt, /*create=*/false);
     static const twl::StepTelemetry kEmpty;
-    const twl::StepTelemetry& t =
-        it != rt->per_thread.end() && it->second.has_step ? it->second.last_step : kEmpty;
+    const twl::StepTelemetry& t = state != nullptr && state->has_step ? state->last_step : kEmpty;
     const int64_t q_entries = int64_t(t.num_seqs) * rt->config.num_q_heads;
     const int64_t kv_entries = int64_t(t.num_seqs) * rt->config.num_kv_heads;
     const bool want_q = selected != nullptr || kept != nullptr || est_mass != nullptr;

@@ -217,8 +217,7 @@ twl_status twl_decode(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs, in
     telemetry->layer = layer;  // whatever the backend filled in, these are known here
     telemetry->num_seqs = num_seqs;
     // Publish to this thread's last step; the old one becomes the next scratch.
-    std::lock_guard<std::mutex> thread_lock(rt->thread_mu);
-    TwlThreadState& state = rt->per_thread[std::this_thread::get_id()];
+    TwlThreadState& state = *twl::api::ThreadState(rt, /*create=*/true);
     std::swap(state.last_step, rt->scratch_step);
     state.has_step = true;
     return absl::OkStatus();

@@ -250,7 +250,9 @@ TWL_API void twl_runtime_free(twl_runtime* rt) TWL_NOEXCEPT;
  * rt == NULL (or not a live handle): the calling thread's most recent failure of a call that
  * had no valid runtime (twl_runtime_create, or any call passed rt == NULL).
  * Lifetime: owned by the library; valid until this thread's next failing call on the same rt
- * (or NULL), or twl_runtime_free(rt). Never returns NULL. Any thread. */
+ * (or NULL), twl_runtime_free(rt), or the end of the thread. A thread's messages (and its
+ * last-step telemetry) end with it: a new thread starts with none, even when the system
+ * gives it the id of one that has ended. Never returns NULL. Any thread. */
 TWL_API const char* twl_runtime_last_error(const twl_runtime* rt) TWL_NOEXCEPT;
 
 /* The first failure of a background transfer (offload/prefetch) since the previous call, and

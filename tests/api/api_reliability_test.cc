@@ -95,4 +95,48 @@ TEST(ApiReliability, LargestAcceptedTunablesDecode) {
   }
 }
 
+// ---- 2. Per-thread state does not leak to a later thread with the same id -----------------
+
+TEST(ApiReliability, ThreadStateDoesNotLeakToALaterThread) {
+  twilight::RuntimePtr rt = MakeRuntime(SmallConfig());
+  ASSERT_TRUE(rt);
+  twl_seq_id seq = -1;
+  ASSERT_EQ(twl_sequence_create(rt.get(), &seq), TWL_OK);
+  std::mt19937 rng(7);
+  ASSERT_EQ(AppendRandom(rt.get(), seq, 1, 20, 2, 32, &rng), TWL_OK);
+  const std::vector<uint16_t> q = RandomHalf(&rng, 4 * 32);
+  std::thread::id first_id;
+  std::thread first([&] {
+    first_id = std::this_thread::get_id();
+    int32_t len = 0;
+    EXPECT_EQ(twl_sequence_length(rt.get(), seq, 99, &len), TWL_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(twl_runtime_last_error(rt.get())), "");
+    std::vector<uint16_t> out(q.size());
+    EXPECT_EQ(twl_decode(rt.get(), 1, &seq, 1, q.data(), out.data(), TWL_MEMORY_HOST, nullptr,
+                         nullptr),
+              TWL_OK);
+  });
+  first.join();
+  // glibc hands the joined thread's id (its pthread_t) to the next thread; whatever the id,
+  // a new thread starts with no error and no last step.
+  bool reused = false;
+  std::thread second([&] {
+    reused = std::this_thread::get_id() == first_id;
+    EXPECT_STREQ(twl_runtime_last_error(rt.get()), "");
+    twl_step_stats st;
+    st.struct_size = sizeof(st);
+    ASSERT_EQ(twl_runtime_last_step(rt.get(), &st), TWL_OK);
+    EXPECT_EQ(st.layer, -1);
+    EXPECT_EQ(st.num_seqs, 0);
+    int32_t kept[4] = {-7, -7, -7, -7};
+    EXPECT_EQ(twl_runtime_last_step_heads(rt.get(), nullptr, kept, nullptr, 4, nullptr, 0),
+              TWL_OK);
+    EXPECT_EQ(kept[0], -7) << "no step: nothing written";
+  });
+  second.join();
+  if (!reused) std::printf("note: the thread id was not reused on this platform\n");
+  // The first thread's message is gone with it; this thread has its own (none).
+  EXPECT_STREQ(twl_runtime_last_error(rt.get()), "");
+}
+
 }  // namespace
