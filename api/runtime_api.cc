@@ -424,14 +424,19 @@ twl_status twl_runtime_last_step_heads(const twl_runtime* rt, int32_t* selected,
   });
 }
 
+// Element access through memcpy: the buffers may be at any address.
 void twl_fp32_to_fp16(const float* src, uint16_t* dst, size_t n) noexcept {
   if (src == nullptr || dst == nullptr) return;
-  for (size_t i = 0; i < n; ++i) dst[i] = twl::FloatToHalf(src[i]);
+  for (size_t i = 0; i < n; ++i) {
+    twl::StoreU16(dst, int64_t(i), twl::FloatToHalf(twl::LoadF32(src, int64_t(i))));
+  }
 }
 
 void twl_fp16_to_fp32(const uint16_t* src, float* dst, size_t n) noexcept {
   if (src == nullptr || dst == nullptr) return;
-  for (size_t i = 0; i < n; ++i) dst[i] = twl::HalfToFloat(src[i]);
+  for (size_t i = 0; i < n; ++i) {
+    twl::StoreF32(dst, int64_t(i), twl::HalfToFloat(twl::LoadU16(src, int64_t(i))));
+  }
 }
 
 }  // extern "C"

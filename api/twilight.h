@@ -27,6 +27,12 @@
  *     sequences may be driven by different threads concurrently.
  *   - twl_runtime_free() must not race with any other call on the same runtime.
  *
+ * Buffers: host buffers (k, v, q, out, seqs, seq_p, the read_kv and conversion buffers) need
+ *   no alignment: the library reads and writes them byte-wise (memcpy), so any address works.
+ *   Device buffers (TWL_MEMORY_DEVICE) must be aligned as the GPU kernels load them: q 16
+ *   bytes, out 2 bytes, k and v the size of their element (2, or 4 for FP32); otherwise the
+ *   call returns TWL_INVALID_ARGUMENT before any work.
+ *
  * ABI: the structs below are append-only. Their first field, struct_size, must be set to
  * sizeof(the struct) as the caller's header knows it (the *_default()/_INIT helpers do it); the
  * library reads only the fields that fit in struct_size and uses defaults for the rest.

@@ -139,4 +139,98 @@ TEST(ApiReliability, ThreadStateDoesNotLeakToALaterThread) {
   EXPECT_STREQ(twl_runtime_last_error(rt.get()), "");
 }
 
+// ---- 3. Buffers at odd addresses --------------------------------------------------------
+
+// A copy of `bytes` at an address that is 1 mod 16 (inside `storage`).
+void* Misaligned(std::vector<unsigned char>* storage, const void* bytes, size_t n) {
+  storage->assign(n + 32, 0);
+  uintptr_t p = reinterpret_cast<uintptr_t>(storage->data());
+  p = (p + 15) & ~uintptr_t(15);
+  unsigned char* at = reinterpret_cast<unsigned char*>(p + 1);
+  if (bytes) std::memcpy(at, bytes, n);
+  return at;
+}
+
+TEST(ApiReliability, MisalignedHostBuffersGiveTheAlignedResults) {
+  const twl_runtime_config c = SmallConfig();
+  twilight::RuntimePtr a = MakeRuntime(c), b = MakeRuntime(c);
+  ASSERT_TRUE(a && b);
+  twl_seq_id sa = -1, sb = -1;
+  ASSERT_EQ(twl_sequence_create(a.get(), &sa), TWL_OK);
+  ASSERT_EQ(twl_sequence_create(b.get(), &sb), TWL_OK);
+  std::mt19937 rng(11);
+  const int32_t n = 21;
+  const size_t elems = size_t(n) * 2 * 32;
+  // FP16, BF16 (the FP16 bits' upper halves of floats) and FP32 appends.
+  for (int dtype = 0; dtype < 3; ++dtype) {
+    const std::vector<uint16_t> k16 = RandomHalf(&rng, elems), v16 = RandomHalf(&rng, elems);
+    std::vector<float> kf = ToFloat(k16), vf = ToFloat(v16);
+    std::vector<uint16_t> kb(elems), vb(elems);
+    for (size_t i = 0; i < elems; ++i) {
+      uint32_t u;
+      std::memcpy(&u, &kf[i], 4);
+      kb[i] = uint16_t(u >> 16);
+      std::memcpy(&u, &vf[i], 4);
+      vb[i] = uint16_t(u >> 16);
+    }
+    const void* k = dtype == 0 ? static_cast<const void*>(k16.data())
+                               : dtype == 1 ? static_cast<const void*>(kb.data()) : kf.data();
+    const void* v = dtype == 0 ? static_cast<const void*>(v16.data())
+                               : dtype == 1 ? static_cast<const void*>(vb.data()) : vf.data();
+    const size_t bytes = elems * (dtype == 2 ? 4 : 2);
+    std::vector<unsigned char> ks, vs;
+    const void* km = Misaligned(&ks, k, bytes);
+    const void* vm = Misaligned(&vs, v, bytes);
+    for (int32_t layer = 0; layer < 2; ++layer) {
+      ASSERT_EQ(twl_sequence_append(a.get(), sa, layer, n, k, v, twl_dtype(dtype),
+                                    TWL_MEMORY_HOST),
+                TWL_OK);
+      ASSERT_EQ(twl_sequence_append(b.get(), sb, layer, n, km, vm, twl_dtype(dtype),
+                                    TWL_MEMORY_HOST),
+                TWL_OK)
+          << twl_runtime_last_error(b.get());
+    }
+  }
+  EXPECT_TRUE(ReadKv(a.get(), sa, 0) == ReadKv(b.get(), sb, 0));
+  // read_kv into odd addresses.
+  const LayerKv ref = ReadKv(a.get(), sa, 1);
+  const size_t kv_bytes = ref.k.size() * 2;
+  std::vector<unsigned char> ko, vo;
+  void* kodd = Misaligned(&ko, nullptr, kv_bytes);
+  void* vodd = Misaligned(&vo, nullptr, kv_bytes);
+  int32_t len = 0;
+  ASSERT_EQ(twl_sequence_read_kv(b.get(), sb, 1, static_cast<uint16_t*>(kodd),
+                                 static_cast<uint16_t*>(vodd), ref.len, &len),
+            TWL_OK);
+  EXPECT_EQ(std::memcmp(kodd, ref.k.data(), kv_bytes), 0);
+  EXPECT_EQ(std::memcmp(vodd, ref.v.data(), kv_bytes), 0);
+  // Decode with q, out, seqs and seq_p at odd addresses.
+  const std::vector<uint16_t> q = RandomHalf(&rng, 4 * 32);
+  std::vector<uint16_t> out_a(q.size());
+  const float p = 0.9f;
+  ASSERT_EQ(twl_decode(a.get(), 1, &sa, 1, q.data(), out_a.data(), TWL_MEMORY_HOST, &p, nullptr),
+            TWL_OK);
+  std::vector<unsigned char> qs, os, ss, ps;
+  const void* qm = Misaligned(&qs, q.data(), q.size() * 2);
+  void* om = Misaligned(&os, nullptr, q.size() * 2);
+  const void* seqm = Misaligned(&ss, &sb, sizeof(sb));
+  const void* pm = Misaligned(&ps, &p, sizeof(p));
+  ASSERT_EQ(twl_decode(b.get(), 1, static_cast<const twl_seq_id*>(seqm), 1, qm, om,
+                       TWL_MEMORY_HOST, static_cast<const float*>(pm), nullptr),
+            TWL_OK)
+      << twl_runtime_last_error(b.get());
+  EXPECT_EQ(std::memcmp(om, out_a.data(), q.size() * 2), 0);
+  // The conversion helpers.
+  std::vector<unsigned char> fs, hs;
+  const std::vector<float> f = ToFloat(q);
+  const float* fm = static_cast<const float*>(Misaligned(&fs, f.data(), f.size() * 4));
+  uint16_t* hm = static_cast<uint16_t*>(Misaligned(&hs, nullptr, f.size() * 2));
+  twl_fp32_to_fp16(fm, hm, f.size());
+  EXPECT_EQ(std::memcmp(hm, q.data(), q.size() * 2), 0);
+  std::vector<unsigned char> gs;
+  float* gm = static_cast<float*>(Misaligned(&gs, nullptr, f.size() * 4));
+  twl_fp16_to_fp32(hm, gm, f.size());
+  EXPECT_EQ(std::memcmp(gm, f.data(), f.size() * 4), 0);
+}
+
 }  // namespace
