@@ -178,7 +178,9 @@ typedef struct twl_runtime_config {
   int32_t k_bits;           /* bits of the estimation copy of K: 2, 4, 8, or 16 (estimate with
                                FP16 K); 0: library chooses (4) */
   /* Twilight. */
-  float top_p;              /* default top-p mass in (0, 1]; 0: library chooses (0.95) */
+  float top_p;              /* default top-p mass in (0, 1]; 0: library chooses (0.95).
+                               p = 1 keeps every candidate token (dense over the selected
+                               pages), whatever its estimated weight */
   twl_selector selector;    /* TWL_SELECTOR_DEFAULT: library chooses (Quest) */
   int32_t selector_budget_tokens;  /* B0 in tokens; 0: use selector_budget_fraction */
   float selector_budget_fraction;  /* B0 as a fraction of the context in (0, 1];

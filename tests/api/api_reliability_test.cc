@@ -233,4 +233,56 @@ TEST(ApiReliability, MisalignedHostBuffersGiveTheAlignedResults) {
   EXPECT_EQ(std::memcmp(gm, f.data(), f.size() * 4), 0);
 }
 
+// ---- 4. p = 1 with the full selector is dense attention under INT4/INT2 estimation ---------
+
+// Token 0 (the true top token) has an outlier channel that makes its INT4/INT2 codes of
+// channel 1 round to 0, so its estimated weight underflows to 0 in float: exp(-177).
+TEST(ApiReliability, TopPOneKeepsEveryCandidateWhateverItsEstimate) {
+  for (int32_t bits : {4, 2}) {
+    for (int per_seq = 0; per_seq < 2; ++per_seq) {
+      twl_runtime_config c = SmallConfig();
+      c.num_layers = 1;
+      c.num_q_heads = 1;
+      c.num_kv_heads = 1;
+      c.k_bits = bits;
+      c.selector = TWL_SELECTOR_FULL;
+      c.top_p = per_seq ? 0.9f : 1.0f;
+      twilight::RuntimePtr rt = MakeRuntime(c);
+      ASSERT_TRUE(rt);
+      twl_seq_id seq = -1;
+      ASSERT_EQ(twl_sequence_create(rt.get(), &seq), TWL_OK);
+      const int32_t n = 24;
+      std::vector<float> k(size_t(n) * 32, 0.0f), v(size_t(n) * 32, 0.25f);
+      k[0] = 60.0f;  // outlier channel of the top token
+      k[1] = 1.9f;   // its true score: 1000 * 1.9 / sqrt(32) = 336; code 0 (no rounding tie)
+      for (int32_t t = 1; t < n; ++t) k[size_t(t) * 32 + 1] = 1.0f;  // 177, estimated exactly
+      for (int32_t j = 0; j < 32; ++j) v[size_t(j)] = 4.0f;
+      ASSERT_EQ(twl_sequence_append(rt.get(), seq, 0, n, k.data(), v.data(), TWL_DTYPE_FP32,
+                                    TWL_MEMORY_HOST),
+                TWL_OK);
+      std::vector<float> qf(32, 0.0f);
+      qf[1] = 1000.0f;
+      std::vector<uint16_t> q(32), out(32);
+      twl_fp32_to_fp16(qf.data(), q.data(), 32);
+      const float one = 1.0f;
+      ASSERT_EQ(twl_decode(rt.get(), 0, &seq, 1, q.data(), out.data(), TWL_MEMORY_HOST,
+                           per_seq ? &one : nullptr, nullptr),
+                TWL_OK);
+      const std::vector<float> dense = DenseAttention(qf, ReadKv(rt.get(), seq, 0), 1, 1, 32);
+      const std::vector<float> got = ToFloat(out);
+      for (int32_t j = 0; j < 32; ++j) {
+        ASSERT_NEAR(got[size_t(j)], dense[size_t(j)], 1e-2f)
+            << "k_bits " << bits << (per_seq ? " seq_p" : " top_p") << " channel " << j;
+      }
+      int32_t selected = 0, kept = 0;
+      float mass = 0.0f;
+      ASSERT_EQ(twl_runtime_last_step_heads(rt.get(), &selected, &kept, &mass, 1, nullptr, 0),
+                TWL_OK);
+      EXPECT_EQ(kept, n);
+      EXPECT_EQ(selected, n);
+      EXPECT_FLOAT_EQ(mass, 1.0f);
+    }
+  }
+}
+
 }  // namespace
