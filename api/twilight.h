@@ -428,7 +428,9 @@ TWL_API twl_status twl_runtime_memory(const twl_runtime* rt,
 /* Writes seq's K/V of every layer to path. The file is written beside path and renamed over it
  * when complete, so on failure an existing file at path is unchanged. seq is only read (the
  * caller must not append to it during the call).
- * The file is created with mode 0600 (it holds the request's K/V).
+ * The file is created with mode 0600 (it holds the request's K/V). path must not exist or be
+ * a regular file: anything else there (a symbolic link, FIFO, device, directory) is never
+ * replaced (TWL_IO_ERROR).
  * Status: TWL_OK, TWL_INVALID_ARGUMENT (null or empty path), TWL_NOT_FOUND, TWL_IO_ERROR,
  *   TWL_FAILED_PRECONDITION (seq was appended to during the save), TWL_OUT_OF_MEMORY. */
 TWL_API twl_status twl_sequence_save(twl_runtime* rt, twl_seq_id seq,
@@ -436,8 +438,10 @@ TWL_API twl_status twl_sequence_save(twl_runtime* rt, twl_seq_id seq,
 
 /* Creates a new sequence from a file written by twl_sequence_save. *out receives its id.
  * The whole file is checked before anything is created.
+ * path must be a regular file (or a symbolic link to one); it is opened without blocking, so
+ * a FIFO or device is refused at once (TWL_IO_ERROR), never waited on.
  * Status: TWL_OK; TWL_INVALID_ARGUMENT (null, file saved for another model shape); TWL_IO_ERROR
- *   (cannot open/read); TWL_CORRUPT_DATA (truncated, checksum mismatch, not a Twilight file);
+ *   (cannot open/read, not a regular file); TWL_CORRUPT_DATA (truncated, checksum mismatch, not a Twilight file);
  *   TWL_UNSUPPORTED (newer format version); TWL_CAPACITY_EXHAUSTED. On any failure no sequence
  *   is created and the runtime is unchanged. */
 TWL_API twl_status twl_sequence_restore(twl_runtime* rt, const char* path,

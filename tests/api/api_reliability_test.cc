@@ -285,4 +285,93 @@ TEST(ApiReliability, TopPOneKeepsEveryCandidateWhateverItsEstimate) {
   }
 }
 
+// ---- 5. Save/restore and files that are not regular files -------------------------------
+
+std::string TempPath(const std::string& name) {
+  const char* dir = std::getenv("TMPDIR");
+  return std::string(dir && *dir ? dir : "/tmp") + "/twl_rel_" + std::to_string(getpid()) + "_" +
+         name;
+}
+
+TEST(ApiReliability, RestoreFromAFifoDoesNotBlock) {
+  twilight::RuntimePtr rt = MakeRuntime(SmallConfig());
+  ASSERT_TRUE(rt);
+  const std::string fifo = TempPath("fifo");
+  unlink(fifo.c_str());
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  twl_runtime* raw = rt.get();
+  auto result = std::async(std::launch::async, [raw, fifo] {
+    twl_seq_id seq = -1;
+    return twl_sequence_restore(raw, fifo.c_str(), &seq);
+  });
+  const bool done = result.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+  if (!done) {
+    // Unblock the reader (it sees an empty file) so that the test can end.
+    const int fd = open(fifo.c_str(), O_WRONLY);
+    if (fd >= 0) close(fd);
+  }
+  const twl_status s = result.get();
+  EXPECT_TRUE(done) << "twl_sequence_restore blocked on a FIFO";
+  EXPECT_EQ(s, TWL_IO_ERROR);
+  unlink(fifo.c_str());
+  // A directory and a character device are not save files either.
+  twl_seq_id seq = -1;
+  EXPECT_EQ(twl_sequence_restore(raw, "/", &seq), TWL_IO_ERROR);
+  EXPECT_EQ(twl_sequence_restore(raw, "/dev/zero", &seq), TWL_IO_ERROR);
+  EXPECT_NE(std::string(twl_runtime_last_error(raw)).find("regular file"), std::string::npos)
+      << twl_runtime_last_error(raw);
+}
+
+TEST(ApiReliability, SaveRefusesToReplaceWhatIsNotARegularFile) {
+  twilight::RuntimePtr rt = MakeRuntime(SmallConfig());
+  ASSERT_TRUE(rt);
+  twl_seq_id seq = -1;
+  ASSERT_EQ(twl_sequence_create(rt.get(), &seq), TWL_OK);
+  std::mt19937 rng(3);
+  ASSERT_EQ(AppendRandom(rt.get(), seq, 0, 10, 2, 32, &rng), TWL_OK);
+  struct stat st;
+  // A FIFO stays a FIFO.
+  const std::string fifo = TempPath("save_fifo");
+  unlink(fifo.c_str());
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_EQ(twl_sequence_save(rt.get(), seq, fifo.c_str()), TWL_IO_ERROR);
+  EXPECT_NE(std::string(twl_runtime_last_error(rt.get())).find("regular file"),
+            std::string::npos)
+      << twl_runtime_last_error(rt.get());
+  ASSERT_EQ(lstat(fifo.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  unlink(fifo.c_str());
+  // A symbolic link stays a link (to a regular file here, which is unchanged).
+  const std::string target = TempPath("save_target"), link = TempPath("save_link");
+  unlink(link.c_str());
+  {
+    FILE* f = std::fopen(target.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    std::fputs("keep", f);
+    std::fclose(f);
+  }
+  ASSERT_EQ(symlink(target.c_str(), link.c_str()), 0);
+  EXPECT_EQ(twl_sequence_save(rt.get(), seq, link.c_str()), TWL_IO_ERROR);
+  ASSERT_EQ(lstat(link.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode));
+  ASSERT_EQ(stat(target.c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 4);
+  unlink(link.c_str());
+  unlink(target.c_str());
+  // A directory stays a directory, and no temporary file is left beside it.
+  const std::string dir = TempPath("save_dir");
+  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
+  EXPECT_EQ(twl_sequence_save(rt.get(), seq, dir.c_str()), TWL_IO_ERROR);
+  ASSERT_EQ(lstat(dir.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  rmdir(dir.c_str());
+  // A regular file is replaced as before, and restores.
+  const std::string file = TempPath("save_file");
+  ASSERT_EQ(twl_sequence_save(rt.get(), seq, file.c_str()), TWL_OK);
+  ASSERT_EQ(twl_sequence_save(rt.get(), seq, file.c_str()), TWL_OK);
+  twl_seq_id back = -1;
+  EXPECT_EQ(twl_sequence_restore(rt.get(), file.c_str(), &back), TWL_OK);
+  unlink(file.c_str());
+}
+
 }  // namespace
