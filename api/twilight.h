@@ -207,8 +207,9 @@ typedef struct twl_runtime_config {
    * not storage (contents are lost with the runtime). NULL/0 (both): no disk tier; setting
    * only one is TWL_INVALID_ARGUMENT. CPU backend only (TWL_BACKEND_AUTO then picks the CPU;
    * a GPU backend gives TWL_UNSUPPORTED). The cache then holds host pool pages + disk pages
-   * - 1; the quantized K copy (about 1/5 of FP16 at 4 bits) of every page stays in host
-   * memory. A decode step needs every page it attends to in the host pool at once (else
+   * - 1, a disk page taking the page's FP16 size rounded up to the file's I/O alignment (512
+   * bytes where the filesystem allows it, else 4 KiB); the quantized K copy (about 1/5 of
+   * FP16 at 4 bits) of every page stays in host memory. A decode step needs every page it attends to in the host pool at once (else
    * TWL_CAPACITY_EXHAUSTED). disk_path is read during twl_runtime_create only. */
   const char* disk_path;
   int64_t disk_bytes;
