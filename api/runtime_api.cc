@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "api/handle.h"
 #include "cache/half.h"
 #include "twilight.h"
@@ -27,7 +28,7 @@ static_assert(std::is_same_v<uint16_t, twl::fp16_t>, "FP16 crosses the boundary 
 // take their defaults.
 constexpr size_t kConfigV1Size = offsetof(twl_runtime_config, disk_path);
 constexpr size_t kStepStatsV1Size = offsetof(twl_step_stats, disk_pages_loaded);
-constexpr size_t kMemoryUsageV1Size = sizeof(twl_memory_usage);
+constexpr size_t kMemoryUsageV1Size = offsetof(twl_memory_usage, host_table_bytes);
 
 // True when a caller struct of `struct_size` bytes holds the whole field at offset..+size.
 constexpr bool HasField(size_t struct_size, size_t offset, size_t size) {
@@ -88,9 +89,9 @@ absl::StatusOr<twl::RuntimeConfig> ToRuntimeConfig(const twl_runtime_config& c) 
   r.selector_budget_tokens = c.selector_budget_tokens;
   if (std::isnan(c.selector_budget_fraction) || c.selector_budget_fraction < 0.0f ||
       c.selector_budget_fraction > 1.0f) {
-    return absl::InvalidArgumentError(absl::StrCat("selector_budget_fraction ",
-                                                   c.selector_budget_fraction,
-                                                   " outside [0, 1] (0: library chooses)"));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("selector_budget_fraction %.9g outside [0, 1] (0: library chooses)",
+                        c.selector_budget_fraction));
   }
   r.selector_budget_fraction = c.selector_budget_fraction == 0.0f
                                    ? defaults.selector_budget_fraction
@@ -338,6 +339,7 @@ twl_status twl_runtime_memory(const twl_runtime* rt, twl_memory_usage* out) noex
     usage.gpu_cache_bytes = m.gpu_cache_bytes;
     usage.gpu_fp16_bytes = m.gpu_fp16_bytes;
     usage.disk_bytes = m.disk_bytes;
+    usage.host_table_bytes = m.host_table_bytes;
     twl::api::WriteOut(usage, out);
     return absl::OkStatus();
   });

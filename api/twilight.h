@@ -314,7 +314,8 @@ TWL_API twl_status twl_sequence_length(const twl_runtime* rt, twl_seq_id seq, in
 /* Appends n tokens to seq in layer. k and v are each [n][num_kv_heads][head_dim] elements of
  * dtype, row-major, in memory space `space` (device pointers need a GPU backend). They are read
  * during the call only (on GPU backends the copy is complete when the call returns).
- * n == 0 is a no-op (k and v may then be NULL). Values are stored as FP16.
+ * n == 0 is a no-op (k and v may then be NULL). Values are stored as FP16. Room for the n
+ * tokens is checked before k and v are read or converted: a call that cannot fit reads nothing.
  * Status: TWL_OK; TWL_INVALID_ARGUMENT (null, n < 0, layer/dtype/space out of range);
  *   TWL_NOT_FOUND; TWL_CAPACITY_EXHAUSTED (pool full; with a disk tier: host pool and disk tier
  *   full); TWL_IO_ERROR (disk tier: a page could not be spilled or read back); TWL_UNSUPPORTED
@@ -414,6 +415,9 @@ typedef struct twl_memory_usage {
   int64_t gpu_cache_bytes;       /* hot FP16 page cache on the GPU */
   int64_t gpu_fp16_bytes;        /* FP16 KV on the GPU (HBM backend) */
   int64_t disk_bytes;            /* disk tier file in use (pages spilled to disk) */
+  /* Appended after disk_bytes: host memory of the sequence and page tables (every sequence,
+   * even an empty one, holds a record per layer; then a page id per page it references). */
+  int64_t host_table_bytes;
 } twl_memory_usage;
 
 /* Memory by tier into *out. Status: TWL_OK, TWL_INVALID_ARGUMENT (null, struct_size too small). */

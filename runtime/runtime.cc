@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <limits>
 #include <mutex>
+#include <new>
 #include <shared_mutex>
 
 #include "absl/strings/str_format.h"
@@ -68,7 +69,8 @@ absl::Status RuntimeConfig::Validate() const {
     return bad(absl::StrFormat("k_bits must be 2, 4, 8 or 16, got %d", k_bits));
   }
   if (!(top_p > 0.0f && top_p <= 1.0f)) {
-    return bad(absl::StrFormat("top_p must be in (0, 1], got %g", top_p));
+    // %.9g: every float prints distinctly (1.0000001 is not "1").
+    return bad(absl::StrFormat("top_p must be in (0, 1], got %.9g", top_p));
   }
   if (selector != SelectorKind::kFull && selector != SelectorKind::kQuest) {
     return bad(absl::StrFormat("unknown selector kind %d", static_cast<int32_t>(selector)));
@@ -79,7 +81,7 @@ absl::Status RuntimeConfig::Validate() const {
   }
   if (selector_budget_tokens == 0 &&
       !(selector_budget_fraction > 0.0f && selector_budget_fraction <= 1.0f)) {
-    return bad(absl::StrFormat("selector_budget_fraction must be in (0, 1], got %g",
+    return bad(absl::StrFormat("selector_budget_fraction must be in (0, 1], got %.9g",
                                selector_budget_fraction));
   }
   if (sink_pages < 0 || int64_t(sink_pages) * page_size > kMaxSinkTokens) {
@@ -111,6 +113,8 @@ struct Runtime::Impl {
   PageGeometry g;
   int64_t num_pages = 0;
   bool disk_tier = false;  // the backend reports its own pool usage
+  int64_t host_slots = 0;    // with a disk tier: host pool pages, and
+  int64_t disk_records = 0;  // records of the disk tier (num_pages = their sum - 1)
   std::unique_ptr<PageAllocator> allocator;
   std::unique_ptr<SequenceTable> table;
   std::unique_ptr<Backend> backend;
@@ -153,6 +157,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeConfig& co
     // Host slots + disk records - 1 logical pages (the slack is explained in
     // runtime/disk_residency.h).
     const int64_t host_slots = im.num_pages;
+    im.host_slots = host_slots;
+    im.disk_records = (*tier)->capacity();
     im.num_pages = std::min<int64_t>(host_slots - 1 + (*tier)->capacity(),
                                      std::numeric_limits<int32_t>::max());
     backend = CreateCpuBackendWithDisk(config, im.num_pages, host_slots, std::move(*tier));
@@ -257,6 +263,26 @@ absl::Status Runtime::Append(SeqId seq, int32_t layer, int32_t n, const void* k,
   if (!im.table->Contains(seq)) {
     return absl::NotFoundError(absl::StrFormat("append: unknown sequence %d", seq));
   }
+  std::unique_lock lock(im.mu);
+  // Pages first: an append that cannot fit is refused before any of its input is read or
+  // converted (a 4M-token FP32 append to a full cache costs nothing).
+  absl::StatusOr<AppendPlan> plan = im.table->PlanAppend(seq, layer, n);
+  if (!plan.ok()) {
+    if (im.disk_tier && absl::IsResourceExhausted(plan.status())) {
+      // The page ids span host pool and disk tier: when they run out, the disk tier is full.
+      return absl::ResourceExhaustedError(absl::StrFormat(
+          "append: disk tier full: the host pool (%d pages) and the disk tier (%d records) "
+          "hold %d pages, %d free, fewer than %d more tokens need",
+          im.host_slots, im.disk_records, im.num_pages, im.allocator->num_free(), n));
+    }
+    return plan.status();
+  }
+  auto abort = [&](absl::Status s) {
+    std::vector<int32_t> freed;
+    im.table->AbortAppend(*plan, &freed);
+    im.ReleasePages(freed);
+    return s;
+  };
   // Host input in BF16/FP32 becomes FP16 here, so backends see one host format.
   const int64_t elems = int64_t(n) * config_.num_kv_heads * config_.head_dim;
   const void* k_in = k;
@@ -264,24 +290,19 @@ absl::Status Runtime::Append(SeqId seq, int32_t layer, int32_t n, const void* k,
   DType dtype_in = dtype;
   std::vector<fp16_t> k16, v16;
   if (space == MemSpace::kHost && dtype != DType::kFp16) {
-    k16.resize(size_t(elems));
-    v16.resize(size_t(elems));
+    try {
+      k16.resize(size_t(elems));
+      v16.resize(size_t(elems));
+    } catch (const std::bad_alloc&) {
+      abort(absl::OkStatus()).IgnoreError();
+      throw;  // the C API reports TWL_OUT_OF_MEMORY
+    }
     ConvertToFp16(k, dtype, elems, k16.data());
     ConvertToFp16(v, dtype, elems, v16.data());
     k_in = k16.data();
     v_in = v16.data();
     dtype_in = DType::kFp16;
   }
-
-  std::unique_lock lock(im.mu);
-  absl::StatusOr<AppendPlan> plan = im.table->PlanAppend(seq, layer, n);
-  if (!plan.ok()) return plan.status();
-  auto abort = [&](absl::Status s) {
-    std::vector<int32_t> freed;
-    im.table->AbortAppend(*plan, &freed);
-    im.ReleasePages(freed);
-    return s;
-  };
   if (plan->has_cow()) {
     if (absl::Status s = im.backend->CopyPage(plan->cow_src, plan->cow_dst, plan->cow_rows);
         !s.ok()) {
@@ -325,8 +346,8 @@ absl::Status Runtime::Decode(int32_t layer, absl::Span<const SeqId> seqs, const 
   }
   for (size_t i = 0; i < seq_p.size(); ++i) {
     if (!(seq_p[i] > 0.0f && seq_p[i] <= 1.0f)) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("decode: p of sequence %d is %g, must be in (0, 1]", seqs[i], seq_p[i]));
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "decode: p of sequence %d is %.9g, must be in (0, 1]", seqs[i], seq_p[i]));
     }
   }
 
@@ -392,6 +413,7 @@ absl::Status Runtime::ReadKv(SeqId seq, int32_t layer, std::vector<fp16_t>* k,
 MemoryUsage Runtime::Memory() const {
   std::shared_lock lock(impl_->mu);
   MemoryUsage m = impl_->backend->Memory();
+  m.host_table_bytes = impl_->table->TableBytes();
   if (impl_->disk_tier) return m;  // the backend knows which pages are on the host
   // Pages have a fixed size, so the used share of the pool is the used share of the ids.
   m.host_pool_bytes_used = static_cast<int64_t>(double(m.host_pool_bytes_total) *

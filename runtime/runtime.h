@@ -107,6 +107,7 @@ struct MemoryUsage {
   int64_t gpu_cache_bytes = 0;     // hot FP16 page cache on the GPU
   int64_t gpu_fp16_bytes = 0;      // FP16 KV on the GPU (HBM backend)
   int64_t disk_bytes = 0;          // disk tier file in use (records of spilled pages)
+  int64_t host_table_bytes = 0;    // sequence and page tables (num_layers records a sequence)
 };
 
 class Backend;        // runtime/backend.h

@@ -374,4 +374,122 @@ TEST(ApiReliability, SaveRefusesToReplaceWhatIsNotARegularFile) {
   unlink(file.c_str());
 }
 
+// ---- 6. Smaller ones ----------------------------------------------------------------------
+
+// An append that cannot fit is refused before any of its input is read: k and v here are
+// inaccessible memory of the size the call names (4M FP32 tokens, 1 GiB each).
+TEST(ApiReliability, Fp32AppendChecksCapacityBeforeReadingInput) {
+  twl_runtime_config c = SmallConfig();
+  c.host_pool_bytes = 64 * 2 * 2 * 8 * 32 * 2;  // 64 pages
+  twilight::RuntimePtr rt = MakeRuntime(c);
+  ASSERT_TRUE(rt);
+  twl_seq_id seq = -1;
+  ASSERT_EQ(twl_sequence_create(rt.get(), &seq), TWL_OK);
+  const int32_t n = 4 << 20;
+  const size_t bytes = size_t(n) * 2 * 32 * 4;
+  void* none = mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  ASSERT_NE(none, MAP_FAILED);
+  for (twl_dtype dtype : {TWL_DTYPE_FP32, TWL_DTYPE_BF16, TWL_DTYPE_FP16}) {
+    EXPECT_EQ(twl_sequence_append(rt.get(), seq, 0, n, none, none, dtype, TWL_MEMORY_HOST),
+              TWL_CAPACITY_EXHAUSTED);
+  }
+  munmap(none, bytes);
+  int32_t len = -1;
+  EXPECT_EQ(twl_sequence_length(rt.get(), seq, 0, &len), TWL_OK);
+  EXPECT_EQ(len, 0);
+}
+
+TEST(ApiReliability, OutOfRangePIsPrintedWithAllItsDigits) {
+  const float above = std::nextafter(1.0f, 2.0f);
+  twl_runtime_config c = SmallConfig();
+  c.top_p = above;
+  twilight::RuntimePtr rt;
+  EXPECT_EQ(Create(c, &rt), TWL_INVALID_ARGUMENT);
+  std::string msg = twl_runtime_last_error(nullptr);
+  EXPECT_NE(msg.find("1.00000012"), std::string::npos) << msg;
+  rt = MakeRuntime(SmallConfig());
+  ASSERT_TRUE(rt);
+  twl_seq_id seq = -1;
+  ASSERT_EQ(twl_sequence_create(rt.get(), &seq), TWL_OK);
+  std::vector<uint16_t> q(4 * 32), out(4 * 32);
+  EXPECT_EQ(twl_decode(rt.get(), 0, &seq, 1, q.data(), out.data(), TWL_MEMORY_HOST, &above,
+                       nullptr),
+            TWL_INVALID_ARGUMENT);
+  msg = twl_runtime_last_error(rt.get());
+  EXPECT_NE(msg.find("1.00000012"), std::string::npos) << msg;
+}
+
+TEST(ApiReliability, NumLayersIsBoundedAndLayerTablesAreCounted) {
+  twl_runtime_config c = SmallConfig();
+  c.num_layers = 4097;
+  twilight::RuntimePtr rt;
+  EXPECT_EQ(Create(c, &rt), TWL_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(twl_runtime_last_error(nullptr)).find("4096"), std::string::npos)
+      << twl_runtime_last_error(nullptr);
+  c.num_layers = 4096;
+  ASSERT_EQ(Create(c, &rt), TWL_OK) << twl_runtime_last_error(nullptr);
+  twl_memory_usage before;
+  before.struct_size = sizeof(before);
+  ASSERT_EQ(twl_runtime_memory(rt.get(), &before), TWL_OK);
+  std::vector<twl_seq_id> seqs(16);
+  for (twl_seq_id& s : seqs) ASSERT_EQ(twl_sequence_create(rt.get(), &s), TWL_OK);
+  twl_memory_usage after;
+  after.struct_size = sizeof(after);
+  ASSERT_EQ(twl_runtime_memory(rt.get(), &after), TWL_OK);
+  // Each empty sequence holds a table of 4096 layers (at least 8 bytes each).
+  EXPECT_GE(after.host_table_bytes - before.host_table_bytes, int64_t(16) * 4096 * 8);
+  for (twl_seq_id s : seqs) ASSERT_EQ(twl_sequence_free(rt.get(), s), TWL_OK);
+  ASSERT_EQ(twl_runtime_memory(rt.get(), &after), TWL_OK);
+  EXPECT_EQ(after.host_table_bytes, before.host_table_bytes);
+}
+
+class DiskDir {
+ public:
+  DiskDir() {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/twl-rel-disk-XXXXXX";
+    if (mkdtemp(tmpl.data()) != nullptr) path_ = tmpl;
+  }
+  ~DiskDir() {
+    if (!path_.empty()) rmdir(path_.c_str());
+  }
+  const char* path() const { return path_.c_str(); }
+
+ private:
+  std::string path_;
+};
+
+// 1 KiB pages (1 KV head x head dim 32 x 8 tokens x K and V x 2 bytes): a disk tier of 64 KiB
+// holds 64 of them (not 16 records rounded to 4 KiB), and when it is full the message says
+// so (not "host pool exhausted").
+TEST(ApiReliability, DiskTierPacksSmallPagesAndReportsItselfFull) {
+  DiskDir dir;
+  twl_runtime_config c = SmallConfig();
+  c.num_q_heads = 2;
+  c.num_kv_heads = 1;
+  const int64_t page_bytes = 1 * 2 * 8 * 32 * 2;
+  ASSERT_EQ(page_bytes, 1024);
+  c.host_pool_bytes = 4 * page_bytes;
+  c.disk_path = dir.path();
+  c.disk_bytes = 64 * page_bytes;
+  twilight::RuntimePtr rt = MakeRuntime(c);
+  ASSERT_TRUE(rt);
+  twl_seq_id seq = -1;
+  ASSERT_EQ(twl_sequence_create(rt.get(), &seq), TWL_OK);
+  std::mt19937 rng(13);
+  // Host slots + disk records - 1 pages fit: 4 + 64 - 1 = 67 pages of 8 tokens.
+  int32_t pages = 0;
+  twl_status s = TWL_OK;
+  while (pages < 200 && (s = AppendRandom(rt.get(), seq, 0, 8, 1, 32, &rng)) == TWL_OK) ++pages;
+  EXPECT_EQ(s, TWL_CAPACITY_EXHAUSTED);
+  EXPECT_EQ(pages, 67);
+  const std::string msg = twl_runtime_last_error(rt.get());
+  EXPECT_NE(msg.find("disk tier"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("host pool exhausted"), std::string::npos) << msg;
+  twl_memory_usage m;
+  m.struct_size = sizeof(m);
+  ASSERT_EQ(twl_runtime_memory(rt.get(), &m), TWL_OK);
+  EXPECT_LE(m.disk_bytes, 64 * page_bytes) << "records use no more than the page size";
+}
+
 }  // namespace
