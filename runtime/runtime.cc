@@ -272,7 +272,7 @@ absl::Status Runtime::Append(SeqId seq, int32_t layer, int32_t n, const void* k,
       // The page ids span host pool and disk tier: when they run out, the disk tier is full.
       return absl::ResourceExhaustedError(absl::StrFormat(
           "append: disk tier full: the host pool (%d pages) and the disk tier (%d records) "
-          "hold %d pages, %d free, fewer than %d more tokens need",
+          "hold %d pages; %d are free, too few for %d more tokens",
           im.host_slots, im.disk_records, im.num_pages, im.allocator->num_free(), n));
     }
     return plan.status();
