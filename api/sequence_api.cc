@@ -217,9 +217,12 @@ twl_status twl_sequence_read_kv(const twl_runtime* rt, twl_seq_id seq, int32_t l
       return absl::InternalError(absl::StrCat("ReadKv returned ", kk.size(), "/", vv.size(),
                                               " elements, expected ", expect));
     }
-    // memcpy: k and v may be at any address (no alignment is asked of host buffers).
-    std::memcpy(static_cast<void*>(k), kk.data(), kk.size() * sizeof(twl::fp16_t));
-    std::memcpy(static_cast<void*>(v), vv.data(), vv.size() * sizeof(twl::fp16_t));
+    // memcpy: k and v may be at any address (no alignment is asked of host buffers). An
+    // empty layer has no data pointer to copy from (memcpy from NULL is undefined even for 0).
+    if (!kk.empty()) {
+      std::memcpy(static_cast<void*>(k), kk.data(), kk.size() * sizeof(twl::fp16_t));
+      std::memcpy(static_cast<void*>(v), vv.data(), vv.size() * sizeof(twl::fp16_t));
+    }
     return absl::OkStatus();
   });
 }
