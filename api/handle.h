@@ -19,7 +19,10 @@
 #include "twilight.h"
 
 // Per-thread state of one runtime: what twl_runtime_last_error and twl_runtime_last_step
-// report, so that threads sharing a runtime do not see each other's results.
+// report, so that threads sharing a runtime do not see each other's results. It lives in
+// the thread (thread_local, see api/thread_state.cc), keyed by the runtime's generation, so
+// it dies with the thread: a later thread that gets the same std::thread::id (glibc reuses
+// a joined thread's) starts with none.
 struct TwlThreadState {
   std::string last_error;
   twl::StepTelemetry last_step;
@@ -47,14 +50,23 @@ struct twl_runtime {
   std::vector<int64_t> kept_offsets;
   std::vector<int32_t> kept_tokens;
 
-  // Guards per_thread. Never held while calling into `runtime`. Entries are never erased
-  // before the handle dies, so a string handed out by twl_runtime_last_error stays put
-  // (unordered_map nodes do not move on rehash).
-  mutable std::mutex thread_mu;
-  mutable std::unordered_map<std::thread::id, TwlThreadState> per_thread;
+  // Never reused within a process (unlike the handle's address): the key of the calling
+  // thread's TwlThreadState for this runtime.
+  uint64_t generation = 0;
 };
 
 namespace twl::api {
+
+// A new generation for a runtime being created; registers it as live.
+uint64_t RegisterRuntime();
+// Marks a generation dead (twl_runtime_free): threads drop their state of it the next time
+// they meet a new runtime, or when they exit.
+void UnregisterRuntime(uint64_t generation);
+// The calling thread's state for rt (a live handle), created on first use when `create`;
+// nullptr when there is none and !create. Valid until this thread ends or, after
+// twl_runtime_free(rt), until it next creates state for another runtime. May throw
+// std::bad_alloc when creating.
+TwlThreadState* ThreadState(const twl_runtime* rt, bool create);
 
 // Null or not a live handle -> InvalidArgument.
 absl::Status CheckHandle(const twl_runtime* rt);

@@ -18,6 +18,8 @@
 // is read. Restore checks everything in a first pass and only then creates the sequence; the
 // second pass checks each chunk's CRC again (the file may change in between) and undoes the
 // sequence on any failure. Chunks bound the memory restore needs.
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -131,6 +133,16 @@ absl::Status Errno(absl::string_view what, const std::string& path) {
   return IoError(absl::StrCat(what, " '", path, "': ", std::strerror(errno)));
 }
 
+const char* FileKind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISLNK(mode)) return "a symbolic link";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a regular file";
+}
+
 absl::Status Write(FILE* f, const void* data, size_t n, const std::string& path) {
   if (n != 0 && std::fwrite(data, 1, n, f) != n) return Errno("cannot write", path);
   return absl::OkStatus();
@@ -142,6 +154,48 @@ absl::Status Read(FILE* f, void* data, size_t n, const std::string& path) {
   if (n != 0 && std::fread(data, 1, n, f) != n) {
     if (std::ferror(f)) return Errno("cannot read", path);
     return CorruptData(absl::StrCat("'", path, "' is truncated"));
+  }
+  return absl::OkStatus();
+}
+
+// OK when path does not exist or is a regular file (not followed if it is a symbolic link).
+absl::Status CheckReplaceable(const std::string& path) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return absl::OkStatus();
+    return Errno("cannot inspect", path);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return IoError(absl::StrCat("'", path, "' exists and is not a regular file (",
+                                FileKind(st.st_mode), "): not replaced"));
+  }
+  return absl::OkStatus();
+}
+
+// Opens a save file for reading without blocking (a FIFO would block in open until a writer
+// comes) and only if it is a regular file (a FIFO, device or directory is refused).
+absl::Status OpenForRestore(const std::string& path, File* file) {
+  const int fd = open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return Errno("cannot open", path);
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    const absl::Status s = Errno("cannot inspect", path);
+    close(fd);
+    return s;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    return IoError(
+        absl::StrCat("'", path, "' is not a regular file (", FileKind(st.st_mode), ")"));
+  }
+  // Regular files ignore O_NONBLOCK; cleared anyway so the stream sees plain blocking reads.
+  const int flags = fcntl(fd, F_GETFL);
+  if (flags >= 0) fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+  file->Reset(fdopen(fd, "rb"));
+  if (file->get() == nullptr) {
+    const absl::Status s = Errno("cannot open", path);
+    close(fd);
+    return s;
   }
   return absl::OkStatus();
 }
@@ -165,6 +219,9 @@ absl::Status SaveSequence(twl_runtime* rt, twl_seq_id seq, const std::string& pa
   }
   h.file_bytes = FileBytes(h, lengths);
 
+  // rename() replaces whatever is at path: refuse anything but a regular file (or nothing),
+  // so that saving to /dev/null, a FIFO, a symbolic link or a directory changes nothing.
+  if (absl::Status s = CheckReplaceable(path); !s.ok()) return s;
   // Write beside the destination, then rename: an existing file survives any failure.
   std::string tmp = path + ".tmp-XXXXXX";
   const int fd = mkstemp(tmp.data());
@@ -212,6 +269,7 @@ absl::Status SaveSequence(twl_runtime* rt, twl_seq_id seq, const std::string& pa
   if (std::fflush(file.get()) != 0) return Errno("cannot write", tmp);
   if (fsync(fileno(file.get())) != 0) return Errno("cannot sync", tmp);
   if (!file.Close()) return Errno("cannot close", tmp);
+  if (absl::Status s = CheckReplaceable(path); !s.ok()) return s;  // again: it may have changed
   if (std::rename(tmp.c_str(), path.c_str()) != 0) return Errno("cannot rename to", path);
   file.KeepFile();
   return absl::OkStatus();
@@ -315,8 +373,7 @@ absl::Status ForEachChunk(FILE* f, const std::string& path, const Header& h,
 
 absl::Status RestoreSequence(twl_runtime* rt, const std::string& path, twl_seq_id* out) {
   File file;
-  file.Reset(std::fopen(path.c_str(), "rb"));
-  if (file.get() == nullptr) return Errno("cannot open", path);
+  if (absl::Status s = OpenForRestore(path, &file); !s.ok()) return s;
   Header h;
   std::vector<uint32_t> lengths;
   if (absl::Status s = ReadLayout(file.get(), path, rt->config, &h, &lengths); !s.ok()) {

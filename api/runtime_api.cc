@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "api/handle.h"
 #include "cache/half.h"
 #include "runtime/log.h"
@@ -28,7 +29,7 @@ static_assert(std::is_same_v<uint16_t, twl::fp16_t>, "FP16 crosses the boundary 
 // take their defaults.
 constexpr size_t kConfigV1Size = offsetof(twl_runtime_config, disk_path);
 constexpr size_t kStepStatsV1Size = offsetof(twl_step_stats, disk_pages_loaded);
-constexpr size_t kMemoryUsageV1Size = sizeof(twl_memory_usage);
+constexpr size_t kMemoryUsageV1Size = offsetof(twl_memory_usage, host_table_bytes);
 
 // True when a caller struct of `struct_size` bytes holds the whole field at offset..+size.
 constexpr bool HasField(size_t struct_size, size_t offset, size_t size) {
@@ -89,9 +90,9 @@ absl::StatusOr<twl::RuntimeConfig> ToRuntimeConfig(const twl_runtime_config& c) 
   r.selector_budget_tokens = c.selector_budget_tokens;
   if (std::isnan(c.selector_budget_fraction) || c.selector_budget_fraction < 0.0f ||
       c.selector_budget_fraction > 1.0f) {
-    return absl::InvalidArgumentError(absl::StrCat("selector_budget_fraction ",
-                                                   c.selector_budget_fraction,
-                                                   " outside [0, 1] (0: library chooses)"));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("selector_budget_fraction %.9g outside [0, 1] (0: library chooses)",
+                        c.selector_budget_fraction));
   }
   r.selector_budget_fraction = c.selector_budget_fraction == 0.0f
                                    ? defaults.selector_budget_fraction
@@ -211,8 +212,7 @@ void RecordError(const twl_runtime* rt, const char* fn, absl::string_view messag
     if (!detail.empty()) absl::StrAppend(&text, " ", detail);
     twl::Log(twl::LogLevel::kDebug, text);
     if (IsLive(rt)) {
-      std::lock_guard<std::mutex> lock(rt->thread_mu);
-      rt->per_thread[std::this_thread::get_id()].last_error = std::move(text);
+      ThreadState(rt, /*create=*/true)->last_error = std::move(text);
     } else {
       t_no_runtime_error = std::move(text);
     }
@@ -261,6 +261,7 @@ twl_status twl_runtime_create(const twl_runtime_config* config, twl_runtime** ou
     if (!runtime.ok()) return runtime.status();
 
     auto handle = std::make_unique<twl_runtime>();
+    handle->generation = twl::api::RegisterRuntime();
     handle->runtime = std::move(*runtime);
     handle->config = twl::api::ResolvedConfig(asked, *handle->runtime);
     handle->backend = handle->config.backend;
@@ -274,6 +275,7 @@ twl_status twl_runtime_create(const twl_runtime_config* config, twl_runtime** ou
 void twl_runtime_free(twl_runtime* rt) noexcept {
   if (rt == nullptr || rt->magic != twl_runtime::kMagic) return;
   rt->magic = twl_runtime::kDeadMagic;
+  twl::api::UnregisterRuntime(rt->generation);
   try {
     delete rt;
   } catch (...) {
@@ -283,13 +285,8 @@ void twl_runtime_free(twl_runtime* rt) noexcept {
 
 const char* twl_runtime_last_error(const twl_runtime* rt) noexcept {
   if (!twl::api::IsLive(rt)) return twl::api::t_no_runtime_error.c_str();
-  try {
-    std::lock_guard<std::mutex> lock(rt->thread_mu);
-    auto it = rt->per_thread.find(std::this_thread::get_id());
-    return it == rt->per_thread.end() ? "" : it->second.last_error.c_str();
-  } catch (...) {
-    return "";  // std::mutex::lock failed: nothing stored can be reached
-  }
+  const TwlThreadState* state = twl::api::ThreadState(rt, /*create=*/false);
+  return state == nullptr ? "" : state->last_error.c_str();
 }
 
 twl_status twl_runtime_async_error(twl_runtime* rt) noexcept {
@@ -344,6 +341,7 @@ twl_status twl_runtime_memory(const twl_runtime* rt, twl_memory_usage* out) noex
     usage.gpu_cache_bytes = m.gpu_cache_bytes;
     usage.gpu_fp16_bytes = m.gpu_fp16_bytes;
     usage.disk_bytes = m.disk_bytes;
+    usage.host_table_bytes = m.host_table_bytes;
     twl::api::WriteOut(usage, out);
     return absl::OkStatus();
   });
@@ -365,10 +363,9 @@ twl_status twl_runtime_last_step(const twl_runtime* rt, twl_step_stats* out) noe
     stats.num_kv_heads = rt->config.num_kv_heads;
     stats.cache_hit_rate = 1.0;
     {
-      std::lock_guard<std::mutex> lock(rt->thread_mu);
-      auto it = rt->per_thread.find(std::this_thread::get_id());
-      if (it != rt->per_thread.end() && it->second.has_step) {
-        const twl::StepTelemetry& t = it->second.last_step;
+      const TwlThreadState* state = twl::api::ThreadState(rt, /*create=*/false);
+      if (state != nullptr && state->has_step) {
+        const twl::StepTelemetry& t = state->last_step;
         stats.layer = t.layer;
         stats.num_seqs = t.num_seqs;
         stats.blocks_needed = t.blocks_needed;
@@ -401,11 +398,9 @@ twl_status twl_runtime_last_step_heads(const twl_runtime* rt, int32_t* selected,
       return absl::FailedPreconditionError(
           "telemetry collection is off (config.collect_telemetry = 0)");
     }
-    std::lock_guard<std::mutex> lock(rt->thread_mu);
-    auto it = rt->per_thread.find(std::this_thread::get_id());
+    const TwlThreadState* state = twl::api::ThreadState(rt, /*create=*/false);
     static const twl::StepTelemetry kEmpty;
-    const twl::StepTelemetry& t =
-        it != rt->per_thread.end() && it->second.has_step ? it->second.last_step : kEmpty;
+    const twl::StepTelemetry& t = state != nullptr && state->has_step ? state->last_step : kEmpty;
     const int64_t q_entries = int64_t(t.num_seqs) * rt->config.num_q_heads;
     const int64_t kv_entries = int64_t(t.num_seqs) * rt->config.num_kv_heads;
     const bool want_q = selected != nullptr || kept != nullptr || est_mass != nullptr;
@@ -481,14 +476,19 @@ twl_status twl_runtime_last_step_kept(const twl_runtime* rt, int32_t seq_index, 
   });
 }
 
+// Element access through memcpy: the buffers may be at any address.
 void twl_fp32_to_fp16(const float* src, uint16_t* dst, size_t n) noexcept {
   if (src == nullptr || dst == nullptr) return;
-  for (size_t i = 0; i < n; ++i) dst[i] = twl::FloatToHalf(src[i]);
+  for (size_t i = 0; i < n; ++i) {
+    twl::StoreU16(dst, int64_t(i), twl::FloatToHalf(twl::LoadF32(src, int64_t(i))));
+  }
 }
 
 void twl_fp16_to_fp32(const uint16_t* src, float* dst, size_t n) noexcept {
   if (src == nullptr || dst == nullptr) return;
-  for (size_t i = 0; i < n; ++i) dst[i] = twl::HalfToFloat(src[i]);
+  for (size_t i = 0; i < n; ++i) {
+    twl::StoreF32(dst, int64_t(i), twl::HalfToFloat(twl::LoadU16(src, int64_t(i))));
+  }
 }
 
 }  // extern "C"

@@ -3,10 +3,13 @@
 // call into twl::Runtime under the handle's mutex.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/types/span.h"
 #include "api/handle.h"
 #include "twilight.h"
@@ -50,8 +53,15 @@ void ResetTelemetry(twl::StepTelemetry* t) {
   t->ms_disk = 0;
 }
 
+// Host arrays of the caller copied out with memcpy: the header asks no alignment of them.
+struct DecodeArgs {
+  std::vector<twl_seq_id> seqs;
+  std::vector<float> seq_p;  // empty: the runtime's top_p
+};
+
 absl::Status CheckDecodeArgs(const twl_runtime* rt, int32_t layer, const twl_seq_id* seqs,
-                             int32_t num_seqs, const void* q, void* out, const float* seq_p) {
+                             int32_t num_seqs, const void* q, void* out, const float* seq_p,
+                             DecodeArgs* args) {
   if (absl::Status s = CheckLayer(rt, layer); !s.ok()) return s;
   if (num_seqs < 1) {
     return absl::InvalidArgumentError(absl::StrCat("num_seqs is ", num_seqs, ", must be >= 1"));
@@ -59,21 +69,39 @@ absl::Status CheckDecodeArgs(const twl_runtime* rt, int32_t layer, const twl_seq
   if (seqs == nullptr || q == nullptr || out == nullptr) {
     return absl::InvalidArgumentError("seqs, q and out must not be NULL");
   }
+  args->seqs.resize(size_t(num_seqs));
+  std::memcpy(args->seqs.data(), seqs, sizeof(twl_seq_id) * size_t(num_seqs));
+  args->seq_p.clear();
   if (seq_p != nullptr) {
+    args->seq_p.resize(size_t(num_seqs));
+    std::memcpy(args->seq_p.data(), seq_p, sizeof(float) * size_t(num_seqs));
     for (int32_t i = 0; i < num_seqs; ++i) {
-      const float p = seq_p[i];
+      const float p = args->seq_p[size_t(i)];
       if (!(p > 0.0f && p <= 1.0f)) {  // also rejects NaN
-        return absl::InvalidArgumentError(absl::StrCat("seq_p[", i, "] = ", p, " outside (0, 1]"));
+        // %.9g: every float prints distinctly (1.0000001 is not "1").
+        return absl::InvalidArgumentError(
+            absl::StrFormat("seq_p[%d] = %.9g outside (0, 1]", i, p));
       }
     }
   }
   // Duplicates would make two outputs of one sequence; sort a copy (batches are small).
   thread_local std::vector<twl_seq_id> sorted;
-  sorted.assign(seqs, seqs + num_seqs);
+  sorted = args->seqs;
   std::sort(sorted.begin(), sorted.end());
   const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
   if (dup != sorted.end()) {
     return absl::InvalidArgumentError(absl::StrCat("sequence ", *dup, " listed twice"));
+  }
+  return absl::OkStatus();
+}
+
+// Device buffers: the GPU kernels load q rows as 16-byte vectors and read K/V and write out
+// element by element, so device pointers must be aligned to that (host buffers need none).
+absl::Status CheckDeviceAlignment(const char* what, const void* p, size_t align) {
+  if (reinterpret_cast<uintptr_t>(p) % align != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%s (device memory) at %p is not %d-byte aligned (host buffers need no alignment)",
+        what, p, align));
   }
   return absl::OkStatus();
 }
@@ -153,6 +181,11 @@ twl_status twl_sequence_append(twl_runtime* rt, twl_seq_id seq, int32_t layer, i
     if (k == nullptr || v == nullptr) {
       return absl::InvalidArgumentError("k and v must not be NULL when n > 0");
     }
+    if (*mem == twl::MemSpace::kDevice) {
+      const size_t elem = dtype_value == TWL_DTYPE_FP32 ? 4 : 2;
+      if (absl::Status s = twl::api::CheckDeviceAlignment("k", k, elem); !s.ok()) return s;
+      if (absl::Status s = twl::api::CheckDeviceAlignment("v", v, elem); !s.ok()) return s;
+    }
     return rt->runtime->Append(seq, layer, n, k, v, static_cast<twl::DType>(dtype), *mem);
   });
 }
@@ -213,8 +246,12 @@ twl_status twl_sequence_read_kv(const twl_runtime* rt, twl_seq_id seq, int32_t l
       return absl::InternalError(absl::StrCat("ReadKv returned ", kk.size(), "/", vv.size(),
                                               " elements, expected ", expect));
     }
-    std::copy(kk.begin(), kk.end(), k);
-    std::copy(vv.begin(), vv.end(), v);
+    // memcpy: k and v may be at any address (no alignment is asked of host buffers). An
+    // empty layer has no data pointer to copy from (memcpy from NULL is undefined even for 0).
+    if (!kk.empty()) {
+      std::memcpy(static_cast<void*>(k), kk.data(), kk.size() * sizeof(twl::fp16_t));
+      std::memcpy(static_cast<void*>(v), vv.data(), vv.size() * sizeof(twl::fp16_t));
+    }
     return absl::OkStatus();
   });
 }
@@ -224,14 +261,19 @@ twl_status twl_decode(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs, in
                       void* stream) noexcept {
   return Guard(rt, "twl_decode", [&]() -> absl::Status {
     if (absl::Status s = CheckHandle(rt); !s.ok()) return s;
-    if (absl::Status s = twl::api::CheckDecodeArgs(rt, layer, seqs, num_seqs, q, out, seq_p);
+    thread_local twl::api::DecodeArgs args;
+    if (absl::Status s =
+            twl::api::CheckDecodeArgs(rt, layer, seqs, num_seqs, q, out, seq_p, &args);
         !s.ok()) {
       return s;
     }
     absl::StatusOr<twl::MemSpace> mem = twl::api::CheckSpace(rt, space);
     if (!mem.ok()) return mem.status();
-    const absl::Span<const float> p_span =
-        seq_p ? absl::MakeConstSpan(seq_p, size_t(num_seqs)) : absl::Span<const float>();
+    if (*mem == twl::MemSpace::kDevice) {
+      if (absl::Status s = twl::api::CheckDeviceAlignment("q", q, 16); !s.ok()) return s;
+      if (absl::Status s = twl::api::CheckDeviceAlignment("out", out, 2); !s.ok()) return s;
+    }
+    const absl::Span<const float> p_span = absl::MakeConstSpan(args.seq_p);
 
     std::lock_guard<std::mutex> lock(rt->mu);
     twl::StepTelemetry* telemetry = nullptr;
@@ -240,7 +282,7 @@ twl_status twl_decode(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs, in
       twl::api::ResetTelemetry(telemetry);
     }
     absl::Status status = rt->runtime->Decode(
-        layer, absl::MakeConstSpan(seqs, size_t(num_seqs)), static_cast<const twl::fp16_t*>(q),
+        layer, absl::MakeConstSpan(args.seqs), static_cast<const twl::fp16_t*>(q),
         static_cast<twl::fp16_t*>(out), *mem, p_span, stream, telemetry);
     if (!status.ok() || telemetry == nullptr) return status;
     if (rt->capture_kept) {
@@ -256,8 +298,7 @@ twl_status twl_decode(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs, in
       telemetry->num_seqs = num_seqs;
     }
     // Publish to this thread's last step; the old one becomes the next scratch.
-    std::lock_guard<std::mutex> thread_lock(rt->thread_mu);
-    TwlThreadState& state = rt->per_thread[std::this_thread::get_id()];
+    TwlThreadState& state = *twl::api::ThreadState(rt, /*create=*/true);
     std::swap(state.last_step, rt->scratch_step);
     state.has_step = true;
     return absl::OkStatus();

@@ -27,6 +27,12 @@
  *     sequences may be driven by different threads concurrently.
  *   - twl_runtime_free() must not race with any other call on the same runtime.
  *
+ * Buffers: host buffers (k, v, q, out, seqs, seq_p, the read_kv and conversion buffers) need
+ *   no alignment: the library reads and writes them byte-wise (memcpy), so any address works.
+ *   Device buffers (TWL_MEMORY_DEVICE) must be aligned as the GPU kernels load them: q 16
+ *   bytes, out 2 bytes, k and v the size of their element (2, or 4 for FP32); otherwise the
+ *   call returns TWL_INVALID_ARGUMENT before any work.
+ *
  * ABI: the structs below are append-only. Their first field, struct_size, must be set to
  * sizeof(the struct) as the caller's header knows it (the *_default()/_INIT helpers do it); the
  * library reads only the fields that fit in struct_size and uses defaults for the rest.
@@ -162,9 +168,9 @@ typedef enum twl_fetch_path {
 typedef struct twl_runtime_config {
   size_t struct_size;       /* sizeof(twl_runtime_config) */
   /* Model shape: required (0 is invalid). */
-  int32_t num_layers;       /* >= 1 */
-  int32_t num_q_heads;      /* a multiple of num_kv_heads (GQA) */
-  int32_t num_kv_heads;     /* >= 1 */
+  int32_t num_layers;       /* 1 .. 4096 (every sequence holds a table of num_layers) */
+  int32_t num_q_heads;      /* a multiple of num_kv_heads (GQA), at most 1024 */
+  int32_t num_kv_heads;     /* 1 .. 1024 */
   int32_t head_dim;         /* 8, 16, 32, 64, 128 or 256; GPU backends may accept fewer
                                (then create fails with TWL_INVALID_ARGUMENT) */
   /* Cache layout. */
@@ -172,12 +178,15 @@ typedef struct twl_runtime_config {
   int32_t k_bits;           /* bits of the estimation copy of K: 2, 4, 8, or 16 (estimate with
                                FP16 K); 0: library chooses (4) */
   /* Twilight. */
-  float top_p;              /* default top-p mass in (0, 1]; 0: library chooses (0.95) */
+  float top_p;              /* default top-p mass in (0, 1]; 0: library chooses (0.95).
+                               p = 1 keeps every candidate token (dense over the selected
+                               pages), whatever its estimated weight */
   twl_selector selector;    /* TWL_SELECTOR_DEFAULT: library chooses (Quest) */
   int32_t selector_budget_tokens;  /* B0 in tokens; 0: use selector_budget_fraction */
   float selector_budget_fraction;  /* B0 as a fraction of the context in (0, 1];
                                       0: library chooses (0.25) */
-  int32_t sink_pages;       /* first pages always selected; -1: library chooses (1) */
+  int32_t sink_pages;       /* first pages always selected; -1: library chooses (1);
+                               sink_pages * page_size at most 2^30 */
   int32_t dense_layers;     /* first layers decoded densely; -1: library chooses (0) */
   /* Memory. */
   int64_t host_pool_bytes;  /* FP16 KV pool (host for offload/CPU, device for GPU_HBM);
@@ -198,8 +207,9 @@ typedef struct twl_runtime_config {
    * not storage (contents are lost with the runtime). NULL/0 (both): no disk tier; setting
    * only one is TWL_INVALID_ARGUMENT. CPU backend only (TWL_BACKEND_AUTO then picks the CPU;
    * a GPU backend gives TWL_UNSUPPORTED). The cache then holds host pool pages + disk pages
-   * - 1; the quantized K copy (about 1/5 of FP16 at 4 bits) of every page stays in host
-   * memory. A decode step needs every page it attends to in the host pool at once (else
+   * - 1, a disk page taking the page's FP16 size rounded up to the file's I/O alignment (512
+   * bytes where the filesystem allows it, else 4 KiB); the quantized K copy (about 1/5 of
+   * FP16 at 4 bits) of every page stays in host memory. A decode step needs every page it attends to in the host pool at once (else
    * TWL_CAPACITY_EXHAUSTED). disk_path is read during twl_runtime_create only. */
   const char* disk_path;
   int64_t disk_bytes;
@@ -227,6 +237,7 @@ typedef int64_t twl_seq_id;
  * config: read during the call only. out: receives the handle (owned by the caller, release with
  * twl_runtime_free); set to NULL on failure.
  * Status: TWL_INVALID_ARGUMENT (null pointer, bad struct_size, shape or tunable out of range,
+ *   including bounds that keep the library's sizes from overflowing: see the fields;
  *   disk_path not a directory or disk_bytes below one page),
  *   TWL_UNAVAILABLE (a GPU backend was asked for and no usable GPU is present),
  *   TWL_UNSUPPORTED (a disk tier with a GPU backend),
@@ -248,7 +259,9 @@ TWL_API void twl_runtime_free(twl_runtime* rt) TWL_NOEXCEPT;
  * rt == NULL (or not a live handle): the calling thread's most recent failure of a call that
  * had no valid runtime (twl_runtime_create, or any call passed rt == NULL).
  * Lifetime: owned by the library; valid until this thread's next failing call on the same rt
- * (or NULL), or twl_runtime_free(rt). Never returns NULL. Any thread. */
+ * (or NULL), twl_runtime_free(rt), or the end of the thread. A thread's messages (and its
+ * last-step telemetry) end with it: a new thread starts with none, even when the system
+ * gives it the id of one that has ended. Never returns NULL. Any thread. */
 TWL_API const char* twl_runtime_last_error(const twl_runtime* rt) TWL_NOEXCEPT;
 
 /* The first failure of a background transfer (offload/prefetch) since the previous call, and
@@ -302,7 +315,8 @@ TWL_API twl_status twl_sequence_length(const twl_runtime* rt, twl_seq_id seq, in
  * dtype, row-major, in memory space `space` (device pointers need a GPU backend). They are read
  * during the call only (on GPU backends the copy is complete when the call returns;
  * twl_append_batch appends many sequences at once without waiting).
- * n == 0 is a no-op (k and v may then be NULL). Values are stored as FP16.
+ * n == 0 is a no-op (k and v may then be NULL). Values are stored as FP16. Room for the n
+ * tokens is checked before k and v are read or converted: a call that cannot fit reads nothing.
  * Status: TWL_OK; TWL_INVALID_ARGUMENT (null, n < 0, layer/dtype/space out of range);
  *   TWL_NOT_FOUND; TWL_CAPACITY_EXHAUSTED (pool full; with a disk tier: host pool and disk tier
  *   full); TWL_IO_ERROR (disk tier: a page could not be spilled or read back); TWL_UNSUPPORTED
@@ -408,6 +422,9 @@ typedef struct twl_memory_usage {
   int64_t gpu_cache_bytes;       /* hot FP16 page cache on the GPU */
   int64_t gpu_fp16_bytes;        /* FP16 KV on the GPU (HBM backend) */
   int64_t disk_bytes;            /* disk tier file in use (pages spilled to disk) */
+  /* Appended after disk_bytes: host memory of the sequence and page tables (every sequence,
+   * even an empty one, holds a record per layer; then a page id per page it references). */
+  int64_t host_table_bytes;
 } twl_memory_usage;
 
 /* Memory by tier into *out. Status: TWL_OK, TWL_INVALID_ARGUMENT (null, struct_size too small). */
@@ -423,7 +440,9 @@ TWL_API twl_status twl_runtime_memory(const twl_runtime* rt,
 /* Writes seq's K/V of every layer to path. The file is written beside path and renamed over it
  * when complete, so on failure an existing file at path is unchanged. seq is only read (the
  * caller must not append to it during the call).
- * The file is created with mode 0600 (it holds the request's K/V).
+ * The file is created with mode 0600 (it holds the request's K/V). path must not exist or be
+ * a regular file: anything else there (a symbolic link, FIFO, device, directory) is never
+ * replaced (TWL_IO_ERROR).
  * Status: TWL_OK, TWL_INVALID_ARGUMENT (null or empty path), TWL_NOT_FOUND, TWL_IO_ERROR,
  *   TWL_FAILED_PRECONDITION (seq was appended to during the save), TWL_OUT_OF_MEMORY. */
 TWL_API twl_status twl_sequence_save(twl_runtime* rt, twl_seq_id seq,
@@ -431,8 +450,10 @@ TWL_API twl_status twl_sequence_save(twl_runtime* rt, twl_seq_id seq,
 
 /* Creates a new sequence from a file written by twl_sequence_save. *out receives its id.
  * The whole file is checked before anything is created.
+ * path must be a regular file (or a symbolic link to one); it is opened without blocking, so
+ * a FIFO or device is refused at once (TWL_IO_ERROR), never waited on.
  * Status: TWL_OK; TWL_INVALID_ARGUMENT (null, file saved for another model shape); TWL_IO_ERROR
- *   (cannot open/read); TWL_CORRUPT_DATA (truncated, checksum mismatch, not a Twilight file);
+ *   (cannot open/read, not a regular file); TWL_CORRUPT_DATA (truncated, checksum mismatch, not a Twilight file);
  *   TWL_UNSUPPORTED (newer format version); TWL_CAPACITY_EXHAUSTED. On any failure no sequence
  *   is created and the runtime is unchanged. */
 TWL_API twl_status twl_sequence_restore(twl_runtime* rt, const char* path,

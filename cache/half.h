@@ -70,4 +70,24 @@ TWL_HD bf16_t FloatToBf16(float f) {
   return bf16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+// Elements of caller buffers, which need no alignment (api/twilight.h): read and written
+// through memcpy, never through a typed pointer, so an odd address is defined behaviour (one
+// unaligned load or store on x86-64 and ARM64). Host code only.
+inline uint16_t LoadU16(const void* base, int64_t i) {
+  uint16_t v;
+  std::memcpy(&v, static_cast<const unsigned char*>(base) + i * int64_t(sizeof(v)), sizeof(v));
+  return v;
+}
+inline void StoreU16(void* base, int64_t i, uint16_t v) {
+  std::memcpy(static_cast<unsigned char*>(base) + i * int64_t(sizeof(v)), &v, sizeof(v));
+}
+inline float LoadF32(const void* base, int64_t i) {
+  float v;
+  std::memcpy(&v, static_cast<const unsigned char*>(base) + i * int64_t(sizeof(v)), sizeof(v));
+  return v;
+}
+inline void StoreF32(void* base, int64_t i, float v) {
+  std::memcpy(static_cast<unsigned char*>(base) + i * int64_t(sizeof(v)), &v, sizeof(v));
+}
+
 }  // namespace twl

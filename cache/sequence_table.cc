@@ -29,6 +29,14 @@ SeqId SequenceTable::Create() {
   return id;
 }
 
+int64_t SequenceTable::TableBytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  // Per sequence: its hash map slot and num_layers layer records; per page reference: an id.
+  const int64_t per_sequence = int64_t(sizeof(SeqId) + sizeof(Sequence)) +
+                               int64_t(num_layers_) * int64_t(sizeof(LayerPages));
+  return int64_t(seqs_.size()) * per_sequence + page_entries_ * int64_t(sizeof(int32_t));
+}
+
 absl::StatusOr<SeqId> SequenceTable::Fork(SeqId parent) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = seqs_.find(parent);
@@ -42,6 +50,7 @@ absl::StatusOr<SeqId> SequenceTable::Fork(SeqId parent) {
   absl::Status s = allocator_->AddRef(all);
   if (!s.ok()) return absl::InternalError("fork: " + std::string(s.message()));
   Sequence child = it->second;  // copy before inserting: insertion may move the parent
+  page_entries_ += int64_t(all.size());
   const SeqId id = next_id_++;
   seqs_.emplace(id, std::move(child));
   return id;
@@ -57,6 +66,7 @@ absl::Status SequenceTable::Free(SeqId seq, std::vector<int32_t>* freed) {
   }
   absl::Status s = allocator_->Release(all, freed);
   if (!s.ok()) return absl::InternalError("free: " + std::string(s.message()));
+  page_entries_ -= int64_t(all.size());
   seqs_.erase(it);
   return absl::OkStatus();
 }
@@ -160,6 +170,7 @@ absl::Status SequenceTable::CommitAppend(const AppendPlan& plan, std::vector<int
     absl::Status s = allocator_->Release(absl::MakeConstSpan(&src, 1), freed);
     if (!s.ok()) return absl::InternalError("commit: " + std::string(s.message()));
   }
+  page_entries_ += int64_t(plan.pages_after.size()) - int64_t(lp.pages.size());
   lp.pages = plan.pages_after;
   lp.len = plan.old_len + plan.num_tokens;
   return absl::OkStatus();

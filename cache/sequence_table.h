@@ -103,6 +103,9 @@ class SequenceTable {
 
   bool Contains(SeqId seq) const;
   int64_t num_sequences() const;
+  // Host bytes of the tables themselves (num_layers records per sequence, a page id per page
+  // reference): what an empty sequence costs, reported by twl_runtime_memory.
+  int64_t TableBytes() const;
   absl::StatusOr<int32_t> Length(SeqId seq, int32_t layer) const;
   absl::StatusOr<LayerPages> Pages(SeqId seq, int32_t layer) const;  // a copy
 
@@ -134,6 +137,7 @@ class SequenceTable {
   // Guarded by mu_:
   absl::flat_hash_map<SeqId, Sequence> seqs_;
   SeqId next_id_ = 1;
+  int64_t page_entries_ = 0;  // page ids in all layer tables (for TableBytes)
 };
 
 }  // namespace twl

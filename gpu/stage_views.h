@@ -92,8 +92,9 @@ struct AppendView {
 
 TWL_HD int32_t SelectStride(const SelectorParams& s, int32_t max_pages) {
   if (s.kind == SelectorKind::kFull) return max_pages;
-  const int32_t want = s.budget_pages + s.sink_pages + 1;
-  return want < max_pages ? want : max_pages;
+  // In 64 bits: budget and sinks may each be close to max_pages (itself up to 2^31 - 1).
+  const int64_t want = int64_t(s.budget_pages) + s.sink_pages + 1;
+  return want < max_pages ? int32_t(want) : max_pages;
 }
 
 }  // namespace twl

@@ -21,6 +21,7 @@ namespace twl {
 namespace {
 
 constexpr int64_t kAlign = 4096;
+constexpr int64_t kMinAlign = 512;  // packed records (DiskTierOptions::pack_records)
 // Bookkeeping is 9 bytes per record in host memory; record ids fit an int32.
 constexpr int64_t kMaxRecords = (int64_t(1) << 31) - 1;
 constexpr uint64_t kStopTag = 0;  // user_data of the NOP that stops the reaper
@@ -92,7 +93,20 @@ absl::Status DiskTier::Init(const DiskTierOptions& options) {
         "disk tier: queue_depth must be in [1, 4096], got %d", options.queue_depth));
   }
   record_bytes_ = options.record_bytes;
-  record_stride_ = RoundUp(record_bytes_, kAlign);
+  // The smallest stride possible, checked before a file is made; the real one once the file
+  // tells which alignment its I/O needs.
+  record_stride_ = RoundUp(record_bytes_, options.pack_records ? kMinAlign : kAlign);
+  if (options.capacity_bytes < record_stride_) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "disk tier: capacity_bytes %d is less than one record (%d bytes on disk)",
+        options.capacity_bytes, record_stride_));
+  }
+  queue_depth_ = options.queue_depth;
+  injector_ = options.injector ? options.injector : &ProcessFaultInjector();
+
+  absl::Status s = OpenFile(options);
+  if (!s.ok()) return s;
+  record_stride_ = RoundUp(record_bytes_, io_align_);
   if (options.capacity_bytes < record_stride_) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "disk tier: capacity_bytes %d is less than one record (%d bytes on disk)",
@@ -104,11 +118,6 @@ absl::Status DiskTier::Init(const DiskTierOptions& options) {
         "disk tier: %d records of %d bytes is more than the %d records a tier tracks",
         capacity_, record_stride_, kMaxRecords));
   }
-  queue_depth_ = options.queue_depth;
-  injector_ = options.injector ? options.injector : &ProcessFaultInjector();
-
-  absl::Status s = OpenFile(options);
-  if (!s.ok()) return s;
   if (options.preallocate) {
     // Refuse up front what cannot fit, rather than let fallocate fill the disk first.
     struct statvfs fs;
@@ -140,7 +149,8 @@ absl::Status DiskTier::Init(const DiskTierOptions& options) {
 
   if (direct_io_) {
     bounce_ = static_cast<char*>(
-        std::aligned_alloc(kAlign, static_cast<size_t>(queue_depth_ * record_stride_)));
+        std::aligned_alloc(size_t(io_align_),
+                           static_cast<size_t>(RoundUp(queue_depth_ * record_stride_, io_align_))));
     if (!bounce_) {
       return absl::ResourceExhaustedError(absl::StrFormat(
           "disk tier: cannot allocate %d bytes of bounce buffers", queue_depth_ * record_stride_));
@@ -183,6 +193,19 @@ absl::Status DiskTier::OpenFile(const DiskTierOptions& options) {
         ok = pwrite(fd_, probe, kAlign, 0) == kAlign && ftruncate(fd_, 0) == 0;
         std::free(probe);
       }
+      if (ok && options.pack_records) {
+        // 512-byte I/O at a 512-byte offset from a buffer that is 512- but not 4096-aligned:
+        // if the device takes it, records can be packed at 512 bytes.
+        char* small = static_cast<char*>(std::aligned_alloc(kAlign, 2 * kAlign));
+        if (small) {
+          std::memset(small, 0, 2 * kAlign);
+          if (pwrite(fd_, small + kMinAlign, kMinAlign, kMinAlign) == kMinAlign &&
+              ftruncate(fd_, 0) == 0) {
+            io_align_ = kMinAlign;
+          }
+          std::free(small);
+        }
+      }
       if (ok) {
         direct_io_ = true;
       } else {
@@ -192,6 +215,7 @@ absl::Status DiskTier::OpenFile(const DiskTierOptions& options) {
     }
   }
   if (fd_ < 0) {
+    io_align_ = options.pack_records ? kMinAlign : kAlign;  // buffered: any offset works
     fd_ = open(path.c_str(), base_flags, 0600);
     if (fd_ < 0) {
       const int err = errno;
@@ -336,8 +360,8 @@ absl::StatusOr<DiskTier::Ticket> DiskTier::ReadAsync(absl::Span<const DiskReadOp
 
 absl::StatusOr<DiskTier::Ticket> DiskTier::Enqueue(std::unique_ptr<Batch> batch) {
   for (Op& op : batch->ops) {
-    const bool aligned = reinterpret_cast<uintptr_t>(op.host) % kAlign == 0 &&
-                         record_bytes_ % kAlign == 0;
+    const bool aligned = reinterpret_cast<uintptr_t>(op.host) % io_align_ == 0 &&
+                         record_bytes_ % io_align_ == 0;
     op.needs_bounce = direct_io_ && !aligned;
     // Under O_DIRECT a bounced op moves the whole 4 KiB-rounded stride; otherwise exactly
     // the payload (equal to the stride when aligned).

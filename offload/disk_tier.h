@@ -6,10 +6,13 @@
 // the tier is destroyed or the process dies.
 //
 // File and alignment. Record i lives at byte i * record_stride(), the stride being
-// record_bytes rounded up to 4 KiB, so every record starts on a 4 KiB boundary. The file is
-// opened with O_DIRECT when the filesystem accepts it (checked by a probe write), else
-// buffered. Under O_DIRECT a record whose host buffer is not 4 KiB aligned, or whose size is
-// not a multiple of 4 KiB, goes through an aligned bounce buffer (counted in stats()). By
+// record_bytes rounded up to the I/O alignment io_align(): 4 KiB, or with pack_records 512
+// bytes where the file allows it (buffered I/O, or O_DIRECT that a 512-byte probe write at
+// a 512-byte offset shows the device accepts), so that small records (a 1 KiB page) do not
+// take 4 KiB each. The file is opened with O_DIRECT when the filesystem accepts it (checked by
+// a probe write), else buffered. Under O_DIRECT a record whose host buffer is not io_align()
+// aligned, or whose size is not a multiple of it, goes through an aligned bounce buffer
+// (counted in stats()). By
 // default the whole capacity is reserved with fallocate at creation (preallocate), so that a
 // disk too small is reported by Create, not by a write in the middle of a decode step.
 //
@@ -77,6 +80,8 @@ struct DiskTierOptions {
   bool force_thread_pool = false;  // use the pread/pwrite threads even if io_uring works
   bool try_direct_io = true;       // O_DIRECT when the filesystem supports it
   bool keep_file = false;          // do not unlink the file (debugging only)
+  // Records at a 512-byte stride where the file allows it (see above); else 4 KiB.
+  bool pack_records = false;
   // Reserve the whole capacity with fallocate at creation: ENOSPC shows up here (as
   // ResourceExhausted) instead of mid-run, and writes do not extend the file (extending
   // O_DIRECT writes serialize on the inode). Skipped where fallocate is not supported.
@@ -120,6 +125,7 @@ class DiskTier {
 
   int64_t record_bytes() const { return record_bytes_; }
   int64_t record_stride() const { return record_stride_; }
+  int64_t io_align() const { return io_align_; }  // 512 or 4096 (see above)
   int64_t capacity() const { return capacity_; }  // records
   int32_t queue_depth() const { return queue_depth_; }
   int64_t num_free() const;
@@ -191,6 +197,7 @@ class DiskTier {
   bool preallocated_ = false;
   int64_t record_bytes_ = 0;
   int64_t record_stride_ = 0;
+  int64_t io_align_ = 4096;
   int64_t capacity_ = 0;
   int32_t queue_depth_ = 0;
   DiskEngine engine_ = DiskEngine::kThreadPool;

@@ -35,6 +35,9 @@ absl::StatusOr<std::unique_ptr<DiskTier>> CreatePageDiskTier(const RuntimeConfig
   options.path = config.disk_path;
   options.record_bytes = int64_t(g.num_kv_heads) * g.FpBlockBytes();
   options.capacity_bytes = config.disk_bytes;
+  // Pages are often smaller than 4 KiB (a 1 KiB page would take 4x its size): pack them at
+  // the file's I/O alignment.
+  options.pack_records = true;
   absl::StatusOr<std::unique_ptr<DiskTier>> tier = DiskTier::Create(options);
   if (!tier.ok()) {
     // A file that cannot be created or opened is the disk's fault (an I/O error for the C

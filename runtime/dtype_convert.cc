@@ -23,16 +23,13 @@ void ConvertToFp16(const void* src, DType dtype, int64_t n, fp16_t* dst) {
     case DType::kFp16:
       std::memcpy(dst, src, size_t(n) * sizeof(fp16_t));
       return;
-    case DType::kBf16: {
-      const bf16_t* s = static_cast<const bf16_t*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = FloatToHalf(Bf16ToFloat(s[i]));
+    // src is the caller's buffer, at any address: element loads go through memcpy.
+    case DType::kBf16:
+      for (int64_t i = 0; i < n; ++i) dst[i] = FloatToHalf(Bf16ToFloat(LoadU16(src, i)));
       return;
-    }
-    case DType::kFp32: {
-      const float* s = static_cast<const float*>(src);
-      for (int64_t i = 0; i < n; ++i) dst[i] = FloatToHalf(s[i]);
+    case DType::kFp32:
+      for (int64_t i = 0; i < n; ++i) dst[i] = FloatToHalf(LoadF32(src, i));
       return;
-    }
   }
 }
 

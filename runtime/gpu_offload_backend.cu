@@ -128,7 +128,10 @@ class GpuOffloadBackend final : public OffloadBackend {
     TWL_OFF_CUDA(cudaMemset(quant_.get(), 0, size_t(quant_bytes_)));
 
     // Cache.
-    num_slots_ = int32_t(std::min<int64_t>(OffloadCacheSlots(cfg_, num_pages_), num_blocks_));
+    // Slots are int32: a gpu_cache_bytes (or block count) past 2^31 slots is clamped, not
+    // wrapped (issue 15: no tunable may overflow).
+    num_slots_ = int32_t(std::min<int64_t>({OffloadCacheSlots(cfg_, num_pages_), num_blocks_,
+                                            int64_t(std::numeric_limits<int32_t>::max())}));
     num_slots_ = std::max(num_slots_, 1);
     TWL_OFF_RETURN(Grow(slots_, size_t(num_slots_) * size_t(g_.FpBlockBytes())));
     TWL_OFF_RETURN(Grow(slot_of_block_, size_t(num_blocks_) * 4));

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <limits>
 #include <mutex>
+#include <new>
 #include <shared_mutex>
 
 #include "absl/container/flat_hash_map.h"
@@ -45,13 +46,20 @@ bool OneOf(int32_t v, std::initializer_list<int32_t> set) {
 
 absl::Status RuntimeConfig::Validate() const {
   auto bad = [](const std::string& msg) { return absl::InvalidArgumentError("config: " + msg); };
-  if (num_layers < 1) return bad(absl::StrFormat("num_layers must be >= 1, got %d", num_layers));
-  if (num_kv_heads < 1) {
-    return bad(absl::StrFormat("num_kv_heads must be >= 1, got %d", num_kv_heads));
+  // Upper bounds keep every product and sum of these in range (see kMaxLayers, kMaxHeads and
+  // kMaxSinkTokens in runtime.h): a value past them would overflow an int32 somewhere in a
+  // decode step instead of being refused here.
+  if (num_layers < 1 || num_layers > kMaxLayers) {
+    return bad(absl::StrFormat("num_layers must be in [1, %d], got %d", kMaxLayers, num_layers));
   }
-  if (num_q_heads < 1 || num_q_heads % num_kv_heads != 0) {
-    return bad(absl::StrFormat("num_q_heads (%d) must be a positive multiple of num_kv_heads (%d)",
-                               num_q_heads, num_kv_heads));
+  if (num_kv_heads < 1 || num_kv_heads > kMaxHeads) {
+    return bad(
+        absl::StrFormat("num_kv_heads must be in [1, %d], got %d", kMaxHeads, num_kv_heads));
+  }
+  if (num_q_heads < 1 || num_q_heads > kMaxHeads || num_q_heads % num_kv_heads != 0) {
+    return bad(absl::StrFormat(
+        "num_q_heads (%d) must be a multiple of num_kv_heads (%d) in [1, %d]", num_q_heads,
+        num_kv_heads, kMaxHeads));
   }
   if (!OneOf(head_dim, {8, 16, 32, 64, 128, 256})) {
     return bad(absl::StrFormat("head_dim must be 8, 16, 32, 64, 128 or 256, got %d", head_dim));
@@ -63,7 +71,8 @@ absl::Status RuntimeConfig::Validate() const {
     return bad(absl::StrFormat("k_bits must be 2, 4, 8 or 16, got %d", k_bits));
   }
   if (!(top_p > 0.0f && top_p <= 1.0f)) {
-    return bad(absl::StrFormat("top_p must be in (0, 1], got %g", top_p));
+    // %.9g: every float prints distinctly (1.0000001 is not "1").
+    return bad(absl::StrFormat("top_p must be in (0, 1], got %.9g", top_p));
   }
   if (selector != SelectorKind::kFull && selector != SelectorKind::kQuest) {
     return bad(absl::StrFormat("unknown selector kind %d", static_cast<int32_t>(selector)));
@@ -74,10 +83,14 @@ absl::Status RuntimeConfig::Validate() const {
   }
   if (selector_budget_tokens == 0 &&
       !(selector_budget_fraction > 0.0f && selector_budget_fraction <= 1.0f)) {
-    return bad(absl::StrFormat("selector_budget_fraction must be in (0, 1], got %g",
+    return bad(absl::StrFormat("selector_budget_fraction must be in (0, 1], got %.9g",
                                selector_budget_fraction));
   }
-  if (sink_pages < 0) return bad(absl::StrFormat("sink_pages must be >= 0, got %d", sink_pages));
+  if (sink_pages < 0 || int64_t(sink_pages) * page_size > kMaxSinkTokens) {
+    return bad(absl::StrFormat(
+        "sink_pages must be in [0, %d] (at most %d sink tokens with page_size %d), got %d",
+        kMaxSinkTokens / page_size, kMaxSinkTokens, page_size, sink_pages));
+  }
   if (dense_layers < 0 || dense_layers > num_layers) {
     return bad(absl::StrFormat("dense_layers must be in [0, num_layers=%d], got %d", num_layers,
                                dense_layers));
@@ -102,6 +115,8 @@ struct Runtime::Impl {
   PageGeometry g;
   int64_t num_pages = 0;
   bool disk_tier = false;  // the backend reports its own pool usage
+  int64_t host_slots = 0;    // with a disk tier: host pool pages, and
+  int64_t disk_records = 0;  // records of the disk tier (num_pages = their sum - 1)
   std::unique_ptr<PageAllocator> allocator;
   std::unique_ptr<SequenceTable> table;
   std::unique_ptr<Backend> backend;
@@ -145,6 +160,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeConfig& co
     // Host slots + disk records - 1 logical pages (the slack is explained in
     // runtime/disk_residency.h).
     const int64_t host_slots = im.num_pages;
+    im.host_slots = host_slots;
+    im.disk_records = (*tier)->capacity();
     im.num_pages = std::min<int64_t>(host_slots - 1 + (*tier)->capacity(),
                                      std::numeric_limits<int32_t>::max());
     backend = CreateCpuBackendWithDisk(config, im.num_pages, host_slots, std::move(*tier));
@@ -288,22 +305,6 @@ absl::Status Runtime::AppendImpl(const char* what, int32_t layer, absl::Span<con
       }
     }
   }
-  // Host input in BF16/FP32 becomes FP16 here, so backends see one host format.
-  const int64_t elems = total * config_.num_kv_heads * config_.head_dim;
-  const void* k_in = k;
-  const void* v_in = v;
-  DType dtype_in = dtype;
-  std::vector<fp16_t> k16, v16;
-  if (space == MemSpace::kHost && dtype != DType::kFp16 && total > 0) {
-    k16.resize(size_t(elems));
-    v16.resize(size_t(elems));
-    ConvertToFp16(k, dtype, elems, k16.data());
-    ConvertToFp16(v, dtype, elems, v16.data());
-    k_in = k16.data();
-    v_in = v16.data();
-    dtype_in = DType::kFp16;
-  }
-
   std::unique_lock lock(im.mu);
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (!im.table->Contains(seqs[i])) {
@@ -313,8 +314,9 @@ absl::Status Runtime::AppendImpl(const char* what, int32_t layer, absl::Span<con
   }
   if (total == 0) return absl::OkStatus();
 
-  // Phase 1: pages for every sequence (all-or-nothing: a failure returns the pages of the
-  // sequences planned before it).
+  // Phase 1: pages for every sequence, before any input is read or converted (a 4M-token
+  // FP32 append to a full cache costs nothing). All-or-nothing: a failure returns the pages
+  // of the sequences planned before it.
   std::vector<AppendPlan> plans;
   plans.reserve(seqs.size());
   auto abort = [&](absl::Status s) {
@@ -327,7 +329,14 @@ absl::Status Runtime::AppendImpl(const char* what, int32_t layer, absl::Span<con
     if (counts[i] == 0) continue;
     absl::StatusOr<AppendPlan> plan = im.table->PlanAppend(seqs[i], layer, counts[i]);
     if (!plan.ok()) {
-      const absl::Status& st = plan.status();
+      absl::Status st = plan.status();
+      if (im.disk_tier && absl::IsResourceExhausted(st)) {
+        // The page ids span host pool and disk tier: when they run out, the disk tier is full.
+        st = absl::ResourceExhaustedError(absl::StrFormat(
+            "disk tier full: the host pool (%d pages) and the disk tier (%d records) hold %d "
+            "pages; %d are free, too few for %d more tokens",
+            im.host_slots, im.disk_records, im.num_pages, im.allocator->num_free(), counts[i]));
+      }
       return abort(absl::Status(
           st.code(), seqs.size() == 1
                          ? absl::StrFormat("%s: %s", what, st.message())
@@ -336,6 +345,26 @@ absl::Status Runtime::AppendImpl(const char* what, int32_t layer, absl::Span<con
                                            st.message())));
     }
     plans.push_back(std::move(*plan));
+  }
+  // Host input in BF16/FP32 becomes FP16 here, so backends see one host format.
+  const int64_t elems = total * config_.num_kv_heads * config_.head_dim;
+  const void* k_in = k;
+  const void* v_in = v;
+  DType dtype_in = dtype;
+  std::vector<fp16_t> k16, v16;
+  if (space == MemSpace::kHost && dtype != DType::kFp16) {
+    try {
+      k16.resize(size_t(elems));
+      v16.resize(size_t(elems));
+    } catch (const std::bad_alloc&) {
+      abort(absl::OkStatus()).IgnoreError();
+      throw;  // the C API reports TWL_OUT_OF_MEMORY
+    }
+    ConvertToFp16(k, dtype, elems, k16.data());
+    ConvertToFp16(v, dtype, elems, v16.data());
+    k_in = k16.data();
+    v_in = v16.data();
+    dtype_in = DType::kFp16;
   }
   // Phase 2: copy-on-write of shared partial pages (forks; rare).
   for (const AppendPlan& p : plans) {
@@ -395,6 +424,12 @@ absl::Status Runtime::Decode(int32_t layer, absl::Span<const SeqId> seqs, const 
         absl::StrFormat("decode: layer %d out of range [0, %d)", layer, config_.num_layers));
   }
   if (seqs.empty()) return absl::InvalidArgumentError("decode: empty batch");
+  // (sequence, head) items are counted in int32 by the stages.
+  if (int64_t(seqs.size()) * config_.num_q_heads > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "decode: %d sequences x %d query heads is more than 2^31 - 1 heads", seqs.size(),
+        config_.num_q_heads));
+  }
   if (q == nullptr || out == nullptr) return absl::InvalidArgumentError("decode: null q or out");
   if (space != MemSpace::kHost && space != MemSpace::kDevice) {
     return absl::InvalidArgumentError("decode: unknown memory space");
@@ -408,8 +443,8 @@ absl::Status Runtime::Decode(int32_t layer, absl::Span<const SeqId> seqs, const 
   }
   for (size_t i = 0; i < seq_p.size(); ++i) {
     if (!(seq_p[i] > 0.0f && seq_p[i] <= 1.0f)) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("decode: p of sequence %d is %g, must be in (0, 1]", seqs[i], seq_p[i]));
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "decode: p of sequence %d is %.9g, must be in (0, 1]", seqs[i], seq_p[i]));
     }
   }
 
@@ -426,7 +461,9 @@ absl::Status Runtime::Decode(int32_t layer, absl::Span<const SeqId> seqs, const 
   req.stream = stream;
   const bool dense = layer < config_.dense_layers;
   req.selector.kind = dense ? SelectorKind::kFull : config_.selector;
-  req.selector.sink_pages = config_.sink_pages;
+  // Sinks past the longest sequence change nothing; clamped so that the selector's sums
+  // (budget + sinks + 1) stay far from int32 overflow.
+  req.selector.sink_pages = std::min(config_.sink_pages, arrays.max_pages);
   // B0 from a token count, or a fraction of the longest sequence of the batch (one budget
   // per step keeps the selector's output stride fixed); at least one page.
   const double budget_tokens =
@@ -478,6 +515,7 @@ absl::Status Runtime::ReadKv(SeqId seq, int32_t layer, std::vector<fp16_t>* k,
 MemoryUsage Runtime::Memory() const {
   std::shared_lock lock(impl_->mu);
   MemoryUsage m = impl_->backend->Memory();
+  m.host_table_bytes = impl_->table->TableBytes();
   if (impl_->disk_tier) return m;  // the backend knows which pages are on the host
   // Pages have a fixed size, so the used share of the pool is the used share of the ids.
   m.host_pool_bytes_used = static_cast<int64_t>(double(m.host_pool_bytes_total) *

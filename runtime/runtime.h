@@ -35,6 +35,12 @@ enum class FetchPath : int32_t {
   kCopyEngine = 2 // cudaMemcpyBatchAsync / cudaMemcpyAsync
 };
 
+// Upper bounds of the configuration (RuntimeConfig::Validate refuses larger values): far
+// above any model, and low enough that sizes derived from them cannot overflow.
+inline constexpr int32_t kMaxLayers = 4096;       // each sequence holds a table per layer
+inline constexpr int32_t kMaxHeads = 1024;        // query heads (and so KV heads)
+inline constexpr int32_t kMaxSinkTokens = 1 << 30;  // sink_pages * page_size
+
 struct RuntimeConfig {
   // Model shape.
   int32_t num_layers = 1;
@@ -106,6 +112,7 @@ struct MemoryUsage {
   int64_t gpu_cache_bytes = 0;     // hot FP16 page cache on the GPU
   int64_t gpu_fp16_bytes = 0;      // FP16 KV on the GPU (HBM backend)
   int64_t disk_bytes = 0;          // disk tier file in use (records of spilled pages)
+  int64_t host_table_bytes = 0;    // sequence and page tables (num_layers records a sequence)
 };
 
 class Backend;        // runtime/backend.h

@@ -522,8 +522,29 @@ __global__ void __launch_bounds__(kTopPThreads)
     }
     return;  // CompactKeptKernel keeps every valid slot
   }
-  const float mx = head_max[sq] ? KeyFloat(head_max[sq]) : 0.0f;
   const float p = params.seq_p ? params.seq_p[s] : params.p;
+  if (p >= 1.0f) {
+    // p = 1 is dense over the candidates (as TopPThresholdRef): every valid slot, including
+    // those whose estimated weight underflowed to 0 (an INT4/INT2 estimate can put the true
+    // top token ~100 below the estimated maximum). p is per sequence, so the whole block
+    // takes this branch and the ballots below see every lane.
+    const int32_t len = batch.seq_len[s];
+    const int32_t* sel_pages = sel.pages + int64_t(pair) * sel.max_select;
+    for (int32_t base = 0; base < slots; base += blockDim.x) {
+      const int32_t i = base + threadIdx.x;
+      const bool keep =
+          i < slots && sel_pages[i / g.page_size] * g.page_size + i % g.page_size < len;
+      const uint32_t word = __ballot_sync(0xffffffffu, keep);
+      if (lane == 0 && word) atomicOr(&pair_bits[i >> 5], word);
+    }
+    if (threadIdx.x == 0) {
+      if (stats.selected) stats.selected[at] = nvalid;
+      if (stats.kept) stats.kept[at] = nvalid;
+      if (stats.est_mass) stats.est_mass[at] = nvalid > 0 ? 1.0f : 0.0f;
+    }
+    return;
+  }
+  const float mx = head_max[sq] ? KeyFloat(head_max[sq]) : 0.0f;
   const bool in_smem = slots <= kTopPSmemValues;
 
   // Pass 1: weights (into shared memory when they fit), their sum, the drop-floor level

@@ -18,7 +18,8 @@ constexpr int kSelectThreads = 512;
 // selector keeps anyway; else none (every page is selected).
 __device__ __forceinline__ bool RankedRange(const SelectorParams& p, int32_t num_pages,
                                             int32_t* first, int32_t* last) {
-  if (p.kind == SelectorKind::kFull || num_pages <= p.budget_pages + p.sink_pages + 1) {
+  if (p.kind == SelectorKind::kFull ||
+      num_pages <= int64_t(p.budget_pages) + p.sink_pages + 1) {  // 64 bits: no overflow
     return false;
   }
   *first = p.sink_pages;

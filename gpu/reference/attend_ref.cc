@@ -114,7 +114,10 @@ absl::Status SparseAttentionRef(const PageGeometry& g, const BatchView& batch, c
   if (absl::Status st = CheckAttention(g, batch, q, kv, &kept, out.out); !st.ok()) return st;
   ForEachHead(g, batch, q, kv, &kept, SoftmaxScale(g, softmax_scale),
               [&](int64_t at, const std::vector<float>& row) {
-                for (size_t j = 0; j < row.size(); ++j) out.out[at + int64_t(j)] = FloatToHalf(row[j]);
+                // out is the caller's buffer: any address.
+                for (size_t j = 0; j < row.size(); ++j) {
+                  StoreU16(out.out, at + int64_t(j), FloatToHalf(row[j]));
+                }
               });
   return absl::OkStatus();
 }
@@ -124,7 +127,10 @@ absl::Status DenseAttentionRef(const PageGeometry& g, const BatchView& batch, co
   if (absl::Status st = CheckAttention(g, batch, q, kv, nullptr, out.out); !st.ok()) return st;
   ForEachHead(g, batch, q, kv, nullptr, SoftmaxScale(g, softmax_scale),
               [&](int64_t at, const std::vector<float>& row) {
-                for (size_t j = 0; j < row.size(); ++j) out.out[at + int64_t(j)] = FloatToHalf(row[j]);
+                // out is the caller's buffer: any address.
+                for (size_t j = 0; j < row.size(); ++j) {
+                  StoreU16(out.out, at + int64_t(j), FloatToHalf(row[j]));
+                }
               });
   return absl::OkStatus();
 }

@@ -13,7 +13,8 @@ inline std::vector<float> QueryRow(const PageGeometry& g, const BatchView& b, co
                                    int32_t s, int32_t qh, float scale) {
   std::vector<float> row(size_t(g.head_dim));
   const fp16_t* src = q.q + (int64_t(s) * b.num_q_heads + qh) * g.head_dim;
-  for (int32_t j = 0; j < g.head_dim; ++j) row[size_t(j)] = HalfToFloat(src[j]) * scale;
+  // q is the caller's buffer (host decode): any address, so loads go through memcpy.
+  for (int32_t j = 0; j < g.head_dim; ++j) row[size_t(j)] = HalfToFloat(LoadU16(src, j)) * scale;
   return row;
 }
 

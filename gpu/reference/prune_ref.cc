@@ -15,6 +15,15 @@ namespace twl {
 TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
                             int32_t max_iterations) {
   TopPResult r;
+  if (p >= 1.0f) {
+    // p = 1 is dense: every candidate, including weights that underflowed to 0 (an INT4/INT2
+    // estimate can put the true top token more than ~104 below the estimated maximum, and
+    // exp then gives 0 for it). threshold -1 < every weight.
+    r.threshold = -1.0f;
+    r.kept = int32_t(w.size());
+    r.mass = w.empty() ? 0.0f : 1.0f;
+    return r;
+  }
   float total = 0.0f;
   float wmax = 0.0f;
   for (float x : w) {
@@ -34,11 +43,6 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
     *mass = m;
     return n;
   };
-  if (p >= 1.0f) {  // every non-zero weight; float sums could otherwise drop tiny ones
-    r.kept = count_above(0.0f, &r.mass);
-    r.mass /= total;
-    return r;
-  }
   const float target = p * total;
   float low = 0.0f;    // mass(> low) >= target
   float high = wmax;   // mass(> high) < target

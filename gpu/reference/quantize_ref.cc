@@ -16,7 +16,7 @@ void QuantizeRowRef(const PageGeometry& g, const fp16_t* k, uint8_t* codes, fp16
   float lo = std::numeric_limits<float>::infinity();
   float hi = -lo;
   for (int32_t j = 0; j < g.head_dim; ++j) {
-    const float x = HalfToFloat(k[j]);
+    const float x = HalfToFloat(LoadU16(k, j));  // k may be the caller's buffer: any address
     lo = std::min(lo, x);
     hi = std::max(hi, x);
   }
@@ -33,7 +33,7 @@ void QuantizeRowRef(const PageGeometry& g, const fp16_t* k, uint8_t* codes, fp16
     // the quotient may be NaN or out of int range, and converting that is undefined. NaN
     // fails both comparisons and becomes code 0.
     float r = 0.0f;
-    if (s > 0.0f) r = std::rint((HalfToFloat(k[j]) - z) / s);
+    if (s > 0.0f) r = std::rint((HalfToFloat(LoadU16(k, j)) - z) / s);
     const int32_t c = r >= float(max_code) ? max_code : (r > 0.0f ? int32_t(r) : 0);
     codes[j / per_byte] = uint8_t(codes[j / per_byte] | (c << ((j % per_byte) * g.k_bits)));
   }

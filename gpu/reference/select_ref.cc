@@ -47,7 +47,7 @@ absl::Status SelectPagesRef(const PageGeometry& g, const SelectorParams& params,
     const int32_t h = item % g.num_kv_heads;
     const int32_t num_pages = batch.NumPages(g, s);
     int32_t* dst = out.pages + int64_t(item) * out.max_select;
-    const int32_t keep_all = params.budget_pages + params.sink_pages + 1;
+    const int64_t keep_all = int64_t(params.budget_pages) + params.sink_pages + 1;  // no overflow
     if (params.kind == SelectorKind::kFull || num_pages <= keep_all) {
       std::iota(dst, dst + num_pages, 0);
       out.count[item] = num_pages;

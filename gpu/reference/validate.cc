@@ -94,7 +94,7 @@ absl::Status ValidateBatchPages(const PageGeometry& g, const BatchView& b, int64
 
 absl::Status ValidateP(float p) {
   if (!(p > 0.0f && p <= 1.0f)) {  // also rejects NaN
-    return absl::InvalidArgumentError(absl::StrFormat("top-p must be in (0, 1], got %g", p));
+    return absl::InvalidArgumentError(absl::StrFormat("top-p must be in (0, 1], got %.9g", p));
   }
   return absl::OkStatus();
 }

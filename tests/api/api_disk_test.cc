@@ -29,7 +29,9 @@ using twl_test::ToFloat;
 
 // SmallConfig: 2 KV heads x head dim 32 x page 8 tokens: 2 KiB of FP16 per page.
 constexpr int64_t kPageBytes = 2 * 2 * 8 * 32 * 2;
-constexpr int64_t kRecordBytes = 4096;  // a record is a page rounded up to 4 KiB on disk
+// A record is a page rounded up to the file's I/O alignment (512 bytes where the filesystem
+// allows it): 2 KiB pages take 2 KiB.
+constexpr int64_t kRecordBytes = kPageBytes;
 
 class TempDir {
  public:

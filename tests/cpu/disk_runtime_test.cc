@@ -498,7 +498,7 @@ TEST(DiskResidency, RandomReserveAndReleaseKeepEveryPageIntact) {
   const int64_t page_elems = int64_t(g.num_kv_heads) * g.FpBlockElems();
   for (int32_t slots : {1, 2, 5}) {
     const int32_t records = 12;
-    config.disk_bytes = records * 4096;  // the stride of a 256-byte record
+    config.disk_bytes = records * 512;  // the stride of a 256-byte record (packed)
     auto tier = CreatePageDiskTier(config);
     ASSERT_TRUE(tier.ok()) << tier.status();
     const int32_t pages = slots - 1 + records;  // every page live: each swap is tight

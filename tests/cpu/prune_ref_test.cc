@@ -85,9 +85,10 @@ TEST(TopPThreshold, Extremes) {
   std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + 1);
   for (int trial = 0; trial < 50; ++trial) {
     auto w = RandomWeights(rng, 1 + int32_t(rng() % 500));
-    w.push_back(0.0f);  // an underflowed weight is never kept
-    const int32_t nonzero = int32_t(std::count_if(w.begin(), w.end(), [](float x) { return x > 0; }));
-    EXPECT_EQ(TopPThresholdRef(w, 1.0f).kept, nonzero);
+    w.push_back(0.0f);  // an underflowed weight: kept by p = 1 (dense), by no p < 1
+    EXPECT_EQ(TopPThresholdRef(w, 1.0f).kept, int32_t(w.size()));
+    const TopPResult almost = TopPThresholdRef(w, 0.999999f, 0.0f);
+    EXPECT_LT(almost.kept, int32_t(w.size()));
     // p -> 0 keeps exactly the argmax.
     const TopPResult tiny = TopPThresholdRef(w, 1e-7f, 0.0f);
     ASSERT_EQ(tiny.kept, 1);

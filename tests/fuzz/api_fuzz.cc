@@ -19,6 +19,13 @@
 // read/write faults (EIO, ENOSPC, short transfers) through the process-wide fault injector, and
 // the calls that move pages may return TWL_IO_ERROR / TWL_CAPACITY_EXHAUSTED, with the same
 // oracle: whatever they return, the data stays equal to the model.
+// Three classes are widened on purpose (issue 15): tunables whose sums and products overflow
+// (INT32_MAX sinks, budgets, page sizes, 2^24 layers, huge GQA groups: refused at create or
+// harmless, never TWL_INTERNAL); buffers at odd addresses (k, v, q, out, seqs, seq_p and the
+// read-back buffers are copied to 1..7 bytes past an aligned address, chosen by a generator of
+// their own so that the input layout is unchanged; results must equal the model exactly as
+// for aligned buffers); and file types for save/restore (a FIFO, a symbolic link, a directory:
+// restore must not block and must refuse, save must leave them as they were).
 // Any violation aborts, which libFuzzer reports as a crash. The same file runs without
 // libFuzzer through replay_main.cc (ctest fuzz_corpus_replay).
 #include <fcntl.h>
@@ -189,6 +196,24 @@ bool Allowed(twl_status s, const std::vector<twl_status>& allowed) {
   return std::find(allowed.begin(), allowed.end(), s) != allowed.end();
 }
 
+// A buffer at an odd address: `bytes` of src (or zeros) placed `offset` (1..7) bytes past an
+// 8-aligned address inside *storage. offset 0: src itself (aligned as the caller gave it).
+template <typename T>
+T* Misaligned(std::vector<uint64_t>* storage, T* src, size_t bytes, int offset) {
+  if (offset == 0 || src == nullptr) return src;
+  storage->assign(bytes / 8 + 2, 0);
+  unsigned char* at = reinterpret_cast<unsigned char*>(storage->data()) + offset;
+  if (bytes) std::memcpy(at, src, bytes);
+  return static_cast<T*>(static_cast<void*>(at));
+}
+
+// The misalignment of one call's buffers, from a generator of its own (not the input), so
+// that adding it changed no input's meaning: a quarter of the calls use odd addresses.
+int OddOffset(uint32_t seed) {
+  Rng r(uint64_t(seed) ^ 0xa11c0ffeeull);
+  return r.Next() % 4 == 0 ? int(1 + r.Next() % 7) : 0;
+}
+
 class Harness {
  public:
   explicit Harness(Bytes* in) : in_(*in) {}
@@ -227,19 +252,22 @@ class Harness {
   // ---- runtime -------------------------------------------------------------------------------
   twl_runtime_config DecodeConfig() {
     twl_runtime_config c = twl_runtime_config_default();
-    const int32_t layers[] = {1, 2, 3, 2, 1, 0, -1, 64, 1000};
-    const int32_t kv_heads[] = {1, 2, 3, 1, 0, -2, 40};
-    const int32_t groups[] = {1, 2, 3, 1, 0};
-    const int32_t dims[] = {8, 16, 32, 8, 16, 0, 12, -8, 7, 512};
-    const int32_t pages[] = {4, 1, 3, 7, 16, 0, -1, 4097, 5};
+    // Values past the first rows overflow an int32 somewhere if accepted (issue 15): they are
+    // appended at the end of each table, so the seeds' indices keep their meaning.
+    const int32_t layers[] = {1, 2, 3, 2, 1, 0, -1, 64, 1000, 4096, 4097, 1 << 24, INT32_MAX};
+    const int32_t kv_heads[] = {1, 2, 3, 1, 0, -2, 40, 1024, 1025, INT32_MAX};
+    const int32_t groups[] = {1, 2, 3, 1, 0, 1 << 20, INT32_MAX};
+    const int32_t dims[] = {8, 16, 32, 8, 16, 0, 12, -8, 7, 512, INT32_MAX};
+    const int32_t pages[] = {4, 1, 3, 7, 16, 0, -1, 4097, 5, 4096, INT32_MAX};
     const int32_t bits[] = {0, 2, 4, 8, 16, 4, 3, -4, 32};
     const float ps[] = {0.0f, 0.9f, 1.0f, 0.5f, 1.0f, 1e-30f, 1.5f, -0.1f, NAN, INFINITY};
     const twl_selector selectors[] = {TWL_SELECTOR_DEFAULT, TWL_SELECTOR_QUEST, TWL_SELECTOR_FULL,
                                       TWL_SELECTOR_FULL, kBadSelector};
-    const int32_t budgets[] = {0, 0, 1, 8, 1000, -1};
+    const int32_t budgets[] = {0, 0, 1, 8, 1000, -1, INT32_MAX, INT32_MAX - 1};
     const float fractions[] = {0.0f, 0.25f, 1.0f, 0.01f, 1.5f, -0.5f, NAN};
-    const int32_t sinks[] = {-1, 0, 1, 3, -5, 1 << 20};
-    const int32_t dense[] = {-1, 0, 1, 2, 0, 5, -3};
+    const int32_t sinks[] = {-1, 0, 1, 3, -5, 1 << 20, INT32_MAX, INT32_MAX - 1, (1 << 30) / 4,
+                             (1 << 30) / 4 + 1, (1 << 30) / 16};
+    const int32_t dense[] = {-1, 0, 1, 2, 0, 5, -3, INT32_MAX};
     // No absurd pools here: a real allocation failure is tested deterministically in
     // capi_fault_test.cc (under ASan a terabyte request would be granted lazily and then the
     // per-page bookkeeping would exhaust the fuzzer's memory limit, which is not a bug).
@@ -254,7 +282,8 @@ class Harness {
     const int32_t telemetry[] = {-1, 1, 0, 2};
     c.num_layers = in_.From(layers);
     c.num_kv_heads = in_.From(kv_heads);
-    c.num_q_heads = c.num_kv_heads * in_.From(groups);
+    c.num_q_heads = int32_t(std::clamp<int64_t>(int64_t(c.num_kv_heads) * in_.From(groups),
+                                                INT32_MIN, INT32_MAX));
     c.head_dim = in_.From(dims);
     c.page_size = in_.From(pages);
     c.k_bits = in_.From(bits);
@@ -276,7 +305,8 @@ class Harness {
     switch (in_.Pick(8)) {
       case 5:
       case 6: {
-        const int64_t sizes[] = {64 << 10, 256 << 10, 16 << 10, 4096, 1};
+        const int64_t sizes[] = {64 << 10, 256 << 10, 16 << 10, 4096, 1, INT64_MAX,
+                                 int64_t(1) << 50};
         c.disk_path = TempDir().c_str();
         c.disk_bytes = in_.From(sizes);
         break;
@@ -305,12 +335,18 @@ class Harness {
         c.num_q_heads % c.num_kv_heads != 0 || !one_of(c.head_dim, {8, 16, 32, 64, 128, 256})) {
       return "shape";
     }
+    if (c.num_layers > 4096 || c.num_q_heads > 1024) return "shape bounds";
     if (c.page_size < 0 || c.page_size > 4096 || !one_of(c.k_bits, {0, 2, 4, 8, 16})) return "page size or k_bits";
     if (!(c.top_p >= 0.0f && c.top_p <= 1.0f)) return "top_p";  // 0: library chooses; NaN fails
     if (!one_of(int32_t(c.selector), {0, 1, 2}) || c.selector_budget_tokens < 0) return "selector or budget tokens";
     if (!(c.selector_budget_fraction >= 0.0f && c.selector_budget_fraction <= 1.0f)) return "budget fraction";
     if (c.sink_pages < -1 || c.dense_layers < -1 || c.dense_layers > c.num_layers) return "sinks or dense layers";
     if (c.host_pool_bytes < 0 || c.gpu_cache_bytes < 0) return "pool sizes";
+    {
+      const int64_t page = c.page_size == 0 ? 16 : c.page_size;
+      const int64_t sinks = c.sink_pages == -1 ? 1 : c.sink_pages;
+      if (sinks * page > (int64_t(1) << 30)) return "sink tokens above 2^30";
+    }
     if (!one_of(int32_t(c.fetch_path), {0, 1, 2}) || !one_of(int32_t(c.backend), {0, 1, 2, 3})) {
       return "fetch path or backend";
     }
@@ -541,7 +577,8 @@ class Harness {
   void OpAppend() {
     const twl_seq_id seq = PickSeq();
     const int32_t layer = PickLayer();
-    Rng rng(in_.U32());
+    const uint32_t seed = in_.U32();
+    Rng rng(seed);
     const int n_mode = in_.Pick(12);
     int32_t n = 1 + in_.Pick(24);
     bool null_k = false, null_v = false;
@@ -616,6 +653,12 @@ class Harness {
     if (elems == 0) kp = vp = nullptr;
     if (null_k) kp = nullptr;
     if (null_v) vp = nullptr;
+    // Host buffers at odd addresses must append the same values.
+    std::vector<uint64_t> k_odd, v_odd;
+    const int odd = space == TWL_MEMORY_HOST ? OddOffset(seed) : 0;
+    const size_t in_bytes = elems * (dtype == TWL_DTYPE_FP32 ? 4 : 2);
+    kp = Misaligned(&k_odd, kp, in_bytes, odd);
+    vp = Misaligned(&v_odd, vp, in_bytes, odd);
 
     // What may come back: the code of any one thing wrong with the call.
     SeqModel* m = Find(seq);
@@ -637,8 +680,9 @@ class Harness {
         if (armed_) allowed.push_back(TWL_IO_ERROR);
       }
     }
-    TRACE("append seq %lld layer %d n %d dtype %d space %d raw %d null %d%d\n", (long long)seq,
-          layer, n, int(dtype), int(space), int(raw), int(kp == nullptr), int(vp == nullptr));
+    TRACE("append seq %lld layer %d n %d dtype %d space %d raw %d null %d%d odd %d\n",
+          (long long)seq, layer, n, int(dtype), int(space), int(raw), int(kp == nullptr),
+          int(vp == nullptr), odd);
     const int64_t used_before = PoolUsed();
     const twl_status s = twl_sequence_append(rt_, seq, layer, n, kp, vp, dtype, space);
     Expect(s, allowed, "twl_sequence_append", rt_);
@@ -786,9 +830,19 @@ class Harness {
       }
     }
     int32_t out_len = -9;
+    // Odd addresses for the output buffers too; copied back for the checks below.
+    std::vector<uint64_t> k_odd, v_odd;
+    const int odd = OddOffset(uint32_t(counter_ * 2654435761u + uint32_t(mode)));
+    ++counter_;
+    uint16_t* kb = Misaligned(&k_odd, k.data(), k.size() * 2, odd);
+    uint16_t* vb = Misaligned(&v_odd, v.data(), v.size() * 2, odd);
     const twl_status s = twl_sequence_read_kv(
-        rt_, seq, layer, null_buffers ? nullptr : k.data(), null_buffers ? nullptr : v.data(),
+        rt_, seq, layer, null_buffers ? nullptr : kb, null_buffers ? nullptr : vb,
         capacity, null_len ? nullptr : &out_len);
+    if (odd != 0) {
+      std::memcpy(k.data(), kb, k.size() * 2);
+      std::memcpy(v.data(), vb, v.size() * 2);
+    }
     Expect(s, allowed, "twl_sequence_read_kv", rt_);
     if (s == TWL_OK) {
       FUZZ_CHECK(out_len == len, "read_kv len %d vs model %d", out_len, len);
@@ -888,7 +942,8 @@ class Harness {
                                        kBadSpace};
     const twl_memory_space space = in_.From(spaces);
     const bool null_q = in_.Pick(16) == 0, null_seqs = in_.Pick(16) == 0;
-    Rng rng(in_.U32());
+    const uint32_t seed = in_.U32();
+    Rng rng(seed);
     const bool raw = in_.Pick(16) == 0;
     const size_t q_row = size_t(cfg_.num_q_heads) * cfg_.head_dim;
     std::vector<uint16_t> q(seqs.size() * q_row);
@@ -933,10 +988,19 @@ class Harness {
       if (disk_) allowed.push_back(TWL_CAPACITY_EXHAUSTED);  // more kept pages than host slots
       if (armed_) allowed.push_back(TWL_IO_ERROR);
     }
-    const twl_status s =
-        twl_decode(rt_, layer, null_seqs ? nullptr : seqs.data(), num_seqs,
-                   null_q ? nullptr : q.data(), out.data(), space, use_p ? p.data() : nullptr,
-                   nullptr);
+    // q, out, seqs and seq_p at odd addresses (host memory needs no alignment); out is copied
+    // back for the checks below.
+    const int odd = space == TWL_MEMORY_HOST ? OddOffset(seed) : 0;
+    std::vector<uint64_t> q_odd, out_odd, seqs_odd, p_odd;
+    const uint16_t* qb = Misaligned(&q_odd, q.data(), q.size() * 2, odd);
+    uint16_t* ob = Misaligned(&out_odd, out.data(), out.size() * 2, odd);
+    const twl_seq_id* sb =
+        Misaligned(&seqs_odd, seqs.data(), seqs.size() * sizeof(twl_seq_id), odd);
+    const float* pb = Misaligned(&p_odd, p.data(), p.size() * sizeof(float), odd);
+    const twl_status s = twl_decode(rt_, layer, null_seqs ? nullptr : sb, num_seqs,
+                                    null_q ? nullptr : qb, ob, space, use_p ? pb : nullptr,
+                                    nullptr);
+    if (odd != 0) std::memcpy(out.data(), ob, out.size() * 2);
     Expect(s, allowed, "twl_decode", rt_);
     if (s != TWL_OK) {
       if (s == TWL_INVALID_ARGUMENT || s == TWL_NOT_FOUND || s == TWL_FAILED_PRECONDITION ||
@@ -1181,6 +1245,7 @@ class Harness {
     std::vector<twl_status> allowed;
     std::vector<uint8_t> existing;
     bool had_file = false;
+    int special = 0;  // 1 FIFO, 2 directory, 3 symbolic link at path
     if (mode == 0) {
       arg = nullptr;
       allowed.push_back(TWL_INVALID_ARGUMENT);
@@ -1195,6 +1260,16 @@ class Harness {
       path = files_[size_t(in_.Pick(int(files_.size())))].path;
       arg = path.c_str();
       had_file = ReadFile(path, &existing);
+    } else if (mode == 4) {  // not a regular file at path: never replaced
+      special = 1 + in_.Pick(3);
+      if (special == 1) FUZZ_CHECK(mkfifo(arg, 0600) == 0, "mkfifo %s", arg);
+      if (special == 2) FUZZ_CHECK(mkdir(arg, 0700) == 0, "mkdir %s", arg);
+      if (special == 3) {
+        const std::string target = NewPath("target");
+        WriteFile(target, {1, 2, 3});
+        FUZZ_CHECK(symlink(target.c_str(), arg) == 0, "symlink %s", arg);
+      }
+      allowed.push_back(TWL_IO_ERROR);
     }
     if (!Find(seq)) allowed.push_back(TWL_NOT_FOUND);
     if (allowed.empty()) {
@@ -1203,6 +1278,15 @@ class Harness {
     }
     const twl_status s = twl_sequence_save(rt_, seq, arg);
     Expect(s, allowed, "twl_sequence_save", rt_);
+    if (special != 0) {
+      struct stat st;
+      FUZZ_CHECK(lstat(arg, &st) == 0 &&
+                     (special == 1   ? S_ISFIFO(st.st_mode)
+                      : special == 2 ? S_ISDIR(st.st_mode)
+                                     : S_ISLNK(st.st_mode)),
+                 "save replaced a %s", special == 1 ? "FIFO" : special == 2 ? "directory" : "link");
+      return;
+    }
     if (s == TWL_OK) {
       for (SavedFile& f : files_) {
         if (f.path == path) f.model = model_.at(seq);
@@ -1285,8 +1369,27 @@ class Harness {
       path = TempDir() + "/never-written";
       allowed = {TWL_IO_ERROR};
     } else if (mode == 8) {
-      path = TempDir();  // a directory
-      allowed = {TWL_IO_ERROR, TWL_CORRUPT_DATA};
+      // Not a regular file: refused at once (a FIFO must not block); a link to a save restores.
+      const int kind = in_.Pick(4);
+      if (kind == 0) {
+        path = TempDir();  // a directory
+      } else {
+        path = NewPath(kind == 1 ? "fifo" : "link");
+        std::string fifo = path;
+        if (kind == 2) fifo = NewPath("fifo");
+        if (kind != 3) FUZZ_CHECK(mkfifo(fifo.c_str(), 0600) == 0, "mkfifo %s", fifo.c_str());
+        if (kind >= 2) {
+          const std::string target = kind == 3 && src != nullptr ? src->path : fifo;
+          FUZZ_CHECK(symlink(target.c_str(), path.c_str()) == 0, "symlink %s", path.c_str());
+        }
+      }
+      allowed = {TWL_IO_ERROR};
+      if (kind == 3 && src != nullptr) {
+        allowed = {TWL_OK, TWL_CAPACITY_EXHAUSTED, TWL_OUT_OF_MEMORY};
+        expect_model = true;
+      } else if (kind == 3) {
+        allowed = {TWL_IO_ERROR};  // a dangling link
+      }
     } else {
       twl_seq_id id = 5;
       Expect(twl_sequence_restore(rt_, nullptr, &id), {TWL_INVALID_ARGUMENT},

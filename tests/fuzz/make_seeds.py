@@ -20,6 +20,13 @@ CONFIGS = {
     "exact-k16-tiny-pool": [1, 1, 2, 0, 0, 4, 1, 1, 1, 1, 3, 1, 2, 0, 0, 0, 0, 0, 4],
     "bad-config-fallback": [5, 4, 4, 6, 7, 6, 8, 4, 5, 6, 4, 6, 6, 2, 3, 6, 3, 3, 1],
     "newer-struct-size": [1, 1, 1, 1, 4, 2, 2, 2, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 2],
+    # Issue 15: tunables at and past the bounds that keep sums from overflowing (the tables'
+    # appended values), each followed by the disk pick (4: none) and struct-size mode 7 (plain).
+    "overflow-sinks-int32-max": [1, 1, 1, 1, 4, 2, 2, 2, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 4, 7],
+    "sinks-at-2p30-tokens": [1, 1, 1, 1, 4, 2, 2, 1, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 4, 7],
+    "budget-int32-max": [1, 1, 1, 1, 4, 2, 1, 1, 6, 0, 2, 0, 0, 0, 0, 0, 0, 0, 4, 7],
+    "layers-4097-groups-2p20": [10, 1, 5, 1, 4, 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 7],
+    "pages-int32-max": [1, 1, 1, 1, 10, 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 7],
 }
 
 def start():
