@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "gpu/cuda/prune.cuh"
+#include "gpu/cuda/prune_grow.cuh"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "gpu/reference/validate.h"
@@ -18,6 +19,7 @@ struct PruneLayout {
   float* scores = nullptr;     // [num_seqs * num_q_heads][cand_stride]
   uint32_t* bits = nullptr;    // [num_seqs * num_kv_heads][bit_words], then
   uint32_t* head_max = nullptr;  // [num_seqs * num_q_heads] (one memset clears both)
+  cuda::GrowWork grow;           // growing Quest only
   size_t clear_bytes = 0;
   size_t bytes = 0;
 };
@@ -34,6 +36,12 @@ PruneLayout Layout(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
   l.bits = c.Take<uint32_t>(bit_words + heads);
   l.head_max = l.bits ? l.bits + bit_words : nullptr;
   l.clear_bytes = (bit_words + heads) * sizeof(uint32_t);
+  const size_t per_head = heads * size_t(max_select);
+  l.grow.page_mass = c.Take<float>(per_head);
+  l.grow.page_max = c.Take<float>(per_head);
+  l.grow.in_set = c.Take<uint8_t>(size_t(num_seqs) * size_t(g.num_kv_heads) * size_t(max_select));
+  l.grow.head_p = c.Take<float>(heads);
+  l.grow.head_ratio = c.Take<float>(heads);
   l.bytes = c.used();
   return l;
 }
@@ -62,6 +70,12 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
   TWL_RETURN_IF_ERROR(ValidateBatch(g, batch, /*check_host_data=*/false));
   TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
   TWL_RETURN_IF_ERROR(ValidateP(params.p));  // seq_p lives on the device: checked by the caller
+  const bool grow = selection.bound != nullptr && !params.dense;
+  if (grow && (!selection.limit ||
+               !(params.remainder_share > 0.0f && params.remainder_share < 1.0f))) {
+    return absl::InvalidArgumentError(
+        "prune: growing needs the selection's limit and remainder_share in (0, 1)");
+  }
   const int32_t group = batch.num_q_heads / g.num_kv_heads;
   TWL_RETURN_IF_ERROR(cuda::CheckGroup(group));
   if (!q.q || !selection.pages || !selection.count || !out.tokens || !out.count) {
@@ -134,8 +148,27 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
       TWL_RETURN_IF_ERROR(LaunchStatus("ScoreScalarKernel"));
     }
   }
-  TWL_RETURN_IF_ERROR(Mark(ev, 1, st));
   const int64_t heads = int64_t(batch.num_seqs) * batch.num_q_heads;
+  if (grow) {
+    if (heads > 65535) return absl::InvalidArgumentError("prune: more than 65535 query heads");
+    const unsigned page_chunks =
+        unsigned((selection.max_select + cuda::kMassThreads - 1) / cuda::kMassThreads);
+    cuda::PageMassKernel<<<dim3(page_chunks, unsigned(heads)), cuda::kMassThreads, 0, st>>>(
+        g, batch, selection, shape, l.scores, l.head_max, l.grow);
+    TWL_RETURN_IF_ERROR(LaunchStatus("PageMassKernel"));
+    cuda::GrowSearchKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
+        g, params, batch, selection, shape, l.head_max, l.grow, stats);
+    TWL_RETURN_IF_ERROR(LaunchStatus("GrowSearchKernel"));
+    const unsigned slot_chunks = unsigned(std::min<int64_t>(
+        64, (cand + cuda::kMassThreads - 1) / cuda::kMassThreads));
+    cuda::MaskNonCandidatesKernel<<<dim3(slot_chunks, unsigned(heads)), cuda::kMassThreads, 0,
+                                     st>>>(g, batch, selection, shape, l.scores, l.grow);
+    TWL_RETURN_IF_ERROR(LaunchStatus("MaskNonCandidatesKernel"));
+    shape.head_p = l.grow.head_p;
+    shape.head_ratio = l.grow.head_ratio;
+    shape.in_set = l.grow.in_set;
+  }
+  TWL_RETURN_IF_ERROR(Mark(ev, 1, st));
   if (cudaFuncSetAttribute(cuda::TopPKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            int(cuda::kTopPSmemBytes)) != cudaSuccess) {
     return LaunchStatus("TopPKernel smem attribute");
