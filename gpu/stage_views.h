@@ -80,6 +80,10 @@ struct PrunerParams {
   // most p / (1 - remainder_share * (1 - p)) of A: smaller shares score more pages and keep
   // fewer extra tokens. In (0, 1).
   float remainder_share = 0.2f;
+  // GPU work plan of the growth (the result does not depend on it): first score the forced
+  // pages and about this many top-bound pages, and every page only for a (sequence, KV head)
+  // that needs more. -1: 1/16 of the pages, at least 64; 0: every page at once.
+  int32_t grow_seed_pages = -1;
 };
 
 // Tokens kept per (sequence, KV head): the union over the group's query heads, ascending

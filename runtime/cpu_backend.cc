@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -463,8 +464,9 @@ class CpuBackend final : public Backend {
         for (int32_t i = 0; i < n; ++i) {
           float key = -std::numeric_limits<float>::infinity();
           for (int32_t j = 0; j < group; ++j) {
-            key = std::max(key, sel.bound[(int64_t(s) * b.num_q_heads + h * group + j) *
-                                              sel.max_select + i]);
+            const float bd =
+                sel.bound[(int64_t(s) * b.num_q_heads + h * group + j) * sel.max_select + i];
+            key = std::isnan(bd) ? std::numeric_limits<float>::infinity() : std::max(key, bd);
           }
           const int32_t page = b.PageId(s, sel.pages[item * sel.max_select + i]);
           if (key == std::numeric_limits<float>::infinity()) {

@@ -45,6 +45,8 @@ struct PruneShape {
   const float* head_p = nullptr;
   const float* head_ratio = nullptr;
   const uint8_t* in_set = nullptr;
+  // Growing, second stage: only the (sequence, KV head) pairs flagged here are scored.
+  const int32_t* only = nullptr;
 };
 
 // Order-preserving float <-> uint32 keys (0 is below every float; atomicMax on keys).
@@ -138,6 +140,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
   __shared__ int32_t run_rows[kScoreMaxPages];  // rows of run page i inside the sequence
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int32_t pair = blockIdx.y;
+  if (shape.only && !shape.only[pair]) return;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t slots = sel.count[pair] * g.page_size;
   const int32_t t_begin = blockIdx.x * tiles_per_block;
@@ -312,6 +315,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32)
                       uint32_t* __restrict__ head_max) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int32_t pair = blockIdx.y;
+  if (shape.only && !shape.only[pair]) return;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t slot = blockIdx.x * kScoreWarps + warp;
   if (slot >= sel.count[pair] * g.page_size) return;

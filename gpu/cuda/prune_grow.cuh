@@ -1,5 +1,11 @@
-// Growing Quest on the GPU (see GrowCandidatesRef): after the score kernel has estimated every
-// row of every page,
+// Growing Quest on the GPU (see GrowCandidatesRef), in two stages so that the pruner's work
+// follows its candidates. Stage 1 scores a seed list per (sequence, KV head): the forced pages
+// and the largest whole-level set of at most `seed` top-bound pages (SeedListKernel). If the
+// growth rule already holds with every seed page in, the rule's smallest level set lies
+// inside the seed (the rule is monotone), so the search below over the seed gives exactly the
+// reference's set; otherwise the pair is flagged, its list becomes every page and stage 2
+// scores and searches it again (only flagged pairs do work). Each stage, after the score
+// kernel has estimated every row of the listed pages:
 //  1. PageMassKernel: per (query head, page) the sum of exp(est - M) over the page's rows and
 //     their max (M: the head's max estimate over the whole sequence);
 //  2. GrowSearchKernel, one block per (sequence, KV head): the smallest whole-level set of
@@ -26,11 +32,16 @@ constexpr int kGrowThreads = 256;  // one thread per radix digit
 constexpr int kMassThreads = 256;
 
 struct GrowWork {
-  float* page_mass = nullptr;   // [num_seqs * num_q_heads][max_select]
-  float* page_max = nullptr;    // [num_seqs * num_q_heads][max_select]
-  uint8_t* in_set = nullptr;    // [num_seqs * num_kv_heads][max_select]
+  float* page_mass = nullptr;   // [num_seqs * num_q_heads][max_select] by list entry
+  float* page_max = nullptr;    // [num_seqs * num_q_heads][max_select] by list entry
+  uint8_t* in_set = nullptr;    // [num_seqs * num_kv_heads][max_select] by list entry
   float* head_p = nullptr;      // [num_seqs * num_q_heads]
   float* head_ratio = nullptr;  // [num_seqs * num_q_heads]
+  // The list the pruner scores: ascending page indices (the seed, or every page).
+  int32_t* list_pages = nullptr;  // [num_seqs * num_kv_heads][max_select]
+  int32_t* list_count = nullptr;  // [num_seqs * num_kv_heads]
+  int32_t* list_pos = nullptr;    // [num_seqs * num_kv_heads][max_select] page -> entry or -1
+  int32_t* need = nullptr;        // [num_seqs * num_kv_heads] 1: stage 2 scores every page
 };
 
 __device__ __forceinline__ float HeadShift(const uint32_t* head_max, int32_t sq) {
@@ -45,6 +56,7 @@ __global__ void __launch_bounds__(kMassThreads)
   const int32_t sq = blockIdx.y;
   const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
   const int32_t pair = s * g.num_kv_heads + qh / shape.group;
+  if (shape.only && !shape.only[pair]) return;
   const int32_t i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= sel.count[pair]) return;
   const float mx = HeadShift(head_max, sq);
@@ -84,16 +96,118 @@ struct KeyCut {
   }
 };
 
-// One block per (sequence, KV head). head_max is rewritten to the max over the candidates.
+// Key of page i of (s, KV head h): max of its query heads' bounds; +inf = forced.
+// A NaN bound (NaN q or K) bounds nothing: such a page is forced, as in the reference.
+__device__ __forceinline__ uint32_t GrowKey(const SelectionView& sel, int32_t sq0, int32_t G,
+                                            int32_t i, bool* forced) {
+  float k = -INFINITY;
+  for (int j = 0; j < G; ++j) {
+    const float b = sel.bound[int64_t(sq0 + j) * sel.max_select + i];
+    k = isnan(b) ? INFINITY : fmaxf(k, b);
+  }
+  *forced = k == INFINITY;
+  return FloatKey(k);
+}
+
+// Radix search by page counts over the ranked pages (those with `eligible`): the largest
+// whole-level set with at most `cap` pages. Every thread returns the same cut.
+template <typename Eligible>
+__device__ KeyCut CountCut(GrowSmem& sm, const SelectionView& sel, int32_t sq0, int32_t G,
+                           int32_t n, int32_t cap, Eligible eligible) {
+  const int t = threadIdx.x;
+  KeyCut cc;
+  int cnt_hi = 0;
+  bool whole = false;
+  for (int shift = 24; shift >= 0 && !whole; shift -= 8) {
+    for (int d = t; d < 256; d += blockDim.x) sm.hc[d] = 0;
+    __syncthreads();
+    for (int32_t i = t; i < n; i += blockDim.x) {
+      bool forced;
+      const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+      if (forced || !eligible(i) || (key & cc.mask) != cc.prefix) continue;
+      atomicAdd(&sm.hc[(key >> shift) & 255u], 1);
+    }
+    __syncthreads();
+    if (t == 64) {
+      int acc = 0;
+      sm.cum_c[256] = 0;
+      for (int d = 255; d >= 0; --d) sm.cum_c[d] = (acc += sm.hc[d]);
+    }
+    if (t == 0) sm.best = 256;
+    __syncthreads();
+    if (t < 256 && cnt_hi + sm.cum_c[t] <= cap) atomicMin(&sm.best, t);
+    __syncthreads();
+    const int d = sm.best;
+    if (d == 0) {
+      whole = true;  // the whole bucket fits
+    } else {
+      cnt_hi += sm.cum_c[d];
+      cc.prefix |= uint32_t(d - 1) << shift;  // digit d - 1 does not fit whole: look inside
+      cc.mask |= 255u << shift;
+    }
+    __syncthreads();
+  }
+  cc.strict = !whole;
+  return cc;
+}
+
+// One block per (sequence, KV head): the stage-1 list (forced pages + the largest level set
+// of at most `seed` ranked pages, ascending), list_pos, need = 0.
 __global__ void __launch_bounds__(kGrowThreads)
-    GrowSearchKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
-                     PruneShape shape, uint32_t* __restrict__ head_max, GrowWork work,
-                     HeadStatsView stats) {
+    SeedListKernel(PageGeometry g, BatchView batch, SelectionView sel, PruneShape shape,
+                   int32_t seed, GrowWork work) {
   __shared__ GrowSmem sm;
+  __shared__ int scan[33];
   const int32_t pair = blockIdx.x;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t G = shape.group;
   const int32_t n = sel.count[pair];
+  const int32_t sq0 = s * batch.num_q_heads + h * G;
+  // seed < 0: auto (1/16 of the pages, at least 64); 0: every page (one stage).
+  const int32_t want = seed < 0 ? max(64, (n + 15) / 16) : (seed == 0 ? 0x7fffffff : seed);
+  const int32_t cap = min(want, sel.limit[pair]);
+  const KeyCut cut = CountCut(sm, sel, sq0, G, n, cap, [](int32_t) { return true; });
+  int32_t* list = work.list_pages + int64_t(pair) * sel.max_select;
+  int32_t* pos = work.list_pos + int64_t(pair) * sel.max_select;
+  int base = 0;
+  for (int32_t b0 = 0; b0 < n; b0 += blockDim.x) {
+    const int32_t i = b0 + threadIdx.x;
+    bool in = false;
+    if (i < n) {
+      bool forced;
+      const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+      in = forced || cut.In(key);
+    }
+    int total;
+    const int at = base + BlockExclusiveSum(in ? 1 : 0, scan, &total);
+    if (i < n) {
+      pos[i] = in ? at : -1;
+      if (in) list[at] = i;
+    }
+    base += total;
+  }
+  if (threadIdx.x == 0) {
+    work.list_count[pair] = base;
+    work.need[pair] = 0;
+  }
+}
+
+// One block per (sequence, KV head) over its list (work.list_*; stage 2: flagged pairs only).
+// Stage 1 flags a pair whose rule fails with every listed page in (or p >= 1 with pages left
+// out): its list becomes every page and its head_max is cleared for the rescoring.
+// head_max is rewritten to the max over the candidates.
+__global__ void __launch_bounds__(kGrowThreads)
+    GrowSearchKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
+                     PruneShape shape, uint32_t* __restrict__ head_max, GrowWork work,
+                     HeadStatsView stats, int stage) {
+  __shared__ GrowSmem sm;
+  const int32_t pair = blockIdx.x;
+  if (stage == 2 && !work.need[pair]) return;
+  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
+  const int32_t G = shape.group;
+  const int32_t n = sel.count[pair];  // every page of the sequence (the selector lists all)
+  const int32_t listed = work.list_count[pair];
+  const int32_t* pos = work.list_pos + int64_t(pair) * sel.max_select;
   const int32_t len = batch.seq_len[s];
   const int32_t sq0 = s * batch.num_q_heads + h * G;
   const float p = params.seq_p ? params.seq_p[s] : params.p;
@@ -106,17 +220,14 @@ __global__ void __launch_bounds__(kGrowThreads)
   auto bound = [&](int j, int32_t i) {
     return sel.bound[int64_t(sq0 + j) * sel.max_select + i];
   };
-  auto key_of = [&](int32_t i, bool* forced) {
-    float k = bound(0, i);
-    for (int j = 1; j < G; ++j) k = fmaxf(k, bound(j, i));
-    *forced = k == INFINITY;
-    return FloatKey(k);
-  };
   auto rows_of = [&](int32_t i) { return min(g.page_size, len - i * g.page_size); };
-  auto a_of = [&](int j, int32_t i) { return work.page_mass[int64_t(sq0 + j) * sel.max_select + i]; };
+  // a: by list entry (only listed pages have estimates); b: by page.
+  auto a_of = [&](int j, int32_t i) {
+    return work.page_mass[int64_t(sq0 + j) * sel.max_select + pos[i]];
+  };
   auto b_of = [&](int j, int32_t i) { return float(rows_of(i)) * expf(bound(j, i) - mx[j]); };
 
-  // A of the forced pages (always in); R starts empty.
+  // A of the forced pages (always listed, always in); R of the unlisted pages (always out).
   if (t < kMaxGroup) {
     sm.a_hi[t] = 0.0f;
     sm.b_lo[t] = 0.0f;
@@ -124,15 +235,18 @@ __global__ void __launch_bounds__(kGrowThreads)
   __syncthreads();
   for (int32_t i = t; i < n; i += blockDim.x) {
     bool forced;
-    key_of(i, &forced);
+    GrowKey(sel, sq0, G, i, &forced);
     if (forced) {
       for (int j = 0; j < G; ++j) atomicAdd(&sm.a_hi[j], a_of(j, i));
+    } else if (pos[i] < 0) {
+      for (int j = 0; j < G; ++j) atomicAdd(&sm.b_lo[j], b_of(j, i));
     }
   }
   __syncthreads();
 
-  // Histogram of the ranked pages of the bucket (key & mask) == prefix by the digit at shift.
-  auto histogram = [&](const KeyCut& cut, int shift, bool sums) {
+  // Histogram of the listed ranked pages of the bucket (key & mask) == prefix by the digit at
+  // shift, with per digit and head the sums of A and R, then cumulative sums.
+  auto histogram = [&](const KeyCut& cut, int shift) {
     for (int d = t; d < 256; d += blockDim.x) {
       sm.hc[d] = 0;
       for (int j = 0; j < kMaxGroup; ++j) sm.ha[d][j] = sm.hb[d][j] = 0.0f;
@@ -140,19 +254,16 @@ __global__ void __launch_bounds__(kGrowThreads)
     __syncthreads();
     for (int32_t i = t; i < n; i += blockDim.x) {
       bool forced;
-      const uint32_t key = key_of(i, &forced);
-      if (forced || (key & cut.mask) != cut.prefix) continue;
+      const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+      if (forced || pos[i] < 0 || (key & cut.mask) != cut.prefix) continue;
       const int d = int((key >> shift) & 255u);
       atomicAdd(&sm.hc[d], 1);
-      if (sums) {
-        for (int j = 0; j < G; ++j) {
-          atomicAdd(&sm.ha[d][j], a_of(j, i));
-          atomicAdd(&sm.hb[d][j], b_of(j, i));
-        }
+      for (int j = 0; j < G; ++j) {
+        atomicAdd(&sm.ha[d][j], a_of(j, i));
+        atomicAdd(&sm.hb[d][j], b_of(j, i));
       }
     }
     __syncthreads();
-    // Cumulative sums, one thread per (head, A or R) plus one for the counts.
     if (t < G) {
       float acc = 0.0f;
       sm.cum_a[256][t] = 0.0f;
@@ -164,14 +275,10 @@ __global__ void __launch_bounds__(kGrowThreads)
         sm.cum_b[d][j] = acc;
         if (d < 256) acc += sm.hb[d][j];
       }
-    } else if (t == 64) {
-      int acc = 0;
-      sm.cum_c[256] = 0;
-      for (int d = 255; d >= 0; --d) sm.cum_c[d] = (acc += sm.hc[d]);
     }
     __syncthreads();
   };
-  // The rule for "pages of digits >= d in" (d = 256: none of the bucket).
+  // The rule for "listed pages of digits >= d in" (d = 256: none of the bucket).
   auto rule = [&](int d) {
     for (int j = 0; j < G; ++j) {
       const float A = sm.a_hi[j] + sm.cum_a[d][j];
@@ -180,12 +287,38 @@ __global__ void __launch_bounds__(kGrowThreads)
     }
     return true;
   };
+  // Stage 1 with pages left out of the list: does every listed page in satisfy the rule?
+  // (p >= 1 needs every page.) If not, hand the pair to stage 2 with every page listed.
+  if (stage == 1 && listed < n) {
+    bool enough = false;
+    if (p < 1.0f) {
+      histogram(KeyCut{}, 24);
+      if (t == 0) sm.best = rule(0) ? 1 : 0;
+      __syncthreads();
+      enough = sm.best != 0;
+      __syncthreads();
+    }
+    if (!enough) {
+      int32_t* list = work.list_pages + int64_t(pair) * sel.max_select;
+      int32_t* wpos = work.list_pos + int64_t(pair) * sel.max_select;
+      for (int32_t i = t; i < n; i += blockDim.x) {
+        list[i] = i;
+        wpos[i] = i;
+      }
+      if (t < G) head_max[sq0 + t] = 0u;
+      if (t == 0) {
+        work.list_count[pair] = n;
+        work.need[pair] = 1;
+      }
+      return;
+    }
+  }
 
   // Mass search: the smallest level set satisfying the rule (p >= 1: every page).
   KeyCut mass_cut;
   if (p < 1.0f) {
     for (int shift = 24; shift >= 0; shift -= 8) {
-      histogram(mass_cut, shift, true);
+      histogram(mass_cut, shift);
       if (t == 0) sm.best = -1;
       __syncthreads();
       if (rule(t)) atomicMax(&sm.best, t);
@@ -213,8 +346,8 @@ __global__ void __launch_bounds__(kGrowThreads)
     int cnt = 0;
     for (int32_t i = t; i < n; i += blockDim.x) {
       bool forced;
-      const uint32_t key = key_of(i, &forced);
-      cnt += !forced && mass_cut.In(key);
+      const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+      cnt += !forced && pos[i] >= 0 && mass_cut.In(key);
     }
     atomicAdd(&sm.fin_cnt, cnt);
   }
@@ -222,30 +355,10 @@ __global__ void __launch_bounds__(kGrowThreads)
   const bool cap_hit = sm.fin_cnt > cap;
   KeyCut cut = mass_cut;
   if (cap_hit) {
-    KeyCut cc;
-    int cnt_hi = 0;
-    bool whole = false;
-    for (int shift = 24; shift >= 0 && !whole; shift -= 8) {
-      histogram(cc, shift, false);
-      if (t == 0) sm.best = 256;
-      __syncthreads();
-      if (cnt_hi + sm.cum_c[t] <= cap) atomicMin(&sm.best, t);
-      __syncthreads();
-      const int d = sm.best;
-      if (d == 0) {
-        whole = true;  // the whole bucket fits
-      } else {
-        cnt_hi += sm.cum_c[d];
-        cc.prefix |= uint32_t(d - 1) << shift;  // digit d - 1 does not fit whole: look inside
-        cc.mask |= 255u << shift;
-      }
-      __syncthreads();
-    }
-    cc.strict = !whole;
-    cut = cc;
+    cut = CountCut(sm, sel, sq0, G, n, cap, [&](int32_t i) { return pos[i] >= 0; });
   }
 
-  // Final set: flags, per head A, R and the max estimate over the candidates, rows.
+  // Final set: flags by list entry, per head A, R and the max estimate over the candidates.
   if (t < kMaxGroup) {
     sm.fin_a[t] = sm.fin_b[t] = 0.0f;
     sm.fin_max[t] = 0u;
@@ -255,14 +368,15 @@ __global__ void __launch_bounds__(kGrowThreads)
   int rows_in = 0;
   for (int32_t i = t; i < n; i += blockDim.x) {
     bool forced;
-    const uint32_t key = key_of(i, &forced);
-    const bool in = forced || cut.In(key);
-    work.in_set[int64_t(pair) * sel.max_select + i] = in ? 1 : 0;
+    const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+    const int32_t e = pos[i];
+    const bool in = forced || (e >= 0 && cut.In(key));
+    if (e >= 0) work.in_set[int64_t(pair) * sel.max_select + e] = in ? 1 : 0;
     if (in) rows_in += rows_of(i);
     for (int j = 0; j < G; ++j) {
       if (in) {
         atomicAdd(&sm.fin_a[j], a_of(j, i));
-        const float best = work.page_max[int64_t(sq0 + j) * sel.max_select + i];
+        const float best = work.page_max[int64_t(sq0 + j) * sel.max_select + e];
         if (best > -INFINITY) atomicMax(&sm.fin_max[j], FloatKey(best));
       } else {
         atomicAdd(&sm.fin_b[j], b_of(j, i));

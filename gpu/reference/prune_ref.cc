@@ -125,8 +125,12 @@ GrowResult GrowCandidatesRef(const PageGeometry& g, const PrunerParams& params,
   GrowResult res;
   res.candidate.assign(size_t(num_pages), 0);
   for (int32_t i = 0; i < num_pages; ++i) {
-    float k = bound[0][i];
-    for (int32_t j = 1; j < group; ++j) k = std::max(k, bound[size_t(j)][i]);
+    // A NaN bound (NaN q or K) bounds nothing: such a page is always a candidate.
+    float k = -inf;
+    for (int32_t j = 0; j < group; ++j) {
+      const float b = bound[size_t(j)][i];
+      k = std::isnan(b) ? inf : std::max(k, b);
+    }
     key[size_t(i)] = k;
     if (k == inf) res.candidate[size_t(i)] = 1;
     else ranked.push_back(i);
@@ -175,7 +179,8 @@ GrowResult GrowCandidatesRef(const PageGeometry& g, const PrunerParams& params,
   }
   const int32_t cap = selection.limit[item];
   auto holds = [&](size_t taken) {
-    if (p >= 1.0f) return taken == n_ranked;  // every page
+    if (taken == n_ranked) return true;        // nothing left outside
+    if (p >= 1.0f) return false;               // p >= 1: every page
     for (int32_t j = 0; j < group; ++j) {
       if (!(suffix[size_t(j)][taken] <= c * A[size_t(j)])) return false;
     }

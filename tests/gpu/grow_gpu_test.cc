@@ -37,6 +37,7 @@ struct GrowCase {
   int32_t head_dim, group, cap_pages;
   float p;
   std::vector<int32_t> lens;
+  int32_t seed_pages = -1;  // PrunerParams::grow_seed_pages (the result must not depend on it)
 };
 
 PageGeometry Geometry(int32_t head_dim) {
@@ -134,6 +135,7 @@ TEST_P(GrowGpuTest, MatchesReference) {
   sp.budget_pages = c.cap_pages;
   PrunerParams pp;
   pp.p = c.p;
+  pp.grow_seed_pages = c.seed_pages;
   const Outputs r = RunReference(st, sp, pp);
   const Outputs d = RunGpu(st, sp, pp);
   const BatchView b = st.Batch();
@@ -196,7 +198,10 @@ INSTANTIATE_TEST_SUITE_P(
                       GrowCase{64, 1, 0, 0.9f, {3001, 700}},
                       GrowCase{128, 8, 0, 0.95f, {4100}},
                       GrowCase{128, 4, 6, 0.95f, {3000, 1000}},  // the flat head hits the cap
-                      GrowCase{64, 4, 0, 1.0f, {1203, 17}}));
+                      GrowCase{64, 4, 0, 1.0f, {1203, 17}},
+                      GrowCase{128, 4, 0, 0.95f, {5000, 37, 2100, 16}, 0},  // one stage
+                      GrowCase{128, 2, 0, 0.9f, {6000, 3000}, 2},  // tiny seed: stage 2 often
+                      GrowCase{64, 4, 5, 0.9f, {4000, 900}, 3}));
 
 // A flat head at 128k tokens keeps >= p - 0.01 of its true mass on the GPU path.
 TEST(GrowGpuFlatTest, FlatHeadKeepsTrueMassAt128k) {
