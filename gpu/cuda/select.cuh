@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(kBoundWarps * 32)
     }
   }
   const fp16_t* meta = (t4 < 2 ? qk.kmax : qk.kmin) + (t4 & 1) * kPer;
-  float* out = scores + int64_t(pair) * batch.max_pages;
+  float* out = params.grow ? nullptr : scores + int64_t(pair) * batch.max_pages;  // grow: none
   const int32_t tile0 = (p0 / 16) * 16;
   auto block_of = [&](int32_t page) -> int64_t {
     return (page >= p0 && page < p1) ? g.BlockId(batch.PageId(s, page), h) : -1;
