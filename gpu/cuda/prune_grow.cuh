@@ -233,13 +233,31 @@ __global__ void __launch_bounds__(kGrowThreads)
     sm.b_lo[t] = 0.0f;
   }
   __syncthreads();
-  for (int32_t i = t; i < n; i += blockDim.x) {
-    bool forced;
-    GrowKey(sel, sq0, G, i, &forced);
-    if (forced) {
-      for (int j = 0; j < G; ++j) atomicAdd(&sm.a_hi[j], a_of(j, i));
-    } else if (pos[i] < 0) {
-      for (int j = 0; j < G; ++j) atomicAdd(&sm.b_lo[j], b_of(j, i));
+  {
+    // Per-thread sums, then one atomic per warp and head (every page adds to the same G
+    // addresses: per-page shared atomics would serialize).
+    float la[kMaxGroup], lb[kMaxGroup];
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) la[j] = lb[j] = 0.0f;
+    for (int32_t i = t; i < n; i += blockDim.x) {
+      bool forced;
+      GrowKey(sel, sq0, G, i, &forced);
+      if (forced) {
+#pragma unroll
+        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? a_of(j, i) : 0.0f;
+      } else if (pos[i] < 0) {
+#pragma unroll
+        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? b_of(j, i) : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      la[j] = WarpSum(la[j]);
+      lb[j] = WarpSum(lb[j]);
+      if ((t & 31) == 0 && j < G) {
+        atomicAdd(&sm.a_hi[j], la[j]);
+        atomicAdd(&sm.b_lo[j], lb[j]);
+      }
     }
   }
   __syncthreads();
@@ -252,15 +270,50 @@ __global__ void __launch_bounds__(kGrowThreads)
       for (int j = 0; j < kMaxGroup; ++j) sm.ha[d][j] = sm.hb[d][j] = 0.0f;
     }
     __syncthreads();
-    for (int32_t i = t; i < n; i += blockDim.x) {
-      bool forced;
-      const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
-      if (forced || pos[i] < 0 || (key & cut.mask) != cut.prefix) continue;
-      const int d = int((key >> shift) & 255u);
-      atomicAdd(&sm.hc[d], 1);
-      for (int j = 0; j < G; ++j) {
-        atomicAdd(&sm.ha[d][j], a_of(j, i));
-        atomicAdd(&sm.hb[d][j], b_of(j, i));
+    const int lane = t & 31;
+    for (int32_t base = 0; base < n; base += blockDim.x) {  // same trip count for every lane
+      const int32_t i = base + t;
+      bool valid = false;
+      int d = 0;
+      if (i < n) {
+        bool forced;
+        const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+        valid = !forced && pos[i] >= 0 && (key & cut.mask) == cut.prefix;
+        d = int((key >> shift) & 255u);
+      }
+      float va[kMaxGroup], vb[kMaxGroup];
+#pragma unroll
+      for (int j = 0; j < kMaxGroup; ++j) {
+        va[j] = valid && j < G ? a_of(j, i) : 0.0f;
+        vb[j] = valid && j < G ? b_of(j, i) : 0.0f;
+      }
+      // Pages of a bucket share their leading key bits: when a warp's pages fall into few
+      // digits, sum each digit over the warp and add once (else one atomic per page).
+      const unsigned peers = __match_any_sync(0xffffffffu, valid ? d : 256 + lane);
+      const unsigned leaders = __ballot_sync(0xffffffffu, valid && lane == __ffs(peers) - 1);
+      if (__popc(leaders) <= 4) {
+        for (unsigned todo = leaders; todo; todo &= todo - 1) {  // warp-uniform
+          const int l = __ffs(todo) - 1;
+          const int dl = __shfl_sync(0xffffffffu, d, l);
+          const bool mine = valid && d == dl;
+          const int cnt = __popc(__ballot_sync(0xffffffffu, mine));
+#pragma unroll
+          for (int j = 0; j < kMaxGroup; ++j) {
+            const float sa = WarpSum(mine ? va[j] : 0.0f);
+            const float sb = WarpSum(mine ? vb[j] : 0.0f);
+            if (lane == l && j < G) {
+              atomicAdd(&sm.ha[dl][j], sa);
+              atomicAdd(&sm.hb[dl][j], sb);
+            }
+          }
+          if (lane == l) atomicAdd(&sm.hc[dl], cnt);
+        }
+      } else if (valid) {
+        atomicAdd(&sm.hc[d], 1);
+        for (int j = 0; j < G; ++j) {
+          atomicAdd(&sm.ha[d][j], va[j]);
+          atomicAdd(&sm.hb[d][j], vb[j]);
+        }
       }
     }
     __syncthreads();
@@ -366,20 +419,41 @@ __global__ void __launch_bounds__(kGrowThreads)
   if (t == 0) sm.fin_rows = 0;
   __syncthreads();
   int rows_in = 0;
-  for (int32_t i = t; i < n; i += blockDim.x) {
-    bool forced;
-    const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
-    const int32_t e = pos[i];
-    const bool in = forced || (e >= 0 && cut.In(key));
-    if (e >= 0) work.in_set[int64_t(pair) * sel.max_select + e] = in ? 1 : 0;
-    if (in) rows_in += rows_of(i);
-    for (int j = 0; j < G; ++j) {
-      if (in) {
-        atomicAdd(&sm.fin_a[j], a_of(j, i));
-        const float best = work.page_max[int64_t(sq0 + j) * sel.max_select + e];
-        if (best > -INFINITY) atomicMax(&sm.fin_max[j], FloatKey(best));
-      } else {
-        atomicAdd(&sm.fin_b[j], b_of(j, i));
+  {
+    float fa[kMaxGroup], fb[kMaxGroup], fm[kMaxGroup];
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      fa[j] = fb[j] = 0.0f;
+      fm[j] = -INFINITY;
+    }
+    for (int32_t i = t; i < n; i += blockDim.x) {
+      bool forced;
+      const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+      const int32_t e = pos[i];
+      const bool in = forced || (e >= 0 && cut.In(key));
+      if (e >= 0) work.in_set[int64_t(pair) * sel.max_select + e] = in ? 1 : 0;
+      if (in) rows_in += rows_of(i);
+#pragma unroll
+      for (int j = 0; j < kMaxGroup; ++j) {
+        if (j >= G) continue;
+        if (in) {
+          fa[j] += a_of(j, i);
+          fm[j] = fmaxf(fm[j], work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
+        } else {
+          fb[j] += b_of(j, i);
+        }
+      }
+    }
+    // One atomic per warp and head (see above).
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      fa[j] = WarpSum(fa[j]);
+      fb[j] = WarpSum(fb[j]);
+      fm[j] = WarpMax(fm[j]);
+      if ((t & 31) == 0 && j < G) {
+        atomicAdd(&sm.fin_a[j], fa[j]);
+        atomicAdd(&sm.fin_b[j], fb[j]);
+        if (fm[j] > -INFINITY) atomicMax(&sm.fin_max[j], FloatKey(fm[j]));
       }
     }
   }
