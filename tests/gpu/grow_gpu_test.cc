@@ -16,6 +16,7 @@
 #include "gpu/kernels.h"
 #include "gpu/reference/prune_ref.h"
 #include "gpu/reference/select_ref.h"
+#include "runtime/runtime.h"
 #include "gpu_test_util.h"
 #include "support/grow_store.h"
 
@@ -224,6 +225,75 @@ TEST(GrowGpuFlatTest, FlatHeadKeepsTrueMassAt128k) {
                               << ", kept " << d.kept[size_t(qh)];
     EXPECT_GE(d.full[size_t(qh)], pp.p - 2e-3f) << "head " << qh;
     EXPECT_EQ(d.cap_hit[size_t(qh)], 0);
+  }
+}
+
+// End to end with the default configuration (growing, no cap) on both GPU backends: every
+// head's full-context bound >= p - 2e-3 and no cap; outputs within 2e-2 (relative L2) of the
+// CPU backend's; a sequence's per-head kept counts are the same alone and next to a longer
+// batch-mate (its budget depends on its own tokens only; outputs may differ in the last bits
+// because the attention's split depends on the batch).
+TEST(GrowGpuRuntimeTest, DefaultConfigMatchesCpuAndIgnoresBatchMates) {
+  TWL_SKIP_WITHOUT_GPU();
+  const PageGeometry g = Geometry(128);
+  const uint64_t seed = ::testing::UnitTest::GetInstance()->random_seed();
+  RefStore st = testing::MakeGrowStore(g, /*num_q_heads=*/8, {3000, 20000}, 1.5f, 8.0f, seed);
+  for (BackendKind kind : {BackendKind::kGpuHbm, BackendKind::kGpuOffload}) {
+    SCOPED_TRACE(kind == BackendKind::kGpuHbm ? "gpu-hbm" : "gpu-offload");
+    RuntimeConfig c;
+    c.num_layers = 1;
+    c.num_q_heads = st.num_q_heads;
+    c.num_kv_heads = g.num_kv_heads;
+    c.head_dim = g.head_dim;
+    c.page_size = g.page_size;
+    c.host_pool_bytes = int64_t(64) << 20;
+    RuntimeConfig cc = c;
+    c.backend = kind;
+    cc.backend = BackendKind::kCpu;
+    auto rt = Runtime::Create(c);
+    auto rc = Runtime::Create(cc);
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    ASSERT_TRUE(rc.ok()) << rc.status();
+    std::vector<SeqId> ids, cids;
+    for (int32_t s = 0; s < 2; ++s) {
+      ids.push_back(*(*rt)->CreateSequence());
+      cids.push_back(*(*rc)->CreateSequence());
+      ASSERT_TRUE((*rt)->Append(ids.back(), 0, st.seq_len[size_t(s)], st.k_in[size_t(s)].data(),
+                                st.v_in[size_t(s)].data(), DType::kFp16, MemSpace::kHost)
+                      .ok());
+      ASSERT_TRUE((*rc)->Append(cids.back(), 0, st.seq_len[size_t(s)], st.k_in[size_t(s)].data(),
+                                st.v_in[size_t(s)].data(), DType::kFp16, MemSpace::kHost)
+                      .ok());
+    }
+    const size_t row = size_t(st.num_q_heads) * g.head_dim;
+    std::vector<fp16_t> out(2 * row), cout(2 * row), alone(row);
+    StepTelemetry t, tc, ta;
+    ASSERT_TRUE((*rt)->Decode(0, ids, st.q.data(), out.data(), MemSpace::kHost, {}, nullptr, &t).ok());
+    ASSERT_TRUE((*rc)->Decode(0, cids, st.q.data(), cout.data(), MemSpace::kHost, {}, nullptr, &tc).ok());
+    ASSERT_TRUE((*rt)->Decode(0, absl::MakeSpan(ids.data(), 1), st.q.data(), alone.data(),
+                              MemSpace::kHost, {}, nullptr, &ta)
+                    .ok());
+    ASSERT_EQ(t.full_mass.size(), size_t(2 * st.num_q_heads));
+    ASSERT_EQ(t.cap_hit.size(), size_t(2 * st.num_q_heads));
+    for (size_t i = 0; i < t.full_mass.size(); ++i) {
+      EXPECT_GE(t.full_mass[i], 0.95f - 2e-3f) << "head " << i;
+      EXPECT_EQ(t.cap_hit[i], 0) << "head " << i;
+    }
+    double num = 0, den = 0;
+    for (size_t i = 0; i < out.size(); ++i) {
+      const double a = HalfToFloat(out[i]), b = HalfToFloat(cout[i]);
+      num += (a - b) * (a - b);
+      den += b * b;
+    }
+    EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 2e-2);
+    // Equal up to the growth rule's float near-ties (the search sums with shared-memory
+    // atomics, whose order varies from run to run): one page of candidates, 1% of kept.
+    for (int32_t qh = 0; qh < st.num_q_heads; ++qh) {
+      EXPECT_NEAR(ta.kept_tokens[size_t(qh)], t.kept_tokens[size_t(qh)],
+                  0.01 * t.kept_tokens[size_t(qh)] + 2) << "head " << qh;
+      EXPECT_NEAR(ta.selected_tokens[size_t(qh)], t.selected_tokens[size_t(qh)], g.page_size)
+          << "head " << qh;
+    }
   }
 }
 
