@@ -476,6 +476,33 @@ twl_status twl_runtime_last_step_kept(const twl_runtime* rt, int32_t seq_index, 
   });
 }
 
+twl_status twl_runtime_last_step_mass(const twl_runtime* rt, float* full_mass,
+                                      int32_t* cap_hit, int64_t q_capacity) noexcept {
+  return Guard(rt, "twl_runtime_last_step_mass", [&]() -> absl::Status {
+    if (absl::Status s = CheckHandle(rt); !s.ok()) return s;
+    if (!rt->collect_telemetry) {
+      return absl::FailedPreconditionError(
+          "telemetry collection is off (config.collect_telemetry = 0)");
+    }
+    const TwlThreadState* state = twl::api::ThreadState(rt, /*create=*/false);
+    static const twl::StepTelemetry kEmpty;
+    const twl::StepTelemetry& t = state != nullptr && state->has_step ? state->last_step : kEmpty;
+    const int64_t q_entries = int64_t(t.num_seqs) * rt->config.num_q_heads;
+    if ((full_mass != nullptr || cap_hit != nullptr) && q_capacity < q_entries) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("q_capacity ", q_capacity, " < ", q_entries, " (num_seqs * num_q_heads)"));
+    }
+    // A backend that does not report them: unknown mass, no cap.
+    const bool have_mass = int64_t(t.full_mass.size()) == q_entries;
+    const bool have_cap = int64_t(t.cap_hit.size()) == q_entries;
+    for (int64_t i = 0; i < q_entries; ++i) {
+      if (full_mass) full_mass[i] = have_mass ? t.full_mass[size_t(i)] : -1.0f;
+      if (cap_hit) cap_hit[i] = have_cap ? t.cap_hit[size_t(i)] : 0;
+    }
+    return absl::OkStatus();
+  });
+}
+
 // Element access through memcpy: the buffers may be at any address.
 void twl_fp32_to_fp16(const float* src, uint16_t* dst, size_t n) noexcept {
   if (src == nullptr || dst == nullptr) return;

@@ -47,6 +47,8 @@ void ResetTelemetry(twl::StepTelemetry* t) {
   t->kept_tokens.clear();
   t->est_mass.clear();
   t->kept_tokens_kv.clear();
+  t->full_mass.clear();
+  t->cap_hit.clear();
   t->blocks_needed = t->blocks_fetched = t->bytes_h2d = 0;
   t->ms_select = t->ms_prune = t->ms_fetch = t->ms_attend = t->ms_total = 0;
   t->disk_pages_loaded = t->disk_pages_spilled = 0;

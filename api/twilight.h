@@ -182,9 +182,16 @@ typedef struct twl_runtime_config {
                                p = 1 keeps every candidate token (dense over the selected
                                pages), whatever its estimated weight */
   twl_selector selector;    /* TWL_SELECTOR_DEFAULT: library chooses (Quest) */
-  int32_t selector_budget_tokens;  /* B0 in tokens; 0: use selector_budget_fraction */
-  float selector_budget_fraction;  /* B0 as a fraction of the context in (0, 1];
-                                      0: library chooses (0.25) */
+  /* Quest needs no base budget: for each (sequence, KV head) it grows the candidate pages in
+   * the order of their Quest bounds until the kept set's estimated softmax mass over the FULL
+   * context is provably >= top_p (the mass outside the candidates is bounded by the pages'
+   * bounds), up to every page for a head that needs it. The two fields below only CAP the
+   * ranked candidate pages (sinks and the last page come on top); a capped head keeps top_p
+   * of its candidates' mass and is reported by twl_runtime_last_step_mass. Each sequence's
+   * candidates depend on its own tokens only. */
+  int32_t selector_budget_tokens;  /* cap in tokens (> 0); 0: use selector_budget_fraction */
+  float selector_budget_fraction;  /* cap as a fraction of each sequence's own context in
+                                      (0, 1]; 1: no cap; 0: library chooses (1: no cap) */
   int32_t sink_pages;       /* first pages always selected; -1: library chooses (1);
                                sink_pages * page_size at most 2^30 */
   int32_t dense_layers;     /* first layers decoded densely; -1: library chooses (0) */
@@ -402,7 +409,8 @@ TWL_API twl_status twl_runtime_last_step(const twl_runtime* rt,
  * order of the seqs passed to twl_decode). Each pointer may be NULL (not wanted).
  *   selected  [num_seqs][num_q_heads]  candidate tokens after page selection
  *   kept      [num_seqs][num_q_heads]  tokens in the head's own top-p set (its budget)
- *   est_mass  [num_seqs][num_q_heads]  estimated softmax mass of that set
+ *   est_mass  [num_seqs][num_q_heads]  estimated softmax mass of that set within the candidates
+ *                                      (full-context: twl_runtime_last_step_mass)
  *   kept_kv   [num_seqs][num_kv_heads] tokens attended by the KV head (union over its group)
  * q_capacity / kv_capacity: entries available in the q-head / KV-head arrays.
  * Status: TWL_OK; TWL_INVALID_ARGUMENT (rt NULL, or a wanted array's capacity too small: then
@@ -465,7 +473,7 @@ TWL_API twl_status twl_sequence_restore(twl_runtime* rt, const char* path,
 TWL_API void twl_fp32_to_fp16(const float* src, uint16_t* dst, size_t n) TWL_NOEXCEPT;
 TWL_API void twl_fp16_to_fp32(const uint16_t* src, float* dst, size_t n) TWL_NOEXCEPT;
 
-/* ==== Added in 0.2: evaluation aid, what a step attended ===================================
+/* ==== Added in 0.2: evaluation aid, what a step attended ============================
  * For benchmarks and accuracy studies that need the TRUE softmax mass of the attended set
  * (from the FP16 K, not the pruner's estimate): with capture on, every successful twl_decode
  * on rt also keeps the token positions each (sequence, KV head) attended (the union over its
@@ -585,6 +593,18 @@ typedef void (*twl_log_fn)(twl_log_level level, const char* message, void* user_
  * callback is never called again. Never fails (out of memory keeps the previous callback). */
 TWL_API void twl_set_log_callback(twl_log_fn fn, void* user_data,
                                   twl_log_level max_level) TWL_NOEXCEPT;
+=======
+/* ---- Full-context mass of the last decode step (appended) ----------------------------------
+ * Per-head arrays of the last step (see twl_runtime_last_step_heads for "last" and the order),
+ * caller-owned, each [num_seqs][num_q_heads]; either pointer may be NULL (not wanted).
+ *   full_mass  lower bound of the estimated softmax mass of the head's kept set over the whole
+ *              context (est_mass is its mass within the candidates): >= top_p unless the head
+ *              hit the cap; equal to est_mass when every page was a candidate; -1 if unknown
+ *   cap_hit    1 where the candidate growth stopped at selector_budget_tokens/_fraction
+ * Status: TWL_OK; TWL_INVALID_ARGUMENT (rt NULL, or q_capacity too small: nothing written);
+ *   TWL_FAILED_PRECONDITION (telemetry collection is off). */
+TWL_API twl_status twl_runtime_last_step_mass(const twl_runtime* rt, float* full_mass,
+                                              int32_t* cap_hit, int64_t q_capacity) TWL_NOEXCEPT;
 
 #ifdef __cplusplus
 } /* extern "C" */

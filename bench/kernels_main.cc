@@ -314,6 +314,8 @@ struct Step {
   int32_t *sel_pages = nullptr, *sel_count = nullptr, *kept_tok = nullptr, *kept_cnt = nullptr;
   int32_t *st_sel = nullptr, *st_kept = nullptr;
   float* st_mass = nullptr;
+  float *st_full = nullptr, *sel_bound = nullptr;  // growing Quest
+  int32_t *st_cap = nullptr, *sel_limit = nullptr;
   void *ws_sel = nullptr, *ws_pr = nullptr, *ws_at = nullptr;
   size_t ws_sel_b = 0, ws_pr_b = 0, ws_at_b = 0;
 
@@ -327,6 +329,12 @@ struct Step {
     st_sel = DevAlloc<int32_t>(heads);
     st_kept = DevAlloc<int32_t>(heads);
     st_mass = DevAlloc<float>(heads);
+    st_full = DevAlloc<float>(heads);
+    st_cap = DevAlloc<int32_t>(heads);
+    if (sp.grow) {
+      sel_bound = DevAlloc<float>(heads * max_select);
+      sel_limit = DevAlloc<int32_t>(pairs);
+    }
     ws_sel_b = SelectWorkspaceBytes(g, sp, b, max_pages);
     ws_pr_b = PruneWorkspaceBytes(g, b, kQHeads, max_select);
     ws_at_b = AttentionWorkspaceBytes(g, b, kQHeads);
@@ -336,19 +344,23 @@ struct Step {
   }
   ~Step() {
     for (void* p : std::initializer_list<void*>{sel_pages, sel_count, kept_tok, kept_cnt, st_sel,
-                                                st_kept, st_mass, ws_sel, ws_pr, ws_at}) {
+                                                st_kept, st_mass, ws_sel, ws_pr, ws_at, st_full,
+                                                st_cap, sel_bound, sel_limit}) {
       cudaFree(p);
     }
   }
-  SelectionView Sel() const { return SelectionView{sel_pages, sel_count, max_select}; }
+  SelectionView Sel() const {
+    return SelectionView{sel_pages, sel_count, max_select, sel_bound, sel_limit};
+  }
   KeptView Kept() const { return KeptView{kept_tok, kept_cnt, max_select * kPage}; }
-  HeadStatsView Stats() const { return HeadStatsView{st_sel, st_kept, st_mass}; }
+  HeadStatsView Stats() const { return HeadStatsView{st_sel, st_kept, st_mass, st_full, st_cap}; }
 };
 
 struct StepResult {
   double graph_ms = 0, stream_ms = 0, sel_ms = 0, prune_ms = 0, attend_ms = 0;
   double kept_peaked = 0, kept_flat = 0, selected = 0, est_mass = 0, rel_err = 0;
   double int4_gbs = 0, score_ms = 0, topp_ms = 0, bounds_ms = 0, top_ms = 0;
+  double prune_int4_gbs = 0, bounds_gbs = 0, min_full_mass = 0;
 };
 
 double RelErr(const Store& st, int32_t b) {
@@ -432,6 +444,9 @@ StepResult RunStep(const Store& st, int32_t b, Step& step, Timer& timer, cudaStr
     }
     r.bounds_ms = Median(bounds);
     r.top_ms = Median(top);
+    // The bound pass reads kmin + kmax of every ranked page of every (sequence, KV head).
+    const double meta = double(b) * kKvHeads * (st.ctx / kPage) * 2.0 * kHeadDim * 2.0;
+    r.bounds_gbs = r.bounds_ms > 0 ? meta / (r.bounds_ms * 1e-3) / 1e9 : 0.0;
   }
   // Estimator phase: INT4 codes + scale/zero of every selected page, read once per KV head.
   if (!step.pr.dense) {
@@ -449,6 +464,11 @@ StepResult RunStep(const Store& st, int32_t b, Step& step, Timer& timer, cudaStr
     const double pages = std::accumulate(scount.begin(), scount.end(), 0.0);
     const double bytes = pages * kPage * (g.CodeBytesPerToken() + 4);
     r.int4_gbs = bytes / (r.score_ms * 1e-3) / 1e9;
+    // The whole pruner (every kernel of LaunchPrune) over the same bytes.
+    r.prune_int4_gbs = bytes / (r.prune_ms * 1e-3) / 1e9;
+    std::vector<float> full(heads);
+    CK(cudaMemcpy(full.data(), step.st_full, heads * 4, cudaMemcpyDeviceToHost));
+    r.min_full_mass = *std::min_element(full.begin(), full.end());
   }
   return r;
 }
@@ -474,7 +494,9 @@ int Run(const Options& o) {
   Timer timer(s, o.reps);
   bench::Table t({"batch", "context", "method", "ms", "vs_dense", "select_ms", "prune_ms",
                   "attend_ms", "kept_peaked", "kept_flat", "selected", "est_mass", "rel_err",
-                  "GB_s", "of_copy", "bounds_ms", "top_ms", "score_ms", "topp_ms"});
+                  "GB_s", "of_copy", "bounds_ms", "top_ms", "score_ms", "topp_ms",
+                  "prune_GB_s", "prune_of_copy", "bounds_GB_s", "bounds_of_copy",
+                  "min_full_mass"});
   t.title = "twl_kernels: " + dev->name + ", 32 q / 8 KV heads, d=128, page 16, INT4 K";
   struct Point {
     int32_t b, ctx;
@@ -543,11 +565,15 @@ int Run(const Options& o) {
       };
       SelectorParams full;
       full.kind = SelectorKind::kFull;
+      SelectorParams grow = quest;  // the runtime's default: no B0, grown to full-context mass
+      grow.grow = true;
+      grow.budget_pages = 0;
       const std::vector<Variant> variants = {
           {"quest", quest, 1.0f, true},
           {"twilight p=0.9", quest, 0.9f, false},
           {"twilight p=0.95", quest, 0.95f, false},
           {"twilight-full p=0.9", full, 0.9f, false},
+          {"twilight-grow p=0.95", grow, 0.95f, false},
       };
       for (const Variant& v : variants) {
         Step step(g, v.sel, b, st.pages_per_seq);
@@ -563,7 +589,12 @@ int Run(const Options& o) {
                   estimator ? bench::Cell(r.int4_gbs / copy_gbs, 3) : bench::Cell(""),
                   bench::Cell(r.bounds_ms, 3), bench::Cell(r.top_ms, 3),
                   estimator ? bench::Cell(r.score_ms, 3) : bench::Cell(""),
-                  estimator ? bench::Cell(r.topp_ms, 3) : bench::Cell("")});
+                  estimator ? bench::Cell(r.topp_ms, 3) : bench::Cell(""),
+                  estimator ? bench::Cell(r.prune_int4_gbs, 4) : bench::Cell(""),
+                  estimator ? bench::Cell(r.prune_int4_gbs / copy_gbs, 3) : bench::Cell(""),
+                  r.bounds_gbs > 0 ? bench::Cell(r.bounds_gbs, 4) : bench::Cell(""),
+                  r.bounds_gbs > 0 ? bench::Cell(r.bounds_gbs / copy_gbs, 3) : bench::Cell(""),
+                  estimator ? bench::Cell(r.min_full_mass, 4) : bench::Cell("")});
         points.push_back({b, ctx, v.name, r.graph_ms});
         std::fflush(stdout);
       }
@@ -575,6 +606,11 @@ int Run(const Options& o) {
   std::printf("GB_s: dense/sdpa rows = FP16 K+V bytes / time; twilight rows = INT4 codes + "
               "scale/zero of the candidates / estimator (score kernel) time; of_copy = over the "
               "measured copy bandwidth %.0f GB/s\n", copy_gbs);
+  std::printf("prune_GB_s: the same INT4 bytes / the whole pruner's time (every LaunchPrune "
+              "kernel; issue 12 goal: prune_of_copy >= 0.7 for twilight-full); bounds_GB_s: "
+              "Quest kmin+kmax bytes of every page / the bound kernel's time (goal: bounds_of_copy "
+              ">= 0.7); min_full_mass: the smallest per-head lower bound of the full-context "
+              "estimated mass (twilight-grow: >= p unless capped; fixed Quest: -1 = unknown)\n");
   OK(t.WriteCsv(o.out_dir + "/kernels.csv"));
 
   // Latency vs context, one panel per batch size, composed side by side.

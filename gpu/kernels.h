@@ -103,11 +103,13 @@ size_t SelectWorkspaceBytes(const PageGeometry& g, const SelectorParams& params,
 
 // SelectPagesRef on the GPU: page bounds of every page of the batch, then per (sequence,
 // KV head) the top budget pages by a block-wide radix select (ties to the lower page),
-// plus sinks and the last page; output ascending.
+// plus sinks and the last page; output ascending. Growing Quest (params.grow): every page
+// ascending with per query head bounds * softmax_scale (0: 1/sqrt(head_dim)) in out.bound and
+// the cap in out.limit, as SelectPagesRef; no workspace.
 absl::Status LaunchSelectPages(const PageGeometry& g, const SelectorParams& params,
                                const BatchView& batch, const QueryView& q, const QuantKView& qk,
                                const SelectionView& out, void* workspace,
-                               size_t workspace_bytes, void* stream);
+                               size_t workspace_bytes, void* stream, float softmax_scale = 0.0f);
 
 // Benchmark aid, not for the decode path: LaunchSelectPages with the page-bound and top-B0
 // kernels timed by events. Synchronizes the stream.
@@ -117,7 +119,7 @@ struct SelectProfile {
 absl::Status ProfileSelect(const PageGeometry& g, const SelectorParams& params,
                            const BatchView& batch, const QueryView& q, const QuantKView& qk,
                            const SelectionView& out, void* workspace, size_t workspace_bytes,
-                           void* stream, SelectProfile* profile);
+                           void* stream, SelectProfile* profile, float softmax_scale = 0.0f);
 
 // ---- Prune (Twilight top-p) -----------------------------------------------------------
 
@@ -128,6 +130,10 @@ size_t PruneWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_
 // softmax, top-p threshold by the reference bisection per query head, union over the GQA
 // group -> ascending kept tokens + counts, and per-head telemetry (stats pointers nullable).
 // params.seq_p is a device array or null. kv is read only when g.k_bits == 16.
+// Growing Quest (selection from LaunchSelectPages with params.grow): the candidates of
+// GrowCandidatesRef (same set up to float near-ties of the growth rule), found in two stages
+// (a seed of top-bound pages, then every page only where the seed is not enough; see
+// gpu/cuda/prune_grow.cuh), and per-head full_mass / cap_hit telemetry.
 absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
                          const BatchView& batch, const QueryView& q, const QuantKView& qk,
                          const FpKvView& kv, const SelectionView& selection,

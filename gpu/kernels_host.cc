@@ -70,12 +70,12 @@ size_t SelectWorkspaceBytes(const PageGeometry&, const SelectorParams&, int32_t,
 }
 absl::Status LaunchSelectPages(const PageGeometry&, const SelectorParams&, const BatchView&,
                                const QueryView&, const QuantKView&, const SelectionView&, void*,
-                               size_t, void*) {
+                               size_t, void*, float) {
   return NoCuda();
 }
 absl::Status ProfileSelect(const PageGeometry&, const SelectorParams&, const BatchView&,
                            const QueryView&, const QuantKView&, const SelectionView&, void*,
-                           size_t, void*, SelectProfile*) {
+                           size_t, void*, SelectProfile*, float) {
   return NoCuda();
 }
 size_t PruneWorkspaceBytes(const PageGeometry&, int32_t, int32_t, int32_t) { return 0; }

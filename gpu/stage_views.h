@@ -33,15 +33,35 @@ enum class SelectorKind : int32_t {
 
 struct SelectorParams {
   SelectorKind kind = SelectorKind::kQuest;
-  int32_t budget_pages = 0;  // B0: pages kept by the bound ranking (sinks and last page extra)
+  // Fixed Quest (grow = false): B0, the pages kept by the bound ranking (sinks and last page
+  // extra). Growing Quest (grow = true): an optional cap on the ranked candidate pages
+  // (0: none; see budget_fraction).
+  int32_t budget_pages = 0;
   int32_t sink_pages = 1;    // first pages always kept (attention sinks)
+  // Growing Quest ("adaptive"): the selector ranks every page by its Quest bound and hands
+  // the pruner all of them with their per-query-head bounds; the pruner grows the candidate
+  // set in bound order (whole levels of equal bound) until the bound of the softmax mass
+  // outside it is small enough that its kept set provably holds >= p of the full-context
+  // estimated mass (PrunerParams::remainder_share; see PruneRef). Needs no B0.
+  bool grow = false;
+  // Growing only: when budget_pages is 0 and budget_fraction is in (0, 1), each sequence's
+  // cap is max(1, ceil(budget_fraction * its own pages)); 0 or >= 1: no cap.
+  float budget_fraction = 0.0f;
 };
 
-// Candidate pages per (sequence, KV head): logical page indices, ascending.
+// Candidate pages per (sequence, KV head).
+// Fixed Quest / FULL: logical page indices of the candidates, ascending.
+// Growing Quest: every page of the sequence, ascending (count = its pages), with per query
+// head the page's Quest bound of q.k * softmax_scale in `bound` (+inf for the sinks and the
+// last page, which are always candidates) and the cap on ranked candidate pages in `limit`
+// (INT32_MAX: none). The pruner decides which of them are candidates.
 struct SelectionView {
   int32_t* pages = nullptr;  // [num_seqs][num_kv_heads][max_select]
   int32_t* count = nullptr;  // [num_seqs][num_kv_heads]
-  int32_t max_select = 0;    // stride: >= min(budget + sinks + 1, max_pages)
+  int32_t max_select = 0;    // stride: >= SelectStride(params, max_pages)
+  // Growing Quest only (null otherwise: the listed pages are the candidates).
+  float* bound = nullptr;    // [num_seqs][num_q_heads][max_select]
+  int32_t* limit = nullptr;  // [num_seqs][num_kv_heads]
 };
 
 struct PrunerParams {
@@ -54,6 +74,16 @@ struct PrunerParams {
   // minimal set; 0 = stop only when no weight lies strictly between low and high.
   float stop_gap = 1e-4f;
   int32_t max_iterations = 64;     // safety bound on the threshold search
+  // Growing Quest: candidates grow until, for every query head of the group, the bound R of
+  // the mass outside them is <= remainder_share * (1 - p) of the bound of the full-context
+  // mass (A + R, A = estimated mass inside). The kept set then takes p * (A + R), which is at
+  // most p / (1 - remainder_share * (1 - p)) of A: smaller shares score more pages and keep
+  // fewer extra tokens. In (0, 1).
+  float remainder_share = 0.2f;
+  // GPU work plan of the growth (the result does not depend on it): first score the forced
+  // pages and about this many top-bound pages, and every page only for a (sequence, KV head)
+  // that needs more. -1: 1/16 of the pages, at least 64; 0: every page at once.
+  int32_t grow_seed_pages = -1;
 };
 
 // Tokens kept per (sequence, KV head): the union over the group's query heads, ascending
@@ -69,6 +99,12 @@ struct HeadStatsView {
   int32_t* selected = nullptr;  // [num_seqs][num_q_heads] candidate tokens
   int32_t* kept = nullptr;      // [num_seqs][num_q_heads] tokens in this head's own top-p set
   float* est_mass = nullptr;    // [num_seqs][num_q_heads] estimated mass of its own set
+                                //   within the candidates
+  // Lower bound of the estimated full-context mass of its own set: est_mass * A / (A + R)
+  // (R: the Quest bound of the mass outside the candidates; R = 0 when every page is a
+  // candidate). -1 when unknown (fixed Quest with pages left out).
+  float* full_mass = nullptr;   // [num_seqs][num_q_heads]
+  int32_t* cap_hit = nullptr;   // [num_seqs][num_q_heads] 1: the growth stopped at the cap
 };
 
 // Queries and outputs, FP16, [num_seqs][num_q_heads][head_dim].
@@ -91,10 +127,30 @@ struct AppendView {
 };
 
 TWL_HD int32_t SelectStride(const SelectorParams& s, int32_t max_pages) {
-  if (s.kind == SelectorKind::kFull) return max_pages;
+  if (s.kind == SelectorKind::kFull || s.grow) return max_pages;
   // In 64 bits: budget and sinks may each be close to max_pages (itself up to 2^31 - 1).
   const int64_t want = int64_t(s.budget_pages) + s.sink_pages + 1;
   return want < max_pages ? int32_t(want) : max_pages;
+}
+
+// Growing Quest: the cap on ranked candidate pages of a sequence of num_pages pages.
+TWL_HD int32_t GrowCapPages(const SelectorParams& s, int32_t num_pages) {
+  if (s.budget_pages > 0) return s.budget_pages;
+  if (s.budget_fraction > 0.0f && s.budget_fraction < 1.0f) {
+    const float want = s.budget_fraction * float(num_pages);
+    int32_t cap = int32_t(want);
+    if (float(cap) < want) ++cap;
+    return cap < 1 ? 1 : cap;
+  }
+  return 0x7fffffff;
+}
+
+// Growing Quest: c such that the stopping rule R <= share * (1 - p) * (A + R) reads R <= c * A.
+// 0 for p >= 1 (every page).
+TWL_HD float GrowRemainderRatio(float p, float share) {
+  if (!(p < 1.0f)) return 0.0f;
+  const float r = share * (1.0f - p);
+  return r / (1.0f - r);
 }
 
 }  // namespace twl

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -243,6 +244,9 @@ class CpuBackend final : public Backend {
 
     std::vector<int32_t> sel_pages(static_cast<size_t>(kv_items * max_select));
     std::vector<int32_t> sel_count(static_cast<size_t>(kv_items));
+    const bool grow = request.selector.grow && request.selector.kind == SelectorKind::kQuest;
+    std::vector<float> sel_bound(grow ? static_cast<size_t>(q_items * max_select) : 0);
+    std::vector<int32_t> sel_limit(grow ? static_cast<size_t>(kv_items) : 0);
     std::vector<int32_t> kept_tokens(static_cast<size_t>(kv_items * max_kept));
     std::vector<int32_t> kept_count(static_cast<size_t>(kv_items));
     StepTelemetry local;
@@ -250,19 +254,30 @@ class CpuBackend final : public Backend {
     t->selected_tokens.assign(size_t(q_items), 0);
     t->kept_tokens.assign(size_t(q_items), 0);
     t->est_mass.assign(size_t(q_items), 0.0f);
+    t->full_mass.assign(size_t(q_items), 0.0f);
+    t->cap_hit.assign(size_t(q_items), 0);
 
-    SelectionView sel{sel_pages.data(), sel_count.data(), max_select};
+    SelectionView sel{sel_pages.data(), sel_count.data(), max_select,
+                      grow ? sel_bound.data() : nullptr, grow ? sel_limit.data() : nullptr};
     KeptView kept{kept_tokens.data(), kept_count.data(), int32_t(max_kept)};
-    HeadStatsView stats{t->selected_tokens.data(), t->kept_tokens.data(), t->est_mass.data()};
+    HeadStatsView stats{t->selected_tokens.data(), t->kept_tokens.data(), t->est_mass.data(),
+                        t->full_mass.data(), t->cap_hit.data()};
     QueryView q{request.q};
 
     auto t0 = std::chrono::steady_clock::now();
-    if (absl::Status s = SelectPagesRef(g_, request.selector, b, q, qk_, sel); !s.ok()) return s;
+    if (absl::Status s = SelectPagesRef(g_, request.selector, b, q, qk_, sel,
+                                            request.pruner.softmax_scale);
+        !s.ok()) {
+      return s;
+    }
     t->ms_select = MsSince(t0);
     DiskIoCounts io;
     if (disk_ && g_.k_bits >= 16) {
       // The pruner estimates with the FP16 K itself: every candidate page must be resident.
-      if (absl::Status s = disk_->Reserve(SelectedPages(b, sel), &io); !s.ok()) {
+      // Growing: only the pages the growth may take (the forced ones and, under a cap, the
+      // top-cap ranked ones) are read.
+      if (absl::Status s = disk_->Reserve(grow ? GrowablePages(b, sel) : SelectedPages(b, sel), &io);
+          !s.ok()) {
         return PrefixStatus(s, "decode (k_bits = 16: the pruner reads FP16 K of the candidates): ");
       }
     }
@@ -464,6 +479,39 @@ class CpuBackend final : public Backend {
         for (int32_t i = 0; i < sel.count[item]; ++i) {
           pages.push_back(b.PageId(s, sel.pages[item * sel.max_select + i]));
         }
+      }
+    }
+    return Distinct(std::move(pages));
+  }
+
+  // Growing: distinct page ids of the pages the growth may score: per (sequence, KV head) the
+  // forced pages and the top `limit` ranked pages by key (a superset of any level set within
+  // the cap; every page without a cap).
+  std::vector<int32_t> GrowablePages(const BatchView& b, const SelectionView& sel) const {
+    std::vector<int32_t> pages;
+    const int32_t group = b.num_q_heads / g_.num_kv_heads;
+    for (int32_t s = 0; s < b.num_seqs; ++s) {
+      for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
+        const int64_t item = int64_t(s) * g_.num_kv_heads + h;
+        const int32_t n = sel.count[item];
+        std::vector<std::pair<float, int32_t>> ranked;
+        for (int32_t i = 0; i < n; ++i) {
+          float key = -std::numeric_limits<float>::infinity();
+          for (int32_t j = 0; j < group; ++j) {
+            const float bd =
+                sel.bound[(int64_t(s) * b.num_q_heads + h * group + j) * sel.max_select + i];
+            key = std::isnan(bd) ? std::numeric_limits<float>::infinity() : std::max(key, bd);
+          }
+          const int32_t page = b.PageId(s, sel.pages[item * sel.max_select + i]);
+          if (key == std::numeric_limits<float>::infinity()) {
+            pages.push_back(page);
+          } else {
+            ranked.emplace_back(-key, page);
+          }
+        }
+        const size_t take = std::min(ranked.size(), size_t(std::max(0, sel.limit[item])));
+        std::partial_sort(ranked.begin(), ranked.begin() + take, ranked.end());
+        for (size_t k = 0; k < take; ++k) pages.push_back(ranked[k].second);
       }
     }
     return Distinct(std::move(pages));

@@ -241,7 +241,7 @@ class GpuHbmBackend final : public Backend {
   PinnedBuffer step_pin_[kUploadRing], tele_pin_[kTelemetryRing];
   gpu::DeviceBuffer step_dev_[kUploadRing];
   gpu::DeviceBuffer sel_pages_, sel_count_, kept_tokens_, kept_count_, stats_,
-      blocks_, ws_select_, ws_prune_, ws_attend_;
+      blocks_, ws_select_, ws_prune_, ws_attend_, sel_bound_, sel_limit_;
 };
 
 absl::Status GpuHbmBackend::Append(const AppendView& tokens, DType dtype, MemSpace space,
@@ -449,7 +449,12 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
     TWL_HBM_RETURN(Grow(sel_count_, size_t(pairs) * 4));
     TWL_HBM_RETURN(Grow(kept_tokens_, size_t(pairs * max_kept) * 4));
     TWL_HBM_RETURN(Grow(kept_count_, size_t(pairs) * 4));
-    TWL_HBM_RETURN(Grow(stats_, size_t(heads) * 12));
+    // selected, kept, est_mass, full_mass, cap_hit per query head.
+    TWL_HBM_RETURN(Grow(stats_, size_t(heads) * 20));
+    if (req.selector.grow) {
+      TWL_HBM_RETURN(Grow(sel_bound_, size_t(heads * max_select) * 4));
+      TWL_HBM_RETURN(Grow(sel_limit_, size_t(pairs) * 4));
+    }
     TWL_HBM_RETURN(Grow(blocks_, size_t(pairs) * 4));
     TWL_HBM_RETURN(Grow(ws_select_, ws_sel));
     TWL_HBM_RETURN(Grow(ws_prune_, ws_pr));
@@ -473,7 +478,10 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
   cudaEvent_t ev_t0_ = ev_t_[ts][0], ev_t1_ = ev_t_[ts][1], ev_t2_ = ev_t_[ts][2],
               ev_t3_ = ev_t_[ts][3];
   if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t0_, s));
-  const SelectionView sel{sel_pages_.as<int32_t>(), sel_count_.as<int32_t>(), max_select};
+  const bool grow = req.selector.grow && req.selector.kind == SelectorKind::kQuest;
+  const SelectionView sel{sel_pages_.as<int32_t>(), sel_count_.as<int32_t>(), max_select,
+                          grow ? sel_bound_.as<float>() : nullptr,
+                          grow ? sel_limit_.as<int32_t>() : nullptr};
   const KeptView kept{kept_tokens_.as<int32_t>(), kept_count_.as<int32_t>(), int32_t(max_kept)};
   if (dense_only) {
     if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t1_, s));
@@ -482,10 +490,11 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
                                         ws_attend_.get(), ws_attend_.bytes(), s));
   } else {
     TWL_HBM_RETURN(LaunchSelectPages(g_, req.selector, db, q, qk_, sel, ws_select_.get(),
-                                     ws_select_.bytes(), s));
+                                     ws_select_.bytes(), s, req.pruner.softmax_scale));
     if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t1_, s));
     int32_t* st = stats_.as<int32_t>();
-    const HeadStatsView stats{st, st + heads, reinterpret_cast<float*>(st + 2 * heads)};
+    const HeadStatsView stats{st, st + heads, reinterpret_cast<float*>(st + 2 * heads),
+                              reinterpret_cast<float*>(st + 3 * heads), st + 4 * heads};
     TWL_HBM_RETURN(LaunchPrune(g_, pp, db, q, qk_, kv_, sel, kept, stats, ws_prune_.get(),
                                ws_prune_.bytes(), s));
     if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t2_, s));
@@ -545,9 +554,11 @@ absl::Status GpuHbmBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t) {
     t->kept_tokens.assign(tp + heads, tp + 2 * heads);
     const float* m = reinterpret_cast<const float*>(tp + 2 * heads);
     t->est_mass.assign(m, m + heads);
-    t->kept_tokens_kv.assign(tp + 3 * heads, tp + 3 * heads + pairs);
+    t->full_mass.assign(m + heads, m + 2 * heads);
+    t->cap_hit.assign(tp + 4 * heads, tp + 5 * heads);
+    t->kept_tokens_kv.assign(tp + 5 * heads, tp + 5 * heads + pairs);
     t->blocks_needed = 0;
-    for (int64_t i = 0; i < pairs; ++i) t->blocks_needed += tp[3 * heads + pairs + i];
+    for (int64_t i = 0; i < pairs; ++i) t->blocks_needed += tp[5 * heads + pairs + i];
   } else {
     t->selected_tokens.assign(size_t(heads), 0);
     t->kept_tokens_kv.assign(size_t(pairs), 0);
@@ -560,6 +571,8 @@ absl::Status GpuHbmBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t) {
     }
     t->kept_tokens = t->selected_tokens;
     t->est_mass.assign(size_t(heads), 1.0f);
+    t->full_mass.assign(size_t(heads), 1.0f);
+    t->cap_hit.assign(size_t(heads), 0);
   }
   float ms = 0;
   TWL_HBM_CUDA(cudaEventElapsedTime(&ms, ev_t_[slot][0], ev_t_[slot][1]));
@@ -595,13 +608,13 @@ absl::Status GpuHbmBackend::WriteTelemetry(const DecodeRequest& req, bool ran_pr
   CountBlocksKernel<<<unsigned((pairs + 7) / 8), 256, 0, s>>>(g_.page_size, kept, int32_t(pairs),
                                                               blocks_.as<int32_t>());
   TWL_HBM_CUDA(cudaGetLastError());
-  // Pinned layout: stats [3 * heads] | kept counts [pairs] | blocks [pairs].
-  TWL_HBM_RETURN(tele_pin_[slot].Reserve(size_t(3 * heads + 2 * pairs) * 4));
+  // Pinned layout: stats [5 * heads] | kept counts [pairs] | blocks [pairs].
+  TWL_HBM_RETURN(tele_pin_[slot].Reserve(size_t(5 * heads + 2 * pairs) * 4));
   char* tp = tele_pin_[slot].data();
-  TWL_HBM_CUDA(cudaMemcpyAsync(tp, stats_.get(), size_t(3 * heads) * 4, cudaMemcpyDeviceToHost, s));
-  TWL_HBM_CUDA(cudaMemcpyAsync(tp + 3 * heads * 4, kept_count_.get(), size_t(pairs) * 4,
+  TWL_HBM_CUDA(cudaMemcpyAsync(tp, stats_.get(), size_t(5 * heads) * 4, cudaMemcpyDeviceToHost, s));
+  TWL_HBM_CUDA(cudaMemcpyAsync(tp + 5 * heads * 4, kept_count_.get(), size_t(pairs) * 4,
                                cudaMemcpyDeviceToHost, s));
-  TWL_HBM_CUDA(cudaMemcpyAsync(tp + (3 * heads + pairs) * 4, blocks_.get(), size_t(pairs) * 4,
+  TWL_HBM_CUDA(cudaMemcpyAsync(tp + (5 * heads + pairs) * 4, blocks_.get(), size_t(pairs) * 4,
                                cudaMemcpyDeviceToHost, s));
   TWL_HBM_CUDA(cudaEventRecord(ev_telemetry_[slot], s));
   return absl::OkStatus();

@@ -327,6 +327,7 @@ class GpuOffloadBackend final : public OffloadBackend {
   gpu::DeviceBuffer d_q_, d_out_, d_direct_out_, d_sel_pages_, d_sel_count_;
   gpu::DeviceBuffer d_kept_tokens_, d_kept_count_, d_stats_, d_count_cache_, d_count_direct_;
   gpu::DeviceBuffer d_unit_blocks_, ws_select_, ws_prune_, ws_attn_;
+  gpu::DeviceBuffer d_sel_bound_, d_sel_limit_;  // growing Quest
   // Append scratch.
   PinnedBuffer h_append_;
   gpu::DeviceBuffer d_append_;
@@ -757,7 +758,13 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   TWL_OFF_RETURN(Grow(d_count_cache_, size_t(units) * 4));
   TWL_OFF_RETURN(Grow(d_count_direct_, size_t(units) * 4));
   TWL_OFF_RETURN(Grow(d_unit_blocks_, size_t(units) * 4));
-  TWL_OFF_RETURN(Grow(d_stats_, size_t(B) * Hq * 12));
+  // selected, kept, est_mass, full_mass, cap_hit per query head.
+  TWL_OFF_RETURN(Grow(d_stats_, size_t(B) * Hq * 20));
+  const bool grow = req.selector.grow && req.selector.kind == SelectorKind::kQuest;
+  if (grow) {
+    TWL_OFF_RETURN(Grow(d_sel_bound_, size_t(B) * Hq * size_t(max_select) * 4));
+    TWL_OFF_RETURN(Grow(d_sel_limit_, size_t(units) * 4));
+  }
   TWL_OFF_RETURN(Grow(d_direct_out_, qo_bytes));
   if (req.space == MemSpace::kHost) {
     TWL_OFF_RETURN(Grow(d_q_, qo_bytes));
@@ -818,6 +825,8 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   int32_t* stats_sel = d_stats_.as<int32_t>();
   int32_t* stats_kept = stats_sel + size_t(B) * Hq;
   float* stats_mass = reinterpret_cast<float*>(stats_kept + size_t(B) * Hq);
+  float* stats_full = stats_mass + size_t(B) * Hq;
+  int32_t* stats_cap = reinterpret_cast<int32_t*>(stats_full + size_t(B) * Hq);
   auto* counters = counters_.as<DeviceGroupCounters>();
 
   auto sub_batch = [&](const SeqGroup& grp) {
@@ -868,15 +877,19 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     const int64_t row0 = int64_t(grp.first_seq) * Hq * D;
     // Compute stream: select + prune of this group.
     SelectionView sel{d_sel_pages_.as<int32_t>() + u0 * max_select,
-                      d_sel_count_.as<int32_t>() + u0, max_select};
+                      d_sel_count_.as<int32_t>() + u0, max_select,
+                      grow ? d_sel_bound_.as<float>() + int64_t(grp.first_seq) * Hq * max_select
+                           : nullptr,
+                      grow ? d_sel_limit_.as<int32_t>() + u0 : nullptr};
     const KeptView kept = kept_of(grp, d_kept_count_.as<int32_t>());
     const int64_t h0 = int64_t(grp.first_seq) * Hq;
-    HeadStatsView stats{stats_sel + h0, stats_kept + h0, stats_mass + h0};
+    HeadStatsView stats{stats_sel + h0, stats_kept + h0, stats_mass + h0, stats_full + h0,
+                        stats_cap + h0};
     PrunerParams pp = req.pruner;
     pp.seq_p = d_seq_p + grp.first_seq;
     if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[ts][gi][kSel0], c));
     TWL_OFF_RETURN(LaunchSelectPages(g_, req.selector, b, QueryView{q + row0}, qk_, sel,
-                                     ws_select_.get(), ws_sel, c));
+                                     ws_select_.get(), ws_sel, c, req.pruner.softmax_scale));
     if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[ts][gi][kSel1], c));
     // k_bits 16 estimates with the FP16 K itself: read from the mapped pool (slow; rare).
     const FpKvView pool_kv{static_cast<fp16_t*>(pool_->device_base()), nullptr};
@@ -957,12 +970,12 @@ absl::Status GpuOffloadBackend::EnqueueTelemetry(const DecodeRequest& req, int32
   const int32_t B = req.batch.num_seqs, Hq = req.batch.num_q_heads, H = g_.num_kv_heads;
   const size_t units = size_t(B) * H, heads = size_t(B) * Hq;
   const size_t cnt_bytes = sizeof(DeviceGroupCounters) * size_t(num_groups);
-  const size_t bytes = cnt_bytes + heads * 12 + units * 4 * 3;
+  const size_t bytes = cnt_bytes + heads * 20 + units * 4 * 3;
   TWL_OFF_RETURN(h_telemetry_[slot].Reserve(bytes));  // the slot was harvested: not in flight
   char* h = h_telemetry_[slot].as<char>();
   TWL_OFF_CUDA(cudaMemcpyAsync(h, counters_.get(), cnt_bytes, cudaMemcpyDeviceToHost, c));
-  TWL_OFF_CUDA(cudaMemcpyAsync(h + cnt_bytes, d_stats_.get(), heads * 12, cudaMemcpyDeviceToHost, c));
-  char* hk = h + cnt_bytes + heads * 12;
+  TWL_OFF_CUDA(cudaMemcpyAsync(h + cnt_bytes, d_stats_.get(), heads * 20, cudaMemcpyDeviceToHost, c));
+  char* hk = h + cnt_bytes + heads * 20;
   TWL_OFF_CUDA(cudaMemcpyAsync(hk, d_kept_count_.get(), units * 4, cudaMemcpyDeviceToHost, c));
   TWL_OFF_CUDA(cudaMemcpyAsync(hk + units * 4, d_count_direct_.get(), units * 4,
                                cudaMemcpyDeviceToHost, c));
@@ -983,7 +996,7 @@ absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t)
   const size_t units = size_t(B) * H, heads = size_t(B) * Hq;
   const size_t cnt_bytes = sizeof(DeviceGroupCounters) * size_t(num_groups);
   const char* h = h_telemetry_[slot].as<char>();
-  const char* hk = h + cnt_bytes + heads * 12;
+  const char* hk = h + cnt_bytes + heads * 20;
   t->layer = p.layer;
   t->num_seqs = B;
   const auto* cnt = reinterpret_cast<const DeviceGroupCounters*>(h);
@@ -996,6 +1009,9 @@ absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t)
   t->selected_tokens.assign(sel, sel + heads);
   t->kept_tokens.assign(kept, kept + heads);
   t->est_mass.assign(mass, mass + heads);
+  t->full_mass.assign(mass + heads, mass + 2 * heads);
+  t->cap_hit.assign(reinterpret_cast<const int32_t*>(mass + 2 * heads),
+                    reinterpret_cast<const int32_t*>(mass + 3 * heads));
   t->kept_tokens_kv.assign(kept_kv, kept_kv + units);
   OffloadStepStats st;
   st.groups = num_groups;

@@ -464,14 +464,17 @@ absl::Status Runtime::Decode(int32_t layer, absl::Span<const SeqId> seqs, const 
   // Sinks past the longest sequence change nothing; clamped so that the selector's sums
   // (budget + sinks + 1) stay far from int32 overflow.
   req.selector.sink_pages = std::min(config_.sink_pages, arrays.max_pages);
-  // B0 from a token count, or a fraction of the longest sequence of the batch (one budget
-  // per step keeps the selector's output stride fixed); at least one page.
-  const double budget_tokens =
+  // Quest grows each head's candidates (no base budget); the configured budget is only a
+  // cap, and a fraction caps each sequence by its own length, so that a sequence's output
+  // does not depend on its batch-mates.
+  req.selector.grow = true;
+  req.selector.budget_pages =
       config_.selector_budget_tokens > 0
-          ? double(config_.selector_budget_tokens)
-          : std::ceil(double(config_.selector_budget_fraction) * arrays.max_len);
-  req.selector.budget_pages = static_cast<int32_t>(std::clamp<double>(
-      std::ceil(budget_tokens / config_.page_size), 1.0, double(arrays.max_pages)));
+          ? static_cast<int32_t>((int64_t(config_.selector_budget_tokens) + config_.page_size - 1) /
+                                 config_.page_size)
+          : 0;
+  req.selector.budget_fraction =
+      config_.selector_budget_tokens > 0 ? 0.0f : config_.selector_budget_fraction;
   req.pruner.p = config_.top_p;
   req.pruner.seq_p = seq_p.empty() ? nullptr : seq_p.data();
   req.pruner.dense = dense;

@@ -53,8 +53,12 @@ struct RuntimeConfig {
   // Twilight.
   float top_p = 0.95f;
   SelectorKind selector = SelectorKind::kQuest;
-  int32_t selector_budget_tokens = 0;       // B0 in tokens; 0: use the fraction
-  float selector_budget_fraction = 0.25f;   // B0 as a fraction of the context
+  // Quest grows each head's candidates until the kept set provably holds >= top_p of the
+  // full-context estimated mass (see SelectorParams::grow); these only cap the ranked
+  // candidate pages: a token count (> 0), else a fraction of each sequence's own context
+  // (< 1); 0 tokens and fraction 1: no cap (the default).
+  int32_t selector_budget_tokens = 0;
+  float selector_budget_fraction = 1.0f;
   int32_t sink_pages = 1;
   int32_t dense_layers = 0;                 // first layers decoded densely (paper: 2)
   // Memory.
@@ -104,6 +108,11 @@ struct StepTelemetry {
   // kept_list_tokens[kept_list_offsets[u] .. kept_list_offsets[u + 1]). Empty when off.
   std::vector<int64_t> kept_list_offsets;
   std::vector<int32_t> kept_list_tokens;
+  // Growing Quest, per query head [num_seqs][num_q_heads]: lower bound of the estimated
+  // full-context mass of the head's kept set (est_mass is its mass within the candidates;
+  // -1: unknown), and 1 where the growth stopped at the configured cap.
+  std::vector<float> full_mass;
+  std::vector<int32_t> cap_hit;
 };
 
 struct MemoryUsage {

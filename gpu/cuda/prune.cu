@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "gpu/cuda/prune.cuh"
+#include "gpu/cuda/prune_grow.cuh"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "gpu/reference/validate.h"
@@ -18,6 +19,7 @@ struct PruneLayout {
   float* scores = nullptr;     // [num_seqs * num_q_heads][cand_stride]
   uint32_t* bits = nullptr;    // [num_seqs * num_kv_heads][bit_words], then
   uint32_t* head_max = nullptr;  // [num_seqs * num_q_heads] (one memset clears both)
+  cuda::GrowWork grow;           // growing Quest only
   size_t clear_bytes = 0;
   size_t bytes = 0;
 };
@@ -34,6 +36,17 @@ PruneLayout Layout(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
   l.bits = c.Take<uint32_t>(bit_words + heads);
   l.head_max = l.bits ? l.bits + bit_words : nullptr;
   l.clear_bytes = (bit_words + heads) * sizeof(uint32_t);
+  const size_t per_head = heads * size_t(max_select);
+  l.grow.page_mass = c.Take<float>(per_head);
+  l.grow.page_max = c.Take<float>(per_head);
+  l.grow.in_set = c.Take<uint8_t>(size_t(num_seqs) * size_t(g.num_kv_heads) * size_t(max_select));
+  l.grow.head_p = c.Take<float>(heads);
+  l.grow.head_ratio = c.Take<float>(heads);
+  const size_t pair_pages = size_t(num_seqs) * size_t(g.num_kv_heads) * size_t(max_select);
+  l.grow.list_pages = c.Take<int32_t>(pair_pages);
+  l.grow.list_pos = c.Take<int32_t>(pair_pages);
+  l.grow.list_count = c.Take<int32_t>(size_t(num_seqs) * size_t(g.num_kv_heads));
+  l.grow.need = c.Take<int32_t>(size_t(num_seqs) * size_t(g.num_kv_heads));
   l.bytes = c.used();
   return l;
 }
@@ -62,6 +75,12 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
   TWL_RETURN_IF_ERROR(ValidateBatch(g, batch, /*check_host_data=*/false));
   TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
   TWL_RETURN_IF_ERROR(ValidateP(params.p));  // seq_p lives on the device: checked by the caller
+  const bool grow = selection.bound != nullptr && !params.dense;
+  if (grow && (!selection.limit ||
+               !(params.remainder_share > 0.0f && params.remainder_share < 1.0f))) {
+    return absl::InvalidArgumentError(
+        "prune: growing needs the selection's limit and remainder_share in (0, 1)");
+  }
   const int32_t group = batch.num_q_heads / g.num_kv_heads;
   TWL_RETURN_IF_ERROR(cuda::CheckGroup(group));
   if (!q.q || !selection.pages || !selection.count || !out.tokens || !out.count) {
@@ -94,11 +113,17 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
                                             : 1.0f / sqrtf(float(g.head_dim));
   cudaStream_t st = AsStream(stream);
 
-  TWL_RETURN_IF_ERROR(Mark(ev, 0, st));
-  if (!params.dense) {
-    if (cudaMemsetAsync(l.bits, 0, l.clear_bytes, st) != cudaSuccess) {
-      return LaunchStatus("prune bits memset");
-    }
+  // Growing: the pruner works on its own list of pages (see prune_grow.cuh), not on every
+  // page the selector listed.
+  const SelectionView list =
+      grow ? SelectionView{l.grow.list_pages, l.grow.list_count, selection.max_select}
+           : selection;
+  const int64_t heads = int64_t(batch.num_seqs) * batch.num_q_heads;
+  if (grow && heads > 65535) return absl::InvalidArgumentError("prune: more than 65535 query heads");
+  // Estimates of every listed row (only the pairs flagged in `only`, when given).
+  auto score = [&](const int32_t* only) -> absl::Status {
+    cuda::PruneShape sh = shape;
+    sh.only = only;
     const bool tensor_cores = g.k_bits == 4 && (g.head_dim == 64 || g.head_dim == 128);
     if (tensor_cores) {
       // Each block streams a contiguous run of tiles of one (seq, KV head): enough blocks
@@ -113,7 +138,7 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
         run = max_run;
         bx = (tiles + run - 1) / run;
       }
-      TWL_RETURN_IF_ERROR(TWL_DISPATCH_HEAD_DIM(g.head_dim, [&] {
+      return TWL_DISPATCH_HEAD_DIM(g.head_dim, [&] {
         const dim3 grid{unsigned(bx), unsigned(pairs), 1u};
         constexpr size_t smem = cuda::ScoreSmemBytes<kHeadDim>();
         if (cudaFuncSetAttribute(cuda::ScoreInt4Kernel<kHeadDim>,
@@ -122,30 +147,68 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
           return LaunchStatus("ScoreInt4Kernel smem attribute");
         }
         cuda::ScoreInt4Kernel<kHeadDim><<<grid, cuda::kScoreWarps * 32, smem, st>>>(
-            g, batch, q, qk, selection, shape, int32_t(run), l.scores, l.head_max);
+            g, batch, q, qk, list, sh, int32_t(run), l.scores, l.head_max);
         return LaunchStatus("ScoreInt4Kernel");
-      }));
-    } else {
-      TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
-      const dim3 grid(unsigned((cand + cuda::kScoreWarps - 1) / cuda::kScoreWarps),
-                      unsigned(pairs));
-      cuda::ScoreScalarKernel<<<grid, cuda::kScoreWarps * 32, 0, st>>>(
-          g, batch, q, qk, kv, selection, shape, l.scores, l.head_max);
-      TWL_RETURN_IF_ERROR(LaunchStatus("ScoreScalarKernel"));
+      });
     }
+    TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
+    const dim3 grid(unsigned((cand + cuda::kScoreWarps - 1) / cuda::kScoreWarps),
+                    unsigned(pairs));
+    cuda::ScoreScalarKernel<<<grid, cuda::kScoreWarps * 32, 0, st>>>(
+        g, batch, q, qk, kv, list, sh, l.scores, l.head_max);
+    return LaunchStatus("ScoreScalarKernel");
+  };
+  // Growing, one stage: page sums of the listed pages, then the search.
+  auto grow_stage = [&](int stage) -> absl::Status {
+    cuda::PruneShape sh = shape;
+    sh.only = stage == 2 ? l.grow.need : nullptr;
+    const unsigned page_chunks =
+        unsigned((selection.max_select + cuda::kMassThreads - 1) / cuda::kMassThreads);
+    cuda::PageMassKernel<<<dim3(page_chunks, unsigned(heads)), cuda::kMassThreads, 0, st>>>(
+        g, batch, list, sh, l.scores, l.head_max, l.grow);
+    TWL_RETURN_IF_ERROR(LaunchStatus("PageMassKernel"));
+    cuda::GrowSearchKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
+        g, params, batch, selection, shape, l.head_max, l.grow, stats, stage);
+    return LaunchStatus("GrowSearchKernel");
+  };
+
+  TWL_RETURN_IF_ERROR(Mark(ev, 0, st));
+  if (!params.dense) {
+    if (cudaMemsetAsync(l.bits, 0, l.clear_bytes, st) != cudaSuccess) {
+      return LaunchStatus("prune bits memset");
+    }
+    if (grow) {
+      cuda::SeedListKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
+          g, batch, selection, shape, params.grow_seed_pages, l.grow);
+      TWL_RETURN_IF_ERROR(LaunchStatus("SeedListKernel"));
+    }
+    TWL_RETURN_IF_ERROR(score(nullptr));
+  }
+  if (grow) {
+    // Stage 1 on the seed lists; stage 2 rescans the pairs it flagged with every page.
+    TWL_RETURN_IF_ERROR(grow_stage(1));
+    TWL_RETURN_IF_ERROR(score(l.grow.need));
+    TWL_RETURN_IF_ERROR(grow_stage(2));
+    const unsigned slot_chunks = unsigned(std::min<int64_t>(
+        64, (cand + cuda::kMassThreads - 1) / cuda::kMassThreads));
+    cuda::MaskNonCandidatesKernel<<<dim3(slot_chunks, unsigned(heads)), cuda::kMassThreads, 0,
+                                     st>>>(g, batch, list, shape, l.scores, l.grow);
+    TWL_RETURN_IF_ERROR(LaunchStatus("MaskNonCandidatesKernel"));
+    shape.head_p = l.grow.head_p;
+    shape.head_ratio = l.grow.head_ratio;
+    shape.in_set = l.grow.in_set;
   }
   TWL_RETURN_IF_ERROR(Mark(ev, 1, st));
-  const int64_t heads = int64_t(batch.num_seqs) * batch.num_q_heads;
   if (cudaFuncSetAttribute(cuda::TopPKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            int(cuda::kTopPSmemBytes)) != cudaSuccess) {
     return LaunchStatus("TopPKernel smem attribute");
   }
   cuda::TopPKernel<<<unsigned(heads), cuda::kTopPThreads, cuda::kTopPSmemBytes, st>>>(
-      g, params, batch, selection, shape, l.scores, l.head_max, l.bits, stats);
+      g, params, batch, list, shape, l.scores, l.head_max, l.bits, stats);
   TWL_RETURN_IF_ERROR(LaunchStatus("TopPKernel"));
   TWL_RETURN_IF_ERROR(Mark(ev, 2, st));
   cuda::CompactKeptKernel<<<unsigned(pairs), cuda::kCompactThreads, 0, st>>>(
-      g, batch, selection, shape, params.dense, l.bits, out);
+      g, batch, list, shape, params.dense, l.bits, out);
   TWL_RETURN_IF_ERROR(LaunchStatus("CompactKeptKernel"));
   return Mark(ev, 3, st);
 }

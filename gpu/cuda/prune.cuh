@@ -40,6 +40,13 @@ struct PruneShape {
   int32_t cand_stride = 0;  // max_select * page_size: candidate slots per (seq, KV head)
   int32_t bit_words = 0;    // ceil(cand_stride / 32)
   float scale = 0.0f;       // softmax scale
+  // Growing Quest (see prune_grow.cuh), null otherwise: per query head the share of the
+  // candidates' mass to keep, A / (A + R), and per (sequence, KV head) the candidate pages.
+  const float* head_p = nullptr;
+  const float* head_ratio = nullptr;
+  const uint8_t* in_set = nullptr;
+  // Growing, second stage: only the (sequence, KV head) pairs flagged here are scored.
+  const int32_t* only = nullptr;
 };
 
 // Order-preserving float <-> uint32 keys (0 is below every float; atomicMax on keys).
@@ -133,6 +140,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
   __shared__ int32_t run_rows[kScoreMaxPages];  // rows of run page i inside the sequence
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int32_t pair = blockIdx.y;
+  if (shape.only && !shape.only[pair]) return;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t slots = sel.count[pair] * g.page_size;
   const int32_t t_begin = blockIdx.x * tiles_per_block;
@@ -307,6 +315,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32)
                       uint32_t* __restrict__ head_max) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int32_t pair = blockIdx.y;
+  if (shape.only && !shape.only[pair]) return;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t slot = blockIdx.x * kScoreWarps + warp;
   if (slot >= sel.count[pair] * g.page_size) return;
@@ -519,11 +528,13 @@ __global__ void __launch_bounds__(kTopPThreads)
       if (stats.selected) stats.selected[at] = nvalid;
       if (stats.kept) stats.kept[at] = nvalid;
       if (stats.est_mass) stats.est_mass[at] = 1.0f;
+      if (stats.full_mass) stats.full_mass[at] = 1.0f;
+      if (stats.cap_hit) stats.cap_hit[at] = 0;
     }
     return;  // CompactKeptKernel keeps every valid slot
   }
-  const float p = params.seq_p ? params.seq_p[s] : params.p;
-  if (p >= 1.0f) {
+  const float p_user = params.seq_p ? params.seq_p[s] : params.p;
+  if (p_user >= 1.0f) {
     // p = 1 is dense over the candidates (as TopPThresholdRef): every valid slot, including
     // those whose estimated weight underflowed to 0 (an INT4/INT2 estimate can put the true
     // top token ~100 below the estimated maximum). p is per sequence, so the whole block
@@ -545,6 +556,8 @@ __global__ void __launch_bounds__(kTopPThreads)
     return;
   }
   const float mx = head_max[sq] ? KeyFloat(head_max[sq]) : 0.0f;
+  // Growing: the share of the candidates' mass that makes >= p of the full-context bound.
+  const float p = shape.head_p ? shape.head_p[sq] : (params.seq_p ? params.seq_p[s] : params.p);
   const bool in_smem = slots <= kTopPSmemValues;
 
   // Pass 1: weights (into shared memory when they fit), their sum, the drop-floor level
@@ -693,9 +706,16 @@ __global__ void __launch_bounds__(kTopPThreads)
     kept = k.between;
   }
   if (threadIdx.x == 0) {
-    if (stats.selected) stats.selected[at] = nvalid;
     if (stats.kept) stats.kept[at] = kept;
     if (stats.est_mass) stats.est_mass[at] = kept_mass;
+    if (shape.head_p) {  // growing: selected and cap_hit come from GrowSearchKernel
+      if (stats.full_mass) stats.full_mass[at] = kept_mass * shape.head_ratio[sq];
+    } else {
+      if (stats.selected) stats.selected[at] = nvalid;
+      const bool all_pages = sel.count[pair] == batch.NumPages(g, s);
+      if (stats.full_mass) stats.full_mass[at] = all_pages ? kept_mass : -1.0f;
+      if (stats.cap_hit) stats.cap_hit[at] = 0;
+    }
   }
 }
 
@@ -720,6 +740,10 @@ __global__ void __launch_bounds__(kCompactThreads)
       pos = sel.pages[int64_t(pair) * sel.max_select + i / g.page_size] * g.page_size +
             i % g.page_size;
       keep = pos < len && (dense || ((pb[i >> 5] >> (i & 31)) & 1u));
+      // Growing: never a row outside the candidates (whatever the top-p kernel kept).
+      if (keep && !dense && shape.in_set) {
+        keep = shape.in_set[int64_t(pair) * sel.max_select + i / g.page_size] != 0;
+      }
     }
     int total;
     const int at = base_out + BlockExclusiveSum(keep ? 1 : 0, scan, &total);

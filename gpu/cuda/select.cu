@@ -11,7 +11,7 @@ using cuda::LaunchStatus;
 
 size_t SelectWorkspaceBytes(const PageGeometry& g, const SelectorParams& params,
                             int32_t num_seqs, int32_t max_pages) {
-  if (params.kind == SelectorKind::kFull) return 0;
+  if (params.kind == SelectorKind::kFull || params.grow) return 0;  // growing: bounds in out
   return cuda::AlignUp(size_t(num_seqs) * size_t(g.num_kv_heads) * size_t(max_pages) *
                        sizeof(float));
 }
@@ -21,7 +21,7 @@ namespace {
 absl::Status RunSelect(const PageGeometry& g, const SelectorParams& params,
                        const BatchView& batch, const QueryView& q, const QuantKView& qk,
                        const SelectionView& out, void* workspace, size_t workspace_bytes,
-                       void* stream, cudaEvent_t* ev) {
+                       void* stream, cudaEvent_t* ev, float softmax_scale) {
   TWL_RETURN_IF_ERROR(ValidateGeometry(g));
   TWL_RETURN_IF_ERROR(ValidateBatch(g, batch, /*check_host_data=*/false));
   TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
@@ -30,9 +30,16 @@ absl::Status RunSelect(const PageGeometry& g, const SelectorParams& params,
     return absl::InvalidArgumentError("select: q and outputs must not be null");
   }
   const bool quest = params.kind == SelectorKind::kQuest;
-  if (quest && (params.budget_pages < 1 || params.sink_pages < 0)) {
-    return absl::InvalidArgumentError("select: Quest needs budget_pages >= 1 and sink_pages >= 0");
+  const bool grow = quest && params.grow;
+  if (quest && ((!grow && params.budget_pages < 1) || params.budget_pages < 0 ||
+                params.sink_pages < 0)) {
+    return absl::InvalidArgumentError(
+        "select: Quest needs budget_pages >= 1 (>= 0 when growing) and sink_pages >= 0");
   }
+  if (grow && (!out.bound || !out.limit)) {
+    return absl::InvalidArgumentError("select: growing Quest needs the bound and limit outputs");
+  }
+  const float scale = softmax_scale > 0.0f ? softmax_scale : 1.0f / sqrtf(float(g.head_dim));
   if (quest && (!qk.kmin || !qk.kmax)) {
     return absl::InvalidArgumentError("select: Quest needs the page min/max metadata");
   }
@@ -58,7 +65,7 @@ absl::Status RunSelect(const PageGeometry& g, const SelectorParams& params,
       const int64_t grid = (pairs * runs + cuda::kBoundWarps - 1) / cuda::kBoundWarps;
       if (grid > INT32_MAX) return absl::InvalidArgumentError("select: batch too large");
       cuda::PageBoundKernel<kHeadDim><<<unsigned(grid), cuda::kBoundWarps * 32, 0, st>>>(
-          g, params, batch, q, qk, scores, runs);
+          g, params, batch, q, qk, scores, runs, out, scale);
       return LaunchStatus("PageBoundKernel");
     }));
   }
@@ -75,20 +82,21 @@ absl::Status RunSelect(const PageGeometry& g, const SelectorParams& params,
 absl::Status LaunchSelectPages(const PageGeometry& g, const SelectorParams& params,
                                const BatchView& batch, const QueryView& q, const QuantKView& qk,
                                const SelectionView& out, void* workspace,
-                               size_t workspace_bytes, void* stream) {
-  return RunSelect(g, params, batch, q, qk, out, workspace, workspace_bytes, stream, nullptr);
+                               size_t workspace_bytes, void* stream, float softmax_scale) {
+  return RunSelect(g, params, batch, q, qk, out, workspace, workspace_bytes, stream, nullptr,
+                   softmax_scale);
 }
 
 absl::Status ProfileSelect(const PageGeometry& g, const SelectorParams& params,
                            const BatchView& batch, const QueryView& q, const QuantKView& qk,
                            const SelectionView& out, void* workspace, size_t workspace_bytes,
-                           void* stream, SelectProfile* profile) {
+                           void* stream, SelectProfile* profile, float softmax_scale) {
   cudaEvent_t ev[3] = {};
   for (cudaEvent_t& e : ev) {
     if (cudaEventCreate(&e) != cudaSuccess) return LaunchStatus("select profile events");
   }
   absl::Status s =
-      RunSelect(g, params, batch, q, qk, out, workspace, workspace_bytes, stream, ev);
+      RunSelect(g, params, batch, q, qk, out, workspace, workspace_bytes, stream, ev, softmax_scale);
   if (s.ok() && cudaEventSynchronize(ev[2]) != cudaSuccess) s.Update(LaunchStatus("select profile"));
   if (s.ok() && profile) {
     cudaEventElapsedTime(&profile->ms_bounds, ev[0], ev[1]);

@@ -16,12 +16,16 @@ constexpr int kSelectThreads = 512;
 
 // Pages ranked by bound: [sink, num_pages - 1) when the sequence has more pages than the
 // selector keeps anyway; else none (every page is selected).
+// Growing Quest ranks every page but the sinks and the last page.
 __device__ __forceinline__ bool RankedRange(const SelectorParams& p, int32_t num_pages,
                                             int32_t* first, int32_t* last) {
-  if (p.kind == SelectorKind::kFull ||
-      num_pages <= int64_t(p.budget_pages) + p.sink_pages + 1) {  // 64 bits: no overflow
-    return false;
+  if (p.kind == SelectorKind::kFull) return false;
+  if (p.grow) {
+    *first = p.sink_pages;
+    *last = num_pages - 1;
+    return *first < *last;
   }
+  if (num_pages <= int64_t(p.budget_pages) + p.sink_pages + 1) return false;  // 64 bits
   *first = p.sink_pages;
   *last = num_pages - 1;
   return true;
@@ -39,7 +43,8 @@ __device__ __forceinline__ bool RankedRange(const SelectorParams& p, int32_t num
 template <int kHeadDim>
 __global__ void __launch_bounds__(kBoundWarps * 32)
     PageBoundKernel(PageGeometry g, SelectorParams params, BatchView batch, QueryView q,
-                    QuantKView qk, float* __restrict__ scores, int32_t runs_per_seq_head) {
+                    QuantKView qk, float* __restrict__ scores, int32_t runs_per_seq_head,
+                    SelectionView grow_out, float scale) {
   constexpr int kPer = kHeadDim / 2;  // elements of [kmax | kmin] per thread and page
   constexpr int kCh = kPer / 8;       // 16-byte chunks per thread and page
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -81,7 +86,7 @@ __global__ void __launch_bounds__(kBoundWarps * 32)
     }
   }
   const fp16_t* meta = (t4 < 2 ? qk.kmax : qk.kmin) + (t4 & 1) * kPer;
-  float* out = scores + int64_t(pair) * batch.max_pages;
+  float* out = params.grow ? nullptr : scores + int64_t(pair) * batch.max_pages;  // grow: none
   const int32_t tile0 = (p0 / 16) * 16;
   auto block_of = [&](int32_t page) -> int64_t {
     return (page >= p0 && page < p1) ? g.BlockId(batch.PageId(s, page), h) : -1;
@@ -105,6 +110,18 @@ __global__ void __launch_bounds__(kBoundWarps * 32)
     }
     // acc: (page r, heads 2t4, 2t4+1), (page r + 8, heads 2t4, 2t4+1); max over the group.
     const bool h0 = 2 * t4 < group, h1 = 2 * t4 + 1 < group;
+    if (params.grow) {
+      // Every query head's own bound, scaled to logits (the pruner's growth rule needs them).
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+        if (2 * t4 + kk >= group) continue;
+        float* row = grow_out.bound +
+                     (int64_t(s) * batch.num_q_heads + h * group + 2 * t4 + kk) * grow_out.max_select;
+        if (ba >= 0) row[tb + r] = scale * acc[kk];
+        if (bb >= 0) row[tb + r + 8] = scale * acc[2 + kk];
+      }
+      continue;
+    }
     float best_a = fmaxf(h0 ? acc[0] : -INFINITY, h1 ? acc[1] : -INFINITY);
     float best_b = fmaxf(h0 ? acc[2] : -INFINITY, h1 ? acc[3] : -INFINITY);
 #pragma unroll
@@ -139,6 +156,25 @@ __global__ void __launch_bounds__(kSelectThreads)
   const int32_t num_pages = batch.NumPages(g, s);
   int32_t* dst = out.pages + int64_t(pair) * out.max_select;
   int32_t first = 0, last = 0;
+  if (params.grow && params.kind == SelectorKind::kQuest) {
+    // Every page ascending; the sinks and the last page get +inf bounds (always candidates).
+    const int32_t group = batch.num_q_heads / g.num_kv_heads;
+    const int32_t h = pair % g.num_kv_heads;
+    for (int32_t p = threadIdx.x; p < num_pages; p += blockDim.x) {
+      dst[p] = p;
+      if (p < params.sink_pages || p == num_pages - 1) {
+        for (int32_t j = 0; j < group; ++j) {
+          out.bound[(int64_t(s) * batch.num_q_heads + h * group + j) * out.max_select + p] =
+              INFINITY;
+        }
+      }
+    }
+    if (threadIdx.x == 0) {
+      out.count[pair] = num_pages;
+      out.limit[pair] = GrowCapPages(params, num_pages);
+    }
+    return;
+  }
   if (!RankedRange(params, num_pages, &first, &last)) {
     for (int32_t p = threadIdx.x; p < num_pages; p += blockDim.x) dst[p] = p;
     if (threadIdx.x == 0) out.count[pair] = num_pages;

@@ -91,6 +91,132 @@ float EstimateScoreRef(const PageGeometry& g, const float* q, const QuantKView& 
   return HalfToFloat(qk.scale[at]) * dot + HalfToFloat(qk.zero[at]) * qsum;
 }
 
+namespace {
+
+// Estimated scores (q already scaled) of the rows of page `page_idx` of sequence s, KV head h.
+void PageScores(const PageGeometry& g, const BatchView& batch, const QuantKView& qk,
+                const FpKvView& kv, const float* qr, int32_t s, int32_t h, int32_t page_idx,
+                std::vector<float>* out) {
+  const int64_t block = g.BlockId(batch.PageId(s, page_idx), h);
+  const int32_t rows = std::min(g.page_size, batch.seq_len[s] - page_idx * g.page_size);
+  out->resize(size_t(rows));
+  for (int32_t r = 0; r < rows; ++r) (*out)[size_t(r)] = EstimateScoreRef(g, qr, qk, kv, block, r);
+}
+
+}  // namespace
+
+GrowResult GrowCandidatesRef(const PageGeometry& g, const PrunerParams& params,
+                             const BatchView& batch, const QueryView& q, const QuantKView& qk,
+                             const FpKvView& kv, const SelectionView& selection, int32_t s,
+                             int32_t h) {
+  const int32_t group = batch.num_q_heads / g.num_kv_heads;
+  const int32_t item = s * g.num_kv_heads + h;
+  const int32_t num_pages = selection.count[item];
+  const float p = params.seq_p ? params.seq_p[s] : params.p;
+  const double c = GrowRemainderRatio(p, params.remainder_share);
+  const float scale = SoftmaxScale(g, params.softmax_scale);
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<std::vector<float>> qr(static_cast<size_t>(group));
+  std::vector<const float*> bound(static_cast<size_t>(group));
+  for (int32_t j = 0; j < group; ++j) {
+    qr[size_t(j)] = QueryRow(g, batch, q, s, h * group + j, scale);
+    bound[size_t(j)] =
+        selection.bound + (int64_t(s) * batch.num_q_heads + h * group + j) * selection.max_select;
+  }
+  // Key of a page: the max of its query heads' bounds (+inf: always a candidate).
+  std::vector<float> key(static_cast<size_t>(num_pages));
+  std::vector<int32_t> ranked;
+  GrowResult res;
+  res.candidate.assign(size_t(num_pages), 0);
+  for (int32_t i = 0; i < num_pages; ++i) {
+    // A NaN bound (NaN q or K) bounds nothing: such a page is always a candidate.
+    float k = -inf;
+    for (int32_t j = 0; j < group; ++j) {
+      const float b = bound[size_t(j)][i];
+      k = std::isnan(b) ? inf : std::max(k, b);
+    }
+    key[size_t(i)] = k;
+    if (k == inf) res.candidate[size_t(i)] = 1;
+    else ranked.push_back(i);
+  }
+  std::stable_sort(ranked.begin(), ranked.end(),
+                   [&](int32_t a, int32_t b) { return key[size_t(a)] > key[size_t(b)]; });
+  // Scale of the sums: the largest bound of a ranked page or estimate of a forced row, per head
+  // (the rule compares ratios, so any common scale gives the same decision; this one keeps
+  // exp() in range). Sums in double.
+  std::vector<double> mx(static_cast<size_t>(group), -std::numeric_limits<double>::infinity());
+  std::vector<double> A(static_cast<size_t>(group), 0.0);
+  std::vector<std::vector<float>> forced_scores;
+  std::vector<float> sc;
+  for (int32_t i = 0; i < num_pages; ++i) {
+    if (!res.candidate[size_t(i)]) continue;
+    for (int32_t j = 0; j < group; ++j) {
+      PageScores(g, batch, qk, kv, qr[size_t(j)].data(), s, h, selection.pages[int64_t(item) * selection.max_select + i], &sc);
+      for (float x : sc) mx[size_t(j)] = std::max(mx[size_t(j)], double(x));
+      forced_scores.push_back(sc);
+    }
+  }
+  for (int32_t i : ranked) {
+    for (int32_t j = 0; j < group; ++j) mx[size_t(j)] = std::max(mx[size_t(j)], double(bound[size_t(j)][i]));
+  }
+  auto rows_of = [&](int32_t i) {
+    const int32_t page_idx = selection.pages[int64_t(item) * selection.max_select + i];
+    return std::min(g.page_size, batch.seq_len[s] - page_idx * g.page_size);
+  };
+  // A: forced rows; R: every ranked page at its bound (all rows of a page score <= it).
+  size_t f = 0;
+  for (int32_t i = 0; i < num_pages; ++i) {
+    if (!res.candidate[size_t(i)]) continue;
+    for (int32_t j = 0; j < group; ++j, ++f) {
+      for (float x : forced_scores[f]) A[size_t(j)] += std::exp(double(x) - mx[size_t(j)]);
+    }
+  }
+  // R by suffix sums over the ranking, so that no large term is ever subtracted.
+  const size_t n_ranked = ranked.size();
+  std::vector<std::vector<double>> suffix(static_cast<size_t>(group), std::vector<double>(n_ranked + 1, 0.0));
+  for (int32_t j = 0; j < group; ++j) {
+    for (size_t k = n_ranked; k-- > 0;) {
+      const int32_t i = ranked[k];
+      suffix[size_t(j)][k] = suffix[size_t(j)][k + 1] +
+                             double(rows_of(i)) * std::exp(double(bound[size_t(j)][i]) - mx[size_t(j)]);
+    }
+  }
+  const int32_t cap = selection.limit[item];
+  auto holds = [&](size_t taken) {
+    if (taken == n_ranked) return true;        // nothing left outside
+    if (p >= 1.0f) return false;               // p >= 1: every page
+    for (int32_t j = 0; j < group; ++j) {
+      if (!(suffix[size_t(j)][taken] <= c * A[size_t(j)])) return false;
+    }
+    return true;
+  };
+  size_t taken = 0;  // ranked pages taken, always whole levels of equal key
+  while (!holds(taken)) {
+    size_t end = taken + 1;
+    while (end < n_ranked && key[size_t(ranked[end])] == key[size_t(ranked[taken])]) ++end;
+    if (end > size_t(cap)) {
+      res.cap_hit = true;
+      break;
+    }
+    for (size_t k = taken; k < end; ++k) {
+      const int32_t i = ranked[k];
+      res.candidate[size_t(i)] = 1;
+      for (int32_t j = 0; j < group; ++j) {
+        PageScores(g, batch, qk, kv, qr[size_t(j)].data(), s, h,
+                   selection.pages[int64_t(item) * selection.max_select + i], &sc);
+        for (float x : sc) A[size_t(j)] += std::exp(double(x) - mx[size_t(j)]);
+      }
+    }
+    taken = end;
+  }
+  res.inside.resize(size_t(group));
+  for (int32_t j = 0; j < group; ++j) {
+    const double r = suffix[size_t(j)][taken];
+    res.inside[size_t(j)] = A[size_t(j)] > 0.0 ? A[size_t(j)] / (A[size_t(j)] + r) : 0.0;
+  }
+  return res;
+}
+
 absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const BatchView& batch,
                       const QueryView& q, const QuantKView& qk, const FpKvView& kv,
                       const SelectionView& selection, const KeptView& out,
@@ -109,6 +235,11 @@ absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const B
   if (g.k_bits >= 16 ? !kv.kv : (!qk.codes || !qk.scale || !qk.zero)) {
     return absl::InvalidArgumentError("prune: the estimation K store is missing");
   }
+  const bool grow = selection.bound != nullptr && !params.dense;
+  if (grow && (!selection.limit || !(params.remainder_share > 0.0f && params.remainder_share < 1.0f))) {
+    return absl::InvalidArgumentError(
+        "prune: growing needs the selection's limit and remainder_share in (0, 1)");
+  }
   if (out.max_kept < selection.max_select * g.page_size) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "prune: max_kept %d is below max_select * page_size = %d", out.max_kept,
@@ -122,11 +253,19 @@ absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const B
     const int32_t h = item % g.num_kv_heads;
     const int32_t len = batch.seq_len[s];
     const float p = params.seq_p ? params.seq_p[s] : params.p;
+    // Growing: which listed pages are candidates, and each head's share A / (A + R).
+    GrowResult gr;
+    if (grow) gr = GrowCandidatesRef(g, params, batch, q, qk, kv, selection, s, h);
     // Candidate tokens in ascending position: the rows of the selected pages.
     std::vector<int32_t> pos;
     std::vector<int64_t> blocks;
     const int32_t* pages = selection.pages + int64_t(item) * selection.max_select;
+    bool all_pages = selection.count[item] == batch.NumPages(g, s);
     for (int32_t i = 0; i < selection.count[item]; ++i) {
+      if (grow && !gr.candidate[size_t(i)]) {
+        all_pages = false;
+        continue;
+      }
       const int32_t page_idx = pages[i];
       const int64_t block = g.BlockId(batch.PageId(s, page_idx), h);
       const int32_t rows = std::min(g.page_size, len - page_idx * g.page_size);
@@ -153,12 +292,23 @@ absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const B
           mx = std::max(mx, w[i]);
         }
         for (size_t i = 0; i < n; ++i) w[i] = std::exp(w[i] - mx);
-        r = TopPThresholdRef(w, p, params.stop_gap, params.max_iterations);
+        // Growing: take p of the full-context bound A + R, i.e. p / share of A (the rule
+        // that stopped the growth makes that < 1); at the cap only p of A is possible.
+        float pj = p;
+        if (grow && !gr.cap_hit && p < 1.0f) {
+          pj = std::min(1.0f, float(double(p) / gr.inside[size_t(j)]));
+        }
+        r = TopPThresholdRef(w, pj, params.stop_gap, params.max_iterations);
         for (size_t i = 0; i < n; ++i) keep[i] |= uint8_t(w[i] > r.threshold);
       }
       if (stats.selected) stats.selected[at] = int32_t(n);
       if (stats.kept) stats.kept[at] = r.kept;
       if (stats.est_mass) stats.est_mass[at] = r.mass;
+      if (stats.full_mass) {
+        stats.full_mass[at] = grow ? float(double(r.mass) * gr.inside[size_t(j)])
+                                   : (all_pages || params.dense ? r.mass : -1.0f);
+      }
+      if (stats.cap_hit) stats.cap_hit[at] = grow && gr.cap_hit ? 1 : 0;
     }
     int32_t* dst = out.tokens + int64_t(item) * out.max_kept;
     int32_t kept = 0;

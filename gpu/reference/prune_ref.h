@@ -32,8 +32,30 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap =
 float EstimateScoreRef(const PageGeometry& g, const float* q, const QuantKView& qk,
                        const FpKvView& kv, int64_t block, int32_t row);
 
+// Growing Quest (selection.bound set): the candidates of (sequence s, KV head h).
+// Pages are ranked by key = max over the group of their bounds; levels of equal key are taken
+// whole, from the top, until for every query head j of the group R_j <= c * A_j, where A_j is
+// the estimated mass (sum of exp(score)) of the candidate rows, R_j = sum over the other pages
+// of rows * exp(bound_j) (every row's score is <= its page's bound, so R_j bounds the mass
+// outside) and c = GrowRemainderRatio(p, remainder_share); p >= 1: every page. Stops before
+// a level that would take more ranked pages than selection.limit (cap_hit). The result is the
+// smallest level set that satisfies the rule (the rule is monotone), whatever the order of
+// work, so a GPU may score more pages first and get the same set.
+struct GrowResult {
+  std::vector<uint8_t> candidate;  // per listed page
+  std::vector<double> inside;      // per query head of the group: A / (A + R)
+  bool cap_hit = false;
+};
+GrowResult GrowCandidatesRef(const PageGeometry& g, const PrunerParams& params,
+                             const BatchView& batch, const QueryView& q, const QuantKView& qk,
+                             const FpKvView& kv, const SelectionView& selection, int32_t s,
+                             int32_t h);
+
 // For each (sequence, KV head): each query head of the group keeps its top-p set of the
-// selected tokens; the KV head keeps their union (ascending positions).
+// selected tokens; the KV head keeps their union (ascending positions). Growing: the
+// candidates come from GrowCandidatesRef, and each head keeps its top-p set for the target
+// p * (A + R) (so its estimated full-context mass is >= p, reported as full_mass), or p * A
+// when the cap stopped the growth.
 // `kv` is read only when g.k_bits == 16.
 absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const BatchView& batch,
                       const QueryView& q, const QuantKView& qk, const FpKvView& kv,

@@ -2,6 +2,7 @@
 #include "gpu/reference/select_ref.h"
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -23,14 +24,20 @@ float PageUpperBoundRef(const PageGeometry& g, const float* q, const fp16_t* kmi
 
 absl::Status SelectPagesRef(const PageGeometry& g, const SelectorParams& params,
                             const BatchView& batch, const QueryView& q, const QuantKView& qk,
-                            const SelectionView& out) {
+                            const SelectionView& out, float softmax_scale) {
   if (absl::Status st = ValidateGeometry(g); !st.ok()) return st;
   if (absl::Status st = ValidateBatch(g, batch, true); !st.ok()) return st;
   if (!q.q || !out.pages || !out.count) {
     return absl::InvalidArgumentError("select: q and outputs must not be null");
   }
-  if (params.kind == SelectorKind::kQuest && (params.budget_pages < 1 || params.sink_pages < 0)) {
-    return absl::InvalidArgumentError("select: Quest needs budget_pages >= 1 and sink_pages >= 0");
+  const bool grow = params.kind == SelectorKind::kQuest && params.grow;
+  if (params.kind == SelectorKind::kQuest &&
+      ((!grow && params.budget_pages < 1) || params.budget_pages < 0 || params.sink_pages < 0)) {
+    return absl::InvalidArgumentError(
+        "select: Quest needs budget_pages >= 1 (>= 0 when growing) and sink_pages >= 0");
+  }
+  if (grow && (!out.bound || !out.limit)) {
+    return absl::InvalidArgumentError("select: growing Quest needs the bound and limit outputs");
   }
   if (params.kind == SelectorKind::kQuest && (!qk.kmin || !qk.kmax)) {
     return absl::InvalidArgumentError("select: Quest needs the page min/max metadata");
@@ -47,6 +54,28 @@ absl::Status SelectPagesRef(const PageGeometry& g, const SelectorParams& params,
     const int32_t h = item % g.num_kv_heads;
     const int32_t num_pages = batch.NumPages(g, s);
     int32_t* dst = out.pages + int64_t(item) * out.max_select;
+    if (grow) {
+      // Every page, ascending, with each query head's bound; sinks and the last page +inf.
+      std::iota(dst, dst + num_pages, 0);
+      out.count[item] = num_pages;
+      out.limit[item] = GrowCapPages(params, num_pages);
+      for (int32_t j = 0; j < group; ++j) {
+        const int32_t qh = h * group + j;
+        const std::vector<float> qr =
+            QueryRow(g, batch, q, s, qh, SoftmaxScale(g, softmax_scale));
+        float* bd = out.bound + (int64_t(s) * batch.num_q_heads + qh) * out.max_select;
+        for (int32_t p = 0; p < num_pages; ++p) {
+          if (p < params.sink_pages || p == num_pages - 1) {
+            bd[p] = std::numeric_limits<float>::infinity();
+            continue;
+          }
+          const int64_t block = g.BlockId(batch.PageId(s, p), h);
+          bd[p] = PageUpperBoundRef(g, qr.data(), qk.kmin + block * g.head_dim,
+                                    qk.kmax + block * g.head_dim);
+        }
+      }
+      return;
+    }
     const int64_t keep_all = int64_t(params.budget_pages) + params.sink_pages + 1;  // no overflow
     if (params.kind == SelectorKind::kFull || num_pages <= keep_all) {
       std::iota(dst, dst + num_pages, 0);

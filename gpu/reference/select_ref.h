@@ -1,6 +1,7 @@
 // CPU reference of the Quest selector: per page an upper bound of q.k from the block's
 // per-channel min/max, then the top budget pages per (sequence, KV head), always keeping
-// the first sink pages and the last (partial) page.
+// the first sink pages and the last (partial) page; or, growing, the ranking data the
+// pruner grows its candidates from.
 #pragma once
 
 #include "absl/status/status.h"
@@ -14,8 +15,11 @@ float PageUpperBoundRef(const PageGeometry& g, const float* q, const fp16_t* kmi
 
 // GQA: a KV head's page score is the max of its query heads' bounds. Ties broken by the
 // lower page index. Output pages ascending.
+// Growing Quest (params.grow): every page, ascending, with per query head bounds of
+// q.k * softmax_scale (0: 1/sqrt(head_dim)) in out.bound and the cap in out.limit (see
+// SelectionView); the pruner picks the candidates.
 absl::Status SelectPagesRef(const PageGeometry& g, const SelectorParams& params,
                             const BatchView& batch, const QueryView& q, const QuantKView& qk,
-                            const SelectionView& out);
+                            const SelectionView& out, float softmax_scale = 0.0f);
 
 }  // namespace twl

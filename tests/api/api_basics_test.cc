@@ -61,7 +61,7 @@ TEST(ApiBasics, CreateResolvesSentinels) {
   EXPECT_EQ(c.k_bits, 4);
   EXPECT_FLOAT_EQ(c.top_p, 0.95f);
   EXPECT_EQ(c.selector, TWL_SELECTOR_QUEST);
-  EXPECT_FLOAT_EQ(c.selector_budget_fraction, 0.25f);
+  EXPECT_FLOAT_EQ(c.selector_budget_fraction, 1.0f);
   EXPECT_EQ(c.sink_pages, 1);
   EXPECT_EQ(c.dense_layers, 0);
   EXPECT_GT(c.host_pool_bytes, 0);

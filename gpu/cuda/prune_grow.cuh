@@ -1,0 +1,490 @@
+// Growing Quest on the GPU (see GrowCandidatesRef), in two stages so that the pruner's work
+// follows its candidates. Stage 1 scores a seed list per (sequence, KV head): the forced pages
+// and the largest whole-level set of at most `seed` top-bound pages (SeedListKernel). If the
+// growth rule already holds with every seed page in, the rule's smallest level set lies
+// inside the seed (the rule is monotone), so the search below over the seed gives exactly the
+// reference's set; otherwise the pair is flagged, its list becomes every page and stage 2
+// scores and searches it again (only flagged pairs do work). Each stage, after the score
+// kernel has estimated every row of the listed pages:
+//  1. PageMassKernel: per (query head, page) the sum of exp(est - M) over the page's rows and
+//     their max (M: the head's max estimate over the whole sequence);
+//  2. GrowSearchKernel, one block per (sequence, KV head): the smallest whole-level set of
+//     pages by key = max over the group of the page bounds that satisfies the growth rule
+//     R_j <= c * A_j for every query head j, found by a 4-pass radix search on the 32-bit
+//     order-preserving keys: each pass histograms the pages of the current bucket by the next
+//     8 bits, with per digit and head the sums of A and of R, and picks the largest digit whose
+//     "this digit and above in" set satisfies the rule (the rule is monotone in the set). The
+//     same search by page counts gives the largest level set within the cap when the rule's set
+//     is too large. Then per head: the share of A the top-p must take (p * (A + R) / A, or p at
+//     the cap), A / (A + R) for the full-context mass, the max estimate over the candidates
+//     (the softmax shift of the top-p kernel), candidate rows and the cap flag;
+//  3. MaskNonCandidatesKernel: estimates of rows outside the candidates become -inf, so the
+//     top-p kernel sees only candidates (weight 0 elsewhere).
+// Floats are summed in a different order than the reference (double there), so a page whose
+// inclusion is decided by a near-tie can differ (tests/gpu compare with a tolerance).
+#pragma once
+
+#include "gpu/cuda/prune.cuh"
+
+namespace twl::cuda {
+
+constexpr int kGrowThreads = 256;  // one thread per radix digit
+constexpr int kMassThreads = 256;
+
+struct GrowWork {
+  float* page_mass = nullptr;   // [num_seqs * num_q_heads][max_select] by list entry
+  float* page_max = nullptr;    // [num_seqs * num_q_heads][max_select] by list entry
+  uint8_t* in_set = nullptr;    // [num_seqs * num_kv_heads][max_select] by list entry
+  float* head_p = nullptr;      // [num_seqs * num_q_heads]
+  float* head_ratio = nullptr;  // [num_seqs * num_q_heads]
+  // The list the pruner scores: ascending page indices (the seed, or every page).
+  int32_t* list_pages = nullptr;  // [num_seqs * num_kv_heads][max_select]
+  int32_t* list_count = nullptr;  // [num_seqs * num_kv_heads]
+  int32_t* list_pos = nullptr;    // [num_seqs * num_kv_heads][max_select] page -> entry or -1
+  int32_t* need = nullptr;        // [num_seqs * num_kv_heads] 1: stage 2 scores every page
+};
+
+__device__ __forceinline__ float HeadShift(const uint32_t* head_max, int32_t sq) {
+  return head_max[sq] ? KeyFloat(head_max[sq]) : 0.0f;
+}
+
+// Grid: x = page chunks, y = (sequence, query head).
+__global__ void __launch_bounds__(kMassThreads)
+    PageMassKernel(PageGeometry g, BatchView batch, SelectionView sel, PruneShape shape,
+                   const float* __restrict__ scores, const uint32_t* __restrict__ head_max,
+                   GrowWork work) {
+  const int32_t sq = blockIdx.y;
+  const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
+  const int32_t pair = s * g.num_kv_heads + qh / shape.group;
+  if (shape.only && !shape.only[pair]) return;
+  const int32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= sel.count[pair]) return;
+  const float mx = HeadShift(head_max, sq);
+  const float* row = scores + int64_t(sq) * shape.cand_stride + int64_t(i) * g.page_size;
+  float mass = 0.0f, best = -INFINITY;
+  for (int32_t r = 0; r < g.page_size; ++r) {
+    const float x = row[r];
+    if (x == -INFINITY) continue;  // past the sequence end
+    mass += expf(x - mx);
+    best = fmaxf(best, x);
+  }
+  work.page_mass[int64_t(sq) * sel.max_select + i] = mass;
+  work.page_max[int64_t(sq) * sel.max_select + i] = best;
+}
+
+struct GrowSmem {
+  float ha[256][kMaxGroup];
+  float hb[256][kMaxGroup];
+  int hc[256];
+  float cum_a[257][kMaxGroup];  // cum_a[d] = sum over digits >= d
+  float cum_b[257][kMaxGroup];  // cum_b[d] = sum over digits < d
+  int cum_c[257];               // cum_c[d] = count over digits >= d
+  float a_hi[kMaxGroup], b_lo[kMaxGroup];
+  float fin_a[kMaxGroup], fin_b[kMaxGroup];
+  uint32_t fin_max[kMaxGroup];
+  int fin_rows, fin_cnt;
+  int best;
+};
+
+// Set membership of a ranked page's key after a search: the bucket prefix under mask, and
+// whether the final bucket itself is in (>=) or out (>).
+struct KeyCut {
+  uint32_t prefix = 0, mask = 0;
+  bool strict = false;
+  __device__ __forceinline__ bool In(uint32_t key) const {
+    return strict ? (key & mask) > prefix : (key & mask) >= prefix;
+  }
+};
+
+// Key of page i of (s, KV head h): max of its query heads' bounds; +inf = forced.
+// A NaN bound (NaN q or K) bounds nothing: such a page is forced, as in the reference.
+__device__ __forceinline__ uint32_t GrowKey(const SelectionView& sel, int32_t sq0, int32_t G,
+                                            int32_t i, bool* forced) {
+  float k = -INFINITY;
+  for (int j = 0; j < G; ++j) {
+    const float b = sel.bound[int64_t(sq0 + j) * sel.max_select + i];
+    k = isnan(b) ? INFINITY : fmaxf(k, b);
+  }
+  *forced = k == INFINITY;
+  return FloatKey(k);
+}
+
+// Radix search by page counts over the ranked pages (those with `eligible`): the largest
+// whole-level set with at most `cap` pages. Every thread returns the same cut.
+template <typename Eligible>
+__device__ KeyCut CountCut(GrowSmem& sm, const SelectionView& sel, int32_t sq0, int32_t G,
+                           int32_t n, int32_t cap, Eligible eligible) {
+  const int t = threadIdx.x;
+  KeyCut cc;
+  int cnt_hi = 0;
+  bool whole = false;
+  for (int shift = 24; shift >= 0 && !whole; shift -= 8) {
+    for (int d = t; d < 256; d += blockDim.x) sm.hc[d] = 0;
+    __syncthreads();
+    for (int32_t i = t; i < n; i += blockDim.x) {
+      bool forced;
+      const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+      if (forced || !eligible(i) || (key & cc.mask) != cc.prefix) continue;
+      atomicAdd(&sm.hc[(key >> shift) & 255u], 1);
+    }
+    __syncthreads();
+    if (t == 64) {
+      int acc = 0;
+      sm.cum_c[256] = 0;
+      for (int d = 255; d >= 0; --d) sm.cum_c[d] = (acc += sm.hc[d]);
+    }
+    if (t == 0) sm.best = 256;
+    __syncthreads();
+    if (t < 256 && cnt_hi + sm.cum_c[t] <= cap) atomicMin(&sm.best, t);
+    __syncthreads();
+    const int d = sm.best;
+    if (d == 0) {
+      whole = true;  // the whole bucket fits
+    } else {
+      cnt_hi += sm.cum_c[d];
+      cc.prefix |= uint32_t(d - 1) << shift;  // digit d - 1 does not fit whole: look inside
+      cc.mask |= 255u << shift;
+    }
+    __syncthreads();
+  }
+  cc.strict = !whole;
+  return cc;
+}
+
+// One block per (sequence, KV head): the stage-1 list (forced pages + the largest level set
+// of at most `seed` ranked pages, ascending), list_pos, need = 0.
+__global__ void __launch_bounds__(kGrowThreads)
+    SeedListKernel(PageGeometry g, BatchView batch, SelectionView sel, PruneShape shape,
+                   int32_t seed, GrowWork work) {
+  __shared__ GrowSmem sm;
+  __shared__ int scan[33];
+  const int32_t pair = blockIdx.x;
+  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
+  const int32_t G = shape.group;
+  const int32_t n = sel.count[pair];
+  const int32_t sq0 = s * batch.num_q_heads + h * G;
+  // seed < 0: auto (1/16 of the pages, at least 64); 0: every page (one stage).
+  const int32_t want = seed < 0 ? max(64, (n + 15) / 16) : (seed == 0 ? 0x7fffffff : seed);
+  const int32_t cap = min(want, sel.limit[pair]);
+  const KeyCut cut = CountCut(sm, sel, sq0, G, n, cap, [](int32_t) { return true; });
+  int32_t* list = work.list_pages + int64_t(pair) * sel.max_select;
+  int32_t* pos = work.list_pos + int64_t(pair) * sel.max_select;
+  int base = 0;
+  for (int32_t b0 = 0; b0 < n; b0 += blockDim.x) {
+    const int32_t i = b0 + threadIdx.x;
+    bool in = false;
+    if (i < n) {
+      bool forced;
+      const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+      in = forced || cut.In(key);
+    }
+    int total;
+    const int at = base + BlockExclusiveSum(in ? 1 : 0, scan, &total);
+    if (i < n) {
+      pos[i] = in ? at : -1;
+      if (in) list[at] = i;
+    }
+    base += total;
+  }
+  if (threadIdx.x == 0) {
+    work.list_count[pair] = base;
+    work.need[pair] = 0;
+  }
+}
+
+// One block per (sequence, KV head) over its list (work.list_*; stage 2: flagged pairs only).
+// Stage 1 flags a pair whose rule fails with every listed page in (or p >= 1 with pages left
+// out): its list becomes every page and its head_max is cleared for the rescoring.
+// head_max is rewritten to the max over the candidates.
+__global__ void __launch_bounds__(kGrowThreads)
+    GrowSearchKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
+                     PruneShape shape, uint32_t* __restrict__ head_max, GrowWork work,
+                     HeadStatsView stats, int stage) {
+  __shared__ GrowSmem sm;
+  const int32_t pair = blockIdx.x;
+  if (stage == 2 && !work.need[pair]) return;
+  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
+  const int32_t G = shape.group;
+  const int32_t n = sel.count[pair];  // every page of the sequence (the selector lists all)
+  const int32_t listed = work.list_count[pair];
+  const int32_t* pos = work.list_pos + int64_t(pair) * sel.max_select;
+  const int32_t len = batch.seq_len[s];
+  const int32_t sq0 = s * batch.num_q_heads + h * G;
+  const float p = params.seq_p ? params.seq_p[s] : params.p;
+  const float c = GrowRemainderRatio(p, params.remainder_share);
+  const int32_t cap = sel.limit[pair];
+  const int t = threadIdx.x;
+  float mx[kMaxGroup];
+#pragma unroll
+  for (int j = 0; j < kMaxGroup; ++j) mx[j] = j < G ? HeadShift(head_max, sq0 + j) : 0.0f;
+  auto bound = [&](int j, int32_t i) {
+    return sel.bound[int64_t(sq0 + j) * sel.max_select + i];
+  };
+  auto rows_of = [&](int32_t i) { return min(g.page_size, len - i * g.page_size); };
+  // a: by list entry (only listed pages have estimates); b: by page.
+  auto a_of = [&](int j, int32_t i) {
+    return work.page_mass[int64_t(sq0 + j) * sel.max_select + pos[i]];
+  };
+  auto b_of = [&](int j, int32_t i) { return float(rows_of(i)) * expf(bound(j, i) - mx[j]); };
+
+  // A of the forced pages (always listed, always in); R of the unlisted pages (always out).
+  if (t < kMaxGroup) {
+    sm.a_hi[t] = 0.0f;
+    sm.b_lo[t] = 0.0f;
+  }
+  __syncthreads();
+  {
+    // Per-thread sums, then one atomic per warp and head (every page adds to the same G
+    // addresses: per-page shared atomics would serialize).
+    float la[kMaxGroup], lb[kMaxGroup];
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) la[j] = lb[j] = 0.0f;
+    for (int32_t i = t; i < n; i += blockDim.x) {
+      bool forced;
+      GrowKey(sel, sq0, G, i, &forced);
+      if (forced) {
+#pragma unroll
+        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? a_of(j, i) : 0.0f;
+      } else if (pos[i] < 0) {
+#pragma unroll
+        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? b_of(j, i) : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      la[j] = WarpSum(la[j]);
+      lb[j] = WarpSum(lb[j]);
+      if ((t & 31) == 0 && j < G) {
+        atomicAdd(&sm.a_hi[j], la[j]);
+        atomicAdd(&sm.b_lo[j], lb[j]);
+      }
+    }
+  }
+  __syncthreads();
+
+  // Histogram of the listed ranked pages of the bucket (key & mask) == prefix by the digit at
+  // shift, with per digit and head the sums of A and R, then cumulative sums.
+  auto histogram = [&](const KeyCut& cut, int shift) {
+    for (int d = t; d < 256; d += blockDim.x) {
+      sm.hc[d] = 0;
+      for (int j = 0; j < kMaxGroup; ++j) sm.ha[d][j] = sm.hb[d][j] = 0.0f;
+    }
+    __syncthreads();
+    const int lane = t & 31;
+    for (int32_t base = 0; base < n; base += blockDim.x) {  // same trip count for every lane
+      const int32_t i = base + t;
+      bool valid = false;
+      int d = 0;
+      if (i < n) {
+        bool forced;
+        const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+        valid = !forced && pos[i] >= 0 && (key & cut.mask) == cut.prefix;
+        d = int((key >> shift) & 255u);
+      }
+      float va[kMaxGroup], vb[kMaxGroup];
+#pragma unroll
+      for (int j = 0; j < kMaxGroup; ++j) {
+        va[j] = valid && j < G ? a_of(j, i) : 0.0f;
+        vb[j] = valid && j < G ? b_of(j, i) : 0.0f;
+      }
+      // Pages of a bucket share their leading key bits: when a warp's pages fall into few
+      // digits, sum each digit over the warp and add once (else one atomic per page).
+      const unsigned peers = __match_any_sync(0xffffffffu, valid ? d : 256 + lane);
+      const unsigned leaders = __ballot_sync(0xffffffffu, valid && lane == __ffs(peers) - 1);
+      if (__popc(leaders) <= 4) {
+        for (unsigned todo = leaders; todo; todo &= todo - 1) {  // warp-uniform
+          const int l = __ffs(todo) - 1;
+          const int dl = __shfl_sync(0xffffffffu, d, l);
+          const bool mine = valid && d == dl;
+          const int cnt = __popc(__ballot_sync(0xffffffffu, mine));
+#pragma unroll
+          for (int j = 0; j < kMaxGroup; ++j) {
+            const float sa = WarpSum(mine ? va[j] : 0.0f);
+            const float sb = WarpSum(mine ? vb[j] : 0.0f);
+            if (lane == l && j < G) {
+              atomicAdd(&sm.ha[dl][j], sa);
+              atomicAdd(&sm.hb[dl][j], sb);
+            }
+          }
+          if (lane == l) atomicAdd(&sm.hc[dl], cnt);
+        }
+      } else if (valid) {
+        atomicAdd(&sm.hc[d], 1);
+        for (int j = 0; j < G; ++j) {
+          atomicAdd(&sm.ha[d][j], va[j]);
+          atomicAdd(&sm.hb[d][j], vb[j]);
+        }
+      }
+    }
+    __syncthreads();
+    if (t < G) {
+      float acc = 0.0f;
+      sm.cum_a[256][t] = 0.0f;
+      for (int d = 255; d >= 0; --d) sm.cum_a[d][t] = (acc += sm.ha[d][t]);
+    } else if (t >= 32 && t < 32 + G) {
+      const int j = t - 32;
+      float acc = 0.0f;
+      for (int d = 0; d <= 256; ++d) {
+        sm.cum_b[d][j] = acc;
+        if (d < 256) acc += sm.hb[d][j];
+      }
+    }
+    __syncthreads();
+  };
+  // The rule for "listed pages of digits >= d in" (d = 256: none of the bucket).
+  auto rule = [&](int d) {
+    for (int j = 0; j < G; ++j) {
+      const float A = sm.a_hi[j] + sm.cum_a[d][j];
+      const float R = sm.b_lo[j] + sm.cum_b[d][j];
+      if (!(R <= c * A)) return false;
+    }
+    return true;
+  };
+  // Stage 1 with pages left out of the list: does every listed page in satisfy the rule?
+  // (p >= 1 needs every page.) If not, hand the pair to stage 2 with every page listed.
+  if (stage == 1 && listed < n) {
+    bool enough = false;
+    if (p < 1.0f) {
+      histogram(KeyCut{}, 24);
+      if (t == 0) sm.best = rule(0) ? 1 : 0;
+      __syncthreads();
+      enough = sm.best != 0;
+      __syncthreads();
+    }
+    if (!enough) {
+      int32_t* list = work.list_pages + int64_t(pair) * sel.max_select;
+      int32_t* wpos = work.list_pos + int64_t(pair) * sel.max_select;
+      for (int32_t i = t; i < n; i += blockDim.x) {
+        list[i] = i;
+        wpos[i] = i;
+      }
+      if (t < G) head_max[sq0 + t] = 0u;
+      if (t == 0) {
+        work.list_count[pair] = n;
+        work.need[pair] = 1;
+      }
+      return;
+    }
+  }
+
+  // Mass search: the smallest level set satisfying the rule (p >= 1: every page).
+  KeyCut mass_cut;
+  if (p < 1.0f) {
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      histogram(mass_cut, shift);
+      if (t == 0) sm.best = -1;
+      __syncthreads();
+      if (rule(t)) atomicMax(&sm.best, t);
+      if (shift == 24 && t == 0 && rule(256)) atomicMax(&sm.best, 256);
+      __syncthreads();
+      int d0 = sm.best;
+      if (d0 < 0) d0 = 0;  // float rounding only: the whole bucket satisfied it a pass ago
+      if (d0 == 256) {     // the forced pages alone
+        mass_cut.strict = true;
+        break;
+      }
+      if (t < G) {
+        sm.a_hi[t] += sm.cum_a[d0 + 1][t];
+        sm.b_lo[t] += sm.cum_b[d0][t];
+      }
+      mass_cut.prefix |= uint32_t(d0) << shift;
+      mass_cut.mask |= 255u << shift;
+      __syncthreads();
+    }
+  }
+  // Ranked pages it takes; over the cap: the largest level set within the cap.
+  if (t == 0) sm.fin_cnt = 0;
+  __syncthreads();
+  {
+    int cnt = 0;
+    for (int32_t i = t; i < n; i += blockDim.x) {
+      bool forced;
+      const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+      cnt += !forced && pos[i] >= 0 && mass_cut.In(key);
+    }
+    atomicAdd(&sm.fin_cnt, cnt);
+  }
+  __syncthreads();
+  const bool cap_hit = sm.fin_cnt > cap;
+  KeyCut cut = mass_cut;
+  if (cap_hit) {
+    cut = CountCut(sm, sel, sq0, G, n, cap, [&](int32_t i) { return pos[i] >= 0; });
+  }
+
+  // Final set: flags by list entry, per head A, R and the max estimate over the candidates.
+  if (t < kMaxGroup) {
+    sm.fin_a[t] = sm.fin_b[t] = 0.0f;
+    sm.fin_max[t] = 0u;
+  }
+  if (t == 0) sm.fin_rows = 0;
+  __syncthreads();
+  int rows_in = 0;
+  {
+    float fa[kMaxGroup], fb[kMaxGroup], fm[kMaxGroup];
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      fa[j] = fb[j] = 0.0f;
+      fm[j] = -INFINITY;
+    }
+    for (int32_t i = t; i < n; i += blockDim.x) {
+      bool forced;
+      const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+      const int32_t e = pos[i];
+      const bool in = forced || (e >= 0 && cut.In(key));
+      if (e >= 0) work.in_set[int64_t(pair) * sel.max_select + e] = in ? 1 : 0;
+      if (in) rows_in += rows_of(i);
+#pragma unroll
+      for (int j = 0; j < kMaxGroup; ++j) {
+        if (j >= G) continue;
+        if (in) {
+          fa[j] += a_of(j, i);
+          fm[j] = fmaxf(fm[j], work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
+        } else {
+          fb[j] += b_of(j, i);
+        }
+      }
+    }
+    // One atomic per warp and head (see above).
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      fa[j] = WarpSum(fa[j]);
+      fb[j] = WarpSum(fb[j]);
+      fm[j] = WarpMax(fm[j]);
+      if ((t & 31) == 0 && j < G) {
+        atomicAdd(&sm.fin_a[j], fa[j]);
+        atomicAdd(&sm.fin_b[j], fb[j]);
+        if (fm[j] > -INFINITY) atomicMax(&sm.fin_max[j], FloatKey(fm[j]));
+      }
+    }
+  }
+  atomicAdd(&sm.fin_rows, rows_in);
+  __syncthreads();
+  if (t < G) {
+    const int32_t sq = sq0 + t;
+    const float A = sm.fin_a[t], R = sm.fin_b[t];
+    float target = p;  // share of A the head's top-p set must take
+    if (!cap_hit && p < 1.0f) target = A > 0.0f ? fminf(1.0f, p * ((A + R) / A)) : 1.0f;
+    work.head_p[sq] = target;
+    work.head_ratio[sq] = A > 0.0f ? A / (A + R) : 0.0f;
+    if (sm.fin_max[t]) head_max[sq] = sm.fin_max[t];
+    if (stats.selected) stats.selected[sq] = sm.fin_rows;
+    if (stats.cap_hit) stats.cap_hit[sq] = cap_hit ? 1 : 0;
+  }
+}
+
+// Grid: x = slot chunks, y = (sequence, query head).
+__global__ void __launch_bounds__(kMassThreads)
+    MaskNonCandidatesKernel(PageGeometry g, BatchView batch, SelectionView sel,
+                            PruneShape shape, float* __restrict__ scores, GrowWork work) {
+  const int32_t sq = blockIdx.y;
+  const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
+  const int32_t pair = s * g.num_kv_heads + qh / shape.group;
+  const int32_t slots = sel.count[pair] * g.page_size;
+  const uint8_t* in = work.in_set + int64_t(pair) * sel.max_select;
+  float* row = scores + int64_t(sq) * shape.cand_stride;
+  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < slots; i += gridDim.x * blockDim.x) {
+    if (!in[i / g.page_size]) row[i] = -INFINITY;
+  }
+}
+
+}  // namespace twl::cuda

@@ -1,0 +1,301 @@
+// Growing Quest on the GPU (LaunchSelectPages + LaunchPrune with SelectorParams::grow) against
+// the CPU reference (SelectPagesRef + PruneRef) on fresh random inputs (gtest's random seed).
+// Tolerances:
+//  - select: same pages/count/limit; bounds within 1e-3 * (1 + |bound|) (tensor-core FP32 sums
+//    in another order than the CPU's), +inf exactly for the sinks and the last page;
+//  - prune: candidate rows per head equal to the reference's for >= 90% of the (sequence,
+//    KV head) pairs (the growth rule R <= c * A is decided in float on the GPU and in double
+//    on the CPU: a page whose level sits on the boundary may go either way); cap_hit equal;
+//    where the candidates agree, kept sets differ by <= 1% of the reference's tokens + 2;
+//    every head's full-context lower bound >= p - 2e-3 unless it hit the cap;
+//  - a flat head at 128k tokens keeps >= p - 0.01 of its TRUE mass (exact scores on FP16 K).
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "gpu/kernels.h"
+#include "gpu/reference/prune_ref.h"
+#include "gpu/reference/select_ref.h"
+#include "runtime/runtime.h"
+#include "gpu_test_util.h"
+#include "support/grow_store.h"
+
+namespace twl {
+namespace {
+
+using testing::DeviceStore;
+using testing::Download;
+using testing::Poisoned;
+using testing::RefStore;
+using testing::Upload;
+
+struct Outputs {
+  std::vector<int32_t> pages, count, limit, tokens, kept_count, selected, kept, cap_hit;
+  std::vector<float> bound, est, full;
+};
+
+struct GrowCase {
+  int32_t head_dim, group, cap_pages;
+  float p;
+  std::vector<int32_t> lens;
+  int32_t seed_pages = -1;  // PrunerParams::grow_seed_pages (the result must not depend on it)
+};
+
+PageGeometry Geometry(int32_t head_dim) {
+  PageGeometry g;
+  g.num_kv_heads = 2;
+  g.head_dim = head_dim;
+  g.page_size = 16;
+  g.k_bits = 4;
+  return g;
+}
+
+Outputs RunReference(RefStore& st, const SelectorParams& sp, const PrunerParams& pp) {
+  const BatchView b = st.Batch();
+  const int32_t stride = SelectStride(sp, b.max_pages);
+  const size_t pairs = size_t(b.num_seqs) * st.g.num_kv_heads;
+  const size_t heads = size_t(b.num_seqs) * b.num_q_heads;
+  Outputs o;
+  o.pages.assign(pairs * stride, -1);
+  o.count.assign(pairs, 0);
+  o.limit.assign(pairs, 0);
+  o.bound.assign(heads * stride, 0.0f);
+  o.tokens.assign(pairs * stride * st.g.page_size, -1);
+  o.kept_count.assign(pairs, 0);
+  o.selected.assign(heads, 0);
+  o.kept.assign(heads, 0);
+  o.cap_hit.assign(heads, 0);
+  o.est.assign(heads, 0.0f);
+  o.full.assign(heads, 0.0f);
+  const SelectionView sel{o.pages.data(), o.count.data(), stride, o.bound.data(), o.limit.data()};
+  EXPECT_TRUE(SelectPagesRef(st.g, sp, b, st.Query(), st.Quant(), sel).ok());
+  EXPECT_TRUE(PruneRef(st.g, pp, b, st.Query(), st.Quant(), st.Kv(), sel,
+                       KeptView{o.tokens.data(), o.kept_count.data(), stride * st.g.page_size},
+                       HeadStatsView{o.selected.data(), o.kept.data(), o.est.data(),
+                                     o.full.data(), o.cap_hit.data()})
+                  .ok());
+  return o;
+}
+
+Outputs RunGpu(const RefStore& st, const SelectorParams& sp, const PrunerParams& pp) {
+  DeviceStore ds(st);
+  const BatchView b = ds.Batch();
+  const int32_t stride = SelectStride(sp, b.max_pages);
+  const size_t pairs = size_t(b.num_seqs) * st.g.num_kv_heads;
+  const size_t heads = size_t(b.num_seqs) * b.num_q_heads;
+  const size_t kept_stride = size_t(stride) * st.g.page_size;
+  gpu::DeviceBuffer pages = Poisoned<int32_t>(pairs * stride), count = Poisoned<int32_t>(pairs),
+                    limit = Poisoned<int32_t>(pairs), bound = Poisoned<float>(heads * stride),
+                    tokens = Poisoned<int32_t>(pairs * kept_stride),
+                    kcount = Poisoned<int32_t>(pairs), selected = Poisoned<int32_t>(heads),
+                    kept = Poisoned<int32_t>(heads), cap = Poisoned<int32_t>(heads),
+                    est = Poisoned<float>(heads), full = Poisoned<float>(heads);
+  const SelectionView sel{pages.as<int32_t>(), count.as<int32_t>(), stride, bound.as<float>(),
+                          limit.as<int32_t>()};
+  gpu::DeviceBuffer ws_sel, ws_pr;
+  const size_t sel_bytes = SelectWorkspaceBytes(st.g, sp, b.num_seqs, b.max_pages);
+  const size_t pr_bytes = PruneWorkspaceBytes(st.g, b.num_seqs, b.num_q_heads, stride);
+  EXPECT_TRUE(ws_sel.Reserve(std::max<size_t>(sel_bytes, 256)).ok());
+  EXPECT_TRUE(ws_pr.Reserve(pr_bytes).ok());
+  EXPECT_TRUE(gpu::Memset(ws_pr.get(), 0xFF, pr_bytes).ok());
+  absl::Status s = LaunchSelectPages(st.g, sp, b, ds.Query(), ds.Quant(), sel, ws_sel.get(),
+                                     sel_bytes, nullptr, pp.softmax_scale);
+  EXPECT_TRUE(s.ok()) << s;
+  s = LaunchPrune(st.g, pp, b, ds.Query(), ds.Quant(), ds.Kv(), sel,
+                  KeptView{tokens.as<int32_t>(), kcount.as<int32_t>(), int32_t(kept_stride)},
+                  HeadStatsView{selected.as<int32_t>(), kept.as<int32_t>(), est.as<float>(),
+                                full.as<float>(), cap.as<int32_t>()},
+                  ws_pr.get(), pr_bytes, nullptr);
+  EXPECT_TRUE(s.ok()) << s;
+  Outputs o;
+  o.pages = Download<int32_t>(pages, pairs * stride);
+  o.count = Download<int32_t>(count, pairs);
+  o.limit = Download<int32_t>(limit, pairs);
+  o.bound = Download<float>(bound, heads * stride);
+  o.tokens = Download<int32_t>(tokens, pairs * kept_stride);
+  o.kept_count = Download<int32_t>(kcount, pairs);
+  o.selected = Download<int32_t>(selected, heads);
+  o.kept = Download<int32_t>(kept, heads);
+  o.cap_hit = Download<int32_t>(cap, heads);
+  o.est = Download<float>(est, heads);
+  o.full = Download<float>(full, heads);
+  return o;
+}
+
+class GrowGpuTest : public ::testing::TestWithParam<GrowCase> {};
+
+TEST_P(GrowGpuTest, MatchesReference) {
+  TWL_SKIP_WITHOUT_GPU();
+  const GrowCase c = GetParam();
+  const PageGeometry g = Geometry(c.head_dim);
+  const uint64_t seed = ::testing::UnitTest::GetInstance()->random_seed() + uint64_t(c.group);
+  RefStore st = testing::MakeGrowStore(g, g.num_kv_heads * c.group, c.lens, 1.5f, 8.0f, seed);
+  SelectorParams sp;
+  sp.kind = SelectorKind::kQuest;
+  sp.grow = true;
+  sp.budget_pages = c.cap_pages;
+  PrunerParams pp;
+  pp.p = c.p;
+  pp.grow_seed_pages = c.seed_pages;
+  const Outputs r = RunReference(st, sp, pp);
+  const Outputs d = RunGpu(st, sp, pp);
+  const BatchView b = st.Batch();
+  const int32_t stride = SelectStride(sp, b.max_pages);
+  const int32_t group = c.group;
+  // Select.
+  EXPECT_EQ(d.count, r.count);
+  EXPECT_EQ(d.limit, r.limit);
+  for (int32_t s = 0; s < b.num_seqs; ++s) {
+    for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+      const size_t item = size_t(s) * g.num_kv_heads + h;
+      for (int32_t i = 0; i < r.count[item]; ++i) {
+        ASSERT_EQ(d.pages[item * stride + i], r.pages[item * stride + i]);
+        for (int32_t j = 0; j < group; ++j) {
+          const size_t at = (size_t(s) * b.num_q_heads + h * group + j) * stride + size_t(i);
+          if (std::isinf(r.bound[at])) {
+            ASSERT_EQ(d.bound[at], r.bound[at]) << "page " << i;
+          } else {
+            ASSERT_NEAR(d.bound[at], r.bound[at], 1e-3f * (1.0f + std::fabs(r.bound[at])))
+                << "page " << i;
+          }
+        }
+      }
+    }
+  }
+  // Prune.
+  int32_t pairs_equal = 0;
+  const int32_t pairs = b.num_seqs * g.num_kv_heads;
+  for (int32_t item = 0; item < pairs; ++item) {
+    const int32_t s = item / g.num_kv_heads, h = item % g.num_kv_heads;
+    bool same = true;
+    for (int32_t j = 0; j < group; ++j) {
+      const int32_t at = s * b.num_q_heads + h * group + j;
+      SCOPED_TRACE(::testing::Message() << "seq " << s << " head " << h * group + j);
+      EXPECT_EQ(d.cap_hit[size_t(at)], r.cap_hit[size_t(at)]);
+      if (!r.cap_hit[size_t(at)]) EXPECT_GE(d.full[size_t(at)], c.p - 2e-3f);
+      EXPECT_LE(d.full[size_t(at)], d.est[size_t(at)] + 1e-5f);
+      same = same && d.selected[size_t(at)] == r.selected[size_t(at)];
+    }
+    pairs_equal += same;
+    const int32_t max_kept = stride * g.page_size;
+    const int32_t n = d.kept_count[size_t(item)];
+    ASSERT_GE(n, 0);
+    const int32_t* gt = d.tokens.data() + int64_t(item) * max_kept;
+    for (int32_t i = 1; i < n; ++i) ASSERT_LT(gt[i - 1], gt[i]) << "not ascending";
+    if (!same) continue;
+    const int32_t* rt = r.tokens.data() + int64_t(item) * max_kept;
+    const std::set<int32_t> a(gt, gt + n), e(rt, rt + r.kept_count[size_t(item)]);
+    std::vector<int32_t> diff;
+    std::set_symmetric_difference(a.begin(), a.end(), e.begin(), e.end(), std::back_inserter(diff));
+    EXPECT_LE(double(diff.size()), 0.01 * double(e.size()) + 2.0)
+        << "pair " << item << ": " << a.size() << " vs " << e.size() << " kept";
+  }
+  EXPECT_GE(pairs_equal, int32_t(0.9 * pairs)) << pairs_equal << "/" << pairs;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, GrowGpuTest,
+    ::testing::Values(GrowCase{128, 4, 0, 0.95f, {5000, 37, 2100, 16}},
+                      GrowCase{64, 1, 0, 0.9f, {3001, 700}},
+                      GrowCase{128, 8, 0, 0.95f, {4100}},
+                      GrowCase{128, 4, 6, 0.95f, {3000, 1000}},  // the flat head hits the cap
+                      GrowCase{64, 4, 0, 1.0f, {1203, 17}},
+                      GrowCase{128, 4, 0, 0.95f, {5000, 37, 2100, 16}, 0},  // one stage
+                      GrowCase{128, 2, 0, 0.9f, {6000, 3000}, 2},  // tiny seed: stage 2 often
+                      GrowCase{64, 4, 5, 0.9f, {4000, 900}, 3}));
+
+// A flat head at 128k tokens keeps >= p - 0.01 of its true mass on the GPU path.
+TEST(GrowGpuFlatTest, FlatHeadKeepsTrueMassAt128k) {
+  TWL_SKIP_WITHOUT_GPU();
+  const PageGeometry g = Geometry(128);
+  const uint64_t seed = ::testing::UnitTest::GetInstance()->random_seed();
+  RefStore st = testing::MakeGrowStore(g, /*num_q_heads=*/8, {131072}, 1.5f, 8.0f, seed);
+  SelectorParams sp;
+  sp.kind = SelectorKind::kQuest;
+  sp.grow = true;
+  PrunerParams pp;
+  pp.p = 0.95f;
+  const Outputs d = RunGpu(st, sp, pp);
+  const int32_t stride = SelectStride(sp, st.max_pages);
+  for (int32_t qh = 0; qh < st.num_q_heads; ++qh) {
+    const int32_t item = qh / st.group();
+    const double m = testing::TrueMassOf(st, 0, qh, d.tokens.data() + int64_t(item) * stride * g.page_size,
+                                         d.kept_count[size_t(item)]);
+    EXPECT_GE(m, pp.p - 0.01) << "head " << qh << ": candidates " << d.selected[size_t(qh)]
+                              << ", kept " << d.kept[size_t(qh)];
+    EXPECT_GE(d.full[size_t(qh)], pp.p - 2e-3f) << "head " << qh;
+    EXPECT_EQ(d.cap_hit[size_t(qh)], 0);
+  }
+}
+
+// End to end with the default configuration (growing, no cap) on both GPU backends: every
+// head's full-context bound >= p - 2e-3 and no cap; outputs within 2e-2 (relative L2) of the
+// CPU backend's; a sequence's per-head kept counts are the same alone and next to a longer
+// batch-mate (its budget depends on its own tokens only; outputs may differ in the last bits
+// because the attention's split depends on the batch).
+TEST(GrowGpuRuntimeTest, DefaultConfigMatchesCpuAndIgnoresBatchMates) {
+  TWL_SKIP_WITHOUT_GPU();
+  const PageGeometry g = Geometry(128);
+  const uint64_t seed = ::testing::UnitTest::GetInstance()->random_seed();
+  RefStore st = testing::MakeGrowStore(g, /*num_q_heads=*/8, {3000, 20000}, 1.5f, 8.0f, seed);
+  for (BackendKind kind : {BackendKind::kGpuHbm, BackendKind::kGpuOffload}) {
+    SCOPED_TRACE(kind == BackendKind::kGpuHbm ? "gpu-hbm" : "gpu-offload");
+    RuntimeConfig c;
+    c.num_layers = 1;
+    c.num_q_heads = st.num_q_heads;
+    c.num_kv_heads = g.num_kv_heads;
+    c.head_dim = g.head_dim;
+    c.page_size = g.page_size;
+    c.host_pool_bytes = int64_t(64) << 20;
+    RuntimeConfig cc = c;
+    c.backend = kind;
+    cc.backend = BackendKind::kCpu;
+    auto rt = Runtime::Create(c);
+    auto rc = Runtime::Create(cc);
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    ASSERT_TRUE(rc.ok()) << rc.status();
+    std::vector<SeqId> ids, cids;
+    for (int32_t s = 0; s < 2; ++s) {
+      ids.push_back(*(*rt)->CreateSequence());
+      cids.push_back(*(*rc)->CreateSequence());
+      ASSERT_TRUE((*rt)->Append(ids.back(), 0, st.seq_len[size_t(s)], st.k_in[size_t(s)].data(),
+                                st.v_in[size_t(s)].data(), DType::kFp16, MemSpace::kHost)
+                      .ok());
+      ASSERT_TRUE((*rc)->Append(cids.back(), 0, st.seq_len[size_t(s)], st.k_in[size_t(s)].data(),
+                                st.v_in[size_t(s)].data(), DType::kFp16, MemSpace::kHost)
+                      .ok());
+    }
+    const size_t row = size_t(st.num_q_heads) * g.head_dim;
+    std::vector<fp16_t> out(2 * row), cout(2 * row), alone(row);
+    StepTelemetry t, tc, ta;
+    ASSERT_TRUE((*rt)->Decode(0, ids, st.q.data(), out.data(), MemSpace::kHost, {}, nullptr, &t).ok());
+    ASSERT_TRUE((*rc)->Decode(0, cids, st.q.data(), cout.data(), MemSpace::kHost, {}, nullptr, &tc).ok());
+    ASSERT_TRUE((*rt)->Decode(0, absl::MakeSpan(ids.data(), 1), st.q.data(), alone.data(),
+                              MemSpace::kHost, {}, nullptr, &ta)
+                    .ok());
+    ASSERT_EQ(t.full_mass.size(), size_t(2 * st.num_q_heads));
+    ASSERT_EQ(t.cap_hit.size(), size_t(2 * st.num_q_heads));
+    for (size_t i = 0; i < t.full_mass.size(); ++i) {
+      EXPECT_GE(t.full_mass[i], 0.95f - 2e-3f) << "head " << i;
+      EXPECT_EQ(t.cap_hit[i], 0) << "head " << i;
+    }
+    double num = 0, den = 0;
+    for (size_t i = 0; i < out.size(); ++i) {
+      const double a = HalfToFloat(out[i]), b = HalfToFloat(cout[i]);
+      num += (a - b) * (a - b);
+      den += b * b;
+    }
+    EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 2e-2);
+    // Equal up to the growth rule's float near-ties (the search sums with shared-memory
+    // atomics, whose order varies from run to run): one page of candidates, 1% of kept.
+    for (int32_t qh = 0; qh < st.num_q_heads; ++qh) {
+      EXPECT_NEAR(ta.kept_tokens[size_t(qh)], t.kept_tokens[size_t(qh)],
+                  0.01 * t.kept_tokens[size_t(qh)] + 2) << "head " << qh;
+      EXPECT_NEAR(ta.selected_tokens[size_t(qh)], t.selected_tokens[size_t(qh)], g.page_size)
+          << "head " << qh;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace twl
