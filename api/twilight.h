@@ -593,7 +593,7 @@ typedef void (*twl_log_fn)(twl_log_level level, const char* message, void* user_
  * callback is never called again. Never fails (out of memory keeps the previous callback). */
 TWL_API void twl_set_log_callback(twl_log_fn fn, void* user_data,
                                   twl_log_level max_level) TWL_NOEXCEPT;
-=======
+
 /* ---- Full-context mass of the last decode step (appended) ----------------------------------
  * Per-head arrays of the last step (see twl_runtime_last_step_heads for "last" and the order),
  * caller-owned, each [num_seqs][num_q_heads]; either pointer may be NULL (not wanted).

@@ -2,6 +2,7 @@
 #include "gpu/reference/validate.h"
 
 #include <cmath>
+#include <limits>
 
 #include "absl/strings/str_format.h"
 
@@ -43,24 +44,7 @@ absl::Status ValidateBatch(const PageGeometry& g, const BatchView& b, bool check
   }
   if (b.max_pages < 1) return absl::InvalidArgumentError("batch max_pages must be >= 1");
   if (!check_host_data) return absl::OkStatus();
-  for (int32_t s = 0; s < b.num_seqs; ++s) {
-    const int32_t len = b.seq_len[s];
-    if (len < 1) {
-      return absl::FailedPreconditionError(absl::StrFormat("sequence %d of the batch is empty", s));
-    }
-    if (int64_t(len) > int64_t(b.max_pages) * g.page_size) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "sequence %d has %d tokens, more than max_pages (%d) * page_size (%d)", s, len,
-          b.max_pages, g.page_size));
-    }
-    for (int32_t p = 0; p < b.NumPages(g, s); ++p) {
-      if (b.PageId(s, p) < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrFormat("sequence %d page %d has invalid page id %d", s, p, b.PageId(s, p)));
-      }
-    }
-  }
-  return absl::OkStatus();
+  return ValidateBatchPages(g, b, int64_t(std::numeric_limits<int32_t>::max()) + 1);
 }
 
 absl::Status ValidateBatchPages(const PageGeometry& g, const BatchView& b, int64_t num_pages) {
@@ -84,7 +68,8 @@ absl::Status ValidateBatchPages(const PageGeometry& g, const BatchView& b, int64
       for (int32_t p = 0; p < n; ++p) {
         if (row[p] < 0 || int64_t(row[p]) >= num_pages) {
           return absl::InvalidArgumentError(absl::StrFormat(
-              "sequence %d page %d has page id %d outside [0, %d)", s, p, row[p], num_pages));
+              "sequence %d page %d has invalid page id %d (valid: [0, %d))", s, p, row[p],
+              num_pages));
         }
       }
     }
