@@ -290,7 +290,16 @@ def main():
     print(f"held-out: {val_loss:.4f} nats/byte = {val_loss / math.log(2):.4f} bits/byte, "
           f"perplexity {math.exp(val_loss):.3f} per byte ({step} steps, {train_s:.0f} s)", flush=True)
     write_llama2c(model, a, a.out)
-    summary = {"steps": step, "train_seconds": train_s, "heldout_nats_per_byte": val_loss,
+    # Cross-check for the C++ loader: FP32 loss over the first --ctx bytes of the held-out file
+    # (ctx - 1 predictions), what `twl_accuracy --only realtext --text-seqs 1` reports as the
+    # dense perplexity's log.
+    with torch.no_grad():
+        model.eval()
+        w = torch.tensor(list(val[:a.ctx]), dtype=torch.long, device=a.device)
+        first = F.cross_entropy(model(w[None, :-1]).float().view(-1, 256), w[1:]).item()
+    print(f"first held-out window (FP32): {first:.6f} nats/byte, perplexity {math.exp(first):.4f}",
+          flush=True)
+    summary = {"first_window_nats_per_byte": first, "steps": step, "train_seconds": train_s, "heldout_nats_per_byte": val_loss,
                "heldout_ppl_per_byte": math.exp(val_loss), "params": params,
                "config": {k: v for k, v in vars(a).items() if k not in ("device",)},
                "device": a.device, "torch": torch.__version__}
