@@ -61,6 +61,12 @@ def parse_args():
                    help="seconds of training (the schedule decays on time)")
     a.add_argument("--passkey-frac", type=float, default=0.25)
     a.add_argument("--eval-windows", type=int, default=16, help="held-out windows for the loss")
+    a.add_argument("--eval-every", type=float, default=45.0,
+                   help="seconds between validation checks; the best checkpoint is written "
+                        "(3.5 MB of text: a long run can overfit)")
+    a.add_argument("--val-frac", type=float, default=0.05,
+                   help="tail of the training text held back for checkpoint selection (the "
+                        "--val text, Persuasion, is only the final test)")
     a.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a.add_argument("--compile", action="store_true", help="torch.compile (CUDA, torch >= 2)")
     a.add_argument("--seed", type=int, default=1)
@@ -239,7 +245,9 @@ def main():
         train = f.read()
     with open(a.val, "rb") as f:
         val = f.read()
-    if len(train) < 2 * a.ctx + 2 or len(val) < a.ctx + 2:
+    cut = int(len(train) * (1 - a.val_frac))
+    train, select = train[:cut], train[cut:]
+    if len(train) < 2 * a.ctx + 2 or len(val) < a.ctx + 2 or len(select) < a.ctx + 2:
         sys.exit(f"text too short for context {a.ctx}")
     cuda = a.device.startswith("cuda")
     if cuda:
@@ -263,6 +271,16 @@ def main():
 
     t0 = time.time()
     step, loss_ema = 0, None
+    best, best_state, last_eval = float("inf"), None, t0
+
+    def check_heldout():
+        nonlocal best, best_state
+        v = evaluate(model, select, a, autocast)
+        if v < best:
+            best = v
+            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        print(f"  validation at step {step}: {v:.4f} nats/byte (best {best:.4f})", flush=True)
+
     while step < a.steps:
         elapsed = time.time() - t0
         progress = max(step / a.steps, elapsed / a.time_budget)
@@ -282,10 +300,16 @@ def main():
         opt.step()
         step += 1
         loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
+        if time.time() - last_eval >= a.eval_every:
+            check_heldout()
+            last_eval = time.time()
         if step % 50 == 0 or step <= 5:
             print(f"step {step} loss {loss.item():.4f} (ema {loss_ema:.4f}) lr {lr:.2e} "
                   f"{time.time() - t0:.0f} s", flush=True)
     train_s = time.time() - t0
+    if best_state is not None:
+        check_heldout()
+        model.load_state_dict(best_state)  # the best validation checkpoint seen
     val_loss = evaluate(model, val, a, autocast)
     print(f"held-out: {val_loss:.4f} nats/byte = {val_loss / math.log(2):.4f} bits/byte, "
           f"perplexity {math.exp(val_loss):.3f} per byte ({step} steps, {train_s:.0f} s)", flush=True)
