@@ -55,7 +55,7 @@ struct Sizes {
   std::vector<int> needle_ctx = {4096, 16384};
   std::vector<float> depths;
   int needle_kv = 2, needle_group = 4, needle_trials = 1;
-  int model_tokens = 400;
+  int model_tokens = 512;  // stories260K context
   int model_seqs = 24;  // sampled sequences of the stories260K section
 };
 
@@ -112,7 +112,7 @@ Sizes SizesFor(const std::string& mode) {
     s.ctx = 32768;
     s.steps = 4;
     s.needle_ctx = {4096, 16384, 65536, 131072};
-    s.model_tokens = 480;
+    s.model_tokens = 512;
   }
   return s;
 }
@@ -764,41 +764,45 @@ std::vector<SeqScore> ScoreMethods(const tb::Llama2Model& model,
     tb::DenseAttention dense(model.config());
     Check(tb::ScoreTokens(model, seqs[s], dense.Fn(), &ref_nll[s], &ref_logits[s]), "dense");
   });
-  for (size_t m = 0; m < methods.size(); ++m) {
-    std::vector<double> dnll(seqs.size()), kl(seqs.size()), agree(seqs.size()), nll(seqs.size());
-    std::vector<tb::ReadStats> reads(seqs.size());
-    tbb::parallel_for(size_t(0), seqs.size(), [&](size_t s) {
-      absl::StatusOr<tb::MethodInstance> inst = methods[m].make();
-      Check(inst.status(), methods[m].name.c_str());
-      if (inst->read) inst->read()->long_from = long_from;
-      std::vector<double> my_nll;
-      std::vector<std::vector<float>> my_logits;
-      Check(tb::ScoreTokens(model, seqs[s], inst->fn, &my_nll, &my_logits), "score");
-      double d = 0, k = 0, a = 0, n = 0;
-      for (size_t t = 0; t < my_nll.size(); ++t) {
-        d += my_nll[t] - ref_nll[s][t];
-        n += my_nll[t];
-        k += tb::KlDivergence(tb::Softmax(ref_logits[s][t]), tb::Softmax(my_logits[t]));
-        a += tb::Argmax(ref_logits[s][t]) == tb::Argmax(my_logits[t]) ? 1 : 0;
-      }
-      const double cnt = double(my_nll.size());
-      dnll[s] = d / cnt;
-      kl[s] = k / cnt;
-      agree[s] = a / cnt;
-      nll[s] = n;
-      if (inst->read) reads[s] = *inst->read();
-    });
-    for (size_t s = 0; s < seqs.size(); ++s) {
-      out[m].dnll.push_back(dnll[s]);
-      out[m].kl.push_back(kl[s]);
-      out[m].agree.push_back(agree[s]);
-      out[m].nll_sum += nll[s];
-      out[m].tokens += int64_t(seqs[s].size()) - 1;
-      AccumulateRead(&out[m].read, reads[s]);
+  // Every (method, sequence) pair in parallel: each method instance owns its cache.
+  const size_t S = seqs.size(), jobs = methods.size() * S;
+  std::vector<double> dnll(jobs), kl(jobs), agree(jobs), nll(jobs);
+  std::vector<tb::ReadStats> reads(jobs);
+  tbb::parallel_for(size_t(0), jobs, [&](size_t j) {
+    const size_t m = j / S, s = j % S;
+    absl::StatusOr<tb::MethodInstance> inst = methods[m].make();
+    Check(inst.status(), methods[m].name.c_str());
+    if (inst->read) inst->read()->long_from = long_from;
+    std::vector<double> my_nll;
+    std::vector<std::vector<float>> my_logits;
+    Check(tb::ScoreTokens(model, seqs[s], inst->fn, &my_nll, &my_logits), "score");
+    double d = 0, k = 0, a = 0, n = 0;
+    for (size_t t = 0; t < my_nll.size(); ++t) {
+      d += my_nll[t] - ref_nll[s][t];
+      n += my_nll[t];
+      k += tb::KlDivergence(tb::Softmax(ref_logits[s][t]), tb::Softmax(my_logits[t]));
+      a += tb::Argmax(ref_logits[s][t]) == tb::Argmax(my_logits[t]) ? 1 : 0;
     }
-    std::printf("  .. %-34s done (%.1f s)\n", methods[m].name.c_str(), Elapsed(t0));
-    std::fflush(stdout);
+    const double cnt = double(my_nll.size());
+    dnll[j] = d / cnt;
+    kl[j] = k / cnt;
+    agree[j] = a / cnt;
+    nll[j] = n;
+    if (inst->read) reads[j] = *inst->read();
+  });
+  for (size_t m = 0; m < methods.size(); ++m) {
+    for (size_t s = 0; s < S; ++s) {
+      const size_t j = m * S + s;
+      out[m].dnll.push_back(dnll[j]);
+      out[m].kl.push_back(kl[j]);
+      out[m].agree.push_back(agree[j]);
+      out[m].nll_sum += nll[j];
+      out[m].tokens += int64_t(seqs[s].size()) - 1;
+      AccumulateRead(&out[m].read, reads[j]);
+    }
   }
+  std::printf("  .. %zu methods x %zu sequences scored (%.1f s)\n", methods.size(), S, Elapsed(t0));
+  std::fflush(stdout);
   return out;
 }
 
@@ -1013,22 +1017,19 @@ void RunRealText(const Options& o, GoalInputs* goals) {
       prompts.push_back(Bytes(b.substr(0, at) + plant + b.substr(at) + ask));
       keys.push_back(key);
     }
-    for (size_t m = 0; m < methods.size(); ++m) {
-      tbb::parallel_for(0, o.passkeys, [&](int i) {
-        absl::StatusOr<tb::MethodInstance> inst = methods[m].make();
-        Check(inst.status(), methods[m].name.c_str());
-        absl::StatusOr<std::vector<int32_t>> ans =
-            tb::GreedyAfter(*model, prompts[size_t(i)], inst->fn, 5);
-        Check(ans.status(), "passkey");
-        std::string got;
-        for (int32_t b : *ans) got += char(b);
-        hit[m][size_t(i)] = got == keys[size_t(i)] ? 1 : 0;
-      });
-      std::printf("  .. pass keys %-28s %d/%d (%.1f s)\n", methods[m].name.c_str(),
-                  int(std::accumulate(hit[m].begin(), hit[m].end(), 0)), o.passkeys,
-                  Elapsed(t0));
-      std::fflush(stdout);
-    }
+    const size_t P = size_t(o.passkeys);
+    tbb::parallel_for(size_t(0), methods.size() * P, [&](size_t j) {
+      const size_t m = j / P, i = j % P;
+      absl::StatusOr<tb::MethodInstance> inst = methods[m].make();
+      Check(inst.status(), methods[m].name.c_str());
+      absl::StatusOr<std::vector<int32_t>> ans = tb::GreedyAfter(*model, prompts[i], inst->fn, 5);
+      Check(ans.status(), "passkey");
+      std::string got;
+      for (int32_t b : *ans) got += char(b);
+      hit[m][i] = got == keys[i] ? 1 : 0;
+    });
+    std::printf("  .. pass keys done (%.1f s)\n", Elapsed(t0));
+    std::fflush(stdout);
   }
   const double dense_nll = sc[0].nll_sum / double(sc[0].tokens);
   tb::Table t({"method", "p", "read_pct", "read_pct_long", "ppl", "dppl_pct", "dnll_lo_pct",

@@ -30,8 +30,8 @@ case "${1:-}" in
     [ -x "$bin" ] || bin=$(command -v twl_accuracy || echo build/bench/twl_accuracy)
     export LD_LIBRARY_PATH=$PWD/.device/gpu/lib:${LD_LIBRARY_PATH:-}
     # shellcheck disable=SC2086
-    "$bin" --only realtext --text-model "$model" --text bench/train/data/austen_heldout.txt \
-      --text-ctx 4096 --text-seqs 8 --passkeys 16 --out "$out/realtext" ${EVAL_ARGS:-} \
+    timeout "${T_EVAL:-570}" "$bin" --only realtext --text-model "$model" --text bench/train/data/austen_heldout.txt \
+      --text-ctx 4096 --text-seqs 8 --passkeys 12 --out "$out/realtext" ${EVAL_ARGS:-} \
       2>&1 | tee "$out/realtext.log"
     ;;
   *)
