@@ -47,7 +47,7 @@ def parse_args():
     a.add_argument("--out", required=True, help="llama2.c checkpoint to write")
     a.add_argument("--dim", type=int, default=256)
     a.add_argument("--hidden", type=int, default=512,
-                   help="FFN width (0: 8/3 dim); 512 keeps the default checkpoint ~13 MB")
+                   help="FFN width (0: 8/3 dim); 512 keeps the default checkpoint ~14 MB")
     a.add_argument("--layers", type=int, default=6)
     a.add_argument("--heads", type=int, default=8)
     a.add_argument("--kv-heads", type=int, default=2)
