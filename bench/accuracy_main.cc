@@ -959,9 +959,14 @@ void RunRealText(const Options& o, GoalInputs* goals) {
     std::fclose(f);
   }
   const int ctx = std::min(o.text_ctx, c.seq_len);
-  if (c.vocab_size != 256 || int64_t(text.size()) < 2 * int64_t(ctx)) {
-    std::fprintf(stderr, "twl_accuracy: --text-model must be byte-level (vocab 256, got %d) and "
-                 "--text at least 2 contexts long\n", c.vocab_size);
+  if (c.vocab_size != 256) {
+    std::fprintf(stderr, "twl_accuracy: --text-model must be byte-level (vocab 256, got %d)\n",
+                 c.vocab_size);
+    std::exit(1);
+  }
+  if (int64_t(text.size()) < 2 * int64_t(ctx)) {
+    std::fprintf(stderr, "twl_accuracy: --text has %zu bytes, needs at least 2 x %d\n",
+                 text.size(), ctx);
     std::exit(1);
   }
   std::printf(
