@@ -7,7 +7,8 @@
 #                 bash bench/train/device_run.sh train
 #                 -> $OUT/byte_llama_austen.bin (+ .json, train.log)
 #   Here:         cp <files_at>/byte_llama_austen.bin* bench/train/data/   (a few MB; commit)
-#   Device call 2 (same carry, ~5-8 min on 16 cores; or run `eval` here, slower):
+#   Device call 2 (same carry, ~5-8 min on 16 cores: 6 methods x (6 windows + 8 keys) runs of
+#                 4096 tokens, ~1 min each; or run `eval` here, much slower):
 #                 bash bench/train/device_run.sh eval
 #                 -> $OUT/realtext/ (realtext.csv/json, goals.csv) and realtext.log
 # Environment: TRAIN_ARGS (extra train_byte_llama.py flags), EVAL_ARGS (extra twl_accuracy flags).
@@ -31,7 +32,7 @@ case "${1:-}" in
     export LD_LIBRARY_PATH=$PWD/.device/gpu/lib:${LD_LIBRARY_PATH:-}
     # shellcheck disable=SC2086
     timeout "${T_EVAL:-570}" "$bin" --only realtext --text-model "$model" --text bench/train/data/austen_heldout.txt \
-      --text-ctx 4096 --text-seqs 8 --passkeys 12 --out "$out/realtext" ${EVAL_ARGS:-} \
+      --text-ctx 4096 --text-seqs 6 --passkeys 8 --out "$out/realtext" ${EVAL_ARGS:-} \
       2>&1 | tee "$out/realtext.log"
     ;;
   *)
