@@ -870,6 +870,13 @@ void RunModel(const Options& o, const Sizes& sz, GoalInputs* goals) {
     methods.push_back(MM("quest 25% + twilight-int4", 0.95f, 4, CApiFactory(c, x)));
     x.p = 1.0f;  // every candidate: Quest alone
     methods.push_back(MM("quest 25% alone", 1.0f, 4, CApiFactory(c, x)));
+    // The same Quest selection in FP32 outside the runtime (lib/model_methods.h).
+    methods.push_back(MM("quest 25% alone (FP32 reference)", 1.0f, 0,
+                         [c]() -> absl::StatusOr<tb::MethodInstance> {
+                           auto owner = std::make_shared<tb::QuestRefAttention>(c, 4, 0.25f, 1);
+                           return tb::MethodInstance{owner, owner->Fn(),
+                                                     [owner] { return &owner->read(); }};
+                         }));
   }
   const std::vector<SeqScore> sc = ScoreMethods(*model, seqs, methods, 128, t0);
   tb::Table t({"method", "p", "k_bits", "read_pct", "read_pct_ctx>=128", "dnll_mean", "dnll_lo",

@@ -77,6 +77,88 @@ absl::Status OracleTopPAttention::operator()(int32_t layer, int32_t pos, const f
   return absl::OkStatus();
 }
 
+QuestRefAttention::QuestRefAttention(const LlamaConfig& c, int32_t page_size, float fraction,
+                                     int32_t sink_pages)
+    : c_(c), page_size_(page_size), sink_pages_(sink_pages), fraction_(fraction) {
+  k_.assign(size_t(c.n_layers), std::vector<float>(size_t(c.seq_len) * c.kv_dim()));
+  v_.assign(size_t(c.n_layers), std::vector<float>(size_t(c.seq_len) * c.kv_dim()));
+}
+
+absl::Status QuestRefAttention::operator()(int32_t layer, int32_t pos, const float* q,
+                                           const float* k, const float* v, float* out) {
+  if (layer < 0 || layer >= c_.n_layers || pos < 0 || pos >= c_.seq_len)
+    return absl::InvalidArgumentError("QuestRefAttention: layer or position out of range");
+  const int32_t KV = c_.kv_dim(), hd = c_.head_dim(), group = c_.n_heads / c_.n_kv_heads;
+  const int32_t n = pos + 1, ps = page_size_;
+  std::memcpy(&k_[layer][size_t(pos) * KV], k, sizeof(float) * KV);
+  std::memcpy(&v_[layer][size_t(pos) * KV], v, sizeof(float) * KV);
+  const int32_t pages = (n + ps - 1) / ps;
+  const int32_t budget = std::clamp(
+      int32_t(std::ceil(std::ceil(double(fraction_) * n) / ps)), 1, pages);
+  const float scale = 1.0f / std::sqrt(float(hd));
+  for (int32_t g = 0; g < c_.n_kv_heads; ++g) {
+    std::vector<char> keep(static_cast<size_t>(pages), 0);
+    if (pages <= budget + sink_pages_ + 1) {
+      std::fill(keep.begin(), keep.end(), 1);
+    } else {
+      std::vector<float> score(static_cast<size_t>(pages), -INFINITY);
+      for (int32_t p = sink_pages_; p < pages - 1; ++p) {
+        std::vector<float> lo(size_t(hd), INFINITY), hi(size_t(hd), -INFINITY);
+        for (int32_t t = p * ps; t < std::min(n, (p + 1) * ps); ++t)
+          for (int32_t i = 0; i < hd; ++i) {
+            const float x = k_[layer][size_t(t) * KV + size_t(g) * hd + size_t(i)];
+            lo[size_t(i)] = std::min(lo[size_t(i)], x);
+            hi[size_t(i)] = std::max(hi[size_t(i)], x);
+          }
+        for (int32_t r = 0; r < group; ++r) {
+          const float* qh = q + int64_t(g * group + r) * hd;
+          float b = 0;
+          for (int32_t i = 0; i < hd; ++i) b += std::max(qh[i] * lo[size_t(i)], qh[i] * hi[size_t(i)]);
+          score[size_t(p)] = std::max(score[size_t(p)], b);
+        }
+      }
+      std::vector<int32_t> ranked;
+      for (int32_t p = sink_pages_; p < pages - 1; ++p) ranked.push_back(p);
+      std::nth_element(ranked.begin(), ranked.begin() + (budget - 1), ranked.end(),
+                       [&](int32_t a, int32_t b) {
+                         return score[size_t(a)] != score[size_t(b)] ? score[size_t(a)] > score[size_t(b)]
+                                                                     : a < b;
+                       });
+      for (int32_t i = 0; i < budget; ++i) keep[size_t(ranked[size_t(i)])] = 1;
+      for (int32_t p = 0; p < sink_pages_; ++p) keep[size_t(p)] = 1;
+      keep[size_t(pages - 1)] = 1;
+    }
+    int32_t read = 0;
+    for (int32_t t = 0; t < n; ++t) read += keep[size_t(t / ps)];
+    read_.Add(n, read);
+    for (int32_t r = 0; r < group; ++r) {
+      const float* qh = q + int64_t(g * group + r) * hd;
+      float* o = out + int64_t(g * group + r) * hd;
+      double mx = -INFINITY;
+      std::vector<double> w(static_cast<size_t>(n), 0.0);
+      for (int32_t t = 0; t < n; ++t) {
+        if (!keep[size_t(t / ps)]) continue;
+        const float* kt = &k_[layer][size_t(t) * KV + size_t(g) * hd];
+        double dot = 0;
+        for (int32_t i = 0; i < hd; ++i) dot += double(qh[i]) * kt[i];
+        w[size_t(t)] = dot * scale;
+        mx = std::max(mx, w[size_t(t)]);
+      }
+      double z = 0;
+      std::vector<double> acc(size_t(hd), 0.0);
+      for (int32_t t = 0; t < n; ++t) {
+        if (!keep[size_t(t / ps)]) continue;
+        const double e = std::exp(w[size_t(t)] - mx);
+        z += e;
+        const float* vt = &v_[layer][size_t(t) * KV + size_t(g) * hd];
+        for (int32_t i = 0; i < hd; ++i) acc[size_t(i)] += e * vt[i];
+      }
+      for (int32_t i = 0; i < hd; ++i) o[i] = float(acc[size_t(i)] / z);
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ScoreTokens(const Llama2Model& model, const std::vector<int32_t>& tokens,
                          const AttentionFn& attention, std::vector<double>* nll,
                          std::vector<std::vector<float>>* logits) {

@@ -43,6 +43,30 @@ class OracleTopPAttention {
   ReadStats read_;
 };
 
+// Quest in FP32 outside the runtime, to tell the method from its implementation: pages of
+// page_size tokens, per KV head the top ceil(fraction x context / page_size) pages by the
+// Quest bound sum_i max(q_i kmin_i, q_i kmax_i) (max over the group's query heads), plus the
+// first sink_pages pages and the last page; exact attention over the selected tokens.
+class QuestRefAttention {
+ public:
+  QuestRefAttention(const LlamaConfig& c, int32_t page_size, float fraction, int32_t sink_pages);
+  absl::Status operator()(int32_t layer, int32_t pos, const float* q, const float* k,
+                          const float* v, float* out);
+  AttentionFn Fn() {
+    return [this](int32_t l, int32_t p, const float* q, const float* k, const float* v, float* o) {
+      return (*this)(l, p, q, k, v, o);
+    };
+  }
+  ReadStats& read() { return read_; }
+
+ private:
+  LlamaConfig c_;
+  int32_t page_size_, sink_pages_;
+  float fraction_;
+  std::vector<std::vector<float>> k_, v_;
+  ReadStats read_;
+};
+
 struct MethodInstance {
   std::shared_ptr<void> owner;
   AttentionFn fn;
