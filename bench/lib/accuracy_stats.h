@@ -17,6 +17,20 @@ struct Summary {
 // Percentiles by nearest rank on the sorted values; an empty input gives NaNs and n = 0.
 Summary Summarize(std::vector<double> v);
 
+// Two-sided 95% confidence interval of a mean by Student's t with n - 1 degrees of freedom
+// (mean +- t * sd / sqrt(n)): used over independent seeds and over sampled sequences, where
+// each sample is one seed's (or one sequence's) statistic. n < 2 gives lo = hi = NaN.
+struct Interval {
+  double mean = 0, lo = 0, hi = 0;
+  int64_t n = 0;
+};
+Interval MeanInterval95(const std::vector<double>& v);
+// The t quantile t_{0.975, df} (exact table to df 30, then the normal limit with a 1/df term).
+double StudentT975(int64_t df);
+
+// Share of values >= threshold (NaN when empty).
+double FractionAtLeast(const std::vector<double>& v, double threshold);
+
 // Everything measured for one method over all (layer, step, query head) of a workload.
 struct MethodAggregate {
   std::vector<double> kept;           // own set size per query head

@@ -74,12 +74,14 @@ absl::Status CApiAttention::operator()(int32_t layer, int32_t pos, const float* 
       !s.ok())
     return s;
   twl_fp16_to_fp32(o16.data(), out, size_t(dim));
-  std::vector<int32_t> kept(size_t(model_.n_heads));
+  std::vector<int32_t> kept(size_t(model_.n_heads)), kept_kv(size_t(model_.n_kv_heads));
   if (absl::Status s = FromC(twl_runtime_last_step_heads(rt_, nullptr, kept.data(), nullptr,
-                                                         model_.n_heads, nullptr, 0),
+                                                         model_.n_heads, kept_kv.data(),
+                                                         model_.n_kv_heads),
                              rt_, "twl_runtime_last_step_heads");
       !s.ok())
     return s;
+  for (int32_t x : kept_kv) read_.Add(len, x);
   for (int32_t x : kept) {
     kept_.push_back(x);
     context_.push_back(len);

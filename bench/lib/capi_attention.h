@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "lib/llama2_model.h"
+#include "lib/read_stats.h"
 #include "twilight.h"
 
 namespace twl::bench {
@@ -44,6 +45,9 @@ class CApiAttention {
   const std::vector<int32_t>& kept() const { return kept_; }
   const std::vector<int32_t>& context() const { return context_; }
   const std::vector<int32_t>& layer_of() const { return layer_of_; }
+  // Tokens read per call and KV head (the union over its group), against the context.
+  const ReadStats& read() const { return read_; }
+  ReadStats& read() { return read_; }
 
  private:
   CApiAttention() = default;
@@ -52,6 +56,7 @@ class CApiAttention {
   twl_runtime* rt_ = nullptr;
   twl_seq_id seq_ = TWL_INVALID_SEQ_ID;
   std::vector<int32_t> kept_, context_, layer_of_;
+  ReadStats read_;
 };
 
 }  // namespace twl::bench

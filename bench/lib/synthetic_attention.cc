@@ -335,9 +335,13 @@ absl::StatusOr<SyntheticLayer> GenerateLayer(const SyntheticConfig& cfg, int32_t
       }
       std::vector<float> vdir = RandomUnit(rng, d, std::vector<bool>(d, true));
       for (int c = 0; c < d; ++c) out.needle_dir[size_t(g) * d + c] = vdir[c];
-      for (int i = out.needle_pos; i < out.needle_pos + needle->length; ++i)
+      for (int i = out.needle_pos; i < out.needle_pos + needle->length; ++i) {
+        if (needle->distinct_values && i > out.needle_pos)
+          vdir = RandomUnit(rng, d, std::vector<bool>(d, true));
         for (int c = 0; c < d; ++c)
           vals[size_t(i) * d + c] = needle->value_scale * vdir[c] + 0.1f * n01(rng);
+      }
+      if (g == 0) out.distractors = distractors;
     }
 
     // FP16 outputs.

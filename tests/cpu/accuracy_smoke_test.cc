@@ -1,6 +1,9 @@
 // CI-sized checks of the accuracy harness (bench/accuracy_main.cc and bench/lib): properties
-// that must hold whatever the paper's goals show. The goals themselves (Twilight error vs
-// oracle, budgets vs Quest, greedy agreement) are reported by twl_accuracy, not asserted here.
+// that must hold whatever the paper's goals show, and the goal criteria of issue 15
+// (lib/accuracy_goals.h) shown able to fail: hand-made measurements with a good mean but bad
+// heads or one bad seed are rejected, and on real runs INT2 estimation fails the mass, error
+// and needle checks that INT8 (mass, error) and INT4 (error, needle) pass. The goals at CI
+// size are asserted by the ctest twl_accuracy_goals (bench/CMakeLists.txt).
 //  - the synthetic generator: deterministic, validated, heads from peaked to flat, sinks and
 //    a local window that draw mass, needles that dense attention finds;
 //  - the method runner: per-head own sets whose union is exactly what the pruner with the
@@ -21,10 +24,12 @@
 #include "gpu/reference/prune_ref.h"
 #include "gpu/reference/select_ref.h"
 #include "gtest/gtest.h"
+#include "lib/accuracy_goals.h"
 #include "lib/accuracy_stats.h"
 #include "lib/capi_attention.h"
 #include "lib/llama2_model.h"
 #include "lib/model_eval.h"
+#include "lib/model_methods.h"
 #include "lib/ref_pipeline.h"
 #include "lib/synthetic_attention.h"
 
@@ -70,7 +75,7 @@ MethodResult RunM(Loaded& l, const Method& m) {
 
 Method Make(MethodKind kind, float p, int bits, float fraction = 0) {
   Method m;
-  m.name = "m";
+  m.name = std::string(1, 'm');  // not = "m": GCC 12 -Wrestrict false positive
   m.kind = kind;
   m.p = p;
   m.k_bits = bits;
@@ -292,6 +297,166 @@ TEST(AccuracyStats, SummarizeByNearestRank) {
   EXPECT_TRUE(std::isnan(Summarize({}).mean));
 }
 
+TEST(AccuracyStats, StudentTIntervalOfTheMean) {
+  EXPECT_DOUBLE_EQ(StudentT975(4), 2.776);
+  EXPECT_NEAR(StudentT975(1000), 1.962, 0.002);
+  // 1..5: mean 3, sd sqrt(2.5), se sqrt(0.5); t_4 = 2.776.
+  const Interval ci = MeanInterval95({1, 2, 3, 4, 5});
+  EXPECT_DOUBLE_EQ(ci.mean, 3);
+  EXPECT_NEAR(ci.hi - ci.mean, 2.776 * std::sqrt(0.5), 1e-12);
+  EXPECT_NEAR(ci.mean - ci.lo, 2.776 * std::sqrt(0.5), 1e-12);
+  EXPECT_TRUE(std::isnan(MeanInterval95({7}).lo));
+  EXPECT_DOUBLE_EQ(FractionAtLeast({0.1, 0.5, 0.9, 1.0}, 0.5), 0.75);
+}
+
+// The goal checks on hand-made measurements: per-head and per-seed, not means.
+TEST(AccuracyGoals, CriteriaArePerHeadAndPerSeed) {
+  std::vector<SeedMeasure> seeds(5);
+  for (int s = 0; s < 5; ++s) {
+    seeds[size_t(s)].seed = uint64_t(s);
+    seeds[size_t(s)].own_mass.assign(100, 0.95);
+    seeds[size_t(s)].err.assign(100, 0.011);
+    seeds[size_t(s)].oracle_err.assign(100, 0.01);
+    seeds[size_t(s)].needle_kept.assign(100, 1.0);
+    seeds[size_t(s)].needle_err.assign(100, 0.01);
+    seeds[size_t(s)].needle_oracle_err.assign(100, 0.01);
+  }
+  EXPECT_TRUE(CheckMass(seeds, 0.95, "x").met);
+  EXPECT_TRUE(CheckErrorRatio(seeds, "x").met);
+  EXPECT_TRUE(CheckNeedleKept(seeds, "x").met);
+  EXPECT_TRUE(CheckNeedleError(seeds, "x").met);
+  // A mean that looks fine while 2% of heads are far below p: the per-head check fails.
+  std::vector<SeedMeasure> bad = seeds;
+  for (int i = 0; i < 10; ++i) bad[0].own_mass[size_t(i)] = 0.90;
+  for (int i = 10; i < 100; ++i) bad[0].own_mass[size_t(i)] = 0.99;
+  EXPECT_FALSE(CheckMass(bad, 0.95, "x").met);
+  // One seed of five over 1.2x fails the error goal even if the mean ratio is fine.
+  bad = seeds;
+  bad[2].err.assign(100, 0.013);
+  for (int s : {0, 1, 3, 4}) bad[size_t(s)].err.assign(100, 0.009);
+  EXPECT_FALSE(CheckErrorRatio(bad, "x").met);
+  // A needle dropped in 2% of cases.
+  bad = seeds;
+  bad[4].needle_kept[0] = bad[4].needle_kept[1] = 0.5;
+  for (int s = 0; s < 5; ++s) bad[size_t(s)].needle_kept[7] = 0.2;
+  EXPECT_FALSE(CheckNeedleKept(bad, "x").met);
+  // Fewer than five seeds never pass.
+  seeds.pop_back();
+  EXPECT_FALSE(CheckMass(seeds, 0.95, "x").met);
+  EXPECT_FALSE(CheckErrorRatio(seeds, "x").met);
+}
+
+// Needles with a distinct value per token: dense keeps all of the needle's mass; a method
+// that drops one needle token loses that token's mass and changes the output.
+TEST(AccuracyGoals, DistinctNeedleValuesAreScoredPerToken) {
+  SyntheticConfig c = SmallConfig(31);
+  c.num_tokens = 1024;
+  c.num_steps = 1;
+  NeedleSpec n;
+  n.depth = 0.5f;
+  n.margin = 0.0f;
+  n.distractor_gap = 1.0f;
+  n.distinct_values = true;
+  Loaded l = Load(c, 16, n);
+  const int d = c.head_dim;
+  // Distinct values: the first two needle tokens' values point different ways.
+  double dot = 0, n0 = 0, n1 = 0;
+  for (int j = 0; j < d; ++j) {
+    const double a = HalfToFloat(l.gen.v[(size_t(l.gen.needle_pos) * c.num_kv_heads) * d + j]);
+    const double b = HalfToFloat(l.gen.v[(size_t(l.gen.needle_pos + 1) * c.num_kv_heads) * d + j]);
+    dot += a * b;
+    n0 += a * a;
+    n1 += b * b;
+  }
+  EXPECT_LT(std::abs(dot) / std::sqrt(n0 * n1), 0.5);
+  MethodResult dense = RunM(l, Make(MethodKind::kDense, 1.0f, 16));
+  std::vector<double> share;
+  for (double k : NeedleMassKept(l.gen, 0, dense, 0, &share)) EXPECT_DOUBLE_EQ(k, 1.0);
+  for (double x : share) EXPECT_GT(x, 0.1) << "a low-margin needle still draws attention";
+  // Remove one needle token from KV head 0's union: its heads lose about 1/8 of the needle.
+  MethodResult holed = dense;
+  int32_t* toks = holed.kept_tokens.data();
+  int32_t& cnt = holed.kept_kv[0];
+  std::vector<int32_t> keep;
+  for (int32_t i = 0; i < cnt; ++i)
+    if (toks[i] != l.gen.needle_pos + 3) keep.push_back(toks[i]);
+  std::copy(keep.begin(), keep.end(), toks);
+  cnt = int32_t(keep.size());
+  const std::vector<double> k = NeedleMassKept(l.gen, 0, holed, 0);
+  for (int h = 0; h < c.group_size; ++h) {
+    EXPECT_LT(k[size_t(h)], 0.99) << h;
+    EXPECT_GT(k[size_t(h)], 0.5) << h;
+  }
+  EXPECT_DOUBLE_EQ(k[size_t(c.group_size)], 1.0) << "other KV heads untouched";
+}
+
+// The goal criteria at CI size on real runs, 5 seeds: INT8 estimation passes the per-head
+// mass check and INT2 fails it and the error check, so the checks can tell a working
+// estimator from a broken one. INT4 passes the error check; its per-head mass misses the
+// 99% target at this size (about 88-94% of heads reach p - 0.02: see bench/ACCURACY.md), which
+// the ctest twl_accuracy_goals asserts as a known failure.
+TEST(AccuracyGoals, Int2FailsTheChecksThatInt8Passes) {
+  std::vector<SeedMeasure> int8, int4, int2;
+  for (uint64_t seed = 1; seed <= 5; ++seed) {
+    SyntheticConfig c = SmallConfig(seed * 1000);
+    Loaded l = Load(c);
+    for (int bits : {2, 4, 8}) l.layer->Quant(bits);
+    const MethodResult dense = RunM(l, Make(MethodKind::kDense, 1.0f, 16));
+    const MethodResult oracle = RunM(l, Make(MethodKind::kOracle, kGoalP, 16));
+    const std::vector<double> e_orc = RowRelErrors(oracle.out, dense.out, c.head_dim);
+    for (auto [bits, v] : {std::pair{8, &int8}, std::pair{4, &int4}, std::pair{2, &int2}}) {
+      const MethodResult r = RunM(l, Make(MethodKind::kTwilight, kGoalP, bits));
+      SeedMeasure m;
+      m.seed = seed;
+      m.own_mass.assign(r.own_mass.begin(), r.own_mass.end());
+      m.err = RowRelErrors(r.out, dense.out, c.head_dim);
+      m.oracle_err = e_orc;
+      v->push_back(m);
+    }
+  }
+  const GoalCheck m8 = CheckMass(int8, kGoalP, "INT8"), m2 = CheckMass(int2, kGoalP, "INT2");
+  EXPECT_TRUE(m8.met) << m8.measured;
+  EXPECT_FALSE(m2.met) << m2.measured;
+  const GoalCheck e8 = CheckErrorRatio(int8, "INT8"), e4 = CheckErrorRatio(int4, "INT4"),
+                  e2 = CheckErrorRatio(int2, "INT2");
+  EXPECT_TRUE(e8.met) << e8.measured;
+  EXPECT_TRUE(e4.met) << e4.measured;
+  EXPECT_FALSE(e2.met) << e2.measured;
+  std::printf("INT4 at this size: %s\n", CheckMass(int4, kGoalP, "INT4").measured.c_str());
+}
+
+// Needles with low margins (-1/0/+1), distinct values and similar-key distractors at depths
+// 0.1-0.9, 5 seeds at 2k: INT4 keeps >= 90% of every needle's mass, INT2 does not (it drops
+// needle tokens in about a third of the cases), so the needle check can fail.
+TEST(AccuracyGoals, Int2LosesLowMarginNeedlesThatInt4Keeps) {
+  std::vector<SeedMeasure> int4, int2;
+  for (uint64_t seed = 1; seed <= 5; ++seed) {
+    SeedMeasure m4, m2;
+    m4.seed = m2.seed = seed;
+    for (int di = 0; di < 5; ++di) {
+      SyntheticConfig c = SmallConfig(seed * 7919 + uint64_t(di));
+      c.num_kv_heads = 2;
+      c.num_steps = 1;
+      NeedleSpec n;
+      n.depth = 0.1f + 0.2f * float(di);
+      n.margin = float((di + int(seed)) % 3) - 1.0f;
+      n.distractor_gap = 1.0f;
+      n.distinct_values = true;
+      Loaded l = Load(c, 16, n);
+      for (int bits : {2, 4}) l.layer->Quant(bits);
+      for (auto [bits, m] : {std::pair{4, &m4}, std::pair{2, &m2}}) {
+        const MethodResult r = RunM(l, Make(MethodKind::kTwilight, kGoalP, bits));
+        for (double k : NeedleMassKept(l.gen, 0, r, 0)) m->needle_kept.push_back(k);
+      }
+    }
+    int4.push_back(m4);
+    int2.push_back(m2);
+  }
+  const GoalCheck k4 = CheckNeedleKept(int4, "INT4"), k2 = CheckNeedleKept(int2, "INT2");
+  EXPECT_TRUE(k4.met) << k4.measured;
+  EXPECT_FALSE(k2.met) << k2.measured;
+}
+
 // ---- Real model ----
 absl::StatusOr<Llama2Model> LoadModelOrSkip() { return Llama2Model::Load(Stories260KPath()); }
 
@@ -349,6 +514,59 @@ TEST(Llama2Model, RuntimeDenseThroughCApiMatchesPlainReference) {
   }
   EXPECT_LT(kept, ctx);
   EXPECT_GT(kept, 0);
+}
+
+// Oracle top-p at p = 1 is dense attention; sampling is reproducible by seed; the read
+// telemetry counts the KV-head union (at least each head's own set, at most the context).
+TEST(ModelMethods, OracleAtPOneIsDenseAndSamplingIsSeeded) {
+  absl::StatusOr<Llama2Model> model = LoadModelOrSkip();
+  if (!model.ok()) GTEST_SKIP() << model.status();
+  DenseAttention d1(model->config()), d2(model->config()), d3(model->config());
+  absl::StatusOr<std::vector<int32_t>> a = SampleTokens(*model, d1.Fn(), 1, 96, 1.0, 5),
+                                       b = SampleTokens(*model, d2.Fn(), 1, 96, 1.0, 5),
+                                       c = SampleTokens(*model, d3.Fn(), 1, 96, 1.0, 6);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ(*a, *b);
+  EXPECT_NE(*a, *c);
+  DenseAttention dense(model->config());
+  OracleTopPAttention all(model->config(), 1.0f), half(model->config(), 0.5f);
+  std::vector<double> n_dense, n_all, n_half;
+  ASSERT_TRUE(ScoreTokens(*model, *a, dense.Fn(), &n_dense).ok());
+  ASSERT_TRUE(ScoreTokens(*model, *a, all.Fn(), &n_all).ok());
+  ASSERT_TRUE(ScoreTokens(*model, *a, half.Fn(), &n_half).ok());
+  ASSERT_EQ(n_dense.size(), a->size() - 1);
+  double diff_all = 0, diff_half = 0;
+  for (size_t t = 0; t < n_dense.size(); ++t) {
+    diff_all = std::max(diff_all, std::abs(n_dense[t] - n_all[t]));
+    diff_half += std::abs(n_dense[t] - n_half[t]);
+  }
+  EXPECT_LT(diff_all, 1e-4);
+  EXPECT_GT(diff_half, 1e-3) << "p = 0.5 drops mass and changes the predictions";
+  EXPECT_DOUBLE_EQ(all.read().Share(), 1.0);
+  EXPECT_LT(half.read().Share(), 0.9);
+  EXPECT_GT(half.read().Share(), 0.0);
+}
+
+// The byte-level model written by bench/train/train_byte_llama.py (CPU smoke mode, 150 steps,
+// GQA 4 q / 2 KV heads, untied RoPE tables) read by the C++ loader: dense FP32 loss over the
+// first 256 held-out bytes equals PyTorch's, recorded in the checkpoint's .json
+// (first_window_nats_per_byte). Pins the writer's tensor order, GQA mapping and RoPE pairing.
+TEST(Llama2Model, ByteModelFromTheTrainerMatchesPyTorch) {
+  const std::string dir = std::string(TWL_SOURCE_DIR) + "/bench/train/data/";
+  absl::StatusOr<Llama2Model> model = Llama2Model::Load(dir + "byte_llama_smoke.bin");
+  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_EQ(model->config().vocab_size, 256);
+  ASSERT_EQ(model->config().n_kv_heads, 2);
+  std::ifstream text(dir + "austen_heldout.txt", std::ios::binary);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 256; ++i) tokens.push_back(int32_t(static_cast<unsigned char>(text.get())));
+  ASSERT_TRUE(text.good());
+  DenseAttention dense(model->config());
+  std::vector<double> nll;
+  ASSERT_TRUE(ScoreTokens(*model, tokens, dense.Fn(), &nll).ok());
+  const double mean = std::accumulate(nll.begin(), nll.end(), 0.0) / double(nll.size());
+  EXPECT_NEAR(mean, 3.1163909435272217, 2e-5);
+  EXPECT_LT(mean, 4.0) << "trained: well below the uniform 5.55 nats/byte";
 }
 
 TEST(Llama2Model, LoadRejectsTruncatedAndMissingFiles) {
