@@ -120,7 +120,10 @@ remote() {
     timeout "${T_OFFLOAD:-200}" "$bin/twl_offload" --out="$out" ${OFFLOAD_ARGS:-} \
       >"$out/offload_bench.log" 2>&1
     echo "twl_offload rc=$?" | tee -a "$summary"
-    # Prefill through twl_append_batch: append GB/s vs the measured D2H link, TTFT vs HBM.
+  fi
+  # Prefill through twl_append_batch: append GB/s vs the measured D2H link, TTFT vs HBM.
+  if [ "${SKIP_PREFILL:-0}" != 1 ]; then
+    # shellcheck disable=SC2086
     timeout "${T_PREFILL:-240}" "$bin/twl_prefill_bench" --csv "$out/prefill.csv" ${PREFILL_ARGS:-} \
       >"$out/prefill_bench.log" 2>&1
     echo "twl_prefill_bench rc=$?" | tee -a "$summary"

@@ -549,9 +549,17 @@ __global__ void __launch_bounds__(kTopPThreads)
       if (lane == 0 && word) atomicOr(&pair_bits[i >> 5], word);
     }
     if (threadIdx.x == 0) {
-      if (stats.selected) stats.selected[at] = nvalid;
+      const float kept_mass = nvalid > 0 ? 1.0f : 0.0f;
       if (stats.kept) stats.kept[at] = nvalid;
-      if (stats.est_mass) stats.est_mass[at] = nvalid > 0 ? 1.0f : 0.0f;
+      if (stats.est_mass) stats.est_mass[at] = kept_mass;
+      if (shape.head_p) {  // growing: selected and cap_hit come from GrowSearchKernel
+        if (stats.full_mass) stats.full_mass[at] = kept_mass * shape.head_ratio[sq];
+      } else {
+        if (stats.selected) stats.selected[at] = nvalid;
+        const bool all_pages = sel.count[pair] == batch.NumPages(g, s);
+        if (stats.full_mass) stats.full_mass[at] = all_pages ? kept_mass : -1.0f;
+        if (stats.cap_hit) stats.cap_hit[at] = 0;
+      }
     }
     return;
   }
