@@ -27,13 +27,34 @@
 #include <system_error>
 #include <vector>
 
+#include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "gpu/device.h"
 #include "gpu/synth.h"
 #include "lib/table.h"
+#include "lib/tool_flags.h"
 #include "twilight.h"
+
+ABSL_FLAG(std::vector<std::string>, prompts, std::vector<std::string>({"32768", "131072"}),
+          "prompt lengths in tokens (the i-th of --seqs prompts is prompt * (1 - i / (2 seqs)))");
+ABSL_FLAG(int32_t, layers, 4, "layers appended per prompt, [1, 1024]");
+ABSL_FLAG(int32_t, chunk, 8192, "tokens per twl_append_batch call and sequence, [1, 2^20]");
+ABSL_FLAG(int32_t, seqs, 2, "ragged prompts prefilled together, [1, 256]");
+ABSL_FLAG(int32_t, q_heads, 32, "query heads, a multiple of --kv-heads");
+ABSL_FLAG(int32_t, kv_heads, 8, "KV heads, [1, 1024]");
+ABSL_FLAG(int32_t, head_dim, 128, "head dimension, [8, 256]");
+ABSL_FLAG(int32_t, page_size, 16, "tokens per page, [1, 4096]");
+ABSL_FLAG(double, tflops, 500.0, "sustained FLOP rate of the simulated prefill compute (> 0)");
+ABSL_FLAG(int32_t, compute_smem_kib, 160,
+          "shared memory each simulated compute block holds, like a GEMM, [0, 227]");
+ABSL_FLAG(bool, compute, true, "run the simulated prefill compute (--no-compute: appends alone)");
+ABSL_FLAG(std::vector<std::string>, backends,
+          std::vector<std::string>({"offload-copy", "offload-kernel", "hbm"}),
+          "offload-copy / offload-kernel (the offload backend's append paths) and hbm");
+ABSL_FLAG(int32_t, reps, 3, "timed repetitions, [1, 100]");
+ABSL_FLAG(std::string, csv, "out/prefill_bench.csv", "CSV output path");
 
 namespace {
 
@@ -54,101 +75,51 @@ struct Options {
   std::string csv = "out/prefill_bench.csv";
 };
 
-void Usage() {
-  std::printf(
-      "usage: twl_prefill_bench [--prompts 32768,131072] [--layers N] [--chunk N] [--seqs N]\n"
-      "                         [--q-heads N] [--kv-heads N] [--head-dim N] [--page-size N]\n"
-      "                         [--tflops X] [--compute-smem-kib N] [--no-compute]\n"
-      "                         [--backends offload-copy,offload-kernel,hbm] [--reps N]\n"
-      "                         [--csv PATH]\n"
-      "Prefill of --seqs ragged prompts (the i-th is prompt * (1 - i / (2 seqs)) tokens) in\n"
-      "chunks of --chunk tokens through twl_append_batch from device memory; reports append\n"
-      "GB/s vs the measured device-to-host bandwidth and vs the HBM backend, and the time to\n"
-      "first token with a simulated prefill compute (--tflops) overlapping the appends.\n"
-      "offload-copy / offload-kernel: the offload backend's append paths (TWL_APPEND_PATH).\n");
-}
-
-bool ParseInt(const std::string& v, int64_t lo, int64_t hi, int64_t* out) {
-  int64_t x = 0;
-  if (!absl::SimpleAtoi(v, &x) || x < lo || x > hi) return false;
-  *out = x;
-  return true;
-}
-
-bool ParseArgs(int argc, char** argv, Options* o) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "-h" || a == "--help") {
-      Usage();
-      std::exit(0);
-    }
-    if (a == "--no-compute") {
-      o->compute = false;
-      continue;
-    }
-    if (a.rfind("--", 0) != 0 || i + 1 >= argc) {
-      std::fprintf(stderr, "twl_prefill_bench: bad argument '%s' (see --help)\n", a.c_str());
-      return false;
-    }
-    const std::string v = argv[++i];
-    int64_t x = 0;
-    bool ok = true;
-    auto set32 = [&](int32_t* field, int64_t lo, int64_t hi) {
-      ok = ParseInt(v, lo, hi, &x);
-      if (ok) *field = int32_t(x);
-    };
-    if (a == "--prompts") {
-      o->prompts.clear();
-      for (absl::string_view p : absl::StrSplit(v, ',')) {
-        ok = ok && ParseInt(std::string(p), 1, int64_t(1) << 24, &x);
-        if (ok) o->prompts.push_back(x);
-      }
-      ok = ok && !o->prompts.empty();
-    } else if (a == "--layers") {
-      set32(&o->layers, 1, 1024);
-    } else if (a == "--chunk") {
-      set32(&o->chunk, 1, 1 << 20);
-    } else if (a == "--seqs") {
-      set32(&o->seqs, 1, 256);
-    } else if (a == "--q-heads") {
-      set32(&o->q_heads, 1, 1024);
-    } else if (a == "--kv-heads") {
-      set32(&o->kv_heads, 1, 1024);
-    } else if (a == "--head-dim") {
-      set32(&o->head_dim, 8, 256);
-    } else if (a == "--page-size") {
-      set32(&o->page_size, 1, 4096);
-    } else if (a == "--compute-smem-kib") {
-      set32(&o->compute_smem_kib, 0, 227);
-    } else if (a == "--reps") {
-      set32(&o->reps, 1, 100);
-    } else if (a == "--tflops") {
-      double t = 0;
-      ok = absl::SimpleAtod(v, &t) && t > 0 && std::isfinite(t);
-      if (ok) o->tflops = t;
-    } else if (a == "--backends") {
-      o->backends.clear();
-      for (absl::string_view b : absl::StrSplit(v, ',')) {
-        if (b != "offload-copy" && b != "offload-kernel" && b != "hbm") ok = false;
-        o->backends.emplace_back(b);
-      }
-    } else if (a == "--csv") {
-      o->csv = v;
-    } else {
-      std::fprintf(stderr, "twl_prefill_bench: unknown option '%s' (see --help)\n", a.c_str());
-      return false;
-    }
-    if (!ok) {
-      std::fprintf(stderr, "twl_prefill_bench: bad value '%s' for %s (see --help)\n", v.c_str(),
-                   a.c_str());
-      return false;
-    }
+// Flags through the shared tool parser (bench/lib/tool_flags.h): bad values exit 2.
+Options ParseArgs(int argc, char** argv) {
+  twl::tools::ParseToolFlags(
+      argc, argv, __FILE__,
+      "twl_prefill_bench: prefill of --seqs ragged prompts in chunks of --chunk tokens through\n"
+      "twl_append_batch from device memory; reports append GB/s vs the measured device-to-host\n"
+      "bandwidth and vs the HBM backend, and the time to first token with a simulated prefill\n"
+      "compute (--tflops) overlapping the appends.");
+  Options o;
+  o.prompts.clear();
+  for (int32_t p : twl::tools::IntListFlag(absl::GetFlag(FLAGS_prompts), "prompts", 1, 1 << 24)) {
+    o.prompts.push_back(p);
   }
-  if (o->q_heads % o->kv_heads != 0) {
-    std::fprintf(stderr, "twl_prefill_bench: --q-heads must be a multiple of --kv-heads\n");
-    return false;
+  auto in = [](int32_t v, int64_t lo, int64_t hi) { return v >= lo && v <= hi; };
+  o.layers = absl::GetFlag(FLAGS_layers);
+  twl::tools::RequireFlag(in(o.layers, 1, 1024), "layers", "must be in [1, 1024]");
+  o.chunk = absl::GetFlag(FLAGS_chunk);
+  twl::tools::RequireFlag(in(o.chunk, 1, 1 << 20), "chunk", "must be in [1, 2^20]");
+  o.seqs = absl::GetFlag(FLAGS_seqs);
+  twl::tools::RequireFlag(in(o.seqs, 1, 256), "seqs", "must be in [1, 256]");
+  o.q_heads = absl::GetFlag(FLAGS_q_heads);
+  o.kv_heads = absl::GetFlag(FLAGS_kv_heads);
+  twl::tools::RequireFlag(in(o.kv_heads, 1, 1024), "kv-heads", "must be in [1, 1024]");
+  twl::tools::RequireFlag(in(o.q_heads, 1, 1024) && o.q_heads % o.kv_heads == 0, "q-heads",
+                     "must be in [1, 1024] and a multiple of --kv-heads");
+  o.head_dim = absl::GetFlag(FLAGS_head_dim);
+  twl::tools::RequireFlag(in(o.head_dim, 8, 256), "head-dim", "must be in [8, 256]");
+  o.page_size = absl::GetFlag(FLAGS_page_size);
+  twl::tools::RequireFlag(in(o.page_size, 1, 4096), "page-size", "must be in [1, 4096]");
+  o.tflops = absl::GetFlag(FLAGS_tflops);
+  twl::tools::RequireFlag(o.tflops > 0 && std::isfinite(o.tflops), "tflops", "must be > 0");
+  o.compute_smem_kib = absl::GetFlag(FLAGS_compute_smem_kib);
+  twl::tools::RequireFlag(in(o.compute_smem_kib, 0, 227), "compute-smem-kib", "must be in [0, 227]");
+  o.compute = absl::GetFlag(FLAGS_compute);
+  o.backends = absl::GetFlag(FLAGS_backends);
+  for (const std::string& b : o.backends) {
+    twl::tools::RequireFlag(b == "offload-copy" || b == "offload-kernel" || b == "hbm", "backends",
+                       "each must be offload-copy, offload-kernel or hbm");
   }
-  return true;
+  twl::tools::RequireFlag(!o.backends.empty(), "backends", "must name at least one backend");
+  o.reps = absl::GetFlag(FLAGS_reps);
+  twl::tools::RequireFlag(in(o.reps, 1, 100), "reps", "must be in [1, 100]");
+  o.csv = absl::GetFlag(FLAGS_csv);
+  twl::tools::RequireFlag(!o.csv.empty(), "csv", "must not be empty");
+  return o;
 }
 
 // Failures end the run with a message and exit status 1 (never an abort).
@@ -397,8 +368,7 @@ class Bench {
 }  // namespace
 
 int main(int argc, char** argv) {
-  Options o;
-  if (!ParseArgs(argc, argv, &o)) return 2;
+  const Options o = ParseArgs(argc, argv);
   if (!twl::gpu::GpuAvailable()) {
     std::fprintf(stderr, "twl_prefill_bench: no CUDA device visible; nothing to measure\n");
     return 0;

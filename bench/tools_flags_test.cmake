@@ -1,7 +1,8 @@
 # ctest script: every tool parses flags the same way (bench/lib/tool_flags.h): --help exits 0
 # and lists each flag with its default; a bad value, an unknown or abbreviated flag, a missing
 # value or a stray argument exits 2 with a message (never a crash, never ignored).
-# Inputs: -DBIN_DIR=<dir of twl_demo, twl_disk_tier, twl_kernels, twl_offload>.
+# Inputs: -DBIN_DIR=<dir of twl_demo, twl_disk_tier, twl_kernels, twl_offload,
+# twl_prefill_bench, twl_serve_bench>.
 if(NOT DEFINED BIN_DIR)
   message(FATAL_ERROR "tools_flags_test: -DBIN_DIR=... missing")
 endif()
@@ -20,7 +21,7 @@ function(expect rc_want tool)
   set(LAST_OUT "${out}" PARENT_SCOPE)
 endfunction()
 
-foreach(tool twl_demo twl_disk_tier twl_kernels twl_offload)
+foreach(tool twl_demo twl_disk_tier twl_kernels twl_offload twl_prefill_bench twl_serve_bench)
   if(NOT EXISTS ${BIN_DIR}/${tool})
     continue()
   endif()
@@ -69,6 +70,21 @@ if(EXISTS ${BIN_DIR}/twl_offload)
   expect(2 twl_offload --workloads peaked,foo)
   expect(2 twl_offload --cache-frac -1)
   expect(2 twl_offload --steps=x)
+endif()
+
+if(EXISTS ${BIN_DIR}/twl_prefill_bench)
+  expect(2 twl_prefill_bench --layers 0)
+  expect(2 twl_prefill_bench --prompts 1024,x)
+  expect(2 twl_prefill_bench --backends offload)
+  expect(2 twl_prefill_bench --q-heads 30 --kv-heads 8)
+endif()
+if(EXISTS ${BIN_DIR}/twl_serve_bench)
+  expect(2 twl_serve_bench --batches 8,x)
+  expect(2 twl_serve_bench --methods twilight,nope)
+  expect(2 twl_serve_bench --workloads flat)
+  expect(2 twl_serve_bench --cache-frac 0)
+  expect(2 twl_serve_bench --shapes 30x8)
+  expect(2 twl_serve_bench --mode=tpu)
 endif()
 
 if(failures)
