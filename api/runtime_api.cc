@@ -195,6 +195,19 @@ double Mean(const std::vector<int32_t>& v) {
   return sum / double(v.size());
 }
 
+// The calling thread's last step for the per-head accessors: a live handle with telemetry
+// collection on; an empty step before the first decode.
+absl::StatusOr<const twl::StepTelemetry*> LastStepHeads(const twl_runtime* rt) {
+  if (absl::Status s = CheckHandle(rt); !s.ok()) return s;
+  if (!rt->collect_telemetry) {
+    return absl::FailedPreconditionError(
+        "telemetry collection is off (config.collect_telemetry = 0)");
+  }
+  static const twl::StepTelemetry kEmpty;
+  const TwlThreadState* state = twl::api::ThreadState(rt, /*create=*/false);
+  return state != nullptr && state->has_step ? &state->last_step : &kEmpty;
+}
+
 }  // namespace
 
 absl::Status CheckHandle(const twl_runtime* rt) {
@@ -393,14 +406,9 @@ twl_status twl_runtime_last_step_heads(const twl_runtime* rt, int32_t* selected,
                                        float* est_mass, int64_t q_capacity, int32_t* kept_kv,
                                        int64_t kv_capacity) noexcept {
   return Guard(rt, "twl_runtime_last_step_heads", [&]() -> absl::Status {
-    if (absl::Status s = CheckHandle(rt); !s.ok()) return s;
-    if (!rt->collect_telemetry) {
-      return absl::FailedPreconditionError(
-          "telemetry collection is off (config.collect_telemetry = 0)");
-    }
-    const TwlThreadState* state = twl::api::ThreadState(rt, /*create=*/false);
-    static const twl::StepTelemetry kEmpty;
-    const twl::StepTelemetry& t = state != nullptr && state->has_step ? state->last_step : kEmpty;
+    absl::StatusOr<const twl::StepTelemetry*> last = twl::api::LastStepHeads(rt);
+    if (!last.ok()) return last.status();
+    const twl::StepTelemetry& t = **last;
     const int64_t q_entries = int64_t(t.num_seqs) * rt->config.num_q_heads;
     const int64_t kv_entries = int64_t(t.num_seqs) * rt->config.num_kv_heads;
     const bool want_q = selected != nullptr || kept != nullptr || est_mass != nullptr;
@@ -479,14 +487,9 @@ twl_status twl_runtime_last_step_kept(const twl_runtime* rt, int32_t seq_index, 
 twl_status twl_runtime_last_step_mass(const twl_runtime* rt, float* full_mass,
                                       int32_t* cap_hit, int64_t q_capacity) noexcept {
   return Guard(rt, "twl_runtime_last_step_mass", [&]() -> absl::Status {
-    if (absl::Status s = CheckHandle(rt); !s.ok()) return s;
-    if (!rt->collect_telemetry) {
-      return absl::FailedPreconditionError(
-          "telemetry collection is off (config.collect_telemetry = 0)");
-    }
-    const TwlThreadState* state = twl::api::ThreadState(rt, /*create=*/false);
-    static const twl::StepTelemetry kEmpty;
-    const twl::StepTelemetry& t = state != nullptr && state->has_step ? state->last_step : kEmpty;
+    absl::StatusOr<const twl::StepTelemetry*> last = twl::api::LastStepHeads(rt);
+    if (!last.ok()) return last.status();
+    const twl::StepTelemetry& t = **last;
     const int64_t q_entries = int64_t(t.num_seqs) * rt->config.num_q_heads;
     if ((full_mass != nullptr || cap_hit != nullptr) && q_capacity < q_entries) {
       return absl::InvalidArgumentError(

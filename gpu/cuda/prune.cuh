@@ -483,6 +483,24 @@ __device__ __forceinline__ void ForEachWeight(const float* sc, int32_t n, float 
 
 __device__ __forceinline__ float FloorLevel(int k) { return exp2f(-2.0f * float(k)); }  // 4^-k
 
+// Per-query-head telemetry of the top-p kernel (thread 0): the head's own kept tokens and
+// their estimated mass within the candidates; growing, the full-context lower bound (selected
+// and cap_hit come from GrowSearchKernel); otherwise the full-context mass only when every
+// page was a candidate (-1: unknown).
+__device__ __forceinline__ void WriteHeadStats(const HeadStatsView& stats, const PruneShape& shape,
+                                               int64_t at, int32_t sq, int32_t kept,
+                                               float kept_mass, int32_t nvalid, bool all_pages) {
+  if (stats.kept) stats.kept[at] = kept;
+  if (stats.est_mass) stats.est_mass[at] = kept_mass;
+  if (shape.head_p) {
+    if (stats.full_mass) stats.full_mass[at] = kept_mass * shape.head_ratio[sq];
+  } else {
+    if (stats.selected) stats.selected[at] = nvalid;
+    if (stats.full_mass) stats.full_mass[at] = all_pages ? kept_mass : -1.0f;
+    if (stats.cap_hit) stats.cap_hit[at] = 0;
+  }
+}
+
 // One block per (sequence, query head). scores: the row of LaunchPrune's score workspace;
 // head_max: its FloatKey maximum; bits: union flags [num_seqs * num_kv_heads][bit_words],
 // zeroed before the launch.
@@ -549,17 +567,8 @@ __global__ void __launch_bounds__(kTopPThreads)
       if (lane == 0 && word) atomicOr(&pair_bits[i >> 5], word);
     }
     if (threadIdx.x == 0) {
-      const float kept_mass = nvalid > 0 ? 1.0f : 0.0f;
-      if (stats.kept) stats.kept[at] = nvalid;
-      if (stats.est_mass) stats.est_mass[at] = kept_mass;
-      if (shape.head_p) {  // growing: selected and cap_hit come from GrowSearchKernel
-        if (stats.full_mass) stats.full_mass[at] = kept_mass * shape.head_ratio[sq];
-      } else {
-        if (stats.selected) stats.selected[at] = nvalid;
-        const bool all_pages = sel.count[pair] == batch.NumPages(g, s);
-        if (stats.full_mass) stats.full_mass[at] = all_pages ? kept_mass : -1.0f;
-        if (stats.cap_hit) stats.cap_hit[at] = 0;
-      }
+      WriteHeadStats(stats, shape, at, sq, nvalid, nvalid > 0 ? 1.0f : 0.0f, nvalid,
+                     sel.count[pair] == batch.NumPages(g, s));
     }
     return;
   }
@@ -714,16 +723,8 @@ __global__ void __launch_bounds__(kTopPThreads)
     kept = k.between;
   }
   if (threadIdx.x == 0) {
-    if (stats.kept) stats.kept[at] = kept;
-    if (stats.est_mass) stats.est_mass[at] = kept_mass;
-    if (shape.head_p) {  // growing: selected and cap_hit come from GrowSearchKernel
-      if (stats.full_mass) stats.full_mass[at] = kept_mass * shape.head_ratio[sq];
-    } else {
-      if (stats.selected) stats.selected[at] = nvalid;
-      const bool all_pages = sel.count[pair] == batch.NumPages(g, s);
-      if (stats.full_mass) stats.full_mass[at] = all_pages ? kept_mass : -1.0f;
-      if (stats.cap_hit) stats.cap_hit[at] = 0;
-    }
+    WriteHeadStats(stats, shape, at, sq, kept, kept_mass, nvalid,
+                   sel.count[pair] == batch.NumPages(g, s));
   }
 }
 
