@@ -325,19 +325,19 @@ absl::Status LaunchCachePlan(const DeviceCacheState& cache, const CachePlanArgs&
   cudaStream_t s = AsStream(stream);
   const int32_t units = a.batch.num_seqs * a.g.num_kv_heads;
   const int32_t chunks = (a.kept.max_kept + kTokensPerItem - 1) / kTokensPerItem;
-  TWL_OFF_CUDA(cudaMemsetAsync(a.d_unit_blocks, 0, sizeof(int32_t) * size_t(units), s));
+  TWL_CUDA(cudaMemsetAsync(a.d_unit_blocks, 0, sizeof(int32_t) * size_t(units), s));
   const int32_t grid_units = GridFor(int64_t(units) * chunks);
   CountAdmitKernel<<<grid_units, kThreads, 0, s>>>(a.g, a.kept, units, chunks, cache.num_slots,
                                                    a.d_prev, a.d_counters, a.d_unit_blocks,
                                                    a.d_count_cache, a.d_count_direct);
-  TWL_OFF_RETURN(LaunchStatus("CountAdmitKernel"));
+  TWL_RETURN_IF_ERROR(LaunchStatus("CountAdmitKernel"));
   MarkKernel<<<grid_units, kThreads, 0, s>>>(a.g, a.batch, a.kept, units, chunks, a.stamps,
                                              cache, a.d_count_cache, a.d_counters, a.d_missing);
-  TWL_OFF_RETURN(LaunchStatus("MarkKernel"));
+  TWL_RETURN_IF_ERROR(LaunchStatus("MarkKernel"));
   const int32_t grid_slots = int32_t(std::clamp<int64_t>(
       (int64_t(cache.num_slots) + kThreads - 1) / kThreads, 1, int64_t(gpu::SmCount()) * 4));
   HistogramKernel<<<grid_slots, kThreads, 0, s>>>(cache, a.stamps, a.d_counters);
-  TWL_OFF_RETURN(LaunchStatus("HistogramKernel"));
+  TWL_RETURN_IF_ERROR(LaunchStatus("HistogramKernel"));
   AssignKernel<<<grid_slots, kThreads, 0, s>>>(cache, a.stamps, a.d_counters, a.d_missing,
                                                a.d_fetch);
   return LaunchStatus("AssignKernel");

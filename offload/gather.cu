@@ -85,8 +85,8 @@ class ListStaging {
   }
   absl::StatusOr<FetchEntry*> Upload(const FetchEntry* entries, int32_t count,
                                      cudaStream_t stream) {
-    if (!event_) TWL_OFF_CUDA(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
-    TWL_OFF_CUDA(cudaEventSynchronize(event_));  // the previous upload has been consumed
+    if (!event_) TWL_CUDA(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
+    TWL_CUDA(cudaEventSynchronize(event_));  // the previous upload has been consumed
     if (count > capacity_) {
       if (host_) cudaFreeHost(host_);
       if (dev_) cudaFree(dev_);
@@ -94,16 +94,16 @@ class ListStaging {
       dev_ = nullptr;
       capacity_ = 0;
       const int32_t cap = std::max(count, 1024);
-      TWL_OFF_CUDA(cudaMallocHost(&host_, size_t(cap) * sizeof(FetchEntry) + 16));
-      TWL_OFF_CUDA(cudaMalloc(&dev_, size_t(cap) * sizeof(FetchEntry) + 16));
+      TWL_CUDA(cudaMallocHost(&host_, size_t(cap) * sizeof(FetchEntry) + 16));
+      TWL_CUDA(cudaMalloc(&dev_, size_t(cap) * sizeof(FetchEntry) + 16));
       capacity_ = cap;
     }
     std::memcpy(host_, entries, size_t(count) * sizeof(FetchEntry));
     std::memcpy(static_cast<char*>(host_) + size_t(capacity_) * sizeof(FetchEntry), &count,
                 sizeof(count));
-    TWL_OFF_CUDA(cudaMemcpyAsync(dev_, host_, size_t(capacity_) * sizeof(FetchEntry) + 16,
+    TWL_CUDA(cudaMemcpyAsync(dev_, host_, size_t(capacity_) * sizeof(FetchEntry) + 16,
                                  cudaMemcpyHostToDevice, stream));
-    TWL_OFF_CUDA(cudaEventRecord(event_, stream));
+    TWL_CUDA(cudaEventRecord(event_, stream));
     return static_cast<FetchEntry*>(dev_);
   }
   const int32_t* device_count() const {
@@ -200,7 +200,7 @@ class CopyEngineTransport final : public FetchTransport {
     }
 #endif
     for (size_t r = 0; r < runs_.size(); ++r) {
-      TWL_OFF_CUDA(cudaMemcpyAsync(dsts_[r], srcs_[r], sizes_[r], cudaMemcpyHostToDevice, s));
+      TWL_CUDA(cudaMemcpyAsync(dsts_[r], srcs_[r], sizes_[r], cudaMemcpyHostToDevice, s));
     }
     return absl::OkStatus();
   }
@@ -220,7 +220,7 @@ class CopyEngineTransport final : public FetchTransport {
 
 absl::Status LaunchGather(const FetchSource& src, const FetchDest& dst,
                           const DeviceFetchList& list, void* stream) {
-  TWL_OFF_RETURN(CheckEnds(src, dst, /*need_mapped=*/true));
+  TWL_RETURN_IF_ERROR(CheckEnds(src, dst, /*need_mapped=*/true));
   if (list.max_entries <= 0) return absl::OkStatus();
   if (list.d_entries == nullptr || list.d_count == nullptr) {
     return absl::InvalidArgumentError("LaunchGather: null fetch list");
@@ -238,13 +238,13 @@ absl::Status LaunchGather(const FetchSource& src, const FetchDest& dst,
 
 absl::StatusOr<std::unique_ptr<FetchTransport>> CreateGatherTransport(const FetchSource& src,
                                                                       const FetchDest& dst) {
-  TWL_OFF_RETURN(CheckEnds(src, dst, /*need_mapped=*/true));
+  TWL_RETURN_IF_ERROR(CheckEnds(src, dst, /*need_mapped=*/true));
   return std::unique_ptr<FetchTransport>(new GatherTransport(src, dst));
 }
 
 absl::StatusOr<std::unique_ptr<FetchTransport>> CreateCopyEngineTransport(
     const FetchSource& src, const FetchDest& dst) {
-  TWL_OFF_RETURN(CheckEnds(src, dst, /*need_mapped=*/false));
+  TWL_RETURN_IF_ERROR(CheckEnds(src, dst, /*need_mapped=*/false));
   return std::unique_ptr<FetchTransport>(new CopyEngineTransport(src, dst));
 }
 

@@ -28,6 +28,7 @@
 #include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "gpu/reference/validate.h"
+#include "gpu/cuda/cuda_status.cuh"
 #include "runtime/backend.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/geometry.h"
@@ -36,21 +37,7 @@
 namespace twl {
 namespace {
 
-#define TWL_HBM_CUDA(expr)                                                                  \
-  do {                                                                                      \
-    const cudaError_t _e = (expr);                                                          \
-    if (_e != cudaSuccess) {                                                                \
-      return absl::InternalError(absl::StrFormat("%s: %s", #expr, cudaGetErrorString(_e))); \
-    }                                                                                       \
-  } while (0)
-#define TWL_HBM_RETURN(expr)                   \
-  do {                                         \
-    if (absl::Status _s = (expr); !_s.ok()) {  \
-      return _s;                               \
-    }                                          \
-  } while (0)
-
-cudaStream_t AsStream(void* s) { return static_cast<cudaStream_t>(s); }
+using cuda_status::AsStream;
 
 KvInputType InputType(DType t) {
   switch (t) {
@@ -114,38 +101,38 @@ class GpuHbmBackend final : public Backend {
   }
 
   absl::Status Init() {
-    TWL_HBM_CUDA(cudaSetDevice(config_.device_id));
-    TWL_HBM_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    TWL_CUDA(cudaSetDevice(config_.device_id));
+    TWL_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     for (cudaEvent_t& e : ev_decode_upload_) {
-      TWL_HBM_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      TWL_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
       all_events_.push_back(e);
     }
     for (cudaEvent_t& e : ev_telemetry_) {
-      TWL_HBM_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      TWL_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
       all_events_.push_back(e);
     }
     for (auto& slot : ev_t_) {
       for (cudaEvent_t& e : slot) {
-        TWL_HBM_CUDA(cudaEventCreate(&e));
+        TWL_CUDA(cudaEventCreate(&e));
         all_events_.push_back(e);
       }
     }
     for (cudaEvent_t* e : {&ev_append_, &ev_decode_, &ev_append_upload_}) {
-      TWL_HBM_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+      TWL_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
       all_events_.push_back(*e);
     }
     for (cudaEvent_t& e : ev_desc_) {
-      TWL_HBM_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      TWL_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     }
     const int64_t blocks = num_pages_ * g_.num_kv_heads;
-    TWL_HBM_RETURN(kv_buf_.Reserve(size_t(blocks * g_.FpBlockBytes())));
+    TWL_RETURN_IF_ERROR(kv_buf_.Reserve(size_t(blocks * g_.FpBlockBytes())));
     if (g_.k_bits < 16) {
-      TWL_HBM_RETURN(codes_buf_.Reserve(size_t(blocks * g_.CodeBlockBytes())));
-      TWL_HBM_RETURN(scale_buf_.Reserve(size_t(blocks * g_.page_size) * 2));
-      TWL_HBM_RETURN(zero_buf_.Reserve(size_t(blocks * g_.page_size) * 2));
+      TWL_RETURN_IF_ERROR(codes_buf_.Reserve(size_t(blocks * g_.CodeBlockBytes())));
+      TWL_RETURN_IF_ERROR(scale_buf_.Reserve(size_t(blocks * g_.page_size) * 2));
+      TWL_RETURN_IF_ERROR(zero_buf_.Reserve(size_t(blocks * g_.page_size) * 2));
     }
-    TWL_HBM_RETURN(kmin_buf_.Reserve(size_t(blocks * g_.head_dim) * 2));
-    TWL_HBM_RETURN(kmax_buf_.Reserve(size_t(blocks * g_.head_dim) * 2));
+    TWL_RETURN_IF_ERROR(kmin_buf_.Reserve(size_t(blocks * g_.head_dim) * 2));
+    TWL_RETURN_IF_ERROR(kmax_buf_.Reserve(size_t(blocks * g_.head_dim) * 2));
     kv_ = FpKvView{kv_buf_.as<fp16_t>(), nullptr};
     qk_ = QuantKView{codes_buf_.as<uint8_t>(), scale_buf_.as<fp16_t>(), zero_buf_.as<fp16_t>(),
                      kmin_buf_.as<fp16_t>(), kmax_buf_.as<fp16_t>()};
@@ -160,7 +147,7 @@ class GpuHbmBackend final : public Backend {
   absl::Status Append(const AppendView& tokens, DType dtype, MemSpace space,
                       void* stream) override;
   absl::Status WaitAppends() override {
-    if (appended_) TWL_HBM_CUDA(cudaEventSynchronize(ev_append_));  // a device fault shows here
+    if (appended_) TWL_CUDA(cudaEventSynchronize(ev_append_));  // a device fault shows here
     return absl::OkStatus();
   }
   absl::Status CopyPage(int32_t src_page, int32_t dst_page, int32_t rows) override;
@@ -192,7 +179,7 @@ class GpuHbmBackend final : public Backend {
   // Device buffers only grow; growing frees memory queued work may still read, so wait.
   absl::Status Grow(gpu::DeviceBuffer& b, size_t bytes) {
     if (bytes <= b.bytes() && b.get()) return absl::OkStatus();
-    if (b.get()) TWL_HBM_CUDA(cudaDeviceSynchronize());
+    if (b.get()) TWL_CUDA(cudaDeviceSynchronize());
     return b.Reserve(bytes);
   }
   // Telemetry without a host wait on the step just queued (see the offload backend): copies
@@ -256,7 +243,7 @@ absl::Status GpuHbmBackend::Append(const AppendView& tokens, DType dtype, MemSpa
     return absl::InvalidArgumentError("append: k, v, page_id and slot must not be null");
   }
   for (int32_t i = 0; i < tokens.num_tokens; ++i) {
-    TWL_HBM_RETURN(CheckPage(tokens.page_id[i]));
+    TWL_RETURN_IF_ERROR(CheckPage(tokens.page_id[i]));
     if (tokens.slot[i] < 0 || tokens.slot[i] >= g_.page_size) {
       return absl::InvalidArgumentError(absl::StrFormat("append: slot %d", tokens.slot[i]));
     }
@@ -291,9 +278,9 @@ absl::Status GpuHbmBackend::Append(const AppendView& tokens, DType dtype, MemSpa
     pin_event = ev_desc_[desc_next_];
     desc_next_ = (desc_next_ + 1) % kDescRing;
   }
-  TWL_HBM_CUDA(cudaEventSynchronize(pin_event));  // returns at once when done
-  TWL_HBM_RETURN(pin_buf->Reserve(pk.used()));
-  TWL_HBM_RETURN(Grow(append_dev_, pk.used()));
+  TWL_CUDA(cudaEventSynchronize(pin_event));  // returns at once when done
+  TWL_RETURN_IF_ERROR(pin_buf->Reserve(pk.used()));
+  TWL_RETURN_IF_ERROR(Grow(append_dev_, pk.used()));
   char* pin = pin_buf->data();
   if (bulk) {
     std::memcpy(pin + o_seg, segs_.data(), sizeof(AppendSegment) * segs_.size());
@@ -309,15 +296,15 @@ absl::Status GpuHbmBackend::Append(const AppendView& tokens, DType dtype, MemSpa
   }
   // Device-side order: after the last decode (a reused page may still be read by it) and
   // the last append (append_dev_ is shared; ReadPage/CopyPage/Decode wait for the last).
-  if (decoded_) TWL_HBM_CUDA(cudaStreamWaitEvent(a, ev_decode_, 0));
-  if (appended_) TWL_HBM_CUDA(cudaStreamWaitEvent(a, ev_append_, 0));
-  TWL_HBM_CUDA(cudaMemcpyAsync(append_dev_.get(), pin, pk.used(), cudaMemcpyHostToDevice, a));
-  TWL_HBM_CUDA(cudaEventRecord(pin_event, a));
+  if (decoded_) TWL_CUDA(cudaStreamWaitEvent(a, ev_decode_, 0));
+  if (appended_) TWL_CUDA(cudaStreamWaitEvent(a, ev_append_, 0));
+  TWL_CUDA(cudaMemcpyAsync(append_dev_.get(), pin, pk.used(), cudaMemcpyHostToDevice, a));
+  TWL_CUDA(cudaEventRecord(pin_event, a));
   char* dev = append_dev_.as<char>();
   const void* k = host ? static_cast<const void*>(dev + o_k) : tokens.k;
   const void* v = host ? static_cast<const void*>(dev + o_v) : tokens.v;
   if (bulk) {
-    TWL_HBM_RETURN(LaunchAppendSegments(g_, reinterpret_cast<const AppendSegment*>(dev + o_seg),
+    TWL_RETURN_IF_ERROR(LaunchAppendSegments(g_, reinterpret_cast<const AppendSegment*>(dev + o_seg),
                                         int32_t(segs_.size()), k, v, InputType(dtype), kv_,
                                         nullptr, qk_, a));
   } else {
@@ -330,72 +317,72 @@ absl::Status GpuHbmBackend::Append(const AppendView& tokens, DType dtype, MemSpa
     const AppendPagePlan plan{reinterpret_cast<const int32_t*>(dev + o_pp),
                               reinterpret_cast<const int32_t*>(dev + o_pr),
                               int32_t(plan_pages.size())};
-    TWL_HBM_RETURN(LaunchAppend(g_, in, InputType(dtype), plan, kv_, qk_, a));
+    TWL_RETURN_IF_ERROR(LaunchAppend(g_, in, InputType(dtype), plan, kv_, qk_, a));
   }
-  TWL_HBM_CUDA(cudaEventRecord(ev_append_, a));
+  TWL_CUDA(cudaEventRecord(ev_append_, a));
   appended_ = true;
   return absl::OkStatus();
 }
 
 absl::Status GpuHbmBackend::CopyPage(int32_t src_page, int32_t dst_page, int32_t rows) {
-  TWL_HBM_RETURN(CheckPage(src_page));
-  TWL_HBM_RETURN(CheckPage(dst_page));
+  TWL_RETURN_IF_ERROR(CheckPage(src_page));
+  TWL_RETURN_IF_ERROR(CheckPage(dst_page));
   if (rows < 0 || rows > g_.page_size) {
     return absl::InvalidArgumentError(absl::StrFormat("copy: %d rows", rows));
   }
   if (rows == 0 || src_page == dst_page) return absl::OkStatus();
-  if (decoded_) TWL_HBM_CUDA(cudaStreamWaitEvent(stream_, ev_decode_, 0));
-  if (appended_) TWL_HBM_CUDA(cudaStreamWaitEvent(stream_, ev_append_, 0));
+  if (decoded_) TWL_CUDA(cudaStreamWaitEvent(stream_, ev_decode_, 0));
+  if (appended_) TWL_CUDA(cudaStreamWaitEvent(stream_, ev_append_, 0));
   const size_t row_bytes = size_t(g_.head_dim) * 2;
   for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
     const int64_t sb = g_.BlockId(src_page, h), db = g_.BlockId(dst_page, h);
-    TWL_HBM_CUDA(cudaMemcpyAsync(kv_.K(g_, db, 0), kv_.K(g_, sb, 0), row_bytes * rows,
+    TWL_CUDA(cudaMemcpyAsync(kv_.K(g_, db, 0), kv_.K(g_, sb, 0), row_bytes * rows,
                                  cudaMemcpyDeviceToDevice, stream_));
-    TWL_HBM_CUDA(cudaMemcpyAsync(kv_.V(g_, db, 0), kv_.V(g_, sb, 0), row_bytes * rows,
+    TWL_CUDA(cudaMemcpyAsync(kv_.V(g_, db, 0), kv_.V(g_, sb, 0), row_bytes * rows,
                                  cudaMemcpyDeviceToDevice, stream_));
     if (g_.k_bits < 16) {
-      TWL_HBM_CUDA(cudaMemcpyAsync(qk_.Codes(g_, db, 0), qk_.Codes(g_, sb, 0),
+      TWL_CUDA(cudaMemcpyAsync(qk_.Codes(g_, db, 0), qk_.Codes(g_, sb, 0),
                                    size_t(g_.CodeBytesPerToken()) * rows,
                                    cudaMemcpyDeviceToDevice, stream_));
-      TWL_HBM_CUDA(cudaMemcpyAsync(qk_.scale + db * g_.page_size, qk_.scale + sb * g_.page_size,
+      TWL_CUDA(cudaMemcpyAsync(qk_.scale + db * g_.page_size, qk_.scale + sb * g_.page_size,
                                    2 * size_t(rows), cudaMemcpyDeviceToDevice, stream_));
-      TWL_HBM_CUDA(cudaMemcpyAsync(qk_.zero + db * g_.page_size, qk_.zero + sb * g_.page_size,
+      TWL_CUDA(cudaMemcpyAsync(qk_.zero + db * g_.page_size, qk_.zero + sb * g_.page_size,
                                    2 * size_t(rows), cudaMemcpyDeviceToDevice, stream_));
     }
   }
   // Bounds over exactly the copied rows (as if they had been appended to dst).
   const int32_t plan_host[2] = {dst_page, rows};
   gpu::DeviceBuffer plan_dev;
-  TWL_HBM_RETURN(plan_dev.Reserve(sizeof(plan_host)));
-  TWL_HBM_CUDA(cudaMemcpyAsync(plan_dev.get(), plan_host, sizeof(plan_host),
+  TWL_RETURN_IF_ERROR(plan_dev.Reserve(sizeof(plan_host)));
+  TWL_CUDA(cudaMemcpyAsync(plan_dev.get(), plan_host, sizeof(plan_host),
                                cudaMemcpyHostToDevice, stream_));
   const AppendPagePlan plan{plan_dev.as<int32_t>(), plan_dev.as<int32_t>() + 1, 1};
-  TWL_HBM_RETURN(LaunchRecomputeMinMax(g_, plan, kv_, qk_, stream_));
-  TWL_HBM_CUDA(cudaEventRecord(ev_append_, stream_));
+  TWL_RETURN_IF_ERROR(LaunchRecomputeMinMax(g_, plan, kv_, qk_, stream_));
+  TWL_CUDA(cudaEventRecord(ev_append_, stream_));
   appended_ = true;
-  TWL_HBM_CUDA(cudaStreamSynchronize(stream_));  // plan_host / plan_dev die here
+  TWL_CUDA(cudaStreamSynchronize(stream_));  // plan_host / plan_dev die here
   return absl::OkStatus();
 }
 
 absl::Status GpuHbmBackend::ReadPage(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const {
-  TWL_HBM_RETURN(CheckPage(page));
+  TWL_RETURN_IF_ERROR(CheckPage(page));
   if (rows < 0 || rows > g_.page_size) {
     return absl::InvalidArgumentError(absl::StrFormat("read: %d rows", rows));
   }
   if (rows == 0) return absl::OkStatus();
   if (!k || !v) return absl::InvalidArgumentError("read: null output");
   // Appends may run on callers' streams: the last one's event covers all (they are chained).
-  if (appended_) TWL_HBM_CUDA(cudaStreamWaitEvent(stream_, ev_append_, 0));
+  if (appended_) TWL_CUDA(cudaStreamWaitEvent(stream_, ev_append_, 0));
   const size_t row_bytes = size_t(g_.head_dim) * 2;
   const size_t pitch = row_bytes * g_.num_kv_heads;
   for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
     const int64_t b = g_.BlockId(page, h);
-    TWL_HBM_CUDA(cudaMemcpy2DAsync(k + int64_t(h) * g_.head_dim, pitch, kv_.K(g_, b, 0),
+    TWL_CUDA(cudaMemcpy2DAsync(k + int64_t(h) * g_.head_dim, pitch, kv_.K(g_, b, 0),
                                    row_bytes, row_bytes, rows, cudaMemcpyDeviceToHost, stream_));
-    TWL_HBM_CUDA(cudaMemcpy2DAsync(v + int64_t(h) * g_.head_dim, pitch, kv_.V(g_, b, 0),
+    TWL_CUDA(cudaMemcpy2DAsync(v + int64_t(h) * g_.head_dim, pitch, kv_.V(g_, b, 0),
                                    row_bytes, row_bytes, rows, cudaMemcpyDeviceToHost, stream_));
   }
-  TWL_HBM_CUDA(cudaStreamSynchronize(stream_));
+  TWL_CUDA(cudaStreamSynchronize(stream_));
   return absl::OkStatus();
 }
 
@@ -403,10 +390,10 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
   const auto t_start = std::chrono::steady_clock::now();
   if (!req.q || !req.out) return absl::InvalidArgumentError("decode: null q or out");
   const BatchView& hb = req.batch;
-  TWL_HBM_RETURN(ValidateBatchPages(g_, hb, num_pages_));
-  TWL_HBM_RETURN(ValidateP(req.pruner.p));
+  TWL_RETURN_IF_ERROR(ValidateBatchPages(g_, hb, num_pages_));
+  TWL_RETURN_IF_ERROR(ValidateP(req.pruner.p));
   if (req.pruner.seq_p) {
-    for (int32_t s = 0; s < hb.num_seqs; ++s) TWL_HBM_RETURN(ValidateP(req.pruner.seq_p[s]));
+    for (int32_t s = 0; s < hb.num_seqs; ++s) TWL_RETURN_IF_ERROR(ValidateP(req.pruner.seq_p[s]));
   }
   const int32_t Hq = hb.num_q_heads;
   const int64_t pairs = int64_t(hb.num_seqs) * g_.num_kv_heads;
@@ -424,9 +411,9 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
   const size_t o_out = pk.Add<char>(host_io ? qo_bytes : 0);
   const int32_t us = upload_slot_;
   upload_slot_ = (upload_slot_ + 1) % kUploadRing;
-  TWL_HBM_CUDA(cudaEventSynchronize(ev_decode_upload_[us]));  // that slot's last use is done
-  TWL_HBM_RETURN(step_pin_[us].Reserve(pk.used()));
-  TWL_HBM_RETURN(Grow(step_dev_[us], pk.used()));
+  TWL_CUDA(cudaEventSynchronize(ev_decode_upload_[us]));  // that slot's last use is done
+  TWL_RETURN_IF_ERROR(step_pin_[us].Reserve(pk.used()));
+  TWL_RETURN_IF_ERROR(Grow(step_dev_[us], pk.used()));
   char* pin = step_pin_[us].data();
   std::memcpy(pin + o_len, hb.seq_len, sizeof(int32_t) * size_t(hb.num_seqs));
   std::memcpy(pin + o_table, hb.page_table, sizeof(int32_t) * size_t(hb.num_seqs) * hb.max_pages);
@@ -443,27 +430,27 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
   const size_t ws_sel = SelectWorkspaceBytes(g_, req.selector, hb.num_seqs, hb.max_pages);
   const size_t ws_pr = PruneWorkspaceBytes(g_, hb.num_seqs, Hq, max_select);
   const size_t ws_at = AttentionWorkspaceBytes(g_, hb.num_seqs, Hq);
-  TWL_HBM_RETURN(Grow(ws_attend_, ws_at));
+  TWL_RETURN_IF_ERROR(Grow(ws_attend_, ws_at));
   if (!dense_only) {
-    TWL_HBM_RETURN(Grow(sel_pages_, size_t(pairs * max_select) * 4));
-    TWL_HBM_RETURN(Grow(sel_count_, size_t(pairs) * 4));
-    TWL_HBM_RETURN(Grow(kept_tokens_, size_t(pairs * max_kept) * 4));
-    TWL_HBM_RETURN(Grow(kept_count_, size_t(pairs) * 4));
+    TWL_RETURN_IF_ERROR(Grow(sel_pages_, size_t(pairs * max_select) * 4));
+    TWL_RETURN_IF_ERROR(Grow(sel_count_, size_t(pairs) * 4));
+    TWL_RETURN_IF_ERROR(Grow(kept_tokens_, size_t(pairs * max_kept) * 4));
+    TWL_RETURN_IF_ERROR(Grow(kept_count_, size_t(pairs) * 4));
     // selected, kept, est_mass, full_mass, cap_hit per query head.
-    TWL_HBM_RETURN(Grow(stats_, size_t(heads) * 20));
+    TWL_RETURN_IF_ERROR(Grow(stats_, size_t(heads) * 20));
     if (req.selector.grow) {
-      TWL_HBM_RETURN(Grow(sel_bound_, size_t(heads * max_select) * 4));
-      TWL_HBM_RETURN(Grow(sel_limit_, size_t(pairs) * 4));
+      TWL_RETURN_IF_ERROR(Grow(sel_bound_, size_t(heads * max_select) * 4));
+      TWL_RETURN_IF_ERROR(Grow(sel_limit_, size_t(pairs) * 4));
     }
-    TWL_HBM_RETURN(Grow(blocks_, size_t(pairs) * 4));
-    TWL_HBM_RETURN(Grow(ws_select_, ws_sel));
-    TWL_HBM_RETURN(Grow(ws_prune_, ws_pr));
+    TWL_RETURN_IF_ERROR(Grow(blocks_, size_t(pairs) * 4));
+    TWL_RETURN_IF_ERROR(Grow(ws_select_, ws_sel));
+    TWL_RETURN_IF_ERROR(Grow(ws_prune_, ws_pr));
   }
 
-  if (appended_) TWL_HBM_CUDA(cudaStreamWaitEvent(s, ev_append_, 0));
+  if (appended_) TWL_CUDA(cudaStreamWaitEvent(s, ev_append_, 0));
   // Scratch is shared by consecutive steps, which may come on different streams.
-  if (decoded_) TWL_HBM_CUDA(cudaStreamWaitEvent(s, ev_decode_, 0));
-  TWL_HBM_CUDA(cudaMemcpyAsync(step_dev_[us].get(), pin, pk.used(), cudaMemcpyHostToDevice, s));
+  if (decoded_) TWL_CUDA(cudaStreamWaitEvent(s, ev_decode_, 0));
+  TWL_CUDA(cudaMemcpyAsync(step_dev_[us].get(), pin, pk.used(), cudaMemcpyHostToDevice, s));
   char* dev = step_dev_[us].as<char>();
   BatchView db = hb;
   db.seq_len = reinterpret_cast<const int32_t*>(dev + o_len);
@@ -477,43 +464,43 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
   const int32_t ts = telemetry_slot_;
   cudaEvent_t ev_t0_ = ev_t_[ts][0], ev_t1_ = ev_t_[ts][1], ev_t2_ = ev_t_[ts][2],
               ev_t3_ = ev_t_[ts][3];
-  if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t0_, s));
+  if (timing) TWL_CUDA(cudaEventRecord(ev_t0_, s));
   const bool grow = req.selector.grow && req.selector.kind == SelectorKind::kQuest;
   const SelectionView sel{sel_pages_.as<int32_t>(), sel_count_.as<int32_t>(), max_select,
                           grow ? sel_bound_.as<float>() : nullptr,
                           grow ? sel_limit_.as<int32_t>() : nullptr};
   const KeptView kept{kept_tokens_.as<int32_t>(), kept_count_.as<int32_t>(), int32_t(max_kept)};
   if (dense_only) {
-    if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t1_, s));
-    if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t2_, s));
-    TWL_HBM_RETURN(LaunchDenseAttention(g_, db, q, kv_, out, req.pruner.softmax_scale,
+    if (timing) TWL_CUDA(cudaEventRecord(ev_t1_, s));
+    if (timing) TWL_CUDA(cudaEventRecord(ev_t2_, s));
+    TWL_RETURN_IF_ERROR(LaunchDenseAttention(g_, db, q, kv_, out, req.pruner.softmax_scale,
                                         ws_attend_.get(), ws_attend_.bytes(), s));
   } else {
-    TWL_HBM_RETURN(LaunchSelectPages(g_, req.selector, db, q, qk_, sel, ws_select_.get(),
+    TWL_RETURN_IF_ERROR(LaunchSelectPages(g_, req.selector, db, q, qk_, sel, ws_select_.get(),
                                      ws_select_.bytes(), s, req.pruner.softmax_scale));
-    if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t1_, s));
+    if (timing) TWL_CUDA(cudaEventRecord(ev_t1_, s));
     int32_t* st = stats_.as<int32_t>();
     const HeadStatsView stats{st, st + heads, reinterpret_cast<float*>(st + 2 * heads),
                               reinterpret_cast<float*>(st + 3 * heads), st + 4 * heads};
-    TWL_HBM_RETURN(LaunchPrune(g_, pp, db, q, qk_, kv_, sel, kept, stats, ws_prune_.get(),
+    TWL_RETURN_IF_ERROR(LaunchPrune(g_, pp, db, q, qk_, kv_, sel, kept, stats, ws_prune_.get(),
                                ws_prune_.bytes(), s));
-    if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t2_, s));
-    TWL_HBM_RETURN(LaunchSparseAttention(g_, db, q, kv_, kept, out, req.pruner.softmax_scale,
+    if (timing) TWL_CUDA(cudaEventRecord(ev_t2_, s));
+    TWL_RETURN_IF_ERROR(LaunchSparseAttention(g_, db, q, kv_, kept, out, req.pruner.softmax_scale,
                                          ws_attend_.get(), ws_attend_.bytes(), s));
   }
-  if (timing) TWL_HBM_CUDA(cudaEventRecord(ev_t3_, s));
+  if (timing) TWL_CUDA(cudaEventRecord(ev_t3_, s));
   // Telemetry copies are queued before the step counts as done (the next step overwrites
   // their sources only after ev_decode_).
-  if (timing) TWL_HBM_RETURN(WriteTelemetry(req, !dense_only, int32_t(max_kept), s, telemetry));
-  TWL_HBM_CUDA(cudaEventRecord(ev_decode_, s));
+  if (timing) TWL_RETURN_IF_ERROR(WriteTelemetry(req, !dense_only, int32_t(max_kept), s, telemetry));
+  TWL_CUDA(cudaEventRecord(ev_decode_, s));
   // The host may reuse this upload slot (pinned plan, q and out staging) once the step ran.
-  TWL_HBM_CUDA(cudaEventRecord(ev_decode_upload_[us], s));
+  TWL_CUDA(cudaEventRecord(ev_decode_upload_[us], s));
   decoded_ = true;
 
   if (host_io) {
-    TWL_HBM_CUDA(cudaMemcpyAsync(pin + o_out, out.out, qo_bytes, cudaMemcpyDeviceToHost, s));
-    TWL_HBM_CUDA(cudaEventRecord(ev_decode_upload_[us], s));
-    TWL_HBM_CUDA(cudaStreamSynchronize(s));
+    TWL_CUDA(cudaMemcpyAsync(pin + o_out, out.out, qo_bytes, cudaMemcpyDeviceToHost, s));
+    TWL_CUDA(cudaEventRecord(ev_decode_upload_[us], s));
+    TWL_CUDA(cudaStreamSynchronize(s));
     std::memcpy(req.out, pin + o_out, qo_bytes);
   }
   if (timing) {
@@ -522,7 +509,7 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
     const int32_t prev = (ts + kTelemetryRing - 1) % kTelemetryRing;
     const bool own = host_io || req.capture_kept || !pending_[prev].valid;
     telemetry_slot_ = (telemetry_slot_ + 1) % kTelemetryRing;
-    TWL_HBM_RETURN(HarvestTelemetry(own ? ts : prev, telemetry));
+    TWL_RETURN_IF_ERROR(HarvestTelemetry(own ? ts : prev, telemetry));
     if (own) pending_[prev].valid = false;
     telemetry->ms_total = std::chrono::duration<double, std::milli>(
                               std::chrono::steady_clock::now() - t_start).count();
@@ -531,7 +518,7 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
     if (dense_only) {
       StoreDenseKeptLists(hb.seq_len, hb.num_seqs, g_.num_kv_heads, telemetry);
     } else {
-      TWL_HBM_RETURN(CaptureDeviceKeptLists(kept_tokens_.as<int32_t>(), kept_count_.as<int32_t>(),
+      TWL_RETURN_IF_ERROR(CaptureDeviceKeptLists(kept_tokens_.as<int32_t>(), kept_count_.as<int32_t>(),
                                             pairs, int32_t(max_kept), s, telemetry));
     }
   }
@@ -542,7 +529,7 @@ absl::Status GpuHbmBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t) {
   PendingTelemetry& p = pending_[slot];
   if (!p.valid) return absl::InternalError("hbm telemetry: no pending step in the slot");
   p.valid = false;
-  TWL_HBM_CUDA(cudaEventSynchronize(ev_telemetry_[slot]));
+  TWL_CUDA(cudaEventSynchronize(ev_telemetry_[slot]));
   const int64_t heads = int64_t(p.num_seqs) * p.num_q_heads;
   const int64_t pairs = int64_t(p.num_seqs) * g_.num_kv_heads;
   const int32_t Hq = p.num_q_heads;
@@ -575,11 +562,11 @@ absl::Status GpuHbmBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t) {
     t->cap_hit.assign(size_t(heads), 0);
   }
   float ms = 0;
-  TWL_HBM_CUDA(cudaEventElapsedTime(&ms, ev_t_[slot][0], ev_t_[slot][1]));
+  TWL_CUDA(cudaEventElapsedTime(&ms, ev_t_[slot][0], ev_t_[slot][1]));
   t->ms_select = ms;
-  TWL_HBM_CUDA(cudaEventElapsedTime(&ms, ev_t_[slot][1], ev_t_[slot][2]));
+  TWL_CUDA(cudaEventElapsedTime(&ms, ev_t_[slot][1], ev_t_[slot][2]));
   t->ms_prune = ms;
-  TWL_HBM_CUDA(cudaEventElapsedTime(&ms, ev_t_[slot][2], ev_t_[slot][3]));
+  TWL_CUDA(cudaEventElapsedTime(&ms, ev_t_[slot][2], ev_t_[slot][3]));
   t->ms_attend = ms;
   t->ms_fetch = 0.0;
   t->blocks_fetched = 0;
@@ -599,7 +586,7 @@ absl::Status GpuHbmBackend::WriteTelemetry(const DecodeRequest& req, bool ran_pr
   p.num_q_heads = req.batch.num_q_heads;
   p.seq_len.assign(req.batch.seq_len, req.batch.seq_len + req.batch.num_seqs);
   if (!ran_pruner) {
-    TWL_HBM_CUDA(cudaEventRecord(ev_telemetry_[slot], s));
+    TWL_CUDA(cudaEventRecord(ev_telemetry_[slot], s));
     return absl::OkStatus();
   }
   const int64_t pairs = int64_t(req.batch.num_seqs) * g_.num_kv_heads;
@@ -607,16 +594,16 @@ absl::Status GpuHbmBackend::WriteTelemetry(const DecodeRequest& req, bool ran_pr
   const KeptView kept{kept_tokens_.as<int32_t>(), kept_count_.as<int32_t>(), max_kept};
   CountBlocksKernel<<<unsigned((pairs + 7) / 8), 256, 0, s>>>(g_.page_size, kept, int32_t(pairs),
                                                               blocks_.as<int32_t>());
-  TWL_HBM_CUDA(cudaGetLastError());
+  TWL_CUDA(cudaGetLastError());
   // Pinned layout: stats [5 * heads] | kept counts [pairs] | blocks [pairs].
-  TWL_HBM_RETURN(tele_pin_[slot].Reserve(size_t(5 * heads + 2 * pairs) * 4));
+  TWL_RETURN_IF_ERROR(tele_pin_[slot].Reserve(size_t(5 * heads + 2 * pairs) * 4));
   char* tp = tele_pin_[slot].data();
-  TWL_HBM_CUDA(cudaMemcpyAsync(tp, stats_.get(), size_t(5 * heads) * 4, cudaMemcpyDeviceToHost, s));
-  TWL_HBM_CUDA(cudaMemcpyAsync(tp + 5 * heads * 4, kept_count_.get(), size_t(pairs) * 4,
+  TWL_CUDA(cudaMemcpyAsync(tp, stats_.get(), size_t(5 * heads) * 4, cudaMemcpyDeviceToHost, s));
+  TWL_CUDA(cudaMemcpyAsync(tp + 5 * heads * 4, kept_count_.get(), size_t(pairs) * 4,
                                cudaMemcpyDeviceToHost, s));
-  TWL_HBM_CUDA(cudaMemcpyAsync(tp + (5 * heads + pairs) * 4, blocks_.get(), size_t(pairs) * 4,
+  TWL_CUDA(cudaMemcpyAsync(tp + (5 * heads + pairs) * 4, blocks_.get(), size_t(pairs) * 4,
                                cudaMemcpyDeviceToHost, s));
-  TWL_HBM_CUDA(cudaEventRecord(ev_telemetry_[slot], s));
+  TWL_CUDA(cudaEventRecord(ev_telemetry_[slot], s));
   return absl::OkStatus();
 }
 
@@ -624,7 +611,7 @@ absl::Status GpuHbmBackend::WriteTelemetry(const DecodeRequest& req, bool ran_pr
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateGpuHbmBackend(const RuntimeConfig& config,
                                                              int64_t num_pages) {
-  TWL_HBM_RETURN(config.Validate());
+  TWL_RETURN_IF_ERROR(config.Validate());
   if (!gpu::GpuAvailable()) return absl::UnavailableError("GPU HBM backend: no GPU found");
   if (config.head_dim != 64 && config.head_dim != 128) {
     return absl::UnimplementedError(absl::StrFormat(
@@ -639,7 +626,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateGpuHbmBackend(const RuntimeConfig
         absl::StrFormat("GPU HBM backend: num_pages %d outside [1, 2^31)", num_pages));
   }
   auto backend = std::make_unique<GpuHbmBackend>(config, num_pages);
-  TWL_HBM_RETURN(backend->Init());
+  TWL_RETURN_IF_ERROR(backend->Init());
   return std::unique_ptr<Backend>(std::move(backend));
 }
 

@@ -60,7 +60,7 @@ using PinnedBuffer = gpu::PinnedHostBuffer;
 // Device buffers only grow; growing frees memory that queued work may still use, so wait.
 absl::Status Grow(gpu::DeviceBuffer& b, size_t bytes) {
   if (bytes <= b.bytes() && b.get()) return absl::OkStatus();
-  if (b.get()) TWL_OFF_CUDA(cudaDeviceSynchronize());
+  if (b.get()) TWL_CUDA(cudaDeviceSynchronize());
   return b.Reserve(std::max<size_t>(bytes, 256));
 }
 
@@ -93,7 +93,7 @@ class GpuOffloadBackend final : public OffloadBackend {
   }
 
   absl::Status Init() {
-    TWL_OFF_CUDA(cudaSetDevice(cfg_.device_id));
+    TWL_CUDA(cudaSetDevice(cfg_.device_id));
     if (g_.FpBlockBytes() % 16 != 0) {
       return absl::InvalidArgumentError("offload: FP16 block bytes must be a multiple of 16");
     }
@@ -114,7 +114,7 @@ class GpuOffloadBackend final : public OffloadBackend {
     const int64_t mm = nb * g_.head_dim * 2;
     auto al = [](int64_t x) { return (x + 255) / 256 * 256; };
     quant_bytes_ = al(codes) + 2 * al(sz) + 2 * al(mm);
-    TWL_OFF_RETURN(Grow(quant_, size_t(quant_bytes_)));
+    TWL_RETURN_IF_ERROR(Grow(quant_, size_t(quant_bytes_)));
     char* q = quant_.as<char>();
     qk_.codes = codes ? reinterpret_cast<uint8_t*>(q) : nullptr;
     q += al(codes);
@@ -125,7 +125,7 @@ class GpuOffloadBackend final : public OffloadBackend {
     qk_.kmin = reinterpret_cast<fp16_t*>(q);
     q += al(mm);
     qk_.kmax = reinterpret_cast<fp16_t*>(q);
-    TWL_OFF_CUDA(cudaMemset(quant_.get(), 0, size_t(quant_bytes_)));
+    TWL_CUDA(cudaMemset(quant_.get(), 0, size_t(quant_bytes_)));
 
     // Cache.
     // Slots are int32: a gpu_cache_bytes (or block count) past 2^31 slots is clamped, not
@@ -133,15 +133,15 @@ class GpuOffloadBackend final : public OffloadBackend {
     num_slots_ = int32_t(std::min<int64_t>({OffloadCacheSlots(cfg_, num_pages_), num_blocks_,
                                             int64_t(std::numeric_limits<int32_t>::max())}));
     num_slots_ = std::max(num_slots_, 1);
-    TWL_OFF_RETURN(Grow(slots_, size_t(num_slots_) * size_t(g_.FpBlockBytes())));
-    TWL_OFF_RETURN(Grow(slot_of_block_, size_t(num_blocks_) * 4));
-    TWL_OFF_RETURN(Grow(need_stamp_, size_t(num_blocks_) * 4));
-    TWL_OFF_RETURN(Grow(block_of_slot_, size_t(num_slots_) * 4));
-    TWL_OFF_RETURN(Grow(last_use_, size_t(num_slots_) * 4));
-    TWL_OFF_CUDA(cudaMemset(slot_of_block_.get(), 0xff, size_t(num_blocks_) * 4));
-    TWL_OFF_CUDA(cudaMemset(need_stamp_.get(), 0, size_t(num_blocks_) * 4));
-    TWL_OFF_CUDA(cudaMemset(block_of_slot_.get(), 0xff, size_t(num_slots_) * 4));
-    TWL_OFF_CUDA(cudaMemset(last_use_.get(), 0, size_t(num_slots_) * 4));
+    TWL_RETURN_IF_ERROR(Grow(slots_, size_t(num_slots_) * size_t(g_.FpBlockBytes())));
+    TWL_RETURN_IF_ERROR(Grow(slot_of_block_, size_t(num_blocks_) * 4));
+    TWL_RETURN_IF_ERROR(Grow(need_stamp_, size_t(num_blocks_) * 4));
+    TWL_RETURN_IF_ERROR(Grow(block_of_slot_, size_t(num_slots_) * 4));
+    TWL_RETURN_IF_ERROR(Grow(last_use_, size_t(num_slots_) * 4));
+    TWL_CUDA(cudaMemset(slot_of_block_.get(), 0xff, size_t(num_blocks_) * 4));
+    TWL_CUDA(cudaMemset(need_stamp_.get(), 0, size_t(num_blocks_) * 4));
+    TWL_CUDA(cudaMemset(block_of_slot_.get(), 0xff, size_t(num_slots_) * 4));
+    TWL_CUDA(cudaMemset(last_use_.get(), 0, size_t(num_slots_) * 4));
     cache_.d_slot_of_block = slot_of_block_.as<int32_t>();
     cache_.d_block_of_slot = block_of_slot_.as<int32_t>();
     cache_.d_last_use = last_use_.as<uint32_t>();
@@ -149,58 +149,58 @@ class GpuOffloadBackend final : public OffloadBackend {
     cache_.d_slots = slots_.as<fp16_t>();
     cache_.num_blocks = num_blocks_;
     cache_.num_slots = num_slots_;
-    TWL_OFF_RETURN(Grow(counters_, sizeof(DeviceGroupCounters) * kMaxGroups));
-    TWL_OFF_CUDA(cudaMemset(counters_.get(), 0, sizeof(DeviceGroupCounters) * kMaxGroups));
-    TWL_OFF_RETURN(Grow(missing_, size_t(num_slots_) * 4));
-    TWL_OFF_RETURN(Grow(fetch_, size_t(num_slots_) * sizeof(FetchEntry)));
+    TWL_RETURN_IF_ERROR(Grow(counters_, sizeof(DeviceGroupCounters) * kMaxGroups));
+    TWL_CUDA(cudaMemset(counters_.get(), 0, sizeof(DeviceGroupCounters) * kMaxGroups));
+    TWL_RETURN_IF_ERROR(Grow(missing_, size_t(num_slots_) * 4));
+    TWL_RETURN_IF_ERROR(Grow(fetch_, size_t(num_slots_) * sizeof(FetchEntry)));
 
     // Streams and events.
-    TWL_OFF_CUDA(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
-    TWL_OFF_CUDA(cudaStreamCreateWithFlags(&fetch_stream_, cudaStreamNonBlocking));
-    TWL_OFF_CUDA(cudaStreamCreateWithFlags(&append_stream_, cudaStreamNonBlocking));
+    TWL_CUDA(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
+    TWL_CUDA(cudaStreamCreateWithFlags(&fetch_stream_, cudaStreamNonBlocking));
+    TWL_CUDA(cudaStreamCreateWithFlags(&append_stream_, cudaStreamNonBlocking));
     for (cudaEvent_t* e : {&ev_append_done_, &ev_step_done_, &ev_append_staged_,
                            &ev_appended_}) {
-      TWL_OFF_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+      TWL_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
       all_events_.push_back(*e);
     }
     for (cudaEvent_t& e : ev_upload_) {
-      TWL_OFF_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      TWL_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
       all_events_.push_back(e);
     }
     for (cudaEvent_t& e : ev_telemetry_) {
-      TWL_OFF_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      TWL_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
       all_events_.push_back(e);
     }
     for (cudaEvent_t* e : {&ev_release_staged_, &ev_in_[0], &ev_in_[1]}) {
-      TWL_OFF_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+      TWL_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
       all_events_.push_back(*e);
     }
     for (int32_t i = 0; i < kDescRing; ++i) {
-      TWL_OFF_CUDA(cudaEventCreateWithFlags(&ev_desc_[i], cudaEventDisableTiming));
+      TWL_CUDA(cudaEventCreateWithFlags(&ev_desc_[i], cudaEventDisableTiming));
       all_events_.push_back(ev_desc_[i]);
     }
     // Bulk-append staging, sized here so that appends never allocate on the way.
     page_bytes_ = int64_t(g_.num_kv_heads) * g_.FpBlockBytes();
     // Two halves: the kernel fills one while the copy engine drains the other.
     half_pages_ = std::max<int64_t>(1, std::min<int64_t>(kStageBytes / page_bytes_, num_pages_) / 2);
-    TWL_OFF_RETURN(Grow(stage_, size_t(2 * half_pages_ * page_bytes_)));
-    TWL_OFF_CUDA(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
+    TWL_RETURN_IF_ERROR(Grow(stage_, size_t(2 * half_pages_ * page_bytes_)));
+    TWL_CUDA(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
     for (cudaEvent_t* e : {&ev_filled_, &ev_half_[0], &ev_half_[1]}) {
-      TWL_OFF_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+      TWL_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
       all_events_.push_back(*e);
     }
-    TWL_OFF_RETURN(Grow(d_segs_, size_t(4096) * sizeof(AppendSegment)));
+    TWL_RETURN_IF_ERROR(Grow(d_segs_, size_t(4096) * sizeof(AppendSegment)));
     if (const char* p = std::getenv("TWL_APPEND_PATH"); p && std::strcmp(p, "kernel") == 0) {
       append_path_ = AppendPath::kKernel;
     }
     for (int32_t i = 0; i < kMaxGroups; ++i) {
-      TWL_OFF_CUDA(cudaEventCreateWithFlags(&ev_pruned_[i], cudaEventDisableTiming));
-      TWL_OFF_CUDA(cudaEventCreateWithFlags(&ev_fetched_[i], cudaEventDisableTiming));
+      TWL_CUDA(cudaEventCreateWithFlags(&ev_pruned_[i], cudaEventDisableTiming));
+      TWL_CUDA(cudaEventCreateWithFlags(&ev_fetched_[i], cudaEventDisableTiming));
       all_events_.push_back(ev_pruned_[i]);
       all_events_.push_back(ev_fetched_[i]);
       for (int32_t r = 0; r < kTelemetryRing; ++r) {
         for (int32_t k = 0; k < kNumGroupEvents; ++k) {
-          TWL_OFF_CUDA(cudaEventCreate(&ev_time_[r][i][k]));
+          TWL_CUDA(cudaEventCreate(&ev_time_[r][i][k]));
           all_events_.push_back(ev_time_[r][i][k]);
         }
       }
@@ -245,7 +245,7 @@ class GpuOffloadBackend final : public OffloadBackend {
   absl::Status Append(const AppendView& tokens, DType dtype, MemSpace space,
                       void* stream) override;
   absl::Status WaitAppends() override {
-    TWL_OFF_CUDA(cudaEventSynchronize(ev_append_done_));  // a device fault shows here
+    TWL_CUDA(cudaEventSynchronize(ev_append_done_));  // a device fault shows here
     return absl::OkStatus();
   }
   absl::Status CopyPage(int32_t src_page, int32_t dst_page, int32_t rows) override;
@@ -364,18 +364,18 @@ absl::Status GpuOffloadBackend::ApplyPendingReleases() {
   const int32_t n = int32_t(pending_release_.size());
   // The staging may still be read by the previous release's upload (only that is waited
   // for, not the whole fetch stream).
-  TWL_OFF_CUDA(cudaEventSynchronize(ev_release_staged_));
-  TWL_OFF_RETURN(h_release_.Reserve(size_t(n) * 4));
-  TWL_OFF_RETURN(Grow(d_release_, size_t(n) * 4));
+  TWL_CUDA(cudaEventSynchronize(ev_release_staged_));
+  TWL_RETURN_IF_ERROR(h_release_.Reserve(size_t(n) * 4));
+  TWL_RETURN_IF_ERROR(Grow(d_release_, size_t(n) * 4));
   std::memcpy(h_release_.as<int32_t>(), pending_release_.data(), size_t(n) * 4);
   pending_release_.clear();
-  TWL_OFF_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_step_done_, 0));
-  TWL_OFF_CUDA(cudaMemcpyAsync(d_release_.get(), h_release_.as<int32_t>(), size_t(n) * 4,
+  TWL_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_step_done_, 0));
+  TWL_CUDA(cudaMemcpyAsync(d_release_.get(), h_release_.as<int32_t>(), size_t(n) * 4,
                                cudaMemcpyHostToDevice, fetch_stream_));
-  TWL_OFF_CUDA(cudaEventRecord(ev_release_staged_, fetch_stream_));
-  TWL_OFF_RETURN(LaunchCacheInvalidatePages(cache_, d_release_.as<int32_t>(), n,
+  TWL_CUDA(cudaEventRecord(ev_release_staged_, fetch_stream_));
+  TWL_RETURN_IF_ERROR(LaunchCacheInvalidatePages(cache_, d_release_.as<int32_t>(), n,
                                             g_.num_kv_heads, fetch_stream_));
-  TWL_OFF_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
+  TWL_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
   return absl::OkStatus();
 }
 
@@ -390,21 +390,21 @@ absl::Status GpuOffloadBackend::Append(const AppendView& tokens, DType dtype, Me
   if (space != MemSpace::kHost && space != MemSpace::kDevice) {
     return absl::InvalidArgumentError("append: unknown memory space");
   }
-  TWL_OFF_RETURN(CheckPages(tokens.page_id, tokens.num_tokens, "append"));
+  TWL_RETURN_IF_ERROR(CheckPages(tokens.page_id, tokens.num_tokens, "append"));
   for (int32_t i = 0; i < tokens.num_tokens; ++i) {
     if (tokens.slot[i] < 0 || tokens.slot[i] >= g_.page_size) {
       return absl::InvalidArgumentError(absl::StrFormat(
           "append: row %d of token %d outside [0, %d)", tokens.slot[i], i, g_.page_size));
     }
   }
-  TWL_OFF_RETURN(ApplyPendingReleases());
+  TWL_RETURN_IF_ERROR(ApplyPendingReleases());
   cudaStream_t a = stream ? AsStream(stream) : append_stream_;
   // Chained after the previous append (and its cache mirror): they share the staging and the
   // descriptor buffer, and CopyPage/ReadPage/Decode wait for the last one only. A page freed
   // and reused since the last step may still be read by it: wait for that step too. Both
   // waits are on the device; the host goes on.
-  TWL_OFF_CUDA(cudaStreamWaitEvent(a, ev_append_done_, 0));
-  TWL_OFF_CUDA(cudaStreamWaitEvent(a, ev_step_done_, 0));
+  TWL_CUDA(cudaStreamWaitEvent(a, ev_append_done_, 0));
+  TWL_CUDA(cudaStreamWaitEvent(a, ev_step_done_, 0));
   // The bulk path needs every page written in one run of consecutive rows (how the Runtime
   // appends, batches included); anything else takes the per-token path.
   if (PlanAppendSegments(tokens.page_id, tokens.slot, tokens.num_tokens, &segs_) &&
@@ -423,7 +423,7 @@ absl::Status GpuOffloadBackend::Append(const AppendView& tokens, DType dtype, Me
                                              t0 * row_bytes);
     part.page_id = tokens.page_id + t0;
     part.slot = tokens.slot + t0;
-    TWL_OFF_RETURN(AppendChunk(part, dtype, space, a));
+    TWL_RETURN_IF_ERROR(AppendChunk(part, dtype, space, a));
   }
   return absl::OkStatus();
 }
@@ -513,20 +513,20 @@ absl::Status GpuOffloadBackend::AppendSegments(const AppendView& tokens, DType d
   const size_t in_off = (desc_bytes + 255) / 256 * 256;
   const int32_t ring = desc_next_;
   desc_next_ = (desc_next_ + 1) % kDescRing;
-  TWL_OFF_CUDA(cudaEventSynchronize(ev_desc_[ring]));  // returns at once when done
-  TWL_OFF_RETURN(h_desc_[ring].Reserve(small_host ? in_off + 2 * in_bytes : desc_bytes));
-  TWL_OFF_RETURN(Grow(d_segs_, desc_bytes));  // grows only for a larger call than any before
-  if (host) TWL_OFF_RETURN(Grow(d_in_, size_t(2 * int64_t(kAppendChunkTokens) * row_bytes)));
+  TWL_CUDA(cudaEventSynchronize(ev_desc_[ring]));  // returns at once when done
+  TWL_RETURN_IF_ERROR(h_desc_[ring].Reserve(small_host ? in_off + 2 * in_bytes : desc_bytes));
+  TWL_RETURN_IF_ERROR(Grow(d_segs_, desc_bytes));  // grows only for a larger call than any before
+  if (host) TWL_RETURN_IF_ERROR(Grow(d_in_, size_t(2 * int64_t(kAppendChunkTokens) * row_bytes)));
   char* ring_buf = h_desc_[ring].data();
   std::memcpy(ring_buf, all.data(), desc_bytes);
-  TWL_OFF_CUDA(cudaMemcpyAsync(d_segs_.get(), ring_buf, desc_bytes, cudaMemcpyHostToDevice, s));
+  TWL_CUDA(cudaMemcpyAsync(d_segs_.get(), ring_buf, desc_bytes, cudaMemcpyHostToDevice, s));
   if (small_host) {
     std::memcpy(ring_buf + in_off, tokens.k, in_bytes);
     std::memcpy(ring_buf + in_off + in_bytes, tokens.v, in_bytes);
-    TWL_OFF_CUDA(cudaMemcpyAsync(d_in_.get(), ring_buf + in_off, 2 * in_bytes,
+    TWL_CUDA(cudaMemcpyAsync(d_in_.get(), ring_buf + in_off, 2 * in_bytes,
                                  cudaMemcpyHostToDevice, s));
   }
-  TWL_OFF_CUDA(cudaEventRecord(ev_desc_[ring], s));
+  TWL_CUDA(cudaEventRecord(ev_desc_[ring], s));
 
   const auto* d_all = d_segs_.as<AppendSegment>();
   bool copied = false;
@@ -544,13 +544,13 @@ absl::Status GpuOffloadBackend::AppendSegments(const AppendView& tokens, DType d
       const size_t bytes = size_t(ch.tokens * row_bytes);
       const int32_t b = in_next_;
       in_next_ ^= 1;
-      TWL_OFF_CUDA(cudaEventSynchronize(ev_in_[b]));
-      TWL_OFF_RETURN(h_in_[b].Reserve(2 * bytes));
+      TWL_CUDA(cudaEventSynchronize(ev_in_[b]));
+      TWL_RETURN_IF_ERROR(h_in_[b].Reserve(2 * bytes));
       std::memcpy(h_in_[b].data(), k, bytes);
       std::memcpy(h_in_[b].data() + bytes, v, bytes);
-      TWL_OFF_CUDA(cudaMemcpyAsync(d_in_.get(), h_in_[b].data(), 2 * bytes,
+      TWL_CUDA(cudaMemcpyAsync(d_in_.get(), h_in_[b].data(), 2 * bytes,
                                    cudaMemcpyHostToDevice, s));
-      TWL_OFF_CUDA(cudaEventRecord(ev_in_[b], s));
+      TWL_CUDA(cudaEventRecord(ev_in_[b], s));
       k = d_in_.get();
       v = d_in_.as<char>() + bytes;
     }
@@ -560,39 +560,39 @@ absl::Status GpuOffloadBackend::AppendSegments(const AppendView& tokens, DType d
       // that drain before it overwrites the half.
       const int32_t half = half_next_;
       char* stage = stage_.as<char>() + int64_t(half) * half_pages_ * page_bytes_;
-      if (!r.runs.empty()) TWL_OFF_CUDA(cudaStreamWaitEvent(s, ev_half_[half], 0));
-      TWL_OFF_RETURN(LaunchAppendSegments(g_, d_all + r.seg_begin, r.seg_count, k, v,
+      if (!r.runs.empty()) TWL_CUDA(cudaStreamWaitEvent(s, ev_half_[half], 0));
+      TWL_RETURN_IF_ERROR(LaunchAppendSegments(g_, d_all + r.seg_begin, r.seg_count, k, v,
                                           InputType(dtype), pool_view,
                                           reinterpret_cast<fp16_t*>(stage), qk_, s));
       if (r.runs.empty()) continue;
-      TWL_OFF_CUDA(cudaEventRecord(ev_filled_, s));
-      TWL_OFF_CUDA(cudaStreamWaitEvent(copy_stream_, ev_filled_, 0));
+      TWL_CUDA(cudaEventRecord(ev_filled_, s));
+      TWL_CUDA(cudaStreamWaitEvent(copy_stream_, ev_filled_, 0));
       for (const Run& run : r.runs) {
-        TWL_OFF_CUDA(cudaMemcpyAsync(pool_host + int64_t(run.page) * page_bytes_,
+        TWL_CUDA(cudaMemcpyAsync(pool_host + int64_t(run.page) * page_bytes_,
                                      stage + int64_t(run.stage) * page_bytes_,
                                      size_t(int64_t(run.count) * page_bytes_),
                                      cudaMemcpyDeviceToHost, copy_stream_));
       }
-      TWL_OFF_CUDA(cudaEventRecord(ev_half_[half], copy_stream_));
+      TWL_CUDA(cudaEventRecord(ev_half_[half], copy_stream_));
       half_next_ ^= 1;
       copied = true;
     }
   }
   // The caller's stream reaches "appended" only once every staged page is in the pool
   // (copy_stream_ runs its copies in order, so its last event covers them all).
-  if (copied) TWL_OFF_CUDA(cudaStreamWaitEvent(s, ev_half_[half_next_ ^ 1], 0));
-  TWL_OFF_CUDA(cudaEventRecord(ev_appended_, s));
+  if (copied) TWL_CUDA(cudaStreamWaitEvent(s, ev_half_[half_next_ ^ 1], 0));
+  TWL_CUDA(cudaEventRecord(ev_appended_, s));
   if (direct_segments > 0) {
     // Cache coherence on the fetch stream, where every other cache mutation runs. Whole new
     // pages cannot be resident (freed pages were invalidated before), so only calls with
     // partial pages need it.
-    TWL_OFF_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_appended_, 0));
-    TWL_OFF_RETURN(LaunchCacheMirrorSegments(cache_, g_,
+    TWL_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_appended_, 0));
+    TWL_RETURN_IF_ERROR(LaunchCacheMirrorSegments(cache_, g_,
                                              static_cast<const fp16_t*>(pool_->device_base()),
                                              d_all, int32_t(all.size()), fetch_stream_));
-    TWL_OFF_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
+    TWL_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
   } else {
-    TWL_OFF_CUDA(cudaEventRecord(ev_append_done_, s));
+    TWL_CUDA(cudaEventRecord(ev_append_done_, s));
   }
   return absl::OkStatus();
 }
@@ -609,9 +609,9 @@ absl::Status GpuOffloadBackend::AppendChunk(const AppendView& in, DType dtype, M
   const size_t idx_bytes = (size_t(2) * n + 2 * size_t(np)) * 4;
   const size_t kv_off = (idx_bytes + 255) / 256 * 256;
   const size_t total = kv_off + 2 * kv_bytes;
-  TWL_OFF_CUDA(cudaEventSynchronize(ev_append_staged_));  // previous chunk's upload is done
-  TWL_OFF_RETURN(h_append_.Reserve(total));
-  TWL_OFF_RETURN(Grow(d_append_, total));
+  TWL_CUDA(cudaEventSynchronize(ev_append_staged_));  // previous chunk's upload is done
+  TWL_RETURN_IF_ERROR(h_append_.Reserve(total));
+  TWL_RETURN_IF_ERROR(Grow(d_append_, total));
   char* h = h_append_.as<char>();
   std::memcpy(h, in.page_id, size_t(n) * 4);
   std::memcpy(h + size_t(n) * 4, in.slot, size_t(n) * 4);
@@ -621,9 +621,9 @@ absl::Status GpuOffloadBackend::AppendChunk(const AppendView& in, DType dtype, M
     std::memcpy(h + kv_off, in.k, kv_bytes);
     std::memcpy(h + kv_off + kv_bytes, in.v, kv_bytes);
   }
-  TWL_OFF_CUDA(cudaStreamWaitEvent(a, ev_append_done_, 0));
-  TWL_OFF_CUDA(cudaMemcpyAsync(d_append_.get(), h, total, cudaMemcpyHostToDevice, a));
-  TWL_OFF_CUDA(cudaEventRecord(ev_append_staged_, a));
+  TWL_CUDA(cudaStreamWaitEvent(a, ev_append_done_, 0));
+  TWL_CUDA(cudaMemcpyAsync(d_append_.get(), h, total, cudaMemcpyHostToDevice, a));
+  TWL_CUDA(cudaEventRecord(ev_append_staged_, a));
   char* d = d_append_.as<char>();
   AppendView dev;
   dev.num_tokens = n;
@@ -637,30 +637,30 @@ absl::Status GpuOffloadBackend::AppendChunk(const AppendView& in, DType dtype, M
   plan.num_pages = np;
   // FP16 rows land in the mapped host pool (identity addressed), INT4 K + bounds on the GPU.
   const FpKvView pool_view{static_cast<fp16_t*>(pool_->device_base()), nullptr};
-  TWL_OFF_RETURN(LaunchAppend(g_, dev, InputType(dtype), plan, pool_view, qk_, a));
-  TWL_OFF_CUDA(cudaEventRecord(ev_appended_, a));
+  TWL_RETURN_IF_ERROR(LaunchAppend(g_, dev, InputType(dtype), plan, pool_view, qk_, a));
+  TWL_CUDA(cudaEventRecord(ev_appended_, a));
   // Cache coherence on the fetch stream, where every other cache mutation runs.
-  TWL_OFF_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_appended_, 0));
-  TWL_OFF_RETURN(LaunchCacheMirrorRows(cache_, g_, static_cast<const fp16_t*>(pool_->device_base()),
+  TWL_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_appended_, 0));
+  TWL_RETURN_IF_ERROR(LaunchCacheMirrorRows(cache_, g_, static_cast<const fp16_t*>(pool_->device_base()),
                                        dev.page_id, dev.slot, n, fetch_stream_));
-  TWL_OFF_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
+  TWL_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
   // The staging (indices read by the mirror) is reused only after the mirror has run.
-  TWL_OFF_CUDA(cudaEventRecord(ev_append_staged_, fetch_stream_));
+  TWL_CUDA(cudaEventRecord(ev_append_staged_, fetch_stream_));
   return absl::OkStatus();
 }
 
 absl::Status GpuOffloadBackend::CopyPage(int32_t src_page, int32_t dst_page, int32_t rows) {
   const int32_t pages[2] = {src_page, dst_page};
-  TWL_OFF_RETURN(CheckPages(pages, 2, "copy page"));
+  TWL_RETURN_IF_ERROR(CheckPages(pages, 2, "copy page"));
   if (rows < 0 || rows > g_.page_size) {
     return absl::InvalidArgumentError(absl::StrFormat("copy page: rows %d", rows));
   }
-  TWL_OFF_RETURN(ApplyPendingReleases());
+  TWL_RETURN_IF_ERROR(ApplyPendingReleases());
   // Rows of src may still be in flight from an append (on whatever stream; appends are
   // chained, so the last one's event covers all), and a step issued before dst_page was
   // last freed may still read it.
-  TWL_OFF_CUDA(cudaEventSynchronize(ev_append_done_));
-  TWL_OFF_CUDA(cudaEventSynchronize(ev_step_done_));
+  TWL_CUDA(cudaEventSynchronize(ev_append_done_));
+  TWL_CUDA(cudaEventSynchronize(ev_step_done_));
   const int32_t H = g_.num_kv_heads;
   const int64_t row_elems = g_.head_dim;
   for (int32_t h = 0; h < H; ++h) {
@@ -676,41 +676,41 @@ absl::Status GpuOffloadBackend::CopyPage(int32_t src_page, int32_t dst_page, int
   // Codes, scale and zero of the page's blocks are contiguous per page (block-major).
   const int64_t sb0 = int64_t(src_page) * H, db0 = int64_t(dst_page) * H;
   if (qk_.codes) {
-    TWL_OFF_CUDA(cudaMemcpyAsync(qk_.codes + db0 * g_.CodeBlockBytes(),
+    TWL_CUDA(cudaMemcpyAsync(qk_.codes + db0 * g_.CodeBlockBytes(),
                                  qk_.codes + sb0 * g_.CodeBlockBytes(),
                                  size_t(H * g_.CodeBlockBytes()), cudaMemcpyDeviceToDevice, a));
   }
   for (fp16_t* arr : {qk_.scale, qk_.zero}) {
     if (!arr) continue;
-    TWL_OFF_CUDA(cudaMemcpyAsync(arr + db0 * g_.page_size, arr + sb0 * g_.page_size,
+    TWL_CUDA(cudaMemcpyAsync(arr + db0 * g_.page_size, arr + sb0 * g_.page_size,
                                  size_t(H) * g_.page_size * 2, cudaMemcpyDeviceToDevice, a));
   }
   // Page bounds over the copied rows, from the FP16 K now in the host pool.
-  TWL_OFF_CUDA(cudaEventSynchronize(ev_append_staged_));
-  TWL_OFF_RETURN(h_append_.Reserve(16));
-  TWL_OFF_RETURN(Grow(d_append_, 16));
+  TWL_CUDA(cudaEventSynchronize(ev_append_staged_));
+  TWL_RETURN_IF_ERROR(h_append_.Reserve(16));
+  TWL_RETURN_IF_ERROR(Grow(d_append_, 16));
   int32_t* h = h_append_.as<int32_t>();
   h[0] = dst_page;
   h[1] = rows;
-  TWL_OFF_CUDA(cudaMemcpyAsync(d_append_.get(), h, 8, cudaMemcpyHostToDevice, a));
+  TWL_CUDA(cudaMemcpyAsync(d_append_.get(), h, 8, cudaMemcpyHostToDevice, a));
   AppendPagePlan plan{d_append_.as<int32_t>(), d_append_.as<int32_t>() + 1, 1};
   const FpKvView pool_view{static_cast<fp16_t*>(pool_->device_base()), nullptr};
-  TWL_OFF_RETURN(LaunchRecomputeMinMax(g_, plan, pool_view, qk_, a));
-  TWL_OFF_CUDA(cudaEventRecord(ev_append_staged_, a));
-  TWL_OFF_CUDA(cudaEventRecord(ev_appended_, a));
+  TWL_RETURN_IF_ERROR(LaunchRecomputeMinMax(g_, plan, pool_view, qk_, a));
+  TWL_CUDA(cudaEventRecord(ev_append_staged_, a));
+  TWL_CUDA(cudaEventRecord(ev_appended_, a));
   // A reused page id must not hit stale cache slots.
   pending_release_.push_back(dst_page);
-  TWL_OFF_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_appended_, 0));
+  TWL_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_appended_, 0));
   return ApplyPendingReleases();
 }
 
 absl::Status GpuOffloadBackend::ReadPage(int32_t page, int32_t rows, fp16_t* k,
                                          fp16_t* v) const {
-  TWL_OFF_RETURN(CheckPages(&page, 1, "read page"));
+  TWL_RETURN_IF_ERROR(CheckPages(&page, 1, "read page"));
   if (rows < 0 || rows > g_.page_size || !k || !v) {
     return absl::InvalidArgumentError("read page: bad rows or null output");
   }
-  TWL_OFF_CUDA(cudaEventSynchronize(ev_append_done_));  // appended rows have landed
+  TWL_CUDA(cudaEventSynchronize(ev_append_done_));  // appended rows have landed
   const int32_t H = g_.num_kv_heads, d = g_.head_dim;
   for (int32_t h = 0; h < H; ++h) {
     const auto* b = static_cast<const fp16_t*>(pool_->Block(int64_t(page) * H + h));
@@ -734,12 +734,12 @@ MemoryUsage GpuOffloadBackend::Memory() const {
 
 absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* t) {
   const BatchView& hb = req.batch;
-  TWL_OFF_RETURN(ValidateBatchPages(g_, hb, num_pages_));
+  TWL_RETURN_IF_ERROR(ValidateBatchPages(g_, hb, num_pages_));
   if (!req.q || !req.out) return absl::InvalidArgumentError("decode: null q or out");
   if (req.space != MemSpace::kHost && req.space != MemSpace::kDevice) {
     return absl::InvalidArgumentError("decode: unknown memory space");
   }
-  TWL_OFF_RETURN(ApplyPendingReleases());
+  TWL_RETURN_IF_ERROR(ApplyPendingReleases());
   const int32_t B = hb.num_seqs, Hq = hb.num_q_heads, H = g_.num_kv_heads, D = g_.head_dim;
   const int32_t max_select = SelectStride(req.selector, hb.max_pages);
   const int64_t max_kept64 = int64_t(max_select) * g_.page_size;
@@ -751,40 +751,40 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   const size_t qo_bytes = size_t(B) * Hq * D * 2;
 
   // Scratch (grows to the largest batch seen).
-  TWL_OFF_RETURN(Grow(d_sel_pages_, size_t(units * max_select) * 4));
-  TWL_OFF_RETURN(Grow(d_sel_count_, size_t(units) * 4));
-  TWL_OFF_RETURN(Grow(d_kept_tokens_, size_t(units * max_kept) * 4));
-  TWL_OFF_RETURN(Grow(d_kept_count_, size_t(units) * 4));
-  TWL_OFF_RETURN(Grow(d_count_cache_, size_t(units) * 4));
-  TWL_OFF_RETURN(Grow(d_count_direct_, size_t(units) * 4));
-  TWL_OFF_RETURN(Grow(d_unit_blocks_, size_t(units) * 4));
+  TWL_RETURN_IF_ERROR(Grow(d_sel_pages_, size_t(units * max_select) * 4));
+  TWL_RETURN_IF_ERROR(Grow(d_sel_count_, size_t(units) * 4));
+  TWL_RETURN_IF_ERROR(Grow(d_kept_tokens_, size_t(units * max_kept) * 4));
+  TWL_RETURN_IF_ERROR(Grow(d_kept_count_, size_t(units) * 4));
+  TWL_RETURN_IF_ERROR(Grow(d_count_cache_, size_t(units) * 4));
+  TWL_RETURN_IF_ERROR(Grow(d_count_direct_, size_t(units) * 4));
+  TWL_RETURN_IF_ERROR(Grow(d_unit_blocks_, size_t(units) * 4));
   // selected, kept, est_mass, full_mass, cap_hit per query head.
-  TWL_OFF_RETURN(Grow(d_stats_, size_t(B) * Hq * 20));
+  TWL_RETURN_IF_ERROR(Grow(d_stats_, size_t(B) * Hq * 20));
   const bool grow = req.selector.grow && req.selector.kind == SelectorKind::kQuest;
   if (grow) {
-    TWL_OFF_RETURN(Grow(d_sel_bound_, size_t(B) * Hq * size_t(max_select) * 4));
-    TWL_OFF_RETURN(Grow(d_sel_limit_, size_t(units) * 4));
+    TWL_RETURN_IF_ERROR(Grow(d_sel_bound_, size_t(B) * Hq * size_t(max_select) * 4));
+    TWL_RETURN_IF_ERROR(Grow(d_sel_limit_, size_t(units) * 4));
   }
-  TWL_OFF_RETURN(Grow(d_direct_out_, qo_bytes));
+  TWL_RETURN_IF_ERROR(Grow(d_direct_out_, qo_bytes));
   if (req.space == MemSpace::kHost) {
-    TWL_OFF_RETURN(Grow(d_q_, qo_bytes));
-    TWL_OFF_RETURN(Grow(d_out_, qo_bytes));
+    TWL_RETURN_IF_ERROR(Grow(d_q_, qo_bytes));
+    TWL_RETURN_IF_ERROR(Grow(d_out_, qo_bytes));
   }
   const size_t ws_sel = SelectWorkspaceBytes(g_, req.selector, B, hb.max_pages);
   const size_t ws_pru = PruneWorkspaceBytes(g_, B, Hq, max_select);
   const size_t ws_att = AttentionWorkspaceBytes(g_, B, Hq);
-  TWL_OFF_RETURN(Grow(ws_select_, ws_sel));
-  TWL_OFF_RETURN(Grow(ws_prune_, ws_pru));
-  TWL_OFF_RETURN(Grow(ws_attn_, ws_att));
+  TWL_RETURN_IF_ERROR(Grow(ws_select_, ws_sel));
+  TWL_RETURN_IF_ERROR(Grow(ws_prune_, ws_pru));
+  TWL_RETURN_IF_ERROR(Grow(ws_attn_, ws_att));
 
   // Host plan: sequence lengths, page table and p go up in one copy.
   const size_t pt_elems = size_t(B) * hb.max_pages;
   const size_t up_bytes = (size_t(B) + pt_elems + size_t(B)) * 4;
   const int32_t us = upload_slot_;
   upload_slot_ = (upload_slot_ + 1) % kUploadRing;
-  TWL_OFF_CUDA(cudaEventSynchronize(ev_upload_[us]));  // that slot's last upload is done
-  TWL_OFF_RETURN(h_upload_[us].Reserve(up_bytes));
-  TWL_OFF_RETURN(Grow(d_upload_[us], up_bytes));
+  TWL_CUDA(cudaEventSynchronize(ev_upload_[us]));  // that slot's last upload is done
+  TWL_RETURN_IF_ERROR(h_upload_[us].Reserve(up_bytes));
+  TWL_RETURN_IF_ERROR(Grow(d_upload_[us], up_bytes));
   int32_t* hu = h_upload_[us].as<int32_t>();
   std::memcpy(hu, hb.seq_len, size_t(B) * 4);
   std::memcpy(hu + B, hb.page_table, pt_elems * 4);
@@ -795,14 +795,14 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   cudaStream_t f = fetch_stream_;
   const bool timing = t != nullptr;
   const int32_t ts = telemetry_slot_;  // this step's telemetry slot (events, pinned copy)
-  TWL_OFF_CUDA(cudaStreamWaitEvent(c, ev_append_done_, 0));
-  TWL_OFF_CUDA(cudaStreamWaitEvent(c, ev_step_done_, 0));
-  TWL_OFF_CUDA(cudaMemcpyAsync(d_upload_[us].get(), hu, up_bytes, cudaMemcpyHostToDevice, c));
-  TWL_OFF_CUDA(cudaEventRecord(ev_upload_[us], c));
+  TWL_CUDA(cudaStreamWaitEvent(c, ev_append_done_, 0));
+  TWL_CUDA(cudaStreamWaitEvent(c, ev_step_done_, 0));
+  TWL_CUDA(cudaMemcpyAsync(d_upload_[us].get(), hu, up_bytes, cudaMemcpyHostToDevice, c));
+  TWL_CUDA(cudaEventRecord(ev_upload_[us], c));
   const fp16_t* q = req.q;
   fp16_t* out = req.out;
   if (req.space == MemSpace::kHost) {
-    TWL_OFF_CUDA(cudaMemcpyAsync(d_q_.get(), req.q, qo_bytes, cudaMemcpyHostToDevice, c));
+    TWL_CUDA(cudaMemcpyAsync(d_q_.get(), req.q, qo_bytes, cudaMemcpyHostToDevice, c));
     q = d_q_.as<fp16_t>();
     out = d_out_.as<fp16_t>();
   }
@@ -848,10 +848,10 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     const BatchView b = sub_batch(grp);
     const int64_t u0 = int64_t(grp.first_seq) * H;
     const int64_t row0 = int64_t(grp.first_seq) * Hq * D;
-    TWL_OFF_CUDA(cudaStreamWaitEvent(c, ev_fetched_[gi], 0));
-    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[ts][gi][kAttn0], c));
+    TWL_CUDA(cudaStreamWaitEvent(c, ev_fetched_[gi], 0));
+    if (timing) TWL_CUDA(cudaEventRecord(ev_time_[ts][gi][kAttn0], c));
     const FpKvView cached{slots_.as<fp16_t>(), slot_of_block_.as<int32_t>()};
-    TWL_OFF_RETURN(LaunchSparseAttention(g_, b, QueryView{q + row0}, cached,
+    TWL_RETURN_IF_ERROR(LaunchSparseAttention(g_, b, QueryView{q + row0}, cached,
                                          kept_of(grp, d_count_cache_.as<int32_t>()),
                                          OutputView{out + row0}, req.pruner.softmax_scale,
                                          ws_attn_.get(), ws_att, c));
@@ -859,14 +859,14 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
       // Units that did not fit: attention reads their kept rows from the mapped host pool.
       const FpKvView host{static_cast<fp16_t*>(pool_->device_base()), nullptr};
       fp16_t* direct = d_direct_out_.as<fp16_t>() + row0;
-      TWL_OFF_RETURN(LaunchSparseAttention(g_, b, QueryView{q + row0}, host,
+      TWL_RETURN_IF_ERROR(LaunchSparseAttention(g_, b, QueryView{q + row0}, host,
                                            kept_of(grp, d_count_direct_.as<int32_t>()),
                                            OutputView{direct}, req.pruner.softmax_scale,
                                            ws_attn_.get(), ws_att, c));
-      TWL_OFF_RETURN(LaunchScatterDirect(g_, grp.num_seqs, Hq, d_count_direct_.as<int32_t>() + u0,
+      TWL_RETURN_IF_ERROR(LaunchScatterDirect(g_, grp.num_seqs, Hq, d_count_direct_.as<int32_t>() + u0,
                                          direct, out + row0, c));
     }
-    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[ts][gi][kAttn1], c));
+    if (timing) TWL_CUDA(cudaEventRecord(ev_time_[ts][gi][kAttn1], c));
     return absl::OkStatus();
   };
 
@@ -887,20 +887,20 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
                         stats_cap + h0};
     PrunerParams pp = req.pruner;
     pp.seq_p = d_seq_p + grp.first_seq;
-    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[ts][gi][kSel0], c));
-    TWL_OFF_RETURN(LaunchSelectPages(g_, req.selector, b, QueryView{q + row0}, qk_, sel,
+    if (timing) TWL_CUDA(cudaEventRecord(ev_time_[ts][gi][kSel0], c));
+    TWL_RETURN_IF_ERROR(LaunchSelectPages(g_, req.selector, b, QueryView{q + row0}, qk_, sel,
                                      ws_select_.get(), ws_sel, c, req.pruner.softmax_scale));
-    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[ts][gi][kSel1], c));
+    if (timing) TWL_CUDA(cudaEventRecord(ev_time_[ts][gi][kSel1], c));
     // k_bits 16 estimates with the FP16 K itself: read from the mapped pool (slow; rare).
     const FpKvView pool_kv{static_cast<fp16_t*>(pool_->device_base()), nullptr};
-    TWL_OFF_RETURN(LaunchPrune(g_, pp, b, QueryView{q + row0}, qk_, pool_kv, sel, kept,
+    TWL_RETURN_IF_ERROR(LaunchPrune(g_, pp, b, QueryView{q + row0}, qk_, pool_kv, sel, kept,
                                stats, ws_prune_.get(), ws_pru, c));
-    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[ts][gi][kPrune1], c));
-    TWL_OFF_CUDA(cudaEventRecord(ev_pruned_[gi], c));
+    if (timing) TWL_CUDA(cudaEventRecord(ev_time_[ts][gi][kPrune1], c));
+    TWL_CUDA(cudaEventRecord(ev_pruned_[gi], c));
 
     // Fetch stream: plan on the device, then gather the misses.
-    TWL_OFF_CUDA(cudaStreamWaitEvent(f, ev_pruned_[gi], 0));
-    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[ts][gi][kFetch0], f));
+    TWL_CUDA(cudaStreamWaitEvent(f, ev_pruned_[gi], 0));
+    if (timing) TWL_CUDA(cudaEventRecord(ev_time_[ts][gi][kFetch0], f));
     CachePlanArgs pa;
     pa.g = g_;
     pa.batch = b;
@@ -914,35 +914,35 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     pa.d_unit_blocks = d_unit_blocks_.as<int32_t>() + u0;
     pa.d_missing = missing_.as<int32_t>();
     pa.d_fetch = fetch_.as<FetchEntry>();
-    TWL_OFF_RETURN(LaunchCachePlan(cache_, pa, f));
+    TWL_RETURN_IF_ERROR(LaunchCachePlan(cache_, pa, f));
     const DeviceFetchList list{fetch_.as<FetchEntry>(), &counters[gi].fetched, num_slots_};
     if (use_copy_engine_) {
       // The copy engine needs the list on the host: one round trip per group.
-      TWL_OFF_RETURN(h_fetch_list_.Reserve(size_t(num_slots_) * sizeof(FetchEntry) + 64));
+      TWL_RETURN_IF_ERROR(h_fetch_list_.Reserve(size_t(num_slots_) * sizeof(FetchEntry) + 64));
       int32_t* h_count = h_fetch_list_.as<int32_t>();
       auto* h_list = reinterpret_cast<FetchEntry*>(h_fetch_list_.as<char>() + 64);
-      TWL_OFF_CUDA(cudaMemcpyAsync(h_count, &counters[gi].fetched, 4, cudaMemcpyDeviceToHost, f));
-      TWL_OFF_CUDA(cudaStreamSynchronize(f));
-      TWL_OFF_CUDA(cudaMemcpyAsync(h_list, fetch_.get(), size_t(*h_count) * sizeof(FetchEntry),
+      TWL_CUDA(cudaMemcpyAsync(h_count, &counters[gi].fetched, 4, cudaMemcpyDeviceToHost, f));
+      TWL_CUDA(cudaStreamSynchronize(f));
+      TWL_CUDA(cudaMemcpyAsync(h_list, fetch_.get(), size_t(*h_count) * sizeof(FetchEntry),
                                    cudaMemcpyDeviceToHost, f));
-      TWL_OFF_CUDA(cudaStreamSynchronize(f));
-      TWL_OFF_RETURN(copy_engine_->SubmitHost(h_list, *h_count, f));
+      TWL_CUDA(cudaStreamSynchronize(f));
+      TWL_RETURN_IF_ERROR(copy_engine_->SubmitHost(h_list, *h_count, f));
     } else {
-      TWL_OFF_RETURN(gather_->SubmitDevice(list, f));
+      TWL_RETURN_IF_ERROR(gather_->SubmitDevice(list, f));
     }
-    if (timing) TWL_OFF_CUDA(cudaEventRecord(ev_time_[ts][gi][kFetch1], f));
-    TWL_OFF_CUDA(cudaEventRecord(ev_fetched_[gi], f));
+    if (timing) TWL_CUDA(cudaEventRecord(ev_time_[ts][gi][kFetch1], f));
+    TWL_CUDA(cudaEventRecord(ev_fetched_[gi], f));
 
     // Compute stream: the previous group's attention overlaps this group's fetch.
-    if (gi > 0) TWL_OFF_RETURN(attend(gi - 1));
+    if (gi > 0) TWL_RETURN_IF_ERROR(attend(gi - 1));
   }
-  TWL_OFF_RETURN(attend(G - 1));
+  TWL_RETURN_IF_ERROR(attend(G - 1));
   // The figures are copied before the step counts as done: the next step (on any stream)
   // overwrites the scratch they come from only after ev_step_done_.
-  if (t) TWL_OFF_RETURN(EnqueueTelemetry(req, G, c));
-  TWL_OFF_CUDA(cudaEventRecord(ev_step_done_, c));
+  if (t) TWL_RETURN_IF_ERROR(EnqueueTelemetry(req, G, c));
+  TWL_CUDA(cudaEventRecord(ev_step_done_, c));
   if (req.space == MemSpace::kHost) {
-    TWL_OFF_CUDA(cudaMemcpyAsync(req.out, out, qo_bytes, cudaMemcpyDeviceToHost, c));
+    TWL_CUDA(cudaMemcpyAsync(req.out, out, qo_bytes, cudaMemcpyDeviceToHost, c));
   }
   if (t) {
     // Device memory: report the previous step (its copy has landed or is about to), so the
@@ -951,14 +951,14 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     const int32_t prev = (ts + kTelemetryRing - 1) % kTelemetryRing;
     const bool own = req.space == MemSpace::kHost || req.capture_kept || !pending_[prev].valid;
     telemetry_slot_ = (telemetry_slot_ + 1) % kTelemetryRing;
-    TWL_OFF_RETURN(HarvestTelemetry(own ? ts : prev, t));
+    TWL_RETURN_IF_ERROR(HarvestTelemetry(own ? ts : prev, t));
     if (own) pending_[prev].valid = false;  // superseded by a newer report
   }
   if (t && req.capture_kept) {
-    TWL_OFF_RETURN(CaptureDeviceKeptLists(d_kept_tokens_.as<int32_t>(),
+    TWL_RETURN_IF_ERROR(CaptureDeviceKeptLists(d_kept_tokens_.as<int32_t>(),
                                           d_kept_count_.as<int32_t>(), units, max_kept, c, t));
   }
-  if (req.space == MemSpace::kHost) TWL_OFF_CUDA(cudaStreamSynchronize(c));
+  if (req.space == MemSpace::kHost) TWL_CUDA(cudaStreamSynchronize(c));
   return offload_cuda::LaunchStatus("offload decode");
 }
 
@@ -971,17 +971,17 @@ absl::Status GpuOffloadBackend::EnqueueTelemetry(const DecodeRequest& req, int32
   const size_t units = size_t(B) * H, heads = size_t(B) * Hq;
   const size_t cnt_bytes = sizeof(DeviceGroupCounters) * size_t(num_groups);
   const size_t bytes = cnt_bytes + heads * 20 + units * 4 * 3;
-  TWL_OFF_RETURN(h_telemetry_[slot].Reserve(bytes));  // the slot was harvested: not in flight
+  TWL_RETURN_IF_ERROR(h_telemetry_[slot].Reserve(bytes));  // the slot was harvested: not in flight
   char* h = h_telemetry_[slot].as<char>();
-  TWL_OFF_CUDA(cudaMemcpyAsync(h, counters_.get(), cnt_bytes, cudaMemcpyDeviceToHost, c));
-  TWL_OFF_CUDA(cudaMemcpyAsync(h + cnt_bytes, d_stats_.get(), heads * 20, cudaMemcpyDeviceToHost, c));
+  TWL_CUDA(cudaMemcpyAsync(h, counters_.get(), cnt_bytes, cudaMemcpyDeviceToHost, c));
+  TWL_CUDA(cudaMemcpyAsync(h + cnt_bytes, d_stats_.get(), heads * 20, cudaMemcpyDeviceToHost, c));
   char* hk = h + cnt_bytes + heads * 20;
-  TWL_OFF_CUDA(cudaMemcpyAsync(hk, d_kept_count_.get(), units * 4, cudaMemcpyDeviceToHost, c));
-  TWL_OFF_CUDA(cudaMemcpyAsync(hk + units * 4, d_count_direct_.get(), units * 4,
+  TWL_CUDA(cudaMemcpyAsync(hk, d_kept_count_.get(), units * 4, cudaMemcpyDeviceToHost, c));
+  TWL_CUDA(cudaMemcpyAsync(hk + units * 4, d_count_direct_.get(), units * 4,
                                cudaMemcpyDeviceToHost, c));
-  TWL_OFF_CUDA(cudaMemcpyAsync(hk + units * 8, d_unit_blocks_.get(), units * 4,
+  TWL_CUDA(cudaMemcpyAsync(hk + units * 8, d_unit_blocks_.get(), units * 4,
                                cudaMemcpyDeviceToHost, c));
-  TWL_OFF_CUDA(cudaEventRecord(ev_telemetry_[slot], c));
+  TWL_CUDA(cudaEventRecord(ev_telemetry_[slot], c));
   pending_[slot] = PendingTelemetry{true, req.layer, B, Hq, num_groups};
   return absl::OkStatus();
 }
@@ -990,7 +990,7 @@ absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t)
   PendingTelemetry& p = pending_[slot];
   if (!p.valid) return absl::InternalError("offload telemetry: no pending step in the slot");
   p.valid = false;
-  TWL_OFF_CUDA(cudaEventSynchronize(ev_telemetry_[slot]));
+  TWL_CUDA(cudaEventSynchronize(ev_telemetry_[slot]));
   const int32_t num_groups = p.num_groups, B = p.num_seqs, Hq = p.num_q_heads;
   const int32_t H = g_.num_kv_heads;
   const size_t units = size_t(B) * H, heads = size_t(B) * Hq;

@@ -9,25 +9,13 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
+#include "gpu/cuda/cuda_status.cuh"
 #include "gpu/stage_views.h"
 
 namespace twl::cuda {
 
-inline cudaStream_t AsStream(void* s) { return static_cast<cudaStream_t>(s); }
-
-// Status of the launch just enqueued (configuration errors surface here, not later).
-inline absl::Status LaunchStatus(const char* kernel) {
-  const cudaError_t e = cudaGetLastError();
-  if (e == cudaSuccess) return absl::OkStatus();
-  return absl::InternalError(absl::StrFormat("%s launch: %s", kernel, cudaGetErrorString(e)));
-}
-
-#define TWL_RETURN_IF_ERROR(expr)              \
-  do {                                         \
-    if (absl::Status _s = (expr); !_s.ok()) {  \
-      return _s;                               \
-    }                                          \
-  } while (0)
+using ::twl::cuda_status::AsStream;
+using ::twl::cuda_status::LaunchStatus;
 
 // Bounded head-dim dispatch: the body sees `constexpr int kHeadDim`; other sizes return
 // Unimplemented (the CPU reference handles them).
