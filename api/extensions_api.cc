@@ -12,7 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "api/handle.h"
-#include "cache/half.h"
+#include "core/half.h"
 #include "gpu/device.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/dtype_convert_device.h"

@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "api/handle.h"
-#include "cache/half.h"
+#include "core/half.h"
 #include "runtime/log.h"
 #include "twilight.h"
 

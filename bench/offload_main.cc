@@ -38,7 +38,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/flags/flag.h"
-#include "cache/page_layout.h"
+#include "core/page_layout.h"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "lib/png_plot.h"

@@ -28,7 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "cache/page_allocator.h"
-#include "gpu/stage_views.h"
+#include "core/stage_views.h"
 
 namespace twl {
 

@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "gpu/stage_views.h"
+#include "core/stage_views.h"
 
 namespace twl {
 

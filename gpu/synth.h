@@ -12,7 +12,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
-#include "cache/half.h"
+#include "core/half.h"
 
 namespace twl {
 

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "cache/half.h"
+#include "core/half.h"
 #include "gpu/synth.h"
 
 namespace twl::synth {

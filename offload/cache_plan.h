@@ -10,7 +10,7 @@
 #include "absl/status/status.h"
 #include "cache/gpu_page_cache.h"
 #include "gpu/kernels.h"
-#include "gpu/stage_views.h"
+#include "core/stage_views.h"
 
 namespace twl {
 

@@ -9,7 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "gpu/stage_views.h"
+#include "core/stage_views.h"
 #include "runtime/runtime.h"
 
 namespace twl {

@@ -39,7 +39,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "cache/host_arena.h"
-#include "cache/page_layout.h"
+#include "core/page_layout.h"
 #include "offload/disk_pager.h"
 #include "offload/disk_tier.h"
 #include "offload/spill_policy.h"

@@ -3,7 +3,7 @@
 
 #include <cstdint>
 
-#include "cache/half.h"
+#include "core/half.h"
 #include "runtime/runtime.h"
 
 namespace twl {

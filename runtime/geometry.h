@@ -2,7 +2,7 @@
 // backend so that they agree on where each byte of a page lives.
 #pragma once
 
-#include "cache/page_layout.h"
+#include "core/page_layout.h"
 #include "runtime/runtime.h"
 
 namespace twl {

@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "absl/strings/str_format.h"
-#include "cache/half.h"
+#include "core/half.h"
 #include "lib/accuracy_stats.h"
 
 namespace twl::bench {

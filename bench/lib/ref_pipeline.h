@@ -1,7 +1,7 @@
 // The accuracy harness's view of one layer's paged KV cache and of the sparse-attention
 // methods it compares, all computed with the CPU references of gpu/reference/ (no GPU):
 //
-//   PagedLayer   one sequence's K/V of one layer in the layouts of cache/page_layout.h
+//   PagedLayer   one sequence's K/V of one layer in the layouts of core/page_layout.h
 //                (FP16 blocks, Quest min/max through AppendRef) plus estimation copies of K
 //                at several bit widths (2/4/8), quantized with QuantizeRowRef.
 //   RunMethod    dense | oracle top-p | Twilight (full selector + pruner) | Quest (fixed page
@@ -24,7 +24,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "gpu/stage_views.h"
+#include "core/stage_views.h"
 
 namespace twl::bench {
 

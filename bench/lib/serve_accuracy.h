@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "cache/half.h"
+#include "core/half.h"
 
 namespace twl::bench {
 

@@ -38,7 +38,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "cache/half.h"
+#include "core/half.h"
 
 namespace twl::bench {
 

@@ -10,7 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "gpu/cuda/cuda_status.cuh"
-#include "gpu/stage_views.h"
+#include "core/stage_views.h"
 
 namespace twl::cuda {
 

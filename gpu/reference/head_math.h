@@ -4,7 +4,7 @@
 #include <cmath>
 #include <vector>
 
-#include "gpu/stage_views.h"
+#include "core/stage_views.h"
 
 namespace twl {
 

@@ -3,7 +3,7 @@
 #pragma once
 
 #include "absl/status/status.h"
-#include "gpu/stage_views.h"
+#include "core/stage_views.h"
 
 namespace twl {
 

@@ -7,7 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
-#include "gpu/stage_views.h"
+#include "core/stage_views.h"
 
 namespace twl {
 

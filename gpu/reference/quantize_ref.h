@@ -6,7 +6,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
-#include "gpu/stage_views.h"
+#include "core/stage_views.h"
 
 namespace twl {
 

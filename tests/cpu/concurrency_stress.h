@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "cache/half.h"
+#include "core/half.h"
 
 namespace twl_stress {
 

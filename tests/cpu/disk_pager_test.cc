@@ -14,7 +14,7 @@
 
 #include <gtest/gtest.h>
 
-#include "cache/half.h"
+#include "core/half.h"
 
 namespace twl {
 namespace {

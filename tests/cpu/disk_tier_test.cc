@@ -28,7 +28,7 @@
 
 #include <gtest/gtest.h>
 
-#include "cache/half.h"
+#include "core/half.h"
 #include "offload/fault_injection.h"
 
 namespace twl {

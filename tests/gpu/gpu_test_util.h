@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "gpu/device.h"
-#include "gpu/stage_views.h"
+#include "core/stage_views.h"
 #include "gtest/gtest.h"
 #include "support/ref_store.h"
 

@@ -9,7 +9,7 @@
 #include <random>
 #include <vector>
 
-#include "cache/half.h"
+#include "core/half.h"
 #include "cache/host_arena.h"
 #include "gpu/device.h"
 #include "gtest/gtest.h"

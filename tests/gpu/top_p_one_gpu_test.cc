@@ -6,7 +6,7 @@
 #include <cmath>
 #include <vector>
 
-#include "cache/half.h"
+#include "core/half.h"
 #include "gpu_test_util.h"
 #include "runtime/runtime.h"
 

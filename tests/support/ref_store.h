@@ -8,7 +8,7 @@
 #include <random>
 #include <vector>
 
-#include "gpu/stage_views.h"
+#include "core/stage_views.h"
 
 namespace twl::testing {
 

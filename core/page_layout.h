@@ -16,7 +16,7 @@
 
 #include <cstdint>
 
-#include "cache/half.h"
+#include "core/half.h"
 
 namespace twl {
 

@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "cache/page_layout.h"
+#include "core/page_layout.h"
 
 namespace twl {
 
