@@ -33,4 +33,15 @@ void ConvertToFp16(const void* src, DType dtype, int64_t n, fp16_t* dst) {
   }
 }
 
+KvInputType InputType(DType t) {
+  switch (t) {
+    case DType::kBf16:
+      return KvInputType::kBf16;
+    case DType::kFp32:
+      return KvInputType::kFp32;
+    default:
+      return KvInputType::kFp16;
+  }
+}
+
 }  // namespace twl

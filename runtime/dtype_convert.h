@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "core/half.h"
+#include "gpu/kernels.h"
 #include "runtime/runtime.h"
 
 namespace twl {
@@ -11,6 +12,8 @@ namespace twl {
 // Bytes of one element of `dtype` (0 for an unknown dtype).
 int32_t DTypeBytes(DType dtype);
 bool IsValidDType(DType dtype);
+// The element type the append kernels read for `dtype` (FP16 for an unknown dtype).
+KvInputType InputType(DType dtype);
 
 // dst[i] = fp16(src[i]) for n elements, round to nearest even (FP16 input is copied).
 void ConvertToFp16(const void* src, DType dtype, int64_t n, fp16_t* dst);

@@ -39,17 +39,6 @@ namespace {
 
 using cuda_status::AsStream;
 
-KvInputType InputType(DType t) {
-  switch (t) {
-    case DType::kBf16:
-      return KvInputType::kBf16;
-    case DType::kFp32:
-      return KvInputType::kFp32;
-    default:
-      return KvInputType::kFp16;
-  }
-}
-
 // Distinct pages of each (sequence, KV head) kept set: tokens ascend, so a page change
 // starts a new block. One warp per set.
 __global__ void CountBlocksKernel(int32_t page_size, KeptView kept, int32_t pairs,

@@ -64,17 +64,6 @@ absl::Status Grow(gpu::DeviceBuffer& b, size_t bytes) {
   return b.Reserve(std::max<size_t>(bytes, 256));
 }
 
-KvInputType InputType(DType t) {
-  switch (t) {
-    case DType::kBf16:
-      return KvInputType::kBf16;
-    case DType::kFp32:
-      return KvInputType::kFp32;
-    default:
-      return KvInputType::kFp16;
-  }
-}
-
 // Timing events of one group (recorded only when telemetry is asked for).
 enum GroupEvent { kSel0, kSel1, kPrune1, kFetch0, kFetch1, kAttn0, kAttn1, kNumGroupEvents };
 
