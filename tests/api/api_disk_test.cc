@@ -33,21 +33,7 @@ constexpr int64_t kPageBytes = 2 * 2 * 8 * 32 * 2;
 // allows it): 2 KiB pages take 2 KiB.
 constexpr int64_t kRecordBytes = kPageBytes;
 
-class TempDir {
- public:
-  TempDir() {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/twl-api-disk-XXXXXX";
-    if (mkdtemp(tmpl.data()) != nullptr) path_ = tmpl;
-  }
-  ~TempDir() {
-    if (!path_.empty()) rmdir(path_.c_str());
-  }
-  const char* path() const { return path_.c_str(); }
-
- private:
-  std::string path_;
-};
+using twl_test::TempDir;
 
 twl_runtime_config DiskConfig(const TempDir& dir, int64_t host_pages, int64_t disk_pages) {
   twl_runtime_config c = SmallConfig();

@@ -443,27 +443,11 @@ TEST(ApiReliability, NumLayersIsBoundedAndLayerTablesAreCounted) {
   EXPECT_EQ(after.host_table_bytes, before.host_table_bytes);
 }
 
-class DiskDir {
- public:
-  DiskDir() {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/twl-rel-disk-XXXXXX";
-    if (mkdtemp(tmpl.data()) != nullptr) path_ = tmpl;
-  }
-  ~DiskDir() {
-    if (!path_.empty()) rmdir(path_.c_str());
-  }
-  const char* path() const { return path_.c_str(); }
-
- private:
-  std::string path_;
-};
-
 // 1 KiB pages (1 KV head x head dim 32 x 8 tokens x K and V x 2 bytes): a disk tier of 64 KiB
 // holds 64 of them (not 16 records rounded to 4 KiB), and when it is full the message says
 // so (not "host pool exhausted").
 TEST(ApiReliability, DiskTierPacksSmallPagesAndReportsItselfFull) {
-  DiskDir dir;
+  twl_test::TempDir dir;
   twl_runtime_config c = SmallConfig();
   c.num_q_heads = 2;
   c.num_kv_heads = 1;

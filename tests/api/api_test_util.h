@@ -4,10 +4,13 @@
 #pragma once
 
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <random>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "gtest/gtest.h"
 #include "twilight.h"
@@ -115,6 +118,25 @@ inline twl_status AppendRandom(twl_runtime* rt, twl_seq_id seq, int32_t layer, i
   return twl_sequence_append(rt, seq, layer, n, k.data(), v.data(), TWL_DTYPE_FP16,
                              TWL_MEMORY_HOST);
 }
+
+// An empty directory under $TMPDIR (or /tmp) for a disk tier; removed (if empty) at the end.
+class TempDir {
+ public:
+  TempDir() {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/twl-api-XXXXXX";
+    if (mkdtemp(tmpl.data()) != nullptr) path_ = tmpl;
+  }
+  ~TempDir() {
+    if (!path_.empty()) rmdir(path_.c_str());
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const char* path() const { return path_.c_str(); }
+
+ private:
+  std::string path_;
+};
 
 // A failed call must leave a message that names the function.
 #define EXPECT_STATUS_WITH_MESSAGE(call, expected, rt, fn)                         \
