@@ -15,7 +15,8 @@
 #
 # Environment: GPU_BUILD_DIR (default build-gpu), GPU_CHECK_TARGETS (extra ninja targets to stage), BENCH_ARGS (extra
 # twl_kernels flags, e.g. "--contexts 32768,131072"), SKIP_SANITIZER=1, SKIP_BENCH=1,
-# T_TESTS/T_MEMCHECK/T_RACE/T_SDPA/T_BENCH (seconds; defaults keep a run under 8 minutes).
+# T_TESTS/T_MEMCHECK/T_RACE/T_SDPA/T_BENCH (seconds; defaults keep a run under 8 minutes),
+# PYBIND_ARGS (flags of bench/python_binding_bench.py; runs it when set).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -155,6 +156,17 @@ remote() {
       >"$out/accuracy.log" 2>&1
     echo "twl_accuracy $ACCURACY rc=$?" | tee -a "$summary"
     sed -n '/Goals of issue 7/,$p' "$out/accuracy.log" | cut -c1-200
+  fi
+  # 5b. Optional: the Python package's cost on the hot path vs direct C API calls (issue 14).
+  if [ -n "${PYBIND_ARGS:-}" ]; then
+    local libtw
+    libtw=$(ls "$STAGE"/lib/libtwilight.so* 2>/dev/null | head -1)
+    # shellcheck disable=SC2086
+    PYTHONUNBUFFERED=1 TWILIGHT_LIB=$libtw timeout "${T_PYBIND:-150}" \
+      python3 bench/python_binding_bench.py $PYBIND_ARGS --json "$out/python_binding.json" \
+      >"$out/python_binding.log" 2>&1
+    echo "python_binding_bench rc=$?" | tee -a "$summary"
+    grep -v '^step' "$out/python_binding.log" | tail -n 8 | tee -a "$summary"
   fi
   # 6. The README's main job on the GPU (offload backend).
   if [ "${SKIP_DEMO:-0}" != 1 ]; then
