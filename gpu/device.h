@@ -55,66 +55,39 @@ absl::StatusOr<float> EventElapsedMs(void* start, void* stop);  // syncs on stop
 // Work enqueued on `stream` after this call waits (on the device) for `event`.
 absl::Status StreamWaitEvent(void* stream, void* event);
 
-// Owning device buffer (move-only).
-class DeviceBuffer {
+// Owning buffer that only grows (move-only): Reserve reallocates, losing the contents, when
+// `bytes` exceeds the current size (at least kMinBytes). One template for device memory and
+// pinned host memory (staging of small uploads and telemetry read-backs).
+template <absl::StatusOr<void*> (*kAlloc)(size_t), void (*kRelease)(void*), size_t kMinBytes>
+class GrowOnlyBuffer {
  public:
-  DeviceBuffer() = default;
-  ~DeviceBuffer() { Free(ptr_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(o.bytes_) {}
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+  GrowOnlyBuffer() = default;
+  ~GrowOnlyBuffer() { kRelease(ptr_); }
+  GrowOnlyBuffer(const GrowOnlyBuffer&) = delete;
+  GrowOnlyBuffer& operator=(const GrowOnlyBuffer&) = delete;
+  GrowOnlyBuffer(GrowOnlyBuffer&& o) noexcept
+      : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  GrowOnlyBuffer& operator=(GrowOnlyBuffer&& o) noexcept {
     if (this != &o) {
-      Free(ptr_);
+      kRelease(ptr_);
       ptr_ = std::exchange(o.ptr_, nullptr);
-      bytes_ = o.bytes_;
+      bytes_ = std::exchange(o.bytes_, 0);
     }
     return *this;
   }
-  // Reallocates (contents lost) when `bytes` exceeds the current size.
   absl::Status Reserve(size_t bytes) {
     if (bytes <= bytes_ && ptr_) return absl::OkStatus();
-    Free(ptr_);
+    kRelease(ptr_);
     ptr_ = nullptr;
     bytes_ = 0;
-    absl::StatusOr<void*> p = Malloc(bytes ? bytes : 1);
-    if (!p.ok()) return p.status();
-    ptr_ = *p;
-    bytes_ = bytes;
-    return absl::OkStatus();
-  }
-  void* get() const { return ptr_; }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-// Owning pinned host buffer that only grows (move-only); Reserve loses the contents. Used to
-// stage small uploads and telemetry read-backs asynchronously.
-class PinnedHostBuffer {
- public:
-  PinnedHostBuffer() = default;
-  ~PinnedHostBuffer() { FreeHost(ptr_); }
-  PinnedHostBuffer(const PinnedHostBuffer&) = delete;
-  PinnedHostBuffer& operator=(const PinnedHostBuffer&) = delete;
-  absl::Status Reserve(size_t bytes) {
-    if (bytes <= bytes_ && ptr_) return absl::OkStatus();
-    FreeHost(ptr_);
-    ptr_ = nullptr;
-    bytes_ = 0;
-    const size_t want = bytes < 256 ? 256 : bytes;
-    absl::StatusOr<void*> p = MallocHost(want);
+    const size_t want = bytes < kMinBytes ? kMinBytes : bytes;
+    absl::StatusOr<void*> p = kAlloc(want);
     if (!p.ok()) return p.status();
     ptr_ = *p;
     bytes_ = want;
     return absl::OkStatus();
   }
+  void* get() const { return ptr_; }
   char* data() const { return static_cast<char*>(ptr_); }
   template <typename T>
   T* as() const {
@@ -126,5 +99,8 @@ class PinnedHostBuffer {
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
 };
+
+using DeviceBuffer = GrowOnlyBuffer<&Malloc, &Free, 1>;
+using PinnedHostBuffer = GrowOnlyBuffer<&MallocHost, &FreeHost, 256>;
 
 }  // namespace twl::gpu

@@ -376,6 +376,14 @@ absl::StatusOr<DiskTier::Ticket> DiskTier::Enqueue(std::unique_ptr<Batch> batch)
   return ticket;
 }
 
+// A free bounce slot becomes op's I/O buffer (there is one per queue slot, so one is free
+// whenever an op starts).
+void DiskTier::TakeBounceLocked(Op* op) {
+  op->bounce = free_bounce_.back();
+  free_bounce_.pop_back();
+  op->io = bounce_ + op->bounce * record_stride_;
+}
+
 void DiskTier::PumpLocked() {
   if (engine_ == DiskEngine::kThreadPool) {
     if (!queued_.empty()) work_cv_.notify_all();
@@ -386,9 +394,7 @@ void DiskTier::PumpLocked() {
     queued_.pop_front();
     ++in_flight_;
     if (op->needs_bounce) {
-      op->bounce = free_bounce_.back();
-      free_bounce_.pop_back();
-      op->io = bounce_ + op->bounce * record_stride_;
+      TakeBounceLocked(op);
       if (op->write) {
         std::memcpy(op->io, op->host, static_cast<size_t>(record_bytes_));
         std::memset(op->io + record_bytes_, 0, static_cast<size_t>(record_stride_ - record_bytes_));
@@ -564,11 +570,7 @@ void DiskTier::WorkerLoop() {
     Op* op = queued_.front();
     queued_.pop_front();
     ++in_flight_;
-    if (op->needs_bounce) {
-      op->bounce = free_bounce_.back();
-      free_bounce_.pop_back();
-      op->io = bounce_ + op->bounce * record_stride_;
-    }
+    if (op->needs_bounce) TakeBounceLocked(op);
     // Asked under mu_, in queue order, so that "the Nth write" means the Nth submitted.
     op->checked = true;
     const int fault =

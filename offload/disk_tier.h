@@ -179,6 +179,7 @@ class DiskTier {
   // Requires mu_: moves queued ops into the engine while fewer than queue_depth are in
   // flight (io_uring: prepares SQEs and submits; threads: wakes workers).
   void PumpLocked();
+  void TakeBounceLocked(Op* op);
   // Requires mu_: gives `op` to io_uring (or completes it at once with an injected fault).
   void SubmitUringLocked(Op* op);
   // Requires mu_: one result of an operation attempt (bytes moved or -errno). Either
