@@ -37,9 +37,9 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kTokensPerItem = 512;  // kept tokens one warp scans per work item
 
 
-int32_t GridFor(int64_t warp_items) {
+int32_t GridFor(int64_t warp_items, int32_t blocks_per_sm = 8) {
   const int64_t blocks = (warp_items + kWarps - 1) / kWarps;
-  return int32_t(std::clamp<int64_t>(blocks, 1, int64_t(gpu::SmCount()) * 8));
+  return int32_t(std::clamp<int64_t>(blocks, 1, int64_t(gpu::SmCount()) * blocks_per_sm));
 }
 
 // True in exactly one thread block: the last one of the grid to get here. Every block's
@@ -121,17 +121,45 @@ __device__ void MarkStep(const DeviceCacheState& cache, CacheStamps st, bool sta
   }
 }
 
-// Block-wide sum (kThreads threads) of one value per thread; every thread gets the total.
-__device__ int64_t BlockSum(int64_t v) {
+// Over the group's units, block-wide (every thread gets both): sum of min(kept tokens, pages
+// of the unit's sequence) (bounds the group's distinct blocks) and the largest kept count.
+struct UnitScan {
+  int64_t block_bound;
+  int32_t max_count;
+};
+__device__ UnitScan ScanUnits(const PageGeometry& g, const BatchView& batch,
+                              const int32_t* counts, int32_t num_units) {
   __shared__ unsigned long long total;
-  if (threadIdx.x == 0) total = 0;
+  __shared__ int32_t most;
+  if (threadIdx.x == 0) {
+    total = 0;
+    most = 0;
+  }
   __syncthreads();
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(~0u, v, o);
-  if ((threadIdx.x & 31) == 0 && v) atomicAdd(&total, static_cast<unsigned long long>(v));
+  int64_t v = 0;
+  int32_t m = 0;
+  for (int32_t u = threadIdx.x; u < num_units; u += kThreads) {
+    const int32_t count = counts[u];
+    v += min(count, batch.NumPages(g, u / g.num_kv_heads));
+    m = max(m, count);
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    v += __shfl_xor_sync(~0u, v, o);
+    m = max(m, __shfl_xor_sync(~0u, m, o));
+  }
+  if ((threadIdx.x & 31) == 0) {
+    if (v) atomicAdd(&total, static_cast<unsigned long long>(v));
+    if (m) atomicMax(&most, m);
+  }
   __syncthreads();
-  const int64_t t = int64_t(total);
-  __syncthreads();  // `total` is reused by the next call
-  return t;
+  return UnitScan{int64_t(total), most};
+}
+
+// Work items (unit, chunk of kTokensPerItem kept tokens) in chunk-major order, so that the
+// items that can hold tokens (chunk < ceil(max count / kTokensPerItem)) come first and a
+// warp stops at the first item past them instead of testing every empty one.
+__device__ __forceinline__ int64_t LiveItems(int32_t num_units, int32_t max_count) {
+  return int64_t(num_units) * ((int64_t(max_count) + kTokensPerItem - 1) / kTokensPerItem);
 }
 
 // Kernel 1 of the plan. Every block first decides (redundantly, from the kept counts) whether
@@ -145,7 +173,7 @@ __device__ int64_t BlockSum(int64_t v) {
 // the units, serial on one thread but from shared memory) and resets the group's counters.
 __global__ void __launch_bounds__(kThreads)
     CountMarkKernel(PageGeometry g, BatchView batch, KeptView kept, int32_t num_units,
-                    int32_t chunks, CacheStamps st, DeviceCacheState cache,
+                    CacheStamps st, DeviceCacheState cache,
                     const DeviceGroupCounters* prev, DeviceGroupCounters* c,
                     int32_t* unit_blocks, int32_t* count_cache, int32_t* count_direct,
                     int32_t* missing) {
@@ -154,20 +182,17 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ uint8_t s_admit[kThreads];
   const int32_t H = g.num_kv_heads;
   const int32_t capacity = cache.num_slots - (prev ? prev->pinned : 0);
-  int64_t bound = 0;
-  for (int32_t u = threadIdx.x; u < num_units; u += kThreads) {
-    bound += min(kept.count[u], batch.NumPages(g, u / H));
-  }
-  const bool fits = BlockSum(bound) <= int64_t(capacity);
+  const UnitScan scan = ScanUnits(g, batch, kept.count, num_units);
+  const bool fits = scan.block_bound <= int64_t(capacity);
   if (threadIdx.x == 0) s_needed = s_hits = 0;
   __syncthreads();
 
-  const int64_t items = int64_t(num_units) * chunks;
+  const int64_t items = LiveItems(num_units, scan.max_count);
   const int lane = threadIdx.x & 31;
   for (int64_t it = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5); it < items;
        it += int64_t(gridDim.x) * kWarps) {
-    const int32_t u = int32_t(it / chunks), chunk = int32_t(it % chunks);
-    const int32_t count = kept.count[u];
+    const int32_t u = int32_t(it % num_units), chunk = int32_t(it / num_units);
+    const int32_t count = min(kept.count[u], kept.max_kept);  // never past the list
     if (chunk * kTokensPerItem >= count) continue;
     const int32_t* row = batch.page_table + int64_t(u / H) * batch.max_pages;
     const int32_t h = u % H;
@@ -269,7 +294,7 @@ __device__ void FindCutoff(const int32_t* hist, DeviceCacheState cache, DeviceGr
 // (the slow path of a cache too small for one group) and finds the cutoff.
 __global__ void __launch_bounds__(kThreads)
     MarkHistogramKernel(PageGeometry g, BatchView batch, KeptView kept, int32_t num_units,
-                        int32_t chunks, CacheStamps st, DeviceCacheState cache,
+                        CacheStamps st, DeviceCacheState cache,
                         const int32_t* count_cache, DeviceGroupCounters* c, int32_t* missing) {
   __shared__ int32_t hist[kCacheAgeBuckets];
   __shared__ int s_needed, s_hits;
@@ -306,10 +331,10 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
   const int32_t H = g.num_kv_heads;
-  const int64_t items = int64_t(num_units) * chunks;
+  const int64_t items = LiveItems(num_units, ScanUnits(g, batch, count_cache, num_units).max_count);
   for (int64_t it = warp0; it < items; it += warps) {
-    const int32_t u = int32_t(it / chunks), chunk = int32_t(it % chunks);
-    const int32_t count = count_cache[u];
+    const int32_t u = int32_t(it % num_units), chunk = int32_t(it / num_units);
+    const int32_t count = min(count_cache[u], kept.max_kept);
     if (chunk * kTokensPerItem >= count) continue;
     const int32_t* row = batch.page_table + int64_t(u / H) * batch.max_pages;
     const int32_t h = u % H;
@@ -506,20 +531,21 @@ absl::Status LaunchCachePlan(const DeviceCacheState& cache, const CachePlanArgs&
   const int32_t units = a.batch.num_seqs * a.g.num_kv_heads;
   const int32_t chunks = (a.kept.max_kept + kTokensPerItem - 1) / kTokensPerItem;
   TWL_CUDA(cudaMemsetAsync(a.d_unit_blocks, 0, sizeof(int32_t) * size_t(units), s));
-  const int32_t grid_units = GridFor(int64_t(units) * chunks);
-  CountMarkKernel<<<grid_units, kThreads, 0, s>>>(a.g, a.batch, a.kept, units, chunks, a.stamps,
-                                                  cache, a.d_prev, a.d_counters, a.d_unit_blocks,
+  // One wave of blocks each (the plan kernels are latency-bound, and an all-hit group's
+  // kernels 2 and 3 only launch and return): warps loop over the live items or slots.
+  const int32_t grid_units = GridFor(int64_t(units) * chunks, 2);
+  CountMarkKernel<<<grid_units, kThreads, 0, s>>>(a.g, a.batch, a.kept, units, a.stamps, cache,
+                                                  a.d_prev, a.d_counters, a.d_unit_blocks,
                                                   a.d_count_cache, a.d_count_direct, a.d_missing);
   TWL_RETURN_IF_ERROR(LaunchStatus("CountMarkKernel"));
   // Kernel 2 walks either the kept lists (fallback marking) or the slots (histogram).
   const int64_t slot_warps = (int64_t(cache.num_slots) + 31) / 32;
-  const int32_t grid2 = GridFor(std::max(int64_t(units) * chunks, slot_warps));
-  MarkHistogramKernel<<<grid2, kThreads, 0, s>>>(a.g, a.batch, a.kept, units, chunks, a.stamps,
-                                                 cache, a.d_count_cache, a.d_counters,
-                                                 a.d_missing);
+  const int32_t grid2 = GridFor(std::max(int64_t(units) * chunks, slot_warps), 2);
+  MarkHistogramKernel<<<grid2, kThreads, 0, s>>>(a.g, a.batch, a.kept, units, a.stamps, cache,
+                                                 a.d_count_cache, a.d_counters, a.d_missing);
   TWL_RETURN_IF_ERROR(LaunchStatus("MarkHistogramKernel"));
-  AssignKernel<<<GridFor(slot_warps), kThreads, 0, s>>>(cache, a.stamps, a.d_counters,
-                                                        a.d_missing, a.d_fetch);
+  AssignKernel<<<GridFor(slot_warps, 2), kThreads, 0, s>>>(cache, a.stamps, a.d_counters,
+                                                           a.d_missing, a.d_fetch);
   return LaunchStatus("AssignKernel");
 }
 

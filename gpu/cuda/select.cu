@@ -40,17 +40,25 @@ int32_t BoundPagesPerWarp(int64_t pairs, int32_t max_pages) {
 
 // Keys TopPagesKernel may stage in dynamic shared memory on the current device: up to
 // 32k pages (128 KiB, a 512k-token sequence at page 16), within the opt-in limit less the
-// kernel's static shared memory. Set once per device (host-side attribute, no stream work).
-int32_t TopKeysCapacity() {
+// kernel's static shared memory. The attribute is set once per device (host-side, no stream
+// work), never while `st` is being captured into a graph (then the 48 KiB every launch may
+// use without opting in, not cached: sequences beyond ~11k pages read global memory).
+int32_t TopKeysCapacity(cudaStream_t st) {
   constexpr int kMaxDevices = 64;
+  constexpr int32_t kDefaultKeys = (48 * 1024 - 2048) / 4;
   static std::atomic<int32_t> cached[kMaxDevices] = {};
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return 0;
   const int32_t have = cached[dev].load(std::memory_order_acquire);
   if (have > 0) return have - 1;  // stored + 1 so that 0 means "not yet known"
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(st, &capture) != cudaSuccess ||
+      capture != cudaStreamCaptureStatusNone) {
+    return kDefaultKeys;
+  }
   int optin = 0;
   cudaFuncAttributes attr{};
-  int32_t keys = 0;
+  int32_t keys = kDefaultKeys;
   if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) ==
           cudaSuccess &&
       cudaFuncGetAttributes(&attr, cuda::TopPagesKernel) == cudaSuccess) {
@@ -58,12 +66,16 @@ int32_t TopKeysCapacity() {
                              ? size_t(optin) - attr.sharedSizeBytes - 1024
                              : 0;
     const size_t bytes = std::min<size_t>(avail, size_t(128) << 10) / 4 * 4;
-    if (cudaFuncSetAttribute(cuda::TopPagesKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(bytes)) == cudaSuccess) {
-      keys = int32_t(bytes / 4);
+    if (bytes / 4 > size_t(kDefaultKeys)) {
+      if (cudaFuncSetAttribute(cuda::TopPagesKernel,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               int(bytes)) == cudaSuccess) {
+        keys = int32_t(bytes / 4);
+      } else {
+        cudaGetLastError();  // refused: keep the default (clears only this call's error)
+      }
     }
   }
-  cudaGetLastError();  // a refused attribute leaves no sticky error: 0 keys = global reads
   cached[dev].store(keys + 1, std::memory_order_release);
   return keys;
 }
@@ -121,7 +133,7 @@ absl::Status RunSelect(const PageGeometry& g, const SelectorParams& params,
   }
   if (ev && cudaEventRecord(ev[1], st) != cudaSuccess) return LaunchStatus("select event");
   if (!grow) {  // growing Quest: the bound kernel wrote the whole output
-    const int32_t keys = TopKeysCapacity();
+    const int32_t keys = TopKeysCapacity(st);
     const int32_t staged = std::min(keys, batch.max_pages);
     cuda::TopPagesKernel<<<unsigned(pairs), cuda::kSelectThreads, size_t(staged) * 4, st>>>(
         g, params, batch, scores, out, staged);
