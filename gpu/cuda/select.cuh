@@ -13,7 +13,7 @@ namespace twl::cuda {
 
 constexpr int kBoundWarps = 8;
 constexpr int kBoundMaxTilesPerWarp = 8;  // 16 pages per tile
-constexpr int kSelectThreads = 512;
+constexpr int kSelectThreads = 1024;  // one block per (sequence, KV head): all its pages
 
 // Pages ranked by bound: [sink, num_pages - 1) when the sequence has more pages than the
 // selector keeps anyway; else none (every page is selected).
@@ -46,14 +46,15 @@ __device__ __forceinline__ bool RankedRange(const SelectorParams& p, int32_t num
 // read 64 contiguous bytes, and one warp-wide 16-byte load touches 8 pages x 64 bytes
 // (2 full sectors each, 8 L1 wavefronts) instead of 32 scattered half-used sectors.
 // Every load of a tile is issued before any of its MMAs (kCh * 2 x 16 bytes in flight per
-// thread), the next tile's page-table lookups before the current tile's math.
+// thread), with the next tile's lines prefetched into L2 and the page-table lookups of the
+// tile after that, so a warp's tiles do not each wait a full HBM round trip.
 //
 // One warp per (sequence, KV head, run of pages_per_warp pages). Fixed Quest writes the
 // max over the group to scores[pair][page]. Growing Quest (params.grow) writes the whole
 // selector output itself (no second kernel): every page index ascending, each query head's
 // bound * scale (+inf for the sinks and the last page), and the count and cap.
 template <int kHeadDim>
-__global__ void __launch_bounds__(kBoundWarps * 32)
+__global__ void __launch_bounds__(kBoundWarps * 32, 2)  // <= 128 registers: 16 warps per SM
     PageBoundKernel(PageGeometry g, SelectorParams params, BatchView batch, QueryView q,
                     QuantKView qk, float* __restrict__ scores, int32_t runs_per_seq_head,
                     int32_t pages_per_warp, SelectionView grow_out, float scale) {
@@ -126,12 +127,22 @@ __global__ void __launch_bounds__(kBoundWarps * 32)
   auto block_of = [&](int32_t page) -> int64_t {
     return (page >= p0 && page < p1) ? g.BlockId(batch.PageId(s, page), h) : -1;
   };
+  // 128-byte line t4 of a block's [kmax | kmin] metadata (d = 64 has 2 lines: t4 & 1).
+  auto prefetch_line = [&](int64_t block) {
+    if (block < 0) return;
+    constexpr int kLines = kHeadDim / 64;  // lines per half
+    const int line = t4 % (2 * kLines);
+    const fp16_t* half = line < kLines ? qk.kmax : qk.kmin;
+    const fp16_t* at = half + block * kHeadDim + (line % kLines) * 64;
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(at));
+  };
+  // Pipeline: this tile's metadata into registers, the next tile's into L2 (prefetch: no
+  // registers held), the page table of the tile after it.
   int64_t next_a = block_of(tile0 + r), next_b = block_of(tile0 + r + 8);
+  int64_t far_a = block_of(tile0 + 16 + r), far_b = block_of(tile0 + 16 + r + 8);
 #pragma unroll 1
   for (int32_t tb = tile0; tb < p1; tb += 16) {
     const int64_t ba = next_a, bb = next_b;
-    next_a = block_of(tb + 16 + r);  // lookups of the next tile, consumed next iteration
-    next_b = block_of(tb + 16 + r + 8);
     // Out-of-range rows read block 0 (valid memory) and are never stored.
     const int64_t va = (ba < 0 ? 0 : ba) * kVecPerBlock, vb = (bb < 0 ? 0 : bb) * kVecPerBlock;
     uint4 ca[kCh], cb[kCh];
@@ -141,6 +152,12 @@ __global__ void __launch_bounds__(kBoundWarps * 32)
       ca[c] = __ldg(base + va + 4 * (c % kHalf));
       cb[c] = __ldg(base + vb + 4 * (c % kHalf));
     }
+    prefetch_line(far_a);
+    prefetch_line(far_b);
+    next_a = far_a;
+    next_b = far_b;
+    far_a = block_of(tb + 32 + r);  // consumed two iterations from now
+    far_b = block_of(tb + 32 + r + 8);
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int c = 0; c < kCh; ++c) {
