@@ -49,7 +49,7 @@ __device__ __forceinline__ bool RankedRange(const SelectorParams& p, int32_t num
 // thread), with the next tile's lines prefetched into L2 and the page-table lookups of the
 // tile after that, so a warp's tiles do not each wait a full HBM round trip.
 //
-// One warp per (sequence, KV head, run of pages_per_warp pages). Fixed Quest writes the
+// One warp per (sequence, run of pages_per_warp pages, KV head). Fixed Quest writes the
 // max over the group to scores[pair][page]. Growing Quest (params.grow) writes the whole
 // selector output itself (no second kernel): every page index ascending, each query head's
 // bound * scale (+inf for the sinks and the last page), and the count and cap.
@@ -64,9 +64,13 @@ __global__ void __launch_bounds__(kBoundWarps * 32, 2)  // <= 128 registers: 16 
   const int64_t task = int64_t(blockIdx.x) * kBoundWarps + warp;
   const int64_t pairs = int64_t(batch.num_seqs) * g.num_kv_heads;
   if (task >= pairs * runs_per_seq_head) return;
-  const int32_t pair = int32_t(task / runs_per_seq_head);
-  const int32_t run = int32_t(task % runs_per_seq_head);
-  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
+  // KV head fastest, then run, then sequence: the warps of a block read the same pages of
+  // neighbouring heads, whose blocks are adjacent in memory (block = page * H + head).
+  const int64_t per_seq = int64_t(runs_per_seq_head) * g.num_kv_heads;
+  const int32_t s = int32_t(task / per_seq);
+  const int32_t run = int32_t((task % per_seq) / g.num_kv_heads);
+  const int32_t h = int32_t(task % g.num_kv_heads);
+  const int32_t pair = s * g.num_kv_heads + h;
   const int32_t num_pages = batch.NumPages(g, s);
   const int32_t group = batch.num_q_heads / g.num_kv_heads;
   const bool grow = params.grow;
