@@ -30,7 +30,11 @@ class CachePlanGpuTest : public ::testing::TestWithParam<PlanCase> {};
 TEST_P(CachePlanGpuTest, FewMissesEvictOldestAndRepeatIsAllHit) {
   TWL_SKIP_WITHOUT_GPU();
   const int32_t tpp = GetParam().tokens_per_page;
-  std::mt19937_64 rng(uint64_t(::testing::UnitTest::GetInstance()->random_seed()) * 31 + tpp);
+  // Fresh every run; --gtest_random_seed=<seed from the failure message> repeats it.
+  const int fixed = ::testing::UnitTest::GetInstance()->random_seed();
+  const uint64_t seed = fixed > 0 ? uint64_t(fixed) : 1 + std::random_device{}() % 99999u;
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed * 31 + uint64_t(tpp));
   PageGeometry g;
   g.page_size = 16;
   g.head_dim = 64;

@@ -1,4 +1,4 @@
-// GPU Quest selector (LaunchSelectPages) on fresh random page metadata (gtest's random seed)
+// GPU Quest selector (LaunchSelectPages) on fresh random page metadata (a new seed per run)
 // against SelectPagesRef, over random shapes: page sizes 8/16/32, head dims 64/128, GQA
 // groups 1..8, 1-5 sequences from 1 token up, sinks 0..3, B0 from 1 page to every page,
 // fixed and growing Quest, plus long sequences (16k pages with B0 = 8192; > 32k pages, where
@@ -22,6 +22,7 @@
 #include <numeric>
 #include <random>
 #include <set>
+#include <string>
 
 #include "gpu/kernels.h"
 #include "gpu/reference/select_ref.h"
@@ -265,13 +266,20 @@ void CheckCase(Meta& m, const SelectorParams& sp, float softmax_scale, int* ties
   if (ties) *ties += tie_diffs;
 }
 
-uint64_t Seed(uint64_t salt) {
-  return uint64_t(::testing::UnitTest::GetInstance()->random_seed()) * 7919u + salt;
+// Fresh inputs every run; the seed (1..99999) is in every failure message and
+// --gtest_random_seed=<seed> repeats it.
+uint64_t Seed() {
+  const int fixed = ::testing::UnitTest::GetInstance()->random_seed();
+  const uint64_t seed = fixed > 0 ? uint64_t(fixed) : 1 + std::random_device{}() % 99999u;
+  ::testing::Test::RecordProperty("seed", std::to_string(seed));
+  return seed;
 }
 
 TEST(SelectBoundsGpuTest, RandomShapesMatchReference) {
   TWL_SKIP_WITHOUT_GPU();
-  std::mt19937_64 rng(Seed(1));
+  const uint64_t seed = Seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed * 7919u + 1u);
   int ties = 0;
   for (int trial = 0; trial < 48; ++trial) {
     PageGeometry g;
@@ -320,7 +328,9 @@ TEST(SelectBoundsGpuTest, RandomShapesMatchReference) {
 // 32k keys the top-B0 kernel stages: scores read from global memory), fixed and growing.
 TEST(SelectBoundsGpuTest, LongSequences) {
   TWL_SKIP_WITHOUT_GPU();
-  std::mt19937_64 rng(Seed(2));
+  const uint64_t seed = Seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed * 7919u + 2u);
   {
     PageGeometry g;
     g.page_size = 16;
@@ -354,7 +364,9 @@ TEST(SelectBoundsGpuTest, LongSequences) {
 
 TEST(SelectBoundsGpuTest, FullSelectorListsEveryPage) {
   TWL_SKIP_WITHOUT_GPU();
-  std::mt19937_64 rng(Seed(3));
+  const uint64_t seed = Seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed * 7919u + 3u);
   PageGeometry g;
   g.num_kv_heads = 3;
   Meta m = MakeMeta(g, 2, {1, 17, 700}, rng);
