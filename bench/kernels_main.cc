@@ -596,6 +596,12 @@ int Run(const Options& o) {
                   r.bounds_gbs > 0 ? bench::Cell(r.bounds_gbs / copy_gbs, 3) : bench::Cell(""),
                   estimator ? bench::Cell(r.min_full_mass, 4) : bench::Cell("")});
         points.push_back({b, ctx, v.name, r.graph_ms});
+        if (r.bounds_gbs > 0) {  // the select rate, as it happens (issue 11 item 4 goal >= 0.7)
+          std::printf("select %s, batch %d, context %d: bound pass %.4f ms = %.0f GB/s = %.3f of "
+                      "copy; top-B0 %.4f ms (B0 %d pages)\n",
+                      v.name.c_str(), b, ctx, r.bounds_ms, r.bounds_gbs, r.bounds_gbs / copy_gbs,
+                      r.top_ms, v.sel.grow ? 0 : v.sel.budget_pages);
+        }
         std::fflush(stdout);
       }
     }

@@ -2,15 +2,19 @@
 // hit pinning, LRU victims by age histogram) run over the pruner's kept lists without the
 // host, plus invalidation, appended-row mirroring and the merge of direct-attended units.
 //
-// Plan of one group = 4 kernels (the grid-wide steps need each other's results):
-//   CountAdmit  distinct pages per unit (a block starts where a kept token's page differs
-//               from its predecessor's: kept lists are ascending); the last block to finish
-//               runs first-fit admission over the units and resets the group's counters.
-//   Mark        each admitted block claims need_stamp (atomicExch: one owner even when forked
-//               sequences share it); resident -> hit, slot re-stamped; else -> missing list.
-//   Histogram   age buckets of the evictable slots; the last block finds the cutoff bucket.
-//   Assign      evictable slots above the cutoff (and a quota of it) become victims: each
-//               takes the next missing block, evicting its old one, and emits a fetch entry.
+// Plan of one group = a memset and 3 kernels (the grid-wide steps need each other's results):
+//   CountMark   distinct pages per unit; when the group surely fits in the free capacity
+//               (the usual case) also marks every block (claims need_stamp; resident ->
+//               hit, slot re-stamped; else -> missing list); the last block to finish runs
+//               the admission and resets the group's counters. An all-hit group is done here.
+//   MarkHistogram  (returns at once without misses) the marking when the group might not
+//               fit (admitted units only), then age buckets of the evictable slots; the last
+//               block finds the cutoff bucket.
+//   Assign      (returns at once without misses) evictable slots above the cutoff (and a
+//               quota of it) become victims: each takes the next missing block, evicting its
+//               old one, and emits a fetch entry; stops when every miss has a slot.
+// Every counter that many threads bump is aggregated per warp or block first (thousands of
+// same-address global atomics per group were the old plan's cost).
 // Victims inside one bucket are taken in arrival order (atomics), so which slot a block gets
 // may differ from the host model; the invariants (pinned slots untouched, LRU up to bucket
 // ties, admitted blocks resident) are the same.
@@ -33,9 +37,9 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kTokensPerItem = 512;  // kept tokens one warp scans per work item
 
 
-int32_t GridFor(int64_t warp_items) {
+int32_t GridFor(int64_t warp_items, int32_t blocks_per_sm = 8) {
   const int64_t blocks = (warp_items + kWarps - 1) / kWarps;
-  return int32_t(std::clamp<int64_t>(blocks, 1, int64_t(gpu::SmCount()) * 8));
+  return int32_t(std::clamp<int64_t>(blocks, 1, int64_t(gpu::SmCount()) * blocks_per_sm));
 }
 
 // True in exactly one thread block: the last one of the grid to get here. Every block's
@@ -74,151 +78,352 @@ __device__ void ForEachBlockStart(const PageGeometry& g, const int32_t* tokens, 
   }
 }
 
+// Marks the block starts of one 32-token step (every lane of the warp calls it, `start`
+// per lane): each block claims need_stamp (atomicExch: one owner even when forked
+// sequences share it); resident -> hit, slot re-stamped; else -> appended to `missing`.
+// Counts are aggregated per warp (one atomic per warp and counter, not per block: a group
+// marks thousands of blocks into the same counters).
+__device__ void MarkStep(const DeviceCacheState& cache, CacheStamps st, bool start, int64_t b,
+                         int* s_needed, int* s_hits, int32_t* misses, int32_t* error,
+                         int32_t* missing) {
+  const int lane = threadIdx.x & 31;
+  bool claim = false, hit = false, miss = false, bad = false;
+  if (start) {
+    if (b < 0 || b >= cache.num_blocks) {
+      bad = true;
+    } else if (atomicExch(&cache.d_need_stamp[b], st.current) != st.current) {
+      claim = true;
+      const int32_t slot = cache.d_slot_of_block[b];
+      if (slot >= 0) {
+        cache.d_last_use[slot] = st.current;
+        hit = true;
+      } else {
+        miss = true;
+      }
+    }
+  }
+  const unsigned mc = __ballot_sync(~0u, claim), mh = __ballot_sync(~0u, hit);
+  const unsigned mm = __ballot_sync(~0u, miss), mb = __ballot_sync(~0u, bad);
+  if (lane == 0) {
+    if (mc) atomicAdd(s_needed, __popc(mc));
+    if (mh) atomicAdd(s_hits, __popc(mh));
+    if (mb) atomicExch(error, 2);
+  }
+  if (mm) {
+    const int leader = __ffs(mm) - 1;
+    int32_t base = 0;
+    if (lane == leader) base = atomicAdd(misses, __popc(mm));
+    base = __shfl_sync(~0u, base, leader);
+    if (miss) {
+      const int32_t k = base + __popc(mm & ((1u << lane) - 1u));
+      if (k < cache.num_slots) missing[k] = int32_t(b);
+    }
+  }
+}
+
+// Over the group's units, block-wide (every thread gets both): sum of min(kept tokens, pages
+// of the unit's sequence) (bounds the group's distinct blocks) and the largest kept count.
+struct UnitScan {
+  int64_t block_bound;
+  int32_t max_count;
+};
+__device__ UnitScan ScanUnits(const PageGeometry& g, const BatchView& batch,
+                              const int32_t* counts, int32_t num_units) {
+  __shared__ unsigned long long total;
+  __shared__ int32_t most;
+  if (threadIdx.x == 0) {
+    total = 0;
+    most = 0;
+  }
+  __syncthreads();
+  int64_t v = 0;
+  int32_t m = 0;
+  for (int32_t u = threadIdx.x; u < num_units; u += kThreads) {
+    const int32_t count = counts[u];
+    v += min(count, batch.NumPages(g, u / g.num_kv_heads));
+    m = max(m, count);
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    v += __shfl_xor_sync(~0u, v, o);
+    m = max(m, __shfl_xor_sync(~0u, m, o));
+  }
+  if ((threadIdx.x & 31) == 0) {
+    if (v) atomicAdd(&total, static_cast<unsigned long long>(v));
+    if (m) atomicMax(&most, m);
+  }
+  __syncthreads();
+  return UnitScan{int64_t(total), most};
+}
+
+// Work items (unit, chunk of kTokensPerItem kept tokens) in chunk-major order, so that the
+// items that can hold tokens (chunk < ceil(max count / kTokensPerItem)) come first and a
+// warp stops at the first item past them instead of testing every empty one.
+__device__ __forceinline__ int64_t LiveItems(int32_t num_units, int32_t max_count) {
+  return int64_t(num_units) * ((int64_t(max_count) + kTokensPerItem - 1) / kTokensPerItem);
+}
+
+// Kernel 1 of the plan. Every block first decides (redundantly, from the kept counts) whether
+// the group surely fits: sum over units of min(kept tokens, pages of its sequence) bounds
+// its distinct blocks, so when it is <= the free capacity first-fit admits every unit and
+// the blocks can be marked in the same pass that counts them (`fits`, the usual case).
+// Otherwise this pass only counts, and kernel 2 marks the admitted units.
+// Per work item (unit, chunk of kept tokens): distinct pages (a block starts where a kept
+// token's page differs from its predecessor's: kept lists are ascending) into unit_blocks.
+// The last block to finish runs the admission (all units when `fits`; else first-fit over
+// the units, serial on one thread but from shared memory) and resets the group's counters.
 __global__ void __launch_bounds__(kThreads)
-    CountAdmitKernel(PageGeometry g, KeptView kept, int32_t num_units, int32_t chunks,
-                     int32_t num_slots, const DeviceGroupCounters* prev,
-                     DeviceGroupCounters* c, int32_t* unit_blocks, int32_t* count_cache,
-                     int32_t* count_direct) {
-  const int64_t items = int64_t(num_units) * chunks;
+    CountMarkKernel(PageGeometry g, BatchView batch, KeptView kept, int32_t num_units,
+                    CacheStamps st, DeviceCacheState cache,
+                    const DeviceGroupCounters* prev, DeviceGroupCounters* c,
+                    int32_t* unit_blocks, int32_t* count_cache, int32_t* count_direct,
+                    int32_t* missing) {
+  __shared__ int s_needed, s_hits;
+  __shared__ int32_t s_n[kThreads];
+  __shared__ uint8_t s_admit[kThreads];
+  const int32_t H = g.num_kv_heads;
+  const int32_t capacity = cache.num_slots - (prev ? prev->pinned : 0);
+  const UnitScan scan = ScanUnits(g, batch, kept.count, num_units);
+  const bool fits = scan.block_bound <= int64_t(capacity);
+  if (threadIdx.x == 0) s_needed = s_hits = 0;
+  __syncthreads();
+
+  const int64_t items = LiveItems(num_units, scan.max_count);
   const int lane = threadIdx.x & 31;
   for (int64_t it = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5); it < items;
        it += int64_t(gridDim.x) * kWarps) {
-    const int32_t u = int32_t(it / chunks), chunk = int32_t(it % chunks);
-    const int32_t count = kept.count[u];
+    const int32_t u = int32_t(it % num_units), chunk = int32_t(it / num_units);
+    const int32_t count = min(kept.count[u], kept.max_kept);  // never past the list
     if (chunk * kTokensPerItem >= count) continue;
+    const int32_t* row = batch.page_table + int64_t(u / H) * batch.max_pages;
+    const int32_t h = u % H;
     int32_t n = 0;
     ForEachBlockStart(g, kept.tokens + int64_t(u) * kept.max_kept, count, chunk,
-                      [&](bool start, int32_t) { n += __popc(__ballot_sync(~0u, start)); });
+                      [&](bool start, int32_t page) {
+                        n += __popc(__ballot_sync(~0u, start));
+                        if (!fits) return;
+                        const int64_t b = start ? int64_t(row[page]) * H + h : 0;
+                        MarkStep(cache, st, start, b, &s_needed, &s_hits, &c->acc_misses,
+                                 &c->acc_error, missing);
+                      });
     if (lane == 0 && n) atomicAdd(&unit_blocks[u], n);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    if (s_needed) atomicAdd(&c->acc_needed, s_needed);
+    if (s_hits) atomicAdd(&c->acc_hits, s_hits);
   }
   if (!LastBlockDone(&c->ticket)) return;
   for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) c->hist[i] = 0;
-  if (threadIdx.x == 0) {
-    const int32_t capacity = num_slots - (prev ? prev->pinned : 0);
-    int32_t used = 0, direct = 0, direct_blocks = 0;
-    for (int32_t u = 0; u < num_units; ++u) {
-      const int32_t n = __ldcg(&unit_blocks[u]);
-      const int32_t count = kept.count[u];
-      if (used + n <= capacity) {
-        used += n;
-        count_cache[u] = count;
-        count_direct[u] = 0;
-      } else {
-        ++direct;
-        direct_blocks += n;
-        count_cache[u] = 0;
-        count_direct[u] = count;
-      }
+  int32_t direct = 0, direct_blocks = 0;
+  if (fits) {
+    for (int32_t u = threadIdx.x; u < num_units; u += kThreads) {
+      count_cache[u] = kept.count[u];
+      count_direct[u] = 0;
     }
+  } else {
+    // First-fit in unit order, kThreads units at a time: loads in parallel, the decisions
+    // on one thread from shared memory, the writes in parallel.
+    int32_t used = 0;
+    for (int32_t u0 = 0; u0 < num_units; u0 += kThreads) {
+      const int32_t u = u0 + threadIdx.x;
+      if (u < num_units) s_n[threadIdx.x] = __ldcg(&unit_blocks[u]);
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        const int32_t m = min(kThreads, num_units - u0);
+        for (int32_t i = 0; i < m; ++i) {
+          const int32_t n = s_n[i];
+          const bool admit = used + n <= capacity;
+          s_admit[i] = admit;
+          if (admit) {
+            used += n;
+          } else {
+            ++direct;
+            direct_blocks += n;
+          }
+        }
+      }
+      __syncthreads();
+      if (u < num_units) {
+        const int32_t count = kept.count[u];
+        count_cache[u] = s_admit[threadIdx.x] ? count : 0;
+        count_direct[u] = s_admit[threadIdx.x] ? 0 : count;
+      }
+      __syncthreads();  // s_n / s_admit are rewritten by the next chunk
+    }
+  }
+  if (threadIdx.x == 0) {
     c->capacity = capacity;
     c->units_direct = direct;
     c->direct_blocks = direct_blocks;
-    c->needed = c->hits = c->misses = c->fetched = c->evictions = c->pinned = 0;
+    c->marked = fits ? 1 : 0;
+    c->needed = fits ? __ldcg(&c->acc_needed) : 0;
+    c->hits = fits ? __ldcg(&c->acc_hits) : 0;
+    c->misses = fits ? __ldcg(&c->acc_misses) : 0;
+    c->error = fits ? __ldcg(&c->acc_error) : 0;
+    c->acc_needed = c->acc_hits = c->acc_misses = c->acc_error = 0;
+    c->fetched = c->evictions = c->pinned = 0;
     c->cutoff_bucket = kCacheAgeBuckets;
-    c->cutoff_quota = c->cutoff_taken = c->error = 0;
+    c->cutoff_quota = c->cutoff_taken = 0;
   }
 }
 
+// Cutoff of the victim search from a complete age histogram in shared memory (thread 0):
+// buckets above it are evicted whole, `quota` slots of it.
+__device__ void FindCutoff(const int32_t* hist, DeviceCacheState cache, DeviceGroupCounters* c) {
+  const int32_t misses = __ldcg(&c->misses);
+  const int32_t m = min(misses, cache.num_slots);
+  int32_t cum = 0, cutoff = -1, quota = 0;  // -1: not enough evictable slots (error)
+  for (int32_t b = kCacheAgeBuckets - 1; b >= 0; --b) {
+    const int32_t h = hist[b];
+    if (cum + h >= m) {
+      cutoff = b;
+      quota = m - cum;
+      break;
+    }
+    cum += h;
+  }
+  if (cutoff < 0 || misses > cache.num_slots) c->error = 1;
+  c->cutoff_bucket = cutoff;
+  c->cutoff_quota = quota;
+}
+
+// Kernel 2. No misses (after kernel 1 marked): nothing to do. Kernel 1 marked: age
+// histogram of the evictable slots over the grid (per-warp aggregated shared atomics),
+// the last block finds the cutoff. Kernel 1 did not mark (the group may not fit; rare):
+// mark the admitted units over the grid, then the last block builds the histogram alone
+// (the slow path of a cache too small for one group) and finds the cutoff.
 __global__ void __launch_bounds__(kThreads)
-    MarkKernel(PageGeometry g, BatchView batch, KeptView kept, int32_t num_units,
-               int32_t chunks, CacheStamps st, DeviceCacheState cache,
-               const int32_t* count_cache, DeviceGroupCounters* c, int32_t* missing) {
-  const int64_t items = int64_t(num_units) * chunks;
+    MarkHistogramKernel(PageGeometry g, BatchView batch, KeptView kept, int32_t num_units,
+                        CacheStamps st, DeviceCacheState cache,
+                        const int32_t* count_cache, DeviceGroupCounters* c, int32_t* missing) {
+  __shared__ int32_t hist[kCacheAgeBuckets];
+  __shared__ int s_needed, s_hits;
+  const bool marked = c->marked != 0;
+  if (marked && c->misses == 0) return;  // every block sees the same: no ticket taken
+  for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) hist[i] = 0;
+  if (threadIdx.x == 0) s_needed = s_hits = 0;
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int64_t warp0 = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int64_t warps = int64_t(gridDim.x) * kWarps;
+  if (marked) {
+    for (int64_t base = warp0 * 32; base < cache.num_slots; base += warps * 32) {
+      const int64_t s = base + lane;
+      bool ev = false;
+      int32_t bucket = 0;
+      if (s < cache.num_slots) {
+        const uint32_t lu = cache.d_last_use[s];
+        ev = SlotEvictable(lu, st);
+        if (ev) bucket = SlotAgeBucket(cache.d_block_of_slot[s], lu, st);
+      }
+      // Most evictable slots share a bucket (long-unused): one shared atomic per bucket.
+      const unsigned peers = __match_any_sync(~0u, ev ? bucket : kCacheAgeBuckets + lane);
+      if (ev && lane == __ffs(peers) - 1) atomicAdd(&hist[bucket], __popc(peers));
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) {
+      if (hist[i]) atomicAdd(&c->hist[i], hist[i]);
+    }
+    if (!LastBlockDone(&c->ticket)) return;
+    for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) hist[i] = __ldcg(&c->hist[i]);
+    __syncthreads();
+    if (threadIdx.x == 0) FindCutoff(hist, cache, c);
+    return;
+  }
   const int32_t H = g.num_kv_heads;
-  for (int64_t it = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5); it < items;
-       it += int64_t(gridDim.x) * kWarps) {
-    const int32_t u = int32_t(it / chunks), chunk = int32_t(it % chunks);
-    const int32_t count = count_cache[u];
+  const int64_t items = LiveItems(num_units, ScanUnits(g, batch, count_cache, num_units).max_count);
+  for (int64_t it = warp0; it < items; it += warps) {
+    const int32_t u = int32_t(it % num_units), chunk = int32_t(it / num_units);
+    const int32_t count = min(count_cache[u], kept.max_kept);
     if (chunk * kTokensPerItem >= count) continue;
-    const int32_t s = u / H, h = u % H;
-    const int32_t* row = batch.page_table + int64_t(s) * batch.max_pages;
+    const int32_t* row = batch.page_table + int64_t(u / H) * batch.max_pages;
+    const int32_t h = u % H;
     ForEachBlockStart(g, kept.tokens + int64_t(u) * kept.max_kept, count, chunk,
                       [&](bool start, int32_t page) {
-                        if (!start) return;
-                        const int64_t b = int64_t(row[page]) * H + h;
-                        if (b < 0 || b >= cache.num_blocks) {
-                          atomicExch(&c->error, 2);
-                          return;
-                        }
-                        if (atomicExch(&cache.d_need_stamp[b], st.current) == st.current) return;
-                        atomicAdd(&c->needed, 1);
-                        const int32_t slot = cache.d_slot_of_block[b];
-                        if (slot >= 0) {
-                          cache.d_last_use[slot] = st.current;
-                          atomicAdd(&c->hits, 1);
-                        } else {
-                          const int32_t k = atomicAdd(&c->misses, 1);
-                          if (k < cache.num_slots) missing[k] = int32_t(b);
-                        }
+                        const int64_t b = start ? int64_t(row[page]) * H + h : 0;
+                        MarkStep(cache, st, start, b, &s_needed, &s_hits, &c->misses,
+                                 &c->error, missing);
                       });
   }
-}
-
-__global__ void __launch_bounds__(kThreads)
-    HistogramKernel(DeviceCacheState cache, CacheStamps st, DeviceGroupCounters* c) {
-  __shared__ int32_t hist[kCacheAgeBuckets];
-  for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) hist[i] = 0;
   __syncthreads();
-  // An all-hit group needs no victims: skip the scan of every slot (MarkKernel, which set
-  // misses, ran before this kernel on the stream).
-  const int32_t scan_end = c->misses > 0 ? cache.num_slots : 0;
-  for (int32_t s = blockIdx.x * kThreads + threadIdx.x; s < scan_end;
-       s += gridDim.x * kThreads) {
-    const uint32_t lu = cache.d_last_use[s];
-    if (SlotEvictable(lu, st)) atomicAdd(&hist[SlotAgeBucket(cache.d_block_of_slot[s], lu, st)], 1);
-  }
-  __syncthreads();
-  for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) {
-    if (hist[i]) atomicAdd(&c->hist[i], hist[i]);
+  if (threadIdx.x == 0) {
+    if (s_needed) atomicAdd(&c->needed, s_needed);
+    if (s_hits) atomicAdd(&c->hits, s_hits);
   }
   if (!LastBlockDone(&c->ticket)) return;
-  if (threadIdx.x == 0) {
-    const int32_t m = min(__ldcg(&c->misses), cache.num_slots);
-    int32_t cum = 0, cutoff = kCacheAgeBuckets, quota = 0;
-    if (m > 0) {
-      cutoff = -1;  // not enough evictable slots: take them all and flag the error
-      for (int32_t b = kCacheAgeBuckets - 1; b >= 0; --b) {
-        const int32_t h = __ldcg(&c->hist[b]);
-        if (cum + h >= m) {
-          cutoff = b;
-          quota = m - cum;
-          break;
-        }
-        cum += h;
-      }
-      if (cutoff < 0 || __ldcg(&c->misses) > cache.num_slots) c->error = 1;
+  if (__ldcg(&c->misses) == 0) return;
+  for (int32_t s = threadIdx.x; s < cache.num_slots; s += kThreads) {
+    const uint32_t lu = __ldcg(&cache.d_last_use[s]);
+    if (SlotEvictable(lu, st)) {
+      atomicAdd(&hist[SlotAgeBucket(__ldcg(&cache.d_block_of_slot[s]), lu, st)], 1);
     }
-    c->cutoff_bucket = cutoff;
-    c->cutoff_quota = quota;
   }
+  __syncthreads();
+  if (threadIdx.x == 0) FindCutoff(hist, cache, c);
 }
 
+// Kernel 3. Evictable slots above the cutoff (and a quota of it) become victims: each takes
+// the next missing block, evicting its old one, and emits a fetch entry. Claims are
+// aggregated per warp, and the scan stops as soon as every miss has its slot (with a few
+// misses the victims are found in the first slots scanned). No misses: only the counters.
 __global__ void __launch_bounds__(kThreads)
     AssignKernel(DeviceCacheState cache, CacheStamps st, DeviceGroupCounters* c,
                  const int32_t* missing, FetchEntry* fetch) {
   const int32_t m = min(c->misses, cache.num_slots);
-  const int32_t cutoff = c->cutoff_bucket, quota = c->cutoff_quota;
-  if (m > 0) {
-    for (int32_t s = blockIdx.x * kThreads + threadIdx.x; s < cache.num_slots;
-         s += gridDim.x * kThreads) {
-      const uint32_t lu = cache.d_last_use[s];
-      if (!SlotEvictable(lu, st)) continue;
-      const int32_t old = cache.d_block_of_slot[s];
-      const int32_t bucket = SlotAgeBucket(old, lu, st);
-      if (bucket < cutoff) continue;
-      if (bucket == cutoff && atomicAdd(&c->cutoff_taken, 1) >= quota) continue;
-      const int32_t k = atomicAdd(&c->fetched, 1);
-      if (k >= m) continue;  // only when the error path took every evictable slot
-      const int32_t b = missing[k];
-      if (old >= 0) {
-        cache.d_slot_of_block[old] = -1;
-        atomicAdd(&c->evictions, 1);
-      }
-      cache.d_slot_of_block[b] = s;
-      cache.d_block_of_slot[s] = b;
-      cache.d_last_use[s] = st.current;
-      fetch[k] = FetchEntry{b, s};
+  if (m <= 0) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+      c->fetched = 0;
+      c->pinned = c->hits;
     }
+    return;
+  }
+  const int32_t cutoff = c->cutoff_bucket, quota = c->cutoff_quota;
+  const int lane = threadIdx.x & 31;
+  const unsigned below = (1u << lane) - 1u;
+  const int64_t warp0 = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int64_t warps = int64_t(gridDim.x) * kWarps;
+  for (int64_t base = warp0 * 32; base < cache.num_slots; base += warps * 32) {
+    int32_t done = 0;
+    if (lane == 0) done = __ldcg(&c->fetched) >= m;
+    if (__shfl_sync(~0u, done, 0)) break;  // warp-uniform
+    const int64_t s = base + lane;
+    bool above = false, at = false;
+    int32_t old = -1;
+    if (s < cache.num_slots) {
+      const uint32_t lu = cache.d_last_use[s];
+      if (SlotEvictable(lu, st)) {
+        old = cache.d_block_of_slot[s];
+        const int32_t bucket = SlotAgeBucket(old, lu, st);
+        above = bucket > cutoff;
+        at = bucket == cutoff;
+      }
+    }
+    const unsigned at_mask = __ballot_sync(~0u, at);
+    if (at_mask) {
+      const int leader = __ffs(at_mask) - 1;
+      int32_t taken = 0;
+      if (lane == leader) taken = atomicAdd(&c->cutoff_taken, __popc(at_mask));
+      taken = __shfl_sync(~0u, taken, leader);
+      at = at && taken + __popc(at_mask & below) < quota;
+    }
+    const bool victim = above || at;
+    const unsigned vm = __ballot_sync(~0u, victim);
+    if (!vm) continue;
+    const int leader = __ffs(vm) - 1;
+    int32_t k0 = 0;
+    if (lane == leader) k0 = atomicAdd(&c->fetched, __popc(vm));
+    k0 = __shfl_sync(~0u, k0, leader);
+    const int32_t k = k0 + __popc(vm & below);
+    if (!victim || k >= m) continue;  // k >= m only when the error path took every slot
+    const int32_t b = missing[k];
+    if (old >= 0) {
+      cache.d_slot_of_block[old] = -1;
+      atomicAdd(&c->evictions, 1);
+    }
+    cache.d_slot_of_block[b] = int32_t(s);
+    cache.d_block_of_slot[s] = b;
+    cache.d_last_use[s] = st.current;
+    fetch[k] = FetchEntry{b, int32_t(s)};
   }
   if (!LastBlockDone(&c->ticket)) return;
   if (threadIdx.x == 0) {
@@ -326,20 +531,21 @@ absl::Status LaunchCachePlan(const DeviceCacheState& cache, const CachePlanArgs&
   const int32_t units = a.batch.num_seqs * a.g.num_kv_heads;
   const int32_t chunks = (a.kept.max_kept + kTokensPerItem - 1) / kTokensPerItem;
   TWL_CUDA(cudaMemsetAsync(a.d_unit_blocks, 0, sizeof(int32_t) * size_t(units), s));
-  const int32_t grid_units = GridFor(int64_t(units) * chunks);
-  CountAdmitKernel<<<grid_units, kThreads, 0, s>>>(a.g, a.kept, units, chunks, cache.num_slots,
-                                                   a.d_prev, a.d_counters, a.d_unit_blocks,
-                                                   a.d_count_cache, a.d_count_direct);
-  TWL_RETURN_IF_ERROR(LaunchStatus("CountAdmitKernel"));
-  MarkKernel<<<grid_units, kThreads, 0, s>>>(a.g, a.batch, a.kept, units, chunks, a.stamps,
-                                             cache, a.d_count_cache, a.d_counters, a.d_missing);
-  TWL_RETURN_IF_ERROR(LaunchStatus("MarkKernel"));
-  const int32_t grid_slots = int32_t(std::clamp<int64_t>(
-      (int64_t(cache.num_slots) + kThreads - 1) / kThreads, 1, int64_t(gpu::SmCount()) * 4));
-  HistogramKernel<<<grid_slots, kThreads, 0, s>>>(cache, a.stamps, a.d_counters);
-  TWL_RETURN_IF_ERROR(LaunchStatus("HistogramKernel"));
-  AssignKernel<<<grid_slots, kThreads, 0, s>>>(cache, a.stamps, a.d_counters, a.d_missing,
-                                               a.d_fetch);
+  // One wave of blocks each (the plan kernels are latency-bound, and an all-hit group's
+  // kernels 2 and 3 only launch and return): warps loop over the live items or slots.
+  const int32_t grid_units = GridFor(int64_t(units) * chunks, 2);
+  CountMarkKernel<<<grid_units, kThreads, 0, s>>>(a.g, a.batch, a.kept, units, a.stamps, cache,
+                                                  a.d_prev, a.d_counters, a.d_unit_blocks,
+                                                  a.d_count_cache, a.d_count_direct, a.d_missing);
+  TWL_RETURN_IF_ERROR(LaunchStatus("CountMarkKernel"));
+  // Kernel 2 walks either the kept lists (fallback marking) or the slots (histogram).
+  const int64_t slot_warps = (int64_t(cache.num_slots) + 31) / 32;
+  const int32_t grid2 = GridFor(std::max(int64_t(units) * chunks, slot_warps), 2);
+  MarkHistogramKernel<<<grid2, kThreads, 0, s>>>(a.g, a.batch, a.kept, units, a.stamps, cache,
+                                                 a.d_count_cache, a.d_counters, a.d_missing);
+  TWL_RETURN_IF_ERROR(LaunchStatus("MarkHistogramKernel"));
+  AssignKernel<<<GridFor(slot_warps, 2), kThreads, 0, s>>>(cache, a.stamps, a.d_counters,
+                                                           a.d_missing, a.d_fetch);
   return LaunchStatus("AssignKernel");
 }
 

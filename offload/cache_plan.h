@@ -43,6 +43,14 @@ struct DeviceGroupCounters {
   int32_t ticket = 0;        // last-block detection, self-resetting
   int32_t error = 0;         // 1: fewer evictable slots than misses (cannot happen)
   int32_t hist[kCacheAgeBuckets] = {};
+  // Fast path of the plan (appended fields): 1 when the first kernel also marked every
+  // block (all units surely admitted), and its accumulators, zero at rest (the first
+  // kernel's last block moves them into needed/hits/misses/error and clears them).
+  int32_t marked = 0;
+  int32_t acc_needed = 0;
+  int32_t acc_hits = 0;
+  int32_t acc_misses = 0;
+  int32_t acc_error = 0;
 };
 
 struct CachePlanArgs {
@@ -61,8 +69,11 @@ struct CachePlanArgs {
   FetchEntry* d_fetch = nullptr;      // [num_slots] the fetch list; length d_counters->fetched
 };
 
-// Enqueues the plan of one group (4 small kernels). Units are (sequence, KV head) in
-// batch order, num_units = batch.num_seqs * g.num_kv_heads.
+// Enqueues the plan of one group (a memset and 3 kernels; see cache_plan.cu). When the
+// group's kept lists surely fit in the cache (sum over units of min(kept tokens, pages) <=
+// free capacity, the usual case) the first kernel does all the work of an all-hit group and
+// the other two return at once. Units are (sequence, KV head) in batch order, num_units =
+// batch.num_seqs * g.num_kv_heads.
 absl::Status LaunchCachePlan(const DeviceCacheState& cache, const CachePlanArgs& args,
                              void* stream);
 

@@ -1,6 +1,11 @@
 // Launchers of the Quest selector kernels (see select.cuh and gpu/kernels.h).
-// Instantiations: PageBoundKernel<64>, PageBoundKernel<128>.
+// Instantiations: PageBoundKernel<64>, PageBoundKernel<128>. Launches per call: fixed Quest
+// 2 (bounds, top-B0), growing Quest 1 (bounds write the whole output), FULL 1 (page list).
+#include <algorithm>
+#include <atomic>
+
 #include "gpu/cuda/select.cuh"
+#include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "gpu/reference/validate.h"
 
@@ -17,6 +22,63 @@ size_t SelectWorkspaceBytes(const PageGeometry& g, const SelectorParams& params,
 }
 
 namespace {
+
+// Pages per warp of the bound kernel: runs of 16 * 2^k pages, the longest (up to
+// kBoundMaxTilesPerWarp tiles: fewer q loads and page-table warm-ups per byte) that still
+// gives the GPU about 2 full waves of warps (16 resident per SM at ~128 registers; small
+// batches split finer to fill the GPU).
+int32_t BoundPagesPerWarp(int64_t pairs, int32_t max_pages) {
+  const int64_t want_warps = int64_t(std::max(gpu::SmCount(), 1)) * 16 * 2;
+  int32_t tiles = cuda::kBoundMaxTilesPerWarp;
+  while (tiles > 1) {
+    const int64_t runs = (int64_t(max_pages) + 16 * tiles - 1) / (16 * tiles);
+    if (pairs * runs >= want_warps) break;
+    tiles /= 2;
+  }
+  return 16 * tiles;
+}
+
+// Keys TopPagesKernel may stage in dynamic shared memory on the current device: up to
+// 32k pages (128 KiB, a 512k-token sequence at page 16), within the opt-in limit less the
+// kernel's static shared memory. The attribute is set once per device (host-side, no stream
+// work), never while `st` is being captured into a graph (then the 48 KiB every launch may
+// use without opting in, not cached: sequences beyond ~11k pages read global memory).
+int32_t TopKeysCapacity(cudaStream_t st) {
+  constexpr int kMaxDevices = 64;
+  constexpr int32_t kDefaultKeys = (48 * 1024 - 2048) / 4;
+  static std::atomic<int32_t> cached[kMaxDevices] = {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return 0;
+  const int32_t have = cached[dev].load(std::memory_order_acquire);
+  if (have > 0) return have - 1;  // stored + 1 so that 0 means "not yet known"
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(st, &capture) != cudaSuccess ||
+      capture != cudaStreamCaptureStatusNone) {
+    return kDefaultKeys;
+  }
+  int optin = 0;
+  cudaFuncAttributes attr{};
+  int32_t keys = kDefaultKeys;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) ==
+          cudaSuccess &&
+      cudaFuncGetAttributes(&attr, cuda::TopPagesKernel) == cudaSuccess) {
+    const size_t avail = size_t(optin) > attr.sharedSizeBytes + 1024
+                             ? size_t(optin) - attr.sharedSizeBytes - 1024
+                             : 0;
+    const size_t bytes = std::min<size_t>(avail, size_t(128) << 10) / 4 * 4;
+    if (bytes / 4 > size_t(kDefaultKeys)) {
+      if (cudaFuncSetAttribute(cuda::TopPagesKernel,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               int(bytes)) == cudaSuccess) {
+        keys = int32_t(bytes / 4);
+      } else {
+        cudaGetLastError();  // refused: keep the default (clears only this call's error)
+      }
+    }
+  }
+  cached[dev].store(keys + 1, std::memory_order_release);
+  return keys;
+}
 
 absl::Status RunSelect(const PageGeometry& g, const SelectorParams& params,
                        const BatchView& batch, const QueryView& q, const QuantKView& qk,
@@ -60,19 +122,23 @@ absl::Status RunSelect(const PageGeometry& g, const SelectorParams& params,
   if (ev && cudaEventRecord(ev[0], st) != cudaSuccess) return LaunchStatus("select event");
   if (quest) {
     TWL_RETURN_IF_ERROR(TWL_DISPATCH_HEAD_DIM(g.head_dim, [&] {
-      const int32_t runs = (batch.max_pages + cuda::kBoundPagesPerWarp - 1) /
-                           cuda::kBoundPagesPerWarp;
+      const int32_t ppw = BoundPagesPerWarp(pairs, batch.max_pages);
+      const int32_t runs = int32_t((int64_t(batch.max_pages) + ppw - 1) / ppw);
       const int64_t grid = (pairs * runs + cuda::kBoundWarps - 1) / cuda::kBoundWarps;
       if (grid > INT32_MAX) return absl::InvalidArgumentError("select: batch too large");
       cuda::PageBoundKernel<kHeadDim><<<unsigned(grid), cuda::kBoundWarps * 32, 0, st>>>(
-          g, params, batch, q, qk, scores, runs, out, scale);
+          g, params, batch, q, qk, scores, runs, ppw, out, scale);
       return LaunchStatus("PageBoundKernel");
     }));
   }
   if (ev && cudaEventRecord(ev[1], st) != cudaSuccess) return LaunchStatus("select event");
-  cuda::TopPagesKernel<<<unsigned(pairs), cuda::kSelectThreads, 0, st>>>(g, params, batch,
-                                                                         scores, out);
-  TWL_RETURN_IF_ERROR(LaunchStatus("TopPagesKernel"));
+  if (!grow) {  // growing Quest: the bound kernel wrote the whole output
+    const int32_t keys = TopKeysCapacity(st);
+    const int32_t staged = std::min(keys, batch.max_pages);
+    cuda::TopPagesKernel<<<unsigned(pairs), cuda::kSelectThreads, size_t(staged) * 4, st>>>(
+        g, params, batch, scores, out, staged);
+    TWL_RETURN_IF_ERROR(LaunchStatus("TopPagesKernel"));
+  }
   if (ev && cudaEventRecord(ev[2], st) != cudaSuccess) return LaunchStatus("select event");
   return absl::OkStatus();
 }

@@ -1,18 +1,19 @@
 // Quest selector kernels: (1) page upper bounds of q.k from each block's per-channel
 // min/max, max over the query heads of the GQA group, for every ranked page of the batch
-// (tensor cores, see PageBoundKernel);
-// (2) per (sequence, KV head) the top `budget` pages by a block-wide 4-pass radix select
-// on order-preserving float keys (no sort), ties to the lower page index, plus sink pages
-// and the last page, written ascending with a block-wide scan.
+// (tensor cores, coalesced 16-byte loads, see PageBoundKernel); growing Quest ends here;
+// (2) fixed Quest: per (sequence, KV head) the top `budget` pages by a block-wide 4-pass
+// radix select on order-preserving float keys staged in shared memory (no sort), ties to
+// the lower page index, plus sink pages and the last page, written ascending with a
+// block-wide scan.
 #pragma once
 
 #include "gpu/cuda/common.cuh"
 
 namespace twl::cuda {
 
-constexpr int kBoundPagesPerWarp = 64;  // 4 tiles of 16 pages per warp
 constexpr int kBoundWarps = 8;
-constexpr int kSelectThreads = 512;
+constexpr int kBoundMaxTilesPerWarp = 8;  // 16 pages per tile
+constexpr int kSelectThreads = 1024;  // one block per (sequence, KV head): all its pages
 
 // Pages ranked by bound: [sink, num_pages - 1) when the sequence has more pages than the
 // selector keeps anyway; else none (every page is selected).
@@ -34,46 +35,83 @@ __device__ __forceinline__ bool RankedRange(const SelectorParams& p, int32_t num
 // Page bounds as a tensor-core GEMV. The Quest bound sum_c max(q_c min_c, q_c max_c) equals
 // q+ . max + q- . min with q+ = max(q, 0), q- = min(q, 0) (the same products), so for 16
 // pages at a time A = [kmax | kmin] rows (FP16 as stored: no conversion), B = [q+ ; q-] for
-// the group's query heads (n = 8), FP32 accumulation: exact products, only the order of the
-// sum differs from the reference. As in the pruner, the MMA's k-order is permuted so that
-// each thread's A fragments are the 16-byte chunks it loads itself (thread t4 of a row owns
-// a quarter of [kmax | kmin]). One warp per (sequence, KV head, run of kBoundPagesPerWarp
-// pages), kBoundPagesPerWarp / 16 tiles; the page-table lookups of the next tile are issued
-// before the current tile's math.
+// all query heads of the GQA group at once (n = 8: one read of kmin/kmax serves every head),
+// FP32 accumulation: exact products, only the order of the sum differs from the reference.
+//
+// Memory layout of the loads (the point of this kernel: it is bound by the metadata read).
+// The MMA's k-order is free (A and B permuted alike), and the only constraint is that the
+// k-slots a thread holds depend on its t4 = lane % 4 alone (B is shared by all 16 rows). So
+// chunk c of thread t4 is the 16 bytes at channel 32 * (c % (kCh/2)) + 8 * t4 of kmax (first
+// kCh/2 chunks, paired with q+) or kmin (last kCh/2, paired with q-): the 4 lanes of a row
+// read 64 contiguous bytes, and one warp-wide 16-byte load touches 8 pages x 64 bytes
+// (2 full sectors each, 8 L1 wavefronts) instead of 32 scattered half-used sectors.
+// Every load of a tile is issued before any of its MMAs (kCh * 2 x 16 bytes in flight per
+// thread), with the next tile's lines prefetched into L2 and the page-table lookups of the
+// tile after that, so a warp's tiles do not each wait a full HBM round trip.
+//
+// One warp per (sequence, run of pages_per_warp pages, KV head). Fixed Quest writes the
+// max over the group to scores[pair][page]. Growing Quest (params.grow) writes the whole
+// selector output itself (no second kernel): every page index ascending, each query head's
+// bound * scale (+inf for the sinks and the last page), and the count and cap.
 template <int kHeadDim>
-__global__ void __launch_bounds__(kBoundWarps * 32)
+__global__ void __launch_bounds__(kBoundWarps * 32, 2)  // <= 128 registers: 16 warps per SM
     PageBoundKernel(PageGeometry g, SelectorParams params, BatchView batch, QueryView q,
                     QuantKView qk, float* __restrict__ scores, int32_t runs_per_seq_head,
-                    SelectionView grow_out, float scale) {
-  constexpr int kPer = kHeadDim / 2;  // elements of [kmax | kmin] per thread and page
-  constexpr int kCh = kPer / 8;       // 16-byte chunks per thread and page
+                    int32_t pages_per_warp, SelectionView grow_out, float scale) {
+  constexpr int kCh = kHeadDim / 16;  // 16-byte chunks per thread and page (both halves)
+  constexpr int kHalf = kCh / 2;      // of them in kmax (then as many in kmin)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t task = int64_t(blockIdx.x) * kBoundWarps + warp;
   const int64_t pairs = int64_t(batch.num_seqs) * g.num_kv_heads;
   if (task >= pairs * runs_per_seq_head) return;
-  const int32_t pair = int32_t(task / runs_per_seq_head);
-  const int32_t run = int32_t(task % runs_per_seq_head);
-  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
-  int32_t first, last;
-  if (!RankedRange(params, batch.NumPages(g, s), &first, &last)) return;
-  const int32_t p0 = max(first, run * kBoundPagesPerWarp);
-  const int32_t p1 = min(last, (run + 1) * kBoundPagesPerWarp);
-  if (p0 >= p1) return;
+  // KV head fastest, then run, then sequence: the warps of a block read the same pages of
+  // neighbouring heads, whose blocks are adjacent in memory (block = page * H + head).
+  const int64_t per_seq = int64_t(runs_per_seq_head) * g.num_kv_heads;
+  const int32_t s = int32_t(task / per_seq);
+  const int32_t run = int32_t((task % per_seq) / g.num_kv_heads);
+  const int32_t h = int32_t(task % g.num_kv_heads);
+  const int32_t pair = s * g.num_kv_heads + h;
+  const int32_t num_pages = batch.NumPages(g, s);
   const int32_t group = batch.num_q_heads / g.num_kv_heads;
+  const bool grow = params.grow;
+  const int32_t r0 = run * pages_per_warp;
+  const int32_t r1 = min(num_pages, r0 + pages_per_warp);
+  if (r0 >= r1) return;
+  if (grow) {
+    // The selector's page list, count, cap and the +inf bounds of the forced pages.
+    int32_t* dst = grow_out.pages + int64_t(pair) * grow_out.max_select;
+    for (int32_t p = r0 + lane; p < r1; p += 32) dst[p] = p;
+    for (int32_t j = 0; j < group; ++j) {
+      float* row = grow_out.bound +
+                   (int64_t(s) * batch.num_q_heads + h * group + j) * grow_out.max_select;
+      for (int32_t p = r0 + lane; p < r1; p += 32) {
+        if (p < params.sink_pages || p == num_pages - 1) row[p] = INFINITY;
+      }
+    }
+    if (run == 0 && lane == 0) {
+      grow_out.count[pair] = num_pages;
+      grow_out.limit[pair] = GrowCapPages(params, num_pages);
+    }
+  }
+  int32_t first, last;
+  if (!RankedRange(params, num_pages, &first, &last)) return;
+  const int32_t p0 = max(first, r0);
+  const int32_t p1 = min(last, r1);
+  if (p0 >= p1) return;
   const int r = lane >> 2, t4 = lane & 3;
 
-  // B: head r of the group (zero past it), q+ for threads t4 = 0, 1 (the kmax half of the
-  // row), q- for t4 = 2, 3 (the kmin half), in the thread's element order.
+  // B: head r of the group (zero past it); chunk c holds q+ (c < kHalf) or q- of the
+  // thread's channels of that chunk, in the thread's element order.
   uint32_t bf[kCh][2][2];
   {
     const bool real = r < group;
     const fp16_t* qh = q.q + (int64_t(s) * batch.num_q_heads + h * group + (real ? r : 0)) *
-                                 kHeadDim + (t4 & 1) * kPer;
-    const bool plus = t4 < 2;
+                                 kHeadDim + 8 * t4;
 #pragma unroll
     for (int c = 0; c < kCh; ++c) {
+      const bool plus = c < kHalf;
       fp16_t e[8];
-      *reinterpret_cast<uint4*>(e) = *reinterpret_cast<const uint4*>(qh + c * 8);
+      *reinterpret_cast<uint4*>(e) = *reinterpret_cast<const uint4*>(qh + 32 * (c % kHalf));
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const bool neg = (e[i] & 0x8000u) != 0;
@@ -85,23 +123,45 @@ __global__ void __launch_bounds__(kBoundWarps * 32)
       bf[c][1][1] = uint32_t(e[6]) | (uint32_t(e[7]) << 16);
     }
   }
-  const fp16_t* meta = (t4 < 2 ? qk.kmax : qk.kmin) + (t4 & 1) * kPer;
-  float* out = params.grow ? nullptr : scores + int64_t(pair) * batch.max_pages;  // grow: none
+  const uint4* vmax = reinterpret_cast<const uint4*>(qk.kmax + 8 * t4);
+  const uint4* vmin = reinterpret_cast<const uint4*>(qk.kmin + 8 * t4);
+  constexpr int kVecPerBlock = kHeadDim / 8;  // 16-byte vectors per block row of kmin/kmax
+  float* out = grow ? nullptr : scores + int64_t(pair) * batch.max_pages;  // grow: none
   const int32_t tile0 = (p0 / 16) * 16;
   auto block_of = [&](int32_t page) -> int64_t {
     return (page >= p0 && page < p1) ? g.BlockId(batch.PageId(s, page), h) : -1;
   };
+  // 128-byte line t4 of a block's [kmax | kmin] metadata (d = 64 has 2 lines: t4 & 1).
+  auto prefetch_line = [&](int64_t block) {
+    if (block < 0) return;
+    constexpr int kLines = kHeadDim / 64;  // lines per half
+    const int line = t4 % (2 * kLines);
+    const fp16_t* half = line < kLines ? qk.kmax : qk.kmin;
+    const fp16_t* at = half + block * kHeadDim + (line % kLines) * 64;
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(at));
+  };
+  // Pipeline: this tile's metadata into registers, the next tile's into L2 (prefetch: no
+  // registers held), the page table of the tile after it.
   int64_t next_a = block_of(tile0 + r), next_b = block_of(tile0 + r + 8);
+  int64_t far_a = block_of(tile0 + 16 + r), far_b = block_of(tile0 + 16 + r + 8);
+#pragma unroll 1
   for (int32_t tb = tile0; tb < p1; tb += 16) {
     const int64_t ba = next_a, bb = next_b;
-    next_a = block_of(tb + 16 + r);  // lookups of the next tile, consumed next iteration
-    next_b = block_of(tb + 16 + r + 8);
+    // Out-of-range rows read block 0 (valid memory) and are never stored.
+    const int64_t va = (ba < 0 ? 0 : ba) * kVecPerBlock, vb = (bb < 0 ? 0 : bb) * kVecPerBlock;
     uint4 ca[kCh], cb[kCh];
 #pragma unroll
     for (int c = 0; c < kCh; ++c) {
-      ca[c] = *reinterpret_cast<const uint4*>(meta + (ba < 0 ? 0 : ba) * kHeadDim + c * 8);
-      cb[c] = *reinterpret_cast<const uint4*>(meta + (bb < 0 ? 0 : bb) * kHeadDim + c * 8);
+      const uint4* base = c < kHalf ? vmax : vmin;
+      ca[c] = __ldg(base + va + 4 * (c % kHalf));
+      cb[c] = __ldg(base + vb + 4 * (c % kHalf));
     }
+    prefetch_line(far_a);
+    prefetch_line(far_b);
+    next_a = far_a;
+    next_b = far_b;
+    far_a = block_of(tb + 32 + r);  // consumed two iterations from now
+    far_b = block_of(tb + 32 + r + 8);
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
     for (int c = 0; c < kCh; ++c) {
@@ -110,7 +170,7 @@ __global__ void __launch_bounds__(kBoundWarps * 32)
     }
     // acc: (page r, heads 2t4, 2t4+1), (page r + 8, heads 2t4, 2t4+1); max over the group.
     const bool h0 = 2 * t4 < group, h1 = 2 * t4 + 1 < group;
-    if (params.grow) {
+    if (grow) {
       // Every query head's own bound, scaled to logits (the pruner's growth rule needs them).
 #pragma unroll
       for (int kk = 0; kk < 2; ++kk) {
@@ -143,10 +203,15 @@ __device__ __forceinline__ uint32_t OrderedKey(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// One block per (sequence, KV head).
+// One block per (sequence, KV head), fixed Quest and FULL (growing Quest: PageBoundKernel
+// writes the output). The ranked pages' keys are staged once in shared memory when they fit
+// (smem_keys: capacity in keys, the dynamic shared memory of the launch), so the 4 radix
+// passes and the compaction read shared memory instead of re-reading the scores 5 times
+// from L2 with a dependent pass structure; larger sequences read the scores directly.
 __global__ void __launch_bounds__(kSelectThreads)
     TopPagesKernel(PageGeometry g, SelectorParams params, BatchView batch,
-                   const float* __restrict__ scores, SelectionView out) {
+                   const float* __restrict__ scores, SelectionView out, int32_t smem_keys) {
+  extern __shared__ uint32_t s_keys[];
   __shared__ int hist[256];
   __shared__ int scan_scratch[33];
   __shared__ uint32_t s_digit;
@@ -156,31 +221,22 @@ __global__ void __launch_bounds__(kSelectThreads)
   const int32_t num_pages = batch.NumPages(g, s);
   int32_t* dst = out.pages + int64_t(pair) * out.max_select;
   int32_t first = 0, last = 0;
-  if (params.grow && params.kind == SelectorKind::kQuest) {
-    // Every page ascending; the sinks and the last page get +inf bounds (always candidates).
-    const int32_t group = batch.num_q_heads / g.num_kv_heads;
-    const int32_t h = pair % g.num_kv_heads;
-    for (int32_t p = threadIdx.x; p < num_pages; p += blockDim.x) {
-      dst[p] = p;
-      if (p < params.sink_pages || p == num_pages - 1) {
-        for (int32_t j = 0; j < group; ++j) {
-          out.bound[(int64_t(s) * batch.num_q_heads + h * group + j) * out.max_select + p] =
-              INFINITY;
-        }
-      }
-    }
-    if (threadIdx.x == 0) {
-      out.count[pair] = num_pages;
-      out.limit[pair] = GrowCapPages(params, num_pages);
-    }
-    return;
-  }
   if (!RankedRange(params, num_pages, &first, &last)) {
     for (int32_t p = threadIdx.x; p < num_pages; p += blockDim.x) dst[p] = p;
     if (threadIdx.x == 0) out.count[pair] = num_pages;
     return;
   }
   const float* sc = scores + int64_t(pair) * batch.max_pages;
+  const bool staged = last - first <= smem_keys;
+  if (staged) {
+    for (int32_t p = first + threadIdx.x; p < last; p += blockDim.x) {
+      s_keys[p - first] = OrderedKey(sc[p]);
+    }
+    __syncthreads();
+  }
+  auto key_at = [&](int32_t p) -> uint32_t {
+    return staged ? s_keys[p - first] : OrderedKey(sc[p]);
+  };
 
   // Radix select of the budget-th largest key among the ranked pages, 8 bits per pass.
   uint32_t prefix = 0, mask = 0;
@@ -190,7 +246,7 @@ __global__ void __launch_bounds__(kSelectThreads)
     __syncthreads();
     for (int32_t base = first; base < last; base += blockDim.x) {
       const int32_t p = base + threadIdx.x;
-      const uint32_t key = p < last ? OrderedKey(sc[p]) : 0u;
+      const uint32_t key = p < last ? key_at(p) : 0u;
       const bool counted = p < last && (key & mask) == prefix;
       const uint32_t bin = (key >> shift) & 255u;
       // Bounds of one sequence share their top bits: aggregate equal bins per warp so
@@ -234,24 +290,26 @@ __global__ void __launch_bounds__(kSelectThreads)
   }
   const uint32_t kth = prefix;  // `remaining` pages with this exact key are taken, lowest first
 
-  // Ascending compaction: sinks, ranked winners, last page.
-  int out_base = 0, eq_base = 0;
+  // Ascending compaction: sinks, ranked winners, last page. One block scan per chunk of
+  // pages on a packed pair (pages tied with the k-th key << 16 | pages surely kept): a tied
+  // page's output slot is (sure pages before it) + min(tied pages before it, remaining).
+  int sure_base = 0, eq_base = 0;
   for (int32_t base = 0; base < num_pages; base += blockDim.x) {
     const int32_t p = base + threadIdx.x;
     const bool valid = p < num_pages;
     const bool ranked = valid && p >= first && p < last;
-    const uint32_t key = ranked ? OrderedKey(sc[p]) : 0u;
+    const uint32_t key = ranked ? key_at(p) : 0u;
     const bool eq = ranked && key == kth;
-    int eq_total;
-    const int eq_rank = eq_base + BlockExclusiveSum(eq ? 1 : 0, scan_scratch, &eq_total);
-    const bool keep = valid && (p < first || p == last || (ranked && key > kth) ||
-                                (eq && eq_rank < remaining));
-    int keep_total;
-    const int at = out_base + BlockExclusiveSum(keep ? 1 : 0, scan_scratch, &keep_total);
-    if (keep) dst[at] = p;
-    out_base += keep_total;
-    eq_base += eq_total;
+    const bool sure = valid && (p < first || p == last || (ranked && key > kth));
+    int total;
+    const int before = BlockExclusiveSum((eq ? 1 << 16 : 0) | (sure ? 1 : 0), scan_scratch, &total);
+    const int eq_rank = eq_base + (before >> 16);
+    const int at = sure_base + (before & 0xffff) + min(eq_rank, remaining);
+    if (sure || (eq && eq_rank < remaining)) dst[at] = p;
+    sure_base += total & 0xffff;
+    eq_base += total >> 16;
   }
+  const int out_base = sure_base + min(eq_base, remaining);
   if (threadIdx.x == 0) out.count[pair] = out_base;
 }
 
