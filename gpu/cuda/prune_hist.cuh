@@ -82,14 +82,17 @@ __device__ __forceinline__ float HeadP(const PrunerParams& params, const PruneSh
   return params.seq_p ? params.seq_p[s] : params.p;
 }
 
+// p >= 1 (the sequence's p, or a growing head whose share of the candidates' mass is 1)
+// keeps every valid candidate, as TopPThresholdRef does for p >= 1.
 __device__ __forceinline__ int HeadMode(const PrunerParams& params, const PruneShape& shape,
                                         const uint32_t* head_max, const HistWork& hw, int32_t s,
                                         int32_t sq, float* mx) {
-  const float user = params.seq_p ? params.seq_p[s] : params.p;
-  if (user >= 1.0f) return kModeAll;
+  *mx = 0.0f;
+  if (HeadP(params, shape, s, sq) >= 1.0f) return kModeAll;
   const uint32_t key = head_max[sq];
-  *mx = key ? KeyFloat(key) : 0.0f;
-  if (!key || !isfinite(*mx) || hw.bad[sq]) return kModeNone;
+  if (!key) return kModeNone;
+  *mx = KeyFloat(key);
+  if (!isfinite(*mx) || hw.bad[sq]) return kModeNone;
   return kModeTopP;
 }
 
