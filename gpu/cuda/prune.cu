@@ -138,10 +138,12 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     const bool tensor_cores = g.k_bits == 4 && (g.head_dim == 64 || g.head_dim == 128);
     if (tensor_cores) {
       // Each block streams a contiguous run of tiles of one (seq, KV head): enough blocks
-      // for ~4 per SM, runs short enough for the block's page table in shared memory.
+      // for ~16 per SM (2 resident: ~8 short waves, so the last one idles little; with 4
+      // per SM the second of ~2 waves ran half empty), runs short enough for the block's
+      // page table in shared memory.
       const int64_t tiles = (cand + 15) / 16;
       const int64_t per_group = cuda::kScoreWarps * cuda::kTilesPerWarp;
-      int64_t bx = std::max<int64_t>(1, (4 * int64_t(gpu::SmCount()) + pairs - 1) / pairs);
+      int64_t bx = std::max<int64_t>(1, (16 * int64_t(gpu::SmCount()) + pairs - 1) / pairs);
       bx = std::min(bx, (tiles + per_group - 1) / per_group);
       int64_t run = (tiles + bx - 1) / bx;
       const int64_t max_run = (int64_t(cuda::kScoreMaxPages - 2) * g.page_size) / 16;

@@ -168,6 +168,20 @@ __device__ __forceinline__ u64 WarpTarget(const u64* hist1, float p, u64* total)
   return u64(ceil(double(p) * double(t)));
 }
 
+// 64-bit add to shared memory as two native 32-bit atomics (a 64-bit shared atomic add may
+// be a compare-and-swap loop): the low word's wrap-around is carried into the high word by
+// the thread that caused it, so the pair holds the exact sum mod 2^64 (little endian).
+__device__ __forceinline__ void SharedAddU64(u64* addr, u64 v) {
+  uint32_t* w = reinterpret_cast<uint32_t*>(addr);
+  const uint32_t lo = uint32_t(v);
+  uint32_t hi = uint32_t(v >> 32);
+  if (lo) {
+    const uint32_t old = atomicAdd(&w[0], lo);
+    hi += old + lo < old ? 1u : 0u;
+  }
+  if (hi) atomicAdd(&w[1], hi);
+}
+
 // Adds `m` to hist[bin] for every lane with m > 0; warps whose lanes fall into at most
 // four bins sum them with shuffles first (flat heads put most lanes into one or two bins).
 __device__ __forceinline__ void WarpHistAdd(u64* hist, int bin, u64 m) {
@@ -180,10 +194,10 @@ __device__ __forceinline__ void WarpHistAdd(u64* hist, int bin, u64 m) {
       const int l = __ffs(todo) - 1;
       const int bl = __shfl_sync(0xffffffffu, bin, l);
       const u64 sum = WarpSumU64(on && bin == bl ? m : 0ull);
-      if (lane == l) atomicAdd(&hist[bl], sum);
+      if (lane == l) SharedAddU64(&hist[bl], sum);
     }
   } else if (on) {
-    atomicAdd(&hist[bin], m);
+    SharedAddU64(&hist[bin], m);
   }
 }
 
@@ -368,7 +382,7 @@ __global__ void __launch_bounds__(kKeptThreads)
     const u64 m = WarpSumU64(mass[j]);
     if (lane == 0) {
       if (c) atomicAdd(&s_count[j], c);
-      if (m) atomicAdd(&s_mass[j], m);
+      if (m) SharedAddU64(&s_mass[j], m);
     }
   }
   __syncthreads();
