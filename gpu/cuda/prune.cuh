@@ -234,25 +234,42 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
     const int j = min(2 * t4 + kk, shape.group - 1);
     out_row[kk] = scores + (int64_t(s) * batch.num_q_heads + h * shape.group + j) * shape.cand_stride;
   }
-  for (int32_t k = 0; k < groups; ++k) {
-    CpAsyncWaitGroup<kScoreStages - 2>();  // this thread's copies of group k have landed
-    issue(k + kScoreStages - 1);
-    const int stage = k % kScoreStages;
+  // Scale / zero of a group's rows, loaded one group ahead: their latency overlaps the
+  // previous group's MMAs instead of stalling the warp after each landing wait.
+  fp16_t nscale[kTilesPerWarp][2], nzero[kTilesPerWarp][2];
+  bool nvalid[kTilesPerWarp][2];
+  auto load_meta = [&](int32_t k) {
     const int32_t tile0 = first_tile + k * stride;
-    // Scale / zero of the group's rows (small loads; their latency overlaps the MMAs).
-    float tscale[kTilesPerWarp][2], tzero[kTilesPerWarp][2];
-    bool valid[kTilesPerWarp][2];
 #pragma unroll
     for (int t = 0; t < kTilesPerWarp; ++t) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         int64_t block;
         int32_t row;
-        valid[t][half] = row_of(tile0 + t, half, &block, &row);
-        tscale[t][half] = H2F(qk.scale[block * g.page_size + row]);
-        tzero[t][half] = H2F(qk.zero[block * g.page_size + row]);
+        nvalid[t][half] = row_of(tile0 + t, half, &block, &row);
+        nscale[t][half] = qk.scale[block * g.page_size + row];
+        nzero[t][half] = qk.zero[block * g.page_size + row];
       }
     }
+  };
+  if (groups > 0) load_meta(0);
+  for (int32_t k = 0; k < groups; ++k) {
+    CpAsyncWaitGroup<kScoreStages - 2>();  // this thread's copies of group k have landed
+    issue(k + kScoreStages - 1);
+    const int stage = k % kScoreStages;
+    const int32_t tile0 = first_tile + k * stride;
+    float tscale[kTilesPerWarp][2], tzero[kTilesPerWarp][2];
+    bool valid[kTilesPerWarp][2];
+#pragma unroll
+    for (int t = 0; t < kTilesPerWarp; ++t) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        valid[t][half] = nvalid[t][half];
+        tscale[t][half] = H2F(nscale[t][half]);
+        tzero[t][half] = H2F(nzero[t][half]);
+      }
+    }
+    if (k + 1 < groups) load_meta(k + 1);
 #pragma unroll
     for (int t = 0; t < kTilesPerWarp; ++t) {
       if (tile0 + t >= t_end) break;

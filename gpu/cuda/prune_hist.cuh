@@ -48,7 +48,7 @@ constexpr float kSubPerLogit = 2048.0f;  // level-2 sub-bin width 1/2048 logit
 constexpr int kHistThreads = 256;
 constexpr int kHistChunk = 8192;        // slots of one query-head row per block
 constexpr int kKeptThreads = 256;
-constexpr int kKeptChunk = 4096;        // slots of a (sequence, KV head) per block
+constexpr int kKeptChunk = 2048;        // slots of a (sequence, KV head) per block
 
 using u64 = unsigned long long;
 
