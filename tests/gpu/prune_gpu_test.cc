@@ -24,11 +24,15 @@
 #include "gpu/reference/prune_ref.h"
 #include "gpu/reference/select_ref.h"
 #include "gpu_test_util.h"
+#include "support/prune_check.h"
 
 namespace twl {
 namespace {
 
+using testing::Ambiguous;
 using testing::DeviceStore;
+using testing::HeadRef;
+using testing::ReferenceHead;
 using testing::Download;
 using testing::MakeRandomStore;
 using testing::Poisoned;
@@ -42,73 +46,6 @@ struct PruneCase {
   std::vector<int32_t> lens = {};  // empty: a default mix
   bool flat_and_peaked = false;    // scale the queries per head: flat (x0.1) to peaked (x3)
 };
-
-// Reference weights of one query head over the candidate tokens of (s, h), its bisection
-// threshold as PruneRef computes it, and the exact crossing by sorting.
-struct HeadRef {
-  std::vector<int32_t> pos;
-  std::vector<float> sc, w;
-  std::vector<double> before;  // exact mass of the tokens above each one (descending order)
-  TopPResult r;
-  double total = 0, target = 0;
-  float mx = 0, s_star = 0, max_abs = 0;
-};
-
-HeadRef ReferenceHead(RefStore& st, const PrunerParams& params, float p,
-                      const std::vector<int32_t>& sel_pages, int32_t s, int32_t h, int32_t qh) {
-  const PageGeometry& g = st.g;
-  const BatchView b = st.Batch();
-  HeadRef out;
-  const std::vector<float> qr =
-      QueryRow(g, b, st.Query(), s, qh, SoftmaxScale(g, params.softmax_scale));
-  float mx = -INFINITY;
-  for (int32_t page_idx : sel_pages) {
-    const int64_t block = g.BlockId(b.PageId(s, page_idx), h);
-    const int32_t rows = std::min(g.page_size, b.seq_len[s] - page_idx * g.page_size);
-    for (int32_t r = 0; r < rows; ++r) {
-      out.pos.push_back(page_idx * g.page_size + r);
-      out.sc.push_back(EstimateScoreRef(g, qr.data(), st.Quant(), st.Kv(), block, r));
-      mx = std::max(mx, out.sc.back());
-      out.max_abs = std::max(out.max_abs, std::abs(out.sc.back()));
-    }
-  }
-  out.mx = mx;
-  for (float x : out.sc) {
-    out.w.push_back(std::exp(x - mx));
-    out.total += out.w.back();
-  }
-  out.r = TopPThresholdRef(out.w, p, params.stop_gap, params.max_iterations);
-  out.target = double(p) * out.total;
-  std::vector<size_t> order(out.w.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](size_t a, size_t c) { return out.sc[a] > out.sc[c]; });
-  out.before.assign(out.w.size(), 0.0);
-  double cum = 0.0;
-  bool crossed = false;
-  out.s_star = order.empty() ? 0.0f : out.sc[order.back()];
-  for (size_t i : order) {
-    out.before[i] = cum;
-    cum += out.w[i];
-    if (!crossed && cum >= out.target) {
-      crossed = true;
-      out.s_star = out.sc[i];
-    }
-  }
-  return out;
-}
-
-// Whether token index i of head r may differ between the GPU and the reference.
-bool Ambiguous(const HeadRef& r, const PrunerParams& params, size_t i) {
-  const double s = r.sc[i];
-  const double tol_s =
-      1.0 / 2048.0 + std::ldexp(std::max(std::abs(s), std::abs(double(r.mx))), -10) + 1e-3;
-  if (std::abs(s - double(r.s_star)) <= tol_s) return true;
-  const double eps = 2.0 * (std::exp(std::ldexp(double(r.max_abs), -11)) - 1.0) + 1e-4;
-  if (std::abs(r.before[i] - r.target) <= eps * r.total) return true;
-  if (std::abs(r.before[i] + r.w[i] - r.target) <= eps * r.total) return true;
-  const double gap = double(params.stop_gap) * r.total / double(std::max<size_t>(r.w.size(), 1));
-  return std::abs(double(r.w[i]) - double(r.r.threshold)) <= gap + 1e-4;
-}
 
 class PruneGpuTest : public ::testing::TestWithParam<PruneCase> {};
 
@@ -249,7 +186,7 @@ TEST_P(PruneGpuTest, MatchesReferenceUpToThresholdTies) {
           band_mass += r.w[i];
         }
       }
-      const double eps = 2.0 * (std::exp(std::ldexp(double(r.max_abs), -11)) - 1.0) + 1e-4;
+      const double eps = testing::MassEps(r);
       const int64_t at = int64_t(s) * hb.num_q_heads + h * c.group + j;
       EXPECT_LE(std::abs(gkept[size_t(at)] - ref_kept[size_t(at)]), band + 1)
           << "kept count of head " << at;
@@ -320,7 +257,8 @@ TEST(PruneGpuBatchTest, SequenceAloneEqualsInBatch) {
     const BatchView hb = st.Batch();
     const int32_t max_select = SelectStride(sp, hb.max_pages);
     const int32_t pairs = hb.num_seqs * g.num_kv_heads;
-    std::vector<int32_t> sel_pages(size_t(pairs) * max_select), sel_count(size_t(pairs));
+    std::vector<int32_t> sel_pages(static_cast<size_t>(pairs) * max_select),
+        sel_count(static_cast<size_t>(pairs));
     ASSERT_TRUE(SelectPagesRef(g, sp, hb, st.Query(), st.Quant(),
                                SelectionView{sel_pages.data(), sel_count.data(), max_select})
                     .ok());
