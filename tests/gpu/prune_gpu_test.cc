@@ -309,3 +309,96 @@ TEST(PruneGpuBatchTest, SequenceAloneEqualsInBatch) {
 
 }  // namespace
 }  // namespace twl
+
+namespace twl {
+namespace {
+
+// A NaN query head keeps nothing (TopPThresholdRef: a NaN total), its group-mates keep their
+// top-p sets; at p = 1 every candidate is kept whatever the estimates.
+TEST(PruneGpuNonFiniteTest, NanHeadKeepsNothingLikeTheReference) {
+  TWL_SKIP_WITHOUT_GPU();
+  PageGeometry g;
+  g.page_size = 16;
+  g.head_dim = 128;
+  g.num_kv_heads = 2;
+  g.k_bits = 4;
+  const uint64_t seed = ::testing::UnitTest::GetInstance()->random_seed() + 5;
+  RefStore st = MakeRandomStore(g, 8, {900, 333}, seed, 2.5f);
+  const int32_t nan_head = 1;  // sequence 0, query head 1 (KV head 0)
+  st.q[size_t(nan_head) * g.head_dim + 7] = 0x7E00;
+  const BatchView hb = st.Batch();
+  SelectorParams sp;
+  sp.kind = SelectorKind::kFull;
+  const int32_t max_select = SelectStride(sp, hb.max_pages);
+  const int32_t pairs = hb.num_seqs * g.num_kv_heads, heads = hb.num_seqs * hb.num_q_heads;
+  std::vector<int32_t> sel_pages(static_cast<size_t>(pairs) * max_select);
+  std::vector<int32_t> sel_count(static_cast<size_t>(pairs));
+  const SelectionView hsel{sel_pages.data(), sel_count.data(), max_select};
+  ASSERT_TRUE(SelectPagesRef(g, sp, hb, st.Query(), st.Quant(), hsel).ok());
+  DeviceStore ds(st);
+  gpu::DeviceBuffer d_sp = Upload(sel_pages), d_sc = Upload(sel_count);
+  const int32_t max_kept = max_select * g.page_size;
+  for (const float p : {0.9f, 1.0f}) {
+    PrunerParams params;
+    params.p = p;
+    std::vector<int32_t> ref_tok(static_cast<size_t>(pairs) * max_kept), ref_cnt(static_cast<size_t>(pairs));
+    std::vector<int32_t> ref_kept(static_cast<size_t>(heads));
+    std::vector<float> ref_mass(static_cast<size_t>(heads));
+    ASSERT_TRUE(PruneRef(g, params, hb, st.Query(), st.Quant(), st.Kv(), hsel,
+                         KeptView{ref_tok.data(), ref_cnt.data(), max_kept},
+                         HeadStatsView{nullptr, ref_kept.data(), ref_mass.data()})
+                    .ok());
+    gpu::DeviceBuffer d_tok = Poisoned<int32_t>(ref_tok.size()), d_cnt = Poisoned<int32_t>(pairs);
+    gpu::DeviceBuffer d_kept = Poisoned<int32_t>(heads), d_mass = Poisoned<float>(heads);
+    gpu::DeviceBuffer ws;
+    const size_t ws_bytes = PruneWorkspaceBytes(g, hb.num_seqs, hb.num_q_heads, max_select);
+    TWL_ASSERT_OK(ws.Reserve(ws_bytes));
+    TWL_ASSERT_OK(LaunchPrune(g, params, ds.Batch(), ds.Query(), ds.Quant(), ds.Kv(),
+                              SelectionView{d_sp.as<int32_t>(), d_sc.as<int32_t>(), max_select},
+                              KeptView{d_tok.as<int32_t>(), d_cnt.as<int32_t>(), max_kept},
+                              HeadStatsView{nullptr, d_kept.as<int32_t>(), d_mass.as<float>()},
+                              ws.get(), ws_bytes, nullptr));
+    const auto tok = Download<int32_t>(d_tok, ref_tok.size());
+    const auto cnt = Download<int32_t>(d_cnt, static_cast<size_t>(pairs));
+    const auto kept = Download<int32_t>(d_kept, static_cast<size_t>(heads));
+    const auto mass = Download<float>(d_mass, static_cast<size_t>(heads));
+    EXPECT_TRUE(testing::AllFinite(mass));
+    if (p >= 1.0f) {
+      EXPECT_EQ(cnt, ref_cnt);
+      EXPECT_EQ(kept, ref_kept);
+      EXPECT_EQ(mass, ref_mass);
+      for (int32_t pair = 0; pair < pairs; ++pair) {
+        for (int32_t i = 0; i < cnt[size_t(pair)]; ++i) {
+          ASSERT_EQ(tok[size_t(pair) * max_kept + i], ref_tok[size_t(pair) * max_kept + i]);
+        }
+      }
+      continue;
+    }
+    EXPECT_EQ(ref_kept[nan_head], 0);
+    EXPECT_EQ(kept[nan_head], 0) << "a NaN head keeps nothing";
+    EXPECT_EQ(mass[nan_head], 0.0f);
+    // The other heads: the usual tie tolerance (pair 0 = sequence 0, KV head 0).
+    const std::vector<int32_t> pages(sel_pages.begin(), sel_pages.begin() + sel_count[0]);
+    std::vector<HeadRef> refs;
+    for (int32_t j = 0; j < 4; ++j) {
+      if (j != nan_head) refs.push_back(ReferenceHead(st, params, p, pages, 0, 0, j));
+    }
+    const std::set<int32_t> a(tok.begin(), tok.begin() + cnt[0]);
+    const std::set<int32_t> b(ref_tok.begin(), ref_tok.begin() + ref_cnt[0]);
+    std::vector<int32_t> diff;
+    std::set_symmetric_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(diff));
+    for (int32_t t : diff) {
+      bool explained = false;
+      for (const HeadRef& r : refs) {
+        const auto it = std::lower_bound(r.pos.begin(), r.pos.end(), t);
+        if (it != r.pos.end() && *it == t) {
+          explained = explained || Ambiguous(r, params, size_t(it - r.pos.begin()));
+        }
+      }
+      EXPECT_TRUE(explained) << "token " << t << " differs and is not a tie";
+    }
+  }
+}
+
+}  // namespace
+}  // namespace twl
