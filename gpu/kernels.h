@@ -150,6 +150,7 @@ absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
 // compaction + telemetry). Synchronizes the stream.
 struct PruneProfile {
   float ms_score = 0.0f, ms_topp = 0.0f, ms_compact = 0.0f;
+  float ms_grow = 0.0f;  // growing Quest: the part of ms_score in the seed/mass/search kernels
 };
 absl::Status ProfilePrune(const PageGeometry& g, const PrunerParams& params,
                           const BatchView& batch, const QueryView& q, const QuantKView& qk,

@@ -172,7 +172,9 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     return LaunchStatus("ScoreScalarKernel");
   };
   // Growing, one stage: page sums of the listed pages, then the search.
+  // Growing stage `stage` (1 or 2): events 4 + 2 * stage / 5 + 2 * stage around it.
   auto grow_stage = [&](int stage) -> absl::Status {
+    TWL_RETURN_IF_ERROR(Mark(ev, 4 + 2 * stage, st));
     cuda::PruneShape sh = shape;
     sh.only = stage == 2 ? l.grow.need : nullptr;
     const unsigned page_chunks =
@@ -182,7 +184,8 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     TWL_RETURN_IF_ERROR(LaunchStatus("PageMassKernel"));
     cuda::GrowSearchKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
         g, params, batch, selection, shape, l.head_max, l.grow, stats, stage);
-    return LaunchStatus("GrowSearchKernel");
+    TWL_RETURN_IF_ERROR(LaunchStatus("GrowSearchKernel"));
+    return Mark(ev, 5 + 2 * stage, st);
   };
 
   TWL_RETURN_IF_ERROR(Mark(ev, 0, st));
@@ -191,9 +194,11 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
       return LaunchStatus("prune bits memset");
     }
     if (grow) {
+      TWL_RETURN_IF_ERROR(Mark(ev, 4, st));
       cuda::SeedListKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
           g, batch, selection, shape, params.grow_seed_pages, l.grow);
       TWL_RETURN_IF_ERROR(LaunchStatus("SeedListKernel"));
+      TWL_RETURN_IF_ERROR(Mark(ev, 5, st));
     }
     TWL_RETURN_IF_ERROR(score(nullptr));
   }
@@ -244,7 +249,8 @@ absl::Status ProfilePrune(const PageGeometry& g, const PrunerParams& params,
                           const FpKvView& kv, const SelectionView& selection,
                           const KeptView& out, const HeadStatsView& stats, void* workspace,
                           size_t workspace_bytes, void* stream, PruneProfile* profile) {
-  cudaEvent_t ev[4] = {};
+  // 0-3: phase boundaries; 4-9 (growing): around the seed list and the two search stages.
+  cudaEvent_t ev[10] = {};
   for (cudaEvent_t& e : ev) {
     if (cudaEventCreate(&e) != cudaSuccess) return LaunchStatus("prune profile events");
   }
@@ -255,6 +261,14 @@ absl::Status ProfilePrune(const PageGeometry& g, const PrunerParams& params,
     cudaEventElapsedTime(&profile->ms_score, ev[0], ev[1]);
     cudaEventElapsedTime(&profile->ms_topp, ev[1], ev[2]);
     cudaEventElapsedTime(&profile->ms_compact, ev[2], ev[3]);
+    profile->ms_grow = 0.0f;
+    if (selection.bound != nullptr && !params.dense) {
+      for (int i = 4; i < 10; i += 2) {
+        float ms = 0.0f;
+        cudaEventElapsedTime(&ms, ev[i], ev[i + 1]);
+        profile->ms_grow += ms;
+      }
+    }
   }
   for (cudaEvent_t e : ev) cudaEventDestroy(e);
   return s;
