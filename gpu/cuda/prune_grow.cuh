@@ -28,7 +28,9 @@
 
 namespace twl::cuda {
 
-constexpr int kGrowThreads = 256;  // one thread per radix digit
+// >= 256 (a thread per radix digit); 512: one block per (sequence, KV head) is all the
+// search has, so more warps per block hide more of its load latency.
+constexpr int kGrowThreads = 512;
 constexpr int kMassThreads = 256;
 
 struct GrowWork {
@@ -196,7 +198,7 @@ __global__ void __launch_bounds__(kGrowThreads)
 // Stage 1 flags a pair whose rule fails with every listed page in (or p >= 1 with pages left
 // out): its list becomes every page and its head_max is cleared for the rescoring.
 // head_max is rewritten to the max over the candidates.
-__global__ void __launch_bounds__(kGrowThreads)
+__global__ void __launch_bounds__(kGrowThreads, 1)
     GrowSearchKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                      PruneShape shape, uint32_t* __restrict__ head_max, GrowWork work,
                      HeadStatsView stats, int stage) {
@@ -374,7 +376,7 @@ __global__ void __launch_bounds__(kGrowThreads)
       histogram(mass_cut, shift);
       if (t == 0) sm.best = -1;
       __syncthreads();
-      if (rule(t)) atomicMax(&sm.best, t);
+      if (t < 256 && rule(t)) atomicMax(&sm.best, t);
       if (shift == 24 && t == 0 && rule(256)) atomicMax(&sm.best, 256);
       __syncthreads();
       int d0 = sm.best;
