@@ -130,7 +130,7 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
       grow ? SelectionView{l.grow.list_pages, l.grow.list_count, selection.max_select}
            : selection;
   const int64_t heads = int64_t(batch.num_seqs) * batch.num_q_heads;
-  if (heads > 65535) return absl::InvalidArgumentError("prune: more than 65535 query heads");
+  if (grow && heads > 65535) return absl::InvalidArgumentError("prune: more than 65535 query heads");
   // Estimates of every listed row (only the pairs flagged in `only`, when given).
   auto score = [&](const int32_t* only) -> absl::Status {
     cuda::PruneShape sh = shape;
@@ -171,8 +171,8 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
         g, batch, q, qk, kv, list, sh, l.scores, l.head_max);
     return LaunchStatus("ScoreScalarKernel");
   };
-  // Growing, one stage: page sums of the listed pages, then the search.
-  // Growing stage `stage` (1 or 2): events 4 + 2 * stage / 5 + 2 * stage around it.
+  // Growing, one stage (1 or 2): page sums of the listed pages, then the search (profiling
+  // events 4 + 2 * stage and 5 + 2 * stage around it).
   auto grow_stage = [&](int stage) -> absl::Status {
     TWL_RETURN_IF_ERROR(Mark(ev, 4 + 2 * stage, st));
     cuda::PruneShape sh = shape;
@@ -215,10 +215,10 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
   if (!params.dense) {
     // Top-p by histogram selection (prune_hist.cuh): level 1, level 2, kept bits.
     const unsigned hist_chunks = unsigned((cand + cuda::kHistChunk - 1) / cuda::kHistChunk);
-    cuda::HistKernel<1><<<dim3(hist_chunks, unsigned(heads)), cuda::kHistThreads, 0, st>>>(
+    cuda::HistKernel<1><<<dim3(unsigned(heads), hist_chunks), cuda::kHistThreads, 0, st>>>(
         g, params, batch, list, shape, l.scores, l.head_max, l.hist);
     TWL_RETURN_IF_ERROR(LaunchStatus("HistKernel<1>"));
-    cuda::HistKernel<2><<<dim3(hist_chunks, unsigned(heads)), cuda::kHistThreads, 0, st>>>(
+    cuda::HistKernel<2><<<dim3(unsigned(heads), hist_chunks), cuda::kHistThreads, 0, st>>>(
         g, params, batch, list, shape, l.scores, l.head_max, l.hist);
     TWL_RETURN_IF_ERROR(LaunchStatus("HistKernel<2>"));
     const unsigned kept_chunks = unsigned((cand + cuda::kKeptChunk - 1) / cuda::kKeptChunk);

@@ -23,7 +23,7 @@
 // the NaN/inf rule applies); rounding moves a score by <= |s| * 2^-11.
 //
 // Launches (after the score pass; one memset clears head_max and all accumulators):
-//  1. HistKernel<1>: grid (slot chunks, query heads): per block a 256-bin histogram of
+//  1. HistKernel<1>: grid (query heads, slot chunks): per block a 256-bin histogram of
 //     fixed-point mass in shared memory, flushed with one 64-bit global atomic per non-empty
 //     bin. Warps whose lanes fall into few bins (flat heads) sum them with shuffles first.
 //  2. HistKernel<2>: each block finds B from the global level-1 histogram (one warp scan),
@@ -215,7 +215,7 @@ __device__ __forceinline__ void LoadScores8(const fp16_t* row, int32_t i0, int32
   }
 }
 
-// Grid: x = chunks of kHistChunk slots, y = (sequence, query head). Level 1: every valid
+// Grid: x = (sequence, query head), y = chunks of kHistChunk slots. Level 1: every valid
 // candidate into hist1; level 2: the candidates of the boundary bin B into hist2.
 template <int kLevel>
 __global__ void __launch_bounds__(kHistThreads)
@@ -224,11 +224,11 @@ __global__ void __launch_bounds__(kHistThreads)
                const uint32_t* __restrict__ head_max, HistWork hw) {
   __shared__ u64 hist[kHistBins];
   __shared__ int boundary;
-  const int32_t sq = blockIdx.y;
+  const int32_t sq = blockIdx.x;
   const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
   const int32_t pair = s * g.num_kv_heads + qh / shape.group;
   const int32_t slots = sel.count[pair] * g.page_size;
-  const int32_t c0 = blockIdx.x * kHistChunk;
+  const int32_t c0 = blockIdx.y * kHistChunk;
   if (c0 >= slots) return;
   float mx = 0.0f;
   const int mode = HeadMode(params, shape, head_max, hw, s, sq, &mx);
