@@ -359,7 +359,8 @@ struct Step {
 struct StepResult {
   double graph_ms = 0, stream_ms = 0, sel_ms = 0, prune_ms = 0, attend_ms = 0;
   double kept_peaked = 0, kept_flat = 0, selected = 0, est_mass = 0, rel_err = 0;
-  double int4_gbs = 0, score_ms = 0, topp_ms = 0, bounds_ms = 0, top_ms = 0;
+  double int4_gbs = 0, score_ms = 0, topp_ms = 0, compact_ms = 0, grow_ms = 0, bounds_ms = 0,
+      top_ms = 0;
   double prune_int4_gbs = 0, bounds_gbs = 0, min_full_mass = 0;
 };
 
@@ -450,7 +451,7 @@ StepResult RunStep(const Store& st, int32_t b, Step& step, Timer& timer, cudaStr
   }
   // Estimator phase: INT4 codes + scale/zero of every selected page, read once per KV head.
   if (!step.pr.dense) {
-    std::vector<double> score, topp;
+    std::vector<double> score, topp, compact, grow_part;
     for (int i = 0; i < 7; ++i) {
       timer.Flush();
       PruneProfile p;
@@ -458,9 +459,13 @@ StepResult RunStep(const Store& st, int32_t b, Step& step, Timer& timer, cudaStr
                       step.Stats(), step.ws_pr, step.ws_pr_b, s, &p));
       score.push_back(p.ms_score);
       topp.push_back(p.ms_topp);
+      compact.push_back(p.ms_compact);
+      grow_part.push_back(p.ms_grow);
     }
     r.score_ms = Median(score);
     r.topp_ms = Median(topp);
+    r.compact_ms = Median(compact);
+    r.grow_ms = Median(grow_part);
     const double pages = std::accumulate(scount.begin(), scount.end(), 0.0);
     const double bytes = pages * kPage * (g.CodeBytesPerToken() + 4);
     r.int4_gbs = bytes / (r.score_ms * 1e-3) / 1e9;
@@ -495,7 +500,8 @@ int Run(const Options& o) {
   bench::Table t({"batch", "context", "method", "ms", "vs_dense", "select_ms", "prune_ms",
                   "attend_ms", "kept_peaked", "kept_flat", "selected", "est_mass", "rel_err",
                   "GB_s", "of_copy", "bounds_ms", "top_ms", "score_ms", "topp_ms",
-                  "prune_GB_s", "prune_of_copy", "bounds_GB_s", "bounds_of_copy",
+                  "compact_ms", "grow_ms", "prune_GB_s", "prune_of_copy", "bounds_GB_s",
+                  "bounds_of_copy",
                   "min_full_mass"});
   t.title = "twl_kernels: " + dev->name + ", 32 q / 8 KV heads, d=128, page 16, INT4 K";
   struct Point {
@@ -590,6 +596,8 @@ int Run(const Options& o) {
                   bench::Cell(r.bounds_ms, 3), bench::Cell(r.top_ms, 3),
                   estimator ? bench::Cell(r.score_ms, 3) : bench::Cell(""),
                   estimator ? bench::Cell(r.topp_ms, 3) : bench::Cell(""),
+                  estimator ? bench::Cell(r.compact_ms, 3) : bench::Cell(""),
+                  v.sel.grow ? bench::Cell(r.grow_ms, 3) : bench::Cell(""),
                   estimator ? bench::Cell(r.prune_int4_gbs, 4) : bench::Cell(""),
                   estimator ? bench::Cell(r.prune_int4_gbs / copy_gbs, 3) : bench::Cell(""),
                   r.bounds_gbs > 0 ? bench::Cell(r.bounds_gbs, 4) : bench::Cell(""),
@@ -612,6 +620,9 @@ int Run(const Options& o) {
   std::printf("GB_s: dense/sdpa rows = FP16 K+V bytes / time; twilight rows = INT4 codes + "
               "scale/zero of the candidates / estimator (score kernel) time; of_copy = over the "
               "measured copy bandwidth %.0f GB/s\n", copy_gbs);
+  std::printf("score_ms / topp_ms / compact_ms: ProfilePrune's phases (estimates incl. the "
+              "growing search / histogram top-p: two histogram passes + kept bits / token lists "
+              "+ telemetry); grow_ms: the part of score_ms in the growing seed/mass/search kernels\n");
   std::printf("prune_GB_s: the same INT4 bytes / the whole pruner's time (every LaunchPrune "
               "kernel; issue 12 goal: prune_of_copy >= 0.7 for twilight-full); bounds_GB_s: "
               "Quest kmin+kmax bytes of every page / the bound kernel's time (goal: bounds_of_copy "

@@ -127,8 +127,13 @@ size_t PruneWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_
                            int32_t max_select);
 
 // PruneRef on the GPU: estimated scores of the selected tokens (INT4 codes, tensor cores),
-// softmax, top-p threshold by the reference bisection per query head, union over the GQA
-// group -> ascending kept tokens + counts, and per-head telemetry (stats pointers nullable).
+// stored as FP16; per query head the smallest level set of estimated softmax weights with
+// mass >= p, found by a two-level histogram (1/8 then 1/2048 logit bins, integer mass
+// sums: deterministic and independent of batch-mates; the rule is TopPBinnedRef,
+// gpu/reference/top_p_bins_ref.h, equal to PruneRef's bisection up to the threshold's
+// 1/2048-logit sub-bin and FP16 rounding of the scores); union over the GQA group ->
+// ascending kept tokens + counts, and per-head telemetry (stats pointers nullable).
+// max_select * page_size <= 2^23. params.stop_gap / max_iterations (bisection) are unused.
 // params.seq_p is a device array or null. kv is read only when g.k_bits == 16.
 // Growing Quest (selection from LaunchSelectPages with params.grow): the candidates of
 // GrowCandidatesRef (same set up to float near-ties of the growth rule), found in two stages
@@ -141,9 +146,11 @@ absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
                          size_t workspace_bytes, void* stream);
 
 // Benchmark aid, not for the decode path: LaunchPrune with each phase timed by events
-// (estimated scores / top-p threshold / kept-list compaction). Synchronizes the stream.
+// (estimated scores incl. the growing search / histogram top-p + kept bits / kept-list
+// compaction + telemetry). Synchronizes the stream.
 struct PruneProfile {
   float ms_score = 0.0f, ms_topp = 0.0f, ms_compact = 0.0f;
+  float ms_grow = 0.0f;  // growing Quest: the part of ms_score in the seed/mass/search kernels
 };
 absl::Status ProfilePrune(const PageGeometry& g, const PrunerParams& params,
                           const BatchView& batch, const QueryView& q, const QuantKView& qk,

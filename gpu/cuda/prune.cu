@@ -1,9 +1,11 @@
 // Launchers of the pruner kernels (see prune.cuh and gpu/kernels.h).
-// Instantiations: ScoreInt4Kernel<64>, ScoreInt4Kernel<128>; the rest are not templates.
+// Instantiations: ScoreInt4Kernel<64>, ScoreInt4Kernel<128>, HistKernel<1>, HistKernel<2>;
+// the rest are not templates.
 #include <algorithm>
 
 #include "gpu/cuda/prune.cuh"
 #include "gpu/cuda/prune_grow.cuh"
+#include "gpu/cuda/prune_hist.cuh"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "gpu/reference/validate.h"
@@ -16,9 +18,12 @@ using cuda::LaunchStatus;
 namespace {
 
 struct PruneLayout {
-  float* scores = nullptr;     // [num_seqs * num_q_heads][cand_stride]
-  uint32_t* bits = nullptr;    // [num_seqs * num_kv_heads][bit_words], then
-  uint32_t* head_max = nullptr;  // [num_seqs * num_q_heads] (one memset clears both)
+  fp16_t* scores = nullptr;      // [num_seqs * num_q_heads][cand_stride]
+  uint32_t* bits = nullptr;      // [num_seqs * num_kv_heads][bit_words]
+  // Cleared by one memset, in this order (contiguous): head max keys, then the top-p
+  // accumulators (cuda::HistWork).
+  uint32_t* head_max = nullptr;  // [num_seqs * num_q_heads]
+  cuda::HistWork hist;
   cuda::GrowWork grow;           // growing Quest only
   size_t clear_bytes = 0;
   size_t bytes = 0;
@@ -30,12 +35,17 @@ PruneLayout Layout(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
   const int64_t words = (cand + 31) / 32;
   cuda::WorkspaceCarver c(base);
   PruneLayout l;
-  l.scores = c.Take<float>(size_t(num_seqs) * size_t(num_q_heads) * size_t(cand));
-  const size_t bit_words = size_t(num_seqs) * size_t(g.num_kv_heads) * size_t(words);
   const size_t heads = size_t(num_seqs) * size_t(num_q_heads);
-  l.bits = c.Take<uint32_t>(bit_words + heads);
-  l.head_max = l.bits ? l.bits + bit_words : nullptr;
-  l.clear_bytes = (bit_words + heads) * sizeof(uint32_t);
+  l.scores = c.Take<fp16_t>(heads * size_t(cand));
+  l.bits = c.Take<uint32_t>(size_t(num_seqs) * size_t(g.num_kv_heads) * size_t(words));
+  const size_t clear_from = c.used();
+  l.head_max = c.Take<uint32_t>(heads);
+  l.hist.bad = c.Take<int32_t>(heads);
+  l.hist.kept_count = c.Take<int32_t>(heads);
+  l.hist.kept_mass = c.Take<cuda::u64>(heads);
+  l.hist.hist1 = c.Take<cuda::u64>(heads * cuda::kHistBins);
+  l.hist.hist2 = c.Take<cuda::u64>(heads * cuda::kHistBins);
+  l.clear_bytes = c.used() - clear_from;
   const size_t per_head = heads * size_t(max_select);
   l.grow.page_mass = c.Take<float>(per_head);
   l.grow.page_max = c.Take<float>(per_head);
@@ -90,8 +100,9 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     return absl::InvalidArgumentError("prune: the estimation K store is missing");
   }
   const int64_t cand = int64_t(selection.max_select) * g.page_size;
-  if (selection.max_select < 1 || cand > INT32_MAX / 2) {
-    return absl::InvalidArgumentError("prune: bad max_select");
+  if (selection.max_select < 1 || cand > cuda::kMaxPruneCandidates) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "prune: max_select * page_size must be in [1, %d]", cuda::kMaxPruneCandidates));
   }
   if (out.max_kept < cand) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -127,10 +138,12 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     const bool tensor_cores = g.k_bits == 4 && (g.head_dim == 64 || g.head_dim == 128);
     if (tensor_cores) {
       // Each block streams a contiguous run of tiles of one (seq, KV head): enough blocks
-      // for ~4 per SM, runs short enough for the block's page table in shared memory.
+      // for ~16 per SM (2 resident: ~8 short waves, so the last one idles little; with 4
+      // per SM the second of ~2 waves ran half empty), runs short enough for the block's
+      // page table in shared memory.
       const int64_t tiles = (cand + 15) / 16;
       const int64_t per_group = cuda::kScoreWarps * cuda::kTilesPerWarp;
-      int64_t bx = std::max<int64_t>(1, (4 * int64_t(gpu::SmCount()) + pairs - 1) / pairs);
+      int64_t bx = std::max<int64_t>(1, (16 * int64_t(gpu::SmCount()) + pairs - 1) / pairs);
       bx = std::min(bx, (tiles + per_group - 1) / per_group);
       int64_t run = (tiles + bx - 1) / bx;
       const int64_t max_run = (int64_t(cuda::kScoreMaxPages - 2) * g.page_size) / 16;
@@ -158,8 +171,10 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
         g, batch, q, qk, kv, list, sh, l.scores, l.head_max);
     return LaunchStatus("ScoreScalarKernel");
   };
-  // Growing, one stage: page sums of the listed pages, then the search.
+  // Growing, one stage (1 or 2): page sums of the listed pages, then the search (profiling
+  // events 4 + 2 * stage and 5 + 2 * stage around it).
   auto grow_stage = [&](int stage) -> absl::Status {
+    TWL_RETURN_IF_ERROR(Mark(ev, 4 + 2 * stage, st));
     cuda::PruneShape sh = shape;
     sh.only = stage == 2 ? l.grow.need : nullptr;
     const unsigned page_chunks =
@@ -169,18 +184,21 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     TWL_RETURN_IF_ERROR(LaunchStatus("PageMassKernel"));
     cuda::GrowSearchKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
         g, params, batch, selection, shape, l.head_max, l.grow, stats, stage);
-    return LaunchStatus("GrowSearchKernel");
+    TWL_RETURN_IF_ERROR(LaunchStatus("GrowSearchKernel"));
+    return Mark(ev, 5 + 2 * stage, st);
   };
 
   TWL_RETURN_IF_ERROR(Mark(ev, 0, st));
   if (!params.dense) {
-    if (cudaMemsetAsync(l.bits, 0, l.clear_bytes, st) != cudaSuccess) {
+    if (cudaMemsetAsync(l.head_max, 0, l.clear_bytes, st) != cudaSuccess) {
       return LaunchStatus("prune bits memset");
     }
     if (grow) {
+      TWL_RETURN_IF_ERROR(Mark(ev, 4, st));
       cuda::SeedListKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
           g, batch, selection, shape, params.grow_seed_pages, l.grow);
       TWL_RETURN_IF_ERROR(LaunchStatus("SeedListKernel"));
+      TWL_RETURN_IF_ERROR(Mark(ev, 5, st));
     }
     TWL_RETURN_IF_ERROR(score(nullptr));
   }
@@ -189,26 +207,28 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     TWL_RETURN_IF_ERROR(grow_stage(1));
     TWL_RETURN_IF_ERROR(score(l.grow.need));
     TWL_RETURN_IF_ERROR(grow_stage(2));
-    const unsigned slot_chunks = unsigned(std::min<int64_t>(
-        64, (cand + cuda::kMassThreads - 1) / cuda::kMassThreads));
-    cuda::MaskNonCandidatesKernel<<<dim3(slot_chunks, unsigned(heads)), cuda::kMassThreads, 0,
-                                     st>>>(g, batch, list, shape, l.scores, l.grow);
-    TWL_RETURN_IF_ERROR(LaunchStatus("MaskNonCandidatesKernel"));
     shape.head_p = l.grow.head_p;
     shape.head_ratio = l.grow.head_ratio;
     shape.in_set = l.grow.in_set;
   }
   TWL_RETURN_IF_ERROR(Mark(ev, 1, st));
-  if (cudaFuncSetAttribute(cuda::TopPKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           int(cuda::kTopPSmemBytes)) != cudaSuccess) {
-    return LaunchStatus("TopPKernel smem attribute");
+  if (!params.dense) {
+    // Top-p by histogram selection (prune_hist.cuh): level 1, level 2, kept bits.
+    const unsigned hist_chunks = unsigned((cand + cuda::kHistChunk - 1) / cuda::kHistChunk);
+    cuda::HistKernel<1><<<dim3(unsigned(heads), hist_chunks), cuda::kHistThreads, 0, st>>>(
+        g, params, batch, list, shape, l.scores, l.head_max, l.hist);
+    TWL_RETURN_IF_ERROR(LaunchStatus("HistKernel<1>"));
+    cuda::HistKernel<2><<<dim3(unsigned(heads), hist_chunks), cuda::kHistThreads, 0, st>>>(
+        g, params, batch, list, shape, l.scores, l.head_max, l.hist);
+    TWL_RETURN_IF_ERROR(LaunchStatus("HistKernel<2>"));
+    const unsigned kept_chunks = unsigned((cand + cuda::kKeptChunk - 1) / cuda::kKeptChunk);
+    cuda::KeptKernel<<<dim3(kept_chunks, unsigned(pairs)), cuda::kKeptThreads, 0, st>>>(
+        g, params, batch, list, shape, l.scores, l.head_max, l.hist, l.bits);
+    TWL_RETURN_IF_ERROR(LaunchStatus("KeptKernel"));
   }
-  cuda::TopPKernel<<<unsigned(heads), cuda::kTopPThreads, cuda::kTopPSmemBytes, st>>>(
-      g, params, batch, list, shape, l.scores, l.head_max, l.bits, stats);
-  TWL_RETURN_IF_ERROR(LaunchStatus("TopPKernel"));
   TWL_RETURN_IF_ERROR(Mark(ev, 2, st));
   cuda::CompactKeptKernel<<<unsigned(pairs), cuda::kCompactThreads, 0, st>>>(
-      g, batch, list, shape, params.dense, l.bits, out);
+      g, params, batch, list, shape, l.bits, l.head_max, l.hist, out, stats);
   TWL_RETURN_IF_ERROR(LaunchStatus("CompactKeptKernel"));
   return Mark(ev, 3, st);
 }
@@ -229,7 +249,8 @@ absl::Status ProfilePrune(const PageGeometry& g, const PrunerParams& params,
                           const FpKvView& kv, const SelectionView& selection,
                           const KeptView& out, const HeadStatsView& stats, void* workspace,
                           size_t workspace_bytes, void* stream, PruneProfile* profile) {
-  cudaEvent_t ev[4] = {};
+  // 0-3: phase boundaries; 4-9 (growing): around the seed list and the two search stages.
+  cudaEvent_t ev[10] = {};
   for (cudaEvent_t& e : ev) {
     if (cudaEventCreate(&e) != cudaSuccess) return LaunchStatus("prune profile events");
   }
@@ -240,6 +261,14 @@ absl::Status ProfilePrune(const PageGeometry& g, const PrunerParams& params,
     cudaEventElapsedTime(&profile->ms_score, ev[0], ev[1]);
     cudaEventElapsedTime(&profile->ms_topp, ev[1], ev[2]);
     cudaEventElapsedTime(&profile->ms_compact, ev[2], ev[3]);
+    profile->ms_grow = 0.0f;
+    if (selection.bound != nullptr && !params.dense) {
+      for (int i = 4; i < 10; i += 2) {
+        float ms = 0.0f;
+        cudaEventElapsedTime(&ms, ev[i], ev[i + 1]);
+        profile->ms_grow += ms;
+      }
+    }
   }
   for (cudaEvent_t e : ev) cudaEventDestroy(e);
   return s;

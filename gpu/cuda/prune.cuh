@@ -1,4 +1,4 @@
-// Twilight pruner kernels, three launches per decode step (+ a memset of the union bits):
+// Twilight pruner kernels. A decode step runs (+ one memset of the per-head accumulators):
 //  1. ScoreInt4Kernel: estimated scores q.k~ of every candidate slot (selected page x row)
 //     for all query heads of the GQA group at once: a tensor-core SpGEMV where A = INT4 codes
 //     of 16 tokens (two 16-byte loads per thread, nibbles turned into FP16 in registers with
@@ -9,18 +9,14 @@
 //     Each block owns a contiguous run of tiles of one (sequence, KV head): it resolves the
 //     physical pages of the run once into shared memory, then every warp streams groups of
 //     kTilesPerWarp tiles through a per-thread cp.async landing buffer two groups deep.
-//     The per-head score maximum is folded in with one atomicMax per warp and head
-//     (order-preserving integer keys).
+//     Scores are stored as FP16 (2 B per token and head: a quarter of the INT4 bytes at
+//     G = 4 instead of as many), and the per-head maximum of the stored (rounded) scores is
+//     folded in with one atomicMax per warp and head (order-preserving integer keys).
 //     ScoreScalarKernel is the fallback for k_bits 2/8 and for FP16 K (k_bits 16).
-//  2. TopPKernel, one block per (sequence, query head): softmax weights exp(s - max) and
-//     the bisection of TopPThresholdRef, each iteration one block-wide reduction of (mass
-//     above mid, nearest weights either side of mid, count strictly between the bounds).
-//     The first iteration (low = 0, high = max weight = exp(0) = 1) rides on the pass that
-//     computes the weights; weights that can no longer change the answer (<= low or >= high)
-//     are compacted away into shared memory, and once few remain a single warp finishes the
-//     search without block barriers. Union bits per KV head are set with one atomicOr per 32
-//     slots (weights recomputed from the scores, bit-identical to the first pass).
-//  3. CompactKeptKernel, one block per (sequence, KV head): union bits -> ascending tokens.
+//  2. The top-p threshold by histogram selection, many blocks per head (prune_hist.cuh):
+//     HistKernel<1>, HistKernel<2>, KeptKernel (union bit words + per-head kept counters).
+//  3. CompactKeptKernel, one block per (sequence, KV head): union bits -> ascending tokens,
+//     and the per-query-head telemetry.
 #pragma once
 
 #include "gpu/cuda/common.cuh"
@@ -30,9 +26,6 @@ namespace twl::cuda {
 constexpr int kScoreWarps = 8;
 constexpr int kTilesPerWarp = 4;       // 16-token MMA tiles per warp group
 constexpr int kScoreMaxPages = 1024;   // pages of a block's tile run resolved in smem
-constexpr int kTopPThreads = 512;
-constexpr int kTopPSmemValues = 24576;  // active weights kept in shared memory (96 KB)
-constexpr int kTopPWarpValues = 2048;   // below this, one warp finishes the bisection
 constexpr int kCompactThreads = 512;
 
 struct PruneShape {
@@ -122,13 +115,14 @@ constexpr size_t ScoreSmemBytes() {
 }
 
 // Grid: x = blocks per (sequence, KV head), each owning tiles [x * tiles_per_block, ...);
-// y = (sequence, KV head). scores: [num_seqs * num_q_heads][cand_stride], -inf for slots
-// past the sequence end; head_max: [num_seqs * num_q_heads] FloatKey, zeroed before.
+// y = (sequence, KV head). scores: [num_seqs * num_q_heads][cand_stride] FP16, -inf for
+// slots past the sequence end; head_max: [num_seqs * num_q_heads] FloatKey of the max stored
+// (FP16-rounded) score, zeroed before.
 template <int kHeadDim>
 __global__ void __launch_bounds__(kScoreWarps * 32, 2)
     ScoreInt4Kernel(PageGeometry g, BatchView batch, QueryView q, QuantKView qk,
                     SelectionView sel, PruneShape shape, int32_t tiles_per_block,
-                    float* __restrict__ scores, uint32_t* __restrict__ head_max) {
+                    fp16_t* __restrict__ scores, uint32_t* __restrict__ head_max) {
   constexpr int kWords = kHeadDim / 32;  // 32-bit code words per thread per token
   constexpr int kChunk = kHeadDim / 8;   // code bytes per thread per token (16 or 8)
   constexpr int kChanPerThread = kHeadDim / 4;
@@ -234,31 +228,48 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
   for (int k = 0; k < kScoreStages - 1; ++k) issue(k);
 
   float run_max[2] = {-INFINITY, -INFINITY};
-  float* out_row[2];
+  fp16_t* out_row[2];
 #pragma unroll
   for (int kk = 0; kk < 2; ++kk) {
     const int j = min(2 * t4 + kk, shape.group - 1);
     out_row[kk] = scores + (int64_t(s) * batch.num_q_heads + h * shape.group + j) * shape.cand_stride;
   }
-  for (int32_t k = 0; k < groups; ++k) {
-    CpAsyncWaitGroup<kScoreStages - 2>();  // this thread's copies of group k have landed
-    issue(k + kScoreStages - 1);
-    const int stage = k % kScoreStages;
+  // Scale / zero of a group's rows, loaded one group ahead: their latency overlaps the
+  // previous group's MMAs instead of stalling the warp after each landing wait.
+  fp16_t nscale[kTilesPerWarp][2], nzero[kTilesPerWarp][2];
+  bool nvalid[kTilesPerWarp][2];
+  auto load_meta = [&](int32_t k) {
     const int32_t tile0 = first_tile + k * stride;
-    // Scale / zero of the group's rows (small loads; their latency overlaps the MMAs).
-    float tscale[kTilesPerWarp][2], tzero[kTilesPerWarp][2];
-    bool valid[kTilesPerWarp][2];
 #pragma unroll
     for (int t = 0; t < kTilesPerWarp; ++t) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         int64_t block;
         int32_t row;
-        valid[t][half] = row_of(tile0 + t, half, &block, &row);
-        tscale[t][half] = H2F(qk.scale[block * g.page_size + row]);
-        tzero[t][half] = H2F(qk.zero[block * g.page_size + row]);
+        nvalid[t][half] = row_of(tile0 + t, half, &block, &row);
+        nscale[t][half] = qk.scale[block * g.page_size + row];
+        nzero[t][half] = qk.zero[block * g.page_size + row];
       }
     }
+  };
+  if (groups > 0) load_meta(0);
+  for (int32_t k = 0; k < groups; ++k) {
+    CpAsyncWaitGroup<kScoreStages - 2>();  // this thread's copies of group k have landed
+    issue(k + kScoreStages - 1);
+    const int stage = k % kScoreStages;
+    const int32_t tile0 = first_tile + k * stride;
+    float tscale[kTilesPerWarp][2], tzero[kTilesPerWarp][2];
+    bool valid[kTilesPerWarp][2];
+#pragma unroll
+    for (int t = 0; t < kTilesPerWarp; ++t) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        valid[t][half] = nvalid[t][half];
+        tscale[t][half] = H2F(nscale[t][half]);
+        tzero[t][half] = H2F(nzero[t][half]);
+      }
+    }
+    if (k + 1 < groups) load_meta(k + 1);
 #pragma unroll
     for (int t = 0; t < kTilesPerWarp; ++t) {
       if (tile0 + t >= t_end) break;
@@ -284,10 +295,10 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
         for (int kk = 0; kk < 2; ++kk) {
           const int j = 2 * t4 + kk;
           if (j >= shape.group) continue;
-          const float est = valid[t][half] ? shape.scale * (tscale[t][half] * acc[half * 2 + kk] +
-                                                            tzero[t][half] * qsum[kk])
-                                           : -INFINITY;
-          run_max[kk] = fmaxf(run_max[kk], est);
+          const fp16_t est = F2H(valid[t][half] ? shape.scale * (tscale[t][half] * acc[half * 2 + kk] +
+                                                                 tzero[t][half] * qsum[kk])
+                                                : -INFINITY);
+          run_max[kk] = fmaxf(run_max[kk], H2F(est));  // the max of what is stored
           out_row[kk][slot] = est;
         }
       }
@@ -311,7 +322,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
 // Scalar estimator (k_bits 2/8, or the FP16 K itself when k_bits == 16): one warp per slot.
 __global__ void __launch_bounds__(kScoreWarps * 32)
     ScoreScalarKernel(PageGeometry g, BatchView batch, QueryView q, QuantKView qk, FpKvView kv,
-                      SelectionView sel, PruneShape shape, float* __restrict__ scores,
+                      SelectionView sel, PruneShape shape, fp16_t* __restrict__ scores,
                       uint32_t* __restrict__ head_max) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int32_t pair = blockIdx.y;
@@ -346,420 +357,11 @@ __global__ void __launch_bounds__(kScoreWarps * 32)
       }
     }
     if (lane == 0) {
-      scores[(int64_t(s) * batch.num_q_heads + qh) * shape.cand_stride + slot] = est;
-      if (block >= 0) atomicMax(&head_max[s * batch.num_q_heads + qh], FloatKey(est));
+      const fp16_t e = F2H(est);
+      scores[(int64_t(s) * batch.num_q_heads + qh) * shape.cand_stride + slot] = e;
+      if (block >= 0) atomicMax(&head_max[s * batch.num_q_heads + qh], FloatKey(H2F(e)));
     }
   }
-}
-
-// ---- top-p threshold -------------------------------------------------------------------
-
-struct BisectPart {
-  float mass;   // sum of x > mid
-  float below;  // max x in (low, mid], -inf if none
-  float above;  // min x in (mid, high), +inf if none
-  int between;  // count of x in (low, high)
-  float total;  // sum of x (first pass only)
-};
-
-__device__ __forceinline__ BisectPart EmptyPart() {
-  return BisectPart{0.0f, -INFINITY, INFINITY, 0, 0.0f};
-}
-
-__device__ __forceinline__ void Accumulate(BisectPart& a, float x, float low, float mid,
-                                           float high) {
-  if (x > mid) a.mass += x;
-  if (x > low && x < high) {
-    ++a.between;
-    if (x <= mid) a.below = fmaxf(a.below, x);
-    else a.above = fminf(a.above, x);
-  }
-}
-
-__device__ __forceinline__ BisectPart WarpReduce(BisectPart a) {
-  a.mass = WarpSum(a.mass);
-  a.below = WarpMax(a.below);
-  a.above = WarpMin(a.above);
-  a.between = WarpSum(a.between);
-  a.total = WarpSum(a.total);
-  return a;
-}
-
-constexpr int kFloorLevels = 8;  // drop-floor candidates 4^-k, k = 0 .. 7
-
-struct TopPScratch {
-  float red_f[4][32];
-  int red_i[32];
-  int scan[33];
-  float bcast_f[4];
-  int bcast_i;
-  float low;
-  float red_lv[32][2 * kFloorLevels];  // per-warp partials of the level statistics
-  float lv[2 * kFloorLevels];
-};
-
-__device__ __forceinline__ BisectPart BlockReduce(BisectPart a, TopPScratch& sm) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int nwarps = blockDim.x >> 5;
-  a = WarpReduce(a);
-  if (lane == 0) {
-    sm.red_f[0][warp] = a.mass;
-    sm.red_f[1][warp] = a.below;
-    sm.red_f[2][warp] = a.above;
-    sm.red_f[3][warp] = a.total;
-    sm.red_i[warp] = a.between;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    BisectPart b = EmptyPart();  // identities for the lanes past the warp count
-    if (lane < nwarps) {
-      b = {sm.red_f[0][lane], sm.red_f[1][lane], sm.red_f[2][lane], sm.red_i[lane],
-           sm.red_f[3][lane]};
-    }
-    b = WarpReduce(b);
-    if (lane == 0) {
-      sm.bcast_f[0] = b.mass;
-      sm.bcast_f[1] = b.below;
-      sm.bcast_f[2] = b.above;
-      sm.bcast_f[3] = b.total;
-      sm.bcast_i = b.between;
-    }
-  }
-  __syncthreads();
-  BisectPart r{sm.bcast_f[0], sm.bcast_f[1], sm.bcast_f[2], sm.bcast_i, sm.bcast_f[3]};
-  __syncthreads();  // the broadcast slots are rewritten by the next reduction
-  return r;
-}
-
-__device__ __forceinline__ float BlockSumF(float v, TopPScratch& sm) {
-  BisectPart p = EmptyPart();
-  p.mass = v;
-  return BlockReduce(p, sm).mass;
-}
-__device__ __forceinline__ int BlockSumI(int v, TopPScratch& sm) {
-  BisectPart p = EmptyPart();
-  p.between = v;
-  return BlockReduce(p, sm).between;
-}
-
-// The softmax weight of slot i (0 for masked slots); every pass computes it the same way.
-__device__ __forceinline__ float WeightAt(const float* scores, int32_t i, float mx) {
-  const float x = scores[i];
-  return x == -INFINITY ? 0.0f : expf(x - mx);
-}
-
-// One bisection step of TopPThresholdRef on reduced partials: false when the search stops.
-__device__ __forceinline__ bool BisectStep(const BisectPart& a, float hi_mass, float target,
-                                           float gap, float& low, float& high) {
-  const float mass_mid = hi_mass + a.mass;
-  if (a.between == 0 || high - low <= gap) return false;
-  if (mass_mid >= target) {
-    low = a.below >= 0.0f ? a.below : 0.5f * (low + high);  // {w > below} == {w > mid}
-  } else {
-    high = isinf(a.above) ? 0.5f * (low + high) : a.above;  // mass(> above) < target
-  }
-  return true;
-}
-
-constexpr size_t kTopPSmemBytes = sizeof(float) * kTopPSmemValues + sizeof(TopPScratch);
-
-// Calls f(i, x) for the weights x of slots [0, n) of a score row (thread-strided; float4
-// loads when the row is 16-byte aligned, which it is for page sizes that are multiples of 4).
-template <typename F>
-__device__ __forceinline__ void ForEachWeight(const float* sc, int32_t n, float mx, F f) {
-  const bool vec = (reinterpret_cast<uintptr_t>(sc) & 15u) == 0;
-  const int32_t n4 = vec ? n / 4 : 0;
-  const float4* sc4 = reinterpret_cast<const float4*>(sc);
-#pragma unroll 4
-  for (int32_t i4 = threadIdx.x; i4 < n4; i4 += blockDim.x) {
-    const float4 v = sc4[i4];
-    f(4 * i4 + 0, v.x == -INFINITY ? 0.0f : expf(v.x - mx));
-    f(4 * i4 + 1, v.y == -INFINITY ? 0.0f : expf(v.y - mx));
-    f(4 * i4 + 2, v.z == -INFINITY ? 0.0f : expf(v.z - mx));
-    f(4 * i4 + 3, v.w == -INFINITY ? 0.0f : expf(v.w - mx));
-  }
-  for (int32_t i = 4 * n4 + threadIdx.x; i < n; i += blockDim.x) f(i, WeightAt(sc, i, mx));
-}
-
-__device__ __forceinline__ float FloorLevel(int k) { return exp2f(-2.0f * float(k)); }  // 4^-k
-
-// Per-query-head telemetry of the top-p kernel (thread 0): the head's own kept tokens and
-// their estimated mass within the candidates; growing, the full-context lower bound (selected
-// and cap_hit come from GrowSearchKernel); otherwise the full-context mass only when every
-// page was a candidate (-1: unknown).
-__device__ __forceinline__ void WriteHeadStats(const HeadStatsView& stats, const PruneShape& shape,
-                                               int64_t at, int32_t sq, int32_t kept,
-                                               float kept_mass, int32_t nvalid, bool all_pages) {
-  if (stats.kept) stats.kept[at] = kept;
-  if (stats.est_mass) stats.est_mass[at] = kept_mass;
-  if (shape.head_p) {
-    if (stats.full_mass) stats.full_mass[at] = kept_mass * shape.head_ratio[sq];
-  } else {
-    if (stats.selected) stats.selected[at] = nvalid;
-    if (stats.full_mass) stats.full_mass[at] = all_pages ? kept_mass : -1.0f;
-    if (stats.cap_hit) stats.cap_hit[at] = 0;
-  }
-}
-
-// One block per (sequence, query head). scores: the row of LaunchPrune's score workspace;
-// head_max: its FloatKey maximum; bits: union flags [num_seqs * num_kv_heads][bit_words],
-// zeroed before the launch.
-//
-// Drop floor: the first pass also sums mass and count of the weights >= 4^-k (k = 0..7).
-// If the weights >= 4^-k* already carry the target mass (with a 1e-4 margin for float sums)
-// and the largest weight below 4^-k* is >= 4^-(j+1), the final threshold t* (the largest
-// weight w with mass(> w) >= target) is >= 4^-(j+1), every bisection mid is > t*/2, and
-// weights below floor = 4^-(j+2) <= t*/4 can never be above a mid: they are left out of
-// the active set at once. In a peaked head that is nearly every weight. They can only
-// change which weight `below` snaps to and when the search stops, i.e. the threshold within
-// the stop gap (the documented tie band); the kept set is {w > low} over all slots.
-__global__ void __launch_bounds__(kTopPThreads)
-    TopPKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
-               PruneShape shape, const float* __restrict__ scores_all,
-               const uint32_t* __restrict__ head_max, uint32_t* __restrict__ bits,
-               HeadStatsView stats) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  float* buf = reinterpret_cast<float*>(smem_raw);  // [kTopPSmemValues]
-  TopPScratch& sm = *reinterpret_cast<TopPScratch*>(smem_raw + sizeof(float) * kTopPSmemValues);
-  const int32_t sq = blockIdx.x;  // s * num_q_heads + qh
-  const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
-  const int32_t h = qh / shape.group;
-  const int32_t pair = s * g.num_kv_heads + h;
-  const int32_t slots = sel.count[pair] * g.page_size;
-  const float* sc = scores_all + int64_t(sq) * shape.cand_stride;
-  uint32_t* pair_bits = bits + int64_t(pair) * shape.bit_words;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-
-  // Valid candidates: the rows of the selected pages inside the sequence.
-  int nvalid = 0;
-  {
-    const int32_t len = batch.seq_len[s];
-    for (int32_t i = threadIdx.x; i < sel.count[pair]; i += blockDim.x) {
-      const int32_t page_idx = sel.pages[int64_t(pair) * sel.max_select + i];
-      nvalid += min(g.page_size, len - page_idx * g.page_size);
-    }
-    nvalid = BlockSumI(nvalid, sm);
-  }
-  const int64_t at = int64_t(sq);
-  if (params.dense) {
-    if (threadIdx.x == 0) {
-      if (stats.selected) stats.selected[at] = nvalid;
-      if (stats.kept) stats.kept[at] = nvalid;
-      if (stats.est_mass) stats.est_mass[at] = 1.0f;
-      if (stats.full_mass) stats.full_mass[at] = 1.0f;
-      if (stats.cap_hit) stats.cap_hit[at] = 0;
-    }
-    return;  // CompactKeptKernel keeps every valid slot
-  }
-  const float p_user = params.seq_p ? params.seq_p[s] : params.p;
-  if (p_user >= 1.0f) {
-    // p = 1 is dense over the candidates (as TopPThresholdRef): every valid slot, including
-    // those whose estimated weight underflowed to 0 (an INT4/INT2 estimate can put the true
-    // top token ~100 below the estimated maximum). p is per sequence, so the whole block
-    // takes this branch and the ballots below see every lane.
-    const int32_t len = batch.seq_len[s];
-    const int32_t* sel_pages = sel.pages + int64_t(pair) * sel.max_select;
-    for (int32_t base = 0; base < slots; base += blockDim.x) {
-      const int32_t i = base + threadIdx.x;
-      const bool keep =
-          i < slots && sel_pages[i / g.page_size] * g.page_size + i % g.page_size < len;
-      const uint32_t word = __ballot_sync(0xffffffffu, keep);
-      if (lane == 0 && word) atomicOr(&pair_bits[i >> 5], word);
-    }
-    if (threadIdx.x == 0) {
-      WriteHeadStats(stats, shape, at, sq, nvalid, nvalid > 0 ? 1.0f : 0.0f, nvalid,
-                     sel.count[pair] == batch.NumPages(g, s));
-    }
-    return;
-  }
-  const float mx = head_max[sq] ? KeyFloat(head_max[sq]) : 0.0f;
-  // Growing: the share of the candidates' mass that makes >= p of the full-context bound.
-  const float p = shape.head_p ? shape.head_p[sq] : (params.seq_p ? params.seq_p[s] : params.p);
-  const bool in_smem = slots <= kTopPSmemValues;
-
-  // Pass 1: weights (into shared memory when they fit), their sum, the drop-floor level
-  // statistics and, fused, the first bisection step: low = 0, high = max weight =
-  // exp(0) = 1, mid = 0.5.
-  float low = 0.0f, high = 1.0f;
-  BisectPart a = EmptyPart();
-  float lv_mass[kFloorLevels], lv_count[kFloorLevels];
-#pragma unroll
-  for (int k = 0; k < kFloorLevels; ++k) lv_mass[k] = lv_count[k] = 0.0f;
-  ForEachWeight(sc, slots, mx, [&](int32_t i, float x) {
-    if (in_smem) buf[i] = x;
-    a.total += x;
-    Accumulate(a, x, low, 0.5f, high);
-#pragma unroll
-    for (int k = 0; k < kFloorLevels; ++k) {
-      const bool ge = x >= FloorLevel(k);
-      lv_mass[k] += ge ? x : 0.0f;
-      lv_count[k] += ge ? 1.0f : 0.0f;
-    }
-  });
-  // Level statistics: warp sums, then one row per warp in shared memory.
-#pragma unroll
-  for (int k = 0; k < kFloorLevels; ++k) {
-    lv_mass[k] = WarpSum(lv_mass[k]);
-    lv_count[k] = WarpSum(lv_count[k]);
-  }
-  if (lane == 0) {
-#pragma unroll
-    for (int k = 0; k < kFloorLevels; ++k) {
-      sm.red_lv[warp][k] = lv_mass[k];
-      sm.red_lv[warp][kFloorLevels + k] = lv_count[k];
-    }
-  }
-  a = BlockReduce(a, sm);  // also publishes the shared-memory weights and red_lv
-  if (threadIdx.x < 2 * kFloorLevels) {
-    float v = 0.0f;
-    for (int w = 0; w < int(blockDim.x >> 5); ++w) v += sm.red_lv[w][threadIdx.x];
-    sm.lv[threadIdx.x] = v;
-  }
-  __syncthreads();
-  const float total = a.total;
-
-  int kept = 0;
-  float kept_mass = 0.0f;
-  if (total > 0.0f) {
-    bool global = !in_smem;  // active values still in the score row (not yet compacted)
-    int32_t len = slots;
-    float hi_mass = 0.0f;    // mass of compacted-away weights >= high
-    float floor = 0.0f;      // weights below it are out of the search (see above)
-    float floor_count = float(slots);
-    if (p < 1.0f) {
-      const float target = p * total;
-      const float gap = params.stop_gap * total / float(slots);  // fraction of the mean weight
-      int kstar = -1;
-      for (int k = 0; k < kFloorLevels && kstar < 0; ++k) {
-        if (sm.lv[k] >= target * 1.0001f) kstar = k;
-      }
-      if (kstar >= 0) {
-        for (int j = kstar; j + 2 < kFloorLevels; ++j) {
-          if (sm.lv[kFloorLevels + j + 1] > sm.lv[kFloorLevels + j]) {
-            floor = FloorLevel(j + 2);
-            floor_count = sm.lv[kFloorLevels + j + 2];  // weights >= floor
-            break;
-          }
-        }
-      }
-      int it = 0;
-      while (BisectStep(a, hi_mass, target, gap, low, high) && ++it < params.max_iterations) {
-        // Compact when at most half of the values can still matter (or, from global
-        // memory, as soon as they fit in shared memory).
-        const float active = fminf(float(a.between), floor_count);  // bound for new bounds
-        if ((global && active <= float(kTopPSmemValues)) || (!global && 2.0f * active <= float(len))) {
-          float drop_mass = 0.0f;
-          int32_t out = 0;
-          for (int32_t base = 0; base < len; base += blockDim.x) {
-            const int32_t i = base + threadIdx.x;
-            const float x = i < len ? (global ? WeightAt(sc, i, mx) : buf[i]) : 0.0f;
-            const bool keep = i < len && x > low && x < high && x >= floor;
-            if (i < len && x >= high) drop_mass += x;
-            int tile_total;
-            const int pos = out + BlockExclusiveSum(keep ? 1 : 0, sm.scan, &tile_total);
-            if (keep) buf[pos] = x;  // pos <= i: in place is safe (reads done before)
-            out += tile_total;
-          }
-          hi_mass += BlockSumF(drop_mass, sm);
-          global = false;
-          len = out;
-          floor_count = float(len);
-        }
-        if (!global && len <= kTopPWarpValues) {
-          // One warp finishes the search on the (small) shared buffer, no block barriers.
-          if (warp == 0) {
-            bool go = true;
-            while (go) {
-              const float mid = 0.5f * (low + high);
-              BisectPart w = EmptyPart();
-              for (int32_t i = lane; i < len; i += 32) {
-                const float x = buf[i];
-                if (x >= floor) Accumulate(w, x, low, mid, high);
-              }
-              w = WarpReduce(w);
-              go = BisectStep(w, hi_mass, target, gap, low, high) && ++it < params.max_iterations;
-            }
-            if (lane == 0) sm.low = low;
-          }
-          __syncthreads();
-          low = sm.low;
-          break;
-        }
-        const float mid = 0.5f * (low + high);
-        a = EmptyPart();
-        if (global) {
-          ForEachWeight(sc, len, mx, [&](int32_t, float x) {
-            if (x >= floor) Accumulate(a, x, low, mid, high);
-          });
-        } else {
-          for (int32_t i = threadIdx.x; i < len; i += blockDim.x) {
-            const float x = buf[i];
-            if (x >= floor) Accumulate(a, x, low, mid, high);
-          }
-        }
-        a = BlockReduce(a, sm);
-      }
-    }
-    // Kept set { w > low } over every slot: union bits (one ballot per 32 warp-contiguous
-    // slots) and the head's own count and mass.
-    float m = 0.0f;
-    int c = 0;
-    for (int32_t base = 0; base < slots; base += blockDim.x) {
-      const int32_t i = base + threadIdx.x;
-      const float x = i < slots ? WeightAt(sc, i, mx) : 0.0f;
-      const bool keep = i < slots && x > low;
-      if (keep) {
-        m += x;
-        ++c;
-      }
-      const uint32_t word = __ballot_sync(0xffffffffu, keep);
-      if (lane == 0 && word) atomicOr(&pair_bits[i >> 5], word);
-    }
-    BisectPart k = EmptyPart();
-    k.mass = m;
-    k.between = c;
-    k = BlockReduce(k, sm);
-    kept_mass = k.mass / total;
-    kept = k.between;
-  }
-  if (threadIdx.x == 0) {
-    WriteHeadStats(stats, shape, at, sq, kept, kept_mass, nvalid,
-                   sel.count[pair] == batch.NumPages(g, s));
-  }
-}
-
-// One block per (sequence, KV head): union bits (or every valid slot when dense) ->
-// ascending token positions.
-__global__ void __launch_bounds__(kCompactThreads)
-    CompactKeptKernel(PageGeometry g, BatchView batch, SelectionView sel, PruneShape shape,
-                      bool dense, const uint32_t* __restrict__ bits, KeptView out) {
-  __shared__ int scan[33];
-  const int32_t pair = blockIdx.x;
-  const int32_t s = pair / g.num_kv_heads;
-  const int32_t slots = sel.count[pair] * g.page_size;
-  const uint32_t* pb = bits + int64_t(pair) * shape.bit_words;
-  int32_t* dst = out.tokens + int64_t(pair) * out.max_kept;
-  const int32_t len = batch.seq_len[s];
-  int base_out = 0;
-  for (int32_t base = 0; base < slots; base += blockDim.x) {
-    const int32_t i = base + threadIdx.x;
-    int32_t pos = 0;
-    bool keep = false;
-    if (i < slots) {
-      pos = sel.pages[int64_t(pair) * sel.max_select + i / g.page_size] * g.page_size +
-            i % g.page_size;
-      keep = pos < len && (dense || ((pb[i >> 5] >> (i & 31)) & 1u));
-      // Growing: never a row outside the candidates (whatever the top-p kernel kept).
-      if (keep && !dense && shape.in_set) {
-        keep = shape.in_set[int64_t(pair) * sel.max_select + i / g.page_size] != 0;
-      }
-    }
-    int total;
-    const int at = base_out + BlockExclusiveSum(keep ? 1 : 0, scan, &total);
-    if (keep) dst[at] = pos;
-    base_out += total;
-  }
-  if (threadIdx.x == 0) out.count[pair] = base_out;
 }
 
 }  // namespace twl::cuda

@@ -18,8 +18,8 @@
 //     is too large. Then per head: the share of A the top-p must take (p * (A + R) / A, or p at
 //     the cap), A / (A + R) for the full-context mass, the max estimate over the candidates
 //     (the softmax shift of the top-p kernel), candidate rows and the cap flag;
-//  3. MaskNonCandidatesKernel: estimates of rows outside the candidates become -inf, so the
-//     top-p kernel sees only candidates (weight 0 elsewhere).
+//  3. The top-p kernels (prune_hist.cuh) skip rows outside the candidates (in_set by list
+//     entry), so they see only candidates.
 // Floats are summed in a different order than the reference (double there), so a page whose
 // inclusion is decided by a near-tie can differ (tests/gpu compare with a tolerance).
 #pragma once
@@ -28,7 +28,9 @@
 
 namespace twl::cuda {
 
-constexpr int kGrowThreads = 256;  // one thread per radix digit
+// >= 256 (a thread per radix digit); 512: one block per (sequence, KV head) is all the
+// search has, so more warps per block hide more of its load latency.
+constexpr int kGrowThreads = 512;
 constexpr int kMassThreads = 256;
 
 struct GrowWork {
@@ -51,7 +53,7 @@ __device__ __forceinline__ float HeadShift(const uint32_t* head_max, int32_t sq)
 // Grid: x = page chunks, y = (sequence, query head).
 __global__ void __launch_bounds__(kMassThreads)
     PageMassKernel(PageGeometry g, BatchView batch, SelectionView sel, PruneShape shape,
-                   const float* __restrict__ scores, const uint32_t* __restrict__ head_max,
+                   const fp16_t* __restrict__ scores, const uint32_t* __restrict__ head_max,
                    GrowWork work) {
   const int32_t sq = blockIdx.y;
   const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
@@ -60,10 +62,10 @@ __global__ void __launch_bounds__(kMassThreads)
   const int32_t i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= sel.count[pair]) return;
   const float mx = HeadShift(head_max, sq);
-  const float* row = scores + int64_t(sq) * shape.cand_stride + int64_t(i) * g.page_size;
+  const fp16_t* row = scores + int64_t(sq) * shape.cand_stride + int64_t(i) * g.page_size;
   float mass = 0.0f, best = -INFINITY;
   for (int32_t r = 0; r < g.page_size; ++r) {
-    const float x = row[r];
+    const float x = H2F(row[r]);
     if (x == -INFINITY) continue;  // past the sequence end
     mass += expf(x - mx);
     best = fmaxf(best, x);
@@ -196,7 +198,7 @@ __global__ void __launch_bounds__(kGrowThreads)
 // Stage 1 flags a pair whose rule fails with every listed page in (or p >= 1 with pages left
 // out): its list becomes every page and its head_max is cleared for the rescoring.
 // head_max is rewritten to the max over the candidates.
-__global__ void __launch_bounds__(kGrowThreads)
+__global__ void __launch_bounds__(kGrowThreads, 1)
     GrowSearchKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                      PruneShape shape, uint32_t* __restrict__ head_max, GrowWork work,
                      HeadStatsView stats, int stage) {
@@ -374,7 +376,7 @@ __global__ void __launch_bounds__(kGrowThreads)
       histogram(mass_cut, shift);
       if (t == 0) sm.best = -1;
       __syncthreads();
-      if (rule(t)) atomicMax(&sm.best, t);
+      if (t < 256 && rule(t)) atomicMax(&sm.best, t);
       if (shift == 24 && t == 0 && rule(256)) atomicMax(&sm.best, 256);
       __syncthreads();
       int d0 = sm.best;
@@ -469,21 +471,6 @@ __global__ void __launch_bounds__(kGrowThreads)
     if (sm.fin_max[t]) head_max[sq] = sm.fin_max[t];
     if (stats.selected) stats.selected[sq] = sm.fin_rows;
     if (stats.cap_hit) stats.cap_hit[sq] = cap_hit ? 1 : 0;
-  }
-}
-
-// Grid: x = slot chunks, y = (sequence, query head).
-__global__ void __launch_bounds__(kMassThreads)
-    MaskNonCandidatesKernel(PageGeometry g, BatchView batch, SelectionView sel,
-                            PruneShape shape, float* __restrict__ scores, GrowWork work) {
-  const int32_t sq = blockIdx.y;
-  const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
-  const int32_t pair = s * g.num_kv_heads + qh / shape.group;
-  const int32_t slots = sel.count[pair] * g.page_size;
-  const uint8_t* in = work.in_set + int64_t(pair) * sel.max_select;
-  float* row = scores + int64_t(sq) * shape.cand_stride;
-  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < slots; i += gridDim.x * blockDim.x) {
-    if (!in[i / g.page_size]) row[i] = -INFINITY;
   }
 }
 

@@ -1,0 +1,492 @@
+// Top-p threshold of the Twilight pruner by histogram selection (replaces the per-head
+// bisection: many blocks per query head, work proportional to the candidates, no barrier
+// loop). Input: FP16 estimated scores per (query head, candidate slot) from the score pass
+// (-inf for rows past the sequence end) and the head's max M (FloatKey of the FP16-rounded
+// maximum, so every stored score is <= M).
+//
+// Definition (the rule; the CPU tests state it against TopPThresholdRef): a candidate's
+// offset below the max is d = M - s >= 0 and its weight w = exp(-d). Level 1 bins offsets by
+// 1/8 logit, bin b1 = floor(8 d) for d < 32 (bin 255 holds every d >= 31.875); level 2
+// splits the boundary bin into 256 sub-bins of 1/2048 logit, b2 = floor(2048 (d - b1/8))
+// clamped to 255. Masses are fixed-point integers (w * 2^40, rounded to nearest),
+// so every sum is exact and order-free: the result does not depend on the block split or
+// on the batch the head is in, and repeats bit for bit. With T = ceil(p * total):
+//   B  = the first level-1 bin where the cumulative mass (from the max down) reaches T,
+//   B2 = the first sub-bin of B where the cumulative mass reaches T - mass(bins < B),
+//   kept = { b1 < B } u { b1 = B, b2 <= B2 }, restricted to w > 0 (float).
+// This is the smallest level set {s >= t} with mass >= p, except that every candidate in
+// the threshold's 1/2048-logit sub-bin is kept (ties at the resolution: their weights are
+// within a factor exp(1/2048) = 1.0005 of the threshold weight). p >= 1 keeps every valid
+// candidate (estimated weight 0 included); a head whose max is not finite (NaN/inf
+// estimates) or that holds a NaN estimate keeps nothing, as TopPThresholdRef does for a
+// NaN or zero total. FP16 scores: |s| < 65504 (beyond, the estimate overflows to inf and
+// the NaN/inf rule applies); rounding moves a score by <= |s| * 2^-11.
+//
+// Launches (after the score pass; one memset clears head_max and all accumulators):
+//  1. HistKernel<1>: grid (query heads, slot chunks): per block a 256-bin histogram of
+//     fixed-point mass in shared memory, flushed with one 64-bit global atomic per non-empty
+//     bin. Warps whose lanes fall into few bins (flat heads) sum them with shuffles first.
+//  2. HistKernel<2>: each block finds B from the global level-1 histogram (one warp scan),
+//     then histograms only its boundary-bin candidates by sub-bin.
+//  3. KeptKernel: grid (slot chunks, (sequence, KV head)); each thread one slot for all heads
+//     of the GQA group; blocks find (B, B2) per head, write the union bit words with plain
+//     stores (one ballot per 32 slots: no memset, no atomics) and add each head's own kept
+//     count and fixed-point mass to per-head counters.
+// CompactKeptKernel (prune.cuh) then lists the tokens and writes the per-head telemetry.
+//
+// Bytes (INT4, d = 128, group G): the score pass reads 68 B per (token, KV head) and writes
+// 2G B; the three passes read 2G B each; with G = 4 that is 100 B moved per 68 B of INT4.
+#pragma once
+
+#include "gpu/cuda/prune.cuh"
+
+namespace twl::cuda {
+
+constexpr int kHistBins = 256;
+constexpr float kBinsPerLogit = 8.0f;   // level-1 bin width 1/8 logit
+constexpr float kSubPerLogit = 2048.0f;  // level-2 sub-bin width 1/2048 logit
+constexpr int kHistThreads = 256;
+constexpr int kHistChunk = 8192;        // slots of one query-head row per block
+constexpr int kKeptThreads = 256;
+constexpr int kKeptChunk = 2048;        // slots of a (sequence, KV head) per block
+
+using u64 = unsigned long long;
+
+// Fixed-point scale of a weight w <= 1: w * 2^40 rounded. The same for every batch (so a
+// head's result never depends on its batch-mates); sums of up to kMaxPruneCandidates
+// weights stay below 2^64. A weight below 2^-41 (about 28.4 logits under the max) adds 0.
+constexpr float kFixedScale = 1099511627776.0f;  // 2^40
+constexpr int64_t kMaxPruneCandidates = int64_t(1) << 23;
+
+// Per query head accumulators, zeroed by the launcher's memset.
+struct HistWork {
+  u64* hist1 = nullptr;         // [heads][256] level-1 fixed-point mass
+  u64* hist2 = nullptr;         // [heads][256] level-2 (boundary bin) mass
+  u64* kept_mass = nullptr;     // [heads] fixed-point mass of the head's own kept set
+  int32_t* kept_count = nullptr;  // [heads]
+  int32_t* bad = nullptr;         // [heads] 1: a NaN estimate (the head keeps nothing)
+  float fx_scale = kFixedScale;
+};
+
+
+// What a head does: every valid candidate (p >= 1), nothing (no finite max, NaN, zero
+// mass), or the top-p level set.
+enum : int { kModeNone = 0, kModeAll = 1, kModeTopP = 2 };
+
+__device__ __forceinline__ float HeadP(const PrunerParams& params, const PruneShape& shape,
+                                       int32_t s, int32_t sq) {
+  if (shape.head_p) {
+    const float user = params.seq_p ? params.seq_p[s] : params.p;
+    return user >= 1.0f ? 1.0f : shape.head_p[sq];
+  }
+  return params.seq_p ? params.seq_p[s] : params.p;
+}
+
+// p >= 1 (the sequence's p, or a growing head whose share of the candidates' mass is 1)
+// keeps every valid candidate, as TopPThresholdRef does for p >= 1.
+__device__ __forceinline__ int HeadMode(const PrunerParams& params, const PruneShape& shape,
+                                        const uint32_t* head_max, const HistWork& hw, int32_t s,
+                                        int32_t sq, float* mx) {
+  *mx = 0.0f;
+  if (HeadP(params, shape, s, sq) >= 1.0f) return kModeAll;
+  const uint32_t key = head_max[sq];
+  if (!key) return kModeNone;
+  *mx = KeyFloat(key);
+  if (!isfinite(*mx) || hw.bad[sq]) return kModeNone;
+  return kModeTopP;
+}
+
+__device__ __forceinline__ int Bin1(float d) {
+  return d < 31.875f ? int(fmaxf(d, 0.0f) * kBinsPerLogit) : kHistBins - 1;
+}
+__device__ __forceinline__ int Bin2(float d, int b1) {
+  const float t = (d - float(b1) * (1.0f / kBinsPerLogit)) * kSubPerLogit;
+  return int(fminf(fmaxf(t, 0.0f), float(kHistBins - 1)));
+}
+__device__ __forceinline__ u64 Fixed(float w, float scale) {
+  return __float2ull_rn(w * scale);
+}
+
+// One warp: the first bin of hist[0..256) where the cumulative sum reaches target (>= 1),
+// and the sum of the bins before it; bin 255 when the total falls short. Every lane returns
+// the same result.
+__device__ __forceinline__ int WarpFindBin(const u64* hist, u64 target, u64* before) {
+  const int lane = threadIdx.x & 31;
+  u64 v[8];
+  u64 local = 0;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    v[k] = hist[lane * 8 + k];
+    local += v[k];
+  }
+  u64 inc = local;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const u64 n = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += n;
+  }
+  const unsigned hit = __ballot_sync(0xffffffffu, inc >= target);
+  const int L = hit ? __ffs(hit) - 1 : 31;
+  int bin = kHistBins - 1;
+  u64 bef = 0;
+  if (lane == L) {
+    u64 c = inc - local;
+    bin = -1;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      if (bin < 0 && c + v[k] >= target) {
+        bin = lane * 8 + k;
+        bef = c;
+      }
+      if (bin < 0) c += v[k];
+    }
+    if (bin < 0) {
+      bin = kHistBins - 1;
+      bef = c - v[7];
+    }
+  }
+  bin = __shfl_sync(0xffffffffu, bin, L);
+  bef = __shfl_sync(0xffffffffu, bef, L);
+  *before = bef;
+  return bin;
+}
+
+__device__ __forceinline__ u64 WarpSumU64(u64 v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// One warp: the head's total and target T = ceil(p * total) (0: nothing to keep).
+__device__ __forceinline__ u64 WarpTarget(const u64* hist1, float p, u64* total) {
+  const int lane = threadIdx.x & 31;
+  u64 t = 0;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) t += hist1[lane * 8 + k];
+  t = WarpSumU64(t);
+  *total = t;
+  return u64(ceil(double(p) * double(t)));
+}
+
+// 64-bit add to shared memory as two native 32-bit atomics (a 64-bit shared atomic add may
+// be a compare-and-swap loop): the low word's wrap-around is carried into the high word by
+// the thread that caused it, so the pair holds the exact sum mod 2^64 (little endian).
+__device__ __forceinline__ void SharedAddU64(u64* addr, u64 v) {
+  uint32_t* w = reinterpret_cast<uint32_t*>(addr);
+  const uint32_t lo = uint32_t(v);
+  uint32_t hi = uint32_t(v >> 32);
+  if (lo) {
+    const uint32_t old = atomicAdd(&w[0], lo);
+    hi += old + lo < old ? 1u : 0u;
+  }
+  if (hi) atomicAdd(&w[1], hi);
+}
+
+// Adds `m` to hist[bin] for every lane with m > 0; warps whose lanes fall into at most
+// four bins sum them with shuffles first (flat heads put most lanes into one or two bins).
+__device__ __forceinline__ void WarpHistAdd(u64* hist, int bin, u64 m) {
+  const int lane = threadIdx.x & 31;
+  const bool on = m != 0;
+  const unsigned peers = __match_any_sync(0xffffffffu, on ? bin : kHistBins + lane);
+  const unsigned leaders = __ballot_sync(0xffffffffu, on && lane == __ffs(peers) - 1);
+  if (__popc(leaders) <= 4) {
+    for (unsigned todo = leaders; todo; todo &= todo - 1) {  // warp-uniform
+      const int l = __ffs(todo) - 1;
+      const int bl = __shfl_sync(0xffffffffu, bin, l);
+      const u64 sum = WarpSumU64(on && bin == bl ? m : 0ull);
+      if (lane == l) SharedAddU64(&hist[bl], sum);
+    }
+  } else if (on) {
+    SharedAddU64(&hist[bin], m);
+  }
+}
+
+// Loads 8 scores of a row from slot i0 (< n), -inf past n.
+__device__ __forceinline__ void LoadScores8(const fp16_t* row, int32_t i0, int32_t n, bool vec,
+                                            float out[8]) {
+  if (vec && i0 + 8 <= n) {
+    const uint4 v = *reinterpret_cast<const uint4*>(row + i0);
+    const fp16_t* e = reinterpret_cast<const fp16_t*>(&v);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) out[k] = H2F(e[k]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) out[k] = i0 + k < n ? H2F(row[i0 + k]) : -INFINITY;
+  }
+}
+
+// Grid: x = (sequence, query head), y = chunks of kHistChunk slots. Level 1: every valid
+// candidate into hist1; level 2: the candidates of the boundary bin B into hist2.
+template <int kLevel>
+__global__ void __launch_bounds__(kHistThreads)
+    HistKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
+               PruneShape shape, const fp16_t* __restrict__ scores,
+               const uint32_t* __restrict__ head_max, HistWork hw) {
+  __shared__ u64 hist[kHistBins];
+  __shared__ int boundary;
+  const int32_t sq = blockIdx.x;
+  const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
+  const int32_t pair = s * g.num_kv_heads + qh / shape.group;
+  const int32_t slots = sel.count[pair] * g.page_size;
+  const int32_t c0 = blockIdx.y * kHistChunk;
+  if (c0 >= slots) return;
+  float mx = 0.0f;
+  const int mode = HeadMode(params, shape, head_max, hw, s, sq, &mx);
+  if (mode != kModeTopP) return;
+  for (int i = threadIdx.x; i < kHistBins; i += blockDim.x) hist[i] = 0;
+  if (kLevel == 2) {
+    if (threadIdx.x < 32) {
+      u64 total, before;
+      const u64 target = WarpTarget(hw.hist1 + int64_t(sq) * kHistBins,
+                                    HeadP(params, shape, s, sq), &total);
+      const int b = target ? WarpFindBin(hw.hist1 + int64_t(sq) * kHistBins, target, &before) : -1;
+      if (threadIdx.x == 0) boundary = b;
+    }
+  }
+  __syncthreads();
+  const int B = kLevel == 2 ? boundary : 0;
+  if (kLevel == 2 && B < 0) return;
+  const fp16_t* row = scores + int64_t(sq) * shape.cand_stride;
+  const uint8_t* in_set = shape.in_set ? shape.in_set + int64_t(pair) * sel.max_select : nullptr;
+  const int32_t c1 = min(slots, c0 + kHistChunk);
+  const bool vec = (shape.cand_stride & 7) == 0;
+  bool nan_seen = false;
+  // Same trip count for every lane of a warp (the warp aggregation shuffles).
+  for (int32_t base = c0; base < c1; base += 8 * blockDim.x) {
+    const int32_t i0 = base + 8 * threadIdx.x;
+    float x[8];
+    if (i0 < c1) {
+      LoadScores8(row, i0, c1, vec, x);
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) x[k] = -INFINITY;
+    }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const int32_t i = i0 + k;
+      bool valid = i < c1 && x[k] != -INFINITY;
+      if (valid && in_set) valid = in_set[i / g.page_size] != 0;
+      nan_seen |= valid && isnan(x[k]);
+      const float d = mx - x[k];
+      const int b1 = Bin1(d);
+      u64 m = 0;
+      int bin = b1;
+      if (valid && !isnan(x[k])) {
+        m = Fixed(expf(-d), hw.fx_scale);
+        if (kLevel == 2) {
+          if (b1 != B) m = 0;
+          bin = Bin2(d, b1);
+        }
+      }
+      WarpHistAdd(hist, bin, m);
+    }
+  }
+  if (kLevel == 1 && nan_seen) hw.bad[sq] = 1;  // benign race: every writer stores 1
+  __syncthreads();
+  u64* out = (kLevel == 1 ? hw.hist1 : hw.hist2) + int64_t(sq) * kHistBins;
+  for (int i = threadIdx.x; i < kHistBins; i += blockDim.x) {
+    if (hist[i]) atomicAdd(&out[i], hist[i]);
+  }
+}
+
+// Grid: x = chunks of kKeptChunk slots, y = (sequence, KV head). Union bits of the group's
+// kept sets (words [0, ceil(slots / 32)) all written), per-head kept count and mass.
+__global__ void __launch_bounds__(kKeptThreads)
+    KeptKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
+               PruneShape shape, const fp16_t* __restrict__ scores,
+               const uint32_t* __restrict__ head_max, HistWork hw, uint32_t* __restrict__ bits) {
+  __shared__ int h_mode[kMaxGroup], h_b1[kMaxGroup], h_b2[kMaxGroup];
+  __shared__ float h_mx[kMaxGroup];
+  __shared__ u64 s_mass[kMaxGroup];
+  __shared__ int s_count[kMaxGroup];
+  const int32_t pair = blockIdx.y;
+  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
+  const int32_t slots = sel.count[pair] * g.page_size;
+  const int32_t c0 = blockIdx.x * kKeptChunk;
+  if (c0 >= slots) return;
+  const int G = shape.group;
+  const int32_t sq0 = s * batch.num_q_heads + h * G;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  // Warp j: head j's mode and threshold bins.
+  if (warp < G) {
+    const int32_t sq = sq0 + warp;
+    float mx = 0.0f;
+    int mode = HeadMode(params, shape, head_max, hw, s, sq, &mx);
+    int b1 = 0, b2 = 0;
+    if (mode == kModeTopP) {
+      u64 total, before;
+      const u64* h1 = hw.hist1 + int64_t(sq) * kHistBins;
+      const u64 target = WarpTarget(h1, HeadP(params, shape, s, sq), &total);
+      if (!target) {
+        mode = kModeNone;
+      } else {
+        b1 = WarpFindBin(h1, target, &before);
+        u64 unused;
+        b2 = WarpFindBin(hw.hist2 + int64_t(sq) * kHistBins, target - before, &unused);
+      }
+    }
+    if (lane == 0) {
+      h_mode[warp] = mode;
+      h_b1[warp] = b1;
+      h_b2[warp] = b2;
+      h_mx[warp] = mx;
+      s_mass[warp] = 0;
+      s_count[warp] = 0;
+    }
+  }
+  __syncthreads();
+  const int32_t len = batch.seq_len[s];
+  const int32_t* pages = sel.pages + int64_t(pair) * sel.max_select;
+  const uint8_t* in_set = shape.in_set ? shape.in_set + int64_t(pair) * sel.max_select : nullptr;
+  uint32_t* pair_bits = bits + int64_t(pair) * shape.bit_words;
+  const int32_t c1 = min(slots, c0 + kKeptChunk);
+  int cnt[kMaxGroup];
+  u64 mass[kMaxGroup];
+#pragma unroll
+  for (int j = 0; j < kMaxGroup; ++j) {
+    cnt[j] = 0;
+    mass[j] = 0;
+  }
+  for (int32_t base = c0; base < c1; base += blockDim.x) {  // c0, blockDim: multiples of 32
+    const int32_t i = base + threadIdx.x;
+    bool valid = i < c1 && pages[i / g.page_size] * g.page_size + i % g.page_size < len;
+    if (valid && in_set) valid = in_set[i / g.page_size] != 0;
+    uint32_t word = 0;
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      if (j >= G) break;
+      const int mode = h_mode[j];
+      bool keep = false;
+      float w = 0.0f;
+      if (valid && mode == kModeAll) {
+        keep = true;
+      } else if (valid && mode == kModeTopP) {
+        const float x = H2F(scores[int64_t(sq0 + j) * shape.cand_stride + i]);
+        const float d = h_mx[j] - x;
+        w = expf(-d);
+        const int b1 = Bin1(d);
+        keep = w > 0.0f && (b1 < h_b1[j] || (b1 == h_b1[j] && Bin2(d, b1) <= h_b2[j]));
+      }
+      word |= __ballot_sync(0xffffffffu, keep);
+      if (keep) {
+        ++cnt[j];
+        mass[j] += Fixed(w, hw.fx_scale);
+      }
+    }
+    if (lane == 0 && i < c1) pair_bits[i >> 5] = word;
+  }
+#pragma unroll
+  for (int j = 0; j < kMaxGroup; ++j) {
+    if (j >= G) break;
+    const int c = __reduce_add_sync(0xffffffffu, unsigned(cnt[j]));
+    const u64 m = WarpSumU64(mass[j]);
+    if (lane == 0) {
+      if (c) atomicAdd(&s_count[j], c);
+      if (m) SharedAddU64(&s_mass[j], m);
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < G) {
+    const int j = threadIdx.x;
+    if (s_count[j]) atomicAdd(&hw.kept_count[sq0 + j], s_count[j]);
+    if (s_mass[j]) atomicAdd(&hw.kept_mass[sq0 + j], s_mass[j]);
+  }
+}
+
+}  // namespace twl::cuda
+
+namespace twl::cuda {
+
+// One block per (sequence, KV head): union bit words (or every valid slot when dense) ->
+// ascending token positions, 32 slots per thread and step (one popcount, one block scan
+// per kCompactThreads words); then per query head of the group the telemetry (selected:
+// valid candidate rows; kept / est_mass: the head's own top-p set; full_mass; cap_hit),
+// except selected / cap_hit when growing (GrowSearchKernel writes them).
+__global__ void __launch_bounds__(kCompactThreads)
+    CompactKeptKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
+                      PruneShape shape, const uint32_t* __restrict__ bits,
+                      const uint32_t* __restrict__ head_max, HistWork hw, KeptView out,
+                      HeadStatsView stats) {
+  __shared__ int scan[33];
+  const int32_t pair = blockIdx.x;
+  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
+  const int32_t n_pages = sel.count[pair];
+  const int32_t slots = n_pages * g.page_size;
+  const int32_t* pages = sel.pages + int64_t(pair) * sel.max_select;
+  const uint32_t* pb = bits + int64_t(pair) * shape.bit_words;
+  int32_t* dst = out.tokens + int64_t(pair) * out.max_kept;
+  const int32_t len = batch.seq_len[s];
+  const bool dense = params.dense;
+  const int32_t words = (slots + 31) / 32;
+  auto pos_of = [&](int32_t i) { return pages[i / g.page_size] * g.page_size + i % g.page_size; };
+  int base_out = 0;
+  for (int32_t w0 = 0; w0 < words; w0 += blockDim.x) {
+    const int32_t w = w0 + threadIdx.x;
+    uint32_t m = 0;
+    if (w < words) {
+      if (dense) {
+        for (int k = 0; k < 32; ++k) {
+          const int32_t i = w * 32 + k;
+          if (i < slots && pos_of(i) < len) m |= 1u << k;
+        }
+      } else {
+        m = pb[w];
+        const int32_t rest = slots - w * 32;
+        if (rest < 32) m &= (1u << rest) - 1u;
+      }
+    }
+    int total;
+    int at = base_out + BlockExclusiveSum(__popc(m), scan, &total);
+    for (uint32_t t = m; t; t &= t - 1) dst[at++] = pos_of(w * 32 + __ffs(t) - 1);
+    base_out += total;
+  }
+  // Valid candidate rows (the rows of the listed pages inside the sequence).
+  int rows = 0;
+  for (int32_t i = threadIdx.x; i < n_pages; i += blockDim.x) {
+    rows += min(g.page_size, len - pages[i] * g.page_size);
+  }
+  int nvalid;
+  BlockExclusiveSum(rows, scan, &nvalid);
+  if (threadIdx.x == 0) out.count[pair] = base_out;
+  const int G = shape.group;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (warp >= G) return;
+  const int32_t sq = s * batch.num_q_heads + h * G + warp;
+  const bool grow = shape.head_p != nullptr;
+  const bool all_pages = !grow && n_pages == batch.NumPages(g, s);
+  int32_t kept = 0;
+  float est = 0.0f;
+  if (dense) {
+    kept = nvalid;
+    est = 1.0f;
+  } else {
+    float mx;
+    const int mode = HeadMode(params, shape, head_max, hw, s, sq, &mx);
+    kept = hw.kept_count[sq];
+    if (mode == kModeAll) {
+      est = kept > 0 ? 1.0f : 0.0f;
+    } else if (mode == kModeTopP) {
+      u64 total = 0;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) total += hw.hist1[int64_t(sq) * kHistBins + lane * 8 + k];
+      total = WarpSumU64(total);
+      est = total ? float(double(hw.kept_mass[sq]) / double(total)) : 0.0f;
+    }
+  }
+  if (lane != 0) return;
+  if (stats.kept) stats.kept[sq] = kept;
+  if (stats.est_mass) stats.est_mass[sq] = est;
+  if (dense) {
+    if (stats.selected) stats.selected[sq] = nvalid;
+    if (stats.full_mass) stats.full_mass[sq] = 1.0f;
+    if (stats.cap_hit) stats.cap_hit[sq] = 0;
+  } else if (grow) {
+    if (stats.full_mass) stats.full_mass[sq] = est * shape.head_ratio[sq];
+  } else {
+    if (stats.selected) stats.selected[sq] = nvalid;
+    if (stats.full_mass) stats.full_mass[sq] = all_pages ? est : -1.0f;
+    if (stats.cap_hit) stats.cap_hit[sq] = 0;
+  }
+}
+
+}  // namespace twl::cuda
