@@ -14,13 +14,13 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
 #include "cache/host_arena.h"
-#include "gpu/reference/attend_ref.h"
-#include "gpu/reference/prune_ref.h"
 #include "gpu/reference/quantize_ref.h"
-#include "gpu/reference/select_ref.h"
 #include "gpu/reference/validate.h"
 #include "offload/disk_tier.h"
 #include "oneapi/tbb/parallel_for.h"
+#include "pipeline/attend/sparse/sparse_attention.h"
+#include "pipeline/prune/twilight/twilight_pruner.h"
+#include "pipeline/select/selector.h"
 #include "runtime/disk_io_status.h"
 #include "runtime/disk_residency.h"
 #include "runtime/dtype_convert.h"
@@ -234,7 +234,9 @@ class CpuBackend final : public Backend {
         }
       }
     }
-    const int32_t max_select = SelectStride(request.selector, b.max_pages);
+    absl::StatusOr<const Selector*> selector = FindSelector(request.selector.kind);
+    if (!selector.ok()) return selector.status();
+    const int32_t max_select = (*selector)->Stride(request.selector, b.max_pages);
     const int64_t max_kept = int64_t(max_select) * g_.page_size;
     if (max_kept > std::numeric_limits<int32_t>::max()) {
       return absl::InvalidArgumentError("decode: kept-token stride overflows int32");
@@ -265,8 +267,8 @@ class CpuBackend final : public Backend {
     QueryView q{request.q};
 
     auto t0 = std::chrono::steady_clock::now();
-    if (absl::Status s = SelectPagesRef(g_, request.selector, b, q, qk_, sel,
-                                            request.pruner.softmax_scale);
+    if (absl::Status s = (*selector)->SelectOnHost(g_, request.selector, b, q, qk_, sel,
+                                                   request.pruner.softmax_scale);
         !s.ok()) {
       return s;
     }
@@ -282,7 +284,9 @@ class CpuBackend final : public Backend {
       }
     }
     t0 = std::chrono::steady_clock::now();
-    if (absl::Status s = PruneRef(g_, request.pruner, b, q, qk_, kv_, sel, kept, stats); !s.ok()) {
+    if (absl::Status s = TwilightPruner().PruneOnHost(g_, request.pruner, b, q, qk_, kv_, sel,
+                                                      kept, stats);
+        !s.ok()) {
       return s;
     }
     t->ms_prune = MsSince(t0);
@@ -292,14 +296,15 @@ class CpuBackend final : public Backend {
       }
     }
     t0 = std::chrono::steady_clock::now();
-    if (absl::Status s = SparseAttentionRef(g_, b, q, kv_, kept, OutputView{request.out},
-                                            request.pruner.softmax_scale);
+    if (absl::Status s = SparseAttention().AttendOnHost(g_, b, q, kv_, kept,
+                                                        OutputView{request.out},
+                                                        request.pruner.softmax_scale);
         !s.ok()) {
       return s;
     }
     t->ms_attend = MsSince(t0);
-    // Without a disk tier everything is already in host memory; with one, fetching is
-    // reading pages back from disk.
+    // Fetch stage of the CPU step: without a disk tier everything is already in host
+    // memory; with one, fetching is reading the kept pages back from disk (Reserve above).
     t->ms_fetch = io.ms;
     t->ms_disk = io.ms;
     t->disk_pages_loaded = io.pages_loaded;
