@@ -34,7 +34,10 @@
 #include "runtime/geometry.h"
 #include "runtime/kept_capture.h"
 #include "pipeline/attend/sparse/sparse_attention.h"
+#include "pipeline/cuda/cuda_executor.cuh"
 #include "pipeline/cuda/scratch.cuh"
+#include "pipeline/cuda/step_events.cuh"
+#include "pipeline/fetch/identity/identity_fetch.cuh"
 #include "pipeline/cuda/step_scratch.cuh"
 #include "pipeline/prune/twilight/twilight_pruner.h"
 #include "pipeline/select/selector.h"
@@ -48,6 +51,7 @@ using cuda_status::AsStream;
 using pipeline_cuda::PendingStep;
 using pipeline_cuda::TelemetryRing;
 using pipeline_cuda::UploadRing;
+using namespace pipeline_cuda::group_events;  // NOLINT: kSel0 ... kNumGroupEvents
 
 // Distinct pages of each (sequence, KV head) kept set: tokens ascend, so a page change
 // starts a new block. One warp per set.
@@ -103,7 +107,7 @@ class GpuHbmBackend final : public Backend {
     TWL_CUDA(cudaSetDevice(config_.device_id));
     TWL_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     TWL_RETURN_IF_ERROR(uploads_.Init());
-    TWL_RETURN_IF_ERROR(telemetry_.Init(kStepEvents));
+    TWL_RETURN_IF_ERROR(telemetry_.Init(kNumGroupEvents));  // one group per step
     for (cudaEvent_t* e : {&ev_append_, &ev_decode_, &ev_append_upload_}) {
       TWL_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
       all_events_.push_back(*e);
@@ -182,8 +186,6 @@ class GpuHbmBackend final : public Backend {
   cudaEvent_t ev_append_upload_ = nullptr;
   std::vector<cudaEvent_t> all_events_;
   UploadRing uploads_;  // step plan, and q / out when they are host arrays
-  // Timing events of a step: select start, prune start, attend start, end.
-  static constexpr int32_t kStepEvents = 4;
   TelemetryRing telemetry_;
   bool appended_ = false, decoded_ = false;
 
@@ -203,8 +205,9 @@ class GpuHbmBackend final : public Backend {
   // Decode staging and scratch.
   pipeline_cuda::StepScratch scratch_{0};  // select / prune / attend buffers, exact sizes
   gpu::DeviceBuffer blocks_;               // distinct blocks per kept set (telemetry)
-  const TwilightPruner pruner_{};
-  const SparseAttention attention_{};
+  const TwilightPruner pruner_{};      // workspace sizes
+  const SparseAttention attention_{};  // workspace sizes, dense steps
+  const pipeline_cuda::CudaExecutor executor_{};
 };
 
 absl::Status GpuHbmBackend::Append(const AppendView& tokens, DType dtype, MemSpace space,
@@ -431,36 +434,41 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
 
   const bool timing = telemetry != nullptr;
   const int32_t ts = telemetry_.current();
-  cudaEvent_t ev_t0_ = telemetry_.timing(ts, 0), ev_t1_ = telemetry_.timing(ts, 1),
-              ev_t2_ = telemetry_.timing(ts, 2), ev_t3_ = telemetry_.timing(ts, 3);
-  if (timing) TWL_CUDA(cudaEventRecord(ev_t0_, s));
-  const SelectionView sel = scratch_.Selection(0);
-  const KeptView kept = scratch_.Kept(0);
-  // The HBM store needs no fetch: every block is device resident, so the attention reads
-  // kv_ (identity addressed) straight after the pruner.
   if (dense_only) {
-    if (timing) TWL_CUDA(cudaEventRecord(ev_t1_, s));
-    if (timing) TWL_CUDA(cudaEventRecord(ev_t2_, s));
+    // Every token is kept: dense attention straight away (stage marks back to back).
+    auto mark = [&](int32_t e) -> absl::Status {
+      if (timing) TWL_CUDA(cudaEventRecord(telemetry_.timing(ts, e), s));
+      return absl::OkStatus();
+    };
+    for (int32_t e : {kSel0, kSel1, kPrune1, kAttn0}) TWL_RETURN_IF_ERROR(mark(e));
     TWL_RETURN_IF_ERROR(attention_.AttendDenseOnDevice(g_, db, q, kv_, out,
                                                        req.pruner.softmax_scale,
                                                        scratch_.attend_workspace(),
                                                        scratch_.attend_workspace_bytes(), s));
+    TWL_RETURN_IF_ERROR(mark(kAttn1));
   } else {
-    TWL_RETURN_IF_ERROR((*selector)->SelectOnDevice(g_, req.selector, db, q, qk_, sel,
-                                                    scratch_.select_workspace(),
-                                                    scratch_.select_workspace_bytes(), s,
-                                                    req.pruner.softmax_scale));
-    if (timing) TWL_CUDA(cudaEventRecord(ev_t1_, s));
-    TWL_RETURN_IF_ERROR(pruner_.PruneOnDevice(g_, pp, db, q, qk_, kv_, sel, kept,
-                                              scratch_.Stats(0), scratch_.prune_workspace(),
-                                              scratch_.prune_workspace_bytes(), s));
-    if (timing) TWL_CUDA(cudaEventRecord(ev_t2_, s));
-    TWL_RETURN_IF_ERROR(attention_.AttendOnDevice(g_, db, q, kv_, kept, out,
-                                                  req.pruner.softmax_scale,
-                                                  scratch_.attend_workspace(),
-                                                  scratch_.attend_workspace_bytes(), s));
+    // One group, no fetch: every block is device resident (IdentityFetch over kv_), so
+    // select -> prune -> attend run back to back on s.
+    pipeline_cuda::CudaStep step;
+    step.g = g_;
+    step.selector = *selector;
+    step.selector_params = req.selector;
+    step.pruner = pp;
+    step.batch = db;
+    step.q = q.q;
+    step.out = out.out;
+    step.qk = qk_;
+    step.prune_kv = kv_;
+    step.ws_select = scratch_.select_workspace_bytes();
+    step.ws_prune = scratch_.prune_workspace_bytes();
+    step.ws_attend = scratch_.attend_workspace_bytes();
+    step.compute = s;
+    step.timing = timing ? &telemetry_ : nullptr;
+    step.timing_slot = ts;
+    const SeqGroup all{0, hb.num_seqs, 0, false};
+    pipeline_cuda::IdentityFetch resident(kv_);
+    TWL_RETURN_IF_ERROR(executor_.Run(step, absl::MakeConstSpan(&all, 1), scratch_, resident));
   }
-  if (timing) TWL_CUDA(cudaEventRecord(ev_t3_, s));
   // Telemetry copies are queued before the step counts as done (the next step overwrites
   // their sources only after ev_decode_).
   if (timing) TWL_RETURN_IF_ERROR(WriteTelemetry(req, !dense_only, int32_t(max_kept), s, telemetry));
@@ -531,11 +539,14 @@ absl::Status GpuHbmBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t) {
     t->cap_hit.assign(size_t(heads), 0);
   }
   float ms = 0;
-  TWL_CUDA(cudaEventElapsedTime(&ms, telemetry_.timing(slot, 0), telemetry_.timing(slot, 1)));
+  TWL_CUDA(cudaEventElapsedTime(&ms, telemetry_.timing(slot, kSel0),
+                                 telemetry_.timing(slot, kSel1)));
   t->ms_select = ms;
-  TWL_CUDA(cudaEventElapsedTime(&ms, telemetry_.timing(slot, 1), telemetry_.timing(slot, 2)));
+  TWL_CUDA(cudaEventElapsedTime(&ms, telemetry_.timing(slot, kSel1),
+                                 telemetry_.timing(slot, kPrune1)));
   t->ms_prune = ms;
-  TWL_CUDA(cudaEventElapsedTime(&ms, telemetry_.timing(slot, 2), telemetry_.timing(slot, 3)));
+  TWL_CUDA(cudaEventElapsedTime(&ms, telemetry_.timing(slot, kAttn0),
+                                 telemetry_.timing(slot, kAttn1)));
   t->ms_attend = ms;
   t->ms_fetch = 0.0;
   t->blocks_fetched = 0;

@@ -24,6 +24,8 @@
 #include "runtime/gpu_offload_backend.h"
 #include "pipeline/attend/sparse/sparse_attention.h"
 #include "pipeline/cuda/scratch.cuh"
+#include "pipeline/cuda/cuda_executor.cuh"
+#include "pipeline/cuda/step_events.cuh"
 #include "pipeline/cuda/step_scratch.cuh"
 #include "pipeline/fetch/cache/cache_fetch.cuh"
 #include "pipeline/prune/twilight/twilight_pruner.h"
@@ -74,7 +76,7 @@ absl::Status Grow(gpu::DeviceBuffer& b, size_t bytes) {
 }
 
 // Timing events of one group (recorded only when telemetry is asked for).
-enum GroupEvent { kSel0, kSel1, kPrune1, kFetch0, kFetch1, kAttn0, kAttn1, kNumGroupEvents };
+using namespace pipeline_cuda::group_events;  // NOLINT: kSel0 ... kNumGroupEvents
 
 class GpuOffloadBackend final : public OffloadBackend {
  public:
@@ -139,6 +141,7 @@ class GpuOffloadBackend final : public OffloadBackend {
     // Streams and events.
     TWL_CUDA(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
     TWL_CUDA(cudaStreamCreateWithFlags(&fetch_stream_, cudaStreamNonBlocking));
+    fetch_stage_.AttachStream(fetch_stream_);
     TWL_CUDA(cudaStreamCreateWithFlags(&append_stream_, cudaStreamNonBlocking));
     for (cudaEvent_t* e : {&ev_append_done_, &ev_step_done_, &ev_append_staged_,
                            &ev_appended_}) {
@@ -168,12 +171,6 @@ class GpuOffloadBackend final : public OffloadBackend {
     TWL_RETURN_IF_ERROR(Grow(d_segs_, size_t(4096) * sizeof(AppendSegment)));
     if (const char* p = std::getenv("TWL_APPEND_PATH"); p && std::strcmp(p, "kernel") == 0) {
       append_path_ = AppendPath::kKernel;
-    }
-    for (int32_t i = 0; i < kMaxGroups; ++i) {
-      TWL_CUDA(cudaEventCreateWithFlags(&ev_pruned_[i], cudaEventDisableTiming));
-      TWL_CUDA(cudaEventCreateWithFlags(&ev_fetched_[i], cudaEventDisableTiming));
-      all_events_.push_back(ev_pruned_[i]);
-      all_events_.push_back(ev_fetched_[i]);
     }
 
     return absl::OkStatus();
@@ -263,14 +260,14 @@ class GpuOffloadBackend final : public OffloadBackend {
   }
   cudaEvent_t ev_append_staged_ = nullptr;  // append staging consumed
   cudaEvent_t ev_appended_ = nullptr;     // append stream: rows written
-  cudaEvent_t ev_pruned_[kMaxGroups] = {}, ev_fetched_[kMaxGroups] = {};
   std::vector<cudaEvent_t> all_events_;
 
   // Step scratch.
   pipeline_cuda::StepScratch scratch_{256};  // select / prune / attend buffers
-  const TwilightPruner pruner_{};
-  const SparseAttention attention_{};
-  gpu::DeviceBuffer d_q_, d_out_, d_direct_out_;
+  const TwilightPruner pruner_{};      // workspace sizes
+  const SparseAttention attention_{};  // workspace sizes
+  const pipeline_cuda::CudaExecutor executor_{};
+  gpu::DeviceBuffer d_q_, d_out_;
   // Append scratch.
   PinnedBuffer h_append_;
   gpu::DeviceBuffer d_append_;
@@ -702,8 +699,7 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   const size_t ws_att = attention_.DeviceWorkspaceBytes(g_, B, Hq);
   TWL_RETURN_IF_ERROR(scratch_.GrowSelectPrune(ws_sel, ws_pru));
   TWL_RETURN_IF_ERROR(scratch_.GrowAttend(ws_att));
-  TWL_RETURN_IF_ERROR(fetch_stage_.GrowUnits(units));
-  TWL_RETURN_IF_ERROR(Grow(d_direct_out_, qo_bytes));
+  TWL_RETURN_IF_ERROR(fetch_stage_.GrowStep(units, qo_bytes));
   if (req.space == MemSpace::kHost) {
     TWL_RETURN_IF_ERROR(Grow(d_q_, qo_bytes));
     TWL_RETURN_IF_ERROR(Grow(d_out_, qo_bytes));
@@ -721,8 +717,7 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   float* hp = reinterpret_cast<float*>(hu + B + pt_elems);
   for (int32_t s = 0; s < B; ++s) hp[s] = req.pruner.seq_p ? req.pruner.seq_p[s] : req.pruner.p;
 
-  cudaStream_t c = req.stream ? AsStream(req.stream) : own_stream_;
-  cudaStream_t f = fetch_stream_;
+  cudaStream_t c = req.stream ? AsStream(req.stream) : own_stream_;  // fetch: fetch_stream_
   const bool timing = t != nullptr;
   const int32_t ts = telemetry_.current();  // this step's telemetry slot (events, pinned copy)
   TWL_CUDA(cudaStreamWaitEvent(c, ev_append_done_, 0));
@@ -752,83 +747,27 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
           : PlanSeqGroups(worst, num_slots_, kPipelineGroups, kPipelineGroups);
   const int32_t G = int32_t(groups.size());
 
-
-  auto sub_batch = [&](const SeqGroup& grp) {
-    BatchView b;
-    b.num_seqs = grp.num_seqs;
-    b.num_q_heads = Hq;
-    b.seq_len = d_seq_len + grp.first_seq;
-    b.page_table = d_page_table + int64_t(grp.first_seq) * hb.max_pages;
-    b.max_pages = hb.max_pages;
-    return b;
-  };
-  auto kept_of = [&](const SeqGroup& grp, const int32_t* counts) {
-    return scratch_.Kept(grp.first_seq, counts);
-  };
-  auto attend = [&](int32_t gi) -> absl::Status {
-    const SeqGroup& grp = groups[gi];
-    const BatchView b = sub_batch(grp);
-    const int64_t u0 = int64_t(grp.first_seq) * H;
-    const int64_t row0 = int64_t(grp.first_seq) * Hq * D;
-    TWL_CUDA(cudaStreamWaitEvent(c, ev_fetched_[gi], 0));
-    if (timing) TWL_CUDA(cudaEventRecord(TimeEvent(ts, gi, kAttn0), c));
-    const FpKvView cached = fetch_stage_.Cached();
-    TWL_RETURN_IF_ERROR(attention_.AttendOnDevice(g_, b, QueryView{q + row0}, cached,
-                                                  kept_of(grp, fetch_stage_.count_cache()),
-                                                  OutputView{out + row0},
-                                                  req.pruner.softmax_scale,
-                                                  scratch_.attend_workspace(), ws_att, c));
-    if (grp.may_overflow) {
-      // Units that did not fit: attention reads their kept rows from the mapped host pool.
-      const FpKvView host{static_cast<fp16_t*>(pool_->device_base()), nullptr};
-      fp16_t* direct = d_direct_out_.as<fp16_t>() + row0;
-      TWL_RETURN_IF_ERROR(attention_.AttendOnDevice(g_, b, QueryView{q + row0}, host,
-                                                    kept_of(grp, fetch_stage_.count_direct()),
-                                                    OutputView{direct},
-                                                    req.pruner.softmax_scale,
-                                                    scratch_.attend_workspace(), ws_att, c));
-      TWL_RETURN_IF_ERROR(LaunchScatterDirect(g_, grp.num_seqs, Hq, fetch_stage_.count_direct() + u0,
-                                         direct, out + row0, c));
-    }
-    if (timing) TWL_CUDA(cudaEventRecord(TimeEvent(ts, gi, kAttn1), c));
-    return absl::OkStatus();
-  };
-
-  for (int32_t gi = 0; gi < G; ++gi) {
-    const SeqGroup& grp = groups[gi];
-    const BatchView b = sub_batch(grp);
-    const int64_t u0 = int64_t(grp.first_seq) * H;
-    const int64_t row0 = int64_t(grp.first_seq) * Hq * D;
-    // Compute stream: select + prune of this group.
-    const SelectionView sel = scratch_.Selection(grp.first_seq);
-    const KeptView kept = scratch_.Kept(grp.first_seq);
-    const HeadStatsView stats = scratch_.Stats(grp.first_seq);
-    PrunerParams pp = req.pruner;
-    pp.seq_p = d_seq_p + grp.first_seq;
-    if (timing) TWL_CUDA(cudaEventRecord(TimeEvent(ts, gi, kSel0), c));
-    TWL_RETURN_IF_ERROR((*selector)->SelectOnDevice(g_, req.selector, b, QueryView{q + row0},
-                                                    qk_, sel, scratch_.select_workspace(),
-                                                    ws_sel, c, req.pruner.softmax_scale));
-    if (timing) TWL_CUDA(cudaEventRecord(TimeEvent(ts, gi, kSel1), c));
-    // k_bits 16 estimates with the FP16 K itself: read from the mapped pool (slow; rare).
-    const FpKvView pool_kv{static_cast<fp16_t*>(pool_->device_base()), nullptr};
-    TWL_RETURN_IF_ERROR(pruner_.PruneOnDevice(g_, pp, b, QueryView{q + row0}, qk_, pool_kv,
-                                              sel, kept, stats, scratch_.prune_workspace(),
-                                              ws_pru, c));
-    if (timing) TWL_CUDA(cudaEventRecord(TimeEvent(ts, gi, kPrune1), c));
-    TWL_CUDA(cudaEventRecord(ev_pruned_[gi], c));
-
-    // Fetch stream: plan on the device, then gather the misses.
-    TWL_CUDA(cudaStreamWaitEvent(f, ev_pruned_[gi], 0));
-    if (timing) TWL_CUDA(cudaEventRecord(TimeEvent(ts, gi, kFetch0), f));
-    TWL_RETURN_IF_ERROR(fetch_stage_.FetchGroup(gi, g_, b, kept, u0, f));
-    if (timing) TWL_CUDA(cudaEventRecord(TimeEvent(ts, gi, kFetch1), f));
-    TWL_CUDA(cudaEventRecord(ev_fetched_[gi], f));
-
-    // Compute stream: the previous group's attention overlaps this group's fetch.
-    if (gi > 0) TWL_RETURN_IF_ERROR(attend(gi - 1));
-  }
-  TWL_RETURN_IF_ERROR(attend(G - 1));
+  // The stages: select -> prune on c, the cache fetch on f, attention on c (overlapped by
+  // groups; pipeline/cuda/cuda_executor.cuh).
+  pipeline_cuda::CudaStep step;
+  step.g = g_;
+  step.selector = *selector;
+  step.selector_params = req.selector;
+  step.pruner = req.pruner;
+  step.pruner.seq_p = d_seq_p;
+  step.batch = BatchView{B, Hq, d_seq_len, d_page_table, hb.max_pages};
+  step.q = q;
+  step.out = out;
+  step.qk = qk_;
+  // k_bits 16 estimates with the FP16 K itself: read from the mapped pool (slow; rare).
+  step.prune_kv = FpKvView{static_cast<fp16_t*>(pool_->device_base()), nullptr};
+  step.ws_select = ws_sel;
+  step.ws_prune = ws_pru;
+  step.ws_attend = ws_att;
+  step.compute = c;
+  step.timing = timing ? &telemetry_ : nullptr;
+  step.timing_slot = ts;
+  TWL_RETURN_IF_ERROR(executor_.Run(step, groups, scratch_, fetch_stage_));
   // The figures are copied before the step counts as done: the next step (on any stream)
   // overwrites the scratch they come from only after ev_step_done_.
   if (t) TWL_RETURN_IF_ERROR(EnqueueTelemetry(req, G, c));

@@ -4,6 +4,7 @@
 
 #include "gpu/cuda/cuda_status.cuh"
 #include "pipeline/cuda/scratch.cuh"
+#include "pipeline/cuda/step_events.cuh"
 
 namespace twl::pipeline_cuda {
 namespace {
@@ -13,9 +14,25 @@ absl::Status Grow(gpu::DeviceBuffer& b, size_t bytes) { return GrowScratch(b, by
 
 }  // namespace
 
+CacheFetch::~CacheFetch() {
+  for (cudaEvent_t e : pruned_) {
+    if (e) cudaEventDestroy(e);
+  }
+  for (cudaEvent_t e : fetched_) {
+    if (e) cudaEventDestroy(e);
+  }
+}
+
 absl::Status CacheFetch::Init(const PageGeometry& g, int64_t num_blocks, int32_t num_slots,
                               const FetchSource& source, FetchPath path, int32_t max_groups) {
   num_slots_ = num_slots;
+  source_ = source;
+  pruned_.assign(size_t(max_groups), nullptr);
+  fetched_.assign(size_t(max_groups), nullptr);
+  for (int32_t i = 0; i < max_groups; ++i) {
+    TWL_CUDA(cudaEventCreateWithFlags(&pruned_[size_t(i)], cudaEventDisableTiming));
+    TWL_CUDA(cudaEventCreateWithFlags(&fetched_[size_t(i)], cudaEventDisableTiming));
+  }
   TWL_RETURN_IF_ERROR(Grow(slots_, size_t(num_slots_) * size_t(g.FpBlockBytes())));
   TWL_RETURN_IF_ERROR(Grow(slot_of_block_, size_t(num_blocks) * 4));
   TWL_RETURN_IF_ERROR(Grow(need_stamp_, size_t(num_blocks) * 4));
@@ -56,10 +73,49 @@ std::string CacheFetch::transport_name() const {
   return use_copy_engine_ ? copy_engine_->caps().name : gather_->caps().name;
 }
 
-absl::Status CacheFetch::GrowUnits(int64_t units) {
+absl::Status CacheFetch::GrowStep(int64_t units, size_t out_bytes) {
   TWL_RETURN_IF_ERROR(Grow(count_cache_, size_t(units) * 4));
   TWL_RETURN_IF_ERROR(Grow(count_direct_, size_t(units) * 4));
-  return Grow(unit_blocks_, size_t(units) * 4);
+  TWL_RETURN_IF_ERROR(Grow(unit_blocks_, size_t(units) * 4));
+  return Grow(direct_out_, out_bytes);
+}
+
+absl::Status CacheFetch::Fetch(int32_t index, const SeqGroup& group, const PageGeometry& g,
+                               const BatchView& batch, const KeptView& kept,
+                               cudaStream_t compute, const cudaEvent_t* marks) {
+  TWL_CUDA(cudaEventRecord(pruned_[size_t(index)], compute));
+  // Fetch stream: plan on the device, then gather the misses.
+  TWL_CUDA(cudaStreamWaitEvent(stream_, pruned_[size_t(index)], 0));
+  if (marks) TWL_CUDA(cudaEventRecord(marks[kFetch0], stream_));
+  TWL_RETURN_IF_ERROR(
+      FetchGroup(index, g, batch, kept, int64_t(group.first_seq) * g.num_kv_heads, stream_));
+  if (marks) TWL_CUDA(cudaEventRecord(marks[kFetch1], stream_));
+  TWL_CUDA(cudaEventRecord(fetched_[size_t(index)], stream_));
+  return absl::OkStatus();
+}
+
+absl::Status CacheFetch::WaitFetched(int32_t index, cudaStream_t compute) {
+  TWL_CUDA(cudaStreamWaitEvent(compute, fetched_[size_t(index)], 0));
+  return absl::OkStatus();
+}
+
+AttendSource CacheFetch::Source() const {
+  AttendSource s;
+  s.kv = FpKvView{slots_.as<fp16_t>(), slot_of_block_.as<int32_t>()};
+  s.counts = count_cache_.as<int32_t>();
+  // Units that did not fit: attention reads their kept rows from the mapped host pool.
+  s.direct_kv = FpKvView{static_cast<fp16_t*>(const_cast<void*>(source_.mapped_base)), nullptr};
+  s.direct_counts = count_direct_.as<int32_t>();
+  s.direct_out = direct_out_.as<fp16_t>();
+  return s;
+}
+
+absl::Status CacheFetch::MergeDirect(const PageGeometry& g, const SeqGroup& group,
+                                     int32_t num_q_heads, const fp16_t* direct_out,
+                                     fp16_t* out, cudaStream_t compute) {
+  const int64_t u0 = int64_t(group.first_seq) * g.num_kv_heads;
+  return LaunchScatterDirect(g, group.num_seqs, num_q_heads, count_direct_.as<int32_t>() + u0,
+                             direct_out, out, compute);
 }
 
 absl::Status CacheFetch::FetchGroup(int32_t group, const PageGeometry& g,

@@ -17,21 +17,24 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "core/stage_views.h"
 #include "gpu/device.h"
 #include "offload/cache_plan.h"
 #include "offload/fetch_transport.h"
+#include "pipeline/fetch/fetch.cuh"
 #include "runtime/runtime.h"
 
 namespace twl::pipeline_cuda {
 
-class CacheFetch {
+class CacheFetch final : public CudaFetch {
  public:
   CacheFetch() = default;
   CacheFetch(const CacheFetch&) = delete;
   CacheFetch& operator=(const CacheFetch&) = delete;
+  ~CacheFetch() override;  // the owner has synchronized the device before
 
   // `num_slots` >= 1 cache slots for `num_blocks` blocks of `source` (the host pool);
   // `max_groups`: pipeline groups per step (one counter record each); `path`: kCopyEngine
@@ -44,23 +47,40 @@ class CacheFetch {
   std::string transport_name() const;
   void SetPath(FetchPath path) { use_copy_engine_ = path == FetchPath::kCopyEngine; }
 
-  // Per-unit counts for a step of `units` (sequence, KV head) units.
-  absl::Status GrowUnits(int64_t units);
-  // Enqueues on `stream` the cache plan of pipeline group `group` (its sequences' device
-  // batch and kept lists; its first unit `first_unit`) and the transfer of its misses.
-  // Group 0 starts a step: earlier steps' slots may be evicted; later groups leave the
-  // previous group's pinned slots alone (its attention may still run).
-  absl::Status FetchGroup(int32_t group, const PageGeometry& g, const BatchView& batch,
-                          const KeptView& kept, int64_t first_unit, cudaStream_t stream);
+  // The fetch stream, created by the store (its appends mirror rows into the cache there).
+  void AttachStream(cudaStream_t fetch_stream) { stream_ = fetch_stream; }
+  // Per-unit counts and the direct units' output for a step of `units` (sequence, KV head)
+  // units and `out_bytes` of output.
+  absl::Status GrowStep(int64_t units, size_t out_bytes);
 
-  // Attention reads of admitted units: the slots, through slot_of_block.
-  FpKvView Cached() const { return FpKvView{slots_.as<fp16_t>(), slot_of_block_.as<int32_t>()}; }
+  // CudaFetch: group `index`'s plan + transfer on the fetch stream, after its prune on
+  // `compute`. Group 0 starts a step: earlier steps' slots may be evicted; later groups leave
+  // the previous group's pinned slots alone (its attention may still run).
+  absl::Status Fetch(int32_t index, const SeqGroup& group, const PageGeometry& g,
+                     const BatchView& batch, const KeptView& kept, cudaStream_t compute,
+                     const cudaEvent_t* marks) override;
+  absl::Status WaitFetched(int32_t index, cudaStream_t compute) override;
+  // Admitted units: the slots, through slot_of_block; the others: the mapped host pool.
+  AttendSource Source() const override;
+  absl::Status MergeDirect(const PageGeometry& g, const SeqGroup& group, int32_t num_q_heads,
+                           const fp16_t* direct_out, fp16_t* out,
+                           cudaStream_t compute) override;
+
   int32_t* count_cache() const { return count_cache_.as<int32_t>(); }    // [units]
   int32_t* count_direct() const { return count_direct_.as<int32_t>(); }  // [units]
   int32_t* unit_blocks() const { return unit_blocks_.as<int32_t>(); }    // [units]
   const void* counters() const { return counters_.get(); }  // DeviceGroupCounters[groups]
 
  private:
+  // Enqueues on `stream` the cache plan of group `group` (first unit `first_unit`) and the
+  // transfer of its misses.
+  absl::Status FetchGroup(int32_t group, const PageGeometry& g, const BatchView& batch,
+                          const KeptView& kept, int64_t first_unit, cudaStream_t stream);
+
+  cudaStream_t stream_ = nullptr;
+  FetchSource source_;
+  std::vector<cudaEvent_t> pruned_, fetched_;  // per group: prune done, fetch done
+  gpu::DeviceBuffer direct_out_;
   DeviceCacheState cache_;
   int32_t num_slots_ = 0;
   gpu::DeviceBuffer slots_, slot_of_block_, need_stamp_, block_of_slot_, last_use_;
