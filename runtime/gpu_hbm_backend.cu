@@ -1,6 +1,7 @@
 // The GPU HBM backend: every FP16 K/V block, the quantized K and the Quest page bounds live
-// in device memory, and a decode step is select -> prune -> sparse attention (gpu/kernels.h)
-// enqueued on the caller's stream (or the backend's own). Nothing waits for the host inside
+// in device memory, and a decode step is select -> prune -> sparse attention, run by
+// pipeline/cuda/CudaExecutor with one group and nothing to fetch (IdentityFetch), enqueued
+// on the caller's stream (or the backend's own). Nothing waits for the host inside
 // the step; the host synchronizes once at the end, and only when it must read something
 // back (telemetry, or `out` in host memory). Stage times come from CUDA events.
 //

@@ -1,6 +1,7 @@
-// The GPU offload backend (see runtime/gpu_offload_backend.h for the design): orchestrates
-// gpuk's stage kernels (gpu/kernels.h), the device-side cache planning and the zero-copy
-// gather (offload/) over three streams: compute (the caller's or our own), fetch, append.
+// The GPU offload backend (see runtime/gpu_offload_backend.h for the design): the offload
+// store (pinned host pool, estimation store, appends) over three streams: compute (the
+// caller's or our own), fetch, append. The step itself runs in pipeline/cuda/CudaExecutor
+// with the GPU hot cache as its fetch stage (pipeline/fetch/cache/CacheFetch).
 #include <cuda_runtime.h>
 
 #include <algorithm>
