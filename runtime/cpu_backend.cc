@@ -362,13 +362,7 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  absl::Status CheckPage(int32_t page) const {
-    if (page < 0 || page >= num_pages_) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("page id %d out of range [0, %d)", page, num_pages_));
-    }
-    return absl::OkStatus();
-  }
+  absl::Status CheckPage(int32_t page) const { return CheckPageId(page, num_pages_); }
 
   // The quantized K store seen from one page: its blocks are blocks 0..num_kv_heads-1.
   QuantKView QuantOfPage(int32_t page) const {

@@ -161,13 +161,7 @@ class GpuHbmBackend final : public Backend {
   }
 
  private:
-  absl::Status CheckPage(int32_t page) const {
-    if (page < 0 || page >= num_pages_) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("page id %d out of range [0, %d)", page, num_pages_));
-    }
-    return absl::OkStatus();
-  }
+  absl::Status CheckPage(int32_t page) const { return CheckPageId(page, num_pages_); }
   // Device buffers only grow (exact sizes: no minimum).
   static absl::Status Grow(gpu::DeviceBuffer& b, size_t bytes) {
     return pipeline_cuda::GrowScratch(b, bytes);
