@@ -14,13 +14,13 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
 #include "cache/host_arena.h"
-#include "gpu/reference/attend_ref.h"
-#include "gpu/reference/prune_ref.h"
 #include "gpu/reference/quantize_ref.h"
-#include "gpu/reference/select_ref.h"
 #include "gpu/reference/validate.h"
 #include "offload/disk_tier.h"
 #include "oneapi/tbb/parallel_for.h"
+#include "pipeline/cpu/cpu_executor.h"
+#include "pipeline/fetch/host_fetch.h"
+#include "pipeline/select/selector.h"
 #include "runtime/disk_io_status.h"
 #include "runtime/disk_residency.h"
 #include "runtime/dtype_convert.h"
@@ -234,7 +234,9 @@ class CpuBackend final : public Backend {
         }
       }
     }
-    const int32_t max_select = SelectStride(request.selector, b.max_pages);
+    absl::StatusOr<const Selector*> selector = FindSelector(request.selector.kind);
+    if (!selector.ok()) return selector.status();
+    const int32_t max_select = (*selector)->Stride(request.selector, b.max_pages);
     const int64_t max_kept = int64_t(max_select) * g_.page_size;
     if (max_kept > std::numeric_limits<int32_t>::max()) {
       return absl::InvalidArgumentError("decode: kept-token stride overflows int32");
@@ -264,42 +266,51 @@ class CpuBackend final : public Backend {
                         t->full_mass.data(), t->cap_hit.data()};
     QueryView q{request.q};
 
-    auto t0 = std::chrono::steady_clock::now();
-    if (absl::Status s = SelectPagesRef(g_, request.selector, b, q, qk_, sel,
-                                            request.pruner.softmax_scale);
-        !s.ok()) {
-      return s;
-    }
-    t->ms_select = MsSince(t0);
+    // Fetch of this store: with a disk tier, pages are read back into host slots (the
+    // candidates first when the pruner estimates with FP16 K), counted in `io`.
     DiskIoCounts io;
-    if (disk_ && g_.k_bits >= 16) {
-      // The pruner estimates with the FP16 K itself: every candidate page must be resident.
-      // Growing: only the pages the growth may take (the forced ones and, under a cap, the
-      // top-cap ranked ones) are read.
-      if (absl::Status s = disk_->Reserve(grow ? GrowablePages(b, sel) : SelectedPages(b, sel), &io);
-          !s.ok()) {
-        return PrefixStatus(s, "decode (k_bits = 16: the pruner reads FP16 K of the candidates): ");
+    struct DiskFetch final : HostFetch {
+      const CpuBackend* self;
+      DiskIoCounts* io;
+      DiskFetch(const CpuBackend* b, DiskIoCounts* c) : self(b), io(c) {}
+      absl::Status CandidatesBeforePrune(const BatchView& b, const SelectionView& sel,
+                                         bool grow) override {
+        if (!self->disk_) return absl::OkStatus();
+        // Every candidate page must be resident. Growing: only the pages the growth may
+        // take (the forced ones and, under a cap, the top-cap ranked ones) are read.
+        absl::Status s = self->disk_->Reserve(
+            grow ? self->GrowablePages(b, sel) : self->SelectedPages(b, sel), io);
+        return s.ok() ? s
+                      : PrefixStatus(
+                            s, "decode (k_bits = 16: the pruner reads FP16 K of the candidates): ");
       }
-    }
-    t0 = std::chrono::steady_clock::now();
-    if (absl::Status s = PruneRef(g_, request.pruner, b, q, qk_, kv_, sel, kept, stats); !s.ok()) {
-      return s;
-    }
-    t->ms_prune = MsSince(t0);
-    if (disk_) {
-      if (absl::Status s = disk_->Reserve(KeptPages(b, kept), &io); !s.ok()) {
-        return PrefixStatus(s, "decode: this step ");
+      absl::Status KeptBeforeAttend(const BatchView& b, const KeptView& kept) override {
+        if (!self->disk_) return absl::OkStatus();
+        absl::Status s = self->disk_->Reserve(self->KeptPages(b, kept), io);
+        return s.ok() ? s : PrefixStatus(s, "decode: this step ");
       }
-    }
-    t0 = std::chrono::steady_clock::now();
-    if (absl::Status s = SparseAttentionRef(g_, b, q, kv_, kept, OutputView{request.out},
-                                            request.pruner.softmax_scale);
-        !s.ok()) {
-      return s;
-    }
-    t->ms_attend = MsSince(t0);
-    // Without a disk tier everything is already in host memory; with one, fetching is
-    // reading pages back from disk.
+    } fetch(this, &io);
+    CpuStep step;
+    step.g = g_;
+    step.selector = *selector;
+    step.selector_params = request.selector;
+    step.pruner = request.pruner;
+    step.batch = b;
+    step.q = q;
+    step.out = OutputView{request.out};
+    step.qk = qk_;
+    step.kv = kv_;
+    step.sel = sel;
+    step.kept = kept;
+    step.stats = stats;
+    CpuStageTimes times;
+    const absl::Status run = RunCpuStep(step, fetch, &times);
+    t->ms_select = times.ms_select;
+    t->ms_prune = times.ms_prune;
+    t->ms_attend = times.ms_attend;
+    if (!run.ok()) return run;
+    // Fetch stage of the CPU step: without a disk tier everything is already in host
+    // memory; with one, fetching is reading the kept pages back from disk (Reserve above).
     t->ms_fetch = io.ms;
     t->ms_disk = io.ms;
     t->disk_pages_loaded = io.pages_loaded;
@@ -351,13 +362,7 @@ class CpuBackend final : public Backend {
   }
 
  private:
-  absl::Status CheckPage(int32_t page) const {
-    if (page < 0 || page >= num_pages_) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("page id %d out of range [0, %d)", page, num_pages_));
-    }
-    return absl::OkStatus();
-  }
+  absl::Status CheckPage(int32_t page) const { return CheckPageId(page, num_pages_); }
 
   // The quantized K store seen from one page: its blocks are blocks 0..num_kv_heads-1.
   QuantKView QuantOfPage(int32_t page) const {

@@ -2,6 +2,10 @@
 // backend so that they agree on where each byte of a page lives.
 #pragma once
 
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
 #include "core/page_layout.h"
 #include "runtime/runtime.h"
 
@@ -14,6 +18,15 @@ inline PageGeometry GeometryOf(const RuntimeConfig& config) {
   g.num_kv_heads = config.num_kv_heads;
   g.k_bits = config.k_bits;
   return g;
+}
+
+// InvalidArgument unless 0 <= page < num_pages (a backend is sized for num_pages pages).
+inline absl::Status CheckPageId(int32_t page, int64_t num_pages) {
+  if (page < 0 || page >= num_pages) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("page id %d out of range [0, %d)", page, num_pages));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace twl

@@ -1,6 +1,7 @@
 // The GPU HBM backend: every FP16 K/V block, the quantized K and the Quest page bounds live
-// in device memory, and a decode step is select -> prune -> sparse attention (gpu/kernels.h)
-// enqueued on the caller's stream (or the backend's own). Nothing waits for the host inside
+// in device memory, and a decode step is select -> prune -> sparse attention, run by
+// pipeline/cuda/CudaExecutor with one group and nothing to fetch (IdentityFetch), enqueued
+// on the caller's stream (or the backend's own). Nothing waits for the host inside
 // the step; the host synchronizes once at the end, and only when it must read something
 // back (telemetry, or `out` in host memory). Stage times come from CUDA events.
 //
@@ -33,11 +34,25 @@
 #include "runtime/dtype_convert.h"
 #include "runtime/geometry.h"
 #include "runtime/kept_capture.h"
+#include "pipeline/attend/sparse/sparse_attention.h"
+#include "pipeline/cuda/cuda_executor.cuh"
+#include "pipeline/cuda/scratch.cuh"
+#include "pipeline/cuda/step_events.cuh"
+#include "pipeline/fetch/identity/identity_fetch.cuh"
+#include "pipeline/cuda/step_scratch.cuh"
+#include "pipeline/prune/twilight/twilight_pruner.h"
+#include "pipeline/select/selector.h"
+#include "pipeline/cuda/telemetry_ring.cuh"
+#include "pipeline/cuda/upload_ring.cuh"
 
 namespace twl {
 namespace {
 
 using cuda_status::AsStream;
+using pipeline_cuda::PendingStep;
+using pipeline_cuda::TelemetryRing;
+using pipeline_cuda::UploadRing;
+using namespace pipeline_cuda::group_events;  // NOLINT: kSel0 ... kNumGroupEvents
 
 // Distinct pages of each (sequence, KV head) kept set: tokens ascend, so a page change
 // starts a new block. One warp per set.
@@ -92,20 +107,8 @@ class GpuHbmBackend final : public Backend {
   absl::Status Init() {
     TWL_CUDA(cudaSetDevice(config_.device_id));
     TWL_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    for (cudaEvent_t& e : ev_decode_upload_) {
-      TWL_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-      all_events_.push_back(e);
-    }
-    for (cudaEvent_t& e : ev_telemetry_) {
-      TWL_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-      all_events_.push_back(e);
-    }
-    for (auto& slot : ev_t_) {
-      for (cudaEvent_t& e : slot) {
-        TWL_CUDA(cudaEventCreate(&e));
-        all_events_.push_back(e);
-      }
-    }
+    TWL_RETURN_IF_ERROR(uploads_.Init());
+    TWL_RETURN_IF_ERROR(telemetry_.Init(kNumGroupEvents));  // one group per step
     for (cudaEvent_t* e : {&ev_append_, &ev_decode_, &ev_append_upload_}) {
       TWL_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
       all_events_.push_back(*e);
@@ -158,18 +161,10 @@ class GpuHbmBackend final : public Backend {
   }
 
  private:
-  absl::Status CheckPage(int32_t page) const {
-    if (page < 0 || page >= num_pages_) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("page id %d out of range [0, %d)", page, num_pages_));
-    }
-    return absl::OkStatus();
-  }
-  // Device buffers only grow; growing frees memory queued work may still read, so wait.
-  absl::Status Grow(gpu::DeviceBuffer& b, size_t bytes) {
-    if (bytes <= b.bytes() && b.get()) return absl::OkStatus();
-    if (b.get()) TWL_CUDA(cudaDeviceSynchronize());
-    return b.Reserve(bytes);
+  absl::Status CheckPage(int32_t page) const { return CheckPageId(page, num_pages_); }
+  // Device buffers only grow (exact sizes: no minimum).
+  static absl::Status Grow(gpu::DeviceBuffer& b, size_t bytes) {
+    return pipeline_cuda::GrowScratch(b, bytes);
   }
   // Telemetry without a host wait on the step just queued (see the offload backend): copies
   // go to a pinned slot on the step's stream; the next Decode reads them.
@@ -185,19 +180,8 @@ class GpuHbmBackend final : public Backend {
   cudaEvent_t ev_append_ = nullptr, ev_decode_ = nullptr;
   cudaEvent_t ev_append_upload_ = nullptr;
   std::vector<cudaEvent_t> all_events_;
-  static constexpr int32_t kUploadRing = 4;  // step plans in flight before the host waits
-  cudaEvent_t ev_decode_upload_[kUploadRing] = {};
-  int32_t upload_slot_ = 0;
-  static constexpr int32_t kTelemetryRing = 2;
-  cudaEvent_t ev_t_[kTelemetryRing][4] = {};  // select start, prune start, attend start, end
-  cudaEvent_t ev_telemetry_[kTelemetryRing] = {};
-  struct PendingTelemetry {
-    bool valid = false, ran_pruner = false;
-    int32_t layer = -1, num_seqs = 0, num_q_heads = 0;
-    std::vector<int32_t> seq_len;  // dense steps: telemetry follows from the lengths
-  };
-  PendingTelemetry pending_[kTelemetryRing];
-  int32_t telemetry_slot_ = 0;
+  UploadRing uploads_;  // step plan, and q / out when they are host arrays
+  TelemetryRing telemetry_;
   bool appended_ = false, decoded_ = false;
 
   gpu::DeviceBuffer kv_buf_, codes_buf_, scale_buf_, zero_buf_, kmin_buf_, kmax_buf_;
@@ -214,10 +198,11 @@ class GpuHbmBackend final : public Backend {
   int32_t desc_next_ = 0;
   std::vector<AppendSegment> segs_;
   // Decode staging and scratch.
-  PinnedBuffer step_pin_[kUploadRing], tele_pin_[kTelemetryRing];
-  gpu::DeviceBuffer step_dev_[kUploadRing];
-  gpu::DeviceBuffer sel_pages_, sel_count_, kept_tokens_, kept_count_, stats_,
-      blocks_, ws_select_, ws_prune_, ws_attend_, sel_bound_, sel_limit_;
+  pipeline_cuda::StepScratch scratch_{0};  // select / prune / attend buffers, exact sizes
+  gpu::DeviceBuffer blocks_;               // distinct blocks per kept set (telemetry)
+  const TwilightPruner pruner_{};      // workspace sizes
+  const SparseAttention attention_{};  // workspace sizes, dense steps
+  const pipeline_cuda::CudaExecutor executor_{};
 };
 
 absl::Status GpuHbmBackend::Append(const AppendView& tokens, DType dtype, MemSpace space,
@@ -398,12 +383,10 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
   const size_t o_p = pk.Add<float>(req.pruner.seq_p ? size_t(hb.num_seqs) : 0);
   const size_t o_q = pk.Add<char>(host_io ? qo_bytes : 0);
   const size_t o_out = pk.Add<char>(host_io ? qo_bytes : 0);
-  const int32_t us = upload_slot_;
-  upload_slot_ = (upload_slot_ + 1) % kUploadRing;
-  TWL_CUDA(cudaEventSynchronize(ev_decode_upload_[us]));  // that slot's last use is done
-  TWL_RETURN_IF_ERROR(step_pin_[us].Reserve(pk.used()));
-  TWL_RETURN_IF_ERROR(Grow(step_dev_[us], pk.used()));
-  char* pin = step_pin_[us].data();
+  absl::StatusOr<UploadRing::Slot> up = uploads_.Acquire(pk.used(), 0);
+  if (!up.ok()) return up.status();
+  const UploadRing::Slot us = *up;
+  char* pin = us.host;
   std::memcpy(pin + o_len, hb.seq_len, sizeof(int32_t) * size_t(hb.num_seqs));
   std::memcpy(pin + o_table, hb.page_table, sizeof(int32_t) * size_t(hb.num_seqs) * hb.max_pages);
   if (req.pruner.seq_p) std::memcpy(pin + o_p, req.pruner.seq_p, sizeof(float) * hb.num_seqs);
@@ -411,36 +394,31 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
 
   // Scratch sized for this step.
   const bool dense_only = req.pruner.dense && req.selector.kind == SelectorKind::kFull;
-  const int32_t max_select = SelectStride(req.selector, hb.max_pages);
+  absl::StatusOr<const Selector*> selector = FindSelector(req.selector.kind);
+  if (!selector.ok()) return selector.status();
+  const int32_t max_select = (*selector)->Stride(req.selector, hb.max_pages);
   const int64_t max_kept = int64_t(max_select) * g_.page_size;
   if (max_kept > std::numeric_limits<int32_t>::max() / 2) {
     return absl::InvalidArgumentError("decode: kept-token stride overflows int32");
   }
-  const size_t ws_sel = SelectWorkspaceBytes(g_, req.selector, hb.num_seqs, hb.max_pages);
-  const size_t ws_pr = PruneWorkspaceBytes(g_, hb.num_seqs, Hq, max_select);
-  const size_t ws_at = AttentionWorkspaceBytes(g_, hb.num_seqs, Hq);
-  TWL_RETURN_IF_ERROR(Grow(ws_attend_, ws_at));
+  const bool grow = req.selector.grow && req.selector.kind == SelectorKind::kQuest;
+  scratch_.SetShape(pipeline_cuda::StepShape{hb.num_seqs, Hq, g_.num_kv_heads, max_select,
+                                             int32_t(max_kept), grow});
+  const size_t ws_sel =
+      (*selector)->DeviceWorkspaceBytes(g_, req.selector, hb.num_seqs, hb.max_pages);
+  const size_t ws_pr = pruner_.DeviceWorkspaceBytes(g_, hb.num_seqs, Hq, max_select);
+  const size_t ws_at = attention_.DeviceWorkspaceBytes(g_, hb.num_seqs, Hq);
+  TWL_RETURN_IF_ERROR(scratch_.GrowAttend(ws_at));
   if (!dense_only) {
-    TWL_RETURN_IF_ERROR(Grow(sel_pages_, size_t(pairs * max_select) * 4));
-    TWL_RETURN_IF_ERROR(Grow(sel_count_, size_t(pairs) * 4));
-    TWL_RETURN_IF_ERROR(Grow(kept_tokens_, size_t(pairs * max_kept) * 4));
-    TWL_RETURN_IF_ERROR(Grow(kept_count_, size_t(pairs) * 4));
-    // selected, kept, est_mass, full_mass, cap_hit per query head.
-    TWL_RETURN_IF_ERROR(Grow(stats_, size_t(heads) * 20));
-    if (req.selector.grow) {
-      TWL_RETURN_IF_ERROR(Grow(sel_bound_, size_t(heads * max_select) * 4));
-      TWL_RETURN_IF_ERROR(Grow(sel_limit_, size_t(pairs) * 4));
-    }
+    TWL_RETURN_IF_ERROR(scratch_.GrowSelectPrune(ws_sel, ws_pr));
     TWL_RETURN_IF_ERROR(Grow(blocks_, size_t(pairs) * 4));
-    TWL_RETURN_IF_ERROR(Grow(ws_select_, ws_sel));
-    TWL_RETURN_IF_ERROR(Grow(ws_prune_, ws_pr));
   }
 
   if (appended_) TWL_CUDA(cudaStreamWaitEvent(s, ev_append_, 0));
   // Scratch is shared by consecutive steps, which may come on different streams.
   if (decoded_) TWL_CUDA(cudaStreamWaitEvent(s, ev_decode_, 0));
-  TWL_CUDA(cudaMemcpyAsync(step_dev_[us].get(), pin, pk.used(), cudaMemcpyHostToDevice, s));
-  char* dev = step_dev_[us].as<char>();
+  TWL_RETURN_IF_ERROR(uploads_.Upload(us, pk.used(), s));
+  char* dev = us.device;
   BatchView db = hb;
   db.seq_len = reinterpret_cast<const int32_t*>(dev + o_len);
   db.page_table = reinterpret_cast<const int32_t*>(dev + o_table);
@@ -450,56 +428,62 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
   pp.seq_p = req.pruner.seq_p ? reinterpret_cast<const float*>(dev + o_p) : nullptr;
 
   const bool timing = telemetry != nullptr;
-  const int32_t ts = telemetry_slot_;
-  cudaEvent_t ev_t0_ = ev_t_[ts][0], ev_t1_ = ev_t_[ts][1], ev_t2_ = ev_t_[ts][2],
-              ev_t3_ = ev_t_[ts][3];
-  if (timing) TWL_CUDA(cudaEventRecord(ev_t0_, s));
-  const bool grow = req.selector.grow && req.selector.kind == SelectorKind::kQuest;
-  const SelectionView sel{sel_pages_.as<int32_t>(), sel_count_.as<int32_t>(), max_select,
-                          grow ? sel_bound_.as<float>() : nullptr,
-                          grow ? sel_limit_.as<int32_t>() : nullptr};
-  const KeptView kept{kept_tokens_.as<int32_t>(), kept_count_.as<int32_t>(), int32_t(max_kept)};
+  const int32_t ts = telemetry_.current();
   if (dense_only) {
-    if (timing) TWL_CUDA(cudaEventRecord(ev_t1_, s));
-    if (timing) TWL_CUDA(cudaEventRecord(ev_t2_, s));
-    TWL_RETURN_IF_ERROR(LaunchDenseAttention(g_, db, q, kv_, out, req.pruner.softmax_scale,
-                                        ws_attend_.get(), ws_attend_.bytes(), s));
+    // Every token is kept: dense attention straight away (stage marks back to back).
+    auto mark = [&](int32_t e) -> absl::Status {
+      if (timing) TWL_CUDA(cudaEventRecord(telemetry_.timing(ts, e), s));
+      return absl::OkStatus();
+    };
+    for (int32_t e : {kSel0, kSel1, kPrune1, kAttn0}) TWL_RETURN_IF_ERROR(mark(e));
+    TWL_RETURN_IF_ERROR(attention_.AttendDenseOnDevice(g_, db, q, kv_, out,
+                                                       req.pruner.softmax_scale,
+                                                       scratch_.attend_workspace(),
+                                                       scratch_.attend_workspace_bytes(), s));
+    TWL_RETURN_IF_ERROR(mark(kAttn1));
   } else {
-    TWL_RETURN_IF_ERROR(LaunchSelectPages(g_, req.selector, db, q, qk_, sel, ws_select_.get(),
-                                     ws_select_.bytes(), s, req.pruner.softmax_scale));
-    if (timing) TWL_CUDA(cudaEventRecord(ev_t1_, s));
-    int32_t* st = stats_.as<int32_t>();
-    const HeadStatsView stats{st, st + heads, reinterpret_cast<float*>(st + 2 * heads),
-                              reinterpret_cast<float*>(st + 3 * heads), st + 4 * heads};
-    TWL_RETURN_IF_ERROR(LaunchPrune(g_, pp, db, q, qk_, kv_, sel, kept, stats, ws_prune_.get(),
-                               ws_prune_.bytes(), s));
-    if (timing) TWL_CUDA(cudaEventRecord(ev_t2_, s));
-    TWL_RETURN_IF_ERROR(LaunchSparseAttention(g_, db, q, kv_, kept, out, req.pruner.softmax_scale,
-                                         ws_attend_.get(), ws_attend_.bytes(), s));
+    // One group, no fetch: every block is device resident (IdentityFetch over kv_), so
+    // select -> prune -> attend run back to back on s.
+    pipeline_cuda::CudaStep step;
+    step.g = g_;
+    step.selector = *selector;
+    step.selector_params = req.selector;
+    step.pruner = pp;
+    step.batch = db;
+    step.q = q.q;
+    step.out = out.out;
+    step.qk = qk_;
+    step.prune_kv = kv_;
+    step.ws_select = scratch_.select_workspace_bytes();
+    step.ws_prune = scratch_.prune_workspace_bytes();
+    step.ws_attend = scratch_.attend_workspace_bytes();
+    step.compute = s;
+    step.timing = timing ? &telemetry_ : nullptr;
+    step.timing_slot = ts;
+    const SeqGroup all{0, hb.num_seqs, 0, false};
+    pipeline_cuda::IdentityFetch resident(kv_);
+    TWL_RETURN_IF_ERROR(executor_.Run(step, absl::MakeConstSpan(&all, 1), scratch_, resident));
   }
-  if (timing) TWL_CUDA(cudaEventRecord(ev_t3_, s));
   // Telemetry copies are queued before the step counts as done (the next step overwrites
   // their sources only after ev_decode_).
   if (timing) TWL_RETURN_IF_ERROR(WriteTelemetry(req, !dense_only, int32_t(max_kept), s, telemetry));
   TWL_CUDA(cudaEventRecord(ev_decode_, s));
   // The host may reuse this upload slot (pinned plan, q and out staging) once the step ran.
-  TWL_CUDA(cudaEventRecord(ev_decode_upload_[us], s));
+  TWL_RETURN_IF_ERROR(uploads_.Release(us, s));
   decoded_ = true;
 
   if (host_io) {
     TWL_CUDA(cudaMemcpyAsync(pin + o_out, out.out, qo_bytes, cudaMemcpyDeviceToHost, s));
-    TWL_CUDA(cudaEventRecord(ev_decode_upload_[us], s));
+    TWL_RETURN_IF_ERROR(uploads_.Release(us, s));
     TWL_CUDA(cudaStreamSynchronize(s));
     std::memcpy(req.out, pin + o_out, qo_bytes);
   }
   if (timing) {
     // Device memory: publish the previous step's figures; host memory (synchronous anyway),
     // captured kept lists or no previous step: this step's.
-    const int32_t prev = (ts + kTelemetryRing - 1) % kTelemetryRing;
-    const bool own = host_io || req.capture_kept || !pending_[prev].valid;
-    telemetry_slot_ = (telemetry_slot_ + 1) % kTelemetryRing;
-    TWL_RETURN_IF_ERROR(HarvestTelemetry(own ? ts : prev, telemetry));
-    if (own) pending_[prev].valid = false;
+    TWL_RETURN_IF_ERROR(telemetry_.Publish(host_io || req.capture_kept, [&](int32_t slot) {
+      return HarvestTelemetry(slot, telemetry);
+    }));
     telemetry->ms_total = std::chrono::duration<double, std::milli>(
                               std::chrono::steady_clock::now() - t_start).count();
   }
@@ -507,7 +491,7 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
     if (dense_only) {
       StoreDenseKeptLists(hb.seq_len, hb.num_seqs, g_.num_kv_heads, telemetry);
     } else {
-      TWL_RETURN_IF_ERROR(CaptureDeviceKeptLists(kept_tokens_.as<int32_t>(), kept_count_.as<int32_t>(),
+      TWL_RETURN_IF_ERROR(CaptureDeviceKeptLists(scratch_.kept_tokens(), scratch_.kept_count(),
                                             pairs, int32_t(max_kept), s, telemetry));
     }
   }
@@ -515,16 +499,15 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
 }
 
 absl::Status GpuHbmBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t) {
-  PendingTelemetry& p = pending_[slot];
-  if (!p.valid) return absl::InternalError("hbm telemetry: no pending step in the slot");
-  p.valid = false;
-  TWL_CUDA(cudaEventSynchronize(ev_telemetry_[slot]));
+  absl::StatusOr<const PendingStep*> claimed = telemetry_.Claim(slot, "hbm telemetry");
+  if (!claimed.ok()) return claimed.status();
+  const PendingStep& p = **claimed;
   const int64_t heads = int64_t(p.num_seqs) * p.num_q_heads;
   const int64_t pairs = int64_t(p.num_seqs) * g_.num_kv_heads;
   const int32_t Hq = p.num_q_heads;
   t->layer = p.layer;
   t->num_seqs = p.num_seqs;
-  const int32_t* tp = reinterpret_cast<const int32_t*>(tele_pin_[slot].data());
+  const int32_t* tp = reinterpret_cast<const int32_t*>(telemetry_.host(slot).data());
   if (p.ran_pruner) {
     t->selected_tokens.assign(tp, tp + heads);
     t->kept_tokens.assign(tp + heads, tp + 2 * heads);
@@ -551,11 +534,14 @@ absl::Status GpuHbmBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t) {
     t->cap_hit.assign(size_t(heads), 0);
   }
   float ms = 0;
-  TWL_CUDA(cudaEventElapsedTime(&ms, ev_t_[slot][0], ev_t_[slot][1]));
+  TWL_CUDA(cudaEventElapsedTime(&ms, telemetry_.timing(slot, kSel0),
+                                 telemetry_.timing(slot, kSel1)));
   t->ms_select = ms;
-  TWL_CUDA(cudaEventElapsedTime(&ms, ev_t_[slot][1], ev_t_[slot][2]));
+  TWL_CUDA(cudaEventElapsedTime(&ms, telemetry_.timing(slot, kSel1),
+                                 telemetry_.timing(slot, kPrune1)));
   t->ms_prune = ms;
-  TWL_CUDA(cudaEventElapsedTime(&ms, ev_t_[slot][2], ev_t_[slot][3]));
+  TWL_CUDA(cudaEventElapsedTime(&ms, telemetry_.timing(slot, kAttn0),
+                                 telemetry_.timing(slot, kAttn1)));
   t->ms_attend = ms;
   t->ms_fetch = 0.0;
   t->blocks_fetched = 0;
@@ -566,8 +552,8 @@ absl::Status GpuHbmBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t) {
 absl::Status GpuHbmBackend::WriteTelemetry(const DecodeRequest& req, bool ran_pruner,
                                            int32_t max_kept, cudaStream_t s, StepTelemetry* t) {
   (void)t;
-  const int32_t slot = telemetry_slot_;
-  PendingTelemetry& p = pending_[slot];
+  const int32_t slot = telemetry_.current();
+  PendingStep& p = telemetry_.pending(slot);
   p.valid = true;
   p.ran_pruner = ran_pruner;
   p.layer = req.layer;
@@ -575,25 +561,24 @@ absl::Status GpuHbmBackend::WriteTelemetry(const DecodeRequest& req, bool ran_pr
   p.num_q_heads = req.batch.num_q_heads;
   p.seq_len.assign(req.batch.seq_len, req.batch.seq_len + req.batch.num_seqs);
   if (!ran_pruner) {
-    TWL_CUDA(cudaEventRecord(ev_telemetry_[slot], s));
-    return absl::OkStatus();
+    return telemetry_.MarkLanded(slot, s);
   }
   const int64_t pairs = int64_t(req.batch.num_seqs) * g_.num_kv_heads;
   const int64_t heads = int64_t(req.batch.num_seqs) * req.batch.num_q_heads;
-  const KeptView kept{kept_tokens_.as<int32_t>(), kept_count_.as<int32_t>(), max_kept};
+  const KeptView kept{scratch_.kept_tokens(), scratch_.kept_count(), max_kept};
   CountBlocksKernel<<<unsigned((pairs + 7) / 8), 256, 0, s>>>(g_.page_size, kept, int32_t(pairs),
                                                               blocks_.as<int32_t>());
   TWL_CUDA(cudaGetLastError());
   // Pinned layout: stats [5 * heads] | kept counts [pairs] | blocks [pairs].
-  TWL_RETURN_IF_ERROR(tele_pin_[slot].Reserve(size_t(5 * heads + 2 * pairs) * 4));
-  char* tp = tele_pin_[slot].data();
-  TWL_CUDA(cudaMemcpyAsync(tp, stats_.get(), size_t(5 * heads) * 4, cudaMemcpyDeviceToHost, s));
-  TWL_CUDA(cudaMemcpyAsync(tp + 5 * heads * 4, kept_count_.get(), size_t(pairs) * 4,
+  TWL_RETURN_IF_ERROR(telemetry_.host(slot).Reserve(size_t(5 * heads + 2 * pairs) * 4));
+  char* tp = telemetry_.host(slot).data();
+  TWL_CUDA(cudaMemcpyAsync(tp, scratch_.stats(), size_t(5 * heads) * 4, cudaMemcpyDeviceToHost,
+                           s));
+  TWL_CUDA(cudaMemcpyAsync(tp + 5 * heads * 4, scratch_.kept_count(), size_t(pairs) * 4,
                                cudaMemcpyDeviceToHost, s));
   TWL_CUDA(cudaMemcpyAsync(tp + (5 * heads + pairs) * 4, blocks_.get(), size_t(pairs) * 4,
                                cudaMemcpyDeviceToHost, s));
-  TWL_CUDA(cudaEventRecord(ev_telemetry_[slot], s));
-  return absl::OkStatus();
+  return telemetry_.MarkLanded(slot, s);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
-// The GPU offload backend (see runtime/gpu_offload_backend.h for the design): orchestrates
-// gpuk's stage kernels (gpu/kernels.h), the device-side cache planning and the zero-copy
-// gather (offload/) over three streams: compute (the caller's or our own), fetch, append.
+// The GPU offload backend (see runtime/gpu_offload_backend.h for the design): the offload
+// store (pinned host pool, estimation store, appends) over three streams: compute (the
+// caller's or our own), fetch, append. The step itself runs in pipeline/cuda/CudaExecutor
+// with the GPU hot cache as its fetch stage (pipeline/fetch/cache/CacheFetch).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -22,11 +23,24 @@
 #include "runtime/geometry.h"
 #include "runtime/kept_capture.h"
 #include "runtime/gpu_offload_backend.h"
+#include "pipeline/attend/sparse/sparse_attention.h"
+#include "pipeline/cuda/scratch.cuh"
+#include "pipeline/cuda/cuda_executor.cuh"
+#include "pipeline/cuda/step_events.cuh"
+#include "pipeline/cuda/step_scratch.cuh"
+#include "pipeline/fetch/cache/cache_fetch.cuh"
+#include "pipeline/prune/twilight/twilight_pruner.h"
+#include "pipeline/select/selector.h"
+#include "pipeline/cuda/telemetry_ring.cuh"
+#include "pipeline/cuda/upload_ring.cuh"
 
 namespace twl {
 namespace {
 
 using offload_cuda::AsStream;
+using pipeline_cuda::PendingStep;
+using pipeline_cuda::TelemetryRing;
+using pipeline_cuda::UploadRing;
 
 // Pipeline groups per step: the prune of one group overlaps the fetch of the other, and
 // consecutive groups may evict each other's blocks (forced eviction mid-step). Measured on
@@ -57,15 +71,13 @@ constexpr int64_t kSmallHostBytes = int64_t(4) << 20;
 
 using PinnedBuffer = gpu::PinnedHostBuffer;
 
-// Device buffers only grow; growing frees memory that queued work may still use, so wait.
+// Device buffers only grow (at least 256 bytes, so an empty step still gets a pointer).
 absl::Status Grow(gpu::DeviceBuffer& b, size_t bytes) {
-  if (bytes <= b.bytes() && b.get()) return absl::OkStatus();
-  if (b.get()) TWL_CUDA(cudaDeviceSynchronize());
-  return b.Reserve(std::max<size_t>(bytes, 256));
+  return pipeline_cuda::GrowScratch(b, bytes, 256);
 }
 
 // Timing events of one group (recorded only when telemetry is asked for).
-enum GroupEvent { kSel0, kSel1, kPrune1, kFetch0, kFetch1, kAttn0, kAttn1, kNumGroupEvents };
+using namespace pipeline_cuda::group_events;  // NOLINT: kSel0 ... kNumGroupEvents
 
 class GpuOffloadBackend final : public OffloadBackend {
  public:
@@ -122,44 +134,23 @@ class GpuOffloadBackend final : public OffloadBackend {
     num_slots_ = int32_t(std::min<int64_t>({OffloadCacheSlots(cfg_, num_pages_), num_blocks_,
                                             int64_t(std::numeric_limits<int32_t>::max())}));
     num_slots_ = std::max(num_slots_, 1);
-    TWL_RETURN_IF_ERROR(Grow(slots_, size_t(num_slots_) * size_t(g_.FpBlockBytes())));
-    TWL_RETURN_IF_ERROR(Grow(slot_of_block_, size_t(num_blocks_) * 4));
-    TWL_RETURN_IF_ERROR(Grow(need_stamp_, size_t(num_blocks_) * 4));
-    TWL_RETURN_IF_ERROR(Grow(block_of_slot_, size_t(num_slots_) * 4));
-    TWL_RETURN_IF_ERROR(Grow(last_use_, size_t(num_slots_) * 4));
-    TWL_CUDA(cudaMemset(slot_of_block_.get(), 0xff, size_t(num_blocks_) * 4));
-    TWL_CUDA(cudaMemset(need_stamp_.get(), 0, size_t(num_blocks_) * 4));
-    TWL_CUDA(cudaMemset(block_of_slot_.get(), 0xff, size_t(num_slots_) * 4));
-    TWL_CUDA(cudaMemset(last_use_.get(), 0, size_t(num_slots_) * 4));
-    cache_.d_slot_of_block = slot_of_block_.as<int32_t>();
-    cache_.d_block_of_slot = block_of_slot_.as<int32_t>();
-    cache_.d_last_use = last_use_.as<uint32_t>();
-    cache_.d_need_stamp = need_stamp_.as<uint32_t>();
-    cache_.d_slots = slots_.as<fp16_t>();
-    cache_.num_blocks = num_blocks_;
-    cache_.num_slots = num_slots_;
-    TWL_RETURN_IF_ERROR(Grow(counters_, sizeof(DeviceGroupCounters) * kMaxGroups));
-    TWL_CUDA(cudaMemset(counters_.get(), 0, sizeof(DeviceGroupCounters) * kMaxGroups));
-    TWL_RETURN_IF_ERROR(Grow(missing_, size_t(num_slots_) * 4));
-    TWL_RETURN_IF_ERROR(Grow(fetch_, size_t(num_slots_) * sizeof(FetchEntry)));
+    // The fetch stage owns the slots, maps, counters and transports.
+    const FetchSource src{pool_->base(), pool_->device_base(), g_.FpBlockBytes(), num_blocks_};
+    TWL_RETURN_IF_ERROR(fetch_stage_.Init(g_, num_blocks_, num_slots_, src, cfg_.fetch_path,
+                                          kMaxGroups));
 
     // Streams and events.
     TWL_CUDA(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
     TWL_CUDA(cudaStreamCreateWithFlags(&fetch_stream_, cudaStreamNonBlocking));
+    fetch_stage_.AttachStream(fetch_stream_);
     TWL_CUDA(cudaStreamCreateWithFlags(&append_stream_, cudaStreamNonBlocking));
     for (cudaEvent_t* e : {&ev_append_done_, &ev_step_done_, &ev_append_staged_,
                            &ev_appended_}) {
       TWL_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
       all_events_.push_back(*e);
     }
-    for (cudaEvent_t& e : ev_upload_) {
-      TWL_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-      all_events_.push_back(e);
-    }
-    for (cudaEvent_t& e : ev_telemetry_) {
-      TWL_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-      all_events_.push_back(e);
-    }
+    TWL_RETURN_IF_ERROR(uploads_.Init());
+    TWL_RETURN_IF_ERROR(telemetry_.Init(kMaxGroups * kNumGroupEvents));
     for (cudaEvent_t* e : {&ev_release_staged_, &ev_in_[0], &ev_in_[1]}) {
       TWL_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
       all_events_.push_back(*e);
@@ -182,32 +173,7 @@ class GpuOffloadBackend final : public OffloadBackend {
     if (const char* p = std::getenv("TWL_APPEND_PATH"); p && std::strcmp(p, "kernel") == 0) {
       append_path_ = AppendPath::kKernel;
     }
-    for (int32_t i = 0; i < kMaxGroups; ++i) {
-      TWL_CUDA(cudaEventCreateWithFlags(&ev_pruned_[i], cudaEventDisableTiming));
-      TWL_CUDA(cudaEventCreateWithFlags(&ev_fetched_[i], cudaEventDisableTiming));
-      all_events_.push_back(ev_pruned_[i]);
-      all_events_.push_back(ev_fetched_[i]);
-      for (int32_t r = 0; r < kTelemetryRing; ++r) {
-        for (int32_t k = 0; k < kNumGroupEvents; ++k) {
-          TWL_CUDA(cudaEventCreate(&ev_time_[r][i][k]));
-          all_events_.push_back(ev_time_[r][i][k]);
-        }
-      }
-    }
 
-    // Transports: the gather consumes the device-resident fetch list (no host round trip).
-    FetchSource src{pool_->base(), pool_->device_base(), g_.FpBlockBytes(), num_blocks_};
-    FetchDest dst{slots_.get(), num_slots_};
-    absl::StatusOr<std::unique_ptr<FetchTransport>> gt = CreateGatherTransport(src, dst);
-    if (!gt.ok()) return gt.status();
-    gather_ = std::move(*gt);
-    absl::StatusOr<std::unique_ptr<FetchTransport>> ce = CreateCopyEngineTransport(src, dst);
-    if (!ce.ok()) return ce.status();
-    copy_engine_ = std::move(*ce);
-    // kAuto: the decode path's fetch list lives on the device, where only the gather can
-    // consume it without a host round trip; the copy engine is used only when asked for
-    // (measured against the gather in bench/offload_main.cc and recorded in RESULTS.md).
-    use_copy_engine_ = cfg_.fetch_path == FetchPath::kCopyEngine;
     return absl::OkStatus();
   }
 
@@ -217,10 +183,10 @@ class GpuOffloadBackend final : public OffloadBackend {
   }
   int32_t num_cache_slots() const override { return num_slots_; }
   std::string fetch_path_name() const override {
-    return use_copy_engine_ ? copy_engine_->caps().name : gather_->caps().name;
+    return fetch_stage_.transport_name();
   }
   void SetFetchPath(FetchPath path) override {
-    use_copy_engine_ = path == FetchPath::kCopyEngine;
+    fetch_stage_.SetPath(path);
   }
   void SetAppendPath(AppendPath path) override { append_path_ = path; }
   AppendPath append_path() const override { return append_path_; }
@@ -281,42 +247,28 @@ class GpuOffloadBackend final : public OffloadBackend {
   int32_t num_slots_ = 0;
   int64_t quant_bytes_ = 0;
   std::unique_ptr<HostArena> pool_;
-  gpu::DeviceBuffer quant_, slots_, slot_of_block_, need_stamp_, block_of_slot_, last_use_;
-  gpu::DeviceBuffer counters_, missing_, fetch_;
+  gpu::DeviceBuffer quant_;
   QuantKView qk_;
-  DeviceCacheState cache_;
-  std::unique_ptr<FetchTransport> gather_, copy_engine_;
-  bool use_copy_engine_ = false;
+  pipeline_cuda::CacheFetch fetch_stage_;  // GPU hot cache + transports
 
   cudaStream_t own_stream_ = nullptr, fetch_stream_ = nullptr, append_stream_ = nullptr;
   cudaEvent_t ev_append_done_ = nullptr;  // fetch stream: appends + cache mirror done
   cudaEvent_t ev_step_done_ = nullptr;    // compute stream: last step's attention done
-  // Step plan uploads rotate through a ring, so the host waits only for the upload of
-  // kUploadRing steps ago (long done) instead of the previous step's.
-  static constexpr int32_t kUploadRing = 4;
-  cudaEvent_t ev_upload_[kUploadRing] = {};  // ring slot's staging consumed
-  int32_t upload_slot_ = 0;
-  static constexpr int32_t kTelemetryRing = 2;
-  cudaEvent_t ev_telemetry_[kTelemetryRing] = {};  // slot's figures landed in pinned memory
-  struct PendingTelemetry {
-    bool valid = false;
-    int32_t layer = -1, num_seqs = 0, num_q_heads = 0, num_groups = 0;
-  };
-  PendingTelemetry pending_[kTelemetryRing];
-  int32_t telemetry_slot_ = 0;
+  UploadRing uploads_;  // step plans (lengths, page tables, p)
+  TelemetryRing telemetry_;  // timing events: [kMaxGroups][kNumGroupEvents] per slot
+  cudaEvent_t TimeEvent(int32_t slot, int32_t group, int32_t e) const {
+    return telemetry_.timing(slot, group * kNumGroupEvents + e);
+  }
   cudaEvent_t ev_append_staged_ = nullptr;  // append staging consumed
   cudaEvent_t ev_appended_ = nullptr;     // append stream: rows written
-  cudaEvent_t ev_pruned_[kMaxGroups] = {}, ev_fetched_[kMaxGroups] = {};
-  cudaEvent_t ev_time_[kTelemetryRing][kMaxGroups][kNumGroupEvents] = {};
   std::vector<cudaEvent_t> all_events_;
 
   // Step scratch.
-  PinnedBuffer h_upload_[kUploadRing], h_telemetry_[kTelemetryRing], h_fetch_list_;
-  gpu::DeviceBuffer d_upload_[kUploadRing];
-  gpu::DeviceBuffer d_q_, d_out_, d_direct_out_, d_sel_pages_, d_sel_count_;
-  gpu::DeviceBuffer d_kept_tokens_, d_kept_count_, d_stats_, d_count_cache_, d_count_direct_;
-  gpu::DeviceBuffer d_unit_blocks_, ws_select_, ws_prune_, ws_attn_;
-  gpu::DeviceBuffer d_sel_bound_, d_sel_limit_;  // growing Quest
+  pipeline_cuda::StepScratch scratch_{256};  // select / prune / attend buffers
+  const TwilightPruner pruner_{};      // workspace sizes
+  const SparseAttention attention_{};  // workspace sizes
+  const pipeline_cuda::CudaExecutor executor_{};
+  gpu::DeviceBuffer d_q_, d_out_;
   // Append scratch.
   PinnedBuffer h_append_;
   gpu::DeviceBuffer d_append_;
@@ -342,7 +294,6 @@ class GpuOffloadBackend final : public OffloadBackend {
   int32_t in_next_ = 0;
   std::vector<AppendSegment> segs_;
 
-  uint32_t stamp_ = 1;
   absl::Status async_error_;
   OffloadStepStats last_stats_;
   CacheCounters totals_;
@@ -362,7 +313,7 @@ absl::Status GpuOffloadBackend::ApplyPendingReleases() {
   TWL_CUDA(cudaMemcpyAsync(d_release_.get(), h_release_.as<int32_t>(), size_t(n) * 4,
                                cudaMemcpyHostToDevice, fetch_stream_));
   TWL_CUDA(cudaEventRecord(ev_release_staged_, fetch_stream_));
-  TWL_RETURN_IF_ERROR(LaunchCacheInvalidatePages(cache_, d_release_.as<int32_t>(), n,
+  TWL_RETURN_IF_ERROR(LaunchCacheInvalidatePages(fetch_stage_.state(), d_release_.as<int32_t>(), n,
                                             g_.num_kv_heads, fetch_stream_));
   TWL_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
   return absl::OkStatus();
@@ -576,7 +527,7 @@ absl::Status GpuOffloadBackend::AppendSegments(const AppendView& tokens, DType d
     // pages cannot be resident (freed pages were invalidated before), so only calls with
     // partial pages need it.
     TWL_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_appended_, 0));
-    TWL_RETURN_IF_ERROR(LaunchCacheMirrorSegments(cache_, g_,
+    TWL_RETURN_IF_ERROR(LaunchCacheMirrorSegments(fetch_stage_.state(), g_,
                                              static_cast<const fp16_t*>(pool_->device_base()),
                                              d_all, int32_t(all.size()), fetch_stream_));
     TWL_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
@@ -630,7 +581,7 @@ absl::Status GpuOffloadBackend::AppendChunk(const AppendView& in, DType dtype, M
   TWL_CUDA(cudaEventRecord(ev_appended_, a));
   // Cache coherence on the fetch stream, where every other cache mutation runs.
   TWL_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_appended_, 0));
-  TWL_RETURN_IF_ERROR(LaunchCacheMirrorRows(cache_, g_, static_cast<const fp16_t*>(pool_->device_base()),
+  TWL_RETURN_IF_ERROR(LaunchCacheMirrorRows(fetch_stage_.state(), g_, static_cast<const fp16_t*>(pool_->device_base()),
                                        dev.page_id, dev.slot, n, fetch_stream_));
   TWL_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
   // The staging (indices read by the mirror) is reused only after the mirror has run.
@@ -730,7 +681,9 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   }
   TWL_RETURN_IF_ERROR(ApplyPendingReleases());
   const int32_t B = hb.num_seqs, Hq = hb.num_q_heads, H = g_.num_kv_heads, D = g_.head_dim;
-  const int32_t max_select = SelectStride(req.selector, hb.max_pages);
+  absl::StatusOr<const Selector*> selector = FindSelector(req.selector.kind);
+  if (!selector.ok()) return selector.status();
+  const int32_t max_select = (*selector)->Stride(req.selector, hb.max_pages);
   const int64_t max_kept64 = int64_t(max_select) * g_.page_size;
   if (max_kept64 > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError("decode: kept-token stride overflows int32");
@@ -740,54 +693,38 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   const size_t qo_bytes = size_t(B) * Hq * D * 2;
 
   // Scratch (grows to the largest batch seen).
-  TWL_RETURN_IF_ERROR(Grow(d_sel_pages_, size_t(units * max_select) * 4));
-  TWL_RETURN_IF_ERROR(Grow(d_sel_count_, size_t(units) * 4));
-  TWL_RETURN_IF_ERROR(Grow(d_kept_tokens_, size_t(units * max_kept) * 4));
-  TWL_RETURN_IF_ERROR(Grow(d_kept_count_, size_t(units) * 4));
-  TWL_RETURN_IF_ERROR(Grow(d_count_cache_, size_t(units) * 4));
-  TWL_RETURN_IF_ERROR(Grow(d_count_direct_, size_t(units) * 4));
-  TWL_RETURN_IF_ERROR(Grow(d_unit_blocks_, size_t(units) * 4));
-  // selected, kept, est_mass, full_mass, cap_hit per query head.
-  TWL_RETURN_IF_ERROR(Grow(d_stats_, size_t(B) * Hq * 20));
   const bool grow = req.selector.grow && req.selector.kind == SelectorKind::kQuest;
-  if (grow) {
-    TWL_RETURN_IF_ERROR(Grow(d_sel_bound_, size_t(B) * Hq * size_t(max_select) * 4));
-    TWL_RETURN_IF_ERROR(Grow(d_sel_limit_, size_t(units) * 4));
-  }
-  TWL_RETURN_IF_ERROR(Grow(d_direct_out_, qo_bytes));
+  scratch_.SetShape(pipeline_cuda::StepShape{B, Hq, H, max_select, max_kept, grow});
+  const size_t ws_sel = (*selector)->DeviceWorkspaceBytes(g_, req.selector, B, hb.max_pages);
+  const size_t ws_pru = pruner_.DeviceWorkspaceBytes(g_, B, Hq, max_select);
+  const size_t ws_att = attention_.DeviceWorkspaceBytes(g_, B, Hq);
+  TWL_RETURN_IF_ERROR(scratch_.GrowSelectPrune(ws_sel, ws_pru));
+  TWL_RETURN_IF_ERROR(scratch_.GrowAttend(ws_att));
+  TWL_RETURN_IF_ERROR(fetch_stage_.GrowStep(units, qo_bytes));
   if (req.space == MemSpace::kHost) {
     TWL_RETURN_IF_ERROR(Grow(d_q_, qo_bytes));
     TWL_RETURN_IF_ERROR(Grow(d_out_, qo_bytes));
   }
-  const size_t ws_sel = SelectWorkspaceBytes(g_, req.selector, B, hb.max_pages);
-  const size_t ws_pru = PruneWorkspaceBytes(g_, B, Hq, max_select);
-  const size_t ws_att = AttentionWorkspaceBytes(g_, B, Hq);
-  TWL_RETURN_IF_ERROR(Grow(ws_select_, ws_sel));
-  TWL_RETURN_IF_ERROR(Grow(ws_prune_, ws_pru));
-  TWL_RETURN_IF_ERROR(Grow(ws_attn_, ws_att));
 
   // Host plan: sequence lengths, page table and p go up in one copy.
   const size_t pt_elems = size_t(B) * hb.max_pages;
   const size_t up_bytes = (size_t(B) + pt_elems + size_t(B)) * 4;
-  const int32_t us = upload_slot_;
-  upload_slot_ = (upload_slot_ + 1) % kUploadRing;
-  TWL_CUDA(cudaEventSynchronize(ev_upload_[us]));  // that slot's last upload is done
-  TWL_RETURN_IF_ERROR(h_upload_[us].Reserve(up_bytes));
-  TWL_RETURN_IF_ERROR(Grow(d_upload_[us], up_bytes));
-  int32_t* hu = h_upload_[us].as<int32_t>();
+  absl::StatusOr<UploadRing::Slot> up = uploads_.Acquire(up_bytes, 256);
+  if (!up.ok()) return up.status();
+  const UploadRing::Slot us = *up;
+  int32_t* hu = reinterpret_cast<int32_t*>(us.host);
   std::memcpy(hu, hb.seq_len, size_t(B) * 4);
   std::memcpy(hu + B, hb.page_table, pt_elems * 4);
   float* hp = reinterpret_cast<float*>(hu + B + pt_elems);
   for (int32_t s = 0; s < B; ++s) hp[s] = req.pruner.seq_p ? req.pruner.seq_p[s] : req.pruner.p;
 
-  cudaStream_t c = req.stream ? AsStream(req.stream) : own_stream_;
-  cudaStream_t f = fetch_stream_;
+  cudaStream_t c = req.stream ? AsStream(req.stream) : own_stream_;  // fetch: fetch_stream_
   const bool timing = t != nullptr;
-  const int32_t ts = telemetry_slot_;  // this step's telemetry slot (events, pinned copy)
+  const int32_t ts = telemetry_.current();  // this step's telemetry slot (events, pinned copy)
   TWL_CUDA(cudaStreamWaitEvent(c, ev_append_done_, 0));
   TWL_CUDA(cudaStreamWaitEvent(c, ev_step_done_, 0));
-  TWL_CUDA(cudaMemcpyAsync(d_upload_[us].get(), hu, up_bytes, cudaMemcpyHostToDevice, c));
-  TWL_CUDA(cudaEventRecord(ev_upload_[us], c));
+  TWL_RETURN_IF_ERROR(uploads_.Upload(us, up_bytes, c));
+  TWL_RETURN_IF_ERROR(uploads_.Release(us, c));
   const fp16_t* q = req.q;
   fp16_t* out = req.out;
   if (req.space == MemSpace::kHost) {
@@ -795,7 +732,7 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     q = d_q_.as<fp16_t>();
     out = d_out_.as<fp16_t>();
   }
-  const int32_t* d_seq_len = d_upload_[us].as<int32_t>();
+  const int32_t* d_seq_len = reinterpret_cast<const int32_t*>(us.device);
   const int32_t* d_page_table = d_seq_len + B;
   const float* d_seq_p = reinterpret_cast<const float*>(d_page_table + pt_elems);
 
@@ -811,121 +748,27 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
           : PlanSeqGroups(worst, num_slots_, kPipelineGroups, kPipelineGroups);
   const int32_t G = int32_t(groups.size());
 
-  int32_t* stats_sel = d_stats_.as<int32_t>();
-  int32_t* stats_kept = stats_sel + size_t(B) * Hq;
-  float* stats_mass = reinterpret_cast<float*>(stats_kept + size_t(B) * Hq);
-  float* stats_full = stats_mass + size_t(B) * Hq;
-  int32_t* stats_cap = reinterpret_cast<int32_t*>(stats_full + size_t(B) * Hq);
-  auto* counters = counters_.as<DeviceGroupCounters>();
-
-  auto sub_batch = [&](const SeqGroup& grp) {
-    BatchView b;
-    b.num_seqs = grp.num_seqs;
-    b.num_q_heads = Hq;
-    b.seq_len = d_seq_len + grp.first_seq;
-    b.page_table = d_page_table + int64_t(grp.first_seq) * hb.max_pages;
-    b.max_pages = hb.max_pages;
-    return b;
-  };
-  auto kept_of = [&](const SeqGroup& grp, const int32_t* counts) {
-    const int64_t u0 = int64_t(grp.first_seq) * H;
-    return KeptView{d_kept_tokens_.as<int32_t>() + u0 * max_kept,
-                    const_cast<int32_t*>(counts) + u0, max_kept};
-  };
-  auto attend = [&](int32_t gi) -> absl::Status {
-    const SeqGroup& grp = groups[gi];
-    const BatchView b = sub_batch(grp);
-    const int64_t u0 = int64_t(grp.first_seq) * H;
-    const int64_t row0 = int64_t(grp.first_seq) * Hq * D;
-    TWL_CUDA(cudaStreamWaitEvent(c, ev_fetched_[gi], 0));
-    if (timing) TWL_CUDA(cudaEventRecord(ev_time_[ts][gi][kAttn0], c));
-    const FpKvView cached{slots_.as<fp16_t>(), slot_of_block_.as<int32_t>()};
-    TWL_RETURN_IF_ERROR(LaunchSparseAttention(g_, b, QueryView{q + row0}, cached,
-                                         kept_of(grp, d_count_cache_.as<int32_t>()),
-                                         OutputView{out + row0}, req.pruner.softmax_scale,
-                                         ws_attn_.get(), ws_att, c));
-    if (grp.may_overflow) {
-      // Units that did not fit: attention reads their kept rows from the mapped host pool.
-      const FpKvView host{static_cast<fp16_t*>(pool_->device_base()), nullptr};
-      fp16_t* direct = d_direct_out_.as<fp16_t>() + row0;
-      TWL_RETURN_IF_ERROR(LaunchSparseAttention(g_, b, QueryView{q + row0}, host,
-                                           kept_of(grp, d_count_direct_.as<int32_t>()),
-                                           OutputView{direct}, req.pruner.softmax_scale,
-                                           ws_attn_.get(), ws_att, c));
-      TWL_RETURN_IF_ERROR(LaunchScatterDirect(g_, grp.num_seqs, Hq, d_count_direct_.as<int32_t>() + u0,
-                                         direct, out + row0, c));
-    }
-    if (timing) TWL_CUDA(cudaEventRecord(ev_time_[ts][gi][kAttn1], c));
-    return absl::OkStatus();
-  };
-
-  for (int32_t gi = 0; gi < G; ++gi) {
-    const SeqGroup& grp = groups[gi];
-    const BatchView b = sub_batch(grp);
-    const int64_t u0 = int64_t(grp.first_seq) * H;
-    const int64_t row0 = int64_t(grp.first_seq) * Hq * D;
-    // Compute stream: select + prune of this group.
-    SelectionView sel{d_sel_pages_.as<int32_t>() + u0 * max_select,
-                      d_sel_count_.as<int32_t>() + u0, max_select,
-                      grow ? d_sel_bound_.as<float>() + int64_t(grp.first_seq) * Hq * max_select
-                           : nullptr,
-                      grow ? d_sel_limit_.as<int32_t>() + u0 : nullptr};
-    const KeptView kept = kept_of(grp, d_kept_count_.as<int32_t>());
-    const int64_t h0 = int64_t(grp.first_seq) * Hq;
-    HeadStatsView stats{stats_sel + h0, stats_kept + h0, stats_mass + h0, stats_full + h0,
-                        stats_cap + h0};
-    PrunerParams pp = req.pruner;
-    pp.seq_p = d_seq_p + grp.first_seq;
-    if (timing) TWL_CUDA(cudaEventRecord(ev_time_[ts][gi][kSel0], c));
-    TWL_RETURN_IF_ERROR(LaunchSelectPages(g_, req.selector, b, QueryView{q + row0}, qk_, sel,
-                                     ws_select_.get(), ws_sel, c, req.pruner.softmax_scale));
-    if (timing) TWL_CUDA(cudaEventRecord(ev_time_[ts][gi][kSel1], c));
-    // k_bits 16 estimates with the FP16 K itself: read from the mapped pool (slow; rare).
-    const FpKvView pool_kv{static_cast<fp16_t*>(pool_->device_base()), nullptr};
-    TWL_RETURN_IF_ERROR(LaunchPrune(g_, pp, b, QueryView{q + row0}, qk_, pool_kv, sel, kept,
-                               stats, ws_prune_.get(), ws_pru, c));
-    if (timing) TWL_CUDA(cudaEventRecord(ev_time_[ts][gi][kPrune1], c));
-    TWL_CUDA(cudaEventRecord(ev_pruned_[gi], c));
-
-    // Fetch stream: plan on the device, then gather the misses.
-    TWL_CUDA(cudaStreamWaitEvent(f, ev_pruned_[gi], 0));
-    if (timing) TWL_CUDA(cudaEventRecord(ev_time_[ts][gi][kFetch0], f));
-    CachePlanArgs pa;
-    pa.g = g_;
-    pa.batch = b;
-    pa.kept = kept;
-    pa.stamps.protect_from = gi == 0 ? stamp_ + 1 : stamp_;
-    pa.stamps.current = ++stamp_;
-    pa.d_prev = gi == 0 ? nullptr : counters + (gi - 1);
-    pa.d_counters = counters + gi;
-    pa.d_count_cache = d_count_cache_.as<int32_t>() + u0;
-    pa.d_count_direct = d_count_direct_.as<int32_t>() + u0;
-    pa.d_unit_blocks = d_unit_blocks_.as<int32_t>() + u0;
-    pa.d_missing = missing_.as<int32_t>();
-    pa.d_fetch = fetch_.as<FetchEntry>();
-    TWL_RETURN_IF_ERROR(LaunchCachePlan(cache_, pa, f));
-    const DeviceFetchList list{fetch_.as<FetchEntry>(), &counters[gi].fetched, num_slots_};
-    if (use_copy_engine_) {
-      // The copy engine needs the list on the host: one round trip per group.
-      TWL_RETURN_IF_ERROR(h_fetch_list_.Reserve(size_t(num_slots_) * sizeof(FetchEntry) + 64));
-      int32_t* h_count = h_fetch_list_.as<int32_t>();
-      auto* h_list = reinterpret_cast<FetchEntry*>(h_fetch_list_.as<char>() + 64);
-      TWL_CUDA(cudaMemcpyAsync(h_count, &counters[gi].fetched, 4, cudaMemcpyDeviceToHost, f));
-      TWL_CUDA(cudaStreamSynchronize(f));
-      TWL_CUDA(cudaMemcpyAsync(h_list, fetch_.get(), size_t(*h_count) * sizeof(FetchEntry),
-                                   cudaMemcpyDeviceToHost, f));
-      TWL_CUDA(cudaStreamSynchronize(f));
-      TWL_RETURN_IF_ERROR(copy_engine_->SubmitHost(h_list, *h_count, f));
-    } else {
-      TWL_RETURN_IF_ERROR(gather_->SubmitDevice(list, f));
-    }
-    if (timing) TWL_CUDA(cudaEventRecord(ev_time_[ts][gi][kFetch1], f));
-    TWL_CUDA(cudaEventRecord(ev_fetched_[gi], f));
-
-    // Compute stream: the previous group's attention overlaps this group's fetch.
-    if (gi > 0) TWL_RETURN_IF_ERROR(attend(gi - 1));
-  }
-  TWL_RETURN_IF_ERROR(attend(G - 1));
+  // The stages: select -> prune on c, the cache fetch on f, attention on c (overlapped by
+  // groups; pipeline/cuda/cuda_executor.cuh).
+  pipeline_cuda::CudaStep step;
+  step.g = g_;
+  step.selector = *selector;
+  step.selector_params = req.selector;
+  step.pruner = req.pruner;
+  step.pruner.seq_p = d_seq_p;
+  step.batch = BatchView{B, Hq, d_seq_len, d_page_table, hb.max_pages};
+  step.q = q;
+  step.out = out;
+  step.qk = qk_;
+  // k_bits 16 estimates with the FP16 K itself: read from the mapped pool (slow; rare).
+  step.prune_kv = FpKvView{static_cast<fp16_t*>(pool_->device_base()), nullptr};
+  step.ws_select = ws_sel;
+  step.ws_prune = ws_pru;
+  step.ws_attend = ws_att;
+  step.compute = c;
+  step.timing = timing ? &telemetry_ : nullptr;
+  step.timing_slot = ts;
+  TWL_RETURN_IF_ERROR(executor_.Run(step, groups, scratch_, fetch_stage_));
   // The figures are copied before the step counts as done: the next step (on any stream)
   // overwrites the scratch they come from only after ev_step_done_.
   if (t) TWL_RETURN_IF_ERROR(EnqueueTelemetry(req, G, c));
@@ -937,15 +780,13 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     // Device memory: report the previous step (its copy has landed or is about to), so the
     // host never waits for the step it just queued. Host memory (synchronous anyway), kept
     // lists wanted, or no previous step: this step's own figures.
-    const int32_t prev = (ts + kTelemetryRing - 1) % kTelemetryRing;
-    const bool own = req.space == MemSpace::kHost || req.capture_kept || !pending_[prev].valid;
-    telemetry_slot_ = (telemetry_slot_ + 1) % kTelemetryRing;
-    TWL_RETURN_IF_ERROR(HarvestTelemetry(own ? ts : prev, t));
-    if (own) pending_[prev].valid = false;  // superseded by a newer report
+    TWL_RETURN_IF_ERROR(telemetry_.Publish(
+        req.space == MemSpace::kHost || req.capture_kept,
+        [&](int32_t slot) { return HarvestTelemetry(slot, t); }));
   }
   if (t && req.capture_kept) {
-    TWL_RETURN_IF_ERROR(CaptureDeviceKeptLists(d_kept_tokens_.as<int32_t>(),
-                                          d_kept_count_.as<int32_t>(), units, max_kept, c, t));
+    TWL_RETURN_IF_ERROR(CaptureDeviceKeptLists(scratch_.kept_tokens(), scratch_.kept_count(),
+                                               units, max_kept, c, t));
   }
   if (req.space == MemSpace::kHost) TWL_CUDA(cudaStreamSynchronize(c));
   return offload_cuda::LaunchStatus("offload decode");
@@ -955,36 +796,43 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
 // (kept union, direct tokens, blocks).
 absl::Status GpuOffloadBackend::EnqueueTelemetry(const DecodeRequest& req, int32_t num_groups,
                                                  cudaStream_t c) {
-  const int32_t slot = telemetry_slot_;
+  const int32_t slot = telemetry_.current();
   const int32_t B = req.batch.num_seqs, Hq = req.batch.num_q_heads, H = g_.num_kv_heads;
   const size_t units = size_t(B) * H, heads = size_t(B) * Hq;
   const size_t cnt_bytes = sizeof(DeviceGroupCounters) * size_t(num_groups);
   const size_t bytes = cnt_bytes + heads * 20 + units * 4 * 3;
-  TWL_RETURN_IF_ERROR(h_telemetry_[slot].Reserve(bytes));  // the slot was harvested: not in flight
-  char* h = h_telemetry_[slot].as<char>();
-  TWL_CUDA(cudaMemcpyAsync(h, counters_.get(), cnt_bytes, cudaMemcpyDeviceToHost, c));
-  TWL_CUDA(cudaMemcpyAsync(h + cnt_bytes, d_stats_.get(), heads * 20, cudaMemcpyDeviceToHost, c));
+  // The slot was harvested: not in flight.
+  TWL_RETURN_IF_ERROR(telemetry_.host(slot).Reserve(bytes));
+  char* h = telemetry_.host(slot).as<char>();
+  TWL_CUDA(cudaMemcpyAsync(h, fetch_stage_.counters(), cnt_bytes, cudaMemcpyDeviceToHost, c));
+  TWL_CUDA(cudaMemcpyAsync(h + cnt_bytes, scratch_.stats(), heads * 20, cudaMemcpyDeviceToHost,
+                           c));
   char* hk = h + cnt_bytes + heads * 20;
-  TWL_CUDA(cudaMemcpyAsync(hk, d_kept_count_.get(), units * 4, cudaMemcpyDeviceToHost, c));
-  TWL_CUDA(cudaMemcpyAsync(hk + units * 4, d_count_direct_.get(), units * 4,
+  TWL_CUDA(cudaMemcpyAsync(hk, scratch_.kept_count(), units * 4, cudaMemcpyDeviceToHost, c));
+  TWL_CUDA(cudaMemcpyAsync(hk + units * 4, fetch_stage_.count_direct(), units * 4,
                                cudaMemcpyDeviceToHost, c));
-  TWL_CUDA(cudaMemcpyAsync(hk + units * 8, d_unit_blocks_.get(), units * 4,
+  TWL_CUDA(cudaMemcpyAsync(hk + units * 8, fetch_stage_.unit_blocks(), units * 4,
                                cudaMemcpyDeviceToHost, c));
-  TWL_CUDA(cudaEventRecord(ev_telemetry_[slot], c));
-  pending_[slot] = PendingTelemetry{true, req.layer, B, Hq, num_groups};
+  TWL_RETURN_IF_ERROR(telemetry_.MarkLanded(slot, c));
+  PendingStep& p = telemetry_.pending(slot);
+  p = PendingStep{};
+  p.valid = true;
+  p.layer = req.layer;
+  p.num_seqs = B;
+  p.num_q_heads = Hq;
+  p.num_groups = num_groups;
   return absl::OkStatus();
 }
 
 absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t) {
-  PendingTelemetry& p = pending_[slot];
-  if (!p.valid) return absl::InternalError("offload telemetry: no pending step in the slot");
-  p.valid = false;
-  TWL_CUDA(cudaEventSynchronize(ev_telemetry_[slot]));
+  absl::StatusOr<const PendingStep*> claimed = telemetry_.Claim(slot, "offload telemetry");
+  if (!claimed.ok()) return claimed.status();
+  const PendingStep& p = **claimed;
   const int32_t num_groups = p.num_groups, B = p.num_seqs, Hq = p.num_q_heads;
   const int32_t H = g_.num_kv_heads;
   const size_t units = size_t(B) * H, heads = size_t(B) * Hq;
   const size_t cnt_bytes = sizeof(DeviceGroupCounters) * size_t(num_groups);
-  const char* h = h_telemetry_[slot].as<char>();
+  const char* h = telemetry_.host(slot).as<char>();
   const char* hk = h + cnt_bytes + heads * 20;
   t->layer = p.layer;
   t->num_seqs = B;
@@ -1031,7 +879,7 @@ absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t)
   t->bytes_h2d = st.cache.misses * g_.FpBlockBytes() + st.direct_tokens * row_bytes;
   auto ms = [&](int32_t gi, int a, int b) {
     float v = 0;
-    if (cudaEventElapsedTime(&v, ev_time_[slot][gi][a], ev_time_[slot][gi][b]) != cudaSuccess) {
+    if (cudaEventElapsedTime(&v, TimeEvent(slot, gi, a), TimeEvent(slot, gi, b)) != cudaSuccess) {
       cudaGetLastError();
       return 0.0;
     }
@@ -1046,7 +894,8 @@ absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t)
   }
   // Wall time of the step on the GPU, first select to last attention (stages overlap).
   float total = 0;
-  if (cudaEventElapsedTime(&total, ev_time_[slot][0][kSel0], ev_time_[slot][num_groups - 1][kAttn1]) !=
+  if (cudaEventElapsedTime(&total, TimeEvent(slot, 0, kSel0),
+                          TimeEvent(slot, num_groups - 1, kAttn1)) !=
       cudaSuccess) {
     cudaGetLastError();
   }

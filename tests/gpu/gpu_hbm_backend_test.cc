@@ -152,6 +152,10 @@ TEST(GpuHbmBackend, MatchesCpuBackend) {
       }
       EXPECT_NEAR(double(tg.blocks_needed), double(tc.blocks_needed), 2 + tc.blocks_needed / 20.0);
       EXPECT_GT(tg.ms_attend, 0.0);
+      if (!dense) {  // the executor's per-group stage marks (pipeline/cuda/step_events.cuh)
+        EXPECT_GT(tg.ms_select, 0.0);
+        EXPECT_GT(tg.ms_prune, 0.0);
+      }
 
       // Same step with device q/out on a caller stream gives the same output.
       gpu::DeviceBuffer dq = testing::Upload(q), dout = testing::Poisoned<fp16_t>(size_t(qn));

@@ -1,0 +1,88 @@
+#include "pipeline/cuda/cuda_executor.cuh"
+
+#include "gpu/cuda/cuda_status.cuh"
+#include "pipeline/cuda/step_events.cuh"
+
+namespace twl::pipeline_cuda {
+namespace {
+
+// The group's slice of the batch (device plan rows from first_seq on).
+BatchView GroupBatch(const BatchView& all, const SeqGroup& grp) {
+  BatchView b;
+  b.num_seqs = grp.num_seqs;
+  b.num_q_heads = all.num_q_heads;
+  b.seq_len = all.seq_len + grp.first_seq;
+  b.page_table = all.page_table + int64_t(grp.first_seq) * all.max_pages;
+  b.max_pages = all.max_pages;
+  return b;
+}
+
+}  // namespace
+
+absl::Status CudaExecutor::Run(const CudaStep& step, absl::Span<const SeqGroup> groups,
+                               const StepScratch& scratch, CudaFetch& fetch) const {
+  const PageGeometry& g = step.g;
+  const int32_t Hq = step.batch.num_q_heads;
+  const cudaStream_t c = step.compute;
+  const int32_t G = int32_t(groups.size());
+  // The group's timing events, or null without telemetry.
+  cudaEvent_t marks[kNumGroupEvents] = {};
+  auto marks_of = [&](int32_t gi) -> const cudaEvent_t* {
+    if (!step.timing) return nullptr;
+    for (int32_t e = 0; e < kNumGroupEvents; ++e) {
+      marks[e] = step.timing->timing(step.timing_slot, gi * kNumGroupEvents + e);
+    }
+    return marks;
+  };
+  auto attend = [&](int32_t gi) -> absl::Status {
+    const SeqGroup& grp = groups[size_t(gi)];
+    const BatchView b = GroupBatch(step.batch, grp);
+    const int64_t row0 = int64_t(grp.first_seq) * Hq * g.head_dim;
+    const cudaEvent_t* m = marks_of(gi);
+    TWL_RETURN_IF_ERROR(fetch.WaitFetched(gi, c));
+    if (m) TWL_CUDA(cudaEventRecord(m[kAttn0], c));
+    const AttendSource src = fetch.Source();
+    TWL_RETURN_IF_ERROR(attention_.AttendOnDevice(
+        g, b, QueryView{step.q + row0}, src.kv, scratch.Kept(grp.first_seq, src.counts),
+        OutputView{step.out + row0}, step.pruner.softmax_scale, scratch.attend_workspace(),
+        step.ws_attend, c));
+    if (grp.may_overflow && src.direct_counts) {
+      fp16_t* direct = src.direct_out + row0;
+      TWL_RETURN_IF_ERROR(attention_.AttendOnDevice(
+          g, b, QueryView{step.q + row0}, src.direct_kv,
+          scratch.Kept(grp.first_seq, src.direct_counts), OutputView{direct},
+          step.pruner.softmax_scale, scratch.attend_workspace(), step.ws_attend, c));
+      TWL_RETURN_IF_ERROR(fetch.MergeDirect(g, grp, Hq, direct, step.out + row0, c));
+    }
+    if (m) TWL_CUDA(cudaEventRecord(m[kAttn1], c));
+    return absl::OkStatus();
+  };
+
+  for (int32_t gi = 0; gi < G; ++gi) {
+    const SeqGroup& grp = groups[size_t(gi)];
+    const BatchView b = GroupBatch(step.batch, grp);
+    const int64_t row0 = int64_t(grp.first_seq) * Hq * g.head_dim;
+    const QueryView q{step.q + row0};
+    const SelectionView sel = scratch.Selection(grp.first_seq);
+    const KeptView kept = scratch.Kept(grp.first_seq);
+    PrunerParams pp = step.pruner;
+    pp.seq_p = step.pruner.seq_p ? step.pruner.seq_p + grp.first_seq : nullptr;
+    const cudaEvent_t* m = marks_of(gi);
+    // Compute stream: select + prune of this group.
+    if (m) TWL_CUDA(cudaEventRecord(m[kSel0], c));
+    TWL_RETURN_IF_ERROR(step.selector->SelectOnDevice(
+        g, step.selector_params, b, q, step.qk, sel, scratch.select_workspace(),
+        step.ws_select, c, step.pruner.softmax_scale));
+    if (m) TWL_CUDA(cudaEventRecord(m[kSel1], c));
+    TWL_RETURN_IF_ERROR(pruner_.PruneOnDevice(g, pp, b, q, step.qk, step.prune_kv, sel, kept,
+                                              scratch.Stats(grp.first_seq),
+                                              scratch.prune_workspace(), step.ws_prune, c));
+    if (m) TWL_CUDA(cudaEventRecord(m[kPrune1], c));
+    TWL_RETURN_IF_ERROR(fetch.Fetch(gi, grp, g, b, kept, c, m));
+    // Compute stream: the previous group's attention overlaps this group's fetch.
+    if (gi > 0) TWL_RETURN_IF_ERROR(attend(gi - 1));
+  }
+  return G > 0 ? attend(G - 1) : absl::OkStatus();
+}
+
+}  // namespace twl::pipeline_cuda

@@ -1,0 +1,68 @@
+// The telemetry ring shared by the GPU stores: a step's figures (per-head stats, kept
+// counts, cache counters) are copied into a pinned slot on the step's own stream, and the
+// NEXT decode publishes them, so with device pointers the host never waits for the step it
+// just queued. A step with host pointers (synchronous anyway), with captured kept lists, or
+// without a pending previous step publishes its own figures. Each slot also holds the
+// timing events of its step (how many: the store's choice). One caller at a time.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "gpu/device.h"
+
+namespace twl::pipeline_cuda {
+
+// What the host must remember of a queued step to interpret its pinned figures.
+struct PendingStep {
+  bool valid = false;
+  bool ran_pruner = true;  // HBM store: false for a dense step (figures from seq_len)
+  int32_t layer = -1, num_seqs = 0, num_q_heads = 0, num_groups = 0;
+  std::vector<int32_t> seq_len;  // HBM store, dense steps only
+};
+
+class TelemetryRing {
+ public:
+  static constexpr int32_t kSlots = 2;
+
+  TelemetryRing() = default;
+  TelemetryRing(const TelemetryRing&) = delete;
+  TelemetryRing& operator=(const TelemetryRing&) = delete;
+  ~TelemetryRing();  // the owner has synchronized the device before
+
+  // `timing_events`: timing events per slot (created with timing on).
+  absl::Status Init(int32_t timing_events);
+
+  // The slot the step being queued writes.
+  int32_t current() const { return current_; }
+  cudaEvent_t timing(int32_t slot, int32_t i) const {
+    return timing_[size_t(slot) * size_t(timing_events_) + size_t(i)];
+  }
+  gpu::PinnedHostBuffer& host(int32_t slot) { return host_[slot]; }
+  PendingStep& pending(int32_t slot) { return pending_[slot]; }
+  // The slot's figures have landed in pinned memory once `stream` gets here.
+  absl::Status MarkLanded(int32_t slot, cudaStream_t stream);
+
+  // After the step of current() was queued: picks the slot to report (this step's when
+  // `force_own` or no previous step is pending, else the previous step's), advances
+  // current(), and calls `harvest(slot)`; a report of this step supersedes the older one.
+  absl::Status Publish(bool force_own, absl::FunctionRef<absl::Status(int32_t)> harvest);
+  // For harvest: takes the slot's pending step (InternalError "<who>: no pending step in the
+  // slot" when none) and waits until its figures have landed.
+  absl::StatusOr<const PendingStep*> Claim(int32_t slot, const char* who);
+
+ private:
+  int32_t timing_events_ = 0;
+  std::vector<cudaEvent_t> timing_;  // [kSlots][timing_events_]
+  cudaEvent_t landed_[kSlots] = {};
+  gpu::PinnedHostBuffer host_[kSlots];
+  PendingStep pending_[kSlots];
+  int32_t current_ = 0;
+};
+
+}  // namespace twl::pipeline_cuda
