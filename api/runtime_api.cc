@@ -395,6 +395,7 @@ twl_status twl_runtime_last_step(const twl_runtime* rt, twl_step_stats* out) noe
         stats.disk_pages_loaded = t.disk_pages_loaded;
         stats.disk_pages_spilled = t.disk_pages_spilled;
         stats.ms_disk = t.ms_disk;
+        stats.step = t.step_id;
       }
     }
     twl::api::WriteOut(stats, out);

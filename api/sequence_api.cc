@@ -287,6 +287,8 @@ twl_status twl_decode(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs, in
         layer, absl::MakeConstSpan(args.seqs), static_cast<const twl::fp16_t*>(q),
         static_cast<twl::fp16_t*>(out), *mem, p_span, stream, telemetry);
     if (!status.ok() || telemetry == nullptr) return status;
+    // No step had completed since the last publication: the caller keeps the figures it has.
+    if (telemetry->no_new_figures) return status;
     if (rt->capture_kept) {
       rt->kept_num_seqs = num_seqs;
       rt->kept_offsets = std::move(telemetry->kept_list_offsets);

@@ -376,11 +376,11 @@ TWL_API twl_status twl_decode(twl_runtime* rt, int32_t layer, const twl_seq_id* 
  * "Last" = the most recent successful twl_decode on rt made by the calling thread (so threads
  * decoding concurrently each see their own). Before any, num_seqs is 0 and layer is -1.
  * GPU backends with TWL_MEMORY_DEVICE: a step's figures exist only once the GPU has run it,
- * and waiting for that would stall the caller's pipeline, so each twl_decode publishes the
- * figures of the runtime's PREVIOUS decode (copied asynchronously; layer and num_seqs say
- * which step they describe); its own figures come with the next call. The first step of a
- * runtime, host memory, and steps with capture on (twl_runtime_set_capture_kept) report
- * their own step. */
+ * and twl_decode never waits for the GPU, so each twl_decode publishes the figures of the
+ * NEWEST EARLIER decode whose figures had landed by then (copied asynchronously; `step`,
+ * layer and num_seqs say which decode they describe), or leaves the last figures in place
+ * when none had. Steps skipped that way are not reported. Host memory and steps with
+ * capture on (twl_runtime_set_capture_kept) report their own step. */
 typedef struct twl_step_stats {
   size_t struct_size;       /* sizeof(twl_step_stats), set by the caller */
   int32_t layer;
@@ -398,6 +398,10 @@ typedef struct twl_step_stats {
   int64_t disk_pages_loaded;  /* pages read back from disk into the host pool for this step */
   int64_t disk_pages_spilled; /* pages written to disk to make room in this step */
   double ms_disk;             /* wall time of that disk I/O (included in ms_fetch) */
+  /* Appended after ms_disk: which decode of the runtime these figures describe (1 = its
+   * first, counting every twl_decode of any thread); a reader polling after each decode sees
+   * a new step when it changes. 0 before any. */
+  int64_t step;
 } twl_step_stats;
 
 /* Scalars of the last step into *out (out->struct_size set by the caller).

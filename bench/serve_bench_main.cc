@@ -605,6 +605,7 @@ Result Config::Run() {
   int32_t measured = 0, churn_count = 0;
   double sel = 0, pru = 0, fet = 0, att = 0, hit = 0, h2d = 0, kkv = 0, kq = 0;
   int32_t tele = 0;
+  int64_t last_step_id = -1;  // telemetry already counted
   int32_t step = 0;
   const int32_t total = warmup + steps;
   while (step < total) {
@@ -627,10 +628,12 @@ Result Config::Run() {
       append_ms += a_ms;
       if (gpu_) gpu_ms += double(OrDie(gpu::EventElapsedMs(ev0_, ev1_), "elapsed"));
       ++measured;
-      // Telemetry of the last layer's decode of this step.
+      // The newest decode whose figures were published (GPU backends publish a landed
+      // earlier decode without waiting; `step` tells a new one from one already counted).
       twl_step_stats s{};
       s.struct_size = sizeof(s);
-      if (twl_runtime_last_step(rt_, &s) == TWL_OK && s.num_seqs > 0) {
+      if (twl_runtime_last_step(rt_, &s) == TWL_OK && s.num_seqs > 0 && s.step != last_step_id) {
+        last_step_id = s.step;
         sel += s.ms_select;
         pru += s.ms_prune;
         fet += s.ms_fetch;

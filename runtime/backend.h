@@ -26,6 +26,7 @@ struct DecodeRequest {
   PrunerParams pruner;             // pruner.seq_p is a host pointer or null
   void* stream = nullptr;          // caller's cudaStream_t or null
   bool capture_kept = false;       // fill StepTelemetry::kept_list_* (telemetry non-null)
+  int64_t step_id = 0;             // the Runtime's count of decodes (StepTelemetry::step_id)
 };
 
 class Backend {

@@ -479,11 +479,13 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
     std::memcpy(req.out, pin + o_out, qo_bytes);
   }
   if (timing) {
-    // Device memory: publish the previous step's figures; host memory (synchronous anyway),
-    // captured kept lists or no previous step: this step's.
-    TWL_RETURN_IF_ERROR(telemetry_.Publish(host_io || req.capture_kept, [&](int32_t slot) {
-      return HarvestTelemetry(slot, telemetry);
-    }));
+    // Device memory: publish the newest earlier step whose figures have landed (no wait);
+    // host memory (synchronous anyway) or captured kept lists: this step's.
+    absl::StatusOr<bool> published =
+        telemetry_.Publish(host_io || req.capture_kept,
+                           [&](int32_t slot) { return HarvestTelemetry(slot, telemetry); });
+    if (!published.ok()) return published.status();
+    telemetry->no_new_figures = !*published;
     telemetry->ms_total = std::chrono::duration<double, std::milli>(
                               std::chrono::steady_clock::now() - t_start).count();
   }
@@ -506,6 +508,7 @@ absl::Status GpuHbmBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t) {
   const int64_t pairs = int64_t(p.num_seqs) * g_.num_kv_heads;
   const int32_t Hq = p.num_q_heads;
   t->layer = p.layer;
+  t->step_id = p.step_id;
   t->num_seqs = p.num_seqs;
   const int32_t* tp = reinterpret_cast<const int32_t*>(telemetry_.host(slot).data());
   if (p.ran_pruner) {
@@ -557,6 +560,7 @@ absl::Status GpuHbmBackend::WriteTelemetry(const DecodeRequest& req, bool ran_pr
   p.valid = true;
   p.ran_pruner = ran_pruner;
   p.layer = req.layer;
+  p.step_id = req.step_id;
   p.num_seqs = req.batch.num_seqs;
   p.num_q_heads = req.batch.num_q_heads;
   p.seq_len.assign(req.batch.seq_len, req.batch.seq_len + req.batch.num_seqs);

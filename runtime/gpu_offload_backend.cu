@@ -777,12 +777,14 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     TWL_CUDA(cudaMemcpyAsync(req.out, out, qo_bytes, cudaMemcpyDeviceToHost, c));
   }
   if (t) {
-    // Device memory: report the previous step (its copy has landed or is about to), so the
-    // host never waits for the step it just queued. Host memory (synchronous anyway), kept
-    // lists wanted, or no previous step: this step's own figures.
-    TWL_RETURN_IF_ERROR(telemetry_.Publish(
-        req.space == MemSpace::kHost || req.capture_kept,
-        [&](int32_t slot) { return HarvestTelemetry(slot, t); }));
+    // Device memory: publish the newest earlier step whose figures have landed (no wait),
+    // so the host never waits for a step. Host memory (synchronous anyway) or kept lists
+    // wanted: this step's own figures.
+    absl::StatusOr<bool> published =
+        telemetry_.Publish(req.space == MemSpace::kHost || req.capture_kept,
+                           [&](int32_t slot) { return HarvestTelemetry(slot, t); });
+    if (!published.ok()) return published.status();
+    t->no_new_figures = !*published;
   }
   if (t && req.capture_kept) {
     TWL_RETURN_IF_ERROR(CaptureDeviceKeptLists(scratch_.kept_tokens(), scratch_.kept_count(),
@@ -818,6 +820,7 @@ absl::Status GpuOffloadBackend::EnqueueTelemetry(const DecodeRequest& req, int32
   p = PendingStep{};
   p.valid = true;
   p.layer = req.layer;
+  p.step_id = req.step_id;
   p.num_seqs = B;
   p.num_q_heads = Hq;
   p.num_groups = num_groups;
@@ -835,6 +838,7 @@ absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t)
   const char* h = telemetry_.host(slot).as<char>();
   const char* hk = h + cnt_bytes + heads * 20;
   t->layer = p.layer;
+  t->step_id = p.step_id;
   t->num_seqs = B;
   const auto* cnt = reinterpret_cast<const DeviceGroupCounters*>(h);
   const auto* sel = reinterpret_cast<const int32_t*>(h + cnt_bytes);

@@ -123,6 +123,7 @@ struct Runtime::Impl {
   std::string backend_name;
   mutable std::shared_mutex mu;
   std::atomic<bool> capture_kept{false};
+  int64_t decode_count = 0;  // decodes so far (under mu): StepTelemetry::step_id
 
   void ReleasePages(const std::vector<int32_t>& freed) {
     for (int32_t p : freed) backend->ReleasePage(p);
@@ -480,13 +481,17 @@ absl::Status Runtime::Decode(int32_t layer, absl::Span<const SeqId> seqs, const 
   req.pruner.dense = dense;
   req.capture_kept = im.capture_kept.load(std::memory_order_relaxed);
 
-  StepTelemetry local;
-  StepTelemetry* t = telemetry ? telemetry : &local;
+  req.step_id = ++im.decode_count;
+  // No telemetry wanted: the backends then skip their timing events and read-backs.
+  if (telemetry == nullptr) return im.backend->Decode(req, nullptr);
+  StepTelemetry* t = telemetry;
   *t = StepTelemetry();
   if (absl::Status s = im.backend->Decode(req, t); !s.ok()) return s;
-  if (t->layer < 0) {  // GPU backends with device memory report the step before (layer set)
+  if (t->no_new_figures) return absl::OkStatus();
+  if (t->layer < 0) {  // GPU backends with device memory report an earlier step (layer set)
     t->layer = layer;
     t->num_seqs = req.batch.num_seqs;
+    t->step_id = req.step_id;
   }
   t->ms_total = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
                                                           t_start).count();

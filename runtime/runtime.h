@@ -86,6 +86,11 @@ using SeqId = int64_t;
 struct StepTelemetry {
   int32_t layer = -1;
   int32_t num_seqs = 0;
+  // Which decode of the runtime these figures describe (1 = its first). GPU backends with
+  // device memory publish the newest earlier step whose figures have landed, without waiting;
+  // when none has since the last publication, no_new_figures is set and the rest is empty.
+  int64_t step_id = 0;
+  bool no_new_figures = false;
   std::vector<int32_t> selected_tokens;   // [num_seqs][num_q_heads]
   std::vector<int32_t> kept_tokens;       // [num_seqs][num_q_heads] own top-p set
   std::vector<float> est_mass;            // [num_seqs][num_q_heads]

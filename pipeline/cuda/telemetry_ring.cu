@@ -29,15 +29,39 @@ absl::Status TelemetryRing::MarkLanded(int32_t slot, cudaStream_t stream) {
   return absl::OkStatus();
 }
 
-absl::Status TelemetryRing::Publish(bool force_own,
-                                    absl::FunctionRef<absl::Status(int32_t)> harvest) {
+absl::StatusOr<bool> TelemetryRing::Publish(
+    bool force_own, absl::FunctionRef<absl::Status(int32_t)> harvest) {
   const int32_t ts = current_;
-  const int32_t prev = (ts + kSlots - 1) % kSlots;
-  const bool own = force_own || !pending_[prev].valid;
+  auto older = [&](int32_t k) { return (ts + kSlots - k) % kSlots; };  // k steps back
+  int32_t report = -1;
+  if (force_own) {
+    report = ts;
+  } else {
+    for (int32_t k = 1; k < kSlots && report < 0; ++k) {
+      const int32_t i = older(k);
+      if (!pending_[i].valid) continue;
+      const cudaError_t q = cudaEventQuery(landed_[i]);
+      if (q == cudaSuccess) {
+        report = i;
+      } else if (q != cudaErrorNotReady) {
+        TWL_CUDA(q);  // a device fault shows here
+      }
+    }
+  }
+  if (report >= 0) {
+    TWL_RETURN_IF_ERROR(harvest(report));
+    // Steps older than the one reported are superseded.
+    const int32_t back = (ts - report + kSlots) % kSlots;
+    for (int32_t k = back + 1; k < kSlots; ++k) pending_[older(k)].valid = false;
+  }
   current_ = (current_ + 1) % kSlots;
-  TWL_RETURN_IF_ERROR(harvest(own ? ts : prev));
-  if (own) pending_[prev].valid = false;  // superseded by a newer report
-  return absl::OkStatus();
+  // The next step writes this slot: figures still in flight there (the host is kSlots steps
+  // ahead) must land before their pinned buffer is rewritten or regrown.
+  if (pending_[current_].valid) {
+    TWL_CUDA(cudaEventSynchronize(landed_[current_]));
+    pending_[current_].valid = false;
+  }
+  return report >= 0;
 }
 
 absl::StatusOr<const PendingStep*> TelemetryRing::Claim(int32_t slot, const char* who) {

@@ -1,9 +1,13 @@
 // The telemetry ring shared by the GPU stores: a step's figures (per-head stats, kept
-// counts, cache counters) are copied into a pinned slot on the step's own stream, and the
-// NEXT decode publishes them, so with device pointers the host never waits for the step it
-// just queued. A step with host pointers (synchronous anyway), with captured kept lists, or
-// without a pending previous step publishes its own figures. Each slot also holds the
-// timing events of its step (how many: the store's choice). One caller at a time.
+// counts, cache counters) are copied into a pinned slot on the step's own stream, and a later
+// decode publishes them once they have landed, so with device pointers the host never waits
+// for a step: each decode publishes the newest earlier step whose figures have landed by
+// then (checked with cudaEventQuery, no wait), or nothing new when none has (the first step
+// of a runtime, for one). A step with host pointers (synchronous anyway) or with captured
+// kept lists publishes its own figures. The host waits only when it runs
+// kSlots steps ahead of the GPU (a slot is reused while its figures are still in flight).
+// Each slot also holds the timing events of its step (how many: the store's choice). One
+// caller at a time.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -23,12 +27,15 @@ struct PendingStep {
   bool valid = false;
   bool ran_pruner = true;  // HBM store: false for a dense step (figures from seq_len)
   int32_t layer = -1, num_seqs = 0, num_q_heads = 0, num_groups = 0;
+  int64_t step_id = 0;           // DecodeRequest::step_id of the step
   std::vector<int32_t> seq_len;  // HBM store, dense steps only
 };
 
 class TelemetryRing {
  public:
-  static constexpr int32_t kSlots = 2;
+  // Steps whose figures may be in flight at once; a serving engine queues every layer of a
+  // step (and appends between them) before it waits on the sampled token.
+  static constexpr int32_t kSlots = 8;
 
   TelemetryRing() = default;
   TelemetryRing(const TelemetryRing&) = delete;
@@ -49,9 +56,12 @@ class TelemetryRing {
   absl::Status MarkLanded(int32_t slot, cudaStream_t stream);
 
   // After the step of current() was queued: picks the slot to report (this step's when
-  // `force_own` or no previous step is pending, else the previous step's), advances
-  // current(), and calls `harvest(slot)`; a report of this step supersedes the older one.
-  absl::Status Publish(bool force_own, absl::FunctionRef<absl::Status(int32_t)> harvest);
+  // `force_own`, else the newest older step whose figures have landed, found without
+  // waiting), calls `harvest(slot)` (not at all when none has landed:
+  // returns false then), drops every older pending step (superseded), and advances
+  // current() to a slot whose previous figures have landed (waits only if the host is
+  // kSlots steps ahead).
+  absl::StatusOr<bool> Publish(bool force_own, absl::FunctionRef<absl::Status(int32_t)> harvest);
   // For harvest: takes the slot's pending step (InternalError "<who>: no pending step in the
   // slot" when none) and waits until its figures have landed.
   absl::StatusOr<const PendingStep*> Claim(int32_t slot, const char* who);

@@ -18,7 +18,9 @@ namespace twl::pipeline_cuda {
 
 class UploadRing {
  public:
-  static constexpr int32_t kSlots = 4;  // step plans in flight before the host waits
+  // Step plans in flight before the host waits: a serving engine queues every layer of a step
+  // (and the appends between them) before it waits on the sampled token.
+  static constexpr int32_t kSlots = 16;
 
   struct Slot {
     int32_t index = 0;

@@ -99,6 +99,7 @@ class StepStats(ctypes.Structure):
         ("disk_pages_loaded", ctypes.c_int64),
         ("disk_pages_spilled", ctypes.c_int64),
         ("ms_disk", ctypes.c_double),
+        ("step", ctypes.c_int64),  # appended in 0.2: which decode the figures describe
     ]
 
 

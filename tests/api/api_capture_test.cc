@@ -95,3 +95,43 @@ TEST(ApiCapture, DenseStepKeepsEveryToken) {
 }
 
 }  // namespace
+
+namespace {
+
+// twl_step_stats.step numbers the runtime's decodes: 0 before any, then the decode the
+// figures describe (the CPU backend reports each decode's own figures).
+TEST(ApiTelemetry, StepCountsTheRuntimesDecodes) {
+  twl_runtime_config c = twl_test::SmallConfig();
+  twilight::RuntimePtr rt = twl_test::MakeRuntime(c);
+  ASSERT_TRUE(rt);
+  std::mt19937 rng(9);
+  twl_seq_id seq = 0;
+  ASSERT_EQ(twl_sequence_create(rt.get(), &seq), TWL_OK);
+  for (int32_t layer = 0; layer < c.num_layers; ++layer) {
+    ASSERT_EQ(twl_test::AppendRandom(rt.get(), seq, layer, 40, c.num_kv_heads, c.head_dim, &rng),
+              TWL_OK);
+  }
+  twl_step_stats st{};
+  st.struct_size = sizeof(st);
+  ASSERT_EQ(twl_runtime_last_step(rt.get(), &st), TWL_OK);
+  EXPECT_EQ(st.step, 0);
+  const std::vector<uint16_t> q =
+      twl_test::RandomHalf(&rng, size_t(c.num_q_heads) * c.head_dim, 1.0f);
+  std::vector<uint16_t> out(q.size());
+  for (int i = 1; i <= 3; ++i) {
+    ASSERT_EQ(twl_decode(rt.get(), i % c.num_layers, &seq, 1, q.data(), out.data(),
+                         TWL_MEMORY_HOST, nullptr, nullptr),
+              TWL_OK);
+    ASSERT_EQ(twl_runtime_last_step(rt.get(), &st), TWL_OK);
+    EXPECT_EQ(st.step, i);
+    EXPECT_EQ(st.layer, i % c.num_layers);
+  }
+  // An older, smaller struct is still served (the field is simply not written).
+  twl_step_stats small{};
+  small.struct_size = offsetof(twl_step_stats, step);
+  small.step = -7;
+  ASSERT_EQ(twl_runtime_last_step(rt.get(), &small), TWL_OK);
+  EXPECT_EQ(small.step, -7);
+}
+
+}  // namespace
