@@ -469,18 +469,26 @@ __global__ void __launch_bounds__(kKeptThreads)
 
 namespace twl::cuda {
 
-// One block per (sequence, KV head): union bit words (or every valid slot when dense) ->
-// ascending token positions, 32 slots per thread and step (one popcount, one block scan
-// per kCompactThreads words); then per query head of the group the telemetry (selected:
-// valid candidate rows; kept / est_mass: the head's own top-p set; full_mass; cap_hit),
-// except selected / cap_hit when growing (GrowSearchKernel writes them).
+// Grid: x = chunks of kCompactWords bit words, y = (sequence, KV head). Union bit words (or
+// every valid slot when dense) -> ascending token positions: a block counts the set bits
+// before its chunk (popcounts of the earlier words, or the earlier pages' valid rows when
+// dense: at most a pair's 16 KB of bits, read from L2), each warp scans the popcounts of
+// its 32 words, then writes word by word with lane k taking bit k (consecutive lanes write
+// consecutive positions). The last chunk's block writes the pair's count; block 0 then
+// writes per query head of the group the telemetry (selected: valid candidate rows; kept /
+// est_mass: the head's own top-p set; full_mass; cap_hit), except selected / cap_hit when
+// growing (GrowSearchKernel writes them).
 __global__ void __launch_bounds__(kCompactThreads)
     CompactKeptKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                       PruneShape shape, const uint32_t* __restrict__ bits,
                       const uint32_t* __restrict__ head_max, HistWork hw, KeptView out,
                       HeadStatsView stats) {
+  constexpr int kWarps = kCompactThreads / 32;
+  static_assert(kCompactWords == kWarps * 32, "one word per thread");
+  static_assert(kWarps >= kMaxGroup, "one warp per head of the group");
   __shared__ int scan[33];
-  const int32_t pair = blockIdx.x;
+  __shared__ int warp_total[kWarps];
+  const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t n_pages = sel.count[pair];
   const int32_t slots = n_pages * g.page_size;
@@ -490,28 +498,65 @@ __global__ void __launch_bounds__(kCompactThreads)
   const int32_t len = batch.seq_len[s];
   const bool dense = params.dense;
   const int32_t words = (slots + 31) / 32;
+  const int32_t chunks = max(1, (words + kCompactWords - 1) / kCompactWords);
+  if (int32_t(blockIdx.x) >= chunks) return;  // block-uniform
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   auto pos_of = [&](int32_t i) { return pages[i / g.page_size] * g.page_size + i % g.page_size; };
-  int base_out = 0;
-  for (int32_t w0 = 0; w0 < words; w0 += blockDim.x) {
-    const int32_t w = w0 + threadIdx.x;
-    uint32_t m = 0;
-    if (w < words) {
-      if (dense) {
-        for (int k = 0; k < 32; ++k) {
-          const int32_t i = w * 32 + k;
-          if (i < slots && pos_of(i) < len) m |= 1u << k;
-        }
-      } else {
-        m = pb[w];
-        const int32_t rest = slots - w * 32;
-        if (rest < 32) m &= (1u << rest) - 1u;
-      }
+  const int32_t w0 = int32_t(blockIdx.x) * kCompactWords;
+  // Set bits before the chunk (all in whole words < slots).
+  int before = 0;
+  if (dense) {
+    const int32_t first = w0 * 32;  // rows [0, r) of page P and every page before it
+    const int32_t P = first / g.page_size, r = first % g.page_size;
+    for (int32_t p = threadIdx.x; p <= P && p < n_pages; p += blockDim.x) {
+      before += min(p < P ? g.page_size : r, max(0, len - pages[p] * g.page_size));
     }
-    int total;
-    int at = base_out + BlockExclusiveSum(__popc(m), scan, &total);
-    for (uint32_t t = m; t; t &= t - 1) dst[at++] = pos_of(w * 32 + __ffs(t) - 1);
-    base_out += total;
+  } else {
+    for (int32_t w = threadIdx.x; w < w0; w += blockDim.x) before += __popc(pb[w]);
   }
+  int prefix;
+  BlockExclusiveSum(before, scan, &prefix);
+  // This lane's word of the warp's 32.
+  const int32_t wbase = w0 + warp * 32;
+  uint32_t m = 0;
+  if (dense) {
+    for (int j = 0; j < 32; ++j) {
+      const int32_t i = (wbase + j) * 32 + lane;
+      const uint32_t mj = __ballot_sync(0xffffffffu, i < slots && pos_of(i) < len);
+      if (lane == j) m = mj;
+    }
+  } else if (wbase + lane < words) {
+    const int32_t w = wbase + lane;
+    m = pb[w];
+    const int32_t rest = slots - w * 32;
+    if (rest < 32) m &= (1u << rest) - 1u;
+  }
+  const int c = __popc(m);
+  int incl = c;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += y;
+  }
+  if (lane == 31) warp_total[warp] = incl;
+  __syncthreads();
+  int at = prefix + incl - c;  // output position of this lane's word
+  int block_total = 0;
+#pragma unroll
+  for (int k = 0; k < kWarps; ++k) {
+    if (k < warp) at += warp_total[k];
+    block_total += warp_total[k];
+  }
+  for (int j = 0; j < 32; ++j) {  // warp-uniform
+    const uint32_t mj = __shfl_sync(0xffffffffu, m, j);
+    if (!mj) continue;
+    const int aj = __shfl_sync(0xffffffffu, at, j);
+    if ((mj >> lane) & 1u) {
+      dst[aj + __popc(mj & ((1u << lane) - 1u))] = pos_of((wbase + j) * 32 + lane);
+    }
+  }
+  if (int32_t(blockIdx.x) == chunks - 1 && threadIdx.x == 0) out.count[pair] = prefix + block_total;
+  if (blockIdx.x != 0) return;  // block-uniform
   // Valid candidate rows (the rows of the listed pages inside the sequence).
   int rows = 0;
   for (int32_t i = threadIdx.x; i < n_pages; i += blockDim.x) {
@@ -519,9 +564,7 @@ __global__ void __launch_bounds__(kCompactThreads)
   }
   int nvalid;
   BlockExclusiveSum(rows, scan, &nvalid);
-  if (threadIdx.x == 0) out.count[pair] = base_out;
   const int G = shape.group;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (warp >= G) return;
   const int32_t sq = s * batch.num_q_heads + h * G + warp;
   const bool grow = shape.head_p != nullptr;
