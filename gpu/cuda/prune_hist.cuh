@@ -52,7 +52,7 @@ constexpr float kSubPerLogit = 2048.0f;  // level-2 sub-bin width 1/2048 logit
 constexpr int kHistThreads = 256;
 constexpr int kHistChunk = 8192;        // slots of one query-head row per block
 constexpr int kKeptThreads = 256;
-constexpr int kKeptChunk = 8192;        // slots of a (sequence, KV head) per block
+constexpr int kKeptChunk = 4096;        // slots of a (sequence, KV head) per block (2 steps)
 
 using u64 = unsigned long long;
 
@@ -69,7 +69,7 @@ struct HistWork {
   u64* kept_mass = nullptr;     // [heads] fixed-point mass of the head's own kept set
   int32_t* kept_count = nullptr;  // [heads]
   int32_t* bad = nullptr;         // [heads] 1: a NaN estimate (the head keeps nothing)
-  float fx_scale = kFixedScale;
+  float fx_scale = kFixedScale;  // <= 2^40: HistKernel's 32-bit partial sums rely on it
 };
 
 
@@ -512,6 +512,7 @@ __global__ void __launch_bounds__(kCompactThreads)
       before += min(p < P ? g.page_size : r, max(0, len - pages[p] * g.page_size));
     }
   } else {
+#pragma unroll 4
     for (int32_t w = threadIdx.x; w < w0; w += blockDim.x) before += __popc(pb[w]);
   }
   int prefix;
