@@ -36,7 +36,7 @@
 //     (both rows loaded at once), write the union bit words with plain stores (four lanes
 //     a word: no memset, no atomics) and add each head's own kept count and fixed-point mass
 //     to per-head counters.
-// CompactKeptKernel (prune.cuh) then lists the tokens and writes the per-head telemetry.
+// CompactKeptKernel (below) then lists the tokens and writes the per-head telemetry.
 //
 // Bytes (INT4, d = 128, group G): the score pass reads 68 B per (token, KV head) and writes
 // 2G B; the three passes read 2G B each; with G = 4 that is 100 B moved per 68 B of INT4.
