@@ -227,7 +227,10 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     TWL_RETURN_IF_ERROR(LaunchStatus("KeptKernel"));
   }
   TWL_RETURN_IF_ERROR(Mark(ev, 2, st));
-  cuda::CompactKeptKernel<<<unsigned(pairs), cuda::kCompactThreads, 0, st>>>(
+  const unsigned compact_chunks =
+      unsigned((shape.bit_words + cuda::kCompactWords - 1) / cuda::kCompactWords);
+  cuda::CompactKeptKernel<<<dim3(compact_chunks, unsigned(pairs)), cuda::kCompactThreads, 0,
+                            st>>>(
       g, params, batch, list, shape, l.bits, l.head_max, l.hist, out, stats);
   TWL_RETURN_IF_ERROR(LaunchStatus("CompactKeptKernel"));
   return Mark(ev, 3, st);

@@ -15,8 +15,8 @@
 //     ScoreScalarKernel is the fallback for k_bits 2/8 and for FP16 K (k_bits 16).
 //  2. The top-p threshold by histogram selection, many blocks per head (prune_hist.cuh):
 //     HistKernel<1>, HistKernel<2>, KeptKernel (union bit words + per-head kept counters).
-//  3. CompactKeptKernel, one block per (sequence, KV head): union bits -> ascending tokens,
-//     and the per-query-head telemetry.
+//  3. CompactKeptKernel, blocks of kCompactWords bit words per (sequence, KV head): union
+//     bits -> ascending tokens, and the per-query-head telemetry.
 #pragma once
 
 #include "gpu/cuda/common.cuh"
@@ -26,7 +26,8 @@ namespace twl::cuda {
 constexpr int kScoreWarps = 8;
 constexpr int kTilesPerWarp = 4;       // 16-token MMA tiles per warp group
 constexpr int kScoreMaxPages = 1024;   // pages of a block's tile run resolved in smem
-constexpr int kCompactThreads = 512;
+constexpr int kCompactThreads = 256;
+constexpr int kCompactWords = 256;   // bit words (8192 slots) of a pair per compaction block
 
 struct PruneShape {
   int32_t group = 1;

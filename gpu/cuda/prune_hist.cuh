@@ -23,16 +23,20 @@
 // the NaN/inf rule applies); rounding moves a score by <= |s| * 2^-11.
 //
 // Launches (after the score pass; one memset clears head_max and all accumulators):
-//  1. HistKernel<1>: grid (query heads, slot chunks): per block a 256-bin histogram of
-//     fixed-point mass in shared memory, flushed with one 64-bit global atomic per non-empty
-//     bin. Warps whose lanes fall into few bins (flat heads) sum them with shuffles first.
-//  2. HistKernel<2>: each block finds B from the global level-1 histogram (one warp scan),
-//     then histograms only its boundary-bin candidates by sub-bin.
-//  3. KeptKernel: grid (slot chunks, (sequence, KV head)); each thread one slot for all heads
-//     of the GQA group; blocks find (B, B2) per head, write the union bit words with plain
-//     stores (one ballot per 32 slots: no memset, no atomics) and add each head's own kept
-//     count and fixed-point mass to per-head counters.
-// CompactKeptKernel (prune.cuh) then lists the tokens and writes the per-head telemetry.
+//  1. HistKernel<1>: grid (query heads, slot chunks): every thread loads its 32 slots
+//     (four 16-byte loads in flight), sums runs of equal bins in registers, and adds them to
+//     its warp's own 256-bin sub-histogram in shared memory (32-bit partial sums, no
+//     shuffles, no contention between warps); the block merges the warps into 64-bit sums
+//     and flushes them with one global atomic per non-empty bin.
+//  2. HistKernel<2>: each block finds B from the global level-1 histogram (one warp, one
+//     load of the row), then histograms only its boundary-bin candidates by sub-bin (the
+//     others cost a load and a compare: no exp, no atomic).
+//  3. KeptKernel: grid (slot chunks, (sequence, KV head)); each thread 8 slots per step for
+//     all heads of the GQA group (one 16-byte load per head); blocks find (B, B2) per head
+//     (both rows loaded at once), write the union bit words with plain stores (four lanes
+//     a word: no memset, no atomics) and add each head's own kept count and fixed-point mass
+//     to per-head counters.
+// CompactKeptKernel (below) then lists the tokens and writes the per-head telemetry.
 //
 // Bytes (INT4, d = 128, group G): the score pass reads 68 B per (token, KV head) and writes
 // 2G B; the three passes read 2G B each; with G = 4 that is 100 B moved per 68 B of INT4.
@@ -48,7 +52,7 @@ constexpr float kSubPerLogit = 2048.0f;  // level-2 sub-bin width 1/2048 logit
 constexpr int kHistThreads = 256;
 constexpr int kHistChunk = 8192;        // slots of one query-head row per block
 constexpr int kKeptThreads = 256;
-constexpr int kKeptChunk = 2048;        // slots of a (sequence, KV head) per block
+constexpr int kKeptChunk = 4096;        // slots of a (sequence, KV head) per block (2 steps)
 
 using u64 = unsigned long long;
 
@@ -65,7 +69,7 @@ struct HistWork {
   u64* kept_mass = nullptr;     // [heads] fixed-point mass of the head's own kept set
   int32_t* kept_count = nullptr;  // [heads]
   int32_t* bad = nullptr;         // [heads] 1: a NaN estimate (the head keeps nothing)
-  float fx_scale = kFixedScale;
+  float fx_scale = kFixedScale;  // <= 2^40: HistKernel's 32-bit partial sums rely on it
 };
 
 
@@ -107,18 +111,22 @@ __device__ __forceinline__ u64 Fixed(float w, float scale) {
   return __float2ull_rn(w * scale);
 }
 
-// One warp: the first bin of hist[0..256) where the cumulative sum reaches target (>= 1),
-// and the sum of the bins before it; bin 255 when the total falls short. Every lane returns
-// the same result.
-__device__ __forceinline__ int WarpFindBin(const u64* hist, u64 target, u64* before) {
+// A 256-bin histogram row held by one warp in registers: lane l has bins [8 l, 8 l + 8).
+// Each lane's eight loads are independent, so the row costs one round trip to L2.
+__device__ __forceinline__ void WarpLoadHist(const u64* hist, u64 v[8]) {
   const int lane = threadIdx.x & 31;
-  u64 v[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) v[k] = hist[lane * 8 + k];
+}
+
+// One warp, a row in registers (WarpLoadHist): the first bin where the cumulative sum
+// reaches target (>= 1), and the sum of the bins before it; bin 255 when the total falls
+// short. Every lane returns the same result.
+__device__ __forceinline__ int WarpFindBin(const u64 v[8], u64 target, u64* before) {
+  const int lane = threadIdx.x & 31;
   u64 local = 0;
 #pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    v[k] = hist[lane * 8 + k];
-    local += v[k];
-  }
+  for (int k = 0; k < 8; ++k) local += v[k];
   u64 inc = local;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
@@ -157,12 +165,12 @@ __device__ __forceinline__ u64 WarpSumU64(u64 v) {
   return v;
 }
 
-// One warp: the head's total and target T = ceil(p * total) (0: nothing to keep).
-__device__ __forceinline__ u64 WarpTarget(const u64* hist1, float p, u64* total) {
-  const int lane = threadIdx.x & 31;
+// One warp, the level-1 row in registers: the head's total and target T = ceil(p * total)
+// (0: nothing to keep).
+__device__ __forceinline__ u64 WarpTarget(const u64 v[8], float p, u64* total) {
   u64 t = 0;
 #pragma unroll
-  for (int k = 0; k < 8; ++k) t += hist1[lane * 8 + k];
+  for (int k = 0; k < 8; ++k) t += v[k];
   t = WarpSumU64(t);
   *total = t;
   return u64(ceil(double(p) * double(t)));
@@ -182,47 +190,61 @@ __device__ __forceinline__ void SharedAddU64(u64* addr, u64 v) {
   if (hi) atomicAdd(&w[1], hi);
 }
 
-// Adds `m` to hist[bin] for every lane with m > 0; warps whose lanes fall into at most
-// four bins sum them with shuffles first (flat heads put most lanes into one or two bins).
-__device__ __forceinline__ void WarpHistAdd(u64* hist, int bin, u64 m) {
-  const int lane = threadIdx.x & 31;
-  const bool on = m != 0;
-  const unsigned peers = __match_any_sync(0xffffffffu, on ? bin : kHistBins + lane);
-  const unsigned leaders = __ballot_sync(0xffffffffu, on && lane == __ffs(peers) - 1);
-  if (__popc(leaders) <= 4) {
-    for (unsigned todo = leaders; todo; todo &= todo - 1) {  // warp-uniform
-      const int l = __ffs(todo) - 1;
-      const int bl = __shfl_sync(0xffffffffu, bin, l);
-      const u64 sum = WarpSumU64(on && bin == bl ? m : 0ull);
-      if (lane == l) SharedAddU64(&hist[bl], sum);
-    }
-  } else if (on) {
-    SharedAddU64(&hist[bin], m);
+// Eight FP16 scores of a row from slot i0 as raw halves (one 16-byte load when aligned and
+// inside [0, n)); -inf (0xFC00) past n.
+__device__ __forceinline__ uint4 LoadRaw8(const fp16_t* row, int32_t i0, int32_t n, bool vec) {
+  if (vec && i0 + 8 <= n) return *reinterpret_cast<const uint4*>(row + i0);
+  uint32_t w[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const uint32_t a = i0 + 2 * k < n ? uint32_t(row[i0 + 2 * k]) : 0xFC00u;
+    const uint32_t b = i0 + 2 * k + 1 < n ? uint32_t(row[i0 + 2 * k + 1]) : 0xFC00u;
+    w[k] = a | (b << 16);
   }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+// Half k (constant after unrolling) of LoadRaw8's result, as a float.
+__device__ __forceinline__ float RawHalf(const uint4& v, int k) {
+  const uint32_t word = (k >> 1) == 0 ? v.x : (k >> 1) == 1 ? v.y : (k >> 1) == 2 ? v.z : v.w;
+  return H2F(fp16_t((k & 1) ? word >> 16 : word & 0xFFFFu));
 }
 
-// Loads 8 scores of a row from slot i0 (< n), -inf past n.
-__device__ __forceinline__ void LoadScores8(const fp16_t* row, int32_t i0, int32_t n, bool vec,
-                                            float out[8]) {
-  if (vec && i0 + 8 <= n) {
-    const uint4 v = *reinterpret_cast<const uint4*>(row + i0);
-    const fp16_t* e = reinterpret_cast<const fp16_t*>(&v);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) out[k] = H2F(e[k]);
-  } else {
-#pragma unroll
-    for (int k = 0; k < 8; ++k) out[k] = i0 + k < n ? H2F(row[i0 + k]) : -INFINITY;
-  }
+// Per-warp sub-histograms of the histogram kernels. A block's mass per bin is accumulated
+// without shuffles or cross-warp contention: each warp owns 256 bins of two 32-bit words,
+// the low 20 bits and the rest (>> 20) of every fixed-point sum added, both plain 32-bit
+// shared atomics with no returned value. No overflow: a warp adds at most
+// kHistChunk / kHistWarps = 1024 masses of <= 2^40 (w <= 1: every stored score <= M), so
+// its high words sum to <= 1024 * 2^20 = 2^30, and its low words take at most one add
+// (< 2^20) per candidate, < 2^30. The block then merges the warps into exact 64-bit sums
+// (hi << 20) + lo: integer sums, so the result is the same as any other order of adds.
+constexpr int kHistWarps = kHistThreads / 32;
+constexpr int kSplitBits = 20;
+constexpr int kHistIters = kHistChunk / (8 * kHistThreads);  // 16-byte loads per thread
+static_assert(kHistChunk % (8 * kHistThreads) == 0, "whole 16-byte loads per thread");
+static_assert(int64_t(kHistChunk / kHistWarps) << (40 - kSplitBits) < (int64_t(1) << 32) &&
+                  int64_t(kHistChunk / kHistWarps) << kSplitBits < (int64_t(1) << 32),
+              "a warp's 32-bit partial sums cannot overflow");
+static_assert(kHistThreads == kHistBins, "the merge gives each thread one bin");
+
+__device__ __forceinline__ void SubHistAdd(uint32_t* lo, uint32_t* hi, int bin, u64 acc) {
+  const uint32_t l = uint32_t(acc) & ((1u << kSplitBits) - 1u);
+  const uint32_t h = uint32_t(acc >> kSplitBits);  // a thread's run: <= 32 * 2^40 >> 20
+  if (l) atomicAdd(&lo[bin], l);
+  if (h) atomicAdd(&hi[bin], h);
 }
 
 // Grid: x = (sequence, query head), y = chunks of kHistChunk slots. Level 1: every valid
 // candidate into hist1; level 2: the candidates of the boundary bin B into hist2.
+// Every thread loads its kHistIters x 8 slots up front (loads in flight together), then
+// adds runs of equal bins from registers (a flat head's neighbours share bins: one atomic
+// per run) into its warp's sub-histogram.
 template <int kLevel>
 __global__ void __launch_bounds__(kHistThreads)
     HistKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                PruneShape shape, const fp16_t* __restrict__ scores,
                const uint32_t* __restrict__ head_max, HistWork hw) {
-  __shared__ u64 hist[kHistBins];
+  __shared__ uint32_t sub_lo[kHistWarps][kHistBins];
+  __shared__ uint32_t sub_hi[kHistWarps][kHistBins];
   __shared__ int boundary;
   const int32_t sq = blockIdx.x;
   const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
@@ -233,64 +255,81 @@ __global__ void __launch_bounds__(kHistThreads)
   float mx = 0.0f;
   const int mode = HeadMode(params, shape, head_max, hw, s, sq, &mx);
   if (mode != kModeTopP) return;
-  for (int i = threadIdx.x; i < kHistBins; i += blockDim.x) hist[i] = 0;
+  const fp16_t* row = scores + int64_t(sq) * shape.cand_stride;
+  const int32_t c1 = min(slots, c0 + kHistChunk);
+  const bool vec = (shape.cand_stride & 7) == 0;
+  uint4 raw[kHistIters];
+#pragma unroll
+  for (int it = 0; it < kHistIters; ++it) {
+    raw[it] = LoadRaw8(row, c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x), c1, vec);
+  }
+  for (int i = threadIdx.x; i < kHistWarps * kHistBins; i += blockDim.x) {
+    (&sub_lo[0][0])[i] = 0;
+    (&sub_hi[0][0])[i] = 0;
+  }
   if (kLevel == 2) {
     if (threadIdx.x < 32) {
-      u64 total, before;
-      const u64 target = WarpTarget(hw.hist1 + int64_t(sq) * kHistBins,
-                                    HeadP(params, shape, s, sq), &total);
-      const int b = target ? WarpFindBin(hw.hist1 + int64_t(sq) * kHistBins, target, &before) : -1;
+      u64 v[8], total, before;
+      WarpLoadHist(hw.hist1 + int64_t(sq) * kHistBins, v);
+      const u64 target = WarpTarget(v, HeadP(params, shape, s, sq), &total);
+      const int b = target ? WarpFindBin(v, target, &before) : -1;
       if (threadIdx.x == 0) boundary = b;
     }
   }
-  __syncthreads();
+  __syncthreads();  // sub-histograms zeroed, boundary known
   const int B = kLevel == 2 ? boundary : 0;
   if (kLevel == 2 && B < 0) return;
-  const fp16_t* row = scores + int64_t(sq) * shape.cand_stride;
+  const int warp = threadIdx.x >> 5;
+  uint32_t* lo = sub_lo[warp];
+  uint32_t* hi = sub_hi[warp];
   const uint8_t* in_set = shape.in_set ? shape.in_set + int64_t(pair) * sel.max_select : nullptr;
-  const int32_t c1 = min(slots, c0 + kHistChunk);
-  const bool vec = (shape.cand_stride & 7) == 0;
+  const int32_t ps = g.page_size;
+  const bool page8 = (ps & 7) == 0;  // the 8 slots of a load lie in one page
   bool nan_seen = false;
-  // Same trip count for every lane of a warp (the warp aggregation shuffles).
-  for (int32_t base = c0; base < c1; base += 8 * blockDim.x) {
-    const int32_t i0 = base + 8 * threadIdx.x;
-    float x[8];
-    if (i0 < c1) {
-      LoadScores8(row, i0, c1, vec, x);
-    } else {
+  int cur = -1;  // the bin of the thread's pending run
+  u64 acc = 0;   // its mass
 #pragma unroll
-      for (int k = 0; k < 8; ++k) x[k] = -INFINITY;
-    }
+  for (int it = 0; it < kHistIters; ++it) {
+    const int32_t i0 = c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x);
+    if (i0 >= c1) break;
+    const bool page_in = !in_set || !page8 || in_set[i0 / ps] != 0;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       const int32_t i = i0 + k;
-      bool valid = i < c1 && x[k] != -INFINITY;
-      if (valid && in_set) valid = in_set[i / g.page_size] != 0;
-      nan_seen |= valid && isnan(x[k]);
-      const float d = mx - x[k];
+      const float x = RawHalf(raw[it], k);
+      bool valid = i < c1 && x != -INFINITY && page_in;
+      if (valid && in_set && !page8) valid = in_set[i / ps] != 0;
+      nan_seen |= valid && isnan(x);
+      if (!valid || isnan(x)) continue;
+      const float d = mx - x;
       const int b1 = Bin1(d);
-      u64 m = 0;
-      int bin = b1;
-      if (valid && !isnan(x[k])) {
-        m = Fixed(expf(-d), hw.fx_scale);
-        if (kLevel == 2) {
-          if (b1 != B) m = 0;
-          bin = Bin2(d, b1);
-        }
+      if (kLevel == 2 && b1 != B) continue;
+      const u64 m = Fixed(expf(-d), hw.fx_scale);
+      if (!m) continue;
+      const int bin = kLevel == 1 ? b1 : Bin2(d, b1);
+      if (bin != cur) {
+        if (acc) SubHistAdd(lo, hi, cur, acc);
+        cur = bin;
+        acc = 0;
       }
-      WarpHistAdd(hist, bin, m);
+      acc += m;
     }
   }
+  if (acc) SubHistAdd(lo, hi, cur, acc);
   if (kLevel == 1 && nan_seen) hw.bad[sq] = 1;  // benign race: every writer stores 1
-  __syncthreads();
+  __syncthreads();  // every warp's adds done
+  const int b = threadIdx.x;
+  u64 sum = 0;
+#pragma unroll
+  for (int w = 0; w < kHistWarps; ++w) sum += (u64(sub_hi[w][b]) << kSplitBits) + sub_lo[w][b];
   u64* out = (kLevel == 1 ? hw.hist1 : hw.hist2) + int64_t(sq) * kHistBins;
-  for (int i = threadIdx.x; i < kHistBins; i += blockDim.x) {
-    if (hist[i]) atomicAdd(&out[i], hist[i]);
-  }
+  if (sum) atomicAdd(&out[b], sum);
 }
 
 // Grid: x = chunks of kKeptChunk slots, y = (sequence, KV head). Union bits of the group's
 // kept sets (words [0, ceil(slots / 32)) all written), per-head kept count and mass.
+// Each thread takes 8 consecutive slots per step (one 16-byte load per head); four lanes
+// make a bit word (two shuffles), written with a plain store.
 __global__ void __launch_bounds__(kKeptThreads)
     KeptKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                PruneShape shape, const fp16_t* __restrict__ scores,
@@ -299,6 +338,7 @@ __global__ void __launch_bounds__(kKeptThreads)
   __shared__ float h_mx[kMaxGroup];
   __shared__ u64 s_mass[kMaxGroup];
   __shared__ int s_count[kMaxGroup];
+  static_assert(kKeptThreads / 32 >= kMaxGroup, "one warp per head of the group");
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t slots = sel.count[pair] * g.page_size;
@@ -307,22 +347,22 @@ __global__ void __launch_bounds__(kKeptThreads)
   const int G = shape.group;
   const int32_t sq0 = s * batch.num_q_heads + h * G;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  // Warp j: head j's mode and threshold bins.
+  // Warp j: head j's mode and threshold bins (both histogram rows loaded at once).
   if (warp < G) {
     const int32_t sq = sq0 + warp;
     float mx = 0.0f;
     int mode = HeadMode(params, shape, head_max, hw, s, sq, &mx);
     int b1 = 0, b2 = 0;
     if (mode == kModeTopP) {
-      u64 total, before;
-      const u64* h1 = hw.hist1 + int64_t(sq) * kHistBins;
-      const u64 target = WarpTarget(h1, HeadP(params, shape, s, sq), &total);
+      u64 v1[8], v2[8], total, before, unused;
+      WarpLoadHist(hw.hist1 + int64_t(sq) * kHistBins, v1);
+      WarpLoadHist(hw.hist2 + int64_t(sq) * kHistBins, v2);
+      const u64 target = WarpTarget(v1, HeadP(params, shape, s, sq), &total);
       if (!target) {
         mode = kModeNone;
       } else {
-        b1 = WarpFindBin(h1, target, &before);
-        u64 unused;
-        b2 = WarpFindBin(hw.hist2 + int64_t(sq) * kHistBins, target - before, &unused);
+        b1 = WarpFindBin(v1, target, &before);
+        b2 = WarpFindBin(v2, target - before, &unused);
       }
     }
     if (lane == 0) {
@@ -340,6 +380,9 @@ __global__ void __launch_bounds__(kKeptThreads)
   const uint8_t* in_set = shape.in_set ? shape.in_set + int64_t(pair) * sel.max_select : nullptr;
   uint32_t* pair_bits = bits + int64_t(pair) * shape.bit_words;
   const int32_t c1 = min(slots, c0 + kKeptChunk);
+  const int32_t ps = g.page_size;
+  const bool page8 = (ps & 7) == 0;
+  const bool vec = (shape.cand_stride & 7) == 0;
   int cnt[kMaxGroup];
   u64 mass[kMaxGroup];
 #pragma unroll
@@ -347,33 +390,61 @@ __global__ void __launch_bounds__(kKeptThreads)
     cnt[j] = 0;
     mass[j] = 0;
   }
-  for (int32_t base = c0; base < c1; base += blockDim.x) {  // c0, blockDim: multiples of 32
-    const int32_t i = base + threadIdx.x;
-    bool valid = i < c1 && pages[i / g.page_size] * g.page_size + i % g.page_size < len;
-    if (valid && in_set) valid = in_set[i / g.page_size] != 0;
-    uint32_t word = 0;
+  // The same trip count for every thread (the shuffles); c0 and the step: multiples of 32.
+  for (int32_t base = c0; base < c1; base += 8 * blockDim.x) {
+    const int32_t i0 = base + 8 * int32_t(threadIdx.x);
+    uint32_t vmask = 0;  // bit k: slot i0 + k is a valid candidate
+    if (i0 < c1) {
+      if (page8) {
+        const int32_t pg = i0 / ps;
+        const int32_t pos0 = pages[pg] * ps + i0 % ps;
+        if (!in_set || in_set[pg] != 0) {
+#pragma unroll
+          for (int k = 0; k < 8; ++k) {
+            if (i0 + k < c1 && pos0 + k < len) vmask |= 1u << k;
+          }
+        }
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          const int32_t i = i0 + k;
+          bool valid = i < c1 && pages[i / ps] * ps + i % ps < len;
+          if (valid && in_set) valid = in_set[i / ps] != 0;
+          if (valid) vmask |= 1u << k;
+        }
+      }
+    }
+    uint32_t byte = 0;
 #pragma unroll
     for (int j = 0; j < kMaxGroup; ++j) {
       if (j >= G) break;
       const int mode = h_mode[j];
-      bool keep = false;
-      float w = 0.0f;
-      if (valid && mode == kModeAll) {
-        keep = true;
-      } else if (valid && mode == kModeTopP) {
-        const float x = H2F(scores[int64_t(sq0 + j) * shape.cand_stride + i]);
-        const float d = h_mx[j] - x;
-        w = expf(-d);
-        const int b1 = Bin1(d);
-        keep = w > 0.0f && (b1 < h_b1[j] || (b1 == h_b1[j] && Bin2(d, b1) <= h_b2[j]));
-      }
-      word |= __ballot_sync(0xffffffffu, keep);
-      if (keep) {
-        ++cnt[j];
-        mass[j] += Fixed(w, hw.fx_scale);
+      if (mode == kModeAll) {
+        byte |= vmask;
+        cnt[j] += __popc(vmask);
+      } else if (mode == kModeTopP && vmask) {
+        const uint4 raw = LoadRaw8(scores + int64_t(sq0 + j) * shape.cand_stride, i0, c1, vec);
+        const float mxj = h_mx[j];
+        const int B1 = h_b1[j], B2 = h_b2[j];
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          if (!((vmask >> k) & 1u)) continue;
+          const float d = mxj - RawHalf(raw, k);
+          const int b1 = Bin1(d);
+          if (b1 > B1 || (b1 == B1 && Bin2(d, b1) > B2)) continue;
+          const float w = expf(-d);
+          if (w > 0.0f) {
+            byte |= 1u << k;
+            ++cnt[j];
+            mass[j] += Fixed(w, hw.fx_scale);
+          }
+        }
       }
     }
-    if (lane == 0 && i < c1) pair_bits[i >> 5] = word;
+    uint32_t word = byte << (8 * (lane & 3));  // slots i0..i0+7 are bits 8 (lane & 3) + k
+    word |= __shfl_xor_sync(0xffffffffu, word, 1);
+    word |= __shfl_xor_sync(0xffffffffu, word, 2);
+    if ((lane & 3) == 0 && i0 < c1) pair_bits[i0 >> 5] = word;
   }
 #pragma unroll
   for (int j = 0; j < kMaxGroup; ++j) {
@@ -395,20 +466,29 @@ __global__ void __launch_bounds__(kKeptThreads)
 
 }  // namespace twl::cuda
 
+
 namespace twl::cuda {
 
-// One block per (sequence, KV head): union bit words (or every valid slot when dense) ->
-// ascending token positions, 32 slots per thread and step (one popcount, one block scan
-// per kCompactThreads words); then per query head of the group the telemetry (selected:
-// valid candidate rows; kept / est_mass: the head's own top-p set; full_mass; cap_hit),
-// except selected / cap_hit when growing (GrowSearchKernel writes them).
+// Grid: x = chunks of kCompactWords bit words, y = (sequence, KV head). Union bit words (or
+// every valid slot when dense) -> ascending token positions: a block counts the set bits
+// before its chunk (popcounts of the earlier words, or the earlier pages' valid rows when
+// dense: at most a pair's 16 KB of bits, read from L2), each warp scans the popcounts of
+// its 32 words, then writes word by word with lane k taking bit k (consecutive lanes write
+// consecutive positions). The last chunk's block writes the pair's count; block 0 then
+// writes per query head of the group the telemetry (selected: valid candidate rows; kept /
+// est_mass: the head's own top-p set; full_mass; cap_hit), except selected / cap_hit when
+// growing (GrowSearchKernel writes them).
 __global__ void __launch_bounds__(kCompactThreads)
     CompactKeptKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                       PruneShape shape, const uint32_t* __restrict__ bits,
                       const uint32_t* __restrict__ head_max, HistWork hw, KeptView out,
                       HeadStatsView stats) {
+  constexpr int kWarps = kCompactThreads / 32;
+  static_assert(kCompactWords == kWarps * 32, "one word per thread");
+  static_assert(kWarps >= kMaxGroup, "one warp per head of the group");
   __shared__ int scan[33];
-  const int32_t pair = blockIdx.x;
+  __shared__ int warp_total[kWarps];
+  const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t n_pages = sel.count[pair];
   const int32_t slots = n_pages * g.page_size;
@@ -418,28 +498,66 @@ __global__ void __launch_bounds__(kCompactThreads)
   const int32_t len = batch.seq_len[s];
   const bool dense = params.dense;
   const int32_t words = (slots + 31) / 32;
+  const int32_t chunks = max(1, (words + kCompactWords - 1) / kCompactWords);
+  if (int32_t(blockIdx.x) >= chunks) return;  // block-uniform
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   auto pos_of = [&](int32_t i) { return pages[i / g.page_size] * g.page_size + i % g.page_size; };
-  int base_out = 0;
-  for (int32_t w0 = 0; w0 < words; w0 += blockDim.x) {
-    const int32_t w = w0 + threadIdx.x;
-    uint32_t m = 0;
-    if (w < words) {
-      if (dense) {
-        for (int k = 0; k < 32; ++k) {
-          const int32_t i = w * 32 + k;
-          if (i < slots && pos_of(i) < len) m |= 1u << k;
-        }
-      } else {
-        m = pb[w];
-        const int32_t rest = slots - w * 32;
-        if (rest < 32) m &= (1u << rest) - 1u;
-      }
+  const int32_t w0 = int32_t(blockIdx.x) * kCompactWords;
+  // Set bits before the chunk (all in whole words < slots).
+  int before = 0;
+  if (dense) {
+    const int32_t first = w0 * 32;  // rows [0, r) of page P and every page before it
+    const int32_t P = first / g.page_size, r = first % g.page_size;
+    for (int32_t p = threadIdx.x; p <= P && p < n_pages; p += blockDim.x) {
+      before += min(p < P ? g.page_size : r, max(0, len - pages[p] * g.page_size));
     }
-    int total;
-    int at = base_out + BlockExclusiveSum(__popc(m), scan, &total);
-    for (uint32_t t = m; t; t &= t - 1) dst[at++] = pos_of(w * 32 + __ffs(t) - 1);
-    base_out += total;
+  } else {
+#pragma unroll 4
+    for (int32_t w = threadIdx.x; w < w0; w += blockDim.x) before += __popc(pb[w]);
   }
+  int prefix;
+  BlockExclusiveSum(before, scan, &prefix);
+  // This lane's word of the warp's 32.
+  const int32_t wbase = w0 + warp * 32;
+  uint32_t m = 0;
+  if (dense) {
+    for (int j = 0; j < 32; ++j) {
+      const int32_t i = (wbase + j) * 32 + lane;
+      const uint32_t mj = __ballot_sync(0xffffffffu, i < slots && pos_of(i) < len);
+      if (lane == j) m = mj;
+    }
+  } else if (wbase + lane < words) {
+    const int32_t w = wbase + lane;
+    m = pb[w];
+    const int32_t rest = slots - w * 32;
+    if (rest < 32) m &= (1u << rest) - 1u;
+  }
+  const int c = __popc(m);
+  int incl = c;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += y;
+  }
+  if (lane == 31) warp_total[warp] = incl;
+  __syncthreads();
+  int at = prefix + incl - c;  // output position of this lane's word
+  int block_total = 0;
+#pragma unroll
+  for (int k = 0; k < kWarps; ++k) {
+    if (k < warp) at += warp_total[k];
+    block_total += warp_total[k];
+  }
+  for (int j = 0; j < 32; ++j) {  // warp-uniform
+    const uint32_t mj = __shfl_sync(0xffffffffu, m, j);
+    if (!mj) continue;
+    const int aj = __shfl_sync(0xffffffffu, at, j);
+    if ((mj >> lane) & 1u) {
+      dst[aj + __popc(mj & ((1u << lane) - 1u))] = pos_of((wbase + j) * 32 + lane);
+    }
+  }
+  if (int32_t(blockIdx.x) == chunks - 1 && threadIdx.x == 0) out.count[pair] = prefix + block_total;
+  if (blockIdx.x != 0) return;  // block-uniform
   // Valid candidate rows (the rows of the listed pages inside the sequence).
   int rows = 0;
   for (int32_t i = threadIdx.x; i < n_pages; i += blockDim.x) {
@@ -447,9 +565,7 @@ __global__ void __launch_bounds__(kCompactThreads)
   }
   int nvalid;
   BlockExclusiveSum(rows, scan, &nvalid);
-  if (threadIdx.x == 0) out.count[pair] = base_out;
   const int G = shape.group;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (warp >= G) return;
   const int32_t sq = s * batch.num_q_heads + h * G + warp;
   const bool grow = shape.head_p != nullptr;
