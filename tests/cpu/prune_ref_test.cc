@@ -46,6 +46,16 @@ int32_t OraclePrefix(const std::vector<float>& w, double p, double* boundary_sla
   return int32_t(sorted.size());
 }
 
+// The reference keeps exact ties together; the sorted prefix may cut through them. True when
+// the two counts differ only by weights equal to the prefix's last one.
+bool TiedAtBoundary(const std::vector<float>& w, int32_t oracle, int32_t kept) {
+  if (oracle < 1 || kept < 1) return false;
+  std::vector<float> sorted = w;
+  std::sort(sorted.begin(), sorted.end(), std::greater<>());
+  const size_t lo = size_t(std::min(oracle, kept)) - 1, hi = size_t(std::max(oracle, kept)) - 1;
+  return hi < sorted.size() && sorted[lo] == sorted[hi];
+}
+
 TEST(TopPThreshold, MassMinimalityAndOracleAgreement) {
   std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed());
   int agreed = 0, trials = 0;
@@ -69,13 +79,20 @@ TEST(TopPThreshold, MassMinimalityAndOracleAgreement) {
     // Mass >= p, with float summation slack of 1e-5 relative.
     ASSERT_GE(kept_mass / total, double(p) - 1e-5) << "n " << n << " p " << p;
     ASSERT_NEAR(r.mass, kept_mass / total, 1e-4);
-    // Minimal: dropping the smallest kept weight falls below p (random floats: no ties).
-    ASSERT_LT((kept_mass - smallest) / total, double(p) + 1e-5);
+    // Minimal: dropping the smallest kept weight (with its exact ties, which the threshold
+    // keeps together: exp can round two draws to one float, e.g. seed 193) falls below p.
+    // The reference decides in float sums over up to 3000 weights, whose rounding reaches
+    // ~1e-4 relative (1e-5 failed for --gtest_random_seed=149 by 1.8e-5).
+    const double tie = double(smallest) * double(std::count(w.begin(), w.end(), smallest));
+    ASSERT_LT((kept_mass - tie) / total, double(p) + 1e-4)
+        << "n " << n << " p " << p << " iterations " << r.iterations << " kept " << kept;
     double slack;
     const int32_t oracle = OraclePrefix(w, p, &slack);
     ++trials;
     if (oracle == kept) ++agreed;
-    else ASSERT_LT(slack, 1e-5) << "disagrees with the oracle away from a rounding boundary";
+    else if (!TiedAtBoundary(w, oracle, kept)) {
+      ASSERT_LT(slack, 1e-4) << "disagrees with the oracle away from a rounding boundary";
+    }
     ASSERT_LE(r.iterations, 64);
   }
   EXPECT_GE(agreed, trials * 95 / 100);
