@@ -875,6 +875,12 @@ void RunModel(const Options& o, const Sizes& sz, GoalInputs* goals) {
     x.p = p;
     methods.push_back(MM("twilight-int4", p, 4, CApiFactory(c, x)));
   }
+  for (float p : {0.9f, 0.95f}) {
+    tb::CApiAttentionOptions x;
+    x.p = p;
+    x.k_scheme = twl::kKSchemePageChannel;
+    methods.push_back(MM(kPc, p, 4, CApiFactory(c, x)));
+  }
   for (int bits : {8, 2}) {
     tb::CApiAttentionOptions x;
     x.p = 0.95f;
@@ -1007,6 +1013,11 @@ void RunRealText(const Options& o, GoalInputs* goals) {
     tb::CApiAttentionOptions x;
     x.p = tb::kGoalP;
     methods.push_back(MM("twilight over full (int4)", tb::kGoalP, 4, CApiFactory(c, x)));
+    {
+      tb::CApiAttentionOptions pc = x;
+      pc.k_scheme = twl::kKSchemePageChannel;
+      methods.push_back(MM("twilight over full (int4pc)", tb::kGoalP, 4, CApiFactory(c, pc)));
+    }
     x.selector = TWL_SELECTOR_QUEST;
     x.budget_fraction = 0.25f;
     methods.push_back(MM("twilight over quest 25% (int4)", tb::kGoalP, 4, CApiFactory(c, x)));
