@@ -339,6 +339,16 @@ int main(int argc, char** argv) {
   twl::tools::RequireFlag(wl == "mixed" || wl == "peaked" || wl == "flat", "workload",
                           "mixed, peaked or flat");
   twl::tools::RequireFlag(ctx >= 256 && ctx <= (1 << 20), "ctx", "in [256, 2^20]");
+  twl::tools::RequireFlag(ps >= 1 && ps <= 4096, "page_size", "in [1, 4096]");
+  twl::tools::RequireFlag(d >= 2 && d <= 1024 && d % 2 == 0, "head_dim", "even, in [2, 1024]");
+  twl::tools::RequireFlag(p > 0.0f && p < 1.0f, "p", "in (0, 1)");
+  twl::tools::RequireFlag(absl::GetFlag(FLAGS_seeds) >= 1 && absl::GetFlag(FLAGS_seeds) <= 1000,
+                          "seeds", "in [1, 1000]");
+  twl::tools::RequireFlag(absl::GetFlag(FLAGS_layers) >= 1 && absl::GetFlag(FLAGS_layers) <= 64,
+                          "layers", "in [1, 64]");
+  twl::tools::RequireFlag(absl::GetFlag(FLAGS_steps) >= 1 && absl::GetFlag(FLAGS_steps) <= 64,
+                          "steps", "in [1, 64]");
+  twl::tools::RequireFlag(absl::GetFlag(FLAGS_tokens) >= 2, "tokens", ">= 2");
   std::vector<Scheme> schemes;
   const double code = d / 2.0;
   auto add = [&](std::string n, int sc, int rule, float k, float pa, double bytes) {
