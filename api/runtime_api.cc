@@ -145,6 +145,7 @@ absl::StatusOr<twl::RuntimeConfig> ToRuntimeConfig(const twl_runtime_config& c) 
   if (c.disk_bytes < 0) return absl::InvalidArgumentError("disk_bytes must be >= 0");
   r.disk_path = c.disk_path != nullptr ? c.disk_path : "";
   r.disk_bytes = c.disk_bytes;
+  r.k_scheme = c.k_scheme;  // checked by RuntimeConfig::Validate
   return r;
 }
 
@@ -185,6 +186,7 @@ twl_runtime_config ResolvedConfig(const twl_runtime_config& asked, const twl::Ru
   // Owned by the runtime (its config copy), so valid until twl_runtime_free.
   c.disk_path = r.disk_path.empty() ? nullptr : r.disk_path.c_str();
   c.disk_bytes = r.disk_bytes;
+  c.k_scheme = r.k_scheme;
   return c;
 }
 
@@ -266,6 +268,10 @@ twl_status twl_runtime_create(const twl_runtime_config* config, twl_runtime** ou
     if (!twl::api::HasField(config->struct_size, offsetof(twl_runtime_config, disk_bytes),
                             sizeof(asked.disk_bytes))) {
       asked.disk_bytes = defaults.disk_bytes;
+    }
+    if (!twl::api::HasField(config->struct_size, offsetof(twl_runtime_config, k_scheme),
+                            sizeof(asked.k_scheme))) {
+      asked.k_scheme = defaults.k_scheme;
     }
     absl::StatusOr<twl::RuntimeConfig> rc = twl::api::ToRuntimeConfig(asked);
     if (!rc.ok()) return rc.status();

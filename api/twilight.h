@@ -220,12 +220,21 @@ typedef struct twl_runtime_config {
    * TWL_CAPACITY_EXHAUSTED). disk_path is read during twl_runtime_create only. */
   const char* disk_path;
   int64_t disk_bytes;
+  /* ---- Appended after disk_bytes: how the estimation copy of K is scaled. ----
+   * 0 (library chooses): one scale/zero per token and KV head over head_dim (every backend).
+   * 1: per page and channel: each channel of a block is quantized over the block's own Quest
+   *    min/max (no per-token scale/zero; 4 bytes per token less). Channels with large values
+   *    (K's outlier channels) then no longer coarsen the others: at 4 bits the score error
+   *    falls about 7x and p = 0.95 keeps >= p - 0.02 of the true mass for every head in
+   *    bench/ACCURACY.md (per token: 92-95%). CPU backend only (TWL_BACKEND_AUTO then picks
+   *    the CPU; a GPU backend gives TWL_UNSUPPORTED). Ignored when k_bits is 16. */
+  int32_t k_scheme;
 } twl_runtime_config;
 
 #define TWL_RUNTIME_CONFIG_INIT                                                              \
   {                                                                                          \
     sizeof(twl_runtime_config), 0, 0, 0, 0, 0, 0, 0.0f, TWL_SELECTOR_DEFAULT, 0, 0.0f, -1, \
-        -1, 0, 0, TWL_FETCH_AUTO, TWL_BACKEND_AUTO, -1, -1, NULL, 0                          \
+        -1, 0, 0, TWL_FETCH_AUTO, TWL_BACKEND_AUTO, -1, -1, NULL, 0, 0                       \
   }
 
 /* A configuration with every tunable at "library chooses" and the model shape unset. Inline,

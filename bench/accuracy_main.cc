@@ -181,6 +181,21 @@ tb::Method M(const std::string& name, tb::MethodKind kind, float p, int bits, in
   return m;
 }
 
+// INT4 per page channel (core/page_layout.h, kKSchemePageChannel): the CPU-only scheme.
+tb::Method MPC(const std::string& name, tb::MethodKind kind, float p) {
+  tb::Method m = M(name, kind, p, 4);
+  m.k_scheme = twl::kKSchemePageChannel;
+  return m;
+}
+inline constexpr const char* kPc = "twilight-int4pc";
+
+// Every estimation copy the methods read, made before methods run in parallel (Quant is not
+// thread-safe while rows are pending).
+void QuantizeAll(tb::PagedLayer& layer) {
+  for (int bits : {2, 4, 8}) layer.Quant(bits);
+  layer.Quant(4, twl::kKSchemePageChannel);
+}
+
 const std::vector<float> kPs = {0.8f, 0.9f, 0.95f, 0.99f};
 
 // The methods compared on the synthetic workload (Quest token budgets below the context).
@@ -193,6 +208,8 @@ std::vector<tb::Method> SyntheticMethods(int ctx) {
     const std::string name =
         bits == 16 ? "twilight-fp16est" : absl::StrFormat("twilight-int%d", bits);
     for (float p : kPs) ms.push_back(M(name, K::kTwilight, p, bits));
+    if (bits == 4)
+      for (float p : kPs) ms.push_back(MPC(kPc, K::kTwilight, p));
   }
   for (float f : {0.01f, 0.04f, 0.08f, 0.16f, 0.32f, 0.5f})
     ms.push_back(M("quest", K::kQuest, 0, 4, 0, f));
@@ -209,6 +226,7 @@ std::vector<tb::Method> NeedleMethods() {
           M("oracle", K::kOracle, 0.95f, 16),
           M("twilight-int4", K::kTwilight, 0.95f, 4),
           M("twilight-int4", K::kTwilight, 0.8f, 4),
+          MPC(kPc, K::kTwilight, 0.95f),
           M("twilight-int8", K::kTwilight, 0.95f, 8),
           M("twilight-int2", K::kTwilight, 0.95f, 2),
           M("quest", K::kQuest, 0, 4, 0, 0.01f),
@@ -218,7 +236,7 @@ std::vector<tb::Method> NeedleMethods() {
 }
 
 std::string MethodKey(const tb::Method& m) {
-  return absl::StrFormat("%s|%g|%d|%s", m.name, m.p, m.k_bits, BudgetLabel(m));
+  return absl::StrFormat("%s|%g|%d|%s", m.name, m.p, m.k_bits, BudgetLabel(m));  // name: scheme
 }
 
 // Results the goals section reads.
@@ -277,7 +295,7 @@ void RunSynthetic(const Options& o, const Sizes& sz, GoalInputs* goals) {
       Check(gen.status(), "GenerateLayer");
       tb::PagedLayer layer(sz.page_size, sz.kv_heads, sz.head_dim, sz.ctx);
       Check(layer.Append(sz.ctx, gen->k.data(), gen->v.data()), "append");
-      for (int bits : {2, 4, 8}) layer.Quant(bits);
+      QuantizeAll(layer);
       std::vector<int32_t> seq_len;
       for (int t = 0; t < sz.steps; ++t) seq_len.push_back(gen->StepLength(t));
       const int hq = gen->num_q_heads();
@@ -445,6 +463,7 @@ void RunSyntheticSeeds(const Options& o, const Sizes& sz, GoalInputs* goals) {
   const std::vector<tb::Method> methods = {
       M("dense", K::kDense, 1.0f, 16), M("oracle", K::kOracle, tb::kGoalP, 16),
       M("twilight-int4", K::kTwilight, tb::kGoalP, 4),
+      MPC(kPc, K::kTwilight, tb::kGoalP),
       M("twilight-int8", K::kTwilight, tb::kGoalP, 8),
       M("twilight-int2", K::kTwilight, tb::kGoalP, 2)};
   std::printf(
@@ -468,7 +487,7 @@ void RunSyntheticSeeds(const Options& o, const Sizes& sz, GoalInputs* goals) {
         Check(gen.status(), "GenerateLayer");
         tb::PagedLayer layer(sz.page_size, sz.kv_heads, sz.head_dim, sz.ctx);
         Check(layer.Append(sz.ctx, gen->k.data(), gen->v.data()), "append");
-        for (int bits : {2, 4, 8}) layer.Quant(bits);
+        QuantizeAll(layer);
         std::vector<int32_t> seq_len;
         for (int t = 0; t < sz.steps; ++t) seq_len.push_back(gen->StepLength(t));
         std::vector<absl::StatusOr<tb::MethodResult>> res(methods.size(),
@@ -576,7 +595,7 @@ void RunNeedle(const Options& o, const Sizes& sz, GoalInputs* goals) {
         Check(gen.status(), "GenerateLayer(needle)");
         tb::PagedLayer layer(sz.page_size, sz.needle_kv, sz.head_dim, ctx);
         Check(layer.Append(ctx, gen->k.data(), gen->v.data()), "append");
-        for (int bits : {2, 4, 8}) layer.Quant(bits);
+        QuantizeAll(layer);
         const std::vector<int32_t> seq_len = {gen->StepLength(0)};
         const int hq = gen->num_q_heads();
         std::vector<absl::StatusOr<tb::MethodResult>> res(methods.size(),
@@ -856,6 +875,12 @@ void RunModel(const Options& o, const Sizes& sz, GoalInputs* goals) {
     x.p = p;
     methods.push_back(MM("twilight-int4", p, 4, CApiFactory(c, x)));
   }
+  for (float p : {0.9f, 0.95f}) {
+    tb::CApiAttentionOptions x;
+    x.p = p;
+    x.k_scheme = twl::kKSchemePageChannel;
+    methods.push_back(MM(kPc, p, 4, CApiFactory(c, x)));
+  }
   for (int bits : {8, 2}) {
     tb::CApiAttentionOptions x;
     x.p = 0.95f;
@@ -988,6 +1013,11 @@ void RunRealText(const Options& o, GoalInputs* goals) {
     tb::CApiAttentionOptions x;
     x.p = tb::kGoalP;
     methods.push_back(MM("twilight over full (int4)", tb::kGoalP, 4, CApiFactory(c, x)));
+    {
+      tb::CApiAttentionOptions pc = x;
+      pc.k_scheme = twl::kKSchemePageChannel;
+      methods.push_back(MM("twilight over full (int4pc)", tb::kGoalP, 4, CApiFactory(c, pc)));
+    }
     x.selector = TWL_SELECTOR_QUEST;
     x.budget_fraction = 0.25f;
     methods.push_back(MM("twilight over quest 25% (int4)", tb::kGoalP, 4, CApiFactory(c, x)));
@@ -1113,12 +1143,20 @@ bool ReportGoals(const Options& o, const GoalInputs& g) {
   if (g.have_seeds) {
     add(tb::CheckMass(seeds_of("twilight-int4"), tb::kGoalP, "Twilight INT4"), true, "int4-mass");
     add(tb::CheckErrorRatio(seeds_of("twilight-int4"), "Twilight INT4"), true, "int4-error");
+    add(tb::CheckMass(seeds_of(kPc), tb::kGoalP, "Twilight INT4 per page channel"), true,
+        "int4pc-mass");
+    add(tb::CheckErrorRatio(seeds_of(kPc), "Twilight INT4 per page channel"), true,
+        "int4pc-error");
     add(tb::CheckMass(seeds_of("twilight-int8"), tb::kGoalP, "Twilight INT8"), false);
     add(tb::CheckErrorRatio(seeds_of("twilight-int8"), "Twilight INT8"), false);
   }
   if (g.have_needle) {
     add(tb::CheckNeedleKept(seeds_of("twilight-int4"), "Twilight INT4"), true, "int4-needle-kept");
     add(tb::CheckNeedleError(seeds_of("twilight-int4"), "Twilight INT4"), true, "int4-needle-error");
+    add(tb::CheckNeedleKept(seeds_of(kPc), "Twilight INT4 per page channel"), true,
+        "int4pc-needle-kept");
+    add(tb::CheckNeedleError(seeds_of(kPc), "Twilight INT4 per page channel"), true,
+        "int4pc-needle-error");
     add(tb::CheckNeedleKept(seeds_of("twilight-int8"), "Twilight INT8"), false);
   }
   if (g.have_seeds || g.have_needle) {

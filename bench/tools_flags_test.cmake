@@ -2,7 +2,7 @@
 # and lists each flag with its default; a bad value, an unknown or abbreviated flag, a missing
 # value or a stray argument exits 2 with a message (never a crash, never ignored).
 # Inputs: -DBIN_DIR=<dir of twl_demo, twl_disk_tier, twl_kernels, twl_offload,
-# twl_prefill_bench, twl_serve_bench>.
+# twl_prefill_bench, twl_serve_bench, twl_est_study>.
 if(NOT DEFINED BIN_DIR)
   message(FATAL_ERROR "tools_flags_test: -DBIN_DIR=... missing")
 endif()
@@ -21,7 +21,8 @@ function(expect rc_want tool)
   set(LAST_OUT "${out}" PARENT_SCOPE)
 endfunction()
 
-foreach(tool twl_demo twl_disk_tier twl_kernels twl_offload twl_prefill_bench twl_serve_bench)
+foreach(tool twl_demo twl_disk_tier twl_kernels twl_offload twl_prefill_bench twl_serve_bench
+             twl_est_study)
   if(NOT EXISTS ${BIN_DIR}/${tool})
     continue()
   endif()
@@ -42,6 +43,12 @@ foreach(line "--page-size +tokens per page \\[16\\]" "--backend .*auto\\|cpu\\|g
   endif()
 endforeach()
 expect(2 twl_demo --page-size 0)
+if(EXISTS ${BIN_DIR}/twl_est_study)
+  expect(2 twl_est_study --page-size 0)
+  expect(2 twl_est_study --workload nope)
+  expect(2 twl_est_study --head-dim 7)
+  expect(2 twl_est_study --p 1)
+endif()
 expect(2 twl_demo --page_size=0)
 expect(2 twl_demo --context abc)
 expect(2 twl_demo --context=-5)

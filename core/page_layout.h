@@ -12,6 +12,17 @@
 //   K min/max    [head_dim] fp16 each: Quest per-channel bounds of the block (GPU)
 // Dequantization: k ~= code * scale + zero, scale = (max - min) / (2^bits - 1), zero = min.
 // k_bits = 16 means "no quantized copy": the pruner estimates with the FP16 K itself.
+//
+// k_scheme selects how the codes are scaled (the codes' layout is the same in both):
+//   kKSchemeToken        one (scale, zero) group per (token, KV head) over head_dim, as above
+//                        (the GPU kernels' scheme, the default).
+//   kKSchemePageChannel  one group per (block, channel): the block's Quest K min/max are the
+//                        range, step_j = (kmax_j - kmin_j) / (2^bits - 1) in FP32, and
+//                        k_j ~= kmin_j + code_j * step_j; no per-token scale/zero is stored.
+//                        Channels keep their own range, so K's outlier channels no longer
+//                        widen every other channel's step (KIVI-style per-channel K; CPU
+//                        reference and CPU backend only). A block's rows are re-quantized
+//                        whenever an append widens its min/max.
 #pragma once
 
 #include <cstdint>
@@ -20,11 +31,15 @@
 
 namespace twl {
 
+inline constexpr int32_t kKSchemeToken = 0;
+inline constexpr int32_t kKSchemePageChannel = 1;
+
 struct PageGeometry {
   int32_t page_size = 16;    // tokens per page
   int32_t head_dim = 128;    // channels per head
   int32_t num_kv_heads = 8;  // blocks per page
   int32_t k_bits = 4;        // bits per estimated K element: 2, 4, 8 (or 16 = exact)
+  int32_t k_scheme = 0;      // kKSchemeToken or kKSchemePageChannel (see above)
 
   TWL_HD int64_t BlockId(int64_t page, int32_t kv_head) const {
     return page * num_kv_heads + kv_head;
@@ -36,9 +51,11 @@ struct PageGeometry {
   }
   TWL_HD int64_t CodeBlockBytes() const { return int64_t(page_size) * CodeBytesPerToken(); }
   TWL_HD int32_t MaxCode() const { return (1 << k_bits) - 1; }
+  // Per-token scale and zero stored: only the per-token scheme has them.
+  TWL_HD bool HasTokenScale() const { return k_bits < 16 && k_scheme == 0; }
   // Device bytes the estimation copy needs per block: codes + scale + zero + min + max.
   TWL_HD int64_t QuantBlockBytes() const {
-    return CodeBlockBytes() + (k_bits >= 16 ? 0 : 4ll * page_size) + 4ll * head_dim;
+    return CodeBlockBytes() + (HasTokenScale() ? 4ll * page_size : 0) + 4ll * head_dim;
   }
 };
 

@@ -69,8 +69,10 @@ class CpuBackend final : public Backend {
     }
     const bool quant = g_.k_bits < 16;
     auto codes = HostArena::Create(kind, quant ? g_.CodeBlockBytes() : 0, blocks);
-    auto scale = HostArena::Create(kind, quant ? 2ll * g_.page_size : 0, blocks, 2);
-    auto zero = HostArena::Create(kind, quant ? 2ll * g_.page_size : 0, blocks, 2);
+    // Per-token scale/zero: the per-page-channel scheme (k_scheme 1) has none.
+    const bool token_scale = g_.HasTokenScale();
+    auto scale = HostArena::Create(kind, token_scale ? 2ll * g_.page_size : 0, blocks, 2);
+    auto zero = HostArena::Create(kind, token_scale ? 2ll * g_.page_size : 0, blocks, 2);
     auto kmin = HostArena::Create(kind, 2ll * g_.head_dim, blocks, 2);
     auto kmax = HostArena::Create(kind, 2ll * g_.head_dim, blocks, 2);
     for (auto* a : {&codes, &scale, &zero, &kmin, &kmax}) {
@@ -555,7 +557,8 @@ void SetCpuBackendWriteFailureForTesting(int32_t n) {
 
 int64_t CpuBackendBytesPerPage(const RuntimeConfig& config) {
   const PageGeometry g = GeometryOf(config);
-  const int64_t quant = g.k_bits < 16 ? g.CodeBlockBytes() + 4ll * g.page_size : 0;
+  const int64_t quant =
+      g.k_bits < 16 ? g.CodeBlockBytes() + (g.HasTokenScale() ? 4ll * g.page_size : 0) : 0;
   return int64_t(g.num_kv_heads) * (g.FpBlockBytes() + quant + 4ll * g.head_dim);
 }
 

@@ -17,6 +17,7 @@ inline PageGeometry GeometryOf(const RuntimeConfig& config) {
   g.head_dim = config.head_dim;
   g.num_kv_heads = config.num_kv_heads;
   g.k_bits = config.k_bits;
+  g.k_scheme = config.k_scheme;
   return g;
 }
 

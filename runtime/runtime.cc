@@ -70,6 +70,10 @@ absl::Status RuntimeConfig::Validate() const {
   if (!OneOf(k_bits, {2, 4, 8, 16})) {
     return bad(absl::StrFormat("k_bits must be 2, 4, 8 or 16, got %d", k_bits));
   }
+  if (!OneOf(k_scheme, {kKSchemeToken, kKSchemePageChannel})) {
+    return bad(absl::StrFormat("k_scheme must be %d (per token) or %d (per page channel), got %d",
+                               kKSchemeToken, kKSchemePageChannel, k_scheme));
+  }
   if (!(top_p > 0.0f && top_p <= 1.0f)) {
     // %.9g: every float prints distinctly (1.0000001 is not "1").
     return bad(absl::StrFormat("top_p must be in (0, 1], got %.9g", top_p));
@@ -173,11 +177,25 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeConfig& co
       }
     }
   }
-  switch (im.disk_tier ? BackendKind::kCpu : config.backend) {
+  // The per-page-channel K scheme exists in the CPU reference only (the GPU append and score
+  // kernels quantize per token): refuse a GPU backend, and let kAuto pick the CPU.
+  const bool cpu_scheme = config.k_scheme != kKSchemeToken && config.k_bits < 16;
+  if (cpu_scheme && !im.disk_tier &&
+      (config.backend == BackendKind::kGpuHbm || config.backend == BackendKind::kGpuOffload)) {
+    return absl::UnimplementedError(
+        "config: k_scheme 1 (per page channel) is supported by the CPU backend only; use "
+        "backend kCpu (or kAuto, which then picks the CPU)");
+  }
+  BackendKind kind = im.disk_tier ? BackendKind::kCpu : config.backend;
+  if (cpu_scheme && kind == BackendKind::kAuto) {
+    kind = BackendKind::kCpu;
+    im.backend_name = "cpu (k_scheme 1 needs the CPU backend)";
+  }
+  switch (kind) {
     case BackendKind::kCpu:
       if (im.disk_tier) break;  // created above
       backend = CreateCpuBackend(config, im.num_pages);
-      im.backend_name = "cpu";
+      if (im.backend_name.empty()) im.backend_name = "cpu";
       break;
     case BackendKind::kGpuHbm:
       backend = CreateGpuHbmBackend(config, im.num_pages);

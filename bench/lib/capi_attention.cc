@@ -26,6 +26,7 @@ absl::StatusOr<std::unique_ptr<CApiAttention>> CApiAttention::Create(
   c.head_dim = model.head_dim();
   c.page_size = o.page_size;
   c.k_bits = o.k_bits;
+  c.k_scheme = o.k_scheme;
   c.top_p = o.p;
   c.selector = o.selector;
   c.selector_budget_tokens = o.budget_tokens;

@@ -29,12 +29,13 @@ PagedLayer::PagedLayer(int32_t page_size, int32_t num_kv_heads, int32_t head_dim
   for (int32_t i = 0; i < max_pages_; ++i) page_table_[size_t(i)] = i;
 }
 
-PageGeometry PagedLayer::Geometry(int32_t k_bits) const {
+PageGeometry PagedLayer::Geometry(int32_t k_bits, int32_t k_scheme) const {
   PageGeometry g;
   g.page_size = page_size_;
   g.head_dim = head_dim_;
   g.num_kv_heads = num_kv_heads_;
   g.k_bits = k_bits;
+  g.k_scheme = k_scheme;
   return g;
 }
 
@@ -56,15 +57,16 @@ absl::Status PagedLayer::Append(int32_t n, const fp16_t* k, const fp16_t* v) {
   return absl::OkStatus();
 }
 
-QuantKView PagedLayer::Quant(int32_t k_bits) {
+QuantKView PagedLayer::Quant(int32_t k_bits, int32_t k_scheme) {
   if (k_bits >= 16) return QuantKView{nullptr, nullptr, nullptr, kmin_.data(), kmax_.data()};
-  const PageGeometry g = Geometry(k_bits);
+  const PageGeometry g = Geometry(k_bits, k_scheme);
+  const std::pair<int32_t, int32_t> key(k_bits, k_scheme);
   // Up to date: read-only, so concurrent RunMethod calls may share the layer.
-  if (auto it = quant_.find(k_bits); it != quant_.end() && it->second.rows_done == length_) {
+  if (auto it = quant_.find(key); it != quant_.end() && it->second.rows_done == length_) {
     QuantStore& qs = it->second;
     return QuantKView{qs.codes.data(), qs.scale.data(), qs.zero.data(), kmin_.data(), kmax_.data()};
   }
-  QuantStore& qs = quant_[k_bits];
+  QuantStore& qs = quant_[key];
   if (qs.codes.empty()) {
     const int64_t rows = int64_t(max_pages_) * num_kv_heads_ * page_size_;
     qs.codes.assign(size_t(rows * g.CodeBytesPerToken()), 0);
@@ -73,6 +75,19 @@ QuantKView PagedLayer::Quant(int32_t k_bits) {
   }
   QuantKView view{qs.codes.data(), qs.scale.data(), qs.zero.data(), kmin_.data(), kmax_.data()};
   const int32_t from = qs.rows_done;
+  if (k_scheme == kKSchemePageChannel) {
+    // Codes are relative to each block's Quest min/max (kept over the filled rows by
+    // Append): re-quantize every filled row of each page that gained rows.
+    const int32_t first_page = from / page_size_, end_page = (length_ + page_size_ - 1) / page_size_;
+    tbb::parallel_for(first_page, end_page, [&](int32_t page) {
+      const int32_t rows = std::min(page_size_, length_ - page * page_size_);
+      for (int32_t h = 0; h < num_kv_heads_; ++h) {
+        QuantizeBlockRowsRef(g, Kv(), view, g.BlockId(page, h), rows);
+      }
+    });
+    qs.rows_done = length_;
+    return view;
+  }
   tbb::parallel_for(from, length_, [&](int32_t t) {
     for (int32_t h = 0; h < num_kv_heads_; ++h) {
       const int64_t block = g.BlockId(t / page_size_, h);
@@ -111,7 +126,7 @@ absl::StatusOr<MethodResult> RunMethod(PagedLayer& layer, const Method& m,
                                        const std::vector<int32_t>& seq_len, const fp16_t* q,
                                        int32_t num_q_heads) {
   const int32_t num_seqs = int32_t(seq_len.size());
-  const PageGeometry g = layer.Geometry(m.k_bits);
+  const PageGeometry g = layer.Geometry(m.k_bits, m.k_scheme);
   const int32_t hkv = g.num_kv_heads, d = g.head_dim;
   if (num_seqs < 1 || num_q_heads < hkv || num_q_heads % hkv != 0) {
     return absl::InvalidArgumentError("RunMethod: bad batch or head counts");
@@ -131,7 +146,7 @@ absl::StatusOr<MethodResult> RunMethod(PagedLayer& layer, const Method& m,
   BatchView single = full;
   single.num_q_heads = hkv;  // one query head per group at a time
   const FpKvView kv = layer.Kv();
-  const QuantKView qk = layer.Quant(m.k_bits);
+  const QuantKView qk = layer.Quant(m.k_bits, m.k_scheme);
 
   MethodResult res;
   res.num_seqs = num_seqs;

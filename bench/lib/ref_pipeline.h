@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -38,12 +39,13 @@ class PagedLayer {
   int32_t length() const { return length_; }
   int32_t capacity() const { return capacity_; }
   int32_t max_pages() const { return max_pages_; }
-  // Geometry with the given estimation width (16: FP16 K itself).
-  PageGeometry Geometry(int32_t k_bits) const;
+  // Geometry with the given estimation width (16: FP16 K itself) and K scheme
+  // (core/page_layout.h: kKSchemeToken or kKSchemePageChannel).
+  PageGeometry Geometry(int32_t k_bits, int32_t k_scheme = kKSchemeToken) const;
   FpKvView Kv() { return FpKvView{kv_.data(), nullptr}; }
   // Estimation copy at k_bits (quantizing the rows appended since the last call). Not
   // thread-safe while rows are pending; once every width in use is up to date, calls only read.
-  QuantKView Quant(int32_t k_bits);
+  QuantKView Quant(int32_t k_bits, int32_t k_scheme = kKSchemeToken);
   const int32_t* page_table() const { return page_table_.data(); }
 
  private:
@@ -57,7 +59,7 @@ class PagedLayer {
   std::vector<fp16_t> kv_;           // [max_pages * num_kv_heads][2][page_size][head_dim]
   std::vector<fp16_t> kmin_, kmax_;  // [max_pages * num_kv_heads][head_dim]
   std::vector<int32_t> page_table_;  // [max_pages] identity
-  std::map<int32_t, QuantStore> quant_;
+  std::map<std::pair<int32_t, int32_t>, QuantStore> quant_;  // (k_bits, k_scheme) -> store
 };
 
 enum class MethodKind { kDense, kOracle, kTwilight, kQuest, kQuestTwilight };
@@ -67,6 +69,7 @@ struct Method {
   MethodKind kind = MethodKind::kDense;
   float p = 0.95f;               // oracle / pruner mass
   int32_t k_bits = 4;            // pruner estimation width (2, 4, 8, 16)
+  int32_t k_scheme = kKSchemeToken;  // estimation scheme (core/page_layout.h)
   int32_t budget_tokens = 0;     // Quest B0 in tokens (used when > 0)
   float budget_fraction = 0.0f;  // else B0 as a fraction of the context
   int32_t sink_pages = 1;

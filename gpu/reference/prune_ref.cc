@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "absl/strings/str_format.h"
+#include "gpu/reference/estimate_ref.h"
 #include "gpu/reference/head_math.h"
 #include "gpu/reference/validate.h"
 #include "oneapi/tbb/parallel_for.h"
@@ -79,6 +80,7 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
 float EstimateScoreRef(const PageGeometry& g, const float* q, const QuantKView& qk,
                        const FpKvView& kv, int64_t block, int32_t row) {
   if (g.k_bits >= 16) return ExactScore(g, q, kv, block, row);
+  if (g.k_scheme == kKSchemePageChannel) return EstimatePageChannelScoreRef(g, q, qk, block, row);
   // q . (c * scale + zero) = scale * (q . c) + zero * sum(q): scale/zero applied once.
   const uint8_t* codes = qk.Codes(g, block, row);
   float dot = 0.0f;
@@ -232,7 +234,9 @@ absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const B
   if (!q.q || !selection.pages || !selection.count || !out.tokens || !out.count) {
     return absl::InvalidArgumentError("prune: q, selection and outputs must not be null");
   }
-  if (g.k_bits >= 16 ? !kv.kv : (!qk.codes || !qk.scale || !qk.zero)) {
+  if (g.k_bits >= 16 ? !kv.kv
+                     : (!qk.codes || (g.HasTokenScale() ? (!qk.scale || !qk.zero)
+                                                        : (!qk.kmin || !qk.kmax)))) {
     return absl::InvalidArgumentError("prune: the estimation K store is missing");
   }
   const bool grow = selection.bound != nullptr && !params.dense;

@@ -44,6 +44,43 @@ float DequantizeRef(const PageGeometry& g, const uint8_t* codes, fp16_t scale, f
   return float(UnpackCode(codes, j, g.k_bits)) * HalfToFloat(scale) + HalfToFloat(zero);
 }
 
+float PageChannelStep(const PageGeometry& g, fp16_t kmin, fp16_t kmax) {
+  return (HalfToFloat(kmax) - HalfToFloat(kmin)) / float(g.MaxCode());
+}
+
+void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const QuantKView& qk,
+                          int64_t block, int32_t rows) {
+  const fp16_t* mn = qk.kmin + block * g.head_dim;
+  const fp16_t* mx = qk.kmax + block * g.head_dim;
+  const int32_t max_code = g.MaxCode();
+  const int32_t per_byte = 8 / g.k_bits;
+  for (int32_t r = 0; r < rows; ++r) {
+    uint8_t* codes = qk.Codes(g, block, r);
+    const fp16_t* k = kv.K(g, block, r);
+    std::memset(codes, 0, size_t(g.CodeBytesPerToken()));
+    for (int32_t j = 0; j < g.head_dim; ++j) {
+      const float s = PageChannelStep(g, mn[j], mx[j]);
+      // As in QuantizeRowRef: clamp in float (non-finite K gives NaN, which becomes code 0).
+      float q = 0.0f;
+      if (s > 0.0f) q = std::rint((HalfToFloat(k[j]) - HalfToFloat(mn[j])) / s);
+      const int32_t c = q >= float(max_code) ? max_code : (q > 0.0f ? int32_t(q) : 0);
+      codes[j / per_byte] = uint8_t(codes[j / per_byte] | (c << ((j % per_byte) * g.k_bits)));
+    }
+  }
+}
+
+float DequantizeAtRef(const PageGeometry& g, const QuantKView& qk, int64_t block, int32_t row,
+                      int32_t j) {
+  const uint8_t* codes = qk.Codes(g, block, row);
+  if (g.k_scheme == kKSchemePageChannel) {
+    const fp16_t mn = qk.kmin[block * g.head_dim + j];
+    return HalfToFloat(mn) +
+           float(UnpackCode(codes, j, g.k_bits)) * PageChannelStep(g, mn, qk.kmax[block * g.head_dim + j]);
+  }
+  const int64_t at = block * g.page_size + row;
+  return DequantizeRef(g, codes, qk.scale[at], qk.zero[at], j);
+}
+
 absl::Status AppendRef(const PageGeometry& g, const AppendView& in, const FpKvView& kv,
                        const QuantKView& qk) {
   if (absl::Status st = ValidateGeometry(g); !st.ok()) return st;
@@ -55,7 +92,8 @@ absl::Status AppendRef(const PageGeometry& g, const AppendView& in, const FpKvVi
   if (!kv.kv || kv.slot_of_block) {
     return absl::InvalidArgumentError("append needs a direct (unindirected) FP16 block store");
   }
-  if (!qk.kmin || !qk.kmax || (g.k_bits < 16 && (!qk.codes || !qk.scale || !qk.zero))) {
+  if (!qk.kmin || !qk.kmax || (g.k_bits < 16 && !qk.codes) ||
+      (g.HasTokenScale() && (!qk.scale || !qk.zero))) {
     return absl::InvalidArgumentError("append needs the quantized K store");
   }
   for (int32_t i = 0; i < in.num_tokens; ++i) {
@@ -74,7 +112,7 @@ absl::Status AppendRef(const PageGeometry& g, const AppendView& in, const FpKvVi
       const fp16_t* v = in.v + i * row_elems + int64_t(h) * g.head_dim;
       std::memcpy(kv.K(g, block, row), k, sizeof(fp16_t) * g.head_dim);
       std::memcpy(kv.V(g, block, row), v, sizeof(fp16_t) * g.head_dim);
-      if (g.k_bits < 16) {
+      if (g.HasTokenScale()) {
         QuantizeRowRef(g, k, qk.Codes(g, block, row), &qk.scale[block * g.page_size + row],
                        &qk.zero[block * g.page_size + row]);
       }
@@ -98,6 +136,11 @@ absl::Status AppendRef(const PageGeometry& g, const AppendView& in, const FpKvVi
         }
         mn[c] = FloatToHalf(lo);  // exact: lo and hi are FP16 values
         mx[c] = FloatToHalf(hi);
+      }
+      // Per-page-channel codes are relative to the block's range: re-quantize every filled
+      // row against the new bounds (a row appended later may have widened them).
+      if (g.k_bits < 16 && g.k_scheme == kKSchemePageChannel) {
+        QuantizeBlockRowsRef(g, kv, qk, block, rows);
       }
     }
   }

@@ -24,6 +24,11 @@ absl::Status ValidateGeometry(const PageGeometry& g) {
     return absl::InvalidArgumentError(
         absl::StrFormat("k_bits must be 2, 4, 8 or 16, got %d", g.k_bits));
   }
+  if (g.k_scheme != kKSchemeToken && g.k_scheme != kKSchemePageChannel) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "k_scheme must be %d (per token) or %d (per page channel), got %d", kKSchemeToken,
+        kKSchemePageChannel, g.k_scheme));
+  }
   if ((int64_t(g.head_dim) * g.k_bits) % 8 != 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "head_dim * k_bits must be a whole number of bytes (head_dim %d, k_bits %d)", g.head_dim,

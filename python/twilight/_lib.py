@@ -64,6 +64,7 @@ class RuntimeConfig(ctypes.Structure):
         ("collect_telemetry", ctypes.c_int32),
         ("disk_path", ctypes.c_char_p),
         ("disk_bytes", ctypes.c_int64),
+        ("k_scheme", ctypes.c_int32),  # appended: 0 per token, 1 per page channel (CPU only)
     ]
 
     @classmethod

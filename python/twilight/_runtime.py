@@ -47,7 +47,8 @@ class Runtime:
 
     Arguments are the fields of twl_runtime_config; omitted ones take the library's choice.
     backend: "auto", "cpu", "gpu-hbm" or "gpu-offload". selector: "default", "quest", "full".
-    fetch_path: "auto", "gather", "copy-engine". Sizes are in bytes.
+    fetch_path: "auto", "gather", "copy-engine". Sizes are in bytes. k_scheme: 0 (INT4 per token)
+    or 1 (per page channel; CPU backend only).
     """
 
     def __init__(self, num_layers: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
@@ -56,7 +57,7 @@ class Runtime:
                  selector_budget_fraction: float = 0.0, sink_pages: int = -1,
                  dense_layers: int = -1, host_pool_bytes: int = 0, gpu_cache_bytes: int = 0,
                  fetch_path="auto", device_id: int = -1, collect_telemetry: Optional[bool] = None,
-                 disk_path: Optional[str] = None, disk_bytes: int = 0):
+                 disk_path: Optional[str] = None, disk_bytes: int = 0, k_scheme: int = 0):
         self._handle = ctypes.c_void_p()
         self._seq_key, self._seq_arr = None, None
         c = _lib.RuntimeConfig.default()
@@ -74,6 +75,7 @@ class Runtime:
         c.collect_telemetry = -1 if collect_telemetry is None else int(bool(collect_telemetry))
         self._disk_path = None if disk_path is None else os.fsencode(disk_path)
         c.disk_path, c.disk_bytes = self._disk_path, disk_bytes
+        c.k_scheme = k_scheme
         _check(_lib.twl_runtime_create(ctypes.byref(c), ctypes.byref(self._handle)), None)
         got = _lib.RuntimeConfig.default()
         _check(_lib.twl_runtime_get_config(self._handle, ctypes.byref(got)), self._handle)

@@ -79,6 +79,45 @@ TEST(ApiBasics, CreateResolvesSentinels) {
   EXPECT_GT(m.host_pool_bytes_total, 0);
 }
 
+// k_scheme (appended): 0 is per token; 1 (per page channel) runs on the CPU backend only
+// (AUTO picks the CPU; a GPU backend is TWL_UNSUPPORTED); other values are invalid; a caller
+// whose struct ends before the field gets the default, whatever follows in memory.
+TEST(ApiBasics, KSchemeIsCpuOnlyAndReadOnlyWhenTheStructHoldsIt) {
+  twl_runtime_config c = SmallConfig();
+  EXPECT_EQ(twl_runtime_config_default().k_scheme, 0);
+  c.k_scheme = 1;
+  c.backend = TWL_BACKEND_AUTO;
+  twilight::RuntimePtr rt = MakeRuntime(c);
+  ASSERT_TRUE(rt);
+  EXPECT_EQ(twl_runtime_backend(rt.get()), TWL_BACKEND_CPU);
+  twl_runtime_config got;
+  got.struct_size = sizeof(got);
+  ASSERT_EQ(twl_runtime_get_config(rt.get(), &got), TWL_OK);
+  EXPECT_EQ(got.k_scheme, 1);
+  twl_runtime* raw = nullptr;
+  for (twl_backend b : {TWL_BACKEND_GPU_HBM, TWL_BACKEND_GPU_OFFLOAD}) {
+    c.backend = b;
+    EXPECT_EQ(twl_runtime_create(&c, &raw), TWL_UNSUPPORTED);
+    EXPECT_EQ(raw, nullptr);
+  }
+  c.backend = TWL_BACKEND_CPU;
+  c.k_scheme = 5;
+  EXPECT_EQ(twl_runtime_create(&c, &raw), TWL_INVALID_ARGUMENT);
+  EXPECT_EQ(raw, nullptr);
+  struct {
+    twl_runtime_config config;
+    unsigned char junk[32];
+  } old;
+  std::memset(&old, 0xab, sizeof(old));
+  old.config = SmallConfig();
+  old.config.k_scheme = 5;  // beyond the old struct: not read
+  old.config.struct_size = offsetof(twl_runtime_config, k_scheme);
+  ASSERT_EQ(twl_runtime_create(&old.config, &raw), TWL_OK) << twl_runtime_last_error(nullptr);
+  twilight::RuntimePtr owned(raw);
+  ASSERT_EQ(twl_runtime_get_config(raw, &got), TWL_OK);
+  EXPECT_EQ(got.k_scheme, 0);
+}
+
 TEST(ApiBasics, FreeNullIsANoOp) {
   twl_runtime_free(nullptr);
   EXPECT_EQ(twl_runtime_backend(nullptr), TWL_BACKEND_AUTO);

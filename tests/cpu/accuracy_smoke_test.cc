@@ -285,6 +285,30 @@ TEST(AccuracyPipeline, IncrementalQuantizationEqualsBulk) {
             absl::StatusCode::kResourceExhausted);
 }
 
+// The same with the per-page-channel scheme, where every block's codes are re-quantized when
+// an append widens its range.
+TEST(AccuracyPipeline, IncrementalPageChannelQuantizationEqualsBulk) {
+  const SyntheticConfig c = SmallConfig(13);
+  absl::StatusOr<SyntheticLayer> gen = GenerateLayer(c, 0);
+  ASSERT_TRUE(gen.ok());
+  PagedLayer bulk(5, c.num_kv_heads, c.head_dim, 300), steps(5, c.num_kv_heads, c.head_dim, 300);
+  ASSERT_TRUE(bulk.Append(300, gen->k.data(), gen->v.data()).ok());
+  const int64_t row = int64_t(c.num_kv_heads) * c.head_dim;
+  for (int done = 0; done < 300;) {
+    const int n = std::min(300 - done, 1 + done % 13);
+    ASSERT_TRUE(steps.Append(n, gen->k.data() + done * row, gen->v.data() + done * row).ok());
+    steps.Quant(4, kKSchemePageChannel);
+    done += n;
+  }
+  const QuantKView a = bulk.Quant(4, kKSchemePageChannel), b = steps.Quant(4, kKSchemePageChannel);
+  const PageGeometry g = bulk.Geometry(4, kKSchemePageChannel);
+  const int64_t rows = int64_t(bulk.max_pages()) * c.num_kv_heads * 5;
+  EXPECT_TRUE(std::equal(a.codes, a.codes + rows * g.CodeBytesPerToken(), b.codes));
+  const QuantKView tok = bulk.Quant(4);
+  EXPECT_FALSE(std::equal(a.codes, a.codes + rows * g.CodeBytesPerToken(), tok.codes))
+      << "the two schemes are stored apart";
+}
+
 TEST(AccuracyStats, SummarizeByNearestRank) {
   std::vector<double> v(100);
   std::iota(v.begin(), v.end(), 1.0);  // 1..100
@@ -423,6 +447,40 @@ TEST(AccuracyGoals, Int2FailsTheChecksThatInt8Passes) {
   EXPECT_TRUE(e4.met) << e4.measured;
   EXPECT_FALSE(e2.met) << e2.measured;
   std::printf("INT4 at this size: %s\n", CheckMass(int4, kGoalP, "INT4").measured.c_str());
+}
+
+// Issue 15's per-head mass goal (p = 0.95: >= 99% of heads keep >= p - 0.02 of the true mass)
+// on 5 fixed seeds at 2k: INT4 per token (the default scheme, the GPU's) misses it (about 94%
+// of heads; its outlier channels widen every token's step), INT4 per page channel meets it
+// with the same code bytes (4 bytes per token less), and its error stays within 1.2x of the
+// oracle's on every seed.
+TEST(AccuracyGoals, Int4PerPageChannelMeetsTheMassGoalThatPerTokenMisses) {
+  std::vector<SeedMeasure> tok, pc;
+  for (uint64_t seed = 1; seed <= 5; ++seed) {
+    Loaded l = Load(SmallConfig(seed * 1000));
+    l.layer->Quant(4);
+    l.layer->Quant(4, kKSchemePageChannel);
+    const MethodResult dense = RunM(l, Make(MethodKind::kDense, 1.0f, 16));
+    const MethodResult oracle = RunM(l, Make(MethodKind::kOracle, kGoalP, 16));
+    const std::vector<double> e_orc = RowRelErrors(oracle.out, dense.out, l.gen.config.head_dim);
+    for (auto [scheme, v] : {std::pair{kKSchemeToken, &tok}, std::pair{kKSchemePageChannel, &pc}}) {
+      Method m = Make(MethodKind::kTwilight, kGoalP, 4);
+      m.k_scheme = scheme;
+      const MethodResult r = RunM(l, m);
+      SeedMeasure s;
+      s.seed = seed;
+      s.own_mass.assign(r.own_mass.begin(), r.own_mass.end());
+      s.err = RowRelErrors(r.out, dense.out, l.gen.config.head_dim);
+      s.oracle_err = e_orc;
+      v->push_back(s);
+    }
+  }
+  const GoalCheck mt = CheckMass(tok, kGoalP, "INT4 per token");
+  const GoalCheck mp = CheckMass(pc, kGoalP, "INT4 per page channel");
+  const GoalCheck ep = CheckErrorRatio(pc, "INT4 per page channel");
+  EXPECT_FALSE(mt.met) << mt.measured;
+  EXPECT_TRUE(mp.met) << mp.measured;
+  EXPECT_TRUE(ep.met) << ep.measured;
 }
 
 // Needles with low margins (-1/0/+1), distinct values and similar-key distractors at depths

@@ -2,6 +2,8 @@
 #include <cmath>
 #include <random>
 
+#include "gpu/reference/estimate_ref.h"
+#include "gpu/reference/prune_ref.h"
 #include "gpu/reference/quantize_ref.h"
 #include "gtest/gtest.h"
 #include "support/ref_store.h"
@@ -124,6 +126,109 @@ TEST(Append, RejectsBadInputWithoutWriting) {
   AppendView ok_in{1, k.data(), k.data(), &page, &slot};
   EXPECT_EQ(AppendRef(bad, ok_in, st.Kv(), st.Quant()).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(st.kv, before);
+}
+
+// The per-page-channel scheme (k_scheme 1): each element of a block's rows is within half of
+// its channel's step of K, the step being the block's own Quest range / (2^bits - 1); rows
+// appended one at a time (each append widening the range and re-quantizing the block) give
+// the codes of one bulk append; no per-token scale/zero is needed; the score estimate is q
+// against the dequantized row.
+TEST(Quantize, PageChannelSchemeIsPerChannelOverTheBlockRange) {
+  for (int32_t bits : {2, 4, 8}) {
+    PageGeometry g{16, 64, 2, bits};
+    g.k_scheme = kKSchemePageChannel;
+    const std::vector<int32_t> lens = {5, 77};
+    testing::RefStore bulk = testing::MakeRandomStore(g, 4, lens, 31);
+    // The same K/V appended one token at a time into an empty copy of the store.
+    testing::RefStore steps = bulk;
+    std::fill(steps.codes.begin(), steps.codes.end(), uint8_t(0));
+    const int64_t row = int64_t(g.num_kv_heads) * g.head_dim;
+    for (size_t s = 0; s < lens.size(); ++s) {
+      for (int32_t t = 0; t < lens[s]; ++t) {
+        const int32_t page = steps.page_table[s * size_t(steps.max_pages) + size_t(t / g.page_size)];
+        const int32_t slot = t % g.page_size;
+        AppendView in{1, steps.k_in[s].data() + t * row, steps.v_in[s].data() + t * row, &page,
+                      &slot};
+        QuantKView qk = steps.Quant();
+        qk.scale = qk.zero = nullptr;  // not used by this scheme
+        ASSERT_TRUE(AppendRef(g, in, steps.Kv(), qk).ok());
+      }
+    }
+    EXPECT_EQ(steps.codes, bulk.codes) << "bits " << bits;
+    EXPECT_EQ(steps.kmin, bulk.kmin);
+    const QuantKView qk = bulk.Quant();
+    std::mt19937_64 rng(bits);
+    std::normal_distribution<float> n(0.0f, 1.0f);
+    for (size_t s = 0; s < lens.size(); ++s) {
+      for (int32_t t = 0; t < lens[s]; ++t) {
+        const int32_t page = bulk.page_table[s * size_t(bulk.max_pages) + size_t(t / g.page_size)];
+        for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+          const int64_t block = g.BlockId(page, h);
+          std::vector<float> q(static_cast<size_t>(g.head_dim));
+          double dot = 0;
+          for (int32_t j = 0; j < g.head_dim; ++j) {
+            const float x = HalfToFloat(bulk.k_in[s][size_t(t * row + h * g.head_dim + j)]);
+            const float step =
+                PageChannelStep(g, qk.kmin[block * g.head_dim + j], qk.kmax[block * g.head_dim + j]);
+            const float deq = DequantizeAtRef(g, qk, block, t % g.page_size, j);
+            ASSERT_LE(std::abs(x - deq), 0.5f * step * (1.0f + 1e-5f) + 1e-6f)
+                << "bits " << bits << " token " << t << " channel " << j;
+            q[size_t(j)] = n(rng);
+            dot += double(q[size_t(j)]) * deq;
+          }
+          const float est = EstimateScoreRef(g, q.data(), qk, bulk.Kv(), block, t % g.page_size);
+          ASSERT_NEAR(est, dot, 1e-4 * (1.0 + std::abs(dot)));
+          ASSERT_EQ(est, EstimatePageChannelScoreRef(g, q.data(), qk, block, t % g.page_size));
+        }
+      }
+    }
+  }
+}
+
+// An outlier channel (K's +-6 channels) widens the per-token step of every channel, but only
+// its own per-page-channel step: on the other channels the page-channel error is far smaller.
+TEST(Quantize, OutlierChannelCoarsensPerTokenButNotPerChannel) {
+  PageGeometry g{16, 64, 1, 4};
+  g.k_scheme = kKSchemePageChannel;
+  testing::RefStore st = testing::MakeRandomStore(g, 1, {16}, 5);
+  std::mt19937_64 rng(3);
+  std::normal_distribution<float> n(0.0f, 0.3f);
+  std::vector<fp16_t> k(16 * 64), v(16 * 64, FloatToHalf(0.0f));
+  for (int32_t t = 0; t < 16; ++t)
+    for (int32_t j = 0; j < 64; ++j) k[size_t(t * 64 + j)] = FloatToHalf(j == 5 ? 6.0f : n(rng));
+  std::vector<int32_t> page(16, st.page_table[0]), slot(16);
+  for (int32_t t = 0; t < 16; ++t) slot[size_t(t)] = t;
+  AppendView in{16, k.data(), v.data(), page.data(), slot.data()};
+  ASSERT_TRUE(AppendRef(g, in, st.Kv(), st.Quant()).ok());
+  double err_pc = 0, err_tok = 0;
+  for (int32_t t = 0; t < 16; ++t) {
+    std::vector<uint8_t> codes(static_cast<size_t>(g.CodeBytesPerToken()));
+    fp16_t scale, zero;
+    PageGeometry tok = g;
+    tok.k_scheme = kKSchemeToken;
+    QuantizeRowRef(tok, &k[size_t(t * 64)], codes.data(), &scale, &zero);
+    for (int32_t j = 0; j < 64; ++j) {
+      if (j == 5) continue;
+      const float x = HalfToFloat(k[size_t(t * 64 + j)]);
+      err_pc += std::abs(x - DequantizeAtRef(g, st.Quant(), g.BlockId(st.page_table[0], 0), t, j));
+      err_tok += std::abs(x - DequantizeRef(tok, codes.data(), scale, zero, j));
+    }
+  }
+  EXPECT_LT(err_pc * 4, err_tok) << "per channel " << err_pc << ", per token " << err_tok;
+}
+
+TEST(Quantize, UnknownSchemeIsRejected) {
+  PageGeometry g{16, 64, 2, 4};
+  auto st = testing::MakeRandomStore(g, 2, {20}, 7);
+  std::vector<fp16_t> k(static_cast<size_t>(g.num_kv_heads * g.head_dim), FloatToHalf(1.0f));
+  int32_t page = st.page_table[0], slot = 3;
+  AppendView in{1, k.data(), k.data(), &page, &slot};
+  g.k_scheme = 2;
+  EXPECT_EQ(AppendRef(g, in, st.Kv(), st.Quant()).code(), absl::StatusCode::kInvalidArgument);
+  g.k_scheme = kKSchemeToken;  // the per-token scheme needs its scale/zero
+  QuantKView no_scale = st.Quant();
+  no_scale.scale = nullptr;
+  EXPECT_EQ(AppendRef(g, in, st.Kv(), no_scale).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -537,6 +537,43 @@ TEST(Runtime, ConfigValidation) {
   EXPECT_EQ(code([](RuntimeConfig& c) { c.k_bits = 2; c.head_dim = 8; }), StatusCode::kOk);
 }
 
+// k_scheme 1 (INT4 per page channel) runs on the CPU backend only: a GPU backend is refused
+// as unsupported before anything is created, kAuto picks the CPU and says why, an unknown
+// scheme is invalid; on the CPU, p = 1 over the full selector is still dense attention.
+TEST(Runtime, PageChannelSchemeIsCpuOnlyAndDenseAtPOne) {
+  RuntimeConfig c = SmallConfig(16);
+  c.k_scheme = kKSchemePageChannel;
+  for (BackendKind b : {BackendKind::kGpuHbm, BackendKind::kGpuOffload}) {
+    RuntimeConfig x = c;
+    x.backend = b;
+    EXPECT_EQ(Runtime::Create(x).status().code(), absl::StatusCode::kUnimplemented);
+  }
+  {
+    RuntimeConfig x = c;
+    x.backend = BackendKind::kAuto;
+    auto rt = MakeRuntime(x);
+    ASSERT_TRUE(rt);
+    EXPECT_EQ(rt->backend_kind(), BackendKind::kCpu);
+    EXPECT_NE(rt->backend_name().find("k_scheme"), std::string::npos) << rt->backend_name();
+    x.k_scheme = 2;
+    EXPECT_EQ(Runtime::Create(x).status().code(), absl::StatusCode::kInvalidArgument);
+  }
+  c.selector = SelectorKind::kFull;
+  c.top_p = 1.0f;
+  auto rt = MakeRuntime(c);
+  ASSERT_TRUE(rt);
+  const std::vector<int32_t> lens = {5, 200, 513};
+  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 22);
+  std::mt19937_64 rng(9);
+  std::vector<SeqId> ids;
+  for (size_t s = 0; s < lens.size(); ++s) {
+    ids.push_back(*rt->CreateSequence());
+    AppendInChunks(*rt, ids.back(), 1, st, int32_t(s), rng);
+  }
+  StepTelemetry t;
+  DecodeAndCompareWithDense(*rt, 1, ids, st, 1e-3, &t);
+}
+
 TEST(Runtime, AutoBackendFallsBackToCpuWithoutAGpu) {
   RuntimeConfig c = SmallConfig();
   c.backend = BackendKind::kAuto;

@@ -377,9 +377,9 @@ class Harness {
       big.config.struct_size = sizeof(size_t);  // smaller than any version of the struct
       size_ok = false;
     } else if (size_mode == 4) {
-      // An older caller: the fields past its size take their defaults (those at the end are
-      // the disk tier's, which this driver leaves unset anyway).
-      big.config.struct_size = sizeof(twl_runtime_config) - 4;
+      // An older caller whose struct ends inside disk_bytes: the fields past its size take
+      // their defaults (disk_bytes, which this driver leaves unset anyway, and k_scheme).
+      big.config.struct_size = offsetof(twl_runtime_config, k_scheme) - 4;
     } else if (size_mode == 2) {
       big.config.struct_size = sizeof(big);
     } else if (size_mode == 3) {

@@ -1,0 +1,426 @@
+// twl_est_study: how the pruner's K estimate (its quantization scheme and its keep rule) decides
+// the true softmax mass and the size of the kept sets (issues 12 and 15). CPU only.
+//
+// For synthetic layers (bench/lib/synthetic_attention.h: the accuracy harness's mixed heads,
+// the offload benchmark's peaked heads, or the flat ones) every decode query is scored exactly
+// (FP32 over FP16 K, as oracle_ref.cc) and with each estimate; top-p over the estimated weights
+// (sorted, exact: the pruner's bisection is left out so that only the estimate is measured)
+// gives each query head's own set. Per scheme it reports the share of heads whose own set holds
+// true mass >= p - 0.02, the min and median true mass, the own-set size over the oracle's, the
+// KV head's union over the oracle union, the score error's RMS in logits, and the estimation
+// bytes per token.
+//
+// Schemes (all 4-bit unless named):
+//   tok4      per-token asymmetric scale/zero over head_dim (quantize_ref.cc's per-token mode)
+//   tok8      the same at 8 bits
+//   page4     per-channel over the page's rows, range = the Quest kmin/kmax of the block
+//             (quantize_ref.cc's per-page-channel mode: no per-token scale or zero)
+// Keep rules on top of a scheme:
+//   (plain)   top-p over exp(estimate)
+//   +defl     top-p over exp(estimate - sigma^2 / 2), sigma = the token's score-noise std
+//   +ksig     tokens whose estimate + k sigma exceeds the plain threshold (k = 1, 2)
+//   @p'       plain top-p at a raised p'
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "core/half.h"
+#include "core/page_layout.h"
+#include "gpu/reference/quantize_ref.h"
+#include "lib/llama2_model.h"
+#include "lib/synthetic_attention.h"
+#include "lib/tool_flags.h"
+
+ABSL_FLAG(int32_t, ctx, 16384, "context tokens");
+ABSL_FLAG(int32_t, seeds, 2, "seeds (1..seeds)");
+ABSL_FLAG(int32_t, steps, 2, "decode steps per layer");
+ABSL_FLAG(int32_t, layers, 2, "layers per seed");
+ABSL_FLAG(int32_t, head_dim, 128, "head dimension");
+ABSL_FLAG(int32_t, page_size, 16, "tokens per page");
+ABSL_FLAG(float, p, 0.95f, "top-p mass");
+ABSL_FLAG(std::string, workload, "mixed", "mixed (the accuracy harness), peaked or flat");
+ABSL_FLAG(std::string, model, "", "a llama2.c model: measure its real K/Q instead (teacher-forced)");
+ABSL_FLAG(std::string, text, "", "byte-level model: text file fed as bytes (else tokens sampled "
+          "from dense attention at temperature 1)");
+ABSL_FLAG(int32_t, tokens, 1024, "model mode: tokens run");
+ABSL_FLAG(int32_t, every, 64, "model mode: measure every this many positions");
+ABSL_FLAG(int32_t, min_ctx, 256, "model mode: measure from this context length on");
+
+namespace {
+
+using twl::fp16_t;
+using twl::HalfToFloat;
+using twl::FloatToHalf;
+
+struct Scheme {
+  std::string name;
+  int scheme = 0;   // 0 tok4, 1 tok8, 2 page4, 3 exact
+  int rule = 0;     // 0 plain, 1 deflate, 2 k sigma
+  float k = 0.0f;   // sigmas for rule 2
+  float p_add = 0;  // raised p: p' = p + p_add
+  double bytes = 0;
+  // accumulated
+  std::vector<double> mass, size_ratio, union_ratio, rms;
+};
+
+// Estimated scores and noise std of one query row (already scaled) against every token of one
+// KV head under scheme `sc`, for the first `len` tokens.
+void Estimate(int sc, const std::vector<float>& kf, int32_t len, int32_t d, int32_t ps,
+              const float* q, std::vector<float>* est, std::vector<float>* sig) {
+  est->resize(size_t(len));
+  sig->resize(size_t(len));
+  double q2 = 0;
+  for (int32_t j = 0; j < d; ++j) q2 += double(q[j]) * q[j];
+  if (sc == 3) {
+    for (int32_t t = 0; t < len; ++t) {
+      float a = 0;
+      for (int32_t j = 0; j < d; ++j) a += q[j] * kf[size_t(t) * d + j];
+      (*est)[size_t(t)] = a;
+      (*sig)[size_t(t)] = 0;
+    }
+    return;
+  }
+  if (sc == 0 || sc == 1) {
+    const int32_t max_code = sc == 0 ? 15 : 255;
+    for (int32_t t = 0; t < len; ++t) {
+      const float* k = &kf[size_t(t) * d];
+      float lo = k[0], hi = k[0];
+      for (int32_t j = 1; j < d; ++j) lo = std::min(lo, k[j]), hi = std::max(hi, k[j]);
+      const float s = HalfToFloat(FloatToHalf((hi - lo) / float(max_code)));
+      const float z = HalfToFloat(FloatToHalf(lo));
+      float a = 0;
+      for (int32_t j = 0; j < d; ++j) {
+        float c = s > 0 ? std::rint((k[j] - z) / s) : 0.0f;
+        c = std::clamp(c, 0.0f, float(max_code));
+        a += q[j] * (c * s + z);
+      }
+      (*est)[size_t(t)] = a;
+      (*sig)[size_t(t)] = float(double(s) * std::sqrt(q2 / 12.0));
+    }
+    return;
+  }
+  // page4: per channel over the page's rows (the Quest bounds).
+  std::vector<float> lo(static_cast<size_t>(d)), step(static_cast<size_t>(d));
+  for (int32_t p0 = 0; p0 < len; p0 += ps) {
+    const int32_t rows = std::min(ps, len - p0);
+    double s2 = 0;
+    for (int32_t j = 0; j < d; ++j) {
+      float l = kf[size_t(p0) * d + j], h = l;
+      for (int32_t r = 1; r < rows; ++r) {
+        l = std::min(l, kf[size_t(p0 + r) * d + j]);
+        h = std::max(h, kf[size_t(p0 + r) * d + j]);
+      }
+      lo[size_t(j)] = l;
+      step[size_t(j)] = (h - l) / 15.0f;
+      s2 += double(q[j]) * q[j] * double(step[size_t(j)]) * step[size_t(j)];
+    }
+    const float sg = float(std::sqrt(s2 / 12.0));
+    for (int32_t r = 0; r < rows; ++r) {
+      const float* k = &kf[size_t(p0 + r) * d];
+      float a = 0;
+      for (int32_t j = 0; j < d; ++j) {
+        float c = step[size_t(j)] > 0 ? std::rint((k[j] - lo[size_t(j)]) / step[size_t(j)]) : 0.0f;
+        c = std::clamp(c, 0.0f, 15.0f);
+        a += q[j] * (c * step[size_t(j)] + lo[size_t(j)]);
+      }
+      (*est)[size_t(p0 + r)] = a;
+      (*sig)[size_t(p0 + r)] = sg;
+    }
+  }
+}
+
+// Own top-p set over weights exp(x - max x): the tokens, sorted by x (exact, like oracle_ref).
+std::vector<uint8_t> TopP(const std::vector<float>& x, float p, float* log_threshold) {
+  const size_t n = x.size();
+  std::vector<int32_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return x[size_t(a)] > x[size_t(b)]; });
+  const float mx = x[size_t(order[0])];
+  double total = 0;
+  for (float v : x) total += std::exp(double(v - mx));
+  std::vector<uint8_t> keep(n, 0);
+  double m = 0;
+  *log_threshold = mx;
+  for (int32_t t : order) {
+    if (m >= double(p) * total) break;
+    m += std::exp(double(x[size_t(t)] - mx));
+    keep[size_t(t)] = 1;
+    *log_threshold = x[size_t(t)];
+  }
+  return keep;
+}
+
+// One KV head's group of (scaled) query rows over the first len tokens of kf [len][d].
+void EvalGroup(const std::vector<float>& kf, int32_t len, int32_t d, int32_t ps, float p,
+       const std::vector<std::vector<float>>& qs, std::vector<Scheme>* schemes_p,
+       std::vector<double>* oracle_sizes) {
+  std::vector<Scheme>& schemes = *schemes_p;
+  const int32_t G = int32_t(qs.size());
+  std::vector<uint8_t> oracle_union(static_cast<size_t>(len), 0);
+  std::vector<std::vector<uint8_t>> unions(schemes.size(), std::vector<uint8_t>(size_t(len), 0));
+  std::vector<float> exact, sig0, est, sig;
+  for (int32_t g = 0; g < G; ++g) {
+    const std::vector<float>& q = qs[size_t(g)];
+    Estimate(3, kf, len, d, ps, q.data(), &exact, &sig0);
+    float lt;
+    const std::vector<uint8_t> ok = TopP(exact, p, &lt);
+    const float mx = *std::max_element(exact.begin(), exact.end());
+    std::vector<double> w(static_cast<size_t>(len));
+    double total = 0;
+    for (int32_t t = 0; t < len; ++t) total += (w[size_t(t)] = std::exp(double(exact[size_t(t)] - mx)));
+    double osize = 0;
+    for (int32_t t = 0; t < len; ++t) {
+      osize += ok[size_t(t)];
+      oracle_union[size_t(t)] |= ok[size_t(t)];
+    }
+    oracle_sizes->push_back(osize);
+    int last_sc = -1;
+    for (size_t si = 0; si < schemes.size(); ++si) {
+      Scheme& S = schemes[si];
+      if (S.scheme != last_sc) Estimate(S.scheme, kf, len, d, ps, q.data(), &est, &sig);
+      last_sc = S.scheme;
+      std::vector<float> x = est;
+      if (S.rule == 1)
+        for (int32_t t = 0; t < len; ++t) x[size_t(t)] -= 0.5f * sig[size_t(t)] * sig[size_t(t)];
+      std::vector<uint8_t> keep = TopP(x, std::min(1.0f, p + S.p_add), &lt);
+      if (S.rule == 2)
+        for (int32_t t = 0; t < len; ++t) keep[size_t(t)] |= uint8_t(est[size_t(t)] + S.k * sig[size_t(t)] >= lt);
+      double m = 0, n = 0, e2 = 0;
+      for (int32_t t = 0; t < len; ++t) {
+        if (keep[size_t(t)]) m += w[size_t(t)], ++n;
+        unions[si][size_t(t)] |= keep[size_t(t)];
+        const double e = double(est[size_t(t)]) - exact[size_t(t)];
+        e2 += e * e;
+      }
+      S.mass.push_back(m / total);
+      S.size_ratio.push_back(n / std::max(1.0, osize));
+      S.rms.push_back(std::sqrt(e2 / len));
+    }
+  }
+  double ou = 0;
+  for (uint8_t b : oracle_union) ou += b;
+  for (size_t si = 0; si < schemes.size(); ++si) {
+    double u = 0;
+    for (uint8_t b : unions[si]) u += b;
+    schemes[si].union_ratio.push_back(u / std::max(1.0, ou));
+  }
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+void PrintTable(const std::vector<Scheme>& schemes, const std::vector<double>& oracle_sizes,
+                const std::string& what, float p) {
+  std::printf("%s page %d p %.3f: %zu head samples, oracle own set median %.0f mean %.0f\n",
+              what.c_str(), absl::GetFlag(FLAGS_page_size), double(p), oracle_sizes.size(), Median(oracle_sizes),
+              std::accumulate(oracle_sizes.begin(), oracle_sizes.end(), 0.0) / double(oracle_sizes.size()));
+  std::printf("%-12s %8s %7s %7s %9s %9s %9s %8s %6s\n", "scheme", "heads_ok", "min", "median",
+              "own/orc", "own/orc50", "union/orc", "rms_lgt", "B/tok");
+  for (const Scheme& S : schemes) {
+    double okc = 0;
+    for (double m : S.mass) okc += m >= double(p) - 0.02 - 1e-9;
+    double sr = 0, ur = 0;
+    for (double r : S.size_ratio) sr += r;
+    for (double r : S.union_ratio) ur += r;
+    std::printf("%-12s %7.2f%% %7.4f %7.4f %9.3f %9.3f %9.3f %8.4f %6.0f\n", S.name.c_str(),
+                100.0 * okc / double(S.mass.size()), *std::min_element(S.mass.begin(), S.mass.end()),
+                Median(S.mass), sr / double(S.size_ratio.size()), Median(S.size_ratio),
+                ur / double(S.union_ratio.size()), Median(S.rms), S.bytes);
+  }
+}
+
+// Teacher-forced (or sampled) run of a llama2.c model with dense FP32 attention; at every
+// --every-th position from --min_ctx on, each KV head's group is measured on the FP16-rounded
+// K cache (what the runtime stores).
+bool RunModel(const std::string& path, int32_t ps, float p, std::vector<Scheme>* schemes,
+              std::vector<double>* oracle_sizes) {
+  absl::StatusOr<twl::bench::Llama2Model> model = twl::bench::Llama2Model::Load(path);
+  if (!model.ok()) {
+    std::fprintf(stderr, "twl_est_study: %s\n", std::string(model.status().message()).c_str());
+    return false;
+  }
+  const twl::bench::LlamaConfig& c = model->config();
+  const int32_t n = std::min(absl::GetFlag(FLAGS_tokens), c.seq_len);
+  const int32_t d = c.head_dim(), H = c.n_kv_heads, G = c.n_heads / c.n_kv_heads;
+  std::vector<int32_t> text;
+  if (const std::string tf = absl::GetFlag(FLAGS_text); !tf.empty()) {
+    std::FILE* f = std::fopen(tf.c_str(), "rb");
+    if (!f || c.vocab_size != 256) {
+      std::fprintf(stderr, "twl_est_study: --text needs a readable file and a byte-level model\n");
+      if (f) std::fclose(f);
+      return false;
+    }
+    for (int ch; int32_t(text.size()) < n && (ch = std::fgetc(f)) != EOF;) text.push_back(ch);
+    std::fclose(f);
+  }
+  const int32_t every = std::max(1, absl::GetFlag(FLAGS_every));
+  const int32_t min_ctx = absl::GetFlag(FLAGS_min_ctx);
+  std::vector<std::vector<float>> kc(size_t(c.n_layers)), vc(size_t(c.n_layers));
+  const int32_t kv = c.kv_dim();
+  auto attention = [&](int32_t layer, int32_t pos, const float* q, const float* k, const float* v,
+                       float* out) -> absl::Status {
+    std::vector<float>& K = kc[size_t(layer)];
+    std::vector<float>& V = vc[size_t(layer)];
+    K.insert(K.end(), k, k + kv);
+    V.insert(V.end(), v, v + kv);
+    const int32_t len = pos + 1;
+    const float sc = 1.0f / std::sqrt(float(d));
+    std::vector<float> w(static_cast<size_t>(len));
+    for (int32_t qh = 0; qh < c.n_heads; ++qh) {
+      const int32_t h = qh / G;
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int32_t t = 0; t < len; ++t) {
+        float a = 0;
+        for (int32_t j = 0; j < d; ++j) a += q[qh * d + j] * K[size_t(t) * kv + size_t(h) * d + j];
+        w[size_t(t)] = a * sc;
+        mx = std::max(mx, w[size_t(t)]);
+      }
+      double tot = 0;
+      for (float& x : w) tot += (x = std::exp(x - mx));
+      for (int32_t j = 0; j < d; ++j) {
+        double o = 0;
+        for (int32_t t = 0; t < len; ++t) o += double(w[size_t(t)]) * V[size_t(t) * kv + size_t(h) * d + j];
+        out[qh * d + j] = float(o / tot);
+      }
+    }
+    if (len < min_ctx || len % every != 0) return absl::OkStatus();
+    for (int32_t h = 0; h < H; ++h) {
+      std::vector<float> kf(static_cast<size_t>(len) * size_t(d));
+      for (int32_t t = 0; t < len; ++t)
+        for (int32_t j = 0; j < d; ++j)
+          kf[size_t(t) * d + j] = HalfToFloat(FloatToHalf(K[size_t(t) * kv + size_t(h) * d + j]));
+      std::vector<std::vector<float>> qs;
+      for (int32_t g = 0; g < G; ++g) {
+        std::vector<float> qr(static_cast<size_t>(d));
+        for (int32_t j = 0; j < d; ++j)
+          qr[size_t(j)] = HalfToFloat(FloatToHalf(q[(h * G + g) * d + j])) * sc;
+        qs.push_back(std::move(qr));
+      }
+      EvalGroup(kf, len, d, ps, p, qs, schemes, oracle_sizes);
+    }
+    return absl::OkStatus();
+  };
+  std::vector<float> logits;
+  std::mt19937_64 rng(1);
+  int32_t token = text.empty() ? 1 : text[0];  // BOS for the sampled mode
+  for (int32_t pos = 0; pos < n; ++pos) {
+    if (absl::Status st = model->Forward(token, pos, attention, &logits); !st.ok()) {
+      std::fprintf(stderr, "twl_est_study: %s\n", std::string(st.message()).c_str());
+      return false;
+    }
+    if (!text.empty()) {
+      if (pos + 1 >= int32_t(text.size())) break;
+      token = text[size_t(pos + 1)];
+    } else {
+      const std::vector<double> pr = twl::bench::Softmax(logits);
+      token = int32_t(std::discrete_distribution<int32_t>(pr.begin(), pr.end())(rng));
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  twl::tools::ParseToolFlags(argc, argv, __FILE__,
+                             "twl_est_study: INT4 estimate schemes and keep rules vs true mass");
+  const int32_t ctx = absl::GetFlag(FLAGS_ctx), d = absl::GetFlag(FLAGS_head_dim);
+  const int32_t ps = absl::GetFlag(FLAGS_page_size);
+  const float p = absl::GetFlag(FLAGS_p);
+  const std::string wl = absl::GetFlag(FLAGS_workload);
+  twl::tools::RequireFlag(wl == "mixed" || wl == "peaked" || wl == "flat", "workload",
+                          "mixed, peaked or flat");
+  twl::tools::RequireFlag(ctx >= 256 && ctx <= (1 << 20), "ctx", "in [256, 2^20]");
+  twl::tools::RequireFlag(ps >= 1 && ps <= 4096, "page_size", "in [1, 4096]");
+  twl::tools::RequireFlag(d >= 2 && d <= 1024 && d % 2 == 0, "head_dim", "even, in [2, 1024]");
+  twl::tools::RequireFlag(p > 0.0f && p < 1.0f, "p", "in (0, 1)");
+  twl::tools::RequireFlag(absl::GetFlag(FLAGS_seeds) >= 1 && absl::GetFlag(FLAGS_seeds) <= 1000,
+                          "seeds", "in [1, 1000]");
+  twl::tools::RequireFlag(absl::GetFlag(FLAGS_layers) >= 1 && absl::GetFlag(FLAGS_layers) <= 64,
+                          "layers", "in [1, 64]");
+  twl::tools::RequireFlag(absl::GetFlag(FLAGS_steps) >= 1 && absl::GetFlag(FLAGS_steps) <= 64,
+                          "steps", "in [1, 64]");
+  twl::tools::RequireFlag(absl::GetFlag(FLAGS_tokens) >= 2, "tokens", ">= 2");
+  std::vector<Scheme> schemes;
+  const double code = d / 2.0;
+  auto add = [&](std::string n, int sc, int rule, float k, float pa, double bytes) {
+    Scheme s;
+    s.name = std::move(n);
+    s.scheme = sc, s.rule = rule, s.k = k, s.p_add = pa, s.bytes = bytes;
+    schemes.push_back(std::move(s));
+  };
+  add("exact", 3, 0, 0, 0, 2.0 * d);
+  add("tok8", 1, 0, 0, 0, d + 4.0);
+  add("tok4", 0, 0, 0, 0, code + 4);
+  add("tok4+defl", 0, 1, 0, 0, code + 4);
+  add("tok4+1sig", 0, 2, 1, 0, code + 4);
+  add("tok4+2sig", 0, 2, 2, 0, code + 4);
+  add("tok4@p+.02", 0, 0, 0, 0.02f, code + 4);
+  add("page4", 2, 0, 0, 0, code);
+  add("page4+defl", 2, 1, 0, 0, code);
+  add("page4+1sig", 2, 2, 1, 0, code);
+  add("page4@p+.01", 2, 0, 0, 0.01f, code);
+  std::vector<double> oracle_sizes;
+  const std::string model_path = absl::GetFlag(FLAGS_model);
+  if (!model_path.empty()) {
+    if (!RunModel(model_path, ps, p, &schemes, &oracle_sizes)) return 1;
+    PrintTable(schemes, oracle_sizes, "model " + model_path, p);
+    return 0;
+  }
+  for (int32_t seed = 1; seed <= absl::GetFlag(FLAGS_seeds); ++seed) {
+    for (int32_t layer = 0; layer < absl::GetFlag(FLAGS_layers); ++layer) {
+      twl::bench::SyntheticConfig c;
+      c.num_tokens = ctx;
+      c.head_dim = d;
+      c.num_steps = absl::GetFlag(FLAGS_steps);
+      c.seed = uint64_t(seed);
+      if (wl == "peaked") {  // bench/offload_main.cc's peaked workload
+        c.topic_std_min = 4.0f, c.topic_std_max = 6.0f;
+        c.spike_offset_min = 3.0f, c.spike_offset_max = 5.0f;
+        c.local_offset_min = -1.5f, c.local_offset_max = 1.0f;
+        c.sink_offset_min = 0.5f, c.sink_offset_max = 2.5f;
+      } else if (wl == "flat") {
+        c.topic_std_min = 2.0f, c.topic_std_max = 4.0f;
+        c.spike_offset_min = -3.0f, c.spike_offset_max = 2.0f;
+        c.local_offset_min = -4.0f, c.local_offset_max = 0.0f;
+        c.sink_offset_min = -3.0f, c.sink_offset_max = 2.0f;
+      }
+      auto gen = twl::bench::GenerateLayer(c, layer);
+      if (!gen.ok()) {
+        std::fprintf(stderr, "twl_est_study: %s\n", std::string(gen.status().message()).c_str());
+        return 1;
+      }
+      const int32_t H = c.num_kv_heads, G = c.group_size;
+      for (int32_t h = 0; h < H; ++h) {
+        std::vector<float> kf(static_cast<size_t>(ctx) * size_t(d));
+        for (int32_t t = 0; t < ctx; ++t)
+          for (int32_t j = 0; j < d; ++j)
+            kf[size_t(t) * d + j] = HalfToFloat(gen->k[(size_t(t) * H + h) * d + j]);
+        for (int32_t st = 0; st < c.num_steps; ++st) {
+          const int32_t len = gen->StepLength(st);
+          std::vector<std::vector<float>> qs;
+          for (int32_t g = 0; g < G; ++g) {
+            const int32_t qh = h * G + g;
+            std::vector<float> q(static_cast<size_t>(d));
+            const float sc = 1.0f / std::sqrt(float(d));
+            for (int32_t j = 0; j < d; ++j) q[size_t(j)] = HalfToFloat(gen->Q(st)[size_t(qh) * d + j]) * sc;
+            qs.push_back(std::move(q));
+          }
+          EvalGroup(kf, len, d, ps, p, qs, &schemes, &oracle_sizes);
+        }
+      }
+    }
+  }
+  PrintTable(schemes, oracle_sizes,
+             "workload " + wl + " ctx " + std::to_string(ctx) + " head_dim " + std::to_string(d),
+             p);
+  return 0;
+}

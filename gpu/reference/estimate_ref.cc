@@ -1,0 +1,22 @@
+// Per-page-channel score estimate (see estimate_ref.h).
+#include "gpu/reference/estimate_ref.h"
+
+#include "gpu/reference/quantize_ref.h"
+
+namespace twl {
+
+float EstimatePageChannelScoreRef(const PageGeometry& g, const float* q, const QuantKView& qk,
+                                  int64_t block, int32_t row) {
+  const fp16_t* mn = qk.kmin + block * g.head_dim;
+  const fp16_t* mx = qk.kmax + block * g.head_dim;
+  const uint8_t* codes = qk.Codes(g, block, row);
+  float base = 0.0f;  // per block: q . kmin
+  float dot = 0.0f;   // per token: (q * step) . codes
+  for (int32_t j = 0; j < g.head_dim; ++j) {
+    base += q[j] * HalfToFloat(mn[j]);
+    dot += (q[j] * PageChannelStep(g, mn[j], mx[j])) * float(UnpackCode(codes, j, g.k_bits));
+  }
+  return base + dot;
+}
+
+}  // namespace twl
