@@ -121,9 +121,10 @@ constexpr size_t ScoreSmemBytes() {
 // (FP16-rounded) score, zeroed before.
 // kPageChannel (k_scheme 1, page_size a multiple of 16: a tile lies in one block): the codes
 // are scaled per channel by the tile's block, so the B fragment is rebuilt per tile as
-// FP16(q_j * step_j), step_j = (kmax_j - kmin_j) / 15 from the block's Quest bounds, and the
+// q_j * step_j, step_j = (kmax_j - kmin_j) / 15 from the block's Quest bounds, and the
 // per-(head, block) constant sum_j q_j kmin_j is added: est = scale * (acc + base), the terms
-// of EstimatePageChannelScoreRef (q_j * step_j rounded to FP16 as the per-token path's q is).
+// of EstimatePageChannelScoreRef (q_j * step_j split into two FP16 halves, hi + lo, so the
+// tensor cores add no rounding beyond the FP32 sums' order).
 template <int kHeadDim, bool kPageChannel = false>
 __global__ void __launch_bounds__(kScoreWarps * 32, 2)
     ScoreInt4Kernel(PageGeometry g, BatchView batch, QueryView q, QuantKView qk,
@@ -307,23 +308,29 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
           const fp16_t* b10 = reinterpret_cast<const fp16_t*>(&bfrag[m][1][0]);
           const fp16_t* b11 = reinterpret_cast<const fp16_t*>(&bfrag[m][1][1]);
           const fp16_t qe[8] = {b00[0], b01[0], b10[0], b11[0], b00[1], b01[1], b10[1], b11[1]};
-          fp16_t qs[8];
+          // q_j step_j as an FP16 pair hi + lo (two MMAs each): FP16 alone would add ~1e-3
+          // logits of rounding to the estimate at |q| ~ 3; the pair is exact to ~2^-22.
+          fp16_t hi[8], lo[8];
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
-            // The step times 1/15 instead of a division (<= 1 ulp of FP32 apart, below the
-            // FP16 rounding of q_j step_j); non-finite bounds propagate as in the reference.
+            // The step times 1/15 instead of a division (<= 1 ulp of FP32 apart); non-finite
+            // bounds propagate (inf / NaN) as in the reference.
             const float step = (H2F(mx[i]) - H2F(mn[i])) * (1.0f / 15.0f);
             const float qv = H2F(qe[i]);
-            qs[i] = F2H(qv * step);
+            const float x = qv * step;
+            hi[i] = F2H(x);
+            lo[i] = F2H(x - H2F(hi[i]));
             part += qv * H2F(mn[i]);
           }
-          const uint32_t s00 = PackHalves(qs[0], qs[4]), s01 = PackHalves(qs[1], qs[5]);
-          const uint32_t s10 = PackHalves(qs[2], qs[6]), s11 = PackHalves(qs[3], qs[7]);
           uint32_t xa[4], xb[4];
           NibbleWordToHalf2x4(wa[m], xa);
           NibbleWordToHalf2x4(wb[m], xb);
-          Mma16816(acc, xa[0], xb[0], xa[1], xb[1], s00, s01);
-          Mma16816(acc, xa[2], xb[2], xa[3], xb[3], s10, s11);
+#pragma unroll
+          for (int part_of = 0; part_of < 2; ++part_of) {
+            const fp16_t* b = part_of == 0 ? hi : lo;
+            Mma16816(acc, xa[0], xb[0], xa[1], xb[1], PackHalves(b[0], b[4]), PackHalves(b[1], b[5]));
+            Mma16816(acc, xa[2], xb[2], xa[3], xb[3], PackHalves(b[2], b[6]), PackHalves(b[3], b[7]));
+          }
         }
         // Head r's sum over the 4 lanes t4 = 0..3, then the two heads this thread holds.
         part += __shfl_xor_sync(0xffffffffu, part, 1);

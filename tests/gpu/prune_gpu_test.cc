@@ -46,6 +46,7 @@ struct PruneCase {
   std::vector<int32_t> lens = {};  // empty: a default mix
   bool flat_and_peaked = false;    // scale the queries per head: flat (x0.1) to peaked (x3)
   int32_t k_scheme = kKSchemeToken;
+  int32_t page_size = 16;  // k_scheme 1, INT4: multiples of 16 use the tensor cores
 };
 
 class PruneGpuTest : public ::testing::TestWithParam<PruneCase> {};
@@ -54,7 +55,7 @@ TEST_P(PruneGpuTest, MatchesReferenceUpToThresholdTies) {
   TWL_SKIP_WITHOUT_GPU();
   const PruneCase c = GetParam();
   PageGeometry g;
-  g.page_size = 16;
+  g.page_size = c.page_size;
   g.head_dim = c.head_dim;
   g.num_kv_heads = c.num_kv_heads;
   g.k_bits = c.k_bits;
@@ -255,7 +256,11 @@ INSTANTIATE_TEST_SUITE_P(
                       PruneCase{64, 2, 4, 8, 0.95f, false, false, false, {}, false, kPc},
                       PruneCase{128, 2, 4, 4, 0.99f, false, false, true, {70000, 5000}, true, kPc},
                       PruneCase{128, 2, 3, 4, 0.95f, false, false, false, {48, 20, 5000}, true,
-                                kPc}));
+                                kPc},
+                      // INT4 through the scalar kernel (a 16-token tile spans pages of 8),
+                      // and pages of 32 (two tensor-core tiles per block).
+                      PruneCase{128, 2, 4, 4, 0.9f, false, false, false, {}, true, kPc, 8},
+                      PruneCase{64, 2, 4, 4, 0.95f, false, false, false, {}, true, kPc, 32}));
 
 // Flat and peaked heads in one batch: a sequence's kept set and telemetry do not depend on
 // its batch-mates (the fixed-point scale and the block split are per head).
