@@ -226,8 +226,7 @@ typedef struct twl_runtime_config {
    *    min/max (no per-token scale/zero; 4 bytes per token less). Channels with large values
    *    (K's outlier channels) then no longer coarsen the others: at 4 bits the score error
    *    falls about 7x and p = 0.95 keeps >= p - 0.02 of the true mass for every head in
-   *    bench/ACCURACY.md (per token: 92-95%). CPU backend only (TWL_BACKEND_AUTO then picks
-   *    the CPU; a GPU backend gives TWL_UNSUPPORTED). Ignored when k_bits is 16. */
+   *    bench/ACCURACY.md (per token: 92-95%). Every backend. Ignored when k_bits is 16. */
   int32_t k_scheme;
 } twl_runtime_config;
 

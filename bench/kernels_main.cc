@@ -46,6 +46,7 @@ ABSL_FLAG(int32_t, reps, 20, "timed runs per point (the median is reported)");
 ABSL_FLAG(std::string, out, ".", "directory for kernels.csv and kernels.png");
 ABSL_FLAG(std::string, sdpa_csv, "", "PyTorch SDPA times from bench/sdpa_baseline.py (optional)");
 ABSL_FLAG(float, quest_fraction, 0.125f, "Quest budget B0 as a fraction of the context, (0, 1]");
+ABSL_FLAG(int32_t, k_scheme, 0, "INT4 K scheme: 0 per token, 1 per page channel (core/page_layout.h)");
 
 namespace twl {
 namespace {
@@ -57,6 +58,7 @@ struct Options {
   std::string out_dir = ".";
   std::string sdpa_csv;
   float quest_fraction = 0.125f;  // B0 as a fraction of the context
+  int32_t k_scheme = 0;
 };
 
 Options ParseArgs(int argc, char** argv) {
@@ -73,6 +75,8 @@ Options ParseArgs(int argc, char** argv) {
   o.quest_fraction = absl::GetFlag(FLAGS_quest_fraction);
   tools::RequireFlag(o.quest_fraction > 0.0f && o.quest_fraction <= 1.0f, "quest_fraction",
                      "must be in (0, 1]");
+  o.k_scheme = absl::GetFlag(FLAGS_k_scheme);
+  tools::RequireFlag(o.k_scheme == 0 || o.k_scheme == 1, "k_scheme", "must be 0 or 1");
   std::sort(o.batches.begin(), o.batches.end());
   std::sort(o.contexts.begin(), o.contexts.end());
   return o;
@@ -496,6 +500,7 @@ int Run(const Options& o) {
   g.head_dim = kHeadDim;
   g.num_kv_heads = kKvHeads;
   g.k_bits = 4;
+  g.k_scheme = o.k_scheme;
   Timer timer(s, o.reps);
   bench::Table t({"batch", "context", "method", "ms", "vs_dense", "select_ms", "prune_ms",
                   "attend_ms", "kept_peaked", "kept_flat", "selected", "est_mass", "rel_err",
@@ -503,7 +508,8 @@ int Run(const Options& o) {
                   "compact_ms", "grow_ms", "prune_GB_s", "prune_of_copy", "bounds_GB_s",
                   "bounds_of_copy",
                   "min_full_mass"});
-  t.title = "twl_kernels: " + dev->name + ", 32 q / 8 KV heads, d=128, page 16, INT4 K";
+  t.title = "twl_kernels: " + dev->name + ", 32 q / 8 KV heads, d=128, page 16, INT4 K" +
+            (o.k_scheme == 1 ? " per page channel" : "");
   struct Point {
     int32_t b, ctx;
     std::string method;

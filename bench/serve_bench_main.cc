@@ -73,6 +73,9 @@ ABSL_FLAG(int32_t, drift_every, 32, "drifting: steps between moves of the hot re
 ABSL_FLAG(double, cache_frac, 0.10, "GPU hot-page cache as a fraction of all layers' FP16 KV");
 ABSL_FLAG(int32_t, quest_budget, 8192, "B0 in tokens of the *-b8k methods");
 ABSL_FLAG(double, top_p, 0.95, "top-p of the Twilight methods");
+ABSL_FLAG(int32_t, k_scheme, 0,
+          "estimation K scheme of every method (twl_runtime_config.k_scheme): 0 INT4 per token, "
+          "1 INT4 per page channel");
 ABSL_FLAG(int32_t, sample_units, 16, "(sequence, KV head) pairs whose accuracy is measured");
 ABSL_FLAG(int32_t, full_offload_steps, 2, "measured steps of full-offload (each moves all KV)");
 ABSL_FLAG(int32_t, prefill_chunk, 8192, "tokens per prefill append call");
@@ -341,6 +344,7 @@ void Config::CreateRuntime(int64_t max_tokens) {
   c.selector_budget_tokens = method_.budget_tokens;
   c.dense_layers = method_.dense ? L() : 0;
   c.top_p = float(absl::GetFlag(FLAGS_top_p));
+  c.k_scheme = absl::GetFlag(FLAGS_k_scheme);
   c.collect_telemetry = 1;
   const int64_t page = 16;
   const int64_t kv_bytes_all = max_tokens * L() * RowElems() * 2 * 2;
@@ -780,10 +784,11 @@ int Main(int argc, char** argv) {
       !(absl::GetFlag(FLAGS_cache_frac) > 0 && absl::GetFlag(FLAGS_cache_frac) <= 1) ||
       !(absl::GetFlag(FLAGS_top_p) > 0 && absl::GetFlag(FLAGS_top_p) <= 1) ||
       absl::GetFlag(FLAGS_quest_budget) < 16 || absl::GetFlag(FLAGS_churn_every) < 0 ||
-      absl::GetFlag(FLAGS_warmup) < 0 || absl::GetFlag(FLAGS_sample_units) < 0) {
+      absl::GetFlag(FLAGS_warmup) < 0 || absl::GetFlag(FLAGS_sample_units) < 0 ||
+      (absl::GetFlag(FLAGS_k_scheme) != 0 && absl::GetFlag(FLAGS_k_scheme) != 1)) {
     BadFlag("a flag is out of range: --layers >= 1, --context >= 16, --steps >= 1, --head_dim >= 8, "
         "0 <= --len_spread < 1, 0 < --cache_frac <= 1, 0 < --top_p <= 1, --quest_budget >= 16, "
-        "--churn_every/--warmup/--sample_units >= 0 (see --help)");
+        "--churn_every/--warmup/--sample_units >= 0, --k_scheme 0 or 1 (see --help)");
   }
   const std::string out = absl::GetFlag(FLAGS_out);
   if (std::system(absl::StrCat("mkdir -p '", out, "'").c_str()) != 0) {
@@ -796,10 +801,11 @@ int Main(int argc, char** argv) {
     std::printf("device: %s\n", dev.ok() ? dev->name.c_str() : "?");
   }
   std::printf("twl_serve_bench: %s mode, %d layers, context %d (+-%.0f%%), %d steps, "
-              "churn every %d, cache %.0f%% of KV\n",
+              "churn every %d, cache %.0f%% of KV, k_scheme %d\n",
               mode.c_str(), absl::GetFlag(FLAGS_layers), absl::GetFlag(FLAGS_context),
               100 * absl::GetFlag(FLAGS_len_spread), absl::GetFlag(FLAGS_steps),
-              absl::GetFlag(FLAGS_churn_every), 100 * absl::GetFlag(FLAGS_cache_frac));
+              absl::GetFlag(FLAGS_churn_every), 100 * absl::GetFlag(FLAGS_cache_frac),
+              absl::GetFlag(FLAGS_k_scheme));
 
   bench::Table table({"shape", "B", "workload", "method", "ms/layer-step", "x dense", "tok/s",
                       "append ms", "sel", "prune", "fetch", "attend", "hit", "MB h2d",

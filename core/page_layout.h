@@ -20,9 +20,9 @@
 //                        range, step_j = (kmax_j - kmin_j) / (2^bits - 1) in FP32, and
 //                        k_j ~= kmin_j + code_j * step_j; no per-token scale/zero is stored.
 //                        Channels keep their own range, so K's outlier channels no longer
-//                        widen every other channel's step (KIVI-style per-channel K; CPU
-//                        reference and CPU backend only). A block's rows are re-quantized
-//                        whenever an append widens its min/max.
+//                        widen every other channel's step (KIVI-style per-channel K; every
+//                        backend). A block's rows are re-quantized whenever an append may
+//                        have widened its min/max (the GPU append kernels: on every append).
 #pragma once
 
 #include <cstdint>

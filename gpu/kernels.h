@@ -9,7 +9,11 @@
 // last bits and top-p / top-B0 sets can differ at near ties (see tests/gpu/).
 //
 // Supported on the GPU: head_dim 64 and 128, group size (num_q_heads / num_kv_heads) 1..8,
-// any page_size; INT4 K uses the tensor-core estimator, k_bits 2/8/16 a scalar one.
+// any page_size; INT4 K uses the tensor-core estimator, k_bits 2/8/16 a scalar one; under the
+// per-page-channel K scheme (g.k_scheme 1) INT4 uses the tensor cores when page_size is a
+// multiple of 16 (a 16-token tile in one block), the scalar estimator otherwise. Under
+// k_scheme 1 the append launchers re-quantize every filled row of each touched block against
+// its new Quest range (QuantKView.scale/zero are unused and may be null).
 // Anything else returns Unimplemented before enqueueing work.
 //
 // Temporaries live in a caller-owned workspace sized by the matching *WorkspaceBytes query

@@ -120,6 +120,8 @@ class GpuHbmBackend final : public Backend {
     TWL_RETURN_IF_ERROR(kv_buf_.Reserve(size_t(blocks * g_.FpBlockBytes())));
     if (g_.k_bits < 16) {
       TWL_RETURN_IF_ERROR(codes_buf_.Reserve(size_t(blocks * g_.CodeBlockBytes())));
+    }
+    if (g_.HasTokenScale()) {  // the per-page-channel scheme (k_scheme 1) has none
       TWL_RETURN_IF_ERROR(scale_buf_.Reserve(size_t(blocks * g_.page_size) * 2));
       TWL_RETURN_IF_ERROR(zero_buf_.Reserve(size_t(blocks * g_.page_size) * 2));
     }
@@ -318,6 +320,8 @@ absl::Status GpuHbmBackend::CopyPage(int32_t src_page, int32_t dst_page, int32_t
       TWL_CUDA(cudaMemcpyAsync(qk_.Codes(g_, db, 0), qk_.Codes(g_, sb, 0),
                                    size_t(g_.CodeBytesPerToken()) * rows,
                                    cudaMemcpyDeviceToDevice, stream_));
+    }
+    if (g_.HasTokenScale()) {  // k_scheme 1: the bounds kernel below re-quantizes dst's rows
       TWL_CUDA(cudaMemcpyAsync(qk_.scale + db * g_.page_size, qk_.scale + sb * g_.page_size,
                                    2 * size_t(rows), cudaMemcpyDeviceToDevice, stream_));
       TWL_CUDA(cudaMemcpyAsync(qk_.zero + db * g_.page_size, qk_.zero + sb * g_.page_size,

@@ -111,7 +111,7 @@ class GpuOffloadBackend final : public OffloadBackend {
     // Quantized K + bounds, one allocation carved like QuantKView expects.
     const int64_t nb = num_blocks_;
     const int64_t codes = nb * g_.CodeBlockBytes();
-    const int64_t sz = g_.k_bits >= 16 ? 0 : nb * g_.page_size * 2;
+    const int64_t sz = g_.HasTokenScale() ? nb * g_.page_size * 2 : 0;  // none under k_scheme 1
     const int64_t mm = nb * g_.head_dim * 2;
     auto al = [](int64_t x) { return (x + 255) / 256 * 256; };
     quant_bytes_ = al(codes) + 2 * al(sz) + 2 * al(mm);

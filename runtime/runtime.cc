@@ -177,20 +177,9 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeConfig& co
       }
     }
   }
-  // The per-page-channel K scheme exists in the CPU reference only (the GPU append and score
-  // kernels quantize per token): refuse a GPU backend, and let kAuto pick the CPU.
-  const bool cpu_scheme = config.k_scheme != kKSchemeToken && config.k_bits < 16;
-  if (cpu_scheme && !im.disk_tier &&
-      (config.backend == BackendKind::kGpuHbm || config.backend == BackendKind::kGpuOffload)) {
-    return absl::UnimplementedError(
-        "config: k_scheme 1 (per page channel) is supported by the CPU backend only; use "
-        "backend kCpu (or kAuto, which then picks the CPU)");
-  }
-  BackendKind kind = im.disk_tier ? BackendKind::kCpu : config.backend;
-  if (cpu_scheme && kind == BackendKind::kAuto) {
-    kind = BackendKind::kCpu;
-    im.backend_name = "cpu (k_scheme 1 needs the CPU backend)";
-  }
+  // Every backend supports both K schemes (k_scheme 1 on the GPU: gpu/cuda/append.cuh
+  // re-quantizes a block's rows on every append, gpu/cuda/prune.cuh scores with its bounds).
+  const BackendKind kind = im.disk_tier ? BackendKind::kCpu : config.backend;
   switch (kind) {
     case BackendKind::kCpu:
       if (im.disk_tier) break;  // created above

@@ -52,7 +52,7 @@ struct RuntimeConfig {
   int32_t k_bits = 4;  // 2, 4, 8 or 16 (estimate with FP16 K)
   // How the estimation copy is scaled (core/page_layout.h): kKSchemeToken (per token, the
   // default, every backend) or kKSchemePageChannel (per block and channel over the Quest
-  // min/max; CPU backend only: the GPU append and score kernels do not implement it).
+  // min/max; every backend).
   int32_t k_scheme = 0;
   // Twilight.
   float top_p = 0.95f;

@@ -16,7 +16,8 @@ absl::Status CheckAppendShapes(const PageGeometry& g, const FpKvView& kv, const 
                                                     cuda::kMaxAppendHeadDim, g.head_dim));
   }
   if (!kv.kv) return absl::InvalidArgumentError("append: null FP16 block store");
-  if (!qk.kmin || !qk.kmax || (g.k_bits < 16 && (!qk.codes || !qk.scale || !qk.zero))) {
+  if (!qk.kmin || !qk.kmax || (g.k_bits < 16 && !qk.codes) ||
+      (g.HasTokenScale() && (!qk.scale || !qk.zero))) {
     return absl::InvalidArgumentError("append: the quantized K store is incomplete");
   }
   return absl::OkStatus();

@@ -26,6 +26,42 @@ __device__ __forceinline__ fp16_t LoadAsHalf(const void* base, int64_t i, KvInpu
   }
 }
 
+// ---- Per-page-channel K (k_scheme 1, core/page_layout.h) ------------------------------
+// Codes are relative to the block's Quest range, so whenever an append may have changed the
+// range every filled row of the block is re-quantized from its FP16 K, exactly as
+// QuantizeBlockRowsRef: step_j = (kmax_j - kmin_j) / max_code and code = rint((k - kmin_j) /
+// step_j) in correctly rounded FP32 (no FMA contraction), clamped in float (NaN: code 0).
+__device__ __forceinline__ float PageChannelStepDev(fp16_t kmin, fp16_t kmax, int max_code) {
+  return __fdiv_rn(__fsub_rn(H2F(kmax), H2F(kmin)), float(max_code));
+}
+__device__ __forceinline__ int PageChannelCode(float x, float mn, float step, int max_code) {
+  float q = 0.0f;
+  if (step > 0.0f) q = rintf(__fdiv_rn(__fsub_rn(x, mn), step));
+  return q >= float(max_code) ? max_code : (q > 0.0f ? int(q) : 0);
+}
+// Whole thread block: codes of rows [0, rows) of `block` from the FP16 K rows (row r at
+// old_k + r * head_dim for r < split, else at new_k + r * head_dim), against the per-channel
+// kmin / step in shared memory (s_mn, s_step: filled and synchronized by the caller). One
+// thread per (row, code byte).
+__device__ __forceinline__ void RequantizeBlockRows(const PageGeometry& g, const QuantKView& qk,
+                                                    int64_t block, int32_t rows, int32_t split,
+                                                    const fp16_t* old_k, const fp16_t* new_k,
+                                                    const float* s_mn, const float* s_step) {
+  const int32_t bytes = g.CodeBytesPerToken();
+  const int per_byte = 8 / g.k_bits;
+  const int max_code = g.MaxCode();
+  for (int32_t i = threadIdx.x; i < rows * bytes; i += blockDim.x) {
+    const int32_t r = i / bytes, b = i % bytes;
+    const fp16_t* k = (r < split ? old_k : new_k) + int64_t(r) * g.head_dim;
+    uint32_t v = 0;
+    for (int e = 0; e < per_byte; ++e) {
+      const int j = b * per_byte + e;
+      v |= uint32_t(PageChannelCode(H2F(k[j]), s_mn[j], s_step[j], max_code)) << (e * g.k_bits);
+    }
+    qk.Codes(g, block, r)[b] = uint8_t(v);
+  }
+}
+
 __global__ void AppendRowsKernel(PageGeometry g, AppendView in, KvInputType type, FpKvView kv,
                                  QuantKView qk) {
   __shared__ uint8_t codes_s[kAppendWarps][kMaxAppendHeadDim];
@@ -50,7 +86,8 @@ __global__ void AppendRowsKernel(PageGeometry g, AppendView in, KvInputType type
     lo = fminf(lo, x);
     hi = fmaxf(hi, x);
   }
-  if (g.k_bits >= 16) return;
+  // Per-page-channel codes depend on the block's range: MinMaxKernel writes them after it.
+  if (!g.HasTokenScale()) return;
   lo = WarpMin(lo);
   hi = WarpMax(hi);
   const int max_code = g.MaxCode();
@@ -79,8 +116,11 @@ __global__ void AppendRowsKernel(PageGeometry g, AppendView in, KvInputType type
   }
 }
 
-// One block per (plan page, KV head), one thread per channel.
+// One block per (plan page, KV head), one thread per channel; under k_scheme 1 (k_bits < 16)
+// the block's filled rows are then re-quantized against the new bounds.
 __global__ void MinMaxKernel(PageGeometry g, AppendPagePlan plan, FpKvView kv, QuantKView qk) {
+  __shared__ float s_mn[kMaxAppendHeadDim], s_step[kMaxAppendHeadDim];
+  const bool page_channel = g.k_bits < 16 && g.k_scheme == kKSchemePageChannel;
   const int32_t i = blockIdx.x / g.num_kv_heads;
   const int32_t h = blockIdx.x % g.num_kv_heads;
   const int64_t block = g.BlockId(plan.d_page[i], h);
@@ -95,7 +135,14 @@ __global__ void MinMaxKernel(PageGeometry g, AppendPagePlan plan, FpKvView kv, Q
     }
     qk.kmin[block * g.head_dim + c] = F2H(lo);
     qk.kmax[block * g.head_dim + c] = F2H(hi);
+    if (page_channel) {
+      s_mn[c] = H2F(F2H(lo));
+      s_step[c] = PageChannelStepDev(F2H(lo), F2H(hi), g.MaxCode());
+    }
   }
+  if (!page_channel) return;  // uniform across the block
+  __syncthreads();
+  RequantizeBlockRows(g, qk, block, rows, rows, k, k, s_mn, s_step);
 }
 
 // ---- Bulk append: one thread block per (segment, KV head) -----------------------------
@@ -152,6 +199,7 @@ __global__ void __launch_bounds__(kSegThreads)
                          fp16_t* kv, fp16_t* stage, QuantKView qk) {
   __shared__ float s_lo[kSegThreads * 8];
   __shared__ float s_hi[kSegThreads * 8];
+  __shared__ float s_mn[kMaxAppendHeadDim], s_step[kMaxAppendHeadDim];  // k_scheme 1
   const int32_t H = g.num_kv_heads, D = g.head_dim;
   const AppendSegment seg = segs[blockIdx.x / H];
   const int32_t h = int32_t(blockIdx.x % H);
@@ -164,7 +212,8 @@ __global__ void __launch_bounds__(kSegThreads)
                                : kv + block * g.FpBlockElems();
   const int32_t rows = seg.row_end - seg.row_begin;
   const int64_t token_elems = int64_t(H) * D;
-  const bool quant = g.k_bits < 16;
+  const bool quant = g.HasTokenScale();  // per-token codes here; k_scheme 1's at the end
+  const bool page_channel = g.k_bits < 16 && g.k_scheme == kKSchemePageChannel;
   const int max_code = g.MaxCode();
   float lo8[8], hi8[8];
 #pragma unroll
@@ -245,7 +294,18 @@ __global__ void __launch_bounds__(kSegThreads)
     }
     qk.kmin[block * D + ch] = F2H(lo);  // exact: lo and hi are FP16 values
     qk.kmax[block * D + ch] = F2H(hi);
+    if (page_channel) {
+      s_mn[ch] = H2F(F2H(lo));
+      s_step[ch] = PageChannelStepDev(F2H(lo), F2H(hi), max_code);
+    }
   }
+  if (!page_channel) return;  // uniform across the block
+  // Every filled row against the block's new range: rows from before the call from the block
+  // store, this segment's rows from where they were just written (this block's own stores,
+  // visible after the barrier).
+  __syncthreads();
+  RequantizeBlockRows(g, qk, block, seg.row_end, seg.row_begin, kv + block * g.FpBlockElems(),
+                      dst, s_mn, s_step);
 }
 
 }  // namespace twl::cuda

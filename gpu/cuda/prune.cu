@@ -1,5 +1,6 @@
 // Launchers of the pruner kernels (see prune.cuh and gpu/kernels.h).
-// Instantiations: ScoreInt4Kernel<64>, ScoreInt4Kernel<128>, HistKernel<1>, HistKernel<2>;
+// Instantiations: ScoreInt4Kernel<64|128, false (per token) | true (per page channel)>,
+// HistKernel<1>, HistKernel<2>;
 // the rest are not templates.
 #include <algorithm>
 
@@ -96,7 +97,8 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
   if (!q.q || !selection.pages || !selection.count || !out.tokens || !out.count) {
     return absl::InvalidArgumentError("prune: q, selection and outputs must not be null");
   }
-  if (!params.dense && (g.k_bits >= 16 ? !kv.kv : (!qk.codes || !qk.scale || !qk.zero))) {
+  const bool token_scale_missing = g.HasTokenScale() && (!qk.scale || !qk.zero);
+  if (!params.dense && (g.k_bits >= 16 ? !kv.kv : (!qk.codes || token_scale_missing))) {
     return absl::InvalidArgumentError("prune: the estimation K store is missing");
   }
   const int64_t cand = int64_t(selection.max_select) * g.page_size;
@@ -135,7 +137,11 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
   auto score = [&](const int32_t* only) -> absl::Status {
     cuda::PruneShape sh = shape;
     sh.only = only;
-    const bool tensor_cores = g.k_bits == 4 && (g.head_dim == 64 || g.head_dim == 128);
+    // The per-page-channel scheme (k_scheme 1) needs a tile inside one block (its B fragment
+    // is scaled by the block's steps): page_size a multiple of 16, else the scalar kernel.
+    const bool page_channel = !g.HasTokenScale();
+    const bool tensor_cores = g.k_bits == 4 && (g.head_dim == 64 || g.head_dim == 128) &&
+                              (!page_channel || g.page_size % 16 == 0);
     if (tensor_cores) {
       // Each block streams a contiguous run of tiles of one (seq, KV head): enough blocks
       // for ~16 per SM (2 resident: ~8 short waves, so the last one idles little; with 4
@@ -154,13 +160,14 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
       return TWL_DISPATCH_HEAD_DIM(g.head_dim, [&] {
         const dim3 grid{unsigned(bx), unsigned(pairs), 1u};
         constexpr size_t smem = cuda::ScoreSmemBytes<kHeadDim>();
-        if (cudaFuncSetAttribute(cuda::ScoreInt4Kernel<kHeadDim>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+        auto kernel = page_channel ? cuda::ScoreInt4Kernel<kHeadDim, true>
+                                   : cuda::ScoreInt4Kernel<kHeadDim, false>;
+        if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  int(smem)) != cudaSuccess) {
           return LaunchStatus("ScoreInt4Kernel smem attribute");
         }
-        cuda::ScoreInt4Kernel<kHeadDim><<<grid, cuda::kScoreWarps * 32, smem, st>>>(
-            g, batch, q, qk, list, sh, int32_t(run), l.scores, l.head_max);
+        kernel<<<grid, cuda::kScoreWarps * 32, smem, st>>>(g, batch, q, qk, list, sh,
+                                                           int32_t(run), l.scores, l.head_max);
         return LaunchStatus("ScoreInt4Kernel");
       });
     }

@@ -119,7 +119,13 @@ constexpr size_t ScoreSmemBytes() {
 // y = (sequence, KV head). scores: [num_seqs * num_q_heads][cand_stride] FP16, -inf for
 // slots past the sequence end; head_max: [num_seqs * num_q_heads] FloatKey of the max stored
 // (FP16-rounded) score, zeroed before.
-template <int kHeadDim>
+// kPageChannel (k_scheme 1, page_size a multiple of 16: a tile lies in one block): the codes
+// are scaled per channel by the tile's block, so the B fragment is rebuilt per tile as
+// q_j * step_j, step_j = (kmax_j - kmin_j) / 15 from the block's Quest bounds, and the
+// per-(head, block) constant sum_j q_j kmin_j is added: est = scale * (acc + base), the terms
+// of EstimatePageChannelScoreRef (q_j * step_j split into two FP16 halves, hi + lo, so the
+// tensor cores add no rounding beyond the FP32 sums' order).
+template <int kHeadDim, bool kPageChannel = false>
 __global__ void __launch_bounds__(kScoreWarps * 32, 2)
     ScoreInt4Kernel(PageGeometry g, BatchView batch, QueryView q, QuantKView qk,
                     SelectionView sel, PruneShape shape, int32_t tiles_per_block,
@@ -175,7 +181,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
   }
   // sum(q) for the two heads this thread's accumulators hold (2*t4, 2*t4+1).
   float qsum[2] = {0.0f, 0.0f};
-  {
+  if constexpr (!kPageChannel) {
     const int32_t qbase = s * batch.num_q_heads + h * shape.group;
 #pragma unroll
     for (int j = 0; j < kMaxGroup; ++j) {
@@ -248,8 +254,12 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
         int64_t block;
         int32_t row;
         nvalid[t][half] = row_of(tile0 + t, half, &block, &row);
-        nscale[t][half] = qk.scale[block * g.page_size + row];
-        nzero[t][half] = qk.zero[block * g.page_size + row];
+        if constexpr (!kPageChannel) {  // k_scheme 1 stores no per-token scale/zero
+          nscale[t][half] = qk.scale[block * g.page_size + row];
+          nzero[t][half] = qk.zero[block * g.page_size + row];
+        } else {
+          nscale[t][half] = nzero[t][half] = fp16_t(0);
+        }
       }
     }
   };
@@ -279,13 +289,63 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
       const uint32_t* wa = reinterpret_cast<const uint32_t*>(&ca);
       const uint32_t* wb = reinterpret_cast<const uint32_t*>(&cb);
       float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      float base[2] = {0.0f, 0.0f};  // kPageChannel: sum_j q_j kmin_j of heads 2t4, 2t4+1
+      if constexpr (kPageChannel) {
+        // The tile's block (a tile lies in one page: page_size % 16 == 0).
+        const int32_t local = (tile0 + t) * 16 / g.page_size - p_begin;
+        const int64_t tb = g.BlockId(run_page[local], h);
+        const fp16_t* mn_row = qk.kmin + tb * kHeadDim + t4 * kChanPerThread;
+        const fp16_t* mx_row = qk.kmax + tb * kHeadDim + t4 * kChanPerThread;
+        float part = 0.0f;  // this thread's channels of head r
 #pragma unroll
-      for (int m = 0; m < kWords; ++m) {
-        uint32_t xa[4], xb[4];
-        NibbleWordToHalf2x4(wa[m], xa);
-        NibbleWordToHalf2x4(wb[m], xb);
-        Mma16816(acc, xa[0], xb[0], xa[1], xb[1], bfrag[m][0][0], bfrag[m][0][1]);
-        Mma16816(acc, xa[2], xb[2], xa[3], xb[3], bfrag[m][1][0], bfrag[m][1][1]);
+        for (int m = 0; m < kWords; ++m) {
+          fp16_t mn[8], mx[8];
+          *reinterpret_cast<uint4*>(mn) = *reinterpret_cast<const uint4*>(mn_row + m * 8);
+          *reinterpret_cast<uint4*>(mx) = *reinterpret_cast<const uint4*>(mx_row + m * 8);
+          // q of channel i (see the B fragment packing above).
+          const fp16_t* b00 = reinterpret_cast<const fp16_t*>(&bfrag[m][0][0]);
+          const fp16_t* b01 = reinterpret_cast<const fp16_t*>(&bfrag[m][0][1]);
+          const fp16_t* b10 = reinterpret_cast<const fp16_t*>(&bfrag[m][1][0]);
+          const fp16_t* b11 = reinterpret_cast<const fp16_t*>(&bfrag[m][1][1]);
+          const fp16_t qe[8] = {b00[0], b01[0], b10[0], b11[0], b00[1], b01[1], b10[1], b11[1]};
+          // q_j step_j as an FP16 pair hi + lo (two MMAs each): FP16 alone would add ~1e-3
+          // logits of rounding to the estimate at |q| ~ 3; the pair is exact to ~2^-22.
+          fp16_t hi[8], lo[8];
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            // The step times 1/15 instead of a division (<= 1 ulp of FP32 apart); non-finite
+            // bounds propagate (inf / NaN) as in the reference.
+            const float step = (H2F(mx[i]) - H2F(mn[i])) * (1.0f / 15.0f);
+            const float qv = H2F(qe[i]);
+            const float x = qv * step;
+            hi[i] = F2H(x);
+            lo[i] = F2H(x - H2F(hi[i]));
+            part += qv * H2F(mn[i]);
+          }
+          uint32_t xa[4], xb[4];
+          NibbleWordToHalf2x4(wa[m], xa);
+          NibbleWordToHalf2x4(wb[m], xb);
+#pragma unroll
+          for (int part_of = 0; part_of < 2; ++part_of) {
+            const fp16_t* b = part_of == 0 ? hi : lo;
+            Mma16816(acc, xa[0], xb[0], xa[1], xb[1], PackHalves(b[0], b[4]), PackHalves(b[1], b[5]));
+            Mma16816(acc, xa[2], xb[2], xa[3], xb[3], PackHalves(b[2], b[6]), PackHalves(b[3], b[7]));
+          }
+        }
+        // Head r's sum over the 4 lanes t4 = 0..3, then the two heads this thread holds.
+        part += __shfl_xor_sync(0xffffffffu, part, 1);
+        part += __shfl_xor_sync(0xffffffffu, part, 2);
+        base[0] = __shfl_sync(0xffffffffu, part, (2 * t4) * 4);
+        base[1] = __shfl_sync(0xffffffffu, part, (2 * t4 + 1) * 4);
+      } else {
+#pragma unroll
+        for (int m = 0; m < kWords; ++m) {
+          uint32_t xa[4], xb[4];
+          NibbleWordToHalf2x4(wa[m], xa);
+          NibbleWordToHalf2x4(wb[m], xb);
+          Mma16816(acc, xa[0], xb[0], xa[1], xb[1], bfrag[m][0][0], bfrag[m][0][1]);
+          Mma16816(acc, xa[2], xb[2], xa[3], xb[3], bfrag[m][1][0], bfrag[m][1][1]);
+        }
       }
       // acc[0], acc[1]: token r, heads 2t4, 2t4+1; acc[2], acc[3]: token r + 8.
 #pragma unroll
@@ -296,9 +356,14 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
         for (int kk = 0; kk < 2; ++kk) {
           const int j = 2 * t4 + kk;
           if (j >= shape.group) continue;
-          const fp16_t est = F2H(valid[t][half] ? shape.scale * (tscale[t][half] * acc[half * 2 + kk] +
-                                                                 tzero[t][half] * qsum[kk])
-                                                : -INFINITY);
+          fp16_t est;
+          if constexpr (kPageChannel) {
+            est = F2H(valid[t][half] ? shape.scale * (acc[half * 2 + kk] + base[kk]) : -INFINITY);
+          } else {
+            est = F2H(valid[t][half] ? shape.scale * (tscale[t][half] * acc[half * 2 + kk] +
+                                                      tzero[t][half] * qsum[kk])
+                                     : -INFINITY);
+          }
           run_max[kk] = fmaxf(run_max[kk], H2F(est));  // the max of what is stored
           out_row[kk][slot] = est;
         }
@@ -320,7 +385,8 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
   }
 }
 
-// Scalar estimator (k_bits 2/8, or the FP16 K itself when k_bits == 16): one warp per slot.
+// Scalar estimator (k_bits 2/8, any k_bits < 16 under the per-page-channel scheme, or the
+// FP16 K itself when k_bits == 16): one warp per slot.
 __global__ void __launch_bounds__(kScoreWarps * 32)
     ScoreScalarKernel(PageGeometry g, BatchView batch, QueryView q, QuantKView qk, FpKvView kv,
                       SelectionView sel, PruneShape shape, fp16_t* __restrict__ scores,
@@ -344,6 +410,20 @@ __global__ void __launch_bounds__(kScoreWarps * 32)
         const fp16_t* k = kv.K(g, block, row);
         for (int c = lane; c < g.head_dim; c += 32) dot += H2F(qr[c]) * shape.scale * H2F(k[c]);
         est = WarpSum(dot);
+      } else if (g.k_scheme == kKSchemePageChannel) {
+        // EstimatePageChannelScoreRef: sum_j q_j kmin_j + sum_j (q_j step_j) code_j.
+        const uint8_t* codes = qk.Codes(g, block, row);
+        const fp16_t* mn = qk.kmin + block * g.head_dim;
+        const fp16_t* mx = qk.kmax + block * g.head_dim;
+        const float max_code = float(g.MaxCode());
+        float base = 0.0f;
+        for (int c = lane; c < g.head_dim; c += 32) {
+          const float qv = H2F(qr[c]) * shape.scale;
+          const float step = __fdiv_rn(__fsub_rn(H2F(mx[c]), H2F(mn[c])), max_code);
+          base += qv * H2F(mn[c]);
+          dot += (qv * step) * float(UnpackCode(codes, c, g.k_bits));
+        }
+        est = WarpSum(base) + WarpSum(dot);
       } else {
         const uint8_t* codes = qk.Codes(g, block, row);
         for (int c = lane; c < g.head_dim; c += 32) {

@@ -1,7 +1,7 @@
 // GPU append (LaunchAppend) against AppendRef: FP16 blocks, packed codes, scale/zero and the
 // Quest min/max must be bit-identical over the whole store (written and untouched bytes),
 // for several appends into partially filled pages, FP16/BF16/FP32 input, head dim 64/128,
-// k_bits 2/4/8/16.
+// k_bits 2/4/8/16, and both K schemes (suites Shapes: per token; PageChannel: k_scheme 1).
 #include <algorithm>
 #include <random>
 #include <utility>
@@ -19,6 +19,7 @@ using testing::Upload;
 struct AppendCase {
   int32_t head_dim, k_bits, num_kv_heads;
   KvInputType type;
+  int32_t k_scheme = kKSchemeToken;
 };
 
 template <typename T>
@@ -40,6 +41,7 @@ TEST_P(AppendGpuTest, MatchesReferenceBitExact) {
   g.head_dim = c.head_dim;
   g.num_kv_heads = c.num_kv_heads;
   g.k_bits = c.k_bits;
+  g.k_scheme = c.k_scheme;
   std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + c.head_dim * 7 +
                       c.k_bits);
   const int32_t num_pages = 23;
@@ -56,8 +58,9 @@ TEST_P(AppendGpuTest, MatchesReferenceBitExact) {
   const FpKvView hkv{kv.data(), nullptr};
   const QuantKView hqk{codes.data(), scale.data(), zero.data(), kmin.data(), kmax.data()};
   const FpKvView dkv{d_kv.as<fp16_t>(), nullptr};
-  const QuantKView dqk{d_codes.as<uint8_t>(), d_scale.as<fp16_t>(), d_zero.as<fp16_t>(),
-                       d_kmin.as<fp16_t>(), d_kmax.as<fp16_t>()};
+  QuantKView dqk{d_codes.as<uint8_t>(), d_scale.as<fp16_t>(), d_zero.as<fp16_t>(),
+                 d_kmin.as<fp16_t>(), d_kmax.as<fp16_t>()};
+  if (!g.HasTokenScale()) dqk.scale = dqk.zero = nullptr;  // k_scheme 1 writes none
 
   // Three sequences over shuffled pages, appended in uneven rounds (partial pages refilled).
   std::vector<int32_t> pages(num_pages);
@@ -131,6 +134,16 @@ INSTANTIATE_TEST_SUITE_P(
                       AppendCase{128, 4, 2, KvInputType::kBf16},
                       AppendCase{64, 4, 1, KvInputType::kFp32}));
 
+// k_scheme 1 (per page channel): every append re-quantizes the touched blocks' filled rows
+// against their new range (MinMaxKernel), bit-exact with AppendRef (the same correctly
+// rounded FP32 step, quotient and rint, round half to even, as QuantizeBlockRowsRef).
+INSTANTIATE_TEST_SUITE_P(
+    PageChannel, AppendGpuTest,
+    ::testing::Values(AppendCase{128, 4, 4, KvInputType::kFp16, kKSchemePageChannel},
+                      AppendCase{64, 4, 2, KvInputType::kBf16, kKSchemePageChannel},
+                      AppendCase{128, 2, 3, KvInputType::kFp16, kKSchemePageChannel},
+                      AppendCase{64, 8, 2, KvInputType::kFp32, kKSchemePageChannel}));
+
 // The bulk append (LaunchAppendSegments: one launch per call, bounds merged in the same pass)
 // against AppendRef, bit-exact over the whole store, with whole pages sent through a staging
 // buffer and copied into the store afterwards (as the offload backend's copy-engine path does).
@@ -144,6 +157,7 @@ TEST_P(AppendSegmentsGpuTest, MatchesReferenceBitExact) {
   g.head_dim = c.head_dim;
   g.num_kv_heads = c.num_kv_heads;
   g.k_bits = c.k_bits;
+  g.k_scheme = c.k_scheme;
   std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + c.head_dim * 5 +
                       c.k_bits);
   const int32_t num_pages = 40;
@@ -159,8 +173,9 @@ TEST_P(AppendSegmentsGpuTest, MatchesReferenceBitExact) {
   const FpKvView hkv{kv.data(), nullptr};
   const QuantKView hqk{codes.data(), scale.data(), zero.data(), kmin.data(), kmax.data()};
   const FpKvView dkv{d_kv.as<fp16_t>(), nullptr};
-  const QuantKView dqk{d_codes.as<uint8_t>(), d_scale.as<fp16_t>(), d_zero.as<fp16_t>(),
-                       d_kmin.as<fp16_t>(), d_kmax.as<fp16_t>()};
+  QuantKView dqk{d_codes.as<uint8_t>(), d_scale.as<fp16_t>(), d_zero.as<fp16_t>(),
+                 d_kmin.as<fp16_t>(), d_kmax.as<fp16_t>()};
+  if (!g.HasTokenScale()) dqk.scale = dqk.zero = nullptr;  // k_scheme 1 writes none
   const int64_t page_elems = int64_t(g.num_kv_heads) * g.FpBlockElems();
   gpu::DeviceBuffer d_stage;
   TWL_ASSERT_OK(d_stage.Reserve(size_t(num_pages * page_elems) * 2));
@@ -248,6 +263,17 @@ INSTANTIATE_TEST_SUITE_P(
                       AppendCase{64, 4, 1, KvInputType::kFp32},
                       AppendCase{256, 4, 1, KvInputType::kFp16},
                       AppendCase{32, 4, 2, KvInputType::kBf16}));
+
+// k_scheme 1: each segment's block re-quantizes rows [0, row_end), the earlier rows from the
+// block store and its own rows from where it wrote them (store or staging).
+INSTANTIATE_TEST_SUITE_P(
+    PageChannel, AppendSegmentsGpuTest,
+    ::testing::Values(AppendCase{128, 4, 8, KvInputType::kFp16, kKSchemePageChannel},
+                      AppendCase{64, 4, 2, KvInputType::kBf16, kKSchemePageChannel},
+                      AppendCase{128, 2, 3, KvInputType::kFp16, kKSchemePageChannel},
+                      AppendCase{64, 8, 2, KvInputType::kFp32, kKSchemePageChannel},
+                      AppendCase{256, 4, 1, KvInputType::kFp16, kKSchemePageChannel},
+                      AppendCase{32, 4, 2, KvInputType::kBf16, kKSchemePageChannel}));
 
 TEST(AppendGpu, RejectsBadArguments) {
   TWL_SKIP_WITHOUT_GPU();

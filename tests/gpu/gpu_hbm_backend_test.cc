@@ -78,13 +78,15 @@ std::vector<fp16_t> RandomQ(int64_t n, std::mt19937_64& rng, float gain) {
   return q;
 }
 
-TEST(GpuHbmBackend, MatchesCpuBackend) {
-  TWL_SKIP_WITHOUT_GPU();
+// Under k_scheme the estimation copy is quantized per token (0) or per page channel (1):
+// both backends then run the same scheme, so the same tolerances hold.
+void ExpectMatchesCpuBackend(int32_t k_scheme) {
   for (const auto& [head_dim, kv_heads, q_heads, dtype] :
        {std::tuple{128, 4, 16, DType::kFp16}, std::tuple{64, 2, 2, DType::kBf16},
         std::tuple{128, 2, 16, DType::kFp16}}) {
     SCOPED_TRACE(::testing::Message() << "d=" << head_dim << " kv=" << kv_heads << " q=" << q_heads);
-    const RuntimeConfig c = Config(head_dim, kv_heads, q_heads);
+    RuntimeConfig c = Config(head_dim, kv_heads, q_heads);
+    c.k_scheme = k_scheme;
     const int64_t num_pages = 400;
     auto cpu = CreateCpuBackend(c, num_pages);
     auto gpu = CreateGpuHbmBackend(c, num_pages);
@@ -171,6 +173,18 @@ TEST(GpuHbmBackend, MatchesCpuBackend) {
       gpu::StreamDestroy(*stream);
     }
   }
+}
+
+TEST(GpuHbmBackend, MatchesCpuBackend) {
+  TWL_SKIP_WITHOUT_GPU();
+  ExpectMatchesCpuBackend(kKSchemeToken);
+}
+
+// k_scheme 1: appends re-quantize blocks (also after the copy-on-write copy), the pruner
+// estimates with the page-channel bounds; no per-token scale/zero is allocated.
+TEST(GpuHbmBackend, PageChannelMatchesCpuBackend) {
+  TWL_SKIP_WITHOUT_GPU();
+  ExpectMatchesCpuBackend(kKSchemePageChannel);
 }
 
 TEST(GpuHbmBackend, RejectsUnsupportedShapes) {

@@ -39,14 +39,16 @@ struct GrowCase {
   float p;
   std::vector<int32_t> lens;
   int32_t seed_pages = -1;  // PrunerParams::grow_seed_pages (the result must not depend on it)
+  int32_t k_scheme = kKSchemeToken;
 };
 
-PageGeometry Geometry(int32_t head_dim) {
+PageGeometry Geometry(int32_t head_dim, int32_t k_scheme = kKSchemeToken) {
   PageGeometry g;
   g.num_kv_heads = 2;
   g.head_dim = head_dim;
   g.page_size = 16;
   g.k_bits = 4;
+  g.k_scheme = k_scheme;
   return g;
 }
 
@@ -127,7 +129,7 @@ class GrowGpuTest : public ::testing::TestWithParam<GrowCase> {};
 TEST_P(GrowGpuTest, MatchesReference) {
   TWL_SKIP_WITHOUT_GPU();
   const GrowCase c = GetParam();
-  const PageGeometry g = Geometry(c.head_dim);
+  const PageGeometry g = Geometry(c.head_dim, c.k_scheme);
   const uint64_t seed = ::testing::UnitTest::GetInstance()->random_seed() + uint64_t(c.group);
   RefStore st = testing::MakeGrowStore(g, g.num_kv_heads * c.group, c.lens, 1.5f, 8.0f, seed);
   SelectorParams sp;
@@ -203,6 +205,14 @@ INSTANTIATE_TEST_SUITE_P(
                       GrowCase{128, 4, 0, 0.95f, {5000, 37, 2100, 16}, 0},  // one stage
                       GrowCase{128, 2, 0, 0.9f, {6000, 3000}, 2},  // tiny seed: stage 2 often
                       GrowCase{64, 4, 5, 0.9f, {4000, 900}, 3}));
+
+// k_scheme 1 (per page channel): the growth uses the same (scalar) score kernel.
+INSTANTIATE_TEST_SUITE_P(
+    PageChannel, GrowGpuTest,
+    ::testing::Values(GrowCase{128, 4, 0, 0.95f, {5000, 37, 2100, 16}, -1, kKSchemePageChannel},
+                      GrowCase{64, 1, 0, 0.9f, {3001, 700}, -1, kKSchemePageChannel},
+                      GrowCase{128, 4, 6, 0.95f, {3000, 1000}, -1, kKSchemePageChannel},
+                      GrowCase{128, 2, 0, 0.9f, {6000, 3000}, 2, kKSchemePageChannel}));
 
 // A flat head at 128k tokens keeps >= p - 0.01 of its true mass on the GPU path.
 TEST(GrowGpuFlatTest, FlatHeadKeepsTrueMassAt128k) {

@@ -627,11 +627,11 @@ TEST(OffloadBackendTest, MatchesCpuReferenceWithFullSelection) {
 }
 
 // Through the Runtime: forks (copy-on-write of the partial last page), frees, appends and
-// decodes give the same outputs on the offload and HBM backends.
-TEST(OffloadBackendTest, RuntimeForkAndFreeMatchHbm) {
-  SKIP_WITHOUT_GPU();
+// decodes give the same outputs on the offload and HBM backends (K scheme k_scheme).
+void ExpectRuntimeForkAndFreeMatchHbm(int32_t k_scheme) {
   const uint64_t seed = FreshSeed();
   RuntimeConfig cfg = SmallConfig();
+  cfg.k_scheme = k_scheme;
   cfg.num_layers = 2;
   cfg.host_pool_bytes = 600 * int64_t(cfg.num_kv_heads) * 2 * 16 * 128 * 2;
   cfg.gpu_cache_bytes = 200 * int64_t(2 * 16 * 128 * 2);
@@ -697,6 +697,87 @@ TEST(OffloadBackendTest, RuntimeForkAndFreeMatchHbm) {
     ASSERT_OK((*rh)->ReadKv(sh[i], 1, &kb, &vb));
     EXPECT_EQ(ka, kb);
     EXPECT_EQ(va, vb);
+  }
+}
+
+TEST(OffloadBackendTest, RuntimeForkAndFreeMatchHbm) {
+  SKIP_WITHOUT_GPU();
+  ExpectRuntimeForkAndFreeMatchHbm(kKSchemeToken);
+}
+
+// ---- k_scheme 1 (INT4 per page channel) ------------------------------------------------
+// The fork's copy-on-write copy re-quantizes the copied rows against the copy's own range
+// (LaunchRecomputeMinMax) on both backends.
+TEST(OffloadBackendTest, PageChannelRuntimeForkAndFreeMatchHbm) {
+  SKIP_WITHOUT_GPU();
+  ExpectRuntimeForkAndFreeMatchHbm(kKSchemePageChannel);
+}
+
+// Offload vs HBM under k_scheme 1: the same append and score kernels on the same data (small
+// appends re-quantize the open page, bulk ones go through the segment kernel), a tiny and a
+// roomy cache; outputs within 1e-3 and equal kept budgets, as for k_scheme 0.
+TEST(OffloadBackendTest, PageChannelMatchesHbmBackend) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = FreshSeed();
+  for (int64_t slots : {48, 3000}) {
+    SCOPED_TRACE(::testing::Message() << "cache slots " << slots << " seed " << seed);
+    RuntimeConfig cfg = SmallConfig();
+    cfg.k_scheme = kKSchemePageChannel;
+    PageGeometry g;
+    g.page_size = cfg.page_size;
+    g.head_dim = cfg.head_dim;
+    g.num_kv_heads = cfg.num_kv_heads;
+    cfg.gpu_cache_bytes = slots * g.FpBlockBytes();
+    SideBySide sb;
+    ASSERT_OK(sb.Init(cfg, 900, /*cpu_ref=*/false, seed));
+    Workload w(g, cfg.num_q_heads, seed + 1);
+    std::vector<int32_t> seqs;
+    for (int32_t L : {37, 700, 1500, 2100}) {
+      const int32_t s = sb.AddSequence();
+      ASSERT_OK(sb.Append(s, w, L));
+      seqs.push_back(s);
+    }
+    std::vector<int32_t> topics(seqs.size(), 0);
+    std::mt19937_64 rng(seed + 2);
+    for (int32_t step = 0; step < 6; ++step) {
+      StepTelemetry tel;
+      PrunerParams pr;
+      pr.p = step % 2 == 0 ? 0.9f : 0.95f;
+      auto err = sb.Decode(seqs, w, &topics, Quest(70), pr, &tel);
+      ASSERT_TRUE(err.ok()) << err.status();
+      EXPECT_LE(*err, 1e-3) << "step " << step;
+      EXPECT_EQ(sb.off->LastStepStats().errors, 0);
+      for (int32_t s : seqs) ASSERT_OK(sb.Append(s, w, 1 + int32_t(rng() % 20)));
+    }
+  }
+}
+
+// Offload vs the CPU backend under k_scheme 1 with p = 1 over every page (no near ties):
+// the same attended set, outputs within 2e-3.
+TEST(OffloadBackendTest, PageChannelMatchesCpuReferenceWithFullSelection) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = FreshSeed();
+  RuntimeConfig cfg = SmallConfig();
+  cfg.k_scheme = kKSchemePageChannel;
+  cfg.gpu_cache_bytes = 60 * int64_t(2 * 16 * 128 * 2);
+  SideBySide sb;
+  ASSERT_OK(sb.Init(cfg, 400, /*cpu_ref=*/true, seed));
+  sb.cpu_budget_may_differ = true;
+  Workload w(sb.g, cfg.num_q_heads, seed);
+  std::vector<int32_t> seqs = {sb.AddSequence(), sb.AddSequence(), sb.AddSequence()};
+  ASSERT_OK(sb.Append(0, w, 300));
+  ASSERT_OK(sb.Append(1, w, 777));
+  ASSERT_OK(sb.Append(2, w, 45));
+  std::vector<int32_t> topics(3, 0);
+  SelectorParams full;
+  full.kind = SelectorKind::kFull;
+  PrunerParams pr;
+  pr.p = 1.0f;
+  for (int32_t step = 0; step < 4; ++step) {
+    auto e = sb.Decode(seqs, w, &topics, full, pr, nullptr);
+    ASSERT_TRUE(e.ok()) << e.status();
+    EXPECT_LE(*e, 2e-3) << "step " << step;
+    ASSERT_OK(sb.Append(step % 3, w, 5));
   }
 }
 

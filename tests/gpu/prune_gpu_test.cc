@@ -45,6 +45,8 @@ struct PruneCase {
   bool per_seq_p, dense, full_selector;
   std::vector<int32_t> lens = {};  // empty: a default mix
   bool flat_and_peaked = false;    // scale the queries per head: flat (x0.1) to peaked (x3)
+  int32_t k_scheme = kKSchemeToken;
+  int32_t page_size = 16;  // k_scheme 1, INT4: multiples of 16 use the tensor cores
 };
 
 class PruneGpuTest : public ::testing::TestWithParam<PruneCase> {};
@@ -53,10 +55,11 @@ TEST_P(PruneGpuTest, MatchesReferenceUpToThresholdTies) {
   TWL_SKIP_WITHOUT_GPU();
   const PruneCase c = GetParam();
   PageGeometry g;
-  g.page_size = 16;
+  g.page_size = c.page_size;
   g.head_dim = c.head_dim;
   g.num_kv_heads = c.num_kv_heads;
   g.k_bits = c.k_bits;
+  g.k_scheme = c.k_scheme;  // the store is quantized by AppendRef, PruneRef estimates alike
   const uint64_t seed =
       ::testing::UnitTest::GetInstance()->random_seed() + uint64_t(c.group * 31 + c.k_bits);
   std::vector<int32_t> lens = c.lens;
@@ -237,6 +240,27 @@ INSTANTIATE_TEST_SUITE_P(
                                 {9000, 17, 48, 33000, 2500, 160}, true},
                       PruneCase{128, 2, 3, 4, 0.95f, false, false, false, {48, 20, 5000}, true},
                       PruneCase{128, 1, 8, 4, 1.0f, false, false, true, {20000, 33}, true}));
+
+// k_scheme 1 (INT4 per page channel, EstimatePageChannelScoreRef): the same tolerances (the
+// GPU sums q_j kmin_j and (q_j step_j) code_j in another float order: well inside the band's
+// 1e-3 logits at these magnitudes).
+constexpr int32_t kPc = kKSchemePageChannel;
+INSTANTIATE_TEST_SUITE_P(
+    PageChannel, PruneGpuTest,
+    ::testing::Values(PruneCase{128, 8, 4, 4, 0.9f, false, false, false, {}, false, kPc},
+                      PruneCase{64, 4, 1, 4, 0.8f, false, false, false, {}, false, kPc},
+                      PruneCase{128, 2, 4, 4, 0.9f, true, false, true, {}, false, kPc},
+                      PruneCase{64, 2, 4, 4, 1.0f, false, false, false, {}, false, kPc},
+                      PruneCase{128, 2, 4, 4, 0.9f, false, true, false, {}, false, kPc},
+                      PruneCase{128, 2, 4, 2, 0.9f, false, false, false, {}, false, kPc},
+                      PruneCase{64, 2, 4, 8, 0.95f, false, false, false, {}, false, kPc},
+                      PruneCase{128, 2, 4, 4, 0.99f, false, false, true, {70000, 5000}, true, kPc},
+                      PruneCase{128, 2, 3, 4, 0.95f, false, false, false, {48, 20, 5000}, true,
+                                kPc},
+                      // INT4 through the scalar kernel (a 16-token tile spans pages of 8),
+                      // and pages of 32 (two tensor-core tiles per block).
+                      PruneCase{128, 2, 4, 4, 0.9f, false, false, false, {}, true, kPc, 8},
+                      PruneCase{64, 2, 4, 4, 0.95f, false, false, false, {}, true, kPc, 32}));
 
 // Flat and peaked heads in one batch: a sequence's kept set and telemetry do not depend on
 // its batch-mates (the fixed-point scale and the block split are per head).
