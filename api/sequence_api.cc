@@ -97,6 +97,15 @@ absl::Status CheckDecodeArgs(const twl_runtime* rt, int32_t layer, const twl_seq
   return absl::OkStatus();
 }
 
+// The element type of appended K/V: FP16, BF16 or FP32.
+absl::Status CheckKvDtype(int32_t dtype_value) {
+  if (dtype_value != TWL_DTYPE_FP16 && dtype_value != TWL_DTYPE_BF16 &&
+      dtype_value != TWL_DTYPE_FP32) {
+    return absl::InvalidArgumentError(absl::StrCat("dtype ", dtype_value, " unknown"));
+  }
+  return absl::OkStatus();
+}
+
 // Device buffers: the GPU kernels load q rows as 16-byte vectors and read K/V and write out
 // element by element, so device pointers must be aligned to that (host buffers need none).
 absl::Status CheckDeviceAlignment(const char* what, const void* p, size_t align) {
@@ -172,10 +181,7 @@ twl_status twl_sequence_append(twl_runtime* rt, twl_seq_id seq, int32_t layer, i
     if (absl::Status s = twl::api::CheckLayer(rt, layer); !s.ok()) return s;
     if (n < 0) return absl::InvalidArgumentError(absl::StrCat("n is ", n, ", must be >= 0"));
     const int32_t dtype_value = twl::api::EnumValue(dtype);
-    if (dtype_value != TWL_DTYPE_FP16 && dtype_value != TWL_DTYPE_BF16 &&
-        dtype_value != TWL_DTYPE_FP32) {
-      return absl::InvalidArgumentError(absl::StrCat("dtype ", dtype_value, " unknown"));
-    }
+    if (absl::Status s = twl::api::CheckKvDtype(dtype_value); !s.ok()) return s;
     absl::StatusOr<twl::MemSpace> mem = twl::api::CheckSpace(rt, space);
     if (!mem.ok()) return mem.status();
     std::lock_guard<std::mutex> lock(rt->mu);
@@ -206,10 +212,7 @@ twl_status twl_append_batch(twl_runtime* rt, int32_t layer, const twl_seq_id* se
       return absl::InvalidArgumentError("seqs and counts must not be NULL when num_seqs > 0");
     }
     const int32_t dtype_value = twl::api::EnumValue(dtype);
-    if (dtype_value != TWL_DTYPE_FP16 && dtype_value != TWL_DTYPE_BF16 &&
-        dtype_value != TWL_DTYPE_FP32) {
-      return absl::InvalidArgumentError(absl::StrCat("dtype ", dtype_value, " unknown"));
-    }
+    if (absl::Status s = twl::api::CheckKvDtype(dtype_value); !s.ok()) return s;
     absl::StatusOr<twl::MemSpace> mem = twl::api::CheckSpace(rt, space);
     if (!mem.ok()) return mem.status();
     if (num_seqs == 0) return absl::OkStatus();
