@@ -31,6 +31,7 @@
 // stored FP16 K, via twl_runtime_last_step_kept) and the output error vs dense, next to
 // exact top-p's error (the oracle). Table + CSV + JSON + PNG under --out; a progress line.
 #include <algorithm>
+#include <iterator>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -271,6 +272,10 @@ struct Result {
   double min_mass = NAN, mean_mass = NAN, frac_mass_ok = NAN;
   double median_err = NAN, max_err = NAN, median_err_ratio = NAN, max_err_ratio = NAN;
   double median_oracle_kept = NAN;
+  // Over the sampled (sequence, KV head) units: tokens attended (the group's union) and the
+  // union of the group's exact top-p sets, both means: the like-for-like size comparison
+  // (kept kv above is a mean over every unit; oracle kept a median over query heads).
+  double sample_attended = NAN, sample_oracle_union = NAN;
 };
 
 double Median(std::vector<double> v) {
@@ -526,6 +531,8 @@ void Config::MeasureAccuracy(Result* res) {
   const double p = method_.quest_alone || method_.dense ? 1.0 : absl::GetFlag(FLAGS_top_p);
   const double p_eval = absl::GetFlag(FLAGS_top_p);  // oracle reference at the runtime's p
   std::vector<double> mass, err, ratio, oracle_kept;
+  double attended_sum = 0, union_sum = 0;
+  int32_t units = 0;
   int32_t mass_ok = 0;
   for (int32_t si = 0; si < n_seqs; ++si) {
     const int32_t b = int32_t(int64_t(si) * B / n_seqs);
@@ -543,6 +550,7 @@ void Config::MeasureAccuracy(Result* res) {
       Check(twl_runtime_last_step_kept(rt_, b, h, kept.data(), int64_t(kept.size()), &count),
             rt_, "kept");
       kept.resize(size_t(count));
+      std::vector<int32_t> oracle_union;
       for (int32_t g = 0; g < group; ++g) {
         const int32_t qh = h * group + g;
         const size_t off = (size_t(b) * Hq + qh) * D();
@@ -555,7 +563,14 @@ void Config::MeasureAccuracy(Result* res) {
         ratio.push_back(a.rel_err / std::max(a.oracle_err, 2e-3));
         oracle_kept.push_back(a.oracle_kept);
         if (a.true_mass >= std::min(p, p_eval) - 0.02) ++mass_ok;
+        std::vector<int32_t> merged;
+        std::set_union(oracle_union.begin(), oracle_union.end(), a.oracle_tokens.begin(),
+                       a.oracle_tokens.end(), std::back_inserter(merged));
+        oracle_union.swap(merged);
       }
+      attended_sum += double(kept.size());
+      union_sum += double(oracle_union.size());
+      ++units;
     }
   }
   res->heads = int32_t(mass.size());
@@ -570,6 +585,8 @@ void Config::MeasureAccuracy(Result* res) {
   res->median_err_ratio = Median(ratio);
   res->max_err_ratio = *std::max_element(ratio.begin(), ratio.end());
   res->median_oracle_kept = Median(oracle_kept);
+  res->sample_attended = attended_sum / double(std::max(units, 1));
+  res->sample_oracle_union = union_sum / double(std::max(units, 1));
 }
 
 Result Config::Run() {
@@ -811,7 +828,7 @@ int Main(int argc, char** argv) {
                       "append ms", "sel", "prune", "fetch", "attend", "hit", "MB h2d",
                       "kept kv", "gpu/kv", "gpu/pool", "prefill GB/s", "min mass", "mass ok",
                       "med err", "max err", "err/oracle med", "err/oracle max",
-                      "oracle kept", "baseline"});
+                      "oracle kept", "sample kept kv", "oracle union kv", "baseline"});
   table.title = "serving loop: per layer-step with appends (wall time), accuracy vs dense";
   const int32_t n_total = int32_t(shapes.size() * batches.size() * workloads.size() * methods.size());
   int32_t done = 0;
@@ -844,7 +861,8 @@ int Main(int argc, char** argv) {
                         Cell(r.prefill_gbps, 3),
                         Cell(r.min_mass, 3), Cell(r.frac_mass_ok, 3), Cell(r.median_err, 3),
                         Cell(r.max_err, 3), Cell(r.median_err_ratio, 3),
-                        Cell(r.max_err_ratio, 3), Cell(r.median_oracle_kept, 4), base_name});
+                        Cell(r.max_err_ratio, 3), Cell(r.median_oracle_kept, 4),
+                        Cell(r.sample_attended, 4), Cell(r.sample_oracle_union, 4), base_name});
           std::fprintf(stderr,
                        "    %.4f ms/layer-step (%.3fx %s), gpu %.4f ms, min true mass %.3f, "
                        "max err %.3g (%.1f s)\n",

@@ -83,6 +83,8 @@ HeadAccuracy MeasureHead(const fp16_t* k, const fp16_t* v, int32_t len, int32_t 
   }
   r.oracle_kept = int32_t(oracle.size());
   r.oracle_err = RelErr(attend(oracle), dense);
+  std::sort(oracle.begin(), oracle.end());
+  r.oracle_tokens = std::move(oracle);
   return r;
 }
 

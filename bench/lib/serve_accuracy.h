@@ -16,6 +16,7 @@ struct HeadAccuracy {
   double oracle_err = 0;    // the same for exact top-p at p over all tokens
   int32_t oracle_kept = 0;  // tokens exact top-p keeps
   int32_t attended = 0;     // tokens attended (the KV head's union)
+  std::vector<int32_t> oracle_tokens;  // the positions exact top-p keeps, ascending
 };
 
 // One query head over one (sequence, KV head): k, v are [len][num_kv_heads][head_dim] FP16
