@@ -31,6 +31,56 @@ std::vector<T> RandomBytesVec(size_t n, std::mt19937_64& rng) {
   return v;
 }
 
+// One append round: sequence s (pages pages[s * pages_per_seq ...]) gets round[s] tokens
+// after its len[s]; K/V drawn fresh (every 13th value an outlier) in `type`, and the same
+// values rounded to FP16 for the reference (kh/vh).
+struct AppendRound {
+  std::vector<int32_t> page_id, slot;
+  std::vector<float> kf, vf;                 // the draw (FP32 input)
+  std::vector<uint16_t> k16, v16, kh, vh;    // FP16/BF16 input; FP16 for the reference
+  int32_t n() const { return int32_t(page_id.size()); }
+};
+
+AppendRound MakeRound(const PageGeometry& g, KvInputType type, const std::vector<int32_t>& pages,
+                      int32_t pages_per_seq, const std::vector<int32_t>& round,
+                      std::vector<int32_t>* len, std::mt19937_64& rng) {
+  AppendRound r;
+  for (size_t s = 0; s < round.size(); ++s) {
+    for (int32_t i = 0; i < round[s]; ++i) {
+      const int32_t t = (*len)[s]++;
+      r.page_id.push_back(pages[size_t(int32_t(s) * pages_per_seq + t / g.page_size)]);
+      r.slot.push_back(t % g.page_size);
+    }
+  }
+  const int64_t row = int64_t(g.num_kv_heads) * g.head_dim, n = r.n();
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  r.kf.resize(size_t(n * row));
+  r.vf.resize(size_t(n * row));
+  for (int64_t i = 0; i < n * row; ++i) {
+    r.kf[size_t(i)] = 0.2f * float(i % g.head_dim % 5) + (i % 13 == 0 ? 5.0f : 1.0f) * nd(rng);
+    r.vf[size_t(i)] = nd(rng);
+  }
+  const size_t m = r.kf.size();
+  r.k16.resize(m);
+  r.v16.resize(m);
+  r.kh.resize(m);
+  r.vh.resize(m);
+  for (size_t i = 0; i < m; ++i) {
+    if (type == KvInputType::kBf16) {
+      r.k16[i] = FloatToBf16(r.kf[i]);
+      r.v16[i] = FloatToBf16(r.vf[i]);
+      r.kh[i] = FloatToHalf(Bf16ToFloat(r.k16[i]));
+      r.vh[i] = FloatToHalf(Bf16ToFloat(r.v16[i]));
+    } else {
+      r.kh[i] = FloatToHalf(r.kf[i]);
+      r.vh[i] = FloatToHalf(r.vf[i]);
+      r.k16[i] = r.kh[i];
+      r.v16[i] = r.vh[i];
+    }
+  }
+  return r;
+}
+
 class AppendGpuTest : public ::testing::TestWithParam<AppendCase> {};
 
 TEST_P(AppendGpuTest, MatchesReferenceBitExact) {
@@ -68,38 +118,16 @@ TEST_P(AppendGpuTest, MatchesReferenceBitExact) {
   std::shuffle(pages.begin(), pages.end(), rng);
   std::vector<int32_t> len = {0, 0, 0};
   const std::vector<std::vector<int32_t>> rounds = {{37, 1, 16}, {5, 16, 1}, {1, 30, 0}, {70, 2, 9}};
-  const int64_t row = int64_t(g.num_kv_heads) * g.head_dim;
-  std::normal_distribution<float> nd(0.0f, 1.0f);
   for (const auto& round : rounds) {
-    std::vector<int32_t> page_id, slot;
-    for (int32_t s = 0; s < 3; ++s) {
-      for (int32_t i = 0; i < round[size_t(s)]; ++i) {
-        const int32_t t = len[size_t(s)]++;
-        page_id.push_back(pages[size_t(s * 8 + t / g.page_size)]);
-        slot.push_back(t % g.page_size);
-      }
-    }
-    const int32_t n = int32_t(page_id.size());
-    // Input in the case's type; the reference sees the same values rounded to FP16.
-    std::vector<float> kf(size_t(n * row)), vf(size_t(n * row));
-    for (int64_t i = 0; i < n * row; ++i) {
-      kf[size_t(i)] = 0.2f * float(i % g.head_dim % 5) + (i % 13 == 0 ? 5.0f : 1.0f) * nd(rng);
-      vf[size_t(i)] = nd(rng);
-    }
-    std::vector<uint16_t> k16(kf.size()), v16(vf.size()), kh(kf.size()), vh(vf.size());
-    for (size_t i = 0; i < kf.size(); ++i) {
-      if (c.type == KvInputType::kBf16) {
-        k16[i] = FloatToBf16(kf[i]);
-        v16[i] = FloatToBf16(vf[i]);
-        kh[i] = FloatToHalf(Bf16ToFloat(k16[i]));
-        vh[i] = FloatToHalf(Bf16ToFloat(v16[i]));
-      } else {
-        kh[i] = FloatToHalf(kf[i]);
-        vh[i] = FloatToHalf(vf[i]);
-        k16[i] = kh[i];
-        v16[i] = vh[i];
-      }
-    }
+    const AppendRound rd = MakeRound(g, c.type, pages, 8, round, &len, rng);
+    const int32_t n = rd.n();
+    const std::vector<int32_t>& page_id = rd.page_id;
+    const std::vector<int32_t>& slot = rd.slot;
+    const std::vector<float>& kf = rd.kf;
+    const std::vector<float>& vf = rd.vf;
+    const std::vector<uint16_t>& k16 = rd.k16;
+    const std::vector<uint16_t>& v16 = rd.v16;
+    std::vector<uint16_t> kh = rd.kh, vh = rd.vh;
     const AppendView hin{n, kh.data(), vh.data(), page_id.data(), slot.data()};
     ASSERT_TRUE(AppendRef(g, hin, hkv, hqk).ok());
 
@@ -188,37 +216,16 @@ TEST_P(AppendSegmentsGpuTest, MatchesReferenceBitExact) {
   std::vector<int32_t> len = {0, 0, 0, 0};
   const std::vector<std::vector<int32_t>> rounds = {
       {37, 1, 16, 64}, {5, 16, 1, 1}, {1, 30, 0, 1}, {70, 2, 9, 0}, {32, 40, 1, 13}};
-  const int64_t row = int64_t(g.num_kv_heads) * g.head_dim;
-  std::normal_distribution<float> nd(0.0f, 1.0f);
   for (const auto& round : rounds) {
-    std::vector<int32_t> page_id, slot;
-    for (int32_t s = 0; s < 4; ++s) {
-      for (int32_t i = 0; i < round[size_t(s)]; ++i) {
-        const int32_t t = len[size_t(s)]++;
-        page_id.push_back(pages[size_t(s * 10 + t / g.page_size)]);
-        slot.push_back(t % g.page_size);
-      }
-    }
-    const int32_t n = int32_t(page_id.size());
-    std::vector<float> kf(size_t(n * row)), vf(size_t(n * row));
-    for (int64_t i = 0; i < n * row; ++i) {
-      kf[size_t(i)] = 0.2f * float(i % g.head_dim % 5) + (i % 13 == 0 ? 5.0f : 1.0f) * nd(rng);
-      vf[size_t(i)] = nd(rng);
-    }
-    std::vector<uint16_t> k16(kf.size()), v16(vf.size()), kh(kf.size()), vh(vf.size());
-    for (size_t i = 0; i < kf.size(); ++i) {
-      if (c.type == KvInputType::kBf16) {
-        k16[i] = FloatToBf16(kf[i]);
-        v16[i] = FloatToBf16(vf[i]);
-        kh[i] = FloatToHalf(Bf16ToFloat(k16[i]));
-        vh[i] = FloatToHalf(Bf16ToFloat(v16[i]));
-      } else {
-        kh[i] = FloatToHalf(kf[i]);
-        vh[i] = FloatToHalf(vf[i]);
-        k16[i] = kh[i];
-        v16[i] = vh[i];
-      }
-    }
+    const AppendRound rd = MakeRound(g, c.type, pages, 10, round, &len, rng);
+    const int32_t n = rd.n();
+    const std::vector<int32_t>& page_id = rd.page_id;
+    const std::vector<int32_t>& slot = rd.slot;
+    const std::vector<float>& kf = rd.kf;
+    const std::vector<float>& vf = rd.vf;
+    const std::vector<uint16_t>& k16 = rd.k16;
+    const std::vector<uint16_t>& v16 = rd.v16;
+    std::vector<uint16_t> kh = rd.kh, vh = rd.vh;
     const AppendView hin{n, kh.data(), vh.data(), page_id.data(), slot.data()};
     ASSERT_TRUE(AppendRef(g, hin, hkv, hqk).ok());
 

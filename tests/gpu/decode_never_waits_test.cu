@@ -54,7 +54,7 @@ class DecodeNeverWaits : public ::testing::TestWithParam<twl_backend> {
     c.backend = GetParam();
     c.collect_telemetry = 1;
     ASSERT_EQ(twl_runtime_create(&c, &rt_), TWL_OK) << twl_runtime_last_error(nullptr);
-    std::mt19937 rng(11);
+    std::mt19937 rng(unsigned(::testing::UnitTest::GetInstance()->random_seed()));
     std::normal_distribution<float> dist;
     seqs_.resize(kBatch);
     for (twl_seq_id& s : seqs_) {

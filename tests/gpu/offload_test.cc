@@ -599,11 +599,12 @@ TEST(OffloadBackendTest, ReusedPagesAndCopyEnginePath) {
 }
 
 // Exact reference: p = 1 over every page keeps every token with non-zero weight, so the CPU
-// reference pipeline (no near-tie ambiguity) and the offload backend attend the same set.
-TEST(OffloadBackendTest, MatchesCpuReferenceWithFullSelection) {
-  SKIP_WITHOUT_GPU();
+// reference pipeline (no near-tie ambiguity) and the offload backend attend the same set
+// (outputs within 2e-3), under either K scheme.
+void ExpectFullSelectionMatchesCpu(int32_t k_scheme) {
   const uint64_t seed = FreshSeed();
   RuntimeConfig cfg = SmallConfig();
+  cfg.k_scheme = k_scheme;
   cfg.gpu_cache_bytes = 60 * int64_t(2 * 16 * 128 * 2);  // far below one step: direct units
   SideBySide sb;
   ASSERT_OK(sb.Init(cfg, 400, /*cpu_ref=*/true, seed));
@@ -624,6 +625,11 @@ TEST(OffloadBackendTest, MatchesCpuReferenceWithFullSelection) {
     EXPECT_LE(*e, 2e-3) << "step " << step;
     ASSERT_OK(sb.Append(step % 3, w, 5));
   }
+}
+
+TEST(OffloadBackendTest, MatchesCpuReferenceWithFullSelection) {
+  SKIP_WITHOUT_GPU();
+  ExpectFullSelectionMatchesCpu(kKSchemeToken);
 }
 
 // Through the Runtime: forks (copy-on-write of the partial last page), frees, appends and
@@ -752,33 +758,9 @@ TEST(OffloadBackendTest, PageChannelMatchesHbmBackend) {
   }
 }
 
-// Offload vs the CPU backend under k_scheme 1 with p = 1 over every page (no near ties):
-// the same attended set, outputs within 2e-3.
 TEST(OffloadBackendTest, PageChannelMatchesCpuReferenceWithFullSelection) {
   SKIP_WITHOUT_GPU();
-  const uint64_t seed = FreshSeed();
-  RuntimeConfig cfg = SmallConfig();
-  cfg.k_scheme = kKSchemePageChannel;
-  cfg.gpu_cache_bytes = 60 * int64_t(2 * 16 * 128 * 2);
-  SideBySide sb;
-  ASSERT_OK(sb.Init(cfg, 400, /*cpu_ref=*/true, seed));
-  sb.cpu_budget_may_differ = true;
-  Workload w(sb.g, cfg.num_q_heads, seed);
-  std::vector<int32_t> seqs = {sb.AddSequence(), sb.AddSequence(), sb.AddSequence()};
-  ASSERT_OK(sb.Append(0, w, 300));
-  ASSERT_OK(sb.Append(1, w, 777));
-  ASSERT_OK(sb.Append(2, w, 45));
-  std::vector<int32_t> topics(3, 0);
-  SelectorParams full;
-  full.kind = SelectorKind::kFull;
-  PrunerParams pr;
-  pr.p = 1.0f;
-  for (int32_t step = 0; step < 4; ++step) {
-    auto e = sb.Decode(seqs, w, &topics, full, pr, nullptr);
-    ASSERT_TRUE(e.ok()) << e.status();
-    EXPECT_LE(*e, 2e-3) << "step " << step;
-    ASSERT_OK(sb.Append(step % 3, w, 5));
-  }
+  ExpectFullSelectionMatchesCpu(kKSchemePageChannel);
 }
 
 }  // namespace

@@ -262,6 +262,42 @@ INSTANTIATE_TEST_SUITE_P(
                       PruneCase{128, 2, 4, 4, 0.9f, false, false, false, {}, true, kPc, 8},
                       PruneCase{64, 2, 4, 4, 0.95f, false, false, false, {}, true, kPc, 32}));
 
+// LaunchPrune on the device copy of `st` over the host selection (pages, count), downloaded:
+// kept tokens [pairs][max_kept], counts [pairs], and per query head kept count and mass.
+struct GpuPruneOut {
+  std::vector<int32_t> tok, cnt, kept;
+  std::vector<float> mass;
+};
+GpuPruneOut RunGpuPrune(const PageGeometry& g, const PrunerParams& params, RefStore& st,
+                        const std::vector<int32_t>& sel_pages, const std::vector<int32_t>& sel_count,
+                        int32_t max_select) {
+  const BatchView hb = st.Batch();
+  const int32_t pairs = hb.num_seqs * g.num_kv_heads, heads = hb.num_seqs * hb.num_q_heads;
+  const int32_t max_kept = max_select * g.page_size;
+  DeviceStore ds(st);
+  gpu::DeviceBuffer d_sp = Upload(sel_pages), d_sc = Upload(sel_count);
+  gpu::DeviceBuffer d_tok = Poisoned<int32_t>(size_t(pairs) * max_kept),
+                    d_cnt = Poisoned<int32_t>(pairs);
+  gpu::DeviceBuffer d_kept = Poisoned<int32_t>(heads), d_mass = Poisoned<float>(heads);
+  gpu::DeviceBuffer ws;
+  const size_t ws_bytes = PruneWorkspaceBytes(g, hb.num_seqs, hb.num_q_heads, max_select);
+  GpuPruneOut out;
+  if (!ws.Reserve(ws_bytes).ok()) return out;
+  const absl::Status s =
+      LaunchPrune(g, params, ds.Batch(), ds.Query(), ds.Quant(), ds.Kv(),
+                  SelectionView{d_sp.as<int32_t>(), d_sc.as<int32_t>(), max_select},
+                  KeptView{d_tok.as<int32_t>(), d_cnt.as<int32_t>(), max_kept},
+                  HeadStatsView{nullptr, d_kept.as<int32_t>(), d_mass.as<float>()}, ws.get(),
+                  ws_bytes, nullptr);
+  EXPECT_TRUE(s.ok()) << s;
+  if (!s.ok()) return out;
+  out.tok = Download<int32_t>(d_tok, size_t(pairs) * max_kept);
+  out.cnt = Download<int32_t>(d_cnt, size_t(pairs));
+  out.kept = Download<int32_t>(d_kept, size_t(heads));
+  out.mass = Download<float>(d_mass, size_t(heads));
+  return out;
+}
+
 // Flat and peaked heads in one batch: a sequence's kept set and telemetry do not depend on
 // its batch-mates (the fixed-point scale and the block split are per head).
 TEST(PruneGpuBatchTest, SequenceAloneEqualsInBatch) {
@@ -286,25 +322,14 @@ TEST(PruneGpuBatchTest, SequenceAloneEqualsInBatch) {
     ASSERT_TRUE(SelectPagesRef(g, sp, hb, st.Query(), st.Quant(),
                                SelectionView{sel_pages.data(), sel_count.data(), max_select})
                     .ok());
-    DeviceStore ds(st);
-    gpu::DeviceBuffer d_sp = Upload(sel_pages), d_sc = Upload(sel_count);
     const int32_t max_kept = max_select * g.page_size;
-    gpu::DeviceBuffer d_tok = Poisoned<int32_t>(size_t(pairs) * max_kept),
-                      d_cnt = Poisoned<int32_t>(pairs);
-    gpu::DeviceBuffer d_mass = Poisoned<float>(size_t(hb.num_seqs) * hb.num_q_heads);
     PrunerParams pp;
     pp.p = 0.9f;
-    gpu::DeviceBuffer ws;
-    const size_t ws_bytes = PruneWorkspaceBytes(g, hb.num_seqs, hb.num_q_heads, max_select);
-    TWL_ASSERT_OK(ws.Reserve(ws_bytes));
-    TWL_ASSERT_OK(LaunchPrune(g, pp, ds.Batch(), ds.Query(), ds.Quant(), ds.Kv(),
-                              SelectionView{d_sp.as<int32_t>(), d_sc.as<int32_t>(), max_select},
-                              KeptView{d_tok.as<int32_t>(), d_cnt.as<int32_t>(), max_kept},
-                              HeadStatsView{nullptr, nullptr, d_mass.as<float>()}, ws.get(),
-                              ws_bytes, nullptr));
-    const auto tok = Download<int32_t>(d_tok, size_t(pairs) * max_kept);
-    const auto cnt = Download<int32_t>(d_cnt, size_t(pairs));
-    const auto mass = Download<float>(d_mass, size_t(hb.num_seqs) * hb.num_q_heads);
+    const GpuPruneOut o = RunGpuPrune(g, pp, st, sel_pages, sel_count, max_select);
+    ASSERT_EQ(o.cnt.size(), size_t(pairs));
+    const std::vector<int32_t>& tok = o.tok;
+    const std::vector<int32_t>& cnt = o.cnt;
+    const std::vector<float>& mass = o.mass;
     // Sequence 0, both KV heads.
     for (int32_t h = 0; h < g.num_kv_heads; ++h) {
       count0[h] = cnt[size_t(h)];
@@ -359,8 +384,6 @@ TEST(PruneGpuNonFiniteTest, NanHeadKeepsNothingLikeTheReference) {
   std::vector<int32_t> sel_count(static_cast<size_t>(pairs));
   const SelectionView hsel{sel_pages.data(), sel_count.data(), max_select};
   ASSERT_TRUE(SelectPagesRef(g, sp, hb, st.Query(), st.Quant(), hsel).ok());
-  DeviceStore ds(st);
-  gpu::DeviceBuffer d_sp = Upload(sel_pages), d_sc = Upload(sel_count);
   const int32_t max_kept = max_select * g.page_size;
   for (const float p : {0.9f, 1.0f}) {
     PrunerParams params;
@@ -372,20 +395,12 @@ TEST(PruneGpuNonFiniteTest, NanHeadKeepsNothingLikeTheReference) {
                          KeptView{ref_tok.data(), ref_cnt.data(), max_kept},
                          HeadStatsView{nullptr, ref_kept.data(), ref_mass.data()})
                     .ok());
-    gpu::DeviceBuffer d_tok = Poisoned<int32_t>(ref_tok.size()), d_cnt = Poisoned<int32_t>(pairs);
-    gpu::DeviceBuffer d_kept = Poisoned<int32_t>(heads), d_mass = Poisoned<float>(heads);
-    gpu::DeviceBuffer ws;
-    const size_t ws_bytes = PruneWorkspaceBytes(g, hb.num_seqs, hb.num_q_heads, max_select);
-    TWL_ASSERT_OK(ws.Reserve(ws_bytes));
-    TWL_ASSERT_OK(LaunchPrune(g, params, ds.Batch(), ds.Query(), ds.Quant(), ds.Kv(),
-                              SelectionView{d_sp.as<int32_t>(), d_sc.as<int32_t>(), max_select},
-                              KeptView{d_tok.as<int32_t>(), d_cnt.as<int32_t>(), max_kept},
-                              HeadStatsView{nullptr, d_kept.as<int32_t>(), d_mass.as<float>()},
-                              ws.get(), ws_bytes, nullptr));
-    const auto tok = Download<int32_t>(d_tok, ref_tok.size());
-    const auto cnt = Download<int32_t>(d_cnt, static_cast<size_t>(pairs));
-    const auto kept = Download<int32_t>(d_kept, static_cast<size_t>(heads));
-    const auto mass = Download<float>(d_mass, static_cast<size_t>(heads));
+    const GpuPruneOut o = RunGpuPrune(g, params, st, sel_pages, sel_count, max_select);
+    ASSERT_EQ(o.cnt.size(), size_t(pairs));
+    const std::vector<int32_t>& tok = o.tok;
+    const std::vector<int32_t>& cnt = o.cnt;
+    const std::vector<int32_t>& kept = o.kept;
+    const std::vector<float>& mass = o.mass;
     EXPECT_TRUE(testing::AllFinite(mass));
     if (p >= 1.0f) {
       EXPECT_EQ(cnt, ref_cnt);
