@@ -81,6 +81,46 @@ AppendRound MakeRound(const PageGeometry& g, KvInputType type, const std::vector
   return r;
 }
 
+// The host reference store and its device copy, both starting from the same random bytes
+// (so untouched bytes are compared too), with their views (k_scheme 1: no scale/zero).
+struct TwinStores {
+  std::vector<fp16_t> kv, scale, zero, kmin, kmax;
+  std::vector<uint8_t> codes;
+  gpu::DeviceBuffer d_kv, d_codes, d_scale, d_zero, d_kmin, d_kmax;
+  FpKvView hkv, dkv;
+  QuantKView hqk, dqk;
+  TwinStores(const PageGeometry& g, int32_t num_pages, std::mt19937_64& rng) {
+    const int64_t blocks = int64_t(num_pages) * g.num_kv_heads;
+    kv = RandomBytesVec<fp16_t>(size_t(blocks * g.FpBlockElems()), rng);
+    codes = RandomBytesVec<uint8_t>(size_t(blocks * g.CodeBlockBytes()), rng);
+    scale = RandomBytesVec<fp16_t>(size_t(blocks * g.page_size), rng);
+    zero = RandomBytesVec<fp16_t>(size_t(blocks * g.page_size), rng);
+    kmin = RandomBytesVec<fp16_t>(size_t(blocks * g.head_dim), rng);
+    kmax = RandomBytesVec<fp16_t>(size_t(blocks * g.head_dim), rng);
+    d_kv = Upload(kv);
+    d_codes = Upload(codes);
+    d_scale = Upload(scale);
+    d_zero = Upload(zero);
+    d_kmin = Upload(kmin);
+    d_kmax = Upload(kmax);
+    hkv = FpKvView{kv.data(), nullptr};
+    hqk = QuantKView{codes.data(), scale.data(), zero.data(), kmin.data(), kmax.data()};
+    dkv = FpKvView{d_kv.as<fp16_t>(), nullptr};
+    dqk = QuantKView{d_codes.as<uint8_t>(), d_scale.as<fp16_t>(), d_zero.as<fp16_t>(),
+                     d_kmin.as<fp16_t>(), d_kmax.as<fp16_t>()};
+    if (!g.HasTokenScale()) dqk.scale = dqk.zero = nullptr;  // k_scheme 1 writes none
+  }
+  // Every byte of the device store equals the reference's.
+  void ExpectDeviceEqualsHost() const {
+    EXPECT_EQ(Download<fp16_t>(d_kv, kv.size()), kv);
+    EXPECT_EQ(Download<uint8_t>(d_codes, codes.size()), codes);
+    EXPECT_EQ(Download<fp16_t>(d_scale, scale.size()), scale);
+    EXPECT_EQ(Download<fp16_t>(d_zero, zero.size()), zero);
+    EXPECT_EQ(Download<fp16_t>(d_kmin, kmin.size()), kmin);
+    EXPECT_EQ(Download<fp16_t>(d_kmax, kmax.size()), kmax);
+  }
+};
+
 class AppendGpuTest : public ::testing::TestWithParam<AppendCase> {};
 
 TEST_P(AppendGpuTest, MatchesReferenceBitExact) {
@@ -95,22 +135,9 @@ TEST_P(AppendGpuTest, MatchesReferenceBitExact) {
   std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + c.head_dim * 7 +
                       c.k_bits);
   const int32_t num_pages = 23;
-  const int64_t blocks = int64_t(num_pages) * g.num_kv_heads;
-  // Both stores start from the same random bytes, so untouched bytes are compared too.
-  std::vector<fp16_t> kv = RandomBytesVec<fp16_t>(size_t(blocks * g.FpBlockElems()), rng);
-  std::vector<uint8_t> codes = RandomBytesVec<uint8_t>(size_t(blocks * g.CodeBlockBytes()), rng);
-  std::vector<fp16_t> scale = RandomBytesVec<fp16_t>(size_t(blocks * g.page_size), rng);
-  std::vector<fp16_t> zero = RandomBytesVec<fp16_t>(size_t(blocks * g.page_size), rng);
-  std::vector<fp16_t> kmin = RandomBytesVec<fp16_t>(size_t(blocks * g.head_dim), rng);
-  std::vector<fp16_t> kmax = RandomBytesVec<fp16_t>(size_t(blocks * g.head_dim), rng);
-  gpu::DeviceBuffer d_kv = Upload(kv), d_codes = Upload(codes), d_scale = Upload(scale),
-                    d_zero = Upload(zero), d_kmin = Upload(kmin), d_kmax = Upload(kmax);
-  const FpKvView hkv{kv.data(), nullptr};
-  const QuantKView hqk{codes.data(), scale.data(), zero.data(), kmin.data(), kmax.data()};
-  const FpKvView dkv{d_kv.as<fp16_t>(), nullptr};
-  QuantKView dqk{d_codes.as<uint8_t>(), d_scale.as<fp16_t>(), d_zero.as<fp16_t>(),
-                 d_kmin.as<fp16_t>(), d_kmax.as<fp16_t>()};
-  if (!g.HasTokenScale()) dqk.scale = dqk.zero = nullptr;  // k_scheme 1 writes none
+  TwinStores ts(g, num_pages, rng);
+  const FpKvView hkv = ts.hkv, dkv = ts.dkv;
+  const QuantKView hqk = ts.hqk, dqk = ts.dqk;
 
   // Three sequences over shuffled pages, appended in uneven rounds (partial pages refilled).
   std::vector<int32_t> pages(num_pages);
@@ -144,12 +171,7 @@ TEST_P(AppendGpuTest, MatchesReferenceBitExact) {
     TWL_ASSERT_OK(LaunchAppend(g, din, c.type, plan, dkv, dqk, nullptr));
     TWL_ASSERT_OK(gpu::DeviceSync());
   }
-  EXPECT_EQ(Download<fp16_t>(d_kv, kv.size()), kv);
-  EXPECT_EQ(Download<uint8_t>(d_codes, codes.size()), codes);
-  EXPECT_EQ(Download<fp16_t>(d_scale, scale.size()), scale);
-  EXPECT_EQ(Download<fp16_t>(d_zero, zero.size()), zero);
-  EXPECT_EQ(Download<fp16_t>(d_kmin, kmin.size()), kmin);
-  EXPECT_EQ(Download<fp16_t>(d_kmax, kmax.size()), kmax);
+  ts.ExpectDeviceEqualsHost();
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -189,21 +211,9 @@ TEST_P(AppendSegmentsGpuTest, MatchesReferenceBitExact) {
   std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + c.head_dim * 5 +
                       c.k_bits);
   const int32_t num_pages = 40;
-  const int64_t blocks = int64_t(num_pages) * g.num_kv_heads;
-  std::vector<fp16_t> kv = RandomBytesVec<fp16_t>(size_t(blocks * g.FpBlockElems()), rng);
-  std::vector<uint8_t> codes = RandomBytesVec<uint8_t>(size_t(blocks * g.CodeBlockBytes()), rng);
-  std::vector<fp16_t> scale = RandomBytesVec<fp16_t>(size_t(blocks * g.page_size), rng);
-  std::vector<fp16_t> zero = RandomBytesVec<fp16_t>(size_t(blocks * g.page_size), rng);
-  std::vector<fp16_t> kmin = RandomBytesVec<fp16_t>(size_t(blocks * g.head_dim), rng);
-  std::vector<fp16_t> kmax = RandomBytesVec<fp16_t>(size_t(blocks * g.head_dim), rng);
-  gpu::DeviceBuffer d_kv = Upload(kv), d_codes = Upload(codes), d_scale = Upload(scale),
-                    d_zero = Upload(zero), d_kmin = Upload(kmin), d_kmax = Upload(kmax);
-  const FpKvView hkv{kv.data(), nullptr};
-  const QuantKView hqk{codes.data(), scale.data(), zero.data(), kmin.data(), kmax.data()};
-  const FpKvView dkv{d_kv.as<fp16_t>(), nullptr};
-  QuantKView dqk{d_codes.as<uint8_t>(), d_scale.as<fp16_t>(), d_zero.as<fp16_t>(),
-                 d_kmin.as<fp16_t>(), d_kmax.as<fp16_t>()};
-  if (!g.HasTokenScale()) dqk.scale = dqk.zero = nullptr;  // k_scheme 1 writes none
+  TwinStores ts(g, num_pages, rng);
+  const FpKvView hkv = ts.hkv, dkv = ts.dkv;
+  const QuantKView hqk = ts.hqk, dqk = ts.dqk;
   const int64_t page_elems = int64_t(g.num_kv_heads) * g.FpBlockElems();
   gpu::DeviceBuffer d_stage;
   TWL_ASSERT_OK(d_stage.Reserve(size_t(num_pages * page_elems) * 2));
@@ -246,17 +256,12 @@ TEST_P(AppendSegmentsGpuTest, MatchesReferenceBitExact) {
                                        dqk, nullptr));
     TWL_ASSERT_OK(gpu::DeviceSync());
     for (const auto& [st, page] : staged) {
-      TWL_ASSERT_OK(gpu::CopyOnDevice(d_kv.as<fp16_t>() + page * page_elems,
+      TWL_ASSERT_OK(gpu::CopyOnDevice(ts.d_kv.as<fp16_t>() + page * page_elems,
                                             d_stage.as<fp16_t>() + st * page_elems,
                                             size_t(page_elems) * 2));
     }
   }
-  EXPECT_EQ(Download<fp16_t>(d_kv, kv.size()), kv);
-  EXPECT_EQ(Download<uint8_t>(d_codes, codes.size()), codes);
-  EXPECT_EQ(Download<fp16_t>(d_scale, scale.size()), scale);
-  EXPECT_EQ(Download<fp16_t>(d_zero, zero.size()), zero);
-  EXPECT_EQ(Download<fp16_t>(d_kmin, kmin.size()), kmin);
-  EXPECT_EQ(Download<fp16_t>(d_kmax, kmax.size()), kmax);
+  ts.ExpectDeviceEqualsHost();
 }
 
 INSTANTIATE_TEST_SUITE_P(
