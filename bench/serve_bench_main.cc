@@ -260,6 +260,7 @@ struct Result {
   double ms_layer_step = NAN, gpu_ms_layer_step = NAN, tokens_per_s = NAN;
   double ms_select = 0, ms_prune = 0, ms_fetch = 0, ms_attend = 0;
   double ms_append = NAN;  // per layer-step, host wall time of the appends alone
+  double ms_issue = NAN;   // per layer-step, host time until every call of the step returned
   double hit_rate = NAN, mb_h2d = 0, kept_kv = 0, kept_q = 0;
   double gpu_mem_ratio = NAN;  // GPU bytes of the runtime / FP16 KV bytes cached now
   // GPU bytes / the FP16 pool's capacity: the runtime sizes its GPU stores (INT4 K, selector
@@ -622,7 +623,7 @@ Result Config::Run() {
   for (const Running& r : seqs_) tokens += r.len;
   res.mean_len = int32_t(tokens / batch_);
 
-  double wall_ms = 0, gpu_ms = 0, append_ms = 0, churn_ms = 0;
+  double wall_ms = 0, gpu_ms = 0, issue_ms = 0, append_ms = 0, churn_ms = 0;
   int32_t measured = 0, churn_count = 0;
   double sel = 0, pru = 0, fet = 0, att = 0, hit = 0, h2d = 0, kkv = 0, kq = 0;
   int32_t tele = 0;
@@ -641,11 +642,15 @@ Result Config::Run() {
       const auto t0 = Clock::now();
       double a_ms = 0;
       Step(st, &a_ms);
+      // Host time to issue the step's calls: equal to the wall time when the host paces the
+      // GPU (launch/call overhead), well below it when the GPU does.
+      const double issued = MsSince(t0);
       if (gpu_) CheckOk(gpu::EventRecord(ev1_, stream_), "event");
       if (gpu_) CheckOk(gpu::StreamSync(stream_), "sync");
       const double w = MsSince(t0);
       if (!timed) continue;
       wall_ms += w;
+      issue_ms += issued;
       append_ms += a_ms;
       if (gpu_) gpu_ms += double(OrDie(gpu::EventElapsedMs(ev0_, ev1_), "elapsed"));
       ++measured;
@@ -682,6 +687,7 @@ Result Config::Run() {
   res.ms_layer_step = wall_ms / layer_steps;
   res.gpu_ms_layer_step = gpu_ ? gpu_ms / layer_steps : NAN;
   res.ms_append = append_ms / layer_steps;
+  res.ms_issue = issue_ms / layer_steps;
   res.tokens_per_s = double(batch_) * measured / (wall_ms * 1e-3);
   if (tele > 0) {
     res.ms_select = sel / tele;
@@ -825,7 +831,7 @@ int Main(int argc, char** argv) {
               absl::GetFlag(FLAGS_k_scheme));
 
   bench::Table table({"shape", "B", "workload", "method", "ms/layer-step", "x dense", "tok/s",
-                      "append ms", "sel", "prune", "fetch", "attend", "hit", "MB h2d",
+                      "issue ms", "append ms", "sel", "prune", "fetch", "attend", "hit", "MB h2d",
                       "kept kv", "gpu/kv", "gpu/pool", "prefill GB/s", "min mass", "mass ok",
                       "med err", "max err", "err/oracle med", "err/oracle max",
                       "oracle kept", "sample kept kv", "oracle union kv", "baseline"});
@@ -854,7 +860,7 @@ int Main(int argc, char** argv) {
               it != sdpa.end() ? "sdpa-" + it->second.backend : "none";
           const double ratio = r.ms_layer_step / base_ms;
           table.AddRow({r.shape, B, r.workload, r.method, Cell(r.ms_layer_step, 4),
-                        Cell(ratio, 3), Cell(r.tokens_per_s, 4), Cell(r.ms_append, 3),
+                        Cell(ratio, 3), Cell(r.tokens_per_s, 4), Cell(r.ms_issue, 3), Cell(r.ms_append, 3),
                         Cell(r.ms_select, 3), Cell(r.ms_prune, 3), Cell(r.ms_fetch, 3),
                         Cell(r.ms_attend, 3), Cell(r.hit_rate, 3), Cell(r.mb_h2d, 3),
                         Cell(r.kept_kv, 4), Cell(r.gpu_mem_ratio, 3), Cell(r.gpu_pool_ratio, 3),
@@ -864,10 +870,13 @@ int Main(int argc, char** argv) {
                         Cell(r.max_err_ratio, 3), Cell(r.median_oracle_kept, 4),
                         Cell(r.sample_attended, 4), Cell(r.sample_oracle_union, 4), base_name});
           std::fprintf(stderr,
-                       "    %.4f ms/layer-step (%.3fx %s), gpu %.4f ms, min true mass %.3f, "
-                       "max err %.3g (%.1f s)\n",
+                       "    %.4f ms/layer-step (%.3fx %s), gpu %.4f ms, host issue %.4f ms (append %.4f), "
+                       "sel/prune/fetch/attend %.3f/%.3f/%.3f/%.3f ms, hit %.3f, %.1f MB h2d, "
+                       "min true mass %.3f, max err %.3g (%.1f s)\n",
                        r.ms_layer_step, ratio, base_name.c_str(), r.gpu_ms_layer_step,
-                       r.min_mass, r.max_err, MsSince(t0) / 1000);
+                       r.ms_issue, r.ms_append, r.ms_select, r.ms_prune, r.ms_fetch,
+                       r.ms_attend, r.hit_rate, r.mb_h2d, r.min_mass, r.max_err,
+                       MsSince(t0) / 1000);
           if (w == workloads.front() && shape.Name() == shapes.front().Name()) {
             plot_points[m.name].push_back({double(B), r.ms_layer_step});
             if (!std::isnan(base_ms)) plot_points["dense " + base_name].push_back({double(B), base_ms});

@@ -80,7 +80,9 @@ remote() {
   if [ "${SKIP_SANITIZER:-0}" != 1 ]; then
     local cs
     cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
-    local filt='*AppendGpu*:*AppendSegmentsGpu*:*SelectGpu*:*PruneGpu*:*AttendGpu*:OffloadTransport*:OffloadCachePlan*:OffloadBackendTest.RepeatedStep*'
+    # DecodeNeverWaits is left out: the sanitizer serializes launches, so its gate kernel holds
+    # the host and the test's time limit trips.
+    local filt='*AppendGpu*:*AppendSegmentsGpu*:*SelectGpu*:*SelectBounds*:*PruneGpu*:*PageChannel*:*AttendGpu*:OffloadTransport*:OffloadCachePlan*:*CachePlan*:OffloadBackendTest.RepeatedStep*-*DecodeNeverWaits*'
     local race='*AppendGpuTest*/0:*SelectGpuTest*/0:*PruneGpuTest*/0:*PruneGpuTest*/3:*AttendGpuTest*/0:*AttendGpuTest*/5'
     {
       echo "== memcheck"
