@@ -166,13 +166,13 @@ twl_status twl_get_capabilities(twl_capabilities* out) noexcept {
         (1u << TWL_DTYPE_FP16) | (1u << TWL_DTYPE_BF16) | (1u << TWL_DTYPE_FP32);
     c.backends_built = 1u << TWL_BACKEND_CPU;
     // Kept in step with RuntimeConfig::Validate (CPU) and gpu/cuda/common.cuh (GPU kernels).
-    twl::api::SetHeadDims(c.head_dims[TWL_BACKEND_CPU], {8, 16, 32, 64, 128, 256});
+    twl::api::SetHeadDims(c.head_dims[TWL_BACKEND_CPU], {8, 16, 32, 64, 96, 128, 256});
     c.max_q_per_kv[TWL_BACKEND_CPU] = std::numeric_limits<int32_t>::max();
     c.decode_dtypes[TWL_BACKEND_CPU] = all_dtypes;
 #if TWL_HAVE_CUDA
     for (twl_backend b : {TWL_BACKEND_GPU_HBM, TWL_BACKEND_GPU_OFFLOAD}) {
       c.backends_built |= 1u << b;
-      twl::api::SetHeadDims(c.head_dims[b], {64, 128});
+      twl::api::SetHeadDims(c.head_dims[b], {64, 96, 128, 256});
       c.max_q_per_kv[b] = 8;
       c.decode_dtypes[b] = all_dtypes;
     }

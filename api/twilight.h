@@ -171,8 +171,8 @@ typedef struct twl_runtime_config {
   int32_t num_layers;       /* 1 .. 4096 (every sequence holds a table of num_layers) */
   int32_t num_q_heads;      /* a multiple of num_kv_heads (GQA), at most 1024 */
   int32_t num_kv_heads;     /* 1 .. 1024 */
-  int32_t head_dim;         /* 8, 16, 32, 64, 128 or 256; GPU backends may accept fewer
-                               (then create fails with TWL_INVALID_ARGUMENT) */
+  int32_t head_dim;         /* 8, 16, 32, 64, 96, 128 or 256; GPU backends accept 64, 96,
+                               128 and 256 (twl_get_capabilities; others fail at create) */
   /* Cache layout. */
   int32_t page_size;        /* tokens per page; 0: library chooses (16) */
   int32_t k_bits;           /* bits of the estimation copy of K: 2, 4, 8, or 16 (estimate with

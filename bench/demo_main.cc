@@ -49,7 +49,7 @@ ABSL_FLAG(int32_t, k_bits, 4, "bits of the K estimate: 2, 4, 8 or 16 (FP16)");
 ABSL_FLAG(int32_t, dense_layers, 0, "first layers decoded densely");
 ABSL_FLAG(int32_t, q_heads, 32, "query heads");
 ABSL_FLAG(int32_t, kv_heads, 8, "KV heads (--q-heads must be a multiple)");
-ABSL_FLAG(int32_t, head_dim, 128, "head dimension: 8, 16, 32, 64, 128 or 256 (GPU: 64, 128)");
+ABSL_FLAG(int32_t, head_dim, 128, "head dimension: 8, 16, 32, 64, 96, 128 or 256 (all on the GPU but 8-32)");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the synthetic data");
 ABSL_FLAG(std::string, disk, "",
           "directory for a disk tier holding the whole KV (CPU backend); empty: none");

@@ -8,8 +8,9 @@
 // strides, same algorithms; float sums run in a different order, so scores can differ in the
 // last bits and top-p / top-B0 sets can differ at near ties (see tests/gpu/).
 //
-// Supported on the GPU: head_dim 64 and 128, group size (num_q_heads / num_kv_heads) 1..8,
-// any page_size; INT4 K uses the tensor-core estimator, k_bits 2/8/16 a scalar one; under the
+// Supported on the GPU: head_dim 64, 96, 128 and 256, group size (num_q_heads /
+// num_kv_heads) 1..8, any page_size; INT4 K at head_dim 64/128 uses the tensor-core
+// estimator, other head dims and k_bits 2/8/16 a scalar one; under the
 // per-page-channel K scheme (g.k_scheme 1) INT4 uses the tensor cores when page_size is a
 // multiple of 16 (a 16-token tile in one block), the scalar estimator otherwise. Under
 // k_scheme 1 the append launchers re-quantize every filled row of each touched block against
@@ -34,6 +35,12 @@
 #include "core/stage_views.h"
 
 namespace twl {
+
+// The shapes the GPU kernels take (backends refuse others at creation).
+constexpr bool GpuKernelsSupportHeadDim(int32_t head_dim) {
+  return head_dim == 64 || head_dim == 96 || head_dim == 128 || head_dim == 256;
+}
+constexpr int32_t kGpuMaxGroup = 8;  // query heads per KV head
 
 // ---- Append ---------------------------------------------------------------------------
 

@@ -595,12 +595,12 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateGpuHbmBackend(const RuntimeConfig
                                                              int64_t num_pages) {
   TWL_RETURN_IF_ERROR(config.Validate());
   if (!gpu::GpuAvailable()) return absl::UnavailableError("GPU HBM backend: no GPU found");
-  if (config.head_dim != 64 && config.head_dim != 128) {
+  if (!GpuKernelsSupportHeadDim(config.head_dim)) {
     return absl::UnimplementedError(absl::StrFormat(
-        "GPU HBM backend: head_dim %d unsupported (64 or 128; use the CPU backend)",
+        "GPU HBM backend: head_dim %d unsupported (64, 96, 128 or 256; use the CPU backend)",
         config.head_dim));
   }
-  if (config.num_q_heads / config.num_kv_heads > 8) {
+  if (config.num_q_heads / config.num_kv_heads > kGpuMaxGroup) {
     return absl::UnimplementedError("GPU HBM backend: more than 8 query heads per KV head");
   }
   if (num_pages < 1 || num_pages > std::numeric_limits<int32_t>::max()) {

@@ -915,6 +915,15 @@ absl::StatusOr<std::unique_ptr<OffloadBackend>> CreateGpuOffloadBackendEx(
     const RuntimeConfig& config, int64_t num_pages) {
   if (!gpu::GpuAvailable()) return absl::UnavailableError("GPU offload backend: no GPU found");
   if (num_pages < 1) return absl::InvalidArgumentError("GPU offload backend: no pages");
+  // Refused here rather than at the first decode, after the caller has appended a prompt.
+  if (!GpuKernelsSupportHeadDim(config.head_dim)) {
+    return absl::UnimplementedError(absl::StrFormat(
+        "GPU offload backend: head_dim %d unsupported (64, 96, 128 or 256; use the CPU backend)",
+        config.head_dim));
+  }
+  if (config.num_q_heads / config.num_kv_heads > kGpuMaxGroup) {
+    return absl::UnimplementedError("GPU offload backend: more than 8 query heads per KV head");
+  }
   auto b = std::make_unique<GpuOffloadBackend>(config, num_pages);
   if (absl::Status s = b->Init(); !s.ok()) return s;
   return std::unique_ptr<OffloadBackend>(std::move(b));

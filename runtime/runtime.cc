@@ -61,8 +61,8 @@ absl::Status RuntimeConfig::Validate() const {
         "num_q_heads (%d) must be a multiple of num_kv_heads (%d) in [1, %d]", num_q_heads,
         num_kv_heads, kMaxHeads));
   }
-  if (!OneOf(head_dim, {8, 16, 32, 64, 128, 256})) {
-    return bad(absl::StrFormat("head_dim must be 8, 16, 32, 64, 128 or 256, got %d", head_dim));
+  if (!OneOf(head_dim, {8, 16, 32, 64, 96, 128, 256})) {
+    return bad(absl::StrFormat("head_dim must be 8, 16, 32, 64, 96, 128 or 256, got %d", head_dim));
   }
   if (page_size < 1 || page_size > 4096) {
     return bad(absl::StrFormat("page_size must be in [1, 4096], got %d", page_size));

@@ -70,10 +70,9 @@ absl::Status LaunchAppendSegments(const PageGeometry& g, const AppendSegment* d_
   if (kv.slot_of_block) {
     return absl::InvalidArgumentError("append segments: the block store must be identity addressed");
   }
-  const int tpr = g.head_dim / 8;
-  if (g.head_dim % 8 != 0 || tpr < 1 || tpr > 32 || cuda::kSegThreads % tpr != 0) {
+  if (g.head_dim % 8 != 0 || g.head_dim < 8 || g.head_dim > 256) {
     return absl::UnimplementedError(
-        absl::StrFormat("append segments: head_dim %d is not 8 * a power of two <= 256", g.head_dim));
+        absl::StrFormat("append segments: head_dim %d is not a multiple of 8 in [8, 256]", g.head_dim));
   }
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (!aligned(kv.kv) || (stage && !aligned(stage))) {

@@ -146,7 +146,8 @@ __global__ void MinMaxKernel(PageGeometry g, AppendPagePlan plan, FpKvView kv, Q
 }
 
 // ---- Bulk append: one thread block per (segment, KV head) -----------------------------
-// Threads are laid out as row groups of head_dim / 8 threads, each thread owning 8
+// Threads are laid out as row groups of RowLanes(head_dim) threads (head_dim / 8 rounded up
+// to a power of two for the shuffles; d = 96: 16, of which 12 hold channels), each owning 8
 // consecutive channels of a row: it loads them (one 16-byte vector for aligned FP16/BF16
 // input), stores them as one 16-byte vector, quantizes them against the row's scale/zero
 // (a shuffle reduction over the row group) and keeps their running per-channel min/max;
@@ -203,10 +204,11 @@ __global__ void __launch_bounds__(kSegThreads)
   const int32_t H = g.num_kv_heads, D = g.head_dim;
   const AppendSegment seg = segs[blockIdx.x / H];
   const int32_t h = int32_t(blockIdx.x % H);
-  const int tpr = D / 8;               // threads per row: 1..32, a power of two
+  const int tpr = RowLanes(D);         // threads per row: 1..32, a power of two
   const int rpp = kSegThreads / tpr;   // rows per pass
   const int c = threadIdx.x % tpr;     // this thread's 8 channels: [8c, 8c + 8)
   const int rg = threadIdx.x / tpr;    // row group
+  const bool lane_real = c < D / 8;    // threads past the row's channels only join shuffles
   const int64_t block = g.BlockId(seg.page, h);
   fp16_t* dst = seg.stage >= 0 ? stage + (int64_t(seg.stage) * H + h) * g.FpBlockElems()
                                : kv + block * g.FpBlockElems();
@@ -221,7 +223,7 @@ __global__ void __launch_bounds__(kSegThreads)
 
   for (int32_t base = 0; base < rows; base += rpp) {  // uniform trip count: shuffles are safe
     const int32_t i = base + rg;
-    const bool active = i < rows;
+    const bool active = i < rows && lane_real;
     const int32_t r = seg.row_begin + i;
     fp16_t kh[8];
     float rlo = INFINITY, rhi = -INFINITY;
@@ -276,10 +278,12 @@ __global__ void __launch_bounds__(kSegThreads)
   }
 
   // Channel bounds: row groups -> shared memory -> one thread per channel.
+  if (lane_real) {
 #pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    s_lo[rg * D + c * 8 + e] = lo8[e];
-    s_hi[rg * D + c * 8 + e] = hi8[e];
+    for (int e = 0; e < 8; ++e) {
+      s_lo[rg * D + c * 8 + e] = lo8[e];
+      s_hi[rg * D + c * 8 + e] = hi8[e];
+    }
   }
   __syncthreads();
   for (int ch = threadIdx.x; ch < D; ch += kSegThreads) {

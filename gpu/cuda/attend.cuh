@@ -107,7 +107,8 @@ __device__ __forceinline__ void CpAsyncWait() {
 template <int D>
 struct AttnCfg {
   static constexpr int kStageTok = 64;               // tokens per stage (4 loader threads each)
-  static constexpr int kStages = D >= 128 ? 3 : 4;    // 96 KB (D=128) / 64 KB (D=64) of smem
+  // 64 KB (D=64), 96 KB (D=96, D=128), 192 KB (D=256: one block per SM) of smem.
+  static constexpr int kStages = D >= 128 ? 3 : 4;
   static constexpr int kRowChunks = D / 8;           // 16-byte chunks per K or V row
   static constexpr int kLoadChunks = kRowChunks / 4;  // per loader thread per row
   static constexpr size_t kSmemBytes = size_t(kStages) * kStageTok * D * 2 * sizeof(fp16_t);
@@ -119,7 +120,8 @@ struct AttnCfg {
 // lookups feeding those copies run in a register pipeline one to three stages further
 // ahead, so their latency overlaps the compute instead of stalling it.
 // Compute role: warp w scores tokens [8w, 8w + 8) of each stage for all G heads (lanes own 8
-// channels; D/8 lanes per token), FP32 online softmax in base 2, V accumulated in registers.
+// channels; RowLanes(D) lanes per token, of which D/8 hold channels: D = 96 uses 16 lanes, 12
+// of them real), FP32 online softmax in base 2, V accumulated in registers.
 template <int D, int G>
 __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM up to G = 4
     AttendChunkKernel(PageGeometry g, BatchView batch, QueryView q, FpKvView kv, KeptView kept,
@@ -128,7 +130,8 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
                       float2* __restrict__ part_ml) {
   using Cfg = AttnCfg<D>;
   constexpr int S = Cfg::kStages, T = Cfg::kStageTok;
-  constexpr int L = D / 8;           // lanes per token (8 channels each)
+  constexpr int L = RowLanes(D);     // lanes per token (8 channels each, a power of two)
+  constexpr int RC = D / 8;          // of them holding channels
   constexpr int TPW = 32 / L;        // tokens per warp step
   constexpr int U = 8 / TPW;         // warp steps per stage (8 tokens per warp per stage)
   static_assert(T == kAttnWarps * 8 && kAttnThreads == T * 4, "stage/thread mapping");
@@ -167,6 +170,7 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int tl = threadIdx.x >> 2, part = threadIdx.x & 3;  // loader: token, quarter
     const int lg = lane / L, li = lane % L;                    // compute: token in step, chunk
+    const bool real = li < RC;  // lanes past the row's channels hold zeros
 
     // ---- loader address pipeline (per thread: token tl of each stage) ----
     const int32_t* tokens = dense ? nullptr : kept.tokens + int64_t(pair) * kept.max_kept;
@@ -215,7 +219,7 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
     float qv[G][8];
 #pragma unroll
     for (int j = 0; j < G; ++j) {
-      if (j < group) {
+      if (j < group && real) {
         const uint4 raw = *reinterpret_cast<const uint4*>(
             q.q + (int64_t(s) * batch.num_q_heads + h * group + j) * D + li * 8);
         Unpack8(raw, qv[j]);
@@ -255,8 +259,8 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int t = warp * 8 + u * TPW + lg;
-        float kf[8];
-        Unpack8(*reinterpret_cast<const uint4*>(kbuf + (b * T + t) * D + li * 8), kf);
+        float kf[8] = {};
+        if (real) Unpack8(*reinterpret_cast<const uint4*>(kbuf + (b * T + t) * D + li * 8), kf);
 #pragma unroll
         for (int j = 0; j < G; ++j) {
           float d = 0.0f;
@@ -287,8 +291,8 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int t = warp * 8 + u * TPW + lg;
-        float vf[8];
-        Unpack8(*reinterpret_cast<const uint4*>(vbuf + (b * T + t) * D + li * 8), vf);
+        float vf[8] = {};
+        if (real) Unpack8(*reinterpret_cast<const uint4*>(vbuf + (b * T + t) * D + li * 8), vf);
 #pragma unroll
         for (int j = 0; j < G; ++j) {
 #pragma unroll
@@ -322,7 +326,7 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
     float* sm_m = sacc + kAttnWarps * G * D;               // [kAttnWarps][G]
     float* sm_l = sm_m + kAttnWarps * G;                   // [kAttnWarps][G]
     static_assert(sizeof(float) * kAttnWarps * G * (D + 2) <= Cfg::kSmemBytes, "merge scratch");
-    if (lane < L) {
+    if (lane < RC) {  // token lane group 0, channel lanes
 #pragma unroll
       for (int j = 0; j < G; ++j) {
 #pragma unroll

@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "gpu/cuda/cuda_status.cuh"
 #include "core/stage_views.h"
+#include "gpu/kernels.h"
 
 namespace twl::cuda {
 
@@ -18,7 +19,8 @@ using ::twl::cuda_status::AsStream;
 using ::twl::cuda_status::LaunchStatus;
 
 // Bounded head-dim dispatch: the body sees `constexpr int kHeadDim`; other sizes return
-// Unimplemented (the CPU reference handles them).
+// Unimplemented (the CPU reference handles them). 64/128 (Llama, Mistral, Qwen), 96 (Phi-3),
+// 256 (Gemma).
 #define TWL_DISPATCH_HEAD_DIM(head_dim, ...)                                                  \
   [&]() -> absl::Status {                                                                     \
     switch (head_dim) {                                                                       \
@@ -26,23 +28,42 @@ using ::twl::cuda_status::LaunchStatus;
         constexpr int kHeadDim = 64;                                                          \
         return __VA_ARGS__();                                                                 \
       }                                                                                       \
+      case 96: {                                                                              \
+        constexpr int kHeadDim = 96;                                                          \
+        return __VA_ARGS__();                                                                 \
+      }                                                                                       \
       case 128: {                                                                             \
         constexpr int kHeadDim = 128;                                                         \
         return __VA_ARGS__();                                                                 \
       }                                                                                       \
+      case 256: {                                                                             \
+        constexpr int kHeadDim = 256;                                                         \
+        return __VA_ARGS__();                                                                 \
+      }                                                                                       \
       default:                                                                                \
-        return absl::UnimplementedError(absl::StrFormat(                                      \
-            "GPU kernels support head_dim 64 and 128, got %d (use the CPU backend)", head_dim)); \
+        return ::twl::cuda::HeadDimError(head_dim);                                           \
     }                                                                                         \
   }()
 
-inline absl::Status CheckHeadDim(int32_t head_dim) {
-  if (head_dim == 64 || head_dim == 128) return absl::OkStatus();
+inline absl::Status HeadDimError(int32_t head_dim) {
   return absl::UnimplementedError(absl::StrFormat(
-      "GPU kernels support head_dim 64 and 128, got %d (use the CPU backend)", head_dim));
+      "GPU kernels support head_dim 64, 96, 128 and 256, got %d (use the CPU backend)",
+      head_dim));
 }
 
-constexpr int kMaxGroup = 8;  // query heads per KV head handled on the GPU
+inline absl::Status CheckHeadDim(int32_t head_dim) {
+  return GpuKernelsSupportHeadDim(head_dim) ? absl::OkStatus() : HeadDimError(head_dim);
+}
+
+// Lanes that share one head_dim row when a lane owns 8 channels: D / 8 rounded up to a power
+// of two (shuffle reductions need one), so 96 uses 16 lanes of which 12 hold channels.
+constexpr int RowLanes(int head_dim) {
+  int l = 1;
+  while (l < head_dim / 8) l <<= 1;
+  return l;
+}
+
+constexpr int kMaxGroup = kGpuMaxGroup;  // query heads per KV head handled on the GPU
 
 inline absl::Status CheckGroup(int32_t group) {
   if (group < 1 || group > kMaxGroup) {

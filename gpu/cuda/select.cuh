@@ -149,24 +149,34 @@ __global__ void __launch_bounds__(kBoundWarps * 32, 2)  // <= 128 registers: 16 
     const int64_t ba = next_a, bb = next_b;
     // Out-of-range rows read block 0 (valid memory) and are never stored.
     const int64_t va = (ba < 0 ? 0 : ba) * kVecPerBlock, vb = (bb < 0 ? 0 : bb) * kVecPerBlock;
-    uint4 ca[kCh], cb[kCh];
-#pragma unroll
-    for (int c = 0; c < kCh; ++c) {
-      const uint4* base = c < kHalf ? vmax : vmin;
-      ca[c] = __ldg(base + va + 4 * (c % kHalf));
-      cb[c] = __ldg(base + vb + 4 * (c % kHalf));
-    }
-    prefetch_line(far_a);
-    prefetch_line(far_b);
-    next_a = far_a;
-    next_b = far_b;
-    far_a = block_of(tb + 32 + r);  // consumed two iterations from now
-    far_b = block_of(tb + 32 + r + 8);
+    // Loads in slabs of at most 8 chunks (one slab up to d = 128; d = 256 takes two, so the
+    // kmax and kmin halves are not both held in registers at once).
+    constexpr int kSlab = kCh < 8 ? kCh : 8;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int c = 0; c < kCh; ++c) {
-      Mma16816(acc, ca[c].x, cb[c].x, ca[c].y, cb[c].y, bf[c][0][0], bf[c][0][1]);
-      Mma16816(acc, ca[c].z, cb[c].z, ca[c].w, cb[c].w, bf[c][1][0], bf[c][1][1]);
+    for (int c0 = 0; c0 < kCh; c0 += kSlab) {
+      uint4 ca[kSlab], cb[kSlab];
+#pragma unroll
+      for (int i = 0; i < kSlab; ++i) {
+        const int c = c0 + i;
+        const uint4* base = c < kHalf ? vmax : vmin;
+        ca[i] = __ldg(base + va + 4 * (c % kHalf));
+        cb[i] = __ldg(base + vb + 4 * (c % kHalf));
+      }
+      if (c0 == 0) {
+        prefetch_line(far_a);
+        prefetch_line(far_b);
+        next_a = far_a;
+        next_b = far_b;
+        far_a = block_of(tb + 32 + r);  // consumed two iterations from now
+        far_b = block_of(tb + 32 + r + 8);
+      }
+#pragma unroll
+      for (int i = 0; i < kSlab; ++i) {
+        const int c = c0 + i;
+        Mma16816(acc, ca[i].x, cb[i].x, ca[i].y, cb[i].y, bf[c][0][0], bf[c][0][1]);
+        Mma16816(acc, ca[i].z, cb[i].z, ca[i].w, cb[i].w, bf[c][1][0], bf[c][1][1]);
+      }
     }
     // acc: (page r, heads 2t4, 2t4+1), (page r + 8, heads 2t4, 2t4+1); max over the group.
     const bool h0 = 2 * t4 < group, h1 = 2 * t4 + 1 < group;

@@ -194,7 +194,7 @@ def test_closed_runtime_raises(rng):
 def test_capabilities():
     caps = twilight.capabilities()
     cpu = caps["backends"]["cpu"]
-    assert cpu["head_dims"] == [8, 16, 32, 64, 128, 256]
+    assert cpu["head_dims"] == [8, 16, 32, 64, 96, 128, 256]
     assert set(cpu["decode_dtypes"]) == {"float16", "bfloat16", "float32"}
     if "gpu-hbm" in caps["backends"]:
         assert 128 in caps["backends"]["gpu-hbm"]["head_dims"]

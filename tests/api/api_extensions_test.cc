@@ -145,9 +145,9 @@ TEST(ApiCapabilities, DescribesThisBuild) {
   EXPECT_TRUE(caps.backends_built & (1u << TWL_BACKEND_CPU));
   EXPECT_FALSE(caps.backends_built & (1u << TWL_BACKEND_AUTO));
   const std::vector<int32_t> cpu_dims(caps.head_dims[TWL_BACKEND_CPU],
-                                      caps.head_dims[TWL_BACKEND_CPU] + 6);
-  EXPECT_EQ(cpu_dims, (std::vector<int32_t>{8, 16, 32, 64, 128, 256}));
-  EXPECT_EQ(caps.head_dims[TWL_BACKEND_CPU][6], 0);
+                                      caps.head_dims[TWL_BACKEND_CPU] + 7);
+  EXPECT_EQ(cpu_dims, (std::vector<int32_t>{8, 16, 32, 64, 96, 128, 256}));
+  EXPECT_EQ(caps.head_dims[TWL_BACKEND_CPU][7], 0);
   EXPECT_EQ(caps.decode_dtypes[TWL_BACKEND_CPU], 7u);
   EXPECT_EQ(caps.head_dims[TWL_BACKEND_AUTO][0], 0);
   const bool gpu_built = caps.backends_built & (1u << TWL_BACKEND_GPU_OFFLOAD);
@@ -155,6 +155,9 @@ TEST(ApiCapabilities, DescribesThisBuild) {
     EXPECT_GE(caps.num_cuda_archs, 1);
     EXPECT_GE(caps.cuda_archs[0], 50);
     EXPECT_EQ(caps.max_q_per_kv[TWL_BACKEND_GPU_HBM], 8);
+    const std::vector<int32_t> gpu_dims(caps.head_dims[TWL_BACKEND_GPU_HBM],
+                                        caps.head_dims[TWL_BACKEND_GPU_HBM] + 5);
+    EXPECT_EQ(gpu_dims, (std::vector<int32_t>{64, 96, 128, 256, 0}));
   } else {
     EXPECT_EQ(caps.num_cuda_archs, 0);
     EXPECT_EQ(caps.gpu_usable, 0);
@@ -169,7 +172,7 @@ TEST(ApiCapabilities, DescribesThisBuild) {
     twl_runtime_free(rt);
   }
   twl_runtime_config c = SmallConfig();
-  c.head_dim = 96;
+  c.head_dim = 80;
   twl_runtime* rt = nullptr;
   EXPECT_EQ(twl_runtime_create(&c, &rt), TWL_INVALID_ARGUMENT);
 }

@@ -163,6 +163,33 @@ TEST(Runtime, FullSelectorAtPOneEqualsDenseAttention) {
   EXPECT_EQ(t.blocks_fetched, 0);
 }
 
+// Head dims that are not powers of two (96: Phi-3) and the largest one (256: Gemma) take the
+// same paths: append in chunks, full selector at p = 1 equals dense attention, and the
+// default growing Quest decodes.
+TEST(Runtime, OtherHeadDimsDecodeLikeDenseAtPOne) {
+  for (int32_t d : {96, 256}) {
+    SCOPED_TRACE(d);
+    RuntimeConfig c = SmallConfig(16);
+    c.head_dim = d;
+    c.selector = SelectorKind::kFull;
+    c.top_p = 1.0f;
+    auto rt = MakeRuntime(c);
+    ASSERT_TRUE(rt);
+    const std::vector<int32_t> lens = {7, 300, 129};
+    RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 31 + d);
+    std::mt19937_64 rng(d);
+    std::vector<SeqId> ids;
+    for (size_t s = 0; s < lens.size(); ++s) {
+      ids.push_back(*rt->CreateSequence());
+      AppendInChunks(*rt, ids.back(), 0, st, int32_t(s), rng);
+      ExpectKv(*rt, ids.back(), 0, st.k_in[s], st.v_in[s]);
+    }
+    StepTelemetry t;
+    DecodeAndCompareWithDense(*rt, 0, ids, st, 1e-3, &t);
+    EXPECT_EQ(t.num_seqs, 3);
+  }
+}
+
 TEST(Runtime, DenseLayersIgnorePAndBudget) {
   RuntimeConfig c = SmallConfig(16);
   c.dense_layers = 1;
@@ -518,7 +545,8 @@ TEST(Runtime, ConfigValidation) {
   EXPECT_EQ(code([](RuntimeConfig&) {}), StatusCode::kOk);
   EXPECT_EQ(code([](RuntimeConfig& c) { c.num_q_heads = 7; }), StatusCode::kInvalidArgument);
   EXPECT_EQ(code([](RuntimeConfig& c) { c.num_kv_heads = 0; }), StatusCode::kInvalidArgument);
-  EXPECT_EQ(code([](RuntimeConfig& c) { c.head_dim = 96; }), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](RuntimeConfig& c) { c.head_dim = 80; }), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](RuntimeConfig& c) { c.head_dim = 96; }), StatusCode::kOk);
   EXPECT_EQ(code([](RuntimeConfig& c) { c.head_dim = 7; }), StatusCode::kInvalidArgument);
   EXPECT_EQ(code([](RuntimeConfig& c) { c.page_size = 0; }), StatusCode::kInvalidArgument);
   EXPECT_EQ(code([](RuntimeConfig& c) { c.k_bits = 3; }), StatusCode::kInvalidArgument);

@@ -332,7 +332,7 @@ class Harness {
       return std::find(set.begin(), set.end(), v) != set.end();
     };
     if (c.num_layers < 1 || c.num_kv_heads < 1 || c.num_q_heads < 1 ||
-        c.num_q_heads % c.num_kv_heads != 0 || !one_of(c.head_dim, {8, 16, 32, 64, 128, 256})) {
+        c.num_q_heads % c.num_kv_heads != 0 || !one_of(c.head_dim, {8, 16, 32, 64, 96, 128, 256})) {
       return "shape";
     }
     if (c.num_layers > 4096 || c.num_q_heads > 1024) return "shape bounds";

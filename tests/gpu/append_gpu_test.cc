@@ -182,7 +182,9 @@ INSTANTIATE_TEST_SUITE_P(
                       AppendCase{64, 8, 2, KvInputType::kFp16},
                       AppendCase{128, 16, 2, KvInputType::kFp16},
                       AppendCase{128, 4, 2, KvInputType::kBf16},
-                      AppendCase{64, 4, 1, KvInputType::kFp32}));
+                      AppendCase{64, 4, 1, KvInputType::kFp32},
+                      AppendCase{96, 4, 2, KvInputType::kFp16},
+                      AppendCase{256, 2, 2, KvInputType::kBf16}));
 
 // k_scheme 1 (per page channel): every append re-quantizes the touched blocks' filled rows
 // against their new range (MinMaxKernel), bit-exact with AppendRef (the same correctly
@@ -274,7 +276,9 @@ INSTANTIATE_TEST_SUITE_P(
                       AppendCase{128, 4, 2, KvInputType::kBf16},
                       AppendCase{64, 4, 1, KvInputType::kFp32},
                       AppendCase{256, 4, 1, KvInputType::kFp16},
-                      AppendCase{32, 4, 2, KvInputType::kBf16}));
+                      AppendCase{32, 4, 2, KvInputType::kBf16},
+                      AppendCase{96, 4, 3, KvInputType::kFp16},
+                      AppendCase{96, 2, 2, KvInputType::kFp32}));
 
 // k_scheme 1: each segment's block re-quantizes rows [0, row_end), the earlier rows from the
 // block store and its own rows from where it wrote them (store or staging).

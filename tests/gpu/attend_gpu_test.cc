@@ -147,7 +147,12 @@ INSTANTIATE_TEST_SUITE_P(
                       AttendCase{128, 2, 4, KeptKind::kHeavyLight, true},
                       AttendCase{128, 2, 4, KeptKind::kDense, false},
                       AttendCase{64, 2, 8, KeptKind::kDense, true},
-                      AttendCase{128, 1, 1, KeptKind::kDense, false}));
+                      AttendCase{128, 1, 1, KeptKind::kDense, false},
+                      // d = 96: 12 channel lanes of 16 per token; d = 256: a warp per token.
+                      AttendCase{96, 2, 4, KeptKind::kPruned, false},
+                      AttendCase{96, 2, 3, KeptKind::kHeavyLight, true},
+                      AttendCase{256, 2, 8, KeptKind::kHeavyLight, false},
+                      AttendCase{256, 1, 2, KeptKind::kDense, false}));
 
 TEST(AttendGpu, UnsupportedHeadDimIsUnimplemented) {
   TWL_SKIP_WITHOUT_GPU();

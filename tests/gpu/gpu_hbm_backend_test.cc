@@ -83,7 +83,8 @@ std::vector<fp16_t> RandomQ(int64_t n, std::mt19937_64& rng, float gain) {
 void ExpectMatchesCpuBackend(int32_t k_scheme) {
   for (const auto& [head_dim, kv_heads, q_heads, dtype] :
        {std::tuple{128, 4, 16, DType::kFp16}, std::tuple{64, 2, 2, DType::kBf16},
-        std::tuple{128, 2, 16, DType::kFp16}}) {
+        std::tuple{128, 2, 16, DType::kFp16}, std::tuple{96, 2, 8, DType::kFp16},
+        std::tuple{256, 1, 4, DType::kBf16}}) {
     SCOPED_TRACE(::testing::Message() << "d=" << head_dim << " kv=" << kv_heads << " q=" << q_heads);
     RuntimeConfig c = Config(head_dim, kv_heads, q_heads);
     c.k_scheme = k_scheme;

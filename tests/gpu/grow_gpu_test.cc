@@ -206,6 +206,12 @@ INSTANTIATE_TEST_SUITE_P(
                       GrowCase{128, 2, 0, 0.9f, {6000, 3000}, 2},  // tiny seed: stage 2 often
                       GrowCase{64, 4, 5, 0.9f, {4000, 900}, 3}));
 
+// Head dims 96 and 256: bound kernel and scalar scorer under the growth.
+INSTANTIATE_TEST_SUITE_P(
+    HeadDims, GrowGpuTest,
+    ::testing::Values(GrowCase{96, 4, 0, 0.95f, {3000, 37, 700}},
+                      GrowCase{256, 2, 0, 0.9f, {2100, 16}}));
+
 // k_scheme 1 (per page channel): the growth uses the same (scalar) score kernel.
 INSTANTIATE_TEST_SUITE_P(
     PageChannel, GrowGpuTest,

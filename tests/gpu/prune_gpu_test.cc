@@ -241,6 +241,13 @@ INSTANTIATE_TEST_SUITE_P(
                       PruneCase{128, 2, 3, 4, 0.95f, false, false, false, {48, 20, 5000}, true},
                       PruneCase{128, 1, 8, 4, 1.0f, false, false, true, {20000, 33}, true}));
 
+// Head dims without the tensor-core estimator (96: Phi-3, 256: Gemma): the scalar scorer.
+INSTANTIATE_TEST_SUITE_P(
+    HeadDims, PruneGpuTest,
+    ::testing::Values(PruneCase{96, 2, 4, 4, 0.9f, false, false, false},
+                      PruneCase{256, 2, 2, 4, 0.95f, false, false, true},
+                      PruneCase{96, 1, 8, 4, 0.95f, false, false, true, {5000, 33}, true}));
+
 // k_scheme 1 (INT4 per page channel, EstimatePageChannelScoreRef): the same tolerances (the
 // GPU sums q_j kmin_j and (q_j step_j) code_j in another float order: well inside the band's
 // 1e-3 logits at these magnitudes).

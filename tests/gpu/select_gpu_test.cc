@@ -111,7 +111,9 @@ INSTANTIATE_TEST_SUITE_P(
                       SelectCase{64, 4, 1, 5, 1, SelectorKind::kQuest},
                       SelectCase{64, 2, 4, 40, 0, SelectorKind::kQuest},
                       SelectCase{128, 3, 1, 1, 3, SelectorKind::kQuest},
-                      SelectCase{128, 2, 4, 0, 1, SelectorKind::kFull}));
+                      SelectCase{128, 2, 4, 0, 1, SelectorKind::kFull},
+                      SelectCase{96, 2, 4, 9, 1, SelectorKind::kQuest},
+                      SelectCase{256, 2, 8, 17, 2, SelectorKind::kQuest}));
 
 }  // namespace
 }  // namespace twl
