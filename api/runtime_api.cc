@@ -81,6 +81,9 @@ absl::StatusOr<twl::RuntimeConfig> ToRuntimeConfig(const twl_runtime_config& c) 
     case TWL_SELECTOR_FULL:
       r.selector = twl::SelectorKind::kFull;
       break;
+    case TWL_SELECTOR_DOUBLE_SPARSITY:
+      r.selector = twl::SelectorKind::kDoubleSparsity;
+      break;
     default:
       return absl::InvalidArgumentError(absl::StrCat("selector ", selector, " unknown"));
   }
@@ -172,7 +175,9 @@ twl_runtime_config ResolvedConfig(const twl_runtime_config& asked, const twl::Ru
   c.page_size = r.page_size;
   c.k_bits = r.k_bits;
   c.top_p = r.top_p;
-  c.selector = r.selector == twl::SelectorKind::kFull ? TWL_SELECTOR_FULL : TWL_SELECTOR_QUEST;
+  c.selector = r.selector == twl::SelectorKind::kFull              ? TWL_SELECTOR_FULL
+               : r.selector == twl::SelectorKind::kDoubleSparsity ? TWL_SELECTOR_DOUBLE_SPARSITY
+                                                                  : TWL_SELECTOR_QUEST;
   c.selector_budget_tokens = r.selector_budget_tokens;
   c.selector_budget_fraction = r.selector_budget_fraction;
   c.sink_pages = r.sink_pages;

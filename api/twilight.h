@@ -151,6 +151,9 @@ typedef enum twl_selector {
   TWL_SELECTOR_DEFAULT = 0, /* library chooses (Quest) */
   TWL_SELECTOR_QUEST = 1,   /* top-B0 pages by the Quest bound, then top-p pruning */
   TWL_SELECTOR_FULL = 2,    /* every page is a candidate: top-p pruning alone */
+  TWL_SELECTOR_DOUBLE_SPARSITY = 3, /* top pages by q.k over a few outlier channels of K
+                                       (Double Sparsity), then top-p pruning; needs
+                                       k_bits < 16 and a selector budget (cap) */
   TWL_SELECTOR_FORCE_INT32_ = 0x7fffffff
 } twl_selector;
 

@@ -189,6 +189,13 @@ tb::Method MPC(const std::string& name, tb::MethodKind kind, float p) {
 }
 inline constexpr const char* kPc = "twilight-int4pc";
 
+// Double Sparsity (pipeline/select/double_sparsity/) in Quest's place: same fixed budgets.
+tb::Method MDS(const std::string& name, tb::MethodKind kind, float p, float fraction) {
+  tb::Method m = M(name, kind, p, 4, 0, fraction);
+  m.selector = twl::SelectorKind::kDoubleSparsity;
+  return m;
+}
+
 // Every estimation copy the methods read, made before methods run in parallel (Quant is not
 // thread-safe while rows are pending).
 void QuantizeAll(tb::PagedLayer& layer) {
@@ -217,6 +224,10 @@ std::vector<tb::Method> SyntheticMethods(int ctx) {
     if (t < ctx / 2) ms.push_back(M("quest", K::kQuest, 0, 4, t));
   for (float f : {0.04f, 0.08f, 0.25f})
     ms.push_back(M("quest+twilight", K::kQuestTwilight, 0.95f, 4, 0, f));
+  // At Quest's budgets, for the row against Quest at equal budget (bench/ACCURACY.md).
+  for (float f : {0.04f, 0.08f, 0.16f}) ms.push_back(MDS("double-sparsity", K::kQuest, 0, f));
+  for (float f : {0.04f, 0.08f, 0.25f})
+    ms.push_back(MDS("double-sparsity+twilight", K::kQuestTwilight, 0.95f, f));
   return ms;
 }
 
@@ -902,6 +913,12 @@ void RunModel(const Options& o, const Sizes& sz, GoalInputs* goals) {
                            return tb::MethodInstance{owner, owner->Fn(),
                                                      [owner] { return &owner->read(); }};
                          }));
+    // Double Sparsity at Quest's budget (head dim 8 here: it scores from 1 channel of 8).
+    x.selector = TWL_SELECTOR_DOUBLE_SPARSITY;
+    x.p = 0.95f;
+    methods.push_back(MM("double-sparsity 25% + twilight-int4", 0.95f, 4, CApiFactory(c, x)));
+    x.p = 1.0f;
+    methods.push_back(MM("double-sparsity 25% alone", 1.0f, 4, CApiFactory(c, x)));
   }
   const std::vector<SeqScore> sc = ScoreMethods(*model, seqs, methods, 128, t0);
   tb::Table t({"method", "p", "k_bits", "read_pct", "read_pct_ctx>=128", "dnll_mean", "dnll_lo",

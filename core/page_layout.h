@@ -10,6 +10,8 @@
 //                j*k_bits/8, bit offset (j % (8/k_bits))*k_bits, low bits first (GPU)
 //   K scale/zero [page_size] fp16 each: one group per (token, KV head)      (GPU)
 //   K min/max    [head_dim] fp16 each: Quest per-channel bounds of the block (GPU)
+//   selector     [meta_bytes]: what the runtime's selector keeps per block (GPU; see
+//                pipeline/select/selector.h, e.g. Double Sparsity's channel statistics)
 // Dequantization: k ~= code * scale + zero, scale = (max - min) / (2^bits - 1), zero = min.
 // k_bits = 16 means "no quantized copy": the pruner estimates with the FP16 K itself.
 //
@@ -85,10 +87,15 @@ struct QuantKView {
   fp16_t* zero = nullptr;    // [num_blocks][page_size]
   fp16_t* kmin = nullptr;    // [num_blocks][head_dim]
   fp16_t* kmax = nullptr;    // [num_blocks][head_dim]
+  // Metadata owned by the runtime's selector (Selector::OwnMetadataBytesPerBlock; null and
+  // 0 for Quest and Full, whose min/max above are shared with the k_scheme 1 quantizer).
+  uint8_t* meta = nullptr;   // [num_blocks][meta_bytes]
+  int64_t meta_bytes = 0;
 
   TWL_HD uint8_t* Codes(const PageGeometry& g, int64_t block, int32_t row) const {
     return codes + (block * g.page_size + row) * g.CodeBytesPerToken();
   }
+  TWL_HD uint8_t* Meta(int64_t block) const { return meta + block * meta_bytes; }
 };
 
 // Extract element j of a packed code row (see the layout comment above).

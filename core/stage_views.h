@@ -29,6 +29,7 @@ struct BatchView {
 enum class SelectorKind : int32_t {
   kFull = 0,   // every page is a candidate (Twilight alone)
   kQuest = 1,  // top-B0 pages by the Quest upper bound of q.k
+  kDoubleSparsity = 2,  // top-B0 pages by q.k over a few outlier channels of K
 };
 
 struct SelectorParams {

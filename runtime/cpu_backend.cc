@@ -56,8 +56,10 @@ std::vector<int32_t> Distinct(std::vector<int32_t> v) {
 class CpuBackend final : public Backend {
  public:
   // disk: null for FP16 blocks of every page in host memory (block id addressing).
-  CpuBackend(const PageGeometry& g, int64_t num_pages, std::unique_ptr<DiskResidency> disk)
-      : g_(g), num_pages_(num_pages), disk_(std::move(disk)) {}
+  // meta_selector: the runtime's selector, whose own per-block metadata this store keeps.
+  CpuBackend(const PageGeometry& g, int64_t num_pages, std::unique_ptr<DiskResidency> disk,
+             const Selector* meta_selector)
+      : g_(g), num_pages_(num_pages), disk_(std::move(disk)), meta_sel_(meta_selector) {}
 
   absl::Status Init() {
     const int64_t blocks = num_pages_ * g_.num_kv_heads;
@@ -75,7 +77,9 @@ class CpuBackend final : public Backend {
     auto zero = HostArena::Create(kind, token_scale ? 2ll * g_.page_size : 0, blocks, 2);
     auto kmin = HostArena::Create(kind, 2ll * g_.head_dim, blocks, 2);
     auto kmax = HostArena::Create(kind, 2ll * g_.head_dim, blocks, 2);
-    for (auto* a : {&codes, &scale, &zero, &kmin, &kmax}) {
+    const int64_t meta_bytes = meta_sel_->OwnMetadataBytesPerBlock(g_);
+    auto meta = HostArena::Create(kind, meta_bytes, blocks, 4);
+    for (auto* a : {&codes, &scale, &zero, &kmin, &kmax, &meta}) {
       if (!a->ok()) return a->status();
     }
     codes_ = std::move(*codes);
@@ -83,10 +87,15 @@ class CpuBackend final : public Backend {
     zero_ = std::move(*zero);
     kmin_ = std::move(*kmin);
     kmax_ = std::move(*kmax);
+    meta_ = std::move(*meta);
     kv_ = disk_ ? disk_->View() : FpKvView{static_cast<fp16_t*>(fp16_->base()), nullptr};
     qk_ = QuantKView{static_cast<uint8_t*>(codes_->base()), static_cast<fp16_t*>(scale_->base()),
                      static_cast<fp16_t*>(zero_->base()), static_cast<fp16_t*>(kmin_->base()),
                      static_cast<fp16_t*>(kmax_->base())};
+    if (meta_bytes > 0) {
+      qk_.meta = static_cast<uint8_t*>(meta_->base());
+      qk_.meta_bytes = meta_->block_bytes();  // the arena's stride (>= meta_bytes)
+    }
     return absl::OkStatus();
   }
 
@@ -154,7 +163,7 @@ class CpuBackend final : public Backend {
     }
     run_start.push_back(in.num_tokens);
     const int32_t runs = int32_t(run_start.size()) - 1;
-    if (!disjoint || runs == 1) return AppendRef(g_, in, kv_, qk_);
+    if (!disjoint || runs == 1) return Write(in, kv_, qk_);
     const int64_t row = int64_t(g_.num_kv_heads) * g_.head_dim;
     std::vector<absl::Status> status(static_cast<size_t>(runs));
     tbb::parallel_for(0, runs, [&](int32_t r) {
@@ -165,7 +174,7 @@ class CpuBackend final : public Backend {
       part.v = in.v + b * row;
       part.page_id = in.page_id + b;
       part.slot = in.slot + b;
-      status[size_t(r)] = AppendRef(g_, part, kv_, qk_);
+      status[size_t(r)] = Write(part, kv_, qk_);
     });
     for (const absl::Status& s : status) {
       if (!s.ok()) return s;
@@ -197,7 +206,7 @@ class CpuBackend final : public Backend {
     in.page_id = page_id.data();
     in.slot = slot.data();
     if (disk_) return PrefixStatus(WriteThroughSlots(in), "copy-on-write: ");
-    return AppendRef(g_, in, kv_, qk_);
+    return Write(in, kv_, qk_);
   }
 
   absl::Status ReadPage(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const override {
@@ -343,7 +352,7 @@ class CpuBackend final : public Backend {
 
   MemoryUsage Memory() const override {
     MemoryUsage m;
-    for (const auto* a : {&fp16_, &codes_, &scale_, &zero_, &kmin_, &kmax_}) {
+    for (const auto* a : {&fp16_, &codes_, &scale_, &zero_, &kmin_, &kmax_, &meta_}) {
       if (*a) m.host_pool_bytes_total += (*a)->bytes();
     }
     if (disk_) {
@@ -366,6 +375,13 @@ class CpuBackend final : public Backend {
  private:
   absl::Status CheckPage(int32_t page) const { return CheckPageId(page, num_pages_); }
 
+  // AppendRef, then the selector's own metadata of the touched blocks.
+  absl::Status Write(const AppendView& in, const FpKvView& kv, const QuantKView& qk) const {
+    if (absl::Status s = AppendRef(g_, in, kv, qk); !s.ok()) return s;
+    if (qk.meta_bytes == 0) return absl::OkStatus();
+    return meta_sel_->UpdateMetadataOnHost(g_, in, kv, qk);
+  }
+
   // The quantized K store seen from one page: its blocks are blocks 0..num_kv_heads-1.
   QuantKView QuantOfPage(int32_t page) const {
     const int64_t b0 = int64_t(page) * g_.num_kv_heads;
@@ -375,6 +391,7 @@ class CpuBackend final : public Backend {
     if (q.zero) q.zero += b0 * g_.page_size;
     q.kmin += b0 * g_.head_dim;
     q.kmax += b0 * g_.head_dim;
+    if (q.meta) q.meta += b0 * q.meta_bytes;
     return q;
   }
 
@@ -474,7 +491,7 @@ class CpuBackend final : public Backend {
     }
     for (int32_t i = 0; i < n; ++i) slot[size_t(i)] = in.slot[tokens[size_t(i)]];
     part.slot = slot.data();
-    return AppendRef(g_, part, FpKvView{blocks, nullptr}, QuantOfPage(page));
+    return Write(part, FpKvView{blocks, nullptr}, QuantOfPage(page));
   }
 
   // Distinct page ids of the selected pages of every (sequence, KV head).
@@ -544,7 +561,8 @@ class CpuBackend final : public Backend {
   const PageGeometry g_;
   const int64_t num_pages_;
   std::unique_ptr<DiskResidency> disk_;  // null: no disk tier
-  std::unique_ptr<HostArena> fp16_, codes_, scale_, zero_, kmin_, kmax_;
+  std::unique_ptr<HostArena> fp16_, codes_, scale_, zero_, kmin_, kmax_, meta_;
+  const Selector* meta_sel_;
   FpKvView kv_;
   QuantKView qk_;
 };
@@ -559,7 +577,9 @@ int64_t CpuBackendBytesPerPage(const RuntimeConfig& config) {
   const PageGeometry g = GeometryOf(config);
   const int64_t quant =
       g.k_bits < 16 ? g.CodeBlockBytes() + (g.HasTokenScale() ? 4ll * g.page_size : 0) : 0;
-  return int64_t(g.num_kv_heads) * (g.FpBlockBytes() + quant + 4ll * g.head_dim);
+  absl::StatusOr<const Selector*> sel = FindSelector(config.selector);
+  const int64_t meta = sel.ok() ? (*sel)->OwnMetadataBytesPerBlock(g) : 0;
+  return int64_t(g.num_kv_heads) * (g.FpBlockBytes() + quant + 4ll * g.head_dim + meta);
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const RuntimeConfig& config,
@@ -569,7 +589,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const RuntimeConfig& c
     return absl::InvalidArgumentError(
         absl::StrFormat("CPU backend: num_pages %d outside [1, 2^31)", num_pages));
   }
-  auto backend = std::make_unique<CpuBackend>(GeometryOf(config), num_pages, nullptr);
+  absl::StatusOr<const Selector*> sel = FindSelector(config.selector);
+  if (!sel.ok()) return sel.status();
+  auto backend = std::make_unique<CpuBackend>(GeometryOf(config), num_pages, nullptr, *sel);
   if (absl::Status s = backend->Init(); !s.ok()) return s;
   return std::unique_ptr<Backend>(std::move(backend));
 }
@@ -589,7 +611,9 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackendWithDisk(const RuntimeC
   auto disk = DiskResidency::Create(g, static_cast<int32_t>(num_pages),
                                     static_cast<int32_t>(host_slots), std::move(tier));
   if (!disk.ok()) return disk.status();
-  auto backend = std::make_unique<CpuBackend>(g, num_pages, std::move(*disk));
+  absl::StatusOr<const Selector*> sel = FindSelector(config.selector);
+  if (!sel.ok()) return sel.status();
+  auto backend = std::make_unique<CpuBackend>(g, num_pages, std::move(*disk), *sel);
   if (absl::Status s = backend->Init(); !s.ok()) return s;
   return std::unique_ptr<Backend>(std::move(backend));
 }

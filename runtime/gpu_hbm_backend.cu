@@ -127,9 +127,19 @@ class GpuHbmBackend final : public Backend {
     }
     TWL_RETURN_IF_ERROR(kmin_buf_.Reserve(size_t(blocks * g_.head_dim) * 2));
     TWL_RETURN_IF_ERROR(kmax_buf_.Reserve(size_t(blocks * g_.head_dim) * 2));
+    // The runtime's selector's own per-block metadata (none for Quest and Full).
+    absl::StatusOr<const Selector*> sel = FindSelector(config_.selector);
+    if (!sel.ok()) return sel.status();
+    meta_sel_ = *sel;
+    const int64_t meta_bytes = meta_sel_->OwnMetadataBytesPerBlock(g_);
+    if (meta_bytes > 0) TWL_RETURN_IF_ERROR(meta_buf_.Reserve(size_t(blocks * meta_bytes)));
     kv_ = FpKvView{kv_buf_.as<fp16_t>(), nullptr};
     qk_ = QuantKView{codes_buf_.as<uint8_t>(), scale_buf_.as<fp16_t>(), zero_buf_.as<fp16_t>(),
                      kmin_buf_.as<fp16_t>(), kmax_buf_.as<fp16_t>()};
+    if (meta_bytes > 0) {
+      qk_.meta = meta_buf_.as<uint8_t>();
+      qk_.meta_bytes = meta_bytes;
+    }
     absl::StatusOr<gpu::DeviceInfo> d = gpu::CurrentDevice();
     device_name_ = d.ok() ? d->name : "unknown GPU";
     return absl::OkStatus();
@@ -152,7 +162,7 @@ class GpuHbmBackend final : public Backend {
     MemoryUsage m;
     m.gpu_fp16_bytes = int64_t(kv_buf_.bytes());
     m.gpu_quant_bytes = int64_t(codes_buf_.bytes() + scale_buf_.bytes() + zero_buf_.bytes() +
-                                kmin_buf_.bytes() + kmax_buf_.bytes());
+                                kmin_buf_.bytes() + kmax_buf_.bytes() + meta_buf_.bytes());
     return m;
   }
 
@@ -186,7 +196,8 @@ class GpuHbmBackend final : public Backend {
   TelemetryRing telemetry_;
   bool appended_ = false, decoded_ = false;
 
-  gpu::DeviceBuffer kv_buf_, codes_buf_, scale_buf_, zero_buf_, kmin_buf_, kmax_buf_;
+  gpu::DeviceBuffer kv_buf_, codes_buf_, scale_buf_, zero_buf_, kmin_buf_, kmax_buf_, meta_buf_;
+  const Selector* meta_sel_ = nullptr;  // owner of qk_.meta (set by Init)
   FpKvView kv_;
   QuantKView qk_;
 
@@ -283,6 +294,11 @@ absl::Status GpuHbmBackend::Append(const AppendView& tokens, DType dtype, MemSpa
     TWL_RETURN_IF_ERROR(LaunchAppendSegments(g_, reinterpret_cast<const AppendSegment*>(dev + o_seg),
                                         int32_t(segs_.size()), k, v, InputType(dtype), kv_,
                                         nullptr, qk_, a));
+    if (qk_.meta) {
+      TWL_RETURN_IF_ERROR(meta_sel_->AppendSegmentsMetadataOnDevice(
+          g_, reinterpret_cast<const AppendSegment*>(dev + o_seg), int32_t(segs_.size()), kv_,
+          nullptr, qk_, a));
+    }
   } else {
     AppendView in;
     in.num_tokens = n;
@@ -294,6 +310,7 @@ absl::Status GpuHbmBackend::Append(const AppendView& tokens, DType dtype, MemSpa
                               reinterpret_cast<const int32_t*>(dev + o_pr),
                               int32_t(plan_pages.size())};
     TWL_RETURN_IF_ERROR(LaunchAppend(g_, in, InputType(dtype), plan, kv_, qk_, a));
+    if (qk_.meta) TWL_RETURN_IF_ERROR(meta_sel_->UpdateMetadataOnDevice(g_, plan, kv_, qk_, a));
   }
   TWL_CUDA(cudaEventRecord(ev_append_, a));
   appended_ = true;
@@ -336,6 +353,9 @@ absl::Status GpuHbmBackend::CopyPage(int32_t src_page, int32_t dst_page, int32_t
                                cudaMemcpyHostToDevice, stream_));
   const AppendPagePlan plan{plan_dev.as<int32_t>(), plan_dev.as<int32_t>() + 1, 1};
   TWL_RETURN_IF_ERROR(LaunchRecomputeMinMax(g_, plan, kv_, qk_, stream_));
+  if (qk_.meta) {
+    TWL_RETURN_IF_ERROR(meta_sel_->UpdateMetadataOnDevice(g_, plan, kv_, qk_, stream_));
+  }
   TWL_CUDA(cudaEventRecord(ev_append_, stream_));
   appended_ = true;
   TWL_CUDA(cudaStreamSynchronize(stream_));  // plan_host / plan_dev die here

@@ -127,6 +127,18 @@ class GpuOffloadBackend final : public OffloadBackend {
     q += al(mm);
     qk_.kmax = reinterpret_cast<fp16_t*>(q);
     TWL_CUDA(cudaMemset(quant_.get(), 0, size_t(quant_bytes_)));
+    // The runtime's selector's own per-block metadata (none for Quest and Full).
+    absl::StatusOr<const Selector*> sel = FindSelector(cfg_.selector);
+    if (!sel.ok()) return sel.status();
+    meta_sel_ = *sel;
+    const int64_t meta_bytes = meta_sel_->OwnMetadataBytesPerBlock(g_);
+    if (meta_bytes > 0) {
+      TWL_RETURN_IF_ERROR(Grow(meta_, size_t(nb * meta_bytes)));
+      TWL_CUDA(cudaMemset(meta_.get(), 0, size_t(nb * meta_bytes)));
+      qk_.meta = meta_.as<uint8_t>();
+      qk_.meta_bytes = meta_bytes;
+      quant_bytes_ += nb * meta_bytes;
+    }
 
     // Cache.
     // Slots are int32: a gpu_cache_bytes (or block count) past 2^31 slots is clamped, not
@@ -249,6 +261,8 @@ class GpuOffloadBackend final : public OffloadBackend {
   std::unique_ptr<HostArena> pool_;
   gpu::DeviceBuffer quant_;
   QuantKView qk_;
+  gpu::DeviceBuffer meta_;              // qk_.meta
+  const Selector* meta_sel_ = nullptr;  // its owner, the runtime's selector (set by Init)
   pipeline_cuda::CacheFetch fetch_stage_;  // GPU hot cache + transports
 
   cudaStream_t own_stream_ = nullptr, fetch_stream_ = nullptr, append_stream_ = nullptr;
@@ -504,6 +518,11 @@ absl::Status GpuOffloadBackend::AppendSegments(const AppendView& tokens, DType d
       TWL_RETURN_IF_ERROR(LaunchAppendSegments(g_, d_all + r.seg_begin, r.seg_count, k, v,
                                           InputType(dtype), pool_view,
                                           reinterpret_cast<fp16_t*>(stage), qk_, s));
+      if (qk_.meta) {
+        TWL_RETURN_IF_ERROR(meta_sel_->AppendSegmentsMetadataOnDevice(
+            g_, d_all + r.seg_begin, r.seg_count, pool_view,
+            reinterpret_cast<const fp16_t*>(stage), qk_, s));
+      }
       if (r.runs.empty()) continue;
       TWL_CUDA(cudaEventRecord(ev_filled_, s));
       TWL_CUDA(cudaStreamWaitEvent(copy_stream_, ev_filled_, 0));
@@ -578,6 +597,9 @@ absl::Status GpuOffloadBackend::AppendChunk(const AppendView& in, DType dtype, M
   // FP16 rows land in the mapped host pool (identity addressed), INT4 K + bounds on the GPU.
   const FpKvView pool_view{static_cast<fp16_t*>(pool_->device_base()), nullptr};
   TWL_RETURN_IF_ERROR(LaunchAppend(g_, dev, InputType(dtype), plan, pool_view, qk_, a));
+  if (qk_.meta) {
+    TWL_RETURN_IF_ERROR(meta_sel_->UpdateMetadataOnDevice(g_, plan, pool_view, qk_, a));
+  }
   TWL_CUDA(cudaEventRecord(ev_appended_, a));
   // Cache coherence on the fetch stream, where every other cache mutation runs.
   TWL_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_appended_, 0));
@@ -636,6 +658,7 @@ absl::Status GpuOffloadBackend::CopyPage(int32_t src_page, int32_t dst_page, int
   AppendPagePlan plan{d_append_.as<int32_t>(), d_append_.as<int32_t>() + 1, 1};
   const FpKvView pool_view{static_cast<fp16_t*>(pool_->device_base()), nullptr};
   TWL_RETURN_IF_ERROR(LaunchRecomputeMinMax(g_, plan, pool_view, qk_, a));
+  if (qk_.meta) TWL_RETURN_IF_ERROR(meta_sel_->UpdateMetadataOnDevice(g_, plan, pool_view, qk_, a));
   TWL_CUDA(cudaEventRecord(ev_append_staged_, a));
   TWL_CUDA(cudaEventRecord(ev_appended_, a));
   // A reused page id must not hit stale cache slots.

@@ -11,6 +11,7 @@
 #include "gpu/reference/quantize_ref.h"
 #include "gpu/reference/select_ref.h"
 #include "oneapi/tbb/parallel_for.h"
+#include "pipeline/select/double_sparsity/ds_selector.h"
 
 namespace twl::bench {
 
@@ -25,6 +26,7 @@ PagedLayer::PagedLayer(int32_t page_size, int32_t num_kv_heads, int32_t head_dim
   kv_.assign(size_t(blocks) * 2 * page_size_ * head_dim_, 0);
   kmin_.assign(size_t(blocks) * head_dim_, 0);
   kmax_.assign(size_t(blocks) * head_dim_, 0);
+  ds_meta_.assign(size_t(blocks * DsMetadataBytesPerBlock(Geometry(16))), 0);
   page_table_.resize(size_t(max_pages_));
   for (int32_t i = 0; i < max_pages_; ++i) page_table_[size_t(i)] = i;
 }
@@ -53,18 +55,31 @@ absl::Status PagedLayer::Append(int32_t n, const fp16_t* k, const fp16_t* v) {
   // FP16 store + Quest min/max only: estimation copies are made per bit width in Quant().
   QuantKView meta{nullptr, nullptr, nullptr, kmin_.data(), kmax_.data()};
   if (absl::Status s = AppendRef(Geometry(16), in, Kv(), meta); !s.ok()) return s;
+  if (absl::Status s = DoubleSparsitySelector().UpdateMetadataOnHost(Geometry(16), in, Kv(),
+                                                                     WithMeta(meta));
+      !s.ok())
+    return s;
   length_ += n;
   return absl::OkStatus();
 }
 
+QuantKView PagedLayer::WithMeta(QuantKView q) {
+  q.meta = ds_meta_.data();
+  q.meta_bytes = DsMetadataBytesPerBlock(Geometry(16));
+  return q;
+}
+
 QuantKView PagedLayer::Quant(int32_t k_bits, int32_t k_scheme) {
-  if (k_bits >= 16) return QuantKView{nullptr, nullptr, nullptr, kmin_.data(), kmax_.data()};
+  if (k_bits >= 16) {
+    return WithMeta(QuantKView{nullptr, nullptr, nullptr, kmin_.data(), kmax_.data()});
+  }
   const PageGeometry g = Geometry(k_bits, k_scheme);
   const std::pair<int32_t, int32_t> key(k_bits, k_scheme);
   // Up to date: read-only, so concurrent RunMethod calls may share the layer.
   if (auto it = quant_.find(key); it != quant_.end() && it->second.rows_done == length_) {
     QuantStore& qs = it->second;
-    return QuantKView{qs.codes.data(), qs.scale.data(), qs.zero.data(), kmin_.data(), kmax_.data()};
+    return WithMeta(
+        QuantKView{qs.codes.data(), qs.scale.data(), qs.zero.data(), kmin_.data(), kmax_.data()});
   }
   QuantStore& qs = quant_[key];
   if (qs.codes.empty()) {
@@ -73,7 +88,8 @@ QuantKView PagedLayer::Quant(int32_t k_bits, int32_t k_scheme) {
     qs.scale.assign(size_t(rows), 0);
     qs.zero.assign(size_t(rows), 0);
   }
-  QuantKView view{qs.codes.data(), qs.scale.data(), qs.zero.data(), kmin_.data(), kmax_.data()};
+  const QuantKView view = WithMeta(
+      QuantKView{qs.codes.data(), qs.scale.data(), qs.zero.data(), kmin_.data(), kmax_.data()});
   const int32_t from = qs.rows_done;
   if (k_scheme == kKSchemePageChannel) {
     // Codes are relative to each block's Quest min/max (kept over the filled rows by
@@ -167,7 +183,7 @@ absl::StatusOr<MethodResult> RunMethod(PagedLayer& layer, const Method& m,
   // 1. Candidate pages per (sequence, KV head), chosen with the whole group (Quest's GQA rule).
   SelectorParams sel;
   const bool quest = m.kind == MethodKind::kQuest || m.kind == MethodKind::kQuestTwilight;
-  sel.kind = quest ? SelectorKind::kQuest : SelectorKind::kFull;
+  sel.kind = quest ? m.selector : SelectorKind::kFull;
   sel.sink_pages = m.sink_pages;
   std::vector<int32_t> sel_pages, sel_count(nkv);
   SelectionView selection;
@@ -187,8 +203,10 @@ absl::StatusOr<MethodResult> RunMethod(PagedLayer& layer, const Method& m,
       BatchView one{1, num_q_heads, &seq_len[s], table.data(), max_pages};
       SelectionView dst{sel_pages.data() + int64_t(s) * hkv * stride,
                         sel_count.data() + int64_t(s) * hkv, stride};
-      if (absl::Status st =
-              SelectPagesRef(g, p, one, QueryView{q + int64_t(s) * num_q_heads * d}, qk, dst);
+      absl::StatusOr<const Selector*> selector = FindSelector(p.kind);
+      if (!selector.ok()) return selector.status();
+      if (absl::Status st = (*selector)->SelectOnHost(
+              g, p, one, QueryView{q + int64_t(s) * num_q_heads * d}, qk, dst, 0.0f);
           !st.ok())
         return st;
     }

@@ -2,10 +2,12 @@
 // methods it compares, all computed with the CPU references of gpu/reference/ (no GPU):
 //
 //   PagedLayer   one sequence's K/V of one layer in the layouts of core/page_layout.h
-//                (FP16 blocks, Quest min/max through AppendRef) plus estimation copies of K
-//                at several bit widths (2/4/8), quantized with QuantizeRowRef.
+//                (FP16 blocks, Quest min/max through AppendRef, Double Sparsity's channel
+//                sums through its append hook) plus estimation copies of K at several bit
+//                widths (2/4/8), quantized with QuantizeRowRef.
 //   RunMethod    dense | oracle top-p | Twilight (full selector + pruner) | Quest (fixed page
-//                budget, dense over the selected pages) | Quest + Twilight pruner, for a batch
+//                budget, dense over the selected pages; Method::selector picks Quest or
+//                Double Sparsity) | the same + Twilight pruner, for a batch
 //                of queries over prefixes of the cache (query i sees the first seq_len[i]
 //                tokens). Reports per query head its own kept set (size, estimated and true
 //                mass) and per KV head the union that attention reads, the true mass of that
@@ -58,6 +60,8 @@ class PagedLayer {
   int32_t length_ = 0;
   std::vector<fp16_t> kv_;           // [max_pages * num_kv_heads][2][page_size][head_dim]
   std::vector<fp16_t> kmin_, kmax_;  // [max_pages * num_kv_heads][head_dim]
+  std::vector<uint8_t> ds_meta_;     // Double Sparsity's per-block metadata (QuantKView::meta)
+  QuantKView WithMeta(QuantKView q);
   std::vector<int32_t> page_table_;  // [max_pages] identity
   std::map<std::pair<int32_t, int32_t>, QuantStore> quant_;  // (k_bits, k_scheme) -> store
 };
@@ -73,6 +77,8 @@ struct Method {
   int32_t budget_tokens = 0;     // Quest B0 in tokens (used when > 0)
   float budget_fraction = 0.0f;  // else B0 as a fraction of the context
   int32_t sink_pages = 1;
+  // The fixed-budget selector of kQuest / kQuestTwilight: kQuest or kDoubleSparsity.
+  SelectorKind selector = SelectorKind::kQuest;
 };
 
 // Quest page budget of a method for a context of `len` tokens.

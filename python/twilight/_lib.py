@@ -35,7 +35,7 @@ BACKEND_NAMES = {v: k for k, v in BACKENDS.items()}
 
 DTYPE_FP16, DTYPE_BF16, DTYPE_FP32 = 0, 1, 2
 MEMORY_HOST, MEMORY_DEVICE = 0, 1
-SELECTORS = {"default": 0, "quest": 1, "full": 2}
+SELECTORS = {"default": 0, "quest": 1, "full": 2, "double-sparsity": 3}
 FETCH_PATHS = {"auto": 0, "gather": 1, "copy-engine": 2}
 
 seq_id_t = ctypes.c_int64

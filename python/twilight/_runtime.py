@@ -46,7 +46,8 @@ class Runtime:
     >>> out = rt.decode(0, [seq], q)      # q [num_seqs, num_q_heads, head_dim]
 
     Arguments are the fields of twl_runtime_config; omitted ones take the library's choice.
-    backend: "auto", "cpu", "gpu-hbm" or "gpu-offload". selector: "default", "quest", "full".
+    backend: "auto", "cpu", "gpu-hbm" or "gpu-offload". selector: "default", "quest", "full",
+    "double-sparsity".
     fetch_path: "auto", "gather", "copy-engine". Sizes are in bytes. k_scheme: 0 (INT4 per token)
     or 1 (per page channel; CPU backend only).
     """

@@ -262,7 +262,8 @@ class Harness {
     const int32_t bits[] = {0, 2, 4, 8, 16, 4, 3, -4, 32};
     const float ps[] = {0.0f, 0.9f, 1.0f, 0.5f, 1.0f, 1e-30f, 1.5f, -0.1f, NAN, INFINITY};
     const twl_selector selectors[] = {TWL_SELECTOR_DEFAULT, TWL_SELECTOR_QUEST, TWL_SELECTOR_FULL,
-                                      TWL_SELECTOR_FULL, kBadSelector};
+                                      TWL_SELECTOR_FULL, kBadSelector,
+                                      TWL_SELECTOR_DOUBLE_SPARSITY};
     const int32_t budgets[] = {0, 0, 1, 8, 1000, -1, INT32_MAX, INT32_MAX - 1};
     const float fractions[] = {0.0f, 0.25f, 1.0f, 0.01f, 1.5f, -0.5f, NAN};
     const int32_t sinks[] = {-1, 0, 1, 3, -5, 1 << 20, INT32_MAX, INT32_MAX - 1, (1 << 30) / 4,
@@ -338,7 +339,8 @@ class Harness {
     if (c.num_layers > 4096 || c.num_q_heads > 1024) return "shape bounds";
     if (c.page_size < 0 || c.page_size > 4096 || !one_of(c.k_bits, {0, 2, 4, 8, 16})) return "page size or k_bits";
     if (!(c.top_p >= 0.0f && c.top_p <= 1.0f)) return "top_p";  // 0: library chooses; NaN fails
-    if (!one_of(int32_t(c.selector), {0, 1, 2}) || c.selector_budget_tokens < 0) return "selector or budget tokens";
+    if (!one_of(int32_t(c.selector), {0, 1, 2, 3}) || c.selector_budget_tokens < 0) return "selector or budget tokens";
+    if (c.selector == TWL_SELECTOR_DOUBLE_SPARSITY && c.k_bits == 16) return "double sparsity needs k_bits < 16";
     if (!(c.selector_budget_fraction >= 0.0f && c.selector_budget_fraction <= 1.0f)) return "budget fraction";
     if (c.sink_pages < -1 || c.dense_layers < -1 || c.dense_layers > c.num_layers) return "sinks or dense layers";
     if (c.host_pool_bytes < 0 || c.gpu_cache_bytes < 0) return "pool sizes";

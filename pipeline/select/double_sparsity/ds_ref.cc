@@ -1,0 +1,139 @@
+// CPU reference of the Double Sparsity selector (see ds_selector.h).
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "absl/strings/str_format.h"
+#include "gpu/reference/head_math.h"
+#include "gpu/reference/quantize_ref.h"
+#include "gpu/reference/validate.h"
+#include "oneapi/tbb/parallel_for.h"
+#include "pipeline/select/double_sparsity/ds_selector.h"
+
+namespace twl {
+
+int32_t DsBudgetPages(const SelectorParams& params, int32_t num_pages) {
+  return params.grow ? GrowCapPages(params, num_pages) : params.budget_pages;
+}
+
+void DsUpdateBlocksRef(const PageGeometry& g, const int32_t* pages, const int32_t* rows,
+                       int32_t n, const FpKvView& kv, const QuantKView& qk) {
+  for (int32_t i = 0; i < n; ++i) {
+    for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+      const int64_t block = g.BlockId(pages[i], h);
+      float* sums = reinterpret_cast<float*>(qk.Meta(block));
+      for (int32_t c = 0; c < g.head_dim; ++c) {
+        float acc = 0.0f;  // row order from 0: the device kernels add in the same order
+        for (int32_t r = 0; r < rows[i]; ++r) acc += std::fabs(HalfToFloat(kv.K(g, block, r)[c]));
+        sums[c] = acc;
+      }
+    }
+  }
+}
+
+std::vector<int32_t> DsChooseChannelsRef(const float* channel_sums, int32_t head_dim,
+                                         int32_t r) {
+  std::vector<int32_t> ch(static_cast<size_t>(head_dim));
+  std::iota(ch.begin(), ch.end(), 0);
+  r = std::clamp(r, 0, head_dim);
+  std::partial_sort(ch.begin(), ch.begin() + r, ch.end(), [&](int32_t a, int32_t b) {
+    return channel_sums[a] != channel_sums[b] ? channel_sums[a] > channel_sums[b] : a < b;
+  });
+  ch.resize(static_cast<size_t>(r));
+  std::sort(ch.begin(), ch.end());
+  return ch;
+}
+
+absl::Status DsCheckSelect(const PageGeometry& g, const SelectorParams& params,
+                           const BatchView& batch, const QuantKView& qk,
+                           const SelectionView& out) {
+  if (absl::Status st = ValidateGeometry(g); !st.ok()) return st;
+  if (absl::Status st = ValidateBatch(g, batch, true); !st.ok()) return st;
+  if (!out.pages || !out.count) {
+    return absl::InvalidArgumentError("select: outputs must not be null");
+  }
+  if ((!params.grow && params.budget_pages < 1) || params.budget_pages < 0 ||
+      params.sink_pages < 0) {
+    return absl::InvalidArgumentError(
+        "select: double sparsity needs budget_pages >= 1 (>= 0 with a grow cap) and "
+        "sink_pages >= 0");
+  }
+  if (g.k_bits >= 16 || !qk.codes) {
+    return absl::InvalidArgumentError(
+        "select: double sparsity scores from the quantized K copy (k_bits < 16)");
+  }
+  if (g.k_scheme == kKSchemePageChannel ? (!qk.kmin || !qk.kmax) : (!qk.scale || !qk.zero)) {
+    return absl::InvalidArgumentError("select: double sparsity needs the K quantization ranges");
+  }
+  if (!qk.meta || qk.meta_bytes < DsMetadataBytesPerBlock(g)) {
+    return absl::InvalidArgumentError(
+        "select: double sparsity needs its channel statistics (the store was not set up "
+        "for this selector)");
+  }
+  if (out.max_select < SelectStride(params, batch.max_pages)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "select: max_select %d is below the stride %d the selector needs", out.max_select,
+        SelectStride(params, batch.max_pages)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DsSelectRef(const PageGeometry& g, const SelectorParams& params,
+                         const BatchView& batch, const QueryView& q, const QuantKView& qk,
+                         const SelectionView& out) {
+  if (absl::Status st = DsCheckSelect(g, params, batch, qk, out); !st.ok()) return st;
+  if (!q.q) return absl::InvalidArgumentError("select: q must not be null");
+  const int32_t group = batch.num_q_heads / g.num_kv_heads;
+  const int32_t items = batch.num_seqs * g.num_kv_heads;
+  const int32_t r = DsNumChannels(g);
+  tbb::parallel_for(0, items, [&](int32_t item) {
+    const int32_t s = item / g.num_kv_heads;
+    const int32_t h = item % g.num_kv_heads;
+    const int32_t num_pages = batch.NumPages(g, s);
+    int32_t* dst = out.pages + int64_t(item) * out.max_select;
+    const int32_t budget = DsBudgetPages(params, num_pages);
+    const int64_t keep_all = int64_t(budget) + params.sink_pages + 1;  // no overflow
+    if (num_pages <= keep_all) {
+      std::iota(dst, dst + num_pages, 0);
+      out.count[item] = num_pages;
+      return;
+    }
+    // Channel statistics of this (sequence, KV head): pages in order, as the kernel sums.
+    std::vector<float> sums(static_cast<size_t>(g.head_dim), 0.0f);
+    for (int32_t p = 0; p < num_pages; ++p) {
+      const float* m = reinterpret_cast<const float*>(qk.Meta(g.BlockId(batch.PageId(s, p), h)));
+      for (int32_t c = 0; c < g.head_dim; ++c) sums[size_t(c)] += m[c];
+    }
+    const std::vector<int32_t> ch = DsChooseChannelsRef(sums.data(), g.head_dim, r);
+    const int32_t first = params.sink_pages;
+    const int32_t last = num_pages - 1;  // ranked pages [first, last) are all full
+    std::vector<float> score(static_cast<size_t>(num_pages), -INFINITY);
+    for (int32_t j = 0; j < group; ++j) {
+      const std::vector<float> qr = QueryRow(g, batch, q, s, h * group + j, 1.0f);
+      for (int32_t p = first; p < last; ++p) {
+        const int64_t block = g.BlockId(batch.PageId(s, p), h);
+        for (int32_t t = 0; t < g.page_size; ++t) {
+          float dot = 0.0f;
+          for (const int32_t c : ch) dot += qr[size_t(c)] * DequantizeAtRef(g, qk, block, t, c);
+          score[size_t(p)] = std::max(score[size_t(p)], dot);
+        }
+      }
+    }
+    std::vector<int32_t> ranked(static_cast<size_t>(last - first));
+    std::iota(ranked.begin(), ranked.end(), first);
+    std::nth_element(ranked.begin(), ranked.begin() + budget - 1, ranked.end(),
+                     [&](int32_t a, int32_t b) {
+                       const float sa = score[size_t(a)], sb = score[size_t(b)];
+                       return sa != sb ? sa > sb : a < b;
+                     });
+    ranked.resize(static_cast<size_t>(budget));
+    for (int32_t p = 0; p < first; ++p) ranked.push_back(p);
+    ranked.push_back(last);
+    std::sort(ranked.begin(), ranked.end());
+    std::copy(ranked.begin(), ranked.end(), dst);
+    out.count[item] = int32_t(ranked.size());
+  });
+  return absl::OkStatus();
+}
+
+}  // namespace twl
