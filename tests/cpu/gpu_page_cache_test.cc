@@ -334,7 +334,9 @@ TEST(GpuPageCacheTest, RandomDriftInvariants) {
           if (before_block[s] >= 0 && needed.count(before_block[s])) continue;  // a hit
           min_survivor = std::min(min_survivor, vkey(s));
         }
-        if (!victim_slots.empty()) EXPECT_LE(max_victim, min_survivor);
+        if (!victim_slots.empty()) {
+          EXPECT_LE(max_victim, min_survivor);
+        }
         int32_t min_fetched = kCacheAgeBuckets;
         for (const FetchEntry& f : p.fetch) {
           min_fetched = std::min(min_fetched, ValueBucket(c.Value(f.block)));
