@@ -15,10 +15,15 @@ CacheCounters& CacheCounters::operator+=(const CacheCounters& o) {
   hits += o.hits;
   misses += o.misses;
   evictions += o.evictions;
+  direct_blocks += o.direct_blocks;
+  direct_rows += o.direct_rows;
+  hit_rows += o.hit_rows;
+  fetched_rows += o.fetched_rows;
   return *this;
 }
 
-absl::StatusOr<GpuPageCache> GpuPageCache::Create(int64_t num_blocks, int32_t num_slots) {
+absl::StatusOr<GpuPageCache> GpuPageCache::Create(int64_t num_blocks, int32_t num_slots,
+                                                  int32_t decay_steps) {
   if (num_blocks < 0 || num_blocks > INT32_MAX) {
     return absl::InvalidArgumentError(
         absl::StrFormat("GpuPageCache: num_blocks %d outside [0, 2^31)", num_blocks));
@@ -27,7 +32,13 @@ absl::StatusOr<GpuPageCache> GpuPageCache::Create(int64_t num_blocks, int32_t nu
     return absl::InvalidArgumentError(
         absl::StrFormat("GpuPageCache: num_slots %d < 1", num_slots));
   }
+  if (decay_steps < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("GpuPageCache: decay_steps %d < 1", decay_steps));
+  }
   GpuPageCache c;
+  c.decay_steps_ = decay_steps;
+  c.value_.assign(size_t(num_blocks), 0);
   c.slot_of_block_.assign(size_t(num_blocks), -1);
   c.need_stamp_.assign(size_t(num_blocks), 0);
   c.block_of_slot_.assign(size_t(num_slots), -1);
@@ -47,85 +58,107 @@ absl::StatusOr<GroupPlan> GpuPageCache::PlanGroup(absl::Span<const std::vector<i
     }
   }
   GroupPlan plan;
+  if (!protect_previous) ++steps_;
   plan.stamps.protect_from = protect_previous ? stamp_ : stamp_ + 1;
   plan.stamps.current = ++stamp_;
+  plan.stamps.epoch = epoch();
   const CacheStamps st = plan.stamps;
   CacheCounters& cnt = plan.counters;
   cnt.units = int64_t(units.size());
+  plan.admitted.assign(units.size(), 1);
 
-  // 1-2. Admission against the capacity the previous group leaves. A unit's distinct
-  // blocks are counted without de-duplication across units (conservative, like the GPU).
-  const int64_t capacity = num_slots() - (protect_previous ? pinned_last_ : 0);
-  plan.admitted.assign(units.size(), 0);
-  int64_t used = 0;
-  std::vector<int32_t> distinct;
-  std::vector<std::vector<int32_t>> unit_blocks(units.size());
+  // 2. Each unit's distinct blocks (ascending id) with their repeats as rows, claimed by
+  // the first unit (in unit order) that lists them.
+  struct Candidate {
+    int32_t block;
+    int32_t rows;
+    int32_t bucket;
+  };
+  std::vector<Candidate> candidates;
+  std::vector<int32_t> sorted;
   for (size_t u = 0; u < units.size(); ++u) {
-    distinct = units[u];
-    std::sort(distinct.begin(), distinct.end());
-    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-    if (used + int64_t(distinct.size()) <= capacity) {
-      used += int64_t(distinct.size());
-      plan.admitted[u] = 1;
-      unit_blocks[u] = distinct;
-    } else {
-      ++cnt.units_direct;
-    }
-  }
-
-  // 3. Hits are pinned; misses collected once per block.
-  std::vector<int32_t> missing;
-  for (size_t u = 0; u < units.size(); ++u) {
-    for (int32_t b : unit_blocks[u]) {
-      if (need_stamp_[b] == st.current) continue;
+    sorted = units[u];
+    std::sort(sorted.begin(), sorted.end());
+    for (size_t i = 0; i < sorted.size();) {
+      const int32_t b = sorted[i];
+      size_t j = i;
+      while (j < sorted.size() && sorted[j] == b) ++j;
+      const int32_t rows = int32_t(j - i);
+      i = j;
+      if (need_stamp_[b] == st.current) continue;  // claimed by an earlier unit
+      const bool prev_in_place = need_stamp_[b] == st.protect_from && slot_of_block_[b] < 0;
       need_stamp_[b] = st.current;
-      ++cnt.blocks_needed;
+      value_[size_t(b)] = BumpValue(value_[size_t(b)], st.epoch, uint32_t(rows));
       const int32_t slot = slot_of_block_[b];
       if (slot >= 0) {
         ++cnt.hits;
+        cnt.hit_rows += rows;
         last_use_[slot] = st.current;
+      } else if (prev_in_place || int64_t(candidates.size()) >= num_slots()) {
+        plan.direct.push_back(b);
+        cnt.direct_rows += rows;
       } else {
-        missing.push_back(b);
+        candidates.push_back(
+            Candidate{b, rows, ValueBucket(DecayedValue(value_[size_t(b)], st.epoch))});
       }
     }
   }
-  cnt.misses = int64_t(missing.size());
 
-  // 4. Victims: evictable slots, largest age bucket first, then slot index (counting sort).
-  std::vector<int32_t> bucket_count(kCacheAgeBuckets + 1, 0);
-  std::vector<int32_t> bucket_of(size_t(num_slots()), -1);
+  // 3. Admission: histograms of candidate buckets and evictable victim keys, paired.
+  std::vector<int32_t> miss_hist(kCacheAgeBuckets, 0), victim_hist(kCacheAgeBuckets, 0);
+  for (const Candidate& c : candidates) ++miss_hist[size_t(c.bucket)];
+  struct Victim {
+    int32_t key;
+    int32_t age;
+    int32_t slot;
+  };
+  std::vector<Victim> victims;
   for (int32_t s = 0; s < num_slots(); ++s) {
     if (!SlotEvictable(last_use_[s], st)) continue;
-    bucket_of[s] = SlotAgeBucket(block_of_slot_[s], last_use_[s], st);
-    ++bucket_count[kCacheAgeBuckets - 1 - bucket_of[s]];  // oldest first
+    const int32_t key = VictimKey(block_of_slot_[s], value_.data(), st.epoch);
+    ++victim_hist[size_t(key)];
+    victims.push_back(Victim{key, SlotAgeBucket(block_of_slot_[s], last_use_[s], st), s});
   }
-  std::vector<int32_t> start(kCacheAgeBuckets + 1, 0);
-  for (int32_t i = 0; i < kCacheAgeBuckets; ++i) start[i + 1] = start[i] + bucket_count[i];
-  if (start[kCacheAgeBuckets] < int32_t(missing.size())) {
-    // Cannot happen when admission is right; report rather than corrupt the maps.
+  const AdmitCut cut = PairAdmissions(miss_hist.data(), victim_hist.data());
+  // Highest buckets first, first listed first; lowest keys first, then oldest, then slot.
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [](const Candidate& x, const Candidate& y) { return x.bucket > y.bucket; });
+  std::sort(victims.begin(), victims.end(), [](const Victim& x, const Victim& y) {
+    if (x.key != y.key) return x.key < y.key;
+    if (x.age != y.age) return x.age > y.age;
+    return x.slot < y.slot;
+  });
+  if (int64_t(victims.size()) < cut.admitted) {
+    // Cannot happen (the pairing counts evictable slots); report rather than corrupt.
     return absl::InternalError(absl::StrFormat(
-        "GpuPageCache::PlanGroup: %d misses but %d evictable slots", missing.size(),
-        start[kCacheAgeBuckets]));
-  }
-  std::vector<int32_t> order(static_cast<size_t>(start[kCacheAgeBuckets]));
-  for (int32_t s = 0; s < num_slots(); ++s) {
-    if (bucket_of[s] >= 0) order[size_t(start[kCacheAgeBuckets - 1 - bucket_of[s]]++)] = s;
+        "GpuPageCache::PlanGroup: %d admitted but %d evictable slots", cut.admitted,
+        victims.size()));
   }
 
-  // 5. Each miss takes the next victim.
-  plan.fetch.reserve(missing.size());
-  for (size_t i = 0; i < missing.size(); ++i) {
-    const int32_t slot = order[i];
+  // 4. Each admitted candidate takes the next victim; the others are read in place.
+  plan.fetch.reserve(size_t(cut.admitted));
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const Candidate& c = candidates[i];
+    if (int32_t(i) >= cut.admitted) {
+      plan.direct.push_back(c.block);
+      cnt.direct_rows += c.rows;
+      continue;
+    }
+    const int32_t slot = victims[i].slot;
     const int32_t old = block_of_slot_[slot];
     if (old >= 0) {
       slot_of_block_[old] = -1;
       ++cnt.evictions;
     }
-    slot_of_block_[missing[i]] = slot;
-    block_of_slot_[slot] = missing[i];
+    slot_of_block_[c.block] = slot;
+    block_of_slot_[slot] = c.block;
     last_use_[slot] = st.current;
-    plan.fetch.push_back(FetchEntry{missing[i], slot});
+    plan.fetch.push_back(FetchEntry{c.block, slot});
+    cnt.fetched_rows += c.rows;
   }
+  cnt.misses = int64_t(plan.fetch.size());
+  cnt.direct_blocks = int64_t(plan.direct.size());
+  cnt.blocks_needed = cnt.hits + cnt.misses;
   pinned_last_ = int32_t(cnt.hits + cnt.misses);
   totals_ += cnt;
   return plan;
@@ -133,6 +166,7 @@ absl::StatusOr<GroupPlan> GpuPageCache::PlanGroup(absl::Span<const std::vector<i
 
 void GpuPageCache::Invalidate(int32_t block) {
   if (block < 0 || block >= num_blocks()) return;
+  value_[size_t(block)] = 0;  // a reused page starts without the old value
   const int32_t slot = slot_of_block_[block];
   if (slot < 0) return;
   slot_of_block_[block] = -1;

@@ -63,13 +63,17 @@ struct PageGeometry {
 
 // FP16 K/V blocks addressed by block id, optionally through a slot indirection (the GPU
 // hot-page cache): block b lives at kv + slot * FpBlockElems(), slot = slot_of_block[b]
-// when slot_of_block is set, else slot = b.
+// when slot_of_block is set, else slot = b. With miss_kv set, a block whose slot is -1 (not
+// resident: the cache did not admit it this step) is read in place from miss_kv at its block
+// id (the mapped host pool: zero copy, only the rows the reader touches cross the bus).
 struct FpKvView {
   fp16_t* kv = nullptr;                    // [num_slots][2][page_size][head_dim]
   const int32_t* slot_of_block = nullptr;  // [num_blocks] or null for identity
+  const fp16_t* miss_kv = nullptr;         // [num_blocks][...] identity addressed, or null
 
   TWL_HD fp16_t* Block(const PageGeometry& g, int64_t block) const {
     const int64_t slot = slot_of_block ? slot_of_block[block] : block;
+    if (slot < 0 && miss_kv) return const_cast<fp16_t*>(miss_kv) + block * g.FpBlockElems();
     return kv + slot * g.FpBlockElems();
   }
   TWL_HD fp16_t* K(const PageGeometry& g, int64_t block, int32_t row) const {

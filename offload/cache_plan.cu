@@ -1,23 +1,25 @@
-// Device side of the GPU hot-page cache: the policy of cache/gpu_page_cache.h (admission,
-// hit pinning, LRU victims by age histogram) run over the pruner's kept lists without the
-// host, plus invalidation, appended-row mirroring and the merge of direct-attended units.
+// Device side of the GPU hot-page cache: the policy of cache/gpu_page_cache.h (block values,
+// hits, admission by value against the lowest-value victims, blocks not admitted read in
+// place) run over the pruner's kept lists without the host, plus invalidation,
+// appended-row mirroring and the merge of direct-attended units.
 //
-// Plan of one group = a memset and 3 kernels (the grid-wide steps need each other's results):
-//   CountMark   distinct pages per unit; when the group surely fits in the free capacity
-//               (the usual case) also marks every block (claims need_stamp; resident ->
-//               hit, slot re-stamped; else -> missing list); the last block to finish runs
-//               the admission and resets the group's counters. An all-hit group is done here.
-//   MarkHistogram  (returns at once without misses) the marking when the group might not
-//               fit (admitted units only), then age buckets of the evictable slots; the last
-//               block finds the cutoff bucket.
-//   Assign      (returns at once without misses) evictable slots above the cutoff (and a
-//               quota of it) become victims: each takes the next missing block, evicting its
-//               old one, and emits a fetch entry; stops when every miss has a slot.
+// Plan of one group = a memset and 4 kernels (the grid-wide steps need each other's results):
+//   CountMark   distinct pages per unit; marks every block (claims need_stamp, adds its kept
+//               rows to its value; resident -> hit, slot re-stamped; else a candidate, listed
+//               with its rows, its value bucket counted) and the last block to finish moves
+//               the counters. An all-hit group is done here.
+//   VictimHistogram  (returns at once without candidates) victim keys of the evictable
+//               slots; the last block pairs both histograms (PairAdmissions): how many are
+//               admitted, and the cuts on both sides.
+//   SelectAdmitted  candidates above the cut (and a quota of it) to the fetch list; the
+//               others are counted as read in place.
+//   Assign      evictable slots below the victim cut (and a quota of it) take the admitted
+//               blocks, evicting their old ones; stops when every admitted block has a slot.
 // Every counter that many threads bump is aggregated per warp or block first (thousands of
 // same-address global atomics per group were the old plan's cost).
-// Victims inside one bucket are taken in arrival order (atomics), so which slot a block gets
-// may differ from the host model; the invariants (pinned slots untouched, LRU up to bucket
-// ties, admitted blocks resident) are the same.
+// Ties inside one bucket are taken in arrival order (atomics), so which block is admitted
+// or evicted may differ from the host model, never how many; the invariants (pinned slots
+// untouched, admitted blocks resident, maps inverse) are the same.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -57,102 +59,97 @@ __device__ bool LastBlockDone(int32_t* ticket) {
   return last;
 }
 
-// Scans the kept tokens of work item (unit, chunk) and calls f(lane_has_block, page_index)
-// for every lane of every 32-token step, where a lane "has a block" when its token is the
-// first kept token of its page.
-template <typename F>
-__device__ void ForEachBlockStart(const PageGeometry& g, const int32_t* tokens, int32_t count,
-                                  int32_t chunk, F f) {
-  const int lane = threadIdx.x & 31;
-  const int32_t begin = chunk * kTokensPerItem;
-  const int32_t end = min(count, begin + kTokensPerItem);
-  for (int32_t base = begin; base < end; base += 32) {
-    const int32_t i = base + lane;
-    bool start = false;
-    int32_t page = 0;
-    if (i < end) {
-      page = tokens[i] / g.page_size;
-      start = i == 0 || tokens[i - 1] / g.page_size != page;
-    }
-    f(start, page);
-  }
+__device__ __forceinline__ int32_t WarpSum(int32_t v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(~0u, v, o);
+  return v;
 }
 
+// Per-block shared accumulators of the marking pass.
+struct MarkAcc {
+  int needed, hits, hit_rows, direct, direct_rows;
+};
+
 // Marks the block starts of one 32-token step (every lane of the warp calls it, `start`
-// per lane): each block claims need_stamp (atomicExch: one owner even when forked
-// sequences share it); resident -> hit, slot re-stamped; else -> appended to `missing`.
-// Counts are aggregated per warp (one atomic per warp and counter, not per block: a group
-// marks thousands of blocks into the same counters).
-__device__ void MarkStep(const DeviceCacheState& cache, CacheStamps st, bool start, int64_t b,
-                         int* s_needed, int* s_hits, int32_t* misses, int32_t* error,
-                         int32_t* missing) {
+// per lane, `rows` = the block's kept rows in this unit): each block claims need_stamp
+// (atomicExch: one owner even when forked sequences share it) and adds its rows to its value;
+// resident -> hit, slot re-stamped; not resident -> a candidate in `missing` (with its rows
+// and its value bucket in the group's histogram), unless the previous group reads it in
+// place (then in place again) or the list is full (num_slots candidates: in place).
+// Counts are aggregated per warp (one atomic per warp and counter).
+// Returns the warp's hits (every lane).
+__device__ int32_t MarkStep(const DeviceCacheState& cache, CacheStamps st, bool start, int64_t b,
+                            int32_t rows, MarkAcc* acc, int32_t* s_mhist, DeviceGroupCounters* c,
+                            FetchEntry* missing) {
   const int lane = threadIdx.x & 31;
-  bool claim = false, hit = false, miss = false, bad = false;
+  bool claim = false, hit = false, cand = false, direct = false, bad = false;
+  int32_t bucket = 0;
   if (start) {
     if (b < 0 || b >= cache.num_blocks) {
       bad = true;
-    } else if (atomicExch(&cache.d_need_stamp[b], st.current) != st.current) {
-      claim = true;
-      const int32_t slot = cache.d_slot_of_block[b];
-      if (slot >= 0) {
-        cache.d_last_use[slot] = st.current;
-        hit = true;
+    } else {
+      const uint32_t old = atomicExch(&cache.d_need_stamp[b], st.current);
+      if (old != st.current) {
+        claim = true;
+        const uint32_t v = BumpValue(cache.d_value[b], st.epoch, uint32_t(rows));
+        cache.d_value[b] = v;
+        const int32_t slot = cache.d_slot_of_block[b];
+        if (slot >= 0) {
+          cache.d_last_use[slot] = st.current;
+          hit = true;
+        } else if (old == st.protect_from) {
+          direct = true;  // the previous group reads it in place (first group: never equal)
+        } else {
+          cand = true;
+          bucket = ValueBucket(DecayedValue(v, st.epoch));
+        }
+      }
+    }
+  }
+  const unsigned mm = __ballot_sync(~0u, cand);
+  if (mm) {
+    const int leader = __ffs(mm) - 1;
+    int32_t base = 0;
+    if (lane == leader) base = atomicAdd(&c->acc_listed, __popc(mm));
+    base = __shfl_sync(~0u, base, leader);
+    if (cand) {
+      const int32_t k = base + __popc(mm & ((1u << lane) - 1u));
+      if (k < cache.num_slots) {
+        missing[k] = FetchEntry{int32_t(b), rows};
+        atomicAdd(&s_mhist[bucket], 1);
       } else {
-        miss = true;
+        direct = true;  // more candidates than slots: the rest cannot be admitted anyway
       }
     }
   }
   const unsigned mc = __ballot_sync(~0u, claim), mh = __ballot_sync(~0u, hit);
-  const unsigned mm = __ballot_sync(~0u, miss), mb = __ballot_sync(~0u, bad);
+  const unsigned md = __ballot_sync(~0u, direct), mb = __ballot_sync(~0u, bad);
+  const int32_t hit_rows = WarpSum(hit ? rows : 0), direct_rows = WarpSum(direct ? rows : 0);
   if (lane == 0) {
-    if (mc) atomicAdd(s_needed, __popc(mc));
-    if (mh) atomicAdd(s_hits, __popc(mh));
-    if (mb) atomicExch(error, 2);
-  }
-  if (mm) {
-    const int leader = __ffs(mm) - 1;
-    int32_t base = 0;
-    if (lane == leader) base = atomicAdd(misses, __popc(mm));
-    base = __shfl_sync(~0u, base, leader);
-    if (miss) {
-      const int32_t k = base + __popc(mm & ((1u << lane) - 1u));
-      if (k < cache.num_slots) missing[k] = int32_t(b);
+    if (mc) atomicAdd(&acc->needed, __popc(mc));
+    if (mh) {
+      atomicAdd(&acc->hits, __popc(mh));
+      atomicAdd(&acc->hit_rows, hit_rows);
     }
+    if (md) {
+      atomicAdd(&acc->direct, __popc(md));
+      atomicAdd(&acc->direct_rows, direct_rows);
+    }
+    if (mb) atomicExch(&c->acc_error, 2);
   }
+  return __popc(mh);
 }
 
-// Over the group's units, block-wide (every thread gets both): sum of min(kept tokens, pages
-// of the unit's sequence) (bounds the group's distinct blocks) and the largest kept count.
-struct UnitScan {
-  int64_t block_bound;
-  int32_t max_count;
-};
-__device__ UnitScan ScanUnits(const PageGeometry& g, const BatchView& batch,
-                              const int32_t* counts, int32_t num_units) {
-  __shared__ unsigned long long total;
+// Over the group's units, block-wide (every thread gets it): the largest kept count.
+__device__ int32_t MaxCount(const int32_t* counts, int32_t num_units) {
   __shared__ int32_t most;
-  if (threadIdx.x == 0) {
-    total = 0;
-    most = 0;
-  }
+  if (threadIdx.x == 0) most = 0;
   __syncthreads();
-  int64_t v = 0;
   int32_t m = 0;
-  for (int32_t u = threadIdx.x; u < num_units; u += kThreads) {
-    const int32_t count = counts[u];
-    v += min(count, batch.NumPages(g, u / g.num_kv_heads));
-    m = max(m, count);
-  }
-  for (int o = 16; o > 0; o >>= 1) {
-    v += __shfl_xor_sync(~0u, v, o);
-    m = max(m, __shfl_xor_sync(~0u, m, o));
-  }
-  if ((threadIdx.x & 31) == 0) {
-    if (v) atomicAdd(&total, static_cast<unsigned long long>(v));
-    if (m) atomicMax(&most, m);
-  }
+  for (int32_t u = threadIdx.x; u < num_units; u += kThreads) m = max(m, counts[u]);
+  for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(~0u, m, o));
+  if ((threadIdx.x & 31) == 0 && m) atomicMax(&most, m);
   __syncthreads();
-  return UnitScan{int64_t(total), most};
+  return most;
 }
 
 // Work items (unit, chunk of kTokensPerItem kept tokens) in chunk-major order, so that the
@@ -162,32 +159,27 @@ __device__ __forceinline__ int64_t LiveItems(int32_t num_units, int32_t max_coun
   return int64_t(num_units) * ((int64_t(max_count) + kTokensPerItem - 1) / kTokensPerItem);
 }
 
-// Kernel 1 of the plan. Every block first decides (redundantly, from the kept counts) whether
-// the group surely fits: sum over units of min(kept tokens, pages of its sequence) bounds
-// its distinct blocks, so when it is <= the free capacity first-fit admits every unit and
-// the blocks can be marked in the same pass that counts them (`fits`, the usual case).
-// Otherwise this pass only counts, and kernel 2 marks the admitted units.
-// Per work item (unit, chunk of kept tokens): distinct pages (a block starts where a kept
-// token's page differs from its predecessor's: kept lists are ascending) into unit_blocks.
-// The last block to finish runs the admission (all units when `fits`; else first-fit over
-// the units, serial on one thread but from shared memory) and resets the group's counters.
+// Kernel 1 of the plan. Per work item (unit, chunk of kept tokens): distinct pages into
+// unit_blocks (a block starts where a kept token's page differs from its predecessor's: kept
+// lists are ascending) and the marking of every block start (MarkStep), with the block's
+// kept rows counted forward from its start (at most page_size tokens, also past the chunk).
+// The last block to finish writes the per-unit counts and moves the group's accumulators
+// into its counters. An all-hit group is done here.
 __global__ void __launch_bounds__(kThreads)
     CountMarkKernel(PageGeometry g, BatchView batch, KeptView kept, int32_t num_units,
                     CacheStamps st, DeviceCacheState cache,
                     const DeviceGroupCounters* prev, DeviceGroupCounters* c,
                     int32_t* unit_blocks, int32_t* count_cache, int32_t* count_direct,
-                    int32_t* missing) {
-  __shared__ int s_needed, s_hits;
-  __shared__ int32_t s_n[kThreads];
-  __shared__ uint8_t s_admit[kThreads];
+                    FetchEntry* missing, int32_t* unit_hits) {
+  __shared__ MarkAcc acc;
+  __shared__ int32_t s_mhist[kCacheAgeBuckets];
   const int32_t H = g.num_kv_heads;
-  const int32_t capacity = cache.num_slots - (prev ? prev->pinned : 0);
-  const UnitScan scan = ScanUnits(g, batch, kept.count, num_units);
-  const bool fits = scan.block_bound <= int64_t(capacity);
-  if (threadIdx.x == 0) s_needed = s_hits = 0;
+  const int32_t max_count = MaxCount(kept.count, num_units);
+  if (threadIdx.x == 0) acc = MarkAcc{0, 0, 0, 0, 0};
+  for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) s_mhist[i] = 0;
   __syncthreads();
 
-  const int64_t items = LiveItems(num_units, scan.max_count);
+  const int64_t items = LiveItems(num_units, max_count);
   const int lane = threadIdx.x & 31;
   for (int64_t it = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5); it < items;
        it += int64_t(gridDim.x) * kWarps) {
@@ -196,180 +188,179 @@ __global__ void __launch_bounds__(kThreads)
     if (chunk * kTokensPerItem >= count) continue;
     const int32_t* row = batch.page_table + int64_t(u / H) * batch.max_pages;
     const int32_t h = u % H;
-    int32_t n = 0;
-    ForEachBlockStart(g, kept.tokens + int64_t(u) * kept.max_kept, count, chunk,
-                      [&](bool start, int32_t page) {
-                        n += __popc(__ballot_sync(~0u, start));
-                        if (!fits) return;
-                        const int64_t b = start ? int64_t(row[page]) * H + h : 0;
-                        MarkStep(cache, st, start, b, &s_needed, &s_hits, &c->acc_misses,
-                                 &c->acc_error, missing);
-                      });
-    if (lane == 0 && n) atomicAdd(&unit_blocks[u], n);
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    if (s_needed) atomicAdd(&c->acc_needed, s_needed);
-    if (s_hits) atomicAdd(&c->acc_hits, s_hits);
-  }
-  if (!LastBlockDone(&c->ticket)) return;
-  for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) c->hist[i] = 0;
-  int32_t direct = 0, direct_blocks = 0;
-  if (fits) {
-    for (int32_t u = threadIdx.x; u < num_units; u += kThreads) {
-      count_cache[u] = kept.count[u];
-      count_direct[u] = 0;
-    }
-  } else {
-    // First-fit in unit order, kThreads units at a time: loads in parallel, the decisions
-    // on one thread from shared memory, the writes in parallel.
-    int32_t used = 0;
-    for (int32_t u0 = 0; u0 < num_units; u0 += kThreads) {
-      const int32_t u = u0 + threadIdx.x;
-      if (u < num_units) s_n[threadIdx.x] = __ldcg(&unit_blocks[u]);
-      __syncthreads();
-      if (threadIdx.x == 0) {
-        const int32_t m = min(kThreads, num_units - u0);
-        for (int32_t i = 0; i < m; ++i) {
-          const int32_t n = s_n[i];
-          const bool admit = used + n <= capacity;
-          s_admit[i] = admit;
-          if (admit) {
-            used += n;
-          } else {
-            ++direct;
-            direct_blocks += n;
+    const int32_t* tokens = kept.tokens + int64_t(u) * kept.max_kept;
+    int32_t n = 0, unit_hit = 0;
+    const int32_t begin = chunk * kTokensPerItem;
+    const int32_t end = min(count, begin + kTokensPerItem);
+    for (int32_t base = begin; base < end; base += 32) {
+      const int32_t i = base + lane;
+      bool start = false;
+      int32_t page = 0, rows = 0;
+      if (i < end) {
+        page = tokens[i] / g.page_size;
+        start = i == 0 || tokens[i - 1] / g.page_size != page;
+        if (start) {
+          rows = 1;
+          while (rows < g.page_size && i + rows < count && tokens[i + rows] / g.page_size == page) {
+            ++rows;
           }
         }
       }
-      __syncthreads();
-      if (u < num_units) {
-        const int32_t count = kept.count[u];
-        count_cache[u] = s_admit[threadIdx.x] ? count : 0;
-        count_direct[u] = s_admit[threadIdx.x] ? 0 : count;
-      }
-      __syncthreads();  // s_n / s_admit are rewritten by the next chunk
+      n += __popc(__ballot_sync(~0u, start));
+      const int64_t b = start ? int64_t(row[page]) * H + h : 0;
+      unit_hit += MarkStep(cache, st, start, b, rows, &acc, s_mhist, c, missing);
     }
+    if (lane == 0 && n) atomicAdd(&unit_blocks[u], n);
+    if (lane == 0 && unit_hit && unit_hits) atomicAdd(&unit_hits[u], unit_hit);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    if (acc.needed) atomicAdd(&c->acc_needed, acc.needed);
+    if (acc.hits) atomicAdd(&c->acc_hits, acc.hits);
+    if (acc.hit_rows) atomicAdd(&c->acc_hit_rows, acc.hit_rows);
+    if (acc.direct) atomicAdd(&c->acc_direct, acc.direct);
+    if (acc.direct_rows) atomicAdd(&c->acc_direct_rows, acc.direct_rows);
+  }
+  for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) {
+    if (s_mhist[i]) atomicAdd(&c->mhist[i], s_mhist[i]);
+  }
+  if (!LastBlockDone(&c->ticket)) return;
+  for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) c->hist[i] = 0;
+  for (int32_t u = threadIdx.x; u < num_units; u += kThreads) {
+    count_cache[u] = kept.count[u];
+    count_direct[u] = 0;
   }
   if (threadIdx.x == 0) {
-    c->capacity = capacity;
-    c->units_direct = direct;
-    c->direct_blocks = direct_blocks;
-    c->marked = fits ? 1 : 0;
-    c->needed = fits ? __ldcg(&c->acc_needed) : 0;
-    c->hits = fits ? __ldcg(&c->acc_hits) : 0;
-    c->misses = fits ? __ldcg(&c->acc_misses) : 0;
-    c->error = fits ? __ldcg(&c->acc_error) : 0;
+    c->capacity = cache.num_slots - (prev ? prev->pinned : 0);
+    c->units_direct = 0;
+    c->marked = 1;
+    c->needed = __ldcg(&c->acc_needed);
+    c->hits = __ldcg(&c->acc_hits);
+    c->misses = c->needed - c->hits;
+    c->error = __ldcg(&c->acc_error);
+    c->listed = min(__ldcg(&c->acc_listed), cache.num_slots);
+    c->direct_blocks = __ldcg(&c->acc_direct);
+    c->direct_rows = __ldcg(&c->acc_direct_rows);
+    c->hit_rows = __ldcg(&c->acc_hit_rows);
+    c->fetched_rows = 0;
     c->acc_needed = c->acc_hits = c->acc_misses = c->acc_error = 0;
+    c->acc_listed = c->acc_direct = c->acc_direct_rows = c->acc_hit_rows = 0;
     c->fetched = c->evictions = c->pinned = 0;
-    c->cutoff_bucket = kCacheAgeBuckets;
+    c->admitted = 0;
+    c->miss_cut = kCacheAgeBuckets;
+    c->miss_quota = c->miss_taken = 0;
+    c->admit_pos = 0;
+    c->cutoff_bucket = -1;
     c->cutoff_quota = c->cutoff_taken = 0;
   }
 }
 
-// Cutoff of the victim search from a complete age histogram in shared memory (thread 0):
-// buckets above it are evicted whole, `quota` slots of it.
-__device__ void FindCutoff(const int32_t* hist, DeviceCacheState cache, DeviceGroupCounters* c) {
-  const int32_t misses = __ldcg(&c->misses);
-  const int32_t m = min(misses, cache.num_slots);
-  int32_t cum = 0, cutoff = -1, quota = 0;  // -1: not enough evictable slots (error)
-  for (int32_t b = kCacheAgeBuckets - 1; b >= 0; --b) {
-    const int32_t h = hist[b];
-    if (cum + h >= m) {
-      cutoff = b;
-      quota = m - cum;
-      break;
-    }
-    cum += h;
-  }
-  if (cutoff < 0 || misses > cache.num_slots) c->error = 1;
-  c->cutoff_bucket = cutoff;
-  c->cutoff_quota = quota;
-}
-
-// Kernel 2. No misses (after kernel 1 marked): nothing to do. Kernel 1 marked: age
-// histogram of the evictable slots over the grid (per-warp aggregated shared atomics),
-// the last block finds the cutoff. Kernel 1 did not mark (the group may not fit; rare):
-// mark the admitted units over the grid, then the last block builds the histogram alone
-// (the slow path of a cache too small for one group) and finds the cutoff.
+// Kernel 2. No candidates: nothing to do. Else the histogram of the evictable slots' victim
+// keys over the grid (per-warp aggregated shared atomics); the last block pairs it with the
+// candidates' histogram (PairAdmissions, cache/gpu_page_cache.h) and clears the latter.
 __global__ void __launch_bounds__(kThreads)
-    MarkHistogramKernel(PageGeometry g, BatchView batch, KeptView kept, int32_t num_units,
-                        CacheStamps st, DeviceCacheState cache,
-                        const int32_t* count_cache, DeviceGroupCounters* c, int32_t* missing) {
+    VictimHistogramKernel(CacheStamps st, DeviceCacheState cache, DeviceGroupCounters* c) {
   __shared__ int32_t hist[kCacheAgeBuckets];
-  __shared__ int s_needed, s_hits;
-  const bool marked = c->marked != 0;
-  if (marked && c->misses == 0) return;  // every block sees the same: no ticket taken
+  __shared__ int32_t mhist[kCacheAgeBuckets];
+  if (c->listed == 0) return;  // every block sees the same: no ticket taken
   for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) hist[i] = 0;
-  if (threadIdx.x == 0) s_needed = s_hits = 0;
   __syncthreads();
   const int lane = threadIdx.x & 31;
   const int64_t warp0 = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int64_t warps = int64_t(gridDim.x) * kWarps;
-  if (marked) {
-    for (int64_t base = warp0 * 32; base < cache.num_slots; base += warps * 32) {
-      const int64_t s = base + lane;
-      bool ev = false;
-      int32_t bucket = 0;
-      if (s < cache.num_slots) {
-        const uint32_t lu = cache.d_last_use[s];
-        ev = SlotEvictable(lu, st);
-        if (ev) bucket = SlotAgeBucket(cache.d_block_of_slot[s], lu, st);
-      }
-      // Most evictable slots share a bucket (long-unused): one shared atomic per bucket.
-      const unsigned peers = __match_any_sync(~0u, ev ? bucket : kCacheAgeBuckets + lane);
-      if (ev && lane == __ffs(peers) - 1) atomicAdd(&hist[bucket], __popc(peers));
+  for (int64_t base = warp0 * 32; base < cache.num_slots; base += warps * 32) {
+    const int64_t s = base + lane;
+    bool ev = false;
+    int32_t key = 0;
+    if (s < cache.num_slots) {
+      const uint32_t lu = cache.d_last_use[s];
+      ev = SlotEvictable(lu, st);
+      if (ev) key = VictimKey(cache.d_block_of_slot[s], cache.d_value, st.epoch);
     }
-    __syncthreads();
-    for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) {
-      if (hist[i]) atomicAdd(&c->hist[i], hist[i]);
-    }
-    if (!LastBlockDone(&c->ticket)) return;
-    for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) hist[i] = __ldcg(&c->hist[i]);
-    __syncthreads();
-    if (threadIdx.x == 0) FindCutoff(hist, cache, c);
-    return;
+    // Most evictable slots share a few keys: one shared atomic per key and warp.
+    const unsigned peers = __match_any_sync(~0u, ev ? key : kCacheAgeBuckets + lane);
+    if (ev && lane == __ffs(peers) - 1) atomicAdd(&hist[key], __popc(peers));
   }
-  const int32_t H = g.num_kv_heads;
-  const int64_t items = LiveItems(num_units, ScanUnits(g, batch, count_cache, num_units).max_count);
-  for (int64_t it = warp0; it < items; it += warps) {
-    const int32_t u = int32_t(it % num_units), chunk = int32_t(it / num_units);
-    const int32_t count = min(count_cache[u], kept.max_kept);
-    if (chunk * kTokensPerItem >= count) continue;
-    const int32_t* row = batch.page_table + int64_t(u / H) * batch.max_pages;
-    const int32_t h = u % H;
-    ForEachBlockStart(g, kept.tokens + int64_t(u) * kept.max_kept, count, chunk,
-                      [&](bool start, int32_t page) {
-                        const int64_t b = start ? int64_t(row[page]) * H + h : 0;
-                        MarkStep(cache, st, start, b, &s_needed, &s_hits, &c->misses,
-                                 &c->error, missing);
-                      });
+  __syncthreads();
+  for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) {
+    if (hist[i]) atomicAdd(&c->hist[i], hist[i]);
+  }
+  if (!LastBlockDone(&c->ticket)) return;
+  for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) {
+    hist[i] = __ldcg(&c->hist[i]);
+    mhist[i] = __ldcg(&c->mhist[i]);
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    if (s_needed) atomicAdd(&c->needed, s_needed);
-    if (s_hits) atomicAdd(&c->hits, s_hits);
+    const AdmitCut cut = PairAdmissions(mhist, hist);
+    c->admitted = cut.admitted;
+    c->miss_cut = cut.miss_cut;
+    c->miss_quota = cut.miss_quota;
+    c->cutoff_bucket = cut.victim_cut;
+    c->cutoff_quota = cut.victim_quota;
   }
-  if (!LastBlockDone(&c->ticket)) return;
-  if (__ldcg(&c->misses) == 0) return;
-  for (int32_t s = threadIdx.x; s < cache.num_slots; s += kThreads) {
-    const uint32_t lu = __ldcg(&cache.d_last_use[s]);
-    if (SlotEvictable(lu, st)) {
-      atomicAdd(&hist[SlotAgeBucket(__ldcg(&cache.d_block_of_slot[s]), lu, st)], 1);
-    }
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) FindCutoff(hist, cache, c);
+  for (int i = threadIdx.x; i < kCacheAgeBuckets; i += kThreads) c->mhist[i] = 0;
 }
 
-// Kernel 3. Evictable slots above the cutoff (and a quota of it) become victims: each takes
-// the next missing block, evicting its old one, and emits a fetch entry. Claims are
-// aggregated per warp, and the scan stops as soon as every miss has its slot (with a few
-// misses the victims are found in the first slots scanned). No misses: only the counters.
+// Kernel 3. The candidates above the cut (and a quota of it) are admitted: their blocks go
+// to the front of the fetch list (slots follow in kernel 4); the others are read in place.
+__global__ void __launch_bounds__(kThreads)
+    SelectAdmittedKernel(CacheStamps st, DeviceCacheState cache, DeviceGroupCounters* c,
+                         const FetchEntry* missing, FetchEntry* fetch) {
+  const int32_t listed = c->listed;
+  if (listed == 0) return;
+  const int32_t cut = c->miss_cut, quota = c->miss_quota;
+  const int lane = threadIdx.x & 31;
+  const unsigned below = (1u << lane) - 1u;
+  const int64_t warp0 = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int64_t warps = int64_t(gridDim.x) * kWarps;
+  for (int64_t base = warp0 * 32; base < listed; base += warps * 32) {
+    const int64_t k = base + lane;
+    bool above = false, at = false, valid = k < listed;
+    FetchEntry e{};
+    if (valid) {
+      e = missing[k];
+      const int32_t bucket = ValueBucket(DecayedValue(cache.d_value[e.block], st.epoch));
+      above = bucket > cut;
+      at = bucket == cut;
+    }
+    const unsigned at_mask = __ballot_sync(~0u, at);
+    if (at_mask) {
+      const int leader = __ffs(at_mask) - 1;
+      int32_t taken = 0;
+      if (lane == leader) taken = atomicAdd(&c->miss_taken, __popc(at_mask));
+      taken = __shfl_sync(~0u, taken, leader);
+      at = at && taken + __popc(at_mask & below) < quota;
+    }
+    const bool admit = above || at;
+    const unsigned am = __ballot_sync(~0u, admit);
+    if (am) {
+      const int leader = __ffs(am) - 1;
+      int32_t j0 = 0;
+      if (lane == leader) j0 = atomicAdd(&c->admit_pos, __popc(am));
+      j0 = __shfl_sync(~0u, j0, leader);
+      if (admit) fetch[j0 + __popc(am & below)] = FetchEntry{e.block, -1};
+      const int32_t admitted_rows = WarpSum(admit ? e.slot : 0);
+      if (lane == 0) atomicAdd(&c->fetched_rows, admitted_rows);
+    }
+    const bool direct = valid && !admit;
+    const unsigned dm = __ballot_sync(~0u, direct);
+    const int32_t rows = WarpSum(direct ? e.slot : 0);  // e.slot holds the kept rows
+    if (lane == 0 && dm) {
+      atomicAdd(&c->direct_blocks, __popc(dm));
+      atomicAdd(&c->direct_rows, rows);
+    }
+  }
+}
+
+// Kernel 4. Evictable slots below the victim cut (and a quota of it) become victims: each
+// takes the next admitted block, evicting its old one, and completes its fetch entry. Claims
+// are aggregated per warp, and the scan stops as soon as every admitted block has its slot.
+// Nothing admitted: only the counters.
 __global__ void __launch_bounds__(kThreads)
     AssignKernel(DeviceCacheState cache, CacheStamps st, DeviceGroupCounters* c,
-                 const int32_t* missing, FetchEntry* fetch) {
-  const int32_t m = min(c->misses, cache.num_slots);
+                 FetchEntry* fetch) {
+  const int32_t m = min(c->admitted, cache.num_slots);
   if (m <= 0) {
     if (blockIdx.x == 0 && threadIdx.x == 0) {
       c->fetched = 0;
@@ -387,15 +378,15 @@ __global__ void __launch_bounds__(kThreads)
     if (lane == 0) done = __ldcg(&c->fetched) >= m;
     if (__shfl_sync(~0u, done, 0)) break;  // warp-uniform
     const int64_t s = base + lane;
-    bool above = false, at = false;
+    bool under = false, at = false;
     int32_t old = -1;
     if (s < cache.num_slots) {
       const uint32_t lu = cache.d_last_use[s];
       if (SlotEvictable(lu, st)) {
         old = cache.d_block_of_slot[s];
-        const int32_t bucket = SlotAgeBucket(old, lu, st);
-        above = bucket > cutoff;
-        at = bucket == cutoff;
+        const int32_t key = VictimKey(old, cache.d_value, st.epoch);
+        under = key < cutoff;
+        at = key == cutoff;
       }
     }
     const unsigned at_mask = __ballot_sync(~0u, at);
@@ -406,7 +397,7 @@ __global__ void __launch_bounds__(kThreads)
       taken = __shfl_sync(~0u, taken, leader);
       at = at && taken + __popc(at_mask & below) < quota;
     }
-    const bool victim = above || at;
+    const bool victim = under || at;
     const unsigned vm = __ballot_sync(~0u, victim);
     if (!vm) continue;
     const int leader = __ffs(vm) - 1;
@@ -414,8 +405,8 @@ __global__ void __launch_bounds__(kThreads)
     if (lane == leader) k0 = atomicAdd(&c->fetched, __popc(vm));
     k0 = __shfl_sync(~0u, k0, leader);
     const int32_t k = k0 + __popc(vm & below);
-    if (!victim || k >= m) continue;  // k >= m only when the error path took every slot
-    const int32_t b = missing[k];
+    if (!victim || k >= m) continue;
+    const int32_t b = fetch[k].block;
     if (old >= 0) {
       cache.d_slot_of_block[old] = -1;
       atomicAdd(&c->evictions, 1);
@@ -423,14 +414,14 @@ __global__ void __launch_bounds__(kThreads)
     cache.d_slot_of_block[b] = int32_t(s);
     cache.d_block_of_slot[s] = b;
     cache.d_last_use[s] = st.current;
-    fetch[k] = FetchEntry{b, int32_t(s)};
+    fetch[k].slot = int32_t(s);
   }
   if (!LastBlockDone(&c->ticket)) return;
   if (threadIdx.x == 0) {
     const int32_t fetched = min(__ldcg(&c->fetched), m);
     c->fetched = fetched;
     c->pinned = __ldcg(&c->hits) + fetched;
-    if (fetched < __ldcg(&c->misses)) c->error = 1;
+    if (fetched < m) c->error = 1;
   }
 }
 
@@ -441,6 +432,7 @@ __global__ void InvalidateKernel(DeviceCacheState cache, const int32_t* pages,
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t b = int64_t(pages[i / H]) * H + i % H;
     if (b < 0 || b >= cache.num_blocks) continue;
+    if (cache.d_value) cache.d_value[b] = 0;  // a reused page starts without the old value
     const int32_t s = cache.d_slot_of_block[b];
     if (s < 0) continue;
     cache.d_slot_of_block[b] = -1;
@@ -522,30 +514,35 @@ absl::Status LaunchCachePlan(const DeviceCacheState& cache, const CachePlanArgs&
                              void* stream) {
   if (a.batch.num_seqs <= 0) return absl::OkStatus();
   if (!cache.d_slot_of_block || !cache.d_block_of_slot || !cache.d_last_use ||
-      !cache.d_need_stamp || cache.num_slots <= 0 || !a.d_counters || !a.d_count_cache ||
-      !a.d_count_direct || !a.d_unit_blocks || !a.d_missing || !a.d_fetch || !a.kept.tokens ||
-      !a.kept.count || !a.batch.page_table || a.kept.max_kept <= 0) {
+      !cache.d_need_stamp || !cache.d_value || cache.num_slots <= 0 || !a.d_counters ||
+      !a.d_count_cache || !a.d_count_direct || !a.d_unit_blocks || !a.d_missing || !a.d_fetch ||
+      !a.kept.tokens || !a.kept.count || !a.batch.page_table || a.kept.max_kept <= 0) {
     return absl::InvalidArgumentError("LaunchCachePlan: null pointer or empty cache");
   }
   cudaStream_t s = AsStream(stream);
   const int32_t units = a.batch.num_seqs * a.g.num_kv_heads;
   const int32_t chunks = (a.kept.max_kept + kTokensPerItem - 1) / kTokensPerItem;
   TWL_CUDA(cudaMemsetAsync(a.d_unit_blocks, 0, sizeof(int32_t) * size_t(units), s));
+  if (a.d_unit_hits) {
+    TWL_CUDA(cudaMemsetAsync(a.d_unit_hits, 0, sizeof(int32_t) * size_t(units), s));
+  }
   // One wave of blocks each (the plan kernels are latency-bound, and an all-hit group's
-  // kernels 2 and 3 only launch and return): warps loop over the live items or slots.
+  // kernels 2-4 only launch and return): warps loop over the live items or slots.
   const int32_t grid_units = GridFor(int64_t(units) * chunks, 2);
   CountMarkKernel<<<grid_units, kThreads, 0, s>>>(a.g, a.batch, a.kept, units, a.stamps, cache,
                                                   a.d_prev, a.d_counters, a.d_unit_blocks,
-                                                  a.d_count_cache, a.d_count_direct, a.d_missing);
+                                                  a.d_count_cache, a.d_count_direct, a.d_missing,
+                                                  a.d_unit_hits);
   TWL_RETURN_IF_ERROR(LaunchStatus("CountMarkKernel"));
-  // Kernel 2 walks either the kept lists (fallback marking) or the slots (histogram).
   const int64_t slot_warps = (int64_t(cache.num_slots) + 31) / 32;
-  const int32_t grid2 = GridFor(std::max(int64_t(units) * chunks, slot_warps), 2);
-  MarkHistogramKernel<<<grid2, kThreads, 0, s>>>(a.g, a.batch, a.kept, units, a.stamps, cache,
-                                                 a.d_count_cache, a.d_counters, a.d_missing);
-  TWL_RETURN_IF_ERROR(LaunchStatus("MarkHistogramKernel"));
+  VictimHistogramKernel<<<GridFor(slot_warps, 2), kThreads, 0, s>>>(a.stamps, cache,
+                                                                    a.d_counters);
+  TWL_RETURN_IF_ERROR(LaunchStatus("VictimHistogramKernel"));
+  SelectAdmittedKernel<<<GridFor(slot_warps, 2), kThreads, 0, s>>>(a.stamps, cache, a.d_counters,
+                                                                   a.d_missing, a.d_fetch);
+  TWL_RETURN_IF_ERROR(LaunchStatus("SelectAdmittedKernel"));
   AssignKernel<<<GridFor(slot_warps, 2), kThreads, 0, s>>>(cache, a.stamps, a.d_counters,
-                                                           a.d_missing, a.d_fetch);
+                                                           a.d_fetch);
   return LaunchStatus("AssignKernel");
 }
 

@@ -23,6 +23,7 @@ struct DeviceCacheState {
   fp16_t* d_slots = nullptr;           // [num_slots][2][page_size][head_dim] FP16 blocks
   int64_t num_blocks = 0;
   int32_t num_slots = 0;
+  uint32_t* d_value = nullptr;         // [num_blocks] packed block values (DecayedValue)
 };
 
 // Counters of one planned group, written by the plan kernels (device memory). Zero-fill
@@ -51,6 +52,23 @@ struct DeviceGroupCounters {
   int32_t acc_hits = 0;
   int32_t acc_misses = 0;
   int32_t acc_error = 0;
+  // Residency by value (appended). `misses` counts every distinct non-resident block;
+  // `listed` of them (<= num_slots) are candidates, `admitted` of those are fetched
+  // (`fetched`), the rest of the misses are read in place: `direct_blocks`, `direct_rows`.
+  int32_t listed = 0;
+  int32_t admitted = 0;
+  int32_t direct_rows = 0;
+  int32_t hit_rows = 0;
+  int32_t fetched_rows = 0;   // kept rows of the admitted blocks (they move whole)
+  int32_t miss_cut = 0;       // AdmitCut of the group
+  int32_t miss_quota = 0;
+  int32_t miss_taken = 0;
+  int32_t acc_listed = 0;     // list positions taken (may pass num_slots)
+  int32_t acc_direct = 0;     // in place decided while marking (previous group's, overflow)
+  int32_t acc_direct_rows = 0;
+  int32_t acc_hit_rows = 0;
+  int32_t admit_pos = 0;      // admitted candidates written to the fetch list
+  int32_t mhist[kCacheAgeBuckets] = {};  // candidate value buckets (zero at rest)
 };
 
 struct CachePlanArgs {
@@ -64,16 +82,18 @@ struct CachePlanArgs {
   DeviceGroupCounters* d_counters = nullptr;
   int32_t* d_count_cache = nullptr;   // [num_units] kept count if admitted, else 0
   int32_t* d_count_direct = nullptr;  // [num_units] kept count if not admitted, else 0
-  int32_t* d_unit_blocks = nullptr;   // [num_units] scratch
-  int32_t* d_missing = nullptr;       // [num_slots] scratch
+  int32_t* d_unit_blocks = nullptr;   // [num_units] distinct blocks of each unit
+  FetchEntry* d_missing = nullptr;    // [num_slots] scratch: candidates (block, kept rows)
   FetchEntry* d_fetch = nullptr;      // [num_slots] the fetch list; length d_counters->fetched
+  int32_t* d_unit_hits = nullptr;     // [num_units] resident blocks of each unit, or null
 };
 
-// Enqueues the plan of one group (a memset and 3 kernels; see cache_plan.cu). When the
-// group's kept lists surely fit in the cache (sum over units of min(kept tokens, pages) <=
-// free capacity, the usual case) the first kernel does all the work of an all-hit group and
-// the other two return at once. Units are (sequence, KV head) in batch order, num_units =
-// batch.num_seqs * g.num_kv_heads.
+// Enqueues the plan of one group (a memset and 4 kernels; see cache_plan.cu): the policy of
+// cache/gpu_page_cache.h (values, hits, admission by value, victims). Every unit is
+// attended through the cache's view (count_cache = kept count, count_direct = 0); blocks not
+// admitted keep slot -1 and are read in place (FpKvView.miss_kv). An all-hit group is done
+// by the first kernel; the others return at once. Units are (sequence, KV head) in batch
+// order, num_units = batch.num_seqs * g.num_kv_heads.
 absl::Status LaunchCachePlan(const DeviceCacheState& cache, const CachePlanArgs& args,
                              void* stream);
 

@@ -150,6 +150,8 @@ class GpuOffloadBackend final : public OffloadBackend {
     const FetchSource src{pool_->base(), pool_->device_base(), g_.FpBlockBytes(), num_blocks_};
     TWL_RETURN_IF_ERROR(fetch_stage_.Init(g_, num_blocks_, num_slots_, src, cfg_.fetch_path,
                                           kMaxGroups));
+    // Values halve every 4 passes over the layers: a block is seen ~4 times per half-life.
+    fetch_stage_.SetDecaySteps(std::max(8, 4 * cfg_.num_layers));
 
     // Streams and events.
     TWL_CUDA(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
@@ -818,7 +820,7 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
 }
 
 // Pinned slot layout: group counters, then per q head (selected, kept, mass), then per unit
-// (kept union, direct tokens, blocks).
+// (kept union, resident blocks, blocks).
 absl::Status GpuOffloadBackend::EnqueueTelemetry(const DecodeRequest& req, int32_t num_groups,
                                                  cudaStream_t c) {
   const int32_t slot = telemetry_.current();
@@ -834,7 +836,8 @@ absl::Status GpuOffloadBackend::EnqueueTelemetry(const DecodeRequest& req, int32
                            c));
   char* hk = h + cnt_bytes + heads * 20;
   TWL_CUDA(cudaMemcpyAsync(hk, scratch_.kept_count(), units * 4, cudaMemcpyDeviceToHost, c));
-  TWL_CUDA(cudaMemcpyAsync(hk + units * 4, fetch_stage_.count_direct(), units * 4,
+  // Per unit: resident blocks when planned (where each head lives; no direct units now).
+  TWL_CUDA(cudaMemcpyAsync(hk + units * 4, fetch_stage_.unit_hits(), units * 4,
                                cudaMemcpyDeviceToHost, c));
   TWL_CUDA(cudaMemcpyAsync(hk + units * 8, fetch_stage_.unit_blocks(), units * 4,
                                cudaMemcpyDeviceToHost, c));
@@ -868,8 +871,8 @@ absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t)
   const auto* kept = sel + heads;
   const auto* mass = reinterpret_cast<const float*>(kept + heads);
   const auto* kept_kv = reinterpret_cast<const int32_t*>(hk);
-  const auto* direct = kept_kv + units;
-  const auto* unit_blocks = direct + units;
+  const auto* unit_hits = kept_kv + units;
+  const auto* unit_blocks = unit_hits + units;
   t->selected_tokens.assign(sel, sel + heads);
   t->kept_tokens.assign(kept, kept + heads);
   t->est_mass.assign(mass, mass + heads);
@@ -881,11 +884,18 @@ absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t)
   st.groups = num_groups;
   st.cache.units = int64_t(units);
   for (int32_t gi = 0; gi < num_groups; ++gi) {
+    // Residency by value: needed = hits + fetched + read in place (direct_blocks).
     st.cache.units_direct += cnt[gi].units_direct;
-    st.cache.blocks_needed += cnt[gi].needed;
+    st.cache.blocks_needed += cnt[gi].hits + cnt[gi].fetched;
     st.cache.hits += cnt[gi].hits;
     st.cache.misses += cnt[gi].fetched;
     st.cache.evictions += cnt[gi].evictions;
+    st.cache.direct_blocks += cnt[gi].direct_blocks;
+    st.cache.direct_rows += cnt[gi].direct_rows;
+    st.cache.hit_rows += cnt[gi].hit_rows;
+    st.cache.fetched_rows += cnt[gi].fetched_rows;
+    st.direct_blocks += cnt[gi].direct_blocks;
+    st.direct_tokens += cnt[gi].direct_rows;
     if (cnt[gi].error) {
       ++st.errors;
       if (async_error_.ok()) {
@@ -894,15 +904,12 @@ absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t)
       }
     }
   }
-  for (size_t u = 0; u < units; ++u) {
-    if (direct[u] > 0) {
-      st.direct_blocks += unit_blocks[u];
-      st.direct_tokens += direct[u];
-    }
-  }
+  t->blocks_kv.assign(unit_blocks, unit_blocks + units);
+  t->resident_blocks_kv.assign(unit_hits, unit_hits + units);
   const int64_t row_bytes = int64_t(g_.head_dim) * 2 * 2;  // one K row + one V row
   t->blocks_needed = st.cache.blocks_needed + st.direct_blocks;
-  t->blocks_fetched = st.cache.misses;
+  // Blocks read in place cross the bus too (their kept rows): not hits.
+  t->blocks_fetched = st.cache.misses + st.direct_blocks;
   t->bytes_h2d = st.cache.misses * g_.FpBlockBytes() + st.direct_tokens * row_bytes;
   auto ms = [&](int32_t gi, int a, int b) {
     float v = 0;

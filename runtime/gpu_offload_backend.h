@@ -57,8 +57,8 @@ namespace twl {
 // Offload counters of the last Decode that asked for telemetry (summed over its groups).
 struct OffloadStepStats {
   CacheCounters cache;          // units, direct units, needed (distinct), hits, misses...
-  int64_t direct_blocks = 0;    // blocks of units attended from host memory
-  int64_t direct_tokens = 0;    // kept tokens of those units
+  int64_t direct_blocks = 0;    // blocks read in place from host memory (not admitted)
+  int64_t direct_tokens = 0;    // their kept rows (the bytes they cost: rows x K+V row)
   int32_t groups = 0;           // pipeline groups of the step
   int32_t errors = 0;           // plan kernels that reported an inconsistency (must be 0)
 };

@@ -99,6 +99,11 @@ struct StepTelemetry {
   std::vector<int32_t> kept_tokens;       // [num_seqs][num_q_heads] own top-p set
   std::vector<float> est_mass;            // [num_seqs][num_q_heads]
   std::vector<int32_t> kept_tokens_kv;    // [num_seqs][num_kv_heads] union (what is attended)
+  // GPU offload store: where each (sequence, KV head) lives: its distinct kept blocks, and
+  // how many of them were resident in the GPU cache when planned (hits); the rest were
+  // fetched or read in place. Empty for other backends.
+  std::vector<int32_t> blocks_kv;
+  std::vector<int32_t> resident_blocks_kv;
   int64_t blocks_needed = 0;   // FP16 blocks the attention reads
   int64_t blocks_fetched = 0;  // of those, fetched from host this step
   int64_t bytes_h2d = 0;

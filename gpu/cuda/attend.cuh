@@ -184,12 +184,18 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
     auto load_slot = [&](int32_t pos, int32_t page) -> int64_t {
       if (pos < 0) return 0;
       const int64_t block = g.BlockId(page, h);
-      return kv.slot_of_block ? int64_t(kv.slot_of_block[block]) : block;
+      if (!kv.slot_of_block) return block;
+      // Not resident (the cache did not admit it): ~block, read in place from miss_kv.
+      const int32_t slot = kv.slot_of_block[block];
+      return slot >= 0 || !kv.miss_kv ? int64_t(slot) : ~block;
     };
     auto issue = [&](int32_t stage, int32_t pos, int64_t slot) {
       const int b = stage % S;
       const bool valid = pos >= 0;
-      const fp16_t* src = kv.kv + (valid ? slot * g.FpBlockElems() + int64_t(pos % g.page_size) * D : 0);
+      const int64_t row = int64_t(pos % g.page_size) * D;
+      const fp16_t* src = !valid ? kv.kv
+                          : slot >= 0 ? kv.kv + slot * g.FpBlockElems() + row
+                                      : kv.miss_kv + (~slot) * g.FpBlockElems() + row;
       fp16_t* kd = kbuf + (b * T + tl) * D;
       fp16_t* vd = vbuf + (b * T + tl) * D;
 #pragma unroll

@@ -1,5 +1,6 @@
 // Reference attention: dense equals an independent FP64 computation; sparse over all tokens
 // equals dense; over the oracle top-p set the error shrinks as p -> 1.
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -70,6 +71,48 @@ TEST(Attention, DenseMatchesIndependentFp64AndSparseOverAllMatchesDense) {
     EXPECT_LE(testing::RelError(sparse, naive), 1e-5);
     EXPECT_LE(testing::RelError(testing::ToFloat(dense), sparse), 1e-3);
   }
+}
+
+// The GPU cache's view (cache/gpu_page_cache.h): resident blocks through slot_of_block,
+// the others (-1) read in place from miss_kv. Where bytes come from must not change the
+// output: bit-identical to the identity view over the same blocks.
+TEST(Attention, PartlyResidentCacheViewEqualsIdentityView) {
+  PageGeometry g{16, 128, 2, 4};
+  auto st = testing::MakeRandomStore(g, 8, {300, 1000}, ::testing::UnitTest::GetInstance()->random_seed());
+  BatchView b = st.Batch();
+  const int64_t num_blocks = st.num_pages * g.num_kv_heads;
+  const int64_t block_elems = g.FpBlockElems();
+  // Every third block resident, in shuffled slots of a separate slot array.
+  std::mt19937_64 rng(7);
+  std::vector<int32_t> slot_of_block(static_cast<size_t>(num_blocks), -1), resident;
+  for (int64_t blk = 0; blk < num_blocks; ++blk) {
+    if (blk % 3 == 0) resident.push_back(int32_t(blk));
+  }
+  std::shuffle(resident.begin(), resident.end(), rng);
+  std::vector<fp16_t> slots(resident.size() * size_t(block_elems));
+  for (size_t sl = 0; sl < resident.size(); ++sl) {
+    slot_of_block[size_t(resident[sl])] = int32_t(sl);
+    std::copy_n(st.kv.begin() + resident[sl] * block_elems, block_elems,
+                slots.begin() + int64_t(sl) * block_elems);
+  }
+  const FpKvView cached{slots.data(), slot_of_block.data(), st.kv.data()};
+  const int32_t max_kept = b.max_pages * g.page_size;
+  std::vector<int32_t> tok(static_cast<size_t>(b.num_seqs * g.num_kv_heads * max_kept)),
+      cnt(size_t(b.num_seqs * g.num_kv_heads));
+  for (int32_t s = 0; s < b.num_seqs; ++s) {
+    for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+      int32_t n = 0;
+      for (int32_t t = 0; t < b.seq_len[s]; t += 1 + int32_t(rng() % 5)) {
+        tok[size_t((s * g.num_kv_heads + h) * max_kept + n++)] = t;
+      }
+      cnt[size_t(s * g.num_kv_heads + h)] = n;
+    }
+  }
+  const KeptView kept{tok.data(), cnt.data(), max_kept};
+  std::vector<float> a(st.q.size()), c(st.q.size());
+  ASSERT_TRUE(SparseAttentionRefF32(g, b, st.Query(), st.Kv(), kept, a.data()).ok());
+  ASSERT_TRUE(SparseAttentionRefF32(g, b, st.Query(), cached, kept, c.data()).ok());
+  EXPECT_EQ(a, c);
 }
 
 TEST(Attention, OracleTopPErrorShrinksAsPGrowsToOne) {

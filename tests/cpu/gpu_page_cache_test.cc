@@ -65,19 +65,89 @@ TEST(GpuPageCacheTest, DuplicatesWithinAndAcrossUnitsFetchedOnce) {
   EXPECT_TRUE(c.CheckConsistent().ok());
 }
 
-TEST(GpuPageCacheTest, EvictsLeastRecentlyUsedFirst) {
+// Units list a block once per kept row: Rows(b, n) is n rows of block b.
+std::vector<int32_t> Rows(int32_t b, int32_t n) { return std::vector<int32_t>(size_t(n), b); }
+std::vector<int32_t> Cat(std::initializer_list<std::vector<int32_t>> parts) {
+  std::vector<int32_t> v;
+  for (const auto& p : parts) v.insert(v.end(), p.begin(), p.end());
+  return v;
+}
+
+TEST(GpuPageCacheTest, EvictsLowestValueFirstThenOldest) {
   auto c = GpuPageCache::Create(100, 4).value();
-  // Fill with 10, 11, 12, 13 in separate groups, so their ages differ.
+  // Fill with 10, 11, 12, 13 (one row each) in separate groups, so their ages differ.
   for (int32_t b : {10, 11, 12, 13}) ASSERT_TRUE(c.PlanGroup(Units{{b}}, false).ok());
-  ASSERT_TRUE(c.PlanGroup(Units{{10}}, false).ok());  // 10 becomes the most recent
-  // Two new blocks: the victims must be 11 and 12 (the oldest two).
-  auto p = c.PlanGroup(Units{{20, 21}}, false).value();
+  // 13 is used again with many rows: the most valuable, although not the most recent.
+  ASSERT_TRUE(c.PlanGroup(Units{Rows(13, 16)}, false).ok());
+  ASSERT_TRUE(c.PlanGroup(Units{{10}}, false).ok());  // 10: value 2, the most recent
+  // Two new blocks worth 8 rows each: the victims are the lowest values, 11 and 12 (value
+  // 1, the oldest of equal value); 10 (value 2) and 13 survive.
+  auto p = c.PlanGroup(Units{Cat({Rows(20, 8), Rows(21, 8)})}, false).value();
+  EXPECT_EQ(p.counters.misses, 2);
   EXPECT_EQ(p.counters.evictions, 2);
   EXPECT_LT(c.SlotOf(11), 0);
   EXPECT_LT(c.SlotOf(12), 0);
   EXPECT_GE(c.SlotOf(10), 0);
   EXPECT_GE(c.SlotOf(13), 0);
   EXPECT_TRUE(c.CheckConsistent().ok());
+}
+
+// A miss does not displace a block of about its own value (the margin): it is read in place.
+TEST(GpuPageCacheTest, EqualValueMissIsReadInPlace) {
+  auto c = GpuPageCache::Create(100, 2).value();
+  ASSERT_TRUE(c.PlanGroup(Units{Cat({Rows(1, 4), Rows(2, 4)})}, false).ok());
+  auto p = c.PlanGroup(Units{Cat({Rows(3, 4), Rows(1, 1)})}, false).value();
+  EXPECT_EQ(p.counters.hits, 1);
+  EXPECT_EQ(p.counters.misses, 0);
+  EXPECT_EQ(p.counters.direct_blocks, 1);
+  EXPECT_EQ(p.counters.direct_rows, 4);
+  EXPECT_EQ(p.direct, std::vector<int32_t>{3});
+  EXPECT_TRUE(p.fetch.empty());
+  EXPECT_LT(c.SlotOf(3), 0);
+  EXPECT_GE(c.SlotOf(2), 0);
+  // Used again and again, 3 becomes worth more than 2 (unused): admitted, 2 evicted.
+  int32_t step = 0;
+  while (c.SlotOf(3) < 0 && step++ < 10) ASSERT_TRUE(c.PlanGroup(Units{Rows(3, 4)}, false).ok());
+  EXPECT_GE(c.SlotOf(3), 0);
+  EXPECT_LT(c.SlotOf(2), 0);
+  EXPECT_LE(step, 2);
+}
+
+TEST(GpuPageCacheTest, ValuesDecayByHalfPerPeriod) {
+  auto c = GpuPageCache::Create(10, 2, /*decay_steps=*/2).value();
+  ASSERT_TRUE(c.PlanGroup(Units{Rows(5, 12)}, false).ok());  // step 1, epoch 0
+  EXPECT_EQ(c.Value(5), 12u);
+  ASSERT_TRUE(c.PlanGroup(Units{{1}}, false).ok());  // step 2, epoch 1: halved
+  EXPECT_EQ(c.Value(5), 6u);
+  ASSERT_TRUE(c.PlanGroup(Units{{1}}, true).ok());  // not a new step: same epoch
+  EXPECT_EQ(c.Value(5), 6u);
+  for (int32_t i = 0; i < 4; ++i) ASSERT_TRUE(c.PlanGroup(Units{{1}}, false).ok());
+  EXPECT_EQ(c.Value(5), 1u);  // epoch 3
+  EXPECT_EQ(ValueBucket(0), kAdmitMargin);
+  for (uint32_t v = 1; v < 65535; v += 1 + v / 7) {
+    EXPECT_LE(ValueBucket(v), ValueBucket(v + 1)) << v;  // monotone
+    EXPECT_LT(ValueBucket(v + 1), kCacheAgeBuckets);
+  }
+  EXPECT_EQ(ValueBucket(2 * 1000) - ValueBucket(1000), 8);  // 8 buckets per octave
+  EXPECT_FALSE(GpuPageCache::Create(10, 2, 0).ok());
+}
+
+TEST(GpuPageCacheTest, PairAdmissionsTakesHighestAgainstLowest) {
+  std::vector<int32_t> mh(kCacheAgeBuckets, 0), vh(kCacheAgeBuckets, 0);
+  mh[40] = 3;
+  mh[30] = 5;
+  vh[0] = 2;   // free slots: any candidate
+  vh[20] = 4;  // beaten by 40 (and by 30: 30 >= 20 + margin)
+  vh[28] = 9;  // beaten by nobody left: 30 < 28 + margin
+  const AdmitCut c = PairAdmissions(mh.data(), vh.data());
+  EXPECT_EQ(c.admitted, 6);
+  EXPECT_EQ(c.miss_cut, 30);
+  EXPECT_EQ(c.miss_quota, 3);
+  EXPECT_EQ(c.victim_cut, 20);
+  EXPECT_EQ(c.victim_quota, 4);
+  std::vector<int32_t> none(kCacheAgeBuckets, 0);
+  EXPECT_EQ(PairAdmissions(none.data(), vh.data()).admitted, 0);
+  EXPECT_EQ(PairAdmissions(mh.data(), none.data()).admitted, 0);
 }
 
 TEST(GpuPageCacheTest, FreeSlotsAreUsedBeforeEvicting) {
@@ -93,37 +163,63 @@ TEST(GpuPageCacheTest, PreviousGroupIsPinned) {
   ASSERT_TRUE(c.PlanGroup(Units{{1, 2, 3}}, false).ok());  // step 1 group 0
   ASSERT_TRUE(c.PlanGroup(Units{{4, 5, 6}}, true).ok());   // step 1 group 1: fills the cache
   // Step 2, group 0 may evict anything (the previous step has finished); 1, 2, 3 are the
-  // oldest, so they go first.
-  auto p0 = c.PlanGroup(Units{{7, 8, 9}}, false).value();
+  // oldest of equal value, so they go first for three blocks worth 8 rows each.
+  auto p0 = c.PlanGroup(Units{Cat({Rows(7, 8), Rows(8, 8), Rows(9, 8)})}, false).value();
   EXPECT_EQ(p0.counters.evictions, 3);
   for (int32_t b : {1, 2, 3}) EXPECT_LT(c.SlotOf(b), 0);
   // Group 1 of step 2 must not evict 7, 8, 9 (pinned by group 0, whose attention may still
-  // run): only the three slots of 4, 5, 6 are available, so 2 + 2 blocks do not fit.
-  auto p1 = c.PlanGroup(Units{{10, 11}, {12, 13}}, true).value();
+  // run): only the three slots of 4, 5, 6 are available; of four valuable blocks, three
+  // are fetched and one is read in place.
+  auto p1 = c.PlanGroup(Units{Cat({Rows(10, 8), Rows(11, 8)}), Cat({Rows(12, 8), Rows(13, 8)})},
+                        true).value();
   for (int32_t b : {7, 8, 9}) EXPECT_GE(c.SlotOf(b), 0) << b;
-  EXPECT_EQ(p1.admitted[0], 1);
-  EXPECT_EQ(p1.admitted[1], 0);  // 2 + 2 > capacity 3
-  EXPECT_EQ(p1.counters.units_direct, 1);
+  EXPECT_EQ(p1.admitted, (std::vector<uint8_t>{1, 1}));  // every unit is attended
+  EXPECT_EQ(p1.counters.units_direct, 0);
+  EXPECT_EQ(p1.counters.misses, 3);
+  EXPECT_EQ(p1.counters.direct_blocks, 1);
+  EXPECT_EQ(p1.counters.direct_rows, 8);
   EXPECT_TRUE(c.CheckConsistent().ok());
 }
 
-TEST(GpuPageCacheTest, StepLargerThanCacheAdmitsFirstFit) {
+// A block the previous group reads in place is not admitted by the next group (its slot
+// would be filled while that group's attention reads through slot_of_block).
+TEST(GpuPageCacheTest, PreviousGroupsInPlaceBlockStaysInPlace) {
+  auto c = GpuPageCache::Create(100, 2).value();
+  ASSERT_TRUE(c.PlanGroup(Units{Cat({Rows(1, 8), Rows(9, 1)})}, false).ok());
+  for (int32_t i = 0; i < 3; ++i) ASSERT_TRUE(c.PlanGroup(Units{Rows(1, 8)}, false).ok());
+  // Group 0: 1 is a hit; 2 (shared with the next group, e.g. a forked page) is worth no
+  // more than 9: read in place.
+  auto p0 = c.PlanGroup(Units{Cat({Rows(1, 8), Rows(2, 1)})}, false).value();
+  EXPECT_EQ(p0.direct, std::vector<int32_t>{2});
+  // Group 1 needs 2 with many rows, and 9's slot is evictable and worth far less; still, 2
+  // stays in place.
+  auto p1 = c.PlanGroup(Units{Rows(2, 16)}, true).value();
+  EXPECT_TRUE(p1.fetch.empty());
+  EXPECT_EQ(p1.direct, std::vector<int32_t>{2});
+  EXPECT_LT(c.SlotOf(2), 0);
+}
+
+TEST(GpuPageCacheTest, StepLargerThanCacheReadsTheRestInPlace) {
   auto c = GpuPageCache::Create(1000, 10).value();
   const Units units = {{1, 2, 3, 4, 5, 6}, {7, 8, 9, 10, 11}, {12, 13, 14, 15}, {16}};
   auto p = c.PlanGroup(units, false).value();
-  // 6 fit, 5 does not (11 > 10), 4 does (10), 1 does not (11).
-  EXPECT_EQ(p.admitted, (std::vector<uint8_t>{1, 0, 1, 0}));
+  // 10 free slots for 16 blocks: 10 fetched, 6 read in place; every unit attended.
+  EXPECT_EQ(p.admitted, (std::vector<uint8_t>{1, 1, 1, 1}));
   EXPECT_EQ(p.counters.blocks_needed, 10);
-  EXPECT_EQ(p.counters.units_direct, 2);
-  for (int32_t b : {1, 2, 3, 4, 5, 6, 12, 13, 14, 15}) EXPECT_GE(c.SlotOf(b), 0);
-  // A unit larger than the whole cache is never admitted, and that is not an error.
-  auto big = c.PlanGroup(Units{std::vector<int32_t>(11, 0)}, false);
-  ASSERT_TRUE(big.ok());
+  EXPECT_EQ(p.counters.misses, 10);
+  EXPECT_EQ(p.counters.direct_blocks, 6);
+  EXPECT_EQ(p.counters.direct_rows, 6);
+  EXPECT_EQ(c.ResidentBlocks(), 10);
+  std::set<int32_t> all;
+  for (const FetchEntry& f : p.fetch) all.insert(f.block);
+  for (int32_t b : p.direct) all.insert(b);
+  EXPECT_EQ(all.size(), 16u);
+  // A unit larger than the whole cache is not an error.
   std::vector<int32_t> eleven;
   for (int32_t b = 100; b < 111; ++b) eleven.push_back(b);
-  auto p2 = c.PlanGroup(Units{eleven}, false).value();
-  EXPECT_EQ(p2.admitted[0], 0);
-  EXPECT_TRUE(p2.fetch.empty());
+  auto p2 = c.PlanGroup(Units{eleven}, false);
+  ASSERT_TRUE(p2.ok());
+  EXPECT_EQ(p2->counters.misses + p2->counters.direct_blocks, 11);
 }
 
 TEST(GpuPageCacheTest, InvalidateFreesTheSlot) {
@@ -141,8 +237,10 @@ TEST(GpuPageCacheTest, InvalidateFreesTheSlot) {
   EXPECT_EQ(p.counters.evictions, 0);
   EXPECT_EQ(c.SlotOf(8), slot);
   EXPECT_EQ(c.SlotOf(5), -1);
-  auto p2 = c.PlanGroup(Units{{5}}, false).value();  // refetched, not a stale hit
-  EXPECT_EQ(p2.counters.misses, 1);
+  auto p2 = c.PlanGroup(Units{{5}}, false).value();  // not a stale hit
+  EXPECT_EQ(p2.counters.hits, 0);
+  EXPECT_EQ(p2.counters.misses + p2.counters.direct_blocks, 1);
+  EXPECT_EQ(c.Value(5), 1u);  // the value restarted at the invalidation
 }
 
 // Random drifting top-p-like working sets, random group splits, caches from too small to
@@ -154,7 +252,7 @@ TEST(GpuPageCacheTest, RandomDriftInvariants) {
     const int32_t num_units = 1 + int32_t(rng() % 12);
     const int32_t per_unit = 1 + int32_t(rng() % 40);
     const int32_t num_slots = 1 + int32_t(rng() % (num_units * per_unit + 20));
-    auto c = GpuPageCache::Create(num_blocks, num_slots).value();
+    auto c = GpuPageCache::Create(num_blocks, num_slots, /*decay_steps=*/4).value();
     // Each unit has a "hot set" that drifts: each step a few blocks are replaced.
     std::vector<std::vector<int32_t>> hot(static_cast<size_t>(num_units));
     for (auto& h : hot) {
@@ -169,7 +267,7 @@ TEST(GpuPageCacheTest, RandomDriftInvariants) {
       }
       // Split units into 1..3 contiguous groups.
       const int32_t groups = 1 + int32_t(rng() % 3);
-      std::vector<std::set<int32_t>> prev_needed;
+      std::vector<std::set<int32_t>> prev_needed, prev_direct;
       for (int32_t g = 0; g < groups; ++g) {
         const int32_t lo = g * num_units / groups, hi = (g + 1) * num_units / groups;
         Units units(hot.begin() + lo, hot.begin() + hi);
@@ -186,33 +284,28 @@ TEST(GpuPageCacheTest, RandomDriftInvariants) {
         ASSERT_TRUE(plan_or.ok()) << plan_or.status();
         const GroupPlan& p = *plan_or;
         ASSERT_TRUE(c.CheckConsistent().ok());
-        // Admission respects the capacity; every admitted unit's blocks are resident.
-        int64_t admitted_sum = 0;
-        std::set<int32_t> needed;
+        // Every unit is attended; every distinct block is a hit, fetched or read in place.
+        std::set<int32_t> needed, direct(p.direct.begin(), p.direct.end());
         for (size_t u = 0; u < units.size(); ++u) {
-          if (!p.admitted[u]) continue;
-          const auto d = Distinct(units[u]);
-          admitted_sum += int64_t(d.size());
-          for (int32_t b : d) {
-            ASSERT_GE(c.SlotOf(b), 0) << "admitted block not resident";
-            EXPECT_EQ(c.LastUse(c.SlotOf(b)), p.stamps.current);
-            needed.insert(b);
-          }
+          EXPECT_EQ(p.admitted[u], 1);
+          for (int32_t b : Distinct(units[u])) needed.insert(b);
         }
-        EXPECT_LE(admitted_sum, num_slots - (protect ? pinned_before : 0));
-        // First fit: a unit was refused only if it did not fit at its turn.
-        int64_t used = 0;
-        for (size_t u = 0; u < units.size(); ++u) {
-          const int64_t n = int64_t(Distinct(units[u]).size());
-          if (p.admitted[u]) {
-            used += n;
-          } else {
-            EXPECT_GT(used + n, num_slots - (protect ? pinned_before : 0));
+        EXPECT_EQ(direct.size(), p.direct.size()) << "a block read in place twice";
+        int64_t resident_needed = 0;
+        for (int32_t b : needed) {
+          if (direct.count(b)) {
+            EXPECT_LT(c.SlotOf(b), 0) << "in place but resident";
+            continue;
           }
+          ASSERT_GE(c.SlotOf(b), 0) << "needed block neither resident nor in place";
+          EXPECT_EQ(c.LastUse(c.SlotOf(b)), p.stamps.current);
+          ++resident_needed;
         }
-        EXPECT_EQ(p.counters.blocks_needed, int64_t(needed.size()));
+        EXPECT_EQ(p.counters.blocks_needed, resident_needed);
         EXPECT_EQ(p.counters.hits + p.counters.misses, p.counters.blocks_needed);
+        EXPECT_EQ(p.counters.direct_blocks, int64_t(direct.size()));
         EXPECT_EQ(int64_t(p.fetch.size()), p.counters.misses);
+        EXPECT_LE(p.counters.misses, num_slots - (protect ? pinned_before : 0));
         // Fetch targets: distinct slots, each evictable before, none pinned.
         std::set<int32_t> victim_slots;
         for (const FetchEntry& f : p.fetch) {
@@ -220,27 +313,58 @@ TEST(GpuPageCacheTest, RandomDriftInvariants) {
           EXPECT_LT(before_use[f.slot], p.stamps.protect_from);
           EXPECT_EQ(c.SlotOf(f.block), f.slot);
         }
-        // The previous group's blocks survive when protected.
+        // The previous group's blocks survive when protected, and what it read in place
+        // is not admitted now.
         if (protect && !prev_needed.empty()) {
           for (int32_t b : prev_needed.back()) EXPECT_GE(c.SlotOf(b), 0) << "pinned evicted";
+          for (const FetchEntry& f : p.fetch) {
+            EXPECT_EQ(prev_direct.back().count(f.block), 0u) << "admitted over a reader";
+          }
         }
-        // LRU: no evictable slot left untouched is strictly older than a chosen victim.
-        auto key = [&](int32_t s) { return SlotAgeBucket(before_block[s], before_use[s], p.stamps); };
-        int32_t youngest_victim = kCacheAgeBuckets;
-        for (int32_t s : victim_slots) youngest_victim = std::min(youngest_victim, key(s));
+        // By value: victims' keys (their blocks are not needed: values unchanged) are the
+        // lowest; a fetched block beats the key of some victim by the margin; no block read
+        // in place beats a surviving evictable slot by the margin (the pairing is maximal).
+        auto vkey = [&](int32_t s) {
+          return before_block[s] < 0 ? 0 : ValueBucket(c.Value(before_block[s]));
+        };
+        int32_t max_victim = -1, min_survivor = kCacheAgeBuckets;
+        for (int32_t s : victim_slots) max_victim = std::max(max_victim, vkey(s));
         for (int32_t s = 0; s < num_slots; ++s) {
           if (victim_slots.count(s) || before_use[s] >= p.stamps.protect_from) continue;
           if (before_block[s] >= 0 && needed.count(before_block[s])) continue;  // a hit
-          if (!victim_slots.empty()) {
-            EXPECT_LE(key(s), youngest_victim) << "slot " << s;
+          min_survivor = std::min(min_survivor, vkey(s));
+        }
+        if (!victim_slots.empty()) {
+          EXPECT_LE(max_victim, min_survivor);
+        }
+        int32_t min_fetched = kCacheAgeBuckets;
+        for (const FetchEntry& f : p.fetch) {
+          min_fetched = std::min(min_fetched, ValueBucket(c.Value(f.block)));
+        }
+        if (!p.fetch.empty() && max_victim > 0) {
+          EXPECT_GE(min_fetched, kAdmitMargin + 1) << "fetched a block of no value";
+        }
+        // (Unless more misses than slots were candidates: the overflow is read in place.)
+        int64_t candidates = int64_t(p.fetch.size());
+        for (int32_t b : p.direct) {
+          candidates += !(protect && !prev_direct.empty() && prev_direct.back().count(b));
+        }
+        for (int32_t b : p.direct) {
+          if (protect && !prev_direct.empty() && prev_direct.back().count(b)) continue;
+          if (min_survivor < kCacheAgeBuckets && candidates <= num_slots) {
+            EXPECT_LT(ValueBucket(c.Value(b)), std::max(min_survivor, 1) + kAdmitMargin)
+                << "block " << b << " read in place but beats a surviving slot";
           }
         }
+        prev_direct.push_back(direct);
+        for (int32_t b : direct) needed.erase(b);  // pinned: the resident ones only
         total_hits += p.counters.hits;
         total_needed += p.counters.blocks_needed;
         prev_needed.push_back(needed);
       }
     }
-    // With a cache at least twice the working set, drift of 10% gives mostly hits.
+    // With a cache at least twice the working set, drift of 10% gives mostly hits (new
+    // blocks fill free slots, and stale values halve every 4 steps).
     if (num_slots >= 2 * num_units * per_unit) {
       EXPECT_GT(double(total_hits), 0.6 * double(total_needed)) << "trial " << trial;
     }

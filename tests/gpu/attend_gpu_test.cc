@@ -2,7 +2,8 @@
 // reference: relative L2 error per (sequence, query head) <= 2e-3 (FP16 output rounding is
 // ~3e-4), outputs poisoned with NaN before the run, NaN checks, empty kept sets give zeros.
 // Cases: head dim 64/128, GQA 1/3/4/8, kept sets from the reference pruner, heavy and light
-// sets in one batch (2,700 vs 37 tokens), dense, and blocks behind a slot indirection.
+// sets in one batch (2,700 vs 37 tokens), dense, and blocks behind a slot indirection (with
+// some blocks not resident, read in place through FpKvView::miss_kv).
 #include <algorithm>
 #include <numeric>
 #include <random>
@@ -29,6 +30,8 @@ struct AttendCase {
   int32_t head_dim, num_kv_heads, group;
   KeptKind kind;
   bool slot_map;
+  bool in_place = false;  // with slot_map: every third block not resident (slot -1), read
+                          // from FpKvView::miss_kv (the GPU cache's blocks not admitted)
 };
 
 class AttendGpuTest : public ::testing::TestWithParam<AttendCase> {};
@@ -94,14 +97,19 @@ TEST_P(AttendGpuTest, MatchesFp32Reference) {
     std::iota(perm.begin(), perm.end(), 0);
     std::shuffle(perm.begin(), perm.end(), rng);
     perm.resize(size_t(blocks));
+    if (c.in_place) {
+      for (int64_t b = 1; b < blocks; b += 3) perm[size_t(b)] = -1;
+    }
     std::vector<fp16_t> scattered(size_t(num_slots * g.FpBlockElems()), 0x7E00);  // NaN
     for (int64_t b = 0; b < blocks; ++b) {
+      if (perm[size_t(b)] < 0) continue;  // its slot stays NaN: must be read in place
       std::copy_n(st.kv.begin() + b * g.FpBlockElems(), g.FpBlockElems(),
                   scattered.begin() + int64_t(perm[size_t(b)]) * g.FpBlockElems());
     }
     slots_kv = Upload(scattered);
     slot_map = Upload(perm);
-    dkv = FpKvView{slots_kv.as<fp16_t>(), slot_map.as<int32_t>()};
+    dkv = FpKvView{slots_kv.as<fp16_t>(), slot_map.as<int32_t>(),
+                   c.in_place ? ds.Kv().kv : nullptr};
   }
   gpu::DeviceBuffer d_tok = Upload(tok), d_cnt = Upload(cnt);
   gpu::DeviceBuffer d_out = Poisoned<fp16_t>(ref.size());
@@ -152,12 +160,15 @@ INSTANTIATE_TEST_SUITE_P(
                       AttendCase{96, 2, 4, KeptKind::kPruned, false},
                       AttendCase{96, 2, 3, KeptKind::kHeavyLight, true},
                       AttendCase{256, 2, 8, KeptKind::kHeavyLight, false},
-                      AttendCase{256, 1, 2, KeptKind::kDense, false}));
+                      AttendCase{256, 1, 2, KeptKind::kDense, false},
+                      AttendCase{128, 2, 4, KeptKind::kHeavyLight, true, true},
+                      AttendCase{128, 8, 4, KeptKind::kPruned, true, true},
+                      AttendCase{64, 2, 8, KeptKind::kDense, true, true}));
 
 TEST(AttendGpu, UnsupportedHeadDimIsUnimplemented) {
   TWL_SKIP_WITHOUT_GPU();
   PageGeometry g;
-  g.head_dim = 96;
+  g.head_dim = 80;  // a head dim the GPU kernels do not take
   int32_t len = 1, table = 0;
   BatchView b{1, 8, &len, &table, 1};
   fp16_t dummy = 0;

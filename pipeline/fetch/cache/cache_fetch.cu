@@ -38,6 +38,8 @@ absl::Status CacheFetch::Init(const PageGeometry& g, int64_t num_blocks, int32_t
   TWL_RETURN_IF_ERROR(Grow(need_stamp_, size_t(num_blocks) * 4));
   TWL_RETURN_IF_ERROR(Grow(block_of_slot_, size_t(num_slots_) * 4));
   TWL_RETURN_IF_ERROR(Grow(last_use_, size_t(num_slots_) * 4));
+  TWL_RETURN_IF_ERROR(Grow(value_, size_t(num_blocks) * 4));
+  TWL_CUDA(cudaMemset(value_.get(), 0, size_t(num_blocks) * 4));
   TWL_CUDA(cudaMemset(slot_of_block_.get(), 0xff, size_t(num_blocks) * 4));
   TWL_CUDA(cudaMemset(need_stamp_.get(), 0, size_t(num_blocks) * 4));
   TWL_CUDA(cudaMemset(block_of_slot_.get(), 0xff, size_t(num_slots_) * 4));
@@ -49,9 +51,10 @@ absl::Status CacheFetch::Init(const PageGeometry& g, int64_t num_blocks, int32_t
   cache_.d_slots = slots_.as<fp16_t>();
   cache_.num_blocks = num_blocks;
   cache_.num_slots = num_slots_;
+  cache_.d_value = value_.as<uint32_t>();
   TWL_RETURN_IF_ERROR(Grow(counters_, sizeof(DeviceGroupCounters) * size_t(max_groups)));
   TWL_CUDA(cudaMemset(counters_.get(), 0, sizeof(DeviceGroupCounters) * size_t(max_groups)));
-  TWL_RETURN_IF_ERROR(Grow(missing_, size_t(num_slots_) * 4));
+  TWL_RETURN_IF_ERROR(Grow(missing_, size_t(num_slots_) * sizeof(FetchEntry)));
   TWL_RETURN_IF_ERROR(Grow(fetch_, size_t(num_slots_) * sizeof(FetchEntry)));
 
   // Transports: the gather consumes the device-resident fetch list (no host round trip).
@@ -77,6 +80,7 @@ absl::Status CacheFetch::GrowStep(int64_t units, size_t out_bytes) {
   TWL_RETURN_IF_ERROR(Grow(count_cache_, size_t(units) * 4));
   TWL_RETURN_IF_ERROR(Grow(count_direct_, size_t(units) * 4));
   TWL_RETURN_IF_ERROR(Grow(unit_blocks_, size_t(units) * 4));
+  TWL_RETURN_IF_ERROR(Grow(unit_hits_, size_t(units) * 4));
   return Grow(direct_out_, out_bytes);
 }
 
@@ -101,11 +105,14 @@ absl::Status CacheFetch::WaitFetched(int32_t index, cudaStream_t compute) {
 
 AttendSource CacheFetch::Source() const {
   AttendSource s;
-  s.kv = FpKvView{slots_.as<fp16_t>(), slot_of_block_.as<int32_t>()};
+  // Blocks the plan did not admit (slot -1): attention reads their kept rows in place from
+  // the mapped host pool. Every unit is attended this way (no direct units any more: the
+  // plan decides per block), so the executor's direct pass is off.
+  s.kv = FpKvView{slots_.as<fp16_t>(), slot_of_block_.as<int32_t>(),
+                  static_cast<const fp16_t*>(source_.mapped_base)};
   s.counts = count_cache_.as<int32_t>();
-  // Units that did not fit: attention reads their kept rows from the mapped host pool.
   s.direct_kv = FpKvView{static_cast<fp16_t*>(const_cast<void*>(source_.mapped_base)), nullptr};
-  s.direct_counts = count_direct_.as<int32_t>();
+  s.direct_counts = nullptr;
   s.direct_out = direct_out_.as<fp16_t>();
   return s;
 }
@@ -128,13 +135,16 @@ absl::Status CacheFetch::FetchGroup(int32_t group, const PageGeometry& g,
   pa.kept = kept;
   pa.stamps.protect_from = group == 0 ? stamp_ + 1 : stamp_;
   pa.stamps.current = ++stamp_;
+  if (group == 0) ++steps_;  // a step starts: values decay by steps
+  pa.stamps.epoch = steps_ / uint32_t(decay_steps_);
   pa.d_prev = group == 0 ? nullptr : counters + (group - 1);
   pa.d_counters = counters + group;
   pa.d_count_cache = count_cache_.as<int32_t>() + first_unit;
   pa.d_count_direct = count_direct_.as<int32_t>() + first_unit;
   pa.d_unit_blocks = unit_blocks_.as<int32_t>() + first_unit;
-  pa.d_missing = missing_.as<int32_t>();
+  pa.d_missing = missing_.as<FetchEntry>();
   pa.d_fetch = fetch_.as<FetchEntry>();
+  pa.d_unit_hits = unit_hits_.as<int32_t>() + first_unit;
   TWL_RETURN_IF_ERROR(LaunchCachePlan(cache_, pa, stream));
   const DeviceFetchList list{fetch_.as<FetchEntry>(), &counters[group].fetched, num_slots_};
   if (use_copy_engine_) {

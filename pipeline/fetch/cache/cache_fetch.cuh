@@ -4,8 +4,8 @@
 // read the kept lists, pin the hits, give the misses LRU victims and write the fetch list on
 // the device; the transport then moves the missing blocks into their slots (the SM-driven
 // gather consumes the device list; the copy engine needs it on the host: one round trip per
-// group). Units whose blocks do not fit are attended straight from the mapped pool (their
-// kept counts go to count_direct instead of count_cache).
+// group). Blocks the plan does not admit (residency by value, cache/gpu_page_cache.h) keep
+// slot -1 and attention reads their kept rows in place from the mapped pool (FpKvView.miss_kv).
 // Owns: the slots, slot_of_block / block_of_slot / LRU stamps, per-group counters, the fetch
 // list and the per-unit counts. The store keeps the cache coherent on appends and frees
 // through state() (offload/cache_plan.h mirror and invalidate kernels), on the fetch stream.
@@ -46,6 +46,8 @@ class CacheFetch final : public CudaFetch {
   int32_t num_slots() const { return num_slots_; }
   std::string transport_name() const;
   void SetPath(FetchPath path) { use_copy_engine_ = path == FetchPath::kCopyEngine; }
+  // Steps per halving of the block values (>= 1; cache/gpu_page_cache.h kDefaultDecaySteps).
+  void SetDecaySteps(int32_t steps) { decay_steps_ = steps < 1 ? 1 : steps; }
 
   // The fetch stream, created by the store (its appends mirror rows into the cache there).
   void AttachStream(cudaStream_t fetch_stream) { stream_ = fetch_stream; }
@@ -69,6 +71,7 @@ class CacheFetch final : public CudaFetch {
   int32_t* count_cache() const { return count_cache_.as<int32_t>(); }    // [units]
   int32_t* count_direct() const { return count_direct_.as<int32_t>(); }  // [units]
   int32_t* unit_blocks() const { return unit_blocks_.as<int32_t>(); }    // [units]
+  int32_t* unit_hits() const { return unit_hits_.as<int32_t>(); }        // [units] resident
   const void* counters() const { return counters_.get(); }  // DeviceGroupCounters[groups]
 
  private:
@@ -83,13 +86,15 @@ class CacheFetch final : public CudaFetch {
   gpu::DeviceBuffer direct_out_;
   DeviceCacheState cache_;
   int32_t num_slots_ = 0;
-  gpu::DeviceBuffer slots_, slot_of_block_, need_stamp_, block_of_slot_, last_use_;
+  gpu::DeviceBuffer slots_, slot_of_block_, need_stamp_, block_of_slot_, last_use_, value_;
   gpu::DeviceBuffer counters_, missing_, fetch_;
-  gpu::DeviceBuffer count_cache_, count_direct_, unit_blocks_;
+  gpu::DeviceBuffer count_cache_, count_direct_, unit_blocks_, unit_hits_;
   gpu::PinnedHostBuffer h_fetch_list_;
   std::unique_ptr<FetchTransport> gather_, copy_engine_;
   bool use_copy_engine_ = false;
   uint32_t stamp_ = 1;
+  uint32_t steps_ = 0;  // steps planned (group 0 plans), for the value decay epochs
+  int32_t decay_steps_ = kDefaultDecaySteps;
 };
 
 }  // namespace twl::pipeline_cuda
