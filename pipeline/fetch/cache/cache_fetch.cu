@@ -104,7 +104,8 @@ AttendSource CacheFetch::Source() const {
   s.kv = FpKvView{slots_.as<fp16_t>(), slot_of_block_.as<int32_t>()};
   s.counts = count_cache_.as<int32_t>();
   // Units that did not fit: attention reads their kept rows from the mapped host pool.
-  s.direct_kv = FpKvView{static_cast<fp16_t*>(const_cast<void*>(source_.mapped_base)), nullptr};
+  s.direct_kv = FpKvView{static_cast<fp16_t*>(const_cast<void*>(source_.mapped_base)),
+                         source_.slot_of_block};
   s.direct_counts = count_direct_.as<int32_t>();
   s.direct_out = direct_out_.as<fp16_t>();
   return s;
