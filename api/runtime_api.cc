@@ -407,6 +407,10 @@ twl_status twl_runtime_last_step(const twl_runtime* rt, twl_step_stats* out) noe
         stats.disk_pages_spilled = t.disk_pages_spilled;
         stats.ms_disk = t.ms_disk;
         stats.step = t.step_id;
+        stats.disk_bytes_read = t.disk_bytes_read;
+        stats.disk_pages_read_ahead = t.disk_pages_read_ahead;
+        stats.disk_waits = t.disk_waits;
+        stats.ms_disk_wait = t.ms_disk_wait;
       }
     }
     twl::api::WriteOut(stats, out);

@@ -53,6 +53,9 @@ void ResetTelemetry(twl::StepTelemetry* t) {
   t->ms_select = t->ms_prune = t->ms_fetch = t->ms_attend = t->ms_total = 0;
   t->disk_pages_loaded = t->disk_pages_spilled = 0;
   t->ms_disk = 0;
+  t->disk_bytes_read = t->disk_pages_read_ahead = t->disk_pages_read_ahead_used = 0;
+  t->disk_waits = 0;
+  t->ms_disk_wait = 0;
 }
 
 // Host arrays of the caller copied out with memcpy: the header asks no alignment of them.

@@ -215,8 +215,9 @@ typedef struct twl_runtime_config {
    * file (io_uring, O_DIRECT where the filesystem allows it) in the existing directory
    * disk_path, of disk_bytes bytes reserved at creation; the file is unlinked at once and is
    * not storage (contents are lost with the runtime). NULL/0 (both): no disk tier; setting
-   * only one is TWL_INVALID_ARGUMENT. CPU backend only (TWL_BACKEND_AUTO then picks the CPU;
-   * a GPU backend gives TWL_UNSUPPORTED). The cache then holds host pool pages + disk pages
+   * only one is TWL_INVALID_ARGUMENT. CPU and GPU offload backends (TWL_BACKEND_AUTO then
+   * picks the CPU; the GPU HBM backend gives TWL_UNSUPPORTED; under the GPU offload backend
+   * the host pool is pinned, the quantized K stays on the GPU and k_bits must be < 16). The cache then holds host pool pages + disk pages
    * - 1, a disk page taking the page's FP16 size rounded up to the file's I/O alignment (512
    * bytes where the filesystem allows it, else 4 KiB); the quantized K copy (about 1/5 of
    * FP16 at 4 bits) of every page stays in host memory. A decode step needs every page it attends to in the host pool at once (else
@@ -258,7 +259,7 @@ typedef int64_t twl_seq_id;
  *   including bounds that keep the library's sizes from overflowing: see the fields;
  *   disk_path not a directory or disk_bytes below one page),
  *   TWL_UNAVAILABLE (a GPU backend was asked for and no usable GPU is present),
- *   TWL_UNSUPPORTED (a disk tier with a GPU backend),
+ *   TWL_UNSUPPORTED (a disk tier with the GPU HBM backend),
  *   TWL_OUT_OF_MEMORY / TWL_CAPACITY_EXHAUSTED (pools could not be allocated, or the disk lacks
  *   disk_bytes of free space), TWL_IO_ERROR (the disk tier's file cannot be created),
  *   TWL_INTERNAL.
@@ -413,6 +414,11 @@ typedef struct twl_step_stats {
    * first, counting every twl_decode of any thread); a reader polling after each decode sees
    * a new step when it changes. 0 before any. */
   int64_t step;
+  /* Appended after step: the disk tier under the GPU offload backend (0 otherwise). */
+  int64_t disk_bytes_read;        /* payload read from disk for this step (with read-ahead) */
+  int64_t disk_pages_read_ahead;  /* pages whose read-ahead was started after this step */
+  int64_t disk_waits;             /* times this step blocked on a disk read */
+  double ms_disk_wait;            /* time blocked on disk reads */
 } twl_step_stats;
 
 /* Scalars of the last step into *out (out->struct_size set by the caller).

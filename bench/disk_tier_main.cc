@@ -6,7 +6,12 @@
 //
 //   twl_disk_tier [--dir $TMPDIR] [--record-kib 64] [--mib 64] [--batch 64] [--reps 3]
 //                 [--depths 1,8,32] [--engines uring,threads] [--buffered]
-//                 [--no-preallocate] [--max-seconds 0.5] [--csv out/disk_tier.csv]
+//                 [--no-preallocate] [--max-seconds 0.5] [--read-order random|seq]
+//                 [--csv out/disk_tier.csv]
+//
+// The device's reference rates for the disk tier under the GPU (bench/serve_bench's
+// twilight-disk method): sequential reads (--read-order seq --record-kib 1024) and 8 KiB
+// random reads (--record-kib 8, high queue depth).
 //
 // Each phase runs --reps times (the records are freed in between); the table shows the
 // median throughput and the spread. Defaults finish in about 10 s on a disk doing ~500 MB/s
@@ -48,6 +53,7 @@ struct Options {
   bool preallocate = true;
   double max_seconds = 0.5;  // per phase: stop early on a slow disk
   std::string csv = "out/disk_tier.csv";
+  bool sequential_reads = false;  // reads in record order instead of a random one
 };
 
 }  // namespace
@@ -66,6 +72,8 @@ ABSL_FLAG(bool, preallocate, true,
           "fallocate the file (--no-preallocate: let writes extend it)");
 ABSL_FLAG(double, max_seconds, 0.5, "per phase: stop early on a slow disk");
 ABSL_FLAG(std::string, csv, "out/disk_tier.csv", "CSV output path");
+ABSL_FLAG(std::string, read_order, "random",
+          "random (what bringing pages back does) or seq (records in file order)");
 
 namespace {
 
@@ -96,6 +104,9 @@ Options ParseArgs(int argc, char** argv) {
   o.max_seconds = absl::GetFlag(FLAGS_max_seconds);
   RequireFlag(o.max_seconds > 0 && o.max_seconds <= 1e6, "max_seconds", "must be > 0");
   o.csv = absl::GetFlag(FLAGS_csv);
+  const std::string order = absl::GetFlag(FLAGS_read_order);
+  RequireFlag(order == "random" || order == "seq", "read_order", "must be random or seq");
+  o.sequential_reads = order == "seq";
   return o;
 }
 
@@ -161,13 +172,19 @@ Phase WritePhase(twl::DiskTier* tier, const Buffers& buf, int64_t total_records,
   return ph;
 }
 
-// Reads `records` (the k-th written from src record k % batch) in a random order.
+// Reads `records` (the k-th written from src record k % batch) in a random order, or in
+// file order (ascending record index) when `sequential`.
 Phase ReadPhase(twl::DiskTier* tier, const Buffers& buf, const std::vector<int64_t>& records,
-                double max_seconds) {
+                double max_seconds, bool sequential) {
   Phase ph;
   std::vector<int64_t> order(records.size());
   std::iota(order.begin(), order.end(), 0);
-  std::shuffle(order.begin(), order.end(), std::mt19937(7));
+  if (sequential) {
+    std::sort(order.begin(), order.end(),
+              [&](int64_t a, int64_t b) { return records[size_t(a)] < records[size_t(b)]; });
+  } else {
+    std::shuffle(order.begin(), order.end(), std::mt19937(7));
+  }
   struct InFlight {
     twl::DiskTier::Ticket ticket;
     int slot;
@@ -230,8 +247,9 @@ int main(int argc, char** argv) {
                            "min MiB/s", "max MiB/s", "IOPS", "us/op", "verified", "error"});
   table.title = absl::StrFormat(
       "disk tier: %d KiB records, batches of %d (%d in flight), %d MiB per phase, median of "
-      "%d; writes sequential, reads random",
-      opt.record_kib, opt.batch, kOutstanding, opt.mib, opt.reps);
+      "%d; writes sequential, reads %s",
+      opt.record_kib, opt.batch, kOutstanding, opt.mib, opt.reps,
+      opt.sequential_reads ? "sequential" : "random");
   bool any_error = false;
   std::string uring_note;
   for (const std::string& engine : opt.engines) {
@@ -259,7 +277,8 @@ int main(int argc, char** argv) {
         std::vector<int64_t> records;
         records.reserve(size_t(total));
         writes.push_back(WritePhase(tier->get(), buf, total, opt.max_seconds, &records));
-        reads.push_back(ReadPhase(tier->get(), buf, records, opt.max_seconds));
+        reads.push_back(ReadPhase(tier->get(), buf, records, opt.max_seconds,
+                                  opt.sequential_reads));
         absl::Status s = (*tier)->Free(records);
         if (!s.ok()) reads.back().error = std::string(s.message());
       }

@@ -20,6 +20,12 @@
 //   dense-hbm       gpu-hbm, every layer dense (the project's own dense kernel)
 //   full-offload    gpu-offload, every layer dense (all KV over PCIe each step)
 //   cpu, cpu-dense  the CPU backend (what a run without a GPU measures; CI's tiny run)
+//   twilight-disk   gpu-offload over the NVMe tier: host pool --disk_host_pool_gib (default
+//                   a quarter of the KV), the rest in a file in --disk_dir; compare its tok/s
+//                   with twilight's (everything in the host pool). Its rows also give the
+//                   disk read rate of the measured steps (/proc/self/io) next to the
+//                   device's sequential and 8 KiB random read rates, probed once through the
+//                   same tier (--disk_probe_mib).
 // Baseline: the fastest dense decode on the machine, measured by bench/sdpa_serving.py in the
 // same gpu-check run (PyTorch SDPA: cuDNN / flash / efficient, whichever is fastest; the
 // CSV names it), read with --sdpa_csv. Dense attention cost is linear in the batch's tokens,
@@ -50,6 +56,7 @@
 #include "absl/strings/str_split.h"
 #include "gpu/device.h"
 #include "gpu/synth.h"
+#include "lib/disk_probe.h"
 #include "lib/png_plot.h"
 #include "lib/serve_accuracy.h"
 #include "lib/table.h"
@@ -83,6 +90,11 @@ ABSL_FLAG(int32_t, prefill_chunk, 8192, "tokens per prefill append call");
 ABSL_FLAG(std::string, sdpa_csv, "", "CSV of bench/sdpa_serving.py (the dense baseline)");
 ABSL_FLAG(std::string, out, "out/serve", "output directory (created)");
 ABSL_FLAG(uint64_t, seed, 20261201, "workload seed");
+ABSL_FLAG(std::string, disk_dir, "/tmp", "twilight-disk: directory of the disk tier's file");
+ABSL_FLAG(double, disk_host_pool_gib, 0,
+          "twilight-disk: host pool in GiB (0: a quarter of the KV)");
+ABSL_FLAG(int32_t, disk_probe_mib, 2048,
+          "twilight-disk: MiB of the read-rate probe (0: no probe)");
 
 namespace twl {
 namespace {
@@ -153,6 +165,7 @@ struct Method {
   int32_t budget_tokens = 0;  // 0: library default
   bool dense = false;         // every layer dense
   bool quest_alone = false;   // p = 1 per call
+  bool disk = false;          // a disk tier under a smaller host pool
 };
 
 bool MakeMethod(const std::string& name, int32_t quest_budget, Method* m) {
@@ -177,6 +190,9 @@ bool MakeMethod(const std::string& name, int32_t quest_budget, Method* m) {
   } else if (name == "full-offload") {
     m->backend = TWL_BACKEND_GPU_OFFLOAD;
     m->dense = true;
+  } else if (name == "twilight-disk") {
+    m->backend = TWL_BACKEND_GPU_OFFLOAD;
+    m->disk = true;
   } else if (name == "cpu") {
     m->backend = TWL_BACKEND_CPU;
   } else if (name == "cpu-dense") {
@@ -277,6 +293,10 @@ struct Result {
   // union of the group's exact top-p sets, both means: the like-for-like size comparison
   // (kept kv above is a mean over every unit; oracle kept a median over query heads).
   double sample_attended = NAN, sample_oracle_union = NAN;
+  // Disk tier: MB/s read from storage over the measured steps (wall time), and the step
+  // figures of the last layer of each measured step (bytes read, read-ahead, waits).
+  double disk_mb_s = NAN, disk_mb_step = NAN, disk_waits = NAN, disk_read_ahead = NAN;
+  double host_pool_gib = NAN, kv_gib = NAN;
 };
 
 double Median(std::vector<double> v) {
@@ -330,6 +350,7 @@ class Config {
   void* stream_ = nullptr;
   void* ev0_ = nullptr;
   void* ev1_ = nullptr;
+  std::string disk_path_;
   std::vector<Running> seqs_;
   int32_t next_synth_id_ = 0;
   Buf chunk_k_, chunk_v_;  // prefill staging
@@ -357,6 +378,15 @@ void Config::CreateRuntime(int64_t max_tokens) {
   // Pool: every sequence's pages in every layer, plus a page of slack per (sequence, layer).
   c.host_pool_bytes = kv_bytes_all + int64_t(batch_ + 1) * L() * page * RowElems() * 4 +
                       (int64_t(64) << 20);
+  if (method_.disk) {
+    // The same page capacity, most of it on disk.
+    const double gib = absl::GetFlag(FLAGS_disk_host_pool_gib);
+    const int64_t all = c.host_pool_bytes;
+    c.host_pool_bytes = gib > 0 ? int64_t(gib * double(int64_t(1) << 30)) : kv_bytes_all / 4;
+    disk_path_ = absl::GetFlag(FLAGS_disk_dir);
+    c.disk_path = disk_path_.c_str();
+    c.disk_bytes = all;
+  }
   if (method_.backend == TWL_BACKEND_GPU_OFFLOAD) {
     c.gpu_cache_bytes = std::max<int64_t>(int64_t(absl::GetFlag(FLAGS_cache_frac) * kv_bytes_all),
                                           int64_t(1) << 20);
@@ -616,7 +646,14 @@ Result Config::Run() {
   CreateRuntime(max_tokens);
 
   seqs_.resize(size_t(batch_));
-  for (Running& r : seqs_) StartSequence(&r);
+  const auto p0 = Clock::now();
+  for (Running& r : seqs_) {
+    StartSequence(&r);
+    if (method_.disk) {  // a disk-tier prefill of tens of GiB takes minutes: say where it is
+      std::fprintf(stderr, "    prefill %d/%d sequences (%.0f s)\n", int(&r - seqs_.data()) + 1,
+                   batch_, MsSince(p0) / 1000);
+    }
+  }
   if (gpu_) CheckOk(gpu::DeviceSync(), "prefill");
   res.prefill_gbps = prefill_ms_ > 0 ? double(prefill_bytes_) / (prefill_ms_ * 1e6) : NAN;
   int64_t tokens = 0;
@@ -626,6 +663,8 @@ Result Config::Run() {
   double wall_ms = 0, gpu_ms = 0, issue_ms = 0, append_ms = 0, churn_ms = 0;
   int32_t measured = 0, churn_count = 0;
   double sel = 0, pru = 0, fet = 0, att = 0, hit = 0, h2d = 0, kkv = 0, kq = 0;
+  double disk_bytes = 0, disk_waits = 0, disk_ahead = 0;
+  int64_t disk_read = 0;  // bytes read from storage during the measured steps
   int32_t tele = 0;
   int64_t last_step_id = -1;  // telemetry already counted
   int32_t step = 0;
@@ -639,6 +678,7 @@ Result Config::Run() {
       const bool timed = step >= warmup;
       if (gpu_) CheckOk(gpu::StreamSync(stream_), "sync");
       if (gpu_) CheckOk(gpu::EventRecord(ev0_, stream_), "event");
+      const int64_t io0 = bench::ProcessDiskReadBytes();
       const auto t0 = Clock::now();
       double a_ms = 0;
       Step(st, &a_ms);
@@ -649,6 +689,10 @@ Result Config::Run() {
       if (gpu_) CheckOk(gpu::StreamSync(stream_), "sync");
       const double w = MsSince(t0);
       if (!timed) continue;
+      if (io0 >= 0) disk_read += bench::ProcessDiskReadBytes() - io0;
+      if (method_.disk) {
+        std::fprintf(stderr, "    step %d/%d: %.1f ms\n", step + 1, total, w);
+      }
       wall_ms += w;
       issue_ms += issued;
       append_ms += a_ms;
@@ -668,6 +712,9 @@ Result Config::Run() {
         h2d += double(s.bytes_h2d);
         kkv += s.mean_kept_tokens_kv;
         kq += s.mean_kept_tokens;
+        disk_bytes += double(s.disk_bytes_read);
+        disk_waits += double(s.disk_waits);
+        disk_ahead += double(s.disk_pages_read_ahead);
         ++tele;
       }
     }
@@ -698,7 +745,13 @@ Result Config::Run() {
     res.mb_h2d = h2d / tele / 1e6;
     res.kept_kv = kkv / tele;
     res.kept_q = kq / tele;
+    if (method_.disk) {
+      res.disk_mb_step = disk_bytes / tele / 1e6;
+      res.disk_waits = disk_waits / tele;
+      res.disk_read_ahead = disk_ahead / tele;
+    }
   }
+  if (method_.disk) res.disk_mb_s = double(disk_read) / 1e6 / (wall_ms * 1e-3);
   res.churn_prefill_ms = churn_count ? churn_ms / churn_count : NAN;
 
   twl_memory_usage mem{};
@@ -712,6 +765,8 @@ Result Config::Run() {
   res.gpu_mem_ratio = gpu_ ? gpu_bytes / kv_bytes : 0.0;
   res.gpu_pool_ratio =
       gpu_ && mem.host_pool_bytes_total > 0 ? gpu_bytes / double(mem.host_pool_bytes_total) : 0.0;
+  res.host_pool_gib = double(mem.host_pool_bytes_total) / double(int64_t(1) << 30);
+  res.kv_gib = kv_bytes / double(int64_t(1) << 30);
 
   MeasureAccuracy(&res);
   return res;
@@ -830,11 +885,30 @@ int Main(int argc, char** argv) {
               absl::GetFlag(FLAGS_churn_every), 100 * absl::GetFlag(FLAGS_cache_frac),
               absl::GetFlag(FLAGS_k_scheme));
 
+  // The device's reference read rates, once, when a method runs over the disk tier.
+  bench::DiskRates rates;
+  bool probed = false;
+  for (const Method& m : methods) {
+    if (!m.disk || probed || absl::GetFlag(FLAGS_disk_probe_mib) <= 0) continue;
+    std::fprintf(stderr, "probing %s: %d MiB, sequential and 8 KiB random reads ...\n",
+                 absl::GetFlag(FLAGS_disk_dir).c_str(), absl::GetFlag(FLAGS_disk_probe_mib));
+    absl::StatusOr<bench::DiskRates> r = bench::ProbeDiskReadRates(
+        absl::GetFlag(FLAGS_disk_dir), absl::GetFlag(FLAGS_disk_probe_mib), 128, 10.0);
+    CheckOk(r.status(), "disk probe");
+    rates = *r;
+    probed = true;
+    std::printf("disk %s (%s%s): sequential reads %.0f MiB/s, 8 KiB random reads %.0f MiB/s\n",
+                absl::GetFlag(FLAGS_disk_dir).c_str(), rates.engine.c_str(),
+                rates.direct_io ? ", O_DIRECT" : "", rates.seq_mib_s, rates.rand8k_mib_s);
+  }
+
   bench::Table table({"shape", "B", "workload", "method", "ms/layer-step", "x dense", "tok/s",
                       "issue ms", "append ms", "sel", "prune", "fetch", "attend", "hit", "MB h2d",
                       "kept kv", "gpu/kv", "gpu/pool", "prefill GB/s", "min mass", "mass ok",
                       "med err", "max err", "err/oracle med", "err/oracle max",
-                      "oracle kept", "sample kept kv", "oracle union kv", "baseline"});
+                      "oracle kept", "sample kept kv", "oracle union kv", "baseline",
+                      "host pool GiB", "KV GiB", "disk MB/s", "disk/seq", "disk/rand8k",
+                      "disk MB/step", "disk waits", "read-ahead pages"});
   table.title = "serving loop: per layer-step with appends (wall time), accuracy vs dense";
   const int32_t n_total = int32_t(shapes.size() * batches.size() * workloads.size() * methods.size());
   int32_t done = 0;
@@ -868,7 +942,12 @@ int Main(int argc, char** argv) {
                         Cell(r.min_mass, 3), Cell(r.frac_mass_ok, 3), Cell(r.median_err, 3),
                         Cell(r.max_err, 3), Cell(r.median_err_ratio, 3),
                         Cell(r.max_err_ratio, 3), Cell(r.median_oracle_kept, 4),
-                        Cell(r.sample_attended, 4), Cell(r.sample_oracle_union, 4), base_name});
+                        Cell(r.sample_attended, 4), Cell(r.sample_oracle_union, 4), base_name,
+                        Cell(r.host_pool_gib, 3), Cell(r.kv_gib, 3), Cell(r.disk_mb_s, 4),
+                        Cell(probed ? r.disk_mb_s / (rates.seq_mib_s * 1.048576) : NAN, 3),
+                        Cell(probed ? r.disk_mb_s / (rates.rand8k_mib_s * 1.048576) : NAN, 3),
+                        Cell(r.disk_mb_step, 4), Cell(r.disk_waits, 3),
+                        Cell(r.disk_read_ahead, 4)});
           std::fprintf(stderr,
                        "    %.4f ms/layer-step (%.3fx %s), gpu %.4f ms, host issue %.4f ms (append %.4f), "
                        "sel/prune/fetch/attend %.3f/%.3f/%.3f/%.3f ms, hit %.3f, %.1f MB h2d, "

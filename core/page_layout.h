@@ -69,11 +69,18 @@ struct PageGeometry {
 struct FpKvView {
   fp16_t* kv = nullptr;                    // [num_slots][2][page_size][head_dim]
   const int32_t* slot_of_block = nullptr;  // [num_blocks] or null for identity
-  const fp16_t* miss_kv = nullptr;         // [num_blocks][...] identity addressed, or null
+  const fp16_t* miss_kv = nullptr;         // [pool blocks][...], or null
+  // Pool index of block b in miss_kv (a disk tier under the pool), or null: identity.
+  const int32_t* miss_slot_of_block = nullptr;
 
+  TWL_HD int64_t MissIndex(int64_t block) const {
+    return miss_slot_of_block ? int64_t(miss_slot_of_block[block]) : block;
+  }
   TWL_HD fp16_t* Block(const PageGeometry& g, int64_t block) const {
     const int64_t slot = slot_of_block ? slot_of_block[block] : block;
-    if (slot < 0 && miss_kv) return const_cast<fp16_t*>(miss_kv) + block * g.FpBlockElems();
+    if (slot < 0 && miss_kv) {
+      return const_cast<fp16_t*>(miss_kv) + MissIndex(block) * g.FpBlockElems();
+    }
     return kv + slot * g.FpBlockElems();
   }
   TWL_HD fp16_t* K(const PageGeometry& g, int64_t block, int32_t row) const {

@@ -41,12 +41,19 @@ struct TransportCaps {
 };
 
 // Where blocks come from: block b is at host_base + b * block_bytes on the host and at
-// mapped_base + b * block_bytes in the device address space (pinned, mapped memory).
+// mapped_base + b * block_bytes in the device address space (pinned, mapped memory). With a
+// disk tier under the pool (fewer pool blocks than blocks), block b is at pool index
+// slot_of_block[b] instead (the device array for the gather, the host array for the copy
+// engine; both describe the same map). A block whose entry is -1 is not in the pool: the
+// store must have put every block a step reads into the pool before the fetch (such an
+// entry is skipped rather than read out of bounds).
 struct FetchSource {
   const void* host_base = nullptr;
   const void* mapped_base = nullptr;  // required by the gather
   int64_t block_bytes = 0;            // multiple of 16
   int64_t num_blocks = 0;
+  const int32_t* slot_of_block = nullptr;       // device [num_blocks], or null: identity
+  const int32_t* host_slot_of_block = nullptr;  // host [num_blocks], or null: identity
 };
 
 // Where blocks go: slot s is at slots_base + s * block_bytes (device memory).

@@ -29,7 +29,7 @@ __global__ void __launch_bounds__(kGatherThreads)
     GatherKernel(const uint4* __restrict__ src, uint4* __restrict__ dst,
                  const FetchEntry* __restrict__ entries, const int32_t* __restrict__ d_count,
                  int32_t max_entries, int64_t block_vecs, int32_t num_slots,
-                 int64_t num_blocks) {
+                 int64_t num_blocks, const int32_t* __restrict__ slot_of_block) {
   const int32_t count = min(*d_count, max_entries);
   const int lane = threadIdx.x & 31;
   const int64_t warps = int64_t(gridDim.x) * (kGatherThreads / 32);
@@ -38,7 +38,9 @@ __global__ void __launch_bounds__(kGatherThreads)
     const FetchEntry fe = entries[e];
     // A corrupt entry is skipped rather than turned into a wild access.
     if (fe.slot < 0 || fe.slot >= num_slots || fe.block < 0 || fe.block >= num_blocks) continue;
-    const uint4* s = src + int64_t(fe.block) * block_vecs;
+    const int64_t at = slot_of_block ? int64_t(slot_of_block[fe.block]) : int64_t(fe.block);
+    if (at < 0) continue;  // not in the pool (see FetchSource)
+    const uint4* s = src + at * block_vecs;
     uint4* d = dst + int64_t(fe.slot) * block_vecs;
     for (int64_t base = 0; base < block_vecs; base += 32 * kGatherUnroll) {
       uint4 r[kGatherUnroll];
@@ -172,6 +174,19 @@ class CopyEngineTransport final : public FetchTransport {
             entries[i].slot));
       }
     }
+    if (src_.host_slot_of_block) {
+      // Runs are consecutive pool blocks, not consecutive block ids.
+      mapped_.resize(size_t(count));
+      for (int32_t i = 0; i < count; ++i) {
+        const int32_t at = src_.host_slot_of_block[entries[i].block];
+        if (at < 0) {
+          return absl::FailedPreconditionError(absl::StrFormat(
+              "copy engine: block %d is not in the host pool", entries[i].block));
+        }
+        mapped_[size_t(i)] = FetchEntry{at, entries[i].slot};
+      }
+      entries = mapped_.data();
+    }
     CoalesceFetchRuns(entries, count, &runs_);
     dsts_.resize(runs_.size());
     srcs_.resize(runs_.size());
@@ -211,6 +226,7 @@ class CopyEngineTransport final : public FetchTransport {
   TransportCaps caps_;
   int device_ = 0;
   std::vector<FetchRun> runs_;
+  std::vector<FetchEntry> mapped_;  // entries with pool indices (host_slot_of_block)
   std::vector<void*> dsts_;
   std::vector<const void*> srcs_;
   std::vector<size_t> sizes_;
@@ -232,7 +248,7 @@ absl::Status LaunchGather(const FetchSource& src, const FetchDest& dst,
   GatherKernel<<<grid, kGatherThreads, 0, AsStream(stream)>>>(
       static_cast<const uint4*>(src.mapped_base), static_cast<uint4*>(dst.slots_base),
       list.d_entries, list.d_count, list.max_entries, src.block_bytes / 16, dst.num_slots,
-      src.num_blocks);
+      src.num_blocks, src.slot_of_block);
   return LaunchStatus("GatherKernel");
 }
 

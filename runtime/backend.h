@@ -67,5 +67,11 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateGpuHbmBackend(const RuntimeConfig
                                                              int64_t num_pages);
 absl::StatusOr<std::unique_ptr<Backend>> CreateGpuOffloadBackend(const RuntimeConfig& config,
                                                                  int64_t num_pages);
+// The GPU offload backend over a disk tier: `num_pages` logical pages (at most host_slots - 1
+// + tier->capacity()), `host_slots` pinned page slots (runtime/gpu_offload_backend.h).
+class DiskTier;  // offload/disk_tier.h
+absl::StatusOr<std::unique_ptr<Backend>> CreateGpuOffloadBackendWithDisk(
+    const RuntimeConfig& config, int64_t num_pages, int64_t host_slots,
+    std::unique_ptr<DiskTier> tier);
 
 }  // namespace twl

@@ -2,6 +2,7 @@
 // and the device probe. With TWL_HAVE_CUDA the factories live in runtime/*.cu.
 #include "absl/status/status.h"
 #include "gpu/device.h"
+#include "offload/disk_tier.h"
 #include "runtime/backend.h"
 #include "runtime/device_probe.h"
 
@@ -23,6 +24,12 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateGpuHbmBackend(const RuntimeConfig
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateGpuOffloadBackend(
     const RuntimeConfig& /*config*/, int64_t /*num_pages*/) {
+  return absl::UnavailableError("GPU offload backend: built without CUDA");
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateGpuOffloadBackendWithDisk(
+    const RuntimeConfig& /*config*/, int64_t /*num_pages*/, int64_t /*host_slots*/,
+    std::unique_ptr<DiskTier> /*tier*/) {
   return absl::UnavailableError("GPU offload backend: built without CUDA");
 }
 #endif

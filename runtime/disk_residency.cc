@@ -67,7 +67,8 @@ DiskResidency::DiskResidency(const PageGeometry& g, int32_t num_pages, int32_t n
 }
 
 absl::StatusOr<std::unique_ptr<DiskResidency>> DiskResidency::Create(
-    const PageGeometry& g, int32_t num_pages, int32_t num_slots, std::unique_ptr<DiskTier> tier) {
+    const PageGeometry& g, int32_t num_pages, int32_t num_slots, std::unique_ptr<DiskTier> tier,
+    HostMemKind host_kind) {
   if (tier == nullptr) return absl::InvalidArgumentError("disk residency: no disk tier");
   const int64_t page_bytes = int64_t(g.num_kv_heads) * g.FpBlockBytes();
   if (tier->record_bytes() != page_bytes) {
@@ -80,12 +81,14 @@ absl::StatusOr<std::unique_ptr<DiskResidency>> DiskResidency::Create(
         "disk residency: %d pages need 1 <= pages <= slots - 1 + records (%d slots, %d records)",
         num_pages, num_slots, tier->capacity()));
   }
-  auto arena = HostArena::Create(HostMemKind::kAligned, g.FpBlockBytes(),
+  auto arena = HostArena::Create(host_kind, g.FpBlockBytes(),
                                  int64_t(num_slots) * g.num_kv_heads, 2);
   if (!arena.ok()) return arena.status();
   return std::unique_ptr<DiskResidency>(
       new DiskResidency(g, num_pages, num_slots, std::move(tier), std::move(*arena)));
 }
+
+DiskResidency::~DiskResidency() { FinishReadAhead(nullptr); }
 
 void* DiskResidency::SlotAddress(int32_t slot) const {
   return base_ + int64_t(slot) * g_.num_kv_heads * g_.FpBlockElems();
@@ -96,7 +99,19 @@ fp16_t* DiskResidency::HostPage(int32_t page) const {
   return loc.on_host() ? static_cast<fp16_t*>(SlotAddress(loc.host_slot)) : nullptr;
 }
 
+bool DiskResidency::TakeChangedBlocks(int64_t* lo, int64_t* hi) {
+  if (changed_hi_ < 0) return false;
+  *lo = changed_lo_;
+  *hi = changed_hi_;
+  changed_lo_ = INT64_MAX;
+  changed_hi_ = -1;
+  return true;
+}
+
 void DiskResidency::Assign(int32_t page, int32_t slot) {
+  ++map_version_;
+  changed_lo_ = std::min<int64_t>(changed_lo_, g_.BlockId(page, 0));
+  changed_hi_ = std::max<int64_t>(changed_hi_, g_.BlockId(page, g_.num_kv_heads - 1));
   page_of_slot_[size_t(slot)] = page;
   for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
     slot_of_block_[size_t(g_.BlockId(page, h))] = slot * g_.num_kv_heads + h;
@@ -109,6 +124,9 @@ void DiskResidency::ForgetFreedSlots(size_t from) {
     const int32_t page = page_of_slot_[size_t(slot)];
     page_of_slot_[size_t(slot)] = -1;
     if (page < 0) continue;
+    ++map_version_;
+    changed_lo_ = std::min<int64_t>(changed_lo_, g_.BlockId(page, 0));
+    changed_hi_ = std::max<int64_t>(changed_hi_, g_.BlockId(page, g_.num_kv_heads - 1));
     for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
       slot_of_block_[size_t(g_.BlockId(page, h))] = -1;
     }
@@ -127,8 +145,10 @@ void DiskResidency::DropCleanCopies(int64_t n, absl::Span<const int32_t> in_use)
   }
 }
 
-absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCounts* io) {
+absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCounts* io,
+                                    bool new_step) {
   const auto t0 = std::chrono::steady_clock::now();
+  FinishReadAhead(io);
   if (int64_t(pages.size()) > num_slots_) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "needs %d pages in host memory at once but the host pool has %d page slots (raise "
@@ -142,7 +162,7 @@ absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCount
       return absl::InvalidArgumentError("disk residency: a page is listed twice");
     }
   }
-  ++step_;
+  if (new_step) ++step_;
   if (absl::Status s = policy_.Touch(pages, step_); !s.ok()) return s;
 
   const std::vector<int32_t> to_load = policy_.NeedsLoad(pages);
@@ -175,7 +195,14 @@ absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCount
       free_slots_.resize(free_slots_.size() - n);
       const absl::Span<const int32_t> batch(to_load.data() + loaded, n);
       std::vector<int32_t> unused;
+      const auto tl = std::chrono::steady_clock::now();
+      const int64_t loaded_before = pager_.stats().pages_loaded;
       absl::Status s = pager_.Load(batch, slots, &unused);
+      if (io != nullptr) {
+        ++io->waits;
+        io->ms_wait += MsSince(tl);
+        io->bytes_read += (pager_.stats().pages_loaded - loaded_before) * tier_->record_bytes();
+      }
       for (size_t i = 0; i < n; ++i) {
         const PageLocation loc = policy_.GetLocation(batch[i]);
         if (loc.on_host()) Assign(batch[i], loc.host_slot);
@@ -206,10 +233,93 @@ absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCount
 }
 
 absl::Status DiskResidency::MarkDirty(absl::Span<const int32_t> pages) {
+  FinishReadAhead(nullptr);
   for (const int32_t page : pages) {
     if (absl::Status s = pager_.MarkDirty(page); !s.ok()) return s;
   }
   return absl::OkStatus();
+}
+
+absl::Status DiskResidency::StartReadAhead(absl::Span<const int32_t> pages, int32_t max_pages,
+                                           DiskIoCounts* io) {
+  FinishReadAhead(io);
+  std::vector<int32_t> want = policy_.NeedsLoad(pages);
+  if (max_pages < 0) max_pages = 0;
+  if (int64_t(want.size()) > max_pages) want.resize(size_t(max_pages));
+  if (want.empty()) return absl::OkStatus();
+  if (free_slots_.size() < want.size()) {
+    // Cold pages make room as they would for a Reserve, but never those of the current
+    // step (their slots may be read by the GPU right now). A failure here only shortens the
+    // read-ahead: every page stays where its data is.
+    const int32_t n = int32_t(want.size() - free_slots_.size());
+    if (tier_->num_free() < n) DropCleanCopies(n - tier_->num_free(), {});
+    const size_t from = free_slots_.size();
+    const int64_t written = pager_.stats().pages_written;
+    const int64_t clean = pager_.stats().pages_clean;
+    (void)pager_.Evict(n, step_, {}, &free_slots_);
+    ForgetFreedSlots(from);
+    if (io != nullptr) {
+      io->pages_written += pager_.stats().pages_written - written;
+      io->pages_dropped += pager_.stats().pages_clean - clean;
+    }
+    if (free_slots_.size() < want.size()) want.resize(free_slots_.size());
+  }
+  if (want.empty()) return absl::OkStatus();
+  std::vector<DiskReadOp> ops;
+  ops.reserve(want.size());
+  ahead_slots_.clear();
+  ahead_records_.clear();
+  for (const int32_t page : want) {
+    const int32_t slot = free_slots_.back();
+    free_slots_.pop_back();
+    const int64_t record = policy_.GetLocation(page).disk_record;
+    ahead_slots_.push_back(slot);
+    ahead_records_.push_back(record);
+    ops.push_back({record, SlotAddress(slot)});
+  }
+  absl::StatusOr<DiskTier::Ticket> ticket = tier_->ReadAsync(ops);
+  if (!ticket.ok()) {
+    // Refused as a whole (no I/O started): the slots go back, the pages stay on disk.
+    free_slots_.insert(free_slots_.end(), ahead_slots_.begin(), ahead_slots_.end());
+    ahead_slots_.clear();
+    ahead_records_.clear();
+    return absl::OkStatus();
+  }
+  ahead_ticket_ = *ticket;
+  ahead_pages_ = std::move(want);
+  if (io != nullptr) io->pages_read_ahead += int64_t(ahead_pages_.size());
+  return absl::OkStatus();
+}
+
+void DiskResidency::FinishReadAhead(DiskIoCounts* io) {
+  if (ahead_pages_.empty()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  absl::StatusOr<bool> done = tier_->Poll(ahead_ticket_);
+  std::vector<absl::Status> per_op;
+  (void)tier_->Wait(ahead_ticket_, &per_op);  // per-op statuses below
+  if (io != nullptr && done.ok() && !*done) {
+    ++io->waits;
+    io->ms_wait += MsSince(t0);
+  }
+  for (size_t i = 0; i < ahead_pages_.size(); ++i) {
+    const int32_t page = ahead_pages_[i], slot = ahead_slots_[i];
+    const bool ok = i < per_op.size() && per_op[i].ok();
+    // The page cannot have moved: every call that could move it reaps first.
+    if (!ok || policy_.GetLocation(page).disk_record != ahead_records_[i]) {
+      free_slots_.push_back(slot);
+      continue;
+    }
+    (void)policy_.SetLocation(page, {slot, ahead_records_[i]});  // valid: in range
+    Assign(page, slot);
+    if (io != nullptr) {
+      ++io->pages_read_ahead_done;
+      io->bytes_read += tier_->record_bytes();
+    }
+  }
+  ahead_pages_.clear();
+  ahead_slots_.clear();
+  ahead_records_.clear();
+  ahead_ticket_ = 0;
 }
 
 absl::Status DiskResidency::ReadRows(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const {
@@ -243,6 +353,7 @@ absl::Status DiskResidency::ReadRows(int32_t page, int32_t rows, fp16_t* k, fp16
 
 void DiskResidency::Release(int32_t page) {
   if (page < 0 || page >= num_pages()) return;
+  FinishReadAhead(nullptr);  // its record may have a read in flight
   const PageLocation loc = policy_.GetLocation(page);
   // Fails only for a record with I/O in flight, and all I/O is waited for inside the calls.
   absl::StatusOr<int32_t> slot = pager_.Release(page);
@@ -260,6 +371,8 @@ int64_t DiskResidency::host_bytes_used() const {
 absl::Status DiskResidency::CheckConsistency() const {
   if (absl::Status s = policy_.CheckConsistency(); !s.ok()) return s;
   std::vector<bool> is_free(size_t(num_slots_), false);
+  // Slots with a read-ahead in flight are neither free nor assigned yet.
+  for (const int32_t slot : ahead_slots_) is_free[size_t(slot)] = true;
   for (const int32_t slot : free_slots_) {
     if (slot < 0 || slot >= num_slots_ || is_free[size_t(slot)]) {
       return absl::InternalError(absl::StrFormat("free slot %d out of range or listed twice",
@@ -267,6 +380,7 @@ absl::Status DiskResidency::CheckConsistency() const {
     }
     is_free[size_t(slot)] = true;
   }
+  for (const int32_t slot : ahead_slots_) is_free[size_t(slot)] = page_of_slot_[size_t(slot)] < 0;
   int32_t on_host = 0;
   for (int32_t slot = 0; slot < num_slots_; ++slot) {
     const int32_t page = page_of_slot_[size_t(slot)];

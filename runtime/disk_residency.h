@@ -25,7 +25,18 @@
 // marked with runtime/disk_io_status.h, prefixed with what was being done; "disk tier full"
 // and "host pool too small" are ResourceExhausted.
 //
-// Thread-safety: Reserve, MarkDirty, Release mutate and need the caller's exclusive lock;
+// Read-ahead (the GPU offload backend): StartReadAhead submits reads of disk-only pages a
+// later step will likely keep into free slots (or slots of cold pages, spilled as usual) and
+// returns without waiting; the pages become host pages when FinishReadAhead reaps the reads,
+// which every mutating call does first. A failed read-ahead keeps its page on disk (a later
+// Reserve reads it again and reports the error there); its slot goes back to the free list.
+//
+// Host memory: the slot arena is aligned host memory, or pinned and mapped into the GPU's
+// address space (HostMemKind::kPinnedMapped) so that the GPU reads resident pages through
+// slot_of_block() (a copy of it on the device, refreshed when map_version() changes).
+//
+// Thread-safety: Reserve, MarkDirty, Release, StartReadAhead, FinishReadAhead mutate and
+// need the caller's exclusive lock;
 // ReadRows, View, the accessors and Usage are const and may run concurrently with each other
 // (the tier is thread-safe; nothing else changes under a shared lock).
 #pragma once
@@ -49,10 +60,16 @@ namespace twl {
 
 // I/O of one Reserve call (or a sum of them), for the step telemetry.
 struct DiskIoCounts {
-  int64_t pages_loaded = 0;   // read from disk into a slot
+  int64_t pages_loaded = 0;   // read from disk into a slot, waited for by the caller
   int64_t pages_written = 0;  // written to disk to free a slot
   int64_t pages_dropped = 0;  // slots freed without a write (a clean disk copy existed)
   double ms = 0;              // wall time of the moves
+  // Read-ahead: pages whose reads were submitted, and pages reaped into slots.
+  int64_t pages_read_ahead = 0;
+  int64_t pages_read_ahead_done = 0;
+  int64_t bytes_read = 0;     // payload read from disk (loads + reaped read-ahead)
+  int64_t waits = 0;          // calls that blocked on a disk read (load or read-ahead)
+  double ms_wait = 0;         // time blocked on disk reads
 };
 
 // Disk tier for the pages of `config`: a new file in the directory config.disk_path (which
@@ -64,10 +81,11 @@ absl::StatusOr<std::unique_ptr<DiskTier>> CreatePageDiskTier(const RuntimeConfig
 class DiskResidency {
  public:
   // num_pages <= num_slots - 1 + tier->capacity() (InvalidArgument otherwise).
-  static absl::StatusOr<std::unique_ptr<DiskResidency>> Create(const PageGeometry& g,
-                                                               int32_t num_pages,
-                                                               int32_t num_slots,
-                                                               std::unique_ptr<DiskTier> tier);
+  // host_kind: where the slot arena lives (kPinnedMapped needs a GPU).
+  static absl::StatusOr<std::unique_ptr<DiskResidency>> Create(
+      const PageGeometry& g, int32_t num_pages, int32_t num_slots,
+      std::unique_ptr<DiskTier> tier, HostMemKind host_kind = HostMemKind::kAligned);
+  ~DiskResidency();  // waits for a read-ahead in flight (its reads target the arena)
   DiskResidency(const DiskResidency&) = delete;
   DiskResidency& operator=(const DiskResidency&) = delete;
 
@@ -81,6 +99,18 @@ class DiskResidency {
   // The num_kv_heads FP16 blocks of a host page (null when it is not on the host).
   fp16_t* HostPage(int32_t page) const;
   PageLocation Location(int32_t page) const { return policy_.GetLocation(page); }
+  // The slot arena: host address and (kPinnedMapped) device address of slot 0's block 0.
+  void* host_base() const { return arena_->base(); }
+  void* device_base() const { return arena_->device_base(); }
+  // [num_pages * num_kv_heads] arena block index of each block, -1 when its page is not on
+  // the host; map_version() changes whenever an entry does.
+  absl::Span<const int32_t> slot_of_block() const { return slot_of_block_; }
+  int64_t map_version() const { return map_version_; }
+  // The block indices [*lo, *hi] that hold every entry changed since the last call (false:
+  // none changed); the range starts empty again.
+  bool TakeChangedBlocks(int64_t* lo, int64_t* hi);
+  // The recency clock (one tick per Reserve with new_step).
+  int64_t step() const { return step_; }
 
   // Puts every page of `pages` (distinct ids) in a host slot: disk-only pages are read back,
   // pages that are nowhere get an empty slot (contents unspecified until written). Other
@@ -88,7 +118,20 @@ class DiskResidency {
   // the moves. ResourceExhausted when pages.size() > num_slots ("... needs N pages in host
   // memory at once ...") or the disk tier is full; disk I/O errors as described above.
   // On failure the pages already moved stay where they went (their data intact).
-  absl::Status Reserve(absl::Span<const int32_t> pages, DiskIoCounts* io);
+  // new_step false: part of the same step as the previous Reserve (pipeline groups): the
+  // pages that Reserve placed stay protected from eviction, and the pool must hold both.
+  absl::Status Reserve(absl::Span<const int32_t> pages, DiskIoCounts* io, bool new_step = true);
+
+  // Submits reads of the disk-only pages of `pages` (at most max_pages of them, in order)
+  // into free slots, spilling least recently used pages not used in the current step when
+  // none is free; returns without waiting. Best effort: a full pool, a full disk or a failed
+  // spill reads fewer pages (OK); an error only for a previous read-ahead that cannot be
+  // reaped. Reaps a previous read-ahead first.
+  absl::Status StartReadAhead(absl::Span<const int32_t> pages, int32_t max_pages,
+                              DiskIoCounts* io);
+  // Waits for the read-ahead in flight (if any) and puts its pages into their slots.
+  void FinishReadAhead(DiskIoCounts* io);
+  int32_t read_ahead_in_flight() const { return int32_t(ahead_pages_.size()); }
 
   // The host copies of `pages` (all on the host) are about to change: frees their clean
   // disk copies.
@@ -133,6 +176,13 @@ class DiskResidency {
   std::vector<int32_t> page_of_slot_;   // [num_slots], -1: free
   std::vector<int32_t> free_slots_;     // stack
   int64_t step_ = 0;                    // recency clock: one tick per Reserve
+  int64_t map_version_ = 0;
+  int64_t changed_lo_ = INT64_MAX, changed_hi_ = -1;  // see TakeChangedBlocks
+  // Read-ahead in flight: its ticket, pages, their target slots (neither free nor
+  // assigned) and records.
+  DiskTier::Ticket ahead_ticket_ = 0;
+  std::vector<int32_t> ahead_pages_, ahead_slots_;
+  std::vector<int64_t> ahead_records_;
 };
 
 }  // namespace twl

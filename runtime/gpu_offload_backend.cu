@@ -5,12 +5,14 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_format.h"
 #include "cache/host_arena.h"
 #include "gpu/device.h"
@@ -18,7 +20,10 @@
 #include "gpu/reference/validate.h"
 #include "offload/cache_plan.h"
 #include "offload/cuda_check.cuh"
+#include "offload/disk_tier.h"
 #include "offload/gather.h"
+#include "runtime/disk_io_status.h"
+#include "runtime/disk_residency.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/geometry.h"
 #include "runtime/kept_capture.h"
@@ -29,6 +34,7 @@
 #include "pipeline/cuda/step_events.cuh"
 #include "pipeline/cuda/step_scratch.cuh"
 #include "pipeline/fetch/cache/cache_fetch.cuh"
+#include "pipeline/fetch/disk/resident_fetch.cuh"
 #include "pipeline/prune/twilight/twilight_pruner.h"
 #include "pipeline/select/selector.h"
 #include "pipeline/cuda/telemetry_ring.cuh"
@@ -81,12 +87,17 @@ using namespace pipeline_cuda::group_events;  // NOLINT: kSel0 ... kNumGroupEven
 
 class GpuOffloadBackend final : public OffloadBackend {
  public:
-  GpuOffloadBackend(const RuntimeConfig& c, int64_t num_pages)
+  // tier: null without a disk tier; else num_pages logical pages over host_slots pinned page
+  // slots and the tier's records (runtime/disk_residency.h).
+  GpuOffloadBackend(const RuntimeConfig& c, int64_t num_pages, int64_t host_slots = 0,
+                    std::unique_ptr<DiskTier> tier = nullptr)
       : cfg_(c), g_(GeometryOf(c)), num_pages_(num_pages),
-        num_blocks_(num_pages * c.num_kv_heads) {}
+        num_blocks_(num_pages * c.num_kv_heads), host_slots_(host_slots),
+        tier_(std::move(tier)) {}
 
   ~GpuOffloadBackend() override {
     cudaDeviceSynchronize();
+    disk_.reset();  // waits for a read-ahead into the pinned slots
     for (cudaEvent_t e : all_events_) cudaEventDestroy(e);
     for (cudaStream_t s : {own_stream_, fetch_stream_, append_stream_, copy_stream_}) {
       if (s) cudaStreamDestroy(s);
@@ -101,12 +112,16 @@ class GpuOffloadBackend final : public OffloadBackend {
     if (num_blocks_ > std::numeric_limits<int32_t>::max()) {
       return absl::InvalidArgumentError("offload: more than 2^31 blocks");
     }
-    absl::StatusOr<std::unique_ptr<HostArena>> pool =
-        HostArena::Create(HostMemKind::kPinnedMapped, g_.FpBlockBytes(), num_blocks_, 16);
-    if (!pool.ok()) return pool.status();
-    pool_ = std::move(*pool);
-    if (pool_->block_bytes() != g_.FpBlockBytes() || !pool_->device_base()) {
-      return absl::InternalError("offload: host pool is not identity-addressed and mapped");
+    if (tier_) {
+      TWL_RETURN_IF_ERROR(InitDisk());
+    } else {
+      absl::StatusOr<std::unique_ptr<HostArena>> pool =
+          HostArena::Create(HostMemKind::kPinnedMapped, g_.FpBlockBytes(), num_blocks_, 16);
+      if (!pool.ok()) return pool.status();
+      pool_ = std::move(*pool);
+      if (pool_->block_bytes() != g_.FpBlockBytes() || !pool_->device_base()) {
+        return absl::InternalError("offload: host pool is not identity-addressed and mapped");
+      }
     }
     // Quantized K + bounds, one allocation carved like QuantKView expects.
     const int64_t nb = num_blocks_;
@@ -143,13 +158,14 @@ class GpuOffloadBackend final : public OffloadBackend {
     // Cache.
     // Slots are int32: a gpu_cache_bytes (or block count) past 2^31 slots is clamped, not
     // wrapped (issue 15: no tunable may overflow).
-    num_slots_ = int32_t(std::min<int64_t>({OffloadCacheSlots(cfg_, num_pages_), num_blocks_,
-                                            int64_t(std::numeric_limits<int32_t>::max())}));
+    // With a disk tier the default size follows the host pool, not the logical pages.
+    num_slots_ = int32_t(std::min<int64_t>(
+        {OffloadCacheSlots(cfg_, disk_ ? host_slots_ : num_pages_), num_blocks_,
+         int64_t(std::numeric_limits<int32_t>::max())}));
     num_slots_ = std::max(num_slots_, 1);
     // The fetch stage owns the slots, maps, counters and transports.
-    const FetchSource src{pool_->base(), pool_->device_base(), g_.FpBlockBytes(), num_blocks_};
-    TWL_RETURN_IF_ERROR(fetch_stage_.Init(g_, num_blocks_, num_slots_, src, cfg_.fetch_path,
-                                          kMaxGroups));
+    TWL_RETURN_IF_ERROR(fetch_stage_.Init(g_, num_blocks_, num_slots_, HostPool(),
+                                          cfg_.fetch_path, kMaxGroups));
     // Values halve every 4 passes over the layers: a block is seen ~4 times per half-life.
     fetch_stage_.SetDecaySteps(std::max(8, 4 * cfg_.num_layers));
 
@@ -193,7 +209,14 @@ class GpuOffloadBackend final : public OffloadBackend {
 
   BackendKind Kind() const override { return BackendKind::kGpuOffload; }
   std::string Name() const override {
-    return absl::StrFormat("gpu-offload (%d cache slots, %s)", num_slots_, fetch_path_name());
+    if (!disk_) {
+      return absl::StrFormat("gpu-offload (%d cache slots, %s)", num_slots_, fetch_path_name());
+    }
+    const DiskTier& tier = disk_->tier();
+    return absl::StrFormat(
+        "gpu-offload + disk tier (%d cache slots, %s; %s%s, %d page slots in host memory)",
+        num_slots_, fetch_path_name(), tier.engine_name(), tier.direct_io() ? ", O_DIRECT" : "",
+        disk_->num_slots());
   }
   int32_t num_cache_slots() const override { return num_slots_; }
   std::string fetch_path_name() const override {
@@ -205,7 +228,12 @@ class GpuOffloadBackend final : public OffloadBackend {
   void SetAppendPath(AppendPath path) override { append_path_ = path; }
   AppendPath append_path() const override { return append_path_; }
   FetchSource HostPool() const override {
-    return FetchSource{pool_->base(), pool_->device_base(), g_.FpBlockBytes(), num_blocks_};
+    FetchSource src{PoolHost(), PoolDevice(), g_.FpBlockBytes(), num_blocks_};
+    if (disk_) {
+      src.slot_of_block = d_pool_map_.as<int32_t>();
+      src.host_slot_of_block = h_pool_map_.as<int32_t>();
+    }
+    return src;
   }
   QuantKView DeviceQuant() const override { return qk_; }
   OffloadStepStats LastStepStats() const override { return last_stats_; }
@@ -219,7 +247,10 @@ class GpuOffloadBackend final : public OffloadBackend {
   }
   absl::Status CopyPage(int32_t src_page, int32_t dst_page, int32_t rows) override;
   absl::Status ReadPage(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const override;
-  void ReleasePage(int32_t page) override { pending_release_.push_back(page); }
+  void ReleasePage(int32_t page) override {
+    pending_release_.push_back(page);
+    if (disk_) disk_release_.push_back(page);
+  }
   absl::Status Decode(const DecodeRequest& request, StepTelemetry* telemetry) override;
   MemoryUsage Memory() const override;
   absl::Status TakeAsyncError() override {
@@ -232,6 +263,42 @@ class GpuOffloadBackend final : public OffloadBackend {
   }
 
  private:
+  // The pinned pool: identity addressed (block b at b * block bytes), or with a disk tier
+  // the residency's slot arena, addressed through its slot_of_block map.
+  void* PoolHost() const { return disk_ ? disk_->host_base() : pool_->base(); }
+  void* PoolDevice() const { return disk_ ? disk_->device_base() : pool_->device_base(); }
+  // The pool as the kernels see it (device addresses, the device map with a disk tier).
+  FpKvView PoolView() const {
+    return FpKvView{static_cast<fp16_t*>(PoolDevice()),
+                    disk_ ? d_pool_map_.as<int32_t>() : nullptr};
+  }
+  // Host address of a block (with a disk tier its page must be on the host).
+  fp16_t* HostBlock(int64_t block) const {
+    if (!disk_) return static_cast<fp16_t*>(pool_->Block(block));
+    fp16_t* page = disk_->HostPage(int32_t(block / g_.num_kv_heads));
+    return page ? page + (block % g_.num_kv_heads) * g_.FpBlockElems() : nullptr;
+  }
+  // Disk tier (runtime/disk_residency.h under the pinned pool; see the header).
+  absl::Status InitDisk();
+  // Copies the changed part of the residency's map to the device on `s` (the host waits
+  // only for the previous map upload, whose staging it rewrites).
+  absl::Status UploadPoolMap(cudaStream_t s);
+  // Host wait for every append and the last step: nothing on the GPU reads or writes the
+  // pool after it, so pages may move.
+  absl::Status QuiesceDevice() {
+    TWL_CUDA(cudaEventSynchronize(ev_append_done_));
+    TWL_CUDA(cudaEventSynchronize(ev_step_done_));
+    return absl::OkStatus();
+  }
+  absl::Status AppendWithDisk(const AppendView& tokens, DType dtype, MemSpace space,
+                              cudaStream_t a);
+  // ResidentFetch's callback: reads the group's kept lists back, puts their pages in the
+  // pool (same step for every group of a Decode) and refreshes the map on `c`.
+  absl::Status MakeGroupResident(int32_t index, const SeqGroup& group, const KeptView& kept,
+                                 cudaStream_t c);
+  // After a step: reads ahead the pages the next layer's step kept last time.
+  void ReadAheadForNextStep(int32_t layer);
+
   absl::Status CheckPages(const int32_t* pages, int64_t n, const char* what) const {
     for (int64_t i = 0; i < n; ++i) {
       if (pages[i] < 0 || pages[i] >= num_pages_) {
@@ -260,7 +327,27 @@ class GpuOffloadBackend final : public OffloadBackend {
   const int64_t num_blocks_;
   int32_t num_slots_ = 0;
   int64_t quant_bytes_ = 0;
-  std::unique_ptr<HostArena> pool_;
+  std::unique_ptr<HostArena> pool_;  // without a disk tier
+  // Disk tier: host_slots_ pinned page slots (disk_) over the tier's records.
+  const int64_t host_slots_;
+  std::unique_ptr<DiskTier> tier_;  // handed to disk_ by InitDisk
+  std::unique_ptr<DiskResidency> disk_;
+  gpu::DeviceBuffer d_pool_map_;  // [num_blocks] the residency's slot_of_block on the device
+  PinnedBuffer h_pool_map_;       // what was last uploaded (staging of the uploads)
+  cudaEvent_t ev_map_ = nullptr;  // the last map upload has read h_pool_map_
+  int64_t map_version_ = -1;      // residency map version on the device
+  std::vector<int32_t> disk_release_;  // freed pages whose slots and records to free
+  PinnedBuffer h_kept_;           // kept counts + lists read back per group
+  cudaEvent_t ev_kept_ = nullptr;
+  std::vector<int32_t> step_pages_, group_pages_;  // pages of this step / of one group
+  std::vector<uint32_t> page_mark_;  // [num_pages] == mark_gen_: listed in step_pages_
+  uint32_t mark_gen_ = 0;
+  const BatchView* step_batch_ = nullptr;  // host plan of the Decode in progress
+  DiskIoCounts step_io_;           // disk I/O of the Decode in progress
+  // Read-ahead: the pages each layer's last step kept, and which layer followed which.
+  absl::flat_hash_map<int32_t, std::vector<int32_t>> kept_by_layer_;
+  absl::flat_hash_map<int32_t, int32_t> next_layer_;
+  int32_t last_layer_ = std::numeric_limits<int32_t>::min();
   gpu::DeviceBuffer quant_;
   QuantKView qk_;
   gpu::DeviceBuffer meta_;              // qk_.meta
@@ -317,6 +404,12 @@ class GpuOffloadBackend final : public OffloadBackend {
 
 absl::Status GpuOffloadBackend::ApplyPendingReleases() {
   if (pending_release_.empty()) return absl::OkStatus();
+  if (!disk_release_.empty()) {
+    // The slots of freed pages are reused at once: nothing may read them any more.
+    TWL_RETURN_IF_ERROR(QuiesceDevice());
+    for (const int32_t page : disk_release_) disk_->Release(page);
+    disk_release_.clear();
+  }
   const int32_t n = int32_t(pending_release_.size());
   // The staging may still be read by the previous release's upload (only that is waited
   // for, not the whole fetch stream).
@@ -361,6 +454,7 @@ absl::Status GpuOffloadBackend::Append(const AppendView& tokens, DType dtype, Me
   // waits are on the device; the host goes on.
   TWL_CUDA(cudaStreamWaitEvent(a, ev_append_done_, 0));
   TWL_CUDA(cudaStreamWaitEvent(a, ev_step_done_, 0));
+  if (disk_) return AppendWithDisk(tokens, dtype, space, a);
   // The bulk path needs every page written in one run of consecutive rows (how the Runtime
   // appends, batches included); anything else takes the per-token path.
   if (PlanAppendSegments(tokens.page_id, tokens.slot, tokens.num_tokens, &segs_) &&
@@ -596,8 +690,9 @@ absl::Status GpuOffloadBackend::AppendChunk(const AppendView& in, DType dtype, M
   plan.d_page = reinterpret_cast<const int32_t*>(d + size_t(2 * n) * 4);
   plan.d_rows = reinterpret_cast<const int32_t*>(d + size_t(2 * n + np) * 4);
   plan.num_pages = np;
-  // FP16 rows land in the mapped host pool (identity addressed), INT4 K + bounds on the GPU.
-  const FpKvView pool_view{static_cast<fp16_t*>(pool_->device_base()), nullptr};
+  // FP16 rows land in the mapped host pool (identity addressed, or through the pool map with
+  // a disk tier), INT4 K + bounds on the GPU; then the selector's own metadata.
+  const FpKvView pool_view = PoolView();
   TWL_RETURN_IF_ERROR(LaunchAppend(g_, dev, InputType(dtype), plan, pool_view, qk_, a));
   if (qk_.meta) {
     TWL_RETURN_IF_ERROR(meta_sel_->UpdateMetadataOnDevice(g_, plan, pool_view, qk_, a));
@@ -605,8 +700,16 @@ absl::Status GpuOffloadBackend::AppendChunk(const AppendView& in, DType dtype, M
   TWL_CUDA(cudaEventRecord(ev_appended_, a));
   // Cache coherence on the fetch stream, where every other cache mutation runs.
   TWL_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_appended_, 0));
-  TWL_RETURN_IF_ERROR(LaunchCacheMirrorRows(fetch_stage_.state(), g_, static_cast<const fp16_t*>(pool_->device_base()),
-                                       dev.page_id, dev.slot, n, fetch_stream_));
+  if (disk_) {
+    // The mirror kernels read the pool identity addressed: drop the pages' cached blocks
+    // instead (the next step fetches them again from the pool).
+    TWL_RETURN_IF_ERROR(LaunchCacheInvalidatePages(fetch_stage_.state(), plan.d_page, np,
+                                                   g_.num_kv_heads, fetch_stream_));
+  } else {
+    TWL_RETURN_IF_ERROR(LaunchCacheMirrorRows(fetch_stage_.state(), g_,
+                                              static_cast<const fp16_t*>(pool_->device_base()),
+                                              dev.page_id, dev.slot, n, fetch_stream_));
+  }
   TWL_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
   // The staging (indices read by the mirror) is reused only after the mirror has run.
   TWL_CUDA(cudaEventRecord(ev_append_staged_, fetch_stream_));
@@ -625,12 +728,21 @@ absl::Status GpuOffloadBackend::CopyPage(int32_t src_page, int32_t dst_page, int
   // last freed may still read it.
   TWL_CUDA(cudaEventSynchronize(ev_append_done_));
   TWL_CUDA(cudaEventSynchronize(ev_step_done_));
+  if (disk_) {
+    // Both pages in host slots (src read back if it is on disk), dst's disk copy dropped.
+    const int32_t both[2] = {src_page, dst_page};
+    const int32_t n = src_page == dst_page ? 1 : 2;
+    TWL_RETURN_IF_ERROR(PrefixStatus(
+        disk_->Reserve(absl::MakeConstSpan(both, size_t(n)), nullptr), "copy-on-write: "));
+    TWL_RETURN_IF_ERROR(disk_->MarkDirty({dst_page}));
+    TWL_RETURN_IF_ERROR(UploadPoolMap(append_stream_));
+  }
   const int32_t H = g_.num_kv_heads;
   const int64_t row_elems = g_.head_dim;
   for (int32_t h = 0; h < H; ++h) {
     const int64_t sb = int64_t(src_page) * H + h, db = int64_t(dst_page) * H + h;
-    auto* s = static_cast<fp16_t*>(pool_->Block(sb));
-    auto* dd = static_cast<fp16_t*>(pool_->Block(db));
+    fp16_t* s = HostBlock(sb);
+    fp16_t* dd = HostBlock(db);
     std::memcpy(dd, s, size_t(rows * row_elems) * 2);  // K rows
     std::memcpy(dd + g_.page_size * row_elems, s + g_.page_size * row_elems,
                 size_t(rows * row_elems) * 2);  // V rows
@@ -658,7 +770,7 @@ absl::Status GpuOffloadBackend::CopyPage(int32_t src_page, int32_t dst_page, int
   h[1] = rows;
   TWL_CUDA(cudaMemcpyAsync(d_append_.get(), h, 8, cudaMemcpyHostToDevice, a));
   AppendPagePlan plan{d_append_.as<int32_t>(), d_append_.as<int32_t>() + 1, 1};
-  const FpKvView pool_view{static_cast<fp16_t*>(pool_->device_base()), nullptr};
+  const FpKvView pool_view = PoolView();
   TWL_RETURN_IF_ERROR(LaunchRecomputeMinMax(g_, plan, pool_view, qk_, a));
   if (qk_.meta) TWL_RETURN_IF_ERROR(meta_sel_->UpdateMetadataOnDevice(g_, plan, pool_view, qk_, a));
   TWL_CUDA(cudaEventRecord(ev_append_staged_, a));
@@ -669,6 +781,180 @@ absl::Status GpuOffloadBackend::CopyPage(int32_t src_page, int32_t dst_page, int
   return ApplyPendingReleases();
 }
 
+absl::Status GpuOffloadBackend::InitDisk() {
+  if (host_slots_ < 1 || host_slots_ > std::numeric_limits<int32_t>::max() ||
+      num_pages_ > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError("offload: disk tier needs 1 <= host slots < 2^31");
+  }
+  absl::StatusOr<std::unique_ptr<DiskResidency>> disk =
+      DiskResidency::Create(g_, int32_t(num_pages_), int32_t(host_slots_), std::move(tier_),
+                            HostMemKind::kPinnedMapped);
+  if (!disk.ok()) return disk.status();
+  disk_ = std::move(*disk);
+  if (g_.k_bits >= 16) {
+    // The pruner would read the FP16 K of every selected page, resident or not.
+    return absl::UnimplementedError(
+        "offload: a disk tier under the GPU needs a quantized estimation K (k_bits < 16)");
+  }
+  if (!disk_->device_base()) {
+    return absl::InternalError("offload: the disk tier's host slots are not mapped");
+  }
+  const size_t map_bytes = size_t(num_blocks_) * 4;
+  TWL_RETURN_IF_ERROR(Grow(d_pool_map_, map_bytes));
+  TWL_CUDA(cudaMemset(d_pool_map_.get(), 0xff, map_bytes));  // -1: on no slot
+  TWL_RETURN_IF_ERROR(h_pool_map_.Reserve(map_bytes));
+  std::memset(h_pool_map_.data(), 0xff, map_bytes);
+  for (cudaEvent_t* e : {&ev_map_, &ev_kept_}) {
+    TWL_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+    all_events_.push_back(*e);
+  }
+  page_mark_.assign(size_t(num_pages_), 0);
+  map_version_ = disk_->map_version();
+  return UploadPoolMap(nullptr);
+}
+
+absl::Status GpuOffloadBackend::UploadPoolMap(cudaStream_t s) {
+  // One copy of the range that holds every change (cheaper than a call per page; the
+  // entries in between are rewritten with the values they already have).
+  int64_t lo = 0, hi = -1;
+  if (!disk_->TakeChangedBlocks(&lo, &hi)) return absl::OkStatus();
+  map_version_ = disk_->map_version();
+  const absl::Span<const int32_t> map = disk_->slot_of_block();
+  int32_t* shadow = h_pool_map_.as<int32_t>();
+  TWL_CUDA(cudaEventSynchronize(ev_map_));  // the previous upload has read the staging
+  std::memcpy(shadow + lo, map.data() + lo, size_t(hi - lo + 1) * 4);
+  TWL_CUDA(cudaMemcpyAsync(d_pool_map_.as<int32_t>() + lo, shadow + lo, size_t(hi - lo + 1) * 4,
+                           cudaMemcpyHostToDevice, s));
+  TWL_CUDA(cudaEventRecord(ev_map_, s));
+  // Every other reader of the map (the gather on the fetch stream) comes after it.
+  TWL_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_map_, 0));
+  return absl::OkStatus();
+}
+
+absl::Status GpuOffloadBackend::AppendWithDisk(const AppendView& tokens, DType dtype,
+                                               MemSpace space, cudaStream_t a) {
+  // Pages move between the pinned slots and the disk only while the GPU touches none.
+  TWL_RETURN_IF_ERROR(QuiesceDevice());
+  const int32_t n = tokens.num_tokens;
+  const int64_t row_bytes = int64_t(g_.num_kv_heads) * g_.head_dim * int64_t(DTypeBytes(dtype));
+  // Chunks of tokens whose pages fit in the host slots at once (and whose host input fits the
+  // staging); each chunk: pages into slots, map up, rows written, then waited for (the next
+  // chunk may spill these pages).
+  const int32_t max_pages = disk_->num_slots();
+  const int32_t max_tokens = space == MemSpace::kHost ? kAppendChunkTokens : n;
+  int32_t t0 = 0;
+  while (t0 < n) {
+    ++mark_gen_;
+    group_pages_.clear();
+    int32_t t1 = t0;
+    while (t1 < n && t1 - t0 < max_tokens) {
+      const int32_t page = tokens.page_id[t1];
+      if (page_mark_[size_t(page)] != mark_gen_) {
+        if (int32_t(group_pages_.size()) == max_pages) break;
+        page_mark_[size_t(page)] = mark_gen_;
+        group_pages_.push_back(page);
+      }
+      ++t1;
+    }
+    DiskIoCounts io;
+    TWL_RETURN_IF_ERROR(PrefixStatus(disk_->Reserve(group_pages_, &io), "append: "));
+    TWL_RETURN_IF_ERROR(disk_->MarkDirty(group_pages_));
+    TWL_RETURN_IF_ERROR(UploadPoolMap(a));
+    AppendView part;
+    part.num_tokens = t1 - t0;
+    part.k = reinterpret_cast<const fp16_t*>(reinterpret_cast<const char*>(tokens.k) +
+                                             t0 * row_bytes);
+    part.v = reinterpret_cast<const fp16_t*>(reinterpret_cast<const char*>(tokens.v) +
+                                             t0 * row_bytes);
+    part.page_id = tokens.page_id + t0;
+    part.slot = tokens.slot + t0;
+    TWL_RETURN_IF_ERROR(AppendChunk(part, dtype, space, a));
+    TWL_CUDA(cudaEventSynchronize(ev_append_done_));
+    t0 = t1;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GpuOffloadBackend::MakeGroupResident(int32_t index, const SeqGroup& grp,
+                                                  const KeptView& kept, cudaStream_t c) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int32_t H = g_.num_kv_heads;
+  const BatchView& hb = *step_batch_;
+  const int64_t units = int64_t(grp.num_seqs) * H;
+  // Kept counts, then each unit's kept tokens (ascending), read back once the prune is done.
+  const size_t cnt_bytes = size_t(units) * 4;
+  TWL_RETURN_IF_ERROR(h_kept_.Reserve(cnt_bytes));
+  TWL_CUDA(cudaMemcpyAsync(h_kept_.data(), kept.count, cnt_bytes, cudaMemcpyDeviceToHost, c));
+  TWL_CUDA(cudaEventRecord(ev_kept_, c));
+  TWL_CUDA(cudaEventSynchronize(ev_kept_));
+  std::vector<int32_t> counts(h_kept_.as<int32_t>(), h_kept_.as<int32_t>() + units);
+  int64_t total = 0;
+  for (int32_t& k : counts) {
+    k = std::clamp(k, 0, kept.max_kept);
+    total += k;
+  }
+  TWL_RETURN_IF_ERROR(h_kept_.Reserve(size_t(std::max<int64_t>(total, 1)) * 4));
+  int32_t* tok = h_kept_.as<int32_t>();
+  int64_t at = 0;
+  for (int64_t u = 0; u < units; ++u) {
+    if (counts[size_t(u)] == 0) continue;
+    TWL_CUDA(cudaMemcpyAsync(tok + at, kept.tokens + u * kept.max_kept,
+                             size_t(counts[size_t(u)]) * 4, cudaMemcpyDeviceToHost, c));
+    at += counts[size_t(u)];
+  }
+  TWL_CUDA(cudaEventRecord(ev_kept_, c));
+  TWL_CUDA(cudaEventSynchronize(ev_kept_));
+  // Distinct pages of the group (tokens are ascending per unit: a page repeats in a run).
+  if (index == 0) {
+    ++mark_gen_;
+    step_pages_.clear();
+  }
+  group_pages_.clear();
+  at = 0;
+  for (int64_t u = 0; u < units; ++u) {
+    const int32_t s = grp.first_seq + int32_t(u / H);
+    const int32_t* row = hb.page_table + int64_t(s) * hb.max_pages;
+    const int32_t pages_of_seq = hb.NumPages(g_, s);
+    int32_t last = -1;
+    for (int32_t i = 0; i < counts[size_t(u)]; ++i) {
+      const int32_t idx = tok[at + i] / g_.page_size;
+      if (idx == last) continue;
+      last = idx;
+      if (idx < 0 || idx >= pages_of_seq) {
+        return absl::InternalError(absl::StrFormat(
+            "offload: kept token %d of sequence %d is past its %d pages", tok[at + i], s,
+            pages_of_seq));
+      }
+      const int32_t page = row[idx];
+      if (page_mark_[size_t(page)] == mark_gen_) continue;
+      page_mark_[size_t(page)] = mark_gen_;
+      group_pages_.push_back(page);
+      step_pages_.push_back(page);
+    }
+    at += counts[size_t(u)];
+  }
+  step_io_.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                     .count();
+  // The first group starts the step (earlier steps are done: this prune came after them on
+  // the device); later groups keep the earlier groups' pages in place (their gathers and
+  // attention may be running).
+  TWL_RETURN_IF_ERROR(DiskIoError(disk_->Reserve(group_pages_, &step_io_, index == 0),
+                                  "decode: reading kept pages from the disk tier"));
+  return UploadPoolMap(c);
+}
+
+void GpuOffloadBackend::ReadAheadForNextStep(int32_t layer) {
+  kept_by_layer_[layer] = step_pages_;
+  auto next = next_layer_.find(layer);
+  if (next == next_layer_.end()) return;
+  auto pages = kept_by_layer_.find(next->second);
+  if (pages == kept_by_layer_.end()) return;
+  // Room: the slots this step does not use (its pages stay where the GPU reads them).
+  const int32_t room = disk_->num_slots() - int32_t(step_pages_.size());
+  // Best effort: a failure only means the next step reads the pages itself.
+  (void)disk_->StartReadAhead(pages->second, room, &step_io_);
+}
+
 absl::Status GpuOffloadBackend::ReadPage(int32_t page, int32_t rows, fp16_t* k,
                                          fp16_t* v) const {
   TWL_RETURN_IF_ERROR(CheckPages(&page, 1, "read page"));
@@ -676,6 +962,7 @@ absl::Status GpuOffloadBackend::ReadPage(int32_t page, int32_t rows, fp16_t* k,
     return absl::InvalidArgumentError("read page: bad rows or null output");
   }
   TWL_CUDA(cudaEventSynchronize(ev_append_done_));  // appended rows have landed
+  if (disk_) return disk_->ReadRows(page, rows, k, v);  // from its slot or its disk record
   const int32_t H = g_.num_kv_heads, d = g_.head_dim;
   for (int32_t h = 0; h < H; ++h) {
     const auto* b = static_cast<const fp16_t*>(pool_->Block(int64_t(page) * H + h));
@@ -691,6 +978,12 @@ absl::Status GpuOffloadBackend::ReadPage(int32_t page, int32_t rows, fp16_t* k,
 MemoryUsage GpuOffloadBackend::Memory() const {
   MemoryUsage m;
   m.host_pool_bytes_total = pool_ ? pool_->bytes() : 0;
+  if (disk_) {
+    // The pinned slots in use hold pages; the rest of the KV cache is on disk.
+    m.host_pool_bytes_total = disk_->host_bytes();
+    m.host_pool_bytes_used = disk_->host_bytes_used();
+    m.disk_bytes = disk_->disk_bytes_used();
+  }
   m.gpu_quant_bytes = quant_bytes_;
   m.gpu_cache_bytes = int64_t(num_slots_) * g_.FpBlockBytes() +
                       (num_blocks_ * 2 + int64_t(num_slots_) * 2) * 4;  // + maps and stamps
@@ -786,14 +1079,36 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   step.out = out;
   step.qk = qk_;
   // k_bits 16 estimates with the FP16 K itself: read from the mapped pool (slow; rare).
-  step.prune_kv = FpKvView{static_cast<fp16_t*>(pool_->device_base()), nullptr};
+  step.prune_kv = PoolView();
   step.ws_select = ws_sel;
   step.ws_prune = ws_pru;
   step.ws_attend = ws_att;
   step.compute = c;
   step.timing = timing ? &telemetry_ : nullptr;
   step.timing_slot = ts;
-  TWL_RETURN_IF_ERROR(executor_.Run(step, groups, scratch_, fetch_stage_));
+  if (!disk_) {
+    TWL_RETURN_IF_ERROR(executor_.Run(step, groups, scratch_, fetch_stage_));
+  } else {
+    // The fetch stage first makes each group's kept pages resident in the pinned slots.
+    step_io_ = DiskIoCounts{};
+    step_batch_ = &hb;
+    if (last_layer_ != std::numeric_limits<int32_t>::min()) next_layer_[last_layer_] = req.layer;
+    last_layer_ = req.layer;
+    pipeline_cuda::ResidentFetch fetch(
+        &fetch_stage_, [this](int32_t index, const SeqGroup& grp, const KeptView& kept,
+                              cudaStream_t cs) { return MakeGroupResident(index, grp, kept, cs); });
+    absl::Status ran = executor_.Run(step, groups, scratch_, fetch);
+    step_batch_ = nullptr;
+    if (!ran.ok()) {
+      // Groups already enqueued still read their slots: the step counts as done only after
+      // them (fetch stream included), so that no later call moves their pages earlier.
+      TWL_CUDA(cudaEventRecord(ev_map_, fetch_stream_));
+      TWL_CUDA(cudaStreamWaitEvent(c, ev_map_, 0));
+      TWL_CUDA(cudaEventRecord(ev_step_done_, c));
+      return ran;
+    }
+    ReadAheadForNextStep(req.layer);
+  }
   // The figures are copied before the step counts as done: the next step (on any stream)
   // overwrites the scratch they come from only after ev_step_done_.
   if (t) TWL_RETURN_IF_ERROR(EnqueueTelemetry(req, G, c));
@@ -810,6 +1125,17 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
                            [&](int32_t slot) { return HarvestTelemetry(slot, t); });
     if (!published.ok()) return published.status();
     t->no_new_figures = !*published;
+    if (disk_) {
+      // Host-side figures of this very step (the GPU figures above may be an earlier one's).
+      t->disk_pages_loaded = step_io_.pages_loaded;
+      t->disk_pages_spilled = step_io_.pages_written;
+      t->ms_disk = step_io_.ms;
+      t->disk_bytes_read = step_io_.bytes_read;
+      t->disk_pages_read_ahead = step_io_.pages_read_ahead;
+      t->disk_pages_read_ahead_used = step_io_.pages_read_ahead_done;
+      t->disk_waits = step_io_.waits;
+      t->ms_disk_wait = step_io_.ms_wait;
+    }
   }
   if (t && req.capture_kept) {
     TWL_RETURN_IF_ERROR(CaptureDeviceKeptLists(scratch_.kept_tokens(), scratch_.kept_count(),
@@ -957,6 +1283,26 @@ absl::StatusOr<std::unique_ptr<OffloadBackend>> CreateGpuOffloadBackendEx(
   auto b = std::make_unique<GpuOffloadBackend>(config, num_pages);
   if (absl::Status s = b->Init(); !s.ok()) return s;
   return std::unique_ptr<OffloadBackend>(std::move(b));
+}
+
+absl::StatusOr<std::unique_ptr<OffloadBackend>> CreateGpuOffloadBackendWithDiskEx(
+    const RuntimeConfig& config, int64_t num_pages, int64_t host_slots,
+    std::unique_ptr<DiskTier> tier) {
+  if (!gpu::GpuAvailable()) return absl::UnavailableError("GPU offload backend: no GPU found");
+  if (num_pages < 1) return absl::InvalidArgumentError("GPU offload backend: no pages");
+  if (tier == nullptr) return absl::InvalidArgumentError("GPU offload backend: no disk tier");
+  auto b = std::make_unique<GpuOffloadBackend>(config, num_pages, host_slots, std::move(tier));
+  if (absl::Status s = b->Init(); !s.ok()) return s;
+  return std::unique_ptr<OffloadBackend>(std::move(b));
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateGpuOffloadBackendWithDisk(
+    const RuntimeConfig& config, int64_t num_pages, int64_t host_slots,
+    std::unique_ptr<DiskTier> tier) {
+  absl::StatusOr<std::unique_ptr<OffloadBackend>> b =
+      CreateGpuOffloadBackendWithDiskEx(config, num_pages, host_slots, std::move(tier));
+  if (!b.ok()) return b.status();
+  return std::unique_ptr<Backend>(std::move(*b));
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateGpuOffloadBackend(const RuntimeConfig& config,

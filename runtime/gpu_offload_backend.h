@@ -90,6 +90,27 @@ class OffloadBackend : public Backend {
 absl::StatusOr<std::unique_ptr<OffloadBackend>> CreateGpuOffloadBackendEx(
     const RuntimeConfig& config, int64_t num_pages);
 
+// With a disk tier (runtime/disk_residency.h, offload/disk_tier.h) under the pinned pool:
+// `num_pages` logical pages (at most host_slots - 1 + tier->capacity()), FP16 data in
+// `host_slots` pinned page slots or in `tier`; INT4 K and page bounds of every page stay on
+// the GPU, so selection never reads the disk. Differences from the pool without a tier:
+//   Decode  after each group's prune the host reads the kept lists back and makes their
+//           pages resident (reads from disk, least recently used pages spilled), then the
+//           group's fetch and attention run through the pool map (one host wait per group);
+//           after the step the pages the next layer's step kept last time are read ahead
+//           asynchronously (the next layer: the one that followed this layer last time).
+//   Append  per chunk of tokens whose pages fit in the slots: pages into slots, rows
+//           written by the per-token kernel through the pool map, waited for; cached blocks
+//           of the pages are invalidated instead of mirrored.
+//   Errors  the CPU tier's: ResourceExhausted for a full disk or a step that needs more pages
+//           than the slots hold, disk I/O errors marked (runtime/disk_io_status.h); nothing
+//           already appended is lost (a failed write keeps its page in its slot, a failed
+//           read keeps it on disk). Needs k_bits < 16 (Unimplemented otherwise).
+// CreateGpuOffloadBackendWithDisk (runtime/backend.h) returns the same object.
+absl::StatusOr<std::unique_ptr<OffloadBackend>> CreateGpuOffloadBackendWithDiskEx(
+    const RuntimeConfig& config, int64_t num_pages, int64_t host_slots,
+    std::unique_ptr<DiskTier> tier);
+
 // Cache slots the backend uses for a configuration: gpu_cache_bytes / block bytes (at least
 // 1), or by default 10% of the host pool's FP16 bytes (at least 64 slots).
 int64_t OffloadCacheSlots(const RuntimeConfig& config, int64_t num_pages);

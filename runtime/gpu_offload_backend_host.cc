@@ -2,6 +2,7 @@
 // the library is built without CUDA (runtime/gpu_offload_backend.cu replaces it).
 #include <algorithm>
 
+#include "offload/disk_tier.h"
 #include "runtime/geometry.h"
 #include "runtime/gpu_offload_backend.h"
 
@@ -17,6 +18,12 @@ int64_t OffloadCacheSlots(const RuntimeConfig& config, int64_t num_pages) {
 #if !TWL_HAVE_CUDA
 absl::StatusOr<std::unique_ptr<OffloadBackend>> CreateGpuOffloadBackendEx(
     const RuntimeConfig& /*config*/, int64_t /*num_pages*/) {
+  return absl::UnavailableError("GPU offload backend: built without CUDA");
+}
+
+absl::StatusOr<std::unique_ptr<OffloadBackend>> CreateGpuOffloadBackendWithDiskEx(
+    const RuntimeConfig& /*config*/, int64_t /*num_pages*/, int64_t /*host_slots*/,
+    std::unique_ptr<DiskTier> /*tier*/) {
   return absl::UnavailableError("GPU offload backend: built without CUDA");
 }
 #endif

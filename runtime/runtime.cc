@@ -157,12 +157,13 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeConfig& co
   absl::StatusOr<std::unique_ptr<Backend>> backend;
   im.disk_tier = config.disk_bytes > 0;
   if (im.disk_tier) {
-    // The disk tier is wired into the CPU backend only (docs/DESIGN.md): the GPU backends
-    // would need to gather from host slots that change under them.
-    if (config.backend == BackendKind::kGpuHbm || config.backend == BackendKind::kGpuOffload) {
+    // The disk tier sits under the CPU backend and under the GPU offload backend (its pinned
+    // pool becomes the host slots). The HBM backend keeps every page in device memory: no
+    // host tier to spill from. kAuto keeps choosing the CPU with a disk tier.
+    if (config.backend == BackendKind::kGpuHbm) {
       return absl::UnimplementedError(
-          "config: a disk tier (disk_bytes > 0) is supported by the CPU backend only; use "
-          "backend kCpu (or kAuto, which then picks the CPU)");
+          "config: a disk tier (disk_bytes > 0) is supported by the CPU and GPU offload "
+          "backends; use backend kCpu, kGpuOffload (or kAuto, which then picks the CPU)");
     }
     absl::StatusOr<std::unique_ptr<DiskTier>> tier = CreatePageDiskTier(config);
     if (!tier.ok()) return tier.status();
@@ -173,7 +174,11 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeConfig& co
     im.disk_records = (*tier)->capacity();
     im.num_pages = std::min<int64_t>(host_slots - 1 + (*tier)->capacity(),
                                      std::numeric_limits<int32_t>::max());
-    backend = CreateCpuBackendWithDisk(config, im.num_pages, host_slots, std::move(*tier));
+    if (config.backend == BackendKind::kGpuOffload) {
+      backend = CreateGpuOffloadBackendWithDisk(config, im.num_pages, host_slots, std::move(*tier));
+    } else {
+      backend = CreateCpuBackendWithDisk(config, im.num_pages, host_slots, std::move(*tier));
+    }
     if (backend.ok()) {
       im.backend_name = (*backend)->Name();
       if (config.backend == BackendKind::kAuto) {
@@ -186,7 +191,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeConfig& co
   const BackendKind kind = im.disk_tier ? BackendKind::kCpu : config.backend;
   switch (kind) {
     case BackendKind::kCpu:
-      if (im.disk_tier) break;  // created above
+      if (im.disk_tier) break;  // created above (CPU or GPU offload)
       backend = CreateCpuBackend(config, im.num_pages);
       if (im.backend_name.empty()) im.backend_name = "cpu";
       break;

@@ -72,7 +72,7 @@ struct RuntimeConfig {
   // Placement.
   BackendKind backend = BackendKind::kAuto;
   int32_t device_id = 0;
-  // Disk tier (NVMe, io_uring; CPU backend only): FP16 pages that do not fit in the host pool
+  // Disk tier (NVMe, io_uring; CPU and GPU offload backends): FP16 pages that do not fit in the host pool
   // are spilled to a file in `disk_path` (a directory) of at most `disk_bytes` bytes, and read
   // back when a step keeps them. Both set = on; both empty/0 = off. The page capacity becomes
   // host pool pages + disk records - 1; one decode step still needs every page it attends to
@@ -127,6 +127,14 @@ struct StepTelemetry {
   // -1: unknown), and 1 where the growth stopped at the configured cap.
   std::vector<float> full_mass;
   std::vector<int32_t> cap_hit;
+  // Disk tier under the GPU offload backend: payload bytes read from disk for this step
+  // (loads + reaped read-ahead), pages whose read-ahead was submitted after it and pages of
+  // an earlier read-ahead that arrived, times the step blocked on a disk read and how long.
+  int64_t disk_bytes_read = 0;
+  int64_t disk_pages_read_ahead = 0;
+  int64_t disk_pages_read_ahead_used = 0;
+  int64_t disk_waits = 0;
+  double ms_disk_wait = 0;
 };
 
 struct MemoryUsage {

@@ -195,7 +195,7 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
       const int64_t row = int64_t(pos % g.page_size) * D;
       const fp16_t* src = !valid ? kv.kv
                           : slot >= 0 ? kv.kv + slot * g.FpBlockElems() + row
-                                      : kv.miss_kv + (~slot) * g.FpBlockElems() + row;
+                                      : kv.miss_kv + kv.MissIndex(~slot) * g.FpBlockElems() + row;
       fp16_t* kd = kbuf + (b * T + tl) * D;
       fp16_t* vd = vbuf + (b * T + tl) * D;
 #pragma unroll

@@ -101,6 +101,11 @@ class StepStats(ctypes.Structure):
         ("disk_pages_spilled", ctypes.c_int64),
         ("ms_disk", ctypes.c_double),
         ("step", ctypes.c_int64),  # appended in 0.2: which decode the figures describe
+        # appended: the disk tier under the GPU offload backend
+        ("disk_bytes_read", ctypes.c_int64),
+        ("disk_pages_read_ahead", ctypes.c_int64),
+        ("disk_waits", ctypes.c_int64),
+        ("ms_disk_wait", ctypes.c_double),
     ]
 
 

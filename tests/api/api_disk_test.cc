@@ -176,8 +176,6 @@ TEST(ApiDisk, ConfigurationErrorsAndOlderStructs) {
        TWL_INVALID_ARGUMENT},
       {"missing directory", [](twl_runtime_config* c) { c->disk_path = "/nonexistent/twl"; },
        TWL_INVALID_ARGUMENT},
-      {"GPU offload backend", [](twl_runtime_config* c) { c->backend = TWL_BACKEND_GPU_OFFLOAD; },
-       TWL_UNSUPPORTED},
       {"GPU HBM backend", [](twl_runtime_config* c) { c->backend = TWL_BACKEND_GPU_HBM; },
        TWL_UNSUPPORTED},
   };
@@ -188,6 +186,17 @@ TEST(ApiDisk, ConfigurationErrorsAndOlderStructs) {
     EXPECT_EQ(twl_runtime_create(&c, &rt), k.want) << k.what << ": "
                                                     << twl_runtime_last_error(nullptr);
     EXPECT_EQ(rt, nullptr) << k.what;
+  }
+  {
+    // The GPU offload backend takes a disk tier: created where a GPU is, else unavailable
+    // (never "unsupported").
+    twl_runtime_config c = DiskConfig(dir, 4, 8);
+    c.backend = TWL_BACKEND_GPU_OFFLOAD;
+    twl_runtime* rt = nullptr;
+    const twl_status s = twl_runtime_create(&c, &rt);
+    EXPECT_TRUE(s == TWL_OK || s == TWL_UNAVAILABLE) << twl_runtime_last_error(nullptr);
+    EXPECT_EQ(rt != nullptr, s == TWL_OK);
+    twilight::RuntimePtr owned(rt);
   }
 
   // A caller compiled before the disk fields: its struct ends where they begin, and whatever

@@ -109,9 +109,10 @@ AttendSource CacheFetch::Source() const {
   // the mapped host pool. Every unit is attended this way (no direct units any more: the
   // plan decides per block), so the executor's direct pass is off.
   s.kv = FpKvView{slots_.as<fp16_t>(), slot_of_block_.as<int32_t>(),
-                  static_cast<const fp16_t*>(source_.mapped_base)};
+                  static_cast<const fp16_t*>(source_.mapped_base), source_.slot_of_block};
   s.counts = count_cache_.as<int32_t>();
-  s.direct_kv = FpKvView{static_cast<fp16_t*>(const_cast<void*>(source_.mapped_base)), nullptr};
+  s.direct_kv = FpKvView{static_cast<fp16_t*>(const_cast<void*>(source_.mapped_base)),
+                         source_.slot_of_block};
   s.direct_counts = nullptr;
   s.direct_out = direct_out_.as<fp16_t>();
   return s;

@@ -1,0 +1,286 @@
+// The NVMe tier under the GPU offload backend (skipped without a GPU): KV four times larger
+// than the pinned host pool decodes like the same runtime with every page in the pool
+// (outputs within 1e-3, K/V read back bit for bit), with pages read back from disk and read
+// ahead across layers; a full disk during an append and read errors during a decode return
+// their status and lose nothing already appended; a retry then decodes as before.
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/half.h"
+#include "gpu/device.h"
+#include "gtest/gtest.h"
+#include "offload/fault_injection.h"
+#include "runtime/disk_io_status.h"
+#include "runtime/runtime.h"
+
+namespace twl {
+namespace {
+
+#define TWL_DISK_SKIP_WITHOUT_GPU()                                                    \
+  do {                                                                                 \
+    if (!::twl::gpu::GpuAvailable()) {                                                 \
+      GTEST_SKIP() << "no CUDA device visible: GPU disk-tier test skipped (CPU only)"; \
+    }                                                                                  \
+  } while (0)
+
+class TempDir {
+ public:
+  TempDir() {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/twl-gpu-disk-XXXXXX";
+    if (mkdtemp(tmpl.data()) != nullptr) path_ = tmpl;
+  }
+  ~TempDir() {
+    if (!path_.empty()) rmdir(path_.c_str());
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+struct ClearFaultsOnExit {
+  ~ClearFaultsOnExit() { ProcessFaultInjector().Clear(); }
+};
+
+// A batch's pages over all layers (756) exceed the host pool (378), one step's (<= 252) do
+// not: every batch cycles its layers through the disk, and read-ahead has room for part of
+// the next layer's pages.
+constexpr int32_t kLayers = 3;
+constexpr int32_t kSeqs = 8;
+constexpr int32_t kLen = 1000;     // 63 pages per sequence and layer
+constexpr int32_t kBatch = 4;      // sequences per decode step
+constexpr int64_t kPageBytes = 2 * 2 * 16 * 128 * 2;  // 2 KV heads x K+V x 16 x 128 x FP16
+constexpr int64_t kKvPages = int64_t(kLayers) * kSeqs * ((kLen + 15) / 16);  // 1008
+
+RuntimeConfig Config() {
+  RuntimeConfig c;
+  c.num_layers = kLayers;
+  c.num_q_heads = 8;
+  c.num_kv_heads = 2;
+  c.head_dim = 128;
+  c.page_size = 16;
+  c.top_p = 0.9f;
+  c.backend = BackendKind::kGpuOffload;
+  c.gpu_cache_bytes = 4ll << 20;  // 128 blocks: steps also attend straight from the pool
+  c.host_pool_bytes = (kKvPages + 64) * kPageBytes;  // everything in host memory
+  return c;
+}
+
+// The host pool holds a quarter of the KV; the rest goes to disk.
+RuntimeConfig DiskConfig(const std::string& dir) {
+  RuntimeConfig c = Config();
+  c.host_pool_bytes = kKvPages / 4 * kPageBytes;
+  c.disk_path = dir;
+  c.disk_bytes = kKvPages * kPageBytes;
+  return c;
+}
+
+std::vector<fp16_t> RandomHalf(std::mt19937* rng, size_t n, float scale) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<fp16_t> x(n);
+  for (fp16_t& h : x) h = FloatToHalf(d(*rng));
+  return x;
+}
+
+struct Model {
+  std::unique_ptr<Runtime> rt;
+  std::vector<SeqId> ids;
+  // [layer][seq] appended K and V
+  std::vector<std::vector<std::vector<fp16_t>>> k, v;
+};
+
+// Same data for every runtime (seeded); K has a few planted large keys so that the pruner
+// keeps a peaked subset.
+absl::Status Fill(const RuntimeConfig& c, Model* m) {
+  absl::StatusOr<std::unique_ptr<Runtime>> rt = Runtime::Create(c);
+  if (!rt.ok()) return rt.status();
+  m->rt = std::move(*rt);
+  std::mt19937 rng(7);
+  const size_t tok = size_t(c.num_kv_heads) * c.head_dim;
+  m->k.assign(kLayers, {});
+  m->v.assign(kLayers, {});
+  for (int32_t s = 0; s < kSeqs; ++s) {
+    absl::StatusOr<SeqId> id = m->rt->CreateSequence();
+    if (!id.ok()) return id.status();
+    m->ids.push_back(*id);
+  }
+  for (int32_t l = 0; l < kLayers; ++l) {
+    for (int32_t s = 0; s < kSeqs; ++s) {
+      std::vector<fp16_t> k = RandomHalf(&rng, size_t(kLen) * tok, 1.0f);
+      std::vector<fp16_t> v = RandomHalf(&rng, size_t(kLen) * tok, 1.0f);
+      for (int32_t i = 0; i < 12; ++i) {  // planted keys
+        const size_t row = size_t(rng() % kLen) * tok;
+        for (size_t j = 0; j < tok; ++j) k[row + j] = FloatToHalf(4.0f);
+      }
+      if (absl::Status st = m->rt->Append(m->ids[size_t(s)], l, kLen, k.data(), v.data(),
+                                          DType::kFp16, MemSpace::kHost);
+          !st.ok()) {
+        return st;
+      }
+      m->k[size_t(l)].push_back(std::move(k));
+      m->v[size_t(l)].push_back(std::move(v));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<fp16_t> Queries(int32_t step, const RuntimeConfig& c) {
+  std::mt19937 rng(1000 + uint32_t(step));
+  std::vector<fp16_t> q = RandomHalf(&rng, size_t(kBatch) * c.num_q_heads * c.head_dim, 1.0f);
+  for (size_t i = 0; i < q.size(); ++i) {
+    if (i % 3 == 0) q[i] = FloatToHalf(1.0f);  // aligned with the planted keys
+  }
+  return q;
+}
+
+struct Outputs {
+  std::vector<std::vector<fp16_t>> out;
+  int64_t pages_loaded = 0, read_ahead = 0, read_ahead_used = 0, bytes_read = 0;
+};
+
+// Decodes like a serving loop: each batch of sequences `rounds` steps, every layer per step.
+
+absl::Status DecodeAll(Model& m, const RuntimeConfig& c, int32_t rounds, Outputs* o) {
+  int32_t step = 0;
+  for (int32_t b = 0; b < kSeqs; b += kBatch) {
+    for (int32_t r = 0; r < rounds; ++r) {
+      for (int32_t l = 0; l < kLayers; ++l) {
+        const std::vector<fp16_t> q = Queries(step++, c);
+        std::vector<fp16_t> out(q.size(), 0);
+        StepTelemetry t;
+        absl::Span<const SeqId> seqs(m.ids.data() + b, kBatch);
+        if (absl::Status s = m.rt->Decode(l, seqs, q.data(), out.data(), MemSpace::kHost, {},
+                                          nullptr, &t);
+            !s.ok()) {
+          return s;
+        }
+        o->out.push_back(std::move(out));
+        o->pages_loaded += t.disk_pages_loaded;
+        o->read_ahead += t.disk_pages_read_ahead;
+        o->read_ahead_used += t.disk_pages_read_ahead_used;
+        o->bytes_read += t.disk_bytes_read;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+void ExpectSameOutputs(const Outputs& a, const Outputs& b) {
+  ASSERT_EQ(a.out.size(), b.out.size());
+  int64_t exact = 0, total = 0;
+  for (size_t s = 0; s < a.out.size(); ++s) {
+    ASSERT_EQ(a.out[s].size(), b.out[s].size());
+    for (size_t i = 0; i < a.out[s].size(); ++i) {
+      const float x = HalfToFloat(a.out[s][i]), y = HalfToFloat(b.out[s][i]);
+      ASSERT_FALSE(std::isnan(x)) << "step " << s << " at " << i;
+      ASSERT_LE(std::fabs(x - y), 1e-3f + 1e-3f * std::fabs(y)) << "step " << s << " at " << i;
+      exact += a.out[s][i] == b.out[s][i];
+      ++total;
+    }
+  }
+  // Same kept sets over the same FP16 rows: expected bit for bit; the tolerance above only
+  // leaves room for a different cache/direct split of the attention.
+  std::printf("disk vs all-in-host: %lld of %lld outputs bit-identical\n",
+              static_cast<long long>(exact), static_cast<long long>(total));
+}
+
+void ExpectKvIntact(Model& m) {
+  for (int32_t l = 0; l < kLayers; ++l) {
+    for (int32_t s = 0; s < kSeqs; ++s) {
+      std::vector<fp16_t> k, v;
+      ASSERT_TRUE(m.rt->ReadKv(m.ids[size_t(s)], l, &k, &v).ok());
+      ASSERT_EQ(k, m.k[size_t(l)][size_t(s)]) << "layer " << l << " sequence " << s;
+      ASSERT_EQ(v, m.v[size_t(l)][size_t(s)]) << "layer " << l << " sequence " << s;
+    }
+  }
+}
+
+TEST(GpuOffloadDisk, KvFourTimesTheHostPoolDecodesLikeAllInHost) {
+  TWL_DISK_SKIP_WITHOUT_GPU();
+  TempDir dir;
+  const RuntimeConfig host = Config(), disk = DiskConfig(dir.path());
+  Model a, b;
+  ASSERT_TRUE(Fill(host, &a).ok());
+  const absl::Status filled = Fill(disk, &b);
+  ASSERT_TRUE(filled.ok()) << filled;
+  EXPECT_NE(b.rt->backend_name().find("disk tier"), std::string::npos) << b.rt->backend_name();
+  EXPECT_GT(b.rt->Memory().disk_bytes, 0);  // three quarters of the pages are on disk
+  Outputs oa, ob;
+  ASSERT_TRUE(DecodeAll(a, host, 2, &oa).ok());
+  const absl::Status decoded = DecodeAll(b, disk, 2, &ob);
+  ASSERT_TRUE(decoded.ok()) << decoded;
+  ExpectSameOutputs(ob, oa);
+  EXPECT_GT(ob.pages_loaded + ob.read_ahead_used, 0);
+  EXPECT_GT(ob.read_ahead, 0);  // the next layer's pages were read ahead
+  EXPECT_GT(ob.read_ahead_used, 0);
+  EXPECT_GT(ob.bytes_read, 0);
+  EXPECT_EQ(oa.pages_loaded + oa.read_ahead + oa.bytes_read, 0);
+  ExpectKvIntact(b);
+}
+
+TEST(GpuOffloadDisk, DiskFullDuringAppendLosesNothing) {
+  TWL_DISK_SKIP_WITHOUT_GPU();
+  ClearFaultsOnExit clear;
+  TempDir dir;
+  const RuntimeConfig disk = DiskConfig(dir.path());
+  Model m;
+  ASSERT_TRUE(Fill(disk, &m).ok());
+  // Every spill fails: the disk is full.
+  ProcessFaultInjector().FailRange(FaultSite::kDiskWrite, 1, -1, ENOSPC);
+  std::mt19937 rng(99);
+  const size_t tok = size_t(disk.num_kv_heads) * disk.head_dim;
+  // Enough new tokens that pages must be spilled to write them.
+  // 100 new pages (the page ids have room for them; the spills of the dirty pages in the
+  // pool do not).
+  const int32_t n = 100 * 16;
+  const std::vector<fp16_t> k = RandomHalf(&rng, size_t(n) * tok, 1.0f);
+  const std::vector<fp16_t> v = RandomHalf(&rng, size_t(n) * tok, 1.0f);
+  absl::StatusOr<SeqId> extra = m.rt->CreateSequence();
+  ASSERT_TRUE(extra.ok());
+  const absl::Status s =
+      m.rt->Append(*extra, 0, n, k.data(), v.data(), DType::kFp16, MemSpace::kHost);
+  EXPECT_FALSE(s.ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(s)) << s;
+  EXPECT_NE(s.message().find("disk tier full"), std::string::npos) << s;
+  ProcessFaultInjector().Clear();
+  ExpectKvIntact(m);
+  Outputs o;
+  const absl::Status decoded = DecodeAll(m, disk, 1, &o);
+  EXPECT_TRUE(decoded.ok()) << decoded;
+}
+
+TEST(GpuOffloadDisk, ReadErrorDuringDecodeIsReportedAndARetryMatches) {
+  TWL_DISK_SKIP_WITHOUT_GPU();
+  ClearFaultsOnExit clear;
+  TempDir dir;
+  const RuntimeConfig host = Config(), disk = DiskConfig(dir.path());
+  Model a, b;
+  ASSERT_TRUE(Fill(host, &a).ok());
+  ASSERT_TRUE(Fill(disk, &b).ok());
+  Outputs oa;
+  ASSERT_TRUE(DecodeAll(a, host, 1, &oa).ok());
+  // Every read fails until cleared: the first step that needs a page from disk reports it.
+  ProcessFaultInjector().FailRange(FaultSite::kDiskRead, 1, -1, EIO);
+  Outputs failed;
+  const absl::Status s = DecodeAll(b, disk, 1, &failed);
+  EXPECT_FALSE(s.ok());
+  EXPECT_TRUE(IsDiskIoError(s)) << s;
+  ProcessFaultInjector().Clear();
+  ExpectKvIntact(b);
+  Outputs ob;
+  const absl::Status decoded = DecodeAll(b, disk, 1, &ob);
+  ASSERT_TRUE(decoded.ok()) << decoded;
+  ExpectSameOutputs(ob, oa);
+}
+
+}  // namespace
+}  // namespace twl
