@@ -1,6 +1,5 @@
 // Launchers of the pruner kernels (see prune.cuh and gpu/kernels.h).
 // Instantiations: ScoreInt4Kernel<64|128, false (per token) | true (per page channel)>,
-// HistKernel<1>, HistKernel<2>;
 // the rest are not templates.
 #include <algorithm>
 
@@ -47,6 +46,10 @@ PruneLayout Layout(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
   l.hist.hist1 = c.Take<cuda::u64>(heads * cuda::kHistBins);
   l.hist.hist2 = c.Take<cuda::u64>(heads * cuda::kHistBins);
   l.clear_bytes = c.used() - clear_from;
+  // Boundary lists of the top-p (not cleared: KeptKernel writes every count it reads).
+  l.hist.bnd_chunks = int32_t((cand + cuda::kKeptChunk - 1) / cuda::kKeptChunk);
+  l.hist.bnd_count = c.Take<int32_t>(heads * size_t(l.hist.bnd_chunks));
+  l.hist.bnd = c.Take<int32_t>(heads * size_t(l.hist.bnd_chunks) * size_t(cuda::kBndCap));
   const size_t per_head = heads * size_t(max_select);
   l.grow.page_mass = c.Take<float>(per_head);
   l.grow.page_max = c.Take<float>(per_head);
@@ -220,18 +223,19 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
   }
   TWL_RETURN_IF_ERROR(Mark(ev, 1, st));
   if (!params.dense) {
-    // Top-p by histogram selection (prune_hist.cuh): level 1, level 2, kept bits.
+    // Top-p by histogram selection (prune_hist.cuh): level 1; level 2 with the kept bits
+    // above the boundary bin; the boundary bin's bits.
     const unsigned hist_chunks = unsigned((cand + cuda::kHistChunk - 1) / cuda::kHistChunk);
-    cuda::HistKernel<1><<<dim3(unsigned(heads), hist_chunks), cuda::kHistThreads, 0, st>>>(
+    cuda::HistKernel<<<dim3(unsigned(heads), hist_chunks), cuda::kHistThreads, 0, st>>>(
         g, params, batch, list, shape, l.scores, l.head_max, l.hist);
-    TWL_RETURN_IF_ERROR(LaunchStatus("HistKernel<1>"));
-    cuda::HistKernel<2><<<dim3(unsigned(heads), hist_chunks), cuda::kHistThreads, 0, st>>>(
-        g, params, batch, list, shape, l.scores, l.head_max, l.hist);
-    TWL_RETURN_IF_ERROR(LaunchStatus("HistKernel<2>"));
-    const unsigned kept_chunks = unsigned((cand + cuda::kKeptChunk - 1) / cuda::kKeptChunk);
-    cuda::KeptKernel<<<dim3(kept_chunks, unsigned(pairs)), cuda::kKeptThreads, 0, st>>>(
+    TWL_RETURN_IF_ERROR(LaunchStatus("HistKernel"));
+    const dim3 kept_grid{unsigned(l.hist.bnd_chunks), unsigned(pairs), 1u};
+    cuda::KeptKernel<<<kept_grid, cuda::kKeptThreads, 0, st>>>(
         g, params, batch, list, shape, l.scores, l.head_max, l.hist, l.bits);
     TWL_RETURN_IF_ERROR(LaunchStatus("KeptKernel"));
+    cuda::BoundaryKernel<<<kept_grid, cuda::kKeptThreads, 0, st>>>(
+        g, params, batch, list, shape, l.scores, l.head_max, l.hist, l.bits);
+    TWL_RETURN_IF_ERROR(LaunchStatus("BoundaryKernel"));
   }
   TWL_RETURN_IF_ERROR(Mark(ev, 2, st));
   const unsigned compact_chunks =
