@@ -242,9 +242,9 @@ __device__ __forceinline__ void SubHistAdd(uint32_t* lo, uint32_t* hi, int bin, 
 }
 
 // Grid: x = (sequence, query head), y = chunks of kHistChunk slots. Level 1: every valid
-// candidate into hist1 (level 2 is KeptKernel's). Every thread loads its kHistIters x 8 slots up front (loads in flight together), then
-// adds runs of equal bins from registers (a flat head's neighbours share bins: one atomic
-// per run) into its warp's sub-histogram.
+// candidate into hist1 (level 2 is KeptKernel's). Every thread loads its kHistIters x 8
+// slots up front (loads in flight together), then adds runs of equal bins from registers (a
+// flat head's neighbours share bins: one atomic per run) into its warp's sub-histogram.
 __global__ void __launch_bounds__(kHistThreads)
     HistKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                PruneShape shape, const fp16_t* __restrict__ scores,
