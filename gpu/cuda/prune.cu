@@ -1,6 +1,5 @@
 // Launchers of the pruner kernels (see prune.cuh and gpu/kernels.h).
 // Instantiations: ScoreInt4Kernel<64|128, false (per token) | true (per page channel)>,
-// HistKernel<1>, HistKernel<2>;
 // the rest are not templates.
 #include <algorithm>
 
@@ -47,6 +46,10 @@ PruneLayout Layout(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
   l.hist.hist1 = c.Take<cuda::u64>(heads * cuda::kHistBins);
   l.hist.hist2 = c.Take<cuda::u64>(heads * cuda::kHistBins);
   l.clear_bytes = c.used() - clear_from;
+  // Boundary lists of the top-p (not cleared: KeptKernel writes every count it reads).
+  l.hist.bnd_chunks = int32_t((cand + cuda::kKeptChunk - 1) / cuda::kKeptChunk);
+  l.hist.bnd_count = c.Take<int32_t>(heads * size_t(l.hist.bnd_chunks));
+  l.hist.bnd = c.Take<int32_t>(heads * size_t(l.hist.bnd_chunks) * size_t(cuda::kBndCap));
   const size_t per_head = heads * size_t(max_select);
   l.grow.page_mass = c.Take<float>(per_head);
   l.grow.page_max = c.Take<float>(per_head);
@@ -70,6 +73,9 @@ size_t PruneWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_
 }
 
 namespace {
+
+// See RunPrune's one_stage.
+constexpr int64_t kOneStageBytes = int64_t(192) << 20;
 
 // Records ev[i] on the stream when events are given (profiling).
 absl::Status Mark(cudaEvent_t* ev, int i, cudaStream_t st) {
@@ -180,6 +186,15 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
   };
   // Growing, one stage (1 or 2): page sums of the listed pages, then the search (profiling
   // events 4 + 2 * stage and 5 + 2 * stage around it).
+  // Growing in one stage (every page listed and scored once, no seed list, no second
+  // search) when the seed is automatic and scoring every page of the batch costs less than
+  // the seed stage's own latency (its list, a second search and score launch: ~0.05-0.1 ms,
+  // about 200 MB of estimation bytes at the score pass's rate). Few pairs (B = 1-2 at 128k)
+  // then use the whole GPU for one pass instead of one block per pair for several. The
+  // result is the same rule's (a seed only avoids scoring pages the rule cannot take).
+  const int64_t est_bytes = pairs * cand *
+                            (g.CodeBytesPerToken() + (g.HasTokenScale() ? 4 : 0));
+  const bool one_stage = grow && params.grow_seed_pages < 0 && est_bytes <= kOneStageBytes;
   auto grow_stage = [&](int stage) -> absl::Status {
     TWL_RETURN_IF_ERROR(Mark(ev, 4 + 2 * stage, st));
     cuda::PruneShape sh = shape;
@@ -189,9 +204,16 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     cuda::PageMassKernel<<<dim3(page_chunks, unsigned(heads)), cuda::kMassThreads, 0, st>>>(
         g, batch, list, sh, l.scores, l.head_max, l.grow);
     TWL_RETURN_IF_ERROR(LaunchStatus("PageMassKernel"));
-    cuda::GrowSearchKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
-        g, params, batch, selection, shape, l.head_max, l.grow, stats, stage);
-    TWL_RETURN_IF_ERROR(LaunchStatus("GrowSearchKernel"));
+    // One sort per pair when its pages fit a block's registers, else the radix passes.
+    if (selection.max_select <= cuda::kSortPages) {
+      cuda::GrowSearchSortedKernel<<<unsigned(pairs), cuda::kSortThreads, 0, st>>>(
+          g, params, batch, selection, shape, l.head_max, l.grow, stats, stage);
+      TWL_RETURN_IF_ERROR(LaunchStatus("GrowSearchSortedKernel"));
+    } else {
+      cuda::GrowSearchKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
+          g, params, batch, selection, shape, l.head_max, l.grow, stats, stage);
+      TWL_RETURN_IF_ERROR(LaunchStatus("GrowSearchKernel"));
+    }
     return Mark(ev, 5 + 2 * stage, st);
   };
 
@@ -202,36 +224,51 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     }
     if (grow) {
       TWL_RETURN_IF_ERROR(Mark(ev, 4, st));
-      cuda::SeedListKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
-          g, batch, selection, shape, params.grow_seed_pages, l.grow);
-      TWL_RETURN_IF_ERROR(LaunchStatus("SeedListKernel"));
+      if (one_stage) {
+        const unsigned page_chunks =
+            unsigned((selection.max_select + cuda::kMassThreads - 1) / cuda::kMassThreads);
+        cuda::ListAllKernel<<<dim3(page_chunks, unsigned(pairs)), cuda::kMassThreads, 0, st>>>(
+            selection, l.grow);
+        TWL_RETURN_IF_ERROR(LaunchStatus("ListAllKernel"));
+      } else {
+        cuda::SeedListKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
+            g, batch, selection, shape, params.grow_seed_pages, l.grow);
+        TWL_RETURN_IF_ERROR(LaunchStatus("SeedListKernel"));
+      }
       TWL_RETURN_IF_ERROR(Mark(ev, 5, st));
     }
     TWL_RETURN_IF_ERROR(score(nullptr));
   }
   if (grow) {
-    // Stage 1 on the seed lists; stage 2 rescans the pairs it flagged with every page.
+    // Stage 1 on the seed lists; stage 2 rescans the pairs it flagged with every page
+    // (one stage: every page is listed, nothing is flagged).
     TWL_RETURN_IF_ERROR(grow_stage(1));
-    TWL_RETURN_IF_ERROR(score(l.grow.need));
-    TWL_RETURN_IF_ERROR(grow_stage(2));
+    if (one_stage) {
+      TWL_RETURN_IF_ERROR(Mark(ev, 8, st));
+      TWL_RETURN_IF_ERROR(Mark(ev, 9, st));
+    } else {
+      TWL_RETURN_IF_ERROR(score(l.grow.need));
+      TWL_RETURN_IF_ERROR(grow_stage(2));
+    }
     shape.head_p = l.grow.head_p;
     shape.head_ratio = l.grow.head_ratio;
     shape.in_set = l.grow.in_set;
   }
   TWL_RETURN_IF_ERROR(Mark(ev, 1, st));
   if (!params.dense) {
-    // Top-p by histogram selection (prune_hist.cuh): level 1, level 2, kept bits.
+    // Top-p by histogram selection (prune_hist.cuh): level 1; level 2 with the kept bits
+    // above the boundary bin; the boundary bin's bits.
     const unsigned hist_chunks = unsigned((cand + cuda::kHistChunk - 1) / cuda::kHistChunk);
-    cuda::HistKernel<1><<<dim3(unsigned(heads), hist_chunks), cuda::kHistThreads, 0, st>>>(
+    cuda::HistKernel<<<dim3(unsigned(heads), hist_chunks), cuda::kHistThreads, 0, st>>>(
         g, params, batch, list, shape, l.scores, l.head_max, l.hist);
-    TWL_RETURN_IF_ERROR(LaunchStatus("HistKernel<1>"));
-    cuda::HistKernel<2><<<dim3(unsigned(heads), hist_chunks), cuda::kHistThreads, 0, st>>>(
-        g, params, batch, list, shape, l.scores, l.head_max, l.hist);
-    TWL_RETURN_IF_ERROR(LaunchStatus("HistKernel<2>"));
-    const unsigned kept_chunks = unsigned((cand + cuda::kKeptChunk - 1) / cuda::kKeptChunk);
-    cuda::KeptKernel<<<dim3(kept_chunks, unsigned(pairs)), cuda::kKeptThreads, 0, st>>>(
+    TWL_RETURN_IF_ERROR(LaunchStatus("HistKernel"));
+    const dim3 kept_grid{unsigned(l.hist.bnd_chunks), unsigned(pairs), 1u};
+    cuda::KeptKernel<<<kept_grid, cuda::kKeptThreads, 0, st>>>(
         g, params, batch, list, shape, l.scores, l.head_max, l.hist, l.bits);
     TWL_RETURN_IF_ERROR(LaunchStatus("KeptKernel"));
+    cuda::BoundaryKernel<<<kept_grid, cuda::kKeptThreads, 0, st>>>(
+        g, params, batch, list, shape, l.scores, l.head_max, l.hist, l.bits);
+    TWL_RETURN_IF_ERROR(LaunchStatus("BoundaryKernel"));
   }
   TWL_RETURN_IF_ERROR(Mark(ev, 2, st));
   const unsigned compact_chunks =

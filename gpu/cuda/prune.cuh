@@ -14,7 +14,8 @@
 //     folded in with one atomicMax per warp and head (order-preserving integer keys).
 //     ScoreScalarKernel is the fallback for k_bits 2/8 and for FP16 K (k_bits 16).
 //  2. The top-p threshold by histogram selection, many blocks per head (prune_hist.cuh):
-//     HistKernel<1>, HistKernel<2>, KeptKernel (union bit words + per-head kept counters).
+//     HistKernel (level 1), KeptKernel (level 2 + union bit words above the boundary bin +
+//     per-head kept counters), BoundaryKernel (the boundary bin's bits).
 //  3. CompactKeptKernel, blocks of kCompactWords bit words per (sequence, KV head): union
 //     bits -> ascending tokens, and the per-query-head telemetry.
 #pragma once

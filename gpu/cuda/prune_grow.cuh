@@ -20,9 +20,16 @@
 //     (the softmax shift of the top-p kernel), candidate rows and the cap flag;
 //  3. The top-p kernels (prune_hist.cuh) skip rows outside the candidates (in_set by list
 //     entry), so they see only candidates.
+// With few pairs (scoring every page costs less than the seed stage's latency, see RunPrune)
+// and an automatic seed, ListAllKernel replaces the seed list: one stage over every page.
+// GrowSearchSortedKernel replaces GrowSearchKernel's radix passes for pairs of up to 8192
+// pages (one block-wide sort by key, then prefix sums of A and R per head).
 // Floats are summed in a different order than the reference (double there), so a page whose
 // inclusion is decided by a near-tie can differ (tests/gpu compare with a tolerance).
 #pragma once
+
+#include <cub/block/block_radix_sort.cuh>
+#include <cub/block/block_scan.cuh>
 
 #include "gpu/cuda/prune.cuh"
 
@@ -151,6 +158,24 @@ __device__ KeyCut CountCut(GrowSmem& sm, const SelectionView& sel, int32_t sq0, 
   }
   cc.strict = !whole;
   return cc;
+}
+
+// One stage (the launcher's choice when scoring every page costs less than the seed
+// stage's fixed latency, e.g. few pairs): the list is every page, need = 0. Grid: x = page
+// chunks of kMassThreads, y = (sequence, KV head).
+__global__ void __launch_bounds__(kMassThreads)
+    ListAllKernel(SelectionView sel, GrowWork work) {
+  const int32_t pair = blockIdx.y;
+  const int32_t n = sel.count[pair];
+  const int32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) {
+    work.list_pages[int64_t(pair) * sel.max_select + i] = i;
+    work.list_pos[int64_t(pair) * sel.max_select + i] = i;
+  }
+  if (i == 0) {
+    work.list_count[pair] = n;
+    work.need[pair] = 0;
+  }
 }
 
 // One block per (sequence, KV head): the stage-1 list (forced pages + the largest level set
@@ -470,6 +495,264 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
     work.head_ratio[sq] = A > 0.0f ? A / (A + R) : 0.0f;
     if (sm.fin_max[t]) head_max[sq] = sm.fin_max[t];
     if (stats.selected) stats.selected[sq] = sm.fin_rows;
+    if (stats.cap_hit) stats.cap_hit[sq] = cap_hit ? 1 : 0;
+  }
+}
+
+// GrowSearchKernel for pairs of at most kSortPages pages (the launcher picks it when
+// max_select allows): the same rule and outputs, but instead of 4+ radix passes over the
+// pages (each a chain of dependent loads in one block), the listed ranked pages are sorted
+// once by key (descending, in registers: 16 per thread) and the rule is evaluated at every
+// key boundary from prefix sums of A and R per head: the smallest passing prefix is the
+// smallest whole-level set, the largest boundary within the cap the capped set. Float sums
+// are taken in another order than the radix search's (deterministic here: no float
+// atomics in the prefix), so a page whose level sits on the rule's boundary may differ, as
+// between the GPU and the CPU reference already.
+constexpr int kSortThreads = 512;
+constexpr int kSortItems = 16;
+constexpr int kSortPages = kSortThreads * kSortItems;
+
+__global__ void __launch_bounds__(kSortThreads, 1)
+    GrowSearchSortedKernel(PageGeometry g, PrunerParams params, BatchView batch,
+                           SelectionView sel, PruneShape shape, uint32_t* __restrict__ head_max,
+                           GrowWork work, HeadStatsView stats, int stage) {
+  using Sort = cub::BlockRadixSort<uint32_t, kSortThreads, kSortItems, int32_t>;
+  using ScanF = cub::BlockScan<float, kSortThreads>;
+  using ScanI = cub::BlockScan<int, kSortThreads>;
+  __shared__ union {
+    typename Sort::TempStorage sort;
+    typename ScanF::TempStorage scan;
+    typename ScanI::TempStorage iscan;
+  } tmp;
+  __shared__ uint8_t in_flag[kSortPages];     // by page: a ranked page of the final set
+  __shared__ uint32_t first_key[kSortThreads];  // each thread's first sorted key
+  __shared__ float a_fix[kMaxGroup], b_fix[kMaxGroup];  // A of forced, R of unlisted pages
+  __shared__ float fin_a[kMaxGroup], fin_b[kMaxGroup];
+  __shared__ uint32_t fin_max[kMaxGroup];
+  __shared__ int fin_rows, best_k, cap_k, ok_all;
+  const int32_t pair = blockIdx.x;
+  if (stage == 2 && !work.need[pair]) return;
+  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
+  const int32_t G = shape.group;
+  const int32_t n = sel.count[pair];  // every page of the sequence (<= kSortPages)
+  const int32_t listed = work.list_count[pair];
+  const int32_t* pos = work.list_pos + int64_t(pair) * sel.max_select;
+  const int32_t len = batch.seq_len[s];
+  const int32_t sq0 = s * batch.num_q_heads + h * G;
+  const float p = params.seq_p ? params.seq_p[s] : params.p;
+  const float c = GrowRemainderRatio(p, params.remainder_share);
+  const int32_t cap = sel.limit[pair];
+  const int t = threadIdx.x;
+  float mx[kMaxGroup];
+#pragma unroll
+  for (int j = 0; j < kMaxGroup; ++j) mx[j] = j < G ? HeadShift(head_max, sq0 + j) : 0.0f;
+  auto bound = [&](int j, int32_t i) {
+    return sel.bound[int64_t(sq0 + j) * sel.max_select + i];
+  };
+  auto rows_of = [&](int32_t i) { return min(g.page_size, len - i * g.page_size); };
+  auto a_of = [&](int j, int32_t i) {
+    return work.page_mass[int64_t(sq0 + j) * sel.max_select + pos[i]];
+  };
+  auto b_of = [&](int j, int32_t i) { return float(rows_of(i)) * expf(bound(j, i) - mx[j]); };
+
+  // A of the forced pages, R of the unlisted ones; sort items: the listed ranked pages.
+  if (t < kMaxGroup) {
+    a_fix[t] = 0.0f;
+    b_fix[t] = 0.0f;
+  }
+  if (t == 0) {
+    best_k = 0x7fffffff;
+    cap_k = 0;
+    ok_all = 0;
+    fin_rows = 0;
+  }
+  for (int32_t i = t; i < kSortPages; i += blockDim.x) in_flag[i] = 0;
+  __syncthreads();
+  uint32_t key[kSortItems];
+  int32_t page[kSortItems];
+  int ranked = 0;
+  {
+    float la[kMaxGroup], lb[kMaxGroup];
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) la[j] = lb[j] = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kSortItems; ++k) {
+      const int32_t i = t * kSortItems + k;
+      key[k] = 0u;  // below every ranked key (a ranked key is >= FloatKey(-inf) > 0)
+      page[k] = -1;
+      if (i >= n) continue;
+      bool forced;
+      const uint32_t kk = GrowKey(sel, sq0, G, i, &forced);
+      if (forced) {
+#pragma unroll
+        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? a_of(j, i) : 0.0f;
+      } else if (pos[i] < 0) {
+#pragma unroll
+        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? b_of(j, i) : 0.0f;
+      } else {
+        key[k] = kk;
+        page[k] = i;
+        ++ranked;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      la[j] = WarpSum(la[j]);
+      lb[j] = WarpSum(lb[j]);
+      if ((t & 31) == 0 && j < G) {
+        atomicAdd(&a_fix[j], la[j]);
+        atomicAdd(&b_fix[j], lb[j]);
+      }
+    }
+  }
+  int m = 0;  // listed ranked pages
+  {
+    int unused;
+    ScanI(tmp.iscan).ExclusiveSum(ranked, unused, m);
+  }
+  __syncthreads();
+  Sort(tmp.sort).SortDescending(key, page);  // blocked: thread t holds ranks 16 t ..
+  first_key[t] = key[0];
+  __syncthreads();
+  // Cut positions: K = r + 1 after rank r, a whole level when the next key differs.
+  uint32_t cut_mask = 0;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    const int r = t * kSortItems + k;
+    const uint32_t next =
+        k + 1 < kSortItems ? key[k + 1] : (t + 1 < kSortThreads ? first_key[t + 1] : 0u);
+    if (r < m && (r + 1 == m || next != key[k])) cut_mask |= 1u << k;
+  }
+  // The rule R_j <= c A_j for every head at each cut (ok_mask), and at K = 0 (ok_zero).
+  uint32_t ok_mask = cut_mask;
+  bool ok_zero = true;
+  for (int j = 0; j < G; ++j) {
+    float av[kSortItems], bv[kSortItems];
+    float sa = 0.0f, sb = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kSortItems; ++k) {
+      const bool real = t * kSortItems + k < m;
+      av[k] = real ? a_of(j, page[k]) : 0.0f;
+      bv[k] = real ? b_of(j, page[k]) : 0.0f;
+      sa += av[k];
+      sb += bv[k];
+    }
+    float pa, pb, total_a, total_b;
+    __syncthreads();  // tmp reuse
+    ScanF(tmp.scan).ExclusiveSum(sa, pa, total_a);
+    __syncthreads();
+    ScanF(tmp.scan).ExclusiveSum(sb, pb, total_b);
+    (void)total_a;
+    const float af = a_fix[j], bf = b_fix[j];
+#pragma unroll
+    for (int k = 0; k < kSortItems; ++k) {
+      pa += av[k];
+      pb += bv[k];
+      if (!((ok_mask >> k) & 1u)) continue;
+      const int r = t * kSortItems + k;
+      const float A = af + pa;
+      const float R = r + 1 == m ? bf : bf + fmaxf(0.0f, total_b - pb);
+      if (!(R <= c * A)) ok_mask &= ~(1u << k);
+    }
+    if (!(bf + total_b <= c * af)) ok_zero = false;
+  }
+  // The smallest passing cut (none: every listed page, as the radix search's fallback).
+  if (p < 1.0f) {
+    if (t == 0 && ok_zero) atomicMin(&best_k, 0);
+    if (ok_mask) atomicMin(&best_k, t * kSortItems + __ffs(ok_mask));  // K = r + 1
+  }
+  if (m > 0 && t == (m - 1) / kSortItems) ok_all = (ok_mask >> ((m - 1) % kSortItems)) & 1u;
+  if (m == 0 && t == 0) ok_all = ok_zero ? 1 : 0;
+  __syncthreads();
+  // Stage 1 with pages left out of the list: does every listed page in satisfy the rule?
+  // (p >= 1 needs every page.) If not, hand the pair to stage 2 with every page listed.
+  if (stage == 1 && listed < n && (p >= 1.0f || !ok_all)) {
+    int32_t* list = work.list_pages + int64_t(pair) * sel.max_select;
+    int32_t* wpos = work.list_pos + int64_t(pair) * sel.max_select;
+    for (int32_t i = t; i < n; i += blockDim.x) {
+      list[i] = i;
+      wpos[i] = i;
+    }
+    if (t < G) head_max[sq0 + t] = 0u;
+    if (t == 0) {
+      work.list_count[pair] = n;
+      work.need[pair] = 1;
+    }
+    return;
+  }
+  int K = p < 1.0f ? min(best_k, m) : m;
+  const bool cap_hit = K > cap;
+  if (cap_hit) {
+    // The largest whole-level set within the cap (K = 0 always qualifies).
+    uint32_t fits = 0;
+#pragma unroll
+    for (int k = 0; k < kSortItems; ++k) {
+      if (((cut_mask >> k) & 1u) && t * kSortItems + k + 1 <= cap) fits |= 1u << k;
+    }
+    if (fits) atomicMax(&cap_k, t * kSortItems + 32 - __clz(fits));
+    __syncthreads();
+    K = cap_k;
+  }
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    if (t * kSortItems + k < K) in_flag[page[k]] = 1;
+  }
+  if (t < kMaxGroup) {
+    fin_a[t] = fin_b[t] = 0.0f;
+    fin_max[t] = 0u;
+  }
+  __syncthreads();
+
+  // Final set: flags by list entry, per head A, R and the max estimate over the candidates.
+  int rows_in = 0;
+  {
+    float fa[kMaxGroup], fb[kMaxGroup], fm[kMaxGroup];
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      fa[j] = fb[j] = 0.0f;
+      fm[j] = -INFINITY;
+    }
+    for (int32_t i = t; i < n; i += blockDim.x) {
+      bool forced;
+      GrowKey(sel, sq0, G, i, &forced);
+      const int32_t e = pos[i];
+      const bool in = forced || (e >= 0 && in_flag[i]);
+      if (e >= 0) work.in_set[int64_t(pair) * sel.max_select + e] = in ? 1 : 0;
+      if (in) rows_in += rows_of(i);
+#pragma unroll
+      for (int j = 0; j < kMaxGroup; ++j) {
+        if (j >= G) continue;
+        if (in) {
+          fa[j] += a_of(j, i);
+          fm[j] = fmaxf(fm[j], work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
+        } else {
+          fb[j] += b_of(j, i);
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      fa[j] = WarpSum(fa[j]);
+      fb[j] = WarpSum(fb[j]);
+      fm[j] = WarpMax(fm[j]);
+      if ((t & 31) == 0 && j < G) {
+        atomicAdd(&fin_a[j], fa[j]);
+        atomicAdd(&fin_b[j], fb[j]);
+        if (fm[j] > -INFINITY) atomicMax(&fin_max[j], FloatKey(fm[j]));
+      }
+    }
+  }
+  atomicAdd(&fin_rows, rows_in);
+  __syncthreads();
+  if (t < G) {
+    const int32_t sq = sq0 + t;
+    const float A = fin_a[t], R = fin_b[t];
+    float target = p;  // share of A the head's top-p set must take
+    if (!cap_hit && p < 1.0f) target = A > 0.0f ? fminf(1.0f, p * ((A + R) / A)) : 1.0f;
+    work.head_p[sq] = target;
+    work.head_ratio[sq] = A > 0.0f ? A / (A + R) : 0.0f;
+    if (fin_max[t]) head_max[sq] = fin_max[t];
+    if (stats.selected) stats.selected[sq] = fin_rows;
     if (stats.cap_hit) stats.cap_hit[sq] = cap_hit ? 1 : 0;
   }
 }

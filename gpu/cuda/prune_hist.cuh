@@ -23,23 +23,26 @@
 // the NaN/inf rule applies); rounding moves a score by <= |s| * 2^-11.
 //
 // Launches (after the score pass; one memset clears head_max and all accumulators):
-//  1. HistKernel<1>: grid (query heads, slot chunks): every thread loads its 32 slots
+//  1. HistKernel: grid (query heads, slot chunks): every thread loads its 32 slots
 //     (four 16-byte loads in flight), sums runs of equal bins in registers, and adds them to
 //     its warp's own 256-bin sub-histogram in shared memory (32-bit partial sums, no
 //     shuffles, no contention between warps); the block merges the warps into 64-bit sums
 //     and flushes them with one global atomic per non-empty bin.
-//  2. HistKernel<2>: each block finds B from the global level-1 histogram (one warp, one
-//     load of the row), then histograms only its boundary-bin candidates by sub-bin (the
-//     others cost a load and a compare: no exp, no atomic).
-//  3. KeptKernel: grid (slot chunks, (sequence, KV head)); each thread 8 slots per step for
-//     all heads of the GQA group (one 16-byte load per head); blocks find (B, B2) per head
-//     (both rows loaded at once), write the union bit words with plain stores (four lanes
-//     a word: no memset, no atomics) and add each head's own kept count and fixed-point mass
-//     to per-head counters.
+//  2. KeptKernel: grid (slot chunks, (sequence, KV head)); each thread 8 slots per step for
+//     all heads of the GQA group (one 16-byte load per head); blocks find B per head, write
+//     the union bit words of the candidates above the boundary bin with plain stores (four
+//     lanes a word: no memset, no atomics) and count them per head; the boundary bin's
+//     candidates (a few percent of a peaked head) add their mass to the level-2 histogram
+//     and are listed (chunk offset + sub-bin) in a per-(head, chunk) segment.
+//  3. BoundaryKernel: same grid; finds B2 per head and ORs in the bits of the listed
+//     candidates with sub-bin <= B2 (a segment that overflowed: its chunk's scores are
+//     rescanned). The kept mass comes from the histograms (the same integer masses).
+// So the scores are read twice (level 1, then level 2 + kept bits), not three times, and
+// the kept pass computes no exp outside the boundary bin.
 // CompactKeptKernel (below) then lists the tokens and writes the per-head telemetry.
 //
 // Bytes (INT4, d = 128, group G): the score pass reads 68 B per (token, KV head) and writes
-// 2G B; the three passes read 2G B each; with G = 4 that is 100 B moved per 68 B of INT4.
+// 2G B; the two passes read 2G B each; with G = 4 that is 92 B moved per 68 B of INT4.
 #pragma once
 
 #include "gpu/cuda/prune.cuh"
@@ -69,6 +72,11 @@ struct HistWork {
   u64* kept_mass = nullptr;     // [heads] fixed-point mass of the head's own kept set
   int32_t* kept_count = nullptr;  // [heads]
   int32_t* bad = nullptr;         // [heads] 1: a NaN estimate (the head keeps nothing)
+  // Boundary-bin candidates per (query head, kept chunk), see KeptKernel (not cleared:
+  // KeptKernel writes every count BoundaryKernel reads).
+  int32_t* bnd = nullptr;         // [heads][bnd_chunks][kBndCap]
+  int32_t* bnd_count = nullptr;   // [heads][bnd_chunks]
+  int32_t bnd_chunks = 0;         // ceil(cand_stride / kKeptChunk)
   float fx_scale = kFixedScale;  // <= 2^40: HistKernel's 32-bit partial sums rely on it
 };
 
@@ -234,18 +242,15 @@ __device__ __forceinline__ void SubHistAdd(uint32_t* lo, uint32_t* hi, int bin, 
 }
 
 // Grid: x = (sequence, query head), y = chunks of kHistChunk slots. Level 1: every valid
-// candidate into hist1; level 2: the candidates of the boundary bin B into hist2.
-// Every thread loads its kHistIters x 8 slots up front (loads in flight together), then
-// adds runs of equal bins from registers (a flat head's neighbours share bins: one atomic
-// per run) into its warp's sub-histogram.
-template <int kLevel>
+// candidate into hist1 (level 2 is KeptKernel's). Every thread loads its kHistIters x 8
+// slots up front (loads in flight together), then adds runs of equal bins from registers (a
+// flat head's neighbours share bins: one atomic per run) into its warp's sub-histogram.
 __global__ void __launch_bounds__(kHistThreads)
     HistKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                PruneShape shape, const fp16_t* __restrict__ scores,
                const uint32_t* __restrict__ head_max, HistWork hw) {
   __shared__ uint32_t sub_lo[kHistWarps][kHistBins];
   __shared__ uint32_t sub_hi[kHistWarps][kHistBins];
-  __shared__ int boundary;
   const int32_t sq = blockIdx.x;
   const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
   const int32_t pair = s * g.num_kv_heads + qh / shape.group;
@@ -267,18 +272,7 @@ __global__ void __launch_bounds__(kHistThreads)
     (&sub_lo[0][0])[i] = 0;
     (&sub_hi[0][0])[i] = 0;
   }
-  if (kLevel == 2) {
-    if (threadIdx.x < 32) {
-      u64 v[8], total, before;
-      WarpLoadHist(hw.hist1 + int64_t(sq) * kHistBins, v);
-      const u64 target = WarpTarget(v, HeadP(params, shape, s, sq), &total);
-      const int b = target ? WarpFindBin(v, target, &before) : -1;
-      if (threadIdx.x == 0) boundary = b;
-    }
-  }
-  __syncthreads();  // sub-histograms zeroed, boundary known
-  const int B = kLevel == 2 ? boundary : 0;
-  if (kLevel == 2 && B < 0) return;
+  __syncthreads();  // sub-histograms zeroed
   const int warp = threadIdx.x >> 5;
   uint32_t* lo = sub_lo[warp];
   uint32_t* hi = sub_hi[warp];
@@ -302,11 +296,9 @@ __global__ void __launch_bounds__(kHistThreads)
       nan_seen |= valid && isnan(x);
       if (!valid || isnan(x)) continue;
       const float d = mx - x;
-      const int b1 = Bin1(d);
-      if (kLevel == 2 && b1 != B) continue;
       const u64 m = Fixed(expf(-d), hw.fx_scale);
       if (!m) continue;
-      const int bin = kLevel == 1 ? b1 : Bin2(d, b1);
+      const int bin = Bin1(d);
       if (bin != cur) {
         if (acc) SubHistAdd(lo, hi, cur, acc);
         cur = bin;
@@ -316,28 +308,80 @@ __global__ void __launch_bounds__(kHistThreads)
     }
   }
   if (acc) SubHistAdd(lo, hi, cur, acc);
-  if (kLevel == 1 && nan_seen) hw.bad[sq] = 1;  // benign race: every writer stores 1
+  if (nan_seen) hw.bad[sq] = 1;  // benign race: every writer stores 1
   __syncthreads();  // every warp's adds done
   const int b = threadIdx.x;
   u64 sum = 0;
 #pragma unroll
   for (int w = 0; w < kHistWarps; ++w) sum += (u64(sub_hi[w][b]) << kSplitBits) + sub_lo[w][b];
-  u64* out = (kLevel == 1 ? hw.hist1 : hw.hist2) + int64_t(sq) * kHistBins;
+  u64* out = hw.hist1 + int64_t(sq) * kHistBins;
   if (sum) atomicAdd(&out[b], sum);
 }
 
-// Grid: x = chunks of kKeptChunk slots, y = (sequence, KV head). Union bits of the group's
-// kept sets (words [0, ceil(slots / 32)) all written), per-head kept count and mass.
-// Each thread takes 8 consecutive slots per step (one 16-byte load per head); four lanes
-// make a bit word (two shuffles), written with a plain store.
+// Whether candidate slot i of a chunk ending at c1 is a valid row of the pair: inside the
+// sequence and (growing) on a candidate page.
+__device__ __forceinline__ bool SlotIsCandidate(const int32_t* pages, const uint8_t* in_set,
+                                                int32_t ps, int32_t len, int32_t c1,
+                                                int32_t i) {
+  if (i >= c1 || pages[i / ps] * ps + i % ps >= len) return false;
+  return !in_set || in_set[i / ps] != 0;
+}
+
+// Warp j < G of a block of (sequence, KV head): head j's mode and level-1 boundary bin B1
+// (and, with v2 given, the level-2 sub-bin B2 and the head's kept mass). Lane 0 returns
+// the results; every lane runs the shuffles.
+__device__ __forceinline__ int WarpHeadThreshold(const PrunerParams& params,
+                                                 const PruneShape& shape,
+                                                 const uint32_t* head_max, const HistWork& hw,
+                                                 int32_t s, int32_t sq, bool level2, float* mx,
+                                                 int* b1, int* b2, u64* kept_mass) {
+  int mode = HeadMode(params, shape, head_max, hw, s, sq, mx);
+  *b1 = 0;
+  *b2 = 0;
+  *kept_mass = 0;
+  if (mode != kModeTopP) return mode;
+  u64 v1[8], v2[8], total, before, before2;
+  WarpLoadHist(hw.hist1 + int64_t(sq) * kHistBins, v1);
+  if (level2) WarpLoadHist(hw.hist2 + int64_t(sq) * kHistBins, v2);
+  const u64 target = WarpTarget(v1, HeadP(params, shape, s, sq), &total);
+  if (!target) return kModeNone;
+  *b1 = WarpFindBin(v1, target, &before);
+  if (level2) {
+    // hist2 splits bin B1 exactly (the same fixed-point masses), so the level-2 target
+    // target - before <= hist1[B1] is always reached. Kept mass: the bins above B1 and the
+    // sub-bins up to B2 (sums of the same Fixed(w) the old kept pass added per candidate).
+    *b2 = WarpFindBin(v2, target - before, &before2);
+    const int lane = threadIdx.x & 31;
+    u64 at_b2 = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) at_b2 = (lane * 8 + k == *b2) ? v2[k] : at_b2;
+    at_b2 = WarpSumU64(at_b2);
+    *kept_mass = before + before2 + at_b2;
+  }
+  return mode;
+}
+
+// Boundary entries of a (query head, kept chunk): the chunk offset (< 2^16) and the level-2
+// sub-bin (<< 16) of each candidate in the boundary bin B1. A chunk with more than kBndCap
+// of them (a flat head) records only the count; BoundaryKernel then rescans its scores.
+constexpr int kBndCap = 512;
+static_assert(kKeptChunk <= 65536, "chunk offsets fit 16 bits");
+
+// Grid: x = chunks of kKeptChunk slots, y = (sequence, KV head). Level 2 and the kept bits
+// in one pass over the scores (after HistKernel, which fixed B1 per head): a candidate above
+// the boundary bin (b1 < B1) is kept at once (union bit words, [0, ceil(slots / 32)) all
+// written, and per-head kept counts); a boundary candidate (b1 == B1) adds its mass to the
+// head's level-2 histogram and is listed for BoundaryKernel, which sets its bit once B2 is
+// known. Each thread takes 8 consecutive slots per step (one 16-byte load per head); four
+// lanes make a bit word (two shuffles), written with a plain store.
 __global__ void __launch_bounds__(kKeptThreads)
     KeptKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                PruneShape shape, const fp16_t* __restrict__ scores,
                const uint32_t* __restrict__ head_max, HistWork hw, uint32_t* __restrict__ bits) {
-  __shared__ int h_mode[kMaxGroup], h_b1[kMaxGroup], h_b2[kMaxGroup];
+  __shared__ int h_mode[kMaxGroup], h_b1[kMaxGroup];
   __shared__ float h_mx[kMaxGroup];
-  __shared__ u64 s_mass[kMaxGroup];
-  __shared__ int s_count[kMaxGroup];
+  __shared__ int s_count[kMaxGroup], s_bnd[kMaxGroup];
+  __shared__ u64 s_h2[kMaxGroup][kHistBins];  // level-2 partial sums of this chunk
   static_assert(kKeptThreads / 32 >= kMaxGroup, "one warp per head of the group");
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
@@ -347,33 +391,21 @@ __global__ void __launch_bounds__(kKeptThreads)
   const int G = shape.group;
   const int32_t sq0 = s * batch.num_q_heads + h * G;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  // Warp j: head j's mode and threshold bins (both histogram rows loaded at once).
   if (warp < G) {
-    const int32_t sq = sq0 + warp;
     float mx = 0.0f;
-    int mode = HeadMode(params, shape, head_max, hw, s, sq, &mx);
     int b1 = 0, b2 = 0;
-    if (mode == kModeTopP) {
-      u64 v1[8], v2[8], total, before, unused;
-      WarpLoadHist(hw.hist1 + int64_t(sq) * kHistBins, v1);
-      WarpLoadHist(hw.hist2 + int64_t(sq) * kHistBins, v2);
-      const u64 target = WarpTarget(v1, HeadP(params, shape, s, sq), &total);
-      if (!target) {
-        mode = kModeNone;
-      } else {
-        b1 = WarpFindBin(v1, target, &before);
-        b2 = WarpFindBin(v2, target - before, &unused);
-      }
-    }
+    u64 unused = 0;
+    const int mode = WarpHeadThreshold(params, shape, head_max, hw, s, sq0 + warp,
+                                       /*level2=*/false, &mx, &b1, &b2, &unused);
     if (lane == 0) {
       h_mode[warp] = mode;
       h_b1[warp] = b1;
-      h_b2[warp] = b2;
       h_mx[warp] = mx;
-      s_mass[warp] = 0;
       s_count[warp] = 0;
+      s_bnd[warp] = 0;
     }
   }
+  for (int i = threadIdx.x; i < kMaxGroup * kHistBins; i += blockDim.x) (&s_h2[0][0])[i] = 0;
   __syncthreads();
   const int32_t len = batch.seq_len[s];
   const int32_t* pages = sel.pages + int64_t(pair) * sel.max_select;
@@ -384,12 +416,8 @@ __global__ void __launch_bounds__(kKeptThreads)
   const bool page8 = (ps & 7) == 0;
   const bool vec = (shape.cand_stride & 7) == 0;
   int cnt[kMaxGroup];
-  u64 mass[kMaxGroup];
 #pragma unroll
-  for (int j = 0; j < kMaxGroup; ++j) {
-    cnt[j] = 0;
-    mass[j] = 0;
-  }
+  for (int j = 0; j < kMaxGroup; ++j) cnt[j] = 0;
   // The same trip count for every thread (the shuffles); c0 and the step: multiples of 32.
   for (int32_t base = c0; base < c1; base += 8 * blockDim.x) {
     const int32_t i0 = base + 8 * int32_t(threadIdx.x);
@@ -407,10 +435,7 @@ __global__ void __launch_bounds__(kKeptThreads)
       } else {
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
-          const int32_t i = i0 + k;
-          bool valid = i < c1 && pages[i / ps] * ps + i % ps < len;
-          if (valid && in_set) valid = in_set[i / ps] != 0;
-          if (valid) vmask |= 1u << k;
+          if (SlotIsCandidate(pages, in_set, ps, len, c1, i0 + k)) vmask |= 1u << k;
         }
       }
     }
@@ -418,25 +443,61 @@ __global__ void __launch_bounds__(kKeptThreads)
 #pragma unroll
     for (int j = 0; j < kMaxGroup; ++j) {
       if (j >= G) break;
-      const int mode = h_mode[j];
+      const int mode = h_mode[j];  // block-uniform
       if (mode == kModeAll) {
         byte |= vmask;
         cnt[j] += __popc(vmask);
-      } else if (mode == kModeTopP && vmask) {
-        const uint4 raw = LoadRaw8(scores + int64_t(sq0 + j) * shape.cand_stride, i0, c1, vec);
-        const float mxj = h_mx[j];
-        const int B1 = h_b1[j], B2 = h_b2[j];
+      } else if (mode == kModeTopP) {
+        uint32_t bmask = 0;  // bit k: slot i0 + k lies in the boundary bin
+        uint64_t b2s = 0;    // its sub-bin in byte k
+        if (vmask) {
+          const uint4 raw = LoadRaw8(scores + int64_t(sq0 + j) * shape.cand_stride, i0, c1, vec);
+          const float mxj = h_mx[j];
+          const int B1 = h_b1[j];
 #pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          if (!((vmask >> k) & 1u)) continue;
-          const float d = mxj - RawHalf(raw, k);
-          const int b1 = Bin1(d);
-          if (b1 > B1 || (b1 == B1 && Bin2(d, b1) > B2)) continue;
-          const float w = expf(-d);
-          if (w > 0.0f) {
-            byte |= 1u << k;
-            ++cnt[j];
-            mass[j] += Fixed(w, hw.fx_scale);
+          for (int k = 0; k < 8; ++k) {
+            if (!((vmask >> k) & 1u)) continue;
+            const float d = mxj - RawHalf(raw, k);
+            const int b1 = Bin1(d);
+            // b1 < B1 <= 254: d < 31.875, so the float weight is > 0 (kept, as before).
+            if (b1 < B1) {
+              byte |= 1u << k;
+              ++cnt[j];
+            } else if (b1 == B1) {
+              const float w = expf(-d);
+              if (w > 0.0f) {
+                const int b2 = Bin2(d, b1);
+                bmask |= 1u << k;
+                b2s |= uint64_t(b2) << (8 * k);
+                const u64 m = Fixed(w, hw.fx_scale);
+                if (m) SharedAddU64(&s_h2[j][b2], m);
+              }
+            }
+          }
+        }
+        // List the boundary candidates: one shared atomic per warp (mode is block-uniform,
+        // so every lane of the warp is here).
+        const unsigned any = __ballot_sync(0xffffffffu, bmask != 0);
+        if (any) {
+          const int n = __popc(bmask);
+          int incl = n;
+#pragma unroll
+          for (int o = 1; o < 32; o <<= 1) {
+            const int y = __shfl_up_sync(0xffffffffu, incl, o);
+            if (lane >= o) incl += y;
+          }
+          int at = 0;
+          if (lane == 31) at = atomicAdd(&s_bnd[j], incl);
+          at = __shfl_sync(0xffffffffu, at, 31) + incl - n;
+          int32_t* list =
+              hw.bnd + (int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x) * int64_t(kBndCap);
+#pragma unroll
+          for (int k = 0; k < 8; ++k) {
+            if (!((bmask >> k) & 1u)) continue;
+            if (at < kBndCap) {
+              list[at] = (i0 + k - c0) | (int32_t((b2s >> (8 * k)) & 255u) << 16);
+            }
+            ++at;
           }
         }
       }
@@ -450,17 +511,106 @@ __global__ void __launch_bounds__(kKeptThreads)
   for (int j = 0; j < kMaxGroup; ++j) {
     if (j >= G) break;
     const int c = __reduce_add_sync(0xffffffffu, unsigned(cnt[j]));
-    const u64 m = WarpSumU64(mass[j]);
-    if (lane == 0) {
-      if (c) atomicAdd(&s_count[j], c);
-      if (m) SharedAddU64(&s_mass[j], m);
-    }
+    if (lane == 0 && c) atomicAdd(&s_count[j], c);
   }
   __syncthreads();
   if (threadIdx.x < G) {
     const int j = threadIdx.x;
     if (s_count[j]) atomicAdd(&hw.kept_count[sq0 + j], s_count[j]);
-    if (s_mass[j]) atomicAdd(&hw.kept_mass[sq0 + j], s_mass[j]);
+    hw.bnd_count[int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x] = s_bnd[j];
+  }
+  for (int i = threadIdx.x; i < G * kHistBins; i += blockDim.x) {
+    const u64 v = (&s_h2[0][0])[i];
+    if (v) atomicAdd(&hw.hist2[int64_t(sq0 + i / kHistBins) * kHistBins + i % kHistBins], v);
+  }
+}
+
+// Grid: as KeptKernel. Finds B2 per head (level-2 histogram complete) and sets the bits of
+// the chunk's listed boundary candidates with sub-bin <= B2 (the block owns the chunk's
+// words: one read-modify-write per word), adding them to the head's kept count; a chunk
+// whose list overflowed rescans its scores. Block 0 of a pair writes each top-p head's kept
+// mass from the histograms.
+__global__ void __launch_bounds__(kKeptThreads)
+    BoundaryKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
+                   PruneShape shape, const fp16_t* __restrict__ scores,
+                   const uint32_t* __restrict__ head_max, HistWork hw,
+                   uint32_t* __restrict__ bits) {
+  __shared__ int h_mode[kMaxGroup], h_b1[kMaxGroup], h_b2[kMaxGroup];
+  __shared__ float h_mx[kMaxGroup];
+  __shared__ int s_count[kMaxGroup];
+  __shared__ uint32_t s_bits[kKeptChunk / 32];
+  const int32_t pair = blockIdx.y;
+  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
+  const int32_t slots = sel.count[pair] * g.page_size;
+  const int32_t c0 = blockIdx.x * kKeptChunk;
+  if (c0 >= slots) return;
+  const int G = shape.group;
+  const int32_t sq0 = s * batch.num_q_heads + h * G;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (warp < G) {
+    float mx = 0.0f;
+    int b1 = 0, b2 = 0;
+    u64 kept_mass = 0;
+    const int mode = WarpHeadThreshold(params, shape, head_max, hw, s, sq0 + warp,
+                                       /*level2=*/true, &mx, &b1, &b2, &kept_mass);
+    if (lane == 0) {
+      h_mode[warp] = mode;
+      h_b1[warp] = b1;
+      h_b2[warp] = b2;
+      h_mx[warp] = mx;
+      s_count[warp] = 0;
+      if (blockIdx.x == 0 && mode == kModeTopP) hw.kept_mass[sq0 + warp] = kept_mass;
+    }
+  }
+  for (int i = threadIdx.x; i < kKeptChunk / 32; i += blockDim.x) s_bits[i] = 0;
+  __syncthreads();
+  const int32_t len = batch.seq_len[s];
+  const int32_t* pages = sel.pages + int64_t(pair) * sel.max_select;
+  const uint8_t* in_set = shape.in_set ? shape.in_set + int64_t(pair) * sel.max_select : nullptr;
+  const int32_t c1 = min(slots, c0 + kKeptChunk);
+  bool any = false;
+  for (int j = 0; j < G; ++j) {
+    if (h_mode[j] != kModeTopP) continue;  // block-uniform
+    const int64_t seg = int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x;
+    const int n = hw.bnd_count[seg];
+    if (!n) continue;
+    any = true;
+    const int B1 = h_b1[j], B2 = h_b2[j];
+    int cnt = 0;
+    if (n <= kBndCap) {
+      const int32_t* list = hw.bnd + seg * int64_t(kBndCap);
+      for (int e = threadIdx.x; e < n; e += blockDim.x) {
+        const int32_t v = list[e];
+        if ((v >> 16) > B2) continue;
+        const int32_t off = v & 0xFFFF;
+        atomicOr(&s_bits[off >> 5], 1u << (off & 31));
+        ++cnt;
+      }
+    } else {
+      // Overflow: the same test as KeptKernel's, slot by slot.
+      const fp16_t* row = scores + int64_t(sq0 + j) * shape.cand_stride;
+      const float mxj = h_mx[j];
+      for (int32_t i = c0 + threadIdx.x; i < c1; i += blockDim.x) {
+        if (!SlotIsCandidate(pages, in_set, g.page_size, len, c1, i)) continue;
+        const float d = mxj - H2F(row[i]);
+        const int b1 = Bin1(d);
+        if (b1 != B1 || Bin2(d, b1) > B2 || !(expf(-d) > 0.0f)) continue;
+        atomicOr(&s_bits[(i - c0) >> 5], 1u << ((i - c0) & 31));
+        ++cnt;
+      }
+    }
+    cnt = int(__reduce_add_sync(0xffffffffu, unsigned(cnt)));
+    if (lane == 0 && cnt) atomicAdd(&s_count[j], cnt);
+  }
+  if (!any) return;  // block-uniform: nothing listed for any head of the chunk
+  __syncthreads();
+  uint32_t* chunk_bits = bits + int64_t(pair) * shape.bit_words + (c0 >> 5);
+  const int32_t words = (c1 - c0 + 31) / 32;
+  for (int w = threadIdx.x; w < words; w += blockDim.x) {
+    if (s_bits[w]) chunk_bits[w] |= s_bits[w];
+  }
+  if (threadIdx.x < G && s_count[threadIdx.x]) {
+    atomicAdd(&hw.kept_count[sq0 + threadIdx.x], s_count[threadIdx.x]);
   }
 }
 

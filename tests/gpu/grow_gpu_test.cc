@@ -204,7 +204,14 @@ INSTANTIATE_TEST_SUITE_P(
                       GrowCase{64, 4, 0, 1.0f, {1203, 17}},
                       GrowCase{128, 4, 0, 0.95f, {5000, 37, 2100, 16}, 0},  // one stage
                       GrowCase{128, 2, 0, 0.9f, {6000, 3000}, 2},  // tiny seed: stage 2 often
-                      GrowCase{64, 4, 5, 0.9f, {4000, 900}, 3}));
+                      GrowCase{64, 4, 5, 0.9f, {4000, 900}, 3},
+                      // The search by one sort per pair takes up to 8192 pages (128k tokens
+                      // at pages of 16: exactly full); longer pairs use the radix passes.
+                      GrowCase{64, 2, 0, 0.95f, {131072, 700}},
+                      GrowCase{64, 2, 0, 0.95f, {140000, 3000}},
+                      // Automatic seeds at these sizes run one stage (every page scored once);
+                      // an explicit seed keeps two stages, here with the radix passes.
+                      GrowCase{64, 2, 0, 0.95f, {140000, 3000}, 64}));
 
 // Head dims 96 and 256: bound kernel and scalar scorer under the growth.
 INSTANTIATE_TEST_SUITE_P(
