@@ -298,7 +298,8 @@ absl::Status LaunchDsSelect(const PageGeometry& g, const SelectorParams& params,
                             const BatchView& batch, const QueryView& q, const QuantKView& qk,
                             const SelectionView& out, void* workspace, size_t workspace_bytes,
                             void* stream) {
-  TWL_RETURN_IF_ERROR(DsCheckSelect(g, params, batch, qk, out));
+  // Device arrays: the batch's lengths and page table are not read here.
+  TWL_RETURN_IF_ERROR(DsCheckSelect(g, params, batch, qk, out, /*host_data=*/false));
   if (!q.q) return absl::InvalidArgumentError("select: q must not be null");
   if (g.head_dim > kMaxHeadDim) {
     return absl::UnimplementedError(absl::StrFormat(

@@ -70,9 +70,9 @@ std::vector<int32_t> DsChooseChannelsRef(const float* channel_sums, int32_t head
 
 absl::Status DsCheckSelect(const PageGeometry& g, const SelectorParams& params,
                            const BatchView& batch, const QuantKView& qk,
-                           const SelectionView& out) {
+                           const SelectionView& out, bool host_data) {
   if (absl::Status st = ValidateGeometry(g); !st.ok()) return st;
-  if (absl::Status st = ValidateBatch(g, batch, true); !st.ok()) return st;
+  if (absl::Status st = ValidateBatch(g, batch, host_data); !st.ok()) return st;
   if (!out.pages || !out.count) {
     return absl::InvalidArgumentError("select: outputs must not be null");
   }
@@ -105,7 +105,9 @@ absl::Status DsCheckSelect(const PageGeometry& g, const SelectorParams& params,
 absl::Status DsSelectRef(const PageGeometry& g, const SelectorParams& params,
                          const BatchView& batch, const QueryView& q, const QuantKView& qk,
                          const SelectionView& out) {
-  if (absl::Status st = DsCheckSelect(g, params, batch, qk, out); !st.ok()) return st;
+  if (absl::Status st = DsCheckSelect(g, params, batch, qk, out, /*host_data=*/true); !st.ok()) {
+    return st;
+  }
   if (!q.q) return absl::InvalidArgumentError("select: q must not be null");
   const int32_t group = batch.num_q_heads / g.num_kv_heads;
   const int32_t items = batch.num_seqs * g.num_kv_heads;

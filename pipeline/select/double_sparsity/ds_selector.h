@@ -63,9 +63,10 @@ std::vector<int32_t> DsChooseChannelsRef(const float* channel_sums, int32_t head
 absl::Status DsSelectRef(const PageGeometry& g, const SelectorParams& params,
                          const BatchView& batch, const QueryView& q, const QuantKView& qk,
                          const SelectionView& out);
-// Shape checks shared by the host and device paths.
+// Shape checks shared by the host and device paths; host_data: the batch's arrays are host
+// memory and are checked too (the device path must not read them).
 absl::Status DsCheckSelect(const PageGeometry& g, const SelectorParams& params,
                            const BatchView& batch, const QuantKView& qk,
-                           const SelectionView& out);
+                           const SelectionView& out, bool host_data);
 
 }  // namespace twl
