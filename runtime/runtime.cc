@@ -79,11 +79,12 @@ absl::Status RuntimeConfig::Validate() const {
     // %.9g: every float prints distinctly (1.0000001 is not "1").
     return bad(absl::StrFormat("top_p must be in (0, 1], got %.9g", top_p));
   }
-  if (!FindSelector(selector).ok()) {
+  absl::StatusOr<const Selector*> sel = FindSelector(selector);
+  if (!sel.ok()) {
     return bad(absl::StrFormat("unknown selector kind %d", static_cast<int32_t>(selector)));
   }
-  if (selector == SelectorKind::kDoubleSparsity && k_bits >= 16) {
-    return bad("the double sparsity selector scores from the quantized K: k_bits must be < 16");
+  if (absl::Status st = (*sel)->CheckGeometry(GeometryOf(*this)); !st.ok()) {
+    return bad(std::string(st.message()));
   }
   if (selector_budget_tokens < 0) {
     return bad(absl::StrFormat("selector_budget_tokens must be >= 0, got %d",

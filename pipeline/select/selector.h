@@ -63,6 +63,9 @@ class Selector {
                                                       void* /*stream*/) const {
     return absl::OkStatus();
   }
+  // InvalidArgument for a geometry this selector cannot serve (the Runtime refuses such a
+  // configuration up front).
+  virtual absl::Status CheckGeometry(const PageGeometry&) const { return absl::OkStatus(); }
   // Pages per (sequence, KV head) of the selection output (SelectionView::max_select).
   int32_t Stride(const SelectorParams& params, int32_t max_pages) const {
     return SelectStride(params, max_pages);

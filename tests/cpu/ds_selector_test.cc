@@ -16,6 +16,23 @@ namespace twl {
 namespace {
 
 TEST(DoubleSparsity, ChoosesTheLargestChannelsTiesToTheLower) {
+  // From block sums: channel 0 has a large constant offset (no spread), channel 1 spreads.
+  {
+    PageGeometry g;
+    g.page_size = 2;
+    g.head_dim = 2;
+    g.num_kv_heads = 1;
+    // Two pages of 2 tokens: k0 = 5, 5 | 5, 5; k1 = -1, 1 | -1, 1.
+    std::vector<float> meta = {10.0f, 0.0f, 50.0f, 2.0f, 10.0f, 0.0f, 50.0f, 2.0f};
+    const std::vector<int32_t> len = {4}, table = {0, 1};
+    QuantKView qk;
+    qk.meta = reinterpret_cast<uint8_t*>(meta.data());
+    qk.meta_bytes = DsMetadataBytesPerBlock(g);
+    const BatchView b{1, 1, len.data(), table.data(), 2};
+    const std::vector<float> spread = DsChannelSpreadRef(g, b, qk, 0, 0);
+    EXPECT_EQ(spread, (std::vector<float>{0.0f, 4.0f}));  // n * variance
+    EXPECT_EQ(DsChooseChannelsRef(spread.data(), 2, 1), (std::vector<int32_t>{1}));
+  }
   const std::vector<float> sums = {1.0f, 9.0f, 3.0f, 9.0f, 0.5f, 7.0f, 3.0f, 2.0f};
   EXPECT_EQ(DsChooseChannelsRef(sums.data(), 8, 2), (std::vector<int32_t>{1, 3}));
   EXPECT_EQ(DsChooseChannelsRef(sums.data(), 8, 3), (std::vector<int32_t>{1, 3, 5}));
@@ -30,7 +47,7 @@ TEST(DoubleSparsity, RegisteredWithItsOwnMetadata) {
   PageGeometry g;
   g.head_dim = 128;
   EXPECT_EQ((*s)->kind(), SelectorKind::kDoubleSparsity);
-  EXPECT_EQ((*s)->OwnMetadataBytesPerBlock(g), 128 * 4);
+  EXPECT_EQ((*s)->OwnMetadataBytesPerBlock(g), 2 * 128 * 4);  // sums of k and of k^2
   EXPECT_EQ(DsNumChannels(g), 16);
   // Quest and Full keep no metadata of their own: their stores are unchanged.
   EXPECT_EQ((*FindSelector(SelectorKind::kQuest))->OwnMetadataBytesPerBlock(g), 0);
@@ -97,7 +114,7 @@ struct Store {
   }
 };
 
-TEST(DoubleSparsity, MetadataIsThePerChannelSumOfAbsK) {
+TEST(DoubleSparsity, MetadataIsThePerChannelSumsOfKAndKSquared) {
   PageGeometry g;
   g.page_size = 16;
   g.head_dim = 32;
@@ -112,17 +129,21 @@ TEST(DoubleSparsity, MetadataIsThePerChannelSumOfAbsK) {
     for (int32_t h = 0; h < g.num_kv_heads; ++h) {
       const float* m = reinterpret_cast<const float*>(st.Quant().Meta(g.BlockId(p, h)));
       for (int32_t c = 0; c < g.head_dim; ++c) {
-        double want = 0.0;
+        double s1 = 0.0, s2 = 0.0;
         for (int32_t t = p * 16; t < std::min(st.len, p * 16 + 16); ++t) {
-          want += std::fabs(k[(size_t(t) * g.num_kv_heads + size_t(h)) * g.head_dim + size_t(c)]);
+          const double x = k[(size_t(t) * g.num_kv_heads + size_t(h)) * g.head_dim + size_t(c)];
+          s1 += x;
+          s2 += x * x;
         }
-        EXPECT_NEAR(m[c], want, 1e-4 * (1.0 + want)) << "page " << p << " head " << h;
+        EXPECT_NEAR(m[c], s1, 1e-4 * (1.0 + std::fabs(s1))) << "page " << p << " head " << h;
+        EXPECT_NEAR(m[g.head_dim + c], s2, 1e-4 * (1.0 + s2)) << "page " << p << " head " << h;
       }
     }
   }
 }
 
-// K: small noise everywhere, outlier channels of magnitude 2 with random signs; in a few
+// K: small noise everywhere, outlier channels of magnitude 2 with random signs (so they
+// vary most); in a few
 // planted pages one token's outlier channels point along q (magnitude 4). q is +-1 on the
 // outlier channels and small elsewhere: over the outlier channels only the planted tokens
 // stand out (32 against at most 16, well beyond the INT4 error).
@@ -214,12 +235,9 @@ TEST_P(DoubleSparsityPlanted, FindsThePlantedPagesAtTheBudget) {
   Planted pl = MakePlanted(GetParam(), true, 77);
   // The channel statistics name exactly the outlier channels.
   for (int32_t h = 0; h < pl.st.g.num_kv_heads; ++h) {
-    std::vector<float> sums(static_cast<size_t>(pl.st.g.head_dim), 0.0f);
-    for (int32_t p = 0; p < 40; ++p) {
-      const float* m = reinterpret_cast<const float*>(pl.st.Quant().Meta(pl.st.g.BlockId(p, h)));
-      for (int32_t c = 0; c < pl.st.g.head_dim; ++c) sums[size_t(c)] += m[c];
-    }
-    EXPECT_EQ(DsChooseChannelsRef(sums.data(), pl.st.g.head_dim, DsNumChannels(pl.st.g)),
+    const std::vector<float> spread =
+        DsChannelSpreadRef(pl.st.g, pl.st.Batch(), pl.st.Quant(), 0, h);
+    EXPECT_EQ(DsChooseChannelsRef(spread.data(), pl.st.g.head_dim, DsNumChannels(pl.st.g)),
               pl.outliers);
   }
   const std::vector<int32_t> want = {0, 7, 13, 21, 34, 39};  // sink, planted, last page

@@ -247,7 +247,7 @@ TEST(DsBackendGpuTest, HbmAndOffloadDecodeLikeTheCpuBackend) {
   const QuantKView oq = (*off)->DeviceQuant();
   ASSERT_NE(oq.meta, nullptr);
   ASSERT_EQ(oq.meta_bytes, DsMetadataBytesPerBlock(g));
-  std::vector<float> dev_meta(static_cast<size_t>(num_pages * c.num_kv_heads * c.head_dim));
+  std::vector<float> dev_meta(static_cast<size_t>(num_pages * c.num_kv_heads * 2 * c.head_dim));
   TWL_ASSERT_OK(gpu::CopyToHost(dev_meta.data(), oq.meta, dev_meta.size() * 4));
   for (size_t s = 0; s < lens.size(); ++s) {
     for (int32_t p = 0; p * c.page_size < lens[s]; ++p) {
@@ -256,13 +256,16 @@ TEST(DsBackendGpuTest, HbmAndOffloadDecodeLikeTheCpuBackend) {
       std::vector<fp16_t> k(static_cast<size_t>(rows * row)), v(static_cast<size_t>(rows * row));
       TWL_ASSERT_OK((*cpu)->ReadPage(page, rows, k.data(), v.data()));
       for (int32_t h = 0; h < c.num_kv_heads; ++h) {
+        const float* m = dev_meta.data() + g.BlockId(page, h) * 2 * c.head_dim;
         for (int32_t ch = 0; ch < c.head_dim; ++ch) {
-          float acc = 0.0f;
+          float s1 = 0.0f, s2 = 0.0f;
           for (int32_t r = 0; r < rows; ++r) {
-            acc += std::fabs(HalfToFloat(k[size_t((r * c.num_kv_heads + h) * c.head_dim + ch)]));
+            const float x = HalfToFloat(k[size_t((r * c.num_kv_heads + h) * c.head_dim + ch)]);
+            s1 += x;
+            s2 += x * x;
           }
-          ASSERT_EQ(dev_meta[size_t(g.BlockId(page, h) * c.head_dim + ch)], acc)
-              << "page " << page << " head " << h << " channel " << ch;
+          ASSERT_EQ(m[ch], s1) << "page " << page << " head " << h << " channel " << ch;
+          ASSERT_EQ(m[c.head_dim + ch], s2) << "page " << page << " head " << h << " channel " << ch;
         }
       }
     }

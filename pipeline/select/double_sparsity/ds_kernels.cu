@@ -35,11 +35,16 @@ __global__ void __launch_bounds__(kThreads)
   const int32_t h = int32_t(blockIdx.x % unsigned(g.num_kv_heads));
   const int32_t rows = plan.d_rows[i];
   const int64_t block = g.BlockId(plan.d_page[i], h);
-  float* sums = reinterpret_cast<float*>(qk.Meta(block));
+  float* sums = reinterpret_cast<float*>(qk.Meta(block));  // [sum k | sum k^2]
   for (int c = threadIdx.x; c < g.head_dim; c += blockDim.x) {
-    float acc = 0.0f;
-    for (int32_t r = 0; r < rows; ++r) acc = __fadd_rn(acc, fabsf(Hf(kv.K(g, block, r)[c])));
-    sums[c] = acc;
+    float s1 = 0.0f, s2 = 0.0f;
+    for (int32_t r = 0; r < rows; ++r) {
+      const float x = Hf(kv.K(g, block, r)[c]);
+      s1 = __fadd_rn(s1, x);
+      s2 = __fadd_rn(s2, __fmul_rn(x, x));
+    }
+    sums[c] = s1;
+    sums[g.head_dim + c] = s2;
   }
 }
 
@@ -53,13 +58,17 @@ __global__ void __launch_bounds__(kThreads)
   // Where LaunchAppendSegments put the rows: the staging page or the identity block.
   const fp16_t* k = seg.stage >= 0 ? stage + (int64_t(seg.stage) * H + h) * g.FpBlockElems()
                                    : kv.kv + block * g.FpBlockElems();
-  float* sums = reinterpret_cast<float*>(qk.Meta(block));
+  float* sums = reinterpret_cast<float*>(qk.Meta(block));  // [sum k | sum k^2]
   for (int c = threadIdx.x; c < g.head_dim; c += blockDim.x) {
-    float acc = seg.row_begin == 0 ? 0.0f : sums[c];
+    float s1 = seg.row_begin == 0 ? 0.0f : sums[c];
+    float s2 = seg.row_begin == 0 ? 0.0f : sums[g.head_dim + c];
     for (int32_t r = seg.row_begin; r < seg.row_end; ++r) {
-      acc = __fadd_rn(acc, fabsf(Hf(k[int64_t(r) * g.head_dim + c])));
+      const float x = Hf(k[int64_t(r) * g.head_dim + c]);
+      s1 = __fadd_rn(s1, x);
+      s2 = __fadd_rn(s2, __fmul_rn(x, x));
     }
-    sums[c] = acc;
+    sums[c] = s1;
+    sums[g.head_dim + c] = s2;
   }
 }
 
@@ -81,8 +90,8 @@ __device__ __forceinline__ Item ItemOf(const PageGeometry& g, const SelectorPara
   return it;
 }
 
-// Channel sums over the sequence's pages (in page order), then the r largest (ties to the
-// lower channel), ascending.
+// Channel spreads sum k^2 - (sum k)^2 / n over the sequence's pages (summed in page order),
+// then the r largest (ties to the lower channel), ascending.
 __global__ void __launch_bounds__(kThreads)
     DsChannelsKernel(PageGeometry g, SelectorParams params, BatchView batch, QuantKView qk,
                      int32_t r, int32_t* channels) {
@@ -91,12 +100,15 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float sums[kMaxHeadDim];
   __shared__ int32_t chosen[kMaxHeadDim];
   const int32_t D = g.head_dim;
+  const float n = float(batch.seq_len[it.s]);
   for (int c = threadIdx.x; c < D; c += blockDim.x) {
-    float acc = 0.0f;
+    float s1 = 0.0f, s2 = 0.0f;
     for (int32_t p = 0; p < it.num_pages; ++p) {
-      acc = __fadd_rn(acc, SumsOf(qk, g.BlockId(batch.PageId(it.s, p), it.h))[c]);
+      const float* m = SumsOf(qk, g.BlockId(batch.PageId(it.s, p), it.h));
+      s1 = __fadd_rn(s1, m[c]);
+      s2 = __fadd_rn(s2, m[D + c]);
     }
-    sums[c] = acc;
+    sums[c] = __fsub_rn(s2, __fdiv_rn(__fmul_rn(s1, s1), n));
   }
   __syncthreads();
   for (int c = threadIdx.x; c < D; c += blockDim.x) {
@@ -286,7 +298,8 @@ absl::Status LaunchDsSelect(const PageGeometry& g, const SelectorParams& params,
                             const BatchView& batch, const QueryView& q, const QuantKView& qk,
                             const SelectionView& out, void* workspace, size_t workspace_bytes,
                             void* stream) {
-  TWL_RETURN_IF_ERROR(DsCheckSelect(g, params, batch, qk, out));
+  // Device arrays: the batch's lengths and page table are not read here.
+  TWL_RETURN_IF_ERROR(DsCheckSelect(g, params, batch, qk, out, /*host_data=*/false));
   if (!q.q) return absl::InvalidArgumentError("select: q must not be null");
   if (g.head_dim > kMaxHeadDim) {
     return absl::UnimplementedError(absl::StrFormat(

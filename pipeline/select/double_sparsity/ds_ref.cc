@@ -21,14 +21,38 @@ void DsUpdateBlocksRef(const PageGeometry& g, const int32_t* pages, const int32_
   for (int32_t i = 0; i < n; ++i) {
     for (int32_t h = 0; h < g.num_kv_heads; ++h) {
       const int64_t block = g.BlockId(pages[i], h);
-      float* sums = reinterpret_cast<float*>(qk.Meta(block));
+      float* sums = reinterpret_cast<float*>(qk.Meta(block));  // [sum k | sum k^2]
       for (int32_t c = 0; c < g.head_dim; ++c) {
-        float acc = 0.0f;  // row order from 0: the device kernels add in the same order
-        for (int32_t r = 0; r < rows[i]; ++r) acc += std::fabs(HalfToFloat(kv.K(g, block, r)[c]));
-        sums[c] = acc;
+        float s1 = 0.0f, s2 = 0.0f;  // row order from 0: the device kernels add in that order
+        for (int32_t r = 0; r < rows[i]; ++r) {
+          const float x = HalfToFloat(kv.K(g, block, r)[c]);
+          s1 += x;
+          s2 += x * x;
+        }
+        sums[c] = s1;
+        sums[g.head_dim + c] = s2;
       }
     }
   }
+}
+
+std::vector<float> DsChannelSpreadRef(const PageGeometry& g, const BatchView& batch,
+                                      const QuantKView& qk, int32_t s, int32_t h) {
+  const int32_t D = g.head_dim;
+  std::vector<float> s1(static_cast<size_t>(D), 0.0f), s2(static_cast<size_t>(D), 0.0f);
+  for (int32_t p = 0; p < batch.NumPages(g, s); ++p) {  // pages in order, as the kernel sums
+    const float* m = reinterpret_cast<const float*>(qk.Meta(g.BlockId(batch.PageId(s, p), h)));
+    for (int32_t c = 0; c < D; ++c) {
+      s1[size_t(c)] += m[c];
+      s2[size_t(c)] += m[D + c];
+    }
+  }
+  const float n = float(batch.seq_len[s]);
+  std::vector<float> spread(static_cast<size_t>(D));
+  for (int32_t c = 0; c < D; ++c) {
+    spread[size_t(c)] = s2[size_t(c)] - (s1[size_t(c)] * s1[size_t(c)]) / n;
+  }
+  return spread;
 }
 
 std::vector<int32_t> DsChooseChannelsRef(const float* channel_sums, int32_t head_dim,
@@ -46,9 +70,9 @@ std::vector<int32_t> DsChooseChannelsRef(const float* channel_sums, int32_t head
 
 absl::Status DsCheckSelect(const PageGeometry& g, const SelectorParams& params,
                            const BatchView& batch, const QuantKView& qk,
-                           const SelectionView& out) {
+                           const SelectionView& out, bool host_data) {
   if (absl::Status st = ValidateGeometry(g); !st.ok()) return st;
-  if (absl::Status st = ValidateBatch(g, batch, true); !st.ok()) return st;
+  if (absl::Status st = ValidateBatch(g, batch, host_data); !st.ok()) return st;
   if (!out.pages || !out.count) {
     return absl::InvalidArgumentError("select: outputs must not be null");
   }
@@ -81,7 +105,9 @@ absl::Status DsCheckSelect(const PageGeometry& g, const SelectorParams& params,
 absl::Status DsSelectRef(const PageGeometry& g, const SelectorParams& params,
                          const BatchView& batch, const QueryView& q, const QuantKView& qk,
                          const SelectionView& out) {
-  if (absl::Status st = DsCheckSelect(g, params, batch, qk, out); !st.ok()) return st;
+  if (absl::Status st = DsCheckSelect(g, params, batch, qk, out, /*host_data=*/true); !st.ok()) {
+    return st;
+  }
   if (!q.q) return absl::InvalidArgumentError("select: q must not be null");
   const int32_t group = batch.num_q_heads / g.num_kv_heads;
   const int32_t items = batch.num_seqs * g.num_kv_heads;
@@ -98,13 +124,8 @@ absl::Status DsSelectRef(const PageGeometry& g, const SelectorParams& params,
       out.count[item] = num_pages;
       return;
     }
-    // Channel statistics of this (sequence, KV head): pages in order, as the kernel sums.
-    std::vector<float> sums(static_cast<size_t>(g.head_dim), 0.0f);
-    for (int32_t p = 0; p < num_pages; ++p) {
-      const float* m = reinterpret_cast<const float*>(qk.Meta(g.BlockId(batch.PageId(s, p), h)));
-      for (int32_t c = 0; c < g.head_dim; ++c) sums[size_t(c)] += m[c];
-    }
-    const std::vector<int32_t> ch = DsChooseChannelsRef(sums.data(), g.head_dim, r);
+    const std::vector<float> spread = DsChannelSpreadRef(g, batch, qk, s, h);
+    const std::vector<int32_t> ch = DsChooseChannelsRef(spread.data(), g.head_dim, r);
     const int32_t first = params.sink_pages;
     const int32_t last = num_pages - 1;  // ranked pages [first, last) are all full
     std::vector<float> score(static_cast<size_t>(num_pages), -INFINITY);

@@ -20,6 +20,13 @@ class DoubleSparsity final : public Selector {
   int64_t OwnMetadataBytesPerBlock(const PageGeometry& g) const override {
     return DsMetadataBytesPerBlock(g);
   }
+  absl::Status CheckGeometry(const PageGeometry& g) const override {
+    if (g.k_bits >= 16) {
+      return absl::InvalidArgumentError(
+          "the double sparsity selector scores from the quantized K copy: k_bits must be < 16");
+    }
+    return absl::OkStatus();
+  }
   absl::Status UpdateMetadataOnHost(const PageGeometry& g, const AppendView& in,
                                     const FpKvView& kv, const QuantKView& qk) const override {
     if (!qk.meta || qk.meta_bytes < DsMetadataBytesPerBlock(g)) {
