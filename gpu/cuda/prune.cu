@@ -194,7 +194,10 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
   // result is the same rule's (a seed only avoids scoring pages the rule cannot take).
   const int64_t est_bytes = pairs * cand *
                             (g.CodeBytesPerToken() + (g.HasTokenScale() ? 4 : 0));
-  const bool one_stage = grow && params.grow_seed_pages < 0 && est_bytes <= kOneStageBytes;
+  // An explicit seed of 0 asks for one stage.
+  const bool one_stage =
+      grow && (params.grow_seed_pages == 0 ||
+               (params.grow_seed_pages < 0 && est_bytes <= kOneStageBytes));
   auto grow_stage = [&](int stage) -> absl::Status {
     TWL_RETURN_IF_ERROR(Mark(ev, 4 + 2 * stage, st));
     cuda::PruneShape sh = shape;
