@@ -234,9 +234,15 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
             selection, l.grow);
         TWL_RETURN_IF_ERROR(LaunchStatus("ListAllKernel"));
       } else {
-        cuda::SeedListKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
-            g, batch, selection, shape, params.grow_seed_pages, l.grow);
-        TWL_RETURN_IF_ERROR(LaunchStatus("SeedListKernel"));
+        if (selection.max_select <= cuda::kSortPages) {
+          cuda::SeedListSortedKernel<<<unsigned(pairs), cuda::kSortThreads, 0, st>>>(
+              g, batch, selection, shape, params.grow_seed_pages, l.grow);
+          TWL_RETURN_IF_ERROR(LaunchStatus("SeedListSortedKernel"));
+        } else {
+          cuda::SeedListKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
+              g, batch, selection, shape, params.grow_seed_pages, l.grow);
+          TWL_RETURN_IF_ERROR(LaunchStatus("SeedListKernel"));
+        }
       }
       TWL_RETURN_IF_ERROR(Mark(ev, 5, st));
     }

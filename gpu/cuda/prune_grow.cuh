@@ -23,7 +23,8 @@
 // With few pairs (scoring every page costs less than the seed stage's latency, see RunPrune)
 // and an automatic seed, ListAllKernel replaces the seed list: one stage over every page.
 // GrowSearchSortedKernel replaces GrowSearchKernel's radix passes for pairs of up to 8192
-// pages (one block-wide sort by key, then prefix sums of A and R per head).
+// pages (one block-wide sort by key, then prefix sums of A and R per head), and
+// SeedListSortedKernel SeedListKernel's CountCut passes (the same list).
 // Floats are summed in a different order than the reference (double there), so a page whose
 // inclusion is decided by a near-tie can differ (tests/gpu compare with a tolerance).
 #pragma once
@@ -754,6 +755,107 @@ __global__ void __launch_bounds__(kSortThreads, 1)
     if (fin_max[t]) head_max[sq] = fin_max[t];
     if (stats.selected) stats.selected[sq] = fin_rows;
     if (stats.cap_hit) stats.cap_hit[sq] = cap_hit ? 1 : 0;
+  }
+}
+
+// SeedListKernel for pairs of at most kSortPages pages: one sort of the ranked pages by key
+// instead of CountCut's radix passes; the cut is the largest key boundary within the cap,
+// an integer decision, so the list is the same as SeedListKernel's. One scan writes it.
+__global__ void __launch_bounds__(kSortThreads, 1)
+    SeedListSortedKernel(PageGeometry g, BatchView batch, SelectionView sel, PruneShape shape,
+                         int32_t seed, GrowWork work) {
+  using Sort = cub::BlockRadixSort<uint32_t, kSortThreads, kSortItems, int32_t>;
+  using ScanI = cub::BlockScan<int, kSortThreads>;
+  __shared__ union {
+    typename Sort::TempStorage sort;
+    typename ScanI::TempStorage iscan;
+  } tmp;
+  __shared__ uint8_t in_flag[kSortPages];  // by page: listed
+  __shared__ uint32_t first_key[kSortThreads];
+  __shared__ int cap_k;
+  const int32_t pair = blockIdx.x;
+  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
+  const int32_t G = shape.group;
+  const int32_t n = sel.count[pair];  // <= kSortPages
+  const int32_t sq0 = s * batch.num_q_heads + h * G;
+  const int t = threadIdx.x;
+  // seed < 0: auto (1/16 of the pages, at least 64); 0: every page (one stage).
+  const int32_t want = seed < 0 ? max(64, (n + 15) / 16) : (seed == 0 ? 0x7fffffff : seed);
+  const int32_t cap = min(want, sel.limit[pair]);
+  for (int32_t i = t; i < kSortPages; i += blockDim.x) in_flag[i] = 0;
+  if (t == 0) cap_k = 0;
+  __syncthreads();
+  uint32_t key[kSortItems];
+  int32_t page[kSortItems];
+  int ranked = 0;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    const int32_t i = t * kSortItems + k;
+    key[k] = 0u;  // below every ranked key
+    page[k] = -1;
+    if (i >= n) continue;
+    bool forced;
+    const uint32_t kk = GrowKey(sel, sq0, G, i, &forced);
+    if (forced) {
+      in_flag[i] = 1;
+    } else {
+      key[k] = kk;
+      page[k] = i;
+      ++ranked;
+    }
+  }
+  int m = 0;
+  {
+    int unused;
+    ScanI(tmp.iscan).ExclusiveSum(ranked, unused, m);
+  }
+  __syncthreads();
+  Sort(tmp.sort).SortDescending(key, page);
+  first_key[t] = key[0];
+  __syncthreads();
+  // The largest whole-level prefix of at most cap ranked pages (K = 0 always qualifies).
+  uint32_t fits = 0;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    const int r = t * kSortItems + k;
+    const uint32_t next =
+        k + 1 < kSortItems ? key[k + 1] : (t + 1 < kSortThreads ? first_key[t + 1] : 0u);
+    if (r < m && (r + 1 == m || next != key[k]) && r + 1 <= cap) fits |= 1u << k;
+  }
+  if (fits) atomicMax(&cap_k, t * kSortItems + 32 - __clz(fits));
+  __syncthreads();
+  const int K = cap_k;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    if (t * kSortItems + k < K) in_flag[page[k]] = 1;
+  }
+  __syncthreads();
+  // Ascending list: thread t lists pages [16 t, 16 t + 16).
+  int cnt = 0;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    const int32_t i = t * kSortItems + k;
+    cnt += i < n && in_flag[i] ? 1 : 0;
+  }
+  int at = 0, total = 0;
+  __syncthreads();  // tmp reuse after the sort
+  ScanI(tmp.iscan).ExclusiveSum(cnt, at, total);
+  int32_t* list = work.list_pages + int64_t(pair) * sel.max_select;
+  int32_t* pos = work.list_pos + int64_t(pair) * sel.max_select;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    const int32_t i = t * kSortItems + k;
+    if (i >= n) continue;
+    if (in_flag[i]) {
+      pos[i] = at;
+      list[at++] = i;
+    } else {
+      pos[i] = -1;
+    }
+  }
+  if (t == 0) {
+    work.list_count[pair] = total;
+    work.need[pair] = 0;
   }
 }
 
