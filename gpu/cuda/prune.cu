@@ -184,8 +184,6 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
         g, batch, q, qk, kv, list, sh, l.scores, l.head_max);
     return LaunchStatus("ScoreScalarKernel");
   };
-  // Growing, one stage (1 or 2): page sums of the listed pages, then the search (profiling
-  // events 4 + 2 * stage and 5 + 2 * stage around it).
   // Growing in one stage (every page listed and scored once, no seed list, no second
   // search) when the seed is automatic and scoring every page of the batch costs less than
   // the seed stage's own latency (its list, a second search and score launch: ~0.05-0.1 ms,
@@ -198,6 +196,8 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
   const bool one_stage =
       grow && (params.grow_seed_pages == 0 ||
                (params.grow_seed_pages < 0 && est_bytes <= kOneStageBytes));
+  // Growing, stage 1 or 2: page sums of the listed pages, then the search (profiling
+  // events 4 + 2 * stage and 5 + 2 * stage around it).
   auto grow_stage = [&](int stage) -> absl::Status {
     TWL_RETURN_IF_ERROR(Mark(ev, 4 + 2 * stage, st));
     cuda::PruneShape sh = shape;
