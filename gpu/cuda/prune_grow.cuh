@@ -110,11 +110,15 @@ struct KeyCut {
 // A NaN bound (NaN q or K) bounds nothing: such a page is forced, as in the reference.
 __device__ __forceinline__ uint32_t GrowKey(const SelectionView& sel, int32_t sq0, int32_t G,
                                             int32_t i, bool* forced) {
-  float k = -INFINITY;
-  for (int j = 0; j < G; ++j) {
-    const float b = sel.bound[int64_t(sq0 + j) * sel.max_select + i];
-    k = isnan(b) ? INFINITY : fmaxf(k, b);
+  // All G loads issued before the first use (a loop to G would wait on each in turn).
+  float b[kMaxGroup];
+#pragma unroll
+  for (int j = 0; j < kMaxGroup; ++j) {
+    b[j] = j < G ? sel.bound[int64_t(sq0 + j) * sel.max_select + i] : -INFINITY;
   }
+  float k = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < kMaxGroup; ++j) k = isnan(b[j]) ? INFINITY : fmaxf(k, b[j]);
   *forced = k == INFINITY;
   return FloatKey(k);
 }
@@ -572,6 +576,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   uint32_t key[kSortItems];
   int32_t page[kSortItems];
   int ranked = 0;
+  uint32_t forced_mask = 0, listed_mask = 0;  // bit k: page t * kSortItems + k
   {
     float la[kMaxGroup], lb[kMaxGroup];
 #pragma unroll
@@ -584,6 +589,8 @@ __global__ void __launch_bounds__(kSortThreads, 1)
       if (i >= n) continue;
       bool forced;
       const uint32_t kk = GrowKey(sel, sq0, G, i, &forced);
+      if (forced) forced_mask |= 1u << k;
+      if (pos[i] >= 0) listed_mask |= 1u << k;
       if (forced) {
 #pragma unroll
         for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? a_of(j, i) : 0.0f;
@@ -704,43 +711,44 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   }
   __syncthreads();
 
-  // Final set: flags by list entry, per head A, R and the max estimate over the candidates.
+  // Final set over this thread's pages (blocked, as the init pass): flags by list entry and
+  // rows, then per head A, R and the max estimate over the candidates, each head's loads
+  // issued together.
+  uint32_t in_mask = 0;
   int rows_in = 0;
-  {
-    float fa[kMaxGroup], fb[kMaxGroup], fm[kMaxGroup];
 #pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      fa[j] = fb[j] = 0.0f;
-      fm[j] = -INFINITY;
+  for (int k = 0; k < kSortItems; ++k) {
+    const int32_t i = t * kSortItems + k;
+    if (i >= n) continue;
+    const bool listed_k = (listed_mask >> k) & 1u;
+    const bool in = ((forced_mask >> k) & 1u) || (listed_k && in_flag[i]);
+    if (listed_k) work.in_set[int64_t(pair) * sel.max_select + pos[i]] = in ? 1 : 0;
+    if (in) {
+      in_mask |= 1u << k;
+      rows_in += rows_of(i);
     }
-    for (int32_t i = t; i < n; i += blockDim.x) {
-      bool forced;
-      GrowKey(sel, sq0, G, i, &forced);
-      const int32_t e = pos[i];
-      const bool in = forced || (e >= 0 && in_flag[i]);
-      if (e >= 0) work.in_set[int64_t(pair) * sel.max_select + e] = in ? 1 : 0;
-      if (in) rows_in += rows_of(i);
+  }
+  for (int j = 0; j < G; ++j) {
+    float fa = 0.0f, fb = 0.0f, fm = -INFINITY;
 #pragma unroll
-      for (int j = 0; j < kMaxGroup; ++j) {
-        if (j >= G) continue;
-        if (in) {
-          fa[j] += a_of(j, i);
-          fm[j] = fmaxf(fm[j], work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
-        } else {
-          fb[j] += b_of(j, i);
-        }
+    for (int k = 0; k < kSortItems; ++k) {
+      const int32_t i = t * kSortItems + k;
+      if (i >= n) continue;
+      if ((in_mask >> k) & 1u) {
+        const int32_t e = pos[i];
+        fa += work.page_mass[int64_t(sq0 + j) * sel.max_select + e];
+        fm = fmaxf(fm, work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
+      } else {
+        fb += b_of(j, i);
       }
     }
-#pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      fa[j] = WarpSum(fa[j]);
-      fb[j] = WarpSum(fb[j]);
-      fm[j] = WarpMax(fm[j]);
-      if ((t & 31) == 0 && j < G) {
-        atomicAdd(&fin_a[j], fa[j]);
-        atomicAdd(&fin_b[j], fb[j]);
-        if (fm[j] > -INFINITY) atomicMax(&fin_max[j], FloatKey(fm[j]));
-      }
+    fa = WarpSum(fa);
+    fb = WarpSum(fb);
+    fm = WarpMax(fm);
+    if ((t & 31) == 0) {
+      atomicAdd(&fin_a[j], fa);
+      atomicAdd(&fin_b[j], fb);
+      if (fm > -INFINITY) atomicMax(&fin_max[j], FloatKey(fm));
     }
   }
   atomicAdd(&fin_rows, rows_in);
