@@ -72,11 +72,23 @@ __global__ void __launch_bounds__(kMassThreads)
   const float mx = HeadShift(head_max, sq);
   const fp16_t* row = scores + int64_t(sq) * shape.cand_stride + int64_t(i) * g.page_size;
   float mass = 0.0f, best = -INFINITY;
-  for (int32_t r = 0; r < g.page_size; ++r) {
-    const float x = H2F(row[r]);
-    if (x == -INFINITY) continue;  // past the sequence end
+  auto add = [&](float x) {
+    if (x == -INFINITY) return;  // past the sequence end
     mass += expf(x - mx);
     best = fmaxf(best, x);
+  };
+  if ((g.page_size & 7) == 0 && (reinterpret_cast<uintptr_t>(row) & 15) == 0) {
+    // 16-byte loads (a warp reads its pages' rows contiguously), the same order of sums.
+    for (int32_t r0 = 0; r0 < g.page_size; r0 += 8) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(row + r0);
+      const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        add(H2F(fp16_t((k & 1) ? w[k >> 1] >> 16 : w[k >> 1] & 0xFFFFu)));
+      }
+    }
+  } else {
+    for (int32_t r = 0; r < g.page_size; ++r) add(H2F(row[r]));
   }
   work.page_mass[int64_t(sq) * sel.max_select + i] = mass;
   work.page_max[int64_t(sq) * sel.max_select + i] = best;
