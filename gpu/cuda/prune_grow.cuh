@@ -547,6 +547,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   __shared__ float fin_a[kMaxGroup], fin_b[kMaxGroup];
   __shared__ uint32_t fin_max[kMaxGroup];
   __shared__ int fin_rows, best_k, cap_k, ok_all;
+  __shared__ float s_mx[kMaxGroup];  // softmax shift per head (indexed at run time)
   const int32_t pair = blockIdx.x;
   if (stage == 2 && !work.need[pair]) return;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
@@ -560,9 +561,6 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   const float c = GrowRemainderRatio(p, params.remainder_share);
   const int32_t cap = sel.limit[pair];
   const int t = threadIdx.x;
-  float mx[kMaxGroup];
-#pragma unroll
-  for (int j = 0; j < kMaxGroup; ++j) mx[j] = j < G ? HeadShift(head_max, sq0 + j) : 0.0f;
   auto bound = [&](int j, int32_t i) {
     return sel.bound[int64_t(sq0 + j) * sel.max_select + i];
   };
@@ -570,12 +568,13 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   auto a_of = [&](int j, int32_t i) {
     return work.page_mass[int64_t(sq0 + j) * sel.max_select + pos[i]];
   };
-  auto b_of = [&](int j, int32_t i) { return float(rows_of(i)) * expf(bound(j, i) - mx[j]); };
+  auto b_of = [&](int j, int32_t i) { return float(rows_of(i)) * expf(bound(j, i) - s_mx[j]); };
 
   // A of the forced pages, R of the unlisted ones; sort items: the listed ranked pages.
   if (t < kMaxGroup) {
     a_fix[t] = 0.0f;
     b_fix[t] = 0.0f;
+    s_mx[t] = t < G ? HeadShift(head_max, sq0 + t) : 0.0f;
   }
   if (t == 0) {
     best_k = 0x7fffffff;
