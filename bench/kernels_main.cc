@@ -574,6 +574,7 @@ int Run(const Options& o) {
         SelectorParams sel;
         float p;
         bool dense;
+        int32_t grow_seed = -1;  // PrunerParams::grow_seed_pages
       };
       SelectorParams full;
       full.kind = SelectorKind::kFull;
@@ -586,11 +587,15 @@ int Run(const Options& o) {
           {"twilight p=0.95", quest, 0.95f, false},
           {"twilight-full p=0.9", full, 0.9f, false},
           {"twilight-grow p=0.95", grow, 0.95f, false},
+          // The same rule in one stage (every page scored once, no seed list): what the
+          // automatic seed does for small batches; at large ones it shows what two stages save.
+          {"twilight-grow-1stage p=0.95", grow, 0.95f, false, 0},
       };
       for (const Variant& v : variants) {
         Step step(g, v.sel, b, st.pages_per_seq);
         step.pr.p = v.p;
         step.pr.dense = v.dense;
+        step.pr.grow_seed_pages = v.grow_seed;
         const StepResult r = RunStep(st, b, step, timer, s);
         const bool estimator = !v.dense;
         t.AddRow({b, ctx, v.name, bench::Cell(r.graph_ms, 4), bench::Cell(dense_graph / r.graph_ms, 3),
@@ -627,7 +632,8 @@ int Run(const Options& o) {
               "scale/zero of the candidates / estimator (score kernel) time; of_copy = over the "
               "measured copy bandwidth %.0f GB/s\n", copy_gbs);
   std::printf("score_ms / topp_ms / compact_ms: ProfilePrune's phases (estimates incl. the "
-              "growing search / histogram top-p: two histogram passes + kept bits / token lists "
+              "growing search / histogram top-p: level-1 pass + level-2/kept-bits pass + boundary "
+              "bits / token lists "
               "+ telemetry); grow_ms: the part of score_ms in the growing seed/mass/search kernels\n");
   std::printf("prune_GB_s: the same INT4 bytes / the whole pruner's time (every LaunchPrune "
               "kernel; issue 12 goal: prune_of_copy >= 0.7 for twilight-full); bounds_GB_s: "

@@ -83,7 +83,8 @@ struct PrunerParams {
   float remainder_share = 0.2f;
   // GPU work plan of the growth (the result does not depend on it): first score the forced
   // pages and about this many top-bound pages, and every page only for a (sequence, KV head)
-  // that needs more. -1: 1/16 of the pages, at least 64; 0: every page at once.
+  // that needs more. -1: 1/16 of the pages, at least 64, or every page at once when the
+  // batch is small (scoring it all costs less than a second stage); 0: every page at once.
   int32_t grow_seed_pages = -1;
 };
 

@@ -184,8 +184,6 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
         g, batch, q, qk, kv, list, sh, l.scores, l.head_max);
     return LaunchStatus("ScoreScalarKernel");
   };
-  // Growing, one stage (1 or 2): page sums of the listed pages, then the search (profiling
-  // events 4 + 2 * stage and 5 + 2 * stage around it).
   // Growing in one stage (every page listed and scored once, no seed list, no second
   // search) when the seed is automatic and scoring every page of the batch costs less than
   // the seed stage's own latency (its list, a second search and score launch: ~0.05-0.1 ms,
@@ -194,7 +192,12 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
   // result is the same rule's (a seed only avoids scoring pages the rule cannot take).
   const int64_t est_bytes = pairs * cand *
                             (g.CodeBytesPerToken() + (g.HasTokenScale() ? 4 : 0));
-  const bool one_stage = grow && params.grow_seed_pages < 0 && est_bytes <= kOneStageBytes;
+  // An explicit seed of 0 asks for one stage.
+  const bool one_stage =
+      grow && (params.grow_seed_pages == 0 ||
+               (params.grow_seed_pages < 0 && est_bytes <= kOneStageBytes));
+  // Growing, stage 1 or 2: page sums of the listed pages, then the search (profiling
+  // events 4 + 2 * stage and 5 + 2 * stage around it).
   auto grow_stage = [&](int stage) -> absl::Status {
     TWL_RETURN_IF_ERROR(Mark(ev, 4 + 2 * stage, st));
     cuda::PruneShape sh = shape;
@@ -231,9 +234,15 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
             selection, l.grow);
         TWL_RETURN_IF_ERROR(LaunchStatus("ListAllKernel"));
       } else {
-        cuda::SeedListKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
-            g, batch, selection, shape, params.grow_seed_pages, l.grow);
-        TWL_RETURN_IF_ERROR(LaunchStatus("SeedListKernel"));
+        if (selection.max_select <= cuda::kSortPages) {
+          cuda::SeedListSortedKernel<<<unsigned(pairs), cuda::kSortThreads, 0, st>>>(
+              g, batch, selection, shape, params.grow_seed_pages, l.grow);
+          TWL_RETURN_IF_ERROR(LaunchStatus("SeedListSortedKernel"));
+        } else {
+          cuda::SeedListKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
+              g, batch, selection, shape, params.grow_seed_pages, l.grow);
+          TWL_RETURN_IF_ERROR(LaunchStatus("SeedListKernel"));
+        }
       }
       TWL_RETURN_IF_ERROR(Mark(ev, 5, st));
     }

@@ -23,7 +23,8 @@
 // With few pairs (scoring every page costs less than the seed stage's latency, see RunPrune)
 // and an automatic seed, ListAllKernel replaces the seed list: one stage over every page.
 // GrowSearchSortedKernel replaces GrowSearchKernel's radix passes for pairs of up to 8192
-// pages (one block-wide sort by key, then prefix sums of A and R per head).
+// pages (one block-wide sort by key, then prefix sums of A and R per head), and
+// SeedListSortedKernel SeedListKernel's CountCut passes (the same list).
 // Floats are summed in a different order than the reference (double there), so a page whose
 // inclusion is decided by a near-tie can differ (tests/gpu compare with a tolerance).
 #pragma once
@@ -71,11 +72,23 @@ __global__ void __launch_bounds__(kMassThreads)
   const float mx = HeadShift(head_max, sq);
   const fp16_t* row = scores + int64_t(sq) * shape.cand_stride + int64_t(i) * g.page_size;
   float mass = 0.0f, best = -INFINITY;
-  for (int32_t r = 0; r < g.page_size; ++r) {
-    const float x = H2F(row[r]);
-    if (x == -INFINITY) continue;  // past the sequence end
+  auto add = [&](float x) {
+    if (x == -INFINITY) return;  // past the sequence end
     mass += expf(x - mx);
     best = fmaxf(best, x);
+  };
+  if ((g.page_size & 7) == 0 && (reinterpret_cast<uintptr_t>(row) & 15) == 0) {
+    // 16-byte loads (a warp reads its pages' rows contiguously), the same order of sums.
+    for (int32_t r0 = 0; r0 < g.page_size; r0 += 8) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(row + r0);
+      const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        add(H2F(fp16_t((k & 1) ? w[k >> 1] >> 16 : w[k >> 1] & 0xFFFFu)));
+      }
+    }
+  } else {
+    for (int32_t r = 0; r < g.page_size; ++r) add(H2F(row[r]));
   }
   work.page_mass[int64_t(sq) * sel.max_select + i] = mass;
   work.page_max[int64_t(sq) * sel.max_select + i] = best;
@@ -109,11 +122,15 @@ struct KeyCut {
 // A NaN bound (NaN q or K) bounds nothing: such a page is forced, as in the reference.
 __device__ __forceinline__ uint32_t GrowKey(const SelectionView& sel, int32_t sq0, int32_t G,
                                             int32_t i, bool* forced) {
-  float k = -INFINITY;
-  for (int j = 0; j < G; ++j) {
-    const float b = sel.bound[int64_t(sq0 + j) * sel.max_select + i];
-    k = isnan(b) ? INFINITY : fmaxf(k, b);
+  // All G loads issued before the first use (a loop to G would wait on each in turn).
+  float b[kMaxGroup];
+#pragma unroll
+  for (int j = 0; j < kMaxGroup; ++j) {
+    b[j] = j < G ? sel.bound[int64_t(sq0 + j) * sel.max_select + i] : -INFINITY;
   }
+  float k = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < kMaxGroup; ++j) k = isnan(b[j]) ? INFINITY : fmaxf(k, b[j]);
   *forced = k == INFINITY;
   return FloatKey(k);
 }
@@ -530,6 +547,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   __shared__ float fin_a[kMaxGroup], fin_b[kMaxGroup];
   __shared__ uint32_t fin_max[kMaxGroup];
   __shared__ int fin_rows, best_k, cap_k, ok_all;
+  __shared__ float s_mx[kMaxGroup];  // softmax shift per head (indexed at run time)
   const int32_t pair = blockIdx.x;
   if (stage == 2 && !work.need[pair]) return;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
@@ -543,9 +561,6 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   const float c = GrowRemainderRatio(p, params.remainder_share);
   const int32_t cap = sel.limit[pair];
   const int t = threadIdx.x;
-  float mx[kMaxGroup];
-#pragma unroll
-  for (int j = 0; j < kMaxGroup; ++j) mx[j] = j < G ? HeadShift(head_max, sq0 + j) : 0.0f;
   auto bound = [&](int j, int32_t i) {
     return sel.bound[int64_t(sq0 + j) * sel.max_select + i];
   };
@@ -553,12 +568,13 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   auto a_of = [&](int j, int32_t i) {
     return work.page_mass[int64_t(sq0 + j) * sel.max_select + pos[i]];
   };
-  auto b_of = [&](int j, int32_t i) { return float(rows_of(i)) * expf(bound(j, i) - mx[j]); };
+  auto b_of = [&](int j, int32_t i) { return float(rows_of(i)) * expf(bound(j, i) - s_mx[j]); };
 
   // A of the forced pages, R of the unlisted ones; sort items: the listed ranked pages.
   if (t < kMaxGroup) {
     a_fix[t] = 0.0f;
     b_fix[t] = 0.0f;
+    s_mx[t] = t < G ? HeadShift(head_max, sq0 + t) : 0.0f;
   }
   if (t == 0) {
     best_k = 0x7fffffff;
@@ -571,6 +587,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   uint32_t key[kSortItems];
   int32_t page[kSortItems];
   int ranked = 0;
+  uint32_t forced_mask = 0, listed_mask = 0;  // bit k: page t * kSortItems + k
   {
     float la[kMaxGroup], lb[kMaxGroup];
 #pragma unroll
@@ -583,6 +600,8 @@ __global__ void __launch_bounds__(kSortThreads, 1)
       if (i >= n) continue;
       bool forced;
       const uint32_t kk = GrowKey(sel, sq0, G, i, &forced);
+      if (forced) forced_mask |= 1u << k;
+      if (pos[i] >= 0) listed_mask |= 1u << k;
       if (forced) {
 #pragma unroll
         for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? a_of(j, i) : 0.0f;
@@ -703,43 +722,44 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   }
   __syncthreads();
 
-  // Final set: flags by list entry, per head A, R and the max estimate over the candidates.
+  // Final set over this thread's pages (blocked, as the init pass): flags by list entry and
+  // rows, then per head A, R and the max estimate over the candidates, each head's loads
+  // issued together.
+  uint32_t in_mask = 0;
   int rows_in = 0;
-  {
-    float fa[kMaxGroup], fb[kMaxGroup], fm[kMaxGroup];
 #pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      fa[j] = fb[j] = 0.0f;
-      fm[j] = -INFINITY;
+  for (int k = 0; k < kSortItems; ++k) {
+    const int32_t i = t * kSortItems + k;
+    if (i >= n) continue;
+    const bool listed_k = (listed_mask >> k) & 1u;
+    const bool in = ((forced_mask >> k) & 1u) || (listed_k && in_flag[i]);
+    if (listed_k) work.in_set[int64_t(pair) * sel.max_select + pos[i]] = in ? 1 : 0;
+    if (in) {
+      in_mask |= 1u << k;
+      rows_in += rows_of(i);
     }
-    for (int32_t i = t; i < n; i += blockDim.x) {
-      bool forced;
-      GrowKey(sel, sq0, G, i, &forced);
-      const int32_t e = pos[i];
-      const bool in = forced || (e >= 0 && in_flag[i]);
-      if (e >= 0) work.in_set[int64_t(pair) * sel.max_select + e] = in ? 1 : 0;
-      if (in) rows_in += rows_of(i);
+  }
+  for (int j = 0; j < G; ++j) {
+    float fa = 0.0f, fb = 0.0f, fm = -INFINITY;
 #pragma unroll
-      for (int j = 0; j < kMaxGroup; ++j) {
-        if (j >= G) continue;
-        if (in) {
-          fa[j] += a_of(j, i);
-          fm[j] = fmaxf(fm[j], work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
-        } else {
-          fb[j] += b_of(j, i);
-        }
+    for (int k = 0; k < kSortItems; ++k) {
+      const int32_t i = t * kSortItems + k;
+      if (i >= n) continue;
+      if ((in_mask >> k) & 1u) {
+        const int32_t e = pos[i];
+        fa += work.page_mass[int64_t(sq0 + j) * sel.max_select + e];
+        fm = fmaxf(fm, work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
+      } else {
+        fb += b_of(j, i);
       }
     }
-#pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      fa[j] = WarpSum(fa[j]);
-      fb[j] = WarpSum(fb[j]);
-      fm[j] = WarpMax(fm[j]);
-      if ((t & 31) == 0 && j < G) {
-        atomicAdd(&fin_a[j], fa[j]);
-        atomicAdd(&fin_b[j], fb[j]);
-        if (fm[j] > -INFINITY) atomicMax(&fin_max[j], FloatKey(fm[j]));
-      }
+    fa = WarpSum(fa);
+    fb = WarpSum(fb);
+    fm = WarpMax(fm);
+    if ((t & 31) == 0) {
+      atomicAdd(&fin_a[j], fa);
+      atomicAdd(&fin_b[j], fb);
+      if (fm > -INFINITY) atomicMax(&fin_max[j], FloatKey(fm));
     }
   }
   atomicAdd(&fin_rows, rows_in);
@@ -754,6 +774,107 @@ __global__ void __launch_bounds__(kSortThreads, 1)
     if (fin_max[t]) head_max[sq] = fin_max[t];
     if (stats.selected) stats.selected[sq] = fin_rows;
     if (stats.cap_hit) stats.cap_hit[sq] = cap_hit ? 1 : 0;
+  }
+}
+
+// SeedListKernel for pairs of at most kSortPages pages: one sort of the ranked pages by key
+// instead of CountCut's radix passes; the cut is the largest key boundary within the cap,
+// an integer decision, so the list is the same as SeedListKernel's. One scan writes it.
+__global__ void __launch_bounds__(kSortThreads, 1)
+    SeedListSortedKernel(PageGeometry g, BatchView batch, SelectionView sel, PruneShape shape,
+                         int32_t seed, GrowWork work) {
+  using Sort = cub::BlockRadixSort<uint32_t, kSortThreads, kSortItems, int32_t>;
+  using ScanI = cub::BlockScan<int, kSortThreads>;
+  __shared__ union {
+    typename Sort::TempStorage sort;
+    typename ScanI::TempStorage iscan;
+  } tmp;
+  __shared__ uint8_t in_flag[kSortPages];  // by page: listed
+  __shared__ uint32_t first_key[kSortThreads];
+  __shared__ int cap_k;
+  const int32_t pair = blockIdx.x;
+  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
+  const int32_t G = shape.group;
+  const int32_t n = sel.count[pair];  // <= kSortPages
+  const int32_t sq0 = s * batch.num_q_heads + h * G;
+  const int t = threadIdx.x;
+  // seed < 0: auto (1/16 of the pages, at least 64); 0: every page (one stage).
+  const int32_t want = seed < 0 ? max(64, (n + 15) / 16) : (seed == 0 ? 0x7fffffff : seed);
+  const int32_t cap = min(want, sel.limit[pair]);
+  for (int32_t i = t; i < kSortPages; i += blockDim.x) in_flag[i] = 0;
+  if (t == 0) cap_k = 0;
+  __syncthreads();
+  uint32_t key[kSortItems];
+  int32_t page[kSortItems];
+  int ranked = 0;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    const int32_t i = t * kSortItems + k;
+    key[k] = 0u;  // below every ranked key
+    page[k] = -1;
+    if (i >= n) continue;
+    bool forced;
+    const uint32_t kk = GrowKey(sel, sq0, G, i, &forced);
+    if (forced) {
+      in_flag[i] = 1;
+    } else {
+      key[k] = kk;
+      page[k] = i;
+      ++ranked;
+    }
+  }
+  int m = 0;
+  {
+    int unused;
+    ScanI(tmp.iscan).ExclusiveSum(ranked, unused, m);
+  }
+  __syncthreads();
+  Sort(tmp.sort).SortDescending(key, page);
+  first_key[t] = key[0];
+  __syncthreads();
+  // The largest whole-level prefix of at most cap ranked pages (K = 0 always qualifies).
+  uint32_t fits = 0;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    const int r = t * kSortItems + k;
+    const uint32_t next =
+        k + 1 < kSortItems ? key[k + 1] : (t + 1 < kSortThreads ? first_key[t + 1] : 0u);
+    if (r < m && (r + 1 == m || next != key[k]) && r + 1 <= cap) fits |= 1u << k;
+  }
+  if (fits) atomicMax(&cap_k, t * kSortItems + 32 - __clz(fits));
+  __syncthreads();
+  const int K = cap_k;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    if (t * kSortItems + k < K) in_flag[page[k]] = 1;
+  }
+  __syncthreads();
+  // Ascending list: thread t lists pages [16 t, 16 t + 16).
+  int cnt = 0;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    const int32_t i = t * kSortItems + k;
+    cnt += i < n && in_flag[i] ? 1 : 0;
+  }
+  int at = 0, total = 0;
+  __syncthreads();  // tmp reuse after the sort
+  ScanI(tmp.iscan).ExclusiveSum(cnt, at, total);
+  int32_t* list = work.list_pages + int64_t(pair) * sel.max_select;
+  int32_t* pos = work.list_pos + int64_t(pair) * sel.max_select;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    const int32_t i = t * kSortItems + k;
+    if (i >= n) continue;
+    if (in_flag[i]) {
+      pos[i] = at;
+      list[at++] = i;
+    } else {
+      pos[i] = -1;
+    }
+  }
+  if (t == 0) {
+    work.list_count[pair] = total;
+    work.need[pair] = 0;
   }
 }
 
