@@ -52,7 +52,8 @@ ABSL_FLAG(int32_t, kv_heads, 8, "KV heads (--q-heads must be a multiple)");
 ABSL_FLAG(int32_t, head_dim, 128, "head dimension: 8, 16, 32, 64, 96, 128 or 256 (all on the GPU but 8-32)");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the synthetic data");
 ABSL_FLAG(std::string, disk, "",
-          "directory for a disk tier holding the whole KV (CPU backend); empty: none");
+          "directory for a disk tier holding the whole KV (CPU or gpu-offload backend); empty: "
+          "none");
 ABSL_FLAG(int32_t, host_pool_mb, 0,
           "with --disk: host pool in MiB (0: one layer's KV + 25%)");
 
@@ -78,7 +79,8 @@ constexpr char kUsage[] =
     "pruner + sparse attention) and compares each output with dense attention.\n"
     "Backends: gpu-hbm = all KV in GPU memory, gpu-offload = FP16 KV in pinned host memory.\n"
     "--disk DIR: KV larger than host memory: a disk tier file in DIR holds the whole KV and the\n"
-    "host pool only --host-pool-mb; CPU backend. Columns of the output: README.md.";
+    "host pool only --host-pool-mb; CPU backend (auto) or --backend gpu-offload. Columns of "
+    "the output: README.md.";
 
 Options ParseArgs(int argc, char** argv) {
   using twl::tools::RequireFlag;

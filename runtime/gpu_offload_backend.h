@@ -12,8 +12,10 @@
 //   compute stream: sparse attention through slot_of_block                 [gpuk's kernel]
 //                   (+ units that did not fit in the cache: attention straight from the
 //                   mapped host pool, merged into the output)
-// Nothing waits for the host inside a step: the only host synchronisation is the optional
-// telemetry read at the end (and the copy back of `out` when it is a host pointer).
+// Without a disk tier nothing waits for the host inside a step: the only host
+// synchronisation is the optional telemetry read at the end (and the copy back of `out` when
+// it is a host pointer). With one (CreateGpuOffloadBackendWithDiskEx below) the host waits
+// once per group for the kept lists.
 //
 // Overlap: the batch is split into groups of sequences (two with Twilight; with Quest alone
 // as many as its exact block bound needs to fit; cache/gpu_page_cache.h PlanSeqGroups).

@@ -112,8 +112,8 @@ struct StepTelemetry {
     return blocks_needed ? 1.0 - double(blocks_fetched) / double(blocks_needed) : 1.0;
   }
   // Disk tier (RuntimeConfig::disk_bytes > 0): pages read back from disk into the host pool
-  // for this step, pages written to disk to make room, and the wall time of that I/O (also
-  // counted in ms_fetch).
+  // for this step, pages written to disk to make room, and the wall time of that I/O (CPU:
+  // also counted in ms_fetch; GPU offload: host time, outside the GPU stage times).
   int64_t disk_pages_loaded = 0;
   int64_t disk_pages_spilled = 0;
   double ms_disk = 0;
