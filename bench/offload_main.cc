@@ -609,11 +609,12 @@ class Bench {
       fetched.push_back(double(tel.blocks_fetched));
       mb.push_back(double(tel.bytes_h2d) / 1e6);
       fms.push_back(tel.ms_fetch);
-      // Gathered bytes over the fetch stage (cache planning included); rows read by units
-      // attended from host memory are in MB_h2d but not here.
-      const double gathered_mb = double(tel.blocks_fetched) * g_.FpBlockBytes() / 1e6;
+      // Gathered bytes over the fetch stage (cache planning included); rows of blocks read
+      // in place (not admitted to the cache) are in MB_h2d but not here.
+      const OffloadStepStats ost = off.LastStepStats();
+      const double gathered_mb = double(ost.cache.misses) * g_.FpBlockBytes() / 1e6;
       gbps.push_back(tel.ms_fetch > 0 ? gathered_mb / tel.ms_fetch : 0);
-      direct.push_back(double(off.LastStepStats().cache.units_direct));
+      direct.push_back(double(ost.direct_blocks));
       if (off.LastStepStats().errors) {
         std::fprintf(stderr, "  %s: cache plan reported errors\n", name.c_str());
       }

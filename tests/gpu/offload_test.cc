@@ -6,11 +6,13 @@
 // Skips visibly without a GPU.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <numeric>
 #include <random>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "cache/gpu_page_cache.h"
@@ -307,6 +309,7 @@ struct Workload {
   std::vector<std::vector<float>> topics;  // [num_topics][head_dim]
   int32_t flat_kv_heads = 0;  // KV heads [0, flat_kv_heads) get one constant K: flat attention
   uint64_t plant_every = 23;  // a topic is planted in about one key of this many
+  float gain_base = 1.0f;     // query gains gain_base + (head % 4): larger = more peaked
 
   Workload(const PageGeometry& geo, int32_t hq, uint64_t seed) : g(geo), num_q_heads(hq), rng(seed) {
     std::normal_distribution<float> n(0.0f, 1.0f);
@@ -348,7 +351,7 @@ struct Workload {
       if (rng() % 4 == 0) (*topic_of_seq)[size_t(s)] = int32_t(rng() % topics.size());  // drift
       const auto& topic = topics[size_t((*topic_of_seq)[size_t(s)])];
       for (int32_t h = 0; h < num_q_heads; ++h) {
-        const float gain = 1.0f + float(h % 4);  // peaked and flatter heads
+        const float gain = gain_base + float(h % 4);  // peaked and flatter heads
         for (int32_t c = 0; c < D; ++c) {
           q[(size_t(s) * num_q_heads + h) * D + c] =
               FloatToHalf(gain * std::sqrt(float(D)) * topic[size_t(c)] * 0.5f + 0.3f * nd(rng));
@@ -495,7 +498,7 @@ SelectorParams Quest(int32_t budget_pages) {
 }
 
 // The acceptance test of issue 8: same result as the in-GPU Twilight within 1e-3 with a
-// cache far too small for one step (direct units + forced eviction mid-step), one that
+// cache far too small for one step (blocks read in place + forced eviction mid-step), one that
 // holds about a step, and a roomy one; mixed lengths; many steps with appends between.
 TEST(OffloadBackendTest, MatchesHbmBackendAcrossStepsAndCacheSizes) {
   SKIP_WITHOUT_GPU();
@@ -521,7 +524,7 @@ TEST(OffloadBackendTest, MatchesHbmBackendAcrossStepsAndCacheSizes) {
     }
     std::vector<int32_t> topics(seqs.size(), 0);
     std::mt19937_64 rng(seed + 2);
-    int64_t direct_units = 0, evictions = 0, hits = 0, needed = 0;
+    int64_t direct_units = 0, in_place = 0, evictions = 0, hits = 0, needed = 0;
     for (int32_t step = 0; step < 10; ++step) {
       StepTelemetry tel;
       PrunerParams pr;
@@ -534,7 +537,8 @@ TEST(OffloadBackendTest, MatchesHbmBackendAcrossStepsAndCacheSizes) {
       EXPECT_EQ(st.cache.hits + st.cache.misses, st.cache.blocks_needed);
       EXPECT_GT(tel.blocks_needed, 0);
       EXPECT_LE(tel.blocks_fetched, tel.blocks_needed);
-      direct_units += st.cache.units_direct + st.direct_blocks;  // read in place
+      direct_units += st.cache.units_direct;  // none since residency by value
+      in_place += st.direct_blocks;            // blocks the policy did not admit
       evictions += st.cache.evictions;
       hits += st.cache.hits;
       needed += st.cache.blocks_needed;
@@ -543,10 +547,11 @@ TEST(OffloadBackendTest, MatchesHbmBackendAcrossStepsAndCacheSizes) {
     if (slots == 48) {
       // Hundreds of blocks per step through 48 slots: blocks were read in place, or groups
       // evicted each other's blocks mid-step (which one depends on the kept sets).
-      EXPECT_GT(direct_units + evictions, 0) << "the tiny cache never overflowed";
+      EXPECT_GT(in_place + evictions, 0) << "the tiny cache never overflowed";
     }
     if (slots == 6000) {
       EXPECT_EQ(direct_units, 0);
+      EXPECT_LE(double(in_place), 0.2 * double(needed)) << "a roomy cache reads in place";
       EXPECT_GT(double(hits), 0.3 * double(needed)) << "stable top-p sets should hit";
     }
   }
@@ -589,73 +594,92 @@ TEST(OffloadBackendTest, RepeatedStepHitsEverything) {
 TEST(OffloadBackendTest, FlatHeadsThatFitStayResident) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = FreshSeed();
-  RuntimeConfig cfg = SmallConfig();
-  cfg.num_layers = 4;
+  const int32_t layers = 4, seqs_per_layer = 2, len = 2048, flat_heads = 3;
+  const int32_t rounds = 8, warmup = 4;
+  RuntimeConfig base = SmallConfig();
+  base.num_layers = layers;
   PageGeometry g;
-  g.page_size = cfg.page_size;
-  g.head_dim = cfg.head_dim;
-  g.num_kv_heads = cfg.num_kv_heads;
-  const int32_t layers = 4, seqs_per_layer = 2, len = 2048;
-  const int32_t flat_blocks = layers * seqs_per_layer * 3 * (len / 16);  // 3 flat KV heads
-  // The flat blocks fit with ~3% to spare; with the sparse head's blocks they do not.
-  const int64_t slots = flat_blocks + flat_blocks / 32;
-  cfg.gpu_cache_bytes = slots * g.FpBlockBytes();
-  SideBySide sb;
-  ASSERT_OK(sb.Init(cfg, layers * seqs_per_layer * (len / 16 + 4), /*cpu_ref=*/false, seed));
-  ASSERT_EQ(sb.off->num_cache_slots(), slots);
-  Workload w(g, cfg.num_q_heads, seed + 1);
-  w.flat_kv_heads = 3;
-  w.plant_every = 61;
-  std::vector<std::vector<int32_t>> layer_seqs(static_cast<size_t>(layers));
-  for (auto& ls : layer_seqs) {
-    for (int32_t i = 0; i < seqs_per_layer; ++i) {
-      ls.push_back(sb.AddSequence());
-      ASSERT_OK(sb.Append(ls.back(), w, len));
-    }
-  }
-  std::vector<int32_t> topics(size_t(seqs_per_layer), 0);
+  g.page_size = base.page_size;
+  g.head_dim = base.head_dim;
+  g.num_kv_heads = base.num_kv_heads;
   PrunerParams pr;
   pr.p = 0.95f;
-  const int32_t rounds = 8, warmup = 4;
-  CacheCounters after;
-  int64_t in_place_blocks = 0, flat_blocks_seen = 0, flat_resident = 0;
-  for (int32_t round = 0; round < rounds; ++round) {
-    for (int32_t l = 0; l < layers; ++l) {
-      StepTelemetry tel;
-      auto err = sb.Decode(layer_seqs[size_t(l)], w, &topics, Quest(200), pr, &tel);
-      ASSERT_TRUE(err.ok()) << err.status();
-      EXPECT_LE(*err, 1e-3) << "round " << round << " layer " << l;
-      const OffloadStepStats st = sb.off->LastStepStats();
-      EXPECT_EQ(st.errors, 0);
-      EXPECT_EQ(tel.blocks_needed, st.cache.hits + st.cache.misses + st.direct_blocks);
-      if (round >= warmup) {
-        after += st.cache;
-        in_place_blocks += st.direct_blocks;
-        // Where each head lives: the flat heads' blocks are resident.
+  // Runs every round on a cache of `slots`; from round `from` on, sums the counters and the
+  // blocks of flat and sparse units (tel.blocks_kv / resident_blocks_kv).
+  struct Run {
+    CacheCounters c;
+    int64_t in_place = 0, flat_blocks = 0, flat_resident = 0, sparse_blocks = 0, steps = 0;
+  };
+  auto run = [&](int64_t slots, int32_t num_rounds, int32_t from, Run* r) {
+    RuntimeConfig cfg = base;
+    cfg.gpu_cache_bytes = slots * g.FpBlockBytes();
+    SideBySide sb;
+    ASSERT_OK(sb.Init(cfg, layers * seqs_per_layer * (len / 16 + 4), /*cpu_ref=*/false, seed));
+    ASSERT_EQ(sb.off->num_cache_slots(), slots);
+    Workload w(g, cfg.num_q_heads, seed + 1);
+    w.flat_kv_heads = flat_heads;  // every key equal: top-p keeps ~all tokens
+    w.gain_base = 6.0f;            // the other head: a few planted keys per sequence
+    std::vector<std::vector<int32_t>> layer_seqs(static_cast<size_t>(layers));
+    for (auto& ls : layer_seqs) {
+      for (int32_t i = 0; i < seqs_per_layer; ++i) {
+        ls.push_back(sb.AddSequence());
+        ASSERT_OK(sb.Append(ls.back(), w, len));
+      }
+    }
+    std::vector<int32_t> topics(size_t(seqs_per_layer), 0);
+    for (int32_t round = 0; round < num_rounds; ++round) {
+      for (int32_t l = 0; l < layers; ++l) {
+        StepTelemetry tel;
+        auto err = sb.Decode(layer_seqs[size_t(l)], w, &topics, Quest(200), pr, &tel);
+        ASSERT_TRUE(err.ok()) << err.status();
+        EXPECT_LE(*err, 1e-3) << "round " << round << " layer " << l;  // bytes' source only
+        const OffloadStepStats st = sb.off->LastStepStats();
+        EXPECT_EQ(st.errors, 0);
+        EXPECT_EQ(tel.blocks_needed, st.cache.hits + st.cache.misses + st.direct_blocks);
+        if (round < from) continue;
+        r->c += st.cache;
+        r->in_place += st.direct_blocks;
+        ++r->steps;
         ASSERT_EQ(tel.blocks_kv.size(), size_t(seqs_per_layer) * g.num_kv_heads);
         ASSERT_EQ(tel.resident_blocks_kv.size(), tel.blocks_kv.size());
         for (size_t u = 0; u < tel.blocks_kv.size(); ++u) {
-          if (int32_t(u) % g.num_kv_heads >= w.flat_kv_heads) continue;
-          flat_blocks_seen += tel.blocks_kv[u];
-          flat_resident += tel.resident_blocks_kv[u];
+          if (int32_t(u) % g.num_kv_heads < flat_heads) {
+            r->flat_blocks += tel.blocks_kv[u];
+            r->flat_resident += tel.resident_blocks_kv[u];
+          } else {
+            r->sparse_blocks += tel.blocks_kv[u];
+          }
         }
       }
     }
-  }
-  const double needed = double(after.hits + after.misses + in_place_blocks);
-  const double rows = double(after.hit_rows + after.fetched_rows + after.direct_rows);
+  };
+  // Calibration on a roomy cache: one round's blocks of flat and of sparse units.
+  Run cal;
+  run(int64_t(layers) * seqs_per_layer * g.num_kv_heads * (len / 16) + 64, 1, 0, &cal);
+  if (HasFatalFailure()) return;
+  ASSERT_GT(cal.flat_blocks, 0);
+  ASSERT_GT(cal.sparse_blocks, 0);
+  ASSERT_LE(cal.sparse_blocks * 5, cal.flat_blocks)
+      << "workload not as designed: the sparse head keeps too many blocks";
+  // The flat blocks fit; flat + sparse do not (by half the sparse blocks).
+  const int64_t slots = cal.flat_blocks + cal.sparse_blocks / 2;
+  Run r;
+  run(slots, rounds, warmup, &r);
+  if (HasFatalFailure()) return;
+  const double needed = double(r.c.hits + r.c.misses + r.in_place);
+  const double rows = double(r.c.hit_rows + r.c.fetched_rows + r.c.direct_rows);
   ASSERT_GT(needed, 0);
-  const double hit = double(after.hits) / needed, row_hit = double(after.hit_rows) / rows;
+  const double hit = double(r.c.hits) / needed, row_hit = double(r.c.hit_rows) / rows;
   ::testing::Test::RecordProperty("hit_rate", std::to_string(hit));
   ::testing::Test::RecordProperty("row_hit_rate", std::to_string(row_hit));
-  std::printf("[flat fit] blocks %.0f / layer-step: hit %.3f, rows from cache %.3f, fetched %lld, "
-              "in place %lld blocks (%lld rows)\n",
-              needed / (layers * (rounds - warmup)), hit, row_hit, (long long)after.misses,
-              (long long)in_place_blocks, (long long)after.direct_rows);
+  std::printf("[flat fit] slots %lld (flat %lld + sparse %lld blocks per round): hit %.3f, "
+              "rows from cache %.3f, fetched %lld, in place %lld blocks (%lld rows)\n",
+              (long long)slots, (long long)cal.flat_blocks, (long long)cal.sparse_blocks, hit,
+              row_hit, (long long)r.c.misses, (long long)r.in_place, (long long)r.c.direct_rows);
   EXPECT_GE(hit, 0.9);
   EXPECT_GE(row_hit, 0.95);
-  ASSERT_GT(flat_blocks_seen, 0);
-  EXPECT_GE(double(flat_resident), 0.98 * double(flat_blocks_seen)) << "flat heads not resident";
+  ASSERT_GT(r.flat_blocks, 0);
+  EXPECT_GE(double(r.flat_resident), 0.98 * double(r.flat_blocks)) << "flat heads not resident";
 }
 
 // Freed pages reused by a new sequence with different data must not hit stale slots; the
@@ -694,7 +718,7 @@ void ExpectFullSelectionMatchesCpu(int32_t k_scheme) {
   const uint64_t seed = FreshSeed();
   RuntimeConfig cfg = SmallConfig();
   cfg.k_scheme = k_scheme;
-  cfg.gpu_cache_bytes = 60 * int64_t(2 * 16 * 128 * 2);  // far below one step: direct units
+  cfg.gpu_cache_bytes = 60 * int64_t(2 * 16 * 128 * 2);  // far below one step: read in place
   SideBySide sb;
   ASSERT_OK(sb.Init(cfg, 400, /*cpu_ref=*/true, seed));
   sb.cpu_budget_may_differ = true;
