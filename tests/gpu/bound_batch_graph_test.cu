@@ -8,10 +8,12 @@
 // unbound path), and its telemetry still publishes. The offload backend refuses to bind.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <future>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "api/twilight.h"
