@@ -444,7 +444,8 @@ typedef struct twl_memory_usage {
   int64_t gpu_fp16_bytes;        /* FP16 KV on the GPU (HBM backend) */
   int64_t disk_bytes;            /* disk tier file in use (pages spilled to disk) */
   /* Appended after disk_bytes: host memory of the sequence and page tables (every sequence,
-   * even an empty one, holds a record per layer; then a page id per page it references). */
+   * even an empty one, holds a record per layer; then a page id per page it references; and
+   * the host copy of every bound batch's tables). */
   int64_t host_table_bytes;
 } twl_memory_usage;
 

@@ -66,6 +66,12 @@ class BoundBatches {
   // Some batch holding `seq`, or 0 when none does.
   int64_t BatchOf(SeqId seq) const;
   int64_t size() const { return int64_t(batches_.size()); }
+  // Host bytes of the mirrors (counted in MemoryUsage::host_table_bytes).
+  int64_t HostBytes() const {
+    int64_t bytes = 0;
+    for (const auto& [id, b] : batches_) bytes += int64_t(b->words.size() * sizeof(int32_t));
+    return bytes;
+  }
 
   // FailedPrecondition when the planned append would take a bound sequence past a batch's
   // max_tokens (checked before anything is written).

@@ -727,7 +727,7 @@ absl::Status Runtime::ReadKv(SeqId seq, int32_t layer, std::vector<fp16_t>* k,
 MemoryUsage Runtime::Memory() const {
   std::shared_lock lock(impl_->mu);
   MemoryUsage m = impl_->backend->Memory();
-  m.host_table_bytes = impl_->table->TableBytes();
+  m.host_table_bytes = impl_->table->TableBytes() + impl_->bound.HostBytes();
   if (impl_->disk_tier) return m;  // the backend knows which pages are on the host
   // Pages have a fixed size, so the used share of the pool is the used share of the ids.
   m.host_pool_bytes_used = static_cast<int64_t>(double(m.host_pool_bytes_total) *

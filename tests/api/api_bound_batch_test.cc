@@ -92,10 +92,16 @@ class ApiBoundBatch : public ::testing::Test {
 
 TEST_F(ApiBoundBatch, TablesFollowRaggedAppendsAcrossPagesAndDecodeLikeDecode) {
   const std::vector<twl_seq_id> seqs = {NewSeq(5), NewSeq(16), NewSeq(1)};
+  twl_memory_usage m0{}, m1{};
+  m0.struct_size = m1.struct_size = sizeof(twl_memory_usage);
+  ASSERT_EQ(twl_runtime_memory(rt(), &m0), TWL_OK);
   twl_batch_id b = TWL_INVALID_BATCH_ID;
   ASSERT_EQ(twl_batch_create(rt(), seqs.data(), 3, kMaxTokens, &b), TWL_OK)
       << twl_runtime_last_error(rt());
   ASSERT_NE(b, TWL_INVALID_BATCH_ID);
+  // The runtime's copy of the tables is counted: layers x 3 x (1 length + 13 pages) words.
+  ASSERT_EQ(twl_runtime_memory(rt(), &m1), TWL_OK);
+  EXPECT_EQ(m1.host_table_bytes - m0.host_table_bytes, int64_t(c_.num_layers) * 3 * 14 * 4);
   ExpectBatchMatches(b, seqs);
   // Ragged: zero counts, single tokens, multi-page chunks; lengths cross many pages.
   const std::vector<std::vector<int32_t>> rounds = {
@@ -114,8 +120,11 @@ TEST_F(ApiBoundBatch, TablesFollowRaggedAppendsAcrossPagesAndDecodeLikeDecode) {
   ASSERT_EQ(AppendRagged({other, seqs[2], seqs[0]}, {5, 4, 3}), TWL_OK);
   ExpectBatchMatches(b, seqs);
   ExpectBatchMatches(b2, seqs2);
+  ASSERT_EQ(twl_runtime_memory(rt(), &m0), TWL_OK);
   EXPECT_EQ(twl_batch_free(rt(), b2), TWL_OK);
   EXPECT_EQ(twl_batch_free(rt(), b), TWL_OK);
+  ASSERT_EQ(twl_runtime_memory(rt(), &m1), TWL_OK);
+  EXPECT_EQ(m0.host_table_bytes - m1.host_table_bytes, int64_t(c_.num_layers) * 5 * 14 * 4);
 }
 
 TEST_F(ApiBoundBatch, ForkAndCopyOnWriteKeepTheTablesRight) {
