@@ -34,6 +34,7 @@ twl_runtime* MakeRuntime(twl_backend backend, float top_p) {
   c.head_dim = kD;
   c.backend = backend;
   c.top_p = top_p;
+  c.dense_layers = 1;  // layer 0 takes the dense path, the others select -> prune -> attend
   c.collect_telemetry = 1;
   twl_runtime* rt = nullptr;
   EXPECT_EQ(twl_runtime_create(&c, &rt), TWL_OK) << twl_runtime_last_error(nullptr);
