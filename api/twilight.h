@@ -312,7 +312,8 @@ TWL_API const char* twl_runtime_backend_name(const twl_runtime* rt) TWL_NOEXCEPT
 TWL_API twl_status twl_sequence_create(twl_runtime* rt, twl_seq_id* out) TWL_NOEXCEPT;
 
 /* Frees a sequence and the pages only it used. The id becomes unknown (TWL_NOT_FOUND).
- * Status: TWL_OK, TWL_INVALID_ARGUMENT (rt NULL), TWL_NOT_FOUND (nothing changed). */
+ * Status: TWL_OK, TWL_INVALID_ARGUMENT (rt NULL), TWL_NOT_FOUND (nothing changed),
+ *   TWL_FAILED_PRECONDITION (seq is in a bound batch, twl_batch_create: nothing changed). */
 TWL_API twl_status twl_sequence_free(twl_runtime* rt, twl_seq_id seq) TWL_NOEXCEPT;
 
 /* Creates a new sequence with the same K/V as parent in every layer (e.g. a shared prompt
@@ -452,7 +453,8 @@ typedef struct twl_memory_usage {
   int64_t gpu_fp16_bytes;        /* FP16 KV on the GPU (HBM backend) */
   int64_t disk_bytes;            /* disk tier file in use (pages spilled to disk) */
   /* Appended after disk_bytes: host memory of the sequence and page tables (every sequence,
-   * even an empty one, holds a record per layer; then a page id per page it references). */
+   * even an empty one, holds a record per layer; then a page id per page it references; and
+   * the host copy of every bound batch's tables). */
   int64_t host_table_bytes;
 } twl_memory_usage;
 
@@ -626,6 +628,85 @@ TWL_API void twl_set_log_callback(twl_log_fn fn, void* user_data,
  *   TWL_FAILED_PRECONDITION (telemetry collection is off). */
 TWL_API twl_status twl_runtime_last_step_mass(const twl_runtime* rt, float* full_mass,
                                               int32_t* cap_hit, int64_t q_capacity) TWL_NOEXCEPT;
+
+
+/* ==== Added in 0.2: bound batches, decode steps a CUDA graph can capture (issue 11.3) =========
+ * A serving engine that captures its decode forward pass in a CUDA graph needs an attention
+ * step whose every launch, pointer and shape is the same at each replay. twl_decode cannot be
+ * replayed (it builds the batch's page tables on the host at each call). A bound batch fixes
+ * a set of sequences and a row capacity (max_tokens) once; the runtime then keeps the batch's
+ * lengths and page tables current in device memory itself, on every append to a bound sequence
+ * (enqueued on the append's stream, after its rows, no host synchronization), and
+ * twl_decode_batch decodes it with fixed shapes.
+ *
+ * Capture (GPU HBM backend): twl_decode_batch on a stream that is being captured enqueues only
+ * kernels reading device memory that lives as long as the batch: no host-built data, no
+ * allocation, no host wait, no wait on events recorded outside the capture, no telemetry. So:
+ *   1. bind, then run each layer's twl_decode_batch once eagerly (warm-up: one-time kernel
+ *      attributes are set outside the capture), then capture the L layers' calls;
+ *   2. per step: twl_append_batch (device memory, eager, NOT captured: it allocates pages on
+ *      the host) of every sequence, then replay the graph. Put the appends and the replays on
+ *      one stream (or order them with your own events): the runtime orders eager calls across
+ *      streams, but cannot order a replay it does not see.
+ *   Each replay decodes the lengths the batch has when the replay runs on the device, with
+ *   the same bits as an eager twl_decode_batch at that point. Outputs equal twl_decode's up to
+ *   the attention's work split (it depends on the row stride: max_tokens, not the longest
+ *   sequence), i.e. within FP16 rounding.
+ * The graph stays valid as long as the batch: free the batch only after the last replay has
+ * completed (twl_batch_free waits for the device work queued so far, not for later replays).
+ *
+ * GPU offload backend: twl_batch_create returns TWL_UNSUPPORTED (its fetch stage plans on the
+ * host). CPU backend: everything works with host memory and synchronously (no graph there);
+ * the results are bit-identical to twl_decode of the same sequences.
+ * Telemetry: twl_decode_batch does not update twl_runtime_last_step* nor the kept-token
+ * capture. Thread safety: as for the calls above; a bound sequence is used by every call on
+ * its batch. */
+typedef int64_t twl_batch_id;
+#define TWL_INVALID_BATCH_ID ((twl_batch_id)0)
+
+/* Binds seqs[0..num_seqs) (distinct, existing; their order is the batch's row order) with room
+ * for max_tokens tokens per sequence and layer. Allocates the device tables ([num_layers]
+ * [num_seqs][ceil(max_tokens / page_size)] page ids + lengths) and the fixed-shape step
+ * scratch now; *out receives the id (TWL_INVALID_BATCH_ID on failure). A sequence may be in
+ * several batches. While bound: an append that would take a sequence past max_tokens in a
+ * layer fails with TWL_FAILED_PRECONDITION and appends nothing (to any sequence of that call);
+ * twl_sequence_free of it fails with TWL_FAILED_PRECONDITION (free the batch first); fork,
+ * read, save work as before (a fork is not bound).
+ * Status: TWL_OK; TWL_INVALID_ARGUMENT (rt/seqs/out NULL, num_seqs < 1, a sequence listed
+ *   twice, max_tokens < 1 or below the current length of a sequence in some layer, tables
+ *   of more than 2^30 entries per layer); TWL_NOT_FOUND (an unknown id); TWL_UNSUPPORTED (GPU
+ *   offload backend); TWL_CAPACITY_EXHAUSTED / TWL_OUT_OF_MEMORY (device or host memory).
+ *   On failure nothing is bound. */
+TWL_API twl_status twl_batch_create(twl_runtime* rt, const twl_seq_id* seqs, int32_t num_seqs,
+                                    int32_t max_tokens, twl_batch_id* out) TWL_NOEXCEPT;
+
+/* Unbinds and frees the batch's tables and scratch (waits for the device work queued so far).
+ * The sequences stay. Status: TWL_OK, TWL_INVALID_ARGUMENT (rt NULL), TWL_NOT_FOUND. */
+TWL_API twl_status twl_batch_free(twl_runtime* rt, twl_batch_id batch) TWL_NOEXCEPT;
+
+/* One decode step of `layer` for every sequence of the batch, in bind order: q and out are
+ * [num_seqs][num_q_heads][head_dim] of dtype (FP16, BF16 or FP32; BF16/FP32 are converted on
+ * the stream into the batch's own buffers). GPU backends: device memory, enqueued on `stream`
+ * (NULL: the runtime's own stream, not capturable), never blocking the host; capturable (see
+ * above). CPU backend: host memory, synchronous.
+ * Status: TWL_OK; TWL_INVALID_ARGUMENT (rt/q/out NULL, layer or dtype out of range, device
+ *   pointers misaligned: q 16 bytes, out 2); TWL_NOT_FOUND (unknown batch);
+ *   TWL_FAILED_PRECONDITION (a sequence has no token in the layer); TWL_INTERNAL. out is
+ *   untouched on any failure found before the step is enqueued. */
+TWL_API twl_status twl_decode_batch(twl_runtime* rt, twl_batch_id batch, int32_t layer,
+                                    const void* q, void* out, twl_dtype dtype,
+                                    void* stream) TWL_NOEXCEPT;
+
+/* The batch's tables of `layer` as the device will see them once the appends issued so far
+ * have run (GPU backends: read back from device memory, waiting for those appends; CPU: the
+ * runtime's copy): lens [num_seqs] and pages [num_seqs][max_pages] with max_pages =
+ * ceil(max_tokens / page_size), entries past a sequence's pages -1. For tests and debugging.
+ * Either array may be NULL; *out_max_pages (optional) receives max_pages.
+ * Status: TWL_OK; TWL_INVALID_ARGUMENT (rt NULL, layer out of range, a capacity too small:
+ *   nothing written); TWL_NOT_FOUND. */
+TWL_API twl_status twl_batch_tables(twl_runtime* rt, twl_batch_id batch, int32_t layer,
+                                    int32_t* lens, int64_t lens_capacity, int32_t* pages,
+                                    int64_t pages_capacity, int32_t* out_max_pages) TWL_NOEXCEPT;
 
 #ifdef __cplusplus
 } /* extern "C" */

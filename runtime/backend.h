@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "core/stage_views.h"
 #include "runtime/runtime.h"
 
@@ -27,6 +28,40 @@ struct DecodeRequest {
   void* stream = nullptr;          // caller's cudaStream_t or null
   bool capture_kept = false;       // fill StepTelemetry::kept_list_* (telemetry non-null)
   int64_t step_id = 0;             // the Runtime's count of decodes (StepTelemetry::step_id)
+};
+
+// Device copy of a bound batch's tables and its fixed-shape step scratch (runtime/bound_batch.h),
+// made by a backend that can decode a bound batch; owned by the batch.
+class BoundTables {
+ public:
+  virtual ~BoundTables() = default;
+};
+
+// One word of a bound batch's layer tables to overwrite (layout: runtime/bound_batch.h).
+struct TableWrite {
+  int32_t index = 0;
+  int32_t value = 0;
+};
+
+// What a bound batch fixes at bind time.
+struct BoundShape {
+  int32_t num_seqs = 0;
+  int32_t max_pages = 0;        // page-table row stride
+  SelectorParams selector;      // of the non-dense layers (sink_pages clamped to max_pages)
+};
+
+// One decode step of a bound batch: everything the device needs is in `tables` or fixed by
+// the shape; nothing of it depends on the host state at the time of the call.
+struct BoundDecodeRequest {
+  int32_t layer = 0;
+  BoundTables* tables = nullptr;
+  int32_t num_seqs = 0, num_q_heads = 0, max_pages = 0;
+  const void* q = nullptr;      // [num_seqs][num_q_heads][head_dim] of dtype, device memory
+  void* out = nullptr;
+  DType dtype = DType::kFp16;
+  SelectorParams selector;
+  PrunerParams pruner;          // seq_p null
+  void* stream = nullptr;       // caller's cudaStream_t or null
 };
 
 class Backend {
@@ -56,6 +91,32 @@ class Backend {
   virtual void ReleasePage(int32_t /*page*/) {}
 
   virtual absl::Status Decode(const DecodeRequest& request, StepTelemetry* telemetry) = 0;
+
+  // Bound batches (runtime/bound_batch.h). A backend that does not override these cannot
+  // hold one on the device (Unimplemented); the CPU store needs no device copy (the Runtime
+  // decodes from the host mirror).
+  // Device tables initialized from `words` ([num_layers][num_seqs * (1 + max_pages)]), plus
+  // everything a step of this shape needs, allocated now: a step never allocates.
+  virtual absl::StatusOr<std::unique_ptr<BoundTables>> CreateBoundTables(
+      const BoundShape& /*shape*/, absl::Span<const int32_t> /*words*/) {
+    return absl::UnimplementedError("bound batches are not supported by the " + Name() +
+                                    " backend");
+  }
+  // Overwrites words of one layer, enqueued on `stream` (null: the backend's own) after the
+  // appends issued so far; later decodes (any stream, eager) are ordered after it.
+  virtual absl::Status WriteBoundTables(BoundTables* /*tables*/, int32_t /*layer*/,
+                                        absl::Span<const TableWrite> /*writes*/,
+                                        void* /*stream*/) {
+    return absl::UnimplementedError("bound batches: no device tables");
+  }
+  // Reads one layer's device words back (waits for the writes issued so far).
+  virtual absl::Status ReadBoundTables(BoundTables* /*tables*/, int32_t /*layer*/,
+                                       absl::Span<int32_t> /*words*/) {
+    return absl::UnimplementedError("bound batches: no device tables");
+  }
+  virtual absl::Status DecodeBound(const BoundDecodeRequest& /*request*/) {
+    return absl::UnimplementedError("bound batches: no device decode");
+  }
   virtual MemoryUsage Memory() const = 0;
   virtual absl::Status TakeAsyncError() { return absl::OkStatus(); }
 };

@@ -32,6 +32,8 @@
 #include "gpu/cuda/cuda_status.cuh"
 #include "runtime/backend.h"
 #include "runtime/dtype_convert.h"
+#include "runtime/dtype_convert_device.h"
+#include "runtime/gpu_bound_tables.cuh"
 #include "runtime/geometry.h"
 #include "runtime/kept_capture.h"
 #include "pipeline/attend/sparse/sparse_attention.h"
@@ -157,6 +159,14 @@ class GpuHbmBackend final : public Backend {
   absl::Status CopyPage(int32_t src_page, int32_t dst_page, int32_t rows) override;
   absl::Status ReadPage(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const override;
   absl::Status Decode(const DecodeRequest& request, StepTelemetry* telemetry) override;
+  // Bound batches (runtime/bound_batch.h): definitions at the end of this file.
+  absl::StatusOr<std::unique_ptr<BoundTables>> CreateBoundTables(
+      const BoundShape& shape, absl::Span<const int32_t> words) override;
+  absl::Status WriteBoundTables(BoundTables* tables, int32_t layer,
+                                absl::Span<const TableWrite> writes, void* stream) override;
+  absl::Status ReadBoundTables(BoundTables* tables, int32_t layer,
+                               absl::Span<int32_t> words) override;
+  absl::Status DecodeBound(const BoundDecodeRequest& request) override;
 
   MemoryUsage Memory() const override {
     MemoryUsage m;
@@ -607,6 +617,160 @@ absl::Status GpuHbmBackend::WriteTelemetry(const DecodeRequest& req, bool ran_pr
   TWL_CUDA(cudaMemcpyAsync(tp + (5 * heads + pairs) * 4, blocks_.get(), size_t(pairs) * 4,
                                cudaMemcpyDeviceToHost, s));
   return telemetry_.MarkLanded(slot, s);
+}
+
+// ---- Bound batches (issue 11.3) ----------------------------------------------------------
+// A bound step is Decode without the host: the plan is the batch's device tables, the scratch
+// the batch's own (sized at bind for max_tokens), no telemetry. On a capturing stream it also
+// leaves out the cross-stream event waits and records (an event recorded during a capture
+// cannot be waited on outside it); the caller orders appends and replays on its stream.
+
+absl::StatusOr<std::unique_ptr<BoundTables>> GpuHbmBackend::CreateBoundTables(
+    const BoundShape& shape, absl::Span<const int32_t> words) {
+  auto t = std::make_unique<GpuBoundTables>(shape.num_seqs, shape.max_pages);
+  if (int64_t(words.size()) != int64_t(config_.num_layers) * t->WordsPerLayer()) {
+    return absl::InternalError("bound batch: table words do not match the shape");
+  }
+  absl::StatusOr<const Selector*> selector = FindSelector(shape.selector.kind);
+  if (!selector.ok()) return selector.status();
+  const int32_t n = shape.num_seqs;
+  const int32_t Hq = config_.num_q_heads;
+  const int32_t max_select = (*selector)->Stride(shape.selector, shape.max_pages);
+  const int64_t max_kept = int64_t(max_select) * g_.page_size;
+  if (max_kept > std::numeric_limits<int32_t>::max() / 2) {
+    return absl::InvalidArgumentError("bound batch: kept-token stride overflows int32");
+  }
+  const bool grow = shape.selector.grow && shape.selector.kind == SelectorKind::kQuest;
+  pipeline_cuda::StepScratch& sc = t->scratch();
+  sc.SetShape(pipeline_cuda::StepShape{n, Hq, g_.num_kv_heads, max_select, int32_t(max_kept),
+                                       grow});
+  TWL_RETURN_IF_ERROR(sc.GrowAttend(attention_.DeviceWorkspaceBytes(g_, n, Hq)));
+  TWL_RETURN_IF_ERROR(sc.GrowSelectPrune(
+      (*selector)->DeviceWorkspaceBytes(g_, shape.selector, n, shape.max_pages),
+      pruner_.DeviceWorkspaceBytes(g_, n, Hq, max_select)));
+  TWL_RETURN_IF_ERROR(t->conv().Reserve(size_t(n) * Hq * g_.head_dim * 2 * sizeof(fp16_t)));
+  TWL_RETURN_IF_ERROR(t->words().Reserve(words.size() * sizeof(int32_t)));
+  // Not a hot path: a synchronous copy of the tables as the host knows them now (appends
+  // queued but not yet run change rows, not these words).
+  TWL_CUDA(cudaMemcpy(t->words().get(), words.data(), words.size() * sizeof(int32_t),
+                      cudaMemcpyHostToDevice));
+  return std::unique_ptr<BoundTables>(std::move(t));
+}
+
+absl::Status GpuHbmBackend::WriteBoundTables(BoundTables* tables, int32_t layer,
+                                             absl::Span<const TableWrite> writes, void* stream) {
+  auto* t = static_cast<GpuBoundTables*>(tables);
+  if (t == nullptr || layer < 0 || layer >= config_.num_layers) {
+    return absl::InternalError("bound batch: bad table write");
+  }
+  for (const TableWrite& w : writes) {
+    if (w.index < 0 || w.index >= t->WordsPerLayer()) {
+      return absl::InternalError(absl::StrFormat("bound batch: table word %d", w.index));
+    }
+  }
+  if (writes.empty()) return absl::OkStatus();
+  cudaStream_t a = stream ? AsStream(stream) : stream_;
+  // After the rows (the append just queued, maybe on another stream) and after the last eager
+  // decode, which may still read the words being replaced.
+  if (appended_) TWL_CUDA(cudaStreamWaitEvent(a, ev_append_, 0));
+  if (decoded_) TWL_CUDA(cudaStreamWaitEvent(a, ev_decode_, 0));
+  TWL_RETURN_IF_ERROR(LaunchTableWrites(t->Layer(layer), writes, a));
+  TWL_CUDA(cudaEventRecord(ev_append_, a));  // decodes wait for the tables too
+  appended_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status GpuHbmBackend::ReadBoundTables(BoundTables* tables, int32_t layer,
+                                            absl::Span<int32_t> words) {
+  auto* t = static_cast<GpuBoundTables*>(tables);
+  if (t == nullptr || layer < 0 || layer >= config_.num_layers ||
+      int64_t(words.size()) != t->WordsPerLayer()) {
+    return absl::InternalError("bound batch: bad table read");
+  }
+  if (appended_) TWL_CUDA(cudaStreamWaitEvent(stream_, ev_append_, 0));
+  TWL_CUDA(cudaMemcpyAsync(words.data(), t->Layer(layer), words.size() * sizeof(int32_t),
+                           cudaMemcpyDeviceToHost, stream_));
+  TWL_CUDA(cudaStreamSynchronize(stream_));
+  return absl::OkStatus();
+}
+
+absl::Status GpuHbmBackend::DecodeBound(const BoundDecodeRequest& req) {
+  auto* t = static_cast<GpuBoundTables*>(req.tables);
+  if (t == nullptr || !req.q || !req.out) {
+    return absl::InvalidArgumentError("decode batch: null tables, q or out");
+  }
+  if (req.layer < 0 || req.layer >= config_.num_layers || req.num_seqs != t->num_seqs() ||
+      req.max_pages != t->max_pages()) {
+    return absl::InternalError("decode batch: request does not match the bound tables");
+  }
+  TWL_RETURN_IF_ERROR(ValidateP(req.pruner.p));
+  cudaStream_t s = req.stream ? AsStream(req.stream) : stream_;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  TWL_CUDA(cudaStreamIsCapturing(s, &capture));
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
+  const int32_t n = req.num_seqs;
+  const int32_t Hq = req.num_q_heads;
+  const int64_t elems = int64_t(n) * Hq * g_.head_dim;
+  const bool dense_only = req.pruner.dense && req.selector.kind == SelectorKind::kFull;
+  absl::StatusOr<const Selector*> selector = FindSelector(req.selector.kind);
+  if (!selector.ok()) return selector.status();
+
+  if (!capturing) {
+    if (appended_) TWL_CUDA(cudaStreamWaitEvent(s, ev_append_, 0));
+    // The batch's scratch is shared by its consecutive steps, which may come on other streams.
+    if (decoded_) TWL_CUDA(cudaStreamWaitEvent(s, ev_decode_, 0));
+  }
+  const fp16_t* q16 = static_cast<const fp16_t*>(req.q);
+  fp16_t* out16 = static_cast<fp16_t*>(req.out);
+  if (req.dtype != DType::kFp16) {
+    q16 = t->conv().as<fp16_t>();
+    out16 = t->conv().as<fp16_t>() + elems;
+    TWL_RETURN_IF_ERROR(DeviceConvert(config_.device_id, req.q, req.dtype,
+                                      const_cast<fp16_t*>(q16), DType::kFp16, elems, s));
+  }
+  BatchView db;
+  db.num_seqs = n;
+  db.num_q_heads = Hq;
+  db.seq_len = t->Layer(req.layer);
+  db.page_table = t->Layer(req.layer) + n;
+  db.max_pages = t->max_pages();
+  const pipeline_cuda::StepScratch& sc = t->scratch();
+  if (dense_only) {
+    TWL_RETURN_IF_ERROR(attention_.AttendDenseOnDevice(g_, db, QueryView{q16}, kv_,
+                                                       OutputView{out16},
+                                                       req.pruner.softmax_scale,
+                                                       sc.attend_workspace(),
+                                                       sc.attend_workspace_bytes(), s));
+  } else {
+    pipeline_cuda::CudaStep step;
+    step.g = g_;
+    step.selector = *selector;
+    step.selector_params = req.selector;
+    step.pruner = req.pruner;
+    step.pruner.seq_p = nullptr;
+    step.batch = db;
+    step.q = q16;
+    step.out = out16;
+    step.qk = qk_;
+    step.prune_kv = kv_;
+    step.ws_select = sc.select_workspace_bytes();
+    step.ws_prune = sc.prune_workspace_bytes();
+    step.ws_attend = sc.attend_workspace_bytes();
+    step.compute = s;
+    step.timing = nullptr;  // no telemetry: nothing for the host to read back
+    const SeqGroup all{0, n, 0, false};
+    pipeline_cuda::IdentityFetch resident(kv_);
+    TWL_RETURN_IF_ERROR(executor_.Run(step, absl::MakeConstSpan(&all, 1), sc, resident));
+  }
+  if (req.dtype != DType::kFp16) {
+    TWL_RETURN_IF_ERROR(
+        DeviceConvert(config_.device_id, out16, DType::kFp16, req.out, req.dtype, elems, s));
+  }
+  if (!capturing) {
+    TWL_CUDA(cudaEventRecord(ev_decode_, s));
+    decoded_ = true;
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace

@@ -26,6 +26,7 @@
 #include "gpu/reference/validate.h"
 #include "offload/disk_tier.h"
 #include "runtime/backend.h"
+#include "runtime/bound_batch.h"
 #include "runtime/cpu_backend.h"
 #include "runtime/disk_residency.h"
 #include "runtime/log.h"
@@ -37,10 +38,50 @@
 namespace twl {
 namespace {
 
+#define TWL_RETURN_IF_ERROR_RT(expr)            \
+  do {                                          \
+    if (absl::Status s_ = (expr); !s_.ok()) return s_; \
+  } while (0)
+
 constexpr int64_t kDefaultHostPoolBytes = int64_t(1) << 30;
 
 bool OneOf(int32_t v, std::initializer_list<int32_t> set) {
   return std::find(set.begin(), set.end(), v) != set.end();
+}
+
+// FP16 result -> the caller's dtype (BF16 or FP32), on the host.
+void ConvertFromFp16(const fp16_t* src, DType to, int64_t n, void* dst) {
+  if (to == DType::kBf16) {
+    bf16_t* d = static_cast<bf16_t*>(dst);
+    for (int64_t i = 0; i < n; ++i) d[i] = FloatToBf16(HalfToFloat(src[i]));
+  } else {
+    float* d = static_cast<float*>(dst);
+    for (int64_t i = 0; i < n; ++i) d[i] = HalfToFloat(src[i]);
+  }
+}
+
+// Selector and pruner parameters of a step of `layer` over page tables of stride max_pages
+// (shared by Decode and DecodeBatch, so a bound batch decodes with the same rules).
+void StepParams(const RuntimeConfig& config, int32_t layer, int32_t max_pages,
+                SelectorParams* sel, PrunerParams* pr) {
+  const bool dense = layer < config.dense_layers;
+  sel->kind = dense ? SelectorKind::kFull : config.selector;
+  // Sinks past the longest sequence change nothing; clamped so that the selector's sums
+  // (budget + sinks + 1) stay far from int32 overflow.
+  sel->sink_pages = std::min(config.sink_pages, max_pages);
+  // Quest grows each head's candidates (no base budget); the configured budget is only a
+  // cap, and a fraction caps each sequence by its own length, so that a sequence's output
+  // does not depend on its batch-mates.
+  sel->grow = true;
+  sel->budget_pages =
+      config.selector_budget_tokens > 0
+          ? static_cast<int32_t>((int64_t(config.selector_budget_tokens) + config.page_size - 1) /
+                                 config.page_size)
+          : 0;
+  sel->budget_fraction = config.selector_budget_tokens > 0 ? 0.0f : config.selector_budget_fraction;
+  pr->p = config.top_p;
+  pr->seq_p = nullptr;
+  pr->dense = dense;
 }
 
 }  // namespace
@@ -133,9 +174,32 @@ struct Runtime::Impl {
   mutable std::shared_mutex mu;
   std::atomic<bool> capture_kept{false};
   int64_t decode_count = 0;  // decodes so far (under mu): StepTelemetry::step_id
+  BoundBatches bound;        // under mu
 
   void ReleasePages(const std::vector<int32_t>& freed) {
     for (int32_t p : freed) backend->ReleasePage(p);
+  }
+
+  // Hands the writes of an append to the device copies of the batches they touch, one
+  // backend call per batch (batches without a device copy: the CPU store, nothing to do).
+  absl::Status WriteBoundDevice(int32_t layer,
+                                const std::vector<std::pair<BoundBatch*, TableWrite>>& writes,
+                                void* stream) {
+    std::vector<BoundBatch*> order;
+    for (const auto& w : writes) {
+      if (w.first->device && std::find(order.begin(), order.end(), w.first) == order.end()) {
+        order.push_back(w.first);
+      }
+    }
+    std::vector<TableWrite> mine;
+    for (BoundBatch* b : order) {
+      mine.clear();
+      for (const auto& w : writes) {
+        if (w.first == b) mine.push_back(w.second);
+      }
+      TWL_RETURN_IF_ERROR_RT(backend->WriteBoundTables(b->device.get(), layer, mine, stream));
+    }
+    return absl::OkStatus();
   }
 };
 
@@ -245,6 +309,10 @@ absl::StatusOr<SeqId> Runtime::CreateSequence() {
 
 absl::Status Runtime::FreeSequence(SeqId seq) {
   std::unique_lock lock(impl_->mu);
+  if (const int64_t b = impl_->bound.BatchOf(seq); b != 0 && impl_->table->Contains(seq)) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "free: sequence %d is bound to batch %d; free the batch first", seq, b));
+  }
   std::vector<int32_t> freed;
   if (absl::Status s = impl_->table->Free(seq, &freed); !s.ok()) return s;
   impl_->ReleasePages(freed);
@@ -363,6 +431,9 @@ absl::Status Runtime::AppendImpl(const char* what, int32_t layer, absl::Span<con
                                            st.message())));
     }
     plans.push_back(std::move(*plan));
+    if (absl::Status b = im.bound.CheckAppend(plans.back()); !b.ok()) {
+      return abort(absl::FailedPreconditionError(absl::StrFormat("%s: %s", what, b.message())));
+    }
   }
   // Host input in BF16/FP32 becomes FP16 here, so backends see one host format.
   const int64_t elems = total * config_.num_kv_heads * config_.head_dim;
@@ -415,6 +486,15 @@ absl::Status Runtime::AppendImpl(const char* what, int32_t layer, absl::Span<con
   if (wait) {
     if (absl::Status s = im.backend->WaitAppends(); !s.ok()) return abort(s);
   }
+  // Bound batches holding these sequences: their device tables follow on the same stream,
+  // after the rows (the host mirror once committed, below).
+  std::vector<std::pair<BoundBatch*, TableWrite>> bound_writes;
+  if (im.bound.size() > 0) {
+    for (const AppendPlan& p : plans) im.bound.CollectWrites(p, &bound_writes);
+    if (absl::Status s = im.WriteBoundDevice(layer, bound_writes, stream); !s.ok()) {
+      return abort(s);
+    }
+  }
   // Phase 4: install. Nothing else mutates the table while the exclusive lock is held, so a
   // commit cannot find its sequence changed; the check below is for a broken invariant.
   std::vector<int32_t> freed;
@@ -429,6 +509,9 @@ absl::Status Runtime::AppendImpl(const char* what, int32_t layer, absl::Span<con
     }
   }
   im.ReleasePages(freed);
+  for (const auto& [batch, w] : bound_writes) {
+    BoundBatches::ApplyToMirror(batch, layer, absl::MakeConstSpan(&w, 1));
+  }
   return absl::OkStatus();
 }
 
@@ -477,25 +560,8 @@ absl::Status Runtime::Decode(int32_t layer, absl::Span<const SeqId> seqs, const 
   req.out = out;
   req.space = space;
   req.stream = stream;
-  const bool dense = layer < config_.dense_layers;
-  req.selector.kind = dense ? SelectorKind::kFull : config_.selector;
-  // Sinks past the longest sequence change nothing; clamped so that the selector's sums
-  // (budget + sinks + 1) stay far from int32 overflow.
-  req.selector.sink_pages = std::min(config_.sink_pages, arrays.max_pages);
-  // Quest grows each head's candidates (no base budget); the configured budget is only a
-  // cap, and a fraction caps each sequence by its own length, so that a sequence's output
-  // does not depend on its batch-mates.
-  req.selector.grow = true;
-  req.selector.budget_pages =
-      config_.selector_budget_tokens > 0
-          ? static_cast<int32_t>((int64_t(config_.selector_budget_tokens) + config_.page_size - 1) /
-                                 config_.page_size)
-          : 0;
-  req.selector.budget_fraction =
-      config_.selector_budget_tokens > 0 ? 0.0f : config_.selector_budget_fraction;
-  req.pruner.p = config_.top_p;
+  StepParams(config_, layer, arrays.max_pages, &req.selector, &req.pruner);
   req.pruner.seq_p = seq_p.empty() ? nullptr : seq_p.data();
-  req.pruner.dense = dense;
   req.capture_kept = im.capture_kept.load(std::memory_order_relaxed);
 
   req.step_id = ++im.decode_count;
@@ -512,6 +578,144 @@ absl::Status Runtime::Decode(int32_t layer, absl::Span<const SeqId> seqs, const 
   }
   t->ms_total = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
                                                           t_start).count();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> Runtime::BindBatch(absl::Span<const SeqId> seqs, int32_t max_tokens) {
+  Impl& im = *impl_;
+  std::unique_lock lock(im.mu);
+  absl::StatusOr<std::unique_ptr<BoundBatch>> b = BoundBatches::Build(*im.table, seqs, max_tokens);
+  if (!b.ok()) return b.status();
+  if (int64_t((*b)->num_seqs()) * config_.num_q_heads > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError("batch: too many sequences x query heads");
+  }
+  if (im.backend->Kind() == BackendKind::kGpuOffload) {
+    // Its fetch stage still decides on the host (sequence groups, the cache plan's step
+    // stamps, the copy-engine path's fetch list), so a step could not be replayed.
+    return absl::UnimplementedError(
+        "batch: bound batches are not supported by the GPU offload backend yet (its fetch "
+        "stage plans on the host); use the GPU HBM backend, or twl_decode");
+  }
+  if (im.backend->Kind() != BackendKind::kCpu) {
+    BoundShape shape;
+    shape.num_seqs = (*b)->num_seqs();
+    shape.max_pages = (*b)->max_pages;
+    PrunerParams unused;
+    // The non-dense layers' selector (dense layers run dense attention, no selection).
+    StepParams(config_, config_.num_layers - 1, shape.max_pages, &shape.selector, &unused);
+    shape.selector.kind = config_.selector;
+    absl::StatusOr<std::unique_ptr<BoundTables>> dev =
+        im.backend->CreateBoundTables(shape, (*b)->words);
+    if (!dev.ok()) return dev.status();
+    (*b)->device = std::move(*dev);
+  }
+  return im.bound.Add(std::move(*b));
+}
+
+absl::Status Runtime::UnbindBatch(int64_t batch) {
+  Impl& im = *impl_;
+  std::unique_lock lock(im.mu);
+  absl::StatusOr<std::unique_ptr<BoundBatch>> b = im.bound.Remove(batch);
+  if (!b.ok()) return b.status();
+  // Device memory a queued step may still read: the backend's BoundTables waits in its
+  // destructor for the work queued on the device so far.
+  return absl::OkStatus();
+}
+
+absl::Status Runtime::DecodeBatch(int64_t batch, int32_t layer, const void* q, void* out,
+                                  DType dtype, void* stream) {
+  Impl& im = *impl_;
+  if (layer < 0 || layer >= config_.num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("decode batch: layer %d out of range [0, %d)", layer, config_.num_layers));
+  }
+  if (q == nullptr || out == nullptr) {
+    return absl::InvalidArgumentError("decode batch: null q or out");
+  }
+  if (!IsValidDType(dtype)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("decode batch: unknown dtype %d", static_cast<int32_t>(dtype)));
+  }
+  std::unique_lock lock(im.mu);
+  BoundBatch* b = im.bound.Find(batch);
+  if (b == nullptr) return absl::NotFoundError(absl::StrFormat("decode batch: unknown batch %d", batch));
+  const int32_t n = b->num_seqs();
+  // Lengths only grow while bound (no free, no shrink), so a check passed here (also while a
+  // graph is being captured) holds for every later replay.
+  const int32_t* lens = b->Layer(layer);
+  for (int32_t i = 0; i < n; ++i) {
+    if (lens[i] == 0) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "decode batch: sequence %d (entry %d) has no tokens in layer %d", b->seqs[size_t(i)], i,
+          layer));
+    }
+  }
+  if (b->device) {
+    BoundDecodeRequest req;
+    req.layer = layer;
+    req.tables = b->device.get();
+    req.num_seqs = n;
+    req.num_q_heads = config_.num_q_heads;
+    req.max_pages = b->max_pages;
+    req.q = q;
+    req.out = out;
+    req.dtype = dtype;
+    StepParams(config_, layer, b->max_pages, &req.selector, &req.pruner);
+    req.stream = stream;
+    return im.backend->DecodeBound(req);
+  }
+  // CPU store: the host mirror is the plan (same stride as the device copy would have).
+  BatchView view;
+  view.num_seqs = n;
+  view.num_q_heads = config_.num_q_heads;
+  view.seq_len = lens;
+  view.page_table = lens + n;
+  view.max_pages = b->max_pages;
+  const int64_t elems = int64_t(n) * config_.num_q_heads * config_.head_dim;
+  std::vector<fp16_t> q16, out16;
+  const fp16_t* qh = static_cast<const fp16_t*>(q);
+  fp16_t* oh = static_cast<fp16_t*>(out);
+  if (dtype != DType::kFp16) {
+    q16.resize(size_t(elems));
+    out16.resize(size_t(elems));
+    ConvertToFp16(q, dtype, elems, q16.data());
+    qh = q16.data();
+    oh = out16.data();
+  }
+  DecodeRequest req;
+  req.layer = layer;
+  req.batch = view;
+  req.q = qh;
+  req.out = oh;
+  req.space = MemSpace::kHost;
+  req.stream = stream;
+  StepParams(config_, layer, b->max_pages, &req.selector, &req.pruner);
+  req.step_id = ++im.decode_count;
+  TWL_RETURN_IF_ERROR_RT(im.backend->Decode(req, nullptr));
+  if (dtype != DType::kFp16) ConvertFromFp16(out16.data(), dtype, elems, out);
+  return absl::OkStatus();
+}
+
+absl::Status Runtime::BatchTables(int64_t batch, int32_t layer, bool device,
+                                  std::vector<int32_t>* lens, std::vector<int32_t>* pages,
+                                  int32_t* max_pages) const {
+  Impl& im = *impl_;
+  if (layer < 0 || layer >= config_.num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("batch tables: layer %d out of range [0, %d)", layer, config_.num_layers));
+  }
+  std::unique_lock lock(im.mu);
+  BoundBatch* b = im.bound.Find(batch);
+  if (b == nullptr) return absl::NotFoundError(absl::StrFormat("batch tables: unknown batch %d", batch));
+  const int32_t n = b->num_seqs();
+  std::vector<int32_t> words(b->Layer(layer), b->Layer(layer) + b->WordsPerLayer());
+  if (device && b->device) {
+    TWL_RETURN_IF_ERROR_RT(im.backend->ReadBoundTables(b->device.get(), layer,
+                                                       absl::MakeSpan(words)));
+  }
+  if (lens) lens->assign(words.begin(), words.begin() + n);
+  if (pages) pages->assign(words.begin() + n, words.end());
+  if (max_pages) *max_pages = b->max_pages;
   return absl::OkStatus();
 }
 
@@ -540,7 +744,7 @@ absl::Status Runtime::ReadKv(SeqId seq, int32_t layer, std::vector<fp16_t>* k,
 MemoryUsage Runtime::Memory() const {
   std::shared_lock lock(impl_->mu);
   MemoryUsage m = impl_->backend->Memory();
-  m.host_table_bytes = impl_->table->TableBytes();
+  m.host_table_bytes = impl_->table->TableBytes() + impl_->bound.HostBytes();
   if (impl_->disk_tier) return m;  // the backend knows which pages are on the host
   // Pages have a fixed size, so the used share of the pool is the used share of the ids.
   m.host_pool_bytes_used = static_cast<int64_t>(double(m.host_pool_bytes_total) *

@@ -196,6 +196,25 @@ class Runtime {
                       fp16_t* out, MemSpace space, absl::Span<const float> seq_p,
                       void* stream, StepTelemetry* telemetry);
 
+  // Bound batches (runtime/bound_batch.h, issue 11.3): `seqs` (distinct, existing) bound
+  // for decode steps of fixed shape, rows of max_tokens tokens. While bound, every append to
+  // one of them also updates the batch's tables (host mirror and device copy, on the append's
+  // stream), an append past max_tokens fails (FailedPrecondition, nothing appended) and the
+  // sequence cannot be freed (FailedPrecondition). Unimplemented on the GPU offload backend.
+  absl::StatusOr<int64_t> BindBatch(absl::Span<const SeqId> seqs, int32_t max_tokens);
+  absl::Status UnbindBatch(int64_t batch);
+  // One decode step of `layer` for the whole batch. q and out: [n][num_q_heads][head_dim] of
+  // dtype; device memory on GPU backends (capturable in a CUDA graph: no host plan, no
+  // allocation, no host wait, no event wait while `stream` is capturing, no telemetry), host
+  // memory on the CPU backend (synchronous).
+  absl::Status DecodeBatch(int64_t batch, int32_t layer, const void* q, void* out, DType dtype,
+                           void* stream);
+  // The batch's tables of `layer`: lengths [n] and page table [n][max_pages] (-1 past each
+  // sequence's pages); `device`: read the device copy (GPU backends; waits for the appends),
+  // else the host mirror.
+  absl::Status BatchTables(int64_t batch, int32_t layer, bool device, std::vector<int32_t>* lens,
+                           std::vector<int32_t>* pages, int32_t* max_pages) const;
+
   // Reads back a sequence's cached FP16 K/V of one layer ([len][num_kv_heads][head_dim]).
   absl::Status ReadKv(SeqId seq, int32_t layer, std::vector<fp16_t>* k,
                       std::vector<fp16_t>* v) const;

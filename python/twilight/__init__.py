@@ -15,9 +15,9 @@ import ctypes
 from typing import Callable, Dict, Optional
 
 from . import _lib
-from ._runtime import Runtime, TwilightError
+from ._runtime import BoundBatch, Runtime, TwilightError
 
-__all__ = ["Runtime", "TwilightError", "version", "capabilities", "set_log_callback",
+__all__ = ["BoundBatch", "Runtime", "TwilightError", "version", "capabilities", "set_log_callback",
            "library_path", "__version__"]
 
 __version__ = "0.2.0"

@@ -236,3 +236,15 @@ twl_append_batch = _declare("twl_append_batch", status,
 twl_get_capabilities = _declare("twl_get_capabilities", status, [P(Capabilities)], optional=True)
 twl_set_log_callback = _declare("twl_set_log_callback", None,
                                 [LOG_CALLBACK, ctypes.c_void_p, ctypes.c_int32], optional=True)
+# Bound batches (issue 11.3): decode steps with fixed shapes, capturable in a CUDA graph.
+batch_id_t = ctypes.c_int64
+twl_batch_create = _declare("twl_batch_create", status,
+                            [rt_p, P(seq_id_t), ctypes.c_int32, ctypes.c_int32, P(batch_id_t)],
+                            optional=True)
+twl_batch_free = _declare("twl_batch_free", status, [rt_p, batch_id_t], optional=True)
+twl_decode_batch = _declare("twl_decode_batch", status,
+                            [rt_p, batch_id_t, ctypes.c_int32, vp, vp, ctypes.c_int32, vp],
+                            optional=True)
+twl_batch_tables = _declare("twl_batch_tables", status,
+                            [rt_p, batch_id_t, ctypes.c_int32, vp, ctypes.c_int64, vp,
+                             ctypes.c_int64, P(ctypes.c_int32)], optional=True)

@@ -280,6 +280,20 @@ class Runtime:
         _check(code, self._handle)
         return out
 
+    def bind_batch(self, seqs: Sequence[int], max_tokens: int) -> "BoundBatch":
+        """Binds `seqs` for decode steps of fixed shape (twl_batch_create): the runtime keeps
+        their lengths and page tables (rows of max_tokens tokens) current on every append, so
+        BoundBatch.decode needs no host work and can be captured in a CUDA graph (GPU HBM
+        backend; the CPU backend decodes it eagerly, like decode). While bound, an append past
+        max_tokens and free_sequence of a member raise TWL_FAILED_PRECONDITION."""
+        if _lib.twl_batch_create is None:
+            raise TwilightError(9, f"{_lib.lib_path} has no twl_batch_create")
+        n = len(seqs)
+        out = _lib.batch_id_t()
+        _check(_lib.twl_batch_create(self._h(), (_lib.seq_id_t * n)(*seqs), n, int(max_tokens),
+                                     ctypes.byref(out)), self._handle)
+        return BoundBatch(self, out.value, list(seqs), int(max_tokens))
+
     def _check_device(self, v) -> None:
         if v.space == _lib.MEMORY_DEVICE and v.device is not None and v.device != self.device_id:
             raise ValueError(f"tensor on cuda:{v.device}, runtime on cuda:{self.device_id}")
@@ -322,3 +336,50 @@ class Runtime:
         _check(_lib.twl_sequence_restore(self._h(), os.fsencode(path), ctypes.byref(out)),
                self._handle)
         return out.value
+
+
+class BoundBatch:
+    """A bound batch (Runtime.bind_batch). decode(layer, q) decodes every member in bind order;
+    tables(layer) gives (lengths, page table) as the device sees them; free() unbinds (also
+    done when the runtime closes)."""
+
+    def __init__(self, runtime: Runtime, batch_id: int, seqs, max_tokens: int):
+        self.runtime, self.id, self.seqs, self.max_tokens = runtime, batch_id, seqs, max_tokens
+
+    def decode(self, layer: int, q, out=None, stream=None):
+        """q [num_seqs, num_q_heads, head_dim] (float16, bfloat16 or float32; host arrays on the
+        CPU backend, CUDA tensors on GPU backends); out allocated like q when None; returned."""
+        rt = self.runtime
+        if out is None:
+            out = empty_like(q)
+        qv, ov = view(q, "q"), view(out, "out", writable=True)
+        expect = len(self.seqs) * rt.num_q_heads * rt.head_dim
+        if qv.numel != expect or ov.numel != expect:
+            raise ValueError(f"q and out must each hold num_seqs * num_q_heads * head_dim = "
+                             f"{expect} elements (got {qv.numel} and {ov.numel})")
+        if qv.dtype != ov.dtype or qv.space != ov.space:
+            raise ValueError("q and out must have the same dtype and memory space")
+        st = cuda_stream_of(q, stream) if qv.space == _lib.MEMORY_DEVICE else None
+        _check(_lib.twl_decode_batch(rt._h(), self.id, layer, qv.ptr, ov.ptr, qv.dtype, st),
+               rt._handle)
+        return out
+
+    def tables(self, layer: int):
+        """(lengths [n], page table [n, max_pages]) of `layer` as int32 numpy arrays; page ids
+        past a sequence's pages are -1."""
+        import numpy as np
+        rt = self.runtime
+        n = len(self.seqs)
+        mp = ctypes.c_int32()
+        _check(_lib.twl_batch_tables(rt._h(), self.id, layer, None, 0, None, 0, ctypes.byref(mp)),
+               rt._handle)
+        lens = np.empty(n, np.int32)
+        pages = np.empty((n, mp.value), np.int32)
+        _check(_lib.twl_batch_tables(rt._h(), self.id, layer, lens.ctypes.data, n,
+                                     pages.ctypes.data, pages.size, None), rt._handle)
+        return lens, pages
+
+    def free(self) -> None:
+        if self.id:
+            _check(_lib.twl_batch_free(self.runtime._h(), self.id), self.runtime._handle)
+            self.id = 0

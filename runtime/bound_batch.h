@@ -1,0 +1,93 @@
+// Bound batches (issue 11.3): a fixed set of sequences whose per-layer lengths and page tables
+// the runtime keeps current itself, with a row stride fixed at bind time by max_tokens, so that
+// a decode step over them needs no host-built plan and can be captured in a CUDA graph.
+//
+// This file is the host bookkeeping, backend-free: which sequences are bound where, the host
+// mirror of every batch's tables, the max_tokens check of an append, and the words an append
+// changes (the Runtime applies them to the mirror and hands them to the backend, which writes
+// the same words into the batch's device copy on the append's stream).
+//
+// Layout of one layer's words (host mirror and device copy alike):
+//   [0, n)                          lengths, one per sequence of the batch (bind order)
+//   [n + i * max_pages, ... + max_pages)  page ids of sequence i; entries past its pages: -1
+// Layers follow each other: word offset of layer l is l * WordsPerLayer().
+//
+// Thread-safety: none; the Runtime calls it under its exclusive lock.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "cache/sequence_table.h"
+#include "runtime/backend.h"  // BoundTables (the device copy; null on the CPU), TableWrite
+
+namespace twl {
+
+
+struct BoundBatch {
+  std::vector<SeqId> seqs;
+  int32_t num_layers = 0;
+  int32_t page_size = 0;
+  int32_t max_tokens = 0;
+  int32_t max_pages = 0;      // ceil(max_tokens / page_size): the page-table row stride
+  std::vector<int32_t> words;  // host mirror, [num_layers][WordsPerLayer()]
+  std::unique_ptr<BoundTables> device;
+
+  int32_t num_seqs() const { return static_cast<int32_t>(seqs.size()); }
+  int64_t WordsPerLayer() const { return int64_t(num_seqs()) * (1 + int64_t(max_pages)); }
+  const int32_t* Layer(int32_t layer) const { return words.data() + layer * WordsPerLayer(); }
+  int32_t* Layer(int32_t layer) { return words.data() + layer * WordsPerLayer(); }
+};
+
+// Largest words per layer of a batch (lengths + page table): write indices are int32.
+inline constexpr int64_t kMaxBoundWordsPerLayer = int64_t(1) << 30;
+
+class BoundBatches {
+ public:
+  // Validates the arguments against `table` and builds the batch with its host mirror filled
+  // from the table (not yet registered). InvalidArgument: empty list, duplicate id,
+  // max_tokens < 1, a sequence already longer than max_tokens in some layer, tables too large;
+  // NotFound: an unknown id.
+  static absl::StatusOr<std::unique_ptr<BoundBatch>> Build(const SequenceTable& table,
+                                                           absl::Span<const SeqId> seqs,
+                                                           int32_t max_tokens);
+  // Registers a built batch; returns its id (never reused, >= 1).
+  int64_t Add(std::unique_ptr<BoundBatch> batch);
+  BoundBatch* Find(int64_t id);
+  // Unregisters and returns the batch (NotFound for an unknown id).
+  absl::StatusOr<std::unique_ptr<BoundBatch>> Remove(int64_t id);
+  // Some batch holding `seq`, or 0 when none does.
+  int64_t BatchOf(SeqId seq) const;
+  int64_t size() const { return int64_t(batches_.size()); }
+  // Host bytes of the mirrors (counted in MemoryUsage::host_table_bytes).
+  int64_t HostBytes() const {
+    int64_t bytes = 0;
+    for (const auto& [id, b] : batches_) bytes += int64_t(b->words.size() * sizeof(int32_t));
+    return bytes;
+  }
+
+  // FailedPrecondition when the planned append would take a bound sequence past a batch's
+  // max_tokens (checked before anything is written).
+  absl::Status CheckAppend(const AppendPlan& plan) const;
+  // The words `plan` changes in every batch that holds its sequence: the length and the page
+  // entries from the first one the plan replaces (copy-on-write) or adds. Appended to *out.
+  void CollectWrites(const AppendPlan& plan,
+                     std::vector<std::pair<BoundBatch*, TableWrite>>* out) const;
+  // Applies writes of `layer` to a batch's host mirror.
+  static void ApplyToMirror(BoundBatch* batch, int32_t layer, absl::Span<const TableWrite> w);
+
+ private:
+  std::map<int64_t, std::unique_ptr<BoundBatch>> batches_;
+  // Sequence -> (batch id, row) for every batch holding it.
+  absl::flat_hash_map<SeqId, std::vector<std::pair<int64_t, int32_t>>> rows_;
+  int64_t next_id_ = 1;
+};
+
+}  // namespace twl
