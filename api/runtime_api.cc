@@ -402,6 +402,8 @@ twl_status twl_runtime_last_step(const twl_runtime* rt, twl_step_stats* out) noe
         stats.disk_pages_spilled = t.disk_pages_spilled;
         stats.ms_disk = t.ms_disk;
         stats.step = t.step_id;
+        stats.blocks_in_place = t.blocks_in_place;
+        stats.bytes_in_place = t.bytes_in_place;
       }
     }
     twl::api::WriteOut(stats, out);

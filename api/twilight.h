@@ -410,6 +410,12 @@ typedef struct twl_step_stats {
    * first, counting every twl_decode of any thread); a reader polling after each decode sees
    * a new step when it changes. 0 before any. */
   int64_t step;
+  /* Appended after step (GPU offload store; 0 elsewhere): of blocks_fetched, the blocks the
+   * GPU cache's residency policy did not admit, read in place from host memory (only their
+   * kept rows cross the bus), and the bytes of those rows (included in bytes_h2d). The
+   * rest of bytes_h2d is whole blocks fetched into the cache. */
+  int64_t blocks_in_place;
+  int64_t bytes_in_place;
 } twl_step_stats;
 
 /* Scalars of the last step into *out (out->struct_size set by the caller).

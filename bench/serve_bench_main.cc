@@ -261,6 +261,7 @@ struct Result {
   double ms_select = 0, ms_prune = 0, ms_fetch = 0, ms_attend = 0;
   double ms_append = NAN;  // per layer-step, host wall time of the appends alone
   double hit_rate = NAN, mb_h2d = 0, kept_kv = 0, kept_q = 0;
+  double mb_in_place = 0;  // of mb_h2d: kept rows read in place (not admitted to the cache)
   double gpu_mem_ratio = NAN;  // GPU bytes of the runtime / FP16 KV bytes cached now
   // GPU bytes / the FP16 pool's capacity: the runtime sizes its GPU stores (INT4 K, selector
   // metadata, cache) by the pool, which this benchmark sizes for the largest batch it can hold
@@ -624,7 +625,7 @@ Result Config::Run() {
 
   double wall_ms = 0, gpu_ms = 0, append_ms = 0, churn_ms = 0;
   int32_t measured = 0, churn_count = 0;
-  double sel = 0, pru = 0, fet = 0, att = 0, hit = 0, h2d = 0, kkv = 0, kq = 0;
+  double sel = 0, pru = 0, fet = 0, att = 0, hit = 0, h2d = 0, kkv = 0, kq = 0, inplace = 0;
   int32_t tele = 0;
   int64_t last_step_id = -1;  // telemetry already counted
   int32_t step = 0;
@@ -661,6 +662,7 @@ Result Config::Run() {
         att += s.ms_attend;
         hit += s.cache_hit_rate;
         h2d += double(s.bytes_h2d);
+        inplace += double(s.bytes_in_place);
         kkv += s.mean_kept_tokens_kv;
         kq += s.mean_kept_tokens;
         ++tele;
@@ -690,6 +692,7 @@ Result Config::Run() {
     res.ms_attend = att / tele;
     res.hit_rate = hit / tele;
     res.mb_h2d = h2d / tele / 1e6;
+    res.mb_in_place = inplace / tele / 1e6;
     res.kept_kv = kkv / tele;
     res.kept_q = kq / tele;
   }
@@ -828,7 +831,8 @@ int Main(int argc, char** argv) {
                       "append ms", "sel", "prune", "fetch", "attend", "hit", "MB h2d",
                       "kept kv", "gpu/kv", "gpu/pool", "prefill GB/s", "min mass", "mass ok",
                       "med err", "max err", "err/oracle med", "err/oracle max",
-                      "oracle kept", "sample kept kv", "oracle union kv", "baseline"});
+                      "oracle kept", "sample kept kv", "oracle union kv", "baseline",
+                      "MB in place"});
   table.title = "serving loop: per layer-step with appends (wall time), accuracy vs dense";
   const int32_t n_total = int32_t(shapes.size() * batches.size() * workloads.size() * methods.size());
   int32_t done = 0;
@@ -862,12 +866,14 @@ int Main(int argc, char** argv) {
                         Cell(r.min_mass, 3), Cell(r.frac_mass_ok, 3), Cell(r.median_err, 3),
                         Cell(r.max_err, 3), Cell(r.median_err_ratio, 3),
                         Cell(r.max_err_ratio, 3), Cell(r.median_oracle_kept, 4),
-                        Cell(r.sample_attended, 4), Cell(r.sample_oracle_union, 4), base_name});
+                        Cell(r.sample_attended, 4), Cell(r.sample_oracle_union, 4), base_name,
+                        Cell(r.mb_in_place, 3)});
           std::fprintf(stderr,
                        "    %.4f ms/layer-step (%.3fx %s), gpu %.4f ms, min true mass %.3f, "
-                       "max err %.3g (%.1f s)\n",
+                       "max err %.3g, hit %.3f, MB h2d %.1f (in place %.1f) (%.1f s)\n",
                        r.ms_layer_step, ratio, base_name.c_str(), r.gpu_ms_layer_step,
-                       r.min_mass, r.max_err, MsSince(t0) / 1000);
+                       r.min_mass, r.max_err, r.hit_rate, r.mb_h2d, r.mb_in_place,
+                       MsSince(t0) / 1000);
           if (w == workloads.front() && shape.Name() == shapes.front().Name()) {
             plot_points[m.name].push_back({double(B), r.ms_layer_step});
             if (!std::isnan(base_ms)) plot_points["dense " + base_name].push_back({double(B), base_ms});

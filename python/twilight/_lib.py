@@ -101,6 +101,8 @@ class StepStats(ctypes.Structure):
         ("disk_pages_spilled", ctypes.c_int64),
         ("ms_disk", ctypes.c_double),
         ("step", ctypes.c_int64),  # appended in 0.2: which decode the figures describe
+        ("blocks_in_place", ctypes.c_int64),  # appended: GPU cache misses read in place
+        ("bytes_in_place", ctypes.c_int64),
     ]
 
 
