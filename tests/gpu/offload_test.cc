@@ -240,6 +240,7 @@ TEST(OffloadCachePlanTest, DeviceMatchesPolicy) {
         std::vector<int32_t> cc(size_t(ns) * H), cd(size_t(ns) * H);
         ASSERT_OK(gpu::CopyToHost(cc.data(), a.d_count_cache, cc.size() * 4));
         ASSERT_OK(gpu::CopyToHost(cd.data(), a.d_count_direct, cd.size() * 4));
+        ASSERT_LE(c.fetched, num_slots);
         std::vector<FetchEntry> fetch(static_cast<size_t>(std::max(c.fetched, 0)));
         if (c.fetched > 0) {
           ASSERT_OK(gpu::CopyToHost(fetch.data(), a.d_fetch, fetch.size() * sizeof(FetchEntry)));
@@ -276,6 +277,8 @@ TEST(OffloadCachePlanTest, DeviceMatchesPolicy) {
         EXPECT_EQ(c.hits + c.fetched, resident_needed);
         std::set<int32_t> fetch_slots;
         for (const FetchEntry& e : fetch) {
+          ASSERT_TRUE(e.block >= 0 && e.block < num_blocks) << "fetch entry block " << e.block;
+          ASSERT_TRUE(e.slot >= 0 && e.slot < num_slots) << "fetch entry slot " << e.slot;
           EXPECT_TRUE(fetch_slots.insert(e.slot).second);
           EXPECT_EQ(sob[size_t(e.block)], e.slot);
           EXPECT_LT(sob_before[size_t(e.block)], 0) << "fetched a resident block";
