@@ -411,6 +411,8 @@ twl_status twl_runtime_last_step(const twl_runtime* rt, twl_step_stats* out) noe
         stats.disk_pages_read_ahead = t.disk_pages_read_ahead;
         stats.disk_waits = t.disk_waits;
         stats.ms_disk_wait = t.ms_disk_wait;
+        stats.blocks_in_place = t.blocks_in_place;
+        stats.bytes_in_place = t.bytes_in_place;
       }
     }
     twl::api::WriteOut(stats, out);

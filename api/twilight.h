@@ -420,6 +420,12 @@ typedef struct twl_step_stats {
   int64_t disk_pages_read_ahead;  /* pages whose read-ahead was started after this step */
   int64_t disk_waits;             /* times this step blocked on a disk read */
   double ms_disk_wait;            /* time blocked on disk reads */
+  /* Appended after the disk fields (GPU offload store; 0 elsewhere): of blocks_fetched, the blocks the
+   * GPU cache's residency policy did not admit, read in place from host memory (only their
+   * kept rows cross the bus), and the bytes of those rows (included in bytes_h2d). The
+   * rest of bytes_h2d is whole blocks fetched into the cache. */
+  int64_t blocks_in_place;
+  int64_t bytes_in_place;
 } twl_step_stats;
 
 /* Scalars of the last step into *out (out->struct_size set by the caller).

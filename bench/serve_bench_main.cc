@@ -278,6 +278,7 @@ struct Result {
   double ms_append = NAN;  // per layer-step, host wall time of the appends alone
   double ms_issue = NAN;   // per layer-step, host time until every call of the step returned
   double hit_rate = NAN, mb_h2d = 0, kept_kv = 0, kept_q = 0;
+  double mb_in_place = 0;  // of mb_h2d: kept rows read in place (not admitted to the cache)
   double gpu_mem_ratio = NAN;  // GPU bytes of the runtime / FP16 KV bytes cached now
   // GPU bytes / the FP16 pool's capacity: the runtime sizes its GPU stores (INT4 K, selector
   // metadata, cache) by the pool, which this benchmark sizes for the largest batch it can hold
@@ -662,7 +663,7 @@ Result Config::Run() {
 
   double wall_ms = 0, gpu_ms = 0, issue_ms = 0, append_ms = 0, churn_ms = 0;
   int32_t measured = 0, churn_count = 0;
-  double sel = 0, pru = 0, fet = 0, att = 0, hit = 0, h2d = 0, kkv = 0, kq = 0;
+  double sel = 0, pru = 0, fet = 0, att = 0, hit = 0, h2d = 0, kkv = 0, kq = 0, inplace = 0;
   double disk_bytes = 0, disk_waits = 0, disk_ahead = 0;
   int64_t disk_read = 0;  // bytes read from storage during the measured steps
   int32_t tele = 0;
@@ -710,6 +711,7 @@ Result Config::Run() {
         att += s.ms_attend;
         hit += s.cache_hit_rate;
         h2d += double(s.bytes_h2d);
+        inplace += double(s.bytes_in_place);
         kkv += s.mean_kept_tokens_kv;
         kq += s.mean_kept_tokens;
         disk_bytes += double(s.disk_bytes_read);
@@ -743,6 +745,7 @@ Result Config::Run() {
     res.ms_attend = att / tele;
     res.hit_rate = hit / tele;
     res.mb_h2d = h2d / tele / 1e6;
+    res.mb_in_place = inplace / tele / 1e6;
     res.kept_kv = kkv / tele;
     res.kept_q = kq / tele;
     if (method_.disk) {
@@ -908,7 +911,7 @@ int Main(int argc, char** argv) {
                       "med err", "max err", "err/oracle med", "err/oracle max",
                       "oracle kept", "sample kept kv", "oracle union kv", "baseline",
                       "host pool GiB", "KV GiB", "disk MB/s", "disk/seq", "disk/rand8k",
-                      "disk MB/step", "disk waits", "read-ahead pages"});
+                      "disk MB/step", "disk waits", "read-ahead pages", "MB in place"});
   table.title = "serving loop: per layer-step with appends (wall time), accuracy vs dense";
   const int32_t n_total = int32_t(shapes.size() * batches.size() * workloads.size() * methods.size());
   int32_t done = 0;
@@ -947,14 +950,14 @@ int Main(int argc, char** argv) {
                         Cell(probed ? r.disk_mb_s / (rates.seq_mib_s * 1.048576) : NAN, 3),
                         Cell(probed ? r.disk_mb_s / (rates.rand8k_mib_s * 1.048576) : NAN, 3),
                         Cell(r.disk_mb_step, 4), Cell(r.disk_waits, 3),
-                        Cell(r.disk_read_ahead, 4)});
+                        Cell(r.disk_read_ahead, 4), Cell(r.mb_in_place, 3)});
           std::fprintf(stderr,
                        "    %.4f ms/layer-step (%.3fx %s), gpu %.4f ms, host issue %.4f ms (append %.4f), "
-                       "sel/prune/fetch/attend %.3f/%.3f/%.3f/%.3f ms, hit %.3f, %.1f MB h2d, "
+                       "sel/prune/fetch/attend %.3f/%.3f/%.3f/%.3f ms, hit %.3f, %.1f MB h2d (in place %.1f), "
                        "min true mass %.3f, max err %.3g (%.1f s)\n",
                        r.ms_layer_step, ratio, base_name.c_str(), r.gpu_ms_layer_step,
                        r.ms_issue, r.ms_append, r.ms_select, r.ms_prune, r.ms_fetch,
-                       r.ms_attend, r.hit_rate, r.mb_h2d, r.min_mass, r.max_err,
+                       r.ms_attend, r.hit_rate, r.mb_h2d, r.mb_in_place, r.min_mass, r.max_err,
                        MsSince(t0) / 1000);
           if (w == workloads.front() && shape.Name() == shapes.front().Name()) {
             plot_points[m.name].push_back({double(B), r.ms_layer_step});

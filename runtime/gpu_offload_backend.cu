@@ -1237,6 +1237,8 @@ absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t)
   // Blocks read in place cross the bus too (their kept rows): not hits.
   t->blocks_fetched = st.cache.misses + st.direct_blocks;
   t->bytes_h2d = st.cache.misses * g_.FpBlockBytes() + st.direct_tokens * row_bytes;
+  t->blocks_in_place = st.direct_blocks;
+  t->bytes_in_place = st.direct_tokens * row_bytes;
   auto ms = [&](int32_t gi, int a, int b) {
     float v = 0;
     if (cudaEventElapsedTime(&v, TimeEvent(slot, gi, a), TimeEvent(slot, gi, b)) != cudaSuccess) {

@@ -104,6 +104,10 @@ struct StepTelemetry {
   // fetched or read in place. Empty for other backends.
   std::vector<int32_t> blocks_kv;
   std::vector<int32_t> resident_blocks_kv;
+  // Of blocks_fetched: blocks read in place (not admitted to the GPU cache), and their
+  // kept rows' bytes (part of bytes_h2d). GPU offload store only.
+  int64_t blocks_in_place = 0;
+  int64_t bytes_in_place = 0;
   int64_t blocks_needed = 0;   // FP16 blocks the attention reads
   int64_t blocks_fetched = 0;  // of those, fetched from host this step
   int64_t bytes_h2d = 0;

@@ -106,6 +106,8 @@ class StepStats(ctypes.Structure):
         ("disk_pages_read_ahead", ctypes.c_int64),
         ("disk_waits", ctypes.c_int64),
         ("ms_disk_wait", ctypes.c_double),
+        ("blocks_in_place", ctypes.c_int64),  # appended: GPU cache misses read in place
+        ("bytes_in_place", ctypes.c_int64),
     ]
 
 

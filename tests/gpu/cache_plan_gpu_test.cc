@@ -168,6 +168,7 @@ TEST_P(CachePlanGpuTest, AdmitsHighestValueMissesOverLowestValueSlots) {
     EXPECT_EQ(cc[size_t(u)], count[size_t(u)]) << "unit " << u;
     EXPECT_EQ(cd[size_t(u)], 0) << "unit " << u;
   }
+  ASSERT_LE(c.fetched, num_slots);
   std::vector<FetchEntry> fetch(static_cast<size_t>(std::max(c.fetched, 0)));
   TWL_ASSERT_OK(gpu::CopyToHost(fetch.data(), d_fetch.get(), fetch.size() * sizeof(FetchEntry)));
   std::vector<int32_t> sob2(sob.size()), bos2(bos.size());
@@ -180,6 +181,7 @@ TEST_P(CachePlanGpuTest, AdmitsHighestValueMissesOverLowestValueSlots) {
   std::set<int32_t> victims, fetched_blocks;
   for (const FetchEntry& e : fetch) {
     ASSERT_TRUE(e.slot >= 0 && e.slot < num_slots);
+    ASSERT_TRUE(e.block >= 0 && e.block < num_blocks) << "fetch entry block " << e.block;
     EXPECT_TRUE(victims.insert(e.slot).second) << "slot fetched twice";
     EXPECT_TRUE(fetched_blocks.insert(e.block).second) << "block fetched twice";
     EXPECT_EQ(want_miss.count(e.block), 1u) << "fetched a block that was not missing";
@@ -236,8 +238,11 @@ TEST_P(CachePlanGpuTest, AdmitsHighestValueMissesOverLowestValueSlots) {
   EXPECT_EQ(c.hits + c.fetched + c.direct_blocks, hits + misses);
   std::vector<FetchEntry> after(static_cast<size_t>(num_slots));
   TWL_ASSERT_OK(gpu::CopyToHost(after.data(), d_fetch.get(), after.size() * sizeof(FetchEntry)));
+  ASSERT_LE(c.fetched, num_slots);
   for (int32_t i = 0; i < c.fetched; ++i) {
-    EXPECT_LT(sob2[size_t(after[size_t(i)].block)], 0) << "refetched a resident block";
+    const int32_t b = after[size_t(i)].block;
+    ASSERT_TRUE(b >= 0 && b < num_blocks) << "fetch entry " << i << " block " << b;
+    EXPECT_LT(sob2[size_t(b)], 0) << "refetched a resident block";
   }
   for (int32_t i = std::max(c.fetched, 0); i < num_slots; ++i) {
     ASSERT_EQ(after[size_t(i)].block, -9) << "wrote past the fetch list";
