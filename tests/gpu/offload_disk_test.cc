@@ -2,7 +2,8 @@
 // than the pinned host pool decodes like the same runtime with every page in the pool
 // (outputs within 1e-3, K/V read back bit for bit), with pages read back from disk and read
 // ahead across layers; a full disk during an append and read errors during a decode return
-// their status and lose nothing already appended; a retry then decodes as before.
+// their status and lose nothing already appended; a retry then decodes as before; a fork's
+// copy-on-write reads the shared page back from disk and the fork decodes like the host run.
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -280,6 +281,58 @@ TEST(GpuOffloadDisk, ReadErrorDuringDecodeIsReportedAndARetryMatches) {
   const absl::Status decoded = DecodeAll(b, disk, 1, &ob);
   ASSERT_TRUE(decoded.ok()) << decoded;
   ExpectSameOutputs(ob, oa);
+}
+
+TEST(GpuOffloadDisk, ForkCopyOnWriteReadsAndWritesThroughTheDiskTier) {
+  TWL_DISK_SKIP_WITHOUT_GPU();
+  TempDir dir;
+  const RuntimeConfig host = Config(), disk = DiskConfig(dir.path());
+  Model a, b;
+  ASSERT_TRUE(Fill(host, &a).ok());
+  ASSERT_TRUE(Fill(disk, &b).ok());
+  std::mt19937 rng(5);
+  const size_t tok = size_t(disk.num_kv_heads) * disk.head_dim;
+  const std::vector<fp16_t> k = RandomHalf(&rng, 5 * tok, 1.0f);
+  const std::vector<fp16_t> v = RandomHalf(&rng, 5 * tok, 1.0f);
+  // Sequence 0's pages went to disk first; its last page is partial (1000 = 62 * 16 + 8), so
+  // the fork's append copies it (CopyPage reads it back from disk).
+  std::vector<SeqId> forks;
+  for (Model* m : {&a, &b}) {
+    absl::StatusOr<SeqId> f = m->rt->ForkSequence(m->ids[0]);
+    ASSERT_TRUE(f.ok()) << f.status();
+    for (int32_t l = 0; l < kLayers; ++l) {
+      const absl::Status st =
+          m->rt->Append(*f, l, 5, k.data(), v.data(), DType::kFp16, MemSpace::kHost);
+      ASSERT_TRUE(st.ok()) << st;
+    }
+    forks.push_back(*f);
+  }
+  ExpectKvIntact(b);  // the parent is unchanged
+  for (int32_t l = 0; l < kLayers; ++l) {
+    std::vector<fp16_t> kk, vv;
+    ASSERT_TRUE(b.rt->ReadKv(forks[1], l, &kk, &vv).ok());
+    std::vector<fp16_t> want_k = b.k[size_t(l)][0], want_v = b.v[size_t(l)][0];
+    want_k.insert(want_k.end(), k.begin(), k.end());
+    want_v.insert(want_v.end(), v.begin(), v.end());
+    ASSERT_EQ(kk, want_k) << "layer " << l;
+    ASSERT_EQ(vv, want_v) << "layer " << l;
+  }
+  // The fork decodes like the all-in-host runtime's fork.
+  for (int32_t l = 0; l < kLayers; ++l) {
+    const std::vector<fp16_t> q = Queries(500 + l, disk);
+    const size_t one = q.size() / kBatch;
+    std::vector<fp16_t> oa(one), ob(one);
+    const SeqId fa = forks[0], fb = forks[1];
+    ASSERT_TRUE(a.rt->Decode(l, absl::MakeConstSpan(&fa, 1), q.data(), oa.data(),
+                             MemSpace::kHost, {}, nullptr, nullptr).ok());
+    const absl::Status st = b.rt->Decode(l, absl::MakeConstSpan(&fb, 1), q.data(), ob.data(),
+                                         MemSpace::kHost, {}, nullptr, nullptr);
+    ASSERT_TRUE(st.ok()) << st;
+    Outputs x, y;
+    x.out.push_back(ob);
+    y.out.push_back(oa);
+    ExpectSameOutputs(x, y);
+  }
 }
 
 }  // namespace
