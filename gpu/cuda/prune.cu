@@ -157,6 +157,13 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
       const int64_t per_group = cuda::kScoreWarps * cuda::kTilesPerWarp;
       int64_t bx = std::max<int64_t>(1, (16 * int64_t(gpu::SmCount()) + pairs - 1) / pairs);
       bx = std::min(bx, (tiles + per_group - 1) / per_group);
+      // Few pairs with many tiles (B = 1 at 128k: 16 blocks per SM gave every warp one group,
+      // so each block paid its page-table and query prologue for 35 KB and its cp.async
+      // stages never overlapped): at least 4 groups per warp, as long as that leaves one
+      // full wave (2 blocks per SM). Larger batches keep the split above.
+      const int64_t bx_groups = (tiles + 4 * per_group - 1) / (4 * per_group);
+      const int64_t bx_wave = (2 * int64_t(gpu::SmCount()) + pairs - 1) / pairs;
+      bx = std::min(bx, std::max(bx_groups, bx_wave));
       int64_t run = (tiles + bx - 1) / bx;
       const int64_t max_run = (int64_t(cuda::kScoreMaxPages - 2) * g.page_size) / 16;
       if (run > max_run) {

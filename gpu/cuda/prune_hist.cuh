@@ -439,6 +439,15 @@ __global__ void __launch_bounds__(kKeptThreads)
         }
       }
     }
+    // Every head's 8 scores loaded at once (one round trip per step, not one per head).
+    uint4 raws[kMaxGroup];
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      raws[j] = make_uint4(0u, 0u, 0u, 0u);
+      if (j < G && vmask && h_mode[j] == kModeTopP) {
+        raws[j] = LoadRaw8(scores + int64_t(sq0 + j) * shape.cand_stride, i0, c1, vec);
+      }
+    }
     uint32_t byte = 0;
 #pragma unroll
     for (int j = 0; j < kMaxGroup; ++j) {
@@ -451,7 +460,7 @@ __global__ void __launch_bounds__(kKeptThreads)
         uint32_t bmask = 0;  // bit k: slot i0 + k lies in the boundary bin
         uint64_t b2s = 0;    // its sub-bin in byte k
         if (vmask) {
-          const uint4 raw = LoadRaw8(scores + int64_t(sq0 + j) * shape.cand_stride, i0, c1, vec);
+          const uint4 raw = raws[j];
           const float mxj = h_mx[j];
           const int B1 = h_b1[j];
 #pragma unroll
