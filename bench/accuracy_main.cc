@@ -1046,6 +1046,18 @@ void RunRealText(const Options& o, GoalInputs* goals) {
       methods.push_back(
           MM(absl::StrFormat("quest alone %g%%", 100 * f), 1.0f, 4, CApiFactory(c, q)));
     }
+    // Double Sparsity at Quest's budgets (head dim 32 here: 4 channels scored).
+    x.selector = TWL_SELECTOR_DOUBLE_SPARSITY;
+    methods.push_back(
+        MM("twilight over double-sparsity 25% (int4)", tb::kGoalP, 4, CApiFactory(c, x)));
+    for (float f : {0.1f, 0.25f}) {
+      tb::CApiAttentionOptions q;
+      q.p = 1.0f;
+      q.selector = TWL_SELECTOR_DOUBLE_SPARSITY;
+      q.budget_fraction = f;
+      methods.push_back(MM(absl::StrFormat("double-sparsity alone %g%%", 100 * f), 1.0f, 4,
+                           CApiFactory(c, q)));
+    }
   }
   // Perplexity windows, evenly spaced over the held-out text.
   std::vector<std::vector<int32_t>> seqs;

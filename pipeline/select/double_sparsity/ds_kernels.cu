@@ -90,11 +90,11 @@ __device__ __forceinline__ Item ItemOf(const PageGeometry& g, const SelectorPara
   return it;
 }
 
-// Channel spreads sum k^2 - (sum k)^2 / n over the sequence's pages (summed in page order),
-// then the r largest (ties to the lower channel), ascending.
+// Channel weights (sum k^2 - (sum k)^2 / n over the sequence's pages, summed in page order,
+// times the group's sum of q_c^2), then the r largest (ties to the lower channel), ascending.
 __global__ void __launch_bounds__(kThreads)
-    DsChannelsKernel(PageGeometry g, SelectorParams params, BatchView batch, QuantKView qk,
-                     int32_t r, int32_t* channels) {
+    DsChannelsKernel(PageGeometry g, SelectorParams params, BatchView batch, QueryView q,
+                     QuantKView qk, int32_t r, int32_t* channels) {
   const Item it = ItemOf(g, params, batch, int32_t(blockIdx.x));
   if (it.all) return;
   __shared__ float sums[kMaxHeadDim];
@@ -108,7 +108,15 @@ __global__ void __launch_bounds__(kThreads)
       s1 = __fadd_rn(s1, m[c]);
       s2 = __fadd_rn(s2, m[D + c]);
     }
-    sums[c] = __fsub_rn(s2, __fdiv_rn(__fmul_rn(s1, s1), n));
+    const float spread = __fsub_rn(s2, __fdiv_rn(__fmul_rn(s1, s1), n));
+    const int32_t group = batch.num_q_heads / g.num_kv_heads;
+    float w = 0.0f;
+    for (int32_t j = 0; j < group; ++j) {
+      const float qv =
+          Hf(q.q[(int64_t(it.s) * batch.num_q_heads + it.h * group + j) * D + c]);
+      w = __fadd_rn(w, __fmul_rn(qv, qv));
+    }
+    sums[c] = __fmul_rn(spread, w);
   }
   __syncthreads();
   for (int c = threadIdx.x; c < D; c += blockDim.x) {
@@ -322,7 +330,7 @@ absl::Status LaunchDsSelect(const PageGeometry& g, const SelectorParams& params,
   auto* scores = reinterpret_cast<float*>(static_cast<char*>(workspace) +
                                           AlignUp(static_cast<size_t>(items) * size_t(r) * 4));
   cudaStream_t s = AsStream(stream);
-  DsChannelsKernel<<<unsigned(items), kThreads, 0, s>>>(g, params, batch, qk, r, channels);
+  DsChannelsKernel<<<unsigned(items), kThreads, 0, s>>>(g, params, batch, q, qk, r, channels);
   TWL_RETURN_IF_ERROR(LaunchStatus("DsChannelsKernel"));
   const size_t smem = size_t(group + 1) * size_t(r) * 4;
   if (smem > 48 * 1024) return absl::UnimplementedError("double sparsity: GQA group too large");

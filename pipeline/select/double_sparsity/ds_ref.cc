@@ -55,6 +55,21 @@ std::vector<float> DsChannelSpreadRef(const PageGeometry& g, const BatchView& ba
   return spread;
 }
 
+std::vector<float> DsChannelWeightRef(const PageGeometry& g, const std::vector<float>& spread,
+                                      const BatchView& batch, const QueryView& q, int32_t s,
+                                      int32_t h) {
+  const int32_t group = batch.num_q_heads / g.num_kv_heads;
+  std::vector<std::vector<float>> qr;
+  for (int32_t j = 0; j < group; ++j) qr.push_back(QueryRow(g, batch, q, s, h * group + j, 1.0f));
+  std::vector<float> weight(static_cast<size_t>(g.head_dim));
+  for (int32_t c = 0; c < g.head_dim; ++c) {
+    float w = 0.0f;  // query heads in order, as the kernel sums
+    for (int32_t j = 0; j < group; ++j) w += qr[size_t(j)][size_t(c)] * qr[size_t(j)][size_t(c)];
+    weight[size_t(c)] = spread[size_t(c)] * w;
+  }
+  return weight;
+}
+
 std::vector<int32_t> DsChooseChannelsRef(const float* channel_sums, int32_t head_dim,
                                          int32_t r) {
   std::vector<int32_t> ch(static_cast<size_t>(head_dim));
@@ -124,8 +139,9 @@ absl::Status DsSelectRef(const PageGeometry& g, const SelectorParams& params,
       out.count[item] = num_pages;
       return;
     }
-    const std::vector<float> spread = DsChannelSpreadRef(g, batch, qk, s, h);
-    const std::vector<int32_t> ch = DsChooseChannelsRef(spread.data(), g.head_dim, r);
+    const std::vector<float> weight =
+        DsChannelWeightRef(g, DsChannelSpreadRef(g, batch, qk, s, h), batch, q, s, h);
+    const std::vector<int32_t> ch = DsChooseChannelsRef(weight.data(), g.head_dim, r);
     const int32_t first = params.sink_pages;
     const int32_t last = num_pages - 1;  // ranked pages [first, last) are all full
     std::vector<float> score(static_cast<size_t>(num_pages), -INFINITY);

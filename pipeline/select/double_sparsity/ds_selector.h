@@ -1,17 +1,20 @@
 // Double Sparsity (Yang et al. 2024, arXiv 2408.07092): a few "outlier" channels of K carry
 // most of q.k, so scoring tokens with only those channels ranks them almost like the full
 // dot product at a fraction of the reads. Here, per (sequence, KV head):
-//   channels  the r = max(1, head_dim / 8) channels whose k varies most over the
-//             sequence's tokens (largest variance, from sums kept per block, see below),
-//             ascending channel index, ties to the lower channel. The paper calibrates
-//             channels offline per layer and head; choosing them from the prefix's own K
-//             statistics needs no calibration data and no per-sequence state (the sums are
+//   channels  the r = max(1, head_dim / 8) channels with the largest var_c * sum_j q_jc^2:
+//             var_c the variance of k_c over the sequence's tokens (from sums kept per
+//             block, see below), q_j the GQA group's queries of this step; ascending channel
+//             index, ties to the lower channel. var_c * q_c^2 is channel c's expected share
+//             of the spread of q.k over the tokens, i.e. of what ranks them. The paper
+//             calibrates channels offline per layer and head from Q and K; this needs no
+//             calibration data and no per-sequence state (the K sums are the prefix's own,
 //             recomputed from the per-block metadata at every step, so a longer prefix
-//             refines them). Variance rather than mean |k|: a channel with a large constant
-//             offset (the usual K outlier) adds nearly the same q_c * k_c to every token and
-//             so cannot rank them; only the spread around the mean does. On the synthetic
-//             workload at CI size (context 2048, 4 offset channels of magnitude 6), mean |k|
-//             kept 0.56 of the attention mass at a 16% budget, variance 0.72.
+//             refines them). Variance, not mean |k|: a channel with a large constant offset
+//             (the usual K outlier) adds nearly the same q_c * k_c to every token and cannot
+//             rank them. Measured on the synthetic workload at CI size (context 2048, 16%
+//             budget, union mass): mean |k| 0.56, variance alone 0.72, variance * q^2 0.82
+//             (Quest 0.82); on the byte-level model with RoPE (head dim 32) variance alone
+//             raised perplexity by 89% at a 25% budget (bench/ACCURACY.md).
 //   score     per ranked page, max over its rows and the GQA group's query heads of
 //             sum_{c in channels} q_c * k~_c, with k~ the dequantized estimation copy of K
 //             (INT2/4/8 codes, either k_scheme): no label cache, the estimation store
@@ -56,7 +59,12 @@ void DsUpdateBlocksRef(const PageGeometry& g, const int32_t* pages, const int32_
 // from the block sums of (sequence s, KV head h).
 std::vector<float> DsChannelSpreadRef(const PageGeometry& g, const BatchView& batch,
                                       const QuantKView& qk, int32_t s, int32_t h);
-// The r channels with the largest statistics (ties to the lower channel), ascending.
+// The channel weights the choice ranks by: spread_c times the sum over the GQA group's query
+// heads of q_c^2 (the expected share of channel c in the spread of q.k over the tokens).
+std::vector<float> DsChannelWeightRef(const PageGeometry& g, const std::vector<float>& spread,
+                                      const BatchView& batch, const QueryView& q, int32_t s,
+                                      int32_t h);
+// The r channels with the largest weights (ties to the lower channel), ascending.
 std::vector<int32_t> DsChooseChannelsRef(const float* channel_sums, int32_t head_dim,
                                          int32_t r);
 // The selection (SelectionView: pages ascending, count; bound/limit untouched).
