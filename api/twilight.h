@@ -679,7 +679,8 @@ TWL_API twl_status twl_batch_free(twl_runtime* rt, twl_batch_id batch) TWL_NOEXC
  * [num_seqs][num_q_heads][head_dim] of dtype (FP16, BF16 or FP32; BF16/FP32 are converted on
  * the stream into the batch's own buffers). GPU backends: device memory, enqueued on `stream`
  * (NULL: the runtime's own stream, not capturable), never blocking the host; capturable (see
- * above). CPU backend: host memory, synchronous.
+ * above). CPU backend: host memory, synchronous. Every sequence uses the runtime's top_p (no
+ * per-sequence p).
  * Status: TWL_OK; TWL_INVALID_ARGUMENT (rt/q/out NULL, layer or dtype out of range, device
  *   pointers misaligned: q 16 bytes, out 2); TWL_NOT_FOUND (unknown batch);
  *   TWL_FAILED_PRECONDITION (a sequence has no token in the layer); TWL_INTERNAL. out is
