@@ -679,8 +679,8 @@ typedef int64_t twl_batch_id;
  * twl_sequence_free of it fails with TWL_FAILED_PRECONDITION (free the batch first); fork,
  * read, save work as before (a fork is not bound).
  * Status: TWL_OK; TWL_INVALID_ARGUMENT (rt/seqs/out NULL, num_seqs < 1, a sequence listed
- *   twice, max_tokens < 1 or below the current length of a sequence in some layer, tables
- *   of more than 2^30 entries per layer); TWL_NOT_FOUND (an unknown id); TWL_UNSUPPORTED (GPU
+ *   twice, max_tokens < 1, below the current length of a sequence in some layer or more than
+ *   the KV pool holds, tables of more than 2^30 entries over all layers); TWL_NOT_FOUND (an unknown id); TWL_UNSUPPORTED (GPU
  *   offload backend); TWL_CAPACITY_EXHAUSTED / TWL_OUT_OF_MEMORY (device or host memory).
  *   On failure nothing is bound. */
 TWL_API twl_status twl_batch_create(twl_runtime* rt, const twl_seq_id* seqs, int32_t num_seqs,
@@ -694,7 +694,8 @@ TWL_API twl_status twl_batch_free(twl_runtime* rt, twl_batch_id batch) TWL_NOEXC
  * [num_seqs][num_q_heads][head_dim] of dtype (FP16, BF16 or FP32; BF16/FP32 are converted on
  * the stream into the batch's own buffers). GPU backends: device memory, enqueued on `stream`
  * (NULL: the runtime's own stream, not capturable), never blocking the host; capturable (see
- * above). CPU backend: host memory, synchronous.
+ * above). CPU backend: host memory, synchronous. Every sequence uses the runtime's top_p (no
+ * per-sequence p).
  * Status: TWL_OK; TWL_INVALID_ARGUMENT (rt/q/out NULL, layer or dtype out of range, device
  *   pointers misaligned: q 16 bytes, out 2); TWL_NOT_FOUND (unknown batch);
  *   TWL_FAILED_PRECONDITION (a sequence has no token in the layer); TWL_INTERNAL. out is

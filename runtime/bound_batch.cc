@@ -11,7 +11,8 @@ namespace twl {
 
 absl::StatusOr<std::unique_ptr<BoundBatch>> BoundBatches::Build(const SequenceTable& table,
                                                                 absl::Span<const SeqId> seqs,
-                                                                int32_t max_tokens) {
+                                                                int32_t max_tokens,
+                                                                int64_t pool_pages) {
   if (seqs.empty()) return absl::InvalidArgumentError("empty batch");
   if (max_tokens < 1) {
     return absl::InvalidArgumentError(absl::StrFormat("max_tokens is %d, must be >= 1", max_tokens));
@@ -29,10 +30,16 @@ absl::StatusOr<std::unique_ptr<BoundBatch>> BoundBatches::Build(const SequenceTa
   b->page_size = table.page_size();
   b->max_tokens = max_tokens;
   b->max_pages = static_cast<int32_t>((int64_t(max_tokens) + b->page_size - 1) / b->page_size);
-  if (b->WordsPerLayer() > kMaxBoundWordsPerLayer) {
+  // A sequence never holds more pages than the pool: larger rows would only cost memory.
+  if (b->max_pages > pool_pages) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "%d sequences x %d pages (max_tokens %d) is more than 2^30 table entries per layer",
-        seqs.size(), b->max_pages, max_tokens));
+        "max_tokens %d needs %d pages per sequence; the pool holds %d pages (%d tokens)",
+        max_tokens, b->max_pages, pool_pages, pool_pages * b->page_size));
+  }
+  if (b->num_layers * b->WordsPerLayer() > kMaxBoundWords) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "%d layers x %d sequences x %d pages (max_tokens %d) is more than 2^30 table entries",
+        b->num_layers, seqs.size(), b->max_pages, max_tokens));
   }
   const int32_t n = b->num_seqs();
   b->words.assign(size_t(b->num_layers * b->WordsPerLayer()), -1);

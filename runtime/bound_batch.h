@@ -46,18 +46,22 @@ struct BoundBatch {
   int32_t* Layer(int32_t layer) { return words.data() + layer * WordsPerLayer(); }
 };
 
-// Largest words per layer of a batch (lengths + page table): write indices are int32.
-inline constexpr int64_t kMaxBoundWordsPerLayer = int64_t(1) << 30;
+// Largest table of a batch, all layers (4 GiB of host mirror and as much device memory):
+// far above a serving batch (80 layers x 256 sequences x 128k tokens at page 16 is 2^27.3),
+// and it keeps a layer's word indices in int32.
+inline constexpr int64_t kMaxBoundWords = int64_t(1) << 30;
 
 class BoundBatches {
  public:
   // Validates the arguments against `table` and builds the batch with its host mirror filled
   // from the table (not yet registered). InvalidArgument: empty list, duplicate id,
-  // max_tokens < 1, a sequence already longer than max_tokens in some layer, tables too large;
+  // max_tokens < 1 or more pages than the pool holds (`pool_pages`), a sequence already
+  // longer than max_tokens in some layer, tables of more than kMaxBoundWords words in all;
   // NotFound: an unknown id.
   static absl::StatusOr<std::unique_ptr<BoundBatch>> Build(const SequenceTable& table,
                                                            absl::Span<const SeqId> seqs,
-                                                           int32_t max_tokens);
+                                                           int32_t max_tokens,
+                                                           int64_t pool_pages);
   // Registers a built batch; returns its id (never reused, >= 1).
   int64_t Add(std::unique_ptr<BoundBatch> batch);
   BoundBatch* Find(int64_t id);

@@ -584,7 +584,8 @@ absl::Status Runtime::Decode(int32_t layer, absl::Span<const SeqId> seqs, const 
 absl::StatusOr<int64_t> Runtime::BindBatch(absl::Span<const SeqId> seqs, int32_t max_tokens) {
   Impl& im = *impl_;
   std::unique_lock lock(im.mu);
-  absl::StatusOr<std::unique_ptr<BoundBatch>> b = BoundBatches::Build(*im.table, seqs, max_tokens);
+  absl::StatusOr<std::unique_ptr<BoundBatch>> b = BoundBatches::Build(*im.table, seqs, max_tokens,
+                                                                    im.num_pages);
   if (!b.ok()) return b.status();
   if (int64_t((*b)->num_seqs()) * config_.num_q_heads > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError("batch: too many sequences x query heads");

@@ -175,6 +175,8 @@ TEST_F(ApiBoundBatch, MisuseGivesClearStatusesAndChangesNothing) {
   EXPECT_EQ(twl_batch_create(rt(), ok, 2, kMaxTokens, nullptr), TWL_INVALID_ARGUMENT);
   EXPECT_EQ(twl_batch_create(nullptr, ok, 2, kMaxTokens, &b), TWL_INVALID_ARGUMENT);
   EXPECT_EQ(twl_batch_create(rt(), ok, 2, 0, &b), TWL_INVALID_ARGUMENT);
+  EXPECT_EQ(twl_batch_create(rt(), ok, 2, 2147483647, &b), TWL_INVALID_ARGUMENT);  // > pool
+  EXPECT_NE(std::string(twl_runtime_last_error(rt())).find("pool"), std::string::npos);
   EXPECT_EQ(twl_batch_create(rt(), ok, 2, 19, &b), TWL_INVALID_ARGUMENT);  // s1 has 20
   EXPECT_NE(std::string(twl_runtime_last_error(rt())).find("max_tokens"), std::string::npos);
   ASSERT_EQ(twl_batch_create(rt(), ok, 2, 24, &b), TWL_OK);

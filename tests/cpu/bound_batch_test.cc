@@ -54,14 +54,14 @@ TEST(BoundBatches, MirrorFollowsRandomAppendsForksAndCopyOnWrite) {
   for (int i = 0; i < 4; ++i) seqs.push_back(t.Create());
   ASSERT_TRUE(Append(t, bb, seqs[0], 0, 6).ok());  // partial page before binding
   const int32_t max_tokens = 203;                  // not a multiple of the page size
-  absl::StatusOr<std::unique_ptr<BoundBatch>> b1 = BoundBatches::Build(t, seqs, max_tokens);
+  absl::StatusOr<std::unique_ptr<BoundBatch>> b1 = BoundBatches::Build(t, seqs, max_tokens, 4096);
   ASSERT_TRUE(b1.ok()) << b1.status();
   EXPECT_EQ((*b1)->max_pages, 51);
   BoundBatch* p1 = b1->get();
   const int64_t id1 = bb.Add(std::move(*b1));
   // A second batch over some of them, in another order.
   const std::vector<SeqId> sub = {seqs[3], seqs[0]};
-  absl::StatusOr<std::unique_ptr<BoundBatch>> b2 = BoundBatches::Build(t, sub, 120);
+  absl::StatusOr<std::unique_ptr<BoundBatch>> b2 = BoundBatches::Build(t, sub, 120, 4096);
   ASSERT_TRUE(b2.ok());
   BoundBatch* p2 = b2->get();
   const int64_t id2 = bb.Add(std::move(*b2));
@@ -116,13 +116,18 @@ TEST(BoundBatches, BuildRefusesBadArguments) {
   auto plan = t.PlanAppend(a, 2, 10);
   ASSERT_TRUE(plan.ok());
   ASSERT_TRUE(t.CommitAppend(*plan, nullptr).ok());
-  EXPECT_TRUE(absl::IsInvalidArgument(BoundBatches::Build(t, {}, 10).status()));
-  EXPECT_TRUE(absl::IsInvalidArgument(BoundBatches::Build(t, {a, b, a}, 10).status()));
-  EXPECT_TRUE(absl::IsNotFound(BoundBatches::Build(t, {a, 999}, 10).status()));
-  EXPECT_TRUE(absl::IsInvalidArgument(BoundBatches::Build(t, {a}, 0).status()));
-  EXPECT_TRUE(absl::IsInvalidArgument(BoundBatches::Build(t, {a}, 9).status()));  // has 10
-  EXPECT_TRUE(absl::IsInvalidArgument(BoundBatches::Build(t, {a, b}, 2147483647).status()));
-  EXPECT_TRUE(BoundBatches::Build(t, {a, b}, 10).ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(BoundBatches::Build(t, {}, 10, 1 << 20).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(BoundBatches::Build(t, {a, b, a}, 10, 1 << 20).status()));
+  EXPECT_TRUE(absl::IsNotFound(BoundBatches::Build(t, {a, 999}, 10, 1 << 20).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(BoundBatches::Build(t, {a}, 0, 1 << 20).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(BoundBatches::Build(t, {a}, 9, 1 << 20).status()));  // has 10
+  // Rows longer than the pool, and tables past 2^30 words with a pool that large.
+  EXPECT_TRUE(absl::IsInvalidArgument(BoundBatches::Build(t, {a, b}, 2147483647, 1 << 20).status()));
+  EXPECT_TRUE(
+      absl::IsInvalidArgument(BoundBatches::Build(t, {a, b}, 1 << 30, int64_t(1) << 40).status()));
+  EXPECT_TRUE(absl::IsInvalidArgument(BoundBatches::Build(t, {a, b}, 4 * 65, 64).status()));
+  EXPECT_TRUE(BoundBatches::Build(t, {a, b}, 4 * 64, 64).ok());  // the whole pool: fine
+  EXPECT_TRUE(BoundBatches::Build(t, {a, b}, 10, 1 << 20).ok());
 }
 
 }  // namespace
