@@ -129,9 +129,9 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   if (threadIdx.x == 0) {
     int32_t* dst = channels + int64_t(blockIdx.x) * r;
-    int32_t n = 0;
+    int32_t next = 0;
     for (int c = 0; c < D; ++c) {
-      if (chosen[c]) dst[n++] = c;
+      if (chosen[c]) dst[next++] = c;
     }
   }
 }
