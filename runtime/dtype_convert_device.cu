@@ -62,12 +62,12 @@ class DeviceScope {
  public:
   explicit DeviceScope(int32_t device) {
     if (cudaGetDevice(&previous_) != cudaSuccess) {
-      cudaGetLastError();
+      (void)cudaGetLastError();  // clear the error state: previous_ = -1 records the failure
       previous_ = -1;
     }
     const cudaError_t e = previous_ == device ? cudaSuccess : cudaSetDevice(device);
     if (e != cudaSuccess) {
-      cudaGetLastError();
+      (void)cudaGetLastError();
       status_ = absl::UnavailableError(
           absl::StrFormat("cudaSetDevice(%d): %s", device, cudaGetErrorString(e)));
     }
@@ -75,7 +75,7 @@ class DeviceScope {
   ~DeviceScope() {
     int now = -1;
     if (previous_ >= 0 && cudaGetDevice(&now) == cudaSuccess && now != previous_) {
-      cudaSetDevice(previous_);
+      (void)cudaSetDevice(previous_);  // best effort in a destructor
     }
   }
   const absl::Status& status() const { return status_; }

@@ -86,14 +86,14 @@ class DecodeNeverWaits : public ::testing::TestWithParam<twl_backend> {
     if (rt_) twl_runtime_free(rt_);
   }
 
-  // Queues kSteps x (per layer: append every sequence's new token, decode); false at the
+  // Queues `steps` x (per layer: append every sequence's new token, decode); false at the
   // first failing call.
-  bool QueueSteps() {
+  bool QueueSteps(int32_t steps) {
     const size_t kv_step = size_t(kBatch) * kHkv * kD, q_step = size_t(kBatch) * kHq * kD;
     const std::vector<int32_t> counts(kBatch, 1);
     const fp16_t* k = d_kv_.as<fp16_t>();
     const fp16_t* v = k + size_t(kSteps) * kv_step;
-    for (int32_t t = 0; t < kSteps; ++t) {
+    for (int32_t t = 0; t < steps; ++t) {
       for (int32_t l = 0; l < kLayers; ++l) {
         if (twl_append_batch(rt_, l, seqs_.data(), counts.data(), kBatch, k + t * kv_step,
                              v + t * kv_step, TWL_DTYPE_FP16, TWL_MEMORY_DEVICE,
@@ -118,6 +118,13 @@ class DecodeNeverWaits : public ::testing::TestWithParam<twl_backend> {
 
 TEST_P(DecodeNeverWaits, AppendAndDecodeReturnWhileTheStreamIsBlocked) {
   if (rt_ == nullptr) return;  // skipped in SetUp
+  // One step outside the gate first: the first launch of each kernel loads its module (CUDA
+  // lazy loading, the default), which can synchronize the context. The guarantee is about a
+  // serving loop's steps, not the process's first one. (A suite run one process per suite
+  // on the H200 failed here without it: every decode kernel was loaded inside the gate.)
+  ASSERT_TRUE(QueueSteps(1)) << twl_runtime_last_error(rt_);
+  ASSERT_TRUE(gpu::StreamSync(stream_).ok());
+  constexpr int64_t kWarmDecodes = kLayers;  // step ids 1 .. kLayers
   Gate gate;
   ASSERT_NE(gate.device, nullptr);
   GateKernel<<<1, 1, 0, static_cast<cudaStream_t>(stream_)>>>(gate.device);
@@ -126,7 +133,7 @@ TEST_P(DecodeNeverWaits, AppendAndDecodeReturnWhileTheStreamIsBlocked) {
   // worker thread only (telemetry is per calling thread).
   std::atomic<int64_t> step_seen{-1};
   auto worker = std::async(std::launch::async, [&] {
-    const bool ok = QueueSteps();
+    const bool ok = QueueSteps(kSteps);
     twl_step_stats s{};
     s.struct_size = sizeof(s);
     if (ok && twl_runtime_last_step(rt_, &s) == TWL_OK) step_seen = s.step;
@@ -136,8 +143,9 @@ TEST_P(DecodeNeverWaits, AppendAndDecodeReturnWhileTheStreamIsBlocked) {
   gate.Open();
   ASSERT_TRUE(worker.get()) << twl_runtime_last_error(rt_);
   EXPECT_TRUE(returned) << "a C API call waited for the GPU while the stream was blocked";
-  // Nothing queued behind the gate has run, so no figures of those steps can be published.
-  EXPECT_LE(step_seen.load(), 0);
+  // Nothing queued behind the gate has run, so no figures of those steps can be published
+  // (the warm-up's may be).
+  EXPECT_LE(step_seen.load(), kWarmDecodes);
   ASSERT_TRUE(gpu::StreamSync(stream_).ok());
   const std::vector<fp16_t> gated =
       Download<fp16_t>(d_out_, size_t(kSteps) * kLayers * kBatch * kHq * kD);
@@ -149,8 +157,8 @@ TEST_P(DecodeNeverWaits, AppendAndDecodeReturnWhileTheStreamIsBlocked) {
   twl_step_stats s{};
   s.struct_size = sizeof(s);
   ASSERT_EQ(twl_runtime_last_step(rt_, &s), TWL_OK);
-  EXPECT_GE(s.step, 1);
-  EXPECT_LE(s.step, int64_t(kSteps) * kLayers);
+  EXPECT_GT(s.step, kWarmDecodes);
+  EXPECT_LE(s.step, kWarmDecodes + int64_t(kSteps) * kLayers);
   EXPECT_EQ(s.num_seqs, kBatch);
 }
 
