@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include "offload/fault_injection.h"
+#include "support/temp_dir.h"
 #include "runtime/disk_residency.h"
 #include "runtime/geometry.h"
 #include "runtime/runtime.h"
@@ -24,25 +25,8 @@
 namespace twl {
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/twl-read-ahead-XXXXXX";
-    if (mkdtemp(tmpl.data()) != nullptr) path_ = tmpl;
-  }
-  ~TempDir() {
-    if (!path_.empty()) rmdir(path_.c_str());
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-struct ClearFaultsOnExit {
-  ~ClearFaultsOnExit() { ProcessFaultInjector().Clear(); }
-};
+using testing::ClearFaultsOnExit;
+using testing::TempDir;
 
 // 2 KV heads, d = 8, page 4: 256-byte pages (packed 512-byte records).
 RuntimeConfig SmallConfig(const std::string& dir, int32_t records) {
@@ -110,7 +94,7 @@ void ExpectData(const Fixture& f, int32_t page, int32_t version) {
 }
 
 TEST(DiskReadAhead, ReserveWithinOneStepKeepsEarlierGroupsResident) {
-  TempDir dir;
+  TempDir dir("twl-read-ahead");
   Fixture f = Make(dir.path(), 12, 4, 12);
   ASSERT_TRUE(f.d);
   for (int32_t p = 0; p < 12; ++p) Write(f, p, 1);
@@ -128,7 +112,7 @@ TEST(DiskReadAhead, ReserveWithinOneStepKeepsEarlierGroupsResident) {
 }
 
 TEST(DiskReadAhead, BringsDiskPagesIntoFreeSlotsWithoutAReserve) {
-  TempDir dir;
+  TempDir dir("twl-read-ahead");
   Fixture f = Make(dir.path(), 12, 6, 12);
   ASSERT_TRUE(f.d);
   for (int32_t p = 0; p < 12; ++p) Write(f, p, 2);
@@ -159,7 +143,7 @@ TEST(DiskReadAhead, BringsDiskPagesIntoFreeSlotsWithoutAReserve) {
 }
 
 TEST(DiskReadAhead, NeverDisplacesPagesOfTheCurrentStep) {
-  TempDir dir;
+  TempDir dir("twl-read-ahead");
   Fixture f = Make(dir.path(), 12, 4, 12);
   ASSERT_TRUE(f.d);
   for (int32_t p = 0; p < 12; ++p) Write(f, p, 3);
@@ -177,7 +161,7 @@ TEST(DiskReadAhead, NeverDisplacesPagesOfTheCurrentStep) {
 
 TEST(DiskReadAhead, ReadErrorKeepsThePageOnDiskAndTheNextReserveReadsIt) {
   ClearFaultsOnExit clear;
-  TempDir dir;
+  TempDir dir("twl-read-ahead");
   Fixture f = Make(dir.path(), 10, 4, 10);
   ASSERT_TRUE(f.d);
   for (int32_t p = 0; p < 10; ++p) Write(f, p, 4);
@@ -205,7 +189,7 @@ TEST(DiskReadAhead, ReadErrorKeepsThePageOnDiskAndTheNextReserveReadsIt) {
 }
 
 TEST(DiskReadAhead, RandomInterleavingsKeepEveryPageIntact) {
-  TempDir dir;
+  TempDir dir("twl-read-ahead");
   for (int32_t slots : {2, 3, 6}) {
     const int32_t records = 10, pages = slots - 1 + records;
     Fixture f = Make(dir.path(), pages, slots, records);

@@ -19,6 +19,7 @@
 
 #include "gpu/reference/attend_ref.h"
 #include "offload/fault_injection.h"
+#include "support/temp_dir.h"
 #include "runtime/disk_io_status.h"
 #include "runtime/disk_residency.h"
 #include "runtime/runtime.h"
@@ -29,34 +30,15 @@
 namespace twl {
 namespace {
 
+using testing::ClearFaultsOnExit;
+using testing::TempDir;
+
 using testing::MakeRuntime;
 
 using testing::MakeRandomStore;
 using testing::RefStore;
 using testing::RelError;
 using testing::ToFloat;
-
-// A fresh directory for the tier's file (the file itself is unlinked at once).
-class TempDir {
- public:
-  TempDir() {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/twl-disk-runtime-XXXXXX";
-    if (mkdtemp(tmpl.data()) != nullptr) path_ = tmpl;
-  }
-  ~TempDir() {
-    if (!path_.empty()) rmdir(path_.c_str());
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-// Clears the process-wide fault rules at the end of a test, whatever happens.
-struct ClearFaultsOnExit {
-  ~ClearFaultsOnExit() { ProcessFaultInjector().Clear(); }
-};
 
 constexpr int32_t kPageSize = 16;
 constexpr int64_t kPageBytes = 2 * (2 * kPageSize * 64 * 2);  // 2 KV heads, d = 64: 8 KiB
@@ -128,7 +110,7 @@ std::vector<fp16_t> SeqRows(const std::vector<fp16_t>& a, const RefStore& st, in
 }
 
 TEST(DiskRuntime, KvEightTimesTheHostPoolReadsBackExactly) {
-  TempDir dir;
+  TempDir dir("twl-disk-runtime");
   ASSERT_FALSE(dir.path().empty());
   // 6 host page slots, 120 disk records; ~70 pages of KV in two layers.
   const RuntimeConfig c = DiskConfig(dir.path(), 6, 120);
@@ -167,7 +149,7 @@ TEST(DiskRuntime, KvEightTimesTheHostPoolReadsBackExactly) {
 }
 
 TEST(DiskRuntime, FullSelectorAtPOneEqualsDenseAttention) {
-  TempDir dir;
+  TempDir dir("twl-disk-runtime");
   RuntimeConfig c = DiskConfig(dir.path(), 8, 80);
   c.selector = SelectorKind::kFull;
   c.top_p = 1.0f;
@@ -210,7 +192,7 @@ class DiskVsHost : public ::testing::TestWithParam<int32_t> {};
 // Same inputs into a runtime with a 16-slot host pool + disk and one holding everything in
 // host memory: every decode output and every budget is identical, over steps with appends.
 TEST_P(DiskVsHost, TwilightDecodeIsBitIdenticalToNoDiskTier) {
-  TempDir dir;
+  TempDir dir("twl-disk-runtime");
   RuntimeConfig c = DiskConfig(dir.path(), 16, 200);
   c.k_bits = GetParam();
   c.top_p = 0.9f;
@@ -286,7 +268,7 @@ TEST_P(DiskVsHost, TwilightDecodeIsBitIdenticalToNoDiskTier) {
 INSTANTIATE_TEST_SUITE_P(KBits, DiskVsHost, ::testing::Values(4, 16));
 
 TEST(DiskRuntime, StepLargerThanTheHostPoolIsResourceExhausted) {
-  TempDir dir;
+  TempDir dir("twl-disk-runtime");
   RuntimeConfig c = DiskConfig(dir.path(), 4, 40);
   c.selector = SelectorKind::kFull;
   c.top_p = 1.0f;
@@ -312,7 +294,7 @@ TEST(DiskRuntime, StepLargerThanTheHostPoolIsResourceExhausted) {
 }
 
 TEST(DiskRuntime, ForkedPagesOnDiskAreCopiedOnWrite) {
-  TempDir dir;
+  TempDir dir("twl-disk-runtime");
   const RuntimeConfig c = DiskConfig(dir.path(), 4, 40);
   auto rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
@@ -339,7 +321,7 @@ TEST(DiskRuntime, ForkedPagesOnDiskAreCopiedOnWrite) {
 
 TEST(DiskRuntime, DiskFullOnSpillFailsTheAppendAndChangesNothing) {
   ClearFaultsOnExit clear;
-  TempDir dir;
+  TempDir dir("twl-disk-runtime");
   const RuntimeConfig c = DiskConfig(dir.path(), 4, 40);
   auto rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
@@ -381,7 +363,7 @@ TEST(DiskRuntime, DiskFullOnSpillFailsTheAppendAndChangesNothing) {
 
 TEST(DiskRuntime, ReadErrorOnLoadFailsDecodeAndKeepsThePageOnDisk) {
   ClearFaultsOnExit clear;
-  TempDir dir;
+  TempDir dir("twl-disk-runtime");
   RuntimeConfig c = DiskConfig(dir.path(), 4, 40);
   c.selector = SelectorKind::kFull;
   c.top_p = 1.0f;
@@ -420,7 +402,7 @@ TEST(DiskRuntime, ReadErrorOnLoadFailsDecodeAndKeepsThePageOnDisk) {
 
 TEST(DiskRuntime, ReadErrorInAChunkedAppendLeavesTheSequenceUnchanged) {
   ClearFaultsOnExit clear;
-  TempDir dir;
+  TempDir dir("twl-disk-runtime");
   const RuntimeConfig c = DiskConfig(dir.path(), 4, 40);
   auto rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
@@ -444,7 +426,7 @@ TEST(DiskRuntime, ReadErrorInAChunkedAppendLeavesTheSequenceUnchanged) {
 }
 
 TEST(DiskRuntime, ConfigurationErrors) {
-  TempDir dir;
+  TempDir dir("twl-disk-runtime");
   RuntimeConfig c = DiskConfig(dir.path(), 4, 40);
   c.backend = BackendKind::kGpuHbm;  // every page in HBM: no host tier to spill from
   EXPECT_TRUE(absl::IsUnimplemented(Runtime::Create(c).status()));
@@ -493,7 +475,7 @@ TEST(DiskRuntime, ConfigurationErrors) {
 // ---- runtime/disk_residency: slots, records and data under random use ------------------
 
 TEST(DiskResidency, RandomReserveAndReleaseKeepEveryPageIntact) {
-  TempDir dir;
+  TempDir dir("twl-disk-runtime");
   RuntimeConfig config = BaseConfig();
   config.num_kv_heads = 2;
   config.num_q_heads = 2;
@@ -568,7 +550,7 @@ TEST(DiskResidency, RandomReserveAndReleaseKeepEveryPageIntact) {
 }
 
 TEST(DiskResidency, MorePagesThanTheSlotsPlusRecordsIsRejected) {
-  TempDir dir;
+  TempDir dir("twl-disk-runtime");
   RuntimeConfig config = BaseConfig();
   config.disk_path = dir.path();
   config.disk_bytes = 4 * kPageBytes;

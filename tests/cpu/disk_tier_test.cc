@@ -30,30 +30,13 @@
 
 #include "core/half.h"
 #include "offload/fault_injection.h"
+#include "support/temp_dir.h"
 
 namespace twl {
 namespace {
 
-// A temporary directory for the tier's files, removed with its contents at the end.
-class TempDir {
- public:
-  TempDir() {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/twl-disk-test-XXXXXX";
-    if (mkdtemp(tmpl.data()) != nullptr) path_ = tmpl;
-  }
-  ~TempDir() {
-    if (!path_.empty()) {
-      std::string cmd = "rm -rf '" + path_ + "'";
-      if (std::system(cmd.c_str()) != 0) {
-      }
-    }
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using testing::ClearFaultsOnExit;
+using testing::TempDir;
 
 // n records of `bytes` each in one 4 KiB-aligned allocation, record i at base + offset +
 // i * stride (stride = bytes rounded up to 4 KiB, so offset 0 gives aligned records).
@@ -149,7 +132,7 @@ class DiskTierTest : public ::testing::TestWithParam<Mode> {
     return !GetParam().thread_pool && tier.engine() != DiskEngine::kIoUring;
   }
 
-  TempDir dir_;
+  TempDir dir_{"twl-disk-test"};
   FaultInjector injector_;
 };
 
@@ -537,7 +520,7 @@ INSTANTIATE_TEST_SUITE_P(Engines, DiskTierTest,
                          });
 
 TEST(DiskTierCreate, RejectsBadOptions) {
-  TempDir dir;
+  TempDir dir("twl-disk-test");
   DiskTierOptions o;
   o.path = dir.path();
   o.record_bytes = 0;
@@ -555,7 +538,7 @@ TEST(DiskTierCreate, RejectsBadOptions) {
 }
 
 TEST(DiskTierCreate, PreallocatesTheCapacityAndRefusesWhatCannotFit) {
-  TempDir dir;
+  TempDir dir("twl-disk-test");
   DiskTierOptions o;
   o.path = dir.path();
   o.record_bytes = 5000;  // stride 8 KiB
@@ -591,7 +574,7 @@ TEST(DiskTierCreate, PreallocatesTheCapacityAndRefusesWhatCannotFit) {
 }
 
 TEST(DiskTierCreate, FileIsUnlinkedUnlessKept) {
-  TempDir dir;
+  TempDir dir("twl-disk-test");
   DiskTierOptions o;
   o.record_bytes = 4096;
   o.capacity_bytes = 1 << 20;
@@ -610,7 +593,7 @@ TEST(DiskTierCreate, FileIsUnlinkedUnlessKept) {
 }
 
 TEST(DiskTierCreate, ProcessInjectorIsUsedByDefault) {
-  TempDir dir;
+  TempDir dir("twl-disk-test");
   DiskTierOptions o;
   o.path = dir.path();
   o.record_bytes = 4096;
@@ -630,7 +613,7 @@ TEST(DiskTierCreate, ProcessInjectorIsUsedByDefault) {
 }
 
 TEST(DiskTierCreate, ReportsTheEngine) {
-  TempDir dir;
+  TempDir dir("twl-disk-test");
   DiskTierOptions o;
   o.path = dir.path();
   o.record_bytes = 4096;
@@ -683,7 +666,7 @@ int ChildWithIoUringForbidden(const std::string& dir) {
 }
 
 TEST(DiskTierCreate, FallsBackWhenSeccompForbidsIoUring) {
-  TempDir dir;
+  TempDir dir("twl-disk-test");
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) _exit(ChildWithIoUringForbidden(dir.path()));

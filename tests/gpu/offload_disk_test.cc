@@ -19,11 +19,15 @@
 #include "gpu/device.h"
 #include "gtest/gtest.h"
 #include "offload/fault_injection.h"
+#include "support/temp_dir.h"
 #include "runtime/disk_io_status.h"
 #include "runtime/runtime.h"
 
 namespace twl {
 namespace {
+
+using testing::ClearFaultsOnExit;
+using testing::TempDir;
 
 #define TWL_DISK_SKIP_WITHOUT_GPU()                                                    \
   do {                                                                                 \
@@ -31,26 +35,6 @@ namespace {
       GTEST_SKIP() << "no CUDA device visible: GPU disk-tier test skipped (CPU only)"; \
     }                                                                                  \
   } while (0)
-
-class TempDir {
- public:
-  TempDir() {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string tmpl = std::string(tmp && *tmp ? tmp : "/tmp") + "/twl-gpu-disk-XXXXXX";
-    if (mkdtemp(tmpl.data()) != nullptr) path_ = tmpl;
-  }
-  ~TempDir() {
-    if (!path_.empty()) rmdir(path_.c_str());
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-struct ClearFaultsOnExit {
-  ~ClearFaultsOnExit() { ProcessFaultInjector().Clear(); }
-};
 
 // A batch's pages over all layers (756) exceed the host pool (378), one step's (<= 252) do
 // not: every batch cycles its layers through the disk, and read-ahead has room for part of
@@ -207,7 +191,7 @@ void ExpectKvIntact(Model& m) {
 
 TEST(GpuOffloadDisk, KvFourTimesTheHostPoolDecodesLikeAllInHost) {
   TWL_DISK_SKIP_WITHOUT_GPU();
-  TempDir dir;
+  TempDir dir("twl-gpu-disk");
   const RuntimeConfig host = Config(), disk = DiskConfig(dir.path());
   Model a, b;
   ASSERT_TRUE(Fill(host, &a).ok());
@@ -231,7 +215,7 @@ TEST(GpuOffloadDisk, KvFourTimesTheHostPoolDecodesLikeAllInHost) {
 TEST(GpuOffloadDisk, DiskFullDuringAppendLosesNothing) {
   TWL_DISK_SKIP_WITHOUT_GPU();
   ClearFaultsOnExit clear;
-  TempDir dir;
+  TempDir dir("twl-gpu-disk");
   const RuntimeConfig disk = DiskConfig(dir.path());
   Model m;
   ASSERT_TRUE(Fill(disk, &m).ok());
@@ -262,7 +246,7 @@ TEST(GpuOffloadDisk, DiskFullDuringAppendLosesNothing) {
 TEST(GpuOffloadDisk, ReadErrorDuringDecodeIsReportedAndARetryMatches) {
   TWL_DISK_SKIP_WITHOUT_GPU();
   ClearFaultsOnExit clear;
-  TempDir dir;
+  TempDir dir("twl-gpu-disk");
   const RuntimeConfig host = Config(), disk = DiskConfig(dir.path());
   Model a, b;
   ASSERT_TRUE(Fill(host, &a).ok());
@@ -285,7 +269,7 @@ TEST(GpuOffloadDisk, ReadErrorDuringDecodeIsReportedAndARetryMatches) {
 
 TEST(GpuOffloadDisk, ForkCopyOnWriteReadsAndWritesThroughTheDiskTier) {
   TWL_DISK_SKIP_WITHOUT_GPU();
-  TempDir dir;
+  TempDir dir("twl-gpu-disk");
   const RuntimeConfig host = Config(), disk = DiskConfig(dir.path());
   Model a, b;
   ASSERT_TRUE(Fill(host, &a).ok());
