@@ -76,6 +76,9 @@ ABSL_FLAG(std::string, methods, "",
           "full-offload; cpu: cpu,cpu-dense)");
 ABSL_FLAG(int32_t, steps, 16, "measured decode steps per configuration");
 ABSL_FLAG(int32_t, warmup, 2, "unmeasured steps first");
+ABSL_FLAG(bool, profile_last_step, false,
+          "mark the last step as the profiled range (run under ncu/nsys with profiling from "
+          "start off: per-kernel times of one step)");
 ABSL_FLAG(int32_t, churn_every, 8, "a sequence finishes and a new one starts every N steps (0: off)");
 ABSL_FLAG(int32_t, drift_every, 32, "drifting: steps between moves of the hot region");
 ABSL_FLAG(double, cache_frac, 0.10, "GPU hot-page cache as a fraction of all layers' FP16 KV");
@@ -677,7 +680,9 @@ Result Config::Run() {
     GenerateSegment(step, seg);
     for (int32_t st = 0; st < seg; ++st, ++step) {
       const bool timed = step >= warmup;
+      const bool profiled = gpu_ && step == total - 1 && absl::GetFlag(FLAGS_profile_last_step);
       if (gpu_) CheckOk(gpu::StreamSync(stream_), "sync");
+      if (profiled) gpu::ProfilerRange(true);
       if (gpu_) CheckOk(gpu::EventRecord(ev0_, stream_), "event");
       const int64_t io0 = bench::ProcessDiskReadBytes();
       const auto t0 = Clock::now();
@@ -689,6 +694,7 @@ Result Config::Run() {
       if (gpu_) CheckOk(gpu::EventRecord(ev1_, stream_), "event");
       if (gpu_) CheckOk(gpu::StreamSync(stream_), "sync");
       const double w = MsSince(t0);
+      if (profiled) gpu::ProfilerRange(false);
       if (!timed) continue;
       if (io0 >= 0) disk_read += bench::ProcessDiskReadBytes() - io0;
       if (method_.disk) {

@@ -45,6 +45,8 @@ absl::StatusOr<void*> StreamCreate();
 void StreamDestroy(void* stream);
 absl::Status StreamSync(void* stream);
 absl::Status DeviceSync();
+// Marks the range an external profiler captures (ncu/nsys --profile-from-start off).
+void ProfilerRange(bool start);
 // The first pending asynchronous error, if any (clears sticky-free errors).
 absl::Status LastError(const char* what);
 

@@ -57,20 +57,32 @@ using pipeline_cuda::UploadRing;
 using namespace pipeline_cuda::group_events;  // NOLINT: kSel0 ... kNumGroupEvents
 
 // Distinct pages of each (sequence, KV head) kept set: tokens ascend, so a page change
-// starts a new block. One warp per set.
-__global__ void CountBlocksKernel(int32_t page_size, KeptView kept, int32_t pairs,
-                                  int32_t* __restrict__ blocks) {
-  const int32_t pair = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-  if (pair >= pairs) return;
-  const int lane = threadIdx.x & 31;
+// starts a new block. A grid of (set, chunk of kCountChunk tokens) so that a long kept set
+// (a flat head keeps most of 128k tokens) is scanned by many blocks, not one warp; `blocks`
+// is zeroed before the launch and each block adds its chunk's count.
+constexpr int kCountThreads = 256;
+constexpr int32_t kCountChunk = 4096;
+__global__ void __launch_bounds__(kCountThreads)
+    CountBlocksKernel(int32_t page_size, KeptView kept, int32_t* __restrict__ blocks) {
+  const int32_t pair = blockIdx.x;
+  const int32_t n = min(kept.count[pair], kept.max_kept);
+  const int32_t begin = int32_t(blockIdx.y) * kCountChunk;
+  if (begin >= n) return;
+  const int32_t end = min(n, begin + kCountChunk);
   const int32_t* t = kept.tokens + int64_t(pair) * kept.max_kept;
-  const int32_t n = kept.count[pair];
   int c = 0;
-  for (int32_t i = lane; i < n; i += 32) {
+  for (int32_t i = begin + int32_t(threadIdx.x); i < end; i += kCountThreads) {
     c += (i == 0 || t[i] / page_size != t[i - 1] / page_size) ? 1 : 0;
   }
   for (int o = 16; o > 0; o >>= 1) c += __shfl_xor_sync(0xffffffffu, c, o);
-  if (lane == 0) blocks[pair] = c;
+  __shared__ int warp_sums[kCountThreads / 32];
+  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x / 32] = c;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int sum = 0;
+    for (int w = 0; w < kCountThreads / 32; ++w) sum += warp_sums[w];
+    if (sum) atomicAdd(&blocks[pair], sum);
+  }
 }
 
 using PinnedBuffer = gpu::PinnedHostBuffer;
@@ -604,9 +616,13 @@ absl::Status GpuHbmBackend::WriteTelemetry(const DecodeRequest& req, bool ran_pr
   const int64_t pairs = int64_t(req.batch.num_seqs) * g_.num_kv_heads;
   const int64_t heads = int64_t(req.batch.num_seqs) * req.batch.num_q_heads;
   const KeptView kept{scratch_.kept_tokens(), scratch_.kept_count(), max_kept};
-  CountBlocksKernel<<<unsigned((pairs + 7) / 8), 256, 0, s>>>(g_.page_size, kept, int32_t(pairs),
-                                                              blocks_.as<int32_t>());
-  TWL_CUDA(cudaGetLastError());
+  TWL_CUDA(cudaMemsetAsync(blocks_.get(), 0, size_t(pairs) * 4, s));
+  if (pairs > 0 && max_kept > 0) {
+    const dim3 count_grid(unsigned(pairs), unsigned((max_kept + kCountChunk - 1) / kCountChunk));
+    CountBlocksKernel<<<count_grid, kCountThreads, 0, s>>>(g_.page_size, kept,
+                                                           blocks_.as<int32_t>());
+    TWL_CUDA(cudaGetLastError());
+  }
   // Pinned layout: stats [5 * heads] | kept counts [pairs] | blocks [pairs].
   TWL_RETURN_IF_ERROR(telemetry_.host(slot).Reserve(size_t(5 * heads + 2 * pairs) * 4));
   char* tp = telemetry_.host(slot).data();

@@ -102,8 +102,8 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
     }
   }));
   const int64_t heads = int64_t(batch.num_seqs) * batch.num_q_heads;
-  cuda::AttendMergeKernel<<<unsigned(heads), 128, 0, st>>>(g, batch, group, gpad, l.item_offset,
-                                                           l.part_acc, l.part_ml, out);
+  cuda::AttendMergeKernel<<<unsigned(heads), cuda::kMergeThreads, 0, st>>>(
+      g, batch, group, gpad, l.item_offset, l.part_acc, l.part_ml, out);
   return LaunchStatus("AttendMergeKernel");
 }
 

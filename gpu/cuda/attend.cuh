@@ -200,7 +200,11 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
       fp16_t* vd = vbuf + (b * T + tl) * D;
 #pragma unroll
       for (int c = 0; c < Cfg::kLoadChunks; ++c) {
-        const int e = (part * Cfg::kLoadChunks + c) * 8;
+        // Chunk-major: per instruction the 4 loader threads of a token copy 64 contiguous
+        // bytes of its row (whole 32-byte sectors), not 4 pieces 64 bytes apart. Rows read in
+        // place from mapped host memory then cost half the PCIe read requests (each sector
+        // requested once, not twice by consecutive instructions).
+        const int e = (c * 4 + part) * 8;
         CpAsync16(kd + e, src + e, valid);
         CpAsync16(vd + e, src + int64_t(g.page_size) * D + e, valid);
       }
@@ -365,32 +369,75 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
   }  // pieces
 }
 
-// One block per (sequence, query head): combine the partial states of its KV head's items.
-__global__ void AttendMergeKernel(PageGeometry g, BatchView batch, int32_t group, int32_t gpad,
-                                  const int32_t* __restrict__ item_offset,
-                                  const float* __restrict__ part_acc,
-                                  const float2* __restrict__ part_ml, OutputView out) {
+// One block of kMergeThreads per (sequence, query head): combine the partial states of its KV
+// head's items. A heavy head at low batch has many items (B = 1, 128k: ~30 per head), so every
+// phase runs over the items in parallel (threads for the max and the sum, warps for the
+// weighted sum of acc, lanes over channels) instead of one thread walking the items three
+// times in a chain of dependent loads. Fixed order per thread and a fixed reduction tree:
+// deterministic.
+constexpr int kMergeThreads = 128;
+__global__ void __launch_bounds__(kMergeThreads)
+    AttendMergeKernel(PageGeometry g, BatchView batch, int32_t group, int32_t gpad,
+                      const int32_t* __restrict__ item_offset, const float* __restrict__ part_acc,
+                      const float2* __restrict__ part_ml, OutputView out) {
+  constexpr int kWarps = kMergeThreads / 32;
+  constexpr int kMaxPerLane = 256 / 32;  // channels per lane at the largest head dim
+  __shared__ float red[kWarps];
+  __shared__ float acc_s[kWarps][256];
   const int32_t sq = blockIdx.x;
   const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
   const int32_t pair = s * g.num_kv_heads + qh / group;
   const int32_t j = qh % group;
   const int32_t i0 = item_offset[pair], i1 = item_offset[pair + 1];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  auto block_reduce = [&](float v, bool is_max) -> float {
+    for (int o = 16; o > 0; o >>= 1) {
+      const float w = __shfl_xor_sync(0xffffffffu, v, o);
+      v = is_max ? fmaxf(v, w) : v + w;
+    }
+    __syncthreads();  // red[] of a previous reduction has been read
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float r = red[0];
+    for (int w = 1; w < kWarps; ++w) r = is_max ? fmaxf(r, red[w]) : r + red[w];
+    return r;
+  };
   float mn = -INFINITY;
-  for (int32_t i = i0; i < i1; ++i) mn = fmaxf(mn, part_ml[int64_t(i) * gpad + j].x);
+  for (int32_t i = i0 + int32_t(threadIdx.x); i < i1; i += kMergeThreads) {
+    mn = fmaxf(mn, part_ml[int64_t(i) * gpad + j].x);
+  }
+  mn = block_reduce(mn, true);
   const float ms = mn == -INFINITY ? 0.0f : mn;
   float lsum = 0.0f;
-  for (int32_t i = i0; i < i1; ++i) {
+  for (int32_t i = i0 + int32_t(threadIdx.x); i < i1; i += kMergeThreads) {
     const float2 ml = part_ml[int64_t(i) * gpad + j];
     lsum += ml.y * SafeExp2Diff(ml.x, ms);
   }
+  lsum = block_reduce(lsum, false);
   const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
-  for (int c = threadIdx.x; c < g.head_dim; c += blockDim.x) {
-    float a = 0.0f;
-    for (int32_t i = i0; i < i1; ++i) {
-      a += part_acc[(int64_t(i) * gpad + j) * g.head_dim + c] *
-           SafeExp2Diff(part_ml[int64_t(i) * gpad + j].x, ms);
+  const int32_t D = g.head_dim;
+  float a[kMaxPerLane];
+#pragma unroll
+  for (int k = 0; k < kMaxPerLane; ++k) a[k] = 0.0f;
+  for (int32_t i = i0 + warp; i < i1; i += kWarps) {
+    const float w = SafeExp2Diff(part_ml[int64_t(i) * gpad + j].x, ms);
+    const float* src = part_acc + (int64_t(i) * gpad + j) * D;
+#pragma unroll
+    for (int k = 0; k < kMaxPerLane; ++k) {
+      const int c = lane + 32 * k;
+      if (c < D) a[k] = fmaf(src[c], w, a[k]);
     }
-    out.out[int64_t(sq) * g.head_dim + c] = F2H(a * inv);
+  }
+#pragma unroll
+  for (int k = 0; k < kMaxPerLane; ++k) {
+    const int c = lane + 32 * k;
+    if (c < D) acc_s[warp][c] = a[k];
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < D; c += kMergeThreads) {
+    float t = 0.0f;
+    for (int w = 0; w < kWarps; ++w) t += acc_s[w][c];
+    out.out[int64_t(sq) * D + c] = F2H(t * inv);
   }
 }
 

@@ -188,6 +188,45 @@ TEST(GpuHbmBackend, PageChannelMatchesCpuBackend) {
   ExpectMatchesCpuBackend(kKSchemePageChannel);
 }
 
+// The telemetry's distinct-block count of long kept sets (counted on the device in chunks of
+// 4096 kept tokens per set, added up across blocks): at p = 1 over every token each (sequence,
+// KV head) keeps all its pages, so blocks_needed is known exactly, chunk borders included.
+TEST(GpuHbmBackend, BlockCountOfLongKeptSetsIsExact) {
+  TWL_SKIP_WITHOUT_GPU();
+  const RuntimeConfig c = Config(64, 2, 4);
+  const int64_t num_pages = 1400;
+  auto cpu = CreateCpuBackend(c, num_pages);
+  auto gpu = CreateGpuHbmBackend(c, num_pages);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  Pair b{std::move(*cpu), std::move(*gpu)};
+  std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed());
+  const std::vector<int32_t> lens = {9000, 4100, 4096};
+  const int32_t max_pages = 600;
+  std::vector<int32_t> table = Fill(b, c, lens, max_pages, num_pages, rng, DType::kFp16);
+  BatchView batch;
+  batch.num_seqs = int32_t(lens.size());
+  batch.num_q_heads = c.num_q_heads;
+  batch.seq_len = lens.data();
+  batch.page_table = table.data();
+  batch.max_pages = max_pages;
+  DecodeRequest req;
+  req.batch = batch;
+  req.selector.kind = SelectorKind::kFull;
+  req.pruner.p = 1.0f;
+  const std::vector<fp16_t> q =
+      RandomQ(int64_t(lens.size()) * c.num_q_heads * c.head_dim, rng, 1.0f);
+  std::vector<fp16_t> out(q.size());
+  req.q = q.data();
+  req.out = out.data();
+  int64_t expected = 0;
+  for (int32_t len : lens) expected += int64_t(c.num_kv_heads) * ((len + c.page_size - 1) / c.page_size);
+  StepTelemetry tg;
+  const absl::Status st = b.gpu->Decode(req, &tg);
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(tg.blocks_needed, expected);
+}
+
 TEST(GpuHbmBackend, RejectsUnsupportedShapes) {
   TWL_SKIP_WITHOUT_GPU();
   // Valid configurations the kernels do not cover: head_dim 32, 16 query heads per KV head.
