@@ -88,6 +88,7 @@ ABSL_FLAG(int32_t, k_scheme, 0,
           "estimation K scheme of every method (twl_runtime_config.k_scheme): 0 INT4 per token, "
           "1 INT4 per page channel");
 ABSL_FLAG(int32_t, sample_units, 16, "(sequence, KV head) pairs whose accuracy is measured");
+ABSL_FLAG(int32_t, accuracy_layer, -1, "layer whose accuracy is measured (-1: the middle one)");
 ABSL_FLAG(int32_t, full_offload_steps, 2, "measured steps of full-offload (each moves all KV)");
 ABSL_FLAG(int32_t, prefill_chunk, 8192, "tokens per prefill append call");
 ABSL_FLAG(std::string, sdpa_csv, "", "CSV of bench/sdpa_serving.py (the dense baseline)");
@@ -281,6 +282,7 @@ struct Result {
   double ms_append = NAN;  // per layer-step, host wall time of the appends alone
   double ms_issue = NAN;   // per layer-step, host time until every call of the step returned
   double hit_rate = NAN, mb_h2d = 0, kept_kv = 0, kept_q = 0;
+  std::string kept_by_layer;  // "L<layer>:<mean attended tokens per KV head>" ...
   double mb_in_place = 0;  // of mb_h2d: kept rows read in place (not admitted to the cache)
   double gpu_mem_ratio = NAN;  // GPU bytes of the runtime / FP16 KV bytes cached now
   // GPU bytes / the FP16 pool's capacity: the runtime sizes its GPU stores (INT4 K, selector
@@ -363,6 +365,20 @@ class Config {
   Buf synth_ids_dev_;
   double prefill_ms_ = 0;
   int64_t prefill_bytes_ = 0;
+  // Mean attended tokens per (sequence, KV head), by layer, over the decodes whose figures
+  // were published (the accuracy sample reads one layer; budgets differ by layer).
+  std::map<int32_t, std::pair<double, int32_t>> kept_by_layer_;
+  int64_t kept_seen_step_ = -1;
+
+ public:
+  std::string KeptByLayer() const {
+    std::string out;
+    for (const auto& [layer, sum] : kept_by_layer_) {
+      absl::StrAppend(&out, out.empty() ? "" : " ", "L", layer, ":",
+                      int64_t(sum.first / std::max(sum.second, 1)));
+    }
+    return out;
+  }
 };
 
 void Config::CreateRuntime(int64_t max_tokens) {
@@ -516,6 +532,15 @@ void Config::Step(int32_t seg_step, double* append_ms) {
     Check(twl_decode(rt_, l, ids.data(), B, q, out_.as<void>(), space,
                      method_.quest_alone ? ones.data() : nullptr, stream_),
           rt_, "twl_decode");
+    twl_step_stats st{};
+    st.struct_size = sizeof(st);
+    if (twl_runtime_last_step(rt_, &st) == TWL_OK && st.num_seqs > 0 &&
+        st.step != kept_seen_step_) {
+      kept_seen_step_ = st.step;
+      auto& acc = kept_by_layer_[st.layer];
+      acc.first += st.mean_kept_tokens_kv;
+      ++acc.second;
+    }
   }
   for (Running& r : seqs_) ++r.len;
 }
@@ -524,7 +549,8 @@ void Config::MeasureAccuracy(Result* res) {
   // One more step with capture on; the sampled units are read back at the middle layer.
   const int32_t B = batch_, Hq = shape_.q_heads, H = shape_.kv_heads;
   const int32_t group = Hq / H;
-  const int32_t layer = L() / 2;
+  const int32_t chosen = absl::GetFlag(FLAGS_accuracy_layer);
+  const int32_t layer = chosen >= 0 && chosen < L() ? chosen : L() / 2;
   GenerateSegment(1 << 20, 1);
   Check(twl_runtime_set_capture_kept(rt_, 1), rt_, "capture on");
   std::vector<twl_seq_id> ids(static_cast<size_t>(B));
@@ -777,6 +803,7 @@ Result Config::Run() {
   res.host_pool_gib = double(mem.host_pool_bytes_total) / double(int64_t(1) << 30);
   res.kv_gib = kv_bytes / double(int64_t(1) << 30);
 
+  res.kept_by_layer = KeptByLayer();
   MeasureAccuracy(&res);
   return res;
 }
@@ -965,6 +992,10 @@ int Main(int argc, char** argv) {
                        r.ms_issue, r.ms_append, r.ms_select, r.ms_prune, r.ms_fetch,
                        r.ms_attend, r.hit_rate, r.mb_h2d, r.mb_in_place, r.min_mass, r.max_err,
                        MsSince(t0) / 1000);
+          if (!r.kept_by_layer.empty()) {
+            std::fprintf(stderr, "    attended tokens per KV head by layer: %s\n",
+                         r.kept_by_layer.c_str());
+          }
           if (w == workloads.front() && shape.Name() == shapes.front().Name()) {
             plot_points[m.name].push_back({double(B), r.ms_layer_step});
             if (!std::isnan(base_ms)) plot_points["dense " + base_name].push_back({double(B), base_ms});
