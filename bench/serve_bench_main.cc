@@ -17,6 +17,11 @@
 //   quest-b8k       gpu-offload, Quest B0 alone (p = 1 per call: every candidate is kept)
 //   hbm-b8k         gpu-hbm (all FP16 KV in HBM), Quest B0 + Twilight
 //   hbm             gpu-hbm, library defaults
+//   hbm-graph       gpu-hbm, library defaults, the batch bound (twl_batch_create) and each
+//                   layer's twl_decode_batch replayed from a CUDA graph captured once (per
+//                   step: eager append, q copied into the graph's buffer, replay): what an
+//                   engine that captures its decode step pays on the host. No stage telemetry
+//                   (bound decodes publish none); rebound and recaptured at each churn.
 //   dense-hbm       gpu-hbm, every layer dense (the project's own dense kernel)
 //   full-offload    gpu-offload, every layer dense (all KV over PCIe each step)
 //   cpu, cpu-dense  the CPU backend (what a run without a GPU measures; CI's tiny run)
@@ -170,6 +175,7 @@ struct Method {
   bool dense = false;         // every layer dense
   bool quest_alone = false;   // p = 1 per call
   bool disk = false;          // a disk tier under a smaller host pool
+  bool graph = false;         // bound batch, each layer's decode replayed from a CUDA graph
 };
 
 bool MakeMethod(const std::string& name, int32_t quest_budget, Method* m) {
@@ -188,6 +194,9 @@ bool MakeMethod(const std::string& name, int32_t quest_budget, Method* m) {
     m->budget_tokens = quest_budget;
   } else if (name == "hbm") {
     m->backend = TWL_BACKEND_GPU_HBM;
+  } else if (name == "hbm-graph") {
+    m->backend = TWL_BACKEND_GPU_HBM;
+    m->graph = true;
   } else if (name == "dense-hbm") {
     m->backend = TWL_BACKEND_GPU_HBM;
     m->dense = true;
@@ -317,6 +326,7 @@ class Config {
          bool gpu)
       : shape_(shape), batch_(batch), workload_(workload), method_(m), gpu_(gpu) {}
   ~Config() {
+    UnbindGraphs();
     if (rt_) twl_runtime_free(rt_);
     if (stream_) gpu::StreamDestroy(stream_);
     for (void* e : {ev0_, ev1_}) {
@@ -345,6 +355,8 @@ class Config {
   void GenerateSegment(int32_t first_step, int32_t steps);
   void Step(int32_t seg_step, double* append_ms);
   void MeasureAccuracy(Result* res);
+  void BindGraphs();    // method_.graph: bind the batch, capture one graph per layer
+  void UnbindGraphs();  // destroys the graphs, frees the batch (before any sequence leaves)
 
   const Shape shape_;
   const int32_t batch_;
@@ -369,6 +381,10 @@ class Config {
   // were published (the accuracy sample reads one layer; budgets differ by layer).
   std::map<int32_t, std::pair<double, int32_t>> kept_by_layer_;
   int64_t kept_seen_step_ = -1;
+  int32_t graph_room_ = 0;  // tokens per sequence and layer the bound batch has room for
+  twl_batch_id batch_id_ = TWL_INVALID_BATCH_ID;
+  std::vector<void*> graphs_;  // [layer] instantiated graphs of twl_decode_batch
+  Buf graph_q_, graph_out_;    // the graphs' fixed q [layer][B][Hq][D] and out buffers
 
  public:
   std::string KeptByLayer() const {
@@ -529,6 +545,14 @@ void Config::Step(int32_t seg_step, double* append_ms) {
           rt_, "twl_append_batch");
     if (append_ms) *append_ms += MsSince(ta);
     const fp16_t* q = seg_q_.as<fp16_t>() + base * Hq * D();
+    if (method_.graph) {
+      // The engine's q projection would write into the graph's buffer; here it is copied.
+      const size_t q_bytes = size_t(B) * Hq * D() * 2;
+      CheckOk(gpu::CopyOnDevice(graph_q_.as<char>() + size_t(l) * q_bytes, q, q_bytes, stream_),
+              "graph q");
+      CheckOk(gpu::GraphLaunch(graphs_[size_t(l)], stream_), "graph launch");
+      continue;
+    }
     Check(twl_decode(rt_, l, ids.data(), B, q, out_.as<void>(), space,
                      method_.quest_alone ? ones.data() : nullptr, stream_),
           rt_, "twl_decode");
@@ -543,6 +567,40 @@ void Config::Step(int32_t seg_step, double* append_ms) {
     }
   }
   for (Running& r : seqs_) ++r.len;
+}
+
+void Config::BindGraphs() {
+  const int32_t B = batch_, Hq = shape_.q_heads;
+  std::vector<twl_seq_id> ids(static_cast<size_t>(B));
+  for (int32_t b = 0; b < B; ++b) ids[size_t(b)] = seqs_[size_t(b)].id;
+  Check(twl_batch_create(rt_, ids.data(), B, graph_room_, &batch_id_), rt_, "twl_batch_create");
+  const size_t q_bytes = size_t(B) * Hq * D() * 2;
+  graph_q_.Resize(q_bytes * L(), true);
+  graph_out_.Resize(q_bytes, true);
+  CheckOk(gpu::Memset(graph_q_.as<void>(), 0, q_bytes * L(), stream_), "graph q");
+  // One eager decode per layer first: one-time kernel attributes are set outside the capture.
+  for (int32_t l = 0; l < L(); ++l) {
+    Check(twl_decode_batch(rt_, batch_id_, l, graph_q_.as<char>() + size_t(l) * q_bytes,
+                           graph_out_.as<void>(), TWL_DTYPE_FP16, stream_),
+          rt_, "twl_decode_batch (warm-up)");
+  }
+  CheckOk(gpu::StreamSync(stream_), "graph warm-up");
+  for (int32_t l = 0; l < L(); ++l) {
+    CheckOk(gpu::StreamBeginCapture(stream_), "begin capture");
+    Check(twl_decode_batch(rt_, batch_id_, l, graph_q_.as<char>() + size_t(l) * q_bytes,
+                           graph_out_.as<void>(), TWL_DTYPE_FP16, stream_),
+          rt_, "twl_decode_batch (capture)");
+    graphs_.push_back(OrDie(gpu::StreamEndCapture(stream_), "end capture"));
+  }
+}
+
+void Config::UnbindGraphs() {
+  if (batch_id_ == TWL_INVALID_BATCH_ID) return;
+  CheckOk(gpu::StreamSync(stream_), "graph drain");
+  for (void* g : graphs_) gpu::GraphDestroy(g);
+  graphs_.clear();
+  Check(twl_batch_free(rt_, batch_id_), rt_, "twl_batch_free");
+  batch_id_ = TWL_INVALID_BATCH_ID;
 }
 
 void Config::MeasureAccuracy(Result* res) {
@@ -685,6 +743,10 @@ Result Config::Run() {
     }
   }
   if (gpu_) CheckOk(gpu::DeviceSync(), "prefill");
+  if (method_.graph) {
+    graph_room_ = max_len + warmup + steps + 8;
+    BindGraphs();
+  }
   res.prefill_gbps = prefill_ms_ > 0 ? double(prefill_bytes_) / (prefill_ms_ * 1e6) : NAN;
   int64_t tokens = 0;
   for (const Running& r : seqs_) tokens += r.len;
@@ -756,10 +818,12 @@ Result Config::Run() {
       // The oldest running sequence finishes; a new request is prefilled in its place.
       const int32_t victim = churn_count % batch_;
       Running& r = seqs_[size_t(victim)];
+      UnbindGraphs();  // a bound sequence cannot be freed
       Check(twl_sequence_free(rt_, r.id), rt_, "twl_sequence_free");
       const double before = prefill_ms_;
       StartSequence(&r);
       if (gpu_) CheckOk(gpu::DeviceSync(), "churn prefill");
+      if (method_.graph) BindGraphs();
       churn_ms += prefill_ms_ - before;
       ++churn_count;
     }

@@ -23,7 +23,8 @@ CacheCounters& CacheCounters::operator+=(const CacheCounters& o) {
 }
 
 absl::StatusOr<GpuPageCache> GpuPageCache::Create(int64_t num_blocks, int32_t num_slots,
-                                                  int32_t decay_steps) {
+                                                  int32_t decay_steps,
+                                                  uint32_t min_admit_value) {
   if (num_blocks < 0 || num_blocks > INT32_MAX) {
     return absl::InvalidArgumentError(
         absl::StrFormat("GpuPageCache: num_blocks %d outside [0, 2^31)", num_blocks));
@@ -38,6 +39,7 @@ absl::StatusOr<GpuPageCache> GpuPageCache::Create(int64_t num_blocks, int32_t nu
   }
   GpuPageCache c;
   c.decay_steps_ = decay_steps;
+  c.min_admit_value_ = min_admit_value;
   c.value_.assign(size_t(num_blocks), 0);
   c.slot_of_block_.assign(size_t(num_blocks), -1);
   c.need_stamp_.assign(size_t(num_blocks), 0);
@@ -119,7 +121,7 @@ absl::StatusOr<GroupPlan> GpuPageCache::PlanGroup(absl::Span<const std::vector<i
     ++victim_hist[size_t(key)];
     victims.push_back(Victim{key, SlotAgeBucket(block_of_slot_[s], last_use_[s], st), s});
   }
-  const AdmitCut cut = PairAdmissions(miss_hist.data(), victim_hist.data());
+  const AdmitCut cut = PairAdmissions(miss_hist.data(), victim_hist.data(), min_admit_value_);
   // Highest buckets first, first listed first; lowest keys first, then oldest, then slot.
   std::stable_sort(candidates.begin(), candidates.end(),
                    [](const Candidate& x, const Candidate& y) { return x.bucket > y.bucket; });

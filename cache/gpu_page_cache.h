@@ -42,7 +42,8 @@
 //   3. Admission by histograms (PairAdmissions): candidates by ValueBucket, highest first,
 //      are paired with evictable slots by VictimKey, lowest first (free slots first); a pair
 //      is taken while the candidate's bucket >= the victim's key + kAdmitMargin (any
-//      candidate takes a free slot). Ties within a bucket: first listed / least recently
+//      candidate worth kMinAdmitValue rows takes a free slot; below it, none is admitted).
+//      Ties within a bucket: first listed / least recently
 //      used then slot index on the host, arrival order on the GPU (which blocks are admitted
 //      may then differ; how many may not).
 //   4. Each admitted candidate takes its victim: the old block is dropped, the fetch list
@@ -67,6 +68,15 @@ inline constexpr int32_t kCacheAgeBuckets = 256;
 // buckets above the victim's (8 buckets per octave: ~1.41x). Without a margin, values equal
 // up to decay timing (every block of a cyclic working set) would swap places every step.
 inline constexpr int32_t kAdmitMargin = 4;
+// A candidate is admitted only once its value (decayed kept rows over recent steps) reaches
+// this many rows, free slots included. Fetching a block costs ~8 KiB over PCIe; reading its
+// kept rows in place costs ~512 B each (at about half the bandwidth), so admission pays only
+// for a block whose rows will be read ~8+ more times. A block kept once, or at the flickering
+// tail of a top-p set (1-2 rows now and then), stays in place: without this floor such
+// blocks filled free slots and churned (B = 1, 128k: 40 MB of whole blocks fetched per
+// layer-step at steady state, none read in place). A flat head's block (16 rows) is admitted
+// at its first use; a block kept every step with r rows after ~8/r steps.
+inline constexpr uint32_t kMinAdmitValue = 8;
 // Steps (plan calls that start a step) per halving of every value, unless configured: long
 // enough to see a block several times when L layers take turns (the backend uses 4 L).
 inline constexpr int32_t kDefaultDecaySteps = 32;
@@ -128,8 +138,10 @@ struct AdmitCut {
 // The admission rule of step 3 over histograms [kCacheAgeBuckets] of candidate buckets and
 // victim keys (both ascending in value): highest candidates against lowest victims while
 // the candidate beats the victim by kAdmitMargin (a free victim, key 0, always loses).
-TWL_HD AdmitCut PairAdmissions(const int32_t* miss_hist, const int32_t* victim_hist) {
+TWL_HD AdmitCut PairAdmissions(const int32_t* miss_hist, const int32_t* victim_hist,
+                               uint32_t min_admit_value = kMinAdmitValue) {
   AdmitCut c;
+  const int32_t min_bucket = min_admit_value ? ValueBucket(min_admit_value) : 0;
   int32_t mb = kCacheAgeBuckets - 1, vb = 0;
   int32_t mrem = miss_hist[mb], vrem = victim_hist[vb];
   for (;;) {
@@ -142,6 +154,7 @@ TWL_HD AdmitCut PairAdmissions(const int32_t* miss_hist, const int32_t* victim_h
       if (vb < kCacheAgeBuckets) vrem = victim_hist[vb];
     }
     if (mb < 0 || vb >= kCacheAgeBuckets) break;
+    if (mb < min_bucket) break;  // worth less than its fetch
     if (vb != 0 && mb < vb + kAdmitMargin) break;
     const int32_t t = mrem < vrem ? mrem : vrem;
     if (c.miss_cut != mb) {
@@ -198,9 +211,10 @@ struct GroupPlan {
 class GpuPageCache {
  public:
   // num_blocks: block ids are in [0, num_blocks). num_slots >= 1. decay_steps >= 1: steps
-  // per halving of the block values.
+  // per halving of the block values. min_admit_value: see kMinAdmitValue (0: no floor).
   static absl::StatusOr<GpuPageCache> Create(int64_t num_blocks, int32_t num_slots,
-                                             int32_t decay_steps = kDefaultDecaySteps);
+                                             int32_t decay_steps = kDefaultDecaySteps,
+                                             uint32_t min_admit_value = kMinAdmitValue);
 
   int64_t num_blocks() const { return int64_t(slot_of_block_.size()); }
   int32_t num_slots() const { return int32_t(block_of_slot_.size()); }
@@ -240,6 +254,7 @@ class GpuPageCache {
   uint32_t stamp_ = 1;                // stamps start at 2 so that last_use 0 is never pinned
   uint32_t steps_ = 0;                // plans that started a step
   int32_t decay_steps_ = kDefaultDecaySteps;
+  uint32_t min_admit_value_ = kMinAdmitValue;
   int32_t pinned_last_ = 0;
   CacheCounters totals_;
 };

@@ -130,6 +130,29 @@ absl::Status StreamSync(void* stream) {
   return Check(cudaStreamSynchronize(S(stream)), "cudaStreamSynchronize");
 }
 absl::Status DeviceSync() { return Check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
+absl::Status StreamBeginCapture(void* stream) {
+  return Check(cudaStreamBeginCapture(S(stream), cudaStreamCaptureModeThreadLocal),
+               "cudaStreamBeginCapture");
+}
+absl::StatusOr<void*> StreamEndCapture(void* stream) {
+  cudaGraph_t graph = nullptr;
+  if (absl::Status s = Check(cudaStreamEndCapture(S(stream), &graph), "cudaStreamEndCapture");
+      !s.ok()) {
+    return s;
+  }
+  cudaGraphExec_t exec = nullptr;
+  const absl::Status s = Check(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+  cudaGraphDestroy(graph);
+  if (!s.ok()) return s;
+  return static_cast<void*>(exec);
+}
+absl::Status GraphLaunch(void* graph_exec, void* stream) {
+  return Check(cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph_exec), S(stream)),
+               "cudaGraphLaunch");
+}
+void GraphDestroy(void* graph_exec) {
+  if (graph_exec) cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(graph_exec));
+}
 void ProfilerRange(bool start) {
   // Only a profiler listens; without one both calls are no-ops, so their results are ignored.
   (void)(start ? cudaProfilerStart() : cudaProfilerStop());
@@ -189,6 +212,10 @@ void StreamDestroy(void*) {}
 absl::Status StreamSync(void*) { return NoCuda(); }
 absl::Status DeviceSync() { return NoCuda(); }
 void ProfilerRange(bool) {}
+absl::Status StreamBeginCapture(void*) { return NoCuda(); }
+absl::StatusOr<void*> StreamEndCapture(void*) { return NoCuda(); }
+absl::Status GraphLaunch(void*, void*) { return NoCuda(); }
+void GraphDestroy(void*) {}
 absl::Status LastError(const char*) { return NoCuda(); }
 absl::StatusOr<void*> EventCreate() { return NoCuda(); }
 void EventDestroy(void*) {}

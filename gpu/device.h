@@ -47,6 +47,12 @@ absl::Status StreamSync(void* stream);
 absl::Status DeviceSync();
 // Marks the range an external profiler captures (ncu/nsys --profile-from-start off).
 void ProfilerRange(bool start);
+// CUDA graphs for callers without CUDA headers (benchmarks): capture the work enqueued on
+// `stream` between Begin and End (thread-local capture mode) into an instantiated graph.
+absl::Status StreamBeginCapture(void* stream);
+absl::StatusOr<void*> StreamEndCapture(void* stream);  // the graph exec; GraphDestroy frees it
+absl::Status GraphLaunch(void* graph_exec, void* stream);
+void GraphDestroy(void* graph_exec);
 // The first pending asynchronous error, if any (clears sticky-free errors).
 absl::Status LastError(const char* what);
 

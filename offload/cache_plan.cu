@@ -295,7 +295,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    const AdmitCut cut = PairAdmissions(mhist, hist);
+    const AdmitCut cut = PairAdmissions(mhist, hist, cache.min_admit_value);
     c->admitted = cut.admitted;
     c->miss_cut = cut.miss_cut;
     c->miss_quota = cut.miss_quota;

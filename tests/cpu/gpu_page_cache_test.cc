@@ -17,6 +17,10 @@ namespace {
 
 using Units = std::vector<std::vector<int32_t>>;
 
+// The mechanics tests below (hits, victims, pinning, margins) use blocks of one or two kept
+// rows; they run without the admission floor, which AdmissionFloor* tests cover.
+constexpr uint32_t kNoFloor = 0;
+
 std::set<int32_t> Distinct(const std::vector<int32_t>& v) { return {v.begin(), v.end()}; }
 
 TEST(GpuPageCacheTest, CreateRejectsBadSizes) {
@@ -26,14 +30,14 @@ TEST(GpuPageCacheTest, CreateRejectsBadSizes) {
 }
 
 TEST(GpuPageCacheTest, PlanRejectsBlockOutOfRange) {
-  auto c = GpuPageCache::Create(8, 4).value();
+  auto c = GpuPageCache::Create(8, 4, kDefaultDecaySteps, kNoFloor).value();
   EXPECT_EQ(c.PlanGroup(Units{{1, 8}}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(c.PlanGroup(Units{{-1}}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(c.ResidentBlocks(), 0);  // nothing changed
 }
 
 TEST(GpuPageCacheTest, FirstStepMissesSecondStepHits) {
-  auto c = GpuPageCache::Create(100, 16).value();
+  auto c = GpuPageCache::Create(100, 16, kDefaultDecaySteps, kNoFloor).value();
   const Units units = {{3, 4, 5}, {40, 41}, {99}};
   auto p1 = c.PlanGroup(units, false).value();
   EXPECT_EQ(p1.counters.blocks_needed, 6);
@@ -57,7 +61,7 @@ TEST(GpuPageCacheTest, FirstStepMissesSecondStepHits) {
 }
 
 TEST(GpuPageCacheTest, DuplicatesWithinAndAcrossUnitsFetchedOnce) {
-  auto c = GpuPageCache::Create(50, 8).value();
+  auto c = GpuPageCache::Create(50, 8, kDefaultDecaySteps, kNoFloor).value();
   // A forked sequence shares block 7 with its parent; unit 0 lists block 2 twice.
   auto p = c.PlanGroup(Units{{2, 2, 7}, {7, 9}}, false).value();
   EXPECT_EQ(p.counters.blocks_needed, 3);
@@ -74,7 +78,7 @@ std::vector<int32_t> Cat(std::initializer_list<std::vector<int32_t>> parts) {
 }
 
 TEST(GpuPageCacheTest, EvictsLowestValueFirstThenOldest) {
-  auto c = GpuPageCache::Create(100, 4).value();
+  auto c = GpuPageCache::Create(100, 4, kDefaultDecaySteps, kNoFloor).value();
   // Fill with 10, 11, 12, 13 (one row each) in separate groups, so their ages differ.
   for (int32_t b : {10, 11, 12, 13}) ASSERT_TRUE(c.PlanGroup(Units{{b}}, false).ok());
   // 13 is used again with many rows: the most valuable, although not the most recent.
@@ -94,7 +98,7 @@ TEST(GpuPageCacheTest, EvictsLowestValueFirstThenOldest) {
 
 // A miss does not displace a block of about its own value (the margin): it is read in place.
 TEST(GpuPageCacheTest, EqualValueMissIsReadInPlace) {
-  auto c = GpuPageCache::Create(100, 2).value();
+  auto c = GpuPageCache::Create(100, 2, kDefaultDecaySteps, kNoFloor).value();
   ASSERT_TRUE(c.PlanGroup(Units{Cat({Rows(1, 4), Rows(2, 4)})}, false).ok());
   auto p = c.PlanGroup(Units{Cat({Rows(3, 4), Rows(1, 1)})}, false).value();
   EXPECT_EQ(p.counters.hits, 1);
@@ -114,7 +118,7 @@ TEST(GpuPageCacheTest, EqualValueMissIsReadInPlace) {
 }
 
 TEST(GpuPageCacheTest, ValuesDecayByHalfPerPeriod) {
-  auto c = GpuPageCache::Create(10, 2, /*decay_steps=*/2).value();
+  auto c = GpuPageCache::Create(10, 2, /*decay_steps=*/2, kNoFloor).value();
   ASSERT_TRUE(c.PlanGroup(Units{Rows(5, 12)}, false).ok());  // step 1, epoch 0
   EXPECT_EQ(c.Value(5), 12u);
   ASSERT_TRUE(c.PlanGroup(Units{{1}}, false).ok());  // step 2, epoch 1: halved
@@ -151,7 +155,7 @@ TEST(GpuPageCacheTest, PairAdmissionsTakesHighestAgainstLowest) {
 }
 
 TEST(GpuPageCacheTest, FreeSlotsAreUsedBeforeEvicting) {
-  auto c = GpuPageCache::Create(100, 4).value();
+  auto c = GpuPageCache::Create(100, 4, kDefaultDecaySteps, kNoFloor).value();
   ASSERT_TRUE(c.PlanGroup(Units{{1, 2}}, false).ok());
   auto p = c.PlanGroup(Units{{3, 4}}, false).value();
   EXPECT_EQ(p.counters.evictions, 0);
@@ -159,7 +163,7 @@ TEST(GpuPageCacheTest, FreeSlotsAreUsedBeforeEvicting) {
 }
 
 TEST(GpuPageCacheTest, PreviousGroupIsPinned) {
-  auto c = GpuPageCache::Create(100, 6).value();
+  auto c = GpuPageCache::Create(100, 6, kDefaultDecaySteps, kNoFloor).value();
   ASSERT_TRUE(c.PlanGroup(Units{{1, 2, 3}}, false).ok());  // step 1 group 0
   ASSERT_TRUE(c.PlanGroup(Units{{4, 5, 6}}, true).ok());   // step 1 group 1: fills the cache
   // Step 2, group 0 may evict anything (the previous step has finished); 1, 2, 3 are the
@@ -184,7 +188,7 @@ TEST(GpuPageCacheTest, PreviousGroupIsPinned) {
 // A block the previous group reads in place is not admitted by the next group (its slot
 // would be filled while that group's attention reads through slot_of_block).
 TEST(GpuPageCacheTest, PreviousGroupsInPlaceBlockStaysInPlace) {
-  auto c = GpuPageCache::Create(100, 2).value();
+  auto c = GpuPageCache::Create(100, 2, kDefaultDecaySteps, kNoFloor).value();
   ASSERT_TRUE(c.PlanGroup(Units{Cat({Rows(1, 8), Rows(9, 1)})}, false).ok());
   for (int32_t i = 0; i < 3; ++i) ASSERT_TRUE(c.PlanGroup(Units{Rows(1, 8)}, false).ok());
   // Group 0: 1 is a hit; 2 (shared with the next group, e.g. a forked page) is worth no
@@ -200,7 +204,7 @@ TEST(GpuPageCacheTest, PreviousGroupsInPlaceBlockStaysInPlace) {
 }
 
 TEST(GpuPageCacheTest, StepLargerThanCacheReadsTheRestInPlace) {
-  auto c = GpuPageCache::Create(1000, 10).value();
+  auto c = GpuPageCache::Create(1000, 10, kDefaultDecaySteps, kNoFloor).value();
   const Units units = {{1, 2, 3, 4, 5, 6}, {7, 8, 9, 10, 11}, {12, 13, 14, 15}, {16}};
   auto p = c.PlanGroup(units, false).value();
   // 10 free slots for 16 blocks: 10 fetched, 6 read in place; every unit attended.
@@ -223,7 +227,7 @@ TEST(GpuPageCacheTest, StepLargerThanCacheReadsTheRestInPlace) {
 }
 
 TEST(GpuPageCacheTest, InvalidateFreesTheSlot) {
-  auto c = GpuPageCache::Create(100, 2).value();
+  auto c = GpuPageCache::Create(100, 2, kDefaultDecaySteps, kNoFloor).value();
   ASSERT_TRUE(c.PlanGroup(Units{{5, 6}}, false).ok());
   const int32_t slot = c.SlotOf(5);
   c.Invalidate(5);
@@ -252,7 +256,7 @@ TEST(GpuPageCacheTest, RandomDriftInvariants) {
     const int32_t num_units = 1 + int32_t(rng() % 12);
     const int32_t per_unit = 1 + int32_t(rng() % 40);
     const int32_t num_slots = 1 + int32_t(rng() % (num_units * per_unit + 20));
-    auto c = GpuPageCache::Create(num_blocks, num_slots, /*decay_steps=*/4).value();
+    auto c = GpuPageCache::Create(num_blocks, num_slots, /*decay_steps=*/4, kNoFloor).value();
     // Each unit has a "hot set" that drifts: each step a few blocks are replaced.
     std::vector<std::vector<int32_t>> hot(static_cast<size_t>(num_units));
     for (auto& h : hot) {
@@ -369,6 +373,60 @@ TEST(GpuPageCacheTest, RandomDriftInvariants) {
       EXPECT_GT(double(total_hits), 0.6 * double(total_needed)) << "trial " << trial;
     }
   }
+}
+
+// The floor: a miss is admitted only when its value reaches kMinAdmitValue rows, free slots
+// included. A block kept with 16 rows (a flat head's) is admitted at its first use; one kept
+// with a single row stays in place until its rows over recent steps add up to the floor.
+TEST(GpuPageCacheTest, AdmissionFloorKeepsLowValueMissesInPlace) {
+  auto c = GpuPageCache::Create(100, 16).value();  // the default floor
+  ASSERT_EQ(kMinAdmitValue, 8u);
+  std::vector<int32_t> unit(16, 40);  // block 40: 16 kept rows
+  unit.push_back(3);                  // block 3: one kept row
+  for (uint32_t step = 1; step <= kMinAdmitValue; ++step) {
+    SCOPED_TRACE(step);
+    auto p = c.PlanGroup(Units{unit}, false).value();
+    if (step == 1) {
+      ASSERT_EQ(p.fetch.size(), 1u);
+      EXPECT_EQ(p.fetch[0].block, 40);
+    } else {
+      EXPECT_GE(c.SlotOf(40), 0);  // stays resident
+      EXPECT_EQ(p.counters.hits, 1);
+    }
+    EXPECT_EQ(c.Value(3), step);
+    if (step < kMinAdmitValue) {
+      EXPECT_EQ(c.SlotOf(3), -1) << "admitted below the floor";
+      ASSERT_EQ(p.direct.size(), 1u);
+      EXPECT_EQ(p.direct[0], 3);
+      EXPECT_EQ(p.counters.direct_rows, 1);
+    } else {
+      EXPECT_GE(c.SlotOf(3), 0) << "not admitted at the floor";
+      ASSERT_EQ(p.fetch.size(), 1u);
+      EXPECT_EQ(p.fetch[0].block, 3);
+    }
+  }
+  ASSERT_TRUE(c.CheckConsistent().ok());
+}
+
+// Without a floor (kNoFloor) the same single-row miss takes a free slot at once.
+TEST(GpuPageCacheTest, AdmissionFloorZeroAdmitsIntoFreeSlots) {
+  auto c = GpuPageCache::Create(100, 16, kDefaultDecaySteps, kNoFloor).value();
+  auto p = c.PlanGroup(Units{{3}}, false).value();
+  ASSERT_EQ(p.fetch.size(), 1u);
+  EXPECT_TRUE(p.direct.empty());
+}
+
+// PairAdmissions itself: candidates below the floor's bucket are never paired, even with
+// free slots; those at or above it are, highest first.
+TEST(GpuPageCacheTest, PairAdmissionsStopsAtTheFloor) {
+  std::vector<int32_t> miss(kCacheAgeBuckets, 0), victim(kCacheAgeBuckets, 0);
+  miss[ValueBucket(2)] = 5;   // below the floor
+  miss[ValueBucket(16)] = 3;  // above it
+  victim[0] = 100;            // free slots
+  const AdmitCut cut = PairAdmissions(miss.data(), victim.data(), kMinAdmitValue);
+  EXPECT_EQ(cut.admitted, 3);
+  EXPECT_EQ(cut.miss_cut, ValueBucket(16));
+  EXPECT_EQ(PairAdmissions(miss.data(), victim.data(), 0).admitted, 8);
 }
 
 TEST(PlanSeqGroupsTest, CoversBatchContiguously) {
