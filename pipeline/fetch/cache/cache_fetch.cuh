@@ -22,7 +22,7 @@
 #include "absl/status/status.h"
 #include "core/stage_views.h"
 #include "gpu/device.h"
-#include "offload/cache_plan.h"
+#include "pipeline/fetch/cache/cuda/cache_plan.h"
 #include "offload/fetch_transport.h"
 #include "pipeline/fetch/fetch.cuh"
 #include "runtime/runtime.h"

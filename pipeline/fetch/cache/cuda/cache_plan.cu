@@ -25,7 +25,7 @@
 #include <algorithm>
 
 #include "gpu/device.h"
-#include "offload/cache_plan.h"
+#include "pipeline/fetch/cache/cuda/cache_plan.h"
 #include "offload/cuda_check.cuh"
 
 namespace twl {
