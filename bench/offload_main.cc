@@ -410,26 +410,11 @@ class Bench {
     const size_t qrow = size_t(hb.num_q_heads) * g_.head_dim;
     std::vector<double> gms, wms;
     for (int32_t t = 0; t < opt_.warmup + opt_.steps; ++t) {
-      DecodeRequest req;
-      req.batch = hb;
-      req.q = d_q.as<fp16_t>() + size_t(t) * B * qrow;
-      req.out = d_out.as<fp16_t>();
-      req.space = MemSpace::kDevice;
-      req.selector = sel;
-      req.pruner = pr;
-      req.stream = stream_;
-      const auto w0 = std::chrono::steady_clock::now();
-      CHECK_OK(gpu::EventRecord(e0_, stream_));
-      CHECK_OK((*hbm)->Decode(req, nullptr));
-      CHECK_OK(gpu::EventRecord(e1_, stream_));
-      CHECK_OK(gpu::StreamSync(stream_));
-      const double wall =
-          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - w0).count();
-      const float ms = ValueOrDie(gpu::EventElapsedMs(e0_, e1_), "dense timing");
-      CHECK_OK((*hbm)->TakeAsyncError());
+      const StepTime st = TimedDecode(**hbm, hb, d_q.as<fp16_t>() + size_t(t) * B * qrow,
+                                      d_out.as<fp16_t>(), sel, pr, nullptr);
       if (t >= opt_.warmup) {
-        gms.push_back(ms);
-        wms.push_back(wall);
+        gms.push_back(st.gpu_ms);
+        wms.push_back(st.wall_ms);
       }
     }
     r.gpu_ms = Median(gms);
@@ -438,6 +423,34 @@ class Bench {
     r.hit_rate = 1;
     r.gpu_mb = hbm_kv_mb;
     return r;
+  }
+
+  struct StepTime {
+    double gpu_ms = 0, wall_ms = 0;
+  };
+  // One decode step of `store` on our stream (device q / out): GPU time between events
+  // around the Decode call, and host wall time to the stream's end.
+  StepTime TimedDecode(Backend& store, const BatchView& hb, const fp16_t* q, fp16_t* out,
+                       const SelectorParams& sel, const PrunerParams& pr, StepTelemetry* tel) {
+    DecodeRequest req;
+    req.batch = hb;
+    req.q = q;
+    req.out = out;
+    req.space = MemSpace::kDevice;
+    req.selector = sel;
+    req.pruner = pr;
+    req.stream = stream_;
+    const auto w0 = std::chrono::steady_clock::now();
+    CHECK_OK(gpu::EventRecord(e0_, stream_));
+    CHECK_OK(store.Decode(req, tel));
+    CHECK_OK(gpu::EventRecord(e1_, stream_));
+    CHECK_OK(gpu::StreamSync(stream_));
+    StepTime t;
+    t.wall_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - w0).count();
+    t.gpu_ms = ValueOrDie(gpu::EventElapsedMs(e0_, e1_), "decode timing");
+    CHECK_OK(store.TakeAsyncError());
+    return t;
   }
 
   // Every sequence s of the batch gets the layer's len tokens in pages [s * P, (s + 1) * P),
@@ -543,29 +556,14 @@ class Bench {
     std::vector<double> gms, wms, kq, kkv, hit, fetched, mb, fms, gbps, direct;
     const int32_t timed_end = opt_.warmup + opt_.steps;
     for (int32_t t = 0; t < timed_end + opt_.steps; ++t) {
-      DecodeRequest req;
-      req.batch = hb;
-      req.q = d_q.as<fp16_t>() + size_t(t) * B * qrow;
-      req.out = d_out.as<fp16_t>();
-      req.space = MemSpace::kDevice;
-      req.selector = sel;
-      req.pruner = pr;
-      req.stream = stream_;
       StepTelemetry tel;
       const bool with_tel = t >= timed_end;
-      const auto w0 = std::chrono::steady_clock::now();
-      CHECK_OK(gpu::EventRecord(e0_, stream_));
-      CHECK_OK(off.Decode(req, with_tel ? &tel : nullptr));
-      CHECK_OK(gpu::EventRecord(e1_, stream_));
-      CHECK_OK(gpu::StreamSync(stream_));
-      const double wall =
-          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - w0).count();
-      const float ms = ValueOrDie(gpu::EventElapsedMs(e0_, e1_), "offload timing");
-      CHECK_OK(off.TakeAsyncError());
+      const StepTime st = TimedDecode(off, hb, d_q.as<fp16_t>() + size_t(t) * B * qrow,
+                                      d_out.as<fp16_t>(), sel, pr, with_tel ? &tel : nullptr);
       if (t < opt_.warmup) continue;
       if (!with_tel) {
-        gms.push_back(ms);
-        wms.push_back(wall);
+        gms.push_back(st.gpu_ms);
+        wms.push_back(st.wall_ms);
         continue;
       }
       kq.push_back(std::accumulate(tel.kept_tokens.begin(), tel.kept_tokens.end(), 0.0) /
