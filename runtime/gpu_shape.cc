@@ -1,3 +1,4 @@
+// Creation-time shape checks of the GPU stores (see gpu_shape.h).
 #include "runtime/gpu_shape.h"
 
 #include "absl/strings/str_format.h"
