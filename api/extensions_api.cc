@@ -26,17 +26,6 @@
 namespace twl::api {
 namespace {
 
-// FP16 result -> the caller's dtype, on the host.
-void ConvertFromFp16(const fp16_t* src, DType to, int64_t n, void* dst) {
-  if (to == DType::kBf16) {
-    bf16_t* d = static_cast<bf16_t*>(dst);
-    for (int64_t i = 0; i < n; ++i) d[i] = FloatToBf16(HalfToFloat(src[i]));
-  } else {
-    float* d = static_cast<float*>(dst);
-    for (int64_t i = 0; i < n; ++i) d[i] = HalfToFloat(src[i]);
-  }
-}
-
 // Frees stream-ordered scratch when the call leaves, whatever the path.
 struct ScratchGuard {
   int32_t device = 0;
@@ -144,7 +133,7 @@ twl_status twl_decode_ex(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs,
   const twl_status s =
       twl_decode(rt, layer, seqs, num_seqs, q16.data(), out16.data(), space, seq_p, stream);
   if (s != TWL_OK) return s;
-  twl::api::ConvertFromFp16(out16.data(), from, n, out);
+  twl::ConvertFromFp16(out16.data(), from, n, out);
   return TWL_OK;
 }
 

@@ -1,6 +1,7 @@
 // twl_offload: the offload runtime against its baselines, in one run on one GPU.
 //
-//   dense_hbm        dense paged attention with all FP16 KV in device memory (gpuk's kernel)
+//   dense_hbm        dense paged attention with all FP16 KV in device memory (the HBM store's
+//                    dense step: full selector, dense pruner)
 //   full_offload     copy the batch's whole FP16 KV of the layer from pinned host memory each
 //                    step (copy engine or gather, whichever the calibration says is faster
 //                    for long runs), then the same dense attention
@@ -300,7 +301,7 @@ class Bench {
 
     std::vector<MethodResult> results;
     // ---- dense, all KV in HBM (one device copy aliased by every sequence's page table) ----
-    results.push_back(RunDense(layer, len, B, P, d_k, d_v, d_q, d_out, hbm_kv_mb));
+    results.push_back(RunDense(hb, len, B, P, d_k, d_v, d_q, d_out, hbm_kv_mb));
 
     // ---- offload backend: fill the pinned pool through the append kernel -----------------
     RuntimeConfig cfg;
@@ -313,23 +314,7 @@ class Bench {
                           g_.FpBlockBytes() * 64);
     const int64_t free_before = DeviceFreeBytes();
     auto off = ValueOrDie(CreateGpuOffloadBackendEx(cfg, num_pages), "offload backend");
-    {
-      std::vector<int32_t> page_id(static_cast<size_t>(len)), slot(static_cast<size_t>(len));
-      for (int32_t s = 0; s < B; ++s) {
-        for (int32_t i = 0; i < len; ++i) {
-          page_id[size_t(i)] = s * P + i / g_.page_size;
-          slot[size_t(i)] = i % g_.page_size;
-        }
-        AppendView a;
-        a.num_tokens = len;
-        a.k = d_k.as<fp16_t>();
-        a.v = d_v.as<fp16_t>();
-        a.page_id = page_id.data();
-        a.slot = slot.data();
-        CHECK_OK(off->Append(a, DType::kFp16, MemSpace::kDevice, nullptr));
-      }
-      CHECK_OK(gpu::DeviceSync());
-    }
+    AppendKv(*off, len, B, P, d_k, d_v);
     const MemoryUsage mem = off->Memory();
     const double off_gpu_mb = double(mem.gpu_quant_bytes + mem.gpu_cache_bytes) / 1e6;
     std::fprintf(stderr, "  offload backend: %d cache slots, quant %.0f MB, cache %.0f MB\n",
@@ -394,96 +379,42 @@ class Bench {
     std::fprintf(stderr, "%s", t.ToText().c_str());
   }
 
-  MethodResult RunDense(const bench::SyntheticLayer& layer, int32_t len, int32_t B, int32_t P,
+  // Dense attention with every sequence's FP16 KV in device memory: the library's HBM store
+  // and its dense step (full selector, dense pruner: the dense attention kernel straight
+  // away), timed like the offload methods (events around Decode on our stream). Every
+  // sequence holds its own copy of the layer (pages s * P ...), so that no sequence reads
+  // another's KV out of L2: dense moves B * len tokens from HBM, as it would in serving.
+  MethodResult RunDense(const BatchView& hb, int32_t len, int32_t B, int32_t P,
                         const gpu::DeviceBuffer& d_k, const gpu::DeviceBuffer& d_v,
                         const gpu::DeviceBuffer& d_q, const gpu::DeviceBuffer& d_out,
                         double hbm_kv_mb) {
-    (void)layer;
-    const int32_t H = g_.num_kv_heads;
-    const int64_t blocks = int64_t(P) * H;  // one sequence
-    gpu::DeviceBuffer kv, quant;
-    if (!kv.Reserve(size_t(B) * blocks * g_.FpBlockBytes()).ok()) {
-      std::fprintf(stderr, "  dense_hbm skipped: no device memory for the batch's KV\n");
-      MethodResult r;
-      r.method = "dense_hbm";
+    MethodResult r;
+    r.method = "dense_hbm";
+    RuntimeConfig cfg;
+    cfg.num_q_heads = hb.num_q_heads;
+    cfg.num_kv_heads = g_.num_kv_heads;
+    cfg.head_dim = g_.head_dim;
+    cfg.page_size = g_.page_size;
+    absl::StatusOr<std::unique_ptr<Backend>> hbm = CreateGpuHbmBackend(cfg, int64_t(B) * P);
+    if (!hbm.ok()) {
+      std::fprintf(stderr, "  dense_hbm skipped: %s\n",
+                   std::string(hbm.status().message()).c_str());
       r.gpu_ms = r.wall_ms = std::nan("");
       return r;
     }
-    CHECK_OK(quant.Reserve(size_t(blocks * g_.QuantBlockBytes()) + 4096));
-    char* qb = quant.as<char>();
-    QuantKView qk;
-    qk.codes = reinterpret_cast<uint8_t*>(qb);
-    qb += blocks * g_.CodeBlockBytes();
-    qk.scale = reinterpret_cast<fp16_t*>(qb);
-    qb += blocks * g_.page_size * 2;
-    qk.zero = reinterpret_cast<fp16_t*>(qb);
-    qb += blocks * g_.page_size * 2;
-    qk.kmin = reinterpret_cast<fp16_t*>(qb);
-    qb += blocks * g_.head_dim * 2;
-    qk.kmax = reinterpret_cast<fp16_t*>(qb);
-    std::vector<int32_t> page_id(static_cast<size_t>(len)), slot(static_cast<size_t>(len));
-    for (int32_t i = 0; i < len; ++i) {
-      page_id[size_t(i)] = i / g_.page_size;
-      slot[size_t(i)] = i % g_.page_size;
-    }
-    gpu::DeviceBuffer d_idx;
-    CHECK_OK(d_idx.Reserve(size_t(len) * 8));
-    CHECK_OK(gpu::CopyToDevice(d_idx.get(), page_id.data(), size_t(len) * 4));
-    CHECK_OK(gpu::CopyToDevice(d_idx.as<int32_t>() + len, slot.data(), size_t(len) * 4));
-    std::vector<int32_t> pages, rows;
-    PlanAppendPages(page_id.data(), slot.data(), len, &pages, &rows);
-    gpu::DeviceBuffer d_plan;
-    CHECK_OK(d_plan.Reserve(pages.size() * 8));
-    CHECK_OK(gpu::CopyToDevice(d_plan.get(), pages.data(), pages.size() * 4));
-    CHECK_OK(gpu::CopyToDevice(d_plan.as<int32_t>() + pages.size(), rows.data(), rows.size() * 4));
-    AppendView a;
-    a.num_tokens = len;
-    a.k = d_k.as<fp16_t>();
-    a.v = d_v.as<fp16_t>();
-    a.page_id = d_idx.as<int32_t>();
-    a.slot = d_idx.as<int32_t>() + len;
-    AppendPagePlan plan{d_plan.as<int32_t>(), d_plan.as<int32_t>() + pages.size(),
-                        int32_t(pages.size())};
-    CHECK_OK(LaunchAppend(g_, a, KvInputType::kFp16, plan, FpKvView{kv.as<fp16_t>(), nullptr},
-                          qk, stream_));
-    CHECK_OK(gpu::StreamSync(stream_));
-    // Every sequence gets its own copy (pages s * P ...), so that no sequence reads another's
-    // KV out of L2: dense moves B * len tokens from HBM, as it would in serving.
-    const size_t seq_bytes = size_t(blocks) * g_.FpBlockBytes();
-    for (int32_t s = 1; s < B; ++s) {
-      CHECK_OK(gpu::CopyOnDevice(kv.as<char>() + s * seq_bytes, kv.get(), seq_bytes, stream_));
-    }
-    std::vector<int32_t> seq_len(static_cast<size_t>(B), len), table(size_t(B) * P);
-    std::iota(table.begin(), table.end(), 0);
-    gpu::DeviceBuffer d_batch;
-    CHECK_OK(d_batch.Reserve((seq_len.size() + table.size()) * 4));
-    CHECK_OK(gpu::CopyToDevice(d_batch.get(), seq_len.data(), seq_len.size() * 4));
-    CHECK_OK(gpu::CopyToDevice(d_batch.as<int32_t>() + B, table.data(), table.size() * 4));
-    BatchView db;
-    db.num_seqs = B;
-    db.num_q_heads = H * 4;
-    db.seq_len = d_batch.as<int32_t>();
-    db.page_table = d_batch.as<int32_t>() + B;
-    db.max_pages = P;
-    gpu::DeviceBuffer ws;
-    const size_t ws_bytes = AttentionWorkspaceBytes(g_, B, db.num_q_heads);
-    CHECK_OK(ws.Reserve(std::max<size_t>(ws_bytes, 256)));
-    const size_t qrow = size_t(db.num_q_heads) * g_.head_dim;
-    MethodResult r;
-    r.method = "dense_hbm";
+    AppendKv(**hbm, len, B, P, d_k, d_v);
+    SelectorParams sel;
+    sel.kind = SelectorKind::kFull;
+    PrunerParams pr;
+    pr.dense = true;
+    const size_t qrow = size_t(hb.num_q_heads) * g_.head_dim;
     std::vector<double> gms, wms;
     for (int32_t t = 0; t < opt_.warmup + opt_.steps; ++t) {
-      const auto w0 = std::chrono::steady_clock::now();
-      CHECK_OK(gpu::EventRecord(e0_, stream_));
-      CHECK_OK(LaunchDenseAttention(g_, db, QueryView{d_q.as<fp16_t>() + size_t(t) * B * qrow},
-                                    FpKvView{kv.as<fp16_t>(), nullptr},
-                                    OutputView{d_out.as<fp16_t>()}, 0.0f, ws.get(), ws_bytes,
-                                    stream_));
-      CHECK_OK(gpu::EventRecord(e1_, stream_));
-      const float ms = ValueOrDie(gpu::EventElapsedMs(e0_, e1_), "dense timing");
+      const StepTime st = TimedDecode(**hbm, hb, d_q.as<fp16_t>() + size_t(t) * B * qrow,
+                                      d_out.as<fp16_t>(), sel, pr, nullptr);
       if (t >= opt_.warmup) {
-        gms.push_back(ms);
-        wms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - w0).count());
+        gms.push_back(st.gpu_ms);
+        wms.push_back(st.wall_ms);
       }
     }
     r.gpu_ms = Median(gms);
@@ -492,6 +423,55 @@ class Bench {
     r.hit_rate = 1;
     r.gpu_mb = hbm_kv_mb;
     return r;
+  }
+
+  struct StepTime {
+    double gpu_ms = 0, wall_ms = 0;
+  };
+  // One decode step of `store` on our stream (device q / out): GPU time between events
+  // around the Decode call, and host wall time to the stream's end.
+  StepTime TimedDecode(Backend& store, const BatchView& hb, const fp16_t* q, fp16_t* out,
+                       const SelectorParams& sel, const PrunerParams& pr, StepTelemetry* tel) {
+    DecodeRequest req;
+    req.batch = hb;
+    req.q = q;
+    req.out = out;
+    req.space = MemSpace::kDevice;
+    req.selector = sel;
+    req.pruner = pr;
+    req.stream = stream_;
+    const auto w0 = std::chrono::steady_clock::now();
+    CHECK_OK(gpu::EventRecord(e0_, stream_));
+    CHECK_OK(store.Decode(req, tel));
+    CHECK_OK(gpu::EventRecord(e1_, stream_));
+    CHECK_OK(gpu::StreamSync(stream_));
+    StepTime t;
+    t.wall_ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - w0).count();
+    t.gpu_ms = ValueOrDie(gpu::EventElapsedMs(e0_, e1_), "decode timing");
+    CHECK_OK(store.TakeAsyncError());
+    return t;
+  }
+
+  // Every sequence s of the batch gets the layer's len tokens in pages [s * P, (s + 1) * P),
+  // appended through the store's own append path from device K/V.
+  void AppendKv(Backend& store, int32_t len, int32_t B, int32_t P, const gpu::DeviceBuffer& d_k,
+                const gpu::DeviceBuffer& d_v) {
+    std::vector<int32_t> page_id(static_cast<size_t>(len)), slot(static_cast<size_t>(len));
+    for (int32_t s = 0; s < B; ++s) {
+      for (int32_t i = 0; i < len; ++i) {
+        page_id[size_t(i)] = s * P + i / g_.page_size;
+        slot[size_t(i)] = i % g_.page_size;
+      }
+      AppendView a;
+      a.num_tokens = len;
+      a.k = d_k.as<fp16_t>();
+      a.v = d_v.as<fp16_t>();
+      a.page_id = page_id.data();
+      a.slot = slot.data();
+      CHECK_OK(store.Append(a, DType::kFp16, MemSpace::kDevice, nullptr));
+    }
+    CHECK_OK(gpu::DeviceSync());
   }
 
   MethodResult RunFullOffload(OffloadBackend& off, const bench::SyntheticLayer& layer,
@@ -576,29 +556,14 @@ class Bench {
     std::vector<double> gms, wms, kq, kkv, hit, fetched, mb, fms, gbps, direct;
     const int32_t timed_end = opt_.warmup + opt_.steps;
     for (int32_t t = 0; t < timed_end + opt_.steps; ++t) {
-      DecodeRequest req;
-      req.batch = hb;
-      req.q = d_q.as<fp16_t>() + size_t(t) * B * qrow;
-      req.out = d_out.as<fp16_t>();
-      req.space = MemSpace::kDevice;
-      req.selector = sel;
-      req.pruner = pr;
-      req.stream = stream_;
       StepTelemetry tel;
       const bool with_tel = t >= timed_end;
-      const auto w0 = std::chrono::steady_clock::now();
-      CHECK_OK(gpu::EventRecord(e0_, stream_));
-      CHECK_OK(off.Decode(req, with_tel ? &tel : nullptr));
-      CHECK_OK(gpu::EventRecord(e1_, stream_));
-      CHECK_OK(gpu::StreamSync(stream_));
-      const double wall =
-          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - w0).count();
-      const float ms = ValueOrDie(gpu::EventElapsedMs(e0_, e1_), "offload timing");
-      CHECK_OK(off.TakeAsyncError());
+      const StepTime st = TimedDecode(off, hb, d_q.as<fp16_t>() + size_t(t) * B * qrow,
+                                      d_out.as<fp16_t>(), sel, pr, with_tel ? &tel : nullptr);
       if (t < opt_.warmup) continue;
       if (!with_tel) {
-        gms.push_back(ms);
-        wms.push_back(wall);
+        gms.push_back(st.gpu_ms);
+        wms.push_back(st.wall_ms);
         continue;
       }
       kq.push_back(std::accumulate(tel.kept_tokens.begin(), tel.kept_tokens.end(), 0.0) /

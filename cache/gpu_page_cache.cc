@@ -1,5 +1,6 @@
 // Host implementation of the GPU hot-page cache policy (see gpu_page_cache.h): the
-// specification the device kernels in offload/cache_plan.cu follow, and its CPU tests' subject.
+// specification the device kernels in pipeline/fetch/cache/cuda/cache_plan.cu follow, and its
+// CPU tests' subject.
 #include "cache/gpu_page_cache.h"
 
 #include <algorithm>

@@ -1,8 +1,9 @@
 // GPU hot-page cache: which FP16 blocks occupy which of a fixed number of device slots, and
 // which blocks a decode step reads in place from host memory instead. This file is the
 // policy's specification and its host implementation (CPU-tested); the offload backend runs
-// the same policy on the GPU (offload/cache_plan.cu) over device copies of the same arrays,
-// so that a decode step never waits for the host. Shared rules are the TWL_HD functions below.
+// the same policy on the GPU (pipeline/fetch/cache/cuda/cache_plan.cu) over device copies of
+// the same arrays, so that a decode step never waits for the host. Shared rules are the
+// TWL_HD functions below.
 //
 // State:
 //   slot_of_block [num_blocks]  slot holding the block, or -1 (the attention kernel reads

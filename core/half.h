@@ -73,21 +73,19 @@ TWL_HD bf16_t FloatToBf16(float f) {
 // Elements of caller buffers, which need no alignment (api/twilight.h): read and written
 // through memcpy, never through a typed pointer, so an odd address is defined behaviour (one
 // unaligned load or store on x86-64 and ARM64). Host code only.
-inline uint16_t LoadU16(const void* base, int64_t i) {
-  uint16_t v;
-  std::memcpy(&v, static_cast<const unsigned char*>(base) + i * int64_t(sizeof(v)), sizeof(v));
+template <typename T>
+inline T LoadUnaligned(const void* base, int64_t i) {
+  T v;
+  std::memcpy(&v, static_cast<const unsigned char*>(base) + i * int64_t(sizeof(T)), sizeof(T));
   return v;
 }
-inline void StoreU16(void* base, int64_t i, uint16_t v) {
-  std::memcpy(static_cast<unsigned char*>(base) + i * int64_t(sizeof(v)), &v, sizeof(v));
+template <typename T>
+inline void StoreUnaligned(void* base, int64_t i, T v) {
+  std::memcpy(static_cast<unsigned char*>(base) + i * int64_t(sizeof(T)), &v, sizeof(T));
 }
-inline float LoadF32(const void* base, int64_t i) {
-  float v;
-  std::memcpy(&v, static_cast<const unsigned char*>(base) + i * int64_t(sizeof(v)), sizeof(v));
-  return v;
-}
-inline void StoreF32(void* base, int64_t i, float v) {
-  std::memcpy(static_cast<unsigned char*>(base) + i * int64_t(sizeof(v)), &v, sizeof(v));
-}
+inline uint16_t LoadU16(const void* base, int64_t i) { return LoadUnaligned<uint16_t>(base, i); }
+inline void StoreU16(void* base, int64_t i, uint16_t v) { StoreUnaligned(base, i, v); }
+inline float LoadF32(const void* base, int64_t i) { return LoadUnaligned<float>(base, i); }
+inline void StoreF32(void* base, int64_t i, float v) { StoreUnaligned(base, i, v); }
 
 }  // namespace twl

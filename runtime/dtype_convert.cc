@@ -44,4 +44,14 @@ KvInputType InputType(DType t) {
   }
 }
 
+void ConvertFromFp16(const fp16_t* src, DType to, int64_t n, void* dst) {
+  if (to == DType::kBf16) {
+    bf16_t* d = static_cast<bf16_t*>(dst);
+    for (int64_t i = 0; i < n; ++i) d[i] = FloatToBf16(HalfToFloat(src[i]));
+  } else {
+    float* d = static_cast<float*>(dst);
+    for (int64_t i = 0; i < n; ++i) d[i] = HalfToFloat(src[i]);
+  }
+}
+
 }  // namespace twl

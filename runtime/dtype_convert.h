@@ -18,4 +18,7 @@ KvInputType InputType(DType dtype);
 // dst[i] = fp16(src[i]) for n elements, round to nearest even (FP16 input is copied).
 void ConvertToFp16(const void* src, DType dtype, int64_t n, fp16_t* dst);
 
+// FP16 results -> the caller's dtype `to`, BF16 or FP32 (anything else is written as FP32).
+void ConvertFromFp16(const fp16_t* src, DType to, int64_t n, void* dst);
+
 }  // namespace twl

@@ -2,6 +2,7 @@
 #include "runtime/dtype_convert_device.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -12,27 +13,21 @@
 namespace twl {
 namespace {
 
+// FP16, BF16 or FP32 element -> float, exactly.
 template <typename T>
-__device__ __forceinline__ float ToFloat(T x);
-template <>
-__device__ __forceinline__ float ToFloat<__half>(__half x) { return __half2float(x); }
-template <>
-__device__ __forceinline__ float ToFloat<__nv_bfloat16>(__nv_bfloat16 x) {
-  return __bfloat162float(x);
+__device__ __forceinline__ float ToFloat(T x) {
+  if constexpr (std::is_same_v<T, __half>) return __half2float(x);
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(x);
+  else return x;
 }
-template <>
-__device__ __forceinline__ float ToFloat<float>(float x) { return x; }
 
+// float -> FP16, BF16 (round to nearest even) or FP32.
 template <typename T>
-__device__ __forceinline__ T FromFloat(float x);
-template <>
-__device__ __forceinline__ __half FromFloat<__half>(float x) { return __float2half_rn(x); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
+__device__ __forceinline__ T FromFloat(float x) {
+  if constexpr (std::is_same_v<T, __half>) return __float2half_rn(x);
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(x);
+  else return x;
 }
-template <>
-__device__ __forceinline__ float FromFloat<float>(float x) { return x; }
 
 template <typename From, typename To>
 __global__ void ConvertKernel(const From* __restrict__ src, To* __restrict__ dst, int64_t n) {

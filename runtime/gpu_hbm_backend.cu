@@ -34,6 +34,7 @@
 #include "runtime/dtype_convert.h"
 #include "runtime/dtype_convert_device.h"
 #include "runtime/gpu_bound_tables.cuh"
+#include "runtime/gpu_shape.h"
 #include "runtime/geometry.h"
 #include "runtime/kept_capture.h"
 #include "pipeline/attend/sparse/sparse_attention.h"
@@ -205,6 +206,14 @@ class GpuHbmBackend final : public Backend {
   absl::Status HarvestTelemetry(int32_t slot, StepTelemetry* t);
   absl::Status WriteTelemetry(const DecodeRequest& req, bool ran_pruner, int32_t max_kept,
                               cudaStream_t s, StepTelemetry* t);
+  // Select -> prune -> attend over the whole batch, back to back on `s`: one group and
+  // nothing to fetch, every block is device resident (IdentityFetch over kv_). Null
+  // `timing`: no stage events.
+  absl::Status RunResidentStep(const Selector& selector, const SelectorParams& sel,
+                               const PrunerParams& pruner, const BatchView& db,
+                               const fp16_t* q, fp16_t* out,
+                               const pipeline_cuda::StepScratch& sc, cudaStream_t s,
+                               const TelemetryRing* timing, int32_t timing_slot) const;
 
   const RuntimeConfig config_;
   const PageGeometry g_;
@@ -406,6 +415,33 @@ absl::Status GpuHbmBackend::ReadPage(int32_t page, int32_t rows, fp16_t* k, fp16
   return absl::OkStatus();
 }
 
+absl::Status GpuHbmBackend::RunResidentStep(const Selector& selector, const SelectorParams& sel,
+                                            const PrunerParams& pruner, const BatchView& db,
+                                            const fp16_t* q, fp16_t* out,
+                                            const pipeline_cuda::StepScratch& sc,
+                                            cudaStream_t s, const TelemetryRing* timing,
+                                            int32_t timing_slot) const {
+  pipeline_cuda::CudaStep step;
+  step.g = g_;
+  step.selector = &selector;
+  step.selector_params = sel;
+  step.pruner = pruner;
+  step.batch = db;
+  step.q = q;
+  step.out = out;
+  step.qk = qk_;
+  step.prune_kv = kv_;
+  step.ws_select = sc.select_workspace_bytes();
+  step.ws_prune = sc.prune_workspace_bytes();
+  step.ws_attend = sc.attend_workspace_bytes();
+  step.compute = s;
+  step.timing = timing;
+  step.timing_slot = timing_slot;
+  const SeqGroup all{0, db.num_seqs, 0, false};
+  pipeline_cuda::IdentityFetch resident(kv_);
+  return executor_.Run(step, absl::MakeConstSpan(&all, 1), sc, resident);
+}
+
 absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* telemetry) {
   const auto t_start = std::chrono::steady_clock::now();
   if (!req.q || !req.out) return absl::InvalidArgumentError("decode: null q or out");
@@ -488,27 +524,8 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
                                                        scratch_.attend_workspace_bytes(), s));
     TWL_RETURN_IF_ERROR(mark(kAttn1));
   } else {
-    // One group, no fetch: every block is device resident (IdentityFetch over kv_), so
-    // select -> prune -> attend run back to back on s.
-    pipeline_cuda::CudaStep step;
-    step.g = g_;
-    step.selector = *selector;
-    step.selector_params = req.selector;
-    step.pruner = pp;
-    step.batch = db;
-    step.q = q.q;
-    step.out = out.out;
-    step.qk = qk_;
-    step.prune_kv = kv_;
-    step.ws_select = scratch_.select_workspace_bytes();
-    step.ws_prune = scratch_.prune_workspace_bytes();
-    step.ws_attend = scratch_.attend_workspace_bytes();
-    step.compute = s;
-    step.timing = timing ? &telemetry_ : nullptr;
-    step.timing_slot = ts;
-    const SeqGroup all{0, hb.num_seqs, 0, false};
-    pipeline_cuda::IdentityFetch resident(kv_);
-    TWL_RETURN_IF_ERROR(executor_.Run(step, absl::MakeConstSpan(&all, 1), scratch_, resident));
+    TWL_RETURN_IF_ERROR(RunResidentStep(**selector, req.selector, pp, db, q.q, out.out,
+                                        scratch_, s, timing ? &telemetry_ : nullptr, ts));
   }
   // Telemetry copies are queued before the step counts as done (the next step overwrites
   // their sources only after ev_decode_).
@@ -758,25 +775,11 @@ absl::Status GpuHbmBackend::DecodeBound(const BoundDecodeRequest& req) {
                                                        sc.attend_workspace(),
                                                        sc.attend_workspace_bytes(), s));
   } else {
-    pipeline_cuda::CudaStep step;
-    step.g = g_;
-    step.selector = *selector;
-    step.selector_params = req.selector;
-    step.pruner = req.pruner;
-    step.pruner.seq_p = nullptr;
-    step.batch = db;
-    step.q = q16;
-    step.out = out16;
-    step.qk = qk_;
-    step.prune_kv = kv_;
-    step.ws_select = sc.select_workspace_bytes();
-    step.ws_prune = sc.prune_workspace_bytes();
-    step.ws_attend = sc.attend_workspace_bytes();
-    step.compute = s;
-    step.timing = nullptr;  // no telemetry: nothing for the host to read back
-    const SeqGroup all{0, n, 0, false};
-    pipeline_cuda::IdentityFetch resident(kv_);
-    TWL_RETURN_IF_ERROR(executor_.Run(step, absl::MakeConstSpan(&all, 1), sc, resident));
+    PrunerParams pp = req.pruner;
+    pp.seq_p = nullptr;
+    // No telemetry: nothing for the host to read back.
+    TWL_RETURN_IF_ERROR(
+        RunResidentStep(**selector, req.selector, pp, db, q16, out16, sc, s, nullptr, 0));
   }
   if (req.dtype != DType::kFp16) {
     TWL_RETURN_IF_ERROR(
@@ -795,14 +798,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateGpuHbmBackend(const RuntimeConfig
                                                              int64_t num_pages) {
   TWL_RETURN_IF_ERROR(config.Validate());
   if (!gpu::GpuAvailable()) return absl::UnavailableError("GPU HBM backend: no GPU found");
-  if (!GpuKernelsSupportHeadDim(config.head_dim)) {
-    return absl::UnimplementedError(absl::StrFormat(
-        "GPU HBM backend: head_dim %d unsupported (64, 96, 128 or 256; use the CPU backend)",
-        config.head_dim));
-  }
-  if (config.num_q_heads / config.num_kv_heads > kGpuMaxGroup) {
-    return absl::UnimplementedError("GPU HBM backend: more than 8 query heads per KV head");
-  }
+  TWL_RETURN_IF_ERROR(CheckGpuKernelShape(config, "GPU HBM backend"));
   if (num_pages < 1 || num_pages > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError(
         absl::StrFormat("GPU HBM backend: num_pages %d outside [1, 2^31)", num_pages));

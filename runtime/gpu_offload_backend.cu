@@ -18,16 +18,17 @@
 #include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "gpu/reference/validate.h"
-#include "offload/cache_plan.h"
+#include "pipeline/fetch/cache/cuda/cache_plan.h"
 #include "offload/cuda_check.cuh"
 #include "offload/disk_tier.h"
-#include "offload/gather.h"
+#include "pipeline/fetch/cache/cuda/gather.h"
 #include "runtime/disk_io_status.h"
 #include "runtime/disk_residency.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/geometry.h"
 #include "runtime/kept_capture.h"
 #include "runtime/gpu_offload_backend.h"
+#include "runtime/gpu_shape.h"
 #include "pipeline/attend/sparse/sparse_attention.h"
 #include "pipeline/cuda/scratch.cuh"
 #include "pipeline/cuda/cuda_executor.cuh"
@@ -47,6 +48,19 @@ using offload_cuda::AsStream;
 using pipeline_cuda::PendingStep;
 using pipeline_cuda::TelemetryRing;
 using pipeline_cuda::UploadRing;
+
+// Tokens [t0, t0 + n) of an append, whose K and V rows are row_bytes apart.
+AppendView TokenSlice(const AppendView& tokens, int32_t t0, int32_t n, int64_t row_bytes) {
+  AppendView part;
+  part.num_tokens = n;
+  part.k = reinterpret_cast<const fp16_t*>(reinterpret_cast<const char*>(tokens.k) +
+                                           t0 * row_bytes);
+  part.v = reinterpret_cast<const fp16_t*>(reinterpret_cast<const char*>(tokens.v) +
+                                           t0 * row_bytes);
+  part.page_id = tokens.page_id + t0;
+  part.slot = tokens.slot + t0;
+  return part;
+}
 
 // Pipeline groups per step: the prune of one group overlaps the fetch of the other, and
 // consecutive groups may evict each other's blocks (forced eviction mid-step). Measured on
@@ -465,14 +479,8 @@ absl::Status GpuOffloadBackend::Append(const AppendView& tokens, DType dtype, Me
   const int32_t chunk = space == MemSpace::kHost ? kAppendChunkTokens : tokens.num_tokens;
   const int64_t row_bytes = int64_t(g_.num_kv_heads) * g_.head_dim * int64_t(DTypeBytes(dtype));
   for (int32_t t0 = 0; t0 < tokens.num_tokens; t0 += chunk) {
-    AppendView part;
-    part.num_tokens = std::min(chunk, tokens.num_tokens - t0);
-    part.k = reinterpret_cast<const fp16_t*>(reinterpret_cast<const char*>(tokens.k) +
-                                             t0 * row_bytes);
-    part.v = reinterpret_cast<const fp16_t*>(reinterpret_cast<const char*>(tokens.v) +
-                                             t0 * row_bytes);
-    part.page_id = tokens.page_id + t0;
-    part.slot = tokens.slot + t0;
+    const AppendView part =
+        TokenSlice(tokens, t0, std::min(chunk, tokens.num_tokens - t0), row_bytes);
     TWL_RETURN_IF_ERROR(AppendChunk(part, dtype, space, a));
   }
   return absl::OkStatus();
@@ -860,14 +868,7 @@ absl::Status GpuOffloadBackend::AppendWithDisk(const AppendView& tokens, DType d
     TWL_RETURN_IF_ERROR(PrefixStatus(disk_->Reserve(group_pages_, &io), "append: "));
     TWL_RETURN_IF_ERROR(disk_->MarkDirty(group_pages_));
     TWL_RETURN_IF_ERROR(UploadPoolMap(a));
-    AppendView part;
-    part.num_tokens = t1 - t0;
-    part.k = reinterpret_cast<const fp16_t*>(reinterpret_cast<const char*>(tokens.k) +
-                                             t0 * row_bytes);
-    part.v = reinterpret_cast<const fp16_t*>(reinterpret_cast<const char*>(tokens.v) +
-                                             t0 * row_bytes);
-    part.page_id = tokens.page_id + t0;
-    part.slot = tokens.slot + t0;
+    const AppendView part = TokenSlice(tokens, t0, t1 - t0, row_bytes);
     TWL_RETURN_IF_ERROR(AppendChunk(part, dtype, space, a));
     TWL_CUDA(cudaEventSynchronize(ev_append_done_));
     t0 = t1;
@@ -1274,14 +1275,7 @@ absl::StatusOr<std::unique_ptr<OffloadBackend>> CreateGpuOffloadBackendEx(
   if (!gpu::GpuAvailable()) return absl::UnavailableError("GPU offload backend: no GPU found");
   if (num_pages < 1) return absl::InvalidArgumentError("GPU offload backend: no pages");
   // Refused here rather than at the first decode, after the caller has appended a prompt.
-  if (!GpuKernelsSupportHeadDim(config.head_dim)) {
-    return absl::UnimplementedError(absl::StrFormat(
-        "GPU offload backend: head_dim %d unsupported (64, 96, 128 or 256; use the CPU backend)",
-        config.head_dim));
-  }
-  if (config.num_q_heads / config.num_kv_heads > kGpuMaxGroup) {
-    return absl::UnimplementedError("GPU offload backend: more than 8 query heads per KV head");
-  }
+  if (absl::Status s = CheckGpuKernelShape(config, "GPU offload backend"); !s.ok()) return s;
   auto b = std::make_unique<GpuOffloadBackend>(config, num_pages);
   if (absl::Status s = b->Init(); !s.ok()) return s;
   return std::unique_ptr<OffloadBackend>(std::move(b));

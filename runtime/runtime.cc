@@ -49,17 +49,6 @@ bool OneOf(int32_t v, std::initializer_list<int32_t> set) {
   return std::find(set.begin(), set.end(), v) != set.end();
 }
 
-// FP16 result -> the caller's dtype (BF16 or FP32), on the host.
-void ConvertFromFp16(const fp16_t* src, DType to, int64_t n, void* dst) {
-  if (to == DType::kBf16) {
-    bf16_t* d = static_cast<bf16_t*>(dst);
-    for (int64_t i = 0; i < n; ++i) d[i] = FloatToBf16(HalfToFloat(src[i]));
-  } else {
-    float* d = static_cast<float*>(dst);
-    for (int64_t i = 0; i < n; ++i) d[i] = HalfToFloat(src[i]);
-  }
-}
-
 // Selector and pruner parameters of a step of `layer` over page tables of stride max_pages
 // (shared by Decode and DecodeBatch, so a bound batch decodes with the same rules).
 void StepParams(const RuntimeConfig& config, int32_t layer, int32_t max_pages,
@@ -251,7 +240,7 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeConfig& co
       }
     }
   }
-  // Every backend supports both K schemes (k_scheme 1 on the GPU: gpu/cuda/append.cuh
+  // Every backend supports both K schemes (k_scheme 1 on the GPU: runtime/cuda/append.cuh
   // re-quantizes a block's rows on every append, gpu/cuda/prune.cuh scores with its bounds).
   const BackendKind kind = im.disk_tier ? BackendKind::kCpu : config.backend;
   switch (kind) {

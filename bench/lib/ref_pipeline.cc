@@ -9,8 +9,8 @@
 #include "gpu/reference/oracle_ref.h"
 #include "gpu/reference/prune_ref.h"
 #include "gpu/reference/quantize_ref.h"
-#include "gpu/reference/select_ref.h"
 #include "oneapi/tbb/parallel_for.h"
+#include "pipeline/cpu/cpu_executor.h"
 #include "pipeline/select/double_sparsity/ds_selector.h"
 
 namespace twl::bench {
@@ -180,41 +180,58 @@ absl::StatusOr<MethodResult> RunMethod(PagedLayer& layer, const Method& m,
   res.max_kept = max_pages * g.page_size;
   res.out.assign(nq * d, 0.0f);
 
-  // 1. Candidate pages per (sequence, KV head), chosen with the whole group (Quest's GQA rule).
+  // 1. The decode step itself, by the library's CPU executor (select -> prune -> fetch ->
+  // attend): candidate pages per (sequence, KV head), chosen with the whole group (Quest's
+  // GQA rule), and the kept lists that attention reads. Budgets depend on each sequence's
+  // length, so a fixed-budget selector runs one step per sequence. The oracle has no step:
+  // its sets are measured in 2.
   SelectorParams sel;
   const bool quest = m.kind == MethodKind::kQuest || m.kind == MethodKind::kQuestTwilight;
   sel.kind = quest ? m.selector : SelectorKind::kFull;
   sel.sink_pages = m.sink_pages;
-  std::vector<int32_t> sel_pages, sel_count(nkv);
-  SelectionView selection;
+  int32_t stride = max_pages;
   if (quest) {
-    // Budgets depend on each sequence's length: select per sequence.
-    int32_t stride = 0;
+    stride = 0;
     for (int32_t len : seq_len) {
       SelectorParams p = sel;
       p.budget_pages = QuestBudgetPages(m, len, g.page_size);
       stride = std::max(stride, SelectStride(p, max_pages));
     }
-    sel_pages.assign(nkv * stride, 0);
-    selection = SelectionView{sel_pages.data(), sel_count.data(), stride};
-    for (int32_t s = 0; s < num_seqs; ++s) {
-      SelectorParams p = sel;
-      p.budget_pages = QuestBudgetPages(m, seq_len[s], g.page_size);
-      BatchView one{1, num_q_heads, &seq_len[s], table.data(), max_pages};
-      SelectionView dst{sel_pages.data() + int64_t(s) * hkv * stride,
-                        sel_count.data() + int64_t(s) * hkv, stride};
-      absl::StatusOr<const Selector*> selector = FindSelector(p.kind);
-      if (!selector.ok()) return selector.status();
-      if (absl::Status st = (*selector)->SelectOnHost(
-              g, p, one, QueryView{q + int64_t(s) * num_q_heads * d}, qk, dst, 0.0f);
-          !st.ok())
-        return st;
+  }
+  std::vector<int32_t> sel_pages(nkv * stride, 0), sel_count(nkv);
+  const SelectionView selection{sel_pages.data(), sel_count.data(), stride};
+  std::vector<int32_t> step_tokens, step_count;  // the executor's kept lists (KV-head union)
+  if (m.kind != MethodKind::kOracle) {
+    absl::StatusOr<const Selector*> selector = FindSelector(sel.kind);
+    if (!selector.ok()) return selector.status();
+    PrunerParams pp;
+    pp.dense = m.kind == MethodKind::kDense || m.kind == MethodKind::kQuest;
+    pp.p = pp.dense ? 1.0f : m.p;  // p is unused (but validated) when keeping everything
+    step_tokens.assign(nkv * res.max_kept, 0);
+    step_count.assign(nkv, 0);
+    std::vector<fp16_t> out16(nq * d);
+    HostFetch in_memory;  // every block is in host memory: nothing to fetch
+    const int32_t steps = quest ? num_seqs : 1;
+    for (int32_t i = 0; i < steps; ++i) {
+      const int32_t s0 = quest ? i : 0, n = quest ? 1 : num_seqs;
+      CpuStep step;
+      step.g = g;
+      step.selector = *selector;
+      step.selector_params = sel;
+      if (quest) step.selector_params.budget_pages = QuestBudgetPages(m, seq_len[s0], g.page_size);
+      step.pruner = pp;
+      step.batch = BatchView{n, num_q_heads, &seq_len[size_t(s0)], table.data(), max_pages};
+      step.q = QueryView{q + int64_t(s0) * num_q_heads * d};
+      step.out = OutputView{out16.data() + int64_t(s0) * num_q_heads * d};
+      step.qk = qk;
+      step.kv = kv;
+      step.sel = SelectionView{sel_pages.data() + int64_t(s0) * hkv * stride,
+                               sel_count.data() + int64_t(s0) * hkv, stride};
+      step.kept = KeptView{step_tokens.data() + int64_t(s0) * hkv * res.max_kept,
+                           step_count.data() + int64_t(s0) * hkv, res.max_kept};
+      CpuStageTimes times;
+      if (absl::Status st = RunCpuStep(step, in_memory, &times); !st.ok()) return st;
     }
-  } else {
-    sel_pages.assign(nkv * max_pages, 0);
-    selection = SelectionView{sel_pages.data(), sel_count.data(), max_pages};
-    if (absl::Status st = SelectPagesRef(g, sel, full, QueryView{q}, qk, selection); !st.ok())
-      return st;
   }
 
   // 2. Own set of each query head (group size 1 over the group's selection).
@@ -253,7 +270,8 @@ absl::StatusOr<MethodResult> RunMethod(PagedLayer& layer, const Method& m,
       }
   }
 
-  // 3. Union over each group: the tokens the KV head's attention reads.
+  // 3. Union over each group: the tokens the KV head's attention reads. Where the executor
+  // ran, it must be exactly the step's kept lists (the pruner's GQA union).
   res.kept_tokens.assign(nkv * res.max_kept, 0);
   tbb::parallel_for(size_t(0), nkv, [&](size_t item) {
     std::vector<int32_t> merged;
@@ -268,12 +286,17 @@ absl::StatusOr<MethodResult> RunMethod(PagedLayer& layer, const Method& m,
     std::copy(merged.begin(), merged.end(), res.kept_tokens.begin() + int64_t(item) * res.max_kept);
     res.kept_kv[item] = int32_t(merged.size());
   });
+  if (!step_count.empty() &&
+      (step_count != res.kept_kv || step_tokens != res.kept_tokens)) {
+    return absl::InternalError(
+        "RunMethod: the union of the per-head sets differs from the executor's kept lists");
+  }
   const KeptView uni{res.kept_tokens.data(), res.kept_kv.data(), res.max_kept};
   if (absl::Status st = TrueKeptMassRef(g, full, QueryView{q}, kv, uni, res.union_mass.data());
       !st.ok())
     return st;
 
-  // 4. Attention over the union, FP32 output.
+  // 4. Attention over the union, FP32 output (a measurement: the executor's output is FP16).
   if (absl::Status st = SparseAttentionRefF32(g, full, QueryView{q}, kv, uni, res.out.data());
       !st.ok())
     return st;

@@ -22,6 +22,23 @@ float PageUpperBoundRef(const PageGeometry& g, const float* q, const fp16_t* kmi
   return bound;
 }
 
+int32_t KeepTopPagesRef(const std::vector<float>& score, int32_t first, int32_t last,
+                        int32_t budget, int32_t* dst) {
+  std::vector<int32_t> ranked(static_cast<size_t>(last - first));
+  std::iota(ranked.begin(), ranked.end(), first);
+  std::nth_element(ranked.begin(), ranked.begin() + budget - 1, ranked.end(),
+                   [&](int32_t a, int32_t b) {
+                     const float sa = score[size_t(a)], sb = score[size_t(b)];
+                     return sa != sb ? sa > sb : a < b;
+                   });
+  ranked.resize(static_cast<size_t>(budget));
+  for (int32_t p = 0; p < first; ++p) ranked.push_back(p);
+  ranked.push_back(last);
+  std::sort(ranked.begin(), ranked.end());
+  std::copy(ranked.begin(), ranked.end(), dst);
+  return int32_t(ranked.size());
+}
+
 absl::Status SelectPagesRef(const PageGeometry& g, const SelectorParams& params,
                             const BatchView& batch, const QueryView& q, const QuantKView& qk,
                             const SelectionView& out, float softmax_scale) {
@@ -95,19 +112,7 @@ absl::Status SelectPagesRef(const PageGeometry& g, const SelectorParams& params,
         score[size_t(p)] = j == 0 ? b : std::max(score[size_t(p)], b);
       }
     }
-    std::vector<int32_t> ranked(static_cast<size_t>(last - first));
-    std::iota(ranked.begin(), ranked.end(), first);
-    std::nth_element(ranked.begin(), ranked.begin() + params.budget_pages - 1, ranked.end(),
-                     [&](int32_t a, int32_t b) {
-                       return score[size_t(a)] != score[size_t(b)] ? score[size_t(a)] > score[size_t(b)]
-                                                                   : a < b;
-                     });
-    ranked.resize(size_t(params.budget_pages));
-    for (int32_t p = 0; p < first; ++p) ranked.push_back(p);
-    ranked.push_back(last);
-    std::sort(ranked.begin(), ranked.end());
-    std::copy(ranked.begin(), ranked.end(), dst);
-    out.count[item] = int32_t(ranked.size());
+    out.count[item] = KeepTopPagesRef(score, first, last, params.budget_pages, dst);
   });
   return absl::OkStatus();
 }

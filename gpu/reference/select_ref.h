@@ -4,6 +4,9 @@
 // pruner grows its candidates from.
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
 #include "absl/status/status.h"
 #include "core/stage_views.h"
 
@@ -12,6 +15,12 @@ namespace twl {
 // Upper bound of q.k over every token of the block: sum_c max(q_c*min_c, q_c*max_c).
 float PageUpperBoundRef(const PageGeometry& g, const float* q, const fp16_t* kmin,
                         const fp16_t* kmax);
+
+// Fixed top-budget selection of one (sequence, KV head), shared by the CPU selectors: the
+// `budget` pages of [first, last) with the highest score[p] (ties to the lower page), plus
+// the sink pages [0, first) and page `last`, ascending into dst. Returns how many.
+int32_t KeepTopPagesRef(const std::vector<float>& score, int32_t first, int32_t last,
+                        int32_t budget, int32_t* dst);
 
 // GQA: a KV head's page score is the max of its query heads' bounds. Ties broken by the
 // lower page index. Output pages ascending.

@@ -1,6 +1,7 @@
 // The CPU executor: the stage sequence of one decode step on the host, SELECT (the
 // registered Selector) -> PRUNE (TwilightPruner) -> FETCH (the store's HostFetch) -> ATTEND
-// (SparseAttention), each a reference implementation parallel with oneTBB, each timed. The
+// (SparseAttention), each the stage's CPU implementation (also the reference its kernel is
+// tested against), parallel with oneTBB, each timed. The
 // store owns the memory: it hands in its views, the step's scratch views and its fetch.
 #pragma once
 

@@ -13,7 +13,7 @@
 #include <set>
 
 #include "gpu_test_util.h"
-#include "offload/cache_plan.h"
+#include "pipeline/fetch/cache/cuda/cache_plan.h"
 
 namespace twl {
 namespace {

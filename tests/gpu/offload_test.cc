@@ -19,7 +19,7 @@
 #include "cache/host_arena.h"
 #include "gpu/device.h"
 #include "gtest/gtest.h"
-#include "offload/cache_plan.h"
+#include "pipeline/fetch/cache/cuda/cache_plan.h"
 #include "offload/fetch_transport.h"
 #include "runtime/backend.h"
 #include "runtime/gpu_offload_backend.h"

@@ -1,6 +1,6 @@
 // Stage 3 of the decode step, FETCH, for the offload store: a bounded GPU hot cache of FP16
 // blocks over the pinned, device-mapped host pool. Per pipeline group of sequences, on the
-// fetch stream and after the group's prune: the cache plan kernels (offload/cache_plan.h)
+// fetch stream and after the group's prune: the cache plan kernels (cuda/cache_plan.h)
 // read the kept lists, pin the hits, give the misses LRU victims and write the fetch list on
 // the device; the transport then moves the missing blocks into their slots (the SM-driven
 // gather consumes the device list; the copy engine needs it on the host: one round trip per
@@ -8,7 +8,7 @@
 // slot -1 and attention reads their kept rows in place from the mapped pool (FpKvView.miss_kv).
 // Owns: the slots, slot_of_block / block_of_slot / LRU stamps, per-group counters, the fetch
 // list and the per-unit counts. The store keeps the cache coherent on appends and frees
-// through state() (offload/cache_plan.h mirror and invalidate kernels), on the fetch stream.
+// through state() (cuda/cache_plan.h mirror and invalidate kernels), on the fetch stream.
 // The HBM store has no fetch stage: its blocks are device resident.
 #pragma once
 
@@ -22,7 +22,7 @@
 #include "absl/status/status.h"
 #include "core/stage_views.h"
 #include "gpu/device.h"
-#include "offload/cache_plan.h"
+#include "pipeline/fetch/cache/cuda/cache_plan.h"
 #include "offload/fetch_transport.h"
 #include "pipeline/fetch/fetch.cuh"
 #include "runtime/runtime.h"

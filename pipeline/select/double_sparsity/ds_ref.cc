@@ -6,6 +6,7 @@
 #include "absl/strings/str_format.h"
 #include "gpu/reference/head_math.h"
 #include "gpu/reference/quantize_ref.h"
+#include "gpu/reference/select_ref.h"
 #include "gpu/reference/validate.h"
 #include "oneapi/tbb/parallel_for.h"
 #include "pipeline/select/double_sparsity/ds_selector.h"
@@ -156,19 +157,7 @@ absl::Status DsSelectRef(const PageGeometry& g, const SelectorParams& params,
         }
       }
     }
-    std::vector<int32_t> ranked(static_cast<size_t>(last - first));
-    std::iota(ranked.begin(), ranked.end(), first);
-    std::nth_element(ranked.begin(), ranked.begin() + budget - 1, ranked.end(),
-                     [&](int32_t a, int32_t b) {
-                       const float sa = score[size_t(a)], sb = score[size_t(b)];
-                       return sa != sb ? sa > sb : a < b;
-                     });
-    ranked.resize(static_cast<size_t>(budget));
-    for (int32_t p = 0; p < first; ++p) ranked.push_back(p);
-    ranked.push_back(last);
-    std::sort(ranked.begin(), ranked.end());
-    std::copy(ranked.begin(), ranked.end(), dst);
-    out.count[item] = int32_t(ranked.size());
+    out.count[item] = KeepTopPagesRef(score, first, last, budget, dst);
   });
   return absl::OkStatus();
 }

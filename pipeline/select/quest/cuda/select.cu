@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <atomic>
 
-#include "gpu/cuda/select.cuh"
+#include "pipeline/select/quest/cuda/select.cuh"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "gpu/reference/validate.h"

@@ -1,7 +1,7 @@
 // Launchers of the split-K attention kernels (see attend.cuh and gpu/kernels.h).
 // Instantiations: AttendChunkKernel<D, G> for D in {64, 96, 128, 256} x G in {1, 2, 4, 8} (G is the
 // group size rounded up to a power of two; extra heads are masked).
-#include "gpu/cuda/attend.cuh"
+#include "pipeline/attend/sparse/cuda/attend.cuh"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "gpu/reference/validate.h"

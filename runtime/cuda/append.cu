@@ -1,5 +1,5 @@
 // Launchers of the append-stage kernels (see append.cuh and gpu/kernels.h).
-#include "gpu/cuda/append.cuh"
+#include "runtime/cuda/append.cuh"
 #include "gpu/reference/validate.h"
 
 namespace twl {

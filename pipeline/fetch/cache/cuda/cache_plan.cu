@@ -25,7 +25,7 @@
 #include <algorithm>
 
 #include "gpu/device.h"
-#include "offload/cache_plan.h"
+#include "pipeline/fetch/cache/cuda/cache_plan.h"
 #include "offload/cuda_check.cuh"
 
 namespace twl {
@@ -65,6 +65,28 @@ __device__ bool LastBlockDone(int32_t* ticket) {
 __device__ __forceinline__ int32_t WarpSum(int32_t v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(~0u, v, o);
   return v;
+}
+
+// Places in a list for the lanes set in `mask` (this warp's ballot, not 0) with one atomicAdd
+// on `counter` per warp: each set lane gets the counter's old value plus its rank among the
+// set lanes. Every lane of the warp calls it (warp-uniform branch).
+__device__ __forceinline__ int32_t WarpClaim(int32_t* counter, unsigned mask) {
+  const int lane = threadIdx.x & 31;
+  const int leader = __ffs(mask) - 1;
+  int32_t base = 0;
+  if (lane == leader) base = atomicAdd(counter, __popc(mask));
+  base = __shfl_sync(~0u, base, leader);
+  return base + __popc(mask & ((1u << lane) - 1u));
+}
+
+// Entries exactly at a cut are taken up to `quota` over the whole grid, in claim order
+// (`taken` counts them): true for the `at` lanes whose place stays below the quota. Every
+// lane of the warp calls it.
+__device__ __forceinline__ bool TakeAtCut(bool at, int32_t* taken, int32_t quota) {
+  const unsigned at_mask = __ballot_sync(~0u, at);
+  if (!at_mask) return false;
+  const int32_t place = WarpClaim(taken, at_mask);
+  return at && place < quota;
 }
 
 // Per-block shared accumulators of the marking pass.
@@ -110,12 +132,8 @@ __device__ int32_t MarkStep(const DeviceCacheState& cache, CacheStamps st, bool 
   }
   const unsigned mm = __ballot_sync(~0u, cand);
   if (mm) {
-    const int leader = __ffs(mm) - 1;
-    int32_t base = 0;
-    if (lane == leader) base = atomicAdd(&c->acc_listed, __popc(mm));
-    base = __shfl_sync(~0u, base, leader);
+    const int32_t k = WarpClaim(&c->acc_listed, mm);
     if (cand) {
-      const int32_t k = base + __popc(mm & ((1u << lane) - 1u));
       if (k < cache.num_slots) {
         missing[k] = FetchEntry{int32_t(b), rows};
         atomicAdd(&s_mhist[bucket], 1);
@@ -314,7 +332,6 @@ __global__ void __launch_bounds__(kThreads)
   if (listed == 0) return;
   const int32_t cut = c->miss_cut, quota = c->miss_quota;
   const int lane = threadIdx.x & 31;
-  const unsigned below = (1u << lane) - 1u;
   const int64_t warp0 = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int64_t warps = int64_t(gridDim.x) * kWarps;
   for (int64_t base = warp0 * 32; base < listed; base += warps * 32) {
@@ -327,22 +344,12 @@ __global__ void __launch_bounds__(kThreads)
       above = bucket > cut;
       at = bucket == cut;
     }
-    const unsigned at_mask = __ballot_sync(~0u, at);
-    if (at_mask) {
-      const int leader = __ffs(at_mask) - 1;
-      int32_t taken = 0;
-      if (lane == leader) taken = atomicAdd(&c->miss_taken, __popc(at_mask));
-      taken = __shfl_sync(~0u, taken, leader);
-      at = at && taken + __popc(at_mask & below) < quota;
-    }
+    at = TakeAtCut(at, &c->miss_taken, quota);
     const bool admit = above || at;
     const unsigned am = __ballot_sync(~0u, admit);
     if (am) {
-      const int leader = __ffs(am) - 1;
-      int32_t j0 = 0;
-      if (lane == leader) j0 = atomicAdd(&c->admit_pos, __popc(am));
-      j0 = __shfl_sync(~0u, j0, leader);
-      if (admit) fetch[j0 + __popc(am & below)] = FetchEntry{e.block, -1};
+      const int32_t j = WarpClaim(&c->admit_pos, am);
+      if (admit) fetch[j] = FetchEntry{e.block, -1};
       const int32_t admitted_rows = WarpSum(admit ? e.slot : 0);
       if (lane == 0) atomicAdd(&c->fetched_rows, admitted_rows);
     }
@@ -373,7 +380,6 @@ __global__ void __launch_bounds__(kThreads)
   }
   const int32_t cutoff = c->cutoff_bucket, quota = c->cutoff_quota;
   const int lane = threadIdx.x & 31;
-  const unsigned below = (1u << lane) - 1u;
   const int64_t warp0 = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int64_t warps = int64_t(gridDim.x) * kWarps;
   for (int64_t base = warp0 * 32; base < cache.num_slots; base += warps * 32) {
@@ -392,22 +398,11 @@ __global__ void __launch_bounds__(kThreads)
         at = key == cutoff;
       }
     }
-    const unsigned at_mask = __ballot_sync(~0u, at);
-    if (at_mask) {
-      const int leader = __ffs(at_mask) - 1;
-      int32_t taken = 0;
-      if (lane == leader) taken = atomicAdd(&c->cutoff_taken, __popc(at_mask));
-      taken = __shfl_sync(~0u, taken, leader);
-      at = at && taken + __popc(at_mask & below) < quota;
-    }
+    at = TakeAtCut(at, &c->cutoff_taken, quota);
     const bool victim = under || at;
     const unsigned vm = __ballot_sync(~0u, victim);
     if (!vm) continue;
-    const int leader = __ffs(vm) - 1;
-    int32_t k0 = 0;
-    if (lane == leader) k0 = atomicAdd(&c->fetched, __popc(vm));
-    k0 = __shfl_sync(~0u, k0, leader);
-    const int32_t k = k0 + __popc(vm & below);
+    const int32_t k = WarpClaim(&c->fetched, vm);
     if (!victim || k >= m) continue;
     const int32_t b = fetch[k].block;
     if (old >= 0) {
@@ -444,30 +439,37 @@ __global__ void InvalidateKernel(DeviceCacheState cache, const int32_t* pages,
   }
 }
 
+// Rows [r0, r1) of K and of V of block b, pool -> its cache slot when it has one; the warp's
+// lanes step over 16-byte vectors.
+__device__ __forceinline__ void MirrorBlockRows(const DeviceCacheState& cache,
+                                                const PageGeometry& g, const uint4* pool,
+                                                int64_t b, int32_t r0, int32_t r1, int lane) {
+  if (b < 0 || b >= cache.num_blocks) return;
+  const int32_t slot = cache.d_slot_of_block[b];
+  if (slot < 0) return;
+  const int32_t row_vecs = g.head_dim / 8;
+  const int64_t block_vecs = g.FpBlockBytes() / 16;
+  const uint4* src = pool + b * block_vecs;
+  uint4* dst = reinterpret_cast<uint4*>(cache.d_slots) + int64_t(slot) * block_vecs;
+  const int32_t n = (r1 - r0) * row_vecs;  // vectors per half
+  for (int32_t v = lane; v < 2 * n; v += 32) {
+    const int32_t half = v / n;  // 0: K rows, 1: V rows
+    const int64_t off = (int64_t(half) * g.page_size + r0) * row_vecs + v % n;
+    dst[off] = src[off];
+  }
+}
+
 // One warp per (token, KV head): its K row and V row, 16 bytes per lane step.
 __global__ void __launch_bounds__(kThreads)
     MirrorRowsKernel(DeviceCacheState cache, PageGeometry g, const uint4* pool,
                      const int32_t* page_id, const int32_t* row, int32_t num_tokens) {
   const int32_t H = g.num_kv_heads;
   const int64_t items = int64_t(num_tokens) * H;
-  const int32_t row_vecs = g.head_dim / 8;
-  const int64_t block_vecs = g.FpBlockBytes() / 16;
   const int lane = threadIdx.x & 31;
   for (int64_t it = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5); it < items;
        it += int64_t(gridDim.x) * kWarps) {
     const int32_t t = int32_t(it / H), h = int32_t(it % H);
-    const int64_t b = int64_t(page_id[t]) * H + h;
-    if (b < 0 || b >= cache.num_blocks) continue;
-    const int32_t slot = cache.d_slot_of_block[b];
-    if (slot < 0) continue;
-    const int32_t r = row[t];
-    const uint4* src = pool + b * block_vecs;
-    uint4* dst = reinterpret_cast<uint4*>(cache.d_slots) + int64_t(slot) * block_vecs;
-    for (int32_t v = lane; v < 2 * row_vecs; v += 32) {
-      const int32_t half = v / row_vecs;  // 0: K row, 1: V row
-      const int64_t off = (int64_t(half) * g.page_size + r) * row_vecs + v % row_vecs;
-      dst[off] = src[off];
-    }
+    MirrorBlockRows(cache, g, pool, int64_t(page_id[t]) * H + h, row[t], row[t] + 1, lane);
   }
 }
 
@@ -477,24 +479,12 @@ __global__ void __launch_bounds__(kThreads)
                          const AppendSegment* segs, int32_t num_segments) {
   const int32_t H = g.num_kv_heads;
   const int64_t items = int64_t(num_segments) * H;
-  const int32_t row_vecs = g.head_dim / 8;
-  const int64_t block_vecs = g.FpBlockBytes() / 16;
   const int lane = threadIdx.x & 31;
   for (int64_t it = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5); it < items;
        it += int64_t(gridDim.x) * kWarps) {
     const AppendSegment seg = segs[it / H];
-    const int64_t b = int64_t(seg.page) * H + int32_t(it % H);
-    if (b < 0 || b >= cache.num_blocks) continue;
-    const int32_t slot = cache.d_slot_of_block[b];
-    if (slot < 0) continue;
-    const uint4* src = pool + b * block_vecs;
-    uint4* dst = reinterpret_cast<uint4*>(cache.d_slots) + int64_t(slot) * block_vecs;
-    const int32_t n = (seg.row_end - seg.row_begin) * row_vecs;  // vectors per half
-    for (int32_t v = lane; v < 2 * n; v += 32) {
-      const int32_t half = v / n;  // 0: K rows, 1: V rows
-      const int64_t off = (int64_t(half) * g.page_size + seg.row_begin) * row_vecs + v % n;
-      dst[off] = src[off];
-    }
+    MirrorBlockRows(cache, g, pool, int64_t(seg.page) * H + int32_t(it % H), seg.row_begin,
+                    seg.row_end, lane);
   }
 }
 

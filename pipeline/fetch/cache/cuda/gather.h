@@ -1,4 +1,4 @@
-// Launcher of the SM-driven zero-copy gather (offload/gather.cu): FP16 blocks read from
+// Launcher of the SM-driven zero-copy gather (pipeline/fetch/cache/cuda/gather.cu): FP16 blocks read from
 // mapped pinned host memory with 16-byte loads and written into GPU cache slots. No device
 // code and no CUDA types here; `stream` is a cudaStream_t as void*.
 #pragma once

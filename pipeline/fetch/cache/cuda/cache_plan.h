@@ -1,4 +1,4 @@
-// Launchers of the device side of the GPU hot-page cache (offload/cache_plan.cu): the policy
+// Launchers of the device side of the GPU hot-page cache (pipeline/fetch/cache/cuda/cache_plan.cu): the policy
 // of cache/gpu_page_cache.h run on device copies of its arrays, from the pruner's kept lists,
 // so that deciding what to fetch never needs the host. Plus the small kernels that keep the
 // cache coherent (invalidation of freed pages, appended rows mirrored into resident slots)

@@ -11,7 +11,7 @@
 #include "gpu/device.h"
 #include "offload/cuda_check.cuh"
 #include "offload/fetch_transport.h"
-#include "offload/gather.h"
+#include "pipeline/fetch/cache/cuda/gather.h"
 
 namespace twl {
 namespace {
