@@ -43,7 +43,7 @@
 //   3. Admission by histograms (PairAdmissions): candidates by ValueBucket, highest first,
 //      are paired with evictable slots by VictimKey, lowest first (free slots first); a pair
 //      is taken while the candidate's bucket >= the victim's key + kAdmitMargin (any
-//      candidate worth kMinAdmitValue rows takes a free slot; below it, none is admitted).
+//      candidate at or above the admission floor, if any, takes a free slot).
 //      Ties within a bucket: first listed / least recently
 //      used then slot index on the host, arrival order on the GPU (which blocks are admitted
 //      may then differ; how many may not).
@@ -69,15 +69,17 @@ inline constexpr int32_t kCacheAgeBuckets = 256;
 // buckets above the victim's (8 buckets per octave: ~1.41x). Without a margin, values equal
 // up to decay timing (every block of a cyclic working set) would swap places every step.
 inline constexpr int32_t kAdmitMargin = 4;
-// A candidate is admitted only once its value (decayed kept rows over recent steps) reaches
-// this many rows, free slots included. Fetching a block costs ~8 KiB over PCIe; reading its
-// kept rows in place costs ~512 B each (at about half the bandwidth), so admission pays only
-// for a block whose rows will be read ~8+ more times. A block kept once, or at the flickering
-// tail of a top-p set (1-2 rows now and then), stays in place: without this floor such
-// blocks filled free slots and churned (B = 1, 128k: 40 MB of whole blocks fetched per
-// layer-step at steady state, none read in place). A flat head's block (16 rows) is admitted
-// at its first use; a block kept every step with r rows after ~8/r steps.
+// Admission floor (optional, off by default): a candidate is admitted only once its value
+// (decayed kept rows over recent steps) reaches min_admit_value rows, free slots included.
+// Rationale: fetching a block moves ~8 KiB, reading its kept rows in place ~512 B each at
+// about half the bandwidth, so admission pays only for a block read ~8+ more times; without
+// a floor the flickering tail of top-p sets fills free slots and churns (H200, B = 1, 128k,
+// steady state: 40 MB of whole blocks per layer-step). Measured with a floor of 8 rows
+// (bench/RESULTS.md, third session): B = 1 hit 0.83 -> 0.23 and 1.16 -> 1.40 ms per
+// layer-step, since rows read in place move slower than whole blocks and the attention then
+// waits on PCIe; so the default stays 0 (no floor). kMinAdmitValue is the tested setting.
 inline constexpr uint32_t kMinAdmitValue = 8;
+inline constexpr uint32_t kDefaultMinAdmitValue = 0;
 // Steps (plan calls that start a step) per halving of every value, unless configured: long
 // enough to see a block several times when L layers take turns (the backend uses 4 L).
 inline constexpr int32_t kDefaultDecaySteps = 32;
@@ -140,7 +142,7 @@ struct AdmitCut {
 // victim keys (both ascending in value): highest candidates against lowest victims while
 // the candidate beats the victim by kAdmitMargin (a free victim, key 0, always loses).
 TWL_HD AdmitCut PairAdmissions(const int32_t* miss_hist, const int32_t* victim_hist,
-                               uint32_t min_admit_value = kMinAdmitValue) {
+                               uint32_t min_admit_value = kDefaultMinAdmitValue) {
   AdmitCut c;
   const int32_t min_bucket = min_admit_value ? ValueBucket(min_admit_value) : 0;
   int32_t mb = kCacheAgeBuckets - 1, vb = 0;
@@ -212,10 +214,10 @@ struct GroupPlan {
 class GpuPageCache {
  public:
   // num_blocks: block ids are in [0, num_blocks). num_slots >= 1. decay_steps >= 1: steps
-  // per halving of the block values. min_admit_value: see kMinAdmitValue (0: no floor).
+  // per halving of the block values. min_admit_value: the admission floor (0: none).
   static absl::StatusOr<GpuPageCache> Create(int64_t num_blocks, int32_t num_slots,
                                              int32_t decay_steps = kDefaultDecaySteps,
-                                             uint32_t min_admit_value = kMinAdmitValue);
+                                             uint32_t min_admit_value = kDefaultMinAdmitValue);
 
   int64_t num_blocks() const { return int64_t(slot_of_block_.size()); }
   int32_t num_slots() const { return int32_t(block_of_slot_.size()); }
@@ -255,7 +257,7 @@ class GpuPageCache {
   uint32_t stamp_ = 1;                // stamps start at 2 so that last_use 0 is never pinned
   uint32_t steps_ = 0;                // plans that started a step
   int32_t decay_steps_ = kDefaultDecaySteps;
-  uint32_t min_admit_value_ = kMinAdmitValue;
+  uint32_t min_admit_value_ = kDefaultMinAdmitValue;
   int32_t pinned_last_ = 0;
   CacheCounters totals_;
 };

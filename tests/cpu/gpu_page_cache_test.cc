@@ -379,7 +379,7 @@ TEST(GpuPageCacheTest, RandomDriftInvariants) {
 // included. A block kept with 16 rows (a flat head's) is admitted at its first use; one kept
 // with a single row stays in place until its rows over recent steps add up to the floor.
 TEST(GpuPageCacheTest, AdmissionFloorKeepsLowValueMissesInPlace) {
-  auto c = GpuPageCache::Create(100, 16).value();  // the default floor
+  auto c = GpuPageCache::Create(100, 16, kDefaultDecaySteps, kMinAdmitValue).value();
   ASSERT_EQ(kMinAdmitValue, 8u);
   std::vector<int32_t> unit(16, 40);  // block 40: 16 kept rows
   unit.push_back(3);                  // block 3: one kept row
@@ -408,9 +408,9 @@ TEST(GpuPageCacheTest, AdmissionFloorKeepsLowValueMissesInPlace) {
   ASSERT_TRUE(c.CheckConsistent().ok());
 }
 
-// Without a floor (kNoFloor) the same single-row miss takes a free slot at once.
+// Without a floor (the default) the same single-row miss takes a free slot at once.
 TEST(GpuPageCacheTest, AdmissionFloorZeroAdmitsIntoFreeSlots) {
-  auto c = GpuPageCache::Create(100, 16, kDefaultDecaySteps, kNoFloor).value();
+  auto c = GpuPageCache::Create(100, 16).value();
   auto p = c.PlanGroup(Units{{3}}, false).value();
   ASSERT_EQ(p.fetch.size(), 1u);
   EXPECT_TRUE(p.direct.empty());

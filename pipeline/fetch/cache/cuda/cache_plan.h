@@ -24,7 +24,7 @@ struct DeviceCacheState {
   int64_t num_blocks = 0;
   int32_t num_slots = 0;
   uint32_t* d_value = nullptr;         // [num_blocks] packed block values (DecayedValue)
-  uint32_t min_admit_value = kMinAdmitValue;  // admission floor (see kMinAdmitValue)
+  uint32_t min_admit_value = kDefaultMinAdmitValue;  // admission floor (gpu_page_cache.h)
 };
 
 // Counters of one planned group, written by the plan kernels (device memory). Zero-fill
