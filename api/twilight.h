@@ -148,7 +148,7 @@ typedef enum twl_memory_space {
 } twl_memory_space;
 
 typedef enum twl_selector {
-  TWL_SELECTOR_DEFAULT = 0, /* library chooses (Quest) */
+  TWL_SELECTOR_DEFAULT = 0, /* library chooses: FULL, or QUEST when a selector budget caps it */
   TWL_SELECTOR_QUEST = 1,   /* top-B0 pages by the Quest bound, then top-p pruning */
   TWL_SELECTOR_FULL = 2,    /* every page is a candidate: top-p pruning alone */
   TWL_SELECTOR_DOUBLE_SPARSITY = 3, /* top pages by q.k over a few outlier channels of K
@@ -184,7 +184,7 @@ typedef struct twl_runtime_config {
   float top_p;              /* default top-p mass in (0, 1]; 0: library chooses (0.95).
                                p = 1 keeps every candidate token (dense over the selected
                                pages), whatever its estimated weight */
-  twl_selector selector;    /* TWL_SELECTOR_DEFAULT: library chooses (Quest) */
+  twl_selector selector;    /* TWL_SELECTOR_DEFAULT: library chooses (FULL; QUEST with a cap) */
   /* Quest needs no base budget: for each (sequence, KV head) it grows the candidate pages in
    * the order of their Quest bounds until the kept set's estimated softmax mass over the FULL
    * context is provably >= top_p (the mass outside the candidates is bounded by the pages'
