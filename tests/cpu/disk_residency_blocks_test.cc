@@ -246,6 +246,92 @@ TEST(DiskResidencyBlocks, ResidentUnitsNeverWaitForAReadAheadInFlight) {
   EXPECT_TRUE(f.d->CheckConsistency().ok()) << f.d->CheckConsistency();
 }
 
+// The GPU offload backend's loop (runtime/gpu_offload_backend.cu) on the shape of
+// tests/gpu/offload_disk_test.cc: 3 layers x 8 sequences x 63 pages x 2 KV heads over a pool
+// of a quarter of the blocks; each (layer, sequence, KV head) keeps 38 fixed pages; batches
+// of 4 sequences decode 2 rounds of the 3 layers, two pipeline groups per step, and after
+// each step the blocks the next layer kept last time are read ahead. The three layers' kept
+// blocks exceed the pool, one step's fit: read-ahead starts, and its blocks are used.
+TEST(DiskResidencyBlocks, ReadAheadOfTheNextLayerStartsAndIsUsedWhenLayersExceedThePool) {
+  TempDir dir("twl-blocks");
+  constexpr int32_t kLayers = 3, kSeqs = 8, kPages = 63, kHeads = 2, kBatch = 4;
+  const int32_t blocks = kLayers * kSeqs * kPages * kHeads;  // 3024
+  RuntimeConfig config = SmallConfig(dir.path(), BackendKind::kGpuOffload, 0);
+  config.num_kv_heads = kHeads;
+  config.num_q_heads = kHeads;
+  const PageGeometry g = GeometryOf(config);
+  config.disk_bytes = int64_t(blocks) * 512;
+  auto tier = CreatePageDiskTier(config);
+  ASSERT_TRUE(tier.ok()) << tier.status();
+  auto res = DiskResidency::Create(g, blocks, blocks / 4, std::move(*tier),
+                                   HostMemKind::kAligned, 1);
+  ASSERT_TRUE(res.ok()) << res.status();
+  DiskResidency& d = **res;
+  d.set_decay_steps(8 * kLayers);
+  // Prefill: every block written (pages of (layer, seq) consecutive).
+  for (int32_t b = 0; b < blocks; b += 64) {
+    std::vector<int32_t> chunk(size_t(std::min(64, blocks - b)));
+    std::iota(chunk.begin(), chunk.end(), b);
+    ASSERT_TRUE(d.Reserve(chunk, nullptr).ok());
+    ASSERT_TRUE(d.MarkDirty(chunk).ok());
+  }
+  std::mt19937 rng(3);
+  // kept[layer][seq]: its kept blocks (38 pages per KV head).
+  std::vector<std::vector<std::vector<int32_t>>> kept(kLayers,
+                                                      std::vector<std::vector<int32_t>>(kSeqs));
+  for (int32_t l = 0; l < kLayers; ++l) {
+    for (int32_t s = 0; s < kSeqs; ++s) {
+      const int32_t page0 = (l * kSeqs + s) * kPages;
+      for (int32_t h = 0; h < kHeads; ++h) {
+        std::vector<int32_t> pages(kPages);
+        std::iota(pages.begin(), pages.end(), page0);
+        std::shuffle(pages.begin(), pages.end(), rng);
+        for (int32_t i = 0; i < 38; ++i) {
+          kept[size_t(l)][size_t(s)].push_back(int32_t(g.BlockId(pages[size_t(i)], h)));
+        }
+      }
+    }
+  }
+  std::vector<std::vector<int32_t>> kept_by_layer(kLayers);
+  DiskIoCounts total;
+  int32_t last_layer = -1;
+  std::vector<int32_t> next_layer(kLayers, -1);
+  for (int32_t b = 0; b < kSeqs; b += kBatch) {
+    for (int32_t round = 0; round < 2; ++round) {
+      for (int32_t l = 0; l < kLayers; ++l) {
+        if (last_layer >= 0) next_layer[size_t(last_layer)] = l;
+        last_layer = l;
+        std::vector<int32_t> step;
+        for (int32_t grp = 0; grp < 2; ++grp) {
+          std::vector<int32_t> group;
+          for (int32_t s = b + grp * 2; s < b + grp * 2 + 2; ++s) {
+            group.insert(group.end(), kept[size_t(l)][size_t(s)].begin(),
+                         kept[size_t(l)][size_t(s)].end());
+          }
+          std::vector<int32_t> rows(group.size(), 2);
+          ASSERT_TRUE(d.Reserve(group, &total, grp == 0, rows).ok());
+          for (const int32_t blk : group) ASSERT_NE(d.HostBlock(blk), nullptr);
+          step.insert(step.end(), group.begin(), group.end());
+        }
+        kept_by_layer[size_t(l)] = step;
+        const int32_t next = next_layer[size_t(l)];
+        if (next >= 0) {
+          const int32_t room = d.num_slots() - int32_t(step.size());
+          ASSERT_TRUE(d.StartReadAhead(kept_by_layer[size_t(next)], room, &total).ok());
+        }
+        ASSERT_TRUE(d.CheckConsistency().ok()) << d.CheckConsistency();
+      }
+    }
+  }
+  std::printf("blocks loaded %lld, read ahead %lld, read ahead and used %lld\n",
+              static_cast<long long>(total.pages_loaded),
+              static_cast<long long>(total.pages_read_ahead),
+              static_cast<long long>(total.pages_read_ahead_done));
+  EXPECT_GT(total.pages_read_ahead, 0);
+  EXPECT_GT(total.pages_read_ahead_done, 0);
+  EXPECT_GT(total.pages_loaded + total.pages_read_ahead_done, 0);
+}
+
 TEST(KeptBlocks, DistinctBlocksPerKvHeadWithTheirKeptRows) {
   PageGeometry g;
   g.page_size = 4;
