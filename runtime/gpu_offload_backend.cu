@@ -304,6 +304,10 @@ class GpuOffloadBackend final : public OffloadBackend {
   // pool (same step for every group of a Decode) and refreshes the map on `c`.
   absl::Status MakeGroupResident(int32_t index, const SeqGroup& group, const KeptView& kept,
                                  cudaStream_t c);
+  // Records the residency's bookkeeping (recency, values) of the groups whose blocks were
+  // all resident, deferred so that the host does not hold the compute stream up for it;
+  // done before anything may evict (a later group that must load, the step's read-ahead).
+  absl::Status FlushDeferredTouches();
   // After a step: reads ahead the blocks the next layer's step kept last time.
   void ReadAheadForNextStep(int32_t layer);
 
@@ -351,6 +355,11 @@ class GpuOffloadBackend final : public OffloadBackend {
   // Blocks (residency units) of this step / of one group, and the kept rows of each.
   std::vector<int32_t> step_blocks_, group_blocks_, group_rows_;
   BlockMarks block_marks_;  // blocks listed in step_blocks_ (or in one append chunk)
+  // Groups of this step whose blocks were all resident: their Reserve is deferred
+  // (FlushDeferredTouches); step_reserved_: a Reserve of this step has run (the next one
+  // continues its step).
+  std::vector<int32_t> deferred_blocks_, deferred_rows_;
+  bool step_reserved_ = false;
   const BatchView* step_batch_ = nullptr;  // host plan of the Decode in progress
   DiskIoCounts step_io_;           // disk I/O of the Decode in progress
   // Read-ahead: the blocks each layer's last step kept, and which layer followed which.
@@ -949,21 +958,56 @@ absl::Status GpuOffloadBackend::MakeGroupResident(int32_t index, const SeqGroup&
   if (index == 0) {
     block_marks_.NewStep(size_t(num_blocks_));
     step_blocks_.clear();
+    deferred_blocks_.clear();
+    deferred_rows_.clear();
+    step_reserved_ = false;
   }
   group_blocks_.clear();
   group_rows_.clear();
   TWL_RETURN_IF_ERROR(AppendKeptBlocks(g_, hb, grp.first_seq, grp.num_seqs, counts.data(), tok,
                                        &block_marks_, &group_blocks_, &group_rows_));
   step_blocks_.insert(step_blocks_.end(), group_blocks_.begin(), group_blocks_.end());
+  // Every block resident (the steady state when the kept sets fit the pool): nothing moves
+  // and the device map is current, so the fetch may run at once; the bookkeeping waits
+  // until something could evict (FlushDeferredTouches).
+  const absl::Span<const int32_t> map = disk_->slot_of_block();
+  bool all_resident = true;
+  for (const int32_t b : group_blocks_) {
+    if (map[size_t(b)] < 0) {
+      all_resident = false;
+      break;
+    }
+  }
+  if (all_resident) {
+    deferred_blocks_.insert(deferred_blocks_.end(), group_blocks_.begin(), group_blocks_.end());
+    deferred_rows_.insert(deferred_rows_.end(), group_rows_.begin(), group_rows_.end());
+    step_io_.ms += std::chrono::duration<double, std::milli>(
+                       std::chrono::steady_clock::now() - t0).count();
+    return absl::OkStatus();
+  }
+  // The first Reserve starts the step (earlier steps are done: this prune came after them
+  // on the device); later ones keep the earlier groups' blocks in place (their gathers and
+  // attention may be running), the deferred groups' first.
+  TWL_RETURN_IF_ERROR(FlushDeferredTouches());
+  const absl::Status reserved = disk_->Reserve(group_blocks_, &step_io_, !step_reserved_,
+                                               group_rows_);
+  step_reserved_ = true;
   step_io_.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
                      .count();
-  // The first group starts the step (earlier steps are done: this prune came after them on
-  // the device); later groups keep the earlier groups' blocks in place (their gathers and
-  // attention may be running).
-  TWL_RETURN_IF_ERROR(DiskIoError(disk_->Reserve(group_blocks_, &step_io_, index == 0,
-                                                 group_rows_),
-                                  "decode: reading kept blocks from the disk tier"));
+  TWL_RETURN_IF_ERROR(DiskIoError(reserved, "decode: reading kept blocks from the disk tier"));
   return UploadPoolMap(c);
+}
+
+absl::Status GpuOffloadBackend::FlushDeferredTouches() {
+  if (deferred_blocks_.empty()) return absl::OkStatus();
+  // Resident blocks only (a Reserve of this step would have flushed before moving any):
+  // touches and values, no I/O.
+  const absl::Status s =
+      disk_->Reserve(deferred_blocks_, &step_io_, !step_reserved_, deferred_rows_);
+  step_reserved_ = true;
+  deferred_blocks_.clear();
+  deferred_rows_.clear();
+  return DiskIoError(s, "decode: reading kept blocks from the disk tier");
 }
 
 void GpuOffloadBackend::ReadAheadForNextStep(int32_t layer) {
@@ -1130,6 +1174,8 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
       TWL_CUDA(cudaEventRecord(ev_step_done_, c));
       return ran;
     }
+    // The step's blocks are protected before the read-ahead picks victims.
+    TWL_RETURN_IF_ERROR(FlushDeferredTouches());
     ReadAheadForNextStep(req.layer);
   }
   // The figures are copied before the step counts as done: the next step (on any stream)
