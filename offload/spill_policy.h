@@ -19,6 +19,22 @@
 // slot) counts as accessed at the latest step seen, so that a page just loaded is not the
 // next victim. Pages are kept in a list ordered by last access, so Touch and SetLocation
 // are O(1) and PickVictims is O(victims + pinned pages skipped).
+//
+// Value order (EnableValueOrder; the disk residency turns it on): victims are chosen by value
+// instead of recency, like the GPU cache's residency by value (cache/gpu_page_cache.h). Each
+// page has a value: the rows it was used for (AddValue), summed over the steps that used it,
+// halved every `decay_steps` steps (a count and the epoch it was last brought to, decayed
+// lazily). Values compare in log buckets, 4 per octave (level = floor(4 log2 value)); a
+// page that arrived by displacing another one is "transient" until it is used again, and a
+// page that is not counts `margin` levels more (~1.41x) when victims are chosen: a cyclic
+// working set slightly larger than the pool keeps its resident part (the newcomers of one
+// step are the next step's victims) instead of replacing everything every step, as LRU does.
+// Newcomers and established pages are kept in two lists, each in order of last access: the
+// next victim is the newest newcomer (the slot a cyclic working set lends to its overflow;
+// the oldest newcomer instead when its value decayed below it: stale), unless the coldest
+// established page's level + margin is below that newcomer's. PickVictims stays
+// O(victims + pages skipped: pinned, in use, or just picked), whatever the pool size (a full
+// scan of a half-million-slot pool per evicting call would cost milliseconds per step).
 // Thread-safety: none; the caller serializes (the runtime holds its lock around it).
 #pragma once
 
@@ -58,9 +74,24 @@ class SpillPolicy {
   absl::Status Touch(int32_t page, int64_t step);
   absl::Status Touch(absl::Span<const int32_t> pages, int64_t step);
 
-  // Up to n host-resident pages to spill, coldest first (ties: the one touched first).
-  // Excluded: pages accessed at a step >= current_step (in use this step) and `pinned`
-  // pages (e.g. pages with a transfer in flight, or being appended to). Fewer than n when
+  // Value order (see the header comment); off (pure LRU) by default. decay_steps >= 1.
+  void EnableValueOrder(int64_t decay_steps);
+  bool value_order() const { return decay_steps_ > 0; }
+  // Adds `rows` (>= 0) to the page's value at `step` (decayed to step's epoch first). Pages
+  // out of range are ignored.
+  void AddValue(int32_t page, int64_t rows, int64_t step);
+  // The page's value decayed to `step`'s epoch (0 if never valued).
+  double ValueAt(int32_t page, int64_t step) const;
+  // A host page that arrived by displacing another one (value order; see the header).
+  void SetTransient(int32_t page, bool transient);
+  bool transient(int32_t page) const {
+    return page >= 0 && page < num_pages() && transient_[size_t(page)] != 0;
+  }
+
+  // Up to n host-resident pages to spill, coldest first (ties: the one touched first;
+  // value order: see the header). Excluded: pages accessed at a step >= current_step (in
+  // use this step) and `pinned` pages (e.g. pages with a transfer in flight, or being
+  // appended to). Fewer than n when
   // too few are eligible.
   std::vector<int32_t> PickVictims(int32_t n, int64_t current_step,
                                    absl::Span<const int32_t> pinned = {}) const;
@@ -87,16 +118,27 @@ class SpillPolicy {
  private:
   void LinkTail(int32_t page);
   void Unlink(int32_t page);
+  int ListOf(int32_t page) const {
+    return decay_steps_ > 0 && transient_[size_t(page)] ? 1 : 0;
+  }
+  // Absolute log level of a page's value (decay-invariant: 4 * epoch added); see the header.
+  int64_t Level(int32_t page) const;
 
   static constexpr int32_t kNone = -1;
   std::vector<PageLocation> loc_;  // [num_pages]
   std::vector<int64_t> last_;      // [num_pages] last access step, -1 never
-  // Doubly linked list of host-resident pages in order of last access (head = coldest).
+  // Doubly linked lists of host-resident pages in order of last access (head = coldest).
   std::vector<int32_t> prev_, next_;  // [num_pages]
-  int32_t head_ = kNone, tail_ = kNone;
+  // Two lists: [0] established pages, [1] newcomers (value order only; see the header).
+  int32_t head_[2] = {kNone, kNone}, tail_[2] = {kNone, kNone};
   int64_t clock_ = -1;
   int32_t num_on_host_ = 0;
   int32_t num_disk_only_ = 0;
+  // Value order (decay_steps_ 0: off).
+  int64_t decay_steps_ = 0;
+  std::vector<uint32_t> count_;    // [num_pages] value at epoch_ (saturating)
+  std::vector<int32_t> epoch_;     // [num_pages]
+  std::vector<uint8_t> transient_;  // [num_pages]
 };
 
 }  // namespace twl

@@ -33,11 +33,15 @@ absl::StatusOr<std::unique_ptr<DiskTier>> CreatePageDiskTier(const RuntimeConfig
   const PageGeometry g = GeometryOf(config);
   DiskTierOptions options;
   options.path = config.disk_path;
-  options.record_bytes = int64_t(g.num_kv_heads) * g.FpBlockBytes();
+  options.record_bytes = int64_t(DiskUnitHeads(config)) * g.FpBlockBytes();
   options.capacity_bytes = config.disk_bytes;
-  // Pages are often smaller than 4 KiB (a 1 KiB page would take 4x its size): pack them at
-  // the file's I/O alignment.
+  // Units are often smaller than 4 KiB (a 1 KiB page would take 4x its size): pack them at
+  // the file's I/O alignment (512 bytes under O_DIRECT where the device accepts it).
   options.pack_records = true;
+  // Block units (GPU offload) move as many small random reads: 128 in flight, the depth at
+  // which the bench's probe measures the device's 8 KiB random-read rate (NVMe needs a deep
+  // queue to reach it); page units keep the default.
+  if (DiskUnitHeads(config) < config.num_kv_heads) options.queue_depth = 128;
   absl::StatusOr<std::unique_ptr<DiskTier>> tier = DiskTier::Create(options);
   if (!tier.ok()) {
     // A file that cannot be created or opened is the disk's fault (an I/O error for the C
@@ -50,17 +54,35 @@ absl::StatusOr<std::unique_ptr<DiskTier>> CreatePageDiskTier(const RuntimeConfig
   return tier;
 }
 
+int32_t DiskUnitHeads(const RuntimeConfig& config) {
+  // The GPU offload backend's cache, fetch and attention work per (page, KV head) block, and
+  // top-p keeps different tokens per KV head: a block is what a step needs. The CPU
+  // backend's fetch works per page.
+  return config.backend == BackendKind::kGpuOffload ? 1 : std::max(config.num_kv_heads, 1);
+}
+
+int64_t DiskTierPages(const RuntimeConfig& config, int64_t host_slots, const DiskTier& tier) {
+  const int64_t per_page = std::max<int64_t>(config.num_kv_heads, 1) / DiskUnitHeads(config);
+  const int64_t units = host_slots * per_page - 1 + tier.capacity();
+  return std::max<int64_t>(units / per_page, 0);
+}
+
 DiskResidency::DiskResidency(const PageGeometry& g, int32_t num_pages, int32_t num_slots,
-                             std::unique_ptr<DiskTier> tier, std::unique_ptr<HostArena> arena)
+                             std::unique_ptr<DiskTier> tier, std::unique_ptr<HostArena> arena,
+                             int32_t heads_per_unit)
     : g_(g),
+      hpu_(heads_per_unit),
       num_slots_(num_slots),
       tier_(std::move(tier)),
       arena_(std::move(arena)),
       base_(static_cast<fp16_t*>(arena_->base())),
       policy_(num_pages),
       pager_(tier_.get(), &policy_, [this](int32_t slot) { return SlotAddress(slot); }),
-      slot_of_block_(size_t(num_pages) * size_t(g.num_kv_heads), -1),
+      slot_of_block_(size_t(num_pages) * size_t(heads_per_unit), -1),
+      mark_(size_t(num_pages), 0),
+      in_flight_(size_t(num_pages), 0),
       page_of_slot_(size_t(num_slots), -1) {
+  policy_.EnableValueOrder(16);
   free_slots_.reserve(size_t(num_slots));
   // Stack: slot 0 is handed out first.
   for (int32_t s = num_slots - 1; s >= 0; --s) free_slots_.push_back(s);
@@ -68,13 +90,19 @@ DiskResidency::DiskResidency(const PageGeometry& g, int32_t num_pages, int32_t n
 
 absl::StatusOr<std::unique_ptr<DiskResidency>> DiskResidency::Create(
     const PageGeometry& g, int32_t num_pages, int32_t num_slots, std::unique_ptr<DiskTier> tier,
-    HostMemKind host_kind) {
+    HostMemKind host_kind, int32_t heads_per_unit) {
   if (tier == nullptr) return absl::InvalidArgumentError("disk residency: no disk tier");
-  const int64_t page_bytes = int64_t(g.num_kv_heads) * g.FpBlockBytes();
-  if (tier->record_bytes() != page_bytes) {
+  if (heads_per_unit == 0) heads_per_unit = g.num_kv_heads;
+  if (heads_per_unit < 1 || g.num_kv_heads % heads_per_unit != 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "disk residency: tier records are %d bytes, a page is %d", tier->record_bytes(),
-        page_bytes));
+        "disk residency: %d blocks per unit do not divide %d KV heads", heads_per_unit,
+        g.num_kv_heads));
+  }
+  const int64_t unit_bytes = int64_t(heads_per_unit) * g.FpBlockBytes();
+  if (tier->record_bytes() != unit_bytes) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "disk residency: tier records are %d bytes, a unit is %d", tier->record_bytes(),
+        unit_bytes));
   }
   if (num_slots < 1 || num_pages < 1 || int64_t(num_pages) > num_slots - 1 + tier->capacity()) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -82,21 +110,41 @@ absl::StatusOr<std::unique_ptr<DiskResidency>> DiskResidency::Create(
         num_pages, num_slots, tier->capacity()));
   }
   auto arena = HostArena::Create(host_kind, g.FpBlockBytes(),
-                                 int64_t(num_slots) * g.num_kv_heads, 2);
+                                 int64_t(num_slots) * heads_per_unit, 2);
   if (!arena.ok()) return arena.status();
-  return std::unique_ptr<DiskResidency>(
-      new DiskResidency(g, num_pages, num_slots, std::move(tier), std::move(*arena)));
+  return std::unique_ptr<DiskResidency>(new DiskResidency(
+      g, num_pages, num_slots, std::move(tier), std::move(*arena), heads_per_unit));
 }
 
 DiskResidency::~DiskResidency() { FinishReadAhead(nullptr); }
 
 void* DiskResidency::SlotAddress(int32_t slot) const {
-  return base_ + int64_t(slot) * g_.num_kv_heads * g_.FpBlockElems();
+  return base_ + int64_t(slot) * hpu_ * g_.FpBlockElems();
 }
 
 fp16_t* DiskResidency::HostPage(int32_t page) const {
   const PageLocation loc = policy_.GetLocation(page);
   return loc.on_host() ? static_cast<fp16_t*>(SlotAddress(loc.host_slot)) : nullptr;
+}
+
+fp16_t* DiskResidency::HostBlock(int64_t block) const {
+  if (block < 0 || block >= int64_t(slot_of_block_.size())) return nullptr;
+  const int32_t at = slot_of_block_[size_t(block)];
+  return at < 0 ? nullptr : base_ + int64_t(at) * g_.FpBlockElems();
+}
+
+void DiskResidency::NoteChanged(int32_t page) {
+  ++map_version_;
+  changed_lo_ = std::min<int64_t>(changed_lo_, int64_t(page) * hpu_);
+  changed_hi_ = std::max<int64_t>(changed_hi_, int64_t(page) * hpu_ + hpu_ - 1);
+}
+
+bool DiskResidency::AnyInFlight(absl::Span<const int32_t> pages) const {
+  if (ahead_pages_.empty()) return false;
+  for (const int32_t page : pages) {
+    if (page >= 0 && page < num_pages() && in_flight_[size_t(page)]) return true;
+  }
+  return false;
 }
 
 bool DiskResidency::TakeChangedBlocks(int64_t* lo, int64_t* hi) {
@@ -109,12 +157,10 @@ bool DiskResidency::TakeChangedBlocks(int64_t* lo, int64_t* hi) {
 }
 
 void DiskResidency::Assign(int32_t page, int32_t slot) {
-  ++map_version_;
-  changed_lo_ = std::min<int64_t>(changed_lo_, g_.BlockId(page, 0));
-  changed_hi_ = std::max<int64_t>(changed_hi_, g_.BlockId(page, g_.num_kv_heads - 1));
+  NoteChanged(page);
   page_of_slot_[size_t(slot)] = page;
-  for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
-    slot_of_block_[size_t(g_.BlockId(page, h))] = slot * g_.num_kv_heads + h;
+  for (int32_t j = 0; j < hpu_; ++j) {
+    slot_of_block_[size_t(int64_t(page) * hpu_ + j)] = slot * hpu_ + j;
   }
 }
 
@@ -124,12 +170,8 @@ void DiskResidency::ForgetFreedSlots(size_t from) {
     const int32_t page = page_of_slot_[size_t(slot)];
     page_of_slot_[size_t(slot)] = -1;
     if (page < 0) continue;
-    ++map_version_;
-    changed_lo_ = std::min<int64_t>(changed_lo_, g_.BlockId(page, 0));
-    changed_hi_ = std::max<int64_t>(changed_hi_, g_.BlockId(page, g_.num_kv_heads - 1));
-    for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
-      slot_of_block_[size_t(g_.BlockId(page, h))] = -1;
-    }
+    NoteChanged(page);
+    for (int32_t j = 0; j < hpu_; ++j) slot_of_block_[size_t(int64_t(page) * hpu_ + j)] = -1;
   }
 }
 
@@ -146,24 +188,42 @@ void DiskResidency::DropCleanCopies(int64_t n, absl::Span<const int32_t> in_use)
 }
 
 absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCounts* io,
-                                    bool new_step) {
+                                    bool new_step, absl::Span<const int32_t> rows) {
   const auto t0 = std::chrono::steady_clock::now();
-  FinishReadAhead(io);
   if (int64_t(pages.size()) > num_slots_) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "needs %d pages in host memory at once but the host pool has %d page slots (raise "
         "host_pool_bytes, or lower top_p, the selector budget or the batch)",
         pages.size(), num_slots_));
   }
-  {
-    std::vector<int32_t> sorted(pages.begin(), pages.end());
-    std::sort(sorted.begin(), sorted.end());
-    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+  if (!rows.empty() && rows.size() != pages.size()) {
+    return absl::InvalidArgumentError("disk residency: rows must be empty or one per page");
+  }
+  // Distinct ids, in range (a mark per unit: a step lists tens of thousands).
+  if (++mark_gen_ == 0) {
+    std::fill(mark_.begin(), mark_.end(), 0);
+    mark_gen_ = 1;
+  }
+  for (const int32_t page : pages) {
+    if (page < 0 || page >= num_pages()) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "disk residency: page %d out of range [0, %d)", page, num_pages()));
+    }
+    if (mark_[size_t(page)] == mark_gen_) {
       return absl::InvalidArgumentError("disk residency: a page is listed twice");
     }
+    mark_[size_t(page)] = mark_gen_;
+  }
+  // Reap a read-ahead only when this call needs it: one of its units is in flight, or slots
+  // must be freed (the reaped units may then be victims like any other).
+  if (!ahead_pages_.empty() && (AnyInFlight(pages) || SlotsShort(pages) > 0)) {
+    FinishReadAhead(io);
   }
   if (new_step) ++step_;
   if (absl::Status s = policy_.Touch(pages, step_); !s.ok()) return s;
+  for (size_t i = 0; i < pages.size(); ++i) {
+    policy_.AddValue(pages[i], rows.empty() ? 1 : std::max(rows[i], 0), step_);
+  }
 
   const std::vector<int32_t> to_load = policy_.NeedsLoad(pages);
   std::vector<int32_t> fresh;
@@ -174,8 +234,11 @@ absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCount
   const DiskPagerStats before = pager_.stats();
   absl::Status status;
   size_t loaded = 0, placed = 0;
+  // Units placed after a spill displaced others: newcomers (value order, see the header).
+  bool displaced = false;
   while (status.ok() && (loaded < to_load.size() || placed < fresh.size())) {
     if (free_slots_.empty()) {
+      displaced = true;
       const int64_t want = int64_t(to_load.size() - loaded + fresh.size() - placed);
       // Dirty victims need free records; see the capacity note in the header.
       if (tier_->num_free() < want) DropCleanCopies(want - tier_->num_free(), pages);
@@ -205,7 +268,9 @@ absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCount
       }
       for (size_t i = 0; i < n; ++i) {
         const PageLocation loc = policy_.GetLocation(batch[i]);
-        if (loc.on_host()) Assign(batch[i], loc.host_slot);
+        if (!loc.on_host()) continue;
+        Assign(batch[i], loc.host_slot);
+        policy_.SetTransient(batch[i], displaced);
       }
       free_slots_.insert(free_slots_.end(), unused.begin(), unused.end());
       loaded += n;
@@ -220,6 +285,7 @@ absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCount
       const int32_t page = fresh[placed++];
       (void)policy_.SetLocation(page, {slot, -1});  // valid: page and slot in range
       Assign(page, slot);
+      policy_.SetTransient(page, displaced);
     }
   }
   if (io != nullptr) {
@@ -232,8 +298,14 @@ absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCount
   return status;
 }
 
+int64_t DiskResidency::SlotsShort(absl::Span<const int32_t> pages) const {
+  int64_t need = 0;
+  for (const int32_t page : pages) need += !policy_.GetLocation(page).on_host();
+  return std::max<int64_t>(need - int64_t(free_slots_.size()), 0);
+}
+
 absl::Status DiskResidency::MarkDirty(absl::Span<const int32_t> pages) {
-  FinishReadAhead(nullptr);
+  // No reap: a read-ahead reads disk-only units, and this frees records of host units.
   for (const int32_t page : pages) {
     if (absl::Status s = pager_.MarkDirty(page); !s.ok()) return s;
   }
@@ -248,15 +320,16 @@ absl::Status DiskResidency::StartReadAhead(absl::Span<const int32_t> pages, int3
   if (int64_t(want.size()) > max_pages) want.resize(size_t(max_pages));
   if (want.empty()) return absl::OkStatus();
   if (free_slots_.size() < want.size()) {
-    // Cold pages make room as they would for a Reserve, but never those of the current
-    // step (their slots may be read by the GPU right now). A failure here only shortens the
-    // read-ahead: every page stays where its data is.
+    // Low-value units make room as they would for a Reserve, but never those of the current
+    // step (their slots may be read by the GPU right now) nor the resident units of `pages`
+    // (the step being read ahead for uses them). A failure here only shortens the
+    // read-ahead: every unit stays where its data is.
     const int32_t n = int32_t(want.size() - free_slots_.size());
     if (tier_->num_free() < n) DropCleanCopies(n - tier_->num_free(), {});
     const size_t from = free_slots_.size();
     const int64_t written = pager_.stats().pages_written;
     const int64_t clean = pager_.stats().pages_clean;
-    (void)pager_.Evict(n, step_, {}, &free_slots_);
+    (void)pager_.Evict(n, step_, pages, &free_slots_);
     ForgetFreedSlots(from);
     if (io != nullptr) {
       io->pages_written += pager_.stats().pages_written - written;
@@ -279,7 +352,7 @@ absl::Status DiskResidency::StartReadAhead(absl::Span<const int32_t> pages, int3
   }
   absl::StatusOr<DiskTier::Ticket> ticket = tier_->ReadAsync(ops);
   if (!ticket.ok()) {
-    // Refused as a whole (no I/O started): the slots go back, the pages stay on disk.
+    // Refused as a whole (no I/O started): the slots go back, the units stay on disk.
     free_slots_.insert(free_slots_.end(), ahead_slots_.begin(), ahead_slots_.end());
     ahead_slots_.clear();
     ahead_records_.clear();
@@ -287,6 +360,7 @@ absl::Status DiskResidency::StartReadAhead(absl::Span<const int32_t> pages, int3
   }
   ahead_ticket_ = *ticket;
   ahead_pages_ = std::move(want);
+  for (const int32_t page : ahead_pages_) in_flight_[size_t(page)] = 1;
   if (io != nullptr) io->pages_read_ahead += int64_t(ahead_pages_.size());
   return absl::OkStatus();
 }
@@ -303,8 +377,9 @@ void DiskResidency::FinishReadAhead(DiskIoCounts* io) {
   }
   for (size_t i = 0; i < ahead_pages_.size(); ++i) {
     const int32_t page = ahead_pages_[i], slot = ahead_slots_[i];
+    in_flight_[size_t(page)] = 0;
     const bool ok = i < per_op.size() && per_op[i].ok();
-    // The page cannot have moved: every call that could move it reaps first.
+    // The unit cannot have moved: every call that could move it reaps first.
     if (!ok || policy_.GetLocation(page).disk_record != ahead_records_[i]) {
       free_slots_.push_back(slot);
       continue;
@@ -323,29 +398,34 @@ void DiskResidency::FinishReadAhead(DiskIoCounts* io) {
 }
 
 absl::Status DiskResidency::ReadRows(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const {
-  const PageLocation loc = policy_.GetLocation(page);
+  const int32_t per_page = g_.num_kv_heads / hpu_;  // units of one logical page
   std::vector<fp16_t> buffer;
-  const fp16_t* blocks = nullptr;
-  if (loc.on_host()) {
-    blocks = static_cast<const fp16_t*>(SlotAddress(loc.host_slot));
-  } else if (loc.on_disk()) {
-    buffer.resize(size_t(g_.num_kv_heads) * size_t(g_.FpBlockElems()));
-    const DiskReadOp op{loc.disk_record, buffer.data()};
-    if (absl::Status s = tier_->Read({op}); !s.ok()) {
-      return DiskIoError(s, absl::StrFormat("reading page %d from the disk tier", page));
+  const size_t row_bytes = sizeof(fp16_t) * size_t(g_.head_dim);
+  for (int32_t u = 0; u < per_page; ++u) {
+    const int32_t unit = page * per_page + u;
+    const PageLocation loc = policy_.GetLocation(unit);
+    const fp16_t* blocks = nullptr;
+    if (loc.on_host()) {
+      blocks = static_cast<const fp16_t*>(SlotAddress(loc.host_slot));
+    } else if (loc.on_disk()) {
+      buffer.resize(size_t(hpu_) * size_t(g_.FpBlockElems()));
+      const DiskReadOp op{loc.disk_record, buffer.data()};
+      if (absl::Status s = tier_->Read({op}); !s.ok()) {
+        return DiskIoError(s, absl::StrFormat("reading page %d from the disk tier", page));
+      }
+      blocks = buffer.data();
+    } else {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("page %d holds no data (not written yet)", page));
     }
-    blocks = buffer.data();
-  } else {
-    return absl::FailedPreconditionError(
-        absl::StrFormat("page %d holds no data (not written yet)", page));
-  }
-  const size_t bytes = sizeof(fp16_t) * size_t(g_.head_dim);
-  const FpKvView local{const_cast<fp16_t*>(blocks), nullptr};
-  for (int32_t r = 0; r < rows; ++r) {
-    for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
-      const int64_t at = (int64_t(r) * g_.num_kv_heads + h) * g_.head_dim;
-      std::memcpy(k + at, local.K(g_, h, r), bytes);
-      std::memcpy(v + at, local.V(g_, h, r), bytes);
+    const FpKvView local{const_cast<fp16_t*>(blocks), nullptr};
+    for (int32_t j = 0; j < hpu_; ++j) {
+      const int32_t h = u * hpu_ + j;
+      for (int32_t r = 0; r < rows; ++r) {
+        const int64_t at = (int64_t(r) * g_.num_kv_heads + h) * g_.head_dim;
+        std::memcpy(k + at, local.K(g_, j, r), row_bytes);
+        std::memcpy(v + at, local.V(g_, j, r), row_bytes);
+      }
     }
   }
   return absl::OkStatus();
@@ -353,7 +433,7 @@ absl::Status DiskResidency::ReadRows(int32_t page, int32_t rows, fp16_t* k, fp16
 
 void DiskResidency::Release(int32_t page) {
   if (page < 0 || page >= num_pages()) return;
-  FinishReadAhead(nullptr);  // its record may have a read in flight
+  if (in_flight_[size_t(page)]) FinishReadAhead(nullptr);  // its record is being read
   const PageLocation loc = policy_.GetLocation(page);
   // Fails only for a record with I/O in flight, and all I/O is waited for inside the calls.
   absl::StatusOr<int32_t> slot = pager_.Release(page);
@@ -365,7 +445,7 @@ void DiskResidency::Release(int32_t page) {
 }
 
 int64_t DiskResidency::host_bytes_used() const {
-  return int64_t(policy_.num_on_host()) * g_.num_kv_heads * g_.FpBlockBytes();
+  return int64_t(policy_.num_on_host()) * unit_bytes();
 }
 
 absl::Status DiskResidency::CheckConsistency() const {
@@ -399,17 +479,22 @@ absl::Status DiskResidency::CheckConsistency() const {
     return absl::InternalError(absl::StrFormat("%d slots used, %d pages on the host", on_host,
                                                policy_.num_on_host()));
   }
+  int64_t in_flight = 0;
   for (int32_t page = 0; page < num_pages(); ++page) {
+    in_flight += in_flight_[size_t(page)];
     const PageLocation loc = policy_.GetLocation(page);
-    for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
-      const int32_t want = loc.on_host() ? loc.host_slot * g_.num_kv_heads + h : -1;
-      if (slot_of_block_[size_t(g_.BlockId(page, h))] != want) {
-        return absl::InternalError(absl::StrFormat("page %d head %d: slot_of_block %d, want %d",
-                                                   page, h,
-                                                   slot_of_block_[size_t(g_.BlockId(page, h))],
-                                                   want));
+    for (int32_t j = 0; j < hpu_; ++j) {
+      const int32_t want = loc.on_host() ? loc.host_slot * hpu_ + j : -1;
+      const int32_t got = slot_of_block_[size_t(int64_t(page) * hpu_ + j)];
+      if (got != want) {
+        return absl::InternalError(absl::StrFormat(
+            "page %d block %d: slot_of_block %d, want %d", page, j, got, want));
       }
     }
+  }
+  if (in_flight != int64_t(ahead_pages_.size())) {
+    return absl::InternalError(absl::StrFormat("%d units marked in flight, %d read ahead",
+                                               in_flight, ahead_pages_.size()));
   }
   return absl::OkStatus();
 }

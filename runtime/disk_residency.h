@@ -1,38 +1,52 @@
-// Host slots for the FP16 pages of the CPU backend when the KV cache is larger than the host
-// pool: which page sits in which slot, and the moves between the slots and the disk tier
-// (offload/disk_tier.h, io_uring) that put the pages a call needs into host memory.
+// Host slots for the FP16 KV blocks when the KV cache is larger than the host pool: which
+// unit of blocks sits in which slot, and the moves between the slots and the disk tier
+// (offload/disk_tier.h, io_uring) that put the units a call needs into host memory.
 //
-// Pages are the runtime's page ids [0, num_pages) ("logical" pages: the quantized K store and
-// the page tables are indexed by them). Slots [0, num_slots) are one host arena of
-// num_slots * num_kv_heads FP16 blocks: the page in slot s has its KV head h block at block
-// index s * num_kv_heads + h, so one page is one contiguous disk record, and View() (an
-// FpKvView with slot_of_block) lets the attention and pruner references read resident pages
-// by block id unchanged. A page is nowhere (free, or allocated and not written yet), on the
-// host (possibly with a clean copy on disk), or on disk only.
+// Units. A unit is heads_per_unit consecutive blocks of one page (block ids page * H + h, H
+// = num_kv_heads): the CPU backend uses whole pages (heads_per_unit = H: unit id = page id),
+// the GPU offload backend single blocks (heads_per_unit = 1: unit id = block id = (page, KV
+// head)), the unit its cache, fetch and attention already use, so that a step makes resident
+// and reads only the blocks it keeps (top-p keeps different tokens per KV head: a page-sized
+// unit drags the other heads' blocks along). Units are [0, num_units); slots [0, num_slots)
+// are one host arena of num_slots * heads_per_unit FP16 blocks: the unit in slot s has its
+// j-th block at block index s * heads_per_unit + j, so one unit is one contiguous disk record
+// (the tier's record_bytes must be heads_per_unit * FpBlockBytes), and View() (an FpKvView
+// with slot_of_block) lets the attention and pruner references read resident blocks by block
+// id unchanged. The API below says "page" for a unit (they are pages for the CPU backend). A
+// unit is nowhere (free, or allocated and not written yet), on the host (possibly with a
+// clean copy on disk), or on disk only.
 //
-// Capacity: num_pages <= num_slots - 1 + disk records. The one record of slack is what makes
-// every swap possible: when all slots are full, at most records - 1 pages are disk-only, so
-// after dropping the clean disk copies of pages that stay on the host a dirty victim always
-// finds a free record. (With num_slots + records pages, a step needing the disk-only pages
-// while every slot holds a dirty page could neither write a victim nor read a page.)
+// Capacity: num_units <= num_slots - 1 + disk records. The one record of slack is what makes
+// every swap possible: when all slots are full, at most records - 1 units are disk-only, so
+// after dropping the clean disk copies of units that stay on the host a dirty victim always
+// finds a free record. (With num_slots + records units, a step needing the disk-only units
+// while every slot holds a dirty unit could neither write a victim nor read a unit.)
 //
-// Victims are the least recently used host pages (offload/spill_policy.h): never a page of
-// the current Reserve. Every Reserve is a new step of the recency clock.
+// Victims by value (offload/spill_policy.h, value order): each Reserve adds to its units'
+// values the rows the step uses of them (1 per unit when not given), decayed by half every
+// decay_steps() steps; the lowest-value units not in the current Reserve step go first, and a
+// unit that came in by displacing another stays "transient" (first to leave again) until a
+// later step uses it again. So a cyclic working set slightly larger than the pool keeps most
+// of itself resident (LRU would re-read all of it every cycle). Every Reserve with new_step
+// is a new step of the clock.
 //
-// Failures move no data out of existence: a failed write keeps its page on the host, a
-// failed read keeps its page on disk (its slot is given back), so the call can be retried.
+// Failures move no data out of existence: a failed write keeps its unit on the host, a
+// failed read keeps its unit on disk (its slot is given back), so the call can be retried.
 // Disk I/O errors come back as the tier's codes (DataLoss for a read, Internal for a write)
 // marked with runtime/disk_io_status.h, prefixed with what was being done; "disk tier full"
 // and "host pool too small" are ResourceExhausted.
 //
-// Read-ahead (the GPU offload backend): StartReadAhead submits reads of disk-only pages a
-// later step will likely keep into free slots (or slots of cold pages, spilled as usual) and
-// returns without waiting; the pages become host pages when FinishReadAhead reaps the reads,
-// which every mutating call does first. A failed read-ahead keeps its page on disk (a later
-// Reserve reads it again and reports the error there); its slot goes back to the free list.
+// Read-ahead (the GPU offload backend): StartReadAhead submits reads of disk-only units a
+// later step will likely keep into free slots (or slots of low-value units, spilled as
+// usual, never the current step's nor the read-ahead's own) and returns without waiting; the
+// units become host units when FinishReadAhead reaps the reads. A call reaps first only when
+// it has to (a unit it needs is in flight, it must evict, or it frees an in-flight unit), so
+// an append to resident units never waits for the disk. A failed read-ahead keeps its unit
+// on disk (a later Reserve reads it again and reports the error there); its slot goes back to
+// the free list.
 //
 // Host memory: the slot arena is aligned host memory, or pinned and mapped into the GPU's
-// address space (HostMemKind::kPinnedMapped) so that the GPU reads resident pages through
+// address space (HostMemKind::kPinnedMapped) so that the GPU reads resident blocks through
 // slot_of_block() (a copy of it on the device, refreshed when map_version() changes).
 //
 // Thread-safety: Reserve, MarkDirty, Release, StartReadAhead, FinishReadAhead mutate and
@@ -72,19 +86,32 @@ struct DiskIoCounts {
   double ms_wait = 0;         // time blocked on disk reads
 };
 
-// Disk tier for the pages of `config`: a new file in the directory config.disk_path (which
-// must exist), records of one page's FP16 blocks (num_kv_heads * FpBlockBytes), capacity
-// config.disk_bytes (reserved at creation). InvalidArgument for a path that is not a
-// directory or a size below one record; ResourceExhausted when the disk lacks the space.
+// Disk tier for the KV of `config`: a new file in the directory config.disk_path (which
+// must exist), records of one residency unit (DiskUnitHeads(config) FP16 blocks: a page's
+// num_kv_heads blocks under the CPU backend, one block under the GPU offload backend),
+// capacity config.disk_bytes (reserved at creation). Records are packed at the file's I/O
+// alignment (512 bytes where O_DIRECT allows it, else 4 KiB): a block of 8 KiB (d = 128,
+// page 16) takes exactly 8 KiB. InvalidArgument for a path that is not a directory or a size
+// below one record; ResourceExhausted when the disk lacks the space.
 absl::StatusOr<std::unique_ptr<DiskTier>> CreatePageDiskTier(const RuntimeConfig& config);
+
+// Blocks per residency unit for `config`'s backend (see above).
+int32_t DiskUnitHeads(const RuntimeConfig& config);
+
+// Logical pages a runtime can hold with `host_slots` pages of host pool over `tier` (units of
+// DiskUnitHeads(config) blocks): the largest n with n * units per page <= host units - 1 +
+// records (the slack explained below).
+int64_t DiskTierPages(const RuntimeConfig& config, int64_t host_slots, const DiskTier& tier);
 
 class DiskResidency {
  public:
-  // num_pages <= num_slots - 1 + tier->capacity() (InvalidArgument otherwise).
-  // host_kind: where the slot arena lives (kPinnedMapped needs a GPU).
+  // num_pages (units) <= num_slots - 1 + tier->capacity() (InvalidArgument otherwise).
+  // host_kind: where the slot arena lives (kPinnedMapped needs a GPU). heads_per_unit: blocks
+  // per unit, a divisor of num_kv_heads (0: num_kv_heads, page units).
   static absl::StatusOr<std::unique_ptr<DiskResidency>> Create(
       const PageGeometry& g, int32_t num_pages, int32_t num_slots,
-      std::unique_ptr<DiskTier> tier, HostMemKind host_kind = HostMemKind::kAligned);
+      std::unique_ptr<DiskTier> tier, HostMemKind host_kind = HostMemKind::kAligned,
+      int32_t heads_per_unit = 0);
   ~DiskResidency();  // waits for a read-ahead in flight (its reads target the arena)
   DiskResidency(const DiskResidency&) = delete;
   DiskResidency& operator=(const DiskResidency&) = delete;
@@ -93,16 +120,24 @@ class DiskResidency {
   int32_t num_slots() const { return num_slots_; }
   int32_t num_free_slots() const { return static_cast<int32_t>(free_slots_.size()); }
   const DiskTier& tier() const { return *tier_; }
+  int32_t heads_per_unit() const { return hpu_; }
+  // Bytes of one unit (one slot, one disk record).
+  int64_t unit_bytes() const { return int64_t(hpu_) * g_.FpBlockBytes(); }
+  // Values halve every decay_steps Reserve steps (default 16; the GPU offload backend uses
+  // 4 x its layers, as its cache does).
+  void set_decay_steps(int64_t steps) { policy_.EnableValueOrder(steps); }
 
-  // FP16 blocks by block id through slot_of_block; only blocks of host pages may be read.
+  // FP16 blocks by block id through slot_of_block; only blocks of host units may be read.
   FpKvView View() const { return FpKvView{base_, slot_of_block_.data()}; }
-  // The num_kv_heads FP16 blocks of a host page (null when it is not on the host).
+  // The heads_per_unit FP16 blocks of a host unit (null when it is not on the host).
   fp16_t* HostPage(int32_t page) const;
+  // One FP16 block by block id (null when its unit is not on the host).
+  fp16_t* HostBlock(int64_t block) const;
   PageLocation Location(int32_t page) const { return policy_.GetLocation(page); }
   // The slot arena: host address and (kPinnedMapped) device address of slot 0's block 0.
   void* host_base() const { return arena_->base(); }
   void* device_base() const { return arena_->device_base(); }
-  // [num_pages * num_kv_heads] arena block index of each block, -1 when its page is not on
+  // [num_units * heads_per_unit] arena block index of each block, -1 when its unit is not on
   // the host; map_version() changes whenever an entry does.
   absl::Span<const int32_t> slot_of_block() const { return slot_of_block_; }
   int64_t map_version() const { return map_version_; }
@@ -112,21 +147,28 @@ class DiskResidency {
   // The recency clock (one tick per Reserve with new_step).
   int64_t step() const { return step_; }
 
-  // Puts every page of `pages` (distinct ids) in a host slot: disk-only pages are read back,
-  // pages that are nowhere get an empty slot (contents unspecified until written). Other
-  // pages are spilled as needed, least recently used first. `io` (nullable) accumulates
-  // the moves. ResourceExhausted when pages.size() > num_slots ("... needs N pages in host
-  // memory at once ...") or the disk tier is full; disk I/O errors as described above.
-  // On failure the pages already moved stay where they went (their data intact).
+  // Puts every unit of `pages` (distinct ids) in a host slot: disk-only units are read back,
+  // units that are nowhere get an empty slot (contents unspecified until written). Other
+  // units are spilled as needed, lowest value first. `io` (nullable) accumulates the moves.
+  // ResourceExhausted when pages.size() > num_slots ("... needs N pages in host memory at
+  // once ...") or the disk tier is full; disk I/O errors as described above.
+  // On failure the units already moved stay where they went (their data intact).
   // new_step false: part of the same step as the previous Reserve (pipeline groups): the
-  // pages that Reserve placed stay protected from eviction, and the pool must hold both.
-  absl::Status Reserve(absl::Span<const int32_t> pages, DiskIoCounts* io, bool new_step = true);
+  // units that Reserve placed stay protected from eviction, and the pool must hold both.
+  // rows (empty, or one per unit): the value each unit gains (the rows the step keeps of
+  // it); empty: 1 each.
+  absl::Status Reserve(absl::Span<const int32_t> pages, DiskIoCounts* io, bool new_step = true,
+                       absl::Span<const int32_t> rows = {});
 
-  // Submits reads of the disk-only pages of `pages` (at most max_pages of them, in order)
-  // into free slots, spilling least recently used pages not used in the current step when
-  // none is free; returns without waiting. Best effort: a full pool, a full disk or a failed
-  // spill reads fewer pages (OK); an error only for a previous read-ahead that cannot be
-  // reaped. Reaps a previous read-ahead first.
+  // Slots Reserve(pages) would have to free by spilling other units (0: the units fit in
+  // the free slots, Reserve then moves no resident unit). pages: distinct ids.
+  int64_t SlotsShort(absl::Span<const int32_t> pages) const;
+
+  // Submits reads of the disk-only units of `pages` (at most max_pages of them, in order)
+  // into free slots, spilling low-value units not used in the current step and not listed in
+  // `pages` when none is free; returns without waiting. Best effort: a full pool, a full
+  // disk or a failed spill reads fewer units (OK); an error only for a previous read-ahead
+  // that cannot be reaped. Reaps a previous read-ahead first.
   absl::Status StartReadAhead(absl::Span<const int32_t> pages, int32_t max_pages,
                               DiskIoCounts* io);
   // Waits for the read-ahead in flight (if any) and puts its pages into their slots.
@@ -134,22 +176,23 @@ class DiskResidency {
   int32_t read_ahead_in_flight() const { return int32_t(ahead_pages_.size()); }
 
   // The host copies of `pages` (all on the host) are about to change: frees their clean
-  // disk copies.
+  // disk copies. Never waits for a read-ahead (it reads only disk-only units).
   absl::Status MarkDirty(absl::Span<const int32_t> pages);
 
-  // Copies the first `rows` rows of a page (host or disk) into k and v, each
-  // [rows][num_kv_heads][head_dim]. Changes no location (a disk-only page is read into a
-  // temporary buffer). FailedPrecondition for a page that is nowhere.
+  // Copies the first `rows` rows of a logical page (all its num_kv_heads blocks, from their
+  // units on the host or on disk) into k and v, each [rows][num_kv_heads][head_dim]. Changes
+  // no location (disk-only units are read into a temporary buffer). FailedPrecondition for a
+  // unit that is nowhere.
   absl::Status ReadRows(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const;
 
-  // The page was freed: its slot and disk record (if any) become free.
+  // The unit was freed: its slot and disk record (if any) become free.
   void Release(int32_t page);
 
   // Host bytes of the slot arena and of the slots in use; disk bytes in use.
   int64_t host_bytes() const { return arena_->bytes(); }
   int64_t host_bytes_used() const;
   int64_t disk_bytes_used() const { return tier_->bytes_used(); }
-  // Pages with data (on the host or on disk).
+  // Units with data (on the host or on disk).
   int32_t num_live_pages() const { return policy_.num_on_host() + policy_.num_disk_only(); }
 
   // Checks slot bookkeeping against the policy (tests).
@@ -157,7 +200,12 @@ class DiskResidency {
 
  private:
   DiskResidency(const PageGeometry& g, int32_t num_pages, int32_t num_slots,
-                std::unique_ptr<DiskTier> tier, std::unique_ptr<HostArena> arena);
+                std::unique_ptr<DiskTier> tier, std::unique_ptr<HostArena> arena,
+                int32_t heads_per_unit);
+  // Marks the changed block range of a unit (see TakeChangedBlocks).
+  void NoteChanged(int32_t page);
+  // True when a unit of `pages` has a read-ahead in flight.
+  bool AnyInFlight(absl::Span<const int32_t> pages) const;
   void* SlotAddress(int32_t slot) const;
   void Assign(int32_t page, int32_t slot);
   // Slots freed by the pager (from index `from` of free_slots_ on): their pages leave.
@@ -166,13 +214,17 @@ class DiskResidency {
   void DropCleanCopies(int64_t n, absl::Span<const int32_t> in_use);
 
   const PageGeometry g_;
+  const int32_t hpu_;  // blocks per unit
   const int32_t num_slots_;
   std::unique_ptr<DiskTier> tier_;
   std::unique_ptr<HostArena> arena_;
   fp16_t* base_ = nullptr;
   SpillPolicy policy_;
   DiskPager pager_;
-  std::vector<int32_t> slot_of_block_;  // [num_pages * num_kv_heads], -1: not on the host
+  std::vector<int32_t> slot_of_block_;  // [num_units * hpu_], -1: not on the host
+  std::vector<uint32_t> mark_;          // [num_units] == mark_gen_: listed in this Reserve
+  uint32_t mark_gen_ = 0;
+  std::vector<uint8_t> in_flight_;      // [num_units] 1: in ahead_pages_
   std::vector<int32_t> page_of_slot_;   // [num_slots], -1: free
   std::vector<int32_t> free_slots_;     // stack
   int64_t step_ = 0;                    // recency clock: one tick per Reserve

@@ -35,6 +35,7 @@
 #include "pipeline/cuda/step_events.cuh"
 #include "pipeline/cuda/step_scratch.cuh"
 #include "pipeline/fetch/cache/cache_fetch.cuh"
+#include "pipeline/fetch/disk/kept_blocks.h"
 #include "pipeline/fetch/disk/resident_fetch.cuh"
 #include "pipeline/prune/twilight/twilight_pruner.h"
 #include "pipeline/select/selector.h"
@@ -228,7 +229,7 @@ class GpuOffloadBackend final : public OffloadBackend {
     }
     const DiskTier& tier = disk_->tier();
     return absl::StrFormat(
-        "gpu-offload + disk tier (%d cache slots, %s; %s%s, %d page slots in host memory)",
+        "gpu-offload + disk tier (%d cache slots, %s; %s%s, %d block slots in host memory)",
         num_slots_, fetch_path_name(), tier.engine_name(), tier.direct_io() ? ", O_DIRECT" : "",
         disk_->num_slots());
   }
@@ -263,7 +264,7 @@ class GpuOffloadBackend final : public OffloadBackend {
   absl::Status ReadPage(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const override;
   void ReleasePage(int32_t page) override {
     pending_release_.push_back(page);
-    if (disk_) disk_release_.push_back(page);
+    if (disk_) disk_release_.push_back(page);  // its num_kv_heads blocks (units) are freed
   }
   absl::Status Decode(const DecodeRequest& request, StepTelemetry* telemetry) override;
   MemoryUsage Memory() const override;
@@ -286,11 +287,18 @@ class GpuOffloadBackend final : public OffloadBackend {
     return FpKvView{static_cast<fp16_t*>(PoolDevice()),
                     disk_ ? d_pool_map_.as<int32_t>() : nullptr};
   }
-  // Host address of a block (with a disk tier its page must be on the host).
+  // Host address of a block (with a disk tier it must be on the host).
   fp16_t* HostBlock(int64_t block) const {
     if (!disk_) return static_cast<fp16_t*>(pool_->Block(block));
-    fp16_t* page = disk_->HostPage(int32_t(block / g_.num_kv_heads));
-    return page ? page + (block % g_.num_kv_heads) * g_.FpBlockElems() : nullptr;
+    return disk_->HostBlock(block);
+  }
+  // The num_kv_heads blocks (disk residency units) of each page, appended to *blocks.
+  void BlocksOfPages(absl::Span<const int32_t> pages, std::vector<int32_t>* blocks) const {
+    for (const int32_t page : pages) {
+      for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
+        blocks->push_back(int32_t(g_.BlockId(page, h)));
+      }
+    }
   }
   // Disk tier (runtime/disk_residency.h under the pinned pool; see the header).
   absl::Status InitDisk();
@@ -306,11 +314,15 @@ class GpuOffloadBackend final : public OffloadBackend {
   }
   absl::Status AppendWithDisk(const AppendView& tokens, DType dtype, MemSpace space,
                               cudaStream_t a);
-  // ResidentFetch's callback: reads the group's kept lists back, puts their pages in the
+  // ResidentFetch's callback: reads the group's kept lists back, puts their blocks in the
   // pool (same step for every group of a Decode) and refreshes the map on `c`.
   absl::Status MakeGroupResident(int32_t index, const SeqGroup& group, const KeptView& kept,
                                  cudaStream_t c);
-  // After a step: reads ahead the pages the next layer's step kept last time.
+  // Records the residency's bookkeeping (recency, values) of the groups whose blocks were
+  // all resident, deferred so that the host does not hold the compute stream up for it;
+  // done before anything may evict (a later group that must load, the step's read-ahead).
+  absl::Status FlushDeferredTouches();
+  // After a step: reads ahead the blocks the next layer's step kept last time.
   void ReadAheadForNextStep(int32_t layer);
 
   absl::Status CheckPages(const int32_t* pages, int64_t n, const char* what) const {
@@ -342,7 +354,8 @@ class GpuOffloadBackend final : public OffloadBackend {
   int32_t num_slots_ = 0;
   int64_t quant_bytes_ = 0;
   std::unique_ptr<HostArena> pool_;  // without a disk tier
-  // Disk tier: host_slots_ pinned page slots (disk_) over the tier's records.
+  // Disk tier: host_slots_ pages' worth of pinned block slots (disk_, one block per unit,
+  // slot and record) over the tier's records.
   const int64_t host_slots_;
   std::unique_ptr<DiskTier> tier_;  // handed to disk_ by InitDisk
   std::unique_ptr<DiskResidency> disk_;
@@ -350,15 +363,20 @@ class GpuOffloadBackend final : public OffloadBackend {
   PinnedBuffer h_pool_map_;       // what was last uploaded (staging of the uploads)
   cudaEvent_t ev_map_ = nullptr;  // the last map upload has read h_pool_map_
   int64_t map_version_ = -1;      // residency map version on the device
-  std::vector<int32_t> disk_release_;  // freed pages whose slots and records to free
+  std::vector<int32_t> disk_release_;  // freed pages whose blocks' slots and records to free
   PinnedBuffer h_kept_;           // kept counts + lists read back per group
   cudaEvent_t ev_kept_ = nullptr;
-  std::vector<int32_t> step_pages_, group_pages_;  // pages of this step / of one group
-  std::vector<uint32_t> page_mark_;  // [num_pages] == mark_gen_: listed in step_pages_
-  uint32_t mark_gen_ = 0;
+  // Blocks (residency units) of this step / of one group, and the kept rows of each.
+  std::vector<int32_t> step_blocks_, group_blocks_, group_rows_;
+  BlockMarks block_marks_;  // blocks listed in step_blocks_ (or in one append chunk)
+  // Groups of this step whose blocks were all resident: their Reserve is deferred
+  // (FlushDeferredTouches); step_reserved_: a Reserve of this step has run (the next one
+  // continues its step).
+  std::vector<int32_t> deferred_blocks_, deferred_rows_;
+  bool step_reserved_ = false;
   const BatchView* step_batch_ = nullptr;  // host plan of the Decode in progress
   DiskIoCounts step_io_;           // disk I/O of the Decode in progress
-  // Read-ahead: the pages each layer's last step kept, and which layer followed which.
+  // Read-ahead: the blocks each layer's last step kept, and which layer followed which.
   absl::flat_hash_map<int32_t, std::vector<int32_t>> kept_by_layer_;
   absl::flat_hash_map<int32_t, int32_t> next_layer_;
   int32_t last_layer_ = std::numeric_limits<int32_t>::min();
@@ -421,7 +439,9 @@ absl::Status GpuOffloadBackend::ApplyPendingReleases() {
   if (!disk_release_.empty()) {
     // The slots of freed pages are reused at once: nothing may read them any more.
     TWL_RETURN_IF_ERROR(QuiesceDevice());
-    for (const int32_t page : disk_release_) disk_->Release(page);
+    std::vector<int32_t> blocks;
+    BlocksOfPages(disk_release_, &blocks);
+    for (const int32_t block : blocks) disk_->Release(block);
     disk_release_.clear();
   }
   const int32_t n = int32_t(pending_release_.size());
@@ -737,12 +757,15 @@ absl::Status GpuOffloadBackend::CopyPage(int32_t src_page, int32_t dst_page, int
   TWL_CUDA(cudaEventSynchronize(ev_append_done_));
   TWL_CUDA(cudaEventSynchronize(ev_step_done_));
   if (disk_) {
-    // Both pages in host slots (src read back if it is on disk), dst's disk copy dropped.
+    // Both pages' blocks in host slots (src read back if it is on disk), dst's disk copies
+    // dropped.
     const int32_t both[2] = {src_page, dst_page};
     const int32_t n = src_page == dst_page ? 1 : 2;
-    TWL_RETURN_IF_ERROR(PrefixStatus(
-        disk_->Reserve(absl::MakeConstSpan(both, size_t(n)), nullptr), "copy-on-write: "));
-    TWL_RETURN_IF_ERROR(disk_->MarkDirty({dst_page}));
+    std::vector<int32_t> blocks, dst_blocks;
+    BlocksOfPages(absl::MakeConstSpan(both, size_t(n)), &blocks);
+    BlocksOfPages({dst_page}, &dst_blocks);
+    TWL_RETURN_IF_ERROR(PrefixStatus(disk_->Reserve(blocks, nullptr), "copy-on-write: "));
+    TWL_RETURN_IF_ERROR(disk_->MarkDirty(dst_blocks));
     TWL_RETURN_IF_ERROR(UploadPoolMap(append_stream_));
   }
   const int32_t H = g_.num_kv_heads;
@@ -790,15 +813,20 @@ absl::Status GpuOffloadBackend::CopyPage(int32_t src_page, int32_t dst_page, int
 }
 
 absl::Status GpuOffloadBackend::InitDisk() {
-  if (host_slots_ < 1 || host_slots_ > std::numeric_limits<int32_t>::max() ||
-      num_pages_ > std::numeric_limits<int32_t>::max()) {
-    return absl::InvalidArgumentError("offload: disk tier needs 1 <= host slots < 2^31");
+  // Units of the residency: blocks (page, KV head), the unit a step keeps and the cache,
+  // fetch and attention use; host_slots_ pages of pool are host_slots_ * H block slots.
+  const int64_t block_slots = host_slots_ * g_.num_kv_heads;
+  if (host_slots_ < 1 || block_slots > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError("offload: disk tier needs 1 <= host block slots < 2^31");
   }
   absl::StatusOr<std::unique_ptr<DiskResidency>> disk =
-      DiskResidency::Create(g_, int32_t(num_pages_), int32_t(host_slots_), std::move(tier_),
-                            HostMemKind::kPinnedMapped);
+      DiskResidency::Create(g_, int32_t(num_blocks_), int32_t(block_slots), std::move(tier_),
+                            HostMemKind::kPinnedMapped, /*heads_per_unit=*/1);
   if (!disk.ok()) return disk.status();
   disk_ = std::move(*disk);
+  // Values halve every ~4 passes over the layers, as in the GPU cache: a layer-step is two
+  // Reserve steps in a serving loop (its append, its decode).
+  disk_->set_decay_steps(8 * int64_t(std::max(cfg_.num_layers, 1)));
   if (g_.k_bits >= 16) {
     // The pruner would read the FP16 K of every selected page, resident or not.
     return absl::UnimplementedError(
@@ -816,7 +844,7 @@ absl::Status GpuOffloadBackend::InitDisk() {
     TWL_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
     all_events_.push_back(*e);
   }
-  page_mark_.assign(size_t(num_pages_), 0);
+  block_marks_.NewStep(size_t(num_blocks_));
   map_version_ = disk_->map_version();
   return UploadPoolMap(nullptr);
 }
@@ -841,36 +869,40 @@ absl::Status GpuOffloadBackend::UploadPoolMap(cudaStream_t s) {
 
 absl::Status GpuOffloadBackend::AppendWithDisk(const AppendView& tokens, DType dtype,
                                                MemSpace space, cudaStream_t a) {
-  // Pages move between the pinned slots and the disk only while the GPU touches none.
-  TWL_RETURN_IF_ERROR(QuiesceDevice());
   const int32_t n = tokens.num_tokens;
-  const int64_t row_bytes = int64_t(g_.num_kv_heads) * g_.head_dim * int64_t(DTypeBytes(dtype));
-  // Chunks of tokens whose pages fit in the host slots at once (and whose host input fits the
-  // staging); each chunk: pages into slots, map up, rows written, then waited for (the next
-  // chunk may spill these pages).
-  const int32_t max_pages = disk_->num_slots();
+  const int32_t H = g_.num_kv_heads;
+  const int64_t row_bytes = int64_t(H) * g_.head_dim * int64_t(DTypeBytes(dtype));
+  // Chunks of tokens whose pages' blocks fit in the host slots at once (and whose host input
+  // fits the staging); each chunk: blocks into slots, map up, rows written.
+  const int32_t max_blocks = disk_->num_slots();
   const int32_t max_tokens = space == MemSpace::kHost ? kAppendChunkTokens : n;
   int32_t t0 = 0;
   while (t0 < n) {
-    ++mark_gen_;
-    group_pages_.clear();
+    block_marks_.NewStep(size_t(num_blocks_));
+    group_blocks_.clear();
     int32_t t1 = t0;
     while (t1 < n && t1 - t0 < max_tokens) {
-      const int32_t page = tokens.page_id[t1];
-      if (page_mark_[size_t(page)] != mark_gen_) {
-        if (int32_t(group_pages_.size()) == max_pages) break;
-        page_mark_[size_t(page)] = mark_gen_;
-        group_pages_.push_back(page);
+      const int64_t b0 = g_.BlockId(tokens.page_id[t1], 0);
+      if (block_marks_.mark[size_t(b0)] != block_marks_.gen) {
+        if (int32_t(group_blocks_.size()) + H > max_blocks) break;
+        block_marks_.mark[size_t(b0)] = block_marks_.gen;
+        for (int32_t h = 0; h < H; ++h) group_blocks_.push_back(int32_t(b0 + h));
       }
       ++t1;
     }
+    // Blocks move between the pinned slots and the disk only while the GPU touches none. A
+    // chunk whose blocks are resident or fit in free slots moves none: it neither waits for
+    // the device nor for a read-ahead (decode-time appends, prefill while the pool has
+    // room). A chunk that must spill waits for every earlier step and append first (their
+    // kernels may read or write the victims' slots), the earlier chunks of this call
+    // included.
+    if (disk_->SlotsShort(group_blocks_) > 0) TWL_RETURN_IF_ERROR(QuiesceDevice());
     DiskIoCounts io;
-    TWL_RETURN_IF_ERROR(PrefixStatus(disk_->Reserve(group_pages_, &io), "append: "));
-    TWL_RETURN_IF_ERROR(disk_->MarkDirty(group_pages_));
+    TWL_RETURN_IF_ERROR(PrefixStatus(disk_->Reserve(group_blocks_, &io), "append: "));
+    TWL_RETURN_IF_ERROR(disk_->MarkDirty(group_blocks_));
     TWL_RETURN_IF_ERROR(UploadPoolMap(a));
     const AppendView part = TokenSlice(tokens, t0, t1 - t0, row_bytes);
     TWL_RETURN_IF_ERROR(AppendChunk(part, dtype, space, a));
-    TWL_CUDA(cudaEventSynchronize(ev_append_done_));
     t0 = t1;
   }
   return absl::OkStatus();
@@ -894,66 +926,101 @@ absl::Status GpuOffloadBackend::MakeGroupResident(int32_t index, const SeqGroup&
     k = std::clamp(k, 0, kept.max_kept);
     total += k;
   }
-  TWL_RETURN_IF_ERROR(h_kept_.Reserve(size_t(std::max<int64_t>(total, 1)) * 4));
+  // The lists: one copy of the whole [units][max_kept] region when it is at most 4x the
+  // kept tokens or 8 MiB (a copy call costs about what a few MB at PCIe rate do), else one
+  // per unit.
+  const int64_t whole = units * int64_t(kept.max_kept);
+  const bool one_copy = whole <= 4 * std::max<int64_t>(total, 1) || whole <= (2 << 20);
+  TWL_RETURN_IF_ERROR(
+      h_kept_.Reserve(size_t(std::max<int64_t>(one_copy ? whole + total : total, 1)) * 4));
   int32_t* tok = h_kept_.as<int32_t>();
-  int64_t at = 0;
-  for (int64_t u = 0; u < units; ++u) {
-    if (counts[size_t(u)] == 0) continue;
-    TWL_CUDA(cudaMemcpyAsync(tok + at, kept.tokens + u * kept.max_kept,
-                             size_t(counts[size_t(u)]) * 4, cudaMemcpyDeviceToHost, c));
-    at += counts[size_t(u)];
-  }
-  TWL_CUDA(cudaEventRecord(ev_kept_, c));
-  TWL_CUDA(cudaEventSynchronize(ev_kept_));
-  // Distinct pages of the group (tokens are ascending per unit: a page repeats in a run).
-  if (index == 0) {
-    ++mark_gen_;
-    step_pages_.clear();
-  }
-  group_pages_.clear();
-  at = 0;
-  for (int64_t u = 0; u < units; ++u) {
-    const int32_t s = grp.first_seq + int32_t(u / H);
-    const int32_t* row = hb.page_table + int64_t(s) * hb.max_pages;
-    const int32_t pages_of_seq = hb.NumPages(g_, s);
-    int32_t last = -1;
-    for (int32_t i = 0; i < counts[size_t(u)]; ++i) {
-      const int32_t idx = tok[at + i] / g_.page_size;
-      if (idx == last) continue;
-      last = idx;
-      if (idx < 0 || idx >= pages_of_seq) {
-        return absl::InternalError(absl::StrFormat(
-            "offload: kept token %d of sequence %d is past its %d pages", tok[at + i], s,
-            pages_of_seq));
-      }
-      const int32_t page = row[idx];
-      if (page_mark_[size_t(page)] == mark_gen_) continue;
-      page_mark_[size_t(page)] = mark_gen_;
-      group_pages_.push_back(page);
-      step_pages_.push_back(page);
+  if (one_copy && total > 0) {
+    int32_t* region = tok + total;
+    TWL_CUDA(cudaMemcpyAsync(region, kept.tokens, size_t(whole) * 4, cudaMemcpyDeviceToHost, c));
+    TWL_CUDA(cudaEventRecord(ev_kept_, c));
+    TWL_CUDA(cudaEventSynchronize(ev_kept_));
+    int64_t at = 0;
+    for (int64_t u = 0; u < units; ++u) {
+      std::memcpy(tok + at, region + u * kept.max_kept, size_t(counts[size_t(u)]) * 4);
+      at += counts[size_t(u)];
     }
-    at += counts[size_t(u)];
+  } else if (total > 0) {
+    int64_t at = 0;
+    for (int64_t u = 0; u < units; ++u) {
+      if (counts[size_t(u)] == 0) continue;
+      TWL_CUDA(cudaMemcpyAsync(tok + at, kept.tokens + u * kept.max_kept,
+                               size_t(counts[size_t(u)]) * 4, cudaMemcpyDeviceToHost, c));
+      at += counts[size_t(u)];
+    }
+    TWL_CUDA(cudaEventRecord(ev_kept_, c));
+    TWL_CUDA(cudaEventSynchronize(ev_kept_));
   }
+  // Distinct blocks of the group and their kept rows (the value the residency adds).
+  if (index == 0) {
+    block_marks_.NewStep(size_t(num_blocks_));
+    step_blocks_.clear();
+    deferred_blocks_.clear();
+    deferred_rows_.clear();
+    step_reserved_ = false;
+  }
+  group_blocks_.clear();
+  group_rows_.clear();
+  TWL_RETURN_IF_ERROR(AppendKeptBlocks(g_, hb, grp.first_seq, grp.num_seqs, counts.data(), tok,
+                                       &block_marks_, &group_blocks_, &group_rows_));
+  step_blocks_.insert(step_blocks_.end(), group_blocks_.begin(), group_blocks_.end());
+  // Every block resident (the steady state when the kept sets fit the pool): nothing moves
+  // and the device map is current, so the fetch may run at once; the bookkeeping waits
+  // until something could evict (FlushDeferredTouches).
+  const absl::Span<const int32_t> map = disk_->slot_of_block();
+  bool all_resident = true;
+  for (const int32_t b : group_blocks_) {
+    if (map[size_t(b)] < 0) {
+      all_resident = false;
+      break;
+    }
+  }
+  if (all_resident) {
+    deferred_blocks_.insert(deferred_blocks_.end(), group_blocks_.begin(), group_blocks_.end());
+    deferred_rows_.insert(deferred_rows_.end(), group_rows_.begin(), group_rows_.end());
+    step_io_.ms += std::chrono::duration<double, std::milli>(
+                       std::chrono::steady_clock::now() - t0).count();
+    return absl::OkStatus();
+  }
+  // The first Reserve starts the step (earlier steps are done: this prune came after them
+  // on the device); later ones keep the earlier groups' blocks in place (their gathers and
+  // attention may be running), the deferred groups' first.
+  TWL_RETURN_IF_ERROR(FlushDeferredTouches());
+  const absl::Status reserved = disk_->Reserve(group_blocks_, &step_io_, !step_reserved_,
+                                               group_rows_);
+  step_reserved_ = true;
   step_io_.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
                      .count();
-  // The first group starts the step (earlier steps are done: this prune came after them on
-  // the device); later groups keep the earlier groups' pages in place (their gathers and
-  // attention may be running).
-  TWL_RETURN_IF_ERROR(DiskIoError(disk_->Reserve(group_pages_, &step_io_, index == 0),
-                                  "decode: reading kept pages from the disk tier"));
+  TWL_RETURN_IF_ERROR(DiskIoError(reserved, "decode: reading kept blocks from the disk tier"));
   return UploadPoolMap(c);
 }
 
+absl::Status GpuOffloadBackend::FlushDeferredTouches() {
+  if (deferred_blocks_.empty()) return absl::OkStatus();
+  // Resident blocks only (a Reserve of this step would have flushed before moving any):
+  // touches and values, no I/O.
+  const absl::Status s =
+      disk_->Reserve(deferred_blocks_, &step_io_, !step_reserved_, deferred_rows_);
+  step_reserved_ = true;
+  deferred_blocks_.clear();
+  deferred_rows_.clear();
+  return DiskIoError(s, "decode: reading kept blocks from the disk tier");
+}
+
 void GpuOffloadBackend::ReadAheadForNextStep(int32_t layer) {
-  kept_by_layer_[layer] = step_pages_;
+  kept_by_layer_[layer] = step_blocks_;
   auto next = next_layer_.find(layer);
   if (next == next_layer_.end()) return;
-  auto pages = kept_by_layer_.find(next->second);
-  if (pages == kept_by_layer_.end()) return;
-  // Room: the slots this step does not use (its pages stay where the GPU reads them).
-  const int32_t room = disk_->num_slots() - int32_t(step_pages_.size());
-  // Best effort: a failure only means the next step reads the pages itself.
-  (void)disk_->StartReadAhead(pages->second, room, &step_io_);
+  auto blocks = kept_by_layer_.find(next->second);
+  if (blocks == kept_by_layer_.end()) return;
+  // Room: the slots this step does not use (its blocks stay where the GPU reads them).
+  const int32_t room = disk_->num_slots() - int32_t(step_blocks_.size());
+  // Best effort: a failure only means the next step reads the blocks itself.
+  (void)disk_->StartReadAhead(blocks->second, room, &step_io_);
 }
 
 absl::Status GpuOffloadBackend::ReadPage(int32_t page, int32_t rows, fp16_t* k,
@@ -1108,6 +1175,8 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
       TWL_CUDA(cudaEventRecord(ev_step_done_, c));
       return ran;
     }
+    // The step's blocks are protected before the read-ahead picks victims.
+    TWL_RETURN_IF_ERROR(FlushDeferredTouches());
     ReadAheadForNextStep(req.layer);
   }
   // The figures are copied before the step counts as done: the next step (on any stream)

@@ -93,21 +93,26 @@ absl::StatusOr<std::unique_ptr<OffloadBackend>> CreateGpuOffloadBackendEx(
     const RuntimeConfig& config, int64_t num_pages);
 
 // With a disk tier (runtime/disk_residency.h, offload/disk_tier.h) under the pinned pool:
-// `num_pages` logical pages (at most host_slots - 1 + tier->capacity()), FP16 data in
-// `host_slots` pinned page slots or in `tier`; INT4 K and page bounds of every page stay on
-// the GPU, so selection never reads the disk. Differences from the pool without a tier:
+// `num_pages` logical pages (their num_pages * num_kv_heads blocks at most host_slots *
+// num_kv_heads - 1 + tier->capacity()), FP16 data in host_slots * num_kv_heads pinned block
+// slots or in `tier`, whose records are single blocks (the residency unit is one (page, KV
+// head) block, what a step keeps); INT4 K and page bounds of every page stay on the GPU, so
+// selection never reads the disk. Differences from the pool without a tier:
 //   Decode  after each group's prune the host reads the kept lists back and makes their
-//           pages resident (reads from disk, least recently used pages spilled), then the
-//           group's fetch and attention run through the pool map (one host wait per group);
-//           after the step the pages the next layer's step kept last time are read ahead
-//           asynchronously (the next layer: the one that followed this layer last time).
-//   Append  per chunk of tokens whose pages fit in the slots: pages into slots, rows
-//           written by the per-token kernel through the pool map, waited for; cached blocks
-//           of the pages are invalidated instead of mirrored.
-//   Errors  the CPU tier's: ResourceExhausted for a full disk or a step that needs more pages
-//           than the slots hold, disk I/O errors marked (runtime/disk_io_status.h); nothing
-//           already appended is lost (a failed write keeps its page in its slot, a failed
-//           read keeps it on disk). Needs k_bits < 16 (Unimplemented otherwise).
+//           blocks resident (reads from disk, low-value blocks spilled: victims by value,
+//           offload/spill_policy.h), then the group's fetch and attention run through the
+//           pool map (one host wait per group); after the step the blocks the next layer's
+//           step kept last time are read ahead asynchronously (the next layer: the one that
+//           followed this layer last time).
+//   Append  per chunk of tokens whose pages' blocks fit in the slots: blocks into slots, rows
+//           written by the per-token kernel through the pool map; a chunk that needs no
+//           spill does not wait (for the device or the disk), one that spills waits for the
+//           earlier steps and appends first; cached blocks of the pages are invalidated
+//           instead of mirrored.
+//   Errors  the CPU tier's: ResourceExhausted for a full disk or a step that needs more
+//           blocks than the slots hold, disk I/O errors marked (runtime/disk_io_status.h);
+//           nothing already appended is lost (a failed write keeps its block in its slot, a
+//           failed read keeps it on disk). Needs k_bits < 16 (Unimplemented otherwise).
 // CreateGpuOffloadBackendWithDisk (runtime/backend.h) returns the same object.
 absl::StatusOr<std::unique_ptr<OffloadBackend>> CreateGpuOffloadBackendWithDiskEx(
     const RuntimeConfig& config, int64_t num_pages, int64_t host_slots,

@@ -221,12 +221,12 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeConfig& co
     }
     absl::StatusOr<std::unique_ptr<DiskTier>> tier = CreatePageDiskTier(config);
     if (!tier.ok()) return tier.status();
-    // Host slots + disk records - 1 logical pages (the slack is explained in
-    // runtime/disk_residency.h).
+    // Host slots + disk records - 1 residency units, in logical pages (the slack is
+    // explained in runtime/disk_residency.h; units are blocks under the GPU offload backend).
     const int64_t host_slots = im.num_pages;
     im.host_slots = host_slots;
     im.disk_records = (*tier)->capacity();
-    im.num_pages = std::min<int64_t>(host_slots - 1 + (*tier)->capacity(),
+    im.num_pages = std::min<int64_t>(DiskTierPages(config, host_slots, **tier),
                                      std::numeric_limits<int32_t>::max());
     if (config.backend == BackendKind::kGpuOffload) {
       backend = CreateGpuOffloadBackendWithDisk(config, im.num_pages, host_slots, std::move(*tier));

@@ -36,15 +36,20 @@ using testing::TempDir;
     }                                                                                  \
   } while (0)
 
-// A batch's pages over all layers (756) exceed the host pool (378), one step's (<= 252) do
-// not: every batch cycles its layers through the disk, and read-ahead has room for part of
-// the next layer's pages.
+// The host pool holds a quarter of the KV (378 pages, 756 block slots). Each (sequence,
+// layer) has 64 planted keys that the pruner keeps (~58 of them, on ~38 of its 63 pages per
+// KV head), so a step keeps ~300 blocks and a batch's three layers ~900: more than the pool,
+// while one step fits with room to read the next layer's blocks ahead. (With 12 planted keys
+// the kept blocks of all three layers, ~260, fit in the pool after the first pass, and
+// nothing was left to read ahead: why this test saw no read-ahead on the H200.
+// tests/cpu/disk_residency_blocks_test.cc runs this loop's residency on the CPU.)
 constexpr int32_t kLayers = 3;
 constexpr int32_t kSeqs = 8;
 constexpr int32_t kLen = 1000;     // 63 pages per sequence and layer
 constexpr int32_t kBatch = 4;      // sequences per decode step
+constexpr int32_t kPlanted = 64;   // planted keys per (sequence, layer)
 constexpr int64_t kPageBytes = 2 * 2 * 16 * 128 * 2;  // 2 KV heads x K+V x 16 x 128 x FP16
-constexpr int64_t kKvPages = int64_t(kLayers) * kSeqs * ((kLen + 15) / 16);  // 1008
+constexpr int64_t kKvPages = int64_t(kLayers) * kSeqs * ((kLen + 15) / 16);  // 1512
 
 RuntimeConfig Config() {
   RuntimeConfig c;
@@ -102,7 +107,7 @@ absl::Status Fill(const RuntimeConfig& c, Model* m) {
     for (int32_t s = 0; s < kSeqs; ++s) {
       std::vector<fp16_t> k = RandomHalf(&rng, size_t(kLen) * tok, 1.0f);
       std::vector<fp16_t> v = RandomHalf(&rng, size_t(kLen) * tok, 1.0f);
-      for (int32_t i = 0; i < 12; ++i) {  // planted keys
+      for (int32_t i = 0; i < kPlanted; ++i) {  // planted keys
         const size_t row = size_t(rng() % kLen) * tok;
         for (size_t j = 0; j < tok; ++j) k[row + j] = FloatToHalf(4.0f);
       }
