@@ -9,11 +9,13 @@
 #include <string_view>
 #include <vector>
 
+#include "gpu/kernels.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "api/handle.h"
 #include "core/half.h"
 #include "gpu/device.h"
+#include "gpu/kernels.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/dtype_convert_device.h"
 #include "runtime/log.h"
@@ -173,7 +175,7 @@ twl_status twl_get_capabilities(twl_capabilities* out) noexcept {
     for (twl_backend b : {TWL_BACKEND_GPU_HBM, TWL_BACKEND_GPU_OFFLOAD}) {
       c.backends_built |= 1u << b;
       twl::api::SetHeadDims(c.head_dims[b], {64, 96, 128, 256});
-      c.max_q_per_kv[b] = 8;
+      c.max_q_per_kv[b] = twl::kGpuMaxGroup;
       c.decode_dtypes[b] = all_dtypes;
     }
     c.gpu_usable = twl::gpu::GpuAvailable() ? 1 : 0;

@@ -172,7 +172,8 @@ typedef struct twl_runtime_config {
   size_t struct_size;       /* sizeof(twl_runtime_config) */
   /* Model shape: required (0 is invalid). */
   int32_t num_layers;       /* 1 .. 4096 (every sequence holds a table of num_layers) */
-  int32_t num_q_heads;      /* a multiple of num_kv_heads (GQA), at most 1024 */
+  int32_t num_q_heads;      /* a multiple of num_kv_heads (GQA), at most 1024; GPU backends
+                               take at most 16 query heads per KV head (max_q_per_kv) */
   int32_t num_kv_heads;     /* 1 .. 1024 */
   int32_t head_dim;         /* 8, 16, 32, 64, 96, 128 or 256; GPU backends accept 64, 96,
                                128 and 256 (twl_get_capabilities; others fail at create) */

@@ -785,7 +785,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateGpuHbmBackend(const RuntimeConfig
         config.head_dim));
   }
   if (config.num_q_heads / config.num_kv_heads > kGpuMaxGroup) {
-    return absl::UnimplementedError("GPU HBM backend: more than 8 query heads per KV head");
+    return absl::UnimplementedError(absl::StrFormat(
+        "GPU HBM backend: more than %d query heads per KV head (use the CPU backend)", kGpuMaxGroup));
   }
   if (num_pages < 1 || num_pages > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError(

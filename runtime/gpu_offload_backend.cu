@@ -1280,7 +1280,8 @@ absl::StatusOr<std::unique_ptr<OffloadBackend>> CreateGpuOffloadBackendEx(
         config.head_dim));
   }
   if (config.num_q_heads / config.num_kv_heads > kGpuMaxGroup) {
-    return absl::UnimplementedError("GPU offload backend: more than 8 query heads per KV head");
+    return absl::UnimplementedError(absl::StrFormat(
+        "GPU offload backend: more than %d query heads per KV head (use the CPU backend)", kGpuMaxGroup));
   }
   auto b = std::make_unique<GpuOffloadBackend>(config, num_pages);
   if (absl::Status s = b->Init(); !s.ok()) return s;

@@ -63,12 +63,17 @@ constexpr int RowLanes(int head_dim) {
   return l;
 }
 
-constexpr int kMaxGroup = kGpuMaxGroup;  // query heads per KV head handled on the GPU
+// Query heads per KV head the pruner kernels (gpu/cuda/prune*) take: they size per-head
+// shared arrays and warps by it. The select, attend and append kernels take kGpuMaxGroup
+// (16); the pruner takes kGpuPruneMaxGroup (8) until its kernels handle kGpuMaxGroup, and
+// refuses wider groups with Unimplemented (CheckGroup's default bound).
+constexpr int kMaxGroup = kGpuPruneMaxGroup;
+static_assert(kMaxGroup <= kGpuMaxGroup, "the pruner cannot take more than the backends allow");
 
-inline absl::Status CheckGroup(int32_t group) {
-  if (group < 1 || group > kMaxGroup) {
+inline absl::Status CheckGroup(int32_t group, int32_t max_group = kMaxGroup) {
+  if (group < 1 || group > max_group) {
     return absl::UnimplementedError(
-        absl::StrFormat("GPU kernels support 1..%d query heads per KV head, got %d", kMaxGroup,
+        absl::StrFormat("GPU kernels support 1..%d query heads per KV head, got %d", max_group,
                         group));
   }
   return absl::OkStatus();

@@ -35,7 +35,8 @@ __device__ __forceinline__ bool RankedRange(const SelectorParams& p, int32_t num
 // Page bounds as a tensor-core GEMV. The Quest bound sum_c max(q_c min_c, q_c max_c) equals
 // q+ . max + q- . min with q+ = max(q, 0), q- = min(q, 0) (the same products), so for 16
 // pages at a time A = [kmax | kmin] rows (FP16 as stored: no conversion), B = [q+ ; q-] for
-// all query heads of the GQA group at once (n = 8: one read of kmin/kmax serves every head),
+// all query heads of the GQA group at once (n = 8 per head tile: one read of kmin/kmax serves
+// every head),
 // FP32 accumulation: exact products, only the order of the sum differs from the reference.
 //
 // Memory layout of the loads (the point of this kernel: it is bound by the metadata read).
@@ -53,7 +54,9 @@ __device__ __forceinline__ bool RankedRange(const SelectorParams& p, int32_t num
 // max over the group to scores[pair][page]. Growing Quest (params.grow) writes the whole
 // selector output itself (no second kernel): every page index ascending, each query head's
 // bound * scale (+inf for the sinks and the last page), and the count and cap.
-template <int kHeadDim>
+// kNT head tiles of 8 (n of the MMA): 1 for groups up to 8, 2 up to 16 (same metadata loads,
+// twice the MMAs).
+template <int kHeadDim, int kNT>
 __global__ void __launch_bounds__(kBoundWarps * 32, 2)  // <= 128 registers: 16 warps per SM
     PageBoundKernel(PageGeometry g, SelectorParams params, BatchView batch, QueryView q,
                     QuantKView qk, float* __restrict__ scores, int32_t runs_per_seq_head,
@@ -100,29 +103,35 @@ __global__ void __launch_bounds__(kBoundWarps * 32, 2)  // <= 128 registers: 16 
   if (p0 >= p1) return;
   const int r = lane >> 2, t4 = lane & 3;
 
-  // B: head r of the group (zero past it); chunk c holds q+ (c < kHalf) or q- of the
-  // thread's channels of that chunk, in the thread's element order.
-  uint32_t bf[kCh][2][2];
-  {
-    const bool real = r < group;
-    const fp16_t* qh = q.q + (int64_t(s) * batch.num_q_heads + h * group + (real ? r : 0)) *
+  // B of head tile ht: head 8 * ht + r of the group (zero past it); chunk c holds q+
+  // (c < kHalf) or q- of the thread's channels of that chunk, in the thread's element order.
+  auto make_b = [&](int c, int ht, uint32_t (&b)[2][2]) {
+    const int32_t head = 8 * ht + r;
+    const bool real = head < group;
+    const fp16_t* qh = q.q + (int64_t(s) * batch.num_q_heads + h * group + (real ? head : 0)) *
                                  kHeadDim + 8 * t4;
+    const bool plus = c < kHalf;
+    fp16_t e[8];
+    *reinterpret_cast<uint4*>(e) = *reinterpret_cast<const uint4*>(qh + 32 * (c % kHalf));
 #pragma unroll
-    for (int c = 0; c < kCh; ++c) {
-      const bool plus = c < kHalf;
-      fp16_t e[8];
-      *reinterpret_cast<uint4*>(e) = *reinterpret_cast<const uint4*>(qh + 32 * (c % kHalf));
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const bool neg = (e[i] & 0x8000u) != 0;
-        if (!real || (plus ? neg : !neg)) e[i] = 0;  // q+ keeps >= 0, q- keeps < 0
-      }
-      bf[c][0][0] = uint32_t(e[0]) | (uint32_t(e[1]) << 16);
-      bf[c][0][1] = uint32_t(e[2]) | (uint32_t(e[3]) << 16);
-      bf[c][1][0] = uint32_t(e[4]) | (uint32_t(e[5]) << 16);
-      bf[c][1][1] = uint32_t(e[6]) | (uint32_t(e[7]) << 16);
+    for (int i = 0; i < 8; ++i) {
+      const bool neg = (e[i] & 0x8000u) != 0;
+      if (!real || (plus ? neg : !neg)) e[i] = 0;  // q+ keeps >= 0, q- keeps < 0
     }
+    b[0][0] = uint32_t(e[0]) | (uint32_t(e[1]) << 16);
+    b[0][1] = uint32_t(e[2]) | (uint32_t(e[3]) << 16);
+    b[1][0] = uint32_t(e[4]) | (uint32_t(e[5]) << 16);
+    b[1][1] = uint32_t(e[6]) | (uint32_t(e[7]) << 16);
+  };
+  // One head tile (group <= 8): B of every chunk held in registers for the whole run. Two
+  // tiles (group 9..16): B is rebuilt per chunk and tile from q (L1 hits), which keeps the
+  // registers of the d = 256 kernel within the 128 of two blocks per SM.
+  uint32_t bf[kNT == 1 ? kCh : 1][2][2];
+  if constexpr (kNT == 1) {
+#pragma unroll
+    for (int c = 0; c < kCh; ++c) make_b(c, 0, bf[c]);
   }
+  (void)bf;  // unused with two tiles
   const uint4* vmax = reinterpret_cast<const uint4*>(qk.kmax + 8 * t4);
   const uint4* vmin = reinterpret_cast<const uint4*>(qk.kmin + 8 * t4);
   constexpr int kVecPerBlock = kHeadDim / 8;  // 16-byte vectors per block row of kmin/kmax
@@ -152,7 +161,9 @@ __global__ void __launch_bounds__(kBoundWarps * 32, 2)  // <= 128 registers: 16 
     // Loads in slabs of at most 8 chunks (one slab up to d = 128; d = 256 takes two, so the
     // kmax and kmin halves are not both held in registers at once).
     constexpr int kSlab = kCh < 8 ? kCh : 8;
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    float acc[kNT][4];
+#pragma unroll
+    for (int ht = 0; ht < kNT; ++ht) acc[ht][0] = acc[ht][1] = acc[ht][2] = acc[ht][3] = 0.0f;
 #pragma unroll
     for (int c0 = 0; c0 < kCh; c0 += kSlab) {
       uint4 ca[kSlab], cb[kSlab];
@@ -174,26 +185,45 @@ __global__ void __launch_bounds__(kBoundWarps * 32, 2)  // <= 128 registers: 16 
 #pragma unroll
       for (int i = 0; i < kSlab; ++i) {
         const int c = c0 + i;
-        Mma16816(acc, ca[i].x, cb[i].x, ca[i].y, cb[i].y, bf[c][0][0], bf[c][0][1]);
-        Mma16816(acc, ca[i].z, cb[i].z, ca[i].w, cb[i].w, bf[c][1][0], bf[c][1][1]);
+        if constexpr (kNT == 1) {
+          Mma16816(acc[0], ca[i].x, cb[i].x, ca[i].y, cb[i].y, bf[c][0][0], bf[c][0][1]);
+          Mma16816(acc[0], ca[i].z, cb[i].z, ca[i].w, cb[i].w, bf[c][1][0], bf[c][1][1]);
+        } else {
+#pragma unroll
+          for (int ht = 0; ht < kNT; ++ht) {
+            uint32_t b[2][2];
+            make_b(c, ht, b);
+            Mma16816(acc[ht], ca[i].x, cb[i].x, ca[i].y, cb[i].y, b[0][0], b[0][1]);
+            Mma16816(acc[ht], ca[i].z, cb[i].z, ca[i].w, cb[i].w, b[1][0], b[1][1]);
+          }
+        }
       }
     }
-    // acc: (page r, heads 2t4, 2t4+1), (page r + 8, heads 2t4, 2t4+1); max over the group.
-    const bool h0 = 2 * t4 < group, h1 = 2 * t4 + 1 < group;
+    // acc[ht]: (page r, heads 8ht+2t4, 8ht+2t4+1), (page r + 8, the same heads); max over
+    // the group.
     if (grow) {
       // Every query head's own bound, scaled to logits (the pruner's growth rule needs them).
 #pragma unroll
-      for (int kk = 0; kk < 2; ++kk) {
-        if (2 * t4 + kk >= group) continue;
-        float* row = grow_out.bound +
-                     (int64_t(s) * batch.num_q_heads + h * group + 2 * t4 + kk) * grow_out.max_select;
-        if (ba >= 0) row[tb + r] = scale * acc[kk];
-        if (bb >= 0) row[tb + r + 8] = scale * acc[2 + kk];
+      for (int ht = 0; ht < kNT; ++ht) {
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+          const int32_t head = 8 * ht + 2 * t4 + kk;
+          if (head >= group) continue;
+          float* row = grow_out.bound +
+                       (int64_t(s) * batch.num_q_heads + h * group + head) * grow_out.max_select;
+          if (ba >= 0) row[tb + r] = scale * acc[ht][kk];
+          if (bb >= 0) row[tb + r + 8] = scale * acc[ht][2 + kk];
+        }
       }
       continue;
     }
-    float best_a = fmaxf(h0 ? acc[0] : -INFINITY, h1 ? acc[1] : -INFINITY);
-    float best_b = fmaxf(h0 ? acc[2] : -INFINITY, h1 ? acc[3] : -INFINITY);
+    float best_a = -INFINITY, best_b = -INFINITY;
+#pragma unroll
+    for (int ht = 0; ht < kNT; ++ht) {
+      const bool h0 = 8 * ht + 2 * t4 < group, h1 = 8 * ht + 2 * t4 + 1 < group;
+      best_a = fmaxf(best_a, fmaxf(h0 ? acc[ht][0] : -INFINITY, h1 ? acc[ht][1] : -INFINITY));
+      best_b = fmaxf(best_b, fmaxf(h0 ? acc[ht][2] : -INFINITY, h1 ? acc[ht][3] : -INFINITY));
+    }
 #pragma unroll
     for (int o = 1; o < 4; o <<= 1) {
       best_a = fmaxf(best_a, __shfl_xor_sync(0xffffffffu, best_a, o));

@@ -154,7 +154,7 @@ TEST(ApiCapabilities, DescribesThisBuild) {
   if (gpu_built) {
     EXPECT_GE(caps.num_cuda_archs, 1);
     EXPECT_GE(caps.cuda_archs[0], 50);
-    EXPECT_EQ(caps.max_q_per_kv[TWL_BACKEND_GPU_HBM], 8);
+    EXPECT_EQ(caps.max_q_per_kv[TWL_BACKEND_GPU_HBM], 16);
     const std::vector<int32_t> gpu_dims(caps.head_dims[TWL_BACKEND_GPU_HBM],
                                         caps.head_dims[TWL_BACKEND_GPU_HBM] + 5);
     EXPECT_EQ(gpu_dims, (std::vector<int32_t>{64, 96, 128, 256, 0}));

@@ -190,6 +190,34 @@ TEST(Runtime, OtherHeadDimsDecodeLikeDenseAtPOne) {
   }
 }
 
+// 16 query heads per KV head (64 q / 4 KV, the widest group the GPU backends take): the
+// full selector and the default growing Quest at p = 1 both equal dense attention (Quest at
+// p = 1 keeps every candidate of a selection that grows until its bound proves p = 1).
+TEST(Runtime, SixteenQueryHeadsPerKvHeadDecodeLikeDenseAtPOne) {
+  for (SelectorKind sel : {SelectorKind::kFull, SelectorKind::kQuest}) {
+    SCOPED_TRACE(int(sel));
+    RuntimeConfig c = SmallConfig(16);
+    c.num_q_heads = 64;
+    c.num_kv_heads = 4;
+    c.selector = sel;
+    c.top_p = 1.0f;
+    auto rt = MakeRuntime(c);
+    ASSERT_TRUE(rt);
+    const std::vector<int32_t> lens = {9, 260, 100};
+    RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 64);
+    std::mt19937_64 rng(64);
+    std::vector<SeqId> ids;
+    for (size_t s = 0; s < lens.size(); ++s) {
+      ids.push_back(*rt->CreateSequence());
+      AppendInChunks(*rt, ids.back(), 0, st, int32_t(s), rng);
+    }
+    StepTelemetry t;
+    DecodeAndCompareWithDense(*rt, 0, ids, st, 1e-3, &t);
+    ASSERT_EQ(t.kept_tokens_kv.size(), size_t(3 * c.num_kv_heads));
+    ASSERT_EQ(t.selected_tokens.size(), size_t(3 * c.num_q_heads));
+  }
+}
+
 TEST(Runtime, DenseLayersIgnorePAndBudget) {
   RuntimeConfig c = SmallConfig(16);
   c.dense_layers = 1;

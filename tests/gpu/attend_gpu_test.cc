@@ -163,7 +163,13 @@ INSTANTIATE_TEST_SUITE_P(
                       AttendCase{256, 1, 2, KeptKind::kDense, false},
                       AttendCase{128, 2, 4, KeptKind::kHeavyLight, true, true},
                       AttendCase{128, 8, 4, KeptKind::kPruned, true, true},
-                      AttendCase{64, 2, 8, KeptKind::kDense, true, true}));
+                      AttendCase{64, 2, 8, KeptKind::kDense, true, true},
+                      // 9..16 heads per KV head: two 8-head halves on blockIdx.y.
+                      AttendCase{128, 2, 16, KeptKind::kPruned, false},
+                      AttendCase{64, 1, 16, KeptKind::kHeavyLight, true},
+                      AttendCase{96, 2, 12, KeptKind::kDense, false},
+                      AttendCase{256, 1, 16, KeptKind::kHeavyLight, false},
+                      AttendCase{128, 2, 16, KeptKind::kPruned, true, true}));
 
 TEST(AttendGpu, UnsupportedHeadDimIsUnimplemented) {
   TWL_SKIP_WITHOUT_GPU();
