@@ -1,7 +1,10 @@
 // Launchers of the split-K attention kernels (see attend.cuh and gpu/kernels.h).
-// Instantiations: AttendChunkKernel<D, G> for D in {64, 96, 128, 256} x G in {1, 2, 4, 8} (G is the
+// Instantiations: AttendChunkKernel<D, G, BF16> for D in {64, 96, 128, 256} x G in {1, 2, 4, 8}
+// x stored FP16/BF16 (G is the
 // group size rounded up to a power of two; extra heads are masked). Groups of 9..16 run G = 8
 // on a grid of 2 head halves (blockIdx.y), each half with half the stream-K blocks.
+#include <type_traits>
+
 #include "gpu/cuda/attend.cuh"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
@@ -96,13 +99,17 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
           l.part_ml);
       return LaunchStatus("AttendChunkKernel");
     };
-    switch (gpad) {
-      case 1: return launch(cuda::AttendChunkKernel<kHeadDim, 1>, 1);
-      case 2: return launch(cuda::AttendChunkKernel<kHeadDim, 2>, 1);
-      case 4: return launch(cuda::AttendChunkKernel<kHeadDim, 4>, 1);
-      case 8: return launch(cuda::AttendChunkKernel<kHeadDim, 8>, 1);
-      default: return launch(cuda::AttendChunkKernel<kHeadDim, 8>, gpad / 8);
-    }
+    auto by_group = [&](auto bf16) -> absl::Status {
+      constexpr bool kBf = decltype(bf16)::value;
+      switch (gpad) {
+        case 1: return launch(cuda::AttendChunkKernel<kHeadDim, 1, kBf>, 1);
+        case 2: return launch(cuda::AttendChunkKernel<kHeadDim, 2, kBf>, 1);
+        case 4: return launch(cuda::AttendChunkKernel<kHeadDim, 4, kBf>, 1);
+        case 8: return launch(cuda::AttendChunkKernel<kHeadDim, 8, kBf>, 1);
+        default: return launch(cuda::AttendChunkKernel<kHeadDim, 8, kBf>, gpad / 8);
+      }
+    };
+    return g.kv_dtype == kKvBf16 ? by_group(std::true_type{}) : by_group(std::false_type{});
   }));
   const int64_t heads = int64_t(batch.num_seqs) * batch.num_q_heads;
   cuda::AttendMergeKernel<<<unsigned(heads), 128, 0, st>>>(g, batch, group, gpad, l.item_offset,

@@ -84,6 +84,22 @@ __device__ __forceinline__ void Unpack8(const uint4& u, float* f) {
   }
 }
 
+// 8 stored K/V elements: FP16, or BF16 (kBf16: PageGeometry::kv_dtype BF16).
+template <bool kBf16>
+__device__ __forceinline__ void Unpack8Kv(const uint4& u, float* f) {
+  if constexpr (kBf16) {
+    const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 x = __bfloat1622float2(b[i]);
+      f[2 * i] = x.x;
+      f[2 * i + 1] = x.y;
+    }
+  } else {
+    Unpack8(u, f);
+  }
+}
+
 // Rescale factor exp2(m_old - m_new) that is 0 (not NaN) while nothing was seen.
 __device__ __forceinline__ float SafeExp2Diff(float a, float b) {
   return a == -INFINITY ? 0.0f : exp2f(a - b);
@@ -127,7 +143,8 @@ struct AttnCfg {
 // block would need 256 registers of q and acc per thread) and each half re-reads the piece's
 // K/V (mostly from L2: both halves of a piece run at about the same time). gstride is the
 // head stride of the partial states (the group rounded up to a power of two).
-template <int D, int G>
+// kBf16: the stored K/V are BF16 (PageGeometry::kv_dtype), else FP16; q is FP16 either way.
+template <int D, int G, bool kBf16>
 __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM up to G = 4
     AttendChunkKernel(PageGeometry g, BatchView batch, QueryView q, FpKvView kv, KeptView kept,
                       bool dense, int32_t group, int32_t gstride, float qscale,
@@ -273,7 +290,7 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
       for (int u = 0; u < U; ++u) {
         const int t = warp * 8 + u * TPW + lg;
         float kf[8] = {};
-        if (real) Unpack8(*reinterpret_cast<const uint4*>(kbuf + (b * T + t) * D + li * 8), kf);
+        if (real) Unpack8Kv<kBf16>(*reinterpret_cast<const uint4*>(kbuf + (b * T + t) * D + li * 8), kf);
 #pragma unroll
         for (int j = 0; j < G; ++j) {
           float d = 0.0f;
@@ -305,7 +322,7 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
       for (int u = 0; u < U; ++u) {
         const int t = warp * 8 + u * TPW + lg;
         float vf[8] = {};
-        if (real) Unpack8(*reinterpret_cast<const uint4*>(vbuf + (b * T + t) * D + li * 8), vf);
+        if (real) Unpack8Kv<kBf16>(*reinterpret_cast<const uint4*>(vbuf + (b * T + t) * D + li * 8), vf);
 #pragma unroll
         for (int j = 0; j < G; ++j) {
 #pragma unroll

@@ -2,6 +2,7 @@
 // warp/block reductions and scans, FP16 conversions. Included only by gpu/cuda/*.cu.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -100,6 +101,14 @@ class WorkspaceCarver {
 
 __device__ __forceinline__ float H2F(fp16_t h) { return __half2float(__ushort_as_half(h)); }
 __device__ __forceinline__ fp16_t F2H(float f) { return __half_as_ushort(__float2half_rn(f)); }
+__device__ __forceinline__ float B2F(uint16_t b) { return __bfloat162float(__ushort_as_bfloat16(b)); }
+__device__ __forceinline__ uint16_t F2B(float f) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+}
+// A stored K/V element (PageGeometry::kv_dtype: FP16 or BF16) as float, and a float rounded
+// to the stored type (nearest even, as PageGeometry::FloatToKv).
+__device__ __forceinline__ float KvF(uint16_t x, bool bf16) { return bf16 ? B2F(x) : H2F(x); }
+__device__ __forceinline__ uint16_t FKv(float f, bool bf16) { return bf16 ? F2B(f) : F2H(f); }
 
 template <typename T>
 __device__ __forceinline__ T WarpSum(T v) {

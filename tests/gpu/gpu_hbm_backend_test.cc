@@ -95,11 +95,13 @@ const std::vector<Shape>& DefaultShapes() {
 // both backends then run the same scheme, so the same tolerances hold. `twilight` false runs
 // the dense step only.
 void ExpectMatchesCpuBackend(int32_t k_scheme, const std::vector<Shape>& shapes = DefaultShapes(),
-                             GpuFactory make_gpu = &CreateGpuHbmBackend, bool twilight = true) {
+                             GpuFactory make_gpu = &CreateGpuHbmBackend, bool twilight = true,
+                             DType kv_dtype = DType::kFp16) {
   for (const auto& [head_dim, kv_heads, q_heads, dtype] : shapes) {
     SCOPED_TRACE(::testing::Message() << "d=" << head_dim << " kv=" << kv_heads << " q=" << q_heads);
     RuntimeConfig c = Config(head_dim, kv_heads, q_heads);
     c.k_scheme = k_scheme;
+    c.kv_dtype = kv_dtype;
     const int64_t num_pages = 400;
     auto cpu = CreateCpuBackend(c, num_pages);
     auto gpu = make_gpu(c, num_pages);
@@ -222,6 +224,22 @@ TEST(GpuHbmBackend, SixteenQueryHeadsPerKvHeadMatchCpuBackend) {
 TEST(GpuOffloadBackend, SixteenQueryHeadsPerKvHeadMatchCpuBackend) {
   TWL_SKIP_WITHOUT_GPU();
   ExpectSixteenHeadsPerKvHeadMatchCpu(&CreateGpuOffloadBackend);
+}
+
+// kv_dtype BF16: FP16 and BF16 input stored as BF16 on both sides (pages bit-identical), the
+// same decode tolerances; both GPU backends and both K schemes.
+TEST(GpuHbmBackend, Bf16KvMatchesCpuBackend) {
+  TWL_SKIP_WITHOUT_GPU();
+  ExpectMatchesCpuBackend(kKSchemeToken, DefaultShapes(), &CreateGpuHbmBackend, true,
+                          DType::kBf16);
+  ExpectMatchesCpuBackend(kKSchemePageChannel, {{128, 4, 16, DType::kFp16}},
+                          &CreateGpuHbmBackend, true, DType::kBf16);
+}
+
+TEST(GpuOffloadBackend, Bf16KvMatchesCpuBackend) {
+  TWL_SKIP_WITHOUT_GPU();
+  ExpectMatchesCpuBackend(kKSchemeToken, {{128, 4, 16, DType::kBf16}, {96, 2, 8, DType::kFp16}},
+                          &CreateGpuOffloadBackend, true, DType::kBf16);
 }
 
 TEST(GpuHbmBackend, RejectsUnsupportedShapes) {
