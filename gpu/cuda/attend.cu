@@ -1,8 +1,8 @@
 // Launchers of the split-K attention kernels (see attend.cuh and gpu/kernels.h).
 // Instantiations: AttendChunkKernel<D, G, BF16> for D in {64, 96, 128, 256} x G in {1, 2, 4, 8}
-// x stored FP16/BF16 (G is the
-// group size rounded up to a power of two; extra heads are masked). Groups of 9..16 run G = 8
-// on a grid of 2 head halves (blockIdx.y), each half with half the stream-K blocks.
+// x stored K/V FP16 or BF16 (G is the group size rounded up to a power of two; extra heads are
+// masked). Groups of 9..16 run G = 8 on a grid of 2 head halves (blockIdx.y), each half with
+// half the stream-K blocks.
 #include <type_traits>
 
 #include "gpu/cuda/attend.cuh"

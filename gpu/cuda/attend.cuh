@@ -290,7 +290,9 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
       for (int u = 0; u < U; ++u) {
         const int t = warp * 8 + u * TPW + lg;
         float kf[8] = {};
-        if (real) Unpack8Kv<kBf16>(*reinterpret_cast<const uint4*>(kbuf + (b * T + t) * D + li * 8), kf);
+        if (real) {
+          Unpack8Kv<kBf16>(*reinterpret_cast<const uint4*>(kbuf + (b * T + t) * D + li * 8), kf);
+        }
 #pragma unroll
         for (int j = 0; j < G; ++j) {
           float d = 0.0f;
@@ -322,7 +324,9 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
       for (int u = 0; u < U; ++u) {
         const int t = warp * 8 + u * TPW + lg;
         float vf[8] = {};
-        if (real) Unpack8Kv<kBf16>(*reinterpret_cast<const uint4*>(vbuf + (b * T + t) * D + li * 8), vf);
+        if (real) {
+          Unpack8Kv<kBf16>(*reinterpret_cast<const uint4*>(vbuf + (b * T + t) * D + li * 8), vf);
+        }
 #pragma unroll
         for (int j = 0; j < G; ++j) {
 #pragma unroll

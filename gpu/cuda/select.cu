@@ -122,11 +122,13 @@ absl::Status RunSelect(const PageGeometry& g, const SelectorParams& params,
   if (ev && cudaEventRecord(ev[0], st) != cudaSuccess) return LaunchStatus("select event");
   if (quest) {
     TWL_RETURN_IF_ERROR(TWL_DISPATCH_HEAD_DIM(g.head_dim, [&] {
-      const int32_t ppw = BoundPagesPerWarp(pairs, batch.max_pages);
+      // Groups of 9..16: two warps (head tiles of 8) per task.
+      const int32_t tiles = batch.num_q_heads / g.num_kv_heads > 8 ? 2 : 1;
+      const int32_t ppw = BoundPagesPerWarp(pairs * tiles, batch.max_pages);
       const int32_t runs = int32_t((int64_t(batch.max_pages) + ppw - 1) / ppw);
-      const int64_t grid = (pairs * runs + cuda::kBoundWarps - 1) / cuda::kBoundWarps;
+      const int64_t grid = (pairs * runs * tiles + cuda::kBoundWarps - 1) / cuda::kBoundWarps;
       if (grid > INT32_MAX) return absl::InvalidArgumentError("select: batch too large");
-      if (batch.num_q_heads / g.num_kv_heads > 8) {
+      if (tiles == 2) {
         cuda::PageBoundKernel<kHeadDim, 2><<<unsigned(grid), cuda::kBoundWarps * 32, 0, st>>>(
             g, params, batch, q, qk, scores, runs, ppw, out, scale);
       } else {
