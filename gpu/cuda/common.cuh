@@ -73,6 +73,12 @@ static_assert(kMaxGroup <= kGpuMaxGroup, "the pruner cannot take more than the b
 
 inline absl::Status CheckGroup(int32_t group, int32_t max_group = kMaxGroup) {
   if (group < 1 || group > max_group) {
+    if (max_group < kGpuMaxGroup) {  // the pruner's bound (CheckGroup's default)
+      return absl::UnimplementedError(absl::StrFormat(
+          "the GPU pruner kernels support 1..%d query heads per KV head (the other stages %d), "
+          "got %d: decode such layers densely or use the CPU backend",
+          max_group, kGpuMaxGroup, group));
+    }
     return absl::UnimplementedError(
         absl::StrFormat("GPU kernels support 1..%d query heads per KV head, got %d", max_group,
                         group));

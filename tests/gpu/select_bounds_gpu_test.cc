@@ -331,7 +331,8 @@ TEST(SelectBoundsGpuTest, RandomShapesMatchReference) {
   RandomTrials(1u, 48, 1, 8, false);
 }
 
-// Groups of 9..16 query heads per KV head (two 8-head MMA tiles), every GPU head dim.
+// Groups of 9..16 query heads per KV head (two warps per task, one 8-head tile each), every GPU
+// head dim.
 TEST(SelectBoundsGpuTest, WideGroupsMatchReference) {
   TWL_SKIP_WITHOUT_GPU();
   RandomTrials(2u, 32, 9, 16, true);
