@@ -9,11 +9,13 @@
 #include <string_view>
 #include <vector>
 
+#include "gpu/kernels.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "api/handle.h"
 #include "core/half.h"
 #include "gpu/device.h"
+#include "gpu/kernels.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/dtype_convert_device.h"
 #include "runtime/log.h"
@@ -139,9 +141,8 @@ twl_status twl_decode_ex(twl_runtime* rt, int32_t layer, const twl_seq_id* seqs,
 
 twl_status twl_get_capabilities(twl_capabilities* out) noexcept {
   return twl::api::Guard(nullptr, "twl_get_capabilities", [&]() -> absl::Status {
-    // The first version is the whole struct; when fields are appended, this becomes the
-    // offset of the first appended one.
-    constexpr size_t kV1Size = sizeof(twl_capabilities);
+    // The first version ends before kv_dtypes (appended); callers of either size are served.
+    constexpr size_t kV1Size = offsetof(twl_capabilities, kv_dtypes);
     if (out == nullptr) return absl::InvalidArgumentError("out is NULL");
     if (out->struct_size < kV1Size) {
       return absl::InvalidArgumentError(absl::StrCat("twl_capabilities.struct_size is ",
@@ -158,12 +159,15 @@ twl_status twl_get_capabilities(twl_capabilities* out) noexcept {
     twl::api::SetHeadDims(c.head_dims[TWL_BACKEND_CPU], {8, 16, 32, 64, 96, 128, 256});
     c.max_q_per_kv[TWL_BACKEND_CPU] = std::numeric_limits<int32_t>::max();
     c.decode_dtypes[TWL_BACKEND_CPU] = all_dtypes;
+    const uint32_t kv_dtypes = (1u << TWL_DTYPE_FP16) | (1u << TWL_DTYPE_BF16);
+    c.kv_dtypes[TWL_BACKEND_CPU] = kv_dtypes;
 #if TWL_HAVE_CUDA
     for (twl_backend b : {TWL_BACKEND_GPU_HBM, TWL_BACKEND_GPU_OFFLOAD}) {
       c.backends_built |= 1u << b;
       twl::api::SetHeadDims(c.head_dims[b], {64, 96, 128, 256});
-      c.max_q_per_kv[b] = 8;
+      c.max_q_per_kv[b] = twl::kGpuMaxGroup;
       c.decode_dtypes[b] = all_dtypes;
+      c.kv_dtypes[b] = kv_dtypes;
     }
     c.gpu_usable = twl::gpu::GpuAvailable() ? 1 : 0;
 #endif

@@ -1,10 +1,13 @@
-// twl_sequence_save / twl_sequence_restore: a sequence's FP16 K/V of every layer to a file and
-// back, built on Runtime::ReadKv and Runtime::Append (so it works for every backend).
+// twl_sequence_save / twl_sequence_restore: a sequence's K/V of every layer (FP16, or BF16
+// under kv_dtype) to a file and back, built on Runtime::ReadKv and Runtime::Append (so it
+// works for every backend).
 //
-// File format, version 1, all integers little-endian:
+// File format, version 1 (FP16 elements) or 2 (same layout, element type 1 = BF16: a library
+// that reads only version 1 refuses it as a newer format instead of misreading it), all
+// integers little-endian:
 //   header (64 bytes)
 //     0  char[8] magic "TWLKVSEQ"        36 u32 k_bits      (informational)
-//     8  u32 format_version = 1          40 u32 element type (0 = FP16)
+//     8  u32 format_version = 1 or 2     40 u32 element type (0 = FP16, 1 = BF16: version 2)
 //    12  u32 header_bytes = 64           44 u32 0x01020304  (byte-order check)
 //    16  u32 num_layers                  48 u64 file_bytes  (whole file)
 //    20  u32 num_kv_heads                56 u32 reserved = 0
@@ -13,7 +16,10 @@
 //    32  u32 page_size   (informational)
 //   layer table: u32 length[num_layers], then u32 CRC-32C of the table
 //   per layer, per chunk of c = min(chunk_tokens, tokens left) tokens:
-//     K [c][num_kv_heads][head_dim] FP16, V [c][num_kv_heads][head_dim] FP16, u32 CRC-32C of K+V
+//     K [c][num_kv_heads][head_dim], V [c][num_kv_heads][head_dim] of the element type,
+//     u32 CRC-32C of K+V
+// Restore into a runtime whose kv_dtype differs from the file's element type is refused
+// (TWL_INVALID_ARGUMENT, like another model shape): converting would silently round.
 // The file size follows from the header and table, so truncation is detected before any data
 // is read. Restore checks everything in a first pass and only then creates the sequence; the
 // second pass checks each chunk's CRC again (the file may change in between) and undoes the
@@ -39,7 +45,7 @@ namespace twl::api {
 namespace {
 
 constexpr char kMagic[8] = {'T', 'W', 'L', 'K', 'V', 'S', 'E', 'Q'};
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 2;  // the newest this library writes and reads
 constexpr uint32_t kHeaderBytes = 64;
 constexpr uint32_t kByteOrderCheck = 0x01020304u;
 constexpr uint32_t kChunkTokens = 1024;         // written by this library
@@ -208,6 +214,8 @@ absl::Status SaveSequence(twl_runtime* rt, twl_seq_id seq, const std::string& pa
   h.head_dim = uint32_t(cfg.head_dim);
   h.page_size = uint32_t(cfg.page_size);
   h.k_bits = uint32_t(cfg.k_bits);
+  h.element_type = cfg.kv_dtype == TWL_DTYPE_BF16 ? 1u : 0u;
+  h.format_version = h.element_type == 1 ? 2u : 1u;  // FP16 files stay readable by version-1 readers
   std::vector<uint32_t> lengths(h.num_layers);
   {
     std::lock_guard<std::mutex> lock(rt->mu);
@@ -307,8 +315,10 @@ absl::Status ReadLayout(FILE* f, const std::string& path, const twl_runtime_conf
   h->k_bits = GetU32(header + 36);
   h->element_type = GetU32(header + 40);
   h->file_bytes = GetU64(header + 48);
+  // Element type 1 (BF16) exists from version 2 on.
   if (h->format_version == 0 || GetU32(header + 12) != kHeaderBytes ||
-      GetU32(header + 44) != kByteOrderCheck || h->element_type != 0 || h->chunk_tokens == 0 ||
+      GetU32(header + 44) != kByteOrderCheck || h->element_type > 1 ||
+      (h->element_type == 1 && h->format_version < 2) || h->chunk_tokens == 0 ||
       h->chunk_tokens > kMaxChunkTokens) {
     return CorruptData(absl::StrCat("'", path, "': inconsistent header"));
   }
@@ -318,6 +328,13 @@ absl::Status ReadLayout(FILE* f, const std::string& path, const twl_runtime_conf
         absl::StrCat("'", path, "' was saved for ", h->num_layers, " layers x ", h->num_kv_heads,
                      " KV heads x head_dim ", h->head_dim, "; this runtime has ", cfg.num_layers,
                      " x ", cfg.num_kv_heads, " x ", cfg.head_dim));
+  }
+  const uint32_t want_type = cfg.kv_dtype == TWL_DTYPE_BF16 ? 1u : 0u;
+  if (h->element_type != want_type) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "'", path, "' holds ", h->element_type == 1 ? "BF16" : "FP16",
+        " K/V; this runtime stores ", want_type == 1 ? "BF16" : "FP16",
+        " (kv_dtype): restore into a runtime of the same kv_dtype"));
   }
   std::vector<unsigned char> table(4ull * h->num_layers + 4);
   if (uint64_t(size) < kHeaderBytes + table.size()) {
@@ -399,7 +416,9 @@ absl::Status RestoreSequence(twl_runtime* rt, const std::string& path, twl_seq_i
       file.get(), path, h, lengths,
       [&](uint32_t layer, const twl::fp16_t* k, const twl::fp16_t* v, uint32_t tokens) {
         std::lock_guard<std::mutex> lock(rt->mu);
-        return rt->runtime->Append(seq, int32_t(layer), int32_t(tokens), k, v, twl::DType::kFp16,
+        // The file's element type is the runtime's kv_dtype (ReadLayout): stored unchanged.
+        return rt->runtime->Append(seq, int32_t(layer), int32_t(tokens), k, v,
+                                   h.element_type == 1 ? twl::DType::kBf16 : twl::DType::kFp16,
                                    twl::MemSpace::kHost);
       });
   if (!fill.ok()) {

@@ -159,6 +159,11 @@ absl::StatusOr<twl::RuntimeConfig> ToRuntimeConfig(const twl_runtime_config& c) 
   r.disk_path = c.disk_path != nullptr ? c.disk_path : "";
   r.disk_bytes = c.disk_bytes;
   r.k_scheme = c.k_scheme;  // checked by RuntimeConfig::Validate
+  if (c.kv_dtype != TWL_DTYPE_FP16 && c.kv_dtype != TWL_DTYPE_BF16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "kv_dtype ", static_cast<int64_t>(c.kv_dtype), " unknown (FP16 or BF16)"));
+  }
+  r.kv_dtype = c.kv_dtype == TWL_DTYPE_BF16 ? twl::DType::kBf16 : twl::DType::kFp16;
   return r;
 }
 
@@ -202,6 +207,7 @@ twl_runtime_config ResolvedConfig(const twl_runtime_config& asked, const twl::Ru
   c.disk_path = r.disk_path.empty() ? nullptr : r.disk_path.c_str();
   c.disk_bytes = r.disk_bytes;
   c.k_scheme = r.k_scheme;
+  c.kv_dtype = r.kv_dtype == twl::DType::kBf16 ? TWL_DTYPE_BF16 : TWL_DTYPE_FP16;
   return c;
 }
 
@@ -287,6 +293,10 @@ twl_status twl_runtime_create(const twl_runtime_config* config, twl_runtime** ou
     if (!twl::api::HasField(config->struct_size, offsetof(twl_runtime_config, k_scheme),
                             sizeof(asked.k_scheme))) {
       asked.k_scheme = defaults.k_scheme;
+    }
+    if (!twl::api::HasField(config->struct_size, offsetof(twl_runtime_config, kv_dtype),
+                            sizeof(asked.kv_dtype))) {
+      asked.kv_dtype = defaults.kv_dtype;
     }
     absl::StatusOr<twl::RuntimeConfig> rc = twl::api::ToRuntimeConfig(asked);
     if (!rc.ok()) return rc.status();

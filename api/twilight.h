@@ -172,7 +172,8 @@ typedef struct twl_runtime_config {
   size_t struct_size;       /* sizeof(twl_runtime_config) */
   /* Model shape: required (0 is invalid). */
   int32_t num_layers;       /* 1 .. 4096 (every sequence holds a table of num_layers) */
-  int32_t num_q_heads;      /* a multiple of num_kv_heads (GQA), at most 1024 */
+  int32_t num_q_heads;      /* a multiple of num_kv_heads (GQA), at most 1024; GPU backends
+                               take at most 16 query heads per KV head (max_q_per_kv) */
   int32_t num_kv_heads;     /* 1 .. 1024 */
   int32_t head_dim;         /* 8, 16, 32, 64, 96, 128 or 256; GPU backends accept 64, 96,
                                128 and 256 (twl_get_capabilities; others fail at create) */
@@ -232,12 +233,23 @@ typedef struct twl_runtime_config {
    *    falls about 7x and p = 0.95 keeps >= p - 0.02 of the true mass for every head in
    *    bench/ACCURACY.md (per token: 92-95%). Every backend. Ignored when k_bits is 16. */
   int32_t k_scheme;
+  /* ---- Appended after k_scheme: the element type of the stored K/V. ----
+   * TWL_DTYPE_FP16 (the default, also for callers whose struct ends before this field) or
+   * TWL_DTYPE_BF16: the pages of the host pool, the HBM pool, the GPU cache and the disk tier
+   * hold K/V as this type (2 bytes an element either way: memory use is unchanged). BF16 keeps
+   * K/V of BF16 models exact and never overflows (FP16 saturates above 65504); appends of
+   * other dtypes are rounded to it (nearest even). twl_sequence_read_kv returns it;
+   * twl_sequence_save records it and twl_sequence_restore refuses a file of the other type
+   * (TWL_INVALID_ARGUMENT). The estimation copy (scale/zero, Quest min/max) stays FP16. BF16
+   * needs k_bits 2, 4 or 8. Every backend; TWL_DTYPE_FP32 or another value is
+   * TWL_INVALID_ARGUMENT. */
+  twl_dtype kv_dtype;
 } twl_runtime_config;
 
 #define TWL_RUNTIME_CONFIG_INIT                                                              \
   {                                                                                          \
     sizeof(twl_runtime_config), 0, 0, 0, 0, 0, 0, 0.0f, TWL_SELECTOR_DEFAULT, 0, 0.0f, -1, \
-        -1, 0, 0, TWL_FETCH_AUTO, TWL_BACKEND_AUTO, -1, -1, NULL, 0, 0                       \
+        -1, 0, 0, TWL_FETCH_AUTO, TWL_BACKEND_AUTO, -1, -1, NULL, 0, 0, TWL_DTYPE_FP16      \
   }
 
 /* A configuration with every tunable at "library chooses" and the model shape unset. Inline,
@@ -347,7 +359,8 @@ TWL_API twl_status twl_sequence_append(twl_runtime* rt, twl_seq_id seq, int32_t 
                                        int32_t n, const void* k, const void* v,
                                        twl_dtype dtype, twl_memory_space space) TWL_NOEXCEPT;
 
-/* Copies the cached K and V of seq in layer to host buffers, FP16, each
+/* Copies the cached K and V of seq in layer to host buffers, in the runtime's kv_dtype (FP16
+ * unless the config asked for BF16), each
  * [len][num_kv_heads][head_dim], where len = twl_sequence_length(). capacity_tokens is the size
  * of k and v in tokens. *out_len (required) receives len even when the buffers are too small.
  * k and v may be NULL when capacity_tokens is 0 (a size query). Buffers are owned by the caller.
@@ -594,6 +607,9 @@ typedef struct twl_capabilities {
                                                    ascending, then 0 */
   int32_t max_q_per_kv[4];  /* per backend: largest num_q_heads / num_kv_heads accepted */
   uint32_t decode_dtypes[4]; /* per backend: bit (1u << twl_dtype) of twl_decode_ex q/out dtypes */
+  /* Appended after decode_dtypes: per backend, bit (1u << twl_dtype) of the kv_dtype values
+   * twl_runtime_config accepts (FP16 and BF16 on every backend built). */
+  uint32_t kv_dtypes[4];
 } twl_capabilities;
 
 /* Fills *out (out->struct_size set by the caller; only that many bytes are written). Probes the

@@ -5,7 +5,10 @@
 // The block is the unit of quantization metadata, fetch and GPU caching, because top-p
 // keeps different tokens for different KV heads.
 //
-//   FP16 block   [2][page_size][head_dim] fp16: K rows then V rows       (host pool, GPU cache)
+//   KV block     [2][page_size][head_dim] 16-bit K rows then V rows     (host pool, GPU cache)
+//                of kv_dtype: FP16 (default) or BF16 (the same bytes; only the element
+//                type differs, so every size below holds for both). "FP16 block" elsewhere
+//                means this block whatever its kv_dtype.
 //   K codes      [page_size][head_dim * k_bits / 8] bytes, element j of a row at byte
 //                j*k_bits/8, bit offset (j % (8/k_bits))*k_bits, low bits first (GPU)
 //   K scale/zero [page_size] fp16 each: one group per (token, KV head)      (GPU)
@@ -36,18 +39,34 @@ namespace twl {
 inline constexpr int32_t kKSchemeToken = 0;
 inline constexpr int32_t kKSchemePageChannel = 1;
 
+// Element type of the stored K/V rows (PageGeometry::kv_dtype).
+inline constexpr int32_t kKvFp16 = 0;
+inline constexpr int32_t kKvBf16 = 1;
+
 struct PageGeometry {
   int32_t page_size = 16;    // tokens per page
   int32_t head_dim = 128;    // channels per head
   int32_t num_kv_heads = 8;  // blocks per page
   int32_t k_bits = 4;        // bits per estimated K element: 2, 4, 8 (or 16 = exact)
   int32_t k_scheme = 0;      // kKSchemeToken or kKSchemePageChannel (see above)
+  // Element type of the stored K/V (kKvFp16 or kKvBf16). The estimation copy's metadata
+  // (scale/zero, Quest kmin/kmax) stays FP16 either way: it is computed from the stored K in
+  // float and rounded to FP16 (exact for BF16 values in FP16's normal range; K beyond 65504
+  // gives infinite bounds, BF16 K below 2^-14 rounds to FP16 subnormals).
+  int32_t kv_dtype = kKvFp16;
 
   TWL_HD int64_t BlockId(int64_t page, int32_t kv_head) const {
     return page * num_kv_heads + kv_head;
   }
   TWL_HD int64_t FpBlockElems() const { return 2ll * page_size * head_dim; }
-  TWL_HD int64_t FpBlockBytes() const { return FpBlockElems() * 2; }
+  TWL_HD int64_t FpBlockBytes() const { return FpBlockElems() * 2; }  // either kv_dtype
+  // A stored K/V element as float, and a float rounded (to nearest even) to the stored type.
+  TWL_HD float KvToFloat(uint16_t x) const {
+    return kv_dtype == kKvBf16 ? Bf16ToFloat(x) : HalfToFloat(x);
+  }
+  TWL_HD uint16_t FloatToKv(float f) const {
+    return kv_dtype == kKvBf16 ? FloatToBf16(f) : FloatToHalf(f);
+  }
   TWL_HD int32_t CodeBytesPerToken() const {
     return k_bits >= 16 ? 0 : head_dim * k_bits / 8;
   }

@@ -9,7 +9,8 @@
 // last bits and top-p / top-B0 sets can differ at near ties (see tests/gpu/).
 //
 // Supported on the GPU: head_dim 64, 96, 128 and 256, group size (num_q_heads /
-// num_kv_heads) 1..8, any page_size; INT4 K at head_dim 64/128 uses the tensor-core
+// num_kv_heads) 1..16 (kGpuMaxGroup; the pruner 1..8 until gpu/cuda/prune* take 16), any
+// page_size; INT4 K at head_dim 64/128 uses the tensor-core
 // estimator, other head dims and k_bits 2/8/16 a scalar one; under the
 // per-page-channel K scheme (g.k_scheme 1) INT4 uses the tensor cores when page_size is a
 // multiple of 16 (a 16-token tile in one block), the scalar estimator otherwise. Under
@@ -40,7 +41,11 @@ namespace twl {
 constexpr bool GpuKernelsSupportHeadDim(int32_t head_dim) {
   return head_dim == 64 || head_dim == 96 || head_dim == 128 || head_dim == 256;
 }
-constexpr int32_t kGpuMaxGroup = 8;  // query heads per KV head
+constexpr int32_t kGpuMaxGroup = 16;  // query heads per KV head
+// Query heads per KV head the pruner kernels (gpu/cuda/prune*) take until their rewrite
+// handles kGpuMaxGroup: wider groups decode through the dense path (dense layers, dense
+// attention) and LaunchPrune returns Unimplemented for them.
+constexpr int32_t kGpuPruneMaxGroup = 8;
 
 // ---- Append ---------------------------------------------------------------------------
 

@@ -134,13 +134,13 @@ class CpuBackend final : public Backend {
       }
     }
     AppendView in = tokens;
-    std::vector<fp16_t> k16, v16;
-    if (dtype != DType::kFp16) {  // the Runtime converts host input; this is for direct use
+    std::vector<uint16_t> k16, v16;
+    if (dtype != KvDType(g_)) {  // the Runtime converts host input; this is for direct use
       const int64_t n = int64_t(tokens.num_tokens) * g_.num_kv_heads * g_.head_dim;
       k16.resize(size_t(n));
       v16.resize(size_t(n));
-      ConvertToFp16(tokens.k, dtype, n, k16.data());
-      ConvertToFp16(tokens.v, dtype, n, v16.data());
+      ConvertToKv(tokens.k, dtype, n, KvDType(g_), k16.data());
+      ConvertToKv(tokens.v, dtype, n, KvDType(g_), v16.data());
       in.k = k16.data();
       in.v = v16.data();
     }

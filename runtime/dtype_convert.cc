@@ -33,6 +33,24 @@ void ConvertToFp16(const void* src, DType dtype, int64_t n, fp16_t* dst) {
   }
 }
 
+void ConvertToKv(const void* src, DType dtype, int64_t n, DType kv, uint16_t* dst) {
+  if (kv != DType::kBf16) {
+    ConvertToFp16(src, dtype, n, dst);
+    return;
+  }
+  switch (dtype) {
+    case DType::kBf16:
+      std::memcpy(dst, src, size_t(n) * sizeof(bf16_t));
+      return;
+    case DType::kFp16:  // every FP16 value is a float: one rounding, to BF16
+      for (int64_t i = 0; i < n; ++i) dst[i] = FloatToBf16(HalfToFloat(LoadU16(src, i)));
+      return;
+    case DType::kFp32:
+      for (int64_t i = 0; i < n; ++i) dst[i] = FloatToBf16(LoadF32(src, i));
+      return;
+  }
+}
+
 KvInputType InputType(DType t) {
   switch (t) {
     case DType::kBf16:

@@ -18,7 +18,13 @@ inline PageGeometry GeometryOf(const RuntimeConfig& config) {
   g.num_kv_heads = config.num_kv_heads;
   g.k_bits = config.k_bits;
   g.k_scheme = config.k_scheme;
+  g.kv_dtype = config.kv_dtype == DType::kBf16 ? kKvBf16 : kKvFp16;
   return g;
+}
+
+// The DType of the stored K/V elements (PageGeometry::kv_dtype).
+inline DType KvDType(const PageGeometry& g) {
+  return g.kv_dtype == kKvBf16 ? DType::kBf16 : DType::kFp16;
 }
 
 // InvalidArgument unless 0 <= page < num_pages (a backend is sized for num_pages pages).

@@ -105,6 +105,13 @@ absl::Status RuntimeConfig::Validate() const {
     return bad(absl::StrFormat("k_scheme must be %d (per token) or %d (per page channel), got %d",
                                kKSchemeToken, kKSchemePageChannel, k_scheme));
   }
+  if (kv_dtype != DType::kFp16 && kv_dtype != DType::kBf16) {
+    return bad(absl::StrFormat("kv_dtype must be FP16 (0) or BF16 (1), got %d",
+                               static_cast<int32_t>(kv_dtype)));
+  }
+  if (kv_dtype == DType::kBf16 && k_bits >= 16) {
+    return bad("kv_dtype BF16 needs k_bits 2, 4 or 8 (k_bits 16 estimates with FP16 K)");
+  }
   if (!(top_p > 0.0f && top_p <= 1.0f)) {
     // %.9g: every float prints distinctly (1.0000001 is not "1").
     return bad(absl::StrFormat("top_p must be in (0, 1], got %.9g", top_p));
@@ -424,13 +431,14 @@ absl::Status Runtime::AppendImpl(const char* what, int32_t layer, absl::Span<con
       return abort(absl::FailedPreconditionError(absl::StrFormat("%s: %s", what, b.message())));
     }
   }
-  // Host input in BF16/FP32 becomes FP16 here, so backends see one host format.
+  // Host input of another dtype becomes the stored one (FP16, or BF16 under kv_dtype) here,
+  // so backends see one host format.
   const int64_t elems = total * config_.num_kv_heads * config_.head_dim;
   const void* k_in = k;
   const void* v_in = v;
   DType dtype_in = dtype;
-  std::vector<fp16_t> k16, v16;
-  if (space == MemSpace::kHost && dtype != DType::kFp16) {
+  std::vector<uint16_t> k16, v16;
+  if (space == MemSpace::kHost && dtype != config_.kv_dtype) {
     try {
       k16.resize(size_t(elems));
       v16.resize(size_t(elems));
@@ -438,11 +446,11 @@ absl::Status Runtime::AppendImpl(const char* what, int32_t layer, absl::Span<con
       abort(absl::OkStatus()).IgnoreError();
       throw;  // the C API reports TWL_OUT_OF_MEMORY
     }
-    ConvertToFp16(k, dtype, elems, k16.data());
-    ConvertToFp16(v, dtype, elems, v16.data());
+    ConvertToKv(k, dtype, elems, config_.kv_dtype, k16.data());
+    ConvertToKv(v, dtype, elems, config_.kv_dtype, v16.data());
     k_in = k16.data();
     v_in = v16.data();
-    dtype_in = DType::kFp16;
+    dtype_in = config_.kv_dtype;
   }
   // Phase 2: copy-on-write of shared partial pages (forks; rare).
   for (const AppendPlan& p : plans) {

@@ -79,6 +79,10 @@ struct RuntimeConfig {
   // in the host pool at once (else ResourceExhausted).
   std::string disk_path;
   int64_t disk_bytes = 0;
+  // Element type of the stored K/V pages (host pool, HBM pool, GPU cache, disk records):
+  // kFp16 (default) or kBf16 (same bytes per page; appends round to it, attention and the
+  // quantizer read it). kBf16 needs k_bits < 16 (the pruner's exact-K path reads FP16).
+  DType kv_dtype = DType::kFp16;
 
   // Validates ranges and divisibility (num_q_heads % num_kv_heads, head_dim, bits, p).
   absl::Status Validate() const;

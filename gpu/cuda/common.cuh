@@ -2,6 +2,7 @@
 // warp/block reductions and scans, FP16 conversions. Included only by gpu/cuda/*.cu.
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -63,12 +64,23 @@ constexpr int RowLanes(int head_dim) {
   return l;
 }
 
-constexpr int kMaxGroup = kGpuMaxGroup;  // query heads per KV head handled on the GPU
+// Query heads per KV head the pruner kernels (gpu/cuda/prune*) take: they size per-head
+// shared arrays and warps by it. The select, attend and append kernels take kGpuMaxGroup
+// (16); the pruner takes kGpuPruneMaxGroup (8) until its kernels handle kGpuMaxGroup, and
+// refuses wider groups with Unimplemented (CheckGroup's default bound).
+constexpr int kMaxGroup = kGpuPruneMaxGroup;
+static_assert(kMaxGroup <= kGpuMaxGroup, "the pruner cannot take more than the backends allow");
 
-inline absl::Status CheckGroup(int32_t group) {
-  if (group < 1 || group > kMaxGroup) {
+inline absl::Status CheckGroup(int32_t group, int32_t max_group = kMaxGroup) {
+  if (group < 1 || group > max_group) {
+    if (max_group < kGpuMaxGroup) {  // the pruner's bound (CheckGroup's default)
+      return absl::UnimplementedError(absl::StrFormat(
+          "the GPU pruner kernels support 1..%d query heads per KV head (the other stages %d), "
+          "got %d: decode such layers densely or use the CPU backend",
+          max_group, kGpuMaxGroup, group));
+    }
     return absl::UnimplementedError(
-        absl::StrFormat("GPU kernels support 1..%d query heads per KV head, got %d", kMaxGroup,
+        absl::StrFormat("GPU kernels support 1..%d query heads per KV head, got %d", max_group,
                         group));
   }
   return absl::OkStatus();
@@ -95,6 +107,14 @@ class WorkspaceCarver {
 
 __device__ __forceinline__ float H2F(fp16_t h) { return __half2float(__ushort_as_half(h)); }
 __device__ __forceinline__ fp16_t F2H(float f) { return __half_as_ushort(__float2half_rn(f)); }
+__device__ __forceinline__ float B2F(uint16_t b) { return __bfloat162float(__ushort_as_bfloat16(b)); }
+__device__ __forceinline__ uint16_t F2B(float f) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+}
+// A stored K/V element (PageGeometry::kv_dtype: FP16 or BF16) as float, and a float rounded
+// to the stored type (nearest even, as PageGeometry::FloatToKv).
+__device__ __forceinline__ float KvF(uint16_t x, bool bf16) { return bf16 ? B2F(x) : H2F(x); }
+__device__ __forceinline__ uint16_t FKv(float f, bool bf16) { return bf16 ? F2B(f) : F2H(f); }
 
 template <typename T>
 __device__ __forceinline__ T WarpSum(T v) {

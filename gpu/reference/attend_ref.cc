@@ -40,7 +40,7 @@ void AttendHead(const PageGeometry& g, const BatchView& batch, const QueryView& 
   std::fill(out, out + g.head_dim, 0.0f);
   for (int32_t i = 0; i < count; ++i) {
     const fp16_t* v = kv.V(g, block[size_t(i)], row[size_t(i)]);
-    for (int32_t j = 0; j < g.head_dim; ++j) out[j] += w[size_t(i)] * HalfToFloat(v[j]);
+    for (int32_t j = 0; j < g.head_dim; ++j) out[j] += w[size_t(i)] * g.KvToFloat(v[j]);
   }
   const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
   for (int32_t j = 0; j < g.head_dim; ++j) out[j] *= inv;

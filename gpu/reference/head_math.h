@@ -22,12 +22,12 @@ inline float SoftmaxScale(const PageGeometry& g, float requested) {
   return requested > 0.0f ? requested : 1.0f / std::sqrt(float(g.head_dim));
 }
 
-// Exact score q . k for FP16 K (q already scaled).
+// Exact score q . k for the stored K (q already scaled).
 inline float ExactScore(const PageGeometry& g, const float* q, const FpKvView& kv, int64_t block,
                         int32_t row) {
   const fp16_t* k = kv.K(g, block, row);
   float acc = 0.0f;
-  for (int32_t j = 0; j < g.head_dim; ++j) acc += q[j] * HalfToFloat(k[j]);
+  for (int32_t j = 0; j < g.head_dim; ++j) acc += q[j] * g.KvToFloat(k[j]);
   return acc;
 }
 

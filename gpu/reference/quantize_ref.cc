@@ -16,7 +16,7 @@ void QuantizeRowRef(const PageGeometry& g, const fp16_t* k, uint8_t* codes, fp16
   float lo = std::numeric_limits<float>::infinity();
   float hi = -lo;
   for (int32_t j = 0; j < g.head_dim; ++j) {
-    const float x = HalfToFloat(LoadU16(k, j));  // k may be the caller's buffer: any address
+    const float x = g.KvToFloat(LoadU16(k, j));  // k may be the caller's buffer: any address
     lo = std::min(lo, x);
     hi = std::max(hi, x);
   }
@@ -33,7 +33,7 @@ void QuantizeRowRef(const PageGeometry& g, const fp16_t* k, uint8_t* codes, fp16
     // the quotient may be NaN or out of int range, and converting that is undefined. NaN
     // fails both comparisons and becomes code 0.
     float r = 0.0f;
-    if (s > 0.0f) r = std::rint((HalfToFloat(LoadU16(k, j)) - z) / s);
+    if (s > 0.0f) r = std::rint((g.KvToFloat(LoadU16(k, j)) - z) / s);
     const int32_t c = r >= float(max_code) ? max_code : (r > 0.0f ? int32_t(r) : 0);
     codes[j / per_byte] = uint8_t(codes[j / per_byte] | (c << ((j % per_byte) * g.k_bits)));
   }
@@ -62,7 +62,7 @@ void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const Quant
       const float s = PageChannelStep(g, mn[j], mx[j]);
       // As in QuantizeRowRef: clamp in float (non-finite K gives NaN, which becomes code 0).
       float q = 0.0f;
-      if (s > 0.0f) q = std::rint((HalfToFloat(k[j]) - HalfToFloat(mn[j])) / s);
+      if (s > 0.0f) q = std::rint((g.KvToFloat(k[j]) - HalfToFloat(mn[j])) / s);
       const int32_t c = q >= float(max_code) ? max_code : (q > 0.0f ? int32_t(q) : 0);
       codes[j / per_byte] = uint8_t(codes[j / per_byte] | (c << ((j % per_byte) * g.k_bits)));
     }
@@ -130,11 +130,11 @@ absl::Status AppendRef(const PageGeometry& g, const AppendView& in, const FpKvVi
         float lo = std::numeric_limits<float>::infinity();
         float hi = -lo;
         for (int32_t r = 0; r < rows; ++r) {
-          const float x = HalfToFloat(kv.K(g, block, r)[c]);
+          const float x = g.KvToFloat(kv.K(g, block, r)[c]);
           lo = std::min(lo, x);
           hi = std::max(hi, x);
         }
-        mn[c] = FloatToHalf(lo);  // exact: lo and hi are FP16 values
+        mn[c] = FloatToHalf(lo);  // exact for FP16 K (and BF16 K in FP16's normal range)
         mx[c] = FloatToHalf(hi);
       }
       // Per-page-channel codes are relative to the block's range: re-quantize every filled

@@ -196,8 +196,11 @@ def test_capabilities():
     cpu = caps["backends"]["cpu"]
     assert cpu["head_dims"] == [8, 16, 32, 64, 96, 128, 256]
     assert set(cpu["decode_dtypes"]) == {"float16", "bfloat16", "float32"}
+    assert cpu["kv_dtypes"] == ["float16", "bfloat16"]
     if "gpu-hbm" in caps["backends"]:
         assert 128 in caps["backends"]["gpu-hbm"]["head_dims"]
+        assert caps["backends"]["gpu-hbm"]["max_q_per_kv"] == 16
+        assert caps["backends"]["gpu-hbm"]["kv_dtypes"] == ["float16", "bfloat16"]
         assert caps["cuda_archs"], "a CUDA build lists its architectures"
     else:
         assert caps["cuda_archs"] == [] and not caps["gpu_usable"]
@@ -242,3 +245,43 @@ def test_append_batch_equals_appends(rt, rng):
         rt.append_batch(0, [a, b + 100], k[:2], v[:2])
     assert e.value.status == "TWL_NOT_FOUND"
     assert rt.length(a, 0) == 5  # all or nothing (the fallback checks ids in the C call too)
+
+
+def _to_bf16(x):
+    """float32 values rounded to the nearest BF16 (ties to even), as float32."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) >> 16 << 16
+    return u.astype(np.uint32).view(np.float32)
+
+
+def test_bf16_kv_storage(rng, tmp_path):
+    # kv_dtype="bf16": FP32 input is stored rounded to BF16 (read back exactly as float32),
+    # decode at p = 1 equals dense attention over the BF16 values, save/restore round-trips
+    # and an FP16 runtime refuses the BF16 file.
+    with twilight.Runtime(**SHAPE, backend="cpu", top_p=1.0, selector="full", page_size=8,
+                          kv_dtype="bf16") as rt:
+        assert rt.config["kv_dtype"] == "bf16"
+        s = rt.create_sequence()
+        k, v = random_kv(rng, 30, dtype=np.float32)
+        k *= 300.0  # beyond FP16's precision, BF16 holds it to 8 bits
+        rt.append(s, 0, k, v)
+        k2, v2 = rt.read_kv(s, 0)
+        assert k2.dtype == np.float32
+        np.testing.assert_array_equal(k2, _to_bf16(k))
+        np.testing.assert_array_equal(v2, _to_bf16(v))
+        q = rng.standard_normal((1, SHAPE["num_q_heads"], SHAPE["head_dim"])).astype(np.float16)
+        q *= 0.01
+        out = rt.decode(0, [s], q)
+        np.testing.assert_allclose(out[0].astype(np.float64), dense_attention(q[0], k2, v2),
+                                   atol=3e-3, rtol=3e-3)
+        path = tmp_path / "bf16.twl"
+        rt.save(s, path)
+        r = rt.restore(path)
+        np.testing.assert_array_equal(rt.read_kv(r, 0)[0], k2)
+    with twilight.Runtime(**SHAPE, backend="cpu") as fp16:
+        assert fp16.config["kv_dtype"] == "fp16"
+        with pytest.raises(twilight.TwilightError) as e:
+            fp16.restore(path)
+        assert e.value.status == "TWL_INVALID_ARGUMENT" and "kv_dtype" in e.value.message
+    with pytest.raises(ValueError, match="kv_dtype"):
+        twilight.Runtime(**SHAPE, backend="cpu", kv_dtype="fp32")

@@ -34,7 +34,7 @@ def version() -> str:
 def capabilities() -> Dict[str, object]:
     """What this library build can do (twl_get_capabilities): backends built, whether a GPU is
     usable now, CUDA architectures compiled, and per backend the head dims, the largest number
-    of query heads per KV head and the q/out dtypes of decode."""
+    of query heads per KV head, the q/out dtypes of decode and the stored K/V dtypes."""
     if _lib.twl_get_capabilities is None:
         raise TwilightError(9, f"{_lib.lib_path} has no twl_get_capabilities")
     c = _lib.Capabilities()
@@ -52,6 +52,7 @@ def capabilities() -> Dict[str, object]:
             "head_dims": [d for d in c.head_dims[b] if d],
             "max_q_per_kv": c.max_q_per_kv[b],
             "decode_dtypes": [n for t, n in dtype_names.items() if (c.decode_dtypes[b] >> t) & 1],
+            "kv_dtypes": [n for t, n in dtype_names.items() if (c.kv_dtypes[b] >> t) & 1],
         }
     return {"backends": backends, "gpu_usable": bool(c.gpu_usable),
             "cuda_archs": list(c.cuda_archs[:c.num_cuda_archs])}

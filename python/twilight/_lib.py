@@ -65,6 +65,7 @@ class RuntimeConfig(ctypes.Structure):
         ("disk_path", ctypes.c_char_p),
         ("disk_bytes", ctypes.c_int64),
         ("k_scheme", ctypes.c_int32),  # appended: 0 per token, 1 per page channel (CPU only)
+        ("kv_dtype", ctypes.c_int32),  # appended: stored K/V type, DTYPE_FP16 or DTYPE_BF16
     ]
 
     @classmethod
@@ -137,6 +138,7 @@ class Capabilities(ctypes.Structure):
         ("head_dims", (ctypes.c_int32 * CAPS_MAX_HEAD_DIMS) * 4),
         ("max_q_per_kv", ctypes.c_int32 * 4),
         ("decode_dtypes", ctypes.c_uint32 * 4),
+        ("kv_dtypes", ctypes.c_uint32 * 4),  # appended: stored K/V dtypes accepted
     ]
 
 

@@ -37,6 +37,10 @@ def _enum(value, table: Dict[str, int], what: str) -> int:
     return int(value)
 
 
+# kv_dtype names (twl_runtime_config.kv_dtype).
+KV_DTYPES = {"fp16": _lib.DTYPE_FP16, "bf16": _lib.DTYPE_BF16}
+
+
 class Runtime:
     """A Twilight KV runtime.
 
@@ -49,7 +53,8 @@ class Runtime:
     backend: "auto", "cpu", "gpu-hbm" or "gpu-offload". selector: "default", "quest", "full",
     "double-sparsity".
     fetch_path: "auto", "gather", "copy-engine". Sizes are in bytes. k_scheme: 0 (INT4 per token)
-    or 1 (per page channel; CPU backend only).
+    or 1 (per page channel; CPU backend only). kv_dtype: element type of the stored K/V pages,
+    "fp16" (default) or "bf16" (same memory; appends are rounded to it; needs k_bits < 16).
     """
 
     def __init__(self, num_layers: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
@@ -58,7 +63,8 @@ class Runtime:
                  selector_budget_fraction: float = 0.0, sink_pages: int = -1,
                  dense_layers: int = -1, host_pool_bytes: int = 0, gpu_cache_bytes: int = 0,
                  fetch_path="auto", device_id: int = -1, collect_telemetry: Optional[bool] = None,
-                 disk_path: Optional[str] = None, disk_bytes: int = 0, k_scheme: int = 0):
+                 disk_path: Optional[str] = None, disk_bytes: int = 0, k_scheme: int = 0,
+                 kv_dtype="fp16"):
         self._handle = ctypes.c_void_p()
         self._seq_key, self._seq_arr = None, None
         c = _lib.RuntimeConfig.default()
@@ -77,6 +83,7 @@ class Runtime:
         self._disk_path = None if disk_path is None else os.fsencode(disk_path)
         c.disk_path, c.disk_bytes = self._disk_path, disk_bytes
         c.k_scheme = k_scheme
+        c.kv_dtype = _enum(kv_dtype, KV_DTYPES, "kv_dtype")
         _check(_lib.twl_runtime_create(ctypes.byref(c), ctypes.byref(self._handle)), None)
         got = _lib.RuntimeConfig.default()
         _check(_lib.twl_runtime_get_config(self._handle, ctypes.byref(got)), self._handle)
@@ -117,6 +124,7 @@ class Runtime:
         d["backend"] = _lib.BACKEND_NAMES.get(d["backend"], d["backend"])
         d["selector"] = {v: k for k, v in _lib.SELECTORS.items()}.get(d["selector"])
         d["fetch_path"] = {v: k for k, v in _lib.FETCH_PATHS.items()}.get(d["fetch_path"])
+        d["kv_dtype"] = {v: k for k, v in KV_DTYPES.items()}.get(d["kv_dtype"])
         if d["disk_path"] is not None:
             d["disk_path"] = os.fsdecode(d["disk_path"])
         return d
@@ -226,16 +234,22 @@ class Runtime:
                                      kv.space, st), self._handle)
 
     def read_kv(self, seq: int, layer: int):
-        """The cached K and V of seq in layer as two numpy float16 arrays
-        [len, num_kv_heads, head_dim] (a copy)."""
+        """The cached K and V of seq in layer as two numpy arrays [len, num_kv_heads, head_dim]
+        (a copy): float16 when kv_dtype is "fp16", float32 holding the stored BF16 values
+        exactly when it is "bf16" (NumPy has no bfloat16)."""
         import numpy as np
         n = ctypes.c_int32()
         _check(_lib.twl_sequence_read_kv(self._h(), seq, layer, None, None, 0, ctypes.byref(n)),
                self._handle)
         shape = (n.value, self.num_kv_heads, self.head_dim)
-        k, v = np.empty(shape, np.float16), np.empty(shape, np.float16)
+        bf16 = self._config.kv_dtype == _lib.DTYPE_BF16
+        k = np.empty(shape, np.uint16 if bf16 else np.float16)
+        v = np.empty(shape, np.uint16 if bf16 else np.float16)
         _check(_lib.twl_sequence_read_kv(self._h(), seq, layer, k.ctypes.data, v.ctypes.data,
                                          n.value, ctypes.byref(n)), self._handle)
+        if bf16:  # BF16 bits are the high half of the float32 with the same value
+            k = (k.astype(np.uint32) << 16).view(np.float32)
+            v = (v.astype(np.uint32) << 16).view(np.float32)
         return k, v
 
     # ---- decode -----------------------------------------------------------------------------

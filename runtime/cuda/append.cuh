@@ -1,4 +1,4 @@
-// Append-stage kernels: FP16 K/V rows into their blocks with K quantized on the fly (one
+// Append-stage kernels: K/V rows (stored as g.kv_dtype: FP16 or BF16) into their blocks with K quantized on the fly (one
 // warp per (token, KV head) row), and the Quest per-channel min/max of touched blocks
 // recomputed over their filled rows. Bit-exact with AppendRef: the same FP16-rounded
 // scale/zero and correctly rounded float ops (no FMA contraction in the code path).
@@ -14,15 +14,21 @@ namespace twl::cuda {
 constexpr int kAppendWarps = 8;
 constexpr int kMaxAppendHeadDim = 256;  // per-warp code scratch
 
-__device__ __forceinline__ fp16_t LoadAsHalf(const void* base, int64_t i, KvInputType type) {
+// Input element i of `type` as the stored type (bf16: BF16, else FP16): copied when the
+// types agree, else one round to nearest even (as ConvertToKv on the host).
+__device__ __forceinline__ uint16_t LoadAsStored(const void* base, int64_t i, KvInputType type,
+                                                 bool bf16) {
   switch (type) {
-    case KvInputType::kBf16:
-      return F2H(__bfloat162float(
-          __ushort_as_bfloat16(static_cast<const unsigned short*>(base)[i])));
+    case KvInputType::kBf16: {
+      const uint16_t b = static_cast<const unsigned short*>(base)[i];
+      return bf16 ? b : F2H(B2F(b));
+    }
     case KvInputType::kFp32:
-      return F2H(static_cast<const float*>(base)[i]);
-    default:
-      return static_cast<const fp16_t*>(base)[i];
+      return FKv(static_cast<const float*>(base)[i], bf16);
+    default: {
+      const fp16_t h = static_cast<const fp16_t*>(base)[i];
+      return bf16 ? F2B(H2F(h)) : h;
+    }
   }
 }
 
@@ -50,13 +56,15 @@ __device__ __forceinline__ void RequantizeBlockRows(const PageGeometry& g, const
   const int32_t bytes = g.CodeBytesPerToken();
   const int per_byte = 8 / g.k_bits;
   const int max_code = g.MaxCode();
+  const bool bf16 = g.kv_dtype == kKvBf16;
   for (int32_t i = threadIdx.x; i < rows * bytes; i += blockDim.x) {
     const int32_t r = i / bytes, b = i % bytes;
     const fp16_t* k = (r < split ? old_k : new_k) + int64_t(r) * g.head_dim;
     uint32_t v = 0;
     for (int e = 0; e < per_byte; ++e) {
       const int j = b * per_byte + e;
-      v |= uint32_t(PageChannelCode(H2F(k[j]), s_mn[j], s_step[j], max_code)) << (e * g.k_bits);
+      v |= uint32_t(PageChannelCode(KvF(k[j], bf16), s_mn[j], s_step[j], max_code))
+           << (e * g.k_bits);
     }
     qk.Codes(g, block, r)[b] = uint8_t(v);
   }
@@ -77,12 +85,13 @@ __global__ void AppendRowsKernel(PageGeometry g, AppendView in, KvInputType type
   fp16_t* kdst = kv.K(g, block, row);
   fp16_t* vdst = kv.V(g, block, row);
   float lo = INFINITY, hi = -INFINITY;
+  const bool bf16 = g.kv_dtype == kKvBf16;
   for (int j = lane; j < g.head_dim; j += 32) {
-    const fp16_t k = LoadAsHalf(in.k, src + j, type);
+    const uint16_t k = LoadAsStored(in.k, src + j, type, bf16);
     kdst[j] = k;
     k_s[warp][j] = k;
-    vdst[j] = LoadAsHalf(in.v, src + j, type);
-    const float x = H2F(k);
+    vdst[j] = LoadAsStored(in.v, src + j, type, bf16);
+    const float x = KvF(k, bf16);
     lo = fminf(lo, x);
     hi = fmaxf(hi, x);
   }
@@ -97,7 +106,7 @@ __global__ void AppendRowsKernel(PageGeometry g, AppendView in, KvInputType type
   for (int j = lane; j < g.head_dim; j += 32) {
     int c = 0;
     if (s > 0.0f) {
-      const float x = H2F(k_s[warp][j]);  // written by this same lane above
+      const float x = KvF(k_s[warp][j], bf16);  // written by this same lane above
       c = int(rintf(__fdiv_rn(__fsub_rn(x, z), s)));
     }
     codes_s[warp][j] = uint8_t(min(max(c, 0), max_code));
@@ -126,10 +135,11 @@ __global__ void MinMaxKernel(PageGeometry g, AppendPagePlan plan, FpKvView kv, Q
   const int64_t block = g.BlockId(plan.d_page[i], h);
   const int32_t rows = plan.d_rows[i];
   const fp16_t* k = kv.Block(g, block);
+  const bool bf16 = g.kv_dtype == kKvBf16;
   for (int c = threadIdx.x; c < g.head_dim; c += blockDim.x) {
     float lo = INFINITY, hi = -INFINITY;
     for (int r = 0; r < rows; ++r) {
-      const float x = H2F(k[int64_t(r) * g.head_dim + c]);
+      const float x = KvF(k[int64_t(r) * g.head_dim + c], bf16);
       lo = fminf(lo, x);
       hi = fmaxf(hi, x);
     }
@@ -154,15 +164,16 @@ __global__ void MinMaxKernel(PageGeometry g, AppendPagePlan plan, FpKvView kv, Q
 // the block then reduces the channel bounds across row groups through shared memory.
 constexpr int kSegThreads = 128;
 
+// 8 input elements as the stored type (see LoadAsStored).
 __device__ __forceinline__ void Load8(const void* base, int64_t elem, KvInputType type, bool vec,
-                                      fp16_t out[8]) {
+                                      bool bf16, uint16_t out[8]) {
   if (vec) {
     switch (type) {
       case KvInputType::kFp16: {
         const uint4 u = *reinterpret_cast<const uint4*>(static_cast<const fp16_t*>(base) + elem);
         const fp16_t* h = reinterpret_cast<const fp16_t*>(&u);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) out[e] = h[e];
+        for (int e = 0; e < 8; ++e) out[e] = bf16 ? F2B(H2F(h[e])) : h[e];
         return;
       }
       case KvInputType::kBf16: {
@@ -170,20 +181,21 @@ __device__ __forceinline__ void Load8(const void* base, int64_t elem, KvInputTyp
             *reinterpret_cast<const uint4*>(static_cast<const unsigned short*>(base) + elem);
         const unsigned short* b = reinterpret_cast<const unsigned short*>(&u);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) out[e] = F2H(__bfloat162float(__ushort_as_bfloat16(b[e])));
+        for (int e = 0; e < 8; ++e) out[e] = bf16 ? b[e] : F2H(B2F(b[e]));
         return;
       }
       case KvInputType::kFp32: {
         const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(base) + elem);
         const float4 a = p[0], b = p[1];
-        out[0] = F2H(a.x), out[1] = F2H(a.y), out[2] = F2H(a.z), out[3] = F2H(a.w);
-        out[4] = F2H(b.x), out[5] = F2H(b.y), out[6] = F2H(b.z), out[7] = F2H(b.w);
+        const float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int e = 0; e < 8; ++e) out[e] = FKv(f[e], bf16);
         return;
       }
     }
   }
 #pragma unroll
-  for (int e = 0; e < 8; ++e) out[e] = LoadAsHalf(base, elem + e, type);
+  for (int e = 0; e < 8; ++e) out[e] = LoadAsStored(base, elem + e, type, bf16);
 }
 
 __device__ __forceinline__ void Store8(fp16_t* dst, const fp16_t h[8]) {
@@ -217,6 +229,7 @@ __global__ void __launch_bounds__(kSegThreads)
   const bool quant = g.HasTokenScale();  // per-token codes here; k_scheme 1's at the end
   const bool page_channel = g.k_bits < 16 && g.k_scheme == kKSchemePageChannel;
   const int max_code = g.MaxCode();
+  const bool bf16 = g.kv_dtype == kKvBf16;
   float lo8[8], hi8[8];
 #pragma unroll
   for (int e = 0; e < 8; ++e) lo8[e] = INFINITY, hi8[e] = -INFINITY;
@@ -230,13 +243,13 @@ __global__ void __launch_bounds__(kSegThreads)
     if (active) {
       const int64_t src = (int64_t(seg.src_token) + i) * token_elems + int64_t(h) * D + c * 8;
       fp16_t vh[8];
-      Load8(k_in, src, type, vec, kh);
-      Load8(v_in, src, type, vec, vh);
+      Load8(k_in, src, type, vec, bf16, kh);
+      Load8(v_in, src, type, vec, bf16, vh);
       Store8(dst + int64_t(r) * D + c * 8, kh);
       Store8(dst + int64_t(g.page_size + r) * D + c * 8, vh);
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const float x = H2F(kh[e]);
+        const float x = KvF(kh[e], bf16);
         rlo = fminf(rlo, x);
         rhi = fmaxf(rhi, x);
         lo8[e] = fminf(lo8[e], x);
@@ -257,7 +270,7 @@ __global__ void __launch_bounds__(kSegThreads)
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
       float q = 0.0f;
-      if (s > 0.0f) q = rintf(__fdiv_rn(__fsub_rn(H2F(kh[e]), z), s));
+      if (s > 0.0f) q = rintf(__fdiv_rn(__fsub_rn(KvF(kh[e], bf16), z), s));
       // Clamped in float first, as in the reference (NaN fails both tests: code 0).
       const int code = q >= float(max_code) ? max_code : (q > 0.0f ? int(q) : 0);
       word |= uint64_t(code) << (e * g.k_bits);
@@ -296,7 +309,7 @@ __global__ void __launch_bounds__(kSegThreads)
       lo = fminf(lo, H2F(qk.kmin[block * D + ch]));
       hi = fmaxf(hi, H2F(qk.kmax[block * D + ch]));
     }
-    qk.kmin[block * D + ch] = F2H(lo);  // exact: lo and hi are FP16 values
+    qk.kmin[block * D + ch] = F2H(lo);  // exact: FP16 values (BF16: in FP16's normal range)
     qk.kmax[block * D + ch] = F2H(hi);
     if (page_channel) {
       s_mn[ch] = H2F(F2H(lo));

@@ -127,6 +127,55 @@ TEST(ApiBasics, KSchemeOnEveryBackendAndReadOnlyWhenTheStructHoldsIt) {
   EXPECT_EQ(got.k_scheme, 0);
 }
 
+// kv_dtype (appended): FP16 by default, BF16 accepted and reported (K/V read back as BF16
+// bits), FP32/unknown values and BF16 with k_bits 16 invalid; a caller whose struct ends
+// before the field gets FP16 whatever follows in memory.
+TEST(ApiBasics, KvDtypeBf16AndReadOnlyWhenTheStructHoldsIt) {
+  EXPECT_EQ(twl_runtime_config_default().kv_dtype, TWL_DTYPE_FP16);
+  twl_runtime_config c = SmallConfig();
+  c.kv_dtype = TWL_DTYPE_BF16;
+  twilight::RuntimePtr rt = MakeRuntime(c);
+  ASSERT_TRUE(rt);
+  twl_runtime_config got;
+  got.struct_size = sizeof(got);
+  ASSERT_EQ(twl_runtime_get_config(rt.get(), &got), TWL_OK);
+  EXPECT_EQ(got.kv_dtype, TWL_DTYPE_BF16);
+  // FP32 input is stored rounded to BF16 (3.0f + 2^-10 is not a BF16 value: it rounds to 3).
+  twl_seq_id seq = -1;
+  ASSERT_EQ(twl_sequence_create(rt.get(), &seq), TWL_OK);
+  const size_t elems = size_t(c.num_kv_heads) * c.head_dim;
+  std::vector<float> k(elems, 3.0f + 1.0f / 1024.0f), v(elems, -0.5f);
+  ASSERT_EQ(twl_sequence_append(rt.get(), seq, 0, 1, k.data(), v.data(), TWL_DTYPE_FP32,
+                                TWL_MEMORY_HOST),
+            TWL_OK);
+  const twl_test::LayerKv kv = twl_test::ReadKv(rt.get(), seq, 0);
+  ASSERT_EQ(kv.k.size(), elems);
+  EXPECT_EQ(kv.k[0], 0x4040u) << "BF16 3.0";
+  EXPECT_EQ(kv.v[0], 0xBF00u) << "BF16 -0.5";
+  twl_runtime* raw = nullptr;
+  for (twl_dtype bad : {TWL_DTYPE_FP32, static_cast<twl_dtype>(7)}) {
+    c.kv_dtype = bad;
+    EXPECT_EQ(twl_runtime_create(&c, &raw), TWL_INVALID_ARGUMENT);
+    EXPECT_EQ(raw, nullptr);
+  }
+  c.kv_dtype = TWL_DTYPE_BF16;
+  c.k_bits = 16;
+  EXPECT_EQ(twl_runtime_create(&c, &raw), TWL_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(twl_runtime_last_error(nullptr)).find("kv_dtype"), std::string::npos);
+  struct {
+    twl_runtime_config config;
+    unsigned char junk[32];
+  } old;
+  std::memset(&old, 0xab, sizeof(old));
+  old.config = SmallConfig();
+  old.config.kv_dtype = TWL_DTYPE_BF16;  // beyond the old struct: not read
+  old.config.struct_size = offsetof(twl_runtime_config, kv_dtype);
+  ASSERT_EQ(twl_runtime_create(&old.config, &raw), TWL_OK) << twl_runtime_last_error(nullptr);
+  twilight::RuntimePtr owned(raw);
+  ASSERT_EQ(twl_runtime_get_config(raw, &got), TWL_OK);
+  EXPECT_EQ(got.kv_dtype, TWL_DTYPE_FP16);
+}
+
 TEST(ApiBasics, FreeNullIsANoOp) {
   twl_runtime_free(nullptr);
   EXPECT_EQ(twl_runtime_backend(nullptr), TWL_BACKEND_AUTO);

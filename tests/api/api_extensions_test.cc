@@ -1,6 +1,7 @@
 // The 0.2 additions of the C API: twl_decode_ex (BF16 / FP32 q and out around the FP16
 // pipeline), twl_get_capabilities and twl_set_log_callback.
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <mutex>
 #include <random>
@@ -135,8 +136,15 @@ TEST(ApiDecodeEx, ErrorsLeaveOutUnchanged) {
 
 TEST(ApiCapabilities, DescribesThisBuild) {
   twl_capabilities caps;
-  caps.struct_size = sizeof(caps) - 1;
+  // The first version ended before kv_dtypes (appended): smaller is refused, that size is
+  // served without writing past it.
+  caps.struct_size = offsetof(twl_capabilities, kv_dtypes) - 1;
   EXPECT_EQ(twl_get_capabilities(&caps), TWL_INVALID_ARGUMENT);
+  std::memset(&caps, 0xee, sizeof(caps));
+  caps.struct_size = offsetof(twl_capabilities, kv_dtypes);
+  ASSERT_EQ(twl_get_capabilities(&caps), TWL_OK);
+  EXPECT_EQ(caps.struct_size, offsetof(twl_capabilities, kv_dtypes));
+  EXPECT_EQ(caps.kv_dtypes[0], 0xeeeeeeeeu) << "written past the caller's struct";
   EXPECT_EQ(twl_get_capabilities(nullptr), TWL_INVALID_ARGUMENT);
   std::memset(&caps, 0xff, sizeof(caps));
   caps.struct_size = sizeof(caps);
@@ -149,12 +157,13 @@ TEST(ApiCapabilities, DescribesThisBuild) {
   EXPECT_EQ(cpu_dims, (std::vector<int32_t>{8, 16, 32, 64, 96, 128, 256}));
   EXPECT_EQ(caps.head_dims[TWL_BACKEND_CPU][7], 0);
   EXPECT_EQ(caps.decode_dtypes[TWL_BACKEND_CPU], 7u);
+  EXPECT_EQ(caps.kv_dtypes[TWL_BACKEND_CPU], 3u);  // FP16 and BF16
   EXPECT_EQ(caps.head_dims[TWL_BACKEND_AUTO][0], 0);
   const bool gpu_built = caps.backends_built & (1u << TWL_BACKEND_GPU_OFFLOAD);
   if (gpu_built) {
     EXPECT_GE(caps.num_cuda_archs, 1);
     EXPECT_GE(caps.cuda_archs[0], 50);
-    EXPECT_EQ(caps.max_q_per_kv[TWL_BACKEND_GPU_HBM], 8);
+    EXPECT_EQ(caps.max_q_per_kv[TWL_BACKEND_GPU_HBM], 16);
     const std::vector<int32_t> gpu_dims(caps.head_dims[TWL_BACKEND_GPU_HBM],
                                         caps.head_dims[TWL_BACKEND_GPU_HBM] + 5);
     EXPECT_EQ(gpu_dims, (std::vector<int32_t>{64, 96, 128, 256, 0}));

@@ -194,13 +194,51 @@ TEST_F(ApiPersist, NewerVersionIsUnsupportedAndOtherShapeIsInvalid) {
     for (int i = 0; i < 4; ++i) bad[60 + i] = char(crc >> (8 * i));
     return bad;
   };
-  ExpectRefused(with_header_field(8, 2), TWL_UNSUPPORTED, "format version 2");
+  ExpectRefused(with_header_field(8, 3), TWL_UNSUPPORTED, "format version 3");
+  // BF16 elements (type 1) need version 2; an unknown type is corrupt.
+  ExpectRefused(with_header_field(40, 1), TWL_CORRUPT_DATA, "BF16 in a version-1 file");
+  ExpectRefused(with_header_field(40, 2), TWL_CORRUPT_DATA, "element type 2");
   ExpectRefused(with_header_field(20, 4), TWL_INVALID_ARGUMENT, "4 KV heads");
   ExpectRefused(with_header_field(24, 64), TWL_INVALID_ARGUMENT, "head_dim 64");
   ExpectRefused(with_header_field(16, 3), TWL_INVALID_ARGUMENT, "3 layers");
   ExpectRefused(with_header_field(28, 0), TWL_CORRUPT_DATA, "chunk of 0 tokens");
   std::vector<char> not_ours(200, 'z');
   ExpectRefused(not_ours, TWL_CORRUPT_DATA, "not a Twilight file");
+}
+
+// kv_dtype BF16: the file records it (version 2, element type 1), restores bit-identically
+// into a BF16 runtime, and a runtime of the other kv_dtype refuses it (and a BF16 runtime an
+// FP16 file) with TWL_INVALID_ARGUMENT and no change.
+TEST_F(ApiPersist, Bf16KvRoundTripsAndAMismatchedRestoreIsRefused) {
+  twl_runtime_config bf = SmallConfig();
+  bf.kv_dtype = TWL_DTYPE_BF16;
+  twilight::RuntimePtr rb = MakeRuntime(bf);
+  ASSERT_TRUE(rb);
+  twl_seq_id seq = -1;
+  ASSERT_EQ(twl_sequence_create(rb.get(), &seq), TWL_OK);
+  std::mt19937 rng(7);
+  ASSERT_EQ(AppendRandom(rb.get(), seq, 0, 21, 2, 32, &rng), TWL_OK);
+  ASSERT_EQ(AppendRandom(rb.get(), seq, 1, 9, 2, 32, &rng), TWL_OK);
+  const std::string path = path_ + ".bf16";
+  ASSERT_EQ(twl_sequence_save(rb.get(), seq, path.c_str()), TWL_OK)
+      << twl_runtime_last_error(rb.get());
+  const std::vector<char> bytes = ReadFile(path);
+  ASSERT_GE(bytes.size(), 64u);
+  EXPECT_EQ(uint8_t(bytes[8]), 2u) << "format version";
+  EXPECT_EQ(uint8_t(bytes[40]), 1u) << "element type BF16";
+  twl_seq_id restored = -1;
+  ASSERT_EQ(twl_sequence_restore(rb.get(), path.c_str(), &restored), TWL_OK)
+      << twl_runtime_last_error(rb.get());
+  for (int32_t layer = 0; layer < 2; ++layer) {
+    EXPECT_TRUE(ReadKv(rb.get(), restored, layer) == ReadKv(rb.get(), seq, layer)) << layer;
+  }
+  // BF16 file into the FP16 runtime of the fixture, FP16 file into the BF16 runtime.
+  ExpectRefused(bytes, TWL_INVALID_ARGUMENT, "BF16 file into an FP16 runtime");
+  EXPECT_NE(std::string(twl_runtime_last_error(rt_.get())).find("kv_dtype"), std::string::npos);
+  twl_seq_id out = 1;
+  EXPECT_EQ(twl_sequence_restore(rb.get(), path_.c_str(), &out), TWL_INVALID_ARGUMENT);
+  EXPECT_EQ(out, TWL_INVALID_SEQ_ID);
+  std::remove(path.c_str());
 }
 
 TEST_F(ApiPersist, RestoreThatDoesNotFitChangesNothing) {

@@ -190,6 +190,117 @@ TEST(Runtime, OtherHeadDimsDecodeLikeDenseAtPOne) {
   }
 }
 
+// 16 query heads per KV head (64 q / 4 KV, the widest group the GPU backends take): the
+// full selector and the default growing Quest at p = 1 both equal dense attention (Quest at
+// p = 1 keeps every candidate of a selection that grows until its bound proves p = 1).
+TEST(Runtime, SixteenQueryHeadsPerKvHeadDecodeLikeDenseAtPOne) {
+  for (SelectorKind sel : {SelectorKind::kFull, SelectorKind::kQuest}) {
+    SCOPED_TRACE(int(sel));
+    RuntimeConfig c = SmallConfig(16);
+    c.num_q_heads = 64;
+    c.num_kv_heads = 4;
+    c.selector = sel;
+    c.top_p = 1.0f;
+    auto rt = MakeRuntime(c);
+    ASSERT_TRUE(rt);
+    const std::vector<int32_t> lens = {9, 260, 100};
+    RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 64);
+    std::mt19937_64 rng(64);
+    std::vector<SeqId> ids;
+    for (size_t s = 0; s < lens.size(); ++s) {
+      ids.push_back(*rt->CreateSequence());
+      AppendInChunks(*rt, ids.back(), 0, st, int32_t(s), rng);
+    }
+    StepTelemetry t;
+    DecodeAndCompareWithDense(*rt, 0, ids, st, 1e-3, &t);
+    ASSERT_EQ(t.kept_tokens_kv.size(), size_t(3 * c.num_kv_heads));
+    ASSERT_EQ(t.selected_tokens.size(), size_t(3 * c.num_q_heads));
+  }
+}
+
+// kv_dtype BF16: FP32 K/V (values up to ~300: beyond FP16's 11 bits, within BF16's range)
+// are stored rounded to BF16 and read back exactly so; decode at p = 1 (full selector; and the
+// default growing Quest, whose INT4 estimate now quantizes the BF16 K) equals dense attention
+// in double over the FP32 input within the BF16 tolerance: each K/V element carries a
+// relative error <= 2^-9, so scores move by <= 2^-9 * sum |q_j k_j| (about 0.06 logits here)
+// and the output by about that relative amount: 2e-2 relative L2. Over the BF16-rounded
+// values themselves it matches to FP16 output rounding (2e-3).
+TEST(Runtime, Bf16KvDecodesLikeDenseFp32WithinBf16Tolerance) {
+  for (SelectorKind sel : {SelectorKind::kFull, SelectorKind::kQuest}) {
+    SCOPED_TRACE(int(sel));
+    RuntimeConfig c = SmallConfig(16);
+    c.kv_dtype = DType::kBf16;
+    c.selector = sel;
+    c.top_p = 1.0f;
+    auto rt = MakeRuntime(c);
+    ASSERT_TRUE(rt);
+    const int32_t H = c.num_kv_heads, D = c.head_dim, Hq = c.num_q_heads, G = Hq / H;
+    const std::vector<int32_t> lens = {3, 150, 77};
+    std::mt19937_64 rng(int(sel) + 5);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<SeqId> ids;
+    std::vector<std::vector<float>> ks, vs;
+    for (int32_t len : lens) {
+      std::vector<float> k(size_t(len) * H * D), v(k.size());
+      for (size_t i = 0; i < k.size(); ++i) {
+        k[i] = 2.0f * float(i % D % 3) + (i % 29 == 0 ? 300.0f : 1.0f) * nd(rng);
+        v[i] = 100.0f * nd(rng);
+      }
+      ids.push_back(*rt->CreateSequence());
+      ASSERT_TRUE(rt->Append(ids.back(), 0, len, k.data(), v.data(), DType::kFp32,
+                             MemSpace::kHost)
+                      .ok());
+      std::vector<fp16_t> rk, rv;
+      ASSERT_TRUE(rt->ReadKv(ids.back(), 0, &rk, &rv).ok());
+      ASSERT_EQ(rk.size(), k.size());
+      for (size_t i = 0; i < k.size(); ++i) {
+        ASSERT_EQ(rk[i], FloatToBf16(k[i])) << i;
+        ASSERT_EQ(rv[i], FloatToBf16(v[i])) << i;
+      }
+      ks.push_back(std::move(k));
+      vs.push_back(std::move(v));
+    }
+    std::vector<fp16_t> q(lens.size() * size_t(Hq) * D);
+    for (auto& x : q) x = FloatToHalf(0.05f * nd(rng));
+    std::vector<fp16_t> out(q.size());
+    ASSERT_TRUE(rt->Decode(0, ids, q.data(), out.data(), MemSpace::kHost, {}, nullptr, nullptr).ok());
+    // Dense attention in double over given K/V values.
+    auto dense = [&](bool bf16_rounded) {
+      std::vector<float> ref(q.size());
+      for (size_t s = 0; s < lens.size(); ++s) {
+        for (int32_t qh = 0; qh < Hq; ++qh) {
+          const int32_t h = qh / G;
+          const fp16_t* qr = q.data() + (s * Hq + size_t(qh)) * D;
+          auto kv = [&](const std::vector<float>& x, int32_t t, int32_t j) {
+            const float f = x[(size_t(t) * H + size_t(h)) * D + size_t(j)];
+            return double(bf16_rounded ? Bf16ToFloat(FloatToBf16(f)) : f);
+          };
+          std::vector<double> w(static_cast<size_t>(lens[s]));
+          double mx = -1e300;
+          for (int32_t t = 0; t < lens[s]; ++t) {
+            double dot = 0;
+            for (int32_t j = 0; j < D; ++j) dot += double(HalfToFloat(qr[j])) * kv(ks[s], t, j);
+            w[size_t(t)] = dot / std::sqrt(double(D));
+            mx = std::max(mx, w[size_t(t)]);
+          }
+          double sum = 0;
+          for (double& x : w) sum += (x = std::exp(x - mx));
+          for (int32_t j = 0; j < D; ++j) {
+            double a = 0;
+            for (int32_t t = 0; t < lens[s]; ++t) a += w[size_t(t)] * kv(vs[s], t, j);
+            ref[(s * Hq + size_t(qh)) * D + size_t(j)] = float(a / sum);
+          }
+        }
+      }
+      return ref;
+    };
+    const std::vector<float> got = ToFloat(out);
+    for (float x : got) ASSERT_TRUE(std::isfinite(x));
+    EXPECT_LE(RelError(got, dense(false)), 2e-2) << "vs FP32 K/V";
+    EXPECT_LE(RelError(got, dense(true)), 2e-3) << "vs the BF16-rounded K/V";
+  }
+}
+
 TEST(Runtime, DenseLayersIgnorePAndBudget) {
   RuntimeConfig c = SmallConfig(16);
   c.dense_layers = 1;

@@ -20,6 +20,7 @@ struct AppendCase {
   int32_t head_dim, k_bits, num_kv_heads;
   KvInputType type;
   int32_t k_scheme = kKSchemeToken;
+  bool bf16_store = false;  // PageGeometry::kv_dtype BF16
 };
 
 template <typename T>
@@ -33,11 +34,11 @@ std::vector<T> RandomBytesVec(size_t n, std::mt19937_64& rng) {
 
 // One append round: sequence s (pages pages[s * pages_per_seq ...]) gets round[s] tokens
 // after its len[s]; K/V drawn fresh (every 13th value an outlier) in `type`, and the same
-// values rounded to FP16 for the reference (kh/vh).
+// values rounded to the stored type g.kv_dtype for the reference (kh/vh).
 struct AppendRound {
   std::vector<int32_t> page_id, slot;
   std::vector<float> kf, vf;                 // the draw (FP32 input)
-  std::vector<uint16_t> k16, v16, kh, vh;    // FP16/BF16 input; FP16 for the reference
+  std::vector<uint16_t> k16, v16, kh, vh;    // FP16/BF16 input; stored type for the reference
   int32_t n() const { return int32_t(page_id.size()); }
 };
 
@@ -66,17 +67,21 @@ AppendRound MakeRound(const PageGeometry& g, KvInputType type, const std::vector
   r.kh.resize(m);
   r.vh.resize(m);
   for (size_t i = 0; i < m; ++i) {
+    // The input's value, then one rounding to the stored type (as ConvertToKv / the kernels).
+    float kin = r.kf[i], vin = r.vf[i];
     if (type == KvInputType::kBf16) {
       r.k16[i] = FloatToBf16(r.kf[i]);
       r.v16[i] = FloatToBf16(r.vf[i]);
-      r.kh[i] = FloatToHalf(Bf16ToFloat(r.k16[i]));
-      r.vh[i] = FloatToHalf(Bf16ToFloat(r.v16[i]));
-    } else {
-      r.kh[i] = FloatToHalf(r.kf[i]);
-      r.vh[i] = FloatToHalf(r.vf[i]);
-      r.k16[i] = r.kh[i];
-      r.v16[i] = r.vh[i];
+      kin = Bf16ToFloat(r.k16[i]);
+      vin = Bf16ToFloat(r.v16[i]);
+    } else if (type == KvInputType::kFp16) {
+      r.k16[i] = FloatToHalf(r.kf[i]);
+      r.v16[i] = FloatToHalf(r.vf[i]);
+      kin = HalfToFloat(r.k16[i]);
+      vin = HalfToFloat(r.v16[i]);
     }
+    r.kh[i] = g.FloatToKv(kin);
+    r.vh[i] = g.FloatToKv(vin);
   }
   return r;
 }
@@ -132,6 +137,7 @@ TEST_P(AppendGpuTest, MatchesReferenceBitExact) {
   g.num_kv_heads = c.num_kv_heads;
   g.k_bits = c.k_bits;
   g.k_scheme = c.k_scheme;
+  g.kv_dtype = c.bf16_store ? kKvBf16 : kKvFp16;
   std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + c.head_dim * 7 +
                       c.k_bits);
   const int32_t num_pages = 23;
@@ -184,7 +190,11 @@ INSTANTIATE_TEST_SUITE_P(
                       AppendCase{128, 4, 2, KvInputType::kBf16},
                       AppendCase{64, 4, 1, KvInputType::kFp32},
                       AppendCase{96, 4, 2, KvInputType::kFp16},
-                      AppendCase{256, 2, 2, KvInputType::kBf16}));
+                      AppendCase{256, 2, 2, KvInputType::kBf16},
+                      // BF16 storage from each input type.
+                      AppendCase{128, 4, 4, KvInputType::kBf16, kKSchemeToken, true},
+                      AppendCase{64, 4, 2, KvInputType::kFp16, kKSchemeToken, true},
+                      AppendCase{96, 8, 2, KvInputType::kFp32, kKSchemeToken, true}));
 
 // k_scheme 1 (per page channel): every append re-quantizes the touched blocks' filled rows
 // against their new range (MinMaxKernel), bit-exact with AppendRef (the same correctly
@@ -194,7 +204,9 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(AppendCase{128, 4, 4, KvInputType::kFp16, kKSchemePageChannel},
                       AppendCase{64, 4, 2, KvInputType::kBf16, kKSchemePageChannel},
                       AppendCase{128, 2, 3, KvInputType::kFp16, kKSchemePageChannel},
-                      AppendCase{64, 8, 2, KvInputType::kFp32, kKSchemePageChannel}));
+                      AppendCase{64, 8, 2, KvInputType::kFp32, kKSchemePageChannel},
+                      AppendCase{128, 4, 2, KvInputType::kBf16, kKSchemePageChannel, true},
+                      AppendCase{64, 2, 2, KvInputType::kFp16, kKSchemePageChannel, true}));
 
 // The bulk append (LaunchAppendSegments: one launch per call, bounds merged in the same pass)
 // against AppendRef, bit-exact over the whole store, with whole pages sent through a staging
@@ -210,6 +222,7 @@ TEST_P(AppendSegmentsGpuTest, MatchesReferenceBitExact) {
   g.num_kv_heads = c.num_kv_heads;
   g.k_bits = c.k_bits;
   g.k_scheme = c.k_scheme;
+  g.kv_dtype = c.bf16_store ? kKvBf16 : kKvFp16;
   std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + c.head_dim * 5 +
                       c.k_bits);
   const int32_t num_pages = 40;
@@ -278,7 +291,12 @@ INSTANTIATE_TEST_SUITE_P(
                       AppendCase{256, 4, 1, KvInputType::kFp16},
                       AppendCase{32, 4, 2, KvInputType::kBf16},
                       AppendCase{96, 4, 3, KvInputType::kFp16},
-                      AppendCase{96, 2, 2, KvInputType::kFp32}));
+                      AppendCase{96, 2, 2, KvInputType::kFp32},
+                      // BF16 storage: vector and scalar loads, each input type.
+                      AppendCase{128, 4, 4, KvInputType::kBf16, kKSchemeToken, true},
+                      AppendCase{64, 4, 2, KvInputType::kFp16, kKSchemeToken, true},
+                      AppendCase{256, 8, 1, KvInputType::kFp32, kKSchemeToken, true},
+                      AppendCase{96, 4, 2, KvInputType::kBf16, kKSchemePageChannel, true}));
 
 // k_scheme 1: each segment's block re-quantizes rows [0, row_end), the earlier rows from the
 // block store and its own rows from where it wrote them (store or staging).

@@ -32,6 +32,7 @@ struct AttendCase {
   bool slot_map;
   bool in_place = false;  // with slot_map: every third block not resident (slot -1), read
                           // from FpKvView::miss_kv (the GPU cache's blocks not admitted)
+  bool bf16 = false;      // K/V stored as BF16 (PageGeometry::kv_dtype)
 };
 
 class AttendGpuTest : public ::testing::TestWithParam<AttendCase> {};
@@ -43,6 +44,7 @@ TEST_P(AttendGpuTest, MatchesFp32Reference) {
   g.page_size = 16;
   g.head_dim = c.head_dim;
   g.num_kv_heads = c.num_kv_heads;
+  g.kv_dtype = c.bf16 ? kKvBf16 : kKvFp16;
   const uint64_t seed = ::testing::UnitTest::GetInstance()->random_seed() + uint64_t(c.group);
   std::mt19937_64 rng(seed);
   RefStore st = MakeRandomStore(g, c.num_kv_heads * c.group, {2903, 37, 1000, 16, 77}, seed);
@@ -100,7 +102,8 @@ TEST_P(AttendGpuTest, MatchesFp32Reference) {
     if (c.in_place) {
       for (int64_t b = 1; b < blocks; b += 3) perm[size_t(b)] = -1;
     }
-    std::vector<fp16_t> scattered(size_t(num_slots * g.FpBlockElems()), 0x7E00);  // NaN
+    std::vector<fp16_t> scattered(size_t(num_slots * g.FpBlockElems()),
+                                  fp16_t(c.bf16 ? 0x7FC0 : 0x7E00));  // NaN
     for (int64_t b = 0; b < blocks; ++b) {
       if (perm[size_t(b)] < 0) continue;  // its slot stays NaN: must be read in place
       std::copy_n(st.kv.begin() + b * g.FpBlockElems(), g.FpBlockElems(),
@@ -163,7 +166,18 @@ INSTANTIATE_TEST_SUITE_P(
                       AttendCase{256, 1, 2, KeptKind::kDense, false},
                       AttendCase{128, 2, 4, KeptKind::kHeavyLight, true, true},
                       AttendCase{128, 8, 4, KeptKind::kPruned, true, true},
-                      AttendCase{64, 2, 8, KeptKind::kDense, true, true}));
+                      AttendCase{64, 2, 8, KeptKind::kDense, true, true},
+                      // 9..16 heads per KV head: two 8-head halves on blockIdx.y.
+                      AttendCase{128, 2, 16, KeptKind::kPruned, false},
+                      AttendCase{64, 1, 16, KeptKind::kHeavyLight, true},
+                      AttendCase{96, 2, 12, KeptKind::kDense, false},
+                      AttendCase{256, 1, 16, KeptKind::kHeavyLight, false},
+                      AttendCase{128, 2, 16, KeptKind::kPruned, true, true},
+                      // BF16 K/V storage: every head dim, both group paths, read in place.
+                      AttendCase{128, 2, 4, KeptKind::kPruned, false, false, true},
+                      AttendCase{64, 2, 8, KeptKind::kDense, true, false, true},
+                      AttendCase{96, 2, 3, KeptKind::kHeavyLight, false, false, true},
+                      AttendCase{256, 1, 16, KeptKind::kHeavyLight, true, true, true}));
 
 TEST(AttendGpu, UnsupportedHeadDimIsUnimplemented) {
   TWL_SKIP_WITHOUT_GPU();

@@ -3,9 +3,12 @@
 // CPU, Twilight decode with the same selected counts and outputs close (kept sets may
 // differ at threshold ties: 2e-2), host and device q/out, BF16 input, telemetry filled.
 #include <algorithm>
+#include <tuple>
+#include <vector>
 #include <random>
 
 #include "gpu/device.h"
+#include "gpu/kernels.h"
 #include "gpu_test_util.h"
 #include "runtime/backend.h"
 
@@ -78,19 +81,30 @@ std::vector<fp16_t> RandomQ(int64_t n, std::mt19937_64& rng, float gain) {
   return q;
 }
 
+using Shape = std::tuple<int32_t, int32_t, int32_t, DType>;  // head_dim, KV, q heads, input
+using GpuFactory = absl::StatusOr<std::unique_ptr<Backend>> (*)(const RuntimeConfig&, int64_t);
+
+const std::vector<Shape>& DefaultShapes() {
+  static const std::vector<Shape> shapes = {
+      {128, 4, 16, DType::kFp16}, {64, 2, 2, DType::kBf16}, {128, 2, 16, DType::kFp16},
+      {96, 2, 8, DType::kFp16}, {256, 1, 4, DType::kBf16}};
+  return shapes;
+}
+
 // Under k_scheme the estimation copy is quantized per token (0) or per page channel (1):
-// both backends then run the same scheme, so the same tolerances hold.
-void ExpectMatchesCpuBackend(int32_t k_scheme) {
-  for (const auto& [head_dim, kv_heads, q_heads, dtype] :
-       {std::tuple{128, 4, 16, DType::kFp16}, std::tuple{64, 2, 2, DType::kBf16},
-        std::tuple{128, 2, 16, DType::kFp16}, std::tuple{96, 2, 8, DType::kFp16},
-        std::tuple{256, 1, 4, DType::kBf16}}) {
+// both backends then run the same scheme, so the same tolerances hold. `twilight` false runs
+// the dense step only.
+void ExpectMatchesCpuBackend(int32_t k_scheme, const std::vector<Shape>& shapes = DefaultShapes(),
+                             GpuFactory make_gpu = &CreateGpuHbmBackend, bool twilight = true,
+                             DType kv_dtype = DType::kFp16) {
+  for (const auto& [head_dim, kv_heads, q_heads, dtype] : shapes) {
     SCOPED_TRACE(::testing::Message() << "d=" << head_dim << " kv=" << kv_heads << " q=" << q_heads);
     RuntimeConfig c = Config(head_dim, kv_heads, q_heads);
     c.k_scheme = k_scheme;
+    c.kv_dtype = kv_dtype;
     const int64_t num_pages = 400;
     auto cpu = CreateCpuBackend(c, num_pages);
-    auto gpu = CreateGpuHbmBackend(c, num_pages);
+    auto gpu = make_gpu(c, num_pages);
     ASSERT_TRUE(cpu.ok()) << cpu.status();
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     Pair b{std::move(*cpu), std::move(*gpu)};
@@ -128,6 +142,7 @@ void ExpectMatchesCpuBackend(int32_t k_scheme) {
     batch.max_pages = max_pages;
     const int64_t qn = int64_t(lens.size()) * q_heads * head_dim;
     for (const bool dense : {true, false}) {
+      if (!dense && !twilight) continue;
       SCOPED_TRACE(dense ? "dense" : "twilight");
       DecodeRequest req;
       req.batch = batch;
@@ -227,12 +242,53 @@ TEST(GpuHbmBackend, BlockCountOfLongKeptSetsIsExact) {
   EXPECT_EQ(tg.blocks_needed, expected);
 }
 
+// 64 query heads over 4 KV heads (16 per KV head, kGpuMaxGroup) on both GPU backends. The
+// Twilight step needs the pruner kernels to take 16 heads per KV head: until they do
+// (kGpuPruneMaxGroup, gpu/kernels.h) it is skipped visibly and only the dense step runs.
+void ExpectSixteenHeadsPerKvHeadMatchCpu(GpuFactory make_gpu) {
+  const std::vector<Shape> shapes = {{128, 4, 64, DType::kFp16}, {64, 4, 64, DType::kBf16}};
+  const bool prune_takes_16 = kGpuPruneMaxGroup >= 16;
+  ExpectMatchesCpuBackend(kKSchemeToken, shapes, make_gpu, prune_takes_16);
+  if (!prune_takes_16) {
+    GTEST_SKIP() << "Twilight step skipped: the pruner kernels take " << kGpuPruneMaxGroup
+                 << " query heads per KV head (gpu/kernels.h kGpuPruneMaxGroup); dense step ran";
+  }
+}
+
+TEST(GpuHbmBackend, SixteenQueryHeadsPerKvHeadMatchCpuBackend) {
+  TWL_SKIP_WITHOUT_GPU();
+  ExpectSixteenHeadsPerKvHeadMatchCpu(&CreateGpuHbmBackend);
+}
+
+TEST(GpuOffloadBackend, SixteenQueryHeadsPerKvHeadMatchCpuBackend) {
+  TWL_SKIP_WITHOUT_GPU();
+  ExpectSixteenHeadsPerKvHeadMatchCpu(&CreateGpuOffloadBackend);
+}
+
+// kv_dtype BF16: FP16 and BF16 input stored as BF16 on both sides (pages bit-identical), the
+// same decode tolerances; both GPU backends and both K schemes.
+TEST(GpuHbmBackend, Bf16KvMatchesCpuBackend) {
+  TWL_SKIP_WITHOUT_GPU();
+  ExpectMatchesCpuBackend(kKSchemeToken, DefaultShapes(), &CreateGpuHbmBackend, true,
+                          DType::kBf16);
+  ExpectMatchesCpuBackend(kKSchemePageChannel, {{128, 4, 16, DType::kFp16}},
+                          &CreateGpuHbmBackend, true, DType::kBf16);
+}
+
+TEST(GpuOffloadBackend, Bf16KvMatchesCpuBackend) {
+  TWL_SKIP_WITHOUT_GPU();
+  ExpectMatchesCpuBackend(kKSchemeToken, {{128, 4, 16, DType::kBf16}, {96, 2, 8, DType::kFp16}},
+                          &CreateGpuOffloadBackend, true, DType::kBf16);
+}
+
 TEST(GpuHbmBackend, RejectsUnsupportedShapes) {
   TWL_SKIP_WITHOUT_GPU();
-  // Valid configurations the kernels do not cover: head_dim 32, 16 query heads per KV head.
+  // Valid configurations the kernels do not cover: head_dim 32, 17 query heads per KV head.
   EXPECT_EQ(CreateGpuHbmBackend(Config(32, 2, 4), 10).status().code(),
             absl::StatusCode::kUnimplemented);
-  EXPECT_EQ(CreateGpuHbmBackend(Config(128, 2, 32), 10).status().code(),
+  EXPECT_EQ(CreateGpuHbmBackend(Config(128, 2, 34), 10).status().code(),
+            absl::StatusCode::kUnimplemented);
+  EXPECT_EQ(CreateGpuOffloadBackend(Config(128, 2, 34), 10).status().code(),
             absl::StatusCode::kUnimplemented);
 }
 

@@ -1,6 +1,6 @@
 // GPU Quest selector (LaunchSelectPages) on fresh random page metadata (a new seed per run)
 // against SelectPagesRef, over random shapes: page sizes 8/16/32, head dims 64/128, GQA
-// groups 1..8, 1-5 sequences from 1 token up, sinks 0..3, B0 from 1 page to every page,
+// groups 1..16, 1-5 sequences from 1 token up, sinks 0..3, B0 from 1 page to every page,
 // fixed and growing Quest, plus long sequences (16k pages with B0 = 8192; > 32k pages, where
 // the top-B0 kernel reads the scores from global memory instead of shared memory).
 //
@@ -275,18 +275,21 @@ uint64_t Seed() {
   return seed;
 }
 
-TEST(SelectBoundsGpuTest, RandomShapesMatchReference) {
-  TWL_SKIP_WITHOUT_GPU();
+// `trials` random shapes with groups in [min_group, max_group]; head dims 64/128, or every
+// GPU head dim when all_dims.
+void RandomTrials(uint64_t salt, int trials, int32_t min_group, int32_t max_group,
+                  bool all_dims) {
   const uint64_t seed = Seed();
   SCOPED_TRACE(::testing::Message() << "seed " << seed);
-  std::mt19937_64 rng(seed * 7919u + 1u);
+  std::mt19937_64 rng(seed * 7919u + salt);
   int ties = 0;
-  for (int trial = 0; trial < 48; ++trial) {
+  for (int trial = 0; trial < trials; ++trial) {
     PageGeometry g;
     g.page_size = std::array<int32_t, 3>{8, 16, 32}[rng() % 3];
-    g.head_dim = rng() % 2 ? 128 : 64;
+    g.head_dim = all_dims ? std::array<int32_t, 4>{64, 96, 128, 256}[rng() % 4]
+                          : (rng() % 2 ? 128 : 64);
     g.num_kv_heads = 1 + int32_t(rng() % 4);
-    const int32_t group = 1 + int32_t(rng() % 8);
+    const int32_t group = min_group + int32_t(rng() % uint64_t(max_group - min_group + 1));
     std::vector<int32_t> lens(1 + rng() % 5);
     for (int32_t& len : lens) {
       switch (rng() % 4) {
@@ -321,6 +324,18 @@ TEST(SelectBoundsGpuTest, RandomShapesMatchReference) {
     if (::testing::Test::HasFailure()) return;
   }
   ::testing::Test::RecordProperty("tie_diffs", ties);
+}
+
+TEST(SelectBoundsGpuTest, RandomShapesMatchReference) {
+  TWL_SKIP_WITHOUT_GPU();
+  RandomTrials(1u, 48, 1, 8, false);
+}
+
+// Groups of 9..16 query heads per KV head (two warps per task, one 8-head tile each), every GPU
+// head dim.
+TEST(SelectBoundsGpuTest, WideGroupsMatchReference) {
+  TWL_SKIP_WITHOUT_GPU();
+  RandomTrials(2u, 32, 9, 16, true);
 }
 
 // The H200 benchmark's shapes at full length: 16k pages per (sequence, KV head) with

@@ -113,7 +113,12 @@ INSTANTIATE_TEST_SUITE_P(
                       SelectCase{128, 3, 1, 1, 3, SelectorKind::kQuest},
                       SelectCase{128, 2, 4, 0, 1, SelectorKind::kFull},
                       SelectCase{96, 2, 4, 9, 1, SelectorKind::kQuest},
-                      SelectCase{256, 2, 8, 17, 2, SelectorKind::kQuest}));
+                      SelectCase{256, 2, 8, 17, 2, SelectorKind::kQuest},
+                      // 9..16 heads per KV head: two warps of one 8-head tile each.
+                      SelectCase{128, 2, 16, 9, 1, SelectorKind::kQuest},
+                      SelectCase{64, 1, 12, 5, 1, SelectorKind::kQuest},
+                      SelectCase{96, 2, 16, 17, 2, SelectorKind::kQuest},
+                      SelectCase{256, 1, 16, 9, 1, SelectorKind::kQuest}));
 
 }  // namespace
 }  // namespace twl

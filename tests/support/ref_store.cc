@@ -33,12 +33,12 @@ void Resize(RefStore& st) {
   st.kmax.resize(size_t(blocks * st.g.head_dim));
 }
 
-fp16_t RandomKeyElement(std::mt19937_64& rng, int32_t channel) {
+float RandomKeyElement(std::mt19937_64& rng, int32_t channel) {
   std::normal_distribution<float> n(0.0f, 1.0f);
   // Channel-dependent offset and a couple of outlier channels, like real K.
   const float offset = 0.3f * std::sin(0.7f * float(channel));
   const float gain = channel % 17 == 3 ? 4.0f : 1.0f;
-  return FloatToHalf(offset + gain * n(rng));
+  return offset + gain * n(rng);
 }
 
 }  // namespace
@@ -73,8 +73,9 @@ void AppendRandom(RefStore& st, int32_t s, int32_t n, std::mt19937_64& rng) {
   std::vector<fp16_t> k(static_cast<size_t>(n * row)), v(size_t(n * row));
   std::normal_distribution<float> nd(0.0f, 1.0f);
   for (int64_t i = 0; i < n * row; ++i) {
-    k[size_t(i)] = RandomKeyElement(rng, int32_t(i % g.head_dim));
-    v[size_t(i)] = FloatToHalf(nd(rng));
+    // Rounded to the stored type (g.kv_dtype): FP16, or BF16.
+    k[size_t(i)] = g.FloatToKv(RandomKeyElement(rng, int32_t(i % g.head_dim)));
+    v[size_t(i)] = g.FloatToKv(nd(rng));
   }
   AppendView in{n, k.data(), v.data(), page_id.data(), slot.data()};
   (void)AppendRef(g, in, st.Kv(), st.Quant());
@@ -97,10 +98,10 @@ void RandomQueries(RefStore& st, std::mt19937_64& rng, float peak) {
       const int32_t t = tok(rng);
       const fp16_t* k = st.k_in[size_t(s)].data() + (int64_t(t) * g.num_kv_heads + h) * g.head_dim;
       float norm = 0.0f;
-      for (int32_t j = 0; j < g.head_dim; ++j) norm += HalfToFloat(k[j]) * HalfToFloat(k[j]);
+      for (int32_t j = 0; j < g.head_dim; ++j) norm += g.KvToFloat(k[j]) * g.KvToFloat(k[j]);
       norm = std::sqrt(std::max(norm, 1e-6f));
       for (int32_t j = 0; j < g.head_dim; ++j) {
-        const float aligned = peak * HalfToFloat(k[j]) / norm * std::sqrt(float(g.head_dim));
+        const float aligned = peak * g.KvToFloat(k[j]) / norm * std::sqrt(float(g.head_dim));
         st.q[size_t((int64_t(s) * st.num_q_heads + qh) * g.head_dim + j)] =
             FloatToHalf(aligned + 0.5f * nd(rng));
       }

@@ -19,7 +19,8 @@ struct RefStore {
   std::vector<int32_t> page_table;  // [num_seqs][max_pages]
   int32_t max_pages = 0;
   int64_t num_pages = 0;
-  std::vector<fp16_t> kv;           // [num_pages * num_kv_heads][2][page_size][head_dim]
+  std::vector<fp16_t> kv;           // [num_pages * num_kv_heads][2][page_size][head_dim],
+                                    // elements of g.kv_dtype (FP16 or BF16)
   std::vector<uint8_t> codes;
   std::vector<fp16_t> scale, zero, kmin, kmax;
   std::vector<fp16_t> q;            // [num_seqs][num_q_heads][head_dim]

@@ -1,6 +1,7 @@
 // CUDA kernels of the Double Sparsity selector (see ds_selector.h and ds_kernels.h). Every
 // sum is taken in the order of the CPU reference with explicitly rounded operations (no
 // FMA contraction), so the device output equals DsSelectRef's bit for bit.
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -22,6 +23,10 @@ constexpr int kMaxHeadDim = 256;  // channel sums in shared memory; r <= 32
 constexpr int kWarpsPerBlock = kThreads / 32;
 
 __device__ __forceinline__ float Hf(fp16_t h) { return __half2float(__ushort_as_half(h)); }
+// A stored K element (g.kv_dtype FP16 or BF16) as float.
+__device__ __forceinline__ float Kf(const PageGeometry& g, uint16_t x) {
+  return g.kv_dtype == kKvBf16 ? __bfloat162float(__ushort_as_bfloat16(x)) : Hf(x);
+}
 
 __device__ __forceinline__ const float* SumsOf(const QuantKView& qk, int64_t block) {
   return reinterpret_cast<const float*>(qk.Meta(block));
@@ -39,7 +44,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int c = threadIdx.x; c < g.head_dim; c += blockDim.x) {
     float s1 = 0.0f, s2 = 0.0f;
     for (int32_t r = 0; r < rows; ++r) {
-      const float x = Hf(kv.K(g, block, r)[c]);
+      const float x = Kf(g, kv.K(g, block, r)[c]);
       s1 = __fadd_rn(s1, x);
       s2 = __fadd_rn(s2, __fmul_rn(x, x));
     }
@@ -63,7 +68,7 @@ __global__ void __launch_bounds__(kThreads)
     float s1 = seg.row_begin == 0 ? 0.0f : sums[c];
     float s2 = seg.row_begin == 0 ? 0.0f : sums[g.head_dim + c];
     for (int32_t r = seg.row_begin; r < seg.row_end; ++r) {
-      const float x = Hf(k[int64_t(r) * g.head_dim + c]);
+      const float x = Kf(g, k[int64_t(r) * g.head_dim + c]);
       s1 = __fadd_rn(s1, x);
       s2 = __fadd_rn(s2, __fmul_rn(x, x));
     }

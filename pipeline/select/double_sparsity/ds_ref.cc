@@ -26,7 +26,7 @@ void DsUpdateBlocksRef(const PageGeometry& g, const int32_t* pages, const int32_
       for (int32_t c = 0; c < g.head_dim; ++c) {
         float s1 = 0.0f, s2 = 0.0f;  // row order from 0: the device kernels add in that order
         for (int32_t r = 0; r < rows[i]; ++r) {
-          const float x = HalfToFloat(kv.K(g, block, r)[c]);
+          const float x = g.KvToFloat(kv.K(g, block, r)[c]);
           s1 += x;
           s2 += x * x;
         }

@@ -1,6 +1,10 @@
 // Launchers of the split-K attention kernels (see attend.cuh and gpu/kernels.h).
-// Instantiations: AttendChunkKernel<D, G> for D in {64, 96, 128, 256} x G in {1, 2, 4, 8} (G is the
-// group size rounded up to a power of two; extra heads are masked).
+// Instantiations: AttendChunkKernel<D, G, BF16> for D in {64, 96, 128, 256} x G in {1, 2, 4, 8}
+// x stored K/V FP16 or BF16 (G is the group size rounded up to a power of two; extra heads are
+// masked). Groups of 9..16 run G = 8 on a grid of 2 head halves (blockIdx.y), each half with
+// half the stream-K blocks.
+#include <type_traits>
+
 #include "pipeline/attend/sparse/cuda/attend.cuh"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
@@ -51,7 +55,7 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
   TWL_RETURN_IF_ERROR(ValidateBatch(g, batch, /*check_host_data=*/false));
   TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
   const int32_t group = batch.num_q_heads / g.num_kv_heads;
-  TWL_RETURN_IF_ERROR(cuda::CheckGroup(group));
+  TWL_RETURN_IF_ERROR(cuda::CheckGroup(group, kGpuMaxGroup));
   if (!q.q || !kv.kv || !out.out) {
     return absl::InvalidArgumentError("attention: q, kv and out must not be null");
   }
@@ -72,7 +76,7 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
   cudaStream_t st = AsStream(stream);
   const int32_t gpad = PaddedGroup(group);
   TWL_RETURN_IF_ERROR(TWL_DISPATCH_HEAD_DIM(g.head_dim, [&]() -> absl::Status {
-    auto launch = [&](auto kernel) {
+    auto launch = [&](auto kernel, int32_t halves) {
       constexpr size_t smem = cuda::AttnCfg<kHeadDim>::kSmemBytes;
       if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) !=
           cudaSuccess) {
@@ -84,22 +88,28 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
                                                         smem) != cudaSuccess) {
         return LaunchStatus("AttendChunkKernel occupancy");
       }
+      // Head halves share the resident blocks (one wave in all).
       const int32_t blocks =
-          std::min(l.max_blocks, std::max(1, per_sm) * gpu::SmCount());
+          std::max(1, std::min(l.max_blocks, std::max(1, per_sm) * gpu::SmCount()) / halves);
       cuda::AttendPlanKernel<<<1, 1024, 0, st>>>(g, batch, kv_set, dense, blocks, l.cum,
                                                  l.item_offset);
       TWL_RETURN_IF_ERROR(LaunchStatus("AttendPlanKernel"));
-      kernel<<<unsigned(blocks), cuda::kAttnThreads, smem, st>>>(
-          g, batch, q, kv, kv_set, dense, group, scale, l.cum, l.item_offset, l.part_acc,
+      kernel<<<dim3(unsigned(blocks), unsigned(halves)), cuda::kAttnThreads, smem, st>>>(
+          g, batch, q, kv, kv_set, dense, group, gpad, scale, l.cum, l.item_offset, l.part_acc,
           l.part_ml);
       return LaunchStatus("AttendChunkKernel");
     };
-    switch (gpad) {
-      case 1: return launch(cuda::AttendChunkKernel<kHeadDim, 1>);
-      case 2: return launch(cuda::AttendChunkKernel<kHeadDim, 2>);
-      case 4: return launch(cuda::AttendChunkKernel<kHeadDim, 4>);
-      default: return launch(cuda::AttendChunkKernel<kHeadDim, 8>);
-    }
+    auto by_group = [&](auto bf16) -> absl::Status {
+      constexpr bool kBf = decltype(bf16)::value;
+      switch (gpad) {
+        case 1: return launch(cuda::AttendChunkKernel<kHeadDim, 1, kBf>, 1);
+        case 2: return launch(cuda::AttendChunkKernel<kHeadDim, 2, kBf>, 1);
+        case 4: return launch(cuda::AttendChunkKernel<kHeadDim, 4, kBf>, 1);
+        case 8: return launch(cuda::AttendChunkKernel<kHeadDim, 8, kBf>, 1);
+        default: return launch(cuda::AttendChunkKernel<kHeadDim, 8, kBf>, gpad / 8);
+      }
+    };
+    return g.kv_dtype == kKvBf16 ? by_group(std::true_type{}) : by_group(std::false_type{});
   }));
   const int64_t heads = int64_t(batch.num_seqs) * batch.num_q_heads;
   cuda::AttendMergeKernel<<<unsigned(heads), cuda::kMergeThreads, 0, st>>>(

@@ -84,6 +84,22 @@ __device__ __forceinline__ void Unpack8(const uint4& u, float* f) {
   }
 }
 
+// 8 stored K/V elements: FP16, or BF16 (kBf16: PageGeometry::kv_dtype BF16).
+template <bool kBf16>
+__device__ __forceinline__ void Unpack8Kv(const uint4& u, float* f) {
+  if constexpr (kBf16) {
+    const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 x = __bfloat1622float2(b[i]);
+      f[2 * i] = x.x;
+      f[2 * i + 1] = x.y;
+    }
+  } else {
+    Unpack8(u, f);
+  }
+}
+
 // Rescale factor exp2(m_old - m_new) that is 0 (not NaN) while nothing was seen.
 __device__ __forceinline__ float SafeExp2Diff(float a, float b) {
   return a == -INFINITY ? 0.0f : exp2f(a - b);
@@ -122,10 +138,17 @@ struct AttnCfg {
 // Compute role: warp w scores tokens [8w, 8w + 8) of each stage for all G heads (lanes own 8
 // channels; RowLanes(D) lanes per token, of which D/8 hold channels: D = 96 uses 16 lanes, 12
 // of them real), FP32 online softmax in base 2, V accumulated in registers.
-template <int D, int G>
+// Groups wider than G (up to kMaxGroup = 16 with G = 8): blockIdx.y picks heads
+// [G * y, G * y + G) of the group, so the per-head registers stay sized by G (16 heads in one
+// block would need 256 registers of q and acc per thread) and each half re-reads the piece's
+// K/V (mostly from L2: both halves of a piece run at about the same time). gstride is the
+// head stride of the partial states (the group rounded up to a power of two).
+// kBf16: the stored K/V are BF16 (PageGeometry::kv_dtype), else FP16; q is FP16 either way.
+template <int D, int G, bool kBf16>
 __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM up to G = 4
     AttendChunkKernel(PageGeometry g, BatchView batch, QueryView q, FpKvView kv, KeptView kept,
-                      bool dense, int32_t group, float qscale, const int32_t* __restrict__ cum,
+                      bool dense, int32_t group, int32_t gstride, float qscale,
+                      const int32_t* __restrict__ cum,
                       const int32_t* __restrict__ item_offset, float* __restrict__ part_acc,
                       float2* __restrict__ part_ml) {
   using Cfg = AttnCfg<D>;
@@ -140,6 +163,7 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
   fp16_t* vbuf = kbuf + S * T * D;                      // [S][T][D]
 
   const int32_t pairs = batch.num_seqs * g.num_kv_heads;
+  const int32_t jb = int32_t(blockIdx.y) * G;  // first head of the group this block computes
   const long long total = cum[pairs];
   const long long nblk = min((long long)gridDim.x, max(1ll, total));
   if (blockIdx.x >= nblk) return;
@@ -229,9 +253,9 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
     float qv[G][8];
 #pragma unroll
     for (int j = 0; j < G; ++j) {
-      if (j < group && real) {
+      if (jb + j < group && real) {
         const uint4 raw = *reinterpret_cast<const uint4*>(
-            q.q + (int64_t(s) * batch.num_q_heads + h * group + j) * D + li * 8);
+            q.q + (int64_t(s) * batch.num_q_heads + h * group + jb + j) * D + li * 8);
         Unpack8(raw, qv[j]);
 #pragma unroll
         for (int e = 0; e < 8; ++e) qv[j][e] *= qscale;
@@ -270,7 +294,9 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
       for (int u = 0; u < U; ++u) {
         const int t = warp * 8 + u * TPW + lg;
         float kf[8] = {};
-        if (real) Unpack8(*reinterpret_cast<const uint4*>(kbuf + (b * T + t) * D + li * 8), kf);
+        if (real) {
+          Unpack8Kv<kBf16>(*reinterpret_cast<const uint4*>(kbuf + (b * T + t) * D + li * 8), kf);
+        }
 #pragma unroll
         for (int j = 0; j < G; ++j) {
           float d = 0.0f;
@@ -302,7 +328,9 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
       for (int u = 0; u < U; ++u) {
         const int t = warp * 8 + u * TPW + lg;
         float vf[8] = {};
-        if (real) Unpack8(*reinterpret_cast<const uint4*>(vbuf + (b * T + t) * D + li * 8), vf);
+        if (real) {
+          Unpack8Kv<kBf16>(*reinterpret_cast<const uint4*>(vbuf + (b * T + t) * D + li * 8), vf);
+        }
 #pragma unroll
         for (int j = 0; j < G; ++j) {
 #pragma unroll
@@ -351,7 +379,7 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
     // Merge the warps; one thread per (head, channel).
     for (int idx = threadIdx.x; idx < G * D; idx += kAttnThreads) {
       const int j = idx / D, c = idx % D;
-      if (j >= group) continue;
+      if (jb + j >= group) continue;
       float mn = -INFINITY;
 #pragma unroll
       for (int w = 0; w < kAttnWarps; ++w) mn = fmaxf(mn, sm_m[w * G + j]);
@@ -363,8 +391,8 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
         a += sacc[(w * G + j) * D + c] * f;
         lsum += sm_l[w * G + j] * f;
       }
-      part_acc[(int64_t(item) * G + j) * D + c] = a;
-      if (c == 0) part_ml[int64_t(item) * G + j] = make_float2(mn, lsum);
+      part_acc[(int64_t(item) * gstride + jb + j) * D + c] = a;
+      if (c == 0) part_ml[int64_t(item) * gstride + jb + j] = make_float2(mn, lsum);
     }
   }  // pieces
 }

@@ -1,5 +1,5 @@
 // Launchers of the Quest selector kernels (see select.cuh and gpu/kernels.h).
-// Instantiations: PageBoundKernel<64>, PageBoundKernel<128>. Launches per call: fixed Quest
+// Instantiations: PageBoundKernel<D, T> for D in {64, 96, 128, 256} x T head tiles in {1, 2}. Launches per call: fixed Quest
 // 2 (bounds, top-B0), growing Quest 1 (bounds write the whole output), FULL 1 (page list).
 #include <algorithm>
 #include <atomic>
@@ -87,7 +87,7 @@ absl::Status RunSelect(const PageGeometry& g, const SelectorParams& params,
   TWL_RETURN_IF_ERROR(ValidateGeometry(g));
   TWL_RETURN_IF_ERROR(ValidateBatch(g, batch, /*check_host_data=*/false));
   TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
-  TWL_RETURN_IF_ERROR(cuda::CheckGroup(batch.num_q_heads / g.num_kv_heads));
+  TWL_RETURN_IF_ERROR(cuda::CheckGroup(batch.num_q_heads / g.num_kv_heads, kGpuMaxGroup));
   if (!q.q || !out.pages || !out.count) {
     return absl::InvalidArgumentError("select: q and outputs must not be null");
   }
@@ -122,12 +122,19 @@ absl::Status RunSelect(const PageGeometry& g, const SelectorParams& params,
   if (ev && cudaEventRecord(ev[0], st) != cudaSuccess) return LaunchStatus("select event");
   if (quest) {
     TWL_RETURN_IF_ERROR(TWL_DISPATCH_HEAD_DIM(g.head_dim, [&] {
-      const int32_t ppw = BoundPagesPerWarp(pairs, batch.max_pages);
+      // Groups of 9..16: two warps (head tiles of 8) per task.
+      const int32_t tiles = batch.num_q_heads / g.num_kv_heads > 8 ? 2 : 1;
+      const int32_t ppw = BoundPagesPerWarp(pairs * tiles, batch.max_pages);
       const int32_t runs = int32_t((int64_t(batch.max_pages) + ppw - 1) / ppw);
-      const int64_t grid = (pairs * runs + cuda::kBoundWarps - 1) / cuda::kBoundWarps;
+      const int64_t grid = (pairs * runs * tiles + cuda::kBoundWarps - 1) / cuda::kBoundWarps;
       if (grid > INT32_MAX) return absl::InvalidArgumentError("select: batch too large");
-      cuda::PageBoundKernel<kHeadDim><<<unsigned(grid), cuda::kBoundWarps * 32, 0, st>>>(
-          g, params, batch, q, qk, scores, runs, ppw, out, scale);
+      if (tiles == 2) {
+        cuda::PageBoundKernel<kHeadDim, 2><<<unsigned(grid), cuda::kBoundWarps * 32, 0, st>>>(
+            g, params, batch, q, qk, scores, runs, ppw, out, scale);
+      } else {
+        cuda::PageBoundKernel<kHeadDim, 1><<<unsigned(grid), cuda::kBoundWarps * 32, 0, st>>>(
+            g, params, batch, q, qk, scores, runs, ppw, out, scale);
+      }
       return LaunchStatus("PageBoundKernel");
     }));
   }

@@ -35,7 +35,7 @@ __device__ __forceinline__ bool RankedRange(const SelectorParams& p, int32_t num
 // Page bounds as a tensor-core GEMV. The Quest bound sum_c max(q_c min_c, q_c max_c) equals
 // q+ . max + q- . min with q+ = max(q, 0), q- = min(q, 0) (the same products), so for 16
 // pages at a time A = [kmax | kmin] rows (FP16 as stored: no conversion), B = [q+ ; q-] for
-// all query heads of the GQA group at once (n = 8: one read of kmin/kmax serves every head),
+// up to 8 query heads of the GQA group at once (n = 8: one read of kmin/kmax serves every head),
 // FP32 accumulation: exact products, only the order of the sum differs from the reference.
 //
 // Memory layout of the loads (the point of this kernel: it is bound by the metadata read).
@@ -49,21 +49,29 @@ __device__ __forceinline__ bool RankedRange(const SelectorParams& p, int32_t num
 // thread), with the next tile's lines prefetched into L2 and the page-table lookups of the
 // tile after that, so a warp's tiles do not each wait a full HBM round trip.
 //
-// One warp per (sequence, run of pages_per_warp pages, KV head). Fixed Quest writes the
-// max over the group to scores[pair][page]. Growing Quest (params.grow) writes the whole
-// selector output itself (no second kernel): every page index ascending, each query head's
-// bound * scale (+inf for the sinks and the last page), and the count and cap.
-template <int kHeadDim>
+// One warp per (sequence, run of pages_per_warp pages, KV head) and head tile: kNT tiles of
+// 8 query heads (1 up to group 8; 2 up to 16, the MMA's n being 8). The kNT warps of a task
+// are adjacent in one block and read the same metadata at the same time (the second read is
+// an L1/L2 hit), each with only its own tile's B in registers, so a 16-head group costs the
+// registers of an 8-head one. Fixed Quest writes the max over the group to scores[pair][page]
+// (two tiles: combined through shared memory by the warp pair). Growing Quest (params.grow)
+// writes the whole selector output itself (no second kernel): every page index ascending,
+// each query head's bound * scale (+inf for the sinks and the last page), and the count and
+// cap.
+template <int kHeadDim, int kNT>
 __global__ void __launch_bounds__(kBoundWarps * 32, 2)  // <= 128 registers: 16 warps per SM
     PageBoundKernel(PageGeometry g, SelectorParams params, BatchView batch, QueryView q,
                     QuantKView qk, float* __restrict__ scores, int32_t runs_per_seq_head,
                     int32_t pages_per_warp, SelectionView grow_out, float scale) {
   constexpr int kCh = kHeadDim / 16;  // 16-byte chunks per thread and page (both halves)
   constexpr int kHalf = kCh / 2;      // of them in kmax (then as many in kmin)
+  static_assert(kNT == 1 || (kNT == 2 && kBoundWarps % 2 == 0), "warp pairs share a task");
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t task = int64_t(blockIdx.x) * kBoundWarps + warp;
   const int64_t pairs = int64_t(batch.num_seqs) * g.num_kv_heads;
-  if (task >= pairs * runs_per_seq_head) return;
+  const int64_t task_all = int64_t(blockIdx.x) * kBoundWarps + warp;
+  if (task_all >= pairs * runs_per_seq_head * kNT) return;  // whole warp pairs
+  const int64_t task = kNT == 1 ? task_all : task_all / kNT;
+  const int ht = kNT == 1 ? 0 : int(task_all % kNT);  // head tile: warp & 1 with two tiles
   // KV head fastest, then run, then sequence: the warps of a block read the same pages of
   // neighbouring heads, whose blocks are adjacent in memory (block = page * H + head).
   const int64_t per_seq = int64_t(runs_per_seq_head) * g.num_kv_heads;
@@ -77,18 +85,22 @@ __global__ void __launch_bounds__(kBoundWarps * 32, 2)  // <= 128 registers: 16 
   const int32_t r0 = run * pages_per_warp;
   const int32_t r1 = min(num_pages, r0 + pages_per_warp);
   if (r0 >= r1) return;
+  const int32_t j0 = 8 * ht, j1 = min(group, j0 + 8);  // this warp's heads of the group
   if (grow) {
-    // The selector's page list, count, cap and the +inf bounds of the forced pages.
+    // The selector's page list, count, cap (tile 0) and the +inf bounds of the forced pages
+    // (each tile its heads).
     int32_t* dst = grow_out.pages + int64_t(pair) * grow_out.max_select;
-    for (int32_t p = r0 + lane; p < r1; p += 32) dst[p] = p;
-    for (int32_t j = 0; j < group; ++j) {
+    if (ht == 0) {
+      for (int32_t p = r0 + lane; p < r1; p += 32) dst[p] = p;
+    }
+    for (int32_t j = j0; j < j1; ++j) {
       float* row = grow_out.bound +
                    (int64_t(s) * batch.num_q_heads + h * group + j) * grow_out.max_select;
       for (int32_t p = r0 + lane; p < r1; p += 32) {
         if (p < params.sink_pages || p == num_pages - 1) row[p] = INFINITY;
       }
     }
-    if (run == 0 && lane == 0) {
+    if (run == 0 && lane == 0 && ht == 0) {
       grow_out.count[pair] = num_pages;
       grow_out.limit[pair] = GrowCapPages(params, num_pages);
     }
@@ -100,12 +112,12 @@ __global__ void __launch_bounds__(kBoundWarps * 32, 2)  // <= 128 registers: 16 
   if (p0 >= p1) return;
   const int r = lane >> 2, t4 = lane & 3;
 
-  // B: head r of the group (zero past it); chunk c holds q+ (c < kHalf) or q- of the
+  // B: head j0 + r of the group (zero past it); chunk c holds q+ (c < kHalf) or q- of the
   // thread's channels of that chunk, in the thread's element order.
   uint32_t bf[kCh][2][2];
   {
-    const bool real = r < group;
-    const fp16_t* qh = q.q + (int64_t(s) * batch.num_q_heads + h * group + (real ? r : 0)) *
+    const bool real = j0 + r < group;
+    const fp16_t* qh = q.q + (int64_t(s) * batch.num_q_heads + h * group + (real ? j0 + r : 0)) *
                                  kHeadDim + 8 * t4;
 #pragma unroll
     for (int c = 0; c < kCh; ++c) {
@@ -178,15 +190,15 @@ __global__ void __launch_bounds__(kBoundWarps * 32, 2)  // <= 128 registers: 16 
         Mma16816(acc, ca[i].z, cb[i].z, ca[i].w, cb[i].w, bf[c][1][0], bf[c][1][1]);
       }
     }
-    // acc: (page r, heads 2t4, 2t4+1), (page r + 8, heads 2t4, 2t4+1); max over the group.
-    const bool h0 = 2 * t4 < group, h1 = 2 * t4 + 1 < group;
+    // acc: (page r, heads j0+2t4, j0+2t4+1), (page r + 8, the same heads); max over the group.
+    const bool h0 = j0 + 2 * t4 < group, h1 = j0 + 2 * t4 + 1 < group;
     if (grow) {
       // Every query head's own bound, scaled to logits (the pruner's growth rule needs them).
 #pragma unroll
       for (int kk = 0; kk < 2; ++kk) {
-        if (2 * t4 + kk >= group) continue;
-        float* row = grow_out.bound +
-                     (int64_t(s) * batch.num_q_heads + h * group + 2 * t4 + kk) * grow_out.max_select;
+        if (j0 + 2 * t4 + kk >= group) continue;
+        float* row = grow_out.bound + (int64_t(s) * batch.num_q_heads + h * group + j0 +
+                                       2 * t4 + kk) * grow_out.max_select;
         if (ba >= 0) row[tb + r] = scale * acc[kk];
         if (bb >= 0) row[tb + r + 8] = scale * acc[2 + kk];
       }
@@ -199,7 +211,23 @@ __global__ void __launch_bounds__(kBoundWarps * 32, 2)  // <= 128 registers: 16 
       best_a = fmaxf(best_a, __shfl_xor_sync(0xffffffffu, best_a, o));
       best_b = fmaxf(best_b, __shfl_xor_sync(0xffffffffu, best_b, o));
     }
-    if (t4 == 0) {
+    if constexpr (kNT > 1) {
+      // Tile 1 hands its maxima to tile 0 (the other warp of the pair, same pages and loop
+      // trip count) through shared memory, between two barriers of the pair's 64 threads.
+      __shared__ float s_best[kBoundWarps / 2][16];
+      const int slot = warp >> 1;
+      if (ht == 1 && t4 == 0) {
+        s_best[slot][r] = best_a;
+        s_best[slot][r + 8] = best_b;
+      }
+      asm volatile("bar.sync %0, 64;" ::"r"(1 + slot) : "memory");
+      if (ht == 0) {
+        best_a = fmaxf(best_a, s_best[slot][r]);
+        best_b = fmaxf(best_b, s_best[slot][r + 8]);
+      }
+      asm volatile("bar.sync %0, 64;" ::"r"(1 + slot) : "memory");  // s_best is reused
+    }
+    if (t4 == 0 && ht == 0) {
       if (ba >= 0) out[tb + r] = best_a;
       if (bb >= 0) out[tb + r + 8] = best_b;
     }
