@@ -17,6 +17,8 @@
 //   quest-b8k       gpu-offload, Quest B0 alone (p = 1 per call: every candidate is kept)
 //   hbm-b8k         gpu-hbm (all FP16 KV in HBM), Quest B0 + Twilight
 //   hbm             gpu-hbm, library defaults
+//   hbm-full        gpu-hbm, TWL_SELECTOR_FULL (top-p over every token's INT4 estimate),
+//                   library defaults otherwise (issue 12: <= 0.3x dense SDPA at B = 8, 128k)
 //   dense-hbm       gpu-hbm, every layer dense (the project's own dense kernel)
 //   full-offload    gpu-offload, every layer dense (all KV over PCIe each step)
 //   cpu, cpu-dense  the CPU backend (what a run without a GPU measures; CI's tiny run)
@@ -166,6 +168,7 @@ struct Method {
   bool dense = false;         // every layer dense
   bool quest_alone = false;   // p = 1 per call
   bool disk = false;          // a disk tier under a smaller host pool
+  twl_selector selector = TWL_SELECTOR_DEFAULT;
 };
 
 bool MakeMethod(const std::string& name, int32_t quest_budget, Method* m) {
@@ -184,6 +187,9 @@ bool MakeMethod(const std::string& name, int32_t quest_budget, Method* m) {
     m->budget_tokens = quest_budget;
   } else if (name == "hbm") {
     m->backend = TWL_BACKEND_GPU_HBM;
+  } else if (name == "hbm-full") {
+    m->backend = TWL_BACKEND_GPU_HBM;
+    m->selector = TWL_SELECTOR_FULL;
   } else if (name == "dense-hbm") {
     m->backend = TWL_BACKEND_GPU_HBM;
     m->dense = true;
@@ -370,6 +376,7 @@ void Config::CreateRuntime(int64_t max_tokens) {
   c.head_dim = D();
   c.backend = method_.backend;
   c.selector_budget_tokens = method_.budget_tokens;
+  c.selector = method_.selector;
   c.dense_layers = method_.dense ? L() : 0;
   c.top_p = float(absl::GetFlag(FLAGS_top_p));
   c.k_scheme = absl::GetFlag(FLAGS_k_scheme);

@@ -52,54 +52,56 @@ struct GrowWork {
   int32_t* list_count = nullptr;  // [num_seqs * num_kv_heads]
   int32_t* list_pos = nullptr;    // [num_seqs * num_kv_heads][max_select] page -> entry or -1
   int32_t* need = nullptr;        // [num_seqs * num_kv_heads] 1: stage 2 scores every page
+  // Written by GrowPrepKernel before each search, by page: the page's key (GrowKey), and per
+  // query head its A (listed pages, relative to the head's max; 0 when unlisted) and its
+  // bound term b = rows * exp(bound - max). The searches then read one word per value
+  // (no list indirection, no exp) in each of their passes.
+  uint32_t* key = nullptr;  // [num_seqs * num_kv_heads][max_select]
+  float* pa = nullptr;      // [num_seqs * num_q_heads][max_select]
+  float* pb = nullptr;      // [num_seqs * num_q_heads][max_select]
 };
 
 __device__ __forceinline__ float HeadShift(const uint32_t* head_max, int32_t sq) {
   return head_max[sq] ? KeyFloat(head_max[sq]) : 0.0f;
 }
 
-// Grid: x = page chunks, y = (sequence, query head).
+// Grid: x = page chunks, y = (sequence, query head). Per listed page and query head: the
+// max estimate m of its rows and the sum of exp(est - m) (relative to the page's own max,
+// as ScorePage16Kernel writes them in its pass; PageA rescales by the head's max).
 __global__ void __launch_bounds__(kMassThreads)
     PageMassKernel(PageGeometry g, BatchView batch, SelectionView sel, PruneShape shape,
-                   const fp16_t* __restrict__ scores, const uint32_t* __restrict__ head_max,
-                   GrowWork work) {
+                   const fp16_t* __restrict__ scores, GrowWork work) {
   const int32_t sq = blockIdx.y;
   const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
   const int32_t pair = s * g.num_kv_heads + qh / shape.group;
   if (shape.only && !shape.only[pair]) return;
   const int32_t i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= sel.count[pair]) return;
-  const float mx = HeadShift(head_max, sq);
   const fp16_t* row = scores + int64_t(sq) * shape.cand_stride + int64_t(i) * g.page_size;
-  float mass = 0.0f, best = -INFINITY;
-  auto add = [&](float x) {
-    if (x == -INFINITY) return;  // past the sequence end
-    mass += expf(x - mx);
-    best = fmaxf(best, x);
-  };
-  if ((g.page_size & 7) == 0 && (reinterpret_cast<uintptr_t>(row) & 15) == 0) {
-    // 16-byte loads (a warp reads its pages' rows contiguously), the same order of sums.
-    for (int32_t r0 = 0; r0 < g.page_size; r0 += 8) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(row + r0);
-      const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        add(H2F(fp16_t((k & 1) ? w[k >> 1] >> 16 : w[k >> 1] & 0xFFFFu)));
-      }
-    }
-  } else {
-    for (int32_t r = 0; r < g.page_size; ++r) add(H2F(row[r]));
+  float best = -INFINITY;
+  for (int32_t r = 0; r < g.page_size; ++r) best = fmaxf(best, H2F(row[r]));
+  float mass = 0.0f;
+  for (int32_t r = 0; r < g.page_size; ++r) {
+    const float x = H2F(row[r]);
+    if (x != -INFINITY) mass += expf(x - best);  // -inf: past the sequence end
   }
   work.page_mass[int64_t(sq) * sel.max_select + i] = mass;
   work.page_max[int64_t(sq) * sel.max_select + i] = best;
 }
 
+// A of list entry e of query head sq, relative to the head's softmax shift mx: the page's
+// sum relative to its own max, rescaled (0 for a page without valid rows).
+__device__ __forceinline__ float PageA(const GrowWork& work, int64_t at, float mx) {
+  const float m = work.page_mass[at];
+  return m == 0.0f ? 0.0f : m * expf(work.page_max[at] - mx);
+}
+
+// The digit histograms of A and R are turned into their cumulative sums in place (up to 16
+// query heads per KV head: separate arrays would pass the 48 KB of static shared memory).
 struct GrowSmem {
-  float ha[256][kMaxGroup];
-  float hb[256][kMaxGroup];
   int hc[256];
-  float cum_a[257][kMaxGroup];  // cum_a[d] = sum over digits >= d
-  float cum_b[257][kMaxGroup];  // cum_b[d] = sum over digits < d
+  float cum_a[257][kMaxGroup];  // per digit, then cum_a[d] = sum over digits >= d
+  float cum_b[257][kMaxGroup];  // per digit, then cum_b[d] = sum over digits < d
   int cum_c[257];               // cum_c[d] = count over digits >= d
   float a_hi[kMaxGroup], b_lo[kMaxGroup];
   float fin_a[kMaxGroup], fin_b[kMaxGroup];
@@ -133,6 +135,43 @@ __device__ __forceinline__ uint32_t GrowKey(const SelectionView& sel, int32_t sq
   for (int j = 0; j < kMaxGroup; ++j) k = isnan(b[j]) ? INFINITY : fmaxf(k, b[j]);
   *forced = k == INFINITY;
   return FloatKey(k);
+}
+
+// FloatKey(+inf): the key of a forced page.
+constexpr uint32_t kForcedKey = 0xFF800000u;
+
+// A page's key as GrowPrepKernel stored it (forced: kForcedKey, as GrowKey's).
+__device__ __forceinline__ uint32_t PrepKey(const GrowWork& work, int32_t pair,
+                                            int32_t max_select, int32_t i, bool* forced) {
+  const uint32_t k = work.key[int64_t(pair) * max_select + i];
+  *forced = k == kForcedKey;
+  return k;
+}
+
+// Grid: x = page chunks of kMassThreads, y = (sequence, KV head); stage 2: flagged pairs
+// only. Every page of the pair (the selector lists all): key, and per query head pa / pb
+// (see GrowWork), the values GrowSearchKernel / GrowSearchSortedKernel computed per pass.
+__global__ void __launch_bounds__(kMassThreads)
+    GrowPrepKernel(PageGeometry g, BatchView batch, SelectionView sel, PruneShape shape,
+                   const uint32_t* __restrict__ head_max, GrowWork work, int stage) {
+  const int32_t pair = blockIdx.y;
+  if (stage == 2 && !work.need[pair]) return;
+  const int32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= sel.count[pair]) return;
+  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
+  const int32_t G = shape.group;
+  const int32_t sq0 = s * batch.num_q_heads + h * G;
+  bool forced;
+  work.key[int64_t(pair) * sel.max_select + i] = GrowKey(sel, sq0, G, i, &forced);
+  const int32_t e = work.list_pos[int64_t(pair) * sel.max_select + i];
+  const float rows = float(min(g.page_size, batch.seq_len[s] - i * g.page_size));
+  for (int j = 0; j < G; ++j) {
+    const int64_t sq = sq0 + j;
+    const float mx = HeadShift(head_max, int32_t(sq));
+    work.pa[sq * sel.max_select + i] =
+        e >= 0 ? PageA(work, sq * sel.max_select + e, mx) : 0.0f;
+    work.pb[sq * sel.max_select + i] = rows * expf(sel.bound[sq * sel.max_select + i] - mx);
+  }
 }
 
 // Radix search by page counts over the ranked pages (those with `eligible`): the largest
@@ -258,18 +297,10 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
   const float c = GrowRemainderRatio(p, params.remainder_share);
   const int32_t cap = sel.limit[pair];
   const int t = threadIdx.x;
-  float mx[kMaxGroup];
-#pragma unroll
-  for (int j = 0; j < kMaxGroup; ++j) mx[j] = j < G ? HeadShift(head_max, sq0 + j) : 0.0f;
-  auto bound = [&](int j, int32_t i) {
-    return sel.bound[int64_t(sq0 + j) * sel.max_select + i];
-  };
   auto rows_of = [&](int32_t i) { return min(g.page_size, len - i * g.page_size); };
-  // a: by list entry (only listed pages have estimates); b: by page.
-  auto a_of = [&](int j, int32_t i) {
-    return work.page_mass[int64_t(sq0 + j) * sel.max_select + pos[i]];
-  };
-  auto b_of = [&](int j, int32_t i) { return float(rows_of(i)) * expf(bound(j, i) - mx[j]); };
+  // By page (GrowPrepKernel): a of listed pages (0 otherwise), b of every page.
+  auto a_of = [&](int j, int32_t i) { return work.pa[int64_t(sq0 + j) * sel.max_select + i]; };
+  auto b_of = [&](int j, int32_t i) { return work.pb[int64_t(sq0 + j) * sel.max_select + i]; };
 
   // A of the forced pages (always listed, always in); R of the unlisted pages (always out).
   if (t < kMaxGroup) {
@@ -285,7 +316,7 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
     for (int j = 0; j < kMaxGroup; ++j) la[j] = lb[j] = 0.0f;
     for (int32_t i = t; i < n; i += blockDim.x) {
       bool forced;
-      GrowKey(sel, sq0, G, i, &forced);
+      PrepKey(work, pair, sel.max_select, i, &forced);
       if (forced) {
 #pragma unroll
         for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? a_of(j, i) : 0.0f;
@@ -309,9 +340,9 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
   // Histogram of the listed ranked pages of the bucket (key & mask) == prefix by the digit at
   // shift, with per digit and head the sums of A and R, then cumulative sums.
   auto histogram = [&](const KeyCut& cut, int shift) {
-    for (int d = t; d < 256; d += blockDim.x) {
-      sm.hc[d] = 0;
-      for (int j = 0; j < kMaxGroup; ++j) sm.ha[d][j] = sm.hb[d][j] = 0.0f;
+    for (int d = t; d < 257; d += blockDim.x) {
+      if (d < 256) sm.hc[d] = 0;
+      for (int j = 0; j < kMaxGroup; ++j) sm.cum_a[d][j] = sm.cum_b[d][j] = 0.0f;
     }
     __syncthreads();
     const int lane = t & 31;
@@ -321,7 +352,7 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
       int d = 0;
       if (i < n) {
         bool forced;
-        const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+        const uint32_t key = PrepKey(work, pair, sel.max_select, i, &forced);
         valid = !forced && pos[i] >= 0 && (key & cut.mask) == cut.prefix;
         d = int((key >> shift) & 255u);
       }
@@ -346,8 +377,8 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
             const float sa = WarpSum(mine ? va[j] : 0.0f);
             const float sb = WarpSum(mine ? vb[j] : 0.0f);
             if (lane == l && j < G) {
-              atomicAdd(&sm.ha[dl][j], sa);
-              atomicAdd(&sm.hb[dl][j], sb);
+              atomicAdd(&sm.cum_a[dl][j], sa);
+              atomicAdd(&sm.cum_b[dl][j], sb);
             }
           }
           if (lane == l) atomicAdd(&sm.hc[dl], cnt);
@@ -355,8 +386,8 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
       } else if (valid) {
         atomicAdd(&sm.hc[d], 1);
         for (int j = 0; j < G; ++j) {
-          atomicAdd(&sm.ha[d][j], va[j]);
-          atomicAdd(&sm.hb[d][j], vb[j]);
+          atomicAdd(&sm.cum_a[d][j], va[j]);
+          atomicAdd(&sm.cum_b[d][j], vb[j]);
         }
       }
     }
@@ -364,13 +395,14 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
     if (t < G) {
       float acc = 0.0f;
       sm.cum_a[256][t] = 0.0f;
-      for (int d = 255; d >= 0; --d) sm.cum_a[d][t] = (acc += sm.ha[d][t]);
+      for (int d = 255; d >= 0; --d) sm.cum_a[d][t] = (acc += sm.cum_a[d][t]);
     } else if (t >= 32 && t < 32 + G) {
       const int j = t - 32;
       float acc = 0.0f;
       for (int d = 0; d <= 256; ++d) {
+        const float v = d < 256 ? sm.cum_b[d][j] : 0.0f;
         sm.cum_b[d][j] = acc;
-        if (d < 256) acc += sm.hb[d][j];
+        acc += v;
       }
     }
     __syncthreads();
@@ -443,7 +475,7 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
     int cnt = 0;
     for (int32_t i = t; i < n; i += blockDim.x) {
       bool forced;
-      const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+      const uint32_t key = PrepKey(work, pair, sel.max_select, i, &forced);
       cnt += !forced && pos[i] >= 0 && mass_cut.In(key);
     }
     atomicAdd(&sm.fin_cnt, cnt);
@@ -472,7 +504,7 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
     }
     for (int32_t i = t; i < n; i += blockDim.x) {
       bool forced;
-      const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+      const uint32_t key = PrepKey(work, pair, sel.max_select, i, &forced);
       const int32_t e = pos[i];
       const bool in = forced || (e >= 0 && cut.In(key));
       if (e >= 0) work.in_set[int64_t(pair) * sel.max_select + e] = in ? 1 : 0;
@@ -547,7 +579,6 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   __shared__ float fin_a[kMaxGroup], fin_b[kMaxGroup];
   __shared__ uint32_t fin_max[kMaxGroup];
   __shared__ int fin_rows, best_k, cap_k, ok_all;
-  __shared__ float s_mx[kMaxGroup];  // softmax shift per head (indexed at run time)
   const int32_t pair = blockIdx.x;
   if (stage == 2 && !work.need[pair]) return;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
@@ -561,20 +592,14 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   const float c = GrowRemainderRatio(p, params.remainder_share);
   const int32_t cap = sel.limit[pair];
   const int t = threadIdx.x;
-  auto bound = [&](int j, int32_t i) {
-    return sel.bound[int64_t(sq0 + j) * sel.max_select + i];
-  };
   auto rows_of = [&](int32_t i) { return min(g.page_size, len - i * g.page_size); };
-  auto a_of = [&](int j, int32_t i) {
-    return work.page_mass[int64_t(sq0 + j) * sel.max_select + pos[i]];
-  };
-  auto b_of = [&](int j, int32_t i) { return float(rows_of(i)) * expf(bound(j, i) - s_mx[j]); };
+  auto a_of = [&](int j, int32_t i) { return work.pa[int64_t(sq0 + j) * sel.max_select + i]; };
+  auto b_of = [&](int j, int32_t i) { return work.pb[int64_t(sq0 + j) * sel.max_select + i]; };
 
   // A of the forced pages, R of the unlisted ones; sort items: the listed ranked pages.
   if (t < kMaxGroup) {
     a_fix[t] = 0.0f;
     b_fix[t] = 0.0f;
-    s_mx[t] = t < G ? HeadShift(head_max, sq0 + t) : 0.0f;
   }
   if (t == 0) {
     best_k = 0x7fffffff;
@@ -599,7 +624,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
       page[k] = -1;
       if (i >= n) continue;
       bool forced;
-      const uint32_t kk = GrowKey(sel, sq0, G, i, &forced);
+      const uint32_t kk = PrepKey(work, pair, sel.max_select, i, &forced);
       if (forced) forced_mask |= 1u << k;
       if (pos[i] >= 0) listed_mask |= 1u << k;
       if (forced) {
@@ -747,7 +772,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
       if (i >= n) continue;
       if ((in_mask >> k) & 1u) {
         const int32_t e = pos[i];
-        fa += work.page_mass[int64_t(sq0 + j) * sel.max_select + e];
+        fa += a_of(j, i);
         fm = fmaxf(fm, work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
       } else {
         fb += b_of(j, i);

@@ -382,7 +382,6 @@ __global__ void __launch_bounds__(kKeptThreads)
   __shared__ float h_mx[kMaxGroup];
   __shared__ int s_count[kMaxGroup], s_bnd[kMaxGroup];
   __shared__ u64 s_h2[kMaxGroup][kHistBins];  // level-2 partial sums of this chunk
-  static_assert(kKeptThreads / 32 >= kMaxGroup, "one warp per head of the group");
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t slots = sel.count[pair] * g.page_size;
@@ -391,21 +390,21 @@ __global__ void __launch_bounds__(kKeptThreads)
   const int G = shape.group;
   const int32_t sq0 = s * batch.num_q_heads + h * G;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (warp < G) {
+  for (int jw = warp; jw < G; jw += kKeptThreads / 32) {  // a warp per head (warp-uniform)
     float mx = 0.0f;
     int b1 = 0, b2 = 0;
     u64 unused = 0;
-    const int mode = WarpHeadThreshold(params, shape, head_max, hw, s, sq0 + warp,
+    const int mode = WarpHeadThreshold(params, shape, head_max, hw, s, sq0 + jw,
                                        /*level2=*/false, &mx, &b1, &b2, &unused);
     if (lane == 0) {
-      h_mode[warp] = mode;
-      h_b1[warp] = b1;
-      h_mx[warp] = mx;
-      s_count[warp] = 0;
-      s_bnd[warp] = 0;
+      h_mode[jw] = mode;
+      h_b1[jw] = b1;
+      h_mx[jw] = mx;
+      s_count[jw] = 0;
+      s_bnd[jw] = 0;
     }
   }
-  for (int i = threadIdx.x; i < kMaxGroup * kHistBins; i += blockDim.x) (&s_h2[0][0])[i] = 0;
+  for (int i = threadIdx.x; i < G * kHistBins; i += blockDim.x) (&s_h2[0][0])[i] = 0;
   __syncthreads();
   const int32_t len = batch.seq_len[s];
   const int32_t* pages = sel.pages + int64_t(pair) * sel.max_select;
@@ -556,19 +555,19 @@ __global__ void __launch_bounds__(kKeptThreads)
   const int G = shape.group;
   const int32_t sq0 = s * batch.num_q_heads + h * G;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (warp < G) {
+  for (int jw = warp; jw < G; jw += kKeptThreads / 32) {  // a warp per head (warp-uniform)
     float mx = 0.0f;
     int b1 = 0, b2 = 0;
     u64 kept_mass = 0;
-    const int mode = WarpHeadThreshold(params, shape, head_max, hw, s, sq0 + warp,
+    const int mode = WarpHeadThreshold(params, shape, head_max, hw, s, sq0 + jw,
                                        /*level2=*/true, &mx, &b1, &b2, &kept_mass);
     if (lane == 0) {
-      h_mode[warp] = mode;
-      h_b1[warp] = b1;
-      h_b2[warp] = b2;
-      h_mx[warp] = mx;
-      s_count[warp] = 0;
-      if (blockIdx.x == 0 && mode == kModeTopP) hw.kept_mass[sq0 + warp] = kept_mass;
+      h_mode[jw] = mode;
+      h_b1[jw] = b1;
+      h_b2[jw] = b2;
+      h_mx[jw] = mx;
+      s_count[jw] = 0;
+      if (blockIdx.x == 0 && mode == kModeTopP) hw.kept_mass[sq0 + jw] = kept_mass;
     }
   }
   for (int i = threadIdx.x; i < kKeptChunk / 32; i += blockDim.x) s_bits[i] = 0;
@@ -644,7 +643,6 @@ __global__ void __launch_bounds__(kCompactThreads)
                       HeadStatsView stats) {
   constexpr int kWarps = kCompactThreads / 32;
   static_assert(kCompactWords == kWarps * 32, "one word per thread");
-  static_assert(kWarps >= kMaxGroup, "one warp per head of the group");
   __shared__ int scan[33];
   __shared__ int warp_total[kWarps];
   const int32_t pair = blockIdx.y;
@@ -725,42 +723,43 @@ __global__ void __launch_bounds__(kCompactThreads)
   int nvalid;
   BlockExclusiveSum(rows, scan, &nvalid);
   const int G = shape.group;
-  if (warp >= G) return;
-  const int32_t sq = s * batch.num_q_heads + h * G + warp;
   const bool grow = shape.head_p != nullptr;
   const bool all_pages = !grow && n_pages == batch.NumPages(g, s);
-  int32_t kept = 0;
-  float est = 0.0f;
-  if (dense) {
-    kept = nvalid;
-    est = 1.0f;
-  } else {
-    float mx;
-    const int mode = HeadMode(params, shape, head_max, hw, s, sq, &mx);
-    kept = hw.kept_count[sq];
-    if (mode == kModeAll) {
-      est = kept > 0 ? 1.0f : 0.0f;
-    } else if (mode == kModeTopP) {
-      u64 total = 0;
-#pragma unroll
-      for (int k = 0; k < 8; ++k) total += hw.hist1[int64_t(sq) * kHistBins + lane * 8 + k];
-      total = WarpSumU64(total);
-      est = total ? float(double(hw.kept_mass[sq]) / double(total)) : 0.0f;
+  for (int jw = warp; jw < G; jw += kWarps) {  // a warp per head (warp-uniform)
+    const int32_t sq = s * batch.num_q_heads + h * G + jw;
+    int32_t kept = 0;
+    float est = 0.0f;
+    if (dense) {
+      kept = nvalid;
+      est = 1.0f;
+    } else {
+      float mx;
+      const int mode = HeadMode(params, shape, head_max, hw, s, sq, &mx);
+      kept = hw.kept_count[sq];
+      if (mode == kModeAll) {
+        est = kept > 0 ? 1.0f : 0.0f;
+      } else if (mode == kModeTopP) {
+        u64 total = 0;
+  #pragma unroll
+        for (int k = 0; k < 8; ++k) total += hw.hist1[int64_t(sq) * kHistBins + lane * 8 + k];
+        total = WarpSumU64(total);
+        est = total ? float(double(hw.kept_mass[sq]) / double(total)) : 0.0f;
+      }
     }
-  }
-  if (lane != 0) return;
-  if (stats.kept) stats.kept[sq] = kept;
-  if (stats.est_mass) stats.est_mass[sq] = est;
-  if (dense) {
-    if (stats.selected) stats.selected[sq] = nvalid;
-    if (stats.full_mass) stats.full_mass[sq] = 1.0f;
-    if (stats.cap_hit) stats.cap_hit[sq] = 0;
-  } else if (grow) {
-    if (stats.full_mass) stats.full_mass[sq] = est * shape.head_ratio[sq];
-  } else {
-    if (stats.selected) stats.selected[sq] = nvalid;
-    if (stats.full_mass) stats.full_mass[sq] = all_pages ? est : -1.0f;
-    if (stats.cap_hit) stats.cap_hit[sq] = 0;
+    if (lane != 0) continue;
+    if (stats.kept) stats.kept[sq] = kept;
+    if (stats.est_mass) stats.est_mass[sq] = est;
+    if (dense) {
+      if (stats.selected) stats.selected[sq] = nvalid;
+      if (stats.full_mass) stats.full_mass[sq] = 1.0f;
+      if (stats.cap_hit) stats.cap_hit[sq] = 0;
+    } else if (grow) {
+      if (stats.full_mass) stats.full_mass[sq] = est * shape.head_ratio[sq];
+    } else {
+      if (stats.selected) stats.selected[sq] = nvalid;
+      if (stats.full_mass) stats.full_mass[sq] = all_pages ? est : -1.0f;
+      if (stats.cap_hit) stats.cap_hit[sq] = 0;
+    }
   }
 }
 

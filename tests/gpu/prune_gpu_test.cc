@@ -54,6 +54,7 @@ class PruneGpuTest : public ::testing::TestWithParam<PruneCase> {};
 TEST_P(PruneGpuTest, MatchesReferenceUpToThresholdTies) {
   TWL_SKIP_WITHOUT_GPU();
   const PruneCase c = GetParam();
+  if (c.group > kGpuMaxGroup) GTEST_SKIP() << "group " << c.group << " > kGpuMaxGroup";
   PageGeometry g;
   g.page_size = c.page_size;
   g.head_dim = c.head_dim;
@@ -239,7 +240,12 @@ INSTANTIATE_TEST_SUITE_P(
                       PruneCase{64, 4, 2, 4, 0.9f, true, false, true,
                                 {9000, 17, 48, 33000, 2500, 160}, true},
                       PruneCase{128, 2, 3, 4, 0.95f, false, false, false, {48, 20, 5000}, true},
-                      PruneCase{128, 1, 8, 4, 1.0f, false, false, true, {20000, 33}, true}));
+                      PruneCase{128, 1, 8, 4, 1.0f, false, false, true, {20000, 33}, true},
+                      // 16 query heads per KV head (two MMA n-tiles in the page-16 estimator;
+                      // skipped while kGpuMaxGroup < 16).
+                      PruneCase{128, 2, 16, 4, 0.9f, false, false, false},
+                      PruneCase{64, 1, 16, 4, 0.95f, false, false, true, {40000, 37}, true},
+                      PruneCase{128, 1, 12, 4, 0.9f, true, false, true, {9000, 300}, true}));
 
 // Head dims without the tensor-core estimator (96: Phi-3, 256: Gemma): the scalar scorer.
 INSTANTIATE_TEST_SUITE_P(
