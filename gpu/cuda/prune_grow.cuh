@@ -6,8 +6,11 @@
 // reference's set; otherwise the pair is flagged, its list becomes every page and stage 2
 // scores and searches it again (only flagged pairs do work). Each stage, after the score
 // kernel has estimated every row of the listed pages:
-//  1. PageMassKernel: per (query head, page) the sum of exp(est - M) over the page's rows and
-//     their max (M: the head's max estimate over the whole sequence);
+//  1. per (query head, listed page) the max m of the page's estimates and the sum of
+//     exp(est - m) over its rows: written by the page-16 estimator in its own pass
+//     (ScorePage16Kernel), else by PageMassKernel; GrowPrepKernel then turns them into
+//     A = sum * exp(m - M) (M: the head's max estimate over the listed pages), together with
+//     each page's key and bound term R, by page (one word per value for the searches);
 //  2. GrowSearchKernel, one block per (sequence, KV head): the smallest whole-level set of
 //     pages by key = max over the group of the page bounds that satisfies the growth rule
 //     R_j <= c * A_j for every query head j, found by a 4-pass radix search on the 32-bit
@@ -20,10 +23,10 @@
 //     (the softmax shift of the top-p kernel), candidate rows and the cap flag;
 //  3. The top-p kernels (prune_hist.cuh) skip rows outside the candidates (in_set by list
 //     entry), so they see only candidates.
-// With few pairs (scoring every page costs less than the seed stage's latency, see RunPrune)
-// and an automatic seed, ListAllKernel replaces the seed list: one stage over every page.
-// GrowSearchSortedKernel replaces GrowSearchKernel's radix passes for pairs of up to 8192
-// pages (one block-wide sort by key, then prefix sums of A and R per head), and
+// With an automatic seed below kOneStageBytes of INT4 (see RunPrune: in practice always),
+// ListAllKernel replaces the seed list: one stage over every page.
+// GrowSearchSortedKernel replaces GrowSearchKernel's radix passes for each pair of up to 8192
+// pages (both are launched when some pair is longer; each takes its own pairs) (one block-wide sort by key, then prefix sums of A and R per head), and
 // SeedListSortedKernel SeedListKernel's CountCut passes (the same list).
 // Floats are summed in a different order than the reference (double there), so a page whose
 // inclusion is decided by a near-tie can differ (tests/gpu compare with a tolerance).
@@ -40,6 +43,8 @@ namespace twl::cuda {
 // search has, so more warps per block hide more of its load latency.
 constexpr int kGrowThreads = 512;
 constexpr int kMassThreads = 256;
+// Pages of a pair GrowSearchSortedKernel holds (kSortThreads * kSortItems, checked there).
+constexpr int kSortPagesMax = 8192;
 
 struct GrowWork {
   float* page_mass = nullptr;   // [num_seqs * num_q_heads][max_select] by list entry
@@ -282,10 +287,12 @@ __global__ void __launch_bounds__(kGrowThreads)
 __global__ void __launch_bounds__(kGrowThreads, 1)
     GrowSearchKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                      PruneShape shape, uint32_t* __restrict__ head_max, GrowWork work,
-                     HeadStatsView stats, int stage) {
+                     HeadStatsView stats, int stage, bool long_only) {
   __shared__ GrowSmem sm;
   const int32_t pair = blockIdx.x;
   if (stage == 2 && !work.need[pair]) return;
+  // long_only: GrowSearchSortedKernel (same launch sequence) takes the pairs it can hold.
+  if (long_only && sel.count[pair] <= kSortPagesMax) return;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t G = shape.group;
   const int32_t n = sel.count[pair];  // every page of the sequence (the selector lists all)
@@ -548,8 +555,8 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
   }
 }
 
-// GrowSearchKernel for pairs of at most kSortPages pages (the launcher picks it when
-// max_select allows): the same rule and outputs, but instead of 4+ radix passes over the
+// GrowSearchKernel for pairs of at most kSortPages pages (GrowSearchKernel, launched after
+// it only when longer pairs exist, skips them): the same rule and outputs, but instead of 4+ radix passes over the
 // pages (each a chain of dependent loads in one block), the listed ranked pages are sorted
 // once by key (descending, in registers: 16 per thread) and the rule is evaluated at every
 // key boundary from prefix sums of A and R per head: the smallest passing prefix is the
@@ -560,6 +567,7 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
 constexpr int kSortThreads = 512;
 constexpr int kSortItems = 16;
 constexpr int kSortPages = kSortThreads * kSortItems;
+static_assert(kSortPages == kSortPagesMax, "GrowSearchKernel's long_only split");
 
 __global__ void __launch_bounds__(kSortThreads, 1)
     GrowSearchSortedKernel(PageGeometry g, PrunerParams params, BatchView batch,
@@ -581,6 +589,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   __shared__ int fin_rows, best_k, cap_k, ok_all;
   const int32_t pair = blockIdx.x;
   if (stage == 2 && !work.need[pair]) return;
+  if (sel.count[pair] > kSortPages) return;  // GrowSearchKernel's (long_only)
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t G = shape.group;
   const int32_t n = sel.count[pair];  // every page of the sequence (<= kSortPages)

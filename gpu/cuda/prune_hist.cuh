@@ -211,6 +211,21 @@ __device__ __forceinline__ uint4 LoadRaw8(const fp16_t* row, int32_t i0, int32_t
   }
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
+// Whether all 8 FP16 scores of a LoadRaw8 result are below thr (both halves the same
+// threshold). The max propagates NaN, and NaN is never below, so a load holding a NaN
+// always takes the exact per-slot path. Callers pick thr rounded down (__float2half_rd) and
+// with a margin, so that every score it skips is one the exact path would add nothing for:
+// peaked heads then cost a max and a compare per 8 slots instead of an exp per slot.
+__device__ __forceinline__ bool AllBelow(const uint4& v, __half2 thr) {
+  auto h2 = [](uint32_t w) { return *reinterpret_cast<const __half2*>(&w); };
+  const __half2 m = __hmax2_nan(__hmax2_nan(h2(v.x), h2(v.y)), __hmax2_nan(h2(v.z), h2(v.w)));
+  return __hblt2(m, thr);
+}
+__device__ __forceinline__ __half2 HalfThreshold(float t) {
+  const __half h = __float2half_rd(t);
+  return __halves2half2(h, h);
+}
+
 // Half k (constant after unrolling) of LoadRaw8's result, as a float.
 __device__ __forceinline__ float RawHalf(const uint4& v, int k) {
   const uint32_t word = (k >> 1) == 0 ? v.x : (k >> 1) == 1 ? v.y : (k >> 1) == 2 ? v.z : v.w;
@@ -282,10 +297,13 @@ __global__ void __launch_bounds__(kHistThreads)
   bool nan_seen = false;
   int cur = -1;  // the bin of the thread's pending run
   u64 acc = 0;   // its mass
+  // Scores more than 28.5 logits below the max weigh < 2^-41: Fixed() gives them 0.
+  const __half2 skip_below = HalfThreshold(mx - 28.5f);
 #pragma unroll
   for (int it = 0; it < kHistIters; ++it) {
     const int32_t i0 = c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x);
     if (i0 >= c1) break;
+    if (AllBelow(raw[it], skip_below)) continue;
     const bool page_in = !in_set || !page8 || in_set[i0 / ps] != 0;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
@@ -380,6 +398,7 @@ __global__ void __launch_bounds__(kKeptThreads)
                const uint32_t* __restrict__ head_max, HistWork hw, uint32_t* __restrict__ bits) {
   __shared__ int h_mode[kMaxGroup], h_b1[kMaxGroup];
   __shared__ float h_mx[kMaxGroup];
+  __shared__ uint32_t h_skip[kMaxGroup];  // half2 bits: below, past the boundary bin (AllBelow)
   __shared__ int s_count[kMaxGroup], s_bnd[kMaxGroup];
   __shared__ u64 s_h2[kMaxGroup][kHistBins];  // level-2 partial sums of this chunk
   const int32_t pair = blockIdx.y;
@@ -400,6 +419,12 @@ __global__ void __launch_bounds__(kKeptThreads)
       h_mode[jw] = mode;
       h_b1[jw] = b1;
       h_mx[jw] = mx;
+      // Bin1 > B1 for every score below mx - (B1 + 1) / 8 (a 1/64-logit margin for the
+      // float rounding of d); B1 = 255 skips nothing.
+      const __half2 skip = HalfThreshold(
+          b1 < kHistBins - 1 ? mx - float(b1 + 1) * (1.0f / kBinsPerLogit) - 1.0f / 64
+                             : -INFINITY);
+      h_skip[jw] = *reinterpret_cast<const uint32_t*>(&skip);
       s_count[jw] = 0;
       s_bnd[jw] = 0;
     }
@@ -458,7 +483,8 @@ __global__ void __launch_bounds__(kKeptThreads)
       } else if (mode == kModeTopP) {
         uint32_t bmask = 0;  // bit k: slot i0 + k lies in the boundary bin
         uint64_t b2s = 0;    // its sub-bin in byte k
-        if (vmask) {
+        const uint32_t skip = h_skip[j];
+        if (vmask && !AllBelow(raws[j], *reinterpret_cast<const __half2*>(&skip))) {
           const uint4 raw = raws[j];
           const float mxj = h_mx[j];
           const int B1 = h_b1[j];
