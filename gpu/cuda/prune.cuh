@@ -105,6 +105,50 @@ __device__ __forceinline__ void CpAsyncWaitGroup() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+// B fragments of one MMA n-tile: query head n of the group at q_row (zero when !real),
+// channels permuted to match the nibble order of A (see NibbleWordToHalf2x4): thread t4
+// holds channels [t4 * D / 4, (t4 + 1) * D / 4) as the pairs (e0, e4), (e1, e5), ...
+template <int kHeadDim>
+__device__ __forceinline__ void LoadQueryFragment(const fp16_t* q_row, bool real, int t4,
+                                                  uint32_t (*bfrag)[2][2]) {
+  constexpr int kWords = kHeadDim / 32;
+  const fp16_t* qh = q_row + t4 * (kHeadDim / 4);
+#pragma unroll
+  for (int m = 0; m < kWords; ++m) {
+    fp16_t e[8];
+    *reinterpret_cast<uint4*>(e) = *reinterpret_cast<const uint4*>(qh + m * 8);
+    if (!real) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) e[i] = 0;
+    }
+    bfrag[m][0][0] = PackHalves(e[0], e[4]);
+    bfrag[m][0][1] = PackHalves(e[1], e[5]);
+    bfrag[m][1][0] = PackHalves(e[2], e[6]);
+    bfrag[m][1][1] = PackHalves(e[3], e[7]);
+  }
+}
+
+// sum(q) of query head j of the group (rows from q_group), for every j < G, handed to the
+// lanes whose accumulators hold it: qsum[nt][kk] for head nt * 8 + 2 t4 + kk. Every lane
+// of the warp must call it.
+template <int kHeadDim, int kNT>
+__device__ __forceinline__ void GroupQuerySums(const fp16_t* q_group, int G, int lane,
+                                               float (*qsum)[2]) {
+  const int t4 = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) qsum[nt][0] = qsum[nt][1] = 0.0f;
+  for (int j = 0; j < G; ++j) {
+    float part = 0.0f;
+    for (int c = lane; c < kHeadDim; c += 32) part += H2F(q_group[int64_t(j) * kHeadDim + c]);
+    part = WarpSum(part);
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+      if (j == nt * 8 + 2 * t4) qsum[nt][0] = part;
+      if (j == nt * 8 + 2 * t4 + 1) qsum[nt][1] = part;
+    }
+  }
+}
+
 // Landing buffer of the score kernel: every thread stages its own code chunks (the bytes of
 // its MMA fragments) with cp.async kScoreStages - 1 groups ahead, so loads stay in flight
 // while the warp computes, without registers. Chunks are interleaved across threads (chunk
@@ -159,41 +203,15 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
   }
   const int r = lane >> 2, t4 = lane & 3;
 
-  // B fragments: query head n = r of the group (zero past the group), channels permuted to
-  // match the nibble order of A (see NibbleWordToHalf2x4 and the MMA loop below).
+  // B fragments: query head n = r of the group (zero past the group).
+  const int32_t qbase = s * batch.num_q_heads + h * shape.group;
   uint32_t bfrag[kWords][2][2];
-  {
-    const bool real = r < shape.group;
-    const fp16_t* qh = q.q + (int64_t(s) * batch.num_q_heads + h * shape.group + (real ? r : 0)) *
-                                 kHeadDim + t4 * kChanPerThread;
-#pragma unroll
-    for (int m = 0; m < kWords; ++m) {
-      fp16_t e[8];
-      *reinterpret_cast<uint4*>(e) = *reinterpret_cast<const uint4*>(qh + m * 8);
-      if (!real) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) e[i] = 0;
-      }
-      bfrag[m][0][0] = PackHalves(e[0], e[4]);
-      bfrag[m][0][1] = PackHalves(e[1], e[5]);
-      bfrag[m][1][0] = PackHalves(e[2], e[6]);
-      bfrag[m][1][1] = PackHalves(e[3], e[7]);
-    }
-  }
+  LoadQueryFragment<kHeadDim>(q.q + int64_t(qbase + (r < shape.group ? r : 0)) * kHeadDim,
+                              r < shape.group, t4, bfrag);
   // sum(q) for the two heads this thread's accumulators hold (2*t4, 2*t4+1).
-  float qsum[2] = {0.0f, 0.0f};
+  float qsum[1][2] = {{0.0f, 0.0f}};
   if constexpr (!kPageChannel) {
-    const int32_t qbase = s * batch.num_q_heads + h * shape.group;
-#pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      if (j < shape.group) {
-        float part = 0.0f;
-        for (int c = lane; c < kHeadDim; c += 32) part += H2F(q.q[int64_t(qbase + j) * kHeadDim + c]);
-        part = WarpSum(part);
-        if (j == 2 * t4) qsum[0] = part;
-        if (j == 2 * t4 + 1) qsum[1] = part;
-      }
-    }
+    GroupQuerySums<kHeadDim, 1>(q.q + int64_t(qbase) * kHeadDim, shape.group, lane, qsum);
   }
   __syncthreads();  // run_page / run_rows ready
 
@@ -362,7 +380,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
             est = F2H(valid[t][half] ? shape.scale * (acc[half * 2 + kk] + base[kk]) : -INFINITY);
           } else {
             est = F2H(valid[t][half] ? shape.scale * (tscale[t][half] * acc[half * 2 + kk] +
-                                                      tzero[t][half] * qsum[kk])
+                                                      tzero[t][half] * qsum[0][kk])
                                      : -INFINITY);
           }
           run_max[kk] = fmaxf(run_max[kk], H2F(est));  // the max of what is stored
@@ -427,7 +445,6 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
                       float* __restrict__ page_mass, float* __restrict__ page_max) {
   constexpr int kWords = kHeadDim / 32;  // 32-bit code words per thread per token
   constexpr int kChunk = kHeadDim / 8;   // code bytes per thread per token (16 or 8)
-  constexpr int kChanPerThread = kHeadDim / 4;
   constexpr int kRowBytes = kHeadDim / 2;
   constexpr int kBlockBytes = 16 * kRowBytes;
   constexpr int kThreads = kP16Warps * 32;
@@ -454,43 +471,17 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
   const int G = shape.group;
   const int32_t sq0 = s * batch.num_q_heads + h * G;
 
-  // B fragments per n-tile: query head nt * 8 + r (zero past the group), channels permuted
-  // to match the nibble order of A (as in ScoreInt4Kernel).
+  // B fragments per n-tile: query head nt * 8 + r (zero past the group).
   uint32_t bfrag[kNT][kWords][2][2];
 #pragma unroll
   for (int nt = 0; nt < kNT; ++nt) {
     const int n = nt * 8 + r;
-    const bool real = n < G;
-    const fp16_t* qh = q.q + int64_t(sq0 + (real ? n : 0)) * kHeadDim + t4 * kChanPerThread;
-#pragma unroll
-    for (int m = 0; m < kWords; ++m) {
-      fp16_t e[8];
-      *reinterpret_cast<uint4*>(e) = *reinterpret_cast<const uint4*>(qh + m * 8);
-      if (!real) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) e[i] = 0;
-      }
-      bfrag[nt][m][0][0] = PackHalves(e[0], e[4]);
-      bfrag[nt][m][0][1] = PackHalves(e[1], e[5]);
-      bfrag[nt][m][1][0] = PackHalves(e[2], e[6]);
-      bfrag[nt][m][1][1] = PackHalves(e[3], e[7]);
-    }
+    LoadQueryFragment<kHeadDim>(q.q + int64_t(sq0 + (n < G ? n : 0)) * kHeadDim, n < G, t4,
+                                bfrag[nt]);
   }
-  // sum(q) of the heads this thread's accumulators hold (nt * 8 + 2 t4 + kk), in the same
-  // order of sums as ScoreInt4Kernel.
+  // sum(q) of the heads this thread's accumulators hold (nt * 8 + 2 t4 + kk).
   float qsum[kNT][2];
-#pragma unroll
-  for (int nt = 0; nt < kNT; ++nt) qsum[nt][0] = qsum[nt][1] = 0.0f;
-  for (int j = 0; j < G; ++j) {
-    float part = 0.0f;
-    for (int c = lane; c < kHeadDim; c += 32) part += H2F(q.q[int64_t(sq0 + j) * kHeadDim + c]);
-    part = WarpSum(part);
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-      if (j == nt * 8 + 2 * t4) qsum[nt][0] = part;
-      if (j == nt * 8 + 2 * t4 + 1) qsum[nt][1] = part;
-    }
-  }
+  GroupQuerySums<kHeadDim, kNT>(q.q + int64_t(sq0) * kHeadDim, G, lane, qsum);
   __syncthreads();  // run_blk / run_rows ready
 
   constexpr int kStride = kP16Warps * kP16Pages;  // run pages between a warp's steps

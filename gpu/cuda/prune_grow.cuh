@@ -179,6 +179,82 @@ __global__ void __launch_bounds__(kMassThreads)
   }
 }
 
+// What both growth searches know of their (sequence, KV head) pair. a / b: the values
+// GrowPrepKernel stored by page (a of listed pages, 0 otherwise; b of every page).
+struct GrowPair {
+  int32_t pair, s, G, n, listed, len, sq0, cap;
+  const int32_t* pos;  // page -> list entry or -1
+  float p, c;          // the sequence's p and the rule's ratio
+  const GrowWork* work;
+  int32_t max_select, page_size;
+  __device__ __forceinline__ int32_t rows_of(int32_t i) const {
+    return min(page_size, len - i * page_size);
+  }
+  __device__ __forceinline__ float a_of(int j, int32_t i) const {
+    return work->pa[int64_t(sq0 + j) * max_select + i];
+  }
+  __device__ __forceinline__ float b_of(int j, int32_t i) const {
+    return work->pb[int64_t(sq0 + j) * max_select + i];
+  }
+};
+
+__device__ __forceinline__ GrowPair MakeGrowPair(const PageGeometry& g, const PrunerParams& params,
+                                                 const BatchView& batch,
+                                                 const SelectionView& sel,
+                                                 const PruneShape& shape, const GrowWork& work,
+                                                 int32_t pair) {
+  GrowPair gp;
+  gp.pair = pair;
+  gp.s = pair / g.num_kv_heads;
+  gp.G = shape.group;
+  gp.n = sel.count[pair];  // every page of the sequence (the selector lists all)
+  gp.listed = work.list_count[pair];
+  gp.pos = work.list_pos + int64_t(pair) * sel.max_select;
+  gp.len = batch.seq_len[gp.s];
+  gp.sq0 = gp.s * batch.num_q_heads + (pair % g.num_kv_heads) * gp.G;
+  gp.p = params.seq_p ? params.seq_p[gp.s] : params.p;
+  gp.c = GrowRemainderRatio(gp.p, params.remainder_share);
+  gp.cap = sel.limit[pair];
+  gp.work = &work;
+  gp.max_select = sel.max_select;
+  gp.page_size = g.page_size;
+  return gp;
+}
+
+// Stage 1, the rule not met with every listed page in: the pair's list becomes every page,
+// its head_max is cleared for the rescoring, and stage 2 takes it (every thread calls it).
+__device__ __forceinline__ void HandToStage2(const GrowPair& gp, const GrowWork& work,
+                                             uint32_t* head_max) {
+  int32_t* list = work.list_pages + int64_t(gp.pair) * gp.max_select;
+  int32_t* wpos = work.list_pos + int64_t(gp.pair) * gp.max_select;
+  for (int32_t i = threadIdx.x; i < gp.n; i += blockDim.x) {
+    list[i] = i;
+    wpos[i] = i;
+  }
+  if (int(threadIdx.x) < gp.G) head_max[gp.sq0 + threadIdx.x] = 0u;
+  if (threadIdx.x == 0) {
+    work.list_count[gp.pair] = gp.n;
+    work.need[gp.pair] = 1;
+  }
+}
+
+// The search's result for head t < G: A and R of the final set, its max estimate (FloatKey,
+// 0: none) and candidate rows: the share of A the top-p takes (p (A + R) / A, or p at the
+// cap), A / (A + R), the softmax shift, and the telemetry.
+__device__ __forceinline__ void WriteGrowHead(const GrowPair& gp, const GrowWork& work,
+                                              uint32_t* head_max, const HeadStatsView& stats,
+                                              int t, float A, float R, uint32_t max_key,
+                                              int32_t rows, bool cap_hit) {
+  const int32_t sq = gp.sq0 + t;
+  float target = gp.p;  // share of A the head's top-p set must take
+  if (!cap_hit && gp.p < 1.0f) target = A > 0.0f ? fminf(1.0f, gp.p * ((A + R) / A)) : 1.0f;
+  work.head_p[sq] = target;
+  work.head_ratio[sq] = A > 0.0f ? A / (A + R) : 0.0f;
+  if (max_key) head_max[sq] = max_key;
+  if (stats.selected) stats.selected[sq] = rows;
+  if (stats.cap_hit) stats.cap_hit[sq] = cap_hit ? 1 : 0;
+}
+
 // Radix search by page counts over the ranked pages (those with `eligible`): the largest
 // whole-level set with at most `cap` pages. Every thread returns the same cut.
 template <typename Eligible>
@@ -293,21 +369,11 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
   if (stage == 2 && !work.need[pair]) return;
   // long_only: GrowSearchSortedKernel (same launch sequence) takes the pairs it can hold.
   if (long_only && sel.count[pair] <= kSortPagesMax) return;
-  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
-  const int32_t G = shape.group;
-  const int32_t n = sel.count[pair];  // every page of the sequence (the selector lists all)
-  const int32_t listed = work.list_count[pair];
-  const int32_t* pos = work.list_pos + int64_t(pair) * sel.max_select;
-  const int32_t len = batch.seq_len[s];
-  const int32_t sq0 = s * batch.num_q_heads + h * G;
-  const float p = params.seq_p ? params.seq_p[s] : params.p;
-  const float c = GrowRemainderRatio(p, params.remainder_share);
-  const int32_t cap = sel.limit[pair];
+  const GrowPair gp = MakeGrowPair(g, params, batch, sel, shape, work, pair);
+  const int32_t G = gp.G, n = gp.n, listed = gp.listed, sq0 = gp.sq0, cap = gp.cap;
+  const int32_t* pos = gp.pos;
+  const float p = gp.p, c = gp.c;
   const int t = threadIdx.x;
-  auto rows_of = [&](int32_t i) { return min(g.page_size, len - i * g.page_size); };
-  // By page (GrowPrepKernel): a of listed pages (0 otherwise), b of every page.
-  auto a_of = [&](int j, int32_t i) { return work.pa[int64_t(sq0 + j) * sel.max_select + i]; };
-  auto b_of = [&](int j, int32_t i) { return work.pb[int64_t(sq0 + j) * sel.max_select + i]; };
 
   // A of the forced pages (always listed, always in); R of the unlisted pages (always out).
   if (t < kMaxGroup) {
@@ -326,10 +392,10 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
       PrepKey(work, pair, sel.max_select, i, &forced);
       if (forced) {
 #pragma unroll
-        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? a_of(j, i) : 0.0f;
+        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? gp.a_of(j, i) : 0.0f;
       } else if (pos[i] < 0) {
 #pragma unroll
-        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? b_of(j, i) : 0.0f;
+        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? gp.b_of(j, i) : 0.0f;
       }
     }
 #pragma unroll
@@ -366,8 +432,8 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
       float va[kMaxGroup], vb[kMaxGroup];
 #pragma unroll
       for (int j = 0; j < kMaxGroup; ++j) {
-        va[j] = valid && j < G ? a_of(j, i) : 0.0f;
-        vb[j] = valid && j < G ? b_of(j, i) : 0.0f;
+        va[j] = valid && j < G ? gp.a_of(j, i) : 0.0f;
+        vb[j] = valid && j < G ? gp.b_of(j, i) : 0.0f;
       }
       // Pages of a bucket share their leading key bits: when a warp's pages fall into few
       // digits, sum each digit over the warp and add once (else one atomic per page).
@@ -435,17 +501,7 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
       __syncthreads();
     }
     if (!enough) {
-      int32_t* list = work.list_pages + int64_t(pair) * sel.max_select;
-      int32_t* wpos = work.list_pos + int64_t(pair) * sel.max_select;
-      for (int32_t i = t; i < n; i += blockDim.x) {
-        list[i] = i;
-        wpos[i] = i;
-      }
-      if (t < G) head_max[sq0 + t] = 0u;
-      if (t == 0) {
-        work.list_count[pair] = n;
-        work.need[pair] = 1;
-      }
+      HandToStage2(gp, work, head_max);
       return;
     }
   }
@@ -515,15 +571,15 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
       const int32_t e = pos[i];
       const bool in = forced || (e >= 0 && cut.In(key));
       if (e >= 0) work.in_set[int64_t(pair) * sel.max_select + e] = in ? 1 : 0;
-      if (in) rows_in += rows_of(i);
+      if (in) rows_in += gp.rows_of(i);
 #pragma unroll
       for (int j = 0; j < kMaxGroup; ++j) {
         if (j >= G) continue;
         if (in) {
-          fa[j] += a_of(j, i);
+          fa[j] += gp.a_of(j, i);
           fm[j] = fmaxf(fm[j], work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
         } else {
-          fb[j] += b_of(j, i);
+          fb[j] += gp.b_of(j, i);
         }
       }
     }
@@ -543,15 +599,8 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
   atomicAdd(&sm.fin_rows, rows_in);
   __syncthreads();
   if (t < G) {
-    const int32_t sq = sq0 + t;
-    const float A = sm.fin_a[t], R = sm.fin_b[t];
-    float target = p;  // share of A the head's top-p set must take
-    if (!cap_hit && p < 1.0f) target = A > 0.0f ? fminf(1.0f, p * ((A + R) / A)) : 1.0f;
-    work.head_p[sq] = target;
-    work.head_ratio[sq] = A > 0.0f ? A / (A + R) : 0.0f;
-    if (sm.fin_max[t]) head_max[sq] = sm.fin_max[t];
-    if (stats.selected) stats.selected[sq] = sm.fin_rows;
-    if (stats.cap_hit) stats.cap_hit[sq] = cap_hit ? 1 : 0;
+    WriteGrowHead(gp, work, head_max, stats, t, sm.fin_a[t], sm.fin_b[t], sm.fin_max[t],
+                  sm.fin_rows, cap_hit);
   }
 }
 
@@ -568,6 +617,39 @@ constexpr int kSortThreads = 512;
 constexpr int kSortItems = 16;
 constexpr int kSortPages = kSortThreads * kSortItems;
 static_assert(kSortPages == kSortPagesMax, "GrowSearchKernel's long_only split");
+
+// Block-wide, for the sorted kernels: counts the ranked items (m), sorts (key, page)
+// descending (blocked: thread t holds ranks kSortItems t ..; unranked items carry key 0,
+// below every ranked key) and returns this thread's level ends: bit k when rank
+// t * kSortItems + k < m is the last of its key (a whole-level prefix ends there).
+// Tmp: a shared union with BlockRadixSort's .sort and an int BlockScan's .iscan.
+template <typename Tmp>
+__device__ __forceinline__ uint32_t SortLevels(uint32_t (&key)[kSortItems],
+                                               int32_t (&page)[kSortItems], int ranked,
+                                               Tmp& tmp, uint32_t* first_key, int* m_out) {
+  using Sort = cub::BlockRadixSort<uint32_t, kSortThreads, kSortItems, int32_t>;
+  using ScanI = cub::BlockScan<int, kSortThreads>;
+  const int t = threadIdx.x;
+  int m = 0;
+  {
+    int unused;
+    ScanI(tmp.iscan).ExclusiveSum(ranked, unused, m);
+  }
+  __syncthreads();
+  Sort(tmp.sort).SortDescending(key, page);
+  first_key[t] = key[0];
+  __syncthreads();
+  uint32_t ends = 0;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    const int r = t * kSortItems + k;
+    const uint32_t next =
+        k + 1 < kSortItems ? key[k + 1] : (t + 1 < kSortThreads ? first_key[t + 1] : 0u);
+    if (r < m && (r + 1 == m || next != key[k])) ends |= 1u << k;
+  }
+  *m_out = m;
+  return ends;
+}
 
 __global__ void __launch_bounds__(kSortThreads, 1)
     GrowSearchSortedKernel(PageGeometry g, PrunerParams params, BatchView batch,
@@ -590,20 +672,11 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   const int32_t pair = blockIdx.x;
   if (stage == 2 && !work.need[pair]) return;
   if (sel.count[pair] > kSortPages) return;  // GrowSearchKernel's (long_only)
-  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
-  const int32_t G = shape.group;
-  const int32_t n = sel.count[pair];  // every page of the sequence (<= kSortPages)
-  const int32_t listed = work.list_count[pair];
-  const int32_t* pos = work.list_pos + int64_t(pair) * sel.max_select;
-  const int32_t len = batch.seq_len[s];
-  const int32_t sq0 = s * batch.num_q_heads + h * G;
-  const float p = params.seq_p ? params.seq_p[s] : params.p;
-  const float c = GrowRemainderRatio(p, params.remainder_share);
-  const int32_t cap = sel.limit[pair];
+  const GrowPair gp = MakeGrowPair(g, params, batch, sel, shape, work, pair);
+  const int32_t G = gp.G, n = gp.n, listed = gp.listed, sq0 = gp.sq0, cap = gp.cap;
+  const int32_t* pos = gp.pos;
+  const float p = gp.p, c = gp.c;
   const int t = threadIdx.x;
-  auto rows_of = [&](int32_t i) { return min(g.page_size, len - i * g.page_size); };
-  auto a_of = [&](int j, int32_t i) { return work.pa[int64_t(sq0 + j) * sel.max_select + i]; };
-  auto b_of = [&](int j, int32_t i) { return work.pb[int64_t(sq0 + j) * sel.max_select + i]; };
 
   // A of the forced pages, R of the unlisted ones; sort items: the listed ranked pages.
   if (t < kMaxGroup) {
@@ -638,10 +711,10 @@ __global__ void __launch_bounds__(kSortThreads, 1)
       if (pos[i] >= 0) listed_mask |= 1u << k;
       if (forced) {
 #pragma unroll
-        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? a_of(j, i) : 0.0f;
+        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? gp.a_of(j, i) : 0.0f;
       } else if (pos[i] < 0) {
 #pragma unroll
-        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? b_of(j, i) : 0.0f;
+        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? gp.b_of(j, i) : 0.0f;
       } else {
         key[k] = kk;
         page[k] = i;
@@ -658,24 +731,9 @@ __global__ void __launch_bounds__(kSortThreads, 1)
       }
     }
   }
-  int m = 0;  // listed ranked pages
-  {
-    int unused;
-    ScanI(tmp.iscan).ExclusiveSum(ranked, unused, m);
-  }
-  __syncthreads();
-  Sort(tmp.sort).SortDescending(key, page);  // blocked: thread t holds ranks 16 t ..
-  first_key[t] = key[0];
-  __syncthreads();
   // Cut positions: K = r + 1 after rank r, a whole level when the next key differs.
-  uint32_t cut_mask = 0;
-#pragma unroll
-  for (int k = 0; k < kSortItems; ++k) {
-    const int r = t * kSortItems + k;
-    const uint32_t next =
-        k + 1 < kSortItems ? key[k + 1] : (t + 1 < kSortThreads ? first_key[t + 1] : 0u);
-    if (r < m && (r + 1 == m || next != key[k])) cut_mask |= 1u << k;
-  }
+  int m = 0;  // listed ranked pages
+  const uint32_t cut_mask = SortLevels(key, page, ranked, tmp, first_key, &m);
   // The rule R_j <= c A_j for every head at each cut (ok_mask), and at K = 0 (ok_zero).
   uint32_t ok_mask = cut_mask;
   bool ok_zero = true;
@@ -685,8 +743,8 @@ __global__ void __launch_bounds__(kSortThreads, 1)
 #pragma unroll
     for (int k = 0; k < kSortItems; ++k) {
       const bool real = t * kSortItems + k < m;
-      av[k] = real ? a_of(j, page[k]) : 0.0f;
-      bv[k] = real ? b_of(j, page[k]) : 0.0f;
+      av[k] = real ? gp.a_of(j, page[k]) : 0.0f;
+      bv[k] = real ? gp.b_of(j, page[k]) : 0.0f;
       sa += av[k];
       sb += bv[k];
     }
@@ -720,17 +778,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   // Stage 1 with pages left out of the list: does every listed page in satisfy the rule?
   // (p >= 1 needs every page.) If not, hand the pair to stage 2 with every page listed.
   if (stage == 1 && listed < n && (p >= 1.0f || !ok_all)) {
-    int32_t* list = work.list_pages + int64_t(pair) * sel.max_select;
-    int32_t* wpos = work.list_pos + int64_t(pair) * sel.max_select;
-    for (int32_t i = t; i < n; i += blockDim.x) {
-      list[i] = i;
-      wpos[i] = i;
-    }
-    if (t < G) head_max[sq0 + t] = 0u;
-    if (t == 0) {
-      work.list_count[pair] = n;
-      work.need[pair] = 1;
-    }
+    HandToStage2(gp, work, head_max);
     return;
   }
   int K = p < 1.0f ? min(best_k, m) : m;
@@ -770,7 +818,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
     if (listed_k) work.in_set[int64_t(pair) * sel.max_select + pos[i]] = in ? 1 : 0;
     if (in) {
       in_mask |= 1u << k;
-      rows_in += rows_of(i);
+      rows_in += gp.rows_of(i);
     }
   }
   for (int j = 0; j < G; ++j) {
@@ -781,10 +829,10 @@ __global__ void __launch_bounds__(kSortThreads, 1)
       if (i >= n) continue;
       if ((in_mask >> k) & 1u) {
         const int32_t e = pos[i];
-        fa += a_of(j, i);
+        fa += gp.a_of(j, i);
         fm = fmaxf(fm, work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
       } else {
-        fb += b_of(j, i);
+        fb += gp.b_of(j, i);
       }
     }
     fa = WarpSum(fa);
@@ -799,15 +847,8 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   atomicAdd(&fin_rows, rows_in);
   __syncthreads();
   if (t < G) {
-    const int32_t sq = sq0 + t;
-    const float A = fin_a[t], R = fin_b[t];
-    float target = p;  // share of A the head's top-p set must take
-    if (!cap_hit && p < 1.0f) target = A > 0.0f ? fminf(1.0f, p * ((A + R) / A)) : 1.0f;
-    work.head_p[sq] = target;
-    work.head_ratio[sq] = A > 0.0f ? A / (A + R) : 0.0f;
-    if (fin_max[t]) head_max[sq] = fin_max[t];
-    if (stats.selected) stats.selected[sq] = fin_rows;
-    if (stats.cap_hit) stats.cap_hit[sq] = cap_hit ? 1 : 0;
+    WriteGrowHead(gp, work, head_max, stats, t, fin_a[t], fin_b[t], fin_max[t], fin_rows,
+                  cap_hit);
   }
 }
 
@@ -858,22 +899,12 @@ __global__ void __launch_bounds__(kSortThreads, 1)
     }
   }
   int m = 0;
-  {
-    int unused;
-    ScanI(tmp.iscan).ExclusiveSum(ranked, unused, m);
-  }
-  __syncthreads();
-  Sort(tmp.sort).SortDescending(key, page);
-  first_key[t] = key[0];
-  __syncthreads();
+  const uint32_t ends = SortLevels(key, page, ranked, tmp, first_key, &m);
   // The largest whole-level prefix of at most cap ranked pages (K = 0 always qualifies).
   uint32_t fits = 0;
 #pragma unroll
   for (int k = 0; k < kSortItems; ++k) {
-    const int r = t * kSortItems + k;
-    const uint32_t next =
-        k + 1 < kSortItems ? key[k + 1] : (t + 1 < kSortThreads ? first_key[t + 1] : 0u);
-    if (r < m && (r + 1 == m || next != key[k]) && r + 1 <= cap) fits |= 1u << k;
+    if (((ends >> k) & 1u) && t * kSortItems + k + 1 <= cap) fits |= 1u << k;
   }
   if (fits) atomicMax(&cap_k, t * kSortItems + 32 - __clz(fits));
   __syncthreads();

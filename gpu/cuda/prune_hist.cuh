@@ -379,6 +379,48 @@ __device__ __forceinline__ int WarpHeadThreshold(const PrunerParams& params,
   return mode;
 }
 
+// Per query head of a (sequence, KV head) block, in shared memory: what the head does and
+// its thresholds (WarpHeadThreshold), the scores the kept pass may skip (below `skip`, half2
+// bits: past the boundary bin, see AllBelow), and the block's counters.
+struct ChunkHeads {
+  int mode[kMaxGroup], b1[kMaxGroup], b2[kMaxGroup];
+  float mx[kMaxGroup];
+  uint32_t skip[kMaxGroup];
+  int count[kMaxGroup], bnd[kMaxGroup];
+};
+
+// Fills `ch` for the G heads from sq0 (a warp per head; level2: B2 too, and block x = 0
+// writes each top-p head's kept mass). The caller synchronizes before reading it.
+__device__ __forceinline__ void LoadChunkHeads(ChunkHeads& ch, const PrunerParams& params,
+                                               const PruneShape& shape,
+                                               const uint32_t* head_max, const HistWork& hw,
+                                               int32_t s, int32_t sq0, int G, bool level2) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int jw = warp; jw < G; jw += int(blockDim.x >> 5)) {  // warp-uniform
+    float mx = 0.0f;
+    int b1 = 0, b2 = 0;
+    u64 kept_mass = 0;
+    const int mode =
+        WarpHeadThreshold(params, shape, head_max, hw, s, sq0 + jw, level2, &mx, &b1, &b2,
+                          &kept_mass);
+    if (lane == 0) {
+      ch.mode[jw] = mode;
+      ch.b1[jw] = b1;
+      ch.b2[jw] = b2;
+      ch.mx[jw] = mx;
+      // Bin1 > B1 for every score below mx - (B1 + 1) / 8 (a 1/64-logit margin for the
+      // float rounding of d); B1 = 255 skips nothing.
+      const __half2 skip = HalfThreshold(
+          b1 < kHistBins - 1 ? mx - float(b1 + 1) * (1.0f / kBinsPerLogit) - 1.0f / 64
+                             : -INFINITY);
+      ch.skip[jw] = *reinterpret_cast<const uint32_t*>(&skip);
+      ch.count[jw] = 0;
+      ch.bnd[jw] = 0;
+      if (level2 && blockIdx.x == 0 && mode == kModeTopP) hw.kept_mass[sq0 + jw] = kept_mass;
+    }
+  }
+}
+
 // Boundary entries of a (query head, kept chunk): the chunk offset (< 2^16) and the level-2
 // sub-bin (<< 16) of each candidate in the boundary bin B1. A chunk with more than kBndCap
 // of them (a flat head) records only the count; BoundaryKernel then rescans its scores.
@@ -396,10 +438,7 @@ __global__ void __launch_bounds__(kKeptThreads)
     KeptKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                PruneShape shape, const fp16_t* __restrict__ scores,
                const uint32_t* __restrict__ head_max, HistWork hw, uint32_t* __restrict__ bits) {
-  __shared__ int h_mode[kMaxGroup], h_b1[kMaxGroup];
-  __shared__ float h_mx[kMaxGroup];
-  __shared__ uint32_t h_skip[kMaxGroup];  // half2 bits: below, past the boundary bin (AllBelow)
-  __shared__ int s_count[kMaxGroup], s_bnd[kMaxGroup];
+  __shared__ ChunkHeads ch;
   __shared__ u64 s_h2[kMaxGroup][kHistBins];  // level-2 partial sums of this chunk
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
@@ -408,27 +447,8 @@ __global__ void __launch_bounds__(kKeptThreads)
   if (c0 >= slots) return;
   const int G = shape.group;
   const int32_t sq0 = s * batch.num_q_heads + h * G;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int jw = warp; jw < G; jw += kKeptThreads / 32) {  // a warp per head (warp-uniform)
-    float mx = 0.0f;
-    int b1 = 0, b2 = 0;
-    u64 unused = 0;
-    const int mode = WarpHeadThreshold(params, shape, head_max, hw, s, sq0 + jw,
-                                       /*level2=*/false, &mx, &b1, &b2, &unused);
-    if (lane == 0) {
-      h_mode[jw] = mode;
-      h_b1[jw] = b1;
-      h_mx[jw] = mx;
-      // Bin1 > B1 for every score below mx - (B1 + 1) / 8 (a 1/64-logit margin for the
-      // float rounding of d); B1 = 255 skips nothing.
-      const __half2 skip = HalfThreshold(
-          b1 < kHistBins - 1 ? mx - float(b1 + 1) * (1.0f / kBinsPerLogit) - 1.0f / 64
-                             : -INFINITY);
-      h_skip[jw] = *reinterpret_cast<const uint32_t*>(&skip);
-      s_count[jw] = 0;
-      s_bnd[jw] = 0;
-    }
-  }
+  const int lane = threadIdx.x & 31;
+  LoadChunkHeads(ch, params, shape, head_max, hw, s, sq0, G, /*level2=*/false);
   for (int i = threadIdx.x; i < G * kHistBins; i += blockDim.x) (&s_h2[0][0])[i] = 0;
   __syncthreads();
   const int32_t len = batch.seq_len[s];
@@ -468,7 +488,7 @@ __global__ void __launch_bounds__(kKeptThreads)
 #pragma unroll
     for (int j = 0; j < kMaxGroup; ++j) {
       raws[j] = make_uint4(0u, 0u, 0u, 0u);
-      if (j < G && vmask && h_mode[j] == kModeTopP) {
+      if (j < G && vmask && ch.mode[j] == kModeTopP) {
         raws[j] = LoadRaw8(scores + int64_t(sq0 + j) * shape.cand_stride, i0, c1, vec);
       }
     }
@@ -476,18 +496,18 @@ __global__ void __launch_bounds__(kKeptThreads)
 #pragma unroll
     for (int j = 0; j < kMaxGroup; ++j) {
       if (j >= G) break;
-      const int mode = h_mode[j];  // block-uniform
+      const int mode = ch.mode[j];  // block-uniform
       if (mode == kModeAll) {
         byte |= vmask;
         cnt[j] += __popc(vmask);
       } else if (mode == kModeTopP) {
         uint32_t bmask = 0;  // bit k: slot i0 + k lies in the boundary bin
         uint64_t b2s = 0;    // its sub-bin in byte k
-        const uint32_t skip = h_skip[j];
+        const uint32_t skip = ch.skip[j];
         if (vmask && !AllBelow(raws[j], *reinterpret_cast<const __half2*>(&skip))) {
           const uint4 raw = raws[j];
-          const float mxj = h_mx[j];
-          const int B1 = h_b1[j];
+          const float mxj = ch.mx[j];
+          const int B1 = ch.b1[j];
 #pragma unroll
           for (int k = 0; k < 8; ++k) {
             if (!((vmask >> k) & 1u)) continue;
@@ -521,7 +541,7 @@ __global__ void __launch_bounds__(kKeptThreads)
             if (lane >= o) incl += y;
           }
           int at = 0;
-          if (lane == 31) at = atomicAdd(&s_bnd[j], incl);
+          if (lane == 31) at = atomicAdd(&ch.bnd[j], incl);
           at = __shfl_sync(0xffffffffu, at, 31) + incl - n;
           int32_t* list =
               hw.bnd + (int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x) * int64_t(kBndCap);
@@ -545,13 +565,13 @@ __global__ void __launch_bounds__(kKeptThreads)
   for (int j = 0; j < kMaxGroup; ++j) {
     if (j >= G) break;
     const int c = __reduce_add_sync(0xffffffffu, unsigned(cnt[j]));
-    if (lane == 0 && c) atomicAdd(&s_count[j], c);
+    if (lane == 0 && c) atomicAdd(&ch.count[j], c);
   }
   __syncthreads();
   if (threadIdx.x < G) {
     const int j = threadIdx.x;
-    if (s_count[j]) atomicAdd(&hw.kept_count[sq0 + j], s_count[j]);
-    hw.bnd_count[int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x] = s_bnd[j];
+    if (ch.count[j]) atomicAdd(&hw.kept_count[sq0 + j], ch.count[j]);
+    hw.bnd_count[int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x] = ch.bnd[j];
   }
   for (int i = threadIdx.x; i < G * kHistBins; i += blockDim.x) {
     const u64 v = (&s_h2[0][0])[i];
@@ -569,9 +589,7 @@ __global__ void __launch_bounds__(kKeptThreads)
                    PruneShape shape, const fp16_t* __restrict__ scores,
                    const uint32_t* __restrict__ head_max, HistWork hw,
                    uint32_t* __restrict__ bits) {
-  __shared__ int h_mode[kMaxGroup], h_b1[kMaxGroup], h_b2[kMaxGroup];
-  __shared__ float h_mx[kMaxGroup];
-  __shared__ int s_count[kMaxGroup];
+  __shared__ ChunkHeads ch;
   __shared__ uint32_t s_bits[kKeptChunk / 32];
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
@@ -580,22 +598,8 @@ __global__ void __launch_bounds__(kKeptThreads)
   if (c0 >= slots) return;
   const int G = shape.group;
   const int32_t sq0 = s * batch.num_q_heads + h * G;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int jw = warp; jw < G; jw += kKeptThreads / 32) {  // a warp per head (warp-uniform)
-    float mx = 0.0f;
-    int b1 = 0, b2 = 0;
-    u64 kept_mass = 0;
-    const int mode = WarpHeadThreshold(params, shape, head_max, hw, s, sq0 + jw,
-                                       /*level2=*/true, &mx, &b1, &b2, &kept_mass);
-    if (lane == 0) {
-      h_mode[jw] = mode;
-      h_b1[jw] = b1;
-      h_b2[jw] = b2;
-      h_mx[jw] = mx;
-      s_count[jw] = 0;
-      if (blockIdx.x == 0 && mode == kModeTopP) hw.kept_mass[sq0 + jw] = kept_mass;
-    }
-  }
+  const int lane = threadIdx.x & 31;
+  LoadChunkHeads(ch, params, shape, head_max, hw, s, sq0, G, /*level2=*/true);
   for (int i = threadIdx.x; i < kKeptChunk / 32; i += blockDim.x) s_bits[i] = 0;
   __syncthreads();
   const int32_t len = batch.seq_len[s];
@@ -604,12 +608,12 @@ __global__ void __launch_bounds__(kKeptThreads)
   const int32_t c1 = min(slots, c0 + kKeptChunk);
   bool any = false;
   for (int j = 0; j < G; ++j) {
-    if (h_mode[j] != kModeTopP) continue;  // block-uniform
+    if (ch.mode[j] != kModeTopP) continue;  // block-uniform
     const int64_t seg = int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x;
     const int n = hw.bnd_count[seg];
     if (!n) continue;
     any = true;
-    const int B1 = h_b1[j], B2 = h_b2[j];
+    const int B1 = ch.b1[j], B2 = ch.b2[j];
     int cnt = 0;
     if (n <= kBndCap) {
       const int32_t* list = hw.bnd + seg * int64_t(kBndCap);
@@ -623,7 +627,7 @@ __global__ void __launch_bounds__(kKeptThreads)
     } else {
       // Overflow: the same test as KeptKernel's, slot by slot.
       const fp16_t* row = scores + int64_t(sq0 + j) * shape.cand_stride;
-      const float mxj = h_mx[j];
+      const float mxj = ch.mx[j];
       for (int32_t i = c0 + threadIdx.x; i < c1; i += blockDim.x) {
         if (!SlotIsCandidate(pages, in_set, g.page_size, len, c1, i)) continue;
         const float d = mxj - H2F(row[i]);
@@ -634,7 +638,7 @@ __global__ void __launch_bounds__(kKeptThreads)
       }
     }
     cnt = int(__reduce_add_sync(0xffffffffu, unsigned(cnt)));
-    if (lane == 0 && cnt) atomicAdd(&s_count[j], cnt);
+    if (lane == 0 && cnt) atomicAdd(&ch.count[j], cnt);
   }
   if (!any) return;  // block-uniform: nothing listed for any head of the chunk
   __syncthreads();
@@ -643,8 +647,8 @@ __global__ void __launch_bounds__(kKeptThreads)
   for (int w = threadIdx.x; w < words; w += blockDim.x) {
     if (s_bits[w]) chunk_bits[w] |= s_bits[w];
   }
-  if (threadIdx.x < G && s_count[threadIdx.x]) {
-    atomicAdd(&hw.kept_count[sq0 + threadIdx.x], s_count[threadIdx.x]);
+  if (threadIdx.x < G && ch.count[threadIdx.x]) {
+    atomicAdd(&hw.kept_count[sq0 + threadIdx.x], ch.count[threadIdx.x]);
   }
 }
 
