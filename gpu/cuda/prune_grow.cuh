@@ -42,6 +42,7 @@ namespace twl::cuda {
 // >= 256 (a thread per radix digit); 512: one block per (sequence, KV head) is all the
 // search has, so more warps per block hide more of its load latency.
 constexpr int kGrowThreads = 512;
+static_assert(kGrowThreads / 32 >= kMaxGroup, "a warp per head for the cumulative sums");
 constexpr int kMassThreads = 256;
 // Pages of a pair GrowSearchSortedKernel holds (kSortThreads * kSortItems, checked there).
 constexpr int kSortPagesMax = 8192;
@@ -465,18 +466,37 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
       }
     }
     __syncthreads();
-    if (t < G) {
-      float acc = 0.0f;
-      sm.cum_a[256][t] = 0.0f;
-      for (int d = 255; d >= 0; --d) sm.cum_a[d][t] = (acc += sm.cum_a[d][t]);
-    } else if (t >= 32 && t < 32 + G) {
-      const int j = t - 32;
-      float acc = 0.0f;
-      for (int d = 0; d <= 256; ++d) {
-        const float v = d < 256 ? sm.cum_b[d][j] : 0.0f;
-        sm.cum_b[d][j] = acc;
-        acc += v;
+    // Cumulative sums, a warp per head (kGrowThreads / 32 >= kMaxGroup), lane l owning
+    // digits [8 l, 8 l + 8): A from the top down (digits >= d), R from the bottom up (< d).
+    if ((t >> 5) < G) {
+      const int j = t >> 5;
+      float va[8], vb[8], sa = 0.0f, sb = 0.0f;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        va[k] = sm.cum_a[lane * 8 + k][j];
+        vb[k] = sm.cum_b[lane * 8 + k][j];
+        sa += va[k];
+        sb += vb[k];
       }
+      float above = 0.0f, below = 0.0f;  // lanes > l (A), lanes < l (R)
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const float xa = __shfl_down_sync(0xffffffffu, sa + above, o);
+        const float xb = __shfl_up_sync(0xffffffffu, sb + below, o);
+        if (lane + o < 32) above += xa;
+        if (lane >= o) below += xb;
+      }
+      float acc = above;
+#pragma unroll
+      for (int k = 7; k >= 0; --k) sm.cum_a[lane * 8 + k][j] = (acc += va[k]);
+      acc = below;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        sm.cum_b[lane * 8 + k][j] = acc;
+        acc += vb[k];
+      }
+      if (lane == 0) sm.cum_a[256][j] = 0.0f;
+      if (lane == 31) sm.cum_b[256][j] = acc;
     }
     __syncthreads();
   };
@@ -618,6 +638,12 @@ constexpr int kSortItems = 16;
 constexpr int kSortPages = kSortThreads * kSortItems;
 static_assert(kSortPages == kSortPagesMax, "GrowSearchKernel's long_only split");
 
+struct Float2Sum {
+  __device__ __forceinline__ float2 operator()(const float2& a, const float2& b) const {
+    return make_float2(a.x + b.x, a.y + b.y);
+  }
+};
+
 // Block-wide, for the sorted kernels: counts the ranked items (m), sorts (key, page)
 // descending (blocked: thread t holds ranks kSortItems t ..; unranked items carry key 0,
 // below every ranked key) and returns this thread's level ends: bit k when rank
@@ -656,7 +682,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
                            SelectionView sel, PruneShape shape, uint32_t* __restrict__ head_max,
                            GrowWork work, HeadStatsView stats, int stage) {
   using Sort = cub::BlockRadixSort<uint32_t, kSortThreads, kSortItems, int32_t>;
-  using ScanF = cub::BlockScan<float, kSortThreads>;
+  using ScanF = cub::BlockScan<float2, kSortThreads>;
   using ScanI = cub::BlockScan<int, kSortThreads>;
   __shared__ union {
     typename Sort::TempStorage sort;
@@ -748,12 +774,13 @@ __global__ void __launch_bounds__(kSortThreads, 1)
       sa += av[k];
       sb += bv[k];
     }
-    float pa, pb, total_a, total_b;
+    // A and R in one scan (pairs of floats: one pass of shuffles and barriers per head).
+    float2 before, total;
     __syncthreads();  // tmp reuse
-    ScanF(tmp.scan).ExclusiveSum(sa, pa, total_a);
-    __syncthreads();
-    ScanF(tmp.scan).ExclusiveSum(sb, pb, total_b);
-    (void)total_a;
+    ScanF(tmp.scan).ExclusiveScan(make_float2(sa, sb), before, make_float2(0.0f, 0.0f),
+                                  Float2Sum(), total);
+    float pa = before.x, pb = before.y;
+    const float total_b = total.y;
     const float af = a_fix[j], bf = b_fix[j];
 #pragma unroll
     for (int k = 0; k < kSortItems; ++k) {
