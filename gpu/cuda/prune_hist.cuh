@@ -699,7 +699,7 @@ __global__ void __launch_bounds__(kCompactThreads)
       before += min(p < P ? g.page_size : r, max(0, len - pages[p] * g.page_size));
     }
   } else {
-#pragma unroll 4
+#pragma unroll 8
     for (int32_t w = threadIdx.x; w < w0; w += blockDim.x) before += __popc(pb[w]);
   }
   int prefix;
@@ -745,15 +745,20 @@ __global__ void __launch_bounds__(kCompactThreads)
   }
   if (int32_t(blockIdx.x) == chunks - 1 && threadIdx.x == 0) out.count[pair] = prefix + block_total;
   if (blockIdx.x != 0) return;  // block-uniform
-  // Valid candidate rows (the rows of the listed pages inside the sequence).
+  // Valid candidate rows (the rows of the listed pages inside the sequence; growing: the
+  // search wrote `selected`, nothing here needs them). Loads unrolled: 32 pages per thread
+  // at 128k, a chain of round trips otherwise.
+  const bool grow = shape.head_p != nullptr;
   int rows = 0;
-  for (int32_t i = threadIdx.x; i < n_pages; i += blockDim.x) {
-    rows += min(g.page_size, len - pages[i] * g.page_size);
+  if (!grow) {
+#pragma unroll 8
+    for (int32_t i = threadIdx.x; i < n_pages; i += blockDim.x) {
+      rows += min(g.page_size, len - pages[i] * g.page_size);
+    }
   }
   int nvalid;
   BlockExclusiveSum(rows, scan, &nvalid);
   const int G = shape.group;
-  const bool grow = shape.head_p != nullptr;
   const bool all_pages = !grow && n_pages == batch.NumPages(g, s);
   for (int jw = warp; jw < G; jw += kWarps) {  // a warp per head (warp-uniform)
     const int32_t sq = s * batch.num_q_heads + h * G + jw;
