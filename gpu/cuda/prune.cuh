@@ -42,6 +42,11 @@ struct PruneShape {
   const uint8_t* in_set = nullptr;
   // Growing, second stage: only the (sequence, KV head) pairs flagged here are scored.
   const int32_t* only = nullptr;
+  // Per (query head, list entry) the max of the page's stored estimates, NaN-propagating
+  // ([num_seqs * num_q_heads][max_select], written by ScorePage16Kernel), or null. The
+  // top-p passes skip the score loads of a page whose max is below what could count there
+  // (pages of 16: an 8-slot load lies in one page).
+  const float* page_top = nullptr;
 };
 
 // Order-preserving float <-> uint32 keys (0 is below every float; atomicMax on keys).
@@ -414,14 +419,22 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
 // ~300 instructions per 1 KB tile, more than the SM can issue at HBM rate; this one ~140).
 // Warps take pages round robin (warp w: local pages kP16Pages * (w + kP16Warps * k) + ...), so
 // a block's warps stream adjacent blocks. kNT: MMA n-tiles of 8 query heads (groups of 9-16
-// heads: two). kMass (growing): each page's max estimate and sum of exp(est - that max) per
-// query head by list entry (GrowWork::page_mass / page_max; the search rescales by the head's
-// max), so no separate page-sum pass re-reads the scores.
+// heads: two). Every page's max estimate per query head goes to page_max by list entry
+// (NaN when the page holds one: the top-p passes skip the scores of pages whose max lies
+// below what they could add to, see PruneShape::page_top, and must still see every NaN).
+// kMass (growing): also the sum of exp(est - that max) per query head (GrowWork::page_mass;
+// the search rescales by the head's max), so no separate page-sum pass re-reads the scores.
 // exp(x) for x <= 0 as ex2.approx(x * log2 e): one multiply and one MUFU op (expf's
 // accurate range reduction costs ~10 instructions, four times per page and lane). Relative
 // error ~1e-6 at x = -20 (the argument's rounding), far below the float sums' own; results
 // below 2^-126 flush to 0.
 constexpr float kLog2e = 1.4426950408889634f;
+// max that propagates NaN (fmaxf drops it).
+__device__ __forceinline__ float MaxNan(float a, float b) {
+  float y;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(y) : "f"(a), "f"(b));
+  return y;
+}
 __device__ __forceinline__ float Exp2Approx(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -539,7 +552,7 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
       const int j = min(nt * 8 + 2 * t4 + kk, G - 1);
       out_row[nt][kk] = scores + int64_t(sq0 + j) * shape.cand_stride + int64_t(p_begin) * 16 + r;
       mass_row[nt][kk] = kMass ? page_mass + int64_t(sq0 + j) * sel.max_select + p_begin : nullptr;
-      max_row[nt][kk] = kMass ? page_max + int64_t(sq0 + j) * sel.max_select + p_begin : nullptr;
+      max_row[nt][kk] = page_max + int64_t(sq0 + j) * sel.max_select + p_begin;
     }
   }
   if (steps > 0) load_meta(0);
@@ -599,19 +612,18 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
             if (head) out_row[nt][kk][lp * 16 + half * 8] = est;
           }
           run_max[nt][kk] = fmaxf(run_max[nt][kk], fmaxf(x[0], x[1]));
-          if constexpr (kMass) {
-            // The page's max and sum of exp(x - max) over its 16 rows (lanes of equal t4).
-            float pm = fmaxf(x[0], x[1]);
+          // The page's max over its 16 rows (lanes of equal t4), NaN if any row is.
+          float pm = MaxNan(x[0], x[1]);
 #pragma unroll
-            for (int o = 4; o < 32; o <<= 1) pm = fmaxf(pm, __shfl_xor_sync(0xffffffffu, pm, o));
+          for (int o = 4; o < 32; o <<= 1) pm = MaxNan(pm, __shfl_xor_sync(0xffffffffu, pm, o));
+          if (r == 0 && head) max_row[nt][kk][lp] = pm;
+          if constexpr (kMass) {
+            // Sum of exp(x - max) (a NaN page: NaN, as its sum of exp(x - M) was).
             float sum = (x[0] == -INFINITY ? 0.0f : Exp2Approx((x[0] - pm) * kLog2e)) +
                         (x[1] == -INFINITY ? 0.0f : Exp2Approx((x[1] - pm) * kLog2e));
 #pragma unroll
             for (int o = 4; o < 32; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-            if (r == 0 && head) {
-              mass_row[nt][kk][lp] = sum;
-              max_row[nt][kk][lp] = pm;
-            }
+            if (r == 0 && head) mass_row[nt][kk][lp] = sum;
           }
         }
       }

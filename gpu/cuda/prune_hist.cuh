@@ -211,6 +211,9 @@ __device__ __forceinline__ uint4 LoadRaw8(const fp16_t* row, int32_t i0, int32_t
   }
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
+// Eight FP16 -inf (a load of a page the top-p passes skip).
+constexpr uint4 kRawNegInf = {0xFC00FC00u, 0xFC00FC00u, 0xFC00FC00u, 0xFC00FC00u};
+
 // Whether all 8 FP16 scores of a LoadRaw8 result are below thr (both halves the same
 // threshold). The max propagates NaN, and NaN is never below, so a load holding a NaN
 // always takes the exact per-slot path. Callers pick thr rounded down (__float2half_rd) and
@@ -278,10 +281,21 @@ __global__ void __launch_bounds__(kHistThreads)
   const fp16_t* row = scores + int64_t(sq) * shape.cand_stride;
   const int32_t c1 = min(slots, c0 + kHistChunk);
   const bool vec = (shape.cand_stride & 7) == 0;
+  // Pages whose max lies more than 28.5 logits under the head's max add nothing (Fixed()
+  // gives every score there 0): their scores are not loaded (a NaN max never skips).
+  bool skip_page[kHistIters];
+#pragma unroll
+  for (int it = 0; it < kHistIters; ++it) {
+    const int32_t i0 = c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x);
+    skip_page[it] = shape.page_top && i0 < c1 &&
+                    shape.page_top[int64_t(sq) * sel.max_select + i0 / g.page_size] <
+                        mx - 28.5f;
+  }
   uint4 raw[kHistIters];
 #pragma unroll
   for (int it = 0; it < kHistIters; ++it) {
-    raw[it] = LoadRaw8(row, c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x), c1, vec);
+    const int32_t i0 = c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x);
+    raw[it] = skip_page[it] ? kRawNegInf : LoadRaw8(row, i0, c1, vec);
   }
   for (int i = threadIdx.x; i < kHistWarps * kHistBins; i += blockDim.x) {
     (&sub_lo[0][0])[i] = 0;
@@ -386,6 +400,7 @@ struct ChunkHeads {
   int mode[kMaxGroup], b1[kMaxGroup], b2[kMaxGroup];
   float mx[kMaxGroup];
   uint32_t skip[kMaxGroup];
+  float top_skip[kMaxGroup];  // the same threshold in float, for PruneShape::page_top
   int count[kMaxGroup], bnd[kMaxGroup];
 };
 
@@ -410,10 +425,12 @@ __device__ __forceinline__ void LoadChunkHeads(ChunkHeads& ch, const PrunerParam
       ch.mx[jw] = mx;
       // Bin1 > B1 for every score below mx - (B1 + 1) / 8 (a 1/64-logit margin for the
       // float rounding of d); B1 = 255 skips nothing.
-      const __half2 skip = HalfThreshold(
+      const float below =
           b1 < kHistBins - 1 ? mx - float(b1 + 1) * (1.0f / kBinsPerLogit) - 1.0f / 64
-                             : -INFINITY);
+                             : -INFINITY;
+      const __half2 skip = HalfThreshold(below);
       ch.skip[jw] = *reinterpret_cast<const uint32_t*>(&skip);
+      ch.top_skip[jw] = below;
       ch.count[jw] = 0;
       ch.bnd[jw] = 0;
       if (level2 && blockIdx.x == 0 && mode == kModeTopP) hw.kept_mass[sq0 + jw] = kept_mass;
@@ -483,13 +500,23 @@ __global__ void __launch_bounds__(kKeptThreads)
         }
       }
     }
-    // Every head's 8 scores loaded at once (one round trip per step, not one per head).
+    // Every head's 8 scores loaded at once (one round trip per step, not one per head),
+    // except where the page's max lies past the head's boundary bin (page_top).
+    bool skip_page[kMaxGroup];
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      skip_page[j] = j < G && vmask && shape.page_top &&
+                     shape.page_top[int64_t(sq0 + j) * sel.max_select + i0 / ps] <
+                         ch.top_skip[j];
+    }
     uint4 raws[kMaxGroup];
 #pragma unroll
     for (int j = 0; j < kMaxGroup; ++j) {
       raws[j] = make_uint4(0u, 0u, 0u, 0u);
       if (j < G && vmask && ch.mode[j] == kModeTopP) {
-        raws[j] = LoadRaw8(scores + int64_t(sq0 + j) * shape.cand_stride, i0, c1, vec);
+        raws[j] = skip_page[j]
+                      ? kRawNegInf
+                      : LoadRaw8(scores + int64_t(sq0 + j) * shape.cand_stride, i0, c1, vec);
       }
     }
     uint32_t byte = 0;
