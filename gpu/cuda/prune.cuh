@@ -12,7 +12,11 @@
 //     Scores are stored as FP16 (2 B per token and head: a quarter of the INT4 bytes at
 //     G = 4 instead of as many), and the per-head maximum of the stored (rounded) scores is
 //     folded in with one atomicMax per warp and head (order-preserving integer keys).
-//     ScoreScalarKernel is the fallback for k_bits 2/8 and for FP16 K (k_bits 16).
+//     ScorePage16Kernel does the same for the common geometry (per-token INT4, pages of
+//     16, d 64/128, up to 16 heads per KV head) with a page per tile and fixed lane offsets
+//     (about half the instructions per byte), and writes each page's max estimate per head
+//     (and, growing, its sum of exp below that max). ScoreScalarKernel is the fallback for
+//     k_bits 2/8, FP16 K (k_bits 16) and groups past 8 outside ScorePage16Kernel.
 //  2. The top-p threshold by histogram selection, many blocks per head (prune_hist.cuh):
 //     HistKernel (level 1), KeptKernel (level 2 + union bit words above the boundary bin +
 //     per-head kept counters), BoundaryKernel (the boundary bin's bits).

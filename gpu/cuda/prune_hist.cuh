@@ -38,7 +38,12 @@
 //     candidates with sub-bin <= B2 (a segment that overflowed: its chunk's scores are
 //     rescanned). The kept mass comes from the histograms (the same integer masses).
 // So the scores are read twice (level 1, then level 2 + kept bits), not three times, and
-// the kept pass computes no exp outside the boundary bin.
+// the kept pass computes no exp outside the boundary bin. Both passes skip what cannot count
+// (exactly: rounding margins, NaN never skipped): a page whose max estimate (from the score
+// pass, PruneShape::page_top) lies below the threshold is not loaded at all, and a load of
+// 8 scores all below it costs one max and one compare (AllBelow). Level 1's threshold is
+// 28.5 logits under the max (weights that round to 0 in fixed point), the kept pass's the
+// lower edge of the boundary bin: a peaked head reads its far pages' maxima, not its scores.
 // CompactKeptKernel (below) then lists the tokens and writes the per-head telemetry.
 //
 // Bytes (INT4, d = 128, group G): the score pass reads 68 B per (token, KV head) and writes
