@@ -287,15 +287,9 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     TWL_RETURN_IF_ERROR(LaunchStatus("GrowPrepKernel"));
     // One sort per pair when its pages fit a block's registers, the radix passes for the
     // longer pairs (mixed lengths around 128k: only those past 8192 pages pay for them).
-    cuda::GrowSearchSortedKernel<<<unsigned(pairs), cuda::kSortThreads, 0, st>>>(
+    cuda::GrowSearchKernel<<<unsigned(pairs), cuda::kSortThreads, 0, st>>>(
         g, params, batch, selection, shape, l.head_max, l.grow, stats, stage);
-    TWL_RETURN_IF_ERROR(LaunchStatus("GrowSearchSortedKernel"));
-    if (selection.max_select > cuda::kSortPages) {
-      cuda::GrowSearchKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
-          g, params, batch, selection, shape, l.head_max, l.grow, stats, stage,
-          /*long_only=*/true);
-      TWL_RETURN_IF_ERROR(LaunchStatus("GrowSearchKernel"));
-    }
+    TWL_RETURN_IF_ERROR(LaunchStatus("GrowSearchKernel"));
     return Mark(ev, 5 + 2 * stage, st);
   };
 

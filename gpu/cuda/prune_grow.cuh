@@ -25,8 +25,8 @@
 //     entry), so they see only candidates.
 // With an automatic seed below kOneStageBytes of INT4 (see RunPrune: in practice always),
 // ListAllKernel replaces the seed list: one stage over every page.
-// GrowSearchSortedKernel replaces GrowSearchKernel's radix passes for each pair of up to 8192
-// pages (both are launched when some pair is longer; each takes its own pairs) (one block-wide sort by key, then prefix sums of A and R per head), and
+// GrowSearchKernel sorts each pair of up to 8192 pages (GrowSearchSorted) instead of the
+// radix passes (GrowSearchRadix, for longer pairs), both in one launch (one block-wide sort by key, then prefix sums of A and R per head), and
 // SeedListSortedKernel SeedListKernel's CountCut passes (the same list).
 // Floats are summed in a different order than the reference (double there), so a page whose
 // inclusion is decided by a near-tie can differ (tests/gpu compare with a tolerance).
@@ -44,8 +44,6 @@ namespace twl::cuda {
 constexpr int kGrowThreads = 512;
 static_assert(kGrowThreads / 32 >= kMaxGroup, "a warp per head for the cumulative sums");
 constexpr int kMassThreads = 256;
-// Pages of a pair GrowSearchSortedKernel holds (kSortThreads * kSortItems, checked there).
-constexpr int kSortPagesMax = 8192;
 
 struct GrowWork {
   float* page_mass = nullptr;   // [num_seqs * num_q_heads][max_select] by list entry
@@ -156,7 +154,7 @@ __device__ __forceinline__ uint32_t PrepKey(const GrowWork& work, int32_t pair,
 
 // Grid: x = page chunks of kMassThreads, y = (sequence, KV head); stage 2: flagged pairs
 // only. Every page of the pair (the selector lists all): key, and per query head pa / pb
-// (see GrowWork), the values GrowSearchKernel / GrowSearchSortedKernel computed per pass.
+// (see GrowWork), the values both searches computed per pass before.
 __global__ void __launch_bounds__(kMassThreads)
     GrowPrepKernel(PageGeometry g, BatchView batch, SelectionView sel, PruneShape shape,
                    const uint32_t* __restrict__ head_max, GrowWork work, int stage) {
@@ -361,15 +359,16 @@ __global__ void __launch_bounds__(kGrowThreads)
 // Stage 1 flags a pair whose rule fails with every listed page in (or p >= 1 with pages left
 // out): its list becomes every page and its head_max is cleared for the rescoring.
 // head_max is rewritten to the max over the candidates.
-__global__ void __launch_bounds__(kGrowThreads, 1)
-    GrowSearchKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
-                     PruneShape shape, uint32_t* __restrict__ head_max, GrowWork work,
-                     HeadStatsView stats, int stage, bool long_only) {
-  __shared__ GrowSmem sm;
+// (The radix passes, for pairs past kSortPages pages; GrowSearchKernel below dispatches.)
+__device__ __noinline__ void GrowSearchRadix(GrowSmem& sm, const PageGeometry& g,
+                                                const PrunerParams& params,
+                                                const BatchView& batch,
+                                                const SelectionView& sel,
+                                                const PruneShape& shape,
+                                                uint32_t* __restrict__ head_max,
+                                                const GrowWork& work,
+                                                const HeadStatsView& stats, int stage) {
   const int32_t pair = blockIdx.x;
-  if (stage == 2 && !work.need[pair]) return;
-  // long_only: GrowSearchSortedKernel (same launch sequence) takes the pairs it can hold.
-  if (long_only && sel.count[pair] <= kSortPagesMax) return;
   const GrowPair gp = MakeGrowPair(g, params, batch, sel, shape, work, pair);
   const int32_t G = gp.G, n = gp.n, listed = gp.listed, sq0 = gp.sq0, cap = gp.cap;
   const int32_t* pos = gp.pos;
@@ -624,9 +623,9 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
   }
 }
 
-// GrowSearchKernel for pairs of at most kSortPages pages (GrowSearchKernel, launched after
-// it only when longer pairs exist, skips them): the same rule and outputs, but instead of 4+ radix passes over the
-// pages (each a chain of dependent loads in one block), the listed ranked pages are sorted
+// GrowSearchSorted, for pairs of at most kSortPages pages: the same rule and outputs as
+// GrowSearchRadix, but instead of 4+ radix passes over the pages (each a sweep by one
+// block), the listed ranked pages are sorted
 // once by key (descending, in registers: 16 per thread) and the rule is evaluated at every
 // key boundary from prefix sums of A and R per head: the smallest passing prefix is the
 // smallest whole-level set, the largest boundary within the cap the capped set. Float sums
@@ -636,7 +635,6 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
 constexpr int kSortThreads = 512;
 constexpr int kSortItems = 16;
 constexpr int kSortPages = kSortThreads * kSortItems;
-static_assert(kSortPages == kSortPagesMax, "GrowSearchKernel's long_only split");
 
 struct Float2Sum {
   __device__ __forceinline__ float2 operator()(const float2& a, const float2& b) const {
@@ -705,28 +703,51 @@ __device__ __forceinline__ uint32_t SortLevels(uint32_t (&key)[kSortItems],
   return ends;
 }
 
-__global__ void __launch_bounds__(kSortThreads, 1)
-    GrowSearchSortedKernel(PageGeometry g, PrunerParams params, BatchView batch,
-                           SelectionView sel, PruneShape shape, uint32_t* __restrict__ head_max,
-                           GrowWork work, HeadStatsView stats, int stage) {
-  using Sort = cub::BlockRadixSort<uint32_t, kSortThreads, kSortItems, int32_t>;
-  using ScanF = cub::BlockScan<float2, kSortThreads>;
-  using ScanI = cub::BlockScan<int, kSortThreads>;
-  __shared__ union {
-    typename Sort::TempStorage sort;
-    typename ScanF::TempStorage scan;
-    typename ScanI::TempStorage iscan;
+using SortKeys = cub::BlockRadixSort<uint32_t, kSortThreads, kSortItems, int32_t>;
+using SortScanF = cub::BlockScan<float2, kSortThreads>;
+using SortScanI = cub::BlockScan<int, kSortThreads>;
+
+// Shared memory of the sorted search (a union member of GrowSearchKernel's, with GrowSmem).
+struct SortedSmem {
+  union {
+    SortKeys::TempStorage sort;
+    SortScanF::TempStorage scan;
+    SortScanI::TempStorage iscan;
   } tmp;
-  __shared__ uint8_t in_flag[kSortPages];     // by page: a ranked page of the final set
-  __shared__ uint32_t first_key[kSortThreads];  // each thread's first sorted key
-  __shared__ uint32_t key_range[2];
-  __shared__ float a_fix[kMaxGroup], b_fix[kMaxGroup];  // A of forced, R of unlisted pages
-  __shared__ float fin_a[kMaxGroup], fin_b[kMaxGroup];
-  __shared__ uint32_t fin_max[kMaxGroup];
-  __shared__ int fin_rows, best_k, cap_k, ok_all;
+  uint8_t in_flag[kSortPages];     // by page: a ranked page of the final set
+  uint32_t first_key[kSortThreads];  // each thread's first sorted key
+  uint32_t key_range[2];
+  float a_fix[kMaxGroup], b_fix[kMaxGroup];  // A of forced, R of unlisted pages
+  float fin_a[kMaxGroup], fin_b[kMaxGroup];
+  uint32_t fin_max[kMaxGroup];
+  int fin_rows, best_k, cap_k, ok_all;
+};
+
+__device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const PageGeometry& g,
+                                                 const PrunerParams& params,
+                                                 const BatchView& batch,
+                                                 const SelectionView& sel,
+                                                 const PruneShape& shape,
+                                                 uint32_t* __restrict__ head_max,
+                                                 const GrowWork& work,
+                                                 const HeadStatsView& stats, int stage) {
+  using Sort = SortKeys;
+  using ScanF = SortScanF;
+  using ScanI = SortScanI;
+  auto& tmp = S.tmp;
+  auto& in_flag = S.in_flag;
+  auto& first_key = S.first_key;
+  auto& key_range = S.key_range;
+  auto& a_fix = S.a_fix;
+  auto& b_fix = S.b_fix;
+  auto& fin_a = S.fin_a;
+  auto& fin_b = S.fin_b;
+  auto& fin_max = S.fin_max;
+  auto& fin_rows = S.fin_rows;
+  auto& best_k = S.best_k;
+  auto& cap_k = S.cap_k;
+  auto& ok_all = S.ok_all;
   const int32_t pair = blockIdx.x;
-  if (stage == 2 && !work.need[pair]) return;
-  if (sel.count[pair] > kSortPages) return;  // GrowSearchKernel's (long_only)
   const GrowPair gp = MakeGrowPair(g, params, batch, sel, shape, work, pair);
   const int32_t G = gp.G, n = gp.n, listed = gp.listed, sq0 = gp.sq0, cap = gp.cap;
   const int32_t* pos = gp.pos;
@@ -905,6 +926,27 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   if (t < G) {
     WriteGrowHead(gp, work, head_max, stats, t, fin_a[t], fin_b[t], fin_max[t], fin_rows,
                   cap_hit);
+  }
+}
+
+// One block per (sequence, KV head) (stage 2: flagged pairs only): the sorted search for
+// pairs of up to kSortPages pages, the radix passes beyond, in one launch (mixed lengths
+// around 128k have both; two launches would add their latencies).
+__global__ void __launch_bounds__(kSortThreads, 1)
+    GrowSearchKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
+                     PruneShape shape, uint32_t* __restrict__ head_max, GrowWork work,
+                     HeadStatsView stats, int stage) {
+  static_assert(kSortThreads == kGrowThreads, "one block size for both searches");
+  __shared__ union {
+    GrowSmem radix;
+    SortedSmem sorted;
+  } sm;
+  const int32_t pair = blockIdx.x;
+  if (stage == 2 && !work.need[pair]) return;
+  if (sel.count[pair] <= kSortPages) {
+    GrowSearchSorted(sm.sorted, g, params, batch, sel, shape, head_max, work, stats, stage);
+  } else {
+    GrowSearchRadix(sm.radix, g, params, batch, sel, shape, head_max, work, stats, stage);
   }
 }
 
