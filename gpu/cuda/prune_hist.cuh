@@ -364,6 +364,31 @@ __device__ __forceinline__ bool SlotIsCandidate(const int32_t* pages, const uint
   return !in_set || in_set[i / ps] != 0;
 }
 
+// Bit k: candidate slot i0 + k (i0 a multiple of 8) is a valid row of the pair (see
+// SlotIsCandidate); pages of a multiple of 8 rows hold the 8 slots in one page.
+__device__ __forceinline__ uint32_t CandidateMask8(const int32_t* pages, const uint8_t* in_set,
+                                                   int32_t ps, int32_t len, int32_t c1,
+                                                   int32_t i0) {
+  uint32_t vmask = 0;
+  if (i0 >= c1) return 0;
+  if ((ps & 7) == 0) {
+    const int32_t pg = i0 / ps;
+    const int32_t pos0 = pages[pg] * ps + i0 % ps;
+    if (!in_set || in_set[pg] != 0) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        if (i0 + k < c1 && pos0 + k < len) vmask |= 1u << k;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      if (SlotIsCandidate(pages, in_set, ps, len, c1, i0 + k)) vmask |= 1u << k;
+    }
+  }
+  return vmask;
+}
+
 // Warp j < G of a block of (sequence, KV head): head j's mode and level-1 boundary bin B1
 // (and, with v2 given, the level-2 sub-bin B2 and the head's kept mass). Lane 0 returns
 // the results; every lane runs the shuffles.
@@ -479,7 +504,6 @@ __global__ void __launch_bounds__(kKeptThreads)
   uint32_t* pair_bits = bits + int64_t(pair) * shape.bit_words;
   const int32_t c1 = min(slots, c0 + kKeptChunk);
   const int32_t ps = g.page_size;
-  const bool page8 = (ps & 7) == 0;
   const bool vec = (shape.cand_stride & 7) == 0;
   int cnt[kMaxGroup];
 #pragma unroll
@@ -487,24 +511,8 @@ __global__ void __launch_bounds__(kKeptThreads)
   // The same trip count for every thread (the shuffles); c0 and the step: multiples of 32.
   for (int32_t base = c0; base < c1; base += 8 * blockDim.x) {
     const int32_t i0 = base + 8 * int32_t(threadIdx.x);
-    uint32_t vmask = 0;  // bit k: slot i0 + k is a valid candidate
-    if (i0 < c1) {
-      if (page8) {
-        const int32_t pg = i0 / ps;
-        const int32_t pos0 = pages[pg] * ps + i0 % ps;
-        if (!in_set || in_set[pg] != 0) {
-#pragma unroll
-          for (int k = 0; k < 8; ++k) {
-            if (i0 + k < c1 && pos0 + k < len) vmask |= 1u << k;
-          }
-        }
-      } else {
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          if (SlotIsCandidate(pages, in_set, ps, len, c1, i0 + k)) vmask |= 1u << k;
-        }
-      }
-    }
+    // bit k: slot i0 + k is a valid candidate
+    const uint32_t vmask = CandidateMask8(pages, in_set, ps, len, c1, i0);
     // Every head's 8 scores loaded at once (one round trip per step, not one per head),
     // except where the page's max lies past the head's boundary bin (page_top).
     bool skip_page[kMaxGroup];
@@ -657,16 +665,28 @@ __global__ void __launch_bounds__(kKeptThreads)
         ++cnt;
       }
     } else {
-      // Overflow: the same test as KeptKernel's, slot by slot.
+      // Overflow: the same test as KeptKernel's, 8 slots per thread and load (c0 and i0
+      // multiples of 8: the 8 bits lie in one word).
       const fp16_t* row = scores + int64_t(sq0 + j) * shape.cand_stride;
       const float mxj = ch.mx[j];
-      for (int32_t i = c0 + threadIdx.x; i < c1; i += blockDim.x) {
-        if (!SlotIsCandidate(pages, in_set, g.page_size, len, c1, i)) continue;
-        const float d = mxj - H2F(row[i]);
-        const int b1 = Bin1(d);
-        if (b1 != B1 || Bin2(d, b1) > B2 || !(expf(-d) > 0.0f)) continue;
-        atomicOr(&s_bits[(i - c0) >> 5], 1u << ((i - c0) & 31));
-        ++cnt;
+      const bool vec = (shape.cand_stride & 7) == 0;
+      for (int32_t i0 = c0 + 8 * int32_t(threadIdx.x); i0 < c1; i0 += 8 * int32_t(blockDim.x)) {
+        const uint32_t vmask = CandidateMask8(pages, in_set, g.page_size, len, c1, i0);
+        if (!vmask) continue;
+        const uint4 raw = LoadRaw8(row, i0, c1, vec);
+        uint32_t byte = 0;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          if (!((vmask >> k) & 1u)) continue;
+          const float d = mxj - RawHalf(raw, k);
+          const int b1 = Bin1(d);
+          if (b1 != B1 || Bin2(d, b1) > B2 || !(expf(-d) > 0.0f)) continue;
+          byte |= 1u << k;
+        }
+        if (byte) {
+          atomicOr(&s_bits[(i0 - c0) >> 5], byte << ((i0 - c0) & 31));
+          cnt += __popc(byte);
+        }
       }
     }
     cnt = int(__reduce_add_sync(0xffffffffu, unsigned(cnt)));
