@@ -146,9 +146,24 @@ __device__ __forceinline__ void GroupQuerySums(const fp16_t* q_group, int G, int
   const int t4 = lane & 3;
 #pragma unroll
   for (int nt = 0; nt < kNT; ++nt) qsum[nt][0] = qsum[nt][1] = 0.0f;
-  for (int j = 0; j < G; ++j) {
+  // Every head's channels loaded first (all in flight together: a loop to G paid a round
+  // trip per head in every block's prologue), then summed in the same order as before.
+  constexpr int kPer = (kHeadDim + 31) / 32;
+  float v[kNT * 8][kPer];
+#pragma unroll
+  for (int j = 0; j < kNT * 8; ++j) {
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int c = lane + 32 * i;
+      v[j][i] = j < G && c < kHeadDim ? H2F(q_group[int64_t(j) * kHeadDim + c]) : 0.0f;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kNT * 8; ++j) {
+    if (j >= G) break;
     float part = 0.0f;
-    for (int c = lane; c < kHeadDim; c += 32) part += H2F(q_group[int64_t(j) * kHeadDim + c]);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) part += v[j][i];
     part = WarpSum(part);
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt) {
