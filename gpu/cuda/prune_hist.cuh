@@ -287,14 +287,18 @@ __global__ void __launch_bounds__(kHistThreads)
   const int32_t c1 = min(slots, c0 + kHistChunk);
   const bool vec = (shape.cand_stride & 7) == 0;
   // Pages whose max lies more than 28.5 logits under the head's max add nothing (Fixed()
-  // gives every score there 0): their scores are not loaded (a NaN max never skips).
+  // gives every score there 0), nor do pages outside the growth's candidates: their scores
+  // are not loaded (a NaN max never skips).
+  const uint8_t* set_row = shape.in_set ? shape.in_set + int64_t(pair) * sel.max_select : nullptr;
   bool skip_page[kHistIters];
 #pragma unroll
   for (int it = 0; it < kHistIters; ++it) {
     const int32_t i0 = c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x);
-    skip_page[it] = shape.page_top && i0 < c1 &&
-                    shape.page_top[int64_t(sq) * sel.max_select + i0 / g.page_size] <
-                        mx - 28.5f;
+    const int32_t entry = i0 / g.page_size;
+    skip_page[it] = i0 < c1 && (g.page_size & 7) == 0 &&
+                    ((set_row && set_row[entry] == 0) ||
+                     (shape.page_top &&
+                      shape.page_top[int64_t(sq) * sel.max_select + entry] < mx - 28.5f));
   }
   uint4 raw[kHistIters];
 #pragma unroll
