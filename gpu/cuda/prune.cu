@@ -347,8 +347,9 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
         g, params, batch, list, shape, l.scores, l.head_max, l.hist);
     TWL_RETURN_IF_ERROR(LaunchStatus("HistKernel"));
     const dim3 kept_grid{unsigned(l.hist.bnd_chunks), unsigned(pairs), 1u};
-    cuda::KeptKernel<<<kept_grid, cuda::kKeptThreads, 0, st>>>(
-        g, params, batch, list, shape, l.scores, l.head_max, l.hist, l.bits);
+    auto kept = group > 8 ? cuda::KeptKernel<16> : cuda::KeptKernel<8>;
+    kept<<<kept_grid, cuda::kKeptThreads, 0, st>>>(g, params, batch, list, shape, l.scores,
+                                                   l.head_max, l.hist, l.bits);
     TWL_RETURN_IF_ERROR(LaunchStatus("KeptKernel"));
     cuda::BoundaryKernel<<<kept_grid, cuda::kKeptThreads, 0, st>>>(
         g, params, batch, list, shape, l.scores, l.head_max, l.hist, l.bits);

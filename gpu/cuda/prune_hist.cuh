@@ -484,13 +484,16 @@ static_assert(kKeptChunk <= 65536, "chunk offsets fit 16 bits");
 // written, and per-head kept counts); a boundary candidate (b1 == B1) adds its mass to the
 // head's level-2 histogram and is listed for BoundaryKernel, which sets its bit once B2 is
 // known. Each thread takes 8 consecutive slots per step (one 16-byte load per head); four
-// lanes make a bit word (two shuffles), written with a plain store.
+// lanes make a bit word (two shuffles), written with a plain store. kMaxG (8 or 16): the
+// group sizes it takes (registers and level-2 sums sized for them; groups of up to 8 keep
+// the occupancy of 8 when the GPU build allows 16).
+template <int kMaxG>
 __global__ void __launch_bounds__(kKeptThreads)
     KeptKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                PruneShape shape, const fp16_t* __restrict__ scores,
                const uint32_t* __restrict__ head_max, HistWork hw, uint32_t* __restrict__ bits) {
   __shared__ ChunkHeads ch;
-  __shared__ u64 s_h2[kMaxGroup][kHistBins];  // level-2 partial sums of this chunk
+  __shared__ u64 s_h2[kMaxG][kHistBins];  // level-2 partial sums of this chunk
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t slots = sel.count[pair] * g.page_size;
@@ -509,93 +512,101 @@ __global__ void __launch_bounds__(kKeptThreads)
   const int32_t c1 = min(slots, c0 + kKeptChunk);
   const int32_t ps = g.page_size;
   const bool vec = (shape.cand_stride & 7) == 0;
-  int cnt[kMaxGroup];
+  int cnt[kMaxG];
 #pragma unroll
-  for (int j = 0; j < kMaxGroup; ++j) cnt[j] = 0;
+  for (int j = 0; j < kMaxG; ++j) cnt[j] = 0;
   // The same trip count for every thread (the shuffles); c0 and the step: multiples of 32.
   for (int32_t base = c0; base < c1; base += 8 * blockDim.x) {
     const int32_t i0 = base + 8 * int32_t(threadIdx.x);
     // bit k: slot i0 + k is a valid candidate
     const uint32_t vmask = CandidateMask8(pages, in_set, ps, len, c1, i0);
-    // Every head's 8 scores loaded at once (one round trip per step, not one per head),
-    // except where the page's max lies past the head's boundary bin (page_top).
-    bool skip_page[kMaxGroup];
-#pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      skip_page[j] = j < G && vmask && shape.page_top &&
-                     shape.page_top[int64_t(sq0 + j) * sel.max_select + i0 / ps] <
-                         ch.top_skip[j];
-    }
-    uint4 raws[kMaxGroup];
-#pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      raws[j] = make_uint4(0u, 0u, 0u, 0u);
-      if (j < G && vmask && ch.mode[j] == kModeTopP) {
-        raws[j] = skip_page[j]
-                      ? kRawNegInf
-                      : LoadRaw8(scores + int64_t(sq0 + j) * shape.cand_stride, i0, c1, vec);
-      }
-    }
+    // The heads' 8 scores loaded at once, 8 heads at a time (one round trip per step and 8
+    // heads; groups of up to 16 keep the registers of 8), except where the page's max lies
+    // past the head's boundary bin (page_top).
     uint32_t byte = 0;
 #pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      if (j >= G) break;
-      const int mode = ch.mode[j];  // block-uniform
-      if (mode == kModeAll) {
-        byte |= vmask;
-        cnt[j] += __popc(vmask);
-      } else if (mode == kModeTopP) {
-        uint32_t bmask = 0;  // bit k: slot i0 + k lies in the boundary bin
-        uint64_t b2s = 0;    // its sub-bin in byte k
-        const uint32_t skip = ch.skip[j];
-        if (vmask && !AllBelow(raws[j], *reinterpret_cast<const __half2*>(&skip))) {
-          const uint4 raw = raws[j];
-          const float mxj = ch.mx[j];
-          const int B1 = ch.b1[j];
+    for (int jb = 0; jb < kMaxG; jb += 8) {
+      if (jb >= G) break;
+      bool skip_page[8];
 #pragma unroll
-          for (int k = 0; k < 8; ++k) {
-            if (!((vmask >> k) & 1u)) continue;
-            const float d = mxj - RawHalf(raw, k);
-            const int b1 = Bin1(d);
-            // b1 < B1 <= 254: d < 31.875, so the float weight is > 0 (kept, as before).
-            if (b1 < B1) {
-              byte |= 1u << k;
-              ++cnt[j];
-            } else if (b1 == B1) {
-              const float w = expf(-d);
-              if (w > 0.0f) {
-                const int b2 = Bin2(d, b1);
-                bmask |= 1u << k;
-                b2s |= uint64_t(b2) << (8 * k);
-                const u64 m = Fixed(w, hw.fx_scale);
-                if (m) SharedAddU64(&s_h2[j][b2], m);
+      for (int jj = 0; jj < 8; ++jj) {
+        const int j = jb + jj;
+        skip_page[jj] = j < G && vmask && shape.page_top &&
+                        shape.page_top[int64_t(sq0 + j) * sel.max_select + i0 / ps] <
+                            ch.top_skip[j];
+      }
+      uint4 raws[8];
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj) {
+        const int j = jb + jj;
+        raws[jj] = make_uint4(0u, 0u, 0u, 0u);
+        if (j < G && vmask && ch.mode[j] == kModeTopP) {
+          raws[jj] = skip_page[jj]
+                         ? kRawNegInf
+                         : LoadRaw8(scores + int64_t(sq0 + j) * shape.cand_stride, i0, c1, vec);
+        }
+      }
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj) {
+        const int j = jb + jj;
+        if (j >= G) break;
+        const int mode = ch.mode[j];  // block-uniform
+        if (mode == kModeAll) {
+          byte |= vmask;
+          cnt[j] += __popc(vmask);
+        } else if (mode == kModeTopP) {
+          uint32_t bmask = 0;  // bit k: slot i0 + k lies in the boundary bin
+          uint64_t b2s = 0;    // its sub-bin in byte k
+          const uint32_t skip = ch.skip[j];
+          if (vmask && !AllBelow(raws[jj], *reinterpret_cast<const __half2*>(&skip))) {
+            const uint4 raw = raws[jj];
+            const float mxj = ch.mx[j];
+            const int B1 = ch.b1[j];
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+              if (!((vmask >> k) & 1u)) continue;
+              const float d = mxj - RawHalf(raw, k);
+              const int b1 = Bin1(d);
+              // b1 < B1 <= 254: d < 31.875, so the float weight is > 0 (kept, as before).
+              if (b1 < B1) {
+                byte |= 1u << k;
+                ++cnt[j];
+              } else if (b1 == B1) {
+                const float w = expf(-d);
+                if (w > 0.0f) {
+                  const int b2 = Bin2(d, b1);
+                  bmask |= 1u << k;
+                  b2s |= uint64_t(b2) << (8 * k);
+                  const u64 m = Fixed(w, hw.fx_scale);
+                  if (m) SharedAddU64(&s_h2[j][b2], m);
+                }
               }
             }
           }
-        }
-        // List the boundary candidates: one shared atomic per warp (mode is block-uniform,
-        // so every lane of the warp is here).
-        const unsigned any = __ballot_sync(0xffffffffu, bmask != 0);
-        if (any) {
-          const int n = __popc(bmask);
-          int incl = n;
+          // List the boundary candidates: one shared atomic per warp (mode is block-uniform,
+          // so every lane of the warp is here).
+          const unsigned any = __ballot_sync(0xffffffffu, bmask != 0);
+          if (any) {
+            const int n = __popc(bmask);
+            int incl = n;
 #pragma unroll
-          for (int o = 1; o < 32; o <<= 1) {
-            const int y = __shfl_up_sync(0xffffffffu, incl, o);
-            if (lane >= o) incl += y;
-          }
-          int at = 0;
-          if (lane == 31) at = atomicAdd(&ch.bnd[j], incl);
-          at = __shfl_sync(0xffffffffu, at, 31) + incl - n;
-          int32_t* list =
-              hw.bnd + (int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x) * int64_t(kBndCap);
-#pragma unroll
-          for (int k = 0; k < 8; ++k) {
-            if (!((bmask >> k) & 1u)) continue;
-            if (at < kBndCap) {
-              list[at] = (i0 + k - c0) | (int32_t((b2s >> (8 * k)) & 255u) << 16);
+            for (int o = 1; o < 32; o <<= 1) {
+              const int y = __shfl_up_sync(0xffffffffu, incl, o);
+              if (lane >= o) incl += y;
             }
-            ++at;
+            int at = 0;
+            if (lane == 31) at = atomicAdd(&ch.bnd[j], incl);
+            at = __shfl_sync(0xffffffffu, at, 31) + incl - n;
+            int32_t* list =
+                hw.bnd + (int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x) * int64_t(kBndCap);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+              if (!((bmask >> k) & 1u)) continue;
+              if (at < kBndCap) {
+                list[at] = (i0 + k - c0) | (int32_t((b2s >> (8 * k)) & 255u) << 16);
+              }
+              ++at;
+            }
           }
         }
       }
@@ -606,7 +617,7 @@ __global__ void __launch_bounds__(kKeptThreads)
     if ((lane & 3) == 0 && i0 < c1) pair_bits[i0 >> 5] = word;
   }
 #pragma unroll
-  for (int j = 0; j < kMaxGroup; ++j) {
+  for (int j = 0; j < kMaxG; ++j) {
     if (j >= G) break;
     const int c = __reduce_add_sync(0xffffffffu, unsigned(cnt[j]));
     if (lane == 0 && c) atomicAdd(&ch.count[j], c);
@@ -831,7 +842,7 @@ __global__ void __launch_bounds__(kCompactThreads)
         est = kept > 0 ? 1.0f : 0.0f;
       } else if (mode == kModeTopP) {
         u64 total = 0;
-  #pragma unroll
+#pragma unroll
         for (int k = 0; k < 8; ++k) total += hw.hist1[int64_t(sq) * kHistBins + lane * 8 + k];
         total = WarpSumU64(total);
         est = total ? float(double(hw.kept_mass[sq]) / double(total)) : 0.0f;
