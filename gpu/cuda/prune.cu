@@ -104,7 +104,7 @@ absl::Status LaunchScorePage16(bool grow, int32_t nt, int64_t bx, int64_t pairs,
   }
   kernel<<<grid, cuda::kP16Warps * 32, smem, st>>>(g, batch, q, qk, list, sh, run, scores,
                                                    head_max, grow ? page_mass : nullptr,
-                                                   page_max);
+                                                   grow ? page_max : nullptr);
   return LaunchStatus("ScorePage16Kernel");
 }
 
@@ -336,8 +336,6 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     shape.head_ratio = l.grow.head_ratio;
     shape.in_set = l.grow.in_set;
   }
-  // The page-16 estimator wrote every listed page's max (NaN-propagating) per query head.
-  if (page16 && !params.dense) shape.page_top = l.grow.page_max;
   TWL_RETURN_IF_ERROR(Mark(ev, 1, st));
   if (!params.dense) {
     // Top-p by histogram selection (prune_hist.cuh): level 1; level 2 with the kept bits

@@ -14,8 +14,8 @@
 //     folded in with one atomicMax per warp and head (order-preserving integer keys).
 //     ScorePage16Kernel does the same for the common geometry (per-token INT4, pages of
 //     16, d 64/128, up to 16 heads per KV head) with a page per tile and fixed lane offsets
-//     (about half the instructions per byte), and writes each page's max estimate per head
-//     (and, growing, its sum of exp below that max). ScoreScalarKernel is the fallback for
+//     (about half the instructions per byte), and, growing, each page's max estimate per head
+//     and its sum of exp below that max. ScoreScalarKernel is the fallback for
 //     k_bits 2/8, FP16 K (k_bits 16) and groups past 8 outside ScorePage16Kernel.
 //  2. The top-p threshold by histogram selection, many blocks per head (prune_hist.cuh):
 //     HistKernel (level 1), KeptKernel (level 2 + union bit words above the boundary bin +
@@ -46,11 +46,6 @@ struct PruneShape {
   const uint8_t* in_set = nullptr;
   // Growing, second stage: only the (sequence, KV head) pairs flagged here are scored.
   const int32_t* only = nullptr;
-  // Per (query head, list entry) the max of the page's stored estimates, NaN-propagating
-  // ([num_seqs * num_q_heads][max_select], written by ScorePage16Kernel), or null. The
-  // top-p passes skip the score loads of a page whose max is below what could count there
-  // (pages of 16: an 8-slot load lies in one page).
-  const float* page_top = nullptr;
 };
 
 // Order-preserving float <-> uint32 keys (0 is below every float; atomicMax on keys).
@@ -438,11 +433,9 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
 // ~300 instructions per 1 KB tile, more than the SM can issue at HBM rate; this one ~140).
 // Warps take pages round robin (warp w: local pages kP16Pages * (w + kP16Warps * k) + ...), so
 // a block's warps stream adjacent blocks. kNT: MMA n-tiles of 8 query heads (groups of 9-16
-// heads: two). Every page's max estimate per query head goes to page_max by list entry
-// (NaN when the page holds one: the top-p passes skip the scores of pages whose max lies
-// below what they could add to, see PruneShape::page_top, and must still see every NaN).
-// kMass (growing): also the sum of exp(est - that max) per query head (GrowWork::page_mass;
-// the search rescales by the head's max), so no separate page-sum pass re-reads the scores.
+// heads: two). kMass (growing): each page's max estimate per query head (NaN when the page
+// holds one) and the sum of exp(est - that max) by list entry (GrowWork::page_max /
+// page_mass; the search rescales by the head's max), so no page-sum pass re-reads scores.
 // exp(x) for x <= 0 as ex2.approx(x * log2 e): one multiply and one MUFU op (expf's
 // accurate range reduction costs ~10 instructions, four times per page and lane). Relative
 // error ~1e-6 at x = -20 (the argument's rounding), far below the float sums' own; results
@@ -571,7 +564,7 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
       const int j = min(nt * 8 + 2 * t4 + kk, G - 1);
       out_row[nt][kk] = scores + int64_t(sq0 + j) * shape.cand_stride + int64_t(p_begin) * 16 + r;
       mass_row[nt][kk] = kMass ? page_mass + int64_t(sq0 + j) * sel.max_select + p_begin : nullptr;
-      max_row[nt][kk] = page_max + int64_t(sq0 + j) * sel.max_select + p_begin;
+      max_row[nt][kk] = kMass ? page_max + int64_t(sq0 + j) * sel.max_select + p_begin : nullptr;
     }
   }
   if (steps > 0) load_meta(0);
@@ -631,13 +624,15 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
             if (head) out_row[nt][kk][lp * 16 + half * 8] = est;
           }
           run_max[nt][kk] = fmaxf(run_max[nt][kk], fmaxf(x[0], x[1]));
-          // The page's max over its 16 rows (lanes of equal t4), NaN if any row is.
-          float pm = MaxNan(x[0], x[1]);
-#pragma unroll
-          for (int o = 4; o < 32; o <<= 1) pm = MaxNan(pm, __shfl_xor_sync(0xffffffffu, pm, o));
-          if (r == 0 && head) max_row[nt][kk][lp] = pm;
           if constexpr (kMass) {
-            // Sum of exp(x - max) (a NaN page: NaN, as its sum of exp(x - M) was).
+            // The page's max over its 16 rows (lanes of equal t4), NaN if any row is, and the
+            // sum of exp(x - max) (a NaN page: NaN, as its sum of exp(x - M) was).
+            float pm = MaxNan(x[0], x[1]);
+#pragma unroll
+            for (int o = 4; o < 32; o <<= 1) {
+              pm = MaxNan(pm, __shfl_xor_sync(0xffffffffu, pm, o));
+            }
+            if (r == 0 && head) max_row[nt][kk][lp] = pm;
             float sum = (x[0] == -INFINITY ? 0.0f : Exp2Approx((x[0] - pm) * kLog2e)) +
                         (x[1] == -INFINITY ? 0.0f : Exp2Approx((x[1] - pm) * kLog2e));
 #pragma unroll

@@ -38,12 +38,12 @@
 //     candidates with sub-bin <= B2 (a segment that overflowed: its chunk's scores are
 //     rescanned). The kept mass comes from the histograms (the same integer masses).
 // So the scores are read twice (level 1, then level 2 + kept bits), not three times, and
-// the kept pass computes no exp outside the boundary bin. Both passes skip what cannot count
-// (exactly: rounding margins, NaN never skipped): a page whose max estimate (from the score
-// pass, PruneShape::page_top) lies below the threshold is not loaded at all, and a load of
-// 8 scores all below it costs one max and one compare (AllBelow). Level 1's threshold is
-// 28.5 logits under the max (weights that round to 0 in fixed point), the kept pass's the
-// lower edge of the boundary bin: a peaked head reads its far pages' maxima, not its scores.
+// the kept pass computes no exp outside the boundary bin. Both passes skip the work of what
+// cannot count (exactly: rounding margins, NaN never skipped): a load of 8 scores all below
+// the threshold costs one max and one compare (AllBelow). Level 1's threshold is 28.5
+// logits under the max (weights that round to 0 in fixed point), the kept pass's the lower
+// edge of the boundary bin. (Skipping the loads of far pages by the score pass's page maxima
+// cost a dependent round trip per block and step: both passes are latency-bound at B = 1.)
 // CompactKeptKernel (below) then lists the tokens and writes the per-head telemetry.
 //
 // Bytes (INT4, d = 128, group G): the score pass reads 68 B per (token, KV head) and writes
@@ -216,9 +216,6 @@ __device__ __forceinline__ uint4 LoadRaw8(const fp16_t* row, int32_t i0, int32_t
   }
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
-// Eight FP16 -inf (a load of a page the top-p passes skip).
-constexpr uint4 kRawNegInf = {0xFC00FC00u, 0xFC00FC00u, 0xFC00FC00u, 0xFC00FC00u};
-
 // Whether all 8 FP16 scores of a LoadRaw8 result are below thr (both halves the same
 // threshold). The max propagates NaN, and NaN is never below, so a load holding a NaN
 // always takes the exact per-slot path. Callers pick thr rounded down (__float2half_rd) and
@@ -286,25 +283,10 @@ __global__ void __launch_bounds__(kHistThreads)
   const fp16_t* row = scores + int64_t(sq) * shape.cand_stride;
   const int32_t c1 = min(slots, c0 + kHistChunk);
   const bool vec = (shape.cand_stride & 7) == 0;
-  // Pages whose max lies more than 28.5 logits under the head's max add nothing (Fixed()
-  // gives every score there 0), nor do pages outside the growth's candidates: their scores
-  // are not loaded (a NaN max never skips).
-  const uint8_t* set_row = shape.in_set ? shape.in_set + int64_t(pair) * sel.max_select : nullptr;
-  bool skip_page[kHistIters];
-#pragma unroll
-  for (int it = 0; it < kHistIters; ++it) {
-    const int32_t i0 = c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x);
-    const int32_t entry = i0 / g.page_size;
-    skip_page[it] = i0 < c1 && (g.page_size & 7) == 0 &&
-                    ((set_row && set_row[entry] == 0) ||
-                     (shape.page_top &&
-                      shape.page_top[int64_t(sq) * sel.max_select + entry] < mx - 28.5f));
-  }
   uint4 raw[kHistIters];
 #pragma unroll
   for (int it = 0; it < kHistIters; ++it) {
-    const int32_t i0 = c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x);
-    raw[it] = skip_page[it] ? kRawNegInf : LoadRaw8(row, i0, c1, vec);
+    raw[it] = LoadRaw8(row, c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x), c1, vec);
   }
   for (int i = threadIdx.x; i < kHistWarps * kHistBins; i += blockDim.x) {
     (&sub_lo[0][0])[i] = 0;
@@ -434,7 +416,6 @@ struct ChunkHeads {
   int mode[kMaxGroup], b1[kMaxGroup], b2[kMaxGroup];
   float mx[kMaxGroup];
   uint32_t skip[kMaxGroup];
-  float top_skip[kMaxGroup];  // the same threshold in float, for PruneShape::page_top
   int count[kMaxGroup], bnd[kMaxGroup];
 };
 
@@ -464,7 +445,6 @@ __device__ __forceinline__ void LoadChunkHeads(ChunkHeads& ch, const PrunerParam
                              : -INFINITY;
       const __half2 skip = HalfThreshold(below);
       ch.skip[jw] = *reinterpret_cast<const uint32_t*>(&skip);
-      ch.top_skip[jw] = below;
       ch.count[jw] = 0;
       ch.bnd[jw] = 0;
       if (level2 && blockIdx.x == 0 && mode == kModeTopP) hw.kept_mass[sq0 + jw] = kept_mass;
@@ -487,8 +467,11 @@ static_assert(kKeptChunk <= 65536, "chunk offsets fit 16 bits");
 // lanes make a bit word (two shuffles), written with a plain store. kMaxG (8 or 16): the
 // group sizes it takes (registers and level-2 sums sized for them; groups of up to 8 keep
 // the occupancy of 8 when the GPU build allows 16).
+// Occupancy: 4 blocks per SM for groups of up to 8 (64 registers: with fewer resident
+// blocks each block's prologue and two steps are pure latency; at 1 block per SM the H200
+// took 2x as long for the whole top-p).
 template <int kMaxG>
-__global__ void __launch_bounds__(kKeptThreads)
+__global__ void __launch_bounds__(kKeptThreads, kMaxG <= 8 ? 4 : 1)
     KeptKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                PruneShape shape, const fp16_t* __restrict__ scores,
                const uint32_t* __restrict__ head_max, HistWork hw, uint32_t* __restrict__ bits) {
@@ -521,29 +504,18 @@ __global__ void __launch_bounds__(kKeptThreads)
     // bit k: slot i0 + k is a valid candidate
     const uint32_t vmask = CandidateMask8(pages, in_set, ps, len, c1, i0);
     // The heads' 8 scores loaded at once, 8 heads at a time (one round trip per step and 8
-    // heads; groups of up to 16 keep the registers of 8), except where the page's max lies
-    // past the head's boundary bin (page_top).
+    // heads; groups of up to 16 keep the registers of 8).
     uint32_t byte = 0;
 #pragma unroll
     for (int jb = 0; jb < kMaxG; jb += 8) {
       if (jb >= G) break;
-      bool skip_page[8];
-#pragma unroll
-      for (int jj = 0; jj < 8; ++jj) {
-        const int j = jb + jj;
-        skip_page[jj] = j < G && vmask && shape.page_top &&
-                        shape.page_top[int64_t(sq0 + j) * sel.max_select + i0 / ps] <
-                            ch.top_skip[j];
-      }
       uint4 raws[8];
 #pragma unroll
       for (int jj = 0; jj < 8; ++jj) {
         const int j = jb + jj;
         raws[jj] = make_uint4(0u, 0u, 0u, 0u);
         if (j < G && vmask && ch.mode[j] == kModeTopP) {
-          raws[jj] = skip_page[jj]
-                         ? kRawNegInf
-                         : LoadRaw8(scores + int64_t(sq0 + j) * shape.cand_stride, i0, c1, vec);
+          raws[jj] = LoadRaw8(scores + int64_t(sq0 + j) * shape.cand_stride, i0, c1, vec);
         }
       }
 #pragma unroll
