@@ -149,7 +149,7 @@ size_t PruneWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_
 // Growing Quest (selection from LaunchSelectPages with params.grow): the candidates of
 // GrowCandidatesRef (same set up to float near-ties of the growth rule), found in two stages
 // (a seed of top-bound pages, then every page only where the seed is not enough; see
-// gpu/cuda/prune_grow.cuh), and per-head full_mass / cap_hit telemetry.
+// pipeline/prune/twilight/cuda/prune_grow.cuh), and per-head full_mass / cap_hit telemetry.
 absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
                          const BatchView& batch, const QueryView& q, const QuantKView& qk,
                          const FpKvView& kv, const SelectionView& selection,

@@ -1,4 +1,5 @@
-// GPU pruner (LaunchPrune: FP16 scores + histogram top-p, gpu/cuda/prune_hist.cuh) against
+// GPU pruner (LaunchPrune: FP16 scores + histogram top-p,
+// pipeline/prune/twilight/cuda/prune_hist.cuh) against
 // PruneRef (bisection top-p) on the reference selection, fresh random inputs per run.
 // Both compute the smallest level set of estimated weights with mass >= p; they differ in
 // resolution, so kept sets (ascending, union over the GQA group) may differ only in tokens

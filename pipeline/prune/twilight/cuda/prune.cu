@@ -3,9 +3,9 @@
 // the rest are not templates.
 #include <algorithm>
 
-#include "gpu/cuda/prune.cuh"
-#include "gpu/cuda/prune_grow.cuh"
-#include "gpu/cuda/prune_hist.cuh"
+#include "pipeline/prune/twilight/cuda/prune.cuh"
+#include "pipeline/prune/twilight/cuda/prune_grow.cuh"
+#include "pipeline/prune/twilight/cuda/prune_hist.cuh"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "gpu/reference/validate.h"

@@ -35,7 +35,7 @@
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 
-#include "gpu/cuda/prune.cuh"
+#include "pipeline/prune/twilight/cuda/prune.cuh"
 
 namespace twl::cuda {
 

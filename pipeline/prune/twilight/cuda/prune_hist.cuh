@@ -50,7 +50,7 @@
 // 2G B; the two passes read 2G B each; with G = 4 that is 92 B moved per 68 B of INT4.
 #pragma once
 
-#include "gpu/cuda/prune.cuh"
+#include "pipeline/prune/twilight/cuda/prune.cuh"
 
 namespace twl::cuda {
 
