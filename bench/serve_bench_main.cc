@@ -22,6 +22,11 @@
 //                   step: eager append, q copied into the graph's buffer, replay): what an
 //                   engine that captures its decode step pays on the host. No stage telemetry
 //                   (bound decodes publish none); rebound and recaptured at each churn.
+//   hbm-full        gpu-hbm, TWL_SELECTOR_FULL (top-p over every token's INT4 estimate),
+//                   library defaults otherwise (issue 12: <= 0.3x dense SDPA at B = 8, 128k;
+//                   the default selector is FULL now, so this equals hbm)
+//   hbm-quest, twilight-quest  gpu-hbm / gpu-offload with TWL_SELECTOR_QUEST: growing Quest
+//                   (the default selector before the third session of 2026-12-02)
 //   dense-hbm       gpu-hbm, every layer dense (the project's own dense kernel)
 //   full-offload    gpu-offload, every layer dense (all KV over PCIe each step)
 //   cpu, cpu-dense  the CPU backend (what a run without a GPU measures; CI's tiny run)
@@ -176,6 +181,7 @@ struct Method {
   bool quest_alone = false;   // p = 1 per call
   bool disk = false;          // a disk tier under a smaller host pool
   bool graph = false;         // bound batch, each layer's decode replayed from a CUDA graph
+  twl_selector selector = TWL_SELECTOR_DEFAULT;
 };
 
 bool MakeMethod(const std::string& name, int32_t quest_budget, Method* m) {
@@ -197,6 +203,15 @@ bool MakeMethod(const std::string& name, int32_t quest_budget, Method* m) {
   } else if (name == "hbm-graph") {
     m->backend = TWL_BACKEND_GPU_HBM;
     m->graph = true;
+  } else if (name == "hbm-full") {
+    m->backend = TWL_BACKEND_GPU_HBM;
+    m->selector = TWL_SELECTOR_FULL;
+  } else if (name == "hbm-quest") {
+    m->backend = TWL_BACKEND_GPU_HBM;
+    m->selector = TWL_SELECTOR_QUEST;
+  } else if (name == "twilight-quest") {
+    m->backend = TWL_BACKEND_GPU_OFFLOAD;
+    m->selector = TWL_SELECTOR_QUEST;
   } else if (name == "dense-hbm") {
     m->backend = TWL_BACKEND_GPU_HBM;
     m->dense = true;
@@ -405,6 +420,7 @@ void Config::CreateRuntime(int64_t max_tokens) {
   c.head_dim = D();
   c.backend = method_.backend;
   c.selector_budget_tokens = method_.budget_tokens;
+  c.selector = method_.selector;
   c.dense_layers = method_.dense ? L() : 0;
   c.top_p = float(absl::GetFlag(FLAGS_top_p));
   c.k_scheme = absl::GetFlag(FLAGS_k_scheme);

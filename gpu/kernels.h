@@ -9,7 +9,7 @@
 // last bits and top-p / top-B0 sets can differ at near ties (see tests/gpu/).
 //
 // Supported on the GPU: head_dim 64, 96, 128 and 256, group size (num_q_heads /
-// num_kv_heads) 1..16 (kGpuMaxGroup; the pruner 1..8 until gpu/cuda/prune* take 16), any
+// num_kv_heads) 1..16 (kGpuMaxGroup; the pruner kGpuPruneMaxGroup, also 16), any
 // page_size; INT4 K at head_dim 64/128 uses the tensor-core
 // estimator, other head dims and k_bits 2/8/16 a scalar one; under the
 // per-page-channel K scheme (g.k_scheme 1) INT4 uses the tensor cores when page_size is a
@@ -42,10 +42,11 @@ constexpr bool GpuKernelsSupportHeadDim(int32_t head_dim) {
   return head_dim == 64 || head_dim == 96 || head_dim == 128 || head_dim == 256;
 }
 constexpr int32_t kGpuMaxGroup = 16;  // query heads per KV head
-// Query heads per KV head the pruner kernels (gpu/cuda/prune*) take until their rewrite
-// handles kGpuMaxGroup: wider groups decode through the dense path (dense layers, dense
-// attention) and LaunchPrune returns Unimplemented for them.
-constexpr int32_t kGpuPruneMaxGroup = 8;
+// Query heads per KV head the pruner kernels (pipeline/prune/twilight/cuda) take: all of
+// kGpuMaxGroup (verified on the H200, groups 12 and 16 against the CPU reference). Kept as a
+// separate bound so that a wider kGpuMaxGroup cannot outrun the pruner: a group past it
+// decodes through the dense path and LaunchPrune returns Unimplemented.
+constexpr int32_t kGpuPruneMaxGroup = 16;
 
 // ---- Append ---------------------------------------------------------------------------
 
@@ -154,7 +155,7 @@ size_t PruneWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_
 // Growing Quest (selection from LaunchSelectPages with params.grow): the candidates of
 // GrowCandidatesRef (same set up to float near-ties of the growth rule), found in two stages
 // (a seed of top-bound pages, then every page only where the seed is not enough; see
-// gpu/cuda/prune_grow.cuh), and per-head full_mass / cap_hit telemetry.
+// pipeline/prune/twilight/cuda/prune_grow.cuh), and per-head full_mass / cap_hit telemetry.
 absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
                          const BatchView& batch, const QueryView& q, const QuantKView& qk,
                          const FpKvView& kv, const SelectionView& selection,

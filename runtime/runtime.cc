@@ -248,7 +248,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeConfig& co
     }
   }
   // Every backend supports both K schemes (k_scheme 1 on the GPU: runtime/cuda/append.cuh
-  // re-quantizes a block's rows on every append, gpu/cuda/prune.cuh scores with its bounds).
+  // re-quantizes a block's rows on every append, pipeline/prune/twilight/cuda/prune.cuh
+  // scores with its bounds).
   const BackendKind kind = im.disk_tier ? BackendKind::kCpu : config.backend;
   switch (kind) {
     case BackendKind::kCpu:

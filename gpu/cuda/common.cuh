@@ -64,10 +64,9 @@ constexpr int RowLanes(int head_dim) {
   return l;
 }
 
-// Query heads per KV head the pruner kernels (gpu/cuda/prune*) take: they size per-head
-// shared arrays and warps by it. The select, attend and append kernels take kGpuMaxGroup
-// (16); the pruner takes kGpuPruneMaxGroup (8) until its kernels handle kGpuMaxGroup, and
-// refuses wider groups with Unimplemented (CheckGroup's default bound).
+// Query heads per KV head the pruner kernels (pipeline/prune/twilight/cuda) take: they size
+// per-head shared arrays and warps by it. kGpuPruneMaxGroup (16, = kGpuMaxGroup); a wider
+// group is refused with Unimplemented (CheckGroup's default bound).
 constexpr int kMaxGroup = kGpuPruneMaxGroup;
 static_assert(kMaxGroup <= kGpuMaxGroup, "the pruner cannot take more than the backends allow");
 

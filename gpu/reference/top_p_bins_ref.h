@@ -1,4 +1,5 @@
-// CPU reference of the GPU pruner's top-p rule (gpu/cuda/prune_hist.cuh): histogram
+// CPU reference of the GPU pruner's top-p rule (pipeline/prune/twilight/cuda/prune_hist.cuh):
+// histogram
 // selection over FP16-rounded estimated scores. It computes the same set as
 // TopPThresholdRef (the smallest level set of weights with mass >= p) except at the
 // resolution: scores are rounded to FP16 (as the GPU stores them) and every candidate in the

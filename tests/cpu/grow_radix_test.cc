@@ -1,4 +1,5 @@
-// The GPU's growth search (gpu/cuda/prune_grow.cuh: SeedListKernel, GrowSearchKernel with its
+// The GPU's growth search (pipeline/prune/twilight/cuda/prune_grow.cuh: SeedListKernel,
+// GrowSearchKernel with its
 // two stages, CountCut) emulated step by step on the CPU (same digits, same cumulative sums,
 // same stage-1 test and cap search; float sums as on the GPU, in page order) and compared with
 // GrowCandidatesRef: the radix logic is checked in CI, where there is no GPU. Keep it in step

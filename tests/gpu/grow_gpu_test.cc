@@ -129,6 +129,7 @@ class GrowGpuTest : public ::testing::TestWithParam<GrowCase> {};
 TEST_P(GrowGpuTest, MatchesReference) {
   TWL_SKIP_WITHOUT_GPU();
   const GrowCase c = GetParam();
+  if (c.group > kGpuMaxGroup) GTEST_SKIP() << "group " << c.group << " > kGpuMaxGroup";
   const PageGeometry g = Geometry(c.head_dim, c.k_scheme);
   const uint64_t seed = ::testing::UnitTest::GetInstance()->random_seed() + uint64_t(c.group);
   RefStore st = testing::MakeGrowStore(g, g.num_kv_heads * c.group, c.lens, 1.5f, 8.0f, seed);
@@ -211,7 +212,13 @@ INSTANTIATE_TEST_SUITE_P(
                       GrowCase{64, 2, 0, 0.95f, {140000, 3000}},
                       // Automatic seeds at these sizes run one stage (every page scored once);
                       // an explicit seed keeps two stages, here with the radix passes.
-                      GrowCase{64, 2, 0, 0.95f, {140000, 3000}, 64}));
+                      GrowCase{64, 2, 0, 0.95f, {140000, 3000}, 64},
+                      // 16 query heads per KV head (skipped while kGpuMaxGroup < 16): one
+                      // stage, two stages, the radix search past 8192 pages, a cap.
+                      GrowCase{128, 16, 0, 0.95f, {5000, 37, 2100}},
+                      GrowCase{128, 16, 0, 0.9f, {6000, 3000}, 2},
+                      GrowCase{64, 16, 0, 0.95f, {140000, 300}},
+                      GrowCase{128, 12, 6, 0.95f, {3000, 1000}}));
 
 // Head dims 96 and 256: bound kernel and scalar scorer under the growth.
 INSTANTIATE_TEST_SUITE_P(

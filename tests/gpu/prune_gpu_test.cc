@@ -1,4 +1,5 @@
-// GPU pruner (LaunchPrune: FP16 scores + histogram top-p, gpu/cuda/prune_hist.cuh) against
+// GPU pruner (LaunchPrune: FP16 scores + histogram top-p,
+// pipeline/prune/twilight/cuda/prune_hist.cuh) against
 // PruneRef (bisection top-p) on the reference selection, fresh random inputs per run.
 // Both compute the smallest level set of estimated weights with mass >= p; they differ in
 // resolution, so kept sets (ascending, union over the GQA group) may differ only in tokens
@@ -54,6 +55,7 @@ class PruneGpuTest : public ::testing::TestWithParam<PruneCase> {};
 TEST_P(PruneGpuTest, MatchesReferenceUpToThresholdTies) {
   TWL_SKIP_WITHOUT_GPU();
   const PruneCase c = GetParam();
+  if (c.group > kGpuMaxGroup) GTEST_SKIP() << "group " << c.group << " > kGpuMaxGroup";
   PageGeometry g;
   g.page_size = c.page_size;
   g.head_dim = c.head_dim;
@@ -239,7 +241,12 @@ INSTANTIATE_TEST_SUITE_P(
                       PruneCase{64, 4, 2, 4, 0.9f, true, false, true,
                                 {9000, 17, 48, 33000, 2500, 160}, true},
                       PruneCase{128, 2, 3, 4, 0.95f, false, false, false, {48, 20, 5000}, true},
-                      PruneCase{128, 1, 8, 4, 1.0f, false, false, true, {20000, 33}, true}));
+                      PruneCase{128, 1, 8, 4, 1.0f, false, false, true, {20000, 33}, true},
+                      // 16 query heads per KV head (two MMA n-tiles in the page-16 estimator;
+                      // skipped while kGpuMaxGroup < 16).
+                      PruneCase{128, 2, 16, 4, 0.9f, false, false, false},
+                      PruneCase{64, 1, 16, 4, 0.95f, false, false, true, {40000, 37}, true},
+                      PruneCase{128, 1, 12, 4, 0.9f, true, false, true, {9000, 300}, true}));
 
 // Head dims without the tensor-core estimator (96: Phi-3, 256: Gemma): the scalar scorer.
 INSTANTIATE_TEST_SUITE_P(

@@ -3,9 +3,9 @@
 // the rest are not templates.
 #include <algorithm>
 
-#include "gpu/cuda/prune.cuh"
-#include "gpu/cuda/prune_grow.cuh"
-#include "gpu/cuda/prune_hist.cuh"
+#include "pipeline/prune/twilight/cuda/prune.cuh"
+#include "pipeline/prune/twilight/cuda/prune_grow.cuh"
+#include "pipeline/prune/twilight/cuda/prune_hist.cuh"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
 #include "gpu/reference/validate.h"
@@ -61,6 +61,9 @@ PruneLayout Layout(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
   l.grow.list_pos = c.Take<int32_t>(pair_pages);
   l.grow.list_count = c.Take<int32_t>(size_t(num_seqs) * size_t(g.num_kv_heads));
   l.grow.need = c.Take<int32_t>(size_t(num_seqs) * size_t(g.num_kv_heads));
+  l.grow.key = c.Take<uint32_t>(pair_pages);
+  l.grow.pa = c.Take<float>(per_head);
+  l.grow.pb = c.Take<float>(per_head);
   l.bytes = c.used();
   return l;
 }
@@ -75,7 +78,35 @@ size_t PruneWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_
 namespace {
 
 // See RunPrune's one_stage.
-constexpr int64_t kOneStageBytes = int64_t(192) << 20;
+// Measured on the H200 (B = 8, 128k, 570 MB of INT4): two stages 1.01 ms, one stage 0.81:
+// Quest's page bound at d = 128 sits so far above the real logits that the seed rarely
+// satisfies the rule, so stage 2 rescored nearly every pair anyway. Two stages stay
+// available through an explicit grow_seed_pages.
+constexpr int64_t kOneStageBytes = int64_t(4) << 30;
+
+// ScorePage16Kernel for one head dim: the instantiation by group (n-tiles) and growth.
+template <int kHeadDim>
+absl::Status LaunchScorePage16(bool grow, int32_t nt, int64_t bx, int64_t pairs, int32_t run,
+                               const PageGeometry& g, const BatchView& batch,
+                               const QueryView& q, const QuantKView& qk,
+                               const SelectionView& list, const cuda::PruneShape& sh,
+                               fp16_t* scores, uint32_t* head_max, float* page_mass,
+                               float* page_max, cudaStream_t st) {
+  const dim3 grid{unsigned(bx), unsigned(pairs), 1u};
+  constexpr size_t smem = cuda::ScorePage16SmemBytes<kHeadDim>();
+  auto kernel = grow ? (nt == 2 ? cuda::ScorePage16Kernel<kHeadDim, 2, true>
+                                : cuda::ScorePage16Kernel<kHeadDim, 1, true>)
+                     : (nt == 2 ? cuda::ScorePage16Kernel<kHeadDim, 2, false>
+                                : cuda::ScorePage16Kernel<kHeadDim, 1, false>);
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) !=
+      cudaSuccess) {
+    return LaunchStatus("ScorePage16Kernel smem attribute");
+  }
+  kernel<<<grid, cuda::kP16Warps * 32, smem, st>>>(g, batch, q, qk, list, sh, run, scores,
+                                                   head_max, grow ? page_mass : nullptr,
+                                                   grow ? page_max : nullptr);
+  return LaunchStatus("ScorePage16Kernel");
+}
 
 // Records ev[i] on the stream when events are given (profiling).
 absl::Status Mark(cudaEvent_t* ev, int i, cudaStream_t st) {
@@ -139,15 +170,51 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
            : selection;
   const int64_t heads = int64_t(batch.num_seqs) * batch.num_q_heads;
   if (grow && heads > 65535) return absl::InvalidArgumentError("prune: more than 65535 query heads");
+  // The common geometry (INT4 per token, pages of 16, d 64/128) has its own estimator,
+  // which also writes the growth's page sums (no PageMassKernel then).
+  const bool page16 = g.k_bits == 4 && g.HasTokenScale() && g.page_size == 16 &&
+                      (g.head_dim == 64 || g.head_dim == 128);
   // Estimates of every listed row (only the pairs flagged in `only`, when given).
   auto score = [&](const int32_t* only) -> absl::Status {
     cuda::PruneShape sh = shape;
     sh.only = only;
+    if (page16) {
+      // Blocks per pair: whole waves of 2 blocks per SM where the batch allows (equal runs
+      // finish together; a last wave 20% full costs as much as a full one), runs of at
+      // least 16 pages and at most kP16MaxPages.
+      const int64_t slots = 2 * int64_t(gpu::SmCount());
+      const int64_t pages = selection.max_select;
+      const int64_t bx_min = (pages + cuda::kP16MaxPages - 1) / cuda::kP16MaxPages;
+      const int64_t bx_max = std::max<int64_t>(bx_min, (pages + 15) / 16);
+      int64_t bx = bx_min;
+      double best = -1.0;
+      for (int64_t k = 1; k <= 8; ++k) {
+        const int64_t b = std::clamp<int64_t>((k * slots + pairs - 1) / pairs, bx_min, bx_max);
+        const double waves = double(pairs * b) / double(slots);
+        const double eff = waves / std::ceil(waves);
+        if (eff > best + 1e-9) {
+          best = eff;
+          bx = b;
+        }
+        if (eff >= 0.95) break;
+      }
+      const int32_t run = int32_t((pages + bx - 1) / bx);
+      bx = (pages + run - 1) / run;
+      const int32_t nt = group > 8 ? 2 : 1;
+      return g.head_dim == 128
+                 ? LaunchScorePage16<128>(grow, nt, bx, pairs, run, g, batch, q, qk, list, sh,
+                                          l.scores, l.head_max, l.grow.page_mass,
+                                          l.grow.page_max, st)
+                 : LaunchScorePage16<64>(grow, nt, bx, pairs, run, g, batch, q, qk, list, sh,
+                                         l.scores, l.head_max, l.grow.page_mass,
+                                         l.grow.page_max, st);
+    }
     // The per-page-channel scheme (k_scheme 1) needs a tile inside one block (its B fragment
     // is scaled by the block's steps): page_size a multiple of 16, else the scalar kernel.
     const bool page_channel = !g.HasTokenScale();
+    // (Its MMA holds 8 query heads: larger groups take the scalar kernel here.)
     const bool tensor_cores = g.k_bits == 4 && (g.head_dim == 64 || g.head_dim == 128) &&
-                              (!page_channel || g.page_size % 16 == 0);
+                              (!page_channel || g.page_size % 16 == 0) && group <= 8;
     if (tensor_cores) {
       // Each block streams a contiguous run of tiles of one (seq, KV head): enough blocks
       // for ~16 per SM (2 resident: ~8 short waves, so the last one idles little; with 4
@@ -192,11 +259,10 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     return LaunchStatus("ScoreScalarKernel");
   };
   // Growing in one stage (every page listed and scored once, no seed list, no second
-  // search) when the seed is automatic and scoring every page of the batch costs less than
-  // the seed stage's own latency (its list, a second search and score launch: ~0.05-0.1 ms,
-  // about 200 MB of estimation bytes at the score pass's rate). Few pairs (B = 1-2 at 128k)
-  // then use the whole GPU for one pass instead of one block per pair for several. The
-  // result is the same rule's (a seed only avoids scoring pages the rule cannot take).
+  // search) when the seed is automatic and the batch's estimation bytes are below
+  // kOneStageBytes (see there: the seed rarely suffices, so two stages cost a seed list, a
+  // second search and most of a second score pass). The result is the same rule's (a seed
+  // only avoids scoring pages the rule cannot take).
   const int64_t est_bytes = pairs * cand *
                             (g.CodeBytesPerToken() + (g.HasTokenScale() ? 4 : 0));
   // An explicit seed of 0 asks for one stage.
@@ -211,19 +277,19 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     sh.only = stage == 2 ? l.grow.need : nullptr;
     const unsigned page_chunks =
         unsigned((selection.max_select + cuda::kMassThreads - 1) / cuda::kMassThreads);
-    cuda::PageMassKernel<<<dim3(page_chunks, unsigned(heads)), cuda::kMassThreads, 0, st>>>(
-        g, batch, list, sh, l.scores, l.head_max, l.grow);
-    TWL_RETURN_IF_ERROR(LaunchStatus("PageMassKernel"));
-    // One sort per pair when its pages fit a block's registers, else the radix passes.
-    if (selection.max_select <= cuda::kSortPages) {
-      cuda::GrowSearchSortedKernel<<<unsigned(pairs), cuda::kSortThreads, 0, st>>>(
-          g, params, batch, selection, shape, l.head_max, l.grow, stats, stage);
-      TWL_RETURN_IF_ERROR(LaunchStatus("GrowSearchSortedKernel"));
-    } else {
-      cuda::GrowSearchKernel<<<unsigned(pairs), cuda::kGrowThreads, 0, st>>>(
-          g, params, batch, selection, shape, l.head_max, l.grow, stats, stage);
-      TWL_RETURN_IF_ERROR(LaunchStatus("GrowSearchKernel"));
+    if (!page16) {  // the page16 estimator wrote the page sums
+      cuda::PageMassKernel<<<dim3(page_chunks, unsigned(heads)), cuda::kMassThreads, 0, st>>>(
+          g, batch, list, sh, l.scores, l.grow);
+      TWL_RETURN_IF_ERROR(LaunchStatus("PageMassKernel"));
     }
+    cuda::GrowPrepKernel<<<dim3(page_chunks, unsigned(pairs)), cuda::kMassThreads, 0, st>>>(
+        g, batch, selection, shape, l.head_max, l.grow, stage);
+    TWL_RETURN_IF_ERROR(LaunchStatus("GrowPrepKernel"));
+    // One sort per pair when its pages fit a block's registers, the radix passes for the
+    // longer pairs (mixed lengths around 128k: only those past 8192 pages pay for them).
+    cuda::GrowSearchKernel<<<unsigned(pairs), cuda::kSortThreads, 0, st>>>(
+        g, params, batch, selection, shape, l.head_max, l.grow, stats, stage);
+    TWL_RETURN_IF_ERROR(LaunchStatus("GrowSearchKernel"));
     return Mark(ev, 5 + 2 * stage, st);
   };
 
@@ -279,8 +345,9 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
         g, params, batch, list, shape, l.scores, l.head_max, l.hist);
     TWL_RETURN_IF_ERROR(LaunchStatus("HistKernel"));
     const dim3 kept_grid{unsigned(l.hist.bnd_chunks), unsigned(pairs), 1u};
-    cuda::KeptKernel<<<kept_grid, cuda::kKeptThreads, 0, st>>>(
-        g, params, batch, list, shape, l.scores, l.head_max, l.hist, l.bits);
+    auto kept = group > 8 ? cuda::KeptKernel<16> : cuda::KeptKernel<8>;
+    kept<<<kept_grid, cuda::kKeptThreads, 0, st>>>(g, params, batch, list, shape, l.scores,
+                                                   l.head_max, l.hist, l.bits);
     TWL_RETURN_IF_ERROR(LaunchStatus("KeptKernel"));
     cuda::BoundaryKernel<<<kept_grid, cuda::kKeptThreads, 0, st>>>(
         g, params, batch, list, shape, l.scores, l.head_max, l.hist, l.bits);

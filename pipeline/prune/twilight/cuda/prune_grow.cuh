@@ -6,8 +6,11 @@
 // reference's set; otherwise the pair is flagged, its list becomes every page and stage 2
 // scores and searches it again (only flagged pairs do work). Each stage, after the score
 // kernel has estimated every row of the listed pages:
-//  1. PageMassKernel: per (query head, page) the sum of exp(est - M) over the page's rows and
-//     their max (M: the head's max estimate over the whole sequence);
+//  1. per (query head, listed page) the max m of the page's estimates and the sum of
+//     exp(est - m) over its rows: written by the page-16 estimator in its own pass
+//     (ScorePage16Kernel), else by PageMassKernel; GrowPrepKernel then turns them into
+//     A = sum * exp(m - M) (M: the head's max estimate over the listed pages), together with
+//     each page's key and bound term R, by page (one word per value for the searches);
 //  2. GrowSearchKernel, one block per (sequence, KV head): the smallest whole-level set of
 //     pages by key = max over the group of the page bounds that satisfies the growth rule
 //     R_j <= c * A_j for every query head j, found by a 4-pass radix search on the 32-bit
@@ -20,10 +23,10 @@
 //     (the softmax shift of the top-p kernel), candidate rows and the cap flag;
 //  3. The top-p kernels (prune_hist.cuh) skip rows outside the candidates (in_set by list
 //     entry), so they see only candidates.
-// With few pairs (scoring every page costs less than the seed stage's latency, see RunPrune)
-// and an automatic seed, ListAllKernel replaces the seed list: one stage over every page.
-// GrowSearchSortedKernel replaces GrowSearchKernel's radix passes for pairs of up to 8192
-// pages (one block-wide sort by key, then prefix sums of A and R per head), and
+// With an automatic seed below kOneStageBytes of INT4 (see RunPrune: in practice always),
+// ListAllKernel replaces the seed list: one stage over every page.
+// GrowSearchKernel sorts each pair of up to 8192 pages (GrowSearchSorted) instead of the
+// radix passes (GrowSearchRadix, for longer pairs), both in one launch (one block-wide sort by key, then prefix sums of A and R per head), and
 // SeedListSortedKernel SeedListKernel's CountCut passes (the same list).
 // Floats are summed in a different order than the reference (double there), so a page whose
 // inclusion is decided by a near-tie can differ (tests/gpu compare with a tolerance).
@@ -32,13 +35,14 @@
 #include <cub/block/block_radix_sort.cuh>
 #include <cub/block/block_scan.cuh>
 
-#include "gpu/cuda/prune.cuh"
+#include "pipeline/prune/twilight/cuda/prune.cuh"
 
 namespace twl::cuda {
 
 // >= 256 (a thread per radix digit); 512: one block per (sequence, KV head) is all the
 // search has, so more warps per block hide more of its load latency.
 constexpr int kGrowThreads = 512;
+static_assert(kGrowThreads / 32 >= kMaxGroup, "a warp per head for the cumulative sums");
 constexpr int kMassThreads = 256;
 
 struct GrowWork {
@@ -52,54 +56,56 @@ struct GrowWork {
   int32_t* list_count = nullptr;  // [num_seqs * num_kv_heads]
   int32_t* list_pos = nullptr;    // [num_seqs * num_kv_heads][max_select] page -> entry or -1
   int32_t* need = nullptr;        // [num_seqs * num_kv_heads] 1: stage 2 scores every page
+  // Written by GrowPrepKernel before each search, by page: the page's key (GrowKey), and per
+  // query head its A (listed pages, relative to the head's max; 0 when unlisted) and its
+  // bound term b = rows * exp(bound - max). The searches then read one word per value
+  // (no list indirection, no exp) in each of their passes.
+  uint32_t* key = nullptr;  // [num_seqs * num_kv_heads][max_select]
+  float* pa = nullptr;      // [num_seqs * num_q_heads][max_select]
+  float* pb = nullptr;      // [num_seqs * num_q_heads][max_select]
 };
 
 __device__ __forceinline__ float HeadShift(const uint32_t* head_max, int32_t sq) {
   return head_max[sq] ? KeyFloat(head_max[sq]) : 0.0f;
 }
 
-// Grid: x = page chunks, y = (sequence, query head).
+// Grid: x = page chunks, y = (sequence, query head). Per listed page and query head: the
+// max estimate m of its rows and the sum of exp(est - m) (relative to the page's own max,
+// as ScorePage16Kernel writes them in its pass; PageA rescales by the head's max).
 __global__ void __launch_bounds__(kMassThreads)
     PageMassKernel(PageGeometry g, BatchView batch, SelectionView sel, PruneShape shape,
-                   const fp16_t* __restrict__ scores, const uint32_t* __restrict__ head_max,
-                   GrowWork work) {
+                   const fp16_t* __restrict__ scores, GrowWork work) {
   const int32_t sq = blockIdx.y;
   const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
   const int32_t pair = s * g.num_kv_heads + qh / shape.group;
   if (shape.only && !shape.only[pair]) return;
   const int32_t i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= sel.count[pair]) return;
-  const float mx = HeadShift(head_max, sq);
   const fp16_t* row = scores + int64_t(sq) * shape.cand_stride + int64_t(i) * g.page_size;
-  float mass = 0.0f, best = -INFINITY;
-  auto add = [&](float x) {
-    if (x == -INFINITY) return;  // past the sequence end
-    mass += expf(x - mx);
-    best = fmaxf(best, x);
-  };
-  if ((g.page_size & 7) == 0 && (reinterpret_cast<uintptr_t>(row) & 15) == 0) {
-    // 16-byte loads (a warp reads its pages' rows contiguously), the same order of sums.
-    for (int32_t r0 = 0; r0 < g.page_size; r0 += 8) {
-      const uint4 raw = *reinterpret_cast<const uint4*>(row + r0);
-      const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        add(H2F(fp16_t((k & 1) ? w[k >> 1] >> 16 : w[k >> 1] & 0xFFFFu)));
-      }
-    }
-  } else {
-    for (int32_t r = 0; r < g.page_size; ++r) add(H2F(row[r]));
+  float best = -INFINITY;
+  for (int32_t r = 0; r < g.page_size; ++r) best = fmaxf(best, H2F(row[r]));
+  float mass = 0.0f;
+  for (int32_t r = 0; r < g.page_size; ++r) {
+    const float x = H2F(row[r]);
+    if (x != -INFINITY) mass += expf(x - best);  // -inf: past the sequence end
   }
   work.page_mass[int64_t(sq) * sel.max_select + i] = mass;
   work.page_max[int64_t(sq) * sel.max_select + i] = best;
 }
 
+// A of list entry e of query head sq, relative to the head's softmax shift mx: the page's
+// sum relative to its own max, rescaled (0 for a page without valid rows).
+__device__ __forceinline__ float PageA(const GrowWork& work, int64_t at, float mx) {
+  const float m = work.page_mass[at];
+  return m == 0.0f ? 0.0f : m * expf(work.page_max[at] - mx);
+}
+
+// The digit histograms of A and R are turned into their cumulative sums in place (up to 16
+// query heads per KV head: separate arrays would pass the 48 KB of static shared memory).
 struct GrowSmem {
-  float ha[256][kMaxGroup];
-  float hb[256][kMaxGroup];
   int hc[256];
-  float cum_a[257][kMaxGroup];  // cum_a[d] = sum over digits >= d
-  float cum_b[257][kMaxGroup];  // cum_b[d] = sum over digits < d
+  float cum_a[257][kMaxGroup];  // per digit, then cum_a[d] = sum over digits >= d
+  float cum_b[257][kMaxGroup];  // per digit, then cum_b[d] = sum over digits < d
   int cum_c[257];               // cum_c[d] = count over digits >= d
   float a_hi[kMaxGroup], b_lo[kMaxGroup];
   float fin_a[kMaxGroup], fin_b[kMaxGroup];
@@ -133,6 +139,119 @@ __device__ __forceinline__ uint32_t GrowKey(const SelectionView& sel, int32_t sq
   for (int j = 0; j < kMaxGroup; ++j) k = isnan(b[j]) ? INFINITY : fmaxf(k, b[j]);
   *forced = k == INFINITY;
   return FloatKey(k);
+}
+
+// FloatKey(+inf): the key of a forced page.
+constexpr uint32_t kForcedKey = 0xFF800000u;
+
+// A page's key as GrowPrepKernel stored it (forced: kForcedKey, as GrowKey's).
+__device__ __forceinline__ uint32_t PrepKey(const GrowWork& work, int32_t pair,
+                                            int32_t max_select, int32_t i, bool* forced) {
+  const uint32_t k = work.key[int64_t(pair) * max_select + i];
+  *forced = k == kForcedKey;
+  return k;
+}
+
+// Grid: x = page chunks of kMassThreads, y = (sequence, KV head); stage 2: flagged pairs
+// only. Every page of the pair (the selector lists all): key, and per query head pa / pb
+// (see GrowWork), the values both searches computed per pass before.
+__global__ void __launch_bounds__(kMassThreads)
+    GrowPrepKernel(PageGeometry g, BatchView batch, SelectionView sel, PruneShape shape,
+                   const uint32_t* __restrict__ head_max, GrowWork work, int stage) {
+  const int32_t pair = blockIdx.y;
+  if (stage == 2 && !work.need[pair]) return;
+  const int32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= sel.count[pair]) return;
+  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
+  const int32_t G = shape.group;
+  const int32_t sq0 = s * batch.num_q_heads + h * G;
+  bool forced;
+  work.key[int64_t(pair) * sel.max_select + i] = GrowKey(sel, sq0, G, i, &forced);
+  const int32_t e = work.list_pos[int64_t(pair) * sel.max_select + i];
+  const float rows = float(min(g.page_size, batch.seq_len[s] - i * g.page_size));
+  for (int j = 0; j < G; ++j) {
+    const int64_t sq = sq0 + j;
+    const float mx = HeadShift(head_max, int32_t(sq));
+    work.pa[sq * sel.max_select + i] =
+        e >= 0 ? PageA(work, sq * sel.max_select + e, mx) : 0.0f;
+    work.pb[sq * sel.max_select + i] = rows * expf(sel.bound[sq * sel.max_select + i] - mx);
+  }
+}
+
+// What both growth searches know of their (sequence, KV head) pair. a / b: the values
+// GrowPrepKernel stored by page (a of listed pages, 0 otherwise; b of every page).
+struct GrowPair {
+  int32_t pair, s, G, n, listed, len, sq0, cap;
+  const int32_t* pos;  // page -> list entry or -1
+  float p, c;          // the sequence's p and the rule's ratio
+  const GrowWork* work;
+  int32_t max_select, page_size;
+  __device__ __forceinline__ int32_t rows_of(int32_t i) const {
+    return min(page_size, len - i * page_size);
+  }
+  __device__ __forceinline__ float a_of(int j, int32_t i) const {
+    return work->pa[int64_t(sq0 + j) * max_select + i];
+  }
+  __device__ __forceinline__ float b_of(int j, int32_t i) const {
+    return work->pb[int64_t(sq0 + j) * max_select + i];
+  }
+};
+
+__device__ __forceinline__ GrowPair MakeGrowPair(const PageGeometry& g, const PrunerParams& params,
+                                                 const BatchView& batch,
+                                                 const SelectionView& sel,
+                                                 const PruneShape& shape, const GrowWork& work,
+                                                 int32_t pair) {
+  GrowPair gp;
+  gp.pair = pair;
+  gp.s = pair / g.num_kv_heads;
+  gp.G = shape.group;
+  gp.n = sel.count[pair];  // every page of the sequence (the selector lists all)
+  gp.listed = work.list_count[pair];
+  gp.pos = work.list_pos + int64_t(pair) * sel.max_select;
+  gp.len = batch.seq_len[gp.s];
+  gp.sq0 = gp.s * batch.num_q_heads + (pair % g.num_kv_heads) * gp.G;
+  gp.p = params.seq_p ? params.seq_p[gp.s] : params.p;
+  gp.c = GrowRemainderRatio(gp.p, params.remainder_share);
+  gp.cap = sel.limit[pair];
+  gp.work = &work;
+  gp.max_select = sel.max_select;
+  gp.page_size = g.page_size;
+  return gp;
+}
+
+// Stage 1, the rule not met with every listed page in: the pair's list becomes every page,
+// its head_max is cleared for the rescoring, and stage 2 takes it (every thread calls it).
+__device__ __forceinline__ void HandToStage2(const GrowPair& gp, const GrowWork& work,
+                                             uint32_t* head_max) {
+  int32_t* list = work.list_pages + int64_t(gp.pair) * gp.max_select;
+  int32_t* wpos = work.list_pos + int64_t(gp.pair) * gp.max_select;
+  for (int32_t i = threadIdx.x; i < gp.n; i += blockDim.x) {
+    list[i] = i;
+    wpos[i] = i;
+  }
+  if (int(threadIdx.x) < gp.G) head_max[gp.sq0 + threadIdx.x] = 0u;
+  if (threadIdx.x == 0) {
+    work.list_count[gp.pair] = gp.n;
+    work.need[gp.pair] = 1;
+  }
+}
+
+// The search's result for head t < G: A and R of the final set, its max estimate (FloatKey,
+// 0: none) and candidate rows: the share of A the top-p takes (p (A + R) / A, or p at the
+// cap), A / (A + R), the softmax shift, and the telemetry.
+__device__ __forceinline__ void WriteGrowHead(const GrowPair& gp, const GrowWork& work,
+                                              uint32_t* head_max, const HeadStatsView& stats,
+                                              int t, float A, float R, uint32_t max_key,
+                                              int32_t rows, bool cap_hit) {
+  const int32_t sq = gp.sq0 + t;
+  float target = gp.p;  // share of A the head's top-p set must take
+  if (!cap_hit && gp.p < 1.0f) target = A > 0.0f ? fminf(1.0f, gp.p * ((A + R) / A)) : 1.0f;
+  work.head_p[sq] = target;
+  work.head_ratio[sq] = A > 0.0f ? A / (A + R) : 0.0f;
+  if (max_key) head_max[sq] = max_key;
+  if (stats.selected) stats.selected[sq] = rows;
+  if (stats.cap_hit) stats.cap_hit[sq] = cap_hit ? 1 : 0;
 }
 
 // Radix search by page counts over the ranked pages (those with `eligible`): the largest
@@ -240,36 +359,21 @@ __global__ void __launch_bounds__(kGrowThreads)
 // Stage 1 flags a pair whose rule fails with every listed page in (or p >= 1 with pages left
 // out): its list becomes every page and its head_max is cleared for the rescoring.
 // head_max is rewritten to the max over the candidates.
-__global__ void __launch_bounds__(kGrowThreads, 1)
-    GrowSearchKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
-                     PruneShape shape, uint32_t* __restrict__ head_max, GrowWork work,
-                     HeadStatsView stats, int stage) {
-  __shared__ GrowSmem sm;
+// (The radix passes, for pairs past kSortPages pages; GrowSearchKernel below dispatches.)
+__device__ __noinline__ void GrowSearchRadix(GrowSmem& sm, const PageGeometry& g,
+                                                const PrunerParams& params,
+                                                const BatchView& batch,
+                                                const SelectionView& sel,
+                                                const PruneShape& shape,
+                                                uint32_t* __restrict__ head_max,
+                                                const GrowWork& work,
+                                                const HeadStatsView& stats, int stage) {
   const int32_t pair = blockIdx.x;
-  if (stage == 2 && !work.need[pair]) return;
-  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
-  const int32_t G = shape.group;
-  const int32_t n = sel.count[pair];  // every page of the sequence (the selector lists all)
-  const int32_t listed = work.list_count[pair];
-  const int32_t* pos = work.list_pos + int64_t(pair) * sel.max_select;
-  const int32_t len = batch.seq_len[s];
-  const int32_t sq0 = s * batch.num_q_heads + h * G;
-  const float p = params.seq_p ? params.seq_p[s] : params.p;
-  const float c = GrowRemainderRatio(p, params.remainder_share);
-  const int32_t cap = sel.limit[pair];
+  const GrowPair gp = MakeGrowPair(g, params, batch, sel, shape, work, pair);
+  const int32_t G = gp.G, n = gp.n, listed = gp.listed, sq0 = gp.sq0, cap = gp.cap;
+  const int32_t* pos = gp.pos;
+  const float p = gp.p, c = gp.c;
   const int t = threadIdx.x;
-  float mx[kMaxGroup];
-#pragma unroll
-  for (int j = 0; j < kMaxGroup; ++j) mx[j] = j < G ? HeadShift(head_max, sq0 + j) : 0.0f;
-  auto bound = [&](int j, int32_t i) {
-    return sel.bound[int64_t(sq0 + j) * sel.max_select + i];
-  };
-  auto rows_of = [&](int32_t i) { return min(g.page_size, len - i * g.page_size); };
-  // a: by list entry (only listed pages have estimates); b: by page.
-  auto a_of = [&](int j, int32_t i) {
-    return work.page_mass[int64_t(sq0 + j) * sel.max_select + pos[i]];
-  };
-  auto b_of = [&](int j, int32_t i) { return float(rows_of(i)) * expf(bound(j, i) - mx[j]); };
 
   // A of the forced pages (always listed, always in); R of the unlisted pages (always out).
   if (t < kMaxGroup) {
@@ -285,13 +389,13 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
     for (int j = 0; j < kMaxGroup; ++j) la[j] = lb[j] = 0.0f;
     for (int32_t i = t; i < n; i += blockDim.x) {
       bool forced;
-      GrowKey(sel, sq0, G, i, &forced);
+      PrepKey(work, pair, sel.max_select, i, &forced);
       if (forced) {
 #pragma unroll
-        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? a_of(j, i) : 0.0f;
+        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? gp.a_of(j, i) : 0.0f;
       } else if (pos[i] < 0) {
 #pragma unroll
-        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? b_of(j, i) : 0.0f;
+        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? gp.b_of(j, i) : 0.0f;
       }
     }
 #pragma unroll
@@ -309,9 +413,9 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
   // Histogram of the listed ranked pages of the bucket (key & mask) == prefix by the digit at
   // shift, with per digit and head the sums of A and R, then cumulative sums.
   auto histogram = [&](const KeyCut& cut, int shift) {
-    for (int d = t; d < 256; d += blockDim.x) {
-      sm.hc[d] = 0;
-      for (int j = 0; j < kMaxGroup; ++j) sm.ha[d][j] = sm.hb[d][j] = 0.0f;
+    for (int d = t; d < 257; d += blockDim.x) {
+      if (d < 256) sm.hc[d] = 0;
+      for (int j = 0; j < kMaxGroup; ++j) sm.cum_a[d][j] = sm.cum_b[d][j] = 0.0f;
     }
     __syncthreads();
     const int lane = t & 31;
@@ -321,15 +425,15 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
       int d = 0;
       if (i < n) {
         bool forced;
-        const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+        const uint32_t key = PrepKey(work, pair, sel.max_select, i, &forced);
         valid = !forced && pos[i] >= 0 && (key & cut.mask) == cut.prefix;
         d = int((key >> shift) & 255u);
       }
       float va[kMaxGroup], vb[kMaxGroup];
 #pragma unroll
       for (int j = 0; j < kMaxGroup; ++j) {
-        va[j] = valid && j < G ? a_of(j, i) : 0.0f;
-        vb[j] = valid && j < G ? b_of(j, i) : 0.0f;
+        va[j] = valid && j < G ? gp.a_of(j, i) : 0.0f;
+        vb[j] = valid && j < G ? gp.b_of(j, i) : 0.0f;
       }
       // Pages of a bucket share their leading key bits: when a warp's pages fall into few
       // digits, sum each digit over the warp and add once (else one atomic per page).
@@ -346,8 +450,8 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
             const float sa = WarpSum(mine ? va[j] : 0.0f);
             const float sb = WarpSum(mine ? vb[j] : 0.0f);
             if (lane == l && j < G) {
-              atomicAdd(&sm.ha[dl][j], sa);
-              atomicAdd(&sm.hb[dl][j], sb);
+              atomicAdd(&sm.cum_a[dl][j], sa);
+              atomicAdd(&sm.cum_b[dl][j], sb);
             }
           }
           if (lane == l) atomicAdd(&sm.hc[dl], cnt);
@@ -355,23 +459,43 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
       } else if (valid) {
         atomicAdd(&sm.hc[d], 1);
         for (int j = 0; j < G; ++j) {
-          atomicAdd(&sm.ha[d][j], va[j]);
-          atomicAdd(&sm.hb[d][j], vb[j]);
+          atomicAdd(&sm.cum_a[d][j], va[j]);
+          atomicAdd(&sm.cum_b[d][j], vb[j]);
         }
       }
     }
     __syncthreads();
-    if (t < G) {
-      float acc = 0.0f;
-      sm.cum_a[256][t] = 0.0f;
-      for (int d = 255; d >= 0; --d) sm.cum_a[d][t] = (acc += sm.ha[d][t]);
-    } else if (t >= 32 && t < 32 + G) {
-      const int j = t - 32;
-      float acc = 0.0f;
-      for (int d = 0; d <= 256; ++d) {
-        sm.cum_b[d][j] = acc;
-        if (d < 256) acc += sm.hb[d][j];
+    // Cumulative sums, a warp per head (kGrowThreads / 32 >= kMaxGroup), lane l owning
+    // digits [8 l, 8 l + 8): A from the top down (digits >= d), R from the bottom up (< d).
+    if ((t >> 5) < G) {
+      const int j = t >> 5;
+      float va[8], vb[8], sa = 0.0f, sb = 0.0f;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        va[k] = sm.cum_a[lane * 8 + k][j];
+        vb[k] = sm.cum_b[lane * 8 + k][j];
+        sa += va[k];
+        sb += vb[k];
       }
+      float above = 0.0f, below = 0.0f;  // lanes > l (A), lanes < l (R)
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const float xa = __shfl_down_sync(0xffffffffu, sa + above, o);
+        const float xb = __shfl_up_sync(0xffffffffu, sb + below, o);
+        if (lane + o < 32) above += xa;
+        if (lane >= o) below += xb;
+      }
+      float acc = above;
+#pragma unroll
+      for (int k = 7; k >= 0; --k) sm.cum_a[lane * 8 + k][j] = (acc += va[k]);
+      acc = below;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        sm.cum_b[lane * 8 + k][j] = acc;
+        acc += vb[k];
+      }
+      if (lane == 0) sm.cum_a[256][j] = 0.0f;
+      if (lane == 31) sm.cum_b[256][j] = acc;
     }
     __syncthreads();
   };
@@ -396,17 +520,7 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
       __syncthreads();
     }
     if (!enough) {
-      int32_t* list = work.list_pages + int64_t(pair) * sel.max_select;
-      int32_t* wpos = work.list_pos + int64_t(pair) * sel.max_select;
-      for (int32_t i = t; i < n; i += blockDim.x) {
-        list[i] = i;
-        wpos[i] = i;
-      }
-      if (t < G) head_max[sq0 + t] = 0u;
-      if (t == 0) {
-        work.list_count[pair] = n;
-        work.need[pair] = 1;
-      }
+      HandToStage2(gp, work, head_max);
       return;
     }
   }
@@ -443,7 +557,7 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
     int cnt = 0;
     for (int32_t i = t; i < n; i += blockDim.x) {
       bool forced;
-      const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+      const uint32_t key = PrepKey(work, pair, sel.max_select, i, &forced);
       cnt += !forced && pos[i] >= 0 && mass_cut.In(key);
     }
     atomicAdd(&sm.fin_cnt, cnt);
@@ -472,19 +586,19 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
     }
     for (int32_t i = t; i < n; i += blockDim.x) {
       bool forced;
-      const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
+      const uint32_t key = PrepKey(work, pair, sel.max_select, i, &forced);
       const int32_t e = pos[i];
       const bool in = forced || (e >= 0 && cut.In(key));
       if (e >= 0) work.in_set[int64_t(pair) * sel.max_select + e] = in ? 1 : 0;
-      if (in) rows_in += rows_of(i);
+      if (in) rows_in += gp.rows_of(i);
 #pragma unroll
       for (int j = 0; j < kMaxGroup; ++j) {
         if (j >= G) continue;
         if (in) {
-          fa[j] += a_of(j, i);
+          fa[j] += gp.a_of(j, i);
           fm[j] = fmaxf(fm[j], work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
         } else {
-          fb[j] += b_of(j, i);
+          fb[j] += gp.b_of(j, i);
         }
       }
     }
@@ -504,21 +618,14 @@ __global__ void __launch_bounds__(kGrowThreads, 1)
   atomicAdd(&sm.fin_rows, rows_in);
   __syncthreads();
   if (t < G) {
-    const int32_t sq = sq0 + t;
-    const float A = sm.fin_a[t], R = sm.fin_b[t];
-    float target = p;  // share of A the head's top-p set must take
-    if (!cap_hit && p < 1.0f) target = A > 0.0f ? fminf(1.0f, p * ((A + R) / A)) : 1.0f;
-    work.head_p[sq] = target;
-    work.head_ratio[sq] = A > 0.0f ? A / (A + R) : 0.0f;
-    if (sm.fin_max[t]) head_max[sq] = sm.fin_max[t];
-    if (stats.selected) stats.selected[sq] = sm.fin_rows;
-    if (stats.cap_hit) stats.cap_hit[sq] = cap_hit ? 1 : 0;
+    WriteGrowHead(gp, work, head_max, stats, t, sm.fin_a[t], sm.fin_b[t], sm.fin_max[t],
+                  sm.fin_rows, cap_hit);
   }
 }
 
-// GrowSearchKernel for pairs of at most kSortPages pages (the launcher picks it when
-// max_select allows): the same rule and outputs, but instead of 4+ radix passes over the
-// pages (each a chain of dependent loads in one block), the listed ranked pages are sorted
+// GrowSearchSorted, for pairs of at most kSortPages pages: the same rule and outputs as
+// GrowSearchRadix, but instead of 4+ radix passes over the pages (each a sweep by one
+// block), the listed ranked pages are sorted
 // once by key (descending, in registers: 16 per thread) and the rule is evaluated at every
 // key boundary from prefix sums of A and R per head: the smallest passing prefix is the
 // smallest whole-level set, the largest boundary within the cap the capped set. Float sums
@@ -529,52 +636,128 @@ constexpr int kSortThreads = 512;
 constexpr int kSortItems = 16;
 constexpr int kSortPages = kSortThreads * kSortItems;
 
-__global__ void __launch_bounds__(kSortThreads, 1)
-    GrowSearchSortedKernel(PageGeometry g, PrunerParams params, BatchView batch,
-                           SelectionView sel, PruneShape shape, uint32_t* __restrict__ head_max,
-                           GrowWork work, HeadStatsView stats, int stage) {
+struct Float2Sum {
+  __device__ __forceinline__ float2 operator()(const float2& a, const float2& b) const {
+    return make_float2(a.x + b.x, a.y + b.y);
+  }
+};
+
+// Block-wide, for the sorted kernels: counts the ranked items (m), sorts (key, page)
+// descending (blocked: thread t holds ranks kSortItems t ..; unranked items carry key 0,
+// below every ranked key) and returns this thread's level ends: bit k when rank
+// t * kSortItems + k < m is the last of its key (a whole-level prefix ends there).
+// Tmp: a shared union with BlockRadixSort's .sort and an int BlockScan's .iscan.
+// Keys are sorted relative to the smallest ranked key (key - min + 1, unranked 0), on only
+// the bits that span them: a pair's bounds share their leading bits, so the sort takes 6-7
+// passes of 4 bits instead of 8. `range`: two shared words.
+template <typename Tmp>
+__device__ __forceinline__ uint32_t SortLevels(uint32_t (&key)[kSortItems],
+                                               int32_t (&page)[kSortItems], int ranked,
+                                               Tmp& tmp, uint32_t* first_key, uint32_t* range,
+                                               int* m_out) {
   using Sort = cub::BlockRadixSort<uint32_t, kSortThreads, kSortItems, int32_t>;
-  using ScanF = cub::BlockScan<float, kSortThreads>;
   using ScanI = cub::BlockScan<int, kSortThreads>;
-  __shared__ union {
-    typename Sort::TempStorage sort;
-    typename ScanF::TempStorage scan;
-    typename ScanI::TempStorage iscan;
-  } tmp;
-  __shared__ uint8_t in_flag[kSortPages];     // by page: a ranked page of the final set
-  __shared__ uint32_t first_key[kSortThreads];  // each thread's first sorted key
-  __shared__ float a_fix[kMaxGroup], b_fix[kMaxGroup];  // A of forced, R of unlisted pages
-  __shared__ float fin_a[kMaxGroup], fin_b[kMaxGroup];
-  __shared__ uint32_t fin_max[kMaxGroup];
-  __shared__ int fin_rows, best_k, cap_k, ok_all;
-  __shared__ float s_mx[kMaxGroup];  // softmax shift per head (indexed at run time)
-  const int32_t pair = blockIdx.x;
-  if (stage == 2 && !work.need[pair]) return;
-  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
-  const int32_t G = shape.group;
-  const int32_t n = sel.count[pair];  // every page of the sequence (<= kSortPages)
-  const int32_t listed = work.list_count[pair];
-  const int32_t* pos = work.list_pos + int64_t(pair) * sel.max_select;
-  const int32_t len = batch.seq_len[s];
-  const int32_t sq0 = s * batch.num_q_heads + h * G;
-  const float p = params.seq_p ? params.seq_p[s] : params.p;
-  const float c = GrowRemainderRatio(p, params.remainder_share);
-  const int32_t cap = sel.limit[pair];
   const int t = threadIdx.x;
-  auto bound = [&](int j, int32_t i) {
-    return sel.bound[int64_t(sq0 + j) * sel.max_select + i];
-  };
-  auto rows_of = [&](int32_t i) { return min(g.page_size, len - i * g.page_size); };
-  auto a_of = [&](int j, int32_t i) {
-    return work.page_mass[int64_t(sq0 + j) * sel.max_select + pos[i]];
-  };
-  auto b_of = [&](int j, int32_t i) { return float(rows_of(i)) * expf(bound(j, i) - s_mx[j]); };
+  if (t == 0) {
+    range[0] = 0xffffffffu;  // min ranked key
+    range[1] = 0u;           // max ranked key
+  }
+  __syncthreads();
+  {
+    uint32_t lo = 0xffffffffu, hi = 0u;
+#pragma unroll
+    for (int k = 0; k < kSortItems; ++k) {
+      if (key[k]) {
+        lo = min(lo, key[k]);
+        hi = max(hi, key[k]);
+      }
+    }
+    if (hi) {
+      atomicMin(&range[0], lo);
+      atomicMax(&range[1], hi);
+    }
+  }
+  int m = 0;
+  {
+    int unused;
+    ScanI(tmp.iscan).ExclusiveSum(ranked, unused, m);  // its barriers publish range
+  }
+  __syncthreads();
+  const uint32_t kmin = range[0];
+  const uint32_t span = range[1] >= kmin ? range[1] - kmin + 1u : 1u;  // no ranked key: 1
+  const int bits = span == 0u ? 32 : 32 - __clz(span);  // span wraps only for the full range
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) key[k] = key[k] ? key[k] - kmin + 1u : 0u;
+  Sort(tmp.sort).SortDescending(key, page, 0, bits);
+  first_key[t] = key[0];
+  __syncthreads();
+  uint32_t ends = 0;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    const int r = t * kSortItems + k;
+    const uint32_t next =
+        k + 1 < kSortItems ? key[k + 1] : (t + 1 < kSortThreads ? first_key[t + 1] : 0u);
+    if (r < m && (r + 1 == m || next != key[k])) ends |= 1u << k;
+  }
+  *m_out = m;
+  return ends;
+}
+
+using SortKeys = cub::BlockRadixSort<uint32_t, kSortThreads, kSortItems, int32_t>;
+using SortScanF = cub::BlockScan<float2, kSortThreads>;
+using SortScanI = cub::BlockScan<int, kSortThreads>;
+
+// Shared memory of the sorted search (a union member of GrowSearchKernel's, with GrowSmem).
+struct SortedSmem {
+  union {
+    SortKeys::TempStorage sort;
+    SortScanF::TempStorage scan;
+    SortScanI::TempStorage iscan;
+  } tmp;
+  uint8_t in_flag[kSortPages];     // by page: a ranked page of the final set
+  uint32_t first_key[kSortThreads];  // each thread's first sorted key
+  uint32_t key_range[2];
+  float a_fix[kMaxGroup], b_fix[kMaxGroup];  // A of forced, R of unlisted pages
+  float fin_a[kMaxGroup], fin_b[kMaxGroup];
+  uint32_t fin_max[kMaxGroup];
+  int fin_rows, best_k, cap_k, ok_all;
+};
+
+__device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const PageGeometry& g,
+                                                 const PrunerParams& params,
+                                                 const BatchView& batch,
+                                                 const SelectionView& sel,
+                                                 const PruneShape& shape,
+                                                 uint32_t* __restrict__ head_max,
+                                                 const GrowWork& work,
+                                                 const HeadStatsView& stats, int stage) {
+  using Sort = SortKeys;
+  using ScanF = SortScanF;
+  using ScanI = SortScanI;
+  auto& tmp = S.tmp;
+  auto& in_flag = S.in_flag;
+  auto& first_key = S.first_key;
+  auto& key_range = S.key_range;
+  auto& a_fix = S.a_fix;
+  auto& b_fix = S.b_fix;
+  auto& fin_a = S.fin_a;
+  auto& fin_b = S.fin_b;
+  auto& fin_max = S.fin_max;
+  auto& fin_rows = S.fin_rows;
+  auto& best_k = S.best_k;
+  auto& cap_k = S.cap_k;
+  auto& ok_all = S.ok_all;
+  const int32_t pair = blockIdx.x;
+  const GrowPair gp = MakeGrowPair(g, params, batch, sel, shape, work, pair);
+  const int32_t G = gp.G, n = gp.n, listed = gp.listed, sq0 = gp.sq0, cap = gp.cap;
+  const int32_t* pos = gp.pos;
+  const float p = gp.p, c = gp.c;
+  const int t = threadIdx.x;
 
   // A of the forced pages, R of the unlisted ones; sort items: the listed ranked pages.
   if (t < kMaxGroup) {
     a_fix[t] = 0.0f;
     b_fix[t] = 0.0f;
-    s_mx[t] = t < G ? HeadShift(head_max, sq0 + t) : 0.0f;
   }
   if (t == 0) {
     best_k = 0x7fffffff;
@@ -599,15 +782,15 @@ __global__ void __launch_bounds__(kSortThreads, 1)
       page[k] = -1;
       if (i >= n) continue;
       bool forced;
-      const uint32_t kk = GrowKey(sel, sq0, G, i, &forced);
+      const uint32_t kk = PrepKey(work, pair, sel.max_select, i, &forced);
       if (forced) forced_mask |= 1u << k;
       if (pos[i] >= 0) listed_mask |= 1u << k;
       if (forced) {
 #pragma unroll
-        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? a_of(j, i) : 0.0f;
+        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? gp.a_of(j, i) : 0.0f;
       } else if (pos[i] < 0) {
 #pragma unroll
-        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? b_of(j, i) : 0.0f;
+        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? gp.b_of(j, i) : 0.0f;
       } else {
         key[k] = kk;
         page[k] = i;
@@ -624,24 +807,9 @@ __global__ void __launch_bounds__(kSortThreads, 1)
       }
     }
   }
-  int m = 0;  // listed ranked pages
-  {
-    int unused;
-    ScanI(tmp.iscan).ExclusiveSum(ranked, unused, m);
-  }
-  __syncthreads();
-  Sort(tmp.sort).SortDescending(key, page);  // blocked: thread t holds ranks 16 t ..
-  first_key[t] = key[0];
-  __syncthreads();
   // Cut positions: K = r + 1 after rank r, a whole level when the next key differs.
-  uint32_t cut_mask = 0;
-#pragma unroll
-  for (int k = 0; k < kSortItems; ++k) {
-    const int r = t * kSortItems + k;
-    const uint32_t next =
-        k + 1 < kSortItems ? key[k + 1] : (t + 1 < kSortThreads ? first_key[t + 1] : 0u);
-    if (r < m && (r + 1 == m || next != key[k])) cut_mask |= 1u << k;
-  }
+  int m = 0;  // listed ranked pages
+  const uint32_t cut_mask = SortLevels(key, page, ranked, tmp, first_key, key_range, &m);
   // The rule R_j <= c A_j for every head at each cut (ok_mask), and at K = 0 (ok_zero).
   uint32_t ok_mask = cut_mask;
   bool ok_zero = true;
@@ -651,17 +819,18 @@ __global__ void __launch_bounds__(kSortThreads, 1)
 #pragma unroll
     for (int k = 0; k < kSortItems; ++k) {
       const bool real = t * kSortItems + k < m;
-      av[k] = real ? a_of(j, page[k]) : 0.0f;
-      bv[k] = real ? b_of(j, page[k]) : 0.0f;
+      av[k] = real ? gp.a_of(j, page[k]) : 0.0f;
+      bv[k] = real ? gp.b_of(j, page[k]) : 0.0f;
       sa += av[k];
       sb += bv[k];
     }
-    float pa, pb, total_a, total_b;
+    // A and R in one scan (pairs of floats: one pass of shuffles and barriers per head).
+    float2 before, total;
     __syncthreads();  // tmp reuse
-    ScanF(tmp.scan).ExclusiveSum(sa, pa, total_a);
-    __syncthreads();
-    ScanF(tmp.scan).ExclusiveSum(sb, pb, total_b);
-    (void)total_a;
+    ScanF(tmp.scan).ExclusiveScan(make_float2(sa, sb), before, make_float2(0.0f, 0.0f),
+                                  Float2Sum(), total);
+    float pa = before.x, pb = before.y;
+    const float total_b = total.y;
     const float af = a_fix[j], bf = b_fix[j];
 #pragma unroll
     for (int k = 0; k < kSortItems; ++k) {
@@ -686,17 +855,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   // Stage 1 with pages left out of the list: does every listed page in satisfy the rule?
   // (p >= 1 needs every page.) If not, hand the pair to stage 2 with every page listed.
   if (stage == 1 && listed < n && (p >= 1.0f || !ok_all)) {
-    int32_t* list = work.list_pages + int64_t(pair) * sel.max_select;
-    int32_t* wpos = work.list_pos + int64_t(pair) * sel.max_select;
-    for (int32_t i = t; i < n; i += blockDim.x) {
-      list[i] = i;
-      wpos[i] = i;
-    }
-    if (t < G) head_max[sq0 + t] = 0u;
-    if (t == 0) {
-      work.list_count[pair] = n;
-      work.need[pair] = 1;
-    }
+    HandToStage2(gp, work, head_max);
     return;
   }
   int K = p < 1.0f ? min(best_k, m) : m;
@@ -736,7 +895,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
     if (listed_k) work.in_set[int64_t(pair) * sel.max_select + pos[i]] = in ? 1 : 0;
     if (in) {
       in_mask |= 1u << k;
-      rows_in += rows_of(i);
+      rows_in += gp.rows_of(i);
     }
   }
   for (int j = 0; j < G; ++j) {
@@ -747,10 +906,10 @@ __global__ void __launch_bounds__(kSortThreads, 1)
       if (i >= n) continue;
       if ((in_mask >> k) & 1u) {
         const int32_t e = pos[i];
-        fa += work.page_mass[int64_t(sq0 + j) * sel.max_select + e];
+        fa += gp.a_of(j, i);
         fm = fmaxf(fm, work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
       } else {
-        fb += b_of(j, i);
+        fb += gp.b_of(j, i);
       }
     }
     fa = WarpSum(fa);
@@ -765,15 +924,29 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   atomicAdd(&fin_rows, rows_in);
   __syncthreads();
   if (t < G) {
-    const int32_t sq = sq0 + t;
-    const float A = fin_a[t], R = fin_b[t];
-    float target = p;  // share of A the head's top-p set must take
-    if (!cap_hit && p < 1.0f) target = A > 0.0f ? fminf(1.0f, p * ((A + R) / A)) : 1.0f;
-    work.head_p[sq] = target;
-    work.head_ratio[sq] = A > 0.0f ? A / (A + R) : 0.0f;
-    if (fin_max[t]) head_max[sq] = fin_max[t];
-    if (stats.selected) stats.selected[sq] = fin_rows;
-    if (stats.cap_hit) stats.cap_hit[sq] = cap_hit ? 1 : 0;
+    WriteGrowHead(gp, work, head_max, stats, t, fin_a[t], fin_b[t], fin_max[t], fin_rows,
+                  cap_hit);
+  }
+}
+
+// One block per (sequence, KV head) (stage 2: flagged pairs only): the sorted search for
+// pairs of up to kSortPages pages, the radix passes beyond, in one launch (mixed lengths
+// around 128k have both; two launches would add their latencies).
+__global__ void __launch_bounds__(kSortThreads, 1)
+    GrowSearchKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
+                     PruneShape shape, uint32_t* __restrict__ head_max, GrowWork work,
+                     HeadStatsView stats, int stage) {
+  static_assert(kSortThreads == kGrowThreads, "one block size for both searches");
+  __shared__ union {
+    GrowSmem radix;
+    SortedSmem sorted;
+  } sm;
+  const int32_t pair = blockIdx.x;
+  if (stage == 2 && !work.need[pair]) return;
+  if (sel.count[pair] <= kSortPages) {
+    GrowSearchSorted(sm.sorted, g, params, batch, sel, shape, head_max, work, stats, stage);
+  } else {
+    GrowSearchRadix(sm.radix, g, params, batch, sel, shape, head_max, work, stats, stage);
   }
 }
 
@@ -791,6 +964,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   } tmp;
   __shared__ uint8_t in_flag[kSortPages];  // by page: listed
   __shared__ uint32_t first_key[kSortThreads];
+  __shared__ uint32_t key_range[2];
   __shared__ int cap_k;
   const int32_t pair = blockIdx.x;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
@@ -824,22 +998,12 @@ __global__ void __launch_bounds__(kSortThreads, 1)
     }
   }
   int m = 0;
-  {
-    int unused;
-    ScanI(tmp.iscan).ExclusiveSum(ranked, unused, m);
-  }
-  __syncthreads();
-  Sort(tmp.sort).SortDescending(key, page);
-  first_key[t] = key[0];
-  __syncthreads();
+  const uint32_t ends = SortLevels(key, page, ranked, tmp, first_key, key_range, &m);
   // The largest whole-level prefix of at most cap ranked pages (K = 0 always qualifies).
   uint32_t fits = 0;
 #pragma unroll
   for (int k = 0; k < kSortItems; ++k) {
-    const int r = t * kSortItems + k;
-    const uint32_t next =
-        k + 1 < kSortItems ? key[k + 1] : (t + 1 < kSortThreads ? first_key[t + 1] : 0u);
-    if (r < m && (r + 1 == m || next != key[k]) && r + 1 <= cap) fits |= 1u << k;
+    if (((ends >> k) & 1u) && t * kSortItems + k + 1 <= cap) fits |= 1u << k;
   }
   if (fits) atomicMax(&cap_k, t * kSortItems + 32 - __clz(fits));
   __syncthreads();

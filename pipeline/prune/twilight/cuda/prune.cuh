@@ -12,7 +12,11 @@
 //     Scores are stored as FP16 (2 B per token and head: a quarter of the INT4 bytes at
 //     G = 4 instead of as many), and the per-head maximum of the stored (rounded) scores is
 //     folded in with one atomicMax per warp and head (order-preserving integer keys).
-//     ScoreScalarKernel is the fallback for k_bits 2/8 and for FP16 K (k_bits 16).
+//     ScorePage16Kernel does the same for the common geometry (per-token INT4, pages of
+//     16, d 64/128, up to 16 heads per KV head) with a page per tile and fixed lane offsets
+//     (about half the instructions per byte), and, growing, each page's max estimate per head
+//     and its sum of exp below that max. ScoreScalarKernel is the fallback for
+//     k_bits 2/8, FP16 K (k_bits 16) and groups past 8 outside ScorePage16Kernel.
 //  2. The top-p threshold by histogram selection, many blocks per head (prune_hist.cuh):
 //     HistKernel (level 1), KeptKernel (level 2 + union bit words above the boundary bin +
 //     per-head kept counters), BoundaryKernel (the boundary bin's bits).
@@ -105,6 +109,65 @@ __device__ __forceinline__ void CpAsyncWaitGroup() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+// B fragments of one MMA n-tile: query head n of the group at q_row (zero when !real),
+// channels permuted to match the nibble order of A (see NibbleWordToHalf2x4): thread t4
+// holds channels [t4 * D / 4, (t4 + 1) * D / 4) as the pairs (e0, e4), (e1, e5), ...
+template <int kHeadDim>
+__device__ __forceinline__ void LoadQueryFragment(const fp16_t* q_row, bool real, int t4,
+                                                  uint32_t (*bfrag)[2][2]) {
+  constexpr int kWords = kHeadDim / 32;
+  const fp16_t* qh = q_row + t4 * (kHeadDim / 4);
+#pragma unroll
+  for (int m = 0; m < kWords; ++m) {
+    fp16_t e[8];
+    *reinterpret_cast<uint4*>(e) = *reinterpret_cast<const uint4*>(qh + m * 8);
+    if (!real) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) e[i] = 0;
+    }
+    bfrag[m][0][0] = PackHalves(e[0], e[4]);
+    bfrag[m][0][1] = PackHalves(e[1], e[5]);
+    bfrag[m][1][0] = PackHalves(e[2], e[6]);
+    bfrag[m][1][1] = PackHalves(e[3], e[7]);
+  }
+}
+
+// sum(q) of query head j of the group (rows from q_group), for every j < G, handed to the
+// lanes whose accumulators hold it: qsum[nt][kk] for head nt * 8 + 2 t4 + kk. Every lane
+// of the warp must call it.
+template <int kHeadDim, int kNT>
+__device__ __forceinline__ void GroupQuerySums(const fp16_t* q_group, int G, int lane,
+                                               float (*qsum)[2]) {
+  const int t4 = lane & 3;
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) qsum[nt][0] = qsum[nt][1] = 0.0f;
+  // Every head's channels loaded first (all in flight together: a loop to G paid a round
+  // trip per head in every block's prologue), then summed in the same order as before.
+  constexpr int kPer = (kHeadDim + 31) / 32;
+  float v[kNT * 8][kPer];
+#pragma unroll
+  for (int j = 0; j < kNT * 8; ++j) {
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int c = lane + 32 * i;
+      v[j][i] = j < G && c < kHeadDim ? H2F(q_group[int64_t(j) * kHeadDim + c]) : 0.0f;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kNT * 8; ++j) {
+    if (j >= G) break;
+    float part = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) part += v[j][i];
+    part = WarpSum(part);
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+      if (j == nt * 8 + 2 * t4) qsum[nt][0] = part;
+      if (j == nt * 8 + 2 * t4 + 1) qsum[nt][1] = part;
+    }
+  }
+}
+
 // Landing buffer of the score kernel: every thread stages its own code chunks (the bytes of
 // its MMA fragments) with cp.async kScoreStages - 1 groups ahead, so loads stay in flight
 // while the warp computes, without registers. Chunks are interleaved across threads (chunk
@@ -159,41 +222,15 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
   }
   const int r = lane >> 2, t4 = lane & 3;
 
-  // B fragments: query head n = r of the group (zero past the group), channels permuted to
-  // match the nibble order of A (see NibbleWordToHalf2x4 and the MMA loop below).
+  // B fragments: query head n = r of the group (zero past the group).
+  const int32_t qbase = s * batch.num_q_heads + h * shape.group;
   uint32_t bfrag[kWords][2][2];
-  {
-    const bool real = r < shape.group;
-    const fp16_t* qh = q.q + (int64_t(s) * batch.num_q_heads + h * shape.group + (real ? r : 0)) *
-                                 kHeadDim + t4 * kChanPerThread;
-#pragma unroll
-    for (int m = 0; m < kWords; ++m) {
-      fp16_t e[8];
-      *reinterpret_cast<uint4*>(e) = *reinterpret_cast<const uint4*>(qh + m * 8);
-      if (!real) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) e[i] = 0;
-      }
-      bfrag[m][0][0] = PackHalves(e[0], e[4]);
-      bfrag[m][0][1] = PackHalves(e[1], e[5]);
-      bfrag[m][1][0] = PackHalves(e[2], e[6]);
-      bfrag[m][1][1] = PackHalves(e[3], e[7]);
-    }
-  }
+  LoadQueryFragment<kHeadDim>(q.q + int64_t(qbase + (r < shape.group ? r : 0)) * kHeadDim,
+                              r < shape.group, t4, bfrag);
   // sum(q) for the two heads this thread's accumulators hold (2*t4, 2*t4+1).
-  float qsum[2] = {0.0f, 0.0f};
+  float qsum[1][2] = {{0.0f, 0.0f}};
   if constexpr (!kPageChannel) {
-    const int32_t qbase = s * batch.num_q_heads + h * shape.group;
-#pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      if (j < shape.group) {
-        float part = 0.0f;
-        for (int c = lane; c < kHeadDim; c += 32) part += H2F(q.q[int64_t(qbase + j) * kHeadDim + c]);
-        part = WarpSum(part);
-        if (j == 2 * t4) qsum[0] = part;
-        if (j == 2 * t4 + 1) qsum[1] = part;
-      }
-    }
+    GroupQuerySums<kHeadDim, 1>(q.q + int64_t(qbase) * kHeadDim, shape.group, lane, qsum);
   }
   __syncthreads();  // run_page / run_rows ready
 
@@ -362,7 +399,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
             est = F2H(valid[t][half] ? shape.scale * (acc[half * 2 + kk] + base[kk]) : -INFINITY);
           } else {
             est = F2H(valid[t][half] ? shape.scale * (tscale[t][half] * acc[half * 2 + kk] +
-                                                      tzero[t][half] * qsum[kk])
+                                                      tzero[t][half] * qsum[0][kk])
                                      : -INFINITY);
           }
           run_max[kk] = fmaxf(run_max[kk], H2F(est));  // the max of what is stored
@@ -382,6 +419,241 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
     const int j = 2 * t4 + kk;
     if (r == 0 && j < shape.group && run_max[kk] > -INFINITY) {
       atomicMax(&head_max[s * batch.num_q_heads + h * shape.group + j], FloatKey(run_max[kk]));
+    }
+  }
+}
+
+// The per-token INT4 estimator for the common geometry (k_scheme 0, page_size 16, head dim
+// 64/128): a 16-token MMA tile is exactly one block, so a lane's code bytes sit at a fixed
+// offset inside the block's contiguous codes (row r and r + 8, chunk t4) and a page costs one
+// block id (resolved once per block into shared memory) and one address per lane, where the
+// general ScoreInt4Kernel resolves slot -> page -> block -> row four times per tile. What is
+// left per page and lane: two cp.async, four 2-byte scale/zero loads (one step ahead), the
+// nibble conversion, the MMAs and four stores (measured reasoning: the general kernel spent
+// ~300 instructions per 1 KB tile, more than the SM can issue at HBM rate; this one ~140).
+// Warps take pages round robin (warp w: local pages kP16Pages * (w + kP16Warps * k) + ...), so
+// a block's warps stream adjacent blocks. kNT: MMA n-tiles of 8 query heads (groups of 9-16
+// heads: two). kMass (growing): each page's max estimate per query head (NaN when the page
+// holds one) and the sum of exp(est - that max) by list entry (GrowWork::page_max /
+// page_mass; the search rescales by the head's max), so no page-sum pass re-reads scores.
+// exp(x) for x <= 0 as ex2.approx(x * log2 e): one multiply and one MUFU op (expf's
+// accurate range reduction costs ~10 instructions, four times per page and lane). Relative
+// error ~1e-6 at x = -20 (the argument's rounding), far below the float sums' own; results
+// below 2^-126 flush to 0.
+constexpr float kLog2e = 1.4426950408889634f;
+// max that propagates NaN (fmaxf drops it).
+__device__ __forceinline__ float MaxNan(float a, float b) {
+  float y;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(y) : "f"(a), "f"(b));
+  return y;
+}
+__device__ __forceinline__ float Exp2Approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+constexpr int kP16Warps = 8;
+constexpr int kP16Pages = 2;     // pages per warp per pipeline step
+constexpr int kP16Stages = 4;    // steps: kP16Stages - 1 in flight while one is computed
+constexpr int kP16MaxPages = 2048;  // pages of a block's run resolved in shared memory
+template <int kHeadDim>
+constexpr size_t ScorePage16SmemBytes() {
+  return size_t(kP16Stages) * kP16Pages * 2 * kP16Warps * 32 * (kHeadDim / 8);
+}
+
+template <int kHeadDim, int kNT, bool kMass>
+__global__ void __launch_bounds__(kP16Warps * 32, 2)
+    ScorePage16Kernel(PageGeometry g, BatchView batch, QueryView q, QuantKView qk,
+                      SelectionView sel, PruneShape shape, int32_t pages_per_block,
+                      fp16_t* __restrict__ scores, uint32_t* __restrict__ head_max,
+                      float* __restrict__ page_mass, float* __restrict__ page_max) {
+  constexpr int kWords = kHeadDim / 32;  // 32-bit code words per thread per token
+  constexpr int kChunk = kHeadDim / 8;   // code bytes per thread per token (16 or 8)
+  constexpr int kRowBytes = kHeadDim / 2;
+  constexpr int kBlockBytes = 16 * kRowBytes;
+  constexpr int kThreads = kP16Warps * 32;
+  using Chunk = typename std::conditional<kWords == 4, uint4, uint2>::type;
+  extern __shared__ __align__(16) unsigned char p16_smem[];
+  Chunk* landing = reinterpret_cast<Chunk*>(p16_smem);  // [stage][page][half][kThreads]
+  __shared__ int64_t run_blk[kP16MaxPages];  // block id of run page i
+  __shared__ uint8_t run_rows[kP16MaxPages];  // its rows inside the sequence (0..16)
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int32_t pair = blockIdx.y;
+  if (shape.only && !shape.only[pair]) return;
+  const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
+  const int32_t n_pages = sel.count[pair];
+  const int32_t p_begin = blockIdx.x * pages_per_block;
+  const int32_t run = min(n_pages, p_begin + pages_per_block) - p_begin;
+  if (run <= 0) return;
+  const int32_t len = batch.seq_len[s];
+  for (int32_t i = threadIdx.x; i < run; i += blockDim.x) {
+    const int32_t page_idx = sel.pages[int64_t(pair) * sel.max_select + p_begin + i];
+    run_blk[i] = g.BlockId(batch.PageId(s, page_idx), h);
+    run_rows[i] = uint8_t(max(0, min(16, len - page_idx * 16)));
+  }
+  const int r = lane >> 2, t4 = lane & 3;
+  const int G = shape.group;
+  const int32_t sq0 = s * batch.num_q_heads + h * G;
+
+  // B fragments per n-tile: query head nt * 8 + r (zero past the group).
+  uint32_t bfrag[kNT][kWords][2][2];
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+    const int n = nt * 8 + r;
+    LoadQueryFragment<kHeadDim>(q.q + int64_t(sq0 + (n < G ? n : 0)) * kHeadDim, n < G, t4,
+                                bfrag[nt]);
+  }
+  // sum(q) of the heads this thread's accumulators hold (nt * 8 + 2 t4 + kk).
+  float qsum[kNT][2];
+  GroupQuerySums<kHeadDim, kNT>(q.q + int64_t(sq0) * kHeadDim, G, lane, qsum);
+  __syncthreads();  // run_blk / run_rows ready
+
+  constexpr int kStride = kP16Warps * kP16Pages;  // run pages between a warp's steps
+  const int32_t first = warp * kP16Pages;
+  const int32_t steps = first < run ? (run - first + kStride - 1) / kStride : 0;
+  const uint8_t* lane_codes = qk.codes + r * kRowBytes + t4 * kChunk;
+  auto issue = [&](int32_t k) {
+    if (k < steps) {
+      const int stage = k % kP16Stages;
+#pragma unroll
+      for (int pp = 0; pp < kP16Pages; ++pp) {
+        const int32_t lp = first + k * kStride + pp;
+        if (lp < run) {
+          const uint8_t* src = lane_codes + run_blk[lp] * kBlockBytes;
+          Chunk* dst = &landing[((stage * kP16Pages + pp) * 2) * kThreads + threadIdx.x];
+          if constexpr (kChunk == 16) {
+            CpAsyncBytes16(dst, src);
+            CpAsyncBytes16(dst + kThreads, src + 8 * kRowBytes);
+          } else {
+            CpAsyncBytes8(dst, src);
+            CpAsyncBytes8(dst + kThreads, src + 8 * kRowBytes);
+          }
+        }
+      }
+    }
+    CpAsyncCommitGroup();
+  };
+#pragma unroll
+  for (int k = 0; k < kP16Stages - 1; ++k) issue(k);
+
+  // Scale / zero of rows r, r + 8 of a step's pages, loaded one step ahead.
+  fp16_t nscale[kP16Pages][2], nzero[kP16Pages][2];
+  int nrows[kP16Pages];
+  auto load_meta = [&](int32_t k) {
+#pragma unroll
+    for (int pp = 0; pp < kP16Pages; ++pp) {
+      const int32_t lp = min(first + k * kStride + pp, run - 1);
+      const int64_t at = run_blk[lp] * 16 + r;
+      nrows[pp] = run_rows[lp];
+      nscale[pp][0] = qk.scale[at];
+      nscale[pp][1] = qk.scale[at + 8];
+      nzero[pp][0] = qk.zero[at];
+      nzero[pp][1] = qk.zero[at + 8];
+    }
+  };
+  float run_max[kNT][2];
+  fp16_t* out_row[kNT][2];
+  float* mass_row[kNT][2];
+  float* max_row[kNT][2];
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {
+      run_max[nt][kk] = -INFINITY;
+      const int j = min(nt * 8 + 2 * t4 + kk, G - 1);
+      out_row[nt][kk] = scores + int64_t(sq0 + j) * shape.cand_stride + int64_t(p_begin) * 16 + r;
+      mass_row[nt][kk] = kMass ? page_mass + int64_t(sq0 + j) * sel.max_select + p_begin : nullptr;
+      max_row[nt][kk] = kMass ? page_max + int64_t(sq0 + j) * sel.max_select + p_begin : nullptr;
+    }
+  }
+  if (steps > 0) load_meta(0);
+  for (int32_t k = 0; k < steps; ++k) {
+    CpAsyncWaitGroup<kP16Stages - 2>();  // this thread's copies of step k have landed
+    issue(k + kP16Stages - 1);
+    const int stage = k % kP16Stages;
+    float tscale[kP16Pages][2], tzero[kP16Pages][2];
+    int rows[kP16Pages];
+#pragma unroll
+    for (int pp = 0; pp < kP16Pages; ++pp) {
+      rows[pp] = nrows[pp];
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        tscale[pp][half] = H2F(nscale[pp][half]);
+        tzero[pp][half] = H2F(nzero[pp][half]);
+      }
+    }
+    if (k + 1 < steps) load_meta(k + 1);
+#pragma unroll
+    for (int pp = 0; pp < kP16Pages; ++pp) {
+      const int32_t lp = first + k * kStride + pp;
+      if (lp >= run) break;  // warp-uniform
+      const Chunk ca = landing[((stage * kP16Pages + pp) * 2) * kThreads + threadIdx.x];
+      const Chunk cb = landing[((stage * kP16Pages + pp) * 2 + 1) * kThreads + threadIdx.x];
+      const uint32_t* wa = reinterpret_cast<const uint32_t*>(&ca);
+      const uint32_t* wb = reinterpret_cast<const uint32_t*>(&cb);
+      float acc[kNT][4];
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+#pragma unroll
+      for (int m = 0; m < kWords; ++m) {
+        uint32_t xa[4], xb[4];
+        NibbleWordToHalf2x4(wa[m], xa);
+        NibbleWordToHalf2x4(wb[m], xb);
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          Mma16816(acc[nt], xa[0], xb[0], xa[1], xb[1], bfrag[nt][m][0][0], bfrag[nt][m][0][1]);
+          Mma16816(acc[nt], xa[2], xb[2], xa[3], xb[3], bfrag[nt][m][1][0], bfrag[nt][m][1][1]);
+        }
+      }
+      // acc[nt][0..1]: token r, heads nt*8 + 2t4 + {0,1}; acc[nt][2..3]: token r + 8.
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) {
+          const bool head = nt * 8 + 2 * t4 + kk < G;
+          float x[2];
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const bool valid = r + half * 8 < rows[pp];
+            const fp16_t est =
+                F2H(valid ? shape.scale * (tscale[pp][half] * acc[nt][half * 2 + kk] +
+                                           tzero[pp][half] * qsum[nt][kk])
+                          : -INFINITY);
+            x[half] = H2F(est);
+            if (head) out_row[nt][kk][lp * 16 + half * 8] = est;
+          }
+          run_max[nt][kk] = fmaxf(run_max[nt][kk], fmaxf(x[0], x[1]));
+          if constexpr (kMass) {
+            // The page's max over its 16 rows (lanes of equal t4), NaN if any row is, and the
+            // sum of exp(x - max) (a NaN page: NaN, as its sum of exp(x - M) was).
+            float pm = MaxNan(x[0], x[1]);
+#pragma unroll
+            for (int o = 4; o < 32; o <<= 1) {
+              pm = MaxNan(pm, __shfl_xor_sync(0xffffffffu, pm, o));
+            }
+            if (r == 0 && head) max_row[nt][kk][lp] = pm;
+            float sum = (x[0] == -INFINITY ? 0.0f : Exp2Approx((x[0] - pm) * kLog2e)) +
+                        (x[1] == -INFINITY ? 0.0f : Exp2Approx((x[1] - pm) * kLog2e));
+#pragma unroll
+            for (int o = 4; o < 32; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            if (r == 0 && head) mass_row[nt][kk][lp] = sum;
+          }
+        }
+      }
+    }
+  }
+  CpAsyncWaitGroup<0>();
+  // Per-head maximum: lanes with the same t4 hold the same heads.
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {
+      float v = run_max[nt][kk];
+#pragma unroll
+      for (int o = 4; o < 32; o <<= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+      const int j = nt * 8 + 2 * t4 + kk;
+      if (r == 0 && j < G && v > -INFINITY) atomicMax(&head_max[sq0 + j], FloatKey(v));
     }
   }
 }

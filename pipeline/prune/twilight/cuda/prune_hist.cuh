@@ -38,14 +38,19 @@
 //     candidates with sub-bin <= B2 (a segment that overflowed: its chunk's scores are
 //     rescanned). The kept mass comes from the histograms (the same integer masses).
 // So the scores are read twice (level 1, then level 2 + kept bits), not three times, and
-// the kept pass computes no exp outside the boundary bin.
+// the kept pass computes no exp outside the boundary bin. Both passes skip the work of what
+// cannot count (exactly: rounding margins, NaN never skipped): a load of 8 scores all below
+// the threshold costs one max and one compare (AllBelow). Level 1's threshold is 28.5
+// logits under the max (weights that round to 0 in fixed point), the kept pass's the lower
+// edge of the boundary bin. (Skipping the loads of far pages by the score pass's page maxima
+// cost a dependent round trip per block and step: both passes are latency-bound at B = 1.)
 // CompactKeptKernel (below) then lists the tokens and writes the per-head telemetry.
 //
 // Bytes (INT4, d = 128, group G): the score pass reads 68 B per (token, KV head) and writes
 // 2G B; the two passes read 2G B each; with G = 4 that is 92 B moved per 68 B of INT4.
 #pragma once
 
-#include "gpu/cuda/prune.cuh"
+#include "pipeline/prune/twilight/cuda/prune.cuh"
 
 namespace twl::cuda {
 
@@ -211,6 +216,21 @@ __device__ __forceinline__ uint4 LoadRaw8(const fp16_t* row, int32_t i0, int32_t
   }
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
+// Whether all 8 FP16 scores of a LoadRaw8 result are below thr (both halves the same
+// threshold). The max propagates NaN, and NaN is never below, so a load holding a NaN
+// always takes the exact per-slot path. Callers pick thr rounded down (__float2half_rd) and
+// with a margin, so that every score it skips is one the exact path would add nothing for:
+// peaked heads then cost a max and a compare per 8 slots instead of an exp per slot.
+__device__ __forceinline__ bool AllBelow(const uint4& v, __half2 thr) {
+  auto h2 = [](uint32_t w) { return *reinterpret_cast<const __half2*>(&w); };
+  const __half2 m = __hmax2_nan(__hmax2_nan(h2(v.x), h2(v.y)), __hmax2_nan(h2(v.z), h2(v.w)));
+  return __hblt2(m, thr);
+}
+__device__ __forceinline__ __half2 HalfThreshold(float t) {
+  const __half h = __float2half_rd(t);
+  return __halves2half2(h, h);
+}
+
 // Half k (constant after unrolling) of LoadRaw8's result, as a float.
 __device__ __forceinline__ float RawHalf(const uint4& v, int k) {
   const uint32_t word = (k >> 1) == 0 ? v.x : (k >> 1) == 1 ? v.y : (k >> 1) == 2 ? v.z : v.w;
@@ -282,10 +302,13 @@ __global__ void __launch_bounds__(kHistThreads)
   bool nan_seen = false;
   int cur = -1;  // the bin of the thread's pending run
   u64 acc = 0;   // its mass
+  // Scores more than 28.5 logits below the max weigh < 2^-41: Fixed() gives them 0.
+  const __half2 skip_below = HalfThreshold(mx - 28.5f);
 #pragma unroll
   for (int it = 0; it < kHistIters; ++it) {
     const int32_t i0 = c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x);
     if (i0 >= c1) break;
+    if (AllBelow(raw[it], skip_below)) continue;
     const bool page_in = !in_set || !page8 || in_set[i0 / ps] != 0;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
@@ -327,6 +350,31 @@ __device__ __forceinline__ bool SlotIsCandidate(const int32_t* pages, const uint
   return !in_set || in_set[i / ps] != 0;
 }
 
+// Bit k: candidate slot i0 + k (i0 a multiple of 8) is a valid row of the pair (see
+// SlotIsCandidate); pages of a multiple of 8 rows hold the 8 slots in one page.
+__device__ __forceinline__ uint32_t CandidateMask8(const int32_t* pages, const uint8_t* in_set,
+                                                   int32_t ps, int32_t len, int32_t c1,
+                                                   int32_t i0) {
+  uint32_t vmask = 0;
+  if (i0 >= c1) return 0;
+  if ((ps & 7) == 0) {
+    const int32_t pg = i0 / ps;
+    const int32_t pos0 = pages[pg] * ps + i0 % ps;
+    if (!in_set || in_set[pg] != 0) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        if (i0 + k < c1 && pos0 + k < len) vmask |= 1u << k;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      if (SlotIsCandidate(pages, in_set, ps, len, c1, i0 + k)) vmask |= 1u << k;
+    }
+  }
+  return vmask;
+}
+
 // Warp j < G of a block of (sequence, KV head): head j's mode and level-1 boundary bin B1
 // (and, with v2 given, the level-2 sub-bin B2 and the head's kept mass). Lane 0 returns
 // the results; every lane runs the shuffles.
@@ -361,6 +409,49 @@ __device__ __forceinline__ int WarpHeadThreshold(const PrunerParams& params,
   return mode;
 }
 
+// Per query head of a (sequence, KV head) block, in shared memory: what the head does and
+// its thresholds (WarpHeadThreshold), the scores the kept pass may skip (below `skip`, half2
+// bits: past the boundary bin, see AllBelow), and the block's counters.
+struct ChunkHeads {
+  int mode[kMaxGroup], b1[kMaxGroup], b2[kMaxGroup];
+  float mx[kMaxGroup];
+  uint32_t skip[kMaxGroup];
+  int count[kMaxGroup], bnd[kMaxGroup];
+};
+
+// Fills `ch` for the G heads from sq0 (a warp per head; level2: B2 too, and block x = 0
+// writes each top-p head's kept mass). The caller synchronizes before reading it.
+__device__ __forceinline__ void LoadChunkHeads(ChunkHeads& ch, const PrunerParams& params,
+                                               const PruneShape& shape,
+                                               const uint32_t* head_max, const HistWork& hw,
+                                               int32_t s, int32_t sq0, int G, bool level2) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int jw = warp; jw < G; jw += int(blockDim.x >> 5)) {  // warp-uniform
+    float mx = 0.0f;
+    int b1 = 0, b2 = 0;
+    u64 kept_mass = 0;
+    const int mode =
+        WarpHeadThreshold(params, shape, head_max, hw, s, sq0 + jw, level2, &mx, &b1, &b2,
+                          &kept_mass);
+    if (lane == 0) {
+      ch.mode[jw] = mode;
+      ch.b1[jw] = b1;
+      ch.b2[jw] = b2;
+      ch.mx[jw] = mx;
+      // Bin1 > B1 for every score below mx - (B1 + 1) / 8 (a 1/64-logit margin for the
+      // float rounding of d); B1 = 255 skips nothing.
+      const float below =
+          b1 < kHistBins - 1 ? mx - float(b1 + 1) * (1.0f / kBinsPerLogit) - 1.0f / 64
+                             : -INFINITY;
+      const __half2 skip = HalfThreshold(below);
+      ch.skip[jw] = *reinterpret_cast<const uint32_t*>(&skip);
+      ch.count[jw] = 0;
+      ch.bnd[jw] = 0;
+      if (level2 && blockIdx.x == 0 && mode == kModeTopP) hw.kept_mass[sq0 + jw] = kept_mass;
+    }
+  }
+}
+
 // Boundary entries of a (query head, kept chunk): the chunk offset (< 2^16) and the level-2
 // sub-bin (<< 16) of each candidate in the boundary bin B1. A chunk with more than kBndCap
 // of them (a flat head) records only the count; BoundaryKernel then rescans its scores.
@@ -373,16 +464,19 @@ static_assert(kKeptChunk <= 65536, "chunk offsets fit 16 bits");
 // written, and per-head kept counts); a boundary candidate (b1 == B1) adds its mass to the
 // head's level-2 histogram and is listed for BoundaryKernel, which sets its bit once B2 is
 // known. Each thread takes 8 consecutive slots per step (one 16-byte load per head); four
-// lanes make a bit word (two shuffles), written with a plain store.
-__global__ void __launch_bounds__(kKeptThreads)
+// lanes make a bit word (two shuffles), written with a plain store. kMaxG (8 or 16): the
+// group sizes it takes (registers and level-2 sums sized for them; groups of up to 8 keep
+// the occupancy of 8 when the GPU build allows 16).
+// Occupancy: 4 blocks per SM for groups of up to 8 (64 registers: with fewer resident
+// blocks each block's prologue and two steps are pure latency; at 1 block per SM the H200
+// took 2x as long for the whole top-p).
+template <int kMaxG>
+__global__ void __launch_bounds__(kKeptThreads, kMaxG <= 8 ? 4 : 1)
     KeptKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                PruneShape shape, const fp16_t* __restrict__ scores,
                const uint32_t* __restrict__ head_max, HistWork hw, uint32_t* __restrict__ bits) {
-  __shared__ int h_mode[kMaxGroup], h_b1[kMaxGroup];
-  __shared__ float h_mx[kMaxGroup];
-  __shared__ int s_count[kMaxGroup], s_bnd[kMaxGroup];
-  __shared__ u64 s_h2[kMaxGroup][kHistBins];  // level-2 partial sums of this chunk
-  static_assert(kKeptThreads / 32 >= kMaxGroup, "one warp per head of the group");
+  __shared__ ChunkHeads ch;
+  __shared__ u64 s_h2[kMaxG][kHistBins];  // level-2 partial sums of this chunk
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t slots = sel.count[pair] * g.page_size;
@@ -390,22 +484,9 @@ __global__ void __launch_bounds__(kKeptThreads)
   if (c0 >= slots) return;
   const int G = shape.group;
   const int32_t sq0 = s * batch.num_q_heads + h * G;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (warp < G) {
-    float mx = 0.0f;
-    int b1 = 0, b2 = 0;
-    u64 unused = 0;
-    const int mode = WarpHeadThreshold(params, shape, head_max, hw, s, sq0 + warp,
-                                       /*level2=*/false, &mx, &b1, &b2, &unused);
-    if (lane == 0) {
-      h_mode[warp] = mode;
-      h_b1[warp] = b1;
-      h_mx[warp] = mx;
-      s_count[warp] = 0;
-      s_bnd[warp] = 0;
-    }
-  }
-  for (int i = threadIdx.x; i < kMaxGroup * kHistBins; i += blockDim.x) (&s_h2[0][0])[i] = 0;
+  const int lane = threadIdx.x & 31;
+  LoadChunkHeads(ch, params, shape, head_max, hw, s, sq0, G, /*level2=*/false);
+  for (int i = threadIdx.x; i < G * kHistBins; i += blockDim.x) (&s_h2[0][0])[i] = 0;
   __syncthreads();
   const int32_t len = batch.seq_len[s];
   const int32_t* pages = sel.pages + int64_t(pair) * sel.max_select;
@@ -413,100 +494,91 @@ __global__ void __launch_bounds__(kKeptThreads)
   uint32_t* pair_bits = bits + int64_t(pair) * shape.bit_words;
   const int32_t c1 = min(slots, c0 + kKeptChunk);
   const int32_t ps = g.page_size;
-  const bool page8 = (ps & 7) == 0;
   const bool vec = (shape.cand_stride & 7) == 0;
-  int cnt[kMaxGroup];
+  int cnt[kMaxG];
 #pragma unroll
-  for (int j = 0; j < kMaxGroup; ++j) cnt[j] = 0;
+  for (int j = 0; j < kMaxG; ++j) cnt[j] = 0;
   // The same trip count for every thread (the shuffles); c0 and the step: multiples of 32.
   for (int32_t base = c0; base < c1; base += 8 * blockDim.x) {
     const int32_t i0 = base + 8 * int32_t(threadIdx.x);
-    uint32_t vmask = 0;  // bit k: slot i0 + k is a valid candidate
-    if (i0 < c1) {
-      if (page8) {
-        const int32_t pg = i0 / ps;
-        const int32_t pos0 = pages[pg] * ps + i0 % ps;
-        if (!in_set || in_set[pg] != 0) {
-#pragma unroll
-          for (int k = 0; k < 8; ++k) {
-            if (i0 + k < c1 && pos0 + k < len) vmask |= 1u << k;
-          }
-        }
-      } else {
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          if (SlotIsCandidate(pages, in_set, ps, len, c1, i0 + k)) vmask |= 1u << k;
-        }
-      }
-    }
-    // Every head's 8 scores loaded at once (one round trip per step, not one per head).
-    uint4 raws[kMaxGroup];
-#pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      raws[j] = make_uint4(0u, 0u, 0u, 0u);
-      if (j < G && vmask && h_mode[j] == kModeTopP) {
-        raws[j] = LoadRaw8(scores + int64_t(sq0 + j) * shape.cand_stride, i0, c1, vec);
-      }
-    }
+    // bit k: slot i0 + k is a valid candidate
+    const uint32_t vmask = CandidateMask8(pages, in_set, ps, len, c1, i0);
+    // The heads' 8 scores loaded at once, 8 heads at a time (one round trip per step and 8
+    // heads; groups of up to 16 keep the registers of 8).
     uint32_t byte = 0;
 #pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      if (j >= G) break;
-      const int mode = h_mode[j];  // block-uniform
-      if (mode == kModeAll) {
-        byte |= vmask;
-        cnt[j] += __popc(vmask);
-      } else if (mode == kModeTopP) {
-        uint32_t bmask = 0;  // bit k: slot i0 + k lies in the boundary bin
-        uint64_t b2s = 0;    // its sub-bin in byte k
-        if (vmask) {
-          const uint4 raw = raws[j];
-          const float mxj = h_mx[j];
-          const int B1 = h_b1[j];
+    for (int jb = 0; jb < kMaxG; jb += 8) {
+      if (jb >= G) break;
+      uint4 raws[8];
 #pragma unroll
-          for (int k = 0; k < 8; ++k) {
-            if (!((vmask >> k) & 1u)) continue;
-            const float d = mxj - RawHalf(raw, k);
-            const int b1 = Bin1(d);
-            // b1 < B1 <= 254: d < 31.875, so the float weight is > 0 (kept, as before).
-            if (b1 < B1) {
-              byte |= 1u << k;
-              ++cnt[j];
-            } else if (b1 == B1) {
-              const float w = expf(-d);
-              if (w > 0.0f) {
-                const int b2 = Bin2(d, b1);
-                bmask |= 1u << k;
-                b2s |= uint64_t(b2) << (8 * k);
-                const u64 m = Fixed(w, hw.fx_scale);
-                if (m) SharedAddU64(&s_h2[j][b2], m);
+      for (int jj = 0; jj < 8; ++jj) {
+        const int j = jb + jj;
+        raws[jj] = make_uint4(0u, 0u, 0u, 0u);
+        if (j < G && vmask && ch.mode[j] == kModeTopP) {
+          raws[jj] = LoadRaw8(scores + int64_t(sq0 + j) * shape.cand_stride, i0, c1, vec);
+        }
+      }
+#pragma unroll
+      for (int jj = 0; jj < 8; ++jj) {
+        const int j = jb + jj;
+        if (j >= G) break;
+        const int mode = ch.mode[j];  // block-uniform
+        if (mode == kModeAll) {
+          byte |= vmask;
+          cnt[j] += __popc(vmask);
+        } else if (mode == kModeTopP) {
+          uint32_t bmask = 0;  // bit k: slot i0 + k lies in the boundary bin
+          uint64_t b2s = 0;    // its sub-bin in byte k
+          const uint32_t skip = ch.skip[j];
+          if (vmask && !AllBelow(raws[jj], *reinterpret_cast<const __half2*>(&skip))) {
+            const uint4 raw = raws[jj];
+            const float mxj = ch.mx[j];
+            const int B1 = ch.b1[j];
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+              if (!((vmask >> k) & 1u)) continue;
+              const float d = mxj - RawHalf(raw, k);
+              const int b1 = Bin1(d);
+              // b1 < B1 <= 254: d < 31.875, so the float weight is > 0 (kept, as before).
+              if (b1 < B1) {
+                byte |= 1u << k;
+                ++cnt[j];
+              } else if (b1 == B1) {
+                const float w = expf(-d);
+                if (w > 0.0f) {
+                  const int b2 = Bin2(d, b1);
+                  bmask |= 1u << k;
+                  b2s |= uint64_t(b2) << (8 * k);
+                  const u64 m = Fixed(w, hw.fx_scale);
+                  if (m) SharedAddU64(&s_h2[j][b2], m);
+                }
               }
             }
           }
-        }
-        // List the boundary candidates: one shared atomic per warp (mode is block-uniform,
-        // so every lane of the warp is here).
-        const unsigned any = __ballot_sync(0xffffffffu, bmask != 0);
-        if (any) {
-          const int n = __popc(bmask);
-          int incl = n;
+          // List the boundary candidates: one shared atomic per warp (mode is block-uniform,
+          // so every lane of the warp is here).
+          const unsigned any = __ballot_sync(0xffffffffu, bmask != 0);
+          if (any) {
+            const int n = __popc(bmask);
+            int incl = n;
 #pragma unroll
-          for (int o = 1; o < 32; o <<= 1) {
-            const int y = __shfl_up_sync(0xffffffffu, incl, o);
-            if (lane >= o) incl += y;
-          }
-          int at = 0;
-          if (lane == 31) at = atomicAdd(&s_bnd[j], incl);
-          at = __shfl_sync(0xffffffffu, at, 31) + incl - n;
-          int32_t* list =
-              hw.bnd + (int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x) * int64_t(kBndCap);
-#pragma unroll
-          for (int k = 0; k < 8; ++k) {
-            if (!((bmask >> k) & 1u)) continue;
-            if (at < kBndCap) {
-              list[at] = (i0 + k - c0) | (int32_t((b2s >> (8 * k)) & 255u) << 16);
+            for (int o = 1; o < 32; o <<= 1) {
+              const int y = __shfl_up_sync(0xffffffffu, incl, o);
+              if (lane >= o) incl += y;
             }
-            ++at;
+            int at = 0;
+            if (lane == 31) at = atomicAdd(&ch.bnd[j], incl);
+            at = __shfl_sync(0xffffffffu, at, 31) + incl - n;
+            int32_t* list =
+                hw.bnd + (int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x) * int64_t(kBndCap);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+              if (!((bmask >> k) & 1u)) continue;
+              if (at < kBndCap) {
+                list[at] = (i0 + k - c0) | (int32_t((b2s >> (8 * k)) & 255u) << 16);
+              }
+              ++at;
+            }
           }
         }
       }
@@ -517,16 +589,16 @@ __global__ void __launch_bounds__(kKeptThreads)
     if ((lane & 3) == 0 && i0 < c1) pair_bits[i0 >> 5] = word;
   }
 #pragma unroll
-  for (int j = 0; j < kMaxGroup; ++j) {
+  for (int j = 0; j < kMaxG; ++j) {
     if (j >= G) break;
     const int c = __reduce_add_sync(0xffffffffu, unsigned(cnt[j]));
-    if (lane == 0 && c) atomicAdd(&s_count[j], c);
+    if (lane == 0 && c) atomicAdd(&ch.count[j], c);
   }
   __syncthreads();
   if (threadIdx.x < G) {
     const int j = threadIdx.x;
-    if (s_count[j]) atomicAdd(&hw.kept_count[sq0 + j], s_count[j]);
-    hw.bnd_count[int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x] = s_bnd[j];
+    if (ch.count[j]) atomicAdd(&hw.kept_count[sq0 + j], ch.count[j]);
+    hw.bnd_count[int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x] = ch.bnd[j];
   }
   for (int i = threadIdx.x; i < G * kHistBins; i += blockDim.x) {
     const u64 v = (&s_h2[0][0])[i];
@@ -544,9 +616,7 @@ __global__ void __launch_bounds__(kKeptThreads)
                    PruneShape shape, const fp16_t* __restrict__ scores,
                    const uint32_t* __restrict__ head_max, HistWork hw,
                    uint32_t* __restrict__ bits) {
-  __shared__ int h_mode[kMaxGroup], h_b1[kMaxGroup], h_b2[kMaxGroup];
-  __shared__ float h_mx[kMaxGroup];
-  __shared__ int s_count[kMaxGroup];
+  __shared__ ChunkHeads ch;
   __shared__ uint32_t s_bits[kKeptChunk / 32];
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
@@ -555,22 +625,8 @@ __global__ void __launch_bounds__(kKeptThreads)
   if (c0 >= slots) return;
   const int G = shape.group;
   const int32_t sq0 = s * batch.num_q_heads + h * G;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (warp < G) {
-    float mx = 0.0f;
-    int b1 = 0, b2 = 0;
-    u64 kept_mass = 0;
-    const int mode = WarpHeadThreshold(params, shape, head_max, hw, s, sq0 + warp,
-                                       /*level2=*/true, &mx, &b1, &b2, &kept_mass);
-    if (lane == 0) {
-      h_mode[warp] = mode;
-      h_b1[warp] = b1;
-      h_b2[warp] = b2;
-      h_mx[warp] = mx;
-      s_count[warp] = 0;
-      if (blockIdx.x == 0 && mode == kModeTopP) hw.kept_mass[sq0 + warp] = kept_mass;
-    }
-  }
+  const int lane = threadIdx.x & 31;
+  LoadChunkHeads(ch, params, shape, head_max, hw, s, sq0, G, /*level2=*/true);
   for (int i = threadIdx.x; i < kKeptChunk / 32; i += blockDim.x) s_bits[i] = 0;
   __syncthreads();
   const int32_t len = batch.seq_len[s];
@@ -579,12 +635,12 @@ __global__ void __launch_bounds__(kKeptThreads)
   const int32_t c1 = min(slots, c0 + kKeptChunk);
   bool any = false;
   for (int j = 0; j < G; ++j) {
-    if (h_mode[j] != kModeTopP) continue;  // block-uniform
+    if (ch.mode[j] != kModeTopP) continue;  // block-uniform
     const int64_t seg = int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x;
     const int n = hw.bnd_count[seg];
     if (!n) continue;
     any = true;
-    const int B1 = h_b1[j], B2 = h_b2[j];
+    const int B1 = ch.b1[j], B2 = ch.b2[j];
     int cnt = 0;
     if (n <= kBndCap) {
       const int32_t* list = hw.bnd + seg * int64_t(kBndCap);
@@ -596,20 +652,32 @@ __global__ void __launch_bounds__(kKeptThreads)
         ++cnt;
       }
     } else {
-      // Overflow: the same test as KeptKernel's, slot by slot.
+      // Overflow: the same test as KeptKernel's, 8 slots per thread and load (c0 and i0
+      // multiples of 8: the 8 bits lie in one word).
       const fp16_t* row = scores + int64_t(sq0 + j) * shape.cand_stride;
-      const float mxj = h_mx[j];
-      for (int32_t i = c0 + threadIdx.x; i < c1; i += blockDim.x) {
-        if (!SlotIsCandidate(pages, in_set, g.page_size, len, c1, i)) continue;
-        const float d = mxj - H2F(row[i]);
-        const int b1 = Bin1(d);
-        if (b1 != B1 || Bin2(d, b1) > B2 || !(expf(-d) > 0.0f)) continue;
-        atomicOr(&s_bits[(i - c0) >> 5], 1u << ((i - c0) & 31));
-        ++cnt;
+      const float mxj = ch.mx[j];
+      const bool vec = (shape.cand_stride & 7) == 0;
+      for (int32_t i0 = c0 + 8 * int32_t(threadIdx.x); i0 < c1; i0 += 8 * int32_t(blockDim.x)) {
+        const uint32_t vmask = CandidateMask8(pages, in_set, g.page_size, len, c1, i0);
+        if (!vmask) continue;
+        const uint4 raw = LoadRaw8(row, i0, c1, vec);
+        uint32_t byte = 0;
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          if (!((vmask >> k) & 1u)) continue;
+          const float d = mxj - RawHalf(raw, k);
+          const int b1 = Bin1(d);
+          if (b1 != B1 || Bin2(d, b1) > B2 || !(expf(-d) > 0.0f)) continue;
+          byte |= 1u << k;
+        }
+        if (byte) {
+          atomicOr(&s_bits[(i0 - c0) >> 5], byte << ((i0 - c0) & 31));
+          cnt += __popc(byte);
+        }
       }
     }
     cnt = int(__reduce_add_sync(0xffffffffu, unsigned(cnt)));
-    if (lane == 0 && cnt) atomicAdd(&s_count[j], cnt);
+    if (lane == 0 && cnt) atomicAdd(&ch.count[j], cnt);
   }
   if (!any) return;  // block-uniform: nothing listed for any head of the chunk
   __syncthreads();
@@ -618,8 +686,8 @@ __global__ void __launch_bounds__(kKeptThreads)
   for (int w = threadIdx.x; w < words; w += blockDim.x) {
     if (s_bits[w]) chunk_bits[w] |= s_bits[w];
   }
-  if (threadIdx.x < G && s_count[threadIdx.x]) {
-    atomicAdd(&hw.kept_count[sq0 + threadIdx.x], s_count[threadIdx.x]);
+  if (threadIdx.x < G && ch.count[threadIdx.x]) {
+    atomicAdd(&hw.kept_count[sq0 + threadIdx.x], ch.count[threadIdx.x]);
   }
 }
 
@@ -644,7 +712,6 @@ __global__ void __launch_bounds__(kCompactThreads)
                       HeadStatsView stats) {
   constexpr int kWarps = kCompactThreads / 32;
   static_assert(kCompactWords == kWarps * 32, "one word per thread");
-  static_assert(kWarps >= kMaxGroup, "one warp per head of the group");
   __shared__ int scan[33];
   __shared__ int warp_total[kWarps];
   const int32_t pair = blockIdx.y;
@@ -671,7 +738,7 @@ __global__ void __launch_bounds__(kCompactThreads)
       before += min(p < P ? g.page_size : r, max(0, len - pages[p] * g.page_size));
     }
   } else {
-#pragma unroll 4
+#pragma unroll 8
     for (int32_t w = threadIdx.x; w < w0; w += blockDim.x) before += __popc(pb[w]);
   }
   int prefix;
@@ -717,50 +784,56 @@ __global__ void __launch_bounds__(kCompactThreads)
   }
   if (int32_t(blockIdx.x) == chunks - 1 && threadIdx.x == 0) out.count[pair] = prefix + block_total;
   if (blockIdx.x != 0) return;  // block-uniform
-  // Valid candidate rows (the rows of the listed pages inside the sequence).
+  // Valid candidate rows (the rows of the listed pages inside the sequence; growing: the
+  // search wrote `selected`, nothing here needs them). Loads unrolled: 32 pages per thread
+  // at 128k, a chain of round trips otherwise.
+  const bool grow = shape.head_p != nullptr;
   int rows = 0;
-  for (int32_t i = threadIdx.x; i < n_pages; i += blockDim.x) {
-    rows += min(g.page_size, len - pages[i] * g.page_size);
+  if (!grow) {
+#pragma unroll 8
+    for (int32_t i = threadIdx.x; i < n_pages; i += blockDim.x) {
+      rows += min(g.page_size, len - pages[i] * g.page_size);
+    }
   }
   int nvalid;
   BlockExclusiveSum(rows, scan, &nvalid);
   const int G = shape.group;
-  if (warp >= G) return;
-  const int32_t sq = s * batch.num_q_heads + h * G + warp;
-  const bool grow = shape.head_p != nullptr;
   const bool all_pages = !grow && n_pages == batch.NumPages(g, s);
-  int32_t kept = 0;
-  float est = 0.0f;
-  if (dense) {
-    kept = nvalid;
-    est = 1.0f;
-  } else {
-    float mx;
-    const int mode = HeadMode(params, shape, head_max, hw, s, sq, &mx);
-    kept = hw.kept_count[sq];
-    if (mode == kModeAll) {
-      est = kept > 0 ? 1.0f : 0.0f;
-    } else if (mode == kModeTopP) {
-      u64 total = 0;
+  for (int jw = warp; jw < G; jw += kWarps) {  // a warp per head (warp-uniform)
+    const int32_t sq = s * batch.num_q_heads + h * G + jw;
+    int32_t kept = 0;
+    float est = 0.0f;
+    if (dense) {
+      kept = nvalid;
+      est = 1.0f;
+    } else {
+      float mx;
+      const int mode = HeadMode(params, shape, head_max, hw, s, sq, &mx);
+      kept = hw.kept_count[sq];
+      if (mode == kModeAll) {
+        est = kept > 0 ? 1.0f : 0.0f;
+      } else if (mode == kModeTopP) {
+        u64 total = 0;
 #pragma unroll
-      for (int k = 0; k < 8; ++k) total += hw.hist1[int64_t(sq) * kHistBins + lane * 8 + k];
-      total = WarpSumU64(total);
-      est = total ? float(double(hw.kept_mass[sq]) / double(total)) : 0.0f;
+        for (int k = 0; k < 8; ++k) total += hw.hist1[int64_t(sq) * kHistBins + lane * 8 + k];
+        total = WarpSumU64(total);
+        est = total ? float(double(hw.kept_mass[sq]) / double(total)) : 0.0f;
+      }
     }
-  }
-  if (lane != 0) return;
-  if (stats.kept) stats.kept[sq] = kept;
-  if (stats.est_mass) stats.est_mass[sq] = est;
-  if (dense) {
-    if (stats.selected) stats.selected[sq] = nvalid;
-    if (stats.full_mass) stats.full_mass[sq] = 1.0f;
-    if (stats.cap_hit) stats.cap_hit[sq] = 0;
-  } else if (grow) {
-    if (stats.full_mass) stats.full_mass[sq] = est * shape.head_ratio[sq];
-  } else {
-    if (stats.selected) stats.selected[sq] = nvalid;
-    if (stats.full_mass) stats.full_mass[sq] = all_pages ? est : -1.0f;
-    if (stats.cap_hit) stats.cap_hit[sq] = 0;
+    if (lane != 0) continue;
+    if (stats.kept) stats.kept[sq] = kept;
+    if (stats.est_mass) stats.est_mass[sq] = est;
+    if (dense) {
+      if (stats.selected) stats.selected[sq] = nvalid;
+      if (stats.full_mass) stats.full_mass[sq] = 1.0f;
+      if (stats.cap_hit) stats.cap_hit[sq] = 0;
+    } else if (grow) {
+      if (stats.full_mass) stats.full_mass[sq] = est * shape.head_ratio[sq];
+    } else {
+      if (stats.selected) stats.selected[sq] = nvalid;
+      if (stats.full_mass) stats.full_mass[sq] = all_pages ? est : -1.0f;
+      if (stats.cap_hit) stats.cap_hit[sq] = 0;
+    }
   }
 }
 
