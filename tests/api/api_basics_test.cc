@@ -50,6 +50,35 @@ TEST(ApiBasics, ConfigDefaultIsAllSentinels) {
   EXPECT_EQ(c.backend, TWL_BACKEND_AUTO);
 }
 
+// TWL_SELECTOR_DEFAULT: FULL without a cap, QUEST (growing up to the cap) with one; an
+// explicit choice stays as asked.
+TEST(ApiBasics, DefaultSelectorIsFullUnlessCapped) {
+  struct Case {
+    twl_selector asked;
+    int32_t budget_tokens;
+    float budget_fraction;
+    twl_selector resolved;
+  };
+  for (const Case& k : {Case{TWL_SELECTOR_DEFAULT, 0, 0.0f, TWL_SELECTOR_FULL},
+                        Case{TWL_SELECTOR_DEFAULT, 0, 1.0f, TWL_SELECTOR_FULL},
+                        Case{TWL_SELECTOR_DEFAULT, 256, 0.0f, TWL_SELECTOR_QUEST},
+                        Case{TWL_SELECTOR_DEFAULT, 0, 0.25f, TWL_SELECTOR_QUEST},
+                        Case{TWL_SELECTOR_QUEST, 0, 0.0f, TWL_SELECTOR_QUEST},
+                        Case{TWL_SELECTOR_FULL, 256, 0.0f, TWL_SELECTOR_FULL}}) {
+    twl_runtime_config cfg = SmallConfig();
+    cfg.selector = k.asked;
+    cfg.selector_budget_tokens = k.budget_tokens;
+    cfg.selector_budget_fraction = k.budget_fraction;
+    twilight::RuntimePtr rt = MakeRuntime(cfg);
+    ASSERT_TRUE(rt);
+    twl_runtime_config c;
+    c.struct_size = sizeof(c);
+    ASSERT_EQ(twl_runtime_get_config(rt.get(), &c), TWL_OK);
+    EXPECT_EQ(c.selector, k.resolved) << "asked " << k.asked << ", budget " << k.budget_tokens
+                                      << " tokens / " << k.budget_fraction;
+  }
+}
+
 TEST(ApiBasics, CreateResolvesSentinels) {
   twilight::RuntimePtr rt = MakeRuntime(SmallConfig());
   ASSERT_TRUE(rt);
@@ -60,7 +89,7 @@ TEST(ApiBasics, CreateResolvesSentinels) {
   EXPECT_EQ(c.page_size, 8);
   EXPECT_EQ(c.k_bits, 4);
   EXPECT_FLOAT_EQ(c.top_p, 0.95f);
-  EXPECT_EQ(c.selector, TWL_SELECTOR_QUEST);
+  EXPECT_EQ(c.selector, TWL_SELECTOR_FULL);  // the default without a cap
   EXPECT_FLOAT_EQ(c.selector_budget_fraction, 1.0f);
   EXPECT_EQ(c.sink_pages, 1);
   EXPECT_EQ(c.dense_layers, 0);
