@@ -235,7 +235,9 @@ TEST(GpuHbmBackend, BlockCountOfLongKeptSetsIsExact) {
   req.q = q.data();
   req.out = out.data();
   int64_t expected = 0;
-  for (int32_t len : lens) expected += int64_t(c.num_kv_heads) * ((len + c.page_size - 1) / c.page_size);
+  for (int32_t len : lens) {
+    expected += int64_t(c.num_kv_heads) * ((len + c.page_size - 1) / c.page_size);
+  }
   StepTelemetry tg;
   const absl::Status st = b.gpu->Decode(req, &tg);
   ASSERT_TRUE(st.ok()) << st;
