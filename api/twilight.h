@@ -550,7 +550,10 @@ TWL_API twl_status twl_runtime_last_step_kept(const twl_runtime* rt, int32_t seq
  *   space         TWL_MEMORY_HOST: k and v are read (copied) before the call returns; the
  *                 caller may reuse them at once. TWL_MEMORY_DEVICE (GPU backends): memory of
  *                 the runtime's GPU; the append is enqueued on `stream`.
- *   stream        a cudaStream_t, or NULL. With device input and a stream, the call does not
+ *   stream        a cudaStream_t, or NULL. NULL means "no stream", not CUDA's default stream:
+ *                 to enqueue on the legacy default stream (PyTorch's default stream, whose
+ *                 handle reads 0) pass cudaStreamLegacy ((void*)1), or every device append
+ *                 waits for the GPU. With device input and a stream, the call does not
  *                 synchronize the host with the device: it returns once the work is enqueued
  *                 on `stream` (it may wait only when the runtime's few staging buffers are all
  *                 still in flight, or the first time a batch this large is appended); k and v

@@ -68,6 +68,7 @@ def main(argv=None) -> int:
         return 2
     import twilight
     from twilight import _lib
+    from twilight._tensors import stream_handle
 
     hq, hkv, d = 32, 8, 128
     dev = torch.device("cuda")
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
             rt.decode(layer, seqs, q, out=out)
 
     def step_capi(q, nk, nv):
-        st = stream.cuda_stream
+        st = stream_handle(stream.cuda_stream)
         for layer in range(a.layers):
             code = _lib.twl_append_batch(handle, layer, seq_arr, counts, a.batch,
                                          nk.data_ptr(), nv.data_ptr(), _lib.DTYPE_FP16,
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
 
     if a.trace_calls:
         q, nk, nv = new_inputs()
-        st = stream.cuda_stream
+        st = stream_handle(stream.cuda_stream)
         torch.cuda.synchronize()
         calls = []
         for layer in range(a.layers):

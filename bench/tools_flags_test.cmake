@@ -2,7 +2,7 @@
 # and lists each flag with its default; a bad value, an unknown or abbreviated flag, a missing
 # value or a stray argument exits 2 with a message (never a crash, never ignored).
 # Inputs: -DBIN_DIR=<dir of twl_demo, twl_disk_tier, twl_kernels, twl_offload,
-# twl_prefill_bench, twl_serve_bench, twl_est_study>.
+# twl_prefill_bench, twl_serve_bench, twl_est_study, twl_cpu_tail>.
 if(NOT DEFINED BIN_DIR)
   message(FATAL_ERROR "tools_flags_test: -DBIN_DIR=... missing")
 endif()
@@ -22,7 +22,7 @@ function(expect rc_want tool)
 endfunction()
 
 foreach(tool twl_demo twl_disk_tier twl_kernels twl_offload twl_prefill_bench twl_serve_bench
-             twl_est_study)
+             twl_est_study twl_cpu_tail)
   if(NOT EXISTS ${BIN_DIR}/${tool})
     continue()
   endif()
@@ -72,6 +72,12 @@ if(EXISTS ${BIN_DIR}/twl_kernels)
   expect(2 twl_kernels --reps 0)
   expect(2 twl_kernels --contexts 8,abc)
   expect(2 twl_kernels --quest_fraction 2)
+endif()
+if(EXISTS ${BIN_DIR}/twl_cpu_tail)
+  expect(2 twl_cpu_tail --group 17)
+  expect(2 twl_cpu_tail --head_dim 100)
+  expect(2 twl_cpu_tail --units 100000 --tail 4000000)
+  expect(2 twl_cpu_tail --gather_gbps 0)
 endif()
 if(EXISTS ${BIN_DIR}/twl_offload)
   expect(2 twl_offload --workloads peaked,foo)

@@ -285,3 +285,20 @@ def test_bf16_kv_storage(rng, tmp_path):
         assert e.value.status == "TWL_INVALID_ARGUMENT" and "kv_dtype" in e.value.message
     with pytest.raises(ValueError, match="kv_dtype"):
         twilight.Runtime(**SHAPE, backend="cpu", kv_dtype="fp32")
+
+
+def test_default_cuda_stream_is_passed_as_cuda_stream_legacy():
+    # NULL at the C API means "no stream" (a device append then waits for its input to be
+    # read); torch's default stream is handle 0, so the package must name it cudaStreamLegacy.
+    from twilight._tensors import CUDA_STREAM_LEGACY, cuda_stream_of, stream_handle
+
+    assert CUDA_STREAM_LEGACY == 1
+    assert stream_handle(0) == CUDA_STREAM_LEGACY
+    assert stream_handle(0x7f00dead) == 0x7f00dead
+    assert cuda_stream_of(None, 0) == CUDA_STREAM_LEGACY
+
+    class FakeStream:  # what torch.cuda.Stream exposes
+        cuda_stream = 0
+
+    assert cuda_stream_of(None, FakeStream()) == CUDA_STREAM_LEGACY
+    assert cuda_stream_of(np.zeros(1), None) is None  # host arrays take no stream

@@ -4,7 +4,9 @@
 // run on a worker thread watched with a timeout, and the gate is opened either way so that a
 // failing build fails instead of hanging. While the gate holds, no figures can be published
 // (none has landed); after it opens, the outputs are finite and a later decode publishes one
-// of the queued steps.
+// of the queued steps. The caller's stream is either one it created or CUDA's legacy default
+// stream passed as cudaStreamLegacy (what PyTorch's default stream is; NULL would mean "no
+// stream" at the C API, whose appends are synchronous by contract).
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -12,6 +14,7 @@
 #include <chrono>
 #include <future>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "api/twilight.h"
@@ -42,7 +45,8 @@ constexpr int32_t kLayers = 2, kHq = 8, kHkv = 2, kD = 128, kBatch = 3, kPrompt 
 // host would wait for the oldest slot.
 constexpr int32_t kSteps = 3;
 
-class DecodeNeverWaits : public ::testing::TestWithParam<twl_backend> {
+// (backend, the caller's stream is cudaStreamLegacy)
+class DecodeNeverWaits : public ::testing::TestWithParam<std::tuple<twl_backend, bool>> {
  protected:
   void SetUp() override {
     if (!gpu::GpuAvailable()) GTEST_SKIP() << "no CUDA device visible: GPU test skipped";
@@ -51,7 +55,7 @@ class DecodeNeverWaits : public ::testing::TestWithParam<twl_backend> {
     c.num_q_heads = kHq;
     c.num_kv_heads = kHkv;
     c.head_dim = kD;
-    c.backend = GetParam();
+    c.backend = std::get<0>(GetParam());
     c.collect_telemetry = 1;
     ASSERT_EQ(twl_runtime_create(&c, &rt_), TWL_OK) << twl_runtime_last_error(nullptr);
     std::mt19937 rng(unsigned(::testing::UnitTest::GetInstance()->random_seed()));
@@ -77,12 +81,17 @@ class DecodeNeverWaits : public ::testing::TestWithParam<twl_backend> {
     d_kv_ = Upload(kv);
     d_q_ = Upload(q);
     d_out_ = Poisoned<fp16_t>(size_t(kSteps) * kLayers * kBatch * kHq * kD);
-    auto st = gpu::StreamCreate();
-    ASSERT_TRUE(st.ok());
-    stream_ = *st;
+    if (std::get<1>(GetParam())) {
+      stream_ = static_cast<void*>(cudaStreamLegacy);
+    } else {
+      auto st = gpu::StreamCreate();
+      ASSERT_TRUE(st.ok());
+      stream_ = *st;
+      own_stream_ = true;
+    }
   }
   void TearDown() override {
-    if (stream_) gpu::StreamDestroy(stream_);
+    if (own_stream_) gpu::StreamDestroy(stream_);
     if (rt_) twl_runtime_free(rt_);
   }
 
@@ -114,6 +123,7 @@ class DecodeNeverWaits : public ::testing::TestWithParam<twl_backend> {
   std::vector<twl_seq_id> seqs_;
   gpu::DeviceBuffer d_kv_, d_q_, d_out_;
   void* stream_ = nullptr;
+  bool own_stream_ = false;
 };
 
 TEST_P(DecodeNeverWaits, AppendAndDecodeReturnWhileTheStreamIsBlocked) {
@@ -163,7 +173,9 @@ TEST_P(DecodeNeverWaits, AppendAndDecodeReturnWhileTheStreamIsBlocked) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, DecodeNeverWaits,
-                         ::testing::Values(TWL_BACKEND_GPU_HBM, TWL_BACKEND_GPU_OFFLOAD));
+                         ::testing::Combine(::testing::Values(TWL_BACKEND_GPU_HBM,
+                                                              TWL_BACKEND_GPU_OFFLOAD),
+                                            ::testing::Bool()));
 
 }  // namespace
 }  // namespace twl::testing
