@@ -196,8 +196,7 @@ void DiskResidency::DropCleanCopies(int64_t n, absl::Span<const int32_t> in_use)
 
 absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCounts* io,
                                     bool new_step, absl::Span<const int32_t> rows) {
-  // The append reserve stays free: appends take it, this call evicts instead.
-  return ReserveKeeping(pages, io, new_step, rows, free_target_);
+  return ReserveImpl(pages, io, new_step, rows, /*for_append=*/false);
 }
 
 absl::Status DiskResidency::ReserveForAppend(absl::Span<const int32_t> pages,
@@ -205,7 +204,7 @@ absl::Status DiskResidency::ReserveForAppend(absl::Span<const int32_t> pages,
   if (!open.empty() && open.size() != pages.size()) {
     return absl::InvalidArgumentError("disk residency: open must be empty or one per page");
   }
-  const absl::Status s = ReserveKeeping(pages, io, /*new_step=*/true, {}, /*keep_free=*/0);
+  const absl::Status s = ReserveImpl(pages, io, /*new_step=*/true, {}, /*for_append=*/true);
   // Flags only steer victim choice: set even when the call failed part-way.
   for (size_t i = 0; i < pages.size(); ++i) {
     if (pages[i] >= 0 && pages[i] < num_pages()) SetOpen(pages[i], !open.empty() && open[i]);
@@ -266,9 +265,39 @@ absl::Status DiskResidency::EvictSlots(int64_t want, absl::Span<const int32_t> i
   return s;
 }
 
-absl::Status DiskResidency::ReserveKeeping(absl::Span<const int32_t> pages, DiskIoCounts* io,
-                                           bool new_step, absl::Span<const int32_t> rows,
-                                           int64_t keep_free) {
+bool DiskResidency::StandbyValid(int32_t page) const {
+  // Still the clean, unused host unit it was when the refill set it aside: no GPU work
+  // issued since reads it (every user Reserves it first, which touches it).
+  const PageLocation loc = policy_.GetLocation(page);
+  return loc.on_host() && loc.on_disk() && policy_.LastAccess(page) < standby_step_ &&
+         open_[size_t(page)] != 1 && !writing_[size_t(page)];
+}
+
+int64_t DiskResidency::NumStandby() const {
+  int64_t n = 0;
+  for (const int32_t page : standby_) n += StandbyValid(page);
+  return n;
+}
+
+void DiskResidency::TakeStandby(int64_t n, DiskIoCounts* io) {
+  const size_t from = free_slots_.size();
+  int64_t dropped = 0;
+  while (dropped < n && !standby_.empty()) {
+    const int32_t page = standby_.back();
+    standby_.pop_back();
+    if (!StandbyValid(page)) continue;
+    const PageLocation loc = policy_.GetLocation(page);
+    free_slots_.push_back(loc.host_slot);
+    (void)policy_.SetLocation(page, {-1, loc.disk_record});  // valid by construction
+    ++dropped;
+  }
+  ForgetFreedSlots(from);
+  if (io != nullptr) io->pages_dropped += dropped;
+}
+
+absl::Status DiskResidency::ReserveImpl(absl::Span<const int32_t> pages, DiskIoCounts* io,
+                                        bool new_step, absl::Span<const int32_t> rows,
+                                        bool for_append) {
   const auto t0 = std::chrono::steady_clock::now();
   if (int64_t(pages.size()) > num_slots_) {
     return absl::ResourceExhaustedError(absl::StrFormat(
@@ -299,7 +328,7 @@ absl::Status DiskResidency::ReserveKeeping(absl::Span<const int32_t> pages, Disk
   // Reap a read-ahead only when this call needs it: one of its units is in flight, or slots
   // must be freed (the reaped units may then be victims like any other).
   if (!ahead_pages_.empty() &&
-      (AnyInFlight(pages) || SlotsShortKeeping(pages, keep_free) > 0)) {
+      (AnyInFlight(pages) || SlotsShortWith(pages, for_append) > 0)) {
     FinishReadAhead(io);
   }
   if (new_step) ++step_;
@@ -319,20 +348,19 @@ absl::Status DiskResidency::ReserveKeeping(absl::Span<const int32_t> pages, Disk
   size_t loaded = 0, placed = 0;
   // Units placed after a spill displaced others: newcomers (value order, see the header).
   bool displaced = false;
-  // Free slots this call may take (the rest is the append reserve).
-  auto usable = [&] { return std::max<int64_t>(int64_t(free_slots_.size()) - keep_free, 0); };
+  auto usable = [&] { return int64_t(free_slots_.size()); };
+  // An append takes the units on standby before anything is evicted (no displacement: they
+  // were set aside for it).
+  if (for_append && !standby_.empty()) {
+    const int64_t want = int64_t(to_load.size() + fresh.size()) - usable();
+    if (want > 0) TakeStandby(want, io);
+  }
   while (status.ok() && (loaded < to_load.size() || placed < fresh.size())) {
     if (usable() == 0) {
       displaced = true;
-      // What this call still places, and what the reserve lacks.
-      const int64_t want = int64_t(to_load.size() - loaded + fresh.size() - placed) +
-                           std::max<int64_t>(keep_free - int64_t(free_slots_.size()), 0);
+      const int64_t want = int64_t(to_load.size() - loaded + fresh.size() - placed);
       const size_t from = free_slots_.size();
       absl::Status s = EvictSlots(want, pages);
-      if (free_slots_.size() == from && keep_free > 0 && !free_slots_.empty()) {
-        keep_free = 0;  // nothing to evict: the reserve lends its slots rather than fail
-        continue;
-      }
       // Partial progress on a short tier is fine: a later round frees the rest.
       if (!s.ok() && (free_slots_.size() == from || !absl::IsResourceExhausted(s))) {
         status = DiskIoError(s, "spilling pages to the disk tier");
@@ -386,16 +414,15 @@ absl::Status DiskResidency::ReserveKeeping(absl::Span<const int32_t> pages, Disk
   return status;
 }
 
-int64_t DiskResidency::SlotsShortKeeping(absl::Span<const int32_t> pages,
-                                         int64_t keep_free) const {
+int64_t DiskResidency::SlotsShortWith(absl::Span<const int32_t> pages, bool standby) const {
   int64_t need = 0;
   for (const int32_t page : pages) need += !policy_.GetLocation(page).on_host();
-  return std::max<int64_t>(need - std::max<int64_t>(int64_t(free_slots_.size()) - keep_free, 0),
-                           0);
+  const int64_t have = int64_t(free_slots_.size()) + (standby ? NumStandby() : 0);
+  return std::max<int64_t>(need - have, 0);
 }
 
 int64_t DiskResidency::SlotsShort(absl::Span<const int32_t> pages) const {
-  return SlotsShortKeeping(pages, 0);
+  return SlotsShortWith(pages, /*standby=*/true);
 }
 
 absl::Status DiskResidency::MarkDirty(absl::Span<const int32_t> pages) {
@@ -419,18 +446,18 @@ absl::Status DiskResidency::StartReadAhead(absl::Span<const int32_t> pages, int3
   if (max_pages < 0) max_pages = 0;
   if (int64_t(want.size()) > max_pages) want.resize(size_t(max_pages));
   if (want.empty()) return absl::OkStatus();
-  // The append reserve stays free (see set_append_reserve).
-  const size_t keep = size_t(std::max<int64_t>(free_target_, 0));
-  if (free_slots_.size() < want.size() + keep) {
+  if (free_slots_.size() < want.size()) {
     // Low-value units make room as they would for a Reserve, but never those of the current
     // step (their slots may be read by the GPU right now), the resident units of `pages`
-    // (the step being read ahead for uses them), open units or units being written behind.
-    // A failure here only shortens the read-ahead: every unit stays where its data is.
-    const int32_t n = int32_t(want.size() + keep - free_slots_.size());
+    // (the step being read ahead for uses them), open units, units being written behind or
+    // units on standby for the appends. A failure here only shortens the read-ahead: every
+    // unit stays where its data is.
+    const int32_t n = int32_t(want.size() - free_slots_.size());
     if (tier_->num_free() < n) DropCleanCopies(n - tier_->num_free(), {});
     std::vector<int32_t> pinned(pages.begin(), pages.end());
     const std::vector<int32_t>& pins = Pins();
     pinned.insert(pinned.end(), pins.begin(), pins.end());
+    pinned.insert(pinned.end(), standby_.begin(), standby_.end());
     const size_t from = free_slots_.size();
     const int64_t written = pager_.stats().pages_written;
     const int64_t clean = pager_.stats().pages_clean;
@@ -441,9 +468,7 @@ absl::Status DiskResidency::StartReadAhead(absl::Span<const int32_t> pages, int3
       io->pages_written += pager_.stats().pages_written - written;
       io->pages_dropped += pager_.stats().pages_clean - clean;
     }
-    if (free_slots_.size() < want.size() + keep) {
-      want.resize(free_slots_.size() > keep ? free_slots_.size() - keep : 0);
-    }
+    if (free_slots_.size() < want.size()) want.resize(free_slots_.size());
   }
   if (want.empty()) return absl::OkStatus();
   std::vector<DiskReadOp> ops;
@@ -507,35 +532,38 @@ void DiskResidency::FinishReadAhead(DiskIoCounts* io) {
 
 void DiskResidency::RefillFreeSlots(DiskIoCounts* io) {
   ReapWriteBehind(/*wait=*/false, io);
-  if (free_target_ <= 0) return;
-  const int64_t need = std::max<int64_t>(free_target_ - int64_t(free_slots_.size()), 0);
+  if (free_target_ <= 0) {
+    standby_.clear();
+    return;
+  }
+  // Units on standby stay valid while unused; those the step used are no longer set aside.
+  standby_step_ = step_;
+  standby_.erase(std::remove_if(standby_.begin(), standby_.end(),
+                                [&](int32_t page) { return !StandbyValid(page); }),
+                 standby_.end());
+  const int64_t need =
+      std::max<int64_t>(free_target_ - int64_t(free_slots_.size() + standby_.size()), 0);
   // Victims to clean ahead besides: the reserve's worth plus twice what was evicted since
   // the last refill (the next evictions pick from the same end of the victim order).
   const int64_t ahead =
       std::min<int64_t>(free_target_ + 2 * evicted_recent_, std::max(num_slots_ / 8, 1));
   evicted_recent_ = 0;
-  // In victim order: the first `need` are freed now if clean; dirty ones among the first
-  // need + ahead are written behind (freed by a later refill, or dropped by an eviction).
+  // In victim order: the first `need` go on standby if clean (they stay resident and
+  // readable until an append takes their slots); dirty ones among the first need + ahead
+  // are written behind (on standby at a later refill, or dropped by an eviction).
+  std::vector<int32_t> pinned(Pins());
+  pinned.insert(pinned.end(), standby_.begin(), standby_.end());
   const std::vector<int32_t> victims =
-      policy_.PickVictims(int32_t(need + ahead), step_, Pins());
+      policy_.PickVictims(int32_t(need + ahead), step_, pinned);
   std::vector<int32_t> dirty;
-  const size_t from = free_slots_.size();
-  int64_t dropped = 0;
   for (size_t i = 0; i < victims.size(); ++i) {
     const int32_t page = victims[i];
-    const PageLocation loc = policy_.GetLocation(page);
-    if (!loc.on_disk()) {
+    if (!policy_.GetLocation(page).on_disk()) {
       dirty.push_back(page);
     } else if (int64_t(i) < need) {
-      // A clean copy: the slot is free at once (no GPU work reads a unit not in use at this
-      // step, see the header).
-      free_slots_.push_back(loc.host_slot);
-      (void)policy_.SetLocation(page, {-1, loc.disk_record});  // valid by construction
-      ++dropped;
+      standby_.push_back(page);
     }
   }
-  ForgetFreedSlots(from);
-  if (io != nullptr) io->pages_dropped += dropped;
   // Records stay for the dirty victims of Reserve (see the capacity note): write behind only
   // while the tier has twice the batch free.
   if (!dirty.empty() && tier_->num_free() >= 2 * int64_t(dirty.size())) {

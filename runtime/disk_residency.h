@@ -55,14 +55,19 @@
 //    block not kept by the decode was the newest low-value newcomer: the next step's
 //    decode or read-ahead evicted it and the next append read it back, after waiting for
 //    the device and for the whole read-ahead in flight).
-//  - The append reserve (set_append_reserve): Reserve and StartReadAhead leave that many
-//    slots free (they evict instead, or lend the reserve only when nothing can be evicted);
-//    ReserveForAppend takes them, so a fresh block needs no eviction.
-//  - RefillFreeSlots, called where no GPU work reads a unit outside the current step (after
-//    a decode step's Reserves), tops the reserve up by dropping clean victims, and writes
-//    the next dirty victims behind (asynchronously: a unit being written stays on the host
-//    and readable; reaped without waiting by later calls, it gains a clean copy), so that
-//    the next evictions, the decode's included, drop rather than write.
+//  - The append reserve (set_append_reserve): RefillFreeSlots, called where no GPU work
+//    reads a unit outside the current step (after a decode step's Reserves), sets the next
+//    clean victims on standby: they stay resident and readable, but an append may drop
+//    them and take their slots without waiting for the device, as long as nothing used
+//    them since (every GPU use of a unit is preceded by a Reserve that touches it), so a
+//    fresh block needs no eviction. StartReadAhead leaves them alone; Reserve may evict them
+//    like any victim (the next refill sets others aside). Standby units instead of free
+//    slots: when the kept blocks of all layers exceed the pool, free slots held back would
+//    make every layer re-read that many blocks per step.
+//  - The refill also writes the next dirty victims behind (asynchronously: a unit being
+//    written stays on the host and readable; reaped without waiting by later calls, it
+//    gains a clean copy), so that the next evictions, the decode's included, drop rather
+//    than write.
 // A unit changed while its write behind is in flight (MarkDirty) keeps no copy (the record
 // is freed when reaped); Release waits for it. A failed write behind leaves the unit dirty
 // on the host, and the next eviction that writes it reports the error.
@@ -188,7 +193,8 @@ class DiskResidency {
                        absl::Span<const int32_t> rows = {});
 
   // Slots Reserve(pages) would have to free by spilling other units (0: the units fit in
-  // the free slots, Reserve then moves no resident unit). pages: distinct ids.
+  // the free slots and the units on standby for appends; ReserveForAppend then moves no
+  // unit that earlier work may use). pages: distinct ids.
   int64_t SlotsShort(absl::Span<const int32_t> pages) const;
 
   // Submits reads of the disk-only units of `pages` (at most max_pages of them, in order)
@@ -207,17 +213,18 @@ class DiskResidency {
   // write behind (a copy in flight is dropped when reaped).
   absl::Status MarkDirty(absl::Span<const int32_t> pages);
 
-  // Appends (see "Appends that never wait" above). Slots Reserve and StartReadAhead leave
-  // free for ReserveForAppend (0 by default: no reserve).
+  // Appends (see "Appends that never wait" above). Slots the refills keep for
+  // ReserveForAppend, free or on standby (0 by default: no reserve).
   void set_append_reserve(int32_t slots) { free_target_ = std::max(slots, 0); }
   int32_t append_reserve() const { return free_target_; }
-  // Reserve(pages) as a new step for an append, which may take the reserved free slots;
+  // Reserve(pages) as a new step for an append, which takes the units on standby before it
+  // evicts anything;
   // open (empty or one per unit): nonzero for units whose page stays partially written
   // (kept on the host in preference to any other unit until a later ReserveForAppend lists
   // them closed, or they are released). The caller then calls MarkDirty(pages).
   absl::Status ReserveForAppend(absl::Span<const int32_t> pages,
                                 absl::Span<const uint8_t> open, DiskIoCounts* io);
-  // Tops the free slots up to the reserve by dropping clean victims and starts writing the
+  // Tops the reserve up (free slots + clean victims set on standby) and starts writing the
   // next dirty victims behind. Never waits; needs the same device quiet as an eviction
   // (no GPU work reads units outside the current step).
   void RefillFreeSlots(DiskIoCounts* io);
@@ -258,10 +265,16 @@ class DiskResidency {
   void ForgetFreedSlots(size_t from);
   // Frees up to n clean disk copies of host pages, those of `in_use` first.
   void DropCleanCopies(int64_t n, absl::Span<const int32_t> in_use);
-  // Reserve that leaves keep_free slots free unless nothing can be evicted.
-  absl::Status ReserveKeeping(absl::Span<const int32_t> pages, DiskIoCounts* io, bool new_step,
-                              absl::Span<const int32_t> rows, int64_t keep_free);
-  int64_t SlotsShortKeeping(absl::Span<const int32_t> pages, int64_t keep_free) const;
+  // Reserve; for_append: may take the units on standby.
+  absl::Status ReserveImpl(absl::Span<const int32_t> pages, DiskIoCounts* io, bool new_step,
+                           absl::Span<const int32_t> rows, bool for_append);
+  // Slots short for `pages` counting the free slots (and the units on standby: standby).
+  int64_t SlotsShortWith(absl::Span<const int32_t> pages, bool standby) const;
+  // Standby (see "Appends that never wait"): still clean and unused since set aside.
+  bool StandbyValid(int32_t page) const;
+  int64_t NumStandby() const;
+  // Drops up to n valid units on standby (their slots become free).
+  void TakeStandby(int64_t n, DiskIoCounts* io);
   // Frees `want` slots (victims not of this step), the soft pins last.
   absl::Status EvictSlots(int64_t want, absl::Span<const int32_t> in_use);
   void SetOpen(int32_t page, bool open);
@@ -288,7 +301,9 @@ class DiskResidency {
   std::vector<uint8_t> open_;           // [num_units] 0, 1 open (listed), 2 closed (listed)
   std::vector<int32_t> open_list_;      // units with open_ != 0
   std::vector<int32_t> pins_;           // scratch of Pins()
-  int32_t free_target_ = 0;             // the append reserve
+  int32_t free_target_ = 0;             // the append reserve: free slots + units on standby
+  std::vector<int32_t> standby_;        // clean units set aside for appends (some stale)
+  int64_t standby_step_ = -1;           // step of the last refill (standby units are older)
   int64_t evicted_recent_ = 0;          // slots freed by evictions since the last refill
   // Writes behind in flight: per batch its ticket, units and their records.
   struct WriteBatch {

@@ -814,10 +814,8 @@ absl::Status GpuOffloadBackend::InitDisk() {
                             HostMemKind::kPinnedMapped, /*heads_per_unit=*/1);
   if (!disk.ok()) return disk.status();
   disk_ = std::move(*disk);
-  // Values halve every ~4 passes over the layers, as in the GPU cache: a layer-step is two
-  // Reserve steps in a serving loop (its append, its decode).
-  disk_->set_decay_steps(8 * int64_t(std::max(cfg_.num_layers, 1)));
-  disk_steps_ = std::make_unique<OffloadDiskSteps>(disk_.get());
+  // Value decay and the layers' cycle (runtime/offload_disk_steps.h).
+  disk_steps_ = std::make_unique<OffloadDiskSteps>(disk_.get(), cfg_.num_layers);
   if (g_.k_bits >= 16) {
     // The pruner would read the FP16 K of every selected page, resident or not.
     return absl::UnimplementedError(

@@ -7,6 +7,11 @@
 
 namespace twl {
 
+OffloadDiskSteps::OffloadDiskSteps(DiskResidency* disk, int32_t num_layers, bool never_wait)
+    : disk_(disk), never_wait_(never_wait) {
+  disk_->set_decay_steps(8 * int64_t(std::max(num_layers, 1)));
+}
+
 absl::Status OffloadDiskSteps::Append(absl::Span<const int32_t> blocks,
                                       absl::Span<const uint8_t> open, const Quiesce& quiesce,
                                       DiskIoCounts* io) {

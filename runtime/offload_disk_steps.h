@@ -28,11 +28,12 @@ class OffloadDiskSteps {
  public:
   using Quiesce = std::function<absl::Status()>;
 
-  // never_wait false: the calls as they were before the append reserve, open units and
-  // writes behind (no reserve, no open flags, no refill): kept only to measure the two side
-  // by side (twl_disk_serving, tests/cpu/disk_serving_test.cc).
-  explicit OffloadDiskSteps(DiskResidency* disk, bool never_wait = true)
-      : disk_(disk), never_wait_(never_wait) {}
+  // Sets the residency's value decay (every ~4 passes over the layers, as the GPU cache:
+  // a layer-step is two Reserve steps, its append and its decode). never_wait false: the
+  // calls as they were before the append reserve, open units and writes behind (no
+  // reserve, no open flags, no refill): kept only to measure the two side by side
+  // (twl_disk_serving, tests/cpu/disk_serving_test.cc).
+  OffloadDiskSteps(DiskResidency* disk, int32_t num_layers, bool never_wait = true);
 
   // One append chunk: `blocks` (distinct) are written by the chunk's kernel right after
   // this returns OK; open (empty or one per block): nonzero for blocks whose page stays

@@ -87,9 +87,7 @@ class Sim {
         g_, int32_t(blocks), int32_t(slots), std::move(*tier), HostMemKind::kAligned, 1);
     if (!disk.ok()) return disk.status();
     disk_ = std::move(*disk);
-    // As the backend: values halve every ~4 passes over the layers.
-    disk_->set_decay_steps(8 * int64_t(o_.layers));
-    steps_ = std::make_unique<OffloadDiskSteps>(disk_.get(), o_.never_wait);
+    steps_ = std::make_unique<OffloadDiskSteps>(disk_.get(), o_.layers, o_.never_wait);
     page_ids_.assign(size_t(o_.layers) * size_t(o_.seqs), {});
     len_.assign(size_t(o_.seqs), 0);
     res_.blocks = blocks;

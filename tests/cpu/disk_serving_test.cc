@@ -209,7 +209,7 @@ void ExpectUnit(const Fixture& f, int32_t unit, int32_t version) {
   }
 }
 
-TEST(DiskAppendReserve, RefillDropsCleanVictimsAndWritesDirtyOnesBehind) {
+TEST(DiskAppendReserve, RefillSetsCleanVictimsAsideAndWritesDirtyOnesBehind) {
   TempDir dir("twl-reserve");
   Fixture f = Make(dir.path(), 64, 16);
   ASSERT_TRUE(f.d);
@@ -225,24 +225,36 @@ TEST(DiskAppendReserve, RefillDropsCleanVictimsAndWritesDirtyOnesBehind) {
   EXPECT_TRUE(f.d->CheckConsistency().ok()) << f.d->CheckConsistency();
   f.d->FinishWriteBehind(&io);
   EXPECT_EQ(io.pages_cleaned_behind, io.pages_written_behind);
-  // Now they are clean: the next refill frees the reserve by dropping them.
+  // Now they are clean: the next refill sets four aside (still resident) for the appends.
   DiskIoCounts next;
   f.d->RefillFreeSlots(&next);
-  EXPECT_EQ(f.d->num_free_slots(), 4);
-  EXPECT_EQ(next.pages_dropped, 4);
-  EXPECT_EQ(next.pages_written, 0);
+  EXPECT_EQ(next.pages_written + next.pages_dropped, 0);
+  EXPECT_EQ(f.d->num_free_slots(), 0);
+  for (int32_t u = 0; u < 16; ++u) EXPECT_NE(f.d->HostBlock(u), nullptr) << u;
+  const std::vector<int32_t> fresh = {41, 42, 43};
+  EXPECT_EQ(f.d->SlotsShort(fresh), 0);  // an append of three fresh units fits
   f.d->FinishWriteBehind(nullptr);
   EXPECT_TRUE(f.d->CheckConsistency().ok()) << f.d->CheckConsistency();
   for (int32_t u = 0; u < 16; ++u) ExpectUnit(f, u, 1);
-  // A Reserve leaves the reserve free (it evicts instead); an append takes it without
-  // evicting anything.
-  DiskIoCounts r;
-  ASSERT_TRUE(f.d->Reserve({40}, &r).ok());
-  EXPECT_EQ(f.d->num_free_slots(), 4);
+  // The append drops three of them: no write, no read, no eviction of anything else.
   DiskIoCounts a;
-  ASSERT_TRUE(f.d->ReserveForAppend({41, 42, 43}, {}, &a).ok());
-  EXPECT_EQ(f.d->num_free_slots(), 1);
-  EXPECT_EQ(a.pages_written + a.pages_dropped + a.pages_loaded, 0);
+  ASSERT_TRUE(f.d->ReserveForAppend(fresh, {}, &a).ok());
+  EXPECT_EQ(a.pages_dropped, 3);
+  EXPECT_EQ(a.pages_written + a.pages_loaded, 0);
+  for (const int32_t u : fresh) EXPECT_NE(f.d->HostBlock(u), nullptr) << u;
+  // A unit on standby that a step uses again is no longer set aside.
+  f.d->RefillFreeSlots(nullptr);
+  f.d->FinishWriteBehind(nullptr);
+  f.d->RefillFreeSlots(nullptr);
+  std::vector<int32_t> resident;
+  for (int32_t u = 0; u < 16; ++u) {
+    if (f.d->HostBlock(u) != nullptr) resident.push_back(u);
+  }
+  ASSERT_TRUE(f.d->Reserve(resident, nullptr).ok());  // every old unit used again
+  DiskIoCounts b;
+  ASSERT_TRUE(f.d->ReserveForAppend({44}, {}, &b).ok());
+  EXPECT_EQ(b.pages_dropped + b.pages_written, 1);  // an eviction, not a standby drop
+  for (const int32_t u : resident) EXPECT_NE(f.d->HostBlock(u), nullptr) << u;
   EXPECT_TRUE(f.d->CheckConsistency().ok()) << f.d->CheckConsistency();
 }
 
