@@ -219,6 +219,8 @@ void DiskResidency::SetOpen(int32_t page, bool open) {
     st = 1;
   } else if (st == 1) {
     st = 2;  // still listed; Pins() drops it
+    // Complete and immutable from now on: the next refill writes it behind.
+    closed_.push_back(page);
   }
 }
 
@@ -564,6 +566,16 @@ void DiskResidency::RefillFreeSlots(DiskIoCounts* io) {
       standby_.push_back(page);
     }
   }
+  // Blocks the appends completed since the last refill: written once, they are dropped for
+  // free whenever they become victims (a decode-time block is, once it leaves the kept sets).
+  for (const int32_t page : closed_) {
+    const PageLocation loc = policy_.GetLocation(page);
+    if (loc.on_host() && !loc.on_disk() && open_[size_t(page)] != 1 && !writing_[size_t(page)] &&
+        std::find(dirty.begin(), dirty.end(), page) == dirty.end()) {
+      dirty.push_back(page);
+    }
+  }
+  closed_.clear();
   // Records stay for the dirty victims of Reserve (see the capacity note): write behind only
   // while the tier has twice the batch free.
   if (!dirty.empty() && tier_->num_free() >= 2 * int64_t(dirty.size())) {

@@ -158,6 +158,8 @@ class DiskResidency {
   // Values halve every decay_steps Reserve steps (default 16; the GPU offload backend uses
   // 4 x its layers, as its cache does).
   void set_decay_steps(int64_t steps) { policy_.EnableValueOrder(steps); }
+  // Units used once per cycle of `steps` Reserve steps (SpillPolicy::set_cycle_steps).
+  void set_cycle_steps(int64_t steps) { policy_.set_cycle_steps(steps); }
 
   // FP16 blocks by block id through slot_of_block; only blocks of host units may be read.
   FpKvView View() const { return FpKvView{base_, slot_of_block_.data()}; }
@@ -300,6 +302,7 @@ class DiskResidency {
   std::vector<uint8_t> cancel_;         // [num_units] 1: changed while written behind
   std::vector<uint8_t> open_;           // [num_units] 0, 1 open (listed), 2 closed (listed)
   std::vector<int32_t> open_list_;      // units with open_ != 0
+  std::vector<int32_t> closed_;         // units closed by appends since the last refill
   std::vector<int32_t> pins_;           // scratch of Pins()
   int32_t free_target_ = 0;             // the append reserve: free slots + units on standby
   std::vector<int32_t> standby_;        // clean units set aside for appends (some stale)

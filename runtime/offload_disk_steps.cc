@@ -9,7 +9,11 @@ namespace twl {
 
 OffloadDiskSteps::OffloadDiskSteps(DiskResidency* disk, int32_t num_layers, bool never_wait)
     : disk_(disk), never_wait_(never_wait) {
-  disk_->set_decay_steps(8 * int64_t(std::max(num_layers, 1)));
+  const int64_t layers = std::max(num_layers, 1);
+  disk_->set_decay_steps(8 * layers);
+  // A pass over the layers is two Reserve steps per layer (append, decode); a block unused
+  // for a pass left every kept set. (A loop of decodes alone makes it two passes.)
+  if (never_wait_) disk_->set_cycle_steps(2 * layers + 1);
 }
 
 absl::Status OffloadDiskSteps::Append(absl::Span<const int32_t> blocks,
