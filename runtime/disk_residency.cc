@@ -566,6 +566,15 @@ void DiskResidency::RefillFreeSlots(DiskIoCounts* io) {
       standby_.push_back(page);
     }
   }
+  // The next step's evictions see two more steps of the clock (its append, its decode):
+  // more units have left the working set by then (SpillPolicy::set_cycle_steps), so the
+  // dirty ones are written behind now too (reading a unit the GPU reads is harmless).
+  for (const int32_t page : policy_.PickVictims(int32_t(ahead), step_ + 2, pinned)) {
+    if (!policy_.GetLocation(page).on_disk() &&
+        std::find(dirty.begin(), dirty.end(), page) == dirty.end()) {
+      dirty.push_back(page);
+    }
+  }
   // Blocks the appends completed since the last refill: written once, they are dropped for
   // free whenever they become victims (a decode-time block is, once it leaves the kept sets).
   for (const int32_t page : closed_) {

@@ -11,9 +11,10 @@ OffloadDiskSteps::OffloadDiskSteps(DiskResidency* disk, int32_t num_layers, bool
     : disk_(disk), never_wait_(never_wait) {
   const int64_t layers = std::max(num_layers, 1);
   disk_->set_decay_steps(8 * layers);
-  // A pass over the layers is two Reserve steps per layer (append, decode); a block unused
-  // for a pass left every kept set. (A loop of decodes alone makes it two passes.)
-  if (never_wait_) disk_->set_cycle_steps(2 * layers + 1);
+  // A pass over the layers is two Reserve steps per layer (append, decode): at a layer's
+  // decode the blocks it kept only last time were used 2L steps ago, every other layer's
+  // kept blocks at most 2L - 2 ago. (A loop of decodes alone: about two passes.)
+  if (never_wait_) disk_->set_cycle_steps(2 * layers - 1);
 }
 
 absl::Status OffloadDiskSteps::Append(absl::Span<const int32_t> blocks,

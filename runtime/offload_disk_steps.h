@@ -29,10 +29,11 @@ class OffloadDiskSteps {
   using Quiesce = std::function<absl::Status()>;
 
   // Sets the residency's value decay (every ~4 passes over the layers, as the GPU cache:
-  // a layer-step is two Reserve steps, its append and its decode). never_wait false: the
-  // calls as they were before the append reserve, open units and writes behind (no
-  // reserve, no open flags, no refill): kept only to measure the two side by side
-  // (twl_disk_serving, tests/cpu/disk_serving_test.cc).
+  // a layer-step is two Reserve steps, its append and its decode) and its cycle (a pass,
+  // SpillPolicy::set_cycle_steps). never_wait false: the calls as they were before the
+  // append reserve, open units, writes behind and the cycle (no reserve, no open flags, no
+  // refill): kept only to measure the two side by side (twl_disk_serving,
+  // tests/cpu/disk_serving_test.cc).
   OffloadDiskSteps(DiskResidency* disk, int32_t num_layers, bool never_wait = true);
 
   // One append chunk: `blocks` (distinct) are written by the chunk's kernel right after
