@@ -37,14 +37,15 @@ namespace {
 void Print(const char* label, const twl::bench::DiskServingStep& s) {
   std::printf(
       "%-6s append %8.3f ms (quiesces %3lld, loads %5lld, writes %5lld, read waits %3lld, "
-      "%8.3f ms waiting) | decode %8.3f ms (loads %5lld, read ahead %5lld, writes %5lld, "
-      "%6.2f MB read, %8.3f ms waiting) | written behind %5lld\n",
+      "%6.2f MB read, %8.3f ms waiting) | decode %8.3f ms (loads %5lld, read ahead %5lld, "
+      "writes %5lld, %6.2f MB read, %8.3f ms waiting) | written behind %5lld\n",
       label, s.append_ms, static_cast<long long>(s.append_quiesces),
       static_cast<long long>(s.append_loaded), static_cast<long long>(s.append_written),
-      static_cast<long long>(s.append_read_waits), s.append_wait_ms, s.decode_ms,
-      static_cast<long long>(s.decode_loaded), static_cast<long long>(s.decode_read_ahead),
-      static_cast<long long>(s.decode_written), double(s.decode_bytes_read) / 1e6,
-      s.decode_wait_ms, static_cast<long long>(s.written_behind));
+      static_cast<long long>(s.append_read_waits), double(s.append_bytes_read) / 1e6,
+      s.append_wait_ms, s.decode_ms, static_cast<long long>(s.decode_loaded),
+      static_cast<long long>(s.decode_read_ahead), static_cast<long long>(s.decode_written),
+      double(s.decode_bytes_read) / 1e6, s.decode_wait_ms,
+      static_cast<long long>(s.written_behind));
 }
 
 }  // namespace

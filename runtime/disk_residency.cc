@@ -570,21 +570,19 @@ void DiskResidency::RefillFreeSlots(DiskIoCounts* io) {
   // more units have left the working set by then (SpillPolicy::set_cycle_steps), so the
   // dirty ones are written behind now too (reading a unit the GPU reads is harmless).
   for (const int32_t page : policy_.PickVictims(int32_t(ahead), step_ + 2, pinned)) {
-    if (!policy_.GetLocation(page).on_disk() &&
-        std::find(dirty.begin(), dirty.end(), page) == dirty.end()) {
-      dirty.push_back(page);
-    }
+    if (!policy_.GetLocation(page).on_disk()) dirty.push_back(page);
   }
   // Blocks the appends completed since the last refill: written once, they are dropped for
   // free whenever they become victims (a decode-time block is, once it leaves the kept sets).
   for (const int32_t page : closed_) {
     const PageLocation loc = policy_.GetLocation(page);
-    if (loc.on_host() && !loc.on_disk() && open_[size_t(page)] != 1 && !writing_[size_t(page)] &&
-        std::find(dirty.begin(), dirty.end(), page) == dirty.end()) {
+    if (loc.on_host() && !loc.on_disk() && open_[size_t(page)] != 1 && !writing_[size_t(page)]) {
       dirty.push_back(page);
     }
   }
   closed_.clear();
+  std::sort(dirty.begin(), dirty.end());
+  dirty.erase(std::unique(dirty.begin(), dirty.end()), dirty.end());
   // Records stay for the dirty victims of Reserve (see the capacity note): write behind only
   // while the tier has twice the batch free.
   if (!dirty.empty() && tier_->num_free() >= 2 * int64_t(dirty.size())) {

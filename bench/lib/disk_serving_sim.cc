@@ -193,6 +193,7 @@ class Sim {
       st->append_loaded += aio.pages_loaded;
       st->append_written += aio.pages_written;
       st->append_read_waits += aio.waits;
+      st->append_bytes_read += aio.bytes_read;
       st->append_wait_ms += aio.ms_wait;
       st->written_behind += aio.pages_written_behind;
       // Decode: the kept sets of two pipeline groups of sequences.
@@ -260,6 +261,7 @@ DiskServingStep DiskServingSimResult::Mean() const {
     m.append_loaded += s.append_loaded;
     m.append_written += s.append_written;
     m.append_read_waits += s.append_read_waits;
+    m.append_bytes_read += s.append_bytes_read;
     m.append_wait_ms += s.append_wait_ms;
     m.decode_ms += s.decode_ms;
     m.decode_loaded += s.decode_loaded;
@@ -277,7 +279,7 @@ DiskServingStep DiskServingSimResult::Mean() const {
   m.decode_wait_ms /= n;
   // Counts: rounded means.
   for (int64_t* c : {&m.append_quiesces, &m.append_loaded, &m.append_written,
-                     &m.append_read_waits, &m.decode_loaded, &m.decode_read_ahead,
+                     &m.append_read_waits, &m.append_bytes_read, &m.decode_loaded, &m.decode_read_ahead,
                      &m.decode_written, &m.decode_bytes_read, &m.decode_read_waits,
                      &m.written_behind}) {
     *c = int64_t(std::llround(double(*c) / n));

@@ -45,6 +45,7 @@ struct DiskServingStep {
   int64_t append_loaded = 0;   // blocks read synchronously
   int64_t append_written = 0;  // blocks written synchronously (dirty victims)
   int64_t append_read_waits = 0;  // disk reads waited for (loads, read-ahead reaped)
+  int64_t append_bytes_read = 0;  // their bytes
   double append_wait_ms = 0;   // time blocked on them
   // Decodes of the step (all layers).
   double decode_ms = 0;
