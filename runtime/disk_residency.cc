@@ -282,17 +282,19 @@ int64_t DiskResidency::NumStandby() const {
 }
 
 void DiskResidency::TakeStandby(int64_t n, DiskIoCounts* io) {
+  // In victim order (the refill lists them so): the least valuable first.
   const size_t from = free_slots_.size();
   int64_t dropped = 0;
-  while (dropped < n && !standby_.empty()) {
-    const int32_t page = standby_.back();
-    standby_.pop_back();
+  size_t i = 0;
+  for (; i < standby_.size() && dropped < n; ++i) {
+    const int32_t page = standby_[i];
     if (!StandbyValid(page)) continue;
     const PageLocation loc = policy_.GetLocation(page);
     free_slots_.push_back(loc.host_slot);
     (void)policy_.SetLocation(page, {-1, loc.disk_record});  // valid by construction
     ++dropped;
   }
+  standby_.erase(standby_.begin(), standby_.begin() + std::ptrdiff_t(i));
   ForgetFreedSlots(from);
   if (io != nullptr) io->pages_dropped += dropped;
 }
@@ -543,6 +545,8 @@ void DiskResidency::RefillFreeSlots(DiskIoCounts* io) {
   standby_.erase(std::remove_if(standby_.begin(), standby_.end(),
                                 [&](int32_t page) { return !StandbyValid(page); }),
                  standby_.end());
+  // A smaller reserve (a prefill chunk set a large one): the rest are ordinary units again.
+  if (int64_t(standby_.size()) > free_target_) standby_.resize(size_t(free_target_));
   const int64_t need =
       std::max<int64_t>(free_target_ - int64_t(free_slots_.size() + standby_.size()), 0);
   // Victims to clean ahead besides: the reserve's worth plus twice what was evicted since
