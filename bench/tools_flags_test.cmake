@@ -2,7 +2,7 @@
 # and lists each flag with its default; a bad value, an unknown or abbreviated flag, a missing
 # value or a stray argument exits 2 with a message (never a crash, never ignored).
 # Inputs: -DBIN_DIR=<dir of twl_demo, twl_disk_tier, twl_kernels, twl_offload,
-# twl_prefill_bench, twl_serve_bench, twl_est_study, twl_cpu_tail>.
+# twl_prefill_bench, twl_serve_bench, twl_est_study, twl_cpu_tail, twl_disk_serving>.
 if(NOT DEFINED BIN_DIR)
   message(FATAL_ERROR "tools_flags_test: -DBIN_DIR=... missing")
 endif()
@@ -22,7 +22,7 @@ function(expect rc_want tool)
 endfunction()
 
 foreach(tool twl_demo twl_disk_tier twl_kernels twl_offload twl_prefill_bench twl_serve_bench
-             twl_est_study twl_cpu_tail)
+             twl_est_study twl_cpu_tail twl_disk_serving)
   if(NOT EXISTS ${BIN_DIR}/${tool})
     continue()
   endif()

@@ -148,7 +148,11 @@ std::vector<int32_t> SpillPolicy::PickVictims(int32_t n, int64_t current_step,
       int32_t t = new_t;
       if (old_t != kNone && new_t != kNone && Level(old_t) < Level(new_t)) t = old_t;
       if (t == kNone && a == kNone) break;
-      const bool take_a = t == kNone || (a != kNone && Level(a) + kMargin < Level(t));
+      // An established page unused for a whole cycle has left the working set (every page
+      // of it is used once per cycle): it goes first, whatever value it has left.
+      const bool stale = a != kNone && cycle_steps_ > 0 && last_[a] < current_step - cycle_steps_;
+      const bool take_a =
+          t == kNone || (a != kNone && (stale || Level(a) + kMargin < Level(t)));
       const int32_t v = take_a ? a : t;
       victims.push_back(v);
       taken.insert(v);

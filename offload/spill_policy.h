@@ -38,6 +38,7 @@
 // Thread-safety: none; the caller serializes (the runtime holds its lock around it).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -76,6 +77,13 @@ class SpillPolicy {
 
   // Value order (see the header comment); off (pure LRU) by default. decay_steps >= 1.
   void EnableValueOrder(int64_t decay_steps);
+  // Value order, pages used in a cycle of `steps` steps (a serving loop's layers: every kept
+  // block is used once per pass): an established page unused for longer has left the
+  // working set and goes before any newcomer, whatever value it has left. Else a top-p
+  // tail's new blocks (few kept rows: low value) were the victims while the blocks that
+  // left the kept sets kept their decaying value, and each new block was read twice. 0
+  // (default): off.
+  void set_cycle_steps(int64_t steps) { cycle_steps_ = std::max<int64_t>(steps, 0); }
   bool value_order() const { return decay_steps_ > 0; }
   // Adds `rows` (>= 0) to the page's value at `step` (decayed to step's epoch first). Pages
   // out of range are ignored.
@@ -136,6 +144,7 @@ class SpillPolicy {
   int32_t num_disk_only_ = 0;
   // Value order (decay_steps_ 0: off).
   int64_t decay_steps_ = 0;
+  int64_t cycle_steps_ = 0;
   std::vector<uint32_t> count_;    // [num_pages] value at epoch_ (saturating)
   std::vector<int32_t> epoch_;     // [num_pages]
   std::vector<uint8_t> transient_;  // [num_pages]

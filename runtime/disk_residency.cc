@@ -81,6 +81,9 @@ DiskResidency::DiskResidency(const PageGeometry& g, int32_t num_pages, int32_t n
       slot_of_block_(size_t(num_pages) * size_t(heads_per_unit), -1),
       mark_(size_t(num_pages), 0),
       in_flight_(size_t(num_pages), 0),
+      writing_(size_t(num_pages), 0),
+      cancel_(size_t(num_pages), 0),
+      open_(size_t(num_pages), 0),
       page_of_slot_(size_t(num_slots), -1) {
   policy_.EnableValueOrder(16);
   free_slots_.reserve(size_t(num_slots));
@@ -116,7 +119,11 @@ absl::StatusOr<std::unique_ptr<DiskResidency>> DiskResidency::Create(
       g, num_pages, num_slots, std::move(tier), std::move(*arena), heads_per_unit));
 }
 
-DiskResidency::~DiskResidency() { FinishReadAhead(nullptr); }
+DiskResidency::~DiskResidency() {
+  // Reads ahead and writes behind use the arena.
+  FinishReadAhead(nullptr);
+  ReapWriteBehind(/*wait=*/true, nullptr);
+}
 
 void* DiskResidency::SlotAddress(int32_t slot) const {
   return base_ + int64_t(slot) * hpu_ * g_.FpBlockElems();
@@ -189,6 +196,112 @@ void DiskResidency::DropCleanCopies(int64_t n, absl::Span<const int32_t> in_use)
 
 absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCounts* io,
                                     bool new_step, absl::Span<const int32_t> rows) {
+  return ReserveImpl(pages, io, new_step, rows, /*for_append=*/false);
+}
+
+absl::Status DiskResidency::ReserveForAppend(absl::Span<const int32_t> pages,
+                                             absl::Span<const uint8_t> open, DiskIoCounts* io) {
+  if (!open.empty() && open.size() != pages.size()) {
+    return absl::InvalidArgumentError("disk residency: open must be empty or one per page");
+  }
+  const absl::Status s = ReserveImpl(pages, io, /*new_step=*/true, {}, /*for_append=*/true);
+  // Flags only steer victim choice: set even when the call failed part-way.
+  for (size_t i = 0; i < pages.size(); ++i) {
+    if (pages[i] >= 0 && pages[i] < num_pages()) SetOpen(pages[i], !open.empty() && open[i]);
+  }
+  return s;
+}
+
+void DiskResidency::SetOpen(int32_t page, bool open) {
+  uint8_t& st = open_[size_t(page)];
+  if (open) {
+    if (st == 0) open_list_.push_back(page);
+    st = 1;
+  } else if (st == 1) {
+    st = 2;  // still listed; Pins() drops it
+    // Complete and immutable from now on: the next refill writes it behind.
+    closed_.push_back(page);
+  }
+}
+
+const std::vector<int32_t>& DiskResidency::Pins() {
+  size_t w = 0;
+  for (const int32_t page : open_list_) {
+    uint8_t& st = open_[size_t(page)];
+    if (st == 1) {
+      open_list_[w++] = page;
+    } else {
+      st = 0;
+    }
+  }
+  open_list_.resize(w);
+  pins_.assign(open_list_.begin(), open_list_.end());
+  for (const WriteBatch& batch : behind_) {
+    pins_.insert(pins_.end(), batch.pages.begin(), batch.pages.end());
+  }
+  std::sort(pins_.begin(), pins_.end());
+  return pins_;
+}
+
+absl::Status DiskResidency::EvictSlots(int64_t want, absl::Span<const int32_t> in_use) {
+  // Dirty victims need free records; see the capacity note in the header. Records of writes
+  // behind in flight come back (as clean copies that can be dropped) once reaped.
+  if (tier_->num_free() < want) {
+    ReapWriteBehind(/*wait=*/true, nullptr);
+    if (tier_->num_free() < want) DropCleanCopies(want - tier_->num_free(), in_use);
+  }
+  const size_t from = free_slots_.size();
+  absl::Status s = pager_.Evict(static_cast<int32_t>(want), step_, Pins(), &free_slots_);
+  ForgetFreedSlots(from);
+  const int64_t got = int64_t(free_slots_.size() - from);
+  if (got < want && !pins_.empty() && (s.ok() || absl::IsResourceExhausted(s))) {
+    // Soft pins: open units and units being written behind leave only when nothing else
+    // can (a pool too small for the appends' open blocks still works, slowly).
+    ReapWriteBehind(/*wait=*/true, nullptr);
+    const size_t from2 = free_slots_.size();
+    const absl::Status s2 = pager_.Evict(static_cast<int32_t>(want - got), step_, {}, &free_slots_);
+    ForgetFreedSlots(from2);
+    if (s2.ok()) s = s2;  // else the first failure says why (e.g. "disk tier full")
+  }
+  evicted_recent_ += int64_t(free_slots_.size() - from);
+  return s;
+}
+
+bool DiskResidency::StandbyValid(int32_t page) const {
+  // Still the clean, unused host unit it was when the refill set it aside: no GPU work
+  // issued since reads it (every user Reserves it first, which touches it).
+  const PageLocation loc = policy_.GetLocation(page);
+  return loc.on_host() && loc.on_disk() && policy_.LastAccess(page) < standby_step_ &&
+         open_[size_t(page)] != 1 && !writing_[size_t(page)];
+}
+
+int64_t DiskResidency::NumStandby() const {
+  int64_t n = 0;
+  for (const int32_t page : standby_) n += StandbyValid(page);
+  return n;
+}
+
+void DiskResidency::TakeStandby(int64_t n, DiskIoCounts* io) {
+  // In victim order (the refill lists them so): the least valuable first.
+  const size_t from = free_slots_.size();
+  int64_t dropped = 0;
+  size_t i = 0;
+  for (; i < standby_.size() && dropped < n; ++i) {
+    const int32_t page = standby_[i];
+    if (!StandbyValid(page)) continue;
+    const PageLocation loc = policy_.GetLocation(page);
+    free_slots_.push_back(loc.host_slot);
+    (void)policy_.SetLocation(page, {-1, loc.disk_record});  // valid by construction
+    ++dropped;
+  }
+  standby_.erase(standby_.begin(), standby_.begin() + std::ptrdiff_t(i));
+  ForgetFreedSlots(from);
+  if (io != nullptr) io->pages_dropped += dropped;
+}
+
+absl::Status DiskResidency::ReserveImpl(absl::Span<const int32_t> pages, DiskIoCounts* io,
+                                        bool new_step, absl::Span<const int32_t> rows,
+                                        bool for_append) {
   const auto t0 = std::chrono::steady_clock::now();
   if (int64_t(pages.size()) > num_slots_) {
     return absl::ResourceExhaustedError(absl::StrFormat(
@@ -214,9 +327,12 @@ absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCount
     }
     mark_[size_t(page)] = mark_gen_;
   }
+  // Finished writes behind become clean copies (no wait, no slot moves).
+  ReapWriteBehind(/*wait=*/false, io);
   // Reap a read-ahead only when this call needs it: one of its units is in flight, or slots
   // must be freed (the reaped units may then be victims like any other).
-  if (!ahead_pages_.empty() && (AnyInFlight(pages) || SlotsShort(pages) > 0)) {
+  if (!ahead_pages_.empty() &&
+      (AnyInFlight(pages) || SlotsShortWith(pages, for_append) > 0)) {
     FinishReadAhead(io);
   }
   if (new_step) ++step_;
@@ -236,22 +352,26 @@ absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCount
   size_t loaded = 0, placed = 0;
   // Units placed after a spill displaced others: newcomers (value order, see the header).
   bool displaced = false;
+  auto usable = [&] { return int64_t(free_slots_.size()); };
+  // An append takes the units on standby before anything is evicted (no displacement: they
+  // were set aside for it).
+  if (for_append && !standby_.empty()) {
+    const int64_t want = int64_t(to_load.size() + fresh.size()) - usable();
+    if (want > 0) TakeStandby(want, io);
+  }
   while (status.ok() && (loaded < to_load.size() || placed < fresh.size())) {
-    if (free_slots_.empty()) {
+    if (usable() == 0) {
       displaced = true;
       const int64_t want = int64_t(to_load.size() - loaded + fresh.size() - placed);
-      // Dirty victims need free records; see the capacity note in the header.
-      if (tier_->num_free() < want) DropCleanCopies(want - tier_->num_free(), pages);
       const size_t from = free_slots_.size();
-      absl::Status s = pager_.Evict(static_cast<int32_t>(want), step_, {}, &free_slots_);
-      ForgetFreedSlots(from);
+      absl::Status s = EvictSlots(want, pages);
       // Partial progress on a short tier is fine: a later round frees the rest.
       if (!s.ok() && (free_slots_.size() == from || !absl::IsResourceExhausted(s))) {
         status = DiskIoError(s, "spilling pages to the disk tier");
       }
       continue;
     }
-    const size_t n = std::min(free_slots_.size(), to_load.size() - loaded);
+    const size_t n = std::min(size_t(usable()), to_load.size() - loaded);
     if (n > 0) {
       std::vector<int32_t> slots(free_slots_.end() - static_cast<std::ptrdiff_t>(n),
                                  free_slots_.end());
@@ -279,7 +399,7 @@ absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCount
         break;
       }
     }
-    while (placed < fresh.size() && !free_slots_.empty()) {
+    while (placed < fresh.size() && usable() > 0) {
       const int32_t slot = free_slots_.back();
       free_slots_.pop_back();
       const int32_t page = fresh[placed++];
@@ -298,15 +418,26 @@ absl::Status DiskResidency::Reserve(absl::Span<const int32_t> pages, DiskIoCount
   return status;
 }
 
-int64_t DiskResidency::SlotsShort(absl::Span<const int32_t> pages) const {
+int64_t DiskResidency::SlotsShortWith(absl::Span<const int32_t> pages, bool standby) const {
   int64_t need = 0;
   for (const int32_t page : pages) need += !policy_.GetLocation(page).on_host();
-  return std::max<int64_t>(need - int64_t(free_slots_.size()), 0);
+  const int64_t have = int64_t(free_slots_.size()) + (standby ? NumStandby() : 0);
+  return std::max<int64_t>(need - have, 0);
+}
+
+int64_t DiskResidency::SlotsShort(absl::Span<const int32_t> pages) const {
+  return SlotsShortWith(pages, /*standby=*/true);
 }
 
 absl::Status DiskResidency::MarkDirty(absl::Span<const int32_t> pages) {
   // No reap: a read-ahead reads disk-only units, and this frees records of host units.
   for (const int32_t page : pages) {
+    if (page >= 0 && page < num_pages() && writing_[size_t(page)]) {
+      // Its write behind is in flight (the record cannot be freed under it): the record is
+      // freed when reaped, and the unit stays dirty.
+      cancel_[size_t(page)] = 1;
+      continue;
+    }
     if (absl::Status s = pager_.MarkDirty(page); !s.ok()) return s;
   }
   return absl::OkStatus();
@@ -321,16 +452,22 @@ absl::Status DiskResidency::StartReadAhead(absl::Span<const int32_t> pages, int3
   if (want.empty()) return absl::OkStatus();
   if (free_slots_.size() < want.size()) {
     // Low-value units make room as they would for a Reserve, but never those of the current
-    // step (their slots may be read by the GPU right now) nor the resident units of `pages`
-    // (the step being read ahead for uses them). A failure here only shortens the
-    // read-ahead: every unit stays where its data is.
+    // step (their slots may be read by the GPU right now), the resident units of `pages`
+    // (the step being read ahead for uses them), open units, units being written behind or
+    // units on standby for the appends. A failure here only shortens the read-ahead: every
+    // unit stays where its data is.
     const int32_t n = int32_t(want.size() - free_slots_.size());
     if (tier_->num_free() < n) DropCleanCopies(n - tier_->num_free(), {});
+    std::vector<int32_t> pinned(pages.begin(), pages.end());
+    const std::vector<int32_t>& pins = Pins();
+    pinned.insert(pinned.end(), pins.begin(), pins.end());
+    pinned.insert(pinned.end(), standby_.begin(), standby_.end());
     const size_t from = free_slots_.size();
     const int64_t written = pager_.stats().pages_written;
     const int64_t clean = pager_.stats().pages_clean;
-    (void)pager_.Evict(n, step_, pages, &free_slots_);
+    (void)pager_.Evict(n, step_, pinned, &free_slots_);
     ForgetFreedSlots(from);
+    evicted_recent_ += int64_t(free_slots_.size() - from);
     if (io != nullptr) {
       io->pages_written += pager_.stats().pages_written - written;
       io->pages_dropped += pager_.stats().pages_clean - clean;
@@ -397,6 +534,122 @@ void DiskResidency::FinishReadAhead(DiskIoCounts* io) {
   ahead_ticket_ = 0;
 }
 
+void DiskResidency::RefillFreeSlots(DiskIoCounts* io) {
+  ReapWriteBehind(/*wait=*/false, io);
+  if (free_target_ <= 0) {
+    standby_.clear();
+    return;
+  }
+  // Units on standby stay valid while unused; those the step used are no longer set aside.
+  standby_step_ = step_;
+  standby_.erase(std::remove_if(standby_.begin(), standby_.end(),
+                                [&](int32_t page) { return !StandbyValid(page); }),
+                 standby_.end());
+  // A smaller reserve (a prefill chunk set a large one): the rest are ordinary units again.
+  if (int64_t(standby_.size()) > free_target_) standby_.resize(size_t(free_target_));
+  const int64_t need =
+      std::max<int64_t>(free_target_ - int64_t(free_slots_.size() + standby_.size()), 0);
+  // Victims to clean ahead besides: the reserve's worth plus twice what was evicted since
+  // the last refill (the next evictions pick from the same end of the victim order).
+  const int64_t ahead =
+      std::min<int64_t>(free_target_ + 2 * evicted_recent_, std::max(num_slots_ / 8, 1));
+  evicted_recent_ = 0;
+  // In victim order: the first `need` go on standby if clean (they stay resident and
+  // readable until an append takes their slots); dirty ones among the first need + ahead
+  // are written behind (on standby at a later refill, or dropped by an eviction).
+  std::vector<int32_t> pinned(Pins());
+  pinned.insert(pinned.end(), standby_.begin(), standby_.end());
+  const std::vector<int32_t> victims =
+      policy_.PickVictims(int32_t(need + ahead), step_, pinned);
+  std::vector<int32_t> dirty;
+  for (size_t i = 0; i < victims.size(); ++i) {
+    const int32_t page = victims[i];
+    if (!policy_.GetLocation(page).on_disk()) {
+      dirty.push_back(page);
+    } else if (int64_t(i) < need) {
+      standby_.push_back(page);
+    }
+  }
+  // The next step's evictions see two more steps of the clock (its append, its decode):
+  // more units have left the working set by then (SpillPolicy::set_cycle_steps), so the
+  // dirty ones are written behind now too (reading a unit the GPU reads is harmless).
+  for (const int32_t page : policy_.PickVictims(int32_t(ahead), step_ + 2, pinned)) {
+    if (!policy_.GetLocation(page).on_disk()) dirty.push_back(page);
+  }
+  // Blocks the appends completed since the last refill: written once, they are dropped for
+  // free whenever they become victims (a decode-time block is, once it leaves the kept sets).
+  for (const int32_t page : closed_) {
+    const PageLocation loc = policy_.GetLocation(page);
+    if (loc.on_host() && !loc.on_disk() && open_[size_t(page)] != 1 && !writing_[size_t(page)]) {
+      dirty.push_back(page);
+    }
+  }
+  closed_.clear();
+  std::sort(dirty.begin(), dirty.end());
+  dirty.erase(std::unique(dirty.begin(), dirty.end()), dirty.end());
+  // Records stay for the dirty victims of Reserve (see the capacity note): write behind only
+  // while the tier has twice the batch free.
+  if (!dirty.empty() && tier_->num_free() >= 2 * int64_t(dirty.size())) {
+    StartWriteBehind(dirty, io);
+  }
+}
+
+void DiskResidency::StartWriteBehind(const std::vector<int32_t>& pages, DiskIoCounts* io) {
+  std::vector<const void*> src;
+  src.reserve(pages.size());
+  for (const int32_t page : pages) src.push_back(SlotAddress(policy_.GetLocation(page).host_slot));
+  WriteBatch batch;
+  absl::StatusOr<DiskTier::Ticket> ticket = tier_->WriteAsync(src, &batch.records);
+  if (!ticket.ok() || batch.records.size() != pages.size()) return;  // best effort: stay dirty
+  batch.ticket = *ticket;
+  batch.pages = pages;
+  for (const int32_t page : pages) writing_[size_t(page)] = 1;
+  num_writing_ += int64_t(pages.size());
+  behind_.push_back(std::move(batch));
+  if (io != nullptr) io->pages_written_behind += int64_t(pages.size());
+}
+
+void DiskResidency::ReapWriteBehind(bool wait, DiskIoCounts* io) {
+  size_t kept = 0;
+  for (size_t b = 0; b < behind_.size(); ++b) {
+    WriteBatch& batch = behind_[b];
+    if (!wait) {
+      absl::StatusOr<bool> done = tier_->Poll(batch.ticket);
+      if (done.ok() && !*done) {
+        if (kept != b) behind_[kept] = std::move(batch);
+        ++kept;
+        continue;
+      }
+    }
+    std::vector<absl::Status> per_op;
+    (void)tier_->Wait(batch.ticket, &per_op);  // per-op statuses below
+    int64_t cleaned = 0;
+    for (size_t i = 0; i < batch.pages.size(); ++i) {
+      const int32_t page = batch.pages[i];
+      const int64_t record = batch.records[i];
+      writing_[size_t(page)] = 0;
+      const bool cancelled = cancel_[size_t(page)] != 0;
+      cancel_[size_t(page)] = 0;
+      // A failed write gave its record back; the unit stays dirty on the host (nothing
+      // lost: a later eviction writes it, and reports the error if the disk still fails).
+      if (i >= per_op.size() || !per_op[i].ok()) continue;
+      const PageLocation loc = policy_.GetLocation(page);
+      if (cancelled || !loc.on_host() || loc.on_disk()) {
+        (void)tier_->Free({record});  // changed since: the copy is stale
+        continue;
+      }
+      // A clean copy: evicting the unit is now dropping it.
+      (void)policy_.SetLocation(page, {loc.host_slot, record});  // valid: in range
+      ++cleaned;
+    }
+    num_writing_ -= int64_t(batch.pages.size());
+    if (io != nullptr) io->pages_cleaned_behind += cleaned;
+  }
+  behind_.resize(kept);
+}
+
+void DiskResidency::FinishWriteBehind(DiskIoCounts* io) { ReapWriteBehind(/*wait=*/true, io); }
+
 absl::Status DiskResidency::ReadRows(int32_t page, int32_t rows, fp16_t* k, fp16_t* v) const {
   const int32_t per_page = g_.num_kv_heads / hpu_;  // units of one logical page
   std::vector<fp16_t> buffer;
@@ -434,6 +687,8 @@ absl::Status DiskResidency::ReadRows(int32_t page, int32_t rows, fp16_t* k, fp16
 void DiskResidency::Release(int32_t page) {
   if (page < 0 || page >= num_pages()) return;
   if (in_flight_[size_t(page)]) FinishReadAhead(nullptr);  // its record is being read
+  if (writing_[size_t(page)]) ReapWriteBehind(/*wait=*/true, nullptr);  // its slot is
+  SetOpen(page, false);
   const PageLocation loc = policy_.GetLocation(page);
   // Fails only for a record with I/O in flight, and all I/O is waited for inside the calls.
   absl::StatusOr<int32_t> slot = pager_.Release(page);
@@ -491,6 +746,21 @@ absl::Status DiskResidency::CheckConsistency() const {
             "page %d block %d: slot_of_block %d, want %d", page, j, got, want));
       }
     }
+  }
+  int64_t writing = 0;
+  for (int32_t page = 0; page < num_pages(); ++page) {
+    if (!writing_[size_t(page)]) continue;
+    ++writing;
+    const PageLocation loc = policy_.GetLocation(page);
+    if (!loc.on_host() || loc.on_disk()) {
+      return absl::InternalError(absl::StrFormat(
+          "unit %d is written behind but is not a dirty host unit (slot %d, record %d)", page,
+          loc.host_slot, loc.disk_record));
+    }
+  }
+  if (writing != num_writing_) {
+    return absl::InternalError(absl::StrFormat("%d units marked written behind, %d in flight",
+                                               writing, num_writing_));
   }
   if (in_flight != int64_t(ahead_pages_.size())) {
     return absl::InternalError(absl::StrFormat("%d units marked in flight, %d read ahead",

@@ -45,6 +45,33 @@
 // on disk (a later Reserve reads it again and reports the error there); its slot goes back to
 // the free list.
 //
+// Appends that never wait (the GPU offload backend's serving loop). An append writes the
+// newest block of each (sequence, KV head): a fresh block every page_size tokens, else the
+// block the previous append wrote. Three rules keep such a call off the disk and off the
+// device:
+//  - Open units. ReserveForAppend marks the units whose page stays partial ("open": the next
+//    append writes them again). Victims are never open units while anything else can go
+//    (soft pins), so the block being appended to stays resident (before, a decode-time
+//    block not kept by the decode was the newest low-value newcomer: the next step's
+//    decode or read-ahead evicted it and the next append read it back, after waiting for
+//    the device and for the whole read-ahead in flight).
+//  - The append reserve (set_append_reserve): RefillFreeSlots, called where no GPU work
+//    reads a unit outside the current step (after a decode step's Reserves), sets the next
+//    clean victims on standby: they stay resident and readable, but an append may drop
+//    them and take their slots without waiting for the device, as long as nothing used
+//    them since (every GPU use of a unit is preceded by a Reserve that touches it), so a
+//    fresh block needs no eviction. StartReadAhead leaves them alone; Reserve may evict them
+//    like any victim (the next refill sets others aside). Standby units instead of free
+//    slots: when the kept blocks of all layers exceed the pool, free slots held back would
+//    make every layer re-read that many blocks per step.
+//  - The refill also writes the next dirty victims behind (asynchronously: a unit being
+//    written stays on the host and readable; reaped without waiting by later calls, it
+//    gains a clean copy), so that the next evictions, the decode's included, drop rather
+//    than write.
+// A unit changed while its write behind is in flight (MarkDirty) keeps no copy (the record
+// is freed when reaped); Release waits for it. A failed write behind leaves the unit dirty
+// on the host, and the next eviction that writes it reports the error.
+//
 // Host memory: the slot arena is aligned host memory, or pinned and mapped into the GPU's
 // address space (HostMemKind::kPinnedMapped) so that the GPU reads resident blocks through
 // slot_of_block() (a copy of it on the device, refreshed when map_version() changes).
@@ -55,6 +82,7 @@
 // (the tier is thread-safe; nothing else changes under a shared lock).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -84,6 +112,10 @@ struct DiskIoCounts {
   int64_t bytes_read = 0;     // payload read from disk (loads + reaped read-ahead)
   int64_t waits = 0;          // calls that blocked on a disk read (load or read-ahead)
   double ms_wait = 0;         // time blocked on disk reads
+  // Write-behind: dirty units whose writes were submitted without waiting for them, and
+  // those whose writes completed (clean copies from then on).
+  int64_t pages_written_behind = 0;
+  int64_t pages_cleaned_behind = 0;
 };
 
 // Disk tier for the KV of `config`: a new file in the directory config.disk_path (which
@@ -126,6 +158,8 @@ class DiskResidency {
   // Values halve every decay_steps Reserve steps (default 16; the GPU offload backend uses
   // 4 x its layers, as its cache does).
   void set_decay_steps(int64_t steps) { policy_.EnableValueOrder(steps); }
+  // Units used once per cycle of `steps` Reserve steps (SpillPolicy::set_cycle_steps).
+  void set_cycle_steps(int64_t steps) { policy_.set_cycle_steps(steps); }
 
   // FP16 blocks by block id through slot_of_block; only blocks of host units may be read.
   FpKvView View() const { return FpKvView{base_, slot_of_block_.data()}; }
@@ -161,7 +195,8 @@ class DiskResidency {
                        absl::Span<const int32_t> rows = {});
 
   // Slots Reserve(pages) would have to free by spilling other units (0: the units fit in
-  // the free slots, Reserve then moves no resident unit). pages: distinct ids.
+  // the free slots and the units on standby for appends; ReserveForAppend then moves no
+  // unit that earlier work may use). pages: distinct ids.
   int64_t SlotsShort(absl::Span<const int32_t> pages) const;
 
   // Submits reads of the disk-only units of `pages` (at most max_pages of them, in order)
@@ -176,8 +211,28 @@ class DiskResidency {
   int32_t read_ahead_in_flight() const { return int32_t(ahead_pages_.size()); }
 
   // The host copies of `pages` (all on the host) are about to change: frees their clean
-  // disk copies. Never waits for a read-ahead (it reads only disk-only units).
+  // disk copies. Never waits for a read-ahead (it reads only disk-only units) nor for a
+  // write behind (a copy in flight is dropped when reaped).
   absl::Status MarkDirty(absl::Span<const int32_t> pages);
+
+  // Appends (see "Appends that never wait" above). Slots the refills keep for
+  // ReserveForAppend, free or on standby (0 by default: no reserve).
+  void set_append_reserve(int32_t slots) { free_target_ = std::max(slots, 0); }
+  int32_t append_reserve() const { return free_target_; }
+  // Reserve(pages) as a new step for an append, which takes the units on standby before it
+  // evicts anything;
+  // open (empty or one per unit): nonzero for units whose page stays partially written
+  // (kept on the host in preference to any other unit until a later ReserveForAppend lists
+  // them closed, or they are released). The caller then calls MarkDirty(pages).
+  absl::Status ReserveForAppend(absl::Span<const int32_t> pages,
+                                absl::Span<const uint8_t> open, DiskIoCounts* io);
+  // Tops the reserve up (free slots + clean victims set on standby) and starts writing the
+  // next dirty victims behind. Never waits; needs the same device quiet as an eviction
+  // (no GPU work reads units outside the current step).
+  void RefillFreeSlots(DiskIoCounts* io);
+  // Waits for the writes behind in flight (tests; Release and the destructor do it).
+  void FinishWriteBehind(DiskIoCounts* io);
+  int32_t write_behind_in_flight() const { return int32_t(num_writing_); }
 
   // Copies the first `rows` rows of a logical page (all its num_kv_heads blocks, from their
   // units on the host or on disk) into k and v, each [rows][num_kv_heads][head_dim]. Changes
@@ -212,6 +267,24 @@ class DiskResidency {
   void ForgetFreedSlots(size_t from);
   // Frees up to n clean disk copies of host pages, those of `in_use` first.
   void DropCleanCopies(int64_t n, absl::Span<const int32_t> in_use);
+  // Reserve; for_append: may take the units on standby.
+  absl::Status ReserveImpl(absl::Span<const int32_t> pages, DiskIoCounts* io, bool new_step,
+                           absl::Span<const int32_t> rows, bool for_append);
+  // Slots short for `pages` counting the free slots (and the units on standby: standby).
+  int64_t SlotsShortWith(absl::Span<const int32_t> pages, bool standby) const;
+  // Standby (see "Appends that never wait"): still clean and unused since set aside.
+  bool StandbyValid(int32_t page) const;
+  int64_t NumStandby() const;
+  // Drops up to n valid units on standby (their slots become free).
+  void TakeStandby(int64_t n, DiskIoCounts* io);
+  // Frees `want` slots (victims not of this step), the soft pins last.
+  absl::Status EvictSlots(int64_t want, absl::Span<const int32_t> in_use);
+  void SetOpen(int32_t page, bool open);
+  // Sorted open units and units being written behind (pins_).
+  const std::vector<int32_t>& Pins();
+  void StartWriteBehind(const std::vector<int32_t>& pages, DiskIoCounts* io);
+  // Reaps the writes behind if they are done (or waits for them: wait).
+  void ReapWriteBehind(bool wait, DiskIoCounts* io);
 
   const PageGeometry g_;
   const int32_t hpu_;  // blocks per unit
@@ -225,6 +298,24 @@ class DiskResidency {
   std::vector<uint32_t> mark_;          // [num_units] == mark_gen_: listed in this Reserve
   uint32_t mark_gen_ = 0;
   std::vector<uint8_t> in_flight_;      // [num_units] 1: in ahead_pages_
+  std::vector<uint8_t> writing_;        // [num_units] 1: in a batch of behind_
+  std::vector<uint8_t> cancel_;         // [num_units] 1: changed while written behind
+  std::vector<uint8_t> open_;           // [num_units] 0, 1 open (listed), 2 closed (listed)
+  std::vector<int32_t> open_list_;      // units with open_ != 0
+  std::vector<int32_t> closed_;         // units closed by appends since the last refill
+  std::vector<int32_t> pins_;           // scratch of Pins()
+  int32_t free_target_ = 0;             // the append reserve: free slots + units on standby
+  std::vector<int32_t> standby_;        // clean units set aside for appends (some stale)
+  int64_t standby_step_ = -1;           // step of the last refill (standby units are older)
+  int64_t evicted_recent_ = 0;          // slots freed by evictions since the last refill
+  // Writes behind in flight: per batch its ticket, units and their records.
+  struct WriteBatch {
+    DiskTier::Ticket ticket = 0;
+    std::vector<int32_t> pages;
+    std::vector<int64_t> records;
+  };
+  std::vector<WriteBatch> behind_;
+  int64_t num_writing_ = 0;
   std::vector<int32_t> page_of_slot_;   // [num_slots], -1: free
   std::vector<int32_t> free_slots_;     // stack
   int64_t step_ = 0;                    // recency clock: one tick per Reserve

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
 #include "cache/host_arena.h"
 #include "gpu/device.h"
@@ -24,6 +25,7 @@
 #include "pipeline/fetch/cache/cuda/gather.h"
 #include "runtime/disk_io_status.h"
 #include "runtime/disk_residency.h"
+#include "runtime/offload_disk_steps.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/geometry.h"
 #include "runtime/kept_capture.h"
@@ -318,12 +320,6 @@ class GpuOffloadBackend final : public OffloadBackend {
   // pool (same step for every group of a Decode) and refreshes the map on `c`.
   absl::Status MakeGroupResident(int32_t index, const SeqGroup& group, const KeptView& kept,
                                  cudaStream_t c);
-  // Records the residency's bookkeeping (recency, values) of the groups whose blocks were
-  // all resident, deferred so that the host does not hold the compute stream up for it;
-  // done before anything may evict (a later group that must load, the step's read-ahead).
-  absl::Status FlushDeferredTouches();
-  // After a step: reads ahead the blocks the next layer's step kept last time.
-  void ReadAheadForNextStep(int32_t layer);
 
   absl::Status CheckPages(const int32_t* pages, int64_t n, const char* what) const {
     for (int64_t i = 0; i < n; ++i) {
@@ -367,19 +363,13 @@ class GpuOffloadBackend final : public OffloadBackend {
   PinnedBuffer h_kept_;           // kept counts + lists read back per group
   cudaEvent_t ev_kept_ = nullptr;
   // Blocks (residency units) of this step / of one group, and the kept rows of each.
-  std::vector<int32_t> step_blocks_, group_blocks_, group_rows_;
-  BlockMarks block_marks_;  // blocks listed in step_blocks_ (or in one append chunk)
-  // Groups of this step whose blocks were all resident: their Reserve is deferred
-  // (FlushDeferredTouches); step_reserved_: a Reserve of this step has run (the next one
-  // continues its step).
-  std::vector<int32_t> deferred_blocks_, deferred_rows_;
-  bool step_reserved_ = false;
+  std::vector<int32_t> group_blocks_, group_rows_;
+  std::vector<uint8_t> group_open_;  // append chunk: its blocks whose page stays partial
+  absl::flat_hash_set<int32_t> full_pages_;  // append chunk: pages whose last row it writes
+  BlockMarks block_marks_;  // blocks listed in this step's groups (or in one append chunk)
+  // The residency calls of appends and decode steps (runtime/offload_disk_steps.h).
+  std::unique_ptr<OffloadDiskSteps> disk_steps_;
   const BatchView* step_batch_ = nullptr;  // host plan of the Decode in progress
-  DiskIoCounts step_io_;           // disk I/O of the Decode in progress
-  // Read-ahead: the blocks each layer's last step kept, and which layer followed which.
-  absl::flat_hash_map<int32_t, std::vector<int32_t>> kept_by_layer_;
-  absl::flat_hash_map<int32_t, int32_t> next_layer_;
-  int32_t last_layer_ = std::numeric_limits<int32_t>::min();
   gpu::DeviceBuffer quant_;
   QuantKView qk_;
   gpu::DeviceBuffer meta_;              // qk_.meta
@@ -824,9 +814,8 @@ absl::Status GpuOffloadBackend::InitDisk() {
                             HostMemKind::kPinnedMapped, /*heads_per_unit=*/1);
   if (!disk.ok()) return disk.status();
   disk_ = std::move(*disk);
-  // Values halve every ~4 passes over the layers, as in the GPU cache: a layer-step is two
-  // Reserve steps in a serving loop (its append, its decode).
-  disk_->set_decay_steps(8 * int64_t(std::max(cfg_.num_layers, 1)));
+  // Value decay and the layers' cycle (runtime/offload_disk_steps.h).
+  disk_steps_ = std::make_unique<OffloadDiskSteps>(disk_.get(), cfg_.num_layers);
   if (g_.k_bits >= 16) {
     // The pruner would read the FP16 K of every selected page, resident or not.
     return absl::UnimplementedError(
@@ -880,6 +869,7 @@ absl::Status GpuOffloadBackend::AppendWithDisk(const AppendView& tokens, DType d
   while (t0 < n) {
     block_marks_.NewStep(size_t(num_blocks_));
     group_blocks_.clear();
+    group_open_.clear();
     int32_t t1 = t0;
     while (t1 < n && t1 - t0 < max_tokens) {
       const int64_t b0 = g_.BlockId(tokens.page_id[t1], 0);
@@ -890,16 +880,23 @@ absl::Status GpuOffloadBackend::AppendWithDisk(const AppendView& tokens, DType d
       }
       ++t1;
     }
-    // Blocks move between the pinned slots and the disk only while the GPU touches none. A
-    // chunk whose blocks are resident or fit in free slots moves none: it neither waits for
-    // the device nor for a read-ahead (decode-time appends, prefill while the pool has
-    // room). A chunk that must spill waits for every earlier step and append first (their
-    // kernels may read or write the victims' slots), the earlier chunks of this call
-    // included.
-    if (disk_->SlotsShort(group_blocks_) > 0) TWL_RETURN_IF_ERROR(QuiesceDevice());
+    // A page stays open (the next append writes it again) unless its last row is written.
+    full_pages_.clear();
+    for (int32_t t = t0; t < t1; ++t) {
+      if (tokens.slot[t] == g_.page_size - 1) full_pages_.insert(tokens.page_id[t]);
+    }
+    group_open_.resize(group_blocks_.size());
+    for (size_t i = 0; i < group_blocks_.size(); ++i) {
+      group_open_[i] = !full_pages_.contains(int32_t(group_blocks_[i] / H));
+    }
+    // Blocks move between the pinned slots and the disk only while the GPU touches none: a
+    // chunk that must spill waits for every earlier step and append first (their kernels
+    // may read or write the victims' slots), the earlier chunks of this call included. A
+    // decode-time append never must (open blocks stay resident, fresh ones take the append
+    // reserve): it neither waits for the device nor for the disk.
     DiskIoCounts io;
-    TWL_RETURN_IF_ERROR(PrefixStatus(disk_->Reserve(group_blocks_, &io), "append: "));
-    TWL_RETURN_IF_ERROR(disk_->MarkDirty(group_blocks_));
+    TWL_RETURN_IF_ERROR(disk_steps_->Append(group_blocks_, group_open_,
+                                            [this] { return QuiesceDevice(); }, &io));
     TWL_RETURN_IF_ERROR(UploadPoolMap(a));
     const AppendView part = TokenSlice(tokens, t0, t1 - t0, row_bytes);
     TWL_RETURN_IF_ERROR(AppendChunk(part, dtype, space, a));
@@ -956,71 +953,21 @@ absl::Status GpuOffloadBackend::MakeGroupResident(int32_t index, const SeqGroup&
     TWL_CUDA(cudaEventSynchronize(ev_kept_));
   }
   // Distinct blocks of the group and their kept rows (the value the residency adds).
-  if (index == 0) {
-    block_marks_.NewStep(size_t(num_blocks_));
-    step_blocks_.clear();
-    deferred_blocks_.clear();
-    deferred_rows_.clear();
-    step_reserved_ = false;
-  }
+  if (index == 0) block_marks_.NewStep(size_t(num_blocks_));
   group_blocks_.clear();
   group_rows_.clear();
   TWL_RETURN_IF_ERROR(AppendKeptBlocks(g_, hb, grp.first_seq, grp.num_seqs, counts.data(), tok,
                                        &block_marks_, &group_blocks_, &group_rows_));
-  step_blocks_.insert(step_blocks_.end(), group_blocks_.begin(), group_blocks_.end());
-  // Every block resident (the steady state when the kept sets fit the pool): nothing moves
-  // and the device map is current, so the fetch may run at once; the bookkeeping waits
-  // until something could evict (FlushDeferredTouches).
-  const absl::Span<const int32_t> map = disk_->slot_of_block();
-  bool all_resident = true;
-  for (const int32_t b : group_blocks_) {
-    if (map[size_t(b)] < 0) {
-      all_resident = false;
-      break;
-    }
-  }
-  if (all_resident) {
-    deferred_blocks_.insert(deferred_blocks_.end(), group_blocks_.begin(), group_blocks_.end());
-    deferred_rows_.insert(deferred_rows_.end(), group_rows_.begin(), group_rows_.end());
-    step_io_.ms += std::chrono::duration<double, std::milli>(
-                       std::chrono::steady_clock::now() - t0).count();
-    return absl::OkStatus();
-  }
-  // The first Reserve starts the step (earlier steps are done: this prune came after them
-  // on the device); later ones keep the earlier groups' blocks in place (their gathers and
-  // attention may be running), the deferred groups' first.
-  TWL_RETURN_IF_ERROR(FlushDeferredTouches());
-  const absl::Status reserved = disk_->Reserve(group_blocks_, &step_io_, !step_reserved_,
-                                               group_rows_);
-  step_reserved_ = true;
-  step_io_.ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                     .count();
-  TWL_RETURN_IF_ERROR(DiskIoError(reserved, "decode: reading kept blocks from the disk tier"));
-  return UploadPoolMap(c);
-}
-
-absl::Status GpuOffloadBackend::FlushDeferredTouches() {
-  if (deferred_blocks_.empty()) return absl::OkStatus();
-  // Resident blocks only (a Reserve of this step would have flushed before moving any):
-  // touches and values, no I/O.
-  const absl::Status s =
-      disk_->Reserve(deferred_blocks_, &step_io_, !step_reserved_, deferred_rows_);
-  step_reserved_ = true;
-  deferred_blocks_.clear();
-  deferred_rows_.clear();
-  return DiskIoError(s, "decode: reading kept blocks from the disk tier");
-}
-
-void GpuOffloadBackend::ReadAheadForNextStep(int32_t layer) {
-  kept_by_layer_[layer] = step_blocks_;
-  auto next = next_layer_.find(layer);
-  if (next == next_layer_.end()) return;
-  auto blocks = kept_by_layer_.find(next->second);
-  if (blocks == kept_by_layer_.end()) return;
-  // Room: the slots this step does not use (its blocks stay where the GPU reads them).
-  const int32_t room = disk_->num_slots() - int32_t(step_blocks_.size());
-  // Best effort: a failure only means the next step reads the blocks itself.
-  (void)disk_->StartReadAhead(blocks->second, room, &step_io_);
+  // A group whose blocks are all resident moves nothing (its bookkeeping is deferred); else
+  // the first Reserve starts the step (earlier steps are done: this prune came after them
+  // on the device) and later ones keep the earlier groups' blocks in place (their gathers
+  // and attention may be running).
+  bool moved = false;
+  const absl::Status s = disk_steps_->Group(index, group_blocks_, group_rows_, &moved);
+  disk_steps_->step_io().ms +=
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  TWL_RETURN_IF_ERROR(s);
+  return moved ? UploadPoolMap(c) : absl::OkStatus();
 }
 
 absl::Status GpuOffloadBackend::ReadPage(int32_t page, int32_t rows, fp16_t* k,
@@ -1158,10 +1105,8 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     TWL_RETURN_IF_ERROR(executor_.Run(step, groups, scratch_, fetch_stage_));
   } else {
     // The fetch stage first makes each group's kept pages resident in the pinned slots.
-    step_io_ = DiskIoCounts{};
+    disk_steps_->BeginStep(req.layer);
     step_batch_ = &hb;
-    if (last_layer_ != std::numeric_limits<int32_t>::min()) next_layer_[last_layer_] = req.layer;
-    last_layer_ = req.layer;
     pipeline_cuda::ResidentFetch fetch(
         &fetch_stage_, [this](int32_t index, const SeqGroup& grp, const KeptView& kept,
                               cudaStream_t cs) { return MakeGroupResident(index, grp, kept, cs); });
@@ -1175,9 +1120,9 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
       TWL_CUDA(cudaEventRecord(ev_step_done_, c));
       return ran;
     }
-    // The step's blocks are protected before the read-ahead picks victims.
-    TWL_RETURN_IF_ERROR(FlushDeferredTouches());
-    ReadAheadForNextStep(req.layer);
+    // The step's blocks are protected, then the append reserve is refilled and the next
+    // layer's blocks are read ahead (no wait for the disk).
+    TWL_RETURN_IF_ERROR(disk_steps_->EndStep());
   }
   // The figures are copied before the step counts as done: the next step (on any stream)
   // overwrites the scratch they come from only after ev_step_done_.
@@ -1197,14 +1142,15 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     t->no_new_figures = !*published;
     if (disk_) {
       // Host-side figures of this very step (the GPU figures above may be an earlier one's).
-      t->disk_pages_loaded = step_io_.pages_loaded;
-      t->disk_pages_spilled = step_io_.pages_written;
-      t->ms_disk = step_io_.ms;
-      t->disk_bytes_read = step_io_.bytes_read;
-      t->disk_pages_read_ahead = step_io_.pages_read_ahead;
-      t->disk_pages_read_ahead_used = step_io_.pages_read_ahead_done;
-      t->disk_waits = step_io_.waits;
-      t->ms_disk_wait = step_io_.ms_wait;
+      const DiskIoCounts& io = disk_steps_->step_io();
+      t->disk_pages_loaded = io.pages_loaded;
+      t->disk_pages_spilled = io.pages_written;
+      t->ms_disk = io.ms;
+      t->disk_bytes_read = io.bytes_read;
+      t->disk_pages_read_ahead = io.pages_read_ahead;
+      t->disk_pages_read_ahead_used = io.pages_read_ahead_done;
+      t->disk_waits = io.waits;
+      t->ms_disk_wait = io.ms_wait;
     }
   }
   if (t && req.capture_kept) {

@@ -122,6 +122,38 @@ TEST(SpillPolicy, BadInputIsRejectedAndChangesNothing) {
 
 // Random operations against a brute-force model: victims = host pages not pinned and last
 // access < current step, sorted by (last access, order of arrival at that recency).
+// Value order with a cycle (a serving loop's layers): a page that left the working set (not
+// used for a whole cycle) goes before a newcomer even when its decayed value is higher; in
+// the same situation without the cycle the newcomer goes (its value is lower).
+TEST(SpillPolicy, PagesUnusedForACycleGoBeforeNewcomers) {
+  for (const int64_t cycle : {0, 4}) {
+    SpillPolicy p(4);
+    p.EnableValueOrder(1000);
+    p.set_cycle_steps(cycle);
+    // Page 0: established, worth 40 rows, last used at step 0.
+    ASSERT_TRUE(p.SetLocation(0, {0, -1}).ok());
+    ASSERT_TRUE(p.Touch(0, 0).ok());
+    p.AddValue(0, 40, 0);
+    // Pages 1, 2: used every step (the working set); page 3 arrives as a newcomer worth 2.
+    for (int64_t step = 1; step <= 6; ++step) {
+      for (int32_t page : {1, 2}) {
+        if (step == 1) {
+          ASSERT_TRUE(p.SetLocation(page, {page, -1}).ok());
+        }
+        ASSERT_TRUE(p.Touch(page, step).ok());
+        p.AddValue(page, 40, step);
+      }
+    }
+    ASSERT_TRUE(p.Touch(3, 6).ok());
+    ASSERT_TRUE(p.SetLocation(3, {3, -1}).ok());
+    p.SetTransient(3, true);
+    p.AddValue(3, 2, 6);
+    const std::vector<int32_t> v = p.PickVictims(1, 7);
+    ASSERT_EQ(v.size(), 1u);
+    EXPECT_EQ(v[0], cycle > 0 ? 0 : 3) << "cycle " << cycle;
+  }
+}
+
 TEST(SpillPolicy, MatchesBruteForceModelUnderRandomOperations) {
   const int32_t kPages = 200;
   std::mt19937 rng(12345);

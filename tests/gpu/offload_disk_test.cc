@@ -217,6 +217,63 @@ TEST(GpuOffloadDisk, KvFourTimesTheHostPoolDecodesLikeAllInHost) {
   ExpectKvIntact(b);
 }
 
+// A serving loop: per step and layer one appended token per sequence (AppendBatch), then the
+// decode, over 24 steps (every sequence starts a new page at its 8th token: 1000 = 62 x 16
+// + 8). The appends take the units the refills set on standby, the blocks being appended
+// to stay resident, finished blocks are written behind (runtime/offload_disk_steps.h):
+// outputs and every K/V row must match the runtime with everything in host memory.
+TEST(GpuOffloadDisk, AppendsBetweenDecodeStepsMatchAllInHost) {
+  TWL_DISK_SKIP_WITHOUT_GPU();
+  TempDir dir("twl-gpu-disk");
+  const RuntimeConfig host = Config(), disk = DiskConfig(dir.path());
+  Model a, b;
+  ASSERT_TRUE(Fill(host, &a).ok());
+  ASSERT_TRUE(Fill(disk, &b).ok());
+  const size_t tok = size_t(disk.num_kv_heads) * disk.head_dim;
+  std::mt19937 rng(41);
+  Outputs oa, ob;
+  int32_t step = 0;
+  for (int32_t batch = 0; batch < kSeqs; batch += kBatch) {
+    const absl::Span<const SeqId> seqs_a(a.ids.data() + batch, kBatch);
+    const absl::Span<const SeqId> seqs_b(b.ids.data() + batch, kBatch);
+    const std::vector<int32_t> ones(kBatch, 1);
+    for (int32_t t = 0; t < 24; ++t) {
+      for (int32_t l = 0; l < kLayers; ++l) {
+        const std::vector<fp16_t> k = RandomHalf(&rng, size_t(kBatch) * tok, 1.0f);
+        const std::vector<fp16_t> v = RandomHalf(&rng, size_t(kBatch) * tok, 1.0f);
+        for (Model* m : {&a, &b}) {
+          const absl::Status st =
+              m->rt->AppendBatch(l, m == &a ? seqs_a : seqs_b, ones, k.data(), v.data(),
+                                 DType::kFp16, MemSpace::kHost, nullptr);
+          ASSERT_TRUE(st.ok()) << st << " step " << t << " layer " << l;
+          for (int32_t i = 0; i < kBatch; ++i) {
+            std::vector<fp16_t>& mk = m->k[size_t(l)][size_t(batch + i)];
+            std::vector<fp16_t>& mv = m->v[size_t(l)][size_t(batch + i)];
+            mk.insert(mk.end(), k.begin() + std::ptrdiff_t(i * tok),
+                      k.begin() + std::ptrdiff_t((i + 1) * tok));
+            mv.insert(mv.end(), v.begin() + std::ptrdiff_t(i * tok),
+                      v.begin() + std::ptrdiff_t((i + 1) * tok));
+          }
+        }
+        const std::vector<fp16_t> q = Queries(step++, disk);
+        for (Model* m : {&a, &b}) {
+          std::vector<fp16_t> out(q.size(), 0);
+          StepTelemetry tel;
+          const absl::Status st = m->rt->Decode(l, m == &a ? seqs_a : seqs_b, q.data(),
+                                                out.data(), MemSpace::kHost, {}, nullptr, &tel);
+          ASSERT_TRUE(st.ok()) << st << " step " << t << " layer " << l;
+          Outputs& o = m == &a ? oa : ob;
+          o.out.push_back(std::move(out));
+          o.pages_loaded += tel.disk_pages_loaded;
+        }
+      }
+    }
+  }
+  ExpectSameOutputs(ob, oa);
+  EXPECT_GT(b.rt->Memory().disk_bytes, 0);
+  ExpectKvIntact(b);
+}
+
 TEST(GpuOffloadDisk, DiskFullDuringAppendLosesNothing) {
   TWL_DISK_SKIP_WITHOUT_GPU();
   ClearFaultsOnExit clear;
