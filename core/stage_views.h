@@ -1,7 +1,7 @@
-// Inputs and outputs of the four stages of one decode step of one layer
-// (select -> prune -> fetch -> attend), as plain views that the CPU reference
-// (gpu/reference/) and the CUDA kernels (gpu/cuda/) share. Every array has a fixed
-// stride so that the GPU path never has to wait for the host to size an output.
+// Inputs and outputs of the four stages of one decode step of one layer (select -> prune ->
+// fetch -> attend), as plain views that the CPU implementations (pipeline/<stage>/cpu/) and the
+// CUDA kernels (pipeline/<stage>/cuda/) share. Every array has a fixed stride so that the GPU
+// path never has to wait for the host to size an output.
 #pragma once
 
 #include <cstdint>

@@ -4,7 +4,7 @@
 // cudaStream_t passed as void* (null: the legacy default stream), and each launcher only
 // enqueues work: it never synchronizes, so a decode step never waits for the host.
 //
-// Outputs are exactly those of the CPU reference (gpu/reference/): same views, same fixed
+// Outputs are exactly those of the CPU stages (pipeline/<stage>/cpu/): same views, same fixed
 // strides, same algorithms; float sums run in a different order, so scores can differ in the
 // last bits and top-p / top-B0 sets can differ at near ties (see tests/gpu/).
 //
@@ -147,7 +147,7 @@ size_t PruneWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_
 // stored as FP16; per query head the smallest level set of estimated softmax weights with
 // mass >= p, found by a two-level histogram (1/8 then 1/2048 logit bins, integer mass
 // sums: deterministic and independent of batch-mates; the rule is TopPBinnedRef,
-// gpu/reference/top_p_bins_ref.h, equal to PruneRef's bisection up to the threshold's
+// reference/top_p_bins.h, equal to PruneRef's bisection up to the threshold's
 // 1/2048-logit sub-bin and FP16 rounding of the scores); union over the GQA group ->
 // ascending kept tokens + counts, and per-head telemetry (stats pointers nullable).
 // max_select * page_size <= 2^23. params.stop_gap / max_iterations (bisection) are unused.

@@ -26,9 +26,9 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "core/validate.h"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
-#include "gpu/reference/validate.h"
 #include "gpu/cuda/cuda_status.cuh"
 #include "runtime/backend.h"
 #include "runtime/dtype_convert.h"

@@ -6,9 +6,10 @@
 #include <random>
 #include <utility>
 
+#include "core/quantize.h"
 #include "gpu/kernels.h"
-#include "gpu/reference/quantize_ref.h"
 #include "gpu_test_util.h"
+#include "runtime/cpu/append_cpu.h"
 
 namespace twl {
 namespace {

@@ -25,8 +25,8 @@
 #include <string>
 
 #include "gpu/kernels.h"
-#include "gpu/reference/select_ref.h"
 #include "gpu_test_util.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
 
 namespace twl {
 namespace {

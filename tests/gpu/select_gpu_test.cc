@@ -6,10 +6,10 @@
 #include <random>
 #include <set>
 
+#include "core/head_math.h"
 #include "gpu/kernels.h"
-#include "gpu/reference/head_math.h"
-#include "gpu/reference/select_ref.h"
 #include "gpu_test_util.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
 
 namespace twl {
 namespace {

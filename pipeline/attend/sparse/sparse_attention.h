@@ -3,7 +3,7 @@
 // rows come through FpKvView: identity addressed (HBM pool, mapped host pool) or redirected
 // by slot_of_block (the offload store's GPU hot cache) — where they live is the fetch
 // stage's business. Device methods enqueue gpu/kernels.h; host methods run
-// gpu/reference/attend_ref. Stateless.
+// pipeline/attend/sparse/cpu/sparse_attend_cpu. Stateless.
 #pragma once
 
 #include <cstddef>

@@ -2,7 +2,8 @@
 // estimation store (INT4 K), softmax, and keeps per query head the smallest set reaching
 // mass p; the KV head keeps the union of its query heads' sets (KeptView), with per-head
 // telemetry (HeadStatsView). Device methods enqueue gpu/kernels.h LaunchPrune; host methods
-// run gpu/reference/prune_ref. Stateless: one instance serves every executor.
+// run pipeline/prune/twilight/cpu/twilight_prune_cpu. Stateless: one instance serves every
+// executor.
 #pragma once
 
 #include <cstddef>

@@ -5,9 +5,9 @@
 #include <atomic>
 
 #include "pipeline/select/quest/cuda/select.cuh"
+#include "core/validate.h"
 #include "gpu/device.h"
 #include "gpu/kernels.h"
-#include "gpu/reference/validate.h"
 
 namespace twl {
 

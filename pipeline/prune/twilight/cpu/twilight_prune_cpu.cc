@@ -1,15 +1,15 @@
-// CPU reference of the Twilight pruner (see prune_ref.h).
-#include "gpu/reference/prune_ref.h"
+// The Twilight pruner on the host (see twilight_prune_cpu.h).
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "absl/strings/str_format.h"
-#include "gpu/reference/estimate_ref.h"
-#include "gpu/reference/head_math.h"
-#include "gpu/reference/validate.h"
+#include "core/head_math.h"
+#include "core/validate.h"
 #include "oneapi/tbb/parallel_for.h"
+#include "pipeline/prune/twilight/cpu/estimate_cpu.h"
 
 namespace twl {
 

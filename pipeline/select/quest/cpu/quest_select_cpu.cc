@@ -1,5 +1,5 @@
-// CPU reference of the Quest selector (see select_ref.h).
-#include "gpu/reference/select_ref.h"
+// The Quest selector on the host (see quest_select_cpu.h).
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
 
 #include <algorithm>
 #include <limits>
@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "gpu/reference/head_math.h"
-#include "gpu/reference/validate.h"
+#include "core/head_math.h"
+#include "core/validate.h"
 #include "oneapi/tbb/parallel_for.h"
 
 namespace twl {

@@ -1,4 +1,4 @@
-// Shape and argument checks shared by every stage (CPU reference and kernel launchers):
+// Shape and argument checks shared by every stage (CPU implementations and kernel launchers):
 // each returns InvalidArgument with a message naming the offending field.
 #pragma once
 

@@ -1,5 +1,5 @@
-// Argument checks shared by the CPU reference stages and the kernel launchers.
-#include "gpu/reference/validate.h"
+// Argument checks shared by the CPU stages and the kernel launchers.
+#include "core/validate.h"
 
 #include <cmath>
 #include <limits>

@@ -1,5 +1,5 @@
-// Oracle top-p and true kept mass on exact FP16 scores (see oracle_ref.h).
-#include "gpu/reference/oracle_ref.h"
+// Oracle top-p and true kept mass on exact FP16 scores (see oracle_top_p.h).
+#include "reference/oracle_top_p.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,8 +7,8 @@
 #include <numeric>
 #include <vector>
 
-#include "gpu/reference/head_math.h"
-#include "gpu/reference/validate.h"
+#include "core/head_math.h"
+#include "core/validate.h"
 #include "oneapi/tbb/parallel_for.h"
 
 namespace twl {

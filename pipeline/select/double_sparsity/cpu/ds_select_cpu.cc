@@ -1,15 +1,15 @@
-// CPU reference of the Double Sparsity selector (see ds_selector.h).
+// The Double Sparsity selector on the host (see ds_selector.h).
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
 #include "absl/strings/str_format.h"
-#include "gpu/reference/head_math.h"
-#include "gpu/reference/quantize_ref.h"
-#include "gpu/reference/select_ref.h"
-#include "gpu/reference/validate.h"
+#include "core/head_math.h"
+#include "core/quantize.h"
+#include "core/validate.h"
 #include "oneapi/tbb/parallel_for.h"
 #include "pipeline/select/double_sparsity/ds_selector.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
 
 namespace twl {
 
