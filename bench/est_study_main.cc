@@ -135,7 +135,8 @@ void Estimate(int sc, const std::vector<float>& kf, int32_t len, int32_t d, int3
   }
 }
 
-// Own top-p set over weights exp(x - max x): the tokens, sorted by x (exact, like oracle_ref).
+// Own top-p set over weights exp(x - max x): the tokens, sorted by x (exact, like
+// reference/oracle_top_p).
 std::vector<uint8_t> TopP(const std::vector<float>& x, float p, float* log_threshold) {
   const size_t n = x.size();
   std::vector<int32_t> order(n);
