@@ -31,11 +31,14 @@
 
 #include "absl/flags/flag.h"
 #include "gpu/device.h"
-#include "gpu/kernels.h"
 #include "gpu/synth.h"
 #include "lib/png_plot.h"
 #include "lib/table.h"
 #include "lib/tool_flags.h"
+#include "pipeline/attend/sparse/cuda/attend_launch.h"
+#include "pipeline/prune/twilight/cuda/prune_launch.h"
+#include "pipeline/select/quest/cuda/select_launch.h"
+#include "runtime/cuda/append_launch.h"
 
 #if TWL_HAVE_CUDA
 #include <cuda_runtime.h>

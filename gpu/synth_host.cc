@@ -30,4 +30,23 @@ void SynthQueriesHost(const SynthSpec& spec, const int32_t* seq_ids, int32_t num
   }
 }
 
+#if !TWL_HAVE_CUDA
+namespace {
+absl::Status NoCuda() { return absl::UnavailableError("GPU kernels: built without CUDA"); }
+}  // namespace
+
+absl::Status LaunchSynthKv(const SynthSpec&, int32_t, int32_t, int32_t, int32_t, fp16_t*,
+                           fp16_t*, void*) {
+  return NoCuda();
+}
+absl::Status LaunchSynthQueries(const SynthSpec&, int32_t, int32_t, fp16_t*, void*) {
+  return NoCuda();
+}
+absl::Status LaunchSynthQueriesFor(const SynthSpec&, const int32_t*, int32_t, int32_t, int32_t,
+                                   fp16_t*, void*) {
+  return NoCuda();
+}
+absl::Status LaunchBusyWait(double, int32_t, int32_t, int32_t, void*) { return NoCuda(); }
+#endif  // !TWL_HAVE_CUDA
+
 }  // namespace twl

@@ -8,8 +8,8 @@
 // A dense step (pruner.dense with the full selector) runs the dense attention directly: the
 // kept sets would be every token, so the outputs are the same.
 //
-// Append: one call writes a whole batch of sequences with one kernel (gpu/kernels.h
-// LaunchAppendSegments: FP16 rows, INT4 K and page bounds in one pass), enqueued on the
+// Append: one call writes a whole batch of sequences with one kernel (runtime/cuda/
+// append_launch.h LaunchAppendSegments: FP16 rows, INT4 K and page bounds in one pass), enqueued on the
 // caller's stream (or the backend's own) without waiting for the device; device input is
 // read when the stream gets there.
 // Ordering: appends are chained (each waits for the previous one) and wait for the last
@@ -28,9 +28,9 @@
 #include "absl/strings/str_format.h"
 #include "core/validate.h"
 #include "gpu/device.h"
-#include "gpu/kernels.h"
 #include "gpu/cuda/cuda_status.cuh"
 #include "runtime/backend.h"
+#include "runtime/cuda/append_launch.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/dtype_convert_device.h"
 #include "runtime/gpu_bound_tables.cuh"

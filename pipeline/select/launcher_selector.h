@@ -1,6 +1,6 @@
-// Shared body of the selectors whose kernels and CPU implementation are gpu/kernels.h
-// LaunchSelectPages and pipeline/select/quest/cpu/quest_select_cpu.h SelectPagesRef (Quest
-// and Full: those test params.kind themselves). A selector with kernels of its own derives
+// Shared body of the selectors whose kernels and CPU implementation are
+// quest/cuda/select_launch.h LaunchSelectPages and quest/cpu/quest_select_cpu.h
+// SelectPagesRef (Quest and Full: those test params.kind themselves). A selector with kernels of its own derives
 // from Selector.
 #pragma once
 

@@ -19,8 +19,8 @@
 
 namespace twl {
 
-struct AppendPagePlan;  // gpu/kernels.h
-struct AppendSegment;   // gpu/kernels.h
+struct AppendPagePlan;  // core/stage_views.h
+struct AppendSegment;   // core/stage_views.h
 
 class Selector {
  public:

@@ -7,9 +7,9 @@
 #include <utility>
 
 #include "core/quantize.h"
-#include "gpu/kernels.h"
 #include "gpu_test_util.h"
 #include "runtime/cpu/append_cpu.h"
+#include "runtime/cuda/append_launch.h"
 
 namespace twl {
 namespace {

@@ -21,9 +21,9 @@
 #include <set>
 
 #include "core/head_math.h"
-#include "gpu/kernels.h"
 #include "gpu_test_util.h"
 #include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
+#include "pipeline/prune/twilight/cuda/prune_launch.h"
 #include "pipeline/select/quest/cpu/quest_select_cpu.h"
 #include "support/prune_check.h"
 

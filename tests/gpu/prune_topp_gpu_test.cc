@@ -19,8 +19,8 @@
 #include <set>
 
 #include "core/half.h"
-#include "gpu/kernels.h"
 #include "gpu_test_util.h"
+#include "pipeline/prune/twilight/cuda/prune_launch.h"
 #include "pipeline/select/quest/cpu/quest_select_cpu.h"
 #include "reference/top_p_bins.h"
 

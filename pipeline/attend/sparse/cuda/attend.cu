@@ -8,7 +8,7 @@
 #include "pipeline/attend/sparse/cuda/attend.cuh"
 #include "core/validate.h"
 #include "gpu/device.h"
-#include "gpu/kernels.h"
+#include "pipeline/attend/sparse/cuda/attend_launch.h"
 
 namespace twl {
 

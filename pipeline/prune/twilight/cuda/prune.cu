@@ -8,7 +8,7 @@
 #include "pipeline/prune/twilight/cuda/prune_grow.cuh"
 #include "pipeline/prune/twilight/cuda/prune_hist.cuh"
 #include "gpu/device.h"
-#include "gpu/kernels.h"
+#include "pipeline/prune/twilight/cuda/prune_launch.h"
 
 namespace twl {
 

@@ -7,7 +7,7 @@
 #include "pipeline/select/quest/cuda/select.cuh"
 #include "core/validate.h"
 #include "gpu/device.h"
-#include "gpu/kernels.h"
+#include "pipeline/select/quest/cuda/select_launch.h"
 
 namespace twl {
 
