@@ -51,4 +51,9 @@ constexpr int32_t kGpuMaxGroup = 16;  // query heads per KV head
 // decodes through the dense path and LaunchPrune returns Unimplemented.
 constexpr int32_t kGpuPruneMaxGroup = 16;
 
+// What every launcher answers in a library built without CUDA (the stages' cuda/*_stub.cc).
+inline absl::Status NoCudaKernels() {
+  return absl::UnavailableError("GPU kernels: built without CUDA");
+}
+
 }  // namespace twl

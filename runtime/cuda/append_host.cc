@@ -48,22 +48,18 @@ bool PlanAppendSegments(const int32_t* h_page_id, const int32_t* h_slot, int32_t
 }
 
 #if !TWL_HAVE_CUDA
-namespace {
-absl::Status NoCuda() { return absl::UnavailableError("GPU kernels: built without CUDA"); }
-}  // namespace
-
 absl::Status LaunchAppend(const PageGeometry&, const AppendView&, KvInputType,
                           const AppendPagePlan&, const FpKvView&, const QuantKView&, void*) {
-  return NoCuda();
+  return NoCudaKernels();
 }
 absl::Status LaunchAppendSegments(const PageGeometry&, const AppendSegment*, int32_t,
                                   const void*, const void*, KvInputType, const FpKvView&,
                                   fp16_t*, const QuantKView&, void*) {
-  return NoCuda();
+  return NoCudaKernels();
 }
 absl::Status LaunchRecomputeMinMax(const PageGeometry&, const AppendPagePlan&, const FpKvView&,
                                    const QuantKView&, void*) {
-  return NoCuda();
+  return NoCudaKernels();
 }
 #endif  // !TWL_HAVE_CUDA
 

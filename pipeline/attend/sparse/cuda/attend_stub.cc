@@ -4,20 +4,16 @@
 namespace twl {
 
 #if !TWL_HAVE_CUDA
-namespace {
-absl::Status NoCuda() { return absl::UnavailableError("GPU kernels: built without CUDA"); }
-}  // namespace
-
 size_t AttentionWorkspaceBytes(const PageGeometry&, int32_t, int32_t) { return 0; }
 absl::Status LaunchSparseAttention(const PageGeometry&, const BatchView&, const QueryView&,
                                    const FpKvView&, const KeptView&, const OutputView&, float,
                                    void*, size_t, void*) {
-  return NoCuda();
+  return NoCudaKernels();
 }
 absl::Status LaunchDenseAttention(const PageGeometry&, const BatchView&, const QueryView&,
                                   const FpKvView&, const OutputView&, float, void*, size_t,
                                   void*) {
-  return NoCuda();
+  return NoCudaKernels();
 }
 #endif  // !TWL_HAVE_CUDA
 

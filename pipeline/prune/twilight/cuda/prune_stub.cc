@@ -4,22 +4,18 @@
 namespace twl {
 
 #if !TWL_HAVE_CUDA
-namespace {
-absl::Status NoCuda() { return absl::UnavailableError("GPU kernels: built without CUDA"); }
-}  // namespace
-
 size_t PruneWorkspaceBytes(const PageGeometry&, int32_t, int32_t, int32_t) { return 0; }
 absl::Status LaunchPrune(const PageGeometry&, const PrunerParams&, const BatchView&,
                          const QueryView&, const QuantKView&, const FpKvView&,
                          const SelectionView&, const KeptView&, const HeadStatsView&, void*,
                          size_t, void*) {
-  return NoCuda();
+  return NoCudaKernels();
 }
 absl::Status ProfilePrune(const PageGeometry&, const PrunerParams&, const BatchView&,
                           const QueryView&, const QuantKView&, const FpKvView&,
                           const SelectionView&, const KeptView&, const HeadStatsView&, void*,
                           size_t, void*, PruneProfile*) {
-  return NoCuda();
+  return NoCudaKernels();
 }
 #endif  // !TWL_HAVE_CUDA
 

@@ -5,22 +5,18 @@
 namespace twl {
 
 #if !TWL_HAVE_CUDA
-namespace {
-absl::Status NoCuda() { return absl::UnavailableError("GPU kernels: built without CUDA"); }
-}  // namespace
-
 size_t SelectWorkspaceBytes(const PageGeometry&, const SelectorParams&, int32_t, int32_t) {
   return 0;
 }
 absl::Status LaunchSelectPages(const PageGeometry&, const SelectorParams&, const BatchView&,
                                const QueryView&, const QuantKView&, const SelectionView&, void*,
                                size_t, void*, float) {
-  return NoCuda();
+  return NoCudaKernels();
 }
 absl::Status ProfileSelect(const PageGeometry&, const SelectorParams&, const BatchView&,
                            const QueryView&, const QuantKView&, const SelectionView&, void*,
                            size_t, void*, SelectProfile*, float) {
-  return NoCuda();
+  return NoCudaKernels();
 }
 #endif  // !TWL_HAVE_CUDA
 
