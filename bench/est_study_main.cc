@@ -3,7 +3,7 @@
 //
 // For synthetic layers (bench/lib/synthetic_attention.h: the accuracy harness's mixed heads,
 // the offload benchmark's peaked heads, or the flat ones) every decode query is scored exactly
-// (FP32 over FP16 K, as oracle_ref.cc) and with each estimate; top-p over the estimated weights
+// (FP32 over FP16 K, as oracle_top_p.cc) and with each estimate; top-p over the estimated weights
 // (sorted, exact: the pruner's bisection is left out so that only the estimate is measured)
 // gives each query head's own set. Per scheme it reports the share of heads whose own set holds
 // true mass >= p - 0.02, the min and median true mass, the own-set size over the oracle's, the
@@ -11,10 +11,10 @@
 // bytes per token.
 //
 // Schemes (all 4-bit unless named):
-//   tok4      per-token asymmetric scale/zero over head_dim (quantize_ref.cc's per-token mode)
+//   tok4      per-token asymmetric scale/zero over head_dim (quantize.cc's per-token mode)
 //   tok8      the same at 8 bits
 //   page4     per-channel over the page's rows, range = the Quest kmin/kmax of the block
-//             (quantize_ref.cc's per-page-channel mode: no per-token scale or zero)
+//             (quantize.cc's per-page-channel mode: no per-token scale or zero)
 // Keep rules on top of a scheme:
 //   (plain)   top-p over exp(estimate)
 //   +defl     top-p over exp(estimate - sigma^2 / 2), sigma = the token's score-noise std
@@ -32,7 +32,7 @@
 #include "absl/flags/flag.h"
 #include "core/half.h"
 #include "core/page_layout.h"
-#include "gpu/reference/quantize_ref.h"
+#include "core/quantize.h"
 #include "lib/llama2_model.h"
 #include "lib/synthetic_attention.h"
 #include "lib/tool_flags.h"
@@ -135,7 +135,8 @@ void Estimate(int sc, const std::vector<float>& kf, int32_t len, int32_t d, int3
   }
 }
 
-// Own top-p set over weights exp(x - max x): the tokens, sorted by x (exact, like oracle_ref).
+// Own top-p set over weights exp(x - max x): the tokens, sorted by x (exact, like
+// reference/oracle_top_p).
 std::vector<uint8_t> TopP(const std::vector<float>& x, float p, float* log_threshold) {
   const size_t n = x.size();
   std::vector<int32_t> order(n);

@@ -10,6 +10,10 @@
 // Workload: 32 query / 8 KV heads, head dim 128, page 16, INT4 K, synthetic K/V with planted
 // peaked and flat heads (gpu/synth.h: KV heads 0-5 peaked, 6-7 flat), batch 1/8/16,
 // context 32k/128k/512k (a batch that does not fit in memory is skipped and said so).
+// The step (select -> prune -> attend) is the library's: the CUDA executor
+// (pipeline/cuda/cuda_executor.cuh) over this store with every block resident, as the HBM
+// store runs it; select_ms / prune_ms / attend_ms time each stage object alone on the same
+// scratch, and the profile columns the stage launchers' phases.
 // Every time is the median over --reps runs timed by CUDA events, L2 flushed before each;
 // "graph" times replay the whole step captured in a CUDA graph (no launch gaps).
 // Prints a table; writes kernels.csv and kernels.png (latency vs context) into --out.
@@ -27,14 +31,23 @@
 
 #include "absl/flags/flag.h"
 #include "gpu/device.h"
-#include "gpu/kernels.h"
 #include "gpu/synth.h"
 #include "lib/png_plot.h"
 #include "lib/table.h"
 #include "lib/tool_flags.h"
+#include "pipeline/attend/sparse/cuda/attend_launch.h"
+#include "pipeline/prune/twilight/cuda/prune_launch.h"
+#include "pipeline/select/quest/cuda/select_launch.h"
+#include "runtime/cuda/append_launch.h"
 
 #if TWL_HAVE_CUDA
 #include <cuda_runtime.h>
+
+#include "pipeline/attend/sparse/sparse_attention.h"
+#include "pipeline/cuda/cuda_executor.cuh"
+#include "pipeline/cuda/step_scratch.cuh"
+#include "pipeline/prune/twilight/twilight_pruner.h"
+#include "pipeline/select/selector.h"
 #endif
 
 ABSL_FLAG(std::vector<std::string>, batches, std::vector<std::string>({"1", "8", "16"}),
@@ -310,54 +323,28 @@ Store MakeStore(const PageGeometry& g, int32_t seqs, int32_t ctx, cudaStream_t s
   return st;
 }
 
-// Scratch of one Twilight/Quest step for `b` sequences.
+// One Twilight/Quest step for `b` sequences: its stages and the scratch the CUDA executor
+// runs them in (shaped and grown by the executor, as the HBM store's).
 struct Step {
   SelectorParams sel;
   PrunerParams pr;
-  int32_t max_select = 0;
-  int32_t *sel_pages = nullptr, *sel_count = nullptr, *kept_tok = nullptr, *kept_cnt = nullptr;
-  int32_t *st_sel = nullptr, *st_kept = nullptr;
-  float* st_mass = nullptr;
-  float *st_full = nullptr, *sel_bound = nullptr;  // growing Quest
-  int32_t *st_cap = nullptr, *sel_limit = nullptr;
-  void *ws_sel = nullptr, *ws_pr = nullptr, *ws_at = nullptr;
-  size_t ws_sel_b = 0, ws_pr_b = 0, ws_at_b = 0;
+  const Selector* selector = nullptr;
+  pipeline_cuda::StepScratch scratch{0};
+  const pipeline_cuda::CudaExecutor executor{};
+  const TwilightPruner pruner{};
+  const SparseAttention attention{};
 
   Step(const PageGeometry& g, const SelectorParams& sp, int32_t b, int32_t max_pages) : sel(sp) {
-    max_select = SelectStride(sp, max_pages);
-    const size_t pairs = size_t(b) * kKvHeads, heads = size_t(b) * kQHeads;
-    sel_pages = DevAlloc<int32_t>(pairs * max_select);
-    sel_count = DevAlloc<int32_t>(pairs);
-    kept_tok = DevAlloc<int32_t>(pairs * max_select * kPage);
-    kept_cnt = DevAlloc<int32_t>(pairs);
-    st_sel = DevAlloc<int32_t>(heads);
-    st_kept = DevAlloc<int32_t>(heads);
-    st_mass = DevAlloc<float>(heads);
-    st_full = DevAlloc<float>(heads);
-    st_cap = DevAlloc<int32_t>(heads);
-    if (sp.grow) {
-      sel_bound = DevAlloc<float>(heads * max_select);
-      sel_limit = DevAlloc<int32_t>(pairs);
-    }
-    ws_sel_b = SelectWorkspaceBytes(g, sp, b, max_pages);
-    ws_pr_b = PruneWorkspaceBytes(g, b, kQHeads, max_select);
-    ws_at_b = AttentionWorkspaceBytes(g, b, kQHeads);
-    ws_sel = DevAlloc<char>(ws_sel_b);
-    ws_pr = DevAlloc<char>(ws_pr_b);
-    ws_at = DevAlloc<char>(ws_at_b);
+    absl::StatusOr<const Selector*> found = FindSelector(sp.kind);
+    OK(found.status());
+    selector = *found;
+    OK(executor.PrepareScratch(scratch, g, *selector, sp, b, kQHeads, max_pages,
+                               /*select_prune=*/true, "twl_kernels")
+           .status());
   }
-  ~Step() {
-    for (void* p : std::initializer_list<void*>{sel_pages, sel_count, kept_tok, kept_cnt, st_sel,
-                                                st_kept, st_mass, ws_sel, ws_pr, ws_at, st_full,
-                                                st_cap, sel_bound, sel_limit}) {
-      cudaFree(p);
-    }
-  }
-  SelectionView Sel() const {
-    return SelectionView{sel_pages, sel_count, max_select, sel_bound, sel_limit};
-  }
-  KeptView Kept() const { return KeptView{kept_tok, kept_cnt, max_select * kPage}; }
-  HeadStatsView Stats() const { return HeadStatsView{st_sel, st_kept, st_mass, st_full, st_cap}; }
+  SelectionView Sel() const { return scratch.Selection(0); }
+  KeptView Kept() const { return scratch.Kept(0); }
+  HeadStatsView Stats() const { return scratch.Stats(0); }
 };
 
 struct StepResult {
@@ -387,29 +374,40 @@ StepResult RunStep(const Store& st, int32_t b, Step& step, Timer& timer, cudaStr
   const PageGeometry& g = st.g;
   const BatchView batch = st.Batch(b);
   const QueryView q{st.q};
+  const pipeline_cuda::StepScratch& sc = step.scratch;
+  // The whole step: the CUDA executor over the store, every block resident (as the HBM
+  // store runs it).
+  pipeline_cuda::CudaStep cs;
+  cs.g = g;
+  cs.selector = step.selector;
+  cs.selector_params = step.sel;
+  cs.pruner = step.pr;
+  cs.batch = batch;
+  cs.q = st.q;
+  cs.out = st.out;
+  cs.qk = st.Quant();
+  cs.prune_kv = st.Kv();
+  cs.compute = s;
+  auto run = [&] { OK(step.executor.RunResident(cs, sc, st.Kv())); };
+  // Each stage alone, through the same stage objects and scratch.
   auto select = [&] {
-    OK(LaunchSelectPages(g, step.sel, batch, q, st.Quant(), step.Sel(), step.ws_sel,
-                         step.ws_sel_b, s));
+    OK(step.selector->SelectOnDevice(g, step.sel, batch, q, st.Quant(), step.Sel(),
+                                     sc.select_workspace(), sc.select_workspace_bytes(), s,
+                                     step.pr.softmax_scale));
   };
   auto prune = [&] {
-    OK(LaunchPrune(g, step.pr, batch, q, st.Quant(), st.Kv(), step.Sel(), step.Kept(),
-                   step.Stats(), step.ws_pr, step.ws_pr_b, s));
+    OK(step.pruner.PruneOnDevice(g, step.pr, batch, q, st.Quant(), st.Kv(), step.Sel(),
+                                 step.Kept(), step.Stats(), sc.prune_workspace(),
+                                 sc.prune_workspace_bytes(), s));
   };
   auto attend = [&] {
-    OK(LaunchSparseAttention(g, batch, q, st.Kv(), step.Kept(), OutputView{st.out}, 0.0f,
-                             step.ws_at, step.ws_at_b, s));
+    OK(step.attention.AttendOnDevice(g, batch, q, st.Kv(), step.Kept(), OutputView{st.out},
+                                     step.pr.softmax_scale, sc.attend_workspace(),
+                                     sc.attend_workspace_bytes(), s));
   };
   StepResult r;
-  r.graph_ms = timer.GraphMs([&] {
-    select();
-    prune();
-    attend();
-  });
-  r.stream_ms = timer.Ms([&] {
-    select();
-    prune();
-    attend();
-  });
+  r.graph_ms = timer.GraphMs(run);
+  r.stream_ms = timer.Ms(run);
   r.sel_ms = timer.Ms(select);
   r.prune_ms = timer.Ms(prune);
   r.attend_ms = timer.Ms(attend);
@@ -419,10 +417,10 @@ StepResult RunStep(const Store& st, int32_t b, Step& step, Timer& timer, cudaStr
   const size_t pairs = size_t(b) * kKvHeads, heads = size_t(b) * kQHeads;
   std::vector<int32_t> kc(pairs), sel(heads), scount(pairs);
   std::vector<float> mass(heads);
-  CK(cudaMemcpy(kc.data(), step.kept_cnt, pairs * 4, cudaMemcpyDeviceToHost));
-  CK(cudaMemcpy(scount.data(), step.sel_count, pairs * 4, cudaMemcpyDeviceToHost));
-  CK(cudaMemcpy(sel.data(), step.st_sel, heads * 4, cudaMemcpyDeviceToHost));
-  CK(cudaMemcpy(mass.data(), step.st_mass, heads * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(kc.data(), step.Kept().count, pairs * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(scount.data(), step.Sel().count, pairs * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(sel.data(), step.Stats().selected, heads * 4, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(mass.data(), step.Stats().est_mass, heads * 4, cudaMemcpyDeviceToHost));
   double kp = 0, kf = 0, np = 0, nf = 0;
   for (size_t i = 0; i < pairs; ++i) {
     if ((kFlatMask >> (i % kKvHeads)) & 1u) {
@@ -442,8 +440,8 @@ StepResult RunStep(const Store& st, int32_t b, Step& step, Timer& timer, cudaStr
     for (int i = 0; i < 7; ++i) {
       timer.Flush();
       SelectProfile p;
-      OK(ProfileSelect(g, step.sel, batch, q, st.Quant(), step.Sel(), step.ws_sel, step.ws_sel_b,
-                       s, &p));
+      OK(ProfileSelect(g, step.sel, batch, q, st.Quant(), step.Sel(), sc.select_workspace(),
+                       sc.select_workspace_bytes(), s, &p));
       bounds.push_back(p.ms_bounds);
       top.push_back(p.ms_top);
     }
@@ -460,7 +458,7 @@ StepResult RunStep(const Store& st, int32_t b, Step& step, Timer& timer, cudaStr
       timer.Flush();
       PruneProfile p;
       OK(ProfilePrune(g, step.pr, batch, q, st.Quant(), st.Kv(), step.Sel(), step.Kept(),
-                      step.Stats(), step.ws_pr, step.ws_pr_b, s, &p));
+                      step.Stats(), sc.prune_workspace(), sc.prune_workspace_bytes(), s, &p));
       score.push_back(p.ms_score);
       topp.push_back(p.ms_topp);
       compact.push_back(p.ms_compact);
@@ -476,7 +474,7 @@ StepResult RunStep(const Store& st, int32_t b, Step& step, Timer& timer, cudaStr
     // The whole pruner (every kernel of LaunchPrune) over the same bytes.
     r.prune_int4_gbs = bytes / (r.prune_ms * 1e-3) / 1e9;
     std::vector<float> full(heads);
-    CK(cudaMemcpy(full.data(), step.st_full, heads * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(full.data(), step.Stats().full_mass, heads * 4, cudaMemcpyDeviceToHost));
     r.min_full_mass = *std::min_element(full.begin(), full.end());
   }
   return r;

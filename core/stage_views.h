@@ -1,7 +1,7 @@
-// Inputs and outputs of the four stages of one decode step of one layer
-// (select -> prune -> fetch -> attend), as plain views that the CPU reference
-// (gpu/reference/) and the CUDA kernels (gpu/cuda/) share. Every array has a fixed
-// stride so that the GPU path never has to wait for the host to size an output.
+// Inputs and outputs of the four stages of one decode step of one layer (select -> prune ->
+// fetch -> attend), as plain views that the CPU implementations (pipeline/<stage>/cpu/) and the
+// CUDA kernels (pipeline/<stage>/cuda/) share. Every array has a fixed stride so that the GPU
+// path never has to wait for the host to size an output.
 #pragma once
 
 #include <cstdint>
@@ -126,6 +126,33 @@ struct AppendView {
   const fp16_t* v = nullptr;        // [num_tokens][num_kv_heads][head_dim]
   const int32_t* page_id = nullptr; // [num_tokens]
   const int32_t* slot = nullptr;    // [num_tokens]
+};
+
+// Element type of the K/V rows handed to LaunchAppend (runtime/cuda/append_launch.h;
+// AppendView.k/v are reinterpreted).
+enum class KvInputType : int32_t { kFp16 = 0, kBf16 = 1, kFp32 = 2 };
+
+// Pages touched by an append and their filled rows afterwards, so that the Quest min/max
+// is recomputed over exactly the rows AppendRef uses. Built on the host (which knows the
+// page ids and slots) by PlanAppendPages and copied to the device.
+struct AppendPagePlan {
+  const int32_t* d_page = nullptr;  // [num_pages] distinct page ids
+  const int32_t* d_rows = nullptr;  // [num_pages] rows filled after the call (max slot + 1)
+  int32_t num_pages = 0;
+};
+
+// Bulk append (one launch for a whole batch of sequences). A segment is a run of rows of one
+// page written by one append: rows [row_begin, row_end) of every KV head's block of `page`
+// come from input tokens src_token, src_token + 1, ... . stage >= 0 sends the segment's FP16
+// rows to page `stage` of a device staging buffer laid out like the block store (a page's
+// num_kv_heads blocks back to back, so whole pages can then be copied to the store in large
+// contiguous transfers) instead of the block store itself.
+struct AppendSegment {
+  int32_t page = 0;
+  int32_t row_begin = 0;
+  int32_t row_end = 0;
+  int32_t src_token = 0;
+  int32_t stage = -1;
 };
 
 TWL_HD int32_t SelectStride(const SelectorParams& s, int32_t max_pages) {

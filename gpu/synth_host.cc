@@ -1,5 +1,6 @@
 // Host generator of the synthetic workloads (gpu/synth.h): the GPU generator's formulas
 // (gpu/synth_math.h) in plain loops, for CPU runs of the benchmarks and for tests.
+#include "gpu/kernels.h"
 #include "gpu/synth.h"
 #include "gpu/synth_math.h"
 
@@ -29,5 +30,20 @@ void SynthQueriesHost(const SynthSpec& spec, const int32_t* seq_ids, int32_t num
     }
   }
 }
+
+#if !TWL_HAVE_CUDA
+absl::Status LaunchSynthKv(const SynthSpec&, int32_t, int32_t, int32_t, int32_t, fp16_t*,
+                           fp16_t*, void*) {
+  return NoCudaKernels();
+}
+absl::Status LaunchSynthQueries(const SynthSpec&, int32_t, int32_t, fp16_t*, void*) {
+  return NoCudaKernels();
+}
+absl::Status LaunchSynthQueriesFor(const SynthSpec&, const int32_t*, int32_t, int32_t, int32_t,
+                                   fp16_t*, void*) {
+  return NoCudaKernels();
+}
+absl::Status LaunchBusyWait(double, int32_t, int32_t, int32_t, void*) { return NoCudaKernels(); }
+#endif  // !TWL_HAVE_CUDA
 
 }  // namespace twl

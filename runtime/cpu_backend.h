@@ -1,6 +1,6 @@
-// The CPU backend: the whole decode pipeline on the host with the reference stages
-// (gpu/reference/), parallel with oneTBB. Always available; the Runtime falls back to it on
-// a machine without a GPU, and the GPU backends are tested against it.
+// The CPU backend: the whole decode pipeline on the host with the stages' CPU implementations
+// (pipeline/<stage>/cpu/), parallel with oneTBB. Always available; the Runtime falls back to it
+// on a machine without a GPU, and the GPU backends are tested against it.
 //
 // Storage (all host memory, sized for `num_pages` pages at creation):
 //   FP16 blocks    one HostArena of num_pages * num_kv_heads blocks, block id addressing

@@ -5,7 +5,6 @@
 #include <cstdint>
 
 #include "core/half.h"
-#include "gpu/kernels.h"
 #include "runtime/runtime.h"
 
 namespace twl {

@@ -8,8 +8,8 @@
 // A dense step (pruner.dense with the full selector) runs the dense attention directly: the
 // kept sets would be every token, so the outputs are the same.
 //
-// Append: one call writes a whole batch of sequences with one kernel (gpu/kernels.h
-// LaunchAppendSegments: FP16 rows, INT4 K and page bounds in one pass), enqueued on the
+// Append: one call writes a whole batch of sequences with one kernel (runtime/cuda/
+// append_launch.h LaunchAppendSegments: FP16 rows, INT4 K and page bounds in one pass), enqueued on the
 // caller's stream (or the backend's own) without waiting for the device; device input is
 // read when the stream gets there.
 // Ordering: appends are chained (each waits for the previous one) and wait for the last
@@ -26,11 +26,11 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "core/validate.h"
 #include "gpu/device.h"
-#include "gpu/kernels.h"
-#include "gpu/reference/validate.h"
 #include "gpu/cuda/cuda_status.cuh"
 #include "runtime/backend.h"
+#include "runtime/cuda/append_launch.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/dtype_convert_device.h"
 #include "runtime/gpu_bound_tables.cuh"
@@ -41,9 +41,7 @@
 #include "pipeline/cuda/cuda_executor.cuh"
 #include "pipeline/cuda/scratch.cuh"
 #include "pipeline/cuda/step_events.cuh"
-#include "pipeline/fetch/identity/identity_fetch.cuh"
 #include "pipeline/cuda/step_scratch.cuh"
-#include "pipeline/prune/twilight/twilight_pruner.h"
 #include "pipeline/select/selector.h"
 #include "pipeline/cuda/telemetry_ring.cuh"
 #include "pipeline/cuda/upload_ring.cuh"
@@ -244,8 +242,7 @@ class GpuHbmBackend final : public Backend {
   // Decode staging and scratch.
   pipeline_cuda::StepScratch scratch_{0};  // select / prune / attend buffers, exact sizes
   gpu::DeviceBuffer blocks_;               // distinct blocks per kept set (telemetry)
-  const TwilightPruner pruner_{};      // workspace sizes
-  const SparseAttention attention_{};  // workspace sizes, dense steps
+  const SparseAttention attention_{};  // dense steps
   const pipeline_cuda::CudaExecutor executor_{};
 };
 
@@ -431,15 +428,10 @@ absl::Status GpuHbmBackend::RunResidentStep(const Selector& selector, const Sele
   step.out = out;
   step.qk = qk_;
   step.prune_kv = kv_;
-  step.ws_select = sc.select_workspace_bytes();
-  step.ws_prune = sc.prune_workspace_bytes();
-  step.ws_attend = sc.attend_workspace_bytes();
   step.compute = s;
   step.timing = timing;
   step.timing_slot = timing_slot;
-  const SeqGroup all{0, db.num_seqs, 0, false};
-  pipeline_cuda::IdentityFetch resident(kv_);
-  return executor_.Run(step, absl::MakeConstSpan(&all, 1), sc, resident);
+  return executor_.RunResident(step, sc, kv_);
 }
 
 absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* telemetry) {
@@ -478,23 +470,12 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
   const bool dense_only = req.pruner.dense && req.selector.kind == SelectorKind::kFull;
   absl::StatusOr<const Selector*> selector = FindSelector(req.selector.kind);
   if (!selector.ok()) return selector.status();
-  const int32_t max_select = (*selector)->Stride(req.selector, hb.max_pages);
-  const int64_t max_kept = int64_t(max_select) * g_.page_size;
-  if (max_kept > std::numeric_limits<int32_t>::max() / 2) {
-    return absl::InvalidArgumentError("decode: kept-token stride overflows int32");
-  }
-  const bool grow = req.selector.grow && req.selector.kind == SelectorKind::kQuest;
-  scratch_.SetShape(pipeline_cuda::StepShape{hb.num_seqs, Hq, g_.num_kv_heads, max_select,
-                                             int32_t(max_kept), grow});
-  const size_t ws_sel =
-      (*selector)->DeviceWorkspaceBytes(g_, req.selector, hb.num_seqs, hb.max_pages);
-  const size_t ws_pr = pruner_.DeviceWorkspaceBytes(g_, hb.num_seqs, Hq, max_select);
-  const size_t ws_at = attention_.DeviceWorkspaceBytes(g_, hb.num_seqs, Hq);
-  TWL_RETURN_IF_ERROR(scratch_.GrowAttend(ws_at));
-  if (!dense_only) {
-    TWL_RETURN_IF_ERROR(scratch_.GrowSelectPrune(ws_sel, ws_pr));
-    TWL_RETURN_IF_ERROR(Grow(blocks_, size_t(pairs) * 4));
-  }
+  absl::StatusOr<pipeline_cuda::StepStrides> strides =
+      executor_.PrepareScratch(scratch_, g_, **selector, req.selector, hb.num_seqs, Hq,
+                               hb.max_pages, /*select_prune=*/!dense_only, "decode");
+  if (!strides.ok()) return strides.status();
+  const int32_t max_kept = strides->max_kept;
+  if (!dense_only) TWL_RETURN_IF_ERROR(Grow(blocks_, size_t(pairs) * 4));
 
   if (appended_) TWL_CUDA(cudaStreamWaitEvent(s, ev_append_, 0));
   // Scratch is shared by consecutive steps, which may come on different streams.
@@ -529,7 +510,7 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
   }
   // Telemetry copies are queued before the step counts as done (the next step overwrites
   // their sources only after ev_decode_).
-  if (timing) TWL_RETURN_IF_ERROR(WriteTelemetry(req, !dense_only, int32_t(max_kept), s, telemetry));
+  if (timing) TWL_RETURN_IF_ERROR(WriteTelemetry(req, !dense_only, max_kept, s, telemetry));
   TWL_CUDA(cudaEventRecord(ev_decode_, s));
   // The host may reuse this upload slot (pinned plan, q and out staging) once the step ran.
   TWL_RETURN_IF_ERROR(uploads_.Release(us, s));
@@ -557,7 +538,7 @@ absl::Status GpuHbmBackend::Decode(const DecodeRequest& req, StepTelemetry* tele
       StoreDenseKeptLists(hb.seq_len, hb.num_seqs, g_.num_kv_heads, telemetry);
     } else {
       TWL_RETURN_IF_ERROR(CaptureDeviceKeptLists(scratch_.kept_tokens(), scratch_.kept_count(),
-                                            pairs, int32_t(max_kept), s, telemetry));
+                                            pairs, max_kept, s, telemetry));
     }
   }
   return absl::OkStatus();
@@ -668,19 +649,10 @@ absl::StatusOr<std::unique_ptr<BoundTables>> GpuHbmBackend::CreateBoundTables(
   if (!selector.ok()) return selector.status();
   const int32_t n = shape.num_seqs;
   const int32_t Hq = config_.num_q_heads;
-  const int32_t max_select = (*selector)->Stride(shape.selector, shape.max_pages);
-  const int64_t max_kept = int64_t(max_select) * g_.page_size;
-  if (max_kept > std::numeric_limits<int32_t>::max() / 2) {
-    return absl::InvalidArgumentError("bound batch: kept-token stride overflows int32");
-  }
-  const bool grow = shape.selector.grow && shape.selector.kind == SelectorKind::kQuest;
-  pipeline_cuda::StepScratch& sc = t->scratch();
-  sc.SetShape(pipeline_cuda::StepShape{n, Hq, g_.num_kv_heads, max_select, int32_t(max_kept),
-                                       grow});
-  TWL_RETURN_IF_ERROR(sc.GrowAttend(attention_.DeviceWorkspaceBytes(g_, n, Hq)));
-  TWL_RETURN_IF_ERROR(sc.GrowSelectPrune(
-      (*selector)->DeviceWorkspaceBytes(g_, shape.selector, n, shape.max_pages),
-      pruner_.DeviceWorkspaceBytes(g_, n, Hq, max_select)));
+  absl::StatusOr<pipeline_cuda::StepStrides> strides =
+      executor_.PrepareScratch(t->scratch(), g_, **selector, shape.selector, n, Hq,
+                               shape.max_pages, /*select_prune=*/true, "bound batch");
+  if (!strides.ok()) return strides.status();
   TWL_RETURN_IF_ERROR(t->conv().Reserve(size_t(n) * Hq * g_.head_dim * 2 * sizeof(fp16_t)));
   TWL_RETURN_IF_ERROR(t->words().Reserve(words.size() * sizeof(int32_t)));
   // Not a hot path: a synchronous copy of the tables as the host knows them now (appends

@@ -1,8 +1,8 @@
 // Creation-time shape checks of the GPU stores (see gpu_shape.h).
 #include "runtime/gpu_shape.h"
 
-#include "absl/strings/str_format.h"
 #include "gpu/kernels.h"
+#include "absl/strings/str_format.h"
 
 namespace twl {
 

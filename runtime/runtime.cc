@@ -23,7 +23,7 @@
 #include "absl/strings/str_format.h"
 #include "cache/page_allocator.h"
 #include "cache/sequence_table.h"
-#include "gpu/reference/validate.h"
+#include "core/validate.h"
 #include "offload/disk_tier.h"
 #include "runtime/backend.h"
 #include "runtime/bound_batch.h"

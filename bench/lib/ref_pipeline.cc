@@ -5,13 +5,14 @@
 #include <cmath>
 
 #include "absl/strings/str_format.h"
-#include "gpu/reference/attend_ref.h"
-#include "gpu/reference/oracle_ref.h"
-#include "gpu/reference/prune_ref.h"
-#include "gpu/reference/quantize_ref.h"
+#include "core/quantize.h"
 #include "oneapi/tbb/parallel_for.h"
+#include "pipeline/attend/sparse/cpu/sparse_attend_cpu.h"
 #include "pipeline/cpu/cpu_executor.h"
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
 #include "pipeline/select/double_sparsity/ds_selector.h"
+#include "reference/oracle_top_p.h"
+#include "runtime/cpu/append_cpu.h"
 
 namespace twl::bench {
 

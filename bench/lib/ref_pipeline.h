@@ -1,5 +1,6 @@
 // The accuracy harness's view of one layer's paged KV cache and of the sparse-attention
-// methods it compares, all computed with the CPU references of gpu/reference/ (no GPU):
+// methods it compares, all computed on the CPU (the stages' pipeline/<stage>/cpu/ code, the
+// oracle of reference/; no GPU):
 //
 //   PagedLayer   one sequence's K/V of one layer in the layouts of core/page_layout.h
 //                (FP16 blocks, Quest min/max through AppendRef, Double Sparsity's channel

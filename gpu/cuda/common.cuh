@@ -8,11 +8,11 @@
 
 #include <cstdint>
 
+#include "gpu/kernels.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 #include "gpu/cuda/cuda_status.cuh"
 #include "core/stage_views.h"
-#include "gpu/kernels.h"
 
 namespace twl::cuda {
 

@@ -1,7 +1,11 @@
 #include "pipeline/cuda/cuda_executor.cuh"
 
+#include <limits>
+#include <string>
+
 #include "gpu/cuda/cuda_status.cuh"
 #include "pipeline/cuda/step_events.cuh"
+#include "pipeline/fetch/identity/identity_fetch.cuh"
 
 namespace twl::pipeline_cuda {
 namespace {
@@ -18,6 +22,40 @@ BatchView GroupBatch(const BatchView& all, const SeqGroup& grp) {
 }
 
 }  // namespace
+
+absl::StatusOr<StepStrides> CudaExecutor::PrepareScratch(
+    StepScratch& scratch, const PageGeometry& g, const Selector& selector,
+    const SelectorParams& params, int32_t num_seqs, int32_t num_q_heads, int32_t max_pages,
+    bool select_prune, const char* what) const {
+  StepStrides st;
+  st.max_select = selector.Stride(params, max_pages);
+  const int64_t max_kept = int64_t(st.max_select) * g.page_size;
+  if (max_kept > std::numeric_limits<int32_t>::max() / 2) {
+    return absl::InvalidArgumentError(std::string(what) + ": kept-token stride overflows int32");
+  }
+  st.max_kept = int32_t(max_kept);
+  const bool grow = params.grow && params.kind == SelectorKind::kQuest;
+  scratch.SetShape(StepShape{num_seqs, num_q_heads, g.num_kv_heads, st.max_select, st.max_kept,
+                             grow});
+  TWL_RETURN_IF_ERROR(
+      scratch.GrowAttend(attention_.DeviceWorkspaceBytes(g, num_seqs, num_q_heads)));
+  if (select_prune) {
+    TWL_RETURN_IF_ERROR(scratch.GrowSelectPrune(
+        selector.DeviceWorkspaceBytes(g, params, num_seqs, max_pages),
+        pruner_.DeviceWorkspaceBytes(g, num_seqs, num_q_heads, st.max_select)));
+  }
+  return st;
+}
+
+absl::Status CudaExecutor::RunResident(CudaStep step, const StepScratch& scratch,
+                                       const FpKvView& pool) const {
+  step.ws_select = scratch.select_workspace_bytes();
+  step.ws_prune = scratch.prune_workspace_bytes();
+  step.ws_attend = scratch.attend_workspace_bytes();
+  const SeqGroup all{0, step.batch.num_seqs, 0, false};
+  IdentityFetch resident(pool);
+  return Run(step, absl::MakeConstSpan(&all, 1), scratch, resident);
+}
 
 absl::Status CudaExecutor::Run(const CudaStep& step, absl::Span<const SeqGroup> groups,
                                const StepScratch& scratch, CudaFetch& fetch) const {

@@ -14,6 +14,7 @@
 #include <cstddef>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "cache/gpu_page_cache.h"
 #include "core/stage_views.h"
@@ -44,11 +45,33 @@ struct CudaStep {
   int32_t timing_slot = 0;
 };
 
+// The strides of a step's selection and kept lists, as its StepScratch is shaped.
+struct StepStrides {
+  int32_t max_select = 0;  // pages per (sequence, KV head): Selector::Stride
+  int32_t max_kept = 0;    // tokens per (sequence, KV head): max_select * page_size
+};
+
 class CudaExecutor {
  public:
+  // Shapes `scratch` for a step of `num_seqs` sequences of at most `max_pages` pages each
+  // under `selector`, and grows its buffers (a growth waits for the device): the attention
+  // workspace always; the selection, kept lists, statistics and the select / prune
+  // workspaces when `select_prune` (a dense step needs none of them). InvalidArgument,
+  // prefixed by `what`, when the kept-token stride is past the kernels' int32 indexing.
+  absl::StatusOr<StepStrides> PrepareScratch(StepScratch& scratch, const PageGeometry& g,
+                                             const Selector& selector,
+                                             const SelectorParams& params, int32_t num_seqs,
+                                             int32_t num_q_heads, int32_t max_pages,
+                                             bool select_prune, const char* what) const;
+
   // Enqueues the step over `groups` (consecutive slices of the batch, in order).
   absl::Status Run(const CudaStep& step, absl::Span<const SeqGroup> groups,
                    const StepScratch& scratch, CudaFetch& fetch) const;
+  // The step over the whole batch as one group with every block resident in `pool`, nothing
+  // to fetch (IdentityFetch): the HBM store, and the kernel benchmark's timed step. The
+  // workspace sizes are the scratch's.
+  absl::Status RunResident(CudaStep step, const StepScratch& scratch,
+                           const FpKvView& pool) const;
 
  private:
   TwilightPruner pruner_;

@@ -1,7 +1,7 @@
 #include "pipeline/select/launcher_selector.h"
 
-#include "gpu/kernels.h"
-#include "gpu/reference/select_ref.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
+#include "pipeline/select/quest/cuda/select_launch.h"
 
 namespace twl {
 

@@ -1,6 +1,7 @@
-// Shared body of the selectors whose kernels and reference are gpu/kernels.h
-// LaunchSelectPages and gpu/reference/select_ref.h SelectPagesRef (Quest and Full: those
-// test params.kind themselves). A selector with kernels of its own derives from Selector.
+// Shared body of the selectors whose kernels and CPU implementation are
+// quest/cuda/select_launch.h LaunchSelectPages and quest/cpu/quest_select_cpu.h
+// SelectPagesRef (Quest and Full: those test params.kind themselves). A selector with kernels of its own derives
+// from Selector.
 #pragma once
 
 #include "pipeline/select/selector.h"

@@ -7,7 +7,7 @@
 // selector that needs metadata of its own declares its bytes per block and computes them in
 // the append hooks below; the stores allocate and call them for the runtime's selector.
 // No CUDA types: `stream` is a cudaStream_t as void*; every view of the device methods holds
-// device pointers (gpu/kernels.h), of the host methods host pointers (gpu/reference/).
+// device pointers (gpu/kernels.h), of the host methods host pointers (pipeline/<stage>/cpu/).
 #pragma once
 
 #include <cstddef>
@@ -19,8 +19,8 @@
 
 namespace twl {
 
-struct AppendPagePlan;  // gpu/kernels.h
-struct AppendSegment;   // gpu/kernels.h
+struct AppendPagePlan;  // core/stage_views.h
+struct AppendSegment;   // core/stage_views.h
 
 class Selector {
  public:

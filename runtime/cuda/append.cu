@@ -1,6 +1,6 @@
 // Launchers of the append-stage kernels (see append.cuh and gpu/kernels.h).
 #include "runtime/cuda/append.cuh"
-#include "gpu/reference/validate.h"
+#include "core/validate.h"
 
 namespace twl {
 

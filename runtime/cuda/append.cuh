@@ -7,7 +7,6 @@
 #include <cuda_bf16.h>
 
 #include "gpu/cuda/common.cuh"
-#include "gpu/kernels.h"
 
 namespace twl::cuda {
 

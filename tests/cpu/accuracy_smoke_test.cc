@@ -19,10 +19,6 @@
 #include <string>
 #include <vector>
 
-#include "gpu/reference/attend_ref.h"
-#include "gpu/reference/oracle_ref.h"
-#include "gpu/reference/prune_ref.h"
-#include "gpu/reference/select_ref.h"
 #include "gtest/gtest.h"
 #include "lib/accuracy_goals.h"
 #include "lib/accuracy_stats.h"
@@ -32,6 +28,10 @@
 #include "lib/model_methods.h"
 #include "lib/ref_pipeline.h"
 #include "lib/synthetic_attention.h"
+#include "pipeline/attend/sparse/cpu/sparse_attend_cpu.h"
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
+#include "reference/oracle_top_p.h"
 
 namespace twl::bench {
 namespace {

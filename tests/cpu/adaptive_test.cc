@@ -12,11 +12,11 @@
 
 #include <gtest/gtest.h>
 
-#include "gpu/reference/attend_ref.h"
-#include "gpu/reference/oracle_ref.h"
-#include "gpu/reference/prune_ref.h"
-#include "gpu/reference/quantize_ref.h"
-#include "gpu/reference/select_ref.h"
+#include "core/quantize.h"
+#include "pipeline/attend/sparse/cpu/sparse_attend_cpu.h"
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
+#include "reference/oracle_top_p.h"
 #include "runtime/runtime.h"
 #include "support/grow_store.h"
 #include "support/ref_store.h"

@@ -12,7 +12,7 @@
 
 #include <gtest/gtest.h>
 
-#include "gpu/kernels.h"
+#include "runtime/cuda/append_launch.h"
 #include "runtime/runtime.h"
 #include "support/runtime_fixture.h"
 

@@ -4,9 +4,9 @@
 #include <cmath>
 #include <random>
 
-#include "gpu/reference/attend_ref.h"
-#include "gpu/reference/oracle_ref.h"
 #include "gtest/gtest.h"
+#include "pipeline/attend/sparse/cpu/sparse_attend_cpu.h"
+#include "reference/oracle_top_p.h"
 #include "support/ref_store.h"
 
 namespace twl {

@@ -17,8 +17,8 @@
 
 #include <gtest/gtest.h>
 
-#include "gpu/reference/attend_ref.h"
 #include "offload/fault_injection.h"
+#include "pipeline/attend/sparse/cpu/sparse_attend_cpu.h"
 #include "support/temp_dir.h"
 #include "runtime/disk_io_status.h"
 #include "runtime/disk_residency.h"

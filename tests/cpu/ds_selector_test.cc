@@ -7,10 +7,10 @@
 #include <random>
 #include <vector>
 
-#include "gpu/reference/quantize_ref.h"
 #include "gtest/gtest.h"
 #include "pipeline/select/double_sparsity/ds_selector.h"
 #include "pipeline/select/selector.h"
+#include "runtime/cpu/append_cpu.h"
 
 namespace twl {
 namespace {

@@ -13,9 +13,9 @@
 
 #include <gtest/gtest.h>
 
-#include "gpu/reference/head_math.h"
-#include "gpu/reference/prune_ref.h"
-#include "gpu/reference/select_ref.h"
+#include "core/head_math.h"
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
 #include "support/grow_store.h"
 
 namespace twl {

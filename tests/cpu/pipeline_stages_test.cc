@@ -4,12 +4,12 @@
 #include <random>
 #include <vector>
 
-#include "gpu/reference/attend_ref.h"
-#include "gpu/reference/prune_ref.h"
-#include "gpu/reference/select_ref.h"
 #include "gtest/gtest.h"
+#include "pipeline/attend/sparse/cpu/sparse_attend_cpu.h"
 #include "pipeline/attend/sparse/sparse_attention.h"
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
 #include "pipeline/prune/twilight/twilight_pruner.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
 #include "pipeline/select/quest/quest_selector.h"
 #include "pipeline/select/selector.h"
 #include "support/ref_store.h"

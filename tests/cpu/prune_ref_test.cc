@@ -5,11 +5,11 @@
 #include <numeric>
 #include <random>
 
-#include "gpu/reference/head_math.h"
-#include "gpu/reference/oracle_ref.h"
-#include "gpu/reference/prune_ref.h"
-#include "gpu/reference/select_ref.h"
+#include "core/head_math.h"
 #include "gtest/gtest.h"
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
+#include "reference/oracle_top_p.h"
 #include "support/ref_store.h"
 
 namespace twl {

@@ -2,10 +2,11 @@
 #include <cmath>
 #include <random>
 
-#include "gpu/reference/estimate_ref.h"
-#include "gpu/reference/prune_ref.h"
-#include "gpu/reference/quantize_ref.h"
+#include "core/quantize.h"
 #include "gtest/gtest.h"
+#include "pipeline/prune/twilight/cpu/estimate_cpu.h"
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
+#include "runtime/cpu/append_cpu.h"
 #include "support/ref_store.h"
 
 namespace twl {

@@ -11,8 +11,8 @@
 
 #include <gtest/gtest.h>
 
-#include "gpu/reference/attend_ref.h"
-#include "gpu/reference/quantize_ref.h"
+#include "pipeline/attend/sparse/cpu/sparse_attend_cpu.h"
+#include "runtime/cpu/append_cpu.h"
 #include "runtime/cpu_backend.h"
 #include "support/ref_store.h"
 #include "runtime/geometry.h"

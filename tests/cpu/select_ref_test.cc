@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <random>
 
-#include "gpu/reference/head_math.h"
-#include "gpu/reference/select_ref.h"
+#include "core/head_math.h"
 #include "gtest/gtest.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
 #include "support/ref_store.h"
 
 namespace twl {

@@ -8,9 +8,9 @@
 #include <random>
 
 #include "core/half.h"
-#include "gpu/reference/prune_ref.h"
-#include "gpu/reference/top_p_bins_ref.h"
 #include "gtest/gtest.h"
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
+#include "reference/top_p_bins.h"
 
 namespace twl {
 namespace {

@@ -7,10 +7,10 @@
 #include <set>
 
 #include "core/half.h"
-#include "gpu/reference/prune_ref.h"
-#include "gpu/reference/select_ref.h"
-#include "gpu/reference/top_p_bins_ref.h"
 #include "gtest/gtest.h"
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
+#include "reference/top_p_bins.h"
 #include "support/prune_check.h"
 #include "support/ref_store.h"
 

@@ -6,9 +6,10 @@
 #include <random>
 #include <utility>
 
-#include "gpu/kernels.h"
-#include "gpu/reference/quantize_ref.h"
+#include "core/quantize.h"
 #include "gpu_test_util.h"
+#include "runtime/cpu/append_cpu.h"
+#include "runtime/cuda/append_launch.h"
 
 namespace twl {
 namespace {

@@ -8,11 +8,11 @@
 #include <numeric>
 #include <random>
 
-#include "gpu/kernels.h"
-#include "gpu/reference/attend_ref.h"
-#include "gpu/reference/prune_ref.h"
-#include "gpu/reference/select_ref.h"
 #include "gpu_test_util.h"
+#include "pipeline/attend/sparse/cpu/sparse_attend_cpu.h"
+#include "pipeline/attend/sparse/cuda/attend_launch.h"
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
 
 namespace twl {
 namespace {

@@ -7,7 +7,6 @@
 #include <numeric>
 #include <random>
 
-#include "gpu/kernels.h"
 #include "gpu_test_util.h"
 #include "pipeline/select/double_sparsity/ds_kernels.h"
 #include "pipeline/select/double_sparsity/ds_selector.h"

@@ -7,8 +7,8 @@
 #include <vector>
 #include <random>
 
-#include "gpu/device.h"
 #include "gpu/kernels.h"
+#include "gpu/device.h"
 #include "gpu_test_util.h"
 #include "runtime/backend.h"
 

@@ -13,9 +13,10 @@
 #include <cmath>
 #include <set>
 
-#include "gpu/kernels.h"
-#include "gpu/reference/prune_ref.h"
-#include "gpu/reference/select_ref.h"
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
+#include "pipeline/prune/twilight/cuda/prune_launch.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
+#include "pipeline/select/quest/cuda/select_launch.h"
 #include "runtime/runtime.h"
 #include "gpu_test_util.h"
 #include "support/grow_store.h"

@@ -20,11 +20,11 @@
 #include <random>
 #include <set>
 
-#include "gpu/kernels.h"
-#include "gpu/reference/head_math.h"
-#include "gpu/reference/prune_ref.h"
-#include "gpu/reference/select_ref.h"
+#include "core/head_math.h"
 #include "gpu_test_util.h"
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
+#include "pipeline/prune/twilight/cuda/prune_launch.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
 #include "support/prune_check.h"
 
 namespace twl {

@@ -19,10 +19,10 @@
 #include <set>
 
 #include "core/half.h"
-#include "gpu/kernels.h"
-#include "gpu/reference/select_ref.h"
-#include "gpu/reference/top_p_bins_ref.h"
 #include "gpu_test_util.h"
+#include "pipeline/prune/twilight/cuda/prune_launch.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
+#include "reference/top_p_bins.h"
 
 namespace twl {
 namespace {

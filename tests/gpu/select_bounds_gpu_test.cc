@@ -24,9 +24,9 @@
 #include <set>
 #include <string>
 
-#include "gpu/kernels.h"
-#include "gpu/reference/select_ref.h"
 #include "gpu_test_util.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
+#include "pipeline/select/quest/cuda/select_launch.h"
 
 namespace twl {
 namespace {

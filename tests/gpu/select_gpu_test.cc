@@ -6,10 +6,10 @@
 #include <random>
 #include <set>
 
-#include "gpu/kernels.h"
-#include "gpu/reference/head_math.h"
-#include "gpu/reference/select_ref.h"
+#include "core/head_math.h"
 #include "gpu_test_util.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
+#include "pipeline/select/quest/cuda/select_launch.h"
 
 namespace twl {
 namespace {

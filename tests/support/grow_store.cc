@@ -5,8 +5,8 @@
 #include <cmath>
 #include <random>
 
-#include "gpu/reference/quantize_ref.h"
 #include "gtest/gtest.h"
+#include "runtime/cpu/append_cpu.h"
 
 namespace twl::testing {
 

@@ -15,8 +15,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "gpu/reference/head_math.h"
-#include "gpu/reference/prune_ref.h"
+#include "core/head_math.h"
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
 #include "support/ref_store.h"
 
 namespace twl::testing {

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <numeric>
 
-#include "gpu/reference/quantize_ref.h"
+#include "runtime/cpu/append_cpu.h"
 
 namespace twl::testing {
 

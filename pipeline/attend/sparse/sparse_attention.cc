@@ -1,7 +1,7 @@
 #include "pipeline/attend/sparse/sparse_attention.h"
 
-#include "gpu/kernels.h"
-#include "gpu/reference/attend_ref.h"
+#include "pipeline/attend/sparse/cpu/sparse_attend_cpu.h"
+#include "pipeline/attend/sparse/cuda/attend_launch.h"
 
 namespace twl {
 

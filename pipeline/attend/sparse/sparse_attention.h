@@ -2,8 +2,8 @@
 // kept set, or over every token (dense layers / the Full selector without pruning). The FP16
 // rows come through FpKvView: identity addressed (HBM pool, mapped host pool) or redirected
 // by slot_of_block (the offload store's GPU hot cache) — where they live is the fetch
-// stage's business. Device methods enqueue gpu/kernels.h; host methods run
-// gpu/reference/attend_ref. Stateless.
+// stage's business. Device methods enqueue cuda/attend_launch.h; host methods run
+// pipeline/attend/sparse/cpu/sparse_attend_cpu. Stateless.
 #pragma once
 
 #include <cstddef>

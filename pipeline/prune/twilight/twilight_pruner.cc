@@ -1,7 +1,7 @@
 #include "pipeline/prune/twilight/twilight_pruner.h"
 
-#include "gpu/kernels.h"
-#include "gpu/reference/prune_ref.h"
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
+#include "pipeline/prune/twilight/cuda/prune_launch.h"
 
 namespace twl {
 

@@ -1,8 +1,9 @@
 // Stage 2 of the decode step, PRUNE (Twilight top-p): scores the selected tokens on the
 // estimation store (INT4 K), softmax, and keeps per query head the smallest set reaching
 // mass p; the KV head keeps the union of its query heads' sets (KeptView), with per-head
-// telemetry (HeadStatsView). Device methods enqueue gpu/kernels.h LaunchPrune; host methods
-// run gpu/reference/prune_ref. Stateless: one instance serves every executor.
+// telemetry (HeadStatsView). Device methods enqueue cuda/prune_launch.h LaunchPrune; host methods
+// run pipeline/prune/twilight/cpu/twilight_prune_cpu. Stateless: one instance serves every
+// executor.
 #pragma once
 
 #include <cstddef>

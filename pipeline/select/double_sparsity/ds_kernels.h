@@ -7,7 +7,6 @@
 
 #include "absl/status/status.h"
 #include "core/stage_views.h"
-#include "gpu/kernels.h"
 
 namespace twl {
 

@@ -1,4 +1,4 @@
-// Without CUDA the Double Sparsity launchers answer Unavailable (like gpu/kernels_host.cc).
+// Without CUDA the Double Sparsity launchers answer Unavailable (like the other stages' cuda/*_stub.cc).
 #include "pipeline/select/double_sparsity/ds_kernels.h"
 
 #if !TWL_HAVE_CUDA

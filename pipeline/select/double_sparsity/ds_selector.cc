@@ -3,8 +3,8 @@
 
 #include <vector>
 
-#include "gpu/kernels.h"
 #include "pipeline/select/double_sparsity/ds_kernels.h"
+#include "runtime/cuda/append_launch.h"
 
 namespace twl {
 namespace {

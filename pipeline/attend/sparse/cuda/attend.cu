@@ -6,9 +6,9 @@
 #include <type_traits>
 
 #include "pipeline/attend/sparse/cuda/attend.cuh"
+#include "core/validate.h"
 #include "gpu/device.h"
-#include "gpu/kernels.h"
-#include "gpu/reference/validate.h"
+#include "pipeline/attend/sparse/cuda/attend_launch.h"
 
 namespace twl {
 

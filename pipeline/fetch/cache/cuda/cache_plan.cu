@@ -23,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <string>
 
 #include "gpu/device.h"
 #include "pipeline/fetch/cache/cuda/cache_plan.h"
@@ -552,15 +553,31 @@ absl::Status LaunchCacheInvalidatePages(const DeviceCacheState& cache, const int
   return LaunchStatus("InvalidateKernel");
 }
 
+namespace {
+
+// The mirror launchers' arguments (`inputs`: their own pointers are all set).
+absl::Status CheckMirror(const char* launcher, const DeviceCacheState& cache,
+                         const PageGeometry& g, bool inputs) {
+  if (!inputs || !cache.d_slots) {
+    return absl::InvalidArgumentError(std::string(launcher) + ": null pointer");
+  }
+  if (g.head_dim % 8 != 0) {
+    return absl::InvalidArgumentError(std::string(launcher) +
+                                      ": head_dim must be a multiple of 8");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status LaunchCacheMirrorRows(const DeviceCacheState& cache, const PageGeometry& g,
                                    const fp16_t* mapped_pool, const int32_t* d_page_id,
                                    const int32_t* d_row, int32_t num_tokens, void* stream) {
   if (num_tokens <= 0) return absl::OkStatus();
-  if (!mapped_pool || !d_page_id || !d_row || !cache.d_slots) {
-    return absl::InvalidArgumentError("LaunchCacheMirrorRows: null pointer");
-  }
-  if (g.head_dim % 8 != 0) {
-    return absl::InvalidArgumentError("LaunchCacheMirrorRows: head_dim must be a multiple of 8");
+  if (absl::Status st = CheckMirror("LaunchCacheMirrorRows", cache, g,
+                                    mapped_pool && d_page_id && d_row);
+      !st.ok()) {
+    return st;
   }
   MirrorRowsKernel<<<GridFor(int64_t(num_tokens) * g.num_kv_heads), kThreads, 0,
                      AsStream(stream)>>>(cache, g, reinterpret_cast<const uint4*>(mapped_pool),
@@ -572,11 +589,10 @@ absl::Status LaunchCacheMirrorSegments(const DeviceCacheState& cache, const Page
                                        const fp16_t* mapped_pool, const AppendSegment* d_segments,
                                        int32_t num_segments, void* stream) {
   if (num_segments <= 0) return absl::OkStatus();
-  if (!mapped_pool || !d_segments || !cache.d_slots) {
-    return absl::InvalidArgumentError("LaunchCacheMirrorSegments: null pointer");
-  }
-  if (g.head_dim % 8 != 0) {
-    return absl::InvalidArgumentError("LaunchCacheMirrorSegments: head_dim must be a multiple of 8");
+  if (absl::Status st = CheckMirror("LaunchCacheMirrorSegments", cache, g,
+                                    mapped_pool && d_segments);
+      !st.ok()) {
+    return st;
   }
   MirrorSegmentsKernel<<<GridFor(int64_t(num_segments) * g.num_kv_heads), kThreads, 0,
                          AsStream(stream)>>>(cache, g, reinterpret_cast<const uint4*>(mapped_pool),

@@ -9,7 +9,6 @@
 
 #include "absl/status/status.h"
 #include "cache/gpu_page_cache.h"
-#include "gpu/kernels.h"
 #include "core/stage_views.h"
 
 namespace twl {
@@ -110,7 +109,7 @@ absl::Status LaunchCacheMirrorRows(const DeviceCacheState& cache, const PageGeom
                                    const int32_t* d_row, int32_t num_tokens, void* stream);
 
 // LaunchCacheMirrorRows for bulk appends: rows [row_begin, row_end) of every segment's page
-// (gpu/kernels.h AppendSegment; stage is ignored, the rows are read from the pool), all KV
+// (core/stage_views.h AppendSegment; stage is ignored, the rows are read from the pool), all KV
 // heads, copied into the cache slots of resident blocks. One warp per (segment, KV head).
 absl::Status LaunchCacheMirrorSegments(const DeviceCacheState& cache, const PageGeometry& g,
                                        const fp16_t* mapped_pool, const AppendSegment* d_segments,

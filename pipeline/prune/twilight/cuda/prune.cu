@@ -4,11 +4,11 @@
 #include <algorithm>
 
 #include "pipeline/prune/twilight/cuda/prune.cuh"
+#include "core/validate.h"
 #include "pipeline/prune/twilight/cuda/prune_grow.cuh"
 #include "pipeline/prune/twilight/cuda/prune_hist.cuh"
 #include "gpu/device.h"
-#include "gpu/kernels.h"
-#include "gpu/reference/validate.h"
+#include "pipeline/prune/twilight/cuda/prune_launch.h"
 
 namespace twl {
 

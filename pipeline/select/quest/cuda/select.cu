@@ -5,9 +5,9 @@
 #include <atomic>
 
 #include "pipeline/select/quest/cuda/select.cuh"
+#include "core/validate.h"
 #include "gpu/device.h"
-#include "gpu/kernels.h"
-#include "gpu/reference/validate.h"
+#include "pipeline/select/quest/cuda/select_launch.h"
 
 namespace twl {
 
@@ -88,28 +88,10 @@ absl::Status RunSelect(const PageGeometry& g, const SelectorParams& params,
   TWL_RETURN_IF_ERROR(ValidateBatch(g, batch, /*check_host_data=*/false));
   TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
   TWL_RETURN_IF_ERROR(cuda::CheckGroup(batch.num_q_heads / g.num_kv_heads, kGpuMaxGroup));
-  if (!q.q || !out.pages || !out.count) {
-    return absl::InvalidArgumentError("select: q and outputs must not be null");
-  }
+  TWL_RETURN_IF_ERROR(ValidateSelect(params, batch, q, qk, out));
   const bool quest = params.kind == SelectorKind::kQuest;
   const bool grow = quest && params.grow;
-  if (quest && ((!grow && params.budget_pages < 1) || params.budget_pages < 0 ||
-                params.sink_pages < 0)) {
-    return absl::InvalidArgumentError(
-        "select: Quest needs budget_pages >= 1 (>= 0 when growing) and sink_pages >= 0");
-  }
-  if (grow && (!out.bound || !out.limit)) {
-    return absl::InvalidArgumentError("select: growing Quest needs the bound and limit outputs");
-  }
   const float scale = softmax_scale > 0.0f ? softmax_scale : 1.0f / sqrtf(float(g.head_dim));
-  if (quest && (!qk.kmin || !qk.kmax)) {
-    return absl::InvalidArgumentError("select: Quest needs the page min/max metadata");
-  }
-  if (out.max_select < SelectStride(params, batch.max_pages)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "select: max_select %d is below the stride %d the selector needs", out.max_select,
-        SelectStride(params, batch.max_pages)));
-  }
   const size_t need = SelectWorkspaceBytes(g, params, batch.num_seqs, batch.max_pages);
   if (workspace_bytes < need || (need && !workspace)) {
     return absl::InvalidArgumentError(

@@ -1,7 +1,7 @@
-// Per-page-channel score estimate (see estimate_ref.h).
-#include "gpu/reference/estimate_ref.h"
+// Per-page-channel score estimate (see estimate_cpu.h).
+#include "pipeline/prune/twilight/cpu/estimate_cpu.h"
 
-#include "gpu/reference/quantize_ref.h"
+#include "core/quantize.h"
 
 namespace twl {
 

@@ -1,5 +1,6 @@
-// CPU reference attention: exact softmax(q.K/sqrt(d)).V with FP32 accumulation on FP16 K/V,
-// FP16 output. Sparse over a kept token set per (sequence, KV head), or dense over all.
+// Sparse attention on the host (the CPU executor's, and the GPU tests' reference): exact
+// softmax(q.K/sqrt(d)).V with FP32 accumulation on FP16 K/V, FP16 output. Sparse over a kept
+// token set per (sequence, KV head), or dense over all.
 #pragma once
 
 #include "absl/status/status.h"

@@ -1,15 +1,14 @@
-// CPU reference of the Double Sparsity selector (see ds_selector.h).
+// The Double Sparsity selector on the host (see ds_selector.h).
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
-#include "absl/strings/str_format.h"
-#include "gpu/reference/head_math.h"
-#include "gpu/reference/quantize_ref.h"
-#include "gpu/reference/select_ref.h"
-#include "gpu/reference/validate.h"
-#include "oneapi/tbb/parallel_for.h"
+#include "core/head_math.h"
+#include "core/quantize.h"
+#include "core/validate.h"
+#include "pipeline/cpu/for_each_unit.h"
 #include "pipeline/select/double_sparsity/ds_selector.h"
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
 
 namespace twl {
 
@@ -110,12 +109,7 @@ absl::Status DsCheckSelect(const PageGeometry& g, const SelectorParams& params,
         "select: double sparsity needs its channel statistics (the store was not set up "
         "for this selector)");
   }
-  if (out.max_select < SelectStride(params, batch.max_pages)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "select: max_select %d is below the stride %d the selector needs", out.max_select,
-        SelectStride(params, batch.max_pages)));
-  }
-  return absl::OkStatus();
+  return ValidateSelectStride(params, batch, out);
 }
 
 absl::Status DsSelectRef(const PageGeometry& g, const SelectorParams& params,
@@ -126,11 +120,8 @@ absl::Status DsSelectRef(const PageGeometry& g, const SelectorParams& params,
   }
   if (!q.q) return absl::InvalidArgumentError("select: q must not be null");
   const int32_t group = batch.num_q_heads / g.num_kv_heads;
-  const int32_t items = batch.num_seqs * g.num_kv_heads;
   const int32_t r = DsNumChannels(g);
-  tbb::parallel_for(0, items, [&](int32_t item) {
-    const int32_t s = item / g.num_kv_heads;
-    const int32_t h = item % g.num_kv_heads;
+  ForEachUnit(g, batch, [&](int32_t item, int32_t s, int32_t h) {
     const int32_t num_pages = batch.NumPages(g, s);
     int32_t* dst = out.pages + int64_t(item) * out.max_select;
     const int32_t budget = DsBudgetPages(params, num_pages);

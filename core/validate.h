@@ -1,4 +1,4 @@
-// Shape and argument checks shared by every stage (CPU reference and kernel launchers):
+// Shape and argument checks shared by every stage (CPU implementations and kernel launchers):
 // each returns InvalidArgument with a message naming the offending field.
 #pragma once
 
@@ -14,5 +14,13 @@ absl::Status ValidateBatch(const PageGeometry& g, const BatchView& b, bool check
 // over the page table (the decode path's per-step check; tables reach 10^5 ids at 128k).
 absl::Status ValidateBatchPages(const PageGeometry& g, const BatchView& b, int64_t num_pages);
 absl::Status ValidateP(float p);
+// The selection output's stride holds what the selector writes (SelectStride).
+absl::Status ValidateSelectStride(const SelectorParams& params, const BatchView& b,
+                                  const SelectionView& out);
+// The Quest / Full selection's arguments past the geometry and the batch (SelectPagesRef and
+// LaunchSelectPages): q and the outputs, Quest's budget and sinks, growing Quest's outputs,
+// Quest's page min/max, and the output stride.
+absl::Status ValidateSelect(const SelectorParams& params, const BatchView& b, const QueryView& q,
+                            const QuantKView& qk, const SelectionView& out);
 
 }  // namespace twl

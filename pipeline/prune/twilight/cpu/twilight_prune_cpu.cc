@@ -1,15 +1,15 @@
-// CPU reference of the Twilight pruner (see prune_ref.h).
-#include "gpu/reference/prune_ref.h"
+// The Twilight pruner on the host (see twilight_prune_cpu.h).
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "absl/strings/str_format.h"
-#include "gpu/reference/estimate_ref.h"
-#include "gpu/reference/head_math.h"
-#include "gpu/reference/validate.h"
-#include "oneapi/tbb/parallel_for.h"
+#include "core/head_math.h"
+#include "core/validate.h"
+#include "pipeline/cpu/for_each_unit.h"
+#include "pipeline/prune/twilight/cpu/estimate_cpu.h"
 
 namespace twl {
 
@@ -251,10 +251,7 @@ absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const B
   }
   const float scale = SoftmaxScale(g, params.softmax_scale);
   const int32_t group = batch.num_q_heads / g.num_kv_heads;
-  const int32_t items = batch.num_seqs * g.num_kv_heads;
-  tbb::parallel_for(0, items, [&](int32_t item) {
-    const int32_t s = item / g.num_kv_heads;
-    const int32_t h = item % g.num_kv_heads;
+  ForEachUnit(g, batch, [&](int32_t item, int32_t s, int32_t h) {
     const int32_t len = batch.seq_len[s];
     const float p = params.seq_p ? params.seq_p[s] : params.p;
     // Growing: which listed pages are candidates, and each head's share A / (A + R).

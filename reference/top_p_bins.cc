@@ -1,5 +1,5 @@
-// CPU reference of the GPU pruner's histogram top-p (see top_p_bins_ref.h).
-#include "gpu/reference/top_p_bins_ref.h"
+// CPU reference of the GPU pruner's histogram top-p (see top_p_bins.h).
+#include "reference/top_p_bins.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,5 +1,6 @@
-// CPU reference of the Twilight pruner: estimated scores q.k~ / sqrt(d) on the quantized K
-// of the candidate tokens, softmax in FP32, and the top-p threshold by binary search.
+// The Twilight pruner on the host (the CPU executor's, and the GPU tests' reference): estimated
+// scores q.k~ / sqrt(d) on the quantized K of the candidate tokens, softmax in FP32, and the
+// top-p threshold by binary search.
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,5 @@
-// Argument checks shared by the CPU reference stages and the kernel launchers.
-#include "gpu/reference/validate.h"
+// Argument checks shared by the CPU stages and the kernel launchers.
+#include "core/validate.h"
 
 #include <cmath>
 #include <limits>
@@ -80,6 +80,37 @@ absl::Status ValidateBatchPages(const PageGeometry& g, const BatchView& b, int64
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status ValidateSelectStride(const SelectorParams& params, const BatchView& b,
+                                  const SelectionView& out) {
+  if (out.max_select < SelectStride(params, b.max_pages)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "select: max_select %d is below the stride %d the selector needs", out.max_select,
+        SelectStride(params, b.max_pages)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSelect(const SelectorParams& params, const BatchView& b, const QueryView& q,
+                            const QuantKView& qk, const SelectionView& out) {
+  if (!q.q || !out.pages || !out.count) {
+    return absl::InvalidArgumentError("select: q and outputs must not be null");
+  }
+  const bool quest = params.kind == SelectorKind::kQuest;
+  const bool grow = quest && params.grow;
+  if (quest && ((!grow && params.budget_pages < 1) || params.budget_pages < 0 ||
+                params.sink_pages < 0)) {
+    return absl::InvalidArgumentError(
+        "select: Quest needs budget_pages >= 1 (>= 0 when growing) and sink_pages >= 0");
+  }
+  if (grow && (!out.bound || !out.limit)) {
+    return absl::InvalidArgumentError("select: growing Quest needs the bound and limit outputs");
+  }
+  if (quest && (!qk.kmin || !qk.kmax)) {
+    return absl::InvalidArgumentError("select: Quest needs the page min/max metadata");
+  }
+  return ValidateSelectStride(params, b, out);
 }
 
 absl::Status ValidateP(float p) {

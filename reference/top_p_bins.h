@@ -1,11 +1,10 @@
-// CPU reference of the GPU pruner's top-p rule (pipeline/prune/twilight/cuda/prune_hist.cuh):
-// histogram
-// selection over FP16-rounded estimated scores. It computes the same set as
-// TopPThresholdRef (the smallest level set of weights with mass >= p) except at the
+// Host model of the GPU pruner's top-p rule (pipeline/prune/twilight/cuda/prune_hist.cuh), for
+// the tests only: histogram selection over FP16-rounded estimated scores. It computes the same
+// set as TopPThresholdRef (the smallest level set of weights with mass >= p) except at the
 // resolution: scores are rounded to FP16 (as the GPU stores them) and every candidate in the
-// threshold's 1/2048-logit sub-bin is kept (see prune_hist.cuh for the rule and its
-// NaN/inf cases). Masses are summed as integers (weight * 2^40), so the result does not
-// depend on the order of the candidates.
+// threshold's 1/2048-logit sub-bin is kept (see prune_hist.cuh for the rule and its NaN/inf
+// cases). Masses are summed as integers (weight * 2^40), so the result does not depend on the
+// order of the candidates.
 #pragma once
 
 #include <cstdint>

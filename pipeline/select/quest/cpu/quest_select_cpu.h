@@ -1,7 +1,7 @@
-// CPU reference of the Quest selector: per page an upper bound of q.k from the block's
-// per-channel min/max, then the top budget pages per (sequence, KV head), always keeping
-// the first sink pages and the last (partial) page; or, growing, the ranking data the
-// pruner grows its candidates from.
+// The Quest selector on the host (the CPU executor's, and the GPU tests' reference): per page an
+// upper bound of q.k from the block's per-channel min/max, then the top budget pages per
+// (sequence, KV head), always keeping the first sink pages and the last (partial) page; or,
+// growing, the ranking data the pruner grows its candidates from.
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,5 @@
-// Oracle top-p and true kept mass on exact FP16 scores (see oracle_ref.h).
-#include "gpu/reference/oracle_ref.h"
+// Oracle top-p and true kept mass on exact FP16 scores (see oracle_top_p.h).
+#include "reference/oracle_top_p.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,9 +7,10 @@
 #include <numeric>
 #include <vector>
 
-#include "gpu/reference/head_math.h"
-#include "gpu/reference/validate.h"
+#include "core/head_math.h"
+#include "core/validate.h"
 #include "oneapi/tbb/parallel_for.h"
+#include "pipeline/cpu/for_each_unit.h"
 
 namespace twl {
 namespace {
@@ -52,9 +53,7 @@ absl::Status OracleTopPRef(const PageGeometry& g, const BatchView& batch, const 
     }
   }
   const int32_t group = batch.num_q_heads / g.num_kv_heads;
-  tbb::parallel_for(0, batch.num_seqs * g.num_kv_heads, [&](int32_t item) {
-    const int32_t s = item / g.num_kv_heads;
-    const int32_t h = item % g.num_kv_heads;
+  ForEachUnit(g, batch, [&](int32_t item, int32_t s, int32_t h) {
     const int32_t len = batch.seq_len[s];
     std::vector<uint8_t> keep(size_t(len), 0);
     std::vector<int32_t> order(static_cast<size_t>(len));

@@ -1,5 +1,5 @@
-// CPU reference attention (see attend_ref.h).
-#include "gpu/reference/attend_ref.h"
+// Sparse attention on the host (see sparse_attend_cpu.h).
+#include "pipeline/attend/sparse/cpu/sparse_attend_cpu.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
-#include "gpu/reference/head_math.h"
-#include "gpu/reference/validate.h"
+#include "core/head_math.h"
+#include "core/validate.h"
 #include "oneapi/tbb/parallel_for.h"
 
 namespace twl {

@@ -1,12 +1,12 @@
-// CPU reference of the append stage: FP16 K/V rows into their blocks, K quantized to
-// k_bits (g.k_scheme: one (scale, zero) group per (token, KV head), or per (block, channel)
-// over the block's Quest range), and the Quest per-channel min/max of each touched block
-// recomputed over its filled rows.
+// The K quantizer of the estimation copy (layout: core/page_layout.h), on the host: K rows
+// quantized to k_bits (g.k_scheme: one (scale, zero) group per (token, KV head), or per
+// (block, channel) over the block's Quest range) and dequantized. The CPU append
+// (runtime/cpu/append_cpu.h), the CPU selectors and the CPU pruner use it; the append
+// kernels (runtime/cuda/append.cuh) and the pruner's kernels match it bit for bit.
 #pragma once
 
 #include <cstdint>
 
-#include "absl/status/status.h"
 #include "core/stage_views.h"
 
 namespace twl {
@@ -27,8 +27,5 @@ void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const Quant
 float DequantizeAtRef(const PageGeometry& g, const QuantKView& qk, int64_t block, int32_t row,
                       int32_t j);
 
-// Writes the tokens of `in` into `kv` and `qk` (kv.slot_of_block must be null).
-absl::Status AppendRef(const PageGeometry& g, const AppendView& in, const FpKvView& kv,
-                       const QuantKView& qk);
 
 }  // namespace twl

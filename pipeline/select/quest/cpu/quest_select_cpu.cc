@@ -1,15 +1,14 @@
-// CPU reference of the Quest selector (see select_ref.h).
-#include "gpu/reference/select_ref.h"
+// The Quest selector on the host (see quest_select_cpu.h).
+#include "pipeline/select/quest/cpu/quest_select_cpu.h"
 
 #include <algorithm>
 #include <limits>
 #include <numeric>
 #include <vector>
 
-#include "absl/strings/str_format.h"
-#include "gpu/reference/head_math.h"
-#include "gpu/reference/validate.h"
-#include "oneapi/tbb/parallel_for.h"
+#include "core/head_math.h"
+#include "core/validate.h"
+#include "pipeline/cpu/for_each_unit.h"
 
 namespace twl {
 
@@ -44,31 +43,10 @@ absl::Status SelectPagesRef(const PageGeometry& g, const SelectorParams& params,
                             const SelectionView& out, float softmax_scale) {
   if (absl::Status st = ValidateGeometry(g); !st.ok()) return st;
   if (absl::Status st = ValidateBatch(g, batch, true); !st.ok()) return st;
-  if (!q.q || !out.pages || !out.count) {
-    return absl::InvalidArgumentError("select: q and outputs must not be null");
-  }
+  if (absl::Status st = ValidateSelect(params, batch, q, qk, out); !st.ok()) return st;
   const bool grow = params.kind == SelectorKind::kQuest && params.grow;
-  if (params.kind == SelectorKind::kQuest &&
-      ((!grow && params.budget_pages < 1) || params.budget_pages < 0 || params.sink_pages < 0)) {
-    return absl::InvalidArgumentError(
-        "select: Quest needs budget_pages >= 1 (>= 0 when growing) and sink_pages >= 0");
-  }
-  if (grow && (!out.bound || !out.limit)) {
-    return absl::InvalidArgumentError("select: growing Quest needs the bound and limit outputs");
-  }
-  if (params.kind == SelectorKind::kQuest && (!qk.kmin || !qk.kmax)) {
-    return absl::InvalidArgumentError("select: Quest needs the page min/max metadata");
-  }
-  if (out.max_select < SelectStride(params, batch.max_pages)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "select: max_select %d is below the stride %d the selector needs", out.max_select,
-        SelectStride(params, batch.max_pages)));
-  }
   const int32_t group = batch.num_q_heads / g.num_kv_heads;
-  const int32_t items = batch.num_seqs * g.num_kv_heads;
-  tbb::parallel_for(0, items, [&](int32_t item) {
-    const int32_t s = item / g.num_kv_heads;
-    const int32_t h = item % g.num_kv_heads;
+  ForEachUnit(g, batch, [&](int32_t item, int32_t s, int32_t h) {
     const int32_t num_pages = batch.NumPages(g, s);
     int32_t* dst = out.pages + int64_t(item) * out.max_select;
     if (grow) {

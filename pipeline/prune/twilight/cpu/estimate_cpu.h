@@ -1,4 +1,4 @@
-// CPU reference of the pruner's score estimate under the per-page-channel K scheme
+// The pruner's score estimate on the host under the per-page-channel K scheme
 // (core/page_layout.h, kKSchemePageChannel): q . k~ with k~_j = kmin_j + code_j * step_j.
 #pragma once
 

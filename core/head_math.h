@@ -1,4 +1,4 @@
-// Small per-head helpers shared by the CPU reference stages.
+// Small per-head helpers shared by the CPU stages (select, prune, attend) and the references.
 #pragma once
 
 #include <cmath>

@@ -1,0 +1,34 @@
+// Host launchers of the sparse and dense attention kernels (attend.cu); the contract of
+// every launcher is gpu/kernels.h's.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "core/stage_views.h"
+#include "gpu/kernels.h"
+
+namespace twl {
+
+// Workspace of both attention launchers (partial softmax states of the split-K chunks).
+size_t AttentionWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads);
+
+// Split-K (flash-decoding) attention over each (sequence, KV head) kept set, read once for
+// all query heads of the group. The split is planned on the device from the kept counts
+// (stream-K): every resident block takes an equal share of the batch's kept tokens, cut at
+// (sequence, KV head) boundaries, so heavy and light heads spread evenly over the SMs.
+// kv.slot_of_block is honoured (GPU cache slots). softmax_scale 0: 1/sqrt(head_dim).
+absl::Status LaunchSparseAttention(const PageGeometry& g, const BatchView& batch,
+                                   const QueryView& q, const FpKvView& kv,
+                                   const KeptView& kept, const OutputView& out,
+                                   float softmax_scale, void* workspace,
+                                   size_t workspace_bytes, void* stream);
+
+// The same kernels over every token of every sequence (the in-run dense baseline).
+absl::Status LaunchDenseAttention(const PageGeometry& g, const BatchView& batch,
+                                  const QueryView& q, const FpKvView& kv,
+                                  const OutputView& out, float softmax_scale, void* workspace,
+                                  size_t workspace_bytes, void* stream);
+
+}  // namespace twl
