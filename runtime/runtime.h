@@ -110,7 +110,8 @@ struct StepTelemetry {
   std::vector<int32_t> kept_tokens_kv;    // [num_seqs][num_kv_heads] union (what is attended)
   // GPU offload store: where each (sequence, KV head) lives: its distinct kept blocks, and
   // how many of them were resident in the GPU cache when planned (hits); the rest were
-  // fetched or read in place. Empty for other backends.
+  // fetched or read in place. Empty for other backends. Under the row cache (cache_rows)
+  // these, blocks_needed / blocks_fetched / blocks_in_place and the hit rate count rows.
   std::vector<int32_t> blocks_kv;
   std::vector<int32_t> resident_blocks_kv;
   // Of blocks_fetched: blocks read in place (not admitted to the GPU cache), and their
