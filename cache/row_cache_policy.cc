@@ -31,6 +31,8 @@ absl::StatusOr<RowCachePolicy> RowCachePolicy::Create(int64_t num_rows, int32_t 
   c.slot_of_row_.assign(size_t(num_rows), kRowAbsent);
   c.row_of_slot_.assign(size_t(num_slots), -1);
   c.last_use_.assign(size_t(num_slots), 0);
+  c.free_.resize(size_t(num_slots));
+  for (int32_t i = 0; i < num_slots; ++i) c.free_[size_t(i)] = num_slots - 1 - i;  // 0 on top
   c.window_ = window;
   c.list_capacity_ = list_capacity ? list_capacity : num_slots;
   return c;
@@ -75,16 +77,23 @@ absl::StatusOr<RowGroupPlan> RowCachePolicy::PlanGroup(
     }
   }
 
-  // 2. Victims from the hand, one pass over the slots at most.
+  // 2. Victims: free slots first, then occupied ones from the hand (one pass at most).
   const int32_t n = num_slots();
   std::vector<int32_t> victims;
+  while (victims.size() < list.size() && !free_.empty()) {
+    victims.push_back(free_.back());
+    free_.pop_back();
+  }
+  int32_t last = -1;
   for (int32_t i = 0; i < n && victims.size() < list.size(); ++i) {
     const int32_t s = (hand_ + i) % n;
-    if (RowSlotEvictable(row_of_slot_[size_t(s)], last_use_[size_t(s)], step_, window_)) {
+    if (row_of_slot_[size_t(s)] >= 0 &&
+        RowSlotEvictable(row_of_slot_[size_t(s)], last_use_[size_t(s)], step_, window_)) {
       victims.push_back(s);
+      last = s;
     }
   }
-  if (!victims.empty()) hand_ = (victims.back() + 1) % n;
+  if (last >= 0) hand_ = (last + 1) % n;
 
   // 3. Misses take their victims (copy, then publish); the rest are read in place.
   for (size_t i = 0; i < list.size(); ++i) {
@@ -117,6 +126,7 @@ void RowCachePolicy::InvalidateRow(int64_t row) {
   if (s < 0) return;
   row_of_slot_[size_t(s)] = -1;
   last_use_[size_t(s)] = 0;
+  free_.push_back(s);
 }
 
 void RowCachePolicy::InvalidateRows(int64_t first, int64_t count) {
@@ -134,6 +144,17 @@ absl::Status RowCachePolicy::CheckConsistent() const {
     const int64_t r = row_of_slot_[size_t(s)];
     if (r >= 0 && (r >= num_rows() || slot_of_row_[size_t(r)] != s)) {
       return absl::InternalError(absl::StrFormat("slot %d holds row %d, mapped elsewhere", s, r));
+    }
+  }
+  int32_t free_slots = 0;
+  for (const int64_t r : row_of_slot_) free_slots += r < 0;
+  if (free_slots != FreeSlots()) {
+    return absl::InternalError(absl::StrFormat("%d free slots, %d on the free stack", free_slots,
+                                               FreeSlots()));
+  }
+  for (const int32_t s : free_) {
+    if (row_of_slot_[size_t(s)] >= 0) {
+      return absl::InternalError(absl::StrFormat("slot %d on the free stack holds a row", s));
     }
   }
   for (int64_t r = 0; r < num_rows(); ++r) {

@@ -16,6 +16,8 @@
 //                                         group being planned (read as absent: in place)
 //   row_of_slot [num_slots]               row held by the slot, or -1 (free)
 //   last_use    [num_slots]               step that last needed the slot (0: never)
+//   free        [num_slots], free_top     stack of the free slots (initially every slot,
+//                                         slot 0 on top); invalidation pushes, misses pop
 //   hand                                  clock hand: where the next victim search starts
 //
 // A step is one decode call of one layer, planned in pipeline groups (the first group of a
@@ -25,14 +27,16 @@
 //      sequences, is claimed by one of them; the other counts it as a hit) and listed as a
 //      miss, while the list has room (list_capacity, at most num_slots); past it: read in
 //      place this step.
-//   2. Victims: from the hand, in slot order, wrapping once, the evictable slots (free, or
-//      last used more than `window` steps ago: RowSlotEvictable) go to the misses in list
-//      order; the hand moves past the last victim. Rows of the current step (this group's
-//      hits, the previous group's, whose attention may still run) are never victims, nor
-//      rows of the last `window` steps: with window >= the layers that take turns on the
-//      cache, a row a layer keeps step after step is never evicted by another layer's
-//      misses, so a working set larger than the cache keeps what it holds (hit ~ C / W) and
-//      reads the rest in place, instead of cycling the cache (LRU's 0 hits).
+//   2. Victims: free slots first (popped from the stack, top first: no resident row is
+//      dropped while a slot is free); then, from the hand, in slot order, wrapping once, the
+//      occupied slots last used more than `window` steps ago (RowSlotEvictable) go to the
+//      remaining misses in list order; the hand moves past the last one. Rows of the
+//      current step (this group's hits, the previous group's, whose attention may still
+//      run) are never victims, nor rows of the last `window` steps: with window >= the
+//      layers that take turns on the cache, a row a layer keeps step after step is never
+//      evicted by another layer's misses, so a working set larger than the cache keeps what
+//      it holds (hit ~ C / W) and reads the rest in place, instead of cycling the cache
+//      (LRU's 0 hits).
 //   3. Each listed miss with a victim takes its slot (the old row becomes absent); the row is
 //      copied into the slot, and only then published in slot_of_row (so an attention that is
 //      still running reads either the absent row in place or the complete slot). Misses
@@ -41,9 +45,11 @@
 // rows are invalidated (slot freed, row absent), never mirrored.
 // Counters: needed = hits + fetched + direct (kept rows of the group; a shared row counts
 // once per unit that keeps it).
-// GPU differences: ties are races (which evictable slots a group takes, which unit claims a
-// shared row), the hand moves by whole 32-slot chunks scanned; the counts of one group from
-// the same state are the same.
+// GPU differences: ties are races (which listed miss gets which slot, which occupied slots of
+// the hand's first chunks are taken, which unit claims a shared row, the order invalidation
+// pushes free slots), the hand moves to the end of the last 32-slot chunk that gave a victim;
+// the counts of one group from the same state are the same (fetched = min(misses listed,
+// free + evictable occupied slots)).
 // Thread-safety: none (one owner).
 #pragma once
 
@@ -116,6 +122,7 @@ class RowCachePolicy {
   void InvalidateRows(int64_t first, int64_t count);
 
   int32_t SlotOf(int64_t row) const { return slot_of_row_[size_t(row)]; }
+  int32_t FreeSlots() const { return int32_t(free_.size()); }
   int64_t RowIn(int32_t slot) const { return row_of_slot_[size_t(slot)]; }
   uint32_t LastUse(int32_t slot) const { return last_use_[size_t(slot)]; }
   uint32_t step() const { return step_; }
@@ -130,6 +137,7 @@ class RowCachePolicy {
   std::vector<int32_t> slot_of_row_;
   std::vector<int64_t> row_of_slot_;
   std::vector<uint32_t> last_use_;
+  std::vector<int32_t> free_;  // stack of free slots, top at the back
   uint32_t step_ = 0;
   uint32_t window_ = kDefaultRowWindow;
   int32_t hand_ = 0;

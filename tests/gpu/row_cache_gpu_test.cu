@@ -124,6 +124,7 @@ struct DeviceState {
   std::vector<int64_t> row_of_slot;
   std::vector<uint32_t> last_use;
   std::vector<fp16_t> slots;
+  std::vector<int32_t> free_stack;  // [free_top]
 };
 
 DeviceState ReadState(const pipeline_cuda::RowCacheFetch& f, const PageGeometry& g) {
@@ -138,6 +139,14 @@ DeviceState ReadState(const pipeline_cuda::RowCacheFetch& f, const PageGeometry&
   EXPECT_TRUE(gpu::CopyToHost(s.row_of_slot.data(), c.d_row_of_slot, s.row_of_slot.size() * 8).ok());
   EXPECT_TRUE(gpu::CopyToHost(s.last_use.data(), c.d_last_use, s.last_use.size() * 4).ok());
   EXPECT_TRUE(gpu::CopyToHost(s.slots.data(), c.d_slots, s.slots.size() * 2).ok());
+  int32_t top = 0;
+  EXPECT_TRUE(gpu::CopyToHost(&top, c.d_free_top, 4).ok());
+  EXPECT_GE(top, 0);
+  EXPECT_LE(top, c.num_slots);
+  s.free_stack.resize(size_t(std::clamp(top, 0, c.num_slots)));
+  if (!s.free_stack.empty()) {
+    EXPECT_TRUE(gpu::CopyToHost(s.free_stack.data(), c.d_free, s.free_stack.size() * 4).ok());
+  }
   return s;
 }
 
@@ -169,6 +178,12 @@ void ExpectConsistent(const DeviceState& s, const RowFixture& fx) {
   for (size_t sl = 0; sl < s.row_of_slot.size(); ++sl) {
     const int64_t r = s.row_of_slot[sl];
     if (r >= 0) ASSERT_EQ(s.slot_of_row[size_t(r)], int32_t(sl)) << "slot " << sl;
+  }
+  // The free stack holds exactly the free slots, each once.
+  std::set<int32_t> on_stack(s.free_stack.begin(), s.free_stack.end());
+  ASSERT_EQ(on_stack.size(), s.free_stack.size()) << "a slot pushed twice";
+  for (size_t sl = 0; sl < s.row_of_slot.size(); ++sl) {
+    ASSERT_EQ(on_stack.count(int32_t(sl)) == 1, s.row_of_slot[sl] < 0) << "slot " << sl;
   }
 }
 

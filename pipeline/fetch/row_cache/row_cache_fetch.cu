@@ -51,23 +51,24 @@ absl::Status RowCacheFetch::Init(const PageGeometry& g, int64_t num_blocks, int3
   TWL_RETURN_IF_ERROR(Grow(slot_of_row_, size_t(num_rows) * 4));
   TWL_RETURN_IF_ERROR(Grow(row_of_slot_, size_t(num_slots) * 8));
   TWL_RETURN_IF_ERROR(Grow(last_use_, size_t(num_slots) * 4));
-  TWL_RETURN_IF_ERROR(Grow(hand_, 4));
+  TWL_RETURN_IF_ERROR(Grow(free_, size_t(num_slots) * 4));
+  TWL_RETURN_IF_ERROR(Grow(words_, 8));  // hand, free stack top
   TWL_RETURN_IF_ERROR(Grow(list_, size_t(num_slots) * sizeof(RowFetch)));
   TWL_RETURN_IF_ERROR(Grow(counters_, sizeof(DeviceRowCounters) * size_t(max_groups)));
-  TWL_CUDA(cudaMemset(slot_of_row_.get(), 0xff, size_t(num_rows) * 4));  // -1: absent
-  TWL_CUDA(cudaMemset(row_of_slot_.get(), 0xff, size_t(num_slots) * 8));  // -1: free
-  TWL_CUDA(cudaMemset(last_use_.get(), 0, size_t(num_slots) * 4));
-  TWL_CUDA(cudaMemset(hand_.get(), 0, 4));
   TWL_CUDA(cudaMemset(counters_.get(), 0, sizeof(DeviceRowCounters) * size_t(max_groups)));
   cache_.d_slot_of_row = slot_of_row_.as<int32_t>();
   cache_.d_row_of_slot = row_of_slot_.as<int64_t>();
   cache_.d_last_use = last_use_.as<uint32_t>();
   cache_.d_slots = slots_.as<fp16_t>();
-  cache_.d_hand = hand_.as<int32_t>();
+  cache_.d_free = free_.as<int32_t>();
+  cache_.d_hand = words_.as<int32_t>();
+  cache_.d_free_top = words_.as<int32_t>() + 1;
   cache_.d_list = list_.as<RowFetch>();
   cache_.num_rows = num_rows;
   cache_.num_slots = num_slots;
   cache_.list_capacity = num_slots;
+  TWL_RETURN_IF_ERROR(LaunchRowCacheReset(cache_, nullptr));
+  TWL_CUDA(cudaDeviceSynchronize());  // ready before any stream uses it
   return absl::OkStatus();
 }
 

@@ -33,9 +33,10 @@ class RowCacheFetch final : public OffloadCacheFetch {
   RowCacheFetch& operator=(const RowCacheFetch&) = delete;
   ~RowCacheFetch() override;  // the owner has synchronized the device before
 
-  // Device bytes per row slot: the K and V rows, row_of_slot, last_use, a miss-list entry.
+  // Device bytes per row slot: the K and V rows, row_of_slot, last_use, its place on the
+  // free stack, a miss-list entry.
   static int64_t SlotBytes(const PageGeometry& g) {
-    return int64_t(g.head_dim) * 2 * 2 + 8 + 4 + int64_t(sizeof(RowFetch));
+    return int64_t(g.head_dim) * 2 * 2 + 8 + 4 + 4 + int64_t(sizeof(RowFetch));
   }
   // Bytes of the row map for `num_blocks` blocks.
   static int64_t MapBytes(const PageGeometry& g, int64_t num_blocks) {
@@ -94,7 +95,8 @@ class RowCacheFetch final : public OffloadCacheFetch {
   FetchSource source_;
   std::vector<cudaEvent_t> pruned_, fetched_;  // per group: prune done, fetch done
   DeviceRowCache cache_;
-  gpu::DeviceBuffer slots_, slot_of_row_, row_of_slot_, last_use_, hand_, list_, counters_;
+  gpu::DeviceBuffer slots_, slot_of_row_, row_of_slot_, last_use_, free_, words_, list_;
+  gpu::DeviceBuffer counters_;
   gpu::DeviceBuffer unit_hits_, unit_rows_;
   uint32_t step_ = 0;
   uint32_t window_ = kDefaultRowWindow;

@@ -6,10 +6,14 @@
 //   RowMark    every kept token -> its row; resident: a hit, slot stamped with the step;
 //              absent: claimed (atomicCAS -1 -> -2, one claimer per row) and listed, or past
 //              the list's capacity reset and read in place. An all-hit group is done here.
-//   RowVictims (returns at once without misses) warps take 32-slot chunks from the clock
-//              hand in order and give their evictable slots to the listed misses in claim
-//              order (the old rows become absent), until every miss has a slot or one pass
-//              over the slots is done; the last block moves the hand and closes the counters.
+//   RowFree    (returns at once without misses) the first misses of the list take free
+//              slots popped from the stack (no resident row is dropped while one is free).
+//   RowVictims (returns at once when the free slots sufficed) warps take 32-slot chunks
+//              from the clock hand in order and give their evictable occupied slots to the
+//              remaining misses (the old rows become absent), until every miss has a slot or
+//              one pass over the slots is done; the last block moves the hand past the last
+//              chunk that gave a victim and closes the counters. Two kernels, so that the
+//              scan never sees a free slot being taken.
 //   RowCopy    (returns at once without misses) a warp copies several rows at a time (K row
 //              and V row, 16-byte loads from the mapped pinned pool, all issued before the
 //              stores), then publishes them in slot_of_row; misses without a victim get -1
@@ -73,14 +77,15 @@ __device__ __forceinline__ int32_t WarpClaim(int32_t* counter, unsigned mask) {
   return base + __popc(mask & ((1u << lane) - 1u));
 }
 
-// Drops row r: absent, its slot (if any) free.
+// Drops row r: absent, its slot (if any) free and pushed on the stack. The exchange makes one
+// thread the owner when a launch lists the same row twice (a slot is pushed once).
 __device__ __forceinline__ void DropRow(const DeviceRowCache& c, int64_t r) {
   if (r < 0 || r >= c.num_rows) return;
-  const int32_t s = c.d_slot_of_row[r];
-  c.d_slot_of_row[r] = kRowAbsent;
+  const int32_t s = atomicExch(&c.d_slot_of_row[r], kRowAbsent);
   if (s < 0 || s >= c.num_slots) return;
   c.d_row_of_slot[s] = -1;
   c.d_last_use[s] = 0;
+  c.d_free[atomicAdd(c.d_free_top, 1)] = s;
 }
 
 // Kernel 1. Work items (unit, chunk of kTokensPerItem kept tokens) chunk-major, so the items
@@ -182,12 +187,36 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Kernel 2. Victims from the clock hand: warps take 32-slot chunks in order (one pass at
-// most), and each evictable slot of a chunk takes the next listed miss.
+// Kernel 2a. The first min(misses, free) listed misses take free slots from the top of the
+// stack (deterministic slots; which miss gets which depends on the claim order).
+__global__ void __launch_bounds__(kThreads)
+    RowFreeKernel(DeviceRowCache c, uint32_t step, DeviceRowCounters* cnt) {
+  const int32_t m = min(cnt->listed, c.list_capacity);
+  if (m <= 0) return;
+  const int32_t top = *c.d_free_top;
+  const int32_t take = min(m, top);
+  for (int32_t k = blockIdx.x * kThreads + threadIdx.x; k < take; k += gridDim.x * kThreads) {
+    const int32_t s = c.d_free[top - 1 - k];
+    c.d_row_of_slot[s] = c.d_list[k].row;
+    c.d_last_use[s] = step;
+    c.d_list[k].slot = s;
+  }
+  if (!LastBlockDone(&cnt->ticket)) return;
+  if (threadIdx.x == 0) {
+    *c.d_free_top = top - take;
+    cnt->victims = take;
+  }
+}
+
+// Kernel 2b. The misses left take occupied evictable slots from the clock hand: warps take
+// 32-slot chunks in order (one pass at most) and each evictable slot of a chunk takes the
+// next miss. Free slots are all taken (2a) when this runs, so every slot here is occupied.
 __global__ void __launch_bounds__(kThreads)
     RowVictimsKernel(DeviceRowCache c, uint32_t step, uint32_t window, DeviceRowCounters* cnt) {
   const int32_t m = min(cnt->listed, c.list_capacity);
-  if (m <= 0) {
+  const int32_t from_free = cnt->victims;
+  const int32_t need = m - from_free;
+  if (need <= 0) {
     if (blockIdx.x == 0 && threadIdx.x == 0) cnt->direct = cnt->overflow;
     return;
   }
@@ -201,7 +230,7 @@ __global__ void __launch_bounds__(kThreads)
   for (;;) {
     int32_t chunk = 0, done = 0;
     if (lane == 0) {
-      done = __ldcg(&cnt->victims) >= m;
+      done = __ldcg(&cnt->clock_victims) >= need;
       if (!done) chunk = atomicAdd(&cnt->scan_chunk, 1);
     }
     done = __shfl_sync(~0u, done, 0);
@@ -209,37 +238,41 @@ __global__ void __launch_bounds__(kThreads)
     if (done || chunk >= nchunks) break;  // warp-uniform
     const int64_t off = int64_t(chunk) * 32 + lane;
     int32_t s = 0;
+    int64_t old = -1;
     bool ev = false;
     if (off < c.num_slots) {
       s = int32_t((hand + off) % c.num_slots);
-      ev = RowSlotEvictable(c.d_row_of_slot[s], c.d_last_use[s], step, window);
+      old = c.d_row_of_slot[s];
+      ev = old >= 0 && RowSlotEvictable(old, c.d_last_use[s], step, window);
     }
     const unsigned vm = __ballot_sync(~0u, ev);
     if (!vm) continue;
-    const int32_t k = WarpClaim(&cnt->victims, vm);
+    const int32_t k = WarpClaim(&cnt->clock_victims, vm);
     bool evicted = false;
-    if (ev && k < m) {
-      const int64_t old = c.d_row_of_slot[s];
-      if (old >= 0 && old < c.num_rows) {
-        c.d_slot_of_row[old] = kRowAbsent;
-        evicted = true;
-      }
-      c.d_row_of_slot[s] = c.d_list[k].row;
+    if (ev && k < need) {
+      if (old < c.num_rows) c.d_slot_of_row[old] = kRowAbsent;
+      evicted = true;
+      const int32_t e = from_free + k;
+      c.d_row_of_slot[s] = c.d_list[e].row;
       c.d_last_use[s] = step;
-      c.d_list[k].slot = s;
+      c.d_list[e].slot = s;
     }
-    w_evict += __popc(__ballot_sync(~0u, evicted));
+    const unsigned em = __ballot_sync(~0u, evicted);
+    if (lane == 0 && em) {
+      w_evict += __popc(em);
+      atomicMax(&cnt->last_chunk, chunk);
+    }
   }
   if (lane == 0 && w_evict) atomicAdd(&s_evict, w_evict);
   __syncthreads();
   if (threadIdx.x == 0 && s_evict) atomicAdd(&cnt->evictions, s_evict);
   if (!LastBlockDone(&cnt->ticket)) return;
   if (threadIdx.x == 0) {
-    const int32_t victims = min(__ldcg(&cnt->victims), m);
-    const int32_t scanned = min(__ldcg(&cnt->scan_chunk), nchunks);
-    cnt->victims = victims;
-    cnt->direct = __ldcg(&cnt->overflow) + (m - victims);
-    if (victims > 0) *c.d_hand = int32_t((hand + int64_t(scanned) * 32) % c.num_slots);
+    const int32_t taken = min(__ldcg(&cnt->clock_victims), need);
+    const int32_t last = __ldcg(&cnt->last_chunk);
+    cnt->victims = from_free + taken;
+    cnt->direct = __ldcg(&cnt->overflow) + (need - taken);
+    if (last >= 0) *c.d_hand = int32_t((hand + (int64_t(last) + 1) * 32) % c.num_slots);
   }
 }
 
@@ -340,6 +373,15 @@ __global__ void InvalidateSegmentsKernel(DeviceRowCache c, PageGeometry g,
   }
 }
 
+// Every slot free, slot 0 on top of the stack.
+__global__ void ResetFreeKernel(DeviceRowCache c) {
+  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < c.num_slots;
+       i += gridDim.x * blockDim.x) {
+    c.d_free[i] = c.num_slots - 1 - i;
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) *c.d_free_top = c.num_slots;
+}
+
 int32_t FlatGrid(int64_t n) {
   return int32_t(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 4096));
 }
@@ -349,7 +391,7 @@ int32_t FlatGrid(int64_t n) {
 absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& a, void* stream) {
   if (a.batch.num_seqs <= 0) return absl::OkStatus();
   if (!cache.d_slot_of_row || !cache.d_row_of_slot || !cache.d_last_use || !cache.d_slots ||
-      !cache.d_hand || !cache.d_list || cache.num_slots <= 0 || cache.list_capacity <= 0 ||
+      !cache.d_hand || !cache.d_list || !cache.d_free || !cache.d_free_top || cache.num_slots <= 0 || cache.list_capacity <= 0 ||
       cache.list_capacity > cache.num_slots || !a.d_counters || !a.d_unit_hits ||
       !a.d_unit_rows || !a.kept.tokens || !a.kept.count || !a.batch.page_table ||
       a.kept.max_kept <= 0 || !a.source.mapped_base || a.step == 0) {
@@ -360,13 +402,18 @@ absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& a, vo
   }
   cudaStream_t s = AsStream(stream);
   const int32_t units = a.batch.num_seqs * a.g.num_kv_heads;
+  // The record zero but last_chunk -1 (its 4 bytes 0xff).
   TWL_CUDA(cudaMemsetAsync(a.d_counters, 0, sizeof(DeviceRowCounters), s));
+  TWL_CUDA(cudaMemsetAsync(&a.d_counters->last_chunk, 0xff, sizeof(int32_t), s));
   TWL_CUDA(cudaMemsetAsync(a.d_unit_hits, 0, sizeof(int32_t) * size_t(units), s));
   TWL_CUDA(cudaMemsetAsync(a.d_unit_rows, 0, sizeof(int32_t) * size_t(units), s));
   const int64_t chunks = (int64_t(a.kept.max_kept) + kTokensPerItem - 1) / kTokensPerItem;
   RowMarkKernel<<<GridFor(int64_t(units) * chunks, 8), kThreads, 0, s>>>(
       a.g, a.batch, a.kept, units, a.step, cache, a.d_counters, a.d_unit_hits, a.d_unit_rows);
   TWL_RETURN_IF_ERROR(LaunchStatus("RowMarkKernel"));
+  RowFreeKernel<<<GridFor(int64_t(cache.list_capacity) / 32 + 1, 2), kThreads, 0, s>>>(
+      cache, a.step, a.d_counters);
+  TWL_RETURN_IF_ERROR(LaunchStatus("RowFreeKernel"));
   const int64_t slot_chunks = (int64_t(cache.num_slots) + 31) / 32;
   RowVictimsKernel<<<GridFor(slot_chunks, 2), kThreads, 0, s>>>(cache, a.step, a.window,
                                                                 a.d_counters);
@@ -376,6 +423,20 @@ absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& a, vo
       cache, a.g, static_cast<const uint4*>(a.source.mapped_base), a.source.slot_of_block,
       a.d_counters);
   return LaunchStatus("RowCopyKernel");
+}
+
+absl::Status LaunchRowCacheReset(const DeviceRowCache& cache, void* stream) {
+  if (!cache.d_slot_of_row || !cache.d_row_of_slot || !cache.d_last_use || !cache.d_free ||
+      !cache.d_free_top || !cache.d_hand || cache.num_slots <= 0) {
+    return absl::InvalidArgumentError("LaunchRowCacheReset: null pointer or no slots");
+  }
+  cudaStream_t s = AsStream(stream);
+  TWL_CUDA(cudaMemsetAsync(cache.d_slot_of_row, 0xff, size_t(cache.num_rows) * 4, s));
+  TWL_CUDA(cudaMemsetAsync(cache.d_row_of_slot, 0xff, size_t(cache.num_slots) * 8, s));
+  TWL_CUDA(cudaMemsetAsync(cache.d_last_use, 0, size_t(cache.num_slots) * 4, s));
+  TWL_CUDA(cudaMemsetAsync(cache.d_hand, 0, 4, s));
+  ResetFreeKernel<<<FlatGrid(cache.num_slots), kThreads, 0, s>>>(cache);
+  return LaunchStatus("ResetFreeKernel");
 }
 
 absl::Status LaunchRowInvalidatePages(const DeviceRowCache& cache, const PageGeometry& g,

@@ -21,6 +21,8 @@ struct DeviceRowCache {
   int64_t* d_row_of_slot = nullptr;  // [num_slots], -1 free
   uint32_t* d_last_use = nullptr;    // [num_slots] step of last use (0: never)
   fp16_t* d_slots = nullptr;         // [num_slots][2][head_dim]: K row, V row
+  int32_t* d_free = nullptr;         // [num_slots] stack of free slots
+  int32_t* d_free_top = nullptr;     // [1] free slots on the stack
   int32_t* d_hand = nullptr;         // [1] clock hand
   RowFetch* d_list = nullptr;        // [list_capacity] the group's misses (scratch)
   int64_t num_rows = 0;              // num_blocks * page_size
@@ -34,13 +36,15 @@ struct DeviceRowCounters {
   int32_t hits = 0;        // resident, or claimed by another unit of the group
   int32_t listed = 0;      // claims (list places taken; may pass list_capacity)
   int32_t overflow = 0;    // claims past the list: read in place
-  int32_t victims = 0;     // misses given a slot (fetched)
+  int32_t victims = 0;     // misses given a slot (fetched): free ones, then by the clock
   int32_t evictions = 0;   // resident rows dropped for them
   int32_t direct = 0;      // rows read in place: overflow + listed misses without a victim
   int32_t scan_chunk = 0;  // victim search: next 32-slot chunk from the hand
   int32_t error = 0;       // 2: a kept row outside the map
   int32_t ticket = 0;      // last-block detection
-  int32_t reserved[6] = {};
+  int32_t clock_victims = 0;  // claims of the clock scan (may pass what it needs)
+  int32_t last_chunk = -1;    // the last 32-slot chunk (from the hand) that gave a victim
+  int32_t reserved[4] = {};
 };
 
 struct RowPlanArgs {
@@ -55,10 +59,14 @@ struct RowPlanArgs {
   FetchSource source;     // the mapped pinned pool (and its map under a disk tier)
 };
 
-// Enqueues the plan of one group and the copy of its fetched rows (a memset and 3 kernels:
-// mark hits and claim misses, take victims from the hand, copy + publish). A group whose rows
-// are all resident is done by the first kernel (the others return at once).
+// Enqueues the plan of one group and the copy of its fetched rows (memsets and 4 kernels:
+// mark hits and claim misses, pop free slots, take occupied victims from the hand, copy +
+// publish). A group whose rows are all resident is done by the first kernel (the others
+// return at once).
 absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& args, void* stream);
+
+// Empties the cache: every row absent, every slot free (on the stack, slot 0 on top), hand 0.
+absl::Status LaunchRowCacheReset(const DeviceRowCache& cache, void* stream);
 
 // Drops every row of every KV head of the listed pages (freed or rewritten pages).
 absl::Status LaunchRowInvalidatePages(const DeviceRowCache& cache, const PageGeometry& g,
