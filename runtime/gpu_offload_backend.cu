@@ -243,8 +243,8 @@ class GpuOffloadBackend final : public OffloadBackend {
     return absl::StrFormat(
         "gpu-offload + disk tier (%d cache slots of %s, %s; %s%s, %d block slots in host "
         "memory)",
-        num_slots_, fetch_stage_->granularity(), fetch_path_name(), tier.engine_name(), tier.direct_io() ? ", O_DIRECT" : "",
-        disk_->num_slots());
+        num_slots_, fetch_stage_->granularity(), fetch_path_name(), tier.engine_name(),
+        tier.direct_io() ? ", O_DIRECT" : "", disk_->num_slots());
   }
   int32_t num_cache_slots() const override { return num_slots_; }
   std::string fetch_path_name() const override {
@@ -1185,8 +1185,10 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     if (last_layer_ != std::numeric_limits<int32_t>::min()) next_layer_[last_layer_] = req.layer;
     last_layer_ = req.layer;
     pipeline_cuda::ResidentFetch fetch(
-        fetch_stage_.get(), [this](int32_t index, const SeqGroup& grp, const KeptView& kept,
-                              cudaStream_t cs) { return MakeGroupResident(index, grp, kept, cs); });
+        fetch_stage_.get(),
+        [this](int32_t index, const SeqGroup& grp, const KeptView& kept, cudaStream_t cs) {
+          return MakeGroupResident(index, grp, kept, cs);
+        });
     absl::Status ran = executor_.Run(step, groups, scratch_, fetch);
     step_batch_ = nullptr;
     if (!ran.ok()) {
@@ -1323,7 +1325,8 @@ absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t)
   t->blocks_needed = st.cache.blocks_needed + st.direct_blocks;
   // Blocks read in place cross the bus too (their kept rows): not hits.
   t->blocks_fetched = st.cache.misses + st.direct_blocks;
-  t->bytes_h2d = st.cache.misses * fetch_stage_->fetch_unit_bytes() + st.direct_tokens * row_bytes;
+  t->bytes_h2d =
+      st.cache.misses * fetch_stage_->fetch_unit_bytes() + st.direct_tokens * row_bytes;
   t->blocks_in_place = st.direct_blocks;
   t->bytes_in_place = st.direct_tokens * row_bytes;
   auto ms = [&](int32_t gi, int a, int b) {

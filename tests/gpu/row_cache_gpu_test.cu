@@ -135,8 +135,10 @@ DeviceState ReadState(const pipeline_cuda::RowCacheFetch& f, const PageGeometry&
   s.row_of_slot.resize(size_t(c.num_slots));
   s.last_use.resize(size_t(c.num_slots));
   s.slots.resize(size_t(c.num_slots) * 2 * g.head_dim);
-  EXPECT_TRUE(gpu::CopyToHost(s.slot_of_row.data(), c.d_slot_of_row, s.slot_of_row.size() * 4).ok());
-  EXPECT_TRUE(gpu::CopyToHost(s.row_of_slot.data(), c.d_row_of_slot, s.row_of_slot.size() * 8).ok());
+  EXPECT_TRUE(
+      gpu::CopyToHost(s.slot_of_row.data(), c.d_slot_of_row, s.slot_of_row.size() * 4).ok());
+  EXPECT_TRUE(
+      gpu::CopyToHost(s.row_of_slot.data(), c.d_row_of_slot, s.row_of_slot.size() * 8).ok());
   EXPECT_TRUE(gpu::CopyToHost(s.last_use.data(), c.d_last_use, s.last_use.size() * 4).ok());
   EXPECT_TRUE(gpu::CopyToHost(s.slots.data(), c.d_slots, s.slots.size() * 2).ok());
   int32_t top = 0;
@@ -171,7 +173,8 @@ void ExpectConsistent(const DeviceState& s, const RowFixture& fx) {
     const int64_t block = int64_t(r) / P, row = int64_t(r) % P;
     const fp16_t* k = pool + block * fx.g.FpBlockElems() + row * D;
     const fp16_t* v = k + int64_t(P) * D;
-    ASSERT_EQ(0, std::memcmp(s.slots.data() + size_t(sl) * 2 * D, k, size_t(D) * 2)) << "K row " << r;
+    ASSERT_EQ(0, std::memcmp(s.slots.data() + size_t(sl) * 2 * D, k, size_t(D) * 2))
+        << "K row " << r;
     ASSERT_EQ(0, std::memcmp(s.slots.data() + size_t(sl) * 2 * D + D, v, size_t(D) * 2))
         << "V row " << r;
   }
@@ -228,7 +231,9 @@ TEST(RowCacheGpuTest, RoomyCacheMatchesHostPolicyExactly) {
       TWL_ASSERT_OK(gpu::CopyToHost(uh.data(), f.unit_hits() + u0, size_t(units) * 4));
       TWL_ASSERT_OK(gpu::CopyToHost(ur.data(), f.unit_blocks() + u0, size_t(units) * 4));
       EXPECT_EQ(uh, want.unit_hits);
-      for (int32_t u = 0; u < units; ++u) EXPECT_EQ(ur[size_t(u)], int32_t(fx.kept[size_t(u0 + u)].size()));
+      for (int32_t u = 0; u < units; ++u) {
+        EXPECT_EQ(ur[size_t(u)], int32_t(fx.kept[size_t(u0 + u)].size()));
+      }
       const DeviceState s = ReadState(f, fx.g);
       ExpectConsistent(s, fx);
       for (int64_t r = 0; r < int64_t(s.slot_of_row.size()); ++r) {

@@ -89,7 +89,8 @@ absl::Status CacheFetch::GrowStep(int64_t units, size_t out_bytes) {
 int64_t CacheFetch::device_bytes() const {
   // Slots, then slot_of_block, need_stamp and values per block, block_of_slot and last_use
   // per slot.
-  return int64_t(num_slots_) * g_.FpBlockBytes() + (cache_.num_blocks * 3 + int64_t(num_slots_) * 2) * 4;
+  return int64_t(num_slots_) * g_.FpBlockBytes() +
+         (cache_.num_blocks * 3 + int64_t(num_slots_) * 2) * 4;
 }
 
 absl::Status CacheFetch::InvalidatePages(const int32_t* d_pages, int32_t num_pages,

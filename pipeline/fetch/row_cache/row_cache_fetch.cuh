@@ -57,7 +57,9 @@ class RowCacheFetch final : public OffloadCacheFetch {
   std::string transport_name() const override { return "row gather"; }
   void SetPath(FetchPath) override {}  // rows always move by the SM-driven copy
   // Rows stay while used within two passes over the layers.
-  void SetSharingLayers(int32_t layers) override { window_ = uint32_t(2 * (layers < 1 ? 1 : layers)); }
+  void SetSharingLayers(int32_t layers) override {
+    window_ = uint32_t(2 * (layers < 1 ? 1 : layers));
+  }
   void AttachStream(cudaStream_t fetch_stream) override { stream_ = fetch_stream; }
   absl::Status GrowStep(int64_t units, size_t out_bytes) override;
   int32_t num_slots() const override { return cache_.num_slots; }

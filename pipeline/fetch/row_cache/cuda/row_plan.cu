@@ -391,7 +391,8 @@ int32_t FlatGrid(int64_t n) {
 absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& a, void* stream) {
   if (a.batch.num_seqs <= 0) return absl::OkStatus();
   if (!cache.d_slot_of_row || !cache.d_row_of_slot || !cache.d_last_use || !cache.d_slots ||
-      !cache.d_hand || !cache.d_list || !cache.d_free || !cache.d_free_top || cache.num_slots <= 0 || cache.list_capacity <= 0 ||
+      !cache.d_hand || !cache.d_list || !cache.d_free || !cache.d_free_top ||
+      cache.num_slots <= 0 || cache.list_capacity <= 0 ||
       cache.list_capacity > cache.num_slots || !a.d_counters || !a.d_unit_hits ||
       !a.d_unit_rows || !a.kept.tokens || !a.kept.count || !a.batch.page_table ||
       a.kept.max_kept <= 0 || !a.source.mapped_base || a.step == 0) {
