@@ -3,6 +3,8 @@
 // in place, invalidation, and the maps' consistency after every plan.
 #include "cache/row_cache_policy.h"
 
+#include "core/page_layout.h"
+
 #include <numeric>
 #include <vector>
 
@@ -105,6 +107,35 @@ TEST(RowCachePolicy, InvalidateFreesTheSlot) {
   EXPECT_EQ(p.counters.direct, 1);
   EXPECT_EQ(p.counters.evictions, 0);
   ASSERT_TRUE(c.CheckConsistent().ok());
+}
+
+// FpKvView row mode (what the attention reads through): a resident row's K and V are its
+// slot's two halves; an absent one is read in place from the pool (through its pool map).
+TEST(FpKvViewRowMode, AddressesSlotsAndPoolRows) {
+  PageGeometry g;
+  g.page_size = 4;
+  g.head_dim = 8;
+  g.num_kv_heads = 1;
+  std::vector<fp16_t> pool(size_t(3 * g.FpBlockElems())), slots(size_t(5 * 2 * g.head_dim));
+  const std::vector<int32_t> slot_of_row = {-1, 3, -1, -1, 0, -1, -1, -1, -1, -1, -1, 4};
+  const std::vector<int32_t> pool_map = {2, 0, 1};  // block b at pool index pool_map[b]
+  FpKvView v;
+  v.kv = slots.data();
+  v.miss_kv = pool.data();
+  v.miss_slot_of_block = pool_map.data();
+  v.slot_of_row = slot_of_row.data();
+  // Row 1 of block 0 (row id 1): slot 3.
+  EXPECT_EQ(v.K(g, 0, 1), slots.data() + 3 * 16);
+  EXPECT_EQ(v.V(g, 0, 1), slots.data() + 3 * 16 + 8);
+  // Row 0 of block 1 (row id 4): slot 0; row 3 of block 2 (id 11): slot 4.
+  EXPECT_EQ(v.K(g, 1, 0), slots.data());
+  EXPECT_EQ(v.V(g, 2, 3), slots.data() + 4 * 16 + 8);
+  // Row 2 of block 0: absent, in place at pool index 2, K row 2 and V row 2 of that block.
+  EXPECT_EQ(v.K(g, 0, 2), pool.data() + 2 * g.FpBlockElems() + 2 * 8);
+  EXPECT_EQ(v.V(g, 0, 2), pool.data() + 2 * g.FpBlockElems() + (4 + 2) * 8);
+  // Block mode is unchanged: identity addressing without maps.
+  const FpKvView b{pool.data(), nullptr};
+  EXPECT_EQ(b.V(g, 1, 3), pool.data() + g.FpBlockElems() + (4 + 3) * 8);
 }
 
 TEST(RowCachePolicy, RejectsRowsOutOfRange) {
