@@ -1,7 +1,7 @@
 // Device side of the GPU row cache: the policy of cache/row_cache_policy.h over the pruner's
 // kept lists without the host, the copy of fetched rows, and invalidation.
 //
-// Plan of one group = a memset and 3 kernels (each grid-wide step needs the previous one's
+// Plan of one group = memsets and 4 kernels (each grid-wide step needs the previous one's
 // results):
 //   RowMark    every kept token -> its row; resident: a hit, slot stamped with the step;
 //              absent: claimed (atomicCAS -1 -> -2, one claimer per row) and listed, or past
@@ -260,7 +260,7 @@ __global__ void __launch_bounds__(kThreads)
     const unsigned em = __ballot_sync(~0u, evicted);
     if (lane == 0 && em) {
       w_evict += __popc(em);
-      atomicMax(&cnt->last_chunk, chunk);
+      atomicMax(&cnt->chunks_used, chunk + 1);
     }
   }
   if (lane == 0 && w_evict) atomicAdd(&s_evict, w_evict);
@@ -269,10 +269,10 @@ __global__ void __launch_bounds__(kThreads)
   if (!LastBlockDone(&cnt->ticket)) return;
   if (threadIdx.x == 0) {
     const int32_t taken = min(__ldcg(&cnt->clock_victims), need);
-    const int32_t last = __ldcg(&cnt->last_chunk);
+    const int32_t used = __ldcg(&cnt->chunks_used);
     cnt->victims = from_free + taken;
     cnt->direct = __ldcg(&cnt->overflow) + (need - taken);
-    if (last >= 0) *c.d_hand = int32_t((hand + (int64_t(last) + 1) * 32) % c.num_slots);
+    if (used > 0) *c.d_hand = int32_t((hand + int64_t(used) * 32) % c.num_slots);
   }
 }
 
@@ -403,9 +403,7 @@ absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& a, vo
   }
   cudaStream_t s = AsStream(stream);
   const int32_t units = a.batch.num_seqs * a.g.num_kv_heads;
-  // The record zero but last_chunk -1 (its 4 bytes 0xff).
   TWL_CUDA(cudaMemsetAsync(a.d_counters, 0, sizeof(DeviceRowCounters), s));
-  TWL_CUDA(cudaMemsetAsync(&a.d_counters->last_chunk, 0xff, sizeof(int32_t), s));
   TWL_CUDA(cudaMemsetAsync(a.d_unit_hits, 0, sizeof(int32_t) * size_t(units), s));
   TWL_CUDA(cudaMemsetAsync(a.d_unit_rows, 0, sizeof(int32_t) * size_t(units), s));
   const int64_t chunks = (int64_t(a.kept.max_kept) + kTokensPerItem - 1) / kTokensPerItem;

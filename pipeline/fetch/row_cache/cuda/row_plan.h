@@ -43,7 +43,7 @@ struct DeviceRowCounters {
   int32_t error = 0;       // 2: a kept row outside the map
   int32_t ticket = 0;      // last-block detection
   int32_t clock_victims = 0;  // claims of the clock scan (may pass what it needs)
-  int32_t last_chunk = -1;    // the last 32-slot chunk (from the hand) that gave a victim
+  int32_t chunks_used = 0;    // 1 + the last 32-slot chunk (from the hand) that gave a victim
   int32_t reserved[4] = {};
 };
 
