@@ -969,7 +969,7 @@ TEST(OffloadRowCacheTest, MatchesHbmBackendAcrossStepsAndCacheSizes) {
     if (block_bytes_of == 48) EXPECT_GT(in_place, 0) << "the tiny cache never overflowed";
     if (block_bytes_of == 6000) {
       EXPECT_EQ(in_place, 0) << "a roomy row cache reads in place";
-      EXPECT_GT(double(hits), 0.5 * double(needed)) << "stable top-p sets should hit";
+      EXPECT_GT(double(hits), 0.4 * double(needed)) << "stable top-p sets should hit";
     }
     EXPECT_GT(fetched, 0);
   }
