@@ -421,7 +421,10 @@ typedef struct twl_step_stats {
   int32_t num_seqs;
   int32_t num_q_heads;      /* per-head arrays hold num_seqs * num_q_heads entries */
   int32_t num_kv_heads;     /* per-KV-head arrays hold num_seqs * num_kv_heads entries */
-  int64_t blocks_needed;    /* FP16 blocks (page x KV head) read by the attention */
+  int64_t blocks_needed;    /* FP16 blocks (page x KV head) read by the attention; under the
+                               GPU offload backend's row cache (cache_rows) kept rows (one
+                               token's K and V of one KV head), and so blocks_fetched,
+                               blocks_in_place and cache_hit_rate */
   int64_t blocks_fetched;   /* of those, transferred host -> GPU in this step */
   int64_t bytes_h2d;        /* bytes transferred host -> GPU in this step */
   double cache_hit_rate;    /* 1 - blocks_fetched / blocks_needed (1 when none needed) */
