@@ -1,23 +1,26 @@
 // Device side of the GPU row cache: the policy of cache/row_cache_policy.h over the pruner's
 // kept lists without the host, the copy of fetched rows, and invalidation.
 //
-// Plan of one group = memsets and 4 kernels (each grid-wide step needs the previous one's
-// results):
+// Plan of one group = 4 kernels (each grid-wide step needs the previous one's results); an
+// all-hit group (the steady state of a serving loop) is done by the first two, the others
+// return at once:
+//   RowZero    the group's counters and per-unit counts (one launch, not three memsets: the
+//              fetch stream competes with the compute stream for SMs, every launch waits).
 //   RowMark    every kept token -> its row; resident: a hit, slot stamped with the step;
 //              absent: claimed (atomicCAS -1 -> -2, one claimer per row) and listed, or past
-//              the list's capacity reset and read in place. An all-hit group is done here.
-//   RowFree    (returns at once without misses) the first misses of the list take free
-//              slots popped from the stack (no resident row is dropped while one is free).
+//              the list's capacity reset and read in place. Its last block reserves the top
+//              min(misses, free) slots of the free stack for the first misses (no resident
+//              row is dropped while a slot is free); RowCopy assigns them.
 //   RowVictims (returns at once when the free slots sufficed) warps take 32-slot chunks
 //              from the clock hand in order and give their evictable occupied slots to the
 //              remaining misses (the old rows become absent), until every miss has a slot or
 //              one pass over the slots is done; the last block moves the hand past the last
-//              chunk that gave a victim and closes the counters. Two kernels, so that the
-//              scan never sees a free slot being taken.
+//              chunk that gave a victim and closes the counters. The free slots reserved are
+//              still marked free (row -1) here, and the scan takes occupied slots only.
 //   RowCopy    (returns at once without misses) a warp copies several rows at a time (K row
 //              and V row, 16-byte loads from the mapped pinned pool, all issued before the
-//              stores), then publishes them in slot_of_row; misses without a victim get -1
-//              back (read in place by the attention).
+//              stores), then assigns the reserved free slots and publishes the rows in
+//              slot_of_row; misses without a victim get -1 back (read in place).
 // Why publish after the copy: the previous group's attention may still run while this group
 // is planned and copied; it reads slot_of_row once per token, and -1/-2 send it to the pool,
 // so it sees either the row in place or a slot whose bytes have landed (the copy's stores are
@@ -42,7 +45,7 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 // Kept tokens one warp looks up per work item: a short chain of dependent loads per warp and
 // many warps in flight (the lookups are latency-bound).
-constexpr int kTokensPerItem = 128;
+constexpr int kTokensPerItem = 64;
 // 16-byte vectors per lane in flight in the copy (8 KiB per warp round).
 constexpr int kCopyVecs = 8;
 
@@ -86,6 +89,22 @@ __device__ __forceinline__ void DropRow(const DeviceRowCache& c, int64_t r) {
   c.d_row_of_slot[s] = -1;
   c.d_last_use[s] = 0;
   c.d_free[atomicAdd(c.d_free_top, 1)] = s;
+}
+
+// Kernel 0. Zeroes the group's counters and per-unit counts.
+__global__ void RowZeroKernel(DeviceRowCounters* cnt, int32_t* unit_hits, int32_t* unit_rows,
+                              int32_t units) {
+  constexpr int32_t kWords = int32_t(sizeof(DeviceRowCounters) / 4);
+  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < kWords + 2 * units;
+       i += gridDim.x * blockDim.x) {
+    if (i < kWords) {
+      reinterpret_cast<int32_t*>(cnt)[i] = 0;
+    } else if (i < kWords + units) {
+      unit_hits[i - kWords] = 0;
+    } else {
+      unit_rows[i - kWords - units] = 0;
+    }
+  }
 }
 
 // Kernel 1. Work items (unit, chunk of kTokensPerItem kept tokens) chunk-major, so the items
@@ -185,32 +204,23 @@ __global__ void __launch_bounds__(kThreads)
     if (s_hits) atomicAdd(&cnt->hits, s_hits);
     if (s_overflow) atomicAdd(&cnt->overflow, s_overflow);
   }
-}
-
-// Kernel 2a. The first min(misses, free) listed misses take free slots from the top of the
-// stack (deterministic slots; which miss gets which depends on the claim order).
-__global__ void __launch_bounds__(kThreads)
-    RowFreeKernel(DeviceRowCache c, uint32_t step, DeviceRowCounters* cnt) {
-  const int32_t m = min(cnt->listed, c.list_capacity);
-  if (m <= 0) return;
-  const int32_t top = *c.d_free_top;
-  const int32_t take = min(m, top);
-  for (int32_t k = blockIdx.x * kThreads + threadIdx.x; k < take; k += gridDim.x * kThreads) {
-    const int32_t s = c.d_free[top - 1 - k];
-    c.d_row_of_slot[s] = c.d_list[k].row;
-    c.d_last_use[s] = step;
-    c.d_list[k].slot = s;
-  }
   if (!LastBlockDone(&cnt->ticket)) return;
   if (threadIdx.x == 0) {
-    *c.d_free_top = top - take;
+    // Free slots for the first misses: reserved here (the stack shrinks), assigned by RowCopy.
+    const int32_t m = min(__ldcg(&cnt->listed), c.list_capacity);
+    const int32_t top = *c.d_free_top;
+    const int32_t take = max(0, min(m, top));
+    cnt->free_top = top;
+    cnt->free_taken = take;
     cnt->victims = take;
+    *c.d_free_top = top - take;
   }
 }
 
-// Kernel 2b. The misses left take occupied evictable slots from the clock hand: warps take
+// Kernel 2. The misses left take occupied evictable slots from the clock hand: warps take
 // 32-slot chunks in order (one pass at most) and each evictable slot of a chunk takes the
-// next miss. Free slots are all taken (2a) when this runs, so every slot here is occupied.
+// next miss. When this has work, every free slot was reserved for the first misses (still
+// marked free until RowCopy): only occupied slots are taken.
 __global__ void __launch_bounds__(kThreads)
     RowVictimsKernel(DeviceRowCache c, uint32_t step, uint32_t window, DeviceRowCounters* cnt) {
   const int32_t m = min(cnt->listed, c.list_capacity);
@@ -280,11 +290,16 @@ __global__ void __launch_bounds__(kThreads)
 // vectors), fenced, then published; the rest get -1 back. A warp moves `per_round` rows at a
 // time with every load issued before the first store (PCIe latency is microseconds).
 __global__ void __launch_bounds__(kThreads)
-    RowCopyKernel(DeviceRowCache c, PageGeometry g, const uint4* __restrict__ pool,
+    RowCopyKernel(DeviceRowCache c, PageGeometry g, uint32_t step, const uint4* __restrict__ pool,
                   const int32_t* __restrict__ pool_map, const DeviceRowCounters* cnt) {
   const int32_t m = min(cnt->listed, c.list_capacity);
   if (m <= 0) return;
   const int32_t victims = cnt->victims;
+  const int32_t free_taken = cnt->free_taken, free_top = cnt->free_top;
+  // Entry e's slot: reserved from the free stack, or given by RowVictims.
+  auto slot_of = [&](int64_t e) -> int32_t {
+    return e < free_taken ? c.d_free[free_top - 1 - e] : c.d_list[e].slot;
+  };
   const int32_t P = g.page_size;
   const int32_t row_vecs = g.head_dim / 8;           // 16-byte vectors of one K (or V) row
   const int32_t vr = 2 * row_vecs;                   // of one slot
@@ -304,9 +319,11 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t e = e0 + j;
       dst[k] = -1;
       if (j < per_round && e < m && e < victims) {
-        const RowFetch f = c.d_list[e];
+        const RowFetch f{c.d_list[e].row, slot_of(e), 0};
         const int64_t block = f.row / P;
         const int32_t row = int32_t(f.row % P), part = x % vr;
+        // Kept blocks are always in the pool (under a disk tier ResidentFetch made them
+        // resident before this plan); a negative index would only skip the copy.
         const int64_t at = pool_map ? int64_t(pool_map[block]) : block;
         if (at >= 0 && f.slot >= 0) {
           const int64_t src = at * block_vecs +
@@ -326,10 +343,14 @@ __global__ void __launch_bounds__(kThreads)
     if (lane < per_round) {
       const int64_t e = e0 + lane;
       if (e < m) {
-        const RowFetch f = c.d_list[e];
-        if (f.row >= 0 && f.row < c.num_rows) {
-          c.d_slot_of_row[f.row] = e < victims && f.slot >= 0 ? f.slot : kRowAbsent;
+        const int64_t r = c.d_list[e].row;
+        const int32_t s = e < victims ? slot_of(e) : -1;
+        if (e < free_taken && s >= 0) {  // a reserved free slot: assigned now
+          c.d_row_of_slot[s] = r;
+          c.d_last_use[s] = step;
+          c.d_list[e].slot = s;
         }
+        if (r >= 0 && r < c.num_rows) c.d_slot_of_row[r] = s >= 0 ? s : kRowAbsent;
       }
     }
   }
@@ -403,24 +424,21 @@ absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& a, vo
   }
   cudaStream_t s = AsStream(stream);
   const int32_t units = a.batch.num_seqs * a.g.num_kv_heads;
-  TWL_CUDA(cudaMemsetAsync(a.d_counters, 0, sizeof(DeviceRowCounters), s));
-  TWL_CUDA(cudaMemsetAsync(a.d_unit_hits, 0, sizeof(int32_t) * size_t(units), s));
-  TWL_CUDA(cudaMemsetAsync(a.d_unit_rows, 0, sizeof(int32_t) * size_t(units), s));
+  RowZeroKernel<<<FlatGrid(int64_t(sizeof(DeviceRowCounters) / 4) + 2 * int64_t(units)),
+                  kThreads, 0, s>>>(a.d_counters, a.d_unit_hits, a.d_unit_rows, units);
+  TWL_RETURN_IF_ERROR(LaunchStatus("RowZeroKernel"));
   const int64_t chunks = (int64_t(a.kept.max_kept) + kTokensPerItem - 1) / kTokensPerItem;
   RowMarkKernel<<<GridFor(int64_t(units) * chunks, 8), kThreads, 0, s>>>(
       a.g, a.batch, a.kept, units, a.step, cache, a.d_counters, a.d_unit_hits, a.d_unit_rows);
   TWL_RETURN_IF_ERROR(LaunchStatus("RowMarkKernel"));
-  RowFreeKernel<<<GridFor(int64_t(cache.list_capacity) / 32 + 1, 2), kThreads, 0, s>>>(
-      cache, a.step, a.d_counters);
-  TWL_RETURN_IF_ERROR(LaunchStatus("RowFreeKernel"));
   const int64_t slot_chunks = (int64_t(cache.num_slots) + 31) / 32;
   RowVictimsKernel<<<GridFor(slot_chunks, 2), kThreads, 0, s>>>(cache, a.step, a.window,
                                                                 a.d_counters);
   TWL_RETURN_IF_ERROR(LaunchStatus("RowVictimsKernel"));
   // Enough warps to keep PCIe busy: the copy is latency-bound.
   RowCopyKernel<<<GridFor(int64_t(cache.list_capacity), 4), kThreads, 0, s>>>(
-      cache, a.g, static_cast<const uint4*>(a.source.mapped_base), a.source.slot_of_block,
-      a.d_counters);
+      cache, a.g, a.step, static_cast<const uint4*>(a.source.mapped_base),
+      a.source.slot_of_block, a.d_counters);
   return LaunchStatus("RowCopyKernel");
 }
 

@@ -44,7 +44,9 @@ struct DeviceRowCounters {
   int32_t ticket = 0;      // last-block detection
   int32_t clock_victims = 0;  // claims of the clock scan (may pass what it needs)
   int32_t chunks_used = 0;    // 1 + the last 32-slot chunk (from the hand) that gave a victim
-  int32_t reserved[4] = {};
+  int32_t free_taken = 0;     // the first free_taken misses take free slots: entry e gets
+  int32_t free_top = 0;       //   free[free_top - 1 - e] (the stack before the plan)
+  int32_t reserved[2] = {};
 };
 
 struct RowPlanArgs {
@@ -59,10 +61,10 @@ struct RowPlanArgs {
   FetchSource source;     // the mapped pinned pool (and its map under a disk tier)
 };
 
-// Enqueues the plan of one group and the copy of its fetched rows (memsets and 4 kernels:
-// mark hits and claim misses, pop free slots, take occupied victims from the hand, copy +
-// publish). A group whose rows are all resident is done by the first kernel (the others
-// return at once).
+// Enqueues the plan of one group and the copy of its fetched rows (4 kernels: zero the
+// group's counters, mark hits and claim misses (its last block reserves free slots for the
+// first misses), take occupied victims from the hand for the rest, copy + publish). A group
+// whose rows are all resident is done by the first two (the others return at once).
 absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& args, void* stream);
 
 // Empties the cache: every row absent, every slot free (on the stack, slot 0 on top), hand 0.
