@@ -229,6 +229,13 @@ class GpuOffloadBackend final : public OffloadBackend {
     if (const char* p = std::getenv("TWL_APPEND_PATH"); p && std::strcmp(p, "kernel") == 0) {
       append_path_ = AppendPath::kKernel;
     }
+    // Measurement knob (issue 11): pipeline groups of a Twilight step, 1..kMaxGroups. Two
+    // overlap PCIe with the pruner; with the row cache a warm step moves almost nothing, and
+    // one group saves the second pruner launch and plan (to be measured on the H200).
+    if (const char* p = std::getenv("TWL_OFFLOAD_GROUPS"); p != nullptr) {
+      const int v = std::atoi(p);
+      if (v >= 1 && v <= kMaxGroups) twilight_groups_ = v;
+    }
 
     return absl::OkStatus();
   }
@@ -450,6 +457,7 @@ class GpuOffloadBackend final : public OffloadBackend {
   int32_t in_next_ = 0;
   std::vector<AppendSegment> segs_;
 
+  int32_t twilight_groups_ = kPipelineGroups;  // TWL_OFFLOAD_GROUPS overrides
   absl::Status async_error_;
   OffloadStepStats last_stats_;
   CacheCounters totals_;
@@ -1153,7 +1161,7 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   const std::vector<SeqGroup> groups =
       req.pruner.dense
           ? PlanSeqGroups(worst, cache_blocks, std::min(B, kPipelineGroups), kMaxGroups)
-          : PlanSeqGroups(worst, cache_blocks, kPipelineGroups, kPipelineGroups);
+          : PlanSeqGroups(worst, cache_blocks, twilight_groups_, twilight_groups_);
   const int32_t G = int32_t(groups.size());
 
   // The stages: select -> prune on c, the cache fetch on f, attention on c (overlapped by
