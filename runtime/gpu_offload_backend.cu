@@ -186,6 +186,12 @@ class GpuOffloadBackend final : public OffloadBackend {
       num_slots_ = pipeline_cuda::RowCacheFetch::SlotsFor(g_, num_blocks_,
                                                           block_slots * g_.FpBlockBytes());
       TWL_RETURN_IF_ERROR(rows->Init(g_, num_blocks_, num_slots_, HostPool(), kMaxGroups));
+      // Opt-in measurement knob (row_cache_fetch.cuh); not under a disk tier, whose host
+      // waits take the step's end as the end of its pool reads.
+      if (const char* p = std::getenv("TWL_ROW_EARLY_ATTEND");
+          p != nullptr && std::strcmp(p, "1") == 0 && !disk_) {
+        rows->SetEarlyAttend(true);
+      }
       fetch_stage_ = std::move(rows);
     } else {
       auto blocks = std::make_unique<pipeline_cuda::CacheFetch>();
@@ -207,7 +213,7 @@ class GpuOffloadBackend final : public OffloadBackend {
     }
     TWL_RETURN_IF_ERROR(uploads_.Init());
     TWL_RETURN_IF_ERROR(telemetry_.Init(kMaxGroups * kNumGroupEvents));
-    for (cudaEvent_t* e : {&ev_release_staged_, &ev_in_[0], &ev_in_[1]}) {
+    for (cudaEvent_t* e : {&ev_release_staged_, &ev_in_[0], &ev_in_[1], &ev_fetch_tail_}) {
       TWL_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
       all_events_.push_back(*e);
     }
@@ -440,6 +446,7 @@ class GpuOffloadBackend final : public OffloadBackend {
   PinnedBuffer h_release_;
   gpu::DeviceBuffer d_release_;
   cudaEvent_t ev_release_staged_ = nullptr;  // h_release_ consumed
+  cudaEvent_t ev_fetch_tail_ = nullptr;      // fetch stream: the step's last fetch done
   // Bulk append (AppendSegments).
   AppendPath append_path_ = AppendPath::kCopyEngine;
   int64_t page_bytes_ = 0;   // one page: num_kv_heads blocks, contiguous in the pool
@@ -1186,6 +1193,10 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   step.timing_slot = ts;
   if (!disk_) {
     TWL_RETURN_IF_ERROR(executor_.Run(step, groups, scratch_, *fetch_stage_));
+    // The step ends after its last fetch too (attention may not have waited for it: early
+    // attention of the row cache): the next step rewrites the kept lists the plans read.
+    TWL_CUDA(cudaEventRecord(ev_fetch_tail_, fetch_stream_));
+    TWL_CUDA(cudaStreamWaitEvent(c, ev_fetch_tail_, 0));
   } else {
     // The fetch stage first makes each group's kept pages resident in the pinned slots.
     step_io_ = DiskIoCounts{};

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <numeric>
@@ -973,6 +974,48 @@ TEST(OffloadRowCacheTest, MatchesHbmBackendAcrossStepsAndCacheSizes) {
     }
     EXPECT_GT(fetched, 0);
   }
+}
+
+// Early attention (TWL_ROW_EARLY_ATTEND=1, pipeline/fetch/row_cache/row_cache_fetch.cuh): a
+// group's attention does not wait for its own plan and copy; outputs still equal the HBM
+// backend's, with a tiny cache (evictions between groups) and a roomy one.
+TEST(OffloadRowCacheTest, EarlyAttendMatchesHbmBackend) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = FreshSeed();
+  setenv("TWL_ROW_EARLY_ATTEND", "1", 1);
+  for (int64_t block_bytes_of : {48, 6000}) {
+    SCOPED_TRACE(::testing::Message() << "cache of " << block_bytes_of << " blocks' bytes, seed "
+                                      << seed);
+    RuntimeConfig cfg = SmallConfig();
+    cfg.cache_rows = 2;
+    PageGeometry g;
+    g.page_size = cfg.page_size;
+    g.head_dim = cfg.head_dim;
+    g.num_kv_heads = cfg.num_kv_heads;
+    cfg.gpu_cache_bytes = block_bytes_of * g.FpBlockBytes() + 1600 * 4 * 16 * 4;
+    SideBySide sb;
+    ASSERT_OK(sb.Init(cfg, 1600, /*cpu_ref=*/false, seed));
+    Workload w(g, cfg.num_q_heads, seed + 1);
+    std::vector<int32_t> seqs;
+    for (int32_t L : {37, 700, 1500, 3001, 4100}) {
+      const int32_t s = sb.AddSequence();
+      ASSERT_OK(sb.Append(s, w, L));
+      seqs.push_back(s);
+    }
+    std::vector<int32_t> topics(seqs.size(), 0);
+    std::mt19937_64 rng(seed + 2);
+    for (int32_t step = 0; step < 8; ++step) {
+      StepTelemetry tel;
+      PrunerParams pr;
+      pr.p = step % 3 == 0 ? 0.9f : 0.95f;
+      auto err = sb.Decode(seqs, w, &topics, Quest(70), pr, &tel);
+      ASSERT_TRUE(err.ok()) << err.status();
+      EXPECT_LE(*err, 1e-3) << "step " << step;
+      EXPECT_EQ(sb.off->LastStepStats().errors, 0);
+      for (int32_t s : seqs) ASSERT_OK(sb.Append(s, w, 1 + int32_t(rng() % 20)));
+    }
+  }
+  unsetenv("TWL_ROW_EARLY_ATTEND");
 }
 
 TEST(OffloadRowCacheTest, RepeatedStepHitsEverything) {

@@ -148,6 +148,11 @@ absl::Status RowCacheFetch::Fetch(int32_t index, const SeqGroup& group, const Pa
 }
 
 absl::Status RowCacheFetch::WaitFetched(int32_t index, cudaStream_t compute) {
+  if (early_attend_) {
+    // The previous group's plan may evict rows this group's plan has not stamped yet.
+    if (index > 0) TWL_CUDA(cudaStreamWaitEvent(compute, fetched_[size_t(index - 1)], 0));
+    return absl::OkStatus();
+  }
   TWL_CUDA(cudaStreamWaitEvent(compute, fetched_[size_t(index)], 0));
   return absl::OkStatus();
 }

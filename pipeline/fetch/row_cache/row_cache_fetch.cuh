@@ -52,6 +52,17 @@ class RowCacheFetch final : public OffloadCacheFetch {
   const DeviceRowCache& state() const { return cache_; }
   uint32_t window() const { return window_; }
   void SetWindow(uint32_t steps) { window_ = steps; }
+  // Early attention (opt-in, TWL_ROW_EARLY_ATTEND=1 at the backend's creation): group g's
+  // attention waits only for group g-1's fetch, not its own, and reads whatever its plan has
+  // not made resident yet in place. Sound because a row it finds resident is stamped by its
+  // own plan before that plan takes victims (so no later plan of the step evicts it), rows
+  // are published only after their copy, and only the previous group's plan could evict an
+  // unstamped row it reads. The store must then end the step after the last fetch (the
+  // compute stream waits for the fetch stream), since the next step overwrites the kept
+  // lists the plan reads. Gains: the last group's plan overlaps its attention; costs: a
+  // group with many misses reads them over PCIe twice (in place and by the copy).
+  void SetEarlyAttend(bool on) { early_attend_ = on; }
+  bool early_attend() const { return early_attend_; }
 
   // OffloadCacheFetch.
   std::string transport_name() const override { return "row gather"; }
@@ -102,6 +113,7 @@ class RowCacheFetch final : public OffloadCacheFetch {
   gpu::DeviceBuffer unit_hits_, unit_rows_;
   uint32_t step_ = 0;
   uint32_t window_ = kDefaultRowWindow;
+  bool early_attend_ = false;
   int32_t max_groups_ = 0;
 };
 
