@@ -164,6 +164,7 @@ absl::StatusOr<twl::RuntimeConfig> ToRuntimeConfig(const twl_runtime_config& c) 
         "kv_dtype ", static_cast<int64_t>(c.kv_dtype), " unknown (FP16 or BF16)"));
   }
   r.kv_dtype = c.kv_dtype == TWL_DTYPE_BF16 ? twl::DType::kBf16 : twl::DType::kFp16;
+  r.cache_rows = c.cache_rows;  // checked by RuntimeConfig::Validate
   return r;
 }
 
@@ -208,6 +209,7 @@ twl_runtime_config ResolvedConfig(const twl_runtime_config& asked, const twl::Ru
   c.disk_bytes = r.disk_bytes;
   c.k_scheme = r.k_scheme;
   c.kv_dtype = r.kv_dtype == twl::DType::kBf16 ? TWL_DTYPE_BF16 : TWL_DTYPE_FP16;
+  c.cache_rows = r.cache_rows;
   return c;
 }
 
@@ -297,6 +299,10 @@ twl_status twl_runtime_create(const twl_runtime_config* config, twl_runtime** ou
     if (!twl::api::HasField(config->struct_size, offsetof(twl_runtime_config, kv_dtype),
                             sizeof(asked.kv_dtype))) {
       asked.kv_dtype = defaults.kv_dtype;
+    }
+    if (!twl::api::HasField(config->struct_size, offsetof(twl_runtime_config, cache_rows),
+                            sizeof(asked.cache_rows))) {
+      asked.cache_rows = defaults.cache_rows;
     }
     absl::StatusOr<twl::RuntimeConfig> rc = twl::api::ToRuntimeConfig(asked);
     if (!rc.ok()) return rc.status();

@@ -244,12 +244,20 @@ typedef struct twl_runtime_config {
    * needs k_bits 2, 4 or 8. Every backend; TWL_DTYPE_FP32 or another value is
    * TWL_INVALID_ARGUMENT. */
   twl_dtype kv_dtype;
+  /* ---- Appended after kv_dtype: what the GPU offload backend's GPU cache holds. ----
+   * 0 (library chooses; also for callers whose struct ends before this field): rows, unless
+   * the row map (4 bytes per cached token position of the host pool) would take more than a
+   * quarter of gpu_cache_bytes; 1: whole blocks (16 tokens of one KV head, kept by value: the
+   * policy before rows); 2: single tokens' K and V rows (the cache holds only rows the
+   * attention reads; top-p keeps ~1-4 rows of a 16-row block at long context). Other values
+   * are TWL_INVALID_ARGUMENT; other backends ignore it. */
+  int32_t cache_rows;
 } twl_runtime_config;
 
 #define TWL_RUNTIME_CONFIG_INIT                                                              \
   {                                                                                          \
     sizeof(twl_runtime_config), 0, 0, 0, 0, 0, 0, 0.0f, TWL_SELECTOR_DEFAULT, 0, 0.0f, -1, \
-        -1, 0, 0, TWL_FETCH_AUTO, TWL_BACKEND_AUTO, -1, -1, NULL, 0, 0, TWL_DTYPE_FP16      \
+        -1, 0, 0, TWL_FETCH_AUTO, TWL_BACKEND_AUTO, -1, -1, NULL, 0, 0, TWL_DTYPE_FP16, 0   \
   }
 
 /* A configuration with every tunable at "library chooses" and the model shape unset. Inline,
@@ -413,7 +421,10 @@ typedef struct twl_step_stats {
   int32_t num_seqs;
   int32_t num_q_heads;      /* per-head arrays hold num_seqs * num_q_heads entries */
   int32_t num_kv_heads;     /* per-KV-head arrays hold num_seqs * num_kv_heads entries */
-  int64_t blocks_needed;    /* FP16 blocks (page x KV head) read by the attention */
+  int64_t blocks_needed;    /* FP16 blocks (page x KV head) read by the attention; under the
+                               GPU offload backend's row cache (cache_rows) kept rows (one
+                               token's K and V of one KV head), and so blocks_fetched,
+                               blocks_in_place and cache_hit_rate */
   int64_t blocks_fetched;   /* of those, transferred host -> GPU in this step */
   int64_t bytes_h2d;        /* bytes transferred host -> GPU in this step */
   double cache_hit_rate;    /* 1 - blocks_fetched / blocks_needed (1 when none needed) */

@@ -30,6 +30,9 @@
 //   dense-hbm       gpu-hbm, every layer dense (the project's own dense kernel)
 //   full-offload    gpu-offload, every layer dense (all KV over PCIe each step)
 //   cpu, cpu-dense  the CPU backend (what a run without a GPU measures; CI's tiny run)
+//   twilight-blocks, twilight-rows  twilight with the GPU cache's granularity pinned
+//                   (twl_runtime_config.cache_rows 1 / 2: whole 16-row blocks by value, or
+//                   single K+V rows; issue 11); hit and MB h2d then count blocks or rows
 //   twilight-disk   gpu-offload over the NVMe tier: host pool --disk_host_pool_gib (default
 //                   a quarter of the KV), the rest in a file in --disk_dir; compare its tok/s
 //                   with twilight's (everything in the host pool). Its rows also give the
@@ -92,6 +95,9 @@ ABSL_FLAG(bool, profile_last_step, false,
 ABSL_FLAG(int32_t, churn_every, 8, "a sequence finishes and a new one starts every N steps (0: off)");
 ABSL_FLAG(int32_t, drift_every, 32, "drifting: steps between moves of the hot region");
 ABSL_FLAG(double, cache_frac, 0.10, "GPU hot-page cache as a fraction of all layers' FP16 KV");
+ABSL_FLAG(int32_t, cache_rows, 0,
+          "what the offload methods' GPU cache holds (twl_runtime_config.cache_rows): 0 library "
+          "default, 1 blocks, 2 rows (twilight-blocks / twilight-rows pin one)");
 ABSL_FLAG(int32_t, quest_budget, 8192, "B0 in tokens of the *-b8k methods");
 ABSL_FLAG(double, top_p, 0.95, "top-p of the Twilight methods");
 ABSL_FLAG(int32_t, k_scheme, 0,
@@ -182,12 +188,16 @@ struct Method {
   bool disk = false;          // a disk tier under a smaller host pool
   bool graph = false;         // bound batch, each layer's decode replayed from a CUDA graph
   twl_selector selector = TWL_SELECTOR_DEFAULT;
+  int32_t cache_rows = -1;    // GPU cache of blocks (1) or rows (2); -1: --cache_rows
 };
 
 bool MakeMethod(const std::string& name, int32_t quest_budget, Method* m) {
   m->name = name;
   if (name == "twilight") {
     m->backend = TWL_BACKEND_GPU_OFFLOAD;
+  } else if (name == "twilight-blocks" || name == "twilight-rows") {
+    m->backend = TWL_BACKEND_GPU_OFFLOAD;  // the GPU cache's granularity pinned (issue 11)
+    m->cache_rows = name == "twilight-rows" ? 2 : 1;
   } else if (name == "twilight-b8k") {
     m->backend = TWL_BACKEND_GPU_OFFLOAD;
     m->budget_tokens = quest_budget;
@@ -426,6 +436,7 @@ void Config::CreateRuntime(int64_t max_tokens) {
   c.dense_layers = method_.dense ? L() : 0;
   c.top_p = float(absl::GetFlag(FLAGS_top_p));
   c.k_scheme = absl::GetFlag(FLAGS_k_scheme);
+  c.cache_rows = method_.cache_rows >= 0 ? method_.cache_rows : absl::GetFlag(FLAGS_cache_rows);
   c.collect_telemetry = 1;
   const int64_t page = 16;
   const int64_t kv_bytes_all = max_tokens * L() * RowElems() * 2 * 2;

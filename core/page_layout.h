@@ -102,11 +102,32 @@ struct FpKvView {
     }
     return kv + slot * g.FpBlockElems();
   }
+  // Row mode (slot_of_row set; the GPU row cache, pipeline/fetch/row_cache/): kv holds rows,
+  // not blocks: [num_row_slots][2][head_dim] (a K row then its V row, 512 B at d = 128), and
+  // row r = block * page_size + row of a block is at slot slot_of_row[r], or read in place
+  // from miss_kv when that is < 0. slot_of_block is unused then.
+  const int32_t* slot_of_row = nullptr;    // [num_blocks * page_size] or null: block mode
+
   TWL_HD fp16_t* K(const PageGeometry& g, int64_t block, int32_t row) const {
+    if (slot_of_row) return RowK(g, block, row);
     return Block(g, block) + int64_t(row) * g.head_dim;
   }
   TWL_HD fp16_t* V(const PageGeometry& g, int64_t block, int32_t row) const {
+    if (slot_of_row) return RowK(g, block, row) + RowVOffset(g, block, row);
     return Block(g, block) + int64_t(g.page_size + row) * g.head_dim;
+  }
+
+  // Row mode: the K row, in its slot or in place; the V row follows it at RowVOffset.
+  TWL_HD fp16_t* RowK(const PageGeometry& g, int64_t block, int32_t row) const {
+    const int32_t s = slot_of_row[block * g.page_size + row];
+    if (s >= 0 || !miss_kv) return kv + int64_t(s) * 2 * g.head_dim;
+    return const_cast<fp16_t*>(miss_kv) + MissIndex(block) * g.FpBlockElems() +
+           int64_t(row) * g.head_dim;
+  }
+  TWL_HD int64_t RowVOffset(const PageGeometry& g, int64_t block, int32_t row) const {
+    return slot_of_row[block * g.page_size + row] >= 0 || !miss_kv
+               ? int64_t(g.head_dim)
+               : int64_t(g.page_size) * g.head_dim;
   }
 };
 

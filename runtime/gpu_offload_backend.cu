@@ -37,6 +37,7 @@
 #include "pipeline/cuda/step_events.cuh"
 #include "pipeline/cuda/step_scratch.cuh"
 #include "pipeline/fetch/cache/cache_fetch.cuh"
+#include "pipeline/fetch/row_cache/row_cache_fetch.cuh"
 #include "pipeline/fetch/disk/kept_blocks.h"
 #include "pipeline/fetch/disk/resident_fetch.cuh"
 #include "pipeline/prune/twilight/twilight_pruner.h"
@@ -176,20 +177,36 @@ class GpuOffloadBackend final : public OffloadBackend {
     // Slots are int32: a gpu_cache_bytes (or block count) past 2^31 slots is clamped, not
     // wrapped (issue 15: no tunable may overflow).
     // With a disk tier the default size follows the host pool, not the logical pages.
+    const int64_t block_slots = OffloadCacheSlots(cfg_, disk_ ? host_slots_ : num_pages_);
     num_slots_ = int32_t(std::min<int64_t>(
-        {OffloadCacheSlots(cfg_, disk_ ? host_slots_ : num_pages_), num_blocks_,
-         int64_t(std::numeric_limits<int32_t>::max())}));
+        {block_slots, num_blocks_, int64_t(std::numeric_limits<int32_t>::max())}));
     num_slots_ = std::max(num_slots_, 1);
-    // The fetch stage owns the slots, maps, counters and transports.
-    TWL_RETURN_IF_ERROR(fetch_stage_.Init(g_, num_blocks_, num_slots_, HostPool(),
-                                          cfg_.fetch_path, kMaxGroups));
-    // Values halve every 4 passes over the layers: a block is seen ~4 times per half-life.
-    fetch_stage_.SetDecaySteps(std::max(8, 4 * cfg_.num_layers));
+    // The fetch stage owns the slots, maps, counters and transports. Rows or blocks in the
+    // same bytes (runtime/runtime.h cache_rows).
+    if (UseRowCache(block_slots * g_.FpBlockBytes())) {
+      auto rows = std::make_unique<pipeline_cuda::RowCacheFetch>();
+      num_slots_ = pipeline_cuda::RowCacheFetch::SlotsFor(g_, num_blocks_,
+                                                          block_slots * g_.FpBlockBytes());
+      TWL_RETURN_IF_ERROR(rows->Init(g_, num_blocks_, num_slots_, HostPool(), kMaxGroups));
+      // Opt-in measurement knob (row_cache_fetch.cuh); not under a disk tier, whose host
+      // waits take the step's end as the end of its pool reads.
+      if (const char* p = std::getenv("TWL_ROW_EARLY_ATTEND");
+          p != nullptr && std::strcmp(p, "1") == 0 && !disk_) {
+        rows->SetEarlyAttend(true);
+      }
+      fetch_stage_ = std::move(rows);
+    } else {
+      auto blocks = std::make_unique<pipeline_cuda::CacheFetch>();
+      TWL_RETURN_IF_ERROR(blocks->Init(g_, num_blocks_, num_slots_, HostPool(),
+                                       cfg_.fetch_path, kMaxGroups));
+      fetch_stage_ = std::move(blocks);
+    }
+    fetch_stage_->SetSharingLayers(cfg_.num_layers);
 
     // Streams and events.
     TWL_CUDA(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
     TWL_CUDA(cudaStreamCreateWithFlags(&fetch_stream_, cudaStreamNonBlocking));
-    fetch_stage_.AttachStream(fetch_stream_);
+    fetch_stage_->AttachStream(fetch_stream_);
     TWL_CUDA(cudaStreamCreateWithFlags(&append_stream_, cudaStreamNonBlocking));
     for (cudaEvent_t* e : {&ev_append_done_, &ev_step_done_, &ev_append_staged_,
                            &ev_appended_}) {
@@ -198,7 +215,7 @@ class GpuOffloadBackend final : public OffloadBackend {
     }
     TWL_RETURN_IF_ERROR(uploads_.Init());
     TWL_RETURN_IF_ERROR(telemetry_.Init(kMaxGroups * kNumGroupEvents));
-    for (cudaEvent_t* e : {&ev_release_staged_, &ev_in_[0], &ev_in_[1]}) {
+    for (cudaEvent_t* e : {&ev_release_staged_, &ev_in_[0], &ev_in_[1], &ev_fetch_tail_}) {
       TWL_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
       all_events_.push_back(*e);
     }
@@ -220,6 +237,13 @@ class GpuOffloadBackend final : public OffloadBackend {
     if (const char* p = std::getenv("TWL_APPEND_PATH"); p && std::strcmp(p, "kernel") == 0) {
       append_path_ = AppendPath::kKernel;
     }
+    // Measurement knob (issue 11): pipeline groups of a Twilight step, 1..kMaxGroups. Two
+    // overlap PCIe with the pruner; with the row cache a warm step moves almost nothing, and
+    // one group saves the second pruner launch and plan (to be measured on the H200).
+    if (const char* p = std::getenv("TWL_OFFLOAD_GROUPS"); p != nullptr) {
+      const int v = std::atoi(p);
+      if (v >= 1 && v <= kMaxGroups) twilight_groups_ = v;
+    }
 
     return absl::OkStatus();
   }
@@ -227,20 +251,22 @@ class GpuOffloadBackend final : public OffloadBackend {
   BackendKind Kind() const override { return BackendKind::kGpuOffload; }
   std::string Name() const override {
     if (!disk_) {
-      return absl::StrFormat("gpu-offload (%d cache slots, %s)", num_slots_, fetch_path_name());
+      return absl::StrFormat("gpu-offload (%d cache slots of %s, %s)", num_slots_,
+                             fetch_stage_->granularity(), fetch_path_name());
     }
     const DiskTier& tier = disk_->tier();
     return absl::StrFormat(
-        "gpu-offload + disk tier (%d cache slots, %s; %s%s, %d block slots in host memory)",
-        num_slots_, fetch_path_name(), tier.engine_name(), tier.direct_io() ? ", O_DIRECT" : "",
-        disk_->num_slots());
+        "gpu-offload + disk tier (%d cache slots of %s, %s; %s%s, %d block slots in host "
+        "memory)",
+        num_slots_, fetch_stage_->granularity(), fetch_path_name(), tier.engine_name(),
+        tier.direct_io() ? ", O_DIRECT" : "", disk_->num_slots());
   }
   int32_t num_cache_slots() const override { return num_slots_; }
   std::string fetch_path_name() const override {
-    return fetch_stage_.transport_name();
+    return fetch_stage_->transport_name();
   }
   void SetFetchPath(FetchPath path) override {
-    fetch_stage_.SetPath(path);
+    fetch_stage_->SetPath(path);
   }
   void SetAppendPath(AppendPath path) override { append_path_ = path; }
   AppendPath append_path() const override { return append_path_; }
@@ -374,7 +400,15 @@ class GpuOffloadBackend final : public OffloadBackend {
   QuantKView qk_;
   gpu::DeviceBuffer meta_;              // qk_.meta
   const Selector* meta_sel_ = nullptr;  // its owner, the runtime's selector (set by Init)
-  pipeline_cuda::CacheFetch fetch_stage_;  // GPU hot cache + transports
+  // GPU hot cache (blocks or rows) + transports.
+  std::unique_ptr<pipeline_cuda::OffloadCacheFetch> fetch_stage_;
+  // cache_rows (runtime/runtime.h): 2 rows, 1 blocks, 0 rows unless the row map would take
+  // more than a quarter of the cache's `budget` bytes (a huge logical pool over a disk tier).
+  bool UseRowCache(int64_t budget) const {
+    if (cfg_.cache_rows == 1) return false;
+    if (cfg_.cache_rows == 2) return true;
+    return pipeline_cuda::RowCacheFetch::MapBytes(g_, num_blocks_) * 4 <= budget;
+  }
 
   cudaStream_t own_stream_ = nullptr, fetch_stream_ = nullptr, append_stream_ = nullptr;
   cudaEvent_t ev_append_done_ = nullptr;  // fetch stream: appends + cache mirror done
@@ -402,6 +436,7 @@ class GpuOffloadBackend final : public OffloadBackend {
   PinnedBuffer h_release_;
   gpu::DeviceBuffer d_release_;
   cudaEvent_t ev_release_staged_ = nullptr;  // h_release_ consumed
+  cudaEvent_t ev_fetch_tail_ = nullptr;      // fetch stream: the step's last fetch done
   // Bulk append (AppendSegments).
   AppendPath append_path_ = AppendPath::kCopyEngine;
   int64_t page_bytes_ = 0;   // one page: num_kv_heads blocks, contiguous in the pool
@@ -419,6 +454,7 @@ class GpuOffloadBackend final : public OffloadBackend {
   int32_t in_next_ = 0;
   std::vector<AppendSegment> segs_;
 
+  int32_t twilight_groups_ = kPipelineGroups;  // TWL_OFFLOAD_GROUPS overrides
   absl::Status async_error_;
   OffloadStepStats last_stats_;
   CacheCounters totals_;
@@ -446,8 +482,7 @@ absl::Status GpuOffloadBackend::ApplyPendingReleases() {
   TWL_CUDA(cudaMemcpyAsync(d_release_.get(), h_release_.as<int32_t>(), size_t(n) * 4,
                                cudaMemcpyHostToDevice, fetch_stream_));
   TWL_CUDA(cudaEventRecord(ev_release_staged_, fetch_stream_));
-  TWL_RETURN_IF_ERROR(LaunchCacheInvalidatePages(fetch_stage_.state(), d_release_.as<int32_t>(), n,
-                                            g_.num_kv_heads, fetch_stream_));
+  TWL_RETURN_IF_ERROR(fetch_stage_->InvalidatePages(d_release_.as<int32_t>(), n, fetch_stream_));
   TWL_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
   return absl::OkStatus();
 }
@@ -660,9 +695,9 @@ absl::Status GpuOffloadBackend::AppendSegments(const AppendView& tokens, DType d
     // pages cannot be resident (freed pages were invalidated before), so only calls with
     // partial pages need it.
     TWL_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_appended_, 0));
-    TWL_RETURN_IF_ERROR(LaunchCacheMirrorSegments(fetch_stage_.state(), g_,
-                                             static_cast<const fp16_t*>(pool_->device_base()),
-                                             d_all, int32_t(all.size()), fetch_stream_));
+    TWL_RETURN_IF_ERROR(fetch_stage_->MirrorSegments(
+        static_cast<const fp16_t*>(pool_->device_base()), d_all, int32_t(all.size()),
+        fetch_stream_));
     TWL_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
   } else {
     TWL_CUDA(cudaEventRecord(ev_append_done_, s));
@@ -721,12 +756,11 @@ absl::Status GpuOffloadBackend::AppendChunk(const AppendView& in, DType dtype, M
   if (disk_) {
     // The mirror kernels read the pool identity addressed: drop the pages' cached blocks
     // instead (the next step fetches them again from the pool).
-    TWL_RETURN_IF_ERROR(LaunchCacheInvalidatePages(fetch_stage_.state(), plan.d_page, np,
-                                                   g_.num_kv_heads, fetch_stream_));
+    TWL_RETURN_IF_ERROR(fetch_stage_->InvalidatePages(plan.d_page, np, fetch_stream_));
   } else {
-    TWL_RETURN_IF_ERROR(LaunchCacheMirrorRows(fetch_stage_.state(), g_,
-                                              static_cast<const fp16_t*>(pool_->device_base()),
-                                              dev.page_id, dev.slot, n, fetch_stream_));
+    TWL_RETURN_IF_ERROR(fetch_stage_->MirrorTokens(
+        static_cast<const fp16_t*>(pool_->device_base()), dev.page_id, dev.slot, n,
+        fetch_stream_));
   }
   TWL_CUDA(cudaEventRecord(ev_append_done_, fetch_stream_));
   // The staging (indices read by the mirror) is reused only after the mirror has run.
@@ -1000,8 +1034,7 @@ MemoryUsage GpuOffloadBackend::Memory() const {
     m.disk_bytes = disk_->disk_bytes_used();
   }
   m.gpu_quant_bytes = quant_bytes_;
-  m.gpu_cache_bytes = int64_t(num_slots_) * g_.FpBlockBytes() +
-                      (num_blocks_ * 2 + int64_t(num_slots_) * 2) * 4;  // + maps and stamps
+  m.gpu_cache_bytes = fetch_stage_->device_bytes();  // slots + maps and stamps
   return m;
 }
 
@@ -1033,7 +1066,7 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   const size_t ws_att = attention_.DeviceWorkspaceBytes(g_, B, Hq);
   TWL_RETURN_IF_ERROR(scratch_.GrowSelectPrune(ws_sel, ws_pru));
   TWL_RETURN_IF_ERROR(scratch_.GrowAttend(ws_att));
-  TWL_RETURN_IF_ERROR(fetch_stage_.GrowStep(units, qo_bytes));
+  TWL_RETURN_IF_ERROR(fetch_stage_->GrowStep(units, qo_bytes));
   if (req.space == MemSpace::kHost) {
     TWL_RETURN_IF_ERROR(Grow(d_q_, qo_bytes));
     TWL_RETURN_IF_ERROR(Grow(d_out_, qo_bytes));
@@ -1069,7 +1102,11 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   const int32_t* d_page_table = d_seq_len + B;
   const float* d_seq_p = reinterpret_cast<const float*>(d_page_table + pt_elems);
 
-  // Groups of sequences from the host's bound on blocks per sequence.
+  // Groups of sequences from the host's bound on blocks per sequence (a row cache's capacity
+  // counted in blocks of rows).
+  const int32_t cache_blocks = int32_t(
+      std::max<int64_t>(1, int64_t(num_slots_) * fetch_stage_->fetch_unit_bytes() /
+                               g_.FpBlockBytes()));
   std::vector<int64_t> worst(static_cast<size_t>(B));
   for (int32_t s = 0; s < B; ++s) {
     const int64_t pages = hb.NumPages(g_, s);
@@ -1077,8 +1114,8 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   }
   const std::vector<SeqGroup> groups =
       req.pruner.dense
-          ? PlanSeqGroups(worst, num_slots_, std::min(B, kPipelineGroups), kMaxGroups)
-          : PlanSeqGroups(worst, num_slots_, kPipelineGroups, kPipelineGroups);
+          ? PlanSeqGroups(worst, cache_blocks, std::min(B, kPipelineGroups), kMaxGroups)
+          : PlanSeqGroups(worst, cache_blocks, twilight_groups_, twilight_groups_);
   const int32_t G = int32_t(groups.size());
 
   // The stages: select -> prune on c, the cache fetch on f, attention on c (overlapped by
@@ -1102,14 +1139,20 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   step.timing = timing ? &telemetry_ : nullptr;
   step.timing_slot = ts;
   if (!disk_) {
-    TWL_RETURN_IF_ERROR(executor_.Run(step, groups, scratch_, fetch_stage_));
+    TWL_RETURN_IF_ERROR(executor_.Run(step, groups, scratch_, *fetch_stage_));
+    // The step ends after its last fetch too (attention may not have waited for it: early
+    // attention of the row cache): the next step rewrites the kept lists the plans read.
+    TWL_CUDA(cudaEventRecord(ev_fetch_tail_, fetch_stream_));
+    TWL_CUDA(cudaStreamWaitEvent(c, ev_fetch_tail_, 0));
   } else {
     // The fetch stage first makes each group's kept pages resident in the pinned slots.
     disk_steps_->BeginStep(req.layer);
     step_batch_ = &hb;
     pipeline_cuda::ResidentFetch fetch(
-        &fetch_stage_, [this](int32_t index, const SeqGroup& grp, const KeptView& kept,
-                              cudaStream_t cs) { return MakeGroupResident(index, grp, kept, cs); });
+        fetch_stage_.get(),
+        [this](int32_t index, const SeqGroup& grp, const KeptView& kept, cudaStream_t cs) {
+          return MakeGroupResident(index, grp, kept, cs);
+        });
     absl::Status ran = executor_.Run(step, groups, scratch_, fetch);
     step_batch_ = nullptr;
     if (!ran.ok()) {
@@ -1168,20 +1211,20 @@ absl::Status GpuOffloadBackend::EnqueueTelemetry(const DecodeRequest& req, int32
   const int32_t slot = telemetry_.current();
   const int32_t B = req.batch.num_seqs, Hq = req.batch.num_q_heads, H = g_.num_kv_heads;
   const size_t units = size_t(B) * H, heads = size_t(B) * Hq;
-  const size_t cnt_bytes = sizeof(DeviceGroupCounters) * size_t(num_groups);
+  const size_t cnt_bytes = fetch_stage_->record_bytes() * size_t(num_groups);
   const size_t bytes = cnt_bytes + heads * 20 + units * 4 * 3;
   // The slot was harvested: not in flight.
   TWL_RETURN_IF_ERROR(telemetry_.host(slot).Reserve(bytes));
   char* h = telemetry_.host(slot).as<char>();
-  TWL_CUDA(cudaMemcpyAsync(h, fetch_stage_.counters(), cnt_bytes, cudaMemcpyDeviceToHost, c));
+  TWL_CUDA(cudaMemcpyAsync(h, fetch_stage_->counters(), cnt_bytes, cudaMemcpyDeviceToHost, c));
   TWL_CUDA(cudaMemcpyAsync(h + cnt_bytes, scratch_.stats(), heads * 20, cudaMemcpyDeviceToHost,
                            c));
   char* hk = h + cnt_bytes + heads * 20;
   TWL_CUDA(cudaMemcpyAsync(hk, scratch_.kept_count(), units * 4, cudaMemcpyDeviceToHost, c));
   // Per unit: resident blocks when planned (where each head lives; no direct units now).
-  TWL_CUDA(cudaMemcpyAsync(hk + units * 4, fetch_stage_.unit_hits(), units * 4,
+  TWL_CUDA(cudaMemcpyAsync(hk + units * 4, fetch_stage_->unit_hits(), units * 4,
                                cudaMemcpyDeviceToHost, c));
-  TWL_CUDA(cudaMemcpyAsync(hk + units * 8, fetch_stage_.unit_blocks(), units * 4,
+  TWL_CUDA(cudaMemcpyAsync(hk + units * 8, fetch_stage_->unit_blocks(), units * 4,
                                cudaMemcpyDeviceToHost, c));
   TWL_RETURN_IF_ERROR(telemetry_.MarkLanded(slot, c));
   PendingStep& p = telemetry_.pending(slot);
@@ -1202,13 +1245,12 @@ absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t)
   const int32_t num_groups = p.num_groups, B = p.num_seqs, Hq = p.num_q_heads;
   const int32_t H = g_.num_kv_heads;
   const size_t units = size_t(B) * H, heads = size_t(B) * Hq;
-  const size_t cnt_bytes = sizeof(DeviceGroupCounters) * size_t(num_groups);
+  const size_t cnt_bytes = fetch_stage_->record_bytes() * size_t(num_groups);
   const char* h = telemetry_.host(slot).as<char>();
   const char* hk = h + cnt_bytes + heads * 20;
   t->layer = p.layer;
   t->step_id = p.step_id;
   t->num_seqs = B;
-  const auto* cnt = reinterpret_cast<const DeviceGroupCounters*>(h);
   const auto* sel = reinterpret_cast<const int32_t*>(h + cnt_bytes);
   const auto* kept = sel + heads;
   const auto* mass = reinterpret_cast<const float*>(kept + heads);
@@ -1226,23 +1268,19 @@ absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t)
   st.groups = num_groups;
   st.cache.units = int64_t(units);
   for (int32_t gi = 0; gi < num_groups; ++gi) {
-    // Residency by value: needed = hits + fetched + read in place (direct_blocks).
-    st.cache.units_direct += cnt[gi].units_direct;
-    st.cache.blocks_needed += cnt[gi].hits + cnt[gi].fetched;
-    st.cache.hits += cnt[gi].hits;
-    st.cache.misses += cnt[gi].fetched;
-    st.cache.evictions += cnt[gi].evictions;
-    st.cache.direct_blocks += cnt[gi].direct_blocks;
-    st.cache.direct_rows += cnt[gi].direct_rows;
-    st.cache.hit_rows += cnt[gi].hit_rows;
-    st.cache.fetched_rows += cnt[gi].fetched_rows;
-    st.direct_blocks += cnt[gi].direct_blocks;
-    st.direct_tokens += cnt[gi].direct_rows;
-    if (cnt[gi].error) {
+    // needed = hits + fetched + read in place (direct_blocks), in the stage's unit: blocks
+    // (whole blocks fetched, their kept rows read in place) or rows.
+    int32_t error = 0;
+    const CacheCounters gc =
+        fetch_stage_->ReadRecord(h + size_t(gi) * fetch_stage_->record_bytes(), &error);
+    st.cache += gc;
+    st.direct_blocks += gc.direct_blocks;
+    st.direct_tokens += gc.direct_rows;
+    if (error) {
       ++st.errors;
       if (async_error_.ok()) {
         async_error_.Update(absl::InternalError(absl::StrFormat(
-            "offload: cache plan of group %d reported error %d", gi, cnt[gi].error)));
+            "offload: cache plan of group %d reported error %d", gi, error)));
       }
     }
   }
@@ -1252,7 +1290,8 @@ absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t)
   t->blocks_needed = st.cache.blocks_needed + st.direct_blocks;
   // Blocks read in place cross the bus too (their kept rows): not hits.
   t->blocks_fetched = st.cache.misses + st.direct_blocks;
-  t->bytes_h2d = st.cache.misses * g_.FpBlockBytes() + st.direct_tokens * row_bytes;
+  t->bytes_h2d =
+      st.cache.misses * fetch_stage_->fetch_unit_bytes() + st.direct_tokens * row_bytes;
   t->blocks_in_place = st.direct_blocks;
   t->bytes_in_place = st.direct_tokens * row_bytes;
   auto ms = [&](int32_t gi, int a, int b) {

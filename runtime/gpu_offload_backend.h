@@ -6,9 +6,11 @@
 //
 // Decode step of one layer, per group of sequences (groups pipeline, see below):
 //   compute stream: Quest select -> Twilight prune                         [gpuk's kernels]
-//   fetch stream:   cache plan on the GPU from the kept lists (hits pinned, misses get LRU
-//                   victims, fetch list written on the device) -> zero-copy gather of the
+//   fetch stream:   cache plan on the GPU from the kept lists (hits pinned, misses admitted
+//                   by value, fetch list written on the device) -> zero-copy gather of the
 //                   missing blocks from host memory into their slots        [offload/]
+//                   (RuntimeConfig::cache_rows: the GPU cache holds single K+V rows instead,
+//                   pipeline/fetch/row_cache/: only the rows the attention reads)
 //   compute stream: sparse attention through slot_of_block                 [gpuk's kernel]
 //                   (+ units that did not fit in the cache: attention straight from the
 //                   mapped host pool, merged into the output)
@@ -78,7 +80,7 @@ class OffloadBackend : public Backend {
   virtual AppendPath append_path() const = 0;
   virtual OffloadStepStats LastStepStats() const = 0;
   virtual CacheCounters CacheTotals() const = 0;  // summed over telemetry steps
-  virtual int32_t num_cache_slots() const = 0;
+  virtual int32_t num_cache_slots() const = 0;  // blocks, or rows under the row cache
   virtual std::string fetch_path_name() const = 0;
   // Switches between the gather and the copy engine (kAuto: the gather) between steps.
   virtual void SetFetchPath(FetchPath path) = 0;

@@ -144,6 +144,9 @@ absl::Status RuntimeConfig::Validate() const {
   if (host_pool_bytes < 0) return bad("host_pool_bytes must be >= 0 (0: library chooses)");
   if (gpu_cache_bytes < 0) return bad("gpu_cache_bytes must be >= 0 (0: library chooses)");
   if (!OneOf(static_cast<int32_t>(fetch_path), {0, 1, 2})) return bad("unknown fetch_path");
+  if (!OneOf(cache_rows, {0, 1, 2})) {
+    return bad(absl::StrFormat("cache_rows must be 0, 1 (blocks) or 2 (rows), got %d", cache_rows));
+  }
   if (!OneOf(static_cast<int32_t>(backend), {0, 1, 2, 3})) return bad("unknown backend kind");
   if (device_id < 0) return bad(absl::StrFormat("device_id must be >= 0, got %d", device_id));
   if (disk_bytes < 0) return bad(absl::StrFormat("disk_bytes must be >= 0, got %d", disk_bytes));

@@ -83,6 +83,11 @@ struct RuntimeConfig {
   // kFp16 (default) or kBf16 (same bytes per page; appends round to it, attention and the
   // quantizer read it). kBf16 needs k_bits < 16 (the pruner's exact-K path reads FP16).
   DType kv_dtype = DType::kFp16;
+  // GPU offload backend: what its GPU cache holds (pipeline/fetch/): 0 the library chooses
+  // (rows, unless the row map would take more than a quarter of the cache's bytes), 1 whole
+  // blocks (page x KV head, residency by value: cache/gpu_page_cache.h), 2 single rows
+  // (cache/row_cache_policy.h: only the rows the attention reads). Other backends ignore it.
+  int32_t cache_rows = 0;
 
   // Validates ranges and divisibility (num_q_heads % num_kv_heads, head_dim, bits, p).
   absl::Status Validate() const;
@@ -105,7 +110,8 @@ struct StepTelemetry {
   std::vector<int32_t> kept_tokens_kv;    // [num_seqs][num_kv_heads] union (what is attended)
   // GPU offload store: where each (sequence, KV head) lives: its distinct kept blocks, and
   // how many of them were resident in the GPU cache when planned (hits); the rest were
-  // fetched or read in place. Empty for other backends.
+  // fetched or read in place. Empty for other backends. Under the row cache (cache_rows)
+  // these, blocks_needed / blocks_fetched / blocks_in_place and the hit rate count rows.
   std::vector<int32_t> blocks_kv;
   std::vector<int32_t> resident_blocks_kv;
   // Of blocks_fetched: blocks read in place (not admitted to the GPU cache), and their

@@ -66,6 +66,7 @@ class RuntimeConfig(ctypes.Structure):
         ("disk_bytes", ctypes.c_int64),
         ("k_scheme", ctypes.c_int32),  # appended: 0 per token, 1 per page channel (CPU only)
         ("kv_dtype", ctypes.c_int32),  # appended: stored K/V type, DTYPE_FP16 or DTYPE_BF16
+        ("cache_rows", ctypes.c_int32),  # appended: GPU offload cache of 0 auto, 1 blocks, 2 rows
     ]
 
     @classmethod

@@ -55,6 +55,8 @@ class Runtime:
     fetch_path: "auto", "gather", "copy-engine". Sizes are in bytes. k_scheme: 0 (INT4 per token)
     or 1 (per page channel; CPU backend only). kv_dtype: element type of the stored K/V pages,
     "fp16" (default) or "bf16" (same memory; appends are rounded to it; needs k_bits < 16).
+    cache_rows (gpu-offload): what the GPU cache holds: 0 library default, 1 whole blocks,
+    2 single K+V rows.
     """
 
     def __init__(self, num_layers: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
@@ -64,7 +66,7 @@ class Runtime:
                  dense_layers: int = -1, host_pool_bytes: int = 0, gpu_cache_bytes: int = 0,
                  fetch_path="auto", device_id: int = -1, collect_telemetry: Optional[bool] = None,
                  disk_path: Optional[str] = None, disk_bytes: int = 0, k_scheme: int = 0,
-                 kv_dtype="fp16"):
+                 kv_dtype="fp16", cache_rows: int = 0):
         self._handle = ctypes.c_void_p()
         self._seq_key, self._seq_arr = None, None
         c = _lib.RuntimeConfig.default()
@@ -84,6 +86,7 @@ class Runtime:
         c.disk_path, c.disk_bytes = self._disk_path, disk_bytes
         c.k_scheme = k_scheme
         c.kv_dtype = _enum(kv_dtype, KV_DTYPES, "kv_dtype")
+        c.cache_rows = cache_rows
         _check(_lib.twl_runtime_create(ctypes.byref(c), ctypes.byref(self._handle)), None)
         got = _lib.RuntimeConfig.default()
         _check(_lib.twl_runtime_get_config(self._handle, ctypes.byref(got)), self._handle)

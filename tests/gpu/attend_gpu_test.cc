@@ -3,7 +3,8 @@
 // ~3e-4), outputs poisoned with NaN before the run, NaN checks, empty kept sets give zeros.
 // Cases: head dim 64/128, GQA 1/3/4/8, kept sets from the reference pruner, heavy and light
 // sets in one batch (2,700 vs 37 tokens), dense, and blocks behind a slot indirection (with
-// some blocks not resident, read in place through FpKvView::miss_kv).
+// some blocks not resident, read in place through FpKvView::miss_kv), and single K+V rows
+// behind FpKvView::slot_of_row (the row cache's mode, some rows read in place).
 #include <algorithm>
 #include <numeric>
 #include <random>
@@ -33,6 +34,8 @@ struct AttendCase {
   bool in_place = false;  // with slot_map: every third block not resident (slot -1), read
                           // from FpKvView::miss_kv (the GPU cache's blocks not admitted)
   bool bf16 = false;      // K/V stored as BF16 (PageGeometry::kv_dtype)
+  bool row_map = false;   // rows behind FpKvView::slot_of_row (the GPU row cache), every
+                          // third row not resident (read in place from the pool)
 };
 
 class AttendGpuTest : public ::testing::TestWithParam<AttendCase> {};
@@ -114,6 +117,31 @@ TEST_P(AttendGpuTest, MatchesFp32Reference) {
     dkv = FpKvView{slots_kv.as<fp16_t>(), slot_map.as<int32_t>(),
                    c.in_place ? ds.Kv().kv : nullptr};
   }
+  if (c.row_map) {
+    // Single K+V rows scattered over a larger row-slot array (2 x head_dim each).
+    const int64_t D = g.head_dim, P = g.page_size;
+    const int64_t rows = st.num_pages * g.num_kv_heads * P;
+    const int64_t num_slots = rows + 7;
+    std::vector<int32_t> perm(static_cast<size_t>(num_slots));
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    perm.resize(size_t(rows));
+    for (int64_t r = 1; r < rows; r += 3) perm[size_t(r)] = -1;
+    std::vector<fp16_t> row_slots(size_t(num_slots * 2 * D), fp16_t(c.bf16 ? 0x7FC0 : 0x7E00));
+    for (int64_t r = 0; r < rows; ++r) {
+      if (perm[size_t(r)] < 0) continue;  // its slot stays NaN: must be read in place
+      const int64_t src = r / P * g.FpBlockElems() + r % P * D;
+      const int64_t dst = int64_t(perm[size_t(r)]) * 2 * D;
+      std::copy_n(st.kv.begin() + src, D, row_slots.begin() + dst);
+      std::copy_n(st.kv.begin() + src + P * D, D, row_slots.begin() + dst + D);
+    }
+    slots_kv = Upload(row_slots);
+    slot_map = Upload(perm);
+    dkv = FpKvView{};
+    dkv.kv = slots_kv.as<fp16_t>();
+    dkv.miss_kv = ds.Kv().kv;
+    dkv.slot_of_row = slot_map.as<int32_t>();
+  }
   gpu::DeviceBuffer d_tok = Upload(tok), d_cnt = Upload(cnt);
   gpu::DeviceBuffer d_out = Poisoned<fp16_t>(ref.size());
   gpu::DeviceBuffer ws;
@@ -177,7 +205,15 @@ INSTANTIATE_TEST_SUITE_P(
                       AttendCase{128, 2, 4, KeptKind::kPruned, false, false, true},
                       AttendCase{64, 2, 8, KeptKind::kDense, true, false, true},
                       AttendCase{96, 2, 3, KeptKind::kHeavyLight, false, false, true},
-                      AttendCase{256, 1, 16, KeptKind::kHeavyLight, true, true, true}));
+                      AttendCase{256, 1, 16, KeptKind::kHeavyLight, true, true, true},
+                      // Row slots (the GPU row cache), every third row read in place.
+                      AttendCase{128, 8, 4, KeptKind::kPruned, false, false, false, true},
+                      AttendCase{128, 2, 4, KeptKind::kHeavyLight, false, false, false, true},
+                      AttendCase{64, 2, 8, KeptKind::kDense, false, false, false, true},
+                      AttendCase{96, 2, 3, KeptKind::kHeavyLight, false, false, false, true},
+                      AttendCase{256, 1, 16, KeptKind::kHeavyLight, false, false, false, true},
+                      AttendCase{128, 2, 16, KeptKind::kPruned, false, false, false, true},
+                      AttendCase{128, 2, 4, KeptKind::kPruned, false, false, true, true}));
 
 TEST(AttendGpu, UnsupportedHeadDimIsUnimplemented) {
   TWL_SKIP_WITHOUT_GPU();

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <numeric>
@@ -504,6 +505,7 @@ RuntimeConfig SmallConfig() {
   c.page_size = 16;
   c.k_bits = 4;
   c.top_p = 0.95f;
+  c.cache_rows = 1;  // the block cache (the row cache's tests set 2)
   return c;
 }
 
@@ -749,10 +751,11 @@ TEST(OffloadBackendTest, ReusedPagesAndCopyEnginePath) {
 // Exact reference: p = 1 over every page keeps every token with non-zero weight, so the CPU
 // reference pipeline (no near-tie ambiguity) and the offload backend attend the same set
 // (outputs within 2e-3), under either K scheme.
-void ExpectFullSelectionMatchesCpu(int32_t k_scheme) {
+void ExpectFullSelectionMatchesCpu(int32_t k_scheme, int32_t cache_rows = 1) {
   const uint64_t seed = FreshSeed();
   RuntimeConfig cfg = SmallConfig();
   cfg.k_scheme = k_scheme;
+  cfg.cache_rows = cache_rows;
   cfg.gpu_cache_bytes = 60 * int64_t(2 * 16 * 128 * 2);  // far below one step: read in place
   SideBySide sb;
   ASSERT_OK(sb.Init(cfg, 400, /*cpu_ref=*/true, seed));
@@ -782,10 +785,11 @@ TEST(OffloadBackendTest, MatchesCpuReferenceWithFullSelection) {
 
 // Through the Runtime: forks (copy-on-write of the partial last page), frees, appends and
 // decodes give the same outputs on the offload and HBM backends (K scheme k_scheme).
-void ExpectRuntimeForkAndFreeMatchHbm(int32_t k_scheme) {
+void ExpectRuntimeForkAndFreeMatchHbm(int32_t k_scheme, int32_t cache_rows = 1) {
   const uint64_t seed = FreshSeed();
   RuntimeConfig cfg = SmallConfig();
   cfg.k_scheme = k_scheme;
+  cfg.cache_rows = cache_rows;
   cfg.num_layers = 2;
   cfg.host_pool_bytes = 600 * int64_t(cfg.num_kv_heads) * 2 * 16 * 128 * 2;
   cfg.gpu_cache_bytes = 200 * int64_t(2 * 16 * 128 * 2);
@@ -909,6 +913,172 @@ TEST(OffloadBackendTest, PageChannelMatchesHbmBackend) {
 TEST(OffloadBackendTest, PageChannelMatchesCpuReferenceWithFullSelection) {
   SKIP_WITHOUT_GPU();
   ExpectFullSelectionMatchesCpu(kKSchemePageChannel);
+}
+
+// ---- Row cache (cache_rows 2: pipeline/fetch/row_cache/) --------------------------------
+// The same comparisons with a GPU cache of single rows: a cache far below one step (rows read
+// in place, evictions between groups), one about a step, a roomy one; outputs equal the HBM
+// backend's within 1e-3 and the counters (in rows) add up.
+TEST(OffloadRowCacheTest, MatchesHbmBackendAcrossStepsAndCacheSizes) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = FreshSeed();
+  for (int64_t block_bytes_of : {48, 400, 6000}) {
+    SCOPED_TRACE(::testing::Message() << "cache of " << block_bytes_of << " blocks' bytes, seed "
+                                      << seed);
+    RuntimeConfig cfg = SmallConfig();
+    cfg.cache_rows = 2;
+    PageGeometry g;
+    g.page_size = cfg.page_size;
+    g.head_dim = cfg.head_dim;
+    g.num_kv_heads = cfg.num_kv_heads;
+    // The row map (1600 pages x 4 heads x 16 rows x 4 B = 410 KB) comes out of the budget.
+    cfg.gpu_cache_bytes = block_bytes_of * g.FpBlockBytes() + 1600 * 4 * 16 * 4;
+    SideBySide sb;
+    ASSERT_OK(sb.Init(cfg, 1600, /*cpu_ref=*/false, seed));
+    EXPECT_NE(sb.off->Name().find("rows"), std::string::npos) << sb.off->Name();
+    Workload w(g, cfg.num_q_heads, seed + 1);
+    std::vector<int32_t> seqs;
+    for (int32_t L : {37, 700, 1500, 3001, 4100}) {
+      const int32_t s = sb.AddSequence();
+      ASSERT_OK(sb.Append(s, w, L));
+      seqs.push_back(s);
+    }
+    std::vector<int32_t> topics(seqs.size(), 0);
+    std::mt19937_64 rng(seed + 2);
+    int64_t in_place = 0, hits = 0, needed = 0, fetched = 0;
+    for (int32_t step = 0; step < 10; ++step) {
+      StepTelemetry tel;
+      PrunerParams pr;
+      pr.p = step % 3 == 0 ? 0.9f : 0.95f;
+      auto err = sb.Decode(seqs, w, &topics, Quest(70), pr, &tel);
+      ASSERT_TRUE(err.ok()) << err.status();
+      EXPECT_LE(*err, 1e-3) << "step " << step;
+      const OffloadStepStats st = sb.off->LastStepStats();
+      EXPECT_EQ(st.errors, 0);
+      EXPECT_EQ(st.cache.hits + st.cache.misses, st.cache.blocks_needed);
+      // Rows: every kept row is a hit, fetched or read in place.
+      int64_t kept = 0;
+      for (int32_t k : tel.kept_tokens_kv) kept += k;
+      EXPECT_EQ(tel.blocks_needed, kept) << "step " << step;
+      EXPECT_EQ(tel.bytes_h2d, (st.cache.misses + st.direct_tokens) * 2 * g.head_dim * 2);
+      in_place += st.direct_tokens;
+      hits += st.cache.hits;
+      fetched += st.cache.misses;
+      needed += tel.blocks_needed;
+      for (int32_t s : seqs) ASSERT_OK(sb.Append(s, w, 1 + int32_t(rng() % 20)));
+    }
+    if (block_bytes_of == 48) EXPECT_GT(in_place, 0) << "the tiny cache never overflowed";
+    if (block_bytes_of == 6000) {
+      EXPECT_EQ(in_place, 0) << "a roomy row cache reads in place";
+      EXPECT_GT(double(hits), 0.4 * double(needed)) << "stable top-p sets should hit";
+    }
+    EXPECT_GT(fetched, 0);
+  }
+}
+
+// Early attention (TWL_ROW_EARLY_ATTEND=1, pipeline/fetch/row_cache/row_cache_fetch.cuh): a
+// group's attention does not wait for its own plan and copy; outputs still equal the HBM
+// backend's, with a tiny cache (evictions between groups) and a roomy one.
+TEST(OffloadRowCacheTest, EarlyAttendMatchesHbmBackend) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = FreshSeed();
+  setenv("TWL_ROW_EARLY_ATTEND", "1", 1);
+  for (int64_t block_bytes_of : {48, 6000}) {
+    SCOPED_TRACE(::testing::Message() << "cache of " << block_bytes_of << " blocks' bytes, seed "
+                                      << seed);
+    RuntimeConfig cfg = SmallConfig();
+    cfg.cache_rows = 2;
+    PageGeometry g;
+    g.page_size = cfg.page_size;
+    g.head_dim = cfg.head_dim;
+    g.num_kv_heads = cfg.num_kv_heads;
+    cfg.gpu_cache_bytes = block_bytes_of * g.FpBlockBytes() + 1600 * 4 * 16 * 4;
+    SideBySide sb;
+    ASSERT_OK(sb.Init(cfg, 1600, /*cpu_ref=*/false, seed));
+    Workload w(g, cfg.num_q_heads, seed + 1);
+    std::vector<int32_t> seqs;
+    for (int32_t L : {37, 700, 1500, 3001, 4100}) {
+      const int32_t s = sb.AddSequence();
+      ASSERT_OK(sb.Append(s, w, L));
+      seqs.push_back(s);
+    }
+    std::vector<int32_t> topics(seqs.size(), 0);
+    std::mt19937_64 rng(seed + 2);
+    for (int32_t step = 0; step < 8; ++step) {
+      StepTelemetry tel;
+      PrunerParams pr;
+      pr.p = step % 3 == 0 ? 0.9f : 0.95f;
+      auto err = sb.Decode(seqs, w, &topics, Quest(70), pr, &tel);
+      ASSERT_TRUE(err.ok()) << err.status();
+      EXPECT_LE(*err, 1e-3) << "step " << step;
+      EXPECT_EQ(sb.off->LastStepStats().errors, 0);
+      for (int32_t s : seqs) ASSERT_OK(sb.Append(s, w, 1 + int32_t(rng() % 20)));
+    }
+  }
+  unsetenv("TWL_ROW_EARLY_ATTEND");
+}
+
+TEST(OffloadRowCacheTest, RepeatedStepHitsEverything) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = FreshSeed();
+  RuntimeConfig cfg = SmallConfig();
+  cfg.cache_rows = 2;
+  cfg.gpu_cache_bytes = int64_t(64) << 20;
+  SideBySide sb;
+  ASSERT_OK(sb.Init(cfg, 900, false, seed));
+  Workload w(sb.g, cfg.num_q_heads, seed);
+  std::vector<int32_t> seqs = {sb.AddSequence(), sb.AddSequence(), sb.AddSequence()};
+  for (int32_t s : seqs) ASSERT_OK(sb.Append(s, w, 1000 + 333 * s));
+  std::vector<int32_t> topics(3, 2);
+  PrunerParams pr;
+  Workload w2 = w;  // same random stream -> same queries
+  StepTelemetry t1, t2;
+  auto e1 = sb.Decode(seqs, w, &topics, Quest(40), pr, &t1);
+  std::vector<int32_t> topics2(3, 2);
+  auto e2 = sb.Decode(seqs, w2, &topics2, Quest(40), pr, &t2);
+  ASSERT_TRUE(e1.ok() && e2.ok());
+  EXPECT_LE(*e1, 1e-3);
+  EXPECT_LE(*e2, 1e-3);
+  EXPECT_GT(t1.blocks_fetched, 0);
+  EXPECT_EQ(t2.blocks_fetched, 0);
+  EXPECT_EQ(t2.bytes_h2d, 0);
+  EXPECT_DOUBLE_EQ(t2.CacheHitRate(), 1.0);
+}
+
+// Freed pages' rows leave the cache: a new sequence on the same page ids (new data) must not
+// read the old rows.
+TEST(OffloadRowCacheTest, ReusedPagesReadNewRows) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = FreshSeed();
+  RuntimeConfig cfg = SmallConfig();
+  cfg.cache_rows = 2;
+  cfg.gpu_cache_bytes = int64_t(16) << 20;
+  SideBySide sb;
+  ASSERT_OK(sb.Init(cfg, 700, false, seed));
+  Workload w(sb.g, cfg.num_q_heads, seed);
+  std::vector<int32_t> seqs = {sb.AddSequence(), sb.AddSequence()};
+  ASSERT_OK(sb.Append(0, w, 2000));
+  ASSERT_OK(sb.Append(1, w, 1500));
+  std::vector<int32_t> topics(2, 1);
+  PrunerParams pr;
+  for (int32_t round = 0; round < 3; ++round) {
+    auto e = sb.Decode(seqs, w, &topics, Quest(50), pr, nullptr);
+    ASSERT_TRUE(e.ok()) << e.status();
+    EXPECT_LE(*e, 1e-3) << "round " << round;
+    sb.Free(seqs[1]);
+    seqs[1] = sb.AddSequence();
+    ASSERT_OK(sb.Append(seqs[1], w, 1400 + 100 * round));
+  }
+}
+
+TEST(OffloadRowCacheTest, MatchesCpuReferenceWithFullSelection) {
+  SKIP_WITHOUT_GPU();
+  ExpectFullSelectionMatchesCpu(kKSchemeToken, /*cache_rows=*/2);
+}
+
+TEST(OffloadRowCacheTest, RuntimeForkAndFreeMatchHbm) {
+  SKIP_WITHOUT_GPU();
+  ExpectRuntimeForkAndFreeMatchHbm(kKSchemeToken, /*cache_rows=*/2);
 }
 
 }  // namespace

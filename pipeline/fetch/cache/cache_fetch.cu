@@ -1,5 +1,6 @@
 #include "pipeline/fetch/cache/cache_fetch.cuh"
 
+#include <cstring>
 #include <utility>
 
 #include "gpu/cuda/cuda_status.cuh"
@@ -26,6 +27,7 @@ CacheFetch::~CacheFetch() {
 absl::Status CacheFetch::Init(const PageGeometry& g, int64_t num_blocks, int32_t num_slots,
                               const FetchSource& source, FetchPath path, int32_t max_groups) {
   num_slots_ = num_slots;
+  g_ = g;
   source_ = source;
   pruned_.assign(size_t(max_groups), nullptr);
   fetched_.assign(size_t(max_groups), nullptr);
@@ -82,6 +84,48 @@ absl::Status CacheFetch::GrowStep(int64_t units, size_t out_bytes) {
   TWL_RETURN_IF_ERROR(Grow(unit_blocks_, size_t(units) * 4));
   TWL_RETURN_IF_ERROR(Grow(unit_hits_, size_t(units) * 4));
   return Grow(direct_out_, out_bytes);
+}
+
+int64_t CacheFetch::device_bytes() const {
+  // Slots, then slot_of_block, need_stamp and values per block, block_of_slot and last_use
+  // per slot.
+  return int64_t(num_slots_) * g_.FpBlockBytes() +
+         (cache_.num_blocks * 3 + int64_t(num_slots_) * 2) * 4;
+}
+
+absl::Status CacheFetch::InvalidatePages(const int32_t* d_pages, int32_t num_pages,
+                                         cudaStream_t stream) {
+  return LaunchCacheInvalidatePages(cache_, d_pages, num_pages, g_.num_kv_heads, stream);
+}
+
+absl::Status CacheFetch::MirrorTokens(const fp16_t* mapped_pool, const int32_t* d_page_id,
+                                      const int32_t* d_row, int32_t num_tokens,
+                                      cudaStream_t stream) {
+  return LaunchCacheMirrorRows(cache_, g_, mapped_pool, d_page_id, d_row, num_tokens, stream);
+}
+
+absl::Status CacheFetch::MirrorSegments(const fp16_t* mapped_pool,
+                                        const AppendSegment* d_segments, int32_t num_segments,
+                                        cudaStream_t stream) {
+  return LaunchCacheMirrorSegments(cache_, g_, mapped_pool, d_segments, num_segments, stream);
+}
+
+CacheCounters CacheFetch::ReadRecord(const void* host_record, int32_t* error) const {
+  DeviceGroupCounters c;
+  std::memcpy(&c, host_record, sizeof(c));
+  // Residency by value: needed = hits + fetched + read in place (direct_blocks).
+  CacheCounters r;
+  r.units_direct = c.units_direct;
+  r.blocks_needed = c.hits + c.fetched;
+  r.hits = c.hits;
+  r.misses = c.fetched;
+  r.evictions = c.evictions;
+  r.direct_blocks = c.direct_blocks;
+  r.direct_rows = c.direct_rows;
+  r.hit_rows = c.hit_rows;
+  r.fetched_rows = c.fetched_rows;
+  if (error) *error = c.error;
+  return r;
 }
 
 absl::Status CacheFetch::Fetch(int32_t index, const SeqGroup& group, const PageGeometry& g,

@@ -24,12 +24,12 @@
 #include "gpu/device.h"
 #include "pipeline/fetch/cache/cuda/cache_plan.h"
 #include "offload/fetch_transport.h"
-#include "pipeline/fetch/fetch.cuh"
+#include "pipeline/fetch/offload_cache.cuh"
 #include "runtime/runtime.h"
 
 namespace twl::pipeline_cuda {
 
-class CacheFetch final : public CudaFetch {
+class CacheFetch final : public OffloadCacheFetch {
  public:
   CacheFetch() = default;
   CacheFetch(const CacheFetch&) = delete;
@@ -43,17 +43,31 @@ class CacheFetch final : public CudaFetch {
                     const FetchSource& source, FetchPath path, int32_t max_groups);
 
   const DeviceCacheState& state() const { return cache_; }
-  int32_t num_slots() const { return num_slots_; }
-  std::string transport_name() const;
-  void SetPath(FetchPath path) { use_copy_engine_ = path == FetchPath::kCopyEngine; }
+  int32_t num_slots() const override { return num_slots_; }
+  std::string transport_name() const override;
+  void SetPath(FetchPath path) override { use_copy_engine_ = path == FetchPath::kCopyEngine; }
   // Steps per halving of the block values (>= 1; cache/gpu_page_cache.h kDefaultDecaySteps).
   void SetDecaySteps(int32_t steps) { decay_steps_ = steps < 1 ? 1 : steps; }
+  // Values halve every 4 passes over the layers: a block is seen ~4 times per half-life.
+  void SetSharingLayers(int32_t layers) override { SetDecaySteps(layers < 2 ? 8 : 4 * layers); }
 
   // The fetch stream, created by the store (its appends mirror rows into the cache there).
-  void AttachStream(cudaStream_t fetch_stream) { stream_ = fetch_stream; }
+  void AttachStream(cudaStream_t fetch_stream) override { stream_ = fetch_stream; }
   // Per-unit counts and the direct units' output for a step of `units` (sequence, KV head)
   // units and `out_bytes` of output.
-  absl::Status GrowStep(int64_t units, size_t out_bytes);
+  absl::Status GrowStep(int64_t units, size_t out_bytes) override;
+  int64_t device_bytes() const override;
+  int64_t fetch_unit_bytes() const override { return g_.FpBlockBytes(); }
+  const char* granularity() const override { return "blocks"; }
+  absl::Status InvalidatePages(const int32_t* d_pages, int32_t num_pages,
+                               cudaStream_t stream) override;
+  absl::Status MirrorTokens(const fp16_t* mapped_pool, const int32_t* d_page_id,
+                            const int32_t* d_row, int32_t num_tokens,
+                            cudaStream_t stream) override;
+  absl::Status MirrorSegments(const fp16_t* mapped_pool, const AppendSegment* d_segments,
+                              int32_t num_segments, cudaStream_t stream) override;
+  size_t record_bytes() const override { return sizeof(DeviceGroupCounters); }
+  CacheCounters ReadRecord(const void* host_record, int32_t* error) const override;
 
   // CudaFetch: group `index`'s plan + transfer on the fetch stream, after its prune on
   // `compute`. Group 0 starts a step: earlier steps' slots may be evicted; later groups leave
@@ -70,9 +84,9 @@ class CacheFetch final : public CudaFetch {
 
   int32_t* count_cache() const { return count_cache_.as<int32_t>(); }    // [units]
   int32_t* count_direct() const { return count_direct_.as<int32_t>(); }  // [units]
-  int32_t* unit_blocks() const { return unit_blocks_.as<int32_t>(); }    // [units]
-  int32_t* unit_hits() const { return unit_hits_.as<int32_t>(); }        // [units] resident
-  const void* counters() const { return counters_.get(); }  // DeviceGroupCounters[groups]
+  int32_t* unit_blocks() const override { return unit_blocks_.as<int32_t>(); }  // [units]
+  int32_t* unit_hits() const override { return unit_hits_.as<int32_t>(); }  // [units] resident
+  const void* counters() const override { return counters_.get(); }  // DeviceGroupCounters[]
 
  private:
   // Enqueues on `stream` the cache plan of group `group` (first unit `first_unit`) and the
@@ -81,6 +95,7 @@ class CacheFetch final : public CudaFetch {
                           const KeptView& kept, int64_t first_unit, cudaStream_t stream);
 
   cudaStream_t stream_ = nullptr;
+  PageGeometry g_;
   FetchSource source_;
   std::vector<cudaEvent_t> pruned_, fetched_;  // per group: prune done, fetch done
   gpu::DeviceBuffer direct_out_;

@@ -205,9 +205,17 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
       return dense ? i : tokens[i];
     };
     auto load_page = [&](int32_t pos) -> int32_t { return pos < 0 ? 0 : ptab[pos / g.page_size]; };
+    // Row mode (the row cache, kv.slot_of_row): a resident token's K and V rows are one slot
+    // of 2 x D elements; one not resident is read in place like a block's (~block). Uniform
+    // over the kernel, so the block path pays one predictable branch per lookup.
+    const bool rows = kv.slot_of_row != nullptr;
     auto load_slot = [&](int32_t pos, int32_t page) -> int64_t {
       if (pos < 0) return 0;
       const int64_t block = g.BlockId(page, h);
+      if (rows) {
+        const int32_t slot = kv.slot_of_row[block * g.page_size + pos % g.page_size];
+        return slot >= 0 || !kv.miss_kv ? int64_t(slot) : ~block;
+      }
       if (!kv.slot_of_block) return block;
       // Not resident (the cache did not admit it): ~block, read in place from miss_kv.
       const int32_t slot = kv.slot_of_block[block];
@@ -217,9 +225,13 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
       const int b = stage % S;
       const bool valid = pos >= 0;
       const int64_t row = int64_t(pos % g.page_size) * D;
+      const bool row_slot = rows && valid && slot >= 0;
       const fp16_t* src = !valid ? kv.kv
+                          : row_slot ? kv.kv + slot * (2 * D)
                           : slot >= 0 ? kv.kv + slot * g.FpBlockElems() + row
                                       : kv.miss_kv + kv.MissIndex(~slot) * g.FpBlockElems() + row;
+      // V row: right after K in a row slot, page_size rows after it in a block.
+      const int64_t voff = row_slot ? int64_t(D) : int64_t(g.page_size) * D;
       fp16_t* kd = kbuf + (b * T + tl) * D;
       fp16_t* vd = vbuf + (b * T + tl) * D;
 #pragma unroll
@@ -230,7 +242,7 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
         // requested once, not twice by consecutive instructions).
         const int e = (c * 4 + part) * 8;
         CpAsync16(kd + e, src + e, valid);
-        CpAsync16(vd + e, src + int64_t(g.page_size) * D + e, valid);
+        CpAsync16(vd + e, src + voff + e, valid);
       }
     };
     // Prologue: stages 0 .. S-2 resolved synchronously and in flight.

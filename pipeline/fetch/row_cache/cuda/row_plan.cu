@@ -1,0 +1,497 @@
+// Device side of the GPU row cache: the policy of cache/row_cache_policy.h over the pruner's
+// kept lists without the host, the copy of fetched rows, and invalidation.
+//
+// Plan of one group = 4 kernels (each grid-wide step needs the previous one's results); an
+// all-hit group (the steady state of a serving loop) is done by the first two, the others
+// return at once:
+//   RowZero    the group's counters and per-unit counts (one launch, not three memsets: the
+//              fetch stream competes with the compute stream for SMs, every launch waits).
+//   RowMark    every kept token -> its row; resident: a hit, slot stamped with the step;
+//              absent: claimed (atomicCAS -1 -> -2, one claimer per row) and listed, or past
+//              the list's capacity reset and read in place. Its last block reserves the top
+//              min(misses, free) slots of the free stack for the first misses (no resident
+//              row is dropped while a slot is free); RowCopy assigns them.
+//   RowVictims (returns at once when the free slots sufficed) warps take 32-slot chunks
+//              from the clock hand in order and give their evictable occupied slots to the
+//              remaining misses (the old rows become absent), until every miss has a slot or
+//              one pass over the slots is done; the last block moves the hand past the last
+//              chunk that gave a victim and closes the counters. The free slots reserved are
+//              still marked free (row -1) here, and the scan takes occupied slots only.
+//   RowCopy    (returns at once without misses) a warp copies several rows at a time (K row
+//              and V row, 16-byte loads from the mapped pinned pool, all issued before the
+//              stores), then assigns the reserved free slots and publishes the rows in
+//              slot_of_row; misses without a victim get -1 back (read in place).
+// Why publish after the copy: the previous group's attention may still run while this group
+// is planned and copied; it reads slot_of_row once per token, and -1/-2 send it to the pool,
+// so it sees either the row in place or a slot whose bytes have landed (the copy's stores are
+// fenced before the map store). Slots it reads are its own hits, stamped with this step,
+// never victims.
+// Counters are aggregated per warp and block before the global atomics.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "gpu/device.h"
+#include "offload/cuda_check.cuh"
+#include "pipeline/fetch/row_cache/cuda/row_plan.h"
+
+namespace twl {
+namespace {
+
+using offload_cuda::AsStream;
+using offload_cuda::LaunchStatus;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+// Kept tokens one warp looks up per work item: a short chain of dependent loads per warp and
+// many warps in flight (the lookups are latency-bound).
+constexpr int kTokensPerItem = 64;
+// 16-byte vectors per lane in flight in the copy (8 KiB per warp round).
+constexpr int kCopyVecs = 8;
+
+int32_t GridFor(int64_t warp_items, int32_t blocks_per_sm) {
+  const int64_t blocks = (warp_items + kWarps - 1) / kWarps;
+  return int32_t(std::clamp<int64_t>(blocks, 1, int64_t(gpu::SmCount()) * blocks_per_sm));
+}
+
+// True in exactly one thread block: the last one of the grid to get here; every block's
+// global writes before the call are visible to it afterwards.
+__device__ bool LastBlockDone(int32_t* ticket) {
+  __shared__ bool last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(ticket, 1) == int32_t(gridDim.x) - 1;
+    if (last) *ticket = 0;
+  }
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
+// Places in a list for the lanes set in `mask` (not 0) with one atomicAdd per warp; every
+// lane of the warp calls it.
+__device__ __forceinline__ int32_t WarpClaim(int32_t* counter, unsigned mask) {
+  const int lane = threadIdx.x & 31;
+  const int leader = __ffs(mask) - 1;
+  int32_t base = 0;
+  if (lane == leader) base = atomicAdd(counter, __popc(mask));
+  base = __shfl_sync(~0u, base, leader);
+  return base + __popc(mask & ((1u << lane) - 1u));
+}
+
+// Drops row r: absent, its slot (if any) free and pushed on the stack. The exchange makes one
+// thread the owner when a launch lists the same row twice (a slot is pushed once).
+__device__ __forceinline__ void DropRow(const DeviceRowCache& c, int64_t r) {
+  if (r < 0 || r >= c.num_rows) return;
+  const int32_t s = atomicExch(&c.d_slot_of_row[r], kRowAbsent);
+  if (s < 0 || s >= c.num_slots) return;
+  c.d_row_of_slot[s] = -1;
+  c.d_last_use[s] = 0;
+  c.d_free[atomicAdd(c.d_free_top, 1)] = s;
+}
+
+// Kernel 0. Zeroes the group's counters and per-unit counts.
+__global__ void RowZeroKernel(DeviceRowCounters* cnt, int32_t* unit_hits, int32_t* unit_rows,
+                              int32_t units) {
+  constexpr int32_t kWords = int32_t(sizeof(DeviceRowCounters) / 4);
+  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < kWords + 2 * units;
+       i += gridDim.x * blockDim.x) {
+    if (i < kWords) {
+      reinterpret_cast<int32_t*>(cnt)[i] = 0;
+    } else if (i < kWords + units) {
+      unit_hits[i - kWords] = 0;
+    } else {
+      unit_rows[i - kWords - units] = 0;
+    }
+  }
+}
+
+// Kernel 1. Work items (unit, chunk of kTokensPerItem kept tokens) chunk-major, so the items
+// that hold tokens come first and a warp stops at the first chunk past the longest list.
+__global__ void __launch_bounds__(kThreads)
+    RowMarkKernel(PageGeometry g, BatchView batch, KeptView kept, int32_t units, uint32_t step,
+                  DeviceRowCache c, DeviceRowCounters* cnt, int32_t* unit_hits,
+                  int32_t* unit_rows) {
+  __shared__ int32_t most, s_needed, s_hits, s_overflow;
+  if (threadIdx.x == 0) {
+    most = 0;
+    s_needed = s_hits = s_overflow = 0;
+  }
+  __syncthreads();
+  {
+    int32_t m = 0;
+    for (int32_t u = threadIdx.x; u < units; u += kThreads) m = max(m, kept.count[u]);
+    for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(~0u, m, o));
+    if ((threadIdx.x & 31) == 0 && m) atomicMax(&most, m);
+  }
+  __syncthreads();
+  const int32_t P = g.page_size, H = g.num_kv_heads;
+  const int lane = threadIdx.x & 31;
+  const int64_t chunks = (int64_t(most) + kTokensPerItem - 1) / kTokensPerItem;
+  const int64_t items = chunks * units;
+  int32_t w_needed = 0, w_hits = 0, w_overflow = 0;
+  bool bad_row = false;
+  for (int64_t it = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5); it < items;
+       it += int64_t(gridDim.x) * kWarps) {
+    const int32_t chunk = int32_t(it / units), u = int32_t(it % units);
+    const int32_t n = kept.count[u];
+    const int32_t i0 = chunk * kTokensPerItem;
+    if (i0 >= n) continue;  // warp-uniform
+    if (chunk == 0 && lane == 0) unit_rows[u] = n;
+    const int32_t s = u / H, h = u % H;
+    const int32_t* toks = kept.tokens + int64_t(u) * kept.max_kept;
+    const int32_t* ptab = batch.page_table + int64_t(s) * batch.max_pages;
+    const int32_t i1 = min(n, i0 + kTokensPerItem);
+    int32_t unit_hit = 0;
+    for (int32_t i = i0; i < i1; i += 32) {  // warp-uniform bounds
+      const int32_t t = i + lane;
+      bool hit = false, claim = false;
+      int64_t r = -1;
+      if (t < i1) {
+        const int32_t pos = toks[t];
+        r = g.BlockId(ptab[pos / P], h) * P + pos % P;
+        if (r < 0 || r >= c.num_rows) {
+          bad_row = true;
+        } else {
+          const int32_t sl = c.d_slot_of_row[r];
+          if (sl >= 0) {
+            c.d_last_use[sl] = step;
+            hit = true;
+          } else if (sl == kRowClaimed) {
+            hit = true;  // another unit's claim: one copy serves both
+          } else {
+            const int32_t old = atomicCAS(&c.d_slot_of_row[r], kRowAbsent, kRowClaimed);
+            if (old == kRowAbsent) {
+              claim = true;
+            } else {
+              if (old >= 0) c.d_last_use[old] = step;  // (nothing publishes meanwhile)
+              hit = true;
+            }
+          }
+        }
+      }
+      bool overflow = false;
+      const unsigned cm = __ballot_sync(~0u, claim);
+      if (cm) {
+        const int32_t k = WarpClaim(&cnt->listed, cm);
+        if (claim) {
+          if (k < c.list_capacity) {
+            c.d_list[k] = RowFetch{r, -1, 0};
+          } else {
+            c.d_slot_of_row[r] = kRowAbsent;  // no room to list it: in place this step
+            overflow = true;
+          }
+        }
+      }
+      const unsigned hm = __ballot_sync(~0u, hit);
+      unit_hit += __popc(hm);
+      w_hits += __popc(hm);
+      w_overflow += __popc(__ballot_sync(~0u, overflow));
+      w_needed += min(32, i1 - i);
+    }
+    if (lane == 0 && unit_hit) atomicAdd(&unit_hits[u], unit_hit);
+  }
+  if (__any_sync(~0u, bad_row) && lane == 0) atomicExch(&cnt->error, 2);
+  if (lane == 0) {
+    if (w_needed) atomicAdd(&s_needed, w_needed);
+    if (w_hits) atomicAdd(&s_hits, w_hits);
+    if (w_overflow) atomicAdd(&s_overflow, w_overflow);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    if (s_needed) atomicAdd(&cnt->needed, s_needed);
+    if (s_hits) atomicAdd(&cnt->hits, s_hits);
+    if (s_overflow) atomicAdd(&cnt->overflow, s_overflow);
+  }
+  if (!LastBlockDone(&cnt->ticket)) return;
+  if (threadIdx.x == 0) {
+    // Free slots for the first misses: reserved here (the stack shrinks), assigned by RowCopy.
+    const int32_t m = min(__ldcg(&cnt->listed), c.list_capacity);
+    const int32_t top = *c.d_free_top;
+    const int32_t take = max(0, min(m, top));
+    cnt->free_top = top;
+    cnt->free_taken = take;
+    cnt->victims = take;
+    *c.d_free_top = top - take;
+  }
+}
+
+// Kernel 2. The misses left take occupied evictable slots from the clock hand: warps take
+// 32-slot chunks in order (one pass at most) and each evictable slot of a chunk takes the
+// next miss. When this has work, every free slot was reserved for the first misses (still
+// marked free until RowCopy): only occupied slots are taken.
+__global__ void __launch_bounds__(kThreads)
+    RowVictimsKernel(DeviceRowCache c, uint32_t step, uint32_t window, DeviceRowCounters* cnt) {
+  const int32_t m = min(cnt->listed, c.list_capacity);
+  const int32_t from_free = cnt->victims;
+  const int32_t need = m - from_free;
+  if (need <= 0) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) cnt->direct = cnt->overflow;
+    return;
+  }
+  __shared__ int32_t s_evict;
+  if (threadIdx.x == 0) s_evict = 0;
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int64_t hand = *c.d_hand;
+  const int32_t nchunks = (c.num_slots + 31) / 32;
+  int32_t w_evict = 0;
+  for (;;) {
+    int32_t chunk = 0, done = 0;
+    if (lane == 0) {
+      done = __ldcg(&cnt->clock_victims) >= need;
+      if (!done) chunk = atomicAdd(&cnt->scan_chunk, 1);
+    }
+    done = __shfl_sync(~0u, done, 0);
+    chunk = __shfl_sync(~0u, chunk, 0);
+    if (done || chunk >= nchunks) break;  // warp-uniform
+    const int64_t off = int64_t(chunk) * 32 + lane;
+    int32_t s = 0;
+    int64_t old = -1;
+    bool ev = false;
+    if (off < c.num_slots) {
+      s = int32_t((hand + off) % c.num_slots);
+      old = c.d_row_of_slot[s];
+      ev = old >= 0 && RowSlotEvictable(old, c.d_last_use[s], step, window);
+    }
+    const unsigned vm = __ballot_sync(~0u, ev);
+    if (!vm) continue;
+    const int32_t k = WarpClaim(&cnt->clock_victims, vm);
+    bool evicted = false;
+    if (ev && k < need) {
+      if (old < c.num_rows) c.d_slot_of_row[old] = kRowAbsent;
+      evicted = true;
+      const int32_t e = from_free + k;
+      c.d_row_of_slot[s] = c.d_list[e].row;
+      c.d_last_use[s] = step;
+      c.d_list[e].slot = s;
+    }
+    const unsigned em = __ballot_sync(~0u, evicted);
+    if (lane == 0 && em) {
+      w_evict += __popc(em);
+      atomicMax(&cnt->chunks_used, chunk + 1);
+    }
+  }
+  if (lane == 0 && w_evict) atomicAdd(&s_evict, w_evict);
+  __syncthreads();
+  if (threadIdx.x == 0 && s_evict) atomicAdd(&cnt->evictions, s_evict);
+  if (!LastBlockDone(&cnt->ticket)) return;
+  if (threadIdx.x == 0) {
+    const int32_t taken = min(__ldcg(&cnt->clock_victims), need);
+    const int32_t used = __ldcg(&cnt->chunks_used);
+    cnt->victims = from_free + taken;
+    cnt->direct = __ldcg(&cnt->overflow) + (need - taken);
+    if (used > 0) *c.d_hand = int32_t((hand + int64_t(used) * 32) % c.num_slots);
+  }
+}
+
+// Kernel 3. Rows of the list with a victim: pool -> slot (K row then V row, 16-byte
+// vectors), fenced, then published; the rest get -1 back. A warp moves `per_round` rows at a
+// time with every load issued before the first store (PCIe latency is microseconds).
+__global__ void __launch_bounds__(kThreads)
+    RowCopyKernel(DeviceRowCache c, PageGeometry g, uint32_t step, const uint4* __restrict__ pool,
+                  const int32_t* __restrict__ pool_map, const DeviceRowCounters* cnt) {
+  const int32_t m = min(cnt->listed, c.list_capacity);
+  if (m <= 0) return;
+  const int32_t victims = cnt->victims;
+  const int32_t free_taken = cnt->free_taken, free_top = cnt->free_top;
+  // Entry e's slot: reserved from the free stack, or given by RowVictims.
+  auto slot_of = [&](int64_t e) -> int32_t {
+    return e < free_taken ? c.d_free[free_top - 1 - e] : c.d_list[e].slot;
+  };
+  const int32_t P = g.page_size;
+  const int32_t row_vecs = g.head_dim / 8;           // 16-byte vectors of one K (or V) row
+  const int32_t vr = 2 * row_vecs;                   // of one slot
+  const int32_t per_round = max(1, min(32, 32 * kCopyVecs / vr));
+  const int64_t block_vecs = int64_t(2) * P * row_vecs;
+  uint4* slots = reinterpret_cast<uint4*>(c.d_slots);
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * kWarps;
+  for (int64_t e0 = (int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5)) * per_round; e0 < m;
+       e0 += warps * per_round) {
+    uint4 v[kCopyVecs];
+    int64_t dst[kCopyVecs];
+#pragma unroll
+    for (int k = 0; k < kCopyVecs; ++k) {
+      const int32_t x = k * 32 + lane;  // vector x of the round: entry x / vr, part x % vr
+      const int32_t j = x / vr;
+      const int64_t e = e0 + j;
+      dst[k] = -1;
+      if (j < per_round && e < m && e < victims) {
+        const RowFetch f{c.d_list[e].row, slot_of(e), 0};
+        const int64_t block = f.row / P;
+        const int32_t row = int32_t(f.row % P), part = x % vr;
+        // Kept blocks are always in the pool (under a disk tier ResidentFetch made them
+        // resident before this plan); a negative index would only skip the copy.
+        const int64_t at = pool_map ? int64_t(pool_map[block]) : block;
+        if (at >= 0 && f.slot >= 0) {
+          const int64_t src = at * block_vecs +
+                              (part < row_vecs ? int64_t(row) * row_vecs + part
+                                               : int64_t(P + row) * row_vecs + part - row_vecs);
+          v[k] = __ldcs(pool + src);  // streamed: read once
+          dst[k] = int64_t(f.slot) * vr + part;
+        }
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kCopyVecs; ++k) {
+      if (dst[k] >= 0) __stcg(slots + dst[k], v[k]);  // L2: the attention reads it next
+    }
+    __threadfence();  // the row's bytes before its map entry, for a concurrent reader
+    __syncwarp();
+    if (lane < per_round) {
+      const int64_t e = e0 + lane;
+      if (e < m) {
+        const int64_t r = c.d_list[e].row;
+        const int32_t s = e < victims ? slot_of(e) : -1;
+        if (e < free_taken && s >= 0) {  // a reserved free slot: assigned now
+          c.d_row_of_slot[s] = r;
+          c.d_last_use[s] = step;
+          c.d_list[e].slot = s;
+        }
+        if (r >= 0 && r < c.num_rows) c.d_slot_of_row[r] = s >= 0 ? s : kRowAbsent;
+      }
+    }
+  }
+}
+
+// One thread per (page, KV head, row).
+__global__ void InvalidatePagesKernel(DeviceRowCache c, PageGeometry g, const int32_t* pages,
+                                      int32_t num_pages) {
+  const int32_t per_page = g.num_kv_heads * g.page_size;
+  const int64_t n = int64_t(num_pages) * per_page;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    // Rows of a page's blocks are contiguous: block page * H + h, rows h * P + r.
+    DropRow(c, int64_t(pages[i / per_page]) * per_page + i % per_page);
+  }
+}
+
+// One thread per (token, KV head).
+__global__ void InvalidateTokensKernel(DeviceRowCache c, PageGeometry g, const int32_t* page_id,
+                                       const int32_t* row, int32_t num_tokens) {
+  const int32_t H = g.num_kv_heads, P = g.page_size;
+  const int64_t n = int64_t(num_tokens) * H;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / H;
+    DropRow(c, g.BlockId(page_id[t], int32_t(i % H)) * P + row[t]);
+  }
+}
+
+// One thread per (segment, KV head, row of the page); rows outside the segment are skipped.
+__global__ void InvalidateSegmentsKernel(DeviceRowCache c, PageGeometry g,
+                                         const AppendSegment* segs, int32_t num_segments) {
+  const int32_t H = g.num_kv_heads, P = g.page_size;
+  const int64_t n = int64_t(num_segments) * H * P;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const AppendSegment seg = segs[i / (int64_t(H) * P)];
+    const int32_t h = int32_t(i / P % H), r = int32_t(i % P);
+    if (r < seg.row_begin || r >= seg.row_end) continue;
+    DropRow(c, g.BlockId(seg.page, h) * P + r);
+  }
+}
+
+// Every slot free, slot 0 on top of the stack.
+__global__ void ResetFreeKernel(DeviceRowCache c) {
+  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < c.num_slots;
+       i += gridDim.x * blockDim.x) {
+    c.d_free[i] = c.num_slots - 1 - i;
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) *c.d_free_top = c.num_slots;
+}
+
+int32_t FlatGrid(int64_t n) {
+  return int32_t(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 4096));
+}
+
+}  // namespace
+
+absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& a, void* stream) {
+  if (a.batch.num_seqs <= 0) return absl::OkStatus();
+  if (!cache.d_slot_of_row || !cache.d_row_of_slot || !cache.d_last_use || !cache.d_slots ||
+      !cache.d_hand || !cache.d_list || !cache.d_free || !cache.d_free_top ||
+      cache.num_slots <= 0 || cache.list_capacity <= 0 ||
+      cache.list_capacity > cache.num_slots || !a.d_counters || !a.d_unit_hits ||
+      !a.d_unit_rows || !a.kept.tokens || !a.kept.count || !a.batch.page_table ||
+      a.kept.max_kept <= 0 || !a.source.mapped_base || a.step == 0) {
+    return absl::InvalidArgumentError("LaunchRowPlan: null pointer, empty cache or step 0");
+  }
+  if (a.g.head_dim % 8 != 0 || a.source.block_bytes != a.g.FpBlockBytes()) {
+    return absl::InvalidArgumentError("LaunchRowPlan: head_dim % 8 or pool block size");
+  }
+  cudaStream_t s = AsStream(stream);
+  const int32_t units = a.batch.num_seqs * a.g.num_kv_heads;
+  RowZeroKernel<<<FlatGrid(int64_t(sizeof(DeviceRowCounters) / 4) + 2 * int64_t(units)),
+                  kThreads, 0, s>>>(a.d_counters, a.d_unit_hits, a.d_unit_rows, units);
+  TWL_RETURN_IF_ERROR(LaunchStatus("RowZeroKernel"));
+  const int64_t chunks = (int64_t(a.kept.max_kept) + kTokensPerItem - 1) / kTokensPerItem;
+  RowMarkKernel<<<GridFor(int64_t(units) * chunks, 8), kThreads, 0, s>>>(
+      a.g, a.batch, a.kept, units, a.step, cache, a.d_counters, a.d_unit_hits, a.d_unit_rows);
+  TWL_RETURN_IF_ERROR(LaunchStatus("RowMarkKernel"));
+  const int64_t slot_chunks = (int64_t(cache.num_slots) + 31) / 32;
+  RowVictimsKernel<<<GridFor(slot_chunks, 2), kThreads, 0, s>>>(cache, a.step, a.window,
+                                                                a.d_counters);
+  TWL_RETURN_IF_ERROR(LaunchStatus("RowVictimsKernel"));
+  // Enough warps to keep PCIe busy: the copy is latency-bound.
+  RowCopyKernel<<<GridFor(int64_t(cache.list_capacity), 4), kThreads, 0, s>>>(
+      cache, a.g, a.step, static_cast<const uint4*>(a.source.mapped_base),
+      a.source.slot_of_block, a.d_counters);
+  return LaunchStatus("RowCopyKernel");
+}
+
+absl::Status LaunchRowCacheReset(const DeviceRowCache& cache, void* stream) {
+  if (!cache.d_slot_of_row || !cache.d_row_of_slot || !cache.d_last_use || !cache.d_free ||
+      !cache.d_free_top || !cache.d_hand || cache.num_slots <= 0) {
+    return absl::InvalidArgumentError("LaunchRowCacheReset: null pointer or no slots");
+  }
+  cudaStream_t s = AsStream(stream);
+  TWL_CUDA(cudaMemsetAsync(cache.d_slot_of_row, 0xff, size_t(cache.num_rows) * 4, s));
+  TWL_CUDA(cudaMemsetAsync(cache.d_row_of_slot, 0xff, size_t(cache.num_slots) * 8, s));
+  TWL_CUDA(cudaMemsetAsync(cache.d_last_use, 0, size_t(cache.num_slots) * 4, s));
+  TWL_CUDA(cudaMemsetAsync(cache.d_hand, 0, 4, s));
+  ResetFreeKernel<<<FlatGrid(cache.num_slots), kThreads, 0, s>>>(cache);
+  return LaunchStatus("ResetFreeKernel");
+}
+
+absl::Status LaunchRowInvalidatePages(const DeviceRowCache& cache, const PageGeometry& g,
+                                      const int32_t* d_pages, int32_t num_pages, void* stream) {
+  if (num_pages <= 0) return absl::OkStatus();
+  if (!d_pages || !cache.d_slot_of_row) {
+    return absl::InvalidArgumentError("LaunchRowInvalidatePages: null pointer");
+  }
+  const int64_t n = int64_t(num_pages) * g.num_kv_heads * g.page_size;
+  InvalidatePagesKernel<<<FlatGrid(n), kThreads, 0, AsStream(stream)>>>(cache, g, d_pages,
+                                                                         num_pages);
+  return LaunchStatus("InvalidatePagesKernel");
+}
+
+absl::Status LaunchRowInvalidateTokens(const DeviceRowCache& cache, const PageGeometry& g,
+                                       const int32_t* d_page_id, const int32_t* d_row,
+                                       int32_t num_tokens, void* stream) {
+  if (num_tokens <= 0) return absl::OkStatus();
+  if (!d_page_id || !d_row || !cache.d_slot_of_row) {
+    return absl::InvalidArgumentError("LaunchRowInvalidateTokens: null pointer");
+  }
+  const int64_t n = int64_t(num_tokens) * g.num_kv_heads;
+  InvalidateTokensKernel<<<FlatGrid(n), kThreads, 0, AsStream(stream)>>>(cache, g, d_page_id,
+                                                                          d_row, num_tokens);
+  return LaunchStatus("InvalidateTokensKernel");
+}
+
+absl::Status LaunchRowInvalidateSegments(const DeviceRowCache& cache, const PageGeometry& g,
+                                         const AppendSegment* d_segments, int32_t num_segments,
+                                         void* stream) {
+  if (num_segments <= 0) return absl::OkStatus();
+  if (!d_segments || !cache.d_slot_of_row) {
+    return absl::InvalidArgumentError("LaunchRowInvalidateSegments: null pointer");
+  }
+  const int64_t n = int64_t(num_segments) * g.num_kv_heads * g.page_size;
+  InvalidateSegmentsKernel<<<FlatGrid(n), kThreads, 0, AsStream(stream)>>>(cache, g, d_segments,
+                                                                            num_segments);
+  return LaunchStatus("InvalidateSegmentsKernel");
+}
+
+}  // namespace twl

@@ -1,0 +1,85 @@
+// Launchers of the device side of the GPU row cache (pipeline/fetch/row_cache/cuda/
+// row_plan.cu): the policy of cache/row_cache_policy.h run on device copies of its arrays
+// from the pruner's kept lists (no host round trip), the copy of the fetched rows from the
+// mapped pinned pool into their slots, and the invalidation kernels that keep the cache
+// coherent. No device code, no CUDA types.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "cache/row_cache_policy.h"
+#include "core/stage_views.h"
+#include "gpu/kernels.h"
+#include "offload/fetch_transport.h"
+
+namespace twl {
+
+// Device arrays of the row cache (see cache/row_cache_policy.h).
+struct DeviceRowCache {
+  int32_t* d_slot_of_row = nullptr;  // [num_rows]: slot, -1 absent, -2 claimed (mid-plan)
+  int64_t* d_row_of_slot = nullptr;  // [num_slots], -1 free
+  uint32_t* d_last_use = nullptr;    // [num_slots] step of last use (0: never)
+  fp16_t* d_slots = nullptr;         // [num_slots][2][head_dim]: K row, V row
+  int32_t* d_free = nullptr;         // [num_slots] stack of free slots
+  int32_t* d_free_top = nullptr;     // [1] free slots on the stack
+  int32_t* d_hand = nullptr;         // [1] clock hand
+  RowFetch* d_list = nullptr;        // [list_capacity] the group's misses (scratch)
+  int64_t num_rows = 0;              // num_blocks * page_size
+  int32_t num_slots = 0;
+  int32_t list_capacity = 0;         // <= num_slots
+};
+
+// Counters of one planned group (device memory; the plan zero-fills the record first).
+struct DeviceRowCounters {
+  int32_t needed = 0;      // kept rows of the group's units
+  int32_t hits = 0;        // resident, or claimed by another unit of the group
+  int32_t listed = 0;      // claims (list places taken; may pass list_capacity)
+  int32_t overflow = 0;    // claims past the list: read in place
+  int32_t victims = 0;     // misses given a slot (fetched): free ones, then by the clock
+  int32_t evictions = 0;   // resident rows dropped for them
+  int32_t direct = 0;      // rows read in place: overflow + listed misses without a victim
+  int32_t scan_chunk = 0;  // victim search: next 32-slot chunk from the hand
+  int32_t error = 0;       // 2: a kept row outside the map
+  int32_t ticket = 0;      // last-block detection
+  int32_t clock_victims = 0;  // claims of the clock scan (may pass what it needs)
+  int32_t chunks_used = 0;    // 1 + the last 32-slot chunk (from the hand) that gave a victim
+  int32_t free_taken = 0;     // the first free_taken misses take free slots: entry e gets
+  int32_t free_top = 0;       //   free[free_top - 1 - e] (the stack before the plan)
+  int32_t reserved[2] = {};
+};
+
+struct RowPlanArgs {
+  PageGeometry g;
+  BatchView batch;        // the group's sequences (device seq_len / page_table)
+  KeptView kept;          // the group's kept lists (device), same sequence order
+  uint32_t step = 1;      // the step's stamp (>= 1)
+  uint32_t window = kDefaultRowWindow;
+  DeviceRowCounters* d_counters = nullptr;
+  int32_t* d_unit_hits = nullptr;  // [units] resident rows of each unit
+  int32_t* d_unit_rows = nullptr;  // [units] kept rows of each unit
+  FetchSource source;     // the mapped pinned pool (and its map under a disk tier)
+};
+
+// Enqueues the plan of one group and the copy of its fetched rows (4 kernels: zero the
+// group's counters, mark hits and claim misses (its last block reserves free slots for the
+// first misses), take occupied victims from the hand for the rest, copy + publish). A group
+// whose rows are all resident is done by the first two (the others return at once).
+absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& args, void* stream);
+
+// Empties the cache: every row absent, every slot free (on the stack, slot 0 on top), hand 0.
+absl::Status LaunchRowCacheReset(const DeviceRowCache& cache, void* stream);
+
+// Drops every row of every KV head of the listed pages (freed or rewritten pages).
+absl::Status LaunchRowInvalidatePages(const DeviceRowCache& cache, const PageGeometry& g,
+                                      const int32_t* d_pages, int32_t num_pages, void* stream);
+// Drops row d_row[i] of page d_page_id[i], every KV head (appended tokens).
+absl::Status LaunchRowInvalidateTokens(const DeviceRowCache& cache, const PageGeometry& g,
+                                       const int32_t* d_page_id, const int32_t* d_row,
+                                       int32_t num_tokens, void* stream);
+// Drops rows [row_begin, row_end) of each segment's page, every KV head (appended segments).
+absl::Status LaunchRowInvalidateSegments(const DeviceRowCache& cache, const PageGeometry& g,
+                                         const AppendSegment* d_segments, int32_t num_segments,
+                                         void* stream);
+
+}  // namespace twl

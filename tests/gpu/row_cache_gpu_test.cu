@@ -1,0 +1,369 @@
+// The GPU row cache's fetch stage (pipeline/fetch/row_cache/RowCacheFetch: plan kernels,
+// row copy, invalidation) against its host specification (cache/row_cache_policy.h):
+//  * roomy cache (no evictions): every group's counts and the resident row set equal the
+//    host policy's exactly, over steps of two groups with drifting kept lists;
+//  * small cache (evictions, overflow read in place): each group's counts equal what the
+//    policy implies from the device state just before the plan (hits, claims, evictable
+//    slots after the hits are stamped), the previous group's rows survive the next group's
+//    plan, maps stay inverse with no claim left;
+//  * after every plan each resident row's slot holds exactly the pool's K row and V row;
+//  * invalidating pages frees their rows' slots.
+// Skips without a GPU.
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <numeric>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "cache/host_arena.h"
+#include "cache/row_cache_policy.h"
+#include "gpu_test_util.h"
+#include "pipeline/fetch/row_cache/row_cache_fetch.cuh"
+
+namespace twl {
+namespace {
+
+using testing::Download;
+using testing::Upload;
+
+struct RowFixture {
+  PageGeometry g;
+  int32_t B = 4, max_pages = 48;
+  int64_t num_blocks = 0;
+  std::unique_ptr<HostArena> pool;
+  std::vector<int32_t> page_table, seq_len;
+  gpu::DeviceBuffer d_page_table, d_seq_len, d_tokens, d_count;
+  std::mt19937_64 rng;
+  std::vector<std::vector<int32_t>> kept;  // [unit] sorted positions
+  int32_t max_kept = 0;
+
+  explicit RowFixture(uint64_t seed) : rng(seed) {
+    g.page_size = 16;
+    g.head_dim = 128;
+    g.num_kv_heads = 2;
+    const int64_t num_pages = int64_t(B) * max_pages + 7;
+    num_blocks = num_pages * g.num_kv_heads;
+    pool = std::move(*HostArena::Create(HostMemKind::kPinnedMapped, g.FpBlockBytes(),
+                                        num_blocks, 16));
+    auto* bytes = static_cast<uint8_t*>(pool->base());
+    for (int64_t i = 0; i < num_blocks * g.FpBlockBytes(); ++i) bytes[i] = uint8_t(rng());
+    std::vector<int32_t> ids(static_cast<size_t>(num_pages));
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), rng);
+    page_table.assign(ids.begin(), ids.begin() + int64_t(B) * max_pages);
+    seq_len.assign(static_cast<size_t>(B), max_pages * g.page_size);
+    seq_len[1] -= 5;  // a partial last page
+    d_page_table = Upload(page_table);
+    d_seq_len = Upload(seq_len);
+    max_kept = max_pages * g.page_size;
+    kept.assign(size_t(B) * g.num_kv_heads, {});
+  }
+  FetchSource Source() const {
+    return FetchSource{pool->base(), pool->device_base(), g.FpBlockBytes(), num_blocks};
+  }
+  // New kept lists: each unit keeps `share` of its positions; `keep` of the old ones stay.
+  void Draw(double share, double keep) {
+    for (size_t u = 0; u < kept.size(); ++u) {
+      const int32_t len = seq_len[u / size_t(g.num_kv_heads)];
+      std::set<int32_t> next;
+      for (int32_t p : kept[u]) {
+        if (std::uniform_real_distribution<double>(0, 1)(rng) < keep) next.insert(p);
+      }
+      const int32_t want = std::max<int32_t>(1, int32_t(share * len));
+      while (int32_t(next.size()) < want) next.insert(int32_t(rng() % uint64_t(len)));
+      kept[u].assign(next.begin(), next.end());
+    }
+    std::vector<int32_t> tokens(kept.size() * size_t(max_kept), 0), count(kept.size());
+    for (size_t u = 0; u < kept.size(); ++u) {
+      count[u] = int32_t(kept[u].size());
+      std::copy(kept[u].begin(), kept[u].end(), tokens.begin() + int64_t(u) * max_kept);
+    }
+    d_tokens = Upload(tokens);
+    d_count = Upload(count);
+  }
+  int64_t RowOf(size_t unit, int32_t pos) const {
+    const int32_t s = int32_t(unit) / g.num_kv_heads, h = int32_t(unit) % g.num_kv_heads;
+    const int32_t page = page_table[size_t(s) * max_pages + pos / g.page_size];
+    return g.BlockId(page, h) * g.page_size + pos % g.page_size;
+  }
+  // Group gi of two: sequences [0, B/2) or [B/2, B).
+  SeqGroup Group(int32_t gi) const {
+    SeqGroup grp;
+    grp.first_seq = gi * B / 2;
+    grp.num_seqs = B / 2;
+    return grp;
+  }
+  BatchView Batch(const SeqGroup& grp) const {
+    BatchView b;
+    b.num_seqs = grp.num_seqs;
+    b.num_q_heads = 2 * g.num_kv_heads;
+    b.seq_len = d_seq_len.as<int32_t>() + grp.first_seq;
+    b.page_table = d_page_table.as<int32_t>() + int64_t(grp.first_seq) * max_pages;
+    b.max_pages = max_pages;
+    return b;
+  }
+  KeptView Kept(const SeqGroup& grp) const {
+    const int64_t u0 = int64_t(grp.first_seq) * g.num_kv_heads;
+    return KeptView{d_tokens.as<int32_t>() + u0 * max_kept, d_count.as<int32_t>() + u0, max_kept};
+  }
+  std::vector<std::vector<int64_t>> Rows(const SeqGroup& grp) const {
+    std::vector<std::vector<int64_t>> rows;
+    const size_t u0 = size_t(grp.first_seq) * g.num_kv_heads;
+    for (size_t u = u0; u < u0 + size_t(grp.num_seqs) * g.num_kv_heads; ++u) {
+      rows.emplace_back();
+      for (int32_t p : kept[u]) rows.back().push_back(RowOf(u, p));
+    }
+    return rows;
+  }
+};
+
+struct DeviceState {
+  std::vector<int32_t> slot_of_row;
+  std::vector<int64_t> row_of_slot;
+  std::vector<uint32_t> last_use;
+  std::vector<fp16_t> slots;
+  std::vector<int32_t> free_stack;  // [free_top]
+};
+
+DeviceState ReadState(const pipeline_cuda::RowCacheFetch& f, const PageGeometry& g) {
+  const DeviceRowCache& c = f.state();
+  DeviceState s;
+  EXPECT_TRUE(gpu::DeviceSync().ok());
+  s.slot_of_row.resize(size_t(c.num_rows));
+  s.row_of_slot.resize(size_t(c.num_slots));
+  s.last_use.resize(size_t(c.num_slots));
+  s.slots.resize(size_t(c.num_slots) * 2 * g.head_dim);
+  EXPECT_TRUE(
+      gpu::CopyToHost(s.slot_of_row.data(), c.d_slot_of_row, s.slot_of_row.size() * 4).ok());
+  EXPECT_TRUE(
+      gpu::CopyToHost(s.row_of_slot.data(), c.d_row_of_slot, s.row_of_slot.size() * 8).ok());
+  EXPECT_TRUE(gpu::CopyToHost(s.last_use.data(), c.d_last_use, s.last_use.size() * 4).ok());
+  EXPECT_TRUE(gpu::CopyToHost(s.slots.data(), c.d_slots, s.slots.size() * 2).ok());
+  int32_t top = 0;
+  EXPECT_TRUE(gpu::CopyToHost(&top, c.d_free_top, 4).ok());
+  EXPECT_GE(top, 0);
+  EXPECT_LE(top, c.num_slots);
+  s.free_stack.resize(size_t(std::clamp(top, 0, c.num_slots)));
+  if (!s.free_stack.empty()) {
+    EXPECT_TRUE(gpu::CopyToHost(s.free_stack.data(), c.d_free, s.free_stack.size() * 4).ok());
+  }
+  return s;
+}
+
+DeviceRowCounters ReadCounters(const pipeline_cuda::RowCacheFetch& f, int32_t group) {
+  DeviceRowCounters c;
+  EXPECT_TRUE(gpu::DeviceSync().ok());
+  EXPECT_TRUE(gpu::CopyToHost(&c, static_cast<const DeviceRowCounters*>(f.counters()) + group,
+                              sizeof(c)).ok());
+  return c;
+}
+
+// Maps inverse, no claim left, every resident row's bytes equal to the pool's.
+void ExpectConsistent(const DeviceState& s, const RowFixture& fx) {
+  const int32_t D = fx.g.head_dim, P = fx.g.page_size;
+  const auto* pool = static_cast<const fp16_t*>(fx.pool->base());
+  for (size_t r = 0; r < s.slot_of_row.size(); ++r) {
+    const int32_t sl = s.slot_of_row[r];
+    ASSERT_NE(sl, kRowClaimed) << "row " << r << " left claimed";
+    if (sl < 0) continue;
+    ASSERT_LT(size_t(sl), s.row_of_slot.size());
+    ASSERT_EQ(s.row_of_slot[size_t(sl)], int64_t(r)) << "slot " << sl;
+    const int64_t block = int64_t(r) / P, row = int64_t(r) % P;
+    const fp16_t* k = pool + block * fx.g.FpBlockElems() + row * D;
+    const fp16_t* v = k + int64_t(P) * D;
+    ASSERT_EQ(0, std::memcmp(s.slots.data() + size_t(sl) * 2 * D, k, size_t(D) * 2))
+        << "K row " << r;
+    ASSERT_EQ(0, std::memcmp(s.slots.data() + size_t(sl) * 2 * D + D, v, size_t(D) * 2))
+        << "V row " << r;
+  }
+  for (size_t sl = 0; sl < s.row_of_slot.size(); ++sl) {
+    const int64_t r = s.row_of_slot[sl];
+    if (r >= 0) ASSERT_EQ(s.slot_of_row[size_t(r)], int32_t(sl)) << "slot " << sl;
+  }
+  // The free stack holds exactly the free slots, each once.
+  std::set<int32_t> on_stack(s.free_stack.begin(), s.free_stack.end());
+  ASSERT_EQ(on_stack.size(), s.free_stack.size()) << "a slot pushed twice";
+  for (size_t sl = 0; sl < s.row_of_slot.size(); ++sl) {
+    ASSERT_EQ(on_stack.count(int32_t(sl)) == 1, s.row_of_slot[sl] < 0) << "slot " << sl;
+  }
+}
+
+uint64_t Seed() {
+  const int fixed = ::testing::UnitTest::GetInstance()->random_seed();
+  return fixed > 0 ? uint64_t(fixed) : 1 + std::random_device{}() % 99999u;
+}
+
+TEST(RowCacheGpuTest, RoomyCacheMatchesHostPolicyExactly) {
+  TWL_SKIP_WITHOUT_GPU();
+  const uint64_t seed = Seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  RowFixture fx(seed);
+  const int32_t slots = int32_t(fx.num_blocks * fx.g.page_size);  // every row fits
+  pipeline_cuda::RowCacheFetch f;
+  TWL_ASSERT_OK(f.Init(fx.g, fx.num_blocks, slots, fx.Source(), 2));
+  f.SetWindow(3);
+  auto stream = gpu::StreamCreate();
+  ASSERT_TRUE(stream.ok());
+  f.AttachStream(static_cast<cudaStream_t>(*stream));
+  TWL_ASSERT_OK(f.GrowStep(int64_t(fx.B) * fx.g.num_kv_heads, 0));
+  RowCachePolicy host =
+      *RowCachePolicy::Create(fx.num_blocks * fx.g.page_size, slots, /*window=*/3);
+  for (int32_t step = 0; step < 5; ++step) {
+    fx.Draw(0.15, step == 0 ? 0.0 : 0.8);
+    for (int32_t gi = 0; gi < 2; ++gi) {
+      const SeqGroup grp = fx.Group(gi);
+      TWL_ASSERT_OK(f.Fetch(gi, grp, fx.g, fx.Batch(grp), fx.Kept(grp),
+                            static_cast<cudaStream_t>(*stream), nullptr));
+      const RowGroupPlan want = *host.PlanGroup(fx.Rows(grp), gi == 0);
+      const DeviceRowCounters got = ReadCounters(f, gi);
+      SCOPED_TRACE(::testing::Message() << "step " << step << " group " << gi);
+      EXPECT_EQ(got.error, 0);
+      EXPECT_EQ(got.needed, want.counters.needed);
+      EXPECT_EQ(got.hits, want.counters.hits);
+      EXPECT_EQ(got.victims, want.counters.fetched);
+      EXPECT_EQ(got.direct, want.counters.direct);
+      EXPECT_EQ(got.evictions, 0);
+      const int32_t units = grp.num_seqs * fx.g.num_kv_heads;
+      const int64_t u0 = int64_t(grp.first_seq) * fx.g.num_kv_heads;
+      std::vector<int32_t> uh(static_cast<size_t>(units)), ur(static_cast<size_t>(units));
+      TWL_ASSERT_OK(gpu::CopyToHost(uh.data(), f.unit_hits() + u0, size_t(units) * 4));
+      TWL_ASSERT_OK(gpu::CopyToHost(ur.data(), f.unit_blocks() + u0, size_t(units) * 4));
+      EXPECT_EQ(uh, want.unit_hits);
+      for (int32_t u = 0; u < units; ++u) {
+        EXPECT_EQ(ur[size_t(u)], int32_t(fx.kept[size_t(u0 + u)].size()));
+      }
+      const DeviceState s = ReadState(f, fx.g);
+      ExpectConsistent(s, fx);
+      for (int64_t r = 0; r < int64_t(s.slot_of_row.size()); ++r) {
+        ASSERT_EQ(s.slot_of_row[size_t(r)] >= 0, host.SlotOf(r) >= 0) << "row " << r;
+      }
+    }
+  }
+  gpu::StreamDestroy(*stream);
+}
+
+TEST(RowCacheGpuTest, SmallCacheEvictsOnlyWhatThePolicyAllows) {
+  TWL_SKIP_WITHOUT_GPU();
+  const uint64_t seed = Seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  RowFixture fx(seed);
+  const int32_t slots = 700;  // about one group's rows: evictions and overflow
+  const uint32_t window = 1;
+  pipeline_cuda::RowCacheFetch f;
+  TWL_ASSERT_OK(f.Init(fx.g, fx.num_blocks, slots, fx.Source(), 2));
+  f.SetWindow(window);
+  auto stream = gpu::StreamCreate();
+  ASSERT_TRUE(stream.ok());
+  f.AttachStream(static_cast<cudaStream_t>(*stream));
+  TWL_ASSERT_OK(f.GrowStep(int64_t(fx.B) * fx.g.num_kv_heads, 0));
+  uint32_t step = 0;
+  int64_t total_evictions = 0, total_direct = 0;
+  for (int32_t it = 0; it < 8; ++it) {
+    fx.Draw(0.12, it == 0 ? 0.0 : 0.7);
+    std::set<int64_t> prev_group_rows;
+    for (int32_t gi = 0; gi < 2; ++gi) {
+      const SeqGroup grp = fx.Group(gi);
+      if (gi == 0) ++step;
+      // What the policy implies from the state before the plan.
+      const DeviceState before = ReadState(f, fx.g);
+      const std::vector<std::vector<int64_t>> rows = fx.Rows(grp);
+      int64_t needed = 0, hits = 0;
+      std::set<int64_t> claims, stamped;
+      for (const auto& unit : rows) {
+        for (int64_t r : unit) {
+          ++needed;
+          const int32_t sl = before.slot_of_row[size_t(r)];
+          if (sl >= 0) {
+            ++hits;
+            stamped.insert(sl);
+          } else if (!claims.insert(r).second) {
+            ++hits;  // claimed by another unit
+          }
+        }
+      }
+      int64_t evictable = 0;
+      for (int32_t sl = 0; sl < slots; ++sl) {
+        const uint32_t lu = stamped.count(sl) ? step : before.last_use[size_t(sl)];
+        evictable += RowSlotEvictable(before.row_of_slot[size_t(sl)], lu, step, window);
+      }
+      TWL_ASSERT_OK(f.Fetch(gi, grp, fx.g, fx.Batch(grp), fx.Kept(grp),
+                            static_cast<cudaStream_t>(*stream), nullptr));
+      const DeviceRowCounters got = ReadCounters(f, gi);
+      SCOPED_TRACE(::testing::Message() << "iteration " << it << " group " << gi);
+      EXPECT_EQ(got.error, 0);
+      EXPECT_EQ(got.needed, needed);
+      EXPECT_EQ(got.hits, hits);
+      const int64_t fetched = std::min<int64_t>(int64_t(claims.size()), evictable);
+      EXPECT_EQ(got.victims, fetched);
+      EXPECT_EQ(got.direct, int64_t(claims.size()) - fetched);
+      EXPECT_EQ(got.hits + got.victims + got.direct, got.needed);
+      total_evictions += got.evictions;
+      total_direct += got.direct;
+      const DeviceState after = ReadState(f, fx.g);
+      ExpectConsistent(after, fx);
+      // The previous group of the step keeps every row it had (its attention may run).
+      for (int64_t r : prev_group_rows) ASSERT_GE(after.slot_of_row[size_t(r)], 0) << r;
+      prev_group_rows.clear();
+      for (const auto& unit : rows) {
+        for (int64_t r : unit) {
+          if (after.slot_of_row[size_t(r)] >= 0) prev_group_rows.insert(r);
+        }
+      }
+    }
+  }
+  EXPECT_GT(total_evictions, 0) << "the small cache never evicted";
+  EXPECT_GT(total_direct, 0) << "the small cache never overflowed";
+  gpu::StreamDestroy(*stream);
+}
+
+TEST(RowCacheGpuTest, InvalidatedPagesLeaveTheCache) {
+  TWL_SKIP_WITHOUT_GPU();
+  const uint64_t seed = Seed();
+  RowFixture fx(seed);
+  const int32_t slots = int32_t(fx.num_blocks * fx.g.page_size);
+  pipeline_cuda::RowCacheFetch f;
+  TWL_ASSERT_OK(f.Init(fx.g, fx.num_blocks, slots, fx.Source(), 2));
+  auto stream = gpu::StreamCreate();
+  ASSERT_TRUE(stream.ok());
+  const auto cs = static_cast<cudaStream_t>(*stream);
+  f.AttachStream(cs);
+  TWL_ASSERT_OK(f.GrowStep(int64_t(fx.B) * fx.g.num_kv_heads, 0));
+  fx.Draw(0.3, 0.0);
+  const SeqGroup grp = fx.Group(0);
+  TWL_ASSERT_OK(f.Fetch(0, grp, fx.g, fx.Batch(grp), fx.Kept(grp), cs, nullptr));
+  // Drop the first 10 pages of sequence 0 and, by token, row 3 of its page 20.
+  std::vector<int32_t> pages(fx.page_table.begin(), fx.page_table.begin() + 10);
+  gpu::DeviceBuffer d_pages = Upload(pages);
+  TWL_ASSERT_OK(f.InvalidatePages(d_pages.as<int32_t>(), 10, cs));
+  const std::vector<int32_t> tok_page = {fx.page_table[20]}, tok_row = {3};
+  gpu::DeviceBuffer d_tp = Upload(tok_page), d_tr = Upload(tok_row);
+  TWL_ASSERT_OK(f.MirrorTokens(nullptr, d_tp.as<int32_t>(), d_tr.as<int32_t>(), 1, cs));
+  const DeviceState s = ReadState(f, fx.g);
+  ExpectConsistent(s, fx);
+  int64_t resident_left = 0;
+  for (size_t u = 0; u < size_t(fx.g.num_kv_heads); ++u) {
+    for (int32_t p : fx.kept[u]) {
+      const int64_t r = fx.RowOf(u, p);
+      const bool dropped = p / fx.g.page_size < 10 || (p / fx.g.page_size == 20 && p % 16 == 3);
+      if (dropped) {
+        EXPECT_EQ(s.slot_of_row[size_t(r)], kRowAbsent) << "pos " << p;
+      } else {
+        resident_left += s.slot_of_row[size_t(r)] >= 0;
+      }
+    }
+  }
+  EXPECT_GT(resident_left, 0);
+  // Freed slots take new rows at once: the same group again fetches exactly the dropped rows.
+  TWL_ASSERT_OK(f.Fetch(0, grp, fx.g, fx.Batch(grp), fx.Kept(grp), cs, nullptr));
+  const DeviceRowCounters c = ReadCounters(f, 0);
+  EXPECT_EQ(c.direct, 0);
+  EXPECT_EQ(c.hits + c.victims, c.needed);
+  EXPECT_GT(c.victims, 0);
+  ExpectConsistent(ReadState(f, fx.g), fx);
+  gpu::StreamDestroy(*stream);
+}
+
+}  // namespace
+}  // namespace twl
