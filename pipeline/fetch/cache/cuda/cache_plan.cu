@@ -26,6 +26,7 @@
 #include <string>
 
 #include "gpu/device.h"
+#include "pipeline/fetch/plan_grid.cuh"
 #include "pipeline/fetch/cache/cuda/cache_plan.h"
 #include "offload/cuda_check.cuh"
 
@@ -44,24 +45,10 @@ constexpr int kTokensPerItem = 64;
 
 
 int32_t GridFor(int64_t warp_items, int32_t blocks_per_sm = 8) {
-  const int64_t blocks = (warp_items + kWarps - 1) / kWarps;
-  return int32_t(std::clamp<int64_t>(blocks, 1, int64_t(gpu::SmCount()) * blocks_per_sm));
+  return fetch_plan::GridForWarpItems(warp_items, kWarps, blocks_per_sm);
 }
 
-// True in exactly one thread block: the last one of the grid to get here. Every block's
-// global writes before the call are visible to that block afterwards.
-__device__ bool LastBlockDone(int32_t* ticket) {
-  __shared__ bool last;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();
-    last = atomicAdd(ticket, 1) == int32_t(gridDim.x) - 1;
-    if (last) *ticket = 0;  // ready for the next kernel that uses it
-  }
-  __syncthreads();
-  if (last) __threadfence();
-  return last;
-}
+using fetch_plan::LastBlockDone;
 
 __device__ __forceinline__ int32_t WarpSum(int32_t v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(~0u, v, o);

@@ -32,6 +32,7 @@
 #include <algorithm>
 
 #include "gpu/device.h"
+#include "pipeline/fetch/plan_grid.cuh"
 #include "offload/cuda_check.cuh"
 #include "pipeline/fetch/row_cache/cuda/row_plan.h"
 
@@ -50,24 +51,10 @@ constexpr int kTokensPerItem = 64;
 constexpr int kCopyVecs = 8;
 
 int32_t GridFor(int64_t warp_items, int32_t blocks_per_sm) {
-  const int64_t blocks = (warp_items + kWarps - 1) / kWarps;
-  return int32_t(std::clamp<int64_t>(blocks, 1, int64_t(gpu::SmCount()) * blocks_per_sm));
+  return fetch_plan::GridForWarpItems(warp_items, kWarps, blocks_per_sm);
 }
 
-// True in exactly one thread block: the last one of the grid to get here; every block's
-// global writes before the call are visible to it afterwards.
-__device__ bool LastBlockDone(int32_t* ticket) {
-  __shared__ bool last;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();
-    last = atomicAdd(ticket, 1) == int32_t(gridDim.x) - 1;
-    if (last) *ticket = 0;
-  }
-  __syncthreads();
-  if (last) __threadfence();
-  return last;
-}
+using fetch_plan::LastBlockDone;
 
 // Places in a list for the lanes set in `mask` (not 0) with one atomicAdd per warp; every
 // lane of the warp calls it.
