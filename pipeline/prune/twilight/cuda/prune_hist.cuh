@@ -856,6 +856,15 @@ __global__ void __launch_bounds__(kCompactThreads)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   auto pos_of = [&](int32_t i) { return pages[i / g.page_size] * g.page_size + i % g.page_size; };
   const int32_t w0 = int32_t(blockIdx.x) * kCompactWords;
+  // This lane's word of the warp's 32, loaded first: in flight with the prefix's loads.
+  const int32_t wbase = w0 + warp * 32;
+  uint32_t m = 0;
+  if (!dense && wbase + lane < words) {
+    const int32_t w = wbase + lane;
+    m = pb[w];
+    const int32_t rest = slots - w * 32;
+    if (rest < 32) m &= (1u << rest) - 1u;
+  }
   // Set bits before the chunk (all in whole words < slots).
   int before = 0;
   if (dense) {
@@ -870,20 +879,12 @@ __global__ void __launch_bounds__(kCompactThreads)
   }
   int prefix;
   BlockExclusiveSum(before, scan, &prefix);
-  // This lane's word of the warp's 32.
-  const int32_t wbase = w0 + warp * 32;
-  uint32_t m = 0;
-  if (dense) {
+  if (dense) {  // the lane's word: every valid slot
     for (int j = 0; j < 32; ++j) {
       const int32_t i = (wbase + j) * 32 + lane;
       const uint32_t mj = __ballot_sync(0xffffffffu, i < slots && pos_of(i) < len);
       if (lane == j) m = mj;
     }
-  } else if (wbase + lane < words) {
-    const int32_t w = wbase + lane;
-    m = pb[w];
-    const int32_t rest = slots - w * 32;
-    if (rest < 32) m &= (1u << rest) - 1u;
   }
   const int c = __popc(m);
   const int incl = WarpInclusiveSum(c);
