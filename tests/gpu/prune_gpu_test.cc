@@ -16,9 +16,11 @@
 // head, INT4 (tensor cores) and 2/8/16-bit K (scalar), p in {0.5 .. 0.99, 1}, per-sequence
 // p, dense, peaked and flat heads (queries scaled per head), a few pages to 128k+ tokens.
 // Every case also reruns with the top-p passes' explicit work plans (1, 2, 3 and all chunks
-// per block): the same bits as the automatic plan.
+// per block) and with TWL_PRUNE_PDL=0 (the top-p chain launched without programmatic
+// dependent launch): the same bits as the automatic plan with it.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <set>
 
@@ -163,6 +165,14 @@ TEST_P(PruneGpuTest, MatchesReferenceUpToThresholdTies) {
     EXPECT_EQ(Download<float>(d_mass, static_cast<size_t>(heads)), gmass);
   }
   dparams.topp_chunks_per_block = 0;
+  // Without programmatic dependent launch of the top-p chain (pdl.cuh): the same bits.
+  setenv("TWL_PRUNE_PDL", "0", 1);
+  const absl::Status plain = launch();
+  unsetenv("TWL_PRUNE_PDL");
+  TWL_ASSERT_OK(plain);
+  EXPECT_EQ(Download<int32_t>(d_cnt, static_cast<size_t>(pairs)), cnt) << "TWL_PRUNE_PDL=0";
+  EXPECT_EQ(Download<int32_t>(d_tok, ref_tok.size()), tok) << "TWL_PRUNE_PDL=0";
+  EXPECT_EQ(Download<float>(d_mass, static_cast<size_t>(heads)), gmass) << "TWL_PRUNE_PDL=0";
   if (c.dense) {
     EXPECT_EQ(gkept, ref_kept);
     EXPECT_EQ(gmass, ref_mass);

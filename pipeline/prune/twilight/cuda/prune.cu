@@ -398,21 +398,31 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
                                             l.hist.bnd_chunks);
     const dim3 kept_runs{unsigned((l.hist.bnd_chunks + kept_run - 1) / kept_run),
                          unsigned(pairs), 1u};
-    kept<<<kept_runs, cuda::kKeptThreads, 0, st>>>(g, params, batch, list, shape, l.scores,
-                                                   l.head_max, l.hist, l.bits, kept_run);
-    TWL_RETURN_IF_ERROR(LaunchStatus("KeptKernel"));
+    // Kept, Boundary and Compact overlap their predecessor's tail (pdl.cuh).
+    TWL_RETURN_IF_ERROR(cuda::LaunchAfterPrevious(
+        "KeptKernel", kept, kept_runs, cuda::kKeptThreads, st, g, params, batch, list, shape,
+        static_cast<const fp16_t*>(l.scores), static_cast<const uint32_t*>(l.head_max), l.hist,
+        l.bits, kept_run));
     const dim3 kept_grid{unsigned(l.hist.bnd_chunks), unsigned(pairs), 1u};
-    cuda::BoundaryKernel<<<kept_grid, cuda::kKeptThreads, 0, st>>>(
-        g, params, batch, list, shape, l.scores, l.head_max, l.hist, l.bits);
-    TWL_RETURN_IF_ERROR(LaunchStatus("BoundaryKernel"));
+    TWL_RETURN_IF_ERROR(cuda::LaunchAfterPrevious(
+        "BoundaryKernel", cuda::BoundaryKernel, kept_grid, cuda::kKeptThreads, st, g, params,
+        batch, list, shape, static_cast<const fp16_t*>(l.scores),
+        static_cast<const uint32_t*>(l.head_max), l.hist, l.bits));
   }
   TWL_RETURN_IF_ERROR(Mark(ev, 2, st));
   const unsigned compact_chunks =
       unsigned((shape.bit_words + cuda::kCompactWords - 1) / cuda::kCompactWords);
-  cuda::CompactKeptKernel<<<dim3(compact_chunks, unsigned(pairs)), cuda::kCompactThreads, 0,
-                            st>>>(
-      g, params, batch, list, shape, l.bits, l.head_max, l.hist, out, stats);
-  TWL_RETURN_IF_ERROR(LaunchStatus("CompactKeptKernel"));
+  const dim3 compact_grid{compact_chunks, unsigned(pairs), 1u};
+  if (params.dense) {  // no top-p chain before it
+    cuda::CompactKeptKernel<<<compact_grid, cuda::kCompactThreads, 0, st>>>(
+        g, params, batch, list, shape, l.bits, l.head_max, l.hist, out, stats);
+    TWL_RETURN_IF_ERROR(LaunchStatus("CompactKeptKernel"));
+  } else {
+    TWL_RETURN_IF_ERROR(cuda::LaunchAfterPrevious(
+        "CompactKeptKernel", cuda::CompactKeptKernel, compact_grid, cuda::kCompactThreads, st, g,
+        params, batch, list, shape, static_cast<const uint32_t*>(l.bits),
+        static_cast<const uint32_t*>(l.head_max), l.hist, out, stats));
+  }
   return Mark(ev, 3, st);
 }
 

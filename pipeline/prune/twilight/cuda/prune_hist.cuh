@@ -59,6 +59,7 @@
 // (docs/PRUNE_PASSES.md: every pass of the FULL selector's step, bytes and launches).
 #pragma once
 
+#include "pipeline/prune/twilight/cuda/pdl.cuh"
 #include "pipeline/prune/twilight/cuda/prune.cuh"
 
 namespace twl::cuda {
@@ -312,6 +313,7 @@ __global__ void __launch_bounds__(kHistThreads)
                const uint32_t* __restrict__ head_max, HistWork hw, int32_t chunks) {
   __shared__ uint32_t sub_lo[kHistWarps][kHistBins];
   __shared__ uint32_t sub_hi[kHistWarps][kHistBins];
+  PdlLetNextLaunch();  // KeptKernel's blocks may take the SMs this grid frees (pdl.cuh)
   const int32_t sq = blockIdx.x;
   const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
   const int32_t pair = s * g.num_kv_heads + qh / shape.group;
@@ -594,20 +596,26 @@ __global__ void __launch_bounds__(kKeptThreads, kMaxG <= 8 ? 4 : 1)
                int32_t chunks) {
   __shared__ ChunkHeads ch;
   __shared__ u64 s_h2[kMaxG][kHistBins];  // level-2 partial sums of this block's chunks
+  PdlLetNextLaunch();
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t slots = sel.count[pair] * g.page_size;
   const int32_t first_chunk = blockIdx.x * chunks;
   const int32_t first = first_chunk * kKeptChunk;
-  if (first >= slots) return;
   const int32_t last = min(slots, first + chunks * kKeptChunk);  // the block's slots end
   const int G = shape.group;
   const int32_t sq0 = s * batch.num_q_heads + h * G;
   const int lane = threadIdx.x & 31;
   const int32_t* pages = sel.pages + int64_t(pair) * sel.max_select;
   const int32_t ps = g.page_size;
-  PrefetchChunk(scores, shape.cand_stride, sq0, G, pages, ps, first,
-                min(last, first + kKeptChunk));
+  // The selection and the scores were complete before HistKernel began: prefetched while
+  // HistKernel may still run (pdl.cuh); its histograms only after the wait.
+  if (first < slots) {
+    PrefetchChunk(scores, shape.cand_stride, sq0, G, pages, ps, first,
+                  min(last, first + kKeptChunk));
+  }
+  PdlWaitForPrevious();
+  if (first >= slots) return;
   LoadChunkHeads(ch, params, shape, head_max, hw, s, sq0, G, /*level2=*/false);
   for (int i = threadIdx.x; i < G * kHistBins; i += blockDim.x) (&s_h2[0][0])[i] = 0;
   __syncthreads();
@@ -736,6 +744,8 @@ __global__ void __launch_bounds__(kKeptThreads)
   __shared__ ChunkHeads ch;
   __shared__ uint32_t s_bits[kKeptChunk / 32];
   __shared__ int s_n[kMaxGroup];  // list length per head of the group (0: nothing listed)
+  PdlLetNextLaunch();
+  PdlWaitForPrevious();  // KeptKernel's lists, counts and bits (pdl.cuh)
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t slots = sel.count[pair] * g.page_size;
@@ -841,6 +851,7 @@ __global__ void __launch_bounds__(kCompactThreads)
   static_assert(kCompactWords == kWarps * 32, "one word per thread");
   __shared__ int scan[33];
   __shared__ int warp_total[kWarps];
+  PdlWaitForPrevious();  // the top-p chain's bits and counters (pdl.cuh; dense: no-op)
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t n_pages = sel.count[pair];
