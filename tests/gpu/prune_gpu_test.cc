@@ -16,8 +16,8 @@
 // head, INT4 (tensor cores) and 2/8/16-bit K (scalar), p in {0.5 .. 0.99, 1}, per-sequence
 // p, dense, peaked and flat heads (queries scaled per head), a few pages to 128k+ tokens.
 // Every case also reruns with the top-p passes' explicit work plans (1, 2, 3 and all chunks
-// per block) and with TWL_PRUNE_PDL=0 (the top-p chain launched without programmatic
-// dependent launch): the same bits as the automatic plan with it.
+// per block) and with TWL_PRUNE_PDL=1 (the top-p chain launched with programmatic
+// dependent launch): the same bits as the default plan without it.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -165,14 +165,14 @@ TEST_P(PruneGpuTest, MatchesReferenceUpToThresholdTies) {
     EXPECT_EQ(Download<float>(d_mass, static_cast<size_t>(heads)), gmass);
   }
   dparams.topp_chunks_per_block = 0;
-  // Without programmatic dependent launch of the top-p chain (pdl.cuh): the same bits.
-  setenv("TWL_PRUNE_PDL", "0", 1);
-  const absl::Status plain = launch();
+  // With programmatic dependent launch of the top-p chain (pdl.cuh, opt-in): the same bits.
+  setenv("TWL_PRUNE_PDL", "1", 1);
+  const absl::Status pdl = launch();
   unsetenv("TWL_PRUNE_PDL");
-  TWL_ASSERT_OK(plain);
-  EXPECT_EQ(Download<int32_t>(d_cnt, static_cast<size_t>(pairs)), cnt) << "TWL_PRUNE_PDL=0";
-  EXPECT_EQ(Download<int32_t>(d_tok, ref_tok.size()), tok) << "TWL_PRUNE_PDL=0";
-  EXPECT_EQ(Download<float>(d_mass, static_cast<size_t>(heads)), gmass) << "TWL_PRUNE_PDL=0";
+  TWL_ASSERT_OK(pdl);
+  EXPECT_EQ(Download<int32_t>(d_cnt, static_cast<size_t>(pairs)), cnt) << "TWL_PRUNE_PDL=1";
+  EXPECT_EQ(Download<int32_t>(d_tok, ref_tok.size()), tok) << "TWL_PRUNE_PDL=1";
+  EXPECT_EQ(Download<float>(d_mass, static_cast<size_t>(heads)), gmass) << "TWL_PRUNE_PDL=1";
   if (c.dense) {
     EXPECT_EQ(gkept, ref_kept);
     EXPECT_EQ(gmass, ref_mass);

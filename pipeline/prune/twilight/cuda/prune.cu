@@ -2,7 +2,6 @@
 // Instantiations: ScoreInt4Kernel<64|128, false (per token) | true (per page channel)>,
 // the rest are not templates.
 #include <algorithm>
-#include <atomic>
 
 #include "pipeline/prune/twilight/cuda/prune.cuh"
 #include "pipeline/prune/twilight/cuda/prune_grow.cuh"
@@ -109,41 +108,13 @@ absl::Status LaunchScorePage16(bool grow, int32_t nt, int64_t bx, int64_t pairs,
   return LaunchStatus("ScorePage16Kernel");
 }
 
-// Resident blocks per SM of a kernel at `threads` threads (its registers and static shared
-// memory; the build targets one architecture, so the answer is cached per kernel once a
-// query succeeds). Not asked while the stream is being captured (a first query may load
-// the kernel's module): then, or when the query fails, 4, and asked again next time.
-int32_t BlocksPerSm(const void* kernel, int threads, std::atomic<int32_t>* cache,
-                    cudaStream_t st) {
-  int32_t n = cache->load(std::memory_order_relaxed);
-  if (n > 0) return n;
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  if (cudaStreamIsCapturing(st, &capture) != cudaSuccess ||
-      capture != cudaStreamCaptureStatusNone) {
-    cudaGetLastError();
-    return 4;
-  }
-  int q = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&q, kernel, threads, 0) != cudaSuccess ||
-      q < 1) {
-    cudaGetLastError();  // not sticky: clear it for the launches' own checks
-    return 4;
-  }
-  cache->store(q, std::memory_order_relaxed);
-  return q;
-}
-
-// Chunks per block of a top-p pass over rows x chunks (HistKernel, KeptKernel): 1 while the
-// grid is at most one wave of resident blocks (B = 1 at 128k), else as many as bring it to
-// about one wave. Each block of those passes spends most of its time in a chain of
-// dependent loads (sequence length, head max, histogram rows, page entries, scores): the
-// H200 ran them at ~0.7 TB/s at B = 8 (~4 waves). With one wave each block pays the chain
-// once and prefetches its next chunk while it works on one.
-// An explicit plan (PrunerParams::topp_chunks_per_block > 0) is only clamped to the chunks.
-int32_t ChunksPerBlock(int32_t plan, int32_t per_sm, int64_t rows, int64_t chunks) {
-  const int64_t wave = int64_t(per_sm) * gpu::SmCount();
-  const int64_t want = plan > 0 ? plan : (rows * chunks + wave - 1) / wave;
-  const int64_t per_block = std::clamp<int64_t>(want, 1, std::max<int64_t>(chunks, 1));
+// Chunks per block of a top-p pass (HistKernel, KeptKernel): the explicit plan
+// (PrunerParams::topp_chunks_per_block), clamped to the chunks, else 1. One-wave runs
+// (several chunks per block, the next prefetched into L2) measured slower on the H200 at
+// B = 8 (prune 0.514 vs 0.458 ms, trial of 913484b), so they are not the default.
+int32_t ChunksPerBlock(int32_t plan, int64_t chunks) {
+  const int64_t per_block =
+      std::clamp<int64_t>(plan > 0 ? plan : 1, 1, std::max<int64_t>(chunks, 1));
   const int64_t blocks = (chunks + per_block - 1) / per_block;  // per row
   return int32_t((chunks + blocks - 1) / blocks);               // balanced
 }
@@ -380,22 +351,14 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
   if (!params.dense) {
     // Top-p by histogram selection (prune_hist.cuh): level 1; level 2 with the kept bits
     // above the boundary bin; the boundary bin's bits.
-    static std::atomic<int32_t> hist_occ{0}, kept8_occ{0}, kept16_occ{0};
     auto kept = group > 8 ? cuda::KeptKernel<16> : cuda::KeptKernel<8>;
-    const int32_t hist_per_sm = BlocksPerSm(reinterpret_cast<const void*>(cuda::HistKernel),
-                                            cuda::kHistThreads, &hist_occ, st);
-    const int32_t kept_per_sm = BlocksPerSm(reinterpret_cast<const void*>(kept),
-                                            cuda::kKeptThreads,
-                                            group > 8 ? &kept16_occ : &kept8_occ, st);
     const int64_t hist_chunks = (cand + cuda::kHistChunk - 1) / cuda::kHistChunk;
-    const int32_t hist_run =
-        ChunksPerBlock(params.topp_chunks_per_block, hist_per_sm, heads, hist_chunks);
+    const int32_t hist_run = ChunksPerBlock(params.topp_chunks_per_block, hist_chunks);
     const dim3 hist_grid{unsigned(heads), unsigned((hist_chunks + hist_run - 1) / hist_run), 1u};
     cuda::HistKernel<<<hist_grid, cuda::kHistThreads, 0, st>>>(
         g, params, batch, list, shape, l.scores, l.head_max, l.hist, hist_run);
     TWL_RETURN_IF_ERROR(LaunchStatus("HistKernel"));
-    const int32_t kept_run = ChunksPerBlock(params.topp_chunks_per_block, kept_per_sm, pairs,
-                                            l.hist.bnd_chunks);
+    const int32_t kept_run = ChunksPerBlock(params.topp_chunks_per_block, l.hist.bnd_chunks);
     const dim3 kept_runs{unsigned((l.hist.bnd_chunks + kept_run - 1) / kept_run),
                          unsigned(pairs), 1u};
     // Kept, Boundary and Compact overlap their predecessor's tail (pdl.cuh).

@@ -195,41 +195,6 @@ struct GrowPair {
   __device__ __forceinline__ float b_of(int j, int32_t i) const {
     return work->pb[int64_t(sq0 + j) * max_select + i];
   }
-  // The fixed part of the rule's sums, page i: a forced page (always listed, always in)
-  // adds its A to la, an unlisted page (always out) its R to lb. Returns whether page i is
-  // ranked (listed, not forced), the pages the searches decide on.
-  __device__ __forceinline__ bool AddFixed(int32_t i, bool forced, float* la,
-                                           float* lb) const {
-    if (forced) {
-#pragma unroll
-      for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? a_of(j, i) : 0.0f;
-      return false;
-    }
-    if (pos[i] < 0) {
-#pragma unroll
-      for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? b_of(j, i) : 0.0f;
-      return false;
-    }
-    return true;
-  }
-  // Zeroes the shared sums of FlushFixed (the caller synchronizes before adding).
-  __device__ __forceinline__ static void ZeroFixed(float* a, float* b) {
-    if (threadIdx.x < kMaxGroup) a[threadIdx.x] = b[threadIdx.x] = 0.0f;
-  }
-  // Per-thread sums of AddFixed into a[j], b[j] (shared): one atomic per warp and head
-  // (every page adds to the same G addresses: per-page shared atomics would serialize).
-  // Every lane of the warp calls it.
-  __device__ __forceinline__ void FlushFixed(float* la, float* lb, float* a, float* b) const {
-#pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      la[j] = WarpSum(la[j]);
-      lb[j] = WarpSum(lb[j]);
-      if ((threadIdx.x & 31) == 0 && j < G) {
-        atomicAdd(&a[j], la[j]);
-        atomicAdd(&b[j], lb[j]);
-      }
-    }
-  }
 };
 
 __device__ __forceinline__ GrowPair MakeGrowPair(const PageGeometry& g, const PrunerParams& params,
@@ -390,43 +355,58 @@ __global__ void __launch_bounds__(kGrowThreads)
   }
 }
 
-// GrowSearchKernel's arguments, handed on to the search it picks.
-struct GrowSearchArgs {
-  PageGeometry g;
-  PrunerParams params;
-  BatchView batch;
-  SelectionView sel;
-  PruneShape shape;
-  uint32_t* head_max;
-  GrowWork work;
-  HeadStatsView stats;
-  int stage;
-};
-
 // One block per (sequence, KV head) over its list (work.list_*; stage 2: flagged pairs only).
 // Stage 1 flags a pair whose rule fails with every listed page in (or p >= 1 with pages left
 // out): its list becomes every page and its head_max is cleared for the rescoring.
 // head_max is rewritten to the max over the candidates.
 // (The radix passes, for pairs past kSortPages pages; GrowSearchKernel below dispatches.)
-__device__ __noinline__ void GrowSearchRadix(GrowSmem& sm, const GrowPair& gp,
-                                             const GrowSearchArgs& a) {
-  const int32_t G = gp.G, n = gp.n;
+__device__ __noinline__ void GrowSearchRadix(GrowSmem& sm, const PageGeometry& g,
+                                                const PrunerParams& params,
+                                                const BatchView& batch,
+                                                const SelectionView& sel,
+                                                const PruneShape& shape,
+                                                uint32_t* __restrict__ head_max,
+                                                const GrowWork& work,
+                                                const HeadStatsView& stats, int stage) {
+  const int32_t pair = blockIdx.x;
+  const GrowPair gp = MakeGrowPair(g, params, batch, sel, shape, work, pair);
+  const int32_t G = gp.G, n = gp.n, listed = gp.listed, sq0 = gp.sq0, cap = gp.cap;
+  const int32_t* pos = gp.pos;
   const float p = gp.p, c = gp.c;
   const int t = threadIdx.x;
 
   // A of the forced pages (always listed, always in); R of the unlisted pages (always out).
-  GrowPair::ZeroFixed(sm.a_hi, sm.b_lo);
+  if (t < kMaxGroup) {
+    sm.a_hi[t] = 0.0f;
+    sm.b_lo[t] = 0.0f;
+  }
   __syncthreads();
   {
+    // Per-thread sums, then one atomic per warp and head (every page adds to the same G
+    // addresses: per-page shared atomics would serialize).
     float la[kMaxGroup], lb[kMaxGroup];
 #pragma unroll
     for (int j = 0; j < kMaxGroup; ++j) la[j] = lb[j] = 0.0f;
     for (int32_t i = t; i < n; i += blockDim.x) {
       bool forced;
-      PrepKey(a.work, gp.pair, a.sel.max_select, i, &forced);
-      gp.AddFixed(i, forced, la, lb);
+      PrepKey(work, pair, sel.max_select, i, &forced);
+      if (forced) {
+#pragma unroll
+        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? gp.a_of(j, i) : 0.0f;
+      } else if (pos[i] < 0) {
+#pragma unroll
+        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? gp.b_of(j, i) : 0.0f;
+      }
     }
-    gp.FlushFixed(la, lb, sm.a_hi, sm.b_lo);
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      la[j] = WarpSum(la[j]);
+      lb[j] = WarpSum(lb[j]);
+      if ((t & 31) == 0 && j < G) {
+        atomicAdd(&sm.a_hi[j], la[j]);
+        atomicAdd(&sm.b_lo[j], lb[j]);
+      }
+    }
   }
   __syncthreads();
 
@@ -445,8 +425,8 @@ __device__ __noinline__ void GrowSearchRadix(GrowSmem& sm, const GrowPair& gp,
       int d = 0;
       if (i < n) {
         bool forced;
-        const uint32_t key = PrepKey(a.work, gp.pair, a.sel.max_select, i, &forced);
-        valid = !forced && gp.pos[i] >= 0 && (key & cut.mask) == cut.prefix;
+        const uint32_t key = PrepKey(work, pair, sel.max_select, i, &forced);
+        valid = !forced && pos[i] >= 0 && (key & cut.mask) == cut.prefix;
         d = int((key >> shift) & 255u);
       }
       float va[kMaxGroup], vb[kMaxGroup];
@@ -530,7 +510,7 @@ __device__ __noinline__ void GrowSearchRadix(GrowSmem& sm, const GrowPair& gp,
   };
   // Stage 1 with pages left out of the list: does every listed page in satisfy the rule?
   // (p >= 1 needs every page.) If not, hand the pair to stage 2 with every page listed.
-  if (a.stage == 1 && gp.listed < n) {
+  if (stage == 1 && listed < n) {
     bool enough = false;
     if (p < 1.0f) {
       histogram(KeyCut{}, 24);
@@ -540,7 +520,7 @@ __device__ __noinline__ void GrowSearchRadix(GrowSmem& sm, const GrowPair& gp,
       __syncthreads();
     }
     if (!enough) {
-      HandToStage2(gp, a.work, a.head_max);
+      HandToStage2(gp, work, head_max);
       return;
     }
   }
@@ -577,16 +557,16 @@ __device__ __noinline__ void GrowSearchRadix(GrowSmem& sm, const GrowPair& gp,
     int cnt = 0;
     for (int32_t i = t; i < n; i += blockDim.x) {
       bool forced;
-      const uint32_t key = PrepKey(a.work, gp.pair, a.sel.max_select, i, &forced);
-      cnt += !forced && gp.pos[i] >= 0 && mass_cut.In(key);
+      const uint32_t key = PrepKey(work, pair, sel.max_select, i, &forced);
+      cnt += !forced && pos[i] >= 0 && mass_cut.In(key);
     }
     atomicAdd(&sm.fin_cnt, cnt);
   }
   __syncthreads();
-  const bool cap_hit = sm.fin_cnt > gp.cap;
+  const bool cap_hit = sm.fin_cnt > cap;
   KeyCut cut = mass_cut;
   if (cap_hit) {
-    cut = CountCut(sm, a.sel, gp.sq0, G, n, gp.cap, [&](int32_t i) { return gp.pos[i] >= 0; });
+    cut = CountCut(sm, sel, sq0, G, n, cap, [&](int32_t i) { return pos[i] >= 0; });
   }
 
   // Final set: flags by list entry, per head A, R and the max estimate over the candidates.
@@ -606,17 +586,17 @@ __device__ __noinline__ void GrowSearchRadix(GrowSmem& sm, const GrowPair& gp,
     }
     for (int32_t i = t; i < n; i += blockDim.x) {
       bool forced;
-      const uint32_t key = PrepKey(a.work, gp.pair, a.sel.max_select, i, &forced);
-      const int32_t e = gp.pos[i];
+      const uint32_t key = PrepKey(work, pair, sel.max_select, i, &forced);
+      const int32_t e = pos[i];
       const bool in = forced || (e >= 0 && cut.In(key));
-      if (e >= 0) a.work.in_set[int64_t(gp.pair) * a.sel.max_select + e] = in ? 1 : 0;
+      if (e >= 0) work.in_set[int64_t(pair) * sel.max_select + e] = in ? 1 : 0;
       if (in) rows_in += gp.rows_of(i);
 #pragma unroll
       for (int j = 0; j < kMaxGroup; ++j) {
         if (j >= G) continue;
         if (in) {
           fa[j] += gp.a_of(j, i);
-          fm[j] = fmaxf(fm[j], a.work.page_max[int64_t(gp.sq0 + j) * a.sel.max_select + e]);
+          fm[j] = fmaxf(fm[j], work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
         } else {
           fb[j] += gp.b_of(j, i);
         }
@@ -638,7 +618,7 @@ __device__ __noinline__ void GrowSearchRadix(GrowSmem& sm, const GrowPair& gp,
   atomicAdd(&sm.fin_rows, rows_in);
   __syncthreads();
   if (t < G) {
-    WriteGrowHead(gp, a.work, a.head_max, a.stats, t, sm.fin_a[t], sm.fin_b[t], sm.fin_max[t],
+    WriteGrowHead(gp, work, head_max, stats, t, sm.fin_a[t], sm.fin_b[t], sm.fin_max[t],
                   sm.fin_rows, cap_hit);
   }
 }
@@ -743,26 +723,49 @@ struct SortedSmem {
   int fin_rows, best_k, cap_k, ok_all;
 };
 
-__device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const GrowPair& gp,
-                                              const GrowSearchArgs& a) {
+__device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const PageGeometry& g,
+                                                 const PrunerParams& params,
+                                                 const BatchView& batch,
+                                                 const SelectionView& sel,
+                                                 const PruneShape& shape,
+                                                 uint32_t* __restrict__ head_max,
+                                                 const GrowWork& work,
+                                                 const HeadStatsView& stats, int stage) {
   using Sort = SortKeys;
   using ScanF = SortScanF;
   using ScanI = SortScanI;
-  const int32_t pair = gp.pair;
+  auto& tmp = S.tmp;
+  auto& in_flag = S.in_flag;
+  auto& first_key = S.first_key;
+  auto& key_range = S.key_range;
+  auto& a_fix = S.a_fix;
+  auto& b_fix = S.b_fix;
+  auto& fin_a = S.fin_a;
+  auto& fin_b = S.fin_b;
+  auto& fin_max = S.fin_max;
+  auto& fin_rows = S.fin_rows;
+  auto& best_k = S.best_k;
+  auto& cap_k = S.cap_k;
+  auto& ok_all = S.ok_all;
+  const int32_t pair = blockIdx.x;
+  const GrowPair gp = MakeGrowPair(g, params, batch, sel, shape, work, pair);
   const int32_t G = gp.G, n = gp.n, listed = gp.listed, sq0 = gp.sq0, cap = gp.cap;
   const int32_t* pos = gp.pos;
   const float p = gp.p, c = gp.c;
   const int t = threadIdx.x;
 
   // A of the forced pages, R of the unlisted ones; sort items: the listed ranked pages.
-  GrowPair::ZeroFixed(S.a_fix, S.b_fix);
-  if (t == 0) {
-    S.best_k = 0x7fffffff;
-    S.cap_k = 0;
-    S.ok_all = 0;
-    S.fin_rows = 0;
+  if (t < kMaxGroup) {
+    a_fix[t] = 0.0f;
+    b_fix[t] = 0.0f;
   }
-  for (int32_t i = t; i < kSortPages; i += blockDim.x) S.in_flag[i] = 0;
+  if (t == 0) {
+    best_k = 0x7fffffff;
+    cap_k = 0;
+    ok_all = 0;
+    fin_rows = 0;
+  }
+  for (int32_t i = t; i < kSortPages; i += blockDim.x) in_flag[i] = 0;
   __syncthreads();
   uint32_t key[kSortItems];
   int32_t page[kSortItems];
@@ -779,20 +782,34 @@ __device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const GrowPair& gp,
       page[k] = -1;
       if (i >= n) continue;
       bool forced;
-      const uint32_t kk = PrepKey(a.work, pair, a.sel.max_select, i, &forced);
+      const uint32_t kk = PrepKey(work, pair, sel.max_select, i, &forced);
       if (forced) forced_mask |= 1u << k;
       if (pos[i] >= 0) listed_mask |= 1u << k;
-      if (gp.AddFixed(i, forced, la, lb)) {
+      if (forced) {
+#pragma unroll
+        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? gp.a_of(j, i) : 0.0f;
+      } else if (pos[i] < 0) {
+#pragma unroll
+        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? gp.b_of(j, i) : 0.0f;
+      } else {
         key[k] = kk;
         page[k] = i;
         ++ranked;
       }
     }
-    gp.FlushFixed(la, lb, S.a_fix, S.b_fix);
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      la[j] = WarpSum(la[j]);
+      lb[j] = WarpSum(lb[j]);
+      if ((t & 31) == 0 && j < G) {
+        atomicAdd(&a_fix[j], la[j]);
+        atomicAdd(&b_fix[j], lb[j]);
+      }
+    }
   }
   // Cut positions: K = r + 1 after rank r, a whole level when the next key differs.
   int m = 0;  // listed ranked pages
-  const uint32_t cut_mask = SortLevels(key, page, ranked, S.tmp, S.first_key, S.key_range, &m);
+  const uint32_t cut_mask = SortLevels(key, page, ranked, tmp, first_key, key_range, &m);
   // The rule R_j <= c A_j for every head at each cut (ok_mask), and at K = 0 (ok_zero).
   uint32_t ok_mask = cut_mask;
   bool ok_zero = true;
@@ -810,11 +827,11 @@ __device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const GrowPair& gp,
     // A and R in one scan (pairs of floats: one pass of shuffles and barriers per head).
     float2 before, total;
     __syncthreads();  // tmp reuse
-    ScanF(S.tmp.scan).ExclusiveScan(make_float2(sa, sb), before, make_float2(0.0f, 0.0f),
+    ScanF(tmp.scan).ExclusiveScan(make_float2(sa, sb), before, make_float2(0.0f, 0.0f),
                                   Float2Sum(), total);
     float pa = before.x, pb = before.y;
     const float total_b = total.y;
-    const float af = S.a_fix[j], bf = S.b_fix[j];
+    const float af = a_fix[j], bf = b_fix[j];
 #pragma unroll
     for (int k = 0; k < kSortItems; ++k) {
       pa += av[k];
@@ -829,19 +846,19 @@ __device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const GrowPair& gp,
   }
   // The smallest passing cut (none: every listed page, as the radix search's fallback).
   if (p < 1.0f) {
-    if (t == 0 && ok_zero) atomicMin(&S.best_k, 0);
-    if (ok_mask) atomicMin(&S.best_k, t * kSortItems + __ffs(ok_mask));  // K = r + 1
+    if (t == 0 && ok_zero) atomicMin(&best_k, 0);
+    if (ok_mask) atomicMin(&best_k, t * kSortItems + __ffs(ok_mask));  // K = r + 1
   }
-  if (m > 0 && t == (m - 1) / kSortItems) S.ok_all = (ok_mask >> ((m - 1) % kSortItems)) & 1u;
-  if (m == 0 && t == 0) S.ok_all = ok_zero ? 1 : 0;
+  if (m > 0 && t == (m - 1) / kSortItems) ok_all = (ok_mask >> ((m - 1) % kSortItems)) & 1u;
+  if (m == 0 && t == 0) ok_all = ok_zero ? 1 : 0;
   __syncthreads();
   // Stage 1 with pages left out of the list: does every listed page in satisfy the rule?
   // (p >= 1 needs every page.) If not, hand the pair to stage 2 with every page listed.
-  if (a.stage == 1 && listed < n && (p >= 1.0f || !S.ok_all)) {
-    HandToStage2(gp, a.work, a.head_max);
+  if (stage == 1 && listed < n && (p >= 1.0f || !ok_all)) {
+    HandToStage2(gp, work, head_max);
     return;
   }
-  int K = p < 1.0f ? min(S.best_k, m) : m;
+  int K = p < 1.0f ? min(best_k, m) : m;
   const bool cap_hit = K > cap;
   if (cap_hit) {
     // The largest whole-level set within the cap (K = 0 always qualifies).
@@ -850,17 +867,17 @@ __device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const GrowPair& gp,
     for (int k = 0; k < kSortItems; ++k) {
       if (((cut_mask >> k) & 1u) && t * kSortItems + k + 1 <= cap) fits |= 1u << k;
     }
-    if (fits) atomicMax(&S.cap_k, t * kSortItems + 32 - __clz(fits));
+    if (fits) atomicMax(&cap_k, t * kSortItems + 32 - __clz(fits));
     __syncthreads();
-    K = S.cap_k;
+    K = cap_k;
   }
 #pragma unroll
   for (int k = 0; k < kSortItems; ++k) {
-    if (t * kSortItems + k < K) S.in_flag[page[k]] = 1;
+    if (t * kSortItems + k < K) in_flag[page[k]] = 1;
   }
   if (t < kMaxGroup) {
-    S.fin_a[t] = S.fin_b[t] = 0.0f;
-    S.fin_max[t] = 0u;
+    fin_a[t] = fin_b[t] = 0.0f;
+    fin_max[t] = 0u;
   }
   __syncthreads();
 
@@ -874,8 +891,8 @@ __device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const GrowPair& gp,
     const int32_t i = t * kSortItems + k;
     if (i >= n) continue;
     const bool listed_k = (listed_mask >> k) & 1u;
-    const bool in = ((forced_mask >> k) & 1u) || (listed_k && S.in_flag[i]);
-    if (listed_k) a.work.in_set[int64_t(pair) * a.sel.max_select + pos[i]] = in ? 1 : 0;
+    const bool in = ((forced_mask >> k) & 1u) || (listed_k && in_flag[i]);
+    if (listed_k) work.in_set[int64_t(pair) * sel.max_select + pos[i]] = in ? 1 : 0;
     if (in) {
       in_mask |= 1u << k;
       rows_in += gp.rows_of(i);
@@ -890,7 +907,7 @@ __device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const GrowPair& gp,
       if ((in_mask >> k) & 1u) {
         const int32_t e = pos[i];
         fa += gp.a_of(j, i);
-        fm = fmaxf(fm, a.work.page_max[int64_t(sq0 + j) * a.sel.max_select + e]);
+        fm = fmaxf(fm, work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
       } else {
         fb += gp.b_of(j, i);
       }
@@ -899,16 +916,16 @@ __device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const GrowPair& gp,
     fb = WarpSum(fb);
     fm = WarpMax(fm);
     if ((t & 31) == 0) {
-      atomicAdd(&S.fin_a[j], fa);
-      atomicAdd(&S.fin_b[j], fb);
-      if (fm > -INFINITY) atomicMax(&S.fin_max[j], FloatKey(fm));
+      atomicAdd(&fin_a[j], fa);
+      atomicAdd(&fin_b[j], fb);
+      if (fm > -INFINITY) atomicMax(&fin_max[j], FloatKey(fm));
     }
   }
-  atomicAdd(&S.fin_rows, rows_in);
+  atomicAdd(&fin_rows, rows_in);
   __syncthreads();
   if (t < G) {
-    WriteGrowHead(gp, a.work, a.head_max, a.stats, t, S.fin_a[t], S.fin_b[t], S.fin_max[t],
-                  S.fin_rows, cap_hit);
+    WriteGrowHead(gp, work, head_max, stats, t, fin_a[t], fin_b[t], fin_max[t], fin_rows,
+                  cap_hit);
   }
 }
 
@@ -926,12 +943,10 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   } sm;
   const int32_t pair = blockIdx.x;
   if (stage == 2 && !work.need[pair]) return;
-  const GrowPair gp = MakeGrowPair(g, params, batch, sel, shape, work, pair);
-  const GrowSearchArgs a{g, params, batch, sel, shape, head_max, work, stats, stage};
-  if (gp.n <= kSortPages) {
-    GrowSearchSorted(sm.sorted, gp, a);
+  if (sel.count[pair] <= kSortPages) {
+    GrowSearchSorted(sm.sorted, g, params, batch, sel, shape, head_max, work, stats, stage);
   } else {
-    GrowSearchRadix(sm.radix, gp, a);
+    GrowSearchRadix(sm.radix, g, params, batch, sel, shape, head_max, work, stats, stage);
   }
 }
 
