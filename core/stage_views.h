@@ -86,9 +86,8 @@ struct PrunerParams {
   // that needs more. -1: 1/16 of the pages, at least 64, or every page at once when the
   // batch is small (scoring it all costs less than a second stage); 0: every page at once.
   int32_t grow_seed_pages = -1;
-  // GPU work plan of the top-p passes (the result does not depend on it): chunks of slots
-  // per block of the histogram and kept passes. 0: as many as keep each grid at about one
-  // wave of resident blocks (1 when it is smaller already).
+  // GPU work plan of the top-p kept pass (the result does not depend on it): chunks of
+  // slots per block. 0: one (larger runs measured slower by default; opt in to measure).
   int32_t topp_chunks_per_block = 0;
 };
 

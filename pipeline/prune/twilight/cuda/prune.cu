@@ -352,11 +352,9 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     // Top-p by histogram selection (prune_hist.cuh): level 1; level 2 with the kept bits
     // above the boundary bin; the boundary bin's bits.
     auto kept = group > 8 ? cuda::KeptKernel<16> : cuda::KeptKernel<8>;
-    const int64_t hist_chunks = (cand + cuda::kHistChunk - 1) / cuda::kHistChunk;
-    const int32_t hist_run = ChunksPerBlock(params.topp_chunks_per_block, hist_chunks);
-    const dim3 hist_grid{unsigned(heads), unsigned((hist_chunks + hist_run - 1) / hist_run), 1u};
-    cuda::HistKernel<<<hist_grid, cuda::kHistThreads, 0, st>>>(
-        g, params, batch, list, shape, l.scores, l.head_max, l.hist, hist_run);
+    const unsigned hist_chunks = unsigned((cand + cuda::kHistChunk - 1) / cuda::kHistChunk);
+    cuda::HistKernel<<<dim3(unsigned(heads), hist_chunks), cuda::kHistThreads, 0, st>>>(
+        g, params, batch, list, shape, l.scores, l.head_max, l.hist);
     TWL_RETURN_IF_ERROR(LaunchStatus("HistKernel"));
     const int32_t kept_run = ChunksPerBlock(params.topp_chunks_per_block, l.hist.bnd_chunks);
     const dim3 kept_runs{unsigned((l.hist.bnd_chunks + kept_run - 1) / kept_run),

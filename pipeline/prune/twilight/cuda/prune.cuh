@@ -457,12 +457,9 @@ constexpr int kP16Warps = 8;
 constexpr int kP16Pages = 2;     // pages per warp per pipeline step
 constexpr int kP16Stages = 4;    // steps: kP16Stages - 1 in flight while one is computed
 constexpr int kP16MaxPages = 2048;  // pages of a block's run resolved in shared memory
-// Per page its 16 scales then its 16 zeros (FP16), staged with the codes (see issue()).
-constexpr int kP16MetaHalves = 32;
 template <int kHeadDim>
 constexpr size_t ScorePage16SmemBytes() {
-  return size_t(kP16Stages) * kP16Pages * 2 * kP16Warps * 32 * (kHeadDim / 8) +
-         size_t(kP16Stages) * kP16Warps * kP16Pages * kP16MetaHalves * sizeof(fp16_t);
+  return size_t(kP16Stages) * kP16Pages * 2 * kP16Warps * 32 * (kHeadDim / 8);
 }
 
 template <int kHeadDim, int kNT, bool kMass>
@@ -479,8 +476,6 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
   using Chunk = typename std::conditional<kWords == 4, uint4, uint2>::type;
   extern __shared__ __align__(16) unsigned char p16_smem[];
   Chunk* landing = reinterpret_cast<Chunk*>(p16_smem);  // [stage][page][half][kThreads]
-  // [stage][warp][page][kP16MetaHalves]: each warp's pages' scales and zeros.
-  fp16_t* meta = reinterpret_cast<fp16_t*>(landing + kP16Stages * kP16Pages * 2 * kThreads);
   __shared__ int64_t run_blk[kP16MaxPages];  // block id of run page i
   __shared__ uint8_t run_rows[kP16MaxPages];  // its rows inside the sequence (0..16)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -536,25 +531,27 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
           }
         }
       }
-      // The pages' scales and zeros (32 + 32 contiguous bytes each) travel with the codes,
-      // as many steps ahead: lane 4 pp + part copies 16 bytes (part 0-1: scales, 2-3:
-      // zeros). Loaded one step ahead by every lane (8 two-byte loads per step), their
-      // latency outlasted a step's compute and stalled the warp at each step.
-      if (lane < 4 * kP16Pages) {
-        const int pp = lane >> 2, part = lane & 3;
-        const int32_t lp = first + k * kStride + pp;
-        if (lp < run) {
-          const fp16_t* src = (part < 2 ? qk.scale : qk.zero) + run_blk[lp] * 16 + (part & 1) * 8;
-          fp16_t* dst = meta + ((stage * kP16Warps + warp) * kP16Pages + pp) * kP16MetaHalves +
-                        part * 8;
-          CpAsyncBytes16(dst, src);
-        }
-      }
     }
     CpAsyncCommitGroup();
   };
 #pragma unroll
   for (int k = 0; k < kP16Stages - 1; ++k) issue(k);
+
+  // Scale / zero of rows r, r + 8 of a step's pages, loaded one step ahead.
+  fp16_t nscale[kP16Pages][2], nzero[kP16Pages][2];
+  int nrows[kP16Pages];
+  auto load_meta = [&](int32_t k) {
+#pragma unroll
+    for (int pp = 0; pp < kP16Pages; ++pp) {
+      const int32_t lp = min(first + k * kStride + pp, run - 1);
+      const int64_t at = run_blk[lp] * 16 + r;
+      nrows[pp] = run_rows[lp];
+      nscale[pp][0] = qk.scale[at];
+      nscale[pp][1] = qk.scale[at + 8];
+      nzero[pp][0] = qk.zero[at];
+      nzero[pp][1] = qk.zero[at + 8];
+    }
+  };
   float run_max[kNT][2];
   fp16_t* out_row[kNT][2];
   float* mass_row[kNT][2];
@@ -570,25 +567,23 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
       max_row[nt][kk] = kMass ? page_max + int64_t(sq0 + j) * sel.max_select + p_begin : nullptr;
     }
   }
+  if (steps > 0) load_meta(0);
   for (int32_t k = 0; k < steps; ++k) {
     CpAsyncWaitGroup<kP16Stages - 2>();  // this thread's copies of step k have landed
-    // The other lanes' too (the scales and zeros), and every lane is done with step k - 1,
-    // whose stage issue() refills next.
-    __syncwarp();
     issue(k + kP16Stages - 1);
     const int stage = k % kP16Stages;
     float tscale[kP16Pages][2], tzero[kP16Pages][2];
     int rows[kP16Pages];
 #pragma unroll
     for (int pp = 0; pp < kP16Pages; ++pp) {
-      rows[pp] = run_rows[min(first + k * kStride + pp, run - 1)];
-      const fp16_t* pm = meta + ((stage * kP16Warps + warp) * kP16Pages + pp) * kP16MetaHalves;
+      rows[pp] = nrows[pp];
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        tscale[pp][half] = H2F(pm[r + 8 * half]);
-        tzero[pp][half] = H2F(pm[16 + r + 8 * half]);
+        tscale[pp][half] = H2F(nscale[pp][half]);
+        tzero[pp][half] = H2F(nzero[pp][half]);
       }
     }
+    if (k + 1 < steps) load_meta(k + 1);
 #pragma unroll
     for (int pp = 0; pp < kP16Pages; ++pp) {
       const int32_t lp = first + k * kStride + pp;

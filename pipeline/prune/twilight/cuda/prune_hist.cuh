@@ -23,11 +23,11 @@
 // the NaN/inf rule applies); rounding moves a score by <= |s| * 2^-11.
 //
 // Launches (after the score pass; one memset clears head_max and all accumulators):
-//  1. HistKernel: grid (query heads, runs of slot chunks): per chunk every thread loads its
-//     32 slots (four 16-byte loads in flight), sums runs of equal bins in registers, and adds
-//     them to its warp's own 256-bin sub-histogram in shared memory (32-bit partial sums, no
-//     shuffles, no contention between warps); after each chunk the block folds the warps
-//     into 64-bit sums, and at its end flushes them with one global atomic per non-empty bin.
+//  1. HistKernel: grid (query heads, slot chunks): every thread loads its 32 slots
+//     (four 16-byte loads in flight), sums runs of equal bins in registers, and adds them to
+//     its warp's own 256-bin sub-histogram in shared memory (32-bit partial sums, no
+//     shuffles, no contention between warps); the block merges the warps into 64-bit sums
+//     and flushes them with one global atomic per non-empty bin.
 //  2. KeptKernel: grid (runs of slot chunks, (sequence, KV head)); each thread 8 slots per
 //     step for all heads of the GQA group (one 16-byte load per head); blocks find B per
 //     head, write the union bit words of the candidates above the boundary bin with plain
@@ -39,12 +39,10 @@
 //     the bits of the listed candidates with sub-bin <= B2 (a segment that overflowed: its
 //     chunk's scores are rescanned). The kept mass comes from the histograms (the same
 //     integer masses).
-// Runs of chunks (PrunerParams::topp_chunks_per_block; by default as many as keep a grid at
-// about one wave of resident blocks): the H200 ran passes 1-2 at ~0.7 TB/s over 4-5 waves
-// of short blocks, each mostly waiting on its chain of dependent loads (sequence length,
-// head max, histogram rows, page entries, scores). A block now pays that chain once for its
-// run, issues its score loads before it waits for the head max, and prefetches its next
-// chunk into L2 while it works on one.
+// Runs of chunks in pass 2 (PrunerParams::topp_chunks_per_block, default 1): a block pays
+// its chain of dependent loads (sequence length, head max, histogram rows) once for its run
+// and prefetches its next chunk into L2 while it works on one. One-wave runs by default
+// (with the same in pass 1) measured slower on the H200 at B = 8; see docs/PRUNE_PASSES.md.
 // So the scores are read twice (level 1, then level 2 + kept bits), not three times, and
 // the kept pass computes no exp outside the boundary bin. Both passes skip the work of what
 // cannot count (exactly: rounding margins, NaN never skipped): a load of 8 scores all below
@@ -287,30 +285,14 @@ __device__ __forceinline__ void PrefetchL2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
-// Every thread of a block: prefetches into L2 the 128-byte lines of slots [c0, c1) of one
-// score row (64 FP16 scores a line).
-__device__ __forceinline__ void PrefetchRow(const fp16_t* row, int32_t c0, int32_t c1) {
-  for (int32_t i = c0 + 64 * int32_t(threadIdx.x); i < c1; i += 64 * int32_t(blockDim.x)) {
-    PrefetchL2(row + i);
-  }
-}
-
-// Grid: x = (sequence, query head), y = runs of `chunks` chunks of kHistChunk slots (the
-// launcher sizes the runs so that the grid is about one wave of resident blocks: a block
-// pays its prologue once for several chunks, and while it works on one chunk the next is
-// prefetched into L2). Level 1: every valid candidate into hist1 (level 2 is KeptKernel's).
-// A thread issues its kHistIters x 8 slots' loads first, before the head's max (which they
-// do not need) is read, so that the prologue costs one round trip instead of two. It adds
-// runs of equal bins from registers into its warp's sub-histogram, keeping the two most
-// recent runs open (a flat head's candidates alternate between a few bins: with one open
-// run nearly every slot flushed, and the flushes of a warp's lanes hit the same bins).
-// After each chunk thread b folds bin b of the warps into its 64-bit total (the 32-bit
-// partial sums are sized for one chunk) and clears it; one global atomic per bin at the end.
-// 58 registers, 4 blocks per SM (5 spilled: __launch_bounds__(256, 5) stored 128 bytes).
+// Grid: x = (sequence, query head), y = chunks of kHistChunk slots. Level 1: every valid
+// candidate into hist1 (level 2 is KeptKernel's). Every thread loads its kHistIters x 8
+// slots up front (loads in flight together), then adds runs of equal bins from registers (a
+// flat head's neighbours share bins: one atomic per run) into its warp's sub-histogram.
 __global__ void __launch_bounds__(kHistThreads)
     HistKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                PruneShape shape, const fp16_t* __restrict__ scores,
-               const uint32_t* __restrict__ head_max, HistWork hw, int32_t chunks) {
+               const uint32_t* __restrict__ head_max, HistWork hw) {
   __shared__ uint32_t sub_lo[kHistWarps][kHistBins];
   __shared__ uint32_t sub_hi[kHistWarps][kHistBins];
   PdlLetNextLaunch();  // KeptKernel's blocks may take the SMs this grid frees (pdl.cuh)
@@ -318,24 +300,19 @@ __global__ void __launch_bounds__(kHistThreads)
   const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
   const int32_t pair = s * g.num_kv_heads + qh / shape.group;
   const int32_t slots = sel.count[pair] * g.page_size;
-  const int32_t first = blockIdx.y * chunks * kHistChunk;
-  if (first >= slots) return;
-  const int32_t last = min(slots, first + chunks * kHistChunk);  // the block's slots end
-  const fp16_t* row = scores + int64_t(sq) * shape.cand_stride;
-  const bool vec = (shape.cand_stride & 7) == 0;
-  uint4 raw[kHistIters];
-  auto load = [&](int32_t c0) {
-    const int32_t c1 = min(last, c0 + kHistChunk);
-#pragma unroll
-    for (int it = 0; it < kHistIters; ++it) {
-      raw[it] = LoadRaw8(row, c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x), c1, vec);
-    }
-  };
-  load(first);
-  PrefetchRow(row, first + kHistChunk, min(last, first + 2 * kHistChunk));
+  const int32_t c0 = blockIdx.y * kHistChunk;
+  if (c0 >= slots) return;
   float mx = 0.0f;
   const int mode = HeadMode(params, shape, head_max, hw, s, sq, &mx);
-  if (mode != kModeTopP) return;  // block-uniform
+  if (mode != kModeTopP) return;
+  const fp16_t* row = scores + int64_t(sq) * shape.cand_stride;
+  const int32_t c1 = min(slots, c0 + kHistChunk);
+  const bool vec = (shape.cand_stride & 7) == 0;
+  uint4 raw[kHistIters];
+#pragma unroll
+  for (int it = 0; it < kHistIters; ++it) {
+    raw[it] = LoadRaw8(row, c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x), c1, vec);
+  }
   for (int i = threadIdx.x; i < kHistWarps * kHistBins; i += blockDim.x) {
     (&sub_lo[0][0])[i] = 0;
     (&sub_hi[0][0])[i] = 0;
@@ -348,68 +325,45 @@ __global__ void __launch_bounds__(kHistThreads)
   const int32_t ps = g.page_size;
   const bool page8 = (ps & 7) == 0;  // the 8 slots of a load lie in one page
   bool nan_seen = false;
+  int cur = -1;  // the bin of the thread's pending run
+  u64 acc = 0;   // its mass
   // Scores more than 28.5 logits below the max weigh < 2^-41: Fixed() gives them 0.
   const __half2 skip_below = HalfThreshold(mx - 28.5f);
-  u64 total = 0;  // bin threadIdx.x over the block's chunks
-  for (int32_t c0 = first; c0 < last; c0 += kHistChunk) {  // block-uniform
-    if (c0 != first) {
-      load(c0);  // L2 hits: prefetched during the previous chunk
-      PrefetchRow(row, c0 + kHistChunk, min(last, c0 + 2 * kHistChunk));
-    }
-    const int32_t c1 = min(last, c0 + kHistChunk);
-    // The open runs: bins and masses, run 0 the newer (a bin that opens a third run closes
-    // run 1). A run holds at most kHistIters * 8 weights <= 2^40 (see SubHistAdd).
-    int cur0 = -1, cur1 = -1;
-    u64 acc0 = 0, acc1 = 0;
 #pragma unroll
-    for (int it = 0; it < kHistIters; ++it) {
-      const int32_t i0 = c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x);
-      if (i0 >= c1) break;
-      if (AllBelow(raw[it], skip_below)) continue;
-      if (in_set && page8 && !in_set[i0 / ps]) continue;  // growing: not a candidate page
-      // Per slot only what a weight needs: a slot past the chunk or the sequence reads -inf
-      // (LoadRaw8, the score pass), so d = +inf and its weight is 0, like every d >= 28.4.
+  for (int it = 0; it < kHistIters; ++it) {
+    const int32_t i0 = c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x);
+    if (i0 >= c1) break;
+    if (AllBelow(raw[it], skip_below)) continue;
+    const bool page_in = !in_set || !page8 || in_set[i0 / ps] != 0;
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        if (in_set && !page8 && !in_set[(i0 + k) / ps]) continue;
-        const float x = RawHalf(raw[it], k);
-        if (isnan(x)) {
-          nan_seen = true;
-          continue;
-        }
-        const float d = mx - x;
-        const u64 m = Fixed(expf(-d), hw.fx_scale);
-        if (!m) continue;
-        // 0 <= d < 28.5 here (x <= mx, the max of the stored scores): Bin1(d) without its
-        // d >= 31.875 case.
-        const int bin = int(fmaxf(d, 0.0f) * kBinsPerLogit);
-        if (bin == cur0) {
-          acc0 += m;
-        } else if (bin == cur1) {
-          acc1 += m;
-        } else {
-          if (acc1) SubHistAdd(lo, hi, cur1, acc1);
-          cur1 = cur0;
-          acc1 = acc0;
-          cur0 = bin;
-          acc0 = m;
-        }
+    for (int k = 0; k < 8; ++k) {
+      const int32_t i = i0 + k;
+      const float x = RawHalf(raw[it], k);
+      bool valid = i < c1 && x != -INFINITY && page_in;
+      if (valid && in_set && !page8) valid = in_set[i / ps] != 0;
+      nan_seen |= valid && isnan(x);
+      if (!valid || isnan(x)) continue;
+      const float d = mx - x;
+      const u64 m = Fixed(expf(-d), hw.fx_scale);
+      if (!m) continue;
+      const int bin = Bin1(d);
+      if (bin != cur) {
+        if (acc) SubHistAdd(lo, hi, cur, acc);
+        cur = bin;
+        acc = 0;
       }
+      acc += m;
     }
-    if (acc0) SubHistAdd(lo, hi, cur0, acc0);
-    if (acc1) SubHistAdd(lo, hi, cur1, acc1);
-    __syncthreads();  // every warp's adds of the chunk done
-    const int b = threadIdx.x;
-#pragma unroll
-    for (int w = 0; w < kHistWarps; ++w) {
-      total += (u64(sub_hi[w][b]) << kSplitBits) + sub_lo[w][b];
-      sub_hi[w][b] = 0;
-      sub_lo[w][b] = 0;
-    }
-    __syncthreads();  // cleared before the next chunk's adds
   }
+  if (acc) SubHistAdd(lo, hi, cur, acc);
   if (nan_seen) hw.bad[sq] = 1;  // benign race: every writer stores 1
-  if (total) atomicAdd(&hw.hist1[int64_t(sq) * kHistBins + threadIdx.x], total);
+  __syncthreads();  // every warp's adds done
+  const int b = threadIdx.x;
+  u64 sum = 0;
+#pragma unroll
+  for (int w = 0; w < kHistWarps; ++w) sum += (u64(sub_hi[w][b]) << kSplitBits) + sub_lo[w][b];
+  u64* out = hw.hist1 + int64_t(sq) * kHistBins;
+  if (sum) atomicAdd(&out[b], sum);
 }
 
 // Whether candidate slot i of a chunk ending at c1 is a valid row of the pair: inside the
