@@ -108,7 +108,7 @@ absl::Status LaunchScorePage16(bool grow, int32_t nt, int64_t bx, int64_t pairs,
   return LaunchStatus("ScorePage16Kernel");
 }
 
-// Chunks per block of a top-p pass (HistKernel, KeptKernel): the explicit plan
+// Chunks per block of the kept pass (KeptKernel): the explicit plan
 // (PrunerParams::topp_chunks_per_block), clamped to the chunks, else 1. One-wave runs
 // (several chunks per block, the next prefetched into L2) measured slower on the H200 at
 // B = 8 (prune 0.514 vs 0.458 ms, trial of 913484b), so they are not the default.
