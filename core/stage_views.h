@@ -86,6 +86,9 @@ struct PrunerParams {
   // that needs more. -1: 1/16 of the pages, at least 64, or every page at once when the
   // batch is small (scoring it all costs less than a second stage); 0: every page at once.
   int32_t grow_seed_pages = -1;
+  // GPU work plan of the top-p kept pass (the result does not depend on it): chunks of
+  // slots per block. 0: one (larger runs measured slower by default; opt in to measure).
+  int32_t topp_chunks_per_block = 0;
 };
 
 // Tokens kept per (sequence, KV head): the union over the group's query heads, ascending

@@ -15,8 +15,12 @@
 // + eps. p = 1 and dense must match exactly. Cases: head dim 64/128, 1..8 query heads per KV
 // head, INT4 (tensor cores) and 2/8/16-bit K (scalar), p in {0.5 .. 0.99, 1}, per-sequence
 // p, dense, peaked and flat heads (queries scaled per head), a few pages to 128k+ tokens.
+// Every case also reruns with the top-p passes' explicit work plans (1, 2, 3 and all chunks
+// per block) and with TWL_PRUNE_PDL=1 (the top-p chain launched with programmatic
+// dependent launch): the same bits as the default plan without it.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <set>
 
@@ -149,6 +153,26 @@ TEST_P(PruneGpuTest, MatchesReferenceUpToThresholdTies) {
   EXPECT_EQ(Download<int32_t>(d_cnt, static_cast<size_t>(pairs)), cnt) << "not deterministic";
   EXPECT_EQ(Download<int32_t>(d_tok, ref_tok.size()), tok) << "not deterministic";
   EXPECT_EQ(Download<float>(d_mass, static_cast<size_t>(heads)), gmass) << "not deterministic";
+  // The top-p passes' work plan (chunks per block: one, a few, every chunk of a row in one
+  // block) changes no bit of the result.
+  for (const int32_t plan : {1, 2, 3, 1 << 20}) {
+    SCOPED_TRACE(::testing::Message() << "topp_chunks_per_block = " << plan);
+    dparams.topp_chunks_per_block = plan;
+    TWL_ASSERT_OK(launch());
+    EXPECT_EQ(Download<int32_t>(d_cnt, static_cast<size_t>(pairs)), cnt);
+    EXPECT_EQ(Download<int32_t>(d_tok, ref_tok.size()), tok);
+    EXPECT_EQ(Download<int32_t>(d_kept, static_cast<size_t>(heads)), gkept);
+    EXPECT_EQ(Download<float>(d_mass, static_cast<size_t>(heads)), gmass);
+  }
+  dparams.topp_chunks_per_block = 0;
+  // With programmatic dependent launch of the top-p chain (pdl.cuh, opt-in): the same bits.
+  setenv("TWL_PRUNE_PDL", "1", 1);
+  const absl::Status pdl = launch();
+  unsetenv("TWL_PRUNE_PDL");
+  TWL_ASSERT_OK(pdl);
+  EXPECT_EQ(Download<int32_t>(d_cnt, static_cast<size_t>(pairs)), cnt) << "TWL_PRUNE_PDL=1";
+  EXPECT_EQ(Download<int32_t>(d_tok, ref_tok.size()), tok) << "TWL_PRUNE_PDL=1";
+  EXPECT_EQ(Download<float>(d_mass, static_cast<size_t>(heads)), gmass) << "TWL_PRUNE_PDL=1";
   if (c.dense) {
     EXPECT_EQ(gkept, ref_kept);
     EXPECT_EQ(gmass, ref_mass);

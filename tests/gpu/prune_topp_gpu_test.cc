@@ -8,7 +8,10 @@
 //    than a chunk's list: the rescan path);
 //  - one dominant token over -60000 (estimated weight 0: valid but never kept at p < 1);
 //  - one-token and chunk-edge sequences (1, 4096 + 17, 20000 tokens), p in {0.5, 0.9, 0.99,
-//    1}.
+//    1};
+//  - every explicit work plan of the top-p passes (1, 2, 3, all chunks per block) gives the
+//    bits of the automatic one (runs of several chunks: partial last runs, sequences that
+//    end inside a run, the boundary lists' per-chunk counts).
 // The GPU's expf and the CPU's std::exp may differ by an ulp, which moves fixed-point masses
 // by ~2^-24 of a weight; so per head the GPU set must lie between the reference sets at
 // p (1 -/+ 1e-6) (the rule is monotone in p), which are equal unless the cumulative mass
@@ -112,16 +115,28 @@ TEST(PruneTopPGpuTest, KeptSetsFollowTheBinnedRule) {
     PrunerParams params;
     params.p = p;
     params.softmax_scale = 1.0f;
-    TWL_ASSERT_OK(LaunchPrune(
-        g, params, ds.Batch(), ds.Query(), ds.Quant(), ds.Kv(),
-        SelectionView{d_sp.as<int32_t>(), d_sc.as<int32_t>(), max_select},
-        KeptView{d_tok.as<int32_t>(), d_cnt.as<int32_t>(), max_kept},
-        HeadStatsView{nullptr, d_kept.as<int32_t>(), d_mass.as<float>()}, ws.get(), ws_bytes,
-        nullptr));
+    auto launch = [&](int32_t plan) {
+      params.topp_chunks_per_block = plan;
+      return LaunchPrune(g, params, ds.Batch(), ds.Query(), ds.Quant(), ds.Kv(),
+                         SelectionView{d_sp.as<int32_t>(), d_sc.as<int32_t>(), max_select},
+                         KeptView{d_tok.as<int32_t>(), d_cnt.as<int32_t>(), max_kept},
+                         HeadStatsView{nullptr, d_kept.as<int32_t>(), d_mass.as<float>()},
+                         ws.get(), ws_bytes, nullptr);
+    };
+    TWL_ASSERT_OK(launch(0));
     const auto tok = Download<int32_t>(d_tok, size_t(pairs) * max_kept);
     const auto cnt = Download<int32_t>(d_cnt, size_t(pairs));
     const auto kept = Download<int32_t>(d_kept, size_t(heads));
     const auto mass = Download<float>(d_mass, size_t(heads));
+    // Work plans of the top-p passes (chunks per block): the same bits.
+    for (const int32_t plan : {1, 2, 3, 1 << 20}) {
+      SCOPED_TRACE(::testing::Message() << "topp_chunks_per_block = " << plan);
+      TWL_ASSERT_OK(launch(plan));
+      EXPECT_EQ(Download<int32_t>(d_tok, size_t(pairs) * max_kept), tok);
+      EXPECT_EQ(Download<int32_t>(d_cnt, size_t(pairs)), cnt);
+      EXPECT_EQ(Download<int32_t>(d_kept, size_t(heads)), kept);
+      EXPECT_EQ(Download<float>(d_mass, size_t(heads)), mass);
+    }
     for (int32_t pair = 0; pair < pairs; ++pair) {
       const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
       SCOPED_TRACE(::testing::Message() << "sequence " << s << ", KV head " << h);

@@ -250,22 +250,29 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
   const int32_t groups = first_tile < t_end ? (t_end - first_tile + stride - 1) / stride : 0;
   // Copies of group k into landing stage k % kScoreStages (rows past the end: row 0 of
   // block 0, never used).
+  // fn(t, half, valid, block, row) for the two rows of each tile of group k.
+  auto each_row = [&](int32_t k, auto&& fn) {
+    const int32_t tile0 = first_tile + k * stride;
+#pragma unroll
+    for (int t = 0; t < kTilesPerWarp; ++t) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        int64_t block;
+        int32_t row;
+        const bool valid = row_of(tile0 + t, half, &block, &row);
+        fn(t, half, valid, block, row);
+      }
+    }
+  };
   auto issue = [&](int32_t k) {
     if (k < groups) {
       const int stage = k % kScoreStages;
-#pragma unroll
-      for (int t = 0; t < kTilesPerWarp; ++t) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          int64_t block;
-          int32_t row;
-          row_of(first_tile + k * stride + t, half, &block, &row);
-          const uint8_t* src = qk.Codes(g, block, row) + t4 * kChunk;
-          Chunk* dst = &landing[((stage * kTilesPerWarp + t) * 2 + half) * kThreads + threadIdx.x];
-          if constexpr (kChunk == 16) CpAsyncBytes16(dst, src);
-          else CpAsyncBytes8(dst, src);
-        }
-      }
+      each_row(k, [&](int t, int half, bool, int64_t block, int32_t row) {
+        const uint8_t* src = qk.Codes(g, block, row) + t4 * kChunk;
+        Chunk* dst = &landing[((stage * kTilesPerWarp + t) * 2 + half) * kThreads + threadIdx.x];
+        if constexpr (kChunk == 16) CpAsyncBytes16(dst, src);
+        else CpAsyncBytes8(dst, src);
+      });
     }
     CpAsyncCommitGroup();
   };
@@ -284,22 +291,15 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
   fp16_t nscale[kTilesPerWarp][2], nzero[kTilesPerWarp][2];
   bool nvalid[kTilesPerWarp][2];
   auto load_meta = [&](int32_t k) {
-    const int32_t tile0 = first_tile + k * stride;
-#pragma unroll
-    for (int t = 0; t < kTilesPerWarp; ++t) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        int64_t block;
-        int32_t row;
-        nvalid[t][half] = row_of(tile0 + t, half, &block, &row);
-        if constexpr (!kPageChannel) {  // k_scheme 1 stores no per-token scale/zero
-          nscale[t][half] = qk.scale[block * g.page_size + row];
-          nzero[t][half] = qk.zero[block * g.page_size + row];
-        } else {
-          nscale[t][half] = nzero[t][half] = fp16_t(0);
-        }
+    each_row(k, [&](int t, int half, bool valid, int64_t block, int32_t row) {
+      nvalid[t][half] = valid;
+      if constexpr (!kPageChannel) {  // k_scheme 1 stores no per-token scale/zero
+        nscale[t][half] = qk.scale[block * g.page_size + row];
+        nzero[t][half] = qk.zero[block * g.page_size + row];
+      } else {
+        nscale[t][half] = nzero[t][half] = fp16_t(0);
       }
-    }
+    });
   };
   if (groups > 0) load_meta(0);
   for (int32_t k = 0; k < groups; ++k) {

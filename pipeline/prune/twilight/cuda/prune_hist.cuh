@@ -28,15 +28,21 @@
 //     its warp's own 256-bin sub-histogram in shared memory (32-bit partial sums, no
 //     shuffles, no contention between warps); the block merges the warps into 64-bit sums
 //     and flushes them with one global atomic per non-empty bin.
-//  2. KeptKernel: grid (slot chunks, (sequence, KV head)); each thread 8 slots per step for
-//     all heads of the GQA group (one 16-byte load per head); blocks find B per head, write
-//     the union bit words of the candidates above the boundary bin with plain stores (four
-//     lanes a word: no memset, no atomics) and count them per head; the boundary bin's
-//     candidates (a few percent of a peaked head) add their mass to the level-2 histogram
-//     and are listed (chunk offset + sub-bin) in a per-(head, chunk) segment.
-//  3. BoundaryKernel: same grid; finds B2 per head and ORs in the bits of the listed
-//     candidates with sub-bin <= B2 (a segment that overflowed: its chunk's scores are
-//     rescanned). The kept mass comes from the histograms (the same integer masses).
+//  2. KeptKernel: grid (runs of slot chunks, (sequence, KV head)); each thread 8 slots per
+//     step for all heads of the GQA group (one 16-byte load per head); blocks find B per
+//     head, write the union bit words of the candidates above the boundary bin with plain
+//     stores (four lanes a word: no memset, no atomics) and count them per head; the
+//     boundary bin's candidates (a few percent of a peaked head) add their mass to the
+//     level-2 histogram and are listed (chunk offset + sub-bin) in a per-(head, chunk)
+//     segment.
+//  3. BoundaryKernel: grid (slot chunks, (sequence, KV head)); finds B2 per head and ORs in
+//     the bits of the listed candidates with sub-bin <= B2 (a segment that overflowed: its
+//     chunk's scores are rescanned). The kept mass comes from the histograms (the same
+//     integer masses).
+// Runs of chunks in pass 2 (PrunerParams::topp_chunks_per_block, default 1): a block pays
+// its chain of dependent loads (sequence length, head max, histogram rows) once for its run
+// and prefetches its next chunk into L2 while it works on one. One-wave runs by default
+// (with the same in pass 1) measured slower on the H200 at B = 8; see docs/PRUNE_PASSES.md.
 // So the scores are read twice (level 1, then level 2 + kept bits), not three times, and
 // the kept pass computes no exp outside the boundary bin. Both passes skip the work of what
 // cannot count (exactly: rounding margins, NaN never skipped): a load of 8 scores all below
@@ -47,9 +53,11 @@
 // CompactKeptKernel (below) then lists the tokens and writes the per-head telemetry.
 //
 // Bytes (INT4, d = 128, group G): the score pass reads 68 B per (token, KV head) and writes
-// 2G B; the two passes read 2G B each; with G = 4 that is 92 B moved per 68 B of INT4.
+// 2G B; the two passes read 2G B each; with G = 4 that is 92 B moved per 68 B of INT4
+// (docs/PRUNE_PASSES.md: every pass of the FULL selector's step, bytes and launches).
 #pragma once
 
+#include "pipeline/prune/twilight/cuda/pdl.cuh"
 #include "pipeline/prune/twilight/cuda/prune.cuh"
 
 namespace twl::cuda {
@@ -172,6 +180,17 @@ __device__ __forceinline__ int WarpFindBin(const u64 v[8], u64 target, u64* befo
   return bin;
 }
 
+// Inclusive prefix sum over the lanes of a warp (every lane calls it).
+__device__ __forceinline__ int WarpInclusiveSum(int v) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += y;
+  }
+  return v;
+}
+
 __device__ __forceinline__ u64 WarpSumU64(u64 v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -261,6 +280,11 @@ __device__ __forceinline__ void SubHistAdd(uint32_t* lo, uint32_t* hi, int bin, 
   if (h) atomicAdd(&hi[bin], h);
 }
 
+// L2 prefetch of the line holding p (a hint: no register waits for it).
+__device__ __forceinline__ void PrefetchL2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 // Grid: x = (sequence, query head), y = chunks of kHistChunk slots. Level 1: every valid
 // candidate into hist1 (level 2 is KeptKernel's). Every thread loads its kHistIters x 8
 // slots up front (loads in flight together), then adds runs of equal bins from registers (a
@@ -271,6 +295,7 @@ __global__ void __launch_bounds__(kHistThreads)
                const uint32_t* __restrict__ head_max, HistWork hw) {
   __shared__ uint32_t sub_lo[kHistWarps][kHistBins];
   __shared__ uint32_t sub_hi[kHistWarps][kHistBins];
+  PdlLetNextLaunch();  // KeptKernel's blocks may take the SMs this grid frees (pdl.cuh)
   const int32_t sq = blockIdx.x;
   const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
   const int32_t pair = s * g.num_kv_heads + qh / shape.group;
@@ -452,6 +477,48 @@ __device__ __forceinline__ void LoadChunkHeads(ChunkHeads& ch, const PrunerParam
   }
 }
 
+// The 8 slots of a LoadRaw8 group of one top-p head (bit k of vmask: slot k is a valid
+// candidate) against its boundary bin B1 below the max mx: returns the bits of the slots
+// above the bin (b1 < B1 <= 254: d < 31.875, so their float weight is > 0, kept at once)
+// and calls in_bin(k, b2, w) for each slot in the bin with a float weight w > 0 (its
+// level-2 sub-bin b2). KeptKernel and BoundaryKernel's rescan classify alike through it.
+template <class InBin>
+__device__ __forceinline__ uint32_t SplitAtBoundary8(const uint4& raw, uint32_t vmask, float mx,
+                                                     int B1, InBin&& in_bin) {
+  uint32_t above = 0;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    if (!((vmask >> k) & 1u)) continue;
+    const float d = mx - RawHalf(raw, k);
+    const int b1 = Bin1(d);
+    if (b1 < B1) {
+      above |= 1u << k;
+    } else if (b1 == B1) {
+      const float w = expf(-d);
+      if (w > 0.0f) in_bin(k, Bin2(d, b1), w);
+    }
+  }
+  return above;
+}
+
+// Every thread of a block: prefetches into L2 the 128-byte lines of slots [c0, c1) of the
+// score rows of heads sq0 .. sq0 + G - 1 (64 FP16 scores a line) and of the page entries of
+// those slots, so that the block's loads after its dependent prologue (head max, histogram
+// rows) wait on L2 rather than DRAM.
+__device__ __forceinline__ void PrefetchChunk(const fp16_t* scores, int32_t cand_stride,
+                                              int32_t sq0, int G, const int32_t* pages,
+                                              int32_t ps, int32_t c0, int32_t c1) {
+  const int32_t lines = (c1 - c0 + 63) / 64;
+  for (int32_t e = threadIdx.x; e < G * lines; e += blockDim.x) {
+    const int32_t j = e / lines, l = e % lines;
+    PrefetchL2(scores + int64_t(sq0 + j) * cand_stride + c0 + l * 64);
+  }
+  const int32_t p0 = c0 / ps, p1 = (c1 - 1) / ps;  // 32 page entries a line
+  for (int32_t p = p0 + 32 * int32_t(threadIdx.x); p <= p1; p += 32 * int32_t(blockDim.x)) {
+    PrefetchL2(pages + p);
+  }
+}
+
 // Boundary entries of a (query head, kept chunk): the chunk offset (< 2^16) and the level-2
 // sub-bin (<< 16) of each candidate in the boundary bin B1. A chunk with more than kBndCap
 // of them (a flat head) records only the count; BoundaryKernel then rescans its scores.
@@ -470,123 +537,133 @@ static_assert(kKeptChunk <= 65536, "chunk offsets fit 16 bits");
 // Occupancy: 4 blocks per SM for groups of up to 8 (64 registers: with fewer resident
 // blocks each block's prologue and two steps are pure latency; at 1 block per SM the H200
 // took 2x as long for the whole top-p).
+// Grid: x = runs of `chunks` chunks (the launcher sizes them so that the grid is about one
+// wave of resident blocks), y = (sequence, KV head). A block resolves its heads' thresholds
+// once for its chunks (LoadChunkHeads: a chain of dependent loads) and, while it works on
+// one chunk, prefetches the next into L2 (the first while that chain runs); the level-2
+// sums and the kept counts of its chunks are flushed once.
 template <int kMaxG>
 __global__ void __launch_bounds__(kKeptThreads, kMaxG <= 8 ? 4 : 1)
     KeptKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                PruneShape shape, const fp16_t* __restrict__ scores,
-               const uint32_t* __restrict__ head_max, HistWork hw, uint32_t* __restrict__ bits) {
+               const uint32_t* __restrict__ head_max, HistWork hw, uint32_t* __restrict__ bits,
+               int32_t chunks) {
   __shared__ ChunkHeads ch;
-  __shared__ u64 s_h2[kMaxG][kHistBins];  // level-2 partial sums of this chunk
+  __shared__ u64 s_h2[kMaxG][kHistBins];  // level-2 partial sums of this block's chunks
+  PdlLetNextLaunch();
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t slots = sel.count[pair] * g.page_size;
-  const int32_t c0 = blockIdx.x * kKeptChunk;
-  if (c0 >= slots) return;
+  const int32_t first_chunk = blockIdx.x * chunks;
+  const int32_t first = first_chunk * kKeptChunk;
+  const int32_t last = min(slots, first + chunks * kKeptChunk);  // the block's slots end
   const int G = shape.group;
   const int32_t sq0 = s * batch.num_q_heads + h * G;
   const int lane = threadIdx.x & 31;
+  const int32_t* pages = sel.pages + int64_t(pair) * sel.max_select;
+  const int32_t ps = g.page_size;
+  // The selection and the scores were complete before HistKernel began: prefetched while
+  // HistKernel may still run (pdl.cuh); its histograms only after the wait.
+  if (first < slots) {
+    PrefetchChunk(scores, shape.cand_stride, sq0, G, pages, ps, first,
+                  min(last, first + kKeptChunk));
+  }
+  PdlWaitForPrevious();
+  if (first >= slots) return;
   LoadChunkHeads(ch, params, shape, head_max, hw, s, sq0, G, /*level2=*/false);
   for (int i = threadIdx.x; i < G * kHistBins; i += blockDim.x) (&s_h2[0][0])[i] = 0;
   __syncthreads();
   const int32_t len = batch.seq_len[s];
-  const int32_t* pages = sel.pages + int64_t(pair) * sel.max_select;
   const uint8_t* in_set = shape.in_set ? shape.in_set + int64_t(pair) * sel.max_select : nullptr;
   uint32_t* pair_bits = bits + int64_t(pair) * shape.bit_words;
-  const int32_t c1 = min(slots, c0 + kKeptChunk);
-  const int32_t ps = g.page_size;
   const bool vec = (shape.cand_stride & 7) == 0;
   int cnt[kMaxG];
 #pragma unroll
   for (int j = 0; j < kMaxG; ++j) cnt[j] = 0;
-  // The same trip count for every thread (the shuffles); c0 and the step: multiples of 32.
-  for (int32_t base = c0; base < c1; base += 8 * blockDim.x) {
-    const int32_t i0 = base + 8 * int32_t(threadIdx.x);
-    // bit k: slot i0 + k is a valid candidate
-    const uint32_t vmask = CandidateMask8(pages, in_set, ps, len, c1, i0);
-    // The heads' 8 scores loaded at once, 8 heads at a time (one round trip per step and 8
-    // heads; groups of up to 16 keep the registers of 8).
-    uint32_t byte = 0;
-#pragma unroll
-    for (int jb = 0; jb < kMaxG; jb += 8) {
-      if (jb >= G) break;
-      uint4 raws[8];
-#pragma unroll
-      for (int jj = 0; jj < 8; ++jj) {
-        const int j = jb + jj;
-        raws[jj] = make_uint4(0u, 0u, 0u, 0u);
-        if (j < G && vmask && ch.mode[j] == kModeTopP) {
-          raws[jj] = LoadRaw8(scores + int64_t(sq0 + j) * shape.cand_stride, i0, c1, vec);
-        }
-      }
-#pragma unroll
-      for (int jj = 0; jj < 8; ++jj) {
-        const int j = jb + jj;
-        if (j >= G) break;
-        const int mode = ch.mode[j];  // block-uniform
-        if (mode == kModeAll) {
-          byte |= vmask;
-          cnt[j] += __popc(vmask);
-        } else if (mode == kModeTopP) {
-          uint32_t bmask = 0;  // bit k: slot i0 + k lies in the boundary bin
-          uint64_t b2s = 0;    // its sub-bin in byte k
-          const uint32_t skip = ch.skip[j];
-          if (vmask && !AllBelow(raws[jj], *reinterpret_cast<const __half2*>(&skip))) {
-            const uint4 raw = raws[jj];
-            const float mxj = ch.mx[j];
-            const int B1 = ch.b1[j];
-#pragma unroll
-            for (int k = 0; k < 8; ++k) {
-              if (!((vmask >> k) & 1u)) continue;
-              const float d = mxj - RawHalf(raw, k);
-              const int b1 = Bin1(d);
-              // b1 < B1 <= 254: d < 31.875, so the float weight is > 0 (kept, as before).
-              if (b1 < B1) {
-                byte |= 1u << k;
-                ++cnt[j];
-              } else if (b1 == B1) {
-                const float w = expf(-d);
-                if (w > 0.0f) {
-                  const int b2 = Bin2(d, b1);
-                  bmask |= 1u << k;
-                  b2s |= uint64_t(b2) << (8 * k);
-                  const u64 m = Fixed(w, hw.fx_scale);
-                  if (m) SharedAddU64(&s_h2[j][b2], m);
-                }
-              }
-            }
-          }
-          // List the boundary candidates: one shared atomic per warp (mode is block-uniform,
-          // so every lane of the warp is here).
-          const unsigned any = __ballot_sync(0xffffffffu, bmask != 0);
-          if (any) {
-            const int n = __popc(bmask);
-            int incl = n;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-              const int y = __shfl_up_sync(0xffffffffu, incl, o);
-              if (lane >= o) incl += y;
-            }
-            int at = 0;
-            if (lane == 31) at = atomicAdd(&ch.bnd[j], incl);
-            at = __shfl_sync(0xffffffffu, at, 31) + incl - n;
-            int32_t* list =
-                hw.bnd + (int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x) * int64_t(kBndCap);
-#pragma unroll
-            for (int k = 0; k < 8; ++k) {
-              if (!((bmask >> k) & 1u)) continue;
-              if (at < kBndCap) {
-                list[at] = (i0 + k - c0) | (int32_t((b2s >> (8 * k)) & 255u) << 16);
-              }
-              ++at;
-            }
-          }
-        }
-      }
+  for (int32_t chunk = first_chunk, c0 = first; c0 < last; ++chunk, c0 += kKeptChunk) {
+    const int32_t c1 = min(last, c0 + kKeptChunk);
+    if (c1 < last) {
+      PrefetchChunk(scores, shape.cand_stride, sq0, G, pages, ps, c1, min(last, c1 + kKeptChunk));
     }
-    uint32_t word = byte << (8 * (lane & 3));  // slots i0..i0+7 are bits 8 (lane & 3) + k
-    word |= __shfl_xor_sync(0xffffffffu, word, 1);
-    word |= __shfl_xor_sync(0xffffffffu, word, 2);
-    if ((lane & 3) == 0 && i0 < c1) pair_bits[i0 >> 5] = word;
+    // The same trip count for every thread (the shuffles); c0 and the step: multiples of 32.
+    for (int32_t base = c0; base < c1; base += 8 * blockDim.x) {
+      const int32_t i0 = base + 8 * int32_t(threadIdx.x);
+      // bit k: slot i0 + k is a valid candidate
+      const uint32_t vmask = CandidateMask8(pages, in_set, ps, len, c1, i0);
+      // The heads' 8 scores loaded at once, 8 heads at a time (one round trip per step and 8
+      // heads; groups of up to 16 keep the registers of 8).
+      uint32_t byte = 0;
+#pragma unroll
+      for (int jb = 0; jb < kMaxG; jb += 8) {
+        if (jb >= G) break;
+        uint4 raws[8];
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj) {
+          const int j = jb + jj;
+          raws[jj] = make_uint4(0u, 0u, 0u, 0u);
+          // Not gated by vmask: the loads need not wait for the page entries behind it (a
+          // slot past the sequence holds -inf, and vmask masks every use below).
+          if (j < G && i0 < c1 && ch.mode[j] == kModeTopP) {
+            raws[jj] = LoadRaw8(scores + int64_t(sq0 + j) * shape.cand_stride, i0, c1, vec);
+          }
+        }
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj) {
+          const int j = jb + jj;
+          if (j >= G) break;
+          const int mode = ch.mode[j];  // block-uniform
+          if (mode == kModeAll) {
+            byte |= vmask;
+            cnt[j] += __popc(vmask);
+          } else if (mode == kModeTopP) {
+            uint32_t bmask = 0;  // bit k: slot i0 + k lies in the boundary bin
+            uint64_t b2s = 0;    // its sub-bin in byte k
+            const uint32_t skip = ch.skip[j];
+            if (vmask && !AllBelow(raws[jj], *reinterpret_cast<const __half2*>(&skip))) {
+              const uint32_t above = SplitAtBoundary8(
+                  raws[jj], vmask, ch.mx[j], ch.b1[j], [&](int k, int b2, float w) {
+                    bmask |= 1u << k;
+                    b2s |= uint64_t(b2) << (8 * k);
+                    const u64 m = Fixed(w, hw.fx_scale);
+                    if (m) SharedAddU64(&s_h2[j][b2], m);
+                  });
+              byte |= above;
+              cnt[j] += __popc(above);
+            }
+            // List the boundary candidates: one shared atomic per warp (mode is block-uniform,
+            // so every lane of the warp is here).
+            const unsigned any = __ballot_sync(0xffffffffu, bmask != 0);
+            if (any) {
+              const int n = __popc(bmask);
+              const int incl = WarpInclusiveSum(n);
+              int at = 0;
+              if (lane == 31) at = atomicAdd(&ch.bnd[j], incl);
+              at = __shfl_sync(0xffffffffu, at, 31) + incl - n;
+              int32_t* list =
+                  hw.bnd + (int64_t(sq0 + j) * hw.bnd_chunks + chunk) * int64_t(kBndCap);
+#pragma unroll
+              for (int k = 0; k < 8; ++k) {
+                if (!((bmask >> k) & 1u)) continue;
+                if (at < kBndCap) {
+                  list[at] = (i0 + k - c0) | (int32_t((b2s >> (8 * k)) & 255u) << 16);
+                }
+                ++at;
+              }
+            }
+          }
+        }
+      }
+      uint32_t word = byte << (8 * (lane & 3));  // slots i0..i0+7 are bits 8 (lane & 3) + k
+      word |= __shfl_xor_sync(0xffffffffu, word, 1);
+      word |= __shfl_xor_sync(0xffffffffu, word, 2);
+      if ((lane & 3) == 0 && i0 < c1) pair_bits[i0 >> 5] = word;
+    }
+    __syncthreads();  // the chunk's boundary lists complete
+    if (threadIdx.x < G) {  // every count BoundaryKernel reads, then the next chunk's from 0
+      hw.bnd_count[int64_t(sq0 + threadIdx.x) * hw.bnd_chunks + chunk] = ch.bnd[threadIdx.x];
+      ch.bnd[threadIdx.x] = 0;
+    }
+    __syncthreads();
   }
 #pragma unroll
   for (int j = 0; j < kMaxG; ++j) {
@@ -595,10 +672,8 @@ __global__ void __launch_bounds__(kKeptThreads, kMaxG <= 8 ? 4 : 1)
     if (lane == 0 && c) atomicAdd(&ch.count[j], c);
   }
   __syncthreads();
-  if (threadIdx.x < G) {
-    const int j = threadIdx.x;
-    if (ch.count[j]) atomicAdd(&hw.kept_count[sq0 + j], ch.count[j]);
-    hw.bnd_count[int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x] = ch.bnd[j];
+  if (threadIdx.x < G && ch.count[threadIdx.x]) {
+    atomicAdd(&hw.kept_count[sq0 + threadIdx.x], ch.count[threadIdx.x]);
   }
   for (int i = threadIdx.x; i < G * kHistBins; i += blockDim.x) {
     const u64 v = (&s_h2[0][0])[i];
@@ -607,10 +682,14 @@ __global__ void __launch_bounds__(kKeptThreads, kMaxG <= 8 ? 4 : 1)
 }
 
 // Grid: as KeptKernel. Finds B2 per head (level-2 histogram complete) and sets the bits of
-// the chunk's listed boundary candidates with sub-bin <= B2 (the block owns the chunk's
-// words: one read-modify-write per word), adding them to the head's kept count; a chunk
-// whose list overflowed rescans its scores. Block 0 of a pair writes each top-p head's kept
-// mass from the histograms.
+// the chunk's listed boundary candidates with sub-bin <= B2 (staged per chunk word in shared
+// memory, then one atomic OR per word, which waits for nothing), adding them to the head's
+// kept count; a chunk whose list overflowed rescans its scores. Block 0 of a pair writes
+// each top-p head's kept mass from the histograms.
+// Latency: a block first reads its chunk's list lengths alone (one round trip); a chunk
+// that lists nothing for any head (most chunks of a peaked head) ends there unless it is
+// block 0; the others prefetch their lists (and an overflowed chunk's scores) into L2 while
+// they wait for the head max and both histogram rows.
 __global__ void __launch_bounds__(kKeptThreads)
     BoundaryKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                    PruneShape shape, const fp16_t* __restrict__ scores,
@@ -618,6 +697,9 @@ __global__ void __launch_bounds__(kKeptThreads)
                    uint32_t* __restrict__ bits) {
   __shared__ ChunkHeads ch;
   __shared__ uint32_t s_bits[kKeptChunk / 32];
+  __shared__ int s_n[kMaxGroup];  // list length per head of the group (0: nothing listed)
+  PdlLetNextLaunch();
+  PdlWaitForPrevious();  // KeptKernel's lists, counts and bits (pdl.cuh)
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t slots = sel.count[pair] * g.page_size;
@@ -626,20 +708,35 @@ __global__ void __launch_bounds__(kKeptThreads)
   const int G = shape.group;
   const int32_t sq0 = s * batch.num_q_heads + h * G;
   const int lane = threadIdx.x & 31;
+  // KeptKernel wrote every count of a chunk below `slots` (0 for a head not in top-p mode).
+  if (threadIdx.x < G) {
+    s_n[threadIdx.x] = hw.bnd_count[int64_t(sq0 + threadIdx.x) * hw.bnd_chunks + blockIdx.x];
+  }
+  __syncthreads();
+  bool listed = false;
+  for (int j = 0; j < G; ++j) listed |= s_n[j] > 0;
+  if (!listed && blockIdx.x != 0) return;  // block-uniform
+  const int32_t* pages = sel.pages + int64_t(pair) * sel.max_select;
+  const int32_t c1 = min(slots, c0 + kKeptChunk);
+  for (int j = 0; j < G; ++j) {
+    const int n = s_n[j];
+    if (n > kBndCap) {
+      PrefetchChunk(scores, shape.cand_stride, sq0 + j, 1, pages, g.page_size, c0, c1);
+    } else {
+      const int32_t* list = hw.bnd + (int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x) * kBndCap;
+      for (int e = 32 * int(threadIdx.x); e < n; e += 32 * int(blockDim.x)) PrefetchL2(list + e);
+    }
+  }
   LoadChunkHeads(ch, params, shape, head_max, hw, s, sq0, G, /*level2=*/true);
   for (int i = threadIdx.x; i < kKeptChunk / 32; i += blockDim.x) s_bits[i] = 0;
   __syncthreads();
+  if (!listed) return;  // block 0 with nothing listed: the kept masses are written
   const int32_t len = batch.seq_len[s];
-  const int32_t* pages = sel.pages + int64_t(pair) * sel.max_select;
   const uint8_t* in_set = shape.in_set ? shape.in_set + int64_t(pair) * sel.max_select : nullptr;
-  const int32_t c1 = min(slots, c0 + kKeptChunk);
-  bool any = false;
   for (int j = 0; j < G; ++j) {
-    if (ch.mode[j] != kModeTopP) continue;  // block-uniform
+    const int n = s_n[j];
+    if (!n || ch.mode[j] != kModeTopP) continue;  // block-uniform
     const int64_t seg = int64_t(sq0 + j) * hw.bnd_chunks + blockIdx.x;
-    const int n = hw.bnd_count[seg];
-    if (!n) continue;
-    any = true;
     const int B1 = ch.b1[j], B2 = ch.b2[j];
     int cnt = 0;
     if (n <= kBndCap) {
@@ -652,24 +749,19 @@ __global__ void __launch_bounds__(kKeptThreads)
         ++cnt;
       }
     } else {
-      // Overflow: the same test as KeptKernel's, 8 slots per thread and load (c0 and i0
-      // multiples of 8: the 8 bits lie in one word).
+      // Overflow: KeptKernel's test, 8 slots per thread and load (c0 and i0 multiples of 8:
+      // the 8 bits lie in one word).
       const fp16_t* row = scores + int64_t(sq0 + j) * shape.cand_stride;
       const float mxj = ch.mx[j];
       const bool vec = (shape.cand_stride & 7) == 0;
       for (int32_t i0 = c0 + 8 * int32_t(threadIdx.x); i0 < c1; i0 += 8 * int32_t(blockDim.x)) {
         const uint32_t vmask = CandidateMask8(pages, in_set, g.page_size, len, c1, i0);
         if (!vmask) continue;
-        const uint4 raw = LoadRaw8(row, i0, c1, vec);
         uint32_t byte = 0;
-#pragma unroll
-        for (int k = 0; k < 8; ++k) {
-          if (!((vmask >> k) & 1u)) continue;
-          const float d = mxj - RawHalf(raw, k);
-          const int b1 = Bin1(d);
-          if (b1 != B1 || Bin2(d, b1) > B2 || !(expf(-d) > 0.0f)) continue;
-          byte |= 1u << k;
-        }
+        SplitAtBoundary8(LoadRaw8(row, i0, c1, vec), vmask, mxj, B1,
+                         [&](int k, int b2, float) {
+                           if (b2 <= B2) byte |= 1u << k;
+                         });
         if (byte) {
           atomicOr(&s_bits[(i0 - c0) >> 5], byte << ((i0 - c0) & 31));
           cnt += __popc(byte);
@@ -679,12 +771,11 @@ __global__ void __launch_bounds__(kKeptThreads)
     cnt = int(__reduce_add_sync(0xffffffffu, unsigned(cnt)));
     if (lane == 0 && cnt) atomicAdd(&ch.count[j], cnt);
   }
-  if (!any) return;  // block-uniform: nothing listed for any head of the chunk
   __syncthreads();
   uint32_t* chunk_bits = bits + int64_t(pair) * shape.bit_words + (c0 >> 5);
   const int32_t words = (c1 - c0 + 31) / 32;
   for (int w = threadIdx.x; w < words; w += blockDim.x) {
-    if (s_bits[w]) chunk_bits[w] |= s_bits[w];
+    if (s_bits[w]) atomicOr(&chunk_bits[w], s_bits[w]);
   }
   if (threadIdx.x < G && ch.count[threadIdx.x]) {
     atomicAdd(&hw.kept_count[sq0 + threadIdx.x], ch.count[threadIdx.x]);
@@ -714,6 +805,7 @@ __global__ void __launch_bounds__(kCompactThreads)
   static_assert(kCompactWords == kWarps * 32, "one word per thread");
   __shared__ int scan[33];
   __shared__ int warp_total[kWarps];
+  PdlWaitForPrevious();  // the top-p chain's bits and counters (pdl.cuh; dense: no-op)
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
   const int32_t n_pages = sel.count[pair];
@@ -729,6 +821,15 @@ __global__ void __launch_bounds__(kCompactThreads)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   auto pos_of = [&](int32_t i) { return pages[i / g.page_size] * g.page_size + i % g.page_size; };
   const int32_t w0 = int32_t(blockIdx.x) * kCompactWords;
+  // This lane's word of the warp's 32, loaded first: in flight with the prefix's loads.
+  const int32_t wbase = w0 + warp * 32;
+  uint32_t m = 0;
+  if (!dense && wbase + lane < words) {
+    const int32_t w = wbase + lane;
+    m = pb[w];
+    const int32_t rest = slots - w * 32;
+    if (rest < 32) m &= (1u << rest) - 1u;
+  }
   // Set bits before the chunk (all in whole words < slots).
   int before = 0;
   if (dense) {
@@ -743,28 +844,15 @@ __global__ void __launch_bounds__(kCompactThreads)
   }
   int prefix;
   BlockExclusiveSum(before, scan, &prefix);
-  // This lane's word of the warp's 32.
-  const int32_t wbase = w0 + warp * 32;
-  uint32_t m = 0;
-  if (dense) {
+  if (dense) {  // the lane's word: every valid slot
     for (int j = 0; j < 32; ++j) {
       const int32_t i = (wbase + j) * 32 + lane;
       const uint32_t mj = __ballot_sync(0xffffffffu, i < slots && pos_of(i) < len);
       if (lane == j) m = mj;
     }
-  } else if (wbase + lane < words) {
-    const int32_t w = wbase + lane;
-    m = pb[w];
-    const int32_t rest = slots - w * 32;
-    if (rest < 32) m &= (1u << rest) - 1u;
   }
   const int c = __popc(m);
-  int incl = c;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int y = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += y;
-  }
+  const int incl = WarpInclusiveSum(c);
   if (lane == 31) warp_total[warp] = incl;
   __syncthreads();
   int at = prefix + incl - c;  // output position of this lane's word
@@ -785,11 +873,14 @@ __global__ void __launch_bounds__(kCompactThreads)
   if (int32_t(blockIdx.x) == chunks - 1 && threadIdx.x == 0) out.count[pair] = prefix + block_total;
   if (blockIdx.x != 0) return;  // block-uniform
   // Valid candidate rows (the rows of the listed pages inside the sequence; growing: the
-  // search wrote `selected`, nothing here needs them). Loads unrolled: 32 pages per thread
-  // at 128k, a chain of round trips otherwise.
+  // search wrote `selected`, nothing here needs them). A selection of every page (FULL; the
+  // selectors list distinct pages, as full_mass below assumes too) holds the sequence's
+  // rows: no pass over its page list (at 128k 32 loads per thread, a chain of round trips
+  // that made block 0 the compaction's longest). Otherwise loads unrolled.
   const bool grow = shape.head_p != nullptr;
+  const bool all_pages = !grow && n_pages == batch.NumPages(g, s);
   int rows = 0;
-  if (!grow) {
+  if (!grow && !all_pages) {
 #pragma unroll 8
     for (int32_t i = threadIdx.x; i < n_pages; i += blockDim.x) {
       rows += min(g.page_size, len - pages[i] * g.page_size);
@@ -797,8 +888,8 @@ __global__ void __launch_bounds__(kCompactThreads)
   }
   int nvalid;
   BlockExclusiveSum(rows, scan, &nvalid);
+  if (all_pages) nvalid = len;
   const int G = shape.group;
-  const bool all_pages = !grow && n_pages == batch.NumPages(g, s);
   for (int jw = warp; jw < G; jw += kWarps) {  // a warp per head (warp-uniform)
     const int32_t sq = s * batch.num_q_heads + h * G + jw;
     int32_t kept = 0;
