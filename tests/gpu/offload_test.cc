@@ -577,16 +577,13 @@ TEST(OffloadBackendTest, MatchesHbmBackendAcrossStepsAndCacheSizes) {
   }
 }
 
-// Identical consecutive steps: the second one finds every block resident.
-TEST(OffloadBackendTest, RepeatedStepHitsEverything) {
-  SKIP_WITHOUT_GPU();
-  const uint64_t seed = FreshSeed();
-  RuntimeConfig cfg = SmallConfig();
-  cfg.gpu_cache_bytes = 5000 * int64_t(2 * 16 * 128 * 2);
+// Identical consecutive steps (same queries over the same cache): the first fetches, the
+// second finds every kept block (or row) resident and moves nothing; both match the HBM
+// backend. Shared by the block and row cache tests.
+void ExpectRepeatedStepHitsEverything(const RuntimeConfig& cfg, uint64_t seed) {
   SideBySide sb;
   ASSERT_OK(sb.Init(cfg, 900, false, seed));
-  PageGeometry g = sb.g;
-  Workload w(g, cfg.num_q_heads, seed);
+  Workload w(sb.g, cfg.num_q_heads, seed);
   std::vector<int32_t> seqs = {sb.AddSequence(), sb.AddSequence(), sb.AddSequence()};
   for (int32_t s : seqs) ASSERT_OK(sb.Append(s, w, 1000 + 333 * s));
   std::vector<int32_t> topics(3, 2);
@@ -603,6 +600,15 @@ TEST(OffloadBackendTest, RepeatedStepHitsEverything) {
   EXPECT_EQ(t2.blocks_fetched, 0);
   EXPECT_EQ(t2.bytes_h2d, 0);
   EXPECT_DOUBLE_EQ(t2.CacheHitRate(), 1.0);
+}
+
+// Identical consecutive steps: the second one finds every block resident.
+TEST(OffloadBackendTest, RepeatedStepHitsEverything) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = FreshSeed();
+  RuntimeConfig cfg = SmallConfig();
+  cfg.gpu_cache_bytes = 5000 * int64_t(2 * 16 * 128 * 2);
+  ExpectRepeatedStepHitsEverything(cfg, seed);
 }
 
 // Issue 12.4 (residency by value): "layers" (batches of sequences decoded in turn, as the
@@ -1024,25 +1030,7 @@ TEST(OffloadRowCacheTest, RepeatedStepHitsEverything) {
   RuntimeConfig cfg = SmallConfig();
   cfg.cache_rows = 2;
   cfg.gpu_cache_bytes = int64_t(64) << 20;
-  SideBySide sb;
-  ASSERT_OK(sb.Init(cfg, 900, false, seed));
-  Workload w(sb.g, cfg.num_q_heads, seed);
-  std::vector<int32_t> seqs = {sb.AddSequence(), sb.AddSequence(), sb.AddSequence()};
-  for (int32_t s : seqs) ASSERT_OK(sb.Append(s, w, 1000 + 333 * s));
-  std::vector<int32_t> topics(3, 2);
-  PrunerParams pr;
-  Workload w2 = w;  // same random stream -> same queries
-  StepTelemetry t1, t2;
-  auto e1 = sb.Decode(seqs, w, &topics, Quest(40), pr, &t1);
-  std::vector<int32_t> topics2(3, 2);
-  auto e2 = sb.Decode(seqs, w2, &topics2, Quest(40), pr, &t2);
-  ASSERT_TRUE(e1.ok() && e2.ok());
-  EXPECT_LE(*e1, 1e-3);
-  EXPECT_LE(*e2, 1e-3);
-  EXPECT_GT(t1.blocks_fetched, 0);
-  EXPECT_EQ(t2.blocks_fetched, 0);
-  EXPECT_EQ(t2.bytes_h2d, 0);
-  EXPECT_DOUBLE_EQ(t2.CacheHitRate(), 1.0);
+  ExpectRepeatedStepHitsEverything(cfg, seed);
 }
 
 // Freed pages' rows leave the cache: a new sequence on the same page ids (new data) must not
