@@ -39,6 +39,7 @@
 #include "pipeline/fetch/cache/cache_fetch.cuh"
 #include "pipeline/fetch/row_cache/row_cache_fetch.cuh"
 #include "pipeline/fetch/disk/kept_blocks.h"
+#include "pipeline/fetch/disk/miss_first_fetch.cuh"
 #include "pipeline/fetch/disk/resident_fetch.cuh"
 #include "pipeline/prune/twilight/twilight_pruner.h"
 #include "pipeline/select/selector.h"
@@ -194,6 +195,7 @@ class GpuOffloadBackend final : public OffloadBackend {
           p != nullptr && std::strcmp(p, "1") == 0 && !disk_) {
         rows->SetEarlyAttend(true);
       }
+      row_fetch_ = rows.get();
       fetch_stage_ = std::move(rows);
     } else {
       auto blocks = std::make_unique<pipeline_cuda::CacheFetch>();
@@ -202,6 +204,11 @@ class GpuOffloadBackend final : public OffloadBackend {
       fetch_stage_ = std::move(blocks);
     }
     fetch_stage_->SetSharingLayers(cfg_.num_layers);
+    if (disk_ && row_fetch_) {
+      // Reports of up to a pool's worth of missed blocks per group (more could not be
+      // resident at once: the kept lists' path then reports the error).
+      TWL_RETURN_IF_ERROR(miss_reports_.Init(num_blocks_, disk_->num_slots(), kMaxGroups));
+    }
 
     // Streams and events.
     TWL_CUDA(cudaStreamCreateWithFlags(&own_stream_, cudaStreamNonBlocking));
@@ -342,10 +349,22 @@ class GpuOffloadBackend final : public OffloadBackend {
   }
   absl::Status AppendWithDisk(const AppendView& tokens, DType dtype, MemSpace space,
                               cudaStream_t a);
-  // ResidentFetch's callback: reads the group's kept lists back, puts their blocks in the
-  // pool (same step for every group of a Decode) and refreshes the map on `c`.
+  // ResidentFetch's callback (block cache): reads the group's kept lists back, puts their
+  // blocks in the pool (same step for every group of a Decode) and refreshes the map on `c`.
   absl::Status MakeGroupResident(int32_t index, const SeqGroup& group, const KeptView& kept,
                                  cudaStream_t c);
+  // MissFirstFetch's callback (row cache): the same for the blocks of the rows the GPU cache
+  // missed only (all of the kept lists' blocks when the report overflowed), map on `f`.
+  absl::Status MakeMissesResident(int32_t index, const SeqGroup& group, const KeptView& kept,
+                                  const pipeline_cuda::MissFirstFetch::Misses& misses,
+                                  cudaStream_t f);
+  // Appends the distinct blocks of the group's kept lists (read back on `s`, host waits) to
+  // group_blocks_ / group_rows_.
+  absl::Status ReadKeptBlocks(const SeqGroup& group, const KeptView& kept, cudaStream_t s);
+  // disk_steps_->Group over group_blocks_ (time from t0 counted as disk time), then the
+  // changed part of the pool map up on `s`.
+  absl::Status ReserveGroup(int32_t index, cudaStream_t s,
+                            std::chrono::steady_clock::time_point t0);
 
   absl::Status CheckPages(const int32_t* pages, int64_t n, const char* what) const {
     for (int64_t i = 0; i < n; ++i) {
@@ -393,8 +412,12 @@ class GpuOffloadBackend final : public OffloadBackend {
   std::vector<uint8_t> group_open_;  // append chunk: its blocks whose page stays partial
   absl::flat_hash_set<int32_t> full_pages_;  // append chunk: pages whose last row it writes
   BlockMarks block_marks_;  // blocks listed in this step's groups (or in one append chunk)
+  bool mark_step_open_ = false;  // block_marks_ started for the decode step (miss reports)
   // The residency calls of appends and decode steps (runtime/offload_disk_steps.h).
   std::unique_ptr<OffloadDiskSteps> disk_steps_;
+  // Under a disk tier with the row cache: the plan's miss reports (MissFirstFetch).
+  pipeline_cuda::RowCacheFetch* row_fetch_ = nullptr;  // fetch_stage_ when it caches rows
+  pipeline_cuda::MissReportState miss_reports_;
   const BatchView* step_batch_ = nullptr;  // host plan of the Decode in progress
   gpu::DeviceBuffer quant_;
   QuantKView qk_;
@@ -942,6 +965,37 @@ absl::Status GpuOffloadBackend::AppendWithDisk(const AppendView& tokens, DType d
 absl::Status GpuOffloadBackend::MakeGroupResident(int32_t index, const SeqGroup& grp,
                                                   const KeptView& kept, cudaStream_t c) {
   const auto t0 = std::chrono::steady_clock::now();
+  if (index == 0) block_marks_.NewStep(size_t(num_blocks_));
+  group_blocks_.clear();
+  group_rows_.clear();
+  TWL_RETURN_IF_ERROR(ReadKeptBlocks(grp, kept, c));
+  return ReserveGroup(index, c, t0);
+}
+
+absl::Status GpuOffloadBackend::MakeMissesResident(
+    int32_t index, const SeqGroup& grp, const KeptView& kept,
+    const pipeline_cuda::MissFirstFetch::Misses& misses, cudaStream_t f) {
+  const auto t0 = std::chrono::steady_clock::now();
+  // Called only for groups that missed something; the marks start with the step's first
+  // such group (index 0 need not be one).
+  if (!mark_step_open_) {
+    block_marks_.NewStep(size_t(num_blocks_));
+    mark_step_open_ = true;
+  }
+  group_blocks_.clear();
+  group_rows_.clear();
+  if (misses.complete) {
+    TWL_RETURN_IF_ERROR(AppendReportedBlocks(misses.blocks, misses.rows, misses.count,
+                                             &block_marks_, &group_blocks_, &group_rows_));
+  } else {
+    TWL_RETURN_IF_ERROR(ReadKeptBlocks(grp, kept, f));
+  }
+  if (group_blocks_.empty()) return absl::OkStatus();
+  return ReserveGroup(index, f, t0);
+}
+
+absl::Status GpuOffloadBackend::ReadKeptBlocks(const SeqGroup& grp, const KeptView& kept,
+                                               cudaStream_t c) {
   const int32_t H = g_.num_kv_heads;
   const BatchView& hb = *step_batch_;
   const int64_t units = int64_t(grp.num_seqs) * H;
@@ -987,21 +1041,25 @@ absl::Status GpuOffloadBackend::MakeGroupResident(int32_t index, const SeqGroup&
     TWL_CUDA(cudaEventSynchronize(ev_kept_));
   }
   // Distinct blocks of the group and their kept rows (the value the residency adds).
-  if (index == 0) block_marks_.NewStep(size_t(num_blocks_));
-  group_blocks_.clear();
-  group_rows_.clear();
-  TWL_RETURN_IF_ERROR(AppendKeptBlocks(g_, hb, grp.first_seq, grp.num_seqs, counts.data(), tok,
-                                       &block_marks_, &group_blocks_, &group_rows_));
+  return AppendKeptBlocks(g_, hb, grp.first_seq, grp.num_seqs, counts.data(), tok,
+                          &block_marks_, &group_blocks_, &group_rows_);
+}
+
+absl::Status GpuOffloadBackend::ReserveGroup(int32_t index, cudaStream_t s,
+                                             std::chrono::steady_clock::time_point t0) {
   // A group whose blocks are all resident moves nothing (its bookkeeping is deferred); else
   // the first Reserve starts the step (earlier steps are done: this prune came after them
-  // on the device) and later ones keep the earlier groups' blocks in place (their gathers
+  // on the device) and later ones keep the earlier groups' blocks in place (their copies
   // and attention may be running).
   bool moved = false;
-  const absl::Status s = disk_steps_->Group(index, group_blocks_, group_rows_, &moved);
+  const absl::Status st = disk_steps_->Group(index, group_blocks_, group_rows_, &moved);
   disk_steps_->step_io().ms +=
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  TWL_RETURN_IF_ERROR(s);
-  return moved ? UploadPoolMap(c) : absl::OkStatus();
+  TWL_RETURN_IF_ERROR(st);
+  // Also without a move of its own: a read-ahead reaped since the last upload may have
+  // changed the map (a no-op when nothing did). Entries of blocks a running group reads
+  // keep their values.
+  return UploadPoolMap(s);
 }
 
 absl::Status GpuOffloadBackend::ReadPage(int32_t page, int32_t rows, fp16_t* k,
@@ -1148,12 +1206,27 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
     // The fetch stage first makes each group's kept pages resident in the pinned slots.
     disk_steps_->BeginStep(req.layer);
     step_batch_ = &hb;
-    pipeline_cuda::ResidentFetch fetch(
-        fetch_stage_.get(),
-        [this](int32_t index, const SeqGroup& grp, const KeptView& kept, cudaStream_t cs) {
-          return MakeGroupResident(index, grp, kept, cs);
-        });
-    absl::Status ran = executor_.Run(step, groups, scratch_, fetch);
+    auto run = [&]() -> absl::Status {
+      if (row_fetch_) {
+        // The row cache's plan first; only the blocks of the rows it misses become resident.
+        TWL_RETURN_IF_ERROR(miss_reports_.NewStep());
+        mark_step_open_ = false;
+        pipeline_cuda::MissFirstFetch fetch(
+            row_fetch_, fetch_stream_, &miss_reports_,
+            [this](int32_t index, const SeqGroup& grp, const KeptView& kept,
+                   const pipeline_cuda::MissFirstFetch::Misses& m, cudaStream_t fs) {
+              return MakeMissesResident(index, grp, kept, m, fs);
+            });
+        return executor_.Run(step, groups, scratch_, fetch);
+      }
+      pipeline_cuda::ResidentFetch fetch(
+          fetch_stage_.get(),
+          [this](int32_t index, const SeqGroup& grp, const KeptView& kept, cudaStream_t cs) {
+            return MakeGroupResident(index, grp, kept, cs);
+          });
+      return executor_.Run(step, groups, scratch_, fetch);
+    };
+    const absl::Status ran = run();
     step_batch_ = nullptr;
     if (!ran.ok()) {
       // Groups already enqueued still read their slots: the step counts as done only after

@@ -64,4 +64,21 @@ absl::Status AppendKeptBlocks(const PageGeometry& g, const BatchView& batch, int
   return absl::OkStatus();
 }
 
+absl::Status AppendReportedBlocks(const int32_t* reported, const int32_t* reported_rows,
+                                  int32_t count, BlockMarks* marks,
+                                  std::vector<int32_t>* blocks, std::vector<int32_t>* rows) {
+  for (int32_t i = 0; i < count; ++i) {
+    const int32_t block = reported[i];
+    if (block < 0 || size_t(block) >= marks->mark.size()) {
+      return absl::InternalError(
+          absl::StrFormat("offload: reported missed block %d out of range", block));
+    }
+    if (marks->mark[size_t(block)] == marks->gen) continue;
+    marks->mark[size_t(block)] = marks->gen;
+    blocks->push_back(block);
+    rows->push_back(std::max(reported_rows[i], 1));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace twl

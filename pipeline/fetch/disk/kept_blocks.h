@@ -33,4 +33,12 @@ absl::Status AppendKeptBlocks(const PageGeometry& g, const BatchView& batch, int
                               BlockMarks* marks, std::vector<int32_t>* blocks,
                               std::vector<int32_t>* rows);
 
+// Appends to *blocks the reported blocks (a GPU row cache's miss report,
+// pipeline/fetch/disk/miss_first_fetch.cuh: `count` block ids with their missed rows) not yet
+// listed in this step (marks), and their rows to *rows. InternalError for a block id outside
+// the marks (a corrupt report).
+absl::Status AppendReportedBlocks(const int32_t* reported, const int32_t* reported_rows,
+                                  int32_t count, BlockMarks* marks,
+                                  std::vector<int32_t>* blocks, std::vector<int32_t>* rows);
+
 }  // namespace twl

@@ -41,6 +41,7 @@ absl::Status RowCacheFetch::Init(const PageGeometry& g, int64_t num_blocks, int3
   source_ = source;
   max_groups_ = max_groups;
   pruned_.assign(size_t(max_groups), nullptr);
+  marked_.assign(size_t(max_groups), RowPlanArgs{});
   fetched_.assign(size_t(max_groups), nullptr);
   for (int32_t i = 0; i < max_groups; ++i) {
     TWL_CUDA(cudaEventCreateWithFlags(&pruned_[size_t(i)], cudaEventDisableTiming));
@@ -126,7 +127,19 @@ absl::Status RowCacheFetch::Fetch(int32_t index, const SeqGroup& group, const Pa
     return absl::InvalidArgumentError("RowCacheFetch: group index out of range");
   }
   TWL_CUDA(cudaEventRecord(pruned_[size_t(index)], compute));
-  TWL_CUDA(cudaStreamWaitEvent(stream_, pruned_[size_t(index)], 0));
+  TWL_RETURN_IF_ERROR(FetchMark(index, group, g, batch, kept, pruned_[size_t(index)], marks,
+                                RowMissReport{}));
+  return FetchComplete(index, marks);
+}
+
+absl::Status RowCacheFetch::FetchMark(int32_t index, const SeqGroup& group,
+                                      const PageGeometry& g, const BatchView& batch,
+                                      const KeptView& kept, cudaEvent_t pruned,
+                                      const cudaEvent_t* marks, const RowMissReport& report) {
+  if (index < 0 || index >= max_groups_) {
+    return absl::InvalidArgumentError("RowCacheFetch: group index out of range");
+  }
+  TWL_CUDA(cudaStreamWaitEvent(stream_, pruned, 0));
   if (marks) TWL_CUDA(cudaEventRecord(marks[kFetch0], stream_));
   if (index == 0 || step_ == 0) ++step_;  // stamps start at 1: last_use 0 is "never"
   if (step_ == 0) step_ = 1;              // (wrapped after 2^32 steps)
@@ -141,10 +154,26 @@ absl::Status RowCacheFetch::Fetch(int32_t index, const SeqGroup& group, const Pa
   a.d_unit_hits = unit_hits_.as<int32_t>() + u0;
   a.d_unit_rows = unit_rows_.as<int32_t>() + u0;
   a.source = source_;
-  TWL_RETURN_IF_ERROR(LaunchRowPlan(cache_, a, stream_));
+  a.report = report;
+  marked_[size_t(index)] = a;
+  return LaunchRowMark(cache_, a, stream_);
+}
+
+absl::Status RowCacheFetch::FetchComplete(int32_t index, const cudaEvent_t* marks) {
+  if (index < 0 || index >= max_groups_) {
+    return absl::InvalidArgumentError("RowCacheFetch: group index out of range");
+  }
+  TWL_RETURN_IF_ERROR(LaunchRowComplete(cache_, marked_[size_t(index)], stream_));
   if (marks) TWL_CUDA(cudaEventRecord(marks[kFetch1], stream_));
   TWL_CUDA(cudaEventRecord(fetched_[size_t(index)], stream_));
   return absl::OkStatus();
+}
+
+absl::Status RowCacheFetch::FetchAbandon(int32_t index) {
+  if (index < 0 || index >= max_groups_) {
+    return absl::InvalidArgumentError("RowCacheFetch: group index out of range");
+  }
+  return LaunchRowAbandon(cache_, marked_[size_t(index)], stream_);
 }
 
 absl::Status RowCacheFetch::WaitFetched(int32_t index, cudaStream_t compute) {

@@ -96,6 +96,19 @@ class RowCacheFetch final : public OffloadCacheFetch {
                      const BatchView& batch, const KeptView& kept, cudaStream_t compute,
                      const cudaEvent_t* marks) override;
   absl::Status WaitFetched(int32_t index, cudaStream_t compute) override;
+  // Fetch in two halves, for a store whose pool blocks may be absent (a disk tier:
+  // pipeline/fetch/disk/miss_first_fetch.cuh): FetchMark, once `pruned` (recorded after the
+  // group's prune) has happened, stamps the hits, claims the misses and reports their blocks
+  // to `report`; FetchComplete takes victims and copies. Between the two the store makes the
+  // reported blocks resident; no other group may be marked (one miss list). Fetch() is
+  // FetchMark (no report) then FetchComplete.
+  absl::Status FetchMark(int32_t index, const SeqGroup& group, const PageGeometry& g,
+                         const BatchView& batch, const KeptView& kept, cudaEvent_t pruned,
+                         const cudaEvent_t* marks, const RowMissReport& report);
+  absl::Status FetchComplete(int32_t index, const cudaEvent_t* marks);
+  // Instead of FetchComplete when the store cannot make the reported blocks resident: the
+  // group's claims and reserved free slots are given back (LaunchRowAbandon).
+  absl::Status FetchAbandon(int32_t index);
   AttendSource Source() const override;
   absl::Status MergeDirect(const PageGeometry&, const SeqGroup&, int32_t, const fp16_t*,
                            fp16_t*, cudaStream_t) override {
@@ -111,6 +124,7 @@ class RowCacheFetch final : public OffloadCacheFetch {
   gpu::DeviceBuffer slots_, slot_of_row_, row_of_slot_, last_use_, free_, words_, list_;
   gpu::DeviceBuffer counters_;
   gpu::DeviceBuffer unit_hits_, unit_rows_;
+  std::vector<RowPlanArgs> marked_;  // per group: the args of its FetchMark
   uint32_t step_ = 0;
   uint32_t window_ = kDefaultRowWindow;
   bool early_attend_ = false;

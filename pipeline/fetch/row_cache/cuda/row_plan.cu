@@ -10,7 +10,9 @@
 //              absent: claimed (atomicCAS -1 -> -2, one claimer per row) and listed, or past
 //              the list's capacity reset and read in place. Its last block reserves the top
 //              min(misses, free) slots of the free stack for the first misses (no resident
-//              row is dropped while a slot is free); RowCopy assigns them.
+//              row is dropped while a slot is free); RowCopy assigns them. With a miss
+//              report (a disk tier) it also lists the distinct blocks of the claimed rows
+//              in host-visible memory: the only blocks the step reads from the pool.
 //   RowVictims (returns at once when the free slots sufficed) warps take 32-slot chunks
 //              from the clock hand in order and give their evictable occupied slots to the
 //              remaining misses (the old rows become absent), until every miss has a slot or
@@ -99,7 +101,7 @@ __global__ void RowZeroKernel(DeviceRowCounters* cnt, int32_t* unit_hits, int32_
 __global__ void __launch_bounds__(kThreads)
     RowMarkKernel(PageGeometry g, BatchView batch, KeptView kept, int32_t units, uint32_t step,
                   DeviceRowCache c, DeviceRowCounters* cnt, int32_t* unit_hits,
-                  int32_t* unit_rows) {
+                  int32_t* unit_rows, RowMissReport rep) {
   __shared__ int32_t most, s_needed, s_hits, s_overflow;
   if (threadIdx.x == 0) {
     most = 0;
@@ -170,6 +172,23 @@ __global__ void __launch_bounds__(kThreads)
             overflow = true;
           }
         }
+        if (rep.d_block_stamp != nullptr) {
+          // Every claimed row is read from the pool (copied, or in place): its block is
+          // reported once per stamp, by the first lane of the warp's lanes on that block
+          // with their count (a unit's list is ascending: a block's rows are adjacent).
+          const unsigned long long key = claim ? (unsigned long long)(r / P) : ~0ull;
+          const unsigned peers = __match_any_sync(~0u, key);
+          if (claim && lane == __ffs(peers) - 1) {
+            const int64_t block = r / P;
+            if (atomicExch(&rep.d_block_stamp[block], rep.stamp) != rep.stamp) {
+              const int32_t e = atomicAdd(rep.d_count, 1);
+              if (e < rep.capacity) {
+                rep.blocks_out[e] = int32_t(block);
+                rep.rows_out[e] = __popc(peers);
+              }
+            }
+          }
+        }
       }
       const unsigned hm = __ballot_sync(~0u, hit);
       unit_hit += __popc(hm);
@@ -201,6 +220,9 @@ __global__ void __launch_bounds__(kThreads)
     cnt->free_taken = take;
     cnt->victims = take;
     *c.d_free_top = top - take;
+    // The report for the host (mapped memory; read after this kernel's completion), and the
+    // accumulator zeroed for the next plan.
+    if (rep.d_block_stamp != nullptr) *rep.count_out = atomicExch(rep.d_count, 0);
   }
 }
 
@@ -309,8 +331,9 @@ __global__ void __launch_bounds__(kThreads)
         const RowFetch f{c.d_list[e].row, slot_of(e), 0};
         const int64_t block = f.row / P;
         const int32_t row = int32_t(f.row % P), part = x % vr;
-        // Kept blocks are always in the pool (under a disk tier ResidentFetch made them
-        // resident before this plan); a negative index would only skip the copy.
+        // Blocks of missed rows are in the pool (under a disk tier the store made the
+        // blocks RowMark reported resident before this kernel); a negative index would only
+        // skip the copy.
         const int64_t at = pool_map ? int64_t(pool_map[block]) : block;
         if (at >= 0 && f.slot >= 0) {
           const int64_t src = at * block_vecs +
@@ -341,6 +364,17 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
+}
+
+// Kernel of LaunchRowAbandon: one thread per list entry.
+__global__ void RowAbandonKernel(DeviceRowCache c, const DeviceRowCounters* cnt) {
+  const int32_t m = min(cnt->listed, c.list_capacity);
+  for (int32_t e = blockIdx.x * blockDim.x + threadIdx.x; e < m; e += gridDim.x * blockDim.x) {
+    const int64_t r = c.d_list[e].row;
+    if (r >= 0 && r < c.num_rows) c.d_slot_of_row[r] = kRowAbsent;
+  }
+  // RowMark took the top free_taken entries of the stack; nothing has pushed since.
+  if (blockIdx.x == 0 && threadIdx.x == 0) *c.d_free_top = cnt->free_top;
 }
 
 // One thread per (page, KV head, row).
@@ -397,6 +431,11 @@ int32_t FlatGrid(int64_t n) {
 }  // namespace
 
 absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& a, void* stream) {
+  TWL_RETURN_IF_ERROR(LaunchRowMark(cache, a, stream));
+  return LaunchRowComplete(cache, a, stream);
+}
+
+absl::Status LaunchRowMark(const DeviceRowCache& cache, const RowPlanArgs& a, void* stream) {
   if (a.batch.num_seqs <= 0) return absl::OkStatus();
   if (!cache.d_slot_of_row || !cache.d_row_of_slot || !cache.d_last_use || !cache.d_slots ||
       !cache.d_hand || !cache.d_list || !cache.d_free || !cache.d_free_top ||
@@ -409,6 +448,10 @@ absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& a, vo
   if (a.g.head_dim % 8 != 0 || a.source.block_bytes != a.g.FpBlockBytes()) {
     return absl::InvalidArgumentError("LaunchRowPlan: head_dim % 8 or pool block size");
   }
+  if (a.report.on() && (!a.report.d_count || !a.report.count_out || !a.report.blocks_out ||
+                        !a.report.rows_out || a.report.capacity < 0 || a.report.stamp == 0)) {
+    return absl::InvalidArgumentError("LaunchRowPlan: miss report without its buffers or stamp");
+  }
   cudaStream_t s = AsStream(stream);
   const int32_t units = a.batch.num_seqs * a.g.num_kv_heads;
   RowZeroKernel<<<FlatGrid(int64_t(sizeof(DeviceRowCounters) / 4) + 2 * int64_t(units)),
@@ -416,8 +459,18 @@ absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& a, vo
   TWL_RETURN_IF_ERROR(LaunchStatus("RowZeroKernel"));
   const int64_t chunks = (int64_t(a.kept.max_kept) + kTokensPerItem - 1) / kTokensPerItem;
   RowMarkKernel<<<GridFor(int64_t(units) * chunks, 8), kThreads, 0, s>>>(
-      a.g, a.batch, a.kept, units, a.step, cache, a.d_counters, a.d_unit_hits, a.d_unit_rows);
-  TWL_RETURN_IF_ERROR(LaunchStatus("RowMarkKernel"));
+      a.g, a.batch, a.kept, units, a.step, cache, a.d_counters, a.d_unit_hits, a.d_unit_rows,
+      a.report);
+  return LaunchStatus("RowMarkKernel");
+}
+
+absl::Status LaunchRowComplete(const DeviceRowCache& cache, const RowPlanArgs& a,
+                               void* stream) {
+  if (a.batch.num_seqs <= 0) return absl::OkStatus();
+  if (!cache.d_list || cache.num_slots <= 0 || !a.d_counters || !a.source.mapped_base) {
+    return absl::InvalidArgumentError("LaunchRowComplete: null pointer or empty cache");
+  }
+  cudaStream_t s = AsStream(stream);
   const int64_t slot_chunks = (int64_t(cache.num_slots) + 31) / 32;
   RowVictimsKernel<<<GridFor(slot_chunks, 2), kThreads, 0, s>>>(cache, a.step, a.window,
                                                                 a.d_counters);
@@ -427,6 +480,17 @@ absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& a, vo
       cache, a.g, a.step, static_cast<const uint4*>(a.source.mapped_base),
       a.source.slot_of_block, a.d_counters);
   return LaunchStatus("RowCopyKernel");
+}
+
+absl::Status LaunchRowAbandon(const DeviceRowCache& cache, const RowPlanArgs& a,
+                              void* stream) {
+  if (a.batch.num_seqs <= 0) return absl::OkStatus();
+  if (!cache.d_list || !cache.d_slot_of_row || !cache.d_free_top || !a.d_counters) {
+    return absl::InvalidArgumentError("LaunchRowAbandon: null pointer");
+  }
+  RowAbandonKernel<<<FlatGrid(cache.list_capacity), kThreads, 0, AsStream(stream)>>>(
+      cache, a.d_counters);
+  return LaunchStatus("RowAbandonKernel");
 }
 
 absl::Status LaunchRowCacheReset(const DeviceRowCache& cache, void* stream) {

@@ -49,6 +49,24 @@ struct DeviceRowCounters {
   int32_t reserved[2] = {};
 };
 
+// Where the plan reports the blocks of the rows it misses, for a store whose pool blocks may
+// be absent (a disk tier: pipeline/fetch/disk/miss_first_fetch.cuh). Only missed rows are
+// read from the pool (the copy, or the attention in place), so these blocks are all the
+// step's pool reads. Off (null pointers): nothing reported. A block is reported once per
+// `stamp` (the store's step: d_block_stamp[block] holds the stamp that last reported it).
+struct RowMissReport {
+  uint32_t* d_block_stamp = nullptr;  // [num_blocks] device, 0 at start
+  uint32_t stamp = 0;                 // this step's (>= 1)
+  int32_t* d_count = nullptr;         // [1] device accumulator, 0 between plans
+  int32_t* count_out = nullptr;       // [1] host-visible (mapped): blocks reported (may
+                                      //     pass capacity: then the list is incomplete)
+  int32_t* blocks_out = nullptr;      // [capacity] host-visible: block ids
+  int32_t* rows_out = nullptr;        // [capacity] host-visible: missed rows of each (the
+                                      //     reporting warp's count: a lower bound)
+  int32_t capacity = 0;
+  bool on() const { return d_block_stamp != nullptr; }
+};
+
 struct RowPlanArgs {
   PageGeometry g;
   BatchView batch;        // the group's sequences (device seq_len / page_table)
@@ -59,6 +77,7 @@ struct RowPlanArgs {
   int32_t* d_unit_hits = nullptr;  // [units] resident rows of each unit
   int32_t* d_unit_rows = nullptr;  // [units] kept rows of each unit
   FetchSource source;     // the mapped pinned pool (and its map under a disk tier)
+  RowMissReport report;   // off by default
 };
 
 // Enqueues the plan of one group and the copy of its fetched rows (4 kernels: zero the
@@ -66,6 +85,18 @@ struct RowPlanArgs {
 // first misses), take occupied victims from the hand for the rest, copy + publish). A group
 // whose rows are all resident is done by the first two (the others return at once).
 absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& args, void* stream);
+// The plan in two halves, for a store that must act on the misses in between (a disk tier):
+// LaunchRowMark (zero, mark: hits stamped, misses claimed and listed, args.report filled)
+// and LaunchRowComplete (victims, copy + publish) with the same args. Nothing else may plan
+// on the cache in between (the miss list is shared).
+absl::Status LaunchRowMark(const DeviceRowCache& cache, const RowPlanArgs& args, void* stream);
+absl::Status LaunchRowComplete(const DeviceRowCache& cache, const RowPlanArgs& args,
+                               void* stream);
+// Undoes LaunchRowMark for a group whose plan will not complete (the store could not make
+// its missed blocks resident): its claims dropped (absent again), the free slots it reserved
+// back on the stack.
+absl::Status LaunchRowAbandon(const DeviceRowCache& cache, const RowPlanArgs& args,
+                              void* stream);
 
 // Empties the cache: every row absent, every slot free (on the stack, slot 0 on top), hand 0.
 absl::Status LaunchRowCacheReset(const DeviceRowCache& cache, void* stream);
