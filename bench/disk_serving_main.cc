@@ -7,6 +7,7 @@
 //   twl_disk_serving [--dir /tmp] [--layers 4] [--seqs 8] [--kv_heads 8] [--context 8192]
 //                    [--pool_fraction 0.25] [--kept_fraction 0.05] [--drift 0.01]
 //                    [--steps 32] [--warmup 4] [--keep_last_block] [--per_step] [--before]
+//                    [--block_cache] [--gpu_cache_rows 0]
 #include <cstdio>
 #include <string>
 
@@ -28,6 +29,10 @@ ABSL_FLAG(int32_t, steps, 32, "measured steps");
 ABSL_FLAG(int32_t, warmup, 4, "steps before the measured ones");
 ABSL_FLAG(int32_t, seed, 1, "kept-set seed");
 ABSL_FLAG(bool, per_step, false, "print every measured step");
+ABSL_FLAG(bool, block_cache, false,
+          "no GPU row cache in front: every group's kept blocks are handed to the residency "
+          "(the sequence before the row cache's plan ran first; the block cache's)");
+ABSL_FLAG(int64_t, gpu_cache_rows, 0, "GPU row cache capacity in rows (0: every kept row)");
 ABSL_FLAG(bool, before, false,
           "the residency calls as before appends stopped waiting (no append reserve, no open "
           "blocks, no writes behind), for comparison");
@@ -38,14 +43,19 @@ void Print(const char* label, const twl::bench::DiskServingStep& s) {
   std::printf(
       "%-6s append %8.3f ms (quiesces %3lld, loads %5lld, writes %5lld, read waits %3lld, "
       "%6.2f MB read, %8.3f ms waiting) | decode %8.3f ms (loads %5lld, read ahead %5lld, "
-      "writes %5lld, %6.2f MB read, %8.3f ms waiting) | written behind %5lld\n",
+      "writes %5lld, %6.2f MB read, %8.3f ms waiting; groups %3lld of %6lld blocks, "
+      "reserves %3lld, "
+      "kept lists read back %3lld, rows missed %6lld) | written behind %5lld\n",
       label, s.append_ms, static_cast<long long>(s.append_quiesces),
       static_cast<long long>(s.append_loaded), static_cast<long long>(s.append_written),
       static_cast<long long>(s.append_read_waits), double(s.append_bytes_read) / 1e6,
       s.append_wait_ms, s.decode_ms, static_cast<long long>(s.decode_loaded),
       static_cast<long long>(s.decode_read_ahead), static_cast<long long>(s.decode_written),
       double(s.decode_bytes_read) / 1e6, s.decode_wait_ms,
-      static_cast<long long>(s.written_behind));
+      static_cast<long long>(s.decode_groups), static_cast<long long>(s.decode_blocks),
+      static_cast<long long>(s.decode_reserves),
+      static_cast<long long>(s.decode_kept_readbacks),
+      static_cast<long long>(s.decode_missed_rows), static_cast<long long>(s.written_behind));
 }
 
 }  // namespace
@@ -69,6 +79,8 @@ int main(int argc, char** argv) {
   o.warmup = absl::GetFlag(FLAGS_warmup);
   o.seed = uint32_t(absl::GetFlag(FLAGS_seed));
   o.never_wait = !absl::GetFlag(FLAGS_before);
+  o.gpu_row_cache = !absl::GetFlag(FLAGS_block_cache);
+  o.gpu_cache_rows = absl::GetFlag(FLAGS_gpu_cache_rows);
   twl::tools::RequireFlag(o.layers >= 1 && o.seqs >= 1 && o.kv_heads >= 1, "layers",
                           "layers, seqs, kv_heads >= 1");
   twl::tools::RequireFlag(o.context >= 16, "context", ">= 16");

@@ -44,6 +44,7 @@ absl::Status OffloadDiskSteps::Append(absl::Span<const int32_t> blocks,
 
 void OffloadDiskSteps::BeginStep(int32_t layer) {
   step_io_ = DiskIoCounts{};
+  step_calls_ = StepCalls{};
   if (have_last_layer_) next_layer_[last_layer_] = layer;
   last_layer_ = layer;
   have_last_layer_ = true;
@@ -57,6 +58,8 @@ void OffloadDiskSteps::BeginStep(int32_t layer) {
 absl::Status OffloadDiskSteps::Group(int32_t /*index*/, absl::Span<const int32_t> blocks,
                                      absl::Span<const int32_t> rows, bool* moved) {
   *moved = false;
+  ++step_calls_.groups;
+  step_calls_.blocks += int64_t(blocks.size());
   step_blocks_.insert(step_blocks_.end(), blocks.begin(), blocks.end());
   // Every block resident (the steady state when the kept sets fit the pool): nothing moves
   // and the device map is current, so the fetch may run at once; the bookkeeping waits
@@ -78,6 +81,7 @@ absl::Status OffloadDiskSteps::Group(int32_t /*index*/, absl::Span<const int32_t
   // on the device); later ones keep the earlier groups' blocks in place (their gathers and
   // attention may be running), the deferred groups' first.
   if (absl::Status s = FlushDeferred(); !s.ok()) return s;
+  ++step_calls_.reserves;
   const absl::Status reserved = disk_->Reserve(blocks, &step_io_, !step_reserved_, rows);
   step_reserved_ = true;
   *moved = true;
@@ -88,6 +92,7 @@ absl::Status OffloadDiskSteps::FlushDeferred() {
   if (deferred_blocks_.empty()) return absl::OkStatus();
   // Resident blocks only (a Reserve of this step would have flushed before moving any):
   // touches and values, no I/O.
+  ++step_calls_.reserves;
   const absl::Status s =
       disk_->Reserve(deferred_blocks_, &step_io_, !step_reserved_, deferred_rows_);
   step_reserved_ = true;

@@ -48,8 +48,11 @@ class OffloadDiskSteps {
 
   // A decode step of `layer` starts (its I/O counters reset).
   void BeginStep(int32_t layer);
-  // Pipeline group `index` of the step keeps `blocks` (distinct within the step) with `rows`
-  // kept rows each: they are resident when this returns OK. *moved: the residency map may
+  // Pipeline group `index` of the step reads `blocks` (distinct within the step) from the
+  // pool, `rows` rows each: its kept blocks, or under the GPU row cache only the blocks of
+  // the rows the cache missed (the only pool reads; a group that misses nothing does not
+  // call). They are resident when this returns OK, and the next layer's step reads ahead
+  // what this layer's step needed. *moved: the residency map may
   // have changed (the device copy must be refreshed before the group's fetch).
   absl::Status Group(int32_t index, absl::Span<const int32_t> blocks,
                      absl::Span<const int32_t> rows, bool* moved);
@@ -59,6 +62,17 @@ class OffloadDiskSteps {
   absl::Status EndStep();
   // I/O of the decode step in progress (or the last one).
   DiskIoCounts& step_io() { return step_io_; }
+  // Residency calls of the decode step in progress (or the last one): Group calls and their
+  // blocks, and the
+  // DiskResidency::Reserve calls they and EndStep made. Under the GPU row cache a group
+  // calls Group only for the blocks of the rows the cache missed
+  // (pipeline/fetch/disk/miss_first_fetch.cuh): a step that misses nothing makes none.
+  struct StepCalls {
+    int64_t groups = 0;
+    int64_t blocks = 0;  // handed to Group
+    int64_t reserves = 0;
+  };
+  const StepCalls& step_calls() const { return step_calls_; }
 
  private:
   // The deferred Reserve of the groups whose blocks were all resident.
@@ -73,6 +87,7 @@ class OffloadDiskSteps {
   std::vector<int32_t> deferred_blocks_, deferred_rows_;
   bool step_reserved_ = false;
   DiskIoCounts step_io_;
+  StepCalls step_calls_;
   // Read-ahead: each layer's kept blocks of its last step, and the layer that followed it.
   absl::flat_hash_map<int32_t, std::vector<int32_t>> kept_by_layer_;
   absl::flat_hash_map<int32_t, int32_t> next_layer_;

@@ -8,6 +8,7 @@
 #include <random>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
@@ -29,6 +30,49 @@ double MsSince(Clock::time_point t0) {
 struct KeptSet {
   std::vector<int32_t> page;
   std::vector<int32_t> rows;
+};
+
+// The GPU row cache in front of the pool, by block: how many of a block's kept rows it holds
+// (kept rows of a block grow, as the appended block's do, or come back after it left a kept
+// set; rows are never rewritten). Enough to tell which kept blocks a step misses.
+class RowCacheModel {
+ public:
+  RowCacheModel(int64_t capacity_rows, int64_t window)
+      : capacity_(capacity_rows), window_(window) {}
+  // A new layer-step: with a bounded cache, rows unused for the window may go.
+  void NewStep() {
+    ++now_;
+    if (capacity_ <= 0 || total_ <= capacity_ * 9 / 10) return;
+    for (auto it = held_.begin(); it != held_.end();) {
+      if (it->second.last + window_ < now_) {
+        total_ -= it->second.rows;
+        held_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  }
+  // A kept block with `rows` kept rows: the rows missed (0: all held), admitted if they fit.
+  int32_t Use(int32_t block, int32_t rows) {
+    Entry& e = held_[block];
+    e.last = now_;
+    if (e.rows >= rows) return 0;
+    const int32_t missed = rows - e.rows;
+    if (capacity_ <= 0 || total_ + missed <= capacity_) {
+      total_ += missed;
+      e.rows = rows;
+    }
+    return missed;
+  }
+
+ private:
+  struct Entry {
+    int32_t rows = 0;
+    int64_t last = 0;
+  };
+  const int64_t capacity_, window_;
+  int64_t now_ = 0, total_ = 0;
+  absl::flat_hash_map<int32_t, Entry> held_;
 };
 
 class Sim {
@@ -88,6 +132,7 @@ class Sim {
     if (!disk.ok()) return disk.status();
     disk_ = std::move(*disk);
     steps_ = std::make_unique<OffloadDiskSteps>(disk_.get(), o_.layers, o_.never_wait);
+    rows_ = std::make_unique<RowCacheModel>(o_.gpu_cache_rows, 2 * int64_t(o_.layers));
     page_ids_.assign(size_t(o_.layers) * size_t(o_.seqs), {});
     len_.assign(size_t(o_.seqs), 0);
     res_.blocks = blocks;
@@ -200,9 +245,10 @@ class Sim {
       Drift(l);
       const auto td = Clock::now();
       steps_->BeginStep(l);
+      rows_->NewStep();
       const int32_t half = (o_.seqs + 1) / 2;
       for (int32_t gi = 0, s0 = 0; s0 < o_.seqs; ++gi, s0 += half) {
-        std::vector<int32_t> gb, gr;
+        std::vector<int32_t> gb, gr;  // the group's kept blocks and their kept rows
         for (int32_t sq = s0; sq < std::min(o_.seqs, s0 + half); ++sq) {
           const std::vector<int32_t>& ids = PagesOfSeq(l, sq);
           const int32_t last = len_[size_t(sq)] / o_.page_size;
@@ -220,6 +266,24 @@ class Sim {
             }
           }
         }
+        // The backend's sequence (runtime/gpu_offload_backend.cu): with the row cache, its
+        // plan's report of the missed blocks, and Group only when it lists any; else the
+        // kept lists read back and every kept block handed over.
+        if (o_.gpu_row_cache) {
+          std::vector<int32_t> mb, mr;
+          for (size_t i = 0; i < gb.size(); ++i) {
+            const int32_t missed = rows_->Use(gb[i], gr[i]);
+            if (missed == 0) continue;
+            mb.push_back(gb[i]);
+            mr.push_back(missed);
+            st->decode_missed_rows += missed;
+          }
+          gb.swap(mb);
+          gr.swap(mr);
+          if (gb.empty()) continue;  // all hits: no residency work
+        } else {
+          ++st->decode_kept_readbacks;
+        }
         bool moved = false;
         if (absl::Status gs = steps_->Group(gi, gb, gr, &moved); !gs.ok()) return gs;
       }
@@ -233,6 +297,9 @@ class Sim {
       st->decode_read_waits += io.waits;
       st->decode_wait_ms += io.ms_wait;
       st->written_behind += io.pages_written_behind;
+      st->decode_groups += steps_->step_calls().groups;
+      st->decode_blocks += steps_->step_calls().blocks;
+      st->decode_reserves += steps_->step_calls().reserves;
     }
     for (int32_t& n : len_) ++n;
     return absl::OkStatus();
@@ -243,6 +310,7 @@ class Sim {
   PageGeometry g_;
   std::unique_ptr<DiskResidency> disk_;
   std::unique_ptr<OffloadDiskSteps> steps_;
+  std::unique_ptr<RowCacheModel> rows_;
   std::vector<std::vector<int32_t>> page_ids_;  // [layer][seq] page ids in order
   int32_t next_page_ = 0;
   std::vector<int32_t> len_;  // tokens per sequence (all layers)
@@ -271,6 +339,11 @@ DiskServingStep DiskServingSimResult::Mean() const {
     m.decode_read_waits += s.decode_read_waits;
     m.decode_wait_ms += s.decode_wait_ms;
     m.written_behind += s.written_behind;
+    m.decode_groups += s.decode_groups;
+    m.decode_blocks += s.decode_blocks;
+    m.decode_reserves += s.decode_reserves;
+    m.decode_kept_readbacks += s.decode_kept_readbacks;
+    m.decode_missed_rows += s.decode_missed_rows;
   }
   const double n = double(steps.size());
   m.append_ms /= n;
@@ -281,7 +354,8 @@ DiskServingStep DiskServingSimResult::Mean() const {
   for (int64_t* c : {&m.append_quiesces, &m.append_loaded, &m.append_written,
                      &m.append_read_waits, &m.append_bytes_read, &m.decode_loaded, &m.decode_read_ahead,
                      &m.decode_written, &m.decode_bytes_read, &m.decode_read_waits,
-                     &m.written_behind}) {
+                     &m.written_behind, &m.decode_groups, &m.decode_blocks, &m.decode_reserves,
+                     &m.decode_kept_readbacks, &m.decode_missed_rows}) {
     *c = int64_t(std::llround(double(*c) / n));
   }
   return m;

@@ -4,7 +4,8 @@
 // synthetic kept sets instead of a pruner. Per step, each layer appends one token per
 // sequence (a new block per (sequence, KV head) every page_size tokens), then decodes: two
 // pipeline groups of sequences make their kept blocks resident, then the next layer's are
-// read ahead. Kept sets: per (layer, sequence, KV head) a fixed share of its blocks with
+// read ahead (with the GPU row cache in front, the default, only the blocks of the rows it
+// misses). Kept sets: per (layer, sequence, KV head) a fixed share of its blocks with
 // 1-8 kept rows each, a few replaced per step (drift). Reports, per measured step, what the
 // appends waited for (device quiesces, disk reads and writes, wall time) and the decode's
 // disk traffic: the figures the H200 run shows as "ms append" and "disk MB/step".
@@ -36,6 +37,14 @@ struct DiskServingSimOptions {
   uint32_t seed = 1;
   // false: the residency calls as before the appends stopped waiting (OffloadDiskSteps).
   bool never_wait = true;
+  // The GPU row cache in front (the offload default): its plan runs first and a group hands
+  // the residency only the blocks of the rows it missed (pipeline/fetch/disk/
+  // miss_first_fetch.cuh). false: every kept block, read back from the kept lists, as
+  // before (and as under the block cache).
+  bool gpu_row_cache = true;
+  // Its capacity in rows (0: every kept row fits); rows unused for 2 x layers layer-steps
+  // may be evicted, the rest of a miss is read in place.
+  int64_t gpu_cache_rows = 0;
 };
 
 struct DiskServingStep {
@@ -55,6 +64,13 @@ struct DiskServingStep {
   int64_t decode_bytes_read = 0;
   int64_t decode_read_waits = 0;
   double decode_wait_ms = 0;
+  // Residency calls of the decodes: Group calls, DiskResidency::Reserve calls, kept lists
+  // read back to the host (a host wait on the prune and a copy each), GPU cache misses.
+  int64_t decode_groups = 0;
+  int64_t decode_blocks = 0;  // blocks handed to Group
+  int64_t decode_reserves = 0;
+  int64_t decode_kept_readbacks = 0;
+  int64_t decode_missed_rows = 0;
   // Background: blocks written behind (not waited for) by the step.
   int64_t written_behind = 0;
 };

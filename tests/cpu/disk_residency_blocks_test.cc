@@ -368,5 +368,29 @@ TEST(KeptBlocks, DistinctBlocksPerKvHeadWithTheirKeptRows) {
   EXPECT_TRUE(absl::IsInternal(s)) << s;
 }
 
+TEST(KeptBlocks, ReportedMissesAreListedOncePerStepAndCheckedForRange) {
+  // A GPU row cache's miss reports (pipeline/fetch/disk/miss_first_fetch.cuh): a block
+  // another group of the step listed (by report or by kept lists) is not listed again.
+  BlockMarks marks;
+  marks.NewStep(10);
+  std::vector<int32_t> blocks, rows;
+  const int32_t g0[3] = {7, 2, 5}, g0_rows[3] = {3, 1, 0};
+  ASSERT_TRUE(AppendReportedBlocks(g0, g0_rows, 3, &marks, &blocks, &rows).ok());
+  EXPECT_EQ(blocks, (std::vector<int32_t>{7, 2, 5}));
+  EXPECT_EQ(rows, (std::vector<int32_t>{3, 1, 1}));  // at least one row each
+  const int32_t g1[3] = {2, 9, 7}, g1_rows[3] = {4, 2, 4};
+  ASSERT_TRUE(AppendReportedBlocks(g1, g1_rows, 3, &marks, &blocks, &rows).ok());
+  EXPECT_EQ(blocks, (std::vector<int32_t>{7, 2, 5, 9}));
+  EXPECT_EQ(rows, (std::vector<int32_t>{3, 1, 1, 2}));
+  // A new step lists them again; a block outside the map is a corrupt report.
+  marks.NewStep(10);
+  std::vector<int32_t> again, again_rows;
+  ASSERT_TRUE(AppendReportedBlocks(g1, g1_rows, 3, &marks, &again, &again_rows).ok());
+  EXPECT_EQ(again, (std::vector<int32_t>{2, 9, 7}));
+  const int32_t bad[1] = {10}, bad_rows[1] = {1};
+  EXPECT_TRUE(absl::IsInternal(
+      AppendReportedBlocks(bad, bad_rows, 1, &marks, &again, &again_rows)));
+}
+
 }  // namespace
 }  // namespace twl

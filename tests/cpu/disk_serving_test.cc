@@ -144,6 +144,85 @@ TEST(DiskServing, AStableKeptSetIsReadOnceThenNeverAgain) {
   }
 }
 
+// The decode's sequence under the GPU row cache (pipeline/fetch/disk/miss_first_fetch.cuh):
+// the cache's plan runs first and only the blocks of the rows it misses reach the residency.
+// A step whose kept rows the GPU holds makes no residency call at all: no Group, no Reserve,
+// no kept lists read back (the H200 run's 16.7 ms per layer-step were those calls for ~70k
+// blocks the GPU already held). The sequence before (every kept block, from the kept lists
+// read back) makes them every step.
+TEST(DiskServing, AStepTheGpuCacheHoldsMakesNoResidencyCall) {
+  TempDir dir("twl-serving");
+  DiskServingSimOptions o = Shape(dir.path());
+  o.drift = 0;
+  o.steps = 12;
+  absl::StatusOr<DiskServingSimResult> now = bench::RunDiskServingSim(o);
+  ASSERT_TRUE(now.ok()) << now.status();
+  for (size_t i = 0; i < now->steps.size(); ++i) {
+    const DiskServingStep& s = now->steps[i];
+    EXPECT_EQ(s.decode_groups, 0) << "step " << i;
+    EXPECT_EQ(s.decode_blocks, 0) << "step " << i;
+    EXPECT_EQ(s.decode_reserves, 0) << "step " << i;
+    EXPECT_EQ(s.decode_kept_readbacks, 0) << "step " << i;
+    EXPECT_EQ(s.decode_missed_rows, 0) << "step " << i;
+    EXPECT_EQ(s.decode_bytes_read + s.decode_loaded + s.decode_written, 0) << "step " << i;
+  }
+  o.gpu_row_cache = false;
+  absl::StatusOr<DiskServingSimResult> before = bench::RunDiskServingSim(o);
+  ASSERT_TRUE(before.ok()) << before.status();
+  for (size_t i = 0; i < before->steps.size(); ++i) {
+    const DiskServingStep& s = before->steps[i];
+    // Two groups per layer, four layers: each group reads its kept lists back and reserves.
+    EXPECT_EQ(s.decode_kept_readbacks, 2 * o.layers) << "step " << i;
+    EXPECT_GE(s.decode_reserves, o.layers) << "step " << i;
+  }
+}
+
+TEST(DiskServing, OnlyTheMissedBlocksReachTheResidencyAndAppendsStillNeverWait) {
+  // The serving shape with the decoded block kept (its new row misses every step) and
+  // drifting kept sets, then a GPU cache too small for the kept rows (evictions: blocks the
+  // cache dropped come back through the pool, some from disk).
+  TempDir dir("twl-serving");
+  DiskServingSimOptions o = Shape(dir.path());
+  o.keep_last_block = true;
+  o.steps = 20;
+  absl::StatusOr<DiskServingSimResult> all = bench::RunDiskServingSim(o);
+  ASSERT_TRUE(all.ok()) << all.status();
+  o.gpu_row_cache = false;
+  absl::StatusOr<DiskServingSimResult> before = bench::RunDiskServingSim(o);
+  ASSERT_TRUE(before.ok()) << before.status();
+  o.gpu_row_cache = true;
+  o.gpu_cache_rows = 4000;  // about a quarter of the four layers' kept rows
+  absl::StatusOr<DiskServingSimResult> small = bench::RunDiskServingSim(o);
+  ASSERT_TRUE(small.ok()) << small.status();
+  PrintMean("row cache", *all);
+  PrintMean("kept blocks", *before);
+  PrintMean("small row cache", *small);
+  const int64_t kept_per_layer = all->kept_blocks / o.layers;
+  for (size_t i = 0; i < all->steps.size(); ++i) {
+    const DiskServingStep& s = all->steps[i];
+    // Every layer's groups miss the rows appended since: a handful of blocks, no disk.
+    EXPECT_EQ(s.decode_kept_readbacks, 0) << "step " << i;
+    EXPECT_LE(s.decode_groups, 2 * o.layers) << "step " << i;
+    EXPECT_GT(s.decode_missed_rows, 0) << "step " << i;
+    EXPECT_LT(s.decode_missed_rows, kept_per_layer) << "step " << i;
+  }
+  int64_t small_missed = 0;
+  for (size_t i = 0; i < small->steps.size(); ++i) {
+    const DiskServingStep& s = small->steps[i];
+    small_missed += s.decode_missed_rows;
+    EXPECT_EQ(s.append_quiesces + s.append_loaded + s.append_written + s.append_read_waits, 0)
+        << "step " << i;
+  }
+  EXPECT_GT(small_missed, 0);
+  const DiskServingStep a = all->Mean(), b = before->Mean();
+  EXPECT_LE(a.decode_bytes_read, b.decode_bytes_read);
+  // The residency sees the missed blocks (the appended block of each unit, the drift), not
+  // every kept block.
+  std::printf("blocks handed to the residency per step: %lld (row cache) vs %lld (kept)\n",
+              static_cast<long long>(a.decode_blocks), static_cast<long long>(b.decode_blocks));
+  EXPECT_LT(4 * a.decode_blocks, b.decode_blocks);
+}
+
 // --- The parts, on a small DiskResidency of block units -----------------------------------
 
 // 2 KV heads, d = 8, page 4: 128-byte blocks (512-byte records).
