@@ -7,7 +7,10 @@
 //    slots after the hits are stamped), the previous group's rows survive the next group's
 //    plan, maps stay inverse with no claim left;
 //  * after every plan each resident row's slot holds exactly the pool's K row and V row;
-//  * invalidating pages frees their rows' slots.
+//  * invalidating pages frees their rows' slots;
+//  * the plan's miss report (a disk tier: pipeline/fetch/disk/miss_first_fetch.cuh) lists
+//    exactly the blocks of the rows absent before the plan, each once per step, and a mark
+//    abandoned (the store failed to make them resident) leaves the maps as before it.
 // Skips without a GPU.
 #include <algorithm>
 #include <cstring>
@@ -20,6 +23,7 @@
 #include "cache/host_arena.h"
 #include "cache/row_cache_policy.h"
 #include "gpu_test_util.h"
+#include "pipeline/fetch/disk/miss_first_fetch.cuh"
 #include "pipeline/fetch/row_cache/row_cache_fetch.cuh"
 
 namespace twl {
@@ -362,6 +366,124 @@ TEST(RowCacheGpuTest, InvalidatedPagesLeaveTheCache) {
   EXPECT_EQ(c.hits + c.victims, c.needed);
   EXPECT_GT(c.victims, 0);
   ExpectConsistent(ReadState(f, fx.g), fx);
+  gpu::StreamDestroy(*stream);
+}
+
+// The blocks of the rows absent before the plan (the claims), minus those already listed.
+std::set<int32_t> MissedBlocks(const DeviceState& before,
+                               const std::vector<std::vector<int64_t>>& rows, int32_t P,
+                               const std::set<int32_t>& listed, int64_t* claimed_rows) {
+  std::set<int32_t> want;
+  std::set<int64_t> claims;
+  for (const auto& unit : rows) {
+    for (int64_t r : unit) {
+      if (before.slot_of_row[size_t(r)] >= 0 || !claims.insert(r).second) continue;
+      if (!listed.count(int32_t(r / P))) want.insert(int32_t(r / P));
+    }
+  }
+  *claimed_rows = int64_t(claims.size());
+  return want;
+}
+
+TEST(RowCacheGpuTest, MissReportListsTheBlocksOfMissedRowsOncePerStep) {
+  TWL_SKIP_WITHOUT_GPU();
+  const uint64_t seed = Seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  RowFixture fx(seed);
+  const int32_t slots = 700;  // evictions and overflow (claims past the list) too
+  pipeline_cuda::RowCacheFetch f;
+  TWL_ASSERT_OK(f.Init(fx.g, fx.num_blocks, slots, fx.Source(), 2));
+  f.SetWindow(1);
+  auto stream = gpu::StreamCreate();
+  ASSERT_TRUE(stream.ok());
+  const auto cs = static_cast<cudaStream_t>(*stream);
+  f.AttachStream(cs);
+  TWL_ASSERT_OK(f.GrowStep(int64_t(fx.B) * fx.g.num_kv_heads, 0));
+  pipeline_cuda::MissReportState rep;
+  TWL_ASSERT_OK(rep.Init(fx.num_blocks, int32_t(fx.num_blocks), 2));
+  cudaEvent_t pruned = nullptr;
+  ASSERT_EQ(cudaEventCreate(&pruned), cudaSuccess);
+  int64_t reported_total = 0;
+  for (int32_t it = 0; it < 6; ++it) {
+    fx.Draw(0.12, it == 0 ? 0.0 : 0.8);
+    TWL_ASSERT_OK(rep.NewStep());
+    std::set<int32_t> listed;  // reported earlier in this step
+    for (int32_t gi = 0; gi < 2; ++gi) {
+      SCOPED_TRACE(::testing::Message() << "iteration " << it << " group " << gi);
+      const SeqGroup grp = fx.Group(gi);
+      const DeviceState before = ReadState(f, fx.g);
+      int64_t claimed = 0;
+      const std::set<int32_t> want =
+          MissedBlocks(before, fx.Rows(grp), fx.g.page_size, listed, &claimed);
+      rep.ClearCount();
+      ASSERT_EQ(cudaEventRecord(pruned, cs), cudaSuccess);
+      TWL_ASSERT_OK(f.FetchMark(gi, grp, fx.g, fx.Batch(grp), fx.Kept(grp), pruned, nullptr,
+                                rep.Report()));
+      ASSERT_EQ(cudaStreamSynchronize(cs), cudaSuccess);
+      ASSERT_LE(rep.count(), rep.capacity());
+      std::set<int32_t> got;
+      int64_t rows = 0;
+      for (int32_t i = 0; i < rep.count(); ++i) {
+        EXPECT_TRUE(got.insert(rep.blocks()[i]).second) << "block listed twice";
+        EXPECT_GE(rep.rows()[i], 1);
+        rows += rep.rows()[i];
+      }
+      EXPECT_EQ(got, want);
+      EXPECT_LE(rows, claimed);
+      reported_total += rep.count();
+      listed.insert(got.begin(), got.end());
+      TWL_ASSERT_OK(f.FetchComplete(gi, nullptr));
+      ExpectConsistent(ReadState(f, fx.g), fx);
+    }
+  }
+  EXPECT_GT(reported_total, 0);
+  cudaEventDestroy(pruned);
+  gpu::StreamDestroy(*stream);
+}
+
+TEST(RowCacheGpuTest, AnAbandonedMarkLeavesTheMapsAsBefore) {
+  TWL_SKIP_WITHOUT_GPU();
+  const uint64_t seed = Seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  RowFixture fx(seed);
+  pipeline_cuda::RowCacheFetch f;
+  TWL_ASSERT_OK(f.Init(fx.g, fx.num_blocks, 900, fx.Source(), 2));
+  auto stream = gpu::StreamCreate();
+  ASSERT_TRUE(stream.ok());
+  const auto cs = static_cast<cudaStream_t>(*stream);
+  f.AttachStream(cs);
+  TWL_ASSERT_OK(f.GrowStep(int64_t(fx.B) * fx.g.num_kv_heads, 0));
+  pipeline_cuda::MissReportState rep;
+  TWL_ASSERT_OK(rep.Init(fx.num_blocks, 3, 2));  // too small: the report says so
+  cudaEvent_t pruned = nullptr;
+  ASSERT_EQ(cudaEventCreate(&pruned), cudaSuccess);
+  const SeqGroup grp = fx.Group(0);
+  fx.Draw(0.1, 0.0);
+  TWL_ASSERT_OK(f.Fetch(0, grp, fx.g, fx.Batch(grp), fx.Kept(grp), cs, nullptr));
+  fx.Draw(0.1, 0.5);
+  const DeviceState before = ReadState(f, fx.g);
+  TWL_ASSERT_OK(rep.NewStep());
+  rep.ClearCount();
+  ASSERT_EQ(cudaEventRecord(pruned, cs), cudaSuccess);
+  TWL_ASSERT_OK(f.FetchMark(0, grp, fx.g, fx.Batch(grp), fx.Kept(grp), pruned, nullptr,
+                            rep.Report()));
+  ASSERT_EQ(cudaStreamSynchronize(cs), cudaSuccess);
+  int64_t claimed = 0;
+  const std::set<int32_t> want = MissedBlocks(before, fx.Rows(grp), fx.g.page_size, {}, &claimed);
+  ASSERT_GT(want.size(), 3u);
+  EXPECT_EQ(rep.count(), int32_t(want.size()));  // counted past the capacity
+  TWL_ASSERT_OK(f.FetchAbandon(0));
+  const DeviceState after = ReadState(f, fx.g);
+  EXPECT_EQ(after.slot_of_row, before.slot_of_row);
+  EXPECT_EQ(after.row_of_slot, before.row_of_slot);
+  EXPECT_EQ(after.free_stack, before.free_stack);
+  ExpectConsistent(after, fx);
+  // The next plan of the same lists fetches every missed row again.
+  TWL_ASSERT_OK(f.Fetch(0, grp, fx.g, fx.Batch(grp), fx.Kept(grp), cs, nullptr));
+  const DeviceRowCounters c = ReadCounters(f, 0);
+  EXPECT_EQ(c.victims + c.direct, claimed);
+  ExpectConsistent(ReadState(f, fx.g), fx);
+  cudaEventDestroy(pruned);
   gpu::StreamDestroy(*stream);
 }
 
