@@ -89,11 +89,6 @@ struct PrunerParams {
   // GPU work plan of the top-p kept pass (the result does not depend on it): chunks of
   // slots per block. 0: one (larger runs measured slower by default; opt in to measure).
   int32_t topp_chunks_per_block = 0;
-  // GPU work plan of the FULL-context pruner (the result does not depend on it): -1 the
-  // fused cluster pruner where it applies (pipeline/prune/twilight/cuda/prune_cluster.cuh:
-  // long candidate rows, INT4 pages of 16, groups <= 8), 0 always the separate passes, 1 the
-  // cluster whenever the shape fits one. TWL_PRUNE_CLUSTER=0/1 in the environment overrides.
-  int32_t prune_cluster = -1;
 };
 
 // Tokens kept per (sequence, KV head): the union over the group's query heads, ascending

@@ -177,7 +177,7 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
 
   // The fused cluster pruner (prune_cluster.cuh) where it applies: one launch, only the INT4
   // bytes cross HBM, the same kept sets and telemetry bit for bit. Profiling: all of it in
-  // ms_score (events 1-3 follow the launch).
+  // ms_score (events 1-3 follow the launch). TWL_PRUNE_CLUSTER=0: the passes below.
   if (const ClusterPrunePlan plan =
           PlanClusterPrune(g, params, group, selection.max_select, grow);
       plan.cluster > 0) {

@@ -82,19 +82,21 @@ Occupancy QueryOccupancy(int32_t cluster, size_t smem) {
   return o;
 }
 
-// -1 auto, 0 never, 1 whenever it fits: TWL_PRUNE_CLUSTER overrides the parameter.
-int32_t ClusterMode(const PrunerParams& params) {
+// TWL_PRUNE_CLUSTER: unset (or anything else) -1 auto, "0" never, "1" whenever it fits.
+// Read at every launch (a getenv: far below a launch's cost), so a test or a benchmark can
+// compare both paths in one process.
+int32_t ClusterMode() {
   const char* v = std::getenv("TWL_PRUNE_CLUSTER");
   if (v && std::strcmp(v, "0") == 0) return 0;
   if (v && std::strcmp(v, "1") == 0) return 1;
-  return params.prune_cluster;
+  return -1;
 }
 
 }  // namespace
 
 ClusterPrunePlan PlanClusterPrune(const PageGeometry& g, const PrunerParams& params,
                                   int32_t group, int32_t max_select, bool grow) {
-  const int32_t mode = ClusterMode(params);
+  const int32_t mode = ClusterMode();
   const bool shape_ok = g.k_bits == 4 && g.HasTokenScale() && g.page_size == 16 &&
                         (g.head_dim == 64 || g.head_dim == 128) && group >= 1 &&
                         group <= cuda::kClMaxG && !grow && !params.dense;

@@ -21,10 +21,11 @@ struct ClusterPrunePlan {
   size_t smem_bytes = 0;  // dynamic shared memory per block
 };
 
-// mode: -1 auto (at least kClusterAutoMinSlots candidates and two blocks per SM), 0 never,
-// 1 whenever the shape fits a cluster at all. The shape: INT4 per token, pages of 16, head
-// dim 64/128, group <= 8, not growing, not dense. The environment's TWL_PRUNE_CLUSTER (0 or 1)
-// overrides mode (A/B runs of whole programs). Queries the device (cached per shape).
+// The mode is the environment's TWL_PRUNE_CLUSTER: unset, auto (at least
+// kClusterAutoMinSlots candidates and two blocks per SM); "0" never (the passes, for A/B
+// runs); "1" whenever the shape fits a cluster at all. The shape: INT4 per token, pages of
+// 16, head dim 64/128, group <= 8, not growing, not dense. Queries the device (cached per
+// shape). The result does not depend on the choice.
 ClusterPrunePlan PlanClusterPrune(const PageGeometry& g, const PrunerParams& params,
                                   int32_t group, int32_t max_select, bool grow);
 
