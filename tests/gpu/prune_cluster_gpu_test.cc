@@ -83,7 +83,8 @@ TEST_P(PruneClusterGpuTest, SameBitsAsThePasses) {
   const int32_t max_select = SelectStride(sp, hb.max_pages);
   const int32_t pairs = hb.num_seqs * g.num_kv_heads;
   const int32_t heads = hb.num_seqs * nq;
-  std::vector<int32_t> sel_pages(size_t(pairs) * max_select), sel_count(size_t(pairs));
+  std::vector<int32_t> sel_pages(static_cast<size_t>(pairs) * max_select);
+  std::vector<int32_t> sel_count(static_cast<size_t>(pairs));
   ASSERT_TRUE(SelectPagesRef(g, sp, hb, st.Query(), st.Quant(),
                              SelectionView{sel_pages.data(), sel_count.data(), max_select})
                   .ok());
@@ -107,15 +108,21 @@ TEST_P(PruneClusterGpuTest, SameBitsAsThePasses) {
   gpu::DeviceBuffer ws;
   TWL_ASSERT_OK(ws.Reserve(ws_bytes));
 
+#define CLUSTER_TEST_RETURN_IF_ERROR(expr)   \
+  do {                                       \
+    if (absl::Status _s = (expr); !_s.ok()) { \
+      return _s;                             \
+    }                                        \
+  } while (0)
   auto run = [&](const PrunerParams& params, Outputs* o) -> absl::Status {
     // Fresh poison: nothing of an earlier run can pass for this one's output.
-    TWL_RETURN_IF_ERROR(gpu::Memset(d_tok.get(), 0xFF, size_t(pairs) * max_kept * 4));
-    TWL_RETURN_IF_ERROR(gpu::Memset(d_cnt.get(), 0xFF, size_t(pairs) * 4));
+    CLUSTER_TEST_RETURN_IF_ERROR(gpu::Memset(d_tok.get(), 0xFF, size_t(pairs) * max_kept * 4));
+    CLUSTER_TEST_RETURN_IF_ERROR(gpu::Memset(d_cnt.get(), 0xFF, size_t(pairs) * 4));
     for (gpu::DeviceBuffer* b : {&d_sel, &d_kept, &d_cap, &d_mass, &d_full}) {
-      TWL_RETURN_IF_ERROR(gpu::Memset(b->get(), 0xFF, size_t(heads) * 4));
+      CLUSTER_TEST_RETURN_IF_ERROR(gpu::Memset(b->get(), 0xFF, size_t(heads) * 4));
     }
-    TWL_RETURN_IF_ERROR(gpu::Memset(ws.get(), 0xFF, ws_bytes));
-    TWL_RETURN_IF_ERROR(LaunchPrune(
+    CLUSTER_TEST_RETURN_IF_ERROR(gpu::Memset(ws.get(), 0xFF, ws_bytes));
+    CLUSTER_TEST_RETURN_IF_ERROR(LaunchPrune(
         g, params, ds.Batch(), ds.Query(), ds.Quant(), ds.Kv(),
         SelectionView{d_sp.as<int32_t>(), d_sc.as<int32_t>(), max_select},
         KeptView{d_tok.as<int32_t>(), d_cnt.as<int32_t>(), max_kept},
@@ -137,6 +144,7 @@ TEST_P(PruneClusterGpuTest, SameBitsAsThePasses) {
     o->full = Download<float>(d_full, size_t(heads));
     return absl::OkStatus();
   };
+#undef CLUSTER_TEST_RETURN_IF_ERROR
   auto workspace_untouched = [&] {
     const std::vector<uint8_t> w = Download<uint8_t>(ws, ws_bytes);
     for (uint8_t b : w) {

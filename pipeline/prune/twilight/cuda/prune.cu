@@ -5,7 +5,7 @@
 
 #include "pipeline/prune/twilight/cuda/prune.cuh"
 #include "core/validate.h"
-#include "pipeline/prune/twilight/cuda/prune_cluster.h"
+#include "pipeline/prune/twilight/cuda/prune_cluster_launch.cuh"
 #include "pipeline/prune/twilight/cuda/prune_grow.cuh"
 #include "pipeline/prune/twilight/cuda/prune_hist.cuh"
 #include "gpu/device.h"

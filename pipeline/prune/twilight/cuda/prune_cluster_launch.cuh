@@ -1,6 +1,7 @@
-// Launcher of the fused cluster pruner (prune_cluster.cuh); instantiations
-// ClusterPruneKernel<64 | 128>.
-#include "pipeline/prune/twilight/cuda/prune_cluster.h"
+// Host side of the fused cluster pruner (prune_cluster.cuh): whether a launch takes it, with
+// which cluster, and its launcher. Included by prune.cu only (the pruner's kernels are
+// defined in its headers, one translation unit); instantiations ClusterPruneKernel<64 | 128>.
+#pragma once
 
 #include <cstdlib>
 #include <cstring>
@@ -12,10 +13,21 @@
 
 namespace twl {
 
+// Auto mode takes the cluster from this many candidate slots per (sequence, KV head) on
+// (the FULL selector's rows at long contexts; a Quest budget of a few thousand tokens keeps
+// the passes, where a cluster's barriers would outweigh its few bytes).
+constexpr int64_t kClusterAutoMinSlots = 32768;
+
+struct ClusterPrunePlan {
+  int32_t cluster = 0;  // blocks per (sequence, KV head); 0: the passes
+  int32_t slots_per_block = 0;
+  size_t smem_bytes = 0;  // dynamic shared memory per block
+};
+
+namespace cluster_detail {
+
 using cuda::AsStream;
 using cuda::LaunchStatus;
-
-namespace {
 
 template <int kHeadDim>
 auto ClusterKernel() {
@@ -85,17 +97,23 @@ Occupancy QueryOccupancy(int32_t cluster, size_t smem) {
 // TWL_PRUNE_CLUSTER: unset (or anything else) -1 auto, "0" never, "1" whenever it fits.
 // Read at every launch (a getenv: far below a launch's cost), so a test or a benchmark can
 // compare both paths in one process.
-int32_t ClusterMode() {
+inline int32_t ClusterMode() {
   const char* v = std::getenv("TWL_PRUNE_CLUSTER");
   if (v && std::strcmp(v, "0") == 0) return 0;
   if (v && std::strcmp(v, "1") == 0) return 1;
   return -1;
 }
 
-}  // namespace
+}  // namespace cluster_detail
 
-ClusterPrunePlan PlanClusterPrune(const PageGeometry& g, const PrunerParams& params,
-                                  int32_t group, int32_t max_select, bool grow) {
+// The mode is the environment's TWL_PRUNE_CLUSTER: unset, auto (at least
+// kClusterAutoMinSlots candidates and two blocks per SM); "0" never (the passes, for A/B
+// runs); "1" whenever the shape fits a cluster at all. The shape: INT4 per token, pages of
+// 16, head dim 64/128, group <= 8, not growing, not dense. Queries the device (cached per
+// shape). The result does not depend on the choice.
+inline ClusterPrunePlan PlanClusterPrune(const PageGeometry& g, const PrunerParams& params,
+                                         int32_t group, int32_t max_select, bool grow) {
+  using namespace cluster_detail;
   const int32_t mode = ClusterMode();
   const bool shape_ok = g.k_bits == 4 && g.HasTokenScale() && g.page_size == 16 &&
                         (g.head_dim == 64 || g.head_dim == 128) && group >= 1 &&
@@ -119,12 +137,15 @@ ClusterPrunePlan PlanClusterPrune(const PageGeometry& g, const PrunerParams& par
   return {};
 }
 
-absl::Status LaunchClusterPrune(const ClusterPrunePlan& plan, const PageGeometry& g,
-                                const PrunerParams& params, const BatchView& batch,
-                                const QueryView& q, const QuantKView& qk,
-                                const SelectionView& selection, const KeptView& out,
-                                const HeadStatsView& stats, int32_t group, float scale,
-                                void* stream) {
+// The fused pruner for plan.cluster > 0 (see prune_cluster.cuh): kept tokens, counts and
+// telemetry, as LaunchPrune's passes; reads no workspace.
+inline absl::Status LaunchClusterPrune(const ClusterPrunePlan& plan, const PageGeometry& g,
+                                       const PrunerParams& params, const BatchView& batch,
+                                       const QueryView& q, const QuantKView& qk,
+                                       const SelectionView& selection, const KeptView& out,
+                                       const HeadStatsView& stats, int32_t group, float scale,
+                                       void* stream) {
+  using namespace cluster_detail;
   if (plan.cluster < 1 || group > cuda::kClMaxG) {
     return absl::InvalidArgumentError("cluster prune: no plan for this shape");
   }
