@@ -13,6 +13,12 @@
 // Schemes (all 4-bit unless named):
 //   tok4      per-token asymmetric scale/zero over head_dim (quantize.cc's per-token mode)
 //   tok8      the same at 8 bits
+//   ctr4      tok4 of k - c, c = per-channel mean of K over the first --centre_tokens tokens
+//   pctr4     tok4 of k - c_page, c_page = the block's Quest mid-range (q . c_page added back)
+//   pmean4    the same, c_page = the page's per-channel mean (stored: 2 d bytes per block)
+//   prow4     the same, c_page = the page's first row (fixed when the page opens)
+//   page4p2   page4 with each step rounded up to a power of two (so FP16(q_j step_j) is exact:
+//             the GPU score pass would need no hi/lo split)
 //   page4     per-channel over the page's rows, range = the Quest kmin/kmax of the block
 //             (quantize.cc's per-page-channel mode: no per-token scale or zero)
 // Keep rules on top of a scheme:
@@ -51,6 +57,8 @@ ABSL_FLAG(std::string, text, "", "byte-level model: text file fed as bytes (else
 ABSL_FLAG(int32_t, tokens, 1024, "model mode: tokens run");
 ABSL_FLAG(int32_t, every, 64, "model mode: measure every this many positions");
 ABSL_FLAG(int32_t, min_ctx, 256, "model mode: measure from this context length on");
+ABSL_FLAG(int32_t, centre_tokens, 1024,
+          "ctr4: the centre is the per-channel mean of K over the first this many tokens");
 
 namespace {
 
@@ -60,7 +68,7 @@ using twl::FloatToHalf;
 
 struct Scheme {
   std::string name;
-  int scheme = 0;   // 0 tok4, 1 tok8, 2 page4, 3 exact
+  int scheme = 0;   // 0 tok4, 1 tok8, 2 page4, 3 exact, 4 ctr4, 5 pctr4, 6 pmean4, 7 prow4, 8 page4p2
   int rule = 0;     // 0 plain, 1 deflate, 2 k sigma
   float k = 0.0f;   // sigmas for rule 2
   float p_add = 0;  // raised p: p' = p + p_add
@@ -86,10 +94,24 @@ void Estimate(int sc, const std::vector<float>& kf, int32_t len, int32_t d, int3
     }
     return;
   }
-  if (sc == 0 || sc == 1) {
-    const int32_t max_code = sc == 0 ? 15 : 255;
+  if (sc == 0 || sc == 1 || sc == 4) {
+    const int32_t max_code = sc == 1 ? 255 : 15;
+    // ctr4: per-token INT4 of k - c, c = FP16 mean of K over the first centre_tokens tokens;
+    // q . c is added back (top-p ignores it; the RMS compares absolute logits).
+    std::vector<float> centre(static_cast<size_t>(d), 0.0f), kc(static_cast<size_t>(d));
+    float qc = 0.0f;
+    if (sc == 4) {
+      const int32_t n0 = std::max(1, std::min(len, absl::GetFlag(FLAGS_centre_tokens)));
+      for (int32_t j = 0; j < d; ++j) {
+        float sum = 0.0f;
+        for (int32_t t = 0; t < n0; ++t) sum += kf[size_t(t) * d + j];
+        centre[size_t(j)] = HalfToFloat(FloatToHalf(sum / float(n0)));
+        qc += q[j] * centre[size_t(j)];
+      }
+    }
     for (int32_t t = 0; t < len; ++t) {
-      const float* k = &kf[size_t(t) * d];
+      for (int32_t j = 0; j < d; ++j) kc[size_t(j)] = kf[size_t(t) * d + j] - centre[size_t(j)];
+      const float* k = kc.data();
       float lo = k[0], hi = k[0];
       for (int32_t j = 1; j < d; ++j) lo = std::min(lo, k[j]), hi = std::max(hi, k[j]);
       const float s = HalfToFloat(FloatToHalf((hi - lo) / float(max_code)));
@@ -100,8 +122,51 @@ void Estimate(int sc, const std::vector<float>& kf, int32_t len, int32_t d, int3
         c = std::clamp(c, 0.0f, float(max_code));
         a += q[j] * (c * s + z);
       }
-      (*est)[size_t(t)] = a;
+      (*est)[size_t(t)] = a + qc;
       (*sig)[size_t(t)] = float(double(s) * std::sqrt(q2 / 12.0));
+    }
+    return;
+  }
+  if (sc == 5 || sc == 6 || sc == 7) {
+    // Per-page centres, per-token INT4 of k - c_page, q . c_page added back per page:
+    //   pctr4  c_page = FP16 mid-range of the block's Quest kmin/kmax (stored anyway)
+    //   pmean4 c_page = FP16 per-channel mean of the page's rows (d more values per block)
+    //   prow4  c_page = the page's first row (fixed when the page opens: no re-quantization)
+    std::vector<float> kc(static_cast<size_t>(d)), mid(static_cast<size_t>(d));
+    for (int32_t p0 = 0; p0 < len; p0 += ps) {
+      const int32_t rows = std::min(ps, len - p0);
+      float qc = 0.0f;
+      for (int32_t j = 0; j < d; ++j) {
+        float l = kf[size_t(p0) * d + j], h = l;
+        for (int32_t r = 1; r < rows; ++r) {
+          l = std::min(l, kf[size_t(p0 + r) * d + j]);
+          h = std::max(h, kf[size_t(p0 + r) * d + j]);
+        }
+        mid[size_t(j)] = HalfToFloat(FloatToHalf(0.5f * (HalfToFloat(FloatToHalf(l)) + HalfToFloat(FloatToHalf(h)))));
+        if (sc == 6) {
+          float sum = 0.0f;
+          for (int32_t r = 0; r < rows; ++r) sum += kf[size_t(p0 + r) * d + j];
+          mid[size_t(j)] = HalfToFloat(FloatToHalf(sum / float(rows)));
+        } else if (sc == 7) {
+          mid[size_t(j)] = kf[size_t(p0) * d + j];
+        }
+        qc += q[j] * mid[size_t(j)];
+      }
+      for (int32_t r = 0; r < rows; ++r) {
+        for (int32_t j = 0; j < d; ++j) kc[size_t(j)] = kf[size_t(p0 + r) * d + j] - mid[size_t(j)];
+        float lo = kc[0], hi = kc[0];
+        for (int32_t j = 1; j < d; ++j) lo = std::min(lo, kc[size_t(j)]), hi = std::max(hi, kc[size_t(j)]);
+        const float s = HalfToFloat(FloatToHalf((hi - lo) / 15.0f));
+        const float z = HalfToFloat(FloatToHalf(lo));
+        float a = 0;
+        for (int32_t j = 0; j < d; ++j) {
+          float c = s > 0 ? std::rint((kc[size_t(j)] - z) / s) : 0.0f;
+          c = std::clamp(c, 0.0f, 15.0f);
+          a += q[j] * (c * s + z);
+        }
+        (*est)[size_t(p0 + r)] = a + qc;
+        (*sig)[size_t(p0 + r)] = 0;
+      }
     }
     return;
   }
@@ -118,6 +183,10 @@ void Estimate(int sc, const std::vector<float>& kf, int32_t len, int32_t d, int3
       }
       lo[size_t(j)] = l;
       step[size_t(j)] = (h - l) / 15.0f;
+      // page4p2: the step rounded up to a power of two (q_j * step_j exact in FP16).
+      if (sc == 8 && step[size_t(j)] > 0.0f) {
+        step[size_t(j)] = std::exp2(std::ceil(std::log2(step[size_t(j)])));
+      }
       s2 += double(q[j]) * q[j] * double(step[size_t(j)]) * step[size_t(j)];
     }
     const float sg = float(std::sqrt(s2 / 12.0));
@@ -365,7 +434,12 @@ int main(int argc, char** argv) {
   add("tok4+1sig", 0, 2, 1, 0, code + 4);
   add("tok4+2sig", 0, 2, 2, 0, code + 4);
   add("tok4@p+.02", 0, 0, 0, 0.02f, code + 4);
+  add("ctr4", 4, 0, 0, 0, code + 4);
+  add("pctr4", 5, 0, 0, 0, code + 4);
+  add("pmean4", 6, 0, 0, 0, code + 4 + 2.0 * d / ps);
+  add("prow4", 7, 0, 0, 0, code + 4);
   add("page4", 2, 0, 0, 0, code);
+  add("page4p2", 8, 0, 0, 0, code);
   add("page4+defl", 2, 1, 0, 0, code);
   add("page4+1sig", 2, 2, 1, 0, code);
   add("page4@p+.01", 2, 0, 0, 0.01f, code);
