@@ -16,6 +16,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,33 @@
 #include "pipeline/fetch/row_cache/cuda/row_plan.h"
 
 namespace twl::pipeline_cuda {
+
+// Device memory of one user of the plan: the store's eager steps, or one bound batch (whose
+// captured steps need pointers that never change, so it owns its own). Per group: a counters
+// record and a ready flag; the plan's running sums (zero between plans); per unit: resident
+// and kept rows, and the running hits (zero between plans). One allocation, zero-filled.
+class RowPlanBuffers {
+ public:
+  // Room for `units` units and `max_groups` groups; grows only (a growth waits for the device:
+  // queued plans may use the old memory) and zero-fills.
+  absl::Status Reserve(int64_t units, int32_t max_groups);
+  DeviceRowCounters* counters() const { return buf_.as<DeviceRowCounters>(); }
+  DeviceRowWork* work() const {
+    return reinterpret_cast<DeviceRowWork*>(counters() + groups_);
+  }
+  uint32_t* ready(int32_t group) const {
+    return reinterpret_cast<uint32_t*>(work() + 1) + group;
+  }
+  int32_t* unit_hits() const { return reinterpret_cast<int32_t*>(ready(groups_)); }
+  int32_t* unit_rows() const { return unit_hits() + units_; }
+  int32_t* unit_work() const { return unit_rows() + units_; }
+  int32_t max_groups() const { return groups_; }
+
+ private:
+  gpu::DeviceBuffer buf_;
+  int64_t units_ = 0;
+  int32_t groups_ = 0;
+};
 
 class RowCacheFetch final : public OffloadCacheFetch {
  public:
@@ -63,6 +91,12 @@ class RowCacheFetch final : public OffloadCacheFetch {
   // group with many misses reads them over PCIe twice (in place and by the copy).
   void SetEarlyAttend(bool on) { early_attend_ = on; }
   bool early_attend() const { return early_attend_; }
+  // Whether a group's attention waits for its plan through a stream flag (stream_flags.cuh:
+  // set by the mark kernel when every kept row is resident, else by the copy's last block)
+  // rather than for the plan's last kernel (an event). On where the driver allows it, unless
+  // TWL_ROW_PLAN_WAIT=event at Init; SetFlagWait(false) forces events.
+  bool flag_wait() const { return flag_wait_; }
+  void SetFlagWait(bool on);
 
   // OffloadCacheFetch.
   std::string transport_name() const override { return "row gather"; }
@@ -84,11 +118,14 @@ class RowCacheFetch final : public OffloadCacheFetch {
                             cudaStream_t stream) override;
   absl::Status MirrorSegments(const fp16_t* mapped_pool, const AppendSegment* d_segments,
                               int32_t num_segments, cudaStream_t stream) override;
-  const void* counters() const override { return counters_.get(); }
+  const void* counters() const override { return own_.counters(); }
   size_t record_bytes() const override { return sizeof(DeviceRowCounters); }
   CacheCounters ReadRecord(const void* host_record, int32_t* error) const override;
-  int32_t* unit_hits() const override { return unit_hits_.as<int32_t>(); }
-  int32_t* unit_blocks() const override { return unit_rows_.as<int32_t>(); }
+  int32_t* unit_hits() const override { return own_.unit_hits(); }
+  int32_t* unit_blocks() const override { return own_.unit_rows(); }
+  // A fetch stage for a bound batch of `units` units: the same cache and plan over buffers of
+  // its own (RowPlanBuffers), so that a captured step's pointers never change.
+  absl::StatusOr<std::unique_ptr<CudaFetch>> MakeBoundFetch(int64_t units) override;
 
   // CudaFetch: group `index`'s plan + copy on the fetch stream, after its prune on `compute`.
   // Group 0 starts a step (the stamp that protects the step's rows).
@@ -97,6 +134,12 @@ class RowCacheFetch final : public OffloadCacheFetch {
                      const cudaEvent_t* marks) override;
   absl::Status WaitFetched(int32_t index, cudaStream_t compute) override;
   AttendSource Source() const override;
+  // Fetch / WaitFetched over the given buffers (a bound batch's; the calls above use the
+  // stage's own).
+  absl::Status FetchWith(RowPlanBuffers& buffers, int32_t index, const SeqGroup& group,
+                         const PageGeometry& g, const BatchView& batch, const KeptView& kept,
+                         cudaStream_t compute, const cudaEvent_t* marks);
+  absl::Status WaitWith(const RowPlanBuffers& buffers, int32_t index, cudaStream_t compute);
   absl::Status MergeDirect(const PageGeometry&, const SeqGroup&, int32_t, const fp16_t*,
                            fp16_t*, cudaStream_t) override {
     return absl::OkStatus();  // never called: no direct units (rows read in place instead)
@@ -109,11 +152,10 @@ class RowCacheFetch final : public OffloadCacheFetch {
   std::vector<cudaEvent_t> pruned_, fetched_;  // per group: prune done, fetch done
   DeviceRowCache cache_;
   gpu::DeviceBuffer slots_, slot_of_row_, row_of_slot_, last_use_, free_, words_, list_;
-  gpu::DeviceBuffer counters_;
-  gpu::DeviceBuffer unit_hits_, unit_rows_;
-  uint32_t step_ = 0;
+  RowPlanBuffers own_;  // eager steps
   uint32_t window_ = kDefaultRowWindow;
   bool early_attend_ = false;
+  bool flag_wait_ = false;
   int32_t max_groups_ = 0;
 };
 
