@@ -196,6 +196,9 @@ class GpuOffloadBackend final : public OffloadBackend {
           p != nullptr && std::strcmp(p, "1") == 0 && !disk_) {
         rows->SetEarlyAttend(true);
       }
+      // Under a disk tier the step's end is the end of its pool reads (the host moves blocks
+      // after it): the attention waits for each group's whole plan, copy included.
+      if (disk_) rows->SetFlagWait(false);
       fetch_stage_ = std::move(rows);
     } else {
       auto blocks = std::make_unique<pipeline_cuda::CacheFetch>();

@@ -211,6 +211,10 @@ absl::Status RowCacheFetch::FetchWith(RowPlanBuffers& b, int32_t index, const Se
   a.d_ready = flag_wait_ ? b.ready(index) : nullptr;
   a.source = source_;
   TWL_RETURN_IF_ERROR(LaunchRowPlan(cache_, a, stream_));
+  // An empty group launches no plan: nothing sets its flag but this.
+  if (flag_wait_ && batch.num_seqs <= 0) {
+    TWL_RETURN_IF_ERROR(stream_flags::Write(stream_, b.ready(index), 1));
+  }
   if (marks) TWL_CUDA(cudaEventRecord(marks[kFetch1], stream_));
   TWL_CUDA(cudaEventRecord(fetched_[size_t(index)], stream_));
   return absl::OkStatus();
