@@ -474,6 +474,8 @@ class GpuOffloadBackend final : public OffloadBackend {
   std::vector<AppendSegment> segs_;
 
   int32_t twilight_groups_ = kPipelineGroups;  // TWL_OFFLOAD_GROUPS overrides
+  // Id of the stream capture whose bound step recorded ev_step_done_ last (0: an eager one).
+  unsigned long long step_recorded_in_capture_ = 0;
   absl::Status async_error_;
   OffloadStepStats last_stats_;
   CacheCounters totals_;
@@ -1422,7 +1424,8 @@ absl::Status GpuOffloadBackend::DecodeBound(const BoundDecodeRequest& req) {
   if (t.fetch() == nullptr) return absl::InternalError("decode batch: no bound fetch stage");
   cudaStream_t c = req.stream ? AsStream(req.stream) : own_stream_;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  TWL_CUDA(cudaStreamIsCapturing(c, &capture));
+  unsigned long long capture_id = 0;
+  TWL_CUDA(cudaStreamGetCaptureInfo(c, &capture, &capture_id));
   const bool capturing = capture != cudaStreamCaptureStatusNone;
   absl::StatusOr<const Selector*> selector = FindSelector(req.selector.kind);
   if (!selector.ok()) return selector.status();
@@ -1438,7 +1441,11 @@ absl::Status GpuOffloadBackend::DecodeBound(const BoundDecodeRequest& req) {
   if (!capturing) TWL_RETURN_IF_ERROR(ApplyPendingReleases());
   const unsigned wait_flags = capturing ? cudaEventWaitExternal : cudaEventWaitDefault;
   TWL_CUDA(cudaStreamWaitEvent(c, ev_append_done_, wait_flags));
-  TWL_CUDA(cudaStreamWaitEvent(c, ev_step_done_, wait_flags));
+  // A bound step captured earlier in this same capture recorded the last step: the capture
+  // stream's order already puts this one after it.
+  if (!(capturing && step_recorded_in_capture_ == capture_id)) {
+    TWL_CUDA(cudaStreamWaitEvent(c, ev_step_done_, wait_flags));
+  }
   absl::StatusOr<BoundIo> io = BoundInput(req, t, g_, cfg_.device_id, c);
   if (!io.ok()) return io.status();
 
@@ -1470,8 +1477,10 @@ absl::Status GpuOffloadBackend::DecodeBound(const BoundDecodeRequest& req) {
   TWL_RETURN_IF_ERROR(BoundOutput(req, *io, cfg_.device_id, c));
   if (capturing) {
     TWL_CUDA(cudaEventRecordWithFlags(ev_step_done_, c, cudaEventRecordExternal));
+    step_recorded_in_capture_ = capture_id;
   } else {
     TWL_CUDA(cudaEventRecord(ev_step_done_, c));
+    step_recorded_in_capture_ = 0;
   }
   return offload_cuda::LaunchStatus("offload decode batch");
 }

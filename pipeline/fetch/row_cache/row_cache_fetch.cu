@@ -15,30 +15,6 @@ namespace {
 // At least 256 bytes, as every offload buffer (a zero-sized step still gets a pointer).
 absl::Status Grow(gpu::DeviceBuffer& b, size_t bytes) { return GrowScratch(b, bytes, 256); }
 
-// A bound batch's fetch stage: the store's row cache over the batch's own buffers.
-class BoundRowFetch final : public CudaFetch {
- public:
-  explicit BoundRowFetch(RowCacheFetch* cache) : cache_(cache) {}
-  RowPlanBuffers& buffers() { return buffers_; }
-  absl::Status Fetch(int32_t index, const SeqGroup& group, const PageGeometry& g,
-                     const BatchView& batch, const KeptView& kept, cudaStream_t compute,
-                     const cudaEvent_t* marks) override {
-    return cache_->FetchWith(buffers_, index, group, g, batch, kept, compute, marks);
-  }
-  absl::Status WaitFetched(int32_t index, cudaStream_t compute) override {
-    return cache_->WaitWith(buffers_, index, compute);
-  }
-  AttendSource Source() const override { return cache_->Source(); }
-  absl::Status MergeDirect(const PageGeometry&, const SeqGroup&, int32_t, const fp16_t*,
-                           fp16_t*, cudaStream_t) override {
-    return absl::OkStatus();  // no direct units
-  }
-
- private:
-  RowCacheFetch* cache_;
-  RowPlanBuffers buffers_;
-};
-
 }  // namespace
 
 absl::Status RowPlanBuffers::Reserve(int64_t units, int32_t max_groups) {

@@ -159,4 +159,29 @@ class RowCacheFetch final : public OffloadCacheFetch {
   int32_t max_groups_ = 0;
 };
 
+// A bound batch's fetch stage (RowCacheFetch::MakeBoundFetch): the store's row cache over the
+// batch's own plan buffers.
+class BoundRowFetch final : public CudaFetch {
+ public:
+  explicit BoundRowFetch(RowCacheFetch* cache) : cache_(cache) {}
+  RowPlanBuffers& buffers() { return buffers_; }
+  absl::Status Fetch(int32_t index, const SeqGroup& group, const PageGeometry& g,
+                     const BatchView& batch, const KeptView& kept, cudaStream_t compute,
+                     const cudaEvent_t* marks) override {
+    return cache_->FetchWith(buffers_, index, group, g, batch, kept, compute, marks);
+  }
+  absl::Status WaitFetched(int32_t index, cudaStream_t compute) override {
+    return cache_->WaitWith(buffers_, index, compute);
+  }
+  AttendSource Source() const override { return cache_->Source(); }
+  absl::Status MergeDirect(const PageGeometry&, const SeqGroup&, int32_t, const fp16_t*,
+                           fp16_t*, cudaStream_t) override {
+    return absl::OkStatus();  // no direct units
+  }
+
+ private:
+  RowCacheFetch* cache_;
+  RowPlanBuffers buffers_;
+};
+
 }  // namespace twl::pipeline_cuda
