@@ -386,6 +386,11 @@ class GpuOffloadBackend final : public OffloadBackend {
   // capacity counted in blocks of rows): two for Twilight (TWL_OFFLOAD_GROUPS), as many as
   // fit for dense steps.
   std::vector<SeqGroup> GroupsFor(absl::Span<const int64_t> worst, bool dense) const;
+  // A step over `batch` (device plan) on compute stream `c`: the store's views and the stage
+  // parameters; workspaces and timing are the caller's to set.
+  pipeline_cuda::CudaStep StepOf(const Selector& selector, const SelectorParams& sel,
+                                 const PrunerParams& pruner, const BatchView& batch,
+                                 const fp16_t* q, fp16_t* out, cudaStream_t c) const;
   absl::Status HarvestTelemetry(int32_t slot, StepTelemetry* t);
 
   const RuntimeConfig cfg_;
@@ -1137,22 +1142,14 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
 
   // The stages: select -> prune on c, the cache fetch on f, attention on c (overlapped by
   // groups; pipeline/cuda/cuda_executor.cuh).
-  pipeline_cuda::CudaStep step;
-  step.g = g_;
-  step.selector = *selector;
-  step.selector_params = req.selector;
-  step.pruner = req.pruner;
+  pipeline_cuda::CudaStep step =
+      StepOf(**selector, req.selector, req.pruner, BatchView{B, Hq, d_seq_len, d_page_table,
+                                                             hb.max_pages},
+             q, out, c);
   step.pruner.seq_p = d_seq_p;
-  step.batch = BatchView{B, Hq, d_seq_len, d_page_table, hb.max_pages};
-  step.q = q;
-  step.out = out;
-  step.qk = qk_;
-  // k_bits 16 estimates with the FP16 K itself: read from the mapped pool (slow; rare).
-  step.prune_kv = PoolView();
   step.ws_select = ws_sel;
   step.ws_prune = ws_pru;
   step.ws_attend = ws_att;
-  step.compute = c;
   step.timing = timing ? &telemetry_ : nullptr;
   step.timing_slot = ts;
   if (!disk_) {
@@ -1339,6 +1336,26 @@ absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t)
   return absl::OkStatus();
 }
 
+pipeline_cuda::CudaStep GpuOffloadBackend::StepOf(const Selector& selector,
+                                                  const SelectorParams& sel,
+                                                  const PrunerParams& pruner,
+                                                  const BatchView& batch, const fp16_t* q,
+                                                  fp16_t* out, cudaStream_t c) const {
+  pipeline_cuda::CudaStep step;
+  step.g = g_;
+  step.selector = &selector;
+  step.selector_params = sel;
+  step.pruner = pruner;
+  step.batch = batch;
+  step.q = q;
+  step.out = out;
+  step.qk = qk_;
+  // k_bits 16 estimates with the FP16 K itself: read from the mapped pool (slow; rare).
+  step.prune_kv = PoolView();
+  step.compute = c;
+  return step;
+}
+
 std::vector<SeqGroup> GpuOffloadBackend::GroupsFor(absl::Span<const int64_t> worst,
                                                   bool dense) const {
   const int32_t B = int32_t(worst.size());
@@ -1454,21 +1471,13 @@ absl::Status GpuOffloadBackend::DecodeBound(const BoundDecodeRequest& req) {
       int64_t(g_.num_kv_heads) * std::min<int64_t>(req.max_pages, strides->max_select));
   const std::vector<SeqGroup> groups = GroupsFor(worst, req.pruner.dense);
   const pipeline_cuda::StepScratch& sc = t.scratch();
-  pipeline_cuda::CudaStep step;
-  step.g = g_;
-  step.selector = *selector;
-  step.selector_params = req.selector;
-  step.pruner = req.pruner;
-  step.pruner.seq_p = nullptr;
-  step.batch = t.Batch(req.layer, Hq);
-  step.q = io->q;
-  step.out = io->out;
-  step.qk = qk_;
-  step.prune_kv = PoolView();
+  PrunerParams pruner = req.pruner;
+  pruner.seq_p = nullptr;
+  pipeline_cuda::CudaStep step =
+      StepOf(**selector, req.selector, pruner, t.Batch(req.layer, Hq), io->q, io->out, c);
   step.ws_select = sc.select_workspace_bytes();
   step.ws_prune = sc.prune_workspace_bytes();
   step.ws_attend = sc.attend_workspace_bytes();
-  step.compute = c;
   TWL_RETURN_IF_ERROR(executor_.Run(step, groups, sc, *t.fetch()));
   // The step ends after its last plan kernel too (the attention may have waited for the
   // plan's first kernel only): the next step rewrites the kept lists the plans read.

@@ -199,6 +199,28 @@ uint64_t Seed() {
   return fixed > 0 ? uint64_t(fixed) : 1 + std::random_device{}() % 99999u;
 }
 
+// `f` over every row of the fixture (window 3), on a new stream (returned; null on failure).
+cudaStream_t InitRoomy(const RowFixture& fx, pipeline_cuda::RowCacheFetch* f) {
+  const int32_t slots = int32_t(fx.num_blocks * fx.g.page_size);
+  EXPECT_TRUE(f->Init(fx.g, fx.num_blocks, slots, fx.Source(), 2).ok());
+  f->SetWindow(3);
+  auto stream = gpu::StreamCreate();
+  if (!stream.ok()) return nullptr;
+  const auto cs = static_cast<cudaStream_t>(*stream);
+  f->AttachStream(cs);
+  EXPECT_TRUE(f->GrowStep(int64_t(fx.B) * fx.g.num_kv_heads, 0).ok());
+  return cs;
+}
+
+// A group's counters against the host policy's plan.
+void ExpectPlan(const DeviceRowCounters& got, const RowGroupPlan& want) {
+  EXPECT_EQ(got.error, 0);
+  EXPECT_EQ(got.needed, want.counters.needed);
+  EXPECT_EQ(got.hits, want.counters.hits);
+  EXPECT_EQ(got.victims, want.counters.fetched);
+  EXPECT_EQ(got.direct, want.counters.direct);
+}
+
 TEST(RowCacheGpuTest, RoomyCacheMatchesHostPolicyExactly) {
   TWL_SKIP_WITHOUT_GPU();
   const uint64_t seed = Seed();
@@ -206,28 +228,19 @@ TEST(RowCacheGpuTest, RoomyCacheMatchesHostPolicyExactly) {
   RowFixture fx(seed);
   const int32_t slots = int32_t(fx.num_blocks * fx.g.page_size);  // every row fits
   pipeline_cuda::RowCacheFetch f;
-  TWL_ASSERT_OK(f.Init(fx.g, fx.num_blocks, slots, fx.Source(), 2));
-  f.SetWindow(3);
-  auto stream = gpu::StreamCreate();
-  ASSERT_TRUE(stream.ok());
-  f.AttachStream(static_cast<cudaStream_t>(*stream));
-  TWL_ASSERT_OK(f.GrowStep(int64_t(fx.B) * fx.g.num_kv_heads, 0));
+  const cudaStream_t cs = InitRoomy(fx, &f);
+  ASSERT_NE(cs, nullptr);
   RowCachePolicy host =
       *RowCachePolicy::Create(fx.num_blocks * fx.g.page_size, slots, /*window=*/3);
   for (int32_t step = 0; step < 5; ++step) {
     fx.Draw(0.15, step == 0 ? 0.0 : 0.8);
     for (int32_t gi = 0; gi < 2; ++gi) {
       const SeqGroup grp = fx.Group(gi);
-      TWL_ASSERT_OK(f.Fetch(gi, grp, fx.g, fx.Batch(grp), fx.Kept(grp),
-                            static_cast<cudaStream_t>(*stream), nullptr));
+      TWL_ASSERT_OK(f.Fetch(gi, grp, fx.g, fx.Batch(grp), fx.Kept(grp), cs, nullptr));
       const RowGroupPlan want = *host.PlanGroup(fx.Rows(grp), gi == 0);
       const DeviceRowCounters got = ReadCounters(f, gi);
       SCOPED_TRACE(::testing::Message() << "step " << step << " group " << gi);
-      EXPECT_EQ(got.error, 0);
-      EXPECT_EQ(got.needed, want.counters.needed);
-      EXPECT_EQ(got.hits, want.counters.hits);
-      EXPECT_EQ(got.victims, want.counters.fetched);
-      EXPECT_EQ(got.direct, want.counters.direct);
+      ExpectPlan(got, want);
       EXPECT_EQ(got.evictions, 0);
       const int32_t units = grp.num_seqs * fx.g.num_kv_heads;
       const int64_t u0 = int64_t(grp.first_seq) * fx.g.num_kv_heads;
@@ -245,7 +258,7 @@ TEST(RowCacheGpuTest, RoomyCacheMatchesHostPolicyExactly) {
       }
     }
   }
-  gpu::StreamDestroy(*stream);
+  gpu::StreamDestroy(cs);
 }
 
 TEST(RowCacheGpuTest, SmallCacheEvictsOnlyWhatThePolicyAllows) {
@@ -376,14 +389,9 @@ TEST(RowCacheGpuTest, CapturedBoundPlanReplaysLikeThePolicy) {
   RowFixture fx(seed);
   const int32_t slots = int32_t(fx.num_blocks * fx.g.page_size);  // every row fits
   pipeline_cuda::RowCacheFetch f;
-  TWL_ASSERT_OK(f.Init(fx.g, fx.num_blocks, slots, fx.Source(), 2));
-  f.SetWindow(3);
-  auto stream = gpu::StreamCreate();
-  ASSERT_TRUE(stream.ok());
-  const auto cs = static_cast<cudaStream_t>(*stream);
-  f.AttachStream(cs);
+  const cudaStream_t cs = InitRoomy(fx, &f);
+  ASSERT_NE(cs, nullptr);
   const int64_t units = int64_t(fx.B) * fx.g.num_kv_heads;
-  TWL_ASSERT_OK(f.GrowStep(units, 0));
   absl::StatusOr<std::unique_ptr<pipeline_cuda::CudaFetch>> made = f.MakeBoundFetch(units);
   TWL_ASSERT_OK(made.status());
   auto* bound = dynamic_cast<pipeline_cuda::BoundRowFetch*>(made->get());
@@ -447,11 +455,7 @@ TEST(RowCacheGpuTest, CapturedBoundPlanReplaysLikeThePolicy) {
                  : static_cast<const DeviceRowCounters*>(f.counters()) + gi;
       TWL_ASSERT_OK(gpu::CopyToHost(&got, rec, sizeof(got)));
       EXPECT_EQ(got.step, step + 1) << "the plan's step stamp";
-      EXPECT_EQ(got.error, 0);
-      EXPECT_EQ(got.needed, want.counters.needed);
-      EXPECT_EQ(got.hits, want.counters.hits);
-      EXPECT_EQ(got.victims, want.counters.fetched);
-      EXPECT_EQ(got.direct, want.counters.direct);
+      ExpectPlan(got, want);
       const int64_t u0 = int64_t(grp.first_seq) * fx.g.num_kv_heads;
       const int32_t n = grp.num_seqs * fx.g.num_kv_heads;
       std::vector<int32_t> uh(static_cast<size_t>(n));
@@ -467,7 +471,7 @@ TEST(RowCacheGpuTest, CapturedBoundPlanReplaysLikeThePolicy) {
   }
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
-  gpu::StreamDestroy(*stream);
+  gpu::StreamDestroy(cs);
 }
 
 }  // namespace
