@@ -675,9 +675,16 @@ TWL_API twl_status twl_runtime_last_step_mass(const twl_runtime* rt, float* full
  * (enqueued on the append's stream, after its rows, no host synchronization), and
  * twl_decode_batch decodes it with fixed shapes.
  *
- * Capture (GPU HBM backend): twl_decode_batch on a stream that is being captured enqueues only
- * kernels reading device memory that lives as long as the batch: no host-built data, no
- * allocation, no host wait, no wait on events recorded outside the capture, no telemetry. So:
+ * Capture (GPU HBM and GPU offload backends): twl_decode_batch on a stream that is being
+ * captured enqueues only work reading device memory that lives as long as the batch (or the
+ * runtime): no host-built data, no allocation, no host wait, no telemetry. GPU HBM: no wait
+ * on events recorded outside the capture either. GPU offload: the step plans its GPU row
+ * cache on the device (the step stamp lives in device memory, so every replay plans the rows
+ * it keeps then) on an internal stream that joins the capture and is joined back; its waits
+ * for the runtime's earlier appends and steps, and its own end, are captured as external
+ * event nodes (cudaEventWaitExternal / cudaEventRecordExternal): a replay is ordered after
+ * the eager calls issued before its launch, and later eager calls after it, on any streams.
+ * So:
  *   1. bind, then run each layer's twl_decode_batch once eagerly (warm-up: one-time kernel
  *      attributes are set outside the capture), then capture the L layers' calls;
  *   2. per step: twl_append_batch (device memory, eager, NOT captured: it allocates pages on
@@ -691,9 +698,14 @@ TWL_API twl_status twl_runtime_last_step_mass(const twl_runtime* rt, float* full
  * The graph stays valid as long as the batch: free the batch only after the last replay has
  * completed (twl_batch_free waits for the device work queued so far, not for later replays).
  *
- * GPU offload backend: twl_batch_create returns TWL_UNSUPPORTED (its fetch stage plans on the
- * host). CPU backend: everything works with host memory and synchronously (no graph there);
- * the results are bit-identical to twl_decode of the same sequences.
+ * GPU offload backend: with the row cache (cache_rows 0, the default, or 2) and without a
+ * disk tier. Over a disk tier, or with a GPU cache of whole blocks (cache_rows 1),
+ * twl_batch_create returns TWL_UNSUPPORTED (those fetch stages decide on the host at each
+ * step; the message says which). A bound step splits the batch into the pipeline groups its
+ * shape implies (every sequence counted at max_tokens), so its outputs can differ from
+ * twl_decode's like the HBM backend's do (within FP16 rounding, kept sets up to exact ties).
+ * CPU backend: everything works with host memory and synchronously (no graph there); the
+ * results are bit-identical to twl_decode of the same sequences.
  * Telemetry: twl_decode_batch does not update twl_runtime_last_step* nor the kept-token
  * capture. Thread safety: as for the calls above; a bound sequence is used by every call on
  * its batch. */
@@ -711,7 +723,8 @@ typedef int64_t twl_batch_id;
  * Status: TWL_OK; TWL_INVALID_ARGUMENT (rt/seqs/out NULL, num_seqs < 1, a sequence listed
  *   twice, max_tokens < 1, below the current length of a sequence in some layer or more than
  *   the KV pool holds, tables of more than 2^30 entries over all layers); TWL_NOT_FOUND (an unknown id); TWL_UNSUPPORTED (GPU
- *   offload backend); TWL_CAPACITY_EXHAUSTED / TWL_OUT_OF_MEMORY (device or host memory).
+ *   offload backend over a disk tier or with cache_rows 1); TWL_CAPACITY_EXHAUSTED /
+ *   TWL_OUT_OF_MEMORY (device or host memory).
  *   On failure nothing is bound. */
 TWL_API twl_status twl_batch_create(twl_runtime* rt, const twl_seq_id* seqs, int32_t num_seqs,
                                     int32_t max_tokens, twl_batch_id* out) TWL_NOEXCEPT;

@@ -22,6 +22,9 @@
 //                   step: eager append, q copied into the graph's buffer, replay): what an
 //                   engine that captures its decode step pays on the host. No stage telemetry
 //                   (bound decodes publish none); rebound and recaptured at each churn.
+//   offload-graph   gpu-offload (row cache), library defaults, bound and replayed from CUDA
+//                   graphs like hbm-graph (the row cache's plan runs inside the graph with
+//                   its step stamp on the device); compare with twilight (eager twl_decode).
 //   hbm-full        gpu-hbm, TWL_SELECTOR_FULL (top-p over every token's INT4 estimate),
 //                   library defaults otherwise (issue 12: <= 0.3x dense SDPA at B = 8, 128k;
 //                   the default selector is FULL now, so this equals hbm)
@@ -212,6 +215,9 @@ bool MakeMethod(const std::string& name, int32_t quest_budget, Method* m) {
     m->backend = TWL_BACKEND_GPU_HBM;
   } else if (name == "hbm-graph") {
     m->backend = TWL_BACKEND_GPU_HBM;
+    m->graph = true;
+  } else if (name == "offload-graph") {
+    m->backend = TWL_BACKEND_GPU_OFFLOAD;
     m->graph = true;
   } else if (name == "hbm-full") {
     m->backend = TWL_BACKEND_GPU_HBM;

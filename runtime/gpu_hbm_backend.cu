@@ -32,7 +32,6 @@
 #include "runtime/backend.h"
 #include "runtime/cuda/append_launch.h"
 #include "runtime/dtype_convert.h"
-#include "runtime/dtype_convert_device.h"
 #include "runtime/gpu_bound_tables.cuh"
 #include "runtime/gpu_shape.h"
 #include "runtime/geometry.h"
@@ -641,45 +640,23 @@ absl::Status GpuHbmBackend::WriteTelemetry(const DecodeRequest& req, bool ran_pr
 
 absl::StatusOr<std::unique_ptr<BoundTables>> GpuHbmBackend::CreateBoundTables(
     const BoundShape& shape, absl::Span<const int32_t> words) {
-  auto t = std::make_unique<GpuBoundTables>(shape.num_seqs, shape.max_pages);
-  if (int64_t(words.size()) != int64_t(config_.num_layers) * t->WordsPerLayer()) {
-    return absl::InternalError("bound batch: table words do not match the shape");
-  }
-  absl::StatusOr<const Selector*> selector = FindSelector(shape.selector.kind);
-  if (!selector.ok()) return selector.status();
-  const int32_t n = shape.num_seqs;
-  const int32_t Hq = config_.num_q_heads;
-  absl::StatusOr<pipeline_cuda::StepStrides> strides =
-      executor_.PrepareScratch(t->scratch(), g_, **selector, shape.selector, n, Hq,
-                               shape.max_pages, /*select_prune=*/true, "bound batch");
-  if (!strides.ok()) return strides.status();
-  TWL_RETURN_IF_ERROR(t->conv().Reserve(size_t(n) * Hq * g_.head_dim * 2 * sizeof(fp16_t)));
-  TWL_RETURN_IF_ERROR(t->words().Reserve(words.size() * sizeof(int32_t)));
-  // Not a hot path: a synchronous copy of the tables as the host knows them now (appends
-  // queued but not yet run change rows, not these words).
-  TWL_CUDA(cudaMemcpy(t->words().get(), words.data(), words.size() * sizeof(int32_t),
-                      cudaMemcpyHostToDevice));
-  return std::unique_ptr<BoundTables>(std::move(t));
+  absl::StatusOr<std::unique_ptr<GpuBoundTables>> t = CreateGpuBoundTables(
+      executor_, g_, config_.num_layers, config_.num_q_heads, shape, words);
+  if (!t.ok()) return t.status();
+  return std::unique_ptr<BoundTables>(std::move(*t));
 }
 
 absl::Status GpuHbmBackend::WriteBoundTables(BoundTables* tables, int32_t layer,
                                              absl::Span<const TableWrite> writes, void* stream) {
-  auto* t = static_cast<GpuBoundTables*>(tables);
-  if (t == nullptr || layer < 0 || layer >= config_.num_layers) {
-    return absl::InternalError("bound batch: bad table write");
-  }
-  for (const TableWrite& w : writes) {
-    if (w.index < 0 || w.index >= t->WordsPerLayer()) {
-      return absl::InternalError(absl::StrFormat("bound batch: table word %d", w.index));
-    }
-  }
+  absl::StatusOr<GpuBoundTables*> t = CheckBoundWrites(tables, layer, config_.num_layers, writes);
+  if (!t.ok()) return t.status();
   if (writes.empty()) return absl::OkStatus();
   cudaStream_t a = stream ? AsStream(stream) : stream_;
   // After the rows (the append just queued, maybe on another stream) and after the last eager
   // decode, which may still read the words being replaced.
   if (appended_) TWL_CUDA(cudaStreamWaitEvent(a, ev_append_, 0));
   if (decoded_) TWL_CUDA(cudaStreamWaitEvent(a, ev_decode_, 0));
-  TWL_RETURN_IF_ERROR(LaunchTableWrites(t->Layer(layer), writes, a));
+  TWL_RETURN_IF_ERROR(LaunchTableWrites((*t)->Layer(layer), writes, a));
   TWL_CUDA(cudaEventRecord(ev_append_, a));  // decodes wait for the tables too
   appended_ = true;
   return absl::OkStatus();
@@ -687,35 +664,18 @@ absl::Status GpuHbmBackend::WriteBoundTables(BoundTables* tables, int32_t layer,
 
 absl::Status GpuHbmBackend::ReadBoundTables(BoundTables* tables, int32_t layer,
                                             absl::Span<int32_t> words) {
-  auto* t = static_cast<GpuBoundTables*>(tables);
-  if (t == nullptr || layer < 0 || layer >= config_.num_layers ||
-      int64_t(words.size()) != t->WordsPerLayer()) {
-    return absl::InternalError("bound batch: bad table read");
-  }
   if (appended_) TWL_CUDA(cudaStreamWaitEvent(stream_, ev_append_, 0));
-  TWL_CUDA(cudaMemcpyAsync(words.data(), t->Layer(layer), words.size() * sizeof(int32_t),
-                           cudaMemcpyDeviceToHost, stream_));
-  TWL_CUDA(cudaStreamSynchronize(stream_));
-  return absl::OkStatus();
+  return ReadBoundWords(tables, layer, config_.num_layers, words, stream_);
 }
 
 absl::Status GpuHbmBackend::DecodeBound(const BoundDecodeRequest& req) {
-  auto* t = static_cast<GpuBoundTables*>(req.tables);
-  if (t == nullptr || !req.q || !req.out) {
-    return absl::InvalidArgumentError("decode batch: null tables, q or out");
-  }
-  if (req.layer < 0 || req.layer >= config_.num_layers || req.num_seqs != t->num_seqs() ||
-      req.max_pages != t->max_pages()) {
-    return absl::InternalError("decode batch: request does not match the bound tables");
-  }
-  TWL_RETURN_IF_ERROR(ValidateP(req.pruner.p));
+  absl::StatusOr<GpuBoundTables*> checked = CheckBoundStep(req, config_.num_layers);
+  if (!checked.ok()) return checked.status();
+  GpuBoundTables& t = **checked;
   cudaStream_t s = req.stream ? AsStream(req.stream) : stream_;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   TWL_CUDA(cudaStreamIsCapturing(s, &capture));
   const bool capturing = capture != cudaStreamCaptureStatusNone;
-  const int32_t n = req.num_seqs;
-  const int32_t Hq = req.num_q_heads;
-  const int64_t elems = int64_t(n) * Hq * g_.head_dim;
   const bool dense_only = req.pruner.dense && req.selector.kind == SelectorKind::kFull;
   absl::StatusOr<const Selector*> selector = FindSelector(req.selector.kind);
   if (!selector.ok()) return selector.status();
@@ -725,24 +685,13 @@ absl::Status GpuHbmBackend::DecodeBound(const BoundDecodeRequest& req) {
     // The batch's scratch is shared by its consecutive steps, which may come on other streams.
     if (decoded_) TWL_CUDA(cudaStreamWaitEvent(s, ev_decode_, 0));
   }
-  const fp16_t* q16 = static_cast<const fp16_t*>(req.q);
-  fp16_t* out16 = static_cast<fp16_t*>(req.out);
-  if (req.dtype != DType::kFp16) {
-    q16 = t->conv().as<fp16_t>();
-    out16 = t->conv().as<fp16_t>() + elems;
-    TWL_RETURN_IF_ERROR(DeviceConvert(config_.device_id, req.q, req.dtype,
-                                      const_cast<fp16_t*>(q16), DType::kFp16, elems, s));
-  }
-  BatchView db;
-  db.num_seqs = n;
-  db.num_q_heads = Hq;
-  db.seq_len = t->Layer(req.layer);
-  db.page_table = t->Layer(req.layer) + n;
-  db.max_pages = t->max_pages();
-  const pipeline_cuda::StepScratch& sc = t->scratch();
+  absl::StatusOr<BoundIo> io = BoundInput(req, t, g_, config_.device_id, s);
+  if (!io.ok()) return io.status();
+  const BatchView db = t.Batch(req.layer, req.num_q_heads);
+  const pipeline_cuda::StepScratch& sc = t.scratch();
   if (dense_only) {
-    TWL_RETURN_IF_ERROR(attention_.AttendDenseOnDevice(g_, db, QueryView{q16}, kv_,
-                                                       OutputView{out16},
+    TWL_RETURN_IF_ERROR(attention_.AttendDenseOnDevice(g_, db, QueryView{io->q}, kv_,
+                                                       OutputView{io->out},
                                                        req.pruner.softmax_scale,
                                                        sc.attend_workspace(),
                                                        sc.attend_workspace_bytes(), s));
@@ -751,12 +700,9 @@ absl::Status GpuHbmBackend::DecodeBound(const BoundDecodeRequest& req) {
     pp.seq_p = nullptr;
     // No telemetry: nothing for the host to read back.
     TWL_RETURN_IF_ERROR(
-        RunResidentStep(**selector, req.selector, pp, db, q16, out16, sc, s, nullptr, 0));
+        RunResidentStep(**selector, req.selector, pp, db, io->q, io->out, sc, s, nullptr, 0));
   }
-  if (req.dtype != DType::kFp16) {
-    TWL_RETURN_IF_ERROR(
-        DeviceConvert(config_.device_id, out16, DType::kFp16, req.out, req.dtype, elems, s));
-  }
+  TWL_RETURN_IF_ERROR(BoundOutput(req, *io, config_.device_id, s));
   if (!capturing) {
     TWL_CUDA(cudaEventRecord(ev_decode_, s));
     decoded_ = true;

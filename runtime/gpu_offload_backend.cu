@@ -14,6 +14,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cache/host_arena.h"
 #include "core/validate.h"
@@ -25,6 +26,7 @@
 #include "runtime/cuda/append_launch.h"
 #include "runtime/disk_io_status.h"
 #include "runtime/disk_residency.h"
+#include "runtime/gpu_bound_tables.cuh"
 #include "runtime/offload_disk_steps.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/geometry.h"
@@ -195,6 +197,10 @@ class GpuOffloadBackend final : public OffloadBackend {
           p != nullptr && std::strcmp(p, "1") == 0 && !disk_) {
         rows->SetEarlyAttend(true);
       }
+      // Under a disk tier the step's end is the end of its pool reads (the host moves blocks
+      // after it): the attention waits for each group's whole plan, copy included. (Its
+      // plans run in halves around the miss report, which set no flag anyway.)
+      if (disk_) rows->SetFlagWait(false);
       row_fetch_ = rows.get();
       fetch_stage_ = std::move(rows);
     } else {
@@ -302,6 +308,16 @@ class GpuOffloadBackend final : public OffloadBackend {
     if (disk_) disk_release_.push_back(page);  // its num_kv_heads blocks (units) are freed
   }
   absl::Status Decode(const DecodeRequest& request, StepTelemetry* telemetry) override;
+  // Bound batches (runtime/bound_batch.h; definitions at the end of this file): the row
+  // cache's plan has no host decisions (its step stamp lives on the device), so a bound step
+  // is the executor over the batch's device tables, scratch and fetch buffers.
+  absl::StatusOr<std::unique_ptr<BoundTables>> CreateBoundTables(
+      const BoundShape& shape, absl::Span<const int32_t> words) override;
+  absl::Status WriteBoundTables(BoundTables* tables, int32_t layer,
+                                absl::Span<const TableWrite> writes, void* stream) override;
+  absl::Status ReadBoundTables(BoundTables* tables, int32_t layer,
+                               absl::Span<int32_t> words) override;
+  absl::Status DecodeBound(const BoundDecodeRequest& request) override;
   MemoryUsage Memory() const override;
   absl::Status TakeAsyncError() override {
     absl::Status s = std::exchange(async_error_, absl::OkStatus());
@@ -386,6 +402,15 @@ class GpuOffloadBackend final : public OffloadBackend {
   // slot on its stream (EnqueueTelemetry) and read by the next Decode (HarvestTelemetry),
   // which waits only for the previous step, not the one it just queued.
   absl::Status EnqueueTelemetry(const DecodeRequest& req, int32_t num_groups, cudaStream_t c);
+  // Pipeline groups of a step from each sequence's bound on its blocks (a row cache's
+  // capacity counted in blocks of rows): two for Twilight (TWL_OFFLOAD_GROUPS), as many as
+  // fit for dense steps.
+  std::vector<SeqGroup> GroupsFor(absl::Span<const int64_t> worst, bool dense) const;
+  // A step over `batch` (device plan) on compute stream `c`: the store's views and the stage
+  // parameters; workspaces and timing are the caller's to set.
+  pipeline_cuda::CudaStep StepOf(const Selector& selector, const SelectorParams& sel,
+                                 const PrunerParams& pruner, const BatchView& batch,
+                                 const fp16_t* q, fp16_t* out, cudaStream_t c) const;
   absl::Status HarvestTelemetry(int32_t slot, StepTelemetry* t);
 
   const RuntimeConfig cfg_;
@@ -478,6 +503,8 @@ class GpuOffloadBackend final : public OffloadBackend {
   std::vector<AppendSegment> segs_;
 
   int32_t twilight_groups_ = kPipelineGroups;  // TWL_OFFLOAD_GROUPS overrides
+  // Id of the stream capture whose bound step recorded ev_step_done_ last (0: an eager one).
+  unsigned long long step_recorded_in_capture_ = 0;
   absl::Status async_error_;
   OffloadStepStats last_stats_;
   CacheCounters totals_;
@@ -502,6 +529,9 @@ absl::Status GpuOffloadBackend::ApplyPendingReleases() {
   std::memcpy(h_release_.as<int32_t>(), pending_release_.data(), size_t(n) * 4);
   pending_release_.clear();
   TWL_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_step_done_, 0));
+  // ev_append_done_ is recorded again below: it must still cover the appends (and bound
+  // table writes) it stood for, which may have run on the callers' streams.
+  TWL_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_append_done_, 0));
   TWL_CUDA(cudaMemcpyAsync(d_release_.get(), h_release_.as<int32_t>(), size_t(n) * 4,
                                cudaMemcpyHostToDevice, fetch_stream_));
   TWL_CUDA(cudaEventRecord(ev_release_staged_, fetch_stream_));
@@ -1160,40 +1190,25 @@ absl::Status GpuOffloadBackend::Decode(const DecodeRequest& req, StepTelemetry* 
   const int32_t* d_page_table = d_seq_len + B;
   const float* d_seq_p = reinterpret_cast<const float*>(d_page_table + pt_elems);
 
-  // Groups of sequences from the host's bound on blocks per sequence (a row cache's capacity
-  // counted in blocks of rows).
-  const int32_t cache_blocks = int32_t(
-      std::max<int64_t>(1, int64_t(num_slots_) * fetch_stage_->fetch_unit_bytes() /
-                               g_.FpBlockBytes()));
+  // Groups of sequences from the host's bound on blocks per sequence.
   std::vector<int64_t> worst(static_cast<size_t>(B));
   for (int32_t s = 0; s < B; ++s) {
     const int64_t pages = hb.NumPages(g_, s);
     worst[s] = int64_t(H) * std::min<int64_t>(pages, max_select);
   }
-  const std::vector<SeqGroup> groups =
-      req.pruner.dense
-          ? PlanSeqGroups(worst, cache_blocks, std::min(B, kPipelineGroups), kMaxGroups)
-          : PlanSeqGroups(worst, cache_blocks, twilight_groups_, twilight_groups_);
+  const std::vector<SeqGroup> groups = GroupsFor(worst, req.pruner.dense);
   const int32_t G = int32_t(groups.size());
 
   // The stages: select -> prune on c, the cache fetch on f, attention on c (overlapped by
   // groups; pipeline/cuda/cuda_executor.cuh).
-  pipeline_cuda::CudaStep step;
-  step.g = g_;
-  step.selector = *selector;
-  step.selector_params = req.selector;
-  step.pruner = req.pruner;
+  pipeline_cuda::CudaStep step =
+      StepOf(**selector, req.selector, req.pruner, BatchView{B, Hq, d_seq_len, d_page_table,
+                                                             hb.max_pages},
+             q, out, c);
   step.pruner.seq_p = d_seq_p;
-  step.batch = BatchView{B, Hq, d_seq_len, d_page_table, hb.max_pages};
-  step.q = q;
-  step.out = out;
-  step.qk = qk_;
-  // k_bits 16 estimates with the FP16 K itself: read from the mapped pool (slow; rare).
-  step.prune_kv = PoolView();
   step.ws_select = ws_sel;
   step.ws_prune = ws_pru;
   step.ws_attend = ws_att;
-  step.compute = c;
   step.timing = timing ? &telemetry_ : nullptr;
   step.timing_slot = ts;
   if (!disk_) {
@@ -1393,6 +1408,164 @@ absl::Status GpuOffloadBackend::HarvestTelemetry(int32_t slot, StepTelemetry* t)
   last_stats_ = st;
   totals_ += st.cache;
   return absl::OkStatus();
+}
+
+pipeline_cuda::CudaStep GpuOffloadBackend::StepOf(const Selector& selector,
+                                                  const SelectorParams& sel,
+                                                  const PrunerParams& pruner,
+                                                  const BatchView& batch, const fp16_t* q,
+                                                  fp16_t* out, cudaStream_t c) const {
+  pipeline_cuda::CudaStep step;
+  step.g = g_;
+  step.selector = &selector;
+  step.selector_params = sel;
+  step.pruner = pruner;
+  step.batch = batch;
+  step.q = q;
+  step.out = out;
+  step.qk = qk_;
+  // k_bits 16 estimates with the FP16 K itself: read from the mapped pool (slow; rare).
+  step.prune_kv = PoolView();
+  step.compute = c;
+  return step;
+}
+
+std::vector<SeqGroup> GpuOffloadBackend::GroupsFor(absl::Span<const int64_t> worst,
+                                                  bool dense) const {
+  const int32_t B = int32_t(worst.size());
+  const int32_t cache_blocks = int32_t(
+      std::max<int64_t>(1, int64_t(num_slots_) * fetch_stage_->fetch_unit_bytes() /
+                               g_.FpBlockBytes()));
+  return dense ? PlanSeqGroups(worst, cache_blocks, std::min(B, kPipelineGroups), kMaxGroups)
+               : PlanSeqGroups(worst, cache_blocks, twilight_groups_, twilight_groups_);
+}
+
+// ---- Bound batches (issue 11.3) ----------------------------------------------------------
+// A bound step is Decode without the host: the plan is the batch's device tables, the scratch
+// and the fetch stage's per-step buffers the batch's own (sized at bind), the groups fixed by
+// the batch's shape (every sequence counted at max_tokens), no telemetry. The row cache's
+// plan kernels read the step stamp on the device, so each launch is the same at every call.
+// Ordering: like an eager step, after the last append (rows, cache coherence, table writes)
+// and the last step (they share the cache). Inside a capture those waits and the closing
+// record are external event nodes (cudaEventWaitExternal / cudaEventRecordExternal): each
+// replay orders itself against the eager calls issued before its launch, and later eager
+// calls wait for it, whatever streams they use. The fetch stream joins the capture through
+// the stage's events and is joined back before the step ends.
+
+absl::StatusOr<std::unique_ptr<BoundTables>> GpuOffloadBackend::CreateBoundTables(
+    const BoundShape& shape, absl::Span<const int32_t> words) {
+  if (disk_) {
+    return absl::UnimplementedError(
+        "bound batches are not supported by the GPU offload backend over a disk tier (each "
+        "step makes its kept blocks resident from the host); use twl_decode");
+  }
+  absl::StatusOr<std::unique_ptr<pipeline_cuda::CudaFetch>> fetch =
+      fetch_stage_->MakeBoundFetch(int64_t(shape.num_seqs) * g_.num_kv_heads);
+  if (!fetch.ok()) {
+    return absl::Status(fetch.status().code(),
+                        absl::StrCat("bound batches on the GPU offload backend: ",
+                                     fetch.status().message()));
+  }
+  absl::StatusOr<std::unique_ptr<GpuBoundTables>> t = CreateGpuBoundTables(
+      executor_, g_, cfg_.num_layers, cfg_.num_q_heads, shape, words);
+  if (!t.ok()) return t.status();
+  if (cfg_.dense_layers > 0) {
+    // Dense layers run the same executor with the full selector (a stride of max_pages):
+    // the scratch is grown for them now, never during a step.
+    SelectorParams dense = shape.selector;
+    dense.kind = SelectorKind::kFull;
+    absl::StatusOr<const Selector*> full = FindSelector(SelectorKind::kFull);
+    if (!full.ok()) return full.status();
+    absl::StatusOr<pipeline_cuda::StepStrides> st =
+        executor_.PrepareScratch((*t)->scratch(), g_, **full, dense, shape.num_seqs,
+                                 cfg_.num_q_heads, shape.max_pages, true, "bound batch");
+    if (!st.ok()) return st.status();
+  }
+  (*t)->set_fetch(std::move(*fetch));
+  return std::unique_ptr<BoundTables>(std::move(*t));
+}
+
+absl::Status GpuOffloadBackend::WriteBoundTables(BoundTables* tables, int32_t layer,
+                                                 absl::Span<const TableWrite> writes,
+                                                 void* stream) {
+  absl::StatusOr<GpuBoundTables*> t = CheckBoundWrites(tables, layer, cfg_.num_layers, writes);
+  if (!t.ok()) return t.status();
+  if (writes.empty()) return absl::OkStatus();
+  cudaStream_t a = stream ? AsStream(stream) : append_stream_;
+  // After the append's rows and its cache coherence (on the fetch stream), and after the last
+  // step, which may still read the words being replaced: the caller's stream then carries
+  // everything a replay it launches must come after.
+  TWL_CUDA(cudaStreamWaitEvent(a, ev_append_done_, 0));
+  TWL_CUDA(cudaStreamWaitEvent(a, ev_step_done_, 0));
+  TWL_RETURN_IF_ERROR(LaunchTableWrites((*t)->Layer(layer), writes, a));
+  TWL_CUDA(cudaEventRecord(ev_append_done_, a));  // steps (any stream) wait for the tables too
+  return absl::OkStatus();
+}
+
+absl::Status GpuOffloadBackend::ReadBoundTables(BoundTables* tables, int32_t layer,
+                                                absl::Span<int32_t> words) {
+  TWL_CUDA(cudaStreamWaitEvent(own_stream_, ev_append_done_, 0));
+  return ReadBoundWords(tables, layer, cfg_.num_layers, words, own_stream_);
+}
+
+absl::Status GpuOffloadBackend::DecodeBound(const BoundDecodeRequest& req) {
+  absl::StatusOr<GpuBoundTables*> checked = CheckBoundStep(req, cfg_.num_layers);
+  if (!checked.ok()) return checked.status();
+  GpuBoundTables& t = **checked;
+  if (t.fetch() == nullptr) return absl::InternalError("decode batch: no bound fetch stage");
+  cudaStream_t c = req.stream ? AsStream(req.stream) : own_stream_;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  unsigned long long capture_id = 0;
+  TWL_CUDA(cudaStreamGetCaptureInfo(c, &capture, &capture_id));
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
+  absl::StatusOr<const Selector*> selector = FindSelector(req.selector.kind);
+  if (!selector.ok()) return selector.status();
+  const int32_t n = req.num_seqs, Hq = req.num_q_heads;
+  // The layer's strides (the scratch was grown for every layer's selector at bind).
+  absl::StatusOr<pipeline_cuda::StepStrides> strides =
+      executor_.PrepareScratch(t.scratch(), g_, **selector, req.selector, n, Hq, req.max_pages,
+                               /*select_prune=*/true, "decode batch");
+  if (!strides.ok()) return strides.status();
+  // Freed pages' rows leave the cache before eager steps; a capture leaves them to the next
+  // eager call (a bound sequence holds no freed page: it cannot be freed, and a reused page
+  // reaches it only through an append, which applies them first).
+  if (!capturing) TWL_RETURN_IF_ERROR(ApplyPendingReleases());
+  const unsigned wait_flags = capturing ? cudaEventWaitExternal : cudaEventWaitDefault;
+  TWL_CUDA(cudaStreamWaitEvent(c, ev_append_done_, wait_flags));
+  // A bound step captured earlier in this same capture recorded the last step: the capture
+  // stream's order already puts this one after it.
+  if (!(capturing && step_recorded_in_capture_ == capture_id)) {
+    TWL_CUDA(cudaStreamWaitEvent(c, ev_step_done_, wait_flags));
+  }
+  absl::StatusOr<BoundIo> io = BoundInput(req, t, g_, cfg_.device_id, c);
+  if (!io.ok()) return io.status();
+
+  const std::vector<int64_t> worst(
+      static_cast<size_t>(n),
+      int64_t(g_.num_kv_heads) * std::min<int64_t>(req.max_pages, strides->max_select));
+  const std::vector<SeqGroup> groups = GroupsFor(worst, req.pruner.dense);
+  const pipeline_cuda::StepScratch& sc = t.scratch();
+  PrunerParams pruner = req.pruner;
+  pruner.seq_p = nullptr;
+  pipeline_cuda::CudaStep step =
+      StepOf(**selector, req.selector, pruner, t.Batch(req.layer, Hq), io->q, io->out, c);
+  step.ws_select = sc.select_workspace_bytes();
+  step.ws_prune = sc.prune_workspace_bytes();
+  step.ws_attend = sc.attend_workspace_bytes();
+  TWL_RETURN_IF_ERROR(executor_.Run(step, groups, sc, *t.fetch()));
+  // The step ends after its last plan kernel too (the attention may have waited for the
+  // plan's first kernel only): the next step rewrites the kept lists the plans read.
+  TWL_CUDA(cudaEventRecord(ev_fetch_tail_, fetch_stream_));
+  TWL_CUDA(cudaStreamWaitEvent(c, ev_fetch_tail_, 0));
+  TWL_RETURN_IF_ERROR(BoundOutput(req, *io, cfg_.device_id, c));
+  if (capturing) {
+    TWL_CUDA(cudaEventRecordWithFlags(ev_step_done_, c, cudaEventRecordExternal));
+    step_recorded_in_capture_ = capture_id;
+  } else {
+    TWL_CUDA(cudaEventRecord(ev_step_done_, c));
+    step_recorded_in_capture_ = 0;
+  }
+  return offload_cuda::LaunchStatus("offload decode batch");
 }
 
 }  // namespace

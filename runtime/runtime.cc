@@ -591,13 +591,6 @@ absl::StatusOr<int64_t> Runtime::BindBatch(absl::Span<const SeqId> seqs, int32_t
   if (int64_t((*b)->num_seqs()) * config_.num_q_heads > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError("batch: too many sequences x query heads");
   }
-  if (im.backend->Kind() == BackendKind::kGpuOffload) {
-    // Its fetch stage still decides on the host (sequence groups, the cache plan's step
-    // stamps, the copy-engine path's fetch list), so a step could not be replayed.
-    return absl::UnimplementedError(
-        "batch: bound batches are not supported by the GPU offload backend yet (its fetch "
-        "stage plans on the host); use the GPU HBM backend, or twl_decode");
-  }
   if (im.backend->Kind() != BackendKind::kCpu) {
     BoundShape shape;
     shape.num_seqs = (*b)->num_seqs();

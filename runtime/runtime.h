@@ -214,7 +214,9 @@ class Runtime {
   // for decode steps of fixed shape, rows of max_tokens tokens. While bound, every append to
   // one of them also updates the batch's tables (host mirror and device copy, on the append's
   // stream), an append past max_tokens fails (FailedPrecondition, nothing appended) and the
-  // sequence cannot be freed (FailedPrecondition). Unimplemented on the GPU offload backend.
+  // sequence cannot be freed (FailedPrecondition). Unimplemented on the GPU offload backend
+  // over a disk tier or with a GPU cache of blocks (cache_rows 1): their fetch stages plan on
+  // the host.
   absl::StatusOr<int64_t> BindBatch(absl::Span<const SeqId> seqs, int32_t max_tokens);
   absl::Status UnbindBatch(int64_t batch);
   // One decode step of `layer` for the whole batch. q and out: [n][num_q_heads][head_dim] of

@@ -8,9 +8,11 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "cache/gpu_page_cache.h"
 #include "gpu/kernels.h"
 #include "offload/fetch_transport.h"
@@ -55,6 +57,17 @@ class OffloadCacheFetch : public CudaFetch {
   virtual CacheCounters ReadRecord(const void* host_record, int32_t* error) const = 0;
   virtual int32_t* unit_hits() const = 0;    // [units] resident blocks / rows of each unit
   virtual int32_t* unit_blocks() const = 0;  // [units] its blocks / kept rows
+
+  // Bound batches (runtime/bound_batch.h): a fetch stage for steps of a fixed batch of `units`
+  // units whose every launch is the same at each call (capturable in a CUDA graph): the same
+  // cache, with the per-step buffers owned by the returned object. Its Fetch must be called
+  // in step order with the stage's own steps (the store orders them by events).
+  // Unimplemented where the plan has host decisions (the block cache's copy engine path).
+  virtual absl::StatusOr<std::unique_ptr<CudaFetch>> MakeBoundFetch(int64_t /*units*/) {
+    return absl::UnimplementedError(std::string("the GPU cache of ") + granularity() +
+                                    " plans on the host; bound batches need the row cache "
+                                    "(cache_rows 0 or 2)");
+  }
 };
 
 }  // namespace twl::pipeline_cuda

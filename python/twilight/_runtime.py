@@ -300,8 +300,9 @@ class Runtime:
     def bind_batch(self, seqs: Sequence[int], max_tokens: int) -> "BoundBatch":
         """Binds `seqs` for decode steps of fixed shape (twl_batch_create): the runtime keeps
         their lengths and page tables (rows of max_tokens tokens) current on every append, so
-        BoundBatch.decode needs no host work and can be captured in a CUDA graph (GPU HBM
-        backend; the CPU backend decodes it eagerly, like decode). While bound, an append past
+        BoundBatch.decode needs no host work and can be captured in a CUDA graph (GPU HBM and
+        GPU offload backends, the latter with its row cache and no disk tier; the CPU backend
+        decodes it eagerly, like decode). While bound, an append past
         max_tokens and free_sequence of a member raise TWL_FAILED_PRECONDITION."""
         if _lib.twl_batch_create is None:
             raise TwilightError(9, f"{_lib.lib_path} has no twl_batch_create")

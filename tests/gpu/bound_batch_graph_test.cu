@@ -1,11 +1,14 @@
-// Decode steps captured in a CUDA graph (issue 11.3), GPU HBM backend: L layers of
-// twl_decode_batch are captured once, then replayed for many steps with eager device appends
-// (twl_append_batch, same stream) in between, every sequence growing across several pages.
-// Each replay's outputs equal, bit for bit, twl_decode_batch run eagerly on the same state,
-// and twl_decode of the same sequences within tolerance; the batch's device tables equal the
-// sequences' lengths. A twin runtime without any bound batch gets the same appends: its
-// twl_decode outputs equal the first runtime's bit for bit (binding changes nothing of the
-// unbound path), and its telemetry still publishes. The offload backend refuses to bind.
+// Decode steps captured in a CUDA graph (issue 11.3), GPU HBM and GPU offload (row cache)
+// backends: L layers of twl_decode_batch are captured once, then replayed for many steps with
+// eager device appends (twl_append_batch, same stream) in between, every sequence growing
+// across several pages. Each replay's outputs equal, bit for bit, twl_decode_batch run eagerly
+// on the same state, and twl_decode of the same sequences within tolerance; the batch's device
+// tables equal the sequences' lengths. A twin runtime without any bound batch gets the same
+// appends: its twl_decode outputs equal the first runtime's bit for bit (binding changes
+// nothing of the unbound path), and its telemetry still publishes. Offload: the replays fill
+// the GPU row cache (an eager twl_decode of the replayed queries then finds every kept row
+// resident: the plan ran, with the device step stamp, inside the graph), and binding is
+// refused (TWL_UNSUPPORTED, a message saying why) over a disk tier or with a cache of blocks.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -14,6 +17,7 @@
 #include <future>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "api/twilight.h"
@@ -26,7 +30,8 @@ constexpr int32_t kLayers = 3, kHq = 8, kHkv = 2, kD = 128, kBatch = 3, kSteps =
 constexpr int32_t kMaxTokens = 160;
 const int32_t kPrompt[kBatch] = {40, 70, 17};  // + 64 steps: 4 page boundaries each at page 16
 
-twl_runtime* MakeRuntime(twl_backend backend, float top_p) {
+twl_runtime* MakeRuntime(twl_backend backend, float top_p, int32_t cache_rows = 0,
+                         const char* disk_dir = nullptr) {
   twl_runtime_config c = twl_runtime_config_default();
   c.num_layers = kLayers;
   c.num_q_heads = kHq;
@@ -36,18 +41,27 @@ twl_runtime* MakeRuntime(twl_backend backend, float top_p) {
   c.top_p = top_p;
   c.dense_layers = 1;  // layer 0 takes the dense path, the others select -> prune -> attend
   c.collect_telemetry = 1;
+  c.cache_rows = cache_rows;
+  if (disk_dir != nullptr) {
+    c.host_pool_bytes = int64_t(8) << 20;
+    c.disk_path = disk_dir;
+    c.disk_bytes = int64_t(64) << 20;
+  }
   twl_runtime* rt = nullptr;
   EXPECT_EQ(twl_runtime_create(&c, &rt), TWL_OK) << twl_runtime_last_error(nullptr);
   return rt;
 }
 
-class BoundBatchGraph : public ::testing::TestWithParam<float> {
+// (backend, top_p)
+class BoundBatchGraph : public ::testing::TestWithParam<std::tuple<twl_backend, float>> {
  protected:
+  static twl_backend Backend() { return std::get<0>(GetParam()); }
+  static float TopP() { return std::get<1>(GetParam()); }
   void SetUp() override {
     if (!gpu::GpuAvailable()) GTEST_SKIP() << "no CUDA device visible: GPU test skipped";
     ASSERT_EQ(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), cudaSuccess);
-    rt_ = MakeRuntime(TWL_BACKEND_GPU_HBM, GetParam());
-    twin_ = MakeRuntime(TWL_BACKEND_GPU_HBM, GetParam());
+    rt_ = MakeRuntime(Backend(), TopP());
+    twin_ = MakeRuntime(Backend(), TopP());
     ASSERT_NE(rt_, nullptr);
     ASSERT_NE(twin_, nullptr);
     std::mt19937 rng(20261202);
@@ -179,7 +193,7 @@ TEST_P(BoundBatchGraph, ReplaysWithAppendsInBetweenEqualEagerSteps) {
       worst = std::max(worst, diff);
       sum += diff;
       ++count;
-      if (GetParam() == 1.0f) {  // dense over every page: only the work split differs
+      if (TopP() == 1.0f) {  // dense over every page: only the work split differs
         ASSERT_LE(diff, 4e-3 + 1e-2 * std::fabs(double(df)))
             << "step " << t << " element " << i << ": graph " << gf << " vs twl_decode " << df;
       }
@@ -209,6 +223,28 @@ TEST_P(BoundBatchGraph, ReplaysWithAppendsInBetweenEqualEagerSteps) {
   ASSERT_EQ(cudaGraphLaunch(exec_, stream_), cudaSuccess);
   ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
   EXPECT_EQ(Download<fp16_t>(d_og_, kIo), Download<fp16_t>(d_oe_, kIo));
+  if (Backend() == TWL_BACKEND_GPU_OFFLOAD) {
+    // The replays planned the GPU row cache (step stamp on the device): two more replays of
+    // the same queries, then eager twl_decode of the last layer with them finds every kept
+    // row resident (its telemetry is published by the next call: decode twice). Kept sets
+    // of twl_decode may differ from the bound stride's only at exact ties.
+    const int32_t l = kLayers - 1;
+    for (int32_t r = 0; r < 2; ++r) ASSERT_EQ(cudaGraphLaunch(exec_, stream_), cudaSuccess);
+    for (int32_t r = 0; r < 2; ++r) {
+      ASSERT_EQ(twl_decode(rt_, l, seqs_.data(), kBatch, At(d_qg_, l), At(d_od_, l),
+                           TWL_MEMORY_DEVICE, nullptr, stream_),
+                TWL_OK);
+      ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+    }
+    twl_step_stats st{};
+    st.struct_size = sizeof(st);
+    ASSERT_EQ(twl_runtime_last_step(rt_, &st), TWL_OK);
+    EXPECT_EQ(st.layer, l);
+    EXPECT_GT(st.blocks_needed, 0);
+    EXPECT_GE(st.cache_hit_rate, 0.98) << st.blocks_fetched << " of " << st.blocks_needed
+                                       << " kept rows fetched after the replays";
+    EXPECT_EQ(twl_runtime_async_error(rt_), TWL_OK) << twl_runtime_last_error(rt_);
+  }
   EXPECT_EQ(twl_batch_free(rt_, b), TWL_OK);
   EXPECT_EQ(twl_sequence_free(rt_, seqs_[0]), TWL_OK);
 }
@@ -283,20 +319,38 @@ TEST_P(BoundBatchGraph, AppendsAndBoundDecodesNeverWaitForTheGpu) {
   EXPECT_EQ(twl_batch_free(rt_, b), TWL_OK);
 }
 
-INSTANTIATE_TEST_SUITE_P(TopP, BoundBatchGraph, ::testing::Values(0.95f, 1.0f));
+INSTANTIATE_TEST_SUITE_P(
+    BackendTopP, BoundBatchGraph,
+    ::testing::Combine(::testing::Values(TWL_BACKEND_GPU_HBM, TWL_BACKEND_GPU_OFFLOAD),
+                       ::testing::Values(0.95f, 1.0f)),
+    [](const ::testing::TestParamInfo<BoundBatchGraph::ParamType>& info) {
+      return std::string(std::get<0>(info.param) == TWL_BACKEND_GPU_HBM ? "Hbm" : "Offload") +
+             (std::get<1>(info.param) == 1.0f ? "Dense" : "TopP");
+    });
 
-TEST(BoundBatchOffload, BindIsUnsupportedWithAClearMessage) {
+// The offload backend binds with its row cache only: over a disk tier, or with a GPU cache
+// of whole blocks, its fetch stage plans on the host and binding is refused with a reason.
+TEST(BoundBatchOffload, BindIsUnsupportedOverADiskTierOrWithACacheOfBlocks) {
   if (!gpu::GpuAvailable()) GTEST_SKIP() << "no CUDA device visible: GPU test skipped";
-  twl_runtime* rt = MakeRuntime(TWL_BACKEND_GPU_OFFLOAD, 0.95f);
-  ASSERT_NE(rt, nullptr);
-  twl_seq_id s = 0;
-  ASSERT_EQ(twl_sequence_create(rt, &s), TWL_OK);
-  twl_batch_id b = 5;
-  EXPECT_EQ(twl_batch_create(rt, &s, 1, 64, &b), TWL_UNSUPPORTED);
-  EXPECT_EQ(b, TWL_INVALID_BATCH_ID);
-  EXPECT_NE(std::string(twl_runtime_last_error(rt)).find("bound batches"), std::string::npos);
-  EXPECT_EQ(twl_sequence_free(rt, s), TWL_OK);
-  twl_runtime_free(rt);
+  struct Case {
+    int32_t cache_rows;
+    const char* disk;
+    const char* why;
+  };
+  for (const Case& k : {Case{1, nullptr, "row cache"}, Case{0, "/tmp", "disk tier"}}) {
+    twl_runtime* rt = MakeRuntime(TWL_BACKEND_GPU_OFFLOAD, 0.95f, k.cache_rows, k.disk);
+    ASSERT_NE(rt, nullptr) << k.why;
+    twl_seq_id s = 0;
+    ASSERT_EQ(twl_sequence_create(rt, &s), TWL_OK);
+    twl_batch_id b = 5;
+    EXPECT_EQ(twl_batch_create(rt, &s, 1, 64, &b), TWL_UNSUPPORTED) << k.why;
+    EXPECT_EQ(b, TWL_INVALID_BATCH_ID);
+    const std::string msg = twl_runtime_last_error(rt);
+    EXPECT_NE(msg.find("bound batches"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(k.why), std::string::npos) << msg;
+    EXPECT_EQ(twl_sequence_free(rt, s), TWL_OK);
+    twl_runtime_free(rt);
+  }
 }
 
 }  // namespace

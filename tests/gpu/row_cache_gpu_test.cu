@@ -11,10 +11,14 @@
 //  * the plan's miss report (a disk tier: pipeline/fetch/disk/miss_first_fetch.cuh) lists
 //    exactly the blocks of the rows absent before the plan, each once per step, and a mark
 //    abandoned (the store failed to make them resident) leaves the maps as before it.
+//  * the plan's launches are the same at every call (step stamp and running sums on the
+//    device): a bound stage's plan captured once in a CUDA graph replays like the policy,
+//    with the stage's eager plans in between sharing the cache and the step stamp.
 // Skips without a GPU.
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <set>
@@ -199,6 +203,28 @@ uint64_t Seed() {
   return fixed > 0 ? uint64_t(fixed) : 1 + std::random_device{}() % 99999u;
 }
 
+// `f` over every row of the fixture (window 3), on a new stream (returned; null on failure).
+cudaStream_t InitRoomy(const RowFixture& fx, pipeline_cuda::RowCacheFetch* f) {
+  const int32_t slots = int32_t(fx.num_blocks * fx.g.page_size);
+  EXPECT_TRUE(f->Init(fx.g, fx.num_blocks, slots, fx.Source(), 2).ok());
+  f->SetWindow(3);
+  auto stream = gpu::StreamCreate();
+  if (!stream.ok()) return nullptr;
+  const auto cs = static_cast<cudaStream_t>(*stream);
+  f->AttachStream(cs);
+  EXPECT_TRUE(f->GrowStep(int64_t(fx.B) * fx.g.num_kv_heads, 0).ok());
+  return cs;
+}
+
+// A group's counters against the host policy's plan.
+void ExpectPlan(const DeviceRowCounters& got, const RowGroupPlan& want) {
+  EXPECT_EQ(got.error, 0);
+  EXPECT_EQ(got.needed, want.counters.needed);
+  EXPECT_EQ(got.hits, want.counters.hits);
+  EXPECT_EQ(got.victims, want.counters.fetched);
+  EXPECT_EQ(got.direct, want.counters.direct);
+}
+
 TEST(RowCacheGpuTest, RoomyCacheMatchesHostPolicyExactly) {
   TWL_SKIP_WITHOUT_GPU();
   const uint64_t seed = Seed();
@@ -206,28 +232,19 @@ TEST(RowCacheGpuTest, RoomyCacheMatchesHostPolicyExactly) {
   RowFixture fx(seed);
   const int32_t slots = int32_t(fx.num_blocks * fx.g.page_size);  // every row fits
   pipeline_cuda::RowCacheFetch f;
-  TWL_ASSERT_OK(f.Init(fx.g, fx.num_blocks, slots, fx.Source(), 2));
-  f.SetWindow(3);
-  auto stream = gpu::StreamCreate();
-  ASSERT_TRUE(stream.ok());
-  f.AttachStream(static_cast<cudaStream_t>(*stream));
-  TWL_ASSERT_OK(f.GrowStep(int64_t(fx.B) * fx.g.num_kv_heads, 0));
+  const cudaStream_t cs = InitRoomy(fx, &f);
+  ASSERT_NE(cs, nullptr);
   RowCachePolicy host =
       *RowCachePolicy::Create(fx.num_blocks * fx.g.page_size, slots, /*window=*/3);
   for (int32_t step = 0; step < 5; ++step) {
     fx.Draw(0.15, step == 0 ? 0.0 : 0.8);
     for (int32_t gi = 0; gi < 2; ++gi) {
       const SeqGroup grp = fx.Group(gi);
-      TWL_ASSERT_OK(f.Fetch(gi, grp, fx.g, fx.Batch(grp), fx.Kept(grp),
-                            static_cast<cudaStream_t>(*stream), nullptr));
+      TWL_ASSERT_OK(f.Fetch(gi, grp, fx.g, fx.Batch(grp), fx.Kept(grp), cs, nullptr));
       const RowGroupPlan want = *host.PlanGroup(fx.Rows(grp), gi == 0);
       const DeviceRowCounters got = ReadCounters(f, gi);
       SCOPED_TRACE(::testing::Message() << "step " << step << " group " << gi);
-      EXPECT_EQ(got.error, 0);
-      EXPECT_EQ(got.needed, want.counters.needed);
-      EXPECT_EQ(got.hits, want.counters.hits);
-      EXPECT_EQ(got.victims, want.counters.fetched);
-      EXPECT_EQ(got.direct, want.counters.direct);
+      ExpectPlan(got, want);
       EXPECT_EQ(got.evictions, 0);
       const int32_t units = grp.num_seqs * fx.g.num_kv_heads;
       const int64_t u0 = int64_t(grp.first_seq) * fx.g.num_kv_heads;
@@ -245,7 +262,7 @@ TEST(RowCacheGpuTest, RoomyCacheMatchesHostPolicyExactly) {
       }
     }
   }
-  gpu::StreamDestroy(*stream);
+  gpu::StreamDestroy(cs);
 }
 
 TEST(RowCacheGpuTest, SmallCacheEvictsOnlyWhatThePolicyAllows) {
@@ -433,6 +450,11 @@ TEST(RowCacheGpuTest, MissReportListsTheBlocksOfMissedRowsOncePerStep) {
       reported_total += rep.count();
       listed.insert(got.begin(), got.end());
       TWL_ASSERT_OK(f.FetchComplete(gi, nullptr));
+      // The halves set no ready flag (the stage may wait on flags): the wait is the
+      // complete's event, and the mark used (group 0: bumped) the device step stamp.
+      TWL_ASSERT_OK(f.WaitFetched(gi, cs));
+      ASSERT_EQ(cudaStreamSynchronize(cs), cudaSuccess);
+      EXPECT_EQ(ReadCounters(f, gi).step, it + 1);
       ExpectConsistent(ReadState(f, fx.g), fx);
     }
   }
@@ -482,9 +504,105 @@ TEST(RowCacheGpuTest, AnAbandonedMarkLeavesTheMapsAsBefore) {
   TWL_ASSERT_OK(f.Fetch(0, grp, fx.g, fx.Batch(grp), fx.Kept(grp), cs, nullptr));
   const DeviceRowCounters c = ReadCounters(f, 0);
   EXPECT_EQ(c.victims + c.direct, claimed);
+  // The abandon left the running sums at 0 and the stamp bumped by its mark (steps 1, 2, 3).
+  EXPECT_EQ(c.error, 0);
+  EXPECT_EQ(c.hits + c.victims + c.direct, c.needed);
+  EXPECT_EQ(c.step, 3);
   ExpectConsistent(ReadState(f, fx.g), fx);
   cudaEventDestroy(pruned);
   gpu::StreamDestroy(*stream);
+}
+
+TEST(RowCacheGpuTest, CapturedBoundPlanReplaysLikeThePolicy) {
+  TWL_SKIP_WITHOUT_GPU();
+  const uint64_t seed = Seed();
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  RowFixture fx(seed);
+  const int32_t slots = int32_t(fx.num_blocks * fx.g.page_size);  // every row fits
+  pipeline_cuda::RowCacheFetch f;
+  const cudaStream_t cs = InitRoomy(fx, &f);
+  ASSERT_NE(cs, nullptr);
+  const int64_t units = int64_t(fx.B) * fx.g.num_kv_heads;
+  absl::StatusOr<std::unique_ptr<pipeline_cuda::CudaFetch>> made = f.MakeBoundFetch(units);
+  TWL_ASSERT_OK(made.status());
+  auto* bound = dynamic_cast<pipeline_cuda::BoundRowFetch*>(made->get());
+  ASSERT_NE(bound, nullptr);
+  RowCachePolicy host =
+      *RowCachePolicy::Create(fx.num_blocks * fx.g.page_size, slots, /*window=*/3);
+  // Kept lists at fixed addresses (the graph's), refilled from each draw.
+  const size_t tok_bytes = size_t(units) * size_t(fx.max_kept) * 4;
+  gpu::DeviceBuffer tokens, count;
+  TWL_ASSERT_OK(tokens.Reserve(tok_bytes));
+  TWL_ASSERT_OK(count.Reserve(size_t(units) * 4));
+  auto load = [&] {
+    ASSERT_EQ(cudaMemcpy(tokens.get(), fx.d_tokens.get(), tok_bytes, cudaMemcpyDeviceToDevice),
+              cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(count.get(), fx.d_count.get(), size_t(units) * 4,
+                         cudaMemcpyDeviceToDevice),
+              cudaSuccess);
+  };
+  auto kept = [&](const SeqGroup& grp) {
+    const int64_t u0 = int64_t(grp.first_seq) * fx.g.num_kv_heads;
+    return KeptView{tokens.as<int32_t>() + u0 * fx.max_kept, count.as<int32_t>() + u0,
+                    fx.max_kept};
+  };
+  fx.Draw(0.15, 0.0);
+  load();
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(cs, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  for (int32_t gi = 0; gi < 2; ++gi) {
+    const SeqGroup grp = fx.Group(gi);
+    TWL_ASSERT_OK(bound->Fetch(gi, grp, fx.g, fx.Batch(grp), kept(grp), cs, nullptr));
+    TWL_ASSERT_OK(bound->WaitFetched(gi, cs));
+  }
+  ASSERT_EQ(cudaStreamEndCapture(cs, &graph), cudaSuccess);
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0ULL), cudaSuccess);
+  for (int32_t step = 0; step < 8; ++step) {
+    if (step > 0) {
+      fx.Draw(0.15, 0.8);
+      load();
+    }
+    // Odd steps: the stage's own eager plans over the same lists and cache.
+    const bool replay = step % 2 == 0;
+    if (replay) {
+      ASSERT_EQ(cudaGraphLaunch(exec, cs), cudaSuccess);
+    } else {
+      for (int32_t gi = 0; gi < 2; ++gi) {
+        const SeqGroup grp = fx.Group(gi);
+        TWL_ASSERT_OK(f.Fetch(gi, grp, fx.g, fx.Batch(grp), kept(grp), cs, nullptr));
+        TWL_ASSERT_OK(f.WaitFetched(gi, cs));
+      }
+    }
+    ASSERT_EQ(cudaStreamSynchronize(cs), cudaSuccess);
+    for (int32_t gi = 0; gi < 2; ++gi) {
+      const SeqGroup grp = fx.Group(gi);
+      SCOPED_TRACE(::testing::Message() << "step " << step << (replay ? " replay" : " eager")
+                                        << " group " << gi);
+      const RowGroupPlan want = *host.PlanGroup(fx.Rows(grp), gi == 0);
+      DeviceRowCounters got;
+      const DeviceRowCounters* rec =
+          replay ? bound->buffers().counters() + gi
+                 : static_cast<const DeviceRowCounters*>(f.counters()) + gi;
+      TWL_ASSERT_OK(gpu::CopyToHost(&got, rec, sizeof(got)));
+      EXPECT_EQ(got.step, step + 1) << "the plan's step stamp";
+      ExpectPlan(got, want);
+      const int64_t u0 = int64_t(grp.first_seq) * fx.g.num_kv_heads;
+      const int32_t n = grp.num_seqs * fx.g.num_kv_heads;
+      std::vector<int32_t> uh(static_cast<size_t>(n));
+      const int32_t* hits = replay ? bound->buffers().unit_hits() : f.unit_hits();
+      TWL_ASSERT_OK(gpu::CopyToHost(uh.data(), hits + u0, size_t(n) * 4));
+      EXPECT_EQ(uh, want.unit_hits);
+    }
+    const DeviceState s = ReadState(f, fx.g);
+    ExpectConsistent(s, fx);
+    for (int64_t r = 0; r < int64_t(s.slot_of_row.size()); ++r) {
+      ASSERT_EQ(s.slot_of_row[size_t(r)] >= 0, host.SlotOf(r) >= 0) << "row " << r;
+    }
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  gpu::StreamDestroy(cs);
 }
 
 }  // namespace

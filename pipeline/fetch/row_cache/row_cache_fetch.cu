@@ -1,9 +1,11 @@
 #include "pipeline/fetch/row_cache/row_cache_fetch.cuh"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "gpu/cuda/cuda_status.cuh"
+#include "gpu/cuda/stream_flags.cuh"
 #include "pipeline/cuda/scratch.cuh"
 #include "pipeline/cuda/step_events.cuh"
 
@@ -14,6 +16,25 @@ namespace {
 absl::Status Grow(gpu::DeviceBuffer& b, size_t bytes) { return GrowScratch(b, bytes, 256); }
 
 }  // namespace
+
+absl::Status RowPlanBuffers::Reserve(int64_t units, int32_t max_groups) {
+  if (units < 0 || max_groups < 1) {
+    return absl::InvalidArgumentError("RowPlanBuffers: negative units or no group");
+  }
+  if (buf_.get() && units <= units_ && max_groups <= groups_) return absl::OkStatus();
+  units = std::max(units, units_);
+  max_groups = std::max(max_groups, groups_);
+  const size_t bytes = sizeof(DeviceRowCounters) * size_t(max_groups) + sizeof(DeviceRowWork) +
+                       size_t(max_groups) * 4 + size_t(units) * 3 * 4;
+  if (buf_.get()) TWL_CUDA(cudaDeviceSynchronize());  // queued plans may use the old memory
+  TWL_RETURN_IF_ERROR(buf_.Reserve(std::max<size_t>(bytes, 256)));
+  TWL_CUDA(cudaMemset(buf_.get(), 0, bytes));  // running sums start (and stay) at 0
+  TWL_CUDA(cudaDeviceSynchronize());
+  units_ = units;
+  groups_ = max_groups;
+  flagged_.resize(size_t(max_groups), 0);
+  return absl::OkStatus();
+}
 
 int32_t RowCacheFetch::SlotsFor(const PageGeometry& g, int64_t num_blocks, int64_t budget_bytes) {
   const int64_t left = budget_bytes - MapBytes(g, num_blocks);
@@ -53,10 +74,9 @@ absl::Status RowCacheFetch::Init(const PageGeometry& g, int64_t num_blocks, int3
   TWL_RETURN_IF_ERROR(Grow(row_of_slot_, size_t(num_slots) * 8));
   TWL_RETURN_IF_ERROR(Grow(last_use_, size_t(num_slots) * 4));
   TWL_RETURN_IF_ERROR(Grow(free_, size_t(num_slots) * 4));
-  TWL_RETURN_IF_ERROR(Grow(words_, 8));  // hand, free stack top
+  TWL_RETURN_IF_ERROR(Grow(words_, 12));  // hand, free stack top, step stamp
   TWL_RETURN_IF_ERROR(Grow(list_, size_t(num_slots) * sizeof(RowFetch)));
-  TWL_RETURN_IF_ERROR(Grow(counters_, sizeof(DeviceRowCounters) * size_t(max_groups)));
-  TWL_CUDA(cudaMemset(counters_.get(), 0, sizeof(DeviceRowCounters) * size_t(max_groups)));
+  TWL_RETURN_IF_ERROR(own_.Reserve(0, max_groups));
   cache_.d_slot_of_row = slot_of_row_.as<int32_t>();
   cache_.d_row_of_slot = row_of_slot_.as<int64_t>();
   cache_.d_last_use = last_use_.as<uint32_t>();
@@ -64,13 +84,24 @@ absl::Status RowCacheFetch::Init(const PageGeometry& g, int64_t num_blocks, int3
   cache_.d_free = free_.as<int32_t>();
   cache_.d_hand = words_.as<int32_t>();
   cache_.d_free_top = words_.as<int32_t>() + 1;
+  cache_.d_step = reinterpret_cast<uint32_t*>(words_.as<int32_t>() + 2);
   cache_.d_list = list_.as<RowFetch>();
   cache_.num_rows = num_rows;
   cache_.num_slots = num_slots;
   cache_.list_capacity = num_slots;
   TWL_RETURN_IF_ERROR(LaunchRowCacheReset(cache_, nullptr));
   TWL_CUDA(cudaDeviceSynchronize());  // ready before any stream uses it
+  const char* wait = std::getenv("TWL_ROW_PLAN_WAIT");
+  SetFlagWait(wait == nullptr || std::strcmp(wait, "event") != 0);
   return absl::OkStatus();
+}
+
+void RowCacheFetch::SetFlagWait(bool on) { flag_wait_ = on && stream_flags::Available(); }
+
+absl::StatusOr<std::unique_ptr<CudaFetch>> RowCacheFetch::MakeBoundFetch(int64_t units) {
+  auto f = std::make_unique<BoundRowFetch>(this);
+  TWL_RETURN_IF_ERROR(f->buffers().Reserve(units, max_groups_));
+  return std::unique_ptr<CudaFetch>(std::move(f));
 }
 
 int64_t RowCacheFetch::device_bytes() const {
@@ -79,8 +110,7 @@ int64_t RowCacheFetch::device_bytes() const {
 }
 
 absl::Status RowCacheFetch::GrowStep(int64_t units, size_t /*out_bytes*/) {
-  TWL_RETURN_IF_ERROR(Grow(unit_hits_, size_t(units) * 4));
-  return Grow(unit_rows_, size_t(units) * 4);
+  return own_.Reserve(units, max_groups_);
 }
 
 absl::Status RowCacheFetch::InvalidatePages(const int32_t* d_pages, int32_t num_pages,
@@ -123,50 +153,48 @@ CacheCounters RowCacheFetch::ReadRecord(const void* host_record, int32_t* error)
 absl::Status RowCacheFetch::Fetch(int32_t index, const SeqGroup& group, const PageGeometry& g,
                                   const BatchView& batch, const KeptView& kept,
                                   cudaStream_t compute, const cudaEvent_t* marks) {
-  if (index < 0 || index >= max_groups_) {
+  return FetchWith(own_, index, group, g, batch, kept, compute, marks);
+}
+
+absl::Status RowCacheFetch::WaitFetched(int32_t index, cudaStream_t compute) {
+  return WaitWith(own_, index, compute);
+}
+
+absl::Status RowCacheFetch::FetchWith(RowPlanBuffers& b, int32_t index, const SeqGroup& group,
+                                      const PageGeometry& g, const BatchView& batch,
+                                      const KeptView& kept, cudaStream_t compute,
+                                      const cudaEvent_t* marks) {
+  if (index < 0 || index >= max_groups_ || index >= b.max_groups()) {
     return absl::InvalidArgumentError("RowCacheFetch: group index out of range");
   }
+  // The group's flag is cleared on the compute stream before the plan can set it (the plan
+  // waits for `pruned`, recorded after), so a flag left set by an abandoned step never lets
+  // an attention through early.
+  if (flag_wait_) TWL_RETURN_IF_ERROR(stream_flags::Write(compute, b.ready(index), 0));
   TWL_CUDA(cudaEventRecord(pruned_[size_t(index)], compute));
-  TWL_RETURN_IF_ERROR(FetchMark(index, group, g, batch, kept, pruned_[size_t(index)], marks,
-                                RowMissReport{}));
-  return FetchComplete(index, marks);
+  RowPlanArgs a;
+  TWL_RETURN_IF_ERROR(MarkWith(b, index, group, g, batch, kept, pruned_[size_t(index)], marks,
+                               RowMissReport{}, flag_wait_, &a));
+  return CompleteWith(index, a, marks);
 }
 
 absl::Status RowCacheFetch::FetchMark(int32_t index, const SeqGroup& group,
                                       const PageGeometry& g, const BatchView& batch,
                                       const KeptView& kept, cudaEvent_t pruned,
                                       const cudaEvent_t* marks, const RowMissReport& report) {
-  if (index < 0 || index >= max_groups_) {
+  if (index < 0 || index >= max_groups_ || index >= own_.max_groups()) {
     return absl::InvalidArgumentError("RowCacheFetch: group index out of range");
   }
-  TWL_CUDA(cudaStreamWaitEvent(stream_, pruned, 0));
-  if (marks) TWL_CUDA(cudaEventRecord(marks[kFetch0], stream_));
-  if (index == 0 || step_ == 0) ++step_;  // stamps start at 1: last_use 0 is "never"
-  if (step_ == 0) step_ = 1;              // (wrapped after 2^32 steps)
-  const int64_t u0 = int64_t(group.first_seq) * g.num_kv_heads;
-  RowPlanArgs a;
-  a.g = g;
-  a.batch = batch;
-  a.kept = kept;
-  a.step = step_;
-  a.window = window_;
-  a.d_counters = counters_.as<DeviceRowCounters>() + index;
-  a.d_unit_hits = unit_hits_.as<int32_t>() + u0;
-  a.d_unit_rows = unit_rows_.as<int32_t>() + u0;
-  a.source = source_;
-  a.report = report;
-  marked_[size_t(index)] = a;
-  return LaunchRowMark(cache_, a, stream_);
+  // No ready flag: nothing cleared it on the compute stream before `pruned`.
+  return MarkWith(own_, index, group, g, batch, kept, pruned, marks, report, false,
+                  &marked_[size_t(index)]);
 }
 
 absl::Status RowCacheFetch::FetchComplete(int32_t index, const cudaEvent_t* marks) {
   if (index < 0 || index >= max_groups_) {
     return absl::InvalidArgumentError("RowCacheFetch: group index out of range");
   }
-  TWL_RETURN_IF_ERROR(LaunchRowComplete(cache_, marked_[size_t(index)], stream_));
-  if (marks) TWL_CUDA(cudaEventRecord(marks[kFetch1], stream_));
-  TWL_CUDA(cudaEventRecord(fetched_[size_t(index)], stream_));
-  return absl::OkStatus();
+  return CompleteWith(index, marked_[size_t(index)], marks);
 }
 
 absl::Status RowCacheFetch::FetchAbandon(int32_t index) {
@@ -176,12 +204,60 @@ absl::Status RowCacheFetch::FetchAbandon(int32_t index) {
   return LaunchRowAbandon(cache_, marked_[size_t(index)], stream_);
 }
 
-absl::Status RowCacheFetch::WaitFetched(int32_t index, cudaStream_t compute) {
+absl::Status RowCacheFetch::MarkWith(RowPlanBuffers& b, int32_t index, const SeqGroup& group,
+                                     const PageGeometry& g, const BatchView& batch,
+                                     const KeptView& kept, cudaEvent_t pruned,
+                                     const cudaEvent_t* marks, const RowMissReport& report,
+                                     bool flag, RowPlanArgs* args) {
+  TWL_CUDA(cudaStreamWaitEvent(stream_, pruned, 0));
+  if (marks) TWL_CUDA(cudaEventRecord(marks[kFetch0], stream_));
+  const int64_t u0 = int64_t(group.first_seq) * g.num_kv_heads;
+  RowPlanArgs& a = *args;
+  a = RowPlanArgs{};
+  a.g = g;
+  a.batch = batch;
+  a.kept = kept;
+  a.starts_step = index == 0;  // the device stamp: stamps start at 1, last_use 0 is "never"
+  a.window = window_;
+  a.d_counters = b.counters() + index;
+  a.d_work = b.work();
+  a.d_unit_hits = b.unit_hits() + u0;
+  a.d_unit_rows = b.unit_rows() + u0;
+  a.d_unit_work = b.unit_work() + u0;
+  a.d_ready = flag ? b.ready(index) : nullptr;
+  a.source = source_;
+  a.report = report;
+  b.set_flagged(index, flag);
+  return LaunchRowMark(cache_, a, stream_);
+}
+
+absl::Status RowCacheFetch::CompleteWith(int32_t index, const RowPlanArgs& a,
+                                         const cudaEvent_t* marks) {
+  TWL_RETURN_IF_ERROR(LaunchRowComplete(cache_, a, stream_));
+  // An empty group launches no plan: nothing sets its flag but this.
+  if (a.d_ready != nullptr && a.batch.num_seqs <= 0) {
+    TWL_RETURN_IF_ERROR(stream_flags::Write(stream_, a.d_ready, 1));
+  }
+  if (marks) TWL_CUDA(cudaEventRecord(marks[kFetch1], stream_));
+  TWL_CUDA(cudaEventRecord(fetched_[size_t(index)], stream_));
+  return absl::OkStatus();
+}
+
+absl::Status RowCacheFetch::WaitWith(const RowPlanBuffers& b, int32_t index,
+                                     cudaStream_t compute) {
+  if (index < 0 || index >= max_groups_ || index >= b.max_groups()) {
+    return absl::InvalidArgumentError("RowCacheFetch: group index out of range");
+  }
   if (early_attend_) {
     // The previous group's plan may evict rows this group's plan has not stamped yet.
     if (index > 0) TWL_CUDA(cudaStreamWaitEvent(compute, fetched_[size_t(index - 1)], 0));
     return absl::OkStatus();
   }
+  // Flag: set by the mark kernel when every kept row was resident (its hits are stamped, so
+  // no later plan of the step evicts them; the previous groups' plans ran before it on the
+  // fetch stream), else by the copy's last block once every fetched row is published.
+  // (A plan in halves sets no flag: see FetchMark.)
+  if (b.flagged(index)) return stream_flags::WaitEqual(compute, b.ready(index), 1);
   TWL_CUDA(cudaStreamWaitEvent(compute, fetched_[size_t(index)], 0));
   return absl::OkStatus();
 }

@@ -16,6 +16,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,38 @@
 #include "pipeline/fetch/row_cache/cuda/row_plan.h"
 
 namespace twl::pipeline_cuda {
+
+// Device memory of one user of the plan: the store's eager steps, or one bound batch (whose
+// captured steps need pointers that never change, so it owns its own). Per group: a counters
+// record and a ready flag; the plan's running sums (zero between plans); per unit: resident
+// and kept rows, and the running hits (zero between plans). One allocation, zero-filled.
+class RowPlanBuffers {
+ public:
+  // Room for `units` units and `max_groups` groups; grows only (a growth waits for the device:
+  // queued plans may use the old memory) and zero-fills.
+  absl::Status Reserve(int64_t units, int32_t max_groups);
+  DeviceRowCounters* counters() const { return buf_.as<DeviceRowCounters>(); }
+  DeviceRowWork* work() const {
+    return reinterpret_cast<DeviceRowWork*>(counters() + groups_);
+  }
+  uint32_t* ready(int32_t group) const {
+    return reinterpret_cast<uint32_t*>(work() + 1) + group;
+  }
+  int32_t* unit_hits() const { return reinterpret_cast<int32_t*>(ready(groups_)); }
+  int32_t* unit_rows() const { return unit_hits() + units_; }
+  int32_t* unit_work() const { return unit_rows() + units_; }
+  int32_t max_groups() const { return groups_; }
+  // Host side, per group: whether its last plan sets its ready flag (a plan in halves with a
+  // miss report does not: its attention waits for the complete's event).
+  bool flagged(int32_t group) const { return flagged_[size_t(group)] != 0; }
+  void set_flagged(int32_t group, bool on) { flagged_[size_t(group)] = on ? 1 : 0; }
+
+ private:
+  gpu::DeviceBuffer buf_;
+  std::vector<uint8_t> flagged_;
+  int64_t units_ = 0;
+  int32_t groups_ = 0;
+};
 
 class RowCacheFetch final : public OffloadCacheFetch {
  public:
@@ -63,6 +96,12 @@ class RowCacheFetch final : public OffloadCacheFetch {
   // group with many misses reads them over PCIe twice (in place and by the copy).
   void SetEarlyAttend(bool on) { early_attend_ = on; }
   bool early_attend() const { return early_attend_; }
+  // Whether a group's attention waits for its plan through a stream flag (stream_flags.cuh:
+  // set by the mark kernel when every kept row is resident, else by the copy's last block)
+  // rather than for the plan's last kernel (an event). On where the driver allows it, unless
+  // TWL_ROW_PLAN_WAIT=event at Init; SetFlagWait(false) forces events.
+  bool flag_wait() const { return flag_wait_; }
+  void SetFlagWait(bool on);
 
   // OffloadCacheFetch.
   std::string transport_name() const override { return "row gather"; }
@@ -84,11 +123,14 @@ class RowCacheFetch final : public OffloadCacheFetch {
                             cudaStream_t stream) override;
   absl::Status MirrorSegments(const fp16_t* mapped_pool, const AppendSegment* d_segments,
                               int32_t num_segments, cudaStream_t stream) override;
-  const void* counters() const override { return counters_.get(); }
+  const void* counters() const override { return own_.counters(); }
   size_t record_bytes() const override { return sizeof(DeviceRowCounters); }
   CacheCounters ReadRecord(const void* host_record, int32_t* error) const override;
-  int32_t* unit_hits() const override { return unit_hits_.as<int32_t>(); }
-  int32_t* unit_blocks() const override { return unit_rows_.as<int32_t>(); }
+  int32_t* unit_hits() const override { return own_.unit_hits(); }
+  int32_t* unit_blocks() const override { return own_.unit_rows(); }
+  // A fetch stage for a bound batch of `units` units: the same cache and plan over buffers of
+  // its own (RowPlanBuffers), so that a captured step's pointers never change.
+  absl::StatusOr<std::unique_ptr<CudaFetch>> MakeBoundFetch(int64_t units) override;
 
   // CudaFetch: group `index`'s plan + copy on the fetch stream, after its prune on `compute`.
   // Group 0 starts a step (the stamp that protects the step's rows).
@@ -101,7 +143,10 @@ class RowCacheFetch final : public OffloadCacheFetch {
   // group's prune) has happened, stamps the hits, claims the misses and reports their blocks
   // to `report`; FetchComplete takes victims and copies. Between the two the store makes the
   // reported blocks resident; no other group may be marked (one miss list). Fetch() is
-  // FetchMark (no report) then FetchComplete.
+  // FetchMark (no report) then FetchComplete. The halves use the stage's own buffers and no
+  // ready flag (the host is in the loop: WaitFetched waits for FetchComplete's event), so
+  // they work whatever flag_wait() says; the mark bumps the device step stamp for group 0
+  // like Fetch().
   absl::Status FetchMark(int32_t index, const SeqGroup& group, const PageGeometry& g,
                          const BatchView& batch, const KeptView& kept, cudaEvent_t pruned,
                          const cudaEvent_t* marks, const RowMissReport& report);
@@ -110,6 +155,12 @@ class RowCacheFetch final : public OffloadCacheFetch {
   // group's claims and reserved free slots are given back (LaunchRowAbandon).
   absl::Status FetchAbandon(int32_t index);
   AttendSource Source() const override;
+  // Fetch / WaitFetched over the given buffers (a bound batch's; the calls above use the
+  // stage's own).
+  absl::Status FetchWith(RowPlanBuffers& buffers, int32_t index, const SeqGroup& group,
+                         const PageGeometry& g, const BatchView& batch, const KeptView& kept,
+                         cudaStream_t compute, const cudaEvent_t* marks);
+  absl::Status WaitWith(const RowPlanBuffers& buffers, int32_t index, cudaStream_t compute);
   absl::Status MergeDirect(const PageGeometry&, const SeqGroup&, int32_t, const fp16_t*,
                            fp16_t*, cudaStream_t) override {
     return absl::OkStatus();  // never called: no direct units (rows read in place instead)
@@ -122,13 +173,47 @@ class RowCacheFetch final : public OffloadCacheFetch {
   std::vector<cudaEvent_t> pruned_, fetched_;  // per group: prune done, fetch done
   DeviceRowCache cache_;
   gpu::DeviceBuffer slots_, slot_of_row_, row_of_slot_, last_use_, free_, words_, list_;
-  gpu::DeviceBuffer counters_;
-  gpu::DeviceBuffer unit_hits_, unit_rows_;
+  RowPlanBuffers own_;  // eager steps (and the halves of FetchMark / FetchComplete)
   std::vector<RowPlanArgs> marked_;  // per group: the args of its FetchMark
-  uint32_t step_ = 0;
   uint32_t window_ = kDefaultRowWindow;
   bool early_attend_ = false;
+  bool flag_wait_ = false;
   int32_t max_groups_ = 0;
+
+  // The plan's halves over buffers `b`: the mark (after `pruned`) with `report`, its args
+  // kept in *args for the complete (or the abandon); `flag`: the group's ready flag is set by
+  // the plan and its WaitWith waits on it (the caller cleared it on the compute stream before
+  // recording `pruned`), else WaitWith waits for the complete's event.
+  absl::Status MarkWith(RowPlanBuffers& b, int32_t index, const SeqGroup& group,
+                        const PageGeometry& g, const BatchView& batch, const KeptView& kept,
+                        cudaEvent_t pruned, const cudaEvent_t* marks,
+                        const RowMissReport& report, bool flag, RowPlanArgs* args);
+  absl::Status CompleteWith(int32_t index, const RowPlanArgs& args, const cudaEvent_t* marks);
+};
+
+// A bound batch's fetch stage (RowCacheFetch::MakeBoundFetch): the store's row cache over the
+// batch's own plan buffers.
+class BoundRowFetch final : public CudaFetch {
+ public:
+  explicit BoundRowFetch(RowCacheFetch* cache) : cache_(cache) {}
+  RowPlanBuffers& buffers() { return buffers_; }
+  absl::Status Fetch(int32_t index, const SeqGroup& group, const PageGeometry& g,
+                     const BatchView& batch, const KeptView& kept, cudaStream_t compute,
+                     const cudaEvent_t* marks) override {
+    return cache_->FetchWith(buffers_, index, group, g, batch, kept, compute, marks);
+  }
+  absl::Status WaitFetched(int32_t index, cudaStream_t compute) override {
+    return cache_->WaitWith(buffers_, index, compute);
+  }
+  AttendSource Source() const override { return cache_->Source(); }
+  absl::Status MergeDirect(const PageGeometry&, const SeqGroup&, int32_t, const fp16_t*,
+                           fp16_t*, cudaStream_t) override {
+    return absl::OkStatus();  // no direct units
+  }
+
+ private:
+  RowCacheFetch* cache_;
+  RowPlanBuffers buffers_;
 };
 
 }  // namespace twl::pipeline_cuda

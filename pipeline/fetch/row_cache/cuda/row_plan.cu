@@ -1,18 +1,22 @@
 // Device side of the GPU row cache: the policy of cache/row_cache_policy.h over the pruner's
 // kept lists without the host, the copy of fetched rows, and invalidation.
 //
-// Plan of one group = 4 kernels (each grid-wide step needs the previous one's results); an
-// all-hit group (the steady state of a serving loop) is done by the first two, the others
-// return at once:
-//   RowZero    the group's counters and per-unit counts (one launch, not three memsets: the
-//              fetch stream competes with the compute stream for SMs, every launch waits).
+// Plan of one group = 3 kernels (each grid-wide step needs the previous one's results); an
+// all-hit group (the steady state of a serving loop) is done by the first, the others return
+// at once:
 //   RowMark    every kept token -> its row; resident: a hit, slot stamped with the step;
 //              absent: claimed (atomicCAS -1 -> -2, one claimer per row) and listed, or past
-//              the list's capacity reset and read in place. Its last block reserves the top
-//              min(misses, free) slots of the free stack for the first misses (no resident
-//              row is dropped while a slot is free); RowCopy assigns them. With a miss
-//              report (a disk tier) it also lists the distinct blocks of the claimed rows
-//              in host-visible memory: the only blocks the step reads from the pool.
+//              the list's capacity reset and read in place. Running sums go to the plan's
+//              DeviceRowWork (zero between plans), so no launch zeroes counters first. Its
+//              last block publishes the group's counters and per-unit counts, resets the
+//              sums, bumps the device step stamp (first group of a step; every block read
+//              the old one before the last arrives), reserves the top min(misses, free)
+//              slots of the free stack for the first misses (no resident row is dropped
+//              while a slot is free; RowCopy assigns them) and, with nothing missing, sets
+//              the group's ready flag: the attention may start after this one kernel. With
+//              a miss report (a disk tier; no ready flag then) it also lists the distinct
+//              blocks of the claimed rows in host-visible memory: the only blocks the step
+//              reads from the pool.
 //   RowVictims (returns at once when the free slots sufficed) warps take 32-slot chunks
 //              from the clock hand in order and give their evictable occupied slots to the
 //              remaining misses (the old rows become absent), until every miss has a slot or
@@ -22,7 +26,10 @@
 //   RowCopy    (returns at once without misses) a warp copies several rows at a time (K row
 //              and V row, 16-byte loads from the mapped pinned pool, all issued before the
 //              stores), then assigns the reserved free slots and publishes the rows in
-//              slot_of_row; misses without a victim get -1 back (read in place).
+//              slot_of_row; misses without a victim get -1 back (read in place). Its last
+//              block sets the ready flag.
+// Every launch is the same at every call (the step stamp is read on the device), so a plan
+// captured in a CUDA graph replays like an eager one.
 // Why publish after the copy: the previous group's attention may still run while this group
 // is planned and copied; it reads slot_of_row once per token, and -1/-2 send it to the pool,
 // so it sees either the row in place or a slot whose bytes have landed (the copy's stores are
@@ -80,34 +87,36 @@ __device__ __forceinline__ void DropRow(const DeviceRowCache& c, int64_t r) {
   c.d_free[atomicAdd(c.d_free_top, 1)] = s;
 }
 
-// Kernel 0. Zeroes the group's counters and per-unit counts.
-__global__ void RowZeroKernel(DeviceRowCounters* cnt, int32_t* unit_hits, int32_t* unit_rows,
-                              int32_t units) {
-  constexpr int32_t kWords = int32_t(sizeof(DeviceRowCounters) / 4);
-  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < kWords + 2 * units;
-       i += gridDim.x * blockDim.x) {
-    if (i < kWords) {
-      reinterpret_cast<int32_t*>(cnt)[i] = 0;
-    } else if (i < kWords + units) {
-      unit_hits[i - kWords] = 0;
-    } else {
-      unit_rows[i - kWords - units] = 0;
-    }
-  }
+// The next step stamp: bumped at the first group of a step (and from 0, "never"), never 0.
+__device__ __forceinline__ uint32_t NextStep(uint32_t old, bool starts) {
+  const uint32_t s = old + ((starts || old == 0) ? 1u : 0u);
+  return s == 0 ? 1u : s;
+}
+
+// Tells a waiter on another stream (a stream memory operation polling the word, not a
+// kernel) that the group's rows are readable.
+__device__ __forceinline__ void SetReady(uint32_t* ready) {
+  if (ready == nullptr) return;
+  __threadfence_system();
+  *reinterpret_cast<volatile uint32_t*>(ready) = 1u;
 }
 
 // Kernel 1. Work items (unit, chunk of kTokensPerItem kept tokens) chunk-major, so the items
 // that hold tokens come first and a warp stops at the first chunk past the longest list.
 __global__ void __launch_bounds__(kThreads)
-    RowMarkKernel(PageGeometry g, BatchView batch, KeptView kept, int32_t units, uint32_t step,
-                  DeviceRowCache c, DeviceRowCounters* cnt, int32_t* unit_hits,
-                  int32_t* unit_rows, RowMissReport rep) {
+    RowMarkKernel(PageGeometry g, BatchView batch, KeptView kept, int32_t units, bool starts,
+                  DeviceRowCache c, DeviceRowCounters* cnt, DeviceRowWork* w,
+                  int32_t* unit_hits, int32_t* unit_rows, int32_t* unit_work,
+                  uint32_t* ready, RowMissReport rep) {
   __shared__ int32_t most, s_needed, s_hits, s_overflow;
+  __shared__ uint32_t s_step;
   if (threadIdx.x == 0) {
     most = 0;
     s_needed = s_hits = s_overflow = 0;
+    s_step = NextStep(*c.d_step, starts);
   }
   __syncthreads();
+  const uint32_t step = s_step;
   {
     int32_t m = 0;
     for (int32_t u = threadIdx.x; u < units; u += kThreads) m = max(m, kept.count[u]);
@@ -127,7 +136,6 @@ __global__ void __launch_bounds__(kThreads)
     const int32_t n = kept.count[u];
     const int32_t i0 = chunk * kTokensPerItem;
     if (i0 >= n) continue;  // warp-uniform
-    if (chunk == 0 && lane == 0) unit_rows[u] = n;
     const int32_t s = u / H, h = u % H;
     const int32_t* toks = kept.tokens + int64_t(u) * kept.max_kept;
     const int32_t* ptab = batch.page_table + int64_t(s) * batch.max_pages;
@@ -163,7 +171,7 @@ __global__ void __launch_bounds__(kThreads)
       bool overflow = false;
       const unsigned cm = __ballot_sync(~0u, claim);
       if (cm) {
-        const int32_t k = WarpClaim(&cnt->listed, cm);
+        const int32_t k = WarpClaim(&w->listed, cm);
         if (claim) {
           if (k < c.list_capacity) {
             c.d_list[k] = RowFetch{r, -1, 0};
@@ -196,9 +204,9 @@ __global__ void __launch_bounds__(kThreads)
       w_overflow += __popc(__ballot_sync(~0u, overflow));
       w_needed += min(32, i1 - i);
     }
-    if (lane == 0 && unit_hit) atomicAdd(&unit_hits[u], unit_hit);
+    if (lane == 0 && unit_hit) atomicAdd(&unit_work[u], unit_hit);
   }
-  if (__any_sync(~0u, bad_row) && lane == 0) atomicExch(&cnt->error, 2);
+  if (__any_sync(~0u, bad_row) && lane == 0) atomicExch(&w->error, 2);
   if (lane == 0) {
     if (w_needed) atomicAdd(&s_needed, w_needed);
     if (w_hits) atomicAdd(&s_hits, w_hits);
@@ -206,23 +214,41 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    if (s_needed) atomicAdd(&cnt->needed, s_needed);
-    if (s_hits) atomicAdd(&cnt->hits, s_hits);
-    if (s_overflow) atomicAdd(&cnt->overflow, s_overflow);
+    if (s_needed) atomicAdd(&w->needed, s_needed);
+    if (s_hits) atomicAdd(&w->hits, s_hits);
+    if (s_overflow) atomicAdd(&w->overflow, s_overflow);
   }
-  if (!LastBlockDone(&cnt->ticket)) return;
+  if (!LastBlockDone(&w->ticket)) return;
+  // Last block: publish the per-unit counts (and zero the running ones for the next plan).
+  for (int32_t u = threadIdx.x; u < units; u += kThreads) {
+    unit_hits[u] = __ldcg(&unit_work[u]);
+    unit_work[u] = 0;
+    unit_rows[u] = kept.count[u];
+  }
   if (threadIdx.x == 0) {
+    const int32_t listed = __ldcg(&w->listed), overflow = __ldcg(&w->overflow);
     // Free slots for the first misses: reserved here (the stack shrinks), assigned by RowCopy.
-    const int32_t m = min(__ldcg(&cnt->listed), c.list_capacity);
+    const int32_t m = min(listed, c.list_capacity);
     const int32_t top = *c.d_free_top;
     const int32_t take = max(0, min(m, top));
-    cnt->free_top = top;
-    cnt->free_taken = take;
+    cnt->needed = __ldcg(&w->needed);
+    cnt->hits = __ldcg(&w->hits);
+    cnt->listed = listed;
+    cnt->overflow = overflow;
     cnt->victims = take;
+    cnt->evictions = 0;
+    cnt->direct = overflow;  // RowVictims adds the misses left without a slot
+    cnt->error = __ldcg(&w->error);
+    cnt->free_taken = take;
+    cnt->free_top = top;
+    cnt->step = int32_t(step);
+    w->needed = w->hits = w->overflow = w->listed = w->error = 0;
     *c.d_free_top = top - take;
+    *c.d_step = step;
     // The report for the host (mapped memory; read after this kernel's completion), and the
     // accumulator zeroed for the next plan.
     if (rep.d_block_stamp != nullptr) *rep.count_out = atomicExch(rep.d_count, 0);
+    if (m == 0) SetReady(ready);  // nothing to copy: the attention may go
   }
 }
 
@@ -231,14 +257,13 @@ __global__ void __launch_bounds__(kThreads)
 // next miss. When this has work, every free slot was reserved for the first misses (still
 // marked free until RowCopy): only occupied slots are taken.
 __global__ void __launch_bounds__(kThreads)
-    RowVictimsKernel(DeviceRowCache c, uint32_t step, uint32_t window, DeviceRowCounters* cnt) {
+    RowVictimsKernel(DeviceRowCache c, uint32_t window, DeviceRowCounters* cnt,
+                     DeviceRowWork* w) {
   const int32_t m = min(cnt->listed, c.list_capacity);
-  const int32_t from_free = cnt->victims;
+  const int32_t from_free = cnt->free_taken;
   const int32_t need = m - from_free;
-  if (need <= 0) {
-    if (blockIdx.x == 0 && threadIdx.x == 0) cnt->direct = cnt->overflow;
-    return;
-  }
+  if (need <= 0) return;
+  const uint32_t step = uint32_t(cnt->step);
   __shared__ int32_t s_evict;
   if (threadIdx.x == 0) s_evict = 0;
   __syncthreads();
@@ -249,8 +274,8 @@ __global__ void __launch_bounds__(kThreads)
   for (;;) {
     int32_t chunk = 0, done = 0;
     if (lane == 0) {
-      done = __ldcg(&cnt->clock_victims) >= need;
-      if (!done) chunk = atomicAdd(&cnt->scan_chunk, 1);
+      done = __ldcg(&w->clock_victims) >= need;
+      if (!done) chunk = atomicAdd(&w->scan_chunk, 1);
     }
     done = __shfl_sync(~0u, done, 0);
     chunk = __shfl_sync(~0u, chunk, 0);
@@ -266,7 +291,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     const unsigned vm = __ballot_sync(~0u, ev);
     if (!vm) continue;
-    const int32_t k = WarpClaim(&cnt->clock_victims, vm);
+    const int32_t k = WarpClaim(&w->clock_victims, vm);
     bool evicted = false;
     if (ev && k < need) {
       if (old < c.num_rows) c.d_slot_of_row[old] = kRowAbsent;
@@ -279,30 +304,35 @@ __global__ void __launch_bounds__(kThreads)
     const unsigned em = __ballot_sync(~0u, evicted);
     if (lane == 0 && em) {
       w_evict += __popc(em);
-      atomicMax(&cnt->chunks_used, chunk + 1);
+      atomicMax(&w->chunks_used, chunk + 1);
     }
   }
   if (lane == 0 && w_evict) atomicAdd(&s_evict, w_evict);
   __syncthreads();
-  if (threadIdx.x == 0 && s_evict) atomicAdd(&cnt->evictions, s_evict);
-  if (!LastBlockDone(&cnt->ticket)) return;
+  if (threadIdx.x == 0 && s_evict) atomicAdd(&w->evictions, s_evict);
+  if (!LastBlockDone(&w->ticket)) return;
   if (threadIdx.x == 0) {
-    const int32_t taken = min(__ldcg(&cnt->clock_victims), need);
-    const int32_t used = __ldcg(&cnt->chunks_used);
+    const int32_t taken = min(__ldcg(&w->clock_victims), need);
+    const int32_t used = __ldcg(&w->chunks_used);
     cnt->victims = from_free + taken;
-    cnt->direct = __ldcg(&cnt->overflow) + (need - taken);
+    cnt->direct = cnt->overflow + (need - taken);
+    cnt->evictions = __ldcg(&w->evictions);
     if (used > 0) *c.d_hand = int32_t((hand + int64_t(used) * 32) % c.num_slots);
+    w->clock_victims = w->scan_chunk = w->chunks_used = w->evictions = 0;
   }
 }
 
 // Kernel 3. Rows of the list with a victim: pool -> slot (K row then V row, 16-byte
 // vectors), fenced, then published; the rest get -1 back. A warp moves `per_round` rows at a
-// time with every load issued before the first store (PCIe latency is microseconds).
+// time with every load issued before the first store (PCIe latency is microseconds). The
+// last block sets the ready flag.
 __global__ void __launch_bounds__(kThreads)
-    RowCopyKernel(DeviceRowCache c, PageGeometry g, uint32_t step, const uint4* __restrict__ pool,
-                  const int32_t* __restrict__ pool_map, const DeviceRowCounters* cnt) {
+    RowCopyKernel(DeviceRowCache c, PageGeometry g, const uint4* __restrict__ pool,
+                  const int32_t* __restrict__ pool_map, const DeviceRowCounters* cnt,
+                  DeviceRowWork* w, uint32_t* ready) {
   const int32_t m = min(cnt->listed, c.list_capacity);
   if (m <= 0) return;
+  const uint32_t step = uint32_t(cnt->step);
   const int32_t victims = cnt->victims;
   const int32_t free_taken = cnt->free_taken, free_top = cnt->free_top;
   // Entry e's slot: reserved from the free stack, or given by RowVictims.
@@ -364,6 +394,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
+  if (ready != nullptr && LastBlockDone(&w->ticket) && threadIdx.x == 0) SetReady(ready);
 }
 
 // Kernel of LaunchRowAbandon: one thread per list entry.
@@ -438,12 +469,12 @@ absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& a, vo
 absl::Status LaunchRowMark(const DeviceRowCache& cache, const RowPlanArgs& a, void* stream) {
   if (a.batch.num_seqs <= 0) return absl::OkStatus();
   if (!cache.d_slot_of_row || !cache.d_row_of_slot || !cache.d_last_use || !cache.d_slots ||
-      !cache.d_hand || !cache.d_list || !cache.d_free || !cache.d_free_top ||
+      !cache.d_hand || !cache.d_list || !cache.d_free || !cache.d_free_top || !cache.d_step ||
       cache.num_slots <= 0 || cache.list_capacity <= 0 ||
-      cache.list_capacity > cache.num_slots || !a.d_counters || !a.d_unit_hits ||
-      !a.d_unit_rows || !a.kept.tokens || !a.kept.count || !a.batch.page_table ||
-      a.kept.max_kept <= 0 || !a.source.mapped_base || a.step == 0) {
-    return absl::InvalidArgumentError("LaunchRowPlan: null pointer, empty cache or step 0");
+      cache.list_capacity > cache.num_slots || !a.d_counters || !a.d_work || !a.d_unit_hits ||
+      !a.d_unit_rows || !a.d_unit_work || !a.kept.tokens || !a.kept.count ||
+      !a.batch.page_table || a.kept.max_kept <= 0 || !a.source.mapped_base) {
+    return absl::InvalidArgumentError("LaunchRowPlan: null pointer or empty cache");
   }
   if (a.g.head_dim % 8 != 0 || a.source.block_bytes != a.g.FpBlockBytes()) {
     return absl::InvalidArgumentError("LaunchRowPlan: head_dim % 8 or pool block size");
@@ -454,31 +485,29 @@ absl::Status LaunchRowMark(const DeviceRowCache& cache, const RowPlanArgs& a, vo
   }
   cudaStream_t s = AsStream(stream);
   const int32_t units = a.batch.num_seqs * a.g.num_kv_heads;
-  RowZeroKernel<<<FlatGrid(int64_t(sizeof(DeviceRowCounters) / 4) + 2 * int64_t(units)),
-                  kThreads, 0, s>>>(a.d_counters, a.d_unit_hits, a.d_unit_rows, units);
-  TWL_RETURN_IF_ERROR(LaunchStatus("RowZeroKernel"));
   const int64_t chunks = (int64_t(a.kept.max_kept) + kTokensPerItem - 1) / kTokensPerItem;
   RowMarkKernel<<<GridFor(int64_t(units) * chunks, 8), kThreads, 0, s>>>(
-      a.g, a.batch, a.kept, units, a.step, cache, a.d_counters, a.d_unit_hits, a.d_unit_rows,
-      a.report);
+      a.g, a.batch, a.kept, units, a.starts_step, cache, a.d_counters, a.d_work, a.d_unit_hits,
+      a.d_unit_rows, a.d_unit_work, a.d_ready, a.report);
   return LaunchStatus("RowMarkKernel");
 }
 
 absl::Status LaunchRowComplete(const DeviceRowCache& cache, const RowPlanArgs& a,
                                void* stream) {
   if (a.batch.num_seqs <= 0) return absl::OkStatus();
-  if (!cache.d_list || cache.num_slots <= 0 || !a.d_counters || !a.source.mapped_base) {
+  if (!cache.d_list || cache.num_slots <= 0 || !a.d_counters || !a.d_work ||
+      !a.source.mapped_base) {
     return absl::InvalidArgumentError("LaunchRowComplete: null pointer or empty cache");
   }
   cudaStream_t s = AsStream(stream);
   const int64_t slot_chunks = (int64_t(cache.num_slots) + 31) / 32;
-  RowVictimsKernel<<<GridFor(slot_chunks, 2), kThreads, 0, s>>>(cache, a.step, a.window,
-                                                                a.d_counters);
+  RowVictimsKernel<<<GridFor(slot_chunks, 2), kThreads, 0, s>>>(cache, a.window, a.d_counters,
+                                                                a.d_work);
   TWL_RETURN_IF_ERROR(LaunchStatus("RowVictimsKernel"));
   // Enough warps to keep PCIe busy: the copy is latency-bound.
   RowCopyKernel<<<GridFor(int64_t(cache.list_capacity), 4), kThreads, 0, s>>>(
-      cache, a.g, a.step, static_cast<const uint4*>(a.source.mapped_base),
-      a.source.slot_of_block, a.d_counters);
+      cache, a.g, static_cast<const uint4*>(a.source.mapped_base), a.source.slot_of_block,
+      a.d_counters, a.d_work, a.d_ready);
   return LaunchStatus("RowCopyKernel");
 }
 
@@ -495,7 +524,7 @@ absl::Status LaunchRowAbandon(const DeviceRowCache& cache, const RowPlanArgs& a,
 
 absl::Status LaunchRowCacheReset(const DeviceRowCache& cache, void* stream) {
   if (!cache.d_slot_of_row || !cache.d_row_of_slot || !cache.d_last_use || !cache.d_free ||
-      !cache.d_free_top || !cache.d_hand || cache.num_slots <= 0) {
+      !cache.d_free_top || !cache.d_hand || !cache.d_step || cache.num_slots <= 0) {
     return absl::InvalidArgumentError("LaunchRowCacheReset: null pointer or no slots");
   }
   cudaStream_t s = AsStream(stream);
@@ -503,6 +532,7 @@ absl::Status LaunchRowCacheReset(const DeviceRowCache& cache, void* stream) {
   TWL_CUDA(cudaMemsetAsync(cache.d_row_of_slot, 0xff, size_t(cache.num_slots) * 8, s));
   TWL_CUDA(cudaMemsetAsync(cache.d_last_use, 0, size_t(cache.num_slots) * 4, s));
   TWL_CUDA(cudaMemsetAsync(cache.d_hand, 0, 4, s));
+  TWL_CUDA(cudaMemsetAsync(cache.d_step, 0, 4, s));
   ResetFreeKernel<<<FlatGrid(cache.num_slots), kThreads, 0, s>>>(cache);
   return LaunchStatus("ResetFreeKernel");
 }
