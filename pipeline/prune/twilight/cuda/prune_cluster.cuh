@@ -46,7 +46,6 @@ constexpr int kClThreads = 256;
 constexpr int kClWarps = kClThreads / 32;
 constexpr int kClStages = 4;        // landing stages of a warp's pages: 3 in flight
 constexpr int kClMaxG = 8;          // one MMA n-tile
-constexpr int kClMaxCluster = 16;   // blocks per cluster (sm_90, non-portable size)
 constexpr int kClSlotAlign = 256;   // tb: a multiple of 8 * 32 (whole bit words per thread group)
 constexpr int kClPad = 8;           // halves of padding per score row
 static_assert(kHistChunk % kClSlotAlign == 0, "level-1 sub-chunks start on a load boundary");
@@ -107,14 +106,8 @@ __device__ __forceinline__ void ClusterReduceScatter(cooperative_groups::cluster
   const int per = G * kHistBins / C;
   for (int e = threadIdx.x; e < per; e += blockDim.x) {
     const int at = rank * per + e;
-    u64 v[kClMaxCluster];  // every remote load in flight before the first add
-#pragma unroll
-    for (int q = 0; q < kClMaxCluster; ++q) {
-      v[q] = q < C ? cluster.map_shared_rank(local, q)[at] : 0;
-    }
     u64 sum = 0;
-#pragma unroll
-    for (int q = 0; q < kClMaxCluster; ++q) sum += v[q];
+    for (int q = 0; q < C; ++q) sum += cluster.map_shared_rank(local, q)[at];
     for (int q = 0; q < C; ++q) cluster.map_shared_rank(full, q)[at] = sum;
     if (out) out[at] = sum;
   }
@@ -293,19 +286,11 @@ __global__ void __launch_bounds__(kClThreads, 2)
 
   // ---- 2. The heads' max and NaN flag over the cluster, the modes, level 1 of this block.
   if (threadIdx.x < G) {
-    uint32_t keys[kClMaxCluster];
-    int nans[kClMaxCluster];
-#pragma unroll
-    for (int qr = 0; qr < kClMaxCluster; ++qr) {  // all remote loads in flight at once
-      keys[qr] = qr < C ? cluster.map_shared_rank(s_key, qr)[threadIdx.x] : 0u;
-      nans[qr] = qr < C ? cluster.map_shared_rank(s_nan, qr)[threadIdx.x] : 0;
-    }
     uint32_t key = 0u;
     int bad = 0;
-#pragma unroll
-    for (int qr = 0; qr < kClMaxCluster; ++qr) {
-      key = max(key, keys[qr]);
-      bad |= nans[qr];
+    for (int qr = 0; qr < C; ++qr) {
+      key = max(key, cluster.map_shared_rank(s_key, qr)[threadIdx.x]);
+      bad |= cluster.map_shared_rank(s_nan, qr)[threadIdx.x];
     }
     s_gkey[threadIdx.x] = key;
     s_gbad[threadIdx.x] = bad;

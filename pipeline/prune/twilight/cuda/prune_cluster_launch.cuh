@@ -34,24 +34,12 @@ auto ClusterKernel() {
   return cuda::ClusterPruneKernel<kHeadDim>;
 }
 
-// Sets the kernel's attributes: dynamic shared memory up to the device's opt-in maximum
-// (always the same value, so concurrent launches of other shapes cannot lower it under a
-// launch) and cluster sizes past 8; false when `smem` bytes do not fit a block.
+// Sets the kernel's attributes for `smem` bytes of dynamic shared memory and cluster size C.
 template <int kHeadDim>
 bool PrepareKernel(int32_t cluster, size_t smem) {
   auto kernel = ClusterKernel<kHeadDim>();
-  int dev = 0, optin = 0;
-  cudaFuncAttributes fa = {};
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) !=
-          cudaSuccess ||
-      cudaFuncGetAttributes(&fa, kernel) != cudaSuccess) {
-    return false;
-  }
-  const int max_dynamic = optin - int(fa.sharedSizeBytes);
-  if (int64_t(smem) > int64_t(max_dynamic) ||
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_dynamic) !=
-          cudaSuccess) {
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) !=
+      cudaSuccess) {
     return false;
   }
   if (cluster > 8 &&
@@ -134,7 +122,6 @@ inline ClusterPrunePlan PlanClusterPrune(const PageGeometry& g, const PrunerPara
   if (mode == 0 || !shape_ok || cand < 1) return {};
   if (mode < 0 && cand < kClusterAutoMinSlots) return {};
   // The largest cluster first: the least shared memory per block and the most blocks.
-  static_assert(cuda::kClMaxCluster == 16, "the candidate sizes below");
   for (const int32_t c : {16, 8, 4, 2, 1}) {
     const int64_t per = (cand + c - 1) / c;
     const int32_t tb =
@@ -159,7 +146,7 @@ inline absl::Status LaunchClusterPrune(const ClusterPrunePlan& plan, const PageG
                                        const HeadStatsView& stats, int32_t group, float scale,
                                        void* stream) {
   using namespace cluster_detail;
-  if (plan.cluster < 1 || plan.cluster > cuda::kClMaxCluster || group > cuda::kClMaxG) {
+  if (plan.cluster < 1 || group > cuda::kClMaxG) {
     return absl::InvalidArgumentError("cluster prune: no plan for this shape");
   }
   const cuda::ClusterLayout l = cuda::MakeClusterLayout(group, plan.slots_per_block, g.head_dim);
@@ -184,11 +171,7 @@ inline absl::Status LaunchClusterPrune(const ClusterPrunePlan& plan, const PageG
   cfg.numAttrs = 1;
   const float fx_scale = cuda::kFixedScale;  // HistWork's default, as the passes use
   auto launch = [&](auto kernel, bool ok) -> absl::Status {
-    if (!ok) {
-      const absl::Status st = LaunchStatus("ClusterPruneKernel attributes");
-      return st.ok() ? absl::InternalError("ClusterPruneKernel: shared memory or cluster refused")
-                     : st;
-    }
+    if (!ok) return LaunchStatus("ClusterPruneKernel attributes");
     cudaLaunchKernelEx(&cfg, kernel, g, params, batch, q, qk, selection, shape, l, fx_scale, out,
                        stats);  // its error: LaunchStatus
     return LaunchStatus("ClusterPruneKernel");
