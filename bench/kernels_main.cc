@@ -573,7 +573,6 @@ int Run(const Options& o) {
         float p;
         bool dense;
         int32_t grow_seed = -1;  // PrunerParams::grow_seed_pages
-        const char* cluster = nullptr;  // TWL_PRUNE_CLUSTER for this row (null: as set)
       };
       SelectorParams full;
       full.kind = SelectorKind::kFull;
@@ -584,10 +583,7 @@ int Run(const Options& o) {
           {"quest", quest, 1.0f, true},
           {"twilight p=0.9", quest, 0.9f, false},
           {"twilight p=0.95", quest, 0.95f, false},
-          // The FULL pruner: the fused cluster kernel where it applies (default), and the
-          // separate passes (TWL_PRUNE_CLUSTER=0) for A/B in the same run.
           {"twilight-full p=0.9", full, 0.9f, false},
-          {"twilight-full-passes p=0.9", full, 0.9f, false, -1, "0"},
           {"twilight-grow p=0.95", grow, 0.95f, false},
           // The same rule with a seed stage first (1/16 of the pages, as the automatic seed
           // was below kOneStageBytes): the automatic choice is now one stage (every page
@@ -599,17 +595,7 @@ int Run(const Options& o) {
         step.pr.p = v.p;
         step.pr.dense = v.dense;
         step.pr.grow_seed_pages = v.grow_seed;
-        const char* env_cluster = std::getenv("TWL_PRUNE_CLUSTER");
-        const std::string saved_cluster = env_cluster ? env_cluster : "";
-        if (v.cluster) setenv("TWL_PRUNE_CLUSTER", v.cluster, 1);
         const StepResult r = RunStep(st, b, step, timer, s);
-        if (v.cluster) {  // back to the caller's choice
-          if (env_cluster) {
-            setenv("TWL_PRUNE_CLUSTER", saved_cluster.c_str(), 1);
-          } else {
-            unsetenv("TWL_PRUNE_CLUSTER");
-          }
-        }
         const bool estimator = !v.dense;
         t.AddRow({b, ctx, v.name, bench::Cell(r.graph_ms, 4), bench::Cell(dense_graph / r.graph_ms, 3),
                   bench::Cell(r.sel_ms, 3), bench::Cell(r.prune_ms, 3), bench::Cell(r.attend_ms, 3),

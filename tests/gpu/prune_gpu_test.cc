@@ -17,9 +17,7 @@
 // p, dense, peaked and flat heads (queries scaled per head), a few pages to 128k+ tokens.
 // Every case also reruns with the top-p passes' explicit work plans (1, 2, 3 and all chunks
 // per block) and with TWL_PRUNE_PDL=1 (the top-p chain launched with programmatic
-// dependent launch): the same bits as the default plan without it; and with the fused
-// cluster pruner forced wherever the shape fits one (prune_cluster.cuh; the default launch
-// takes it by itself for FULL rows of 32k+ candidates): the same bits.
+// dependent launch): the same bits as the default plan without it.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -175,20 +173,6 @@ TEST_P(PruneGpuTest, MatchesReferenceUpToThresholdTies) {
   EXPECT_EQ(Download<int32_t>(d_cnt, static_cast<size_t>(pairs)), cnt) << "TWL_PRUNE_PDL=1";
   EXPECT_EQ(Download<int32_t>(d_tok, ref_tok.size()), tok) << "TWL_PRUNE_PDL=1";
   EXPECT_EQ(Download<float>(d_mass, static_cast<size_t>(heads)), gmass) << "TWL_PRUNE_PDL=1";
-  // The fused cluster pruner (prune_cluster.cuh) wherever the shape fits one (the launch
-  // above took it by itself for long FULL rows): the same bits.
-  setenv("TWL_PRUNE_CLUSTER", "1", 1);
-  if (PruneClusterSize(g, dparams, hb.num_q_heads, max_select, /*grow=*/false) > 0) {
-    const absl::Status cluster = launch();
-    unsetenv("TWL_PRUNE_CLUSTER");
-    TWL_ASSERT_OK(cluster);
-    EXPECT_EQ(Download<int32_t>(d_cnt, static_cast<size_t>(pairs)), cnt) << "cluster";
-    EXPECT_EQ(Download<int32_t>(d_tok, ref_tok.size()), tok) << "cluster";
-    EXPECT_EQ(Download<int32_t>(d_sel, static_cast<size_t>(heads)), gsel) << "cluster";
-    EXPECT_EQ(Download<int32_t>(d_kept, static_cast<size_t>(heads)), gkept) << "cluster";
-    EXPECT_EQ(Download<float>(d_mass, static_cast<size_t>(heads)), gmass) << "cluster";
-  }
-  unsetenv("TWL_PRUNE_CLUSTER");
   if (c.dense) {
     EXPECT_EQ(gkept, ref_kept);
     EXPECT_EQ(gmass, ref_mass);

@@ -5,7 +5,6 @@
 
 #include "pipeline/prune/twilight/cuda/prune.cuh"
 #include "core/validate.h"
-#include "pipeline/prune/twilight/cuda/prune_cluster_launch.cuh"
 #include "pipeline/prune/twilight/cuda/prune_grow.cuh"
 #include "pipeline/prune/twilight/cuda/prune_hist.cuh"
 #include "gpu/device.h"
@@ -174,19 +173,6 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
   shape.scale = params.softmax_scale > 0.0f ? params.softmax_scale
                                             : 1.0f / sqrtf(float(g.head_dim));
   cudaStream_t st = AsStream(stream);
-
-  // The fused cluster pruner (prune_cluster.cuh) where it applies: one launch, only the INT4
-  // bytes cross HBM, the same kept sets and telemetry bit for bit. Profiling: all of it in
-  // ms_score (events 1-3 follow the launch). TWL_PRUNE_CLUSTER=0: the passes below.
-  if (const ClusterPrunePlan plan =
-          PlanClusterPrune(g, params, group, selection.max_select, grow);
-      plan.cluster > 0) {
-    TWL_RETURN_IF_ERROR(Mark(ev, 0, st));
-    TWL_RETURN_IF_ERROR(LaunchClusterPrune(plan, g, params, batch, q, qk, selection, out, stats,
-                                           group, shape.scale, stream));
-    for (int i = 1; i <= 3; ++i) TWL_RETURN_IF_ERROR(Mark(ev, i, st));
-    return absl::OkStatus();
-  }
 
   // Growing: the pruner works on its own list of pages (see prune_grow.cuh), not on every
   // page the selector listed.
@@ -402,12 +388,6 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
 }
 
 }  // namespace
-
-int32_t PruneClusterSize(const PageGeometry& g, const PrunerParams& params, int32_t num_q_heads,
-                         int32_t max_select, bool grow) {
-  if (g.num_kv_heads < 1 || num_q_heads % g.num_kv_heads != 0) return 0;
-  return PlanClusterPrune(g, params, num_q_heads / g.num_kv_heads, max_select, grow).cluster;
-}
 
 absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
                          const BatchView& batch, const QueryView& q, const QuantKView& qk,

@@ -462,39 +462,6 @@ constexpr size_t ScorePage16SmemBytes() {
   return size_t(kP16Stages) * kP16Pages * 2 * kP16Warps * 32 * (kHeadDim / 8);
 }
 
-// The tensor-core core of the page-16 estimator, shared by ScorePage16Kernel and the fused
-// cluster pruner (prune_cluster.cuh) so that both store the same FP16 scores bit for bit:
-// a lane's two landed code chunks (rows r and r + 8 of the page, chunk t4; wa / wb their
-// kHeadDim / 32 words) times the group's query fragments. acc[nt][0..1]: token r, heads
-// nt * 8 + 2 t4 + {0, 1}; acc[nt][2..3]: token r + 8.
-template <int kHeadDim, int kNT>
-__device__ __forceinline__ void Page16Mma(const uint32_t* wa, const uint32_t* wb,
-                                          const uint32_t (&bfrag)[kNT][kHeadDim / 32][2][2],
-                                          float (&acc)[kNT][4]) {
-#pragma unroll
-  for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
-#pragma unroll
-  for (int m = 0; m < kHeadDim / 32; ++m) {
-    uint32_t xa[4], xb[4];
-    NibbleWordToHalf2x4(wa[m], xa);
-    NibbleWordToHalf2x4(wb[m], xb);
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-      Mma16816(acc[nt], xa[0], xb[0], xa[1], xb[1], bfrag[nt][m][0][0], bfrag[nt][m][0][1]);
-      Mma16816(acc[nt], xa[2], xb[2], xa[3], xb[3], bfrag[nt][m][1][0], bfrag[nt][m][1][1]);
-    }
-  }
-}
-
-// The stored estimate of a row: scale * (tscale * acc + tzero * qsum) rounded to FP16, -inf
-// for a row past the sequence end. Explicit roundings (one FMA, two multiplies), so that no
-// kernel that calls it can contract the expression differently.
-__device__ __forceinline__ fp16_t Page16Estimate(bool valid, float scale, float tscale,
-                                                 float tzero, float acc, float qsum) {
-  return F2H(valid ? __fmul_rn(scale, __fmaf_rn(tscale, acc, __fmul_rn(tzero, qsum)))
-                   : -INFINITY);
-}
-
 template <int kHeadDim, int kNT, bool kMass>
 __global__ void __launch_bounds__(kP16Warps * 32, 2)
     ScorePage16Kernel(PageGeometry g, BatchView batch, QueryView q, QuantKView qk,
@@ -626,7 +593,19 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
       const uint32_t* wa = reinterpret_cast<const uint32_t*>(&ca);
       const uint32_t* wb = reinterpret_cast<const uint32_t*>(&cb);
       float acc[kNT][4];
-      Page16Mma<kHeadDim, kNT>(wa, wb, bfrag, acc);
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+#pragma unroll
+      for (int m = 0; m < kWords; ++m) {
+        uint32_t xa[4], xb[4];
+        NibbleWordToHalf2x4(wa[m], xa);
+        NibbleWordToHalf2x4(wb[m], xb);
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          Mma16816(acc[nt], xa[0], xb[0], xa[1], xb[1], bfrag[nt][m][0][0], bfrag[nt][m][0][1]);
+          Mma16816(acc[nt], xa[2], xb[2], xa[3], xb[3], bfrag[nt][m][1][0], bfrag[nt][m][1][1]);
+        }
+      }
       // acc[nt][0..1]: token r, heads nt*8 + 2t4 + {0,1}; acc[nt][2..3]: token r + 8.
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt) {
@@ -637,9 +616,10 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
             const bool valid = r + half * 8 < rows[pp];
-            const fp16_t est = Page16Estimate(valid, shape.scale, tscale[pp][half],
-                                              tzero[pp][half], acc[nt][half * 2 + kk],
-                                              qsum[nt][kk]);
+            const fp16_t est =
+                F2H(valid ? shape.scale * (tscale[pp][half] * acc[nt][half * 2 + kk] +
+                                           tzero[pp][half] * qsum[nt][kk])
+                          : -INFINITY);
             x[half] = H2F(est);
             if (head) out_row[nt][kk][lp * 16 + half * 8] = est;
           }

@@ -33,14 +33,6 @@ absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
                          const KeptView& out, const HeadStatsView& stats, void* workspace,
                          size_t workspace_bytes, void* stream);
 
-// Blocks per cluster of the fused cluster pruner that LaunchPrune would run for this shape
-// (pipeline/prune/twilight/cuda/prune_cluster.cuh), 0 when it runs the separate passes.
-// TWL_PRUNE_CLUSTER in the environment: unset auto (FULL rows of 32k+ candidates at the
-// serving shapes), "0" the passes always, "1" the cluster whenever the shape fits one; the
-// result is the same bit for bit. Asks the device (no GPU: 0).
-int32_t PruneClusterSize(const PageGeometry& g, const PrunerParams& params, int32_t num_q_heads,
-                         int32_t max_select, bool grow);
-
 // Benchmark aid, not for the decode path: LaunchPrune with each phase timed by events
 // (estimated scores incl. the growing search / histogram top-p + kept bits / kept-list
 // compaction + telemetry). Synchronizes the stream.

@@ -11,9 +11,6 @@ absl::Status LaunchPrune(const PageGeometry&, const PrunerParams&, const BatchVi
                          size_t, void*) {
   return NoCudaKernels();
 }
-int32_t PruneClusterSize(const PageGeometry&, const PrunerParams&, int32_t, int32_t, bool) {
-  return 0;
-}
 absl::Status ProfilePrune(const PageGeometry&, const PrunerParams&, const BatchView&,
                           const QueryView&, const QuantKView&, const FpKvView&,
                           const SelectionView&, const KeptView&, const HeadStatsView&, void*,
