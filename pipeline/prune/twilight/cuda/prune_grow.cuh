@@ -195,6 +195,46 @@ struct GrowPair {
   __device__ __forceinline__ float b_of(int j, int32_t i) const {
     return work->pb[int64_t(sq0 + j) * max_select + i];
   }
+  // The fixed part of the rule's sums, page i: a forced page (always listed, always in) adds
+  // its A to la, an unlisted page (always out) its R to lb. Returns whether page i is ranked
+  // (listed, not forced): the pages the searches decide on.
+  __device__ __forceinline__ bool AddFixed(int32_t i, bool forced, float (&la)[kMaxGroup],
+                                           float (&lb)[kMaxGroup]) const {
+    if (forced) {
+#pragma unroll
+      for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? a_of(j, i) : 0.0f;
+      return false;
+    }
+    if (pos[i] < 0) {
+#pragma unroll
+      for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? b_of(j, i) : 0.0f;
+      return false;
+    }
+    return true;
+  }
+  // Zeroes the shared sums FlushFixed adds to (the caller synchronizes before they add).
+  __device__ __forceinline__ static void ZeroFixed(float* a, float* b) {
+    const int t = threadIdx.x;
+    if (t < kMaxGroup) {
+      a[t] = 0.0f;
+      b[t] = 0.0f;
+    }
+  }
+  // AddFixed's per-thread sums into the shared a[j], b[j]: one atomic per warp and head
+  // (every page adds to the same G addresses: per-page shared atomics would serialize).
+  // Every lane of the warp calls it.
+  __device__ __forceinline__ void FlushFixed(float (&la)[kMaxGroup], float (&lb)[kMaxGroup],
+                                             float* a, float* b) const {
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      la[j] = WarpSum(la[j]);
+      lb[j] = WarpSum(lb[j]);
+      if ((int(threadIdx.x) & 31) == 0 && j < G) {
+        atomicAdd(&a[j], la[j]);
+        atomicAdd(&b[j], lb[j]);
+      }
+    }
+  }
 };
 
 __device__ __forceinline__ GrowPair MakeGrowPair(const PageGeometry& g, const PrunerParams& params,
@@ -376,37 +416,18 @@ __device__ __noinline__ void GrowSearchRadix(GrowSmem& sm, const PageGeometry& g
   const int t = threadIdx.x;
 
   // A of the forced pages (always listed, always in); R of the unlisted pages (always out).
-  if (t < kMaxGroup) {
-    sm.a_hi[t] = 0.0f;
-    sm.b_lo[t] = 0.0f;
-  }
+  GrowPair::ZeroFixed(sm.a_hi, sm.b_lo);
   __syncthreads();
   {
-    // Per-thread sums, then one atomic per warp and head (every page adds to the same G
-    // addresses: per-page shared atomics would serialize).
     float la[kMaxGroup], lb[kMaxGroup];
 #pragma unroll
     for (int j = 0; j < kMaxGroup; ++j) la[j] = lb[j] = 0.0f;
     for (int32_t i = t; i < n; i += blockDim.x) {
       bool forced;
       PrepKey(work, pair, sel.max_select, i, &forced);
-      if (forced) {
-#pragma unroll
-        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? gp.a_of(j, i) : 0.0f;
-      } else if (pos[i] < 0) {
-#pragma unroll
-        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? gp.b_of(j, i) : 0.0f;
-      }
+      gp.AddFixed(i, forced, la, lb);
     }
-#pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      la[j] = WarpSum(la[j]);
-      lb[j] = WarpSum(lb[j]);
-      if ((t & 31) == 0 && j < G) {
-        atomicAdd(&sm.a_hi[j], la[j]);
-        atomicAdd(&sm.b_lo[j], lb[j]);
-      }
-    }
+    gp.FlushFixed(la, lb, sm.a_hi, sm.b_lo);
   }
   __syncthreads();
 
@@ -755,10 +776,7 @@ __device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const PageGeometry&
   const int t = threadIdx.x;
 
   // A of the forced pages, R of the unlisted ones; sort items: the listed ranked pages.
-  if (t < kMaxGroup) {
-    a_fix[t] = 0.0f;
-    b_fix[t] = 0.0f;
-  }
+  GrowPair::ZeroFixed(a_fix, b_fix);
   if (t == 0) {
     best_k = 0x7fffffff;
     cap_k = 0;
@@ -785,27 +803,13 @@ __device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const PageGeometry&
       const uint32_t kk = PrepKey(work, pair, sel.max_select, i, &forced);
       if (forced) forced_mask |= 1u << k;
       if (pos[i] >= 0) listed_mask |= 1u << k;
-      if (forced) {
-#pragma unroll
-        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? gp.a_of(j, i) : 0.0f;
-      } else if (pos[i] < 0) {
-#pragma unroll
-        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? gp.b_of(j, i) : 0.0f;
-      } else {
+      if (gp.AddFixed(i, forced, la, lb)) {
         key[k] = kk;
         page[k] = i;
         ++ranked;
       }
     }
-#pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      la[j] = WarpSum(la[j]);
-      lb[j] = WarpSum(lb[j]);
-      if ((t & 31) == 0 && j < G) {
-        atomicAdd(&a_fix[j], la[j]);
-        atomicAdd(&b_fix[j], lb[j]);
-      }
-    }
+    gp.FlushFixed(la, lb, a_fix, b_fix);
   }
   // Cut positions: K = r + 1 after rank r, a whole level when the next key differs.
   int m = 0;  // listed ranked pages
