@@ -336,6 +336,14 @@ __device__ KeyCut CountCut(GrowSmem& sm, const SelectionView& sel, int32_t sq0, 
   return cc;
 }
 
+// The seed list's cap of ranked pages for `pair` of n pages, within the selector's limit:
+// seed < 0: auto (1/16 of the pages, at least 64); 0: every page (one stage).
+__device__ __forceinline__ int32_t SeedCap(int32_t seed, int32_t n, const SelectionView& sel,
+                                           int32_t pair) {
+  const int32_t want = seed < 0 ? max(64, (n + 15) / 16) : (seed == 0 ? 0x7fffffff : seed);
+  return min(want, sel.limit[pair]);
+}
+
 // One stage (the launcher's choice when scoring every page costs less than the seed
 // stage's fixed latency, e.g. few pairs): the list is every page, need = 0. Grid: x = page
 // chunks of kMassThreads, y = (sequence, KV head).
@@ -366,9 +374,7 @@ __global__ void __launch_bounds__(kGrowThreads)
   const int32_t G = shape.group;
   const int32_t n = sel.count[pair];
   const int32_t sq0 = s * batch.num_q_heads + h * G;
-  // seed < 0: auto (1/16 of the pages, at least 64); 0: every page (one stage).
-  const int32_t want = seed < 0 ? max(64, (n + 15) / 16) : (seed == 0 ? 0x7fffffff : seed);
-  const int32_t cap = min(want, sel.limit[pair]);
+  const int32_t cap = SeedCap(seed, n, sel, pair);
   const KeyCut cut = CountCut(sm, sel, sq0, G, n, cap, [](int32_t) { return true; });
   int32_t* list = work.list_pages + int64_t(pair) * sel.max_select;
   int32_t* pos = work.list_pos + int64_t(pair) * sel.max_select;
@@ -724,6 +730,31 @@ __device__ __forceinline__ uint32_t SortLevels(uint32_t (&key)[kSortItems],
   return ends;
 }
 
+// For the sorted kernels, from SortLevels' level ends: the largest whole-level prefix of at
+// most `cap` ranked pages (K = 0 always qualifies). cap_k: a shared word the caller zeroed
+// (and synchronized) before; every thread calls it and gets the same K.
+__device__ __forceinline__ int LevelsWithin(uint32_t ends, int32_t cap, int* cap_k) {
+  const int t = threadIdx.x;
+  uint32_t fits = 0;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    if (((ends >> k) & 1u) && t * kSortItems + k + 1 <= cap) fits |= 1u << k;
+  }
+  if (fits) atomicMax(cap_k, t * kSortItems + 32 - __clz(fits));
+  __syncthreads();
+  return *cap_k;
+}
+
+// Flags (by page) the pages of the first K sorted ranks (blocked, as SortLevels leaves them).
+__device__ __forceinline__ void FlagSortedPrefix(const int32_t (&page)[kSortItems], int K,
+                                                 uint8_t* in_flag) {
+  const int t = threadIdx.x;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    if (t * kSortItems + k < K) in_flag[page[k]] = 1;
+  }
+}
+
 using SortKeys = cub::BlockRadixSort<uint32_t, kSortThreads, kSortItems, int32_t>;
 using SortScanF = cub::BlockScan<float2, kSortThreads>;
 using SortScanI = cub::BlockScan<int, kSortThreads>;
@@ -864,21 +895,8 @@ __device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const PageGeometry&
   }
   int K = p < 1.0f ? min(best_k, m) : m;
   const bool cap_hit = K > cap;
-  if (cap_hit) {
-    // The largest whole-level set within the cap (K = 0 always qualifies).
-    uint32_t fits = 0;
-#pragma unroll
-    for (int k = 0; k < kSortItems; ++k) {
-      if (((cut_mask >> k) & 1u) && t * kSortItems + k + 1 <= cap) fits |= 1u << k;
-    }
-    if (fits) atomicMax(&cap_k, t * kSortItems + 32 - __clz(fits));
-    __syncthreads();
-    K = cap_k;
-  }
-#pragma unroll
-  for (int k = 0; k < kSortItems; ++k) {
-    if (t * kSortItems + k < K) in_flag[page[k]] = 1;
-  }
+  if (cap_hit) K = LevelsWithin(cut_mask, cap, &cap_k);
+  FlagSortedPrefix(page, K, in_flag);
   if (t < kMaxGroup) {
     fin_a[t] = fin_b[t] = 0.0f;
     fin_max[t] = 0u;
@@ -976,9 +994,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   const int32_t n = sel.count[pair];  // <= kSortPages
   const int32_t sq0 = s * batch.num_q_heads + h * G;
   const int t = threadIdx.x;
-  // seed < 0: auto (1/16 of the pages, at least 64); 0: every page (one stage).
-  const int32_t want = seed < 0 ? max(64, (n + 15) / 16) : (seed == 0 ? 0x7fffffff : seed);
-  const int32_t cap = min(want, sel.limit[pair]);
+  const int32_t cap = SeedCap(seed, n, sel, pair);
   for (int32_t i = t; i < kSortPages; i += blockDim.x) in_flag[i] = 0;
   if (t == 0) cap_k = 0;
   __syncthreads();
@@ -1003,19 +1019,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   }
   int m = 0;
   const uint32_t ends = SortLevels(key, page, ranked, tmp, first_key, key_range, &m);
-  // The largest whole-level prefix of at most cap ranked pages (K = 0 always qualifies).
-  uint32_t fits = 0;
-#pragma unroll
-  for (int k = 0; k < kSortItems; ++k) {
-    if (((ends >> k) & 1u) && t * kSortItems + k + 1 <= cap) fits |= 1u << k;
-  }
-  if (fits) atomicMax(&cap_k, t * kSortItems + 32 - __clz(fits));
-  __syncthreads();
-  const int K = cap_k;
-#pragma unroll
-  for (int k = 0; k < kSortItems; ++k) {
-    if (t * kSortItems + k < K) in_flag[page[k]] = 1;
-  }
+  FlagSortedPrefix(page, LevelsWithin(ends, cap, &cap_k), in_flag);
   __syncthreads();
   // Ascending list: thread t lists pages [16 t, 16 t + 16).
   int cnt = 0;
