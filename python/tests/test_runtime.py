@@ -229,6 +229,21 @@ def test_library_found_through_env(tmp_path):
     assert isinstance(twilight._lib.lib, ctypes.CDLL)
 
 
+def test_append_and_append_batch_check_k_v_alike(rt, rng):
+    # Both take K and V through one check: whole tokens, as many in k as in v, one dtype.
+    s = rt.create_sequence()
+    k, v = random_kv(rng, 4)
+    for append in (lambda k, v: rt.append(s, 0, k, v),
+                   lambda k, v: rt.append_batch(0, [s], k, v)):
+        with pytest.raises(ValueError, match="must each hold tokens"):
+            append(k[:, :, :5], v[:, :, :5])  # not whole tokens
+        with pytest.raises(ValueError, match="must each hold tokens"):
+            append(k, v[:3])  # fewer tokens in v
+        with pytest.raises(ValueError, match="same dtype"):
+            append(k, v.astype(np.float32))
+    assert rt.length(s, 0) == 0
+
+
 def test_append_batch_equals_appends(rt, rng):
     a, b = rt.create_sequence(), rt.create_sequence()
     k, v = random_kv(rng, 10)

@@ -173,17 +173,10 @@ class Runtime:
         with synchronize=True (default) torch's current stream is synchronized first. A loop
         that appends many sequences' K/V produced by one kernel can synchronize once itself
         and pass synchronize=False."""
-        row = self.num_kv_heads * self.head_dim
-        kv, vv = view(k, "k"), view(v, "v")
-        if kv.numel != vv.numel or kv.numel % row:
-            raise ValueError(f"k and v must each hold n * {row} elements "
-                             f"(got {kv.numel} and {vv.numel})")
-        if kv.dtype != vv.dtype or kv.space != vv.space:
-            raise ValueError("k and v must have the same dtype and memory space")
+        kv, vv, n = self._kv_views(k, v)
         self._check_device(kv)
         if synchronize and kv.space == _lib.MEMORY_DEVICE and is_torch(k):
             sync_current_stream(k)
-        n = kv.numel // row
         _check(_lib.twl_sequence_append(self._h(), seq, layer, n, kv.ptr, vv.ptr, kv.dtype,
                                         kv.space), self._handle)
 
@@ -200,13 +193,7 @@ class Runtime:
         sequence (which is not all or nothing when the pool runs full part way)."""
         n = len(seqs)
         row = self.num_kv_heads * self.head_dim
-        kv, vv = view(k, "k"), view(v, "v")
-        if kv.numel != vv.numel or kv.numel % row:
-            raise ValueError(f"k and v must each hold tokens * {row} elements "
-                             f"(got {kv.numel} and {vv.numel})")
-        if kv.dtype != vv.dtype or kv.space != vv.space:
-            raise ValueError("k and v must have the same dtype and memory space")
-        tokens = kv.numel // row
+        kv, vv, tokens = self._kv_views(k, v)
         if counts is None:
             if n == 0 or tokens % n:
                 raise ValueError(f"{tokens} tokens do not split evenly over {n} sequences; "
@@ -311,6 +298,19 @@ class Runtime:
         _check(_lib.twl_batch_create(self._h(), (_lib.seq_id_t * n)(*seqs), n, int(max_tokens),
                                      ctypes.byref(out)), self._handle)
         return BoundBatch(self, out.value, list(seqs), int(max_tokens))
+
+    def _kv_views(self, k, v):
+        """Views of the K and V an append takes and their token count: each must hold whole
+        tokens of num_kv_heads * head_dim elements, as many as the other, of one dtype and
+        memory space."""
+        row = self.num_kv_heads * self.head_dim
+        kv, vv = view(k, "k"), view(v, "v")
+        if kv.numel != vv.numel or kv.numel % row:
+            raise ValueError(f"k and v must each hold tokens * {row} elements "
+                             f"(got {kv.numel} and {vv.numel})")
+        if kv.dtype != vv.dtype or kv.space != vv.space:
+            raise ValueError("k and v must have the same dtype and memory space")
+        return kv, vv, kv.numel // row
 
     def _check_device(self, v) -> None:
         if v.space == _lib.MEMORY_DEVICE and v.device is not None and v.device != self.device_id:

@@ -195,6 +195,46 @@ struct GrowPair {
   __device__ __forceinline__ float b_of(int j, int32_t i) const {
     return work->pb[int64_t(sq0 + j) * max_select + i];
   }
+  // The fixed part of the rule's sums, page i: a forced page (always listed, always in) adds
+  // its A to la, an unlisted page (always out) its R to lb. Returns whether page i is ranked
+  // (listed, not forced): the pages the searches decide on.
+  __device__ __forceinline__ bool AddFixed(int32_t i, bool forced, float (&la)[kMaxGroup],
+                                           float (&lb)[kMaxGroup]) const {
+    if (forced) {
+#pragma unroll
+      for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? a_of(j, i) : 0.0f;
+      return false;
+    }
+    if (pos[i] < 0) {
+#pragma unroll
+      for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? b_of(j, i) : 0.0f;
+      return false;
+    }
+    return true;
+  }
+  // Zeroes the shared sums FlushFixed adds to (the caller synchronizes before they add).
+  __device__ __forceinline__ static void ZeroFixed(float* a, float* b) {
+    const int t = threadIdx.x;
+    if (t < kMaxGroup) {
+      a[t] = 0.0f;
+      b[t] = 0.0f;
+    }
+  }
+  // AddFixed's per-thread sums into the shared a[j], b[j]: one atomic per warp and head
+  // (every page adds to the same G addresses: per-page shared atomics would serialize).
+  // Every lane of the warp calls it.
+  __device__ __forceinline__ void FlushFixed(float (&la)[kMaxGroup], float (&lb)[kMaxGroup],
+                                             float* a, float* b) const {
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      la[j] = WarpSum(la[j]);
+      lb[j] = WarpSum(lb[j]);
+      if ((int(threadIdx.x) & 31) == 0 && j < G) {
+        atomicAdd(&a[j], la[j]);
+        atomicAdd(&b[j], lb[j]);
+      }
+    }
+  }
 };
 
 __device__ __forceinline__ GrowPair MakeGrowPair(const PageGeometry& g, const PrunerParams& params,
@@ -296,6 +336,14 @@ __device__ KeyCut CountCut(GrowSmem& sm, const SelectionView& sel, int32_t sq0, 
   return cc;
 }
 
+// The seed list's cap of ranked pages for `pair` of n pages, within the selector's limit:
+// seed < 0: auto (1/16 of the pages, at least 64); 0: every page (one stage).
+__device__ __forceinline__ int32_t SeedCap(int32_t seed, int32_t n, const SelectionView& sel,
+                                           int32_t pair) {
+  const int32_t want = seed < 0 ? max(64, (n + 15) / 16) : (seed == 0 ? 0x7fffffff : seed);
+  return min(want, sel.limit[pair]);
+}
+
 // One stage (the launcher's choice when scoring every page costs less than the seed
 // stage's fixed latency, e.g. few pairs): the list is every page, need = 0. Grid: x = page
 // chunks of kMassThreads, y = (sequence, KV head).
@@ -326,9 +374,7 @@ __global__ void __launch_bounds__(kGrowThreads)
   const int32_t G = shape.group;
   const int32_t n = sel.count[pair];
   const int32_t sq0 = s * batch.num_q_heads + h * G;
-  // seed < 0: auto (1/16 of the pages, at least 64); 0: every page (one stage).
-  const int32_t want = seed < 0 ? max(64, (n + 15) / 16) : (seed == 0 ? 0x7fffffff : seed);
-  const int32_t cap = min(want, sel.limit[pair]);
+  const int32_t cap = SeedCap(seed, n, sel, pair);
   const KeyCut cut = CountCut(sm, sel, sq0, G, n, cap, [](int32_t) { return true; });
   int32_t* list = work.list_pages + int64_t(pair) * sel.max_select;
   int32_t* pos = work.list_pos + int64_t(pair) * sel.max_select;
@@ -376,37 +422,18 @@ __device__ __noinline__ void GrowSearchRadix(GrowSmem& sm, const PageGeometry& g
   const int t = threadIdx.x;
 
   // A of the forced pages (always listed, always in); R of the unlisted pages (always out).
-  if (t < kMaxGroup) {
-    sm.a_hi[t] = 0.0f;
-    sm.b_lo[t] = 0.0f;
-  }
+  GrowPair::ZeroFixed(sm.a_hi, sm.b_lo);
   __syncthreads();
   {
-    // Per-thread sums, then one atomic per warp and head (every page adds to the same G
-    // addresses: per-page shared atomics would serialize).
     float la[kMaxGroup], lb[kMaxGroup];
 #pragma unroll
     for (int j = 0; j < kMaxGroup; ++j) la[j] = lb[j] = 0.0f;
     for (int32_t i = t; i < n; i += blockDim.x) {
       bool forced;
       PrepKey(work, pair, sel.max_select, i, &forced);
-      if (forced) {
-#pragma unroll
-        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? gp.a_of(j, i) : 0.0f;
-      } else if (pos[i] < 0) {
-#pragma unroll
-        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? gp.b_of(j, i) : 0.0f;
-      }
+      gp.AddFixed(i, forced, la, lb);
     }
-#pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      la[j] = WarpSum(la[j]);
-      lb[j] = WarpSum(lb[j]);
-      if ((t & 31) == 0 && j < G) {
-        atomicAdd(&sm.a_hi[j], la[j]);
-        atomicAdd(&sm.b_lo[j], lb[j]);
-      }
-    }
+    gp.FlushFixed(la, lb, sm.a_hi, sm.b_lo);
   }
   __syncthreads();
 
@@ -703,6 +730,31 @@ __device__ __forceinline__ uint32_t SortLevels(uint32_t (&key)[kSortItems],
   return ends;
 }
 
+// For the sorted kernels, from SortLevels' level ends: the largest whole-level prefix of at
+// most `cap` ranked pages (K = 0 always qualifies). cap_k: a shared word the caller zeroed
+// (and synchronized) before; every thread calls it and gets the same K.
+__device__ __forceinline__ int LevelsWithin(uint32_t ends, int32_t cap, int* cap_k) {
+  const int t = threadIdx.x;
+  uint32_t fits = 0;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    if (((ends >> k) & 1u) && t * kSortItems + k + 1 <= cap) fits |= 1u << k;
+  }
+  if (fits) atomicMax(cap_k, t * kSortItems + 32 - __clz(fits));
+  __syncthreads();
+  return *cap_k;
+}
+
+// Flags (by page) the pages of the first K sorted ranks (blocked, as SortLevels leaves them).
+__device__ __forceinline__ void FlagSortedPrefix(const int32_t (&page)[kSortItems], int K,
+                                                 uint8_t* in_flag) {
+  const int t = threadIdx.x;
+#pragma unroll
+  for (int k = 0; k < kSortItems; ++k) {
+    if (t * kSortItems + k < K) in_flag[page[k]] = 1;
+  }
+}
+
 using SortKeys = cub::BlockRadixSort<uint32_t, kSortThreads, kSortItems, int32_t>;
 using SortScanF = cub::BlockScan<float2, kSortThreads>;
 using SortScanI = cub::BlockScan<int, kSortThreads>;
@@ -755,10 +807,7 @@ __device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const PageGeometry&
   const int t = threadIdx.x;
 
   // A of the forced pages, R of the unlisted ones; sort items: the listed ranked pages.
-  if (t < kMaxGroup) {
-    a_fix[t] = 0.0f;
-    b_fix[t] = 0.0f;
-  }
+  GrowPair::ZeroFixed(a_fix, b_fix);
   if (t == 0) {
     best_k = 0x7fffffff;
     cap_k = 0;
@@ -785,27 +834,13 @@ __device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const PageGeometry&
       const uint32_t kk = PrepKey(work, pair, sel.max_select, i, &forced);
       if (forced) forced_mask |= 1u << k;
       if (pos[i] >= 0) listed_mask |= 1u << k;
-      if (forced) {
-#pragma unroll
-        for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? gp.a_of(j, i) : 0.0f;
-      } else if (pos[i] < 0) {
-#pragma unroll
-        for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? gp.b_of(j, i) : 0.0f;
-      } else {
+      if (gp.AddFixed(i, forced, la, lb)) {
         key[k] = kk;
         page[k] = i;
         ++ranked;
       }
     }
-#pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      la[j] = WarpSum(la[j]);
-      lb[j] = WarpSum(lb[j]);
-      if ((t & 31) == 0 && j < G) {
-        atomicAdd(&a_fix[j], la[j]);
-        atomicAdd(&b_fix[j], lb[j]);
-      }
-    }
+    gp.FlushFixed(la, lb, a_fix, b_fix);
   }
   // Cut positions: K = r + 1 after rank r, a whole level when the next key differs.
   int m = 0;  // listed ranked pages
@@ -860,21 +895,8 @@ __device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const PageGeometry&
   }
   int K = p < 1.0f ? min(best_k, m) : m;
   const bool cap_hit = K > cap;
-  if (cap_hit) {
-    // The largest whole-level set within the cap (K = 0 always qualifies).
-    uint32_t fits = 0;
-#pragma unroll
-    for (int k = 0; k < kSortItems; ++k) {
-      if (((cut_mask >> k) & 1u) && t * kSortItems + k + 1 <= cap) fits |= 1u << k;
-    }
-    if (fits) atomicMax(&cap_k, t * kSortItems + 32 - __clz(fits));
-    __syncthreads();
-    K = cap_k;
-  }
-#pragma unroll
-  for (int k = 0; k < kSortItems; ++k) {
-    if (t * kSortItems + k < K) in_flag[page[k]] = 1;
-  }
+  if (cap_hit) K = LevelsWithin(cut_mask, cap, &cap_k);
+  FlagSortedPrefix(page, K, in_flag);
   if (t < kMaxGroup) {
     fin_a[t] = fin_b[t] = 0.0f;
     fin_max[t] = 0u;
@@ -972,9 +994,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   const int32_t n = sel.count[pair];  // <= kSortPages
   const int32_t sq0 = s * batch.num_q_heads + h * G;
   const int t = threadIdx.x;
-  // seed < 0: auto (1/16 of the pages, at least 64); 0: every page (one stage).
-  const int32_t want = seed < 0 ? max(64, (n + 15) / 16) : (seed == 0 ? 0x7fffffff : seed);
-  const int32_t cap = min(want, sel.limit[pair]);
+  const int32_t cap = SeedCap(seed, n, sel, pair);
   for (int32_t i = t; i < kSortPages; i += blockDim.x) in_flag[i] = 0;
   if (t == 0) cap_k = 0;
   __syncthreads();
@@ -999,19 +1019,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   }
   int m = 0;
   const uint32_t ends = SortLevels(key, page, ranked, tmp, first_key, key_range, &m);
-  // The largest whole-level prefix of at most cap ranked pages (K = 0 always qualifies).
-  uint32_t fits = 0;
-#pragma unroll
-  for (int k = 0; k < kSortItems; ++k) {
-    if (((ends >> k) & 1u) && t * kSortItems + k + 1 <= cap) fits |= 1u << k;
-  }
-  if (fits) atomicMax(&cap_k, t * kSortItems + 32 - __clz(fits));
-  __syncthreads();
-  const int K = cap_k;
-#pragma unroll
-  for (int k = 0; k < kSortItems; ++k) {
-    if (t * kSortItems + k < K) in_flag[page[k]] = 1;
-  }
+  FlagSortedPrefix(page, LevelsWithin(ends, cap, &cap_k), in_flag);
   __syncthreads();
   // Ascending list: thread t lists pages [16 t, 16 t + 16).
   int cnt = 0;
