@@ -91,8 +91,11 @@ absl::Status RowCacheFetch::Init(const PageGeometry& g, int64_t num_blocks, int3
   cache_.list_capacity = num_slots;
   TWL_RETURN_IF_ERROR(LaunchRowCacheReset(cache_, nullptr));
   TWL_CUDA(cudaDeviceSynchronize());  // ready before any stream uses it
+  // Events by default: on the H200 (2026-12-02, bench/RESULTS.md fifth session) the flag
+  // wait made a captured B = 1 step slower (0.206 vs 0.185 ms per layer-step), the
+  // stream-memory poll costing more than the plan kernels it lets the attention skip.
   const char* wait = std::getenv("TWL_ROW_PLAN_WAIT");
-  SetFlagWait(wait == nullptr || std::strcmp(wait, "event") != 0);
+  SetFlagWait(wait != nullptr && std::strcmp(wait, "flag") == 0);
   return absl::OkStatus();
 }
 

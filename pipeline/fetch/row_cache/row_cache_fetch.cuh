@@ -98,8 +98,8 @@ class RowCacheFetch final : public OffloadCacheFetch {
   bool early_attend() const { return early_attend_; }
   // Whether a group's attention waits for its plan through a stream flag (stream_flags.cuh:
   // set by the mark kernel when every kept row is resident, else by the copy's last block)
-  // rather than for the plan's last kernel (an event). On where the driver allows it, unless
-  // TWL_ROW_PLAN_WAIT=event at Init; SetFlagWait(false) forces events.
+  // rather than for the plan's last kernel (an event). Off by default (measured slower on
+  // the H200); TWL_ROW_PLAN_WAIT=flag at Init turns it on where the driver allows it.
   bool flag_wait() const { return flag_wait_; }
   void SetFlagWait(bool on);
 
