@@ -417,17 +417,8 @@ absl::Status GpuHbmBackend::RunResidentStep(const Selector& selector, const Sele
                                             const pipeline_cuda::StepScratch& sc,
                                             cudaStream_t s, const TelemetryRing* timing,
                                             int32_t timing_slot) const {
-  pipeline_cuda::CudaStep step;
-  step.g = g_;
-  step.selector = &selector;
-  step.selector_params = sel;
-  step.pruner = pruner;
-  step.batch = db;
-  step.q = q;
-  step.out = out;
-  step.qk = qk_;
-  step.prune_kv = kv_;
-  step.compute = s;
+  pipeline_cuda::CudaStep step =
+      pipeline_cuda::MakeCudaStep(g_, selector, sel, pruner, db, q, out, qk_, kv_, s);
   step.timing = timing;
   step.timing_slot = timing_slot;
   return executor_.RunResident(step, sc, kv_);

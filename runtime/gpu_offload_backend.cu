@@ -1415,19 +1415,9 @@ pipeline_cuda::CudaStep GpuOffloadBackend::StepOf(const Selector& selector,
                                                   const PrunerParams& pruner,
                                                   const BatchView& batch, const fp16_t* q,
                                                   fp16_t* out, cudaStream_t c) const {
-  pipeline_cuda::CudaStep step;
-  step.g = g_;
-  step.selector = &selector;
-  step.selector_params = sel;
-  step.pruner = pruner;
-  step.batch = batch;
-  step.q = q;
-  step.out = out;
-  step.qk = qk_;
   // k_bits 16 estimates with the FP16 K itself: read from the mapped pool (slow; rare).
-  step.prune_kv = PoolView();
-  step.compute = c;
-  return step;
+  return pipeline_cuda::MakeCudaStep(g_, selector, sel, pruner, batch, q, out, qk_,
+                                     PoolView(), c);
 }
 
 std::vector<SeqGroup> GpuOffloadBackend::GroupsFor(absl::Span<const int64_t> worst,

@@ -45,6 +45,27 @@ struct CudaStep {
   int32_t timing_slot = 0;
 };
 
+// A step of one store's call: what every backend sets per call. Workspace sizes and timing
+// stay at their defaults (the executor sizes the first, the caller sets the second).
+inline CudaStep MakeCudaStep(const PageGeometry& g, const Selector& selector,
+                             const SelectorParams& sel, const PrunerParams& pruner,
+                             const BatchView& batch, const fp16_t* q, fp16_t* out,
+                             const QuantKView& qk, const FpKvView& prune_kv,
+                             cudaStream_t compute) {
+  CudaStep step;
+  step.g = g;
+  step.selector = &selector;
+  step.selector_params = sel;
+  step.pruner = pruner;
+  step.batch = batch;
+  step.q = q;
+  step.out = out;
+  step.qk = qk;
+  step.prune_kv = prune_kv;
+  step.compute = compute;
+  return step;
+}
+
 // The strides of a step's selection and kept lists, as its StepScratch is shaped.
 struct StepStrides {
   int32_t max_select = 0;  // pages per (sequence, KV head): Selector::Stride
