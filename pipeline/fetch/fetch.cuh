@@ -44,4 +44,28 @@ class CudaFetch {
                                    cudaStream_t compute) = 0;
 };
 
+// A fetch stage that wraps another (the disk tier's stages over the GPU cache): every call
+// goes to `inner` unless the wrapper overrides it.
+class ForwardingFetch : public CudaFetch {
+ public:
+  explicit ForwardingFetch(CudaFetch* inner) : inner_(inner) {}
+  absl::Status Fetch(int32_t index, const SeqGroup& group, const PageGeometry& g,
+                     const BatchView& batch, const KeptView& kept, cudaStream_t compute,
+                     const cudaEvent_t* marks) override {
+    return inner_->Fetch(index, group, g, batch, kept, compute, marks);
+  }
+  absl::Status WaitFetched(int32_t index, cudaStream_t compute) override {
+    return inner_->WaitFetched(index, compute);
+  }
+  AttendSource Source() const override { return inner_->Source(); }
+  absl::Status MergeDirect(const PageGeometry& g, const SeqGroup& group, int32_t num_q_heads,
+                           const fp16_t* direct_out, fp16_t* out,
+                           cudaStream_t compute) override {
+    return inner_->MergeDirect(g, group, num_q_heads, direct_out, out, compute);
+  }
+
+ protected:
+  CudaFetch* inner_;
+};
+
 }  // namespace twl::pipeline_cuda

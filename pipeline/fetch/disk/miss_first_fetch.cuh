@@ -82,7 +82,7 @@ class MissReportState {
   std::vector<cudaEvent_t> pruned_, marked_;
 };
 
-class MissFirstFetch final : public CudaFetch {
+class MissFirstFetch final : public ForwardingFetch {
  public:
   // What a group's plan missed: `count` distinct blocks (new in this step) with a lower
   // bound of their missed rows; complete false: the report overflowed, and the store must
@@ -103,7 +103,7 @@ class MissFirstFetch final : public CudaFetch {
   // One per decode step, after state->NewStep().
   MissFirstFetch(RowCacheFetch* rows, cudaStream_t fetch_stream, MissReportState* state,
                  MakeResident make_resident)
-      : rows_(rows), fetch_(fetch_stream), state_(state),
+      : ForwardingFetch(rows), rows_(rows), fetch_(fetch_stream), state_(state),
         make_resident_(std::move(make_resident)) {}
 
   // A group marked but not completed (the step failed: the store's callback, or a later
@@ -119,12 +119,6 @@ class MissFirstFetch final : public CudaFetch {
                      const BatchView& batch, const KeptView& kept, cudaStream_t compute,
                      const cudaEvent_t* marks) override;
   absl::Status WaitFetched(int32_t index, cudaStream_t compute) override;
-  AttendSource Source() const override { return rows_->Source(); }
-  absl::Status MergeDirect(const PageGeometry& g, const SeqGroup& group, int32_t num_q_heads,
-                           const fp16_t* direct_out, fp16_t* out,
-                           cudaStream_t compute) override {
-    return rows_->MergeDirect(g, group, num_q_heads, direct_out, out, compute);
-  }
 
  private:
   struct Pending {

@@ -18,7 +18,7 @@
 
 namespace twl::pipeline_cuda {
 
-class ResidentFetch final : public CudaFetch {
+class ResidentFetch final : public ForwardingFetch {
  public:
   // Called with the group's index, the group and its kept lists (device) once the prune is
   // enqueued on `compute`; enqueues whatever the inner fetch must see after it on `compute`.
@@ -26,7 +26,7 @@ class ResidentFetch final : public CudaFetch {
                                                   const KeptView& kept, cudaStream_t compute)>;
 
   ResidentFetch(CudaFetch* inner, MakeResident make_resident)
-      : inner_(inner), make_resident_(std::move(make_resident)) {}
+      : ForwardingFetch(inner), make_resident_(std::move(make_resident)) {}
 
   absl::Status Fetch(int32_t index, const SeqGroup& group, const PageGeometry& g,
                      const BatchView& batch, const KeptView& kept, cudaStream_t compute,
@@ -34,18 +34,8 @@ class ResidentFetch final : public CudaFetch {
     if (absl::Status s = make_resident_(index, group, kept, compute); !s.ok()) return s;
     return inner_->Fetch(index, group, g, batch, kept, compute, marks);
   }
-  absl::Status WaitFetched(int32_t index, cudaStream_t compute) override {
-    return inner_->WaitFetched(index, compute);
-  }
-  AttendSource Source() const override { return inner_->Source(); }
-  absl::Status MergeDirect(const PageGeometry& g, const SeqGroup& group, int32_t num_q_heads,
-                           const fp16_t* direct_out, fp16_t* out,
-                           cudaStream_t compute) override {
-    return inner_->MergeDirect(g, group, num_q_heads, direct_out, out, compute);
-  }
 
  private:
-  CudaFetch* inner_;
   MakeResident make_resident_;
 };
 
