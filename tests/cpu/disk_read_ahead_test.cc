@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include "offload/fault_injection.h"
+#include "support/disk_fixture.h"
 #include "support/temp_dir.h"
 #include "runtime/disk_residency.h"
 #include "runtime/geometry.h"
@@ -30,40 +31,23 @@ using testing::TempDir;
 
 // 2 KV heads, d = 8, page 4: 256-byte pages (packed 512-byte records).
 RuntimeConfig SmallConfig(const std::string& dir, int32_t records) {
-  RuntimeConfig c;
-  c.num_layers = 1;
-  c.num_q_heads = 2;
-  c.num_kv_heads = 2;
-  c.head_dim = 8;
-  c.page_size = 4;
-  c.backend = BackendKind::kCpu;
-  c.disk_path = dir;
-  c.disk_bytes = int64_t(records) * 512;
-  return c;
+  return testing::SmallDiskConfig(dir, 2, BackendKind::kCpu, int64_t(records) * 512);
 }
 
-struct Fixture {
-  PageGeometry g;
-  std::unique_ptr<DiskResidency> d;
+struct Fixture : testing::DiskFixture {
   int64_t page_elems = 0;
 };
 
 Fixture Make(const std::string& dir, int32_t pages, int32_t slots, int32_t records) {
   Fixture f;
-  const RuntimeConfig config = SmallConfig(dir, records);
-  f.g = GeometryOf(config);
+  static_cast<testing::DiskFixture&>(f) =
+      testing::MakeDiskFixture(SmallConfig(dir, records), pages, slots);
   f.page_elems = int64_t(f.g.num_kv_heads) * f.g.FpBlockElems();
-  auto tier = CreatePageDiskTier(config);
-  EXPECT_TRUE(tier.ok()) << tier.status();
-  if (!tier.ok()) return f;
-  auto res = DiskResidency::Create(f.g, pages, slots, std::move(*tier));
-  EXPECT_TRUE(res.ok()) << res.status();
-  if (res.ok()) f.d = std::move(*res);
   return f;
 }
 
 fp16_t Value(int32_t page, int32_t version, int64_t i) {
-  return FloatToHalf(float((page * 131 + version * 17 + i) % 1000) * 0.01f);
+  return testing::DiskTestValue(page, version, i);
 }
 
 void Write(Fixture& f, int32_t page, int32_t version) {

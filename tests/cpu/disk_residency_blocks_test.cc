@@ -19,6 +19,7 @@
 #include "runtime/disk_residency.h"
 #include "runtime/geometry.h"
 #include "runtime/runtime.h"
+#include "support/disk_fixture.h"
 #include "support/temp_dir.h"
 
 namespace twl {
@@ -28,22 +29,10 @@ using testing::TempDir;
 
 // 4 KV heads, d = 8, page 4: 128-byte blocks, 512-byte pages.
 RuntimeConfig SmallConfig(const std::string& dir, BackendKind backend, int64_t disk_bytes) {
-  RuntimeConfig c;
-  c.num_layers = 1;
-  c.num_q_heads = 4;
-  c.num_kv_heads = 4;
-  c.head_dim = 8;
-  c.page_size = 4;
-  c.backend = backend;
-  c.disk_path = dir;
-  c.disk_bytes = disk_bytes;
-  return c;
+  return testing::SmallDiskConfig(dir, 4, backend, disk_bytes);
 }
 
-struct Fixture {
-  PageGeometry g;
-  std::unique_ptr<DiskResidency> d;
-};
+using Fixture = testing::DiskFixture;
 
 // units of heads_per_unit blocks (1: blocks, 0: pages), `slots` unit slots.
 Fixture Make(const std::string& dir, int32_t units, int32_t slots, int32_t heads_per_unit) {

@@ -23,6 +23,7 @@
 #include "runtime/geometry.h"
 #include "runtime/offload_disk_steps.h"
 #include "runtime/runtime.h"
+#include "support/disk_fixture.h"
 #include "support/temp_dir.h"
 
 namespace twl {
@@ -225,41 +226,21 @@ TEST(DiskServing, OnlyTheMissedBlocksReachTheResidencyAndAppendsStillNeverWait) 
 
 // --- The parts, on a small DiskResidency of block units -----------------------------------
 
-// 2 KV heads, d = 8, page 4: 128-byte blocks (512-byte records).
-struct Fixture {
-  PageGeometry g;
-  std::unique_ptr<DiskResidency> d;
-};
+// 2 KV heads, d = 8, page 4: 128-byte blocks (512-byte records), one block per unit.
+using Fixture = testing::DiskFixture;
 
 Fixture Make(const std::string& dir, int32_t units, int32_t slots) {
-  Fixture f;
-  RuntimeConfig c;
-  c.num_layers = 1;
-  c.num_q_heads = 2;
-  c.num_kv_heads = 2;
-  c.head_dim = 8;
-  c.page_size = 4;
-  c.backend = BackendKind::kGpuOffload;
-  c.disk_path = dir;
-  c.disk_bytes = int64_t(units) * 512;
-  f.g = GeometryOf(c);
-  auto tier = CreatePageDiskTier(c);
-  EXPECT_TRUE(tier.ok()) << tier.status();
-  if (!tier.ok()) return f;
-  auto res = DiskResidency::Create(f.g, units, slots, std::move(*tier), HostMemKind::kAligned, 1);
-  EXPECT_TRUE(res.ok()) << res.status();
-  if (res.ok()) f.d = std::move(*res);
-  return f;
+  return testing::MakeDiskFixture(
+      testing::SmallDiskConfig(dir, 2, BackendKind::kGpuOffload, int64_t(units) * 512), units,
+      slots, /*heads_per_unit=*/1);
 }
 
-fp16_t Value(int32_t unit, int32_t version, int64_t i) {
-  return FloatToHalf(float((unit * 131 + version * 17 + i) % 1000) * 0.01f);
-}
+using testing::DiskTestValue;
 
 void Fill(Fixture& f, int32_t unit, int32_t version) {
   fp16_t* b = f.d->HostBlock(unit);
   ASSERT_NE(b, nullptr) << unit;
-  for (int64_t i = 0; i < f.g.FpBlockElems(); ++i) b[i] = Value(unit, version, i);
+  for (int64_t i = 0; i < f.g.FpBlockElems(); ++i) b[i] = DiskTestValue(unit, version, i);
 }
 
 // An append of `units` (ReserveForAppend + MarkDirty) writing `version` into each.
@@ -278,7 +259,9 @@ void ExpectUnit(const Fixture& f, int32_t unit, int32_t version) {
   std::vector<fp16_t> k(size_t(g.page_size * row)), v(k.size());
   ASSERT_TRUE(f.d->ReadRows(page, g.page_size, k.data(), v.data()).ok()) << unit;
   std::vector<fp16_t> want(size_t(g.FpBlockElems()));
-  for (int64_t i = 0; i < g.FpBlockElems(); ++i) want[size_t(i)] = Value(unit, version, i);
+  for (int64_t i = 0; i < g.FpBlockElems(); ++i) {
+    want[size_t(i)] = DiskTestValue(unit, version, i);
+  }
   const FpKvView local{want.data(), nullptr};
   for (int32_t r = 0; r < g.page_size; ++r) {
     ASSERT_EQ(std::memcmp(k.data() + r * row + h * g.head_dim, local.K(g, 0, r),

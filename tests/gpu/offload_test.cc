@@ -9,6 +9,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <initializer_list>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -880,6 +882,36 @@ TEST(OffloadBackendTest, PageChannelRuntimeForkAndFreeMatchHbm) {
 // Offload vs HBM under k_scheme 1: the same append and score kernels on the same data (small
 // appends re-quantize the open page, bulk ones go through the segment kernel), a tiny and a
 // roomy cache; outputs within 1e-3 and equal kept budgets, as for k_scheme 0.
+// Prefills sequences of `lengths` tokens, then runs `steps` decode steps with Quest(70) (p 0.9
+// every `p_every`-th step from the first, else 0.95) and 1-20 new tokens per sequence between
+// steps. Each step's output must equal the HBM backend's within 1e-3 with no fetch error;
+// `check` (optional) then sees the step's telemetry.
+void ExpectRaggedStepsMatchHbm(
+    SideBySide& sb, const PageGeometry& g, int32_t num_q_heads, uint64_t seed,
+    std::initializer_list<int32_t> lengths, int32_t steps, int32_t p_every,
+    const std::function<void(int32_t step, const StepTelemetry& tel)>& check = nullptr) {
+  Workload w(g, num_q_heads, seed + 1);
+  std::vector<int32_t> seqs;
+  for (int32_t L : lengths) {
+    const int32_t s = sb.AddSequence();
+    ASSERT_OK(sb.Append(s, w, L));
+    seqs.push_back(s);
+  }
+  std::vector<int32_t> topics(seqs.size(), 0);
+  std::mt19937_64 rng(seed + 2);
+  for (int32_t step = 0; step < steps; ++step) {
+    StepTelemetry tel;
+    PrunerParams pr;
+    pr.p = step % p_every == 0 ? 0.9f : 0.95f;
+    auto err = sb.Decode(seqs, w, &topics, Quest(70), pr, &tel);
+    ASSERT_TRUE(err.ok()) << err.status();
+    EXPECT_LE(*err, 1e-3) << "step " << step;
+    EXPECT_EQ(sb.off->LastStepStats().errors, 0);
+    if (check) check(step, tel);
+    for (int32_t s : seqs) ASSERT_OK(sb.Append(s, w, 1 + int32_t(rng() % 20)));
+  }
+}
+
 TEST(OffloadBackendTest, PageChannelMatchesHbmBackend) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = FreshSeed();
@@ -894,25 +926,7 @@ TEST(OffloadBackendTest, PageChannelMatchesHbmBackend) {
     cfg.gpu_cache_bytes = slots * g.FpBlockBytes();
     SideBySide sb;
     ASSERT_OK(sb.Init(cfg, 900, /*cpu_ref=*/false, seed));
-    Workload w(g, cfg.num_q_heads, seed + 1);
-    std::vector<int32_t> seqs;
-    for (int32_t L : {37, 700, 1500, 2100}) {
-      const int32_t s = sb.AddSequence();
-      ASSERT_OK(sb.Append(s, w, L));
-      seqs.push_back(s);
-    }
-    std::vector<int32_t> topics(seqs.size(), 0);
-    std::mt19937_64 rng(seed + 2);
-    for (int32_t step = 0; step < 6; ++step) {
-      StepTelemetry tel;
-      PrunerParams pr;
-      pr.p = step % 2 == 0 ? 0.9f : 0.95f;
-      auto err = sb.Decode(seqs, w, &topics, Quest(70), pr, &tel);
-      ASSERT_TRUE(err.ok()) << err.status();
-      EXPECT_LE(*err, 1e-3) << "step " << step;
-      EXPECT_EQ(sb.off->LastStepStats().errors, 0);
-      for (int32_t s : seqs) ASSERT_OK(sb.Append(s, w, 1 + int32_t(rng() % 20)));
-    }
+    ExpectRaggedStepsMatchHbm(sb, g, cfg.num_q_heads, seed, {37, 700, 1500, 2100}, 6, 2);
   }
 }
 
@@ -942,25 +956,10 @@ TEST(OffloadRowCacheTest, MatchesHbmBackendAcrossStepsAndCacheSizes) {
     SideBySide sb;
     ASSERT_OK(sb.Init(cfg, 1600, /*cpu_ref=*/false, seed));
     EXPECT_NE(sb.off->Name().find("rows"), std::string::npos) << sb.off->Name();
-    Workload w(g, cfg.num_q_heads, seed + 1);
-    std::vector<int32_t> seqs;
-    for (int32_t L : {37, 700, 1500, 3001, 4100}) {
-      const int32_t s = sb.AddSequence();
-      ASSERT_OK(sb.Append(s, w, L));
-      seqs.push_back(s);
-    }
-    std::vector<int32_t> topics(seqs.size(), 0);
-    std::mt19937_64 rng(seed + 2);
     int64_t in_place = 0, hits = 0, needed = 0, fetched = 0;
-    for (int32_t step = 0; step < 10; ++step) {
-      StepTelemetry tel;
-      PrunerParams pr;
-      pr.p = step % 3 == 0 ? 0.9f : 0.95f;
-      auto err = sb.Decode(seqs, w, &topics, Quest(70), pr, &tel);
-      ASSERT_TRUE(err.ok()) << err.status();
-      EXPECT_LE(*err, 1e-3) << "step " << step;
+    ExpectRaggedStepsMatchHbm(sb, g, cfg.num_q_heads, seed, {37, 700, 1500, 3001, 4100}, 10, 3,
+                              [&](int32_t step, const StepTelemetry& tel) {
       const OffloadStepStats st = sb.off->LastStepStats();
-      EXPECT_EQ(st.errors, 0);
       EXPECT_EQ(st.cache.hits + st.cache.misses, st.cache.blocks_needed);
       // Rows: every kept row is a hit, fetched or read in place.
       int64_t kept = 0;
@@ -971,8 +970,7 @@ TEST(OffloadRowCacheTest, MatchesHbmBackendAcrossStepsAndCacheSizes) {
       hits += st.cache.hits;
       fetched += st.cache.misses;
       needed += tel.blocks_needed;
-      for (int32_t s : seqs) ASSERT_OK(sb.Append(s, w, 1 + int32_t(rng() % 20)));
-    }
+    });
     if (block_bytes_of == 48) EXPECT_GT(in_place, 0) << "the tiny cache never overflowed";
     if (block_bytes_of == 6000) {
       EXPECT_EQ(in_place, 0) << "a roomy row cache reads in place";
@@ -1001,25 +999,7 @@ TEST(OffloadRowCacheTest, EarlyAttendMatchesHbmBackend) {
     cfg.gpu_cache_bytes = block_bytes_of * g.FpBlockBytes() + 1600 * 4 * 16 * 4;
     SideBySide sb;
     ASSERT_OK(sb.Init(cfg, 1600, /*cpu_ref=*/false, seed));
-    Workload w(g, cfg.num_q_heads, seed + 1);
-    std::vector<int32_t> seqs;
-    for (int32_t L : {37, 700, 1500, 3001, 4100}) {
-      const int32_t s = sb.AddSequence();
-      ASSERT_OK(sb.Append(s, w, L));
-      seqs.push_back(s);
-    }
-    std::vector<int32_t> topics(seqs.size(), 0);
-    std::mt19937_64 rng(seed + 2);
-    for (int32_t step = 0; step < 8; ++step) {
-      StepTelemetry tel;
-      PrunerParams pr;
-      pr.p = step % 3 == 0 ? 0.9f : 0.95f;
-      auto err = sb.Decode(seqs, w, &topics, Quest(70), pr, &tel);
-      ASSERT_TRUE(err.ok()) << err.status();
-      EXPECT_LE(*err, 1e-3) << "step " << step;
-      EXPECT_EQ(sb.off->LastStepStats().errors, 0);
-      for (int32_t s : seqs) ASSERT_OK(sb.Append(s, w, 1 + int32_t(rng() % 20)));
-    }
+    ExpectRaggedStepsMatchHbm(sb, g, cfg.num_q_heads, seed, {37, 700, 1500, 3001, 4100}, 8, 3);
   }
   unsetenv("TWL_ROW_EARLY_ATTEND");
 }
