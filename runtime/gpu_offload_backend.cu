@@ -78,12 +78,17 @@ AppendView TokenSlice(const AppendView& tokens, int32_t t0, int32_t n, int64_t r
 //    count instead made every step cycle the whole cache when its blocks exceed it (hit
 //    rate 0.82 -> 0.04, flat workload, B = 8, N = 32k: 2.75 -> 3.96 ms), while with two
 //    groups the units that fit stay resident step after step and the rest are attended
-//    from host memory. So Twilight steps use two groups;
+//    from host memory. So Twilight steps over the block cache use two groups (the row
+//    cache, which holds single kept rows, one: kRowCacheGroups);
 //  * when the pruner keeps every selected token (Quest alone, dense layers) the bound is
 //    exact, and groups that fit halve the step against attention from host memory, which
 //    reads at about 15 GB/s (Quest, B = 8, N = 32k: 11.9 -> 6.2 ms).
 constexpr int32_t kMaxGroups = 8;
 constexpr int32_t kPipelineGroups = 2;
+// With the row cache a warm step moves almost nothing over PCIe, so a second group only adds
+// a pruner launch and a plan: one group measured faster on the H200 at B = 1, 8 and 16, and
+// on the mixed workload whose flat heads miss (bench/RESULTS.md, sixth session).
+constexpr int32_t kRowCacheGroups = 1;
 constexpr int32_t kAppendChunkTokens = 4096;  // host-input appends are staged in chunks
 // Bulk append: device staging for whole pages before the copy engine moves them (two
 // halves, rounds beyond them), pinned descriptor buffers in flight, and the least staged
@@ -191,12 +196,15 @@ class GpuOffloadBackend final : public OffloadBackend {
       num_slots_ = pipeline_cuda::RowCacheFetch::SlotsFor(g_, num_blocks_,
                                                           block_slots * g_.FpBlockBytes());
       TWL_RETURN_IF_ERROR(rows->Init(g_, num_blocks_, num_slots_, HostPool(), kMaxGroups));
-      // Opt-in measurement knob (row_cache_fetch.cuh); not under a disk tier, whose host
-      // waits take the step's end as the end of its pool reads.
-      if (const char* p = std::getenv("TWL_ROW_EARLY_ATTEND");
-          p != nullptr && std::strcmp(p, "1") == 0 && !disk_) {
-        rows->SetEarlyAttend(true);
-      }
+      // Early attention (row_cache_fetch.cuh) by default: the plan's kernels then overlap
+      // the attention instead of preceding it (H200, 128k, 8 layers, captured steps: B = 1
+      // 0.192 -> 0.174 ms, B = 8 mixed 0.883 -> 0.793 with one group; bench/RESULTS.md,
+      // sixth session). TWL_ROW_EARLY_ATTEND=0 turns it off, for comparison. Not under a
+      // disk tier, whose host waits take the step's end as the end of its pool reads.
+      const char* early = std::getenv("TWL_ROW_EARLY_ATTEND");
+      rows->SetEarlyAttend(!disk_ && !(early != nullptr && std::strcmp(early, "0") == 0));
+      // (The disk tier keeps two groups: its NVMe figures were measured with them.)
+      if (!disk_) twilight_groups_ = kRowCacheGroups;
       // Under a disk tier the step's end is the end of its pool reads (the host moves blocks
       // after it): the attention waits for each group's whole plan, copy included. (Its
       // plans run in halves around the miss report, which set no flag anyway.)
@@ -250,9 +258,8 @@ class GpuOffloadBackend final : public OffloadBackend {
     if (const char* p = std::getenv("TWL_APPEND_PATH"); p && std::strcmp(p, "kernel") == 0) {
       append_path_ = AppendPath::kKernel;
     }
-    // Measurement knob (issue 11): pipeline groups of a Twilight step, 1..kMaxGroups. Two
-    // overlap PCIe with the pruner; with the row cache a warm step moves almost nothing, and
-    // one group saves the second pruner launch and plan (to be measured on the H200).
+    // Measurement knob (issue 11): pipeline groups of a Twilight step, 1..kMaxGroups
+    // (defaults: kPipelineGroups with the block cache, kRowCacheGroups with the row cache).
     if (const char* p = std::getenv("TWL_OFFLOAD_GROUPS"); p != nullptr) {
       const int v = std::atoi(p);
       if (v >= 1 && v <= kMaxGroups) twilight_groups_ = v;

@@ -980,28 +980,38 @@ TEST(OffloadRowCacheTest, MatchesHbmBackendAcrossStepsAndCacheSizes) {
   }
 }
 
-// Early attention (TWL_ROW_EARLY_ATTEND=1, pipeline/fetch/row_cache/row_cache_fetch.cuh): a
-// group's attention does not wait for its own plan and copy; outputs still equal the HBM
-// backend's, with a tiny cache (evictions between groups) and a roomy one.
+// Early attention (the default, pipeline/fetch/row_cache/row_cache_fetch.cuh): a group's
+// attention does not wait for its own plan and copy; outputs still equal the HBM backend's,
+// with a tiny cache (evictions between groups) and a roomy one, with one pipeline group (the
+// default: no plan of the step precedes the attention) and two (the second group's attention
+// waits for the first group's plan only), and with early attention off.
 TEST(OffloadRowCacheTest, EarlyAttendMatchesHbmBackend) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = FreshSeed();
-  setenv("TWL_ROW_EARLY_ATTEND", "1", 1);
-  for (int64_t block_bytes_of : {48, 6000}) {
-    SCOPED_TRACE(::testing::Message() << "cache of " << block_bytes_of << " blocks' bytes, seed "
-                                      << seed);
-    RuntimeConfig cfg = SmallConfig();
-    cfg.cache_rows = 2;
-    PageGeometry g;
-    g.page_size = cfg.page_size;
-    g.head_dim = cfg.head_dim;
-    g.num_kv_heads = cfg.num_kv_heads;
-    cfg.gpu_cache_bytes = block_bytes_of * g.FpBlockBytes() + 1600 * 4 * 16 * 4;
-    SideBySide sb;
-    ASSERT_OK(sb.Init(cfg, 1600, /*cpu_ref=*/false, seed));
-    ExpectRaggedStepsMatchHbm(sb, g, cfg.num_q_heads, seed, {37, 700, 1500, 3001, 4100}, 8, 3);
+  for (const char* early : {"1", "0"}) {
+    for (const char* groups : {"1", "2"}) {
+      setenv("TWL_ROW_EARLY_ATTEND", early, 1);
+      setenv("TWL_OFFLOAD_GROUPS", groups, 1);
+      for (int64_t block_bytes_of : {48, 6000}) {
+        SCOPED_TRACE(::testing::Message()
+                     << "early " << early << ", groups " << groups << ", cache of "
+                     << block_bytes_of << " blocks' bytes, seed " << seed);
+        RuntimeConfig cfg = SmallConfig();
+        cfg.cache_rows = 2;
+        PageGeometry g;
+        g.page_size = cfg.page_size;
+        g.head_dim = cfg.head_dim;
+        g.num_kv_heads = cfg.num_kv_heads;
+        cfg.gpu_cache_bytes = block_bytes_of * g.FpBlockBytes() + 1600 * 4 * 16 * 4;
+        SideBySide sb;
+        ASSERT_OK(sb.Init(cfg, 1600, /*cpu_ref=*/false, seed));
+        ExpectRaggedStepsMatchHbm(sb, g, cfg.num_q_heads, seed, {37, 700, 1500, 3001, 4100}, 8,
+                                  3);
+      }
+    }
   }
   unsetenv("TWL_ROW_EARLY_ATTEND");
+  unsetenv("TWL_OFFLOAD_GROUPS");
 }
 
 TEST(OffloadRowCacheTest, RepeatedStepHitsEverything) {

@@ -85,7 +85,8 @@ class RowCacheFetch final : public OffloadCacheFetch {
   const DeviceRowCache& state() const { return cache_; }
   uint32_t window() const { return window_; }
   void SetWindow(uint32_t steps) { window_ = steps; }
-  // Early attention (opt-in, TWL_ROW_EARLY_ATTEND=1 at the backend's creation): group g's
+  // Early attention (the default without a disk tier; TWL_ROW_EARLY_ATTEND=0 at the
+  // backend's creation turns it off): group g's
   // attention waits only for group g-1's fetch, not its own, and reads whatever its plan has
   // not made resident yet in place. Sound because a row it finds resident is stamped by its
   // own plan before that plan takes victims (so no later plan of the step evicts it), rows
