@@ -645,9 +645,9 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
       }
       if (k + 1 < steps) load_meta(k + 1);
     }
-    // Per page channel one page at a time: unrolled, the two pages' fragments and bounds
-    // exceeded 128 registers at 16 heads.
-#pragma unroll(kPageChannel ? 1 : kP16Pages)
+    // Per page channel at 9-16 heads one page at a time: unrolled, the two pages' fragments
+    // and bounds exceeded 128 registers (spills) when growing at d = 128.
+#pragma unroll(kPageChannel && kNT == 2 ? 1 : kP16Pages)
     for (int pp = 0; pp < kP16Pages; ++pp) {
       const int32_t lp = first + k * kStride + pp;
       if (lp >= run) break;  // warp-uniform
