@@ -451,7 +451,8 @@ StepResult RunStep(const Store& st, int32_t b, Step& step, Timer& timer, cudaStr
     const double meta = double(b) * kKvHeads * (st.ctx / kPage) * 2.0 * kHeadDim * 2.0;
     r.bounds_gbs = r.bounds_ms > 0 ? meta / (r.bounds_ms * 1e-3) / 1e9 : 0.0;
   }
-  // Estimator phase: INT4 codes + scale/zero of every selected page, read once per KV head.
+  // Estimator phase: INT4 codes + scale/zero (per page channel: kmin/kmax) of every selected
+  // page, read once per KV head.
   if (!step.pr.dense) {
     std::vector<double> score, topp, compact, grow_part;
     for (int i = 0; i < 7; ++i) {
@@ -469,7 +470,10 @@ StepResult RunStep(const Store& st, int32_t b, Step& step, Timer& timer, cudaStr
     r.compact_ms = Median(compact);
     r.grow_ms = Median(grow_part);
     const double pages = std::accumulate(scount.begin(), scount.end(), 0.0);
-    const double bytes = pages * kPage * (g.CodeBytesPerToken() + 4);
+    // Per page: the codes and the scheme's metadata (per token: scale + zero, 4 B a token;
+    // per page channel: the block's kmin + kmax, 4 B a channel).
+    const double bytes =
+        pages * (kPage * g.CodeBytesPerToken() + (g.HasTokenScale() ? kPage * 4 : 4 * kHeadDim));
     r.int4_gbs = bytes / (r.score_ms * 1e-3) / 1e9;
     // The whole pruner (every kernel of LaunchPrune) over the same bytes.
     r.prune_int4_gbs = bytes / (r.prune_ms * 1e-3) / 1e9;

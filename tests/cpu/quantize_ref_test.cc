@@ -1,7 +1,9 @@
 // Quantized K copy: round-trip error bound, packing order, odd sizes, Quest bounds on append.
 #include <cmath>
+#include <limits>
 #include <random>
 
+#include "core/divide_by_15.h"
 #include "core/quantize.h"
 #include "gtest/gtest.h"
 #include "pipeline/prune/twilight/cpu/estimate_cpu.h"
@@ -133,7 +135,9 @@ TEST(Append, RejectsBadInputWithoutWriting) {
 // its channel's step of K, the step being the block's own Quest range / (2^bits - 1); rows
 // appended one at a time (each append widening the range and re-quantizing the block) give
 // the codes of one bulk append; no per-token scale/zero is needed; the score estimate is q
-// against the dequantized row.
+// against the dequantized row up to the FP16 rounding of q_j * step_j (estimate_cpu.h): at
+// most 2^-11 |q_j step_j| code_j per channel (2^-25 code_j below FP16's normal range), plus
+// the float sums' own 1e-4 relative.
 TEST(Quantize, PageChannelSchemeIsPerChannelOverTheBlockRange) {
   for (int32_t bits : {2, 4, 8}) {
     PageGeometry g{16, 64, 2, bits};
@@ -166,7 +170,7 @@ TEST(Quantize, PageChannelSchemeIsPerChannelOverTheBlockRange) {
         for (int32_t h = 0; h < g.num_kv_heads; ++h) {
           const int64_t block = g.BlockId(page, h);
           std::vector<float> q(static_cast<size_t>(g.head_dim));
-          double dot = 0;
+          double dot = 0, rounding = 0;
           for (int32_t j = 0; j < g.head_dim; ++j) {
             const float x = HalfToFloat(bulk.k_in[s][size_t(t * row + h * g.head_dim + j)]);
             const float step =
@@ -176,14 +180,75 @@ TEST(Quantize, PageChannelSchemeIsPerChannelOverTheBlockRange) {
                 << "bits " << bits << " token " << t << " channel " << j;
             q[size_t(j)] = n(rng);
             dot += double(q[size_t(j)]) * deq;
+            const double code = UnpackCode(qk.Codes(g, block, t % g.page_size), j, g.k_bits);
+            rounding += (std::ldexp(std::abs(double(q[size_t(j)]) * step), -11) +
+                         std::ldexp(1.0, -25)) * std::abs(code);
           }
           const float est = EstimateScoreRef(g, q.data(), qk, bulk.Kv(), block, t % g.page_size);
-          ASSERT_NEAR(est, dot, 1e-4 * (1.0 + std::abs(dot)));
+          ASSERT_NEAR(est, dot, rounding + 1e-4 * (1.0 + std::abs(dot)));
           ASSERT_EQ(est, EstimatePageChannelScoreRef(g, q.data(), qk, block, t % g.page_size));
         }
       }
     }
   }
+}
+
+// The per-page-channel estimate's definition (estimate_cpu.h), term for term and in channel
+// order: sum_j q_j kmin_j + sum_j float(FP16(q_j step_j)) code_j, the FP16 rounding of
+// q_j step_j being what lets the GPU's single FP16 MMA be exact. Bit-exact.
+TEST(Quantize, PageChannelEstimateRoundsQTimesStepToFp16) {
+  for (int32_t d : {64, 128}) {
+    PageGeometry g{16, d, 1, 4};
+    g.k_scheme = kKSchemePageChannel;
+    testing::RefStore st = testing::MakeRandomStore(g, 1, {45}, 17 + uint64_t(d));
+    const QuantKView qk = st.Quant();
+    std::mt19937_64 rng{uint64_t(d)};
+    std::normal_distribution<float> n(0.0f, 0.3f);
+    int32_t rounded_terms = 0;
+    for (int32_t t = 0; t < 45; ++t) {
+      const int64_t block = g.BlockId(st.page_table[size_t(t / g.page_size)], 0);
+      std::vector<float> q(static_cast<size_t>(d));
+      for (float& x : q) x = n(rng);
+      float base = 0.0f, dot = 0.0f;
+      for (int32_t j = 0; j < d; ++j) {
+        const fp16_t mn = qk.kmin[block * d + j], mx = qk.kmax[block * d + j];
+        base += q[size_t(j)] * HalfToFloat(mn);
+        const float exact = q[size_t(j)] * PageChannelStep(g, mn, mx);
+        const float qs = HalfToFloat(FloatToHalf(exact));
+        rounded_terms += qs != exact;
+        dot += qs * float(UnpackCode(qk.Codes(g, block, t % 16), j, g.k_bits));
+      }
+      ASSERT_EQ(EstimatePageChannelScoreRef(g, q.data(), qk, block, t % 16), base + dot)
+          << "d " << d << " token " << t;
+    }
+    EXPECT_GT(rounded_terms, 45 * d / 2);  // the rounding is not vacuous
+  }
+}
+
+// DivideBy15 (the GPU estimators' page-channel step) is x / 15.0f bit for bit: every 61st
+// FP32 bit pattern of both signs (the multiply-FMA-FMA sequence was checked against the
+// division for every finite x when written), every difference of two FP16 bounds around
+// the tricky magnitudes, and the non-finite inputs.
+TEST(Quantize, DivideBy15IsTheCorrectlyRoundedDivision) {
+  int64_t checked = 0;
+  for (uint64_t u = 0; u < 0x7f800000ull; u += 61) {
+    for (uint32_t sign : {0u, 0x80000000u}) {
+      const float x = BitsToFloat(uint32_t(u) | sign);
+      ASSERT_EQ(FloatToBits(DivideBy15(x)), FloatToBits(x / 15.0f)) << x;
+      ++checked;
+    }
+  }
+  for (uint32_t a = 0; a < 0x7c00u; a += 7) {
+    for (uint32_t b = 0; b < 0x7c00u; b += 509) {
+      const float x = HalfToFloat(fp16_t(a)) - HalfToFloat(fp16_t(b | 0x8000u));
+      ASSERT_EQ(FloatToBits(DivideBy15(x)), FloatToBits(x / 15.0f)) << x;
+    }
+  }
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(DivideBy15(inf), inf);
+  EXPECT_EQ(DivideBy15(-inf), -inf);
+  EXPECT_TRUE(std::isnan(DivideBy15(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_GT(checked, int64_t(60000000));
 }
 
 // An outlier channel (K's +-6 channels) widens the per-token step of every channel, but only

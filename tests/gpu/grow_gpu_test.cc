@@ -227,13 +227,18 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(GrowCase{96, 4, 0, 0.95f, {3000, 37, 700}},
                       GrowCase{256, 2, 0, 0.9f, {2100, 16}}));
 
-// k_scheme 1 (per page channel): the growth uses the same (scalar) score kernel.
+// k_scheme 1 (per page channel): the page-16 estimator's page-channel path (it writes the
+// page sums, as for k_scheme 0), one and two stages, 1 to 16 heads per KV head.
 INSTANTIATE_TEST_SUITE_P(
     PageChannel, GrowGpuTest,
     ::testing::Values(GrowCase{128, 4, 0, 0.95f, {5000, 37, 2100, 16}, -1, kKSchemePageChannel},
                       GrowCase{64, 1, 0, 0.9f, {3001, 700}, -1, kKSchemePageChannel},
                       GrowCase{128, 4, 6, 0.95f, {3000, 1000}, -1, kKSchemePageChannel},
-                      GrowCase{128, 2, 0, 0.9f, {6000, 3000}, 2, kKSchemePageChannel}));
+                      GrowCase{128, 2, 0, 0.9f, {6000, 3000}, 2, kKSchemePageChannel},
+                      GrowCase{128, 8, 0, 0.95f, {4100}, -1, kKSchemePageChannel},
+                      GrowCase{64, 4, 0, 0.95f, {3000, 37, 700}, 0, kKSchemePageChannel},
+                      GrowCase{128, 16, 0, 0.95f, {5000, 37, 2100}, -1, kKSchemePageChannel},
+                      GrowCase{64, 16, 0, 0.9f, {6000, 300}, 2, kKSchemePageChannel}));
 
 // A flat head at 128k tokens keeps >= p - 0.01 of its true mass on the GPU path.
 TEST(GrowGpuFlatTest, FlatHeadKeepsTrueMassAt128k) {

@@ -280,8 +280,9 @@ INSTANTIATE_TEST_SUITE_P(
                       PruneCase{96, 1, 8, 4, 0.95f, false, false, true, {5000, 33}, true}));
 
 // k_scheme 1 (INT4 per page channel, EstimatePageChannelScoreRef): the same tolerances (the
-// GPU sums q_j kmin_j and (q_j step_j) code_j in another float order: well inside the band's
-// 1e-3 logits at these magnitudes).
+// GPU sums q_j kmin_j and FP16(q_j step_j) code_j in another float order: well inside the
+// band's 1e-3 logits at these magnitudes). Pages of 16 at d 64/128 take ScorePage16Kernel's
+// page-channel path, pages of 32 the general tensor-core kernel, pages of 8 the scalar one.
 constexpr int32_t kPc = kKSchemePageChannel;
 INSTANTIATE_TEST_SUITE_P(
     PageChannel, PruneGpuTest,
@@ -298,7 +299,14 @@ INSTANTIATE_TEST_SUITE_P(
                       // INT4 through the scalar kernel (a 16-token tile spans pages of 8),
                       // and pages of 32 (two tensor-core tiles per block).
                       PruneCase{128, 2, 4, 4, 0.9f, false, false, false, {}, true, kPc, 8},
-                      PruneCase{64, 2, 4, 4, 0.95f, false, false, false, {}, true, kPc, 32}));
+                      PruneCase{64, 2, 4, 4, 0.95f, false, false, false, {}, true, kPc, 32},
+                      // The page-16 estimator's page-channel path at 1, 8, 12 and 16 heads
+                      // per KV head (one and two MMA n-tiles), ragged lengths.
+                      PruneCase{128, 2, 8, 4, 0.95f, false, false, false, {}, false, kPc},
+                      PruneCase{64, 2, 8, 4, 0.9f, false, false, true, {9000, 17, 48}, true, kPc},
+                      PruneCase{128, 1, 1, 4, 0.95f, false, false, true, {20000, 33}, true, kPc},
+                      PruneCase{128, 2, 16, 4, 0.9f, false, false, false, {}, false, kPc},
+                      PruneCase{64, 1, 12, 4, 0.95f, true, false, true, {9000, 300}, true, kPc}));
 
 // LaunchPrune on the device copy of `st` over the host selection (pages, count), downloaded:
 // kept tokens [pairs][max_kept], counts [pairs], and per query head kept count and mass.

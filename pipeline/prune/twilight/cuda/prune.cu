@@ -1,6 +1,7 @@
 // Launchers of the pruner kernels (see prune.cuh and gpu/kernels.h).
 // Instantiations: ScoreInt4Kernel<64|128, false (per token) | true (per page channel)>,
-// the rest are not templates.
+// ScorePage16Kernel<64|128, 1|2 n-tiles, growth or not, per token | per page channel>; the
+// rest are not templates.
 #include <algorithm>
 
 #include "pipeline/prune/twilight/cuda/prune.cuh"
@@ -75,6 +76,13 @@ size_t PruneWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_
   return Layout(g, num_seqs, num_q_heads, max_select, nullptr).bytes;
 }
 
+PruneEstimates PruneWorkspaceEstimates(const PageGeometry& g, int32_t num_seqs,
+                                       int32_t num_q_heads, int32_t max_select,
+                                       const void* workspace) {
+  const PruneLayout l = Layout(g, num_seqs, num_q_heads, max_select, const_cast<void*>(workspace));
+  return PruneEstimates{l.scores, l.grow.page_max, l.grow.page_mass};
+}
+
 namespace {
 
 // See RunPrune's one_stage.
@@ -84,8 +92,29 @@ namespace {
 // available through an explicit grow_seed_pages.
 constexpr int64_t kOneStageBytes = int64_t(4) << 30;
 
-// ScorePage16Kernel for one head dim: the instantiation by group (n-tiles) and growth.
-template <int kHeadDim>
+// ScorePage16Kernel, one instantiation: its shared memory attribute and the launch.
+template <int kHeadDim, int kNT, bool kMass, bool kPageChannel>
+absl::Status LaunchScorePage16Kernel(const dim3& grid, int32_t run, const PageGeometry& g,
+                                     const BatchView& batch, const QueryView& q,
+                                     const QuantKView& qk, const SelectionView& list,
+                                     const cuda::PruneShape& sh, fp16_t* scores,
+                                     uint32_t* head_max, float* page_mass, float* page_max,
+                                     cudaStream_t st) {
+  constexpr size_t smem = cuda::ScorePage16SmemBytes<kHeadDim, kNT, kPageChannel>();
+  auto kernel = cuda::ScorePage16Kernel<kHeadDim, kNT, kMass, kPageChannel>;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) !=
+      cudaSuccess) {
+    return LaunchStatus("ScorePage16Kernel smem attribute");
+  }
+  kernel<<<grid, cuda::kP16Warps * 32, smem, st>>>(g, batch, q, qk, list, sh, run, scores,
+                                                   head_max, kMass ? page_mass : nullptr,
+                                                   kMass ? page_max : nullptr);
+  return LaunchStatus("ScorePage16Kernel");
+}
+
+// ScorePage16Kernel for one head dim and K scheme: the instantiation by group (n-tiles) and
+// growth.
+template <int kHeadDim, bool kPageChannel>
 absl::Status LaunchScorePage16(bool grow, int32_t nt, int64_t bx, int64_t pairs, int32_t run,
                                const PageGeometry& g, const BatchView& batch,
                                const QueryView& q, const QuantKView& qk,
@@ -93,19 +122,12 @@ absl::Status LaunchScorePage16(bool grow, int32_t nt, int64_t bx, int64_t pairs,
                                fp16_t* scores, uint32_t* head_max, float* page_mass,
                                float* page_max, cudaStream_t st) {
   const dim3 grid{unsigned(bx), unsigned(pairs), 1u};
-  constexpr size_t smem = cuda::ScorePage16SmemBytes<kHeadDim>();
-  auto kernel = grow ? (nt == 2 ? cuda::ScorePage16Kernel<kHeadDim, 2, true>
-                                : cuda::ScorePage16Kernel<kHeadDim, 1, true>)
-                     : (nt == 2 ? cuda::ScorePage16Kernel<kHeadDim, 2, false>
-                                : cuda::ScorePage16Kernel<kHeadDim, 1, false>);
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) !=
-      cudaSuccess) {
-    return LaunchStatus("ScorePage16Kernel smem attribute");
-  }
-  kernel<<<grid, cuda::kP16Warps * 32, smem, st>>>(g, batch, q, qk, list, sh, run, scores,
-                                                   head_max, grow ? page_mass : nullptr,
-                                                   grow ? page_max : nullptr);
-  return LaunchStatus("ScorePage16Kernel");
+  auto launch = grow ? (nt == 2 ? LaunchScorePage16Kernel<kHeadDim, 2, true, kPageChannel>
+                                : LaunchScorePage16Kernel<kHeadDim, 1, true, kPageChannel>)
+                     : (nt == 2 ? LaunchScorePage16Kernel<kHeadDim, 2, false, kPageChannel>
+                                : LaunchScorePage16Kernel<kHeadDim, 1, false, kPageChannel>);
+  return launch(grid, run, g, batch, q, qk, list, sh, scores, head_max, page_mass, page_max,
+                st);
 }
 
 // Chunks per block of the kept pass (KeptKernel): the explicit plan
@@ -181,10 +203,10 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
            : selection;
   const int64_t heads = int64_t(batch.num_seqs) * batch.num_q_heads;
   if (grow && heads > 65535) return absl::InvalidArgumentError("prune: more than 65535 query heads");
-  // The common geometry (INT4 per token, pages of 16, d 64/128) has its own estimator,
-  // which also writes the growth's page sums (no PageMassKernel then).
-  const bool page16 = g.k_bits == 4 && g.HasTokenScale() && g.page_size == 16 &&
-                      (g.head_dim == 64 || g.head_dim == 128);
+  // The common geometry (INT4 per token or per page channel, pages of 16, d 64/128) has its
+  // own estimator, which also writes the growth's page sums (no PageMassKernel then).
+  const bool page16 = g.k_bits == 4 && g.page_size == 16 && (g.head_dim == 64 || g.head_dim == 128);
+  const bool page16_channel = page16 && !g.HasTokenScale();
   // Estimates of every listed row (only the pairs flagged in `only`, when given).
   auto score = [&](const int32_t* only) -> absl::Status {
     cuda::PruneShape sh = shape;
@@ -192,10 +214,12 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     if (page16) {
       // Blocks per pair: whole waves of 2 blocks per SM where the batch allows (equal runs
       // finish together; a last wave 20% full costs as much as a full one), runs of at
-      // least 16 pages and at most kP16MaxPages.
+      // least 16 pages and at most the kernel's run table (P16Smem::kMaxPages).
       const int64_t slots = 2 * int64_t(gpu::SmCount());
       const int64_t pages = selection.max_select;
-      const int64_t bx_min = (pages + cuda::kP16MaxPages - 1) / cuda::kP16MaxPages;
+      const int64_t max_run = page16_channel ? cuda::P16Smem<128, 1, true>::kMaxPages
+                                             : cuda::P16Smem<128, 1, false>::kMaxPages;
+      const int64_t bx_min = (pages + max_run - 1) / max_run;
       const int64_t bx_max = std::max<int64_t>(bx_min, (pages + 15) / 16);
       int64_t bx = bx_min;
       double best = -1.0;
@@ -212,16 +236,16 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
       const int32_t run = int32_t((pages + bx - 1) / bx);
       bx = (pages + run - 1) / run;
       const int32_t nt = group > 8 ? 2 : 1;
-      return g.head_dim == 128
-                 ? LaunchScorePage16<128>(grow, nt, bx, pairs, run, g, batch, q, qk, list, sh,
-                                          l.scores, l.head_max, l.grow.page_mass,
-                                          l.grow.page_max, st)
-                 : LaunchScorePage16<64>(grow, nt, bx, pairs, run, g, batch, q, qk, list, sh,
-                                         l.scores, l.head_max, l.grow.page_mass,
-                                         l.grow.page_max, st);
+      auto launch = g.head_dim == 128 ? (page16_channel ? LaunchScorePage16<128, true>
+                                                        : LaunchScorePage16<128, false>)
+                                      : (page16_channel ? LaunchScorePage16<64, true>
+                                                        : LaunchScorePage16<64, false>);
+      return launch(grow, nt, bx, pairs, run, g, batch, q, qk, list, sh, l.scores, l.head_max,
+                    l.grow.page_mass, l.grow.page_max, st);
     }
     // The per-page-channel scheme (k_scheme 1) needs a tile inside one block (its B fragment
-    // is scaled by the block's steps): page_size a multiple of 16, else the scalar kernel.
+    // is scaled by the block's steps): page_size a multiple of 16 (16 itself: above), else
+    // the scalar kernel.
     const bool page_channel = !g.HasTokenScale();
     // (Its MMA holds 8 query heads: larger groups take the scalar kernel here.)
     const bool tensor_cores = g.k_bits == 4 && (g.head_dim == 64 || g.head_dim == 128) &&

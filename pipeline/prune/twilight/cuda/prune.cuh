@@ -12,10 +12,10 @@
 //     Scores are stored as FP16 (2 B per token and head: a quarter of the INT4 bytes at
 //     G = 4 instead of as many), and the per-head maximum of the stored (rounded) scores is
 //     folded in with one atomicMax per warp and head (order-preserving integer keys).
-//     ScorePage16Kernel does the same for the common geometry (per-token INT4, pages of
-//     16, d 64/128, up to 16 heads per KV head) with a page per tile and fixed lane offsets
-//     (about half the instructions per byte), and, growing, each page's max estimate per head
-//     and its sum of exp below that max. ScoreScalarKernel is the fallback for
+//     ScorePage16Kernel does the same for the common geometry (INT4 per token or per page
+//     channel, pages of 16, d 64/128, up to 16 heads per KV head) with a page per tile and
+//     fixed lane offsets (about half the instructions per byte), and, growing, each page's
+//     max estimate per head and its sum of exp below that max. ScoreScalarKernel is the fallback for
 //     k_bits 2/8, FP16 K (k_bits 16) and groups past 8 outside ScorePage16Kernel.
 //  2. The top-p threshold by histogram selection, many blocks per head (prune_hist.cuh):
 //     HistKernel (level 1), KeptKernel (level 2 + union bit words above the boundary bin +
@@ -24,7 +24,9 @@
 //     bits -> ascending tokens, and the per-query-head telemetry.
 #pragma once
 
+#include "core/divide_by_15.h"
 #include "gpu/cuda/common.cuh"
+#include "pipeline/prune/twilight/cuda/page_channel_fragments.cuh"
 
 namespace twl::cuda {
 
@@ -183,12 +185,13 @@ constexpr size_t ScoreSmemBytes() {
 // y = (sequence, KV head). scores: [num_seqs * num_q_heads][cand_stride] FP16, -inf for
 // slots past the sequence end; head_max: [num_seqs * num_q_heads] FloatKey of the max stored
 // (FP16-rounded) score, zeroed before.
-// kPageChannel (k_scheme 1, page_size a multiple of 16: a tile lies in one block): the codes
-// are scaled per channel by the tile's block, so the B fragment is rebuilt per tile as
-// q_j * step_j, step_j = (kmax_j - kmin_j) / 15 from the block's Quest bounds, and the
-// per-(head, block) constant sum_j q_j kmin_j is added: est = scale * (acc + base), the terms
-// of EstimatePageChannelScoreRef (q_j * step_j split into two FP16 halves, hi + lo, so the
-// tensor cores add no rounding beyond the FP32 sums' order).
+// kPageChannel (k_scheme 1, page_size a multiple of 16 other than 16, which
+// ScorePage16Kernel takes: a tile lies in one block): the codes are scaled per channel by the
+// tile's block, so the B fragment is rebuilt per tile as qs_j = FP16(q_j * step_j), q_j the
+// scaled query (FP16 q times the softmax scale, in FP32), step_j = (kmax_j - kmin_j) / 15
+// from the block's Quest bounds, and the per-(head, block) constant sum_j q_j kmin_j is
+// added: est = acc + base, exactly the terms of EstimatePageChannelScoreRef (its FP16 qs_j
+// makes one MMA exact; only the order of the FP32 sums differs).
 template <int kHeadDim, bool kPageChannel = false>
 __global__ void __launch_bounds__(kScoreWarps * 32, 2)
     ScoreInt4Kernel(PageGeometry g, BatchView batch, QueryView q, QuantKView qk,
@@ -346,29 +349,20 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
           const fp16_t* b10 = reinterpret_cast<const fp16_t*>(&bfrag[m][1][0]);
           const fp16_t* b11 = reinterpret_cast<const fp16_t*>(&bfrag[m][1][1]);
           const fp16_t qe[8] = {b00[0], b01[0], b10[0], b11[0], b00[1], b01[1], b10[1], b11[1]};
-          // q_j step_j as an FP16 pair hi + lo (two MMAs each): FP16 alone would add ~1e-3
-          // logits of rounding to the estimate at |q| ~ 3; the pair is exact to ~2^-22.
-          fp16_t hi[8], lo[8];
+          fp16_t qs[8];  // FP16(q_j step_j): the B fragment of this tile
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
-            // The step times 1/15 instead of a division (<= 1 ulp of FP32 apart); non-finite
-            // bounds propagate (inf / NaN) as in the reference.
-            const float step = (H2F(mx[i]) - H2F(mn[i])) * (1.0f / 15.0f);
-            const float qv = H2F(qe[i]);
-            const float x = qv * step;
-            hi[i] = F2H(x);
-            lo[i] = F2H(x - H2F(hi[i]));
+            // Non-finite bounds propagate (inf / NaN) as in the reference.
+            const float step = DivideBy15(H2F(mx[i]) - H2F(mn[i]));
+            const float qv = H2F(qe[i]) * shape.scale;
+            qs[i] = F2H(qv * step);
             part += qv * H2F(mn[i]);
           }
           uint32_t xa[4], xb[4];
           NibbleWordToHalf2x4(wa[m], xa);
           NibbleWordToHalf2x4(wb[m], xb);
-#pragma unroll
-          for (int part_of = 0; part_of < 2; ++part_of) {
-            const fp16_t* b = part_of == 0 ? hi : lo;
-            Mma16816(acc, xa[0], xb[0], xa[1], xb[1], PackHalves(b[0], b[4]), PackHalves(b[1], b[5]));
-            Mma16816(acc, xa[2], xb[2], xa[3], xb[3], PackHalves(b[2], b[6]), PackHalves(b[3], b[7]));
-          }
+          Mma16816(acc, xa[0], xb[0], xa[1], xb[1], PackHalves(qs[0], qs[4]), PackHalves(qs[1], qs[5]));
+          Mma16816(acc, xa[2], xb[2], xa[3], xb[3], PackHalves(qs[2], qs[6]), PackHalves(qs[3], qs[7]));
         }
         // Head r's sum over the 4 lanes t4 = 0..3, then the two heads this thread holds.
         part += __shfl_xor_sync(0xffffffffu, part, 1);
@@ -396,7 +390,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
           if (j >= shape.group) continue;
           fp16_t est;
           if constexpr (kPageChannel) {
-            est = F2H(valid[t][half] ? shape.scale * (acc[half * 2 + kk] + base[kk]) : -INFINITY);
+            est = F2H(valid[t][half] ? acc[half * 2 + kk] + base[kk] : -INFINITY);
           } else {
             est = F2H(valid[t][half] ? shape.scale * (tscale[t][half] * acc[half * 2 + kk] +
                                                       tzero[t][half] * qsum[0][kk])
@@ -440,6 +434,13 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
 // accurate range reduction costs ~10 instructions, four times per page and lane). Relative
 // error ~1e-6 at x = -20 (the argument's rounding), far below the float sums' own; results
 // below 2^-126 flush to 0.
+// kPageChannel (k_scheme 1, same geometry): no per-token scale/zero; per page the block's
+// kmin/kmax (512 B at d = 128) land with its codes, and the warp builds the page's B
+// fragments qs_j = FP16(q_j step_j) and bases sum_j q_j kmin_j together
+// (page_channel_fragments.cuh); est = acc + base with q already scaled, the terms of
+// EstimatePageChannelScoreRef. Per page and lane that adds ~100 instructions (steps, G
+// products and sums, the exchange, a reduce-scatter) where the general kernel's hi/lo split
+// paid two MMAs and a per-lane rebuild per tile.
 constexpr float kLog2e = 1.4426950408889634f;
 // max that propagates NaN (fmaxf drops it).
 __device__ __forceinline__ float MaxNan(float a, float b) {
@@ -457,17 +458,53 @@ constexpr int kP16Warps = 8;
 constexpr int kP16Pages = 2;     // pages per warp per pipeline step
 constexpr int kP16Stages = 4;    // steps: kP16Stages - 1 in flight while one is computed
 constexpr int kP16MaxPages = 2048;  // pages of a block's run resolved in shared memory
-template <int kHeadDim>
+
+// Shared memory of ScorePage16Kernel (2 blocks per SM: at most ~113 KB each). Per token: the
+// code landing buffer. Per page channel also the bounds landing buffer (kmin then kmax of
+// each page, in the codes' cp.async groups) [stage][page][warp][4 * kHeadDim bytes], the
+// warps' exchange buffers [warp][8 heads][kHeadDim / 8] 16-byte words and the scaled queries
+// [kNT * 8 heads][kHeadDim] (page_channel_fragments.cuh); to fit, it runs one stage less at
+// d = 128 (the same ~6 KB per warp in flight: two steps of 1.5 KB pages instead of three of
+// 1 KB) and resolves runs of up to 1024 pages.
+template <int kHeadDim, int kNT, bool kPageChannel>
+struct P16Smem {
+  static constexpr int kStages = kPageChannel && kHeadDim == 128 ? kP16Stages - 1 : kP16Stages;
+  static constexpr int kMaxPages = kPageChannel ? kP16MaxPages / 2 : kP16MaxPages;
+  static constexpr size_t kLanding =
+      size_t(kStages) * kP16Pages * 2 * kP16Warps * 32 * (kHeadDim / 8);
+  static constexpr size_t kBoundsPage = 4 * kHeadDim;  // kmin + kmax, FP16
+  static constexpr size_t kBounds =
+      kPageChannel ? size_t(kStages) * kP16Pages * kP16Warps * kBoundsPage : 0;
+  static constexpr size_t kExchange = kPageChannel ? size_t(kP16Warps) * 8 * kHeadDim * 2 : 0;
+  static constexpr size_t kQueries = kPageChannel ? size_t(kNT) * 8 * kHeadDim * 4 : 0;
+  static constexpr size_t kBytes = kLanding + kBounds + kExchange + kQueries;
+  static __device__ __forceinline__ fp16_t* Bounds(unsigned char* smem, int stage, int page,
+                                                   int warp) {
+    return reinterpret_cast<fp16_t*>(
+        smem + kLanding + ((size_t(stage) * kP16Pages + page) * kP16Warps + warp) * kBoundsPage);
+  }
+  static __device__ __forceinline__ uint4* Exchange(unsigned char* smem, int warp) {
+    return reinterpret_cast<uint4*>(smem + kLanding + kBounds) + warp * kHeadDim;
+  }
+  static __device__ __forceinline__ float* Queries(unsigned char* smem) {
+    return reinterpret_cast<float*>(smem + kLanding + kBounds + kExchange);
+  }
+};
+static_assert(P16Smem<128, 2, true>::kBytes + P16Smem<128, 2, true>::kMaxPages * 9 <= 110 * 1024,
+              "two blocks per SM");
+template <int kHeadDim, int kNT = 1, bool kPageChannel = false>
 constexpr size_t ScorePage16SmemBytes() {
-  return size_t(kP16Stages) * kP16Pages * 2 * kP16Warps * 32 * (kHeadDim / 8);
+  return P16Smem<kHeadDim, kNT, kPageChannel>::kBytes;
 }
 
-template <int kHeadDim, int kNT, bool kMass>
+template <int kHeadDim, int kNT, bool kMass, bool kPageChannel = false>
 __global__ void __launch_bounds__(kP16Warps * 32, 2)
     ScorePage16Kernel(PageGeometry g, BatchView batch, QueryView q, QuantKView qk,
                       SelectionView sel, PruneShape shape, int32_t pages_per_block,
                       fp16_t* __restrict__ scores, uint32_t* __restrict__ head_max,
                       float* __restrict__ page_mass, float* __restrict__ page_max) {
+  using Smem = P16Smem<kHeadDim, kNT, kPageChannel>;
+  constexpr int kStages = Smem::kStages;
   constexpr int kWords = kHeadDim / 32;  // 32-bit code words per thread per token
   constexpr int kChunk = kHeadDim / 8;   // code bytes per thread per token (16 or 8)
   constexpr int kRowBytes = kHeadDim / 2;
@@ -476,8 +513,8 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
   using Chunk = typename std::conditional<kWords == 4, uint4, uint2>::type;
   extern __shared__ __align__(16) unsigned char p16_smem[];
   Chunk* landing = reinterpret_cast<Chunk*>(p16_smem);  // [stage][page][half][kThreads]
-  __shared__ int64_t run_blk[kP16MaxPages];  // block id of run page i
-  __shared__ uint8_t run_rows[kP16MaxPages];  // its rows inside the sequence (0..16)
+  __shared__ int64_t run_blk[Smem::kMaxPages];  // block id of run page i
+  __shared__ uint8_t run_rows[Smem::kMaxPages];  // its rows inside the sequence (0..16)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int32_t pair = blockIdx.y;
   if (shape.only && !shape.only[pair]) return;
@@ -496,18 +533,24 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
   const int G = shape.group;
   const int32_t sq0 = s * batch.num_q_heads + h * G;
 
-  // B fragments per n-tile: query head nt * 8 + r (zero past the group).
+  // B fragments per n-tile: query head nt * 8 + r (zero past the group); per page channel
+  // rebuilt per page.
   uint32_t bfrag[kNT][kWords][2][2];
-#pragma unroll
-  for (int nt = 0; nt < kNT; ++nt) {
-    const int n = nt * 8 + r;
-    LoadQueryFragment<kHeadDim>(q.q + int64_t(sq0 + (n < G ? n : 0)) * kHeadDim, n < G, t4,
-                                bfrag[nt]);
-  }
   // sum(q) of the heads this thread's accumulators hold (nt * 8 + 2 t4 + kk).
   float qsum[kNT][2];
-  GroupQuerySums<kHeadDim, kNT>(q.q + int64_t(sq0) * kHeadDim, G, lane, qsum);
-  __syncthreads();  // run_blk / run_rows ready
+  if constexpr (kPageChannel) {
+    PcStageQueries<kHeadDim, kNT * 8>(q.q + int64_t(sq0) * kHeadDim, G, shape.scale,
+                                      Smem::Queries(p16_smem));
+  } else {
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+      const int n = nt * 8 + r;
+      LoadQueryFragment<kHeadDim>(q.q + int64_t(sq0 + (n < G ? n : 0)) * kHeadDim, n < G, t4,
+                                  bfrag[nt]);
+    }
+    GroupQuerySums<kHeadDim, kNT>(q.q + int64_t(sq0) * kHeadDim, G, lane, qsum);
+  }
+  __syncthreads();  // run_blk / run_rows (and the scaled queries) ready
 
   constexpr int kStride = kP16Warps * kP16Pages;  // run pages between a warp's steps
   const int32_t first = warp * kP16Pages;
@@ -515,7 +558,7 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
   const uint8_t* lane_codes = qk.codes + r * kRowBytes + t4 * kChunk;
   auto issue = [&](int32_t k) {
     if (k < steps) {
-      const int stage = k % kP16Stages;
+      const int stage = k % kStages;
 #pragma unroll
       for (int pp = 0; pp < kP16Pages; ++pp) {
         const int32_t lp = first + k * kStride + pp;
@@ -529,13 +572,22 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
             CpAsyncBytes8(dst, src);
             CpAsyncBytes8(dst + kThreads, src + 8 * kRowBytes);
           }
+          if constexpr (kPageChannel) {
+            // The block's kmin then kmax: kHeadDim / 4 pieces of 16 bytes, one per lane.
+            constexpr int kHalfPieces = kHeadDim / 8;
+            if (lane < 2 * kHalfPieces) {
+              const fp16_t* b = (lane < kHalfPieces ? qk.kmin : qk.kmax) +
+                                run_blk[lp] * kHeadDim + (lane % kHalfPieces) * 8;
+              CpAsyncBytes16(Smem::Bounds(p16_smem, stage, pp, warp) + lane * 8, b);
+            }
+          }
         }
       }
     }
     CpAsyncCommitGroup();
   };
 #pragma unroll
-  for (int k = 0; k < kP16Stages - 1; ++k) issue(k);
+  for (int k = 0; k < kStages - 1; ++k) issue(k);
 
   // Scale / zero of rows r, r + 8 of a step's pages, loaded one step ahead.
   fp16_t nscale[kP16Pages][2], nzero[kP16Pages][2];
@@ -567,31 +619,54 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
       max_row[nt][kk] = kMass ? page_max + int64_t(sq0 + j) * sel.max_select + p_begin : nullptr;
     }
   }
-  if (steps > 0) load_meta(0);
+  if constexpr (!kPageChannel) {
+    if (steps > 0) load_meta(0);
+  }
   for (int32_t k = 0; k < steps; ++k) {
-    CpAsyncWaitGroup<kP16Stages - 2>();  // this thread's copies of step k have landed
-    issue(k + kP16Stages - 1);
-    const int stage = k % kP16Stages;
+    CpAsyncWaitGroup<kStages - 2>();  // this thread's copies of step k have landed
+    if constexpr (kPageChannel) {
+      // Every lane's bounds of step k have landed and are visible to the warp, and every
+      // lane is done with step k - 1's, whose stage the next issue overwrites.
+      __syncwarp();
+    }
+    issue(k + kStages - 1);
+    const int stage = k % kStages;
     float tscale[kP16Pages][2], tzero[kP16Pages][2];
     int rows[kP16Pages];
+    if constexpr (!kPageChannel) {
 #pragma unroll
-    for (int pp = 0; pp < kP16Pages; ++pp) {
-      rows[pp] = nrows[pp];
+      for (int pp = 0; pp < kP16Pages; ++pp) {
+        rows[pp] = nrows[pp];
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        tscale[pp][half] = H2F(nscale[pp][half]);
-        tzero[pp][half] = H2F(nzero[pp][half]);
+        for (int half = 0; half < 2; ++half) {
+          tscale[pp][half] = H2F(nscale[pp][half]);
+          tzero[pp][half] = H2F(nzero[pp][half]);
+        }
       }
+      if (k + 1 < steps) load_meta(k + 1);
     }
-    if (k + 1 < steps) load_meta(k + 1);
-#pragma unroll
+    // Per page channel at 9-16 heads one page at a time: unrolled, the two pages' fragments
+    // and bounds exceeded 128 registers (spills) when growing at d = 128.
+#pragma unroll(kPageChannel && kNT == 2 ? 1 : kP16Pages)
     for (int pp = 0; pp < kP16Pages; ++pp) {
       const int32_t lp = first + k * kStride + pp;
       if (lp >= run) break;  // warp-uniform
+      int page_rows;  // rows of the page inside the sequence
+      if constexpr (kPageChannel) {
+        page_rows = run_rows[lp];
+      } else {
+        page_rows = rows[pp];
+      }
       const Chunk ca = landing[((stage * kP16Pages + pp) * 2) * kThreads + threadIdx.x];
       const Chunk cb = landing[((stage * kP16Pages + pp) * 2 + 1) * kThreads + threadIdx.x];
       const uint32_t* wa = reinterpret_cast<const uint32_t*>(&ca);
       const uint32_t* wb = reinterpret_cast<const uint32_t*>(&cb);
+      float base[kNT][2];  // per page channel: sum_j q_j kmin_j of heads nt * 8 + 2 t4 + kk
+      if constexpr (kPageChannel) {
+        PcPageFragments<kHeadDim, kNT>(Smem::Bounds(p16_smem, stage, pp, warp),
+                                       Smem::Queries(p16_smem), Smem::Exchange(p16_smem, warp),
+                                       G, lane, bfrag, base);
+      }
       float acc[kNT][4];
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
@@ -615,11 +690,15 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
           float x[2];
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
-            const bool valid = r + half * 8 < rows[pp];
-            const fp16_t est =
-                F2H(valid ? shape.scale * (tscale[pp][half] * acc[nt][half * 2 + kk] +
-                                           tzero[pp][half] * qsum[nt][kk])
-                          : -INFINITY);
+            const bool valid = r + half * 8 < page_rows;
+            fp16_t est;
+            if constexpr (kPageChannel) {
+              est = F2H(valid ? acc[nt][half * 2 + kk] + base[nt][kk] : -INFINITY);
+            } else {
+              est = F2H(valid ? shape.scale * (tscale[pp][half] * acc[nt][half * 2 + kk] +
+                                               tzero[pp][half] * qsum[nt][kk])
+                              : -INFINITY);
+            }
             x[half] = H2F(est);
             if (head) out_row[nt][kk][lp * 16 + half * 8] = est;
           }
@@ -684,7 +763,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32)
         for (int c = lane; c < g.head_dim; c += 32) dot += H2F(qr[c]) * shape.scale * H2F(k[c]);
         est = WarpSum(dot);
       } else if (g.k_scheme == kKSchemePageChannel) {
-        // EstimatePageChannelScoreRef: sum_j q_j kmin_j + sum_j (q_j step_j) code_j.
+        // EstimatePageChannelScoreRef: sum_j q_j kmin_j + sum_j FP16(q_j step_j) code_j.
         const uint8_t* codes = qk.Codes(g, block, row);
         const fp16_t* mn = qk.kmin + block * g.head_dim;
         const fp16_t* mx = qk.kmax + block * g.head_dim;
@@ -694,7 +773,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32)
           const float qv = H2F(qr[c]) * shape.scale;
           const float step = __fdiv_rn(__fsub_rn(H2F(mx[c]), H2F(mn[c])), max_code);
           base += qv * H2F(mn[c]);
-          dot += (qv * step) * float(UnpackCode(codes, c, g.k_bits));
+          dot += H2F(F2H(qv * step)) * float(UnpackCode(codes, c, g.k_bits));
         }
         est = WarpSum(base) + WarpSum(dot);
       } else {

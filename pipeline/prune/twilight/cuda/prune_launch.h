@@ -14,6 +14,21 @@ namespace twl {
 size_t PruneWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
                            int32_t max_select);
 
+// Test and benchmark aid: where LaunchPrune leaves its estimates in `workspace` (device
+// pointers, valid until the workspace is reused): scores [num_seqs * num_q_heads]
+// [max_select * page_size] FP16 by candidate slot of the pruner's page list (-inf past the
+// sequence end), and, growing, per query head and list entry the page's max estimate and
+// its sum of exp(est - that max) [num_seqs * num_q_heads][max_select]. Growing in one stage
+// the list is the selection itself.
+struct PruneEstimates {
+  const fp16_t* scores = nullptr;
+  const float* page_max = nullptr;
+  const float* page_mass = nullptr;
+};
+PruneEstimates PruneWorkspaceEstimates(const PageGeometry& g, int32_t num_seqs,
+                                       int32_t num_q_heads, int32_t max_select,
+                                       const void* workspace);
+
 // PruneRef on the GPU: estimated scores of the selected tokens (INT4 codes, tensor cores),
 // stored as FP16; per query head the smallest level set of estimated softmax weights with
 // mass >= p, found by a two-level histogram (1/8 then 1/2048 logit bins, integer mass

@@ -5,6 +5,10 @@ namespace twl {
 
 #if !TWL_HAVE_CUDA
 size_t PruneWorkspaceBytes(const PageGeometry&, int32_t, int32_t, int32_t) { return 0; }
+PruneEstimates PruneWorkspaceEstimates(const PageGeometry&, int32_t, int32_t, int32_t,
+                                       const void*) {
+  return PruneEstimates{};
+}
 absl::Status LaunchPrune(const PageGeometry&, const PrunerParams&, const BatchView&,
                          const QueryView&, const QuantKView&, const FpKvView&,
                          const SelectionView&, const KeptView&, const HeadStatsView&, void*,
