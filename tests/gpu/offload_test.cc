@@ -511,6 +511,19 @@ RuntimeConfig SmallConfig() {
   return c;
 }
 
+// SmallConfig with the row cache holding `blocks` blocks' bytes of rows besides its row map
+// (1600 pages x 4 heads x 16 rows x 4 B = 410 KB, which comes out of the budget); *g gets the
+// geometry the comparisons need.
+RuntimeConfig RowCacheConfig(int64_t blocks, PageGeometry* g) {
+  RuntimeConfig cfg = SmallConfig();
+  cfg.cache_rows = 2;
+  g->page_size = cfg.page_size;
+  g->head_dim = cfg.head_dim;
+  g->num_kv_heads = cfg.num_kv_heads;
+  cfg.gpu_cache_bytes = blocks * g->FpBlockBytes() + 1600 * 4 * 16 * 4;
+  return cfg;
+}
+
 SelectorParams Quest(int32_t budget_pages) {
   SelectorParams s;
   s.kind = SelectorKind::kQuest;
@@ -945,14 +958,8 @@ TEST(OffloadRowCacheTest, MatchesHbmBackendAcrossStepsAndCacheSizes) {
   for (int64_t block_bytes_of : {48, 400, 6000}) {
     SCOPED_TRACE(::testing::Message() << "cache of " << block_bytes_of << " blocks' bytes, seed "
                                       << seed);
-    RuntimeConfig cfg = SmallConfig();
-    cfg.cache_rows = 2;
     PageGeometry g;
-    g.page_size = cfg.page_size;
-    g.head_dim = cfg.head_dim;
-    g.num_kv_heads = cfg.num_kv_heads;
-    // The row map (1600 pages x 4 heads x 16 rows x 4 B = 410 KB) comes out of the budget.
-    cfg.gpu_cache_bytes = block_bytes_of * g.FpBlockBytes() + 1600 * 4 * 16 * 4;
+    RuntimeConfig cfg = RowCacheConfig(block_bytes_of, &g);
     SideBySide sb;
     ASSERT_OK(sb.Init(cfg, 1600, /*cpu_ref=*/false, seed));
     EXPECT_NE(sb.off->Name().find("rows"), std::string::npos) << sb.off->Name();
@@ -996,13 +1003,8 @@ TEST(OffloadRowCacheTest, EarlyAttendMatchesHbmBackend) {
         SCOPED_TRACE(::testing::Message()
                      << "early " << early << ", groups " << groups << ", cache of "
                      << block_bytes_of << " blocks' bytes, seed " << seed);
-        RuntimeConfig cfg = SmallConfig();
-        cfg.cache_rows = 2;
         PageGeometry g;
-        g.page_size = cfg.page_size;
-        g.head_dim = cfg.head_dim;
-        g.num_kv_heads = cfg.num_kv_heads;
-        cfg.gpu_cache_bytes = block_bytes_of * g.FpBlockBytes() + 1600 * 4 * 16 * 4;
+        RuntimeConfig cfg = RowCacheConfig(block_bytes_of, &g);
         SideBySide sb;
         ASSERT_OK(sb.Init(cfg, 1600, /*cpu_ref=*/false, seed));
         ExpectRaggedStepsMatchHbm(sb, g, cfg.num_q_heads, seed, {37, 700, 1500, 3001, 4100}, 8,
