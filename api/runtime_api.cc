@@ -158,7 +158,21 @@ absl::StatusOr<twl::RuntimeConfig> ToRuntimeConfig(const twl_runtime_config& c) 
   if (c.disk_bytes < 0) return absl::InvalidArgumentError("disk_bytes must be >= 0");
   r.disk_path = c.disk_path != nullptr ? c.disk_path : "";
   r.disk_bytes = c.disk_bytes;
-  r.k_scheme = c.k_scheme;  // checked by RuntimeConfig::Validate
+  switch (c.k_scheme) {  // the C values differ from core/page_layout.h's (0 is "auto" here)
+    case TWL_K_SCHEME_AUTO:
+      r.k_scheme = defaults.k_scheme;
+      break;
+    case TWL_K_SCHEME_PAGE_CHANNEL:
+      r.k_scheme = twl::kKSchemePageChannel;
+      break;
+    case TWL_K_SCHEME_TOKEN:
+      r.k_scheme = twl::kKSchemeToken;
+      break;
+    default:
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "k_scheme %d unknown (0 library chooses, 1 per page channel, 2 per token)",
+          c.k_scheme));
+  }
   if (c.kv_dtype != TWL_DTYPE_FP16 && c.kv_dtype != TWL_DTYPE_BF16) {
     return absl::InvalidArgumentError(absl::StrCat(
         "kv_dtype ", static_cast<int64_t>(c.kv_dtype), " unknown (FP16 or BF16)"));
@@ -207,7 +221,7 @@ twl_runtime_config ResolvedConfig(const twl_runtime_config& asked, const twl::Ru
   // Owned by the runtime (its config copy), so valid until twl_runtime_free.
   c.disk_path = r.disk_path.empty() ? nullptr : r.disk_path.c_str();
   c.disk_bytes = r.disk_bytes;
-  c.k_scheme = r.k_scheme;
+  c.k_scheme = r.k_scheme == twl::kKSchemeToken ? TWL_K_SCHEME_TOKEN : TWL_K_SCHEME_PAGE_CHANNEL;
   c.kv_dtype = r.kv_dtype == twl::DType::kBf16 ? TWL_DTYPE_BF16 : TWL_DTYPE_FP16;
   c.cache_rows = r.cache_rows;
   return c;
@@ -294,7 +308,7 @@ twl_status twl_runtime_create(const twl_runtime_config* config, twl_runtime** ou
     }
     if (!twl::api::HasField(config->struct_size, offsetof(twl_runtime_config, k_scheme),
                             sizeof(asked.k_scheme))) {
-      asked.k_scheme = defaults.k_scheme;
+      asked.k_scheme = defaults.k_scheme;  // TWL_K_SCHEME_AUTO: the library's default scheme
     }
     if (!twl::api::HasField(config->struct_size, offsetof(twl_runtime_config, kv_dtype),
                             sizeof(asked.kv_dtype))) {

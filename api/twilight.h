@@ -164,6 +164,11 @@ typedef enum twl_fetch_path {
   TWL_FETCH_FORCE_INT32_ = 0x7fffffff
 } twl_fetch_path;
 
+/* Values of twl_runtime_config.k_scheme: how the estimation copy of K is scaled. */
+#define TWL_K_SCHEME_AUTO 0         /* library chooses: TWL_K_SCHEME_PAGE_CHANNEL */
+#define TWL_K_SCHEME_PAGE_CHANNEL 1 /* per page and channel, over the block's Quest min/max */
+#define TWL_K_SCHEME_TOKEN 2        /* one scale/zero per token (the previous default) */
+
 /* ---- Runtime configuration -----------------------------------------------------------------
  * Fill with twl_runtime_config_default() (or TWL_RUNTIME_CONFIG_INIT), then set the model shape.
  * Sentinels: a field documented "0: library chooses" (or "-1: ...") takes the library's default;
@@ -226,12 +231,19 @@ typedef struct twl_runtime_config {
   const char* disk_path;
   int64_t disk_bytes;
   /* ---- Appended after disk_bytes: how the estimation copy of K is scaled. ----
-   * 0 (library chooses): one scale/zero per token and KV head over head_dim (every backend).
-   * 1: per page and channel: each channel of a block is quantized over the block's own Quest
-   *    min/max (no per-token scale/zero; 4 bytes per token less). Channels with large values
-   *    (K's outlier channels) then no longer coarsen the others: at 4 bits the score error
-   *    falls about 7x and p = 0.95 keeps >= p - 0.02 of the true mass for every head in
-   *    bench/ACCURACY.md (per token: 92-95%). Every backend. Ignored when k_bits is 16. */
+   * TWL_K_SCHEME_AUTO (0, library chooses; also for callers whose struct ends before this
+   * field): TWL_K_SCHEME_PAGE_CHANNEL.
+   * TWL_K_SCHEME_PAGE_CHANNEL (1): each channel of a block is quantized over the block's own
+   *    Quest min/max (no per-token scale/zero; 4 bytes per token and KV head less). Channels
+   *    with large values (K's outlier channels) then no longer coarsen the others: at 4 bits
+   *    the score error falls about 7x, and at p = 0.95 100% of heads keep >= p - 0.02 of the
+   *    true attention mass vs 95.3% per token (bench/ACCURACY.md, 16k context, 5 seeds), which
+   *    is why it became the default.
+   * TWL_K_SCHEME_TOKEN (2): one scale/zero per token and KV head over head_dim (the default
+   *    before; its GPU score pass is the faster one).
+   * Every backend. k_bits 16 keeps no quantized copy and ignores the scheme (it is still
+   * checked and reported). Other values are TWL_INVALID_ARGUMENT. twl_runtime_get_config
+   * reports 1 or 2, never 0. */
   int32_t k_scheme;
   /* ---- Appended after k_scheme: the element type of the stored K/V. ----
    * TWL_DTYPE_FP16 (the default, also for callers whose struct ends before this field) or

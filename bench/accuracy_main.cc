@@ -176,18 +176,20 @@ tb::Method M(const std::string& name, tb::MethodKind kind, float p, int bits, in
   m.kind = kind;
   m.p = p;
   m.k_bits = bits;
+  m.k_scheme = twl::kKSchemeDefault;  // "twilight-intN": the library's default scheme
   m.budget_tokens = tokens;
   m.budget_fraction = fraction;
   return m;
 }
 
-// INT4 per page channel (core/page_layout.h, kKSchemePageChannel): the CPU-only scheme.
-tb::Method MPC(const std::string& name, tb::MethodKind kind, float p) {
+// INT4 per token (core/page_layout.h, kKSchemeToken; C API TWL_K_SCHEME_TOKEN): the scheme
+// the library used by default until the per-page-channel one (kKSchemeDefault) replaced it.
+tb::Method MTok(const std::string& name, tb::MethodKind kind, float p) {
   tb::Method m = M(name, kind, p, 4);
-  m.k_scheme = twl::kKSchemePageChannel;
+  m.k_scheme = twl::kKSchemeToken;
   return m;
 }
-inline constexpr const char* kPc = "twilight-int4pc";
+inline constexpr const char* kTok = "twilight-int4tok";
 
 // Double Sparsity (pipeline/select/double_sparsity/) in Quest's place: same fixed budgets.
 tb::Method MDS(const std::string& name, tb::MethodKind kind, float p, float fraction) {
@@ -199,8 +201,8 @@ tb::Method MDS(const std::string& name, tb::MethodKind kind, float p, float frac
 // Every estimation copy the methods read, made before methods run in parallel (Quant is not
 // thread-safe while rows are pending).
 void QuantizeAll(tb::PagedLayer& layer) {
-  for (int bits : {2, 4, 8}) layer.Quant(bits);
-  layer.Quant(4, twl::kKSchemePageChannel);
+  for (int bits : {2, 4, 8}) layer.Quant(bits, twl::kKSchemeDefault);
+  layer.Quant(4, twl::kKSchemeToken);
 }
 
 const std::vector<float> kPs = {0.8f, 0.9f, 0.95f, 0.99f};
@@ -216,7 +218,7 @@ std::vector<tb::Method> SyntheticMethods(int ctx) {
         bits == 16 ? "twilight-fp16est" : absl::StrFormat("twilight-int%d", bits);
     for (float p : kPs) ms.push_back(M(name, K::kTwilight, p, bits));
     if (bits == 4)
-      for (float p : kPs) ms.push_back(MPC(kPc, K::kTwilight, p));
+      for (float p : kPs) ms.push_back(MTok(kTok, K::kTwilight, p));
   }
   for (float f : {0.01f, 0.04f, 0.08f, 0.16f, 0.32f, 0.5f})
     ms.push_back(M("quest", K::kQuest, 0, 4, 0, f));
@@ -237,7 +239,7 @@ std::vector<tb::Method> NeedleMethods() {
           M("oracle", K::kOracle, 0.95f, 16),
           M("twilight-int4", K::kTwilight, 0.95f, 4),
           M("twilight-int4", K::kTwilight, 0.8f, 4),
-          MPC(kPc, K::kTwilight, 0.95f),
+          MTok(kTok, K::kTwilight, 0.95f),
           M("twilight-int8", K::kTwilight, 0.95f, 8),
           M("twilight-int2", K::kTwilight, 0.95f, 2),
           M("quest", K::kQuest, 0, 4, 0, 0.01f),
@@ -474,7 +476,7 @@ void RunSyntheticSeeds(const Options& o, const Sizes& sz, GoalInputs* goals) {
   const std::vector<tb::Method> methods = {
       M("dense", K::kDense, 1.0f, 16), M("oracle", K::kOracle, tb::kGoalP, 16),
       M("twilight-int4", K::kTwilight, tb::kGoalP, 4),
-      MPC(kPc, K::kTwilight, tb::kGoalP),
+      MTok(kTok, K::kTwilight, tb::kGoalP),
       M("twilight-int8", K::kTwilight, tb::kGoalP, 8),
       M("twilight-int2", K::kTwilight, tb::kGoalP, 2)};
   std::printf(
@@ -889,8 +891,8 @@ void RunModel(const Options& o, const Sizes& sz, GoalInputs* goals) {
   for (float p : {0.9f, 0.95f}) {
     tb::CApiAttentionOptions x;
     x.p = p;
-    x.k_scheme = twl::kKSchemePageChannel;
-    methods.push_back(MM(kPc, p, 4, CApiFactory(c, x)));
+    x.k_scheme = TWL_K_SCHEME_TOKEN;
+    methods.push_back(MM(kTok, p, 4, CApiFactory(c, x)));
   }
   for (int bits : {8, 2}) {
     tb::CApiAttentionOptions x;
@@ -1031,9 +1033,9 @@ void RunRealText(const Options& o, GoalInputs* goals) {
     x.p = tb::kGoalP;
     methods.push_back(MM("twilight over full (int4)", tb::kGoalP, 4, CApiFactory(c, x)));
     {
-      tb::CApiAttentionOptions pc = x;
-      pc.k_scheme = twl::kKSchemePageChannel;
-      methods.push_back(MM("twilight over full (int4pc)", tb::kGoalP, 4, CApiFactory(c, pc)));
+      tb::CApiAttentionOptions tok = x;
+      tok.k_scheme = TWL_K_SCHEME_TOKEN;
+      methods.push_back(MM("twilight over full (int4tok)", tb::kGoalP, 4, CApiFactory(c, tok)));
     }
     x.selector = TWL_SELECTOR_QUEST;
     x.budget_fraction = 0.25f;
@@ -1170,22 +1172,25 @@ bool ReportGoals(const Options& o, const GoalInputs& g) {
     return it == g.seeds.end() ? std::vector<tb::SeedMeasure>{} : it->second;
   };
   if (g.have_seeds) {
-    add(tb::CheckMass(seeds_of("twilight-int4"), tb::kGoalP, "Twilight INT4"), true, "int4-mass");
-    add(tb::CheckErrorRatio(seeds_of("twilight-int4"), "Twilight INT4"), true, "int4-error");
-    add(tb::CheckMass(seeds_of(kPc), tb::kGoalP, "Twilight INT4 per page channel"), true,
-        "int4pc-mass");
-    add(tb::CheckErrorRatio(seeds_of(kPc), "Twilight INT4 per page channel"), true,
-        "int4pc-error");
+    add(tb::CheckMass(seeds_of("twilight-int4"), tb::kGoalP, "Twilight INT4 (default scheme)"),
+        true, "int4-mass");
+    add(tb::CheckErrorRatio(seeds_of("twilight-int4"), "Twilight INT4 (default scheme)"), true,
+        "int4-error");
+    add(tb::CheckMass(seeds_of(kTok), tb::kGoalP, "Twilight INT4 per token"), true,
+        "int4tok-mass");
+    add(tb::CheckErrorRatio(seeds_of(kTok), "Twilight INT4 per token"), true, "int4tok-error");
     add(tb::CheckMass(seeds_of("twilight-int8"), tb::kGoalP, "Twilight INT8"), false);
     add(tb::CheckErrorRatio(seeds_of("twilight-int8"), "Twilight INT8"), false);
   }
   if (g.have_needle) {
-    add(tb::CheckNeedleKept(seeds_of("twilight-int4"), "Twilight INT4"), true, "int4-needle-kept");
-    add(tb::CheckNeedleError(seeds_of("twilight-int4"), "Twilight INT4"), true, "int4-needle-error");
-    add(tb::CheckNeedleKept(seeds_of(kPc), "Twilight INT4 per page channel"), true,
-        "int4pc-needle-kept");
-    add(tb::CheckNeedleError(seeds_of(kPc), "Twilight INT4 per page channel"), true,
-        "int4pc-needle-error");
+    add(tb::CheckNeedleKept(seeds_of("twilight-int4"), "Twilight INT4 (default scheme)"), true,
+        "int4-needle-kept");
+    add(tb::CheckNeedleError(seeds_of("twilight-int4"), "Twilight INT4 (default scheme)"), true,
+        "int4-needle-error");
+    add(tb::CheckNeedleKept(seeds_of(kTok), "Twilight INT4 per token"), true,
+        "int4tok-needle-kept");
+    add(tb::CheckNeedleError(seeds_of(kTok), "Twilight INT4 per token"), true,
+        "int4tok-needle-error");
     add(tb::CheckNeedleKept(seeds_of("twilight-int8"), "Twilight INT8"), false);
   }
   if (g.have_seeds || g.have_needle) {
@@ -1269,7 +1274,8 @@ constexpr char kUsage[] =
     "      (realtext: a byte-level llama2.c model from bench/train/ and held-out text)\n"
     "  [--gen key_scale=2,outlier_scale=6,...  synthetic generator parameters]\n"
     "  [--known-failures id,...]  asserted goals (ids in the goals table: int4-mass, "
-    "int4-error,\n      int4-needle-kept, int4-needle-error, int2-rejected) expected to fail; "
+    "int4-error,\n      int4-needle-kept, int4-needle-error (the default scheme), int4tok-* (per "
+    "token), int2-rejected)\n      expected to fail; "
     "one that passes fails the run\n"
     "Exit status: 0 when every asserted goal is met, 3 when one fails, 1 on errors, 2 on bad "
     "flags.\n";

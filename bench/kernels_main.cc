@@ -59,7 +59,9 @@ ABSL_FLAG(int32_t, reps, 20, "timed runs per point (the median is reported)");
 ABSL_FLAG(std::string, out, ".", "directory for kernels.csv and kernels.png");
 ABSL_FLAG(std::string, sdpa_csv, "", "PyTorch SDPA times from bench/sdpa_baseline.py (optional)");
 ABSL_FLAG(float, quest_fraction, 0.125f, "Quest budget B0 as a fraction of the context, (0, 1]");
-ABSL_FLAG(int32_t, k_scheme, 0, "INT4 K scheme: 0 per token, 1 per page channel (core/page_layout.h)");
+ABSL_FLAG(int32_t, k_scheme, 0,
+          "INT4 K scheme, as twl_runtime_config.k_scheme: 0 the library's default (per page "
+          "channel), 1 per page channel, 2 per token");
 
 namespace twl {
 namespace {
@@ -71,7 +73,7 @@ struct Options {
   std::string out_dir = ".";
   std::string sdpa_csv;
   float quest_fraction = 0.125f;  // B0 as a fraction of the context
-  int32_t k_scheme = 0;
+  int32_t k_scheme = kKSchemeDefault;  // core/page_layout.h's value (not the flag's)
 };
 
 Options ParseArgs(int argc, char** argv) {
@@ -88,8 +90,9 @@ Options ParseArgs(int argc, char** argv) {
   o.quest_fraction = absl::GetFlag(FLAGS_quest_fraction);
   tools::RequireFlag(o.quest_fraction > 0.0f && o.quest_fraction <= 1.0f, "quest_fraction",
                      "must be in (0, 1]");
-  o.k_scheme = absl::GetFlag(FLAGS_k_scheme);
-  tools::RequireFlag(o.k_scheme == 0 || o.k_scheme == 1, "k_scheme", "must be 0 or 1");
+  const int32_t k_scheme = absl::GetFlag(FLAGS_k_scheme);
+  tools::RequireFlag(k_scheme >= 0 && k_scheme <= 2, "k_scheme", "must be 0, 1 or 2");
+  o.k_scheme = k_scheme == 0 ? kKSchemeDefault : k_scheme == 2 ? kKSchemeToken : kKSchemePageChannel;
   std::sort(o.batches.begin(), o.batches.end());
   std::sort(o.contexts.begin(), o.contexts.end());
   return o;
@@ -511,7 +514,7 @@ int Run(const Options& o) {
                   "bounds_of_copy",
                   "min_full_mass"});
   t.title = "twl_kernels: " + dev->name + ", 32 q / 8 KV heads, d=128, page 16, INT4 K" +
-            (o.k_scheme == 1 ? " per page channel" : "");
+            (o.k_scheme == kKSchemePageChannel ? " per page channel" : " per token");
   struct Point {
     int32_t b, ctx;
     std::string method;

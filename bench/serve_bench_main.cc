@@ -104,8 +104,8 @@ ABSL_FLAG(int32_t, cache_rows, 0,
 ABSL_FLAG(int32_t, quest_budget, 8192, "B0 in tokens of the *-b8k methods");
 ABSL_FLAG(double, top_p, 0.95, "top-p of the Twilight methods");
 ABSL_FLAG(int32_t, k_scheme, 0,
-          "estimation K scheme of every method (twl_runtime_config.k_scheme): 0 INT4 per token, "
-          "1 INT4 per page channel");
+          "estimation K scheme of every method (twl_runtime_config.k_scheme): 0 the library's "
+          "default (per page channel), 1 per page channel, 2 per token");
 ABSL_FLAG(int32_t, sample_units, 16, "(sequence, KV head) pairs whose accuracy is measured");
 ABSL_FLAG(int32_t, accuracy_layer, -1, "layer whose accuracy is measured (-1: the middle one)");
 ABSL_FLAG(int32_t, full_offload_steps, 2, "measured steps of full-offload (each moves all KV)");
@@ -999,10 +999,10 @@ int Main(int argc, char** argv) {
       !(absl::GetFlag(FLAGS_top_p) > 0 && absl::GetFlag(FLAGS_top_p) <= 1) ||
       absl::GetFlag(FLAGS_quest_budget) < 16 || absl::GetFlag(FLAGS_churn_every) < 0 ||
       absl::GetFlag(FLAGS_warmup) < 0 || absl::GetFlag(FLAGS_sample_units) < 0 ||
-      (absl::GetFlag(FLAGS_k_scheme) != 0 && absl::GetFlag(FLAGS_k_scheme) != 1)) {
+      absl::GetFlag(FLAGS_k_scheme) < 0 || absl::GetFlag(FLAGS_k_scheme) > 2) {
     BadFlag("a flag is out of range: --layers >= 1, --context >= 16, --steps >= 1, --head_dim >= 8, "
         "0 <= --len_spread < 1, 0 < --cache_frac <= 1, 0 < --top_p <= 1, --quest_budget >= 16, "
-        "--churn_every/--warmup/--sample_units >= 0, --k_scheme 0 or 1 (see --help)");
+        "--churn_every/--warmup/--sample_units >= 0, --k_scheme 0, 1 or 2 (see --help)");
   }
   const std::string out = absl::GetFlag(FLAGS_out);
   if (std::system(absl::StrCat("mkdir -p '", out, "'").c_str()) != 0) {
@@ -1015,11 +1015,15 @@ int Main(int argc, char** argv) {
     std::printf("device: %s\n", dev.ok() ? dev->name.c_str() : "?");
   }
   std::printf("twl_serve_bench: %s mode, %d layers, context %d (+-%.0f%%), %d steps, "
-              "churn every %d, cache %.0f%% of KV, k_scheme %d\n",
+              "churn every %d, cache %.0f%% of KV, k_scheme %d (%s)\n",
               mode.c_str(), absl::GetFlag(FLAGS_layers), absl::GetFlag(FLAGS_context),
               100 * absl::GetFlag(FLAGS_len_spread), absl::GetFlag(FLAGS_steps),
               absl::GetFlag(FLAGS_churn_every), 100 * absl::GetFlag(FLAGS_cache_frac),
-              absl::GetFlag(FLAGS_k_scheme));
+              absl::GetFlag(FLAGS_k_scheme),
+              absl::GetFlag(FLAGS_k_scheme) == TWL_K_SCHEME_TOKEN ? "INT4 per token"
+              : absl::GetFlag(FLAGS_k_scheme) == TWL_K_SCHEME_PAGE_CHANNEL
+                  ? "INT4 per page channel"
+                  : "library default: INT4 per page channel");
 
   // The device's reference read rates, once, when a method runs over the disk tier.
   bench::DiskRates rates;

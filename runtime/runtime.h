@@ -50,10 +50,10 @@ struct RuntimeConfig {
   // Cache layout.
   int32_t page_size = 16;
   int32_t k_bits = 4;  // 2, 4, 8 or 16 (estimate with FP16 K)
-  // How the estimation copy is scaled (core/page_layout.h): kKSchemeToken (per token, the
-  // default, every backend) or kKSchemePageChannel (per block and channel over the Quest
-  // min/max; every backend).
-  int32_t k_scheme = 0;
+  // How the estimation copy is scaled (core/page_layout.h): kKSchemePageChannel (per block
+  // and channel over the Quest min/max; the default, kKSchemeDefault) or kKSchemeToken (one
+  // scale/zero per token, the default before 2026-12). Every backend; k_bits 16 ignores it.
+  int32_t k_scheme = kKSchemeDefault;
   // Twilight.
   float top_p = 0.95f;
   SelectorKind selector = SelectorKind::kQuest;

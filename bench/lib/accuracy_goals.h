@@ -14,8 +14,9 @@
 // Intervals: Student-t 95% over the per-seed statistics (accuracy_stats.h).
 //
 // twl_accuracy asserts each criterion for Twilight INT4 with both K schemes (core/page_layout.h):
-// ids int4-* (per token, the default and the GPU kernels' scheme) and int4pc-* (per page
-// channel, k_scheme 1, CPU only); INT8 is reported, and INT2 must fail (int2-rejected).
+// ids int4-* (the library's default scheme, kKSchemeDefault: per page channel) and int4tok-*
+// (per token, the default until 2026-12); INT8 is reported, and INT2 (default scheme) must
+// fail (int2-rejected).
 #pragma once
 
 #include <cstdint>

@@ -17,7 +17,7 @@ namespace twl::bench {
 struct CApiAttentionOptions {
   float p = 0.95f;  // top-p (1.0: keep every token: dense through the runtime)
   int32_t k_bits = 4;
-  int32_t k_scheme = 0;  // twl_runtime_config.k_scheme (1: per page channel)
+  int32_t k_scheme = TWL_K_SCHEME_AUTO;  // twl_runtime_config.k_scheme (C values: 2 per token)
   int32_t page_size = 4;
   twl_selector selector = TWL_SELECTOR_FULL;
   int32_t budget_tokens = 0;  // Quest B0 (selector QUEST)

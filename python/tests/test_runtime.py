@@ -33,6 +33,28 @@ def test_config_resolved(rt):
     assert rt.backend_name.startswith("cpu")
 
 
+def test_k_scheme_default_is_page_channel_and_token_is_explicit(rng):
+    # 0 / "auto" resolves to the per-page-channel scheme; 2 / "token" to per token; both
+    # decode; out-of-range values are refused by the library, unknown names by the binding.
+    for asked, want in [(0, "page-channel"), ("auto", "page-channel"), (1, "page-channel"),
+                        ("page-channel", "page-channel"), (2, "token"), ("token", "token")]:
+        with twilight.Runtime(**SHAPE, backend="cpu", page_size=8, k_scheme=asked) as rt:
+            assert rt.config["k_scheme"] == want, asked
+            s = rt.create_sequence()
+            k, v = random_kv(rng, 20)
+            rt.append(s, 0, k, v)
+            q = rng.standard_normal((1, SHAPE["num_q_heads"], SHAPE["head_dim"]))
+            assert np.isfinite(rt.decode(0, [s], q.astype(np.float16))).all()
+    with twilight.Runtime(**SHAPE, backend="cpu") as rt:
+        assert rt.config["k_scheme"] == "page-channel"
+    for bad in (3, -1):
+        with pytest.raises(twilight.TwilightError) as e:
+            twilight.Runtime(**SHAPE, backend="cpu", k_scheme=bad)
+        assert e.value.status == "TWL_INVALID_ARGUMENT" and "k_scheme" in e.value.message
+    with pytest.raises(ValueError, match="k_scheme"):
+        twilight.Runtime(**SHAPE, backend="cpu", k_scheme="int4")
+
+
 def test_sequences_append_read_fork_free(rt, rng):
     s = rt.create_sequence()
     k, v = random_kv(rng, 19)

@@ -37,6 +37,9 @@ DTYPE_FP16, DTYPE_BF16, DTYPE_FP32 = 0, 1, 2
 MEMORY_HOST, MEMORY_DEVICE = 0, 1
 SELECTORS = {"default": 0, "quest": 1, "full": 2, "double-sparsity": 3}
 FETCH_PATHS = {"auto": 0, "gather": 1, "copy-engine": 2}
+# twl_runtime_config.k_scheme (TWL_K_SCHEME_*): "auto" is the library's choice, page-channel.
+K_SCHEME_AUTO, K_SCHEME_PAGE_CHANNEL, K_SCHEME_TOKEN = 0, 1, 2
+K_SCHEMES = {"auto": K_SCHEME_AUTO, "page-channel": K_SCHEME_PAGE_CHANNEL, "token": K_SCHEME_TOKEN}
 
 seq_id_t = ctypes.c_int64
 
@@ -64,7 +67,7 @@ class RuntimeConfig(ctypes.Structure):
         ("collect_telemetry", ctypes.c_int32),
         ("disk_path", ctypes.c_char_p),
         ("disk_bytes", ctypes.c_int64),
-        ("k_scheme", ctypes.c_int32),  # appended: 0 per token, 1 per page channel (CPU only)
+        ("k_scheme", ctypes.c_int32),  # appended: K_SCHEMES (0 auto, 1 page channel, 2 token)
         ("kv_dtype", ctypes.c_int32),  # appended: stored K/V type, DTYPE_FP16 or DTYPE_BF16
         ("cache_rows", ctypes.c_int32),  # appended: GPU offload cache of 0 auto, 1 blocks, 2 rows
     ]

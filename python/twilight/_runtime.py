@@ -52,8 +52,12 @@ class Runtime:
     Arguments are the fields of twl_runtime_config; omitted ones take the library's choice.
     backend: "auto", "cpu", "gpu-hbm" or "gpu-offload". selector: "default", "quest", "full",
     "double-sparsity".
-    fetch_path: "auto", "gather", "copy-engine". Sizes are in bytes. k_scheme: 0 (INT4 per token)
-    or 1 (per page channel; CPU backend only). kv_dtype: element type of the stored K/V pages,
+    fetch_path: "auto", "gather", "copy-engine". Sizes are in bytes. k_scheme: how the estimation
+    copy of K is scaled, "auto"/0 (the library's choice: page channel), "page-channel"/1 (each
+    channel over its page's min/max: at 4 bits 100% of heads keep >= p - 0.02 of the true mass
+    vs 95.3% per token, bench/ACCURACY.md) or "token"/2 (one scale/zero per token, the previous
+    default); every backend, ignored at k_bits 16; config reports "page-channel" or "token".
+    kv_dtype: element type of the stored K/V pages,
     "fp16" (default) or "bf16" (same memory; appends are rounded to it; needs k_bits < 16).
     cache_rows (gpu-offload): what the GPU cache holds: 0 library default, 1 whole blocks,
     2 single K+V rows.
@@ -65,7 +69,7 @@ class Runtime:
                  selector_budget_fraction: float = 0.0, sink_pages: int = -1,
                  dense_layers: int = -1, host_pool_bytes: int = 0, gpu_cache_bytes: int = 0,
                  fetch_path="auto", device_id: int = -1, collect_telemetry: Optional[bool] = None,
-                 disk_path: Optional[str] = None, disk_bytes: int = 0, k_scheme: int = 0,
+                 disk_path: Optional[str] = None, disk_bytes: int = 0, k_scheme=0,
                  kv_dtype="fp16", cache_rows: int = 0):
         self._handle = ctypes.c_void_p()
         self._seq_key, self._seq_arr = None, None
@@ -84,7 +88,7 @@ class Runtime:
         c.collect_telemetry = -1 if collect_telemetry is None else int(bool(collect_telemetry))
         self._disk_path = None if disk_path is None else os.fsencode(disk_path)
         c.disk_path, c.disk_bytes = self._disk_path, disk_bytes
-        c.k_scheme = k_scheme
+        c.k_scheme = _enum(k_scheme, _lib.K_SCHEMES, "k_scheme")
         c.kv_dtype = _enum(kv_dtype, KV_DTYPES, "kv_dtype")
         c.cache_rows = cache_rows
         _check(_lib.twl_runtime_create(ctypes.byref(c), ctypes.byref(self._handle)), None)
@@ -128,6 +132,7 @@ class Runtime:
         d["selector"] = {v: k for k, v in _lib.SELECTORS.items()}.get(d["selector"])
         d["fetch_path"] = {v: k for k, v in _lib.FETCH_PATHS.items()}.get(d["fetch_path"])
         d["kv_dtype"] = {v: k for k, v in KV_DTYPES.items()}.get(d["kv_dtype"])
+        d["k_scheme"] = {v: k for k, v in _lib.K_SCHEMES.items()}.get(d["k_scheme"])
         if d["disk_path"] is not None:
             d["disk_path"] = os.fsdecode(d["disk_path"])
         return d

@@ -108,40 +108,44 @@ TEST(ApiBasics, CreateResolvesSentinels) {
   EXPECT_GT(m.host_pool_bytes_total, 0);
 }
 
-// k_scheme (appended): 0 is per token; 1 (per page channel) runs on every backend (AUTO
-// picks as for 0; a GPU backend is not TWL_UNSUPPORTED); other values are invalid; a caller
-// whose struct ends before the field gets the default, whatever follows in memory.
+// k_scheme (appended): TWL_K_SCHEME_AUTO (0, the default) resolves to per page channel,
+// TWL_K_SCHEME_TOKEN (2) to per token, and twl_runtime_get_config reports the resolved value
+// (never 0). Both run on every backend (AUTO picks as for the default; a GPU backend is not
+// TWL_UNSUPPORTED); a caller whose struct ends before the field gets the default, whatever
+// follows in memory.
 TEST(ApiBasics, KSchemeOnEveryBackendAndReadOnlyWhenTheStructHoldsIt) {
   twl_runtime_config c = SmallConfig();
-  EXPECT_EQ(twl_runtime_config_default().k_scheme, 0);
+  EXPECT_EQ(twl_runtime_config_default().k_scheme, TWL_K_SCHEME_AUTO);
   c.backend = TWL_BACKEND_AUTO;
   twl_backend auto_backend = TWL_BACKEND_CPU;
+  twl_runtime_config got;
+  got.struct_size = sizeof(got);
   {
     twilight::RuntimePtr rt0 = MakeRuntime(c);
     ASSERT_TRUE(rt0);
     auto_backend = twl_runtime_backend(rt0.get());
+    ASSERT_EQ(twl_runtime_get_config(rt0.get(), &got), TWL_OK);
+    EXPECT_EQ(got.k_scheme, TWL_K_SCHEME_PAGE_CHANNEL) << "the library's default scheme";
   }
-  c.k_scheme = 1;
-  twilight::RuntimePtr rt = MakeRuntime(c);
-  ASSERT_TRUE(rt);
-  EXPECT_EQ(twl_runtime_backend(rt.get()), auto_backend);
-  twl_runtime_config got;
-  got.struct_size = sizeof(got);
-  ASSERT_EQ(twl_runtime_get_config(rt.get(), &got), TWL_OK);
-  EXPECT_EQ(got.k_scheme, 1);
+  for (int32_t scheme : {TWL_K_SCHEME_PAGE_CHANNEL, TWL_K_SCHEME_TOKEN}) {
+    c.backend = TWL_BACKEND_AUTO;
+    c.k_scheme = scheme;
+    twilight::RuntimePtr rt = MakeRuntime(c);
+    ASSERT_TRUE(rt);
+    EXPECT_EQ(twl_runtime_backend(rt.get()), auto_backend);
+    ASSERT_EQ(twl_runtime_get_config(rt.get(), &got), TWL_OK);
+    EXPECT_EQ(got.k_scheme, scheme);
+    twl_runtime* raw = nullptr;
+    for (twl_backend b : {TWL_BACKEND_GPU_HBM, TWL_BACKEND_GPU_OFFLOAD}) {
+      c.backend = b;
+      const twl_status st = twl_runtime_create(&c, &raw);
+      EXPECT_NE(st, TWL_UNSUPPORTED);
+      EXPECT_EQ(raw != nullptr, st == TWL_OK);
+      if (raw) twl_runtime_free(raw);
+      raw = nullptr;
+    }
+  }
   twl_runtime* raw = nullptr;
-  for (twl_backend b : {TWL_BACKEND_GPU_HBM, TWL_BACKEND_GPU_OFFLOAD}) {
-    c.backend = b;
-    const twl_status st = twl_runtime_create(&c, &raw);
-    EXPECT_NE(st, TWL_UNSUPPORTED);
-    EXPECT_EQ(raw != nullptr, st == TWL_OK);
-    if (raw) twl_runtime_free(raw);
-    raw = nullptr;
-  }
-  c.backend = TWL_BACKEND_CPU;
-  c.k_scheme = 5;
-  EXPECT_EQ(twl_runtime_create(&c, &raw), TWL_INVALID_ARGUMENT);
-  EXPECT_EQ(raw, nullptr);
   struct {
     twl_runtime_config config;
     unsigned char junk[32];
@@ -153,7 +157,47 @@ TEST(ApiBasics, KSchemeOnEveryBackendAndReadOnlyWhenTheStructHoldsIt) {
   ASSERT_EQ(twl_runtime_create(&old.config, &raw), TWL_OK) << twl_runtime_last_error(nullptr);
   twilight::RuntimePtr owned(raw);
   ASSERT_EQ(twl_runtime_get_config(raw, &got), TWL_OK);
-  EXPECT_EQ(got.k_scheme, 0);
+  EXPECT_EQ(got.k_scheme, TWL_K_SCHEME_PAGE_CHANNEL);
+}
+
+// Values other than 0, 1 and 2 are refused at the boundary with a message naming the field
+// and the valid values (the C values are not core/page_layout.h's, so the C++ check cannot
+// speak for them).
+TEST(ApiBasics, KSchemeOutOfRangeIsInvalidWithAClearMessage) {
+  twl_runtime_config c = SmallConfig();
+  for (int32_t bad : {-1, 3, 5}) {
+    c.k_scheme = bad;
+    twl_runtime* raw = nullptr;
+    EXPECT_EQ(twl_runtime_create(&c, &raw), TWL_INVALID_ARGUMENT) << bad;
+    EXPECT_EQ(raw, nullptr);
+    const std::string msg = twl_runtime_last_error(nullptr);
+    EXPECT_NE(msg.find("k_scheme " + std::to_string(bad) + " unknown"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("2 per token"), std::string::npos) << msg;
+  }
+}
+
+// Memory follows the scheme: per token the host store holds a scale and a zero (FP16) per
+// token and KV head that per page channel does not, so with the same pool (same page count)
+// the two totals differ by exactly 4 bytes per token and KV head; k_bits 16 has neither.
+TEST(ApiBasics, KSchemeMemoryHasNoPerTokenScaleUnderPageChannel) {
+  twl_runtime_config c = SmallConfig();
+  const int64_t page_bytes = int64_t(c.num_kv_heads) * 2 * c.page_size * c.head_dim * 2;
+  const int64_t pages = 1024;
+  c.host_pool_bytes = pages * page_bytes;
+  auto total = [&](int32_t scheme, int32_t k_bits) {
+    c.k_scheme = scheme;
+    c.k_bits = k_bits;
+    twilight::RuntimePtr rt = MakeRuntime(c);
+    twl_memory_usage m;
+    m.struct_size = sizeof(m);
+    EXPECT_EQ(twl_runtime_memory(rt.get(), &m), TWL_OK);
+    return m.host_pool_bytes_total;
+  };
+  const int64_t tok = total(TWL_K_SCHEME_TOKEN, 4), pc = total(TWL_K_SCHEME_PAGE_CHANNEL, 4),
+                dflt = total(TWL_K_SCHEME_AUTO, 4);
+  EXPECT_EQ(tok - pc, pages * c.num_kv_heads * c.page_size * 4);
+  EXPECT_EQ(dflt, pc);
+  EXPECT_EQ(total(TWL_K_SCHEME_TOKEN, 16), total(TWL_K_SCHEME_PAGE_CHANNEL, 16));
 }
 
 // kv_dtype (appended): FP16 by default, BF16 accepted and reported (K/V read back as BF16

@@ -236,7 +236,9 @@ TEST(ApiReliability, MisalignedHostBuffersGiveTheAlignedResults) {
 // ---- 4. p = 1 with the full selector is dense attention under INT4/INT2 estimation ---------
 
 // Token 0 (the true top token) has an outlier channel that makes its INT4/INT2 codes of
-// channel 1 round to 0, so its estimated weight underflows to 0 in float: exp(-177).
+// channel 1 round to 0, so its estimated weight underflows to 0 in float: exp(-177). That
+// takes one scale per token (TWL_K_SCHEME_TOKEN): per page channel, channel 1 keeps its own
+// range and is estimated closely.
 TEST(ApiReliability, TopPOneKeepsEveryCandidateWhateverItsEstimate) {
   for (int32_t bits : {4, 2}) {
     for (int per_seq = 0; per_seq < 2; ++per_seq) {
@@ -245,6 +247,7 @@ TEST(ApiReliability, TopPOneKeepsEveryCandidateWhateverItsEstimate) {
       c.num_q_heads = 1;
       c.num_kv_heads = 1;
       c.k_bits = bits;
+      c.k_scheme = TWL_K_SCHEME_TOKEN;
       c.selector = TWL_SELECTOR_FULL;
       c.top_p = per_seq ? 0.9f : 1.0f;
       twilight::RuntimePtr rt = MakeRuntime(c);

@@ -450,10 +450,10 @@ TEST(AccuracyGoals, Int2FailsTheChecksThatInt8Passes) {
 }
 
 // Issue 15's per-head mass goal (p = 0.95: >= 99% of heads keep >= p - 0.02 of the true mass)
-// on 5 fixed seeds at 2k: INT4 per token (the default scheme, the GPU's) misses it (about 94%
-// of heads; its outlier channels widen every token's step), INT4 per page channel meets it
-// with the same code bytes (4 bytes per token less), and its error stays within 1.2x of the
-// oracle's on every seed.
+// on 5 fixed seeds at 2k: INT4 per token (the runtime's default until 2026-12) misses it (about
+// 94% of heads; its outlier channels widen every token's step), INT4 per page channel (the
+// default now, kKSchemeDefault) meets it with the same code bytes (4 bytes per token less), and
+// its error stays within 1.2x of the oracle's on every seed.
 TEST(AccuracyGoals, Int4PerPageChannelMeetsTheMassGoalThatPerTokenMisses) {
   std::vector<SeedMeasure> tok, pc;
   for (uint64_t seed = 1; seed <= 5; ++seed) {

@@ -676,6 +676,15 @@ TEST(Runtime, ConfigValidation) {
   EXPECT_EQ(code([](RuntimeConfig& c) { c.k_bits = 2; c.head_dim = 8; }), StatusCode::kOk);
 }
 
+// The library's default K scheme is per page channel (issue 15's per-head mass goal holds
+// there, not per token): RuntimeConfig's default and the geometry a runtime builds from it.
+TEST(Runtime, DefaultKSchemeIsPageChannel) {
+  EXPECT_EQ(kKSchemeDefault, kKSchemePageChannel);
+  EXPECT_EQ(RuntimeConfig{}.k_scheme, kKSchemePageChannel);
+  EXPECT_EQ(GeometryOf(RuntimeConfig{}).k_scheme, kKSchemePageChannel);
+  EXPECT_FALSE(GeometryOf(RuntimeConfig{}).HasTokenScale());
+}
+
 // k_scheme 1 (INT4 per page channel) runs on every backend: a GPU backend is not refused
 // (it is created where a GPU is, Unavailable elsewhere), kAuto chooses as for k_scheme 0, an
 // unknown scheme is invalid; on the CPU, p = 1 over the full selector is still dense attention.

@@ -2,6 +2,8 @@
 // top token carries an outlier channel that rounds its INT4/INT2 code of the query's channel to
 // 0, so its estimated weight underflows to 0 in float (exp(-125)); a pruner that keeps only
 // weights > 0 drops it and the output is the other tokens' V (0.25) instead of its V (4.0).
+// The underflow needs one scale per token (kKSchemeToken), which the test sets: per page
+// channel the query's channel keeps its own range.
 // Mirrors ApiReliability.TopPOneKeepsEveryCandidateWhateverItsEstimate (CPU, tests/api).
 #include <cmath>
 #include <vector>
@@ -26,6 +28,7 @@ TEST(TopPOneGpu, KeepsEveryCandidateWhateverItsEstimate) {
         c.head_dim = 64;
         c.page_size = 16;
         c.k_bits = bits;
+        c.k_scheme = kKSchemeToken;
         c.selector = SelectorKind::kFull;
         c.top_p = per_seq ? 0.9f : 1.0f;
         c.backend = backend;
