@@ -13,6 +13,8 @@
 #include <cmath>
 #include <set>
 
+#include "core/half.h"
+#include "core/head_math.h"
 #include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
 #include "pipeline/prune/twilight/cuda/prune_launch.h"
 #include "pipeline/select/quest/cpu/quest_select_cpu.h"
@@ -191,8 +193,36 @@ TEST_P(GrowGpuTest, MatchesReference) {
     const std::set<int32_t> a(gt, gt + n), e(rt, rt + r.kept_count[size_t(item)]);
     std::vector<int32_t> diff;
     std::set_symmetric_difference(a.begin(), a.end(), e.begin(), e.end(), std::back_inserter(diff));
-    EXPECT_LE(double(diff.size()), 0.01 * double(e.size()) + 2.0)
-        << "pair " << item << ": " << a.size() << " vs " << e.size() << " kept";
+    if (double(diff.size()) <= 0.01 * double(e.size()) + 2.0) continue;
+    // More than rounding: allowed only as a mass near-tie, where one side's cumulative mass
+    // reaches p * (A + R) just before a level set of equal FP16 estimates and the other's
+    // (float sums on the host, fixed-point integers on the GPU) falls just short, so it also
+    // keeps that level set (at 128k tokens, hundreds of tokens). Its signature: the sets are
+    // nested, and every differing token lies in one level set of one head of the group (its
+    // FP16 estimates within two FP16 steps or 1/1024 logit: the scores' summation order may
+    // split a level).
+    const bool nested = std::includes(a.begin(), a.end(), e.begin(), e.end()) ||
+                        std::includes(e.begin(), e.end(), a.begin(), a.end());
+    bool one_level = false;
+    for (int32_t j = 0; j < group && !one_level; ++j) {
+      const std::vector<float> qrow =
+          QueryRow(g, b, st.Query(), s, h * group + j, SoftmaxScale(g, pp.softmax_scale));
+      float lo = INFINITY, hi = -INFINITY;
+      for (const int32_t tok : diff) {
+        const int64_t page = st.page_table[size_t(s) * size_t(st.max_pages) + size_t(tok / g.page_size)];
+        const float est = HalfToFloat(FloatToHalf(EstimateScoreRef(
+            g, qrow.data(), st.Quant(), st.Kv(), g.BlockId(page, h), tok % g.page_size)));
+        lo = std::min(lo, est);
+        hi = std::max(hi, est);
+      }
+      const float step = std::ldexp(1.0f, std::max(-24, int(std::floor(std::log2(std::max(
+                                                      std::fabs(lo), std::fabs(hi))))) - 10));
+      // (The GPU rule's finest bin is 1/2048 logit: below |s| = 2 it holds several values.)
+      one_level = hi - lo <= std::max(2.0f * step, 2.0f / 2048.0f);
+    }
+    EXPECT_TRUE(nested && one_level)
+        << "pair " << item << ": " << a.size() << " vs " << e.size() << " kept, " << diff.size()
+        << " differ, nested " << nested;
   }
   EXPECT_GE(pairs_equal, int32_t(0.9 * pairs)) << pairs_equal << "/" << pairs;
 }
