@@ -64,6 +64,9 @@ ABSL_FLAG(std::string, text, "", "byte-level model: text file fed as bytes (else
 ABSL_FLAG(int32_t, tokens, 1024, "model mode: tokens run");
 ABSL_FLAG(int32_t, every, 64, "model mode: measure every this many positions");
 ABSL_FLAG(int32_t, min_ctx, 256, "model mode: measure from this context length on");
+ABSL_FLAG(float, outlier_scale, 6.0f,
+          "synthetic: magnitude of the outlier channels' mean key (6: the harness; larger: the "
+          "massive fixed outlier channels of large models)");
 ABSL_FLAG(std::string, schemes, "",
           "comma-separated scheme names to report (default: all); exact is always computed");
 ABSL_FLAG(int32_t, centre_tokens, 1024,
@@ -493,6 +496,7 @@ int main(int argc, char** argv) {
       c.head_dim = d;
       c.num_steps = absl::GetFlag(FLAGS_steps);
       c.seed = uint64_t(seed);
+      c.outlier_scale = absl::GetFlag(FLAGS_outlier_scale);
       if (wl == "peaked") {  // bench/offload_main.cc's peaked workload
         c.topic_std_min = 4.0f, c.topic_std_max = 6.0f;
         c.spike_offset_min = 3.0f, c.spike_offset_max = 5.0f;
