@@ -21,6 +21,12 @@
 //             the GPU score pass would need no hi/lo split)
 //   page4     per-channel over the page's rows, range = the Quest kmin/kmax of the block
 //             (quantize.cc's per-page-channel mode: no per-token scale or zero)
+//   pc8       page4 over ranges coded in 8 bits per end on the block's [min kmin, max kmax]
+//             grid, rounded outward (bench/lib/channel_ranges.h: 2 d + 4 bytes per block)
+//   pc8log    lo as pc8, the step as an 8-bit log code rounded up (2 d + 4 bytes)
+//   pc8p2     lo as pc8, the step a power of two, a 4-bit exponent code (1.5 d + 4 bytes)
+//   pc8w      lo as pc8, the width an 8-bit code on [0, widest channel] (2 d + 6 bytes)
+//   fp8       kmin / kmax as FP8 E4M3 rounded outward (2 d bytes)
 // Keep rules on top of a scheme:
 //   (plain)   top-p over exp(estimate)
 //   +defl     top-p over exp(estimate - sigma^2 / 2), sigma = the token's score-noise std
@@ -39,6 +45,7 @@
 #include "core/half.h"
 #include "core/page_layout.h"
 #include "core/quantize.h"
+#include "lib/channel_ranges.h"
 #include "lib/llama2_model.h"
 #include "lib/synthetic_attention.h"
 #include "lib/tool_flags.h"
@@ -57,6 +64,11 @@ ABSL_FLAG(std::string, text, "", "byte-level model: text file fed as bytes (else
 ABSL_FLAG(int32_t, tokens, 1024, "model mode: tokens run");
 ABSL_FLAG(int32_t, every, 64, "model mode: measure every this many positions");
 ABSL_FLAG(int32_t, min_ctx, 256, "model mode: measure from this context length on");
+ABSL_FLAG(float, outlier_scale, 6.0f,
+          "synthetic: magnitude of the outlier channels' mean key (6: the harness; larger: the "
+          "massive fixed outlier channels of large models)");
+ABSL_FLAG(std::string, schemes, "",
+          "comma-separated scheme names to report (default: all); exact is always computed");
 ABSL_FLAG(int32_t, centre_tokens, 1024,
           "ctr4: the centre is the per-channel mean of K over the first this many tokens");
 
@@ -68,11 +80,14 @@ using twl::FloatToHalf;
 
 struct Scheme {
   std::string name;
-  int scheme = 0;   // 0 tok4, 1 tok8, 2 page4, 3 exact, 4 ctr4, 5 pctr4, 6 pmean4, 7 prow4, 8 page4p2
+  // 0 tok4, 1 tok8, 2 page4, 3 exact, 4 ctr4, 5 pctr4, 6 pmean4, 7 prow4, 8 page4p2, 9 pc8,
+  // 10 pc8log, 11 pc8p2, 12 pc8w, 13 fp8
+  int scheme = 0;
   int rule = 0;     // 0 plain, 1 deflate, 2 k sigma
   float k = 0.0f;   // sigmas for rule 2
   float p_add = 0;  // raised p: p' = p + p_add
-  double bytes = 0;
+  double bytes = 0;       // per token: codes + per-token scale/zero (as the 2026-12-02 tables)
+  double read_bytes = 0;  // per token: all the score pass reads, per-block range metadata included
   // accumulated
   std::vector<double> mass, size_ratio, union_ratio, rms;
 };
@@ -170,19 +185,30 @@ void Estimate(int sc, const std::vector<float>& kf, int32_t len, int32_t d, int3
     }
     return;
   }
-  // page4: per channel over the page's rows (the Quest bounds).
+  // page4: per channel over the page's rows (the Quest bounds), or over coded ranges that
+  // contain them (pc8*).
+  const twl::bench::RangeCoding coding = sc == 9    ? twl::bench::RangeCoding::kPc8
+                                         : sc == 10 ? twl::bench::RangeCoding::kPc8Log
+                                         : sc == 11 ? twl::bench::RangeCoding::kPc8Pow2
+                                         : sc == 12 ? twl::bench::RangeCoding::kPc8W
+                                         : sc == 13 ? twl::bench::RangeCoding::kFp8
+                                                    : twl::bench::RangeCoding::kFp16;
   std::vector<float> lo(static_cast<size_t>(d)), step(static_cast<size_t>(d));
+  std::vector<float> kmin(static_cast<size_t>(d)), kmax(static_cast<size_t>(d));
   for (int32_t p0 = 0; p0 < len; p0 += ps) {
     const int32_t rows = std::min(ps, len - p0);
-    double s2 = 0;
     for (int32_t j = 0; j < d; ++j) {
       float l = kf[size_t(p0) * d + j], h = l;
       for (int32_t r = 1; r < rows; ++r) {
         l = std::min(l, kf[size_t(p0 + r) * d + j]);
         h = std::max(h, kf[size_t(p0 + r) * d + j]);
       }
-      lo[size_t(j)] = l;
-      step[size_t(j)] = (h - l) / 15.0f;
+      kmin[size_t(j)] = l;
+      kmax[size_t(j)] = h;
+    }
+    twl::bench::ChannelRanges(coding, kmin.data(), kmax.data(), d, lo.data(), step.data());
+    double s2 = 0;
+    for (int32_t j = 0; j < d; ++j) {
       // page4p2: the step rounded up to a power of two (q_j * step_j exact in FP16).
       if (sc == 8 && step[size_t(j)] > 0.0f) {
         step[size_t(j)] = std::exp2(std::ceil(std::log2(step[size_t(j)])));
@@ -292,18 +318,18 @@ void PrintTable(const std::vector<Scheme>& schemes, const std::vector<double>& o
   std::printf("%s page %d p %.3f: %zu head samples, oracle own set median %.0f mean %.0f\n",
               what.c_str(), absl::GetFlag(FLAGS_page_size), double(p), oracle_sizes.size(), Median(oracle_sizes),
               std::accumulate(oracle_sizes.begin(), oracle_sizes.end(), 0.0) / double(oracle_sizes.size()));
-  std::printf("%-12s %8s %7s %7s %9s %9s %9s %8s %6s\n", "scheme", "heads_ok", "min", "median",
-              "own/orc", "own/orc50", "union/orc", "rms_lgt", "B/tok");
+  std::printf("%-12s %8s %7s %7s %9s %9s %9s %8s %6s %8s\n", "scheme", "heads_ok", "min",
+              "median", "own/orc", "own/orc50", "union/orc", "rms_lgt", "B/tok", "rd_B/tok");
   for (const Scheme& S : schemes) {
     double okc = 0;
     for (double m : S.mass) okc += m >= double(p) - 0.02 - 1e-9;
     double sr = 0, ur = 0;
     for (double r : S.size_ratio) sr += r;
     for (double r : S.union_ratio) ur += r;
-    std::printf("%-12s %7.2f%% %7.4f %7.4f %9.3f %9.3f %9.3f %8.4f %6.0f\n", S.name.c_str(),
+    std::printf("%-12s %7.2f%% %7.4f %7.4f %9.3f %9.3f %9.3f %8.4f %6.0f %8.2f\n", S.name.c_str(),
                 100.0 * okc / double(S.mass.size()), *std::min_element(S.mass.begin(), S.mass.end()),
                 Median(S.mass), sr / double(S.size_ratio.size()), Median(S.size_ratio),
-                ur / double(S.union_ratio.size()), Median(S.rms), S.bytes);
+                ur / double(S.union_ratio.size()), Median(S.rms), S.bytes, S.read_bytes);
   }
 }
 
@@ -421,28 +447,41 @@ int main(int argc, char** argv) {
   twl::tools::RequireFlag(absl::GetFlag(FLAGS_tokens) >= 2, "tokens", ">= 2");
   std::vector<Scheme> schemes;
   const double code = d / 2.0;
-  auto add = [&](std::string n, int sc, int rule, float k, float pa, double bytes) {
+  const std::string only = absl::GetFlag(FLAGS_schemes);
+  // bytes: per token as the 2026-12-02 tables (codes + per-token scale/zero); read: all the score
+  // pass reads per token, the per-block range metadata spread over the page's tokens.
+  auto add = [&](std::string n, int sc, int rule, float k, float pa, double bytes, double read) {
+    if (!only.empty() && sc != 3 && ("," + only + ",").find("," + n + ",") == std::string::npos) return;
     Scheme s;
     s.name = std::move(n);
-    s.scheme = sc, s.rule = rule, s.k = k, s.p_add = pa, s.bytes = bytes;
+    s.scheme = sc, s.rule = rule, s.k = k, s.p_add = pa, s.bytes = bytes, s.read_bytes = read;
     schemes.push_back(std::move(s));
   };
-  add("exact", 3, 0, 0, 0, 2.0 * d);
-  add("tok8", 1, 0, 0, 0, d + 4.0);
-  add("tok4", 0, 0, 0, 0, code + 4);
-  add("tok4+defl", 0, 1, 0, 0, code + 4);
-  add("tok4+1sig", 0, 2, 1, 0, code + 4);
-  add("tok4+2sig", 0, 2, 2, 0, code + 4);
-  add("tok4@p+.02", 0, 0, 0, 0.02f, code + 4);
-  add("ctr4", 4, 0, 0, 0, code + 4);
-  add("pctr4", 5, 0, 0, 0, code + 4);
-  add("pmean4", 6, 0, 0, 0, code + 4 + 2.0 * d / ps);
-  add("prow4", 7, 0, 0, 0, code + 4);
-  add("page4", 2, 0, 0, 0, code);
-  add("page4p2", 8, 0, 0, 0, code);
-  add("page4+defl", 2, 1, 0, 0, code);
-  add("page4+1sig", 2, 2, 1, 0, code);
-  add("page4@p+.01", 2, 0, 0, 0.01f, code);
+  using twl::bench::RangeCoding;
+  using twl::bench::RangeMetadataBytes;
+  const double per_block = 1.0 / ps;  // per-block bytes spread over a full page's tokens
+  add("exact", 3, 0, 0, 0, 2.0 * d, 2.0 * d);
+  add("tok8", 1, 0, 0, 0, d + 4.0, d + 4.0);
+  add("tok4", 0, 0, 0, 0, code + 4, code + 4);
+  add("tok4+defl", 0, 1, 0, 0, code + 4, code + 4);
+  add("tok4+1sig", 0, 2, 1, 0, code + 4, code + 4);
+  add("tok4+2sig", 0, 2, 2, 0, code + 4, code + 4);
+  add("tok4@p+.02", 0, 0, 0, 0.02f, code + 4, code + 4);
+  add("ctr4", 4, 0, 0, 0, code + 4, code + 4);
+  add("pctr4", 5, 0, 0, 0, code + 4, code + 4 + 4.0 * d * per_block);
+  add("pmean4", 6, 0, 0, 0, code + 4 + 2.0 * d / ps, code + 4 + 2.0 * d * per_block);
+  add("prow4", 7, 0, 0, 0, code + 4, code + 4 + 2.0 * d * per_block);
+  const double fp16_read = code + RangeMetadataBytes(RangeCoding::kFp16, d) * per_block;
+  add("page4", 2, 0, 0, 0, code, fp16_read);
+  add("page4p2", 8, 0, 0, 0, code, fp16_read);
+  add("page4+defl", 2, 1, 0, 0, code, fp16_read);
+  add("page4+1sig", 2, 2, 1, 0, code, fp16_read);
+  add("page4@p+.01", 2, 0, 0, 0.01f, code, fp16_read);
+  add("pc8", 9, 0, 0, 0, code, code + RangeMetadataBytes(RangeCoding::kPc8, d) * per_block);
+  add("pc8log", 10, 0, 0, 0, code, code + RangeMetadataBytes(RangeCoding::kPc8Log, d) * per_block);
+  add("pc8p2", 11, 0, 0, 0, code, code + RangeMetadataBytes(RangeCoding::kPc8Pow2, d) * per_block);
+  add("pc8w", 12, 0, 0, 0, code, code + RangeMetadataBytes(RangeCoding::kPc8W, d) * per_block);
+  add("fp8", 13, 0, 0, 0, code, code + RangeMetadataBytes(RangeCoding::kFp8, d) * per_block);
   std::vector<double> oracle_sizes;
   const std::string model_path = absl::GetFlag(FLAGS_model);
   if (!model_path.empty()) {
@@ -457,6 +496,7 @@ int main(int argc, char** argv) {
       c.head_dim = d;
       c.num_steps = absl::GetFlag(FLAGS_steps);
       c.seed = uint64_t(seed);
+      c.outlier_scale = absl::GetFlag(FLAGS_outlier_scale);
       if (wl == "peaked") {  // bench/offload_main.cc's peaked workload
         c.topic_std_min = 4.0f, c.topic_std_max = 6.0f;
         c.spike_offset_min = 3.0f, c.spike_offset_max = 5.0f;
