@@ -6,11 +6,12 @@
 #                                 stage binaries + the non-system shared libraries they need
 #                                 into .device/gpu/ (git-ignored) for the device's `carry`.
 #   scripts/gpu-check.sh remote   On the device (run tool, carry [".device/gpu"]): GPU test
-#                                 suite (kernels, HBM and offload backends vs the CPU reference),
+#                                 suite (kernels, HBM and offload backends vs the CPU reference)
+#                                 and the C API tests (their GPU-runtime cases),
 #                                 compute-sanitizer memcheck + racecheck + synccheck, PyTorch SDPA
 #                                 baseline, twl_kernels, twl_offload, twl_demo on the GPU; logs,
 #                                 CSVs and plots go to $OUT; a short summary is printed last.
-#   Default build stages twl_gpu_tests twl_kernels twl_offload twl_demo twl_accuracy
+#   Default build stages twl_gpu_tests twl_api_tests twl_kernels twl_offload twl_demo twl_accuracy
 #   (ACCURACY="--full" runs the accuracy harness at full size in remote mode).
 #
 # Environment: GPU_BUILD_DIR (default build-gpu), GPU_CHECK_TARGETS (extra ninja targets to stage), BENCH_ARGS (extra
@@ -32,7 +33,7 @@ build() {
   fi
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTWL_WITH_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DTWL_WERROR=ON "${launcher[@]}" >/dev/null
-  local targets="twl_gpu_tests twl_kernels twl_offload twl_demo twl_accuracy twl_serve_bench twl_prefill_bench ${GPU_CHECK_TARGETS:-}"
+  local targets="twl_gpu_tests twl_api_tests twl_kernels twl_offload twl_demo twl_accuracy twl_serve_bench twl_prefill_bench ${GPU_CHECK_TARGETS:-}"
   # shellcheck disable=SC2086
   ninja -C "$BUILD" -j2 $targets
   rm -rf "$STAGE"
@@ -74,6 +75,12 @@ remote() {
   skipped=$(grep -c '^\[  SKIPPED \]' "$out/gpu_tests.log")
   echo "gpu tests: rc=$rc passed=$passed failed_lines=$failed skipped=$skipped" | tee -a "$summary"
   grep -E '^\[  FAILED  \]|Failure|error:' "$out/gpu_tests.log" | head -40
+  # The C API tests create GPU runtimes where a GPU is visible (they skip those cases here).
+  timeout "${T_API_TESTS:-60}" "$bin/twl_api_tests" --gtest_color=no >"$out/api_tests.log" 2>&1
+  rc=$?
+  echo "api tests: rc=$rc passed=$(grep -c '^\[       OK \]' "$out/api_tests.log")" \
+    | tee -a "$summary"
+  grep -E '^\[  FAILED  \]|Failure' "$out/api_tests.log" | head -20
   fi
 
   # 2. compute-sanitizer on the kernel tests (small sizes; the CPU reference dominates).
