@@ -532,6 +532,17 @@ SelectorParams Quest(int32_t budget_pages) {
   return s;
 }
 
+// Adds one sequence per entry of `lengths` to both runtimes of `sb` and prefills it with that
+// many tokens of `w`; *seqs gets their ids.
+void PrefillSequences(SideBySide& sb, Workload& w, const std::vector<int32_t>& lengths,
+                      std::vector<int32_t>* seqs) {
+  for (int32_t L : lengths) {
+    const int32_t s = sb.AddSequence();
+    ASSERT_OK(sb.Append(s, w, L));
+    seqs->push_back(s);
+  }
+}
+
 // The acceptance test of issue 8: same result as the in-GPU Twilight within 1e-3 with a
 // cache far too small for one step (blocks read in place + forced eviction mid-step), one that
 // holds about a step, and a roomy one; mixed lengths; many steps with appends between.
@@ -552,11 +563,8 @@ TEST(OffloadBackendTest, MatchesHbmBackendAcrossStepsAndCacheSizes) {
     Workload w(g, cfg.num_q_heads, seed + 1);
     const std::vector<int32_t> lens = {37, 700, 1500, 3001, 4100};
     std::vector<int32_t> seqs;
-    for (int32_t L : lens) {
-      const int32_t s = sb.AddSequence();
-      ASSERT_OK(sb.Append(s, w, L));
-      seqs.push_back(s);
-    }
+    PrefillSequences(sb, w, lens, &seqs);
+    ASSERT_FALSE(::testing::Test::HasFatalFailure());
     std::vector<int32_t> topics(seqs.size(), 0);
     std::mt19937_64 rng(seed + 2);
     int64_t direct_units = 0, in_place = 0, evictions = 0, hits = 0, needed = 0;
@@ -892,9 +900,6 @@ TEST(OffloadBackendTest, PageChannelRuntimeForkAndFreeMatchHbm) {
   ExpectRuntimeForkAndFreeMatchHbm(kKSchemePageChannel);
 }
 
-// Offload vs HBM under k_scheme 1: the same append and score kernels on the same data (small
-// appends re-quantize the open page, bulk ones go through the segment kernel), a tiny and a
-// roomy cache; outputs within 1e-3 and equal kept budgets, as for k_scheme 0.
 // Prefills sequences of `lengths` tokens, then runs `steps` decode steps with Quest(70) (p 0.9
 // every `p_every`-th step from the first, else 0.95) and 1-20 new tokens per sequence between
 // steps. Each step's output must equal the HBM backend's within 1e-3 with no fetch error;
@@ -905,11 +910,8 @@ void ExpectRaggedStepsMatchHbm(
     const std::function<void(int32_t step, const StepTelemetry& tel)>& check = nullptr) {
   Workload w(g, num_q_heads, seed + 1);
   std::vector<int32_t> seqs;
-  for (int32_t L : lengths) {
-    const int32_t s = sb.AddSequence();
-    ASSERT_OK(sb.Append(s, w, L));
-    seqs.push_back(s);
-  }
+  PrefillSequences(sb, w, lengths, &seqs);
+  ASSERT_FALSE(::testing::Test::HasFatalFailure());
   std::vector<int32_t> topics(seqs.size(), 0);
   std::mt19937_64 rng(seed + 2);
   for (int32_t step = 0; step < steps; ++step) {
@@ -925,6 +927,9 @@ void ExpectRaggedStepsMatchHbm(
   }
 }
 
+// Offload vs HBM under k_scheme 1: the same append and score kernels on the same data (small
+// appends re-quantize the open page, bulk ones go through the segment kernel), a tiny and a
+// roomy cache; outputs within 1e-3 and equal kept budgets, as for k_scheme 0.
 TEST(OffloadBackendTest, PageChannelMatchesHbmBackend) {
   SKIP_WITHOUT_GPU();
   const uint64_t seed = FreshSeed();
