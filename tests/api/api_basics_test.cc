@@ -328,6 +328,8 @@ TEST(ApiBasics, LargerStructFromANewerHeaderIsAccepted) {
 TEST(ApiBasics, GpuBackendWithoutGpuIsUnavailableOrWorks) {
   twl_runtime_config c = SmallConfig();
   c.backend = TWL_BACKEND_GPU_OFFLOAD;
+  c.head_dim = 64;  // a head dim the GPU kernels take (SmallConfig's 32 is CPU-only)
+  c.page_size = 16;
   twl_runtime* rt = nullptr;
   const twl_status s = twl_runtime_create(&c, &rt);
   if (s == TWL_OK) {  // a machine with a GPU
