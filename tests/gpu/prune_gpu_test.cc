@@ -16,8 +16,9 @@
 // head, INT4 (tensor cores) and 2/8/16-bit K (scalar), p in {0.5 .. 0.99, 1}, per-sequence
 // p, dense, peaked and flat heads (queries scaled per head), a few pages to 128k+ tokens.
 // Every case also reruns with the top-p passes' explicit work plans (1, 2, 3 and all chunks
-// per block) and with TWL_PRUNE_PDL=1 (the top-p chain launched with programmatic
-// dependent launch): the same bits as the default plan without it.
+// per block), with the score pass at 2 and 3 blocks per SM, and with TWL_PRUNE_PDL=1 (the
+// top-p chain launched with programmatic dependent launch): the same bits as the default
+// plan without them.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -165,6 +166,18 @@ TEST_P(PruneGpuTest, MatchesReferenceUpToThresholdTies) {
     EXPECT_EQ(Download<float>(d_mass, static_cast<size_t>(heads)), gmass);
   }
   dparams.topp_chunks_per_block = 0;
+  // The score pass's residency plan (2 or 3 blocks per SM: other runs per block, other
+  // landing stages) changes no bit either.
+  for (const int32_t blocks : {2, 3}) {
+    SCOPED_TRACE(::testing::Message() << "score_blocks_per_sm = " << blocks);
+    dparams.score_blocks_per_sm = blocks;
+    TWL_ASSERT_OK(launch());
+    EXPECT_EQ(Download<int32_t>(d_cnt, static_cast<size_t>(pairs)), cnt);
+    EXPECT_EQ(Download<int32_t>(d_tok, ref_tok.size()), tok);
+    EXPECT_EQ(Download<int32_t>(d_kept, static_cast<size_t>(heads)), gkept);
+    EXPECT_EQ(Download<float>(d_mass, static_cast<size_t>(heads)), gmass);
+  }
+  dparams.score_blocks_per_sm = 0;
   // With programmatic dependent launch of the top-p chain (pdl.cuh, opt-in): the same bits.
   setenv("TWL_PRUNE_PDL", "1", 1);
   const absl::Status pdl = launch();

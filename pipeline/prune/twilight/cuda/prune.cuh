@@ -459,17 +459,25 @@ constexpr int kP16Pages = 2;     // pages per warp per pipeline step
 constexpr int kP16Stages = 4;    // steps: kP16Stages - 1 in flight while one is computed
 constexpr int kP16MaxPages = 2048;  // pages of a block's run resolved in shared memory
 
-// Shared memory of ScorePage16Kernel (2 blocks per SM: at most ~113 KB each). Per token: the
-// code landing buffer. Per page channel also the bounds landing buffer (kmin then kmax of
-// each page, in the codes' cp.async groups) [stage][page][warp][4 * kHeadDim bytes], the
-// warps' exchange buffers [warp][8 heads][kHeadDim / 8] 16-byte words and the scaled queries
-// [kNT * 8 heads][kHeadDim] (page_channel_fragments.cuh); to fit, it runs one stage less at
-// d = 128 (the same ~6 KB per warp in flight: two steps of 1.5 KB pages instead of three of
-// 1 KB) and resolves runs of up to 1024 pages.
-template <int kHeadDim, int kNT, bool kPageChannel>
+// Shared memory of ScorePage16Kernel (kBlocks = 2 blocks per SM: at most ~113 KB each). Per
+// token: the code landing buffer. Per page channel also the bounds landing buffer (kmin then
+// kmax of each page, in the codes' cp.async groups) [stage][page][warp][4 * kHeadDim bytes],
+// the warps' exchange buffers [warp][8 heads][kHeadDim / 8] 16-byte words and the scaled
+// queries [kNT * 8 heads][kHeadDim] (page_channel_fragments.cuh); to fit, it runs one stage
+// less at d = 128 (the same ~6 KB per warp in flight: two steps of 1.5 KB pages instead of
+// three of 1 KB) and resolves runs of up to 1024 pages.
+// kBlocks = 3 (one n-tile only: at most ~75 KB and 80 registers per block) trades landing
+// stages for resident warps: 24 warps per SM instead of 16 hide the per-page fragment chain
+// of the page-channel scheme (two steps at d = 128, one in flight while one is computed) and
+// runs of up to 512 pages.
+template <int kHeadDim, int kNT, bool kPageChannel, int kBlocks = 2>
 struct P16Smem {
-  static constexpr int kStages = kPageChannel && kHeadDim == 128 ? kP16Stages - 1 : kP16Stages;
-  static constexpr int kMaxPages = kPageChannel ? kP16MaxPages / 2 : kP16MaxPages;
+  static_assert(kBlocks == 2 || (kBlocks == 3 && kNT == 1), "3 blocks per SM: one n-tile");
+  static constexpr int kStages =
+      kBlocks == 3 ? (kPageChannel ? 2 : kP16Stages)
+                   : (kPageChannel && kHeadDim == 128 ? kP16Stages - 1 : kP16Stages);
+  static constexpr int kMaxPages =
+      kBlocks == 3 ? kP16MaxPages / 4 : (kPageChannel ? kP16MaxPages / 2 : kP16MaxPages);
   static constexpr size_t kLanding =
       size_t(kStages) * kP16Pages * 2 * kP16Warps * 32 * (kHeadDim / 8);
   static constexpr size_t kBoundsPage = 4 * kHeadDim;  // kmin + kmax, FP16
@@ -492,18 +500,24 @@ struct P16Smem {
 };
 static_assert(P16Smem<128, 2, true>::kBytes + P16Smem<128, 2, true>::kMaxPages * 9 <= 110 * 1024,
               "two blocks per SM");
-template <int kHeadDim, int kNT = 1, bool kPageChannel = false>
+static_assert(P16Smem<128, 1, true, 3>::kBytes + P16Smem<128, 1, true, 3>::kMaxPages * 9 <=
+                  74 * 1024,
+              "three blocks per SM (page channel)");
+static_assert(P16Smem<128, 1, false, 3>::kBytes + P16Smem<128, 1, false, 3>::kMaxPages * 9 <=
+                  74 * 1024,
+              "three blocks per SM (per token)");
+template <int kHeadDim, int kNT = 1, bool kPageChannel = false, int kBlocks = 2>
 constexpr size_t ScorePage16SmemBytes() {
-  return P16Smem<kHeadDim, kNT, kPageChannel>::kBytes;
+  return P16Smem<kHeadDim, kNT, kPageChannel, kBlocks>::kBytes;
 }
 
-template <int kHeadDim, int kNT, bool kMass, bool kPageChannel = false>
-__global__ void __launch_bounds__(kP16Warps * 32, 2)
+template <int kHeadDim, int kNT, bool kMass, bool kPageChannel = false, int kBlocks = 2>
+__global__ void __launch_bounds__(kP16Warps * 32, kBlocks)
     ScorePage16Kernel(PageGeometry g, BatchView batch, QueryView q, QuantKView qk,
                       SelectionView sel, PruneShape shape, int32_t pages_per_block,
                       fp16_t* __restrict__ scores, uint32_t* __restrict__ head_max,
                       float* __restrict__ page_mass, float* __restrict__ page_max) {
-  using Smem = P16Smem<kHeadDim, kNT, kPageChannel>;
+  using Smem = P16Smem<kHeadDim, kNT, kPageChannel, kBlocks>;
   constexpr int kStages = Smem::kStages;
   constexpr int kWords = kHeadDim / 32;  // 32-bit code words per thread per token
   constexpr int kChunk = kHeadDim / 8;   // code bytes per thread per token (16 or 8)

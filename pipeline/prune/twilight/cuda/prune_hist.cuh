@@ -59,12 +59,10 @@
 
 #include "pipeline/prune/twilight/cuda/pdl.cuh"
 #include "pipeline/prune/twilight/cuda/prune.cuh"
+#include "pipeline/prune/twilight/cuda/topp_bins.cuh"
 
 namespace twl::cuda {
 
-constexpr int kHistBins = 256;
-constexpr float kBinsPerLogit = 8.0f;   // level-1 bin width 1/8 logit
-constexpr float kSubPerLogit = 2048.0f;  // level-2 sub-bin width 1/2048 logit
 constexpr int kHistThreads = 256;
 constexpr int kHistChunk = 8192;        // slots of one query-head row per block
 constexpr int kKeptThreads = 256;
@@ -121,13 +119,6 @@ __device__ __forceinline__ int HeadMode(const PrunerParams& params, const PruneS
   return kModeTopP;
 }
 
-__device__ __forceinline__ int Bin1(float d) {
-  return d < 31.875f ? int(fmaxf(d, 0.0f) * kBinsPerLogit) : kHistBins - 1;
-}
-__device__ __forceinline__ int Bin2(float d, int b1) {
-  const float t = (d - float(b1) * (1.0f / kBinsPerLogit)) * kSubPerLogit;
-  return int(fminf(fmaxf(t, 0.0f), float(kHistBins - 1)));
-}
 __device__ __forceinline__ u64 Fixed(float w, float scale) {
   return __float2ull_rn(w * scale);
 }
@@ -235,27 +226,6 @@ __device__ __forceinline__ uint4 LoadRaw8(const fp16_t* row, int32_t i0, int32_t
   }
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
-// Whether all 8 FP16 scores of a LoadRaw8 result are below thr (both halves the same
-// threshold). The max propagates NaN, and NaN is never below, so a load holding a NaN
-// always takes the exact per-slot path. Callers pick thr rounded down (__float2half_rd) and
-// with a margin, so that every score it skips is one the exact path would add nothing for:
-// peaked heads then cost a max and a compare per 8 slots instead of an exp per slot.
-__device__ __forceinline__ bool AllBelow(const uint4& v, __half2 thr) {
-  auto h2 = [](uint32_t w) { return *reinterpret_cast<const __half2*>(&w); };
-  const __half2 m = __hmax2_nan(__hmax2_nan(h2(v.x), h2(v.y)), __hmax2_nan(h2(v.z), h2(v.w)));
-  return __hblt2(m, thr);
-}
-__device__ __forceinline__ __half2 HalfThreshold(float t) {
-  const __half h = __float2half_rd(t);
-  return __halves2half2(h, h);
-}
-
-// Half k (constant after unrolling) of LoadRaw8's result, as a float.
-__device__ __forceinline__ float RawHalf(const uint4& v, int k) {
-  const uint32_t word = (k >> 1) == 0 ? v.x : (k >> 1) == 1 ? v.y : (k >> 1) == 2 ? v.z : v.w;
-  return H2F(fp16_t((k & 1) ? word >> 16 : word & 0xFFFFu));
-}
-
 // Per-warp sub-histograms of the histogram kernels. A block's mass per bin is accumulated
 // without shuffles or cross-warp contention: each warp owns 256 bins of two 32-bit words,
 // the low 20 bits and the rest (>> 20) of every fixed-point sum added, both plain 32-bit
@@ -440,7 +410,7 @@ __device__ __forceinline__ int WarpHeadThreshold(const PrunerParams& params,
 struct ChunkHeads {
   int mode[kMaxGroup], b1[kMaxGroup], b2[kMaxGroup];
   float mx[kMaxGroup];
-  uint32_t skip[kMaxGroup];
+  uint32_t skip[kMaxGroup], keep[kMaxGroup];  // BoundaryBinEdges
   int count[kMaxGroup], bnd[kMaxGroup];
 };
 
@@ -463,42 +433,14 @@ __device__ __forceinline__ void LoadChunkHeads(ChunkHeads& ch, const PrunerParam
       ch.b1[jw] = b1;
       ch.b2[jw] = b2;
       ch.mx[jw] = mx;
-      // Bin1 > B1 for every score below mx - (B1 + 1) / 8 (a 1/64-logit margin for the
-      // float rounding of d); B1 = 255 skips nothing.
-      const float below =
-          b1 < kHistBins - 1 ? mx - float(b1 + 1) * (1.0f / kBinsPerLogit) - 1.0f / 64
-                             : -INFINITY;
-      const __half2 skip = HalfThreshold(below);
-      ch.skip[jw] = *reinterpret_cast<const uint32_t*>(&skip);
+      const BinEdges edges = BoundaryBinEdges(mx, b1);
+      ch.skip[jw] = edges.skip;
+      ch.keep[jw] = edges.keep;
       ch.count[jw] = 0;
       ch.bnd[jw] = 0;
       if (level2 && blockIdx.x == 0 && mode == kModeTopP) hw.kept_mass[sq0 + jw] = kept_mass;
     }
   }
-}
-
-// The 8 slots of a LoadRaw8 group of one top-p head (bit k of vmask: slot k is a valid
-// candidate) against its boundary bin B1 below the max mx: returns the bits of the slots
-// above the bin (b1 < B1 <= 254: d < 31.875, so their float weight is > 0, kept at once)
-// and calls in_bin(k, b2, w) for each slot in the bin with a float weight w > 0 (its
-// level-2 sub-bin b2). KeptKernel and BoundaryKernel's rescan classify alike through it.
-template <class InBin>
-__device__ __forceinline__ uint32_t SplitAtBoundary8(const uint4& raw, uint32_t vmask, float mx,
-                                                     int B1, InBin&& in_bin) {
-  uint32_t above = 0;
-#pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    if (!((vmask >> k) & 1u)) continue;
-    const float d = mx - RawHalf(raw, k);
-    const int b1 = Bin1(d);
-    if (b1 < B1) {
-      above |= 1u << k;
-    } else if (b1 == B1) {
-      const float w = expf(-d);
-      if (w > 0.0f) in_bin(k, Bin2(d, b1), w);
-    }
-  }
-  return above;
 }
 
 // Every thread of a block: prefetches into L2 the 128-byte lines of slots [c0, c1) of the
@@ -621,7 +563,8 @@ __global__ void __launch_bounds__(kKeptThreads, kMaxG <= 8 ? 4 : 1)
             const uint32_t skip = ch.skip[j];
             if (vmask && !AllBelow(raws[jj], *reinterpret_cast<const __half2*>(&skip))) {
               const uint32_t above = SplitAtBoundary8(
-                  raws[jj], vmask, ch.mx[j], ch.b1[j], [&](int k, int b2, float w) {
+                  raws[jj], vmask, ch.mx[j], ch.b1[j], ch.keep[j], skip,
+                  [&](int k, int b2, float w) {
                     bmask |= 1u << k;
                     b2s |= uint64_t(b2) << (8 * k);
                     const u64 m = Fixed(w, hw.fx_scale);
@@ -758,7 +701,7 @@ __global__ void __launch_bounds__(kKeptThreads)
         const uint32_t vmask = CandidateMask8(pages, in_set, g.page_size, len, c1, i0);
         if (!vmask) continue;
         uint32_t byte = 0;
-        SplitAtBoundary8(LoadRaw8(row, i0, c1, vec), vmask, mxj, B1,
+        SplitAtBoundary8(LoadRaw8(row, i0, c1, vec), vmask, mxj, B1, ch.keep[j], ch.skip[j],
                          [&](int k, int b2, float) {
                            if (b2 <= B2) byte |= 1u << k;
                          });
