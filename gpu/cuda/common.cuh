@@ -104,6 +104,16 @@ class WorkspaceCarver {
   size_t used_ = 0;
 };
 
+constexpr float kLog2e = 1.4426950408889634f;
+// 2^x by one MUFU op (ex2.approx: ~2 ulp; results below 2^-126 flush to 0). exp(x) as
+// Exp2Approx(x * kLog2e) costs one multiply more, against expf's ~8 instructions of accurate
+// range reduction; the argument's rounding adds a relative error ~|x| 2^-24.
+__device__ __forceinline__ float Exp2Approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ float H2F(fp16_t h) { return __half2float(__ushort_as_half(h)); }
 __device__ __forceinline__ fp16_t F2H(float f) { return __half_as_ushort(__float2half_rn(f)); }
 __device__ __forceinline__ float B2F(uint16_t b) { return __bfloat162float(__ushort_as_bfloat16(b)); }

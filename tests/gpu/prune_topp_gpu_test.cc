@@ -12,9 +12,10 @@
 //  - every explicit work plan of the top-p passes (1, 2, 3, all chunks per block) gives the
 //    bits of the automatic one (runs of several chunks: partial last runs, sequences that
 //    end inside a run, the boundary lists' per-chunk counts).
-// The GPU's expf and the CPU's std::exp may differ by an ulp, which moves fixed-point masses
-// by ~2^-24 of a weight; so per head the GPU set must lie between the reference sets at
-// p (1 -/+ 1e-6) (the rule is monotone in p), which are equal unless the cumulative mass
+// The GPU computes each weight exp(-d) as ex2.approx(-d log2 e) (TopPWeight: within ~3e-6
+// relative of std::exp over the 28.5 logits that carry weight), which moves fixed-point
+// masses by as much; so per head the GPU set must lie between the reference sets at
+// p (1 -/+ 1e-5) (the rule is monotone in p), which are equal unless the cumulative mass
 // crosses p within that margin. p = 1 must match exactly.
 #include <algorithm>
 #include <cmath>
@@ -156,8 +157,8 @@ TEST(PruneTopPGpuTest, KeptSetsFollowTheBinnedRule) {
       std::set<int32_t> lo_union, hi_union;
       for (int32_t j = 0; j < group; ++j) {
         const int64_t at = int64_t(s) * nq + h * group + j;
-        const float p_lo = p >= 1.0f ? 1.0f : p * (1.0f - 1e-6f);
-        const float p_hi = p >= 1.0f ? 1.0f : p * (1.0f + 1e-6f);
+        const float p_lo = p >= 1.0f ? 1.0f : p * (1.0f - 1e-5f);
+        const float p_hi = p >= 1.0f ? 1.0f : p * (1.0f + 1e-5f);
         const BinnedTopP lo = TopPBinnedRef(sc[size_t(j)], p_lo);
         const BinnedTopP hi = TopPBinnedRef(sc[size_t(j)], p_hi);
         for (size_t i = 0; i < pos.size(); ++i) {

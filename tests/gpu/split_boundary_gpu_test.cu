@@ -6,6 +6,7 @@
 // -40 to 40000, scores drawn around the bin's edges (within a few FP16 steps of
 // mx - B1 / 8 and mx - (B1 + 1) / 8) and anywhere below the max, -inf rows, random masks,
 // B1 from 0 to 255. Exact equality: both sides evaluate the same float expressions.
+// Also: HistKernel's conversion-free level-1 bin and the shared weight function.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -56,7 +57,7 @@ __device__ void Classify(const uint4& raw, uint32_t vmask, const SplitCase& c, b
     if (b1 < c.b1) {
       above |= 1u << k;
     } else if (b1 == c.b1) {
-      const float w = expf(-d);
+      const float w = cuda::TopPWeight(d);
       if (w > 0.0f) record(k, cuda::Bin2(d, b1), w);
     }
   }
@@ -144,6 +145,48 @@ TEST(SplitAtBoundaryGpu, HalfShortcutMatchesPerSlotRule) {
   // The inputs exercise both outcomes (else the comparison proves little).
   EXPECT_GT(kept, kGroups / 4);
   EXPECT_GT(boundary, kGroups / 8);
+}
+
+// Bin1Near (HistKernel's level-1 bin without a conversion) equals Bin1 on every d the
+// histogram takes (0 <= d < 28.5), and TopPWeight stays within the 3e-6 relative error of
+// exp(-d) that the top-p tests allow for: d = mx - x over FP16 pairs, bin edges included.
+__global__ void BinWeightKernel(const float* d, int n, int* bins, float* rel) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  bins[2 * i] = cuda::Bin1(d[i]);
+  bins[2 * i + 1] = cuda::Bin1Near(d[i]);
+  const float e = expf(-d[i]);
+  rel[i] = e > 0.0f ? fabsf(cuda::TopPWeight(d[i]) - e) / e : cuda::TopPWeight(d[i]);
+}
+
+TEST(SplitAtBoundaryGpu, LevelOneBinAndWeight) {
+  TWL_SKIP_WITHOUT_GPU();
+  std::mt19937 rng(::testing::UnitTest::GetInstance()->random_seed());
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  std::vector<float> d;
+  for (int b = 0; b < 228; ++b) d.push_back(float(b) / 8.0f);  // every bin edge
+  while (d.size() < (1u << 16)) {
+    const float mx = HalfToFloat(FloatToHalf((u(rng) - 0.5f) * 200.0f));
+    const float x = HalfToFloat(FloatToHalf(mx - u(rng) * 28.5f));
+    if (x <= mx && mx - x < 28.5f) d.push_back(mx - x);
+  }
+  const int n = int(d.size());
+  const gpu::DeviceBuffer d_d = Upload(d);
+  const gpu::DeviceBuffer d_bins = Poisoned<int>(2 * size_t(n)), d_rel = Poisoned<float>(size_t(n));
+  BinWeightKernel<<<(n + 255) / 256, 256>>>(static_cast<const float*>(d_d.get()), n,
+                                             static_cast<int*>(d_bins.get()),
+                                             static_cast<float*>(d_rel.get()));
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto bins = Download<int>(d_bins, 2 * size_t(n));
+  const auto rel = Download<float>(d_rel, size_t(n));
+  int bad = 0;
+  for (int i = 0; i < n && bad < 10; ++i) {
+    if (bins[2 * size_t(i)] != bins[2 * size_t(i) + 1] || !(rel[size_t(i)] <= 3e-6f)) {
+      ++bad;
+      ADD_FAILURE() << "d " << d[size_t(i)] << ": Bin1 " << bins[2 * size_t(i)] << " Bin1Near "
+                    << bins[2 * size_t(i) + 1] << ", weight rel. error " << rel[size_t(i)];
+    }
+  }
 }
 
 }  // namespace

@@ -19,7 +19,6 @@ namespace twl::cuda {
 constexpr int kAttnWarps = 8;
 constexpr int kAttnThreads = kAttnWarps * 32;
 constexpr int kMaxBlocksPerSm = 4;  // bound on resident attention blocks (workspace sizing)
-constexpr float kLog2e = 1.4426950408889634f;
 
 // Tokens attended by a (sequence, KV head): its kept count, or the whole sequence.
 __device__ __forceinline__ int32_t AttnCount(const KeptView& kept, const BatchView& batch,

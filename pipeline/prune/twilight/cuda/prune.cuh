@@ -441,16 +441,10 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
 // EstimatePageChannelScoreRef. Per page and lane that adds ~100 instructions (steps, G
 // products and sums, the exchange, a reduce-scatter) where the general kernel's hi/lo split
 // paid two MMAs and a per-lane rebuild per tile.
-constexpr float kLog2e = 1.4426950408889634f;
 // max that propagates NaN (fmaxf drops it).
 __device__ __forceinline__ float MaxNan(float a, float b) {
   float y;
   asm("max.NaN.f32 %0, %1, %2;" : "=f"(y) : "f"(a), "f"(b));
-  return y;
-}
-__device__ __forceinline__ float Exp2Approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
 

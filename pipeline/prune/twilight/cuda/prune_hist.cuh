@@ -304,19 +304,32 @@ __global__ void __launch_bounds__(kHistThreads)
     const int32_t i0 = c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x);
     if (i0 >= c1) break;
     if (AllBelow(raw[it], skip_below)) continue;
-    const bool page_in = !in_set || !page8 || in_set[i0 / ps] != 0;
+    // live bit k: slot i0 + k lies inside the chunk and its page is a candidate, and its
+    // score is not below skip_below (-inf never is live; NaN always is, to be flagged).
+    uint32_t live = ~Below8(raw[it], skip_below) & 0xFFu;
+    if (i0 + 8 > c1) live &= (1u << (c1 - i0)) - 1u;
+    if (in_set) {
+      if (page8) {
+        if (!in_set[i0 / ps]) live = 0;
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          if (!in_set[min(i0 + k, c1 - 1) / ps]) live &= ~(1u << k);
+        }
+      }
+    }
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      const int32_t i = i0 + k;
+      if (!((live >> k) & 1u)) continue;
       const float x = RawHalf(raw[it], k);
-      bool valid = i < c1 && x != -INFINITY && page_in;
-      if (valid && in_set && !page8) valid = in_set[i / ps] != 0;
-      nan_seen |= valid && isnan(x);
-      if (!valid || isnan(x)) continue;
-      const float d = mx - x;
-      const u64 m = Fixed(expf(-d), hw.fx_scale);
+      if (isnan(x)) {
+        nan_seen = true;
+        continue;
+      }
+      const float d = fmaxf(mx - x, 0.0f);  // x <= mx: the max is over these scores
+      const u64 m = Fixed(TopPWeight(d), hw.fx_scale);
       if (!m) continue;
-      const int bin = Bin1(d);
+      const int bin = Bin1Near(d);  // d < 28.5 here (weight > 0)
       if (bin != cur) {
         if (acc) SubHistAdd(lo, hi, cur, acc);
         cur = bin;

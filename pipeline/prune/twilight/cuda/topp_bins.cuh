@@ -38,6 +38,18 @@ __device__ __forceinline__ __half2 HalfThreshold(float t) {
   return __halves2half2(h, h);
 }
 
+// The weight exp(-d) of a score d >= 0 logits below its head's max, as every top-p pass
+// computes it (level 1 in HistKernel and the boundary bin's level 2 must add the same
+// fixed-point masses): ex2.approx, within ~3e-6 relative of exp over the 28.5 logits that
+// carry weight (TopPBinnedRef on the host uses std::exp; its GPU test allows for it).
+__device__ __forceinline__ float TopPWeight(float d) { return Exp2Approx(-d * kLog2e); }
+
+// Bin1(d) for 0 <= d < 31.875 without a float-to-int conversion: d * 8 + 2^23 rounded down
+// holds floor(d * 8) in its low mantissa bits (d * 8 is exact: a power-of-two scale).
+__device__ __forceinline__ int Bin1Near(float d) {
+  return __float_as_int(__fmaf_rd(d, kBinsPerLogit, 8388608.0f)) - 0x4B000000;
+}
+
 // FP16 edges (half2 bits, both halves equal) of a head's boundary bin B1 below its max mx,
 // each with a 1/64-logit margin on the safe side (the float rounding of d = mx - x is below
 // 2^-19 logit within the 32 logits the bins span): every score below `skip` lies past the
@@ -114,7 +126,7 @@ __device__ __forceinline__ uint32_t SplitAtBoundary8(const uint4& raw, uint32_t 
     if (b1 < B1) {
       above |= 1u << k;
     } else if (b1 == B1) {
-      const float w = expf(-d);
+      const float w = TopPWeight(d);
       if (w > 0.0f) in_bin(k, Bin2(d, b1), w);
     }
   }
