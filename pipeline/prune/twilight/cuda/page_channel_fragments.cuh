@@ -52,6 +52,24 @@ __device__ __forceinline__ void PcStageQueries(const fp16_t* q_group, int G, flo
   }
 }
 
+// The scaled queries of this lane's channels for the 8 heads of one n-tile, held in
+// registers across a block's pages (8 x 2 kPairs floats) instead of re-read from shared
+// memory for every page (2 KB per page and warp at d = 128, G = 4).
+template <int kHeadDim>
+struct PcLaneQueries {
+  static constexpr int kVals = 2 * PcLaneMap<kHeadDim>::kPairs;
+  float x[8][kVals];
+  // From PcStageQueries' layout (after the block's barrier), heads nt * 8 .. nt * 8 + 7.
+  __device__ __forceinline__ void Load(const float* qv, int nt, int lane) {
+#pragma unroll
+    for (int hh = 0; hh < 8; ++hh) {
+      const float* v = qv + ((nt * 8 + hh) * 32 + lane) * kVals;
+#pragma unroll
+      for (int e = 0; e < kVals; ++e) x[hh][e] = v[e];
+    }
+  }
+};
+
 // The bases of the heads this lane's accumulators hold: part[hh] is this lane's share of head
 // hh's sum (hh < heads <= 8 of the n-tile); out[kk] becomes the warp's total for head
 // 2 t4 + kk (lanes whose heads lie past `heads`: unused values). A reduce-scatter: xor 1 pairs
@@ -99,13 +117,16 @@ __device__ __forceinline__ void PcHeadSums(const float (&part)[8], int heads, in
 // One page: bfrag[nt] = lane (r, t4)'s B fragments of head nt * 8 + r (as LoadQueryFragment
 // packs q), base[nt][kk] = sum_j q_j kmin_j of head nt * 8 + 2 t4 + kk. bounds: the block's
 // kmin[kHeadDim] then kmax[kHeadDim] (FP16, landed and visible to the warp); qv: see
-// PcStageQueries (kNT * 8 heads); xchg: this warp's exchange buffer (8 heads). Every lane of
-// the warp calls it; it leaves xchg free for the next call.
-template <int kHeadDim, int kNT>
+// PcStageQueries (kNT * 8 heads), or with kQueryRegs (one n-tile) qr, the same values in
+// registers; xchg: this warp's exchange buffer (8 heads). Every lane of the warp calls it;
+// it leaves xchg free for the next call.
+template <int kHeadDim, int kNT, bool kQueryRegs = false>
 __device__ __forceinline__ void PcPageFragments(const fp16_t* bounds, const float* qv,
-                                                uint4* xchg, int G, int lane,
+                                                const PcLaneQueries<kHeadDim>& qr, uint4* xchg,
+                                                int G, int lane,
                                                 uint32_t (*bfrag)[kHeadDim / 32][2][2],
                                                 float (*base)[2]) {
+  static_assert(!kQueryRegs || kNT == 1, "queries in registers: one n-tile");
   using Map = PcLaneMap<kHeadDim>;
   constexpr int kPairs = Map::kPairs;
   constexpr int kVals = 2 * kPairs;  // this lane's channels: (c, c + 4) per pair
@@ -144,7 +165,10 @@ __device__ __forceinline__ void PcPageFragments(const fp16_t* bounds, const floa
       if (hh >= heads) continue;  // warp-uniform
       const float* v = qv + ((nt * 8 + hh) * 32 + lane) * kVals;
       float x[kVals];
-      if constexpr (kVals == 4) {
+      if constexpr (kQueryRegs) {
+#pragma unroll
+        for (int e = 0; e < kVals; ++e) x[e] = qr.x[hh][e];
+      } else if constexpr (kVals == 4) {
         const float4 w = *reinterpret_cast<const float4*>(v);
         x[0] = w.x, x[1] = w.y, x[2] = w.z, x[3] = w.w;
       } else {

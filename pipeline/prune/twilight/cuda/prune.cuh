@@ -559,6 +559,11 @@ __global__ void __launch_bounds__(kP16Warps * 32, kBlocks)
     GroupQuerySums<kHeadDim, kNT>(q.q + int64_t(sq0) * kHeadDim, G, lane, qsum);
   }
   __syncthreads();  // run_blk / run_rows (and the scaled queries) ready
+  // Per page channel with one n-tile at 2 blocks per SM (registers to spare under 128): the
+  // lane's scaled queries stay in registers for the whole run.
+  constexpr bool kQueryRegs = kPageChannel && kNT == 1 && kBlocks == 2;
+  PcLaneQueries<kHeadDim> qlane;
+  if constexpr (kQueryRegs) qlane.Load(Smem::Queries(p16_smem), 0, lane);
 
   constexpr int kStride = kP16Warps * kP16Pages;  // run pages between a warp's steps
   const int32_t first = warp * kP16Pages;
@@ -671,9 +676,9 @@ __global__ void __launch_bounds__(kP16Warps * 32, kBlocks)
       const uint32_t* wb = reinterpret_cast<const uint32_t*>(&cb);
       float base[kNT][2];  // per page channel: sum_j q_j kmin_j of heads nt * 8 + 2 t4 + kk
       if constexpr (kPageChannel) {
-        PcPageFragments<kHeadDim, kNT>(Smem::Bounds(p16_smem, stage, pp, warp),
-                                       Smem::Queries(p16_smem), Smem::Exchange(p16_smem, warp),
-                                       G, lane, bfrag, base);
+        PcPageFragments<kHeadDim, kNT, kQueryRegs>(
+            Smem::Bounds(p16_smem, stage, pp, warp), Smem::Queries(p16_smem), qlane,
+            Smem::Exchange(p16_smem, warp), G, lane, bfrag, base);
       }
       float acc[kNT][4];
 #pragma unroll
