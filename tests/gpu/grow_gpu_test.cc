@@ -225,9 +225,19 @@ TEST_P(GrowGpuTest, MatchesReference) {
     // set inside the other): nested sets within 2% of the kept count are accepted as the
     // same rule under another summation order.
     const bool near_tie_count = double(diff.size()) <= 0.02 * double(e.size());
+    // Per head (GPU / host): own kept tokens, estimated mass within the candidates and the
+    // full-context mass: tells a different share target (growth's A and R) from a
+    // different top-p over the same target.
+    ::testing::Message heads;
+    for (int32_t j = 0; j < group; ++j) {
+      const size_t at = size_t(s) * size_t(b.num_q_heads) + size_t(h * group + j);
+      heads << "\n  head " << h * group + j << ": kept " << d.kept[at] << " / " << r.kept[at]
+            << ", est " << d.est[at] << " / " << r.est[at] << ", full " << d.full[at] << " / "
+            << r.full[at] << ", selected " << d.selected[at];
+    }
     EXPECT_TRUE(nested && (one_level || near_tie_count))
         << "pair " << item << ": " << a.size() << " vs " << e.size() << " kept, " << diff.size()
-        << " differ, nested " << nested;
+        << " differ, nested " << nested << heads;
   }
   EXPECT_GE(pairs_equal, int32_t(0.9 * pairs)) << pairs_equal << "/" << pairs;
 }
