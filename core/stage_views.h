@@ -89,10 +89,6 @@ struct PrunerParams {
   // GPU work plan of the top-p kept pass (the result does not depend on it): chunks of
   // slots per block. 0: one (larger runs measured slower by default; opt in to measure).
   int32_t topp_chunks_per_block = 0;
-  // GPU work plan of the page-16 score pass (the result does not depend on it): resident
-  // blocks per SM, 2 (more landing stages) or 3 (more warps, fewer stages; groups <= 8).
-  // 0: TWL_SCORE_BLOCKS from the environment when it is 2 or 3, else 2.
-  int32_t score_blocks_per_sm = 0;
 };
 
 // Tokens kept per (sequence, KV head): the union over the group's query heads, ascending

@@ -16,9 +16,8 @@
 // head, INT4 (tensor cores) and 2/8/16-bit K (scalar), p in {0.5 .. 0.99, 1}, per-sequence
 // p, dense, peaked and flat heads (queries scaled per head), a few pages to 128k+ tokens.
 // Every case also reruns with the top-p passes' explicit work plans (1, 2, 3 and all chunks
-// per block), with the score pass at 2 and 3 blocks per SM, and with TWL_PRUNE_PDL=1 (the
-// top-p chain launched with programmatic dependent launch): the same bits as the default
-// plan without them.
+// per block) and with TWL_PRUNE_PDL=1 (the top-p chain launched with programmatic
+// dependent launch): the same bits as the default plan without them.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -170,13 +169,6 @@ TEST_P(PruneGpuTest, MatchesReferenceUpToThresholdTies) {
     expect_same_bits("topp_chunks_per_block = " + std::to_string(plan));
   }
   dparams.topp_chunks_per_block = 0;
-  // The score pass's residency (2 or 3 blocks per SM: other runs per block, other landing
-  // stages, the queries in shared memory instead of registers).
-  for (const int32_t blocks : {2, 3}) {
-    dparams.score_blocks_per_sm = blocks;
-    expect_same_bits("score_blocks_per_sm = " + std::to_string(blocks));
-  }
-  dparams.score_blocks_per_sm = 0;
   // Programmatic dependent launch of the top-p chain (pdl.cuh, opt-in).
   setenv("TWL_PRUNE_PDL", "1", 1);
   expect_same_bits("TWL_PRUNE_PDL=1");

@@ -1,10 +1,8 @@
 // Launchers of the pruner kernels (see prune.cuh and gpu/kernels.h).
 // Instantiations: ScoreInt4Kernel<64|128, false (per token) | true (per page channel)>,
-// ScorePage16Kernel<64|128, 1|2 n-tiles, growth or not, per token | per page channel, 2|3 blocks
-// per SM (3: one n-tile)>; the rest are not templates.
+// ScorePage16Kernel<64|128, 1|2 n-tiles, growth or not, per token | per page channel>; the
+// rest are not templates.
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "pipeline/prune/twilight/cuda/prune.cuh"
 #include "core/validate.h"
@@ -95,15 +93,15 @@ namespace {
 constexpr int64_t kOneStageBytes = int64_t(4) << 30;
 
 // ScorePage16Kernel, one instantiation: its shared memory attribute and the launch.
-template <int kHeadDim, int kNT, bool kMass, bool kPageChannel, int kBlocks>
+template <int kHeadDim, int kNT, bool kMass, bool kPageChannel>
 absl::Status LaunchScorePage16Kernel(const dim3& grid, int32_t run, const PageGeometry& g,
                                      const BatchView& batch, const QueryView& q,
                                      const QuantKView& qk, const SelectionView& list,
                                      const cuda::PruneShape& sh, fp16_t* scores,
                                      uint32_t* head_max, float* page_mass, float* page_max,
                                      cudaStream_t st) {
-  constexpr size_t smem = cuda::ScorePage16SmemBytes<kHeadDim, kNT, kPageChannel, kBlocks>();
-  auto kernel = cuda::ScorePage16Kernel<kHeadDim, kNT, kMass, kPageChannel, kBlocks>;
+  constexpr size_t smem = cuda::ScorePage16SmemBytes<kHeadDim, kNT, kPageChannel>();
+  auto kernel = cuda::ScorePage16Kernel<kHeadDim, kNT, kMass, kPageChannel>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) !=
       cudaSuccess) {
     return LaunchStatus("ScorePage16Kernel smem attribute");
@@ -114,34 +112,22 @@ absl::Status LaunchScorePage16Kernel(const dim3& grid, int32_t run, const PageGe
   return LaunchStatus("ScorePage16Kernel");
 }
 
-// ScorePage16Kernel for one head dim and K scheme: the instantiation by group (n-tiles),
-// growth and resident blocks per SM (3 only for one n-tile).
+// ScorePage16Kernel for one head dim and K scheme: the instantiation by group (n-tiles) and
+// growth.
 template <int kHeadDim, bool kPageChannel>
-absl::Status LaunchScorePage16(bool grow, int32_t nt, int32_t blocks, int64_t bx, int64_t pairs,
-                               int32_t run, const PageGeometry& g, const BatchView& batch,
+absl::Status LaunchScorePage16(bool grow, int32_t nt, int64_t bx, int64_t pairs, int32_t run,
+                               const PageGeometry& g, const BatchView& batch,
                                const QueryView& q, const QuantKView& qk,
                                const SelectionView& list, const cuda::PruneShape& sh,
                                fp16_t* scores, uint32_t* head_max, float* page_mass,
                                float* page_max, cudaStream_t st) {
   const dim3 grid{unsigned(bx), unsigned(pairs), 1u};
-  auto launch =
-      nt == 2 ? (grow ? LaunchScorePage16Kernel<kHeadDim, 2, true, kPageChannel, 2>
-                      : LaunchScorePage16Kernel<kHeadDim, 2, false, kPageChannel, 2>)
-      : blocks == 3 ? (grow ? LaunchScorePage16Kernel<kHeadDim, 1, true, kPageChannel, 3>
-                            : LaunchScorePage16Kernel<kHeadDim, 1, false, kPageChannel, 3>)
-                    : (grow ? LaunchScorePage16Kernel<kHeadDim, 1, true, kPageChannel, 2>
-                            : LaunchScorePage16Kernel<kHeadDim, 1, false, kPageChannel, 2>);
+  auto launch = grow ? (nt == 2 ? LaunchScorePage16Kernel<kHeadDim, 2, true, kPageChannel>
+                                : LaunchScorePage16Kernel<kHeadDim, 1, true, kPageChannel>)
+                     : (nt == 2 ? LaunchScorePage16Kernel<kHeadDim, 2, false, kPageChannel>
+                                : LaunchScorePage16Kernel<kHeadDim, 1, false, kPageChannel>);
   return launch(grid, run, g, batch, q, qk, list, sh, scores, head_max, page_mass, page_max,
                 st);
-}
-
-// Resident blocks per SM of the page-16 score pass: the explicit plan, else TWL_SCORE_BLOCKS
-// (2 or 3, read at each launch so a benchmark can compare), else 2; 2 for two n-tiles.
-int32_t ScoreBlocksPerSm(int32_t plan, int32_t nt) {
-  if (nt == 2) return 2;
-  if (plan == 2 || plan == 3) return plan;
-  const char* v = std::getenv("TWL_SCORE_BLOCKS");
-  return v && std::strcmp(v, "3") == 0 ? 3 : 2;
 }
 
 // Chunks per block of the kept pass (KeptKernel): the explicit plan
@@ -226,17 +212,13 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     cuda::PruneShape sh = shape;
     sh.only = only;
     if (page16) {
-      // Blocks per pair: whole waves of the resident blocks where the batch allows (equal
-      // runs finish together; a last wave 20% full costs as much as a full one), runs of at
+      // Blocks per pair: whole waves of 2 blocks per SM where the batch allows (equal runs
+      // finish together; a last wave 20% full costs as much as a full one), runs of at
       // least 16 pages and at most the kernel's run table (P16Smem::kMaxPages).
-      const int32_t nt = group > 8 ? 2 : 1;
-      const int32_t blocks = ScoreBlocksPerSm(params.score_blocks_per_sm, nt);
-      const int64_t slots = blocks * int64_t(gpu::SmCount());
+      const int64_t slots = 2 * int64_t(gpu::SmCount());
       const int64_t pages = selection.max_select;
-      const int64_t max_run =
-          blocks == 3 ? cuda::P16Smem<128, 1, true, 3>::kMaxPages
-                      : (page16_channel ? cuda::P16Smem<128, 1, true>::kMaxPages
-                                        : cuda::P16Smem<128, 1, false>::kMaxPages);
+      const int64_t max_run = page16_channel ? cuda::P16Smem<128, 1, true>::kMaxPages
+                                             : cuda::P16Smem<128, 1, false>::kMaxPages;
       const int64_t bx_min = (pages + max_run - 1) / max_run;
       const int64_t bx_max = std::max<int64_t>(bx_min, (pages + 15) / 16);
       int64_t bx = bx_min;
@@ -253,11 +235,12 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
       }
       const int32_t run = int32_t((pages + bx - 1) / bx);
       bx = (pages + run - 1) / run;
+      const int32_t nt = group > 8 ? 2 : 1;
       auto launch = g.head_dim == 128 ? (page16_channel ? LaunchScorePage16<128, true>
                                                         : LaunchScorePage16<128, false>)
                                       : (page16_channel ? LaunchScorePage16<64, true>
                                                         : LaunchScorePage16<64, false>);
-      return launch(grow, nt, blocks, bx, pairs, run, g, batch, q, qk, list, sh, l.scores, l.head_max,
+      return launch(grow, nt, bx, pairs, run, g, batch, q, qk, list, sh, l.scores, l.head_max,
                     l.grow.page_mass, l.grow.page_max, st);
     }
     // The per-page-channel scheme (k_scheme 1) needs a tile inside one block (its B fragment

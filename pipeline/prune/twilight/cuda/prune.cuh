@@ -453,25 +453,18 @@ constexpr int kP16Pages = 2;     // pages per warp per pipeline step
 constexpr int kP16Stages = 4;    // steps: kP16Stages - 1 in flight while one is computed
 constexpr int kP16MaxPages = 2048;  // pages of a block's run resolved in shared memory
 
-// Shared memory of ScorePage16Kernel (kBlocks = 2 blocks per SM: at most ~113 KB each). Per
-// token: the code landing buffer. Per page channel also the bounds landing buffer (kmin then
-// kmax of each page, in the codes' cp.async groups) [stage][page][warp][4 * kHeadDim bytes],
-// the warps' exchange buffers [warp][8 heads][kHeadDim / 8] 16-byte words and the scaled
-// queries [kNT * 8 heads][kHeadDim] (page_channel_fragments.cuh); to fit, it runs one stage
-// less at d = 128 (the same ~6 KB per warp in flight: two steps of 1.5 KB pages instead of
-// three of 1 KB) and resolves runs of up to 1024 pages.
-// kBlocks = 3 (one n-tile only: at most ~75 KB and 80 registers per block) trades landing
-// stages for resident warps: 24 warps per SM instead of 16 hide the per-page fragment chain
-// of the page-channel scheme (two steps at d = 128, one in flight while one is computed) and
-// runs of up to 512 pages.
-template <int kHeadDim, int kNT, bool kPageChannel, int kBlocks = 2>
+// Shared memory of ScorePage16Kernel (2 blocks per SM: at most ~113 KB each). Per token: the
+// code landing buffer. Per page channel also the bounds landing buffer (kmin then kmax of
+// each page, in the codes' cp.async groups) [stage][page][warp][4 * kHeadDim bytes], the
+// warps' exchange buffers [warp][8 heads][kHeadDim / 8] 16-byte words and the scaled queries
+// [kNT * 8 heads][kHeadDim] (page_channel_fragments.cuh); to fit, it runs one stage less at
+// d = 128 (the same ~6 KB per warp in flight: two steps of 1.5 KB pages instead of three of
+// 1 KB) and resolves runs of up to 1024 pages. (3 blocks per SM with 2 stages measured the
+// same on the H200, 346.75 vs 346.98 us at B = 8: the pass is issue-bound, not latency-bound.)
+template <int kHeadDim, int kNT, bool kPageChannel>
 struct P16Smem {
-  static_assert(kBlocks == 2 || (kBlocks == 3 && kNT == 1), "3 blocks per SM: one n-tile");
-  static constexpr int kStages =
-      kBlocks == 3 ? (kPageChannel ? 2 : kP16Stages)
-                   : (kPageChannel && kHeadDim == 128 ? kP16Stages - 1 : kP16Stages);
-  static constexpr int kMaxPages =
-      kBlocks == 3 ? kP16MaxPages / 4 : (kPageChannel ? kP16MaxPages / 2 : kP16MaxPages);
+  static constexpr int kStages = kPageChannel && kHeadDim == 128 ? kP16Stages - 1 : kP16Stages;
+  static constexpr int kMaxPages = kPageChannel ? kP16MaxPages / 2 : kP16MaxPages;
   static constexpr size_t kLanding =
       size_t(kStages) * kP16Pages * 2 * kP16Warps * 32 * (kHeadDim / 8);
   static constexpr size_t kBoundsPage = 4 * kHeadDim;  // kmin + kmax, FP16
@@ -494,24 +487,18 @@ struct P16Smem {
 };
 static_assert(P16Smem<128, 2, true>::kBytes + P16Smem<128, 2, true>::kMaxPages * 9 <= 110 * 1024,
               "two blocks per SM");
-static_assert(P16Smem<128, 1, true, 3>::kBytes + P16Smem<128, 1, true, 3>::kMaxPages * 9 <=
-                  74 * 1024,
-              "three blocks per SM (page channel)");
-static_assert(P16Smem<128, 1, false, 3>::kBytes + P16Smem<128, 1, false, 3>::kMaxPages * 9 <=
-                  74 * 1024,
-              "three blocks per SM (per token)");
-template <int kHeadDim, int kNT = 1, bool kPageChannel = false, int kBlocks = 2>
+template <int kHeadDim, int kNT = 1, bool kPageChannel = false>
 constexpr size_t ScorePage16SmemBytes() {
-  return P16Smem<kHeadDim, kNT, kPageChannel, kBlocks>::kBytes;
+  return P16Smem<kHeadDim, kNT, kPageChannel>::kBytes;
 }
 
-template <int kHeadDim, int kNT, bool kMass, bool kPageChannel = false, int kBlocks = 2>
-__global__ void __launch_bounds__(kP16Warps * 32, kBlocks)
+template <int kHeadDim, int kNT, bool kMass, bool kPageChannel = false>
+__global__ void __launch_bounds__(kP16Warps * 32, 2)
     ScorePage16Kernel(PageGeometry g, BatchView batch, QueryView q, QuantKView qk,
                       SelectionView sel, PruneShape shape, int32_t pages_per_block,
                       fp16_t* __restrict__ scores, uint32_t* __restrict__ head_max,
                       float* __restrict__ page_mass, float* __restrict__ page_max) {
-  using Smem = P16Smem<kHeadDim, kNT, kPageChannel, kBlocks>;
+  using Smem = P16Smem<kHeadDim, kNT, kPageChannel>;
   constexpr int kStages = Smem::kStages;
   constexpr int kWords = kHeadDim / 32;  // 32-bit code words per thread per token
   constexpr int kChunk = kHeadDim / 8;   // code bytes per thread per token (16 or 8)
@@ -559,9 +546,9 @@ __global__ void __launch_bounds__(kP16Warps * 32, kBlocks)
     GroupQuerySums<kHeadDim, kNT>(q.q + int64_t(sq0) * kHeadDim, G, lane, qsum);
   }
   __syncthreads();  // run_blk / run_rows (and the scaled queries) ready
-  // Per page channel with one n-tile at 2 blocks per SM (registers to spare under 128): the
-  // lane's scaled queries stay in registers for the whole run.
-  constexpr bool kQueryRegs = kPageChannel && kNT == 1 && kBlocks == 2;
+  // Per page channel with one n-tile (registers to spare under 128): the lane's scaled
+  // queries stay in registers for the whole run.
+  constexpr bool kQueryRegs = kPageChannel && kNT == 1;
   PcLaneQueries<kHeadDim> qlane;
   if constexpr (kQueryRegs) qlane.Load(Smem::Queries(p16_smem), 0, lane);
 

@@ -70,9 +70,11 @@ __host__ __device__ inline BinEdges BoundaryBinEdges(float mx, int b1) {
   return e;
 }
 
-// Half k (constant after unrolling) of LoadRaw8's result, as a float.
+// Half k of LoadRaw8's result, as a float (k constant after unrolling folds the selects;
+// a run-time k costs three).
 __device__ __forceinline__ float RawHalf(const uint4& v, int k) {
-  const uint32_t word = (k >> 1) == 0 ? v.x : (k >> 1) == 1 ? v.y : (k >> 1) == 2 ? v.z : v.w;
+  const uint32_t lo = (k & 2) ? v.y : v.x, hi = (k & 2) ? v.w : v.z;
+  const uint32_t word = (k & 4) ? hi : lo;
   return H2F(fp16_t((k & 1) ? word >> 16 : word & 0xFFFFu));
 }
 
@@ -96,13 +98,6 @@ __device__ __forceinline__ uint32_t Below8(const uint4& v, __half2 thr) {
   return FoldHalfMasks8(__hlt2_mask(h2(v.x), thr), __hlt2_mask(h2(v.y), thr),
                         __hlt2_mask(h2(v.z), thr), __hlt2_mask(h2(v.w), thr));
 }
-// Half k (a run-time index) of a LoadRaw8 result, as a float.
-__device__ __forceinline__ float RawHalfAt(const uint4& v, int k) {
-  const uint32_t lo = (k & 2) ? v.y : v.x, hi = (k & 2) ? v.w : v.z;
-  const uint32_t word = (k & 4) ? hi : lo;
-  return H2F(fp16_t((k & 1) ? word >> 16 : word & 0xFFFFu));
-}
-
 // The 8 slots of a LoadRaw8 group of one top-p head (bit k of vmask: slot k is a valid
 // candidate) against its boundary bin B1 below the max mx: returns the bits of the slots
 // above the bin (b1 < B1 <= 254: d < 31.875, so their float weight is > 0, kept at once)
@@ -121,7 +116,7 @@ __device__ __forceinline__ uint32_t SplitAtBoundary8(const uint4& raw, uint32_t 
   while (band) {
     const int k = __ffs(band) - 1;
     band &= band - 1;
-    const float d = mx - RawHalfAt(raw, k);
+    const float d = mx - RawHalf(raw, k);
     const int b1 = Bin1(d);
     if (b1 < B1) {
       above |= 1u << k;
