@@ -25,39 +25,44 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
     r.mass = w.empty() ? 0.0f : 1.0f;
     return r;
   }
-  float total = 0.0f;
+  // Masses in double: a float sum that reaches ~1 (the max's own weight) drops or doubles
+  // every later weight below 2^-24 (half an ulp of 1), and a long candidate list's tail is
+  // made of such weights: at 129k candidates with one dominant token a float total put the
+  // tail at 0.0009 of the mass where it holds 0.0064, moving p's target by hundreds of tokens
+  // (the GPU's fixed-point sums are exact: tests/gpu/grow_gpu_test.cc).
+  double total = 0.0;
   float wmax = 0.0f;
   for (float x : w) {
-    total += x;
+    total += double(x);
     wmax = std::max(wmax, x);
   }
-  if (w.empty() || !(total > 0.0f)) return r;
-  auto count_above = [&](float t, float* mass) {
+  if (w.empty() || !(total > 0.0)) return r;
+  auto count_above = [&](float t, double* mass) {
     int32_t n = 0;
-    float m = 0.0f;
+    double m = 0.0;
     for (float x : w) {
       if (x > t) {
         ++n;
-        m += x;
+        m += double(x);
       }
     }
     *mass = m;
     return n;
   };
-  const float target = p * total;
+  const double target = double(p) * total;
   float low = 0.0f;    // mass(> low) >= target
   float high = wmax;   // mass(> high) < target
-  const float gap = stop_gap * total / float(w.size());
+  const float gap = float(double(stop_gap) * total / double(w.size()));
   for (; r.iterations < max_iterations; ++r.iterations) {
     const float mid = 0.5f * (low + high);
     // One pass: mass above mid, the nearest weights on either side of mid inside
     // (low, high), and how many weights lie strictly between low and high.
-    float mass_mid = 0.0f;
+    double mass_mid = 0.0;
     float below = -1.0f;  // largest weight in (low, mid]
     float above = std::numeric_limits<float>::infinity();  // smallest weight in (mid, high)
     int32_t between = 0;
     for (float x : w) {
-      if (x > mid) mass_mid += x;
+      if (x > mid) mass_mid += double(x);
       if (x > low && x < high) {
         ++between;
         if (x <= mid) below = std::max(below, x);
@@ -72,8 +77,9 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
     }
   }
   r.threshold = low;
-  r.kept = count_above(low, &r.mass);
-  r.mass /= total;
+  double mass = 0.0;
+  r.kept = count_above(low, &mass);
+  r.mass = float(mass / total);
   return r;
 }
 
