@@ -48,6 +48,10 @@ class OffloadCacheFetch : public CudaFetch {
                                     cudaStream_t stream) = 0;
   virtual absl::Status MirrorSegments(const fp16_t* mapped_pool, const AppendSegment* d_segments,
                                       int32_t num_segments, cudaStream_t stream) = 0;
+  // False where an append cannot leave a stale entry (the row cache: rows are cached only
+  // once appended and never rewritten; a reused page was dropped at its release or copy), so
+  // the store skips the mirror and its hop through the fetch stream.
+  virtual bool appends_need_mirror() const { return true; }
 
   // Telemetry: one record of record_bytes() per group (device memory, counters()), read as
   // CacheCounters (hits / misses / direct in the stage's own unit: blocks or rows); *error

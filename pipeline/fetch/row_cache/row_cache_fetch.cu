@@ -122,8 +122,9 @@ absl::Status RowCacheFetch::InvalidatePages(const int32_t* d_pages, int32_t num_
 }
 
 // Appended rows were never cached under their new contents (rows are written once); a stale
-// entry could only come from an earlier life of the page, which its release dropped. Dropping
-// them again keeps that true whatever the order of releases and appends.
+// entry could only come from an earlier life of the page, which its release dropped. So the
+// store does not call these (appends_need_mirror() is false); they drop the rows for a
+// caller that wants it explicit.
 absl::Status RowCacheFetch::MirrorTokens(const fp16_t* /*mapped_pool*/, const int32_t* d_page_id,
                                          const int32_t* d_row, int32_t num_tokens,
                                          cudaStream_t stream) {

@@ -124,6 +124,7 @@ class RowCacheFetch final : public OffloadCacheFetch {
                             cudaStream_t stream) override;
   absl::Status MirrorSegments(const fp16_t* mapped_pool, const AppendSegment* d_segments,
                               int32_t num_segments, cudaStream_t stream) override;
+  bool appends_need_mirror() const override { return false; }
   const void* counters() const override { return own_.counters(); }
   size_t record_bytes() const override { return sizeof(DeviceRowCounters); }
   CacheCounters ReadRecord(const void* host_record, int32_t* error) const override;
