@@ -272,6 +272,19 @@ absl::Status GpuHbmBackend::Append(const AppendView& tokens, DType dtype, MemSpa
   const bool bulk = PlanAppendSegments(tokens.page_id, tokens.slot, n, &segs_);
   std::vector<int32_t> plan_pages, plan_rows;
   if (!bulk) PlanAppendPages(tokens.page_id, tokens.slot, n, &plan_pages, &plan_rows);
+  if (bulk && !host && segs_.size() <= size_t(kInlineAppendSegments) && !qk_.meta) {
+    // A decode step's append (device rows, few segments): the segments travel as the
+    // kernel's parameter, so the stream runs no upload before it. The same device-side order
+    // as below.
+    if (decoded_) TWL_CUDA(cudaStreamWaitEvent(a, ev_decode_, 0));
+    if (appended_) TWL_CUDA(cudaStreamWaitEvent(a, ev_append_, 0));
+    TWL_RETURN_IF_ERROR(LaunchAppendSegmentsInline(g_, segs_.data(), int32_t(segs_.size()),
+                                                   tokens.k, tokens.v, InputType(dtype), kv_,
+                                                   nullptr, qk_, a));
+    TWL_CUDA(cudaEventRecord(ev_append_, a));
+    appended_ = true;
+    return absl::OkStatus();
+  }
   Packer pk;
   const size_t o_seg = pk.Add<AppendSegment>(bulk ? segs_.size() : 0);
   const size_t o_page = pk.Add<int32_t>(bulk ? 0 : size_t(n));

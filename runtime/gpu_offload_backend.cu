@@ -667,6 +667,21 @@ absl::Status GpuOffloadBackend::AppendSegments(const AppendView& tokens, DType d
     return absl::InvalidArgumentError("append: too many segments");
   }
 
+  // A decode step's append (device rows, a few partial pages, nothing staged, no reader of
+  // the descriptors but the kernel): the segments travel as the kernel's parameter, so the
+  // stream runs no upload before it.
+  const bool mirror = direct_segments > 0 && fetch_stage_->appends_need_mirror();
+  if (!host && chunks.size() == 1 && chunks[0].rounds.size() == 1 &&
+      chunks[0].rounds[0].runs.empty() && all.size() <= size_t(kInlineAppendSegments) &&
+      !qk_.meta && !mirror) {
+    const FpKvView pool_view{static_cast<fp16_t*>(pool_->device_base()), nullptr};
+    TWL_RETURN_IF_ERROR(LaunchAppendSegmentsInline(g_, all.data(), int32_t(all.size()),
+                                                   tokens.k, tokens.v, InputType(dtype),
+                                                   pool_view, nullptr, qk_, s));
+    TWL_CUDA(cudaEventRecord(ev_appended_, s));
+    TWL_CUDA(cudaEventRecord(ev_append_done_, s));
+    return absl::OkStatus();
+  }
   // Descriptors up in one copy, through the next pinned ring buffer. Waiting for its event
   // blocks the host only when kDescRing appends are still queued ahead of this one.
   const size_t desc_bytes = all.size() * sizeof(AppendSegment);
@@ -750,10 +765,11 @@ absl::Status GpuOffloadBackend::AppendSegments(const AppendView& tokens, DType d
   // (copy_stream_ runs its copies in order, so its last event covers them all).
   if (copied) TWL_CUDA(cudaStreamWaitEvent(s, ev_half_[half_next_ ^ 1], 0));
   TWL_CUDA(cudaEventRecord(ev_appended_, s));
-  if (direct_segments > 0) {
+  if (mirror) {
     // Cache coherence on the fetch stream, where every other cache mutation runs. Whole new
     // pages cannot be resident (freed pages were invalidated before), so only calls with
-    // partial pages need it.
+    // partial pages need it, and only under a cache that may hold a stale copy (the block
+    // cache's partial blocks; not the row cache).
     TWL_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_appended_, 0));
     TWL_RETURN_IF_ERROR(fetch_stage_->MirrorSegments(
         static_cast<const fp16_t*>(pool_->device_base()), d_all, int32_t(all.size()),
@@ -811,6 +827,11 @@ absl::Status GpuOffloadBackend::AppendChunk(const AppendView& in, DType dtype, M
     TWL_RETURN_IF_ERROR(meta_sel_->UpdateMetadataOnDevice(g_, plan, pool_view, qk_, a));
   }
   TWL_CUDA(cudaEventRecord(ev_appended_, a));
+  if (!disk_ && !fetch_stage_->appends_need_mirror()) {  // nothing stale to mirror (see there)
+    TWL_CUDA(cudaEventRecord(ev_append_done_, a));
+    TWL_CUDA(cudaEventRecord(ev_append_staged_, a));
+    return absl::OkStatus();
+  }
   // Cache coherence on the fetch stream, where every other cache mutation runs.
   TWL_CUDA(cudaStreamWaitEvent(fetch_stream_, ev_appended_, 0));
   if (disk_) {

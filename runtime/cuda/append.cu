@@ -57,15 +57,22 @@ absl::Status LaunchAppend(const PageGeometry& g, const AppendView& in, KvInputTy
   return LaunchRecomputeMinMax(g, plan, kv, qk, stream);
 }
 
-absl::Status LaunchAppendSegments(const PageGeometry& g, const AppendSegment* d_segments,
-                                  int32_t num_segments, const void* k, const void* v,
-                                  KvInputType type, const FpKvView& kv, fp16_t* stage,
-                                  const QuantKView& qk, void* stream) {
+namespace {
+
+// Either d_segments (device) or h_segments (host, at most kInlineAppendSegments) is set.
+absl::Status LaunchSegments(const PageGeometry& g, const AppendSegment* d_segments,
+                            const AppendSegment* h_segments, int32_t num_segments,
+                            const void* k, const void* v, KvInputType type, const FpKvView& kv,
+                            fp16_t* stage, const QuantKView& qk, void* stream) {
   TWL_RETURN_IF_ERROR(CheckAppendShapes(g, kv, qk));
   if (num_segments < 0) return absl::InvalidArgumentError("append: num_segments < 0");
   if (num_segments == 0) return absl::OkStatus();
-  if (!d_segments || !k || !v) {
+  if (!(d_segments || h_segments) || !k || !v) {
     return absl::InvalidArgumentError("append: segments, k and v must not be null");
+  }
+  if (h_segments && num_segments > kInlineAppendSegments) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "append: %d segments inline, at most %d", num_segments, kInlineAppendSegments));
   }
   if (kv.slot_of_block) {
     return absl::InvalidArgumentError("append segments: the block store must be identity addressed");
@@ -80,12 +87,32 @@ absl::Status LaunchAppendSegments(const PageGeometry& g, const AppendSegment* d_
   }
   const int64_t grid = int64_t(num_segments) * g.num_kv_heads;
   if (grid > INT32_MAX) return absl::InvalidArgumentError("append: too many segments");
+  cuda::InlineSegments inl;
+  if (h_segments) {
+    for (int32_t i = 0; i < num_segments; ++i) inl.seg[i] = h_segments[i];
+  }
   // Rows start at multiples of head_dim elements (>= 8), so aligned bases keep every
   // 8-element group of FP16/BF16 (16 bytes) and FP32 (32 bytes) input aligned too.
   const bool vec = aligned(k) && aligned(v);
   cuda::AppendSegmentsKernel<<<unsigned(grid), cuda::kSegThreads, 0, AsStream(stream)>>>(
-      g, d_segments, k, v, type, vec, kv.kv, stage, qk);
+      g, h_segments ? nullptr : d_segments, inl, k, v, type, vec, kv.kv, stage, qk);
   return LaunchStatus("AppendSegmentsKernel");
+}
+
+}  // namespace
+
+absl::Status LaunchAppendSegments(const PageGeometry& g, const AppendSegment* d_segments,
+                                  int32_t num_segments, const void* k, const void* v,
+                                  KvInputType type, const FpKvView& kv, fp16_t* stage,
+                                  const QuantKView& qk, void* stream) {
+  return LaunchSegments(g, d_segments, nullptr, num_segments, k, v, type, kv, stage, qk, stream);
+}
+
+absl::Status LaunchAppendSegmentsInline(const PageGeometry& g, const AppendSegment* h_segments,
+                                        int32_t num_segments, const void* k, const void* v,
+                                        KvInputType type, const FpKvView& kv, fp16_t* stage,
+                                        const QuantKView& qk, void* stream) {
+  return LaunchSegments(g, nullptr, h_segments, num_segments, k, v, type, kv, stage, qk, stream);
 }
 
 }  // namespace twl

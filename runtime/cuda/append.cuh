@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 
 #include "gpu/cuda/common.cuh"
+#include "runtime/cuda/append_launch.h"  // kInlineAppendSegments
 
 namespace twl::cuda {
 
@@ -205,15 +206,23 @@ __device__ __forceinline__ void Store8(fp16_t* dst, const fp16_t h[8]) {
   *reinterpret_cast<uint4*>(dst) = u;
 }
 
+// Segments as a kernel parameter (LaunchAppendSegmentsInline): read from the parameter
+// space in place (__grid_constant__), no copy per thread.
+struct InlineSegments {
+  AppendSegment seg[kInlineAppendSegments];
+};
+
+// segs: the device array, or null to read `inl`.
 __global__ void __launch_bounds__(kSegThreads)
     AppendSegmentsKernel(PageGeometry g, const AppendSegment* __restrict__ segs,
-                         const void* k_in, const void* v_in, KvInputType type, bool vec,
-                         fp16_t* kv, fp16_t* stage, QuantKView qk) {
+                         const __grid_constant__ InlineSegments inl, const void* k_in,
+                         const void* v_in, KvInputType type, bool vec, fp16_t* kv,
+                         fp16_t* stage, QuantKView qk) {
   __shared__ float s_lo[kSegThreads * 8];
   __shared__ float s_hi[kSegThreads * 8];
   __shared__ float s_mn[kMaxAppendHeadDim], s_step[kMaxAppendHeadDim];  // k_scheme 1
   const int32_t H = g.num_kv_heads, D = g.head_dim;
-  const AppendSegment seg = segs[blockIdx.x / H];
+  const AppendSegment seg = segs ? segs[blockIdx.x / H] : inl.seg[blockIdx.x / H];
   const int32_t h = int32_t(blockIdx.x % H);
   const int tpr = RowLanes(D);         // threads per row: 1..32, a power of two
   const int rpp = kSegThreads / tpr;   // rows per pass

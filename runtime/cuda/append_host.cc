@@ -57,6 +57,11 @@ absl::Status LaunchAppendSegments(const PageGeometry&, const AppendSegment*, int
                                   fp16_t*, const QuantKView&, void*) {
   return NoCudaKernels();
 }
+absl::Status LaunchAppendSegmentsInline(const PageGeometry&, const AppendSegment*, int32_t,
+                                        const void*, const void*, KvInputType, const FpKvView&,
+                                        fp16_t*, const QuantKView&, void*) {
+  return NoCudaKernels();
+}
 absl::Status LaunchRecomputeMinMax(const PageGeometry&, const AppendPagePlan&, const FpKvView&,
                                    const QuantKView&, void*) {
   return NoCudaKernels();

@@ -49,5 +49,13 @@ absl::Status LaunchAppendSegments(const PageGeometry& g, const AppendSegment* d_
                                   int32_t num_segments, const void* k, const void* v,
                                   KvInputType type, const FpKvView& kv, fp16_t* stage,
                                   const QuantKView& qk, void* stream);
+// The same with up to kInlineAppendSegments segments from host memory, passed as a kernel
+// parameter: no descriptor upload (a decode step's append: one segment per sequence), so the
+// stream runs no copy before the kernel.
+constexpr int32_t kInlineAppendSegments = 64;
+absl::Status LaunchAppendSegmentsInline(const PageGeometry& g, const AppendSegment* h_segments,
+                                        int32_t num_segments, const void* k, const void* v,
+                                        KvInputType type, const FpKvView& kv, fp16_t* stage,
+                                        const QuantKView& qk, void* stream);
 
 }  // namespace twl
