@@ -91,12 +91,15 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
       // Head halves share the resident blocks (one wave in all).
       const int32_t blocks =
           std::max(1, std::min(l.max_blocks, std::max(1, per_sm) * gpu::SmCount()) / halves);
-      cuda::AttendPlanKernel<<<1, 1024, 0, st>>>(g, batch, kv_set, dense, blocks, l.cum,
-                                                 l.item_offset);
-      TWL_RETURN_IF_ERROR(LaunchStatus("AttendPlanKernel"));
+      const bool plan_here = pairs <= cuda::kFusedPlanPairs;
+      if (!plan_here) {
+        cuda::AttendPlanKernel<<<1, 1024, 0, st>>>(g, batch, kv_set, dense, blocks, l.cum,
+                                                   l.item_offset);
+        TWL_RETURN_IF_ERROR(LaunchStatus("AttendPlanKernel"));
+      }
       kernel<<<dim3(unsigned(blocks), unsigned(halves)), cuda::kAttnThreads, smem, st>>>(
-          g, batch, q, kv, kv_set, dense, group, gpad, scale, l.cum, l.item_offset, l.part_acc,
-          l.part_ml);
+          g, batch, q, kv, kv_set, dense, group, gpad, scale, plan_here, l.cum, l.item_offset,
+          l.part_acc, l.part_ml);
       return LaunchStatus("AttendChunkKernel");
     };
     auto by_group = [&](auto bf16) -> absl::Status {

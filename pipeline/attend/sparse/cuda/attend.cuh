@@ -1,7 +1,8 @@
 // Split-K paged decode attention (flash-decoding) over kept token sets, and its dense form.
 //
-// Work is planned on the device (no host round trip), stream-K style: AttendPlanKernel
-// scans the kept counts into cum[] (the flat token space of the batch, pair-major) and the
+// Work is planned on the device (no host round trip), stream-K style: AttendPlanKernel (or,
+// for small batches, each attention block itself: kFusedPlanPairs) scans the kept counts
+// into cum[] (the flat token space of the batch, pair-major) and the
 // grid's P resident blocks each take an equal range [b*T/P, (b+1)*T/P) of it. A block's
 // range is cut at (sequence, KV head) boundaries into pieces; each piece is one partial
 // softmax state, numbered per pair (item_offset), so a heavy head is spread over many blocks,
@@ -35,13 +36,15 @@ __device__ __forceinline__ long long BoundariesUpTo(long long x, long long total
   return min(p - 1, ((x + 1) * p - 1) / total);
 }
 
-// One block of 1024 threads: cum[pairs + 1] (exclusive prefix of the counts) and
-// item_offset[pairs + 1] (first piece of each pair; a pair of c tokens starting at cum has
-// 1 + #{boundaries strictly inside (cum, cum + c)} pieces, none when c = 0).
-__global__ void __launch_bounds__(1024)
-    AttendPlanKernel(PageGeometry g, BatchView batch, KeptView kept, bool dense,
-                     int32_t grid_blocks, int32_t* cum, int32_t* item_offset) {
-  __shared__ int scan[33];
+// The plan, computed by one whole thread block (any size up to 1024): cum[pairs + 1]
+// (exclusive prefix of the counts) and item_offset[pairs + 1] (first piece of each pair; a
+// pair of c tokens starting at cum has 1 + #{boundaries strictly inside (cum, cum + c)}
+// pieces, none when c = 0), in global or shared memory. The caller synchronizes before
+// reading them from other threads.
+__device__ __forceinline__ void ComputeAttendPlan(const PageGeometry& g, const BatchView& batch,
+                                                  const KeptView& kept, bool dense,
+                                                  int32_t grid_blocks, int32_t* cum,
+                                                  int32_t* item_offset, int* scan) {
   const int32_t pairs = batch.num_seqs * g.num_kv_heads;
   long long total = 0;
   for (int32_t base = 0; base < pairs; base += blockDim.x) {
@@ -72,6 +75,20 @@ __global__ void __launch_bounds__(1024)
     cum[pairs] = int32_t(total);
   }
 }
+
+// The plan in its own launch (one block of 1024 threads), for batches of more than
+// kFusedPlanPairs pairs; smaller ones plan inside AttendChunkKernel.
+__global__ void __launch_bounds__(1024)
+    AttendPlanKernel(PageGeometry g, BatchView batch, KeptView kept, bool dense,
+                     int32_t grid_blocks, int32_t* cum, int32_t* item_offset) {
+  __shared__ int scan[33];
+  ComputeAttendPlan(g, batch, kept, dense, grid_blocks, cum, item_offset, scan);
+}
+
+// Up to this many (sequence, KV head) pairs every attention block computes the plan itself
+// (a few microseconds of scans against a separate launch and its kernel boundary: 3.3 us +
+// a dependent launch at B = 1 on the H200); block (0, 0) also stores it for the merge.
+constexpr int32_t kFusedPlanPairs = 256;
 
 __device__ __forceinline__ void Unpack8(const uint4& u, float* f) {
   const __half2* h = reinterpret_cast<const __half2*>(&u);
@@ -147,8 +164,8 @@ template <int D, int G, bool kBf16>
 __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM up to G = 4
     AttendChunkKernel(PageGeometry g, BatchView batch, QueryView q, FpKvView kv, KeptView kept,
                       bool dense, int32_t group, int32_t gstride, float qscale,
-                      const int32_t* __restrict__ cum,
-                      const int32_t* __restrict__ item_offset, float* __restrict__ part_acc,
+                      bool plan_here, int32_t* __restrict__ cum_g,
+                      int32_t* __restrict__ item_offset_g, float* __restrict__ part_acc,
                       float2* __restrict__ part_ml) {
   using Cfg = AttnCfg<D>;
   constexpr int S = Cfg::kStages, T = Cfg::kStageTok;
@@ -163,6 +180,26 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
 
   const int32_t pairs = batch.num_seqs * g.num_kv_heads;
   const int32_t jb = int32_t(blockIdx.y) * G;  // first head of the group this block computes
+  // The plan: from AttendPlanKernel (cum_g, item_offset_g), or computed here (plan_here:
+  // pairs <= kFusedPlanPairs), block (0, 0) storing it for the merge.
+  __shared__ int32_t s_plan[2 * (kFusedPlanPairs + 1)];
+  __shared__ int s_scan[33];
+  const int32_t* cum = cum_g;
+  const int32_t* item_offset = item_offset_g;
+  if (plan_here) {  // uniform across the grid
+    int32_t* pc = s_plan;
+    int32_t* pi = s_plan + kFusedPlanPairs + 1;
+    ComputeAttendPlan(g, batch, kept, dense, int32_t(gridDim.x), pc, pi, s_scan);
+    __syncthreads();
+    if (blockIdx.x == 0 && blockIdx.y == 0) {
+      for (int32_t i = threadIdx.x; i <= pairs; i += blockDim.x) {
+        cum_g[i] = pc[i];
+        item_offset_g[i] = pi[i];
+      }
+    }
+    cum = pc;
+    item_offset = pi;
+  }
   const long long total = cum[pairs];
   const long long nblk = min((long long)gridDim.x, max(1ll, total));
   if (blockIdx.x >= nblk) return;
