@@ -4,6 +4,7 @@
 // k_bits 2/4/8/16, and both K schemes (suites Shapes: per token; PageChannel: k_scheme 1).
 #include <algorithm>
 #include <random>
+#include <string>
 #include <utility>
 
 #include "core/quantize.h"
@@ -242,6 +243,7 @@ TEST_P(AppendSegmentsGpuTest, MatchesReferenceBitExact) {
   std::vector<int32_t> len = {0, 0, 0, 0};
   const std::vector<std::vector<int32_t>> rounds = {
       {37, 1, 16, 64}, {5, 16, 1, 1}, {1, 30, 0, 1}, {70, 2, 9, 0}, {32, 40, 1, 13}};
+  int32_t round_index = 0;
   for (const auto& round : rounds) {
     const AppendRound rd = MakeRound(g, c.type, pages, 10, round, &len, rng);
     const int32_t n = rd.n();
@@ -267,9 +269,17 @@ TEST_P(AppendSegmentsGpuTest, MatchesReferenceBitExact) {
     gpu::DeviceBuffer d_k = c.type == KvInputType::kFp32 ? Upload(kf) : Upload(k16);
     gpu::DeviceBuffer d_v = c.type == KvInputType::kFp32 ? Upload(vf) : Upload(v16);
     gpu::DeviceBuffer d_segs = Upload(segs);
-    TWL_ASSERT_OK(LaunchAppendSegments(g, d_segs.as<AppendSegment>(), int32_t(segs.size()),
-                                       d_k.get(), d_v.get(), c.type, dkv, d_stage.as<fp16_t>(),
-                                       dqk, nullptr));
+    // Rounds alternate between the device array and the kernel-parameter form (a decode
+    // step's append): the same bytes either way.
+    if (++round_index % 2 == 0 && segs.size() <= size_t(kInlineAppendSegments)) {
+      TWL_ASSERT_OK(LaunchAppendSegmentsInline(g, segs.data(), int32_t(segs.size()), d_k.get(),
+                                               d_v.get(), c.type, dkv, d_stage.as<fp16_t>(),
+                                               dqk, nullptr));
+    } else {
+      TWL_ASSERT_OK(LaunchAppendSegments(g, d_segs.as<AppendSegment>(), int32_t(segs.size()),
+                                         d_k.get(), d_v.get(), c.type, dkv,
+                                         d_stage.as<fp16_t>(), dqk, nullptr));
+    }
     TWL_ASSERT_OK(gpu::DeviceSync());
     for (const auto& [st, page] : staged) {
       TWL_ASSERT_OK(gpu::CopyOnDevice(ts.d_kv.as<fp16_t>() + page * page_elems,
@@ -319,6 +329,29 @@ TEST(AppendGpu, RejectsBadArguments) {
   g.head_dim = 512;
   EXPECT_EQ(LaunchAppend(g, in, KvInputType::kFp16, {}, {}, {}, nullptr).code(),
             absl::StatusCode::kUnimplemented);
+  // More segments than the kernel parameter holds: refused, nothing launched.
+  PageGeometry pg;
+  pg.head_dim = 64;
+  gpu::DeviceBuffer kv, codes, mn, mx, rows;
+  TWL_ASSERT_OK(kv.Reserve(size_t(pg.FpBlockElems()) * 2 * 64));
+  TWL_ASSERT_OK(codes.Reserve(size_t(pg.CodeBlockBytes()) * 64));
+  TWL_ASSERT_OK(mn.Reserve(size_t(pg.head_dim) * 2 * 64));
+  TWL_ASSERT_OK(mx.Reserve(size_t(pg.head_dim) * 2 * 64));
+  TWL_ASSERT_OK(rows.Reserve(4096));
+  QuantKView qk;
+  qk.codes = codes.as<uint8_t>();
+  qk.kmin = mn.as<fp16_t>();
+  qk.kmax = mx.as<fp16_t>();
+  if (pg.HasTokenScale()) {
+    qk.scale = mn.as<fp16_t>();
+    qk.zero = mx.as<fp16_t>();
+  }
+  const std::vector<AppendSegment> many(size_t(kInlineAppendSegments) + 1);
+  const absl::Status st = LaunchAppendSegmentsInline(
+      pg, many.data(), int32_t(many.size()), rows.get(), rows.get(), KvInputType::kFp16,
+      FpKvView{kv.as<fp16_t>(), nullptr}, nullptr, qk, nullptr);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("inline"), std::string::npos) << st;
 }
 
 }  // namespace

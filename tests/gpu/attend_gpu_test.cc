@@ -36,6 +36,8 @@ struct AttendCase {
   bool bf16 = false;      // K/V stored as BF16 (PageGeometry::kv_dtype)
   bool row_map = false;   // rows behind FpKvView::slot_of_row (the GPU row cache), every
                           // third row not resident (read in place from the pool)
+  int32_t repeat = 1;     // the five sequences repeated: 8 give 320 pairs at 8 KV heads, past
+                          // kFusedPlanPairs (the plan in its own launch)
 };
 
 class AttendGpuTest : public ::testing::TestWithParam<AttendCase> {};
@@ -50,7 +52,9 @@ TEST_P(AttendGpuTest, MatchesFp32Reference) {
   g.kv_dtype = c.bf16 ? kKvBf16 : kKvFp16;
   const uint64_t seed = ::testing::UnitTest::GetInstance()->random_seed() + uint64_t(c.group);
   std::mt19937_64 rng(seed);
-  RefStore st = MakeRandomStore(g, c.num_kv_heads * c.group, {2903, 37, 1000, 16, 77}, seed);
+  std::vector<int32_t> lens;
+  for (int32_t r = 0; r < c.repeat; ++r) lens.insert(lens.end(), {2903, 37, 1000, 16, 77});
+  RefStore st = MakeRandomStore(g, c.num_kv_heads * c.group, lens, seed);
   const BatchView hb = st.Batch();
   const int32_t pairs = hb.num_seqs * g.num_kv_heads;
   const int32_t heads = hb.num_seqs * hb.num_q_heads;
@@ -213,7 +217,11 @@ INSTANTIATE_TEST_SUITE_P(
                       AttendCase{96, 2, 3, KeptKind::kHeavyLight, false, false, false, true},
                       AttendCase{256, 1, 16, KeptKind::kHeavyLight, false, false, false, true},
                       AttendCase{128, 2, 16, KeptKind::kPruned, false, false, false, true},
-                      AttendCase{128, 2, 4, KeptKind::kPruned, false, false, true, true}));
+                      AttendCase{128, 2, 4, KeptKind::kPruned, false, false, true, true},
+                      // 320 pairs: the plan kernel instead of each block's own plan.
+                      AttendCase{128, 8, 4, KeptKind::kHeavyLight, false, false, false, false, 8},
+                      AttendCase{128, 8, 4, KeptKind::kPruned, false, false, false, true, 8},
+                      AttendCase{64, 8, 2, KeptKind::kDense, false, false, false, false, 8}));
 
 TEST(AttendGpu, UnsupportedHeadDimIsUnimplemented) {
   TWL_SKIP_WITHOUT_GPU();

@@ -87,7 +87,8 @@ __global__ void __launch_bounds__(1024)
 
 // Up to this many (sequence, KV head) pairs every attention block computes the plan itself
 // (a few microseconds of scans against a separate launch and its kernel boundary: 3.3 us +
-// a dependent launch at B = 1 on the H200); block (0, 0) also stores it for the merge.
+// a dependent launch at B = 1 on the H200); block (0, 0) also stores it for the merge. Not
+// for rows behind a row map (attend.cu says why).
 constexpr int32_t kFusedPlanPairs = 256;
 
 __device__ __forceinline__ void Unpack8(const uint4& u, float* f) {
