@@ -223,7 +223,9 @@ TEST_P(GrowGpuTest, MatchesReference) {
     // At 128k tokens a flat head's boundary region holds hundreds of near-equal estimates
     // across several FP16 levels (run 1 of the seventh session, seed 27638: 781 of ~73k, one
     // set inside the other): nested sets within 2% of the kept count are accepted as the
-    // same rule under another summation order.
+    // same rule under another summation order. (The 7% disagreements of the seventh to ninth
+    // sessions at 140k tokens were the host reference's float sums, fixed in
+    // TopPThresholdRef in the tenth; this acceptance predates that fix and was left as is.)
     const bool near_tie_count = double(diff.size()) <= 0.02 * double(e.size());
     // Per head (GPU / host): own kept tokens, estimated mass within the candidates and the
     // full-context mass: tells a different share target (growth's A and R) from a
