@@ -203,6 +203,13 @@ class GpuOffloadBackend final : public OffloadBackend {
       // disk tier, whose host waits take the step's end as the end of its pool reads.
       const char* early = std::getenv("TWL_ROW_EARLY_ATTEND");
       rows->SetEarlyAttend(!disk_ && !(early != nullptr && std::strcmp(early, "0") == 0));
+      // A decode step's append also copies its new rows into free row slots (append.cuh,
+      // TakeRowSlot): the next step finds the newest tokens, which top-p always keeps (last
+      // page), resident instead of reading them over PCIe and copying them. Not under a disk
+      // tier (its appends take their own path). TWL_ROW_APPEND_INSERT=0 turns it off, for
+      // comparison.
+      const char* insert = std::getenv("TWL_ROW_APPEND_INSERT");
+      append_insert_ = !disk_ && !(insert != nullptr && std::strcmp(insert, "0") == 0);
       // (The disk tier keeps two groups: its NVMe figures were measured with them.)
       if (!disk_) twilight_groups_ = kRowCacheGroups;
       // Under a disk tier the step's end is the end of its pool reads (the host moves blocks
@@ -445,6 +452,7 @@ class GpuOffloadBackend final : public OffloadBackend {
   absl::flat_hash_set<int32_t> full_pages_;  // append chunk: pages whose last row it writes
   BlockMarks block_marks_;  // blocks listed in this step's groups (or in one append chunk)
   bool mark_step_open_ = false;  // block_marks_ started for the decode step (miss reports)
+  bool append_insert_ = false;   // decode-step appends fill free row-cache slots
   // The residency calls of appends and decode steps (runtime/offload_disk_steps.h).
   std::unique_ptr<OffloadDiskSteps> disk_steps_;
   // Under a disk tier with the row cache: the plan's miss reports (MissFirstFetch).
@@ -675,9 +683,11 @@ absl::Status GpuOffloadBackend::AppendSegments(const AppendView& tokens, DType d
       chunks[0].rounds[0].runs.empty() && all.size() <= size_t(kInlineAppendSegments) &&
       !qk_.meta && !mirror) {
     const FpKvView pool_view{static_cast<fp16_t*>(pool_->device_base()), nullptr};
+    const RowCacheInsertView insert =
+        append_insert_ ? fetch_stage_->append_insert() : RowCacheInsertView{};
     TWL_RETURN_IF_ERROR(LaunchAppendSegmentsInline(g_, all.data(), int32_t(all.size()),
                                                    tokens.k, tokens.v, InputType(dtype),
-                                                   pool_view, nullptr, qk_, s));
+                                                   pool_view, nullptr, qk_, insert, s));
     TWL_CUDA(cudaEventRecord(ev_appended_, s));
     TWL_CUDA(cudaEventRecord(ev_append_done_, s));
     return absl::OkStatus();

@@ -52,6 +52,9 @@ class OffloadCacheFetch : public CudaFetch {
   // once appended and never rewritten; a reused page was dropped at its release or copy), so
   // the store skips the mirror and its hop through the fetch stream.
   virtual bool appends_need_mirror() const { return true; }
+  // Where a decode step's append may also place its new rows (the row cache's free slots;
+  // see RowCacheInsertView for when that is sound). Off by default.
+  virtual RowCacheInsertView append_insert() const { return {}; }
 
   // Telemetry: one record of record_bytes() per group (device memory, counters()), read as
   // CacheCounters (hits / misses / direct in the stage's own unit: blocks or rows); *error

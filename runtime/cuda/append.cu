@@ -63,7 +63,8 @@ namespace {
 absl::Status LaunchSegments(const PageGeometry& g, const AppendSegment* d_segments,
                             const AppendSegment* h_segments, int32_t num_segments,
                             const void* k, const void* v, KvInputType type, const FpKvView& kv,
-                            fp16_t* stage, const QuantKView& qk, void* stream) {
+                            fp16_t* stage, const QuantKView& qk, const RowCacheInsertView& ins,
+                            void* stream) {
   TWL_RETURN_IF_ERROR(CheckAppendShapes(g, kv, qk));
   if (num_segments < 0) return absl::InvalidArgumentError("append: num_segments < 0");
   if (num_segments == 0) return absl::OkStatus();
@@ -85,6 +86,11 @@ absl::Status LaunchSegments(const PageGeometry& g, const AppendSegment* d_segmen
   if (!aligned(kv.kv) || (stage && !aligned(stage))) {
     return absl::InvalidArgumentError("append segments: block store and staging must be 16-byte aligned");
   }
+  if (ins.on() && (!ins.row_of_slot || !ins.last_use || !ins.slots || !ins.free ||
+                   !ins.free_top || !ins.step || ins.num_slots <= 0 || ins.num_rows <= 0 ||
+                   !aligned(ins.slots))) {
+    return absl::InvalidArgumentError("append segments: incomplete row cache to insert into");
+  }
   const int64_t grid = int64_t(num_segments) * g.num_kv_heads;
   if (grid > INT32_MAX) return absl::InvalidArgumentError("append: too many segments");
   cuda::InlineSegments inl;
@@ -95,7 +101,7 @@ absl::Status LaunchSegments(const PageGeometry& g, const AppendSegment* d_segmen
   // 8-element group of FP16/BF16 (16 bytes) and FP32 (32 bytes) input aligned too.
   const bool vec = aligned(k) && aligned(v);
   cuda::AppendSegmentsKernel<<<unsigned(grid), cuda::kSegThreads, 0, AsStream(stream)>>>(
-      g, h_segments ? nullptr : d_segments, inl, k, v, type, vec, kv.kv, stage, qk);
+      g, h_segments ? nullptr : d_segments, inl, k, v, type, vec, kv.kv, stage, qk, ins);
   return LaunchStatus("AppendSegmentsKernel");
 }
 
@@ -105,14 +111,17 @@ absl::Status LaunchAppendSegments(const PageGeometry& g, const AppendSegment* d_
                                   int32_t num_segments, const void* k, const void* v,
                                   KvInputType type, const FpKvView& kv, fp16_t* stage,
                                   const QuantKView& qk, void* stream) {
-  return LaunchSegments(g, d_segments, nullptr, num_segments, k, v, type, kv, stage, qk, stream);
+  return LaunchSegments(g, d_segments, nullptr, num_segments, k, v, type, kv, stage, qk,
+                        RowCacheInsertView{}, stream);
 }
 
 absl::Status LaunchAppendSegmentsInline(const PageGeometry& g, const AppendSegment* h_segments,
                                         int32_t num_segments, const void* k, const void* v,
                                         KvInputType type, const FpKvView& kv, fp16_t* stage,
-                                        const QuantKView& qk, void* stream) {
-  return LaunchSegments(g, nullptr, h_segments, num_segments, k, v, type, kv, stage, qk, stream);
+                                        const QuantKView& qk, const RowCacheInsertView& insert,
+                                        void* stream) {
+  return LaunchSegments(g, nullptr, h_segments, num_segments, k, v, type, kv, stage, qk, insert,
+                        stream);
 }
 
 }  // namespace twl

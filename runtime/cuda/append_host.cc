@@ -59,7 +59,8 @@ absl::Status LaunchAppendSegments(const PageGeometry&, const AppendSegment*, int
 }
 absl::Status LaunchAppendSegmentsInline(const PageGeometry&, const AppendSegment*, int32_t,
                                         const void*, const void*, KvInputType, const FpKvView&,
-                                        fp16_t*, const QuantKView&, void*) {
+                                        fp16_t*, const QuantKView&, const RowCacheInsertView&,
+                                        void*) {
   return NoCudaKernels();
 }
 absl::Status LaunchRecomputeMinMax(const PageGeometry&, const AppendPagePlan&, const FpKvView&,

@@ -51,11 +51,15 @@ absl::Status LaunchAppendSegments(const PageGeometry& g, const AppendSegment* d_
                                   const QuantKView& qk, void* stream);
 // The same with up to kInlineAppendSegments segments from host memory, passed as a kernel
 // parameter: no descriptor upload (a decode step's append: one segment per sequence), so the
-// stream runs no copy before the kernel.
+// stream runs no copy before the kernel. With `insert` on (the offload store's row cache),
+// each new row also takes a free row-cache slot while any is left (TakeRowSlot in
+// append.cuh), and k_scheme 1's re-quantization reads a block's earlier rows from their
+// slots where they have one; the block store and qk get the same bytes either way.
 constexpr int32_t kInlineAppendSegments = 64;
 absl::Status LaunchAppendSegmentsInline(const PageGeometry& g, const AppendSegment* h_segments,
                                         int32_t num_segments, const void* k, const void* v,
                                         KvInputType type, const FpKvView& kv, fp16_t* stage,
-                                        const QuantKView& qk, void* stream);
+                                        const QuantKView& qk, const RowCacheInsertView& insert,
+                                        void* stream);
 
 }  // namespace twl

@@ -389,11 +389,17 @@ struct SideBySide {
   RuntimeConfig cfg;
   PageGeometry g;
   int64_t num_pages = 0;
+  // Device inputs of the appends, freed after both runtimes (declared before them).
+  std::vector<gpu::DeviceBuffer> device_rows;
   std::unique_ptr<OffloadBackend> off;
   std::unique_ptr<Backend> ref;
   std::vector<std::vector<int32_t>> pages;
   std::vector<int32_t> len;
   std::vector<int32_t> free_pages;
+  // Appends of at most `device_appends_up_to` tokens come from device memory, as a serving
+  // loop's decode steps append (the offload store's inline path, which also fills free row
+  // slots); larger ones, and all with 0, from host memory.
+  int32_t device_appends_up_to = 0;
 
   absl::Status Init(const RuntimeConfig& c, int64_t pages_total, bool cpu_ref, uint64_t seed) {
     cfg = c;
@@ -439,9 +445,21 @@ struct SideBySide {
     a.v = v.data();
     a.page_id = page_id.data();
     a.slot = slot.data();
-    absl::Status st = off->Append(a, DType::kFp16, MemSpace::kHost, nullptr);
+    MemSpace space = MemSpace::kHost;
+    if (n <= device_appends_up_to) {
+      for (const std::vector<fp16_t>* rows : {&k, &v}) {
+        gpu::DeviceBuffer& b = device_rows.emplace_back();
+        absl::Status up = b.Reserve(rows->size() * 2);
+        if (up.ok()) up = gpu::CopyToDevice(b.get(), rows->data(), rows->size() * 2);
+        if (!up.ok()) return up;
+      }
+      a.k = device_rows[device_rows.size() - 2].as<fp16_t>();
+      a.v = device_rows.back().as<fp16_t>();
+      space = MemSpace::kDevice;
+    }
+    absl::Status st = off->Append(a, DType::kFp16, space, nullptr);
     if (!st.ok()) return st;
-    st = ref->Append(a, DType::kFp16, MemSpace::kHost, nullptr);
+    st = ref->Append(a, DType::kFp16, space, nullptr);
     if (!st.ok()) return st;
     len[size_t(s)] += n;
     return absl::OkStatus();
@@ -1019,6 +1037,45 @@ TEST(OffloadRowCacheTest, EarlyAttendMatchesHbmBackend) {
   }
   unsetenv("TWL_ROW_EARLY_ATTEND");
   unsetenv("TWL_OFFLOAD_GROUPS");
+}
+
+// Decode-step appends from device memory also copy their rows into free row slots (on by
+// default; TWL_ROW_APPEND_INSERT=0 turns it off): outputs still equal the HBM backend's, under
+// both K schemes (k_scheme 1 re-quantizes a page's earlier rows from their slots), with a
+// tiny cache whose free slots run out and a roomy one; and with the roomy cache the same steps
+// fetch fewer rows and hit more than with insertion off: the newest tokens, which top-p keeps
+// with the last page, are already resident.
+TEST(OffloadRowCacheTest, DeviceAppendsFillFreeSlotsAndMatchHbm) {
+  SKIP_WITHOUT_GPU();
+  const uint64_t seed = FreshSeed();
+  for (const int32_t scheme : {kKSchemeToken, kKSchemePageChannel}) {
+    for (const int64_t block_bytes_of : {48, 6000}) {
+      int64_t fetched[2] = {0, 0}, hits[2] = {0, 0};
+      for (int insert = 0; insert < 2; ++insert) {
+        setenv("TWL_ROW_APPEND_INSERT", insert ? "1" : "0", 1);
+        SCOPED_TRACE(::testing::Message()
+                     << "k_scheme " << scheme << ", cache of " << block_bytes_of
+                     << " blocks' bytes, insert " << insert << ", seed " << seed);
+        PageGeometry g;
+        RuntimeConfig cfg = RowCacheConfig(block_bytes_of, &g);
+        cfg.k_scheme = scheme;
+        SideBySide sb;
+        sb.device_appends_up_to = 20;
+        ASSERT_OK(sb.Init(cfg, 1600, /*cpu_ref=*/false, seed));
+        ExpectRaggedStepsMatchHbm(sb, g, cfg.num_q_heads, seed, {37, 700, 1500, 3001}, 8, 3,
+                                  [&](int32_t, const StepTelemetry&) {
+                                    const OffloadStepStats st = sb.off->LastStepStats();
+                                    fetched[insert] += st.cache.misses;
+                                    hits[insert] += st.cache.hits;
+                                  });
+      }
+      if (block_bytes_of == 6000) {
+        EXPECT_LT(fetched[1], fetched[0]) << "k_scheme " << scheme;
+        EXPECT_GT(hits[1], hits[0]) << "k_scheme " << scheme;
+      }
+    }
+  }
+  unsetenv("TWL_ROW_APPEND_INSERT");
 }
 
 TEST(OffloadRowCacheTest, RepeatedStepHitsEverything) {
