@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Issue 15 item 4 on the device machine: train the byte-level Austen model on the GPU, then
-# evaluate it at 4k context with twl_accuracy's real-text section on the device's CPU cores.
+# Issue 15 item 4 on the device machine: train the byte-level model (Austen plus the Debian
+# English mix) on the GPU, then evaluate it at 4k context with twl_accuracy's real-text section
+# on the device's CPU cores.
 #
-#   Here first:   scripts/gpu-check.sh build         (stages twl_accuracy into .device/gpu)
-#   Device call 1 (run tool, carry [".device/gpu"], ~5 min):
+#   Here first:   python3 bench/train/extract_english_mix.py   (~1 min: bench/train/data/mix/,
+#                 ignored by git, ~11 MB of .xz)
+#   Device call 1 (run tool, carry ["bench/train/data/mix"], ~7 min: 380 s of training, about
+#                 25 s of loading, compiling's share and the final checks; limit 480 s):
 #                 bash bench/train/device_run.sh train
-#                 -> $OUT/byte_llama_austen.bin (+ .json, train.log)
-#   Here:         cp <files_at>/byte_llama_austen.bin* bench/train/data/   (a few MB; commit)
-#   Device call 2 (same carry, ~5-8 min on 16 cores: 6 methods x (6 windows + 8 keys) runs of
-#                 4096 tokens, ~1 min each; or run `eval` here, much slower):
+#                 -> $OUT/byte_llama_austen.bin (+ .json, train.log); the .bin is rewritten at
+#                 every new best validation, so a run cut short still leaves its best model
+#   Eval first:   scripts/gpu-check.sh build         (stages twl_accuracy into .device/gpu)
+#   Here:         cp <files_at>/byte_llama_austen.bin* bench/train/data/   (~19 MB; commit)
+#   Device call 2 (carry [".device/gpu"], ~5-8 min on 16 cores: methods x (6 windows + 8 keys)
+#                 runs of 4096 tokens, ~1 min each; or run `eval` here, much slower):
 #                 bash bench/train/device_run.sh eval
 #                 -> $OUT/realtext/ (realtext.csv/json, goals.csv) and realtext.log
-# Environment: TRAIN_ARGS (extra train_byte_llama.py flags), EVAL_ARGS (extra twl_accuracy flags).
+# Environment: TRAIN_ARGS (extra train_byte_llama.py flags), T_TRAIN (training seconds, 380),
+# EVAL_ARGS (extra twl_accuracy flags), T_EVAL.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/device-run-out}
@@ -19,11 +25,17 @@ mkdir -p "$out"
 model=bench/train/data/byte_llama_austen.bin
 case "${1:-}" in
   train)
+    if ! ls bench/train/data/mix/*.txt.xz > /dev/null 2>&1; then
+      echo "no bench/train/data/mix/*.txt.xz: run bench/train/extract_english_mix.py and carry" \
+           "bench/train/data/mix" >&2
+      exit 2
+    fi
     nvidia-smi --query-gpu=name,memory.total --format=csv || true
     python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available())'
     # shellcheck disable=SC2086
-    python3 bench/train/train_byte_llama.py --device cuda --time-budget 270 \
+    python3 bench/train/train_byte_llama.py --device cuda --compile --time-budget "${T_TRAIN:-380}" \
       --out "$out/byte_llama_austen.bin" ${TRAIN_ARGS:-} 2>&1 | tee "$out/train.log"
+    cp bench/train/data/mix/MANIFEST.tsv "$out/mix_manifest.tsv"
     ;;
   eval)
     [ -f "$model" ] || model="$out/byte_llama_austen.bin"
