@@ -22,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/device-run-out}
 mkdir -p "$out"
-model=bench/train/data/byte_llama_austen.bin
+model=${MODEL:-bench/train/data/byte_llama_austen.bin}
 case "${1:-}" in
   train)
     if ! ls bench/train/data/mix/*.txt.xz > /dev/null 2>&1; then
