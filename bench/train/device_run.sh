@@ -8,8 +8,11 @@
 #   Device call 1 (run tool, carry ["bench/train/data/mix"], ~7 min: 380 s of training, about
 #                 25 s of loading, compiling's share and the final checks; limit 480 s):
 #                 bash bench/train/device_run.sh train
-#                 -> $OUT/byte_llama_austen.bin (+ .json, train.log); the .bin is rewritten at
-#                 every new best validation, so a run cut short still leaves its best model
+#                 -> $OUT/byte_llama_austen.bin.part00, .part01 (+ .json, train.log); the .bin
+#                 is rewritten at every new best validation, so a run cut short still leaves
+#                 its best model, and split at the end: the device returns files of at most
+#                 16 MiB (the 2026-12-03 model, 18.9 MB whole, did not come back)
+#                 Here: cat <files_at>/byte_llama_austen.bin.part* > bench/train/data/byte_llama_austen.bin
 #   Eval first:   scripts/gpu-check.sh build         (stages twl_accuracy into .device/gpu)
 #   Here:         cp <files_at>/byte_llama_austen.bin* bench/train/data/   (~19 MB; commit)
 #   Device call 2 (carry [".device/gpu"], ~5-8 min on 16 cores: methods x (6 windows + 8 keys)
@@ -36,6 +39,11 @@ case "${1:-}" in
     python3 bench/train/train_byte_llama.py --device cuda --compile --time-budget "${T_TRAIN:-380}" \
       --out "$out/byte_llama_austen.bin" ${TRAIN_ARGS:-} 2>&1 | tee "$out/train.log"
     cp bench/train/data/mix/MANIFEST.tsv "$out/mix_manifest.tsv"
+    if [ -f "$out/byte_llama_austen.bin" ]; then
+      split -b 15M -d "$out/byte_llama_austen.bin" "$out/byte_llama_austen.bin.part"
+      # Kept whole too for an `eval` in the same call (MODEL=$OUT/byte_llama_austen.bin); it
+      # does not come back.
+    fi
     ;;
   eval)
     [ -f "$model" ] || model="$out/byte_llama_austen.bin"
@@ -43,7 +51,8 @@ case "${1:-}" in
     [ -x "$bin" ] || bin=$(command -v twl_accuracy || echo build/bench/twl_accuracy)
     export LD_LIBRARY_PATH=$PWD/.device/gpu/lib:${LD_LIBRARY_PATH:-}
     # shellcheck disable=SC2086
-    timeout "${T_EVAL:-570}" "$bin" --only realtext --text-model "$model" --text bench/train/data/austen_heldout.txt \
+    # Line-buffered: a run stopped by the timeout still leaves what it printed.
+    timeout "${T_EVAL:-570}" stdbuf -oL -eL "$bin" --only realtext --text-model "$model" --text bench/train/data/austen_heldout.txt \
       --text-ctx 4096 --text-seqs 6 --passkeys 8 --out "$out/realtext" ${EVAL_ARGS:-} \
       2>&1 | tee "$out/realtext.log"
     ;;
