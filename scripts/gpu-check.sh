@@ -51,6 +51,16 @@ build() {
       esac
     done
   done
+  # The kernel timeline (scripts/cupti_trace.cc, for machines without Nsight Systems): on the
+  # device, CUDA_INJECTION64_PATH=$STAGE/lib/libcupti_trace.so TWL_TRACE_OUT=$OUT/t.csv
+  # twl_serve_bench ... --profile_last_step, then scripts/timeline_summary.py $OUT/t.csv.
+  local cuda_root
+  cuda_root=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+  if [ -f "$cuda_root/include/cupti.h" ]; then
+    g++ -O2 -shared -fPIC -o "$STAGE/lib/libcupti_trace.so" scripts/cupti_trace.cc \
+      -I"$cuda_root/include" -L"$cuda_root/lib" -L"$cuda_root/lib64" -lcupti
+    cp -Ln "$cuda_root"/lib*/libcupti.so.[0-9]* "$STAGE/lib/" 2>/dev/null || true
+  fi
   du -sh "$STAGE"
   echo "gpu-check: staged $(ls "$STAGE/bin" | tr '\n' ' ')into .device/gpu (carry it)"
 }
