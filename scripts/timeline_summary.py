@@ -42,10 +42,15 @@ def main():
         rows = list(csv.DictReader(open(a.csv)))
     except OSError as e:
         sys.exit(f"timeline_summary: cannot read {a.csv}: {e}")
-    rows = [r for r in rows if r.get("kind") == "kernel"]
+    try:
+        rows = [dict(r, start_ns=int(r["start_ns"]), end_ns=int(r["end_ns"]), name=r["name"] or "?",
+                     stream=r["stream"] or "?")
+                for r in rows if r.get("kind") == "kernel"]
+    except (KeyError, TypeError, ValueError) as e:
+        sys.exit(f"timeline_summary: {a.csv} is not a cupti_trace.cc CSV ({e!r})")
     if not rows:
         sys.exit("timeline_summary: no kernel records")
-    rows.sort(key=lambda r: int(r["start_ns"]))
+    rows.sort(key=lambda r: r["start_ns"])
     split = re.compile(a.split)
     steps, cur = [], []
     for r in rows:
@@ -59,17 +64,17 @@ def main():
     stats = collections.defaultdict(lambda: {"start": [], "end": [], "stream": set()})
     periods = []
     for i, st in enumerate(steps):
-        t0 = int(st[0]["start_ns"])
+        t0 = st[0]["start_ns"]
         if i + 1 < len(steps):
-            periods.append((int(steps[i + 1][0]["start_ns"]) - t0) / 1e3)
+            periods.append((steps[i + 1][0]["start_ns"] - t0) / 1e3)
         seen = collections.Counter()
         for r in st:
             n = short_name(r["name"])
             seen[n] += 1
             key = n if seen[n] == 1 else f"{n}#{seen[n]}"
             s = stats[key]
-            s["start"].append((int(r["start_ns"]) - t0) / 1e3)
-            s["end"].append((int(r["end_ns"]) - t0) / 1e3)
+            s["start"].append((r["start_ns"] - t0) / 1e3)
+            s["end"].append((r["end_ns"] - t0) / 1e3)
             s["stream"].add(r["stream"])
     mean = lambda v: sum(v) / len(v)
     print(f"{len(steps)} layer-steps; period (us) mean "
