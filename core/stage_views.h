@@ -158,25 +158,6 @@ struct AppendSegment {
   int32_t stage = -1;
 };
 
-// The GPU row cache's maps as an append sees them (pipeline/fetch/row_cache/: slot_of_row,
-// row_of_slot, last_use, the K+V row slots, the free stack, the step stamp), so that a decode
-// step's append also copies its new rows into free slots: the next step then finds the
-// newest tokens resident instead of reading them in place over PCIe and copying them.
-// Sound only between steps (no plan running on the cache): the store orders its appends after
-// the last step's fetch and its next step after the append. Off: slot_of_row null.
-struct RowCacheInsertView {
-  int32_t* slot_of_row = nullptr;  // [num_rows]: slot, -1 absent
-  int64_t* row_of_slot = nullptr;  // [num_slots]
-  uint32_t* last_use = nullptr;    // [num_slots]
-  fp16_t* slots = nullptr;         // [num_slots][2][head_dim]: K row, V row
-  int32_t* free = nullptr;         // [num_slots] stack of free slots
-  int32_t* free_top = nullptr;     // [1]
-  const uint32_t* step = nullptr;  // [1] the stamp of the last step
-  int64_t num_rows = 0;
-  int32_t num_slots = 0;
-  TWL_HD bool on() const { return slot_of_row != nullptr; }
-};
-
 TWL_HD int32_t SelectStride(const SelectorParams& s, int32_t max_pages) {
   if (s.kind == SelectorKind::kFull || s.grow) return max_pages;
   // In 64 bits: budget and sinks may each be close to max_pages (itself up to 2^31 - 1).

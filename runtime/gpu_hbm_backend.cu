@@ -280,7 +280,7 @@ absl::Status GpuHbmBackend::Append(const AppendView& tokens, DType dtype, MemSpa
     if (appended_) TWL_CUDA(cudaStreamWaitEvent(a, ev_append_, 0));
     TWL_RETURN_IF_ERROR(LaunchAppendSegmentsInline(g_, segs_.data(), int32_t(segs_.size()),
                                                    tokens.k, tokens.v, InputType(dtype), kv_,
-                                                   nullptr, qk_, RowCacheInsertView{}, a));
+                                                   nullptr, qk_, nullptr, a));
     TWL_CUDA(cudaEventRecord(ev_append_, a));
     appended_ = true;
     return absl::OkStatus();

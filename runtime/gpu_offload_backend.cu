@@ -683,8 +683,7 @@ absl::Status GpuOffloadBackend::AppendSegments(const AppendView& tokens, DType d
       chunks[0].rounds[0].runs.empty() && all.size() <= size_t(kInlineAppendSegments) &&
       !qk_.meta && !mirror) {
     const FpKvView pool_view{static_cast<fp16_t*>(pool_->device_base()), nullptr};
-    const RowCacheInsertView insert =
-        append_insert_ ? fetch_stage_->append_insert() : RowCacheInsertView{};
+    const DeviceRowCache* insert = append_insert_ ? fetch_stage_->append_insert() : nullptr;
     TWL_RETURN_IF_ERROR(LaunchAppendSegmentsInline(g_, all.data(), int32_t(all.size()),
                                                    tokens.k, tokens.v, InputType(dtype),
                                                    pool_view, nullptr, qk_, insert, s));

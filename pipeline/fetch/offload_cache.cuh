@@ -19,6 +19,10 @@
 #include "pipeline/fetch/fetch.cuh"
 #include "runtime/runtime.h"  // FetchPath
 
+namespace twl {
+struct DeviceRowCache;  // pipeline/fetch/row_cache/cuda/row_plan.h
+}  // namespace twl
+
 namespace twl::pipeline_cuda {
 
 class OffloadCacheFetch : public CudaFetch {
@@ -52,9 +56,9 @@ class OffloadCacheFetch : public CudaFetch {
   // once appended and never rewritten; a reused page was dropped at its release or copy), so
   // the store skips the mirror and its hop through the fetch stream.
   virtual bool appends_need_mirror() const { return true; }
-  // Where a decode step's append may also place its new rows (the row cache's free slots;
-  // see RowCacheInsertView for when that is sound). Off by default.
-  virtual RowCacheInsertView append_insert() const { return {}; }
+  // The row cache whose free slots a decode step's append may also fill with its new rows
+  // (row_cache/cuda/row_slots.cuh, TakeFreeSlot; sound between steps only), or null.
+  virtual const DeviceRowCache* append_insert() const { return nullptr; }
 
   // Telemetry: one record of record_bytes() per group (device memory, counters()), read as
   // CacheCounters (hits / misses / direct in the stage's own unit: blocks or rows); *error

@@ -63,7 +63,7 @@ namespace {
 absl::Status LaunchSegments(const PageGeometry& g, const AppendSegment* d_segments,
                             const AppendSegment* h_segments, int32_t num_segments,
                             const void* k, const void* v, KvInputType type, const FpKvView& kv,
-                            fp16_t* stage, const QuantKView& qk, const RowCacheInsertView& ins,
+                            fp16_t* stage, const QuantKView& qk, const DeviceRowCache* insert,
                             void* stream) {
   TWL_RETURN_IF_ERROR(CheckAppendShapes(g, kv, qk));
   if (num_segments < 0) return absl::InvalidArgumentError("append: num_segments < 0");
@@ -86,11 +86,12 @@ absl::Status LaunchSegments(const PageGeometry& g, const AppendSegment* d_segmen
   if (!aligned(kv.kv) || (stage && !aligned(stage))) {
     return absl::InvalidArgumentError("append segments: block store and staging must be 16-byte aligned");
   }
-  if (ins.on() && (!ins.row_of_slot || !ins.last_use || !ins.slots || !ins.free ||
-                   !ins.free_top || !ins.step || ins.num_slots <= 0 || ins.num_rows <= 0 ||
-                   !aligned(ins.slots))) {
+  if (insert && (!insert->d_slot_of_row || !insert->d_row_of_slot || !insert->d_last_use ||
+                 !insert->d_slots || !insert->d_free || !insert->d_free_top || !insert->d_step ||
+                 insert->num_slots <= 0 || insert->num_rows <= 0 || !aligned(insert->d_slots))) {
     return absl::InvalidArgumentError("append segments: incomplete row cache to insert into");
   }
+  const DeviceRowCache ins = insert ? *insert : DeviceRowCache{};  // null maps: no insertion
   const int64_t grid = int64_t(num_segments) * g.num_kv_heads;
   if (grid > INT32_MAX) return absl::InvalidArgumentError("append: too many segments");
   cuda::InlineSegments inl;
@@ -112,13 +113,13 @@ absl::Status LaunchAppendSegments(const PageGeometry& g, const AppendSegment* d_
                                   KvInputType type, const FpKvView& kv, fp16_t* stage,
                                   const QuantKView& qk, void* stream) {
   return LaunchSegments(g, d_segments, nullptr, num_segments, k, v, type, kv, stage, qk,
-                        RowCacheInsertView{}, stream);
+                        nullptr, stream);
 }
 
 absl::Status LaunchAppendSegmentsInline(const PageGeometry& g, const AppendSegment* h_segments,
                                         int32_t num_segments, const void* k, const void* v,
                                         KvInputType type, const FpKvView& kv, fp16_t* stage,
-                                        const QuantKView& qk, const RowCacheInsertView& insert,
+                                        const QuantKView& qk, const DeviceRowCache* insert,
                                         void* stream) {
   return LaunchSegments(g, nullptr, h_segments, num_segments, k, v, type, kv, stage, qk, insert,
                         stream);

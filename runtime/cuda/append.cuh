@@ -6,8 +6,8 @@
 
 #include <cuda_bf16.h>
 
-#include "cache/row_cache_policy.h"  // kRowAbsent
 #include "gpu/cuda/common.cuh"
+#include "pipeline/fetch/row_cache/cuda/row_slots.cuh"  // TakeFreeSlot
 #include "runtime/cuda/append_launch.h"  // kInlineAppendSegments
 
 namespace twl::cuda {
@@ -55,7 +55,7 @@ __device__ __forceinline__ void RequantizeBlockRows(const PageGeometry& g, const
                                                     int64_t block, int32_t rows, int32_t split,
                                                     const fp16_t* old_k, const fp16_t* new_k,
                                                     const float* s_mn, const float* s_step,
-                                                    const RowCacheInsertView& ins) {
+                                                    const DeviceRowCache& ins) {
   const int32_t bytes = g.CodeBytesPerToken();
   const int per_byte = 8 / g.k_bits;
   const int max_code = g.MaxCode();
@@ -63,9 +63,9 @@ __device__ __forceinline__ void RequantizeBlockRows(const PageGeometry& g, const
   for (int32_t i = threadIdx.x; i < rows * bytes; i += blockDim.x) {
     const int32_t r = i / bytes, b = i % bytes;
     const fp16_t* k = (r < split ? old_k : new_k) + int64_t(r) * g.head_dim;
-    if (ins.on()) {
-      const int32_t slot = ins.slot_of_row[block * g.page_size + r];
-      if (slot >= 0) k = ins.slots + int64_t(slot) * 2 * g.head_dim;
+    if (ins.d_slot_of_row != nullptr) {
+      const int32_t slot = ins.d_slot_of_row[block * g.page_size + r];
+      if (slot >= 0) k = ins.d_slots + int64_t(slot) * 2 * g.head_dim;
     }
     uint32_t v = 0;
     for (int e = 0; e < per_byte; ++e) {
@@ -159,7 +159,7 @@ __global__ void MinMaxKernel(PageGeometry g, AppendPagePlan plan, FpKvView kv, Q
   }
   if (!page_channel) return;  // uniform across the block
   __syncthreads();
-  RequantizeBlockRows(g, qk, block, rows, rows, k, k, s_mn, s_step, RowCacheInsertView{});
+  RequantizeBlockRows(g, qk, block, rows, rows, k, k, s_mn, s_step, DeviceRowCache{});
 }
 
 // ---- Bulk append: one thread block per (segment, KV head) -----------------------------
@@ -219,37 +219,12 @@ struct InlineSegments {
   AppendSegment seg[kInlineAppendSegments];
 };
 
-// A slot of the GPU row cache for appended row `row` (block * page_size + row): the one it
-// has (cannot happen for a fresh row, but then the slot gets the new bytes), else the top of
-// the free stack, stamped with the last step; -1 when no slot is free (the row is then
-// fetched by a later plan, as without insertion). Pops race only with pops (nothing pushes
-// during an append), so a failed pop's decrement is simply given back. The row is published
-// before its bytes land: nothing reads the maps until the append has finished (see
-// RowCacheInsertView).
-__device__ __forceinline__ int32_t TakeRowSlot(const RowCacheInsertView& ins, int64_t row) {
-  if (row < 0 || row >= ins.num_rows) return -1;
-  const int32_t cur = ins.slot_of_row[row];
-  if (cur >= 0) return cur < ins.num_slots ? cur : -1;
-  if (cur != kRowAbsent) return -1;
-  const int32_t top = atomicSub(ins.free_top, 1);
-  if (top <= 0 || top > ins.num_slots) {
-    atomicAdd(ins.free_top, 1);
-    return -1;
-  }
-  const int32_t s = ins.free[top - 1];
-  if (s < 0 || s >= ins.num_slots) return -1;  // a corrupt stack: keep the row out
-  ins.row_of_slot[s] = row;
-  ins.last_use[s] = *ins.step;
-  ins.slot_of_row[row] = s;
-  return s;
-}
-
 // segs: the device array, or null to read `inl`.
 __global__ void __launch_bounds__(kSegThreads)
     AppendSegmentsKernel(PageGeometry g, const AppendSegment* __restrict__ segs,
                          const __grid_constant__ InlineSegments inl, const void* k_in,
                          const void* v_in, KvInputType type, bool vec, fp16_t* kv,
-                         fp16_t* stage, QuantKView qk, RowCacheInsertView ins) {
+                         fp16_t* stage, QuantKView qk, DeviceRowCache ins) {
   __shared__ float s_lo[kSegThreads * 8];
   __shared__ float s_hi[kSegThreads * 8];
   __shared__ float s_mn[kMaxAppendHeadDim], s_step[kMaxAppendHeadDim];  // k_scheme 1
@@ -280,8 +255,8 @@ __global__ void __launch_bounds__(kSegThreads)
     const int32_t r = seg.row_begin + i;
     // The row's first thread takes its row-cache slot (if any) for the whole row group.
     int32_t slot = -1;
-    if (ins.on()) {
-      if (active && c == 0) slot = TakeRowSlot(ins, block * g.page_size + r);
+    if (ins.d_slot_of_row != nullptr) {  // uniform: a kernel parameter
+      if (active && c == 0) slot = TakeFreeSlot(ins, block * g.page_size + r);
       slot = __shfl_sync(0xffffffffu, slot, 0, tpr);
     }
     fp16_t kh[8];
@@ -294,7 +269,7 @@ __global__ void __launch_bounds__(kSegThreads)
       Store8(dst + int64_t(r) * D + c * 8, kh);
       Store8(dst + int64_t(g.page_size + r) * D + c * 8, vh);
       if (slot >= 0) {
-        fp16_t* row_slot = ins.slots + int64_t(slot) * 2 * D;
+        fp16_t* row_slot = ins.d_slots + int64_t(slot) * 2 * D;
         Store8(row_slot + c * 8, kh);
         Store8(row_slot + D + c * 8, vh);
       }

@@ -59,7 +59,7 @@ absl::Status LaunchAppendSegments(const PageGeometry&, const AppendSegment*, int
 }
 absl::Status LaunchAppendSegmentsInline(const PageGeometry&, const AppendSegment*, int32_t,
                                         const void*, const void*, KvInputType, const FpKvView&,
-                                        fp16_t*, const QuantKView&, const RowCacheInsertView&,
+                                        fp16_t*, const QuantKView&, const DeviceRowCache*,
                                         void*) {
   return NoCudaKernels();
 }

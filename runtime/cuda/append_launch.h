@@ -13,6 +13,8 @@
 
 namespace twl {
 
+struct DeviceRowCache;  // pipeline/fetch/row_cache/cuda/row_plan.h
+
 // Host helper: distinct pages of h_page_id[0..n) (in first-seen order) and max slot + 1.
 void PlanAppendPages(const int32_t* h_page_id, const int32_t* h_slot, int32_t n,
                      std::vector<int32_t>* pages, std::vector<int32_t>* rows);
@@ -51,15 +53,16 @@ absl::Status LaunchAppendSegments(const PageGeometry& g, const AppendSegment* d_
                                   const QuantKView& qk, void* stream);
 // The same with up to kInlineAppendSegments segments from host memory, passed as a kernel
 // parameter: no descriptor upload (a decode step's append: one segment per sequence), so the
-// stream runs no copy before the kernel. With `insert` on (the offload store's row cache),
-// each new row also takes a free row-cache slot while any is left (TakeRowSlot in
-// append.cuh), and k_scheme 1's re-quantization reads a block's earlier rows from their
-// slots where they have one; the block store and qk get the same bytes either way.
+// stream runs no copy before the kernel. With `insert` (the offload store's row cache; null:
+// none), each new row also takes a free row-cache slot while any is left (TakeFreeSlot,
+// pipeline/fetch/row_cache/cuda/row_slots.cuh), and k_scheme 1's re-quantization reads a
+// block's earlier rows from their slots where they have one; the block store and qk get the
+// same bytes either way. Between decode steps only (no plan running on the cache).
 constexpr int32_t kInlineAppendSegments = 64;
 absl::Status LaunchAppendSegmentsInline(const PageGeometry& g, const AppendSegment* h_segments,
                                         int32_t num_segments, const void* k, const void* v,
                                         KvInputType type, const FpKvView& kv, fp16_t* stage,
-                                        const QuantKView& qk, const RowCacheInsertView& insert,
+                                        const QuantKView& qk, const DeviceRowCache* insert,
                                         void* stream);
 
 }  // namespace twl

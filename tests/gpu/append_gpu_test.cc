@@ -8,9 +8,10 @@
 #include <utility>
 #include <vector>
 
-#include "cache/row_cache_policy.h"
 #include "core/quantize.h"
 #include "gpu_test_util.h"
+#include "pipeline/fetch/row_cache/row_cache_fetch.cuh"
+#include "row_cache_check.h"
 #include "runtime/cpu/append_cpu.h"
 #include "runtime/cuda/append_launch.h"
 
@@ -130,62 +131,32 @@ struct TwinStores {
   }
 };
 
-// The GPU row cache's maps as the offload store hands them to a decode step's append
-// (RowCacheInsertView): every row absent, `num_slots` slots on the free stack, step stamp 7.
+// A GPU row cache (the offload store's RowCacheFetch, over the test's block store) as a
+// decode step's append sees it: every row absent, `num_slots` slots on the free stack, the
+// step stamp set to 7 so that the rows the append places must carry it.
 struct DeviceRowSlots {
   static constexpr uint32_t kStamp = 7;
-  int64_t num_rows;
   int32_t num_slots, head_dim;
-  gpu::DeviceBuffer slot_of_row, row_of_slot, last_use, slots, free, free_top, step;
-  RowCacheInsertView view;
-  DeviceRowSlots(const PageGeometry& g, int64_t rows, int32_t n)
-      : num_rows(rows), num_slots(n), head_dim(g.head_dim) {
-    slot_of_row = Upload(std::vector<int32_t>(size_t(rows), kRowAbsent));
-    row_of_slot = Upload(std::vector<int64_t>(size_t(n), -1));
-    last_use = Upload(std::vector<uint32_t>(size_t(n), 0));
-    slots = Upload(std::vector<fp16_t>(size_t(n) * 2 * g.head_dim, 0));
-    std::vector<int32_t> stack(static_cast<size_t>(n));
-    for (int32_t i = 0; i < n; ++i) stack[size_t(i)] = n - 1 - i;  // slot 0 on top
-    free = Upload(stack);
-    free_top = Upload(std::vector<int32_t>{n});
-    step = Upload(std::vector<uint32_t>{kStamp});
-    view = RowCacheInsertView{slot_of_row.as<int32_t>(), row_of_slot.as<int64_t>(),
-                              last_use.as<uint32_t>(), slots.as<fp16_t>(), free.as<int32_t>(),
-                              free_top.as<int32_t>(), step.as<uint32_t>(), rows, n};
+  pipeline_cuda::RowCacheFetch cache;
+  const DeviceRowCache* view = nullptr;
+  DeviceRowSlots(const PageGeometry& g, const fp16_t* d_store, int64_t num_blocks, int32_t n)
+      : num_slots(n), head_dim(g.head_dim) {
+    const FetchSource store{nullptr, d_store, g.FpBlockBytes(), num_blocks};
+    EXPECT_TRUE(cache.Init(g, num_blocks, n, store, 1).ok());
+    view = &cache.state();
+    EXPECT_TRUE(gpu::CopyToDevice(view->d_step, &kStamp, 4).ok());
   }
-  // Maps inverse, the stack exactly the free slots, each resident row's slot holding the
-  // store's K and V row and stamped; returns the resident rows.
+  // The row cache's invariants (row_cache_check.h) against the store, every resident row
+  // stamped; returns the resident rows.
   int64_t ExpectConsistent(const PageGeometry& g, const std::vector<fp16_t>& store) const {
-    const auto s_of_r = Download<int32_t>(slot_of_row, size_t(num_rows));
-    const auto r_of_s = Download<int64_t>(row_of_slot, size_t(num_slots));
-    const auto stamp = Download<uint32_t>(last_use, size_t(num_slots));
-    const auto bytes = Download<fp16_t>(slots, size_t(num_slots) * 2 * head_dim);
-    const int32_t top = Download<int32_t>(free_top, 1)[0];
-    EXPECT_GE(top, 0);
-    EXPECT_LE(top, num_slots);
-    const auto stack = Download<int32_t>(free, size_t(num_slots));
-    std::vector<int> on_stack(size_t(num_slots), 0);
-    for (int32_t i = 0; i < std::clamp(top, 0, num_slots); ++i) ++on_stack[size_t(stack[size_t(i)])];
+    const testing::RowCacheSnapshot s = testing::ReadRowCache(*view, head_dim);
+    testing::ExpectRowCacheConsistent(s, g, store.data());
     int64_t resident = 0;
-    const int32_t D = g.head_dim, P = g.page_size;
-    for (int64_t r = 0; r < num_rows; ++r) {
-      const int32_t sl = s_of_r[size_t(r)];
-      if (sl == kRowAbsent) continue;
-      ++resident;
-      EXPECT_GE(sl, 0) << "row " << r;
-      if (sl < 0 || sl >= num_slots) continue;
-      EXPECT_EQ(r_of_s[size_t(sl)], r) << "slot " << sl;
-      EXPECT_EQ(stamp[size_t(sl)], kStamp) << "slot " << sl;
-      const fp16_t* k = store.data() + (r / P) * g.FpBlockElems() + (r % P) * D;
-      EXPECT_TRUE(std::equal(k, k + D, bytes.begin() + int64_t(sl) * 2 * D)) << "K row " << r;
-      EXPECT_TRUE(std::equal(k + int64_t(P) * D, k + int64_t(P) * D + D,
-                             bytes.begin() + int64_t(sl) * 2 * D + D))
-          << "V row " << r;
+    for (const int64_t r : s.row_of_slot) resident += r >= 0;
+    for (size_t sl = 0; sl < s.row_of_slot.size(); ++sl) {
+      if (s.row_of_slot[sl] >= 0) EXPECT_EQ(s.last_use[sl], kStamp) << "slot " << sl;
     }
-    for (int32_t sl = 0; sl < num_slots; ++sl) {
-      EXPECT_EQ(on_stack[size_t(sl)], r_of_s[size_t(sl)] < 0 ? 1 : 0) << "slot " << sl;
-    }
-    EXPECT_EQ(resident + top, num_slots);
+    EXPECT_EQ(resident + int64_t(s.free_stack.size()), num_slots);
     return resident;
   }
 };
@@ -309,7 +280,7 @@ TEST_P(AppendSegmentsGpuTest, MatchesReferenceBitExact) {
   // The inline rounds also insert their rows into a row cache with room for about half of
   // them (a decode step's append in the offload store); k_scheme 1 then re-quantizes the
   // earlier rows that have a slot from the slot.
-  DeviceRowSlots row_slots(g, int64_t(num_pages) * g.num_kv_heads * g.page_size,
+  DeviceRowSlots row_slots(g, ts.d_kv.as<fp16_t>(), int64_t(num_pages) * g.num_kv_heads,
                            52 * g.num_kv_heads);
   int64_t inserted_rows = 0;
   for (const auto& round : rounds) {
@@ -421,7 +392,7 @@ TEST(AppendGpu, RejectsBadArguments) {
   const std::vector<AppendSegment> many(size_t(kInlineAppendSegments) + 1);
   const absl::Status st = LaunchAppendSegmentsInline(
       pg, many.data(), int32_t(many.size()), rows.get(), rows.get(), KvInputType::kFp16,
-      FpKvView{kv.as<fp16_t>(), nullptr}, nullptr, qk, RowCacheInsertView{}, nullptr);
+      FpKvView{kv.as<fp16_t>(), nullptr}, nullptr, qk, nullptr, nullptr);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("inline"), std::string::npos) << st;
 }

@@ -125,11 +125,7 @@ class RowCacheFetch final : public OffloadCacheFetch {
   absl::Status MirrorSegments(const fp16_t* mapped_pool, const AppendSegment* d_segments,
                               int32_t num_segments, cudaStream_t stream) override;
   bool appends_need_mirror() const override { return false; }
-  RowCacheInsertView append_insert() const override {
-    return RowCacheInsertView{cache_.d_slot_of_row, cache_.d_row_of_slot, cache_.d_last_use,
-                              cache_.d_slots,       cache_.d_free,        cache_.d_free_top,
-                              cache_.d_step,        cache_.num_rows,      cache_.num_slots};
-  }
+  const DeviceRowCache* append_insert() const override { return &cache_; }
   const void* counters() const override { return own_.counters(); }
   size_t record_bytes() const override { return sizeof(DeviceRowCounters); }
   CacheCounters ReadRecord(const void* host_record, int32_t* error) const override;

@@ -44,6 +44,7 @@
 #include "pipeline/fetch/plan_grid.cuh"
 #include "offload/cuda_check.cuh"
 #include "pipeline/fetch/row_cache/cuda/row_plan.h"
+#include "pipeline/fetch/row_cache/cuda/row_slots.cuh"
 
 namespace twl {
 namespace {
@@ -74,17 +75,6 @@ __device__ __forceinline__ int32_t WarpClaim(int32_t* counter, unsigned mask) {
   if (lane == leader) base = atomicAdd(counter, __popc(mask));
   base = __shfl_sync(~0u, base, leader);
   return base + __popc(mask & ((1u << lane) - 1u));
-}
-
-// Drops row r: absent, its slot (if any) free and pushed on the stack. The exchange makes one
-// thread the owner when a launch lists the same row twice (a slot is pushed once).
-__device__ __forceinline__ void DropRow(const DeviceRowCache& c, int64_t r) {
-  if (r < 0 || r >= c.num_rows) return;
-  const int32_t s = atomicExch(&c.d_slot_of_row[r], kRowAbsent);
-  if (s < 0 || s >= c.num_slots) return;
-  c.d_row_of_slot[s] = -1;
-  c.d_last_use[s] = 0;
-  c.d_free[atomicAdd(c.d_free_top, 1)] = s;
 }
 
 // The next step stamp: bumped at the first group of a step (and from 0, "never"), never 0.
