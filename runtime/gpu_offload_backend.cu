@@ -203,8 +203,8 @@ class GpuOffloadBackend final : public OffloadBackend {
       // disk tier, whose host waits take the step's end as the end of its pool reads.
       const char* early = std::getenv("TWL_ROW_EARLY_ATTEND");
       rows->SetEarlyAttend(!disk_ && !(early != nullptr && std::strcmp(early, "0") == 0));
-      // A decode step's append also copies its new rows into free row slots (append.cuh,
-      // TakeRowSlot): the next step finds the newest tokens, which top-p always keeps (last
+      // A decode step's append also copies its new rows into free row slots (TakeFreeSlot,
+      // row_cache/cuda/row_slots.cuh): the next step finds the newest tokens, which top-p always keeps (last
       // page), resident instead of reading them over PCIe and copying them. Not under a disk
       // tier (its appends take their own path). TWL_ROW_APPEND_INSERT=0 turns it off, for
       // comparison.
