@@ -18,14 +18,26 @@ void RmsNorm(float* out, const float* x, const float* w, int32_t n) {
   for (int32_t i = 0; i < n; ++i) out[i] = w[i] * (x[i] * inv);
 }
 
+// sum a[i] * b[i] in FP32 over 8 interleaved partial sums: a single running sum is one long
+// chain of dependent adds that the compiler may not reorder (no fast-math), so it runs at
+// one add per add-latency; eight independent lanes vectorize. Every method of an evaluation
+// shares this forward pass, so the order change is common to the reference and the methods.
+float Dot(const float* a, const float* b, int32_t n) {
+  constexpr int kLanes = 8;
+  float part[kLanes] = {};
+  int32_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) part[k] += a[i + k] * b[i + k];
+  }
+  float tail = 0.0f;
+  for (; i < n; ++i) tail += a[i] * b[i];
+  return ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7])) +
+         tail;
+}
+
 // out[rows] = W[rows][cols] * x[cols].
 void MatVec(float* out, const float* w, const float* x, int32_t rows, int32_t cols) {
-  for (int32_t r = 0; r < rows; ++r) {
-    const float* wr = w + int64_t(r) * cols;
-    float acc = 0.0f;
-    for (int32_t c = 0; c < cols; ++c) acc += wr[c] * x[c];
-    out[r] = acc;
-  }
+  for (int32_t r = 0; r < rows; ++r) out[r] = Dot(w + int64_t(r) * cols, x, cols);
 }
 
 // RoPE with theta 10000 over pairs (2j, 2j+1) of each head of `heads` heads.
@@ -156,9 +168,7 @@ absl::Status DenseAttention::operator()(int32_t layer, int32_t pos, const float*
     float mx = -INFINITY;
     for (int32_t t = 0; t <= pos; ++t) {
       const float* kt = &k_[layer][size_t(t) * KV + size_t(kvh) * hd];
-      float dot = 0.0f;
-      for (int32_t i = 0; i < hd; ++i) dot += qh[i] * kt[i];
-      s[size_t(t)] = dot * scale;
+      s[size_t(t)] = Dot(qh, kt, hd) * scale;
       mx = std::max(mx, s[size_t(t)]);
     }
     double sum = 0;

@@ -23,6 +23,11 @@
 
 namespace twl::bench {
 
+// The smallest weight of the top-p set of w[0, n) (normalized weights, 0 < p < 1): walking
+// the weights from the largest down, the one at which the running sum first reaches p.
+// Keeping every w >= it keeps that set plus the weights tied with it.
+double TopPWeightThreshold(const double* w, int32_t n, double p, std::vector<double>* scratch);
+
 class OracleTopPAttention {
  public:
   OracleTopPAttention(const LlamaConfig& c, float p);

@@ -15,7 +15,9 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -603,6 +605,47 @@ TEST(ModelMethods, OracleAtPOneIsDenseAndSamplingIsSeeded) {
   EXPECT_DOUBLE_EQ(all.read().Share(), 1.0);
   EXPECT_LT(half.read().Share(), 0.9);
   EXPECT_GT(half.read().Share(), 0.0);
+}
+
+// The oracle's top-p threshold (a weighted quickselect) against the definition: sort the
+// weights descending and walk until the running sum reaches p. Peaked and flat rows, sizes
+// around the selection's small-range cut-over, ties, and p near 0 and 1.
+TEST(ModelMethods, TopPWeightThresholdEqualsTheSortedWalk) {
+  std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed());
+  std::vector<double> scratch;
+  for (int trial = 0; trial < 400; ++trial) {
+    const int32_t n = 1 + int32_t(rng() % (trial < 100 ? 40 : 5000));
+    const double temp = std::exp(std::uniform_real_distribution<double>(-3, 3)(rng));
+    std::vector<double> w(static_cast<size_t>(n));
+    double sum = 0;
+    for (double& x : w) {
+      x = trial % 7 == 0 ? double(rng() % 4)  // ties
+                         : std::exp(std::normal_distribution<double>(0, 1)(rng) * temp);
+      sum += x;
+    }
+    if (sum == 0) continue;
+    for (double& x : w) x /= sum;
+    const double p = trial % 5 == 0 ? 0.999 : trial % 5 == 1 ? 0.01 : 0.9;
+    std::vector<double> sorted = w;
+    std::sort(sorted.begin(), sorted.end(), std::greater<double>());
+    double acc = 0, want = sorted.back();
+    for (double x : sorted) {
+      acc += x;
+      if (acc >= p) {
+        want = x;
+        break;
+      }
+    }
+    const double got = TopPWeightThreshold(w.data(), n, p, &scratch);
+    // Equal, or a neighbouring weight where the two summation orders straddle p.
+    double kept = 0;
+    for (double x : w) kept += x >= got ? x : 0;
+    EXPECT_GE(kept, p - 1e-12) << "n " << n << " trial " << trial;
+    if (got != want) {
+      EXPECT_NEAR(acc, p, 1e-12) << "n " << n << " trial " << trial << ": " << got << " vs "
+                                 << want;
+    }
+  }
 }
 
 // The byte-level model written by bench/train/train_byte_llama.py (CPU smoke mode, 150 steps,

@@ -1,4 +1,5 @@
 // Quantized K copy: round-trip error bound, packing order, odd sizes, Quest bounds on append.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -187,6 +188,25 @@ TEST(Quantize, PageChannelSchemeIsPerChannelOverTheBlockRange) {
           const float est = EstimateScoreRef(g, q.data(), qk, bulk.Kv(), block, t % g.page_size);
           ASSERT_NEAR(est, dot, rounding + 1e-4 * (1.0 + std::abs(dot)));
           ASSERT_EQ(est, EstimatePageChannelScoreRef(g, q.data(), qk, block, t % g.page_size));
+        }
+      }
+    }
+    // A whole block at once (the host pruner's path) equals the per-row estimate bit for bit,
+    // full and partial last pages.
+    for (size_t s = 0; s < lens.size(); ++s) {
+      for (int32_t t0 = 0; t0 < lens[s]; t0 += g.page_size) {
+        const int32_t page = bulk.page_table[s * size_t(bulk.max_pages) + size_t(t0 / g.page_size)];
+        const int32_t rows = std::min(g.page_size, lens[s] - t0);
+        for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+          const int64_t block = g.BlockId(page, h);
+          std::vector<float> q(static_cast<size_t>(g.head_dim));
+          for (float& x : q) x = n(rng);
+          std::vector<float> got(static_cast<size_t>(rows));
+          EstimateBlockScoresRef(g, q.data(), qk, bulk.Kv(), block, rows, got.data());
+          for (int32_t r = 0; r < rows; ++r) {
+            ASSERT_EQ(got[size_t(r)], EstimateScoreRef(g, q.data(), qk, bulk.Kv(), block, r))
+                << "bits " << bits << " token " << t0 + r;
+          }
         }
       }
     }

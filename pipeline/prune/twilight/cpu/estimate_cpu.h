@@ -21,4 +21,10 @@ namespace twl {
 float EstimatePageChannelScoreRef(const PageGeometry& g, const float* q, const QuantKView& qk,
                                   int64_t block, int32_t row);
 
+// EstimatePageChannelScoreRef for rows [0, rows) of `block` into out[rows], bit for bit: the
+// per-block term and the FP16 products qs_j are formed once for the block instead of once
+// per row (the same operations in the same order, so the same FP32 results).
+void EstimatePageChannelBlockRef(const PageGeometry& g, const float* q, const QuantKView& qk,
+                                 int64_t block, int32_t rows, float* out);
+
 }  // namespace twl

@@ -99,6 +99,15 @@ float EstimateScoreRef(const PageGeometry& g, const float* q, const QuantKView& 
   return HalfToFloat(qk.scale[at]) * dot + HalfToFloat(qk.zero[at]) * qsum;
 }
 
+void EstimateBlockScoresRef(const PageGeometry& g, const float* q, const QuantKView& qk,
+                            const FpKvView& kv, int64_t block, int32_t rows, float* out) {
+  if (g.k_bits < 16 && g.k_scheme == kKSchemePageChannel) {
+    EstimatePageChannelBlockRef(g, q, qk, block, rows, out);
+    return;
+  }
+  for (int32_t r = 0; r < rows; ++r) out[r] = EstimateScoreRef(g, q, qk, kv, block, r);
+}
+
 namespace {
 
 // Estimated scores (q already scaled) of the rows of page `page_idx` of sequence s, KV head h.
@@ -108,7 +117,7 @@ void PageScores(const PageGeometry& g, const BatchView& batch, const QuantKView&
   const int64_t block = g.BlockId(batch.PageId(s, page_idx), h);
   const int32_t rows = std::min(g.page_size, batch.seq_len[s] - page_idx * g.page_size);
   out->resize(size_t(rows));
-  for (int32_t r = 0; r < rows; ++r) (*out)[size_t(r)] = EstimateScoreRef(g, qr, qk, kv, block, r);
+  EstimateBlockScoresRef(g, qr, qk, kv, block, rows, out->data());
 }
 
 }  // namespace
@@ -294,9 +303,18 @@ absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const B
       } else {
         const std::vector<float> qr = QueryRow(g, batch, q, s, qh, scale);
         float mx = -std::numeric_limits<float>::infinity();
-        for (size_t i = 0; i < n; ++i) {
-          w[i] = EstimateScoreRef(g, qr.data(), qk, kv, blocks[i], pos[i] % g.page_size);
-          mx = std::max(mx, w[i]);
+        // Candidates come in whole pages (rows 0.. of a block, in order): one block at a time.
+        for (size_t i = 0; i < n;) {
+          size_t e = i + 1;
+          while (e < n && blocks[e] == blocks[i]) ++e;
+          if (pos[i] % g.page_size == 0 && pos[e - 1] % g.page_size == int32_t(e - 1 - i)) {
+            EstimateBlockScoresRef(g, qr.data(), qk, kv, blocks[i], int32_t(e - i), &w[i]);
+          } else {
+            for (size_t k = i; k < e; ++k)
+              w[k] = EstimateScoreRef(g, qr.data(), qk, kv, blocks[k], pos[k] % g.page_size);
+          }
+          for (size_t k = i; k < e; ++k) mx = std::max(mx, w[k]);
+          i = e;
         }
         for (size_t i = 0; i < n; ++i) w[i] = std::exp(w[i] - mx);
         // Growing: take p of the full-context bound A + R, i.e. p / share of A (the rule

@@ -33,6 +33,11 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap =
 float EstimateScoreRef(const PageGeometry& g, const float* q, const QuantKView& qk,
                        const FpKvView& kv, int64_t block, int32_t row);
 
+// EstimateScoreRef of rows [0, rows) of `block` into out[rows], the same values bit for bit
+// (the per-block part of a per-page-channel estimate is formed once).
+void EstimateBlockScoresRef(const PageGeometry& g, const float* q, const QuantKView& qk,
+                            const FpKvView& kv, int64_t block, int32_t rows, float* out);
+
 // Growing Quest (selection.bound set): the candidates of (sequence s, KV head h).
 // Pages are ranked by key = max over the group of their bounds; levels of equal key are taken
 // whole, from the top, until for every query head j of the group R_j <= c * A_j, where A_j is
