@@ -15,9 +15,11 @@
 #                 Here: cat <files_at>/byte_llama_austen.bin.part* > bench/train/data/byte_llama_austen.bin
 #   Eval first:   scripts/gpu-check.sh build         (stages twl_accuracy into .device/gpu)
 #   Here:         cp <files_at>/byte_llama_austen.bin* bench/train/data/   (~19 MB; commit)
-#   Device call 2 (carry [".device/gpu"], ~5-8 min on 16 cores: methods x (6 windows + 8 keys)
-#                 runs of 4096 tokens, ~1 min each; or run `eval` here, much slower):
-#                 bash bench/train/device_run.sh eval
+#   Eval:         bash bench/train/device_run.sh eval, here or on the device: every (method,
+#                 window or pass key) is one CPU job of ~45 s (twelfth session, after the
+#                 host pruner's per-block estimate; ~90 s before), 11 methods. The device's 16
+#                 cores did not finish 6 windows in 560 s (2026-12-03); this 2-core machine
+#                 runs `EVAL_ARGS="--text-seqs 4 --passkeys 8"` in about an hour.
 #                 -> $OUT/realtext/ (realtext.csv/json, goals.csv) and realtext.log
 # Environment: TRAIN_ARGS (extra train_byte_llama.py flags), T_TRAIN (training seconds, 380),
 # EVAL_ARGS (extra twl_accuracy flags), T_EVAL.
