@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "lib/accuracy_goals.h"
@@ -776,12 +777,6 @@ struct SeqScore {
   tb::ReadStats read;
 };
 
-void AccumulateRead(tb::ReadStats* to, const tb::ReadStats& r) {
-  to->read += r.read;
-  to->context += r.context;
-  to->read_long += r.read_long;
-  to->context_long += r.context_long;
-}
 
 // Scores `seqs` with every method (teacher-forced) against dense FP32 on the same tokens.
 std::vector<SeqScore> ScoreMethods(const tb::Llama2Model& model,
@@ -830,11 +825,20 @@ std::vector<SeqScore> ScoreMethods(const tb::Llama2Model& model,
       out[m].agree.push_back(agree[j]);
       out[m].nll_sum += nll[j];
       out[m].tokens += int64_t(seqs[s].size()) - 1;
-      AccumulateRead(&out[m].read, reads[j]);
+      out[m].read.Merge(reads[j]);
     }
   }
   std::printf("  .. %zu methods x %zu sequences scored (%.1f s)\n", methods.size(), S, Elapsed(t0));
   std::fflush(stdout);
+  return out;
+}
+
+// "L0 L1 ..." read shares of the long contexts in percent, space-separated ("" for dense).
+std::string LayerShares(const ModelMethod& m, const tb::ReadStats& r) {
+  std::string out;
+  if (!m.make || r.layer_context_long.empty()) return out;
+  for (size_t l = 0; l < r.layer_context_long.size(); ++l)
+    absl::StrAppend(&out, l ? " " : "", absl::StrFormat("%.0f", 100 * r.LayerLongShare(l)));
   return out;
 }
 
@@ -1106,7 +1110,7 @@ void RunRealText(const Options& o, GoalInputs* goals) {
   }
   const double dense_nll = sc[0].nll_sum / double(sc[0].tokens);
   tb::Table t({"method", "p", "read_pct", "read_pct_long", "ppl", "dppl_pct", "dnll_lo_pct",
-               "dnll_hi_pct", "kl_mean", "top1_agree_pct", "passkey"});
+               "dnll_hi_pct", "kl_mean", "top1_agree_pct", "passkey", "read_pct_long_by_layer"});
   t.title = absl::StrFormat(
       "Real text: %d held-out windows of %d bytes (dense %.4f nats/byte, perplexity %.4f); "
       "change vs dense with a 95%% t-interval over windows; read_pct_long: contexts >= %d",
@@ -1124,7 +1128,7 @@ void RunRealText(const Options& o, GoalInputs* goals) {
               tb::Cell(100 * (std::exp(ci.hi) - 1), 3),
               tb::Cell(tb::Summarize(sc[m].kl).mean, 3),
               tb::Cell(100 * tb::Summarize(sc[m].agree).mean, 4),
-              absl::StrFormat("%d/%d", keys, o.passkeys)});
+              absl::StrFormat("%d/%d", keys, o.passkeys), LayerShares(mm, sc[m].read)});
     if (mm.name.rfind("twilight", 0) == 0) {
       tb::GoalCheck g;
       g.goal = absl::StrFormat(

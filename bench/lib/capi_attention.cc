@@ -82,7 +82,7 @@ absl::Status CApiAttention::operator()(int32_t layer, int32_t pos, const float* 
                              rt_, "twl_runtime_last_step_heads");
       !s.ok())
     return s;
-  for (int32_t x : kept_kv) read_.Add(len, x);
+  for (int32_t x : kept_kv) read_.Add(len, x, layer);
   for (int32_t x : kept) {
     kept_.push_back(x);
     context_.push_back(len);

@@ -86,7 +86,7 @@ absl::Status OracleTopPAttention::operator()(int32_t layer, int32_t pos, const f
     }
     int32_t read = 0;
     for (char x : in_union) read += x;
-    read_.Add(n, read);
+    read_.Add(n, read, layer);
     // Each query head attends over the union with its exact weights, renormalized.
     for (int32_t r = 0; r < group; ++r) {
       const double* wr = &w[size_t(r) * n];
@@ -158,7 +158,7 @@ absl::Status QuestRefAttention::operator()(int32_t layer, int32_t pos, const flo
     }
     int32_t read = 0;
     for (int32_t t = 0; t < n; ++t) read += keep[size_t(t / ps)];
-    read_.Add(n, read);
+    read_.Add(n, read, layer);
     for (int32_t r = 0; r < group; ++r) {
       const float* qh = q + int64_t(g * group + r) * hd;
       float* o = out + int64_t(g * group + r) * hd;
