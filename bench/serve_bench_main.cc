@@ -20,8 +20,9 @@
 //   hbm-graph       gpu-hbm, library defaults, the batch bound (twl_batch_create) and each
 //                   layer's twl_decode_batch replayed from a CUDA graph captured once (per
 //                   step: eager append, q copied into the graph's buffer, replay): what an
-//                   engine that captures its decode step pays on the host. No stage telemetry
-//                   (bound decodes publish none); rebound and recaptured at each churn.
+//                   engine that captures its decode step pays on the host. Bound decodes
+//                   publish no telemetry: its stage split comes from the telemetry steps,
+//                   decoded eagerly; rebound and recaptured at each churn.
 //   offload-graph   gpu-offload (row cache), library defaults, bound and replayed from CUDA
 //                   graphs like hbm-graph (the row cache's plan runs inside the graph with
 //                   its step stamp on the device); compare with twilight (eager twl_decode).
@@ -48,7 +49,9 @@
 // so it is measured at the batch's mean length.
 //
 // Reported per (shape, batch, workload, method): wall time per layer-step with appends,
-// tokens/s, stage split, blocks and bytes over PCIe, GPU memory / FP16 KV bytes, and for a
+// tokens/s, stage split, blocks and bytes over PCIe (from --telemetry_steps extra steps whose
+// every decode is waited for and read, so each layer's figures count, not the one decode in L
+// that a step publishes without waiting), GPU memory / FP16 KV bytes, and for a
 // sample of (sequence, KV head) pairs the TRUE softmax mass of what was attended (from the
 // stored FP16 K, via twl_runtime_last_step_kept) and the output error vs dense, next to
 // exact top-p's error (the oracle). Table + CSV + JSON + PNG under --out; a progress line.
@@ -92,6 +95,11 @@ ABSL_FLAG(std::string, methods, "",
           "full-offload; cpu: cpu,cpu-dense)");
 ABSL_FLAG(int32_t, steps, 16, "measured decode steps per configuration");
 ABSL_FLAG(int32_t, warmup, 2, "unmeasured steps first");
+ABSL_FLAG(int32_t, telemetry_steps, 2,
+          "unmeasured steps after the measured ones in which every decode waits for the device "
+          "and its figures are read: the stage split, hit rate and bytes of every layer (the "
+          "measured steps see only what is published without waiting, about one decode in L, "
+          "and graph replays publish nothing); 0: off");
 ABSL_FLAG(bool, profile_last_step, false,
           "mark the last step as the profiled range (run under ncu/nsys with profiling from "
           "start off: per-kernel times of one step)");
@@ -323,6 +331,11 @@ struct Result {
   double ms_issue = NAN;   // per layer-step, host time until every call of the step returned
   double hit_rate = NAN, mb_h2d = 0, kept_kv = 0, kept_q = 0;
   std::string kept_by_layer;  // "L<layer>:<mean attended tokens per KV head>" ...
+  // From the telemetry steps (--telemetry_steps), per layer: "L<layer>:<hit>/<MB h2d>/<MB in
+  // place>" (the offload store's cache differs by layer: the mean alone hides which layers
+  // read in place); the number of layer figures behind the stage split and the source.
+  std::string tele_by_layer;
+  int32_t tele_decodes = 0;
   double mb_in_place = 0;  // of mb_h2d: kept rows read in place (not admitted to the cache)
   double gpu_mem_ratio = NAN;  // GPU bytes of the runtime / FP16 KV bytes cached now
   // GPU bytes / the FP16 pool's capacity: the runtime sizes its GPU stores (INT4 K, selector
@@ -386,7 +399,13 @@ class Config {
   void GenerateSegment(int32_t first_step, int32_t steps);
   // poll_kept: read the newest published figures after every decode (per-layer attended
   // tokens); done only in warm-up steps, so the timed steps hold the engine's calls alone.
-  void Step(int32_t seg_step, double* append_ms, bool poll_kept);
+  // sync_each (the telemetry steps): wait for the device after every decode and record the
+  // figures then published (the previous decode's: every layer but a step's last) by layer;
+  // graph methods decode eagerly there (bound decodes publish nothing).
+  void Step(int32_t seg_step, double* append_ms, bool poll_kept, bool sync_each = false);
+  // Records published figures (once per decode id) into kept_by_layer_ (warm-up) or
+  // tele_by_layer_ (telemetry steps).
+  void Poll(bool telemetry);
   void MeasureAccuracy(Result* res);
   void BindGraphs();    // method_.graph: bind the batch, capture one graph per layer
   void UnbindGraphs();  // destroys the graphs, frees the batch (before any sequence leaves)
@@ -414,12 +433,49 @@ class Config {
   // figures were published (the accuracy sample reads one layer; budgets differ by layer).
   std::map<int32_t, std::pair<double, int32_t>> kept_by_layer_;
   int64_t kept_seen_step_ = -1;
+  // Sums of the telemetry steps' figures by layer.
+  struct LayerFigures {
+    double sel = 0, pru = 0, fet = 0, att = 0, hit = 0, h2d = 0, inplace = 0, kkv = 0, kq = 0;
+    int32_t n = 0;
+  };
+  std::map<int32_t, LayerFigures> tele_by_layer_;
   int32_t graph_room_ = 0;  // tokens per sequence and layer the bound batch has room for
   twl_batch_id batch_id_ = TWL_INVALID_BATCH_ID;
   std::vector<void*> graphs_;  // [layer] instantiated graphs of twl_decode_batch
   Buf graph_q_, graph_out_;    // the graphs' fixed q [layer][B][Hq][D] and out buffers
 
  public:
+  // The telemetry steps' figures: each layer's mean, then the mean over layers (every layer
+  // weighs the same, as in the per layer-step time). False when none were recorded.
+  bool TelemetryByLayer(Result* res) const {
+    if (tele_by_layer_.empty()) return false;
+    LayerFigures m;
+    std::string by_layer;
+    int32_t decodes = 0;
+    for (const auto& [layer, f] : tele_by_layer_) {
+      const double n = std::max(f.n, 1);
+      m.sel += f.sel / n, m.pru += f.pru / n, m.fet += f.fet / n, m.att += f.att / n;
+      m.hit += f.hit / n, m.h2d += f.h2d / n, m.inplace += f.inplace / n;
+      m.kkv += f.kkv / n, m.kq += f.kq / n;
+      decodes += f.n;
+      absl::StrAppend(&by_layer, by_layer.empty() ? "" : " ",
+                      absl::StrFormat("L%d:%.3f/%.1f/%.1f", layer, f.hit / n, f.h2d / n / 1e6,
+                                      f.inplace / n / 1e6));
+    }
+    const double layers = double(tele_by_layer_.size());
+    res->ms_select = m.sel / layers;
+    res->ms_prune = m.pru / layers;
+    res->ms_fetch = m.fet / layers;
+    res->ms_attend = m.att / layers;
+    res->hit_rate = m.hit / layers;
+    res->mb_h2d = m.h2d / layers / 1e6;
+    res->mb_in_place = m.inplace / layers / 1e6;
+    res->kept_kv = m.kkv / layers;
+    res->kept_q = m.kq / layers;
+    res->tele_by_layer = by_layer;
+    res->tele_decodes = decodes;
+    return true;
+  }
   std::string KeptByLayer() const {
     std::string out;
     for (const auto& [layer, sum] : kept_by_layer_) {
@@ -562,7 +618,7 @@ void Config::GenerateSegment(int32_t first_step, int32_t steps) {
 }
 
 // One decode step over all layers: per layer, append every sequence's new token, then decode.
-void Config::Step(int32_t seg_step, double* append_ms, bool poll_kept) {
+void Config::Step(int32_t seg_step, double* append_ms, bool poll_kept, bool sync_each) {
   const int32_t B = batch_, Hq = shape_.q_heads;
   const twl_memory_space space = gpu_ ? TWL_MEMORY_DEVICE : TWL_MEMORY_HOST;
   std::vector<twl_seq_id> ids(static_cast<size_t>(B));
@@ -580,7 +636,7 @@ void Config::Step(int32_t seg_step, double* append_ms, bool poll_kept) {
           rt_, "twl_append_batch");
     if (append_ms) *append_ms += MsSince(ta);
     const fp16_t* q = seg_q_.as<fp16_t>() + base * Hq * D();
-    if (method_.graph) {
+    if (method_.graph && !sync_each) {
       // The engine's q projection would write into the graph's buffer; here it is copied.
       const size_t q_bytes = size_t(B) * Hq * D() * 2;
       CheckOk(gpu::CopyOnDevice(graph_q_.as<char>() + size_t(l) * q_bytes, q, q_bytes, stream_),
@@ -591,18 +647,41 @@ void Config::Step(int32_t seg_step, double* append_ms, bool poll_kept) {
     Check(twl_decode(rt_, l, ids.data(), B, q, out_.as<void>(), space,
                      method_.quest_alone ? ones.data() : nullptr, stream_),
           rt_, "twl_decode");
-    if (!poll_kept) continue;
-    twl_step_stats st{};
-    st.struct_size = sizeof(st);
-    if (twl_runtime_last_step(rt_, &st) == TWL_OK && st.num_seqs > 0 &&
-        st.step != kept_seen_step_) {
-      kept_seen_step_ = st.step;
-      auto& acc = kept_by_layer_[st.layer];
-      acc.first += st.mean_kept_tokens_kv;
-      ++acc.second;
+    if (sync_each) {
+      if (gpu_) CheckOk(gpu::StreamSync(stream_), "telemetry sync");
+      Poll(/*telemetry=*/true);
+    } else if (poll_kept) {
+      Poll(/*telemetry=*/false);
     }
   }
   for (Running& r : seqs_) ++r.len;
+}
+
+void Config::Poll(bool telemetry) {
+  twl_step_stats st{};
+  st.struct_size = sizeof(st);
+  if (twl_runtime_last_step(rt_, &st) != TWL_OK || st.num_seqs <= 0 ||
+      st.step == kept_seen_step_) {
+    return;
+  }
+  kept_seen_step_ = st.step;
+  if (!telemetry) {
+    auto& acc = kept_by_layer_[st.layer];
+    acc.first += st.mean_kept_tokens_kv;
+    ++acc.second;
+    return;
+  }
+  LayerFigures& f = tele_by_layer_[st.layer];
+  f.sel += st.ms_select;
+  f.pru += st.ms_prune;
+  f.fet += st.ms_fetch;
+  f.att += st.ms_attend;
+  f.hit += st.cache_hit_rate;
+  f.h2d += double(st.bytes_h2d);
+  f.inplace += double(st.bytes_in_place);
+  f.kkv += st.mean_kept_tokens_kv;
+  f.kq += st.mean_kept_tokens;
+  ++f.n;
 }
 
 void Config::BindGraphs() {
@@ -763,10 +842,13 @@ Result Config::Run() {
   const double ctx = absl::GetFlag(FLAGS_context), spread = absl::GetFlag(FLAGS_len_spread);
   const int32_t max_len = int32_t(ctx * (1 + spread)) + 1;
   const int32_t churns = churn > 0 ? (warmup + steps) / churn + 1 : 0;
+  // The disk tier's steps take seconds: its figures come from the measured steps.
+  const int32_t tele_steps =
+      method_.disk ? 0 : std::max(0, absl::GetFlag(FLAGS_telemetry_steps));
   // Room for the batch, the sequences that replace finished ones while pages are held, and
   // the decoded tokens.
   const int64_t max_tokens =
-      int64_t(batch_ + std::min(churns, 2)) * (max_len + warmup + steps + 8);
+      int64_t(batch_ + std::min(churns, 2)) * (max_len + warmup + steps + tele_steps + 8);
   CreateRuntime(max_tokens);
 
   seqs_.resize(size_t(batch_));
@@ -780,7 +862,7 @@ Result Config::Run() {
   }
   if (gpu_) CheckOk(gpu::DeviceSync(), "prefill");
   if (method_.graph) {
-    graph_room_ = max_len + warmup + steps + 8;
+    graph_room_ = max_len + warmup + steps + tele_steps + 8;
     BindGraphs();
   }
   res.prefill_gbps = prefill_ms_ > 0 ? double(prefill_bytes_) / (prefill_ms_ * 1e6) : NAN;
@@ -887,6 +969,14 @@ Result Config::Run() {
     }
   }
   if (method_.disk) res.disk_mb_s = double(disk_read) / 1e6 / (wall_ms * 1e-3);
+  if (tele_steps > 0) {
+    // After the measured steps (no churn inside): the stage split of every layer.
+    GenerateSegment(step, tele_steps);
+    for (int32_t st = 0; st < tele_steps; ++st, ++step) {
+      Step(st, nullptr, /*poll_kept=*/false, /*sync_each=*/true);
+    }
+    TelemetryByLayer(&res);
+  }
   res.churn_prefill_ms = churn_count ? churn_ms / churn_count : NAN;
 
   twl_memory_usage mem{};
@@ -1048,7 +1138,8 @@ int Main(int argc, char** argv) {
                       "med err", "max err", "err/oracle med", "err/oracle max",
                       "oracle kept", "sample kept kv", "oracle union kv", "baseline",
                       "host pool GiB", "KV GiB", "disk MB/s", "disk/seq", "disk/rand8k",
-                      "disk MB/step", "disk waits", "read-ahead pages", "MB in place"});
+                      "disk MB/step", "disk waits", "read-ahead pages", "MB in place",
+                      "telemetry decodes"});
   table.title = "serving loop: per layer-step with appends (wall time), accuracy vs dense";
   const int32_t n_total = int32_t(shapes.size() * batches.size() * workloads.size() * methods.size());
   int32_t done = 0;
@@ -1087,7 +1178,8 @@ int Main(int argc, char** argv) {
                         Cell(probed ? r.disk_mb_s / (rates.seq_mib_s * 1.048576) : NAN, 3),
                         Cell(probed ? r.disk_mb_s / (rates.rand8k_mib_s * 1.048576) : NAN, 3),
                         Cell(r.disk_mb_step, 4), Cell(r.disk_waits, 3),
-                        Cell(r.disk_read_ahead, 4), Cell(r.mb_in_place, 3)});
+                        Cell(r.disk_read_ahead, 4), Cell(r.mb_in_place, 3),
+                        int64_t(r.tele_decodes)});
           std::fprintf(stderr,
                        "    %.4f ms/layer-step (%.3fx %s), gpu %.4f ms, host issue %.4f ms (append %.4f), "
                        "sel/prune/fetch/attend %.3f/%.3f/%.3f/%.3f ms, hit %.3f, %.1f MB h2d (in place %.1f), "
@@ -1096,6 +1188,12 @@ int Main(int argc, char** argv) {
                        r.ms_issue, r.ms_append, r.ms_select, r.ms_prune, r.ms_fetch,
                        r.ms_attend, r.hit_rate, r.mb_h2d, r.mb_in_place, r.min_mass, r.max_err,
                        MsSince(t0) / 1000);
+          if (!r.tele_by_layer.empty()) {
+            std::fprintf(stderr,
+                         "    stage split over %d decodes of every layer (telemetry steps); "
+                         "hit / MB h2d / MB in place by layer: %s\n",
+                         r.tele_decodes, r.tele_by_layer.c_str());
+          }
           if (!r.kept_by_layer.empty()) {
             std::fprintf(stderr,
                          "    attended tokens per KV head by layer (warm-up steps): %s\n",

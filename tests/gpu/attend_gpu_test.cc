@@ -38,6 +38,10 @@ struct AttendCase {
                           // third row not resident (read in place from the pool)
   int32_t repeat = 1;     // the five sequences repeated: 8 give 320 pairs at 8 KV heads, past
                           // kFusedPlanPairs (the plan in its own launch)
+  int32_t long_len = 0;   // > 0: sequences {long_len, 37, 5003} instead, so every block of the
+                          // one-wave grid takes pieces of many pipeline stages (the copies'
+                          // address ring wraps around; the five short sequences give pieces
+                          // of at most a stage or two)
 };
 
 class AttendGpuTest : public ::testing::TestWithParam<AttendCase> {};
@@ -54,6 +58,7 @@ TEST_P(AttendGpuTest, MatchesFp32Reference) {
   std::mt19937_64 rng(seed);
   std::vector<int32_t> lens;
   for (int32_t r = 0; r < c.repeat; ++r) lens.insert(lens.end(), {2903, 37, 1000, 16, 77});
+  if (c.long_len > 0) lens = {c.long_len, 37, 5003};
   RefStore st = MakeRandomStore(g, c.num_kv_heads * c.group, lens, seed);
   const BatchView hb = st.Batch();
   const int32_t pairs = hb.num_seqs * g.num_kv_heads;
@@ -221,7 +226,17 @@ INSTANTIATE_TEST_SUITE_P(
                       // 320 pairs: the plan kernel instead of each block's own plan.
                       AttendCase{128, 8, 4, KeptKind::kHeavyLight, false, false, false, false, 8},
                       AttendCase{128, 8, 4, KeptKind::kPruned, false, false, false, true, 8},
-                      AttendCase{64, 8, 2, KeptKind::kDense, false, false, false, false, 8}));
+                      AttendCase{64, 8, 2, KeptKind::kDense, false, false, false, false, 8},
+                      // Long pieces (dozens of stages per block), every head dim and K/V path.
+                      AttendCase{128, 8, 4, KeptKind::kDense, false, false, false, false, 1,
+                                 60000},
+                      AttendCase{128, 8, 4, KeptKind::kHeavyLight, false, false, false, true, 1,
+                                 60000},
+                      AttendCase{64, 2, 8, KeptKind::kDense, true, true, false, false, 1, 60000},
+                      AttendCase{96, 2, 3, KeptKind::kHeavyLight, false, false, true, false, 1,
+                                 60000},
+                      AttendCase{256, 1, 16, KeptKind::kDense, false, false, false, false, 1,
+                                 60000}));
 
 TEST(AttendGpu, UnsupportedHeadDimIsUnimplemented) {
   TWL_SKIP_WITHOUT_GPU();

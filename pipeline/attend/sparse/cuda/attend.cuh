@@ -136,22 +136,35 @@ __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// Pipeline shape per head dim: kStages buffers of kStageTok tokens (K and V rows).
+// Where a token's K and V rows are read from (nullptr: past the item's end, zero-filled).
+struct alignas(16) AttnRowSrc {
+  const fp16_t* k;
+  const fp16_t* v;
+};
+
+// Pipeline shape per head dim: kStages buffers of kStageTok tokens (K and V rows), and a
+// ring of kStages + 1 stages of resolved row addresses.
 template <int D>
 struct AttnCfg {
-  static constexpr int kStageTok = 64;               // tokens per stage (4 loader threads each)
-  // 64 KB (D=64), 96 KB (D=96, D=128), 192 KB (D=256: one block per SM) of smem.
+  static constexpr int kStageTok = 64;               // tokens per stage (one resolver each)
+  // 64 KB (D=64), 96 KB (D=96, D=128), 192 KB (D=256: one block per SM) of stage buffers.
   static constexpr int kStages = D >= 128 ? 3 : 4;
-  static constexpr int kRowChunks = D / 8;           // 16-byte chunks per K or V row
-  static constexpr int kLoadChunks = kRowChunks / 4;  // per loader thread per row
-  static constexpr size_t kSmemBytes = size_t(kStages) * kStageTok * D * 2 * sizeof(fp16_t);
+  static constexpr int kAddrStages = kStages + 1;
+  static constexpr size_t kStageBytes = size_t(kStages) * kStageTok * D * 2 * sizeof(fp16_t);
+  static constexpr size_t kSmemBytes =
+      kStageBytes + size_t(kAddrStages) * kStageTok * sizeof(AttnRowSrc);
 };
 
 // One work item (sequence, KV head, chunk of its token list) per block of 256 threads.
-// Loader role: thread t owns token t/4 of every stage and copies a quarter of its K and V
-// rows with cp.async, kStages - 1 stages ahead of the compute. The token -> page -> slot
-// lookups feeding those copies run in a register pipeline one to three stages further
-// ahead, so their latency overlaps the compute instead of stalling it.
+// Resolver role: thread t < kStageTok owns token t of every stage; its token -> page -> slot
+// lookups run in a register pipeline one to three stages ahead of the copies, so their
+// latency overlaps the compute, and it leaves the token's K and V source addresses in a
+// shared ring (AttnRowSrc) one stage before they are copied.
+// Loader role: every thread, kStages - 1 stages ahead of the compute, copies with cp.async
+// 16-byte chunks of the rows of the tokens its warp computes: RowLanes(D) lanes per row, so
+// one instruction copies 32 / RowLanes(D) whole consecutive rows (2 at d = 128: 512 bytes,
+// contiguous when the tokens are neighbours in a block). Rows read in place from mapped host
+// memory then arrive as a few large PCIe reads rather than many 64-byte pieces.
 // Compute role: warp w scores tokens [8w, 8w + 8) of each stage for all G heads (lanes own 8
 // channels; RowLanes(D) lanes per token, of which D/8 hold channels: D = 96 uses 16 lanes, 12
 // of them real), FP32 online softmax in base 2, V accumulated in registers.
@@ -229,11 +242,15 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
     const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
     const int32_t nst = (c1 - c0 + T - 1) / T;  // stages of this item
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int tl = threadIdx.x >> 2, part = threadIdx.x & 3;  // loader: token, quarter
-    const int lg = lane / L, li = lane % L;                    // compute: token in step, chunk
-    const bool real = li < RC;  // lanes past the row's channels hold zeros
+    const int lg = lane / L, li = lane % L;  // token in a warp step, 16-byte chunk of its row
+    const bool real = li < RC;               // lanes past the row's channels hold zeros
+    // Resolver: token tl of each stage (threads of the first two warps: warp-uniform).
+    const int tl = threadIdx.x;
+    const bool resolver = tl < T;
+    AttnRowSrc* ring = reinterpret_cast<AttnRowSrc*>(attn_smem + Cfg::kStageBytes);  // [R][T]
+    constexpr int R = Cfg::kAddrStages;
 
-    // ---- loader address pipeline (per thread: token tl of each stage) ----
+    // ---- resolver address pipeline (per thread: token tl of each stage) ----
     const int32_t* tokens = dense ? nullptr : kept.tokens + int64_t(pair) * kept.max_kept;
     const int32_t* ptab = batch.page_table + int64_t(s) * batch.max_pages;
     auto load_pos = [&](int32_t stage) -> int32_t {  // -1 past the item's end
@@ -258,45 +275,54 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
       const int32_t slot = kv.slot_of_block[block];
       return slot >= 0 || !kv.miss_kv ? int64_t(slot) : ~block;
     };
-    auto issue = [&](int32_t stage, int32_t pos, int64_t slot) {
+    auto resolve = [&](int32_t stage, int32_t pos, int64_t slot) {
+      AttnRowSrc a{nullptr, nullptr};
+      if (pos >= 0) {
+        const int64_t row = int64_t(pos % g.page_size) * D;
+        const bool row_slot = rows && slot >= 0;
+        a.k = row_slot ? kv.kv + slot * (2 * D)
+              : slot >= 0 ? kv.kv + slot * g.FpBlockElems() + row
+                          : kv.miss_kv + kv.MissIndex(~slot) * g.FpBlockElems() + row;
+        // V row: right after K in a row slot, page_size rows after it in a block.
+        a.v = a.k + (row_slot ? int64_t(D) : int64_t(g.page_size) * D);
+      }
+      ring[(stage % R) * T + tl] = a;
+    };
+    // Loader: the rows of tokens [8 warp, 8 warp + 8) of a stage, TPW whole rows per
+    // instruction (lane group lg, chunk li), from the ring.
+    auto issue = [&](int32_t stage) {
       const int b = stage % S;
-      const bool valid = pos >= 0;
-      const int64_t row = int64_t(pos % g.page_size) * D;
-      const bool row_slot = rows && valid && slot >= 0;
-      const fp16_t* src = !valid ? kv.kv
-                          : row_slot ? kv.kv + slot * (2 * D)
-                          : slot >= 0 ? kv.kv + slot * g.FpBlockElems() + row
-                                      : kv.miss_kv + kv.MissIndex(~slot) * g.FpBlockElems() + row;
-      // V row: right after K in a row slot, page_size rows after it in a block.
-      const int64_t voff = row_slot ? int64_t(D) : int64_t(g.page_size) * D;
-      fp16_t* kd = kbuf + (b * T + tl) * D;
-      fp16_t* vd = vbuf + (b * T + tl) * D;
 #pragma unroll
-      for (int c = 0; c < Cfg::kLoadChunks; ++c) {
-        // Chunk-major: per instruction the 4 loader threads of a token copy 64 contiguous
-        // bytes of its row (whole 32-byte sectors), not 4 pieces 64 bytes apart. Rows read in
-        // place from mapped host memory then cost half the PCIe read requests (each sector
-        // requested once, not twice by consecutive instructions).
-        const int e = (c * 4 + part) * 8;
-        CpAsync16(kd + e, src + e, valid);
-        CpAsync16(vd + e, src + voff + e, valid);
+      for (int u = 0; u < U; ++u) {
+        const int t = warp * 8 + u * TPW + lg;
+        const AttnRowSrc a = ring[(stage % R) * T + t];
+        if (!real) continue;
+        const bool valid = a.k != nullptr;
+        CpAsync16(kbuf + (b * T + t) * D + li * 8, valid ? a.k + li * 8 : kv.kv, valid);
+        CpAsync16(vbuf + (b * T + t) * D + li * 8, valid ? a.v + li * 8 : kv.kv, valid);
       }
     };
-    // Prologue: stages 0 .. S-2 resolved synchronously and in flight.
-    for (int32_t st = 0; st < S - 1; ++st) {
-      if (st < nst) {
+    // Prologue: the addresses of stages 0 .. S-1 resolved synchronously, stages 0 .. S-2
+    // copied.
+    if (resolver) {
+      for (int32_t st = 0; st < S; ++st) {
         const int32_t pos = load_pos(st);
-        issue(st, pos, load_slot(pos, load_page(pos)));
+        resolve(st, pos, load_slot(pos, load_page(pos)));
       }
+    }
+    __syncthreads();
+    for (int32_t st = 0; st < S - 1; ++st) {
+      if (st < nst) issue(st);
       CpAsyncCommit();
     }
-    // Register pipeline: stage S-1 resolved (pos1, slot1), stage S has its page (pos2, page2),
-    // stage S+1 has its position (pos3).
-    int32_t pos1 = load_pos(S - 1);
-    int64_t slot1 = load_slot(pos1, load_page(pos1));
-    int32_t pos2 = load_pos(S);
-    int32_t page2 = load_page(pos2);
-    int32_t pos3 = load_pos(S + 1);
+    // Register pipeline (resolvers): stage S has its page (pos2, page2), stage S+1 its
+    // position (pos3).
+    int32_t pos2 = -1, page2 = 0, pos3 = -1;
+    if (resolver) {
+      pos2 = load_pos(S);
+      page2 = load_page(pos2);
+      pos3 = load_pos(S + 1);
+    }
 
     // ---- compute state ----
     float qv[G][8];
@@ -324,16 +350,19 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
 
     for (int32_t st = 0; st < nst; ++st) {
       CpAsyncWait<S - 2>();
-      __syncthreads();  // stage st landed for every thread; buffer (st - 1) % S is free
-      // Loader: copies for stage st + S - 1, then advance the lookups by one stage (the loads
-      // issued here are consumed one iteration later).
-      if (st + S - 1 < nst) issue(st + S - 1, pos1, slot1);
+      // Stage st landed for every thread; buffer (st - 1) % S is free; the addresses of stage
+      // st + S - 1 (resolved one iteration ago) are visible.
+      __syncthreads();
+      if (st + S - 1 < nst) issue(st + S - 1);
       CpAsyncCommit();
-      pos1 = pos2;
-      slot1 = load_slot(pos2, page2);
-      pos2 = pos3;
-      page2 = load_page(pos3);
-      pos3 = load_pos(st + S + 2);
+      // Resolvers: stage st + S's addresses into the ring (copied next iteration; its slot
+      // st + S - R = st - 1 was last read S iterations ago), then advance the lookups.
+      if (resolver) {
+        resolve(st + S, pos2, load_slot(pos2, page2));
+        pos2 = pos3;
+        page2 = load_page(pos3);
+        pos3 = load_pos(st + S + 2);
+      }
 
       // Compute on stage st.
       const int b = st % S;
@@ -412,7 +441,7 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
     float* sacc = reinterpret_cast<float*>(attn_smem);     // [kAttnWarps][G][D]
     float* sm_m = sacc + kAttnWarps * G * D;               // [kAttnWarps][G]
     float* sm_l = sm_m + kAttnWarps * G;                   // [kAttnWarps][G]
-    static_assert(sizeof(float) * kAttnWarps * G * (D + 2) <= Cfg::kSmemBytes, "merge scratch");
+    static_assert(sizeof(float) * kAttnWarps * G * (D + 2) <= Cfg::kStageBytes, "merge scratch");
     if (lane < RC) {  // token lane group 0, channel lanes
 #pragma unroll
       for (int j = 0; j < G; ++j) {
