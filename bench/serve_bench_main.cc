@@ -1089,10 +1089,11 @@ int Main(int argc, char** argv) {
       !(absl::GetFlag(FLAGS_top_p) > 0 && absl::GetFlag(FLAGS_top_p) <= 1) ||
       absl::GetFlag(FLAGS_quest_budget) < 16 || absl::GetFlag(FLAGS_churn_every) < 0 ||
       absl::GetFlag(FLAGS_warmup) < 0 || absl::GetFlag(FLAGS_sample_units) < 0 ||
-      absl::GetFlag(FLAGS_k_scheme) < 0 || absl::GetFlag(FLAGS_k_scheme) > 2) {
+      absl::GetFlag(FLAGS_telemetry_steps) < 0 || absl::GetFlag(FLAGS_k_scheme) < 0 ||
+      absl::GetFlag(FLAGS_k_scheme) > 2) {
     BadFlag("a flag is out of range: --layers >= 1, --context >= 16, --steps >= 1, --head_dim >= 8, "
         "0 <= --len_spread < 1, 0 < --cache_frac <= 1, 0 < --top_p <= 1, --quest_budget >= 16, "
-        "--churn_every/--warmup/--sample_units >= 0, --k_scheme 0, 1 or 2 (see --help)");
+        "--churn_every/--warmup/--sample_units/--telemetry_steps >= 0, --k_scheme 0, 1 or 2");
   }
   const std::string out = absl::GetFlag(FLAGS_out);
   if (std::system(absl::StrCat("mkdir -p '", out, "'").c_str()) != 0) {

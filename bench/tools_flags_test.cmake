@@ -98,6 +98,7 @@ if(EXISTS ${BIN_DIR}/twl_serve_bench)
   expect(2 twl_serve_bench --cache-frac 0)
   expect(2 twl_serve_bench --shapes 30x8)
   expect(2 twl_serve_bench --mode=tpu)
+  expect(2 twl_serve_bench --telemetry_steps=-1)
 endif()
 
 if(failures)
