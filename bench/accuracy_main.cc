@@ -73,6 +73,8 @@ struct Options {
   std::string text_model, text_file;
   std::set<std::string> known_failures;  // asserted goal ids expected to fail (--known-failures)
   int text_ctx = 4096, text_seqs = 4, passkeys = 8;
+  // More oracle top-p rows (--text-oracle-p): what p this model needs to read a given share.
+  std::vector<float> text_oracle_p;
   bool goals_seeds = true;               // the per-seed synthetic goal runs
   int ctx = 0, prompts = 0, layers = 0;  // 0: size default (synthetic section)
 };
@@ -1032,6 +1034,9 @@ void RunRealText(const Options& o, GoalInputs* goals) {
   std::vector<ModelMethod> methods;
   methods.push_back(MM("dense (FP32)", 1.0f, 0, DenseFactory(c)));
   methods.push_back(MM("oracle top-p", tb::kGoalP, 0, OracleFactory(c, tb::kGoalP)));
+  for (float p : o.text_oracle_p) {
+    methods.push_back(MM(absl::StrFormat("oracle top-p %g", p), p, 0, OracleFactory(c, p)));
+  }
   {
     tb::CApiAttentionOptions x;
     x.p = tb::kGoalP;
@@ -1139,7 +1144,9 @@ void RunRealText(const Options& o, GoalInputs* goals) {
                                    dppl, 100 * (std::exp(ci.lo) - 1), 100 * (std::exp(ci.hi) - 1),
                                    ReadPct(mm, sc[m].read, true), long_from, keys, o.passkeys,
                                    dense_keys, o.passkeys);
-      g.met = dppl <= 1.0 && ReadPct(mm, sc[m].read, true) <= 10.0 && keys >= dense_keys;
+      // Without pass keys (--passkeys 0) that part is not measured, so the goal is not met.
+      g.met = dppl <= 1.0 && ReadPct(mm, sc[m].read, true) <= 10.0 && o.passkeys > 0 &&
+              keys >= dense_keys;
       goals->model_goals.push_back(g);
     }
   }
@@ -1274,7 +1281,8 @@ constexpr char kUsage[] =
     "  [--only synthetic,seeds,needle,model,realtext]  (default: all but realtext)\n"
     "  [--ctx N] [--prompts N] [--layers N]  (synthetic section sizes)\n"
     "  [--model-tokens N] [--model-seqs N]  (stories260K: sampled sequences and their length)\n"
-    "  [--text-model FILE --text FILE [--text-ctx N] [--text-seqs N] [--passkeys N]]\n"
+    "  [--text-model FILE --text FILE [--text-ctx N] [--text-seqs N] [--passkeys N (0: none)]\n"
+    "   [--text-oracle-p P,...  (extra oracle top-p rows, each p in (0, 1])]]\n"
     "      (realtext: a byte-level llama2.c model from bench/train/ and held-out text)\n"
     "  [--gen key_scale=2,outlier_scale=6,...  synthetic generator parameters]\n"
     "  [--known-failures id,...]  asserted goals (ids in the goals table: int4-mass, "
@@ -1356,11 +1364,22 @@ int main(int argc, char** argv) {
     } else if (a == "--out" || a == "--text-model" || a == "--text") {
       if (!value() || v.empty()) return bad("needs a value");
       (a == "--out" ? o.out_dir : a == "--text" ? o.text_file : o.text_model) = v;
+    } else if (a == "--text-oracle-p") {
+      if (!value()) return bad("needs a value");
+      for (absl::string_view part : absl::StrSplit(v, ',')) {
+        float p = 0;
+        if (!absl::SimpleAtof(part, &p) || !(p > 0.0f && p <= 1.0f))
+          return bad("wants p values in (0, 1], comma separated");
+        o.text_oracle_p.push_back(p);
+      }
+    } else if (a == "--passkeys") {
+      if (!value() || !ParseInt(v, 0, 1 << 20, &n)) return bad("needs an integer in [0, 2^20]");
+      o.passkeys = n;
     } else if (a == "--seed") {
       if (!value() || !absl::SimpleAtoi(v, &o.seed)) return bad("needs an unsigned integer");
     } else if (a == "--seeds" || a == "--ctx" || a == "--prompts" || a == "--layers" ||
                a == "--model-tokens" || a == "--model-seqs" || a == "--text-ctx" ||
-               a == "--text-seqs" || a == "--passkeys") {
+               a == "--text-seqs") {
       if (!value() || !ParseInt(v, 1, 1 << 20, &n)) return bad("needs an integer in [1, 2^20]");
       if (a == "--seeds") o.seeds = n;
       if (a == "--ctx") o.ctx = n;
@@ -1370,7 +1389,6 @@ int main(int argc, char** argv) {
       if (a == "--model-seqs") o.model_seqs = n;
       if (a == "--text-ctx") o.text_ctx = n;
       if (a == "--text-seqs") o.text_seqs = n;
-      if (a == "--passkeys") o.passkeys = n;
     } else {
       return bad("unknown flag");
     }
