@@ -163,8 +163,9 @@ struct AttnCfg {
 // Loader role: every thread, kStages - 1 stages ahead of the compute, copies with cp.async
 // 16-byte chunks of the rows of the tokens its warp computes: RowLanes(D) lanes per row, so
 // one instruction copies 32 / RowLanes(D) whole consecutive rows (2 at d = 128: 512 bytes,
-// contiguous when the tokens are neighbours in a block). Rows read in place from mapped host
-// memory then arrive as a few large PCIe reads rather than many 64-byte pieces.
+// contiguous when the tokens are neighbours in a block), not 8 tokens x 64 bytes as when each
+// token's 4 threads copied a quarter of its rows: rows read in place from mapped host memory
+// came 1.5x faster (H200; bench/RESULTS.md, thirteenth session).
 // Compute role: warp w scores tokens [8w, 8w + 8) of each stage for all G heads (lanes own 8
 // channels; RowLanes(D) lanes per token, of which D/8 hold channels: D = 96 uses 16 lanes, 12
 // of them real), FP32 online softmax in base 2, V accumulated in registers.
