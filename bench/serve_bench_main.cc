@@ -358,6 +358,32 @@ struct Result {
   double host_pool_gib = NAN, kv_gib = NAN;
 };
 
+// Sums of published step figures (the stage split, cache and bytes), and their mean.
+struct StageFigures {
+  double sel = 0, pru = 0, fet = 0, att = 0, hit = 0, h2d = 0, inplace = 0, kkv = 0, kq = 0;
+  int32_t n = 0;
+  void Add(const twl_step_stats& s) {
+    sel += s.ms_select, pru += s.ms_prune, fet += s.ms_fetch, att += s.ms_attend;
+    hit += s.cache_hit_rate, h2d += double(s.bytes_h2d), inplace += double(s.bytes_in_place);
+    kkv += s.mean_kept_tokens_kv, kq += s.mean_kept_tokens;
+    ++n;
+  }
+  // Adds the mean of `f` as one sample (a mean of per-layer means).
+  void AddMean(const StageFigures& f) {
+    const double d = std::max(f.n, 1);
+    sel += f.sel / d, pru += f.pru / d, fet += f.fet / d, att += f.att / d;
+    hit += f.hit / d, h2d += f.h2d / d, inplace += f.inplace / d;
+    kkv += f.kkv / d, kq += f.kq / d;
+    ++n;
+  }
+  void WriteMean(Result* r) const {
+    const double d = std::max(n, 1);
+    r->ms_select = sel / d, r->ms_prune = pru / d, r->ms_fetch = fet / d, r->ms_attend = att / d;
+    r->hit_rate = hit / d, r->mb_h2d = h2d / d / 1e6, r->mb_in_place = inplace / d / 1e6;
+    r->kept_kv = kkv / d, r->kept_q = kq / d;
+  }
+};
+
 double Median(std::vector<double> v) {
   if (v.empty()) return NAN;
   std::sort(v.begin(), v.end());
@@ -434,11 +460,7 @@ class Config {
   std::map<int32_t, std::pair<double, int32_t>> kept_by_layer_;
   int64_t kept_seen_step_ = -1;
   // Sums of the telemetry steps' figures by layer.
-  struct LayerFigures {
-    double sel = 0, pru = 0, fet = 0, att = 0, hit = 0, h2d = 0, inplace = 0, kkv = 0, kq = 0;
-    int32_t n = 0;
-  };
-  std::map<int32_t, LayerFigures> tele_by_layer_;
+  std::map<int32_t, StageFigures> tele_by_layer_;
   int32_t graph_room_ = 0;  // tokens per sequence and layer the bound batch has room for
   twl_batch_id batch_id_ = TWL_INVALID_BATCH_ID;
   std::vector<void*> graphs_;  // [layer] instantiated graphs of twl_decode_batch
@@ -449,29 +471,18 @@ class Config {
   // weighs the same, as in the per layer-step time). False when none were recorded.
   bool TelemetryByLayer(Result* res) const {
     if (tele_by_layer_.empty()) return false;
-    LayerFigures m;
+    StageFigures m;
     std::string by_layer;
     int32_t decodes = 0;
     for (const auto& [layer, f] : tele_by_layer_) {
       const double n = std::max(f.n, 1);
-      m.sel += f.sel / n, m.pru += f.pru / n, m.fet += f.fet / n, m.att += f.att / n;
-      m.hit += f.hit / n, m.h2d += f.h2d / n, m.inplace += f.inplace / n;
-      m.kkv += f.kkv / n, m.kq += f.kq / n;
+      m.AddMean(f);
       decodes += f.n;
       absl::StrAppend(&by_layer, by_layer.empty() ? "" : " ",
                       absl::StrFormat("L%d:%.3f/%.1f/%.1f", layer, f.hit / n, f.h2d / n / 1e6,
                                       f.inplace / n / 1e6));
     }
-    const double layers = double(tele_by_layer_.size());
-    res->ms_select = m.sel / layers;
-    res->ms_prune = m.pru / layers;
-    res->ms_fetch = m.fet / layers;
-    res->ms_attend = m.att / layers;
-    res->hit_rate = m.hit / layers;
-    res->mb_h2d = m.h2d / layers / 1e6;
-    res->mb_in_place = m.inplace / layers / 1e6;
-    res->kept_kv = m.kkv / layers;
-    res->kept_q = m.kq / layers;
+    m.WriteMean(res);
     res->tele_by_layer = by_layer;
     res->tele_decodes = decodes;
     return true;
@@ -671,17 +682,7 @@ void Config::Poll(bool telemetry) {
     ++acc.second;
     return;
   }
-  LayerFigures& f = tele_by_layer_[st.layer];
-  f.sel += st.ms_select;
-  f.pru += st.ms_prune;
-  f.fet += st.ms_fetch;
-  f.att += st.ms_attend;
-  f.hit += st.cache_hit_rate;
-  f.h2d += double(st.bytes_h2d);
-  f.inplace += double(st.bytes_in_place);
-  f.kkv += st.mean_kept_tokens_kv;
-  f.kq += st.mean_kept_tokens;
-  ++f.n;
+  tele_by_layer_[st.layer].Add(st);
 }
 
 void Config::BindGraphs() {
@@ -872,10 +873,9 @@ Result Config::Run() {
 
   double wall_ms = 0, gpu_ms = 0, issue_ms = 0, append_ms = 0, churn_ms = 0;
   int32_t measured = 0, churn_count = 0;
-  double sel = 0, pru = 0, fet = 0, att = 0, hit = 0, h2d = 0, kkv = 0, kq = 0, inplace = 0;
+  StageFigures timed_figures;  // published during the measured steps (about one layer in L)
   double disk_bytes = 0, disk_waits = 0, disk_ahead = 0;
   int64_t disk_read = 0;  // bytes read from storage during the measured steps
-  int32_t tele = 0;
   int64_t last_step_id = -1;  // telemetry already counted
   int32_t step = 0;
   const int32_t total = warmup + steps;
@@ -917,19 +917,10 @@ Result Config::Run() {
       s.struct_size = sizeof(s);
       if (twl_runtime_last_step(rt_, &s) == TWL_OK && s.num_seqs > 0 && s.step != last_step_id) {
         last_step_id = s.step;
-        sel += s.ms_select;
-        pru += s.ms_prune;
-        fet += s.ms_fetch;
-        att += s.ms_attend;
-        hit += s.cache_hit_rate;
-        h2d += double(s.bytes_h2d);
-        inplace += double(s.bytes_in_place);
-        kkv += s.mean_kept_tokens_kv;
-        kq += s.mean_kept_tokens;
+        timed_figures.Add(s);
         disk_bytes += double(s.disk_bytes_read);
         disk_waits += double(s.disk_waits);
         disk_ahead += double(s.disk_pages_read_ahead);
-        ++tele;
       }
     }
     if (churn > 0 && step < total && step % churn == 0) {
@@ -952,16 +943,9 @@ Result Config::Run() {
   res.ms_append = append_ms / layer_steps;
   res.ms_issue = issue_ms / layer_steps;
   res.tokens_per_s = double(batch_) * measured / (wall_ms * 1e-3);
+  const int32_t tele = timed_figures.n;
   if (tele > 0) {
-    res.ms_select = sel / tele;
-    res.ms_prune = pru / tele;
-    res.ms_fetch = fet / tele;
-    res.ms_attend = att / tele;
-    res.hit_rate = hit / tele;
-    res.mb_h2d = h2d / tele / 1e6;
-    res.mb_in_place = inplace / tele / 1e6;
-    res.kept_kv = kkv / tele;
-    res.kept_q = kq / tele;
+    timed_figures.WriteMean(&res);  // replaced by the telemetry steps' figures when they run
     if (method_.disk) {
       res.disk_mb_step = disk_bytes / tele / 1e6;
       res.disk_waits = disk_waits / tele;
