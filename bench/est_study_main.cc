@@ -17,6 +17,12 @@
 //   pctr4     tok4 of k - c_page, c_page = the block's Quest mid-range (q . c_page added back)
 //   pmean4    the same, c_page = the page's per-channel mean (stored: 2 d bytes per block)
 //   prow4     the same, c_page = the page's first row (fixed when the page opens)
+//   tok4g32   per-token scale/zero per group of 32 channels (4 per token at d = 128; the score
+//             pass keeps one q fragment for every page and scales each group's partial dot)
+//   tok4g16   the same over groups of 16 channels (one MMA k-step per group)
+//   nrm4      tok4 of (k - c) / s, c and s = per-channel mean and std of K over the first
+//             --centre_tokens tokens (q . c and q * s folded in once per step)
+//   nrm4g32   nrm4 with groups of 32 channels
 //   page4p2   page4 with each step rounded up to a power of two (so FP16(q_j step_j) is exact:
 //             the GPU score pass would need no hi/lo split)
 //   page4     per-channel over the page's rows, range = the Quest kmin/kmax of the block
@@ -42,6 +48,8 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "core/half.h"
 #include "core/page_layout.h"
 #include "core/quantize.h"
@@ -81,8 +89,9 @@ using twl::FloatToHalf;
 struct Scheme {
   std::string name;
   // 0 tok4, 1 tok8, 2 page4, 3 exact, 4 ctr4, 5 pctr4, 6 pmean4, 7 prow4, 8 page4p2, 9 pc8,
-  // 10 pc8log, 11 pc8p2, 12 pc8w, 13 fp8
+  // 10 pc8log, 11 pc8p2, 12 pc8w, 13 fp8, 14 tok4 in groups, 15 nrm4 (in groups)
   int scheme = 0;
+  int group = 0;    // schemes 14-15: channels per scale/zero group (0: all of head_dim)
   int rule = 0;     // 0 plain, 1 deflate, 2 k sigma
   float k = 0.0f;   // sigmas for rule 2
   float p_add = 0;  // raised p: p' = p + p_add
@@ -94,12 +103,61 @@ struct Scheme {
 
 // Estimated scores and noise std of one query row (already scaled) against every token of one
 // KV head under scheme `sc`, for the first `len` tokens.
-void Estimate(int sc, const std::vector<float>& kf, int32_t len, int32_t d, int32_t ps,
-              const float* q, std::vector<float>* est, std::vector<float>* sig) {
+void Estimate(int sc, int group, const std::vector<float>& kf, int32_t len, int32_t d,
+              int32_t ps, const float* q, std::vector<float>* est, std::vector<float>* sig) {
   est->resize(size_t(len));
   sig->resize(size_t(len));
   double q2 = 0;
   for (int32_t j = 0; j < d; ++j) q2 += double(q[j]) * q[j];
+  if (sc == 14 || sc == 15) {
+    // Per-token INT4 with one FP16 scale/zero per group of channels, of k itself (14) or of
+    // the channel-normalised (k - c) / s (15, c and s from the first centre_tokens tokens, in
+    // FP16; the estimate folds s into q and adds q . c back).
+    const int32_t gs = group > 0 ? std::min(group, d) : d;
+    std::vector<float> centre(static_cast<size_t>(d), 0.0f), scale(static_cast<size_t>(d), 1.0f);
+    std::vector<float> kn(static_cast<size_t>(d));
+    float qc = 0.0f;
+    if (sc == 15) {
+      const int32_t n0 = std::max(1, std::min(len, absl::GetFlag(FLAGS_centre_tokens)));
+      for (int32_t j = 0; j < d; ++j) {
+        double sum = 0, sum2 = 0;
+        for (int32_t t = 0; t < n0; ++t) {
+          const double x = kf[size_t(t) * d + j];
+          sum += x, sum2 += x * x;
+        }
+        const double mean = sum / n0, var = std::max(0.0, sum2 / n0 - mean * mean);
+        centre[size_t(j)] = HalfToFloat(FloatToHalf(float(mean)));
+        const float sd = HalfToFloat(FloatToHalf(float(std::sqrt(var))));
+        scale[size_t(j)] = sd > 0.0f ? sd : 1.0f;
+        qc += q[j] * centre[size_t(j)];
+      }
+    }
+    double s2 = 0;
+    for (int32_t t = 0; t < len; ++t) {
+      for (int32_t j = 0; j < d; ++j)
+        kn[size_t(j)] = (kf[size_t(t) * d + j] - centre[size_t(j)]) / scale[size_t(j)];
+      float a = 0;
+      s2 = 0;
+      for (int32_t g0 = 0; g0 < d; g0 += gs) {
+        const int32_t g1 = std::min(d, g0 + gs);
+        float lo = kn[size_t(g0)], hi = lo;
+        for (int32_t j = g0 + 1; j < g1; ++j)
+          lo = std::min(lo, kn[size_t(j)]), hi = std::max(hi, kn[size_t(j)]);
+        const float st = HalfToFloat(FloatToHalf((hi - lo) / 15.0f));
+        const float z = HalfToFloat(FloatToHalf(lo));
+        for (int32_t j = g0; j < g1; ++j) {
+          float c = st > 0 ? std::rint((kn[size_t(j)] - z) / st) : 0.0f;
+          c = std::clamp(c, 0.0f, 15.0f);
+          const float qs = q[j] * scale[size_t(j)];
+          a += qs * (c * st + z);
+          s2 += double(qs) * qs * double(st) * st;
+        }
+      }
+      (*est)[size_t(t)] = a + qc;
+      (*sig)[size_t(t)] = float(std::sqrt(s2 / 12.0));
+    }
+    return;
+  }
   if (sc == 3) {
     for (int32_t t = 0; t < len; ++t) {
       float a = 0;
@@ -263,7 +321,7 @@ void EvalGroup(const std::vector<float>& kf, int32_t len, int32_t d, int32_t ps,
   std::vector<float> exact, sig0, est, sig;
   for (int32_t g = 0; g < G; ++g) {
     const std::vector<float>& q = qs[size_t(g)];
-    Estimate(3, kf, len, d, ps, q.data(), &exact, &sig0);
+    Estimate(3, 0, kf, len, d, ps, q.data(), &exact, &sig0);
     float lt;
     const std::vector<uint8_t> ok = TopP(exact, p, &lt);
     const float mx = *std::max_element(exact.begin(), exact.end());
@@ -279,8 +337,9 @@ void EvalGroup(const std::vector<float>& kf, int32_t len, int32_t d, int32_t ps,
     int last_sc = -1;
     for (size_t si = 0; si < schemes.size(); ++si) {
       Scheme& S = schemes[si];
-      if (S.scheme != last_sc) Estimate(S.scheme, kf, len, d, ps, q.data(), &est, &sig);
-      last_sc = S.scheme;
+      const int key = S.scheme * 4096 + S.group;  // consecutive rows of one estimate reuse it
+      if (key != last_sc) Estimate(S.scheme, S.group, kf, len, d, ps, q.data(), &est, &sig);
+      last_sc = key;
       std::vector<float> x = est;
       if (S.rule == 1)
         for (int32_t t = 0; t < len; ++t) x[size_t(t)] -= 0.5f * sig[size_t(t)] * sig[size_t(t)];
@@ -468,6 +527,16 @@ int main(int argc, char** argv) {
   add("tok4+2sig", 0, 2, 2, 0, code + 4, code + 4);
   add("tok4@p+.02", 0, 0, 0, 0.02f, code + 4, code + 4);
   add("ctr4", 4, 0, 0, 0, code + 4, code + 4);
+  auto add_grouped = [&](std::string n, int sc, int group) {
+    const double meta = 4.0 * std::ceil(double(d) / std::min(group, d));  // FP16 scale + zero
+    const size_t before = schemes.size();
+    add(std::move(n), sc, 0, 0, 0, code + meta, code + meta);
+    if (schemes.size() > before) schemes.back().group = group;
+  };
+  add_grouped("tok4g32", 14, 32);
+  add_grouped("tok4g16", 14, 16);
+  add_grouped("nrm4", 15, d);
+  add_grouped("nrm4g32", 15, 32);
   add("pctr4", 5, 0, 0, 0, code + 4, code + 4 + 4.0 * d * per_block);
   add("pmean4", 6, 0, 0, 0, code + 4 + 2.0 * d / ps, code + 4 + 2.0 * d * per_block);
   add("prow4", 7, 0, 0, 0, code + 4, code + 4 + 2.0 * d * per_block);
@@ -482,6 +551,11 @@ int main(int argc, char** argv) {
   add("pc8p2", 11, 0, 0, 0, code, code + RangeMetadataBytes(RangeCoding::kPc8Pow2, d) * per_block);
   add("pc8w", 12, 0, 0, 0, code, code + RangeMetadataBytes(RangeCoding::kPc8W, d) * per_block);
   add("fp8", 13, 0, 0, 0, code, code + RangeMetadataBytes(RangeCoding::kFp8, d) * per_block);
+  for (absl::string_view want : absl::StrSplit(only, ',', absl::SkipEmpty())) {
+    const bool known = want == "exact" || std::any_of(schemes.begin(), schemes.end(),
+                                                      [&](const Scheme& s) { return s.name == want; });
+    twl::tools::RequireFlag(known, "schemes", "names from the list at the top of est_study_main.cc");
+  }
   std::vector<double> oracle_sizes;
   const std::string model_path = absl::GetFlag(FLAGS_model);
   if (!model_path.empty()) {
