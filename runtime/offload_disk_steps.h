@@ -1,5 +1,5 @@
 // The host-side calls the GPU offload backend makes on its DiskResidency in a serving loop
-// (runtime/gpu_offload_backend.cu): per append chunk, the blocks it writes; per decode step,
+// (runtime/gpu_offload_backend_disk.cu): per append chunk, the blocks it writes; per decode step,
 // each pipeline group's kept blocks, then the read-ahead of the next layer. Kept out of the
 // CUDA file so that the exact sequence of residency calls a serving loop makes runs, and is
 // measured, without a GPU (bench/lib/disk_serving_sim.h, tests/cpu/disk_serving_test.cc).

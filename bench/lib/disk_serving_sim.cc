@@ -266,7 +266,7 @@ class Sim {
             }
           }
         }
-        // The backend's sequence (runtime/gpu_offload_backend.cu): with the row cache, its
+        // The backend's sequence (runtime/gpu_offload_backend_disk.cu): with the row cache, its
         // plan's report of the missed blocks, and Group only when it lists any; else the
         // kept lists read back and every kept block handed over.
         if (o_.gpu_row_cache) {

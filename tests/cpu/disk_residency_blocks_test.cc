@@ -235,7 +235,7 @@ TEST(DiskResidencyBlocks, ResidentUnitsNeverWaitForAReadAheadInFlight) {
   EXPECT_TRUE(f.d->CheckConsistency().ok()) << f.d->CheckConsistency();
 }
 
-// The GPU offload backend's loop (runtime/gpu_offload_backend.cu) on the shape of
+// The GPU offload backend's loop (runtime/gpu_offload_backend_disk.cu) on the shape of
 // tests/gpu/offload_disk_test.cc: 3 layers x 8 sequences x 63 pages x 2 KV heads over a pool
 // of a quarter of the blocks; each (layer, sequence, KV head) keeps 38 fixed pages; batches
 // of 4 sequences decode 2 rounds of the 3 layers, two pipeline groups per step, and after
