@@ -571,17 +571,7 @@ int main(int argc, char** argv) {
       c.num_steps = absl::GetFlag(FLAGS_steps);
       c.seed = uint64_t(seed);
       c.outlier_scale = absl::GetFlag(FLAGS_outlier_scale);
-      if (wl == "peaked") {  // bench/offload_main.cc's peaked workload
-        c.topic_std_min = 4.0f, c.topic_std_max = 6.0f;
-        c.spike_offset_min = 3.0f, c.spike_offset_max = 5.0f;
-        c.local_offset_min = -1.5f, c.local_offset_max = 1.0f;
-        c.sink_offset_min = 0.5f, c.sink_offset_max = 2.5f;
-      } else if (wl == "flat") {
-        c.topic_std_min = 2.0f, c.topic_std_max = 4.0f;
-        c.spike_offset_min = -3.0f, c.spike_offset_max = 2.0f;
-        c.local_offset_min = -4.0f, c.local_offset_max = 0.0f;
-        c.sink_offset_min = -3.0f, c.sink_offset_max = 2.0f;
-      }
+      twl::bench::ApplyWorkloadPreset(wl, &c);  // validated above
       auto gen = twl::bench::GenerateLayer(c, layer);
       if (!gen.ok()) {
         std::fprintf(stderr, "twl_est_study: %s\n", std::string(gen.status().message()).c_str());

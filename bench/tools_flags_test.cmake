@@ -2,7 +2,8 @@
 # and lists each flag with its default; a bad value, an unknown or abbreviated flag, a missing
 # value or a stray argument exits 2 with a message (never a crash, never ignored).
 # Inputs: -DBIN_DIR=<dir of twl_demo, twl_disk_tier, twl_kernels, twl_offload,
-# twl_prefill_bench, twl_serve_bench, twl_est_study, twl_cpu_tail, twl_disk_serving>.
+# twl_prefill_bench, twl_serve_bench, twl_est_study, twl_cpu_tail, twl_disk_serving,
+# twl_threshold_drift>.
 if(NOT DEFINED BIN_DIR)
   message(FATAL_ERROR "tools_flags_test: -DBIN_DIR=... missing")
 endif()
@@ -22,7 +23,7 @@ function(expect rc_want tool)
 endfunction()
 
 foreach(tool twl_demo twl_disk_tier twl_kernels twl_offload twl_prefill_bench twl_serve_bench
-             twl_est_study twl_cpu_tail twl_disk_serving)
+             twl_est_study twl_cpu_tail twl_disk_serving twl_threshold_drift)
   if(NOT EXISTS ${BIN_DIR}/${tool})
     continue()
   endif()
@@ -49,6 +50,12 @@ if(EXISTS ${BIN_DIR}/twl_est_study)
   expect(2 twl_est_study --head-dim 7)
   expect(2 twl_est_study --p 1)
   expect(2 twl_est_study --schemes tok4,nope)
+endif()
+if(EXISTS ${BIN_DIR}/twl_threshold_drift)
+  expect(2 twl_threshold_drift --p 0)
+  expect(2 twl_threshold_drift --workload nope)
+  expect(2 twl_threshold_drift --steps 1)
+  expect(1 twl_threshold_drift --model /nonexistent/model.bin)  # a clear message, exit 1
 endif()
 expect(2 twl_demo --page_size=0)
 expect(2 twl_demo --context abc)

@@ -111,6 +111,23 @@ absl::Status ValidateSyntheticConfig(const SyntheticConfig& c) {
   return absl::OkStatus();
 }
 
+bool ApplyWorkloadPreset(const std::string& name, SyntheticConfig* c) {
+  if (name == "peaked") {
+    c->topic_std_min = 4.0f, c->topic_std_max = 6.0f;
+    c->spike_offset_min = 3.0f, c->spike_offset_max = 5.0f;
+    c->local_offset_min = -1.5f, c->local_offset_max = 1.0f;
+    c->sink_offset_min = 0.5f, c->sink_offset_max = 2.5f;
+  } else if (name == "flat") {
+    c->topic_std_min = 2.0f, c->topic_std_max = 4.0f;
+    c->spike_offset_min = -3.0f, c->spike_offset_max = 2.0f;
+    c->local_offset_min = -4.0f, c->local_offset_max = 0.0f;
+    c->sink_offset_min = -3.0f, c->sink_offset_max = 2.0f;
+  } else if (name != "mixed") {
+    return false;
+  }
+  return true;
+}
+
 absl::StatusOr<SyntheticLayer> GenerateLayer(const SyntheticConfig& cfg, int32_t layer,
                                              const std::optional<NeedleSpec>& needle) {
   if (absl::Status s = ValidateSyntheticConfig(cfg); !s.ok()) return s;

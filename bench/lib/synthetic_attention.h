@@ -35,6 +35,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -120,6 +121,13 @@ struct SyntheticLayer {
 };
 
 absl::Status ValidateSyntheticConfig(const SyntheticConfig& c);
+
+// The named head mixes of the benchmarks, over c's other fields: "mixed" leaves the accuracy
+// harness's defaults (peaked to flat heads); "peaked" (twl_offload's and the serving loop's
+// paper-like heads: mean 341 tokens per query head at p = 0.95 and 128k, 0.26% of the
+// context) and "flat" (mean 6137 tokens, 4.7%) set the topic, spike, local-window and sink
+// ranges. Returns false for any other name.
+bool ApplyWorkloadPreset(const std::string& name, SyntheticConfig* c);
 
 // One layer's K/V/Q. `layer` varies the random draws (layer 0 and 1 differ for one seed).
 absl::StatusOr<SyntheticLayer> GenerateLayer(const SyntheticConfig& config, int32_t layer,
