@@ -8,7 +8,8 @@
 // sequence and layer and decodes every layer for the whole batch.
 //
 //   twl_demo [--seqs 4] [--context 4096] [--layers 4] [--steps 6] [--p 0.95]
-//            [--backend auto|cpu|gpu-hbm|gpu-offload] [--budget 0.25] [--selector quest|full]
+//            [--backend auto|cpu|gpu-hbm|gpu-offload] [--selector default|full|quest]
+//            [--budget 0 (no cap) | fraction of the context that caps Quest's candidates]
 //            [--page-size 16] [--k-bits 4] [--dense-layers 0] [--seed 1]
 //            [--disk DIR [--host-pool-mb MB]]        (twl_demo --help lists every flag)
 // --disk puts a disk tier (a file in DIR sized for the whole KV) under a host pool smaller
@@ -42,8 +43,13 @@ ABSL_FLAG(int32_t, steps, 6, "decode steps (one token per sequence and layer eac
 ABSL_FLAG(float, p, 0.95f, "top-p mass each head keeps, in (0, 1]");
 ABSL_FLAG(std::string, backend, "auto",
           "auto|cpu|gpu-hbm|gpu-offload (auto: gpu-offload with a GPU, else cpu)");
-ABSL_FLAG(float, budget, 0.25f, "Quest selector budget B0 as a fraction of the context, (0, 1]");
-ABSL_FLAG(std::string, selector, "quest", "quest|full (full: every page is a candidate)");
+ABSL_FLAG(float, budget, 0.0f,
+          "optional cap on Quest's candidate pages as a fraction of each sequence's context, "
+          "(0, 1]; 0: no cap (no base budget: each head grows its candidates until the kept "
+          "set holds p of the full-context mass)");
+ABSL_FLAG(std::string, selector, "default",
+          "default|full|quest: default is the library's choice, as in the C API (full: every "
+          "page a candidate; quest when --budget caps it)");
 ABSL_FLAG(int32_t, page_size, 16, "tokens per page");
 ABSL_FLAG(int32_t, k_bits, 4, "bits of the K estimate: 2, 4, 8 or 16 (FP16)");
 ABSL_FLAG(int32_t, dense_layers, 0, "first layers decoded densely");
@@ -110,8 +116,13 @@ Options ParseArgs(int argc, char** argv) {
   RequireFlag(o.layers >= 1 && o.layers <= 256, "layers", "must be in [1, 256]");
   RequireFlag(o.steps >= 1 && o.steps <= 100000, "steps", "must be in [1, 100000]");
   RequireFlag(o.p > 0.0f && o.p <= 1.0f, "p", "must be in (0, 1]");
-  RequireFlag(o.budget > 0.0f && o.budget <= 1.0f, "budget", "must be in (0, 1]");
-  RequireFlag(o.selector == "quest" || o.selector == "full", "selector", "quest or full");
+  RequireFlag(o.budget >= 0.0f && o.budget <= 1.0f, "budget", "must be 0 (no cap) or in (0, 1]");
+  RequireFlag(o.selector == "default" || o.selector == "quest" || o.selector == "full",
+              "selector", "default, full or quest");
+  RequireFlag(o.budget == 0.0f || o.selector != "full", "budget",
+              "caps Quest's candidates: not with --selector full");
+  // The library's choice, as TWL_SELECTOR_DEFAULT: every page without a cap, Quest with one.
+  if (o.selector == "default") o.selector = o.budget > 0.0f ? "quest" : "full";
   RequireFlag(o.page_size >= 1 && o.page_size <= 4096, "page_size", "must be in [1, 4096]");
   RequireFlag(o.k_bits == 2 || o.k_bits == 4 || o.k_bits == 8 || o.k_bits == 16, "k_bits",
               "must be 2, 4, 8 or 16");
@@ -198,7 +209,7 @@ int main(int argc, char** argv) {
   cfg.k_bits = opt.k_bits;
   cfg.top_p = opt.p;
   cfg.selector = opt.selector == "full" ? twl::SelectorKind::kFull : twl::SelectorKind::kQuest;
-  cfg.selector_budget_fraction = opt.budget;
+  cfg.selector_budget_fraction = opt.budget > 0.0f ? opt.budget : 1.0f;  // 1: no cap
   cfg.dense_layers = opt.dense_layers;
   cfg.backend = opt.backend;
   // Size the host pool for the whole run (with slack for partial pages), not the default.
@@ -240,9 +251,11 @@ int main(int argc, char** argv) {
   }
   std::printf("twilight: p = %.3g, selector %s%s, dense layers %d\n", opt.p,
               opt.selector.c_str(),
-              opt.selector == "quest" ? absl::StrFormat(" (budget %.0f%% of context)",
-                                                        100.0 * opt.budget).c_str()
-                                      : "",
+              opt.selector == "full" ? " (every page a candidate)"
+              : opt.budget > 0.0f
+                  ? absl::StrFormat(" (growing, capped at %.0f%% of the context)",
+                                    100.0 * opt.budget).c_str()
+                  : " (growing, no cap)",
               opt.dense_layers);
 
   // ---- Synthetic batch: mixed lengths around --context ---------------------------------
@@ -335,6 +348,8 @@ int main(int argc, char** argv) {
   int64_t disk_loads = 0, disk_spills = 0;
   double err_sum = 0, err_max = 0, kept_frac_sum = 0;
   int64_t kept_min_all = INT64_MAX, kept_max_all = 0;
+  int64_t cap_hits = 0, head_steps = 0;
+  double full_mass_min = 2.0;  // > 1: no head reported a full-context mass
   int rows = 0;
   for (int step = 0; step < opt.steps; ++step) {
     for (int l = 0; l < opt.layers; ++l) {
@@ -433,6 +448,12 @@ int main(int argc, char** argv) {
       err_sum += err;
       err_max = std::max(err_max, err);
       kept_frac_sum += frac / heads;
+      // Growing Quest: heads stopped at the cap, and the lowest full-context mass bound.
+      for (size_t i = 0; i < t.cap_hit.size(); ++i) cap_hits += t.cap_hit[i] != 0;
+      for (float fm : t.full_mass) {
+        if (fm >= 0.0f) full_mass_min = std::min(full_mass_min, double(fm));
+      }
+      head_steps += int64_t(heads);
       kept_min_all = std::min(kept_min_all, kmin);
       kept_max_all = std::max(kept_max_all, kmax);
       ++rows;
@@ -463,6 +484,15 @@ int main(int argc, char** argv) {
               static_cast<long long>(kept_max_all));
   std::printf("output vs dense attention: relative L2 error mean %.3g, max %.3g\n",
               err_sum / rows, err_max);
+  if (opt.selector == "quest") {
+    std::printf("quest growth: %lld of %lld head-steps stopped at the cap (they keep p of their "
+                "candidates' mass, not of the context)%s\n",
+                static_cast<long long>(cap_hits), static_cast<long long>(head_steps),
+                full_mass_min <= 1.0
+                    ? absl::StrFormat("; lowest full-context mass bound %.4f", full_mass_min)
+                          .c_str()
+                    : "");
+  }
   const twl::MemoryUsage m = rt->Memory();
   std::printf("memory: host pool %.1f of %.1f MiB used; GPU quant %.1f MiB, cache %.1f MiB\n",
               m.host_pool_bytes_used / 1048576.0, m.host_pool_bytes_total / 1048576.0,

@@ -71,6 +71,10 @@ expect(2 twl_demo --q-heads 6 --kv-heads 4)
 expect(2 twl_demo --head-dim 0)
 expect(2 twl_demo --seqs)               # missing value
 expect(2 twl_demo --host-pool-mb 8)     # needs --disk
+expect(2 twl_demo --budget 1.5)
+expect(2 twl_demo --budget -0.1)
+expect(2 twl_demo --selector nope)
+expect(2 twl_demo --selector full --budget 0.2)  # a cap needs Quest's ranking
 expect(2 twl_disk_tier --depths 1,x)
 expect(2 twl_disk_tier --engines uring,disk)
 expect(2 twl_disk_tier --mib 0)
