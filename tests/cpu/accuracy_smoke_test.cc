@@ -1,4 +1,4 @@
-// CI-sized checks of the accuracy harness (bench/accuracy_main.cc and bench/lib): properties
+// CI-sized checks of the accuracy harness (bench/accuracy/ and bench/lib): properties
 // that must hold whatever the paper's goals show, and the goal criteria of issue 15
 // (lib/accuracy_goals.h) shown able to fail: hand-made measurements with a good mean but bad
 // heads or one bad seed are rejected, and on real runs INT2 estimation fails the mass, error
