@@ -22,6 +22,7 @@
 #include "absl/strings/str_format.h"
 #include "core/half.h"
 #include "lib/llama2_model.h"
+#include "lib/model_methods.h"
 #include "lib/png_plot.h"
 #include "lib/synthetic_attention.h"
 #include "lib/table.h"
@@ -102,6 +103,10 @@ bool RunModel(const std::string& path, double p, DriftTally* tally) {
     Kl.insert(Kl.end(), k, k + kv);
     Vl.insert(Vl.end(), v, v + kv);
     const int32_t len = pos + 1;
+    if (layer == 0 && (len % 256 == 0 || len == n)) {
+      std::fprintf(stderr, "\rtwl_threshold_drift: position %d / %d, %lld transitions", len, n,
+                   static_cast<long long>(tally->transitions));
+    }
     for (int32_t qh = 0; qh < c.n_heads; ++qh) {
       const int32_t h = qh / G;
       for (int32_t j = 0; j < d; ++j) qs[size_t(j)] = q[qh * d + j] * scale;
@@ -125,25 +130,17 @@ bool RunModel(const std::string& path, double p, DriftTally* tally) {
     }
     return absl::OkStatus();
   };
-  std::vector<float> logits;
-  std::mt19937_64 rng(1);
-  int32_t token = text.empty() ? 1 : text[0];
-  for (int32_t pos = 0; pos < n; ++pos) {
-    if (absl::Status st = model->Forward(token, pos, attention, &logits); !st.ok()) {
-      std::fprintf(stderr, "twl_threshold_drift: %s\n", std::string(st.message()).c_str());
-      return false;
-    }
-    if (pos % 256 == 255 || pos + 1 == n) {
-      std::fprintf(stderr, "\rtwl_threshold_drift: position %d / %d, %lld transitions", pos + 1, n,
-                   static_cast<long long>(tally->transitions));
-    }
-    if (!text.empty()) {
-      if (pos + 1 >= int32_t(text.size())) break;
-      token = text[size_t(pos + 1)];
-    } else {
-      const std::vector<double> pr = Softmax(logits);
-      token = int32_t(std::discrete_distribution<int32_t>(pr.begin(), pr.end())(rng));
-    }
+  // Teacher-forced over the text, else sampled from the model (temperature 1, seed 1).
+  absl::Status st;
+  if (!text.empty()) {
+    std::vector<double> nll;
+    st = ScoreTokens(*model, text, attention, &nll);
+  } else {
+    st = SampleTokens(*model, attention, 1, n, 1.0, 1).status();
+  }
+  if (!st.ok()) {
+    std::fprintf(stderr, "twl_threshold_drift: %s\n", std::string(st.message()).c_str());
+    return false;
   }
   std::fprintf(stderr, "\n");
   return true;
