@@ -112,6 +112,12 @@ void QuantizeAll(tb::PagedLayer& layer);
 std::vector<tb::Method> SyntheticMethods(int ctx);
 std::vector<tb::Method> NeedleMethods();
 std::string MethodKey(const tb::Method& m);
+// Every method on one generated layer of `ctx` tokens (paged, every estimate quantized), in
+// parallel, decoding the steps of lengths seq_len; exits on an error.
+std::vector<tb::MethodResult> RunMethodsOnLayer(const tb::SyntheticLayer& gen, int page_size,
+                                                int kv_heads, int head_dim, int ctx,
+                                                const std::vector<tb::Method>& methods,
+                                                const std::vector<int32_t>& seq_len);
 
 void RunSynthetic(const Options& o, const Sizes& sz, GoalInputs* goals);
 void RunSyntheticSeeds(const Options& o, const Sizes& sz, GoalInputs* goals);

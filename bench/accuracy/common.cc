@@ -176,4 +176,24 @@ std::string MethodKey(const tb::Method& m) {
   return absl::StrFormat("%s|%g|%d|%s", m.name, m.p, m.k_bits, BudgetLabel(m));  // name: scheme
 }
 
+std::vector<tb::MethodResult> RunMethodsOnLayer(const tb::SyntheticLayer& gen, int page_size,
+                                                int kv_heads, int head_dim, int ctx,
+                                                const std::vector<tb::Method>& methods,
+                                                const std::vector<int32_t>& seq_len) {
+  tb::PagedLayer layer(page_size, kv_heads, head_dim, ctx);
+  Check(layer.Append(ctx, gen.k.data(), gen.v.data()), "append");
+  QuantizeAll(layer);
+  std::vector<absl::StatusOr<tb::MethodResult>> res(methods.size(),
+                                                    absl::UnknownError("not run"));
+  tbb::parallel_for(size_t(0), methods.size(), [&](size_t i) {
+    res[i] = tb::RunMethod(layer, methods[i], seq_len, gen.q.data(), gen.num_q_heads());
+  });
+  std::vector<tb::MethodResult> out;
+  for (size_t i = 0; i < methods.size(); ++i) {
+    Check(res[i].status(), methods[i].name.c_str());
+    out.push_back(std::move(*res[i]));
+  }
+  return out;
+}
+
 }  // namespace twl::accuracy_tool

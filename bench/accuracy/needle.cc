@@ -58,26 +58,19 @@ void RunNeedle(const Options& o, const Sizes& sz, GoalInputs* goals) {
         const tb::NeedleSpec needle = NeedleFor(sz.depths[di], int(di + c + size_t(si)));
         absl::StatusOr<tb::SyntheticLayer> gen = tb::GenerateLayer(sc, 0, needle);
         Check(gen.status(), "GenerateLayer(needle)");
-        tb::PagedLayer layer(sz.page_size, sz.needle_kv, sz.head_dim, ctx);
-        Check(layer.Append(ctx, gen->k.data(), gen->v.data()), "append");
-        QuantizeAll(layer);
         const std::vector<int32_t> seq_len = {gen->StepLength(0)};
         const int hq = gen->num_q_heads();
-        std::vector<absl::StatusOr<tb::MethodResult>> res(methods.size(),
-                                                          absl::UnknownError("not run"));
-        tbb::parallel_for(size_t(0), methods.size(), [&](size_t i) {
-          res[i] = tb::RunMethod(layer, methods[i], seq_len, gen->q.data(), hq);
-        });
-        for (size_t i = 0; i < methods.size(); ++i) Check(res[i].status(), methods[i].name.c_str());
+        const std::vector<tb::MethodResult> res = RunMethodsOnLayer(
+            *gen, sz.page_size, sz.needle_kv, sz.head_dim, ctx, methods, seq_len);
         std::vector<double> share;
         for (size_t i = 0; i < methods.size(); ++i) {
           const std::vector<double> k =
-              tb::NeedleMassKept(*gen, 0, *res[i], 0, i == 0 ? &share : nullptr);
-          const std::vector<double> e = tb::RowRelErrors(res[i]->out, res[0]->out, sz.head_dim);
+              tb::NeedleMassKept(*gen, 0, res[i], 0, i == 0 ? &share : nullptr);
+          const std::vector<double> e = tb::RowRelErrors(res[i].out, res[0].out, sz.head_dim);
           for (int h = 0; h < hq; ++h) {
             kept[i].push_back(k[size_t(h)]);
             err[i].push_back(e[size_t(h)]);
-            att[i].push_back(double(res[i]->kept_kv[size_t(h / sz.needle_group)]) / seq_len[0]);
+            att[i].push_back(double(res[i].kept_kv[size_t(h / sz.needle_group)]) / seq_len[0]);
           }
         }
         for (int h = 0; h < hq; ++h) {

@@ -39,26 +39,19 @@ void RunSynthetic(const Options& o, const Sizes& sz, GoalInputs* goals) {
       ApplyGen(o, &sc);
       absl::StatusOr<tb::SyntheticLayer> gen = tb::GenerateLayer(sc, l);
       Check(gen.status(), "GenerateLayer");
-      tb::PagedLayer layer(sz.page_size, sz.kv_heads, sz.head_dim, sz.ctx);
-      Check(layer.Append(sz.ctx, gen->k.data(), gen->v.data()), "append");
-      QuantizeAll(layer);
       std::vector<int32_t> seq_len;
       for (int t = 0; t < sz.steps; ++t) seq_len.push_back(gen->StepLength(t));
       const int hq = gen->num_q_heads();
-      std::vector<absl::StatusOr<tb::MethodResult>> res(methods.size(),
-                                                        absl::UnknownError("not run"));
-      tbb::parallel_for(size_t(0), methods.size(), [&](size_t i) {
-        res[i] = tb::RunMethod(layer, methods[i], seq_len, gen->q.data(), hq);
-      });
-      for (size_t i = 0; i < methods.size(); ++i) Check(res[i].status(), methods[i].name.c_str());
-      for (size_t i = 0; i < methods.size(); ++i) agg[i].Add(*res[i], *res[0]);
+      const std::vector<tb::MethodResult> res = RunMethodsOnLayer(
+          *gen, sz.page_size, sz.kv_heads, sz.head_dim, sz.ctx, methods, seq_len);
+      for (size_t i = 0; i < methods.size(); ++i) agg[i].Add(res[i], res[0]);
       // Per-head budgets at the last step.
       const tb::MethodResult* oracle95 = nullptr;
       const tb::MethodResult* tw95 = nullptr;
       for (size_t i = 0; i < methods.size(); ++i) {
         if (methods[i].kind == tb::MethodKind::kOracle && methods[i].p == 0.95f)
-          oracle95 = &*res[i];
-        if (methods[i].name == "twilight-int4" && methods[i].p == 0.95f) tw95 = &*res[i];
+          oracle95 = &res[i];
+        if (methods[i].name == "twilight-int4" && methods[i].p == 0.95f) tw95 = &res[i];
       }
       const int last = sz.steps - 1;
       std::vector<double> budgets;
@@ -231,22 +224,15 @@ void RunSyntheticSeeds(const Options& o, const Sizes& sz, GoalInputs* goals) {
         ApplyGen(o, &sc);
         absl::StatusOr<tb::SyntheticLayer> gen = tb::GenerateLayer(sc, l);
         Check(gen.status(), "GenerateLayer");
-        tb::PagedLayer layer(sz.page_size, sz.kv_heads, sz.head_dim, sz.ctx);
-        Check(layer.Append(sz.ctx, gen->k.data(), gen->v.data()), "append");
-        QuantizeAll(layer);
         std::vector<int32_t> seq_len;
         for (int t = 0; t < sz.steps; ++t) seq_len.push_back(gen->StepLength(t));
-        std::vector<absl::StatusOr<tb::MethodResult>> res(methods.size(),
-                                                          absl::UnknownError("not run"));
-        tbb::parallel_for(size_t(0), methods.size(), [&](size_t i) {
-          res[i] = tb::RunMethod(layer, methods[i], seq_len, gen->q.data(), gen->num_q_heads());
-        });
-        for (size_t i = 0; i < methods.size(); ++i) Check(res[i].status(), methods[i].name.c_str());
-        const std::vector<double> e_orc = tb::RowRelErrors(res[1]->out, res[0]->out, sz.head_dim);
+        const std::vector<tb::MethodResult> res = RunMethodsOnLayer(
+            *gen, sz.page_size, sz.kv_heads, sz.head_dim, sz.ctx, methods, seq_len);
+        const std::vector<double> e_orc = tb::RowRelErrors(res[1].out, res[0].out, sz.head_dim);
         for (size_t i = 2; i < methods.size(); ++i) {
           tb::SeedMeasure& m = goals->SeedFor(methods[i].name, seed);
-          const std::vector<double> e = tb::RowRelErrors(res[i]->out, res[0]->out, sz.head_dim);
-          m.own_mass.insert(m.own_mass.end(), res[i]->own_mass.begin(), res[i]->own_mass.end());
+          const std::vector<double> e = tb::RowRelErrors(res[i].out, res[0].out, sz.head_dim);
+          m.own_mass.insert(m.own_mass.end(), res[i].own_mass.begin(), res[i].own_mass.end());
           m.err.insert(m.err.end(), e.begin(), e.end());
           m.oracle_err.insert(m.oracle_err.end(), e_orc.begin(), e_orc.end());
         }
