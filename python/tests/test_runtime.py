@@ -177,6 +177,34 @@ def test_per_sequence_p_and_telemetry(rng):
         assert (heads["est_mass"][0] >= 0.5 - 1e-3).all()
 
 
+def test_full_context_mass_and_cap_telemetry(rng):
+    """Every page a candidate (the default): the full-context mass is the estimate itself and
+    no head hits a cap. Quest capped at 5% of random (flat) keys: every head stops at the cap
+    and its full-context bound falls below p."""
+    q = rng.standard_normal((1, SHAPE["num_q_heads"], SHAPE["head_dim"])).astype(np.float16)
+    k, v = random_kv(rng, 2000)
+    heads = {}
+    for name, kw in {"default": {}, "capped": dict(selector="quest",
+                                                   selector_budget_fraction=0.05)}.items():
+        with twilight.Runtime(**SHAPE, backend="cpu", top_p=0.9, **kw) as rt:
+            s = rt.create_sequence()
+            rt.append(s, 0, k, v)
+            rt.decode(0, [s], q)
+            heads[name] = rt.last_step_heads()
+    d, c = heads["default"], heads["capped"]
+    if "full_mass" not in d:
+        pytest.skip("library without twl_runtime_last_step_mass")
+    assert d["full_mass"].shape == (1, SHAPE["num_q_heads"])
+    assert (d["cap_hit"] == 0).all()
+    assert (d["selected"] == 2000).all()
+    np.testing.assert_allclose(d["full_mass"], d["est_mass"], rtol=1e-6)
+    assert (d["full_mass"] >= 0.9 - 1e-3).all()
+    assert (c["cap_hit"] == 1).all()
+    assert (c["selected"] < 2000).all()
+    assert ((c["full_mass"] >= 0) & (c["full_mass"] < 0.9)).all()
+    assert (c["est_mass"] >= 0.9 - 1e-3).all()  # p of the candidates' mass, not the context's
+
+
 def test_memory(rt, rng):
     before = rt.memory()
     s = rt.create_sequence()

@@ -230,6 +230,8 @@ twl_runtime_last_step_heads = _declare(
     "twl_runtime_last_step_heads", status,
     [rt_p, vp, vp, vp, ctypes.c_int64, vp, ctypes.c_int64])
 twl_runtime_memory = _declare("twl_runtime_memory", status, [rt_p, P(MemoryUsage)])
+twl_runtime_last_step_mass = _declare("twl_runtime_last_step_mass", status,
+                                      [rt_p, vp, vp, ctypes.c_int64], optional=True)
 twl_sequence_save = _declare("twl_sequence_save", status, [rt_p, seq_id_t, ctypes.c_char_p])
 twl_sequence_restore = _declare("twl_sequence_restore", status,
                                 [rt_p, ctypes.c_char_p, P(seq_id_t)])

@@ -330,8 +330,13 @@ class Runtime:
         return _struct_to_dict(s)
 
     def last_step_heads(self):
-        """Per-head arrays of the last step as numpy arrays: selected, kept, est_mass
-        [num_seqs, num_q_heads] and kept_kv [num_seqs, num_kv_heads]."""
+        """Per-head arrays of the last step as numpy arrays: selected, kept, est_mass,
+        full_mass, cap_hit [num_seqs, num_q_heads] and kept_kv [num_seqs, num_kv_heads].
+
+        est_mass is the kept set's estimated mass within the candidates; full_mass a lower
+        bound of it over the whole context (>= p unless the head hit the selector cap; -1 where
+        unknown); cap_hit is 1 where the candidate growth stopped at selector_budget_*. A
+        library without twl_runtime_last_step_mass gives the first four only."""
         import numpy as np
         s = self.last_step()
         b = s["num_seqs"]
@@ -342,7 +347,15 @@ class Runtime:
         _check(_lib.twl_runtime_last_step_heads(self._h(), sel.ctypes.data, kept.ctypes.data,
                                                 mass.ctypes.data, sel.size, kv.ctypes.data,
                                                 kv.size), self._handle)
-        return {"selected": sel, "kept": kept, "est_mass": mass, "kept_kv": kv}
+        heads = {"selected": sel, "kept": kept, "est_mass": mass, "kept_kv": kv}
+        if _lib.twl_runtime_last_step_mass is not None:
+            full = np.zeros((b, self.num_q_heads), np.float32)
+            cap = np.zeros((b, self.num_q_heads), np.int32)
+            _check(_lib.twl_runtime_last_step_mass(self._h(), full.ctypes.data, cap.ctypes.data,
+                                                   full.size), self._handle)
+            heads["full_mass"] = full
+            heads["cap_hit"] = cap
+        return heads
 
     def memory(self) -> Dict[str, int]:
         m = _lib.MemoryUsage()
