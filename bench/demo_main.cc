@@ -485,9 +485,9 @@ int main(int argc, char** argv) {
   std::printf("output vs dense attention: relative L2 error mean %.3g, max %.3g\n",
               err_sum / rows, err_max);
   if (opt.selector == "quest") {
-    std::printf("quest growth: %lld of %lld head-steps stopped at the cap (they keep p of their "
-                "candidates' mass, not of the context)%s\n",
+    std::printf("quest growth: %lld of %lld head-steps stopped at the cap%s%s\n",
                 static_cast<long long>(cap_hits), static_cast<long long>(head_steps),
+                cap_hits > 0 ? " (they keep p of their candidates' mass, not of the context)" : "",
                 full_mass_min <= 1.0
                     ? absl::StrFormat("; lowest full-context mass bound %.4f", full_mass_min)
                           .c_str()
