@@ -55,6 +55,7 @@
 #include "core/quantize.h"
 #include "lib/channel_ranges.h"
 #include "lib/llama2_model.h"
+#include "lib/model_methods.h"
 #include "lib/synthetic_attention.h"
 #include "lib/tool_flags.h"
 
@@ -407,14 +408,13 @@ bool RunModel(const std::string& path, int32_t ps, float p, std::vector<Scheme>*
   const int32_t d = c.head_dim(), H = c.n_kv_heads, G = c.n_heads / c.n_kv_heads;
   std::vector<int32_t> text;
   if (const std::string tf = absl::GetFlag(FLAGS_text); !tf.empty()) {
-    std::FILE* f = std::fopen(tf.c_str(), "rb");
-    if (!f || c.vocab_size != 256) {
-      std::fprintf(stderr, "twl_est_study: --text needs a readable file and a byte-level model\n");
-      if (f) std::fclose(f);
+    absl::StatusOr<std::vector<int32_t>> read = twl::bench::ReadByteTokens(tf, n, c);
+    if (!read.ok()) {
+      std::fprintf(stderr, "twl_est_study: --text: %s\n",
+                   std::string(read.status().message()).c_str());
       return false;
     }
-    for (int ch; int32_t(text.size()) < n && (ch = std::fgetc(f)) != EOF;) text.push_back(ch);
-    std::fclose(f);
+    text = std::move(*read);
   }
   const int32_t every = std::max(1, absl::GetFlag(FLAGS_every));
   const int32_t min_ctx = absl::GetFlag(FLAGS_min_ctx);

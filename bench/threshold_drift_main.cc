@@ -80,15 +80,13 @@ bool RunModel(const std::string& path, double p, DriftTally* tally) {
   const int32_t n = std::min(absl::GetFlag(FLAGS_tokens), c.seq_len);
   std::vector<int32_t> text;
   if (const std::string tf = absl::GetFlag(FLAGS_text); !tf.empty()) {
-    std::FILE* f = std::fopen(tf.c_str(), "rb");
-    if (!f || c.vocab_size != 256) {
-      std::fprintf(stderr,
-                   "twl_threshold_drift: --text needs a readable file and a byte-level model\n");
-      if (f) std::fclose(f);
+    absl::StatusOr<std::vector<int32_t>> read = twl::bench::ReadByteTokens(tf, n, c);
+    if (!read.ok()) {
+      std::fprintf(stderr, "twl_threshold_drift: --text: %s\n",
+                   std::string(read.status().message()).c_str());
       return false;
     }
-    for (int ch; int32_t(text.size()) < n && (ch = std::fgetc(f)) != EOF;) text.push_back(ch);
-    std::fclose(f);
+    text = std::move(*read);
   }
   const int32_t d = c.head_dim(), G = c.n_heads / c.n_kv_heads, kv = c.kv_dim();
   const int32_t min_ctx = absl::GetFlag(FLAGS_min_ctx);

@@ -112,6 +112,9 @@ void QuantizeAll(tb::PagedLayer& layer);
 std::vector<tb::Method> SyntheticMethods(int ctx);
 std::vector<tb::Method> NeedleMethods();
 std::string MethodKey(const tb::Method& m);
+// Layer `layer` of the synthetic sections at the mode's sizes, generator seed `seed`, with the
+// --gen overrides (the key subspace's rank clamped below head_dim / 2); exits on an error.
+tb::SyntheticLayer SectionLayer(const Options& o, const Sizes& sz, uint64_t seed, int layer);
 // Every method on one generated layer of `ctx` tokens (paged, every estimate quantized), in
 // parallel, decoding the steps of lengths seq_len; exits on an error.
 std::vector<tb::MethodResult> RunMethodsOnLayer(const tb::SyntheticLayer& gen, int page_size,

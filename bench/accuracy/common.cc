@@ -196,4 +196,19 @@ std::vector<tb::MethodResult> RunMethodsOnLayer(const tb::SyntheticLayer& gen, i
   return out;
 }
 
+tb::SyntheticLayer SectionLayer(const Options& o, const Sizes& sz, uint64_t seed, int layer) {
+  tb::SyntheticConfig sc;
+  sc.num_tokens = sz.ctx;
+  sc.num_kv_heads = sz.kv_heads;
+  sc.group_size = sz.group;
+  sc.head_dim = sz.head_dim;
+  sc.subspace_rank = std::min(sc.subspace_rank, sz.head_dim / 2 - 2);
+  sc.num_steps = sz.steps;
+  sc.seed = seed;
+  ApplyGen(o, &sc);
+  absl::StatusOr<tb::SyntheticLayer> gen = tb::GenerateLayer(sc, layer);
+  Check(gen.status(), "GenerateLayer");
+  return std::move(*gen);
+}
+
 }  // namespace twl::accuracy_tool

@@ -29,21 +29,12 @@ void RunSynthetic(const Options& o, const Sizes& sz, GoalInputs* goals) {
   for (int pr = 0; pr < sz.prompts; ++pr) {
     std::vector<double> prompt_pct, prompt_kept, prompt_tw;
     for (int l = 0; l < sz.layers; ++l) {
-      tb::SyntheticConfig sc;
-      sc.num_tokens = sz.ctx;
-      sc.num_kv_heads = sz.kv_heads;
-      sc.group_size = sz.group;
-      sc.head_dim = sz.head_dim;
-      sc.num_steps = sz.steps;
-      sc.seed = o.seed * 1000 + uint64_t(pr);
-      ApplyGen(o, &sc);
-      absl::StatusOr<tb::SyntheticLayer> gen = tb::GenerateLayer(sc, l);
-      Check(gen.status(), "GenerateLayer");
+      const tb::SyntheticLayer gen = SectionLayer(o, sz, o.seed * 1000 + uint64_t(pr), l);
       std::vector<int32_t> seq_len;
-      for (int t = 0; t < sz.steps; ++t) seq_len.push_back(gen->StepLength(t));
-      const int hq = gen->num_q_heads();
+      for (int t = 0; t < sz.steps; ++t) seq_len.push_back(gen.StepLength(t));
+      const int hq = gen.num_q_heads();
       const std::vector<tb::MethodResult> res = RunMethodsOnLayer(
-          *gen, sz.page_size, sz.kv_heads, sz.head_dim, sz.ctx, methods, seq_len);
+          gen, sz.page_size, sz.kv_heads, sz.head_dim, sz.ctx, methods, seq_len);
       for (size_t i = 0; i < methods.size(); ++i) agg[i].Add(res[i], res[0]);
       // Per-head budgets at the last step.
       const tb::MethodResult* oracle95 = nullptr;
@@ -58,7 +49,7 @@ void RunSynthetic(const Options& o, const Sizes& sz, GoalInputs* goals) {
       for (int h = 0; h < hq; ++h) {
         const size_t at = size_t(last) * hq + h;
         const double ctx = seq_len[size_t(last)];
-        const tb::HeadProfile& hp = gen->heads[size_t(h)];
+        const tb::HeadProfile& hp = gen.heads[size_t(h)];
         heads.AddRow({pr, l, h, tb::Cell(hp.topic_std, 3), tb::Cell(hp.local_logit, 3),
                       tb::Cell(hp.sink_logit, 3), tb::Cell(hp.spike_logit, 3), int(ctx),
                       oracle95->kept[at], tw95->kept[at],
@@ -213,21 +204,11 @@ void RunSyntheticSeeds(const Options& o, const Sizes& sz, GoalInputs* goals) {
     const uint64_t seed = o.seed + uint64_t(si);
     for (int pr = 0; pr < sz.prompts; ++pr) {
       for (int l = 0; l < sz.layers; ++l) {
-        tb::SyntheticConfig sc;
-        sc.num_tokens = sz.ctx;
-        sc.num_kv_heads = sz.kv_heads;
-        sc.group_size = sz.group;
-        sc.head_dim = sz.head_dim;
-        sc.subspace_rank = std::min(sc.subspace_rank, sz.head_dim / 2 - 2);
-        sc.num_steps = sz.steps;
-        sc.seed = seed * 1000 + uint64_t(pr);
-        ApplyGen(o, &sc);
-        absl::StatusOr<tb::SyntheticLayer> gen = tb::GenerateLayer(sc, l);
-        Check(gen.status(), "GenerateLayer");
+        const tb::SyntheticLayer gen = SectionLayer(o, sz, seed * 1000 + uint64_t(pr), l);
         std::vector<int32_t> seq_len;
-        for (int t = 0; t < sz.steps; ++t) seq_len.push_back(gen->StepLength(t));
+        for (int t = 0; t < sz.steps; ++t) seq_len.push_back(gen.StepLength(t));
         const std::vector<tb::MethodResult> res = RunMethodsOnLayer(
-            *gen, sz.page_size, sz.kv_heads, sz.head_dim, sz.ctx, methods, seq_len);
+            gen, sz.page_size, sz.kv_heads, sz.head_dim, sz.ctx, methods, seq_len);
         const std::vector<double> e_orc = tb::RowRelErrors(res[1].out, res[0].out, sz.head_dim);
         for (size_t i = 2; i < methods.size(); ++i) {
           tb::SeedMeasure& m = goals->SeedFor(methods[i].name, seed);

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <numeric>
@@ -11,6 +12,19 @@
 #include "absl/strings/str_format.h"
 
 namespace twl::bench {
+
+absl::StatusOr<std::vector<int32_t>> ReadByteTokens(const std::string& path, int32_t n,
+                                                    const LlamaConfig& model) {
+  if (model.vocab_size != 256) {
+    return absl::InvalidArgumentError("text input needs a byte-level model (vocabulary 256)");
+  }
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return absl::NotFoundError(absl::StrFormat("cannot read %s", path));
+  std::vector<int32_t> text;
+  for (int ch; int32_t(text.size()) < n && (ch = std::fgetc(f)) != EOF;) text.push_back(ch);
+  std::fclose(f);
+  return text;
+}
 
 double TopPWeightThreshold(const double* w, int32_t n, double p, std::vector<double>* scratch) {
   // Weighted quickselect, descending: O(n) expected instead of a sort per head and token (the

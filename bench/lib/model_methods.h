@@ -79,6 +79,12 @@ struct MethodInstance {
 };
 using MethodFactory = std::function<absl::StatusOr<MethodInstance>()>;
 
+// The first n bytes of the file at `path` as tokens of a byte-level model (vocab 256): fewer
+// when the file is shorter; NotFound when it cannot be read, InvalidArgument when the model's
+// vocabulary is not bytes.
+absl::StatusOr<std::vector<int32_t>> ReadByteTokens(const std::string& path, int32_t n,
+                                                    const LlamaConfig& model);
+
 // Feeds tokens[0..n-1] at positions 0..n-1; nll[t] = -ln P(tokens[t+1] | tokens[0..t]) for
 // t < n - 1. logits (optional) gets the logits after each position [n][vocab].
 absl::Status ScoreTokens(const Llama2Model& model, const std::vector<int32_t>& tokens,

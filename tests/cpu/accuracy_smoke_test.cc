@@ -654,6 +654,32 @@ TEST(ModelMethods, TopPWeightThresholdEqualsTheSortedWalk) {
   }
 }
 
+// The byte-text reader of the model tools: the file's bytes as tokens, at most n of them;
+// a missing file and a model whose vocabulary is not bytes are refused.
+TEST(ModelMethods, ReadByteTokensReadsBytesAndRefusesBadInput) {
+  const std::string path = std::string(TWL_SOURCE_DIR) + "/bench/train/data/austen_heldout.txt";
+  LlamaConfig bytes;
+  bytes.vocab_size = 256;
+  std::ifstream in(path, std::ios::binary);
+  std::vector<int32_t> want;
+  for (int i = 0; i < 300; ++i) want.push_back(int32_t(static_cast<unsigned char>(in.get())));
+  ASSERT_TRUE(in.good());
+  absl::StatusOr<std::vector<int32_t>> got = ReadByteTokens(path, 300, bytes);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, want);
+  EXPECT_EQ(ReadByteTokens(path + ".missing", 10, bytes).status().code(),
+            absl::StatusCode::kNotFound);
+  LlamaConfig words = bytes;
+  words.vocab_size = 512;
+  EXPECT_EQ(ReadByteTokens(path, 10, words).status().code(), absl::StatusCode::kInvalidArgument);
+  // A file shorter than n: every byte, no more.
+  const std::string tiny = ::testing::TempDir() + "/twl_three_bytes.txt";
+  std::ofstream(tiny, std::ios::binary) << "a\xffz";
+  got = ReadByteTokens(tiny, 10, bytes);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, (std::vector<int32_t>{'a', 255, 'z'}));
+}
+
 // The byte-level model written by bench/train/train_byte_llama.py (CPU smoke mode, 150 steps,
 // GQA 4 q / 2 KV heads, untied RoPE tables) read by the C++ loader: dense FP32 loss over the
 // first 256 held-out bytes equals PyTorch's, recorded in the checkpoint's .json
