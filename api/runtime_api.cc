@@ -73,7 +73,7 @@ absl::StatusOr<twl::RuntimeConfig> ToRuntimeConfig(const twl_runtime_config& c) 
   const int32_t selector = EnumValue(c.selector);
   switch (selector) {
     case TWL_SELECTOR_DEFAULT:
-      r.selector = defaults.selector;
+      r.selector.reset();  // the library's choice (twl::SelectorOf)
       break;
     case TWL_SELECTOR_QUEST:
       r.selector = twl::SelectorKind::kQuest;
@@ -100,16 +100,6 @@ absl::StatusOr<twl::RuntimeConfig> ToRuntimeConfig(const twl_runtime_config& c) 
   r.selector_budget_fraction = c.selector_budget_fraction == 0.0f
                                    ? defaults.selector_budget_fraction
                                    : c.selector_budget_fraction;
-  if (selector == TWL_SELECTOR_DEFAULT) {
-    // The library's choice: without a cap, every page is a candidate (top-p over every
-    // token's INT4 estimate: the full-context mass is estimated, not bounded). At 128k the
-    // Quest bound (d = 128) is too loose to let the growth skip pages, so growing Quest
-    // scored every page anyway and paid its bound and search passes on top (H200 serving
-    // loop, B = 8: 0.92 vs 1.60 ms per layer-step, same kept mass; bench/RESULTS.md). A cap
-    // needs a ranking of pages: then Quest, growing up to the cap.
-    const bool capped = r.selector_budget_tokens > 0 || r.selector_budget_fraction < 1.0f;
-    r.selector = capped ? twl::SelectorKind::kQuest : twl::SelectorKind::kFull;
-  }
   if (c.sink_pages < -1) return absl::InvalidArgumentError("sink_pages must be >= -1");
   r.sink_pages = c.sink_pages == -1 ? defaults.sink_pages : c.sink_pages;
   if (c.dense_layers < -1) return absl::InvalidArgumentError("dense_layers must be >= -1");
@@ -205,9 +195,10 @@ twl_runtime_config ResolvedConfig(const twl_runtime_config& asked, const twl::Ru
   c.page_size = r.page_size;
   c.k_bits = r.k_bits;
   c.top_p = r.top_p;
-  c.selector = r.selector == twl::SelectorKind::kFull              ? TWL_SELECTOR_FULL
-               : r.selector == twl::SelectorKind::kDoubleSparsity ? TWL_SELECTOR_DOUBLE_SPARSITY
-                                                                  : TWL_SELECTOR_QUEST;
+  const twl::SelectorKind selector = twl::SelectorOf(r);  // the default resolved
+  c.selector = selector == twl::SelectorKind::kFull              ? TWL_SELECTOR_FULL
+               : selector == twl::SelectorKind::kDoubleSparsity ? TWL_SELECTOR_DOUBLE_SPARSITY
+                                                                : TWL_SELECTOR_QUEST;
   c.selector_budget_tokens = r.selector_budget_tokens;
   c.selector_budget_fraction = r.selector_budget_fraction;
   c.sink_pages = r.sink_pages;

@@ -81,8 +81,8 @@ struct Options {
 
 constexpr char kUsage[] =
     "usage: twl_demo [flags]\n"
-    "Decodes a batch of synthetic long-context sequences with Twilight (Quest selector + top-p\n"
-    "pruner + sparse attention) and compares each output with dense attention.\n"
+    "Decodes a batch of synthetic long-context sequences with Twilight (FULL or Quest\n"
+    "selector + top-p pruner + sparse attention) and compares each output with dense attention.\n"
     "Backends: gpu-hbm = all KV in GPU memory, gpu-offload = FP16 KV in pinned host memory.\n"
     "--disk DIR: KV larger than host memory: a disk tier file in DIR holds the whole KV and the\n"
     "host pool only --host-pool-mb; CPU backend (auto) or --backend gpu-offload. Columns of "
@@ -121,8 +121,6 @@ Options ParseArgs(int argc, char** argv) {
               "selector", "default, full or quest");
   RequireFlag(o.budget == 0.0f || o.selector != "full", "budget",
               "caps Quest's candidates: not with --selector full");
-  // The library's choice, as TWL_SELECTOR_DEFAULT: every page without a cap, Quest with one.
-  if (o.selector == "default") o.selector = o.budget > 0.0f ? "quest" : "full";
   RequireFlag(o.page_size >= 1 && o.page_size <= 4096, "page_size", "must be in [1, 4096]");
   RequireFlag(o.k_bits == 2 || o.k_bits == 4 || o.k_bits == 8 || o.k_bits == 16, "k_bits",
               "must be 2, 4, 8 or 16");
@@ -208,8 +206,11 @@ int main(int argc, char** argv) {
   cfg.page_size = opt.page_size;
   cfg.k_bits = opt.k_bits;
   cfg.top_p = opt.p;
-  cfg.selector = opt.selector == "full" ? twl::SelectorKind::kFull : twl::SelectorKind::kQuest;
+  if (opt.selector != "default") {  // else the library's choice (twl::SelectorOf)
+    cfg.selector = opt.selector == "full" ? twl::SelectorKind::kFull : twl::SelectorKind::kQuest;
+  }
   cfg.selector_budget_fraction = opt.budget > 0.0f ? opt.budget : 1.0f;  // 1: no cap
+  const bool quest = twl::SelectorOf(cfg) == twl::SelectorKind::kQuest;
   cfg.dense_layers = opt.dense_layers;
   cfg.backend = opt.backend;
   // Size the host pool for the whole run (with slack for partial pages), not the default.
@@ -250,8 +251,8 @@ int main(int argc, char** argv) {
                 100.0 * double(cfg.host_pool_bytes) / double(kv_bytes), opt.disk.c_str());
   }
   std::printf("twilight: p = %.3g, selector %s%s, dense layers %d\n", opt.p,
-              opt.selector.c_str(),
-              opt.selector == "full" ? " (every page a candidate)"
+              quest ? "quest" : "full",
+              !quest ? " (every page a candidate)"
               : opt.budget > 0.0f
                   ? absl::StrFormat(" (growing, capped at %.0f%% of the context)",
                                     100.0 * opt.budget).c_str()
@@ -484,7 +485,7 @@ int main(int argc, char** argv) {
               static_cast<long long>(kept_max_all));
   std::printf("output vs dense attention: relative L2 error mean %.3g, max %.3g\n",
               err_sum / rows, err_max);
-  if (opt.selector == "quest") {
+  if (quest) {
     std::printf("quest growth: %lld of %lld head-steps stopped at the cap%s%s\n",
                 static_cast<long long>(cap_hits), static_cast<long long>(head_steps),
                 cap_hits > 0 ? " (they keep p of their candidates' mass, not of the context)" : "",

@@ -577,7 +577,7 @@ int64_t CpuBackendBytesPerPage(const RuntimeConfig& config) {
   const PageGeometry g = GeometryOf(config);
   const int64_t quant =
       g.k_bits < 16 ? g.CodeBlockBytes() + (g.HasTokenScale() ? 4ll * g.page_size : 0) : 0;
-  absl::StatusOr<const Selector*> sel = FindSelector(config.selector);
+  absl::StatusOr<const Selector*> sel = FindSelector(SelectorOf(config));
   const int64_t meta = sel.ok() ? (*sel)->OwnMetadataBytesPerBlock(g) : 0;
   return int64_t(g.num_kv_heads) * (g.FpBlockBytes() + quant + 4ll * g.head_dim + meta);
 }
@@ -589,7 +589,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const RuntimeConfig& c
     return absl::InvalidArgumentError(
         absl::StrFormat("CPU backend: num_pages %d outside [1, 2^31)", num_pages));
   }
-  absl::StatusOr<const Selector*> sel = FindSelector(config.selector);
+  absl::StatusOr<const Selector*> sel = FindSelector(SelectorOf(config));
   if (!sel.ok()) return sel.status();
   auto backend = std::make_unique<CpuBackend>(GeometryOf(config), num_pages, nullptr, *sel);
   if (absl::Status s = backend->Init(); !s.ok()) return s;
@@ -611,7 +611,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackendWithDisk(const RuntimeC
   auto disk = DiskResidency::Create(g, static_cast<int32_t>(num_pages),
                                     static_cast<int32_t>(host_slots), std::move(tier));
   if (!disk.ok()) return disk.status();
-  absl::StatusOr<const Selector*> sel = FindSelector(config.selector);
+  absl::StatusOr<const Selector*> sel = FindSelector(SelectorOf(config));
   if (!sel.ok()) return sel.status();
   auto backend = std::make_unique<CpuBackend>(g, num_pages, std::move(*disk), *sel);
   if (absl::Status s = backend->Init(); !s.ok()) return s;

@@ -140,7 +140,7 @@ class GpuHbmBackend final : public Backend {
     TWL_RETURN_IF_ERROR(kmin_buf_.Reserve(size_t(blocks * g_.head_dim) * 2));
     TWL_RETURN_IF_ERROR(kmax_buf_.Reserve(size_t(blocks * g_.head_dim) * 2));
     // The runtime's selector's own per-block metadata (none for Quest and Full).
-    absl::StatusOr<const Selector*> sel = FindSelector(config_.selector);
+    absl::StatusOr<const Selector*> sel = FindSelector(SelectorOf(config_));
     if (!sel.ok()) return sel.status();
     meta_sel_ = *sel;
     const int64_t meta_bytes = meta_sel_->OwnMetadataBytesPerBlock(g_);

@@ -174,7 +174,7 @@ class GpuOffloadBackend final : public OffloadBackend {
     qk_.kmax = reinterpret_cast<fp16_t*>(q);
     TWL_CUDA(cudaMemset(quant_.get(), 0, size_t(quant_bytes_)));
     // The runtime's selector's own per-block metadata (none for Quest and Full).
-    absl::StatusOr<const Selector*> sel = FindSelector(cfg_.selector);
+    absl::StatusOr<const Selector*> sel = FindSelector(SelectorOf(cfg_));
     if (!sel.ok()) return sel.status();
     meta_sel_ = *sel;
     const int64_t meta_bytes = meta_sel_->OwnMetadataBytesPerBlock(g_);

@@ -54,7 +54,7 @@ bool OneOf(int32_t v, std::initializer_list<int32_t> set) {
 void StepParams(const RuntimeConfig& config, int32_t layer, int32_t max_pages,
                 SelectorParams* sel, PrunerParams* pr) {
   const bool dense = layer < config.dense_layers;
-  sel->kind = dense ? SelectorKind::kFull : config.selector;
+  sel->kind = dense ? SelectorKind::kFull : SelectorOf(config);
   // Sinks past the longest sequence change nothing; clamped so that the selector's sums
   // (budget + sinks + 1) stay far from int32 overflow.
   sel->sink_pages = std::min(config.sink_pages, max_pages);
@@ -74,6 +74,17 @@ void StepParams(const RuntimeConfig& config, int32_t layer, int32_t max_pages,
 }
 
 }  // namespace
+
+SelectorKind SelectorOf(const RuntimeConfig& config) {
+  if (config.selector) return *config.selector;
+  // Without a cap every page is a candidate (top-p over every token's INT4 estimate: the
+  // full-context mass is estimated, not bounded). At 128k the Quest bound (d = 128) is too
+  // loose to let the growth skip pages, so growing Quest scored every page anyway and paid
+  // its bound and search passes on top (H200 serving loop, B = 8: 0.92 vs 1.60 ms per
+  // layer-step, same kept mass; bench/RESULTS.md).
+  const bool capped = config.selector_budget_tokens > 0 || config.selector_budget_fraction < 1.0f;
+  return capped ? SelectorKind::kQuest : SelectorKind::kFull;
+}
 
 absl::Status RuntimeConfig::Validate() const {
   auto bad = [](const std::string& msg) { return absl::InvalidArgumentError("config: " + msg); };
@@ -116,10 +127,9 @@ absl::Status RuntimeConfig::Validate() const {
     // %.9g: every float prints distinctly (1.0000001 is not "1").
     return bad(absl::StrFormat("top_p must be in (0, 1], got %.9g", top_p));
   }
-  absl::StatusOr<const Selector*> sel = FindSelector(selector);
-  if (!sel.ok()) {
-    return bad(absl::StrFormat("unknown selector kind %d", static_cast<int32_t>(selector)));
-  }
+  const SelectorKind kind = SelectorOf(*this);
+  absl::StatusOr<const Selector*> sel = FindSelector(kind);
+  if (!sel.ok()) return bad(absl::StrFormat("unknown selector kind %d", static_cast<int32_t>(kind)));
   if (absl::Status st = (*sel)->CheckGeometry(GeometryOf(*this)); !st.ok()) {
     return bad(std::string(st.message()));
   }
@@ -598,7 +608,7 @@ absl::StatusOr<int64_t> Runtime::BindBatch(absl::Span<const SeqId> seqs, int32_t
     PrunerParams unused;
     // The non-dense layers' selector (dense layers run dense attention, no selection).
     StepParams(config_, config_.num_layers - 1, shape.max_pages, &shape.selector, &unused);
-    shape.selector.kind = config_.selector;
+    shape.selector.kind = SelectorOf(config_);
     absl::StatusOr<std::unique_ptr<BoundTables>> dev =
         im.backend->CreateBoundTables(shape, (*b)->words);
     if (!dev.ok()) return dev.status();

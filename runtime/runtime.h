@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -56,7 +57,8 @@ struct RuntimeConfig {
   int32_t k_scheme = kKSchemeDefault;
   // Twilight.
   float top_p = 0.95f;
-  SelectorKind selector = SelectorKind::kQuest;
+  // Unset: the library chooses (SelectorOf below), as TWL_SELECTOR_DEFAULT does in the C API.
+  std::optional<SelectorKind> selector;
   // Quest grows each head's candidates until the kept set provably holds >= top_p of the
   // full-context estimated mass (see SelectorParams::grow); these only cap the ranked
   // candidate pages: a token count (> 0), else a fraction of each sequence's own context
@@ -92,6 +94,11 @@ struct RuntimeConfig {
   // Validates ranges and divisibility (num_q_heads % num_kv_heads, head_dim, bits, p).
   absl::Status Validate() const;
 };
+
+// The selector a configuration runs: the one it names, or the library's choice when it names
+// none: FULL without a cap (every page a candidate), Quest growing up to the cap with one
+// (a cap needs a ranking of pages). Every reader of RuntimeConfig::selector goes through it.
+SelectorKind SelectorOf(const RuntimeConfig& config);
 
 using SeqId = int64_t;
 

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -267,12 +268,17 @@ RuntimeConfig RtConfig() {
   return c;
 }
 
-// Default configuration end to end: a 16k flat head's output is as close to dense as the
-// oracle top-p's (the fixed B0 = N/4 of yesterday gave several times the oracle's error).
-TEST(AdaptiveRuntimeTest, FlatHeadNearOracleAt16k) {
+// End to end, the default configuration (FULL: every page a candidate) and growing Quest
+// without a cap: a 16k flat head's output is as close to dense as the oracle top-p's (the
+// fixed B0 = N/4 of yesterday gave several times the oracle's error).
+class AdaptiveSelectorTest : public ::testing::TestWithParam<std::optional<SelectorKind>> {};
+
+TEST_P(AdaptiveSelectorTest, FlatHeadNearOracleAt16k) {
   const PageGeometry g = Geometry();
   RefStore st = testing::MakeGrowStore(g, 4, {16384}, 1.5f, 8.0f, 101);
-  auto rt = testing::MakeRuntime(RtConfig());
+  RuntimeConfig cfg = RtConfig();
+  cfg.selector = GetParam();
+  auto rt = testing::MakeRuntime(cfg);
   ASSERT_NE(rt, nullptr);
   auto seq = rt->CreateSequence();
   ASSERT_TRUE(seq.ok());
@@ -312,12 +318,14 @@ TEST(AdaptiveRuntimeTest, FlatHeadNearOracleAt16k) {
 }
 
 // A sequence's output is bit-identical alone and next to a longer batch-mate, with the
-// default configuration and with a fractional cap (which scales with its own length only).
-TEST(AdaptiveRuntimeTest, OutputIndependentOfBatchMate) {
+// selector given and with a fractional cap (which scales with its own length only; with the
+// default selector a cap means Quest).
+TEST_P(AdaptiveSelectorTest, OutputIndependentOfBatchMate) {
   const PageGeometry g = Geometry();
   RefStore st = testing::MakeGrowStore(g, 4, {3000, 12000}, 1.5f, 8.0f, 111);
   for (float fraction : {1.0f, 0.1f}) {
     RuntimeConfig c = RtConfig();
+    c.selector = GetParam();
     c.selector_budget_fraction = fraction;
     auto rt = testing::MakeRuntime(c);
     ASSERT_NE(rt, nullptr);
@@ -341,6 +349,12 @@ TEST(AdaptiveRuntimeTest, OutputIndependentOfBatchMate) {
         << "fraction " << fraction;
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Selectors, AdaptiveSelectorTest,
+                         ::testing::Values(std::nullopt, SelectorKind::kQuest),
+                         [](const auto& info) {
+                           return info.param ? std::string("Quest") : std::string("Default");
+                         });
 
 }  // namespace
 }  // namespace twl

@@ -5,6 +5,7 @@
 #include "runtime/runtime.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <thread>
@@ -191,7 +192,7 @@ TEST(Runtime, OtherHeadDimsDecodeLikeDenseAtPOne) {
 }
 
 // 16 query heads per KV head (64 q / 4 KV, the widest group the GPU backends take): the
-// full selector and the default growing Quest at p = 1 both equal dense attention (Quest at
+// full selector and growing Quest at p = 1 both equal dense attention (Quest at
 // p = 1 keeps every candidate of a selection that grows until its bound proves p = 1).
 TEST(Runtime, SixteenQueryHeadsPerKvHeadDecodeLikeDenseAtPOne) {
   for (SelectorKind sel : {SelectorKind::kFull, SelectorKind::kQuest}) {
@@ -219,8 +220,8 @@ TEST(Runtime, SixteenQueryHeadsPerKvHeadDecodeLikeDenseAtPOne) {
 }
 
 // kv_dtype BF16: FP32 K/V (values up to ~300: beyond FP16's 11 bits, within BF16's range)
-// are stored rounded to BF16 and read back exactly so; decode at p = 1 (full selector; and the
-// default growing Quest, whose INT4 estimate now quantizes the BF16 K) equals dense attention
+// are stored rounded to BF16 and read back exactly so; decode at p = 1 (full selector; and
+// growing Quest, whose INT4 estimate now quantizes the BF16 K) equals dense attention
 // in double over the FP32 input within the BF16 tolerance: each K/V element carries a
 // relative error <= 2^-9, so scores move by <= 2^-9 * sum |q_j k_j| (about 0.06 logits here)
 // and the output by about that relative amount: 2e-2 relative L2. Over the BF16-rounded
@@ -683,6 +684,51 @@ TEST(Runtime, DefaultKSchemeIsPageChannel) {
   EXPECT_EQ(RuntimeConfig{}.k_scheme, kKSchemePageChannel);
   EXPECT_EQ(GeometryOf(RuntimeConfig{}).k_scheme, kKSchemePageChannel);
   EXPECT_FALSE(GeometryOf(RuntimeConfig{}).HasTokenScale());
+}
+
+// The selector a configuration runs (SelectorOf): the one it names; unnamed, FULL without a
+// cap and Quest with a token or fraction cap, as TWL_SELECTOR_DEFAULT resolves in the C API
+// (tests/api/api_basics_test.cc); a runtime reports the configuration it was given.
+TEST(Runtime, DefaultSelectorIsFullUnlessCapped) {
+  RuntimeConfig c;
+  EXPECT_FALSE(c.selector.has_value());
+  EXPECT_EQ(SelectorOf(c), SelectorKind::kFull);
+  c.selector_budget_tokens = 256;
+  EXPECT_EQ(SelectorOf(c), SelectorKind::kQuest);
+  c.selector_budget_tokens = 0;
+  c.selector_budget_fraction = 0.25f;
+  EXPECT_EQ(SelectorOf(c), SelectorKind::kQuest);
+  c.selector = SelectorKind::kDoubleSparsity;
+  EXPECT_EQ(SelectorOf(c), SelectorKind::kDoubleSparsity);
+  c.selector = SelectorKind::kFull;
+  c.selector_budget_fraction = 1.0f;
+  EXPECT_EQ(SelectorOf(c), SelectorKind::kFull);
+  c.selector = SelectorKind::kQuest;
+  EXPECT_EQ(SelectorOf(c), SelectorKind::kQuest);  // uncapped growing Quest, when named
+
+  // A runtime with the default decodes bit for bit as one that names FULL.
+  const std::vector<int32_t> lens = {700, 90};
+  RuntimeConfig d = SmallConfig(16);
+  d.top_p = 0.9f;
+  RefStore st = MakeRandomStore(GeometryOf(d), d.num_q_heads, lens, 7);
+  std::vector<std::vector<fp16_t>> outs;
+  for (bool named : {false, true}) {
+    if (named) d.selector = SelectorKind::kFull;
+    auto rt = MakeRuntime(d);
+    ASSERT_TRUE(rt);
+    EXPECT_EQ(rt->config().selector.has_value(), named);
+    std::mt19937_64 rng(7);
+    std::vector<SeqId> ids;
+    for (size_t s = 0; s < lens.size(); ++s) {
+      ids.push_back(*rt->CreateSequence());
+      AppendInChunks(*rt, ids.back(), 0, st, int32_t(s), rng);
+    }
+    outs.emplace_back(st.q.size());
+    ASSERT_TRUE(rt->Decode(0, ids, st.q.data(), outs.back().data(), MemSpace::kHost, {}, nullptr,
+                           nullptr)
+                    .ok());
+  }
+  EXPECT_EQ(std::memcmp(outs[0].data(), outs[1].data(), outs[0].size() * sizeof(fp16_t)), 0);
 }
 
 // k_scheme 1 (INT4 per page channel) runs on every backend: a GPU backend is not refused
