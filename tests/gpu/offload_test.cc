@@ -44,7 +44,27 @@ namespace {
     ASSERT_TRUE(_st.ok()) << #expr << ": " << _st; \
   } while (0)
 
-uint64_t FreshSeed() { return std::random_device{}() ^ 0x5EEDull; }
+// Fresh inputs per run that a failure can replay: from gtest's random seed (printed by
+// tests/support/seed_printer.cc; --gtest_random_seed=S with the test's filter replays), the
+// test's name and the call's index within the test.
+uint64_t fresh_seed_calls = 0;
+class FreshSeedReset : public ::testing::EmptyTestEventListener {
+  void OnTestStart(const ::testing::TestInfo&) override { fresh_seed_calls = 0; }
+};
+[[maybe_unused]] const bool kFreshSeedReset = [] {
+  ::testing::UnitTest::GetInstance()->listeners().Append(new FreshSeedReset);  // gtest owns it
+  return true;
+}();
+
+uint64_t FreshSeed() {
+  const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  const std::string name =
+      info ? std::string(info->test_suite_name()) + "." + info->name() : std::string();
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the name
+  for (unsigned char ch : name) h = (h ^ ch) * 1099511628211ull;
+  const uint32_t run_seed = uint32_t(::testing::UnitTest::GetInstance()->random_seed());
+  return h ^ (uint64_t(run_seed) << 20) ^ fresh_seed_calls++;
+}
 
 double RelL2(const std::vector<fp16_t>& a, const std::vector<fp16_t>& b, bool* nan) {
   double num = 0, den = 0;
@@ -317,9 +337,11 @@ struct Workload {
   uint64_t plant_every = 23;  // a topic is planted in about one key of this many
   float gain_base = 1.0f;     // query gains gain_base + (head % 4): larger = more peaked
   // KV heads [flat_kv_heads, flat_kv_heads + thin_kv_heads): the first token of every page
-  // (positions counted from the start of each Tokens call) carries a large key along the sum
-  // of all topics, the others no topic: top-p keeps ~one token of every page (wide, thin).
+  // (positions counted from the start of each Tokens call) carries a large key equally
+  // aligned with every topic, the others no topic: top-p keeps ~one token of every page
+  // (wide, thin).
   int32_t thin_kv_heads = 0;
+  static constexpr float kThinGain = 5.25f;  // x sqrt(d) along EquallyAligned()
 
   Workload(const PageGeometry& geo, int32_t hq, uint64_t seed) : g(geo), num_q_heads(hq), rng(seed) {
     std::normal_distribution<float> n(0.0f, 1.0f);
@@ -334,20 +356,50 @@ struct Workload {
       topics.push_back(v);
     }
   }
+  // The unit vector in the topics' span with the same dot product with every topic
+  // (a = 1 / sqrt(1' G^-1 1), G the topics' Gram matrix: 0.28 +- 0.02 over draws, min 0.22
+  // in 2000, for 12 topics at d = 128).
+  // The thin heads' keys point along it, so every topic a query drifts to sees the same
+  // peak. Along the plain sum of the topics a topic's alignment was 0.29 +- 0.09 (random
+  // overlaps), and a draw's least aligned topic left the gain-2 heads ~5 logits of peak:
+  // top-p then kept ~3 tokens a page (H200, 2026-12-03: 3 of 33 calibrations, rows from
+  // the cache below 0.9 in 4 of 60 runs, 1 of 48 with the peak doubled).
+  std::vector<float> EquallyAligned() const {
+    const size_t T = topics.size(), D = size_t(g.head_dim);
+    std::vector<double> m(T * (T + 1));  // [G | 1], solved in place for w = G^-1 1
+    for (size_t i = 0; i < T; ++i) {
+      for (size_t j = 0; j < T; ++j) {
+        double dot = 0;
+        for (size_t c = 0; c < D; ++c) dot += double(topics[i][c]) * topics[j][c];
+        m[i * (T + 1) + j] = dot;
+      }
+      m[i * (T + 1) + T] = 1.0;
+    }
+    for (size_t i = 0; i < T; ++i) {  // Gauss-Jordan; G is near the identity (no pivoting)
+      const double piv = m[i * (T + 1) + i];
+      for (size_t j = 0; j <= T; ++j) m[i * (T + 1) + j] /= piv;
+      for (size_t r = 0; r < T; ++r) {
+        if (r == i) continue;
+        const double f = m[r * (T + 1) + i];
+        for (size_t j = 0; j <= T; ++j) m[r * (T + 1) + j] -= f * m[i * (T + 1) + j];
+      }
+    }
+    std::vector<double> u(D, 0.0);
+    for (size_t i = 0; i < T; ++i) {
+      for (size_t c = 0; c < D; ++c) u[c] += m[i * (T + 1) + T] * topics[i][c];
+    }
+    double norm = 0;
+    for (double x : u) norm += x * x;
+    std::vector<float> out(D);
+    for (size_t c = 0; c < D; ++c) out[c] = float(u[c] / std::sqrt(norm));
+    return out;
+  }
   void Tokens(int32_t n, std::vector<fp16_t>* k, std::vector<fp16_t>* v) {
     std::normal_distribution<float> nd(0.0f, 1.0f);
     const int32_t H = g.num_kv_heads, D = g.head_dim;
     k->resize(size_t(n) * H * D);
     v->resize(k->size());
-    std::vector<float> all(static_cast<size_t>(D), 0.0f);  // sum of the topics, unit norm
-    if (thin_kv_heads > 0) {
-      double norm = 0;
-      for (const auto& tp : topics) {
-        for (int32_t c = 0; c < D; ++c) all[size_t(c)] += tp[size_t(c)];
-      }
-      for (float x : all) norm += double(x) * x;
-      for (float& x : all) x = float(x / std::sqrt(norm));
-    }
+    const std::vector<float> all = thin_kv_heads > 0 ? EquallyAligned() : std::vector<float>();
     for (int32_t t = 0; t < n; ++t) {
       const bool planted = rng() % plant_every == 0;
       const auto& topic = topics[rng() % topics.size()];
@@ -356,7 +408,7 @@ struct Workload {
         for (int32_t c = 0; c < D; ++c) {
           float x = 0.3f * std::sin(0.7f * float(c + h)) + 0.6f * nd(rng);
           if (planted && !thin) x += 3.5f * std::sqrt(float(D)) * topic[size_t(c)] / 4.0f;
-          if (thin && t % g.page_size == 0) x += 6 * 3.5f * std::sqrt(float(D)) * all[size_t(c)] / 4.0f;
+          if (thin && t % g.page_size == 0) x += kThinGain * std::sqrt(float(D)) * all[size_t(c)];
           if (h < flat_kv_heads) x = 0.3f * std::sin(0.7f * float(c + h));  // every key equal
           (*k)[(size_t(t) * H + h) * D + c] = FloatToHalf(x);
           (*v)[(size_t(t) * H + h) * D + c] = FloatToHalf(nd(rng));
@@ -684,7 +736,7 @@ TEST(OffloadBackendTest, FlatHeadsThatFitStayResident) {
     int64_t in_place = 0, flat_blocks = 0, flat_resident = 0, flat_kept = 0;
     int64_t thin_blocks = 0, thin_kept = 0;
   };
-  auto run = [&](int64_t slots, int32_t num_rounds, int32_t from, Run* r) {
+  auto run = [&](int64_t slots, int32_t num_rounds, int32_t from, uint64_t seed, Run* r) {
     RuntimeConfig cfg = base;
     cfg.gpu_cache_bytes = slots * g.FpBlockBytes();
     SideBySide sb;
@@ -730,21 +782,42 @@ TEST(OffloadBackendTest, FlatHeadsThatFitStayResident) {
       }
     }
   };
-  // Calibration on a roomy cache: one round's blocks of flat and of thin units.
+  // Calibration on a roomy cache: one round's blocks of flat and of thin units. The workload
+  // as designed: dense flat blocks, thin blocks, enough of them that the working set exceeds
+  // the cache by more than one layer's blocks (LRU thrashes). A draw that is not (its
+  // random keys; see Workload::EquallyAligned for the cause once seen in 1 draw of 11) is
+  // replaced by the next, at most 8 times; the policy's assertions below are the same for
+  // every draw.
+  const int64_t roomy = int64_t(layers) * seqs_per_layer * g.num_kv_heads * (len / 16) + 64;
   Run cal;
-  run(int64_t(layers) * seqs_per_layer * g.num_kv_heads * (len / 16) + 64, 1, 0, &cal);
-  if (HasFatalFailure()) return;
+  uint64_t draw = seed;
+  int32_t draws = 0;
+  auto as_designed = [&](const Run& c) {
+    const int64_t slots = c.flat_blocks + c.flat_blocks / 16;
+    const int64_t working = c.flat_blocks + c.thin_blocks;
+    return c.flat_blocks > 0 && c.thin_blocks > 0 && c.flat_kept >= 12 * c.flat_blocks &&
+           c.thin_kept <= 2 * c.thin_blocks && working - slots > working / layers;
+  };
+  for (; draws < 8; ++draws, draw = draw * 6364136223846793005ull + 1442695040888963407ull) {
+    cal = Run{};
+    run(roomy, 1, 0, draw, &cal);
+    if (HasFatalFailure()) return;
+    if (as_designed(cal)) break;
+    std::printf("[flat fit] draw %llu not as designed (flat %lld blocks, %lld kept; thin %lld "
+                "blocks, %lld kept): the next\n",
+                (unsigned long long)draw, (long long)cal.flat_blocks, (long long)cal.flat_kept,
+                (long long)cal.thin_blocks, (long long)cal.thin_kept);
+  }
+  ::testing::Test::RecordProperty("workload_draws", draws + 1);
   ASSERT_GT(cal.flat_blocks, 0);
   ASSERT_GT(cal.thin_blocks, 0);
-  // The workload as designed: dense flat blocks, thin blocks, enough of them that the
-  // working set exceeds the cache by more than one layer's blocks (LRU thrashes).
   ASSERT_GE(cal.flat_kept, 12 * cal.flat_blocks) << "flat heads not dense";
   ASSERT_LE(cal.thin_kept, 2 * cal.thin_blocks) << "thin heads not thin";
   const int64_t slots = cal.flat_blocks + cal.flat_blocks / 16;
   const int64_t working = cal.flat_blocks + cal.thin_blocks;
   ASSERT_GT(working - slots, working / layers) << "LRU would not thrash: workload too small";
   Run r;
-  run(slots, rounds, warmup, &r);
+  run(slots, rounds, warmup, draw, &r);
   if (HasFatalFailure()) return;
   const double needed = double(r.c.hits + r.c.misses + r.in_place);
   const double rows = double(r.c.hit_rows + r.c.fetched_rows + r.c.direct_rows);
