@@ -1,8 +1,11 @@
 // Launchers of the split-K attention kernels (see attend.cuh and gpu/kernels.h).
-// Instantiations: AttendChunkKernel<D, G, BF16> for D in {64, 96, 128, 256} x G in {1, 2, 4, 8}
-// x stored K/V FP16 or BF16 (G is the group size rounded up to a power of two; extra heads are
-// masked). Groups of 9..16 run G = 8 on a grid of 2 head halves (blockIdx.y), each half with
-// half the stream-K blocks.
+// Instantiations: AttendChunkKernel<D, G, BF16, false> for D in {64, 96, 128, 256} x G in
+// {1, 2, 4, 8} x stored K/V FP16 or BF16 (G is the group size rounded up to a power of two;
+// extra heads are masked), and the tensor-core form <D, 8, false, true> for FP16 K/V at D 64
+// and 128, groups of 3..16. Groups of 9..16 run G = 8 on a grid of 2 head halves
+// (blockIdx.y), each half with half the stream-K blocks.
+#include <atomic>
+#include <cstdlib>
 #include <type_traits>
 
 #include "pipeline/attend/sparse/cuda/attend.cuh"
@@ -16,6 +19,24 @@ using cuda::AsStream;
 using cuda::LaunchStatus;
 
 namespace {
+
+// Groups of at least this many query heads (rounded up) compute on tensor cores where the
+// K/V are FP16 and D is 64 or 128 (attend_compute.cuh); smaller groups are bound by bytes on
+// CUDA cores already, and the MMA's 8 head rows would be mostly zeros.
+constexpr int32_t kTensorCoreMinGroup = 4;
+
+// -1: not decided yet (TWL_ATTN_TC, default on); 0 / 1: off / on.
+std::atomic<int> g_tensor_cores{-1};
+
+bool AttentionTensorCores() {
+  int v = g_tensor_cores.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* env = std::getenv("TWL_ATTN_TC");
+    v = env && env[0] == '0' ? 0 : 1;
+    g_tensor_cores.store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
+}
 
 int32_t PaddedGroup(int32_t group) {
   int32_t p = 1;
@@ -108,12 +129,18 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
     };
     auto by_group = [&](auto bf16) -> absl::Status {
       constexpr bool kBf = decltype(bf16)::value;
+      if constexpr (!kBf && (kHeadDim == 64 || kHeadDim == 128)) {
+        if (gpad >= kTensorCoreMinGroup && AttentionTensorCores()) {
+          return launch(cuda::AttendChunkKernel<kHeadDim, 8, false, true>,
+                        std::max(1, gpad / 8));
+        }
+      }
       switch (gpad) {
-        case 1: return launch(cuda::AttendChunkKernel<kHeadDim, 1, kBf>, 1);
-        case 2: return launch(cuda::AttendChunkKernel<kHeadDim, 2, kBf>, 1);
-        case 4: return launch(cuda::AttendChunkKernel<kHeadDim, 4, kBf>, 1);
-        case 8: return launch(cuda::AttendChunkKernel<kHeadDim, 8, kBf>, 1);
-        default: return launch(cuda::AttendChunkKernel<kHeadDim, 8, kBf>, gpad / 8);
+        case 1: return launch(cuda::AttendChunkKernel<kHeadDim, 1, kBf, false>, 1);
+        case 2: return launch(cuda::AttendChunkKernel<kHeadDim, 2, kBf, false>, 1);
+        case 4: return launch(cuda::AttendChunkKernel<kHeadDim, 4, kBf, false>, 1);
+        case 8: return launch(cuda::AttendChunkKernel<kHeadDim, 8, kBf, false>, 1);
+        default: return launch(cuda::AttendChunkKernel<kHeadDim, 8, kBf, false>, gpad / 8);
       }
     };
     return g.kv_dtype == kKvBf16 ? by_group(std::true_type{}) : by_group(std::false_type{});
@@ -125,6 +152,8 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
 }
 
 }  // namespace
+
+void SetAttentionTensorCores(bool on) { g_tensor_cores.store(on ? 1 : 0); }
 
 size_t AttentionWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads) {
   return Layout(g, num_seqs, num_q_heads, nullptr).bytes;

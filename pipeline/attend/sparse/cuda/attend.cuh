@@ -14,6 +14,7 @@
 #pragma once
 
 #include "gpu/cuda/common.cuh"
+#include "pipeline/attend/sparse/cuda/attend_compute.cuh"
 
 namespace twl::cuda {
 
@@ -91,37 +92,6 @@ __global__ void __launch_bounds__(1024)
 // for rows behind a row map (attend.cu says why).
 constexpr int32_t kFusedPlanPairs = 256;
 
-__device__ __forceinline__ void Unpack8(const uint4& u, float* f) {
-  const __half2* h = reinterpret_cast<const __half2*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 x = __half22float2(h[i]);
-    f[2 * i] = x.x;
-    f[2 * i + 1] = x.y;
-  }
-}
-
-// 8 stored K/V elements: FP16, or BF16 (kBf16: PageGeometry::kv_dtype BF16).
-template <bool kBf16>
-__device__ __forceinline__ void Unpack8Kv(const uint4& u, float* f) {
-  if constexpr (kBf16) {
-    const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 x = __bfloat1622float2(b[i]);
-      f[2 * i] = x.x;
-      f[2 * i + 1] = x.y;
-    }
-  } else {
-    Unpack8(u, f);
-  }
-}
-
-// Rescale factor exp2(m_old - m_new) that is 0 (not NaN) while nothing was seen.
-__device__ __forceinline__ float SafeExp2Diff(float a, float b) {
-  return a == -INFINITY ? 0.0f : exp2f(a - b);
-}
-
 // ---- cp.async helpers (Ampere+ asynchronous global -> shared copies, 16 bytes each) ------
 
 __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
@@ -175,19 +145,23 @@ struct AttnCfg {
 // K/V (mostly from L2: both halves of a piece run at about the same time). gstride is the
 // head stride of the partial states (the group rounded up to a power of two).
 // kBf16: the stored K/V are BF16 (PageGeometry::kv_dtype), else FP16; q is FP16 either way.
-template <int D, int G, bool kBf16>
-__global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM up to G = 4
+// kTc: the compute on tensor cores (TcCompute, G = 8, FP16 K/V, D 64 or 128), else on CUDA
+// cores (CoreCompute); attend_compute.cuh has both.
+template <int D, int G, bool kBf16, bool kTc>
+__global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)  // 2 blocks/SM up to G = 4
     AttendChunkKernel(PageGeometry g, BatchView batch, QueryView q, FpKvView kv, KeptView kept,
                       bool dense, int32_t group, int32_t gstride, float qscale,
                       bool plan_here, int32_t* __restrict__ cum_g,
                       int32_t* __restrict__ item_offset_g, float* __restrict__ part_acc,
                       float2* __restrict__ part_ml) {
   using Cfg = AttnCfg<D>;
+  using Compute = std::conditional_t<kTc, TcCompute<D>, CoreCompute<D, G, kBf16>>;
+  static_assert(!kTc || (G == 8 && !kBf16), "tensor cores: FP16 K/V, 8 heads per block");
   constexpr int S = Cfg::kStages, T = Cfg::kStageTok;
-  constexpr int L = RowLanes(D);     // lanes per token (8 channels each, a power of two)
+  constexpr int L = RowLanes(D);     // loader lanes per row (a 16-byte chunk each)
   constexpr int RC = D / 8;          // of them holding channels
-  constexpr int TPW = 32 / L;        // tokens per warp step
-  constexpr int U = 8 / TPW;         // warp steps per stage (8 tokens per warp per stage)
+  constexpr int TPW = 32 / L;        // rows per loader instruction
+  constexpr int U = 8 / TPW;         // loader instructions per stage (8 rows per warp)
   static_assert(T == kAttnWarps * 8 && kAttnThreads == T * 4, "stage/thread mapping");
   extern __shared__ __align__(16) unsigned char attn_smem[];
   fp16_t* kbuf = reinterpret_cast<fp16_t*>(attn_smem);  // [S][T][D]
@@ -299,8 +273,9 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
         const AttnRowSrc a = ring[(stage % R) * T + t];
         if (!real) continue;
         const bool valid = a.k != nullptr;
-        CpAsync16(kbuf + (b * T + t) * D + li * 8, valid ? a.k + li * 8 : kv.kv, valid);
-        CpAsync16(vbuf + (b * T + t) * D + li * 8, valid ? a.v + li * 8 : kv.kv, valid);
+        const int dst = (b * T + t) * D + StageChunk<Compute::kSwizzle>(t, li) * 8;
+        CpAsync16(kbuf + dst, valid ? a.k + li * 8 : kv.kv, valid);
+        CpAsync16(vbuf + dst, valid ? a.v + li * 8 : kv.kv, valid);
       }
     };
     // Prologue: the addresses of stages 0 .. S-1 resolved synchronously, stages 0 .. S-2
@@ -326,28 +301,8 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
     }
 
     // ---- compute state ----
-    float qv[G][8];
-#pragma unroll
-    for (int j = 0; j < G; ++j) {
-      if (jb + j < group && real) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(
-            q.q + (int64_t(s) * batch.num_q_heads + h * group + jb + j) * D + li * 8);
-        Unpack8(raw, qv[j]);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) qv[j][e] *= qscale;
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) qv[j][e] = 0.0f;
-      }
-    }
-    float m[G], l[G], acc[G][8];
-#pragma unroll
-    for (int j = 0; j < G; ++j) {
-      m[j] = -INFINITY;
-      l[j] = 0.0f;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) acc[j][e] = 0.0f;
-    }
+    Compute comp;
+    comp.Init(q.q + (int64_t(s) * batch.num_q_heads + h * group + jb) * D, group - jb, qscale);
 
     for (int32_t st = 0; st < nst; ++st) {
       CpAsyncWait<S - 2>();
@@ -367,93 +322,16 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 ? 2 : 1)  // 2 blocks/SM 
 
       // Compute on stage st.
       const int b = st % S;
-      const int32_t nvalid = min(T, c1 - (c0 + st * T));
-      float sc[U][G];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int t = warp * 8 + u * TPW + lg;
-        float kf[8] = {};
-        if (real) {
-          Unpack8Kv<kBf16>(*reinterpret_cast<const uint4*>(kbuf + (b * T + t) * D + li * 8), kf);
-        }
-#pragma unroll
-        for (int j = 0; j < G; ++j) {
-          float d = 0.0f;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) d = fmaf(qv[j][e], kf[e], d);
-#pragma unroll
-          for (int o = L / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-          sc[u][j] = t < nvalid ? d : -INFINITY;
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < G; ++j) {
-        float mn = m[j];
-#pragma unroll
-        for (int u = 0; u < U; ++u) mn = fmaxf(mn, sc[u][j]);
-        const float ms = mn == -INFINITY ? 0.0f : mn;
-        const float alpha = SafeExp2Diff(m[j], ms);
-        l[j] *= alpha;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[j][e] *= alpha;
-        m[j] = mn;
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          sc[u][j] = exp2f(sc[u][j] - ms);  // 0 for masked tokens
-          l[j] += sc[u][j];
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int t = warp * 8 + u * TPW + lg;
-        float vf[8] = {};
-        if (real) {
-          Unpack8Kv<kBf16>(*reinterpret_cast<const uint4*>(vbuf + (b * T + t) * D + li * 8), vf);
-        }
-#pragma unroll
-        for (int j = 0; j < G; ++j) {
-#pragma unroll
-          for (int e = 0; e < 8; ++e) acc[j][e] = fmaf(sc[u][j], vf[e], acc[j][e]);
-        }
-      }
+      comp.Stage(kbuf + b * T * D, vbuf + b * T * D, min(T, c1 - (c0 + st * T)));
     }
     CpAsyncWait<0>();
     __syncthreads();  // stage buffers are reused for the merge below
 
-    // Merge the TPW token lanes of each warp (lanes li of groups lg hold the same channels).
-#pragma unroll
-    for (int o = L; o < 32; o <<= 1) {
-#pragma unroll
-      for (int j = 0; j < G; ++j) {
-        const float mo = __shfl_xor_sync(0xffffffffu, m[j], o);
-        const float lo_ = __shfl_xor_sync(0xffffffffu, l[j], o);
-        const float mn = fmaxf(m[j], mo);
-        const float ms = mn == -INFINITY ? 0.0f : mn;
-        const float fa = SafeExp2Diff(m[j], ms), fb = SafeExp2Diff(mo, ms);
-        l[j] = l[j] * fa + lo_ * fb;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const float ao = __shfl_xor_sync(0xffffffffu, acc[j][e], o);
-          acc[j][e] = acc[j][e] * fa + ao * fb;
-        }
-        m[j] = mn;
-      }
-    }
     float* sacc = reinterpret_cast<float*>(attn_smem);     // [kAttnWarps][G][D]
     float* sm_m = sacc + kAttnWarps * G * D;               // [kAttnWarps][G]
     float* sm_l = sm_m + kAttnWarps * G;                   // [kAttnWarps][G]
     static_assert(sizeof(float) * kAttnWarps * G * (D + 2) <= Cfg::kStageBytes, "merge scratch");
-    if (lane < RC) {  // token lane group 0, channel lanes
-#pragma unroll
-      for (int j = 0; j < G; ++j) {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) sacc[(warp * G + j) * D + li * 8 + e] = acc[j][e];
-        if (li == 0) {
-          sm_m[warp * G + j] = m[j];
-          sm_l[warp * G + j] = l[j];
-        }
-      }
-    }
+    comp.Store(AttnMergeScratch{sacc, sm_m, sm_l});
     __syncthreads();
     // Merge the warps; one thread per (head, channel).
     for (int idx = threadIdx.x; idx < G * D; idx += kAttnThreads) {
