@@ -44,6 +44,8 @@ struct AttendCase {
                           // one-wave grid takes pieces of many pipeline stages (the copies'
                           // address ring wraps around; the five short sequences give pieces
                           // of at most a stage or two)
+  float peak = 3.0f;      // MakeRandomStore's planted-key strength; 0: flat attention, where
+                          // every weight matters (the tensor cores' FP16 weights most)
 };
 
 class AttendGpuTest : public ::testing::TestWithParam<AttendCase> {};
@@ -61,7 +63,7 @@ TEST_P(AttendGpuTest, MatchesFp32Reference) {
   std::vector<int32_t> lens;
   for (int32_t r = 0; r < c.repeat; ++r) lens.insert(lens.end(), {2903, 37, 1000, 16, 77});
   if (c.long_len > 0) lens = {c.long_len, 37, 5003};
-  RefStore st = MakeRandomStore(g, c.num_kv_heads * c.group, lens, seed);
+  RefStore st = MakeRandomStore(g, c.num_kv_heads * c.group, lens, seed, c.peak);
   const BatchView hb = st.Batch();
   const int32_t pairs = hb.num_seqs * g.num_kv_heads;
   const int32_t heads = hb.num_seqs * hb.num_q_heads;
@@ -257,7 +259,12 @@ INSTANTIATE_TEST_SUITE_P(
                       AttendCase{96, 2, 3, KeptKind::kDense, false, false, false, false, 1,
                                  60000},
                       AttendCase{256, 1, 16, KeptKind::kDense, false, false, false, false, 1,
-                                 60000}));
+                                 60000},
+                      // Flat attention (no planted keys): long dense and short pruned sets.
+                      AttendCase{128, 8, 4, KeptKind::kDense, false, false, false, false, 1,
+                                 60000, 0.0f},
+                      AttendCase{64, 2, 8, KeptKind::kHeavyLight, false, false, false, false,
+                                 1, 0, 0.0f}));
 
 TEST(AttendGpu, UnsupportedHeadDimIsUnimplemented) {
   TWL_SKIP_WITHOUT_GPU();
