@@ -77,7 +77,7 @@ remote() {
 
   # 1. GPU test suite.
   if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  timeout "${T_TESTS:-120}" "$bin/twl_gpu_tests" --gtest_color=no >"$out/gpu_tests.log" 2>&1
+  timeout "${T_TESTS:-300}" "$bin/twl_gpu_tests" --gtest_color=no >"$out/gpu_tests.log" 2>&1
   local rc=$?
   local passed failed skipped
   passed=$(grep -c '^\[       OK \]' "$out/gpu_tests.log")
