@@ -14,6 +14,10 @@
 #   Default build stages twl_gpu_tests twl_api_tests twl_kernels twl_offload twl_demo twl_accuracy
 #   (ACCURACY="--full" runs the accuracy harness at full size in remote mode).
 #
+#   scripts/gpu-check.sh pack [bins]  Here: the staged binaries a job needs, packed under the
+#                                 carry limit into .device/run/gpu.tgz (see pack() below).
+#   scripts/gpu-check.sh job FILE  On the device (carry [".device/run"]): unpack and run a job
+#                                 script, e.g. scripts/device-jobs/serve-ab.sh.
 # Environment: GPU_BUILD_DIR (default build-gpu), GPU_CHECK_TARGETS (extra ninja targets to stage), BENCH_ARGS (extra
 # twl_kernels flags, e.g. "--contexts 32768,131072"), SKIP_SANITIZER=1, SKIP_BENCH=1,
 # T_TESTS/T_MEMCHECK/T_RACE/T_SDPA/T_BENCH (seconds; defaults keep a run under 8 minutes),
@@ -204,8 +208,42 @@ remote() {
   [ -f "$out/serve.log" ] && grep -v '^\[' "$out/serve.log" | tail -n 60 | cut -c1-260
 }
 
+# The staged folder is larger than the device's carry limit (64 MiB with the tree): `pack`
+# puts the binaries a job needs, the libraries and .device/gpu/old/ (an earlier
+# libtwilight.so.* for A/B runs through LD_PRELOAD) into .device/run/gpu.tgz; on the device,
+# `job FILE` unpacks it and runs FILE (bash) with B = the binaries, L = $OUT, OLD = the old
+# library if any, under a limit (JOB_LIMIT, default 570 s) so that its log's tail is printed
+# even when a step runs long. Carry [".device/run"]; scripts/device-jobs/ has examples.
+pack() {
+  set -e
+  local bins=("$@")
+  ((${#bins[@]})) || bins=(twl_gpu_tests twl_api_tests twl_serve_bench)
+  local paths=(gpu/lib)
+  for b in "${bins[@]}"; do paths+=("gpu/bin/$b"); done
+  [ -d "$STAGE/old" ] && paths+=(gpu/old)
+  mkdir -p "$ROOT/.device/run"
+  tar -C "$ROOT/.device" -cf - "${paths[@]}" | gzip -5 >"$ROOT/.device/run/gpu.tgz"
+  ls -la "$ROOT/.device/run/gpu.tgz"
+}
+
+job() {
+  local file=${1:?usage: $0 job FILE}
+  tar -C "$ROOT/.device" -xzf "$ROOT/.device/run/gpu.tgz"
+  export LD_LIBRARY_PATH=$STAGE/lib:${LD_LIBRARY_PATH:-}
+  export B=$STAGE/bin L=${OUT:-/tmp/gpu-check-out}
+  OLD=$(ls "$STAGE"/old/libtwilight.so* 2>/dev/null | head -1)
+  export OLD
+  mkdir -p "$L"
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
+  timeout "${JOB_LIMIT:-570}" bash "$file" >"$L/job.log" 2>&1
+  echo "job rc=$?"
+  grep -v '^\[ *\(RUN\|OK\) ' "$L/job.log" | tail -c 11000
+}
+
 case "${1:-}" in
   build) build ;;
   remote) remote ;;
-  *) echo "usage: $0 build|remote" >&2; exit 2 ;;
+  pack) shift; pack "$@" ;;
+  job) shift; job "$@" ;;
+  *) echo "usage: $0 build|remote|pack [binaries...]|job FILE" >&2; exit 2 ;;
 esac
