@@ -89,6 +89,12 @@ struct PrunerParams {
   // GPU work plan of the top-p kept pass (the result does not depend on it): chunks of
   // slots per block. 0: one (larger runs measured slower by default; opt in to measure).
   int32_t topp_chunks_per_block = 0;
+  // GPU work plan of the top-p kept pass (the result does not depend on it): blocks per
+  // chunk, each taking an equal share of the group's query heads. 0: one, or with
+  // TWL_PRUNE_HEAD_SPLIT=1 in the environment two where the pass's grid is under two blocks
+  // per SM (a small batch: twice the parallelism; not measured yet, so opt-in); 1: one;
+  // 2: two where the group is even.
+  int32_t topp_head_splits = 0;
 };
 
 // Tokens kept per (sequence, KV head): the union over the group's query heads, ascending

@@ -169,6 +169,13 @@ TEST_P(PruneGpuTest, MatchesReferenceUpToThresholdTies) {
     expect_same_bits("topp_chunks_per_block = " + std::to_string(plan));
   }
   dparams.topp_chunks_per_block = 0;
+  // The kept pass's heads split over two blocks per chunk (even groups), alone and with runs.
+  dparams.topp_head_splits = 2;
+  expect_same_bits("topp_head_splits = 2");
+  dparams.topp_chunks_per_block = 3;
+  expect_same_bits("topp_head_splits = 2, topp_chunks_per_block = 3");
+  dparams.topp_chunks_per_block = 0;
+  dparams.topp_head_splits = 0;
   // Programmatic dependent launch of the top-p chain (pdl.cuh, opt-in).
   setenv("TWL_PRUNE_PDL", "1", 1);
   expect_same_bits("TWL_PRUNE_PDL=1");

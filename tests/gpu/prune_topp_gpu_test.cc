@@ -9,9 +9,10 @@
 //  - one dominant token over -60000 (estimated weight 0: valid but never kept at p < 1);
 //  - one-token and chunk-edge sequences (1, 4096 + 17, 20000 tokens), p in {0.5, 0.9, 0.99,
 //    1};
-//  - every explicit work plan of the top-p passes (1, 2, 3, all chunks per block) gives the
-//    bits of the automatic one (runs of several chunks: partial last runs, sequences that
-//    end inside a run, the boundary lists' per-chunk counts).
+//  - every explicit work plan of the top-p passes (1, 2, 3, all chunks per block; the kept
+//    pass's heads split over two blocks, alone and with runs) gives the bits of the
+//    automatic one (runs of several chunks: partial last runs, sequences that end inside a
+//    run, the boundary lists' per-chunk counts; splits: union words ORed by two blocks).
 // The GPU computes each weight exp(-d) as ex2.approx(-d log2 e) (TopPWeight: within ~3e-6
 // relative of std::exp over the 28.5 logits that carry weight), which moves fixed-point
 // masses by as much; so per head the GPU set must lie between the reference sets at
@@ -21,6 +22,8 @@
 #include <cmath>
 #include <random>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include "core/half.h"
 #include "gpu_test_util.h"
@@ -116,8 +119,9 @@ TEST(PruneTopPGpuTest, KeptSetsFollowTheBinnedRule) {
     PrunerParams params;
     params.p = p;
     params.softmax_scale = 1.0f;
-    auto launch = [&](int32_t plan) {
+    auto launch = [&](int32_t plan, int32_t splits = 0) {
       params.topp_chunks_per_block = plan;
+      params.topp_head_splits = splits;
       return LaunchPrune(g, params, ds.Batch(), ds.Query(), ds.Quant(), ds.Kv(),
                          SelectionView{d_sp.as<int32_t>(), d_sc.as<int32_t>(), max_select},
                          KeptView{d_tok.as<int32_t>(), d_cnt.as<int32_t>(), max_kept},
@@ -129,10 +133,12 @@ TEST(PruneTopPGpuTest, KeptSetsFollowTheBinnedRule) {
     const auto cnt = Download<int32_t>(d_cnt, size_t(pairs));
     const auto kept = Download<int32_t>(d_kept, size_t(heads));
     const auto mass = Download<float>(d_mass, size_t(heads));
-    // Work plans of the top-p passes (chunks per block): the same bits.
-    for (const int32_t plan : {1, 2, 3, 1 << 20}) {
-      SCOPED_TRACE(::testing::Message() << "topp_chunks_per_block = " << plan);
-      TWL_ASSERT_OK(launch(plan));
+    // Work plans of the top-p passes (chunks per block, head splits): the same bits.
+    for (const auto& [plan, splits] : std::vector<std::pair<int32_t, int32_t>>{
+             {1, 0}, {2, 0}, {3, 0}, {1 << 20, 0}, {0, 2}, {2, 2}}) {
+      SCOPED_TRACE(::testing::Message() << "topp_chunks_per_block = " << plan
+                                        << ", topp_head_splits = " << splits);
+      TWL_ASSERT_OK(launch(plan, splits));
       EXPECT_EQ(Download<int32_t>(d_tok, size_t(pairs) * max_kept), tok);
       EXPECT_EQ(Download<int32_t>(d_cnt, size_t(pairs)), cnt);
       EXPECT_EQ(Download<int32_t>(d_kept, size_t(heads)), kept);

@@ -3,6 +3,8 @@
 // ScorePage16Kernel<64|128, 1|2 n-tiles, growth or not, per token | per page channel>; the
 // rest are not templates.
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "pipeline/prune/twilight/cuda/prune.cuh"
 #include "core/validate.h"
@@ -139,6 +141,22 @@ int32_t ChunksPerBlock(int32_t plan, int64_t chunks) {
       std::clamp<int64_t>(plan > 0 ? plan : 1, 1, std::max<int64_t>(chunks, 1));
   const int64_t blocks = (chunks + per_block - 1) / per_block;  // per row
   return int32_t((chunks + blocks - 1) / blocks);               // balanced
+}
+
+// Head splits of the kept pass (KeptKernel's grid z): the explicit plan, or by default one
+// unless TWL_PRUNE_HEAD_SPLIT=1, which takes two where the pass's grid (`blocks`) is under two
+// blocks per SM: at B = 1 (8 pairs x 32 chunks at 128k) the pass runs 256 blocks of 8 heads
+// each, latency-bound at ~2 per SM (64 x 8: 29 us against 17 at 32 x 8, H200, fifteenth
+// session); halves of the heads double the resident blocks. Splits need an even group.
+int32_t KeptHeadSplits(int32_t plan, int32_t group, int64_t blocks) {
+  if (group % 2 != 0 || group < 2) return 1;
+  if (plan == 2) return 2;
+  if (plan != 0) return 1;
+  static const bool on = [] {
+    const char* env = std::getenv("TWL_PRUNE_HEAD_SPLIT");
+    return env && std::strcmp(env, "1") == 0;
+  }();
+  return on && group >= 4 && blocks < 2 * int64_t(gpu::SmCount()) ? 2 : 1;
 }
 
 // Records ev[i] on the stream when events are given (profiling).
@@ -375,14 +393,21 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
   if (!params.dense) {
     // Top-p by histogram selection (prune_hist.cuh): level 1; level 2 with the kept bits
     // above the boundary bin; the boundary bin's bits.
-    auto kept = group > 8 ? cuda::KeptKernel<16> : cuda::KeptKernel<8>;
+    const int32_t kept_run = ChunksPerBlock(params.topp_chunks_per_block, l.hist.bnd_chunks);
+    const int64_t kept_blocks = (l.hist.bnd_chunks + kept_run - 1) / kept_run;
+    const int32_t splits = KeptHeadSplits(params.topp_head_splits, group, kept_blocks * pairs);
+    auto kept = group / splits > 8 ? cuda::KeptKernel<16> : cuda::KeptKernel<8>;
+    if (splits > 1) {  // the splits OR their union bits into cleared words
+      if (cudaMemsetAsync(l.bits, 0, size_t(pairs) * size_t(shape.bit_words) * sizeof(uint32_t),
+                          st) != cudaSuccess) {
+        return LaunchStatus("prune kept bits memset");
+      }
+    }
     const unsigned hist_chunks = unsigned((cand + cuda::kHistChunk - 1) / cuda::kHistChunk);
     cuda::HistKernel<<<dim3(unsigned(heads), hist_chunks), cuda::kHistThreads, 0, st>>>(
         g, params, batch, list, shape, l.scores, l.head_max, l.hist);
     TWL_RETURN_IF_ERROR(LaunchStatus("HistKernel"));
-    const int32_t kept_run = ChunksPerBlock(params.topp_chunks_per_block, l.hist.bnd_chunks);
-    const dim3 kept_runs{unsigned((l.hist.bnd_chunks + kept_run - 1) / kept_run),
-                         unsigned(pairs), 1u};
+    const dim3 kept_runs{unsigned(kept_blocks), unsigned(pairs), unsigned(splits)};
     // Kept, Boundary and Compact overlap their predecessor's tail (pdl.cuh).
     TWL_RETURN_IF_ERROR(cuda::LaunchAfterPrevious(
         "KeptKernel", kept, kept_runs, cuda::kKeptThreads, st, g, params, batch, list, shape,

@@ -493,7 +493,8 @@ static_assert(kKeptChunk <= 65536, "chunk offsets fit 16 bits");
 // blocks each block's prologue and two steps are pure latency; at 1 block per SM the H200
 // took 2x as long for the whole top-p).
 // Grid: x = runs of `chunks` chunks (the launcher sizes them so that the grid is about one
-// wave of resident blocks), y = (sequence, KV head). A block resolves its heads' thresholds
+// wave of resident blocks), y = (sequence, KV head), z = head splits (PrunerParams::
+// topp_head_splits: at a small batch, each of z blocks takes 1/z of the group's heads). A block resolves its heads' thresholds
 // once for its chunks (LoadChunkHeads: a chain of dependent loads) and, while it works on
 // one chunk, prefetches the next into L2 (the first while that chain runs); the level-2
 // sums and the kept counts of its chunks are flushed once.
@@ -512,8 +513,11 @@ __global__ void __launch_bounds__(kKeptThreads, kMaxG <= 8 ? 4 : 1)
   const int32_t first_chunk = blockIdx.x * chunks;
   const int32_t first = first_chunk * kKeptChunk;
   const int32_t last = min(slots, first + chunks * kKeptChunk);  // the block's slots end
-  const int G = shape.group;
-  const int32_t sq0 = s * batch.num_q_heads + h * G;
+  // Head splits (gridDim.z > 1): block z takes heads [z G, z G + G) of the group, with
+  // G = group / splits; the splits of a chunk then share its union bit words (atomicOr into
+  // words the launcher cleared).
+  const int G = shape.group / int(gridDim.z);
+  const int32_t sq0 = s * batch.num_q_heads + h * shape.group + int(blockIdx.z) * G;
   const int lane = threadIdx.x & 31;
   const int32_t* pages = sel.pages + int64_t(pair) * sel.max_select;
   const int32_t ps = g.page_size;
@@ -612,7 +616,13 @@ __global__ void __launch_bounds__(kKeptThreads, kMaxG <= 8 ? 4 : 1)
       uint32_t word = byte << (8 * (lane & 3));  // slots i0..i0+7 are bits 8 (lane & 3) + k
       word |= __shfl_xor_sync(0xffffffffu, word, 1);
       word |= __shfl_xor_sync(0xffffffffu, word, 2);
-      if ((lane & 3) == 0 && i0 < c1) pair_bits[i0 >> 5] = word;
+      if ((lane & 3) == 0 && i0 < c1) {
+        if (gridDim.z == 1) {
+          pair_bits[i0 >> 5] = word;
+        } else if (word) {
+          atomicOr(&pair_bits[i0 >> 5], word);
+        }
+      }
     }
     __syncthreads();  // the chunk's boundary lists complete
     if (threadIdx.x < G) {  // every count BoundaryKernel reads, then the next chunk's from 0
