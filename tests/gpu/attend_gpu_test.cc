@@ -163,7 +163,11 @@ TEST_P(AttendGpuTest, MatchesFp32Reference) {
   for (const bool tc : {false, true}) {
     if (tc && !tc_applies) continue;
     SCOPED_TRACE(tc ? "tensor cores" : "CUDA cores");
-    SetAttentionTensorCores(tc);
+    // The process's setting (TWL_ATTN_TC) comes back however this iteration ends.
+    struct Restore {
+      bool before;
+      ~Restore() { SetAttentionTensorCores(before); }
+    } restore{SetAttentionTensorCores(tc)};
     const double tol = tc ? 3e-3 : 2e-3;
     gpu::DeviceBuffer d_out = Poisoned<fp16_t>(ref.size());
     gpu::DeviceBuffer ws;
@@ -181,7 +185,6 @@ TEST_P(AttendGpuTest, MatchesFp32Reference) {
           KeptView{d_tok.as<int32_t>(), d_cnt.as<int32_t>(), max_kept},
           OutputView{d_out.as<fp16_t>()}, 0.0f, ws.get(), ws_bytes, nullptr);
     }
-    SetAttentionTensorCores(true);  // the process default
     TWL_ASSERT_OK(launched);
     const std::vector<float> got = testing::ToFloat(Download<fp16_t>(d_out, ref.size()));
     ASSERT_TRUE(testing::AllFinite(got)) << "NaN/inf or unwritten output";

@@ -153,7 +153,11 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
 
 }  // namespace
 
-void SetAttentionTensorCores(bool on) { g_tensor_cores.store(on ? 1 : 0); }
+bool SetAttentionTensorCores(bool on) {
+  const bool before = AttentionTensorCores();
+  g_tensor_cores.store(on ? 1 : 0);
+  return before;
+}
 
 size_t AttentionWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads) {
   return Layout(g, num_seqs, num_q_heads, nullptr).bytes;

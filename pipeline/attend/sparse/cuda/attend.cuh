@@ -13,6 +13,8 @@
 // (sequence, query head) and writes FP16.
 #pragma once
 
+#include <type_traits>
+
 #include "gpu/cuda/common.cuh"
 #include "pipeline/attend/sparse/cuda/attend_compute.cuh"
 
@@ -148,7 +150,8 @@ struct AttnCfg {
 // kTc: the compute on tensor cores (TcCompute, G = 8, FP16 K/V, D 64 or 128), else on CUDA
 // cores (CoreCompute); attend_compute.cuh has both.
 template <int D, int G, bool kBf16, bool kTc>
-__global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)  // 2 blocks/SM up to G = 4
+// 2 blocks per SM up to G = 4 and for the tensor-core form (its registers fit), else 1.
+__global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
     AttendChunkKernel(PageGeometry g, BatchView batch, QueryView q, FpKvView kv, KeptView kept,
                       bool dense, int32_t group, int32_t gstride, float qscale,
                       bool plan_here, int32_t* __restrict__ cum_g,

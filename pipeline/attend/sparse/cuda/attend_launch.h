@@ -13,8 +13,8 @@ namespace twl {
 
 // Whether groups of 3 or more query heads over FP16 K/V at head dim 64 or 128 compute on
 // tensor cores (default; TWL_ATTN_TC=0 in the environment turns it off) or on CUDA cores.
-// Process-wide; for A/B runs and for tests that check both forms.
-void SetAttentionTensorCores(bool on);
+// Process-wide; for A/B runs and for tests that check both forms. Returns the setting before.
+bool SetAttentionTensorCores(bool on);
 
 // Workspace of both attention launchers (partial softmax states of the split-K chunks).
 size_t AttentionWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads);

@@ -4,7 +4,7 @@
 namespace twl {
 
 #if !TWL_HAVE_CUDA
-void SetAttentionTensorCores(bool) {}
+bool SetAttentionTensorCores(bool) { return false; }
 size_t AttentionWorkspaceBytes(const PageGeometry&, int32_t, int32_t) { return 0; }
 absl::Status LaunchSparseAttention(const PageGeometry&, const BatchView&, const QueryView&,
                                    const FpKvView&, const KeptView&, const OutputView&, float,
