@@ -90,10 +90,10 @@ struct PrunerParams {
   // slots per block. 0: one (larger runs measured slower by default; opt in to measure).
   int32_t topp_chunks_per_block = 0;
   // GPU work plan of the top-p kept pass (the result does not depend on it): blocks per
-  // chunk, each taking an equal share of the group's query heads. 0: one, or with
-  // TWL_PRUNE_HEAD_SPLIT=1 in the environment two where the pass's grid is under two blocks
-  // per SM (a small batch: twice the parallelism; not measured yet, so opt-in); 1: one;
-  // 2: two where the group is even.
+  // chunk, each taking an equal share of the group's query heads. 0: two where the pass's
+  // grid is at most two blocks per SM and the group is even and >= 4 (a small batch: twice
+  // the parallelism), else one; TWL_PRUNE_HEAD_SPLIT=0 in the environment makes it one;
+  // 1: one; 2: two where the group is even.
   int32_t topp_head_splits = 0;
 };
 

@@ -50,30 +50,58 @@ __device__ __forceinline__ int PageChannelCode(float x, float mn, float step, in
 // old_k + r * head_dim for r < split, else at new_k + r * head_dim, or from its slot in the
 // GPU row cache `ins` when it has one: the same bits in device memory rather than a read of
 // mapped host memory), against the per-channel kmin / step in shared memory (s_mn, s_step:
-// filled and synchronized by the caller). One thread per (row, code byte).
+// filled and synchronized by the caller). Every thread of the block calls it.
+// The rows are first staged in shared memory, 16 bytes per thread and load, all issued
+// together: one thread per (row, code byte) reading its channels from global memory paid a
+// dependent round trip per iteration (8 per thread for a 16-row page), which made a
+// one-token append ~10 us (H200, seventeenth session); the codes then come from shared memory.
+constexpr int kRequantStageElems = 4096;  // 8 KB: 32 rows at d = 128, 16 at d = 256
 __device__ __forceinline__ void RequantizeBlockRows(const PageGeometry& g, const QuantKView& qk,
                                                     int64_t block, int32_t rows, int32_t split,
                                                     const fp16_t* old_k, const fp16_t* new_k,
                                                     const float* s_mn, const float* s_step,
                                                     const DeviceRowCache& ins) {
+  __shared__ __align__(16) uint16_t staged[kRequantStageElems];
+  const int32_t D = g.head_dim;
   const int32_t bytes = g.CodeBytesPerToken();
   const int per_byte = 8 / g.k_bits;
   const int max_code = g.MaxCode();
   const bool bf16 = g.kv_dtype == kKvBf16;
-  for (int32_t i = threadIdx.x; i < rows * bytes; i += blockDim.x) {
-    const int32_t r = i / bytes, b = i % bytes;
-    const fp16_t* k = (r < split ? old_k : new_k) + int64_t(r) * g.head_dim;
-    if (ins.d_slot_of_row != nullptr) {
-      const int32_t slot = ins.d_slot_of_row[block * g.page_size + r];
-      if (slot >= 0) k = ins.d_slots + int64_t(slot) * 2 * g.head_dim;
+  // Pieces per row: 16 bytes where rows are 16-byte multiples (every aligned store; the
+  // per-token path's MinMaxKernel also takes other head dims), else single elements.
+  const bool vec = D % 8 == 0;
+  const int32_t piece = vec ? 8 : 1;
+  const int32_t pieces = D / piece;
+  const int32_t tile_rows = kRequantStageElems / D;
+  for (int32_t r0 = 0; r0 < rows; r0 += tile_rows) {
+    const int32_t n = min(tile_rows, rows - r0);
+    for (int32_t i = threadIdx.x; i < n * pieces; i += blockDim.x) {
+      const int32_t r = r0 + i / pieces, v = i % pieces;
+      const fp16_t* k = (r < split ? old_k : new_k) + int64_t(r) * D;
+      if (ins.d_slot_of_row != nullptr) {
+        const int32_t slot = ins.d_slot_of_row[block * g.page_size + r];
+        if (slot >= 0) k = ins.d_slots + int64_t(slot) * 2 * D;
+      }
+      uint16_t* to = staged + (r - r0) * D + v * piece;
+      if (vec) {
+        *reinterpret_cast<uint4*>(to) = *reinterpret_cast<const uint4*>(k + v * piece);
+      } else {
+        *to = k[v];
+      }
     }
-    uint32_t v = 0;
-    for (int e = 0; e < per_byte; ++e) {
-      const int j = b * per_byte + e;
-      v |= uint32_t(PageChannelCode(KvF(k[j], bf16), s_mn[j], s_step[j], max_code))
-           << (e * g.k_bits);
+    __syncthreads();
+    for (int32_t i = threadIdx.x; i < n * bytes; i += blockDim.x) {
+      const int32_t r = i / bytes, b = i % bytes;
+      const uint16_t* k = staged + r * D;
+      uint32_t v = 0;
+      for (int e = 0; e < per_byte; ++e) {
+        const int j = b * per_byte + e;
+        v |= uint32_t(PageChannelCode(KvF(k[j], bf16), s_mn[j], s_step[j], max_code))
+             << (e * g.k_bits);
+      }
+      qk.Codes(g, block, r0 + r)[b] = uint8_t(v);
     }
-    qk.Codes(g, block, r)[b] = uint8_t(v);
+    __syncthreads();  // the stage is rewritten by the next tile
   }
 }
 

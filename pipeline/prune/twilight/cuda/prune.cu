@@ -143,20 +143,21 @@ int32_t ChunksPerBlock(int32_t plan, int64_t chunks) {
   return int32_t((chunks + blocks - 1) / blocks);               // balanced
 }
 
-// Head splits of the kept pass (KeptKernel's grid z): the explicit plan, or by default one
-// unless TWL_PRUNE_HEAD_SPLIT=1, which takes two where the pass's grid (`blocks`) is under two
-// blocks per SM: at B = 1 (8 pairs x 32 chunks at 128k) the pass runs 256 blocks of 8 heads
-// each, latency-bound at ~2 per SM (64 x 8: 29 us against 17 at 32 x 8, H200, fifteenth
-// session); halves of the heads double the resident blocks. Splits need an even group.
+// Head splits of the kept pass (KeptKernel's grid z): the explicit plan, or by default two
+// where the pass's grid (`blocks`) is at most two blocks per SM (TWL_PRUNE_HEAD_SPLIT=0 in the
+// environment: one). At B = 1, 128k the pass runs 33 chunks x 8 pairs = 264 blocks of the
+// group's heads, latency-bound at two per SM of the H200's 132; halves of the heads double
+// the resident blocks: Kept 29.9 -> 21.3 us at 64 x 8, the step 191 -> 184 us (H200,
+// seventeenth session). Splits need an even group of 4 or more.
 int32_t KeptHeadSplits(int32_t plan, int32_t group, int64_t blocks) {
   if (group % 2 != 0 || group < 2) return 1;
   if (plan == 2) return 2;
   if (plan != 0) return 1;
   static const bool on = [] {
     const char* env = std::getenv("TWL_PRUNE_HEAD_SPLIT");
-    return env && std::strcmp(env, "1") == 0;
+    return !(env && std::strcmp(env, "0") == 0);
   }();
-  return on && group >= 4 && blocks < 2 * int64_t(gpu::SmCount()) ? 2 : 1;
+  return on && group >= 4 && blocks <= 2 * int64_t(gpu::SmCount()) ? 2 : 1;
 }
 
 // Records ev[i] on the stream when events are given (profiling).
