@@ -46,6 +46,17 @@ float PageChannelStep(const PageGeometry& g, fp16_t kmin, fp16_t kmax) {
   return (HalfToFloat(kmax) - HalfToFloat(kmin)) / float(g.MaxCode());
 }
 
+fp16_t PageChannelInverseMaxCodeHalf(const PageGeometry& g) {
+  return FloatToHalf(1.0f / float(g.MaxCode()));
+}
+
+fp16_t PageChannelStepHalf(const PageGeometry& g, fp16_t kmin, fp16_t kmax) {
+  // Differences and products of FP16 values are exact in double: one rounding each.
+  const fp16_t range = DoubleToHalf(double(HalfToFloat(kmax)) - double(HalfToFloat(kmin)));
+  return DoubleToHalf(double(HalfToFloat(range)) *
+                      double(HalfToFloat(PageChannelInverseMaxCodeHalf(g))));
+}
+
 void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const QuantKView& qk,
                           int64_t block, int32_t rows) {
   const fp16_t* mn = qk.kmin + block * g.head_dim;

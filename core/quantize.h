@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "core/half.h"
 #include "core/stage_views.h"
 
 namespace twl {
@@ -18,8 +19,21 @@ void QuantizeRowRef(const PageGeometry& g, const fp16_t* k, uint8_t* codes, fp16
 float DequantizeRef(const PageGeometry& g, const uint8_t* codes, fp16_t scale, fp16_t zero,
                     int32_t j);
 
-// Per-page-channel scheme (core/page_layout.h): the FP32 step of channel j of a block.
+// Per-page-channel scheme (core/page_layout.h): the FP32 step of channel j of a block (the
+// quantizer's: codes are rint((k - kmin) / step)).
 float PageChannelStep(const PageGeometry& g, fp16_t kmin, fp16_t kmax);
+// The estimator's FP16 dequantization of a code (the pruner's score estimate reads K as
+// these values): k~ = FP16(code * step16 + kmin) with one rounding, where
+// step16 = FP16(FP16(kmax - kmin) * FP16(1 / max_code)), each FP16 operation rounded once.
+// The GPU computes exactly this with HSUB2 / HMUL2 / HFMA2 on the Quest bounds, so its
+// tensor cores take the dequantized K as the A operand against the unchanged FP16 queries.
+// step16 differs from the quantizer's step by a few FP16 ulps (k~ moves by < 2^-6 of a step
+// at code 15), and k~'s rounding by 2^-11 of |k~|: both far below the INT4 error (step / 2).
+fp16_t PageChannelStepHalf(const PageGeometry& g, fp16_t kmin, fp16_t kmax);
+fp16_t PageChannelInverseMaxCodeHalf(const PageGeometry& g);  // FP16(1 / max_code)
+inline fp16_t PageChannelDequantHalf(int32_t code, fp16_t step16, fp16_t kmin) {
+  return HalfFmaRef(FloatToHalf(float(code)), step16, kmin);
+}
 // Re-quantizes rows [0, rows) of `block` against the block's kmin/kmax (which must cover them).
 void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const QuantKView& qk,
                           int64_t block, int32_t rows);

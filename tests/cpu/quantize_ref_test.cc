@@ -4,7 +4,6 @@
 #include <limits>
 #include <random>
 
-#include "core/divide_by_15.h"
 #include "core/quantize.h"
 #include "gtest/gtest.h"
 #include "pipeline/prune/twilight/cpu/estimate_cpu.h"
@@ -136,9 +135,9 @@ TEST(Append, RejectsBadInputWithoutWriting) {
 // its channel's step of K, the step being the block's own Quest range / (2^bits - 1); rows
 // appended one at a time (each append widening the range and re-quantizing the block) give
 // the codes of one bulk append; no per-token scale/zero is needed; the score estimate is q
-// against the dequantized row up to the FP16 rounding of q_j * step_j (estimate_cpu.h): at
-// most 2^-11 |q_j step_j| code_j per channel (2^-25 code_j below FP16's normal range), plus
-// the float sums' own 1e-4 relative.
+// against the dequantized row up to the estimator's FP16 dequantization (estimate_cpu.h: its
+// step16 within 2^-9 of the step, k~ rounded to 2^-11 of itself), plus the float sums' own
+// 1e-4 relative.
 TEST(Quantize, PageChannelSchemeIsPerChannelOverTheBlockRange) {
   for (int32_t bits : {2, 4, 8}) {
     PageGeometry g{16, 64, 2, bits};
@@ -181,9 +180,13 @@ TEST(Quantize, PageChannelSchemeIsPerChannelOverTheBlockRange) {
                 << "bits " << bits << " token " << t << " channel " << j;
             q[size_t(j)] = n(rng);
             dot += double(q[size_t(j)]) * deq;
+            // The estimator's FP16 k~ against deq: its step16 (three FP16 roundings and
+            // FP16(1 / max_code): within 2^-9 of the step) times the code, and k~'s own
+            // rounding (2^-11 of it, 2^-25 absolute below FP16's normal range).
             const double code = UnpackCode(qk.Codes(g, block, t % g.page_size), j, g.k_bits);
-            rounding += (std::ldexp(std::abs(double(q[size_t(j)]) * step), -11) +
-                         std::ldexp(1.0, -25)) * std::abs(code);
+            rounding += std::abs(double(q[size_t(j)])) *
+                        (std::ldexp(double(step) * code, -9) +
+                         std::ldexp(std::abs(double(deq)), -11) + std::ldexp(1.0, -24));
           }
           const float est = EstimateScoreRef(g, q.data(), qk, bulk.Kv(), block, t % g.page_size);
           ASSERT_NEAR(est, dot, rounding + 1e-4 * (1.0 + std::abs(dot)));
@@ -214,9 +217,31 @@ TEST(Quantize, PageChannelSchemeIsPerChannelOverTheBlockRange) {
 }
 
 // The per-page-channel estimate's definition (estimate_cpu.h), term for term and in channel
-// order: sum_j q_j kmin_j + sum_j float(FP16(q_j step_j)) code_j, the FP16 rounding of
-// q_j step_j being what lets the GPU's single FP16 MMA be exact. Bit-exact.
-TEST(Quantize, PageChannelEstimateRoundsQTimesStepToFp16) {
+// order: sum_j q_j float(k~_j), k~_j = FP16(code_j * step16_j + kmin_j) rounded once, step16_j
+// = FP16(FP16(kmax_j - kmin_j) * FP16(1 / 15)). Each FP16 operation is checked to be the
+// correctly rounded one (nearest, ties to even) from its exact value in long double, an
+// independent route from DoubleToHalf. Bit-exact.
+// Whether h is the FP16 value nearest to x (ties: even mantissa): x lies within half an ulp
+// of h on both sides.
+bool IsNearestHalf(long double x, fp16_t h) {
+  // The representable neighbours of h toward +inf and -inf.
+  auto next = [](fp16_t v, bool up) -> fp16_t {
+    const bool neg = (v & 0x8000u) != 0;
+    if ((v & 0x7fffu) == 0) return up ? fp16_t(0x0001u) : fp16_t(0x8001u);
+    return neg == up ? fp16_t(v - 1) : fp16_t(v + 1);  // magnitude down, else up
+  };
+  const long double v = HalfToFloat(h);
+  for (bool up : {true, false}) {
+    const fp16_t n = next(h, up);
+    if ((n & 0x7c00u) == 0x7c00u) continue;  // past the finite range
+    const long double dv = std::fabs(x - v), dw = std::fabs(x - (long double)HalfToFloat(n));
+    if (dw < dv) return false;
+    if (dw == dv && (h & 1u)) return false;  // a tie goes to the even neighbour
+  }
+  return true;
+}
+
+TEST(Quantize, PageChannelEstimateDequantizesToFp16) {
   for (int32_t d : {64, 128}) {
     PageGeometry g{16, d, 1, 4};
     g.k_scheme = kKSchemePageChannel;
@@ -224,51 +249,62 @@ TEST(Quantize, PageChannelEstimateRoundsQTimesStepToFp16) {
     const QuantKView qk = st.Quant();
     std::mt19937_64 rng{uint64_t(d)};
     std::normal_distribution<float> n(0.0f, 0.3f);
-    int32_t rounded_terms = 0;
+    const fp16_t inv = PageChannelInverseMaxCodeHalf(g);
+    ASSERT_TRUE(IsNearestHalf(1.0L / 15.0L, inv));
+    int32_t rounded = 0;
     for (int32_t t = 0; t < 45; ++t) {
       const int64_t block = g.BlockId(st.page_table[size_t(t / g.page_size)], 0);
       std::vector<float> q(static_cast<size_t>(d));
       for (float& x : q) x = n(rng);
-      float base = 0.0f, dot = 0.0f;
+      float dot = 0.0f;
       for (int32_t j = 0; j < d; ++j) {
         const fp16_t mn = qk.kmin[block * d + j], mx = qk.kmax[block * d + j];
-        base += q[size_t(j)] * HalfToFloat(mn);
-        const float exact = q[size_t(j)] * PageChannelStep(g, mn, mx);
-        const float qs = HalfToFloat(FloatToHalf(exact));
-        rounded_terms += qs != exact;
-        dot += qs * float(UnpackCode(qk.Codes(g, block, t % 16), j, g.k_bits));
+        const long double range = (long double)HalfToFloat(mx) - HalfToFloat(mn);
+        const fp16_t range16 = DoubleToHalf(double(range));
+        ASSERT_TRUE(IsNearestHalf(range, range16)) << j;
+        const long double step_exact = (long double)HalfToFloat(range16) * HalfToFloat(inv);
+        const fp16_t step = PageChannelStepHalf(g, mn, mx);
+        ASSERT_TRUE(IsNearestHalf(step_exact, step)) << j;
+        const int32_t code = UnpackCode(qk.Codes(g, block, t % 16), j, g.k_bits);
+        const long double k_exact = (long double)code * HalfToFloat(step) + HalfToFloat(mn);
+        const fp16_t k = PageChannelDequantHalf(code, step, mn);
+        ASSERT_TRUE(IsNearestHalf(k_exact, k)) << "d " << d << " token " << t << " channel " << j;
+        rounded += (long double)HalfToFloat(k) != k_exact;
+        dot += q[size_t(j)] * HalfToFloat(k);
       }
-      ASSERT_EQ(EstimatePageChannelScoreRef(g, q.data(), qk, block, t % 16), base + dot)
+      ASSERT_EQ(EstimatePageChannelScoreRef(g, q.data(), qk, block, t % 16), dot)
           << "d " << d << " token " << t;
     }
-    EXPECT_GT(rounded_terms, 45 * d / 2);  // the rounding is not vacuous
+    EXPECT_GT(rounded, 45 * d / 4);  // the FP16 rounding of k~ is not vacuous
   }
 }
 
-// DivideBy15 (the GPU estimators' page-channel step) is x / 15.0f bit for bit: every 61st
-// FP32 bit pattern of both signs (the multiply-FMA-FMA sequence was checked against the
-// division for every finite x when written), every difference of two FP16 bounds around
-// the tricky magnitudes, and the non-finite inputs.
-TEST(Quantize, DivideBy15IsTheCorrectlyRoundedDivision) {
+// DoubleToHalf rounds like FloatToHalf wherever both apply (every double that is a float),
+// and HalfFmaRef is the nearest FP16 value to a * b + c.
+TEST(Quantize, DoubleToHalfAndHalfFmaRoundOnce) {
   int64_t checked = 0;
-  for (uint64_t u = 0; u < 0x7f800000ull; u += 61) {
-    for (uint32_t sign : {0u, 0x80000000u}) {
-      const float x = BitsToFloat(uint32_t(u) | sign);
-      ASSERT_EQ(FloatToBits(DivideBy15(x)), FloatToBits(x / 15.0f)) << x;
-      ++checked;
-    }
+  for (uint64_t u = 0; u < 0x100000000ull; u += 4099) {
+    const float f = BitsToFloat(uint32_t(u));
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(DoubleToHalf(double(f)), FloatToHalf(f)) << f;
+    ++checked;
   }
-  for (uint32_t a = 0; a < 0x7c00u; a += 7) {
-    for (uint32_t b = 0; b < 0x7c00u; b += 509) {
-      const float x = HalfToFloat(fp16_t(a)) - HalfToFloat(fp16_t(b | 0x8000u));
-      ASSERT_EQ(FloatToBits(DivideBy15(x)), FloatToBits(x / 15.0f)) << x;
+  EXPECT_GT(checked, int64_t(1000000));
+  std::mt19937_64 rng(7);
+  for (int i = 0; i < 200000; ++i) {
+    const fp16_t a = fp16_t(rng() % 16), b = fp16_t(rng() & 0x7bffu), c = fp16_t(rng() & 0xfbffu);
+    const fp16_t ah = FloatToHalf(float(a));  // a code, as the estimator's
+    const long double exact = (long double)HalfToFloat(ah) * HalfToFloat(b) + HalfToFloat(c);
+    const fp16_t h = HalfFmaRef(ah, b, c);
+    if (std::fabs(exact) >= 65520.0L) {
+      ASSERT_EQ(h & 0x7fffu, 0x7c00u);
+      continue;
     }
+    ASSERT_TRUE(IsNearestHalf(exact, h)) << a << " " << b << " " << c;
   }
-  const float inf = std::numeric_limits<float>::infinity();
-  EXPECT_EQ(DivideBy15(inf), inf);
-  EXPECT_EQ(DivideBy15(-inf), -inf);
-  EXPECT_TRUE(std::isnan(DivideBy15(std::numeric_limits<float>::quiet_NaN())));
-  EXPECT_GT(checked, int64_t(60000000));
+  EXPECT_TRUE(std::isnan(HalfToFloat(DoubleToHalf(std::nan("")))));
+  EXPECT_EQ(DoubleToHalf(1e300), 0x7c00u);
+  EXPECT_EQ(DoubleToHalf(-1e-300), 0x8000u);
 }
 
 // An outlier channel (K's +-6 channels) widens the per-token step of every channel, but only

@@ -1,17 +1,17 @@
 // INT4 per page channel (k_scheme 1) on the page-16 estimator (ScorePage16Kernel with
-// kPageChannel, prune.cuh / page_channel_fragments.cuh): LaunchPrune's own estimates, read
+// kPageChannel, prune.cuh: codes dequantized to FP16 on the A side): LaunchPrune's own estimates, read
 // back from its workspace (PruneWorkspaceEstimates), against EstimatePageChannelScoreRef on
 // fresh random stores (gtest's random seed; per-channel offsets and outlier channels of 4x
 // spread, MakeRandomStore), head dim 64/128, 1..16 query heads per KV head (one and two MMA
-// n-tiles, every branch of the base reduce-scatter), ragged lengths (partial last pages),
+// n-tiles), ragged lengths (partial last pages),
 // Quest subsets and full selections, and growth in one stage (kMass: page max and mass).
 // The device copy has no per-token scale/zero (null): the scheme must not read them.
 // Tolerances:
 //  - each stored score s against the reference r: |s - r| <= 2^-10 |r| + 4e-5 S + 1e-6,
-//    S = sum_j |q_j kmin_j| + sum_j |qs_j code_j| (the FP16 storage of s moves it by <= 2^-11
-//    of it; the FP32 sums, tensor-core accumulation included, run in another order: < 2 d
-//    ulps of S). A channel or head mixed up in the fragments errs by O(|q_j step_j|), far
-//    beyond this;
+//    S = sum_j |q_j k~_j| (the FP16 storage of s moves it by <= 2^-11 of it; the FP32 sums,
+//    tensor-core accumulation included, run in another order and the GPU scales after the
+//    sum: < 2 d ulps of S). A channel or head mixed up in the fragments, or a step rounded
+//    differently, errs by O(|q_j step_j|), far beyond this;
 //  - rows past the sequence end: -inf exactly;
 //  - growing: a page's max is exactly the max of its stored scores, its mass
 //    sum_r exp(s_r - max) within 1e-5 relative (ex2.approx and the float sum) + 1e-6.
@@ -48,9 +48,9 @@ double TermMagnitude(const PageGeometry& g, const float* q, const QuantKView& qk
   double sum = 0.0;
   for (int32_t j = 0; j < g.head_dim; ++j) {
     const fp16_t mn = qk.kmin[block * g.head_dim + j], mx = qk.kmax[block * g.head_dim + j];
-    const float qs = HalfToFloat(FloatToHalf(q[j] * PageChannelStep(g, mn, mx)));
-    sum += std::abs(double(q[j]) * HalfToFloat(mn)) +
-           std::abs(double(qs) * UnpackCode(qk.Codes(g, block, row), j, g.k_bits));
+    const fp16_t k = PageChannelDequantHalf(UnpackCode(qk.Codes(g, block, row), j, g.k_bits),
+                                            PageChannelStepHalf(g, mn, mx), mn);
+    sum += std::abs(double(q[j]) * HalfToFloat(k));
   }
   return sum;
 }

@@ -287,7 +287,7 @@ INSTANTIATE_TEST_SUITE_P(
                       PruneCase{96, 1, 8, 4, 0.95f, false, false, true, {5000, 33}, true}));
 
 // k_scheme 1 (INT4 per page channel, EstimatePageChannelScoreRef): the same tolerances (the
-// GPU sums q_j kmin_j and FP16(q_j step_j) code_j in another float order: well inside the
+// GPU sums q_j FP16(kmin_j + code_j step_j) in another float order: well inside the
 // band's 1e-3 logits at these magnitudes). Pages of 16 at d 64/128 take ScorePage16Kernel's
 // page-channel path, pages of 32 the general tensor-core kernel, pages of 8 the scalar one.
 constexpr int32_t kPc = kKSchemePageChannel;

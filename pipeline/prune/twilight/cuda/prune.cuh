@@ -24,9 +24,7 @@
 //     bits -> ascending tokens, and the per-query-head telemetry.
 #pragma once
 
-#include "core/divide_by_15.h"
 #include "gpu/cuda/common.cuh"
-#include "pipeline/prune/twilight/cuda/page_channel_fragments.cuh"
 
 namespace twl::cuda {
 
@@ -90,6 +88,40 @@ __device__ __forceinline__ void NibbleWordToHalf2x4(uint32_t w, uint32_t* out) {
   out[2] = *reinterpret_cast<const uint32_t*>(&c);
   out[3] = *reinterpret_cast<const uint32_t*>(&d);
 }
+
+// INT4 per page channel (k_scheme 1): the estimator reads K dequantized to FP16,
+// k~ = FP16(code * step16 + kmin) with step16 = FP16(FP16(kmax - kmin) * FP16(1 / 15))
+// (PageChannelStepHalf / PageChannelDequantHalf, core/quantize.h; one rounding per FP16
+// operation, as HSUB2 / HMUL2 / HFMA2 round), so the tensor cores multiply it by the
+// unchanged FP16 queries: the B fragments are built once per block, not once per page.
+// PcWordBounds: the steps and kmins of the 8 channels of one code word (kmin / kmax as
+// 16-byte words, channels c0..c7), paired (c_i, c_i+4) as NibbleWordToHalf2x4 pairs codes.
+__device__ __forceinline__ __half2 U32Half2(uint32_t x) { return *reinterpret_cast<__half2*>(&x); }
+__device__ __forceinline__ uint32_t Half2U32(__half2 x) {
+  return *reinterpret_cast<uint32_t*>(&x);
+}
+__device__ __forceinline__ void PcWordBounds(const uint4& mn, const uint4& mx, __half2 inv,
+                                             uint32_t step[4], uint32_t kmin[4]) {
+  const uint32_t n[4] = {__byte_perm(mn.x, mn.z, 0x5410), __byte_perm(mn.x, mn.z, 0x7632),
+                         __byte_perm(mn.y, mn.w, 0x5410), __byte_perm(mn.y, mn.w, 0x7632)};
+  const uint32_t x[4] = {__byte_perm(mx.x, mx.z, 0x5410), __byte_perm(mx.x, mx.z, 0x7632),
+                         __byte_perm(mx.y, mx.w, 0x5410), __byte_perm(mx.y, mx.w, 0x7632)};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    kmin[i] = n[i];
+    step[i] = Half2U32(__hmul2(__hsub2(U32Half2(x[i]), U32Half2(n[i])), inv));
+  }
+}
+// Codes (NibbleWordToHalf2x4's half2 words) -> k~ in place.
+__device__ __forceinline__ void PcDequantWord(uint32_t x[4], const uint32_t step[4],
+                                              const uint32_t kmin[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    x[i] = Half2U32(__hfma2(U32Half2(x[i]), U32Half2(step[i]), U32Half2(kmin[i])));
+  }
+}
+// FP16(1 / 15), both halves (PageChannelInverseMaxCodeHalf at k_bits 4).
+__device__ __forceinline__ __half2 PcInverse15() { return __float2half2_rn(1.0f / 15.0f); }
 
 __device__ __forceinline__ uint32_t PackHalves(fp16_t lo, fp16_t hi) {
   return uint32_t(lo) | (uint32_t(hi) << 16);
@@ -186,12 +218,10 @@ constexpr size_t ScoreSmemBytes() {
 // slots past the sequence end; head_max: [num_seqs * num_q_heads] FloatKey of the max stored
 // (FP16-rounded) score, zeroed before.
 // kPageChannel (k_scheme 1, page_size a multiple of 16 other than 16, which
-// ScorePage16Kernel takes: a tile lies in one block): the codes are scaled per channel by the
-// tile's block, so the B fragment is rebuilt per tile as qs_j = FP16(q_j * step_j), q_j the
-// scaled query (FP16 q times the softmax scale, in FP32), step_j = (kmax_j - kmin_j) / 15
-// from the block's Quest bounds, and the per-(head, block) constant sum_j q_j kmin_j is
-// added: est = acc + base, exactly the terms of EstimatePageChannelScoreRef (its FP16 qs_j
-// makes one MMA exact; only the order of the FP32 sums differs).
+// ScorePage16Kernel takes: a tile lies in one block): the A fragments are the codes
+// dequantized to FP16 against the tile's block bounds (PcWordBounds / PcDequantWord), the B
+// fragments the FP16 queries as for per-token codes, and est = scale * acc: the terms of
+// EstimatePageChannelScoreRef, whose FP32 sums run in another order.
 template <int kHeadDim, bool kPageChannel = false>
 __global__ void __launch_bounds__(kScoreWarps * 32, 2)
     ScoreInt4Kernel(PageGeometry g, BatchView batch, QueryView q, QuantKView qk,
@@ -330,45 +360,26 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
       const uint32_t* wa = reinterpret_cast<const uint32_t*>(&ca);
       const uint32_t* wb = reinterpret_cast<const uint32_t*>(&cb);
       float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      float base[2] = {0.0f, 0.0f};  // kPageChannel: sum_j q_j kmin_j of heads 2t4, 2t4+1
       if constexpr (kPageChannel) {
         // The tile's block (a tile lies in one page: page_size % 16 == 0).
         const int32_t local = (tile0 + t) * 16 / g.page_size - p_begin;
         const int64_t tb = g.BlockId(run_page[local], h);
         const fp16_t* mn_row = qk.kmin + tb * kHeadDim + t4 * kChanPerThread;
         const fp16_t* mx_row = qk.kmax + tb * kHeadDim + t4 * kChanPerThread;
-        float part = 0.0f;  // this thread's channels of head r
+        const __half2 inv = PcInverse15();
 #pragma unroll
         for (int m = 0; m < kWords; ++m) {
-          fp16_t mn[8], mx[8];
-          *reinterpret_cast<uint4*>(mn) = *reinterpret_cast<const uint4*>(mn_row + m * 8);
-          *reinterpret_cast<uint4*>(mx) = *reinterpret_cast<const uint4*>(mx_row + m * 8);
-          // q of channel i (see the B fragment packing above).
-          const fp16_t* b00 = reinterpret_cast<const fp16_t*>(&bfrag[m][0][0]);
-          const fp16_t* b01 = reinterpret_cast<const fp16_t*>(&bfrag[m][0][1]);
-          const fp16_t* b10 = reinterpret_cast<const fp16_t*>(&bfrag[m][1][0]);
-          const fp16_t* b11 = reinterpret_cast<const fp16_t*>(&bfrag[m][1][1]);
-          const fp16_t qe[8] = {b00[0], b01[0], b10[0], b11[0], b00[1], b01[1], b10[1], b11[1]};
-          fp16_t qs[8];  // FP16(q_j step_j): the B fragment of this tile
-#pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            // Non-finite bounds propagate (inf / NaN) as in the reference.
-            const float step = DivideBy15(H2F(mx[i]) - H2F(mn[i]));
-            const float qv = H2F(qe[i]) * shape.scale;
-            qs[i] = F2H(qv * step);
-            part += qv * H2F(mn[i]);
-          }
+          uint32_t step[4], kmin[4];
+          PcWordBounds(*reinterpret_cast<const uint4*>(mn_row + m * 8),
+                       *reinterpret_cast<const uint4*>(mx_row + m * 8), inv, step, kmin);
           uint32_t xa[4], xb[4];
           NibbleWordToHalf2x4(wa[m], xa);
           NibbleWordToHalf2x4(wb[m], xb);
-          Mma16816(acc, xa[0], xb[0], xa[1], xb[1], PackHalves(qs[0], qs[4]), PackHalves(qs[1], qs[5]));
-          Mma16816(acc, xa[2], xb[2], xa[3], xb[3], PackHalves(qs[2], qs[6]), PackHalves(qs[3], qs[7]));
+          PcDequantWord(xa, step, kmin);
+          PcDequantWord(xb, step, kmin);
+          Mma16816(acc, xa[0], xb[0], xa[1], xb[1], bfrag[m][0][0], bfrag[m][0][1]);
+          Mma16816(acc, xa[2], xb[2], xa[3], xb[3], bfrag[m][1][0], bfrag[m][1][1]);
         }
-        // Head r's sum over the 4 lanes t4 = 0..3, then the two heads this thread holds.
-        part += __shfl_xor_sync(0xffffffffu, part, 1);
-        part += __shfl_xor_sync(0xffffffffu, part, 2);
-        base[0] = __shfl_sync(0xffffffffu, part, (2 * t4) * 4);
-        base[1] = __shfl_sync(0xffffffffu, part, (2 * t4 + 1) * 4);
       } else {
 #pragma unroll
         for (int m = 0; m < kWords; ++m) {
@@ -390,7 +401,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
           if (j >= shape.group) continue;
           fp16_t est;
           if constexpr (kPageChannel) {
-            est = F2H(valid[t][half] ? acc[half * 2 + kk] + base[kk] : -INFINITY);
+            est = F2H(valid[t][half] ? shape.scale * acc[half * 2 + kk] : -INFINITY);
           } else {
             est = F2H(valid[t][half] ? shape.scale * (tscale[t][half] * acc[half * 2 + kk] +
                                                       tzero[t][half] * qsum[0][kk])
@@ -435,12 +446,14 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
 // error ~1e-6 at x = -20 (the argument's rounding), far below the float sums' own; results
 // below 2^-126 flush to 0.
 // kPageChannel (k_scheme 1, same geometry): no per-token scale/zero; per page the block's
-// kmin/kmax (512 B at d = 128) land with its codes, and the warp builds the page's B
-// fragments qs_j = FP16(q_j step_j) and bases sum_j q_j kmin_j together
-// (page_channel_fragments.cuh); est = acc + base with q already scaled, the terms of
-// EstimatePageChannelScoreRef. Per page and lane that adds ~100 instructions (steps, G
-// products and sums, the exchange, a reduce-scatter) where the general kernel's hi/lo split
-// paid two MMAs and a per-lane rebuild per tile.
+// kmin/kmax (512 B at d = 128) land with its codes, each lane forms the FP16 steps of its
+// channels from them (PcWordBounds: a byte permute, HSUB2 and HMUL2 per channel pair) and
+// dequantizes its A fragments with one HFMA2 per pair (PcDequantWord); the B fragments are
+// the FP16 queries, loaded once per block, and est = scale * acc (EstimatePageChannelScoreRef's
+// terms). Until the seventeenth session the B fragments were rebuilt per page as
+// FP16(q_j step_j) with a per-head base sum_j q_j kmin_j: ~470 SASS instructions per page
+// (d = 128, G = 4; now ~250 by the source's count), in a pass that is issue-bound; the pass
+// at B = 8 went from ~0.33 to ~0.27 ms (prune 0.53 -> 0.47 ms, H200, seventeenth session).
 // max that propagates NaN (fmaxf drops it).
 __device__ __forceinline__ float MaxNan(float a, float b) {
   float y;
@@ -455,34 +468,23 @@ constexpr int kP16MaxPages = 2048;  // pages of a block's run resolved in shared
 
 // Shared memory of ScorePage16Kernel (2 blocks per SM: at most ~113 KB each). Per token: the
 // code landing buffer. Per page channel also the bounds landing buffer (kmin then kmax of
-// each page, in the codes' cp.async groups) [stage][page][warp][4 * kHeadDim bytes], the
-// warps' exchange buffers [warp][8 heads][kHeadDim / 8] 16-byte words and the scaled queries
-// [kNT * 8 heads][kHeadDim] (page_channel_fragments.cuh); to fit, it runs one stage less at
-// d = 128 (the same ~6 KB per warp in flight: two steps of 1.5 KB pages instead of three of
-// 1 KB) and resolves runs of up to 1024 pages. (3 blocks per SM with 2 stages measured the
-// same on the H200, 346.75 vs 346.98 us at B = 8: the pass is issue-bound, not latency-bound.)
+// each page, in the codes' cp.async groups) [stage][page][warp][4 * kHeadDim bytes]; to fit,
+// it resolves runs of up to 1024 pages. (3 blocks per SM with 2 stages measured the same on
+// the H200, 346.75 vs 346.98 us at B = 8: the pass is issue-bound, not latency-bound.)
 template <int kHeadDim, int kNT, bool kPageChannel>
 struct P16Smem {
-  static constexpr int kStages = kPageChannel && kHeadDim == 128 ? kP16Stages - 1 : kP16Stages;
+  static constexpr int kStages = kP16Stages;
   static constexpr int kMaxPages = kPageChannel ? kP16MaxPages / 2 : kP16MaxPages;
   static constexpr size_t kLanding =
       size_t(kStages) * kP16Pages * 2 * kP16Warps * 32 * (kHeadDim / 8);
   static constexpr size_t kBoundsPage = 4 * kHeadDim;  // kmin + kmax, FP16
   static constexpr size_t kBounds =
       kPageChannel ? size_t(kStages) * kP16Pages * kP16Warps * kBoundsPage : 0;
-  static constexpr size_t kExchange = kPageChannel ? size_t(kP16Warps) * 8 * kHeadDim * 2 : 0;
-  static constexpr size_t kQueries = kPageChannel ? size_t(kNT) * 8 * kHeadDim * 4 : 0;
-  static constexpr size_t kBytes = kLanding + kBounds + kExchange + kQueries;
+  static constexpr size_t kBytes = kLanding + kBounds;
   static __device__ __forceinline__ fp16_t* Bounds(unsigned char* smem, int stage, int page,
                                                    int warp) {
     return reinterpret_cast<fp16_t*>(
         smem + kLanding + ((size_t(stage) * kP16Pages + page) * kP16Warps + warp) * kBoundsPage);
-  }
-  static __device__ __forceinline__ uint4* Exchange(unsigned char* smem, int warp) {
-    return reinterpret_cast<uint4*>(smem + kLanding + kBounds) + warp * kHeadDim;
-  }
-  static __device__ __forceinline__ float* Queries(unsigned char* smem) {
-    return reinterpret_cast<float*>(smem + kLanding + kBounds + kExchange);
   }
 };
 static_assert(P16Smem<128, 2, true>::kBytes + P16Smem<128, 2, true>::kMaxPages * 9 <= 110 * 1024,
@@ -528,29 +530,19 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
   const int G = shape.group;
   const int32_t sq0 = s * batch.num_q_heads + h * G;
 
-  // B fragments per n-tile: query head nt * 8 + r (zero past the group); per page channel
-  // rebuilt per page.
+  // B fragments per n-tile: query head nt * 8 + r (zero past the group), the FP16 queries
+  // under either scheme (per page channel the A side is dequantized instead).
   uint32_t bfrag[kNT][kWords][2][2];
   // sum(q) of the heads this thread's accumulators hold (nt * 8 + 2 t4 + kk).
   float qsum[kNT][2];
-  if constexpr (kPageChannel) {
-    PcStageQueries<kHeadDim, kNT * 8>(q.q + int64_t(sq0) * kHeadDim, G, shape.scale,
-                                      Smem::Queries(p16_smem));
-  } else {
 #pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-      const int n = nt * 8 + r;
-      LoadQueryFragment<kHeadDim>(q.q + int64_t(sq0 + (n < G ? n : 0)) * kHeadDim, n < G, t4,
-                                  bfrag[nt]);
-    }
-    GroupQuerySums<kHeadDim, kNT>(q.q + int64_t(sq0) * kHeadDim, G, lane, qsum);
+  for (int nt = 0; nt < kNT; ++nt) {
+    const int n = nt * 8 + r;
+    LoadQueryFragment<kHeadDim>(q.q + int64_t(sq0 + (n < G ? n : 0)) * kHeadDim, n < G, t4,
+                                bfrag[nt]);
   }
-  __syncthreads();  // run_blk / run_rows (and the scaled queries) ready
-  // Per page channel with one n-tile (registers to spare under 128): the lane's scaled
-  // queries stay in registers for the whole run.
-  constexpr bool kQueryRegs = kPageChannel && kNT == 1;
-  PcLaneQueries<kHeadDim> qlane;
-  if constexpr (kQueryRegs) qlane.Load(Smem::Queries(p16_smem), 0, lane);
+  if constexpr (!kPageChannel) GroupQuerySums<kHeadDim, kNT>(q.q + int64_t(sq0) * kHeadDim, G, lane, qsum);
+  __syncthreads();  // run_blk / run_rows ready
 
   constexpr int kStride = kP16Warps * kP16Pages;  // run pages between a warp's steps
   const int32_t first = warp * kP16Pages;
@@ -645,8 +637,8 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
       }
       if (k + 1 < steps) load_meta(k + 1);
     }
-    // Per page channel at 9-16 heads one page at a time: unrolled, the two pages' fragments
-    // and bounds exceeded 128 registers (spills) when growing at d = 128.
+    // Per page channel at 9-16 heads one page at a time: unrolled, the two pages' dequantized
+    // codes and bounds next to two n-tiles' fragments risk passing 128 registers.
 #pragma unroll(kPageChannel && kNT == 2 ? 1 : kP16Pages)
     for (int pp = 0; pp < kP16Pages; ++pp) {
       const int32_t lp = first + k * kStride + pp;
@@ -661,20 +653,26 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
       const Chunk cb = landing[((stage * kP16Pages + pp) * 2 + 1) * kThreads + threadIdx.x];
       const uint32_t* wa = reinterpret_cast<const uint32_t*>(&ca);
       const uint32_t* wb = reinterpret_cast<const uint32_t*>(&cb);
-      float base[kNT][2];  // per page channel: sum_j q_j kmin_j of heads nt * 8 + 2 t4 + kk
-      if constexpr (kPageChannel) {
-        PcPageFragments<kHeadDim, kNT, kQueryRegs>(
-            Smem::Bounds(p16_smem, stage, pp, warp), Smem::Queries(p16_smem), qlane,
-            Smem::Exchange(p16_smem, warp), G, lane, bfrag, base);
-      }
       float acc[kNT][4];
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+      // Per page channel: the page's kmin then kmax, landed with its codes (this lane's
+      // channels [t4 * kHeadDim / 4, ...), 8 per code word).
+      const fp16_t* bounds = kPageChannel ? Smem::Bounds(p16_smem, stage, pp, warp) + t4 * (kHeadDim / 4)
+                                          : nullptr;
 #pragma unroll
       for (int m = 0; m < kWords; ++m) {
         uint32_t xa[4], xb[4];
         NibbleWordToHalf2x4(wa[m], xa);
         NibbleWordToHalf2x4(wb[m], xb);
+        if constexpr (kPageChannel) {
+          uint32_t step[4], kmin[4];
+          PcWordBounds(*reinterpret_cast<const uint4*>(bounds + m * 8),
+                       *reinterpret_cast<const uint4*>(bounds + kHeadDim + m * 8), PcInverse15(),
+                       step, kmin);
+          PcDequantWord(xa, step, kmin);
+          PcDequantWord(xb, step, kmin);
+        }
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt) {
           Mma16816(acc[nt], xa[0], xb[0], xa[1], xb[1], bfrag[nt][m][0][0], bfrag[nt][m][0][1]);
@@ -693,7 +691,7 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
             const bool valid = r + half * 8 < page_rows;
             fp16_t est;
             if constexpr (kPageChannel) {
-              est = F2H(valid ? acc[nt][half * 2 + kk] + base[nt][kk] : -INFINITY);
+              est = F2H(valid ? shape.scale * acc[nt][half * 2 + kk] : -INFINITY);
             } else {
               est = F2H(valid ? shape.scale * (tscale[pp][half] * acc[nt][half * 2 + kk] +
                                                tzero[pp][half] * qsum[nt][kk])
@@ -763,19 +761,18 @@ __global__ void __launch_bounds__(kScoreWarps * 32)
         for (int c = lane; c < g.head_dim; c += 32) dot += H2F(qr[c]) * shape.scale * H2F(k[c]);
         est = WarpSum(dot);
       } else if (g.k_scheme == kKSchemePageChannel) {
-        // EstimatePageChannelScoreRef: sum_j q_j kmin_j + sum_j FP16(q_j step_j) code_j.
+        // EstimatePageChannelScoreRef: sum_j q_j k~_j, k~_j = FP16(code_j step16_j + kmin_j).
         const uint8_t* codes = qk.Codes(g, block, row);
         const fp16_t* mn = qk.kmin + block * g.head_dim;
         const fp16_t* mx = qk.kmax + block * g.head_dim;
-        const float max_code = float(g.MaxCode());
-        float base = 0.0f;
+        const __half inv = __float2half_rn(__fdiv_rn(1.0f, float(g.MaxCode())));
         for (int c = lane; c < g.head_dim; c += 32) {
-          const float qv = H2F(qr[c]) * shape.scale;
-          const float step = __fdiv_rn(__fsub_rn(H2F(mx[c]), H2F(mn[c])), max_code);
-          base += qv * H2F(mn[c]);
-          dot += H2F(F2H(qv * step)) * float(UnpackCode(codes, c, g.k_bits));
+          const __half lo = __ushort_as_half(mn[c]);
+          const __half step = __hmul(__hsub(__ushort_as_half(mx[c]), lo), inv);
+          const __half code = __int2half_rn(int(UnpackCode(codes, c, g.k_bits)));
+          dot += H2F(qr[c]) * shape.scale * __half2float(__hfma(code, step, lo));
         }
-        est = WarpSum(base) + WarpSum(dot);
+        est = WarpSum(dot);
       } else {
         const uint8_t* codes = qk.Codes(g, block, row);
         for (int c = lane; c < g.head_dim; c += 32) {
