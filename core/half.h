@@ -3,6 +3,7 @@
 // into host headers; kernels reinterpret them as __half.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -88,6 +89,25 @@ inline fp16_t DoubleToHalf(double d) {
   // Normal: m in [1024, 2048] carries into the exponent field; subnormal: m <= 1024.
   const uint32_t h = e < -14 ? uint32_t(m) : (uint32_t(e + 15) << 10) + uint32_t(m - 1024);
   return fp16_t(sign | h);
+}
+
+// DoubleToHalf(d) as a float value, without branches on the value for finite d: one add and
+// one subtract of 1.5 * 2^(q + 52), q the exponent of FP16's last place at |d| (at least
+// -24), round d to a multiple of 2^q, ties to even (the sum's last place is 2^q). The host
+// estimator dequantizes every (channel, code) of a page with it (core/quantize.h).
+inline float HalfRoundValue(double d) {
+  uint64_t u;
+  std::memcpy(&u, &d, sizeof(u));
+  const int32_t field = int32_t(u >> 52) & 0x7ff;
+  if (field == 0x7ff) return float(d);  // inf, NaN
+  if (field >= 1023 + 16) return (u >> 63) ? -INFINITY : INFINITY;  // |d| >= 65536
+  const int32_t q = (field - 1023 < -14 ? -14 : field - 1023) - 10;
+  const uint64_t mbits = (uint64_t(q + 52 + 1023) << 52) | (uint64_t(1) << 51);
+  double m;
+  std::memcpy(&m, &mbits, sizeof(m));
+  const double r = (d + m) - m;
+  if (r == 0.0) return (u >> 63) ? -0.0f : 0.0f;  // the sum loses the sign of a zero
+  return r >= 65536.0 ? INFINITY : r <= -65536.0 ? -INFINITY : float(r);
 }
 
 // FP16 a * b + c with one rounding (IEEE fma.rn on FP16 operands, as the GPU's HFMA2), for

@@ -50,11 +50,13 @@ fp16_t PageChannelInverseMaxCodeHalf(const PageGeometry& g) {
   return FloatToHalf(1.0f / float(g.MaxCode()));
 }
 
+float PageChannelStepValue(const PageGeometry& g, fp16_t kmin, fp16_t kmax) {
+  return PageChannelStepValue(HalfToFloat(kmin), HalfToFloat(kmax),
+                              HalfToFloat(PageChannelInverseMaxCodeHalf(g)));
+}
+
 fp16_t PageChannelStepHalf(const PageGeometry& g, fp16_t kmin, fp16_t kmax) {
-  // Differences and products of FP16 values are exact in double: one rounding each.
-  const fp16_t range = DoubleToHalf(double(HalfToFloat(kmax)) - double(HalfToFloat(kmin)));
-  return DoubleToHalf(double(HalfToFloat(range)) *
-                      double(HalfToFloat(PageChannelInverseMaxCodeHalf(g))));
+  return FloatToHalf(PageChannelStepValue(g, kmin, kmax));  // exact: an FP16 value
 }
 
 void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const QuantKView& qk,

@@ -1,6 +1,7 @@
 // Quantized K copy: round-trip error bound, packing order, odd sizes, Quest bounds on append.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 
@@ -210,6 +211,19 @@ TEST(Quantize, PageChannelSchemeIsPerChannelOverTheBlockRange) {
             ASSERT_EQ(got[size_t(r)], EstimateScoreRef(g, q.data(), qk, bulk.Kv(), block, r))
                 << "bits " << bits << " token " << t0 + r;
           }
+          // A group of three query rows at once (the pruner's path): each as alone.
+          std::vector<float> q2(q.size()), q3(q.size());
+          for (size_t j = 0; j < q.size(); ++j) q2[j] = n(rng), q3[j] = -q[j];
+          const float* qs[3] = {q.data(), q2.data(), q3.data()};
+          const size_t nr = static_cast<size_t>(rows);
+          std::vector<float> o1(nr), o2(nr), o3(nr);
+          float* outs[3] = {o1.data(), o2.data(), o3.data()};
+          EstimateBlockScoresMultiRef(g, qs, 3, qk, bulk.Kv(), block, rows, outs);
+          for (int32_t i = 0; i < 3; ++i) {
+            std::vector<float> alone(static_cast<size_t>(rows));
+            EstimateBlockScoresRef(g, qs[i], qk, bulk.Kv(), block, rows, alone.data());
+            for (int32_t r = 0; r < rows; ++r) ASSERT_EQ(outs[i][r], alone[size_t(r)]) << i << " " << r;
+          }
         }
       }
     }
@@ -287,6 +301,8 @@ TEST(Quantize, DoubleToHalfAndHalfFmaRoundOnce) {
     const float f = BitsToFloat(uint32_t(u));
     if (std::isnan(f)) continue;
     ASSERT_EQ(DoubleToHalf(double(f)), FloatToHalf(f)) << f;
+    const float v = HalfRoundValue(double(f)), w = HalfToFloat(FloatToHalf(f));
+    ASSERT_EQ(FloatToBits(v), FloatToBits(w)) << f;  // the same value, signed zeros included
     ++checked;
   }
   EXPECT_GT(checked, int64_t(1000000));
@@ -301,6 +317,14 @@ TEST(Quantize, DoubleToHalfAndHalfFmaRoundOnce) {
       continue;
     }
     ASSERT_TRUE(IsNearestHalf(exact, h)) << a << " " << b << " " << c;
+    ASSERT_EQ(FloatToBits(HalfRoundValue(double(exact))), FloatToBits(HalfToFloat(h)));
+  }
+  for (int i = 0; i < 1000000; ++i) {  // any double, NaN aside
+    const uint64_t u = rng();
+    double d;
+    std::memcpy(&d, &u, sizeof(d));
+    if (std::isnan(d)) continue;
+    ASSERT_EQ(FloatToBits(HalfRoundValue(d)), FloatToBits(HalfToFloat(DoubleToHalf(d)))) << d;
   }
   EXPECT_TRUE(std::isnan(HalfToFloat(DoubleToHalf(std::nan("")))));
   EXPECT_EQ(DoubleToHalf(1e300), 0x7c00u);

@@ -23,5 +23,10 @@ float EstimatePageChannelScoreRef(const PageGeometry& g, const float* q, const Q
 // per row (the same operations in the same order, so the same FP32 results).
 void EstimatePageChannelBlockRef(const PageGeometry& g, const float* q, const QuantKView& qk,
                                  int64_t block, int32_t rows, float* out);
+// The same for `heads` query rows q[i] into out[i][rows], bit for bit: the block is
+// dequantized once for all of them (a GQA group's heads read the same page).
+void EstimatePageChannelBlockMultiRef(const PageGeometry& g, const float* const* q,
+                                      int32_t heads, const QuantKView& qk, int64_t block,
+                                      int32_t rows, float* const* out);
 
 }  // namespace twl

@@ -108,16 +108,32 @@ void EstimateBlockScoresRef(const PageGeometry& g, const float* q, const QuantKV
   for (int32_t r = 0; r < rows; ++r) out[r] = EstimateScoreRef(g, q, qk, kv, block, r);
 }
 
+void EstimateBlockScoresMultiRef(const PageGeometry& g, const float* const* q, int32_t heads,
+                                 const QuantKView& qk, const FpKvView& kv, int64_t block,
+                                 int32_t rows, float* const* out) {
+  if (g.k_bits < 16 && g.k_scheme == kKSchemePageChannel) {
+    EstimatePageChannelBlockMultiRef(g, q, heads, qk, block, rows, out);
+    return;
+  }
+  for (int32_t i = 0; i < heads; ++i) EstimateBlockScoresRef(g, q[i], qk, kv, block, rows, out[i]);
+}
+
 namespace {
 
-// Estimated scores (q already scaled) of the rows of page `page_idx` of sequence s, KV head h.
+// Estimated scores (q already scaled) of the rows of page `page_idx` of sequence s, KV head h,
+// for every query row of qr (a GQA group) into out[j].
 void PageScores(const PageGeometry& g, const BatchView& batch, const QuantKView& qk,
-                const FpKvView& kv, const float* qr, int32_t s, int32_t h, int32_t page_idx,
-                std::vector<float>* out) {
+                const FpKvView& kv, const std::vector<const float*>& qr, int32_t s, int32_t h,
+                int32_t page_idx, std::vector<std::vector<float>>* out) {
   const int64_t block = g.BlockId(batch.PageId(s, page_idx), h);
   const int32_t rows = std::min(g.page_size, batch.seq_len[s] - page_idx * g.page_size);
-  out->resize(size_t(rows));
-  EstimateBlockScoresRef(g, qr, qk, kv, block, rows, out->data());
+  out->resize(qr.size());
+  std::vector<float*> dst(qr.size());
+  for (size_t j = 0; j < qr.size(); ++j) {
+    (*out)[j].resize(size_t(rows));
+    dst[j] = (*out)[j].data();
+  }
+  EstimateBlockScoresMultiRef(g, qr.data(), int32_t(qr.size()), qk, kv, block, rows, dst.data());
 }
 
 }  // namespace
@@ -134,9 +150,11 @@ GrowResult GrowCandidatesRef(const PageGeometry& g, const PrunerParams& params,
   const float scale = SoftmaxScale(g, params.softmax_scale);
   const float inf = std::numeric_limits<float>::infinity();
   std::vector<std::vector<float>> qr(static_cast<size_t>(group));
+  std::vector<const float*> qp(static_cast<size_t>(group));
   std::vector<const float*> bound(static_cast<size_t>(group));
   for (int32_t j = 0; j < group; ++j) {
     qr[size_t(j)] = QueryRow(g, batch, q, s, h * group + j, scale);
+    qp[size_t(j)] = qr[size_t(j)].data();
     bound[size_t(j)] =
         selection.bound + (int64_t(s) * batch.num_q_heads + h * group + j) * selection.max_select;
   }
@@ -164,13 +182,13 @@ GrowResult GrowCandidatesRef(const PageGeometry& g, const PrunerParams& params,
   std::vector<double> mx(static_cast<size_t>(group), -std::numeric_limits<double>::infinity());
   std::vector<double> A(static_cast<size_t>(group), 0.0);
   std::vector<std::vector<float>> forced_scores;
-  std::vector<float> sc;
+  std::vector<std::vector<float>> sc;
   for (int32_t i = 0; i < num_pages; ++i) {
     if (!res.candidate[size_t(i)]) continue;
+    PageScores(g, batch, qk, kv, qp, s, h, selection.pages[int64_t(item) * selection.max_select + i], &sc);
     for (int32_t j = 0; j < group; ++j) {
-      PageScores(g, batch, qk, kv, qr[size_t(j)].data(), s, h, selection.pages[int64_t(item) * selection.max_select + i], &sc);
-      for (float x : sc) mx[size_t(j)] = std::max(mx[size_t(j)], double(x));
-      forced_scores.push_back(sc);
+      for (float x : sc[size_t(j)]) mx[size_t(j)] = std::max(mx[size_t(j)], double(x));
+      forced_scores.push_back(sc[size_t(j)]);
     }
   }
   for (int32_t i : ranked) {
@@ -218,10 +236,10 @@ GrowResult GrowCandidatesRef(const PageGeometry& g, const PrunerParams& params,
     for (size_t k = taken; k < end; ++k) {
       const int32_t i = ranked[k];
       res.candidate[size_t(i)] = 1;
+      PageScores(g, batch, qk, kv, qp, s, h,
+                 selection.pages[int64_t(item) * selection.max_select + i], &sc);
       for (int32_t j = 0; j < group; ++j) {
-        PageScores(g, batch, qk, kv, qr[size_t(j)].data(), s, h,
-                   selection.pages[int64_t(item) * selection.max_select + i], &sc);
-        for (float x : sc) A[size_t(j)] += std::exp(double(x) - mx[size_t(j)]);
+        for (float x : sc[size_t(j)]) A[size_t(j)] += std::exp(double(x) - mx[size_t(j)]);
       }
     }
     taken = end;
@@ -292,6 +310,37 @@ absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const B
     }
     const size_t n = pos.size();
     std::vector<uint8_t> keep(n, params.dense ? 1 : 0);
+    // Every head's estimated scores, a page at a time for the whole group (a page-channel
+    // page is dequantized once for its group): w_all[j * n + i].
+    std::vector<float> w_all;
+    if (!params.dense) {
+      std::vector<std::vector<float>> qr(static_cast<size_t>(group));
+      std::vector<const float*> qp(static_cast<size_t>(group));
+      for (int32_t j = 0; j < group; ++j) {
+        qr[size_t(j)] = QueryRow(g, batch, q, s, h * group + j, scale);
+        qp[size_t(j)] = qr[size_t(j)].data();
+      }
+      w_all.resize(n * size_t(group));
+      std::vector<float*> dst(static_cast<size_t>(group));
+      // Candidates come in whole pages (rows 0.. of a block, in order): one block at a time.
+      for (size_t i = 0; i < n;) {
+        size_t e = i + 1;
+        while (e < n && blocks[e] == blocks[i]) ++e;
+        if (pos[i] % g.page_size == 0 && pos[e - 1] % g.page_size == int32_t(e - 1 - i)) {
+          for (int32_t j = 0; j < group; ++j) dst[size_t(j)] = &w_all[size_t(j) * n + i];
+          EstimateBlockScoresMultiRef(g, qp.data(), group, qk, kv, blocks[i], int32_t(e - i),
+                                      dst.data());
+        } else {
+          for (int32_t j = 0; j < group; ++j) {
+            for (size_t k = i; k < e; ++k) {
+              w_all[size_t(j) * n + k] = EstimateScoreRef(g, qp[size_t(j)], qk, kv, blocks[k],
+                                                          pos[k] % g.page_size);
+            }
+          }
+        }
+        i = e;
+      }
+    }
     std::vector<float> w(n);
     for (int32_t j = 0; j < group; ++j) {
       const int32_t qh = h * group + j;
@@ -301,20 +350,10 @@ absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const B
         r.kept = int32_t(n);
         r.mass = 1.0f;
       } else {
-        const std::vector<float> qr = QueryRow(g, batch, q, s, qh, scale);
         float mx = -std::numeric_limits<float>::infinity();
-        // Candidates come in whole pages (rows 0.. of a block, in order): one block at a time.
-        for (size_t i = 0; i < n;) {
-          size_t e = i + 1;
-          while (e < n && blocks[e] == blocks[i]) ++e;
-          if (pos[i] % g.page_size == 0 && pos[e - 1] % g.page_size == int32_t(e - 1 - i)) {
-            EstimateBlockScoresRef(g, qr.data(), qk, kv, blocks[i], int32_t(e - i), &w[i]);
-          } else {
-            for (size_t k = i; k < e; ++k)
-              w[k] = EstimateScoreRef(g, qr.data(), qk, kv, blocks[k], pos[k] % g.page_size);
-          }
-          for (size_t k = i; k < e; ++k) mx = std::max(mx, w[k]);
-          i = e;
+        for (size_t i = 0; i < n; ++i) {
+          w[i] = w_all[size_t(j) * n + i];
+          mx = std::max(mx, w[i]);
         }
         for (size_t i = 0; i < n; ++i) w[i] = std::exp(w[i] - mx);
         // Growing: take p of the full-context bound A + R, i.e. p / share of A (the rule

@@ -37,6 +37,11 @@ float EstimateScoreRef(const PageGeometry& g, const float* q, const QuantKView& 
 // (the per-block part of a per-page-channel estimate is formed once).
 void EstimateBlockScoresRef(const PageGeometry& g, const float* q, const QuantKView& qk,
                             const FpKvView& kv, int64_t block, int32_t rows, float* out);
+// EstimateBlockScoresRef for `heads` query rows q[i] into out[i][rows], bit for bit (a
+// page-channel block is dequantized once for all of them).
+void EstimateBlockScoresMultiRef(const PageGeometry& g, const float* const* q, int32_t heads,
+                                 const QuantKView& qk, const FpKvView& kv, int64_t block,
+                                 int32_t rows, float* const* out);
 
 // Growing Quest (selection.bound set): the candidates of (sequence s, KV head h).
 // Pages are ranked by key = max over the group of their bounds; levels of equal key are taken
