@@ -91,10 +91,11 @@ inline fp16_t DoubleToHalf(double d) {
   return fp16_t(sign | h);
 }
 
-// DoubleToHalf(d) as a float value, without branches on the value for finite d: one add and
-// one subtract of 1.5 * 2^(q + 52), q the exponent of FP16's last place at |d| (at least
-// -24), round d to a multiple of 2^q, ties to even (the sum's last place is 2^q). The host
-// estimator dequantizes every (channel, code) of a page with it (core/quantize.h).
+// DoubleToHalf(d) as a float value, cheaper: one add and one subtract of 1.5 * 2^(q + 52), q
+// the exponent of FP16's last place at |d| (at least -24), round d to a multiple of 2^q, ties
+// to even (the sum's last place is 2^q); branches only for non-finite d, overflow and the
+// sign of a zero. The host estimator dequantizes every (channel, code) of a page with it
+// (core/quantize.h).
 inline float HalfRoundValue(double d) {
   uint64_t u;
   std::memcpy(&u, &d, sizeof(u));
