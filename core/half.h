@@ -64,38 +64,13 @@ TWL_HD fp16_t FloatToHalf(float f) {
   return fp16_t(sign | h);
 }
 
-// Round to nearest even from double, overflow to inf, NaN preserved (host only). Used where
-// an FP16 operation's one rounding is emulated: its exact result fits a double, so this is
-// the operation's own result (FloatToHalf of a float would round twice).
-inline fp16_t DoubleToHalf(double d) {
-  uint64_t u;
-  std::memcpy(&u, &d, sizeof(u));
-  const uint32_t sign = uint32_t(u >> 48) & 0x8000u;
-  const uint64_t abs = u & 0x7fffffffffffffffull;
-  if (abs >= 0x7ff0000000000000ull) {
-    return fp16_t(sign | 0x7c00u | (abs > 0x7ff0000000000000ull ? 0x200u : 0u));
-  }
-  if (abs >= 0x40effe0000000000ull) return fp16_t(sign | 0x7c00u);  // rounds to >= 65520: inf
-  const int32_t e = int32_t(abs >> 52) - 1023;
-  const uint64_t mant = (abs & 0xfffffffffffffull) | (e > -1023 ? 0x10000000000000ull : 0ull);
-  // The result's last place: 2^-24 below FP16's normal range, else 2^(e - 10); `drop` low
-  // bits of the significand lie below it.
-  const int32_t drop = e < -14 ? 42 + (-14 - e) : 42;
-  if (drop >= 64) return fp16_t(sign);  // below 2^-25 in magnitude: rounds to zero
-  uint64_t m = mant >> drop;
-  const uint64_t rest = mant & ((uint64_t(1) << drop) - 1);
-  const uint64_t half = uint64_t(1) << (drop - 1);
-  if (rest > half || (rest == half && (m & 1u))) ++m;
-  // Normal: m in [1024, 2048] carries into the exponent field; subnormal: m <= 1024.
-  const uint32_t h = e < -14 ? uint32_t(m) : (uint32_t(e + 15) << 10) + uint32_t(m - 1024);
-  return fp16_t(sign | h);
-}
-
-// DoubleToHalf(d) as a float value, cheaper: one add and one subtract of 1.5 * 2^(q + 52), q
-// the exponent of FP16's last place at |d| (at least -24), round d to a multiple of 2^q, ties
-// to even (the sum's last place is 2^q); branches only for non-finite d, overflow and the
-// sign of a zero. The host estimator dequantizes every (channel, code) of a page with it
-// (core/quantize.h).
+// d rounded to FP16 (nearest, ties to even; inf past 65520, NaN kept; host only), as a float
+// value: where an FP16 operation's one rounding is emulated, its exact result fits a double,
+// so this is the operation's own result (FloatToHalf of a float would round twice). One add
+// and one subtract of 1.5 * 2^(q + 52), q the exponent of FP16's last place at |d| (at least
+// -24), round d to a multiple of 2^q, ties to even (the sum's last place is 2^q); branches
+// only for non-finite d, overflow and the sign of a zero. The host estimator dequantizes
+// every (channel, code) of a page with it (core/quantize.h).
 inline float HalfRoundValue(double d) {
   uint64_t u;
   std::memcpy(&u, &d, sizeof(u));
@@ -111,13 +86,9 @@ inline float HalfRoundValue(double d) {
   return r >= 65536.0 ? INFINITY : r <= -65536.0 ? -INFINITY : float(r);
 }
 
-// FP16 a * b + c with one rounding (IEEE fma.rn on FP16 operands, as the GPU's HFMA2), for
-// operands whose exact result fits a double: products of two FP16 values are exact, and the
-// sum's bits span at most 2^16 * 2^16 down to 2^-24 * 2^-24 (so: exact unless both a and b are
-// subnormal while c is large, a case the page-channel estimate never meets: a is a code).
-inline fp16_t HalfFmaRef(fp16_t a, fp16_t b, fp16_t c) {
-  return DoubleToHalf(double(HalfToFloat(a)) * double(HalfToFloat(b)) + double(HalfToFloat(c)));
-}
+// Round to nearest even from double, overflow to inf, NaN preserved (host only): the bits
+// of HalfRoundValue's value (an FP16 value, so FloatToHalf converts it exactly).
+inline fp16_t DoubleToHalf(double d) { return FloatToHalf(HalfRoundValue(d)); }
 
 TWL_HD float Bf16ToFloat(bf16_t b) { return BitsToFloat(uint32_t(b) << 16); }
 TWL_HD bf16_t FloatToBf16(float f) {

@@ -55,9 +55,6 @@ float PageChannelStepValue(const PageGeometry& g, fp16_t kmin, fp16_t kmax) {
                               HalfToFloat(PageChannelInverseMaxCodeHalf(g)));
 }
 
-fp16_t PageChannelStepHalf(const PageGeometry& g, fp16_t kmin, fp16_t kmax) {
-  return FloatToHalf(PageChannelStepValue(g, kmin, kmax));  // exact: an FP16 value
-}
 
 void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const QuantKView& qk,
                           int64_t block, int32_t rows) {

@@ -29,22 +29,17 @@ float PageChannelStep(const PageGeometry& g, fp16_t kmin, fp16_t kmax);
 // tensor cores take the dequantized K as the A operand against the unchanged FP16 queries.
 // step16 differs from the quantizer's step by a few FP16 ulps (k~ moves by < 2^-6 of a step
 // at code 15), and k~'s rounding by 2^-11 of |k~|: both far below the INT4 error (step / 2).
-fp16_t PageChannelStepHalf(const PageGeometry& g, fp16_t kmin, fp16_t kmax);
+// Both as float values (FP16 values; FloatToHalf gives their bits exactly).
 fp16_t PageChannelInverseMaxCodeHalf(const PageGeometry& g);  // FP16(1 / max_code)
-// step16 as a float value (the same number; the host estimator's form), and from kmin, kmax
-// and FP16(1 / max_code) as floats.
+// step16 from the block's bounds, or from kmin, kmax and FP16(1 / max_code) as floats.
 float PageChannelStepValue(const PageGeometry& g, fp16_t kmin, fp16_t kmax);
 inline float PageChannelStepValue(float kmin, float kmax, float inverse_max_code) {
   // Differences and products of FP16 values are exact in double: one rounding each.
   const float range = HalfRoundValue(double(kmax) - double(kmin));
   return HalfRoundValue(double(range) * double(inverse_max_code));
 }
-inline fp16_t PageChannelDequantHalf(int32_t code, fp16_t step16, fp16_t kmin) {
-  return HalfFmaRef(FloatToHalf(float(code)), step16, kmin);
-}
-// PageChannelDequantHalf as a float value, from step16 and kmin as floats: the exact
-// code * step16 + kmin (a double: <= 8 + 11 bits times, plus 11 bits, within 2^-24 .. 2^24)
-// rounded once to FP16 by HalfRoundValue.
+// k~ from step16 and kmin as floats: the exact code * step16 + kmin (a double: <= 8 + 11
+// bits, plus 11 bits, within 2^-24 .. 2^24) rounded once to FP16 by HalfRoundValue.
 inline float PageChannelDequantValue(int32_t code, float step16, float kmin) {
   return HalfRoundValue(double(code) * double(step16) + double(kmin));
 }

@@ -115,6 +115,11 @@ __device__ __forceinline__ float Exp2Approx(float x) {
 }
 
 __device__ __forceinline__ float H2F(fp16_t h) { return __half2float(__ushort_as_half(h)); }
+// Two FP16 values packed in a 32-bit word (low half first) as __half2, and back: bit casts.
+__device__ __forceinline__ __half2 U32Half2(uint32_t x) { return *reinterpret_cast<__half2*>(&x); }
+__device__ __forceinline__ uint32_t Half2U32(__half2 x) {
+  return *reinterpret_cast<uint32_t*>(&x);
+}
 __device__ __forceinline__ fp16_t F2H(float f) { return __half_as_ushort(__float2half_rn(f)); }
 __device__ __forceinline__ float B2F(uint16_t b) { return __bfloat162float(__ushort_as_bfloat16(b)); }
 __device__ __forceinline__ uint16_t F2B(float f) {

@@ -48,9 +48,9 @@ double TermMagnitude(const PageGeometry& g, const float* q, const QuantKView& qk
   double sum = 0.0;
   for (int32_t j = 0; j < g.head_dim; ++j) {
     const fp16_t mn = qk.kmin[block * g.head_dim + j], mx = qk.kmax[block * g.head_dim + j];
-    const fp16_t k = PageChannelDequantHalf(UnpackCode(qk.Codes(g, block, row), j, g.k_bits),
-                                            PageChannelStepHalf(g, mn, mx), mn);
-    sum += std::abs(double(q[j]) * HalfToFloat(k));
+    const float k = PageChannelDequantValue(int32_t(UnpackCode(qk.Codes(g, block, row), j, g.k_bits)),
+                                            PageChannelStepValue(g, mn, mx), HalfToFloat(mn));
+    sum += std::abs(double(q[j]) * k);
   }
   return sum;
 }

@@ -10,7 +10,7 @@ namespace twl {
 
 // Estimated score of row `row` of `block` for the scaled query row q [head_dim] (FP32, as
 // QueryRow gives it: the FP16 query times the softmax scale): the FP32 sum, in channel order,
-//   sum_j q_j * k~_j,   k~_j = PageChannelDequantHalf(code_j, PageChannelStepHalf(...), kmin_j)
+//   sum_j q_j * k~_j,   k~_j = PageChannelDequantValue(code_j, PageChannelStepValue(...), kmin_j)
 // (core/quantize.h): K dequantized to FP16 with one rounding per element. The GPU estimators
 // (pipeline/prune/twilight/cuda/prune.cuh) form the same k~ with FP16 tensor-core operands
 // (HSUB2 / HMUL2 / HFMA2 on the block's bounds) and multiply it by the FP16 query in one MMA,

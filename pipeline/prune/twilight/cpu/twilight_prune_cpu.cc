@@ -128,7 +128,8 @@ void PageScores(const PageGeometry& g, const BatchView& batch, const QuantKView&
   const int64_t block = g.BlockId(batch.PageId(s, page_idx), h);
   const int32_t rows = std::min(g.page_size, batch.seq_len[s] - page_idx * g.page_size);
   out->resize(qr.size());
-  std::vector<float*> dst(qr.size());
+  thread_local std::vector<float*> dst;  // reused: called once per page
+  dst.resize(qr.size());
   for (size_t j = 0; j < qr.size(); ++j) {
     (*out)[j].resize(size_t(rows));
     dst[j] = (*out)[j].data();
@@ -341,7 +342,6 @@ absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const B
         i = e;
       }
     }
-    std::vector<float> w(n);
     for (int32_t j = 0; j < group; ++j) {
       const int32_t qh = h * group + j;
       const int64_t at = int64_t(s) * batch.num_q_heads + qh;
@@ -350,11 +350,10 @@ absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const B
         r.kept = int32_t(n);
         r.mass = 1.0f;
       } else {
+        // Head j's scores, turned into weights in place.
+        const absl::Span<float> w(w_all.data() + size_t(j) * n, n);
         float mx = -std::numeric_limits<float>::infinity();
-        for (size_t i = 0; i < n; ++i) {
-          w[i] = w_all[size_t(j) * n + i];
-          mx = std::max(mx, w[i]);
-        }
+        for (size_t i = 0; i < n; ++i) mx = std::max(mx, w[i]);
         for (size_t i = 0; i < n; ++i) w[i] = std::exp(w[i] - mx);
         // Growing: take p of the full-context bound A + R, i.e. p / share of A (the rule
         // that stopped the growth makes that < 1); at the cap only p of A is possible.

@@ -91,15 +91,11 @@ __device__ __forceinline__ void NibbleWordToHalf2x4(uint32_t w, uint32_t* out) {
 
 // INT4 per page channel (k_scheme 1): the estimator reads K dequantized to FP16,
 // k~ = FP16(code * step16 + kmin) with step16 = FP16(FP16(kmax - kmin) * FP16(1 / 15))
-// (PageChannelStepHalf / PageChannelDequantHalf, core/quantize.h; one rounding per FP16
+// (PageChannelStepValue / PageChannelDequantValue, core/quantize.h; one rounding per FP16
 // operation, as HSUB2 / HMUL2 / HFMA2 round), so the tensor cores multiply it by the
 // unchanged FP16 queries: the B fragments are built once per block, not once per page.
 // PcWordBounds: the steps and kmins of the 8 channels of one code word (kmin / kmax as
 // 16-byte words, channels c0..c7), paired (c_i, c_i+4) as NibbleWordToHalf2x4 pairs codes.
-__device__ __forceinline__ __half2 U32Half2(uint32_t x) { return *reinterpret_cast<__half2*>(&x); }
-__device__ __forceinline__ uint32_t Half2U32(__half2 x) {
-  return *reinterpret_cast<uint32_t*>(&x);
-}
 __device__ __forceinline__ void PcWordBounds(const uint4& mn, const uint4& mx, __half2 inv,
                                              uint32_t step[4], uint32_t kmin[4]) {
   const uint32_t n[4] = {__byte_perm(mn.x, mn.z, 0x5410), __byte_perm(mn.x, mn.z, 0x7632),

@@ -578,7 +578,7 @@ __global__ void __launch_bounds__(kKeptThreads, kMaxG <= 8 ? 4 : 1)
             uint32_t bmask = 0;  // bit k: slot i0 + k lies in the boundary bin
             uint64_t b2s = 0;    // its sub-bin in byte k
             const uint32_t skip = ch.skip[j];
-            if (vmask && !AllBelow(raws[jj], *reinterpret_cast<const __half2*>(&skip))) {
+            if (vmask && !AllBelow(raws[jj], U32Half2(skip))) {
               const uint32_t above = SplitAtBoundary8(
                   raws[jj], vmask, ch.mx[j], ch.b1[j], ch.keep[j], skip,
                   [&](int k, int b2, float w) {

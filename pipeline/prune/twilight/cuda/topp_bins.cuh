@@ -29,8 +29,7 @@ __device__ __forceinline__ int Bin2(float d, int b1) {
 // with a margin, so that every score it skips is one the exact path would add nothing for:
 // peaked heads then cost a max and a compare per 8 slots instead of an exp per slot.
 __device__ __forceinline__ bool AllBelow(const uint4& v, __half2 thr) {
-  auto h2 = [](uint32_t w) { return *reinterpret_cast<const __half2*>(&w); };
-  const __half2 m = __hmax2_nan(__hmax2_nan(h2(v.x), h2(v.y)), __hmax2_nan(h2(v.z), h2(v.w)));
+  const __half2 m = __hmax2_nan(__hmax2_nan(U32Half2(v.x), U32Half2(v.y)), __hmax2_nan(U32Half2(v.z), U32Half2(v.w)));
   return __hblt2(m, thr);
 }
 __device__ __forceinline__ __half2 HalfThreshold(float t) {
@@ -89,14 +88,12 @@ __device__ __forceinline__ uint32_t FoldHalfMasks8(uint32_t m0, uint32_t m1, uin
   return (a | (a >> 15)) & 0xFFu;
 }
 __device__ __forceinline__ uint32_t Above8(const uint4& v, __half2 thr) {
-  auto h2 = [](uint32_t w) { return *reinterpret_cast<const __half2*>(&w); };
-  return FoldHalfMasks8(__hgt2_mask(h2(v.x), thr), __hgt2_mask(h2(v.y), thr),
-                        __hgt2_mask(h2(v.z), thr), __hgt2_mask(h2(v.w), thr));
+  return FoldHalfMasks8(__hgt2_mask(U32Half2(v.x), thr), __hgt2_mask(U32Half2(v.y), thr),
+                        __hgt2_mask(U32Half2(v.z), thr), __hgt2_mask(U32Half2(v.w), thr));
 }
 __device__ __forceinline__ uint32_t Below8(const uint4& v, __half2 thr) {
-  auto h2 = [](uint32_t w) { return *reinterpret_cast<const __half2*>(&w); };
-  return FoldHalfMasks8(__hlt2_mask(h2(v.x), thr), __hlt2_mask(h2(v.y), thr),
-                        __hlt2_mask(h2(v.z), thr), __hlt2_mask(h2(v.w), thr));
+  return FoldHalfMasks8(__hlt2_mask(U32Half2(v.x), thr), __hlt2_mask(U32Half2(v.y), thr),
+                        __hlt2_mask(U32Half2(v.z), thr), __hlt2_mask(U32Half2(v.w), thr));
 }
 // The 8 slots of a LoadRaw8 group of one top-p head (bit k of vmask: slot k is a valid
 // candidate) against its boundary bin B1 below the max mx: returns the bits of the slots
@@ -110,9 +107,9 @@ template <class InBin>
 __device__ __forceinline__ uint32_t SplitAtBoundary8(const uint4& raw, uint32_t vmask, float mx,
                                                      int B1, uint32_t keep, uint32_t skip,
                                                      InBin&& in_bin) {
-  const uint32_t over = Above8(raw, *reinterpret_cast<const __half2*>(&keep));
+  const uint32_t over = Above8(raw, U32Half2(keep));
   uint32_t above = vmask & over;
-  uint32_t band = vmask & ~over & ~Below8(raw, *reinterpret_cast<const __half2*>(&skip));
+  uint32_t band = vmask & ~over & ~Below8(raw, U32Half2(skip));
   while (band) {
     const int k = __ffs(band) - 1;
     band &= band - 1;
