@@ -66,24 +66,40 @@ TWL_HD fp16_t FloatToHalf(float f) {
 
 // d rounded to FP16 (nearest, ties to even; inf past 65520, NaN kept; host only), as a float
 // value: where an FP16 operation's one rounding is emulated, its exact result fits a double,
-// so this is the operation's own result (FloatToHalf of a float would round twice). One add
-// and one subtract of 1.5 * 2^(q + 52), q the exponent of FP16's last place at |d| (at least
-// -24), round d to a multiple of 2^q, ties to even (the sum's last place is 2^q); branches
-// only for non-finite d, overflow and the sign of a zero. The host estimator dequantizes
-// every (channel, code) of a page with it (core/quantize.h).
+// so this is the operation's own result (FloatToHalf of a float would round twice). Adding
+// and subtracting m = 1.5 * 2^(q + 52), q the exponent of FP16's last place at |d| (at least
+// -24), rounds d to a multiple of 2^q, ties to even (the sum's last place is 2^q). m comes
+// from d's exponent bits by a mask, a multiply and a max, and the special cases are selects:
+// no branch, so a loop over it vectorizes. The host estimator dequantizes every (channel,
+// code) of a page with it (core/quantize.h).
 inline float HalfRoundValue(double d) {
   uint64_t u;
   std::memcpy(&u, &d, sizeof(u));
-  const int32_t field = int32_t(u >> 52) & 0x7ff;
-  if (field == 0x7ff) return float(d);  // inf, NaN
-  if (field >= 1023 + 16) return (u >> 63) ? -INFINITY : INFINITY;  // |d| >= 65536
-  const int32_t q = (field - 1023 < -14 ? -14 : field - 1023) - 10;
-  const uint64_t mbits = (uint64_t(q + 52 + 1023) << 52) | (uint64_t(1) << 51);
-  double m;
-  std::memcpy(&m, &mbits, sizeof(m));
-  const double r = (d + m) - m;
-  if (r == 0.0) return (u >> 63) ? -0.0f : 0.0f;  // the sum loses the sign of a zero
-  return r >= 65536.0 ? INFINITY : r <= -65536.0 ? -INFINITY : float(r);
+  const uint64_t pow2_bits = u & 0x7ff0000000000000ull;  // 2^e (0 for zero and subnormals)
+  double pow2;
+  std::memcpy(&pow2, &pow2_bits, sizeof(pow2));
+  // q + 52 = max(e, -14) - 10 + 52; inf (and then NaN below) past e = 981, selected away.
+  const double scaled = pow2 * 0x1.8p42;
+  const double m = scaled > 0x1.8p28 ? scaled : 0x1.8p28;
+  const double a = std::fabs(d);
+  double mag = std::fabs((d + m) - m);
+  mag = ((a >= 65536.0) | (mag >= 65536.0)) ? double(INFINITY) : mag;  // NaN stays NaN
+  // A nonzero result has d's sign; copysign also keeps the sign of a zero.
+  return float(std::copysign(mag, d));
+}
+
+// f rounded to FP16 as a float value (nearest, ties to even; inf past 65520, NaN kept):
+// FloatToHalf's result as a value, by HalfRoundValue's method in float (m = 1.5 * 2^(q + 23)).
+// Branch-free, so loops over it vectorize four wide; exact only as one FP16 rounding of f
+// itself, so where f is an operation's result that operation must have been exact.
+inline float HalfRoundFloat(float f) {
+  const float pow2 = BitsToFloat(FloatToBits(f) & 0x7f800000u);  // 2^e (0 for subnormals)
+  const float scaled = pow2 * 0x1.8p13f;  // inf past e = 114: selected away below
+  const float m = scaled > 0x1.8p-1f ? scaled : 0x1.8p-1f;
+  const float a = std::fabs(f);
+  float mag = std::fabs((f + m) - m);
+  mag = ((a >= 65536.0f) | (mag >= 65536.0f)) ? INFINITY : mag;  // NaN stays NaN
+  return std::copysign(mag, f);
 }
 
 // Round to nearest even from double, overflow to inf, NaN preserved (host only): the bits

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 
 namespace twl {
@@ -55,6 +56,45 @@ float PageChannelStepValue(const PageGeometry& g, fp16_t kmin, fp16_t kmax) {
                               HalfToFloat(PageChannelInverseMaxCodeHalf(g)));
 }
 
+
+namespace {
+
+// Whether code * step16 + kmin is exact in float for every code in [0, max_code]. The
+// product has <= 8 + 11 significant bits; the sum is a multiple of u, the smaller of the
+// weights of FP16's last place at kmin and at step16 (a zero adds no bits), and is at most
+// |kmin| + max_code |step16| =: B, which float holds when B <= 2^24 u. B is rounded once
+// in float, so the test is strict (B rounded below a power of two means B is below it).
+// Branch-free, so the page's channels are tested four at a time.
+int32_t DequantExactInFloat(float kmin, float step16, int32_t max_code) {
+  const int32_t e_lo = kmin == 0.0f ? 240 : int32_t((FloatToBits(kmin) >> 23) & 0xffu);
+  const int32_t e_st = step16 == 0.0f ? 240 : int32_t((FloatToBits(step16) >> 23) & 0xffu);
+  int32_t e = e_lo < e_st ? e_lo : e_st;  // biased exponent of the smaller nonzero one
+  e = e < 127 - 14 ? 127 - 14 : e > 240 ? 240 : e;  // FP16 subnormals share 2^-14's quantum
+  const float limit = BitsToFloat(uint32_t(e + 14) << 23);  // 2^24 u = 2^(e - 127 - 10 + 24)
+  const float bound = std::fabs(kmin) + float(max_code) * std::fabs(step16);
+  return bound < limit ? 1 : 0;  // false for inf and NaN
+}
+
+}  // namespace
+
+void PageChannelDequantTable(const float* kmin, const float* step16, int32_t channels,
+                             int32_t max_code, float* table) {
+  const size_t codes = size_t(max_code) + 1;
+  for (int32_t j = 0; j < channels; ++j) {
+    float* t = table + size_t(j) * codes;
+    const float lo = kmin[j], step = step16[j];
+    // int32 codes: their conversion to float vectorizes, a size_t's does not.
+    for (int32_t c = 0; c <= max_code; ++c) t[c] = HalfRoundFloat(float(c) * step + lo);
+  }
+  thread_local std::vector<int32_t> exact;
+  exact.resize(size_t(channels));
+  for (int32_t j = 0; j < channels; ++j) exact[j] = DequantExactInFloat(kmin[j], step16[j], max_code);
+  for (int32_t j = 0; j < channels; ++j) {
+    if (exact[j]) continue;
+    float* t = table + size_t(j) * codes;
+    for (size_t c = 0; c < codes; ++c) t[c] = PageChannelDequantValue(int32_t(c), step16[j], kmin[j]);
+  }
+}
 
 void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const QuantKView& qk,
                           int64_t block, int32_t rows) {

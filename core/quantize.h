@@ -43,6 +43,13 @@ inline float PageChannelStepValue(float kmin, float kmax, float inverse_max_code
 inline float PageChannelDequantValue(int32_t code, float step16, float kmin) {
   return HalfRoundValue(double(code) * double(step16) + double(kmin));
 }
+// The table of every code's k~ for `channels` channels: table[j * (max_code + 1) + c] =
+// PageChannelDequantValue(c, step16[j], kmin[j]), bit for bit. Where a channel's
+// code * step16 + kmin are all exact in float (nearly always: they fail only when kmin's
+// magnitude dwarfs the step by 2^13 or more), it computes them in float and rounds with
+// HalfRoundFloat four wide; other channels take the double route.
+void PageChannelDequantTable(const float* kmin, const float* step16, int32_t channels,
+                             int32_t max_code, float* table);
 // Re-quantizes rows [0, rows) of `block` against the block's kmin/kmax (which must cover them).
 void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const QuantKView& qk,
                           int64_t block, int32_t rows);

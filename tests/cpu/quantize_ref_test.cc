@@ -340,6 +340,91 @@ TEST(Quantize, HalfRoundValueRoundsOnceToNearest) {
   EXPECT_EQ(DoubleToHalf(-1e-300), 0x8000u);
 }
 
+// HalfRoundFloat is FloatToHalf as a value (signed zeros included), across every exponent and
+// densely where FP16's normal, subnormal and overflow boundaries fall.
+TEST(Quantize, HalfRoundFloatIsFloatToHalfAsAValue) {
+  auto check = [](uint32_t u) {
+    const float f = BitsToFloat(u);
+    const float v = HalfRoundFloat(f);
+    if (std::isnan(f)) return std::isnan(v);
+    return FloatToBits(v) == FloatToBits(HalfToFloat(FloatToHalf(f)));
+  };
+  for (uint64_t u = 0; u < 0x100000000ull; u += 4099) ASSERT_TRUE(check(uint32_t(u))) << u;
+  for (uint32_t sign : {0u, 0x80000000u}) {
+    // 2^-26 .. 2^17: FP16's subnormals, normals and the rounding to inf past 65520.
+    for (uint32_t u = 0x32800000u; u < 0x48000000u; u += 61) ASSERT_TRUE(check(sign | u)) << u;
+  }
+  EXPECT_TRUE(std::isinf(HalfRoundFloat(65520.0f)));
+  EXPECT_EQ(HalfRoundFloat(65519.996f), 65504.0f);
+  EXPECT_EQ(FloatToBits(HalfRoundFloat(-1e-9f)), 0x80000000u);
+}
+
+// The table of a channel's k~ matches PageChannelDequantValue bit for bit, on channels whose
+// code * step16 + kmin are exact in float and on channels where they are not (kmin larger
+// than the step by ~2^12-2^16: there the float route would round twice and differ).
+TEST(Quantize, PageChannelDequantTableMatchesValueByValue) {
+  std::mt19937_64 rng(FreshSeed());
+  auto half_with_exponent = [&](int32_t e) {  // a random FP16 value of magnitude 2^e
+    const uint32_t field = uint32_t(std::clamp(e + 15, 0, 30));
+    return HalfToFloat(fp16_t((rng() & 0x8000u) | (field << 10) | (rng() & 0x3ffu)));
+  };
+  for (int32_t max_code : {3, 15, 255}) {
+    const PageGeometry g{16, 8, 1, max_code == 3 ? 2 : max_code == 15 ? 4 : 8};
+    const float inverse = HalfToFloat(PageChannelInverseMaxCodeHalf(g));
+    const int32_t channels = 4096, codes = max_code + 1;
+    std::vector<float> lo(channels), step(channels), table(size_t(channels) * size_t(codes));
+    for (int32_t j = 0; j < channels; ++j) {
+      float a, b;
+      if (j % 4 == 0) {  // any two FP16 values, infinities included
+        a = HalfToFloat(fp16_t(rng())), b = HalfToFloat(fp16_t(rng()));
+        if (std::isnan(a)) a = INFINITY;
+        if (std::isnan(b)) b = -INFINITY;
+      } else {  // a narrow range far from zero: near the float route's limit
+        const int32_t e = int32_t(rng() % 30) - 14;
+        a = half_with_exponent(e);
+        b = HalfToFloat(DoubleToHalf(double(a) + std::ldexp(double(rng() % 64 + 1), e - 10 - int32_t(rng() % 6))));
+      }
+      lo[size_t(j)] = std::min(a, b);
+      step[size_t(j)] = PageChannelStepValue(lo[size_t(j)], std::max(a, b), inverse);
+      if (max_code == 255 && j % 8 == 1) {
+        // Built to round twice in float: with u = 2^-20 (scaled by 2^s), step16 = 1517 u
+        // and kmin = L 2^14 u (L odd), 27 step16 + kmin = (16384 (L + 2) + 8191) u is u
+        // below an FP16 tie; float (quantum 2u there) rounds it onto the tie, which then
+        // goes to the even (L + 3) 2^14 u instead of down. |kmin| + 255 step16 lies in
+        // [2^24 u, 2^25 u): just past what float holds.
+        const int s = int(rng() % 9) - 4;
+        step[size_t(j)] = std::ldexp(1517.0f, -20 + s);
+        lo[size_t(j)] = std::ldexp(float(1025 + 2 * int(rng() % 480)), -6 + s);
+      }
+    }
+    PageChannelDequantTable(lo.data(), step.data(), channels, max_code, table.data());
+    int32_t inexact_channels = 0, double_rounded = 0;
+    for (int32_t j = 0; j < channels; ++j) {
+      bool inexact = false;
+      for (int32_t c = 0; c < codes; ++c) {
+        const float want = PageChannelDequantValue(c, step[size_t(j)], lo[size_t(j)]);
+        const float got = table[size_t(j) * size_t(codes) + size_t(c)];
+        ASSERT_EQ(FloatToBits(got), FloatToBits(want))
+            << "code " << c << " step " << step[size_t(j)] << " kmin " << lo[size_t(j)];
+        const float in_float = float(c) * step[size_t(j)] + lo[size_t(j)];
+        if (std::isfinite(in_float) &&
+            (long double)in_float != (long double)c * step[size_t(j)] + lo[size_t(j)]) {
+          inexact = true;
+          double_rounded += FloatToBits(HalfRoundFloat(in_float)) != FloatToBits(want);
+        }
+      }
+      inexact_channels += inexact;
+    }
+    // Both routes ran, and the double one mattered.
+    EXPECT_GT(inexact_channels, channels / 50) << max_code;
+    EXPECT_LT(inexact_channels, channels / 2) << max_code;
+    EXPECT_GT(double_rounded, 0) << max_code;
+    if (max_code == 255) {
+      EXPECT_GE(double_rounded, channels / 8) << "the built channels";
+    }
+  }
+}
+
 // An outlier channel (K's +-6 channels) widens the per-token step of every channel, but only
 // its own per-page-channel step: on the other channels the page-channel error is far smaller.
 TEST(Quantize, OutlierChannelCoarsensPerTokenButNotPerChannel) {

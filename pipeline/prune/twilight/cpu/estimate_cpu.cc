@@ -9,6 +9,31 @@
 
 namespace twl {
 
+namespace {
+
+// deq[j * n + r] = table[j][code of channel j in row r], for rows [0, n) of a page's codes:
+// channel-major, byte by byte (UnpackCode's packing: low bits first). kBits is a template
+// argument so that a byte's codes unroll.
+template <int kBits>
+void GatherChannelMajor(const uint8_t* row0, size_t row_stride, size_t d, size_t n,
+                        const float* table, float* deq) {
+  constexpr size_t kPerByte = 8 / kBits, kCodes = size_t(1) << kBits;
+  constexpr uint32_t kMask = uint32_t(kCodes) - 1u;
+  for (size_t b = 0; b < d / kPerByte; ++b) {
+    const size_t j0 = b * kPerByte;
+    const float* t = table + j0 * kCodes;
+    float* dst = deq + j0 * n;
+    for (size_t r = 0; r < n; ++r) {
+      const uint32_t v = row0[r * row_stride + b];
+      for (size_t k = 0; k < kPerByte; ++k) {
+        dst[k * n + r] = t[k * kCodes + ((v >> (k * kBits)) & kMask)];
+      }
+    }
+  }
+}
+
+}  // namespace
+
 float EstimatePageChannelScoreRef(const PageGeometry& g, const float* q, const QuantKView& qk,
                                   int64_t block, int32_t row) {
   const fp16_t* mn = qk.kmin + block * g.head_dim;
@@ -37,29 +62,30 @@ void EstimatePageChannelBlockMultiRef(const PageGeometry& g, const float* const*
   // Reused per thread: the host pruner calls this once per page and step.
   thread_local std::vector<float> deq;
   deq.resize(d * n);
-  // Dequantized K channel-major, byte by byte (UnpackCode's packing: low bits first); a
-  // channel's 2^k_bits possible values are formed once when there are no more than rows.
-  const int32_t bits = g.k_bits, per_byte = 8 / bits;
+  // Each channel's 2^k_bits possible values (a table, channel-major), then dequantized K
+  // channel-major, byte by byte (UnpackCode's packing: low bits first). The table's loops
+  // have no branch (HalfRoundValue selects), so they vectorize: a page costs ~d * 2^k_bits
+  // roundings whatever its rows and heads.
+  const int32_t bits = g.k_bits;
   const uint32_t mask = (1u << bits) - 1u;
-  const bool by_table = size_t(mask) + 1 <= n;
+  const size_t codes = size_t(mask) + 1;
   const float inverse = HalfToFloat(PageChannelInverseMaxCodeHalf(g));
+  thread_local std::vector<float> lo, step, table;
+  lo.resize(d);
+  step.resize(d);
+  table.resize(d * codes);
+  for (size_t j = 0; j < d; ++j) {
+    lo[j] = HalfToFloat(mn[j]);
+    step[j] = HalfToFloat(mx[j]);
+  }
+  for (size_t j = 0; j < d; ++j) step[j] = PageChannelStepValue(lo[j], step[j], inverse);
+  PageChannelDequantTable(lo.data(), step.data(), g.head_dim, int32_t(mask), table.data());
   const uint8_t* row0 = qk.Codes(g, block, 0);
-  const ptrdiff_t row_stride = ptrdiff_t(g.CodeBytesPerToken());
-  float table[256];
-  for (size_t b = 0; b < d / size_t(per_byte); ++b) {
-    for (int32_t k = 0; k < per_byte; ++k) {
-      const size_t j = b * size_t(per_byte) + size_t(k);
-      const float lo = HalfToFloat(mn[j]);
-      const float step = PageChannelStepValue(lo, HalfToFloat(mx[j]), inverse);
-      float* dst = &deq[j * n];
-      if (by_table) {
-        for (uint32_t c = 0; c <= mask; ++c) table[c] = PageChannelDequantValue(int32_t(c), step, lo);
-      }
-      for (size_t r = 0; r < n; ++r) {
-        const uint32_t c = (row0[ptrdiff_t(r) * row_stride + ptrdiff_t(b)] >> (k * bits)) & mask;
-        dst[r] = by_table ? table[c] : PageChannelDequantValue(int32_t(c), step, lo);
-      }
-    }
+  const size_t row_stride = size_t(g.CodeBytesPerToken());
+  switch (bits) {
+    case 2: GatherChannelMajor<2>(row0, row_stride, d, n, table.data(), deq.data()); break;
+    case 4: GatherChannelMajor<4>(row0, row_stride, d, n, table.data(), deq.data()); break;
+    default: GatherChannelMajor<8>(row0, row_stride, d, n, table.data(), deq.data()); break;
   }
   // Channel-major: every row's sum still runs over j in order (the same FP32 result as the
   // per-row loop), while the rows' independent sums fill the vector lanes.
