@@ -42,6 +42,16 @@ TWL_HD float HalfToFloat(fp16_t h) {
   return sign ? -v : v;
 }
 
+// HalfToFloat without a branch (host only), for loops that convert whole rows: the
+// magnitude's bits shifted into float's place and scaled by 2^112 give every normal and
+// subnormal exactly; inf and NaN take their bits by a select.
+inline float HalfToFloatBranchless(fp16_t h) {
+  const uint32_t mag = uint32_t(h & 0x7fffu) << 13;
+  float f = BitsToFloat(mag) * 0x1p112f;
+  f = (h & 0x7c00u) == 0x7c00u ? BitsToFloat(0x7f800000u | mag) : f;
+  return BitsToFloat(FloatToBits(f) | ((uint32_t(h) & 0x8000u) << 16));
+}
+
 // Round to nearest even, overflow to inf, NaN preserved.
 TWL_HD fp16_t FloatToHalf(float f) {
   const uint32_t u = FloatToBits(f);

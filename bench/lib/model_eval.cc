@@ -46,14 +46,22 @@ absl::StatusOr<ModelComparison> CompareWithReference(const Llama2Model& model, c
   for (int32_t pos = 0; pos < c.steps; ++pos) {
     if (absl::Status s = model.Forward(token, pos, forced->fn, &logits); !s.ok()) return s;
     const std::vector<float>& r = ref.logits[size_t(pos)];
-    if (Argmax(logits) == Argmax(r)) ++c.forced_top1_agree;
     const double kl = KlDivergence(Softmax(r), Softmax(logits));
     c.mean_kl += kl;
     c.max_kl = std::max(c.max_kl, kl);
+    for (size_t v = 0; v < r.size() && v < logits.size(); ++v) {
+      c.max_logit_diff = std::max(c.max_logit_diff, std::fabs(double(logits[v]) - double(r[v])));
+    }
     std::vector<float> sorted = r;
     std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
-    c.mean_top1_margin += double(sorted[0]) - double(sorted[1]);
-    if (pos == c.first_divergence) c.margin_at_divergence = double(sorted[0]) - double(sorted[1]);
+    const double margin = double(sorted[0]) - double(sorted[1]);
+    c.mean_top1_margin += margin;
+    if (Argmax(logits) == Argmax(r)) {
+      ++c.forced_top1_agree;
+    } else {
+      c.max_margin_at_disagreement = std::max(c.max_margin_at_disagreement, margin);
+    }
+    if (pos == c.first_divergence) c.margin_at_divergence = margin;
     token = ref.tokens[size_t(pos)];
   }
   c.mean_kl /= c.steps;

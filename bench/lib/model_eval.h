@@ -37,6 +37,11 @@ struct ModelComparison {
   double mean_kl = 0, max_kl = 0;   // KL(reference || method) per step, nats
   double mean_top1_margin = 0;      // reference's mean logit gap between its top two tokens
   double margin_at_divergence = 0;  // that gap at first_divergence (same prefix up to there)
+  // Teacher-forced: the largest |logit - reference logit| of any token and step (the method's
+  // numerical noise on the logits), and the largest reference gap at a step whose argmax
+  // differs (0: none). A near-tie within twice the noise can flip either way.
+  double max_logit_diff = 0;
+  double max_margin_at_disagreement = 0;
 };
 
 // Compares `method` with the reference run `ref` (made by RunGreedy on the same model).

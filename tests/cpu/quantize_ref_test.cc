@@ -415,10 +415,11 @@ TEST(Quantize, PageChannelDequantTableMatchesValueByValue) {
       }
       inexact_channels += inexact;
     }
-    // Both routes ran, and the double one mattered.
+    // Both routes ran; with 8-bit codes the built channels show the double one matters (with
+    // 2- and 4-bit codes a double rounding that changes k~ needs a product of at most 4 bits
+    // to land u off a tie: rare, so not required of a random sample).
     EXPECT_GT(inexact_channels, channels / 50) << max_code;
     EXPECT_LT(inexact_channels, channels / 2) << max_code;
-    EXPECT_GT(double_rounded, 0) << max_code;
     if (max_code == 255) {
       EXPECT_GE(double_rounded, channels / 8) << "the built channels";
     }

@@ -1,6 +1,6 @@
 #include "pipeline/attend/sparse/sparse_attention.h"
 
-#include "pipeline/attend/sparse/cpu/sparse_attend_cpu.h"
+#include "pipeline/attend/sparse/cpu/grouped_attend_cpu.h"
 #include "pipeline/attend/sparse/cuda/attend_launch.h"
 
 namespace twl {
@@ -32,7 +32,7 @@ absl::Status SparseAttention::AttendOnHost(const PageGeometry& g, const BatchVie
                                            const QueryView& q, const FpKvView& kv,
                                            const KeptView& kept, const OutputView& out,
                                            float softmax_scale) const {
-  return SparseAttentionRef(g, batch, q, kv, kept, out, softmax_scale);
+  return GroupedAttentionCpu(g, batch, q, kv, &kept, out, softmax_scale);
 }
 
 }  // namespace twl

@@ -3,7 +3,8 @@
 // rows come through FpKvView: identity addressed (HBM pool, mapped host pool) or redirected
 // by slot_of_block (the offload store's GPU hot cache) — where they live is the fetch
 // stage's business. Device methods enqueue cuda/attend_launch.h; host methods run
-// pipeline/attend/sparse/cpu/sparse_attend_cpu. Stateless.
+// pipeline/attend/sparse/cpu/grouped_attend_cpu (checked against sparse_attend_cpu's
+// reference). Stateless.
 #pragma once
 
 #include <cstddef>

@@ -46,8 +46,31 @@ void AttendHead(const PageGeometry& g, const BatchView& batch, const QueryView& 
   for (int32_t j = 0; j < g.head_dim; ++j) out[j] *= inv;
 }
 
-absl::Status CheckAttention(const PageGeometry& g, const BatchView& batch, const QueryView& q,
-                            const FpKvView& kv, const KeptView* kept, const void* out) {
+// Runs every (sequence, query head) and hands the FP32 row to `emit`.
+template <typename Emit>
+void ForEachHead(const PageGeometry& g, const BatchView& batch, const QueryView& q,
+                 const FpKvView& kv, const KeptView* kept, float scale, Emit emit) {
+  const int32_t group = batch.num_q_heads / g.num_kv_heads;
+  tbb::parallel_for(0, batch.num_seqs * batch.num_q_heads, [&](int32_t item) {
+    const int32_t s = item / batch.num_q_heads;
+    const int32_t qh = item % batch.num_q_heads;
+    std::vector<float> row(static_cast<size_t>(g.head_dim));
+    if (kept) {
+      const int64_t kv_item = int64_t(s) * g.num_kv_heads + qh / group;
+      AttendHead(g, batch, q, kv, s, qh, kept->tokens + kv_item * kept->max_kept,
+                 kept->count[kv_item], scale, row.data());
+    } else {
+      AttendHead(g, batch, q, kv, s, qh, nullptr, batch.seq_len[s], scale, row.data());
+    }
+    emit(int64_t(item) * g.head_dim, row);
+  });
+}
+
+}  // namespace
+
+absl::Status CheckAttentionInputs(const PageGeometry& g, const BatchView& batch,
+                                  const QueryView& q, const FpKvView& kv, const KeptView* kept,
+                                  const void* out) {
   if (absl::Status st = ValidateGeometry(g); !st.ok()) return st;
   if (absl::Status st = ValidateBatch(g, batch, true); !st.ok()) return st;
   if (!q.q || !kv.kv || !out) {
@@ -75,32 +98,10 @@ absl::Status CheckAttention(const PageGeometry& g, const BatchView& batch, const
   return absl::OkStatus();
 }
 
-// Runs every (sequence, query head) and hands the FP32 row to `emit`.
-template <typename Emit>
-void ForEachHead(const PageGeometry& g, const BatchView& batch, const QueryView& q,
-                 const FpKvView& kv, const KeptView* kept, float scale, Emit emit) {
-  const int32_t group = batch.num_q_heads / g.num_kv_heads;
-  tbb::parallel_for(0, batch.num_seqs * batch.num_q_heads, [&](int32_t item) {
-    const int32_t s = item / batch.num_q_heads;
-    const int32_t qh = item % batch.num_q_heads;
-    std::vector<float> row(static_cast<size_t>(g.head_dim));
-    if (kept) {
-      const int64_t kv_item = int64_t(s) * g.num_kv_heads + qh / group;
-      AttendHead(g, batch, q, kv, s, qh, kept->tokens + kv_item * kept->max_kept,
-                 kept->count[kv_item], scale, row.data());
-    } else {
-      AttendHead(g, batch, q, kv, s, qh, nullptr, batch.seq_len[s], scale, row.data());
-    }
-    emit(int64_t(item) * g.head_dim, row);
-  });
-}
-
-}  // namespace
-
 absl::Status SparseAttentionRefF32(const PageGeometry& g, const BatchView& batch,
                                    const QueryView& q, const FpKvView& kv, const KeptView& kept,
                                    float* out, float softmax_scale) {
-  if (absl::Status st = CheckAttention(g, batch, q, kv, &kept, out); !st.ok()) return st;
+  if (absl::Status st = CheckAttentionInputs(g, batch, q, kv, &kept, out); !st.ok()) return st;
   ForEachHead(g, batch, q, kv, &kept, SoftmaxScale(g, softmax_scale),
               [&](int64_t at, const std::vector<float>& row) {
                 std::copy(row.begin(), row.end(), out + at);
@@ -111,7 +112,7 @@ absl::Status SparseAttentionRefF32(const PageGeometry& g, const BatchView& batch
 absl::Status SparseAttentionRef(const PageGeometry& g, const BatchView& batch, const QueryView& q,
                                 const FpKvView& kv, const KeptView& kept, const OutputView& out,
                                 float softmax_scale) {
-  if (absl::Status st = CheckAttention(g, batch, q, kv, &kept, out.out); !st.ok()) return st;
+  if (absl::Status st = CheckAttentionInputs(g, batch, q, kv, &kept, out.out); !st.ok()) return st;
   ForEachHead(g, batch, q, kv, &kept, SoftmaxScale(g, softmax_scale),
               [&](int64_t at, const std::vector<float>& row) {
                 // out is the caller's buffer: any address.
@@ -124,7 +125,7 @@ absl::Status SparseAttentionRef(const PageGeometry& g, const BatchView& batch, c
 
 absl::Status DenseAttentionRef(const PageGeometry& g, const BatchView& batch, const QueryView& q,
                                const FpKvView& kv, const OutputView& out, float softmax_scale) {
-  if (absl::Status st = CheckAttention(g, batch, q, kv, nullptr, out.out); !st.ok()) return st;
+  if (absl::Status st = CheckAttentionInputs(g, batch, q, kv, nullptr, out.out); !st.ok()) return st;
   ForEachHead(g, batch, q, kv, nullptr, SoftmaxScale(g, softmax_scale),
               [&](int64_t at, const std::vector<float>& row) {
                 // out is the caller's buffer: any address.
