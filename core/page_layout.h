@@ -88,6 +88,16 @@ struct PageGeometry {
   }
 };
 
+// A stored K or V row of g.head_dim elements as floats (host only): KvToFloat of each,
+// without a branch per element, so the loop vectorizes.
+inline void KvRowToFloat(const PageGeometry& g, const uint16_t* src, float* dst) {
+  if (g.kv_dtype == kKvBf16) {
+    for (int32_t j = 0; j < g.head_dim; ++j) dst[j] = Bf16ToFloat(src[j]);
+  } else {
+    for (int32_t j = 0; j < g.head_dim; ++j) dst[j] = HalfToFloatBranchless(src[j]);
+  }
+}
+
 // FP16 K/V blocks addressed by block id, optionally through a slot indirection (the GPU
 // hot-page cache): block b lives at kv + slot * FpBlockElems(), slot = slot_of_block[b]
 // when slot_of_block is set, else slot = b. With miss_kv set, a block whose slot is -1 (not

@@ -100,19 +100,41 @@ void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const Quant
                           int64_t block, int32_t rows) {
   const fp16_t* mn = qk.kmin + block * g.head_dim;
   const fp16_t* mx = qk.kmax + block * g.head_dim;
-  const int32_t max_code = g.MaxCode();
-  const int32_t per_byte = 8 / g.k_bits;
+  const int32_t d = g.head_dim, max_code = g.MaxCode(), per_byte = 8 / g.k_bits;
+  // A channel's kmin and step once per block, a row's K once per row: the per-element loop
+  // is then branch-free arithmetic (the same division and rint as ever, so the same codes).
+  thread_local std::vector<float> lo, step, x, code;
+  lo.resize(size_t(d));
+  step.resize(size_t(d));
+  x.resize(size_t(d));
+  code.resize(size_t(d));
+  for (int32_t j = 0; j < d; ++j) {
+    lo[size_t(j)] = HalfToFloat(mn[j]);
+    step[size_t(j)] = PageChannelStep(g, mn[j], mx[j]);
+  }
+  const float top = float(max_code);
+  const float *lo_j = lo.data(), *step_j = step.data(), *x_j = x.data();
+  float* code_j = code.data();  // whole numbers in [0, max_code]
   for (int32_t r = 0; r < rows; ++r) {
+    KvRowToFloat(g, kv.K(g, block, r), x.data());
+    for (int32_t j = 0; j < d; ++j) {
+      // As in QuantizeRowRef: rint, then clamp in float (non-finite K gives NaN, which becomes
+      // code 0; a step that is not > 0 gives code 0). rint by adding and subtracting 1.5 * 2^23
+      // (ties to even, exact below 2^22; beyond, the result keeps its sign and stays past the
+      // clamp), so that the loop has no branch and vectorizes.
+      const float s = step_j[j];
+      const bool positive = s > 0.0f;
+      const float t = (x_j[j] - lo_j[j]) / (positive ? s : 1.0f);
+      float q = (t + 0x1.8p23f) - 0x1.8p23f;
+      q = (positive & (q > 0.0f)) ? q : 0.0f;
+      q = q < top ? q : top;
+      code_j[j] = q;
+    }
     uint8_t* codes = qk.Codes(g, block, r);
-    const fp16_t* k = kv.K(g, block, r);
     std::memset(codes, 0, size_t(g.CodeBytesPerToken()));
-    for (int32_t j = 0; j < g.head_dim; ++j) {
-      const float s = PageChannelStep(g, mn[j], mx[j]);
-      // As in QuantizeRowRef: clamp in float (non-finite K gives NaN, which becomes code 0).
-      float q = 0.0f;
-      if (s > 0.0f) q = std::rint((g.KvToFloat(k[j]) - HalfToFloat(mn[j])) / s);
-      const int32_t c = q >= float(max_code) ? max_code : (q > 0.0f ? int32_t(q) : 0);
-      codes[j / per_byte] = uint8_t(codes[j / per_byte] | (c << ((j % per_byte) * g.k_bits)));
+    for (int32_t j = 0; j < d; ++j) {
+      codes[j / per_byte] =
+          uint8_t(codes[j / per_byte] | (int32_t(code_j[j]) << ((j % per_byte) * g.k_bits)));
     }
   }
 }

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "core/quantize.h"
@@ -51,21 +52,26 @@ absl::Status AppendRef(const PageGeometry& g, const AppendView& in, const FpKvVi
     rows = std::max(rows, row + 1);
   }
   // Quest bounds are recomputed over all filled rows, so they stay exact for partial pages.
+  std::vector<float> lo, hi, x(static_cast<size_t>(g.head_dim));
   for (const auto& [page, rows] : filled_rows) {
     for (int32_t h = 0; h < g.num_kv_heads; ++h) {
       const int64_t block = g.BlockId(page, h);
       fp16_t* mn = qk.kmin + block * g.head_dim;
       fp16_t* mx = qk.kmax + block * g.head_dim;
-      for (int32_t c = 0; c < g.head_dim; ++c) {
-        float lo = std::numeric_limits<float>::infinity();
-        float hi = -lo;
-        for (int32_t r = 0; r < rows; ++r) {
-          const float x = g.KvToFloat(kv.K(g, block, r)[c]);
-          lo = std::min(lo, x);
-          hi = std::max(hi, x);
+      // Row by row (each row converted once; the channels' min/max fill vector lanes), the
+      // rows in order per channel as before.
+      lo.assign(size_t(g.head_dim), std::numeric_limits<float>::infinity());
+      hi.assign(size_t(g.head_dim), -std::numeric_limits<float>::infinity());
+      for (int32_t r = 0; r < rows; ++r) {
+        KvRowToFloat(g, kv.K(g, block, r), x.data());
+        for (int32_t c = 0; c < g.head_dim; ++c) {
+          lo[size_t(c)] = std::min(lo[size_t(c)], x[size_t(c)]);
+          hi[size_t(c)] = std::max(hi[size_t(c)], x[size_t(c)]);
         }
-        mn[c] = FloatToHalf(lo);  // exact for FP16 K (and BF16 K in FP16's normal range)
-        mx[c] = FloatToHalf(hi);
+      }
+      for (int32_t c = 0; c < g.head_dim; ++c) {
+        mn[c] = FloatToHalf(lo[size_t(c)]);  // exact for FP16 K (and BF16 K in FP16's normal range)
+        mx[c] = FloatToHalf(hi[size_t(c)]);
       }
       // Per-page-channel codes are relative to the block's range: re-quantize every filled
       // row against the new bounds (a row appended later may have widened them).

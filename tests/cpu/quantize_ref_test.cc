@@ -426,6 +426,60 @@ TEST(Quantize, PageChannelDequantTableMatchesValueByValue) {
   }
 }
 
+// QuantizeBlockRowsRef against the per-element rule it implements (code = clamp(rint((k -
+// kmin) / step)), 0 where step is not > 0 or k is not finite), on FP16 and BF16 K, 2/4/8-bit
+// codes, with a constant channel, an infinity and a NaN in the block.
+TEST(Quantize, BlockRequantizationFollowsThePerElementRule) {
+  std::mt19937_64 rng(FreshSeed());
+  for (int32_t bits : {2, 4, 8}) {
+    for (int32_t dtype : {kKvFp16, kKvBf16}) {
+      PageGeometry g{16, 64, 2, bits};
+      g.k_scheme = kKSchemePageChannel;
+      g.kv_dtype = dtype;
+      testing::RefStore st = testing::MakeRandomStore(g, 2, {16}, rng());
+      const int64_t block = g.BlockId(st.page_table[0], 1);
+      const FpKvView kv = st.Kv();
+      std::normal_distribution<float> n(0.0f, 2.0f);
+      for (int32_t r = 0; r < 16; ++r) {
+        uint16_t* k = kv.K(g, block, r);
+        for (int32_t j = 0; j < 64; ++j) k[j] = g.FloatToKv(j == 3 ? 1.25f : n(rng));
+      }
+      kv.K(g, block, 5)[7] = g.FloatToKv(INFINITY);
+      kv.K(g, block, 9)[11] = g.FloatToKv(NAN);
+      fp16_t* mn = st.kmin.data() + block * 64;
+      fp16_t* mx = st.kmax.data() + block * 64;
+      for (int32_t j = 0; j < 64; ++j) {
+        float lo = INFINITY, hi = -INFINITY;
+        for (int32_t r = 0; r < 16; ++r) {
+          const float x = g.KvToFloat(kv.K(g, block, r)[j]);
+          lo = std::min(lo, x);
+          hi = std::max(hi, x);
+        }
+        mn[j] = FloatToHalf(lo);
+        mx[j] = FloatToHalf(hi);
+      }
+      const QuantKView qk = st.Quant();
+      QuantizeBlockRowsRef(g, kv, qk, block, 16);
+      int32_t nonzero = 0;
+      for (int32_t r = 0; r < 16; ++r) {
+        for (int32_t j = 0; j < 64; ++j) {
+          const float step = (HalfToFloat(mx[j]) - HalfToFloat(mn[j])) / float(g.MaxCode());
+          int32_t want = 0;
+          if (step > 0.0f) {
+            const float q = std::rint((g.KvToFloat(kv.K(g, block, r)[j]) - HalfToFloat(mn[j])) / step);
+            want = q >= float(g.MaxCode()) ? g.MaxCode() : (q > 0.0f ? int32_t(q) : 0);
+          }
+          const int32_t got = int32_t(UnpackCode(qk.Codes(g, block, r), j, bits));
+          ASSERT_EQ(got, want) << "bits " << bits << " dtype " << dtype << " row " << r
+                               << " channel " << j;
+          nonzero += got != 0;
+        }
+      }
+      EXPECT_GT(nonzero, 16 * 64 / 2) << bits;
+    }
+  }
+}
+
 // An outlier channel (K's +-6 channels) widens the per-token step of every channel, but only
 // its own per-page-channel step: on the other channels the page-channel error is far smaller.
 TEST(Quantize, OutlierChannelCoarsensPerTokenButNotPerChannel) {

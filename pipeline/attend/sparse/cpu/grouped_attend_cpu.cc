@@ -17,15 +17,6 @@ namespace {
 // state) vanish, short enough that one sequence at 16k+ gives every core several chunks.
 constexpr int32_t kChunkTokens = 1024;
 
-// A K or V row as floats, without a branch per element (the loop vectorizes).
-void KvRowToFloat(const PageGeometry& g, const fp16_t* src, float* dst) {
-  if (g.kv_dtype == kKvBf16) {
-    for (int32_t j = 0; j < g.head_dim; ++j) dst[j] = Bf16ToFloat(src[j]);
-  } else {
-    for (int32_t j = 0; j < g.head_dim; ++j) dst[j] = HalfToFloatBranchless(src[j]);
-  }
-}
-
 // a . b over n floats with eight partial sums: one running sum is a dependent chain the
 // compiler may not reorder, eight fill two vector registers.
 float Dot(const float* a, const float* b, int32_t n) {
