@@ -46,7 +46,7 @@ inline float PageChannelDequantValue(int32_t code, float step16, float kmin) {
 // The table of every code's k~ for `channels` channels: table[j * (max_code + 1) + c] =
 // PageChannelDequantValue(c, step16[j], kmin[j]), bit for bit. Where a channel's
 // code * step16 + kmin are all exact in float (nearly always: they fail only when kmin's
-// magnitude dwarfs the step by 2^13 or more), it computes them in float and rounds with
+// magnitude dwarfs the step by about 2^14), it computes them in float and rounds with
 // HalfRoundFloat four wide; other channels take the double route.
 void PageChannelDequantTable(const float* kmin, const float* step16, int32_t channels,
                              int32_t max_code, float* table);

@@ -62,9 +62,8 @@ void EstimatePageChannelBlockMultiRef(const PageGeometry& g, const float* const*
   // Reused per thread: the host pruner calls this once per page and step.
   thread_local std::vector<float> deq;
   deq.resize(d * n);
-  // Each channel's 2^k_bits possible values (a table, channel-major), then dequantized K
-  // channel-major, byte by byte (UnpackCode's packing: low bits first). The table's loops
-  // have no branch (HalfRoundValue selects), so they vectorize: a page costs ~d * 2^k_bits
+  // Each channel's 2^k_bits possible values (a table, channel-major; PageChannelDequantTable
+  // vectorizes), then dequantized K channel-major by a gather: a page costs d * 2^k_bits
   // roundings whatever its rows and heads.
   const int32_t bits = g.k_bits;
   const uint32_t mask = (1u << bits) - 1u;
@@ -76,8 +75,9 @@ void EstimatePageChannelBlockMultiRef(const PageGeometry& g, const float* const*
   table.resize(d * codes);
   for (size_t j = 0; j < d; ++j) {
     lo[j] = HalfToFloat(mn[j]);
-    step[j] = HalfToFloat(mx[j]);
+    step[j] = HalfToFloat(mx[j]);  // kmax until the next loop
   }
+  // Apart from the conversions above (HalfToFloat branches), so that this loop vectorizes.
   for (size_t j = 0; j < d; ++j) step[j] = PageChannelStepValue(lo[j], step[j], inverse);
   PageChannelDequantTable(lo.data(), step.data(), g.head_dim, int32_t(mask), table.data());
   const uint8_t* row0 = qk.Codes(g, block, 0);
