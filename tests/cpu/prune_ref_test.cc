@@ -2,8 +2,10 @@
 // with sort + cumulative sum), GQA union, and the whole PruneRef stage.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <random>
+#include <vector>
 
 #include "core/head_math.h"
 #include "gtest/gtest.h"
@@ -96,6 +98,73 @@ TEST(TopPThreshold, MassMinimalityAndOracleAgreement) {
     ASSERT_LE(r.iterations, 64);
   }
   EXPECT_GE(agreed, trials * 95 / 100);
+}
+
+// The search as first written: one pass over every weight per step (the spec the windowed
+// TopPThresholdRef must follow decision for decision).
+TopPResult FullPassBisection(const std::vector<float>& w, float p, float stop_gap) {
+  TopPResult r;
+  double total = 0.0;
+  float wmax = 0.0f;
+  for (float x : w) {
+    total += double(x);
+    wmax = std::max(wmax, x);
+  }
+  if (w.empty() || !(total > 0.0)) return r;
+  const double target = double(p) * total;
+  float low = 0.0f, high = wmax;
+  const float gap = float(double(stop_gap) * total / double(w.size()));
+  for (; r.iterations < 64; ++r.iterations) {
+    const float mid = 0.5f * (low + high);
+    double mass_mid = 0.0;
+    float below = -1.0f, above = std::numeric_limits<float>::infinity();
+    int32_t between = 0;
+    for (float x : w) {
+      if (x > mid) mass_mid += double(x);
+      if (x > low && x < high) {
+        ++between;
+        if (x <= mid) below = std::max(below, x);
+        else above = std::min(above, x);
+      }
+    }
+    if (between == 0 || high - low <= gap) break;
+    if (mass_mid >= target) low = below >= 0.0f ? below : mid;
+    else high = std::isinf(above) ? mid : above;
+  }
+  r.threshold = low;
+  double mass = 0.0;
+  for (float x : w) {
+    if (x > low) {
+      ++r.kept;
+      mass += double(x);
+    }
+  }
+  r.mass = float(mass / total);
+  return r;
+}
+
+// Peaked, flat, tied and zero-laden weights, exact and default stops: the same threshold,
+// kept count, mass and number of steps as the full-pass search.
+TEST(TopPThreshold, WindowedSearchDecidesAsTheFullPassSearch) {
+  std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + 7);
+  for (int trial = 0; trial < 600; ++trial) {
+    const int32_t n = 1 + int32_t(rng() % 5000);
+    std::vector<float> w = RandomWeights(rng, n);
+    if (trial % 3 == 1) {  // peaked: a few large weights over an exponential tail
+      std::exponential_distribution<float> e(0.5f);
+      for (float& x : w) x = std::exp(-e(rng) * 8.0f);
+    } else if (trial % 3 == 2) {  // ties and zeros
+      for (float& x : w) x = float(rng() % 7) * 0.125f;
+    }
+    const float p = std::uniform_real_distribution<float>(0.05f, 0.999f)(rng);
+    for (float stop_gap : {0.0f, 1e-4f}) {
+      const TopPResult a = TopPThresholdRef(w, p, stop_gap), b = FullPassBisection(w, p, stop_gap);
+      ASSERT_EQ(a.threshold, b.threshold) << "trial " << trial << " gap " << stop_gap;
+      ASSERT_EQ(a.kept, b.kept) << trial;
+      ASSERT_EQ(a.mass, b.mass) << trial;
+      ASSERT_EQ(a.iterations, b.iterations) << trial;
+    }
+  }
 }
 
 TEST(TopPThreshold, Extremes) {

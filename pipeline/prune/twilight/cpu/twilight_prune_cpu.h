@@ -24,7 +24,8 @@ struct TopPResult {
 // nearest actual weights around mid; stops when no weight lies strictly between them or
 // high - low <= stop_gap * sum(w) / n (a fraction of the mean weight: an absolute gap would
 // stop far from the threshold when n is large). p >= 1 keeps every weight, zeros included
-// (dense: threshold -1, mass 1). w need not be normalized.
+// (dense: threshold -1, mass 1). w need not be normalized; a NaN or infinite total keeps
+// nothing.
 TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap = 1e-4f,
                             int32_t max_iterations = 64);
 
