@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <vector>
 
 #include "core/quantize.h"
@@ -30,6 +31,33 @@ void GatherChannelMajor(const uint8_t* row0, size_t row_stride, size_t d, size_t
       }
     }
   }
+}
+
+// out[r] = sum over j in order of q[j] * deq[j * 16 + r], for a page of 16 rows: the 16 sums
+// stay in four vector registers across the channel loop (with a runtime row count they went
+// through memory once per channel, a store after a load). Each lane does the scalar loop's
+// multiply and add, so the sums are bit for bit the same.
+constexpr size_t kFullPageRows = 16;
+void DotFullPage(const float* q, const float* deq, size_t d, float* out) {
+  typedef float Lanes __attribute__((vector_size(16)));
+  Lanes a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  for (size_t j = 0; j < d; ++j) {
+    const float w = q[j];
+    const Lanes wv = {w, w, w, w};
+    Lanes c0, c1, c2, c3;
+    std::memcpy(&c0, deq + j * 16, 16);
+    std::memcpy(&c1, deq + j * 16 + 4, 16);
+    std::memcpy(&c2, deq + j * 16 + 8, 16);
+    std::memcpy(&c3, deq + j * 16 + 12, 16);
+    a0 += wv * c0;
+    a1 += wv * c1;
+    a2 += wv * c2;
+    a3 += wv * c3;
+  }
+  std::memcpy(out, &a0, 16);
+  std::memcpy(out + 4, &a1, 16);
+  std::memcpy(out + 8, &a2, 16);
+  std::memcpy(out + 12, &a3, 16);
 }
 
 }  // namespace
@@ -90,6 +118,10 @@ void EstimatePageChannelBlockMultiRef(const PageGeometry& g, const float* const*
   // Channel-major: every row's sum still runs over j in order (the same FP32 result as the
   // per-row loop), while the rows' independent sums fill the vector lanes.
   for (int32_t hd = 0; hd < heads; ++hd) {
+    if (n == kFullPageRows) {
+      DotFullPage(q[hd], deq.data(), d, out[hd]);
+      continue;
+    }
     float* dot = out[hd];
     std::fill(dot, dot + n, 0.0f);
     for (size_t j = 0; j < d; ++j) {
