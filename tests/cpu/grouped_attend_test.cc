@@ -3,7 +3,10 @@
 // chunk, empty lists, dense, BF16 K/V, an unaligned output, bad input.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "pipeline/attend/sparse/cpu/grouped_attend_cpu.h"

@@ -142,6 +142,10 @@ absl::Status GroupedAttentionCpu(const PageGeometry& g, const BatchView& batch,
       for (int32_t c = c0; c < c1; ++c) {
         float* st = &states[size_t(c) * lay.PerChunk()];
         const float f = std::exp(*lay.M(st, j) - m);
+        // A chunk that weighs nothing is skipped (one whose scores were all -inf has NaN
+        // sums, which the reference's global max never forms); an all -inf unit still
+        // gives NaN (f), as the reference.
+        if (f == 0.0f) continue;
         l += f * *lay.L(st, j);
         const float* acc = lay.Acc(st, j);
         for (int32_t k = 0; k < d; ++k) o[size_t(k)] += f * acc[k];
