@@ -26,6 +26,9 @@
 //   offload-graph   gpu-offload (row cache), library defaults, bound and replayed from CUDA
 //                   graphs like hbm-graph (the row cache's plan runs inside the graph with
 //                   its step stamp on the device); compare with twilight (eager twl_decode).
+//   hbm-bound, offload-bound, cpu-bound  the batch bound as above but each layer's
+//                   twl_decode_batch called eagerly, no graph: an engine that binds its
+//                   batch and does not capture (no page-table upload, no telemetry copies).
 //   hbm-full        gpu-hbm, TWL_SELECTOR_FULL (top-p over every token's INT4 estimate),
 //                   library defaults otherwise (issue 12: <= 0.3x dense SDPA at B = 8, 128k;
 //                   the default selector is FULL now, so this equals hbm)

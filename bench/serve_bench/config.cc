@@ -161,6 +161,12 @@ void Config::Step(int32_t seg_step, double* append_ms, bool poll_kept, bool sync
       CheckOk(gpu::GraphLaunch(graphs_[size_t(l)], stream_), "graph launch");
       continue;
     }
+    if (method_.bound && !sync_each) {
+      // An engine that binds its batch but does not capture: the bound call, eagerly.
+      Check(twl_decode_batch(rt_, batch_id_, l, q, out_.as<void>(), TWL_DTYPE_FP16, stream_),
+            rt_, "twl_decode_batch");
+      continue;
+    }
     Check(twl_decode(rt_, l, ids.data(), B, q, out_.as<void>(), space,
                      method_.quest_alone ? ones.data() : nullptr, stream_),
           rt_, "twl_decode");
@@ -191,11 +197,12 @@ void Config::Poll(bool telemetry) {
   tele_by_layer_[st.layer].Add(st);
 }
 
-void Config::BindGraphs() {
+void Config::BindBatch() {
   const int32_t B = batch_, Hq = shape_.q_heads;
   std::vector<twl_seq_id> ids(static_cast<size_t>(B));
   for (int32_t b = 0; b < B; ++b) ids[size_t(b)] = seqs_[size_t(b)].id;
-  Check(twl_batch_create(rt_, ids.data(), B, graph_room_, &batch_id_), rt_, "twl_batch_create");
+  Check(twl_batch_create(rt_, ids.data(), B, bound_room_, &batch_id_), rt_, "twl_batch_create");
+  if (!method_.graph) return;
   const size_t q_bytes = size_t(B) * Hq * D() * 2;
   graph_q_.Resize(q_bytes * L(), true);
   graph_out_.Resize(q_bytes, true);
@@ -216,9 +223,9 @@ void Config::BindGraphs() {
   }
 }
 
-void Config::UnbindGraphs() {
+void Config::UnbindBatch() {
   if (batch_id_ == TWL_INVALID_BATCH_ID) return;
-  CheckOk(gpu::StreamSync(stream_), "graph drain");
+  if (gpu_) CheckOk(gpu::StreamSync(stream_), "graph drain");
   for (void* g : graphs_) gpu::GraphDestroy(g);
   graphs_.clear();
   Check(twl_batch_free(rt_, batch_id_), rt_, "twl_batch_free");
@@ -368,9 +375,9 @@ Result Config::Run() {
     }
   }
   if (gpu_) CheckOk(gpu::DeviceSync(), "prefill");
-  if (method_.graph) {
-    graph_room_ = max_len + warmup + steps + tele_steps + 8;
-    BindGraphs();
+  if (method_.bound) {
+    bound_room_ = max_len + warmup + steps + tele_steps + 8;
+    BindBatch();
   }
   res.prefill_gbps = prefill_ms_ > 0 ? double(prefill_bytes_) / (prefill_ms_ * 1e6) : NAN;
   int64_t tokens = 0;
@@ -433,12 +440,12 @@ Result Config::Run() {
       // The oldest running sequence finishes; a new request is prefilled in its place.
       const int32_t victim = churn_count % batch_;
       Running& r = seqs_[size_t(victim)];
-      UnbindGraphs();  // a bound sequence cannot be freed
+      UnbindBatch();  // a bound sequence cannot be freed
       Check(twl_sequence_free(rt_, r.id), rt_, "twl_sequence_free");
       const double before = prefill_ms_;
       StartSequence(&r);
       if (gpu_) CheckOk(gpu::DeviceSync(), "churn prefill");
-      if (method_.graph) BindGraphs();
+      if (method_.bound) BindBatch();
       churn_ms += prefill_ms_ - before;
       ++churn_count;
     }

@@ -88,7 +88,8 @@ struct Method {
   bool dense = false;         // every layer dense
   bool quest_alone = false;   // p = 1 per call
   bool disk = false;          // a disk tier under a smaller host pool
-  bool graph = false;         // bound batch, each layer's decode replayed from a CUDA graph
+  bool bound = false;         // bound batch (twl_batch_create), decoded by twl_decode_batch
+  bool graph = false;         // bound, and each layer's decode replayed from a CUDA graph
   twl_selector selector = TWL_SELECTOR_DEFAULT;
   int32_t cache_rows = -1;    // GPU cache of blocks (1) or rows (2); -1: --cache_rows
 };
@@ -215,7 +216,7 @@ class Config {
          bool gpu)
       : shape_(shape), batch_(batch), workload_(workload), method_(m), gpu_(gpu) {}
   ~Config() {
-    UnbindGraphs();
+    UnbindBatch();
     if (rt_) twl_runtime_free(rt_);
     if (stream_) gpu::StreamDestroy(stream_);
     for (void* e : {ev0_, ev1_}) {
@@ -252,8 +253,9 @@ class Config {
   // tele_by_layer_ (telemetry steps).
   void Poll(bool telemetry);
   void MeasureAccuracy(Result* res);
-  void BindGraphs();    // method_.graph: bind the batch, capture one graph per layer
-  void UnbindGraphs();  // destroys the graphs, frees the batch (before any sequence leaves)
+  // method_.bound: bind the batch; method_.graph: also capture one graph per layer.
+  void BindBatch();
+  void UnbindBatch();  // destroys the graphs, frees the batch (before any sequence leaves)
 
   const Shape shape_;
   const int32_t batch_;
@@ -280,7 +282,7 @@ class Config {
   int64_t kept_seen_step_ = -1;
   // Sums of the telemetry steps' figures by layer.
   std::map<int32_t, StageFigures> tele_by_layer_;
-  int32_t graph_room_ = 0;  // tokens per sequence and layer the bound batch has room for
+  int32_t bound_room_ = 0;  // tokens per sequence and layer the bound batch has room for
   twl_batch_id batch_id_ = TWL_INVALID_BATCH_ID;
   std::vector<void*> graphs_;  // [layer] instantiated graphs of twl_decode_batch
   Buf graph_q_, graph_out_;    // the graphs' fixed q [layer][B][Hq][D] and out buffers

@@ -63,12 +63,14 @@ bool MakeMethod(const std::string& name, int32_t quest_budget, Method* m) {
     m->budget_tokens = quest_budget;
   } else if (name == "hbm") {
     m->backend = TWL_BACKEND_GPU_HBM;
-  } else if (name == "hbm-graph") {
+  } else if (name == "hbm-graph" || name == "hbm-bound") {
     m->backend = TWL_BACKEND_GPU_HBM;
-    m->graph = true;
-  } else if (name == "offload-graph") {
+    m->bound = true;
+    m->graph = name == "hbm-graph";
+  } else if (name == "offload-graph" || name == "offload-bound") {
     m->backend = TWL_BACKEND_GPU_OFFLOAD;
-    m->graph = true;
+    m->bound = true;
+    m->graph = name == "offload-graph";
   } else if (name == "hbm-full") {
     m->backend = TWL_BACKEND_GPU_HBM;
     m->selector = TWL_SELECTOR_FULL;
@@ -87,8 +89,9 @@ bool MakeMethod(const std::string& name, int32_t quest_budget, Method* m) {
   } else if (name == "twilight-disk") {
     m->backend = TWL_BACKEND_GPU_OFFLOAD;
     m->disk = true;
-  } else if (name == "cpu") {
+  } else if (name == "cpu" || name == "cpu-bound") {
     m->backend = TWL_BACKEND_CPU;
+    m->bound = name == "cpu-bound";
   } else if (name == "cpu-dense") {
     m->backend = TWL_BACKEND_CPU;
     m->dense = true;
