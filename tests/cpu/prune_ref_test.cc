@@ -9,6 +9,7 @@
 
 #include "core/head_math.h"
 #include "gtest/gtest.h"
+#include "oneapi/tbb/task_arena.h"
 #include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
 #include "pipeline/select/quest/cpu/quest_select_cpu.h"
 #include "reference/oracle_top_p.h"
@@ -255,6 +256,25 @@ TEST(Prune, ExactEstimationMatchesOracleUpToTies) {
       }
     }
   }
+}
+
+// A unit's pages and heads are pruned in parallel: one thread and every thread give the same
+// kept lists and statistics, bit for bit (one KV head, long sequences: many tasks per unit).
+TEST(Prune, OneThreadAndManyGiveTheSameResult) {
+  PageGeometry g{16, 128, 1, 4};
+  g.k_scheme = kKSchemePageChannel;
+  auto st = testing::MakeRandomStore(g, 4, {5000, 3001}, ::testing::UnitTest::GetInstance()->random_seed());
+  PrunerParams pp;
+  pp.p = 0.9f;
+  const PruneRun many = RunPrune(st, {SelectorKind::kFull, 0, 0}, pp);
+  PruneRun one;
+  tbb::task_arena arena(1);
+  arena.execute([&] { one = RunPrune(st, {SelectorKind::kFull, 0, 0}, pp); });
+  EXPECT_EQ(one.count, many.count);
+  EXPECT_EQ(one.tokens, many.tokens);
+  EXPECT_EQ(one.kept, many.kept);
+  EXPECT_EQ(one.mass, many.mass);
+  EXPECT_GT(many.count[0], 0);
 }
 
 TEST(Prune, GqaUnionAndVaryingBudgets) {

@@ -9,6 +9,8 @@
 #include "absl/strings/str_format.h"
 #include "core/head_math.h"
 #include "core/validate.h"
+#include "oneapi/tbb/blocked_range.h"
+#include "oneapi/tbb/parallel_for.h"
 #include "pipeline/cpu/for_each_unit.h"
 #include "pipeline/prune/twilight/cpu/estimate_cpu.h"
 
@@ -136,6 +138,9 @@ void EstimateBlockScoresMultiRef(const PageGeometry& g, const float* const* q, i
 }
 
 namespace {
+
+// Pages per task of a unit's parallel scoring: enough to amortize a task (~5 us a page).
+constexpr size_t kPagesPerTask = 32;
 
 // Estimated scores (q already scaled) of the rows of page `page_idx` of sequence s, KV head h,
 // for every query row of qr (a GQA group) into out[j].
@@ -339,35 +344,41 @@ absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const B
         qp[size_t(j)] = qr[size_t(j)].data();
       }
       w_all.resize(n * size_t(group));
-      std::vector<float*> dst(static_cast<size_t>(group));
       // Candidates come in whole pages (rows 0.. of a block, in order): one block at a time.
-      for (size_t i = 0; i < n;) {
-        size_t e = i + 1;
-        while (e < n && blocks[e] == blocks[i]) ++e;
-        if (pos[i] % g.page_size == 0 && pos[e - 1] % g.page_size == int32_t(e - 1 - i)) {
-          for (int32_t j = 0; j < group; ++j) dst[size_t(j)] = &w_all[size_t(j) * n + i];
-          EstimateBlockScoresMultiRef(g, qp.data(), group, qk, kv, blocks[i], int32_t(e - i),
-                                      dst.data());
-        } else {
-          for (int32_t j = 0; j < group; ++j) {
-            for (size_t k = i; k < e; ++k) {
-              w_all[size_t(j) * n + k] = EstimateScoreRef(g, qp[size_t(j)], qk, kv, blocks[k],
-                                                          pos[k] % g.page_size);
-            }
-          }
-        }
-        i = e;
+      // The blocks are scored in parallel too (each writes its own rows), so that a unit's
+      // pages spread over the cores when the batch has fewer units than cores (B = 1, or one
+      // KV head); the results do not depend on the split.
+      std::vector<size_t> starts;
+      for (size_t i = 0; i < n; ++i) {
+        if (i == 0 || blocks[i] != blocks[i - 1]) starts.push_back(i);
       }
+      starts.push_back(n);
+      tbb::parallel_for(
+          tbb::blocked_range<size_t>(0, starts.size() - 1, kPagesPerTask),
+          [&](const tbb::blocked_range<size_t>& range) {
+            std::vector<float*> dst(static_cast<size_t>(group));
+            for (size_t b = range.begin(); b != range.end(); ++b) {
+              const size_t i = starts[b], e = starts[b + 1];
+              if (pos[i] % g.page_size == 0 && pos[e - 1] % g.page_size == int32_t(e - 1 - i)) {
+                for (int32_t j = 0; j < group; ++j) dst[size_t(j)] = &w_all[size_t(j) * n + i];
+                EstimateBlockScoresMultiRef(g, qp.data(), group, qk, kv, blocks[i],
+                                            int32_t(e - i), dst.data());
+              } else {
+                for (int32_t j = 0; j < group; ++j) {
+                  for (size_t k = i; k < e; ++k) {
+                    w_all[size_t(j) * n + k] = EstimateScoreRef(g, qp[size_t(j)], qk, kv,
+                                                                blocks[k], pos[k] % g.page_size);
+                  }
+                }
+              }
+            }
+          });
     }
-    for (int32_t j = 0; j < group; ++j) {
-      const int32_t qh = h * group + j;
-      const int64_t at = int64_t(s) * batch.num_q_heads + qh;
-      TopPResult r;
-      if (params.dense) {
-        r.kept = int32_t(n);
-        r.mass = 1.0f;
-      } else {
-        // Head j's scores, turned into weights in place.
+    // Each head's scores turned into weights in place and its threshold, heads in parallel;
+    // then the union of the kept sets.
+    std::vector<TopPResult> res(static_cast<size_t>(group));
+    if (!params.dense) {
+      tbb::parallel_for(0, group, [&](int32_t j) {
         const absl::Span<float> w(w_all.data() + size_t(j) * n, n);
         float mx = -std::numeric_limits<float>::infinity();
         for (size_t i = 0; i < n; ++i) mx = std::max(mx, w[i]);
@@ -378,7 +389,19 @@ absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const B
         if (grow && !gr.cap_hit && p < 1.0f) {
           pj = std::min(1.0f, float(double(p) / gr.inside[size_t(j)]));
         }
-        r = TopPThresholdRef(w, pj, params.stop_gap, params.max_iterations);
+        res[size_t(j)] = TopPThresholdRef(w, pj, params.stop_gap, params.max_iterations);
+      });
+    }
+    for (int32_t j = 0; j < group; ++j) {
+      const int32_t qh = h * group + j;
+      const int64_t at = int64_t(s) * batch.num_q_heads + qh;
+      TopPResult r;
+      if (params.dense) {
+        r.kept = int32_t(n);
+        r.mass = 1.0f;
+      } else {
+        r = res[size_t(j)];
+        const float* w = w_all.data() + size_t(j) * n;
         for (size_t i = 0; i < n; ++i) keep[i] |= uint8_t(w[i] > r.threshold);
       }
       if (stats.selected) stats.selected[at] = int32_t(n);
