@@ -16,7 +16,6 @@
 //
 //   twl_cpu_tail [--units 16] [--tail 65536] [--group 4] [--head_dim 128] [--reps 5]
 //                [--threads 0] [--gather_gbps 28] [--fetch_gbps 50.5] [--round_trip_us 30]
-#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -29,6 +28,7 @@
 
 #include "absl/flags/flag.h"
 #include "core/half.h"
+#include "core/host_simd.h"
 #include "lib/tool_flags.h"
 #include "oneapi/tbb/global_control.h"
 #include "oneapi/tbb/parallel_for.h"
@@ -131,12 +131,6 @@ __attribute__((target("avx2,fma,f16c"))) void ChunkAvx2(const twl::fp16_t* k,
       }
     }
   }
-}
-
-// F16C from CPUID leaf 1 (ECX bit 29): clang's __builtin_cpu_supports does not name it.
-bool HasF16c() {
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 29)) != 0;
 }
 
 // Merges chunk partials by log-sum-exp into the final output [group][head_dim] of one unit.
@@ -274,7 +268,7 @@ int main(int argc, char** argv) {
   if (threads > 0)
     limit = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism,
                                                   size_t(threads));
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && HasF16c();
+  const bool avx2 = twl::HostSupports(twl::HostSimd::kAvx2F16c) && __builtin_cpu_supports("fma");
   std::printf("twl_cpu_tail: %d units x %d tokens, group %d, d %d: %.1f MB of K/V; %s, %d threads\n",
               units, tail, g, d, bytes / 1e6, avx2 ? "AVX2+F16C" : "scalar",
               int(tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism)));

@@ -78,6 +78,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "core/host_simd.h"
 #include "gpu/device.h"
 #include "gpu/synth.h"
 #include "lib/disk_probe.h"
@@ -244,7 +245,7 @@ int Main(int argc, char** argv) {
     std::printf("device: %s\n", dev.ok() ? dev->name.c_str() : "?");
   }
   std::printf("twl_serve_bench: %s mode, %d layers, context %d (+-%.0f%%), %d steps, "
-              "churn every %d, cache %.0f%% of KV, k_scheme %d (%s)\n",
+              "churn every %d, cache %.0f%% of KV, k_scheme %d (%s), host vectors %s\n",
               mode.c_str(), absl::GetFlag(FLAGS_layers), absl::GetFlag(FLAGS_context),
               100 * absl::GetFlag(FLAGS_len_spread), absl::GetFlag(FLAGS_steps),
               absl::GetFlag(FLAGS_churn_every), 100 * absl::GetFlag(FLAGS_cache_frac),
@@ -252,7 +253,8 @@ int Main(int argc, char** argv) {
               absl::GetFlag(FLAGS_k_scheme) == TWL_K_SCHEME_TOKEN ? "INT4 per token"
               : absl::GetFlag(FLAGS_k_scheme) == TWL_K_SCHEME_PAGE_CHANNEL
                   ? "INT4 per page channel"
-                  : "library default: INT4 per page channel");
+                  : "library default: INT4 per page channel",
+              twl::HostSimdName(twl::ActiveHostSimd()));
 
   // The device's reference read rates, once, when a method runs over the disk tier.
   bench::DiskRates rates;

@@ -7,7 +7,9 @@
 #include <vector>
 
 #include "core/head_math.h"
+#include "core/host_simd.h"
 #include "oneapi/tbb/parallel_for.h"
+#include "pipeline/attend/sparse/cpu/grouped_attend_rows.h"
 #include "pipeline/attend/sparse/cpu/sparse_attend_cpu.h"
 
 namespace twl {
@@ -16,19 +18,6 @@ namespace {
 // Tokens per work item: long enough that a chunk's fixed costs (its queries, its partial
 // state) vanish, short enough that one sequence at 16k+ gives every core several chunks.
 constexpr int32_t kChunkTokens = 1024;
-
-// a . b over n floats with eight partial sums: one running sum is a dependent chain the
-// compiler may not reorder, eight fill two vector registers.
-float Dot(const float* a, const float* b, int32_t n) {
-  float acc[8] = {};
-  int32_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    for (int32_t k = 0; k < 8; ++k) acc[k] += a[j + k] * b[j + k];
-  }
-  float tail = 0.0f;
-  for (; j < n; ++j) tail += a[j] * b[j];
-  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
-}
 
 // One work item: tokens [begin, end) of unit (s, h)'s list.
 struct Chunk {
@@ -54,28 +43,28 @@ void AttendChunk(const PageGeometry& g, const BatchView& batch, const QueryView&
   const int32_t n = c.end - c.begin;
   const int32_t* positions =
       kept ? kept->tokens + int64_t(c.unit) * kept->max_kept : nullptr;
-  thread_local std::vector<float> qf, scores, row;
-  thread_local std::vector<int64_t> block;
-  thread_local std::vector<int32_t> in_block;
+  thread_local std::vector<float> qf, scores;
+  thread_local std::vector<const fp16_t*> k_rows, v_rows;
+  thread_local std::vector<float*> acc;
   qf.resize(size_t(group) * size_t(d));
   scores.resize(size_t(group) * size_t(n));
-  row.resize(size_t(d));
-  block.resize(size_t(n));
-  in_block.resize(size_t(n));
+  k_rows.resize(size_t(n));
+  v_rows.resize(size_t(n));
+  acc.resize(size_t(group));
   for (int32_t j = 0; j < group; ++j) {
     const std::vector<float> r = QueryRow(g, batch, q, s, h * group + j, scale);
     std::copy(r.begin(), r.end(), qf.begin() + ptrdiff_t(j) * d);
   }
-  // Scores: each K row converted once for the group.
   for (int32_t i = 0; i < n; ++i) {
     const int32_t t = positions ? positions[c.begin + i] : c.begin + i;
-    block[size_t(i)] = g.BlockId(batch.PageId(s, t / g.page_size), h);
-    in_block[size_t(i)] = t % g.page_size;
-    KvRowToFloat(g, kv.K(g, block[size_t(i)], in_block[size_t(i)]), row.data());
-    for (int32_t j = 0; j < group; ++j) {
-      scores[size_t(j) * size_t(n) + size_t(i)] = Dot(&qf[size_t(j) * size_t(d)], row.data(), d);
-    }
+    const int64_t block = g.BlockId(batch.PageId(s, t / g.page_size), h);
+    k_rows[size_t(i)] = kv.K(g, block, t % g.page_size);
+    v_rows[size_t(i)] = kv.V(g, block, t % g.page_size);
   }
+  // Scores: each K row converted once for the group.
+  const bool wide = ActiveHostSimd() == HostSimd::kAvx2F16c;
+  (wide ? ScoreRowsAvx2 : ScoreRowsBaseline)(g, k_rows.data(), n, qf.data(), group,
+                                             scores.data());
   // Weights against the chunk's own max (std::max as the reference: a NaN score is skipped
   // by the max and poisons the sum).
   for (int32_t j = 0; j < group; ++j) {
@@ -89,17 +78,12 @@ void AttendChunk(const PageGeometry& g, const BatchView& batch, const QueryView&
     }
     *lay.M(state, j) = m;
     *lay.L(state, j) = l;
-    std::fill(lay.Acc(state, j), lay.Acc(state, j) + d, 0.0f);
+    acc[size_t(j)] = lay.Acc(state, j);
+    std::fill(acc[size_t(j)], acc[size_t(j)] + d, 0.0f);
   }
   // Values: each V row converted once for the group.
-  for (int32_t i = 0; i < n; ++i) {
-    KvRowToFloat(g, kv.V(g, block[size_t(i)], in_block[size_t(i)]), row.data());
-    for (int32_t j = 0; j < group; ++j) {
-      const float w = scores[size_t(j) * size_t(n) + size_t(i)];
-      float* acc = lay.Acc(state, j);
-      for (int32_t k = 0; k < d; ++k) acc[k] += w * row[size_t(k)];
-    }
-  }
+  (wide ? AccumulateRowsAvx2 : AccumulateRowsBaseline)(g, v_rows.data(), n, scores.data(),
+                                                       group, acc.data());
 }
 
 }  // namespace

@@ -6,7 +6,9 @@
 #include <cstring>
 #include <vector>
 
+#include "core/host_simd.h"
 #include "core/quantize.h"
+#include "pipeline/prune/twilight/cpu/estimate_cpu_avx2.h"
 
 namespace twl {
 
@@ -84,6 +86,10 @@ void EstimatePageChannelBlockRef(const PageGeometry& g, const float* q, const Qu
 void EstimatePageChannelBlockMultiRef(const PageGeometry& g, const float* const* q,
                                       int32_t heads, const QuantKView& qk, int64_t block,
                                       int32_t rows, float* const* out) {
+  if (ActiveHostSimd() == HostSimd::kAvx2F16c &&
+      EstimatePageChannelBlockAvx2(g, q, heads, qk, block, rows, out)) {
+    return;
+  }
   const fp16_t* mn = qk.kmin + block * g.head_dim;
   const fp16_t* mx = qk.kmax + block * g.head_dim;
   const size_t d = size_t(g.head_dim), n = size_t(rows);

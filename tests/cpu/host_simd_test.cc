@@ -1,0 +1,176 @@
+// The AVX2 + F16C host kernels against their baseline loops, bit for bit (core/host_simd.h):
+// each test runs both levels on the same fresh random input and compares every output's
+// bits (a NaN matches a NaN). Skipped, visibly, on a CPU without AVX2 + F16C.
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/host_simd.h"
+#include "core/quantize.h"
+#include "gtest/gtest.h"
+#include "pipeline/attend/sparse/cpu/grouped_attend_rows.h"
+#include "pipeline/prune/twilight/cpu/estimate_cpu.h"
+
+namespace twl {
+namespace {
+
+uint64_t FreshSeed() { return ::testing::UnitTest::GetInstance()->random_seed(); }
+
+// Runs f() at `level` and restores the process's level after.
+template <typename F>
+void AtLevel(HostSimd level, F f) {
+  const HostSimd before = SetHostSimdForTesting(level);
+  f();
+  SetHostSimdForTesting(before);
+}
+
+bool SameBits(float a, float b) {
+  return (std::isnan(a) && std::isnan(b)) || std::memcmp(&a, &b, sizeof(a)) == 0;
+}
+
+// One block's channel bounds, drawn from kinds that take every path of the wide kernel:
+// ordinary ranges; a large kmin with a tiny range (code * step16 + kmin not exact in float:
+// the double route); bounds whose float difference is not exact (a huge and a subnormal
+// one); equal bounds (step 0); a range past FP16 (step inf); inf and NaN bounds.
+void DrawBounds(std::mt19937_64& rng, int d, fp16_t* mn, fp16_t* mx, int* inexact_sums) {
+  std::normal_distribution<float> normal;
+  std::uniform_int_distribution<int> kind(0, 15);
+  for (int j = 0; j < d; ++j) {
+    float lo = normal(rng), hi = lo + std::fabs(normal(rng));
+    switch (kind(rng)) {
+      case 0: lo = 30000.0f * (normal(rng) > 0 ? 1 : -1); hi = lo + 16.0f * float(1 + kind(rng) % 3); ++*inexact_sums; break;
+      case 1: lo = -60000.0f; hi = std::ldexp(1.0f, -20 - kind(rng) % 4); break;
+      case 2: hi = lo; break;
+      case 3: lo = -65504.0f; hi = 65504.0f; break;
+      case 4: lo = std::ldexp(normal(rng), -18); hi = lo + std::ldexp(std::fabs(normal(rng)), -17); break;
+      case 5: if (kind(rng) < 2) hi = kind(rng) < 8 ? INFINITY : NAN; break;
+      default: break;
+    }
+    mn[j] = FloatToHalf(lo);
+    mx[j] = FloatToHalf(hi);
+  }
+}
+
+TEST(HostSimd, PageChannelEstimateIsTheBaselinesBitForBit) {
+  if (!HostSupports(HostSimd::kAvx2F16c)) GTEST_SKIP() << "this CPU has no AVX2 + F16C";
+  std::mt19937_64 rng(FreshSeed());
+  std::normal_distribution<float> normal;
+  int compared = 0, inexact_sums = 0;
+  for (int d : {32, 64, 128, 256}) {
+    for (int trial = 0; trial < 40; ++trial) {
+      PageGeometry g;
+      g.page_size = 16;
+      g.head_dim = d;
+      g.k_bits = 4;
+      g.k_scheme = kKSchemePageChannel;
+      const int blocks = 3;
+      std::vector<uint8_t> codes(size_t(blocks) * 16 * size_t(g.CodeBytesPerToken()));
+      for (uint8_t& c : codes) c = uint8_t(rng());
+      std::vector<fp16_t> mn(size_t(blocks) * size_t(d)), mx(mn.size());
+      for (int b = 0; b < blocks; ++b) DrawBounds(rng, d, &mn[size_t(b) * d], &mx[size_t(b) * d], &inexact_sums);
+      QuantKView qk;
+      qk.codes = codes.data();
+      qk.kmin = mn.data();
+      qk.kmax = mx.data();
+      const int heads = 1 + int(rng() % 8);
+      const int rows = trial % 3 == 0 ? 1 + int(rng() % 16) : 16;
+      std::vector<std::vector<float>> q(size_t(heads), std::vector<float>(size_t(d), 0.0f));
+      for (auto& row : q) for (float& x : row) x = normal(rng) * (trial % 5 == 0 ? 1e4f : 1.0f);
+      std::vector<const float*> qp;
+      for (auto& row : q) qp.push_back(row.data());
+      const int64_t block = int64_t(rng() % blocks);
+      std::vector<std::vector<float>> base(size_t(heads), std::vector<float>(16, -1.0f)),
+          wide = base;
+      std::vector<float*> bp, wp;
+      for (int h = 0; h < heads; ++h) {
+        bp.push_back(base[size_t(h)].data());
+        wp.push_back(wide[size_t(h)].data());
+      }
+      AtLevel(HostSimd::kBaseline, [&] { EstimatePageChannelBlockMultiRef(g, qp.data(), heads, qk, block, rows, bp.data()); });
+      AtLevel(HostSimd::kAvx2F16c, [&] { EstimatePageChannelBlockMultiRef(g, qp.data(), heads, qk, block, rows, wp.data()); });
+      for (int h = 0; h < heads; ++h) {
+        for (int r = 0; r < 16; ++r) {
+          ASSERT_TRUE(SameBits(base[size_t(h)][size_t(r)], wide[size_t(h)][size_t(r)]))
+              << "d " << d << " head " << h << " row " << r << " of " << rows << ": baseline "
+              << base[size_t(h)][size_t(r)] << ", wide " << wide[size_t(h)][size_t(r)];
+          if (r < rows) {  // and both are the per-row definition
+            ASSERT_TRUE(SameBits(wide[size_t(h)][size_t(r)],
+                                 EstimatePageChannelScoreRef(g, qp[size_t(h)], qk, block, r)));
+            ++compared;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(compared, 1000);
+  EXPECT_GT(inexact_sums, 100);  // the double route ran
+}
+
+// Random K/V rows of FP16 or BF16 patterns: mostly ordinary values, some huge, subnormal,
+// inf and NaN, so that conversions and sums meet every class.
+std::vector<fp16_t> RandomRows(std::mt19937_64& rng, const PageGeometry& g, int rows) {
+  std::normal_distribution<float> normal;
+  std::vector<fp16_t> out(size_t(rows) * size_t(g.head_dim));
+  for (fp16_t& x : out) {
+    float v = normal(rng);
+    const int kind = int(rng() % 200);
+    if (kind == 0) v = INFINITY;
+    if (kind == 1) v = NAN;
+    if (kind == 2) v = 6e4f;
+    if (kind == 3) v = 3e-7f;
+    x = g.kv_dtype == kKvBf16 ? FloatToBf16(v) : FloatToHalf(v);
+  }
+  return out;
+}
+
+TEST(HostSimd, GroupedAttentionRowsAreTheBaselinesBitForBit) {
+  if (!HostSupports(HostSimd::kAvx2F16c)) GTEST_SKIP() << "this CPU has no AVX2 + F16C";
+  std::mt19937_64 rng(FreshSeed());
+  std::normal_distribution<float> normal;
+  for (int32_t d : {8, 38, 64, 128, 130, 256}) {
+    for (int32_t dtype : {kKvFp16, kKvBf16}) {
+      PageGeometry g;
+      g.head_dim = d;
+      g.kv_dtype = dtype;
+      const int32_t n = 1 + int32_t(rng() % 300), group = 1 + int32_t(rng() % 8);
+      const std::vector<fp16_t> k = RandomRows(rng, g, n), v = RandomRows(rng, g, n);
+      std::vector<const fp16_t*> k_rows, v_rows;
+      for (int32_t i = 0; i < n; ++i) {  // rows in a shuffled order, as a kept list reads them
+        const size_t r = size_t(rng() % size_t(n));
+        k_rows.push_back(&k[r * size_t(d)]);
+        v_rows.push_back(&v[r * size_t(d)]);
+      }
+      std::vector<float> q(size_t(group) * size_t(d));
+      for (float& x : q) x = normal(rng);
+      std::vector<float> scores_base(size_t(group) * size_t(n)), scores_wide(scores_base.size());
+      ScoreRowsBaseline(g, k_rows.data(), n, q.data(), group, scores_base.data());
+      ScoreRowsAvx2(g, k_rows.data(), n, q.data(), group, scores_wide.data());
+      for (size_t i = 0; i < scores_base.size(); ++i) {
+        ASSERT_TRUE(SameBits(scores_base[i], scores_wide[i]))
+            << "d " << d << " dtype " << dtype << " score " << i << ": " << scores_base[i]
+            << " vs " << scores_wide[i];
+      }
+      std::vector<float> weights(size_t(group) * size_t(n));
+      for (float& w : weights) w = std::exp(normal(rng));
+      // Accumulators at odd offsets, as the partial states' layout puts them.
+      std::vector<float> base(size_t(group) * size_t(d + 2)), wide(base.size());
+      for (size_t i = 0; i < base.size(); ++i) base[i] = wide[i] = normal(rng);
+      std::vector<float*> acc_base, acc_wide;
+      for (int32_t j = 0; j < group; ++j) {
+        acc_base.push_back(&base[size_t(j) * size_t(d + 2) + 1]);
+        acc_wide.push_back(&wide[size_t(j) * size_t(d + 2) + 1]);
+      }
+      AccumulateRowsBaseline(g, v_rows.data(), n, weights.data(), group, acc_base.data());
+      AccumulateRowsAvx2(g, v_rows.data(), n, weights.data(), group, acc_wide.data());
+      for (size_t i = 0; i < base.size(); ++i) {
+        ASSERT_TRUE(SameBits(base[i], wide[i]))
+            << "d " << d << " dtype " << dtype << " acc " << i << ": " << base[i] << " vs " << wide[i];
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace twl
