@@ -12,6 +12,8 @@
 #include "gtest/gtest.h"
 #include "pipeline/attend/sparse/cpu/grouped_attend_rows.h"
 #include "pipeline/prune/twilight/cpu/estimate_cpu.h"
+#include "pipeline/prune/twilight/cpu/top_p_window.h"
+#include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
 
 namespace twl {
 namespace {
@@ -169,6 +171,48 @@ TEST(HostSimd, GroupedAttentionRowsAreTheBaselinesBitForBit) {
             << "d " << d << " dtype " << dtype << " acc " << i << ": " << base[i] << " vs " << wide[i];
       }
     }
+  }
+}
+
+TEST(HostSimd, TopPWindowSplitIsTheBaselinesBitForBit) {
+  if (!HostSupports(HostSimd::kAvx2F16c)) GTEST_SKIP() << "this CPU has no AVX2 + F16C";
+  std::mt19937_64 rng(FreshSeed());
+  std::exponential_distribution<float> e(1.0f);
+  for (int trial = 0; trial < 300; ++trial) {
+    const size_t n = size_t(rng() % 2000);
+    std::vector<float> w(n);
+    // Exponential weights, some exact ties on a coarse grid, some zeros.
+    for (float& x : w) x = trial % 3 == 0 ? float(rng() % 9) * 0.25f : std::exp(-8.0f * e(rng));
+    const float low = trial % 4 == 0 ? 0.0f : std::exp(-8.0f * e(rng)) * 0.5f;
+    const float high = low + (trial % 5 == 0 ? 1.0f : std::exp(-4.0f * e(rng)));
+    const float mid = trial % 3 == 0 ? 0.5f : 0.5f * (low + high);  // on the grid: ties at mid
+    const WindowSplit a = SplitWindowBaseline(w.data(), n, low, high, mid);
+    const WindowSplit b = SplitWindowAvx2(w.data(), n, low, high, mid);
+    ASSERT_EQ(std::memcmp(&a.mass_above, &b.mass_above, sizeof(double)), 0) << a.mass_above << " vs " << b.mass_above;
+    ASSERT_TRUE(SameBits(a.below, b.below));
+    ASSERT_TRUE(SameBits(a.above, b.above));
+    ASSERT_EQ(a.n_above, b.n_above);
+    ASSERT_EQ(a.n_below, b.n_below);
+    // And what the split means, counted directly.
+    int64_t up = 0, down = 0;
+    for (float x : w) {
+      if (x > low && x < high) (x > mid ? up : down)++;
+    }
+    ASSERT_EQ(a.n_above, up);
+    ASSERT_EQ(a.n_below, down);
+  }
+  // The whole search at both levels on the same weights.
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<float> w(1 + rng() % 5000);
+    for (float& x : w) x = trial % 2 ? std::exp(-8.0f * e(rng)) : float(rng() % 7) * 0.125f;
+    const float p = std::uniform_real_distribution<float>(0.05f, 0.999f)(rng);
+    TopPResult a, b;
+    AtLevel(HostSimd::kBaseline, [&] { a = TopPThresholdRef(w, p, trial % 3 ? 1e-4f : 0.0f); });
+    AtLevel(HostSimd::kAvx2F16c, [&] { b = TopPThresholdRef(w, p, trial % 3 ? 1e-4f : 0.0f); });
+    ASSERT_TRUE(SameBits(a.threshold, b.threshold));
+    ASSERT_EQ(a.kept, b.kept);
+    ASSERT_TRUE(SameBits(a.mass, b.mass));
+    ASSERT_EQ(a.iterations, b.iterations);
   }
 }
 

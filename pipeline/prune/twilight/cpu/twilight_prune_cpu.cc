@@ -8,11 +8,13 @@
 
 #include "absl/strings/str_format.h"
 #include "core/head_math.h"
+#include "core/host_simd.h"
 #include "core/validate.h"
 #include "oneapi/tbb/blocked_range.h"
 #include "oneapi/tbb/parallel_for.h"
 #include "pipeline/cpu/for_each_unit.h"
 #include "pipeline/prune/twilight/cpu/estimate_cpu.h"
+#include "pipeline/prune/twilight/cpu/top_p_window.h"
 
 namespace twl {
 
@@ -59,7 +61,9 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
   // Each step looks only at the window, the weights strictly between low and high (the
   // others' side of any mid in (low, high) is known): the weights at or above high are
   // summed once, when high passes them. Same decisions as one pass over every weight per
-  // step, except that a mass is summed in another order (double rounding, ~1e-16).
+  // step, except that a mass is summed in another order (double rounding, ~1e-16). The
+  // array is compacted only when the window has halved; until then the split skips the
+  // weights that have left by the bounds.
   thread_local std::vector<float> window;
   window.clear();
   double mass_high = 0.0;  // mass(>= high)
@@ -67,33 +71,39 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
     if (x > low && x < high) window.push_back(x);
     else if (x >= high) mass_high += double(x);
   }
+  size_t live = window.size();  // weights in (low, high)
+  const auto split = ActiveHostSimd() == HostSimd::kAvx2F16c ? SplitWindowAvx2 : SplitWindowBaseline;
   for (; r.iterations < max_iterations; ++r.iterations) {
-    if (window.empty() || high - low <= gap) break;
+    if (live == 0 || high - low <= gap) break;
     const float mid = 0.5f * (low + high);
-    // The nearest weights on either side of mid inside (low, high), and the mass above mid.
-    double mass_mid = mass_high;
-    float below = -1.0f;  // largest weight in (low, mid]
-    float above = std::numeric_limits<float>::infinity();  // smallest weight in (mid, high)
-    for (float x : window) {
-      if (x > mid) {
-        mass_mid += double(x);
-        above = std::min(above, x);
-      } else {
-        below = std::max(below, x);
-      }
-    }
+    const WindowSplit at = split(window.data(), window.size(), low, high, mid);
+    const double mass_mid = mass_high + at.mass_above;  // mass(> mid)
     if (mass_mid >= target) {
-      low = below >= 0.0f ? below : mid;  // {w > below} == {w > mid}
+      low = at.below >= 0.0f ? at.below : mid;  // {w > below} == {w > mid}
+      live = size_t(at.n_above);
+    } else if (!std::isinf(at.above)) {
+      high = at.above;  // mass(> above) <= mass(> mid) < target; nothing lies in (mid, above)
+      mass_high = mass_mid;
+      live = size_t(at.n_below);
     } else {
-      high = std::isinf(above) ? mid : above;  // mass(> above) <= mass(> mid) < target
+      // Nothing above mid: high = mid, and weights equal to mid join mass_high.
+      int64_t at_mid = 0;
+      for (float x : window) {
+        if (x == mid && x > low && x < high) {
+          mass_high += double(x);
+          ++at_mid;
+        }
+      }
+      high = mid;
+      live = size_t(at.n_below - at_mid);
     }
-    // The new window; what left it at the top joins mass_high.
-    size_t kept_in = 0;
-    for (float x : window) {
-      if (x > low && x < high) window[kept_in++] = x;
-      else if (x >= high) mass_high += double(x);
+    if (live < window.size() / 2) {
+      size_t kept_in = 0;
+      for (float x : window) {
+        if (x > low && x < high) window[kept_in++] = x;
+      }
+      window.resize(kept_in);
     }
-    window.resize(kept_in);
   }
   r.threshold = low;
   double mass = 0.0;
