@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/host_simd.h"
 
 namespace twl {
 
@@ -96,27 +97,17 @@ void PageChannelDequantTable(const float* kmin, const float* step16, int32_t cha
   }
 }
 
-void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const QuantKView& qk,
-                          int64_t block, int32_t rows) {
-  const fp16_t* mn = qk.kmin + block * g.head_dim;
-  const fp16_t* mx = qk.kmax + block * g.head_dim;
+namespace {
+
+// The per-element rule of QuantizeBlockRowsRef over rows [0, rows): one body, built twice
+// (below), so the two builds are the same operations per element and give the same codes.
+__attribute__((always_inline)) inline void QuantizeRowsBody(
+    const PageGeometry& g, const FpKvView& kv, const QuantKView& qk, int64_t block,
+    int32_t rows, const float* lo_j, const float* step_j, float* x_j, float* code_j) {
   const int32_t d = g.head_dim, max_code = g.MaxCode(), per_byte = 8 / g.k_bits;
-  // A channel's kmin and step once per block, a row's K once per row: the per-element loop
-  // is then branch-free arithmetic (the same division and rint as ever, so the same codes).
-  thread_local std::vector<float> lo, step, x, code;
-  lo.resize(size_t(d));
-  step.resize(size_t(d));
-  x.resize(size_t(d));
-  code.resize(size_t(d));
-  for (int32_t j = 0; j < d; ++j) {
-    lo[size_t(j)] = HalfToFloat(mn[j]);
-    step[size_t(j)] = PageChannelStep(g, mn[j], mx[j]);
-  }
   const float top = float(max_code);
-  const float *lo_j = lo.data(), *step_j = step.data(), *x_j = x.data();
-  float* code_j = code.data();  // whole numbers in [0, max_code]
   for (int32_t r = 0; r < rows; ++r) {
-    KvRowToFloat(g, kv.K(g, block, r), x.data());
+    KvRowToFloat(g, kv.K(g, block, r), x_j);
     for (int32_t j = 0; j < d; ++j) {
       // As in QuantizeRowRef: rint, then clamp in float (non-finite K gives NaN, which becomes
       // code 0; a step that is not > 0 gives code 0). rint by adding and subtracting 1.5 * 2^23
@@ -137,6 +128,48 @@ void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const Quant
           uint8_t(codes[j / per_byte] | (int32_t(code_j[j]) << ((j % per_byte) * g.k_bits)));
     }
   }
+}
+
+void QuantizeRowsBaseline(const PageGeometry& g, const FpKvView& kv, const QuantKView& qk,
+                          int64_t block, int32_t rows, const float* lo, const float* step,
+                          float* x, float* code) {
+  QuantizeRowsBody(g, kv, qk, block, rows, lo, step, x, code);
+}
+
+#if defined(__x86_64__)
+// The compiler vectorizes the same body eight wide (core/host_simd.h).
+__attribute__((target("avx2,f16c"))) void QuantizeRowsAvx2(
+    const PageGeometry& g, const FpKvView& kv, const QuantKView& qk, int64_t block,
+    int32_t rows, const float* lo, const float* step, float* x, float* code) {
+  QuantizeRowsBody(g, kv, qk, block, rows, lo, step, x, code);
+}
+#endif
+
+}  // namespace
+
+void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const QuantKView& qk,
+                          int64_t block, int32_t rows) {
+  const fp16_t* mn = qk.kmin + block * g.head_dim;
+  const fp16_t* mx = qk.kmax + block * g.head_dim;
+  const int32_t d = g.head_dim;
+  // A channel's kmin and step once per block, a row's K once per row: the per-element loop
+  // is then branch-free arithmetic (the same division and rint as ever, so the same codes).
+  thread_local std::vector<float> lo, step, x, code;
+  lo.resize(size_t(d));
+  step.resize(size_t(d));
+  x.resize(size_t(d));
+  code.resize(size_t(d));
+  for (int32_t j = 0; j < d; ++j) {
+    lo[size_t(j)] = HalfToFloat(mn[j]);
+    step[size_t(j)] = PageChannelStep(g, mn[j], mx[j]);
+  }
+#if defined(__x86_64__)
+  if (ActiveHostSimd() == HostSimd::kAvx2F16c) {
+    QuantizeRowsAvx2(g, kv, qk, block, rows, lo.data(), step.data(), x.data(), code.data());
+    return;
+  }
+#endif
+  QuantizeRowsBaseline(g, kv, qk, block, rows, lo.data(), step.data(), x.data(), code.data());
 }
 
 float DequantizeAtRef(const PageGeometry& g, const QuantKView& qk, int64_t block, int32_t row,
