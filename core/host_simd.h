@@ -5,6 +5,13 @@
 // a host's results do not depend on which path ran; the tests force each level and compare.
 #pragma once
 
+// The attribute of a function built for AVX2 + F16C (the twins carry it per function rather
+// than a file-wide -mavx2, so that inline functions of shared headers compiled beside them stay
+// baseline code, with no AVX copy the linker could pick for everyone). x86-64 only.
+#if defined(__x86_64__)
+#define TWL_TARGET_AVX2_F16C __attribute__((target("avx2,f16c")))
+#endif
+
 namespace twl {
 
 enum class HostSimd {

@@ -138,7 +138,7 @@ void QuantizeRowsBaseline(const PageGeometry& g, const FpKvView& kv, const Quant
 
 #if defined(__x86_64__)
 // The compiler vectorizes the same body eight wide (core/host_simd.h).
-__attribute__((target("avx2,f16c"))) void QuantizeRowsAvx2(
+TWL_TARGET_AVX2_F16C void QuantizeRowsAvx2(
     const PageGeometry& g, const FpKvView& kv, const QuantKView& qk, int64_t block,
     int32_t rows, const float* lo, const float* step, float* x, float* code) {
   QuantizeRowsBody(g, kv, qk, block, rows, lo, step, x, code);

@@ -17,7 +17,8 @@ void SynthKvHost(const SynthSpec& spec, int32_t seq, int32_t pos0, int32_t n, in
   // of its run through this loop's logf and cosf.
   const int64_t row = int64_t(spec.num_kv_heads) * spec.head_dim;
   const int32_t grain = int32_t(std::max<int64_t>(1, 65536 / std::max<int64_t>(1, row)));
-  tbb::parallel_for(tbb::blocked_range<int32_t>(0, n, grain), [&](const tbb::blocked_range<int32_t>& r) {
+  const tbb::blocked_range<int32_t> tokens(0, n, grain);
+  tbb::parallel_for(tokens, [&](const tbb::blocked_range<int32_t>& r) {
     for (int32_t t = r.begin(); t < r.end(); ++t) {
       int64_t i = int64_t(t) * row;
       for (int32_t h = 0; h < spec.num_kv_heads; ++h) {

@@ -1,13 +1,14 @@
 // The AVX2 + F16C host kernels against their baseline loops, bit for bit (core/host_simd.h):
 // each test runs both levels on the same fresh random input and compares every output's
 // bits (a NaN matches a NaN). Skipped, visibly, on a CPU without AVX2 + F16C.
+#include "core/host_simd.h"
+
 #include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
-#include "core/host_simd.h"
 #include "core/quantize.h"
 #include "gtest/gtest.h"
 #include "pipeline/attend/sparse/cpu/grouped_attend_rows.h"
@@ -42,13 +43,31 @@ void DrawBounds(std::mt19937_64& rng, int d, fp16_t* mn, fp16_t* mx, int* inexac
   for (int j = 0; j < d; ++j) {
     float lo = normal(rng), hi = lo + std::fabs(normal(rng));
     switch (kind(rng)) {
-      case 0: lo = 30000.0f * (normal(rng) > 0 ? 1 : -1); hi = lo + 16.0f * float(1 + kind(rng) % 3); ++*inexact_sums; break;
-      case 1: lo = -60000.0f; hi = std::ldexp(1.0f, -20 - kind(rng) % 4); break;
-      case 2: hi = lo; break;
-      case 3: lo = -65504.0f; hi = 65504.0f; break;
-      case 4: lo = std::ldexp(normal(rng), -18); hi = lo + std::ldexp(std::fabs(normal(rng)), -17); break;
-      case 5: if (kind(rng) < 2) hi = kind(rng) < 8 ? INFINITY : NAN; break;
-      default: break;
+      case 0:
+        lo = 30000.0f * (normal(rng) > 0 ? 1 : -1);
+        hi = lo + 16.0f * float(1 + kind(rng) % 3);
+        ++*inexact_sums;
+        break;
+      case 1:
+        lo = -60000.0f;
+        hi = std::ldexp(1.0f, -20 - kind(rng) % 4);
+        break;
+      case 2:
+        hi = lo;
+        break;
+      case 3:
+        lo = -65504.0f;
+        hi = 65504.0f;
+        break;
+      case 4:
+        lo = std::ldexp(normal(rng), -18);
+        hi = lo + std::ldexp(std::fabs(normal(rng)), -17);
+        break;
+      case 5:
+        if (kind(rng) < 2) hi = kind(rng) < 8 ? INFINITY : NAN;
+        break;
+      default:
+        break;
     }
     mn[j] = FloatToHalf(lo);
     mx[j] = FloatToHalf(hi);
@@ -71,7 +90,8 @@ TEST(HostSimd, PageChannelEstimateIsTheBaselinesBitForBit) {
       std::vector<uint8_t> codes(size_t(blocks) * 16 * size_t(g.CodeBytesPerToken()));
       for (uint8_t& c : codes) c = uint8_t(rng());
       std::vector<fp16_t> mn(size_t(blocks) * size_t(d)), mx(mn.size());
-      for (int b = 0; b < blocks; ++b) DrawBounds(rng, d, &mn[size_t(b) * d], &mx[size_t(b) * d], &inexact_sums);
+      for (int b = 0; b < blocks; ++b)
+        DrawBounds(rng, d, &mn[size_t(b) * d], &mx[size_t(b) * d], &inexact_sums);
       QuantKView qk;
       qk.codes = codes.data();
       qk.kmin = mn.data();
@@ -79,7 +99,8 @@ TEST(HostSimd, PageChannelEstimateIsTheBaselinesBitForBit) {
       const int heads = 1 + int(rng() % 8);
       const int rows = trial % 3 == 0 ? 1 + int(rng() % 16) : 16;
       std::vector<std::vector<float>> q(size_t(heads), std::vector<float>(size_t(d), 0.0f));
-      for (auto& row : q) for (float& x : row) x = normal(rng) * (trial % 5 == 0 ? 1e4f : 1.0f);
+      for (auto& row : q)
+        for (float& x : row) x = normal(rng) * (trial % 5 == 0 ? 1e4f : 1.0f);
       std::vector<const float*> qp;
       for (auto& row : q) qp.push_back(row.data());
       const int64_t block = int64_t(rng() % blocks);
@@ -90,8 +111,12 @@ TEST(HostSimd, PageChannelEstimateIsTheBaselinesBitForBit) {
         bp.push_back(base[size_t(h)].data());
         wp.push_back(wide[size_t(h)].data());
       }
-      AtLevel(HostSimd::kBaseline, [&] { EstimatePageChannelBlockMultiRef(g, qp.data(), heads, qk, block, rows, bp.data()); });
-      AtLevel(HostSimd::kAvx2F16c, [&] { EstimatePageChannelBlockMultiRef(g, qp.data(), heads, qk, block, rows, wp.data()); });
+      AtLevel(HostSimd::kBaseline, [&] {
+        EstimatePageChannelBlockMultiRef(g, qp.data(), heads, qk, block, rows, bp.data());
+      });
+      AtLevel(HostSimd::kAvx2F16c, [&] {
+        EstimatePageChannelBlockMultiRef(g, qp.data(), heads, qk, block, rows, wp.data());
+      });
       for (int h = 0; h < heads; ++h) {
         for (int r = 0; r < 16; ++r) {
           ASSERT_TRUE(SameBits(base[size_t(h)][size_t(r)], wide[size_t(h)][size_t(r)]))
@@ -151,8 +176,8 @@ TEST(HostSimd, GroupedAttentionRowsAreTheBaselinesBitForBit) {
       ScoreRowsAvx2(g, k_rows.data(), n, q.data(), group, scores_wide.data());
       for (size_t i = 0; i < scores_base.size(); ++i) {
         ASSERT_TRUE(SameBits(scores_base[i], scores_wide[i]))
-            << "d " << d << " dtype " << dtype << " score " << i << ": " << scores_base[i]
-            << " vs " << scores_wide[i];
+            << "d " << d << " dtype " << dtype << " score " << i << ": " << scores_base[i] << " vs "
+            << scores_wide[i];
       }
       std::vector<float> weights(size_t(group) * size_t(n));
       for (float& w : weights) w = std::exp(normal(rng));
@@ -167,8 +192,8 @@ TEST(HostSimd, GroupedAttentionRowsAreTheBaselinesBitForBit) {
       AccumulateRowsBaseline(g, v_rows.data(), n, weights.data(), group, acc_base.data());
       AccumulateRowsAvx2(g, v_rows.data(), n, weights.data(), group, acc_wide.data());
       for (size_t i = 0; i < base.size(); ++i) {
-        ASSERT_TRUE(SameBits(base[i], wide[i]))
-            << "d " << d << " dtype " << dtype << " acc " << i << ": " << base[i] << " vs " << wide[i];
+        ASSERT_TRUE(SameBits(base[i], wide[i])) << "d " << d << " dtype " << dtype << " acc " << i
+                                                << ": " << base[i] << " vs " << wide[i];
       }
     }
   }
@@ -188,7 +213,8 @@ TEST(HostSimd, TopPWindowSplitIsTheBaselinesBitForBit) {
     const float mid = trial % 3 == 0 ? 0.5f : 0.5f * (low + high);  // on the grid: ties at mid
     const WindowSplit a = SplitWindowBaseline(w.data(), n, low, high, mid);
     const WindowSplit b = SplitWindowAvx2(w.data(), n, low, high, mid);
-    ASSERT_EQ(std::memcmp(&a.mass_above, &b.mass_above, sizeof(double)), 0) << a.mass_above << " vs " << b.mass_above;
+    ASSERT_EQ(std::memcmp(&a.mass_above, &b.mass_above, sizeof(double)), 0)
+        << a.mass_above << " vs " << b.mass_above;
     ASSERT_TRUE(SameBits(a.below, b.below));
     ASSERT_TRUE(SameBits(a.above, b.above));
     ASSERT_EQ(a.n_above, b.n_above);

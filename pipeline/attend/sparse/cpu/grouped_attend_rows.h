@@ -13,8 +13,8 @@ namespace twl {
 // scores[j * n + i] = q_j . K row i for the group's j < group query rows q[j * head_dim ..].
 void ScoreRowsBaseline(const PageGeometry& g, const fp16_t* const* k_rows, int32_t n,
                        const float* q, int32_t group, float* scores);
-void ScoreRowsAvx2(const PageGeometry& g, const fp16_t* const* k_rows, int32_t n,
-                   const float* q, int32_t group, float* scores);
+void ScoreRowsAvx2(const PageGeometry& g, const fp16_t* const* k_rows, int32_t n, const float* q,
+                   int32_t group, float* scores);
 
 // acc[j][k] += weights[j * n + i] * V row i [k], over rows i in order.
 void AccumulateRowsBaseline(const PageGeometry& g, const fp16_t* const* v_rows, int32_t n,

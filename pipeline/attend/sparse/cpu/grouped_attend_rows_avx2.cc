@@ -1,9 +1,10 @@
 // AVX2 + F16C per-row loops of the grouped attention (see grouped_attend_rows.h): a K/V row
 // converted eight elements per instruction, the eight partial sums of a dot product in one
-// register. Target attributes rather than a file-wide -mavx2, as estimate_cpu_avx2.cc.
+// register. AVX2 per function (TWL_TARGET_AVX2_F16C, core/host_simd.h), not per file.
 #include <cstring>
 #include <vector>
 
+#include "core/host_simd.h"
 #include "core/page_layout.h"
 #include "pipeline/attend/sparse/cpu/grouped_attend_rows.h"
 
@@ -17,28 +18,28 @@ namespace twl {
 
 namespace {
 
-#define TWL_AVX2_F16C __attribute__((target("avx2,f16c")))
-
 // KvRowToFloat: every FP16 and BF16 value is a float, so the conversion is exact either way.
-TWL_AVX2_F16C void RowToFloat(const PageGeometry& g, const fp16_t* src, float* dst) {
+TWL_TARGET_AVX2_F16C void RowToFloat(const PageGeometry& g, const fp16_t* src, float* dst) {
   const int32_t d = g.head_dim;
   int32_t k = 0;
   if (g.kv_dtype == kKvBf16) {
     for (; k + 8 <= d; k += 8) {
       const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k));
-      _mm256_storeu_ps(dst + k, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+      _mm256_storeu_ps(dst + k,
+                       _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
     }
     for (; k < d; ++k) dst[k] = Bf16ToFloat(src[k]);
     return;
   }
   for (; k + 8 <= d; k += 8) {
-    _mm256_storeu_ps(dst + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k))));
+    _mm256_storeu_ps(dst + k,
+                     _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k))));
   }
   for (; k < d; ++k) dst[k] = HalfToFloatBranchless(src[k]);
 }
 
 // The baseline's Dot (grouped_attend_rows.cc): lane k is its partial sum acc[k].
-TWL_AVX2_F16C float Dot(const float* a, const float* b, int32_t n) {
+TWL_TARGET_AVX2_F16C float Dot(const float* a, const float* b, int32_t n) {
   __m256 acc = _mm256_setzero_ps();
   int32_t j = 0;
   for (; j + 8 <= n; j += 8) {
@@ -51,14 +52,10 @@ TWL_AVX2_F16C float Dot(const float* a, const float* b, int32_t n) {
   return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7])) + tail;
 }
 
-#undef TWL_AVX2_F16C
-
 }  // namespace
 
-__attribute__((target("avx2,f16c"))) void ScoreRowsAvx2(const PageGeometry& g,
-                                                        const fp16_t* const* k_rows, int32_t n,
-                                                        const float* q, int32_t group,
-                                                        float* scores) {
+TWL_TARGET_AVX2_F16C void ScoreRowsAvx2(const PageGeometry& g, const fp16_t* const* k_rows,
+                                        int32_t n, const float* q, int32_t group, float* scores) {
   const int32_t d = g.head_dim;
   thread_local std::vector<float> row;
   row.resize(size_t(d));
@@ -70,10 +67,9 @@ __attribute__((target("avx2,f16c"))) void ScoreRowsAvx2(const PageGeometry& g,
   }
 }
 
-__attribute__((target("avx2,f16c"))) void AccumulateRowsAvx2(const PageGeometry& g,
-                                                             const fp16_t* const* v_rows,
-                                                             int32_t n, const float* weights,
-                                                             int32_t group, float* const* acc) {
+TWL_TARGET_AVX2_F16C void AccumulateRowsAvx2(const PageGeometry& g, const fp16_t* const* v_rows,
+                                             int32_t n, const float* weights, int32_t group,
+                                             float* const* acc) {
   const int32_t d = g.head_dim;
   thread_local std::vector<float> row;
   row.resize(size_t(d));
@@ -95,8 +91,8 @@ __attribute__((target("avx2,f16c"))) void AccumulateRowsAvx2(const PageGeometry&
 
 #else  // another ISA: never selected (core/host_simd.h), the baseline if called
 
-void ScoreRowsAvx2(const PageGeometry& g, const fp16_t* const* k_rows, int32_t n,
-                   const float* q, int32_t group, float* scores) {
+void ScoreRowsAvx2(const PageGeometry& g, const fp16_t* const* k_rows, int32_t n, const float* q,
+                   int32_t group, float* scores) {
   ScoreRowsBaseline(g, k_rows, n, q, group, scores);
 }
 void AccumulateRowsAvx2(const PageGeometry& g, const fp16_t* const* v_rows, int32_t n,

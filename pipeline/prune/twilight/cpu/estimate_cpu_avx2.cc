@@ -5,12 +5,12 @@
 // two vectors of 8 (code * step16 + kmin, rounded to FP16 by one F16C conversion); the dot
 // products keep the rows in lanes and run over the channels in order, as the baseline's
 // channel-major loop does, so every row's sum is the same chain of FP32 multiplies and adds.
-// The functions carry a target attribute instead of the file a -mavx2 flag: inline functions
-// of shared headers compiled here stay baseline code (no AVX copy the linker could pick).
+// AVX2 per function (TWL_TARGET_AVX2_F16C, core/host_simd.h), not per file.
 #include "pipeline/prune/twilight/cpu/estimate_cpu_avx2.h"
 
 #include <cstring>
 
+#include "core/host_simd.h"
 #include "core/quantize.h"
 
 #if defined(__x86_64__)
@@ -23,15 +23,13 @@ namespace twl {
 
 namespace {
 
-#define TWL_AVX2_F16C __attribute__((target("avx2,f16c")))
-
 constexpr int kRows = 16;
 constexpr int kMaxDim = 256;
 constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
 // One round of the byte transpose: x[i] and x[i + 8] interleaved by elements of kBytes.
 template <int kBytes>
-TWL_AVX2_F16C inline void InterleaveRound(__m256i* x) {
+TWL_TARGET_AVX2_F16C inline void InterleaveRound(__m256i* x) {
   __m256i y[16];
   for (int i = 0; i < 8; ++i) {
     if constexpr (kBytes == 1) {
@@ -54,7 +52,8 @@ TWL_AVX2_F16C inline void InterleaveRound(__m256i* x) {
 // cols[c0 + c][r] = rows[r][c0 + c] for 32 columns: each 128-bit lane is a 16 x 16 byte
 // transpose by four interleave rounds, which leave the rows in bit-reversed order unless
 // they are loaded in it.
-TWL_AVX2_F16C void TransposeCodes32(const uint8_t* const* rows, int c0, uint8_t (*cols)[kRows]) {
+TWL_TARGET_AVX2_F16C void TransposeCodes32(const uint8_t* const* rows, int c0,
+                                           uint8_t (*cols)[kRows]) {
   static constexpr int kBitReversed[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
   __m256i x[16];
   for (int i = 0; i < 16; ++i) {
@@ -71,14 +70,14 @@ TWL_AVX2_F16C void TransposeCodes32(const uint8_t* const* rows, int c0, uint8_t 
   }
 }
 
-TWL_AVX2_F16C inline __m256 RoundToHalf(__m256 v) {
+TWL_TARGET_AVX2_F16C inline __m256 RoundToHalf(__m256 v) {
   return _mm256_cvtph_ps(_mm256_cvtps_ph(v, kRound));
 }
 
 // kmin and step16 (PageChannelStepValue) of channels [j0, j0 + 8), and whether each
 // channel's code * step16 + kmin are exact in float (bit k of the result).
-TWL_AVX2_F16C int ChannelSteps8(const fp16_t* mn, const fp16_t* mx, float inverse, int max_code,
-                                float* lo_out, float* step_out) {
+TWL_TARGET_AVX2_F16C int ChannelSteps8(const fp16_t* mn, const fp16_t* mx, float inverse,
+                                       int max_code, float* lo_out, float* step_out) {
   const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mn)));
   const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mx)));
   // FP16(kmax - kmin) by one F16C rounding where the float difference is exact, which
@@ -97,7 +96,8 @@ TWL_AVX2_F16C int ChannelSteps8(const fp16_t* mn, const fp16_t* mx, float invers
     alignas(32) float hi_v[8];
     _mm256_store_ps(hi_v, hi);
     for (int k = 0; k < 8; ++k) {
-      if (!((range_exact >> k) & 1)) step_out[k] = PageChannelStepValue(lo_out[k], hi_v[k], inverse);
+      if (!((range_exact >> k) & 1))
+        step_out[k] = PageChannelStepValue(lo_out[k], hi_v[k], inverse);
     }
     step = _mm256_loadu_ps(step_out);
   }
@@ -107,20 +107,24 @@ TWL_AVX2_F16C int ChannelSteps8(const fp16_t* mn, const fp16_t* mx, float invers
   const __m256 zero = _mm256_setzero_ps();
   __m256i e_lo = _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(lo), 23), exp_mask);
   __m256i e_st = _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(step), 23), exp_mask);
-  e_lo = _mm256_blendv_epi8(e_lo, zero_exp, _mm256_castps_si256(_mm256_cmp_ps(lo, zero, _CMP_EQ_OQ)));
-  e_st = _mm256_blendv_epi8(e_st, zero_exp, _mm256_castps_si256(_mm256_cmp_ps(step, zero, _CMP_EQ_OQ)));
+  e_lo =
+      _mm256_blendv_epi8(e_lo, zero_exp, _mm256_castps_si256(_mm256_cmp_ps(lo, zero, _CMP_EQ_OQ)));
+  e_st = _mm256_blendv_epi8(e_st, zero_exp,
+                            _mm256_castps_si256(_mm256_cmp_ps(step, zero, _CMP_EQ_OQ)));
   __m256i e = _mm256_min_epi32(e_lo, e_st);
   e = _mm256_min_epi32(_mm256_max_epi32(e, _mm256_set1_epi32(127 - 14)), zero_exp);
-  const __m256 limit = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(14)), 23));
+  const __m256 limit =
+      _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(14)), 23));
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  const __m256 bound = _mm256_add_ps(_mm256_and_ps(lo, abs_mask),
-                                     _mm256_mul_ps(_mm256_set1_ps(float(max_code)), _mm256_and_ps(step, abs_mask)));
+  const __m256 bound =
+      _mm256_add_ps(_mm256_and_ps(lo, abs_mask),
+                    _mm256_mul_ps(_mm256_set1_ps(float(max_code)), _mm256_and_ps(step, abs_mask)));
   return _mm256_movemask_ps(_mm256_cmp_ps(bound, limit, _CMP_LT_OQ));
 }
 
 // k~ of one channel for the 16 rows whose codes (0..15) are the bytes of `codes`.
-TWL_AVX2_F16C inline void DequantChannel(__m128i codes, float lo, float step, bool exact,
-                                         float* dst) {
+TWL_TARGET_AVX2_F16C inline void DequantChannel(__m128i codes, float lo, float step, bool exact,
+                                                float* dst) {
   if (!exact) {  // kmin dwarfs the step: the double route, as PageChannelDequantTable
     alignas(16) uint8_t c[kRows];
     _mm_store_si128(reinterpret_cast<__m128i*>(c), codes);
@@ -136,8 +140,8 @@ TWL_AVX2_F16C inline void DequantChannel(__m128i codes, float lo, float step, bo
 
 // out[h][r] = sum over j in order of q[h][j] * deq[j][r] for kHeads heads (sums in registers).
 template <int kHeads>
-TWL_AVX2_F16C void DotHeads(const float* deq, int d, const float* const* q, int rows,
-                            float* const* out) {
+TWL_TARGET_AVX2_F16C void DotHeads(const float* deq, int d, const float* const* q, int rows,
+                                   float* const* out) {
   __m256 acc[kHeads][2];
   for (int h = 0; h < kHeads; ++h) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
   for (int j = 0; j < d; ++j) {
@@ -161,9 +165,9 @@ TWL_AVX2_F16C void DotHeads(const float* deq, int d, const float* const* q, int 
   }
 }
 
-TWL_AVX2_F16C void EstimateFourBit(const PageGeometry& g, const float* const* q, int heads,
-                                   const QuantKView& qk, int64_t block, int rows,
-                                   float* const* out) {
+TWL_TARGET_AVX2_F16C void EstimateFourBit(const PageGeometry& g, const float* const* q, int heads,
+                                          const QuantKView& qk, int64_t block, int rows,
+                                          float* const* out) {
   const int d = g.head_dim;
   const fp16_t* mn = qk.kmin + block * d;
   const fp16_t* mx = qk.kmax + block * d;
@@ -174,7 +178,8 @@ TWL_AVX2_F16C void EstimateFourBit(const PageGeometry& g, const float* const* q,
     uint32_t bits = 0;
     for (int k = 0; k < 32; k += 8) {
       bits |= uint32_t(ChannelSteps8(mn + j0 + k, mx + j0 + k, inverse, g.MaxCode(), lo + j0 + k,
-                                     step + j0 + k)) << k;
+                                     step + j0 + k))
+              << k;
     }
     exact[j0 / 32] = bits;
   }
@@ -190,30 +195,35 @@ TWL_AVX2_F16C void EstimateFourBit(const PageGeometry& g, const float* const* q,
     const __m128i col = _mm_load_si128(reinterpret_cast<const __m128i*>(cols[b]));
     for (int half = 0; half < 2; ++half) {
       const int j = 2 * b + half;
-      const __m128i codes =
-          _mm_and_si128(half == 0 ? col : _mm_srli_epi16(col, 4), low_nibble);
+      const __m128i codes = _mm_and_si128(half == 0 ? col : _mm_srli_epi16(col, 4), low_nibble);
       DequantChannel(codes, lo[j], step[j], (exact[j / 32] >> (j % 32)) & 1u, deq + j * kRows);
     }
   }
   for (int h = 0; h < heads; h += 4) {
     switch (heads - h < 4 ? heads - h : 4) {
-      case 1: DotHeads<1>(deq, d, q + h, rows, out + h); break;
-      case 2: DotHeads<2>(deq, d, q + h, rows, out + h); break;
-      case 3: DotHeads<3>(deq, d, q + h, rows, out + h); break;
-      default: DotHeads<4>(deq, d, q + h, rows, out + h); break;
+      case 1:
+        DotHeads<1>(deq, d, q + h, rows, out + h);
+        break;
+      case 2:
+        DotHeads<2>(deq, d, q + h, rows, out + h);
+        break;
+      case 3:
+        DotHeads<3>(deq, d, q + h, rows, out + h);
+        break;
+      default:
+        DotHeads<4>(deq, d, q + h, rows, out + h);
+        break;
     }
   }
 }
-
-#undef TWL_AVX2_F16C
 
 }  // namespace
 
 bool EstimatePageChannelBlockAvx2(const PageGeometry& g, const float* const* q, int32_t heads,
                                   const QuantKView& qk, int64_t block, int32_t rows,
                                   float* const* out) {
-  if (g.k_bits != 4 || g.head_dim % 32 != 0 || g.head_dim > kMaxDim || rows < 1 ||
-      rows > kRows || heads < 1) {
+  if (g.k_bits != 4 || g.head_dim % 32 != 0 || g.head_dim > kMaxDim || rows < 1 || rows > kRows ||
+      heads < 1) {
     return false;
   }
   EstimateFourBit(g, q, heads, qk, block, rows, out);

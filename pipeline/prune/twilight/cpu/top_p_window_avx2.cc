@@ -1,5 +1,6 @@
 // AVX2 top-p window split (see top_p_window.h): eight weights per step, the lanes' double
 // sums in two registers of four; the tail and the combination are the baseline's.
+#include "core/host_simd.h"
 #include "pipeline/prune/twilight/cpu/top_p_window.h"
 #include "pipeline/prune/twilight/cpu/top_p_window_lanes.h"
 
@@ -11,8 +12,8 @@ namespace twl {
 
 #if defined(__x86_64__)
 
-__attribute__((target("avx2"))) WindowSplit SplitWindowAvx2(const float* x, size_t n,
-                                                            float low, float high, float mid) {
+TWL_TARGET_AVX2_F16C WindowSplit SplitWindowAvx2(const float* x, size_t n, float low, float high,
+                                                 float mid) {
   const __m256 vlow = _mm256_set1_ps(low), vhigh = _mm256_set1_ps(high), vmid = _mm256_set1_ps(mid);
   __m256d mass_lo = _mm256_setzero_pd(), mass_hi = _mm256_setzero_pd();
   __m256 below = _mm256_set1_ps(-1.0f);
@@ -26,7 +27,8 @@ __attribute__((target("avx2"))) WindowSplit SplitWindowAvx2(const float* x, size
     __m256i n_up = _mm256_setzero_si256(), n_down = _mm256_setzero_si256();
     for (; i < end; i += 8) {
       const __m256 v = _mm256_loadu_ps(x + i);
-      const __m256 in = _mm256_and_ps(_mm256_cmp_ps(v, vlow, _CMP_GT_OQ), _mm256_cmp_ps(v, vhigh, _CMP_LT_OQ));
+      const __m256 in =
+          _mm256_and_ps(_mm256_cmp_ps(v, vlow, _CMP_GT_OQ), _mm256_cmp_ps(v, vhigh, _CMP_LT_OQ));
       const __m256 gt = _mm256_cmp_ps(v, vmid, _CMP_GT_OQ);
       const __m256 up = _mm256_and_ps(in, gt), down = _mm256_andnot_ps(gt, in);
       const __m256 up_v = _mm256_and_ps(v, up);  // +0.0 where not up

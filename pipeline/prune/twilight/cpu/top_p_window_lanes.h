@@ -32,7 +32,8 @@ struct WindowLanes {
   }
   WindowSplit Combine() const {
     WindowSplit s;
-    s.mass_above = ((mass[0] + mass[4]) + (mass[1] + mass[5])) + ((mass[2] + mass[6]) + (mass[3] + mass[7]));
+    s.mass_above =
+        ((mass[0] + mass[4]) + (mass[1] + mass[5])) + ((mass[2] + mass[6]) + (mass[3] + mass[7]));
     s.above = std::numeric_limits<float>::infinity();
     for (size_t k = 0; k < kLanes; ++k) {
       s.below = below[k] > s.below ? below[k] : s.below;

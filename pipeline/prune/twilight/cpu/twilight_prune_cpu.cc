@@ -72,7 +72,8 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
     else if (x >= high) mass_high += double(x);
   }
   size_t live = window.size();  // weights in (low, high)
-  const auto split = ActiveHostSimd() == HostSimd::kAvx2F16c ? SplitWindowAvx2 : SplitWindowBaseline;
+  const auto split =
+      ActiveHostSimd() == HostSimd::kAvx2F16c ? SplitWindowAvx2 : SplitWindowBaseline;
   for (; r.iterations < max_iterations; ++r.iterations) {
     if (live == 0 || high - low <= gap) break;
     const float mid = 0.5f * (low + high);
