@@ -23,6 +23,7 @@
 #include "absl/strings/str_format.h"
 #include "cache/page_allocator.h"
 #include "cache/sequence_table.h"
+#include "core/host_simd.h"
 #include "core/validate.h"
 #include "offload/disk_tier.h"
 #include "runtime/backend.h"
@@ -268,7 +269,9 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeConfig& co
     case BackendKind::kCpu:
       if (im.disk_tier) break;  // created above (CPU or GPU offload)
       backend = CreateCpuBackend(config, im.num_pages);
-      if (im.backend_name.empty()) im.backend_name = "cpu";
+      if (im.backend_name.empty()) {
+        im.backend_name = absl::StrFormat("cpu (host kernels %s)", HostSimdName(ActiveHostSimd()));
+      }
       break;
     case BackendKind::kGpuHbm:
       backend = CreateGpuHbmBackend(config, im.num_pages);
@@ -286,7 +289,8 @@ absl::StatusOr<std::unique_ptr<Runtime>> Runtime::Create(const RuntimeConfig& co
       }
       if (!why.empty()) {
         backend = CreateCpuBackend(config, im.num_pages);
-        im.backend_name = absl::StrFormat("cpu (%s)", why);
+        im.backend_name =
+            absl::StrFormat("cpu (%s; host kernels %s)", why, HostSimdName(ActiveHostSimd()));
       }
       break;
     }

@@ -222,7 +222,8 @@ TWL_TARGET_AVX2_F16C void EstimateFourBit(const PageGeometry& g, const float* co
 bool EstimatePageChannelBlockAvx2(const PageGeometry& g, const float* const* q, int32_t heads,
                                   const QuantKView& qk, int64_t block, int32_t rows,
                                   float* const* out) {
-  if (g.k_bits != 4 || g.head_dim % 32 != 0 || g.head_dim > kMaxDim || rows < 1 || rows > kRows ||
+  // Whole 32-byte code loads per row: head_dim a multiple of 64 (64, 128, 192, 256).
+  if (g.k_bits != 4 || g.head_dim % 64 != 0 || g.head_dim > kMaxDim || rows < 1 || rows > kRows ||
       heads < 1) {
     return false;
   }

@@ -9,7 +9,7 @@
 
 namespace twl {
 
-// EstimatePageChannelBlockMultiRef for INT4 codes, head_dim a multiple of 32 up to 256 and
+// EstimatePageChannelBlockMultiRef for INT4 codes, head_dim a multiple of 64 up to 256 and
 // 1..16 rows; returns false, having written nothing, for any other shape or in a build for
 // another ISA. The caller checks that the host has AVX2 + F16C (ActiveHostSimd).
 bool EstimatePageChannelBlockAvx2(const PageGeometry& g, const float* const* q, int32_t heads,

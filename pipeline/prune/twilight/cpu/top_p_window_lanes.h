@@ -25,8 +25,8 @@ struct WindowLanes {
     const bool in = (v > low) & (v < high), gt = v > mid;
     const bool up = in & gt, down = in & !gt;
     mass[k] += up ? double(v) : 0.0;
-    above[k] = up & (v < above[k]) ? v : above[k];
-    below[k] = down & (v > below[k]) ? v : below[k];
+    above[k] = (up & (v < above[k])) ? v : above[k];
+    below[k] = (down & (v > below[k])) ? v : below[k];
     n_above[k] += up;
     n_below[k] += down;
   }
