@@ -14,6 +14,8 @@ namespace {
 
 bool DetectAvx2F16c() {
 #if defined(__x86_64__)
+  // The first call may come from a static constructor, before libgcc has read the CPU.
+  __builtin_cpu_init();
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   if (__get_cpuid(1, &eax, &ebx, &ecx, &edx) == 0) return false;
   // F16C is CPUID.1:ECX bit 29 (__builtin_cpu_supports does not name it on every compiler);

@@ -1,5 +1,7 @@
 // AVX2 top-p window split (see top_p_window.h): eight weights per step, the lanes' double
 // sums in two registers of four; the tail and the combination are the baseline's.
+#include <limits>
+
 #include "core/host_simd.h"
 #include "pipeline/prune/twilight/cpu/top_p_window.h"
 #include "pipeline/prune/twilight/cpu/top_p_window_lanes.h"
