@@ -624,15 +624,12 @@ absl::Status GpuHbmBackend::WriteTelemetry(const DecodeRequest& req, bool ran_pr
                                                            blocks_.as<int32_t>());
     TWL_CUDA(cudaGetLastError());
   }
-  // Pinned layout: stats [5 * heads] | kept counts [pairs] | blocks [pairs].
-  TWL_RETURN_IF_ERROR(telemetry_.host(slot).Reserve(size_t(5 * heads + 2 * pairs) * 4));
-  char* tp = telemetry_.host(slot).data();
-  TWL_CUDA(cudaMemcpyAsync(tp, scratch_.stats(), size_t(5 * heads) * 4, cudaMemcpyDeviceToHost,
-                           s));
-  TWL_CUDA(cudaMemcpyAsync(tp + 5 * heads * 4, scratch_.kept_count(), size_t(pairs) * 4,
-                               cudaMemcpyDeviceToHost, s));
-  TWL_CUDA(cudaMemcpyAsync(tp + (5 * heads + pairs) * 4, blocks_.get(), size_t(pairs) * 4,
-                               cudaMemcpyDeviceToHost, s));
+  // Pinned layout: stats [5 * heads] | kept counts [pairs] | blocks [pairs], by one kernel.
+  using Part = pipeline_cuda::TelemetryRing::Part;
+  const Part parts[] = {{scratch_.stats(), size_t(5 * heads) * 4},
+                        {scratch_.kept_count(), size_t(pairs) * 4},
+                        {blocks_.get(), size_t(pairs) * 4}};
+  TWL_RETURN_IF_ERROR(telemetry_.CopyIn(slot, parts, s));
   return telemetry_.MarkLanded(slot, s);
 }
 

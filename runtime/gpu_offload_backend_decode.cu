@@ -179,20 +179,17 @@ absl::Status GpuOffloadBackend::EnqueueTelemetry(const DecodeRequest& req, int32
   const int32_t B = req.batch.num_seqs, Hq = req.batch.num_q_heads, H = g_.num_kv_heads;
   const size_t units = size_t(B) * H, heads = size_t(B) * Hq;
   const size_t cnt_bytes = fetch_stage_->record_bytes() * size_t(num_groups);
-  const size_t bytes = cnt_bytes + heads * 20 + units * 4 * 3;
-  // The slot was harvested: not in flight.
-  TWL_RETURN_IF_ERROR(telemetry_.host(slot).Reserve(bytes));
-  char* h = telemetry_.host(slot).as<char>();
-  TWL_CUDA(cudaMemcpyAsync(h, fetch_stage_->counters(), cnt_bytes, cudaMemcpyDeviceToHost, c));
-  TWL_CUDA(cudaMemcpyAsync(h + cnt_bytes, scratch_.stats(), heads * 20, cudaMemcpyDeviceToHost,
-                           c));
-  char* hk = h + cnt_bytes + heads * 20;
-  TWL_CUDA(cudaMemcpyAsync(hk, scratch_.kept_count(), units * 4, cudaMemcpyDeviceToHost, c));
-  // Per unit: resident blocks when planned (where each head lives; no direct units now).
-  TWL_CUDA(cudaMemcpyAsync(hk + units * 4, fetch_stage_->unit_hits(), units * 4,
-                               cudaMemcpyDeviceToHost, c));
-  TWL_CUDA(cudaMemcpyAsync(hk + units * 8, fetch_stage_->unit_blocks(), units * 4,
-                               cudaMemcpyDeviceToHost, c));
+  // The slot was harvested: not in flight. One kernel writes every part into it.
+  using Part = pipeline_cuda::TelemetryRing::Part;
+  const Part parts[] = {
+      {fetch_stage_->counters(), cnt_bytes},
+      {scratch_.stats(), heads * 20},
+      {scratch_.kept_count(), units * 4},
+      // Per unit: resident blocks when planned (where each head lives; no direct units now).
+      {fetch_stage_->unit_hits(), units * 4},
+      {fetch_stage_->unit_blocks(), units * 4},
+  };
+  TWL_RETURN_IF_ERROR(telemetry_.CopyIn(slot, parts, c));
   TWL_RETURN_IF_ERROR(telemetry_.MarkLanded(slot, c));
   PendingStep& p = telemetry_.pending(slot);
   p = PendingStep{};

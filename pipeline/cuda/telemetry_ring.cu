@@ -1,5 +1,8 @@
 #include "pipeline/cuda/telemetry_ring.cuh"
 
+#include <algorithm>
+#include <cstdint>
+
 #include "absl/strings/str_format.h"
 #include "gpu/cuda/cuda_status.cuh"
 
@@ -21,6 +24,62 @@ absl::Status TelemetryRing::Init(int32_t timing_events) {
   timing_events_ = timing_events;
   timing_.assign(size_t(kSlots) * size_t(timing_events), nullptr);
   for (cudaEvent_t& e : timing_) TWL_CUDA(cudaEventCreate(&e));
+  return absl::OkStatus();
+}
+
+namespace {
+
+struct CopyParts {
+  const uint32_t* src[TelemetryRing::kMaxParts];
+  uint32_t words[TelemetryRing::kMaxParts];
+  uint32_t at[TelemetryRing::kMaxParts];  // first destination word
+  int32_t n;
+};
+
+// Grid-stride copy of every part into the mapped pinned slot (a few KB per step).
+__global__ void CopyPartsKernel(CopyParts parts, uint32_t* __restrict__ dst) {
+  const uint32_t stride = gridDim.x * blockDim.x;
+  for (int32_t k = 0; k < parts.n; ++k) {
+    const uint32_t* src = parts.src[k];
+    uint32_t* out = dst + parts.at[k];
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < parts.words[k]; i += stride) {
+      out[i] = src[i];
+    }
+  }
+}
+
+}  // namespace
+
+absl::Status TelemetryRing::CopyIn(int32_t slot, absl::Span<const Part> parts,
+                                   cudaStream_t stream) {
+  if (parts.size() > size_t(kMaxParts)) {
+    return absl::InternalError(absl::StrFormat("telemetry: %d parts, at most %d", parts.size(),
+                                               kMaxParts));
+  }
+  CopyParts cp{};
+  size_t words = 0;
+  for (const Part& part : parts) {
+    if (part.bytes % 4 != 0 || part.bytes / 4 > UINT32_MAX - words) {
+      return absl::InternalError(
+          absl::StrFormat("telemetry: a part of %d bytes (whole words only)", part.bytes));
+    }
+    if (part.bytes == 0) continue;
+    cp.src[cp.n] = static_cast<const uint32_t*>(part.src);
+    cp.words[cp.n] = uint32_t(part.bytes / 4);
+    cp.at[cp.n] = uint32_t(words);
+    words += part.bytes / 4;
+    ++cp.n;
+  }
+  TWL_RETURN_IF_ERROR(host_[slot].Reserve(words * 4));
+  if (words == 0) return absl::OkStatus();
+  // Pinned memory from cudaMallocHost is mapped (unified addressing); the device's address
+  // of it is asked for rather than assumed.
+  void* dev = nullptr;
+  TWL_CUDA(cudaHostGetDevicePointer(&dev, host_[slot].data(), 0));
+  constexpr int kThreads = 256;
+  const unsigned blocks = unsigned(std::min<size_t>((words + kThreads - 1) / kThreads, 32));
+  CopyPartsKernel<<<blocks, kThreads, 0, stream>>>(cp, static_cast<uint32_t*>(dev));
+  TWL_CUDA(cudaGetLastError());
   return absl::OkStatus();
 }
 

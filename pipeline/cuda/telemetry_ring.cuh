@@ -18,6 +18,7 @@
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "gpu/device.h"
 
 namespace twl::pipeline_cuda {
@@ -52,6 +53,16 @@ class TelemetryRing {
   }
   gpu::PinnedHostBuffer& host(int32_t slot) { return host_[slot]; }
   PendingStep& pending(int32_t slot) { return pending_[slot]; }
+  // A device array of a step's figures: `bytes` (a multiple of 4) from `src`.
+  struct Part {
+    const void* src = nullptr;
+    size_t bytes = 0;
+  };
+  static constexpr int kMaxParts = 8;
+  // Grows the slot's pinned buffer to hold `parts` back to back and enqueues their copy on
+  // `stream` as one kernel that writes the mapped buffer directly: one launch, where a
+  // cudaMemcpyAsync per part cost a copy-engine round trip each on the step's stream.
+  absl::Status CopyIn(int32_t slot, absl::Span<const Part> parts, cudaStream_t stream);
   // The slot's figures have landed in pinned memory once `stream` gets here.
   absl::Status MarkLanded(int32_t slot, cudaStream_t stream);
 
