@@ -1,31 +1,37 @@
 #!/usr/bin/env bash
-# A device job for `scripts/gpu-check.sh job` (B and L come from there), for a session that
-# starts from CPU-only changes: first what no CPU run can check, then the serving rows the
-# target tables still lack. Pack twl_gpu_tests and twl_serve_bench.
-#   suite  The whole GPU suite, shuffled (bit casts and kernels compiled since the last
-#          device run; the GPU backends against the CPU backend, whose attention sums in a
-#          new order).
-#   rows   Through serve-ab.sh (no tests there, no old side unless one was packed): the
-#          dense SDPA baseline at B = 1, 8 and 16; B = 1 peaked eager, unbound (twl_decode)
-#          against bound (twl_decode_batch, no graph: what the eager B = 1 gap is without the
-#          page-table upload and telemetry copies); B = 16 peaked (issue 11's B = 16-32
-#          target) and drifting at B = 8 (issue 12's drifting row), offload and HBM, replayed
-#          from CUDA graphs.
-# PHASES picks them (default "suite rows"; both need ~9.5 minutes, so a 570 s JOB_LIMIT
-# wants two calls: PHASES=suite, then PHASES=rows); ROWS overrides the rows (';'-separated
-# twl_serve_bench flag sets); T_SUITE, T_CONFIG: seconds.
+# A device job for `scripts/gpu-check.sh job` (B, L and OLD come from there). Prepared for
+# the session after the twentieth, which ends with untested code in docs/pending/:
+#   suite  The whole GPU suite, shuffled (after applying docs/pending/kernel-attrs-once.patch:
+#          every attention and score-pass launch goes through it).
+#   grow   GrowGpuTest.MatchesReference/9 and /10 (growing Quest's radix search at 140k
+#          tokens) repeated, with their log: they failed in the twentieth session's run 3
+#          and passed in its run 1 (flaky on random inputs, cause not found).
+#   rows   Through serve-ab.sh: eager B = 1 through `twl_decode` (host-paced, telemetry on)
+#          and the bound call, this tree's library against OLD (stage the library without
+#          the patch into .device/gpu/old/ after the build), twice each side.
+# PHASES picks them (default "suite grow rows"; suite ~220 s, grow ~60 s, rows ~150 s: two
+# calls under a 570 s JOB_LIMIT); ROWS overrides the rows (';'-separated twl_serve_bench
+# flag sets); GROW_REPEAT, T_SUITE, T_CONFIG.
 t0=$(date +%s)
 el() { echo "[t=$(( $(date +%s) - t0 ))s] $*"; }
-phases=" ${PHASES:-suite rows} "
+phases=" ${PHASES:-suite grow rows} "
 if [[ $phases == *" suite "* ]]; then
   el "GPU suite"
   timeout "${T_SUITE:-240}" "$B/twl_gpu_tests" --gtest_color=no --gtest_shuffle \
     >"$L/suite.log" 2>&1
   echo "rc=$?"; grep -E '^\[  (PASSED|FAILED) |Failure|tests ran' "$L/suite.log" | head -30
 fi
+if [[ $phases == *" grow "* ]]; then
+  el "growing Quest at 140k, repeated"
+  timeout 120 "$B/twl_gpu_tests" --gtest_color=no --gtest_repeat="${GROW_REPEAT:-5}" \
+    --gtest_filter='*GrowGpuTest.MatchesReference/9:*GrowGpuTest.MatchesReference/10' \
+    >"$L/grow.log" 2>&1
+  echo "rc=$?"; grep -cE '^\[       OK \]' "$L/grow.log"; grep -A20 'Failure' "$L/grow.log" | head -60
+fi
 if [[ $phases == *" rows "* ]]; then
-  GT_FILTER=none SDPA_BATCHES=1,8,16 T_CONFIG=${T_CONFIG:-150} \
-    SERVE_CONFIGS=${ROWS:-"--shapes=32x8 --batches=1 --workloads=peaked --methods=twilight,offload-bound,hbm,hbm-bound;--shapes=32x8 --batches=16 --workloads=peaked --methods=offload-graph,hbm-graph;--shapes=32x8 --batches=8 --workloads=drifting --drift_every=4 --methods=offload-graph,hbm-graph"} \
+  row="--shapes=32x8 --batches=1 --workloads=peaked --methods=twilight,hbm,offload-bound,hbm-bound"
+  GT_FILTER=none SDPA_BATCHES=1 T_CONFIG=${T_CONFIG:-60} \
+    SERVE_CONFIGS=${ROWS:-"$row;$row"} \
     bash "$(dirname "$0")/serve-ab.sh"
 fi
 el done
