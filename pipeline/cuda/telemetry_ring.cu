@@ -64,6 +64,9 @@ absl::Status TelemetryRing::CopyIn(int32_t slot, absl::Span<const Part> parts,
           absl::StrFormat("telemetry: a part of %d bytes (whole words only)", part.bytes));
     }
     if (part.bytes == 0) continue;
+    if (part.src == nullptr) {  // a kernel reading it would fault the context
+      return absl::InternalError("telemetry: a part with no source");
+    }
     cp.src[cp.n] = static_cast<const uint32_t*>(part.src);
     cp.words[cp.n] = uint32_t(part.bytes / 4);
     cp.at[cp.n] = uint32_t(words);
