@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/head_math.h"
+#include "core/host_exp.h"
 #include "core/host_simd.h"
 #include "oneapi/tbb/parallel_for.h"
 #include "pipeline/attend/sparse/cpu/grouped_attend_rows.h"
@@ -71,11 +72,9 @@ void AttendChunk(const PageGeometry& g, const BatchView& batch, const QueryView&
     float* w = &scores[size_t(j) * size_t(n)];
     float m = -std::numeric_limits<float>::infinity();
     for (int32_t i = 0; i < n; ++i) m = std::max(m, w[i]);
+    ExpMinusMax(w, size_t(n), m);
     float l = 0.0f;
-    for (int32_t i = 0; i < n; ++i) {
-      w[i] = std::exp(w[i] - m);
-      l += w[i];
-    }
+    for (int32_t i = 0; i < n; ++i) l += w[i];
     *lay.M(state, j) = m;
     *lay.L(state, j) = l;
     acc[size_t(j)] = lay.Acc(state, j);

@@ -30,6 +30,7 @@ void ScoreRowsBaseline(const PageGeometry& g, const fp16_t* const* k_rows, int32
   thread_local std::vector<float> row;
   row.resize(size_t(d));
   for (int32_t i = 0; i < n; ++i) {
+    if (i + kRowPrefetchDistance < n) PrefetchRow(g, k_rows[i + kRowPrefetchDistance]);
     KvRowToFloat(g, k_rows[i], row.data());  // once for the group
     for (int32_t j = 0; j < group; ++j) {
       scores[size_t(j) * size_t(n) + size_t(i)] = Dot(q + size_t(j) * size_t(d), row.data(), d);
@@ -43,6 +44,7 @@ void AccumulateRowsBaseline(const PageGeometry& g, const fp16_t* const* v_rows, 
   thread_local std::vector<float> row;
   row.resize(size_t(d));
   for (int32_t i = 0; i < n; ++i) {
+    if (i + kRowPrefetchDistance < n) PrefetchRow(g, v_rows[i + kRowPrefetchDistance]);
     KvRowToFloat(g, v_rows[i], row.data());
     for (int32_t j = 0; j < group; ++j) {
       const float w = weights[size_t(j) * size_t(n) + size_t(i)];

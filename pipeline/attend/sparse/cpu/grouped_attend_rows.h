@@ -10,6 +10,15 @@
 
 namespace twl {
 
+// Rows ahead of the one being converted whose bytes are asked of the cache: kept rows are
+// scattered over the pool (a KV head's blocks lie num_kv_heads blocks apart, each a new 4 KB
+// page the hardware prefetcher does not follow), so each row would otherwise wait on memory.
+constexpr int32_t kRowPrefetchDistance = 4;
+inline void PrefetchRow(const PageGeometry& g, const fp16_t* row) {
+  const char* c = reinterpret_cast<const char*>(row);
+  for (int32_t o = 0; o < g.head_dim * 2; o += 64) __builtin_prefetch(c + o);
+}
+
 // scores[j * n + i] = q_j . K row i for the group's j < group query rows q[j * head_dim ..].
 void ScoreRowsBaseline(const PageGeometry& g, const fp16_t* const* k_rows, int32_t n,
                        const float* q, int32_t group, float* scores);

@@ -60,6 +60,7 @@ TWL_TARGET_AVX2_F16C void ScoreRowsAvx2(const PageGeometry& g, const fp16_t* con
   thread_local std::vector<float> row;
   row.resize(size_t(d));
   for (int32_t i = 0; i < n; ++i) {
+    if (i + kRowPrefetchDistance < n) PrefetchRow(g, k_rows[i + kRowPrefetchDistance]);
     RowToFloat(g, k_rows[i], row.data());
     for (int32_t j = 0; j < group; ++j) {
       scores[size_t(j) * size_t(n) + size_t(i)] = Dot(q + size_t(j) * size_t(d), row.data(), d);
@@ -74,6 +75,7 @@ TWL_TARGET_AVX2_F16C void AccumulateRowsAvx2(const PageGeometry& g, const fp16_t
   thread_local std::vector<float> row;
   row.resize(size_t(d));
   for (int32_t i = 0; i < n; ++i) {
+    if (i + kRowPrefetchDistance < n) PrefetchRow(g, v_rows[i + kRowPrefetchDistance]);
     RowToFloat(g, v_rows[i], row.data());
     for (int32_t j = 0; j < group; ++j) {
       const float w = weights[size_t(j) * size_t(n) + size_t(i)];

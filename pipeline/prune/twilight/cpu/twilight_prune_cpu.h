@@ -44,11 +44,19 @@ void EstimateBlockScoresMultiRef(const PageGeometry& g, const float* const* q, i
                                  const QuantKView& qk, const FpKvView& kv, int64_t block,
                                  int32_t rows, float* const* out);
 
+// Asks the cache for the bytes EstimateBlockScoresMultiRef will read of `block` (its codes and
+// their scale/zero or channel bounds; the FP16 K at k_bits 16), without waiting for them. A
+// KV head's blocks lie num_kv_heads blocks apart in the pool, so each is a new 4 KB page that
+// the hardware prefetcher does not follow: asked one block ahead, the estimate no longer waits
+// on memory for each block (2-core build machine, 8 KV heads: 1.29 -> 0.93 us per block).
+void PrefetchEstimateBlock(const PageGeometry& g, const QuantKView& qk, const FpKvView& kv,
+                           int64_t block);
+
 // Growing Quest (selection.bound set): the candidates of (sequence s, KV head h).
 // Pages are ranked by key = max over the group of their bounds; levels of equal key are taken
 // whole, from the top, until for every query head j of the group R_j <= c * A_j, where A_j is
-// the estimated mass (sum of exp(score)) of the candidate rows, R_j = sum over the other pages
-// of rows * exp(bound_j) (every row's score is <= its page's bound, so R_j bounds the mass
+// the estimated mass (sum of exp(score), each score rounded to FP16 as the GPU stores it) of
+// the candidate rows, R_j = sum over the other pages of rows * exp(bound_j) (every row's score is <= its page's bound, so R_j bounds the mass
 // outside) and c = GrowRemainderRatio(p, remainder_share); p >= 1: every page. Stops before
 // a level that would take more ranked pages than selection.limit (cap_hit). The result is the
 // smallest level set that satisfies the rule (the rule is monotone), whatever the order of
