@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -16,6 +17,7 @@
 #include "pipeline/cpu/for_each_unit.h"
 #include "pipeline/prune/twilight/cpu/estimate_cpu.h"
 #include "pipeline/prune/twilight/cpu/top_p_window.h"
+#include "pipeline/prune/twilight/cpu/top_p_window_lanes.h"
 
 namespace twl {
 
@@ -36,25 +38,30 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
   // made of such weights: at 129k candidates with one dominant token a float total put the
   // tail at 0.0009 of the mass where it holds 0.0064, moving p's target by hundreds of tokens
   // (the GPU's fixed-point sums are exact: tests/gpu/grow_gpu_test.cc).
-  double total = 0.0;
-  float wmax = 0.0f;
-  for (float x : w) {
-    total += double(x);
-    wmax = std::max(wmax, x);
-  }
-  if (w.empty() || !(total > 0.0) || std::isinf(total)) return r;  // NaN or inf: nothing
-  auto count_above = [&](float t, double* mass) {
-    int32_t n = 0;
-    double m = 0.0;
-    for (float x : w) {
-      if (x > t) {
-        ++n;
-        m += double(x);
-      }
-    }
-    *mass = m;
-    return n;
+  // Sums run in WindowLanes' eight lanes (lane k: elements k, k + 8, ...) and combine in its
+  // order: eight independent chains the vector units take as written, where one running
+  // double sum was a chain of dependent adds, the host pruner's slowest loop.
+  constexpr size_t kLanes = WindowLanes::kLanes;
+  auto combine = [](const double* l) {
+    return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
   };
+  double lane_total[kLanes] = {};
+  float lane_max[kLanes] = {};
+  size_t i0 = 0;
+  for (; i0 + kLanes <= w.size(); i0 += kLanes) {  // whole rows of lanes: vectorized
+    for (size_t k = 0; k < kLanes; ++k) {
+      lane_total[k] += double(w[i0 + k]);
+      lane_max[k] = std::max(lane_max[k], w[i0 + k]);
+    }
+  }
+  for (size_t k = 0; i0 + k < w.size(); ++k) {
+    lane_total[k] += double(w[i0 + k]);
+    lane_max[k] = std::max(lane_max[k], w[i0 + k]);
+  }
+  const double total = combine(lane_total);
+  float wmax = 0.0f;
+  for (float m : lane_max) wmax = std::max(wmax, m);
+  if (w.empty() || !(total > 0.0) || std::isinf(total)) return r;  // NaN or inf: nothing
   const double target = double(p) * total;
   float low = 0.0f;    // mass(> low) >= target
   float high = wmax;   // mass(> high) < target
@@ -65,20 +72,43 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
   // step, except that a mass is summed in another order (double rounding, ~1e-16). The
   // array is compacted only when the window has halved; until then the split skips the
   // weights that have left by the bounds.
+  //
+  // Weights below `tiny` stay out of the window: every mid is above them, so they only ever
+  // add to a split's count below mid and offer their max as its `below`, and only while
+  // low is 0 (low then moves to a weight >= their max). Why every mid is above them: with
+  // c = 2 tiny, mass(< c) <= n c = (1 - p) total / 2 (half the budget: a margin for the
+  // roundings), so mass(>= c) > target; mass(> high) < target then puts high >= c, and mid
+  // >= high / 2 >= tiny. On a peaked head most weights lie far below the threshold: the
+  // early steps, which halve high down to it while low is still 0, no longer pass over them.
+  const float tiny = float(0.25 * (1.0 - double(p)) * total / double(w.size()));
   thread_local std::vector<float> window;
-  window.clear();
-  double mass_high = 0.0;  // mass(>= high)
-  for (float x : w) {
-    if (x > low && x < high) window.push_back(x);
-    else if (x >= high) mass_high += double(x);
+  window.resize(w.size());
+  size_t live = 0;  // weights in (low, high) and >= tiny, compacted without a branch
+  int64_t tiny_count = 0;  // weights in (0, tiny)
+  float tiny_max = -1.0f;
+  int64_t at_max = 0;  // weights >= high = wmax: equal to it
+  for (const float x : w) {
+    const bool is_tiny = (x > 0.0f) & (x < tiny);
+    window[live] = x;
+    live += (x > low) & (x < high) & !is_tiny;
+    tiny_count += is_tiny;
+    tiny_max = is_tiny & (x > tiny_max) ? x : tiny_max;
+    at_max += x >= high;
   }
-  size_t live = window.size();  // weights in (low, high)
+  window.resize(live);
+  live += size_t(tiny_count);
+  // mass(>= high): copies of one float, so their double sum is exact in any order.
+  double mass_high = double(at_max) * double(high);
   const auto split =
       ActiveHostSimd() == HostSimd::kAvx2F16c ? SplitWindowAvx2 : SplitWindowBaseline;
   for (; r.iterations < max_iterations; ++r.iterations) {
     if (live == 0 || high - low <= gap) break;
     const float mid = 0.5f * (low + high);
-    const WindowSplit at = split(window.data(), window.size(), low, high, mid);
+    WindowSplit at = split(window.data(), window.size(), low, high, mid);
+    if (low == 0.0f && tiny_count > 0) {  // the tiny weights are in (low, high), below mid
+      at.n_below += tiny_count;
+      at.below = std::max(at.below, tiny_max);
+    }
     const double mass_mid = mass_high + at.mass_above;  // mass(> mid)
     if (mass_mid >= target) {
       low = at.below >= 0.0f ? at.below : mid;  // {w > below} == {w > mid}
@@ -108,9 +138,12 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
     }
   }
   r.threshold = low;
-  double mass = 0.0;
-  r.kept = count_above(low, &mass);
-  r.mass = float(mass / total);
+  // { w > low }: the split of every weight with nothing above the window (total is finite,
+  // so no weight is +inf or NaN).
+  const WindowSplit kept =
+      split(w.data(), w.size(), low, std::numeric_limits<float>::infinity(), low);
+  r.kept = int32_t(kept.n_above);
+  r.mass = float(kept.mass_above / total);
   return r;
 }
 
