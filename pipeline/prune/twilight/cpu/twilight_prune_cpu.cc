@@ -92,7 +92,7 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
     window[live] = x;
     live += (x > low) & (x < high) & !is_tiny;
     tiny_count += is_tiny;
-    tiny_max = is_tiny & (x > tiny_max) ? x : tiny_max;
+    tiny_max = (is_tiny & (x > tiny_max)) ? x : tiny_max;
     at_max += x >= high;
   }
   window.resize(live);
