@@ -11,6 +11,7 @@
 //  - a flat head at 128k tokens keeps >= p - 0.01 of its TRUE mass (exact scores on FP16 K).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <set>
 
 #include "core/half.h"
@@ -237,6 +238,11 @@ TEST_P(GrowGpuTest, MatchesReference) {
         << "pair " << item << ": " << a.size() << " vs " << e.size() << " kept, " << diff.size()
         << " differ, nested " << nested << heads;
   }
+  // Printed for repeated runs (scripts/device-jobs/verify-and-rows.sh, phase grow): since the
+  // reference sums A over FP16-rounded estimates as the GPU does, a pair's sets differ only
+  // at float-vs-double near-ties (a CPU emulation: ~1 in 40 pairs of 140k tokens); before,
+  // the 140k peaked pair differed in ~80% of inputs and the test failed when a second did.
+  std::printf("grow pairs with the reference's selection: %d/%d\n", pairs_equal, pairs);
   EXPECT_GE(pairs_equal, int32_t(0.9 * pairs)) << pairs_equal << "/" << pairs;
 }
 
