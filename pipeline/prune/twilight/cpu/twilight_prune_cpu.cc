@@ -192,12 +192,10 @@ void PrefetchBytes(const void* p, size_t bytes) {
 
 }  // namespace
 
-void PrefetchEstimateBlock(const PageGeometry& g, const QuantKView& qk, const FpKvView& kv,
-                           int64_t block) {
-  if (g.k_bits >= 16) {
-    PrefetchBytes(kv.Block(g, block), size_t(g.page_size) * size_t(g.head_dim) * 2);  // K half
-    return;
-  }
+void PrefetchEstimateBlock(const PageGeometry& g, const QuantKView& qk, int64_t block) {
+  // k_bits 16 estimates on the FP16 K itself, whose rows may live in a cache's slots, in
+  // place in a miss pool or nowhere yet (a slot < 0): not prefetched.
+  if (g.k_bits >= 16) return;
   PrefetchBytes(qk.Codes(g, block, 0), size_t(g.CodeBlockBytes()));
   if (g.HasTokenScale()) {
     PrefetchBytes(qk.scale + block * g.page_size, size_t(g.page_size) * 2);
@@ -438,7 +436,7 @@ absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const B
             std::vector<float*> dst(static_cast<size_t>(group));
             for (size_t b = range.begin(); b != range.end(); ++b) {
               const size_t i = starts[b], e = starts[b + 1];
-              if (b + 1 != range.end()) PrefetchEstimateBlock(g, qk, kv, blocks[e]);
+              if (b + 1 != range.end()) PrefetchEstimateBlock(g, qk, blocks[e]);
               if (pos[i] % g.page_size == 0 && pos[e - 1] % g.page_size == int32_t(e - 1 - i)) {
                 for (int32_t j = 0; j < group; ++j) dst[size_t(j)] = &w_all[size_t(j) * n + i];
                 EstimateBlockScoresMultiRef(g, qp.data(), group, qk, kv, blocks[i],

@@ -45,12 +45,11 @@ void EstimateBlockScoresMultiRef(const PageGeometry& g, const float* const* q, i
                                  int32_t rows, float* const* out);
 
 // Asks the cache for the bytes EstimateBlockScoresMultiRef will read of `block` (its codes and
-// their scale/zero or channel bounds; the FP16 K at k_bits 16), without waiting for them. A
+// their scale/zero or channel bounds; nothing at k_bits 16), without waiting for them. A
 // KV head's blocks lie num_kv_heads blocks apart in the pool, so each is a new 4 KB page that
 // the hardware prefetcher does not follow: asked one block ahead, the estimate no longer waits
 // on memory for each block (2-core build machine, 8 KV heads: 1.29 -> 0.93 us per block).
-void PrefetchEstimateBlock(const PageGeometry& g, const QuantKView& qk, const FpKvView& kv,
-                           int64_t block);
+void PrefetchEstimateBlock(const PageGeometry& g, const QuantKView& qk, int64_t block);
 
 // Growing Quest (selection.bound set): the candidates of (sequence s, KV head h).
 // Pages are ranked by key = max over the group of their bounds; levels of equal key are taken
