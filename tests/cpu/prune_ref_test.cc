@@ -144,18 +144,23 @@ TopPResult FullPassBisection(const std::vector<float>& w, float p, float stop_ga
   return r;
 }
 
-// Peaked, flat, tied and zero-laden weights, exact and default stops: the same threshold,
-// kept count, mass and number of steps as the full-pass search.
+// Peaked, flat, tied, zero-laden and one-dominant weights, exact and default stops: the same
+// threshold, kept count, mass and number of steps as the full-pass search.
 TEST(TopPThreshold, WindowedSearchDecidesAsTheFullPassSearch) {
   std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + 7);
   for (int trial = 0; trial < 600; ++trial) {
     const int32_t n = 1 + int32_t(rng() % 5000);
     std::vector<float> w = RandomWeights(rng, n);
-    if (trial % 3 == 1) {  // peaked: a few large weights over an exponential tail
+    if (trial % 4 == 1) {  // peaked: a few large weights over an exponential tail
       std::exponential_distribution<float> e(0.5f);
       for (float& x : w) x = std::exp(-e(rng) * 8.0f);
-    } else if (trial % 3 == 2) {  // ties and zeros
+    } else if (trial % 4 == 2) {  // ties and zeros
       for (float& x : w) x = float(rng() % 7) * 0.125f;
+    } else if (trial % 4 == 3) {  // one dominant weight far above the rest: many steps find
+      // nothing above mid (the search takes them without a pass), then a flat remainder
+      const float rest = std::ldexp(1.0f, -int(rng() % 40));
+      for (float& x : w) x = rest * std::uniform_real_distribution<float>(0.5f, 1.0f)(rng);
+      w[rng() % w.size()] = 1.0f;
     }
     const float p = std::uniform_real_distribution<float>(0.05f, 0.999f)(rng);
     for (float stop_gap : {0.0f, 1e-4f}) {

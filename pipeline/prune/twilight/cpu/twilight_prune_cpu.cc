@@ -118,16 +118,30 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
       mass_high = mass_mid;
       live = size_t(at.n_below);
     } else {
-      // Nothing above mid: high = mid, and weights equal to mid join mass_high.
+      // Nothing above mid: high = mid, and weights equal to mid join mass_high (below, the
+      // window's largest weight, equals mid when any does).
       int64_t at_mid = 0;
-      for (float x : window) {
-        if (x == mid && x > low && x < high) {
-          mass_high += double(x);
-          ++at_mid;
+      if (at.below == mid) {
+        for (float x : window) {
+          if (x == mid && x > low && x < high) {
+            mass_high += double(x);
+            ++at_mid;
+          }
         }
       }
       high = mid;
       live = size_t(at.n_below - at_mid);
+      // While the window's largest weight stays below the next mid, the next steps would find
+      // nothing above it either and change nothing but high: take them here without passing
+      // over the window (one dominant weight far above the rest, or a flat head's threshold
+      // far below the max, took dozens of such passes).
+      const float window_max = at.below;
+      while (r.iterations + 1 < max_iterations && live != 0 && high - low > gap) {
+        const float next = 0.5f * (low + high);
+        if (!(next > window_max)) break;
+        high = next;
+        ++r.iterations;
+      }
     }
     if (live < window.size() / 2) {
       size_t kept_in = 0;
