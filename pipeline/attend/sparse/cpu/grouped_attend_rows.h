@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "core/host_prefetch.h"
 #include "core/stage_views.h"
 
 namespace twl {
@@ -15,8 +16,7 @@ namespace twl {
 // page the hardware prefetcher does not follow), so each row would otherwise wait on memory.
 constexpr int32_t kRowPrefetchDistance = 4;
 inline void PrefetchRow(const PageGeometry& g, const fp16_t* row) {
-  const char* c = reinterpret_cast<const char*>(row);
-  for (int32_t o = 0; o < g.head_dim * 2; o += 64) __builtin_prefetch(c + o);
+  PrefetchBytes(row, size_t(g.head_dim) * sizeof(fp16_t));
 }
 
 // scores[j * n + i] = q_j . K row i for the group's j < group query rows q[j * head_dim ..].

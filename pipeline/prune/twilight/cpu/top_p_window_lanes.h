@@ -30,10 +30,13 @@ struct WindowLanes {
     n_above[k] += up;
     n_below[k] += down;
   }
+  // The one order in which eight lane sums combine (the top-p search's total uses it too).
+  static double SumLanes(const double* l) {
+    return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+  }
   WindowSplit Combine() const {
     WindowSplit s;
-    s.mass_above =
-        ((mass[0] + mass[4]) + (mass[1] + mass[5])) + ((mass[2] + mass[6]) + (mass[3] + mass[7]));
+    s.mass_above = SumLanes(mass);
     s.above = std::numeric_limits<float>::infinity();
     for (size_t k = 0; k < kLanes; ++k) {
       s.below = below[k] > s.below ? below[k] : s.below;

@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "core/head_math.h"
 #include "core/host_exp.h"
+#include "core/host_prefetch.h"
 #include "core/host_simd.h"
 #include "core/validate.h"
 #include "oneapi/tbb/blocked_range.h"
@@ -42,9 +43,6 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
   // order: eight independent chains the vector units take as written, where one running
   // double sum was a chain of dependent adds, the host pruner's slowest loop.
   constexpr size_t kLanes = WindowLanes::kLanes;
-  auto combine = [](const double* l) {
-    return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
-  };
   double lane_total[kLanes] = {};
   float lane_max[kLanes] = {};
   size_t i0 = 0;
@@ -58,7 +56,7 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
     lane_total[k] += double(w[i0 + k]);
     lane_max[k] = std::max(lane_max[k], w[i0 + k]);
   }
-  const double total = combine(lane_total);
+  const double total = WindowLanes::SumLanes(lane_total);
   float wmax = 0.0f;
   for (float m : lane_max) wmax = std::max(wmax, m);
   if (w.empty() || !(total > 0.0) || std::isinf(total)) return r;  // NaN or inf: nothing
@@ -195,16 +193,6 @@ void EstimateBlockScoresMultiRef(const PageGeometry& g, const float* const* q, i
   }
   for (int32_t i = 0; i < heads; ++i) EstimateBlockScoresRef(g, q[i], qk, kv, block, rows, out[i]);
 }
-
-namespace {
-
-// Every 64-byte line of [p, p + bytes), for reading soon.
-void PrefetchBytes(const void* p, size_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
-}
-
-}  // namespace
 
 void PrefetchEstimateBlock(const PageGeometry& g, const QuantKView& qk, int64_t block) {
   // k_bits 16 estimates on the FP16 K itself, whose rows may live in a cache's slots, in
