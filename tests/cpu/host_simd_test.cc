@@ -3,6 +3,7 @@
 // bits (a NaN matches a NaN). Skipped, visibly, on a CPU without AVX2 + F16C.
 #include "core/host_simd.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -239,6 +240,59 @@ TEST(HostSimd, TopPWindowSplitIsTheBaselinesBitForBit) {
     ASSERT_EQ(a.kept, b.kept);
     ASSERT_TRUE(SameBits(a.mass, b.mass));
     ASSERT_EQ(a.iterations, b.iterations);
+  }
+}
+
+// The window's build and compaction pack weights to the front in their order: both builds
+// must leave the same front (the split's lanes depend on positions), and the counts must say
+// what the rule means, counted directly.
+TEST(HostSimd, TopPWindowBuildAndCompactionAreTheBaselines) {
+  if (!HostSupports(HostSimd::kAvx2F16c)) GTEST_SKIP() << "this CPU has no AVX2 + F16C";
+  std::mt19937_64 rng(FreshSeed());
+  std::exponential_distribution<float> e(1.0f);
+  for (int trial = 0; trial < 300; ++trial) {
+    const size_t n = size_t(rng() % 3000);
+    std::vector<float> w(n);
+    // Exponential weights, or ties on a coarse grid (zeros, and weights equal to the bounds).
+    for (float& x : w) x = trial % 3 == 0 ? float(rng() % 9) * 0.25f : std::exp(-8.0f * e(rng));
+    const float low = trial % 4 == 0 ? 0.0f : (trial % 3 == 0 ? 0.25f : std::exp(-9.0f * e(rng)));
+    const float high = trial % 3 == 0 ? 1.75f : low + std::exp(-2.0f * e(rng));
+    const float tiny = trial % 5 == 0 ? 0.0f : (trial % 3 == 0 ? 0.5f : std::exp(-12.0f * e(rng)));
+    // Room for n only, as the search gives (the sanitizer builds see a write past it).
+    std::vector<float> wa(n), wb(n);
+    const WindowStart a = BuildWindowBaseline(w.data(), n, low, high, tiny, wa.data());
+    const WindowStart b = BuildWindowAvx2(w.data(), n, low, high, tiny, wb.data());
+    std::vector<float> want;
+    int64_t tiny_count = 0, at_high = 0;
+    float tiny_max = -1.0f;
+    for (float x : w) {
+      const bool is_tiny = x > 0.0f && x < tiny;
+      if (x > low && x < high && !is_tiny) want.push_back(x);
+      if (is_tiny) ++tiny_count, tiny_max = std::max(tiny_max, x);
+      if (x >= high) ++at_high;
+    }
+    for (const WindowStart& s : {a, b}) {
+      ASSERT_EQ(s.live, want.size()) << "trial " << trial;
+      ASSERT_EQ(s.tiny_count, tiny_count);
+      ASSERT_TRUE(SameBits(s.tiny_max, tiny_max));
+      ASSERT_EQ(s.at_high, at_high);
+    }
+    ASSERT_TRUE(std::equal(want.begin(), want.end(), wa.begin())) << "trial " << trial;
+    ASSERT_TRUE(std::equal(want.begin(), want.end(), wb.begin())) << "trial " << trial;
+
+    // Compact the window in place to a narrower (low, high), as the search does.
+    const float low2 = low + 0.25f * (high - low), high2 = high - 0.25f * (high - low);
+    std::vector<float> ca(wa.begin(), wa.begin() + ptrdiff_t(a.live)), cb = ca;
+    const size_t ka = CompactWindowBaseline(ca.data(), ca.size(), low2, high2);
+    const size_t kb = CompactWindowAvx2(cb.data(), cb.size(), low2, high2);
+    std::vector<float> want2;
+    for (float x : want) {
+      if (x > low2 && x < high2) want2.push_back(x);
+    }
+    ASSERT_EQ(ka, want2.size());
+    ASSERT_EQ(kb, want2.size());
+    ASSERT_TRUE(std::equal(want2.begin(), want2.end(), ca.begin()));
+    ASSERT_TRUE(std::equal(want2.begin(), want2.end(), cb.begin()));
   }
 }
 

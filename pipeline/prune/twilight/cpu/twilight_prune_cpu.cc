@@ -79,26 +79,20 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
   // >= high / 2 >= tiny. On a peaked head most weights lie far below the threshold: the
   // early steps, which halve high down to it while low is still 0, no longer pass over them.
   const float tiny = float(0.25 * (1.0 - double(p)) * total / double(w.size()));
+  const bool avx2 = ActiveHostSimd() == HostSimd::kAvx2F16c;
   thread_local std::vector<float> window;
   window.resize(w.size());
-  size_t live = 0;  // weights in (low, high) and >= tiny, compacted without a branch
-  int64_t tiny_count = 0;  // weights in (0, tiny)
-  float tiny_max = -1.0f;
-  int64_t at_max = 0;  // weights >= high = wmax: equal to it
-  for (const float x : w) {
-    const bool is_tiny = (x > 0.0f) & (x < tiny);
-    window[live] = x;
-    live += (x > low) & (x < high) & !is_tiny;
-    tiny_count += is_tiny;
-    tiny_max = (is_tiny & (x > tiny_max)) ? x : tiny_max;
-    at_max += x >= high;
-  }
-  window.resize(live);
-  live += size_t(tiny_count);
-  // mass(>= high): copies of one float, so their double sum is exact in any order.
-  double mass_high = double(at_max) * double(high);
-  const auto split =
-      ActiveHostSimd() == HostSimd::kAvx2F16c ? SplitWindowAvx2 : SplitWindowBaseline;
+  const WindowStart start = (avx2 ? BuildWindowAvx2 : BuildWindowBaseline)(
+      w.data(), w.size(), low, high, tiny, window.data());
+  window.resize(start.live);
+  // Weights in (low, high), the tiny ones included.
+  size_t live = start.live + size_t(start.tiny_count);
+  const int64_t tiny_count = start.tiny_count;
+  const float tiny_max = start.tiny_max;
+  // mass(>= high): copies of one float (every weight >= high = wmax equals it), so their
+  // double sum is exact in any order.
+  double mass_high = double(start.at_high) * double(high);
+  const auto split = avx2 ? SplitWindowAvx2 : SplitWindowBaseline;
   for (; r.iterations < max_iterations; ++r.iterations) {
     if (live == 0 || high - low <= gap) break;
     const float mid = 0.5f * (low + high);
@@ -142,11 +136,8 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
       }
     }
     if (live < window.size() / 2) {
-      size_t kept_in = 0;
-      for (float x : window) {
-        if (x > low && x < high) window[kept_in++] = x;
-      }
-      window.resize(kept_in);
+      window.resize((avx2 ? CompactWindowAvx2 : CompactWindowBaseline)(window.data(),
+                                                                        window.size(), low, high));
     }
   }
   r.threshold = low;
