@@ -204,15 +204,22 @@ TEST(HostSimd, GroupedAttentionRowsAreTheBaselinesBitForBit) {
   }
 }
 
+// Weights for the top-p window tests, fewer than max_n: exponential, or every third trial
+// exact ties on a grid of quarters (zeros included).
+std::vector<float> WindowTestWeights(std::mt19937_64& rng, int trial, size_t max_n) {
+  std::exponential_distribution<float> e(1.0f);
+  std::vector<float> w(size_t(rng() % max_n));
+  for (float& x : w) x = trial % 3 == 0 ? float(rng() % 9) * 0.25f : std::exp(-8.0f * e(rng));
+  return w;
+}
+
 TEST(HostSimd, TopPWindowSplitIsTheBaselinesBitForBit) {
   if (!HostSupports(HostSimd::kAvx2F16c)) GTEST_SKIP() << "this CPU has no AVX2 + F16C";
   std::mt19937_64 rng(FreshSeed());
   std::exponential_distribution<float> e(1.0f);
   for (int trial = 0; trial < 300; ++trial) {
-    const size_t n = size_t(rng() % 2000);
-    std::vector<float> w(n);
-    // Exponential weights, some exact ties on a coarse grid, some zeros.
-    for (float& x : w) x = trial % 3 == 0 ? float(rng() % 9) * 0.25f : std::exp(-8.0f * e(rng));
+    const std::vector<float> w = WindowTestWeights(rng, trial, 2000);
+    const size_t n = w.size();
     const float low = trial % 4 == 0 ? 0.0f : std::exp(-8.0f * e(rng)) * 0.5f;
     const float high = low + (trial % 5 == 0 ? 1.0f : std::exp(-4.0f * e(rng)));
     const float mid = trial % 3 == 0 ? 0.5f : 0.5f * (low + high);  // on the grid: ties at mid
@@ -255,10 +262,9 @@ TEST(HostSimd, TopPWindowBuildAndCompactionAreTheBaselines) {
   std::mt19937_64 rng(FreshSeed());
   std::exponential_distribution<float> e(1.0f);
   for (int trial = 0; trial < 300; ++trial) {
-    const size_t n = size_t(rng() % 3000);
-    std::vector<float> w(n);
-    // Exponential weights, or ties on a coarse grid (zeros, and weights equal to the bounds).
-    for (float& x : w) x = trial % 3 == 0 ? float(rng() % 9) * 0.25f : std::exp(-8.0f * e(rng));
+    // On the grid, the bounds below (0.25, 1.75, tiny 0.5) are weights too.
+    const std::vector<float> w = WindowTestWeights(rng, trial, 3000);
+    const size_t n = w.size();
     const float low = trial % 4 == 0 ? 0.0f : (trial % 3 == 0 ? 0.25f : std::exp(-9.0f * e(rng)));
     const float high = trial % 3 == 0 ? 1.75f : low + std::exp(-2.0f * e(rng));
     const float tiny = trial % 5 == 0 ? 0.0f : (trial % 3 == 0 ? 0.5f : std::exp(-12.0f * e(rng)));
