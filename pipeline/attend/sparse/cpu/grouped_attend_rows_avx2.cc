@@ -1,6 +1,7 @@
 // AVX2 + F16C per-row loops of the grouped attention (see grouped_attend_rows.h): a K/V row
 // converted eight elements per instruction, the eight partial sums of a dot product in one
-// register. AVX2 per function (TWL_TARGET_AVX2_F16C, core/host_simd.h), not per file.
+// register, the group's dot products side by side, and the V sums held in registers over a
+// tile of rows. AVX2 per function (TWL_TARGET_AVX2_F16C, core/host_simd.h), not per file.
 #include <cstring>
 #include <vector>
 
@@ -51,7 +52,6 @@ TWL_TARGET_AVX2_F16C float Dot(const float* a, const float* b, int32_t n) {
   _mm256_store_ps(l, acc);
   return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7])) + tail;
 }
-
 
 // Eight elements of a K/V row from element k, as floats (exact for FP16 and BF16).
 TWL_TARGET_AVX2_F16C inline __m256 Load8(const fp16_t* row, int32_t k, bool bf16) {
