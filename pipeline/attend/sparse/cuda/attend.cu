@@ -10,6 +10,7 @@
 
 #include "pipeline/attend/sparse/cuda/attend.cuh"
 #include "core/validate.h"
+#include "gpu/cuda/kernel_attrs.cuh"
 #include "gpu/device.h"
 #include "pipeline/attend/sparse/cuda/attend_launch.h"
 
@@ -99,14 +100,13 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
   TWL_RETURN_IF_ERROR(TWL_DISPATCH_HEAD_DIM(g.head_dim, [&]() -> absl::Status {
     auto launch = [&](auto kernel, int32_t halves) {
       constexpr size_t smem = cuda::AttnCfg<kHeadDim>::kSmemBytes;
-      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) !=
-          cudaSuccess) {
+      const void* fn = reinterpret_cast<const void*>(kernel);
+      if (cuda::SetMaxDynamicSmemOnce(fn, int(smem)) != cudaSuccess) {
         return LaunchStatus("AttendChunkKernel smem attribute");
       }
       // Stream-K: as many blocks as fit at once; each takes an equal share of the tokens.
       int per_sm = 0;
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, cuda::kAttnThreads,
-                                                        smem) != cudaSuccess) {
+      if (cuda::MaxActiveBlocksPerSm(&per_sm, fn, cuda::kAttnThreads, smem) != cudaSuccess) {
         return LaunchStatus("AttendChunkKernel occupancy");
       }
       // Head halves share the resident blocks (one wave in all).

@@ -10,6 +10,7 @@
 #include "core/validate.h"
 #include "pipeline/prune/twilight/cuda/prune_grow.cuh"
 #include "pipeline/prune/twilight/cuda/prune_hist.cuh"
+#include "gpu/cuda/kernel_attrs.cuh"
 #include "gpu/device.h"
 #include "pipeline/prune/twilight/cuda/prune_launch.h"
 
@@ -104,7 +105,7 @@ absl::Status LaunchScorePage16Kernel(const dim3& grid, int32_t run, const PageGe
                                      cudaStream_t st) {
   constexpr size_t smem = cuda::ScorePage16SmemBytes<kHeadDim, kNT, kPageChannel>();
   auto kernel = cuda::ScorePage16Kernel<kHeadDim, kNT, kMass, kPageChannel>;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)) !=
+  if (cuda::SetMaxDynamicSmemOnce(reinterpret_cast<const void*>(kernel), int(smem)) !=
       cudaSuccess) {
     return LaunchStatus("ScorePage16Kernel smem attribute");
   }
@@ -296,8 +297,8 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
         constexpr size_t smem = cuda::ScoreSmemBytes<kHeadDim>();
         auto kernel = page_channel ? cuda::ScoreInt4Kernel<kHeadDim, true>
                                    : cuda::ScoreInt4Kernel<kHeadDim, false>;
-        if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 int(smem)) != cudaSuccess) {
+        if (cuda::SetMaxDynamicSmemOnce(reinterpret_cast<const void*>(kernel), int(smem)) !=
+            cudaSuccess) {
           return LaunchStatus("ScoreInt4Kernel smem attribute");
         }
         kernel<<<grid, cuda::kScoreWarps * 32, smem, st>>>(g, batch, q, qk, list, sh,

@@ -663,9 +663,9 @@ constexpr int kSortThreads = 512;
 constexpr int kSortItems = 16;
 constexpr int kSortPages = kSortThreads * kSortItems;
 
-struct Float2Sum {
-  __device__ __forceinline__ float2 operator()(const float2& a, const float2& b) const {
-    return make_float2(a.x + b.x, a.y + b.y);
+struct Double2Sum {
+  __device__ __forceinline__ double2 operator()(const double2& a, const double2& b) const {
+    return make_double2(a.x + b.x, a.y + b.y);
   }
 };
 
@@ -756,7 +756,7 @@ __device__ __forceinline__ void FlagSortedPrefix(const int32_t (&page)[kSortItem
 }
 
 using SortKeys = cub::BlockRadixSort<uint32_t, kSortThreads, kSortItems, int32_t>;
-using SortScanF = cub::BlockScan<float2, kSortThreads>;
+using SortScanF = cub::BlockScan<double2, kSortThreads>;
 using SortScanI = cub::BlockScan<int, kSortThreads>;
 
 // Shared memory of the sorted search (a union member of GrowSearchKernel's, with GrowSmem).
@@ -850,7 +850,7 @@ __device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const PageGeometry&
   bool ok_zero = true;
   for (int j = 0; j < G; ++j) {
     float av[kSortItems], bv[kSortItems];
-    float sa = 0.0f, sb = 0.0f;
+    double sa = 0.0, sb = 0.0;
 #pragma unroll
     for (int k = 0; k < kSortItems; ++k) {
       const bool real = t * kSortItems + k < m;
@@ -859,25 +859,29 @@ __device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const PageGeometry&
       sa += av[k];
       sb += bv[k];
     }
-    // A and R in one scan (pairs of floats: one pass of shuffles and barriers per head).
-    float2 before, total;
+    // A and R in one scan (pairs of doubles: one pass of shuffles and barriers per head). R
+    // after a cut is the total less the prefix: in float that difference lost the tail's
+    // digits (a float total carries ~2^-24 of itself, R at the cut is a few percent of it),
+    // which put 5 of 20 peaked 8192-page pairs one page off the reference in a CPU
+    // emulation; in double the total's error is ~2^-53 of it, as the reference's sums.
+    double2 before, total;
     __syncthreads();  // tmp reuse
-    ScanF(tmp.scan).ExclusiveScan(make_float2(sa, sb), before, make_float2(0.0f, 0.0f),
-                                  Float2Sum(), total);
-    float pa = before.x, pb = before.y;
-    const float total_b = total.y;
-    const float af = a_fix[j], bf = b_fix[j];
+    ScanF(tmp.scan).ExclusiveScan(make_double2(sa, sb), before, make_double2(0.0, 0.0),
+                                  Double2Sum(), total);
+    double pa = before.x, pb = before.y;
+    const double total_b = total.y;
+    const double af = a_fix[j], bf = b_fix[j];
 #pragma unroll
     for (int k = 0; k < kSortItems; ++k) {
       pa += av[k];
       pb += bv[k];
       if (!((ok_mask >> k) & 1u)) continue;
       const int r = t * kSortItems + k;
-      const float A = af + pa;
-      const float R = r + 1 == m ? bf : bf + fmaxf(0.0f, total_b - pb);
-      if (!(R <= c * A)) ok_mask &= ~(1u << k);
+      const double A = af + pa;
+      const double R = r + 1 == m ? bf : bf + fmax(0.0, total_b - pb);
+      if (!(R <= double(c) * A)) ok_mask &= ~(1u << k);
     }
-    if (!(bf + total_b <= c * af)) ok_zero = false;
+    if (!(bf + total_b <= double(c) * af)) ok_zero = false;
   }
   // The smallest passing cut (none: every listed page, as the radix search's fallback).
   if (p < 1.0f) {
