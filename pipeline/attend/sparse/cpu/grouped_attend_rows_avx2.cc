@@ -19,24 +19,21 @@ namespace twl {
 
 namespace {
 
-// KvRowToFloat: every FP16 and BF16 value is a float, so the conversion is exact either way.
+// Eight elements of a K/V row from element k, as floats: every FP16 and BF16 value is a
+// float, so the conversion is exact either way.
+TWL_TARGET_AVX2_F16C inline __m256 Load8(const fp16_t* row, int32_t k, bool bf16) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k));
+  return bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+              : _mm256_cvtph_ps(h);
+}
+
+// KvRowToFloat, the whole row (the paths whose head_dim is not a multiple of 8 or 16).
 TWL_TARGET_AVX2_F16C void RowToFloat(const PageGeometry& g, const fp16_t* src, float* dst) {
   const int32_t d = g.head_dim;
+  const bool bf16 = g.kv_dtype == kKvBf16;
   int32_t k = 0;
-  if (g.kv_dtype == kKvBf16) {
-    for (; k + 8 <= d; k += 8) {
-      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k));
-      _mm256_storeu_ps(dst + k,
-                       _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
-    }
-    for (; k < d; ++k) dst[k] = Bf16ToFloat(src[k]);
-    return;
-  }
-  for (; k + 8 <= d; k += 8) {
-    _mm256_storeu_ps(dst + k,
-                     _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k))));
-  }
-  for (; k < d; ++k) dst[k] = HalfToFloatBranchless(src[k]);
+  for (; k + 8 <= d; k += 8) _mm256_storeu_ps(dst + k, Load8(src, k, bf16));
+  for (; k < d; ++k) dst[k] = bf16 ? Bf16ToFloat(src[k]) : HalfToFloatBranchless(src[k]);
 }
 
 // The baseline's Dot (grouped_attend_rows.cc): lane k is its partial sum acc[k].
@@ -51,13 +48,6 @@ TWL_TARGET_AVX2_F16C float Dot(const float* a, const float* b, int32_t n) {
   alignas(32) float l[8];
   _mm256_store_ps(l, acc);
   return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7])) + tail;
-}
-
-// Eight elements of a K/V row from element k, as floats (exact for FP16 and BF16).
-TWL_TARGET_AVX2_F16C inline __m256 Load8(const fp16_t* row, int32_t k, bool bf16) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k));
-  return bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
-              : _mm256_cvtph_ps(h);
 }
 
 // Dot's lane sums for kHeads query rows at once: each head's eight partial sums run over the
