@@ -1,8 +1,8 @@
 // Per-kernel launch attributes that cost host time to set or query on every step: the
 // dynamic shared memory limit and the resident blocks per SM, asked of the driver once per
-// (kernel, device, value) and remembered. At B = 1 a decode step is bound by the host's
-// launches (bench/RESULTS.md, twentieth session), where a cudaFuncSetAttribute and an
-// occupancy query per launch were part of that cost. Thread-safe.
+// (kernel, device, value) and remembered: a cudaFuncSetAttribute and an occupancy query per
+// launch were a quarter to a third of an eager B = 1 step's host issue (bench/RESULTS.md,
+// twenty-second session, device run 1). Thread-safe.
 #pragma once
 
 #include <cuda_runtime.h>
