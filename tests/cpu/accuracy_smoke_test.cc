@@ -239,11 +239,17 @@ TEST(AccuracyPipeline, TopPSetsHoldTheirMass) {
   for (float m : oracle.own_mass) EXPECT_GE(m, p - 1e-4f) << "oracle sets reach p exactly";
   const MethodResult exact = RunM(l, Make(MethodKind::kTwilight, p, 16));
   for (float m : exact.own_mass) EXPECT_GE(m, p - 1e-3f) << "FP16 estimation: only bisection slack";
-  // INT8 estimation: mean true mass within 0.01 of p, no head far below.
+  // INT8 estimation: mean true mass within 0.01 of the FP16-K estimate's and not below
+  // p - 0.01, no head far below. (Both keep whole levels of equal FP16 estimates, as the GPU
+  // does, so both overshoot p by their boundary level's mass: here, at 2k tokens, 0.01 on
+  // average, about a token's share; the FP16-K estimate measured 0.909.)
   MethodAggregate int8;
   int8.p = p;
   int8.Add(RunM(l, Make(MethodKind::kTwilight, p, 8)), oracle);
-  EXPECT_NEAR(Summarize(int8.own_mass).mean, p, 0.01);
+  double exact_mean = 0.0;
+  for (float m : exact.own_mass) exact_mean += m / double(exact.own_mass.size());
+  EXPECT_NEAR(Summarize(int8.own_mass).mean, exact_mean, 0.01);
+  EXPECT_GE(Summarize(int8.own_mass).mean, p - 0.01);
   EXPECT_GT(Summarize(int8.own_mass).min, p - 0.05);
   // The union over a GQA group covers at least each member's own mass.
   for (size_t i = 0; i < exact.own_mass.size(); ++i)

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/half.h"
 #include "core/head_math.h"
 #include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
 #include "support/ref_store.h"
@@ -46,7 +47,9 @@ inline HeadRef ReferenceHead(RefStore& st, const PrunerParams& params, float p,
     const int32_t rows = std::min(g.page_size, b.seq_len[s] - page_idx * g.page_size);
     for (int32_t r = 0; r < rows; ++r) {
       out.pos.push_back(page_idx * g.page_size + r);
-      out.sc.push_back(EstimateScoreRef(g, qr.data(), st.Quant(), st.Kv(), block, r));
+      // Rounded to FP16 as PruneRef's top-p (and the GPU's score pass) takes them.
+      out.sc.push_back(
+          HalfRoundFloat(EstimateScoreRef(g, qr.data(), st.Quant(), st.Kv(), block, r)));
       mx = std::max(mx, out.sc.back());
       out.max_abs = std::max(out.max_abs, std::abs(out.sc.back()));
     }

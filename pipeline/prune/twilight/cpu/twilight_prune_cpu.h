@@ -1,6 +1,6 @@
 // The Twilight pruner on the host (the CPU executor's, and the GPU tests' reference): estimated
-// scores q.k~ / sqrt(d) on the quantized K of the candidate tokens, softmax in FP32, and the
-// top-p threshold by binary search.
+// scores q.k~ / sqrt(d) on the quantized K of the candidate tokens, rounded to FP16 (the GPU's
+// score pass stores them so), softmax in FP32, and the top-p threshold by binary search.
 #pragma once
 
 #include <cstdint>
