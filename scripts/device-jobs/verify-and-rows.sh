@@ -7,8 +7,10 @@
 #          tokens) repeated on fresh inputs (--gtest_shuffle: a new seed per repeat), with
 #          their log. Since the reference sums A over FP16-rounded estimates (twenty-first
 #          session) every "grow pairs with the reference's selection" line read 4/4 (16 of
-#          16); one input in 8 still failed, in the top-p over the same selection (a head's
-#          masses ~6e-5 below the reference's: open, see RESULTS, twenty-second session).
+#          16); one input in 8 still failed, in the top-p over the same selection. Cause
+#          (twenty-third session, reproduced on the host from the failing seed): the host's
+#          top-p ran over FP32 estimates, and stopped at a gap of 1e-4 of the mean weight;
+#          it now takes FP16 estimates and the exact level set. Expected: no failure.
 #   rows   Through serve-ab.sh: eager B = 1 through `twl_decode` (host-paced, telemetry on)
 #          and the bound call, this tree's library against OLD (a library staged into
 #          .device/gpu/old/ after the build), twice each side.
