@@ -14,7 +14,7 @@
 #   rows   Through serve-ab.sh: eager B = 1 through `twl_decode` (host-paced, telemetry on)
 #          and the bound call, this tree's library against OLD (a library staged into
 #          .device/gpu/old/ after the build), twice each side.
-# PHASES picks them (default "suite grow rows"; suite ~220 s, grow ~60 s, rows ~150 s: two
+# PHASES picks them (default "suite grow rows"; suite ~220 s, grow ~6 s a repeat, rows ~150 s: two
 # calls under a 570 s JOB_LIMIT); ROWS overrides the rows (';'-separated twl_serve_bench
 # flag sets); GROW_REPEAT, T_SUITE, T_CONFIG.
 t0=$(date +%s)
@@ -28,7 +28,8 @@ if [[ $phases == *" suite "* ]]; then
 fi
 if [[ $phases == *" grow "* ]]; then
   el "growing Quest at 140k, repeated"
-  timeout 150 "$B/twl_gpu_tests" --gtest_color=no --gtest_shuffle --gtest_repeat="${GROW_REPEAT:-8}" \
+  rep=${GROW_REPEAT:-8}  # ~6 s a repeat (both cases) on the H200
+  timeout "${T_GROW:-$((30 + 8 * rep))}" "$B/twl_gpu_tests" --gtest_color=no --gtest_shuffle --gtest_repeat="$rep" \
     --gtest_filter='*GrowGpuTest.MatchesReference/9:*GrowGpuTest.MatchesReference/10' \
     >"$L/grow.log" 2>&1
   echo "rc=$?"; grep -cE '^\[       OK \]' "$L/grow.log"
