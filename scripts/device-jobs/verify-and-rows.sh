@@ -16,7 +16,7 @@
 #          .device/gpu/old/ after the build), twice each side.
 # PHASES picks them (default "suite grow rows"; suite ~220 s, grow ~6 s a repeat, rows ~150 s: two
 # calls under a 570 s JOB_LIMIT); ROWS overrides the rows (';'-separated twl_serve_bench
-# flag sets); GROW_REPEAT, T_SUITE, T_CONFIG.
+# flag sets); GROW_REPEAT, T_GROW, T_SUITE, T_CONFIG.
 t0=$(date +%s)
 el() { echo "[t=$(( $(date +%s) - t0 ))s] $*"; }
 phases=" ${PHASES:-suite grow rows} "
