@@ -75,8 +75,9 @@ struct PrunerParams {
   // stop only when no weight lies strictly between low and high, i.e. the smallest level
   // set, as the GPU's histogram rule keeps (to its 1/2048-logit sub-bins). The estimates are
   // FP16 values, so few distinct weights lie near the threshold and exactness costs a few
-  // steps; a gap of 1e-4 of the mean kept up to ~370 tokens too many of a peaked head whose
-  // threshold lay in a 140k-token bulk (weights ~1/20 of the mean, levels 0.1% apart).
+  // steps; a gap of 1e-4 of the mean kept ~500 tokens too many of a peaked head whose
+  // threshold lay in a 140k-token bulk (small scores: FP16 levels ~3e-5 apart, dozens of
+  // them in the last window).
   float stop_gap = 0.0f;
   int32_t max_iterations = 64;     // safety bound on the threshold search
   // Growing Quest: candidates grow until, for every query head of the group, the bound R of

@@ -21,12 +21,13 @@ struct TopPResult {
 
 // Smallest set { w > t } with mass >= p * sum(w), by bisection on t: invariant
 // mass(>low) >= p > mass(>high), low = 0, high = max w; each step snaps low/high to the
-// nearest actual weights around mid; stops when no weight lies strictly between them or
+// nearest actual weights around mid; stops when no weight lies strictly between them (the
+// smallest level set: stop_gap 0, PrunerParams' default) or, with stop_gap > 0, when
 // high - low <= stop_gap * sum(w) / n (a fraction of the mean weight: an absolute gap would
-// stop far from the threshold when n is large). p >= 1 keeps every weight, zeros included
-// (dense: threshold -1, mass 1). w need not be normalized; a NaN or infinite total keeps
-// nothing.
-TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap = 1e-4f,
+// stop far from the threshold when n is large; it keeps the weights in (low, high] too).
+// p >= 1 keeps every weight, zeros included (dense: threshold -1, mass 1). w need not be
+// normalized; a NaN or infinite total keeps nothing.
+TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap = 0.0f,
                             int32_t max_iterations = 64);
 
 // Estimated score of token `row` of `block` against q (already scaled by softmax_scale):
