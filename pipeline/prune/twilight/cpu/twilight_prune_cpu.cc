@@ -226,7 +226,7 @@ void PageScores(const PageGeometry& g, const BatchView& batch, const QuantKView&
   }
   EstimateBlockScoresMultiRef(g, qr.data(), int32_t(qr.size()), qk, kv, block, rows, dst.data());
   for (std::vector<float>& row : *out) {
-    for (float& x : row) x = HalfToFloat(FloatToHalf(x));
+    for (float& x : row) x = HalfRoundFloat(x);  // as the top-p below rounds them
   }
 }
 
