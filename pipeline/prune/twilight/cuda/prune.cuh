@@ -69,6 +69,16 @@ __device__ __forceinline__ int64_t SlotBlock(const PageGeometry& g, const BatchV
   return g.BlockId(batch.PageId(s, page_idx), h);
 }
 
+// (a & mask) | bits in one LOP3. Written as C++, ptxas emits an AND and an OR: a SASS LOP3
+// takes one immediate, and it keeps both constants as immediates (H200 SASS of the score
+// pass: 64 LOP3 per page where 32 do; scripts/sass-count.sh). Here `bits` arrives in a
+// register that the loop keeps.
+__device__ __forceinline__ uint32_t AndOr(uint32_t a, uint32_t mask, uint32_t bits) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(mask), "r"(bits));
+  return d;
+}
+
 // The 8 nibbles of a code word as four FP16 pairs (e0,e4), (e1,e5), (e2,e6), (e3,e7): low
 // nibbles by the 0x6400 trick (1024 + n, minus 1024), high nibbles in place as 1024 + 16 n
 // and scaled back with one FMA (n = x / 16 - 64); every step is exact in FP16.
@@ -76,9 +86,9 @@ __device__ __forceinline__ void NibbleWordToHalf2x4(uint32_t w, uint32_t* out) {
   const __half2 k1024 = __halves2half2(__ushort_as_half(0x6400), __ushort_as_half(0x6400));
   const __half2 k1_16 = __halves2half2(__ushort_as_half(0x2C00), __ushort_as_half(0x2C00));
   const __half2 km64 = __halves2half2(__ushort_as_half(0xD400), __ushort_as_half(0xD400));
-  const uint32_t w8 = w >> 8;
-  uint32_t lo0 = (w & 0x000F000Fu) | 0x64006400u, hi0 = (w & 0x00F000F0u) | 0x64006400u;
-  uint32_t lo1 = (w8 & 0x000F000Fu) | 0x64006400u, hi1 = (w8 & 0x00F000F0u) | 0x64006400u;
+  const uint32_t w8 = w >> 8, exp = 0x64006400u;
+  uint32_t lo0 = AndOr(w, 0x000F000Fu, exp), hi0 = AndOr(w, 0x00F000F0u, exp);
+  uint32_t lo1 = AndOr(w8, 0x000F000Fu, exp), hi1 = AndOr(w8, 0x00F000F0u, exp);
   const __half2 a = __hsub2(*reinterpret_cast<__half2*>(&lo0), k1024);
   const __half2 b = __hfma2(*reinterpret_cast<__half2*>(&hi0), k1_16, km64);
   const __half2 c = __hsub2(*reinterpret_cast<__half2*>(&lo1), k1024);
@@ -123,6 +133,42 @@ __device__ __forceinline__ uint32_t PackHalves(fp16_t lo, fp16_t hi) {
   return uint32_t(lo) | (uint32_t(hi) << 16);
 }
 
+// A landed page's bounds (kmin[kHeadDim] then kmax[kHeadDim], FP16, in shared memory)
+// rewritten in place, by the whole warp, as what PcWordBounds would give every lane: kmin
+// pairs (c_i, c_i+4) then step pairs, 4 words per 8-channel group (word 4 g + i: channels
+// 8 g + i and 8 g + i + 4). Each step is formed once per page instead of once per lane that
+// reads it (8 lanes share every channel): 64 of the ~243 SASS instructions per page at
+// d = 128 were these steps and permutes (scripts/sass-count.sh). Same values, same roundings.
+// The caller __syncwarp()s before the lanes read the result.
+template <int kHeadDim>
+__device__ __forceinline__ void PcPageBoundsInPlace(fp16_t* bounds, __half2 inv, int lane) {
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "two or one pairs per lane");
+  uint32_t* kmin_w = reinterpret_cast<uint32_t*>(bounds);
+  uint32_t* step_w = reinterpret_cast<uint32_t*>(bounds + kHeadDim);
+  if constexpr (kHeadDim == 128) {
+    // Lane l: pairs 2l, 2l + 1 = group l / 2, i = 2 (l & 1) + {0, 1}: two channel words.
+    const int c = 8 * (lane >> 1) + 2 * (lane & 1);  // channels c, c + 1 and c + 4, c + 5
+    const uint32_t n0 = kmin_w[c / 2], n4 = kmin_w[c / 2 + 2];
+    const uint32_t x0 = step_w[c / 2], x4 = step_w[c / 2 + 2];
+    __syncwarp();  // every lane has read the original bounds
+    const uint32_t na = __byte_perm(n0, n4, 0x5410), nb = __byte_perm(n0, n4, 0x7632);
+    const uint32_t xa = __byte_perm(x0, x4, 0x5410), xb = __byte_perm(x0, x4, 0x7632);
+    reinterpret_cast<uint2*>(kmin_w)[lane] = make_uint2(na, nb);
+    reinterpret_cast<uint2*>(step_w)[lane] = make_uint2(
+        Half2U32(__hmul2(__hsub2(U32Half2(xa), U32Half2(na)), inv)),
+        Half2U32(__hmul2(__hsub2(U32Half2(xb), U32Half2(nb)), inv)));
+  } else {
+    // Lane l: pair l = group l / 4, i = l % 4: channels c and c + 4.
+    const int c = 8 * (lane >> 2) + (lane & 3);
+    const fp16_t n0 = bounds[c], n4 = bounds[c + 4];
+    const fp16_t x0 = bounds[kHeadDim + c], x4 = bounds[kHeadDim + c + 4];
+    __syncwarp();
+    const uint32_t na = PackHalves(n0, n4), xa = PackHalves(x0, x4);
+    kmin_w[lane] = na;
+    step_w[lane] = Half2U32(__hmul2(__hsub2(U32Half2(xa), U32Half2(na)), inv));
+  }
+}
+
 __device__ __forceinline__ void CpAsyncBytes16(void* smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
                    unsigned(__cvta_generic_to_shared(smem))),
@@ -132,6 +178,17 @@ __device__ __forceinline__ void CpAsyncBytes8(void* smem, const void* gmem) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(
                    unsigned(__cvta_generic_to_shared(smem))),
                "l"(gmem));
+}
+// The same copies to a shared-window address (formed once by the caller: a generic pointer
+// is converted at every copy).
+__device__ __forceinline__ uint32_t SharedAddress(const void* smem) {
+  return unsigned(__cvta_generic_to_shared(smem));
+}
+__device__ __forceinline__ void CpAsyncShared16(uint32_t smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem));
+}
+__device__ __forceinline__ void CpAsyncShared8(uint32_t smem, const void* gmem) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smem), "l"(gmem));
 }
 __device__ __forceinline__ void CpAsyncCommitGroup() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
@@ -483,7 +540,7 @@ struct P16Smem {
         smem + kLanding + ((size_t(stage) * kP16Pages + page) * kP16Warps + warp) * kBoundsPage);
   }
 };
-static_assert(P16Smem<128, 2, true>::kBytes + P16Smem<128, 2, true>::kMaxPages * 9 <= 110 * 1024,
+static_assert(P16Smem<128, 2, true>::kBytes + P16Smem<128, 2, true>::kMaxPages * 5 <= 110 * 1024,
               "two blocks per SM");
 template <int kHeadDim, int kNT = 1, bool kPageChannel = false>
 constexpr size_t ScorePage16SmemBytes() {
@@ -506,7 +563,10 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
   using Chunk = typename std::conditional<kWords == 4, uint4, uint2>::type;
   extern __shared__ __align__(16) unsigned char p16_smem[];
   Chunk* landing = reinterpret_cast<Chunk*>(p16_smem);  // [stage][page][half][kThreads]
-  __shared__ int64_t run_blk[Smem::kMaxPages];  // block id of run page i
+  // Block id of run page i, in 32 bits: the ids index the INT4 codes in device memory at
+  // >= 256 B per block (2-bit K, d = 64), so they stay below 2^32 on any GPU under 1 TiB.
+  // One IMAD.WIDE.U32 per address instead of a 64-bit multiply and add.
+  __shared__ uint32_t run_blk[Smem::kMaxPages];
   __shared__ uint8_t run_rows[Smem::kMaxPages];  // its rows inside the sequence (0..16)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int32_t pair = blockIdx.y;
@@ -519,7 +579,7 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
   const int32_t len = batch.seq_len[s];
   for (int32_t i = threadIdx.x; i < run; i += blockDim.x) {
     const int32_t page_idx = sel.pages[int64_t(pair) * sel.max_select + p_begin + i];
-    run_blk[i] = g.BlockId(batch.PageId(s, page_idx), h);
+    run_blk[i] = uint32_t(g.BlockId(batch.PageId(s, page_idx), h));
     run_rows[i] = uint8_t(max(0, min(16, len - page_idx * 16)));
   }
   const int r = lane >> 2, t4 = lane & 3;
@@ -543,7 +603,17 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
   constexpr int kStride = kP16Warps * kP16Pages;  // run pages between a warp's steps
   const int32_t first = warp * kP16Pages;
   const int32_t steps = first < run ? (run - first + kStride - 1) / kStride : 0;
+  // This lane's sources (block 0) and shared destinations (stage 0, page 0), formed once:
+  // per copy one IMAD.WIDE.U32 for the source and a constant offset for the destination.
   const uint8_t* lane_codes = qk.codes + r * kRowBytes + t4 * kChunk;
+  const uint32_t land_s = SharedAddress(&landing[threadIdx.x]);
+  constexpr uint32_t kLandPage = 2 * kThreads * sizeof(Chunk);  // one page's two halves
+  // Per page channel: the block's kmin then kmax, kHeadDim / 4 pieces of 16 bytes, one per
+  // lane (lanes past them copy nothing).
+  constexpr int kHalfPieces = kHeadDim / 8;
+  const fp16_t* lane_bounds = (lane < kHalfPieces ? qk.kmin : qk.kmax) + (lane % kHalfPieces) * 8;
+  const uint32_t bounds_s = kPageChannel ? SharedAddress(Smem::Bounds(p16_smem, 0, 0, warp) + lane * 8) : 0;
+  constexpr uint32_t kBoundsStep = kP16Warps * Smem::kBoundsPage;  // between (stage, page)s
   auto issue = [&](int32_t k) {
     if (k < steps) {
       const int stage = k % kStages;
@@ -551,22 +621,20 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
       for (int pp = 0; pp < kP16Pages; ++pp) {
         const int32_t lp = first + k * kStride + pp;
         if (lp < run) {
-          const uint8_t* src = lane_codes + run_blk[lp] * kBlockBytes;
-          Chunk* dst = &landing[((stage * kP16Pages + pp) * 2) * kThreads + threadIdx.x];
+          const uint32_t blk = run_blk[lp];
+          const uint8_t* src = lane_codes + size_t(blk) * kBlockBytes;
+          const uint32_t dst = land_s + uint32_t(stage * kP16Pages + pp) * kLandPage;
           if constexpr (kChunk == 16) {
-            CpAsyncBytes16(dst, src);
-            CpAsyncBytes16(dst + kThreads, src + 8 * kRowBytes);
+            CpAsyncShared16(dst, src);
+            CpAsyncShared16(dst + kThreads * sizeof(Chunk), src + 8 * kRowBytes);
           } else {
-            CpAsyncBytes8(dst, src);
-            CpAsyncBytes8(dst + kThreads, src + 8 * kRowBytes);
+            CpAsyncShared8(dst, src);
+            CpAsyncShared8(dst + kThreads * sizeof(Chunk), src + 8 * kRowBytes);
           }
           if constexpr (kPageChannel) {
-            // The block's kmin then kmax: kHeadDim / 4 pieces of 16 bytes, one per lane.
-            constexpr int kHalfPieces = kHeadDim / 8;
             if (lane < 2 * kHalfPieces) {
-              const fp16_t* b = (lane < kHalfPieces ? qk.kmin : qk.kmax) +
-                                run_blk[lp] * kHeadDim + (lane % kHalfPieces) * 8;
-              CpAsyncBytes16(Smem::Bounds(p16_smem, stage, pp, warp) + lane * 8, b);
+              CpAsyncShared16(bounds_s + uint32_t(stage * kP16Pages + pp) * kBoundsStep,
+                              lane_bounds + size_t(blk) * kHeadDim);
             }
           }
         }
@@ -584,7 +652,7 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
 #pragma unroll
     for (int pp = 0; pp < kP16Pages; ++pp) {
       const int32_t lp = min(first + k * kStride + pp, run - 1);
-      const int64_t at = run_blk[lp] * 16 + r;
+      const int64_t at = int64_t(run_blk[lp]) * 16 + r;
       nrows[pp] = run_rows[lp];
       nscale[pp][0] = qk.scale[at];
       nscale[pp][1] = qk.scale[at + 8];
@@ -619,6 +687,15 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
     }
     issue(k + kStages - 1);
     const int stage = k % kStages;
+    if constexpr (kPageChannel) {
+#pragma unroll
+      for (int pp = 0; pp < kP16Pages; ++pp) {
+        if (first + k * kStride + pp < run) {  // warp-uniform
+          PcPageBoundsInPlace<kHeadDim>(Smem::Bounds(p16_smem, stage, pp, warp), PcInverse15(), lane);
+        }
+      }
+      __syncwarp();  // the steps are visible to every lane
+    }
     float tscale[kP16Pages][2], tzero[kP16Pages][2];
     int rows[kP16Pages];
     if constexpr (!kPageChannel) {
@@ -652,8 +729,8 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
       float acc[kNT][4];
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
-      // Per page channel: the page's kmin then kmax, landed with its codes (this lane's
-      // channels [t4 * kHeadDim / 4, ...), 8 per code word).
+      // Per page channel: the page's kmin pairs then step pairs (PcPageBoundsInPlace), this
+      // lane's channels [t4 * kHeadDim / 4, ...), 8 per code word.
       const fp16_t* bounds = kPageChannel ? Smem::Bounds(p16_smem, stage, pp, warp) + t4 * (kHeadDim / 4)
                                           : nullptr;
 #pragma unroll
@@ -662,10 +739,10 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
         NibbleWordToHalf2x4(wa[m], xa);
         NibbleWordToHalf2x4(wb[m], xb);
         if constexpr (kPageChannel) {
-          uint32_t step[4], kmin[4];
-          PcWordBounds(*reinterpret_cast<const uint4*>(bounds + m * 8),
-                       *reinterpret_cast<const uint4*>(bounds + kHeadDim + m * 8), PcInverse15(),
-                       step, kmin);
+          const uint4 kmin4 = *reinterpret_cast<const uint4*>(bounds + m * 8);
+          const uint4 step4 = *reinterpret_cast<const uint4*>(bounds + kHeadDim + m * 8);
+          const uint32_t kmin[4] = {kmin4.x, kmin4.y, kmin4.z, kmin4.w};
+          const uint32_t step[4] = {step4.x, step4.y, step4.z, step4.w};
           PcDequantWord(xa, step, kmin);
           PcDequantWord(xb, step, kmin);
         }
