@@ -24,8 +24,8 @@
 //
 // Launches (after the score pass; one memset clears head_max and all accumulators):
 //  1. HistKernel: grid (query heads, slot chunks): every thread loads its 32 slots
-//     (four 16-byte loads in flight), sums runs of equal bins in registers, and adds them to
-//     its warp's own 256-bin sub-histogram in shared memory (32-bit partial sums, no
+//     (four 16-byte loads in flight) and adds each slot's mass, without branches, to its
+//     warp's own 256-bin sub-histogram in shared memory (32-bit partial sums, no
 //     shuffles, no contention between warps); the block merges the warps into 64-bit sums
 //     and flushes them with one global atomic per non-empty bin.
 //  2. KeptKernel: grid (runs of slot chunks, (sequence, KV head)); each thread 8 slots per
@@ -243,11 +243,18 @@ static_assert(int64_t(kHistChunk / kHistWarps) << (40 - kSplitBits) < (int64_t(1
               "a warp's 32-bit partial sums cannot overflow");
 static_assert(kHistThreads == kHistBins, "the merge gives each thread one bin");
 
-__device__ __forceinline__ void SubHistAdd(uint32_t* lo, uint32_t* hi, int bin, u64 acc) {
-  const uint32_t l = uint32_t(acc) & ((1u << kSplitBits) - 1u);
-  const uint32_t h = uint32_t(acc >> kSplitBits);  // a thread's run: <= 32 * 2^40 >> 20
-  if (l) atomicAdd(&lo[bin], l);
-  if (h) atomicAdd(&hi[bin], h);
+// v added to the shared word at shared-window address addr (no value returned). Called for
+// zeros too: ptxas turns a predicated RED (or `if (v) atomicAdd`) into a branch and a
+// reconvergence, which cost more per slot than the add; and through a generic pointer each
+// add re-derived the shared window (four instructions; H200 SASS, scripts/sass-count.sh).
+__device__ __forceinline__ void SharedAdd(uint32_t addr, uint32_t v) {
+  asm volatile("red.shared.add.u32 [%0], %1;" ::"r"(addr), "r"(v));
+}
+// m (<= 2^40, one slot's mass) into a warp's sub-histogram at shared addresses lo_s / hi_s
+// (SharedAddress of its two rows).
+__device__ __forceinline__ void SubHistAdd(uint32_t lo_s, uint32_t hi_s, int bin, u64 m) {
+  SharedAdd(lo_s + 4 * uint32_t(bin), uint32_t(m) & ((1u << kSplitBits) - 1u));
+  SharedAdd(hi_s + 4 * uint32_t(bin), uint32_t(m >> kSplitBits));
 }
 
 // L2 prefetch of the line holding p (a hint: no register waits for it).
@@ -257,8 +264,8 @@ __device__ __forceinline__ void PrefetchL2(const void* p) {
 
 // Grid: x = (sequence, query head), y = chunks of kHistChunk slots. Level 1: every valid
 // candidate into hist1 (level 2 is KeptKernel's). Every thread loads its kHistIters x 8
-// slots up front (loads in flight together), then adds runs of equal bins from registers (a
-// flat head's neighbours share bins: one atomic per run) into its warp's sub-histogram.
+// slots up front (loads in flight together), then adds each slot's mass into its warp's
+// sub-histogram.
 __global__ void __launch_bounds__(kHistThreads)
     HistKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                PruneShape shape, const fp16_t* __restrict__ scores,
@@ -289,14 +296,11 @@ __global__ void __launch_bounds__(kHistThreads)
   }
   __syncthreads();  // sub-histograms zeroed
   const int warp = threadIdx.x >> 5;
-  uint32_t* lo = sub_lo[warp];
-  uint32_t* hi = sub_hi[warp];
+  const uint32_t lo = SharedAddress(sub_lo[warp]), hi = SharedAddress(sub_hi[warp]);
   const uint8_t* in_set = shape.in_set ? shape.in_set + int64_t(pair) * sel.max_select : nullptr;
   const int32_t ps = g.page_size;
   const bool page8 = (ps & 7) == 0;  // the 8 slots of a load lie in one page
   bool nan_seen = false;
-  int cur = -1;  // the bin of the thread's pending run
-  u64 acc = 0;   // its mass
   // Scores more than 28.5 logits below the max weigh < 2^-41: Fixed() gives them 0.
   const __half2 skip_below = HalfThreshold(mx - 28.5f);
 #pragma unroll
@@ -318,27 +322,25 @@ __global__ void __launch_bounds__(kHistThreads)
         }
       }
     }
+    // Every slot of the load, without branches: its mass (0 when not live or NaN) goes to
+    // its bin with two shared adds. Summing runs of equal bins in registers first cost ~50
+    // SASS instructions per slot in branches and reconvergence (now ~19; sm_90 SASS,
+    // scripts/sass-count.sh), and a peaked head's neighbours rarely share a 1/8-logit bin.
+    // The sums are integers: the same histogram in any order. A slot with m = 0 (d >= 28.4,
+    // -inf past the sequence, not live) adds 0 to a clamped bin (d = inf or past 2^20 would
+    // index past the shared rows).
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      if (!((live >> k) & 1u)) continue;
       const float x = RawHalf(raw[it], k);
-      if (isnan(x)) {
-        nan_seen = true;
-        continue;
-      }
+      const bool on = (live >> k) & 1u;
+      const bool nan = isnan(x);
+      nan_seen |= on && nan;
       const float d = fmaxf(mx - x, 0.0f);  // x <= mx: the max is over these scores
-      const u64 m = Fixed(TopPWeight(d), hw.fx_scale);
-      if (!m) continue;
-      const int bin = Bin1Near(d);  // d < 28.5 here (weight > 0)
-      if (bin != cur) {
-        if (acc) SubHistAdd(lo, hi, cur, acc);
-        cur = bin;
-        acc = 0;
-      }
-      acc += m;
+      const u64 m = on && !nan ? Fixed(TopPWeight(d), hw.fx_scale) : 0;
+      // m > 0: d < 28.5, so the bin is in range (a zero mass adds nothing anywhere).
+      SubHistAdd(lo, hi, min(Bin1Near(d), kHistBins - 1), m);
     }
   }
-  if (acc) SubHistAdd(lo, hi, cur, acc);
   if (nan_seen) hw.bad[sq] = 1;  // benign race: every writer stores 1
   __syncthreads();  // every warp's adds done
   const int b = threadIdx.x;
