@@ -499,14 +499,15 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
 // error ~1e-6 at x = -20 (the argument's rounding), far below the float sums' own; results
 // below 2^-126 flush to 0.
 // kPageChannel (k_scheme 1, same geometry): no per-token scale/zero; per page the block's
-// kmin/kmax (512 B at d = 128) land with its codes, each lane forms the FP16 steps of its
-// channels from them (PcWordBounds: a byte permute, HSUB2 and HMUL2 per channel pair) and
-// dequantizes its A fragments with one HFMA2 per pair (PcDequantWord); the B fragments are
-// the FP16 queries, loaded once per block, and est = scale * acc (EstimatePageChannelScoreRef's
-// terms). Until the seventeenth session the B fragments were rebuilt per page as
-// FP16(q_j step_j) with a per-head base sum_j q_j kmin_j: ~470 SASS instructions per page
-// (d = 128, G = 4; now ~250 by the source's count), in a pass that is issue-bound; the pass
-// at B = 8 went from ~0.33 to ~0.27 ms (prune 0.53 -> 0.47 ms, H200, seventeenth session).
+// kmin/kmax (512 B at d = 128) land with its codes, the warp rewrites them in place as kmin
+// and FP16 step pairs (PcPageBoundsInPlace: each channel's step formed once per page), and
+// each lane dequantizes its A fragments with one HFMA2 per pair (PcDequantWord); the B
+// fragments are the FP16 queries, loaded once per block, and est = scale * acc
+// (EstimatePageChannelScoreRef's terms). Until the seventeenth session the B fragments were
+// rebuilt per page as FP16(q_j step_j) with a per-head base sum_j q_j kmin_j (the pass at
+// B = 8 went from ~0.33 to ~0.27 ms, H200). SASS per page and main loop (d = 128, G <= 8,
+// scripts/sass-count.sh): 318.5 with each lane forming its own steps, 232.0 now
+// (docs/PRUNE_PASSES.md, "SASS counts").
 // max that propagates NaN (fmaxf drops it).
 __device__ __forceinline__ float MaxNan(float a, float b) {
   float y;
