@@ -33,7 +33,9 @@ if [[ $phases == *" grow "* ]]; then
     --gtest_filter='*GrowGpuTest.MatchesReference/9:*GrowGpuTest.MatchesReference/10' \
     >"$L/grow.log" 2>&1
   echo "rc=$?"; grep -cE '^\[       OK \]' "$L/grow.log"
-  grep 'grow pairs with' "$L/grow.log" | sort | uniq -c; grep -A20 'Failure' "$L/grow.log" | head -60
+  grep 'grow pairs with' "$L/grow.log" | sort | uniq -c
+  grep 'grow kept-set difference' "$L/grow.log" | sort -t' ' -k6,6n | tail -3
+  grep -A20 'Failure' "$L/grow.log" | head -60
 fi
 if [[ $phases == *" rows "* ]]; then
   row="--shapes=32x8 --batches=1 --workloads=peaked --methods=twilight,hbm,offload-bound,hbm-bound"

@@ -172,6 +172,8 @@ TEST_P(GrowGpuTest, MatchesReference) {
   // Prune.
   int32_t pairs_equal = 0;
   const int32_t pairs = b.num_seqs * g.num_kv_heads;
+  int64_t worst_diff = 0;  // over the pairs whose selections agree
+  double worst_share = 0.0;
   for (int32_t item = 0; item < pairs; ++item) {
     const int32_t s = item / g.num_kv_heads, h = item % g.num_kv_heads;
     bool same = true;
@@ -194,6 +196,8 @@ TEST_P(GrowGpuTest, MatchesReference) {
     const std::set<int32_t> a(gt, gt + n), e(rt, rt + r.kept_count[size_t(item)]);
     std::vector<int32_t> diff;
     std::set_symmetric_difference(a.begin(), a.end(), e.begin(), e.end(), std::back_inserter(diff));
+    worst_diff = std::max(worst_diff, int64_t(diff.size()));
+    worst_share = std::max(worst_share, double(diff.size()) / std::max<double>(1.0, double(e.size())));
     if (double(diff.size()) <= 0.01 * double(e.size()) + 2.0) continue;
     // More than rounding: allowed only as a mass near-tie, where one side's cumulative mass
     // reaches p * (A + R) just before a level set of equal FP16 estimates and the other's
@@ -247,6 +251,11 @@ TEST_P(GrowGpuTest, MatchesReference) {
   // before, the 140k peaked pair differed in ~80% of inputs and the test failed when a
   // second did.
   std::printf("grow pairs with the reference's selection: %d/%d\n", pairs_equal, pairs);
+  // The largest kept-set difference over those pairs (the tolerance above is 1% + 2 tokens;
+  // the GPU keeps its threshold's whole 1/2048-logit sub-bin, the host the exact level set):
+  // what a tighter tolerance would have to allow.
+  std::printf("grow kept-set difference: at most %lld tokens, %.3f%% of the reference's\n",
+              static_cast<long long>(worst_diff), 100.0 * worst_share);
   EXPECT_GE(pairs_equal, int32_t(0.9 * pairs)) << pairs_equal << "/" << pairs;
 }
 
