@@ -70,9 +70,9 @@ __device__ __forceinline__ int64_t SlotBlock(const PageGeometry& g, const BatchV
 }
 
 // (a & mask) | bits in one LOP3. Written as C++, ptxas emits an AND and an OR: a SASS LOP3
-// takes one immediate, and it keeps both constants as immediates (H200 SASS of the score
-// pass: 64 LOP3 per page where 32 do; scripts/sass-count.sh). Here `bits` arrives in a
-// register that the loop keeps.
+// takes one immediate, and it kept both constants as immediates (sm_90 SASS of the score
+// pass: 64 LOP3 per page where 32 do; scripts/sass-count.sh). As a PTX lop3 it keeps the
+// mask as the immediate and the exponent bits in a register set once.
 __device__ __forceinline__ uint32_t AndOr(uint32_t a, uint32_t mask, uint32_t bits) {
   uint32_t d;
   asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(mask), "r"(bits));
@@ -137,8 +137,9 @@ __device__ __forceinline__ uint32_t PackHalves(fp16_t lo, fp16_t hi) {
 // rewritten in place, by the whole warp, as what PcWordBounds would give every lane: kmin
 // pairs (c_i, c_i+4) then step pairs, 4 words per 8-channel group (word 4 g + i: channels
 // 8 g + i and 8 g + i + 4). Each step is formed once per page instead of once per lane that
-// reads it (8 lanes share every channel): 64 of the ~243 SASS instructions per page at
-// d = 128 were these steps and permutes (scripts/sass-count.sh). Same values, same roundings.
+// reads it (8 lanes share every channel): these steps and permutes were 64 of each lane's
+// 287 SASS instructions per page at d = 128 (scripts/sass-count.sh). Same values, same
+// roundings.
 // The caller __syncwarp()s before the lanes read the result.
 template <int kHeadDim>
 __device__ __forceinline__ void PcPageBoundsInPlace(fp16_t* bounds, __half2 inv, int lane) {

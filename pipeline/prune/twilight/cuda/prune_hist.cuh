@@ -246,9 +246,9 @@ static_assert(kHistThreads == kHistBins, "the merge gives each thread one bin");
 // v added to the shared word at shared-window address addr (no value returned). Called for
 // zeros too: ptxas turns a predicated RED (or `if (v) atomicAdd`) into a branch and a
 // reconvergence, which cost more per slot than the add; and through a generic pointer each
-// add re-derived the shared window (four instructions; H200 SASS, scripts/sass-count.sh).
+// add re-derived the shared window (four instructions; sm_90 SASS, scripts/sass-count.sh).
 __device__ __forceinline__ void SharedAdd(uint32_t addr, uint32_t v) {
-  asm volatile("red.shared.add.u32 [%0], %1;" ::"r"(addr), "r"(v));
+  asm volatile("red.shared.add.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
 }
 // m (<= 2^40, one slot's mass) into a warp's sub-histogram at shared addresses lo_s / hi_s
 // (SharedAddress of its two rows).
@@ -323,8 +323,8 @@ __global__ void __launch_bounds__(kHistThreads)
       }
     }
     // Every slot of the load, without branches: its mass (0 when not live or NaN) goes to
-    // its bin with two shared adds. Summing runs of equal bins in registers first cost ~50
-    // SASS instructions per slot in branches and reconvergence (now ~19; sm_90 SASS,
+    // its bin with two shared adds. Summing runs of equal bins in registers first cost ~58
+    // SASS instructions per slot in branches and reconvergence (now ~21; sm_90 SASS,
     // scripts/sass-count.sh), and a peaked head's neighbours rarely share a 1/8-logit bin.
     // The sums are integers: the same histogram in any order. A slot with m = 0 (d >= 28.4,
     // -inf past the sequence, not live) adds 0 to a clamped bin (d = inf or past 2^20 would
