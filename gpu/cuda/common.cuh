@@ -121,6 +121,12 @@ __device__ __forceinline__ uint32_t Half2U32(__half2 x) {
   return *reinterpret_cast<uint32_t*>(&x);
 }
 __device__ __forceinline__ fp16_t F2H(float f) { return __half_as_ushort(__float2half_rn(f)); }
+// A shared-memory pointer as its 32-bit shared-window address (what the .shared forms of
+// cp.async, ldmatrix and red take). Formed once per loop where it can: from a generic pointer
+// the conversion is redone at every use.
+__device__ __forceinline__ uint32_t SharedAddress(const void* smem) {
+  return unsigned(__cvta_generic_to_shared(smem));
+}
 __device__ __forceinline__ float B2F(uint16_t b) { return __bfloat162float(__ushort_as_bfloat16(b)); }
 __device__ __forceinline__ uint16_t F2B(float f) {
   return __bfloat16_as_ushort(__float2bfloat16_rn(f));
@@ -201,7 +207,7 @@ __device__ __forceinline__ void Mma1688(float* d, uint32_t a0, uint32_t a1, uint
 // barrier that publishes the rows.
 template <bool kTrans>
 __device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* row) {
-  const unsigned a = unsigned(__cvta_generic_to_shared(row));
+  const unsigned a = SharedAddress(row);
   if constexpr (kTrans) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])

@@ -97,7 +97,7 @@ constexpr int32_t kFusedPlanPairs = 256;
 // ---- cp.async helpers (Ampere+ asynchronous global -> shared copies, 16 bytes each) ------
 
 __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
-  const unsigned dst = unsigned(__cvta_generic_to_shared(smem));
+  const unsigned dst = SharedAddress(smem);
   // src-size 0 zero-fills the destination without reading global memory.
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
                "r"(valid ? 16 : 0));

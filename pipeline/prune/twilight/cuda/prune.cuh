@@ -104,18 +104,30 @@ __device__ __forceinline__ void NibbleWordToHalf2x4(uint32_t w, uint32_t* out) {
 // (PageChannelStepValue / PageChannelDequantValue, core/quantize.h; one rounding per FP16
 // operation, as HSUB2 / HMUL2 / HFMA2 round), so the tensor cores multiply it by the
 // unchanged FP16 queries: the B fragments are built once per block, not once per page.
+// Channel pairs in the code words' order: from the words holding channels (c, c + 1) and
+// (c + 4, c + 5), the pairs (c, c + 4) and (c + 1, c + 5).
+__device__ __forceinline__ uint32_t PairFirst(uint32_t lo, uint32_t hi) {
+  return __byte_perm(lo, hi, 0x5410);
+}
+__device__ __forceinline__ uint32_t PairSecond(uint32_t lo, uint32_t hi) {
+  return __byte_perm(lo, hi, 0x7632);
+}
+// step16 of a channel pair from its kmax and kmin pairs (inv: PcInverse15).
+__device__ __forceinline__ uint32_t PcStepPair(uint32_t kmax, uint32_t kmin, __half2 inv) {
+  return Half2U32(__hmul2(__hsub2(U32Half2(kmax), U32Half2(kmin)), inv));
+}
 // PcWordBounds: the steps and kmins of the 8 channels of one code word (kmin / kmax as
 // 16-byte words, channels c0..c7), paired (c_i, c_i+4) as NibbleWordToHalf2x4 pairs codes.
 __device__ __forceinline__ void PcWordBounds(const uint4& mn, const uint4& mx, __half2 inv,
                                              uint32_t step[4], uint32_t kmin[4]) {
-  const uint32_t n[4] = {__byte_perm(mn.x, mn.z, 0x5410), __byte_perm(mn.x, mn.z, 0x7632),
-                         __byte_perm(mn.y, mn.w, 0x5410), __byte_perm(mn.y, mn.w, 0x7632)};
-  const uint32_t x[4] = {__byte_perm(mx.x, mx.z, 0x5410), __byte_perm(mx.x, mx.z, 0x7632),
-                         __byte_perm(mx.y, mx.w, 0x5410), __byte_perm(mx.y, mx.w, 0x7632)};
+  const uint32_t n[4] = {PairFirst(mn.x, mn.z), PairSecond(mn.x, mn.z), PairFirst(mn.y, mn.w),
+                         PairSecond(mn.y, mn.w)};
+  const uint32_t x[4] = {PairFirst(mx.x, mx.z), PairSecond(mx.x, mx.z), PairFirst(mx.y, mx.w),
+                         PairSecond(mx.y, mx.w)};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     kmin[i] = n[i];
-    step[i] = Half2U32(__hmul2(__hsub2(U32Half2(x[i]), U32Half2(n[i])), inv));
+    step[i] = PcStepPair(x[i], n[i], inv);
   }
 }
 // Codes (NibbleWordToHalf2x4's half2 words) -> k~ in place.
@@ -152,12 +164,10 @@ __device__ __forceinline__ void PcPageBoundsInPlace(fp16_t* bounds, __half2 inv,
     const uint32_t n0 = kmin_w[c / 2], n4 = kmin_w[c / 2 + 2];
     const uint32_t x0 = step_w[c / 2], x4 = step_w[c / 2 + 2];
     __syncwarp();  // every lane has read the original bounds
-    const uint32_t na = __byte_perm(n0, n4, 0x5410), nb = __byte_perm(n0, n4, 0x7632);
-    const uint32_t xa = __byte_perm(x0, x4, 0x5410), xb = __byte_perm(x0, x4, 0x7632);
+    const uint32_t na = PairFirst(n0, n4), nb = PairSecond(n0, n4);
     reinterpret_cast<uint2*>(kmin_w)[lane] = make_uint2(na, nb);
-    reinterpret_cast<uint2*>(step_w)[lane] = make_uint2(
-        Half2U32(__hmul2(__hsub2(U32Half2(xa), U32Half2(na)), inv)),
-        Half2U32(__hmul2(__hsub2(U32Half2(xb), U32Half2(nb)), inv)));
+    reinterpret_cast<uint2*>(step_w)[lane] =
+        make_uint2(PcStepPair(PairFirst(x0, x4), na, inv), PcStepPair(PairSecond(x0, x4), nb, inv));
   } else {
     // Lane l: pair l = group l / 4, i = l % 4: channels c and c + 4.
     const int c = 8 * (lane >> 2) + (lane & 3);
@@ -166,30 +176,23 @@ __device__ __forceinline__ void PcPageBoundsInPlace(fp16_t* bounds, __half2 inv,
     __syncwarp();
     const uint32_t na = PackHalves(n0, n4), xa = PackHalves(x0, x4);
     kmin_w[lane] = na;
-    step_w[lane] = Half2U32(__hmul2(__hsub2(U32Half2(xa), U32Half2(na)), inv));
+    step_w[lane] = PcStepPair(xa, na, inv);
   }
 }
 
-__device__ __forceinline__ void CpAsyncBytes16(void* smem, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
-                   unsigned(__cvta_generic_to_shared(smem))),
-               "l"(gmem));
-}
-__device__ __forceinline__ void CpAsyncBytes8(void* smem, const void* gmem) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(
-                   unsigned(__cvta_generic_to_shared(smem))),
-               "l"(gmem));
-}
-// The same copies to a shared-window address (formed once by the caller: a generic pointer
-// is converted at every copy).
-__device__ __forceinline__ uint32_t SharedAddress(const void* smem) {
-  return unsigned(__cvta_generic_to_shared(smem));
-}
+// Copies of 16 / 8 bytes to a shared-window address (SharedAddress), and from a generic
+// shared pointer (converted at each copy).
 __device__ __forceinline__ void CpAsyncShared16(uint32_t smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem));
 }
 __device__ __forceinline__ void CpAsyncShared8(uint32_t smem, const void* gmem) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smem), "l"(gmem));
+}
+__device__ __forceinline__ void CpAsyncBytes16(void* smem, const void* gmem) {
+  CpAsyncShared16(SharedAddress(smem), gmem);
+}
+__device__ __forceinline__ void CpAsyncBytes8(void* smem, const void* gmem) {
+  CpAsyncShared8(SharedAddress(smem), gmem);
 }
 __device__ __forceinline__ void CpAsyncCommitGroup() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
