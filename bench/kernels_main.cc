@@ -227,17 +227,21 @@ struct Store {
   PageGeometry g;
   int32_t seqs = 0, ctx = 0, pages_per_seq = 0;
   fp16_t* kv = nullptr;
-  uint8_t* codes = nullptr;
+  uint8_t *codes = nullptr, *range = nullptr;
   fp16_t *scale = nullptr, *zero = nullptr, *kmin = nullptr, *kmax = nullptr;
   int32_t *seq_len = nullptr, *page_table = nullptr;
   fp16_t *q = nullptr, *out = nullptr, *out_dense = nullptr;
   double fill_ms = 0;
 
   FpKvView Kv() const { return FpKvView{kv, nullptr}; }
-  QuantKView Quant() const { return QuantKView{codes, scale, zero, kmin, kmax}; }
+  QuantKView Quant() const {
+    QuantKView v{codes, scale, zero, kmin, kmax};
+    v.range = range;
+    return v;
+  }
   BatchView Batch(int32_t b) const { return BatchView{b, kQHeads, seq_len, page_table, pages_per_seq}; }
   void Free() {
-    for (void* p : std::initializer_list<void*>{kv, codes, scale, zero, kmin, kmax, seq_len,
+    for (void* p : std::initializer_list<void*>{kv, codes, range, scale, zero, kmin, kmax, seq_len,
                                                 page_table, q, out, out_dense}) {
       cudaFree(p);
     }
@@ -263,6 +267,7 @@ Store MakeStore(const PageGeometry& g, int32_t seqs, int32_t ctx, cudaStream_t s
   st.zero = DevAlloc<fp16_t>(size_t(blocks * kPage));
   st.kmin = DevAlloc<fp16_t>(size_t(blocks * kHeadDim));
   st.kmax = DevAlloc<fp16_t>(size_t(blocks * kHeadDim));
+  if (g.HasChannelRange()) st.range = DevAlloc<uint8_t>(size_t(blocks * g.RangeBlockBytes()));
   // Physical pages in random order (a real allocator interleaves sequences).
   std::vector<int32_t> perm(static_cast<size_t>(pages));
   std::iota(perm.begin(), perm.end(), 0);
@@ -454,7 +459,7 @@ StepResult RunStep(const Store& st, int32_t b, Step& step, Timer& timer, cudaStr
     const double meta = double(b) * kKvHeads * (st.ctx / kPage) * 2.0 * kHeadDim * 2.0;
     r.bounds_gbs = r.bounds_ms > 0 ? meta / (r.bounds_ms * 1e-3) / 1e9 : 0.0;
   }
-  // Estimator phase: INT4 codes + scale/zero (per page channel: kmin/kmax) of every selected
+  // Estimator phase: INT4 codes + scale/zero (per page channel: the channel ranges) of every selected
   // page, read once per KV head.
   if (!step.pr.dense) {
     std::vector<double> score, topp, compact, grow_part;
@@ -474,9 +479,9 @@ StepResult RunStep(const Store& st, int32_t b, Step& step, Timer& timer, cudaStr
     r.grow_ms = Median(grow_part);
     const double pages = std::accumulate(scount.begin(), scount.end(), 0.0);
     // Per page: the codes and the scheme's metadata (per token: scale + zero, 4 B a token;
-    // per page channel: the block's kmin + kmax, 4 B a channel).
-    const double bytes =
-        pages * (kPage * g.CodeBytesPerToken() + (g.HasTokenScale() ? kPage * 4 : 4 * kHeadDim));
+    // per page channel: the block's channel-range record, 272 B at d = 128).
+    const double bytes = pages * (kPage * g.CodeBytesPerToken() +
+                                  (g.HasTokenScale() ? kPage * 4 : double(g.RangeBlockBytes())));
     r.int4_gbs = bytes / (r.score_ms * 1e-3) / 1e9;
     // The whole pruner (every kernel of LaunchPrune) over the same bytes.
     r.prune_int4_gbs = bytes / (r.prune_ms * 1e-3) / 1e9;

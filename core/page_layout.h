@@ -13,6 +13,8 @@
 //                j*k_bits/8, bit offset (j % (8/k_bits))*k_bits, low bits first (GPU)
 //   K scale/zero [page_size] fp16 each: one group per (token, KV head)      (GPU)
 //   K min/max    [head_dim] fp16 each: Quest per-channel bounds of the block (GPU)
+//   K ranges     [ChannelRangeBytes(head_dim)]: the block's 8-bit channel ranges, k_scheme 1
+//                only (core/channel_range.h; 272 B at d = 128)                     (GPU)
 //   selector     [meta_bytes]: what the runtime's selector keeps per block (GPU; see
 //                pipeline/select/selector.h, e.g. Double Sparsity's channel statistics)
 // Dequantization: k ~= code * scale + zero, scale = (max - min) / (2^bits - 1), zero = min.
@@ -22,13 +24,17 @@
 //   kKSchemeToken        one (scale, zero) group per (token, KV head) over head_dim, as above
 //                        (PageGeometry's own default, for kernel-level code and tests; the
 //                        runtime's default was this scheme until 2026-12).
-//   kKSchemePageChannel  one group per (block, channel): the block's Quest K min/max are the
-//                        range, step_j = (kmax_j - kmin_j) / (2^bits - 1) in FP32, and
-//                        k_j ~= kmin_j + code_j * step_j; no per-token scale/zero is stored.
+//   kKSchemePageChannel  one group per (block, channel) over a range [lo_j, hi_j] that
+//                        contains the block's Quest K min/max: FP16 values coded in 8 bits
+//                        each on a per-block grid (core/channel_range.h), so the score pass
+//                        reads 272 B of ranges per block instead of 512. step_j =
+//                        (hi_j - lo_j) / (2^bits - 1) in FP32, k_j ~= lo_j + code_j * step_j;
+//                        no per-token scale/zero is stored.
 //                        Channels keep their own range, so K's outlier channels no longer
 //                        widen every other channel's step (KIVI-style per-channel K; every
-//                        backend). A block's rows are re-quantized whenever an append may
-//                        have widened its min/max (the GPU append kernels: on every append).
+//                        backend). A block's ranges are re-coded and its rows re-quantized
+//                        whenever an append may have changed its min/max (the GPU append
+//                        kernels: on every append).
 //                        The runtime's default (kKSchemeDefault): at 4 bits it keeps >= p - 0.02
 //                        of the true mass for 100 % of heads vs 95.3 % per token (16k, 5 seeds;
 //                        bench/ACCURACY.md, "INT4 per page channel").
@@ -36,6 +42,7 @@
 
 #include <cstdint>
 
+#include "core/channel_range.h"
 #include "core/half.h"
 
 namespace twl {
@@ -82,9 +89,16 @@ struct PageGeometry {
   TWL_HD int32_t MaxCode() const { return (1 << k_bits) - 1; }
   // Per-token scale and zero stored: only the per-token scheme has them.
   TWL_HD bool HasTokenScale() const { return k_bits < 16 && k_scheme == 0; }
-  // Device bytes the estimation copy needs per block: codes + scale + zero + min + max.
+  // The 8-bit channel ranges stored: only the per-page-channel scheme has them.
+  TWL_HD bool HasChannelRange() const { return k_bits < 16 && k_scheme == 1; }
+  TWL_HD int64_t RangeBlockBytes() const {
+    return HasChannelRange() ? ChannelRangeBytes(head_dim) : 0;
+  }
+  // Device bytes the estimation copy needs per block: codes + scale + zero + min + max +
+  // channel ranges.
   TWL_HD int64_t QuantBlockBytes() const {
-    return CodeBlockBytes() + (HasTokenScale() ? 4ll * page_size : 0) + 4ll * head_dim;
+    return CodeBlockBytes() + (HasTokenScale() ? 4ll * page_size : 0) + 4ll * head_dim +
+           RangeBlockBytes();
   }
 };
 
@@ -160,11 +174,17 @@ struct QuantKView {
   // 0 for Quest and Full, whose min/max above are shared with the k_scheme 1 quantizer).
   uint8_t* meta = nullptr;   // [num_blocks][meta_bytes]
   int64_t meta_bytes = 0;
+  // The per-page-channel scheme's channel ranges (PageGeometry::HasChannelRange; null
+  // otherwise): [num_blocks][ChannelRangeBytes(head_dim)], 16-byte aligned.
+  uint8_t* range = nullptr;
 
   TWL_HD uint8_t* Codes(const PageGeometry& g, int64_t block, int32_t row) const {
     return codes + (block * g.page_size + row) * g.CodeBytesPerToken();
   }
   TWL_HD uint8_t* Meta(int64_t block) const { return meta + block * meta_bytes; }
+  TWL_HD uint8_t* Range(const PageGeometry& g, int64_t block) const {
+    return range + block * ChannelRangeBytes(g.head_dim);
+  }
 };
 
 // Extract element j of a packed code row (see the layout comment above).

@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "core/channel_range.h"
 #include "core/host_simd.h"
 
 namespace twl {
@@ -44,8 +45,8 @@ float DequantizeRef(const PageGeometry& g, const uint8_t* codes, fp16_t scale, f
   return float(UnpackCode(codes, j, g.k_bits)) * HalfToFloat(scale) + HalfToFloat(zero);
 }
 
-float PageChannelStep(const PageGeometry& g, fp16_t kmin, fp16_t kmax) {
-  return (HalfToFloat(kmax) - HalfToFloat(kmin)) / float(g.MaxCode());
+float PageChannelStep(const PageGeometry& g, float lo, float hi) {
+  return (hi - lo) / float(g.MaxCode());
 }
 
 fp16_t PageChannelInverseMaxCodeHalf(const PageGeometry& g) {
@@ -147,22 +148,35 @@ TWL_TARGET_AVX2_F16C void QuantizeRowsAvx2(
 
 }  // namespace
 
+void PageChannelRangeValues(const PageGeometry& g, const QuantKView& qk, int64_t block,
+                            float* lo, float* hi) {
+  const uint8_t* record = qk.Range(g, block);
+  const int32_t d = g.head_dim;
+  // The block's 256 grid values G(c) = FP16(c D + A) in one table (PageChannelDequantTable
+  // computes exactly that rounding, vectorized where it is exact in float), then a gather.
+  const float a = HalfToFloat(ChannelRangeA(record, d)), step = HalfToFloat(ChannelRangeD(record, d));
+  float grid[kRangeCodeMax + 1];
+  PageChannelDequantTable(&a, &step, 1, kRangeCodeMax, grid);
+  for (int32_t j = 0; j < d; ++j) {
+    lo[j] = grid[record[j]];
+    hi[j] = grid[record[d + j]];
+  }
+}
+
 void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const QuantKView& qk,
                           int64_t block, int32_t rows) {
-  const fp16_t* mn = qk.kmin + block * g.head_dim;
-  const fp16_t* mx = qk.kmax + block * g.head_dim;
   const int32_t d = g.head_dim;
-  // A channel's kmin and step once per block, a row's K once per row: the per-element loop
+  EncodeChannelRanges(qk.kmin + block * d, qk.kmax + block * d, d, qk.Range(g, block));
+  // A channel's range and step once per block, a row's K once per row: the per-element loop
   // is then branch-free arithmetic (the same division and rint as ever, so the same codes).
-  thread_local std::vector<float> lo, step, x, code;
+  thread_local std::vector<float> lo, hi, step, x, code;
   lo.resize(size_t(d));
+  hi.resize(size_t(d));
   step.resize(size_t(d));
   x.resize(size_t(d));
   code.resize(size_t(d));
-  for (int32_t j = 0; j < d; ++j) {
-    lo[size_t(j)] = HalfToFloat(mn[j]);
-    step[size_t(j)] = PageChannelStep(g, mn[j], mx[j]);
-  }
+  PageChannelRangeValues(g, qk, block, lo.data(), hi.data());
+  for (int32_t j = 0; j < d; ++j) step[size_t(j)] = PageChannelStep(g, lo[size_t(j)], hi[size_t(j)]);
 #if defined(__x86_64__)
   if (ActiveHostSimd() == HostSimd::kAvx2F16c) {
     QuantizeRowsAvx2(g, kv, qk, block, rows, lo.data(), step.data(), x.data(), code.data());
@@ -176,9 +190,10 @@ float DequantizeAtRef(const PageGeometry& g, const QuantKView& qk, int64_t block
                       int32_t j) {
   const uint8_t* codes = qk.Codes(g, block, row);
   if (g.k_scheme == kKSchemePageChannel) {
-    const fp16_t mn = qk.kmin[block * g.head_dim + j];
-    return HalfToFloat(mn) +
-           float(UnpackCode(codes, j, g.k_bits)) * PageChannelStep(g, mn, qk.kmax[block * g.head_dim + j]);
+    fp16_t mn, mx;
+    DecodeChannelRange(qk.Range(g, block), g.head_dim, j, &mn, &mx);
+    const float lo = HalfToFloat(mn);
+    return lo + float(UnpackCode(codes, j, g.k_bits)) * PageChannelStep(g, lo, HalfToFloat(mx));
   }
   const int64_t at = block * g.page_size + row;
   return DequantizeRef(g, codes, qk.scale[at], qk.zero[at], j);

@@ -19,9 +19,14 @@ void QuantizeRowRef(const PageGeometry& g, const fp16_t* k, uint8_t* codes, fp16
 float DequantizeRef(const PageGeometry& g, const uint8_t* codes, fp16_t scale, fp16_t zero,
                     int32_t j);
 
-// Per-page-channel scheme (core/page_layout.h): the FP32 step of channel j of a block (the
-// quantizer's: codes are rint((k - kmin) / step)).
-float PageChannelStep(const PageGeometry& g, fp16_t kmin, fp16_t kmax);
+// Per-page-channel scheme (core/page_layout.h): a channel is quantized over its range
+// [lo, hi] (the block's channel ranges, core/channel_range.h, which contain its Quest
+// bounds; "kmin" and "kmax" below name a range's ends, FP16 values).
+// The channel ranges of a block as floats (lo, hi: [head_dim]), from its record.
+void PageChannelRangeValues(const PageGeometry& g, const QuantKView& qk, int64_t block,
+                            float* lo, float* hi);
+// The quantizer's FP32 step of a channel: codes are rint((k - lo) / step).
+float PageChannelStep(const PageGeometry& g, float lo, float hi);
 // The estimator's FP16 dequantization of a code (the pruner's score estimate reads K as
 // these values): k~ = FP16(code * step16 + kmin) with one rounding, where
 // step16 = FP16(FP16(kmax - kmin) * FP16(1 / max_code)), each FP16 operation rounded once.
@@ -50,7 +55,8 @@ inline float PageChannelDequantValue(int32_t code, float step16, float kmin) {
 // HalfRoundFloat four wide; other channels take the double route.
 void PageChannelDequantTable(const float* kmin, const float* step16, int32_t channels,
                              int32_t max_code, float* table);
-// Re-quantizes rows [0, rows) of `block` against the block's kmin/kmax (which must cover them).
+// Re-codes the block's channel ranges from its Quest kmin/kmax (which must cover rows
+// [0, rows)) and re-quantizes those rows over them.
 void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const QuantKView& qk,
                           int64_t block, int32_t rows);
 // Dequantized element j of row `row` of `block` under g.k_scheme (k_bits < 16).

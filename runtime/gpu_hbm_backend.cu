@@ -139,6 +139,9 @@ class GpuHbmBackend final : public Backend {
     }
     TWL_RETURN_IF_ERROR(kmin_buf_.Reserve(size_t(blocks * g_.head_dim) * 2));
     TWL_RETURN_IF_ERROR(kmax_buf_.Reserve(size_t(blocks * g_.head_dim) * 2));
+    if (g_.HasChannelRange()) {  // the per-page-channel scheme's channel ranges
+      TWL_RETURN_IF_ERROR(range_buf_.Reserve(size_t(blocks * g_.RangeBlockBytes())));
+    }
     // The runtime's selector's own per-block metadata (none for Quest and Full).
     absl::StatusOr<const Selector*> sel = FindSelector(SelectorOf(config_));
     if (!sel.ok()) return sel.status();
@@ -148,6 +151,7 @@ class GpuHbmBackend final : public Backend {
     kv_ = FpKvView{kv_buf_.as<fp16_t>(), nullptr};
     qk_ = QuantKView{codes_buf_.as<uint8_t>(), scale_buf_.as<fp16_t>(), zero_buf_.as<fp16_t>(),
                      kmin_buf_.as<fp16_t>(), kmax_buf_.as<fp16_t>()};
+    if (g_.HasChannelRange()) qk_.range = range_buf_.as<uint8_t>();
     if (meta_bytes > 0) {
       qk_.meta = meta_buf_.as<uint8_t>();
       qk_.meta_bytes = meta_bytes;
@@ -182,7 +186,8 @@ class GpuHbmBackend final : public Backend {
     MemoryUsage m;
     m.gpu_fp16_bytes = int64_t(kv_buf_.bytes());
     m.gpu_quant_bytes = int64_t(codes_buf_.bytes() + scale_buf_.bytes() + zero_buf_.bytes() +
-                                kmin_buf_.bytes() + kmax_buf_.bytes() + meta_buf_.bytes());
+                                kmin_buf_.bytes() + kmax_buf_.bytes() + range_buf_.bytes() +
+                                meta_buf_.bytes());
     return m;
   }
 
@@ -224,7 +229,8 @@ class GpuHbmBackend final : public Backend {
   TelemetryRing telemetry_;
   bool appended_ = false, decoded_ = false;
 
-  gpu::DeviceBuffer kv_buf_, codes_buf_, scale_buf_, zero_buf_, kmin_buf_, kmax_buf_, meta_buf_;
+  gpu::DeviceBuffer kv_buf_, codes_buf_, scale_buf_, zero_buf_, kmin_buf_, kmax_buf_, range_buf_,
+      meta_buf_;
   const Selector* meta_sel_ = nullptr;  // owner of qk_.meta (set by Init)
   FpKvView kv_;
   QuantKView qk_;

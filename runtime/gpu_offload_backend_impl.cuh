@@ -159,8 +159,9 @@ class GpuOffloadBackend final : public OffloadBackend {
     const int64_t codes = nb * g_.CodeBlockBytes();
     const int64_t sz = g_.HasTokenScale() ? nb * g_.page_size * 2 : 0;  // none under k_scheme 1
     const int64_t mm = nb * g_.head_dim * 2;
+    const int64_t rg = nb * g_.RangeBlockBytes();  // channel ranges (k_scheme 1)
     auto al = [](int64_t x) { return (x + 255) / 256 * 256; };
-    quant_bytes_ = al(codes) + 2 * al(sz) + 2 * al(mm);
+    quant_bytes_ = al(codes) + 2 * al(sz) + 2 * al(mm) + al(rg);
     TWL_RETURN_IF_ERROR(Grow(quant_, size_t(quant_bytes_)));
     char* q = quant_.as<char>();
     qk_.codes = codes ? reinterpret_cast<uint8_t*>(q) : nullptr;
@@ -172,6 +173,8 @@ class GpuOffloadBackend final : public OffloadBackend {
     qk_.kmin = reinterpret_cast<fp16_t*>(q);
     q += al(mm);
     qk_.kmax = reinterpret_cast<fp16_t*>(q);
+    q += al(mm);
+    qk_.range = rg ? reinterpret_cast<uint8_t*>(q) : nullptr;
     TWL_CUDA(cudaMemset(quant_.get(), 0, size_t(quant_bytes_)));
     // The runtime's selector's own per-block metadata (none for Quest and Full).
     absl::StatusOr<const Selector*> sel = FindSelector(SelectorOf(cfg_));

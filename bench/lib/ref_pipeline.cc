@@ -79,8 +79,7 @@ QuantKView PagedLayer::Quant(int32_t k_bits, int32_t k_scheme) {
   // Up to date: read-only, so concurrent RunMethod calls may share the layer.
   if (auto it = quant_.find(key); it != quant_.end() && it->second.rows_done == length_) {
     QuantStore& qs = it->second;
-    return WithMeta(
-        QuantKView{qs.codes.data(), qs.scale.data(), qs.zero.data(), kmin_.data(), kmax_.data()});
+    return WithMeta(qs.View(kmin_.data(), kmax_.data()));
   }
   QuantStore& qs = quant_[key];
   if (qs.codes.empty()) {
@@ -88,9 +87,9 @@ QuantKView PagedLayer::Quant(int32_t k_bits, int32_t k_scheme) {
     qs.codes.assign(size_t(rows * g.CodeBytesPerToken()), 0);
     qs.scale.assign(size_t(rows), 0);
     qs.zero.assign(size_t(rows), 0);
+    qs.range.assign(size_t(int64_t(max_pages_) * num_kv_heads_ * g.RangeBlockBytes()), 0);
   }
-  const QuantKView view = WithMeta(
-      QuantKView{qs.codes.data(), qs.scale.data(), qs.zero.data(), kmin_.data(), kmax_.data()});
+  const QuantKView view = WithMeta(qs.View(kmin_.data(), kmax_.data()));
   const int32_t from = qs.rows_done;
   if (k_scheme == kKSchemePageChannel) {
     // Codes are relative to each block's Quest min/max (kept over the filled rows by

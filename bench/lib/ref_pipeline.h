@@ -54,8 +54,13 @@ class PagedLayer {
  private:
   struct QuantStore {
     int32_t rows_done = 0;
-    std::vector<uint8_t> codes;
+    std::vector<uint8_t> codes, range;  // range: channel ranges (k_scheme 1)
     std::vector<fp16_t> scale, zero;
+    QuantKView View(fp16_t* kmin, fp16_t* kmax) {
+      QuantKView v{codes.data(), scale.data(), zero.data(), kmin, kmax};
+      v.range = range.empty() ? nullptr : range.data();
+      return v;
+    }
   };
   int32_t page_size_, num_kv_heads_, head_dim_, capacity_, max_pages_;
   int32_t length_ = 0;

@@ -24,7 +24,7 @@ absl::Status AppendRef(const PageGeometry& g, const AppendView& in, const FpKvVi
     return absl::InvalidArgumentError("append needs a direct (unindirected) FP16 block store");
   }
   if (!qk.kmin || !qk.kmax || (g.k_bits < 16 && !qk.codes) ||
-      (g.HasTokenScale() && (!qk.scale || !qk.zero))) {
+      (g.HasTokenScale() && (!qk.scale || !qk.zero)) || (g.HasChannelRange() && !qk.range)) {
     return absl::InvalidArgumentError("append needs the quantized K store");
   }
   for (int32_t i = 0; i < in.num_tokens; ++i) {
@@ -73,8 +73,8 @@ absl::Status AppendRef(const PageGeometry& g, const AppendView& in, const FpKvVi
         mn[c] = FloatToHalf(lo[size_t(c)]);  // exact for FP16 K (and BF16 K in FP16's normal range)
         mx[c] = FloatToHalf(hi[size_t(c)]);
       }
-      // Per-page-channel codes are relative to the block's range: re-quantize every filled
-      // row against the new bounds (a row appended later may have widened them).
+      // Per-page-channel codes are relative to the block's channel ranges: re-code them and
+      // re-quantize every filled row (a row appended later may have widened the bounds).
       if (g.k_bits < 16 && g.k_scheme == kKSchemePageChannel) {
         QuantizeBlockRowsRef(g, kv, qk, block, rows);
       }

@@ -17,7 +17,7 @@ absl::Status CheckAppendShapes(const PageGeometry& g, const FpKvView& kv, const 
   }
   if (!kv.kv) return absl::InvalidArgumentError("append: null FP16 block store");
   if (!qk.kmin || !qk.kmax || (g.k_bits < 16 && !qk.codes) ||
-      (g.HasTokenScale() && (!qk.scale || !qk.zero))) {
+      (g.HasTokenScale() && (!qk.scale || !qk.zero)) || (g.HasChannelRange() && !qk.range)) {
     return absl::InvalidArgumentError("append: the quantized K store is incomplete");
   }
   return absl::OkStatus();

@@ -34,10 +34,11 @@ __device__ __forceinline__ uint16_t LoadAsStored(const void* base, int64_t i, Kv
 }
 
 // ---- Per-page-channel K (k_scheme 1, core/page_layout.h) ------------------------------
-// Codes are relative to the block's Quest range, so whenever an append may have changed the
-// range every filled row of the block is re-quantized from its FP16 K, exactly as
-// QuantizeBlockRowsRef: step_j = (kmax_j - kmin_j) / max_code and code = rint((k - kmin_j) /
-// step_j) in correctly rounded FP32 (no FMA contraction), clamped in float (NaN: code 0).
+// Codes are relative to the block's channel ranges (core/channel_range.h), so whenever an
+// append may have changed its Quest bounds the ranges are re-coded and every filled row of
+// the block is re-quantized from its FP16 K, exactly as QuantizeBlockRowsRef: step_j =
+// (hi_j - lo_j) / max_code and code = rint((k - lo_j) / step_j) in correctly rounded FP32
+// (no FMA contraction), clamped in float (NaN: code 0).
 __device__ __forceinline__ float PageChannelStepDev(fp16_t kmin, fp16_t kmax, int max_code) {
   return __fdiv_rn(__fsub_rn(H2F(kmax), H2F(kmin)), float(max_code));
 }
@@ -46,6 +47,36 @@ __device__ __forceinline__ int PageChannelCode(float x, float mn, float step, in
   if (step > 0.0f) q = rintf(__fdiv_rn(__fsub_rn(x, mn), step));
   return q >= float(max_code) ? max_code : (q > 0.0f ? int(q) : 0);
 }
+// Whole thread block (every thread calls it): the block's channel-range record from its
+// Quest bounds, given as floats in s_a (kmin) and s_b (kmax), [head_dim] in shared memory
+// and synchronized; on return s_a holds each channel's lo_j and s_b its FP32 step, as
+// RequantizeBlockRows takes them (synchronized). EncodeChannelRanges' steps, channels
+// spread over the threads.
+__device__ __forceinline__ void EncodeBlockRanges(const PageGeometry& g, const QuantKView& qk,
+                                                  int64_t block, float* s_a, float* s_b) {
+  const int32_t D = g.head_dim;
+  float lo_all = s_a[0], hi_all = s_b[0];
+  for (int32_t j = 1; j < D; ++j) {
+    lo_all = RangeMin(lo_all, s_a[j]);
+    hi_all = RangeMax(hi_all, s_b[j]);
+  }
+  const fp16_t a = FloatToHalf(lo_all);
+  const fp16_t d = ChannelRangeStep(lo_all, hi_all);
+  uint8_t* record = qk.Range(g, block);
+  __syncthreads();  // every thread has read the bounds before they are overwritten
+  for (int32_t c = threadIdx.x; c < D; c += blockDim.x) {
+    uint8_t ca, cb;
+    EncodeChannelRange(a, d, s_a[c], s_b[c], &ca, &cb);
+    record[c] = ca;
+    record[D + c] = cb;
+    const fp16_t lo = RangeGridValue(ca, a, d), hi = RangeGridValue(cb, a, d);
+    s_a[c] = H2F(lo);
+    s_b[c] = PageChannelStepDev(lo, hi, g.MaxCode());
+  }
+  if (threadIdx.x == 0) StoreChannelRangeGrid(record, D, a, d);
+  __syncthreads();
+}
+
 // Whole thread block: codes of rows [0, rows) of `block` from the FP16 K rows (row r at
 // old_k + r * head_dim for r < split, else at new_k + r * head_dim, or from its slot in the
 // GPU row cache `ins` when it has one: the same bits in device memory rather than a read of
@@ -182,11 +213,12 @@ __global__ void MinMaxKernel(PageGeometry g, AppendPagePlan plan, FpKvView kv, Q
     qk.kmax[block * g.head_dim + c] = F2H(hi);
     if (page_channel) {
       s_mn[c] = H2F(F2H(lo));
-      s_step[c] = PageChannelStepDev(F2H(lo), F2H(hi), g.MaxCode());
+      s_step[c] = H2F(F2H(hi));
     }
   }
   if (!page_channel) return;  // uniform across the block
   __syncthreads();
+  EncodeBlockRanges(g, qk, block, s_mn, s_step);
   RequantizeBlockRows(g, qk, block, rows, rows, k, k, s_mn, s_step, DeviceRowCache{});
 }
 
@@ -367,14 +399,15 @@ __global__ void __launch_bounds__(kSegThreads)
     qk.kmax[block * D + ch] = F2H(hi);
     if (page_channel) {
       s_mn[ch] = H2F(F2H(lo));
-      s_step[ch] = PageChannelStepDev(F2H(lo), F2H(hi), max_code);
+      s_step[ch] = H2F(F2H(hi));
     }
   }
   if (!page_channel) return;  // uniform across the block
-  // Every filled row against the block's new range: rows from before the call from the block
-  // store, this segment's rows from where they were just written (this block's own stores,
-  // visible after the barrier).
+  // Every filled row against the block's new ranges: rows from before the call from the
+  // block store, this segment's rows from where they were just written (this block's own
+  // stores, visible after the barrier).
   __syncthreads();
+  EncodeBlockRanges(g, qk, block, s_mn, s_step);
   RequantizeBlockRows(g, qk, block, seg.row_end, seg.row_begin, kv + block * g.FpBlockElems(),
                       dst, s_mn, s_step, ins);
 }

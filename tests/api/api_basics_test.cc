@@ -206,7 +206,10 @@ TEST(ApiBasics, KSchemeMemoryHasNoPerTokenScaleUnderPageChannel) {
   };
   const int64_t tok = total(TWL_K_SCHEME_TOKEN, 4), pc = total(TWL_K_SCHEME_PAGE_CHANNEL, 4),
                 dflt = total(TWL_K_SCHEME_AUTO, 4);
-  EXPECT_EQ(tok - pc, pages * c.num_kv_heads * c.page_size * 4);
+  // Per block: the per-token scale/zero (4 B a token) against the channel-range record
+  // (2 d + 4 bytes rounded up to 16: core/channel_range.h).
+  const int64_t record = (2 * int64_t(c.head_dim) + 4 + 15) / 16 * 16;
+  EXPECT_EQ(tok - pc, pages * c.num_kv_heads * (c.page_size * 4 - record));
   EXPECT_EQ(dflt, pc);
   EXPECT_EQ(total(TWL_K_SCHEME_TOKEN, 16), total(TWL_K_SCHEME_PAGE_CHANNEL, 16));
 }

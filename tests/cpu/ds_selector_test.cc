@@ -60,6 +60,7 @@ struct Store {
   int32_t num_q_heads;
   int32_t len;
   std::vector<fp16_t> kv, scale, zero, kmin, kmax;
+  std::vector<uint8_t> range;  // channel ranges (k_scheme 1)
   std::vector<uint8_t> codes, meta;
   std::vector<int32_t> seq_len, table;
 
@@ -73,6 +74,7 @@ struct Store {
     zero.resize(static_cast<size_t>(blocks * g.page_size));
     kmin.resize(static_cast<size_t>(blocks * g.head_dim));
     kmax.resize(static_cast<size_t>(blocks * g.head_dim));
+    range.resize(static_cast<size_t>(blocks * g.RangeBlockBytes()));
     meta.resize(static_cast<size_t>(blocks * DsMetadataBytesPerBlock(g)));
     seq_len = {len};
     table.resize(static_cast<size_t>(pages));
@@ -80,6 +82,7 @@ struct Store {
   }
   QuantKView Quant() {
     QuantKView q{codes.data(), scale.data(), zero.data(), kmin.data(), kmax.data()};
+    q.range = range.empty() ? nullptr : range.data();
     q.meta = meta.data();
     q.meta_bytes = DsMetadataBytesPerBlock(g);
     return q;

@@ -34,45 +34,48 @@ bool SameBits(float a, float b) {
   return (std::isnan(a) && std::isnan(b)) || std::memcmp(&a, &b, sizeof(a)) == 0;
 }
 
-// One block's channel bounds, drawn from kinds that take every path of the wide kernel:
-// ordinary ranges; a large kmin with a tiny range (code * step16 + kmin not exact in float:
-// the double route); bounds whose float difference is not exact (a huge and a subnormal
-// one); equal bounds (step 0); a range past FP16 (step inf); inf and NaN bounds.
-void DrawBounds(std::mt19937_64& rng, int d, fp16_t* mn, fp16_t* mx, int* inexact_sums) {
+// One block's channel-range record (core/channel_range.h), its grid drawn from kinds that
+// take every path of the wide kernel: ordinary ranges; a large A with a tiny grid step
+// (code * step16 + lo not exact in float: the double route); a subnormal A under a huge
+// grid (ranges whose float difference is not exact); D = 0 (step 0); a grid past FP16
+// (hi = inf: step inf); a NaN step and an infinite A. Codes: lo anywhere, hi at or above it.
+void DrawRecord(std::mt19937_64& rng, int d, uint8_t* record, int* inexact_sums) {
   std::normal_distribution<float> normal;
-  std::uniform_int_distribution<int> kind(0, 15);
-  for (int j = 0; j < d; ++j) {
-    float lo = normal(rng), hi = lo + std::fabs(normal(rng));
-    switch (kind(rng)) {
-      case 0:
-        lo = 30000.0f * (normal(rng) > 0 ? 1 : -1);
-        hi = lo + 16.0f * float(1 + kind(rng) % 3);
-        ++*inexact_sums;
-        break;
-      case 1:
-        lo = -60000.0f;
-        hi = std::ldexp(1.0f, -20 - kind(rng) % 4);
-        break;
-      case 2:
-        hi = lo;
-        break;
-      case 3:
-        lo = -65504.0f;
-        hi = 65504.0f;
-        break;
-      case 4:
-        lo = std::ldexp(normal(rng), -18);
-        hi = lo + std::ldexp(std::fabs(normal(rng)), -17);
-        break;
-      case 5:
-        if (kind(rng) < 2) hi = kind(rng) < 8 ? INFINITY : NAN;
-        break;
-      default:
-        break;
-    }
-    mn[j] = FloatToHalf(lo);
-    mx[j] = FloatToHalf(hi);
+  std::uniform_int_distribution<int> kind(0, 7), code(0, 255), width(0, 40);
+  float a = normal(rng), step = std::fabs(normal(rng)) * 4.0f / 255.0f;
+  switch (kind(rng)) {
+    case 0:
+      a = 30000.0f * (normal(rng) > 0 ? 1 : -1);
+      step = 16.0f * float(1 + kind(rng) % 3) / 255.0f;
+      *inexact_sums += d;
+      break;
+    case 1:
+      a = -std::ldexp(1.0f, -20 - kind(rng) % 4);
+      step = 235.0f;
+      break;
+    case 2:
+      step = 0.0f;
+      break;
+    case 3:
+      a = -65504.0f;
+      step = 514.0f;
+      break;
+    case 4:
+      a = std::ldexp(normal(rng), -18);
+      step = std::ldexp(std::fabs(normal(rng)), -17) / 255.0f;
+      break;
+    case 5:
+      if (kind(rng) < 4) step = NAN; else a = -INFINITY;
+      break;
+    default:
+      break;
   }
+  for (int j = 0; j < d; ++j) {
+    const int lo = code(rng);
+    record[j] = uint8_t(lo);
+    record[d + j] = uint8_t(std::min(255, lo + (kind(rng) == 0 ? code(rng) : width(rng))));
+  }
+  StoreChannelRangeGrid(record, d, FloatToHalf(a), FloatToHalf(step));
 }
 
 TEST(HostSimd, PageChannelEstimateIsTheBaselinesBitForBit) {
@@ -90,13 +93,12 @@ TEST(HostSimd, PageChannelEstimateIsTheBaselinesBitForBit) {
       const int blocks = 3;
       std::vector<uint8_t> codes(size_t(blocks) * 16 * size_t(g.CodeBytesPerToken()));
       for (uint8_t& c : codes) c = uint8_t(rng());
-      std::vector<fp16_t> mn(size_t(blocks) * size_t(d)), mx(mn.size());
+      std::vector<uint8_t> records(size_t(blocks) * size_t(g.RangeBlockBytes()));
       for (int b = 0; b < blocks; ++b)
-        DrawBounds(rng, d, &mn[size_t(b) * d], &mx[size_t(b) * d], &inexact_sums);
+        DrawRecord(rng, d, &records[size_t(b) * size_t(g.RangeBlockBytes())], &inexact_sums);
       QuantKView qk;
       qk.codes = codes.data();
-      qk.kmin = mn.data();
-      qk.kmax = mx.data();
+      qk.range = records.data();
       const int heads = 1 + int(rng() % 8);
       const int rows = trial % 3 == 0 ? 1 + int(rng() % 16) : 16;
       std::vector<std::vector<float>> q(size_t(heads), std::vector<float>(size_t(d), 0.0f));

@@ -163,6 +163,7 @@ TEST(Quantize, PageChannelSchemeIsPerChannelOverTheBlockRange) {
     }
     EXPECT_EQ(steps.codes, bulk.codes) << "bits " << bits;
     EXPECT_EQ(steps.kmin, bulk.kmin);
+    EXPECT_EQ(steps.range, bulk.range);  // ranges depend on the bounds, not the appends
     const QuantKView qk = bulk.Quant();
     std::mt19937_64 rng(bits);
     std::normal_distribution<float> n(0.0f, 1.0f);
@@ -172,11 +173,15 @@ TEST(Quantize, PageChannelSchemeIsPerChannelOverTheBlockRange) {
         for (int32_t h = 0; h < g.num_kv_heads; ++h) {
           const int64_t block = g.BlockId(page, h);
           std::vector<float> q(static_cast<size_t>(g.head_dim));
+          std::vector<float> lo(size_t(g.head_dim)), hi(size_t(g.head_dim));
+          PageChannelRangeValues(g, qk, block, lo.data(), hi.data());
           double dot = 0, rounding = 0;
           for (int32_t j = 0; j < g.head_dim; ++j) {
             const float x = HalfToFloat(bulk.k_in[s][size_t(t * row + h * g.head_dim + j)]);
-            const float step =
-                PageChannelStep(g, qk.kmin[block * g.head_dim + j], qk.kmax[block * g.head_dim + j]);
+            // The channel's range contains its Quest bounds.
+            ASSERT_LE(lo[size_t(j)], HalfToFloat(qk.kmin[block * g.head_dim + j]));
+            ASSERT_GE(hi[size_t(j)], HalfToFloat(qk.kmax[block * g.head_dim + j]));
+            const float step = PageChannelStep(g, lo[size_t(j)], hi[size_t(j)]);
             const float deq = DequantizeAtRef(g, qk, block, t % g.page_size, j);
             ASSERT_LE(std::abs(x - deq), 0.5f * step * (1.0f + 1e-5f) + 1e-6f)
                 << "bits " << bits << " token " << t << " channel " << j;
@@ -273,9 +278,11 @@ TEST(Quantize, PageChannelEstimateDequantizesToFp16) {
       const int64_t block = g.BlockId(st.page_table[size_t(t / g.page_size)], 0);
       std::vector<float> q(static_cast<size_t>(d));
       for (float& x : q) x = n(rng);
+      std::vector<float> lo(static_cast<size_t>(d)), hi(static_cast<size_t>(d));
+      PageChannelRangeValues(g, qk, block, lo.data(), hi.data());
       float dot = 0.0f;
       for (int32_t j = 0; j < d; ++j) {
-        const fp16_t mn = qk.kmin[block * d + j], mx = qk.kmax[block * d + j];
+        const fp16_t mn = FloatToHalf(lo[size_t(j)]), mx = FloatToHalf(hi[size_t(j)]);
         // Each FP16 operation against the nearest FP16 value of its exact result.
         const long double range = (long double)HalfToFloat(mx) - HalfToFloat(mn);
         const fp16_t range16 = DoubleToHalf(double(range));
@@ -428,8 +435,9 @@ TEST(Quantize, PageChannelDequantTableMatchesValueByValue) {
 }
 
 // QuantizeBlockRowsRef against the per-element rule it implements (code = clamp(rint((k -
-// kmin) / step)), 0 where step is not > 0 or k is not finite), on FP16 and BF16 K, 2/4/8-bit
-// codes, with a constant channel, an infinity and a NaN in the block.
+// lo) / step)) over the block's channel ranges, 0 where step is not > 0 or k is not finite),
+// on FP16 and BF16 K, 2/4/8-bit codes, with a constant channel and a NaN in the block; and a
+// block holding an infinity codes every range as NaN (its codes are 0).
 TEST(Quantize, BlockRequantizationFollowsThePerElementRule) {
   std::mt19937_64 rng(FreshSeed());
   for (int32_t bits : {2, 4, 8}) {
@@ -445,7 +453,8 @@ TEST(Quantize, BlockRequantizationFollowsThePerElementRule) {
         uint16_t* k = kv.K(g, block, r);
         for (int32_t j = 0; j < 64; ++j) k[j] = g.FloatToKv(j == 3 ? 1.25f : n(rng));
       }
-      kv.K(g, block, 5)[7] = g.FloatToKv(INFINITY);
+      const bool with_inf = rng() % 3 == 0;
+      if (with_inf) kv.K(g, block, 5)[7] = g.FloatToKv(INFINITY);
       kv.K(g, block, 9)[11] = g.FloatToKv(NAN);
       fp16_t* mn = st.kmin.data() + block * 64;
       fp16_t* mx = st.kmax.data() + block * 64;
@@ -465,13 +474,23 @@ TEST(Quantize, BlockRequantizationFollowsThePerElementRule) {
         const HostSimd before = SetHostSimdForTesting(level);
         QuantizeBlockRowsRef(g, kv, qk, block, 16);
         SetHostSimdForTesting(before);
+        std::vector<float> lo(64), hi(64);
+        PageChannelRangeValues(g, qk, block, lo.data(), hi.data());
+        for (int32_t j = 0; j < 64; ++j) {
+          if (with_inf) {
+            ASSERT_TRUE(std::isnan(lo[size_t(j)]) && std::isnan(hi[size_t(j)])) << j;
+          } else {
+            ASSERT_LE(lo[size_t(j)], HalfToFloat(mn[j])) << j;
+            ASSERT_GE(hi[size_t(j)], HalfToFloat(mx[j])) << j;
+          }
+        }
         int32_t nonzero = 0;
         for (int32_t r = 0; r < 16; ++r) {
           for (int32_t j = 0; j < 64; ++j) {
-            const float step = (HalfToFloat(mx[j]) - HalfToFloat(mn[j])) / float(g.MaxCode());
+            const float step = (hi[size_t(j)] - lo[size_t(j)]) / float(g.MaxCode());
             int32_t want = 0;
             if (step > 0.0f) {
-              const float q = std::rint((g.KvToFloat(kv.K(g, block, r)[j]) - HalfToFloat(mn[j])) / step);
+              const float q = std::rint((g.KvToFloat(kv.K(g, block, r)[j]) - lo[size_t(j)]) / step);
               want = q >= float(g.MaxCode()) ? g.MaxCode() : (q > 0.0f ? int32_t(q) : 0);
             }
             const int32_t got = int32_t(UnpackCode(qk.Codes(g, block, r), j, bits));
@@ -480,7 +499,11 @@ TEST(Quantize, BlockRequantizationFollowsThePerElementRule) {
             nonzero += got != 0;
           }
         }
-        EXPECT_GT(nonzero, 16 * 64 / 2) << bits;
+        if (with_inf) {
+          EXPECT_EQ(nonzero, 0) << bits;
+        } else {
+          EXPECT_GT(nonzero, 16 * 64 / 2) << bits;
+        }
         std::fill(st.codes.begin(), st.codes.end(), uint8_t(0xa5));  // the next build writes anew
       }
     }

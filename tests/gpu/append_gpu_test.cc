@@ -95,8 +95,8 @@ AppendRound MakeRound(const PageGeometry& g, KvInputType type, const std::vector
 // (so untouched bytes are compared too), with their views (k_scheme 1: no scale/zero).
 struct TwinStores {
   std::vector<fp16_t> kv, scale, zero, kmin, kmax;
-  std::vector<uint8_t> codes;
-  gpu::DeviceBuffer d_kv, d_codes, d_scale, d_zero, d_kmin, d_kmax;
+  std::vector<uint8_t> codes, range;
+  gpu::DeviceBuffer d_kv, d_codes, d_scale, d_zero, d_kmin, d_kmax, d_range;
   FpKvView hkv, dkv;
   QuantKView hqk, dqk;
   TwinStores(const PageGeometry& g, int32_t num_pages, std::mt19937_64& rng) {
@@ -107,17 +107,21 @@ struct TwinStores {
     zero = RandomBytesVec<fp16_t>(size_t(blocks * g.page_size), rng);
     kmin = RandomBytesVec<fp16_t>(size_t(blocks * g.head_dim), rng);
     kmax = RandomBytesVec<fp16_t>(size_t(blocks * g.head_dim), rng);
+    range = RandomBytesVec<uint8_t>(size_t(blocks * g.RangeBlockBytes()), rng);
     d_kv = Upload(kv);
     d_codes = Upload(codes);
     d_scale = Upload(scale);
     d_zero = Upload(zero);
     d_kmin = Upload(kmin);
     d_kmax = Upload(kmax);
+    d_range = Upload(range);
     hkv = FpKvView{kv.data(), nullptr};
     hqk = QuantKView{codes.data(), scale.data(), zero.data(), kmin.data(), kmax.data()};
+    hqk.range = range.empty() ? nullptr : range.data();
     dkv = FpKvView{d_kv.as<fp16_t>(), nullptr};
     dqk = QuantKView{d_codes.as<uint8_t>(), d_scale.as<fp16_t>(), d_zero.as<fp16_t>(),
                      d_kmin.as<fp16_t>(), d_kmax.as<fp16_t>()};
+    dqk.range = range.empty() ? nullptr : d_range.as<uint8_t>();
     if (!g.HasTokenScale()) dqk.scale = dqk.zero = nullptr;  // k_scheme 1 writes none
   }
   // Every byte of the device store equals the reference's.
@@ -128,6 +132,7 @@ struct TwinStores {
     EXPECT_EQ(Download<fp16_t>(d_zero, zero.size()), zero);
     EXPECT_EQ(Download<fp16_t>(d_kmin, kmin.size()), kmin);
     EXPECT_EQ(Download<fp16_t>(d_kmax, kmax.size()), kmax);
+    EXPECT_EQ(Download<uint8_t>(d_range, range.size()), range);
   }
 };
 

@@ -53,7 +53,7 @@ std::vector<T> Download(const gpu::DeviceBuffer& b, size_t n) {
 
 // The device copy of a RefStore (same block ids and page tables).
 struct DeviceStore {
-  gpu::DeviceBuffer kv, codes, scale, zero, kmin, kmax, seq_len, page_table, q;
+  gpu::DeviceBuffer kv, codes, scale, zero, kmin, kmax, range, seq_len, page_table, q;
   int32_t num_seqs = 0, num_q_heads = 0, max_pages = 0;
 
   explicit DeviceStore(const RefStore& st)
@@ -63,6 +63,7 @@ struct DeviceStore {
         zero(Upload(st.zero)),
         kmin(Upload(st.kmin)),
         kmax(Upload(st.kmax)),
+        range(Upload(st.range)),
         seq_len(Upload(st.seq_len)),
         page_table(Upload(st.page_table)),
         q(Upload(st.q)),
@@ -81,8 +82,10 @@ struct DeviceStore {
   }
   FpKvView Kv() const { return FpKvView{kv.as<fp16_t>(), nullptr}; }
   QuantKView Quant() const {
-    return QuantKView{codes.as<uint8_t>(), scale.as<fp16_t>(), zero.as<fp16_t>(),
-                      kmin.as<fp16_t>(), kmax.as<fp16_t>()};
+    QuantKView v{codes.as<uint8_t>(), scale.as<fp16_t>(), zero.as<fp16_t>(), kmin.as<fp16_t>(),
+                 kmax.as<fp16_t>()};
+    v.range = range.bytes() ? range.as<uint8_t>() : nullptr;
+    return v;
   }
   QueryView Query() const { return QueryView{q.as<fp16_t>()}; }
 };

@@ -46,10 +46,14 @@ struct ScoreCase {
 double TermMagnitude(const PageGeometry& g, const float* q, const QuantKView& qk, int64_t block,
                      int32_t row) {
   double sum = 0.0;
+  std::vector<float> lo(static_cast<size_t>(g.head_dim)), hi(static_cast<size_t>(g.head_dim));
+  PageChannelRangeValues(g, qk, block, lo.data(), hi.data());  // the channels' ranges
+  const float inverse = HalfToFloat(PageChannelInverseMaxCodeHalf(g));
   for (int32_t j = 0; j < g.head_dim; ++j) {
-    const fp16_t mn = qk.kmin[block * g.head_dim + j], mx = qk.kmax[block * g.head_dim + j];
+    const float mn = lo[size_t(j)];
+    const float step = PageChannelStepValue(mn, hi[size_t(j)], inverse);
     const float k = PageChannelDequantValue(int32_t(UnpackCode(qk.Codes(g, block, row), j, g.k_bits)),
-                                            PageChannelStepValue(g, mn, mx), HalfToFloat(mn));
+                                            step, mn);
     sum += std::abs(double(q[j]) * k);
   }
   return sum;

@@ -34,6 +34,7 @@ RefStore MakeGrowStore(const PageGeometry& g, int32_t num_q_heads,
   st.zero.resize(size_t(blocks * g.page_size));
   st.kmin.resize(size_t(blocks * g.head_dim));
   st.kmax.resize(size_t(blocks * g.head_dim));
+  st.range.resize(size_t(blocks * g.RangeBlockBytes()));
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   const int64_t row = int64_t(g.num_kv_heads) * g.head_dim;

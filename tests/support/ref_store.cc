@@ -31,6 +31,7 @@ void Resize(RefStore& st) {
   st.zero.resize(size_t(blocks * st.g.page_size));
   st.kmin.resize(size_t(blocks * st.g.head_dim));
   st.kmax.resize(size_t(blocks * st.g.head_dim));
+  st.range.resize(size_t(blocks * st.g.RangeBlockBytes()));
 }
 
 float RandomKeyElement(std::mt19937_64& rng, int32_t channel) {

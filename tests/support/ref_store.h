@@ -23,6 +23,7 @@ struct RefStore {
                                     // elements of g.kv_dtype (FP16 or BF16)
   std::vector<uint8_t> codes;
   std::vector<fp16_t> scale, zero, kmin, kmax;
+  std::vector<uint8_t> range;       // channel ranges (k_scheme 1), [blocks][RangeBlockBytes]
   std::vector<fp16_t> q;            // [num_seqs][num_q_heads][head_dim]
   // The raw appended K/V per sequence, [len][num_kv_heads][head_dim], for checks.
   std::vector<std::vector<fp16_t>> k_in, v_in;
@@ -30,7 +31,9 @@ struct RefStore {
   BatchView Batch() const;
   FpKvView Kv() { return FpKvView{kv.data(), nullptr}; }
   QuantKView Quant() {
-    return QuantKView{codes.data(), scale.data(), zero.data(), kmin.data(), kmax.data()};
+    QuantKView v{codes.data(), scale.data(), zero.data(), kmin.data(), kmax.data()};
+    v.range = range.empty() ? nullptr : range.data();
+    return v;
   }
   QueryView Query() const { return QueryView{q.data()}; }
   int32_t group() const { return num_q_heads / g.num_kv_heads; }

@@ -181,9 +181,9 @@ __global__ void __launch_bounds__(kThreads)
       const float code = float(UnpackCode(codes, c, g.k_bits));
       float kq;
       if (page_channel) {
-        const fp16_t mn = qk.kmin[block * g.head_dim + c];
-        const float step = __fdiv_rn(__fsub_rn(Hf(qk.kmax[block * g.head_dim + c]), Hf(mn)),
-                                     max_code);
+        fp16_t mn, mx;  // the channel's range (core/channel_range.h)
+        DecodeChannelRange(qk.Range(g, block), g.head_dim, c, &mn, &mx);
+        const float step = __fdiv_rn(__fsub_rn(Hf(mx), Hf(mn)), max_code);
         kq = __fadd_rn(Hf(mn), __fmul_rn(code, step));
       } else {
         kq = __fadd_rn(__fmul_rn(code, Hf(qk.scale[at])), Hf(qk.zero[at]));

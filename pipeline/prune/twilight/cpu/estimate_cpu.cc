@@ -66,14 +66,15 @@ void DotFullPage(const float* q, const float* deq, size_t d, float* out) {
 
 float EstimatePageChannelScoreRef(const PageGeometry& g, const float* q, const QuantKView& qk,
                                   int64_t block, int32_t row) {
-  const fp16_t* mn = qk.kmin + block * g.head_dim;
-  const fp16_t* mx = qk.kmax + block * g.head_dim;
+  std::vector<float> mn(size_t(g.head_dim)), mx(size_t(g.head_dim));
+  PageChannelRangeValues(g, qk, block, mn.data(), mx.data());
+  const float inverse = HalfToFloat(PageChannelInverseMaxCodeHalf(g));
   const uint8_t* codes = qk.Codes(g, block, row);
   float dot = 0.0f;
   for (int32_t j = 0; j < g.head_dim; ++j) {
-    const float step = PageChannelStepValue(g, mn[j], mx[j]);
+    const float step = PageChannelStepValue(mn[size_t(j)], mx[size_t(j)], inverse);
     dot += q[j] * PageChannelDequantValue(int32_t(UnpackCode(codes, j, g.k_bits)), step,
-                                          HalfToFloat(mn[j]));
+                                          mn[size_t(j)]);
   }
   return dot;
 }
@@ -90,8 +91,6 @@ void EstimatePageChannelBlockMultiRef(const PageGeometry& g, const float* const*
       EstimatePageChannelBlockAvx2(g, q, heads, qk, block, rows, out)) {
     return;
   }
-  const fp16_t* mn = qk.kmin + block * g.head_dim;
-  const fp16_t* mx = qk.kmax + block * g.head_dim;
   const size_t d = size_t(g.head_dim), n = size_t(rows);
   // Reused per thread: the host pruner calls this once per page and step.
   thread_local std::vector<float> deq;
@@ -107,11 +106,7 @@ void EstimatePageChannelBlockMultiRef(const PageGeometry& g, const float* const*
   lo.resize(d);
   step.resize(d);
   table.resize(d * codes);
-  for (size_t j = 0; j < d; ++j) {
-    lo[j] = HalfToFloat(mn[j]);
-    step[j] = HalfToFloat(mx[j]);  // kmax until the next loop
-  }
-  // Apart from the conversions above (HalfToFloat branches), so that this loop vectorizes.
+  PageChannelRangeValues(g, qk, block, lo.data(), step.data());  // hi until the next loop
   for (size_t j = 0; j < d; ++j) step[j] = PageChannelStepValue(lo[j], step[j], inverse);
   PageChannelDequantTable(lo.data(), step.data(), g.head_dim, int32_t(mask), table.data());
   const uint8_t* row0 = qk.Codes(g, block, 0);

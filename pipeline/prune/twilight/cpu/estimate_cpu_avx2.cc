@@ -76,10 +76,10 @@ TWL_TARGET_AVX2_F16C inline __m256 RoundToHalf(__m256 v) {
 
 // kmin and step16 (PageChannelStepValue) of channels [j0, j0 + 8), and whether each
 // channel's code * step16 + kmin are exact in float (bit k of the result).
-TWL_TARGET_AVX2_F16C int ChannelSteps8(const fp16_t* mn, const fp16_t* mx, float inverse,
+TWL_TARGET_AVX2_F16C int ChannelSteps8(const float* mn, const float* mx, float inverse,
                                        int max_code, float* lo_out, float* step_out) {
-  const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mn)));
-  const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(mx)));
+  const __m256 lo = _mm256_loadu_ps(mn);
+  const __m256 hi = _mm256_loadu_ps(mx);
   // FP16(kmax - kmin) by one F16C rounding where the float difference is exact, which
   // Knuth's two-sum proves (its error term is 0; inf and NaN give NaN and fail).
   const __m256 neg_lo = _mm256_xor_ps(lo, _mm256_set1_ps(-0.0f));
@@ -169,8 +169,8 @@ TWL_TARGET_AVX2_F16C void EstimateFourBit(const PageGeometry& g, const float* co
                                           const QuantKView& qk, int64_t block, int rows,
                                           float* const* out) {
   const int d = g.head_dim;
-  const fp16_t* mn = qk.kmin + block * d;
-  const fp16_t* mx = qk.kmax + block * d;
+  alignas(32) float mn[kMaxDim], mx[kMaxDim];  // the channel ranges (FP16 values)
+  PageChannelRangeValues(g, qk, block, mn, mx);
   const float inverse = HalfToFloat(PageChannelInverseMaxCodeHalf(g));
   alignas(32) float lo[kMaxDim], step[kMaxDim];
   uint32_t exact[kMaxDim / 32];

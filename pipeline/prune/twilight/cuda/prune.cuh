@@ -100,7 +100,9 @@ __device__ __forceinline__ void NibbleWordToHalf2x4(uint32_t w, uint32_t* out) {
 }
 
 // INT4 per page channel (k_scheme 1): the estimator reads K dequantized to FP16,
-// k~ = FP16(code * step16 + kmin) with step16 = FP16(FP16(kmax - kmin) * FP16(1 / 15))
+// k~ = FP16(code * step16 + kmin) with step16 = FP16(FP16(kmax - kmin) * FP16(1 / 15)),
+// where kmin / kmax are the channel's range [lo_j, hi_j] decoded from the block's 8-bit
+// record (core/channel_range.h; RangeWords8, PcPageBoundsInPlace)
 // (PageChannelStepValue / PageChannelDequantValue, core/quantize.h; one rounding per FP16
 // operation, as HSUB2 / HMUL2 / HFMA2 round), so the tensor cores multiply it by the
 // unchanged FP16 queries: the B fragments are built once per block, not once per page.
@@ -145,36 +147,77 @@ __device__ __forceinline__ uint32_t PackHalves(fp16_t lo, fp16_t hi) {
   return uint32_t(lo) | (uint32_t(hi) << 16);
 }
 
-// A landed page's bounds (kmin[kHeadDim] then kmax[kHeadDim], FP16, in shared memory)
-// rewritten in place, by the whole warp, as what PcWordBounds would give every lane: kmin
-// pairs (c_i, c_i+4) then step pairs, 4 words per 8-channel group (word 4 g + i: channels
-// 8 g + i and 8 g + i + 4). Each step is formed once per page instead of once per lane that
-// reads it (8 lanes share every channel): these steps and permutes were 64 of each lane's
-// 287 SASS instructions per page at d = 128 (scripts/sass-count.sh). Same values, same
-// roundings.
+// Channel ranges from a block's record (core/channel_range.h): G(c) = FP16(c D + A), one
+// rounding, as HFMA2 rounds. Two 8-bit codes become the halves 1024 + c (their bytes under
+// the exponent bits 0x64), 1024 is taken off exactly, and one HFMA2 gives both values.
+// `codes` holds the two codes in bytes 0 and 2 (the other bytes are ignored).
+__device__ __forceinline__ uint32_t RangeGridPair(uint32_t codes, __half2 a2, __half2 d2) {
+  const uint32_t biased = __byte_perm(codes, 0x64646464u, 0x4240);  // (1024 + c0, 1024 + c2)
+  const __half2 c = __hsub2(U32Half2(biased), __float2half2_rn(1024.0f));
+  return Half2U32(__hfma2(c, d2, a2));
+}
+// The record's grid (A, D) as half2 pairs.
+__device__ __forceinline__ void RangeGrid(uint32_t ad, __half2* a2, __half2* d2) {
+  *a2 = U32Half2(__byte_perm(ad, 0, 0x1010));
+  *d2 = U32Half2(__byte_perm(ad, 0, 0x3232));
+}
+// Channels j0 .. j0 + 7 (j0 a multiple of 8) of a record in global memory as the 16-byte
+// words of their FP16 lo and hi, in channel order (what the Quest bounds' words looked like).
+template <int kHeadDim>
+__device__ __forceinline__ void RangeWords8(const uint8_t* record, int j0, uint4* lo, uint4* hi) {
+  __half2 a2, d2;
+  RangeGrid(*reinterpret_cast<const uint32_t*>(record + 2 * kHeadDim), &a2, &d2);
+  const uint2 ca = *reinterpret_cast<const uint2*>(record + j0);
+  const uint2 cb = *reinterpret_cast<const uint2*>(record + kHeadDim + j0);
+  *lo = make_uint4(RangeGridPair(__byte_perm(ca.x, 0, 0x3120), a2, d2),
+                   RangeGridPair(__byte_perm(ca.x, 0, 0x1312), a2, d2),
+                   RangeGridPair(__byte_perm(ca.y, 0, 0x3120), a2, d2),
+                   RangeGridPair(__byte_perm(ca.y, 0, 0x1312), a2, d2));
+  *hi = make_uint4(RangeGridPair(__byte_perm(cb.x, 0, 0x3120), a2, d2),
+                   RangeGridPair(__byte_perm(cb.x, 0, 0x1312), a2, d2),
+                   RangeGridPair(__byte_perm(cb.y, 0, 0x3120), a2, d2),
+                   RangeGridPair(__byte_perm(cb.y, 0, 0x1312), a2, d2));
+}
+
+// A landed page's channel-range record (core/channel_range.h, ChannelRangeBytes(kHeadDim)
+// bytes at `bounds` in shared memory, in a region of 4 kHeadDim bytes) rewritten by the
+// whole warp as what PcWordBounds would give every lane from the decoded ranges: lo pairs
+// (c_i, c_i+4) then step pairs, 4 words per 8-channel group (word 4 g + i: channels
+// 8 g + i and 8 g + i + 4). Each range and step is formed once per page, not once per lane
+// that reads it (8 lanes share every channel); the record is 272 B against 512 B of FP16
+// bounds at d = 128, which is what the score pass saves.
 // The caller __syncwarp()s before the lanes read the result.
 template <int kHeadDim>
 __device__ __forceinline__ void PcPageBoundsInPlace(fp16_t* bounds, __half2 inv, int lane) {
   static_assert(kHeadDim == 64 || kHeadDim == 128, "two or one pairs per lane");
+  const uint8_t* record = reinterpret_cast<const uint8_t*>(bounds);
   uint32_t* kmin_w = reinterpret_cast<uint32_t*>(bounds);
   uint32_t* step_w = reinterpret_cast<uint32_t*>(bounds + kHeadDim);
+  __half2 a2, d2;
+  RangeGrid(*reinterpret_cast<const uint32_t*>(record + 2 * kHeadDim), &a2, &d2);
   if constexpr (kHeadDim == 128) {
-    // Lane l: pairs 2l, 2l + 1 = group l / 2, i = 2 (l & 1) + {0, 1}: two channel words.
-    const int c = 8 * (lane >> 1) + 2 * (lane & 1);  // channels c, c + 1 and c + 4, c + 5
-    const uint32_t n0 = kmin_w[c / 2], n4 = kmin_w[c / 2 + 2];
-    const uint32_t x0 = step_w[c / 2], x4 = step_w[c / 2 + 2];
-    __syncwarp();  // every lane has read the original bounds
-    const uint32_t na = PairFirst(n0, n4), nb = PairSecond(n0, n4);
+    // Lane l: pairs 2l, 2l + 1 = group l / 2, i = 2 (l & 1) + {0, 1}: channels c, c + 1 and
+    // c + 4, c + 5, whose codes are bytes o, o + 1 of the group's two code words.
+    const uint2 ca = reinterpret_cast<const uint2*>(record)[lane >> 1];
+    const uint2 cb = reinterpret_cast<const uint2*>(record + kHeadDim)[lane >> 1];
+    __syncwarp();  // every lane has read the record
+    const uint32_t o = 2 * (lane & 1);
+    const uint32_t sel_first = o | ((o + 4) << 8), sel_second = (o + 1) | ((o + 5) << 8);
+    const uint32_t na = RangeGridPair(__byte_perm(ca.x, ca.y, sel_first), a2, d2);
+    const uint32_t nb = RangeGridPair(__byte_perm(ca.x, ca.y, sel_second), a2, d2);
+    const uint32_t xa = RangeGridPair(__byte_perm(cb.x, cb.y, sel_first), a2, d2);
+    const uint32_t xb = RangeGridPair(__byte_perm(cb.x, cb.y, sel_second), a2, d2);
     reinterpret_cast<uint2*>(kmin_w)[lane] = make_uint2(na, nb);
-    reinterpret_cast<uint2*>(step_w)[lane] =
-        make_uint2(PcStepPair(PairFirst(x0, x4), na, inv), PcStepPair(PairSecond(x0, x4), nb, inv));
+    reinterpret_cast<uint2*>(step_w)[lane] = make_uint2(PcStepPair(xa, na, inv), PcStepPair(xb, nb, inv));
   } else {
     // Lane l: pair l = group l / 4, i = l % 4: channels c and c + 4.
-    const int c = 8 * (lane >> 2) + (lane & 3);
-    const fp16_t n0 = bounds[c], n4 = bounds[c + 4];
-    const fp16_t x0 = bounds[kHeadDim + c], x4 = bounds[kHeadDim + c + 4];
+    const uint2 ca = reinterpret_cast<const uint2*>(record)[lane >> 2];
+    const uint2 cb = reinterpret_cast<const uint2*>(record + kHeadDim)[lane >> 2];
     __syncwarp();
-    const uint32_t na = PackHalves(n0, n4), xa = PackHalves(x0, x4);
+    const uint32_t o = lane & 3;
+    const uint32_t sel = o | ((o + 4) << 8);
+    const uint32_t na = RangeGridPair(__byte_perm(ca.x, ca.y, sel), a2, d2);
+    const uint32_t xa = RangeGridPair(__byte_perm(cb.x, cb.y, sel), a2, d2);
     kmin_w[lane] = na;
     step_w[lane] = PcStepPair(xa, na, inv);
   }
@@ -421,14 +464,14 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
         // The tile's block (a tile lies in one page: page_size % 16 == 0).
         const int32_t local = (tile0 + t) * 16 / g.page_size - p_begin;
         const int64_t tb = g.BlockId(run_page[local], h);
-        const fp16_t* mn_row = qk.kmin + tb * kHeadDim + t4 * kChanPerThread;
-        const fp16_t* mx_row = qk.kmax + tb * kHeadDim + t4 * kChanPerThread;
+        const uint8_t* record = qk.range + tb * ChannelRangeBytes(kHeadDim);
         const __half2 inv = PcInverse15();
 #pragma unroll
         for (int m = 0; m < kWords; ++m) {
           uint32_t step[4], kmin[4];
-          PcWordBounds(*reinterpret_cast<const uint4*>(mn_row + m * 8),
-                       *reinterpret_cast<const uint4*>(mx_row + m * 8), inv, step, kmin);
+          uint4 mn, mx;
+          RangeWords8<kHeadDim>(record, t4 * kChanPerThread + m * 8, &mn, &mx);
+          PcWordBounds(mn, mx, inv, step, kmin);
           uint32_t xa[4], xb[4];
           NibbleWordToHalf2x4(wa[m], xa);
           NibbleWordToHalf2x4(wb[m], xb);
@@ -503,8 +546,9 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
 // error ~1e-6 at x = -20 (the argument's rounding), far below the float sums' own; results
 // below 2^-126 flush to 0.
 // kPageChannel (k_scheme 1, same geometry): no per-token scale/zero; per page the block's
-// kmin/kmax (512 B at d = 128) land with its codes, the warp rewrites them in place as kmin
-// and FP16 step pairs (PcPageBoundsInPlace: each channel's step formed once per page), and
+// channel-range record (272 B at d = 128; the FP16 Quest bounds were 512 B) lands with its
+// codes, the warp decodes it in place into lo and FP16 step pairs (PcPageBoundsInPlace: each
+// channel's range and step formed once per page), and
 // each lane dequantizes its A fragments with one HFMA2 per pair (PcDequantWord); the B
 // fragments are the FP16 queries, loaded once per block, and est = scale * acc
 // (EstimatePageChannelScoreRef's terms). Until the seventeenth session the B fragments were
@@ -525,8 +569,9 @@ constexpr int kP16Stages = 4;    // steps: kP16Stages - 1 in flight while one is
 constexpr int kP16MaxPages = 2048;  // pages of a block's run resolved in shared memory
 
 // Shared memory of ScorePage16Kernel (2 blocks per SM: at most ~113 KB each). Per token: the
-// code landing buffer. Per page channel also the bounds landing buffer (kmin then kmax of
-// each page, in the codes' cp.async groups) [stage][page][warp][4 * kHeadDim bytes]; to fit,
+// code landing buffer. Per page channel also the bounds landing buffer (each page's
+// channel-range record, in the codes' cp.async groups, then its lo and step pairs)
+// [stage][page][warp][4 * kHeadDim bytes]; to fit,
 // it resolves runs of up to 1024 pages. (3 blocks per SM with 2 stages measured the same on
 // the H200, 346.75 vs 346.98 us at B = 8: the pass is issue-bound, not latency-bound.)
 template <int kHeadDim, int kNT, bool kPageChannel>
@@ -535,7 +580,7 @@ struct P16Smem {
   static constexpr int kMaxPages = kPageChannel ? kP16MaxPages / 2 : kP16MaxPages;
   static constexpr size_t kLanding =
       size_t(kStages) * kP16Pages * 2 * kP16Warps * 32 * (kHeadDim / 8);
-  static constexpr size_t kBoundsPage = 4 * kHeadDim;  // kmin + kmax, FP16
+  static constexpr size_t kBoundsPage = 4 * kHeadDim;  // lo + step pairs, FP16
   static constexpr size_t kBounds =
       kPageChannel ? size_t(kStages) * kP16Pages * kP16Warps * kBoundsPage : 0;
   static constexpr size_t kBytes = kLanding + kBounds;
@@ -613,11 +658,13 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
   const uint8_t* lane_codes = qk.codes + r * kRowBytes + t4 * kChunk;
   const uint32_t land_s = SharedAddress(&landing[threadIdx.x]);
   constexpr uint32_t kLandPage = 2 * kThreads * sizeof(Chunk);  // one page's two halves
-  // Per page channel: the block's kmin then kmax, kHeadDim / 4 pieces of 16 bytes, one per
-  // lane (lanes past them copy nothing).
-  constexpr int kHalfPieces = kHeadDim / 8;
-  const fp16_t* lane_bounds = (lane < kHalfPieces ? qk.kmin : qk.kmax) + (lane % kHalfPieces) * 8;
-  const uint32_t bounds_s = kPageChannel ? SharedAddress(Smem::Bounds(p16_smem, 0, 0, warp) + lane * 8) : 0;
+  // Per page channel: the block's channel-range record, 16-byte pieces, one per lane (17 at
+  // d = 128; lanes past them copy nothing).
+  constexpr int kRecordBytes = int(ChannelRangeBytes(kHeadDim));
+  constexpr int kRecordPieces = kRecordBytes / 16;
+  static_assert(kRecordPieces <= 32 && kRecordBytes <= 4 * kHeadDim, "a piece per lane, in the bounds stage");
+  const uint8_t* lane_record = qk.range + lane * 16;
+  const uint32_t bounds_s = kPageChannel ? SharedAddress(Smem::Bounds(p16_smem, 0, 0, warp)) + lane * 16 : 0;
   constexpr uint32_t kBoundsStep = kP16Warps * Smem::kBoundsPage;  // between (stage, page)s
   auto issue = [&](int32_t k) {
     if (k < steps) {
@@ -637,9 +684,9 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
             CpAsyncShared8(dst + kThreads * sizeof(Chunk), src + 8 * kRowBytes);
           }
           if constexpr (kPageChannel) {
-            if (lane < 2 * kHalfPieces) {
+            if (lane < kRecordPieces) {
               CpAsyncShared16(bounds_s + uint32_t(stage * kP16Pages + pp) * kBoundsStep,
-                              lane_bounds + size_t(blk) * kHeadDim);
+                              lane_record + size_t(blk) * kRecordBytes);
             }
           }
         }
@@ -841,12 +888,13 @@ __global__ void __launch_bounds__(kScoreWarps * 32)
       } else if (g.k_scheme == kKSchemePageChannel) {
         // EstimatePageChannelScoreRef: sum_j q_j k~_j, k~_j = FP16(code_j step16_j + kmin_j).
         const uint8_t* codes = qk.Codes(g, block, row);
-        const fp16_t* mn = qk.kmin + block * g.head_dim;
-        const fp16_t* mx = qk.kmax + block * g.head_dim;
+        const uint8_t* record = qk.Range(g, block);
         const __half inv = __float2half_rn(__fdiv_rn(1.0f, float(g.MaxCode())));
         for (int c = lane; c < g.head_dim; c += 32) {
-          const __half lo = __ushort_as_half(mn[c]);
-          const __half step = __hmul(__hsub(__ushort_as_half(mx[c]), lo), inv);
+          fp16_t mn, mx;  // the channel's range
+          DecodeChannelRange(record, g.head_dim, c, &mn, &mx);
+          const __half lo = __ushort_as_half(mn);
+          const __half step = __hmul(__hsub(__ushort_as_half(mx), lo), inv);
           const __half code = __int2half_rn(int(UnpackCode(codes, c, g.k_bits)));
           dot += H2F(qr[c]) * shape.scale * __half2float(__hfma(code, step, lo));
         }
