@@ -658,13 +658,17 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
   const uint8_t* lane_codes = qk.codes + r * kRowBytes + t4 * kChunk;
   const uint32_t land_s = SharedAddress(&landing[threadIdx.x]);
   constexpr uint32_t kLandPage = 2 * kThreads * sizeof(Chunk);  // one page's two halves
-  // Per page channel: the block's channel-range record, 16-byte pieces, one per lane (17 at
-  // d = 128; lanes past them copy nothing).
+  // Per page channel: the block's channel-range record, 16-byte pieces (17 at d = 128). Every
+  // lane copies one, without a branch: lanes past the record repeat its last piece into
+  // the stage's spare bytes (the same source sectors: no more bytes read), and at d = 64
+  // lanes 16-31 repeat lanes 0-15 exactly.
   constexpr int kRecordBytes = int(ChannelRangeBytes(kHeadDim));
   constexpr int kRecordPieces = kRecordBytes / 16;
-  static_assert(kRecordPieces <= 32 && kRecordBytes <= 4 * kHeadDim, "a piece per lane, in the bounds stage");
-  const uint8_t* lane_record = qk.range + lane * 16;
-  const uint32_t bounds_s = kPageChannel ? SharedAddress(Smem::Bounds(p16_smem, 0, 0, warp)) + lane * 16 : 0;
+  constexpr int kStagePieces = 4 * kHeadDim / 16;  // the page's bounds stage, in pieces
+  static_assert(kRecordPieces <= kStagePieces, "the record fits the bounds stage");
+  const int lane_piece = lane % kStagePieces;
+  const uint8_t* lane_record = qk.range + min(lane_piece, kRecordPieces - 1) * 16;
+  const uint32_t bounds_s = kPageChannel ? SharedAddress(Smem::Bounds(p16_smem, 0, 0, warp)) + lane_piece * 16 : 0;
   constexpr uint32_t kBoundsStep = kP16Warps * Smem::kBoundsPage;  // between (stage, page)s
   auto issue = [&](int32_t k) {
     if (k < steps) {
@@ -684,10 +688,8 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
             CpAsyncShared8(dst + kThreads * sizeof(Chunk), src + 8 * kRowBytes);
           }
           if constexpr (kPageChannel) {
-            if (lane < kRecordPieces) {
-              CpAsyncShared16(bounds_s + uint32_t(stage * kP16Pages + pp) * kBoundsStep,
-                              lane_record + size_t(blk) * kRecordBytes);
-            }
+            CpAsyncShared16(bounds_s + uint32_t(stage * kP16Pages + pp) * kBoundsStep,
+                            lane_record + size_t(blk) * kRecordBytes);
           }
         }
       }
