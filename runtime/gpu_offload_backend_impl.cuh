@@ -158,7 +158,12 @@ class GpuOffloadBackend final : public OffloadBackend {
     const int64_t nb = num_blocks_;
     const int64_t codes = nb * g_.CodeBlockBytes();
     const int64_t sz = g_.HasTokenScale() ? nb * g_.page_size * 2 : 0;  // none under k_scheme 1
-    const int64_t mm = nb * g_.head_dim * 2;
+    // The Quest bounds in GPU memory only where a step reads them: under the Full selector
+    // with channel ranges the step reads the ranges, and only the appends read and write the
+    // bounds (the running min/max the ranges are coded from), so they live in mapped pinned
+    // host memory: 512 B a block at d = 128, 6% of the FP16 KV, off the GPU budget.
+    bounds_on_host_ = g_.HasChannelRange() && SelectorOf(cfg_) == SelectorKind::kFull;
+    const int64_t mm = bounds_on_host_ ? 0 : nb * g_.head_dim * 2;
     const int64_t rg = nb * g_.RangeBlockBytes();  // channel ranges (k_scheme 1)
     auto al = [](int64_t x) { return (x + 255) / 256 * 256; };
     quant_bytes_ = al(codes) + 2 * al(sz) + 2 * al(mm) + al(rg);
@@ -176,6 +181,20 @@ class GpuOffloadBackend final : public OffloadBackend {
     q += al(mm);
     qk_.range = rg ? reinterpret_cast<uint8_t*>(q) : nullptr;
     TWL_CUDA(cudaMemset(quant_.get(), 0, size_t(quant_bytes_)));
+    if (bounds_on_host_) {
+      for (auto* arena : {&host_kmin_, &host_kmax_}) {
+        absl::StatusOr<std::unique_ptr<HostArena>> a =
+            HostArena::Create(HostMemKind::kPinnedMapped, 2ll * g_.head_dim, nb, 2);
+        if (!a.ok()) return a.status();
+        if ((*a)->block_bytes() != 2ll * g_.head_dim || !(*a)->device_base()) {
+          return absl::InternalError("offload: host bounds are not contiguous and mapped");
+        }
+        std::memset((*a)->base(), 0, size_t((*a)->bytes()));
+        *arena = std::move(*a);
+      }
+      qk_.kmin = static_cast<fp16_t*>(host_kmin_->device_base());
+      qk_.kmax = static_cast<fp16_t*>(host_kmax_->device_base());
+    }
     // The runtime's selector's own per-block metadata (none for Quest and Full).
     absl::StatusOr<const Selector*> sel = FindSelector(SelectorOf(cfg_));
     if (!sel.ok()) return sel.status();
@@ -469,6 +488,10 @@ class GpuOffloadBackend final : public OffloadBackend {
   const BatchView* step_batch_ = nullptr;  // host plan of the Decode in progress
   gpu::DeviceBuffer quant_;
   QuantKView qk_;
+  // The Quest bounds in mapped pinned host memory (qk_.kmin / kmax point at their mappings)
+  // when no step reads them: see Init.
+  bool bounds_on_host_ = false;
+  std::unique_ptr<HostArena> host_kmin_, host_kmax_;
   gpu::DeviceBuffer meta_;              // qk_.meta
   const Selector* meta_sel_ = nullptr;  // its owner, the runtime's selector (set by Init)
   // GPU hot cache (blocks or rows) + transports.
