@@ -84,21 +84,28 @@ TWL_HD uint32_t ClampRangeCode(float c, uint32_t lo) {
                                    : (c > float(lo) ? uint32_t(c) : lo);
 }
 
-// One channel's codes (a, b) on the grid (A, D), from its FP16 bounds as floats. The
-// estimates from a division only save steps: the loops find the same codes from any start,
-// so host and device agree however their divisions round.
-TWL_HD void EncodeChannelRange(fp16_t a_h, fp16_t d_h, float kmin, float kmax, uint8_t* a_out,
-                               uint8_t* b_out) {
-  const float A = HalfToFloat(a_h), D = HalfToFloat(d_h);
-  const bool grid = D > 0.0f;  // false for 0 and NaN
-  uint32_t a = grid ? ClampRangeCode(floorf((kmin - A) / D), 0) : 0;
-  while (a > 0 && RangeGridFloat(a, a_h, d_h) > kmin) --a;
-  while (a < uint32_t(kRangeCodeMax) && RangeGridFloat(a + 1, a_h, d_h) <= kmin) ++a;
-  uint32_t b = grid ? ClampRangeCode(ceilf((kmax - A) / D), a) : a;
-  while (b < uint32_t(kRangeCodeMax) && RangeGridFloat(b, a_h, d_h) < kmax) ++b;
-  while (b > a && RangeGridFloat(b - 1, a_h, d_h) >= kmax) --b;
+// One channel's codes (a, b) on the grid (A, D), from its FP16 bounds as floats; grid(c) is
+// G(c) as a float (RangeGridFloat, or a host's table of it), inv_d = 1 / D (any value when D
+// is not > 0). The estimates only save steps: the loops find the same codes from any start,
+// so host and device agree however their estimates round.
+template <class Grid>
+TWL_HD void EncodeChannelRangeOn(const Grid& grid, float A, float D, float inv_d, float kmin,
+                                 float kmax, uint8_t* a_out, uint8_t* b_out) {
+  const bool spread = D > 0.0f;  // false for 0 and NaN
+  uint32_t a = spread ? ClampRangeCode(floorf((kmin - A) * inv_d), 0) : 0;
+  while (a > 0 && grid(a) > kmin) --a;
+  while (a < uint32_t(kRangeCodeMax) && grid(a + 1) <= kmin) ++a;
+  uint32_t b = spread ? ClampRangeCode(ceilf((kmax - A) * inv_d), a) : a;
+  while (b < uint32_t(kRangeCodeMax) && grid(b) < kmax) ++b;
+  while (b > a && grid(b - 1) >= kmax) --b;
   *a_out = uint8_t(a);
   *b_out = uint8_t(b);
+}
+TWL_HD void EncodeChannelRange(fp16_t a_h, fp16_t d_h, float kmin, float kmax, uint8_t* a_out,
+                               uint8_t* b_out) {
+  const float D = HalfToFloat(d_h);
+  EncodeChannelRangeOn([&](uint32_t c) { return RangeGridFloat(c, a_h, d_h); }, HalfToFloat(a_h),
+                       D, 1.0f / D, kmin, kmax, a_out, b_out);
 }
 
 // min / max that keep a NaN (a channel whose bounds are NaN makes the block's step NaN).
@@ -129,16 +136,24 @@ TWL_HD void DecodeChannelRange(const uint8_t* record, int32_t head_dim, int32_t 
   *hi = RangeGridValue(record[head_dim + j], a, d);
 }
 
-// The whole record from a block's FP16 bounds (host, or one device thread).
-TWL_HD void EncodeChannelRanges(const fp16_t* kmin, const fp16_t* kmax, int32_t head_dim,
-                                uint8_t* record) {
+// A block's grid (A, D) from its FP16 bounds.
+TWL_HD void ChannelRangeGridOf(const fp16_t* kmin, const fp16_t* kmax, int32_t head_dim,
+                               fp16_t* a, fp16_t* d) {
   float lo_all = HalfToFloat(kmin[0]), hi_all = HalfToFloat(kmax[0]);
   for (int32_t j = 1; j < head_dim; ++j) {
     lo_all = RangeMin(lo_all, HalfToFloat(kmin[j]));
     hi_all = RangeMax(hi_all, HalfToFloat(kmax[j]));
   }
-  const fp16_t a = FloatToHalf(lo_all);
-  const fp16_t d = ChannelRangeStep(lo_all, hi_all);
+  *a = FloatToHalf(lo_all);
+  *d = ChannelRangeStep(lo_all, hi_all);
+}
+
+// The whole record from a block's FP16 bounds (one device thread, or the host's reference;
+// the host stores use EncodeChannelRangesHost, core/quantize.h: the same bytes).
+TWL_HD void EncodeChannelRanges(const fp16_t* kmin, const fp16_t* kmax, int32_t head_dim,
+                                uint8_t* record) {
+  fp16_t a, d;
+  ChannelRangeGridOf(kmin, kmax, head_dim, &a, &d);
   for (int32_t j = 0; j < head_dim; ++j) {
     EncodeChannelRange(a, d, HalfToFloat(kmin[j]), HalfToFloat(kmax[j]), record + j,
                        record + head_dim + j);

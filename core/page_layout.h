@@ -175,8 +175,14 @@ struct QuantKView {
   uint8_t* meta = nullptr;   // [num_blocks][meta_bytes]
   int64_t meta_bytes = 0;
   // The per-page-channel scheme's channel ranges (PageGeometry::HasChannelRange; null
-  // otherwise): [num_blocks][ChannelRangeBytes(head_dim)], 16-byte aligned.
+  // otherwise): [num_blocks][ChannelRangeBytes(head_dim)], 16-byte aligned. A host store may
+  // keep them decoded instead (range_lo / range_hi: [num_blocks][head_dim] FP16, the values
+  // the record decodes to), so that its estimator does not decode them every step; host code
+  // reads whichever is set (core/quantize.h), device code the record.
   uint8_t* range = nullptr;
+  fp16_t* range_lo = nullptr;
+  fp16_t* range_hi = nullptr;
+  TWL_HD bool HasRanges() const { return range != nullptr || range_lo != nullptr; }
 
   TWL_HD uint8_t* Codes(const PageGeometry& g, int64_t block, int32_t row) const {
     return codes + (block * g.page_size + row) * g.CodeBytesPerToken();

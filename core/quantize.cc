@@ -148,25 +148,79 @@ TWL_TARGET_AVX2_F16C void QuantizeRowsAvx2(
 
 }  // namespace
 
+namespace {
+
+// The grid's 256 values G(c) = FP16(c D + A) as floats: PageChannelDequantTable computes
+// exactly that rounding (c D + A rounded once to FP16), vectorized where it is exact in float.
+void RangeGridTable(fp16_t a_h, fp16_t d_h, float* grid) {
+  const float a = HalfToFloat(a_h), step = HalfToFloat(d_h);
+  PageChannelDequantTable(&a, &step, 1, kRangeCodeMax, grid);
+}
+
+}  // namespace
+
 void PageChannelRangeValues(const PageGeometry& g, const QuantKView& qk, int64_t block,
                             float* lo, float* hi) {
-  const uint8_t* record = qk.Range(g, block);
   const int32_t d = g.head_dim;
-  // The block's 256 grid values G(c) = FP16(c D + A) in one table (PageChannelDequantTable
-  // computes exactly that rounding, vectorized where it is exact in float), then a gather.
-  const float a = HalfToFloat(ChannelRangeA(record, d)), step = HalfToFloat(ChannelRangeD(record, d));
+  if (qk.range_lo) {
+    const fp16_t* l = qk.range_lo + block * d;
+    const fp16_t* h = qk.range_hi + block * d;
+    for (int32_t j = 0; j < d; ++j) lo[j] = HalfToFloatBranchless(l[j]);
+    for (int32_t j = 0; j < d; ++j) hi[j] = HalfToFloatBranchless(h[j]);
+    return;
+  }
+  const uint8_t* record = qk.Range(g, block);
   float grid[kRangeCodeMax + 1];
-  PageChannelDequantTable(&a, &step, 1, kRangeCodeMax, grid);
+  RangeGridTable(ChannelRangeA(record, d), ChannelRangeD(record, d), grid);
   for (int32_t j = 0; j < d; ++j) {
     lo[j] = grid[record[j]];
     hi[j] = grid[record[d + j]];
   }
 }
 
+void PageChannelRangeAt(const PageGeometry& g, const QuantKView& qk, int64_t block, int32_t j,
+                        float* lo, float* hi) {
+  if (qk.range_lo) {
+    *lo = HalfToFloat(qk.range_lo[block * g.head_dim + j]);
+    *hi = HalfToFloat(qk.range_hi[block * g.head_dim + j]);
+    return;
+  }
+  fp16_t l, h;
+  DecodeChannelRange(qk.Range(g, block), g.head_dim, j, &l, &h);
+  *lo = HalfToFloat(l);
+  *hi = HalfToFloat(h);
+}
+
+void EncodeChannelRangesHost(const fp16_t* kmin, const fp16_t* kmax, int32_t head_dim,
+                             uint8_t* record, fp16_t* lo, fp16_t* hi) {
+  fp16_t a, step;
+  ChannelRangeGridOf(kmin, kmax, head_dim, &a, &step);
+  float grid[kRangeCodeMax + 1];
+  RangeGridTable(a, step, grid);
+  const float A = HalfToFloat(a), D = HalfToFloat(step), inv_d = 1.0f / D;
+  for (int32_t j = 0; j < head_dim; ++j) {
+    uint8_t ca, cb;
+    EncodeChannelRangeOn([&](uint32_t c) { return grid[c]; }, A, D, inv_d, HalfToFloat(kmin[j]),
+                         HalfToFloat(kmax[j]), &ca, &cb);
+    if (record) {
+      record[j] = ca;
+      record[head_dim + j] = cb;
+    }
+    if (lo) {
+      lo[j] = FloatToHalf(grid[ca]);  // FP16 values: exact
+      hi[j] = FloatToHalf(grid[cb]);
+    }
+  }
+  if (record) StoreChannelRangeGrid(record, head_dim, a, step);
+}
+
 void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const QuantKView& qk,
                           int64_t block, int32_t rows) {
   const int32_t d = g.head_dim;
-  EncodeChannelRanges(qk.kmin + block * d, qk.kmax + block * d, d, qk.Range(g, block));
+  EncodeChannelRangesHost(qk.kmin + block * d, qk.kmax + block * d, d,
+                          qk.range ? qk.Range(g, block) : nullptr,
+                          qk.range_lo ? qk.range_lo + block * d : nullptr,
+                          qk.range_hi ? qk.range_hi + block * d : nullptr);
   // A channel's range and step once per block, a row's K once per row: the per-element loop
   // is then branch-free arithmetic (the same division and rint as ever, so the same codes).
   thread_local std::vector<float> lo, hi, step, x, code;
@@ -190,10 +244,9 @@ float DequantizeAtRef(const PageGeometry& g, const QuantKView& qk, int64_t block
                       int32_t j) {
   const uint8_t* codes = qk.Codes(g, block, row);
   if (g.k_scheme == kKSchemePageChannel) {
-    fp16_t mn, mx;
-    DecodeChannelRange(qk.Range(g, block), g.head_dim, j, &mn, &mx);
-    const float lo = HalfToFloat(mn);
-    return lo + float(UnpackCode(codes, j, g.k_bits)) * PageChannelStep(g, lo, HalfToFloat(mx));
+    float lo, hi;
+    PageChannelRangeAt(g, qk, block, j, &lo, &hi);
+    return lo + float(UnpackCode(codes, j, g.k_bits)) * PageChannelStep(g, lo, hi);
   }
   const int64_t at = block * g.page_size + row;
   return DequantizeRef(g, codes, qk.scale[at], qk.zero[at], j);

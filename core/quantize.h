@@ -22,9 +22,18 @@ float DequantizeRef(const PageGeometry& g, const uint8_t* codes, fp16_t scale, f
 // Per-page-channel scheme (core/page_layout.h): a channel is quantized over its range
 // [lo, hi] (the block's channel ranges, core/channel_range.h, which contain its Quest
 // bounds; "kmin" and "kmax" below name a range's ends, FP16 values).
-// The channel ranges of a block as floats (lo, hi: [head_dim]), from its record.
+// The channel ranges of a block as floats (lo, hi: [head_dim]), from its decoded ranges or
+// its record (QuantKView::range_lo / range).
 void PageChannelRangeValues(const PageGeometry& g, const QuantKView& qk, int64_t block,
                             float* lo, float* hi);
+// Channel j's range alone.
+void PageChannelRangeAt(const PageGeometry& g, const QuantKView& qk, int64_t block, int32_t j,
+                        float* lo, float* hi);
+// A block's channel ranges coded from its FP16 Quest bounds on the host: the record's bytes
+// EncodeChannelRanges writes (core/channel_range.h), found on a table of the grid's 256
+// values, into `record` and the decoded ranges into lo / hi (each may be null).
+void EncodeChannelRangesHost(const fp16_t* kmin, const fp16_t* kmax, int32_t head_dim,
+                             uint8_t* record, fp16_t* lo, fp16_t* hi);
 // The quantizer's FP32 step of a channel: codes are rint((k - lo) / step).
 float PageChannelStep(const PageGeometry& g, float lo, float hi);
 // The estimator's FP16 dequantization of a code (the pruner's score estimate reads K as

@@ -77,11 +77,14 @@ class CpuBackend final : public Backend {
     auto zero = HostArena::Create(kind, token_scale ? 2ll * g_.page_size : 0, blocks, 2);
     auto kmin = HostArena::Create(kind, 2ll * g_.head_dim, blocks, 2);
     auto kmax = HostArena::Create(kind, 2ll * g_.head_dim, blocks, 2);
-    // The per-page-channel scheme's channel ranges (records of a 16-byte multiple).
-    auto range = HostArena::Create(kind, g_.RangeBlockBytes(), blocks, 16);
+    // The per-page-channel scheme's channel ranges, kept decoded (QuantKView::range_lo / hi):
+    // the host estimator reads them as it read FP16 bounds, without decoding every step.
+    const int64_t range_bytes = g_.HasChannelRange() ? 2ll * g_.head_dim : 0;
+    auto range_lo = HostArena::Create(kind, range_bytes, blocks, 2);
+    auto range_hi = HostArena::Create(kind, range_bytes, blocks, 2);
     const int64_t meta_bytes = meta_sel_->OwnMetadataBytesPerBlock(g_);
     auto meta = HostArena::Create(kind, meta_bytes, blocks, 4);
-    for (auto* a : {&codes, &scale, &zero, &kmin, &kmax, &range, &meta}) {
+    for (auto* a : {&codes, &scale, &zero, &kmin, &kmax, &range_lo, &range_hi, &meta}) {
       if (!a->ok()) return a->status();
     }
     codes_ = std::move(*codes);
@@ -89,17 +92,19 @@ class CpuBackend final : public Backend {
     zero_ = std::move(*zero);
     kmin_ = std::move(*kmin);
     kmax_ = std::move(*kmax);
-    range_ = std::move(*range);
+    range_lo_ = std::move(*range_lo);
+    range_hi_ = std::move(*range_hi);
     meta_ = std::move(*meta);
     kv_ = disk_ ? disk_->View() : FpKvView{static_cast<fp16_t*>(fp16_->base()), nullptr};
     qk_ = QuantKView{static_cast<uint8_t*>(codes_->base()), static_cast<fp16_t*>(scale_->base()),
                      static_cast<fp16_t*>(zero_->base()), static_cast<fp16_t*>(kmin_->base()),
                      static_cast<fp16_t*>(kmax_->base())};
     if (g_.HasChannelRange()) {
-      if (range_->block_bytes() != g_.RangeBlockBytes()) {
-        return absl::InternalError("channel-range arena stride differs from the record size");
+      if (range_lo_->block_bytes() != range_bytes || range_hi_->block_bytes() != range_bytes) {
+        return absl::InternalError("channel-range arena stride differs from head_dim");
       }
-      qk_.range = static_cast<uint8_t*>(range_->base());
+      qk_.range_lo = static_cast<fp16_t*>(range_lo_->base());
+      qk_.range_hi = static_cast<fp16_t*>(range_hi_->base());
     }
     if (meta_bytes > 0) {
       qk_.meta = static_cast<uint8_t*>(meta_->base());
@@ -361,7 +366,8 @@ class CpuBackend final : public Backend {
 
   MemoryUsage Memory() const override {
     MemoryUsage m;
-    for (const auto* a : {&fp16_, &codes_, &scale_, &zero_, &kmin_, &kmax_, &range_, &meta_}) {
+    for (const auto* a :
+         {&fp16_, &codes_, &scale_, &zero_, &kmin_, &kmax_, &range_lo_, &range_hi_, &meta_}) {
       if (*a) m.host_pool_bytes_total += (*a)->bytes();
     }
     if (disk_) {
@@ -400,7 +406,8 @@ class CpuBackend final : public Backend {
     if (q.zero) q.zero += b0 * g_.page_size;
     q.kmin += b0 * g_.head_dim;
     q.kmax += b0 * g_.head_dim;
-    if (q.range) q.range += b0 * g_.RangeBlockBytes();
+    if (q.range_lo) q.range_lo += b0 * g_.head_dim;
+    if (q.range_hi) q.range_hi += b0 * g_.head_dim;
     if (q.meta) q.meta += b0 * q.meta_bytes;
     return q;
   }
@@ -571,7 +578,8 @@ class CpuBackend final : public Backend {
   const PageGeometry g_;
   const int64_t num_pages_;
   std::unique_ptr<DiskResidency> disk_;  // null: no disk tier
-  std::unique_ptr<HostArena> fp16_, codes_, scale_, zero_, kmin_, kmax_, range_, meta_;
+  std::unique_ptr<HostArena> fp16_, codes_, scale_, zero_, kmin_, kmax_, range_lo_, range_hi_,
+      meta_;
   const Selector* meta_sel_;
   FpKvView kv_;
   QuantKView qk_;
@@ -589,8 +597,8 @@ int64_t CpuBackendBytesPerPage(const RuntimeConfig& config) {
       g.k_bits < 16 ? g.CodeBlockBytes() + (g.HasTokenScale() ? 4ll * g.page_size : 0) : 0;
   absl::StatusOr<const Selector*> sel = FindSelector(SelectorOf(config));
   const int64_t meta = sel.ok() ? (*sel)->OwnMetadataBytesPerBlock(g) : 0;
-  return int64_t(g.num_kv_heads) *
-         (g.FpBlockBytes() + quant + 4ll * g.head_dim + g.RangeBlockBytes() + meta);
+  const int64_t ranges = g.HasChannelRange() ? 4ll * g.head_dim : 0;  // decoded, FP16
+  return int64_t(g.num_kv_heads) * (g.FpBlockBytes() + quant + 4ll * g.head_dim + ranges + meta);
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const RuntimeConfig& config,

@@ -4,8 +4,8 @@
 //
 // Storage (all host memory, sized for `num_pages` pages at creation):
 //   FP16 blocks    one HostArena of num_pages * num_kv_heads blocks, block id addressing
-//   quantized K    codes, scale, zero, kmin, kmax, channel ranges (k_scheme 1) in HostArenas
-//                  (QuantKView layout)
+//   quantized K    codes, scale, zero, kmin, kmax, the decoded channel ranges (k_scheme 1) in
+//                  HostArenas (QuantKView layout)
 // Decode: SelectPagesRef -> PruneRef (dense kept sets when pruner.dense) ->
 // SparseAttentionRef, each stage timed into the telemetry.
 //

@@ -24,7 +24,7 @@ absl::Status AppendRef(const PageGeometry& g, const AppendView& in, const FpKvVi
     return absl::InvalidArgumentError("append needs a direct (unindirected) FP16 block store");
   }
   if (!qk.kmin || !qk.kmax || (g.k_bits < 16 && !qk.codes) ||
-      (g.HasTokenScale() && (!qk.scale || !qk.zero)) || (g.HasChannelRange() && !qk.range)) {
+      (g.HasTokenScale() && (!qk.scale || !qk.zero)) || (g.HasChannelRange() && !qk.HasRanges())) {
     return absl::InvalidArgumentError("append needs the quantized K store");
   }
   for (int32_t i = 0; i < in.num_tokens; ++i) {

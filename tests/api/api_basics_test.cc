@@ -206,10 +206,9 @@ TEST(ApiBasics, KSchemeMemoryHasNoPerTokenScaleUnderPageChannel) {
   };
   const int64_t tok = total(TWL_K_SCHEME_TOKEN, 4), pc = total(TWL_K_SCHEME_PAGE_CHANNEL, 4),
                 dflt = total(TWL_K_SCHEME_AUTO, 4);
-  // Per block: the per-token scale/zero (4 B a token) against the channel-range record
-  // (2 d + 4 bytes rounded up to 16: core/channel_range.h).
-  const int64_t record = (2 * int64_t(c.head_dim) + 4 + 15) / 16 * 16;
-  EXPECT_EQ(tok - pc, pages * c.num_kv_heads * (c.page_size * 4 - record));
+  // Per block: the per-token scale/zero (4 B a token) against the channel ranges, which the
+  // host store keeps decoded (FP16 lo and hi, 4 B a channel: core/channel_range.h).
+  EXPECT_EQ(tok - pc, pages * c.num_kv_heads * (c.page_size * 4 - 4 * int64_t(c.head_dim)));
   EXPECT_EQ(dflt, pc);
   EXPECT_EQ(total(TWL_K_SCHEME_TOKEN, 16), total(TWL_K_SCHEME_PAGE_CHANNEL, 16));
 }

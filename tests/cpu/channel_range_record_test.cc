@@ -1,8 +1,9 @@
 // The channel-range record of the per-page-channel K scheme (core/channel_range.h): every
 // decoded range contains its channel's Quest bounds, each end is the tightest code on the
 // block's grid (checked against a scan of all 256 codes), grid values are FP16's nearest to
-// c D + A (checked in long double), the codes depend only on the bounds, and non-finite
-// bounds decode to NaN. Fresh random blocks per run (gtest seed).
+// c D + A (checked in long double), the host stores' table encoder writes the same bytes and
+// ranges, the codes depend only on the bounds, and non-finite bounds decode to NaN. Fresh
+// random blocks per run (gtest seed).
 #include "core/channel_range.h"
 
 #include <algorithm>
@@ -69,6 +70,12 @@ TEST(ChannelRangeRecord, RangesContainTheBoundsAndAreTheTightestCodes) {
       DrawBounds(rng, d, kind, &mn, &mx);
       std::vector<uint8_t> record(size_t(ChannelRangeBytes(d)), 0xAB);
       EncodeChannelRanges(mn.data(), mx.data(), d, record.data());
+      // The host stores' encoder (a table of the grid) writes the same bytes, and its decoded
+      // ranges are the record's.
+      std::vector<uint8_t> host_record(record.size(), 0x5C);
+      std::vector<fp16_t> lo16(static_cast<size_t>(d)), hi16(static_cast<size_t>(d));
+      EncodeChannelRangesHost(mn.data(), mx.data(), d, host_record.data(), lo16.data(), hi16.data());
+      ASSERT_EQ(host_record, record) << "d " << d << " kind " << kind;
       const fp16_t a = ChannelRangeA(record.data(), d), step = ChannelRangeD(record.data(), d);
       float lo_all = INFINITY, hi_all = -INFINITY;
       for (int j = 0; j < d; ++j) {
@@ -117,6 +124,8 @@ TEST(ChannelRangeRecord, RangesContainTheBoundsAndAreTheTightestCodes) {
         DecodeChannelRange(record.data(), d, j, &dl, &dh);
         ASSERT_EQ(HalfToFloat(dl), lo[size_t(j)]);
         ASSERT_EQ(HalfToFloat(dh), hi[size_t(j)]);
+        ASSERT_EQ(lo16[size_t(j)], dl);
+        ASSERT_EQ(hi16[size_t(j)], dh);
         widened += (lo[size_t(j)] < kmin) + (hi[size_t(j)] > kmax);
         ++channels;
       }

@@ -170,7 +170,16 @@ TWL_TARGET_AVX2_F16C void EstimateFourBit(const PageGeometry& g, const float* co
                                           float* const* out) {
   const int d = g.head_dim;
   alignas(32) float mn[kMaxDim], mx[kMaxDim];  // the channel ranges (FP16 values)
-  PageChannelRangeValues(g, qk, block, mn, mx);
+  if (qk.range_lo) {  // a host store's decoded ranges: eight conversions per instruction
+    const fp16_t* lo16 = qk.range_lo + block * d;
+    const fp16_t* hi16 = qk.range_hi + block * d;
+    for (int j = 0; j < d; j += 8) {
+      _mm256_store_ps(mn + j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lo16 + j))));
+      _mm256_store_ps(mx + j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(hi16 + j))));
+    }
+  } else {
+    PageChannelRangeValues(g, qk, block, mn, mx);
+  }
   const float inverse = HalfToFloat(PageChannelInverseMaxCodeHalf(g));
   alignas(32) float lo[kMaxDim], step[kMaxDim];
   uint32_t exact[kMaxDim / 32];

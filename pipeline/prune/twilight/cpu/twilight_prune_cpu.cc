@@ -195,7 +195,12 @@ void PrefetchEstimateBlock(const PageGeometry& g, const QuantKView& qk, int64_t 
     PrefetchBytes(qk.scale + block * g.page_size, size_t(g.page_size) * 2);
     PrefetchBytes(qk.zero + block * g.page_size, size_t(g.page_size) * 2);
   } else {
-    PrefetchBytes(qk.Range(g, block), size_t(g.RangeBlockBytes()));
+    if (qk.range_lo) {
+      PrefetchBytes(qk.range_lo + block * g.head_dim, size_t(g.head_dim) * 2);
+      PrefetchBytes(qk.range_hi + block * g.head_dim, size_t(g.head_dim) * 2);
+    } else {
+      PrefetchBytes(qk.Range(g, block), size_t(g.RangeBlockBytes()));
+    }
   }
 }
 
@@ -362,7 +367,7 @@ absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const B
   }
   if (g.k_bits >= 16 ? !kv.kv
                      : (!qk.codes || (g.HasTokenScale() ? (!qk.scale || !qk.zero)
-                                                        : !qk.range))) {
+                                                        : !qk.HasRanges()))) {
     return absl::InvalidArgumentError("prune: the estimation K store is missing");
   }
   const bool grow = selection.bound != nullptr && !params.dense;

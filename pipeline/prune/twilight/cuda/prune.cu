@@ -187,8 +187,10 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
   if (!q.q || !selection.pages || !selection.count || !out.tokens || !out.count) {
     return absl::InvalidArgumentError("prune: q, selection and outputs must not be null");
   }
-  const bool token_scale_missing = g.HasTokenScale() && (!qk.scale || !qk.zero);
-  if (!params.dense && (g.k_bits >= 16 ? !kv.kv : (!qk.codes || token_scale_missing))) {
+  // The device estimators read the channel ranges' record (not decoded host arrays).
+  const bool metadata_missing = (g.HasTokenScale() && (!qk.scale || !qk.zero)) ||
+                                (g.HasChannelRange() && !qk.range);
+  if (!params.dense && (g.k_bits >= 16 ? !kv.kv : (!qk.codes || metadata_missing))) {
     return absl::InvalidArgumentError("prune: the estimation K store is missing");
   }
   const int64_t cand = int64_t(selection.max_select) * g.page_size;

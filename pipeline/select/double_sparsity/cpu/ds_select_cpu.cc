@@ -101,7 +101,7 @@ absl::Status DsCheckSelect(const PageGeometry& g, const SelectorParams& params,
     return absl::InvalidArgumentError(
         "select: double sparsity scores from the quantized K copy (k_bits < 16)");
   }
-  if (g.k_scheme == kKSchemePageChannel ? !qk.range : (!qk.scale || !qk.zero)) {
+  if (g.k_scheme == kKSchemePageChannel ? !qk.HasRanges() : (!qk.scale || !qk.zero)) {
     return absl::InvalidArgumentError("select: double sparsity needs the K quantization ranges");
   }
   if (!qk.meta || qk.meta_bytes < DsMetadataBytesPerBlock(g)) {
