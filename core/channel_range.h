@@ -17,7 +17,9 @@
 // lo_j / hi_j where the FP16-range scheme used kmin_j / kmax_j (core/quantize.h); the Quest
 // bounds themselves stay stored and exact (selectors and the appends' running min/max read
 // them). The codes depend on the block's current kmin/kmax only, not on how its rows were
-// appended.
+// appended. The GPU stores keep the record (its bytes are what the score pass saves); the CPU
+// store keeps the decoded lo_j / hi_j instead (QuantKView::range_lo / range_hi), so that its
+// estimator need not decode them every step.
 // Non-finite bounds (K holding inf or NaN) give a NaN step D: every range of the block
 // decodes to NaN and its codes to 0, so its estimates are NaN (a NaN estimate makes the
 // pruner's head keep nothing, as an infinite FP16 range did). K near FP16's largest values
