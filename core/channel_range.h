@@ -138,16 +138,23 @@ TWL_HD void DecodeChannelRange(const uint8_t* record, int32_t head_dim, int32_t 
   *hi = RangeGridValue(record[head_dim + j], a, d);
 }
 
-// A block's grid (A, D) from its FP16 bounds.
-TWL_HD void ChannelRangeGridOf(const fp16_t* kmin, const fp16_t* kmax, int32_t head_dim,
-                               fp16_t* a, fp16_t* d) {
-  float lo_all = HalfToFloat(kmin[0]), hi_all = HalfToFloat(kmax[0]);
+// A block's grid (A, D) from its bounds, channel j's as floats kmin(j) and kmax(j) (FP16
+// values): A the smallest kmin, D from A and the largest kmax (NaN kept).
+template <class Kmin, class Kmax>
+TWL_HD void ChannelRangeGridOn(const Kmin& kmin, const Kmax& kmax, int32_t head_dim, fp16_t* a,
+                               fp16_t* d) {
+  float lo_all = kmin(0), hi_all = kmax(0);
   for (int32_t j = 1; j < head_dim; ++j) {
-    lo_all = RangeMin(lo_all, HalfToFloat(kmin[j]));
-    hi_all = RangeMax(hi_all, HalfToFloat(kmax[j]));
+    lo_all = RangeMin(lo_all, kmin(j));
+    hi_all = RangeMax(hi_all, kmax(j));
   }
   *a = FloatToHalf(lo_all);
   *d = ChannelRangeStep(lo_all, hi_all);
+}
+TWL_HD void ChannelRangeGridOf(const fp16_t* kmin, const fp16_t* kmax, int32_t head_dim,
+                               fp16_t* a, fp16_t* d) {
+  ChannelRangeGridOn([&](int32_t j) { return HalfToFloat(kmin[j]); },
+                     [&](int32_t j) { return HalfToFloat(kmax[j]); }, head_dim, a, d);
 }
 
 // The whole record from a block's FP16 bounds (one device thread, or the host's reference;

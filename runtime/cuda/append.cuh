@@ -55,13 +55,9 @@ __device__ __forceinline__ int PageChannelCode(float x, float mn, float step, in
 __device__ __forceinline__ void EncodeBlockRanges(const PageGeometry& g, const QuantKView& qk,
                                                   int64_t block, float* s_a, float* s_b) {
   const int32_t D = g.head_dim;
-  float lo_all = s_a[0], hi_all = s_b[0];
-  for (int32_t j = 1; j < D; ++j) {
-    lo_all = RangeMin(lo_all, s_a[j]);
-    hi_all = RangeMax(hi_all, s_b[j]);
-  }
-  const fp16_t a = FloatToHalf(lo_all);
-  const fp16_t d = ChannelRangeStep(lo_all, hi_all);
+  fp16_t a, d;
+  ChannelRangeGridOn([&](int32_t j) { return s_a[j]; }, [&](int32_t j) { return s_b[j]; }, D, &a,
+                     &d);
   uint8_t* record = qk.Range(g, block);
   __syncthreads();  // every thread has read the bounds before they are overwritten
   for (int32_t c = threadIdx.x; c < D; c += blockDim.x) {

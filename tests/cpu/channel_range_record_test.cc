@@ -14,29 +14,14 @@
 
 #include "core/quantize.h"
 #include "gtest/gtest.h"
+#include "support/nearest_half.h"
 
 namespace twl {
 namespace {
 
 uint64_t FreshSeed() { return ::testing::UnitTest::GetInstance()->random_seed(); }
 
-// Whether h is the FP16 value nearest to x (ties to even), x finite and within FP16's range.
-bool IsNearestHalf(long double x, fp16_t h) {
-  const long double v = HalfToFloat(h);
-  for (int dir : {-1, 1}) {
-    const bool neg = (h & 0x8000u) != 0;
-    fp16_t n;
-    if ((h & 0x7fffu) == 0) {
-      n = dir > 0 ? fp16_t(0x0001u) : fp16_t(0x8001u);
-    } else {
-      n = (neg == (dir < 0)) ? fp16_t(h + 1) : fp16_t(h - 1);
-    }
-    if ((n & 0x7c00u) == 0x7c00u) continue;
-    const long double dv = std::fabs(x - v), dw = std::fabs(x - (long double)HalfToFloat(n));
-    if (dw < dv || (dw == dv && (h & 1u))) return false;
-  }
-  return true;
-}
+using testing::IsNearestHalf;
 
 // A block's bounds: per channel an ordinary range around an offset, with outlier channels,
 // equal bounds, subnormal and large magnitudes by kind.

@@ -11,6 +11,7 @@
 #include "pipeline/prune/twilight/cpu/estimate_cpu.h"
 #include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
 #include "runtime/cpu/append_cpu.h"
+#include "support/nearest_half.h"
 #include "support/ref_store.h"
 
 namespace twl {
@@ -236,33 +237,15 @@ TEST(Quantize, PageChannelSchemeIsPerChannelOverTheBlockRange) {
   }
 }
 
+using testing::IsNearestHalf;
+
+uint64_t FreshSeed() { return ::testing::UnitTest::GetInstance()->random_seed(); }
+
 // The per-page-channel estimate's definition (estimate_cpu.h), term for term and in channel
 // order: sum_j q_j float(k~_j), k~_j = FP16(code_j * step16_j + kmin_j) rounded once, step16_j
 // = FP16(FP16(kmax_j - kmin_j) * FP16(1 / 15)). Each FP16 operation is checked to be the
 // correctly rounded one (nearest, ties to even) from its exact value in long double, an
 // independent route from DoubleToHalf. Bit-exact.
-// Whether h is the FP16 value nearest to x (ties: even mantissa): x lies within half an ulp
-// of h on both sides.
-bool IsNearestHalf(long double x, fp16_t h) {
-  // The representable neighbours of h toward +inf and -inf.
-  auto next = [](fp16_t v, bool up) -> fp16_t {
-    const bool neg = (v & 0x8000u) != 0;
-    if ((v & 0x7fffu) == 0) return up ? fp16_t(0x0001u) : fp16_t(0x8001u);
-    return neg == up ? fp16_t(v - 1) : fp16_t(v + 1);  // magnitude down, else up
-  };
-  const long double v = HalfToFloat(h);
-  for (bool up : {true, false}) {
-    const fp16_t n = next(h, up);
-    if ((n & 0x7c00u) == 0x7c00u) continue;  // past the finite range
-    const long double dv = std::fabs(x - v), dw = std::fabs(x - (long double)HalfToFloat(n));
-    if (dw < dv) return false;
-    if (dw == dv && (h & 1u)) return false;  // a tie goes to the even neighbour
-  }
-  return true;
-}
-
-uint64_t FreshSeed() { return ::testing::UnitTest::GetInstance()->random_seed(); }
-
 TEST(Quantize, PageChannelEstimateDequantizesToFp16) {
   for (int32_t d : {64, 128}) {
     PageGeometry g{16, d, 1, 4};
