@@ -12,13 +12,7 @@ namespace {
 
 // The group's slice of the batch (device plan rows from first_seq on).
 BatchView GroupBatch(const BatchView& all, const SeqGroup& grp) {
-  BatchView b;
-  b.num_seqs = grp.num_seqs;
-  b.num_q_heads = all.num_q_heads;
-  b.seq_len = all.seq_len + grp.first_seq;
-  b.page_table = all.page_table + int64_t(grp.first_seq) * all.max_pages;
-  b.max_pages = all.max_pages;
-  return b;
+  return all.Slice(grp.first_seq, grp.num_seqs);
 }
 
 }  // namespace
@@ -114,7 +108,8 @@ absl::Status CudaExecutor::Run(const CudaStep& step, absl::Span<const SeqGroup> 
     if (m) TWL_CUDA(cudaEventRecord(m[kSel1], c));
     TWL_RETURN_IF_ERROR(pruner_.PruneOnDevice(g, pp, b, q, step.qk, step.prune_kv, sel, kept,
                                               scratch.Stats(grp.first_seq),
-                                              scratch.prune_workspace(), step.ws_prune, c));
+                                              scratch.prune_workspace(), step.ws_prune, c,
+                                              scratch.prune_streams()));
     if (m) TWL_CUDA(cudaEventRecord(m[kPrune1], c));
     TWL_RETURN_IF_ERROR(fetch.Fetch(gi, grp, g, b, kept, c, m));
     // Compute stream: the previous group's attention overlaps this group's fetch.
