@@ -108,8 +108,7 @@ absl::Status CudaExecutor::Run(const CudaStep& step, absl::Span<const SeqGroup> 
     if (m) TWL_CUDA(cudaEventRecord(m[kSel1], c));
     TWL_RETURN_IF_ERROR(pruner_.PruneOnDevice(g, pp, b, q, step.qk, step.prune_kv, sel, kept,
                                               scratch.Stats(grp.first_seq),
-                                              scratch.prune_workspace(), step.ws_prune, c,
-                                              scratch.prune_streams()));
+                                              scratch.prune_workspace(), step.ws_prune, c));
     if (m) TWL_CUDA(cudaEventRecord(m[kPrune1], c));
     TWL_RETURN_IF_ERROR(fetch.Fetch(gi, grp, g, b, kept, c, m));
     // Compute stream: the previous group's attention overlaps this group's fetch.

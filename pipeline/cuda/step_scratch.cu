@@ -20,7 +20,6 @@ absl::Status StepScratch::GrowSelectPrune(size_t select_workspace, size_t prune_
     TWL_RETURN_IF_ERROR(GrowScratch(sel_limit_, size_t(units) * 4, min_bytes_));
   }
   TWL_RETURN_IF_ERROR(GrowScratch(ws_select_, select_workspace, min_bytes_));
-  TWL_RETURN_IF_ERROR(prune_streams_.Ensure());
   return GrowScratch(ws_prune_, prune_workspace, min_bytes_);
 }
 

@@ -12,7 +12,6 @@
 #include "absl/status/status.h"
 #include "core/stage_views.h"
 #include "gpu/device.h"
-#include "pipeline/cuda/prune_streams.h"
 
 namespace twl::pipeline_cuda {
 
@@ -50,8 +49,6 @@ class StepScratch {
   void* select_workspace() const { return ws_select_.get(); }
   size_t select_workspace_bytes() const { return ws_select_.bytes(); }
   void* prune_workspace() const { return ws_prune_.get(); }
-  // The pruner's second stream (made with the select / prune buffers), or null before.
-  const PruneStreams* prune_streams() const { return prune_streams_.get(); }
   size_t prune_workspace_bytes() const { return ws_prune_.bytes(); }
   void* attend_workspace() const { return ws_attend_.get(); }
   size_t attend_workspace_bytes() const { return ws_attend_.bytes(); }
@@ -62,7 +59,6 @@ class StepScratch {
   gpu::DeviceBuffer sel_pages_, sel_count_, sel_bound_, sel_limit_;
   gpu::DeviceBuffer kept_tokens_, kept_count_, stats_;
   gpu::DeviceBuffer ws_select_, ws_prune_, ws_attend_;
-  PruneStreamSet prune_streams_;
 };
 
 }  // namespace twl::pipeline_cuda

@@ -3,8 +3,8 @@
 # suite and the C API tests (SUITE=1, API=1), the dense SDPA baseline, then each serving
 # configuration once per environment side, all on one lease, so that a switch read from the
 # environment (e.g. TWL_PRUNE_PARTS) is compared against itself on the same machine.
-# ENV_SIDES: ';'-separated sides, each a space-separated list of VAR=value (default:
-# "TWL_PRUNE_PARTS=1;TWL_PRUNE_PARTS=2"); SERVE_CONFIGS: ';'-separated twl_serve_bench flag
+# ENV_SIDES: ';'-separated sides, each a space-separated list of VAR=value, e.g.
+# "TWL_ATTN_TC=1;TWL_ATTN_TC=0" (default: one side, the environment as it is); SERVE_CONFIGS: ';'-separated twl_serve_bench flag
 # sets (default: 32 x 8 peaked, B = 8, twilight and hbm); SDPA_BATCHES (default 8);
 # T_SUITE, T_CONFIG seconds. Pack twl_gpu_tests, twl_api_tests and twl_serve_bench.
 t0=$(date +%s)
@@ -26,7 +26,7 @@ PYTHONUNBUFFERED=1 timeout 90 python3 bench/sdpa_serving.py "$L/sdpa.csv" \
 echo "rc=$?"; grep flash "$L/sdpa.log"
 common="--sdpa_csv=$L/sdpa.csv --context=131072 --layers=8 --len_spread=0 --churn_every=0 --steps=6 --warmup=8 --telemetry_steps=1 --full_offload_steps=0"
 configs=${SERVE_CONFIGS:-"--shapes=32x8 --batches=8 --workloads=peaked --methods=twilight,hbm"}
-sides=${ENV_SIDES:-"TWL_PRUNE_PARTS=1;TWL_PRUNE_PARTS=2"}
+sides=${ENV_SIDES:-"TWL_UNUSED=0"}
 IFS=';' read -ra clist <<<"$configs"
 IFS=';' read -ra slist <<<"$sides"
 i=0

@@ -17,7 +17,6 @@
 #include "core/half.h"
 #include "core/head_math.h"
 #include "pipeline/prune/twilight/cpu/twilight_prune_cpu.h"
-#include "pipeline/cuda/prune_streams.h"
 #include "pipeline/prune/twilight/cuda/prune_launch.h"
 #include "pipeline/select/quest/cpu/quest_select_cpu.h"
 #include "pipeline/select/quest/cuda/select_launch.h"
@@ -84,8 +83,7 @@ Outputs RunReference(RefStore& st, const SelectorParams& sp, const PrunerParams&
   return o;
 }
 
-Outputs RunGpu(const RefStore& st, const SelectorParams& sp, const PrunerParams& pp,
-               const PruneStreams* streams = nullptr) {
+Outputs RunGpu(const RefStore& st, const SelectorParams& sp, const PrunerParams& pp) {
   DeviceStore ds(st);
   const BatchView b = ds.Batch();
   const int32_t stride = SelectStride(sp, b.max_pages);
@@ -113,7 +111,7 @@ Outputs RunGpu(const RefStore& st, const SelectorParams& sp, const PrunerParams&
                   KeptView{tokens.as<int32_t>(), kcount.as<int32_t>(), int32_t(kept_stride)},
                   HeadStatsView{selected.as<int32_t>(), kept.as<int32_t>(), est.as<float>(),
                                 full.as<float>(), cap.as<int32_t>()},
-                  ws_pr.get(), pr_bytes, nullptr, streams);
+                  ws_pr.get(), pr_bytes, nullptr);
   EXPECT_TRUE(s.ok()) << s;
   Outputs o;
   o.pages = Download<int32_t>(pages, pairs * stride);
@@ -151,20 +149,6 @@ TEST_P(GrowGpuTest, MatchesReference) {
   const BatchView b = st.Batch();
   const int32_t stride = SelectStride(sp, b.max_pages);
   const int32_t group = c.group;
-  if (b.num_seqs >= 2) {  // pipelined in two parts over two streams: the same bits
-    pipeline_cuda::PruneStreamSet set;
-    TWL_ASSERT_OK(set.Ensure());
-    PruneStreams ps = *set.get();
-    ps.parts = 2;
-    const Outputs p2 = RunGpu(st, sp, pp, &ps);
-    EXPECT_EQ(p2.tokens, d.tokens);
-    EXPECT_EQ(p2.kept_count, d.kept_count);
-    EXPECT_EQ(p2.selected, d.selected);
-    EXPECT_EQ(p2.kept, d.kept);
-    EXPECT_EQ(p2.est, d.est);
-    EXPECT_EQ(p2.full, d.full);
-    EXPECT_EQ(p2.cap_hit, d.cap_hit);
-  }
   // Select.
   EXPECT_EQ(d.count, r.count);
   EXPECT_EQ(d.limit, r.limit);

@@ -15,10 +15,9 @@ absl::Status TwilightPruner::PruneOnDevice(const PageGeometry& g, const PrunerPa
                                            const QuantKView& qk, const FpKvView& kv,
                                            const SelectionView& selection, const KeptView& out,
                                            const HeadStatsView& stats, void* workspace,
-                                           size_t workspace_bytes, void* stream,
-                                           const PruneStreams* streams) const {
+                                           size_t workspace_bytes, void* stream) const {
   return LaunchPrune(g, params, batch, q, qk, kv, selection, out, stats, workspace,
-                     workspace_bytes, stream, streams);
+                     workspace_bytes, stream);
 }
 
 absl::Status TwilightPruner::PruneOnHost(const PageGeometry& g, const PrunerParams& params,

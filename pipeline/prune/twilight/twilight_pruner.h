@@ -11,7 +11,6 @@
 
 #include "absl/status/status.h"
 #include "core/stage_views.h"
-#include "pipeline/prune/twilight/cuda/prune_launch.h"
 
 namespace twl {
 
@@ -19,14 +18,12 @@ class TwilightPruner {
  public:
   size_t DeviceWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
                               int32_t max_select) const;
-  // `kv` is read only when g.k_bits == 16 (estimation with the FP16 K itself). With
-  // `streams`, parts of the batch are pipelined over two streams (PruneStreams).
+  // `kv` is read only when g.k_bits == 16 (estimation with the FP16 K itself).
   absl::Status PruneOnDevice(const PageGeometry& g, const PrunerParams& params,
                              const BatchView& batch, const QueryView& q, const QuantKView& qk,
                              const FpKvView& kv, const SelectionView& selection,
                              const KeptView& out, const HeadStatsView& stats, void* workspace,
-                             size_t workspace_bytes, void* stream,
-                             const PruneStreams* streams = nullptr) const;
+                             size_t workspace_bytes, void* stream) const;
   absl::Status PruneOnHost(const PageGeometry& g, const PrunerParams& params,
                            const BatchView& batch, const QueryView& q, const QuantKView& qk,
                            const FpKvView& kv, const SelectionView& selection,

@@ -74,33 +74,9 @@ PruneLayout Layout(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
 
 }  // namespace
 
-namespace {
-
-// Sequences [PartBegin(i), PartBegin(i + 1)) form part i of `parts`.
-int32_t PartBegin(int32_t num_seqs, int32_t parts, int32_t i) {
-  return int32_t(int64_t(num_seqs) * i / parts);
-}
-
-// Workspace bytes of the parts, each part's layout after the previous one's.
-size_t PartsBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
-                  int32_t max_select, int32_t parts) {
-  size_t bytes = 0;
-  for (int32_t i = 0; i < parts; ++i) {
-    const int32_t n = PartBegin(num_seqs, parts, i + 1) - PartBegin(num_seqs, parts, i);
-    bytes += Layout(g, n, num_q_heads, max_select, nullptr).bytes;
-  }
-  return bytes;
-}
-
-}  // namespace
-
 size_t PruneWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
                            int32_t max_select) {
-  size_t bytes = 0;  // every plan's: the parts are chosen per call
-  for (int32_t parts = 1; parts <= std::min(num_seqs, kMaxPruneParts); ++parts) {
-    bytes = std::max(bytes, PartsBytes(g, num_seqs, num_q_heads, max_select, parts));
-  }
-  return std::max(bytes, Layout(g, num_seqs, num_q_heads, max_select, nullptr).bytes);
+  return Layout(g, num_seqs, num_q_heads, max_select, nullptr).bytes;
 }
 
 PruneEstimates PruneWorkspaceEstimates(const PageGeometry& g, int32_t num_seqs,
@@ -195,7 +171,7 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
                       const BatchView& batch, const QueryView& q, const QuantKView& qk,
                       const FpKvView& kv, const SelectionView& selection, const KeptView& out,
                       const HeadStatsView& stats, void* workspace, size_t workspace_bytes,
-                      void* stream, cudaEvent_t* ev, cudaEvent_t scored = nullptr) {
+                      void* stream, cudaEvent_t* ev) {
   TWL_RETURN_IF_ERROR(ValidateGeometry(g));
   TWL_RETURN_IF_ERROR(ValidateBatch(g, batch, /*check_host_data=*/false));
   TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
@@ -418,7 +394,6 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     shape.in_set = l.grow.in_set;
   }
   TWL_RETURN_IF_ERROR(Mark(ev, 1, st));
-  if (scored) TWL_CUDA(cudaEventRecord(scored, st));
   if (!params.dense) {
     // Top-p by histogram selection (prune_hist.cuh): level 1; level 2 with the kept bits
     // above the boundary bin; the boundary bin's bits.
@@ -465,66 +440,13 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
   return Mark(ev, 3, st);
 }
 
-// LaunchPrune over parts of the batch on two streams (PruneStreams). Every part runs the
-// whole pruner on its own workspace; part i starts on stream i % 2 (aux first) once part
-// i - 1 has scored, so that its score pass overlaps part i - 1's top-p.
-absl::Status RunPruneParts(const PageGeometry& g, const PrunerParams& params,
-                           const BatchView& batch, const QueryView& q, const QuantKView& qk,
-                           const FpKvView& kv, const SelectionView& selection,
-                           const KeptView& out, const HeadStatsView& stats, void* workspace,
-                           size_t workspace_bytes, void* stream, const PruneStreams& streams,
-                           int32_t parts) {
-  const int32_t n = batch.num_seqs, Hq = batch.num_q_heads;
-  if (!workspace ||
-      workspace_bytes < PartsBytes(g, n, Hq, selection.max_select, parts)) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "prune: workspace of %d bytes, needs %d for %d parts", workspace_bytes,
-        PartsBytes(g, n, Hq, selection.max_select, parts), parts));
-  }
-  auto event = [&](int i) { return static_cast<cudaEvent_t>(streams.events[i]); };
-  for (int i = 0; i < 2 + parts; ++i) {
-    if (!event(i)) return absl::InvalidArgumentError("prune: a pipelining event is null");
-  }
-  const cudaStream_t main = AsStream(stream), aux = AsStream(streams.aux);
-  TWL_CUDA(cudaEventRecord(event(0), main));
-  TWL_CUDA(cudaStreamWaitEvent(aux, event(0), 0));
-  auto run_parts = [&]() -> absl::Status {
-    char* base = static_cast<char*>(workspace);
-    for (int32_t i = 0; i < parts; ++i) {
-      const int32_t s0 = PartBegin(n, parts, i), ns = PartBegin(n, parts, i + 1) - s0;
-      const cudaStream_t st = i % 2 == 0 ? aux : main;
-      if (i > 0) TWL_CUDA(cudaStreamWaitEvent(st, event(2 + i - 1), 0));
-      PrunerParams pp = params;
-      pp.seq_p = params.seq_p ? params.seq_p + s0 : nullptr;
-      const size_t bytes = Layout(g, ns, Hq, selection.max_select, nullptr).bytes;
-      TWL_RETURN_IF_ERROR(RunPrune(
-          g, pp, batch.Slice(s0, ns), QueryView{q.q + int64_t(s0) * Hq * g.head_dim}, qk, kv,
-          selection.FromSeq(s0, g.num_kv_heads, Hq), out.FromSeq(s0, g.num_kv_heads),
-          stats.FromSeq(s0, Hq), base, bytes, st, nullptr, event(2 + i)));
-      base += bytes;
-    }
-    return absl::OkStatus();
-  };
-  absl::Status status = run_parts();
-  // Joined whatever happened: a capture must not end with the aux stream forked.
-  status.Update(cuda_status::CudaStatus(cudaEventRecord(event(1), aux), "prune join"));
-  status.Update(cuda_status::CudaStatus(cudaStreamWaitEvent(main, event(1), 0), "prune join"));
-  return status;
-}
-
 }  // namespace
 
 absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
                          const BatchView& batch, const QueryView& q, const QuantKView& qk,
                          const FpKvView& kv, const SelectionView& selection,
                          const KeptView& out, const HeadStatsView& stats, void* workspace,
-                         size_t workspace_bytes, void* stream, const PruneStreams* streams) {
-  const int32_t parts =
-      streams && streams->aux ? PruneParts(params, batch.num_seqs, streams->parts) : 1;
-  if (parts > 1) {
-    return RunPruneParts(g, params, batch, q, qk, kv, selection, out, stats, workspace,
-                         workspace_bytes, stream, *streams, parts);
-  }
+                         size_t workspace_bytes, void* stream) {
   return RunPrune(g, params, batch, q, qk, kv, selection, out, stats, workspace,
                   workspace_bytes, stream, nullptr);
 }

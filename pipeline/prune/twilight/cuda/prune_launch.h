@@ -11,29 +11,8 @@
 
 namespace twl {
 
-// Workspace of LaunchPrune, with or without PruneStreams (room for every part's own).
 size_t PruneWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads,
                            int32_t max_select);
-
-// A second stream for LaunchPrune to pipeline parts of the batch: the sequences are cut
-// into parts, each pruned with its own part of the workspace, alternately on `aux` and on
-// the caller's stream, each part's score pass after the previous part's. So one part's
-// top-p (its passes wait on chains of dependent loads and leave HBM idle) overlaps the next
-// part's score pass (which streams the INT4 K at HBM speed). The caller's stream waits for
-// every part before LaunchPrune returns; a CUDA graph capture of that stream takes the fork
-// and join along. Handles are cudaStream_t / cudaEvent_t (this header stays CUDA-free);
-// events: [0] fork, [1] join, [2 + i] part i's scores done, created without timing. The
-// result is the same bits as one call over the batch (every head's rule is its own).
-constexpr int kMaxPruneParts = 4;
-struct PruneStreams {
-  void* aux = nullptr;
-  void* events[2 + kMaxPruneParts] = {};
-  int32_t parts = 0;  // 0: PruneParts' choice; else 1..kMaxPruneParts (tests, benchmarks)
-};
-// Parts LaunchPrune cuts a batch into (1: no pipelining): `parts` when set, else
-// TWL_PRUNE_PARTS in the environment (1..kMaxPruneParts), else 2; never more than the
-// sequences, 1 for a dense call (no top-p to overlap).
-int32_t PruneParts(const PrunerParams& params, int32_t num_seqs, int32_t parts = 0);
 
 // Test and benchmark aid: where LaunchPrune leaves its estimates in `workspace` (device
 // pointers, valid until the workspace is reused): scores [num_seqs * num_q_heads]
@@ -67,8 +46,7 @@ absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
                          const BatchView& batch, const QueryView& q, const QuantKView& qk,
                          const FpKvView& kv, const SelectionView& selection,
                          const KeptView& out, const HeadStatsView& stats, void* workspace,
-                         size_t workspace_bytes, void* stream,
-                         const PruneStreams* streams = nullptr);
+                         size_t workspace_bytes, void* stream);
 
 // Benchmark aid, not for the decode path: LaunchPrune with each phase timed by events
 // (estimated scores incl. the growing search / histogram top-p + kept bits / kept-list

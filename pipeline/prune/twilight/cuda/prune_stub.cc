@@ -12,7 +12,7 @@ PruneEstimates PruneWorkspaceEstimates(const PageGeometry&, int32_t, int32_t, in
 absl::Status LaunchPrune(const PageGeometry&, const PrunerParams&, const BatchView&,
                          const QueryView&, const QuantKView&, const FpKvView&,
                          const SelectionView&, const KeptView&, const HeadStatsView&, void*,
-                         size_t, void*, const PruneStreams*) {
+                         size_t, void*) {
   return NoCudaKernels();
 }
 absl::Status ProfilePrune(const PageGeometry&, const PrunerParams&, const BatchView&,
