@@ -252,42 +252,53 @@ TWL_TARGET_AVX2_F16C inline void StoreCodes8(__m256i c, uint8_t* out) {
 //   b: (b == 255 or G(b) >= kmax) and (b == a or G(b - 1) < kmax)
 // Returns false if a lane had not stopped after 256 steps (it cannot happen; the caller
 // then takes the reference).
+// One end of eight channels' ranges walked to its fixed point (see below): kLow the a end
+// (the largest code with G(a) <= x), else the b end (the smallest code >= floor with
+// G(b) >= x). Each lane steps from its code in `*code` one code at a time; false if a lane
+// had not stopped after 256 steps.
+template <bool kLow>
+TWL_TARGET_AVX2_F16C inline bool WalkRangeEnd8(__m256i* code, __m256* grid, __m256 x,
+                                               __m256i floor, __m256 A, __m256 D) {
+  const __m256i one = _mm256_set1_epi32(1), top = _mm256_set1_epi32(kRangeCodeMax);
+  __m256i c = *code;
+  __m256 gc = RangeGrid8(c, A, D);
+  for (int step = 0;; ++step) {
+    if (step > kRangeCodeMax) return false;
+    __m256i down, up;  // masks of -1 where a lane moves
+    if constexpr (kLow) {
+      const __m256 next = RangeGrid8(_mm256_add_epi32(c, one), A, D);
+      down = _mm256_and_si256(_mm256_cmpgt_epi32(c, floor),
+                              _mm256_castps_si256(_mm256_cmp_ps(gc, x, _CMP_GT_OQ)));
+      up = _mm256_and_si256(_mm256_cmpgt_epi32(top, c),
+                            _mm256_castps_si256(_mm256_cmp_ps(next, x, _CMP_LE_OQ)));
+    } else {
+      const __m256 prev = RangeGrid8(_mm256_sub_epi32(c, one), A, D);
+      up = _mm256_and_si256(_mm256_cmpgt_epi32(top, c),
+                            _mm256_castps_si256(_mm256_cmp_ps(gc, x, _CMP_LT_OQ)));
+      down = _mm256_and_si256(_mm256_cmpgt_epi32(c, floor),
+                              _mm256_castps_si256(_mm256_cmp_ps(prev, x, _CMP_GE_OQ)));
+    }
+    const __m256i move = _mm256_or_si256(down, up);
+    if (_mm256_testz_si256(move, move)) break;
+    c = _mm256_sub_epi32(_mm256_add_epi32(c, down), up);  // down -1, up +1
+    gc = RangeGrid8(c, A, D);
+  }
+  *code = c;
+  *grid = gc;
+  return true;
+}
+
 TWL_TARGET_AVX2_F16C inline bool EncodeChannelRanges8(__m256 kmin, __m256 kmax, __m256 A,
                                                      __m256 D, __m256 inv_d, __m256i* a_out,
                                                      __m256i* b_out, __m256* lo_out,
                                                      __m256* hi_out) {
-  const __m256i one = _mm256_set1_epi32(1), top = _mm256_set1_epi32(kRangeCodeMax);
-  const __m256i zero = _mm256_setzero_si256();
   __m256i a = ClampRangeCode8(_mm256_floor_ps(_mm256_mul_ps(_mm256_sub_ps(kmin, A), inv_d)),
                               _mm256_setzero_ps());
-  __m256 ga = RangeGrid8(a, A, D);
-  for (int step = 0;; ++step) {
-    if (step > kRangeCodeMax) return false;
-    const __m256 next = RangeGrid8(_mm256_add_epi32(a, one), A, D);
-    const __m256i down = _mm256_and_si256(
-        _mm256_cmpgt_epi32(a, zero), _mm256_castps_si256(_mm256_cmp_ps(ga, kmin, _CMP_GT_OQ)));
-    const __m256i up = _mm256_and_si256(
-        _mm256_cmpgt_epi32(top, a), _mm256_castps_si256(_mm256_cmp_ps(next, kmin, _CMP_LE_OQ)));
-    const __m256i move = _mm256_or_si256(down, up);
-    if (_mm256_testz_si256(move, move)) break;
-    a = _mm256_sub_epi32(_mm256_add_epi32(a, down), up);  // masks are -1: down -1, up +1
-    ga = RangeGrid8(a, A, D);
-  }
+  __m256 ga, gb;
+  if (!WalkRangeEnd8<true>(&a, &ga, kmin, _mm256_setzero_si256(), A, D)) return false;
   __m256i b = ClampRangeCode8(_mm256_ceil_ps(_mm256_mul_ps(_mm256_sub_ps(kmax, A), inv_d)),
                               _mm256_cvtepi32_ps(a));
-  __m256 gb = RangeGrid8(b, A, D);
-  for (int step = 0;; ++step) {
-    if (step > kRangeCodeMax) return false;
-    const __m256 prev = RangeGrid8(_mm256_sub_epi32(b, one), A, D);
-    const __m256i up = _mm256_and_si256(
-        _mm256_cmpgt_epi32(top, b), _mm256_castps_si256(_mm256_cmp_ps(gb, kmax, _CMP_LT_OQ)));
-    const __m256i down = _mm256_and_si256(
-        _mm256_cmpgt_epi32(b, a), _mm256_castps_si256(_mm256_cmp_ps(prev, kmax, _CMP_GE_OQ)));
-    const __m256i move = _mm256_or_si256(down, up);
-    if (_mm256_testz_si256(move, move)) break;
-    b = _mm256_sub_epi32(_mm256_add_epi32(b, down), up);
-    gb = RangeGrid8(b, A, D);
-  }
+  if (!WalkRangeEnd8<false>(&b, &gb, kmax, a, A, D)) return false;
   *a_out = a;
   *b_out = b;
   *lo_out = ga;

@@ -7,17 +7,13 @@
 # "TWL_ATTN_TC=1;TWL_ATTN_TC=0" (default: one side, the environment as it is); SERVE_CONFIGS: ';'-separated twl_serve_bench flag
 # sets (default: 32 x 8 peaked, B = 8, twilight and hbm); SDPA_BATCHES (default 8);
 # T_SUITE, T_CONFIG seconds. Pack twl_gpu_tests, twl_api_tests and twl_serve_bench.
-t0=$(date +%s)
-el() { echo "[t=$(( $(date +%s) - t0 ))s] $*"; }
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 if [ "${SUITE:-0}" = 1 ]; then
-  el "GPU suite"
-  timeout "${T_SUITE:-240}" "$B/twl_gpu_tests" --gtest_color=no --gtest_shuffle >"$L/suite.log" 2>&1
-  echo "rc=$?"; grep -E '^\[  (PASSED|FAILED) |Failure|tests ran' "$L/suite.log" | head -30
+  run_gtests "GPU suite" "$B/twl_gpu_tests" "$L/suite.log" "${T_SUITE:-240}" --gtest_shuffle
 fi
 if [ "${API:-0}" = 1 ]; then
-  el "C API tests"
-  timeout 120 "$B/twl_api_tests" --gtest_color=no >"$L/api.log" 2>&1
-  echo "rc=$?"; grep -E '^\[  (PASSED|FAILED) |Failure|tests ran' "$L/api.log" | head -20
+  run_gtests "C API tests" "$B/twl_api_tests" "$L/api.log" 120
 fi
 el "sdpa"
 PYTHONUNBUFFERED=1 timeout 90 python3 bench/sdpa_serving.py "$L/sdpa.csv" \
