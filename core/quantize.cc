@@ -10,6 +10,10 @@
 #include "core/channel_range.h"
 #include "core/host_simd.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace twl {
 
 void QuantizeRowRef(const PageGeometry& g, const fp16_t* k, uint8_t* codes, fp16_t* scale,
@@ -43,10 +47,6 @@ void QuantizeRowRef(const PageGeometry& g, const fp16_t* k, uint8_t* codes, fp16
 float DequantizeRef(const PageGeometry& g, const uint8_t* codes, fp16_t scale, fp16_t zero,
                     int32_t j) {
   return float(UnpackCode(codes, j, g.k_bits)) * HalfToFloat(scale) + HalfToFloat(zero);
-}
-
-float PageChannelStep(const PageGeometry& g, float lo, float hi) {
-  return (hi - lo) / float(g.MaxCode());
 }
 
 fp16_t PageChannelInverseMaxCodeHalf(const PageGeometry& g) {
@@ -191,8 +191,13 @@ void PageChannelRangeAt(const PageGeometry& g, const QuantKView& qk, int64_t blo
   *hi = HalfToFloat(h);
 }
 
-void EncodeChannelRangesHost(const fp16_t* kmin, const fp16_t* kmax, int32_t head_dim,
-                             uint8_t* record, fp16_t* lo, fp16_t* hi) {
+namespace {
+
+// The reference host encoder: any block, on a table of the grid's 256 values, each channel
+// by EncodeChannelRangeOn (the device's search). The AVX2 encoder below takes the common
+// blocks and leaves the others to it.
+void EncodeChannelRangesTable(const fp16_t* kmin, const fp16_t* kmax, int32_t head_dim,
+                              uint8_t* record, fp16_t* lo, fp16_t* hi) {
   fp16_t a, step;
   ChannelRangeGridOf(kmin, kmax, head_dim, &a, &step);
   float grid[kRangeCodeMax + 1];
@@ -212,6 +217,192 @@ void EncodeChannelRangesHost(const fp16_t* kmin, const fp16_t* kmax, int32_t hea
     }
   }
   if (record) StoreChannelRangeGrid(record, head_dim, a, step);
+}
+
+#if defined(__x86_64__)
+
+constexpr int kF16cRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+// G(c) of eight codes where c D + A is exact in float (the block's grid passed
+// DequantExactInFloat): the float product and sum are then the exact value, and one F16C
+// conversion rounds it to FP16 as HalfRoundFloat does in the table (nearest even, inf past
+// 65520). Codes outside [0, 255] give some value that the callers mask away.
+TWL_TARGET_AVX2_F16C inline __m256 RangeGrid8(__m256i c, __m256 a, __m256 d) {
+  const __m256 x = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(c), d), a);
+  return _mm256_cvtph_ps(_mm256_cvtps_ph(x, kF16cRound));
+}
+
+// A code estimate e (a float) clamped to [lo, 255] and converted, eight lanes.
+TWL_TARGET_AVX2_F16C inline __m256i ClampRangeCode8(__m256 e, __m256 lo) {
+  e = _mm256_min_ps(_mm256_max_ps(e, lo), _mm256_set1_ps(float(kRangeCodeMax)));
+  return _mm256_cvttps_epi32(e);
+}
+
+// Eight codes' bytes (each in [0, 255]) stored to out[0, 8).
+TWL_TARGET_AVX2_F16C inline void StoreCodes8(__m256i c, uint8_t* out) {
+  const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(w, w));
+}
+
+// The codes (a, b) and their grid values of eight channels (kmin, kmax as floats). The grid
+// does not decrease in c, so each end has one fixed point, which every lane walks to from its
+// estimate a step at a time; an end that moves down never moves up again, so each lane
+// stops after at most 255 steps. The fixed points are EncodeChannelRangeOn's codes:
+//   a: (a == 0 or G(a) <= kmin) and (a == 255 or G(a + 1) > kmin)
+//   b: (b == 255 or G(b) >= kmax) and (b == a or G(b - 1) < kmax)
+// Returns false if a lane had not stopped after 256 steps (it cannot happen; the caller
+// then takes the reference).
+// One end of eight channels' ranges walked to its fixed point (see below): kLow the a end
+// (the largest code with G(a) <= x), else the b end (the smallest code >= floor with
+// G(b) >= x). Each lane steps from its code in `*code` one code at a time; false if a lane
+// had not stopped after 256 steps.
+template <bool kLow>
+TWL_TARGET_AVX2_F16C inline bool WalkRangeEnd8(__m256i* code, __m256* grid, __m256 x,
+                                               __m256i floor, __m256 A, __m256 D) {
+  const __m256i one = _mm256_set1_epi32(1), top = _mm256_set1_epi32(kRangeCodeMax);
+  __m256i c = *code;
+  __m256 gc = RangeGrid8(c, A, D);
+  for (int step = 0;; ++step) {
+    if (step > kRangeCodeMax) return false;
+    __m256i down, up;  // masks of -1 where a lane moves
+    if constexpr (kLow) {
+      const __m256 next = RangeGrid8(_mm256_add_epi32(c, one), A, D);
+      down = _mm256_and_si256(_mm256_cmpgt_epi32(c, floor),
+                              _mm256_castps_si256(_mm256_cmp_ps(gc, x, _CMP_GT_OQ)));
+      up = _mm256_and_si256(_mm256_cmpgt_epi32(top, c),
+                            _mm256_castps_si256(_mm256_cmp_ps(next, x, _CMP_LE_OQ)));
+    } else {
+      const __m256 prev = RangeGrid8(_mm256_sub_epi32(c, one), A, D);
+      up = _mm256_and_si256(_mm256_cmpgt_epi32(top, c),
+                            _mm256_castps_si256(_mm256_cmp_ps(gc, x, _CMP_LT_OQ)));
+      down = _mm256_and_si256(_mm256_cmpgt_epi32(c, floor),
+                              _mm256_castps_si256(_mm256_cmp_ps(prev, x, _CMP_GE_OQ)));
+    }
+    const __m256i move = _mm256_or_si256(down, up);
+    if (_mm256_testz_si256(move, move)) break;
+    c = _mm256_sub_epi32(_mm256_add_epi32(c, down), up);  // down -1, up +1
+    gc = RangeGrid8(c, A, D);
+  }
+  *code = c;
+  *grid = gc;
+  return true;
+}
+
+TWL_TARGET_AVX2_F16C inline bool EncodeChannelRanges8(__m256 kmin, __m256 kmax, __m256 A,
+                                                     __m256 D, __m256 inv_d, __m256i* a_out,
+                                                     __m256i* b_out, __m256* lo_out,
+                                                     __m256* hi_out) {
+  __m256i a = ClampRangeCode8(_mm256_floor_ps(_mm256_mul_ps(_mm256_sub_ps(kmin, A), inv_d)),
+                              _mm256_setzero_ps());
+  __m256 ga, gb;
+  if (!WalkRangeEnd8<true>(&a, &ga, kmin, _mm256_setzero_si256(), A, D)) return false;
+  __m256i b = ClampRangeCode8(_mm256_ceil_ps(_mm256_mul_ps(_mm256_sub_ps(kmax, A), inv_d)),
+                              _mm256_cvtepi32_ps(a));
+  if (!WalkRangeEnd8<false>(&b, &gb, kmax, a, A, D)) return false;
+  *a_out = a;
+  *b_out = b;
+  *lo_out = ga;
+  *hi_out = gb;
+  return true;
+}
+
+// EncodeChannelRangesTable's bytes and ranges, eight channels at a time, for the blocks
+// every append makes: finite bounds, a head dim that is a multiple of 8, a step D > 0 and a
+// grid exact in float. Returns false, having written nothing, for any other block (NaN or
+// inf bounds, constant blocks, an |A| that dwarfs D by ~2^14 or a nonzero A whose last place
+// lies far below D's), which the reference then codes.
+TWL_TARGET_AVX2_F16C bool EncodeChannelRangesAvx2(const fp16_t* kmin, const fp16_t* kmax,
+                                                  int32_t head_dim, uint8_t* record,
+                                                  fp16_t* lo, fp16_t* hi) {
+  constexpr int32_t kMaxDim = 256;
+  if (head_dim % 8 != 0 || head_dim > kMaxDim) return false;
+  alignas(32) float mn[kMaxDim], mx[kMaxDim];
+  // FP16 exponent all ones is inf or NaN: such blocks go to the reference (NaN step).
+  const __m128i exp16 = _mm_set1_epi16(0x7c00);
+  __m128i special = _mm_setzero_si128();
+  __m256 lo_all = _mm256_set1_ps(INFINITY), hi_all = _mm256_set1_ps(-INFINITY);
+  for (int32_t j = 0; j < head_dim; j += 8) {
+    const __m128i l = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kmin + j));
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kmax + j));
+    special = _mm_or_si128(special, _mm_cmpeq_epi16(_mm_and_si128(l, exp16), exp16));
+    special = _mm_or_si128(special, _mm_cmpeq_epi16(_mm_and_si128(h, exp16), exp16));
+    const __m256 lf = _mm256_cvtph_ps(l), hf = _mm256_cvtph_ps(h);
+    _mm256_store_ps(mn + j, lf);
+    _mm256_store_ps(mx + j, hf);
+    lo_all = _mm256_min_ps(lo_all, lf);
+    hi_all = _mm256_max_ps(hi_all, hf);
+  }
+  if (!_mm_testz_si128(special, special)) return false;
+  alignas(32) float lanes_lo[8], lanes_hi[8];
+  _mm256_store_ps(lanes_lo, lo_all);
+  _mm256_store_ps(lanes_hi, hi_all);
+  float A = lanes_lo[0], Z = lanes_hi[0];
+  for (int k = 1; k < 8; ++k) {
+    A = std::min(A, lanes_lo[k]);
+    Z = std::max(Z, lanes_hi[k]);
+  }
+  // ChannelRangeGridOn keeps the first channel holding the smallest kmin; only a zero's sign
+  // can tell equal values apart, and it is A's stored bits, so a zero A is looked up.
+  fp16_t a_h = FloatToHalf(A);
+  if (A == 0.0f) {
+    int32_t j = 0;
+    while (mn[j] != 0.0f) ++j;
+    a_h = kmin[j];
+  }
+  A = HalfToFloat(a_h);  // the same value; and now the reference's zero too
+  // Z's sign of zero never matters: ChannelRangeStep only compares it and subtracts A <= Z.
+  const fp16_t d_h = ChannelRangeStep(A, Z);
+  const float D = HalfToFloat(d_h);
+  if (!(D > 0.0f) || !DequantExactInFloat(A, D, kRangeCodeMax)) return false;
+  const __m256 av = _mm256_set1_ps(A), dv = _mm256_set1_ps(D);
+  const __m256 inv_d = _mm256_set1_ps(1.0f / D);
+  // The whole block is coded into locals first, so that a refusal writes nothing.
+  alignas(32) uint8_t codes[2 * kMaxDim];
+  alignas(16) fp16_t lo16[kMaxDim], hi16[kMaxDim];
+  for (int32_t j = 0; j < head_dim; j += 8) {
+    __m256i ca, cb;
+    __m256 ga, gb;
+    if (!EncodeChannelRanges8(_mm256_load_ps(mn + j), _mm256_load_ps(mx + j), av, dv, inv_d, &ca,
+                              &cb, &ga, &gb)) {
+      return false;
+    }
+    StoreCodes8(ca, codes + j);
+    StoreCodes8(cb, codes + head_dim + j);
+    // Grid values are FP16 values: the conversions are exact.
+    _mm_store_si128(reinterpret_cast<__m128i*>(lo16 + j), _mm256_cvtps_ph(ga, kF16cRound));
+    _mm_store_si128(reinterpret_cast<__m128i*>(hi16 + j), _mm256_cvtps_ph(gb, kF16cRound));
+  }
+  if (record) {
+    std::memcpy(record, codes, size_t(2 * head_dim));
+    StoreChannelRangeGrid(record, head_dim, a_h, d_h);
+  }
+  if (lo) std::memcpy(lo, lo16, sizeof(fp16_t) * size_t(head_dim));
+  if (hi) std::memcpy(hi, hi16, sizeof(fp16_t) * size_t(head_dim));
+  return true;
+}
+
+#endif  // __x86_64__
+
+}  // namespace
+
+bool EncodeChannelRangesVector(const fp16_t* kmin, const fp16_t* kmax, int32_t head_dim,
+                               uint8_t* record, fp16_t* lo, fp16_t* hi) {
+#if defined(__x86_64__)
+  return HostSupports(HostSimd::kAvx2F16c) &&
+         EncodeChannelRangesAvx2(kmin, kmax, head_dim, record, lo, hi);
+#else
+  (void)kmin, (void)kmax, (void)head_dim, (void)record, (void)lo, (void)hi;
+  return false;
+#endif
+}
+
+void EncodeChannelRangesHost(const fp16_t* kmin, const fp16_t* kmax, int32_t head_dim,
+                             uint8_t* record, fp16_t* lo, fp16_t* hi) {
+  if (ActiveHostSimd() == HostSimd::kAvx2F16c &&
+      EncodeChannelRangesVector(kmin, kmax, head_dim, record, lo, hi)) {
+    return;
+  }
+  EncodeChannelRangesTable(kmin, kmax, head_dim, record, lo, hi);
 }
 
 void QuantizeBlockRowsRef(const PageGeometry& g, const FpKvView& kv, const QuantKView& qk,

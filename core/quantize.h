@@ -34,8 +34,18 @@ void PageChannelRangeAt(const PageGeometry& g, const QuantKView& qk, int64_t blo
 // values, into `record` and the decoded ranges into lo / hi (each may be null).
 void EncodeChannelRangesHost(const fp16_t* kmin, const fp16_t* kmax, int32_t head_dim,
                              uint8_t* record, fp16_t* lo, fp16_t* hi);
-// The quantizer's FP32 step of a channel: codes are rint((k - lo) / step).
-float PageChannelStep(const PageGeometry& g, float lo, float hi);
+// Its vector path alone (AVX2 + F16C, eight channels at a time, no table), which
+// EncodeChannelRangesHost takes where the host has it: the same bytes and ranges for the
+// blocks it codes (finite bounds, head_dim a multiple of 8, a step D > 0, every c D + A
+// exact in float: what appends make); false, having written nothing, for any other block
+// and on hosts without AVX2 + F16C. Exposed so that tests can pin it to the reference.
+bool EncodeChannelRangesVector(const fp16_t* kmin, const fp16_t* kmax, int32_t head_dim,
+                               uint8_t* record, fp16_t* lo, fp16_t* hi);
+// The quantizer's FP32 step of a channel: codes are rint((k - lo) / step). Inline: the
+// append computes it for every channel of every block it re-quantizes.
+inline float PageChannelStep(const PageGeometry& g, float lo, float hi) {
+  return (hi - lo) / float(g.MaxCode());
+}
 // The estimator's FP16 dequantization of a code (the pruner's score estimate reads K as
 // these values): k~ = FP16(code * step16 + kmin) with one rounding, where
 // step16 = FP16(FP16(kmax - kmin) * FP16(1 / max_code)), each FP16 operation rounded once.

@@ -24,6 +24,15 @@ struct BatchView {
   TWL_HD int32_t PageId(int32_t s, int32_t page_idx) const {
     return page_table[int64_t(s) * max_pages + page_idx];
   }
+  // Sequences [first_seq, first_seq + n) as a batch of their own (a part of a pipelined
+  // step). The other views' FromSeq give the same part's rows.
+  BatchView Slice(int32_t first_seq, int32_t n) const {
+    BatchView b = *this;
+    b.num_seqs = n;
+    b.seq_len = seq_len + first_seq;
+    b.page_table = page_table + int64_t(first_seq) * max_pages;
+    return b;
+  }
 };
 
 enum class SelectorKind : int32_t {
@@ -63,6 +72,14 @@ struct SelectionView {
   // Growing Quest only (null otherwise: the listed pages are the candidates).
   float* bound = nullptr;    // [num_seqs][num_q_heads][max_select]
   int32_t* limit = nullptr;  // [num_seqs][num_kv_heads]
+
+  // The rows of the sequences from first_seq on.
+  SelectionView FromSeq(int64_t first_seq, int32_t num_kv_heads, int32_t num_q_heads) const {
+    const int64_t u0 = first_seq * num_kv_heads, h0 = first_seq * num_q_heads;
+    return SelectionView{pages + u0 * max_select, count + u0, max_select,
+                         bound ? bound + h0 * max_select : nullptr,
+                         limit ? limit + u0 : nullptr};
+  }
 };
 
 struct PrunerParams {
@@ -108,6 +125,12 @@ struct KeptView {
   int32_t* tokens = nullptr;  // [num_seqs][num_kv_heads][max_kept]
   int32_t* count = nullptr;   // [num_seqs][num_kv_heads]
   int32_t max_kept = 0;       // stride: >= max_select * page_size
+
+  // The rows of the sequences from first_seq on.
+  KeptView FromSeq(int64_t first_seq, int32_t num_kv_heads) const {
+    const int64_t u0 = first_seq * num_kv_heads;
+    return KeptView{tokens + u0 * max_kept, count + u0, max_kept};
+  }
 };
 
 // Per query head telemetry of the pruner; any pointer may be null.
@@ -121,6 +144,13 @@ struct HeadStatsView {
   // candidate). -1 when unknown (fixed Quest with pages left out).
   float* full_mass = nullptr;   // [num_seqs][num_q_heads]
   int32_t* cap_hit = nullptr;   // [num_seqs][num_q_heads] 1: the growth stopped at the cap
+
+  // The rows of the sequences from first_seq on (null pointers stay null).
+  HeadStatsView FromSeq(int64_t first_seq, int32_t num_q_heads) const {
+    const int64_t h0 = first_seq * num_q_heads;
+    auto at = [h0](auto* p) { return p ? p + h0 : p; };
+    return HeadStatsView{at(selected), at(kept), at(est_mass), at(full_mass), at(cap_hit)};
+  }
 };
 
 // Queries and outputs, FP16, [num_seqs][num_q_heads][head_dim].

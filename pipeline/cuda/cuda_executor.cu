@@ -12,13 +12,7 @@ namespace {
 
 // The group's slice of the batch (device plan rows from first_seq on).
 BatchView GroupBatch(const BatchView& all, const SeqGroup& grp) {
-  BatchView b;
-  b.num_seqs = grp.num_seqs;
-  b.num_q_heads = all.num_q_heads;
-  b.seq_len = all.seq_len + grp.first_seq;
-  b.page_table = all.page_table + int64_t(grp.first_seq) * all.max_pages;
-  b.max_pages = all.max_pages;
-  return b;
+  return all.Slice(grp.first_seq, grp.num_seqs);
 }
 
 }  // namespace

@@ -28,30 +28,26 @@ absl::Status StepScratch::GrowAttend(size_t attend_workspace) {
 }
 
 SelectionView StepScratch::Selection(int64_t first_seq) const {
-  const int64_t u0 = first_seq * shape_.num_kv_heads;
-  const int64_t h0 = first_seq * shape_.num_q_heads;
-  return SelectionView{
-      sel_pages_.as<int32_t>() + u0 * shape_.max_select, sel_count_.as<int32_t>() + u0,
-      shape_.max_select,
-      shape_.grow ? sel_bound_.as<float>() + h0 * shape_.max_select : nullptr,
-      shape_.grow ? sel_limit_.as<int32_t>() + u0 : nullptr};
+  const SelectionView all{sel_pages_.as<int32_t>(), sel_count_.as<int32_t>(), shape_.max_select,
+                          shape_.grow ? sel_bound_.as<float>() : nullptr,
+                          shape_.grow ? sel_limit_.as<int32_t>() : nullptr};
+  return all.FromSeq(first_seq, shape_.num_kv_heads, shape_.num_q_heads);
 }
 
 KeptView StepScratch::Kept(int64_t first_seq, const int32_t* counts) const {
-  const int64_t u0 = first_seq * shape_.num_kv_heads;
   int32_t* c = counts ? const_cast<int32_t*>(counts) : kept_count_.as<int32_t>();
-  return KeptView{kept_tokens_.as<int32_t>() + u0 * shape_.max_kept, c + u0, shape_.max_kept};
+  return KeptView{kept_tokens_.as<int32_t>(), c, shape_.max_kept}.FromSeq(first_seq,
+                                                                         shape_.num_kv_heads);
 }
 
 HeadStatsView StepScratch::Stats(int64_t first_seq) const {
   const size_t heads = size_t(shape_.num_seqs) * shape_.num_q_heads;
-  const int64_t h0 = first_seq * shape_.num_q_heads;
   int32_t* sel = stats_.as<int32_t>();
   int32_t* kept = sel + heads;
   float* mass = reinterpret_cast<float*>(kept + heads);
   float* full = mass + heads;
   int32_t* cap = reinterpret_cast<int32_t*>(full + heads);
-  return HeadStatsView{sel + h0, kept + h0, mass + h0, full + h0, cap + h0};
+  return HeadStatsView{sel, kept, mass, full, cap}.FromSeq(first_seq, shape_.num_q_heads);
 }
 
 }  // namespace twl::pipeline_cuda

@@ -4,12 +4,10 @@
 # (this tree's library, then $OLD preloaded when one was packed), summarized per kernel by
 # scripts/timeline_summary.py. Pack twl_gpu_tests and twl_serve_bench. TRACE_ARGS: the
 # twl_serve_bench flags (default 32 x 8, B = 8, peaked, the HBM backend); T_SUITE, T_CONFIG.
-t0=$(date +%s)
-el() { echo "[t=$(( $(date +%s) - t0 ))s] $*"; }
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 if [ "${SUITE:-1}" = 1 ]; then
-  el "GPU suite"
-  timeout "${T_SUITE:-240}" "$B/twl_gpu_tests" --gtest_color=no --gtest_shuffle >"$L/suite.log" 2>&1
-  echo "rc=$?"; grep -E '^\[  (PASSED|FAILED) |Failure|tests ran' "$L/suite.log" | head -30
+  run_gtests "GPU suite" "$B/twl_gpu_tests" "$L/suite.log" "${T_SUITE:-240}" --gtest_shuffle
 fi
 args=${TRACE_ARGS:-"--shapes=32x8 --batches=8 --workloads=peaked --methods=hbm"}
 common="--context=131072 --layers=8 --len_spread=0 --churn_every=0 --steps=4 --warmup=6"

@@ -17,14 +17,11 @@
 # PHASES picks them (default "suite grow rows"; suite ~220 s, grow ~6 s a repeat, rows ~150 s: two
 # calls under a 570 s JOB_LIMIT); ROWS overrides the rows (';'-separated twl_serve_bench
 # flag sets); GROW_REPEAT, T_GROW, T_SUITE, T_CONFIG.
-t0=$(date +%s)
-el() { echo "[t=$(( $(date +%s) - t0 ))s] $*"; }
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 phases=" ${PHASES:-suite grow rows} "
 if [[ $phases == *" suite "* ]]; then
-  el "GPU suite"
-  timeout "${T_SUITE:-240}" "$B/twl_gpu_tests" --gtest_color=no --gtest_shuffle \
-    >"$L/suite.log" 2>&1
-  echo "rc=$?"; grep -E '^\[  (PASSED|FAILED) |Failure|tests ran' "$L/suite.log" | head -30
+  run_gtests "GPU suite" "$B/twl_gpu_tests" "$L/suite.log" "${T_SUITE:-240}" --gtest_shuffle
 fi
 if [[ $phases == *" grow "* ]]; then
   el "growing Quest at 140k, repeated"

@@ -1,0 +1,13 @@
+# Sourced by the device jobs in this folder: elapsed-time lines and a gtest binary's run.
+t0=$(date +%s)
+el() { echo "[t=$(( $(date +%s) - t0 ))s] $*"; }
+# run_gtests TITLE BINARY LOG SECONDS [gtest flags...]: runs the binary under a limit into LOG
+# and prints its exit code and the verdict lines.
+run_gtests() {
+  local title=$1 bin=$2 log=$3 limit=$4
+  shift 4
+  el "$title"
+  timeout "$limit" "$bin" --gtest_color=no "$@" >"$log" 2>&1
+  echo "rc=$?"
+  grep -E '^\[  (PASSED|FAILED) |Failure|tests ran' "$log" | head -30
+}
