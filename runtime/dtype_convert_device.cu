@@ -63,8 +63,9 @@ class DeviceScope {
     const cudaError_t e = previous_ == device ? cudaSuccess : cudaSetDevice(device);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();
-      status_ = absl::UnavailableError(
-          absl::StrFormat("cudaSetDevice(%d): %s", device, cudaGetErrorString(e)));
+      // Update, not assignment: nvcc warns (#2810-D) on assigning a [[nodiscard]] type.
+      status_.Update(absl::UnavailableError(
+          absl::StrFormat("cudaSetDevice(%d): %s", device, cudaGetErrorString(e))));
     }
   }
   ~DeviceScope() {
