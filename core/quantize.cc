@@ -244,18 +244,15 @@ TWL_TARGET_AVX2_F16C inline void StoreCodes8(__m256i c, uint8_t* out) {
   _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packus_epi16(w, w));
 }
 
-// The codes (a, b) and their grid values of eight channels (kmin, kmax as floats). The grid
-// does not decrease in c, so each end has one fixed point, which every lane walks to from its
-// estimate a step at a time; an end that moves down never moves up again, so each lane
-// stops after at most 255 steps. The fixed points are EncodeChannelRangeOn's codes:
-//   a: (a == 0 or G(a) <= kmin) and (a == 255 or G(a + 1) > kmin)
-//   b: (b == 255 or G(b) >= kmax) and (b == a or G(b - 1) < kmax)
+// One end of eight channels' ranges walked to its fixed point: kLow the a end, else the b
+// end. The grid does not decrease in c, so each end has one fixed point, which every lane
+// walks to from its code in `*code` (an estimate) one code at a time; an end that moves down
+// never moves up again, so each lane stops after at most 255 steps. The fixed points are
+// EncodeChannelRangeOn's codes (x = kmin for a, kmax for b; floor = 0 for a, a for b):
+//   a: (a == 0 or G(a) <= x) and (a == 255 or G(a + 1) > x)
+//   b: (b == 255 or G(b) >= x) and (b == floor or G(b - 1) < x)
 // Returns false if a lane had not stopped after 256 steps (it cannot happen; the caller
 // then takes the reference).
-// One end of eight channels' ranges walked to its fixed point (see below): kLow the a end
-// (the largest code with G(a) <= x), else the b end (the smallest code >= floor with
-// G(b) >= x). Each lane steps from its code in `*code` one code at a time; false if a lane
-// had not stopped after 256 steps.
 template <bool kLow>
 TWL_TARGET_AVX2_F16C inline bool WalkRangeEnd8(__m256i* code, __m256* grid, __m256 x,
                                                __m256i floor, __m256 A, __m256 D) {
@@ -288,6 +285,8 @@ TWL_TARGET_AVX2_F16C inline bool WalkRangeEnd8(__m256i* code, __m256* grid, __m2
   return true;
 }
 
+// The codes (a, b) and their grid values of eight channels (kmin, kmax as floats): each end
+// from its estimate, b's never below a.
 TWL_TARGET_AVX2_F16C inline bool EncodeChannelRanges8(__m256 kmin, __m256 kmax, __m256 A,
                                                      __m256 D, __m256 inv_d, __m256i* a_out,
                                                      __m256i* b_out, __m256* lo_out,

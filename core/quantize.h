@@ -30,8 +30,9 @@ void PageChannelRangeValues(const PageGeometry& g, const QuantKView& qk, int64_t
 void PageChannelRangeAt(const PageGeometry& g, const QuantKView& qk, int64_t block, int32_t j,
                         float* lo, float* hi);
 // A block's channel ranges coded from its FP16 Quest bounds on the host: the record's bytes
-// EncodeChannelRanges writes (core/channel_range.h), found on a table of the grid's 256
-// values, into `record` and the decoded ranges into lo / hi (each may be null).
+// EncodeChannelRanges writes (core/channel_range.h) into `record` and the decoded ranges into
+// lo / hi (each may be null). The vector path below where it applies, else a search on a
+// table of the grid's 256 values.
 void EncodeChannelRangesHost(const fp16_t* kmin, const fp16_t* kmax, int32_t head_dim,
                              uint8_t* record, fp16_t* lo, fp16_t* hi);
 // Its vector path alone (AVX2 + F16C, eight channels at a time, no table), which
