@@ -375,8 +375,10 @@ TEST(Prune, KeptSetsAreLevelSetsOfTheFp16Estimates) {
         levels_at_threshold += at_level > 1;
       }
     }
-    // The inputs exercise the property: most thresholds sit on a level of several tokens.
-    EXPECT_GE(levels_at_threshold, b.num_seqs * g.num_kv_heads / 2);
+    // The inputs exercise the property: thresholds sit on levels of several tokens (5-8 of
+    // the 8 heads on most seeds, 3 on about one in 30: at least a quarter asked, so that a
+    // seed does not fail the check while every kept set is right).
+    EXPECT_GE(levels_at_threshold, b.num_seqs * g.num_kv_heads / 4);
   }
 }
 
