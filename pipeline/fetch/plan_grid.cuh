@@ -21,6 +21,18 @@ inline int32_t GridForWarpItems(int64_t warp_items, int32_t warps_per_block,
   return int32_t(std::clamp<int64_t>(blocks, 1, int64_t(gpu::SmCount()) * blocks_per_sm));
 }
 
+// Places in a list for the lanes set in `mask` (this warp's ballot, not 0) with one atomicAdd
+// on `counter` per warp: each set lane gets the counter's old value plus its rank among the
+// set lanes. Every lane of the warp calls it (warp-uniform branch).
+__device__ __forceinline__ int32_t WarpClaim(int32_t* counter, unsigned mask) {
+  const int lane = threadIdx.x & 31;
+  const int leader = __ffs(mask) - 1;
+  int32_t base = 0;
+  if (lane == leader) base = atomicAdd(counter, __popc(mask));
+  base = __shfl_sync(~0u, base, leader);
+  return base + __popc(mask & ((1u << lane) - 1u));
+}
+
 // True in exactly one thread block: the last one of the grid to get here. Every block's
 // global writes before the call are visible to that block afterwards. The ticket resets
 // itself, ready for the next kernel that uses it.

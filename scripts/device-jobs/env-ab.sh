@@ -6,9 +6,15 @@
 # ENV_SIDES: ';'-separated sides, each a space-separated list of VAR=value, e.g.
 # "TWL_ATTN_TC=1;TWL_ATTN_TC=0" (default: one side, the environment as it is); SERVE_CONFIGS: ';'-separated twl_serve_bench flag
 # sets (default: 32 x 8 peaked, B = 8, twilight and hbm); SDPA_BATCHES (default 8);
-# T_SUITE, T_CONFIG seconds. Pack twl_gpu_tests, twl_api_tests and twl_serve_bench.
+# T_SUITE, T_CONFIG seconds. FOCUS: a gtest filter of twl_gpu_tests run first; the job stops
+# there when it fails (a new test's verdict before the lease is spent on timings). Pack
+# twl_gpu_tests, twl_api_tests and twl_serve_bench.
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
+if [ -n "${FOCUS:-}" ]; then
+  run_gtests "focus $FOCUS" "$B/twl_gpu_tests" "$L/focus.log" 120 --gtest_filter="$FOCUS"
+  grep -q '^\[  PASSED ' "$L/focus.log" || { grep -B5 -A20 Failure "$L/focus.log" | head -80; exit 1; }
+fi
 if [ "${SUITE:-0}" = 1 ]; then
   run_gtests "GPU suite" "$B/twl_gpu_tests" "$L/suite.log" "${T_SUITE:-240}" --gtest_shuffle
 fi

@@ -14,9 +14,10 @@ absl::Status SparseAttention::AttendOnDevice(const PageGeometry& g, const BatchV
                                              const QueryView& q, const FpKvView& kv,
                                              const KeptView& kept, const OutputView& out,
                                              float softmax_scale, void* workspace,
-                                             size_t workspace_bytes, void* stream) const {
+                                             size_t workspace_bytes, void* stream,
+                                             const RowMarks* marks) const {
   return LaunchSparseAttention(g, batch, q, kv, kept, out, softmax_scale, workspace,
-                               workspace_bytes, stream);
+                               workspace_bytes, stream, marks);
 }
 
 absl::Status SparseAttention::AttendDenseOnDevice(const PageGeometry& g, const BatchView& batch,

@@ -55,17 +55,7 @@ __device__ __forceinline__ int32_t WarpSum(int32_t v) {
   return v;
 }
 
-// Places in a list for the lanes set in `mask` (this warp's ballot, not 0) with one atomicAdd
-// on `counter` per warp: each set lane gets the counter's old value plus its rank among the
-// set lanes. Every lane of the warp calls it (warp-uniform branch).
-__device__ __forceinline__ int32_t WarpClaim(int32_t* counter, unsigned mask) {
-  const int lane = threadIdx.x & 31;
-  const int leader = __ffs(mask) - 1;
-  int32_t base = 0;
-  if (lane == leader) base = atomicAdd(counter, __popc(mask));
-  base = __shfl_sync(~0u, base, leader);
-  return base + __popc(mask & ((1u << lane) - 1u));
-}
+using fetch_plan::WarpClaim;
 
 // Entries exactly at a cut are taken up to `quota` over the whole grid, in claim order
 // (`taken` counts them): true for the `at` lanes whose place stays below the quota. Every
