@@ -230,11 +230,6 @@ class GpuOffloadBackend final : public OffloadBackend {
       // disk tier, whose host waits take the step's end as the end of its pool reads.
       const char* early = std::getenv("TWL_ROW_EARLY_ATTEND");
       rows->SetEarlyAttend(!disk_ && !(early != nullptr && std::strcmp(early, "0") == 0));
-      // With early attention, a step of one group lets the attention's lookups do the mark
-      // (RowCacheFetch::SetAttentionMarks): no mark kernel beside the attention.
-      // TWL_ROW_ATTEND_MARK=0 keeps the mark kernel, for comparison.
-      const char* attend_mark = std::getenv("TWL_ROW_ATTEND_MARK");
-      rows->SetAttentionMarks(!(attend_mark != nullptr && std::strcmp(attend_mark, "0") == 0));
       // A decode step's append also copies its new rows into free row slots (TakeFreeSlot,
       // row_cache/cuda/row_slots.cuh): the next step finds the newest tokens, which top-p always keeps (last
       // page), resident instead of reading them over PCIe and copying them. Not under a disk

@@ -77,7 +77,7 @@ absl::Status CudaExecutor::Run(const CudaStep& step, absl::Span<const SeqGroup> 
     TWL_RETURN_IF_ERROR(attention_.AttendOnDevice(
         g, b, QueryView{step.q + row0}, src.kv, scratch.Kept(grp.first_seq, src.counts),
         OutputView{step.out + row0}, step.pruner.softmax_scale, scratch.attend_workspace(),
-        step.ws_attend, c, src.marks));
+        step.ws_attend, c));
     if (grp.may_overflow && src.direct_counts) {
       fp16_t* direct = src.direct_out + row0;
       TWL_RETURN_IF_ERROR(attention_.AttendOnDevice(
@@ -87,10 +87,9 @@ absl::Status CudaExecutor::Run(const CudaStep& step, absl::Span<const SeqGroup> 
       TWL_RETURN_IF_ERROR(fetch.MergeDirect(g, grp, Hq, direct, step.out + row0, c));
     }
     if (m) TWL_CUDA(cudaEventRecord(m[kAttn1], c));
-    return fetch.Attended(gi, c);
+    return absl::OkStatus();
   };
 
-  fetch.BeginStep(G);
   for (int32_t gi = 0; gi < G; ++gi) {
     const SeqGroup& grp = groups[size_t(gi)];
     const BatchView b = GroupBatch(step.batch, grp);

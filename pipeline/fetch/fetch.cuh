@@ -13,10 +13,6 @@
 #include "cache/gpu_page_cache.h"
 #include "core/stage_views.h"
 
-namespace twl {
-struct RowMarks;  // pipeline/fetch/row_cache/cuda/row_plan.h
-}  // namespace twl
-
 namespace twl::pipeline_cuda {
 
 // Where a group's attention reads its kept rows once fetched.
@@ -29,15 +25,11 @@ struct AttendSource {
   FpKvView direct_kv;
   const int32_t* direct_counts = nullptr;
   fp16_t* direct_out = nullptr;
-  // Row mode: the attention's lookups also do the row cache's mark (null: they only read).
-  const RowMarks* marks = nullptr;
 };
 
 class CudaFetch {
  public:
   virtual ~CudaFetch() = default;
-  // Called first in every step with its number of pipeline groups.
-  virtual void BeginStep(int32_t /*num_groups*/) {}
   // Called once the group's prune is enqueued on `compute`: enqueues what makes the group's
   // kept blocks readable. `marks`: the group's timing events (GroupEvent order) or null.
   virtual absl::Status Fetch(int32_t index, const SeqGroup& group, const PageGeometry& g,
@@ -46,11 +38,6 @@ class CudaFetch {
   // Called before the group's attention: `compute` waits for the group's fetch.
   virtual absl::Status WaitFetched(int32_t index, cudaStream_t compute) = 0;
   virtual AttendSource Source() const = 0;
-  // Called once the group's attention is enqueued on `compute` (a stage whose plan the
-  // attention marks finishes it here).
-  virtual absl::Status Attended(int32_t /*index*/, cudaStream_t /*compute*/) {
-    return absl::OkStatus();
-  }
   // Merges the direct units' outputs (group slices of direct_out and out) on `compute`.
   virtual absl::Status MergeDirect(const PageGeometry& g, const SeqGroup& group,
                                    int32_t num_q_heads, const fp16_t* direct_out, fp16_t* out,
@@ -62,7 +49,6 @@ class CudaFetch {
 class ForwardingFetch : public CudaFetch {
  public:
   explicit ForwardingFetch(CudaFetch* inner) : inner_(inner) {}
-  void BeginStep(int32_t num_groups) override { inner_->BeginStep(num_groups); }
   absl::Status Fetch(int32_t index, const SeqGroup& group, const PageGeometry& g,
                      const BatchView& batch, const KeptView& kept, cudaStream_t compute,
                      const cudaEvent_t* marks) override {
@@ -72,9 +58,6 @@ class ForwardingFetch : public CudaFetch {
     return inner_->WaitFetched(index, compute);
   }
   AttendSource Source() const override { return inner_->Source(); }
-  absl::Status Attended(int32_t index, cudaStream_t compute) override {
-    return inner_->Attended(index, compute);
-  }
   absl::Status MergeDirect(const PageGeometry& g, const SeqGroup& group, int32_t num_q_heads,
                            const fp16_t* direct_out, fp16_t* out,
                            cudaStream_t compute) override {

@@ -14,10 +14,6 @@
 //  * the plan's launches are the same at every call (step stamp and running sums on the
 //    device): a bound stage's plan captured once in a CUDA graph replays like the policy,
 //    with the stage's eager plans in between sharing the cache and the step stamp.
-//  * with the mark in the attention (RowMarks: one group per step, tail, victims and copy
-//    after the attention), roomy and small caches: the counts the policy implies, consistent
-//    maps, and the attention's output bit for bit that of the same attention reading every
-//    row in place.
 // Skips without a GPU.
 #include <algorithm>
 #include <cstring>
@@ -32,8 +28,6 @@
 #include "cache/row_cache_policy.h"
 #include "gpu_test_util.h"
 #include "row_cache_check.h"
-#include "core/half.h"
-#include "pipeline/attend/sparse/cuda/attend_launch.h"
 #include "pipeline/fetch/disk/miss_first_fetch.cuh"
 #include "pipeline/fetch/row_cache/row_cache_fetch.cuh"
 
@@ -558,136 +552,6 @@ TEST(RowCacheGpuTest, CapturedBoundPlanReplaysLikeThePolicy) {
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   gpu::StreamDestroy(cs);
-}
-
-
-// Steps of one group whose attention marks: counts as the policy implies from the state
-// before the step, maps consistent, output equal to the attention over the pool in place.
-void CheckAttentionMarks(int32_t slots, uint32_t window, int64_t* evictions, int64_t* direct) {
-  const uint64_t seed = Seed();
-  SCOPED_TRACE(::testing::Message() << "seed " << seed << " slots " << slots);
-  RowFixture fx(seed);
-  // Finite K/V (the fixture's pool is raw random bytes).
-  auto* half = static_cast<fp16_t*>(fx.pool->base());
-  std::uniform_real_distribution<float> val(-1.0f, 1.0f);
-  for (int64_t i = 0; i < fx.num_blocks * fx.g.FpBlockElems(); ++i) {
-    half[i] = FloatToHalf(val(fx.rng));
-  }
-  pipeline_cuda::RowCacheFetch f;
-  TWL_ASSERT_OK(f.Init(fx.g, fx.num_blocks, slots, fx.Source(), 2));
-  f.SetWindow(window);
-  f.SetEarlyAttend(true);
-  f.SetAttentionMarks(true);
-  auto stream = gpu::StreamCreate();
-  ASSERT_TRUE(stream.ok());
-  const auto cs = static_cast<cudaStream_t>(*stream);
-  f.AttachStream(cs);
-  TWL_ASSERT_OK(f.GrowStep(int64_t(fx.B) * fx.g.num_kv_heads, 0));
-  SeqGroup all;
-  all.num_seqs = fx.B;
-  const BatchView batch = fx.Batch(all);
-  const int32_t Hq = batch.num_q_heads;
-  std::vector<fp16_t> q(size_t(fx.B) * Hq * fx.g.head_dim);
-  for (fp16_t& x : q) x = FloatToHalf(val(fx.rng));
-  const gpu::DeviceBuffer d_q = Upload(q);
-  gpu::DeviceBuffer out, out_ref, ws;
-  TWL_ASSERT_OK(out.Reserve(q.size() * 2));
-  TWL_ASSERT_OK(out_ref.Reserve(q.size() * 2));
-  const size_t ws_bytes = AttentionWorkspaceBytes(fx.g, fx.B, Hq);
-  TWL_ASSERT_OK(ws.Reserve(ws_bytes));
-  FpKvView in_place;  // block mode over the mapped pool: every row read where it lives
-  in_place.kv = static_cast<fp16_t*>(fx.pool->device_base());
-  for (uint32_t step = 1; step <= 8; ++step) {
-    fx.Draw(0.12, step == 1 ? 0.0 : 0.7);
-    SCOPED_TRACE(::testing::Message() << "step " << step);
-    const DeviceState before = ReadState(f, fx.g);
-    const std::vector<std::vector<int64_t>> rows = fx.Rows(all);
-    int64_t needed = 0, hits = 0;
-    std::vector<int32_t> unit_hits;
-    std::set<int64_t> claims, stamped;
-    for (const auto& unit : rows) {
-      unit_hits.push_back(0);
-      for (int64_t r : unit) {
-        ++needed;
-        const int32_t sl = before.slot_of_row[size_t(r)];
-        if (sl >= 0) {
-          ++hits;
-          ++unit_hits.back();
-          stamped.insert(sl);
-        } else {
-          claims.insert(r);  // the fixture's units share no row
-        }
-      }
-    }
-    int64_t evictable = 0;
-    for (int32_t sl = 0; sl < slots; ++sl) {
-      const uint32_t lu = stamped.count(sl) ? step : before.last_use[size_t(sl)];
-      evictable += RowSlotEvictable(before.row_of_slot[size_t(sl)], lu, step, window);
-    }
-    const int64_t listed = std::min<int64_t>(int64_t(claims.size()), slots);
-    const int64_t fetched = std::min<int64_t>(listed, evictable);
-
-    f.BeginStep(1);
-    TWL_ASSERT_OK(f.Fetch(0, all, fx.g, batch, fx.Kept(all), cs, nullptr));
-    TWL_ASSERT_OK(f.WaitFetched(0, cs));
-    const pipeline_cuda::AttendSource src = f.Source();
-    ASSERT_NE(src.marks, nullptr);
-    TWL_ASSERT_OK(LaunchSparseAttention(fx.g, batch, QueryView{d_q.as<fp16_t>()}, src.kv,
-                                        fx.Kept(all), OutputView{out.as<fp16_t>()}, 0.0f,
-                                        ws.get(), ws_bytes, cs, src.marks));
-    TWL_ASSERT_OK(f.Attended(0, cs));
-    ASSERT_EQ(cudaStreamSynchronize(cs), cudaSuccess);
-    const std::vector<fp16_t> got_out = Download<fp16_t>(out, q.size());
-    TWL_ASSERT_OK(LaunchSparseAttention(fx.g, batch, QueryView{d_q.as<fp16_t>()}, in_place,
-                                        fx.Kept(all), OutputView{out_ref.as<fp16_t>()}, 0.0f,
-                                        ws.get(), ws_bytes, cs));
-    ASSERT_EQ(cudaStreamSynchronize(cs), cudaSuccess);
-    const std::vector<fp16_t> want_out = Download<fp16_t>(out_ref, q.size());
-    ASSERT_EQ(std::memcmp(got_out.data(), want_out.data(), q.size() * 2), 0)
-        << "the marking attention read other bytes than the pool's rows";
-
-    const DeviceRowCounters got = ReadCounters(f, 0);
-    EXPECT_EQ(got.error, 0);
-    EXPECT_EQ(got.step, int32_t(step));
-    EXPECT_EQ(got.needed, needed);
-    EXPECT_EQ(got.hits, hits);
-    EXPECT_EQ(got.listed, int64_t(claims.size()));
-    EXPECT_EQ(got.overflow, int64_t(claims.size()) - listed);
-    EXPECT_EQ(got.victims, fetched);
-    EXPECT_EQ(got.direct, int64_t(claims.size()) - fetched);
-    std::vector<int32_t> uh(unit_hits.size()), ur(unit_hits.size());
-    TWL_ASSERT_OK(gpu::CopyToHost(uh.data(), f.unit_hits(), uh.size() * 4));
-    TWL_ASSERT_OK(gpu::CopyToHost(ur.data(), f.unit_blocks(), ur.size() * 4));
-    EXPECT_EQ(uh, unit_hits);
-    for (size_t u = 0; u < ur.size(); ++u) EXPECT_EQ(ur[u], int32_t(fx.kept[u].size()));
-    *evictions += got.evictions;
-    *direct += got.direct;
-    const DeviceState after = ReadState(f, fx.g);
-    ExpectConsistent(after, fx);
-    // Every row the step kept and found resident stays, stamped with the step.
-    for (const auto& unit : rows) {
-      for (int64_t r : unit) {
-        const int32_t sl = before.slot_of_row[size_t(r)];
-        if (sl < 0) continue;
-        ASSERT_EQ(after.slot_of_row[size_t(r)], sl) << "row " << r;
-        ASSERT_EQ(after.last_use[size_t(sl)], step) << "row " << r;
-      }
-    }
-  }
-  gpu::StreamDestroy(cs);
-}
-
-TEST(RowCacheGpuTest, AttentionMarksMatchThePolicyAndReadThePoolRows) {
-  TWL_SKIP_WITHOUT_GPU();
-  RowFixture sizes(1);
-  int64_t evictions = 0, direct = 0;
-  CheckAttentionMarks(int32_t(sizes.num_blocks * sizes.g.page_size), 3, &evictions, &direct);
-  EXPECT_EQ(evictions, 0) << "a roomy cache evicted";
-  EXPECT_EQ(direct, 0) << "a roomy cache read rows in place";
-  evictions = direct = 0;
-  CheckAttentionMarks(700, 1, &evictions, &direct);  // about one step's rows
-  EXPECT_GT(evictions, 0) << "the small cache never evicted";
-  EXPECT_GT(direct, 0) << "the small cache never read a row in place";
 }
 
 }  // namespace

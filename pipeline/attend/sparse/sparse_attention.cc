@@ -14,10 +14,9 @@ absl::Status SparseAttention::AttendOnDevice(const PageGeometry& g, const BatchV
                                              const QueryView& q, const FpKvView& kv,
                                              const KeptView& kept, const OutputView& out,
                                              float softmax_scale, void* workspace,
-                                             size_t workspace_bytes, void* stream,
-                                             const RowMarks* marks) const {
+                                             size_t workspace_bytes, void* stream) const {
   return LaunchSparseAttention(g, batch, q, kv, kept, out, softmax_scale, workspace,
-                               workspace_bytes, stream, marks);
+                               workspace_bytes, stream);
 }
 
 absl::Status SparseAttention::AttendDenseOnDevice(const PageGeometry& g, const BatchView& batch,

@@ -15,17 +15,14 @@
 
 namespace twl {
 
-struct RowMarks;  // pipeline/fetch/row_cache/cuda/row_plan.h
-
 class SparseAttention {
  public:
   size_t DeviceWorkspaceBytes(const PageGeometry& g, int32_t num_seqs,
                               int32_t num_q_heads) const;
-  // `marks` (row mode only; null: none): the lookups also do the row cache's mark.
   absl::Status AttendOnDevice(const PageGeometry& g, const BatchView& batch, const QueryView& q,
                               const FpKvView& kv, const KeptView& kept, const OutputView& out,
                               float softmax_scale, void* workspace, size_t workspace_bytes,
-                              void* stream, const RowMarks* marks = nullptr) const;
+                              void* stream) const;
   absl::Status AttendDenseOnDevice(const PageGeometry& g, const BatchView& batch,
                                    const QueryView& q, const FpKvView& kv,
                                    const OutputView& out, float softmax_scale,

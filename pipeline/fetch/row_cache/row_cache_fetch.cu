@@ -174,7 +174,6 @@ absl::Status RowCacheFetch::FetchWith(RowPlanBuffers& b, int32_t index, const Se
   // The group's flag is cleared on the compute stream before the plan can set it (the plan
   // waits for `pruned`, recorded after), so a flag left set by an abandoned step never lets
   // an attention through early.
-  if (marking_) return PlanInAttention(b, index, group, g, batch, kept, marks);
   if (flag_wait_) TWL_RETURN_IF_ERROR(stream_flags::Write(compute, b.ready(index), 0));
   TWL_CUDA(cudaEventRecord(pruned_[size_t(index)], compute));
   RowPlanArgs a;
@@ -267,64 +266,6 @@ absl::Status RowCacheFetch::WaitWith(const RowPlanBuffers& b, int32_t index,
   return absl::OkStatus();
 }
 
-void RowCacheFetch::BeginStep(int32_t num_groups) {
-  marking_ = attention_marks_ && early_attend_ && num_groups == 1;
-}
-
-absl::Status RowCacheFetch::PlanInAttention(RowPlanBuffers& b, int32_t index,
-                                            const SeqGroup& group, const PageGeometry& g,
-                                            const BatchView& batch, const KeptView& kept,
-                                            const cudaEvent_t* marks) {
-  if (index != 0 || group.first_seq != 0) {
-    return absl::InternalError("RowCacheFetch: a step the attention marks has one group");
-  }
-  RowPlanArgs& a = tail_;
-  a = RowPlanArgs{};
-  a.g = g;
-  a.batch = batch;
-  a.kept = kept;
-  a.starts_step = true;
-  a.window = window_;
-  a.d_counters = b.counters();
-  a.d_work = b.work();
-  a.d_unit_hits = b.unit_hits();
-  a.d_unit_rows = b.unit_rows();
-  a.d_unit_work = b.unit_work();
-  a.source = source_;
-  b.set_flagged(index, false);
-  tail_marks_ = marks;
-  marks_ = RowMarks{};
-  marks_.slot_of_row = cache_.d_slot_of_row;
-  marks_.last_use = cache_.d_last_use;
-  marks_.step = cache_.d_step;
-  marks_.list = cache_.d_list;
-  marks_.list_capacity = cache_.list_capacity;
-  marks_.work = b.work();
-  marks_.unit_work = b.unit_work();
-  marks_.num_rows = cache_.num_rows;
-  return absl::OkStatus();
-}
-
-absl::Status RowCacheFetch::Attended(int32_t index, cudaStream_t compute) {
-  return AttendedWith(index, compute);
-}
-
-absl::Status RowCacheFetch::AttendedWith(int32_t index, cudaStream_t compute) {
-  if (!marking_) return absl::OkStatus();
-  if (index != 0) {
-    return absl::InternalError("RowCacheFetch: a step the attention marks has one group");
-  }
-  // The rest of the plan after the attention's marks, on the fetch stream.
-  TWL_CUDA(cudaEventRecord(pruned_[0], compute));
-  TWL_CUDA(cudaStreamWaitEvent(stream_, pruned_[0], 0));
-  if (tail_marks_) TWL_CUDA(cudaEventRecord(tail_marks_[kFetch0], stream_));
-  TWL_RETURN_IF_ERROR(LaunchRowMarkTail(cache_, tail_, stream_));
-  TWL_RETURN_IF_ERROR(LaunchRowComplete(cache_, tail_, stream_));
-  if (tail_marks_) TWL_CUDA(cudaEventRecord(tail_marks_[kFetch1], stream_));
-  TWL_CUDA(cudaEventRecord(fetched_[0], stream_));
-  return absl::OkStatus();
-}
-
 AttendSource RowCacheFetch::Source() const {
   AttendSource s;
   // Row mode: resident rows from the slots, the others in place from the mapped pool.
@@ -334,7 +275,6 @@ AttendSource RowCacheFetch::Source() const {
   s.kv.slot_of_row = slot_of_row_.as<int32_t>();
   s.counts = nullptr;  // the pruner's kept counts
   s.direct_counts = nullptr;
-  s.marks = marking_ ? &marks_ : nullptr;
   return s;
 }
 

@@ -97,16 +97,6 @@ class RowCacheFetch final : public OffloadCacheFetch {
   // group with many misses reads them over PCIe twice (in place and by the copy).
   void SetEarlyAttend(bool on) { early_attend_ = on; }
   bool early_attend() const { return early_attend_; }
-  // Marks in the attention (the default with early attention; TWL_ROW_ATTEND_MARK=0 at the
-  // backend's creation turns it off): in a step of one group the attention's own row
-  // lookups stamp the hits and claim the misses (RowMarks), and the plan's other kernels run
-  // after the attention (Attended): the tail that closes the counts, victims, copy. No mark
-  // kernel runs beside the attention, and every kept row is looked up once instead of twice.
-  // Sound as early attention is, with nothing beside the attention: the previous step's plan
-  // ended before this step (the store ends a step after its fetch), and this step's victims
-  // come after the stamps. Steps of several groups keep the mark kernel.
-  void SetAttentionMarks(bool on) { attention_marks_ = on; }
-  bool attention_marks() const { return attention_marks_; }
   // Whether a group's attention waits for its plan through a stream flag (stream_flags.cuh:
   // set by the mark kernel when every kept row is resident, else by the copy's last block)
   // rather than for the plan's last kernel (an event). Off by default (measured slower on
@@ -168,15 +158,12 @@ class RowCacheFetch final : public OffloadCacheFetch {
   // group's claims and reserved free slots are given back (LaunchRowAbandon).
   absl::Status FetchAbandon(int32_t index);
   AttendSource Source() const override;
-  void BeginStep(int32_t num_groups) override;
-  absl::Status Attended(int32_t index, cudaStream_t compute) override;
-  // Fetch / WaitFetched / Attended over the given buffers (a bound batch's; the calls above use the
+  // Fetch / WaitFetched over the given buffers (a bound batch's; the calls above use the
   // stage's own).
   absl::Status FetchWith(RowPlanBuffers& buffers, int32_t index, const SeqGroup& group,
                          const PageGeometry& g, const BatchView& batch, const KeptView& kept,
                          cudaStream_t compute, const cudaEvent_t* marks);
   absl::Status WaitWith(const RowPlanBuffers& buffers, int32_t index, cudaStream_t compute);
-  absl::Status AttendedWith(int32_t index, cudaStream_t compute);
   absl::Status MergeDirect(const PageGeometry&, const SeqGroup&, int32_t, const fp16_t*,
                            fp16_t*, cudaStream_t) override {
     return absl::OkStatus();  // never called: no direct units (rows read in place instead)
@@ -194,11 +181,6 @@ class RowCacheFetch final : public OffloadCacheFetch {
   uint32_t window_ = kDefaultRowWindow;
   bool early_attend_ = false;
   bool flag_wait_ = false;
-  bool attention_marks_ = false;
-  bool marking_ = false;      // this step: the attention marks (BeginStep)
-  RowMarks marks_;            // what Source() hands the attention while marking_
-  RowPlanArgs tail_;          // the marking step's plan args, for Attended
-  const cudaEvent_t* tail_marks_ = nullptr;  // its timing events
   int32_t max_groups_ = 0;
 
   // The plan's halves over buffers `b`: the mark (after `pruned`) with `report`, its args
@@ -210,11 +192,6 @@ class RowCacheFetch final : public OffloadCacheFetch {
                         cudaEvent_t pruned, const cudaEvent_t* marks,
                         const RowMissReport& report, bool flag, RowPlanArgs* args);
   absl::Status CompleteWith(int32_t index, const RowPlanArgs& args, const cudaEvent_t* marks);
-  // A marking step's Fetch: nothing enqueued; the args for the tail and the attention's
-  // RowMarks over buffers `b`.
-  absl::Status PlanInAttention(RowPlanBuffers& b, int32_t index, const SeqGroup& group,
-                               const PageGeometry& g, const BatchView& batch,
-                               const KeptView& kept, const cudaEvent_t* marks);
 };
 
 // A bound batch's fetch stage (RowCacheFetch::MakeBoundFetch): the store's row cache over the
@@ -232,10 +209,6 @@ class BoundRowFetch final : public CudaFetch {
     return cache_->WaitWith(buffers_, index, compute);
   }
   AttendSource Source() const override { return cache_->Source(); }
-  void BeginStep(int32_t num_groups) override { cache_->BeginStep(num_groups); }
-  absl::Status Attended(int32_t index, cudaStream_t compute) override {
-    return cache_->AttendedWith(index, compute);
-  }
   absl::Status MergeDirect(const PageGeometry&, const SeqGroup&, int32_t, const fp16_t*,
                            fp16_t*, cudaStream_t) override {
     return absl::OkStatus();  // no direct units

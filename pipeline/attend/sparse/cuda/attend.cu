@@ -72,8 +72,7 @@ AttnLayout Layout(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads, 
 
 absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryView& q,
                     const FpKvView& kv, const KeptView* kept, const OutputView& out,
-                    float softmax_scale, void* workspace, size_t workspace_bytes, void* stream,
-                    const RowMarks* marks_in) {
+                    float softmax_scale, void* workspace, size_t workspace_bytes, void* stream) {
   TWL_RETURN_IF_ERROR(ValidateGeometry(g));
   TWL_RETURN_IF_ERROR(ValidateBatch(g, batch, /*check_host_data=*/false));
   TWL_RETURN_IF_ERROR(cuda::CheckHeadDim(g.head_dim));
@@ -84,13 +83,6 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
   }
   if (kept && (!kept->tokens || !kept->count)) {
     return absl::InvalidArgumentError("attention: kept set must not be null");
-  }
-  const RowMarks marks = marks_in ? *marks_in : RowMarks{};
-  if (marks.on() &&
-      (!kv.slot_of_row || !kept || marks.slot_of_row != kv.slot_of_row || !marks.step ||
-       !marks.list || marks.list_capacity <= 0 || !marks.work || !marks.unit_work)) {
-    return absl::InvalidArgumentError(
-        "attention: row marks need row mode, a kept set and every mark buffer");
   }
   const int64_t pairs = int64_t(batch.num_seqs) * g.num_kv_heads;
   if (pairs > INT32_MAX / 2) return absl::InvalidArgumentError("attention: batch too large");
@@ -132,7 +124,7 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
       }
       kernel<<<dim3(unsigned(blocks), unsigned(halves)), cuda::kAttnThreads, smem, st>>>(
           g, batch, q, kv, kv_set, dense, group, gpad, scale, plan_here, l.cum, l.item_offset,
-          l.part_acc, l.part_ml, marks);
+          l.part_acc, l.part_ml);
       return LaunchStatus("AttendChunkKernel");
     };
     auto by_group = [&](auto bf16) -> absl::Status {
@@ -175,10 +167,8 @@ absl::Status LaunchSparseAttention(const PageGeometry& g, const BatchView& batch
                                    const QueryView& q, const FpKvView& kv,
                                    const KeptView& kept, const OutputView& out,
                                    float softmax_scale, void* workspace,
-                                   size_t workspace_bytes, void* stream,
-                                   const RowMarks* marks) {
-  return Attend(g, batch, q, kv, &kept, out, softmax_scale, workspace, workspace_bytes, stream,
-                marks);
+                                   size_t workspace_bytes, void* stream) {
+  return Attend(g, batch, q, kv, &kept, out, softmax_scale, workspace, workspace_bytes, stream);
 }
 
 absl::Status LaunchDenseAttention(const PageGeometry& g, const BatchView& batch,
@@ -186,7 +176,7 @@ absl::Status LaunchDenseAttention(const PageGeometry& g, const BatchView& batch,
                                   const OutputView& out, float softmax_scale, void* workspace,
                                   size_t workspace_bytes, void* stream) {
   return Attend(g, batch, q, kv, nullptr, out, softmax_scale, workspace, workspace_bytes,
-                stream, nullptr);
+                stream);
 }
 
 }  // namespace twl

@@ -17,7 +17,6 @@
 
 #include "gpu/cuda/common.cuh"
 #include "pipeline/attend/sparse/cuda/attend_compute.cuh"
-#include "pipeline/fetch/row_cache/cuda/row_marks.cuh"
 
 namespace twl::cuda {
 
@@ -157,7 +156,7 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
                       bool dense, int32_t group, int32_t gstride, float qscale,
                       bool plan_here, int32_t* __restrict__ cum_g,
                       int32_t* __restrict__ item_offset_g, float* __restrict__ part_acc,
-                      float2* __restrict__ part_ml, RowMarks marks) {
+                      float2* __restrict__ part_ml) {
   using Cfg = AttnCfg<D>;
   using Compute = std::conditional_t<kTc, TcCompute<D>, CoreCompute<D, G, kBf16>>;
   static_assert(!kTc || (G == 8 && !kBf16), "tensor cores: FP16 K/V, 8 heads per block");
@@ -173,10 +172,6 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
 
   const int32_t pairs = batch.num_seqs * g.num_kv_heads;
   const int32_t jb = int32_t(blockIdx.y) * G;  // first head of the group this block computes
-  // Row mode with marks (row_plan.h RowMarks): the lookups of the first head block (y = 0)
-  // also do the row cache's mark; the other halves only read the map.
-  const bool marking = kv.slot_of_row != nullptr && marks.on() && blockIdx.y == 0;
-  const uint32_t mark_step = marking ? NextRowStep(*marks.step, true) : 0u;
   // The plan: from AttendPlanKernel (cum_g, item_offset_g), or computed here (plan_here:
   // pairs <= kFusedPlanPairs), block (0, 0) storing it for the merge.
   __shared__ int32_t s_plan[2 * (kFusedPlanPairs + 1)];
@@ -246,33 +241,7 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
     // of 2 x D elements; one not resident is read in place like a block's (~block). Uniform
     // over the kernel, so the block path pays one predictable branch per lookup.
     const bool rows = kv.slot_of_row != nullptr;
-    // Resident rows this block's lookups found for the piece's pair (marking only).
-    int32_t piece_hits = 0;
-    // Marking lookup: every lane of a resolver warp calls it (pos < 0: no token), since the
-    // claims are listed per warp. Absent rows are claimed for the copy after the attention
-    // and read in place now.
-    auto mark_slot = [&](int32_t pos, int32_t page) -> int64_t {
-      int64_t block = 0, r = -1;
-      RowMarkResult mk;
-      if (pos >= 0) {
-        block = g.BlockId(page, h);
-        r = block * g.page_size + pos % g.page_size;
-        if (r >= 0 && r < marks.num_rows) {
-          mk = MarkRow(marks.slot_of_row, marks.last_use, r, mark_step);
-        } else {
-          atomicExch(&marks.work->error, 2);  // a kept row outside the map
-        }
-      }
-      piece_hits += mk.hit ? 1 : 0;
-      if (ListClaims(mk.claim, r, &marks.work->listed, marks.list, marks.list_capacity,
-                     marks.slot_of_row)) {
-        atomicAdd(&marks.work->overflow, 1);
-      }
-      if (pos < 0) return 0;
-      return mk.slot >= 0 || !kv.miss_kv ? int64_t(mk.slot) : ~block;
-    };
     auto load_slot = [&](int32_t pos, int32_t page) -> int64_t {
-      if (marking) return mark_slot(pos, page);
       if (pos < 0) return 0;
       const int64_t block = g.BlockId(page, h);
       if (rows) {
@@ -359,10 +328,6 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
       comp.Stage(kbuf + b * T * D, vbuf + b * T * D, min(T, c1 - (c0 + st * T)));
     }
     CpAsyncWait<0>();
-    if (marking && resolver) {  // the piece's hits, one atomic per resolver warp
-      for (int o = 16; o > 0; o >>= 1) piece_hits += __shfl_xor_sync(~0u, piece_hits, o);
-      if (lane == 0 && piece_hits) atomicAdd(&marks.unit_work[pair], piece_hits);
-    }
     __syncthreads();  // stage buffers are reused for the merge below
 
     float* sacc = reinterpret_cast<float*>(attn_smem);     // [kAttnWarps][G][D]

@@ -11,8 +11,6 @@
 
 namespace twl {
 
-struct RowMarks;  // pipeline/fetch/row_cache/cuda/row_plan.h
-
 // Whether groups of 3 or more query heads over FP16 K/V at head dim 64 or 128 compute on
 // tensor cores (default; TWL_ATTN_TC=0 in the environment turns it off) or on CUDA cores.
 // Process-wide; for A/B runs and for tests that check both forms. Returns the setting before.
@@ -26,14 +24,11 @@ size_t AttentionWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t 
 // (stream-K): every resident block takes an equal share of the batch's kept tokens, cut at
 // (sequence, KV head) boundaries, so heavy and light heads spread evenly over the SMs.
 // kv.slot_of_block is honoured (GPU cache slots). softmax_scale 0: 1/sqrt(head_dim).
-// `marks` (kv in row mode; null: none): the row lookups also do the row cache's mark
-// (stamps, claims; RowMarks in pipeline/fetch/row_cache/cuda/row_plan.h).
 absl::Status LaunchSparseAttention(const PageGeometry& g, const BatchView& batch,
                                    const QueryView& q, const FpKvView& kv,
                                    const KeptView& kept, const OutputView& out,
                                    float softmax_scale, void* workspace,
-                                   size_t workspace_bytes, void* stream,
-                                   const RowMarks* marks = nullptr);
+                                   size_t workspace_bytes, void* stream);
 
 // The same kernels over every token of every sequence (the in-run dense baseline).
 absl::Status LaunchDenseAttention(const PageGeometry& g, const BatchView& batch,

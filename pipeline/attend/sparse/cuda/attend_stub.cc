@@ -8,7 +8,7 @@ bool SetAttentionTensorCores(bool) { return false; }
 size_t AttentionWorkspaceBytes(const PageGeometry&, int32_t, int32_t) { return 0; }
 absl::Status LaunchSparseAttention(const PageGeometry&, const BatchView&, const QueryView&,
                                    const FpKvView&, const KeptView&, const OutputView&, float,
-                                   void*, size_t, void*, const RowMarks*) {
+                                   void*, size_t, void*) {
   return NoCudaKernels();
 }
 absl::Status LaunchDenseAttention(const PageGeometry&, const BatchView&, const QueryView&,

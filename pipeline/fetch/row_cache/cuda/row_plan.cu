@@ -28,10 +28,6 @@
 //              stores), then assigns the reserved free slots and publishes the rows in
 //              slot_of_row; misses without a victim get -1 back (read in place). Its last
 //              block sets the ready flag.
-// With the mark in the attention (RowMarks, row_plan.h; steps of one group), the attention's
-// row lookups do RowMark's per-row work (MarkRow and ListClaims of row_marks.cuh, shared
-// with RowMark) and RowMarkTail, one block after the attention, does its last block's; then
-// RowVictims and RowCopy as above, the copied rows hits from the next step on.
 // Every launch is the same at every call (the step stamp is read on the device), so a plan
 // captured in a CUDA graph replays like an eager one.
 // Why publish after the copy: the previous group's attention may still run while this group
@@ -47,7 +43,6 @@
 #include "gpu/device.h"
 #include "pipeline/fetch/plan_grid.cuh"
 #include "offload/cuda_check.cuh"
-#include "pipeline/fetch/row_cache/cuda/row_marks.cuh"
 #include "pipeline/fetch/row_cache/cuda/row_plan.h"
 #include "pipeline/fetch/row_cache/cuda/row_slots.cuh"
 
@@ -72,43 +67,18 @@ int32_t GridFor(int64_t warp_items, int32_t blocks_per_sm) {
 using fetch_plan::LastBlockDone;
 using fetch_plan::WarpClaim;
 
+// The next step stamp: bumped at the first group of a step (and from 0, "never"), never 0.
+__device__ __forceinline__ uint32_t NextStep(uint32_t old, bool starts) {
+  const uint32_t s = old + ((starts || old == 0) ? 1u : 0u);
+  return s == 0 ? 1u : s;
+}
+
 // Tells a waiter on another stream (a stream memory operation polling the word, not a
 // kernel) that the group's rows are readable.
 __device__ __forceinline__ void SetReady(uint32_t* ready) {
   if (ready == nullptr) return;
   __threadfence_system();
   *reinterpret_cast<volatile uint32_t*>(ready) = 1u;
-}
-
-// The end of a mark, by one thread once every kept row is marked: the group's counters,
-// the step stamp, the free slots reserved for the first misses (the stack shrinks; RowCopy
-// assigns them), the running sums reset (but needed / hits, the caller's), the miss report's
-// count for the host, and with nothing to copy the ready flag.
-__device__ void CloseMark(const DeviceRowCache& c, uint32_t step, int32_t needed, int32_t hits,
-                          DeviceRowCounters* cnt, DeviceRowWork* w, uint32_t* ready,
-                          const RowMissReport& rep) {
-  const int32_t listed = __ldcg(&w->listed), overflow = __ldcg(&w->overflow);
-  const int32_t m = min(listed, c.list_capacity);
-  const int32_t top = *c.d_free_top;
-  const int32_t take = max(0, min(m, top));
-  cnt->needed = needed;
-  cnt->hits = hits;
-  cnt->listed = listed;
-  cnt->overflow = overflow;
-  cnt->victims = take;
-  cnt->evictions = 0;
-  cnt->direct = overflow;  // RowVictims adds the misses left without a slot
-  cnt->error = __ldcg(&w->error);
-  cnt->free_taken = take;
-  cnt->free_top = top;
-  cnt->step = int32_t(step);
-  w->overflow = w->listed = w->error = 0;
-  *c.d_free_top = top - take;
-  *c.d_step = step;
-  // The report for the host (mapped memory; read after this kernel's completion), and the
-  // accumulator zeroed for the next plan.
-  if (rep.d_block_stamp != nullptr) *rep.count_out = atomicExch(rep.d_count, 0);
-  if (m == 0) SetReady(ready);  // nothing to copy: the attention may go
 }
 
 // Kernel 1. Work items (unit, chunk of kTokensPerItem kept tokens) chunk-major, so the items
@@ -123,7 +93,7 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) {
     most = 0;
     s_needed = s_hits = s_overflow = 0;
-    s_step = NextRowStep(*c.d_step, starts);
+    s_step = NextStep(*c.d_step, starts);
   }
   __syncthreads();
   const uint32_t step = s_step;
@@ -161,14 +131,35 @@ __global__ void __launch_bounds__(kThreads)
         if (r < 0 || r >= c.num_rows) {
           bad_row = true;
         } else {
-          const RowMarkResult mk = MarkRow(c.d_slot_of_row, c.d_last_use, r, step);
-          hit = mk.hit;
-          claim = mk.claim;
+          const int32_t sl = c.d_slot_of_row[r];
+          if (sl >= 0) {
+            c.d_last_use[sl] = step;
+            hit = true;
+          } else if (sl == kRowClaimed) {
+            hit = true;  // another unit's claim: one copy serves both
+          } else {
+            const int32_t old = atomicCAS(&c.d_slot_of_row[r], kRowAbsent, kRowClaimed);
+            if (old == kRowAbsent) {
+              claim = true;
+            } else {
+              if (old >= 0) c.d_last_use[old] = step;  // (nothing publishes meanwhile)
+              hit = true;
+            }
+          }
         }
       }
-      const bool overflow =
-          ListClaims(claim, r, &w->listed, c.d_list, c.list_capacity, c.d_slot_of_row);
-      if (__any_sync(~0u, claim)) {
+      bool overflow = false;
+      const unsigned cm = __ballot_sync(~0u, claim);
+      if (cm) {
+        const int32_t k = WarpClaim(&w->listed, cm);
+        if (claim) {
+          if (k < c.list_capacity) {
+            c.d_list[k] = RowFetch{r, -1, 0};
+          } else {
+            c.d_slot_of_row[r] = kRowAbsent;  // no room to list it: in place this step
+            overflow = true;
+          }
+        }
         if (rep.d_block_stamp != nullptr) {
           // Every claimed row is read from the pool (copied, or in place): its block is
           // reported once per stamp, by the first lane of the warp's lanes on that block
@@ -215,43 +206,30 @@ __global__ void __launch_bounds__(kThreads)
     unit_rows[u] = kept.count[u];
   }
   if (threadIdx.x == 0) {
-    CloseMark(c, step, __ldcg(&w->needed), __ldcg(&w->hits), cnt, w, ready, rep);
-    w->needed = w->hits = 0;
+    const int32_t listed = __ldcg(&w->listed), overflow = __ldcg(&w->overflow);
+    // Free slots for the first misses: reserved here (the stack shrinks), assigned by RowCopy.
+    const int32_t m = min(listed, c.list_capacity);
+    const int32_t top = *c.d_free_top;
+    const int32_t take = max(0, min(m, top));
+    cnt->needed = __ldcg(&w->needed);
+    cnt->hits = __ldcg(&w->hits);
+    cnt->listed = listed;
+    cnt->overflow = overflow;
+    cnt->victims = take;
+    cnt->evictions = 0;
+    cnt->direct = overflow;  // RowVictims adds the misses left without a slot
+    cnt->error = __ldcg(&w->error);
+    cnt->free_taken = take;
+    cnt->free_top = top;
+    cnt->step = int32_t(step);
+    w->needed = w->hits = w->overflow = w->listed = w->error = 0;
+    *c.d_free_top = top - take;
+    *c.d_step = step;
+    // The report for the host (mapped memory; read after this kernel's completion), and the
+    // accumulator zeroed for the next plan.
+    if (rep.d_block_stamp != nullptr) *rep.count_out = atomicExch(rep.d_count, 0);
+    if (m == 0) SetReady(ready);  // nothing to copy: the attention may go
   }
-}
-
-// The attention's mark (RowMarks) closed after that attention: one block, the per-unit
-// counts and the totals summed here (the attention keeps running sums per unit only).
-__global__ void __launch_bounds__(kThreads)
-    RowMarkTailKernel(DeviceRowCache c, KeptView kept, int32_t units, DeviceRowCounters* cnt,
-                      DeviceRowWork* w, int32_t* unit_hits, int32_t* unit_rows,
-                      int32_t* unit_work) {
-  __shared__ int32_t s_needed, s_hits;
-  __shared__ uint32_t s_step;
-  if (threadIdx.x == 0) {
-    s_needed = s_hits = 0;
-    s_step = NextRowStep(*c.d_step, true);  // the stamp the attention used
-  }
-  __syncthreads();
-  int32_t needed = 0, hits = 0;
-  for (int32_t u = threadIdx.x; u < units; u += kThreads) {
-    const int32_t h = __ldcg(&unit_work[u]), n = kept.count[u];
-    unit_hits[u] = h;
-    unit_work[u] = 0;
-    unit_rows[u] = n;
-    needed += n;
-    hits += h;
-  }
-  for (int o = 16; o > 0; o >>= 1) {
-    needed += __shfl_xor_sync(~0u, needed, o);
-    hits += __shfl_xor_sync(~0u, hits, o);
-  }
-  if ((threadIdx.x & 31) == 0) {
-    atomicAdd(&s_needed, needed);
-    atomicAdd(&s_hits, hits);
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) CloseMark(c, s_step, s_needed, s_hits, cnt, w, nullptr, RowMissReport{});
 }
 
 // Kernel 2. The misses left take occupied evictable slots from the clock hand: warps take
@@ -492,23 +470,6 @@ absl::Status LaunchRowMark(const DeviceRowCache& cache, const RowPlanArgs& a, vo
       a.g, a.batch, a.kept, units, a.starts_step, cache, a.d_counters, a.d_work, a.d_unit_hits,
       a.d_unit_rows, a.d_unit_work, a.d_ready, a.report);
   return LaunchStatus("RowMarkKernel");
-}
-
-absl::Status LaunchRowMarkTail(const DeviceRowCache& cache, const RowPlanArgs& a,
-                               void* stream) {
-  if (a.batch.num_seqs <= 0) return absl::OkStatus();
-  if (!cache.d_step || !cache.d_free_top || !cache.d_free || cache.num_slots <= 0 ||
-      !a.d_counters || !a.d_work || !a.d_unit_hits || !a.d_unit_rows || !a.d_unit_work ||
-      !a.kept.count) {
-    return absl::InvalidArgumentError("LaunchRowMarkTail: null pointer or empty cache");
-  }
-  if (a.d_ready != nullptr || a.report.on()) {
-    return absl::InvalidArgumentError("LaunchRowMarkTail: no ready flag or miss report");
-  }
-  RowMarkTailKernel<<<1, kThreads, 0, AsStream(stream)>>>(
-      cache, a.kept, a.batch.num_seqs * a.g.num_kv_heads, a.d_counters, a.d_work,
-      a.d_unit_hits, a.d_unit_rows, a.d_unit_work);
-  return LaunchStatus("RowMarkTailKernel");
 }
 
 absl::Status LaunchRowComplete(const DeviceRowCache& cache, const RowPlanArgs& a,

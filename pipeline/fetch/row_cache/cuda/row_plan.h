@@ -78,27 +78,6 @@ struct RowMissReport {
   bool on() const { return d_block_stamp != nullptr; }
 };
 
-// The mark of a group's plan done by the attention's own row lookups instead of
-// RowMarkKernel (RowCacheFetch with one group per step; pipeline/attend/sparse/cuda/
-// attend.cuh): each kept row the attention reads is stamped with the step (resident) or
-// claimed and listed (absent: read in place now, copied after the attention by
-// LaunchRowMarkTail + LaunchRowComplete, a hit at the next step that keeps it). The running
-// sums are the plan's (DeviceRowWork, unit_work), closed by LaunchRowMarkTail. Why: the mark
-// kernel's random map reads and stamps ran beside the attention and slowed it by more than
-// the lookups cost inside it (bench/RESULTS.md, twenty-sixth and twenty-seventh sessions).
-// Null last_use: off (the attention only reads the map).
-struct RowMarks {
-  int32_t* slot_of_row = nullptr;  // the cache's map (claims write -2, overflows -1 back)
-  uint32_t* last_use = nullptr;    // [num_slots]
-  const uint32_t* step = nullptr;  // the cache's step word: this step is NextRowStep(*step)
-  RowFetch* list = nullptr;        // [list_capacity] the claims, in list order
-  int32_t list_capacity = 0;
-  DeviceRowWork* work = nullptr;   // listed, overflow, error (running sums)
-  int32_t* unit_work = nullptr;    // [units] running hits per (sequence, KV head)
-  int64_t num_rows = 0;
-  TWL_HD bool on() const { return last_use != nullptr; }
-};
-
 struct RowPlanArgs {
   PageGeometry g;
   BatchView batch;        // the group's sequences (device seq_len / page_table)
@@ -132,13 +111,6 @@ absl::Status LaunchRowPlan(const DeviceRowCache& cache, const RowPlanArgs& args,
 // same args. Nothing else may plan on the cache in between (the miss list is shared).
 absl::Status LaunchRowMark(const DeviceRowCache& cache, const RowPlanArgs& args, void* stream);
 absl::Status LaunchRowComplete(const DeviceRowCache& cache, const RowPlanArgs& args,
-                               void* stream);
-// Closes a plan whose mark the attention did (RowMarks), once that attention has run: one
-// block publishes the counters and per-unit counts, resets the running sums, writes the step
-// stamp the attention used (NextRowStep of the old one: every step starts with its one
-// group) and reserves free slots for the first misses, as RowMarkKernel's last block does.
-// LaunchRowComplete follows with the same args. args.d_ready and args.report must be off.
-absl::Status LaunchRowMarkTail(const DeviceRowCache& cache, const RowPlanArgs& args,
                                void* stream);
 // Undoes LaunchRowMark for a group whose plan will not complete (the store could not make
 // its missed blocks resident): its claims dropped (absent again), the free slots it reserved
