@@ -1,7 +1,8 @@
-// Launch shape and grid-wide completion shared by the fetch stage's plan kernels (the block
-// cache's cache/cuda/cache_plan.cu and the row cache's row_cache/cuda/row_plan.cu): both run
-// warp-per-item scans of the kept lists that are latency-bound, and both finish a group's plan
-// in whichever thread block arrives last.
+// Launch shape, list places and grid-wide completion shared by the fetch stage's plan kernels
+// (the block cache's cache/cuda/cache_plan.cu and the row cache's row_cache/cuda/row_plan.cu):
+// both run warp-per-item scans of the kept lists that are latency-bound, both append to
+// device lists one atomic per warp, and both finish a group's plan in whichever thread block
+// arrives last.
 #pragma once
 
 #include <cuda_runtime.h>
