@@ -14,9 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <string>
-#include <system_error>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -28,6 +26,7 @@
 #include "lib/paged_head_keys.h"
 #include "lib/png_plot.h"
 #include "lib/synthetic_attention.h"
+#include "lib/study_output.h"
 #include "lib/table.h"
 #include "lib/tool_flags.h"
 #include "lib/top_p_set.h"
@@ -332,15 +331,9 @@ int Main(int argc, char** argv) {
   plot.AddHLine(p - kMassSlack, "p - 0.02");
   table.Print();
   const std::string out = absl::GetFlag(FLAGS_out);
-  std::error_code ec;
-  std::filesystem::create_directories(out, ec);  // a failure shows in the writes below
-  for (absl::Status s : {table.WriteCsv(out + "/coarse_study.csv"),
-                         table.WriteJson(out + "/coarse_study.json"),
-                         plot.SavePng(out + "/coarse_study.png")}) {
-    if (!s.ok()) {
-      std::fprintf(stderr, "twl_coarse_study: %s\n", std::string(s.message()).c_str());
-      return 1;
-    }
+  if (absl::Status s = WriteStudyOutputs(out, "coarse_study", table, plot); !s.ok()) {
+    std::fprintf(stderr, "twl_coarse_study: %s\n", std::string(s.message()).c_str());
+    return 1;
   }
   std::printf("wrote %s/coarse_study.{csv,json,png}\n", out.c_str());
   return 0;
