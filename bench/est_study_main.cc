@@ -58,6 +58,7 @@
 #include "lib/model_methods.h"
 #include "lib/synthetic_attention.h"
 #include "lib/tool_flags.h"
+#include "lib/top_p_set.h"
 
 ABSL_FLAG(int32_t, ctx, 16384, "context tokens");
 ABSL_FLAG(int32_t, seeds, 2, "seeds (1..seeds)");
@@ -289,28 +290,6 @@ void Estimate(int sc, int group, const std::vector<float>& kf, int32_t len, int3
   }
 }
 
-// Own top-p set over weights exp(x - max x): the tokens, sorted by x (exact, like
-// reference/oracle_top_p).
-std::vector<uint8_t> TopP(const std::vector<float>& x, float p, float* log_threshold) {
-  const size_t n = x.size();
-  std::vector<int32_t> order(n);
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return x[size_t(a)] > x[size_t(b)]; });
-  const float mx = x[size_t(order[0])];
-  double total = 0;
-  for (float v : x) total += std::exp(double(v - mx));
-  std::vector<uint8_t> keep(n, 0);
-  double m = 0;
-  *log_threshold = mx;
-  for (int32_t t : order) {
-    if (m >= double(p) * total) break;
-    m += std::exp(double(x[size_t(t)] - mx));
-    keep[size_t(t)] = 1;
-    *log_threshold = x[size_t(t)];
-  }
-  return keep;
-}
-
 // One KV head's group of (scaled) query rows over the first len tokens of kf [len][d].
 void EvalGroup(const std::vector<float>& kf, int32_t len, int32_t d, int32_t ps, float p,
        const std::vector<std::vector<float>>& qs, std::vector<Scheme>* schemes_p,
@@ -324,7 +303,7 @@ void EvalGroup(const std::vector<float>& kf, int32_t len, int32_t d, int32_t ps,
     const std::vector<float>& q = qs[size_t(g)];
     Estimate(3, 0, kf, len, d, ps, q.data(), &exact, &sig0);
     float lt;
-    const std::vector<uint8_t> ok = TopP(exact, p, &lt);
+    const std::vector<uint8_t> ok = twl::bench::TopPSet(exact, p, &lt);
     const float mx = *std::max_element(exact.begin(), exact.end());
     std::vector<double> w(static_cast<size_t>(len));
     double total = 0;
@@ -344,7 +323,7 @@ void EvalGroup(const std::vector<float>& kf, int32_t len, int32_t d, int32_t ps,
       std::vector<float> x = est;
       if (S.rule == 1)
         for (int32_t t = 0; t < len; ++t) x[size_t(t)] -= 0.5f * sig[size_t(t)] * sig[size_t(t)];
-      std::vector<uint8_t> keep = TopP(x, std::min(1.0f, p + S.p_add), &lt);
+      std::vector<uint8_t> keep = twl::bench::TopPSet(x, std::min(1.0f, p + S.p_add), &lt);
       if (S.rule == 2)
         for (int32_t t = 0; t < len; ++t) keep[size_t(t)] |= uint8_t(est[size_t(t)] + S.k * sig[size_t(t)] >= lt);
       double m = 0, n = 0, e2 = 0;

@@ -15,7 +15,6 @@
 #include <limits>
 #include <random>
 #include <string>
-#include <system_error>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -25,6 +24,7 @@
 #include "lib/model_methods.h"
 #include "lib/png_plot.h"
 #include "lib/synthetic_attention.h"
+#include "lib/study_output.h"
 #include "lib/table.h"
 #include "lib/threshold_drift.h"
 #include "lib/tool_flags.h"
@@ -243,15 +243,9 @@ int Main(int argc, char** argv) {
   }
   t.Print();
   const std::string out = absl::GetFlag(FLAGS_out);
-  std::error_code ec;
-  std::filesystem::create_directories(out, ec);  // a failure shows in the writes below
-  for (absl::Status s :
-       {t.WriteCsv(out + "/threshold_drift.csv"), t.WriteJson(out + "/threshold_drift.json"),
-        plot.SavePng(out + "/threshold_drift.png")}) {
-    if (!s.ok()) {
-      std::fprintf(stderr, "twl_threshold_drift: %s\n", std::string(s.message()).c_str());
-      return 1;
-    }
+  if (absl::Status s = WriteStudyOutputs(out, "threshold_drift", t, plot); !s.ok()) {
+    std::fprintf(stderr, "twl_threshold_drift: %s\n", std::string(s.message()).c_str());
+    return 1;
   }
   std::printf("wrote %s/threshold_drift.{csv,json,png}\n", out.c_str());
   return 0;

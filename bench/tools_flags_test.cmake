@@ -3,7 +3,7 @@
 # value or a stray argument exits 2 with a message (never a crash, never ignored).
 # Inputs: -DBIN_DIR=<dir of twl_demo, twl_disk_tier, twl_kernels, twl_offload,
 # twl_prefill_bench, twl_serve_bench, twl_est_study, twl_cpu_tail, twl_disk_serving,
-# twl_threshold_drift>.
+# twl_threshold_drift, twl_coarse_study>.
 if(NOT DEFINED BIN_DIR)
   message(FATAL_ERROR "tools_flags_test: -DBIN_DIR=... missing")
 endif()
@@ -23,7 +23,8 @@ function(expect rc_want tool)
 endfunction()
 
 foreach(tool twl_demo twl_disk_tier twl_kernels twl_offload twl_prefill_bench twl_serve_bench
-             twl_est_study twl_cpu_tail twl_disk_serving twl_threshold_drift)
+             twl_est_study twl_cpu_tail twl_disk_serving twl_threshold_drift
+             twl_coarse_study)
   if(NOT EXISTS ${BIN_DIR}/${tool})
     continue()
   endif()
@@ -50,6 +51,14 @@ if(EXISTS ${BIN_DIR}/twl_est_study)
   expect(2 twl_est_study --head-dim 7)
   expect(2 twl_est_study --p 1)
   expect(2 twl_est_study --schemes tok4,nope)
+endif()
+if(EXISTS ${BIN_DIR}/twl_coarse_study)
+  expect(2 twl_coarse_study --workloads peaked,nope)
+  expect(2 twl_coarse_study --contexts 16384,x)
+  expect(2 twl_coarse_study --contexts 100)
+  expect(2 twl_coarse_study --eps 0.01,-1)
+  expect(2 twl_coarse_study --chunk 0)
+  expect(2 twl_coarse_study --p 1)
 endif()
 if(EXISTS ${BIN_DIR}/twl_threshold_drift)
   expect(2 twl_threshold_drift --p 0)

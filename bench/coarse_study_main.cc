@@ -1,0 +1,345 @@
+// twl_coarse_study: can a cheap per-page summary rank a KV head's pages so that the pruner's
+// INT4 score pass only needs to read the top-ranked ones? CPU only (bench/ACCURACY.md,
+// "Coarse page ranking before the INT4 pass").
+//
+// For synthetic layers (bench/lib/synthetic_attention.h) every decode query is scored exactly
+// (FP32 over FP16 K) and with the library's INT4 estimate (bench/lib/paged_head_keys.h). Per
+// coarse summary (bench/lib/coarse_ranking.h: quest, mean) a KV head's pages are ranked, the
+// first pages refined under each rule, and top-p taken per query head over the refined tokens'
+// estimates. Reported per rule: the share of query heads whose own set holds true mass >=
+// p - 0.02, the min and median true mass, the share with output error within 1.3x of the
+// oracle top-p's, the pages refined, and the estimation bytes read over today's full pass.
+// Rules: fixed fractions of the pages, and the adaptive stop (AdaptiveRefinedPages) at each
+// --eps. The row "full" is today's pass (every page refined, no coarse pass).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "core/half.h"
+#include "lib/coarse_ranking.h"
+#include "lib/paged_head_keys.h"
+#include "lib/png_plot.h"
+#include "lib/synthetic_attention.h"
+#include "lib/study_output.h"
+#include "lib/table.h"
+#include "lib/tool_flags.h"
+#include "lib/top_p_set.h"
+#include "tbb/parallel_for.h"
+
+ABSL_FLAG(std::vector<std::string>, workloads, std::vector<std::string>({"peaked", "mixed", "flat"}),
+          "synthetic workloads: peaked, mixed, flat");
+ABSL_FLAG(std::vector<std::string>, contexts, std::vector<std::string>({"16384", "65536"}),
+          "context lengths (tokens)");
+ABSL_FLAG(int32_t, seeds, 1, "seeds (1..seeds), --layers layers each");
+ABSL_FLAG(int32_t, layers, 2, "layers per seed");
+ABSL_FLAG(int32_t, steps, 2, "decode queries per layer");
+ABSL_FLAG(double, p, 0.95, "top-p mass");
+ABSL_FLAG(std::vector<std::string>, eps, std::vector<std::string>({"0.01", "0.05"}),
+          "adaptive stop: outside mass (coarse estimate) <= eps x refined mass");
+ABSL_FLAG(double, chunk, 1.0, "adaptive stop: percent of the pages refined per chunk");
+ABSL_FLAG(std::string, out, "out/coarse_study", "output directory (created)");
+
+namespace twl::bench {
+namespace {
+
+constexpr int32_t kHeadDim = 128, kPageSize = 16;
+constexpr double kMassSlack = 0.02;     // heads must keep true mass >= p - 0.02
+constexpr double kErrorRatioGoal = 1.3;  // output error within 1.3x of the oracle top-p's
+const std::vector<double> kFractions = {0.02, 0.05, 0.10, 0.20, 0.40};
+
+// A way to choose a KV head's refined pages: a summary with a fixed fraction or an adaptive
+// eps, or the full pass (every page, no coarse pass).
+struct Rule {
+  bool full = false;
+  CoarseSummary summary = CoarseSummary::kMean;
+  double fraction = 0;  // > 0: fixed fraction
+  double eps = 0;       // fraction == 0: adaptive
+  std::string Name() const {
+    if (full) return "full";
+    return fraction > 0 ? absl::StrFormat("%g%%", 100 * fraction) : absl::StrFormat("eps %g", eps);
+  }
+};
+
+// Per rule: one entry per query head (mass, error ratio) and per KV head-step (pages share).
+struct Tally {
+  std::vector<double> mass, error_ratio, pages_share;
+  void Append(const Tally& o) {
+    mass.insert(mass.end(), o.mass.begin(), o.mass.end());
+    error_ratio.insert(error_ratio.end(), o.error_ratio.begin(), o.error_ratio.end());
+    pages_share.insert(pages_share.end(), o.pages_share.begin(), o.pages_share.end());
+  }
+};
+
+double Quantile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? std::nan("") : v[std::min(v.size() - 1, size_t(q * double(v.size())))];
+}
+double Mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? std::nan("") : s / double(v.size());
+}
+double ShareAtLeast(const std::vector<double>& v, double floor) {
+  double n = 0;
+  for (double x : v) n += x >= floor - 1e-12;
+  return v.empty() ? std::nan("") : n / double(v.size());
+}
+
+// One query head's truth: exact weights and values, to score any kept set.
+struct HeadTruth {
+  std::vector<double> w;  // exp(exact - max)
+  double total = 0;
+  std::vector<double> out;  // dense attention output
+  const float* v = nullptr;  // [len][d]
+
+  // True mass share of `keep` and its output's relative error against the dense output.
+  void Score(const std::vector<uint8_t>& keep, double* mass, double* error) const {
+    const size_t d = out.size();
+    std::vector<double> o(d, 0.0);
+    double m = 0, norm = 0, diff = 0;
+    for (size_t t = 0; t < keep.size(); ++t) {
+      if (!keep[t]) continue;
+      m += w[t];
+      for (size_t j = 0; j < d; ++j) o[j] += w[t] * v[t * d + j];
+    }
+    for (size_t j = 0; j < d; ++j) {
+      const double x = m > 0 ? o[j] / m : 0.0;
+      diff += (x - out[j]) * (x - out[j]);
+      norm += out[j] * out[j];
+    }
+    *mass = m / total;
+    *error = std::sqrt(diff / std::max(norm, 1e-30));
+  }
+};
+
+HeadTruth Truth(const std::vector<float>& exact, const float* v, int32_t d) {
+  HeadTruth h;
+  h.v = v;
+  const float top = *std::max_element(exact.begin(), exact.end());
+  h.w.resize(exact.size());
+  h.out.assign(size_t(d), 0.0);
+  for (size_t t = 0; t < exact.size(); ++t) {
+    h.total += (h.w[t] = std::exp(double(exact[t] - top)));
+    for (int32_t j = 0; j < d; ++j) h.out[size_t(j)] += h.w[t] * v[t * size_t(d) + size_t(j)];
+  }
+  for (double& x : h.out) x /= h.total;
+  return h;
+}
+
+// One KV head at one decode step: every rule's outcome for its query heads qs (scaled).
+absl::StatusOr<std::vector<Tally>> EvalGroup(const std::vector<Rule>& rules, const std::vector<float>& kf,
+                             const std::vector<float>& vf, int32_t len,
+                             const std::vector<std::vector<float>>& qs, float p,
+                             int32_t chunk_pages) {
+  const int32_t d = kHeadDim, G = int32_t(qs.size());
+  absl::StatusOr<PagedHeadKeys> keys = PagedHeadKeys::Build(kf.data(), len, d, kPageSize);
+  if (!keys.ok()) return keys.status();
+  std::vector<std::vector<float>> est(static_cast<size_t>(G));
+  std::vector<std::vector<int32_t>> est_order(static_cast<size_t>(G));
+  std::vector<HeadTruth> truth;
+  std::vector<double> oracle_error(static_cast<size_t>(G));
+  std::vector<float> exact(static_cast<size_t>(len));
+  for (int32_t g = 0; g < G; ++g) {
+    const float* q = qs[size_t(g)].data();
+    for (int32_t t = 0; t < len; ++t) {
+      float a = 0;
+      for (int32_t j = 0; j < d; ++j) a += q[j] * kf[size_t(t) * d + size_t(j)];
+      exact[size_t(t)] = a;
+    }
+    truth.push_back(Truth(exact, vf.data(), d));
+    float threshold;
+    double oracle_mass;
+    truth.back().Score(TopPSet(exact, p, &threshold), &oracle_mass, &oracle_error[size_t(g)]);
+    keys->EstimateAll(q, &est[size_t(g)]);
+    est_order[size_t(g)] = DescendingOrder(est[size_t(g)]);
+  }
+  std::vector<std::vector<float>> coarse[2];
+  std::vector<int32_t> rank[2];
+  for (CoarseSummary s : {CoarseSummary::kQuest, CoarseSummary::kMean}) {
+    std::vector<std::vector<float>>& c = coarse[int(s)];
+    c.resize(size_t(G));
+    for (int32_t g = 0; g < G; ++g) CoarsePageScores(s, *keys, qs[size_t(g)].data(), &c[size_t(g)]);
+    rank[int(s)] = RankPages(c);
+  }
+  const int32_t pages = keys->pages();
+  std::vector<Tally> tallies(rules.size());
+  for (size_t r = 0; r < rules.size(); ++r) {
+    const Rule& rule = rules[r];
+    const std::vector<int32_t>& order = rank[int(rule.summary)];
+    int32_t count = pages;
+    if (!rule.full && rule.fraction > 0) {
+      count = std::max(1, int32_t(std::ceil(rule.fraction * pages)));
+    } else if (!rule.full) {
+      count = AdaptiveRefinedPages(*keys, order, coarse[int(rule.summary)], est, rule.eps,
+                                   chunk_pages);
+    }
+    const std::vector<uint8_t> refined = FirstPages(order, count, pages);
+    tallies[r].pages_share.push_back(double(count) / pages);
+    for (int32_t g = 0; g < G; ++g) {
+      double mass, error;
+      truth[size_t(g)].Score(
+          TopPOverRefined(est[size_t(g)], est_order[size_t(g)], refined, kPageSize, p), &mass,
+          &error);
+      tallies[r].mass.push_back(mass);
+      tallies[r].error_ratio.push_back(error / std::max(oracle_error[size_t(g)], 1e-9));
+    }
+  }
+  return tallies;
+}
+
+// Every rule's tally over --seeds x --layers synthetic layers of one workload and context.
+absl::StatusOr<std::vector<Tally>> RunWorkload(const std::vector<Rule>& rules, const std::string& workload,
+                               int32_t ctx, float p, double chunk_percent) {
+  std::vector<Tally> total(rules.size());
+  const int32_t seeds = absl::GetFlag(FLAGS_seeds), layers = absl::GetFlag(FLAGS_layers);
+  const int32_t pages = (ctx + kPageSize - 1) / kPageSize;
+  const int32_t chunk_pages = std::max(1, int32_t(std::lround(chunk_percent / 100.0 * pages)));
+  for (int32_t seed = 1; seed <= seeds; ++seed) {
+    for (int32_t layer = 0; layer < layers; ++layer) {
+      std::fprintf(stderr, "\rtwl_coarse_study: %s ctx %d: seed %d / %d, layer %d / %d   ",
+                   workload.c_str(), ctx, seed, seeds, layer + 1, layers);
+      SyntheticConfig c;
+      c.num_tokens = ctx;
+      c.head_dim = kHeadDim;
+      c.num_steps = absl::GetFlag(FLAGS_steps);
+      c.seed = uint64_t(seed);
+      ApplyWorkloadPreset(workload, &c);  // validated in Main
+      absl::StatusOr<SyntheticLayer> gen = GenerateLayer(c, layer);
+      if (!gen.ok()) return gen.status();
+      const int32_t H = c.num_kv_heads, G = c.group_size, d = kHeadDim;
+      std::vector<std::vector<Tally>> per_head(static_cast<size_t>(H));
+      std::vector<absl::Status> head_status(static_cast<size_t>(H));
+      tbb::parallel_for(0, H, [&](int32_t h) {
+        std::vector<float> kf(static_cast<size_t>(ctx) * d), vf(size_t(ctx) * d);
+        for (size_t t = 0; t < size_t(ctx); ++t)
+          for (int32_t j = 0; j < d; ++j) {
+            kf[t * d + size_t(j)] = HalfToFloat(gen->k[(t * H + size_t(h)) * d + size_t(j)]);
+            vf[t * d + size_t(j)] = HalfToFloat(gen->v[(t * H + size_t(h)) * d + size_t(j)]);
+          }
+        std::vector<Tally> mine(rules.size());
+        for (int32_t st = 0; st < c.num_steps; ++st) {
+          std::vector<std::vector<float>> qs(static_cast<size_t>(G), std::vector<float>(size_t(d)));
+          const float scale = 1.0f / std::sqrt(float(d));
+          for (int32_t g = 0; g < G; ++g)
+            for (int32_t j = 0; j < d; ++j)
+              qs[size_t(g)][size_t(j)] = HalfToFloat(gen->Q(st)[size_t(h * G + g) * d + size_t(j)]) * scale;
+          absl::StatusOr<std::vector<Tally>> t =
+              EvalGroup(rules, kf, vf, gen->StepLength(st), qs, p, chunk_pages);
+          if (!t.ok()) {
+            head_status[size_t(h)] = t.status();
+            return;
+          }
+          for (size_t r = 0; r < rules.size(); ++r) mine[r].Append((*t)[r]);
+        }
+        per_head[size_t(h)] = std::move(mine);
+      });
+      for (const absl::Status& st : head_status)
+        if (!st.ok()) return st;
+      for (const std::vector<Tally>& head : per_head)  // KV head order: deterministic
+        for (size_t r = 0; r < rules.size(); ++r) total[r].Append(head[r]);
+    }
+  }
+  return total;
+}
+
+int Main(int argc, char** argv) {
+  tools::ParseToolFlags(argc, argv, __FILE__,
+                        "twl_coarse_study: coarse page ranking before the INT4 score pass");
+  const double p = absl::GetFlag(FLAGS_p);
+  tools::RequireFlag(p > 0.0 && p < 1.0, "p", "in (0, 1)");
+  const std::vector<std::string> workloads = absl::GetFlag(FLAGS_workloads);
+  tools::RequireFlag(!workloads.empty(), "workloads", "at least one of peaked, mixed, flat");
+  for (const std::string& w : workloads)
+    tools::RequireFlag(w == "mixed" || w == "peaked" || w == "flat", "workloads",
+                       "peaked, mixed or flat");
+  const std::vector<int32_t> contexts =
+      tools::IntListFlag(absl::GetFlag(FLAGS_contexts), "contexts", 256, 1 << 20);
+  tools::RequireFlag(absl::GetFlag(FLAGS_seeds) >= 1 && absl::GetFlag(FLAGS_seeds) <= 1000,
+                     "seeds", "in [1, 1000]");
+  tools::RequireFlag(absl::GetFlag(FLAGS_layers) >= 1 && absl::GetFlag(FLAGS_layers) <= 64,
+                     "layers", "in [1, 64]");
+  tools::RequireFlag(absl::GetFlag(FLAGS_steps) >= 1 && absl::GetFlag(FLAGS_steps) <= 64,
+                     "steps", "in [1, 64]");
+  const double chunk = absl::GetFlag(FLAGS_chunk);
+  tools::RequireFlag(chunk > 0.0 && chunk <= 100.0, "chunk", "in (0, 100]");
+  std::vector<double> eps;
+  for (const std::string& e : absl::GetFlag(FLAGS_eps)) {
+    double x = 0;
+    tools::RequireFlag(absl::SimpleAtod(e, &x) && x > 0.0 && x < 1e6, "eps",
+                       "positive numbers, comma-separated");
+    eps.push_back(x);
+  }
+
+  std::vector<Rule> rules = {Rule{true}};
+  for (CoarseSummary s : {CoarseSummary::kQuest, CoarseSummary::kMean}) {
+    for (double f : kFractions) rules.push_back(Rule{false, s, f, 0});
+    for (double e : eps) rules.push_back(Rule{false, s, 0, e});
+  }
+  const double today = FineBytesPerToken(kHeadDim, kPageSize);
+  Table table({"workload", "ctx", "summary", "rule", "pages_mean", "pages_max", "bytes_frac",
+               "heads_ok", "mass_min", "mass_median", "err_ok", "err_ratio_median"});
+  table.title = absl::StrFormat(
+      "p %.3g: heads_ok = share of query heads with true mass >= %.3g; err_ok = share with "
+      "output error <= %.1fx the oracle top-p's; bytes_frac = estimation bytes over today's "
+      "%.0f B/token",
+      p, p - kMassSlack, kErrorRatioGoal, today);
+  Plot plot;
+  plot.title = "Coarse ranking then INT4: min true mass vs estimation bytes";
+  plot.x_label = "estimation bytes / today's full INT4 pass";
+  plot.y_label = "min true mass over query heads";
+  for (const std::string& w : workloads) {
+    for (int32_t ctx : contexts) {
+      tools::RequireFlag(absl::GetFlag(FLAGS_steps) < ctx, "steps", "below every context");
+      const absl::StatusOr<std::vector<Tally>> run = RunWorkload(rules, w, ctx, float(p), chunk);
+      if (!run.ok()) {
+        std::fprintf(stderr, "\ntwl_coarse_study: %s\n", std::string(run.status().message()).c_str());
+        return 1;
+      }
+      const std::vector<Tally>& tallies = *run;
+      std::vector<double> xs[2], ys[2];
+      for (size_t r = 0; r < rules.size(); ++r) {
+        const Rule& rule = rules[r];
+        const Tally& t = tallies[r];
+        const double coarse = rule.full ? 0 : CoarseBytesPerToken(rule.summary, kHeadDim, kPageSize);
+        const double bytes = (coarse + Mean(t.pages_share) * today) / today;
+        table.AddRow({w, ctx, rule.full ? "-" : CoarseSummaryName(rule.summary), rule.Name(),
+                      Cell(Mean(t.pages_share), 3),
+                      Cell(*std::max_element(t.pages_share.begin(), t.pages_share.end()), 3),
+                      Cell(bytes, 3), Cell(ShareAtLeast(t.mass, p - kMassSlack), 4),
+                      Cell(*std::min_element(t.mass.begin(), t.mass.end()), 4),
+                      Cell(Quantile(t.mass, 0.5), 4),
+                      Cell(1.0 - ShareAtLeast(t.error_ratio, kErrorRatioGoal + 1e-9), 4),
+                      Cell(Quantile(t.error_ratio, 0.5), 3)});
+        if (!rule.full && rule.fraction > 0) {
+          xs[int(rule.summary)].push_back(bytes);
+          ys[int(rule.summary)].push_back(*std::min_element(t.mass.begin(), t.mass.end()));
+        }
+      }
+      for (CoarseSummary s : {CoarseSummary::kQuest, CoarseSummary::kMean}) {
+        plot.AddSeries(absl::StrFormat("%s %s %dk", CoarseSummaryName(s), w, ctx / 1024),
+                       xs[int(s)], ys[int(s)], Style::kLinePoints);
+      }
+    }
+  }
+  std::fprintf(stderr, "\n");
+  plot.AddHLine(p - kMassSlack, "p - 0.02");
+  table.Print();
+  const std::string out = absl::GetFlag(FLAGS_out);
+  if (absl::Status s = WriteStudyOutputs(out, "coarse_study", table, plot); !s.ok()) {
+    std::fprintf(stderr, "twl_coarse_study: %s\n", std::string(s.message()).c_str());
+    return 1;
+  }
+  std::printf("wrote %s/coarse_study.{csv,json,png}\n", out.c_str());
+  return 0;
+}
+
+}  // namespace
+}  // namespace twl::bench
+
+int main(int argc, char** argv) { return twl::bench::Main(argc, argv); }
