@@ -282,7 +282,7 @@ int Main(int argc, char** argv) {
                       "oracle kept", "sample kept kv", "oracle union kv", "baseline",
                       "host pool GiB", "KV GiB", "disk MB/s", "disk/seq", "disk/rand8k",
                       "disk MB/step", "disk waits", "read-ahead pages", "MB in place",
-                      "telemetry decodes"});
+                      "telemetry decodes", "kept rows/block"});
   table.title = "serving loop: per layer-step with appends (wall time), accuracy vs dense";
   const int32_t n_total = int32_t(shapes.size() * batches.size() * workloads.size() * methods.size());
   // Without an SDPA figure for a configuration (CPU mode), the baseline is the fastest dense
@@ -332,7 +332,7 @@ int Main(int argc, char** argv) {
                         Cell(probed ? r.disk_mb_s / (rates.rand8k_mib_s * 1.048576) : NAN, 3),
                         Cell(r.disk_mb_step, 4), Cell(r.disk_waits, 3),
                         Cell(r.disk_read_ahead, 4), Cell(r.mb_in_place, 3),
-                        int64_t(r.tele_decodes)});
+                        int64_t(r.tele_decodes), Cell(r.sample_rows_per_block, 3)});
           std::fprintf(stderr,
                        "    %.4f ms/layer-step (%.3fx %s), gpu %.4f ms, host issue %.4f ms (append %.4f), "
                        "sel/prune/fetch/attend %.3f/%.3f/%.3f/%.3f ms, hit %.3f, %.1f MB h2d (in place %.1f), "

@@ -17,7 +17,7 @@ void Config::CreateRuntime(int64_t max_tokens) {
   c.k_scheme = absl::GetFlag(FLAGS_k_scheme);
   c.cache_rows = method_.cache_rows >= 0 ? method_.cache_rows : absl::GetFlag(FLAGS_cache_rows);
   c.collect_telemetry = 1;
-  const int64_t page = 16;
+  const int64_t page = kPageTokens;
   const int64_t kv_bytes_all = max_tokens * L() * RowElems() * 2 * 2;
   // Pool: every sequence's pages in every layer, plus a page of slack per (sequence, layer).
   c.host_pool_bytes = kv_bytes_all + int64_t(batch_ + 1) * L() * page * RowElems() * 4 +
@@ -279,7 +279,7 @@ void Config::MeasureAccuracy(Result* res) {
   const double p = method_.quest_alone || method_.dense ? 1.0 : absl::GetFlag(FLAGS_top_p);
   const double p_eval = absl::GetFlag(FLAGS_top_p);  // oracle reference at the runtime's p
   std::vector<double> mass, err, ratio, oracle_kept;
-  double attended_sum = 0, union_sum = 0;
+  double attended_sum = 0, union_sum = 0, blocks_sum = 0;
   int32_t units = 0;
   int32_t mass_ok = 0;
   for (int32_t si = 0; si < n_seqs; ++si) {
@@ -318,6 +318,9 @@ void Config::MeasureAccuracy(Result* res) {
       }
       attended_sum += double(kept.size());
       union_sum += double(oracle_union.size());
+      for (size_t i = 0; i < kept.size(); ++i) {  // ascending: a block's rows are adjacent
+        if (i == 0 || kept[i] / kPageTokens != kept[i - 1] / kPageTokens) ++blocks_sum;
+      }
       ++units;
     }
   }
@@ -335,6 +338,7 @@ void Config::MeasureAccuracy(Result* res) {
   res->median_oracle_kept = Median(oracle_kept);
   res->sample_attended = attended_sum / double(std::max(units, 1));
   res->sample_oracle_union = union_sum / double(std::max(units, 1));
+  if (blocks_sum > 0) res->sample_rows_per_block = attended_sum / blocks_sum;
 }
 
 Result Config::Run() {

@@ -59,6 +59,9 @@ namespace twl::serve_bench {
 
 using bench::Cell;
 
+// Tokens per page: the runtime's default, which the benchmark does not change.
+constexpr int32_t kPageTokens = 16;
+
 [[noreturn]] void Die(const std::string& what);
 // A bad flag value: say which and exit 2 (the shared tool behaviour, bench/lib/tool_flags.h).
 [[noreturn]] void BadFlag(const std::string& what);
@@ -176,6 +179,9 @@ struct Result {
   // union of the group's exact top-p sets, both means: the like-for-like size comparison
   // (kept kv above is a mean over every unit; oracle kept a median over query heads).
   double sample_attended = NAN, sample_oracle_union = NAN;
+  // Attended rows per distinct attended block (16-row page of one KV head) over the sample:
+  // how many row lookups a per-block residency summary would fold into one.
+  double sample_rows_per_block = NAN;
   // Disk tier: MB/s read from storage over the measured steps (wall time), and the step
   // figures of the last layer of each measured step (bytes read, read-ahead, waits).
   double disk_mb_s = NAN, disk_mb_step = NAN, disk_waits = NAN, disk_read_ahead = NAN;
