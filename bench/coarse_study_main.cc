@@ -29,6 +29,7 @@
 #include "lib/study_output.h"
 #include "lib/table.h"
 #include "lib/tool_flags.h"
+#include "lib/head_truth.h"
 #include "lib/top_p_set.h"
 #include "tbb/parallel_for.h"
 
@@ -91,47 +92,6 @@ double ShareAtLeast(const std::vector<double>& v, double floor) {
   return v.empty() ? std::nan("") : n / double(v.size());
 }
 
-// One query head's truth: exact weights and values, to score any kept set.
-struct HeadTruth {
-  std::vector<double> w;  // exp(exact - max)
-  double total = 0;
-  std::vector<double> out;  // dense attention output
-  const float* v = nullptr;  // [len][d]
-
-  // True mass share of `keep` and its output's relative error against the dense output.
-  void Score(const std::vector<uint8_t>& keep, double* mass, double* error) const {
-    const size_t d = out.size();
-    std::vector<double> o(d, 0.0);
-    double m = 0, norm = 0, diff = 0;
-    for (size_t t = 0; t < keep.size(); ++t) {
-      if (!keep[t]) continue;
-      m += w[t];
-      for (size_t j = 0; j < d; ++j) o[j] += w[t] * v[t * d + j];
-    }
-    for (size_t j = 0; j < d; ++j) {
-      const double x = m > 0 ? o[j] / m : 0.0;
-      diff += (x - out[j]) * (x - out[j]);
-      norm += out[j] * out[j];
-    }
-    *mass = m / total;
-    *error = std::sqrt(diff / std::max(norm, 1e-30));
-  }
-};
-
-HeadTruth Truth(const std::vector<float>& exact, const float* v, int32_t d) {
-  HeadTruth h;
-  h.v = v;
-  const float top = *std::max_element(exact.begin(), exact.end());
-  h.w.resize(exact.size());
-  h.out.assign(size_t(d), 0.0);
-  for (size_t t = 0; t < exact.size(); ++t) {
-    h.total += (h.w[t] = std::exp(double(exact[t] - top)));
-    for (int32_t j = 0; j < d; ++j) h.out[size_t(j)] += h.w[t] * v[t * size_t(d) + size_t(j)];
-  }
-  for (double& x : h.out) x /= h.total;
-  return h;
-}
-
 // One KV head at one decode step: every rule's outcome for its query heads qs (scaled).
 absl::StatusOr<std::vector<Tally>> EvalGroup(const std::vector<Rule>& rules, const std::vector<float>& kf,
                              const std::vector<float>& vf, int32_t len,
@@ -152,7 +112,7 @@ absl::StatusOr<std::vector<Tally>> EvalGroup(const std::vector<Rule>& rules, con
       for (int32_t j = 0; j < d; ++j) a += q[j] * kf[size_t(t) * d + size_t(j)];
       exact[size_t(t)] = a;
     }
-    truth.push_back(Truth(exact, vf.data(), d));
+    truth.push_back(HeadTruth::Of(exact, vf.data(), d));
     float threshold;
     double oracle_mass;
     truth.back().Score(TopPSet(exact, p, &threshold), &oracle_mass, &oracle_error[size_t(g)]);

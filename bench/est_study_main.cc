@@ -58,6 +58,7 @@
 #include "lib/model_methods.h"
 #include "lib/synthetic_attention.h"
 #include "lib/tool_flags.h"
+#include "lib/head_truth.h"
 #include "lib/top_p_set.h"
 
 ABSL_FLAG(int32_t, ctx, 16384, "context tokens");
@@ -304,10 +305,7 @@ void EvalGroup(const std::vector<float>& kf, int32_t len, int32_t d, int32_t ps,
     Estimate(3, 0, kf, len, d, ps, q.data(), &exact, &sig0);
     float lt;
     const std::vector<uint8_t> ok = twl::bench::TopPSet(exact, p, &lt);
-    const float mx = *std::max_element(exact.begin(), exact.end());
-    std::vector<double> w(static_cast<size_t>(len));
-    double total = 0;
-    for (int32_t t = 0; t < len; ++t) total += (w[size_t(t)] = std::exp(double(exact[size_t(t)] - mx)));
+    const twl::bench::HeadTruth truth = twl::bench::HeadTruth::Of(exact, nullptr, d);
     double osize = 0;
     for (int32_t t = 0; t < len; ++t) {
       osize += ok[size_t(t)];
@@ -326,14 +324,14 @@ void EvalGroup(const std::vector<float>& kf, int32_t len, int32_t d, int32_t ps,
       std::vector<uint8_t> keep = twl::bench::TopPSet(x, std::min(1.0f, p + S.p_add), &lt);
       if (S.rule == 2)
         for (int32_t t = 0; t < len; ++t) keep[size_t(t)] |= uint8_t(est[size_t(t)] + S.k * sig[size_t(t)] >= lt);
-      double m = 0, n = 0, e2 = 0;
+      double n = 0, e2 = 0;
       for (int32_t t = 0; t < len; ++t) {
-        if (keep[size_t(t)]) m += w[size_t(t)], ++n;
+        n += keep[size_t(t)];
         unions[si][size_t(t)] |= keep[size_t(t)];
         const double e = double(est[size_t(t)]) - exact[size_t(t)];
         e2 += e * e;
       }
-      S.mass.push_back(m / total);
+      S.mass.push_back(truth.Mass(keep));
       S.size_ratio.push_back(n / std::max(1.0, osize));
       S.rms.push_back(std::sqrt(e2 / len));
     }

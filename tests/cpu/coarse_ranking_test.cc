@@ -17,6 +17,9 @@ namespace {
 
 constexpr int32_t kD = 128, kPs = 16;
 
+// Fresh inputs per run: every draw is seeded from the gtest seed (printed on failure).
+uint64_t Base() { return uint64_t(::testing::UnitTest::GetInstance()->random_seed()) * 1000; }
+
 // Random FP16 keys [len][d] (values as floats) and a scaled query per head.
 std::vector<float> RandomKeys(int32_t len, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -35,11 +38,11 @@ std::vector<float> RandomQuery(uint64_t seed) {
 
 TEST(CoarseRanking, EveryPageRefinedEqualsTheFullEstimatesTopP) {
   const int32_t len = 1000;  // a partial last page
-  const std::vector<float> k = RandomKeys(len, 1);
+  const std::vector<float> k = RandomKeys(len, Base() + 1);
   absl::StatusOr<PagedHeadKeys> keys = PagedHeadKeys::Build(k.data(), len, kD, kPs);
   ASSERT_TRUE(keys.ok()) << keys.status();
   for (uint64_t s = 0; s < 4; ++s) {
-    const std::vector<float> q = RandomQuery(10 + s);
+    const std::vector<float> q = RandomQuery(Base() + 10 + s);
     std::vector<float> est;
     keys->EstimateAll(q.data(), &est);
     float threshold;
@@ -54,10 +57,10 @@ TEST(CoarseRanking, EveryPageRefinedEqualsTheFullEstimatesTopP) {
 
 TEST(CoarseRanking, RefinedSubsetKeepsOnlyItsPagesAndReachesPOfThem) {
   const int32_t len = 512;
-  const std::vector<float> k = RandomKeys(len, 2);
+  const std::vector<float> k = RandomKeys(len, Base() + 2);
   absl::StatusOr<PagedHeadKeys> keys = PagedHeadKeys::Build(k.data(), len, kD, kPs);
   ASSERT_TRUE(keys.ok());
-  const std::vector<float> q = RandomQuery(3);
+  const std::vector<float> q = RandomQuery(Base() + 3);
   std::vector<float> est;
   keys->EstimateAll(q.data(), &est);
   std::vector<uint8_t> refined(size_t(keys->pages()), 0);
@@ -77,8 +80,17 @@ TEST(CoarseRanking, RefinedSubsetKeepsOnlyItsPagesAndReachesPOfThem) {
 
 TEST(CoarseRanking, PlantedKeyPageRanksFirstForEitherSummary) {
   const int32_t len = 2048;
-  std::vector<float> k = RandomKeys(len, 4);
-  const std::vector<float> q0 = RandomQuery(5), q1 = RandomQuery(6);
+  std::vector<float> k = RandomKeys(len, Base() + 4);
+  std::vector<float> q0 = RandomQuery(Base() + 5);
+  const std::vector<float> q1 = RandomQuery(Base() + 6);
+  // Head 0 orthogonal to head 1, so the key planted for head 1 is no better than noise for
+  // head 0 and the two heads' best pages differ whatever the seed.
+  double dot = 0, n1 = 0;
+  for (int32_t j = 0; j < kD; ++j) {
+    dot += double(q0[size_t(j)]) * q1[size_t(j)];
+    n1 += double(q1[size_t(j)]) * q1[size_t(j)];
+  }
+  for (int32_t j = 0; j < kD; ++j) q0[size_t(j)] -= float(dot / n1 * q1[size_t(j)]);
   // Head 1's key, planted in page 77 as a whole page close to 40 q1 / |q1|^2 (so q1 . k ~ 40
   // for each of its rows, far above any random key and above random pages' Quest bounds).
   double n2 = 0;
@@ -109,8 +121,8 @@ TEST(CoarseRanking, PlantedKeyPageRanksFirstForEitherSummary) {
 
 TEST(CoarseRanking, AdaptiveStopFollowsEps) {
   const int32_t len = 4096;
-  std::vector<float> k = RandomKeys(len, 7);
-  const std::vector<float> q = RandomQuery(8);
+  std::vector<float> k = RandomKeys(len, Base() + 7);
+  const std::vector<float> q = RandomQuery(Base() + 8);
   absl::StatusOr<PagedHeadKeys> keys = PagedHeadKeys::Build(k.data(), len, kD, kPs);
   ASSERT_TRUE(keys.ok());
   std::vector<std::vector<float>> coarse(1), est(1);
