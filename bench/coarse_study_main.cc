@@ -21,17 +21,13 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
-#include "core/half.h"
 #include "lib/coarse_ranking.h"
+#include "lib/group_study.h"
 #include "lib/paged_head_keys.h"
 #include "lib/png_plot.h"
-#include "lib/synthetic_attention.h"
 #include "lib/study_output.h"
 #include "lib/table.h"
 #include "lib/tool_flags.h"
-#include "lib/head_truth.h"
-#include "lib/top_p_set.h"
-#include "tbb/parallel_for.h"
 
 ABSL_FLAG(std::vector<std::string>, workloads, std::vector<std::string>({"peaked", "mixed", "flat"}),
           "synthetic workloads: peaked, mixed, flat");
@@ -67,56 +63,20 @@ struct Rule {
   }
 };
 
-// Per rule: one entry per query head (mass, error ratio) and per KV head-step (pages share).
-struct Tally {
-  std::vector<double> mass, error_ratio, pages_share;
-  void Append(const Tally& o) {
-    mass.insert(mass.end(), o.mass.begin(), o.mass.end());
-    error_ratio.insert(error_ratio.end(), o.error_ratio.begin(), o.error_ratio.end());
-    pages_share.insert(pages_share.end(), o.pages_share.begin(), o.pages_share.end());
-  }
-};
-
-double Quantile(std::vector<double> v, double q) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? std::nan("") : v[std::min(v.size() - 1, size_t(q * double(v.size())))];
-}
-double Mean(const std::vector<double>& v) {
-  double s = 0;
-  for (double x : v) s += x;
-  return v.empty() ? std::nan("") : s / double(v.size());
-}
-double ShareAtLeast(const std::vector<double>& v, double floor) {
-  double n = 0;
-  for (double x : v) n += x >= floor - 1e-12;
-  return v.empty() ? std::nan("") : n / double(v.size());
-}
-
 // One KV head at one decode step: every rule's outcome for its query heads qs (scaled).
-absl::StatusOr<std::vector<Tally>> EvalGroup(const std::vector<Rule>& rules, const std::vector<float>& kf,
-                             const std::vector<float>& vf, int32_t len,
-                             const std::vector<std::vector<float>>& qs, float p,
-                             int32_t chunk_pages) {
+absl::StatusOr<std::vector<RuleTally>> EvalGroup(const std::vector<Rule>& rules,
+                                                 const std::vector<float>& kf,
+                                                 const std::vector<float>& vf, int32_t len,
+                                                 const std::vector<std::vector<float>>& qs,
+                                                 float p, int32_t chunk_pages) {
   const int32_t d = kHeadDim, G = int32_t(qs.size());
   absl::StatusOr<PagedHeadKeys> keys = PagedHeadKeys::Build(kf.data(), len, d, kPageSize);
   if (!keys.ok()) return keys.status();
+  const GroupTruth truth = GroupTruth::Of(kf, vf, len, d, qs, p);
   std::vector<std::vector<float>> est(static_cast<size_t>(G));
   std::vector<std::vector<int32_t>> est_order(static_cast<size_t>(G));
-  std::vector<HeadTruth> truth;
-  std::vector<double> oracle_error(static_cast<size_t>(G));
-  std::vector<float> exact(static_cast<size_t>(len));
   for (int32_t g = 0; g < G; ++g) {
-    const float* q = qs[size_t(g)].data();
-    for (int32_t t = 0; t < len; ++t) {
-      float a = 0;
-      for (int32_t j = 0; j < d; ++j) a += q[j] * kf[size_t(t) * d + size_t(j)];
-      exact[size_t(t)] = a;
-    }
-    truth.push_back(HeadTruth::Of(exact, vf.data(), d));
-    float threshold;
-    double oracle_mass;
-    truth.back().Score(TopPSet(exact, p, &threshold), &oracle_mass, &oracle_error[size_t(g)]);
-    keys->EstimateAll(q, &est[size_t(g)]);
+    keys->EstimateAll(qs[size_t(g)].data(), &est[size_t(g)]);
     est_order[size_t(g)] = DescendingOrder(est[size_t(g)]);
   }
   std::vector<std::vector<float>> coarse[2];
@@ -128,7 +88,7 @@ absl::StatusOr<std::vector<Tally>> EvalGroup(const std::vector<Rule>& rules, con
     rank[int(s)] = RankPages(c);
   }
   const int32_t pages = keys->pages();
-  std::vector<Tally> tallies(rules.size());
+  std::vector<RuleTally> tallies(rules.size());
   for (size_t r = 0; r < rules.size(); ++r) {
     const Rule& rule = rules[r];
     const std::vector<int32_t>& order = rank[int(rule.summary)];
@@ -143,69 +103,30 @@ absl::StatusOr<std::vector<Tally>> EvalGroup(const std::vector<Rule>& rules, con
     tallies[r].pages_share.push_back(double(count) / pages);
     for (int32_t g = 0; g < G; ++g) {
       double mass, error;
-      truth[size_t(g)].Score(
+      truth.heads[size_t(g)].Score(
           TopPOverRefined(est[size_t(g)], est_order[size_t(g)], refined, kPageSize, p), &mass,
           &error);
       tallies[r].mass.push_back(mass);
-      tallies[r].error_ratio.push_back(error / std::max(oracle_error[size_t(g)], 1e-9));
+      tallies[r].error_ratio.push_back(error / std::max(truth.oracle_error[size_t(g)], 1e-9));
     }
   }
   return tallies;
 }
 
 // Every rule's tally over --seeds x --layers synthetic layers of one workload and context.
-absl::StatusOr<std::vector<Tally>> RunWorkload(const std::vector<Rule>& rules, const std::string& workload,
-                               int32_t ctx, float p, double chunk_percent) {
-  std::vector<Tally> total(rules.size());
-  const int32_t seeds = absl::GetFlag(FLAGS_seeds), layers = absl::GetFlag(FLAGS_layers);
+absl::StatusOr<std::vector<RuleTally>> RunWorkload(const std::vector<Rule>& rules,
+                                                   const std::string& workload, int32_t ctx,
+                                                   float p, double chunk_percent) {
   const int32_t pages = (ctx + kPageSize - 1) / kPageSize;
   const int32_t chunk_pages = std::max(1, int32_t(std::lround(chunk_percent / 100.0 * pages)));
-  for (int32_t seed = 1; seed <= seeds; ++seed) {
-    for (int32_t layer = 0; layer < layers; ++layer) {
-      std::fprintf(stderr, "\rtwl_coarse_study: %s ctx %d: seed %d / %d, layer %d / %d   ",
-                   workload.c_str(), ctx, seed, seeds, layer + 1, layers);
-      SyntheticConfig c;
-      c.num_tokens = ctx;
-      c.head_dim = kHeadDim;
-      c.num_steps = absl::GetFlag(FLAGS_steps);
-      c.seed = uint64_t(seed);
-      ApplyWorkloadPreset(workload, &c);  // validated in Main
-      absl::StatusOr<SyntheticLayer> gen = GenerateLayer(c, layer);
-      if (!gen.ok()) return gen.status();
-      const int32_t H = c.num_kv_heads, G = c.group_size, d = kHeadDim;
-      std::vector<std::vector<Tally>> per_head(static_cast<size_t>(H));
-      std::vector<absl::Status> head_status(static_cast<size_t>(H));
-      tbb::parallel_for(0, H, [&](int32_t h) {
-        std::vector<float> kf(static_cast<size_t>(ctx) * d), vf(size_t(ctx) * d);
-        for (size_t t = 0; t < size_t(ctx); ++t)
-          for (int32_t j = 0; j < d; ++j) {
-            kf[t * d + size_t(j)] = HalfToFloat(gen->k[(t * H + size_t(h)) * d + size_t(j)]);
-            vf[t * d + size_t(j)] = HalfToFloat(gen->v[(t * H + size_t(h)) * d + size_t(j)]);
-          }
-        std::vector<Tally> mine(rules.size());
-        for (int32_t st = 0; st < c.num_steps; ++st) {
-          std::vector<std::vector<float>> qs(static_cast<size_t>(G), std::vector<float>(size_t(d)));
-          const float scale = 1.0f / std::sqrt(float(d));
-          for (int32_t g = 0; g < G; ++g)
-            for (int32_t j = 0; j < d; ++j)
-              qs[size_t(g)][size_t(j)] = HalfToFloat(gen->Q(st)[size_t(h * G + g) * d + size_t(j)]) * scale;
-          absl::StatusOr<std::vector<Tally>> t =
-              EvalGroup(rules, kf, vf, gen->StepLength(st), qs, p, chunk_pages);
-          if (!t.ok()) {
-            head_status[size_t(h)] = t.status();
-            return;
-          }
-          for (size_t r = 0; r < rules.size(); ++r) mine[r].Append((*t)[r]);
-        }
-        per_head[size_t(h)] = std::move(mine);
+  SyntheticRun run{"twl_coarse_study", workload, ctx, kHeadDim, absl::GetFlag(FLAGS_seeds),
+                   absl::GetFlag(FLAGS_layers), absl::GetFlag(FLAGS_steps)};
+  return RunSyntheticGroups(
+      run, rules.size(),
+      [&](const std::vector<float>& k, const std::vector<float>& v, int32_t len,
+          const std::vector<std::vector<float>>& qs) {
+        return EvalGroup(rules, k, v, len, qs, p, chunk_pages);
       });
-      for (const absl::Status& st : head_status)
-        if (!st.ok()) return st;
-      for (const std::vector<Tally>& head : per_head)  // KV head order: deterministic
-        for (size_t r = 0; r < rules.size(); ++r) total[r].Append(head[r]);
-    }
-  }
-  return total;
 }
 
 int Main(int argc, char** argv) {
@@ -256,20 +177,20 @@ int Main(int argc, char** argv) {
   for (const std::string& w : workloads) {
     for (int32_t ctx : contexts) {
       tools::RequireFlag(absl::GetFlag(FLAGS_steps) < ctx, "steps", "below every context");
-      const absl::StatusOr<std::vector<Tally>> run = RunWorkload(rules, w, ctx, float(p), chunk);
+      const absl::StatusOr<std::vector<RuleTally>> run = RunWorkload(rules, w, ctx, float(p), chunk);
       if (!run.ok()) {
         std::fprintf(stderr, "\ntwl_coarse_study: %s\n", std::string(run.status().message()).c_str());
         return 1;
       }
-      const std::vector<Tally>& tallies = *run;
+      const std::vector<RuleTally>& tallies = *run;
       std::vector<double> xs[2], ys[2];
       for (size_t r = 0; r < rules.size(); ++r) {
         const Rule& rule = rules[r];
-        const Tally& t = tallies[r];
+        const RuleTally& t = tallies[r];
         const double coarse = rule.full ? 0 : CoarseBytesPerToken(rule.summary, kHeadDim, kPageSize);
-        const double bytes = (coarse + Mean(t.pages_share) * today) / today;
+        const double bytes = (coarse + MeanOf(t.pages_share) * today) / today;
         table.AddRow({w, ctx, rule.full ? "-" : CoarseSummaryName(rule.summary), rule.Name(),
-                      Cell(Mean(t.pages_share), 3),
+                      Cell(MeanOf(t.pages_share), 3),
                       Cell(*std::max_element(t.pages_share.begin(), t.pages_share.end()), 3),
                       Cell(bytes, 3), Cell(ShareAtLeast(t.mass, p - kMassSlack), 4),
                       Cell(*std::min_element(t.mass.begin(), t.mass.end()), 4),

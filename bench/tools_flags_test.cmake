@@ -3,7 +3,7 @@
 # value or a stray argument exits 2 with a message (never a crash, never ignored).
 # Inputs: -DBIN_DIR=<dir of twl_demo, twl_disk_tier, twl_kernels, twl_offload,
 # twl_prefill_bench, twl_serve_bench, twl_est_study, twl_cpu_tail, twl_disk_serving,
-# twl_threshold_drift, twl_coarse_study>.
+# twl_threshold_drift, twl_coarse_study, twl_plane_study>.
 if(NOT DEFINED BIN_DIR)
   message(FATAL_ERROR "tools_flags_test: -DBIN_DIR=... missing")
 endif()
@@ -24,7 +24,7 @@ endfunction()
 
 foreach(tool twl_demo twl_disk_tier twl_kernels twl_offload twl_prefill_bench twl_serve_bench
              twl_est_study twl_cpu_tail twl_disk_serving twl_threshold_drift
-             twl_coarse_study)
+             twl_coarse_study twl_plane_study)
   if(NOT EXISTS ${BIN_DIR}/${tool})
     continue()
   endif()
@@ -59,6 +59,18 @@ if(EXISTS ${BIN_DIR}/twl_coarse_study)
   expect(2 twl_coarse_study --eps 0.01,-1)
   expect(2 twl_coarse_study --chunk 0)
   expect(2 twl_coarse_study --p 1)
+endif()
+if(EXISTS ${BIN_DIR}/twl_plane_study)
+  expect(2 twl_plane_study --workloads nope)
+  expect(2 twl_plane_study --contexts 100)
+  expect(2 twl_plane_study --shares 0.1,0)
+  expect(2 twl_plane_study --shares 1.5)
+  expect(2 twl_plane_study --margins -1)
+  expect(2 twl_plane_study --margins nan)
+  expect(2 twl_plane_study --weights 0)
+  expect(2 twl_plane_study --weights 0.001,x)
+  expect(2 twl_plane_study --steps 0)
+  expect(2 twl_plane_study --p 0)
 endif()
 if(EXISTS ${BIN_DIR}/twl_threshold_drift)
   expect(2 twl_threshold_drift --p 0)

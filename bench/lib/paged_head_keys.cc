@@ -56,9 +56,15 @@ absl::StatusOr<PagedHeadKeys> PagedHeadKeys::Build(const float* k, int32_t len,
   }
   keys.range_lo_f_.resize(pages * d);
   keys.range_hi_f_.resize(pages * d);
+  keys.step_f_.resize(pages * d);
+  const float inverse = HalfToFloat(PageChannelInverseMaxCodeHalf(g));
   for (int32_t page = 0; page < keys.pages_; ++page) {
-    PageChannelRangeValues(g, qk, page, &keys.range_lo_f_[size_t(page) * d],
-                           &keys.range_hi_f_[size_t(page) * d]);
+    const size_t at = size_t(page) * d;
+    PageChannelRangeValues(g, qk, page, &keys.range_lo_f_[at], &keys.range_hi_f_[at]);
+    for (size_t j = 0; j < d; ++j) {
+      keys.step_f_[at + j] = PageChannelStepValue(keys.range_lo_f_[at + j],
+                                                  keys.range_hi_f_[at + j], inverse);
+    }
   }
   return keys;
 }

@@ -4,7 +4,8 @@
 // core/channel_range.h, "pc8" in twl_est_study), built by the library's own quantizer
 // (QuantizeBlockRowsRef) and read by its own host estimator (EstimatePageChannelBlockRef),
 // plus the per-page summaries a coarse page ranking would read: the decoded channel ranges
-// and the FP16 per-channel mean of the page's rows.
+// and the FP16 per-channel mean of the page's rows, and the codes and steps themselves for
+// estimates that read part of the codes (bench/lib/bit_planes.h).
 #pragma once
 
 #include <cstdint>
@@ -40,6 +41,14 @@ class PagedHeadKeys {
   const float* RangeHi(int32_t page) const { return &range_hi_f_[size_t(page) * head_dim()]; }
   const float* Mean(int32_t page) const { return &mean_[size_t(page) * head_dim()]; }
 
+  // Token t's stored code of channel j (0 .. 15), and a page's per-channel FP16 steps as the
+  // library's estimator forms them from the decoded ranges (PageChannelStepValue): the INT4
+  // estimate's k~_j = FP16(RangeLo(page)[j] + code * Step(page)[j]).
+  uint32_t Code(int32_t token, int32_t j) const {
+    return UnpackCode(&codes_[size_t(token) * size_t(g_.CodeBytesPerToken())], j, g_.k_bits);
+  }
+  const float* Step(int32_t page) const { return &step_f_[size_t(page) * head_dim()]; }
+
  private:
   QuantKView View() const;
 
@@ -48,7 +57,7 @@ class PagedHeadKeys {
   // The library's store of this one KV head (mutable: the views hold non-const pointers).
   mutable std::vector<fp16_t> kv_, kmin_, kmax_, range_lo_, range_hi_;
   mutable std::vector<uint8_t> codes_;
-  std::vector<float> range_lo_f_, range_hi_f_, mean_;
+  std::vector<float> range_lo_f_, range_hi_f_, step_f_, mean_;
 };
 
 }  // namespace twl::bench

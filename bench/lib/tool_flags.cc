@@ -132,6 +132,20 @@ std::vector<int32_t> IntListFlag(const std::vector<std::string>& items, absl::st
   return out;
 }
 
+std::vector<double> DoubleListFlag(const std::vector<std::string>& items, absl::string_view flag,
+                                   double lo, double hi) {
+  std::vector<double> out;
+  for (const std::string& item : items) {
+    double v = 0;
+    if (!absl::SimpleAtod(item, &v) || !(v >= lo && v <= hi)) {  // NaN fails too
+      ToolFlagError(absl::StrFormat("--%s: '%s' is not a number in [%g, %g]", flag, item, lo, hi));
+    }
+    out.push_back(v);
+  }
+  if (out.empty()) ToolFlagError(absl::StrCat("--", flag, ": needs at least one value"));
+  return out;
+}
+
 BackendKind ParseBackendFlag(const std::string& value, absl::string_view flag) {
   if (value == "auto") return BackendKind::kAuto;
   if (value == "cpu") return BackendKind::kCpu;

@@ -35,6 +35,10 @@ void RequireFlag(bool cond, absl::string_view flag, absl::string_view what);
 std::vector<int32_t> IntListFlag(const std::vector<std::string>& items, absl::string_view flag,
                                  int64_t lo, int64_t hi);
 
+// The same for real numbers, each in [lo, hi].
+std::vector<double> DoubleListFlag(const std::vector<std::string>& items, absl::string_view flag,
+                                   double lo, double hi);
+
 // "auto", "cpu", "gpu-hbm", "gpu-offload" -> BackendKind; anything else exits 2.
 BackendKind ParseBackendFlag(const std::string& value, absl::string_view flag = "backend");
 // The inverse, for printing.

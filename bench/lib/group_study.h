@@ -1,0 +1,61 @@
+// The frame the CPU studies of the pruner's score pass share (twl_coarse_study,
+// twl_plane_study): synthetic layers of one workload and context, each KV head at each decode
+// step handed with its GQA group's scaled queries to the study's own evaluation, whose per-rule
+// tallies are gathered in KV-head order (deterministic whatever the threads do); plus the truth
+// every rule is scored against and the statistics the tables print. The studies differ only
+// in what a rule reads, so only that stays in their mains.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "lib/head_truth.h"
+
+namespace twl::bench {
+
+// One rule's outcomes: per query head the true mass of its kept set, its output error over the
+// oracle top-p's and its kept tokens over the full INT4 pass's (left empty by studies that do
+// not measure it); per KV head and step the share of the pages the rule refined.
+struct RuleTally {
+  std::vector<double> mass, error_ratio, kept_ratio, pages_share;
+  void Append(const RuleTally& other);
+};
+
+// Nearest-rank quantile (NaN when empty), mean (NaN when empty), share of values >= floor
+// (up to 1e-12 below counts: a mass that equals the floor passes).
+double Quantile(std::vector<double> v, double q);
+double MeanOf(const std::vector<double>& v);
+double ShareAtLeast(const std::vector<double>& v, double floor);
+
+// A GQA group's truth at one step: per query head the exact attention (FP32 logits over the
+// FP16 K, HeadTruth) and the output error of the exact top-p set at p (the oracle every rule's
+// error is compared with). k, v: [len][d]; they must outlive the result (HeadTruth keeps v).
+struct GroupTruth {
+  std::vector<HeadTruth> heads;
+  std::vector<double> oracle_error;
+  static GroupTruth Of(const std::vector<float>& k, const std::vector<float>& v, int32_t len,
+                       int32_t d, const std::vector<std::vector<float>>& qs, float p);
+};
+
+// A study's evaluation of one KV head at one step: k, v [len][d] (FP16 values as floats), the
+// group's queries qs[g][d] already scaled by 1/sqrt(d); returns one tally per rule. Called from
+// several threads at once (one per KV head).
+using GroupEval = std::function<absl::StatusOr<std::vector<RuleTally>>(
+    const std::vector<float>& k, const std::vector<float>& v, int32_t len,
+    const std::vector<std::vector<float>>& qs)>;
+
+struct SyntheticRun {
+  std::string tool;      // for the progress line on stderr
+  std::string workload;  // a preset of bench/lib/synthetic_attention.h (checked by the tool)
+  int32_t ctx = 0, head_dim = 128, seeds = 1, layers = 2, steps = 2;
+};
+
+// Every rule's tallies over seeds 1..seeds x layers of the workload at ctx: `eval` on every KV
+// head of every decode step, gathered in (seed, layer, KV head, step) order.
+absl::StatusOr<std::vector<RuleTally>> RunSyntheticGroups(const SyntheticRun& run, size_t rules,
+                                                          const GroupEval& eval);
+
+}  // namespace twl::bench
