@@ -65,6 +65,11 @@ build() {
       -I"$cuda_root/include" -L"$cuda_root/lib" -L"$cuda_root/lib64" -lcupti
     cp -Ln "$cuda_root"/lib*/libcupti.so.[0-9]* "$STAGE/lib/" 2>/dev/null || true
   fi
+  # Standalone diagnostics (scripts/probes/*.cu: one file each, no library), e.g.
+  # row_gather_probe: pack them by name like any binary.
+  for probe in scripts/probes/*.cu; do
+    nvcc -O3 -arch=sm_90 -o "$STAGE/bin/$(basename "$probe" .cu)" "$probe"
+  done
   du -sh "$STAGE"
   echo "gpu-check: staged $(ls "$STAGE/bin" | tr '\n' ' ')into .device/gpu (carry it)"
 }

@@ -11,10 +11,7 @@
 # twl_gpu_tests, twl_api_tests and twl_serve_bench.
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
-if [ -n "${FOCUS:-}" ]; then
-  run_gtests "focus $FOCUS" "$B/twl_gpu_tests" "$L/focus.log" 120 --gtest_filter="$FOCUS"
-  grep -q '^\[  PASSED ' "$L/focus.log" || { grep -B5 -A20 Failure "$L/focus.log" | head -80; exit 1; }
-fi
+run_focus
 if [ "${SUITE:-0}" = 1 ]; then
   run_gtests "GPU suite" "$B/twl_gpu_tests" "$L/suite.log" "${T_SUITE:-240}" --gtest_shuffle
 fi

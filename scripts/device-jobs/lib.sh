@@ -11,3 +11,10 @@ run_gtests() {
   echo "rc=$?"
   grep -E '^\[  (PASSED|FAILED) |Failure|tests ran' "$log" | head -30
 }
+# run_focus: when FOCUS (a gtest filter of twl_gpu_tests) is set, runs it first and stops the
+# job on a failure, so that a new test's verdict comes before the lease is spent on timings.
+run_focus() {
+  [ -n "${FOCUS:-}" ] || return 0
+  run_gtests "focus $FOCUS" "$B/twl_gpu_tests" "$L/focus.log" "${T_FOCUS:-120}" --gtest_filter="$FOCUS"
+  grep -q '^\[  PASSED ' "$L/focus.log" || { grep -B5 -A20 Failure "$L/focus.log" | head -80; exit 1; }
+}
