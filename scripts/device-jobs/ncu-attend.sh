@@ -6,8 +6,9 @@
 # its ceiling; PROBE=0 skips it), then Nsight Compute on one serving step's kernels (B = 8,
 # 128k, 32 x 8, peaked): AttendChunkKernel on the HBM store, RowMarkKernel and
 # AttendChunkKernel on the offload store (OFFLOAD=0 skips it); each once with this tree's
-# library and once with $OLD preloaded when one was packed. NCU_SOURCE=1 also saves the new
-# side's HBM report and its per-instruction (SASS) table, sass_hbm.csv. NCU_KERNELS and
+# library and once with $OLD preloaded when one was packed (NCU_AB=0: this tree's only).
+# NCU_SOURCE=1 also saves the new side's HBM report and its per-instruction (SASS) table,
+# sass_hbm.csv. NCU_KERNELS and
 # NCU_SECTIONS override the filters. Pack twl_serve_bench and row_gather_probe (and
 # twl_gpu_tests for FOCUS).
 # shellcheck source=lib.sh
@@ -41,7 +42,7 @@ run_ncu() {  # NAME METHOD KERNEL_REGEX COUNT PRELOAD [ncu flags...]
 for side in new old; do
   pre=""
   if [ $side = old ]; then
-    [ -n "${OLD:-}" ] || continue
+    [ -n "${OLD:-}" ] && [ "${NCU_AB:-1}" = 1 ] || continue
     pre=$OLD
   fi
   extra=()
