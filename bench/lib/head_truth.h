@@ -1,6 +1,6 @@
 // One query head's exact attention over a context, to score any kept set against it (the CPU
-// studies twl_est_study and twl_coarse_study): the exact softmax weights and, given the
-// values, the dense output.
+// studies twl_est_study, twl_coarse_study and twl_plane_study): the exact softmax weights
+// and, given the values, the dense output.
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,6 @@
 // A study tool's outputs in one place: its table as <dir>/<stem>.csv and .json and its plot as
-// <dir>/<stem>.png, the directory created first (twl_threshold_drift, twl_coarse_study).
+// <dir>/<stem>.png, the directory created first (twl_threshold_drift,
+// twl_coarse_study, twl_plane_study).
 #pragma once
 
 #include <string>

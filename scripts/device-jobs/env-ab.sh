@@ -5,7 +5,8 @@
 # environment (e.g. TWL_PRUNE_PARTS) is compared against itself on the same machine.
 # ENV_SIDES: ';'-separated sides, each a space-separated list of VAR=value, e.g.
 # "TWL_ATTN_TC=1;TWL_ATTN_TC=0" (default: one side, the environment as it is); SERVE_CONFIGS: ';'-separated twl_serve_bench flag
-# sets (default: 32 x 8 peaked, B = 8, twilight and hbm); SDPA_BATCHES (default 8);
+# sets (default: 32 x 8 peaked, B = 8, twilight and hbm); SDPA_BATCHES (default 8; none
+# skips the baseline);
 # T_SUITE, T_CONFIG seconds. FOCUS: a gtest filter of twl_gpu_tests run first; the job stops
 # there when it fails (a new test's verdict before the lease is spent on timings). Pack
 # twl_gpu_tests, twl_api_tests and twl_serve_bench.
@@ -18,12 +19,16 @@ fi
 if [ "${API:-0}" = 1 ]; then
   run_gtests "C API tests" "$B/twl_api_tests" "$L/api.log" 120
 fi
-el "sdpa"
-PYTHONUNBUFFERED=1 timeout 90 python3 bench/sdpa_serving.py "$L/sdpa.csv" \
-  --batches "${SDPA_BATCHES:-8}" --context 131072 --layers 8 --shapes 32x8 \
-  >"$L/sdpa.log" 2>&1
-echo "rc=$?"; grep flash "$L/sdpa.log"
-common="--sdpa_csv=$L/sdpa.csv --context=131072 --layers=8 --len_spread=0 --churn_every=0 --steps=6 --warmup=8 --telemetry_steps=1 --full_offload_steps=0"
+common=""
+if [ "${SDPA_BATCHES:-8}" != none ]; then
+  el "sdpa"
+  PYTHONUNBUFFERED=1 timeout 90 python3 bench/sdpa_serving.py "$L/sdpa.csv" \
+    --batches "${SDPA_BATCHES:-8}" --context 131072 --layers 8 --shapes 32x8 \
+    >"$L/sdpa.log" 2>&1
+  echo "rc=$?"; grep flash "$L/sdpa.log"
+  common="--sdpa_csv=$L/sdpa.csv"
+fi
+common+=" --context=131072 --layers=8 --len_spread=0 --churn_every=0 --steps=6 --warmup=8 --telemetry_steps=1 --full_offload_steps=0"
 configs=${SERVE_CONFIGS:-"--shapes=32x8 --batches=8 --workloads=peaked --methods=twilight,hbm"}
 sides=${ENV_SIDES:-"TWL_UNUSED=0"}
 IFS=';' read -ra clist <<<"$configs"
