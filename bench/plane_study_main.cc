@@ -133,20 +133,10 @@ int Main(int argc, char** argv) {
   tools::ParseToolFlags(argc, argv, __FILE__,
                         "twl_plane_study: a two-tier (bit-plane) INT4 score pass");
   const double p = absl::GetFlag(FLAGS_p);
-  tools::RequireFlag(p > 0.0 && p < 1.0, "p", "in (0, 1)");
   const std::vector<std::string> workloads = absl::GetFlag(FLAGS_workloads);
-  tools::RequireFlag(!workloads.empty(), "workloads", "at least one of peaked, mixed, flat");
-  for (const std::string& w : workloads)
-    tools::RequireFlag(w == "mixed" || w == "peaked" || w == "flat", "workloads",
-                       "peaked, mixed or flat");
-  const std::vector<int32_t> contexts =
-      tools::IntListFlag(absl::GetFlag(FLAGS_contexts), "contexts", 256, 1 << 20);
-  tools::RequireFlag(absl::GetFlag(FLAGS_seeds) >= 1 && absl::GetFlag(FLAGS_seeds) <= 1000,
-                     "seeds", "in [1, 1000]");
-  tools::RequireFlag(absl::GetFlag(FLAGS_layers) >= 1 && absl::GetFlag(FLAGS_layers) <= 64,
-                     "layers", "in [1, 64]");
-  tools::RequireFlag(absl::GetFlag(FLAGS_steps) >= 1 && absl::GetFlag(FLAGS_steps) <= 64,
-                     "steps", "in [1, 64]");
+  const std::vector<int32_t> contexts = CheckSyntheticStudyFlags(
+      p, workloads, absl::GetFlag(FLAGS_contexts), absl::GetFlag(FLAGS_seeds),
+      absl::GetFlag(FLAGS_layers), absl::GetFlag(FLAGS_steps));
   for (int32_t ctx : contexts)
     tools::RequireFlag(absl::GetFlag(FLAGS_steps) < ctx, "steps", "below every context");
   const std::vector<double> shares =

@@ -8,6 +8,7 @@
 #include "lib/synthetic_attention.h"
 #include "lib/top_p_set.h"
 #include "tbb/parallel_for.h"
+#include "lib/tool_flags.h"
 
 namespace twl::bench {
 
@@ -52,6 +53,21 @@ GroupTruth GroupTruth::Of(const std::vector<float>& k, const std::vector<float>&
     truth.oracle_error.push_back(oracle_error);
   }
   return truth;
+}
+
+std::vector<int32_t> CheckSyntheticStudyFlags(double p, const std::vector<std::string>& workloads,
+                                              const std::vector<std::string>& contexts,
+                                              int32_t seeds, int32_t layers, int32_t steps) {
+  tools::RequireFlag(p > 0.0 && p < 1.0, "p", "in (0, 1)");
+  tools::RequireFlag(!workloads.empty(), "workloads", "at least one of peaked, mixed, flat");
+  for (const std::string& w : workloads)
+    tools::RequireFlag(w == "mixed" || w == "peaked" || w == "flat", "workloads",
+                       "peaked, mixed or flat");
+  std::vector<int32_t> ctx = tools::IntListFlag(contexts, "contexts", 256, 1 << 20);
+  tools::RequireFlag(seeds >= 1 && seeds <= 1000, "seeds", "in [1, 1000]");
+  tools::RequireFlag(layers >= 1 && layers <= 64, "layers", "in [1, 64]");
+  tools::RequireFlag(steps >= 1 && steps <= 64, "steps", "in [1, 64]");
+  return ctx;
 }
 
 absl::StatusOr<std::vector<RuleTally>> RunSyntheticGroups(const SyntheticRun& run, size_t rules,

@@ -53,6 +53,13 @@ struct SyntheticRun {
   int32_t ctx = 0, head_dim = 128, seeds = 1, layers = 2, steps = 2;
 };
 
+// The flags both studies take, checked the same way (a bad one: a clear message, exit 2):
+// p in (0, 1), workloads among peaked, mixed, flat, contexts in [256, 2^20], seeds in
+// [1, 1000], layers and steps in [1, 64]. Returns the contexts.
+std::vector<int32_t> CheckSyntheticStudyFlags(double p, const std::vector<std::string>& workloads,
+                                              const std::vector<std::string>& contexts,
+                                              int32_t seeds, int32_t layers, int32_t steps);
+
 // Every rule's tallies over seeds 1..seeds x layers of the workload at ctx: `eval` on every KV
 // head of every decode step, gathered in (seed, layer, KV head, step) order.
 absl::StatusOr<std::vector<RuleTally>> RunSyntheticGroups(const SyntheticRun& run, size_t rules,
