@@ -8,9 +8,8 @@
 # AttendChunkKernel on the offload store (OFFLOAD=0 skips it); each once with this tree's
 # library and once with $OLD preloaded when one was packed (NCU_AB=0: this tree's only).
 # NCU_SOURCE=1 also saves the new side's HBM report and its per-instruction (SASS) table,
-# sass_hbm.csv. NCU_KERNELS and
-# NCU_SECTIONS override the filters. Pack twl_serve_bench and row_gather_probe (and
-# twl_gpu_tests for FOCUS).
+# sass_hbm.csv. NCU_KERNELS and NCU_SECTIONS override the filters. Pack twl_serve_bench and
+# row_gather_probe (and twl_gpu_tests for FOCUS).
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 run_focus
