@@ -200,14 +200,7 @@ int Main(int argc, char** argv) {
   }
   std::fprintf(stderr, "\n");
   plot.AddHLine(p - kMassSlack, "p - 0.02");
-  table.Print();
-  const std::string out = absl::GetFlag(FLAGS_out);
-  if (absl::Status s = WriteStudyOutputs(out, "coarse_study", table, plot); !s.ok()) {
-    std::fprintf(stderr, "twl_coarse_study: %s\n", std::string(s.message()).c_str());
-    return 1;
-  }
-  std::printf("wrote %s/coarse_study.{csv,json,png}\n", out.c_str());
-  return 0;
+  return PrintAndWriteStudy("twl_coarse_study", absl::GetFlag(FLAGS_out), "coarse_study", table, plot);
 }
 
 }  // namespace

@@ -241,14 +241,7 @@ int Main(int argc, char** argv) {
     plot.AddSeries(std::string(names[f]) + ": survivors / context (mean)", kDeltas, share,
                    Style::kLinePoints);
   }
-  t.Print();
-  const std::string out = absl::GetFlag(FLAGS_out);
-  if (absl::Status s = WriteStudyOutputs(out, "threshold_drift", t, plot); !s.ok()) {
-    std::fprintf(stderr, "twl_threshold_drift: %s\n", std::string(s.message()).c_str());
-    return 1;
-  }
-  std::printf("wrote %s/threshold_drift.{csv,json,png}\n", out.c_str());
-  return 0;
+  return PrintAndWriteStudy("twl_threshold_drift", absl::GetFlag(FLAGS_out), "threshold_drift", t, plot);
 }
 
 }  // namespace

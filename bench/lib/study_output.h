@@ -14,4 +14,9 @@ namespace twl::bench {
 absl::Status WriteStudyOutputs(const std::string& dir, const std::string& stem,
                                const Table& table, const Plot& plot);
 
+// A study's last step: print the table, write its outputs (above), say where, and return the
+// tool's exit code (1, with the reason on stderr, when a write failed).
+int PrintAndWriteStudy(const std::string& tool, const std::string& dir, const std::string& stem,
+                       const Table& table, const Plot& plot);
+
 }  // namespace twl::bench
