@@ -55,6 +55,18 @@ void AppendInChunks(Runtime& rt, SeqId seq, int32_t layer, const RefStore& st, i
   }
 }
 
+// Creates one sequence per store sequence and appends it in random chunks to each of `layers`
+// (all of a sequence's layers before the next sequence, so the chunking draws stay in order).
+std::vector<SeqId> CreateAndAppendInChunks(Runtime& rt, std::initializer_list<int32_t> layers,
+                                           const RefStore& st, std::mt19937_64& rng) {
+  std::vector<SeqId> ids;
+  for (size_t s = 0; s < st.seq_len.size(); ++s) {
+    ids.push_back(*rt.CreateSequence());
+    for (int32_t layer : layers) AppendInChunks(rt, ids.back(), layer, st, int32_t(s), rng);
+  }
+  return ids;
+}
+
 void ExpectKv(const Runtime& rt, SeqId seq, int32_t layer, const std::vector<fp16_t>& k,
               const std::vector<fp16_t>& v) {
   std::vector<fp16_t> rk, rv;
@@ -142,11 +154,7 @@ TEST(Runtime, FullSelectorAtPOneEqualsDenseAttention) {
   const std::vector<int32_t> lens = {5, 200, 77, 513};
   RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 21);
   std::mt19937_64 rng(8);
-  std::vector<SeqId> ids;
-  for (size_t s = 0; s < lens.size(); ++s) {
-    ids.push_back(*rt->CreateSequence());
-    AppendInChunks(*rt, ids.back(), 1, st, int32_t(s), rng);
-  }
+  const std::vector<SeqId> ids = CreateAndAppendInChunks(*rt, {1}, st, rng);
   StepTelemetry t;
   DecodeAndCompareWithDense(*rt, 1, ids, st, 1e-3, &t);
   EXPECT_EQ(t.layer, 1);
@@ -207,11 +215,7 @@ TEST(Runtime, SixteenQueryHeadsPerKvHeadDecodeLikeDenseAtPOne) {
     const std::vector<int32_t> lens = {9, 260, 100};
     RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 64);
     std::mt19937_64 rng(64);
-    std::vector<SeqId> ids;
-    for (size_t s = 0; s < lens.size(); ++s) {
-      ids.push_back(*rt->CreateSequence());
-      AppendInChunks(*rt, ids.back(), 0, st, int32_t(s), rng);
-    }
+    const std::vector<SeqId> ids = CreateAndAppendInChunks(*rt, {0}, st, rng);
     StepTelemetry t;
     DecodeAndCompareWithDense(*rt, 0, ids, st, 1e-3, &t);
     ASSERT_EQ(t.kept_tokens_kv.size(), size_t(3 * c.num_kv_heads));
@@ -312,12 +316,7 @@ TEST(Runtime, DenseLayersIgnorePAndBudget) {
   const std::vector<int32_t> lens = {300, 41};
   RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 5);
   std::mt19937_64 rng(1);
-  std::vector<SeqId> ids;
-  for (size_t s = 0; s < lens.size(); ++s) {
-    ids.push_back(*rt->CreateSequence());
-    AppendInChunks(*rt, ids.back(), 0, st, int32_t(s), rng);
-    AppendInChunks(*rt, ids.back(), 1, st, int32_t(s), rng);
-  }
+  const std::vector<SeqId> ids = CreateAndAppendInChunks(*rt, {0, 1}, st, rng);
   StepTelemetry t;
   DecodeAndCompareWithDense(*rt, 0, ids, st, 1e-3, &t);
   for (size_t s = 0; s < lens.size(); ++s) {
@@ -719,11 +718,7 @@ TEST(Runtime, DefaultSelectorIsFullUnlessCapped) {
     ASSERT_TRUE(rt);
     EXPECT_EQ(rt->config().selector.has_value(), named);
     std::mt19937_64 rng{uint64_t(seed)};  // the same chunking for both runtimes
-    std::vector<SeqId> ids;
-    for (size_t s = 0; s < lens.size(); ++s) {
-      ids.push_back(*rt->CreateSequence());
-      AppendInChunks(*rt, ids.back(), 0, st, int32_t(s), rng);
-    }
+    const std::vector<SeqId> ids = CreateAndAppendInChunks(*rt, {0}, st, rng);
     outs.emplace_back(st.q.size());
     ASSERT_TRUE(rt->Decode(0, ids, st.q.data(), outs.back().data(), MemSpace::kHost, {}, nullptr,
                            nullptr)
@@ -764,11 +759,7 @@ TEST(Runtime, PageChannelSchemeOnEveryBackendAndDenseAtPOne) {
   const std::vector<int32_t> lens = {5, 200, 513};
   RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 22);
   std::mt19937_64 rng(9);
-  std::vector<SeqId> ids;
-  for (size_t s = 0; s < lens.size(); ++s) {
-    ids.push_back(*rt->CreateSequence());
-    AppendInChunks(*rt, ids.back(), 1, st, int32_t(s), rng);
-  }
+  const std::vector<SeqId> ids = CreateAndAppendInChunks(*rt, {1}, st, rng);
   StepTelemetry t;
   DecodeAndCompareWithDense(*rt, 1, ids, st, 1e-3, &t);
 }
