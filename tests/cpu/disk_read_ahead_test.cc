@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
-#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -60,21 +59,9 @@ void Write(Fixture& f, int32_t page, int32_t version) {
 
 // The page's blocks as they are now, wherever they are (through ReadRows).
 void ExpectData(const Fixture& f, int32_t page, int32_t version) {
-  const PageGeometry& g = f.g;
-  const int64_t row = int64_t(g.num_kv_heads) * g.head_dim;
-  std::vector<fp16_t> k(size_t(g.page_size * row)), v(k.size());
-  ASSERT_TRUE(f.d->ReadRows(page, g.page_size, k.data(), v.data()).ok()) << "page " << page;
   std::vector<fp16_t> want(size_t(f.page_elems));
   for (int64_t i = 0; i < f.page_elems; ++i) want[size_t(i)] = Value(page, version, i);
-  const FpKvView local{want.data(), nullptr};
-  for (int32_t r = 0; r < g.page_size; ++r) {
-    for (int32_t h = 0; h < g.num_kv_heads; ++h) {
-      ASSERT_EQ(std::memcmp(k.data() + r * row + h * g.head_dim, local.K(g, h, r),
-                            sizeof(fp16_t) * g.head_dim), 0) << "page " << page;
-      ASSERT_EQ(std::memcmp(v.data() + r * row + h * g.head_dim, local.V(g, h, r),
-                            sizeof(fp16_t) * g.head_dim), 0) << "page " << page;
-    }
-  }
+  testing::ExpectPageHolds(*f.d, f.g, page, want);
 }
 
 TEST(DiskReadAhead, ReserveWithinOneStepKeepsEarlierGroupsResident) {

@@ -18,6 +18,7 @@
 #include <gtest/gtest.h>
 
 #include "offload/fault_injection.h"
+#include "support/disk_fixture.h"
 #include "pipeline/attend/sparse/cpu/sparse_attend_cpu.h"
 #include "support/temp_dir.h"
 #include "runtime/disk_io_status.h"
@@ -498,7 +499,7 @@ TEST(DiskResidency, RandomReserveAndReleaseKeepEveryPageIntact) {
     auto fill = [&](int32_t page, int32_t ver, std::vector<fp16_t>* out) {
       out->resize(size_t(page_elems));
       for (int64_t i = 0; i < page_elems; ++i) {
-        (*out)[size_t(i)] = FloatToHalf(float((page * 131 + ver * 17 + i) % 1000) * 0.01f);
+        (*out)[size_t(i)] = testing::DiskTestValue(page, ver, i);
       }
     };
     std::vector<fp16_t> want;
@@ -530,21 +531,10 @@ TEST(DiskResidency, RandomReserveAndReleaseKeepEveryPageIntact) {
       ASSERT_TRUE(d.CheckConsistency().ok()) << d.CheckConsistency() << " op " << op;
     }
     // Every live page reads back its last version, from the host or from disk.
-    const int64_t row = int64_t(g.num_kv_heads) * g.head_dim;
-    std::vector<fp16_t> k(size_t(g.page_size * row)), v(k.size());
     for (int32_t p = 0; p < pages; ++p) {
       if (version[size_t(p)] < 0) continue;
-      ASSERT_TRUE(d.ReadRows(p, g.page_size, k.data(), v.data()).ok());
       fill(p, version[size_t(p)], &want);
-      const FpKvView local{want.data(), nullptr};
-      for (int32_t r = 0; r < g.page_size; ++r) {
-        for (int32_t h = 0; h < g.num_kv_heads; ++h) {
-          ASSERT_EQ(std::memcmp(k.data() + r * row + h * g.head_dim, local.K(g, h, r),
-                                sizeof(fp16_t) * g.head_dim), 0) << "page " << p;
-          ASSERT_EQ(std::memcmp(v.data() + r * row + h * g.head_dim, local.V(g, h, r),
-                                sizeof(fp16_t) * g.head_dim), 0) << "page " << p;
-        }
-      }
+      ASSERT_NO_FATAL_FAILURE(testing::ExpectPageHolds(d, g, p, want));
     }
   }
 }

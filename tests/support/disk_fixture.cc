@@ -1,5 +1,6 @@
 #include "support/disk_fixture.h"
 
+#include <cstring>
 #include <utility>
 
 #include "gtest/gtest.h"
@@ -33,6 +34,22 @@ DiskFixture MakeDiskFixture(const RuntimeConfig& config, int32_t units, int32_t 
   EXPECT_TRUE(res.ok()) << res.status();
   if (res.ok()) f.d = std::move(*res);
   return f;
+}
+
+void ExpectPageHolds(const DiskResidency& d, const PageGeometry& g, int32_t page,
+                     const std::vector<fp16_t>& want) {
+  const int64_t row = int64_t(g.num_kv_heads) * g.head_dim;
+  std::vector<fp16_t> k(size_t(g.page_size * row)), v(k.size());
+  ASSERT_TRUE(d.ReadRows(page, g.page_size, k.data(), v.data()).ok()) << "page " << page;
+  const FpKvView local{const_cast<fp16_t*>(want.data()), nullptr};  // only read
+  for (int32_t r = 0; r < g.page_size; ++r) {
+    for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+      ASSERT_EQ(std::memcmp(k.data() + r * row + h * g.head_dim, local.K(g, h, r),
+                            sizeof(fp16_t) * g.head_dim), 0) << "page " << page;
+      ASSERT_EQ(std::memcmp(v.data() + r * row + h * g.head_dim, local.V(g, h, r),
+                            sizeof(fp16_t) * g.head_dim), 0) << "page " << page;
+    }
+  }
 }
 
 }  // namespace twl::testing

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/half.h"
 #include "runtime/disk_residency.h"
@@ -25,6 +26,11 @@ struct DiskFixture {
 // A residency of `units` units in `slots` host slots over the tier `config` describes.
 DiskFixture MakeDiskFixture(const RuntimeConfig& config, int32_t units, int32_t slots,
                             int32_t heads_per_unit = 0);
+
+// Expects page `page` of `d`, read back through ReadRows (from its host slot or its disk
+// record), to hold `want`: the page's blocks of every KV head, as written into HostPage.
+void ExpectPageHolds(const DiskResidency& d, const PageGeometry& g, int32_t page,
+                     const std::vector<fp16_t>& want);
 
 // Element i of a unit's data at a version: distinct per unit, version and element.
 inline fp16_t DiskTestValue(int64_t unit, int32_t version, int64_t i) {
