@@ -270,19 +270,27 @@ TEST(AccuracyPipeline, QuestKeepsItsPageBudget) {
   }
 }
 
+// The first 300 tokens of `gen` into `bulk` in one append and into `steps` in chunks of
+// growing size, quantizing `steps` (INT4, `k_scheme`) after every chunk: the incremental
+// path that the two IncrementalQuantization tests compare with the bulk one.
+void AppendAllAndInChunks(const SyntheticLayer& gen, int32_t k_scheme, PagedLayer& bulk,
+                          PagedLayer& steps) {
+  ASSERT_TRUE(bulk.Append(300, gen.k.data(), gen.v.data()).ok());
+  const int64_t row = int64_t(gen.config.num_kv_heads) * gen.config.head_dim;
+  for (int done = 0; done < 300;) {
+    const int n = std::min(300 - done, 1 + done % 13);
+    ASSERT_TRUE(steps.Append(n, gen.k.data() + done * row, gen.v.data() + done * row).ok());
+    steps.Quant(4, k_scheme);  // quantize what is there, then keep appending
+    done += n;
+  }
+}
+
 TEST(AccuracyPipeline, IncrementalQuantizationEqualsBulk) {
   const SyntheticConfig c = SmallConfig(12);
   absl::StatusOr<SyntheticLayer> gen = GenerateLayer(c, 0);
   ASSERT_TRUE(gen.ok());
   PagedLayer bulk(5, c.num_kv_heads, c.head_dim, 300), steps(5, c.num_kv_heads, c.head_dim, 300);
-  ASSERT_TRUE(bulk.Append(300, gen->k.data(), gen->v.data()).ok());
-  const int64_t row = int64_t(c.num_kv_heads) * c.head_dim;
-  for (int done = 0; done < 300;) {
-    const int n = std::min(300 - done, 1 + done % 13);
-    ASSERT_TRUE(steps.Append(n, gen->k.data() + done * row, gen->v.data() + done * row).ok());
-    steps.Quant(4);  // quantize what is there, then keep appending
-    done += n;
-  }
+  ASSERT_NO_FATAL_FAILURE(AppendAllAndInChunks(*gen, kKSchemeToken, bulk, steps));
   const QuantKView a = bulk.Quant(4), b = steps.Quant(4);
   const PageGeometry g = bulk.Geometry(4);
   const int64_t rows = int64_t(bulk.max_pages()) * c.num_kv_heads * 5;
@@ -300,14 +308,7 @@ TEST(AccuracyPipeline, IncrementalPageChannelQuantizationEqualsBulk) {
   absl::StatusOr<SyntheticLayer> gen = GenerateLayer(c, 0);
   ASSERT_TRUE(gen.ok());
   PagedLayer bulk(5, c.num_kv_heads, c.head_dim, 300), steps(5, c.num_kv_heads, c.head_dim, 300);
-  ASSERT_TRUE(bulk.Append(300, gen->k.data(), gen->v.data()).ok());
-  const int64_t row = int64_t(c.num_kv_heads) * c.head_dim;
-  for (int done = 0; done < 300;) {
-    const int n = std::min(300 - done, 1 + done % 13);
-    ASSERT_TRUE(steps.Append(n, gen->k.data() + done * row, gen->v.data() + done * row).ok());
-    steps.Quant(4, kKSchemePageChannel);
-    done += n;
-  }
+  ASSERT_NO_FATAL_FAILURE(AppendAllAndInChunks(*gen, kKSchemePageChannel, bulk, steps));
   const QuantKView a = bulk.Quant(4, kKSchemePageChannel), b = steps.Quant(4, kKSchemePageChannel);
   const PageGeometry g = bulk.Geometry(4, kKSchemePageChannel);
   const int64_t rows = int64_t(bulk.max_pages()) * c.num_kv_heads * 5;
