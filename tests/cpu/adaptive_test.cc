@@ -26,16 +26,8 @@
 namespace twl {
 namespace {
 
+using testing::GrowTestGeometry;
 using testing::RefStore;
-
-PageGeometry Geometry() {
-  PageGeometry g;
-  g.num_kv_heads = 2;
-  g.head_dim = 64;
-  g.page_size = 16;
-  g.k_bits = 4;
-  return g;
-}
 
 // Tokens an exact top-p needs (the oracle's budget), for the messages.
 int32_t OracleCount(std::vector<double> w, double p) {
@@ -102,7 +94,7 @@ SelectorParams Growing() {
 
 // Group 1: the KV head's kept set is the query head's own set (no union to hide behind).
 TEST(AdaptiveSelectTest, FlatHeadKeepsTrueMassAt16k) {
-  const PageGeometry g = Geometry();
+  const PageGeometry g = GrowTestGeometry();
   for (int32_t num_q_heads : {2, 4}) {
   RefStore st = testing::MakeGrowStore(g, num_q_heads, {16384}, /*flat_gain=*/1.5f, /*peak=*/8.0f, 71);
   PrunerParams pp;
@@ -141,7 +133,7 @@ TEST(AdaptiveSelectTest, FlatHeadKeepsTrueMassAt16k) {
 }
 
 TEST(AdaptiveSelectTest, PeakedHeadStopsEarlyCapIsReported) {
-  const PageGeometry g = Geometry();
+  const PageGeometry g = GrowTestGeometry();
   RefStore st = testing::MakeGrowStore(g, 4, {4096, 2000}, 1.5f, /*peak=*/8.0f, 81);
   PrunerParams pp;
   pp.p = 0.9f;
@@ -183,7 +175,7 @@ TEST(AdaptiveSelectTest, PeakedHeadStopsEarlyCapIsReported) {
 // The grown set is the smallest whole-level prefix of the bound ranking that satisfies the
 // rule: recomputed here from the estimated scores and the bounds, with brute force.
 TEST(AdaptiveSelectTest, GrownSetIsTheSmallestSatisfyingLevelSet) {
-  const PageGeometry g = Geometry();
+  const PageGeometry g = GrowTestGeometry();
   for (float peak : {4.0f, 8.0f}) {
     RefStore st = testing::MakeGrowStore(g, 4, {3000}, 1.0f, peak, 91 + uint64_t(peak));
     PrunerParams pp;
@@ -274,7 +266,7 @@ RuntimeConfig RtConfig() {
 class AdaptiveSelectorTest : public ::testing::TestWithParam<std::optional<SelectorKind>> {};
 
 TEST_P(AdaptiveSelectorTest, FlatHeadNearOracleAt16k) {
-  const PageGeometry g = Geometry();
+  const PageGeometry g = GrowTestGeometry();
   RefStore st = testing::MakeGrowStore(g, 4, {16384}, 1.5f, 8.0f, 101);
   RuntimeConfig cfg = RtConfig();
   cfg.selector = GetParam();
@@ -321,7 +313,7 @@ TEST_P(AdaptiveSelectorTest, FlatHeadNearOracleAt16k) {
 // selector given and with a fractional cap (which scales with its own length only; with the
 // default selector a cap means Quest).
 TEST_P(AdaptiveSelectorTest, OutputIndependentOfBatchMate) {
-  const PageGeometry g = Geometry();
+  const PageGeometry g = GrowTestGeometry();
   RefStore st = testing::MakeGrowStore(g, 4, {3000, 12000}, 1.5f, 8.0f, 111);
   for (float fraction : {1.0f, 0.1f}) {
     RuntimeConfig c = RtConfig();

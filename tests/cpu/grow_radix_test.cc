@@ -208,18 +208,8 @@ Pages GpuPages(const PageGeometry& g, const BatchView& b, testing::RefStore& st,
   return P;
 }
 
-// The geometry both emulation tests run: two KV heads of d = 64, pages of 16, INT4 K.
-PageGeometry EmulatedGeometry() {
-  PageGeometry g;
-  g.num_kv_heads = 2;
-  g.head_dim = 64;
-  g.page_size = 16;
-  g.k_bits = 4;
-  return g;
-}
-
 TEST(GrowRadixEmulation, SameSetAsReferenceForAnySeed) {
-  const PageGeometry g = EmulatedGeometry();
+  const PageGeometry g = testing::GrowTestGeometry();
   int checked = 0, stage2 = 0, flipped = 0;
   for (uint64_t seed = 1; seed <= 3; ++seed) {
     for (float peak : {3.0f, 6.0f, 10.0f}) {
@@ -288,7 +278,7 @@ TEST(GrowRadixEmulation, SameSetAsReferenceForAnySeed) {
 // the GPU's, and at this length the smallest level set moved by 1-27 pages in most inputs
 // (GrowGpuTest /9 /10 failed when two pairs of one input differed).
 TEST(GrowRadixEmulation, LongPeakedPairSameSetAsReference) {
-  const PageGeometry g = EmulatedGeometry();
+  const PageGeometry g = testing::GrowTestGeometry();
   int differ_cases = 0, checked = 0;
   for (uint64_t seed = 1; seed <= 3; ++seed) {
     testing::RefStore st =

@@ -1,6 +1,7 @@
 // Test support for the growing (adaptive) Quest selection: a store with one flat KV head and
 // peaked ones, and the exact softmax weights of a head from its FP16 K (the truth a kept set
-// is measured against). Shared by tests/cpu/adaptive_test.cc and tests/gpu/grow_gpu_test.cc.
+// is measured against). Shared by tests/cpu/adaptive_test.cc, tests/cpu/grow_radix_test.cc
+// and tests/gpu/grow_gpu_test.cc.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +10,17 @@
 #include "support/ref_store.h"
 
 namespace twl::testing {
+
+// The geometry the CPU growing-selection tests (adaptive_test, grow_radix_test) run: two KV
+// heads of d = 64, pages of 16, INT4 K.
+inline PageGeometry GrowTestGeometry() {
+  PageGeometry g;
+  g.num_kv_heads = 2;
+  g.head_dim = 64;
+  g.page_size = 16;
+  g.k_bits = 4;
+  return g;
+}
 
 // KV head 0 "flat": K = N(0, 1), queries N(0, flat_gain^2) (top-p needs a large share of the
 // context). Other KV heads "peaked": quiet keys 0.1 * N(0, 1), every 997th token a loud key
