@@ -9,6 +9,7 @@
 
 namespace {
 
+using twl_test::AppendRandom;
 using twl_test::DenseAttention;
 using twl_test::LayerKv;
 using twl_test::MakeRuntime;
@@ -24,6 +25,26 @@ twl_runtime_config DsConfig() {
   c.k_bits = 4;
   return c;
 }
+
+// One new sequence of `len` random tokens in layer 0 and a decode of one random query over it
+// (both drawn from one generator seeded with `seed`): the step the decode tests check.
+struct RandomDecode {
+  twl_seq_id seq = -1;
+  std::vector<uint16_t> q, out;
+
+  void Run(twl_runtime* rt, const twl_runtime_config& c, int32_t len, uint32_t seed) {
+    std::mt19937 rng(seed);
+    ASSERT_EQ(twl_sequence_create(rt, &seq), TWL_OK);
+    ASSERT_EQ(AppendRandom(rt, seq, 0, len, c.num_kv_heads, c.head_dim, &rng), TWL_OK)
+        << twl_runtime_last_error(rt);
+    q = RandomHalf(&rng, size_t(c.num_q_heads) * c.head_dim);
+    out.resize(q.size());
+    ASSERT_EQ(twl_decode(rt, 0, &seq, 1, q.data(), out.data(), TWL_MEMORY_HOST, nullptr,
+                         nullptr),
+              TWL_OK)
+        << twl_runtime_last_error(rt);
+  }
+};
 
 TEST(ApiDoubleSparsity, ConfigRoundTripsAndNeedsQuantizedK) {
   twl_runtime_config c = DsConfig();
@@ -47,24 +68,10 @@ TEST(ApiDoubleSparsity, CandidatesRespectTheCap) {
   c.selector_budget_tokens = 32;  // 4 pages of 8, plus the sink and the last page
   twilight::RuntimePtr rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
-  std::mt19937 rng(21);
-  const int32_t len = 203;  // 26 pages, the last one partial
-  twl_seq_id seq = -1;
-  ASSERT_EQ(twl_sequence_create(rt.get(), &seq), TWL_OK);
-  const size_t elems = size_t(len) * c.num_kv_heads * c.head_dim;
-  const std::vector<uint16_t> k = RandomHalf(&rng, elems), v = RandomHalf(&rng, elems);
-  ASSERT_EQ(twl_sequence_append(rt.get(), seq, 0, len, k.data(), v.data(), TWL_DTYPE_FP16,
-                                TWL_MEMORY_HOST),
-            TWL_OK)
-      << twl_runtime_last_error(rt.get());
-  const size_t q_elems = size_t(c.num_q_heads) * c.head_dim;
-  const std::vector<uint16_t> q = RandomHalf(&rng, q_elems);
-  std::vector<uint16_t> out(q_elems);
-  ASSERT_EQ(twl_decode(rt.get(), 0, &seq, 1, q.data(), out.data(), TWL_MEMORY_HOST, nullptr,
-                       nullptr),
-            TWL_OK)
-      << twl_runtime_last_error(rt.get());
-  for (float x : ToFloat(out)) ASSERT_TRUE(std::isfinite(x));
+  RandomDecode d;
+  // 203 tokens: 26 pages, the last one partial.
+  ASSERT_NO_FATAL_FAILURE(d.Run(rt.get(), c, /*len=*/203, /*seed=*/21));
+  for (float x : ToFloat(d.out)) ASSERT_TRUE(std::isfinite(x));
   std::vector<int32_t> sel(4), kept(4), kept_kv(2);
   std::vector<float> mass(4);
   ASSERT_EQ(twl_runtime_last_step_heads(rt.get(), sel.data(), kept.data(), mass.data(), 4,
@@ -82,26 +89,12 @@ TEST(ApiDoubleSparsity, UncappedTopPOneIsDenseAttention) {
   c.selector_budget_fraction = 1.0f;  // no cap: every page is a candidate
   twilight::RuntimePtr rt = MakeRuntime(c);
   ASSERT_TRUE(rt);
-  std::mt19937 rng(22);
-  const int32_t len = 77;
-  twl_seq_id seq = -1;
-  ASSERT_EQ(twl_sequence_create(rt.get(), &seq), TWL_OK);
-  const size_t elems = size_t(len) * c.num_kv_heads * c.head_dim;
-  const std::vector<uint16_t> k = RandomHalf(&rng, elems), v = RandomHalf(&rng, elems);
-  ASSERT_EQ(twl_sequence_append(rt.get(), seq, 0, len, k.data(), v.data(), TWL_DTYPE_FP16,
-                                TWL_MEMORY_HOST),
-            TWL_OK);
-  const size_t q_elems = size_t(c.num_q_heads) * c.head_dim;
-  const std::vector<uint16_t> q = RandomHalf(&rng, q_elems);
-  std::vector<uint16_t> out(q_elems);
-  ASSERT_EQ(twl_decode(rt.get(), 0, &seq, 1, q.data(), out.data(), TWL_MEMORY_HOST, nullptr,
-                       nullptr),
-            TWL_OK)
-      << twl_runtime_last_error(rt.get());
-  const LayerKv kv = ReadKv(rt.get(), seq, 0);
+  RandomDecode d;
+  ASSERT_NO_FATAL_FAILURE(d.Run(rt.get(), c, /*len=*/77, /*seed=*/22));
+  const LayerKv kv = ReadKv(rt.get(), d.seq, 0);
   const std::vector<float> want =
-      DenseAttention(ToFloat(q), kv, c.num_q_heads, c.num_kv_heads, c.head_dim);
-  const std::vector<float> got = ToFloat(out);
+      DenseAttention(ToFloat(d.q), kv, c.num_q_heads, c.num_kv_heads, c.head_dim);
+  const std::vector<float> got = ToFloat(d.out);
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size(); ++i) {
     EXPECT_NEAR(got[i], want[i], 2e-3 + 2e-3 * std::fabs(want[i])) << "element " << i;
