@@ -157,14 +157,9 @@ TEST(ApiBasics, KSchemeOnEveryBackendAndReadOnlyWhenTheStructHoldsIt) {
     }
   }
   twl_runtime* raw = nullptr;
-  struct {
-    twl_runtime_config config;
-    unsigned char junk[32];
-  } old;
-  std::memset(&old, 0xab, sizeof(old));
-  old.config = SmallConfig();
+  twl_test::OldCallerConfig old;
+  twl_test::InitOldCallerConfig(&old, offsetof(twl_runtime_config, k_scheme));
   old.config.k_scheme = 5;  // beyond the old struct: not read
-  old.config.struct_size = offsetof(twl_runtime_config, k_scheme);
   ASSERT_EQ(twl_runtime_create(&old.config, &raw), TWL_OK) << twl_runtime_last_error(nullptr);
   twilight::RuntimePtr owned(raw);
   ASSERT_EQ(twl_runtime_get_config(raw, &got), TWL_OK);
@@ -248,14 +243,9 @@ TEST(ApiBasics, KvDtypeBf16AndReadOnlyWhenTheStructHoldsIt) {
   c.k_bits = 16;
   EXPECT_EQ(twl_runtime_create(&c, &raw), TWL_INVALID_ARGUMENT);
   EXPECT_NE(std::string(twl_runtime_last_error(nullptr)).find("kv_dtype"), std::string::npos);
-  struct {
-    twl_runtime_config config;
-    unsigned char junk[32];
-  } old;
-  std::memset(&old, 0xab, sizeof(old));
-  old.config = SmallConfig();
+  twl_test::OldCallerConfig old;
+  twl_test::InitOldCallerConfig(&old, offsetof(twl_runtime_config, kv_dtype));
   old.config.kv_dtype = TWL_DTYPE_BF16;  // beyond the old struct: not read
-  old.config.struct_size = offsetof(twl_runtime_config, kv_dtype);
   ASSERT_EQ(twl_runtime_create(&old.config, &raw), TWL_OK) << twl_runtime_last_error(nullptr);
   twilight::RuntimePtr owned(raw);
   ASSERT_EQ(twl_runtime_get_config(raw, &got), TWL_OK);

@@ -201,15 +201,10 @@ TEST(ApiDisk, ConfigurationErrorsAndOlderStructs) {
 
   // A caller compiled before the disk fields: its struct ends where they begin, and whatever
   // follows in memory is not read.
-  struct {
-    twl_runtime_config config;
-    unsigned char junk[32];
-  } old;
-  std::memset(&old, 0xab, sizeof(old));
-  old.config = SmallConfig();
+  twl_test::OldCallerConfig old;
+  twl_test::InitOldCallerConfig(&old, offsetof(twl_runtime_config, disk_path));
   old.config.disk_path = reinterpret_cast<const char*>(0x1);
   old.config.disk_bytes = -7;
-  old.config.struct_size = offsetof(twl_runtime_config, disk_path);
   twl_runtime* rt = nullptr;
   ASSERT_EQ(twl_runtime_create(&old.config, &rt), TWL_OK) << twl_runtime_last_error(nullptr);
   twilight::RuntimePtr owned(rt);

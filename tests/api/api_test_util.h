@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -28,6 +29,21 @@ inline twl_runtime_config SmallConfig() {
   c.page_size = 8;
   c.backend = TWL_BACKEND_CPU;
   return c;
+}
+
+// A config as a caller compiled against an older twilight.h passes it: its struct ends where
+// a newer field begins, and whatever follows it in memory (here 0xab bytes) must not be read.
+struct OldCallerConfig {
+  twl_runtime_config config;
+  unsigned char junk[32];
+};
+
+// SmallConfig with struct_size cut to `struct_size`, every byte after the config 0xab; the
+// test then sets the newer fields to values the library would refuse if it read them.
+inline void InitOldCallerConfig(OldCallerConfig* old, size_t struct_size) {
+  std::memset(old, 0xab, sizeof(*old));
+  old->config = SmallConfig();
+  old->config.struct_size = struct_size;
 }
 
 inline twilight::RuntimePtr MakeRuntime(const twl_runtime_config& c) {
