@@ -46,8 +46,6 @@ namespace twl::bench {
 namespace {
 
 constexpr int32_t kHeadDim = 128, kPageSize = 16;
-constexpr double kMassSlack = 0.02;     // heads must keep true mass >= p - 0.02
-constexpr double kErrorRatioGoal = 1.3;  // output error within 1.3x of the oracle top-p's
 const std::vector<double> kFractions = {0.02, 0.05, 0.10, 0.20, 0.40};
 
 // A way to choose a KV head's refined pages: a summary with a fixed fraction or an adaptive
@@ -153,17 +151,9 @@ int Main(int argc, char** argv) {
     for (double e : eps) rules.push_back(Rule{false, s, 0, e});
   }
   const double today = FineBytesPerToken(kHeadDim, kPageSize);
-  Table table({"workload", "ctx", "summary", "rule", "pages_mean", "pages_max", "bytes_frac",
-               "heads_ok", "mass_min", "mass_median", "err_ok", "err_ratio_median"});
-  table.title = absl::StrFormat(
-      "p %.3g: heads_ok = share of query heads with true mass >= %.3g; err_ok = share with "
-      "output error <= %.1fx the oracle top-p's; bytes_frac = estimation bytes over today's "
-      "%.0f B/token",
-      p, p - kMassSlack, kErrorRatioGoal, today);
-  Plot plot;
-  plot.title = "Coarse ranking then INT4: min true mass vs estimation bytes";
-  plot.x_label = "estimation bytes / today's full INT4 pass";
-  plot.y_label = "min true mass over query heads";
+  Table table = StudyTable(p, {"workload", "ctx", "summary", "rule"}, {},
+                           absl::StrFormat("estimation bytes over today's %.0f B/token", today));
+  Plot plot = MassVsBytesPlot("Coarse ranking then INT4: min true mass vs estimation bytes");
   for (const std::string& w : workloads) {
     for (int32_t ctx : contexts) {
       tools::RequireFlag(absl::GetFlag(FLAGS_steps) < ctx, "steps", "below every context");
@@ -179,14 +169,8 @@ int Main(int argc, char** argv) {
         const RuleTally& t = tallies[r];
         const double coarse = rule.full ? 0 : CoarseBytesPerToken(rule.summary, kHeadDim, kPageSize);
         const double bytes = (coarse + MeanOf(t.pages_share) * today) / today;
-        table.AddRow({w, ctx, rule.full ? "-" : CoarseSummaryName(rule.summary), rule.Name(),
-                      Cell(MeanOf(t.pages_share), 3),
-                      Cell(*std::max_element(t.pages_share.begin(), t.pages_share.end()), 3),
-                      Cell(bytes, 3), Cell(ShareAtLeast(t.mass, p - kMassSlack), 4),
-                      Cell(*std::min_element(t.mass.begin(), t.mass.end()), 4),
-                      Cell(Quantile(t.mass, 0.5), 4),
-                      Cell(1.0 - ShareAtLeast(t.error_ratio, kErrorRatioGoal + 1e-9), 4),
-                      Cell(Quantile(t.error_ratio, 0.5), 3)});
+        table.AddRow(TallyRow(
+            {w, ctx, rule.full ? "-" : CoarseSummaryName(rule.summary), rule.Name()}, t, bytes, p));
         if (!rule.full && rule.fraction > 0) {
           xs[int(rule.summary)].push_back(bytes);
           ys[int(rule.summary)].push_back(*std::min_element(t.mass.begin(), t.mass.end()));
@@ -199,7 +183,7 @@ int Main(int argc, char** argv) {
     }
   }
   std::fprintf(stderr, "\n");
-  plot.AddHLine(p - kMassSlack, "p - 0.02");
+  plot.AddHLine(p - kStudyMassSlack, "p - 0.02");
   return PrintAndWriteStudy("twl_coarse_study", absl::GetFlag(FLAGS_out), "coarse_study", table, plot);
 }
 

@@ -58,8 +58,6 @@ namespace twl::bench {
 namespace {
 
 constexpr int32_t kHeadDim = 128, kPageSize = 16;
-constexpr double kMassSlack = 0.02;      // heads must keep true mass >= p - 0.02
-constexpr double kErrorRatioGoal = 1.3;  // output error within 1.3x of the oracle top-p's
 
 // How a KV head's refined pages are chosen.
 struct Rule {
@@ -151,18 +149,12 @@ int Main(int argc, char** argv) {
   for (double m : margins) rules.push_back(Rule{Rule::kMargin, m});
   for (double e : weights) rules.push_back(Rule{Rule::kWeight, e});
   const double today = FineBytesPerToken(kHeadDim, kPageSize);
-  Table table({"workload", "ctx", "rule", "pages_mean", "pages_max", "bytes_frac", "heads_ok",
-               "mass_min", "mass_median", "err_ok", "err_ratio_median", "kept_ratio_mean",
-               "kept_ratio_max"});
-  table.title = absl::StrFormat(
-      "p %.3g: heads_ok = share of query heads with true mass >= %.3g; err_ok = share with "
-      "output error <= %.1fx the oracle top-p's; bytes_frac = (32 + 17 + 32 x pages) / %.0f "
-      "B/token; kept_ratio = kept tokens / the full INT4 pass's",
-      p, p - kMassSlack, kErrorRatioGoal, today);
-  Plot plot;
-  plot.title = "Bit-plane two-tier pass: min true mass vs estimation bytes";
-  plot.x_label = "estimation bytes / today's full INT4 pass";
-  plot.y_label = "min true mass over query heads";
+  Table table = StudyTable(
+      p, {"workload", "ctx", "rule"}, {"kept_ratio_mean", "kept_ratio_max"},
+      absl::StrFormat("(32 + 17 + 32 x pages) / %.0f B/token; kept_ratio = kept tokens / the "
+                      "full INT4 pass's",
+                      today));
+  Plot plot = MassVsBytesPlot("Bit-plane two-tier pass: min true mass vs estimation bytes");
   for (const std::string& w : workloads) {
     for (int32_t ctx : contexts) {
       const SyntheticRun run{"twl_plane_study", w, ctx, kHeadDim, absl::GetFlag(FLAGS_seeds),
@@ -186,13 +178,10 @@ int Main(int argc, char** argv) {
         const double bytes =
             rule.kind == Rule::kFull ? 1.0 : PlaneBytesPerToken(kHeadDim, kPageSize, share) / today;
         const double mass_min = *std::min_element(t.mass.begin(), t.mass.end());
-        table.AddRow({w, ctx, rule.Name(), Cell(share, 3),
-                      Cell(*std::max_element(t.pages_share.begin(), t.pages_share.end()), 3),
-                      Cell(bytes, 3), Cell(ShareAtLeast(t.mass, p - kMassSlack), 4),
-                      Cell(mass_min, 4), Cell(Quantile(t.mass, 0.5), 4),
-                      Cell(1.0 - ShareAtLeast(t.error_ratio, kErrorRatioGoal + 1e-9), 4),
-                      Cell(Quantile(t.error_ratio, 0.5), 3), Cell(MeanOf(t.kept_ratio), 3),
-                      Cell(*std::max_element(t.kept_ratio.begin(), t.kept_ratio.end()), 3)});
+        std::vector<Cell> row = TallyRow({w, ctx, rule.Name()}, t, bytes, p);
+        row.push_back(Cell(MeanOf(t.kept_ratio), 3));
+        row.push_back(Cell(*std::max_element(t.kept_ratio.begin(), t.kept_ratio.end()), 3));
+        table.AddRow(std::move(row));
         if (rule.kind != Rule::kFull && rule.kind != Rule::kNone) {
           const int series = rule.kind == Rule::kShare ? 0 : rule.kind == Rule::kMargin ? 1 : 2;
           xs[series].push_back(bytes);
@@ -207,7 +196,7 @@ int Main(int argc, char** argv) {
     }
   }
   std::fprintf(stderr, "\n");
-  plot.AddHLine(p - kMassSlack, "p - 0.02");
+  plot.AddHLine(p - kStudyMassSlack, "p - 0.02");
   return PrintAndWriteStudy("twl_plane_study", absl::GetFlag(FLAGS_out), "plane_study", table, plot);
 }
 

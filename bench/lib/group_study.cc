@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "absl/strings/str_format.h"
 #include "core/half.h"
 #include "lib/synthetic_attention.h"
 #include "lib/top_p_set.h"
@@ -132,6 +133,39 @@ absl::StatusOr<std::vector<RuleTally>> RunSyntheticGroups(const SyntheticRun& ru
     }
   }
   return total;
+}
+
+Table StudyTable(double p, std::vector<std::string> keys, const std::vector<std::string>& extra,
+                 const std::string& bytes_frac) {
+  keys.insert(keys.end(), {"pages_mean", "pages_max", "bytes_frac", "heads_ok", "mass_min",
+                           "mass_median", "err_ok", "err_ratio_median"});
+  keys.insert(keys.end(), extra.begin(), extra.end());
+  Table table(std::move(keys));
+  table.title = absl::StrFormat(
+      "p %.3g: heads_ok = share of query heads with true mass >= %.3g; err_ok = share with "
+      "output error <= %.1fx the oracle top-p's; bytes_frac = %s",
+      p, p - kStudyMassSlack, kStudyErrorRatioGoal, bytes_frac);
+  return table;
+}
+
+std::vector<Cell> TallyRow(std::vector<Cell> keys, const RuleTally& t, double bytes_frac, double p) {
+  keys.insert(keys.end(),
+              {Cell(MeanOf(t.pages_share), 3),
+               Cell(*std::max_element(t.pages_share.begin(), t.pages_share.end()), 3),
+               Cell(bytes_frac, 3), Cell(ShareAtLeast(t.mass, p - kStudyMassSlack), 4),
+               Cell(*std::min_element(t.mass.begin(), t.mass.end()), 4),
+               Cell(Quantile(t.mass, 0.5), 4),
+               Cell(1.0 - ShareAtLeast(t.error_ratio, kStudyErrorRatioGoal + 1e-9), 4),
+               Cell(Quantile(t.error_ratio, 0.5), 3)});
+  return keys;
+}
+
+Plot MassVsBytesPlot(std::string title) {
+  Plot plot;
+  plot.title = std::move(title);
+  plot.x_label = "estimation bytes / today's full INT4 pass";
+  plot.y_label = "min true mass over query heads";
+  return plot;
 }
 
 }  // namespace twl::bench

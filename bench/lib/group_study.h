@@ -2,8 +2,8 @@
 // twl_plane_study): synthetic layers of one workload and context, each KV head at each decode
 // step handed with its GQA group's scaled queries to the study's own evaluation, whose per-rule
 // tallies are gathered in KV-head order (deterministic whatever the threads do); plus the truth
-// every rule is scored against and the statistics the tables print. The studies differ only
-// in what a rule reads, so only that stays in their mains.
+// every rule is scored against, the statistics the tables print, and the table and plot
+// themselves. The studies differ only in what a rule reads, so only that stays in their mains.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +13,8 @@
 
 #include "absl/status/statusor.h"
 #include "lib/head_truth.h"
+#include "lib/png_plot.h"
+#include "lib/table.h"
 
 namespace twl::bench {
 
@@ -64,5 +66,25 @@ std::vector<int32_t> CheckSyntheticStudyFlags(double p, const std::vector<std::s
 // head of every decode step, gathered in (seed, layer, KV head, step) order.
 absl::StatusOr<std::vector<RuleTally>> RunSyntheticGroups(const SyntheticRun& run, size_t rules,
                                                           const GroupEval& eval);
+
+// The goals every rule is judged by: a query head's true mass >= p - kStudyMassSlack (heads_ok)
+// and its output error within kStudyErrorRatioGoal x the oracle top-p's (err_ok).
+inline constexpr double kStudyMassSlack = 0.02;
+inline constexpr double kStudyErrorRatioGoal = 1.3;
+
+// A study's table: the columns `keys` (the row's workload, context and rule), the tally
+// columns of TallyRow, then `extra`; titled with the goals above at p, then "bytes_frac = "
+// and `bytes_frac`, the study's own account of its bytes (and of its extra columns).
+Table StudyTable(double p, std::vector<std::string> keys, const std::vector<std::string>& extra,
+                 const std::string& bytes_frac);
+
+// `keys`, then one rule's tally under StudyTable's tally columns: pages_mean, pages_max,
+// bytes_frac (the study's estimation bytes over today's full pass), heads_ok, mass_min,
+// mass_median, err_ok, err_ratio_median.
+std::vector<Cell> TallyRow(std::vector<Cell> keys, const RuleTally& t, double bytes_frac, double p);
+
+// The plot both studies draw, one series per family of rules: the min true mass over query
+// heads against the estimation bytes over today's full INT4 pass.
+Plot MassVsBytesPlot(std::string title);
 
 }  // namespace twl::bench
