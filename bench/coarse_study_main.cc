@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -25,7 +26,6 @@
 #include "lib/group_study.h"
 #include "lib/paged_head_keys.h"
 #include "lib/png_plot.h"
-#include "lib/study_output.h"
 #include "lib/table.h"
 #include "lib/tool_flags.h"
 
@@ -182,9 +182,8 @@ int Main(int argc, char** argv) {
       }
     }
   }
-  std::fprintf(stderr, "\n");
-  plot.AddHLine(p - kStudyMassSlack, "p - 0.02");
-  return PrintAndWriteStudy("twl_coarse_study", absl::GetFlag(FLAGS_out), "coarse_study", table, plot);
+  return FinishStudy("twl_coarse_study", absl::GetFlag(FLAGS_out), "coarse_study", p, table,
+                     std::move(plot));
 }
 
 }  // namespace

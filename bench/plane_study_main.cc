@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -28,7 +29,6 @@
 #include "lib/group_study.h"
 #include "lib/paged_head_keys.h"
 #include "lib/png_plot.h"
-#include "lib/study_output.h"
 #include "lib/table.h"
 #include "lib/tool_flags.h"
 #include "lib/top_p_set.h"
@@ -195,9 +195,8 @@ int Main(int argc, char** argv) {
       }
     }
   }
-  std::fprintf(stderr, "\n");
-  plot.AddHLine(p - kStudyMassSlack, "p - 0.02");
-  return PrintAndWriteStudy("twl_plane_study", absl::GetFlag(FLAGS_out), "plane_study", table, plot);
+  return FinishStudy("twl_plane_study", absl::GetFlag(FLAGS_out), "plane_study", p, table,
+                     std::move(plot));
 }
 
 }  // namespace

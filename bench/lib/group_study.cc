@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_format.h"
 #include "core/half.h"
+#include "lib/study_output.h"
 #include "lib/synthetic_attention.h"
 #include "lib/top_p_set.h"
 #include "tbb/parallel_for.h"
@@ -166,6 +167,13 @@ Plot MassVsBytesPlot(std::string title) {
   plot.x_label = "estimation bytes / today's full INT4 pass";
   plot.y_label = "min true mass over query heads";
   return plot;
+}
+
+int FinishStudy(const std::string& tool, const std::string& dir, const std::string& stem,
+                double p, const Table& table, Plot plot) {
+  std::fprintf(stderr, "\n");
+  plot.AddHLine(p - kStudyMassSlack, "p - 0.02");
+  return PrintAndWriteStudy(tool, dir, stem, table, plot);
 }
 
 }  // namespace twl::bench

@@ -87,4 +87,9 @@ std::vector<Cell> TallyRow(std::vector<Cell> keys, const RuleTally& t, double by
 // heads against the estimation bytes over today's full INT4 pass.
 Plot MassVsBytesPlot(std::string title);
 
+// A study's last step: ends the progress line on stderr, marks p - kStudyMassSlack on the plot,
+// then PrintAndWriteStudy (lib/study_output.h); returns the tool's exit code.
+int FinishStudy(const std::string& tool, const std::string& dir, const std::string& stem,
+                double p, const Table& table, Plot plot);
+
 }  // namespace twl::bench
