@@ -29,6 +29,20 @@ constexpr int32_t kTensorCoreMinGroup = 4;
 // -1: not decided yet (TWL_ATTN_TC, default on); 0 / 1: off / on.
 std::atomic<int> g_tensor_cores{-1};
 
+// -1: not decided yet (TWL_ATTN_PREFETCH, default on); 0 / 1: off / on. The attention's
+// prefetch of a block's next piece (attend.cuh, pre_ready); off only to measure it.
+std::atomic<int> g_prefetch_next{-1};
+
+bool AttentionPrefetchNext() {
+  int v = g_prefetch_next.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* env = std::getenv("TWL_ATTN_PREFETCH");
+    v = env && env[0] == '0' ? 0 : 1;
+    g_prefetch_next.store(v, std::memory_order_relaxed);
+  }
+  return v == 1;
+}
+
 bool AttentionTensorCores() {
   int v = g_tensor_cores.load(std::memory_order_relaxed);
   if (v < 0) {
@@ -123,7 +137,8 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
         TWL_RETURN_IF_ERROR(LaunchStatus("AttendPlanKernel"));
       }
       kernel<<<dim3(unsigned(blocks), unsigned(halves)), cuda::kAttnThreads, smem, st>>>(
-          g, batch, q, kv, kv_set, dense, group, gpad, scale, plan_here, l.cum, l.item_offset,
+          g, batch, q, kv, kv_set, dense, group, gpad, scale, plan_here,
+          AttentionPrefetchNext(), l.cum, l.item_offset,
           l.part_acc, l.part_ml);
       return LaunchStatus("AttendChunkKernel");
     };

@@ -102,6 +102,11 @@ __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool val
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
                "r"(valid ? 16 : 0));
 }
+// A 4-byte asynchronous copy (the resolver's lookups; .ca: sizes below 16 go through L1).
+__device__ __forceinline__ void CpAsync4(void* smem, const void* gmem) {
+  const unsigned dst = SharedAddress(smem);
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(gmem));
+}
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void CpAsyncWait() {
@@ -123,8 +128,12 @@ struct AttnCfg {
   static constexpr int kStages = D >= 128 ? 3 : 4;
   static constexpr int kAddrStages = kStages + 1;
   static constexpr size_t kStageBytes = size_t(kStages) * kStageTok * D * 2 * sizeof(fp16_t);
-  static constexpr size_t kSmemBytes =
-      kStageBytes + size_t(kAddrStages) * kStageTok * sizeof(AttnRowSrc);
+  static constexpr size_t kRingBytes = size_t(kAddrStages) * kStageTok * sizeof(AttnRowSrc);
+  // The next piece's first lookups, prefetched during the current piece: positions of
+  // stages 0 .. S+1, pages of 0 .. S, raw slot-table entries of 0 .. S-1.
+  static constexpr int kPrePos = 0, kPrePage = kStages + 2, kPreSlot = 2 * kStages + 3;
+  static constexpr size_t kPreBytes = size_t(3 * kStages + 3) * kStageTok * sizeof(int32_t);
+  static constexpr size_t kSmemBytes = kStageBytes + kRingBytes + kPreBytes;
 };
 
 // One work item (sequence, KV head, chunk of its token list) per block of 256 threads.
@@ -154,7 +163,7 @@ template <int D, int G, bool kBf16, bool kTc>
 __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
     AttendChunkKernel(PageGeometry g, BatchView batch, QueryView q, FpKvView kv, KeptView kept,
                       bool dense, int32_t group, int32_t gstride, float qscale,
-                      bool plan_here, int32_t* __restrict__ cum_g,
+                      bool plan_here, bool prefetch_next, int32_t* __restrict__ cum_g,
                       int32_t* __restrict__ item_offset_g, float* __restrict__ part_acc,
                       float2* __restrict__ part_ml) {
   using Cfg = AttnCfg<D>;
@@ -207,6 +216,14 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
     }
     pair = lo;
   }
+  // Prefetching the next piece's first lookups (prefetch_next): while a piece runs, its
+  // resolver threads copy the next piece's positions, then pages, then slot-table entries
+  // into shared memory, each level (S - 1) stages after the one it depends on (cp.async
+  // groups: landed by then). A block's second piece otherwise starts with a chain of
+  // dependent loads while the other blocks' reads fill the memory system, which stretches
+  // each round trip to several microseconds: that start was the kernel's tail.
+  int32_t pre_ready = 0;  // levels of this piece's first lookups already in `pre`
+  int32_t* pre = reinterpret_cast<int32_t*>(attn_smem + Cfg::kStageBytes + Cfg::kRingBytes);
   for (long long pos = range_lo; pos < range_hi;) {
     while (cum[pair + 1] <= pos) ++pair;  // skip empty sets
     const long long piece_end = min(range_hi, (long long)cum[pair + 1]);
@@ -216,6 +233,13 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
                                                         BoundariesUpTo(cum[pair], total, nblk)));
     const int32_t c0 = int32_t(pos - cum[pair]), c1 = int32_t(piece_end - cum[pair]);
     pos = piece_end;
+    // The block's next piece, if any, starts at token 0 of the next non-empty pair.
+    int32_t npair = -1, nc1 = 0;
+    if (prefetch_next && pos < range_hi) {
+      npair = pair + 1;
+      while (cum[npair + 1] <= pos) ++npair;
+      nc1 = int32_t(min(range_hi, (long long)cum[npair + 1]) - cum[npair]);
+    }
     __syncthreads();  // the previous piece's merge scratch is no longer read
     const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
     const int32_t nst = (c1 - c0 + T - 1) / T;  // stages of this item
@@ -241,18 +265,27 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
     // of 2 x D elements; one not resident is read in place like a block's (~block). Uniform
     // over the kernel, so the block path pays one predictable branch per lookup.
     const bool rows = kv.slot_of_row != nullptr;
-    auto load_slot = [&](int32_t pos, int32_t page) -> int64_t {
+    const bool slot_table = rows || kv.slot_of_block != nullptr;
+    // The slot-table entry of a token of KV head hh (0 without a table or past the end).
+    auto slot_entry = [&](int32_t pos, int32_t page, int32_t hh) -> const int32_t* {
+      const int64_t block = g.BlockId(page, hh);
+      return rows ? kv.slot_of_row + block * g.page_size + pos % g.page_size
+                  : kv.slot_of_block + block;
+    };
+    // What resolve() takes: a row or block slot, ~block for one read in place from miss_kv
+    // (the cache did not admit it), or the block itself without a slot table.
+    auto finish_slot = [&](int32_t pos, int32_t page, int32_t raw) -> int64_t {
       if (pos < 0) return 0;
       const int64_t block = g.BlockId(page, h);
-      if (rows) {
-        const int32_t slot = kv.slot_of_row[block * g.page_size + pos % g.page_size];
-        return slot >= 0 || !kv.miss_kv ? int64_t(slot) : ~block;
-      }
-      if (!kv.slot_of_block) return block;
-      // Not resident (the cache did not admit it): ~block, read in place from miss_kv.
-      const int32_t slot = kv.slot_of_block[block];
-      return slot >= 0 || !kv.miss_kv ? int64_t(slot) : ~block;
+      if (!slot_table) return block;
+      return raw >= 0 || !kv.miss_kv ? int64_t(raw) : ~block;
     };
+    auto load_slot = [&](int32_t pos, int32_t page) -> int64_t {
+      return finish_slot(pos, page, pos < 0 || !slot_table ? 0 : *slot_entry(pos, page, h));
+    };
+    // Levels of lookups: positions (not for a dense item: computed), pages, slot entries
+    // (with a slot table); the prefetch issues level k at stage k (S - 1) of the piece.
+    const int32_t page_level = dense ? 0 : 1, levels = page_level + 1 + int32_t(slot_table);
     auto resolve = [&](int32_t stage, int32_t pos, int64_t slot) {
       AttnRowSrc a{nullptr, nullptr};
       if (pos >= 0) {
@@ -265,6 +298,44 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
         a.v = a.k + (row_slot ? int64_t(D) : int64_t(g.page_size) * D);
       }
       ring[(stage % R) * T + tl] = a;
+    };
+    // The next piece's lookups of one level into `pre` (resolver threads; see pre_ready):
+    // positions of stages 0 .. S+1, pages of 0 .. S, slot entries of 0 .. S-1.
+    auto next_pos = [&](int32_t q) -> int32_t {  // token tl of the next piece's stage q
+      const int32_t i = q * T + tl;
+      if (i >= nc1) return -1;
+      return dense ? i : pre[(Cfg::kPrePos + q) * T + tl];
+    };
+    auto prefetch = [&](int32_t level) {
+      if (level < page_level) {
+        const int32_t* ntok = kept.tokens + int64_t(npair) * kept.max_kept;
+        for (int32_t q = 0; q < S + 2; ++q) {
+          int32_t* dst = pre + (Cfg::kPrePos + q) * T + tl;
+          const int32_t i = q * T + tl;
+          if (i < nc1) CpAsync4(dst, ntok + i);
+          else *dst = -1;
+        }
+      } else if (level == page_level) {
+        const int32_t* nptab =
+            batch.page_table + int64_t(npair / g.num_kv_heads) * batch.max_pages;
+        for (int32_t q = 0; q < S + 1; ++q) {
+          int32_t* dst = pre + (Cfg::kPrePage + q) * T + tl;
+          const int32_t p = next_pos(q);
+          if (p >= 0) CpAsync4(dst, nptab + p / g.page_size);
+          else *dst = 0;
+        }
+      } else {
+        for (int32_t q = 0; q < S; ++q) {
+          int32_t* dst = pre + (Cfg::kPreSlot + q) * T + tl;
+          const int32_t p = next_pos(q);
+          if (p >= 0) {
+            CpAsync4(dst, slot_entry(p, pre[(Cfg::kPrePage + q) * T + tl],
+                                     npair % g.num_kv_heads));
+          } else {
+            *dst = 0;
+          }
+        }
+      }
     };
     // Loader: the rows of tokens [8 warp, 8 warp + 8) of a stage, TPW whole rows per
     // instruction (lane group lg, chunk li), from the ring.
@@ -282,25 +353,40 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
       }
     };
     // Prologue: the addresses of stages 0 .. S-1 resolved synchronously, stages 0 .. S-2
-    // copied.
+    // copied. One level of lookups at a time over all of them (every position, then every
+    // page, then every slot), so a piece starts after three round trips, not 3 S: with one
+    // or two pieces per block, the start of each was a large part of the kernel's tail.
+    // Register pipeline (resolvers): stage S has its page (pos2, page2), stage S+1 its
+    // position (pos3).
+    int32_t pos2 = -1, page2 = 0, pos3 = -1;
     if (resolver) {
-      for (int32_t st = 0; st < S; ++st) {
-        const int32_t pos = load_pos(st);
-        resolve(st, pos, load_slot(pos, load_page(pos)));
+      int32_t pos[S + 2], page[S + 1];
+#pragma unroll
+      for (int32_t st = 0; st < S + 2; ++st) {
+        pos[st] = !dense && pre_ready > 0 ? pre[(Cfg::kPrePos + st) * T + tl] : load_pos(st);
       }
+#pragma unroll
+      for (int32_t st = 0; st < S + 1; ++st) {
+        page[st] = pre_ready > page_level ? pre[(Cfg::kPrePage + st) * T + tl]
+                                          : load_page(pos[st]);
+      }
+      int64_t slot[S];
+#pragma unroll
+      for (int32_t st = 0; st < S; ++st) {
+        slot[st] = slot_table && pre_ready == levels
+                       ? finish_slot(pos[st], page[st], pre[(Cfg::kPreSlot + st) * T + tl])
+                       : load_slot(pos[st], page[st]);
+      }
+#pragma unroll
+      for (int32_t st = 0; st < S; ++st) resolve(st, pos[st], slot[st]);
+      pos2 = pos[S];
+      page2 = page[S];
+      pos3 = pos[S + 1];
     }
     __syncthreads();
     for (int32_t st = 0; st < S - 1; ++st) {
       if (st < nst) issue(st);
       CpAsyncCommit();
-    }
-    // Register pipeline (resolvers): stage S has its page (pos2, page2), stage S+1 its
-    // position (pos3).
-    int32_t pos2 = -1, page2 = 0, pos3 = -1;
-    if (resolver) {
-      pos2 = load_pos(S);
-      page2 = load_page(pos2);
-      pos3 = load_pos(S + 1);
     }
 
     // ---- compute state ----
@@ -313,6 +399,9 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
       // st + S - 1 (resolved one iteration ago) are visible.
       __syncthreads();
       if (st + S - 1 < nst) issue(st + S - 1);
+      if (npair >= 0 && resolver && st % (S - 1) == 0 && st / (S - 1) < levels) {
+        prefetch(st / (S - 1));
+      }
       CpAsyncCommit();
       // Resolvers: stage st + S's addresses into the ring (copied next iteration; its slot
       // st + S - R = st - 1 was last read S iterations ago), then advance the lookups.
@@ -329,6 +418,8 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
     }
     CpAsyncWait<0>();
     __syncthreads();  // stage buffers are reused for the merge below
+    // Levels the loop issued for the next piece (level k at stage k (S - 1)); landed now.
+    pre_ready = npair < 0 ? 0 : min(levels, (nst + S - 2) / (S - 1));
 
     float* sacc = reinterpret_cast<float*>(attn_smem);     // [kAttnWarps][G][D]
     float* sm_m = sacc + kAttnWarps * G * D;               // [kAttnWarps][G]

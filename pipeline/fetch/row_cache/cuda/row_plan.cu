@@ -57,6 +57,7 @@ constexpr int kWarps = kThreads / 32;
 // Kept tokens one warp looks up per work item: a short chain of dependent loads per warp and
 // many warps in flight (the lookups are latency-bound).
 constexpr int kTokensPerItem = 64;
+constexpr int kGroupsPerItem = kTokensPerItem / 32;  // 32-token groups (one token per lane)
 // 16-byte vectors per lane in flight in the copy (8 KiB per warp round).
 constexpr int kCopyVecs = 8;
 
@@ -121,17 +122,41 @@ __global__ void __launch_bounds__(kThreads)
     const int32_t* ptab = batch.page_table + int64_t(s) * batch.max_pages;
     const int32_t i1 = min(n, i0 + kTokensPerItem);
     int32_t unit_hit = 0;
-    for (int32_t i = i0; i < i1; i += 32) {  // warp-uniform bounds
+    // The item's lookups one level at a time for all of its 32-token groups (positions, then
+    // rows, then slots), so a warp pays three round trips per item, not three per group: the
+    // kernel runs beside the attention, whose reads fill the memory system and stretch every
+    // dependent load.
+    int32_t pos_of[kGroupsPerItem];
+    int64_t row_of[kGroupsPerItem];
+    int32_t slot_of[kGroupsPerItem];
+#pragma unroll
+    for (int k = 0; k < kGroupsPerItem; ++k) {
+      const int32_t t = i0 + 32 * k + lane;
+      pos_of[k] = t < i1 ? toks[t] : 0;
+    }
+#pragma unroll
+    for (int k = 0; k < kGroupsPerItem; ++k) {
+      const int32_t pos = pos_of[k];
+      row_of[k] = i0 + 32 * k + lane < i1 ? g.BlockId(ptab[pos / P], h) * P + pos % P : -1;
+    }
+#pragma unroll
+    for (int k = 0; k < kGroupsPerItem; ++k) {
+      const int64_t r = row_of[k];
+      slot_of[k] = r >= 0 && r < c.num_rows ? c.d_slot_of_row[r] : kRowAbsent;
+    }
+#pragma unroll
+    for (int k = 0; k < kGroupsPerItem; ++k) {
+      const int32_t i = i0 + 32 * k;
+      if (i >= i1) break;  // warp-uniform
       const int32_t t = i + lane;
       bool hit = false, claim = false;
       int64_t r = -1;
       if (t < i1) {
-        const int32_t pos = toks[t];
-        r = g.BlockId(ptab[pos / P], h) * P + pos % P;
+        r = row_of[k];
         if (r < 0 || r >= c.num_rows) {
           bad_row = true;
         } else {
-          const int32_t sl = c.d_slot_of_row[r];
+          const int32_t sl = slot_of[k];
           if (sl >= 0) {
             c.d_last_use[sl] = step;
             hit = true;

@@ -714,7 +714,11 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
       nzero[pp][1] = qk.zero[at + 8];
     }
   };
-  float run_max[kNT][2];
+  // The running max of this lane's estimates per held head, over rows r and r + 8 as the
+  // halves of one FP16 pair: the estimates are FP16 already, so the max is the same value
+  // as over their floats, and packing and comparing them in pairs costs 2 F2FP and 2 HMNMX2
+  // per page where floats cost 4 F2FP, 4 conversions back and 4 FMNMX.
+  __half2 run_max[kNT][2];
   fp16_t* out_row[kNT][2];
   float* mass_row[kNT][2];
   float* max_row[kNT][2];
@@ -722,7 +726,7 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
   for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
     for (int kk = 0; kk < 2; ++kk) {
-      run_max[nt][kk] = -INFINITY;
+      run_max[nt][kk] = __float2half2_rn(-INFINITY);
       const int j = min(nt * 8 + 2 * t4 + kk, G - 1);
       out_row[nt][kk] = scores + int64_t(sq0 + j) * shape.cand_stride + int64_t(p_begin) * 16 + r;
       mass_row[nt][kk] = kMass ? page_mass + int64_t(sq0 + j) * sel.max_select + p_begin : nullptr;
@@ -812,23 +816,27 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
 #pragma unroll
         for (int kk = 0; kk < 2; ++kk) {
           const bool head = nt * 8 + 2 * t4 + kk < G;
-          float x[2];
+          float v[2];
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
             const bool valid = r + half * 8 < page_rows;
-            fp16_t est;
             if constexpr (kPageChannel) {
-              est = F2H(valid ? shape.scale * acc[nt][half * 2 + kk] : -INFINITY);
+              v[half] = valid ? shape.scale * acc[nt][half * 2 + kk] : -INFINITY;
             } else {
-              est = F2H(valid ? shape.scale * (tscale[pp][half] * acc[nt][half * 2 + kk] +
+              v[half] = valid ? shape.scale * (tscale[pp][half] * acc[nt][half * 2 + kk] +
                                                tzero[pp][half] * qsum[nt][kk])
-                              : -INFINITY);
+                              : -INFINITY;
             }
-            x[half] = H2F(est);
-            if (head) out_row[nt][kk][lp * 16 + half * 8] = est;
           }
-          run_max[nt][kk] = fmaxf(run_max[nt][kk], fmaxf(x[0], x[1]));
+          // Rows r and r + 8, each rounded to nearest once (as F2H rounds one).
+          const __half2 est = __floats2half2_rn(v[0], v[1]);
+          if (head) {
+            out_row[nt][kk][lp * 16] = __half_as_ushort(__low2half(est));
+            out_row[nt][kk][lp * 16 + 8] = __half_as_ushort(__high2half(est));
+          }
+          run_max[nt][kk] = __hmax2(run_max[nt][kk], est);
           if constexpr (kMass) {
+            const float x[2] = {__low2float(est), __high2float(est)};
             // The page's max over its 16 rows (lanes of equal t4), NaN if any row is, and the
             // sum of exp(x - max) (a NaN page: NaN, as its sum of exp(x - M) was).
             float pm = MaxNan(x[0], x[1]);
@@ -853,7 +861,7 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
   for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
     for (int kk = 0; kk < 2; ++kk) {
-      float v = run_max[nt][kk];
+      float v = fmaxf(__low2float(run_max[nt][kk]), __high2float(run_max[nt][kk]));
 #pragma unroll
       for (int o = 4; o < 32; o <<= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
       const int j = nt * 8 + 2 * t4 + kk;
