@@ -26,6 +26,7 @@
 #include "lib/group_study.h"
 #include "lib/paged_head_keys.h"
 #include "lib/png_plot.h"
+#include "lib/study_output.h"
 #include "lib/table.h"
 #include "lib/tool_flags.h"
 
@@ -135,6 +136,7 @@ int Main(int argc, char** argv) {
   const std::vector<int32_t> contexts = CheckSyntheticStudyFlags(
       p, workloads, absl::GetFlag(FLAGS_contexts), absl::GetFlag(FLAGS_seeds),
       absl::GetFlag(FLAGS_layers), absl::GetFlag(FLAGS_steps));
+  RequireStudyOutputDir(absl::GetFlag(FLAGS_out));
   const double chunk = absl::GetFlag(FLAGS_chunk);
   tools::RequireFlag(chunk > 0.0 && chunk <= 100.0, "chunk", "in (0, 100]");
   std::vector<double> eps;

@@ -29,6 +29,7 @@
 #include "lib/group_study.h"
 #include "lib/paged_head_keys.h"
 #include "lib/png_plot.h"
+#include "lib/study_output.h"
 #include "lib/table.h"
 #include "lib/tool_flags.h"
 #include "lib/top_p_set.h"
@@ -135,6 +136,7 @@ int Main(int argc, char** argv) {
   const std::vector<int32_t> contexts = CheckSyntheticStudyFlags(
       p, workloads, absl::GetFlag(FLAGS_contexts), absl::GetFlag(FLAGS_seeds),
       absl::GetFlag(FLAGS_layers), absl::GetFlag(FLAGS_steps));
+  RequireStudyOutputDir(absl::GetFlag(FLAGS_out));
   for (int32_t ctx : contexts)
     tools::RequireFlag(absl::GetFlag(FLAGS_steps) < ctx, "steps", "below every context");
   const std::vector<double> shares =
