@@ -17,13 +17,13 @@
 // median throughput and the spread. Defaults finish in about 10 s on a disk doing ~500 MB/s
 // and use at most --mib of disk at a time (the file is preallocated, unlinked at once, and
 // gone when each measurement ends).
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <numeric>
 #include <random>
@@ -314,13 +314,15 @@ int main(int argc, char** argv) {
   if (!uring_note.empty()) std::printf("note: %s\n", uring_note.c_str());
   std::printf("us/op = seconds / records with qd operations in flight (not a latency).\n");
   if (!opt.csv.empty()) {
-    const size_t slash = opt.csv.rfind('/');
-    if (slash != std::string::npos) mkdir(opt.csv.substr(0, slash).c_str(), 0755);
+    const std::filesystem::path dir = std::filesystem::path(opt.csv).parent_path();
+    std::error_code ec;
+    if (!dir.empty()) std::filesystem::create_directories(dir, ec);  // WriteCsv reports failure
     absl::Status s = table.WriteCsv(opt.csv);
     if (s.ok()) {
       std::printf("wrote %s\n", opt.csv.c_str());
     } else {
       std::fprintf(stderr, "twl_disk_tier: %s\n", std::string(s.message()).c_str());
+      any_error = true;  // the run's result is lost: not a success
     }
   }
   return any_error ? 1 : 0;

@@ -52,6 +52,10 @@ if(EXISTS ${BIN_DIR}/twl_est_study)
   expect(2 twl_est_study --p 1)
   expect(2 twl_est_study --schemes tok4,nope)
 endif()
+# A run whose CSV cannot be written is not a success.
+if(EXISTS ${BIN_DIR}/twl_disk_tier)
+  expect(1 twl_disk_tier --csv /proc/no-such-dir/x.csv)
+endif()
 # An --out that cannot be written is refused before the study runs (not minutes later).
 foreach(tool twl_threshold_drift twl_coarse_study twl_plane_study)
   if(EXISTS ${BIN_DIR}/${tool})
