@@ -136,7 +136,7 @@ int Main(int argc, char** argv) {
   const std::vector<int32_t> contexts = CheckSyntheticStudyFlags(
       p, workloads, absl::GetFlag(FLAGS_contexts), absl::GetFlag(FLAGS_seeds),
       absl::GetFlag(FLAGS_layers), absl::GetFlag(FLAGS_steps));
-  RequireStudyOutputDir(absl::GetFlag(FLAGS_out));
+  tools::RequireWritableDir("out", absl::GetFlag(FLAGS_out));
   const double chunk = absl::GetFlag(FLAGS_chunk);
   tools::RequireFlag(chunk > 0.0 && chunk <= 100.0, "chunk", "in (0, 100]");
   std::vector<double> eps;

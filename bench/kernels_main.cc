@@ -86,6 +86,7 @@ Options ParseArgs(int argc, char** argv) {
   o.reps = absl::GetFlag(FLAGS_reps);
   tools::RequireFlag(o.reps >= 1 && o.reps <= 100000, "reps", "must be in [1, 100000]");
   o.out_dir = absl::GetFlag(FLAGS_out);
+  tools::RequireWritableDir("out", o.out_dir);
   o.sdpa_csv = absl::GetFlag(FLAGS_sdpa_csv);
   o.quest_fraction = absl::GetFlag(FLAGS_quest_fraction);
   tools::RequireFlag(o.quest_fraction > 0.0f && o.quest_fraction <= 1.0f, "quest_fraction",

@@ -136,7 +136,7 @@ int Main(int argc, char** argv) {
   const std::vector<int32_t> contexts = CheckSyntheticStudyFlags(
       p, workloads, absl::GetFlag(FLAGS_contexts), absl::GetFlag(FLAGS_seeds),
       absl::GetFlag(FLAGS_layers), absl::GetFlag(FLAGS_steps));
-  RequireStudyOutputDir(absl::GetFlag(FLAGS_out));
+  tools::RequireWritableDir("out", absl::GetFlag(FLAGS_out));
   for (int32_t ctx : contexts)
     tools::RequireFlag(absl::GetFlag(FLAGS_steps) < ctx, "steps", "below every context");
   const std::vector<double> shares =

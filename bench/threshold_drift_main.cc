@@ -201,7 +201,7 @@ int Main(int argc, char** argv) {
                      "steps", "in [2, 1024] and below --ctx");
   tools::RequireFlag(absl::GetFlag(FLAGS_seeds) >= 1 && absl::GetFlag(FLAGS_seeds) <= 1000, "seeds",
                      "in [1, 1000]");
-  RequireStudyOutputDir(absl::GetFlag(FLAGS_out));
+  tools::RequireWritableDir("out", absl::GetFlag(FLAGS_out));
   DriftTally tally(kDeltas);
   const std::string model = absl::GetFlag(FLAGS_model);
   if (!(model.empty() ? RunSynthetic(p, &tally) : RunModel(model, p, &tally))) return 1;

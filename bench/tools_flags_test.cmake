@@ -56,8 +56,8 @@ endif()
 if(EXISTS ${BIN_DIR}/twl_disk_tier)
   expect(1 twl_disk_tier --csv /proc/no-such-dir/x.csv)
 endif()
-# An --out that cannot be written is refused before the study runs (not minutes later).
-foreach(tool twl_threshold_drift twl_coarse_study twl_plane_study)
+# An --out that cannot be written is refused before the work runs (not minutes later).
+foreach(tool twl_threshold_drift twl_coarse_study twl_plane_study twl_kernels)
   if(EXISTS ${BIN_DIR}/${tool})
     expect(2 ${tool} --out /proc/no-such-dir/out)
   endif()

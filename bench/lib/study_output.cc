@@ -2,26 +2,10 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <system_error>
 
-#include "absl/strings/str_cat.h"
-#include "lib/tool_flags.h"
 
 namespace twl::bench {
-
-void RequireStudyOutputDir(const std::string& dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec || !std::filesystem::is_directory(dir, ec)) {
-    tools::ToolFlagError(absl::StrCat("--out: cannot create directory ", dir,
-                                      ec ? ": " + ec.message() : std::string()));
-  }
-  const std::string probe = dir + "/.twl_write_check";
-  const bool writable = static_cast<bool>(std::ofstream(probe));
-  std::filesystem::remove(probe, ec);
-  if (!writable) tools::ToolFlagError(absl::StrCat("--out: cannot write in ", dir));
-}
 
 absl::Status WriteStudyOutputs(const std::string& dir, const std::string& stem,
                                const Table& table, const Plot& plot) {

@@ -11,10 +11,6 @@
 
 namespace twl::bench {
 
-// Creates `dir` and checks that a file can be written in it, before a study spends minutes
-// computing what it would write there; a failure is a bad --out (exit 2, with the reason).
-void RequireStudyOutputDir(const std::string& dir);
-
 absl::Status WriteStudyOutputs(const std::string& dir, const std::string& stem,
                                const Table& table, const Plot& plot);
 

@@ -4,7 +4,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "absl/flags/commandlineflag.h"
@@ -59,6 +62,21 @@ void RequireFlag(bool cond, absl::string_view flag, absl::string_view what) {
   std::string name(flag);
   std::replace(name.begin(), name.end(), '_', '-');  // as --help spells it
   ToolFlagError(absl::StrCat("--", name, ": ", what));
+}
+
+void RequireWritableDir(absl::string_view flag, const std::string& dir) {
+  std::string name(flag);
+  std::replace(name.begin(), name.end(), '_', '-');
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec || !std::filesystem::is_directory(dir, ec)) {
+    ToolFlagError(absl::StrCat("--", name, ": cannot create directory ", dir,
+                               ec ? ": " + ec.message() : std::string()));
+  }
+  const std::string probe = dir + "/.twl_write_check";
+  const bool writable = static_cast<bool>(std::ofstream(probe));
+  std::filesystem::remove(probe, ec);
+  if (!writable) ToolFlagError(absl::StrCat("--", name, ": cannot write in ", dir));
 }
 
 void ParseToolFlags(int argc, char** argv, absl::string_view main_file, absl::string_view usage) {

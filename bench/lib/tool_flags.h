@@ -29,6 +29,10 @@ void ParseToolFlags(int argc, char** argv, absl::string_view main_file, absl::st
 
 // Checks `cond` or exits with ToolFlagError("--<flag>: <what>").
 void RequireFlag(bool cond, absl::string_view flag, absl::string_view what);
+// Creates directory `dir` (the value of --<flag>) and checks that a file can be written in
+// it, so that a tool refuses an unusable output directory before it spends minutes
+// computing what it would write there (ToolFlagError with the reason otherwise).
+void RequireWritableDir(absl::string_view flag, const std::string& dir);
 
 // A comma-separated list flag (std::vector<std::string>) as integers, each in [lo, hi], at
 // least one; anything else exits 2.
