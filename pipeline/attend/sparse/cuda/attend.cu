@@ -33,25 +33,20 @@ std::atomic<int> g_tensor_cores{-1};
 // prefetch of a block's next piece (attend.cuh, pre_ready); off only to measure it.
 std::atomic<int> g_prefetch_next{-1};
 
-bool AttentionPrefetchNext() {
-  int v = g_prefetch_next.load(std::memory_order_relaxed);
+// A switch read from the environment at its first use: on unless `name` starts with '0'.
+bool SwitchOn(std::atomic<int>& cached, const char* name) {
+  int v = cached.load(std::memory_order_relaxed);
   if (v < 0) {
-    const char* env = std::getenv("TWL_ATTN_PREFETCH");
+    const char* env = std::getenv(name);
     v = env && env[0] == '0' ? 0 : 1;
-    g_prefetch_next.store(v, std::memory_order_relaxed);
+    cached.store(v, std::memory_order_relaxed);
   }
   return v == 1;
 }
 
-bool AttentionTensorCores() {
-  int v = g_tensor_cores.load(std::memory_order_relaxed);
-  if (v < 0) {
-    const char* env = std::getenv("TWL_ATTN_TC");
-    v = env && env[0] == '0' ? 0 : 1;
-    g_tensor_cores.store(v, std::memory_order_relaxed);
-  }
-  return v == 1;
-}
+bool AttentionPrefetchNext() { return SwitchOn(g_prefetch_next, "TWL_ATTN_PREFETCH"); }
+
+bool AttentionTensorCores() { return SwitchOn(g_tensor_cores, "TWL_ATTN_TC"); }
 
 int32_t PaddedGroup(int32_t group) {
   int32_t p = 1;
