@@ -284,7 +284,9 @@ TEST(Quantize, PageChannelEstimateDequantizesToFp16) {
       ASSERT_EQ(EstimatePageChannelScoreRef(g, q.data(), qk, block, t % 16), dot)
           << "d " << d << " token " << t;
     }
-    EXPECT_GT(rounded, 45 * d / 4);  // the FP16 rounding of k~ is not vacuous
+    // The FP16 rounding of k~ is not vacuous: about a third of the values round (0.21-0.42
+    // over gtest seeds 1-400; a quarter failed ~1% of seeds), an eighth keeps it off the seed.
+    EXPECT_GT(rounded, 45 * d / 8);
   }
 }
 
