@@ -187,6 +187,11 @@ __device__ __forceinline__ void RangeWords8(const uint8_t* record, int j0, uint4
 // that reads it (8 lanes share every channel); the record is 272 B against 512 B of FP16
 // bounds at d = 128, which is what the score pass saves.
 // The caller __syncwarp()s before the lanes read the result.
+// At d = 128 the 8-channel groups are stored swizzled (PcBoundsGroup): the score pass's
+// lanes read 16 bytes of group 4 t4 + m at once for t4 = 0..3, 64 bytes apart, so t4 and
+// t4 + 2 hit the same banks and every read took two wavefronts (ncu on the H100: 45% of the
+// pass's shared wavefronts excessive, bench/RESULTS.md, twenty-ninth session).
+__device__ __forceinline__ int PcBoundsGroup(int g) { return g ^ ((g >> 2) & 2); }
 template <int kHeadDim>
 __device__ __forceinline__ void PcPageBoundsInPlace(fp16_t* bounds, __half2 inv, int lane) {
   static_assert(kHeadDim == 64 || kHeadDim == 128, "two or one pairs per lane");
@@ -207,8 +212,10 @@ __device__ __forceinline__ void PcPageBoundsInPlace(fp16_t* bounds, __half2 inv,
     const uint32_t nb = RangeGridPair(__byte_perm(ca.x, ca.y, sel_second), a2, d2);
     const uint32_t xa = RangeGridPair(__byte_perm(cb.x, cb.y, sel_first), a2, d2);
     const uint32_t xb = RangeGridPair(__byte_perm(cb.x, cb.y, sel_second), a2, d2);
-    reinterpret_cast<uint2*>(kmin_w)[lane] = make_uint2(na, nb);
-    reinterpret_cast<uint2*>(step_w)[lane] = make_uint2(PcStepPair(xa, na, inv), PcStepPair(xb, nb, inv));
+    // Group lane / 2 at PcBoundsGroup(lane / 2), half (lane & 1) of it.
+    const int at = 2 * PcBoundsGroup(lane >> 1) + (lane & 1);
+    reinterpret_cast<uint2*>(kmin_w)[at] = make_uint2(na, nb);
+    reinterpret_cast<uint2*>(step_w)[at] = make_uint2(PcStepPair(xa, na, inv), PcStepPair(xb, nb, inv));
   } else {
     // Lane l: pair l = group l / 4, i = l % 4: channels c and c + 4.
     const uint2 ca = reinterpret_cast<const uint2*>(record)[lane >> 2];
@@ -797,8 +804,10 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
         NibbleWordToHalf2x4(wa[m], xa);
         NibbleWordToHalf2x4(wb[m], xb);
         if constexpr (kPageChannel) {
-          const uint4 kmin4 = *reinterpret_cast<const uint4*>(bounds + m * 8);
-          const uint4 step4 = *reinterpret_cast<const uint4*>(bounds + kHeadDim + m * 8);
+          // Group 4 t4 + m, swizzled at d = 128 (PcBoundsGroup).
+          const int mg = kHeadDim == 128 ? (m ^ (t4 & 2)) : m;
+          const uint4 kmin4 = *reinterpret_cast<const uint4*>(bounds + mg * 8);
+          const uint4 step4 = *reinterpret_cast<const uint4*>(bounds + kHeadDim + mg * 8);
           const uint32_t kmin[4] = {kmin4.x, kmin4.y, kmin4.z, kmin4.w};
           const uint32_t step[4] = {step4.x, step4.y, step4.z, step4.w};
           PcDequantWord(xa, step, kmin);
