@@ -4,6 +4,7 @@
 // extra heads are masked), and the tensor-core form <D, 8, false, true> for FP16 K/V at D 64
 // and 128, groups of 3..16. Groups of 9..16 run G = 8 on a grid of 2 head halves
 // (blockIdx.y), each half with half the stream-K blocks.
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <type_traits>
@@ -45,6 +46,36 @@ bool SwitchOn(std::atomic<int>& cached, const char* name) {
 }
 
 bool AttentionPrefetchNext() { return SwitchOn(g_prefetch_next, "TWL_ATTN_PREFETCH"); }
+
+// Virtual tokens charged for the start of each pair's piece in the stream-K split (attend.cuh,
+// AttnSpan). By default the K/V bytes of 64 KiB of rows (128 tokens at d = 128): on an H100 at
+// B = 8, 128k, 0 / 64 / 128 / 256 tokens took the attention 105.2 / 96.7 / 93.2 / 94.1 us, at
+// B = 1 24.1 / - / 21.7 / 21.6 (bench/RESULTS.md, thirtieth session): a block that starts a
+// pair pays a drained pipeline and the first lookups' round trips, about what it takes to
+// read that many rows. In bytes, because that time does not depend on the head dim.
+constexpr int32_t kPieceCostBytes = 64 * 1024;
+// -2: the environment not read yet; -1: the default; >= 0: tokens (TWL_ATTN_PIECE_COST, 0 to
+// 4096, or SetAttentionPieceCost).
+std::atomic<int32_t> g_piece_cost{-2};
+
+int32_t PieceCostSetting() {
+  int32_t v = g_piece_cost.load(std::memory_order_relaxed);
+  if (v == -2) {
+    v = -1;
+    if (const char* env = std::getenv("TWL_ATTN_PIECE_COST")) {
+      char* end = nullptr;
+      const long x = std::strtol(env, &end, 10);
+      if (end != env && *end == '\0' && x >= 0 && x <= 4096) v = int32_t(x);
+    }
+    g_piece_cost.store(v, std::memory_order_relaxed);
+  }
+  return v;
+}
+
+int32_t AttentionPieceCost(int32_t head_dim) {
+  const int32_t v = PieceCostSetting();
+  return v >= 0 ? v : kPieceCostBytes / (2 * head_dim * int32_t(sizeof(fp16_t)));
+}
 
 bool AttentionTensorCores() { return SwitchOn(g_tensor_cores, "TWL_ATTN_TC"); }
 
@@ -127,14 +158,15 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
       // the HBM backend: 0.154 with the plan in the blocks vs 0.162).
       const bool plan_here = pairs <= cuda::kFusedPlanPairs && kv.slot_of_row == nullptr;
       if (!plan_here) {
-        cuda::AttendPlanKernel<<<1, 1024, 0, st>>>(g, batch, kv_set, dense, blocks, l.cum,
+        cuda::AttendPlanKernel<<<1, 1024, 0, st>>>(g, batch, kv_set, dense,
+                                                   AttentionPieceCost(g.head_dim), blocks, l.cum,
                                                    l.item_offset);
         TWL_RETURN_IF_ERROR(LaunchStatus("AttendPlanKernel"));
       }
       kernel<<<dim3(unsigned(blocks), unsigned(halves)), cuda::kAttnThreads, smem, st>>>(
           g, batch, q, kv, kv_set, dense, group, gpad, scale, plan_here,
-          AttentionPrefetchNext(), l.cum, l.item_offset,
-          l.part_acc, l.part_ml);
+          AttentionPrefetchNext(), AttentionPieceCost(g.head_dim), l.cum, l.item_offset, l.part_acc,
+          l.part_ml);
       return LaunchStatus("AttendChunkKernel");
     };
     auto by_group = [&](auto bf16) -> absl::Status {
@@ -166,6 +198,12 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
 bool SetAttentionTensorCores(bool on) {
   const bool before = AttentionTensorCores();
   g_tensor_cores.store(on ? 1 : 0);
+  return before;
+}
+
+int32_t SetAttentionPieceCost(int32_t cost) {
+  const int32_t before = PieceCostSetting();
+  g_piece_cost.store(cost < 0 ? -1 : std::min<int32_t>(cost, 4096));
   return before;
 }
 

@@ -30,6 +30,18 @@ __device__ __forceinline__ int32_t AttnCount(const KeptView& kept, const BatchVi
   return dense ? batch.seq_len[pair / g.num_kv_heads] : kept.count[pair];
 }
 
+// The plan's token space is virtual: a pair of c > 0 tokens spans piece_cost + c of it, its
+// first piece_cost virtual tokens standing for the start of a piece (the drained pipeline and
+// the first lookups), so that a block whose range starts a pair gets that many fewer real
+// tokens. Virtual offset v of a pair is real token max(0, v - piece_cost); a piece may then
+// hold no real token (its partial state is empty: m = -inf, l = 0).
+__device__ __forceinline__ int32_t AttnSpan(int32_t count, int32_t piece_cost) {
+  return count > 0 ? count + piece_cost : 0;
+}
+__device__ __forceinline__ int32_t AttnReal(int32_t v, int32_t piece_cost) {
+  return max(0, v - piece_cost);
+}
+
 // Stream-K boundaries: block b of P starts at B(b) = floor(b * T / P); with P <= T they are
 // distinct. BoundariesUpTo(x) = #{b in [1, P) : B(b) <= x} for x >= 0.
 __device__ __forceinline__ long long Boundary(long long b, long long total, long long p) {
@@ -46,13 +58,15 @@ __device__ __forceinline__ long long BoundariesUpTo(long long x, long long total
 // reading them from other threads.
 __device__ __forceinline__ void ComputeAttendPlan(const PageGeometry& g, const BatchView& batch,
                                                   const KeptView& kept, bool dense,
-                                                  int32_t grid_blocks, int32_t* cum,
-                                                  int32_t* item_offset, int* scan) {
+                                                  int32_t piece_cost, int32_t grid_blocks,
+                                                  int32_t* cum, int32_t* item_offset,
+                                                  int* scan) {
   const int32_t pairs = batch.num_seqs * g.num_kv_heads;
   long long total = 0;
   for (int32_t base = 0; base < pairs; base += blockDim.x) {
     const int32_t i = base + threadIdx.x;
-    const int c = i < pairs ? max(0, AttnCount(kept, batch, g, dense, i)) : 0;
+    const int c =
+        i < pairs ? AttnSpan(max(0, AttnCount(kept, batch, g, dense, i)), piece_cost) : 0;
     int tile_total;
     const int at = BlockExclusiveSum(c, scan, &tile_total);
     if (i < pairs) cum[i] = int32_t(total + at);
@@ -64,7 +78,7 @@ __device__ __forceinline__ void ComputeAttendPlan(const PageGeometry& g, const B
     const int32_t i = base + threadIdx.x;
     int n = 0;
     if (i < pairs) {
-      const int c = max(0, AttnCount(kept, batch, g, dense, i));
+      const int c = AttnSpan(max(0, AttnCount(kept, batch, g, dense, i)), piece_cost);
       const long long c0 = cum[i];  // written by this thread above
       if (c > 0) n = 1 + int(BoundariesUpTo(c0 + c - 1, total, p) - BoundariesUpTo(c0, total, p));
     }
@@ -83,9 +97,10 @@ __device__ __forceinline__ void ComputeAttendPlan(const PageGeometry& g, const B
 // kFusedPlanPairs pairs; smaller ones plan inside AttendChunkKernel.
 __global__ void __launch_bounds__(1024)
     AttendPlanKernel(PageGeometry g, BatchView batch, KeptView kept, bool dense,
-                     int32_t grid_blocks, int32_t* cum, int32_t* item_offset) {
+                     int32_t piece_cost, int32_t grid_blocks, int32_t* cum,
+                     int32_t* item_offset) {
   __shared__ int scan[33];
-  ComputeAttendPlan(g, batch, kept, dense, grid_blocks, cum, item_offset, scan);
+  ComputeAttendPlan(g, batch, kept, dense, piece_cost, grid_blocks, cum, item_offset, scan);
 }
 
 // Up to this many (sequence, KV head) pairs every attention block computes the plan itself
@@ -163,7 +178,8 @@ template <int D, int G, bool kBf16, bool kTc>
 __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
     AttendChunkKernel(PageGeometry g, BatchView batch, QueryView q, FpKvView kv, KeptView kept,
                       bool dense, int32_t group, int32_t gstride, float qscale,
-                      bool plan_here, bool prefetch_next, int32_t* __restrict__ cum_g,
+                      bool plan_here, bool prefetch_next, int32_t piece_cost,
+                      int32_t* __restrict__ cum_g,
                       int32_t* __restrict__ item_offset_g, float* __restrict__ part_acc,
                       float2* __restrict__ part_ml) {
   using Cfg = AttnCfg<D>;
@@ -190,7 +206,7 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
   if (plan_here) {  // uniform across the grid
     int32_t* pc = s_plan;
     int32_t* pi = s_plan + kFusedPlanPairs + 1;
-    ComputeAttendPlan(g, batch, kept, dense, int32_t(gridDim.x), pc, pi, s_scan);
+    ComputeAttendPlan(g, batch, kept, dense, piece_cost, int32_t(gridDim.x), pc, pi, s_scan);
     __syncthreads();
     if (blockIdx.x == 0 && blockIdx.y == 0) {
       for (int32_t i = threadIdx.x; i <= pairs; i += blockDim.x) {
@@ -231,14 +247,16 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
         item_offset[pair] + (pos == cum[pair] ? 0
                                               : int32_t(BoundariesUpTo(pos, total, nblk) -
                                                         BoundariesUpTo(cum[pair], total, nblk)));
-    const int32_t c0 = int32_t(pos - cum[pair]), c1 = int32_t(piece_end - cum[pair]);
+    // The piece's real tokens [c0, c1) of the pair (AttnReal: maybe none).
+    const int32_t c0 = AttnReal(int32_t(pos - cum[pair]), piece_cost);
+    const int32_t c1 = AttnReal(int32_t(piece_end - cum[pair]), piece_cost);
     pos = piece_end;
     // The block's next piece, if any, starts at token 0 of the next non-empty pair.
     int32_t npair = -1, nc1 = 0;
     if (prefetch_next && pos < range_hi) {
       npair = pair + 1;
       while (cum[npair + 1] <= pos) ++npair;
-      nc1 = int32_t(min(range_hi, (long long)cum[npair + 1]) - cum[npair]);
+      nc1 = AttnReal(int32_t(min(range_hi, (long long)cum[npair + 1]) - cum[npair]), piece_cost);
     }
     __syncthreads();  // the previous piece's merge scratch is no longer read
     const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;

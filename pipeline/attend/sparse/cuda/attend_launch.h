@@ -16,6 +16,14 @@ namespace twl {
 // Process-wide; for A/B runs and for tests that check both forms. Returns the setting before.
 bool SetAttentionTensorCores(bool on);
 
+// Virtual tokens charged to the start of each (sequence, KV head) in the attention's
+// stream-K split, so that blocks that start a pair's piece take fewer real tokens. -1: the
+// default (64 KiB of K/V rows: 128 tokens at d = 128); TWL_ATTN_PIECE_COST in the
+// environment (0 to 4096) overrides it. Process-wide; for A/B runs and tests. The output
+// does not depend on it beyond the partial states' summation order. Returns the setting
+// before.
+int32_t SetAttentionPieceCost(int32_t cost);
+
 // Workspace of both attention launchers (partial softmax states of the split-K chunks).
 size_t AttentionWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t num_q_heads);
 

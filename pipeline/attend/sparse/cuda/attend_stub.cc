@@ -5,6 +5,7 @@ namespace twl {
 
 #if !TWL_HAVE_CUDA
 bool SetAttentionTensorCores(bool) { return false; }
+int32_t SetAttentionPieceCost(int32_t) { return 0; }
 size_t AttentionWorkspaceBytes(const PageGeometry&, int32_t, int32_t) { return 0; }
 absl::Status LaunchSparseAttention(const PageGeometry&, const BatchView&, const QueryView&,
                                    const FpKvView&, const KeptView&, const OutputView&, float,

@@ -137,9 +137,18 @@ absl::Status LaunchScorePage16(bool grow, int32_t nt, int64_t bx, int64_t pairs,
 // (PrunerParams::topp_chunks_per_block), clamped to the chunks, else 1. One-wave runs
 // (several chunks per block, the next prefetched into L2) measured slower on the H200 at
 // B = 8 (prune 0.514 vs 0.458 ms, trial of 913484b), so they are not the default.
+// TWL_PRUNE_KEPT_RUN=k in the environment (1 to 64) sets the default plan, to measure runs
+// in a serving loop without rebuilding it.
 int32_t ChunksPerBlock(int32_t plan, int64_t chunks) {
+  static const int32_t env_plan = [] {
+    const char* env = std::getenv("TWL_PRUNE_KEPT_RUN");
+    if (!env) return 1;
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    return end != env && *end == '\0' && v >= 1 && v <= 64 ? int32_t(v) : 1;
+  }();
   const int64_t per_block =
-      std::clamp<int64_t>(plan > 0 ? plan : 1, 1, std::max<int64_t>(chunks, 1));
+      std::clamp<int64_t>(plan > 0 ? plan : env_plan, 1, std::max<int64_t>(chunks, 1));
   const int64_t blocks = (chunks + per_block - 1) / per_block;  // per row
   return int32_t((chunks + blocks - 1) / blocks);               // balanced
 }
