@@ -2,12 +2,12 @@
 //
 // Work is planned on the device (no host round trip), stream-K style: AttendPlanKernel (or,
 // for small batches, each attention block itself: kFusedPlanPairs) scans the kept counts
-// into cum[] (the flat token space of the batch, pair-major) and the
-// grid's P resident blocks each take an equal range [b*T/P, (b+1)*T/P) of it. A block's
-// range is cut at (sequence, KV head) boundaries into pieces; each piece is one partial
-// softmax state, numbered per pair (item_offset), so a heavy head is spread over many blocks,
-// a light one fits in one, and every SM gets the same number of tokens however the budgets
-// vary. AttendChunkKernel<D, G> reads each piece's FP16 K/V rows once for all G query
+// into cum[] (the flat token space of the batch, pair-major, each pair's start charged
+// piece_cost virtual tokens: AttnSpan) and the grid's P resident blocks each take an equal
+// range [b*T/P, (b+1)*T/P) of it. A block's range is cut at (sequence, KV head) boundaries
+// into pieces; each piece is one partial softmax state, numbered per pair (item_offset), so
+// a heavy head is spread over many blocks, a light one fits in one, and every SM gets about
+// the same time's work however the budgets vary. AttendChunkKernel<D, G> reads each piece's FP16 K/V rows once for all G query
 // heads of the KV group (cp.async pipeline, FP32 online softmax) and writes an unnormalized
 // partial state (m, l, acc). AttendMergeKernel combines the partial states of each
 // (sequence, query head) and writes FP16.

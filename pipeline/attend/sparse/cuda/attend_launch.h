@@ -29,7 +29,8 @@ size_t AttentionWorkspaceBytes(const PageGeometry& g, int32_t num_seqs, int32_t 
 
 // Split-K (flash-decoding) attention over each (sequence, KV head) kept set, read once for
 // all query heads of the group. The split is planned on the device from the kept counts
-// (stream-K): every resident block takes an equal share of the batch's kept tokens, cut at
+// (stream-K): every resident block takes an equal share of the batch's kept tokens (each
+// pair's start counted as SetAttentionPieceCost's tokens), cut at
 // (sequence, KV head) boundaries, so heavy and light heads spread evenly over the SMs.
 // kv.slot_of_block is honoured (GPU cache slots). softmax_scale 0: 1/sqrt(head_dim).
 absl::Status LaunchSparseAttention(const PageGeometry& g, const BatchView& batch,
