@@ -16,6 +16,7 @@
 #include <type_traits>
 
 #include "gpu/cuda/common.cuh"
+#include "gpu/cuda/cp_async.cuh"
 #include "pipeline/attend/sparse/cuda/attend_compute.cuh"
 
 namespace twl::cuda {
@@ -108,25 +109,6 @@ __global__ void __launch_bounds__(1024)
 // a dependent launch at B = 1 on the H200); block (0, 0) also stores it for the merge. Not
 // for rows behind a row map (attend.cu says why).
 constexpr int32_t kFusedPlanPairs = 256;
-
-// ---- cp.async helpers (Ampere+ asynchronous global -> shared copies, 16 bytes each) ------
-
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
-  const unsigned dst = SharedAddress(smem);
-  // src-size 0 zero-fills the destination without reading global memory.
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
-               "r"(valid ? 16 : 0));
-}
-// A 4-byte asynchronous copy (the resolver's lookups; .ca: sizes below 16 go through L1).
-__device__ __forceinline__ void CpAsync4(void* smem, const void* gmem) {
-  const unsigned dst = SharedAddress(smem);
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(gmem));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 // Where a token's K and V rows are read from (nullptr: past the item's end, zero-filled).
 struct alignas(16) AttnRowSrc {

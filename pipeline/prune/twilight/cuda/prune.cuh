@@ -25,6 +25,7 @@
 #pragma once
 
 #include "gpu/cuda/common.cuh"
+#include "gpu/cuda/cp_async.cuh"
 
 namespace twl::cuda {
 
@@ -230,26 +231,6 @@ __device__ __forceinline__ void PcPageBoundsInPlace(fp16_t* bounds, __half2 inv,
   }
 }
 
-// Copies of 16 / 8 bytes to a shared-window address (SharedAddress), and from a generic
-// shared pointer (converted at each copy).
-__device__ __forceinline__ void CpAsyncShared16(uint32_t smem, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem));
-}
-__device__ __forceinline__ void CpAsyncShared8(uint32_t smem, const void* gmem) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smem), "l"(gmem));
-}
-__device__ __forceinline__ void CpAsyncBytes16(void* smem, const void* gmem) {
-  CpAsyncShared16(SharedAddress(smem), gmem);
-}
-__device__ __forceinline__ void CpAsyncBytes8(void* smem, const void* gmem) {
-  CpAsyncShared8(SharedAddress(smem), gmem);
-}
-__device__ __forceinline__ void CpAsyncCommitGroup() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void CpAsyncWaitGroup() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 // B fragments of one MMA n-tile: query head n of the group at q_row (zero when !real),
 // channels permuted to match the nibble order of A (see NibbleWordToHalf2x4): thread t4
 // holds channels [t4 * D / 4, (t4 + 1) * D / 4) as the pairs (e0, e4), (e1, e5), ...
@@ -410,11 +391,11 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
       each_row(k, [&](int t, int half, bool, int64_t block, int32_t row) {
         const uint8_t* src = qk.Codes(g, block, row) + t4 * kChunk;
         Chunk* dst = &landing[((stage * kTilesPerWarp + t) * 2 + half) * kThreads + threadIdx.x];
-        if constexpr (kChunk == 16) CpAsyncBytes16(dst, src);
-        else CpAsyncBytes8(dst, src);
+        if constexpr (kChunk == 16) CpAsync16(dst, src);
+        else CpAsync8(dst, src);
       });
     }
-    CpAsyncCommitGroup();
+    CpAsyncCommit();
   };
 #pragma unroll
   for (int k = 0; k < kScoreStages - 1; ++k) issue(k);
@@ -443,7 +424,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
   };
   if (groups > 0) load_meta(0);
   for (int32_t k = 0; k < groups; ++k) {
-    CpAsyncWaitGroup<kScoreStages - 2>();  // this thread's copies of group k have landed
+    CpAsyncWait<kScoreStages - 2>();  // this thread's copies of group k have landed
     issue(k + kScoreStages - 1);
     const int stage = k % kScoreStages;
     const int32_t tile0 = first_tile + k * stride;
@@ -520,7 +501,7 @@ __global__ void __launch_bounds__(kScoreWarps * 32, 2)
       }
     }
   }
-  CpAsyncWaitGroup<0>();
+  CpAsyncWait<0>();
   // Per-head maximum: lanes with the same t4 hold the same heads.
 #pragma unroll
   for (int kk = 0; kk < 2; ++kk) {
@@ -688,20 +669,20 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
           const uint8_t* src = lane_codes + size_t(blk) * kBlockBytes;
           const uint32_t dst = land_s + uint32_t(stage * kP16Pages + pp) * kLandPage;
           if constexpr (kChunk == 16) {
-            CpAsyncShared16(dst, src);
-            CpAsyncShared16(dst + kThreads * sizeof(Chunk), src + 8 * kRowBytes);
+            CpAsync16(dst, src);
+            CpAsync16(dst + kThreads * sizeof(Chunk), src + 8 * kRowBytes);
           } else {
-            CpAsyncShared8(dst, src);
-            CpAsyncShared8(dst + kThreads * sizeof(Chunk), src + 8 * kRowBytes);
+            CpAsync8(dst, src);
+            CpAsync8(dst + kThreads * sizeof(Chunk), src + 8 * kRowBytes);
           }
           if constexpr (kPageChannel) {
-            CpAsyncShared16(bounds_s + uint32_t(stage * kP16Pages + pp) * kBoundsStep,
+            CpAsync16(bounds_s + uint32_t(stage * kP16Pages + pp) * kBoundsStep,
                             lane_record + size_t(blk) * kRecordBytes);
           }
         }
       }
     }
-    CpAsyncCommitGroup();
+    CpAsyncCommit();
   };
 #pragma unroll
   for (int k = 0; k < kStages - 1; ++k) issue(k);
@@ -744,7 +725,7 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
     if (steps > 0) load_meta(0);
   }
   for (int32_t k = 0; k < steps; ++k) {
-    CpAsyncWaitGroup<kStages - 2>();  // this thread's copies of step k have landed
+    CpAsyncWait<kStages - 2>();  // this thread's copies of step k have landed
     if constexpr (kPageChannel) {
       // Every lane's bounds of step k have landed and are visible to the warp, and every
       // lane is done with step k - 1's, whose stage the next issue overwrites.
@@ -864,7 +845,7 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
       }
     }
   }
-  CpAsyncWaitGroup<0>();
+  CpAsyncWait<0>();
   // Per-head maximum: lanes with the same t4 hold the same heads.
 #pragma unroll
   for (int nt = 0; nt < kNT; ++nt) {
