@@ -214,13 +214,23 @@ int Main(int argc, char** argv) {
       model.empty() ? "synthetic " + wl : std::filesystem::path(model).filename().string();
   Table t({"floor", "delta", "valid", "survivors_share_median", "survivors_share_mean",
            "over_kept_median", "over_kept_p90"});
+  // Transitions whose max rose by more than m logits: where an anchor at the previous max + m
+  // would not hold this step's max.
+  auto rose_above = [&](double m) {
+    int64_t n = 0;
+    for (double c : tally.max_change) n += c > m ? 1 : 0;
+    return double(n) / double(tally.transitions);
+  };
   t.title = absl::StrFormat(
       "%s, p %.3g: %lld transitions; theta change p10/p50/p90 %.3f / %.3f / "
-      "%.3f logits, depth change p10/p50/p90 %.3f / %.3f / %.3f",
+      "%.3f logits, depth change p10/p50/p90 %.3f / %.3f / %.3f; max change p50/p90/p99 "
+      "%.3f / %.3f / %.3f, rose by > 1 / 2 / 4 logits in %.4f / %.4f / %.4f",
       source, p, static_cast<long long>(tally.transitions), Quantile(tally.theta_change, 0.1),
       Quantile(tally.theta_change, 0.5), Quantile(tally.theta_change, 0.9),
       Quantile(tally.depth_change, 0.1), Quantile(tally.depth_change, 0.5),
-      Quantile(tally.depth_change, 0.9));
+      Quantile(tally.depth_change, 0.9), Quantile(tally.max_change, 0.5),
+      Quantile(tally.max_change, 0.9), Quantile(tally.max_change, 0.99), rose_above(1.0),
+      rose_above(2.0), rose_above(4.0));
   Plot plot;
   plot.title = "Previous-step floor, " + source;
   plot.x_label = "margin delta below the predicted floor (logits)";

@@ -43,6 +43,7 @@ void DriftTally::Add(const HeadStep& prev, const HeadStep& now, const std::vecto
   ++transitions;
   theta_change.push_back(now.threshold - prev.threshold);
   depth_change.push_back((now.max - now.threshold) - (prev.max - prev.threshold));
+  max_change.push_back(now.max - prev.max);
   const double n = double(scores.size());
   for (size_t i = 0; i < deltas.size(); ++i) {
     const double floors[2] = {prev.threshold - deltas[i],

@@ -41,6 +41,9 @@ struct DriftTally {
   std::vector<std::vector<double>> share[2], over_kept[2];
   std::vector<double> theta_change;  // theta_now - theta_prev, every transition
   std::vector<double> depth_change;  // (max - theta) now minus prev
+  // max_now - max_prev: whether a histogram anchored at the previous step's max plus a margin
+  // (known before this step's scores) would hold this step's max.
+  std::vector<double> max_change;
 };
 
 }  // namespace twl::bench

@@ -73,6 +73,7 @@ TEST(ThresholdDrift, FloorsAgainstBruteForce) {
   t.Add(prev, now, now_s);
   ASSERT_EQ(t.transitions, 1);
   EXPECT_DOUBLE_EQ(t.theta_change[0], now.threshold - prev.threshold);
+  EXPECT_DOUBLE_EQ(t.max_change[0], 3.0);  // the new top score 12 over 9
   for (size_t i = 0; i < 2; ++i) {
     const double delta = t.deltas[i];
     const double floors[2] = {prev.threshold - delta,
