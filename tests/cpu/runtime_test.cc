@@ -145,18 +145,27 @@ void DecodeAndCompareWithDense(Runtime& rt, int32_t layer, const std::vector<Seq
   EXPECT_LE(RelError(a, b), tol);
 }
 
+// A fresh runtime for `c` holding a random store of `lens` (seeded `store_seed`), appended to
+// `layer` in random chunks (seeded `chunk_seed`), whose decode of `layer` must equal dense
+// attention; `t` gets that step's telemetry.
+void FreshRuntimeDecodesLikeDense(const RuntimeConfig& c, int32_t layer,
+                                  const std::vector<int32_t>& lens, uint64_t store_seed,
+                                  uint64_t chunk_seed, StepTelemetry* t) {
+  auto rt = MakeRuntime(c);
+  ASSERT_TRUE(rt);
+  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, store_seed);
+  std::mt19937_64 rng(chunk_seed);
+  const std::vector<SeqId> ids = CreateAndAppendInChunks(*rt, {layer}, st, rng);
+  DecodeAndCompareWithDense(*rt, layer, ids, st, 1e-3, t);
+}
+
 TEST(Runtime, FullSelectorAtPOneEqualsDenseAttention) {
   RuntimeConfig c = SmallConfig(16);
   c.selector = SelectorKind::kFull;
   c.top_p = 1.0f;
-  auto rt = MakeRuntime(c);
-  ASSERT_TRUE(rt);
   const std::vector<int32_t> lens = {5, 200, 77, 513};
-  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 21);
-  std::mt19937_64 rng(8);
-  const std::vector<SeqId> ids = CreateAndAppendInChunks(*rt, {1}, st, rng);
   StepTelemetry t;
-  DecodeAndCompareWithDense(*rt, 1, ids, st, 1e-3, &t);
+  ASSERT_NO_FATAL_FAILURE(FreshRuntimeDecodesLikeDense(c, 1, lens, 21, 8, &t));
   EXPECT_EQ(t.layer, 1);
   EXPECT_EQ(t.num_seqs, 4);
   ASSERT_EQ(t.selected_tokens.size(), size_t(4 * c.num_q_heads));
@@ -210,14 +219,8 @@ TEST(Runtime, SixteenQueryHeadsPerKvHeadDecodeLikeDenseAtPOne) {
     c.num_kv_heads = 4;
     c.selector = sel;
     c.top_p = 1.0f;
-    auto rt = MakeRuntime(c);
-    ASSERT_TRUE(rt);
-    const std::vector<int32_t> lens = {9, 260, 100};
-    RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 64);
-    std::mt19937_64 rng(64);
-    const std::vector<SeqId> ids = CreateAndAppendInChunks(*rt, {0}, st, rng);
     StepTelemetry t;
-    DecodeAndCompareWithDense(*rt, 0, ids, st, 1e-3, &t);
+    ASSERT_NO_FATAL_FAILURE(FreshRuntimeDecodesLikeDense(c, 0, {9, 260, 100}, 64, 64, &t));
     ASSERT_EQ(t.kept_tokens_kv.size(), size_t(3 * c.num_kv_heads));
     ASSERT_EQ(t.selected_tokens.size(), size_t(3 * c.num_q_heads));
   }
@@ -754,14 +757,8 @@ TEST(Runtime, PageChannelSchemeOnEveryBackendAndDenseAtPOne) {
   }
   c.selector = SelectorKind::kFull;
   c.top_p = 1.0f;
-  auto rt = MakeRuntime(c);
-  ASSERT_TRUE(rt);
-  const std::vector<int32_t> lens = {5, 200, 513};
-  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, lens, 22);
-  std::mt19937_64 rng(9);
-  const std::vector<SeqId> ids = CreateAndAppendInChunks(*rt, {1}, st, rng);
   StepTelemetry t;
-  DecodeAndCompareWithDense(*rt, 1, ids, st, 1e-3, &t);
+  FreshRuntimeDecodesLikeDense(c, 1, {5, 200, 513}, 22, 9, &t);
 }
 
 TEST(Runtime, AutoBackendFallsBackToCpuWithoutAGpu) {
