@@ -10,6 +10,7 @@
 
 #include "core/half.h"
 #include "core/quantize.h"
+#include "cpu/head_keys_inputs.h"
 #include "gtest/gtest.h"
 #include "lib/bit_planes.h"
 #include "lib/paged_head_keys.h"
@@ -18,10 +19,10 @@
 namespace twl::bench {
 namespace {
 
-constexpr int32_t kD = 128, kPs = 16;
-
-// Fresh inputs per run: every draw is seeded from the gtest seed (printed on failure).
-uint64_t Base() { return uint64_t(::testing::UnitTest::GetInstance()->random_seed()) * 1000; }
+using head_keys_inputs::Base;
+using head_keys_inputs::kD;
+using head_keys_inputs::kPs;
+using head_keys_inputs::RandomQuery;
 
 // Random FP16 keys [len][d] (values as floats) with per-channel offsets and scales, as real K
 // has, and a few heavy rows (sink-like) that stretch their pages' ranges.
@@ -43,13 +44,6 @@ std::vector<float> RandomKeys(int32_t len, uint64_t seed) {
     }
   }
   return k;
-}
-std::vector<float> RandomQuery(uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> n(0.0f, 1.0f / std::sqrt(float(kD)));
-  std::vector<float> q(kD);
-  for (float& x : q) x = n(rng);
-  return q;
 }
 
 PagedHeadKeys Keys(int32_t len, uint64_t seed) {

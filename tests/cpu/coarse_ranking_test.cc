@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "cpu/head_keys_inputs.h"
 #include "gtest/gtest.h"
 #include "lib/coarse_ranking.h"
 #include "lib/paged_head_keys.h"
@@ -15,25 +16,18 @@
 namespace twl::bench {
 namespace {
 
-constexpr int32_t kD = 128, kPs = 16;
+using head_keys_inputs::Base;
+using head_keys_inputs::kD;
+using head_keys_inputs::kPs;
+using head_keys_inputs::RandomQuery;
 
-// Fresh inputs per run: every draw is seeded from the gtest seed (printed on failure).
-uint64_t Base() { return uint64_t(::testing::UnitTest::GetInstance()->random_seed()) * 1000; }
-
-// Random FP16 keys [len][d] (values as floats) and a scaled query per head.
+// Random FP16 keys [len][d] (values as floats).
 std::vector<float> RandomKeys(int32_t len, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> n(0.0f, 1.0f);
   std::vector<float> k(static_cast<size_t>(len) * kD);
   for (float& x : k) x = HalfToFloat(FloatToHalf(n(rng)));
   return k;
-}
-std::vector<float> RandomQuery(uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> n(0.0f, 1.0f / std::sqrt(float(kD)));
-  std::vector<float> q(kD);
-  for (float& x : q) x = n(rng);
-  return q;
 }
 
 TEST(CoarseRanking, EveryPageRefinedEqualsTheFullEstimatesTopP) {
