@@ -6,6 +6,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
 namespace twl::bench {
@@ -148,18 +149,27 @@ absl::Status Llama2Model::Forward(int32_t token, int32_t pos, const AttentionFn&
   return absl::OkStatus();
 }
 
-DenseAttention::DenseAttention(const LlamaConfig& c) : c_(c) {
+ModelKvCache::ModelKvCache(const LlamaConfig& c) : c_(c) {
   k_.assign(size_t(c.n_layers), std::vector<float>(size_t(c.seq_len) * c.kv_dim()));
   v_.assign(size_t(c.n_layers), std::vector<float>(size_t(c.seq_len) * c.kv_dim()));
 }
 
+absl::Status ModelKvCache::Store(int32_t layer, int32_t pos, const float* k, const float* v,
+                                 const char* owner) {
+  if (layer < 0 || layer >= c_.n_layers || pos < 0 || pos >= c_.seq_len)
+    return absl::InvalidArgumentError(absl::StrCat(owner, ": layer or position out of range"));
+  const int32_t KV = c_.kv_dim();
+  std::memcpy(&k_[size_t(layer)][size_t(pos) * KV], k, sizeof(float) * KV);
+  std::memcpy(&v_[size_t(layer)][size_t(pos) * KV], v, sizeof(float) * KV);
+  return absl::OkStatus();
+}
+
+DenseAttention::DenseAttention(const LlamaConfig& c) : c_(c), kv_(c) {}
+
 absl::Status DenseAttention::operator()(int32_t layer, int32_t pos, const float* q, const float* k,
                                         const float* v, float* out) {
-  if (layer < 0 || layer >= c_.n_layers || pos < 0 || pos >= c_.seq_len)
-    return absl::InvalidArgumentError("DenseAttention: layer or position out of range");
-  const int32_t KV = c_.kv_dim(), hd = c_.head_dim(), group = c_.n_heads / c_.n_kv_heads;
-  std::memcpy(&k_[layer][size_t(pos) * KV], k, sizeof(float) * KV);
-  std::memcpy(&v_[layer][size_t(pos) * KV], v, sizeof(float) * KV);
+  if (absl::Status s = kv_.Store(layer, pos, k, v, "DenseAttention"); !s.ok()) return s;
+  const int32_t hd = c_.head_dim(), group = c_.n_heads / c_.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(hd));
   std::vector<float> s(size_t(pos) + 1);
   for (int32_t h = 0; h < c_.n_heads; ++h) {
@@ -167,7 +177,7 @@ absl::Status DenseAttention::operator()(int32_t layer, int32_t pos, const float*
     const float* qh = q + int64_t(h) * hd;
     float mx = -INFINITY;
     for (int32_t t = 0; t <= pos; ++t) {
-      const float* kt = &k_[layer][size_t(t) * KV + size_t(kvh) * hd];
+      const float* kt = kv_.K(layer, t, kvh);
       s[size_t(t)] = Dot(qh, kt, hd) * scale;
       mx = std::max(mx, s[size_t(t)]);
     }
@@ -180,7 +190,7 @@ absl::Status DenseAttention::operator()(int32_t layer, int32_t pos, const float*
     for (int32_t i = 0; i < hd; ++i) o[i] = 0.0f;
     for (int32_t t = 0; t <= pos; ++t) {
       const float a = float(s[size_t(t)] / sum);
-      const float* vt = &v_[layer][size_t(t) * KV + size_t(kvh) * hd];
+      const float* vt = kv_.V(layer, t, kvh);
       for (int32_t i = 0; i < hd; ++i) o[i] += a * vt[i];
     }
   }

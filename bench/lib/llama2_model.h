@@ -34,6 +34,27 @@ struct LlamaConfig {
 using AttentionFn = std::function<absl::Status(int32_t layer, int32_t pos, const float* q,
                                                const float* k, const float* v, float* out)>;
 
+// The K/V cache of a reference attention outside the runtime: per layer, FP32 rows
+// [seq_len][kv_dim], filled position by position as the model runs.
+class ModelKvCache {
+ public:
+  explicit ModelKvCache(const LlamaConfig& c);
+  // Copies the token's k, v [kv_dim] to (layer, pos); InvalidArgument, its message led by
+  // `owner`, when either is outside the model.
+  absl::Status Store(int32_t layer, int32_t pos, const float* k, const float* v, const char* owner);
+  // KV head `kv_head`'s head_dim values of token t in `layer`.
+  const float* K(int32_t layer, int32_t t, int32_t kv_head) const {
+    return &k_[size_t(layer)][size_t(t) * c_.kv_dim() + size_t(kv_head) * c_.head_dim()];
+  }
+  const float* V(int32_t layer, int32_t t, int32_t kv_head) const {
+    return &v_[size_t(layer)][size_t(t) * c_.kv_dim() + size_t(kv_head) * c_.head_dim()];
+  }
+
+ private:
+  LlamaConfig c_;
+  std::vector<std::vector<float>> k_, v_;  // per layer [seq_len][kv_dim]
+};
+
 class Llama2Model {
  public:
   static absl::StatusOr<Llama2Model> Load(const std::string& path);
@@ -66,7 +87,7 @@ class DenseAttention {
 
  private:
   LlamaConfig c_;
-  std::vector<std::vector<float>> k_, v_;  // per layer [seq_len][kv_dim]
+  ModelKvCache kv_;
 };
 
 // Numerics shared by the harness: softmax of logits, KL(p || q) in nats, argmax.

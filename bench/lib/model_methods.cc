@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <functional>
 #include <numeric>
 #include <random>
@@ -58,19 +57,14 @@ double TopPWeightThreshold(const double* w, int32_t n, double p, std::vector<dou
   return hi > 0 ? a[hi - 1] : 0.0;
 }
 
-OracleTopPAttention::OracleTopPAttention(const LlamaConfig& c, float p) : c_(c), p_(p) {
-  k_.assign(size_t(c.n_layers), std::vector<float>(size_t(c.seq_len) * c.kv_dim()));
-  v_.assign(size_t(c.n_layers), std::vector<float>(size_t(c.seq_len) * c.kv_dim()));
-}
+OracleTopPAttention::OracleTopPAttention(const LlamaConfig& c, float p)
+    : c_(c), p_(p), kv_(c) {}
 
 absl::Status OracleTopPAttention::operator()(int32_t layer, int32_t pos, const float* q,
                                              const float* k, const float* v, float* out) {
-  if (layer < 0 || layer >= c_.n_layers || pos < 0 || pos >= c_.seq_len)
-    return absl::InvalidArgumentError("OracleTopPAttention: layer or position out of range");
-  const int32_t KV = c_.kv_dim(), hd = c_.head_dim(), group = c_.n_heads / c_.n_kv_heads;
+  if (absl::Status s = kv_.Store(layer, pos, k, v, "OracleTopPAttention"); !s.ok()) return s;
+  const int32_t hd = c_.head_dim(), group = c_.n_heads / c_.n_kv_heads;
   const int32_t n = pos + 1;
-  std::memcpy(&k_[layer][size_t(pos) * KV], k, sizeof(float) * KV);
-  std::memcpy(&v_[layer][size_t(pos) * KV], v, sizeof(float) * KV);
   const float scale = 1.0f / std::sqrt(float(hd));
   std::vector<double> w(size_t(group) * n);
   std::vector<double> scratch;
@@ -83,7 +77,7 @@ absl::Status OracleTopPAttention::operator()(int32_t layer, int32_t pos, const f
       double* wr = &w[size_t(r) * n];
       double mx = -INFINITY, sum = 0;
       for (int32_t t = 0; t < n; ++t) {
-        const float* kt = &k_[layer][size_t(t) * KV + size_t(g) * hd];
+        const float* kt = kv_.K(layer, t, g);
         double dot = 0;
         for (int32_t i = 0; i < hd; ++i) dot += double(qh[i]) * kt[i];
         wr[t] = dot * scale;
@@ -110,7 +104,7 @@ absl::Status OracleTopPAttention::operator()(int32_t layer, int32_t pos, const f
       for (int32_t t = 0; t < n; ++t) {
         if (!in_union[size_t(t)]) continue;
         z += wr[t];
-        const float* vt = &v_[layer][size_t(t) * KV + size_t(g) * hd];
+        const float* vt = kv_.V(layer, t, g);
         for (int32_t i = 0; i < hd; ++i) acc[size_t(i)] += wr[t] * vt[i];
       }
       for (int32_t i = 0; i < hd; ++i) o[i] = float(acc[size_t(i)] / z);
@@ -121,19 +115,13 @@ absl::Status OracleTopPAttention::operator()(int32_t layer, int32_t pos, const f
 
 QuestRefAttention::QuestRefAttention(const LlamaConfig& c, int32_t page_size, float fraction,
                                      int32_t sink_pages)
-    : c_(c), page_size_(page_size), sink_pages_(sink_pages), fraction_(fraction) {
-  k_.assign(size_t(c.n_layers), std::vector<float>(size_t(c.seq_len) * c.kv_dim()));
-  v_.assign(size_t(c.n_layers), std::vector<float>(size_t(c.seq_len) * c.kv_dim()));
-}
+    : c_(c), page_size_(page_size), sink_pages_(sink_pages), fraction_(fraction), kv_(c) {}
 
 absl::Status QuestRefAttention::operator()(int32_t layer, int32_t pos, const float* q,
                                            const float* k, const float* v, float* out) {
-  if (layer < 0 || layer >= c_.n_layers || pos < 0 || pos >= c_.seq_len)
-    return absl::InvalidArgumentError("QuestRefAttention: layer or position out of range");
-  const int32_t KV = c_.kv_dim(), hd = c_.head_dim(), group = c_.n_heads / c_.n_kv_heads;
+  if (absl::Status s = kv_.Store(layer, pos, k, v, "QuestRefAttention"); !s.ok()) return s;
+  const int32_t hd = c_.head_dim(), group = c_.n_heads / c_.n_kv_heads;
   const int32_t n = pos + 1, ps = page_size_;
-  std::memcpy(&k_[layer][size_t(pos) * KV], k, sizeof(float) * KV);
-  std::memcpy(&v_[layer][size_t(pos) * KV], v, sizeof(float) * KV);
   const int32_t pages = (n + ps - 1) / ps;
   const int32_t budget = std::clamp(
       int32_t(std::ceil(std::ceil(double(fraction_) * n) / ps)), 1, pages);
@@ -148,7 +136,7 @@ absl::Status QuestRefAttention::operator()(int32_t layer, int32_t pos, const flo
         std::vector<float> lo(size_t(hd), INFINITY), hi(size_t(hd), -INFINITY);
         for (int32_t t = p * ps; t < std::min(n, (p + 1) * ps); ++t)
           for (int32_t i = 0; i < hd; ++i) {
-            const float x = k_[layer][size_t(t) * KV + size_t(g) * hd + size_t(i)];
+            const float x = kv_.K(layer, t, g)[i];
             lo[size_t(i)] = std::min(lo[size_t(i)], x);
             hi[size_t(i)] = std::max(hi[size_t(i)], x);
           }
@@ -180,7 +168,7 @@ absl::Status QuestRefAttention::operator()(int32_t layer, int32_t pos, const flo
       std::vector<double> w(static_cast<size_t>(n), 0.0);
       for (int32_t t = 0; t < n; ++t) {
         if (!keep[size_t(t / ps)]) continue;
-        const float* kt = &k_[layer][size_t(t) * KV + size_t(g) * hd];
+        const float* kt = kv_.K(layer, t, g);
         double dot = 0;
         for (int32_t i = 0; i < hd; ++i) dot += double(qh[i]) * kt[i];
         w[size_t(t)] = dot * scale;
@@ -192,7 +180,7 @@ absl::Status QuestRefAttention::operator()(int32_t layer, int32_t pos, const flo
         if (!keep[size_t(t / ps)]) continue;
         const double e = std::exp(w[size_t(t)] - mx);
         z += e;
-        const float* vt = &v_[layer][size_t(t) * KV + size_t(g) * hd];
+        const float* vt = kv_.V(layer, t, g);
         for (int32_t i = 0; i < hd; ++i) acc[size_t(i)] += e * vt[i];
       }
       for (int32_t i = 0; i < hd; ++i) o[i] = float(acc[size_t(i)] / z);

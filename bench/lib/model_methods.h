@@ -44,7 +44,7 @@ class OracleTopPAttention {
  private:
   LlamaConfig c_;
   float p_;
-  std::vector<std::vector<float>> k_, v_;  // per layer [seq_len][kv_dim]
+  ModelKvCache kv_;
   ReadStats read_;
 };
 
@@ -68,7 +68,7 @@ class QuestRefAttention {
   LlamaConfig c_;
   int32_t page_size_, sink_pages_;
   float fraction_;
-  std::vector<std::vector<float>> k_, v_;
+  ModelKvCache kv_;
   ReadStats read_;
 };
 
