@@ -101,6 +101,8 @@ std::string Path(const Options& o, const std::string& name);
 bool ApplyGen(const Options& o, tb::SyntheticConfig* c);
 // Exits 1 with the message when s is an error (a tool, not the library).
 void Check(const absl::Status& s, const char* what);
+// Prints a section's table and writes it as <stem>.csv and <stem>.json in the output folder.
+void PrintAndWrite(const tb::Table& t, const Options& o, const std::string& stem);
 std::string BudgetLabel(const tb::Method& m);
 // A method of the tables: INT`bits` estimate under the default K scheme; Quest budgets in
 // tokens (> 0) or as a fraction of the context (> 0).

@@ -90,6 +90,12 @@ void Check(const absl::Status& s, const char* what) {
   }
 }
 
+void PrintAndWrite(const tb::Table& t, const Options& o, const std::string& stem) {
+  t.Print();
+  Check(t.WriteCsv(Path(o, stem + ".csv")), "csv");
+  Check(t.WriteJson(Path(o, stem + ".json")), "json");
+}
+
 std::string BudgetLabel(const tb::Method& m) {
   if (m.kind != tb::MethodKind::kQuest && m.kind != tb::MethodKind::kQuestTwilight) return "-";
   if (m.budget_tokens > 0) return absl::StrFormat("%d tok", m.budget_tokens);

@@ -169,9 +169,7 @@ void RunNeedle(const Options& o, const Sizes& sz, GoalInputs* goals) {
     plot.AddSeries(label, xs, ys, tb::Style::kLinePoints);
   }
   goals->have_needle = true;
-  t.Print();
-  Check(t.WriteCsv(Path(o, "needle.csv")), "csv");
-  Check(t.WriteJson(Path(o, "needle.json")), "json");
+  PrintAndWrite(t, o, "needle");
   Check(by_depth.WriteCsv(Path(o, "needle_by_depth.csv")), "csv");
   Check(plot.SavePng(Path(o, "needle.png")), "png");
   std::printf("[needle] done in %.1f s\n", Elapsed(t0));

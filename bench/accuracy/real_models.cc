@@ -239,9 +239,7 @@ void RunModel(const Options& o, const Sizes& sz, GoalInputs* goals) {
     }
   }
   goals->have_model = true;
-  t.Print();
-  Check(t.WriteCsv(Path(o, "model.csv")), "csv");
-  Check(t.WriteJson(Path(o, "model.json")), "json");
+  PrintAndWrite(t, o, "model");
   tb::Plot p;
   p.title = "stories260K: Twilight (INT4) vs dense, sampled sequences";
   p.x_label = "p";
@@ -418,9 +416,7 @@ void RunRealText(const Options& o, GoalInputs* goals) {
       goals->model_goals.push_back(g);
     }
   }
-  t.Print();
-  Check(t.WriteCsv(Path(o, "realtext.csv")), "csv");
-  Check(t.WriteJson(Path(o, "realtext.json")), "json");
+  PrintAndWrite(t, o, "realtext");
   std::printf("[realtext] done in %.1f s\n", Elapsed(t0));
 }
 

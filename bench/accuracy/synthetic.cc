@@ -105,10 +105,8 @@ void RunSynthetic(const Options& o, const Sizes& sz, GoalInputs* goals) {
     goals->synth[MethodKey(m)] = a;
   }
   goals->have_synth = true;
-  t.Print();
+  PrintAndWrite(t, o, "synthetic");
   prompts.Print();
-  Check(t.WriteCsv(Path(o, "synthetic.csv")), "csv");
-  Check(t.WriteJson(Path(o, "synthetic.json")), "json");
   Check(heads.WriteCsv(Path(o, "synthetic_heads.csv")), "csv");
   Check(prompts.WriteCsv(Path(o, "synthetic_prompts.csv")), "csv");
 
