@@ -19,11 +19,6 @@
 namespace twl::bench {
 namespace {
 
-using head_keys_inputs::Base;
-using head_keys_inputs::kD;
-using head_keys_inputs::kPs;
-using head_keys_inputs::RandomQuery;
-
 // Random FP16 keys [len][d] (values as floats) with per-channel offsets and scales, as real K
 // has, and a few heavy rows (sink-like) that stretch their pages' ranges.
 std::vector<float> RandomKeys(int32_t len, uint64_t seed) {
@@ -54,8 +49,8 @@ PagedHeadKeys Keys(int32_t len, uint64_t seed) {
 }
 
 TEST(BitPlanes, CodesAndStepsAreTheGridTheInt4EstimateReads) {
-  const PagedHeadKeys keys = Keys(1000, Base() + 1);  // a partial last page
-  const std::vector<float> q = RandomQuery(Base() + 2);
+  const PagedHeadKeys keys = Keys(1000, SeedBase() + 1);  // a partial last page
+  const std::vector<float> q = RandomQuery(SeedBase() + 2);
   std::vector<float> est;
   keys.EstimateAll(q.data(), &est);
   for (int32_t t = 0; t < keys.len(); ++t) {
@@ -71,8 +66,8 @@ TEST(BitPlanes, CodesAndStepsAreTheGridTheInt4EstimateReads) {
 }
 
 TEST(BitPlanes, HighPlaneEstimateIsTheDotWithBucketCentres) {
-  const PagedHeadKeys keys = Keys(777, Base() + 3);
-  const std::vector<float> q = RandomQuery(Base() + 4);
+  const PagedHeadKeys keys = Keys(777, SeedBase() + 3);
+  const std::vector<float> q = RandomQuery(SeedBase() + 4);
   std::vector<float> coarse, fine;
   HighPlaneEstimateAll(keys, q.data(), &coarse);
   keys.EstimateAll(q.data(), &fine);
@@ -100,9 +95,9 @@ TEST(BitPlanes, HighPlaneEstimateIsTheDotWithBucketCentres) {
 }
 
 TEST(BitPlanes, EveryPageRefinedGivesTheInt4KeptSetAndNoneTheHighPlanes) {
-  const PagedHeadKeys keys = Keys(1500, Base() + 5);
+  const PagedHeadKeys keys = Keys(1500, SeedBase() + 5);
   for (uint64_t s = 0; s < 3; ++s) {
-    const std::vector<float> q = RandomQuery(Base() + 10 + s);
+    const std::vector<float> q = RandomQuery(SeedBase() + 10 + s);
     std::vector<float> coarse, fine;
     HighPlaneEstimateAll(keys, q.data(), &coarse);
     keys.EstimateAll(q.data(), &fine);
@@ -139,11 +134,11 @@ void ExpectExactlyPagesReaching(const std::vector<std::vector<float>>& coarse,
 }
 
 TEST(BitPlanes, AdaptiveRulesRefineExactlyThePagesReachingTheirFloor) {
-  const PagedHeadKeys keys = Keys(4000, Base() + 6);
+  const PagedHeadKeys keys = Keys(4000, SeedBase() + 6);
   std::vector<std::vector<float>> coarse(3);
   std::vector<float> threshold(3);
   for (size_t g = 0; g < 3; ++g) {
-    const std::vector<float> q = RandomQuery(Base() + 20 + g);
+    const std::vector<float> q = RandomQuery(SeedBase() + 20 + g);
     HighPlaneEstimateAll(keys, q.data(), &coarse[g]);
     TopPSet(coarse[g], 0.95f, &threshold[g]);
   }

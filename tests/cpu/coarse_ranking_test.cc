@@ -16,11 +16,6 @@
 namespace twl::bench {
 namespace {
 
-using head_keys_inputs::Base;
-using head_keys_inputs::kD;
-using head_keys_inputs::kPs;
-using head_keys_inputs::RandomQuery;
-
 // Random FP16 keys [len][d] (values as floats).
 std::vector<float> RandomKeys(int32_t len, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -32,11 +27,11 @@ std::vector<float> RandomKeys(int32_t len, uint64_t seed) {
 
 TEST(CoarseRanking, EveryPageRefinedEqualsTheFullEstimatesTopP) {
   const int32_t len = 1000;  // a partial last page
-  const std::vector<float> k = RandomKeys(len, Base() + 1);
+  const std::vector<float> k = RandomKeys(len, SeedBase() + 1);
   absl::StatusOr<PagedHeadKeys> keys = PagedHeadKeys::Build(k.data(), len, kD, kPs);
   ASSERT_TRUE(keys.ok()) << keys.status();
   for (uint64_t s = 0; s < 4; ++s) {
-    const std::vector<float> q = RandomQuery(Base() + 10 + s);
+    const std::vector<float> q = RandomQuery(SeedBase() + 10 + s);
     std::vector<float> est;
     keys->EstimateAll(q.data(), &est);
     float threshold;
@@ -51,10 +46,10 @@ TEST(CoarseRanking, EveryPageRefinedEqualsTheFullEstimatesTopP) {
 
 TEST(CoarseRanking, RefinedSubsetKeepsOnlyItsPagesAndReachesPOfThem) {
   const int32_t len = 512;
-  const std::vector<float> k = RandomKeys(len, Base() + 2);
+  const std::vector<float> k = RandomKeys(len, SeedBase() + 2);
   absl::StatusOr<PagedHeadKeys> keys = PagedHeadKeys::Build(k.data(), len, kD, kPs);
   ASSERT_TRUE(keys.ok());
-  const std::vector<float> q = RandomQuery(Base() + 3);
+  const std::vector<float> q = RandomQuery(SeedBase() + 3);
   std::vector<float> est;
   keys->EstimateAll(q.data(), &est);
   std::vector<uint8_t> refined(size_t(keys->pages()), 0);
@@ -74,9 +69,9 @@ TEST(CoarseRanking, RefinedSubsetKeepsOnlyItsPagesAndReachesPOfThem) {
 
 TEST(CoarseRanking, PlantedKeyPageRanksFirstForEitherSummary) {
   const int32_t len = 2048;
-  std::vector<float> k = RandomKeys(len, Base() + 4);
-  std::vector<float> q0 = RandomQuery(Base() + 5);
-  const std::vector<float> q1 = RandomQuery(Base() + 6);
+  std::vector<float> k = RandomKeys(len, SeedBase() + 4);
+  std::vector<float> q0 = RandomQuery(SeedBase() + 5);
+  const std::vector<float> q1 = RandomQuery(SeedBase() + 6);
   // Head 0 orthogonal to head 1, so the key planted for head 1 is no better than noise for
   // head 0 and the two heads' best pages differ whatever the seed.
   double dot = 0, n1 = 0;
@@ -115,8 +110,8 @@ TEST(CoarseRanking, PlantedKeyPageRanksFirstForEitherSummary) {
 
 TEST(CoarseRanking, AdaptiveStopFollowsEps) {
   const int32_t len = 4096;
-  std::vector<float> k = RandomKeys(len, Base() + 7);
-  const std::vector<float> q = RandomQuery(Base() + 8);
+  std::vector<float> k = RandomKeys(len, SeedBase() + 7);
+  const std::vector<float> q = RandomQuery(SeedBase() + 8);
   absl::StatusOr<PagedHeadKeys> keys = PagedHeadKeys::Build(k.data(), len, kD, kPs);
   ASSERT_TRUE(keys.ok());
   std::vector<std::vector<float>> coarse(1), est(1);

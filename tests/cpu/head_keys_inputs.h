@@ -10,12 +10,12 @@
 
 #include "gtest/gtest.h"
 
-namespace twl::bench::head_keys_inputs {
+namespace twl::bench {
 
 constexpr int32_t kD = 128, kPs = 16;
 
 // Fresh inputs per run: every draw is seeded from the gtest seed (printed on failure).
-inline uint64_t Base() {
+inline uint64_t SeedBase() {
   return uint64_t(::testing::UnitTest::GetInstance()->random_seed()) * 1000;
 }
 
@@ -28,4 +28,4 @@ inline std::vector<float> RandomQuery(uint64_t seed) {
   return q;
 }
 
-}  // namespace twl::bench::head_keys_inputs
+}  // namespace twl::bench
