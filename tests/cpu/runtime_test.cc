@@ -67,6 +67,12 @@ std::vector<SeqId> CreateAndAppendInChunks(Runtime& rt, std::initializer_list<in
   return ids;
 }
 
+// Appends all of store sequence s to (seq, layer) in one call.
+absl::Status AppendWhole(Runtime& rt, SeqId seq, int32_t layer, const RefStore& st, int32_t s) {
+  return rt.Append(seq, layer, st.seq_len[size_t(s)], st.k_in[size_t(s)].data(),
+                   st.v_in[size_t(s)].data(), DType::kFp16, MemSpace::kHost);
+}
+
 void ExpectKv(const Runtime& rt, SeqId seq, int32_t layer, const std::vector<fp16_t>& k,
               const std::vector<fp16_t>& v) {
   std::vector<fp16_t> rk, rv;
@@ -380,6 +386,11 @@ TEST(Runtime, PerSequencePOverridesChangeBudgets) {
   EXPECT_LT(2 * low, high) << "p=0.5 kept " << low << ", p=0.99 kept " << high;
 }
 
+std::vector<fp16_t> Concat(std::vector<fp16_t> a, const std::vector<fp16_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
 TEST(Runtime, ForkIsCopyOnWrite) {
   const RuntimeConfig c = SmallConfig(16);
   auto rt = MakeRuntime(c);
@@ -387,28 +398,21 @@ TEST(Runtime, ForkIsCopyOnWrite) {
   // Parent: 37 tokens (2 full pages + 5 rows); extra data for the child and the parent.
   RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, {37, 20, 9}, 31);
   const SeqId parent = *rt->CreateSequence();
-  ASSERT_TRUE(rt->Append(parent, 0, 37, st.k_in[0].data(), st.v_in[0].data(), DType::kFp16,
-                         MemSpace::kHost).ok());
+  ASSERT_TRUE(AppendWhole(*rt, parent, 0, st, 0).ok());
   const int64_t used_before_fork = rt->Memory().host_pool_bytes_used;
   auto child = rt->ForkSequence(parent);
   ASSERT_TRUE(child.ok());
   EXPECT_EQ(rt->Memory().host_pool_bytes_used, used_before_fork);  // nothing copied yet
   ExpectKv(*rt, *child, 0, st.k_in[0], st.v_in[0]);
 
-  ASSERT_TRUE(rt->Append(*child, 0, 20, st.k_in[1].data(), st.v_in[1].data(), DType::kFp16,
-                         MemSpace::kHost).ok());
+  ASSERT_TRUE(AppendWhole(*rt, *child, 0, st, 1).ok());
   ExpectKv(*rt, parent, 0, st.k_in[0], st.v_in[0]);  // parent unchanged
-  std::vector<fp16_t> ck = st.k_in[0], cv = st.v_in[0];
-  ck.insert(ck.end(), st.k_in[1].begin(), st.k_in[1].end());
-  cv.insert(cv.end(), st.v_in[1].begin(), st.v_in[1].end());
+  const std::vector<fp16_t> ck = Concat(st.k_in[0], st.k_in[1]);
+  const std::vector<fp16_t> cv = Concat(st.v_in[0], st.v_in[1]);
   ExpectKv(*rt, *child, 0, ck, cv);
 
-  ASSERT_TRUE(rt->Append(parent, 0, 9, st.k_in[2].data(), st.v_in[2].data(), DType::kFp16,
-                         MemSpace::kHost).ok());
-  std::vector<fp16_t> pk = st.k_in[0], pv = st.v_in[0];
-  pk.insert(pk.end(), st.k_in[2].begin(), st.k_in[2].end());
-  pv.insert(pv.end(), st.v_in[2].begin(), st.v_in[2].end());
-  ExpectKv(*rt, parent, 0, pk, pv);
+  ASSERT_TRUE(AppendWhole(*rt, parent, 0, st, 2).ok());
+  ExpectKv(*rt, parent, 0, Concat(st.k_in[0], st.k_in[2]), Concat(st.v_in[0], st.v_in[2]));
   ExpectKv(*rt, *child, 0, ck, cv);
 
   ASSERT_TRUE(rt->FreeSequence(parent).ok());
@@ -434,11 +438,6 @@ void Overwrite(RefStore& st, int32_t s, const std::vector<fp16_t>& k,
   st.v_in[size_t(s)] = v;
 }
 
-std::vector<fp16_t> Concat(std::vector<fp16_t> a, const std::vector<fp16_t>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
-
 TEST(Runtime, ForkedSequencesDecodeLikeDenseOverTheirOwnData) {
   RuntimeConfig c = SmallConfig(16);
   c.selector = SelectorKind::kFull;
@@ -449,13 +448,10 @@ TEST(Runtime, ForkedSequencesDecodeLikeDenseOverTheirOwnData) {
   // parent F, both through copy-on-write of the shared partial page.
   RefStore data = MakeRandomStore(GeometryOf(c), c.num_q_heads, {45, 30, 10}, 41);
   const SeqId parent = *rt->CreateSequence();
-  ASSERT_TRUE(rt->Append(parent, 0, 45, data.k_in[0].data(), data.v_in[0].data(), DType::kFp16,
-                         MemSpace::kHost).ok());
+  ASSERT_TRUE(AppendWhole(*rt, parent, 0, data, 0).ok());
   const SeqId child = *rt->ForkSequence(parent);
-  ASSERT_TRUE(rt->Append(child, 0, 30, data.k_in[1].data(), data.v_in[1].data(), DType::kFp16,
-                         MemSpace::kHost).ok());
-  ASSERT_TRUE(rt->Append(parent, 0, 10, data.k_in[2].data(), data.v_in[2].data(), DType::kFp16,
-                         MemSpace::kHost).ok());
+  ASSERT_TRUE(AppendWhole(*rt, child, 0, data, 1).ok());
+  ASSERT_TRUE(AppendWhole(*rt, parent, 0, data, 2).ok());
 
   RefStore ref = MakeRandomStore(GeometryOf(c), c.num_q_heads, {55, 75}, 42);
   Overwrite(ref, 0, Concat(data.k_in[0], data.k_in[2]), Concat(data.v_in[0], data.v_in[2]));
