@@ -8,16 +8,8 @@
 
 #include "api_test_util.h"
 
+namespace twl_test {
 namespace {
-
-using twl_test::AppendRandom;
-using twl_test::DenseAttention;
-using twl_test::LayerKv;
-using twl_test::MakeRuntime;
-using twl_test::RandomHalf;
-using twl_test::ReadKv;
-using twl_test::SmallConfig;
-using twl_test::ToFloat;
 
 // FP16 output of an FP32 computation: half-ULP of the value plus FP32 accumulation noise.
 void ExpectNearDense(const std::vector<float>& got, const std::vector<float>& want,
@@ -203,3 +195,4 @@ TEST(ApiDecode, TelemetryOffRefusesPerHeadQuery) {
 }
 
 }  // namespace
+}  // namespace twl_test

@@ -17,23 +17,14 @@
 
 #include "api_test_util.h"
 
+namespace twl_test {
 namespace {
-
-using twl_test::DenseAttention;
-using twl_test::LayerKv;
-using twl_test::MakeRuntime;
-using twl_test::RandomHalf;
-using twl_test::ReadKv;
-using twl_test::SmallConfig;
-using twl_test::ToFloat;
 
 // SmallConfig: 2 KV heads x head dim 32 x page 8 tokens: 2 KiB of FP16 per page.
 constexpr int64_t kPageBytes = 2 * 2 * 8 * 32 * 2;
 // A record is a page rounded up to the file's I/O alignment (512 bytes where the filesystem
 // allows it): 2 KiB pages take 2 KiB.
 constexpr int64_t kRecordBytes = kPageBytes;
-
-using twl_test::TempDir;
 
 twl_runtime_config DiskConfig(const TempDir& dir, int64_t host_pages, int64_t disk_pages) {
   twl_runtime_config c = SmallConfig();
@@ -228,3 +219,4 @@ TEST(ApiDisk, ConfigurationErrorsAndOlderStructs) {
 }
 
 }  // namespace
+}  // namespace twl_test

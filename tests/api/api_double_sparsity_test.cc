@@ -7,16 +7,8 @@
 
 #include "api_test_util.h"
 
+namespace twl_test {
 namespace {
-
-using twl_test::AppendRandom;
-using twl_test::DenseAttention;
-using twl_test::LayerKv;
-using twl_test::MakeRuntime;
-using twl_test::RandomHalf;
-using twl_test::ReadKv;
-using twl_test::SmallConfig;
-using twl_test::ToFloat;
 
 twl_runtime_config DsConfig() {
   twl_runtime_config c = SmallConfig();
@@ -102,3 +94,4 @@ TEST(ApiDoubleSparsity, UncappedTopPOneIsDenseAttention) {
 }
 
 }  // namespace
+}  // namespace twl_test

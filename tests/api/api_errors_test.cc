@@ -10,13 +10,8 @@
 
 #include "api_test_util.h"
 
+namespace twl_test {
 namespace {
-
-using twl_test::AppendRandom;
-using twl_test::LayerKv;
-using twl_test::MakeRuntime;
-using twl_test::ReadKv;
-using twl_test::SmallConfig;
 
 class ApiErrors : public ::testing::Test {
  protected:
@@ -374,3 +369,4 @@ TEST(ApiCapacity, ExhaustedPoolIsReportedAndRecoverable) {
 }
 
 }  // namespace
+}  // namespace twl_test

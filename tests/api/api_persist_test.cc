@@ -13,13 +13,8 @@
 
 #include "api_test_util.h"
 
+namespace twl_test {
 namespace {
-
-using twl_test::AppendRandom;
-using twl_test::LayerKv;
-using twl_test::MakeRuntime;
-using twl_test::ReadKv;
-using twl_test::SmallConfig;
 
 std::string TempPath(const std::string& name) {
   const char* dir = std::getenv("TMPDIR");
@@ -255,3 +250,4 @@ TEST_F(ApiPersist, RestoreThatDoesNotFitChangesNothing) {
 }
 
 }  // namespace
+}  // namespace twl_test

@@ -23,16 +23,8 @@
 
 #include "api_test_util.h"
 
+namespace twl_test {
 namespace {
-
-using twl_test::AppendRandom;
-using twl_test::DenseAttention;
-using twl_test::LayerKv;
-using twl_test::MakeRuntime;
-using twl_test::RandomHalf;
-using twl_test::ReadKv;
-using twl_test::SmallConfig;
-using twl_test::ToFloat;
 
 twl_status Create(const twl_runtime_config& c, twilight::RuntimePtr* rt) {
   twl_status s = TWL_INTERNAL;
@@ -480,3 +472,4 @@ TEST(ApiReliability, DiskTierPacksSmallPagesAndReportsItselfFull) {
 }
 
 }  // namespace
+}  // namespace twl_test
