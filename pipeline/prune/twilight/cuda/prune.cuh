@@ -216,7 +216,8 @@ __device__ __forceinline__ void PcPageBoundsInPlace(fp16_t* bounds, __half2 inv,
     // Group lane / 2 at PcBoundsGroup(lane / 2), half (lane & 1) of it.
     const int at = 2 * PcBoundsGroup(lane >> 1) + (lane & 1);
     reinterpret_cast<uint2*>(kmin_w)[at] = make_uint2(na, nb);
-    reinterpret_cast<uint2*>(step_w)[at] = make_uint2(PcStepPair(xa, na, inv), PcStepPair(xb, nb, inv));
+    reinterpret_cast<uint2*>(step_w)[at] =
+        make_uint2(PcStepPair(xa, na, inv), PcStepPair(xb, nb, inv));
   } else {
     // Lane l: pair l = group l / 4, i = l % 4: channels c and c + 4.
     const uint2 ca = reinterpret_cast<const uint2*>(record)[lane >> 2];
