@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cache/host_arena.h"
+#include "core/env_knob.h"
 #include "core/validate.h"
 #include "gpu/device.h"
 #include "pipeline/fetch/cache/cuda/cache_plan.h"
@@ -228,15 +229,13 @@ class GpuOffloadBackend final : public OffloadBackend {
       // 0.192 -> 0.174 ms, B = 8 mixed 0.883 -> 0.793 with one group; bench/RESULTS.md,
       // sixth session). TWL_ROW_EARLY_ATTEND=0 turns it off, for comparison. Not under a
       // disk tier, whose host waits take the step's end as the end of its pool reads.
-      const char* early = std::getenv("TWL_ROW_EARLY_ATTEND");
-      rows->SetEarlyAttend(!disk_ && !(early != nullptr && std::strcmp(early, "0") == 0));
+      rows->SetEarlyAttend(!disk_ && EnvSwitchOn("TWL_ROW_EARLY_ATTEND"));
       // A decode step's append also copies its new rows into free row slots (TakeFreeSlot,
       // row_cache/cuda/row_slots.cuh): the next step finds the newest tokens, which top-p always keeps (last
       // page), resident instead of reading them over PCIe and copying them. Not under a disk
       // tier (its appends take their own path). TWL_ROW_APPEND_INSERT=0 turns it off, for
       // comparison.
-      const char* insert = std::getenv("TWL_ROW_APPEND_INSERT");
-      append_insert_ = !disk_ && !(insert != nullptr && std::strcmp(insert, "0") == 0);
+      append_insert_ = !disk_ && EnvSwitchOn("TWL_ROW_APPEND_INSERT");
       // (The disk tier keeps two groups: its NVMe figures were measured with them.)
       if (!disk_) twilight_groups_ = kRowCacheGroups;
       // Under a disk tier the step's end is the end of its pool reads (the host moves blocks
@@ -294,10 +293,8 @@ class GpuOffloadBackend final : public OffloadBackend {
     }
     // Measurement knob (issue 11): pipeline groups of a Twilight step, 1..kMaxGroups
     // (defaults: kPipelineGroups with the block cache, kRowCacheGroups with the row cache).
-    if (const char* p = std::getenv("TWL_OFFLOAD_GROUPS"); p != nullptr) {
-      const int v = std::atoi(p);
-      if (v >= 1 && v <= kMaxGroups) twilight_groups_ = v;
-    }
+    twilight_groups_ =
+        int32_t(EnvInt("TWL_OFFLOAD_GROUPS", 1, kMaxGroups).value_or(twilight_groups_));
 
     return absl::OkStatus();
   }

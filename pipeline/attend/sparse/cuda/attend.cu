@@ -6,10 +6,10 @@
 // (blockIdx.y), each half with half the stream-K blocks.
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <type_traits>
 
 #include "pipeline/attend/sparse/cuda/attend.cuh"
+#include "core/env_knob.h"
 #include "core/validate.h"
 #include "gpu/cuda/kernel_attrs.cuh"
 #include "gpu/device.h"
@@ -34,12 +34,11 @@ std::atomic<int> g_tensor_cores{-1};
 // prefetch of a block's next piece (attend.cuh, pre_ready); off only to measure it.
 std::atomic<int> g_prefetch_next{-1};
 
-// A switch read from the environment at its first use: on unless `name` starts with '0'.
+// A switch read from the environment at its first use (EnvSwitchOn: on unless "0").
 bool SwitchOn(std::atomic<int>& cached, const char* name) {
   int v = cached.load(std::memory_order_relaxed);
   if (v < 0) {
-    const char* env = std::getenv(name);
-    v = env && env[0] == '0' ? 0 : 1;
+    v = EnvSwitchOn(name) ? 1 : 0;
     cached.store(v, std::memory_order_relaxed);
   }
   return v == 1;
@@ -61,12 +60,7 @@ std::atomic<int32_t> g_piece_cost{-2};
 int32_t PieceCostSetting() {
   int32_t v = g_piece_cost.load(std::memory_order_relaxed);
   if (v == -2) {
-    v = -1;
-    if (const char* env = std::getenv("TWL_ATTN_PIECE_COST")) {
-      char* end = nullptr;
-      const long x = std::strtol(env, &end, 10);
-      if (end != env && *end == '\0' && x >= 0 && x <= 4096) v = int32_t(x);
-    }
+    v = int32_t(EnvInt("TWL_ATTN_PIECE_COST", 0, 4096).value_or(-1));
     g_piece_cost.store(v, std::memory_order_relaxed);
   }
   return v;

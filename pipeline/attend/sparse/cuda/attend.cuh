@@ -9,8 +9,8 @@
 // a heavy head is spread over many blocks, a light one fits in one, and every SM gets about
 // the same time's work however the budgets vary. AttendChunkKernel<D, G> reads each piece's
 // FP16 K/V rows once for all G query heads of the KV group (cp.async pipeline, FP32 online
-// softmax) and writes an unnormalized partial state (m, l, acc). AttendMergeKernel combines the partial states of each
-// (sequence, query head) and writes FP16.
+// softmax) and writes an unnormalized partial state (m, l, acc). AttendMergeKernel combines
+// the partial states of each (sequence, query head) and writes FP16.
 #pragma once
 
 #include <type_traits>

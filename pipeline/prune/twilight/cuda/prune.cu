@@ -3,10 +3,9 @@
 // ScorePage16Kernel<64|128, 1|2 n-tiles, growth or not, per token | per page channel>; the
 // rest are not templates.
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "pipeline/prune/twilight/cuda/prune.cuh"
+#include "core/env_knob.h"
 #include "core/validate.h"
 #include "pipeline/prune/twilight/cuda/prune_grow.cuh"
 #include "pipeline/prune/twilight/cuda/prune_hist.cuh"
@@ -140,13 +139,8 @@ absl::Status LaunchScorePage16(bool grow, int32_t nt, int64_t bx, int64_t pairs,
 // TWL_PRUNE_KEPT_RUN=k in the environment (1 to 64) sets the default plan, to measure runs
 // in a serving loop without rebuilding it.
 int32_t ChunksPerBlock(int32_t plan, int64_t chunks) {
-  static const int32_t env_plan = [] {
-    const char* env = std::getenv("TWL_PRUNE_KEPT_RUN");
-    if (!env) return 1;
-    char* end = nullptr;
-    const long v = std::strtol(env, &end, 10);
-    return end != env && *end == '\0' && v >= 1 && v <= 64 ? int32_t(v) : 1;
-  }();
+  static const int32_t env_plan =
+      int32_t(EnvInt("TWL_PRUNE_KEPT_RUN", 1, 64).value_or(1));
   const int64_t per_block =
       std::clamp<int64_t>(plan > 0 ? plan : env_plan, 1, std::max<int64_t>(chunks, 1));
   const int64_t blocks = (chunks + per_block - 1) / per_block;  // per row
@@ -163,10 +157,7 @@ int32_t KeptHeadSplits(int32_t plan, int32_t group, int64_t blocks) {
   if (group % 2 != 0 || group < 2) return 1;
   if (plan == 2) return 2;
   if (plan != 0) return 1;
-  static const bool on = [] {
-    const char* env = std::getenv("TWL_PRUNE_HEAD_SPLIT");
-    return !(env && std::strcmp(env, "0") == 0);
-  }();
+  static const bool on = EnvSwitchOn("TWL_PRUNE_HEAD_SPLIT");
   return on && group >= 4 && blocks <= 2 * int64_t(gpu::SmCount()) ? 2 : 1;
 }
 
