@@ -127,6 +127,10 @@ __device__ __forceinline__ fp16_t F2H(float f) { return __half_as_ushort(__float
 __device__ __forceinline__ uint32_t SharedAddress(const void* smem) {
   return unsigned(__cvta_generic_to_shared(smem));
 }
+// L2 prefetch of the line holding p (a hint: no register waits for it).
+__device__ __forceinline__ void PrefetchL2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
 __device__ __forceinline__ float B2F(uint16_t b) { return __bfloat162float(__ushort_as_bfloat16(b)); }
 __device__ __forceinline__ uint16_t F2B(float f) {
   return __bfloat16_as_ushort(__float2bfloat16_rn(f));

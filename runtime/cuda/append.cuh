@@ -304,6 +304,28 @@ __global__ void __launch_bounds__(kSegThreads)
   float lo8[8], hi8[8];
 #pragma unroll
   for (int e = 0; e < 8; ++e) lo8[e] = INFINITY, hi8[e] = -INFINITY;
+  // Loaded before the rows, so that their round trips overlap the rows': the block's bounds
+  // from before this segment (thread t: channels t, t + kSegThreads), and, without a row
+  // cache, the block's earlier K rows into L2, which the page-channel re-quantization reads
+  // at the end. A one-token append was a chain of three round trips (rows, bounds, earlier
+  // rows).
+  constexpr int kChPerThread = kMaxAppendHeadDim / kSegThreads;
+  float prev_lo[kChPerThread], prev_hi[kChPerThread];
+#pragma unroll
+  for (int q = 0; q < kChPerThread; ++q) {
+    const int ch = int(threadIdx.x) + q * kSegThreads;
+    prev_lo[q] = INFINITY;
+    prev_hi[q] = -INFINITY;
+    if (seg.row_begin > 0 && ch < D) {
+      prev_lo[q] = H2F(qk.kmin[block * D + ch]);
+      prev_hi[q] = H2F(qk.kmax[block * D + ch]);
+    }
+  }
+  if (page_channel && ins.d_slot_of_row == nullptr && seg.row_begin > 0) {
+    const char* old_rows = reinterpret_cast<const char*>(kv + block * g.FpBlockElems());
+    const int32_t lines = (seg.row_begin * D * int32_t(sizeof(fp16_t)) + 127) / 128;
+    for (int32_t l = threadIdx.x; l < lines; l += kSegThreads) PrefetchL2(old_rows + l * 128);
+  }
 
   for (int32_t base = 0; base < rows; base += rpp) {  // uniform trip count: shuffles are safe
     const int32_t i = base + rg;
@@ -381,16 +403,18 @@ __global__ void __launch_bounds__(kSegThreads)
     }
   }
   __syncthreads();
-  for (int ch = threadIdx.x; ch < D; ch += kSegThreads) {
+#pragma unroll
+  for (int p = 0; p < kChPerThread; ++p) {
+    const int ch = int(threadIdx.x) + p * kSegThreads;
+    if (ch >= D) break;
     float lo = INFINITY, hi = -INFINITY;
     for (int q = 0; q < rpp; ++q) {
       lo = fminf(lo, s_lo[q * D + ch]);
       hi = fmaxf(hi, s_hi[q * D + ch]);
     }
-    if (seg.row_begin > 0) {  // rows from before: their bounds are already in qk
-      lo = fminf(lo, H2F(qk.kmin[block * D + ch]));
-      hi = fmaxf(hi, H2F(qk.kmax[block * D + ch]));
-    }
+    // Rows from before (row_begin > 0): their bounds, loaded above (else +-inf).
+    lo = fminf(lo, prev_lo[p]);
+    hi = fmaxf(hi, prev_hi[p]);
     qk.kmin[block * D + ch] = F2H(lo);  // exact: FP16 values (BF16: in FP16's normal range)
     qk.kmax[block * D + ch] = F2H(hi);
     if (page_channel) {

@@ -179,12 +179,14 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
         default: return launch(cuda::AttendChunkKernel<kHeadDim, 8, kBf, false>, gpad / 8);
       }
     };
-    return g.kv_dtype == kKvBf16 ? by_group(std::true_type{}) : by_group(std::false_type{});
+    TWL_RETURN_IF_ERROR(g.kv_dtype == kKvBf16 ? by_group(std::true_type{})
+                                              : by_group(std::false_type{}));
+    const int64_t heads = int64_t(batch.num_seqs) * batch.num_q_heads;
+    cuda::AttendMergeKernel<kHeadDim><<<unsigned(heads), cuda::kMergeThreads, 0, st>>>(
+        g, batch, group, gpad, l.item_offset, l.part_acc, l.part_ml, out);
+    return LaunchStatus("AttendMergeKernel");
   }));
-  const int64_t heads = int64_t(batch.num_seqs) * batch.num_q_heads;
-  cuda::AttendMergeKernel<<<unsigned(heads), cuda::kMergeThreads, 0, st>>>(
-      g, batch, group, gpad, l.item_offset, l.part_acc, l.part_ml, out);
-  return LaunchStatus("AttendMergeKernel");
+  return absl::OkStatus();
 }
 
 }  // namespace

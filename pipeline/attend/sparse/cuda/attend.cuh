@@ -394,6 +394,14 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
     comp.Init(q.q + (int64_t(s) * batch.num_q_heads + h * group + jb) * D, group - jb, qscale);
 
     for (int32_t st = 0; st < nst; ++st) {
+      // Resolvers: the slot-table entry of stage st + S's token, loaded first and used after
+      // this stage's compute, so that its round trip overlaps the wait, the copies' issue and
+      // the compute. Used at once, it held the resolver warps back by a round trip in every
+      // stage, and every warp then waited for them at the next barrier (with a slot table
+      // only: the row cache's attention ran 124 us against the HBM store's 107 at B = 8 on an
+      // H100, twenty-ninth session's timeline).
+      const int32_t raw_next =
+          resolver && slot_table && pos2 >= 0 ? *slot_entry(pos2, page2, h) : 0;
       CpAsyncWait<S - 2>();
       // Stage st landed for every thread; buffer (st - 1) % S is free; the addresses of stage
       // st + S - 1 (resolved one iteration ago) are visible.
@@ -403,18 +411,20 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
         prefetch(st / (S - 1));
       }
       CpAsyncCommit();
-      // Resolvers: stage st + S's addresses into the ring (copied next iteration; its slot
-      // st + S - R = st - 1 was last read S iterations ago), then advance the lookups.
-      if (resolver) {
-        resolve(st + S, pos2, load_slot(pos2, page2));
-        pos2 = pos3;
-        page2 = load_page(pos3);
-        pos3 = load_pos(st + S + 2);
-      }
 
       // Compute on stage st.
       const int b = st % S;
       comp.Stage(kbuf + b * T * D, vbuf + b * T * D, min(T, c1 - (c0 + st * T)));
+
+      // Resolvers: stage st + S's addresses into the ring (copied next iteration, after its
+      // barrier; its slot st + S - R = st - 1 was last read S iterations ago), then advance
+      // the lookups.
+      if (resolver) {
+        resolve(st + S, pos2, finish_slot(pos2, page2, raw_next));
+        pos2 = pos3;
+        page2 = load_page(pos3);
+        pos3 = load_pos(st + S + 2);
+      }
     }
     CpAsyncWait<0>();
     __syncthreads();  // stage buffers are reused for the merge below
@@ -456,21 +466,41 @@ __global__ void __launch_bounds__(kAttnThreads, G <= 4 || kTc ? 2 : 1)
 // deterministic.
 // 256: at B = 1 a head has ~33 items, so 8 warps take ~4 each (128 threads measured 11 us
 // on the H200, a chain of ~8 dependent row loads per warp).
+// Each warp loads the acc rows and maxima of its first kMergeAhead items right after the item
+// range, before the two block reductions, so that their round trip overlaps them; the rows
+// are summed in the same order as the items past them (the same bits as summing as they
+// come). At B = 1 the loads after the reductions were ~3 of the kernel's ~6 round trips.
 constexpr int kMergeThreads = 256;
+constexpr int kMergeAhead = 8;
+template <int D>
 __global__ void __launch_bounds__(kMergeThreads)
     AttendMergeKernel(PageGeometry g, BatchView batch, int32_t group, int32_t gpad,
                       const int32_t* __restrict__ item_offset, const float* __restrict__ part_acc,
                       const float2* __restrict__ part_ml, OutputView out) {
   constexpr int kWarps = kMergeThreads / 32;
-  constexpr int kMaxPerLane = 256 / 32;  // channels per lane at the largest head dim
+  constexpr int kPerLane = (D + 31) / 32;  // channels per lane
   __shared__ float red[kWarps];
-  __shared__ float acc_s[kWarps][256];
+  __shared__ float acc_s[kWarps][D];
   const int32_t sq = blockIdx.x;
   const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
   const int32_t pair = s * g.num_kv_heads + qh / group;
   const int32_t j = qh % group;
   const int32_t i0 = item_offset[pair], i1 = item_offset[pair + 1];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  // Item i0 + warp + kWarps r of this warp, r < kMergeAhead: its max and acc row.
+  float ahead_m[kMergeAhead], ahead_acc[kMergeAhead][kPerLane];
+#pragma unroll
+  for (int r = 0; r < kMergeAhead; ++r) {
+    const int32_t i = i0 + warp + kWarps * r;
+    const bool in = i < i1;
+    ahead_m[r] = in ? part_ml[int64_t(i) * gpad + j].x : -INFINITY;
+    const float* src = part_acc + (int64_t(in ? i : i0) * gpad + j) * D;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int c = lane + 32 * k;
+      ahead_acc[r][k] = in && c < D ? src[c] : 0.0f;
+    }
+  }
   auto block_reduce = [&](float v, bool is_max) -> float {
     for (int o = 16; o > 0; o >>= 1) {
       const float w = __shfl_xor_sync(0xffffffffu, v, o);
@@ -496,22 +526,28 @@ __global__ void __launch_bounds__(kMergeThreads)
   }
   lsum = block_reduce(lsum, false);
   const float inv = lsum > 0.0f ? 1.0f / lsum : 0.0f;
-  const int32_t D = g.head_dim;
-  float a[kMaxPerLane];
+  float a[kPerLane];
 #pragma unroll
-  for (int k = 0; k < kMaxPerLane; ++k) a[k] = 0.0f;
+  for (int k = 0; k < kPerLane; ++k) a[k] = 0.0f;
+#pragma unroll
+  for (int r = 0; r < kMergeAhead; ++r) {
+    if (i0 + warp + kWarps * r >= i1) break;  // warp-uniform
+    const float w = SafeExp2Diff(ahead_m[r], ms);
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) a[k] = fmaf(ahead_acc[r][k], w, a[k]);
+  }
 #pragma unroll 2
-  for (int32_t i = i0 + warp; i < i1; i += kWarps) {
+  for (int32_t i = i0 + warp + kWarps * kMergeAhead; i < i1; i += kWarps) {
     const float w = SafeExp2Diff(part_ml[int64_t(i) * gpad + j].x, ms);
     const float* src = part_acc + (int64_t(i) * gpad + j) * D;
 #pragma unroll
-    for (int k = 0; k < kMaxPerLane; ++k) {
+    for (int k = 0; k < kPerLane; ++k) {
       const int c = lane + 32 * k;
       if (c < D) a[k] = fmaf(src[c], w, a[k]);
     }
   }
 #pragma unroll
-  for (int k = 0; k < kMaxPerLane; ++k) {
+  for (int k = 0; k < kPerLane; ++k) {
     const int c = lane + 32 * k;
     if (c < D) acc_s[warp][c] = a[k];
   }

@@ -611,20 +611,26 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
   const int32_t pair = blockIdx.y;
   if (shape.only && !shape.only[pair]) return;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
-  const int32_t n_pages = sel.count[pair];
   const int32_t p_begin = blockIdx.x * pages_per_block;
-  const int32_t run = min(n_pages, p_begin + pages_per_block) - p_begin;
-  if (run <= 0) return;
-  const int32_t len = batch.seq_len[s];
-  for (int32_t i = threadIdx.x; i < run; i += blockDim.x) {
-    const int32_t page_idx = sel.pages[int64_t(pair) * sel.max_select + p_begin + i];
-    run_blk[i] = uint32_t(g.BlockId(batch.PageId(s, page_idx), h));
-    run_rows[i] = uint8_t(max(0, min(16, len - page_idx * 16)));
-  }
   const int r = lane >> 2, t4 = lane & 3;
   const int G = shape.group;
   const int32_t sq0 = s * batch.num_q_heads + h * G;
-
+  // The block's first loads go out together: the selection's count, the run's page entries
+  // (bounded by the selection's capacity, as the count is not known yet), the sequence's
+  // length and the queries. Loaded after the count's test, they were a chain: count, then
+  // entries, then the page table, then the first copies; with 8 waves of blocks at B = 8,
+  // each block's start leaves its share of the SM's streaming idle.
+  const int32_t n_pages = sel.count[pair];
+  constexpr int kEntriesPerThread = Smem::kMaxPages / kThreads;
+  static_assert(Smem::kMaxPages % kThreads == 0, "whole entries per thread");
+  const int32_t entries = min(sel.max_select - p_begin, pages_per_block);
+  int32_t page_idx[kEntriesPerThread];
+#pragma unroll
+  for (int u = 0; u < kEntriesPerThread; ++u) {
+    const int32_t i = int32_t(threadIdx.x) + u * kThreads;
+    page_idx[u] = i < entries ? sel.pages[int64_t(pair) * sel.max_select + p_begin + i] : 0;
+  }
+  const int32_t len = batch.seq_len[s];
   // B fragments per n-tile: query head nt * 8 + r (zero past the group), the FP16 queries
   // under either scheme (per page channel the A side is dequantized instead).
   uint32_t bfrag[kNT][kWords][2][2];
@@ -637,6 +643,20 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
                                 bfrag[nt]);
   }
   if constexpr (!kPageChannel) GroupQuerySums<kHeadDim, kNT>(q.q + int64_t(sq0) * kHeadDim, G, lane, qsum);
+  // An empty asm statement taking the entries keeps their loads ahead of the test below
+  // (the compiler otherwise moves loads past a test that comes before their only use).
+#pragma unroll
+  for (int u = 0; u < kEntriesPerThread; ++u) asm volatile("" ::"r"(page_idx[u]));
+  const int32_t run = min(n_pages, p_begin + pages_per_block) - p_begin;
+  if (run <= 0) return;
+#pragma unroll
+  for (int u = 0; u < kEntriesPerThread; ++u) {
+    const int32_t i = int32_t(threadIdx.x) + u * kThreads;
+    if (i < run) {
+      run_blk[i] = uint32_t(g.BlockId(batch.PageId(s, page_idx[u]), h));
+      run_rows[i] = uint8_t(max(0, min(16, len - page_idx[u] * 16)));
+    }
+  }
   __syncthreads();  // run_blk / run_rows ready
 
   constexpr int kStride = kP16Warps * kP16Pages;  // run pages between a warp's steps

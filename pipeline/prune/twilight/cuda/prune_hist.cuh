@@ -96,27 +96,35 @@ struct HistWork {
 // mass), or the top-p level set.
 enum : int { kModeNone = 0, kModeAll = 1, kModeTopP = 2 };
 
+// Both p's loaded before either is tested (one round trip).
 __device__ __forceinline__ float HeadP(const PrunerParams& params, const PruneShape& shape,
                                        int32_t s, int32_t sq) {
+  const float user = params.seq_p ? params.seq_p[s] : params.p;
   if (shape.head_p) {
-    const float user = params.seq_p ? params.seq_p[s] : params.p;
-    return user >= 1.0f ? 1.0f : shape.head_p[sq];
+    const float head = shape.head_p[sq];
+    return user >= 1.0f ? 1.0f : head;
   }
-  return params.seq_p ? params.seq_p[s] : params.p;
+  return user;
 }
 
 // p >= 1 (the sequence's p, or a growing head whose share of the candidates' mass is 1)
 // keeps every valid candidate, as TopPThresholdRef does for p >= 1.
+// Every input is loaded before any is tested (every head has them): a block of the kept
+// and boundary passes starts with this, and tested in turn they were a chain of up to
+// three round trips (p, max, NaN flag).
 __device__ __forceinline__ int HeadMode(const PrunerParams& params, const PruneShape& shape,
                                         const uint32_t* head_max, const HistWork& hw, int32_t s,
                                         int32_t sq, float* mx) {
-  *mx = 0.0f;
-  if (HeadP(params, shape, s, sq) >= 1.0f) return kModeAll;
+  const float p = HeadP(params, shape, s, sq);
   const uint32_t key = head_max[sq];
-  if (!key) return kModeNone;
-  *mx = KeyFloat(key);
-  if (!isfinite(*mx) || hw.bad[sq]) return kModeNone;
-  return kModeTopP;
+  const int32_t bad = hw.bad[sq];
+  // Selects and bitwise tests, not early returns or &&: with those the compiler moved each
+  // load below the test before it.
+  const bool all = p >= 1.0f;
+  const float m = key ? KeyFloat(key) : 0.0f;
+  *mx = all ? 0.0f : m;
+  const bool topp = (key != 0u) & bool(isfinite(m)) & (bad == 0);
+  return all ? kModeAll : (topp ? kModeTopP : kModeNone);
 }
 
 __device__ __forceinline__ u64 Fixed(float w, float scale) {
@@ -226,6 +234,18 @@ __device__ __forceinline__ uint4 LoadRaw8(const fp16_t* row, int32_t i0, int32_t
   }
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
+// The first n of 8 raw FP16 scores (all for n >= 8), the rest -inf (0xFC00), as LoadRaw8
+// bounded at n gives them.
+__device__ __forceinline__ uint4 Raw8Below(uint4 r, int32_t n) {
+  if (n >= 8) return r;
+  uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    if (2 * k >= n) w[k] = (w[k] & 0xFFFF0000u) | 0xFC00u;
+    if (2 * k + 1 >= n) w[k] = (w[k] & 0x0000FFFFu) | 0xFC000000u;
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
 // Per-warp sub-histograms of the histogram kernels. A block's mass per bin is accumulated
 // without shuffles or cross-warp contention: each warp owns 256 bins of two 32-bit words,
 // the low 20 bits and the rest (>> 20) of every fixed-point sum added, both plain 32-bit
@@ -257,11 +277,6 @@ __device__ __forceinline__ void SubHistAdd(uint32_t lo_s, uint32_t hi_s, int bin
   SharedAdd(hi_s + 4 * uint32_t(bin), uint32_t(m >> kSplitBits));
 }
 
-// L2 prefetch of the line holding p (a hint: no register waits for it).
-__device__ __forceinline__ void PrefetchL2(const void* p) {
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
-
 // Grid: x = (sequence, query head), y = chunks of kHistChunk slots. Level 1: every valid
 // candidate into hist1 (level 2 is KeptKernel's). Every thread loads its kHistIters x 8
 // slots up front (loads in flight together), then adds each slot's mass into its warp's
@@ -276,19 +291,35 @@ __global__ void __launch_bounds__(kHistThreads)
   const int32_t sq = blockIdx.x;
   const int32_t s = sq / batch.num_q_heads, qh = sq % batch.num_q_heads;
   const int32_t pair = s * g.num_kv_heads + qh / shape.group;
-  const int32_t slots = sel.count[pair] * g.page_size;
   const int32_t c0 = blockIdx.y * kHistChunk;
-  if (c0 >= slots) return;
-  float mx = 0.0f;
-  const int mode = HeadMode(params, shape, head_max, hw, s, sq, &mx);
-  if (mode != kModeTopP) return;
+  // Every load the block waits for is issued first, together: its chunk's scores (bounded by
+  // the row's capacity, as the candidate count is not known yet), the count and the head's
+  // mode inputs. Tested in turn they were three round trips per block (count, mode, then
+  // scores), in a grid of several waves of blocks.
   const fp16_t* row = scores + int64_t(sq) * shape.cand_stride;
-  const int32_t c1 = min(slots, c0 + kHistChunk);
   const bool vec = (shape.cand_stride & 7) == 0;
+  const int32_t cap = min(shape.cand_stride, c0 + kHistChunk);
   uint4 raw[kHistIters];
 #pragma unroll
   for (int it = 0; it < kHistIters; ++it) {
-    raw[it] = LoadRaw8(row, c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x), c1, vec);
+    raw[it] = LoadRaw8(row, c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x), cap, vec);
+  }
+  const int32_t slots = sel.count[pair] * g.page_size;
+  float mx = 0.0f;
+  const int mode = HeadMode(params, shape, head_max, hw, s, sq, &mx);
+  // The loads stay ahead of the tests below (the compiler otherwise moves each one past the
+  // test before it): an empty asm statement that takes their values cannot move into a
+  // branch.
+#pragma unroll
+  for (int it = 0; it < kHistIters; ++it) {
+    asm volatile("" ::"r"(raw[it].x), "r"(raw[it].y), "r"(raw[it].z), "r"(raw[it].w));
+  }
+  if (c0 >= slots || mode != kModeTopP) return;  // block-uniform
+  const int32_t c1 = min(slots, c0 + kHistChunk);
+  // Slots past the candidates read as -inf, as LoadRaw8 bounded by c1 gives them.
+#pragma unroll
+  for (int it = 0; it < kHistIters; ++it) {
+    raw[it] = Raw8Below(raw[it], c1 - (c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x)));
   }
   for (int i = threadIdx.x; i < kHistWarps * kHistBins; i += blockDim.x) {
     (&sub_lo[0][0])[i] = 0;
@@ -393,22 +424,31 @@ __device__ __forceinline__ int WarpHeadThreshold(const PrunerParams& params,
                                                  const uint32_t* head_max, const HistWork& hw,
                                                  int32_t s, int32_t sq, bool level2, float* mx,
                                                  int* b1, int* b2, u64* kept_mass) {
-  int mode = HeadMode(params, shape, head_max, hw, s, sq, mx);
+  // The histogram rows first (every head has them), so that their round trip overlaps the
+  // head max's and the NaN flag's instead of following it: the kept and boundary passes'
+  // blocks start with this chain.
+  u64 v1[8], v2[8], total, before, before2;
+  WarpLoadHist(hw.hist1 + int64_t(sq) * kHistBins, v1);
+  if (level2) WarpLoadHist(hw.hist2 + int64_t(sq) * kHistBins, v2);
+  const int mode = HeadMode(params, shape, head_max, hw, s, sq, mx);
+  // The target and both bins before the mode's test (unused unless top-p): their shuffles
+  // cannot move into the test's branch, so the rows' loads stay ahead of it. With the
+  // shuffles behind the test, the compiler moved the loads there too.
+  // hist2 splits bin B1 exactly (the same fixed-point masses), so the level-2 target
+  // target - before <= hist1[B1] is always reached (and 0 <= before <= target in any case).
+  const u64 target = WarpTarget(v1, HeadP(params, shape, s, sq), &total);
+  const int bin1 = WarpFindBin(v1, target, &before);
+  const int bin2 = level2 ? WarpFindBin(v2, target - before, &before2) : 0;
   *b1 = 0;
   *b2 = 0;
   *kept_mass = 0;
   if (mode != kModeTopP) return mode;
-  u64 v1[8], v2[8], total, before, before2;
-  WarpLoadHist(hw.hist1 + int64_t(sq) * kHistBins, v1);
-  if (level2) WarpLoadHist(hw.hist2 + int64_t(sq) * kHistBins, v2);
-  const u64 target = WarpTarget(v1, HeadP(params, shape, s, sq), &total);
   if (!target) return kModeNone;
-  *b1 = WarpFindBin(v1, target, &before);
+  *b1 = bin1;
   if (level2) {
-    // hist2 splits bin B1 exactly (the same fixed-point masses), so the level-2 target
-    // target - before <= hist1[B1] is always reached. Kept mass: the bins above B1 and the
-    // sub-bins up to B2 (sums of the same Fixed(w) the old kept pass added per candidate).
-    *b2 = WarpFindBin(v2, target - before, &before2);
+    // Kept mass: the bins above B1 and the sub-bins up to B2 (sums of the same Fixed(w) the
+    // old kept pass added per candidate).
+    *b2 = bin2;
     const int lane = threadIdx.x & 31;
     u64 at_b2 = 0;
 #pragma unroll
@@ -798,6 +838,17 @@ __global__ void __launch_bounds__(kCompactThreads)
     const int32_t rest = slots - w * 32;
     if (rest < 32) m &= (1u << rest) - 1u;
   }
+  // The page entries of the warp's 1024 slots, two per lane, also in flight with the prefix
+  // (pages of >= 16 rows: at most 64 entries). The writes below take them by shuffles; loaded
+  // there, slot by slot, they were a chain of up to 32 round trips per warp.
+  const int32_t ps = g.page_size;
+  const bool hoisted = !dense && ps >= 16;
+  const int32_t pfirst = wbase * 32 / ps;
+  int32_t pe0 = 0, pe1 = 0;
+  if (hoisted) {
+    if (pfirst + lane < n_pages) pe0 = pages[pfirst + lane];
+    if (pfirst + 32 + lane < n_pages) pe1 = pages[pfirst + 32 + lane];
+  }
   // Set bits before the chunk (all in whole words < slots).
   int before = 0;
   if (dense) {
@@ -834,9 +885,17 @@ __global__ void __launch_bounds__(kCompactThreads)
     const uint32_t mj = __shfl_sync(0xffffffffu, m, j);
     if (!mj) continue;
     const int aj = __shfl_sync(0xffffffffu, at, j);
-    if ((mj >> lane) & 1u) {
-      dst[aj + __popc(mj & ((1u << lane) - 1u))] = pos_of((wbase + j) * 32 + lane);
+    const int32_t i = (wbase + j) * 32 + lane;
+    int32_t pos = 0;
+    if (hoisted) {
+      const int32_t local = i / ps - pfirst;  // < 64 (ps >= 16)
+      const int32_t lo = __shfl_sync(0xffffffffu, pe0, local & 31);
+      const int32_t hi = __shfl_sync(0xffffffffu, pe1, local & 31);
+      pos = (local < 32 ? lo : hi) * ps + i % ps;
+    } else if ((mj >> lane) & 1u) {
+      pos = pos_of(i);
     }
+    if ((mj >> lane) & 1u) dst[aj + __popc(mj & ((1u << lane) - 1u))] = pos;
   }
   if (int32_t(blockIdx.x) == chunks - 1 && threadIdx.x == 0) out.count[pair] = prefix + block_total;
   if (blockIdx.x != 0) return;  // block-uniform
