@@ -52,7 +52,12 @@ bool AttentionPrefetchNext() { return SwitchOn(g_prefetch_next, "TWL_ATTN_PREFET
 // B = 1 24.1 / - / 21.7 / 21.6 (bench/RESULTS.md, thirtieth session): a block that starts a
 // pair pays a drained pipeline and the first lookups' round trips, about what it takes to
 // read that many rows. In bytes, because that time does not depend on the head dim.
+// Rows behind a slot table (the offload row cache) pay three levels of lookups per start and
+// take twice that: on an H200 at B = 8 the row cache's attention took 97.5 / 91.9 / 92.7 us at
+// 128 / 256 / 384 tokens, the CUDA-graph step 0.5332 and 0.5371 ms at 128 against 0.5277 at
+// 256, and at B = 1 0.1427 and 0.1440 against 0.1422 (bench/RESULTS.md, thirty-first session).
 constexpr int32_t kPieceCostBytes = 64 * 1024;
+constexpr int32_t kMappedPieceCostBytes = 128 * 1024;
 // -2: the environment not read yet; -1: the default; >= 0: tokens (TWL_ATTN_PIECE_COST, 0 to
 // 4096, or SetAttentionPieceCost).
 std::atomic<int32_t> g_piece_cost{-2};
@@ -66,12 +71,21 @@ int32_t PieceCostSetting() {
   return v;
 }
 
-int32_t AttentionPieceCost(int32_t head_dim) {
+int32_t AttentionPieceCost(int32_t head_dim, bool mapped_rows) {
   const int32_t v = PieceCostSetting();
-  return v >= 0 ? v : kPieceCostBytes / (2 * head_dim * int32_t(sizeof(fp16_t)));
+  const int32_t bytes = mapped_rows ? kMappedPieceCostBytes : kPieceCostBytes;
+  return v >= 0 ? v : bytes / (2 * head_dim * int32_t(sizeof(fp16_t)));
 }
 
 bool AttentionTensorCores() { return SwitchOn(g_tensor_cores, "TWL_ATTN_TC"); }
+
+// A cap on the stream-K grid (TWL_ATTN_GRID_BLOCKS, 1 to 65536; unset: every resident block),
+// to measure whether a small batch's few kept tokens want fewer, longer pieces (fewer partial
+// states for the merge) rather than one full wave.
+int32_t AttentionGridCap() {
+  static const int32_t cap = int32_t(EnvInt("TWL_ATTN_GRID_BLOCKS", 1, 65536).value_or(0));
+  return cap;
+}
 
 int32_t PaddedGroup(int32_t group) {
   int32_t p = 1;
@@ -131,6 +145,7 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
   const bool dense = kept == nullptr;
   cudaStream_t st = AsStream(stream);
   const int32_t gpad = PaddedGroup(group);
+  const int32_t piece_cost = AttentionPieceCost(g.head_dim, kv.slot_of_row != nullptr);
   TWL_RETURN_IF_ERROR(TWL_DISPATCH_HEAD_DIM(g.head_dim, [&]() -> absl::Status {
     auto launch = [&](auto kernel, int32_t halves) {
       constexpr size_t smem = cuda::AttnCfg<kHeadDim>::kSmemBytes;
@@ -144,23 +159,22 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
         return LaunchStatus("AttendChunkKernel occupancy");
       }
       // Head halves share the resident blocks (one wave in all).
-      const int32_t blocks =
-          std::max(1, std::min(l.max_blocks, std::max(1, per_sm) * gpu::SmCount()) / halves);
+      int32_t resident = std::min(l.max_blocks, std::max(1, per_sm) * gpu::SmCount());
+      if (AttentionGridCap() > 0) resident = std::min(resident, AttentionGridCap());
+      const int32_t blocks = std::max(1, resident / halves);
       // Rows behind a row map (the offload row cache) keep the plan kernel: there the cache's
       // plan kernels start beside the attention, and the plan kernel ahead of the attention's
       // one wave measured faster (H200, one machine, serving loop B = 1: 0.178 vs 0.183 ms;
       // the HBM backend: 0.154 with the plan in the blocks vs 0.162).
       const bool plan_here = pairs <= cuda::kFusedPlanPairs && kv.slot_of_row == nullptr;
       if (!plan_here) {
-        cuda::AttendPlanKernel<<<1, 1024, 0, st>>>(g, batch, kv_set, dense,
-                                                   AttentionPieceCost(g.head_dim), blocks, l.cum,
-                                                   l.item_offset);
+        cuda::AttendPlanKernel<<<1, 1024, 0, st>>>(g, batch, kv_set, dense, piece_cost, blocks,
+                                                   l.cum, l.item_offset);
         TWL_RETURN_IF_ERROR(LaunchStatus("AttendPlanKernel"));
       }
       kernel<<<dim3(unsigned(blocks), unsigned(halves)), cuda::kAttnThreads, smem, st>>>(
           g, batch, q, kv, kv_set, dense, group, gpad, scale, plan_here,
-          AttentionPrefetchNext(), AttentionPieceCost(g.head_dim), l.cum, l.item_offset, l.part_acc,
-          l.part_ml);
+          AttentionPrefetchNext(), piece_cost, l.cum, l.item_offset, l.part_acc, l.part_ml);
       return LaunchStatus("AttendChunkKernel");
     };
     auto by_group = [&](auto bf16) -> absl::Status {

@@ -18,7 +18,8 @@ bool SetAttentionTensorCores(bool on);
 
 // Virtual tokens charged to the start of each (sequence, KV head) in the attention's
 // stream-K split, so that blocks that start a pair's piece take fewer real tokens. -1: the
-// default (64 KiB of K/V rows: 128 tokens at d = 128); TWL_ATTN_PIECE_COST in the
+// default (64 KiB of K/V rows: 128 tokens at d = 128; 128 KiB for rows behind a slot table,
+// whose starts pay more lookups); TWL_ATTN_PIECE_COST in the
 // environment (0 to 4096) overrides it. Process-wide; for A/B runs and tests. The output
 // does not depend on it beyond the partial states' summation order. Returns the setting
 // before.
