@@ -8,7 +8,8 @@
 # AttendChunkKernel on the offload store (OFFLOAD=0 skips it); each once with this tree's
 # library and once with $OLD preloaded when one was packed (NCU_AB=0: this tree's only).
 # NCU_SOURCE=1 also saves the new side's HBM report and its per-instruction (SASS) table,
-# sass_hbm.csv. NCU_KERNELS and NCU_SECTIONS override the filters. Pack twl_serve_bench and
+# sass_hbm.csv. NCU_KERNELS and NCU_SECTIONS override the filters, NCU_COUNT the kernels
+# profiled on the HBM store (default 1), NCU_BATCH the batch (default 8). Pack twl_serve_bench and
 # row_gather_probe (and twl_gpu_tests for FOCUS).
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -25,7 +26,7 @@ sec=()
 for s in $sections; do sec+=(--section "$s"); done
 common="--context=131072 --layers=8 --len_spread=0 --churn_every=0 --steps=1 --warmup=4"
 common+=" --telemetry_steps=1 --full_offload_steps=0 --profile_last_step --shapes=32x8"
-common+=" --batches=8 --workloads=peaked"
+common+=" --batches=${NCU_BATCH:-8} --workloads=peaked"
 run_ncu() {  # NAME METHOD KERNEL_REGEX COUNT PRELOAD [ncu flags...]
   local name=$1 method=$2 kernels=$3 count=$4 pre=$5
   shift 5
@@ -46,7 +47,7 @@ for side in new old; do
   fi
   extra=()
   [ $side = new ] && [ "${NCU_SOURCE:-0}" = 1 ] && extra=(-o "$L/attend_hbm" -f)
-  run_ncu "hbm_$side" hbm "${NCU_KERNELS:-AttendChunk}" 1 "$pre" "${extra[@]}"
+  run_ncu "hbm_$side" hbm "${NCU_KERNELS:-AttendChunk}" "${NCU_COUNT:-1}" "$pre" "${extra[@]}"
   if [ "${OFFLOAD:-1}" = 1 ]; then
     run_ncu "offload_$side" twilight "${NCU_KERNELS:-RowMark|AttendChunk}" 2 "$pre"
   fi

@@ -79,9 +79,17 @@ int32_t AttentionPieceCost(int32_t head_dim, bool mapped_rows) {
 
 bool AttentionTensorCores() { return SwitchOn(g_tensor_cores, "TWL_ATTN_TC"); }
 
-// A cap on the stream-K grid (TWL_ATTN_GRID_BLOCKS, 1 to 65536; unset: every resident block),
-// to measure whether a small batch's few kept tokens want fewer, longer pieces (fewer partial
-// states for the merge) rather than one full wave.
+// Batches of at most this many (sequence, KV head) pairs run one attention block per SM
+// instead of every resident block: their few kept tokens then make fewer, longer pieces, and
+// the merge (one block per query head, latency-bound) has half the partial states to combine.
+// H100, serving loop, B = 1 (8 pairs), CUDA graphs, two runs per side: HBM 0.1352 / 0.1351 ->
+// 0.1327 / 0.1327 ms, offload 0.1513 / 0.1505 -> 0.1496 / 0.1493; H200 eager trace: attention +
+// merge 24.7 -> 23.6 us (bench/RESULTS.md, thirty-first session). Larger batches are unmeasured
+// and keep the full wave (B = 8: 64 pairs, every SM busy with whole pairs' worth of tokens).
+constexpr int64_t kOneBlockPerSmPairs = 8;
+
+// A cap on the stream-K grid (TWL_ATTN_GRID_BLOCKS, 1 to 65536; unset: no cap), for A/B runs
+// of the grid size.
 int32_t AttentionGridCap() {
   static const int32_t cap = int32_t(EnvInt("TWL_ATTN_GRID_BLOCKS", 1, 65536).value_or(0));
   return cap;
@@ -158,6 +166,7 @@ absl::Status Attend(const PageGeometry& g, const BatchView& batch, const QueryVi
       if (cuda::MaxActiveBlocksPerSm(&per_sm, fn, cuda::kAttnThreads, smem) != cudaSuccess) {
         return LaunchStatus("AttendChunkKernel occupancy");
       }
+      if (pairs <= kOneBlockPerSmPairs) per_sm = std::min(per_sm, 1);
       // Head halves share the resident blocks (one wave in all).
       int32_t resident = std::min(l.max_blocks, std::max(1, per_sm) * gpu::SmCount());
       if (AttentionGridCap() > 0) resident = std::min(resident, AttentionGridCap());
