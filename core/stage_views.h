@@ -108,8 +108,10 @@ struct PrunerParams {
   // that needs more. -1: 1/16 of the pages, at least 64, or every page at once when the
   // batch is small (scoring it all costs less than a second stage); 0: every page at once.
   int32_t grow_seed_pages = -1;
-  // GPU work plan of the top-p kept pass (the result does not depend on it): chunks of
-  // slots per block. 0: one (larger runs measured slower by default; opt in to measure).
+  // GPU work plan of the top-p kept and boundary passes (the result does not depend on it):
+  // chunks of slots per block (the boundary pass: at most 8). 0: the kept pass one (larger
+  // runs measured slower by default; opt in to measure), the boundary pass about one wave of
+  // blocks.
   int32_t topp_chunks_per_block = 0;
   // GPU work plan of the top-p kept pass (the result does not depend on it): blocks per
   // chunk, each taking an equal share of the group's query heads. 0: two where the pass's

@@ -310,6 +310,7 @@ __global__ void __launch_bounds__(kSegThreads)
   // at the end. A one-token append was a chain of three round trips (rows, bounds, earlier
   // rows).
   constexpr int kChPerThread = kMaxAppendHeadDim / kSegThreads;
+  static_assert(kChPerThread * kSegThreads == kMaxAppendHeadDim, "every channel has a thread");
   float prev_lo[kChPerThread], prev_hi[kChPerThread];
 #pragma unroll
   for (int q = 0; q < kChPerThread; ++q) {

@@ -12,7 +12,8 @@
 //  - every explicit work plan of the top-p passes (1, 2, 3, all chunks per block; the kept
 //    pass's heads split over two blocks, alone and with runs) gives the bits of the
 //    automatic one (runs of several chunks: partial last runs, sequences that end inside a
-//    run, the boundary lists' per-chunk counts; splits: union words ORed by two blocks).
+//    run, the boundary lists' per-chunk counts, the boundary pass walking a run's lists at once;
+//    splits: union words ORed by two blocks).
 // The GPU computes each weight exp(-d) as ex2.approx(-d log2 e) (TopPWeight: within ~3e-6
 // relative of std::exp over the 28.5 logits that carry weight), which moves fixed-point
 // masses by as much; so per head the GPU set must lie between the reference sets at

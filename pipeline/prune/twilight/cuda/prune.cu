@@ -161,6 +161,26 @@ int32_t KeptHeadSplits(int32_t plan, int32_t group, int64_t blocks) {
   return on && group >= 4 && blocks <= 2 * int64_t(gpu::SmCount()) ? 2 : 1;
 }
 
+// Kept chunks per BoundaryKernel block: the explicit plan (PrunerParams::
+// topp_chunks_per_block, as for the kept pass), else enough that the grid fits about one wave
+// (four blocks per SM; its blocks are chains of round trips) but at most 4, since a block's
+// threads walk its lists' entries one dependent load at a time (H100, B = 8: runs of 4 took
+// 18.7 us, of 8 27.6; bench/RESULTS.md, thirty-first session); at most kBndRunMax, balanced
+// over a pair's chunks. TWL_PRUNE_BOUNDARY_RUN (1 to kBndRunMax) in the environment replaces
+// the default, for A/B runs.
+constexpr int64_t kBndRunDefaultMax = 4;
+int32_t BoundaryRun(int32_t plan, int64_t chunks, int64_t pairs) {
+  static const int32_t env_run =
+      int32_t(EnvInt("TWL_PRUNE_BOUNDARY_RUN", 1, cuda::kBndRunMax).value_or(0));
+  const int64_t wave = 4 * int64_t(gpu::SmCount());
+  const int64_t one_wave = std::min((chunks * pairs + wave - 1) / wave, kBndRunDefaultMax);
+  const int64_t want = plan > 0 ? plan : env_run > 0 ? env_run : one_wave;
+  const int64_t most = std::min<int64_t>(cuda::kBndRunMax, std::max<int64_t>(chunks, 1));
+  const int64_t per_block = std::clamp<int64_t>(want, 1, most);
+  const int64_t blocks = (chunks + per_block - 1) / per_block;  // per pair
+  return int32_t((chunks + blocks - 1) / blocks);               // balanced
+}
+
 // Records ev[i] on the stream when events are given (profiling).
 absl::Status Mark(cudaEvent_t* ev, int i, cudaStream_t st) {
   if (ev && cudaEventRecord(ev[i], st) != cudaSuccess) return LaunchStatus("prune event");
@@ -417,11 +437,13 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
         "KeptKernel", kept, kept_runs, cuda::kKeptThreads, st, g, params, batch, list, shape,
         static_cast<const fp16_t*>(l.scores), static_cast<const uint32_t*>(l.head_max), l.hist,
         l.bits, kept_run));
-    const dim3 kept_grid{unsigned(l.hist.bnd_chunks), unsigned(pairs), 1u};
+    const int32_t bnd_run = BoundaryRun(params.topp_chunks_per_block, l.hist.bnd_chunks, pairs);
+    const dim3 bnd_grid{unsigned((l.hist.bnd_chunks + bnd_run - 1) / bnd_run), unsigned(pairs),
+                        1u};
     TWL_RETURN_IF_ERROR(cuda::LaunchAfterPrevious(
-        "BoundaryKernel", cuda::BoundaryKernel, kept_grid, cuda::kKeptThreads, st, g, params,
+        "BoundaryKernel", cuda::BoundaryKernel, bnd_grid, cuda::kKeptThreads, st, g, params,
         batch, list, shape, static_cast<const fp16_t*>(l.scores),
-        static_cast<const uint32_t*>(l.head_max), l.hist, l.bits));
+        static_cast<const uint32_t*>(l.head_max), l.hist, l.bits, bnd_run));
   }
   TWL_RETURN_IF_ERROR(Mark(ev, 2, st));
   const unsigned compact_chunks =
