@@ -132,6 +132,16 @@ absl::Status LaunchScorePage16(bool grow, int32_t nt, int64_t bx, int64_t pairs,
                 st);
 }
 
+// `want` chunks per block, clamped to [1, most] and to the row's chunks, then balanced: the
+// fewest chunks per block that keep the same number of blocks per row (no short last run).
+int32_t BalancedRun(int64_t want, int64_t most, int64_t chunks) {
+  if (chunks <= 0) return 1;
+  const int64_t per_block =
+      std::clamp<int64_t>(want, 1, std::max<int64_t>(1, std::min(most, chunks)));
+  const int64_t blocks = (chunks + per_block - 1) / per_block;  // per row
+  return int32_t((chunks + blocks - 1) / blocks);
+}
+
 // Chunks per block of the kept pass (KeptKernel): the explicit plan
 // (PrunerParams::topp_chunks_per_block), clamped to the chunks, else 1. One-wave runs
 // (several chunks per block, the next prefetched into L2) measured slower on the H200 at
@@ -141,10 +151,7 @@ absl::Status LaunchScorePage16(bool grow, int32_t nt, int64_t bx, int64_t pairs,
 int32_t ChunksPerBlock(int32_t plan, int64_t chunks) {
   static const int32_t env_plan =
       int32_t(EnvInt("TWL_PRUNE_KEPT_RUN", 1, 64).value_or(1));
-  const int64_t per_block =
-      std::clamp<int64_t>(plan > 0 ? plan : env_plan, 1, std::max<int64_t>(chunks, 1));
-  const int64_t blocks = (chunks + per_block - 1) / per_block;  // per row
-  return int32_t((chunks + blocks - 1) / blocks);               // balanced
+  return BalancedRun(plan > 0 ? plan : env_plan, chunks, chunks);
 }
 
 // Head splits of the kept pass (KeptKernel's grid z): the explicit plan, or by default two
@@ -175,10 +182,7 @@ int32_t BoundaryRun(int32_t plan, int64_t chunks, int64_t pairs) {
   const int64_t wave = 4 * int64_t(gpu::SmCount());
   const int64_t one_wave = std::min((chunks * pairs + wave - 1) / wave, kBndRunDefaultMax);
   const int64_t want = plan > 0 ? plan : env_run > 0 ? env_run : one_wave;
-  const int64_t most = std::min<int64_t>(cuda::kBndRunMax, std::max<int64_t>(chunks, 1));
-  const int64_t per_block = std::clamp<int64_t>(want, 1, most);
-  const int64_t blocks = (chunks + per_block - 1) / per_block;  // per pair
-  return int32_t((chunks + blocks - 1) / blocks);               // balanced
+  return BalancedRun(want, cuda::kBndRunMax, chunks);
 }
 
 // Records ev[i] on the stream when events are given (profiling).
