@@ -170,9 +170,10 @@ int32_t KeptHeadSplits(int32_t plan, int32_t group, int64_t blocks) {
 
 // Kept chunks per BoundaryKernel block: the explicit plan (PrunerParams::
 // topp_chunks_per_block, as for the kept pass), else enough that the grid fits about one wave
-// (four blocks per SM; its blocks are chains of round trips) but at most 4, since a block's
-// threads walk its lists' entries one dependent load at a time (H100, B = 8: runs of 4 took
-// 18.7 us, of 8 27.6; bench/RESULTS.md, thirty-first session); at most kBndRunMax, balanced
+// (four blocks per SM; its blocks are chains of round trips) but at most 4: longer runs
+// measured slower (H100, B = 8: runs of 4 took 18.7 us, of 8 27.6, thirty-first session;
+// with the walk's loads four at a time, graph steps 0.542 against 0.548 ms at B = 8 and
+// 0.132 against 0.143 at B = 1, thirty-second; bench/RESULTS.md); at most kBndRunMax, balanced
 // over a pair's chunks. TWL_PRUNE_BOUNDARY_RUN (1 to kBndRunMax) in the environment replaces
 // the default, for A/B runs.
 constexpr int64_t kBndRunDefaultMax = 4;
@@ -424,7 +425,9 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     const int32_t kept_run = ChunksPerBlock(params.topp_chunks_per_block, l.hist.bnd_chunks);
     const int64_t kept_blocks = (l.hist.bnd_chunks + kept_run - 1) / kept_run;
     const int32_t splits = KeptHeadSplits(params.topp_head_splits, group, kept_blocks * pairs);
-    auto kept = group / splits > 8 ? cuda::KeptKernel<16> : cuda::KeptKernel<8>;
+    auto kept = group / splits > 8   ? cuda::KeptKernel<16>
+                : group / splits > 4 ? cuda::KeptKernel<8>
+                                     : cuda::KeptKernel<4>;
     if (splits > 1) {  // the splits OR their union bits into cleared words
       if (cudaMemsetAsync(l.bits, 0, size_t(pairs) * size_t(shape.bit_words) * sizeof(uint32_t),
                           st) != cudaSuccess) {

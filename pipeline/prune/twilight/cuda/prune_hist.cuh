@@ -528,9 +528,9 @@ static_assert(kKeptChunk <= 65536, "chunk offsets fit 16 bits");
 // written, and per-head kept counts); a boundary candidate (b1 == B1) adds its mass to the
 // head's level-2 histogram and is listed for BoundaryKernel, which sets its bit once B2 is
 // known. Each thread takes 8 consecutive slots per step (one 16-byte load per head); four
-// lanes make a bit word (two shuffles), written with a plain store. kMaxG (8 or 16): the
-// group sizes it takes (registers and level-2 sums sized for them; groups of up to 8 keep
-// the occupancy of 8 when the GPU build allows 16).
+// lanes make a bit word (two shuffles), written with a plain store. kMaxG (4, 8 or 16): the
+// group sizes it takes (registers and level-2 sums sized for them; smaller groups keep the
+// occupancy of their size when the GPU build allows 16).
 // Occupancy: 4 blocks per SM for groups of up to 8 (64 registers: with fewer resident
 // blocks each block's prologue and two steps are pure latency; at 1 block per SM the H200
 // took 2x as long for the whole top-p).
@@ -540,14 +540,22 @@ static_assert(kKeptChunk <= 65536, "chunk offsets fit 16 bits");
 // once for its chunks (LoadChunkHeads: a chain of dependent loads) and, while it works on
 // one chunk, prefetches the next into L2 (the first while that chain runs); the level-2
 // sums and the kept counts of its chunks are flushed once.
+// Resident blocks per SM the kept pass asks of ptxas, by its largest group: groups of up to 4
+// (the serving shape's 32 x 8, and every split group of 8) fit 48 registers without spills,
+// five blocks instead of four (62.5% occupancy instead of 50%) for a pass whose blocks wait
+// on their loads (H100 ncu, B = 8: issue 0.60 per scheduler, DRAM 33%; bench/RESULTS.md,
+// thirty-first session); six would spill. Measured (H100, B = 8, thirty-second session):
+// the pass 60.7 -> 52.5 us.
+constexpr int KeptMinBlocks(int max_group) { return max_group <= 4 ? 5 : max_group <= 8 ? 4 : 1; }
 template <int kMaxG>
-__global__ void __launch_bounds__(kKeptThreads, kMaxG <= 8 ? 4 : 1)
+__global__ void __launch_bounds__(kKeptThreads, KeptMinBlocks(kMaxG))
     KeptKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                PruneShape shape, const fp16_t* __restrict__ scores,
                const uint32_t* __restrict__ head_max, HistWork hw, uint32_t* __restrict__ bits,
                int32_t chunks) {
   __shared__ ChunkHeads ch;
   __shared__ u64 s_h2[kMaxG][kHistBins];  // level-2 partial sums of this block's chunks
+  constexpr int kLoadHeads = kMaxG < 8 ? kMaxG : 8;  // heads whose scores load together
   PdlLetNextLaunch();
   const int32_t pair = blockIdx.y;
   const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
@@ -595,11 +603,11 @@ __global__ void __launch_bounds__(kKeptThreads, kMaxG <= 8 ? 4 : 1)
       // heads; groups of up to 16 keep the registers of 8).
       uint32_t byte = 0;
 #pragma unroll
-      for (int jb = 0; jb < kMaxG; jb += 8) {
+      for (int jb = 0; jb < kMaxG; jb += kLoadHeads) {
         if (jb >= G) break;
-        uint4 raws[8];
+        uint4 raws[kLoadHeads];
 #pragma unroll
-        for (int jj = 0; jj < 8; ++jj) {
+        for (int jj = 0; jj < kLoadHeads; ++jj) {
           const int j = jb + jj;
           raws[jj] = make_uint4(0u, 0u, 0u, 0u);
           // Not gated by vmask: the loads need not wait for the page entries behind it (a
@@ -609,7 +617,7 @@ __global__ void __launch_bounds__(kKeptThreads, kMaxG <= 8 ? 4 : 1)
           }
         }
 #pragma unroll
-        for (int jj = 0; jj < 8; ++jj) {
+        for (int jj = 0; jj < kLoadHeads; ++jj) {
           const int j = jb + jj;
           if (j >= G) break;
           const int mode = ch.mode[j];  // block-uniform
@@ -702,9 +710,11 @@ __global__ void __launch_bounds__(kKeptThreads, kMaxG <= 8 ? 4 : 1)
 // at B = 8, 128k one block per chunk made 2048 blocks of this chain, four waves of them at
 // four blocks per SM (H100: 21.7 us, 3.6% DRAM); the heads' thresholds are loaded once per
 // run instead. H100, B = 8, runs of 1 / 2 / 4 / 8 chunks: 23.2 / 19.9 / 18.7 / 27.6 us
-// (bench/RESULTS.md, thirty-first session): longer runs walk more entries per thread, one
-// dependent load each.
+// (bench/RESULTS.md, thirty-first session): longer runs walk more entries per thread. The
+// walk now keeps kBndWalk loads in flight per thread, which gained less than predicted
+// (18.9 -> 18.3 us at runs of 4; predicted ~10): the walk was not the block's critical path.
 constexpr int kBndRunMax = 8;
+constexpr int kBndWalk = 4;  // listed entries per thread whose loads are in flight together
 static_assert(kBndRunMax * kMaxGroup <= kKeptThreads, "a thread per (chunk, head) list");
 __global__ void __launch_bounds__(kKeptThreads)
     BoundaryKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
@@ -766,18 +776,31 @@ __global__ void __launch_bounds__(kKeptThreads)
     if (e < lists) s_at[e] = at;
     if (e == 0) s_at[lists] = total;
     __syncthreads();
-    for (int i = threadIdx.x; i < total; i += blockDim.x) {
-      int lo = 0, hi = lists - 1;  // the list holding entry i: the last e with s_at[e] <= i
-      while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (s_at[mid] <= i) lo = mid; else hi = mid - 1;
+    // kBndWalk entries per thread and step, their loads issued together: a peaked head's
+    // boundary bin lists ~100-200 candidates per chunk, so a run of 4 chunks and 4 heads
+    // gives a thread ~10 entries, one dependent round trip each when walked one at a time.
+    for (int base = threadIdx.x; base < total; base += kBndWalk * blockDim.x) {
+      int list_of[kBndWalk];
+      int32_t v[kBndWalk];
+#pragma unroll
+      for (int u = 0; u < kBndWalk; ++u) {
+        const int i = base + u * int(blockDim.x);
+        int lo = 0, hi = lists - 1;  // the list holding entry i: the last e with s_at[e] <= i
+        while (lo < hi) {
+          const int mid = (lo + hi + 1) >> 1;
+          if (s_at[mid] <= i) lo = mid; else hi = mid - 1;
+        }
+        list_of[u] = lo;
+        v[u] = i < total ? hw.bnd[seg_of(lo) * kBndCap + (i - s_at[lo])] : INT32_MAX;
       }
-      const int j = lo % G;
-      const int32_t v = hw.bnd[seg_of(lo) * kBndCap + (i - s_at[lo])];
-      if ((v >> 16) > ch.b2[j]) continue;
-      const int32_t off = v & 0xFFFF;
-      atomicOr(&s_bits[lo / G][off >> 5], 1u << (off & 31));
-      atomicAdd(&ch.count[j], 1);
+#pragma unroll
+      for (int u = 0; u < kBndWalk; ++u) {
+        const int e = list_of[u], j = e % G;
+        if ((v[u] >> 16) > ch.b2[j]) continue;  // and every entry past the walk (INT32_MAX)
+        const int32_t off = v[u] & 0xFFFF;
+        atomicOr(&s_bits[e / G][off >> 5], 1u << (off & 31));
+        atomicAdd(&ch.count[j], 1);
+      }
     }
   }
   // Overflowed lists: KeptKernel's test over the chunk's scores, 8 slots per thread and load
