@@ -88,7 +88,6 @@ struct HistWork {
   int32_t* bnd = nullptr;         // [heads][bnd_chunks][kBndCap]
   int32_t* bnd_count = nullptr;   // [heads][bnd_chunks]
   int32_t bnd_chunks = 0;         // ceil(cand_stride / kKeptChunk)
-  float fx_scale = kFixedScale;  // <= 2^40: HistKernel's 32-bit partial sums rely on it
 };
 
 
@@ -304,6 +303,24 @@ __global__ void __launch_bounds__(kHistThreads)
   for (int it = 0; it < kHistIters; ++it) {
     raw[it] = LoadRaw8(row, c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x), cap, vec);
   }
+  // Growing, with pages of a multiple of 8 rows: each load's page flag (in_set), loaded with
+  // the scores. Loaded in the loop below, after its load's test, each was a round trip of
+  // its own, with a division by the page size before it.
+  const int32_t ps = g.page_size;
+  const bool page8 = (ps & 7) == 0;  // the 8 slots of a load lie in one page
+  const uint8_t* in_set = shape.in_set ? shape.in_set + int64_t(pair) * sel.max_select : nullptr;
+  uint32_t in_page = 0xFFu;  // bit it: the page of load it is a candidate (page8)
+  if (in_set && page8) {
+    in_page = 0;
+    const int32_t first = c0 + 8 * int32_t(threadIdx.x);  // < cap <= cand_stride
+    const bool pow2 = (ps & (ps - 1)) == 0;
+    const int shift = __ffs(ps) - 1;
+#pragma unroll
+    for (int it = 0; it < kHistIters; ++it) {
+      const int32_t i0 = first + it * 8 * kHistThreads;
+      if (i0 < cap && in_set[pow2 ? i0 >> shift : i0 / ps]) in_page |= 1u << it;
+    }
+  }
   const int32_t slots = sel.count[pair] * g.page_size;
   float mx = 0.0f;
   const int mode = HeadMode(params, shape, head_max, hw, s, sq, &mx);
@@ -314,6 +331,7 @@ __global__ void __launch_bounds__(kHistThreads)
   for (int it = 0; it < kHistIters; ++it) {
     asm volatile("" ::"r"(raw[it].x), "r"(raw[it].y), "r"(raw[it].z), "r"(raw[it].w));
   }
+  asm volatile("" ::"r"(in_page));
   if (c0 >= slots || mode != kModeTopP) return;  // block-uniform
   const int32_t c1 = min(slots, c0 + kHistChunk);
   // Slots past the candidates read as -inf, as LoadRaw8 bounded by c1 gives them.
@@ -328,9 +346,6 @@ __global__ void __launch_bounds__(kHistThreads)
   __syncthreads();  // sub-histograms zeroed
   const int warp = threadIdx.x >> 5;
   const uint32_t lo = SharedAddress(sub_lo[warp]), hi = SharedAddress(sub_hi[warp]);
-  const uint8_t* in_set = shape.in_set ? shape.in_set + int64_t(pair) * sel.max_select : nullptr;
-  const int32_t ps = g.page_size;
-  const bool page8 = (ps & 7) == 0;  // the 8 slots of a load lie in one page
   bool nan_seen = false;
   // Scores more than 28.5 logits below the max weigh < 2^-41: Fixed() gives them 0.
   const __half2 skip_below = HalfThreshold(mx - 28.5f);
@@ -338,14 +353,15 @@ __global__ void __launch_bounds__(kHistThreads)
   for (int it = 0; it < kHistIters; ++it) {
     const int32_t i0 = c0 + it * 8 * kHistThreads + 8 * int32_t(threadIdx.x);
     if (i0 >= c1) break;
-    if (AllBelow(raw[it], skip_below)) continue;
+    const __half2 top = Max8Nan(raw[it]);
+    if (__hblt2(top, skip_below)) continue;  // AllBelow
     // live bit k: slot i0 + k lies inside the chunk and its page is a candidate, and its
     // score is not below skip_below (-inf never is live; NaN always is, to be flagged).
     uint32_t live = ~Below8(raw[it], skip_below) & 0xFFu;
     if (i0 + 8 > c1) live &= (1u << (c1 - i0)) - 1u;
     if (in_set) {
       if (page8) {
-        if (!in_set[i0 / ps]) live = 0;
+        if (!((in_page >> it) & 1u)) live = 0;
       } else {
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
@@ -353,21 +369,24 @@ __global__ void __launch_bounds__(kHistThreads)
         }
       }
     }
-    // Every slot of the load, without branches: its mass (0 when not live or NaN) goes to
-    // its bin with two shared adds. Summing runs of equal bins in registers first cost ~58
-    // SASS instructions per slot in branches and reconvergence (now ~21; sm_90 SASS,
-    // scripts/sass-count.sh), and a peaked head's neighbours rarely share a 1/8-logit bin.
-    // The sums are integers: the same histogram in any order. A slot with m = 0 (d >= 28.4,
-    // -inf past the sequence, not live) adds 0 to a clamped bin (d = inf or past 2^20 would
-    // index past the shared rows).
+    // A live NaN score makes the head keep nothing (hw.bad), so what its slots add to the
+    // histogram does not matter: the test is one per load (the max propagates NaN), and a
+    // NaN slot below adds the mass of d = 0 (fmaxf drops the NaN), within the bounds the
+    // partial sums assume. Tested per slot it cost ~5 SASS instructions of ~27.
+    if (__hisnan(__low2half(top)) | __hisnan(__high2half(top))) {
+      nan_seen |= (Nan8(raw[it]) & live) != 0u;
+    }
+    // Every slot of the load, without branches: its mass (0 when not live) goes to its bin
+    // with two shared adds. Summing runs of equal bins in registers first cost ~58 SASS
+    // instructions per slot in branches and reconvergence, and a peaked head's neighbours
+    // rarely share a 1/8-logit bin. The sums are integers: the same histogram in any order.
+    // A slot with m = 0 (d >= 28.4, -inf past the sequence, not live) adds 0 to a clamped
+    // bin (d = inf or past 2^20 would index past the shared rows).
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       const float x = RawHalf(raw[it], k);
-      const bool on = (live >> k) & 1u;
-      const bool nan = isnan(x);
-      nan_seen |= on && nan;
       const float d = fmaxf(mx - x, 0.0f);  // x <= mx: the max is over these scores
-      const u64 m = on && !nan ? Fixed(TopPWeight(d), hw.fx_scale) : 0;
+      const u64 m = (live & (1u << k)) ? Fixed(TopPWeight(d), kFixedScale) : 0;
       // m > 0: d < 28.5, so the bin is in range (a zero mass adds nothing anywhere).
       SubHistAdd(lo, hi, min(Bin1Near(d), kHistBins - 1), m);
     }
@@ -634,7 +653,7 @@ __global__ void __launch_bounds__(kKeptThreads, KeptMinBlocks(kMaxG))
                   [&](int k, int b2, float w) {
                     bmask |= 1u << k;
                     b2s |= uint64_t(b2) << (8 * k);
-                    const u64 m = Fixed(w, hw.fx_scale);
+                    const u64 m = Fixed(w, kFixedScale);
                     if (m) SharedAddU64(&s_h2[j][b2], m);
                   });
               byte |= above;

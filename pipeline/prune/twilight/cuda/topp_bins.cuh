@@ -28,9 +28,13 @@ __device__ __forceinline__ int Bin2(float d, int b1) {
 // always takes the exact per-slot path. Callers pick thr rounded down (__float2half_rd) and
 // with a margin, so that every score it skips is one the exact path would add nothing for:
 // peaked heads then cost a max and a compare per 8 slots instead of an exp per slot.
+// The max of the 8 FP16 scores of a LoadRaw8 result as a pair of halves (NaN in a half if
+// any of its 4 scores is NaN).
+__device__ __forceinline__ __half2 Max8Nan(const uint4& v) {
+  return __hmax2_nan(__hmax2_nan(U32Half2(v.x), U32Half2(v.y)), __hmax2_nan(U32Half2(v.z), U32Half2(v.w)));
+}
 __device__ __forceinline__ bool AllBelow(const uint4& v, __half2 thr) {
-  const __half2 m = __hmax2_nan(__hmax2_nan(U32Half2(v.x), U32Half2(v.y)), __hmax2_nan(U32Half2(v.z), U32Half2(v.w)));
-  return __hblt2(m, thr);
+  return __hblt2(Max8Nan(v), thr);
 }
 __device__ __forceinline__ __half2 HalfThreshold(float t) {
   const __half h = __float2half_rd(t);
@@ -94,6 +98,13 @@ __device__ __forceinline__ uint32_t Above8(const uint4& v, __half2 thr) {
 __device__ __forceinline__ uint32_t Below8(const uint4& v, __half2 thr) {
   return FoldHalfMasks8(__hlt2_mask(U32Half2(v.x), thr), __hlt2_mask(U32Half2(v.y), thr),
                         __hlt2_mask(U32Half2(v.z), thr), __hlt2_mask(U32Half2(v.w), thr));
+}
+// Bit k: half k of the 8 FP16 scores is NaN (the unordered compare of a value with itself).
+__device__ __forceinline__ uint32_t Nan8(const uint4& v) {
+  return FoldHalfMasks8(__hneu2_mask(U32Half2(v.x), U32Half2(v.x)),
+                        __hneu2_mask(U32Half2(v.y), U32Half2(v.y)),
+                        __hneu2_mask(U32Half2(v.z), U32Half2(v.z)),
+                        __hneu2_mask(U32Half2(v.w), U32Half2(v.w)));
 }
 // The 8 slots of a LoadRaw8 group of one top-p head (bit k of vmask: slot k is a valid
 // candidate) against its boundary bin B1 below the max mx: returns the bits of the slots
