@@ -13,7 +13,8 @@
 //    pass's heads split over two blocks, alone and with runs) gives the bits of the
 //    automatic one (runs of several chunks: partial last runs, sequences that end inside a
 //    run, the boundary lists' per-chunk counts, the boundary pass walking a run's lists at once;
-//    splits: union words ORed by two blocks).
+//    splits: union words ORed by two blocks; no split: the kept pass's whole group of 4 in
+//    one block, which the default splits in two at these sizes).
 // The GPU computes each weight exp(-d) as ex2.approx(-d log2 e) (TopPWeight: within ~3e-6
 // relative of std::exp over the 28.5 logits that carry weight), which moves fixed-point
 // masses by as much; so per head the GPU set must lie between the reference sets at
@@ -136,7 +137,7 @@ TEST(PruneTopPGpuTest, KeptSetsFollowTheBinnedRule) {
     const auto mass = Download<float>(d_mass, size_t(heads));
     // Work plans of the top-p passes (chunks per block, head splits): the same bits.
     for (const auto& [plan, splits] : std::vector<std::pair<int32_t, int32_t>>{
-             {1, 0}, {2, 0}, {3, 0}, {1 << 20, 0}, {0, 2}, {2, 2}}) {
+             {1, 0}, {2, 0}, {3, 0}, {1 << 20, 0}, {0, 2}, {2, 2}, {0, 1}, {3, 1}}) {
       SCOPED_TRACE(::testing::Message() << "topp_chunks_per_block = " << plan
                                         << ", topp_head_splits = " << splits);
       TWL_ASSERT_OK(launch(plan, splits));

@@ -23,16 +23,16 @@ __device__ __forceinline__ int Bin2(float d, int b1) {
   const float t = (d - float(b1) * (1.0f / kBinsPerLogit)) * kSubPerLogit;
   return int(fminf(fmaxf(t, 0.0f), float(kHistBins - 1)));
 }
-// Whether all 8 FP16 scores of a LoadRaw8 result are below thr (both halves the same
-// threshold). The max propagates NaN, and NaN is never below, so a load holding a NaN
-// always takes the exact per-slot path. Callers pick thr rounded down (__float2half_rd) and
-// with a margin, so that every score it skips is one the exact path would add nothing for:
-// peaked heads then cost a max and a compare per 8 slots instead of an exp per slot.
 // The max of the 8 FP16 scores of a LoadRaw8 result as a pair of halves (NaN in a half if
 // any of its 4 scores is NaN).
 __device__ __forceinline__ __half2 Max8Nan(const uint4& v) {
   return __hmax2_nan(__hmax2_nan(U32Half2(v.x), U32Half2(v.y)), __hmax2_nan(U32Half2(v.z), U32Half2(v.w)));
 }
+// Whether all 8 FP16 scores of a LoadRaw8 result are below thr (both halves the same
+// threshold). The max propagates NaN, and NaN is never below, so a load holding a NaN
+// always takes the exact per-slot path. Callers pick thr rounded down (__float2half_rd) and
+// with a margin, so that every score it skips is one the exact path would add nothing for:
+// peaked heads then cost a max and a compare per 8 slots instead of an exp per slot.
 __device__ __forceinline__ bool AllBelow(const uint4& v, __half2 thr) {
   return __hblt2(Max8Nan(v), thr);
 }
