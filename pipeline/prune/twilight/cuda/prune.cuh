@@ -755,11 +755,13 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
     issue(k + kStages - 1);
     const int stage = k % kStages;
     if constexpr (kPageChannel) {
+      // Every page of the step, without a test: a page past the run decodes what its stage
+      // holds from an earlier step (or nothing written yet), which nothing reads. The test
+      // made the compiler wrap each page's decode in a divergence check and reconvergence:
+      // 13 of 246.5 SASS instructions per page at d = 128 (scripts/sass-count.sh).
 #pragma unroll
       for (int pp = 0; pp < kP16Pages; ++pp) {
-        if (first + k * kStride + pp < run) {  // warp-uniform
-          PcPageBoundsInPlace<kHeadDim>(Smem::Bounds(p16_smem, stage, pp, warp), PcInverse15(), lane);
-        }
+        PcPageBoundsInPlace<kHeadDim>(Smem::Bounds(p16_smem, stage, pp, warp), PcInverse15(), lane);
       }
       __syncwarp();  // the steps are visible to every lane
     }
