@@ -12,6 +12,7 @@
 #include "gpu/cuda/kernel_attrs.cuh"
 #include "gpu/device.h"
 #include "pipeline/prune/twilight/cuda/prune_launch.h"
+#include "pipeline/prune/twilight/score_partition.h"
 
 namespace twl {
 
@@ -259,29 +260,14 @@ absl::Status RunPrune(const PageGeometry& g, const PrunerParams& params,
     cuda::PruneShape sh = shape;
     sh.only = only;
     if (page16) {
-      // Blocks per pair: whole waves of 2 blocks per SM where the batch allows (equal runs
-      // finish together; a last wave 20% full costs as much as a full one), runs of at
-      // least 16 pages and at most the kernel's run table (P16Smem::kMaxPages).
-      const int64_t slots = 2 * int64_t(gpu::SmCount());
-      const int64_t pages = selection.max_select;
+      // Blocks per pair (score_partition.h): whole waves of 2 blocks per SM, runs of at most
+      // the kernel's run table (P16Smem::kMaxPages).
       const int64_t max_run = page16_channel ? cuda::P16Smem<128, 1, true>::kMaxPages
                                              : cuda::P16Smem<128, 1, false>::kMaxPages;
-      const int64_t bx_min = (pages + max_run - 1) / max_run;
-      const int64_t bx_max = std::max<int64_t>(bx_min, (pages + 15) / 16);
-      int64_t bx = bx_min;
-      double best = -1.0;
-      for (int64_t k = 1; k <= 8; ++k) {
-        const int64_t b = std::clamp<int64_t>((k * slots + pairs - 1) / pairs, bx_min, bx_max);
-        const double waves = double(pairs * b) / double(slots);
-        const double eff = waves / std::ceil(waves);
-        if (eff > best + 1e-9) {
-          best = eff;
-          bx = b;
-        }
-        if (eff >= 0.95) break;
-      }
-      const int32_t run = int32_t((pages + bx - 1) / bx);
-      bx = (pages + run - 1) / run;
+      const ScorePartition part =
+          ChooseScorePartition(pairs, selection.max_select, 2 * int64_t(gpu::SmCount()), max_run);
+      const int64_t bx = part.blocks;
+      const int32_t run = part.run;
       const int32_t nt = group > 8 ? 2 : 1;
       auto launch = g.head_dim == 128 ? (page16_channel ? LaunchScorePage16<128, true>
                                                         : LaunchScorePage16<128, false>)
