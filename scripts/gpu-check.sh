@@ -109,7 +109,7 @@ remote() {
     # DecodeNeverWaits is left out: the sanitizer serializes launches, so its gate kernel holds
     # the host and the test's time limit trips.
     local filt='*AppendGpu*:*AppendSegmentsGpu*:*SelectGpu*:*SelectBounds*:*PruneGpu*:*PageChannel*:*AttendGpu*:OffloadTransport*:OffloadCachePlan*:*CachePlan*:OffloadBackendTest.RepeatedStep*-*DecodeNeverWaits*'
-    local race='*AppendGpuTest*/0:*SelectGpuTest*/0:*PruneGpuTest*/0:*PruneGpuTest*/3:*AttendGpuTest*/0:*AttendGpuTest*/5'
+    local race='*AppendGpuTest*/0:*SelectGpuTest*/0:*PruneGpuTest*/0:*PruneGpuTest*/3:*AttendGpuTest*/0:*AttendGpuTest*/5:Shapes/PageChannelScoreGpuTest.*/0:Shapes/PageChannelScoreGpuTest.*/4'
     {
       echo "== memcheck"
       timeout "${T_MEMCHECK:-100}" "$cs" --tool memcheck --leak-check no --error-exitcode 9 \

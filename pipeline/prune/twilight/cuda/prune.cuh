@@ -668,14 +668,17 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
   const uint32_t land_s = SharedAddress(&landing[threadIdx.x]);
   constexpr uint32_t kLandPage = 2 * kThreads * sizeof(Chunk);  // one page's two halves
   // Per page channel: the block's channel-range record, 16-byte pieces (17 at d = 128). Every
-  // lane copies one, without a branch: lanes past the record repeat its last piece into
-  // the stage's spare bytes (the same source sectors: no more bytes read), and at d = 64
-  // lanes 16-31 repeat lanes 0-15 exactly.
+  // lane of a stage's pieces copies one, without a branch: lanes past the record repeat its
+  // last piece into the stage's spare bytes (the same source sectors: no more bytes read).
+  // At d = 64 the stage has 16 pieces and lanes 16-31 copy nothing: copying lanes 0-15's
+  // pieces again wrote the same bytes from two unordered async copies (compute-sanitizer
+  // racecheck: a WAW hazard, benign in value but a race all the same).
   constexpr int kRecordBytes = int(ChannelRangeBytes(kHeadDim));
   constexpr int kRecordPieces = kRecordBytes / 16;
   constexpr int kStagePieces = 4 * kHeadDim / 16;  // the page's bounds stage, in pieces
   static_assert(kRecordPieces <= kStagePieces, "the record fits the bounds stage");
   const int lane_piece = lane % kStagePieces;
+  const bool lane_copies_piece = kStagePieces >= 32 || lane < kStagePieces;
   const uint8_t* lane_record = qk.range + min(lane_piece, kRecordPieces - 1) * 16;
   const uint32_t bounds_s = kPageChannel ? SharedAddress(Smem::Bounds(p16_smem, 0, 0, warp)) + lane_piece * 16 : 0;
   constexpr uint32_t kBoundsStep = kP16Warps * Smem::kBoundsPage;  // between (stage, page)s
@@ -697,8 +700,10 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
             CpAsync8(dst + kThreads * sizeof(Chunk), src + 8 * kRowBytes);
           }
           if constexpr (kPageChannel) {
-            CpAsync16(bounds_s + uint32_t(stage * kP16Pages + pp) * kBoundsStep,
-                            lane_record + size_t(blk) * kRecordBytes);
+            if (lane_copies_piece) {
+              CpAsync16(bounds_s + uint32_t(stage * kP16Pages + pp) * kBoundsStep,
+                        lane_record + size_t(blk) * kRecordBytes);
+            }
           }
         }
       }
