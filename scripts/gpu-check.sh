@@ -211,6 +211,7 @@ remote() {
   [ -f "$out/prefill_bench.log" ] && tail -n 16 "$out/prefill_bench.log" | cut -c1-170
   [ -f "$out/demo.log" ] && tail -n 12 "$out/demo.log" | cut -c1-170
   [ -f "$out/serve.log" ] && grep -v '^\[' "$out/serve.log" | tail -n 60 | cut -c1-260
+  bundle "$out" summary.txt
 }
 
 # The staged folder is larger than the device's carry limit (64 MiB with the tree): `pack`
@@ -218,7 +219,7 @@ remote() {
 # libtwilight.so.* for A/B runs through LD_PRELOAD) into .device/run/gpu.tgz; on the device,
 # `job FILE` unpacks it and runs FILE (bash) with B = the binaries, L = $OUT, OLD = the old
 # library if any, under a limit (JOB_LIMIT, default 570 s) so that its log's tail is printed
-# even when a step runs long. Carry [".device/run"]; scripts/device-jobs/ has examples.
+# even when a step runs long; what it wrote under $OUT comes back as results.tgz (bundle). Carry [".device/run"]; scripts/device-jobs/ has examples.
 pack() {
   set -e
   local bins=("$@")
@@ -242,7 +243,27 @@ job() {
   nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
   timeout "${JOB_LIMIT:-570}" bash "$file" >"$L/job.log" 2>&1
   echo "job rc=$?"
+  bundle "$L" job.log
   grep -v '^\[ *\(RUN\|OK\) ' "$L/job.log" | tail -c 11000
+}
+
+# The device returns at most 8 files from $OUT, two folders deep: a job's logs, traces and
+# per-side CSV / JSON / PNG are more than that (the thirty-fourth session lost its traces).
+# bundle DIR MAIN: everything but the log MAIN goes into DIR/results.tgz; the 6 smallest
+# top-level files also stay beside it, readable without unpacking.
+bundle() {
+  local dir=$1 main=$2
+  (cd "$dir" && find . -type f ! -name "$main" ! -name results.tgz | sort |
+     tar -czf results.tgz -T - 2>/dev/null) || return 0
+  local keep
+  keep=$(cd "$dir" && find . -maxdepth 1 -type f ! -name "$main" ! -name results.tgz \
+           -printf '%s %f\n' | sort -n | head -6 | cut -d' ' -f2-)
+  (cd "$dir" && for f in * .[!.]*; do
+     [ -e "$f" ] || continue
+     [ "$f" = "$main" ] || [ "$f" = results.tgz ] && continue
+     grep -qxF "$f" <<<"$keep" || rm -rf "$f"
+   done)
+  echo "gpu-check: $(tar -tzf "$dir/results.tgz" | wc -l) files in $dir/results.tgz"
 }
 
 case "${1:-}" in
