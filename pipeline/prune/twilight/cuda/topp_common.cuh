@@ -5,7 +5,7 @@
 #pragma once
 
 #include "pipeline/prune/twilight/cuda/pdl.cuh"
-#include "pipeline/prune/twilight/cuda/prune.cuh"
+#include "pipeline/prune/twilight/cuda/prune_common.cuh"
 #include "pipeline/prune/twilight/cuda/topp_bins.cuh"
 
 namespace twl::cuda {
