@@ -10,7 +10,8 @@ namespace twl::cuda {
 // Stage 1 flags a pair whose rule fails with every listed page in (or p >= 1 with pages left
 // out): its list becomes every page and its head_max is cleared for the rescoring.
 // head_max is rewritten to the max over the candidates.
-// (The radix passes, for pairs past kSortPages pages; GrowSearchKernel below dispatches.)
+// (The radix passes, for pairs past kSortPages pages; GrowSearchKernel, grow_search_pass.cuh,
+// dispatches.)
 __device__ __noinline__ void GrowSearchRadix(GrowSmem& sm, const PageGeometry& g,
                                                 const PrunerParams& params,
                                                 const BatchView& batch,

@@ -50,7 +50,7 @@
 // logits under the max (weights that round to 0 in fixed point), the kept pass's the lower
 // edge of the boundary bin. (Skipping the loads of far pages by the score pass's page maxima
 // cost a dependent round trip per block and step: both passes are latency-bound at B = 1.)
-// CompactKeptKernel (below) then lists the tokens and writes the per-head telemetry.
+// CompactKeptKernel (topp_compact.cuh) then lists the tokens and writes the per-head telemetry.
 //
 // Bytes (INT4, d = 128, group G): the score pass reads 68 B per (token, KV head) and writes
 // 2G B; the two passes read 2G B each; with G = 4 that is 92 B moved per 68 B of INT4
