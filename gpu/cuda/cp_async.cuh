@@ -13,6 +13,14 @@ namespace twl::cuda {
 __device__ __forceinline__ void CpAsync16(uint32_t smem, const void* gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem));
 }
+// Issued only where pred holds, as one predicated instruction: a branch around the copy
+// costs a warp-divergence region (BSSY / BSYNC) in an unrolled copy loop.
+__device__ __forceinline__ void CpAsync16If(bool pred, uint32_t smem, const void* gmem) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n"
+      " @p cp.async.cg.shared.global [%0], [%1], 16;\n}\n" ::"r"(smem),
+      "l"(gmem), "r"(int(pred)));
+}
 __device__ __forceinline__ void CpAsync8(uint32_t smem, const void* gmem) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smem), "l"(gmem));
 }

@@ -307,6 +307,10 @@ INSTANTIATE_TEST_SUITE_P(
                       // and pages of 32 (two tensor-core tiles per block).
                       PruneCase{128, 2, 4, 4, 0.9f, false, false, false, {}, true, kPc, 8},
                       PruneCase{64, 2, 4, 4, 0.95f, false, false, false, {}, true, kPc, 32},
+                      // Pages that are not a power of two: a multiple of 8 (the kept
+                      // pass's slot-to-page division) and not (its slot-by-slot test).
+                      PruneCase{128, 2, 4, 4, 0.9f, false, false, false, {}, true, kPc, 24},
+                      PruneCase{64, 2, 4, 4, 0.95f, false, false, true, {}, true, kPc, 12},
                       // The page-16 estimator's page-channel path at 1, 8, 12 and 16 heads
                       // per KV head (one and two MMA n-tiles), ragged lengths.
                       PruneCase{128, 2, 8, 4, 0.95f, false, false, false, {}, false, kPc},

@@ -189,10 +189,9 @@ __global__ void __launch_bounds__(kP16Warps * 32, 2)
             CpAsync8(dst + kThreads * sizeof(Chunk), src + 8 * kRowBytes);
           }
           if constexpr (kPageChannel) {
-            if (lane_copies_piece) {
-              CpAsync16(bounds_s + uint32_t(stage * kP16Pages + pp) * kBoundsStep,
+            CpAsync16If(lane_copies_piece,
+                        bounds_s + uint32_t(stage * kP16Pages + pp) * kBoundsStep,
                         lane_record + size_t(blk) * kRecordBytes);
-            }
           }
         }
       }
