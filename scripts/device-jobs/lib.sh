@@ -16,5 +16,9 @@ run_gtests() {
 run_focus() {
   [ -n "${FOCUS:-}" ] || return 0
   run_gtests "focus $FOCUS" "$B/twl_gpu_tests" "$L/focus.log" "${T_FOCUS:-120}" --gtest_filter="$FOCUS"
-  grep -q '^\[  PASSED ' "$L/focus.log" || { grep -B5 -A20 Failure "$L/focus.log" | head -80; exit 1; }
+  # gtest prints a PASSED line also when some tests failed: both lines decide.
+  if ! grep -q '^\[  PASSED ' "$L/focus.log" || grep -q '^\[  FAILED ' "$L/focus.log"; then
+    grep -B5 -A20 Failure "$L/focus.log" | head -80
+    exit 1
+  fi
 }

@@ -5,10 +5,12 @@
 # filters) picks them; the default is one filter per kernel family. A family whose whole run
 # takes longer than the limit under racecheck needs single instances instead (e.g.
 # 'Shapes/AttendGpuTest.*/12'). Per filter: exit code, tests passed, hazard reports.
+# FOCUS (a gtest filter) runs first, without the sanitizer; the job stops if it fails.
 # Racecheck needs a machine where compute-sanitizer works (Firecracker; not gVisor).
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 cs=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+run_focus
 [ -n "$cs" ] || { echo "no compute-sanitizer"; exit 1; }
 limit=${RACE_LIMIT:-40}
 default="*PruneGpu* *PruneTopP* *TopPOne* *Grow* *AttendGpu* *SelectGpu* *SelectBounds*

@@ -201,6 +201,24 @@ TEST(TopPThreshold, TiesAreKeptTogether) {
   EXPECT_EQ(TopPThresholdRef({}, 0.9f).kept, 0);
 }
 
+// A NaN weight (a NaN estimate beside a finite max) or an infinite total keeps nothing, and
+// the threshold agrees: callers take { w > threshold }, so no finite weight may pass it.
+TEST(TopPThreshold, NonFiniteWeightsKeepNothing) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  for (const std::vector<float>& w : {std::vector<float>{0.5f, nan, 0.25f, 1.0f},
+                                      std::vector<float>{0.5f, inf, 0.25f}}) {
+    const TopPResult r = TopPThresholdRef(w, 0.9f, 0.0f);
+    EXPECT_EQ(r.kept, 0);
+    EXPECT_EQ(r.mass, 0.0f);
+    for (float x : w) {
+      if (!std::isnan(x)) {
+        EXPECT_FALSE(x > r.threshold) << x << " passes " << r.threshold;
+      }
+    }
+  }
+}
+
 TEST(TopPThreshold, StopGapKeepsMassAtLeastP) {
   std::mt19937_64 rng(::testing::UnitTest::GetInstance()->random_seed() + 2);
   for (int trial = 0; trial < 100; ++trial) {
@@ -414,6 +432,31 @@ TEST(Prune, GqaUnionAndVaryingBudgets) {
     }
     EXPECT_GT(run.count[size_t(s * 4 + 3)], 2 * run.count[size_t(s * 4 + 0)])
         << "flat heads should need a larger budget than peaked ones";
+  }
+}
+
+// K holding a NaN (stored as given: docs/GUARANTEES.md) makes the INT4 estimate of that row
+// NaN for every query head of its group, while the heads' max stays finite. Those heads keep
+// nothing, in their stats and in the pair's kept list (the GPU's rule: PruneGpuNonFiniteTest);
+// the other KV head and the other sequence are untouched.
+TEST(Prune, NanEstimateKeepsNothingOfItsGroupOnly) {
+  PageGeometry g{16, 64, 2, 4};
+  ASSERT_TRUE(g.HasTokenScale());
+  auto st = testing::MakeRandomStore(g, 4, {300, 200}, ::testing::UnitTest::GetInstance()->random_seed());
+  const int32_t bad_kv = 1, bad_row = 37;  // sequence 0
+  const int32_t page = st.page_table[size_t(bad_row / g.page_size)];
+  st.scale[size_t(g.BlockId(page, bad_kv) * g.page_size + bad_row % g.page_size)] = 0x7E00;
+  PrunerParams pp;
+  pp.p = 0.9f;
+  auto run = RunPrune(st, {SelectorKind::kFull, 0, 0}, pp);
+  for (int32_t j = 0; j < 2; ++j) {
+    EXPECT_EQ(run.kept[size_t(bad_kv * 2 + j)], 0);
+    EXPECT_EQ(run.mass[size_t(bad_kv * 2 + j)], 0.0f);
+  }
+  EXPECT_EQ(run.count[size_t(bad_kv)], 0) << "the pair's kept list agrees with its heads' stats";
+  for (int32_t item : {0, 2, 3}) {
+    EXPECT_GT(run.count[size_t(item)], 0) << "pair " << item;
+    for (int32_t j = 0; j < 2; ++j) EXPECT_GE(run.mass[size_t(item * 2 + j)], 0.9f - 1e-4f);
   }
 }
 

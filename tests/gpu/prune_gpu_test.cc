@@ -496,5 +496,84 @@ TEST(PruneGpuNonFiniteTest, NanHeadKeepsNothingLikeTheReference) {
   }
 }
 
+// A NaN estimate beside a finite head max (the score pass's max ignores NaN, as fmaxf does):
+// the histogram pass marks the head bad and it keeps nothing, as TopPBinnedRef does. Reached
+// here by a NaN per-token scale on one row of KV head 1 (the INT4 estimate of that row is NaN
+// for every query head of the group); KV head 0 must be untouched.
+TEST(PruneGpuNonFiniteTest, NanEstimateBesideFiniteMaxKeepsNothingLikeTheReference) {
+  TWL_SKIP_WITHOUT_GPU();
+  PageGeometry g;
+  g.page_size = 16;
+  g.head_dim = 128;
+  g.num_kv_heads = 2;
+  g.k_bits = 4;
+  ASSERT_TRUE(g.HasTokenScale());
+  const uint64_t seed = ::testing::UnitTest::GetInstance()->random_seed() + 6;
+  RefStore st = MakeRandomStore(g, 8, {700, 421}, seed, 2.5f);
+  const int32_t bad_kv = 1, bad_row = 37;  // sequence 0, token 37
+  const int32_t page = st.page_table[size_t(bad_row / g.page_size)];
+  st.scale[size_t(g.BlockId(page, bad_kv) * g.page_size + bad_row % g.page_size)] = 0x7E00;
+  const BatchView hb = st.Batch();
+  SelectorParams sp;
+  sp.kind = SelectorKind::kFull;
+  const int32_t max_select = SelectStride(sp, hb.max_pages);
+  const int32_t pairs = hb.num_seqs * g.num_kv_heads, heads = hb.num_seqs * hb.num_q_heads;
+  std::vector<int32_t> sel_pages(static_cast<size_t>(pairs) * max_select);
+  std::vector<int32_t> sel_count(static_cast<size_t>(pairs));
+  const SelectionView hsel{sel_pages.data(), sel_count.data(), max_select};
+  ASSERT_TRUE(SelectPagesRef(g, sp, hb, st.Query(), st.Quant(), hsel).ok());
+  const int32_t max_kept = max_select * g.page_size;
+  PrunerParams params;
+  params.p = 0.9f;
+  std::vector<int32_t> ref_tok(static_cast<size_t>(pairs) * max_kept), ref_cnt(static_cast<size_t>(pairs));
+  std::vector<int32_t> ref_kept(static_cast<size_t>(heads));
+  std::vector<float> ref_mass(static_cast<size_t>(heads));
+  ASSERT_TRUE(PruneRef(g, params, hb, st.Query(), st.Quant(), st.Kv(), hsel,
+                       KeptView{ref_tok.data(), ref_cnt.data(), max_kept},
+                       HeadStatsView{nullptr, ref_kept.data(), ref_mass.data()})
+                  .ok());
+  const GpuPruneOut o = RunGpuPrune(g, params, st, sel_pages, sel_count, max_select);
+  ASSERT_EQ(o.cnt.size(), size_t(pairs));
+  EXPECT_TRUE(testing::AllFinite(o.mass));
+  const int32_t group = hb.num_q_heads / g.num_kv_heads;
+  for (int32_t j = 0; j < group; ++j) {
+    const int32_t head = bad_kv * group + j;  // sequence 0
+    EXPECT_EQ(ref_kept[size_t(head)], 0) << "the reference keeps nothing of head " << head;
+    EXPECT_EQ(o.kept[size_t(head)], 0) << "a head with a NaN estimate keeps nothing: " << head;
+    EXPECT_EQ(o.mass[size_t(head)], 0.0f);
+  }
+  EXPECT_EQ(ref_cnt[size_t(bad_kv)], 0);
+  EXPECT_EQ(o.cnt[size_t(bad_kv)], 0) << "pair (0, 1): no head of the group keeps a token";
+  // Every other pair keeps tokens, up to threshold ties (the usual tolerance).
+  for (int32_t pair = 0; pair < pairs; ++pair) {
+    if (pair == bad_kv) continue;
+    EXPECT_GT(o.cnt[size_t(pair)], 0) << "pair " << pair;
+    const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
+    const std::vector<int32_t> pages(sel_pages.begin() + int64_t(pair) * max_select,
+                                     sel_pages.begin() + int64_t(pair) * max_select +
+                                         sel_count[size_t(pair)]);
+    std::vector<HeadRef> refs;
+    for (int32_t j = 0; j < group; ++j) {
+      refs.push_back(ReferenceHead(st, params, params.p, pages, s, h, j));
+    }
+    const int32_t* gt = o.tok.data() + int64_t(pair) * max_kept;
+    const int32_t* rt = ref_tok.data() + int64_t(pair) * max_kept;
+    const std::set<int32_t> a(gt, gt + o.cnt[size_t(pair)]);
+    const std::set<int32_t> b(rt, rt + ref_cnt[size_t(pair)]);
+    std::vector<int32_t> diff;
+    std::set_symmetric_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(diff));
+    for (int32_t t : diff) {
+      bool explained = false;
+      for (const HeadRef& r : refs) {
+        const auto it = std::lower_bound(r.pos.begin(), r.pos.end(), t);
+        if (it != r.pos.end() && *it == t) {
+          explained = explained || Ambiguous(r, params, size_t(it - r.pos.begin()));
+        }
+      }
+      EXPECT_TRUE(explained) << "pair " << pair << " token " << t << " differs and is not a tie";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace twl

@@ -60,7 +60,13 @@ TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap,
   const double total = WindowLanes::SumLanes(lane_total);
   float wmax = 0.0f;
   for (float m : lane_max) wmax = std::max(wmax, m);
-  if (w.empty() || !(total > 0.0) || std::isinf(total)) return r;  // NaN or inf: nothing
+  if (w.empty() || !(total > 0.0) || std::isinf(total)) {
+    // NaN or inf (a NaN estimate beside a finite max, or an overflowed score): the head keeps
+    // nothing, as the GPU's histogram rule does. The threshold says so too, since callers
+    // take { w > threshold }: 0 would keep every positive weight while kept reads 0.
+    r.threshold = std::numeric_limits<float>::infinity();
+    return r;
+  }
   const double target = double(p) * total;
   float low = 0.0f;    // mass(> low) >= target
   float high = wmax;   // mass(> high) < target

@@ -26,7 +26,7 @@ struct TopPResult {
 // high - low <= stop_gap * sum(w) / n (a fraction of the mean weight: an absolute gap would
 // stop far from the threshold when n is large; it keeps the weights in (low, high] too).
 // p >= 1 keeps every weight, zeros included (dense: threshold -1, mass 1). w need not be
-// normalized; a NaN or infinite total keeps nothing.
+// normalized; a NaN or infinite total keeps nothing (threshold +inf: no weight passes it).
 TopPResult TopPThresholdRef(absl::Span<const float> w, float p, float stop_gap = 0.0f,
                             int32_t max_iterations = 64);
 
