@@ -442,7 +442,8 @@ TEST(Prune, GqaUnionAndVaryingBudgets) {
 TEST(Prune, NanEstimateKeepsNothingOfItsGroupOnly) {
   PageGeometry g{16, 64, 2, 4};
   ASSERT_TRUE(g.HasTokenScale());
-  auto st = testing::MakeRandomStore(g, 4, {300, 200}, ::testing::UnitTest::GetInstance()->random_seed());
+  const uint64_t seed = ::testing::UnitTest::GetInstance()->random_seed();
+  auto st = testing::MakeRandomStore(g, 4, {300, 200}, seed);
   const int32_t bad_kv = 1, bad_row = 37;  // sequence 0
   const int32_t page = st.page_table[size_t(bad_row / g.page_size)];
   st.scale[size_t(g.BlockId(page, bad_kv) * g.page_size + bad_row % g.page_size)] = 0x7E00;

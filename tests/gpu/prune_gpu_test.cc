@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <numeric>
 #include <random>
 #include <set>
 #include <string>
@@ -235,17 +236,9 @@ TEST_P(PruneGpuTest, MatchesReferenceUpToThresholdTies) {
       ++exact_pairs;
       continue;
     }
-    std::vector<int32_t> diff;
-    std::set_symmetric_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(diff));
-    for (int32_t t : diff) {
-      bool explained = false;
-      for (const HeadRef& r : refs) {
-        const auto it = std::lower_bound(r.pos.begin(), r.pos.end(), t);
-        if (it == r.pos.end() || *it != t) continue;
-        explained = explained || Ambiguous(r, params, size_t(it - r.pos.begin()));
-      }
-      EXPECT_TRUE(explained) << "token " << t << " of pair " << pair
-                             << " differs and is not a threshold tie";
+    for (int32_t t : testing::KeptDifference(a, b)) {
+      EXPECT_TRUE(testing::TieOfAnyHead(refs, params, t))
+          << "token " << t << " of pair " << pair << " differs and is not a threshold tie";
       ++diff_tokens;
     }
   }
@@ -419,159 +412,138 @@ TEST(PruneGpuBatchTest, SequenceAloneEqualsInBatch) {
 namespace twl {
 namespace {
 
+// The Full selection of a store, then PruneRef and the GPU pruner over it at params.p.
+struct FullPruneBothWays {
+  std::vector<int32_t> sel_pages, sel_count;
+  int32_t max_select = 0, max_kept = 0;
+  std::vector<int32_t> ref_tok, ref_cnt, ref_kept;
+  std::vector<float> ref_mass;
+  GpuPruneOut gpu;
+};
+FullPruneBothWays RunFullPruneBothWays(const PageGeometry& g, RefStore& st,
+                                       const PrunerParams& params) {
+  FullPruneBothWays o;
+  const BatchView hb = st.Batch();
+  SelectorParams sp;
+  sp.kind = SelectorKind::kFull;
+  o.max_select = SelectStride(sp, hb.max_pages);
+  o.max_kept = o.max_select * g.page_size;
+  const int32_t pairs = hb.num_seqs * g.num_kv_heads, heads = hb.num_seqs * hb.num_q_heads;
+  o.sel_pages.resize(size_t(pairs) * o.max_select);
+  o.sel_count.resize(size_t(pairs));
+  EXPECT_TRUE(SelectPagesRef(g, sp, hb, st.Query(), st.Quant(),
+                             SelectionView{o.sel_pages.data(), o.sel_count.data(), o.max_select})
+                  .ok());
+  o.ref_tok.resize(size_t(pairs) * o.max_kept);
+  o.ref_cnt.resize(size_t(pairs));
+  o.ref_kept.resize(size_t(heads));
+  o.ref_mass.resize(size_t(heads));
+  EXPECT_TRUE(PruneRef(g, params, hb, st.Query(), st.Quant(), st.Kv(),
+                       SelectionView{o.sel_pages.data(), o.sel_count.data(), o.max_select},
+                       KeptView{o.ref_tok.data(), o.ref_cnt.data(), o.max_kept},
+                       HeadStatsView{nullptr, o.ref_kept.data(), o.ref_mass.data()})
+                  .ok());
+  o.gpu = RunGpuPrune(g, params, st, o.sel_pages, o.sel_count, o.max_select);
+  return o;
+}
+
+// The GPU's kept list of `pair` differs from the reference's only by threshold ties of the
+// heads listed in `heads` (query heads of the pair's group, 0-based within it).
+void ExpectPairDiffersOnlyByTies(RefStore& st, const PrunerParams& params,
+                                 const FullPruneBothWays& o, int32_t pair,
+                                 const std::vector<int32_t>& heads) {
+  const int32_t kv = st.g.num_kv_heads, group = st.group();
+  const int32_t s = pair / kv, h = pair % kv;
+  const auto first = o.sel_pages.begin() + int64_t(pair) * o.max_select;
+  const std::vector<int32_t> pages(first, first + o.sel_count[size_t(pair)]);
+  std::vector<HeadRef> refs;
+  for (int32_t j : heads) {
+    refs.push_back(ReferenceHead(st, params, params.p, pages, s, h, h * group + j));
+  }
+  const int32_t* gt = o.gpu.tok.data() + int64_t(pair) * o.max_kept;
+  const int32_t* rt = o.ref_tok.data() + int64_t(pair) * o.max_kept;
+  for (int32_t t : testing::KeptDifference({gt, gt + o.gpu.cnt[size_t(pair)]},
+                                           {rt, rt + o.ref_cnt[size_t(pair)]})) {
+    EXPECT_TRUE(testing::TieOfAnyHead(refs, params, t))
+        << "pair " << pair << " token " << t << " differs and is not a tie";
+  }
+}
+
+PageGeometry NonFiniteGeometry() {
+  PageGeometry g;
+  g.page_size = 16;
+  g.head_dim = 128;
+  g.num_kv_heads = 2;
+  g.k_bits = 4;
+  return g;
+}
+
 // A NaN query head keeps nothing (TopPThresholdRef: a NaN total), its group-mates keep their
 // top-p sets; at p = 1 every candidate is kept whatever the estimates.
 TEST(PruneGpuNonFiniteTest, NanHeadKeepsNothingLikeTheReference) {
   TWL_SKIP_WITHOUT_GPU();
-  PageGeometry g;
-  g.page_size = 16;
-  g.head_dim = 128;
-  g.num_kv_heads = 2;
-  g.k_bits = 4;
+  const PageGeometry g = NonFiniteGeometry();
   const uint64_t seed = ::testing::UnitTest::GetInstance()->random_seed() + 5;
   RefStore st = MakeRandomStore(g, 8, {900, 333}, seed, 2.5f);
   const int32_t nan_head = 1;  // sequence 0, query head 1 (KV head 0)
   st.q[size_t(nan_head) * g.head_dim + 7] = 0x7E00;
-  const BatchView hb = st.Batch();
-  SelectorParams sp;
-  sp.kind = SelectorKind::kFull;
-  const int32_t max_select = SelectStride(sp, hb.max_pages);
-  const int32_t pairs = hb.num_seqs * g.num_kv_heads, heads = hb.num_seqs * hb.num_q_heads;
-  std::vector<int32_t> sel_pages(static_cast<size_t>(pairs) * max_select);
-  std::vector<int32_t> sel_count(static_cast<size_t>(pairs));
-  const SelectionView hsel{sel_pages.data(), sel_count.data(), max_select};
-  ASSERT_TRUE(SelectPagesRef(g, sp, hb, st.Query(), st.Quant(), hsel).ok());
-  const int32_t max_kept = max_select * g.page_size;
   for (const float p : {0.9f, 1.0f}) {
     PrunerParams params;
     params.p = p;
-    std::vector<int32_t> ref_tok(static_cast<size_t>(pairs) * max_kept), ref_cnt(static_cast<size_t>(pairs));
-    std::vector<int32_t> ref_kept(static_cast<size_t>(heads));
-    std::vector<float> ref_mass(static_cast<size_t>(heads));
-    ASSERT_TRUE(PruneRef(g, params, hb, st.Query(), st.Quant(), st.Kv(), hsel,
-                         KeptView{ref_tok.data(), ref_cnt.data(), max_kept},
-                         HeadStatsView{nullptr, ref_kept.data(), ref_mass.data()})
-                    .ok());
-    const GpuPruneOut o = RunGpuPrune(g, params, st, sel_pages, sel_count, max_select);
-    ASSERT_EQ(o.cnt.size(), size_t(pairs));
-    const std::vector<int32_t>& tok = o.tok;
-    const std::vector<int32_t>& cnt = o.cnt;
-    const std::vector<int32_t>& kept = o.kept;
-    const std::vector<float>& mass = o.mass;
-    EXPECT_TRUE(testing::AllFinite(mass));
+    const FullPruneBothWays o = RunFullPruneBothWays(g, st, params);
+    ASSERT_EQ(o.gpu.cnt.size(), o.ref_cnt.size());
+    EXPECT_TRUE(testing::AllFinite(o.gpu.mass));
     if (p >= 1.0f) {
-      EXPECT_EQ(cnt, ref_cnt);
-      EXPECT_EQ(kept, ref_kept);
-      EXPECT_EQ(mass, ref_mass);
-      for (int32_t pair = 0; pair < pairs; ++pair) {
-        for (int32_t i = 0; i < cnt[size_t(pair)]; ++i) {
-          ASSERT_EQ(tok[size_t(pair) * max_kept + i], ref_tok[size_t(pair) * max_kept + i]);
+      EXPECT_EQ(o.gpu.cnt, o.ref_cnt);
+      EXPECT_EQ(o.gpu.kept, o.ref_kept);
+      EXPECT_EQ(o.gpu.mass, o.ref_mass);
+      for (size_t pair = 0; pair < o.ref_cnt.size(); ++pair) {
+        for (int32_t i = 0; i < o.gpu.cnt[pair]; ++i) {
+          ASSERT_EQ(o.gpu.tok[pair * o.max_kept + i], o.ref_tok[pair * o.max_kept + i]);
         }
       }
       continue;
     }
-    EXPECT_EQ(ref_kept[nan_head], 0);
-    EXPECT_EQ(kept[nan_head], 0) << "a NaN head keeps nothing";
-    EXPECT_EQ(mass[nan_head], 0.0f);
-    // The other heads: the usual tie tolerance (pair 0 = sequence 0, KV head 0).
-    const std::vector<int32_t> pages(sel_pages.begin(), sel_pages.begin() + sel_count[0]);
-    std::vector<HeadRef> refs;
-    for (int32_t j = 0; j < 4; ++j) {
-      if (j != nan_head) refs.push_back(ReferenceHead(st, params, p, pages, 0, 0, j));
-    }
-    const std::set<int32_t> a(tok.begin(), tok.begin() + cnt[0]);
-    const std::set<int32_t> b(ref_tok.begin(), ref_tok.begin() + ref_cnt[0]);
-    std::vector<int32_t> diff;
-    std::set_symmetric_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(diff));
-    for (int32_t t : diff) {
-      bool explained = false;
-      for (const HeadRef& r : refs) {
-        const auto it = std::lower_bound(r.pos.begin(), r.pos.end(), t);
-        if (it != r.pos.end() && *it == t) {
-          explained = explained || Ambiguous(r, params, size_t(it - r.pos.begin()));
-        }
-      }
-      EXPECT_TRUE(explained) << "token " << t << " differs and is not a tie";
-    }
+    EXPECT_EQ(o.ref_kept[nan_head], 0);
+    EXPECT_EQ(o.gpu.kept[nan_head], 0) << "a NaN head keeps nothing";
+    EXPECT_EQ(o.gpu.mass[nan_head], 0.0f);
+    ExpectPairDiffersOnlyByTies(st, params, o, 0, {0, 2, 3});  // the other heads of KV head 0
   }
 }
 
 // A NaN estimate beside a finite head max (the score pass's max ignores NaN, as fmaxf does):
-// the histogram pass marks the head bad and it keeps nothing, as TopPBinnedRef does. Reached
+// the histogram pass marks the head bad and it keeps nothing, as TopPThresholdRef does. Reached
 // here by a NaN per-token scale on one row of KV head 1 (the INT4 estimate of that row is NaN
-// for every query head of the group); KV head 0 must be untouched.
+// for every query head of the group); the other pairs must be untouched.
 TEST(PruneGpuNonFiniteTest, NanEstimateBesideFiniteMaxKeepsNothingLikeTheReference) {
   TWL_SKIP_WITHOUT_GPU();
-  PageGeometry g;
-  g.page_size = 16;
-  g.head_dim = 128;
-  g.num_kv_heads = 2;
-  g.k_bits = 4;
+  const PageGeometry g = NonFiniteGeometry();
   ASSERT_TRUE(g.HasTokenScale());
   const uint64_t seed = ::testing::UnitTest::GetInstance()->random_seed() + 6;
   RefStore st = MakeRandomStore(g, 8, {700, 421}, seed, 2.5f);
   const int32_t bad_kv = 1, bad_row = 37;  // sequence 0, token 37
   const int32_t page = st.page_table[size_t(bad_row / g.page_size)];
   st.scale[size_t(g.BlockId(page, bad_kv) * g.page_size + bad_row % g.page_size)] = 0x7E00;
-  const BatchView hb = st.Batch();
-  SelectorParams sp;
-  sp.kind = SelectorKind::kFull;
-  const int32_t max_select = SelectStride(sp, hb.max_pages);
-  const int32_t pairs = hb.num_seqs * g.num_kv_heads, heads = hb.num_seqs * hb.num_q_heads;
-  std::vector<int32_t> sel_pages(static_cast<size_t>(pairs) * max_select);
-  std::vector<int32_t> sel_count(static_cast<size_t>(pairs));
-  const SelectionView hsel{sel_pages.data(), sel_count.data(), max_select};
-  ASSERT_TRUE(SelectPagesRef(g, sp, hb, st.Query(), st.Quant(), hsel).ok());
-  const int32_t max_kept = max_select * g.page_size;
   PrunerParams params;
   params.p = 0.9f;
-  std::vector<int32_t> ref_tok(static_cast<size_t>(pairs) * max_kept), ref_cnt(static_cast<size_t>(pairs));
-  std::vector<int32_t> ref_kept(static_cast<size_t>(heads));
-  std::vector<float> ref_mass(static_cast<size_t>(heads));
-  ASSERT_TRUE(PruneRef(g, params, hb, st.Query(), st.Quant(), st.Kv(), hsel,
-                       KeptView{ref_tok.data(), ref_cnt.data(), max_kept},
-                       HeadStatsView{nullptr, ref_kept.data(), ref_mass.data()})
-                  .ok());
-  const GpuPruneOut o = RunGpuPrune(g, params, st, sel_pages, sel_count, max_select);
-  ASSERT_EQ(o.cnt.size(), size_t(pairs));
-  EXPECT_TRUE(testing::AllFinite(o.mass));
-  const int32_t group = hb.num_q_heads / g.num_kv_heads;
+  const FullPruneBothWays o = RunFullPruneBothWays(g, st, params);
+  ASSERT_EQ(o.gpu.cnt.size(), o.ref_cnt.size());
+  EXPECT_TRUE(testing::AllFinite(o.gpu.mass));
+  const int32_t group = st.group();
   for (int32_t j = 0; j < group; ++j) {
     const int32_t head = bad_kv * group + j;  // sequence 0
-    EXPECT_EQ(ref_kept[size_t(head)], 0) << "the reference keeps nothing of head " << head;
-    EXPECT_EQ(o.kept[size_t(head)], 0) << "a head with a NaN estimate keeps nothing: " << head;
-    EXPECT_EQ(o.mass[size_t(head)], 0.0f);
+    EXPECT_EQ(o.ref_kept[size_t(head)], 0) << "the reference keeps nothing of head " << head;
+    EXPECT_EQ(o.gpu.kept[size_t(head)], 0) << "a head with a NaN estimate keeps nothing: " << head;
+    EXPECT_EQ(o.gpu.mass[size_t(head)], 0.0f);
   }
-  EXPECT_EQ(ref_cnt[size_t(bad_kv)], 0);
-  EXPECT_EQ(o.cnt[size_t(bad_kv)], 0) << "pair (0, 1): no head of the group keeps a token";
-  // Every other pair keeps tokens, up to threshold ties (the usual tolerance).
-  for (int32_t pair = 0; pair < pairs; ++pair) {
+  EXPECT_EQ(o.ref_cnt[size_t(bad_kv)], 0);
+  EXPECT_EQ(o.gpu.cnt[size_t(bad_kv)], 0) << "pair (0, 1): no head of the group keeps a token";
+  std::vector<int32_t> all_heads(static_cast<size_t>(group));
+  std::iota(all_heads.begin(), all_heads.end(), 0);
+  for (int32_t pair = 0; pair < int32_t(o.ref_cnt.size()); ++pair) {
     if (pair == bad_kv) continue;
-    EXPECT_GT(o.cnt[size_t(pair)], 0) << "pair " << pair;
-    const int32_t s = pair / g.num_kv_heads, h = pair % g.num_kv_heads;
-    const std::vector<int32_t> pages(sel_pages.begin() + int64_t(pair) * max_select,
-                                     sel_pages.begin() + int64_t(pair) * max_select +
-                                         sel_count[size_t(pair)]);
-    std::vector<HeadRef> refs;
-    for (int32_t j = 0; j < group; ++j) {
-      refs.push_back(ReferenceHead(st, params, params.p, pages, s, h, j));
-    }
-    const int32_t* gt = o.tok.data() + int64_t(pair) * max_kept;
-    const int32_t* rt = ref_tok.data() + int64_t(pair) * max_kept;
-    const std::set<int32_t> a(gt, gt + o.cnt[size_t(pair)]);
-    const std::set<int32_t> b(rt, rt + ref_cnt[size_t(pair)]);
-    std::vector<int32_t> diff;
-    std::set_symmetric_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(diff));
-    for (int32_t t : diff) {
-      bool explained = false;
-      for (const HeadRef& r : refs) {
-        const auto it = std::lower_bound(r.pos.begin(), r.pos.end(), t);
-        if (it != r.pos.end() && *it == t) {
-          explained = explained || Ambiguous(r, params, size_t(it - r.pos.begin()));
-        }
-      }
-      EXPECT_TRUE(explained) << "pair " << pair << " token " << t << " differs and is not a tie";
-    }
+    EXPECT_GT(o.gpu.cnt[size_t(pair)], 0) << "pair " << pair;
+    ExpectPairDiffersOnlyByTies(st, params, o, pair, all_heads);
   }
 }
 

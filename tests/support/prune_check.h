@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <iterator>
+#include <set>
 #include <vector>
 
 #include "core/half.h"
@@ -94,6 +96,25 @@ inline bool Ambiguous(const HeadRef& r, const PrunerParams& params, size_t i) {
   if (std::abs(r.before[i] + r.w[i] - r.target) <= eps * r.total) return true;
   const double gap = double(params.stop_gap) * r.total / double(std::max<size_t>(r.w.size(), 1));
   return std::abs(double(r.w[i]) - double(r.r.threshold)) <= gap + 1e-4;
+}
+
+// Whether token position t may differ between two kept lists of one (sequence, KV head) pair:
+// it is ambiguous for some query head of the group (refs: one HeadRef per head).
+inline bool TieOfAnyHead(const std::vector<HeadRef>& refs, const PrunerParams& params, int32_t t) {
+  for (const HeadRef& r : refs) {
+    const auto it = std::lower_bound(r.pos.begin(), r.pos.end(), t);
+    if (it != r.pos.end() && *it == t && Ambiguous(r, params, size_t(it - r.pos.begin()))) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// The token positions in one of two kept sets and not in the other, ascending.
+inline std::vector<int32_t> KeptDifference(const std::set<int32_t>& a, const std::set<int32_t>& b) {
+  std::vector<int32_t> diff;
+  std::set_symmetric_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(diff));
+  return diff;
 }
 
 }  // namespace twl::testing
