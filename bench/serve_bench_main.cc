@@ -60,6 +60,9 @@
 // sample of (sequence, KV head) pairs the TRUE softmax mass of what was attended (from the
 // stored FP16 K, via twl_runtime_last_step_kept) and the output error vs dense, next to
 // exact top-p's error (the oracle). Table + CSV + JSON + PNG under --out; a progress line.
+// A method that runs out of memory in a configuration (TWL_CAPACITY_EXHAUSTED or
+// TWL_OUT_OF_MEMORY, e.g. B = 16 x 128k in HBM on an 80 GB card) gets a row whose status is
+// "does not fit", and the run goes on; any other failure stops the run with its message.
 // This file: the flags, the baseline CSV, the loop over configurations and the report; the
 // methods, workloads and one configuration's run are in bench/serve_bench/.
 #include <algorithm>
@@ -282,7 +285,7 @@ int Main(int argc, char** argv) {
                       "oracle kept", "sample kept kv", "oracle union kv", "baseline",
                       "host pool GiB", "KV GiB", "disk MB/s", "disk/seq", "disk/rand8k",
                       "disk MB/step", "disk waits", "read-ahead pages", "MB in place",
-                      "telemetry decodes", "kept rows/block"});
+                      "telemetry decodes", "kept rows/block", "status"});
   table.title = "serving loop: per layer-step with appends (wall time), accuracy vs dense";
   const int32_t n_total = int32_t(shapes.size() * batches.size() * workloads.size() * methods.size());
   // Without an SDPA figure for a configuration (CPU mode), the baseline is the fastest dense
@@ -303,9 +306,17 @@ int Main(int argc, char** argv) {
                        shape.Name().c_str(), B, w.c_str(), m.name.c_str());
           const auto t0 = Clock::now();
           Result r;
-          {
+          bool fits = true;
+          try {
             Config cfg(shape, B, w, m, gpu);
             r = cfg.Run();
+          } catch (const DoesNotFit& e) {
+            fits = false;
+            r = Result{};
+            r.shape = shape.Name();
+            r.workload = w;
+            r.method = m.name;
+            std::fprintf(stderr, "    does not fit this machine (%s); going on\n", e.what.c_str());
           }
           const std::string key =
               absl::StrCat(shape.Name(), "/", B, "/", absl::GetFlag(FLAGS_context));
@@ -332,7 +343,9 @@ int Main(int argc, char** argv) {
                         Cell(probed ? r.disk_mb_s / (rates.rand8k_mib_s * 1.048576) : NAN, 3),
                         Cell(r.disk_mb_step, 4), Cell(r.disk_waits, 3),
                         Cell(r.disk_read_ahead, 4), Cell(r.mb_in_place, 3),
-                        int64_t(r.tele_decodes), Cell(r.sample_rows_per_block, 3)});
+                        int64_t(r.tele_decodes), Cell(r.sample_rows_per_block, 3),
+                        std::string(fits ? "ok" : "does not fit")});
+          if (!fits) continue;
           std::fprintf(stderr,
                        "    %.4f ms/layer-step (%.3fx %s), gpu %.4f ms, host issue %.4f ms (append %.4f), "
                        "sel/prune/fetch/attend %.3f/%.3f/%.3f/%.3f ms, hit %.3f, %.1f MB h2d (in place %.1f), "
@@ -388,4 +401,10 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace twl::serve_bench
 
-int main(int argc, char** argv) { return twl::serve_bench::Main(argc, argv); }
+int main(int argc, char** argv) {
+  try {
+    return twl::serve_bench::Main(argc, argv);
+  } catch (const twl::serve_bench::DoesNotFit& e) {  // outside a method's run: nothing to go on with
+    twl::serve_bench::Die(e.what);
+  }
+}

@@ -61,7 +61,9 @@ test_targets() {  # build dir -> candidate target names, one per line
 #                         they drive is covered here by the api tests and the fuzzer.
 #   tools_flags           runs the tools, which only the main build builds (this tree builds
 #                         test executables only).
-exclude='^(api_install_consumer|python_.*|tools_flags)$'
+#   twl_serve_bench_no_fit  limits the address space (ulimit -v), where ASan and TSan reserve
+#                         terabytes of shadow memory at start.
+exclude='^(api_install_consumer|python_.*|tools_flags|twl_serve_bench_no_fit)$'
 
 run_tree() {  # name, compile flags, executable link flags, extra cmake arguments...
   local name=$1 flags=$2 link=$3 dir=$root/${TWL_SAN_PREFIX:-build}-$1

@@ -63,13 +63,20 @@ using bench::Cell;
 constexpr int32_t kPageTokens = 16;
 
 [[noreturn]] void Die(const std::string& what);
+// Thrown instead of dying where a method runs out of memory (the runtime's status
+// TWL_CAPACITY_EXHAUSTED or TWL_OUT_OF_MEMORY, or the benchmark's own device buffers): the
+// method does not fit this machine (e.g. B = 16 x 128k in HBM on an 80 GB card). Main
+// reports its row as such and goes on with the next method and configuration.
+struct DoesNotFit {
+  std::string what;
+};
 // A bad flag value: say which and exit 2 (the shared tool behaviour, bench/lib/tool_flags.h).
 [[noreturn]] void BadFlag(const std::string& what);
 void Check(twl_status s, twl_runtime* rt, const char* what);
 void CheckOk(const absl::Status& s, const char* what);
 template <typename T>
 T OrDie(absl::StatusOr<T> v, const char* what) {
-  if (!v.ok()) Die(absl::StrCat(what, ": ", v.status().message()));
+  if (!v.ok()) CheckOk(v.status(), what);
   return std::move(*v);
 }
 bool ParseInts(const std::string& s, std::vector<int32_t>* out, std::string* err);

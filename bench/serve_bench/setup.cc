@@ -11,13 +11,17 @@ namespace twl::serve_bench {
 [[noreturn]] void BadFlag(const std::string& what) { tools::ToolFlagError(what); }
 
 void Check(twl_status s, twl_runtime* rt, const char* what) {
-  if (s != TWL_OK) {
-    Die(absl::StrCat(what, ": ", twl_status_string(s), ": ", twl_runtime_last_error(rt)));
-  }
+  if (s == TWL_OK) return;
+  std::string msg = absl::StrCat(what, ": ", twl_status_string(s), ": ", twl_runtime_last_error(rt));
+  if (s == TWL_CAPACITY_EXHAUSTED || s == TWL_OUT_OF_MEMORY) throw DoesNotFit{std::move(msg)};
+  Die(msg);
 }
 
 void CheckOk(const absl::Status& s, const char* what) {
-  if (!s.ok()) Die(absl::StrCat(what, ": ", s.message()));
+  if (s.ok()) return;
+  std::string msg = absl::StrCat(what, ": ", s.message());
+  if (absl::IsResourceExhausted(s)) throw DoesNotFit{std::move(msg)};
+  Die(msg);
 }
 
 bool ParseInts(const std::string& s, std::vector<int32_t>* out, std::string* err) {
