@@ -6,6 +6,9 @@ call over the filled prefix (GQA, one query token). L layers, each its own cache
 stays in L2 between layers. Every SDPA backend that takes the shape is timed (cuDNN, flash,
 efficient); the CSV has one row per backend and twl_serve_bench takes the fastest.
 Dense attention costs are linear in tokens, so mixed lengths are measured at their mean.
+Where L layers of KV do not fit the GPU (B = 16 x 128k needs 64 GiB at L = 8), fewer layers
+are measured, as long as each layer's KV is far larger than L2 (so the figure per layer-step
+is the same); the log says how many.
 
 Usage: sdpa_serving.py OUT.csv [--shapes 32x8,64x8] [--batches 1,8,16] [--context 131072]
                        [--layers 8] [--steps 8] [--head_dim 128]
@@ -63,6 +66,18 @@ def measure(q_heads, kv_heads, batch, ctx, layers, steps, head_dim, backend):
     return statistics.median(times)
 
 
+def layers_that_fit(layers, per_layer_bytes, free_bytes, l2_bytes):
+    """How many layers to measure: all of them if they fit 85% of the free memory, else as
+    many as fit when each layer's KV is at least 8x L2 (a layer then never finds the last
+    one's KV in L2, as with all L), else 0 (skip)."""
+    fit = int(0.85 * free_bytes // per_layer_bytes)
+    if fit >= layers:
+        return layers
+    if fit >= 1 and per_layer_bytes >= 8 * l2_bytes:
+        return fit
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("out")
@@ -83,14 +98,20 @@ def main():
         qh, kvh = (int(x) for x in shape.split("x"))
         for b in (int(x) for x in args.batches.split(",")):
             free, _ = torch.cuda.mem_get_info()
-            need = 2 * args.layers * b * kvh * (args.context + args.steps + 4) * args.head_dim * 2
-            if need > 0.85 * free:
-                print(f"sdpa_serving: {shape} B={b} needs {need / 2**30:.1f} GiB, skipped",
-                      flush=True)
+            per_layer = 2 * b * kvh * (args.context + args.steps + 4) * args.head_dim * 2
+            l2 = torch.cuda.get_device_properties(0).L2_cache_size
+            layers = layers_that_fit(args.layers, per_layer, free, l2)
+            if layers == 0:
+                print(f"sdpa_serving: {shape} B={b} needs {per_layer / 2**30:.1f} GiB per "
+                      "layer, skipped", flush=True)
                 continue
+            if layers < args.layers:
+                print(f"sdpa_serving: {shape} B={b}: {args.layers} layers need "
+                      f"{args.layers * per_layer / 2**30:.1f} GiB; measuring {layers} "
+                      f"({per_layer / 2**30:.1f} GiB each, >= 8x L2)", flush=True)
             for name, be in backends:
                 try:
-                    ms = measure(qh, kvh, b, args.context, args.layers, args.steps,
+                    ms = measure(qh, kvh, b, args.context, layers, args.steps,
                                  args.head_dim, be)
                 except Exception as e:  # the backend does not take this shape
                     print(f"sdpa_serving: {name} {shape} B={b}: unavailable ({str(e)[:100]})",
