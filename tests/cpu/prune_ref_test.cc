@@ -461,6 +461,28 @@ TEST(Prune, NanEstimateKeepsNothingOfItsGroupOnly) {
   }
 }
 
+// A query so large that its estimated scores overflow FP16 (the top one to +inf): the head's
+// max is infinite, so it keeps nothing (the GPU's HeadMode: no top-p on a non-finite max);
+// its group-mate keeps its top-p set.
+TEST(Prune, OverflowingScoresKeepNothingOfThatHead) {
+  PageGeometry g{16, 64, 2, 4};
+  const uint64_t seed = ::testing::UnitTest::GetInstance()->random_seed() + 1;
+  auto st = testing::MakeRandomStore(g, 4, {300, 200}, seed);
+  const fp16_t* k = st.k_in[0].data();  // token 0 of sequence 0, KV head 0
+  for (int32_t j = 0; j < g.head_dim; ++j) {
+    st.q[size_t(j)] = FloatToHalf(HalfToFloat(k[j]) >= 0.0f ? 60000.0f : -60000.0f);
+  }
+  PrunerParams pp;
+  pp.p = 0.9f;
+  auto run = RunPrune(st, {SelectorKind::kFull, 0, 0}, pp);
+  EXPECT_EQ(run.kept[0], 0) << "query head 0's max overflows: it keeps nothing";
+  EXPECT_EQ(run.mass[0], 0.0f);
+  EXPECT_GT(run.kept[1], 0);
+  EXPECT_GE(run.mass[1], 0.9f - 1e-4f);
+  EXPECT_GT(run.count[0], 0) << "the pair keeps head 1's set";
+  EXPECT_LE(run.count[0], run.kept[1]);
+}
+
 TEST(Prune, QuestThenPruneKeepsOnlySelectedPagesAndDenseKeepsAll) {
   PageGeometry g{16, 128, 2, 4};
   auto st = testing::MakeRandomStore(g, 8, {16 * 64 + 3, 250}, 99);
