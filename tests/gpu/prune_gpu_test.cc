@@ -547,5 +547,33 @@ TEST(PruneGpuNonFiniteTest, NanEstimateBesideFiniteMaxKeepsNothingLikeTheReferen
   }
 }
 
+// A query so large that its estimated scores overflow FP16 (the top one to +inf): the head's
+// max is infinite, HeadMode gives it no top-p and it keeps nothing, as the reference
+// (Prune.OverflowingScoresKeepNothingOfThatHead); its group-mates keep their sets.
+TEST(PruneGpuNonFiniteTest, OverflowingScoresKeepNothingLikeTheReference) {
+  TWL_SKIP_WITHOUT_GPU();
+  const PageGeometry g = NonFiniteGeometry();
+  const uint64_t seed = ::testing::UnitTest::GetInstance()->random_seed() + 7;
+  RefStore st = MakeRandomStore(g, 8, {600, 250}, seed, 2.5f);
+  const fp16_t* k = st.k_in[0].data();  // token 0 of sequence 0, KV head 0
+  for (int32_t j = 0; j < g.head_dim; ++j) {
+    st.q[size_t(j)] = FloatToHalf(HalfToFloat(k[j]) >= 0.0f ? 60000.0f : -60000.0f);
+  }
+  PrunerParams params;
+  params.p = 0.9f;
+  const FullPruneBothWays o = RunFullPruneBothWays(g, st, params);
+  ASSERT_EQ(o.gpu.cnt.size(), o.ref_cnt.size());
+  EXPECT_TRUE(testing::AllFinite(o.gpu.mass));
+  EXPECT_EQ(o.ref_kept[0], 0);
+  EXPECT_EQ(o.gpu.kept[0], 0) << "query head 0's max overflows: it keeps nothing";
+  EXPECT_EQ(o.gpu.mass[0], 0.0f);
+  ExpectPairDiffersOnlyByTies(st, params, o, 0, {1, 2, 3});
+  std::vector<int32_t> all_heads(static_cast<size_t>(st.group()));
+  std::iota(all_heads.begin(), all_heads.end(), 0);
+  for (int32_t pair = 1; pair < int32_t(o.ref_cnt.size()); ++pair) {
+    ExpectPairDiffersOnlyByTies(st, params, o, pair, all_heads);
+  }
+}
+
 }  // namespace
 }  // namespace twl
