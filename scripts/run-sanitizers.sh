@@ -46,8 +46,10 @@ symbolizer=$(command -v llvm-symbolizer-14 || command -v llvm-symbolizer || true
 test_targets() {  # build dir -> candidate target names, one per line
   local files
   mapfile -t files < <(find "$1" -name CTestTestfile.cmake)
+  # xargs -d: a word may hold quotes or backslashes (a shell command line), which xargs
+  # would otherwise parse and fail on, and errexit would then drop every later candidate.
   { grep -h '^add_test(' "${files[@]}" | grep -oE '"[^"]+"' | tr -d '"' | grep -v '^-' |
-      xargs -r -n1 basename
+      xargs -r -n1 -d '\n' basename
     grep -hoE '[A-Za-z0-9_]+\[1\]_include\.cmake' "${files[@]}" | sed 's/\[1\]_include\.cmake$//'
     echo twl_api_fuzz
   } | sort -u
