@@ -172,6 +172,62 @@ TEST(AdaptiveSelectTest, PeakedHeadStopsEarlyCapIsReported) {
   }
 }
 
+// K holding a NaN (stored as given, docs/GUARANTEES.md) makes the INT4 estimate of that row NaN
+// for every query head of its group. Growing, the pair's A is NaN, so the rule never holds and
+// the pair grows to every page (or to its cap); its heads then keep nothing, and their stats say
+// so. The other pairs are bit-identical to a run without the NaN: the growth and top-p of a
+// (sequence, KV head) read only its own estimates.
+TEST(AdaptiveSelectTest, NanEstimateKeepsNothingOfItsPairOnly) {
+  const PageGeometry g = GrowTestGeometry();
+  ASSERT_TRUE(g.HasTokenScale());
+  for (const int32_t cap : {0, 3}) {
+    SCOPED_TRACE(::testing::Message() << "cap " << cap);
+    RefStore st = testing::MakeGrowStore(g, 4, {3000, 1200}, 1.5f, /*peak=*/8.0f, 131);
+    PrunerParams pp;
+    pp.p = 0.9f;
+    SelectorParams sp = Growing();
+    sp.budget_pages = cap;
+    const StageRun clean = RunStages(st, sp, pp);
+    const int32_t bad_kv = 1, bad_row = 1000;  // sequence 0, a peaked KV head
+    const int32_t page = st.page_table[size_t(bad_row / g.page_size)];
+    st.scale[size_t(g.BlockId(page, bad_kv) * g.page_size + bad_row % g.page_size)] = 0x7E00;
+    const StageRun r = RunStages(st, sp, pp);
+    const int32_t pages = st.Batch().NumPages(g, 0);
+    for (int32_t j = 0; j < st.group(); ++j) {
+      const size_t at = size_t(bad_kv * st.group() + j);  // sequence 0
+      EXPECT_EQ(r.kept[at], 0) << "head " << at;
+      EXPECT_EQ(r.est_mass[at], 0.0f) << "head " << at;
+      EXPECT_EQ(r.full_mass[at], 0.0f) << "head " << at;
+      // Grown to every page, or stopped at the cap and said so.
+      EXPECT_EQ(r.cap_hit[at], cap > 0 ? 1 : 0) << "head " << at;
+      if (cap == 0) {
+        EXPECT_EQ(r.selected[at], st.seq_len[0]) << "head " << at;
+      }
+      EXPECT_LT(clean.selected[at], st.seq_len[0] / 2) << "the clean peaked head grew far";
+    }
+    EXPECT_EQ(r.kept_count[size_t(bad_kv)], 0) << "the pair's kept list agrees with its stats";
+    if (cap == 0) {
+      EXPECT_EQ(r.sel_count[size_t(bad_kv)], pages);
+    }
+    for (int32_t item = 0; item < int32_t(r.kept_count.size()); ++item) {
+      if (item == bad_kv) continue;
+      SCOPED_TRACE(::testing::Message() << "pair " << item);
+      ASSERT_EQ(r.kept_count[size_t(item)], clean.kept_count[size_t(item)]);
+      EXPECT_GT(r.kept_count[size_t(item)], 0);
+      for (int32_t i = 0; i < r.kept_count[size_t(item)]; ++i) {
+        const size_t at = size_t(item) * size_t(r.max_kept) + size_t(i);
+        ASSERT_EQ(r.kept_tokens[at], clean.kept_tokens[at]);
+      }
+      for (int32_t j = 0; j < st.group(); ++j) {
+        const int32_t s = item / g.num_kv_heads, h = item % g.num_kv_heads;
+        const size_t at = size_t(s * st.num_q_heads + h * st.group() + j);
+        EXPECT_EQ(r.kept[at], clean.kept[at]);
+        EXPECT_EQ(r.full_mass[at], clean.full_mass[at]);
+      }
+    }
+  }
+}
+
 // The grown set is the smallest whole-level prefix of the bound ranking that satisfies the
 // rule: recomputed here from the estimated scores and the bounds, with brute force.
 TEST(AdaptiveSelectTest, GrownSetIsTheSmallestSatisfyingLevelSet) {

@@ -351,7 +351,8 @@ GrowResult GrowCandidatesRef(const PageGeometry& g, const PrunerParams& params,
   res.inside.resize(size_t(group));
   for (int32_t j = 0; j < group; ++j) {
     const double r = suffix[size_t(j)][taken];
-    res.inside[size_t(j)] = A[size_t(j)] > 0.0 ? A[size_t(j)] / (A[size_t(j)] + r) : 0.0;
+    const double a = A[size_t(j)];
+    res.inside[size_t(j)] = std::isnan(a) ? a : (a > 0.0 ? a / (a + r) : 0.0);
   }
   return res;
 }
@@ -472,9 +473,12 @@ absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const B
         for (size_t i = 0; i < n; ++i) mx = std::max(mx, w[i]);
         ExpMinusMax(w.data(), n, mx);
         // Growing: take p of the full-context bound A + R, i.e. p / share of A (the rule
-        // that stopped the growth makes that < 1); at the cap only p of A is possible.
+        // that stopped the growth makes that < 1); at the cap only p of A is possible. A NaN
+        // share (a NaN estimate among the candidates) keeps p: the head's weights hold the
+        // NaN, so it keeps nothing, as without growth. Taking min(1, p / 0) there made it
+        // dense: every candidate kept.
         float pj = p;
-        if (grow && !gr.cap_hit && p < 1.0f) {
+        if (grow && !gr.cap_hit && p < 1.0f && !std::isnan(gr.inside[size_t(j)])) {
           pj = std::min(1.0f, float(double(p) / gr.inside[size_t(j)]));
         }
         res[size_t(j)] = TopPThresholdRef(w, pj, params.stop_gap, params.max_iterations);
@@ -496,7 +500,9 @@ absl::Status PruneRef(const PageGeometry& g, const PrunerParams& params, const B
       if (stats.kept) stats.kept[at] = r.kept;
       if (stats.est_mass) stats.est_mass[at] = r.mass;
       if (stats.full_mass) {
-        stats.full_mass[at] = grow ? float(double(r.mass) * gr.inside[size_t(j)])
+        // (A NaN share counts as 0, as the GPU's A > 0 test makes it.)
+        const double inside = grow && !std::isnan(gr.inside[size_t(j)]) ? gr.inside[size_t(j)] : 0.0;
+        stats.full_mass[at] = grow ? float(double(r.mass) * inside)
                                    : (all_pages || params.dense ? r.mass : -1.0f);
       }
       if (stats.cap_hit) stats.cap_hit[at] = grow && gr.cap_hit ? 1 : 0;

@@ -63,7 +63,9 @@ void PrefetchEstimateBlock(const PageGeometry& g, const QuantKView& qk, int64_t 
 // work, so a GPU may score more pages first and get the same set.
 struct GrowResult {
   std::vector<uint8_t> candidate;  // per listed page
-  std::vector<double> inside;      // per query head of the group: A / (A + R)
+  // Per query head of the group: A / (A + R); NaN where A is (a NaN estimate among the
+  // candidates: the rule then never holds and the pair grows to every page or its cap).
+  std::vector<double> inside;
   bool cap_hit = false;
 };
 GrowResult GrowCandidatesRef(const PageGeometry& g, const PrunerParams& params,

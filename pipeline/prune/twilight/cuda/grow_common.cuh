@@ -207,7 +207,11 @@ __device__ __forceinline__ void WriteGrowHead(const GrowPair& gp, const GrowWork
                                               int32_t rows, bool cap_hit) {
   const int32_t sq = gp.sq0 + t;
   float target = gp.p;  // share of A the head's top-p set must take
-  if (!cap_hit && gp.p < 1.0f) target = A > 0.0f ? fminf(1.0f, gp.p * ((A + R) / A)) : 1.0f;
+  // A NaN A (a NaN estimate among the candidates) keeps p: the histogram pass marks the head
+  // bad and it keeps nothing, as without growth (target 1 would keep every candidate).
+  if (!cap_hit && gp.p < 1.0f && !isnan(A)) {
+    target = A > 0.0f ? fminf(1.0f, gp.p * ((A + R) / A)) : 1.0f;
+  }
   work.head_p[sq] = target;
   work.head_ratio[sq] = A > 0.0f ? A / (A + R) : 0.0f;
   if (max_key) head_max[sq] = max_key;
