@@ -5,6 +5,11 @@ preallocated [B, Hkv, N + steps, D] cache (one index_copy_ per K and V), then on
 call over the filled prefix (GQA, one query token). L layers, each its own cache, so nothing
 stays in L2 between layers. Every SDPA backend that takes the shape is timed (cuDNN, flash,
 efficient); the CSV has one row per backend and twl_serve_bench takes the fastest.
+Flash is also timed with the batch cut into 2 and 4 calls of equal sequences ("flash-x2",
+"flash-x4"): its split of each sequence over blocks is chosen from the grid of one call, and
+with many (sequence, KV head) pairs per call it takes no split and leaves each SM one block
+(H100, B = 16 x 128k: 3.24 ms in one call, 18% more per byte than B = 8). A serving engine
+can cut its batch the same way, so the fastest of these is the dense baseline.
 Dense attention costs are linear in tokens, so mixed lengths are measured at their mean.
 Where L layers of KV do not fit the GPU (B = 16 x 128k needs 64 GiB at L = 8), fewer layers
 are measured, as long as each layer's KV is far larger than L2 (so the figure per layer-step
@@ -23,7 +28,9 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
-def measure(q_heads, kv_heads, batch, ctx, layers, steps, head_dim, backend):
+def measure(q_heads, kv_heads, batch, ctx, layers, steps, head_dim, backend, calls=1):
+    """Median ms per layer-step; the SDPA of each layer is `calls` launches over equal parts
+    of the batch (the appends are one launch per K and V either way)."""
     dev = torch.device("cuda")
     cap = ctx + steps + 4
     g = torch.Generator(device=dev).manual_seed(batch * 7919 + ctx)
@@ -41,13 +48,17 @@ def measure(q_heads, kv_heads, batch, ctx, layers, steps, head_dim, backend):
                         dtype=torch.float16, generator=g)
     new_v = torch.randn_like(new_k)
 
+    per_call = batch // calls
+    parts = [(i * per_call, (i + 1) * per_call) for i in range(calls)]
+
     def step(s, pos):
         idx = torch.tensor([pos], device=dev)
         for l in range(layers):
             ks[l].index_copy_(2, idx, new_k[s, l])
             vs[l].index_copy_(2, idx, new_v[s, l])
-            F.scaled_dot_product_attention(q[s, l], ks[l][:, :, :pos + 1],
-                                           vs[l][:, :, :pos + 1], enable_gqa=True)
+            for a, b in parts:
+                F.scaled_dot_product_attention(q[s, l, a:b], ks[l][a:b, :, :pos + 1],
+                                               vs[l][a:b, :, :pos + 1], enable_gqa=True)
 
     with sdpa_kernel([backend]):
         step(0, ctx)  # raises when the backend does not take the shape
@@ -91,8 +102,11 @@ def main():
     if not torch.cuda.is_available():
         print("sdpa_serving: no CUDA device; nothing to measure", flush=True)
         return 0
-    backends = [("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
-                ("efficient", SDPBackend.EFFICIENT_ATTENTION)]
+    backends = [("cudnn", SDPBackend.CUDNN_ATTENTION, 1),
+                ("flash", SDPBackend.FLASH_ATTENTION, 1),
+                ("flash-x2", SDPBackend.FLASH_ATTENTION, 2),
+                ("flash-x4", SDPBackend.FLASH_ATTENTION, 4),
+                ("efficient", SDPBackend.EFFICIENT_ATTENTION, 1)]
     rows = []
     for shape in args.shapes.split(","):
         qh, kvh = (int(x) for x in shape.split("x"))
@@ -109,10 +123,12 @@ def main():
                 print(f"sdpa_serving: {shape} B={b}: {args.layers} layers need "
                       f"{args.layers * per_layer / 2**30:.1f} GiB; measuring {layers} "
                       f"({per_layer / 2**30:.1f} GiB each, >= 8x L2)", flush=True)
-            for name, be in backends:
+            for name, be, calls in backends:
+                if b % calls:  # equal parts only
+                    continue
                 try:
                     ms = measure(qh, kvh, b, args.context, layers, args.steps,
-                                 args.head_dim, be)
+                                 args.head_dim, be, calls)
                 except Exception as e:  # the backend does not take this shape
                     print(f"sdpa_serving: {name} {shape} B={b}: unavailable ({str(e)[:100]})",
                           flush=True)
