@@ -21,10 +21,11 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   } sm;
   const int32_t pair = blockIdx.x;
   if (stage == 2 && !work.need[pair]) return;
+  const GrowPair gp = MakeGrowPair(g, params, batch, sel, shape, work, pair);
   if (sel.count[pair] <= kSortPages) {
-    GrowSearchSorted(sm.sorted, g, params, batch, sel, shape, head_max, work, stats, stage);
+    GrowSearchSorted(sm.sorted, gp, sel, head_max, work, stats, stage);
   } else {
-    GrowSearchRadix(sm.radix, g, params, batch, sel, shape, head_max, work, stats, stage);
+    GrowSearchRadix(sm.radix, gp, sel, head_max, work, stats, stage);
   }
 }
 

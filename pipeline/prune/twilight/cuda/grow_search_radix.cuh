@@ -12,16 +12,11 @@ namespace twl::cuda {
 // head_max is rewritten to the max over the candidates.
 // (The radix passes, for pairs past kSortPages pages; GrowSearchKernel, grow_search_pass.cuh,
 // dispatches.)
-__device__ __noinline__ void GrowSearchRadix(GrowSmem& sm, const PageGeometry& g,
-                                                const PrunerParams& params,
-                                                const BatchView& batch,
-                                                const SelectionView& sel,
-                                                const PruneShape& shape,
-                                                uint32_t* __restrict__ head_max,
-                                                const GrowWork& work,
-                                                const HeadStatsView& stats, int stage) {
+__device__ __noinline__ void GrowSearchRadix(
+    GrowSmem& sm, const GrowPair gp, const SelectionView& sel,
+    uint32_t* __restrict__ head_max, const GrowWork& work, const HeadStatsView& stats,
+    int stage) {
   const int32_t pair = blockIdx.x;
-  const GrowPair gp = MakeGrowPair(g, params, batch, sel, shape, work, pair);
   const int32_t G = gp.G, n = gp.n, listed = gp.listed, sq0 = gp.sq0, cap = gp.cap;
   const int32_t* pos = gp.pos;
   const float p = gp.p, c = gp.c;

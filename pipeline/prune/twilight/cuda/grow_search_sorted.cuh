@@ -31,14 +31,10 @@ struct SortedSmem {
   int fin_rows, best_k, cap_k, ok_all;
 };
 
-__device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const PageGeometry& g,
-                                                 const PrunerParams& params,
-                                                 const BatchView& batch,
-                                                 const SelectionView& sel,
-                                                 const PruneShape& shape,
-                                                 uint32_t* __restrict__ head_max,
-                                                 const GrowWork& work,
-                                                 const HeadStatsView& stats, int stage) {
+__device__ __noinline__ void GrowSearchSorted(
+    SortedSmem& S, const GrowPair gp, const SelectionView& sel,
+    uint32_t* __restrict__ head_max, const GrowWork& work, const HeadStatsView& stats,
+    int stage) {
   using Sort = SortKeys;
   using ScanF = SortScanF;
   using ScanI = SortScanI;
@@ -56,7 +52,6 @@ __device__ __noinline__ void GrowSearchSorted(SortedSmem& S, const PageGeometry&
   auto& cap_k = S.cap_k;
   auto& ok_all = S.ok_all;
   const int32_t pair = blockIdx.x;
-  const GrowPair gp = MakeGrowPair(g, params, batch, sel, shape, work, pair);
   const int32_t G = gp.G, n = gp.n, listed = gp.listed, sq0 = gp.sq0, cap = gp.cap;
   const int32_t* pos = gp.pos;
   const float p = gp.p, c = gp.c;
