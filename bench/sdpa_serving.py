@@ -6,10 +6,10 @@ call over the filled prefix (GQA, one query token). L layers, each its own cache
 stays in L2 between layers. Every SDPA backend that takes the shape is timed (cuDNN, flash,
 efficient); the CSV has one row per backend and twl_serve_bench takes the fastest.
 Flash is also timed with the batch cut into 2 and 4 calls of equal sequences ("flash-x2",
-"flash-x4"): its split of each sequence over blocks is chosen from the grid of one call, and
-with many (sequence, KV head) pairs per call it takes no split and leaves each SM one block
-(H100, B = 16 x 128k: 3.24 ms in one call, 18% more per byte than B = 8). A serving engine
-can cut its batch the same way, so the fastest of these is the dense baseline.
+"flash-x4"): it picks its split of each sequence over blocks from one call's grid, so a large
+batch in one call may get fewer splits than it would pay to take. A serving engine can cut its
+batch the same way, so the fastest of these is the dense baseline. (H100, 128k, 32 x 8: at
+B = 16 one call took 2.87 ms and two 2.81; at B = 8 one call is the fastest, 1.41 ms.)
 Dense attention costs are linear in tokens, so mixed lengths are measured at their mean.
 Where L layers of KV do not fit the GPU (B = 16 x 128k needs 64 GiB at L = 8), fewer layers
 are measured, as long as each layer's KV is far larger than L2 (so the figure per layer-step
