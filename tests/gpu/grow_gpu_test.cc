@@ -23,6 +23,7 @@
 #include "runtime/runtime.h"
 #include "gpu_test_util.h"
 #include "support/grow_store.h"
+#include "support/prune_check.h"
 
 namespace twl {
 namespace {
@@ -168,8 +169,7 @@ void ExpectPrunesAgree(RefStore& st, const SelectorParams& sp, const PrunerParam
     if (!same) continue;
     const int32_t* rt = r.tokens.data() + int64_t(item) * max_kept;
     const std::set<int32_t> a(gt, gt + n), e(rt, rt + r.kept_count[size_t(item)]);
-    std::vector<int32_t> diff;
-    std::set_symmetric_difference(a.begin(), a.end(), e.begin(), e.end(), std::back_inserter(diff));
+    const std::vector<int32_t> diff = testing::KeptDifference(a, e);
     worst_diff = std::max(worst_diff, int64_t(diff.size()));
     worst_share = std::max(worst_share, double(diff.size()) / std::max<double>(1.0, double(e.size())));
     if (double(diff.size()) <= 0.01 * double(e.size()) + 2.0) continue;
