@@ -47,6 +47,23 @@ __device__ __noinline__ void GrowSearchRadix(
     }
     __syncthreads();
     const int lane = t & 31;
+    // The warp's sums of one digit (cached_d, warp-uniform; -1: none) held in registers: lane
+    // j < G has A of head j, lane 16 + j R of head j. Shared memory has no FP32 atomic add
+    // (each is a compare-and-swap loop), and the pages of a peaked pair share their leading
+    // key bits, so every warp's adds met on one or two digits (a third of the stall samples at
+    // 8193 pages). Held here, a warp adds a digit's sums once per run of groups on that digit
+    // instead of once per group: 5% off a 128k B = 1 growing-Quest step (bench/RESULTS.md,
+    // thirty-sixth and thirty-seventh sessions).
+    static_assert(kMaxGroup <= 16, "lanes 0-15 hold A, 16-31 R");
+    int cached_d = -1;
+    float cached = 0.0f;
+    auto flush = [&]() {  // every lane; warp-uniform cached_d
+      if (cached_d >= 0) {
+        if (lane < G) atomicAdd(&sm.cum_a[cached_d][lane], cached);
+        else if (lane >= 16 && lane - 16 < G) atomicAdd(&sm.cum_b[cached_d][lane - 16], cached);
+      }
+      cached = 0.0f;
+    };
     for (int32_t base = 0; base < n; base += blockDim.x) {  // same trip count for every lane
       const int32_t i = base + t;
       bool valid = false;
@@ -73,14 +90,17 @@ __device__ __noinline__ void GrowSearchRadix(
           const int dl = __shfl_sync(0xffffffffu, d, l);
           const bool mine = valid && d == dl;
           const int cnt = __popc(__ballot_sync(0xffffffffu, mine));
+          if (dl != cached_d) {  // warp-uniform
+            flush();
+            cached_d = dl;
+          }
 #pragma unroll
           for (int j = 0; j < kMaxGroup; ++j) {
+            if (j >= G) break;  // warp-uniform
             const float sa = WarpSum(mine ? va[j] : 0.0f);
             const float sb = WarpSum(mine ? vb[j] : 0.0f);
-            if (lane == l && j < G) {
-              atomicAdd(&sm.cum_a[dl][j], sa);
-              atomicAdd(&sm.cum_b[dl][j], sb);
-            }
+            if (lane == j) cached += sa;
+            if (lane == 16 + j) cached += sb;
           }
           if (lane == l) atomicAdd(&sm.hc[dl], cnt);
         }
@@ -92,6 +112,7 @@ __device__ __noinline__ void GrowSearchRadix(
         }
       }
     }
+    flush();
     __syncthreads();
     // Cumulative sums, a warp per head (kGrowThreads / 32 >= kMaxGroup), lane l owning
     // digits [8 l, 8 l + 8): A from the top down (digits >= d), R from the bottom up (< d).
