@@ -295,14 +295,18 @@ INSTANTIATE_TEST_SUITE_P(
                       GrowCase{128, 2, 0, 0.9f, {6000, 3000}, 2},  // tiny seed: stage 2 often
                       GrowCase{64, 4, 5, 0.9f, {4000, 900}, 3},
                       // The search by one sort per pair takes up to 8192 pages (128k tokens
-                      // at pages of 16: exactly full); longer pairs use the radix passes.
+                      // at pages of 16: exactly full); a longer pair sorts its top 8192 and
+                      // falls back to the radix passes where they do not decide: p = 1
+                      // (every page) always, a flat pair when it needs more.
                       GrowCase{64, 2, 0, 0.95f, {131072, 700}},
                       GrowCase{64, 2, 0, 0.95f, {140000, 3000}},
+                      GrowCase{64, 2, 0, 1.0f, {140000, 300}},
+                      GrowCase{64, 2, 5000, 0.95f, {140000, 300}},
                       // Automatic seeds at these sizes run one stage (every page scored once);
-                      // an explicit seed keeps two stages, here with the radix passes.
+                      // an explicit seed keeps two stages, past 8192 pages.
                       GrowCase{64, 2, 0, 0.95f, {140000, 3000}, 64},
                       // 16 query heads per KV head (skipped while kGpuMaxGroup < 16): one
-                      // stage, two stages, the radix search past 8192 pages, a cap.
+                      // stage, two stages, past 8192 pages, a cap.
                       GrowCase{128, 16, 0, 0.95f, {5000, 37, 2100}},
                       GrowCase{128, 16, 0, 0.9f, {6000, 3000}, 2},
                       GrowCase{64, 16, 0, 0.95f, {140000, 300}},
@@ -331,7 +335,8 @@ INSTANTIATE_TEST_SUITE_P(
 // the pair's A is NaN, so it grows to every page or to its cap, and its heads keep nothing,
 // as the reference's (AdaptiveSelectTest.NanEstimateKeepsNothingOfItsPairOnly); every other
 // pair agrees with the reference as in MatchesReference. Both searches: one sort per pair
-// (<= 8192 pages) and the radix passes (140k tokens).
+// (<= 8192 pages) and the radix passes (140k tokens: no cut of the NaN pair's top 8192
+// pages passes).
 TEST(GrowGpuNonFiniteTest, NanEstimateKeepsNothingOfItsPairLikeTheReference) {
   TWL_SKIP_WITHOUT_GPU();
   struct NanCase {

@@ -61,6 +61,14 @@ struct GrowSmem {
   int best;
 };
 
+// What CountCut needs of shared memory (GrowSmem has these fields; the sorted search keeps
+// them in a union with its sort's storage).
+struct CountSmem {
+  int hc[256];
+  int cum_c[257];
+  int best;
+};
+
 // Set membership of a ranked page's key after a search: the bucket prefix under mask, and
 // whether the final bucket itself is in (>=) or out (>).
 struct KeyCut {
@@ -219,11 +227,12 @@ __device__ __forceinline__ void WriteGrowHead(const GrowPair& gp, const GrowWork
   if (stats.cap_hit) stats.cap_hit[sq] = cap_hit ? 1 : 0;
 }
 
-// Radix search by page counts over the ranked pages (those with `eligible`): the largest
-// whole-level set with at most `cap` pages. Every thread returns the same cut.
-template <typename Eligible>
-__device__ KeyCut CountCut(GrowSmem& sm, const SelectionView& sel, int32_t sq0, int32_t G,
-                           int32_t n, int32_t cap, Eligible eligible) {
+// Radix search by page counts over the ranked pages: the largest whole-level set with at
+// most `cap` pages. ranked_key(i, &key) gives page i's key and whether it takes part (a
+// ranked page the caller counts). Smem: hc, cum_c and best (GrowSmem or CountSmem). Every
+// thread returns the same cut.
+template <typename Smem, typename RankedKey>
+__device__ KeyCut CountCut(Smem& sm, int32_t n, int32_t cap, RankedKey ranked_key) {
   const int t = threadIdx.x;
   KeyCut cc;
   int cnt_hi = 0;
@@ -232,9 +241,8 @@ __device__ KeyCut CountCut(GrowSmem& sm, const SelectionView& sel, int32_t sq0, 
     for (int d = t; d < 256; d += blockDim.x) sm.hc[d] = 0;
     __syncthreads();
     for (int32_t i = t; i < n; i += blockDim.x) {
-      bool forced;
-      const uint32_t key = GrowKey(sel, sq0, G, i, &forced);
-      if (forced || !eligible(i) || (key & cc.mask) != cc.prefix) continue;
+      uint32_t key;
+      if (!ranked_key(i, &key) || (key & cc.mask) != cc.prefix) continue;
       atomicAdd(&sm.hc[(key >> shift) & 255u], 1);
     }
     __syncthreads();
@@ -259,6 +267,68 @@ __device__ KeyCut CountCut(GrowSmem& sm, const SelectionView& sel, int32_t sq0, 
   }
   cc.strict = !whole;
   return cc;
+}
+
+// Both searches' last sweep, over every page of the pair: a page is in when forced or when
+// listed, ranked and inside `cut`. Writes the flags by list entry, and per head A and R of
+// the final set, its max estimate over the candidates and its rows (WriteGrowHead). Smem:
+// fin_a, fin_b, fin_max, fin_rows (GrowSmem or the sorted search's).
+template <typename Smem>
+__device__ __forceinline__ void GrowFinish(Smem& sm, const GrowPair& gp, const SelectionView& sel,
+                                           uint32_t* __restrict__ head_max, const GrowWork& work,
+                                           const HeadStatsView& stats, const KeyCut& cut,
+                                           bool cap_hit) {
+  const int t = threadIdx.x;
+  const int32_t G = gp.G, n = gp.n, sq0 = gp.sq0;
+  if (t < kMaxGroup) {
+    sm.fin_a[t] = sm.fin_b[t] = 0.0f;
+    sm.fin_max[t] = 0u;
+  }
+  if (t == 0) sm.fin_rows = 0;
+  __syncthreads();
+  int rows_in = 0;
+  float fa[kMaxGroup], fb[kMaxGroup], fm[kMaxGroup];
+#pragma unroll
+  for (int j = 0; j < kMaxGroup; ++j) {
+    fa[j] = fb[j] = 0.0f;
+    fm[j] = -INFINITY;
+  }
+  for (int32_t i = t; i < n; i += blockDim.x) {
+    bool forced;
+    const uint32_t key = PrepKey(work, gp.pair, sel.max_select, i, &forced);
+    const int32_t e = gp.pos[i];
+    const bool in = forced || (e >= 0 && cut.In(key));
+    if (e >= 0) work.in_set[int64_t(gp.pair) * sel.max_select + e] = in ? 1 : 0;
+    if (in) rows_in += gp.rows_of(i);
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) {
+      if (j >= G) continue;
+      if (in) {
+        fa[j] += gp.a_of(j, i);
+        fm[j] = fmaxf(fm[j], work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
+      } else {
+        fb[j] += gp.b_of(j, i);
+      }
+    }
+  }
+  // One atomic per warp and head (every page adds to the same G addresses).
+#pragma unroll
+  for (int j = 0; j < kMaxGroup; ++j) {
+    fa[j] = WarpSum(fa[j]);
+    fb[j] = WarpSum(fb[j]);
+    fm[j] = WarpMax(fm[j]);
+    if ((t & 31) == 0 && j < G) {
+      atomicAdd(&sm.fin_a[j], fa[j]);
+      atomicAdd(&sm.fin_b[j], fb[j]);
+      if (fm[j] > -INFINITY) atomicMax(&sm.fin_max[j], FloatKey(fm[j]));
+    }
+  }
+  atomicAdd(&sm.fin_rows, rows_in);
+  __syncthreads();
+  if (t < G) {
+    WriteGrowHead(gp, work, head_max, stats, t, sm.fin_a[t], sm.fin_b[t], sm.fin_max[t],
+                  sm.fin_rows, cap_hit);
+  }
 }
 
 // The seed list's cap of ranked pages for `pair` of n pages, within the selector's limit:

@@ -38,7 +38,11 @@ __global__ void __launch_bounds__(kGrowThreads)
   const int32_t n = sel.count[pair];
   const int32_t sq0 = s * batch.num_q_heads + h * G;
   const int32_t cap = SeedCap(seed, n, sel, pair);
-  const KeyCut cut = CountCut(sm, sel, sq0, G, n, cap, [](int32_t) { return true; });
+  const KeyCut cut = CountCut(sm, n, cap, [&](int32_t i, uint32_t* key) {
+    bool forced;
+    *key = GrowKey(sel, sq0, G, i, &forced);
+    return !forced;
+  });
   int32_t* list = work.list_pages + int64_t(pair) * sel.max_select;
   int32_t* pos = work.list_pos + int64_t(pair) * sel.max_select;
   int base = 0;

@@ -1,5 +1,5 @@
 // Growing Quest, step 2 of a stage (prune_grow.cuh): GrowSearchKernel, one block per
-// (sequence, KV head), the sorted or the radix search by the pair's length.
+// (sequence, KV head), the sorted search and, where it cannot decide, the radix search.
 #pragma once
 
 #include "pipeline/prune/twilight/cuda/grow_search_radix.cuh"
@@ -7,9 +7,10 @@
 
 namespace twl::cuda {
 
-// One block per (sequence, KV head) (stage 2: flagged pairs only): the sorted search for
-// pairs of up to kSortPages pages, the radix passes beyond, in one launch (mixed lengths
-// around 128k have both; two launches would add their latencies).
+// One block per (sequence, KV head) (stage 2: flagged pairs only): the sorted search, over
+// every page or (past kSortPages pages) over the top ones, and the radix passes where the
+// top ones do not decide, in one launch (mixed lengths around 128k have both; two launches
+// would add their latencies).
 __global__ void __launch_bounds__(kSortThreads, 1)
     GrowSearchKernel(PageGeometry g, PrunerParams params, BatchView batch, SelectionView sel,
                      PruneShape shape, uint32_t* __restrict__ head_max, GrowWork work,
@@ -22,9 +23,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   const int32_t pair = blockIdx.x;
   if (stage == 2 && !work.need[pair]) return;
   const GrowPair gp = MakeGrowPair(g, params, batch, sel, shape, work, pair);
-  if (sel.count[pair] <= kSortPages) {
-    GrowSearchSorted(sm.sorted, gp, sel, head_max, work, stats, stage);
-  } else {
+  if (!GrowSearchSorted(sm.sorted, gp, sel, head_max, work, stats, stage)) {
     GrowSearchRadix(sm.radix, gp, sel, head_max, work, stats, stage);
   }
 }

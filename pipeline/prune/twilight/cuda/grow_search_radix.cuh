@@ -215,61 +215,13 @@ __device__ __noinline__ void GrowSearchRadix(
   const bool cap_hit = sm.fin_cnt > cap;
   KeyCut cut = mass_cut;
   if (cap_hit) {
-    cut = CountCut(sm, sel, sq0, G, n, cap, [&](int32_t i) { return pos[i] >= 0; });
-  }
-
-  // Final set: flags by list entry, per head A, R and the max estimate over the candidates.
-  if (t < kMaxGroup) {
-    sm.fin_a[t] = sm.fin_b[t] = 0.0f;
-    sm.fin_max[t] = 0u;
-  }
-  if (t == 0) sm.fin_rows = 0;
-  __syncthreads();
-  int rows_in = 0;
-  {
-    float fa[kMaxGroup], fb[kMaxGroup], fm[kMaxGroup];
-#pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      fa[j] = fb[j] = 0.0f;
-      fm[j] = -INFINITY;
-    }
-    for (int32_t i = t; i < n; i += blockDim.x) {
+    cut = CountCut(sm, n, cap, [&](int32_t i, uint32_t* key) {
       bool forced;
-      const uint32_t key = PrepKey(work, pair, sel.max_select, i, &forced);
-      const int32_t e = pos[i];
-      const bool in = forced || (e >= 0 && cut.In(key));
-      if (e >= 0) work.in_set[int64_t(pair) * sel.max_select + e] = in ? 1 : 0;
-      if (in) rows_in += gp.rows_of(i);
-#pragma unroll
-      for (int j = 0; j < kMaxGroup; ++j) {
-        if (j >= G) continue;
-        if (in) {
-          fa[j] += gp.a_of(j, i);
-          fm[j] = fmaxf(fm[j], work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
-        } else {
-          fb[j] += gp.b_of(j, i);
-        }
-      }
-    }
-    // One atomic per warp and head (see above).
-#pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      fa[j] = WarpSum(fa[j]);
-      fb[j] = WarpSum(fb[j]);
-      fm[j] = WarpMax(fm[j]);
-      if ((t & 31) == 0 && j < G) {
-        atomicAdd(&sm.fin_a[j], fa[j]);
-        atomicAdd(&sm.fin_b[j], fb[j]);
-        if (fm[j] > -INFINITY) atomicMax(&sm.fin_max[j], FloatKey(fm[j]));
-      }
-    }
+      *key = GrowKey(sel, sq0, G, i, &forced);
+      return !forced && pos[i] >= 0;
+    });
   }
-  atomicAdd(&sm.fin_rows, rows_in);
-  __syncthreads();
-  if (t < G) {
-    WriteGrowHead(gp, work, head_max, stats, t, sm.fin_a[t], sm.fin_b[t], sm.fin_max[t],
-                  sm.fin_rows, cap_hit);
-  }
+  GrowFinish(sm, gp, sel, head_max, work, stats, cut, cap_hit);
 }
 
 }  // namespace twl::cuda

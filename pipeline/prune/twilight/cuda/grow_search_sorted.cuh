@@ -1,77 +1,79 @@
-// Growth search over the sorted page keys (prune_grow.cuh, step 2), for pairs of at most
-// kSortPages pages.
+// Growth search over the sorted page keys (prune_grow.cuh, step 2): every pair of at most
+// kSortPages pages, and longer pairs whose answer lies among their top kSortPages.
 #pragma once
 
 #include "pipeline/prune/twilight/cuda/grow_sort.cuh"
 
 namespace twl::cuda {
 
-// GrowSearchSorted, for pairs of at most kSortPages pages: the same rule and outputs as
-// GrowSearchRadix, but instead of 4+ radix passes over the pages (each a sweep by one
-// block), the listed ranked pages are sorted
-// once by key (descending, in registers: 16 per thread) and the rule is evaluated at every
-// key boundary from prefix sums of A and R per head: the smallest passing prefix is the
-// smallest whole-level set, the largest boundary within the cap the capped set. Float sums
-// are taken in another order than the radix search's (deterministic here: no float
-// atomics in the prefix), so a page whose level sits on the rule's boundary may differ, as
-// between the GPU and the CPU reference already.
+// GrowSearchSorted: the same rule and outputs as GrowSearchRadix, but instead of 4+ radix
+// passes over the pages (each a sweep by one block, with float sums per digit), the listed
+// ranked pages are sorted once by key (descending, in registers: 16 per thread) and the rule
+// is evaluated at every key boundary from prefix sums of A and R per head: the smallest
+// passing prefix is the smallest whole-level set, the largest boundary within the cap the
+// capped set. Float sums are taken in another order than the radix search's, so a page
+// whose level sits on the rule's boundary may differ, as between the GPU and the CPU
+// reference already.
+//
+// A pair of more pages than the sort holds (a 128k serving sequence has 8193+) sorts its top
+// ones: the largest whole-level set of at most kSortPages ranked pages (CountCut: integer
+// histograms only), compacted into shared memory; the ranked pages below it count as out
+// (their R joins the fixed part). The rule at each cut inside that set is then exactly the
+// rule over all pages, so a passing cut there is the answer. When none passes (a flat pair
+// needs pages below the set, or p >= 1), or in a stage 1 whose list does not fit (stage 1
+// must know the rule with every listed page in), it returns false and the radix search
+// decides. The radix search took 410-446 us of a 0.61-0.65 ms growing-Quest step at 128k,
+// B = 1 (H100, bench/RESULTS.md, thirty-sixth and thirty-seventh sessions).
 // Shared memory of the sorted search (a union member of GrowSearchKernel's, with GrowSmem).
 struct SortedSmem {
   union {
     SortKeys::TempStorage sort;
     SortScanF::TempStorage scan;
     SortScanI::TempStorage iscan;
+    CountSmem count;               // the top set's cut (before the compaction)
+    int32_t top_pages[kSortPages];  // the top set's pages (until they are in registers)
   } tmp;
-  uint8_t in_flag[kSortPages];     // by page: a ranked page of the final set
   uint32_t first_key[kSortThreads];  // each thread's first sorted key
   uint32_t key_range[2];
-  float a_fix[kMaxGroup], b_fix[kMaxGroup];  // A of forced, R of unlisted pages
+  float a_fix[kMaxGroup], b_fix[kMaxGroup];  // A of forced pages, R of pages always out
   float fin_a[kMaxGroup], fin_b[kMaxGroup];
   uint32_t fin_max[kMaxGroup];
-  int fin_rows, best_k, cap_k, ok_all;
+  int fin_rows, best_k, cap_k, ok_all, top_count, below_count;
+  uint32_t last_key;  // the final set's lowest ranked key (0xffffffff: no ranked page)
 };
 
-__device__ __noinline__ void GrowSearchSorted(
+// Returns false, having decided nothing, when the radix search must decide (see above).
+__device__ __noinline__ bool GrowSearchSorted(
     SortedSmem& S, const GrowPair gp, const SelectionView& sel,
     uint32_t* __restrict__ head_max, const GrowWork& work, const HeadStatsView& stats,
     int stage) {
-  using Sort = SortKeys;
   using ScanF = SortScanF;
-  using ScanI = SortScanI;
   auto& tmp = S.tmp;
-  auto& in_flag = S.in_flag;
-  auto& first_key = S.first_key;
-  auto& key_range = S.key_range;
   auto& a_fix = S.a_fix;
   auto& b_fix = S.b_fix;
-  auto& fin_a = S.fin_a;
-  auto& fin_b = S.fin_b;
-  auto& fin_max = S.fin_max;
-  auto& fin_rows = S.fin_rows;
-  auto& best_k = S.best_k;
-  auto& cap_k = S.cap_k;
-  auto& ok_all = S.ok_all;
   const int32_t pair = blockIdx.x;
-  const int32_t G = gp.G, n = gp.n, listed = gp.listed, sq0 = gp.sq0, cap = gp.cap;
+  const int32_t G = gp.G, n = gp.n, listed = gp.listed, cap = gp.cap;
   const int32_t* pos = gp.pos;
   const float p = gp.p, c = gp.c;
   const int t = threadIdx.x;
+  const bool top = n > kSortPages;
 
-  // A of the forced pages, R of the unlisted ones; sort items: the listed ranked pages.
   GrowPair::ZeroFixed(a_fix, b_fix);
   if (t == 0) {
-    best_k = 0x7fffffff;
-    cap_k = 0;
-    ok_all = 0;
-    fin_rows = 0;
+    S.best_k = 0x7fffffff;
+    S.cap_k = 0;
+    S.ok_all = 0;
+    S.top_count = 0;
+    S.below_count = 0;
+    S.last_key = 0xffffffffu;
   }
-  for (int32_t i = t; i < kSortPages; i += blockDim.x) in_flag[i] = 0;
   __syncthreads();
   uint32_t key[kSortItems];
   int32_t page[kSortItems];
   int ranked = 0;
-  uint32_t forced_mask = 0, listed_mask = 0;  // bit k: page t * kSortItems + k
-  {
+  if (!top) {
+    // Items blocked by page (thread t: pages kSortItems t ..); A of the forced pages, R of
+    // the unlisted ones; sort items: the listed ranked pages.
     float la[kMaxGroup], lb[kMaxGroup];
 #pragma unroll
     for (int j = 0; j < kMaxGroup; ++j) la[j] = lb[j] = 0.0f;
@@ -83,8 +85,6 @@ __device__ __noinline__ void GrowSearchSorted(
       if (i >= n) continue;
       bool forced;
       const uint32_t kk = PrepKey(work, pair, sel.max_select, i, &forced);
-      if (forced) forced_mask |= 1u << k;
-      if (pos[i] >= 0) listed_mask |= 1u << k;
       if (gp.AddFixed(i, forced, la, lb)) {
         key[k] = kk;
         page[k] = i;
@@ -92,10 +92,64 @@ __device__ __noinline__ void GrowSearchSorted(
       }
     }
     gp.FlushFixed(la, lb, a_fix, b_fix);
+  } else {
+    auto ranked_key = [&](int32_t i, uint32_t* k) {
+      bool forced;
+      *k = PrepKey(work, pair, sel.max_select, i, &forced);
+      return !forced && pos[i] >= 0;
+    };
+    const KeyCut top_cut = CountCut(tmp.count, n, kSortPages, ranked_key);
+    // One sweep: the fixed sums (a ranked page below the top set is out: its R joins them)
+    // and the top set's pages, a slot per page from one shared atomic per warp (the sort
+    // orders them; their order here changes nothing but float rounding in the double sums).
+    float la[kMaxGroup], lb[kMaxGroup];
+#pragma unroll
+    for (int j = 0; j < kMaxGroup; ++j) la[j] = lb[j] = 0.0f;
+    int below = 0;
+    for (int32_t base = 0; base < n; base += blockDim.x) {  // same trip count for every lane
+      const int32_t i = base + t;
+      bool in_top = false;
+      if (i < n) {
+        bool forced;
+        const uint32_t kk = PrepKey(work, pair, sel.max_select, i, &forced);
+        if (gp.AddFixed(i, forced, la, lb)) {
+          if (top_cut.In(kk)) {
+            in_top = true;
+          } else {
+            ++below;
+#pragma unroll
+            for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? gp.b_of(j, i) : 0.0f;
+          }
+        }
+      }
+      const unsigned mask = __ballot_sync(0xffffffffu, in_top);
+      int slot = 0;
+      if ((t & 31) == 0 && mask) slot = atomicAdd(&S.top_count, __popc(mask));
+      slot = __shfl_sync(0xffffffffu, slot, 0) + __popc(mask & ((1u << (t & 31)) - 1u));
+      if (in_top) tmp.top_pages[slot] = i;
+    }
+    gp.FlushFixed(la, lb, a_fix, b_fix);
+    if (below) atomicAdd(&S.below_count, below);
+    __syncthreads();
+    const int m_top = S.top_count;  // <= kSortPages (CountCut's cap)
+#pragma unroll
+    for (int k = 0; k < kSortItems; ++k) {
+      const int e = t * kSortItems + k;
+      key[k] = 0u;
+      page[k] = -1;
+      if (e < m_top) {
+        page[k] = tmp.top_pages[e];
+        bool forced;
+        key[k] = PrepKey(work, pair, sel.max_select, page[k], &forced);
+        ++ranked;
+      }
+    }
+    __syncthreads();  // the sort below reuses tmp
   }
   // Cut positions: K = r + 1 after rank r, a whole level when the next key differs.
-  int m = 0;  // listed ranked pages
-  const uint32_t cut_mask = SortLevels(key, page, ranked, tmp, first_key, key_range, &m);
+  int m = 0;  // sorted ranked pages
+  const uint32_t cut_mask = SortLevels(key, page, ranked, tmp, S.first_key,
+                                       S.key_range, &m);
   // The rule R_j <= c A_j for every head at each cut (ok_mask), and at K = 0 (ok_zero).
   uint32_t ok_mask = cut_mask;
   bool ok_zero = true;
@@ -136,74 +190,40 @@ __device__ __noinline__ void GrowSearchSorted(
   }
   // The smallest passing cut (none: every listed page, as the radix search's fallback).
   if (p < 1.0f) {
-    if (t == 0 && ok_zero) atomicMin(&best_k, 0);
-    if (ok_mask) atomicMin(&best_k, t * kSortItems + __ffs(ok_mask));  // K = r + 1
+    if (t == 0 && ok_zero) atomicMin(&S.best_k, 0);
+    if (ok_mask) atomicMin(&S.best_k, t * kSortItems + __ffs(ok_mask));  // K = r + 1
   }
-  if (m > 0 && t == (m - 1) / kSortItems) ok_all = (ok_mask >> ((m - 1) % kSortItems)) & 1u;
-  if (m == 0 && t == 0) ok_all = ok_zero ? 1 : 0;
+  if (m > 0 && t == (m - 1) / kSortItems) S.ok_all = (ok_mask >> ((m - 1) % kSortItems)) & 1u;
+  if (m == 0 && t == 0) S.ok_all = ok_zero ? 1 : 0;
   __syncthreads();
+  // A top set without every ranked page: its cuts decide only when one passes (p < 1), and
+  // never a stage 1 that must know the rule with every listed page in.
+  if (top && S.below_count > 0 &&
+      (p >= 1.0f || S.best_k == 0x7fffffff || (stage == 1 && listed < n))) {
+    __syncthreads();  // the radix search's shared memory overlaps this one's
+    return false;
+  }
   // Stage 1 with pages left out of the list: does every listed page in satisfy the rule?
   // (p >= 1 needs every page.) If not, hand the pair to stage 2 with every page listed.
-  if (stage == 1 && listed < n && (p >= 1.0f || !ok_all)) {
+  if (stage == 1 && listed < n && (p >= 1.0f || !S.ok_all)) {
     HandToStage2(gp, work, head_max);
-    return;
+    return true;
   }
-  int K = p < 1.0f ? min(best_k, m) : m;
+  int K = p < 1.0f ? min(S.best_k, m) : m;
   const bool cap_hit = K > cap;
-  if (cap_hit) K = LevelsWithin(cut_mask, cap, &cap_k);
-  FlagSortedPrefix(page, K, in_flag);
-  if (t < kMaxGroup) {
-    fin_a[t] = fin_b[t] = 0.0f;
-    fin_max[t] = 0u;
-  }
-  __syncthreads();
-
-  // Final set over this thread's pages (blocked, as the init pass): flags by list entry and
-  // rows, then per head A, R and the max estimate over the candidates, each head's loads
-  // issued together.
-  uint32_t in_mask = 0;
-  int rows_in = 0;
+  if (cap_hit) K = LevelsWithin(cut_mask, cap, &S.cap_k);
+  // The final set's ranked pages are the sorted ranks below K, whole levels: every ranked
+  // page whose key is >= the key at rank K - 1 (keys here are relative to the lowest).
 #pragma unroll
   for (int k = 0; k < kSortItems; ++k) {
-    const int32_t i = t * kSortItems + k;
-    if (i >= n) continue;
-    const bool listed_k = (listed_mask >> k) & 1u;
-    const bool in = ((forced_mask >> k) & 1u) || (listed_k && in_flag[i]);
-    if (listed_k) work.in_set[int64_t(pair) * sel.max_select + pos[i]] = in ? 1 : 0;
-    if (in) {
-      in_mask |= 1u << k;
-      rows_in += gp.rows_of(i);
-    }
+    if (t * kSortItems + k == K - 1) S.last_key = key[k] + S.key_range[0] - 1u;
   }
-  for (int j = 0; j < G; ++j) {
-    float fa = 0.0f, fb = 0.0f, fm = -INFINITY;
-#pragma unroll
-    for (int k = 0; k < kSortItems; ++k) {
-      const int32_t i = t * kSortItems + k;
-      if (i >= n) continue;
-      if ((in_mask >> k) & 1u) {
-        const int32_t e = pos[i];
-        fa += gp.a_of(j, i);
-        fm = fmaxf(fm, work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
-      } else {
-        fb += gp.b_of(j, i);
-      }
-    }
-    fa = WarpSum(fa);
-    fb = WarpSum(fb);
-    fm = WarpMax(fm);
-    if ((t & 31) == 0) {
-      atomicAdd(&fin_a[j], fa);
-      atomicAdd(&fin_b[j], fb);
-      if (fm > -INFINITY) atomicMax(&fin_max[j], FloatKey(fm));
-    }
-  }
-  atomicAdd(&fin_rows, rows_in);
   __syncthreads();
-  if (t < G) {
-    WriteGrowHead(gp, work, head_max, stats, t, fin_a[t], fin_b[t], fin_max[t], fin_rows,
-                  cap_hit);
-  }
+  KeyCut final_cut;
+  final_cut.prefix = S.last_key;
+  final_cut.mask = 0xffffffffu;
+  GrowFinish(S, gp, sel, head_max, work, stats, final_cut, cap_hit);
+  return true;
 }
 
 }  // namespace twl::cuda
