@@ -9,7 +9,8 @@
 # library and once with $OLD preloaded when one was packed (NCU_AB=0: this tree's only).
 # NCU_SOURCE=1 also saves the new side's HBM report and its per-instruction (SASS) table,
 # sass_hbm.csv. NCU_KERNELS and NCU_SECTIONS override the filters, NCU_COUNT the kernels
-# profiled on the HBM store (default 1), NCU_BATCH the batch (default 8). Pack twl_serve_bench and
+# profiled on the HBM store (default 1), NCU_BATCH the batch (default 8), NCU_METHOD the HBM
+# side's serving method (default hbm; e.g. hbm-quest). Pack twl_serve_bench and
 # row_gather_probe (and twl_gpu_tests for FOCUS).
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -47,7 +48,7 @@ for side in new old; do
   fi
   extra=()
   [ $side = new ] && [ "${NCU_SOURCE:-0}" = 1 ] && extra=(-o "$L/attend_hbm" -f)
-  run_ncu "hbm_$side" hbm "${NCU_KERNELS:-AttendChunk}" "${NCU_COUNT:-1}" "$pre" "${extra[@]}"
+  run_ncu "hbm_$side" "${NCU_METHOD:-hbm}" "${NCU_KERNELS:-AttendChunk}" "${NCU_COUNT:-1}" "$pre" "${extra[@]}"
   if [ "${OFFLOAD:-1}" = 1 ]; then
     run_ncu "offload_$side" twilight "${NCU_KERNELS:-RowMark|AttendChunk}" 2 "$pre"
   fi

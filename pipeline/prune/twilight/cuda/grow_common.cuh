@@ -126,15 +126,16 @@ struct GrowPair {
   }
   // The fixed part of the rule's sums, page i: a forced page (always listed, always in) adds
   // its A to la, an unlisted page (always out) its R to lb. Returns whether page i is ranked
-  // (listed, not forced): the pages the searches decide on.
-  __device__ __forceinline__ bool AddFixed(int32_t i, bool forced, float (&la)[kMaxGroup],
+  // (listed, not forced): the pages the searches decide on. listed: pos[i] >= 0.
+  __device__ __forceinline__ bool AddFixed(int32_t i, bool forced, bool listed,
+                                           float (&la)[kMaxGroup],
                                            float (&lb)[kMaxGroup]) const {
     if (forced) {
 #pragma unroll
       for (int j = 0; j < kMaxGroup; ++j) la[j] += j < G ? a_of(j, i) : 0.0f;
       return false;
     }
-    if (pos[i] < 0) {
+    if (!listed) {
 #pragma unroll
       for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? b_of(j, i) : 0.0f;
       return false;
@@ -240,18 +241,41 @@ __device__ KeyCut CountCut(Smem& sm, int32_t n, int32_t cap, RankedKey ranked_ke
   for (int shift = 24; shift >= 0 && !whole; shift -= 8) {
     for (int d = t; d < 256; d += blockDim.x) sm.hc[d] = 0;
     __syncthreads();
-    for (int32_t i = t; i < n; i += blockDim.x) {
-      uint32_t key;
-      if (!ranked_key(i, &key) || (key & cc.mask) != cc.prefix) continue;
-      atomicAdd(&sm.hc[(key >> shift) & 255u], 1);
+    // Four pages per thread and step, their loads issued before the first add.
+    const int32_t nt = blockDim.x;
+    for (int32_t c0 = 0; c0 < n; c0 += 4 * nt) {
+      uint32_t key[4];
+      bool ranked[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int32_t i = c0 + u * nt + t;
+        ranked[u] = i < n && ranked_key(i, &key[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        if (ranked[u] && (key[u] & cc.mask) == cc.prefix) {
+          atomicAdd(&sm.hc[(key[u] >> shift) & 255u], 1);
+        }
+      }
     }
     __syncthreads();
-    if (t == 64) {
-      int acc = 0;
-      sm.cum_c[256] = 0;
-      for (int d = 255; d >= 0; --d) sm.cum_c[d] = (acc += sm.hc[d]);
+    // Counts of digits >= d by one warp, lane l owning digits [8 l, 8 l + 8) (one thread
+    // walking the 256 digits was a chain of 256 dependent shared-memory steps, ~4 us a pass).
+    if (t < 32) {
+      int v[8], sum = 0;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) sum += (v[k] = sm.hc[t * 8 + k]);
+      int above = 0;  // lanes > t
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int x = __shfl_down_sync(0xffffffffu, sum + above, o);
+        if (t + o < 32) above += x;
+      }
+#pragma unroll
+      for (int k = 7; k >= 0; --k) sm.cum_c[t * 8 + k] = (above += v[k]);
+      if (t == 0) sm.cum_c[256] = 0;
     }
-    if (t == 0) sm.best = 256;
+    if (t == 64) sm.best = 256;
     __syncthreads();
     if (t < 256 && cnt_hi + sm.cum_c[t] <= cap) atomicMin(&sm.best, t);
     __syncthreads();
@@ -269,10 +293,18 @@ __device__ KeyCut CountCut(Smem& sm, int32_t n, int32_t cap, RankedKey ranked_ke
   return cc;
 }
 
+// Pages per thread in one chunk of GrowFinish (bits of a 32-bit mask).
+constexpr int kFinishItems = 16;
+
 // Both searches' last sweep, over every page of the pair: a page is in when forced or when
 // listed, ranked and inside `cut`. Writes the flags by list entry, and per head A and R of
 // the final set, its max estimate over the candidates and its rows (WriteGrowHead). Smem:
-// fin_a, fin_b, fin_max, fin_rows (GrowSmem or the sorted search's).
+// fin_a, fin_b, fin_max, fin_rows (GrowSmem or the sorted search's). In chunks of
+// kFinishItems pages per thread: the keys and entries first, then one head at a time over
+// the chunk's pages of that head. (A page at a time, with every head's loads behind the
+// page's key, it was a third of the sorted search's stall samples at 8193 pages; in chunks,
+// 7% off the search at B = 8, 1.5% at B = 1: bench/RESULTS.md, thirty-seventh session, runs
+// 5-6.)
 template <typename Smem>
 __device__ __forceinline__ void GrowFinish(Smem& sm, const GrowPair& gp, const SelectionView& sel,
                                            uint32_t* __restrict__ head_max, const GrowWork& work,
@@ -280,6 +312,7 @@ __device__ __forceinline__ void GrowFinish(Smem& sm, const GrowPair& gp, const S
                                            bool cap_hit) {
   const int t = threadIdx.x;
   const int32_t G = gp.G, n = gp.n, sq0 = gp.sq0;
+  const int32_t nt = blockDim.x;
   if (t < kMaxGroup) {
     sm.fin_a[t] = sm.fin_b[t] = 0.0f;
     sm.fin_max[t] = 0u;
@@ -287,40 +320,55 @@ __device__ __forceinline__ void GrowFinish(Smem& sm, const GrowPair& gp, const S
   if (t == 0) sm.fin_rows = 0;
   __syncthreads();
   int rows_in = 0;
-  float fa[kMaxGroup], fb[kMaxGroup], fm[kMaxGroup];
+  for (int32_t c0 = 0; c0 < n; c0 += nt * kFinishItems) {  // the same trip count everywhere
+    uint32_t key[kFinishItems];
+    int32_t ent[kFinishItems];
 #pragma unroll
-  for (int j = 0; j < kMaxGroup; ++j) {
-    fa[j] = fb[j] = 0.0f;
-    fm[j] = -INFINITY;
-  }
-  for (int32_t i = t; i < n; i += blockDim.x) {
-    bool forced;
-    const uint32_t key = PrepKey(work, gp.pair, sel.max_select, i, &forced);
-    const int32_t e = gp.pos[i];
-    const bool in = forced || (e >= 0 && cut.In(key));
-    if (e >= 0) work.in_set[int64_t(gp.pair) * sel.max_select + e] = in ? 1 : 0;
-    if (in) rows_in += gp.rows_of(i);
-#pragma unroll
-    for (int j = 0; j < kMaxGroup; ++j) {
-      if (j >= G) continue;
-      if (in) {
-        fa[j] += gp.a_of(j, i);
-        fm[j] = fmaxf(fm[j], work.page_max[int64_t(sq0 + j) * sel.max_select + e]);
-      } else {
-        fb[j] += gp.b_of(j, i);
+    for (int k = 0; k < kFinishItems; ++k) {
+      const int32_t i = c0 + k * nt + t;
+      key[k] = 0u;
+      ent[k] = -1;
+      if (i < n) {
+        bool forced;
+        key[k] = PrepKey(work, gp.pair, sel.max_select, i, &forced);
+        ent[k] = gp.pos[i];
       }
     }
-  }
-  // One atomic per warp and head (every page adds to the same G addresses).
+    uint32_t valid = 0, in_mask = 0;
 #pragma unroll
-  for (int j = 0; j < kMaxGroup; ++j) {
-    fa[j] = WarpSum(fa[j]);
-    fb[j] = WarpSum(fb[j]);
-    fm[j] = WarpMax(fm[j]);
-    if ((t & 31) == 0 && j < G) {
-      atomicAdd(&sm.fin_a[j], fa[j]);
-      atomicAdd(&sm.fin_b[j], fb[j]);
-      if (fm[j] > -INFINITY) atomicMax(&sm.fin_max[j], FloatKey(fm[j]));
+    for (int k = 0; k < kFinishItems; ++k) {
+      const int32_t i = c0 + k * nt + t;
+      if (i >= n) continue;
+      valid |= 1u << k;
+      const bool in = key[k] == kForcedKey || (ent[k] >= 0 && cut.In(key[k]));
+      if (ent[k] >= 0) work.in_set[int64_t(gp.pair) * sel.max_select + ent[k]] = in ? 1 : 0;
+      if (in) {
+        in_mask |= 1u << k;
+        rows_in += gp.rows_of(i);
+      }
+    }
+    for (int j = 0; j < G; ++j) {
+      const float* pm = work.page_max + int64_t(sq0 + j) * sel.max_select;
+      float fa = 0.0f, fb = 0.0f, fm = -INFINITY;
+#pragma unroll
+      for (int k = 0; k < kFinishItems; ++k) {
+        const int32_t i = c0 + k * nt + t;
+        if ((in_mask >> k) & 1u) {
+          fa += gp.a_of(j, i);
+          fm = fmaxf(fm, pm[ent[k]]);
+        } else if ((valid >> k) & 1u) {
+          fb += gp.b_of(j, i);
+        }
+      }
+      // One atomic per warp and head (every page adds to the same G addresses).
+      fa = WarpSum(fa);
+      fb = WarpSum(fb);
+      fm = WarpMax(fm);
+      if ((t & 31) == 0) {
+        atomicAdd(&sm.fin_a[j], fa);
+        atomicAdd(&sm.fin_b[j], fb);
+        if (fm > -INFINITY) atomicMax(&sm.fin_max[j], FloatKey(fm));
+      }
     }
   }
   atomicAdd(&sm.fin_rows, rows_in);

@@ -32,7 +32,7 @@ __device__ __noinline__ void GrowSearchRadix(
     for (int32_t i = t; i < n; i += blockDim.x) {
       bool forced;
       PrepKey(work, pair, sel.max_select, i, &forced);
-      gp.AddFixed(i, forced, la, lb);
+      gp.AddFixed(i, forced, pos[i] >= 0, la, lb);
     }
     gp.FlushFixed(la, lb, sm.a_hi, sm.b_lo);
   }

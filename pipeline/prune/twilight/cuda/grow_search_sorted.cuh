@@ -85,7 +85,7 @@ __device__ __noinline__ bool GrowSearchSorted(
       if (i >= n) continue;
       bool forced;
       const uint32_t kk = PrepKey(work, pair, sel.max_select, i, &forced);
-      if (gp.AddFixed(i, forced, la, lb)) {
+      if (gp.AddFixed(i, forced, pos[i] >= 0, la, lb)) {
         key[k] = kk;
         page[k] = i;
         ++ranked;
@@ -106,14 +106,24 @@ __device__ __noinline__ bool GrowSearchSorted(
 #pragma unroll
     for (int j = 0; j < kMaxGroup; ++j) la[j] = lb[j] = 0.0f;
     int below = 0;
-    for (int32_t base = 0; base < n; base += blockDim.x) {  // same trip count for every lane
-      const int32_t i = base + t;
-      bool in_top = false;
-      if (i < n) {
+    // Four pages per thread and step, their keys and entries loaded before the first use.
+    const int32_t nt = blockDim.x;
+    for (int32_t c0 = 0; c0 < n; c0 += 4 * nt) {  // the same trip count for every lane
+      uint32_t kk[4];
+      bool listed[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int32_t i = c0 + u * nt + t;
         bool forced;
-        const uint32_t kk = PrepKey(work, pair, sel.max_select, i, &forced);
-        if (gp.AddFixed(i, forced, la, lb)) {
-          if (top_cut.In(kk)) {
+        kk[u] = i < n ? PrepKey(work, pair, sel.max_select, i, &forced) : 0u;
+        listed[u] = i < n && pos[i] >= 0;
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int32_t i = c0 + u * nt + t;
+        bool in_top = false;
+        if (i < n && gp.AddFixed(i, kk[u] == kForcedKey, listed[u], la, lb)) {
+          if (top_cut.In(kk[u])) {
             in_top = true;
           } else {
             ++below;
@@ -121,12 +131,12 @@ __device__ __noinline__ bool GrowSearchSorted(
             for (int j = 0; j < kMaxGroup; ++j) lb[j] += j < G ? gp.b_of(j, i) : 0.0f;
           }
         }
+        const unsigned mask = __ballot_sync(0xffffffffu, in_top);
+        int slot = 0;
+        if ((t & 31) == 0 && mask) slot = atomicAdd(&S.top_count, __popc(mask));
+        slot = __shfl_sync(0xffffffffu, slot, 0) + __popc(mask & ((1u << (t & 31)) - 1u));
+        if (in_top) tmp.top_pages[slot] = i;
       }
-      const unsigned mask = __ballot_sync(0xffffffffu, in_top);
-      int slot = 0;
-      if ((t & 31) == 0 && mask) slot = atomicAdd(&S.top_count, __popc(mask));
-      slot = __shfl_sync(0xffffffffu, slot, 0) + __popc(mask & ((1u << (t & 31)) - 1u));
-      if (in_top) tmp.top_pages[slot] = i;
     }
     gp.FlushFixed(la, lb, a_fix, b_fix);
     if (below) atomicAdd(&S.below_count, below);
