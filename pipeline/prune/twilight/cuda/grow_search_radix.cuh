@@ -1,5 +1,5 @@
-// Growth search by radix passes over the page keys (prune_grow.cuh, step 2), for pairs of
-// more than kSortPages pages.
+// Growth search by radix passes over the page keys (prune_grow.cuh, step 2), for pairs past
+// kSortPages pages that the sorted search of their top pages cannot decide.
 #pragma once
 
 #include "pipeline/prune/twilight/cuda/grow_common.cuh"
@@ -10,8 +10,8 @@ namespace twl::cuda {
 // Stage 1 flags a pair whose rule fails with every listed page in (or p >= 1 with pages left
 // out): its list becomes every page and its head_max is cleared for the rescoring.
 // head_max is rewritten to the max over the candidates.
-// (The radix passes, for pairs past kSortPages pages; GrowSearchKernel, grow_search_pass.cuh,
-// dispatches.)
+// (GrowSearchKernel, grow_search_pass.cuh, runs it when GrowSearchSorted returns false: p = 1,
+// a pair that needs pages below its top kSortPages, a stage 1 whose list does not fit.)
 __device__ __noinline__ void GrowSearchRadix(
     GrowSmem& sm, const GrowPair gp, const SelectionView& sel,
     uint32_t* __restrict__ head_max, const GrowWork& work, const HeadStatsView& stats,

@@ -22,8 +22,10 @@ namespace twl::cuda {
 // rule over all pages, so a passing cut there is the answer. When none passes (a flat pair
 // needs pages below the set, or p >= 1), or in a stage 1 whose list does not fit (stage 1
 // must know the rule with every listed page in), it returns false and the radix search
-// decides. The radix search took 410-446 us of a 0.61-0.65 ms growing-Quest step at 128k,
-// B = 1 (H100, bench/RESULTS.md, thirty-sixth and thirty-seventh sessions).
+// decides. At 128k, B = 1 the radix search took 416-446 us of a 0.61-0.65 ms growing-Quest
+// step, the top set's sort takes 112-118 us of 0.31 ms (H100, bench/RESULTS.md,
+// thirty-sixth and thirty-seventh sessions).
+
 // Shared memory of the sorted search (a union member of GrowSearchKernel's, with GrowSmem).
 struct SortedSmem {
   union {
