@@ -37,6 +37,7 @@ using testing::Upload;
 struct Outputs {
   std::vector<int32_t> pages, count, limit, tokens, kept_count, selected, kept, cap_hit;
   std::vector<float> bound, est, full;
+  std::vector<int32_t> radix_searches;  // GPU: per pair, searches the radix passes decided
 };
 
 struct GrowCase {
@@ -108,13 +109,16 @@ Outputs RunGpu(const RefStore& st, const SelectorParams& sp, const PrunerParams&
   absl::Status s = LaunchSelectPages(st.g, sp, b, ds.Query(), ds.Quant(), sel, ws_sel.get(),
                                      sel_bytes, nullptr, pp.softmax_scale);
   EXPECT_TRUE(s.ok()) << s;
-  s = LaunchPrune(st.g, pp, b, ds.Query(), ds.Quant(), ds.Kv(), sel,
-                  KeptView{tokens.as<int32_t>(), kcount.as<int32_t>(), int32_t(kept_stride)},
-                  HeadStatsView{selected.as<int32_t>(), kept.as<int32_t>(), est.as<float>(),
-                                full.as<float>(), cap.as<int32_t>()},
-                  ws_pr.get(), pr_bytes, nullptr);
+  // ProfilePrune: LaunchPrune's kernels, and which search decided each pair.
+  PruneProfile profile;
+  s = ProfilePrune(st.g, pp, b, ds.Query(), ds.Quant(), ds.Kv(), sel,
+                   KeptView{tokens.as<int32_t>(), kcount.as<int32_t>(), int32_t(kept_stride)},
+                   HeadStatsView{selected.as<int32_t>(), kept.as<int32_t>(), est.as<float>(),
+                                 full.as<float>(), cap.as<int32_t>()},
+                   ws_pr.get(), pr_bytes, nullptr, &profile);
   EXPECT_TRUE(s.ok()) << s;
   Outputs o;
+  o.radix_searches = profile.radix_searches;
   o.pages = Download<int32_t>(pages, pairs * stride);
   o.count = Download<int32_t>(count, pairs);
   o.limit = Download<int32_t>(limit, pairs);
@@ -282,6 +286,30 @@ TEST_P(GrowGpuTest, MatchesReference) {
   std::printf("grow kept-set difference: at most %lld tokens, %.3f%% of the reference's\n",
               static_cast<long long>(worst_diff), 100.0 * worst_share);
   EXPECT_GE(pairs_equal, int32_t(0.9 * pairs)) << pairs_equal << "/" << pairs;
+  // Which search decided (a slow path taken silently would pass every check above). A pair
+  // of at most kSortPages pages is always sorted. Past it, one stage sorts its top pages and
+  // decides when a cut among them passes or the cap lies among them (caps here: <= 5000
+  // pages, the top set ~8192); without a cap, p = 1 always needs the radix search. In this
+  // store a peaked KV head (h >= 1) of up to 4 query heads finds its cut among its top pages
+  // (measured: 140k tokens, d 64; with 16 heads their union needed more, the radix decided).
+  ASSERT_EQ(d.radix_searches.size(), size_t(pairs));
+  constexpr int32_t kSortPagesForTest = 8192;
+  const bool one_stage = c.seed_pages <= 0;
+  for (int32_t item = 0; item < pairs; ++item) {
+    const int32_t s = item / g.num_kv_heads, h = item % g.num_kv_heads;
+    const int32_t pages = (c.lens[size_t(s)] + g.page_size - 1) / g.page_size;
+    const int32_t radix = d.radix_searches[size_t(item)];
+    SCOPED_TRACE(::testing::Message() << "pair " << item << ", " << pages << " pages");
+    if (pages <= kSortPagesForTest) {
+      EXPECT_EQ(radix, 0);
+    } else if (one_stage && c.cap_pages > 0) {
+      EXPECT_EQ(radix, 0);
+    } else if (c.p >= 1.0f) {
+      EXPECT_GE(radix, 1);
+    } else if (h >= 1 && one_stage && group <= 4) {
+      EXPECT_EQ(radix, 0);
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

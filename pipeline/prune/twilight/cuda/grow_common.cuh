@@ -34,6 +34,9 @@ struct GrowWork {
   uint32_t* key = nullptr;  // [num_seqs * num_kv_heads][max_select]
   float* pa = nullptr;      // [num_seqs * num_q_heads][max_select]
   float* pb = nullptr;      // [num_seqs * num_q_heads][max_select]
+  // Profiling only (ProfilePrune; null otherwise): per pair, how many of its searches the
+  // radix passes decided (the sorted search could not), so tests can tell the paths apart.
+  int32_t* radix_searches = nullptr;  // [num_seqs * num_kv_heads]
 };
 
 __device__ __forceinline__ float HeadShift(const uint32_t* head_max, int32_t sq) {
@@ -300,11 +303,11 @@ constexpr int kFinishItems = 16;
 // listed, ranked and inside `cut`. Writes the flags by list entry, and per head A and R of
 // the final set, its max estimate over the candidates and its rows (WriteGrowHead). Smem:
 // fin_a, fin_b, fin_max, fin_rows (GrowSmem or the sorted search's). In chunks of
-// kFinishItems pages per thread: the keys and entries first, then one head at a time over
-// the chunk's pages of that head. (A page at a time, with every head's loads behind the
-// page's key, it was a third of the sorted search's stall samples at 8193 pages; in chunks,
-// 7% off the search at B = 8, 1.5% at B = 1: bench/RESULTS.md, thirty-seventh session, runs
-// 5-6.)
+// kFinishItems pages per thread: the keys and entries first, then one head at a time with
+// all of the chunk's loads of that head issued together. (A page at a time, with every
+// head's loads behind the page's key, it was a third of the sorted search's stall samples
+// at 8193 pages; in chunks with the loads behind branches, still 30%: bench/RESULTS.md,
+// thirty-seventh session, runs 5, 6 and 8.)
 template <typename Smem>
 __device__ __forceinline__ void GrowFinish(Smem& sm, const GrowPair& gp, const SelectionView& sel,
                                            uint32_t* __restrict__ head_max, const GrowWork& work,
@@ -325,14 +328,10 @@ __device__ __forceinline__ void GrowFinish(Smem& sm, const GrowPair& gp, const S
     int32_t ent[kFinishItems];
 #pragma unroll
     for (int k = 0; k < kFinishItems; ++k) {
-      const int32_t i = c0 + k * nt + t;
-      key[k] = 0u;
-      ent[k] = -1;
-      if (i < n) {
-        bool forced;
-        key[k] = PrepKey(work, gp.pair, sel.max_select, i, &forced);
-        ent[k] = gp.pos[i];
-      }
+      const int32_t i = min(c0 + k * nt + t, n - 1);  // past n: any valid address, unused
+      bool forced;
+      key[k] = PrepKey(work, gp.pair, sel.max_select, i, &forced);
+      ent[k] = gp.pos[i];
     }
     uint32_t valid = 0, in_mask = 0;
 #pragma unroll
@@ -348,16 +347,25 @@ __device__ __forceinline__ void GrowFinish(Smem& sm, const GrowPair& gp, const S
       }
     }
     for (int j = 0; j < G; ++j) {
-      const float* pm = work.page_max + int64_t(sq0 + j) * sel.max_select;
+      const int64_t row = int64_t(sq0 + j) * sel.max_select;
+      const float* pm = work.page_max + row;
       float fa = 0.0f, fb = 0.0f, fm = -INFINITY;
+      // Every load unconditional, from a valid address (a load behind a branch is issued
+      // only when its branch is taken, each waited for before the next: run 8).
+      float v[kFinishItems], mx[kFinishItems];
 #pragma unroll
       for (int k = 0; k < kFinishItems; ++k) {
-        const int32_t i = c0 + k * nt + t;
+        const int32_t i = min(c0 + k * nt + t, n - 1);
+        v[k] = (((in_mask >> k) & 1u) ? work.pa : work.pb)[row + i];  // A in, R out
+        mx[k] = pm[max(ent[k], 0)];
+      }
+#pragma unroll
+      for (int k = 0; k < kFinishItems; ++k) {
         if ((in_mask >> k) & 1u) {
-          fa += gp.a_of(j, i);
-          fm = fmaxf(fm, pm[ent[k]]);
+          fa += v[k];
+          fm = fmaxf(fm, mx[k]);
         } else if ((valid >> k) & 1u) {
-          fb += gp.b_of(j, i);
+          fb += v[k];
         }
       }
       // One atomic per warp and head (every page adds to the same G addresses).

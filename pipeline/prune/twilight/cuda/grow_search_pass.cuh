@@ -24,6 +24,7 @@ __global__ void __launch_bounds__(kSortThreads, 1)
   if (stage == 2 && !work.need[pair]) return;
   const GrowPair gp = MakeGrowPair(g, params, batch, sel, shape, work, pair);
   if (!GrowSearchSorted(sm.sorted, gp, sel, head_max, work, stats, stage)) {
+    if (work.radix_searches != nullptr && threadIdx.x == 0) ++work.radix_searches[pair];
     GrowSearchRadix(sm.radix, gp, sel, head_max, work, stats, stage);
   }
 }

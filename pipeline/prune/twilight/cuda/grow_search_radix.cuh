@@ -17,7 +17,7 @@ __device__ __noinline__ void GrowSearchRadix(
     uint32_t* __restrict__ head_max, const GrowWork& work, const HeadStatsView& stats,
     int stage) {
   const int32_t pair = blockIdx.x;
-  const int32_t G = gp.G, n = gp.n, listed = gp.listed, sq0 = gp.sq0, cap = gp.cap;
+  const int32_t G = gp.G, n = gp.n, listed = gp.listed, cap = gp.cap;
   const int32_t* pos = gp.pos;
   const float p = gp.p, c = gp.c;
   const int t = threadIdx.x;
@@ -215,9 +215,10 @@ __device__ __noinline__ void GrowSearchRadix(
   const bool cap_hit = sm.fin_cnt > cap;
   KeyCut cut = mass_cut;
   if (cap_hit) {
+    // The stored key (PrepKey): GrowKey's value, one load instead of G.
     cut = CountCut(sm, n, cap, [&](int32_t i, uint32_t* key) {
       bool forced;
-      *key = GrowKey(sel, sq0, G, i, &forced);
+      *key = PrepKey(work, pair, sel.max_select, i, &forced);
       return !forced && pos[i] >= 0;
     });
   }

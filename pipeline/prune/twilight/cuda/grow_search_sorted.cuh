@@ -20,9 +20,10 @@ namespace twl::cuda {
 // histograms only), compacted into shared memory; the ranked pages below it count as out
 // (their R joins the fixed part). The rule at each cut inside that set is then exactly the
 // rule over all pages, so a passing cut there is the answer. When none passes (a flat pair
-// needs pages below the set, or p >= 1), or in a stage 1 whose list does not fit (stage 1
-// must know the rule with every listed page in), it returns false and the radix search
-// decides. At 128k, B = 1 the radix search took 416-446 us of a 0.61-0.65 ms growing-Quest
+// needs pages below the set, or p >= 1) the set needed is over the cap if the top set holds
+// the cap's pages, and the cap's cut is a prefix of this sort. Otherwise, or in a stage 1
+// whose list does not fit (stage 1 must know the rule with every listed page in), it returns
+// false and the radix search decides. At 128k, B = 1 the radix search took 416-446 us of a 0.61-0.65 ms growing-Quest
 // step, the top set's sort takes 112-118 us of 0.31 ms (H100, bench/RESULTS.md,
 // thirty-sixth and thirty-seventh sessions).
 
@@ -208,10 +209,13 @@ __device__ __noinline__ bool GrowSearchSorted(
   if (m > 0 && t == (m - 1) / kSortItems) S.ok_all = (ok_mask >> ((m - 1) % kSortItems)) & 1u;
   if (m == 0 && t == 0) S.ok_all = ok_zero ? 1 : 0;
   __syncthreads();
-  // A top set without every ranked page: its cuts decide only when one passes (p < 1), and
-  // never a stage 1 that must know the rule with every listed page in.
-  if (top && S.below_count > 0 &&
-      (p >= 1.0f || S.best_k == 0x7fffffff || (stage == 1 && listed < n))) {
+  // A top set without every ranked page: the final set needs pages below it when no cut in
+  // it passes (or p = 1). That set is over the cap when the top set holds the cap's pages
+  // (m >= cap): the cap's cut, the largest whole-level set within it, is then a prefix of
+  // this sort, so the sort decides; otherwise the radix search does. Never a stage 1 that
+  // must know the rule with every listed page in.
+  const bool beyond_top = top && S.below_count > 0 && (p >= 1.0f || S.best_k == 0x7fffffff);
+  if ((beyond_top && m < cap) || (top && S.below_count > 0 && stage == 1 && listed < n)) {
     __syncthreads();  // the radix search's shared memory overlaps this one's
     return false;
   }
@@ -221,7 +225,7 @@ __device__ __noinline__ bool GrowSearchSorted(
     HandToStage2(gp, work, head_max);
     return true;
   }
-  int K = p < 1.0f ? min(S.best_k, m) : m;
+  int K = beyond_top ? m + 1 : (p < 1.0f ? min(S.best_k, m) : m);  // beyond_top: K > m >= cap
   const bool cap_hit = K > cap;
   if (cap_hit) K = LevelsWithin(cut_mask, cap, &S.cap_k);
   // The final set's ranked pages are the sorted ranks below K, whole levels: every ranked

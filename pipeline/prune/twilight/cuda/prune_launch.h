@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "core/stage_views.h"
@@ -54,6 +55,9 @@ absl::Status LaunchPrune(const PageGeometry& g, const PrunerParams& params,
 struct PruneProfile {
   float ms_score = 0.0f, ms_topp = 0.0f, ms_compact = 0.0f;
   float ms_grow = 0.0f;  // growing Quest: the part of ms_score in the seed/mass/search kernels
+  // Growing Quest, per (sequence, KV head): how many of its searches (one per stage) the
+  // radix passes decided because the sorted search could not (empty when not growing).
+  std::vector<int32_t> radix_searches;
 };
 absl::Status ProfilePrune(const PageGeometry& g, const PrunerParams& params,
                           const BatchView& batch, const QueryView& q, const QuantKView& qk,
