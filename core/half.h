@@ -29,6 +29,13 @@ TWL_HD uint32_t FloatToBits(float f) {
   return u;
 }
 
+// A K value as the min / max behind the Quest bounds and the per-token zero see it: -0 as
+// +0 (x + 0 is x for every other value, NaN included). Of equal zeros the GPU's fminf and the
+// host's std::min keep different ones, so without this a channel whose minimum is a zero got
+// bounds of different bits on the two (found by a signed-zero append test, thirty-eighth
+// session). No fast-math anywhere in the build, so the add is not folded away.
+TWL_HD float BoundInput(float x) { return x + 0.0f; }
+
 // Exact conversion (every binary16 value is a float).
 TWL_HD float HalfToFloat(fp16_t h) {
   const uint32_t sign = (uint32_t(h) & 0x8000u) << 16;

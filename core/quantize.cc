@@ -21,7 +21,8 @@ void QuantizeRowRef(const PageGeometry& g, const fp16_t* k, uint8_t* codes, fp16
   float lo = std::numeric_limits<float>::infinity();
   float hi = -lo;
   for (int32_t j = 0; j < g.head_dim; ++j) {
-    const float x = g.KvToFloat(LoadU16(k, j));  // k may be the caller's buffer: any address
+    // k may be the caller's buffer: any address
+    const float x = BoundInput(g.KvToFloat(LoadU16(k, j)));
     lo = std::min(lo, x);
     hi = std::max(hi, x);
   }

@@ -65,8 +65,9 @@ absl::Status AppendRef(const PageGeometry& g, const AppendView& in, const FpKvVi
       for (int32_t r = 0; r < rows; ++r) {
         KvRowToFloat(g, kv.K(g, block, r), x.data());
         for (int32_t c = 0; c < g.head_dim; ++c) {
-          lo[size_t(c)] = std::min(lo[size_t(c)], x[size_t(c)]);
-          hi[size_t(c)] = std::max(hi[size_t(c)], x[size_t(c)]);
+          const float v = BoundInput(x[size_t(c)]);
+          lo[size_t(c)] = std::min(lo[size_t(c)], v);
+          hi[size_t(c)] = std::max(hi[size_t(c)], v);
         }
       }
       for (int32_t c = 0; c < g.head_dim; ++c) {

@@ -153,7 +153,7 @@ __global__ void AppendRowsKernel(PageGeometry g, AppendView in, KvInputType type
     kdst[j] = k;
     k_s[warp][j] = k;
     vdst[j] = LoadAsStored(in.v, src + j, type, bf16);
-    const float x = KvF(k, bf16);
+    const float x = BoundInput(KvF(k, bf16));
     lo = fminf(lo, x);
     hi = fmaxf(hi, x);
   }
@@ -201,7 +201,7 @@ __global__ void MinMaxKernel(PageGeometry g, AppendPagePlan plan, FpKvView kv, Q
   for (int c = threadIdx.x; c < g.head_dim; c += blockDim.x) {
     float lo = INFINITY, hi = -INFINITY;
     for (int r = 0; r < rows; ++r) {
-      const float x = KvF(k[int64_t(r) * g.head_dim + c], bf16);
+      const float x = BoundInput(KvF(k[int64_t(r) * g.head_dim + c], bf16));
       lo = fminf(lo, x);
       hi = fmaxf(hi, x);
     }
@@ -354,7 +354,7 @@ __global__ void __launch_bounds__(kSegThreads)
       }
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const float x = KvF(kh[e], bf16);
+        const float x = BoundInput(KvF(kh[e], bf16));
         rlo = fminf(rlo, x);
         rhi = fmaxf(rhi, x);
         lo8[e] = fminf(lo8[e], x);

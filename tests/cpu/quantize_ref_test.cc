@@ -116,6 +116,47 @@ TEST(Append, StoresRowsAndExactPageBoundsAcrossOddLengths) {
   }
 }
 
+// A zero's sign never reaches the bounds or a per-token zero: of equal zeros the GPU's fminf
+// and std::min keep different ones, and the GPU's append must match these bits (BoundInput).
+TEST(Append, SignedZerosGiveBoundsAndZerosOfPositiveZero) {
+  for (const int32_t scheme : {kKSchemeToken, kKSchemePageChannel}) {
+    PageGeometry g{16, 64, 1, 4};
+    g.k_scheme = scheme;
+    // A row of -0 first, then rows of +0 and positive values: every channel's minimum is a
+    // zero, the first one seen -0. Channels 60-63 hold zeros only (-0 in even rows): their
+    // maximum is a zero too.
+    const int32_t rows = 5;
+    std::vector<fp16_t> k(size_t(rows * g.head_dim)), v(k.size(), FloatToHalf(1.0f));
+    for (int32_t r = 0; r < rows; ++r) {
+      for (int32_t c = 0; c < g.head_dim; ++c) {
+        const float x = r % 2 == 0 ? (r == 0 || c >= 60 ? -0.0f : 0.25f * float(c % 7 + 1)) : 0.0f;
+        k[size_t(r * g.head_dim + c)] = FloatToHalf(x);
+      }
+    }
+    std::vector<fp16_t> kv(size_t(g.FpBlockElems())), kmin(64), kmax(64), scale(16), zero(16);
+    std::vector<uint8_t> codes(size_t(g.page_size * g.CodeBytesPerToken()));
+    std::vector<uint8_t> range(size_t(ChannelRangeBytes(g.head_dim)));
+    QuantKView qk{codes.data(), scale.data(), zero.data(), kmin.data(), kmax.data()};
+    if (scheme == kKSchemePageChannel) qk.range = range.data();
+    std::vector<int32_t> page_id(size_t(rows), 0);
+    std::vector<int32_t> slot(static_cast<size_t>(rows));
+    for (int32_t r = 0; r < rows; ++r) slot[size_t(r)] = r;
+    const AppendView in{rows, k.data(), v.data(), page_id.data(), slot.data()};
+    ASSERT_TRUE(AppendRef(g, in, FpKvView{kv.data()}, qk).ok());
+    for (int32_t c = 0; c < g.head_dim; ++c) {
+      EXPECT_EQ(kmin[size_t(c)], FloatToHalf(0.0f)) << "channel " << c;
+      if (c >= 60) {
+        EXPECT_EQ(kmax[size_t(c)], FloatToHalf(0.0f)) << "channel " << c;
+      }
+    }
+    if (scheme == kKSchemeToken) {
+      for (int32_t r = 0; r < rows; ++r) EXPECT_EQ(zero[size_t(r)], FloatToHalf(0.0f)) << r;
+    } else {
+      EXPECT_EQ(ChannelRangeA(range.data(), g.head_dim), FloatToHalf(0.0f));
+    }
+  }
+}
+
 TEST(Append, RejectsBadInputWithoutWriting) {
   PageGeometry g{16, 64, 2, 4};
   auto st = testing::MakeRandomStore(g, 2, {20}, 7);

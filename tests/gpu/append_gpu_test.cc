@@ -3,6 +3,7 @@
 // for several appends into partially filled pages, FP16/BF16/FP32 input, head dim 64/128,
 // k_bits 2/4/8/16, and both K schemes (suites Shapes: per token; PageChannel: k_scheme 1).
 #include <algorithm>
+#include <cmath>
 #include <random>
 #include <string>
 #include <utility>
@@ -26,6 +27,10 @@ struct AppendCase {
   KvInputType type;
   int32_t k_scheme = kKSchemeToken;
   bool bf16_store = false;  // PageGeometry::kv_dtype BF16
+  // K >= 0 with a third of its values +0 or -0: every channel's minimum is a zero, which the
+  // bounds, per-token zeros and range grids must store with the reference's bits (BoundInput,
+  // core/half.h: the GPU's fminf and the host's std::min keep different ones of equal zeros).
+  bool signed_zeros = false;
 };
 
 template <typename T>
@@ -39,7 +44,8 @@ std::vector<T> RandomBytesVec(size_t n, std::mt19937_64& rng) {
 
 // One append round: sequence s (pages pages[s * pages_per_seq ...]) gets round[s] tokens
 // after its len[s]; K/V drawn fresh (every 13th value an outlier) in `type`, and the same
-// values rounded to the stored type g.kv_dtype for the reference (kh/vh).
+// values rounded to the stored type g.kv_dtype for the reference (kh/vh). signed_zeros: see
+// AppendCase.
 struct AppendRound {
   std::vector<int32_t> page_id, slot;
   std::vector<float> kf, vf;                 // the draw (FP32 input)
@@ -49,7 +55,8 @@ struct AppendRound {
 
 AppendRound MakeRound(const PageGeometry& g, KvInputType type, const std::vector<int32_t>& pages,
                       int32_t pages_per_seq, const std::vector<int32_t>& round,
-                      std::vector<int32_t>* len, std::mt19937_64& rng) {
+                      std::vector<int32_t>* len, std::mt19937_64& rng,
+                      bool signed_zeros = false) {
   AppendRound r;
   for (size_t s = 0; s < round.size(); ++s) {
     for (int32_t i = 0; i < round[s]; ++i) {
@@ -64,6 +71,10 @@ AppendRound MakeRound(const PageGeometry& g, KvInputType type, const std::vector
   r.vf.resize(size_t(n * row));
   for (int64_t i = 0; i < n * row; ++i) {
     r.kf[size_t(i)] = 0.2f * float(i % g.head_dim % 5) + (i % 13 == 0 ? 5.0f : 1.0f) * nd(rng);
+    if (signed_zeros) {
+      const uint64_t u = rng();
+      r.kf[size_t(i)] = u % 3 == 0 ? ((u >> 8) & 1 ? -0.0f : 0.0f) : std::fabs(r.kf[size_t(i)]);
+    }
     r.vf[size_t(i)] = nd(rng);
   }
   const size_t m = r.kf.size();
@@ -192,7 +203,7 @@ TEST_P(AppendGpuTest, MatchesReferenceBitExact) {
   std::vector<int32_t> len = {0, 0, 0};
   const std::vector<std::vector<int32_t>> rounds = {{37, 1, 16}, {5, 16, 1}, {1, 30, 0}, {70, 2, 9}};
   for (const auto& round : rounds) {
-    const AppendRound rd = MakeRound(g, c.type, pages, 8, round, &len, rng);
+    const AppendRound rd = MakeRound(g, c.type, pages, 8, round, &len, rng, c.signed_zeros);
     const int32_t n = rd.n();
     const std::vector<int32_t>& page_id = rd.page_id;
     const std::vector<int32_t>& slot = rd.slot;
@@ -234,7 +245,9 @@ INSTANTIATE_TEST_SUITE_P(
                       // BF16 storage from each input type.
                       AppendCase{128, 4, 4, KvInputType::kBf16, kKSchemeToken, true},
                       AppendCase{64, 4, 2, KvInputType::kFp16, kKSchemeToken, true},
-                      AppendCase{96, 8, 2, KvInputType::kFp32, kKSchemeToken, true}));
+                      AppendCase{96, 8, 2, KvInputType::kFp32, kKSchemeToken, true},
+                      // Signed zeros: per-token zeros and the Quest bounds (MinMaxKernel).
+                      AppendCase{128, 4, 2, KvInputType::kFp16, kKSchemeToken, false, true}));
 
 // k_scheme 1 (per page channel): every append re-quantizes the touched blocks' filled rows
 // against their new range (MinMaxKernel), bit-exact with AppendRef (the same correctly
@@ -246,7 +259,9 @@ INSTANTIATE_TEST_SUITE_P(
                       AppendCase{128, 2, 3, KvInputType::kFp16, kKSchemePageChannel},
                       AppendCase{64, 8, 2, KvInputType::kFp32, kKSchemePageChannel},
                       AppendCase{128, 4, 2, KvInputType::kBf16, kKSchemePageChannel, true},
-                      AppendCase{64, 2, 2, KvInputType::kFp16, kKSchemePageChannel, true}));
+                      AppendCase{64, 2, 2, KvInputType::kFp16, kKSchemePageChannel, true},
+                      AppendCase{128, 4, 2, KvInputType::kFp32, kKSchemePageChannel, false,
+                                 true}));
 
 // The bulk append (LaunchAppendSegments: one launch per call, bounds merged in the same pass)
 // against AppendRef, bit-exact over the whole store, with whole pages sent through a staging
@@ -289,7 +304,7 @@ TEST_P(AppendSegmentsGpuTest, MatchesReferenceBitExact) {
                            52 * g.num_kv_heads);
   int64_t inserted_rows = 0;
   for (const auto& round : rounds) {
-    const AppendRound rd = MakeRound(g, c.type, pages, 10, round, &len, rng);
+    const AppendRound rd = MakeRound(g, c.type, pages, 10, round, &len, rng, c.signed_zeros);
     const int32_t n = rd.n();
     const std::vector<int32_t>& page_id = rd.page_id;
     const std::vector<int32_t>& slot = rd.slot;
@@ -366,7 +381,13 @@ INSTANTIATE_TEST_SUITE_P(
                       AppendCase{128, 2, 3, KvInputType::kFp16, kKSchemePageChannel},
                       AppendCase{64, 8, 2, KvInputType::kFp32, kKSchemePageChannel},
                       AppendCase{256, 4, 1, KvInputType::kFp16, kKSchemePageChannel},
-                      AppendCase{32, 4, 2, KvInputType::kBf16, kKSchemePageChannel}));
+                      AppendCase{32, 4, 2, KvInputType::kBf16, kKSchemePageChannel},
+                      // Signed zeros (see AppendCase): bounds, range grid, per-token zeros.
+                      AppendCase{128, 4, 2, KvInputType::kFp16, kKSchemePageChannel, false,
+                                 true},
+                      AppendCase{64, 4, 2, KvInputType::kFp32, kKSchemePageChannel, false,
+                                 true},
+                      AppendCase{128, 4, 2, KvInputType::kFp16, kKSchemeToken, false, true}));
 
 TEST(AppendGpu, RejectsBadArguments) {
   TWL_SKIP_WITHOUT_GPU();
