@@ -23,9 +23,9 @@ namespace twl::cuda {
 // needs pages below the set, or p >= 1) the set needed is over the cap if the top set holds
 // the cap's pages, and the cap's cut is a prefix of this sort. Otherwise, or in a stage 1
 // whose list does not fit (stage 1 must know the rule with every listed page in), it returns
-// false and the radix search decides. At 128k, B = 1 the radix search took 416-446 us of a 0.61-0.65 ms growing-Quest
-// step, the top set's sort takes 112-118 us of 0.31 ms (H100, bench/RESULTS.md,
-// thirty-sixth and thirty-seventh sessions).
+// false and the radix search decides. At 128k, B = 1 the radix search took 416-446 us of a
+// 0.61-0.65 ms growing-Quest step, the top set's sort takes 107-118 us of 0.31 ms (H100,
+// bench/RESULTS.md, thirty-sixth to thirty-eighth sessions).
 
 // Shared memory of the sorted search (a union member of GrowSearchKernel's, with GrowSmem).
 struct SortedSmem {
