@@ -1,5 +1,5 @@
 // C entry points of bound batches (issue 11.3): twl_batch_create, twl_batch_free,
-// twl_decode_batch, twl_batch_tables. Thin: twl::Runtime (runtime/bound_batch.h) does the work.
+// twl_decode_batch, twl_batch_tables, twl_batch_reserve, twl_batch_append. Thin: twl::Runtime (runtime/bound_batch.h) does the work.
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -76,6 +76,37 @@ twl_status twl_decode_batch(twl_runtime* rt, twl_batch_id batch, int32_t layer, 
     }
     std::lock_guard<std::mutex> lock(rt->mu);
     return rt->runtime->DecodeBatch(batch, layer, q, out, static_cast<twl::DType>(type), stream);
+  });
+}
+
+twl_status twl_batch_reserve(twl_runtime* rt, twl_batch_id batch, void* stream) noexcept {
+  return Guard(rt, "twl_batch_reserve", [&]() -> absl::Status {
+    if (absl::Status s = CheckHandle(rt); !s.ok()) return s;
+    std::lock_guard<std::mutex> lock(rt->mu);
+    return rt->runtime->ReserveBatchRows(batch, stream);
+  });
+}
+
+twl_status twl_batch_append(twl_runtime* rt, twl_batch_id batch, int32_t layer, const void* k,
+                            const void* v, twl_dtype dtype, void* stream) noexcept {
+  return Guard(rt, "twl_batch_append", [&]() -> absl::Status {
+    if (absl::Status s = CheckHandle(rt); !s.ok()) return s;
+    if (k == nullptr || v == nullptr) {
+      return absl::InvalidArgumentError("k and v must not be NULL");
+    }
+    const int32_t type = twl::api::EnumValue(dtype);
+    if (type != TWL_DTYPE_FP16 && type != TWL_DTYPE_BF16 && type != TWL_DTYPE_FP32) {
+      return absl::InvalidArgumentError(absl::StrFormat("dtype %d unknown", type));
+    }
+    if (rt->backend != TWL_BACKEND_CPU) {
+      // Rows are read elementwise (vector loads only where 16-byte aligned).
+      const size_t elem = type == TWL_DTYPE_FP32 ? 4 : 2;
+      if (absl::Status s = CheckAligned("k", k, elem); !s.ok()) return s;
+      if (absl::Status s = CheckAligned("v", v, elem); !s.ok()) return s;
+    }
+    std::lock_guard<std::mutex> lock(rt->mu);
+    return rt->runtime->AppendBatchRows(batch, layer, k, v, static_cast<twl::DType>(type),
+                                        stream);
   });
 }
 

@@ -70,11 +70,11 @@
  * run time. They differ only when a program runs against another build than it compiled with:
  * the same major version (and, while major is 0, the same minor) is ABI compatible. */
 #define TWL_VERSION_MAJOR 0
-#define TWL_VERSION_MINOR 2
+#define TWL_VERSION_MINOR 3
 #define TWL_VERSION_PATCH 0
 #define TWL_VERSION_NUMBER \
   (TWL_VERSION_MAJOR * 10000 + TWL_VERSION_MINOR * 100 + TWL_VERSION_PATCH)
-#define TWL_VERSION_STRING "0.2.0"
+#define TWL_VERSION_STRING "0.3.0"
 
 #ifdef __cplusplus
 extern "C" {
@@ -703,6 +703,11 @@ TWL_API twl_status twl_runtime_last_step_mass(const twl_runtime* rt, float* full
  *      the host) of every sequence, then replay the graph. Put the appends and the replays on
  *      one stream (or order them with your own events): the runtime orders eager calls across
  *      streams, but cannot order a replay it does not see.
+ *   Or capture the appends too (added in 0.3, below): per step one eager twl_batch_reserve
+ *   (the host's part: a row per sequence and layer, pages allocated), then one replay of a
+ *   graph holding, per layer, twl_batch_append (the new K/V rows from the engine's buffers)
+ *   and twl_decode_batch. Nothing of the step is then left outside the graph but the
+ *   reservation.
  *   Each replay decodes the lengths the batch has when the replay runs on the device, with
  *   the same bits as an eager twl_decode_batch at that point. Outputs equal twl_decode's up to
  *   the attention's work split (it depends on the row stride: max_tokens, not the longest
@@ -769,6 +774,47 @@ TWL_API twl_status twl_decode_batch(twl_runtime* rt, twl_batch_id batch, int32_t
 TWL_API twl_status twl_batch_tables(twl_runtime* rt, twl_batch_id batch, int32_t layer,
                                     int32_t* lens, int64_t lens_capacity, int32_t* pages,
                                     int64_t pages_capacity, int32_t* out_max_pages) TWL_NOEXCEPT;
+
+/* ==== Added in 0.3: appends a CUDA graph can capture (issue 11.3) ===========================
+ * The host's part of an append (a row per token, pages allocated, shared pages copied) and
+ * the device's part (writing K/V, codes and bounds) split in two calls, like a serving engine
+ * that computes its slot mapping before the forward pass:
+ *   twl_batch_reserve (eager, once per step): every sequence of the batch gets its next row in
+ *     every layer, and the batch's device tables name them;
+ *   twl_batch_append (capturable, once per layer): writes the new token of every sequence
+ *     into the row the last reservation took in that layer, reading the row from the batch's
+ *     device tables when the work runs, so a replay writes the rows of the reservation made
+ *     before its launch.
+ * Contract: after a reservation, fill each layer's rows with one twl_batch_append (eager or a
+ * replay) before anything reads them (a decode, twl_sequence_read_kv, a save, a fork, an
+ * eager append to one of the sequences, which would go after the reserved row); until then
+ * the rows hold unspecified values. Put the reservation and the replay on one stream.
+ * On the CPU backend both calls are synchronous and use host memory; the rows and every
+ * decode are bit-identical to twl_append_batch of the same tokens. On the GPU backends the
+ * rows, codes and bounds are the ones twl_append_batch writes (the same kernel). */
+
+/* Reserves one row per sequence of the batch in every layer (each sequence's length grows by
+ * one in every layer). GPU backends: the table writes are enqueued on `stream` (NULL: the
+ * runtime's own), after the appends and steps issued so far; no host wait (except a shared
+ * partial page's copy-on-write after a fork). All-or-nothing across sequences and layers.
+ * Status: TWL_OK; TWL_INVALID_ARGUMENT (rt NULL); TWL_NOT_FOUND (unknown batch);
+ *   TWL_FAILED_PRECONDITION (a sequence would pass the batch's max_tokens in some layer);
+ *   TWL_CAPACITY_EXHAUSTED (the pool cannot hold the new pages). Nothing reserved on failure. */
+TWL_API twl_status twl_batch_reserve(twl_runtime* rt, twl_batch_id batch,
+                                     void* stream) TWL_NOEXCEPT;
+
+/* Writes k and v ([num_seqs][num_kv_heads][head_dim] of dtype: FP16, BF16 or FP32; one token
+ * per sequence in bind order) into the rows the batch's last twl_batch_reserve took in
+ * `layer`. GPU backends: device memory, enqueued on `stream` (NULL: the runtime's own, not
+ * capturable), never blocking the host; capturable in a CUDA graph with twl_decode_batch.
+ * CPU backend: host memory, synchronous. Writing the same layer twice after one reservation
+ * overwrites the same rows.
+ * Status: TWL_OK; TWL_INVALID_ARGUMENT (rt/k/v NULL, layer or dtype out of range, device
+ *   pointers not aligned to their element); TWL_NOT_FOUND (unknown batch);
+ *   TWL_FAILED_PRECONDITION (no twl_batch_reserve on this batch yet); TWL_INTERNAL. */
+TWL_API twl_status twl_batch_append(twl_runtime* rt, twl_batch_id batch, int32_t layer,
+                                    const void* k, const void* v, twl_dtype dtype,
+                                    void* stream) TWL_NOEXCEPT;
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -37,6 +37,20 @@ class BoundTables {
   virtual ~BoundTables() = default;
 };
 
+// One layer's words of a bound batch (runtime/bound_batch.h), host mirror and device copy
+// alike: n lengths, n page-table rows of max_pages, then the n reserved rows as append
+// segments (AppendSegment, 5 words each: page, row_begin, row_end, src_token, stage).
+inline constexpr int32_t kBoundSegmentWords = int32_t(sizeof(AppendSegment) / sizeof(int32_t));
+static_assert(sizeof(AppendSegment) == kBoundSegmentWords * sizeof(int32_t) &&
+                  alignof(AppendSegment) == alignof(int32_t),
+              "an AppendSegment must be a run of int32 words");
+inline int64_t BoundSegmentsOffset(int32_t num_seqs, int32_t max_pages) {
+  return int64_t(num_seqs) * (1 + int64_t(max_pages));
+}
+inline int64_t BoundWordsPerLayer(int32_t num_seqs, int32_t max_pages) {
+  return BoundSegmentsOffset(num_seqs, max_pages) + int64_t(num_seqs) * kBoundSegmentWords;
+}
+
 // One word of a bound batch's layer tables to overwrite (layout: runtime/bound_batch.h).
 struct TableWrite {
   int32_t index = 0;
@@ -61,6 +75,18 @@ struct BoundDecodeRequest {
   DType dtype = DType::kFp16;
   SelectorParams selector;
   PrunerParams pruner;          // seq_p null
+  void* stream = nullptr;       // caller's cudaStream_t or null
+};
+
+// One token per sequence of a bound batch written into the rows its last reservation took
+// (the layer's segment words): nothing of it depends on the host state at the call.
+struct BoundAppendRequest {
+  int32_t layer = 0;
+  BoundTables* tables = nullptr;
+  int32_t num_seqs = 0, max_pages = 0;
+  const void* k = nullptr;      // [num_seqs][num_kv_heads][head_dim] of dtype, device memory
+  const void* v = nullptr;
+  DType dtype = DType::kFp16;
   void* stream = nullptr;       // caller's cudaStream_t or null
 };
 
@@ -95,7 +121,7 @@ class Backend {
   // Bound batches (runtime/bound_batch.h). A backend that does not override these cannot
   // hold one on the device (Unimplemented); the CPU store needs no device copy (the Runtime
   // decodes from the host mirror).
-  // Device tables initialized from `words` ([num_layers][num_seqs * (1 + max_pages)]), plus
+  // Device tables initialized from `words` ([num_layers][BoundWordsPerLayer]), plus
   // everything a step of this shape needs, allocated now: a step never allocates.
   virtual absl::StatusOr<std::unique_ptr<BoundTables>> CreateBoundTables(
       const BoundShape& /*shape*/, absl::Span<const int32_t> /*words*/) {
@@ -116,6 +142,11 @@ class Backend {
   }
   virtual absl::Status DecodeBound(const BoundDecodeRequest& /*request*/) {
     return absl::UnimplementedError("bound batches: no device decode");
+  }
+  // Writes the rows the layer's segment words name (enqueued, capturable like DecodeBound;
+  // ordered after the appends and table writes issued so far, later decodes after it).
+  virtual absl::Status AppendBound(const BoundAppendRequest& /*request*/) {
+    return absl::UnimplementedError("bound batches: no device append");
   }
   virtual MemoryUsage Memory() const = 0;
   virtual absl::Status TakeAsyncError() { return absl::OkStatus(); }

@@ -2,6 +2,7 @@
 #include "runtime/bound_batch.h"
 
 #include <algorithm>
+#include <cstddef>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
@@ -58,9 +59,24 @@ absl::StatusOr<std::unique_ptr<BoundBatch>> BoundBatches::Build(const SequenceTa
       int32_t* w = b->Layer(l);
       w[i] = lp->len;
       std::copy(lp->pages.begin(), lp->pages.end(), w + n + int64_t(i) * b->max_pages);
+      // No row reserved yet: an empty segment that would read the sequence's input row.
+      int32_t* seg = w + b->SegmentsOffset() + int64_t(i) * kBoundSegmentWords;
+      seg[offsetof(AppendSegment, page) / 4] = 0;
+      seg[offsetof(AppendSegment, row_begin) / 4] = 0;
+      seg[offsetof(AppendSegment, row_end) / 4] = 0;
+      seg[offsetof(AppendSegment, src_token) / 4] = i;
+      seg[offsetof(AppendSegment, stage) / 4] = -1;
     }
   }
   return b;
+}
+
+void BoundBatches::ReservedRowWrites(const BoundBatch& batch, int32_t entry, int32_t page,
+                                     int32_t row, std::vector<TableWrite>* out) {
+  const int64_t at = batch.SegmentsOffset() + int64_t(entry) * kBoundSegmentWords;
+  out->push_back(TableWrite{int32_t(at + offsetof(AppendSegment, page) / 4), page});
+  out->push_back(TableWrite{int32_t(at + offsetof(AppendSegment, row_begin) / 4), row});
+  out->push_back(TableWrite{int32_t(at + offsetof(AppendSegment, row_end) / 4), row + 1});
 }
 
 int64_t BoundBatches::Add(std::unique_ptr<BoundBatch> batch) {

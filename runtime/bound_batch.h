@@ -7,9 +7,12 @@
 // changes (the Runtime applies them to the mirror and hands them to the backend, which writes
 // the same words into the batch's device copy on the append's stream).
 //
-// Layout of one layer's words (host mirror and device copy alike):
+// Layout of one layer's words (host mirror and device copy alike; runtime/backend.h):
 //   [0, n)                          lengths, one per sequence of the batch (bind order)
 //   [n + i * max_pages, ... + max_pages)  page ids of sequence i; entries past its pages: -1
+//   [S + 5 i, S + 5 i + 5), S = n (1 + max_pages): the row the last reservation
+//       (Runtime::ReserveBatchRows) took for sequence i, as the AppendSegment the batch's
+//       append writes (page, row, row + 1, src_token i, stage -1); rows 0..0 until then
 // Layers follow each other: word offset of layer l is l * WordsPerLayer().
 //
 // Thread-safety: none; the Runtime calls it under its exclusive lock.
@@ -39,9 +42,11 @@ struct BoundBatch {
   int32_t max_pages = 0;      // ceil(max_tokens / page_size): the page-table row stride
   std::vector<int32_t> words;  // host mirror, [num_layers][WordsPerLayer()]
   std::unique_ptr<BoundTables> device;
+  bool reserved = false;       // a reservation has filled the segment words of every layer
 
   int32_t num_seqs() const { return static_cast<int32_t>(seqs.size()); }
-  int64_t WordsPerLayer() const { return int64_t(num_seqs()) * (1 + int64_t(max_pages)); }
+  int64_t WordsPerLayer() const { return BoundWordsPerLayer(num_seqs(), max_pages); }
+  int64_t SegmentsOffset() const { return BoundSegmentsOffset(num_seqs(), max_pages); }
   const int32_t* Layer(int32_t layer) const { return words.data() + layer * WordsPerLayer(); }
   int32_t* Layer(int32_t layer) { return words.data() + layer * WordsPerLayer(); }
 };
@@ -84,6 +89,10 @@ class BoundBatches {
   // entries from the first one the plan replaces (copy-on-write) or adds. Appended to *out.
   void CollectWrites(const AppendPlan& plan,
                      std::vector<std::pair<BoundBatch*, TableWrite>>* out) const;
+  // The words naming row `row` of page `page` as the reserved row of entry `entry` (its
+  // segment's page, row_begin and row_end; src_token and stage never change).
+  static void ReservedRowWrites(const BoundBatch& batch, int32_t entry, int32_t page,
+                                int32_t row, std::vector<TableWrite>* out);
   // Applies writes of `layer` to a batch's host mirror.
   static void ApplyToMirror(BoundBatch* batch, int32_t layer, absl::Span<const TableWrite> w);
 

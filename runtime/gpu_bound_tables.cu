@@ -7,6 +7,7 @@
 #include "core/validate.h"
 #include "gpu/cuda/cuda_status.cuh"
 #include "pipeline/select/selector.h"
+#include "runtime/dtype_convert.h"
 #include "runtime/dtype_convert_device.h"
 
 namespace twl {
@@ -80,6 +81,20 @@ absl::Status ReadBoundWords(BoundTables* tables, int32_t layer, int32_t num_laye
                            cudaMemcpyDeviceToHost, stream));
   TWL_CUDA(cudaStreamSynchronize(stream));
   return absl::OkStatus();
+}
+
+absl::StatusOr<GpuBoundTables*> CheckBoundAppend(const BoundAppendRequest& req,
+                                                 int32_t num_layers) {
+  auto* t = static_cast<GpuBoundTables*>(req.tables);
+  if (t == nullptr || !req.k || !req.v) {
+    return absl::InvalidArgumentError("batch append: null tables, k or v");
+  }
+  if (!IsValidDType(req.dtype)) return absl::InvalidArgumentError("batch append: unknown dtype");
+  if (req.layer < 0 || req.layer >= num_layers || req.num_seqs != t->num_seqs() ||
+      req.max_pages != t->max_pages()) {
+    return absl::InternalError("batch append: request does not match the bound tables");
+  }
+  return t;
 }
 
 absl::StatusOr<GpuBoundTables*> CheckBoundStep(const BoundDecodeRequest& req,

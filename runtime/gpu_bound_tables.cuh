@@ -30,7 +30,7 @@ class GpuBoundTables final : public BoundTables {
   // A queued step (any stream) may still read the tables, the scratch or the fetch buffers.
   ~GpuBoundTables() override { cudaDeviceSynchronize(); }
 
-  int64_t WordsPerLayer() const { return int64_t(num_seqs_) * (1 + int64_t(max_pages_)); }
+  int64_t WordsPerLayer() const { return BoundWordsPerLayer(num_seqs_, max_pages_); }
   int32_t* Layer(int32_t layer) const { return words_.as<int32_t>() + layer * WordsPerLayer(); }
   int32_t num_seqs() const { return num_seqs_; }
   int32_t max_pages() const { return max_pages_; }
@@ -43,6 +43,12 @@ class GpuBoundTables final : public BoundTables {
     b.page_table = Layer(layer) + num_seqs_;
     b.max_pages = max_pages_;
     return b;
+  }
+
+  // The layer's reserved rows as append segments (device pointer, num_seqs of them).
+  const AppendSegment* Segments(int32_t layer) const {
+    return reinterpret_cast<const AppendSegment*>(Layer(layer) +
+                                                  BoundSegmentsOffset(num_seqs_, max_pages_));
   }
 
   gpu::DeviceBuffer& words() { return words_; }
@@ -77,6 +83,9 @@ absl::StatusOr<GpuBoundTables*> CheckBoundWrites(BoundTables* tables, int32_t la
 absl::Status ReadBoundWords(BoundTables* tables, int32_t layer, int32_t num_layers,
                             absl::Span<int32_t> words, cudaStream_t stream);
 
+// A bound append's checks (before anything is enqueued): tables, k, v, layer, shape, dtype.
+absl::StatusOr<GpuBoundTables*> CheckBoundAppend(const BoundAppendRequest& req,
+                                                 int32_t num_layers);
 // A bound step's checks (before anything is enqueued): tables, q, out, layer, shape, p.
 absl::StatusOr<GpuBoundTables*> CheckBoundStep(const BoundDecodeRequest& req,
                                                int32_t num_layers);

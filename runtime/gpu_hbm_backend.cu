@@ -181,6 +181,7 @@ class GpuHbmBackend final : public Backend {
   absl::Status ReadBoundTables(BoundTables* tables, int32_t layer,
                                absl::Span<int32_t> words) override;
   absl::Status DecodeBound(const BoundDecodeRequest& request) override;
+  absl::Status AppendBound(const BoundAppendRequest& request) override;
 
   MemoryUsage Memory() const override {
     MemoryUsage m;
@@ -673,6 +674,33 @@ absl::Status GpuHbmBackend::ReadBoundTables(BoundTables* tables, int32_t layer,
                                             absl::Span<int32_t> words) {
   if (appended_) TWL_CUDA(cudaStreamWaitEvent(stream_, ev_append_, 0));
   return ReadBoundWords(tables, layer, config_.num_layers, words, stream_);
+}
+
+absl::Status GpuHbmBackend::AppendBound(const BoundAppendRequest& req) {
+  absl::StatusOr<GpuBoundTables*> checked = CheckBoundAppend(req, config_.num_layers);
+  if (!checked.ok()) return checked.status();
+  const GpuBoundTables& t = **checked;
+  cudaStream_t s = req.stream ? AsStream(req.stream) : stream_;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  TWL_CUDA(cudaStreamIsCapturing(s, &capture));
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
+  if (!capturing) {
+    // After the reservation's table writes and earlier appends, and after the last decode.
+    if (appended_) TWL_CUDA(cudaStreamWaitEvent(s, ev_append_, 0));
+    if (decoded_) TWL_CUDA(cudaStreamWaitEvent(s, ev_decode_, 0));
+  }
+  const AppendSegment* segs = t.Segments(req.layer);
+  TWL_RETURN_IF_ERROR(LaunchAppendSegments(g_, segs, req.num_seqs, req.k, req.v,
+                                           InputType(req.dtype), kv_, nullptr, qk_, s));
+  if (qk_.meta) {
+    TWL_RETURN_IF_ERROR(meta_sel_->AppendSegmentsMetadataOnDevice(g_, segs, req.num_seqs, kv_,
+                                                                  nullptr, qk_, s));
+  }
+  if (!capturing) {
+    TWL_CUDA(cudaEventRecord(ev_append_, s));
+    appended_ = true;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status GpuHbmBackend::DecodeBound(const BoundDecodeRequest& req) {

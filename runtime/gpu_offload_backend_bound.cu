@@ -55,6 +55,9 @@ absl::Status GpuOffloadBackend::WriteBoundTables(BoundTables* tables, int32_t la
   absl::StatusOr<GpuBoundTables*> t = CheckBoundWrites(tables, layer, cfg_.num_layers, writes);
   if (!t.ok()) return t.status();
   if (writes.empty()) return absl::OkStatus();
+  // A reservation (Runtime::ReserveBatchRows) may hand out pages freed since the last step:
+  // their rows leave the cache first, as before an eager append.
+  TWL_RETURN_IF_ERROR(ApplyPendingReleases());
   cudaStream_t a = stream ? AsStream(stream) : append_stream_;
   // After the append's rows and its cache coherence (on the fetch stream), and after the last
   // step, which may still read the words being replaced: the caller's stream then carries
@@ -70,6 +73,45 @@ absl::Status GpuOffloadBackend::ReadBoundTables(BoundTables* tables, int32_t lay
                                                 absl::Span<int32_t> words) {
   TWL_CUDA(cudaStreamWaitEvent(own_stream_, ev_append_done_, 0));
   return ReadBoundWords(tables, layer, cfg_.num_layers, words, own_stream_);
+}
+
+// A bound append writes the rows the batch's last reservation took (the layer's segment
+// words, AppendSegmentsKernel reading them from device memory): one launch, no host data, so
+// a capture replays it with whatever the reservation before each replay wrote. Its rows go
+// into the mapped host pool, its codes and bounds into the estimation store; nothing goes
+// into the row cache (the next step fetches the new rows like any miss). Ordered like an
+// eager append: after the appends, table writes and steps issued so far (external event
+// nodes inside a capture), and recording ev_append_done_ for the steps after it.
+absl::Status GpuOffloadBackend::AppendBound(const BoundAppendRequest& req) {
+  absl::StatusOr<GpuBoundTables*> checked = CheckBoundAppend(req, cfg_.num_layers);
+  if (!checked.ok()) return checked.status();
+  const GpuBoundTables& t = **checked;
+  cudaStream_t c = req.stream ? AsStream(req.stream) : append_stream_;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  unsigned long long capture_id = 0;
+  TWL_CUDA(cudaStreamGetCaptureInfo(c, &capture, &capture_id));
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
+  if (!capturing) TWL_RETURN_IF_ERROR(ApplyPendingReleases());
+  const unsigned wait_flags = capturing ? cudaEventWaitExternal : cudaEventWaitDefault;
+  if (!(capturing && append_recorded_in_capture_ == capture_id)) {
+    TWL_CUDA(cudaStreamWaitEvent(c, ev_append_done_, wait_flags));
+  }
+  if (!(capturing && step_recorded_in_capture_ == capture_id)) {
+    TWL_CUDA(cudaStreamWaitEvent(c, ev_step_done_, wait_flags));
+  }
+  const FpKvView pool_view{static_cast<fp16_t*>(pool_->device_base()), nullptr};
+  const AppendSegment* segs = t.Segments(req.layer);
+  TWL_RETURN_IF_ERROR(LaunchAppendSegments(g_, segs, req.num_seqs, req.k, req.v,
+                                           InputType(req.dtype), pool_view, nullptr, qk_, c));
+  if (qk_.meta) {
+    TWL_RETURN_IF_ERROR(meta_sel_->AppendSegmentsMetadataOnDevice(
+        g_, segs, req.num_seqs, pool_view, nullptr, qk_, c));
+  }
+  const unsigned record_flags = capturing ? cudaEventRecordExternal : cudaEventRecordDefault;
+  TWL_CUDA(cudaEventRecordWithFlags(ev_appended_, c, record_flags));
+  TWL_CUDA(cudaEventRecordWithFlags(ev_append_done_, c, record_flags));
+  append_recorded_in_capture_ = capturing ? capture_id : 0;
+  return offload_cuda::LaunchStatus("offload batch append");
 }
 
 absl::Status GpuOffloadBackend::DecodeBound(const BoundDecodeRequest& req) {
@@ -95,7 +137,11 @@ absl::Status GpuOffloadBackend::DecodeBound(const BoundDecodeRequest& req) {
   // reaches it only through an append, which applies them first).
   if (!capturing) TWL_RETURN_IF_ERROR(ApplyPendingReleases());
   const unsigned wait_flags = capturing ? cudaEventWaitExternal : cudaEventWaitDefault;
-  TWL_CUDA(cudaStreamWaitEvent(c, ev_append_done_, wait_flags));
+  // A bound append captured earlier in this same capture waited for the eager appends and
+  // recorded ev_append_done_ after its rows: the capture's order covers both.
+  if (!(capturing && append_recorded_in_capture_ == capture_id)) {
+    TWL_CUDA(cudaStreamWaitEvent(c, ev_append_done_, wait_flags));
+  }
   // A bound step captured earlier in this same capture recorded the last step: the capture
   // stream's order already puts this one after it.
   if (!(capturing && step_recorded_in_capture_ == capture_id)) {

@@ -356,6 +356,7 @@ class GpuOffloadBackend final : public OffloadBackend {
   absl::Status ReadBoundTables(BoundTables* tables, int32_t layer,
                                absl::Span<int32_t> words) override;
   absl::Status DecodeBound(const BoundDecodeRequest& request) override;
+  absl::Status AppendBound(const BoundAppendRequest& request) override;
   MemoryUsage Memory() const override;
   absl::Status TakeAsyncError() override {
     absl::Status s = std::exchange(async_error_, absl::OkStatus());
@@ -548,6 +549,8 @@ class GpuOffloadBackend final : public OffloadBackend {
   int32_t twilight_groups_ = kPipelineGroups;  // TWL_OFFLOAD_GROUPS overrides
   // Id of the stream capture whose bound step recorded ev_step_done_ last (0: an eager one).
   unsigned long long step_recorded_in_capture_ = 0;
+  // The same for ev_append_done_ and a bound append (AppendBound).
+  unsigned long long append_recorded_in_capture_ = 0;
   absl::Status async_error_;
   OffloadStepStats last_stats_;
   CacheCounters totals_;

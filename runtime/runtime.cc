@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstddef>
 #include <cstdlib>
 #include <limits>
 #include <mutex>
@@ -705,6 +706,150 @@ absl::Status Runtime::DecodeBatch(int64_t batch, int32_t layer, const void* q, v
   return absl::OkStatus();
 }
 
+absl::Status Runtime::ReserveBatchRows(int64_t batch, void* stream) {
+  Impl& im = *impl_;
+  std::unique_lock lock(im.mu);
+  BoundBatch* b = im.bound.Find(batch);
+  if (b == nullptr) {
+    return absl::NotFoundError(absl::StrFormat("batch reserve: unknown batch %d", batch));
+  }
+  const int32_t n = b->num_seqs(), num_layers = config_.num_layers;
+  // Phase 1: one token's plan per (layer, sequence), all before anything is written.
+  std::vector<AppendPlan> plans;
+  plans.reserve(size_t(n) * size_t(num_layers));
+  auto abort = [&](absl::Status s) {
+    std::vector<int32_t> freed;
+    for (const AppendPlan& p : plans) im.table->AbortAppend(p, &freed);
+    im.ReleasePages(freed);
+    return s;
+  };
+  for (int32_t l = 0; l < num_layers; ++l) {
+    for (int32_t i = 0; i < n; ++i) {
+      const SeqId seq = b->seqs[size_t(i)];
+      absl::StatusOr<AppendPlan> plan = im.table->PlanAppend(seq, l, 1);
+      if (!plan.ok()) {
+        return abort(absl::Status(
+            plan.status().code(),
+            absl::StrFormat("batch reserve: sequence %d (entry %d), layer %d: %s", seq, i, l,
+                            plan.status().message())));
+      }
+      plans.push_back(std::move(*plan));
+      if (absl::Status c = im.bound.CheckAppend(plans.back()); !c.ok()) {
+        return abort(absl::FailedPreconditionError(
+            absl::StrFormat("batch reserve: %s", c.message())));
+      }
+    }
+  }
+  // Phase 2: copy-on-write of shared partial pages (forks; rare).
+  for (const AppendPlan& p : plans) {
+    if (!p.has_cow()) continue;
+    if (absl::Status s = im.backend->CopyPage(p.cow_src, p.cow_dst, p.cow_rows); !s.ok()) {
+      return abort(s);
+    }
+  }
+  // Phase 3: every batch's words these plans change, plus this batch's reserved rows, layer
+  // by layer on the device (on `stream`, ordered after the appends and steps issued so far).
+  std::vector<std::vector<std::pair<BoundBatch*, TableWrite>>> writes(static_cast<size_t>(num_layers));
+  std::vector<TableWrite> rows;
+  for (size_t k = 0; k < plans.size(); ++k) {
+    const AppendPlan& p = plans[k];
+    auto& layer_writes = writes[size_t(p.layer)];
+    im.bound.CollectWrites(p, &layer_writes);
+    rows.clear();
+    BoundBatches::ReservedRowWrites(*b, int32_t(k % size_t(n)), p.page_id[0], p.slot[0], &rows);
+    for (const TableWrite& w : rows) layer_writes.push_back({b, w});
+  }
+  for (int32_t l = 0; l < num_layers; ++l) {
+    if (absl::Status s = im.WriteBoundDevice(l, writes[size_t(l)], stream); !s.ok()) {
+      return abort(s);
+    }
+  }
+  // Phase 4: install (as AppendImpl's), then the host mirrors.
+  std::vector<int32_t> freed;
+  for (size_t i = 0; i < plans.size(); ++i) {
+    if (absl::Status s = im.table->CommitAppend(plans[i], &freed); !s.ok()) {
+      std::vector<int32_t> aborted;
+      for (size_t j = i; j < plans.size(); ++j) im.table->AbortAppend(plans[j], &aborted);
+      im.ReleasePages(aborted);
+      im.ReleasePages(freed);
+      return absl::InternalError(absl::StrFormat(
+          "batch reserve: commit of plan %d failed after %d committed: %s", i, i, s.message()));
+    }
+  }
+  im.ReleasePages(freed);
+  for (int32_t l = 0; l < num_layers; ++l) {
+    for (const auto& [bb, w] : writes[size_t(l)]) {
+      BoundBatches::ApplyToMirror(bb, l, absl::MakeConstSpan(&w, 1));
+    }
+  }
+  b->reserved = true;
+  return absl::OkStatus();
+}
+
+absl::Status Runtime::AppendBatchRows(int64_t batch, int32_t layer, const void* k, const void* v,
+                                      DType dtype, void* stream) {
+  Impl& im = *impl_;
+  if (layer < 0 || layer >= config_.num_layers) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "batch append: layer %d out of range [0, %d)", layer, config_.num_layers));
+  }
+  if (k == nullptr || v == nullptr) return absl::InvalidArgumentError("batch append: null k or v");
+  if (!IsValidDType(dtype)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("batch append: unknown dtype %d", static_cast<int32_t>(dtype)));
+  }
+  std::unique_lock lock(im.mu);
+  BoundBatch* b = im.bound.Find(batch);
+  if (b == nullptr) {
+    return absl::NotFoundError(absl::StrFormat("batch append: unknown batch %d", batch));
+  }
+  if (!b->reserved) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "batch append: batch %d has no reserved rows; call twl_batch_reserve before each "
+        "step's appends", batch));
+  }
+  const int32_t n = b->num_seqs();
+  if (b->device) {
+    BoundAppendRequest req;
+    req.layer = layer;
+    req.tables = b->device.get();
+    req.num_seqs = n;
+    req.max_pages = b->max_pages;
+    req.k = k;
+    req.v = v;
+    req.dtype = dtype;
+    req.stream = stream;
+    return im.backend->AppendBound(req);
+  }
+  // CPU store: the host mirror names the rows; input of another dtype becomes the stored one.
+  std::vector<int32_t> page_id(static_cast<size_t>(n)), slot(static_cast<size_t>(n));
+  const int32_t* segs = b->Layer(layer) + b->SegmentsOffset();
+  for (int32_t i = 0; i < n; ++i) {
+    const int32_t* seg = segs + int64_t(i) * kBoundSegmentWords;
+    page_id[size_t(i)] = seg[offsetof(AppendSegment, page) / sizeof(int32_t)];
+    slot[size_t(i)] = seg[offsetof(AppendSegment, row_begin) / sizeof(int32_t)];
+  }
+  const int64_t elems = int64_t(n) * config_.num_kv_heads * config_.head_dim;
+  std::vector<uint16_t> k16, v16;
+  AppendView view;
+  view.num_tokens = n;
+  view.page_id = page_id.data();
+  view.slot = slot.data();
+  view.k = static_cast<const fp16_t*>(k);
+  view.v = static_cast<const fp16_t*>(v);
+  DType stored = dtype;
+  if (dtype != config_.kv_dtype) {
+    k16.resize(size_t(elems));
+    v16.resize(size_t(elems));
+    ConvertToKv(k, dtype, elems, config_.kv_dtype, k16.data());
+    ConvertToKv(v, dtype, elems, config_.kv_dtype, v16.data());
+    view.k = reinterpret_cast<const fp16_t*>(k16.data());
+    view.v = reinterpret_cast<const fp16_t*>(v16.data());
+    stored = config_.kv_dtype;
+  }
+  return im.backend->Append(view, stored, MemSpace::kHost, stream);
+}
+
 absl::Status Runtime::BatchTables(int64_t batch, int32_t layer, bool device,
                                   std::vector<int32_t>* lens, std::vector<int32_t>* pages,
                                   int32_t* max_pages) const {
@@ -723,7 +868,7 @@ absl::Status Runtime::BatchTables(int64_t batch, int32_t layer, bool device,
                                                        absl::MakeSpan(words)));
   }
   if (lens) lens->assign(words.begin(), words.begin() + n);
-  if (pages) pages->assign(words.begin() + n, words.end());
+  if (pages) pages->assign(words.begin() + n, words.begin() + b->SegmentsOffset());
   if (max_pages) *max_pages = b->max_pages;
   return absl::OkStatus();
 }

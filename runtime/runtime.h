@@ -232,6 +232,20 @@ class Runtime {
   // memory on the CPU backend (synchronous).
   absl::Status DecodeBatch(int64_t batch, int32_t layer, const void* q, void* out, DType dtype,
                            void* stream);
+  // Takes the next row of every sequence of the batch in every layer (lengths + 1; pages
+  // allocated, shared partial pages copied, as an append of one token would) without writing
+  // it: the row holds unspecified values until AppendBatchRows of its layer writes it. The
+  // batch's tables, host mirror and device copy (on `stream`), name the rows. All-or-nothing
+  // across sequences and layers: FailedPrecondition (a sequence at the batch's max_tokens),
+  // ResourceExhausted (the pool), NotFound (unknown batch); nothing reserved on failure.
+  absl::Status ReserveBatchRows(int64_t batch, void* stream);
+  // Writes k/v ([n][num_kv_heads][head_dim] of dtype, one token per sequence in bind order)
+  // into the rows the batch's last ReserveBatchRows took in `layer`. GPU backends: device
+  // memory, enqueued on `stream`, capturable (the rows are read from the batch's device
+  // tables when the work runs: a replay writes the rows the reservation before it took).
+  // CPU backend: host memory, synchronous. FailedPrecondition before the first reservation.
+  absl::Status AppendBatchRows(int64_t batch, int32_t layer, const void* k, const void* v,
+                               DType dtype, void* stream);
   // The batch's tables of `layer`: lengths [n] and page table [n][max_pages] (-1 past each
   // sequence's pages); `device`: read the device copy (GPU backends; waits for the appends),
   // else the host mirror.

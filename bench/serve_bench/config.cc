@@ -134,8 +134,35 @@ void Config::GenerateSegment(int32_t first_step, int32_t steps) {
   if (gpu_) CheckOk(gpu::DeviceSync(), "segment inputs");
 }
 
+void Config::StepGraph(int32_t seg_step, double* append_ms) {
+  const int32_t B = batch_, Hq = shape_.q_heads;
+  const auto ta = Clock::now();
+  if (!reserved_) Check(twl_batch_reserve(rt_, batch_id_, stream_), rt_, "twl_batch_reserve");
+  reserved_ = false;
+  if (append_ms) *append_ms += MsSince(ta);
+  // The engine's projections would write into the graph's buffers; here the step's rows of
+  // every layer (contiguous in the segment) are copied, one copy each for K, V and q.
+  const size_t base = size_t(seg_step) * L() * B;
+  const size_t kv_bytes = size_t(L()) * B * RowElems() * 2;
+  CheckOk(gpu::CopyOnDevice(graph_k_.as<void>(), seg_k_.as<fp16_t>() + base * RowElems(),
+                            kv_bytes, stream_),
+          "graph k");
+  CheckOk(gpu::CopyOnDevice(graph_v_.as<void>(), seg_v_.as<fp16_t>() + base * RowElems(),
+                            kv_bytes, stream_),
+          "graph v");
+  CheckOk(gpu::CopyOnDevice(graph_q_.as<void>(), seg_q_.as<fp16_t>() + base * Hq * D(),
+                            size_t(L()) * B * Hq * D() * 2, stream_),
+          "graph q");
+  CheckOk(gpu::GraphLaunch(graphs_[0], stream_), "graph launch");
+  for (Running& r : seqs_) ++r.len;
+}
+
 // One decode step over all layers: per layer, append every sequence's new token, then decode.
 void Config::Step(int32_t seg_step, double* append_ms, bool poll_kept, bool sync_each) {
+  if (method_.graph && !sync_each && absl::GetFlag(FLAGS_graph_appends)) {
+    StepGraph(seg_step, append_ms);
+    return;
+  }
   const int32_t B = batch_, Hq = shape_.q_heads;
   const twl_memory_space space = gpu_ ? TWL_MEMORY_DEVICE : TWL_MEMORY_HOST;
   std::vector<twl_seq_id> ids(static_cast<size_t>(B));
@@ -214,6 +241,27 @@ void Config::BindBatch() {
           rt_, "twl_decode_batch (warm-up)");
   }
   CheckOk(gpu::StreamSync(stream_), "graph warm-up");
+  if (absl::GetFlag(FLAGS_graph_appends)) {
+    // One graph of the whole step. twl_batch_append needs a reservation before it is
+    // captured: this one is the next step's (StepGraph then skips its own).
+    const size_t kv_bytes = size_t(B) * RowElems() * 2 * L();
+    graph_k_.Resize(kv_bytes, true);
+    graph_v_.Resize(kv_bytes, true);
+    Check(twl_batch_reserve(rt_, batch_id_, stream_), rt_, "twl_batch_reserve");
+    reserved_ = true;
+    CheckOk(gpu::StreamBeginCapture(stream_), "begin capture");
+    for (int32_t l = 0; l < L(); ++l) {
+      const size_t rows = size_t(l) * B * RowElems();
+      Check(twl_batch_append(rt_, batch_id_, l, graph_k_.as<fp16_t>() + rows,
+                             graph_v_.as<fp16_t>() + rows, TWL_DTYPE_FP16, stream_),
+            rt_, "twl_batch_append (capture)");
+      Check(twl_decode_batch(rt_, batch_id_, l, graph_q_.as<char>() + size_t(l) * q_bytes,
+                             graph_out_.as<void>(), TWL_DTYPE_FP16, stream_),
+            rt_, "twl_decode_batch (capture)");
+    }
+    graphs_.push_back(OrDie(gpu::StreamEndCapture(stream_), "end capture"));
+    return;
+  }
   for (int32_t l = 0; l < L(); ++l) {
     CheckOk(gpu::StreamBeginCapture(stream_), "begin capture");
     Check(twl_decode_batch(rt_, batch_id_, l, graph_q_.as<char>() + size_t(l) * q_bytes,

@@ -51,6 +51,7 @@ ABSL_DECLARE_FLAG(int32_t, sample_units);
 ABSL_DECLARE_FLAG(int32_t, accuracy_layer);
 ABSL_DECLARE_FLAG(int32_t, full_offload_steps);
 ABSL_DECLARE_FLAG(int32_t, prefill_chunk);
+ABSL_DECLARE_FLAG(bool, graph_appends);
 ABSL_DECLARE_FLAG(uint64_t, seed);
 ABSL_DECLARE_FLAG(std::string, disk_dir);
 ABSL_DECLARE_FLAG(double, disk_host_pool_gib);
@@ -266,9 +267,14 @@ class Config {
   // tele_by_layer_ (telemetry steps).
   void Poll(bool telemetry);
   void MeasureAccuracy(Result* res);
-  // method_.bound: bind the batch; method_.graph: also capture one graph per layer.
+  // method_.bound: bind the batch; method_.graph: also capture one graph per layer, or with
+  // --graph_appends one graph of the whole step (every layer's twl_batch_append and
+  // twl_decode_batch), after a first reservation (taken here, consumed by the next Step).
   void BindBatch();
   void UnbindBatch();  // destroys the graphs, frees the batch (before any sequence leaves)
+  // A step replayed from the whole-step graph: one eager twl_batch_reserve, the step's K, V
+  // and q copied into the graph's buffers, one launch.
+  void StepGraph(int32_t seg_step, double* append_ms);
 
   const Shape shape_;
   const int32_t batch_;
@@ -297,8 +303,10 @@ class Config {
   std::map<int32_t, StageFigures> tele_by_layer_;
   int32_t bound_room_ = 0;  // tokens per sequence and layer the bound batch has room for
   twl_batch_id batch_id_ = TWL_INVALID_BATCH_ID;
-  std::vector<void*> graphs_;  // [layer] instantiated graphs of twl_decode_batch
+  std::vector<void*> graphs_;  // [layer] instantiated graphs of twl_decode_batch, or the step's
   Buf graph_q_, graph_out_;    // the graphs' fixed q [layer][B][Hq][D] and out buffers
+  Buf graph_k_, graph_v_;      // the step graph's fixed K and V [layer][B][H][D]
+  bool reserved_ = false;      // BindBatch's reservation awaits the next StepGraph
 
  public:
   // The telemetry steps' figures: each layer's mean, then the mean over layers (every layer

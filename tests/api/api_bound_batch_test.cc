@@ -1,7 +1,8 @@
 // Bound batches through the C API on the CPU backend (issue 11.3): the tables the runtime
 // keeps for a bound batch follow every append (ragged, across page boundaries, copy-on-write
 // after a fork), twl_decode_batch decodes bit for bit like twl_decode of the same sequences,
-// and every misuse has a clear status with nothing changed.
+// and every misuse has a clear status with nothing changed. Appends split in a reservation
+// and a batch append store and decode exactly like twl_append_batch.
 #include <algorithm>
 #include <cstring>
 #include <random>
@@ -99,9 +100,10 @@ TEST_F(ApiBoundBatch, TablesFollowRaggedAppendsAcrossPagesAndDecodeLikeDecode) {
   ASSERT_EQ(twl_batch_create(rt(), seqs.data(), 3, kMaxTokens, &b), TWL_OK)
       << twl_runtime_last_error(rt());
   ASSERT_NE(b, TWL_INVALID_BATCH_ID);
-  // The runtime's copy of the tables is counted: layers x 3 x (1 length + 13 pages) words.
+  // The runtime's copy of the tables is counted: layers x 3 x (1 length + 13 pages + a
+  // reserved row's 5 words) words.
   ASSERT_EQ(twl_runtime_memory(rt(), &m1), TWL_OK);
-  EXPECT_EQ(m1.host_table_bytes - m0.host_table_bytes, int64_t(c_.num_layers) * 3 * 14 * 4);
+  EXPECT_EQ(m1.host_table_bytes - m0.host_table_bytes, int64_t(c_.num_layers) * 3 * 19 * 4);
   ExpectBatchMatches(b, seqs);
   // Ragged: zero counts, single tokens, multi-page chunks; lengths cross many pages.
   const std::vector<std::vector<int32_t>> rounds = {
@@ -124,7 +126,7 @@ TEST_F(ApiBoundBatch, TablesFollowRaggedAppendsAcrossPagesAndDecodeLikeDecode) {
   EXPECT_EQ(twl_batch_free(rt(), b2), TWL_OK);
   EXPECT_EQ(twl_batch_free(rt(), b), TWL_OK);
   ASSERT_EQ(twl_runtime_memory(rt(), &m1), TWL_OK);
-  EXPECT_EQ(m0.host_table_bytes - m1.host_table_bytes, int64_t(c_.num_layers) * 5 * 14 * 4);
+  EXPECT_EQ(m0.host_table_bytes - m1.host_table_bytes, int64_t(c_.num_layers) * 5 * 19 * 4);
 }
 
 TEST_F(ApiBoundBatch, ForkAndCopyOnWriteKeepTheTablesRight) {
@@ -278,6 +280,161 @@ TEST_F(ApiBoundBatch, EmptyLayerIsAPreconditionAndOtherDtypesMatchDecodeEx) {
     }
   }
   EXPECT_EQ(twl_batch_free(rt(), b), TWL_OK);
+}
+
+// Appends split in a reservation and a batch append (twl_batch_reserve / twl_batch_append,
+// added in 0.3): the stored rows, the tables and every decode equal those of twl_append_batch
+// of the same tokens to twins, bit for bit, across page boundaries, after the copy-on-write
+// of a shared partial page (the twins are forks), with FP32 input too.
+TEST_F(ApiBoundBatch, ReservedRowsAppendLikeAppendBatch) {
+  const std::vector<twl_seq_id> seqs = {NewSeq(5), NewSeq(13), NewSeq(1)};
+  std::vector<twl_seq_id> twins;
+  for (twl_seq_id s : seqs) {
+    twl_seq_id t = TWL_INVALID_SEQ_ID;
+    ASSERT_EQ(twl_sequence_fork(rt(), s, &t), TWL_OK);
+    twins.push_back(t);
+  }
+  const int32_t n = int32_t(seqs.size());
+  twl_batch_id b = TWL_INVALID_BATCH_ID;
+  ASSERT_EQ(twl_batch_create(rt(), seqs.data(), n, kMaxTokens, &b), TWL_OK);
+  const size_t elems = size_t(n) * c_.num_kv_heads * c_.head_dim;
+  const std::vector<int32_t> ones(size_t(n), 1);
+  std::normal_distribution<float> dist;
+  for (int32_t step = 0; step < 20; ++step) {
+    ASSERT_EQ(twl_batch_reserve(rt(), b, nullptr), TWL_OK) << twl_runtime_last_error(rt());
+    for (int32_t l = 0; l < c_.num_layers; ++l) {
+      std::vector<uint16_t> k16 = RandomHalf(&rng_, elems), v16 = RandomHalf(&rng_, elems);
+      std::vector<float> k32(elems), v32(elems);
+      for (size_t i = 0; i < elems; ++i) {
+        k32[i] = dist(rng_);
+        v32[i] = dist(rng_);
+      }
+      const bool fp32 = step % 7 == 3;
+      const void* k = fp32 ? static_cast<const void*>(k32.data()) : k16.data();
+      const void* v = fp32 ? static_cast<const void*>(v32.data()) : v16.data();
+      const twl_dtype dt = fp32 ? TWL_DTYPE_FP32 : TWL_DTYPE_FP16;
+      ASSERT_EQ(twl_batch_append(rt(), b, l, k, v, dt, nullptr), TWL_OK)
+          << twl_runtime_last_error(rt());
+      ASSERT_EQ(twl_append_batch(rt(), l, twins.data(), ones.data(), n, k, v, dt,
+                                 TWL_MEMORY_HOST, nullptr),
+                TWL_OK);
+    }
+    ExpectBatchMatches(b, seqs);  // tables follow; decode_batch equals twl_decode
+    const size_t qn = size_t(n) * c_.num_q_heads * c_.head_dim;
+    for (int32_t l = 0; l < c_.num_layers; ++l) {
+      for (int32_t i = 0; i < n; ++i) {
+        int32_t len = 0, twin_len = 0;
+        ASSERT_EQ(twl_sequence_length(rt(), seqs[size_t(i)], l, &len), TWL_OK);
+        ASSERT_EQ(twl_sequence_length(rt(), twins[size_t(i)], l, &twin_len), TWL_OK);
+        ASSERT_EQ(len, twin_len);
+        const size_t row = size_t(c_.num_kv_heads) * c_.head_dim;
+        std::vector<uint16_t> k(len * row), v(len * row), tk(len * row), tv(len * row);
+        ASSERT_EQ(twl_sequence_read_kv(rt(), seqs[size_t(i)], l, k.data(), v.data(), len, &len),
+                  TWL_OK);
+        ASSERT_EQ(twl_sequence_read_kv(rt(), twins[size_t(i)], l, tk.data(), tv.data(), len,
+                                       &twin_len),
+                  TWL_OK);
+        ASSERT_EQ(k, tk) << "step " << step << " layer " << l << " entry " << i;
+        ASSERT_EQ(v, tv) << "step " << step << " layer " << l << " entry " << i;
+      }
+      const std::vector<uint16_t> q = RandomHalf(&rng_, qn, 2.0f);
+      std::vector<uint16_t> a(qn), e(qn);
+      ASSERT_EQ(twl_decode(rt(), l, seqs.data(), n, q.data(), a.data(), TWL_MEMORY_HOST, nullptr,
+                           nullptr),
+                TWL_OK);
+      ASSERT_EQ(twl_decode(rt(), l, twins.data(), n, q.data(), e.data(), TWL_MEMORY_HOST,
+                           nullptr, nullptr),
+                TWL_OK);
+      ASSERT_EQ(a, e) << "step " << step << " layer " << l;
+    }
+  }
+  EXPECT_EQ(twl_batch_free(rt(), b), TWL_OK);
+}
+
+// Reservation misuse and limits: clear statuses, nothing reserved by a failed call (lengths
+// and pool use unchanged in every layer), an append before any reservation refused.
+TEST_F(ApiBoundBatch, ReservationMisuseAndLimitsChangeNothing) {
+  const twl_seq_id s1 = NewSeq(20), s2 = NewSeq(3);
+  const twl_seq_id ok[2] = {s1, s2};
+  twl_batch_id b = TWL_INVALID_BATCH_ID;
+  ASSERT_EQ(twl_batch_create(rt(), ok, 2, 22, &b), TWL_OK);
+  const size_t elems = size_t(2) * c_.num_kv_heads * c_.head_dim;
+  const std::vector<uint16_t> k = RandomHalf(&rng_, elems), v = RandomHalf(&rng_, elems);
+  EXPECT_EQ(twl_batch_reserve(nullptr, b, nullptr), TWL_INVALID_ARGUMENT);
+  EXPECT_EQ(twl_batch_reserve(rt(), b + 1000, nullptr), TWL_NOT_FOUND);
+  EXPECT_EQ(twl_batch_append(rt(), b, 0, k.data(), v.data(), TWL_DTYPE_FP16, nullptr),
+            TWL_FAILED_PRECONDITION);
+  EXPECT_NE(std::string(twl_runtime_last_error(rt())).find("twl_batch_reserve"),
+            std::string::npos);
+  ASSERT_EQ(twl_batch_reserve(rt(), b, nullptr), TWL_OK);
+  ASSERT_EQ(twl_batch_reserve(rt(), b, nullptr), TWL_OK);  // s1 at max_tokens (22) now
+  twl_memory_usage m0{}, m1{};
+  m0.struct_size = m1.struct_size = sizeof(twl_memory_usage);
+  ASSERT_EQ(twl_runtime_memory(rt(), &m0), TWL_OK);
+  EXPECT_EQ(twl_batch_reserve(rt(), b, nullptr), TWL_FAILED_PRECONDITION);
+  EXPECT_NE(std::string(twl_runtime_last_error(rt())).find("max_tokens"), std::string::npos);
+  ASSERT_EQ(twl_runtime_memory(rt(), &m1), TWL_OK);
+  EXPECT_EQ(m1.host_pool_bytes_used, m0.host_pool_bytes_used);
+  for (int32_t l = 0; l < c_.num_layers; ++l) {
+    int32_t len = 0;
+    ASSERT_EQ(twl_sequence_length(rt(), s1, l, &len), TWL_OK);
+    EXPECT_EQ(len, 22);
+    ASSERT_EQ(twl_sequence_length(rt(), s2, l, &len), TWL_OK);
+    EXPECT_EQ(len, 5);
+  }
+  EXPECT_EQ(twl_batch_append(nullptr, b, 0, k.data(), v.data(), TWL_DTYPE_FP16, nullptr),
+            TWL_INVALID_ARGUMENT);
+  EXPECT_EQ(twl_batch_append(rt(), b, 0, nullptr, v.data(), TWL_DTYPE_FP16, nullptr),
+            TWL_INVALID_ARGUMENT);
+  EXPECT_EQ(twl_batch_append(rt(), b, 2, k.data(), v.data(), TWL_DTYPE_FP16, nullptr),
+            TWL_INVALID_ARGUMENT);
+  EXPECT_EQ(twl_batch_append(rt(), b, -1, k.data(), v.data(), TWL_DTYPE_FP16, nullptr),
+            TWL_INVALID_ARGUMENT);
+  EXPECT_EQ(twl_batch_append(rt(), b, 0, k.data(), v.data(), static_cast<twl_dtype>(7), nullptr),
+            TWL_INVALID_ARGUMENT);
+  EXPECT_EQ(twl_batch_append(rt(), b + 1000, 0, k.data(), v.data(), TWL_DTYPE_FP16, nullptr),
+            TWL_NOT_FOUND);
+  for (int32_t l = 0; l < c_.num_layers; ++l) {
+    EXPECT_EQ(twl_batch_append(rt(), b, l, k.data(), v.data(), TWL_DTYPE_FP16, nullptr), TWL_OK);
+  }
+  ExpectBatchMatches(b, {s1, s2}, 22);
+  EXPECT_EQ(twl_batch_free(rt(), b), TWL_OK);
+  EXPECT_EQ(twl_batch_reserve(rt(), b, nullptr), TWL_NOT_FOUND);
+}
+
+// A pool that cannot hold the next page of every sequence in every layer: the reservation
+// fails with TWL_CAPACITY_EXHAUSTED and takes no row and no page.
+TEST(ApiBoundBatchPool, ExhaustedPoolReservesNothing) {
+  twl_runtime_config c = SmallConfig();
+  const int64_t page_bytes = int64_t(c.num_kv_heads) * 2 * c.page_size * c.head_dim * 2;
+  c.host_pool_bytes = 5 * page_bytes;  // 5 pages of 8 tokens
+  twilight::RuntimePtr rt = MakeRuntime(c);
+  ASSERT_TRUE(rt);
+  std::mt19937 rng(9);
+  twl_seq_id a = TWL_INVALID_SEQ_ID, b = TWL_INVALID_SEQ_ID;
+  ASSERT_EQ(twl_sequence_create(rt.get(), &a), TWL_OK);
+  ASSERT_EQ(twl_sequence_create(rt.get(), &b), TWL_OK);
+  for (int32_t l = 0; l < c.num_layers; ++l) {
+    ASSERT_EQ(AppendRandom(rt.get(), a, l, 8, c.num_kv_heads, c.head_dim, &rng), TWL_OK);
+  }
+  ASSERT_EQ(AppendRandom(rt.get(), b, 0, 8, c.num_kv_heads, c.head_dim, &rng), TWL_OK);
+  ASSERT_EQ(AppendRandom(rt.get(), b, 1, 3, c.num_kv_heads, c.head_dim, &rng), TWL_OK);
+  // 4 pages used; the next row needs a new page for a in both layers and b in layer 0: 3.
+  const twl_seq_id ids[2] = {a, b};
+  twl_batch_id batch = TWL_INVALID_BATCH_ID;
+  ASSERT_EQ(twl_batch_create(rt.get(), ids, 2, 40, &batch), TWL_OK);
+  twl_memory_usage m0{}, m1{};
+  m0.struct_size = m1.struct_size = sizeof(twl_memory_usage);
+  ASSERT_EQ(twl_runtime_memory(rt.get(), &m0), TWL_OK);
+  EXPECT_EQ(twl_batch_reserve(rt.get(), batch, nullptr), TWL_CAPACITY_EXHAUSTED);
+  ASSERT_EQ(twl_runtime_memory(rt.get(), &m1), TWL_OK);
+  EXPECT_EQ(m1.host_pool_bytes_used, m0.host_pool_bytes_used);
+  int32_t len = 0;
+  ASSERT_EQ(twl_sequence_length(rt.get(), a, 1, &len), TWL_OK);
+  EXPECT_EQ(len, 8);
+  ASSERT_EQ(twl_sequence_length(rt.get(), b, 1, &len), TWL_OK);
+  EXPECT_EQ(len, 3);
+  EXPECT_EQ(twl_batch_free(rt.get(), batch), TWL_OK);
 }
 
 TEST_F(ApiBoundBatch, RuntimeFreeReleasesBoundBatches) {

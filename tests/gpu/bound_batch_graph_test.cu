@@ -9,6 +9,8 @@
 // the GPU row cache (an eager twl_decode of the replayed queries then finds every kept row
 // resident: the plan ran, with the device step stamp, inside the graph), and binding is
 // refused (TWL_UNSUPPORTED, a message saying why) over a disk tier or with a cache of blocks.
+// Whole steps (reservation eager, appends and decodes replayed from one graph) equal a bound
+// twin's eager steps bit for bit.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -247,6 +249,122 @@ TEST_P(BoundBatchGraph, ReplaysWithAppendsInBetweenEqualEagerSteps) {
   }
   EXPECT_EQ(twl_batch_free(rt_, b), TWL_OK);
   EXPECT_EQ(twl_sequence_free(rt_, seqs_[0]), TWL_OK);
+}
+
+// Whole steps in one graph (twl_batch_reserve, added in 0.3): per step one eager reservation,
+// then one replay holding every layer's twl_batch_append and twl_decode_batch. A twin that
+// binds the same sequences and runs the step eagerly (twl_append_batch + twl_decode_batch)
+// gets the same outputs bit for bit at every step (the same append kernel, the same rows),
+// and in the end the same stored K/V and tables.
+TEST_P(BoundBatchGraph, WholeStepsWithCapturedAppendsEqualEagerSteps) {
+  if (rt_ == nullptr) return;
+  twl_batch_id b = TWL_INVALID_BATCH_ID, bt = TWL_INVALID_BATCH_ID;
+  ASSERT_EQ(twl_batch_create(rt_, seqs_.data(), kBatch, kMaxTokens, &b), TWL_OK);
+  ASSERT_EQ(twl_batch_create(twin_, twin_seqs_.data(), kBatch, kMaxTokens, &bt), TWL_OK);
+  // Appending before any reservation is refused.
+  EXPECT_EQ(twl_batch_append(rt_, b, 0, K(0, 0), V(0, 0), TWL_DTYPE_FP16, stream_),
+            TWL_FAILED_PRECONDITION);
+  const size_t kv_io = size_t(kBatch) * kHkv * kD;
+  gpu::DeviceBuffer d_kg = Poisoned<fp16_t>(size_t(kLayers) * kv_io);
+  gpu::DeviceBuffer d_vg = Poisoned<fp16_t>(size_t(kLayers) * kv_io);
+  auto kg = [&](int32_t l) { return d_kg.as<fp16_t>() + size_t(l) * kv_io; };
+  auto vg = [&](int32_t l) { return d_vg.as<fp16_t>() + size_t(l) * kv_io; };
+  const std::vector<int32_t> ones(kBatch, 1);
+  // Step t's inputs into the graph's fixed buffers (an engine's projections write there).
+  auto stage = [&](int32_t t) {
+    for (int32_t l = 0; l < kLayers; ++l) {
+      EXPECT_EQ(cudaMemcpyAsync(kg(l), K(t, l), kv_io * 2, cudaMemcpyDeviceToDevice, stream_),
+                cudaSuccess);
+      EXPECT_EQ(cudaMemcpyAsync(vg(l), V(t, l), kv_io * 2, cudaMemcpyDeviceToDevice, stream_),
+                cudaSuccess);
+      EXPECT_EQ(cudaMemcpyAsync(At(d_qg_, l), Q(t, l), kIo * 2, cudaMemcpyDeviceToDevice,
+                                stream_),
+                cudaSuccess);
+    }
+  };
+  auto twin_step = [&](int32_t t) {
+    for (int32_t l = 0; l < kLayers; ++l) {
+      ASSERT_EQ(twl_append_batch(twin_, l, twin_seqs_.data(), ones.data(), kBatch, K(t, l),
+                                 V(t, l), TWL_DTYPE_FP16, TWL_MEMORY_DEVICE, stream_),
+                TWL_OK);
+      ASSERT_EQ(twl_decode_batch(twin_, bt, l, Q(t, l), At(d_ot_, l), TWL_DTYPE_FP16, stream_),
+                TWL_OK);
+    }
+  };
+  // Step 0 eagerly on both (warm-up: one-time kernel attributes outside the capture).
+  ASSERT_EQ(twl_batch_reserve(rt_, b, stream_), TWL_OK) << twl_runtime_last_error(rt_);
+  stage(0);
+  for (int32_t l = 0; l < kLayers; ++l) {
+    ASSERT_EQ(twl_batch_append(rt_, b, l, kg(l), vg(l), TWL_DTYPE_FP16, stream_), TWL_OK)
+        << twl_runtime_last_error(rt_);
+    ASSERT_EQ(twl_decode_batch(rt_, b, l, At(d_qg_, l), At(d_og_, l), TWL_DTYPE_FP16, stream_),
+              TWL_OK);
+  }
+  twin_step(0);
+  ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+  const size_t all = size_t(kLayers) * kIo;
+  ASSERT_EQ(Download<fp16_t>(d_og_, all), Download<fp16_t>(d_ot_, all)) << "eager step 0";
+
+  ASSERT_EQ(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeGlobal), cudaSuccess);
+  twl_status captured = TWL_OK;
+  for (int32_t l = 0; l < kLayers && captured == TWL_OK; ++l) {
+    captured = twl_batch_append(rt_, b, l, kg(l), vg(l), TWL_DTYPE_FP16, stream_);
+    if (captured == TWL_OK) {
+      captured = twl_decode_batch(rt_, b, l, At(d_qg_, l), At(d_og_, l), TWL_DTYPE_FP16, stream_);
+    }
+  }
+  const std::string why = captured == TWL_OK ? "" : twl_runtime_last_error(rt_);
+  const cudaError_t end = cudaStreamEndCapture(stream_, &graph_);
+  ASSERT_EQ(captured, TWL_OK) << why;
+  ASSERT_EQ(end, cudaSuccess) << cudaGetErrorString(end);
+  ASSERT_EQ(cudaGraphInstantiate(&exec_, graph_, 0ULL), cudaSuccess);
+
+  for (int32_t t = 1; t < kSteps; ++t) {
+    ASSERT_EQ(twl_batch_reserve(rt_, b, stream_), TWL_OK) << twl_runtime_last_error(rt_);
+    stage(t);
+    ASSERT_EQ(cudaGraphLaunch(exec_, stream_), cudaSuccess);
+    twin_step(t);
+    ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+    ASSERT_EQ(Download<fp16_t>(d_og_, all), Download<fp16_t>(d_ot_, all))
+        << "step " << t << ": the whole-step replay differs from the eager step";
+  }
+  EXPECT_EQ(twl_runtime_async_error(rt_), TWL_OK) << twl_runtime_last_error(rt_);
+  const int32_t max_pages = (kMaxTokens + 15) / 16;
+  for (int32_t l = 0; l < kLayers; ++l) {
+    int32_t lens[kBatch] = {}, twin_lens[kBatch] = {};
+    std::vector<int32_t> pages(size_t(kBatch) * max_pages);
+    ASSERT_EQ(twl_batch_tables(rt_, b, l, lens, kBatch, pages.data(), int64_t(pages.size()),
+                               nullptr),
+              TWL_OK);
+    ASSERT_EQ(twl_batch_tables(twin_, bt, l, twin_lens, kBatch, nullptr, 0, nullptr), TWL_OK);
+    for (int32_t i = 0; i < kBatch; ++i) {
+      EXPECT_EQ(lens[i], kPrompt[i] + kSteps) << "layer " << l << " entry " << i;
+      EXPECT_EQ(lens[i], twin_lens[i]);
+      EXPECT_GE(pages[size_t(i) * max_pages + size_t((lens[i] - 1) / 16)], 0);
+      int32_t len = 0, twin_len = 0;
+      ASSERT_EQ(twl_sequence_length(rt_, seqs_[size_t(i)], l, &len), TWL_OK);
+      ASSERT_EQ(twl_sequence_length(twin_, twin_seqs_[size_t(i)], l, &twin_len), TWL_OK);
+      ASSERT_EQ(len, twin_len);
+      std::vector<uint16_t> k(size_t(len) * kHkv * kD), v(k.size()), tk(k.size()), tv(k.size());
+      ASSERT_EQ(twl_sequence_read_kv(rt_, seqs_[size_t(i)], l, k.data(), v.data(), len, &len),
+                TWL_OK);
+      ASSERT_EQ(twl_sequence_read_kv(twin_, twin_seqs_[size_t(i)], l, tk.data(), tv.data(), len,
+                                     &twin_len),
+                TWL_OK);
+      EXPECT_EQ(k, tk) << "layer " << l << " entry " << i << ": stored K";
+      EXPECT_EQ(v, tv) << "layer " << l << " entry " << i << ": stored V";
+    }
+  }
+  // At max_tokens the reservation is refused and nothing changes.
+  const int32_t room = kMaxTokens - (kPrompt[1] + kSteps);
+  for (int32_t r = 0; r < room; ++r) ASSERT_EQ(twl_batch_reserve(rt_, b, stream_), TWL_OK);
+  EXPECT_EQ(twl_batch_reserve(rt_, b, stream_), TWL_FAILED_PRECONDITION);
+  int32_t len0 = 0;
+  ASSERT_EQ(twl_sequence_length(rt_, seqs_[1], kLayers - 1, &len0), TWL_OK);
+  EXPECT_EQ(len0, kMaxTokens);
+  ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+  EXPECT_EQ(twl_batch_free(rt_, b), TWL_OK);
+  EXPECT_EQ(twl_batch_free(twin_, bt), TWL_OK);
 }
 
 TEST_P(BoundBatchGraph, Fp32QueriesDecodeLikeFp16) {
