@@ -59,3 +59,33 @@ def test_bound_batch_errors(rt, rng):
     assert e.value.status == "TWL_FAILED_PRECONDITION"
     b.free()
     rt.free_sequence(s)
+
+
+def test_reserved_rows_append_like_append_batch(rt, rng):
+    """reserve() + append() per layer store and decode exactly like append_batch of the same
+    tokens to forked twins (the first append to each side copies the shared partial page)."""
+    seqs = [rt.create_sequence() for _ in range(2)]
+    for s, n in zip(seqs, (6, 9)):
+        for layer in range(SHAPE["num_layers"]):
+            rt.append(s, layer, *random_kv(rng, n))
+    twins = [rt.fork_sequence(s) for s in seqs]
+    b = rt.bind_batch(seqs, max_tokens=40)
+    with pytest.raises(twilight.TwilightError) as e:
+        b.append(0, *random_kv(rng, 2))
+    assert e.value.status == "TWL_FAILED_PRECONDITION"
+    for step in range(12):
+        b.reserve()
+        for layer in range(SHAPE["num_layers"]):
+            k, v = random_kv(rng, 2)
+            b.append(layer, k, v)
+            rt.append_batch(layer, twins, k, v, counts=[1, 1])
+            for s, t in zip(seqs, twins):
+                ks, vs = rt.read_kv(s, layer)
+                kt, vt = rt.read_kv(t, layer)
+                np.testing.assert_array_equal(ks, kt)
+                np.testing.assert_array_equal(vs, vt)
+            q = _q(rng, 2)
+            np.testing.assert_array_equal(b.decode(layer, q), rt.decode(layer, twins, q))
+    with pytest.raises(ValueError):
+        b.append(0, *random_kv(rng, 3))
+    b.free()

@@ -6,7 +6,8 @@ import os
 from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 from . import _lib
-from ._tensors import cuda_stream_of, empty_like, is_torch, sync_current_stream, view
+from ._tensors import (cuda_stream_of, empty_like, is_torch, stream_handle,
+                       sync_current_stream, view)
 
 
 class TwilightError(RuntimeError):
@@ -399,6 +400,34 @@ class BoundBatch:
         _check(_lib.twl_decode_batch(rt._h(), self.id, layer, qv.ptr, ov.ptr, qv.dtype, st),
                rt._handle)
         return out
+
+    def reserve(self, stream=None) -> None:
+        """Takes the next row of every sequence in every layer (twl_batch_reserve): lengths
+        grow by one; the rows hold unspecified values until append() of each layer fills
+        them. Once per step, before the step's appends (or the graph replay holding them);
+        `stream` (GPU backends): where the table writes go, the appends' stream ideally
+        (None: the runtime's own; the runtime orders it before later appends either way)."""
+        if _lib.twl_batch_reserve is None:
+            raise TwilightError(9, f"{_lib.lib_path} has no twl_batch_reserve")
+        rt = self.runtime
+        st = None if stream is None else stream_handle(getattr(stream, "cuda_stream", stream))
+        _check(_lib.twl_batch_reserve(rt._h(), self.id, st), rt._handle)
+
+    def append(self, layer: int, k, v, stream=None) -> None:
+        """Writes k and v ([num_seqs, num_kv_heads, head_dim], one token per sequence in bind
+        order) into the rows the last reserve() took in `layer` (twl_batch_append). GPU
+        backends: CUDA tensors, enqueued on the stream, capturable in a CUDA graph; CPU: host
+        arrays, synchronous."""
+        if _lib.twl_batch_append is None:
+            raise TwilightError(9, f"{_lib.lib_path} has no twl_batch_append")
+        rt = self.runtime
+        kv, vv, tokens = rt._kv_views(k, v)
+        if tokens != len(self.seqs):
+            raise ValueError(f"k and v must hold one token per sequence ({len(self.seqs)}), "
+                             f"got {tokens}")
+        st = cuda_stream_of(k, stream) if kv.space == _lib.MEMORY_DEVICE else None
+        _check(_lib.twl_batch_append(rt._h(), self.id, layer, kv.ptr, vv.ptr, kv.dtype, st),
+               rt._handle)
 
     def tables(self, layer: int):
         """(lengths [n], page table [n, max_pages]) of `layer` as int32 numpy arrays; page ids
