@@ -51,6 +51,8 @@ inline int64_t BoundWordsPerLayer(int32_t num_seqs, int32_t max_pages) {
   return BoundSegmentsOffset(num_seqs, max_pages) + int64_t(num_seqs) * kBoundSegmentWords;
 }
 
+inline constexpr int32_t kAllBoundLayers = -1;
+
 // One word of a bound batch's layer tables to overwrite (layout: runtime/bound_batch.h).
 struct TableWrite {
   int32_t index = 0;
@@ -129,7 +131,9 @@ class Backend {
                                     " backend");
   }
   // Overwrites words of one layer, enqueued on `stream` (null: the backend's own) after the
-  // appends issued so far; later decodes (any stream, eager) are ordered after it.
+  // appends issued so far; later decodes (any stream, eager) are ordered after it. With
+  // layer == kAllBoundLayers the indices run over every layer's words (layer l's word i is
+  // l * BoundWordsPerLayer + i): one launch for a reservation's writes of all layers.
   virtual absl::Status WriteBoundTables(BoundTables* /*tables*/, int32_t /*layer*/,
                                         absl::Span<const TableWrite> /*writes*/,
                                         void* /*stream*/) {

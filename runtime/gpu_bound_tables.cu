@@ -59,11 +59,13 @@ absl::StatusOr<GpuBoundTables*> CheckBoundWrites(BoundTables* tables, int32_t la
                                                  int32_t num_layers,
                                                  absl::Span<const TableWrite> writes) {
   auto* t = static_cast<GpuBoundTables*>(tables);
-  if (t == nullptr || layer < 0 || layer >= num_layers) {
+  const bool all = layer == kAllBoundLayers;
+  if (t == nullptr || (!all && (layer < 0 || layer >= num_layers))) {
     return absl::InternalError("bound batch: bad table write");
   }
+  const int64_t words = all ? num_layers * t->WordsPerLayer() : t->WordsPerLayer();
   for (const TableWrite& w : writes) {
-    if (w.index < 0 || w.index >= t->WordsPerLayer()) {
+    if (w.index < 0 || w.index >= words) {
       return absl::InternalError(absl::StrFormat("bound batch: table word %d", w.index));
     }
   }

@@ -32,6 +32,8 @@ class GpuBoundTables final : public BoundTables {
 
   int64_t WordsPerLayer() const { return BoundWordsPerLayer(num_seqs_, max_pages_); }
   int32_t* Layer(int32_t layer) const { return words_.as<int32_t>() + layer * WordsPerLayer(); }
+  // Where a write's index counts from: the layer's words, or all of them (kAllBoundLayers).
+  int32_t* WriteBase(int32_t layer) const { return Layer(layer == kAllBoundLayers ? 0 : layer); }
   int32_t num_seqs() const { return num_seqs_; }
   int32_t max_pages() const { return max_pages_; }
   // The layer's plan: lengths and page table (device pointers), row stride max_pages.
@@ -74,7 +76,8 @@ absl::StatusOr<std::unique_ptr<GpuBoundTables>> CreateGpuBoundTables(
     int32_t num_q_heads, const BoundShape& shape, absl::Span<const int32_t> words);
 
 // `tables` as GpuBoundTables after checking the layer and every write's index (Internal: the
-// Runtime never sends bad ones).
+// Runtime never sends bad ones). kAllBoundLayers: indices over every layer's words, whose
+// base is then Layer(0) (WriteBase).
 absl::StatusOr<GpuBoundTables*> CheckBoundWrites(BoundTables* tables, int32_t layer,
                                                  int32_t num_layers,
                                                  absl::Span<const TableWrite> writes);

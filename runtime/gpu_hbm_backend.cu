@@ -664,7 +664,7 @@ absl::Status GpuHbmBackend::WriteBoundTables(BoundTables* tables, int32_t layer,
   // decode, which may still read the words being replaced.
   if (appended_) TWL_CUDA(cudaStreamWaitEvent(a, ev_append_, 0));
   if (decoded_) TWL_CUDA(cudaStreamWaitEvent(a, ev_decode_, 0));
-  TWL_RETURN_IF_ERROR(LaunchTableWrites((*t)->Layer(layer), writes, a));
+  TWL_RETURN_IF_ERROR(LaunchTableWrites((*t)->WriteBase(layer), writes, a));
   TWL_CUDA(cudaEventRecord(ev_append_, a));  // decodes wait for the tables too
   appended_ = true;
   return absl::OkStatus();

@@ -64,7 +64,7 @@ absl::Status GpuOffloadBackend::WriteBoundTables(BoundTables* tables, int32_t la
   // everything a replay it launches must come after.
   TWL_CUDA(cudaStreamWaitEvent(a, ev_append_done_, 0));
   TWL_CUDA(cudaStreamWaitEvent(a, ev_step_done_, 0));
-  TWL_RETURN_IF_ERROR(LaunchTableWrites((*t)->Layer(layer), writes, a));
+  TWL_RETURN_IF_ERROR(LaunchTableWrites((*t)->WriteBase(layer), writes, a));
   TWL_CUDA(cudaEventRecord(ev_append_done_, a));  // steps (any stream) wait for the tables too
   return absl::OkStatus();
 }

@@ -193,6 +193,7 @@ struct Runtime::Impl {
 
   // Hands the writes of an append to the device copies of the batches they touch, one
   // backend call per batch (batches without a device copy: the CPU store, nothing to do).
+  // `layer` may be kAllBoundLayers (indices over every layer's words).
   absl::Status WriteBoundDevice(int32_t layer,
                                 const std::vector<std::pair<BoundBatch*, TableWrite>>& writes,
                                 void* stream) {
@@ -747,8 +748,8 @@ absl::Status Runtime::ReserveBatchRows(int64_t batch, void* stream) {
       return abort(s);
     }
   }
-  // Phase 3: every batch's words these plans change, plus this batch's reserved rows, layer
-  // by layer on the device (on `stream`, ordered after the appends and steps issued so far).
+  // Phase 3: every batch's words these plans change, plus this batch's reserved rows, on the
+  // device (on `stream`, ordered after the appends and steps issued so far).
   std::vector<std::vector<std::pair<BoundBatch*, TableWrite>>> writes(static_cast<size_t>(num_layers));
   std::vector<TableWrite> rows;
   for (size_t k = 0; k < plans.size(); ++k) {
@@ -759,10 +760,16 @@ absl::Status Runtime::ReserveBatchRows(int64_t batch, void* stream) {
     BoundBatches::ReservedRowWrites(*b, int32_t(k % size_t(n)), p.page_id[0], p.slot[0], &rows);
     for (const TableWrite& w : rows) layer_writes.push_back({b, w});
   }
+  // One launch per batch for every layer's words (indices over all layers).
+  std::vector<std::pair<BoundBatch*, TableWrite>> all_layers;
   for (int32_t l = 0; l < num_layers; ++l) {
-    if (absl::Status s = im.WriteBoundDevice(l, writes[size_t(l)], stream); !s.ok()) {
-      return abort(s);
+    for (auto [bb, w] : writes[size_t(l)]) {
+      w.index = static_cast<int32_t>(w.index + l * bb->WordsPerLayer());
+      all_layers.push_back({bb, w});
     }
+  }
+  if (absl::Status s = im.WriteBoundDevice(kAllBoundLayers, all_layers, stream); !s.ok()) {
+    return abort(s);
   }
   // Phase 4: install (as AppendImpl's), then the host mirrors.
   std::vector<int32_t> freed;
