@@ -126,21 +126,22 @@ absl::StatusOr<AppendPlan> SequenceTable::PlanAppend(SeqId seq, int32_t layer, i
   s = allocator_->Allocate(pages_needed + (cow ? 1 : 0), &plan.new_pages);
   if (!s.ok()) return s;
 
-  plan.pages_after = lp.pages;
-  size_t next_new = 0;
+  const int32_t old_pages = static_cast<int32_t>(lp.pages.size());
+  plan.first_changed = cow ? old_pages - 1 : old_pages;
   if (cow) {
     plan.cow_src = lp.pages.back();
-    plan.cow_dst = plan.new_pages[next_new++];
+    plan.cow_dst = plan.new_pages.front();
     plan.cow_rows = used_rows;
-    plan.pages_after.back() = plan.cow_dst;
   }
-  while (next_new < plan.new_pages.size()) plan.pages_after.push_back(plan.new_pages[next_new++]);
+  plan.changed_pages = plan.new_pages;  // the copy-on-write page first, as allocated
 
   plan.page_id.resize(n);
   plan.slot.resize(n);
   for (int32_t i = 0; i < n; ++i) {
     const int64_t pos = int64_t(lp.len) + i;
-    plan.page_id[i] = plan.pages_after[pos / page_size_];
+    const int64_t q = pos / page_size_;
+    plan.page_id[i] = q < plan.first_changed ? lp.pages[size_t(q)]
+                                             : plan.changed_pages[size_t(q - plan.first_changed)];
     plan.slot[i] = static_cast<int32_t>(pos % page_size_);
   }
   return plan;
@@ -154,8 +155,8 @@ absl::Status SequenceTable::CommitAppend(const AppendPlan& plan, std::vector<int
   }
   if (plan.layer < 0 || plan.layer >= num_layers_) return absl::InvalidArgumentError("bad plan");
   LayerPages& lp = it->second.layers[plan.layer];
-  const size_t kept_pages = plan.pages_after.size() - (plan.new_pages.size() - plan.has_cow());
-  bool unchanged = lp.len == plan.old_len && lp.pages.size() == kept_pages;
+  const size_t old_pages = size_t(plan.first_changed) + (plan.has_cow() ? 1 : 0);
+  bool unchanged = lp.len == plan.old_len && lp.pages.size() == old_pages;
   if (unchanged && plan.has_cow()) unchanged = lp.pages.back() == plan.cow_src;
   // Writing in place into the partial last page is only safe if nobody forked it since.
   if (unchanged && !plan.has_cow() && plan.old_len % page_size_ != 0) {
@@ -170,8 +171,9 @@ absl::Status SequenceTable::CommitAppend(const AppendPlan& plan, std::vector<int
     absl::Status s = allocator_->Release(absl::MakeConstSpan(&src, 1), freed);
     if (!s.ok()) return absl::InternalError("commit: " + std::string(s.message()));
   }
-  page_entries_ += int64_t(plan.pages_after.size()) - int64_t(lp.pages.size());
-  lp.pages = plan.pages_after;
+  page_entries_ += int64_t(plan.num_pages_after()) - int64_t(lp.pages.size());
+  lp.pages.resize(size_t(plan.first_changed));
+  lp.pages.insert(lp.pages.end(), plan.changed_pages.begin(), plan.changed_pages.end());
   lp.len = plan.old_len + plan.num_tokens;
   return absl::OkStatus();
 }

@@ -51,10 +51,16 @@ struct AppendPlan {
   int32_t cow_src = -1;
   int32_t cow_dst = -1;
   int32_t cow_rows = 0;
-  // The layer's page list as it will be after the commit.
-  std::vector<int32_t> pages_after;
+  // The layer's page list after the commit, from index first_changed on: the copy-on-write
+  // page (which replaces the shared last page), then the new pages. Entries before it do not
+  // change, so a plan costs what the append adds, not the sequence's length (a decode step's
+  // plan of a 128k-token sequence holds one page at most, not 8192).
+  int32_t first_changed = 0;
+  std::vector<int32_t> changed_pages;
 
   bool has_cow() const { return cow_src >= 0; }
+  // Pages of the layer after the commit.
+  int32_t num_pages_after() const { return first_changed + int32_t(changed_pages.size()); }
   AppendView View(const fp16_t* k, const fp16_t* v) const {
     AppendView a;
     a.num_tokens = num_tokens;

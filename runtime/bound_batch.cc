@@ -132,18 +132,15 @@ void BoundBatches::CollectWrites(const AppendPlan& plan,
                                  std::vector<std::pair<BoundBatch*, TableWrite>>* out) const {
   auto r = rows_.find(plan.seq);
   if (r == rows_.end()) return;
-  // Pages the sequence had before the plan; a copy-on-write replaces the last of them.
-  const int32_t page_size = batches_.at(r->second.front().first)->page_size;
-  const int32_t old_pages = static_cast<int32_t>((int64_t(plan.old_len) + page_size - 1) / page_size);
-  const int32_t first = plan.has_cow() ? old_pages - 1 : old_pages;
-  const int32_t new_pages = static_cast<int32_t>(plan.pages_after.size());
+  // The length, and the page entries from the first one the plan replaces (copy-on-write)
+  // or adds.
   for (const auto& [id, row] : r->second) {
     BoundBatch* b = batches_.at(id).get();
     const int32_t n = b->num_seqs();
     out->push_back({b, TableWrite{row, plan.old_len + plan.num_tokens}});
-    for (int32_t p = std::max(first, 0); p < new_pages; ++p) {
-      const int64_t index = n + int64_t(row) * b->max_pages + p;
-      out->push_back({b, TableWrite{static_cast<int32_t>(index), plan.pages_after[size_t(p)]}});
+    for (size_t j = 0; j < plan.changed_pages.size(); ++j) {
+      const int64_t index = n + int64_t(row) * b->max_pages + plan.first_changed + int64_t(j);
+      out->push_back({b, TableWrite{static_cast<int32_t>(index), plan.changed_pages[j]}});
     }
   }
 }

@@ -20,17 +20,25 @@ void AppendOk(SequenceTable& t, SeqId s, int32_t layer, int32_t n) {
   ASSERT_EQ(plan->num_tokens, n);
   ASSERT_EQ(plan->old_len, before->len);
   const int32_t ps = t.page_size();
+  // The page list the plan implies: the old entries before first_changed, then the changed.
+  ASSERT_LE(plan->first_changed, int32_t(before->pages.size()));
+  std::vector<int32_t> pages_after(before->pages.begin(),
+                                   before->pages.begin() + plan->first_changed);
+  pages_after.insert(pages_after.end(), plan->changed_pages.begin(), plan->changed_pages.end());
+  ASSERT_EQ(int32_t(pages_after.size()), plan->num_pages_after());
   for (int32_t i = 0; i < n; ++i) {
     const int32_t pos = before->len + i;
     ASSERT_EQ(plan->slot[i], pos % ps);
-    ASSERT_EQ(plan->page_id[i], plan->pages_after[pos / ps]);
+    ASSERT_EQ(plan->page_id[i], pages_after[size_t(pos / ps)]);
   }
-  ASSERT_EQ(int64_t(plan->pages_after.size()), (int64_t(before->len) + n + ps - 1) / ps);
+  ASSERT_EQ(int64_t(pages_after.size()), (int64_t(before->len) + n + ps - 1) / ps);
+  // A plan holds what the append adds: no more pages than it allocates.
+  EXPECT_EQ(plan->changed_pages, plan->new_pages);
   ASSERT_TRUE(t.CommitAppend(*plan, nullptr).ok());
   auto after = t.Pages(s, layer);
   ASSERT_TRUE(after.ok());
   EXPECT_EQ(after->len, before->len + n);
-  EXPECT_EQ(after->pages, plan->pages_after);
+  EXPECT_EQ(after->pages, pages_after);
 }
 
 TEST(SequenceTable, AppendsCrossPageBoundaries) {
@@ -186,7 +194,10 @@ TEST(SequenceTable, ForkSharesPagesAndCopiesThePartialPageOnWrite) {
   EXPECT_NE(plan->cow_dst, p0.pages[2]);
   for (int32_t i = 0; i < 2; ++i) EXPECT_EQ(plan->page_id[i], plan->cow_dst);
   EXPECT_EQ(plan->slot[0], 2);
-  EXPECT_EQ(plan->page_id[2], plan->pages_after[3]);  // 13th token opens page 3
+  EXPECT_EQ(plan->first_changed, 2);  // the shared partial page is replaced
+  ASSERT_EQ(plan->changed_pages.size(), 2u);
+  EXPECT_EQ(plan->changed_pages[0], plan->cow_dst);
+  EXPECT_EQ(plan->page_id[2], plan->changed_pages[1]);  // 13th token opens page 3
   ASSERT_TRUE(t.CommitAppend(*plan, nullptr).ok());
   // The parent still sees its own pages and length; the source lost one sharer.
   EXPECT_EQ(t.Pages(parent, 0)->pages, p0.pages);
