@@ -23,6 +23,15 @@ absl::Status CheckAligned(const char* what, const void* p, size_t align) {
   return absl::OkStatus();
 }
 
+// The dtypes of q/out and k/v (FP16, BF16, FP32), as their C value.
+absl::StatusOr<int32_t> KnownDtype(twl_dtype dtype) {
+  const int32_t type = twl::api::EnumValue(dtype);
+  if (type != TWL_DTYPE_FP16 && type != TWL_DTYPE_BF16 && type != TWL_DTYPE_FP32) {
+    return absl::InvalidArgumentError(absl::StrFormat("dtype %d unknown", type));
+  }
+  return type;
+}
+
 }  // namespace
 
 extern "C" {
@@ -62,10 +71,9 @@ twl_status twl_decode_batch(twl_runtime* rt, twl_batch_id batch, int32_t layer, 
     if (q == nullptr || out == nullptr) {
       return absl::InvalidArgumentError("q and out must not be NULL");
     }
-    const int32_t type = twl::api::EnumValue(dtype);
-    if (type != TWL_DTYPE_FP16 && type != TWL_DTYPE_BF16 && type != TWL_DTYPE_FP32) {
-      return absl::InvalidArgumentError(absl::StrFormat("dtype %d unknown", type));
-    }
+    absl::StatusOr<int32_t> known = KnownDtype(dtype);
+    if (!known.ok()) return known.status();
+    const int32_t type = *known;
     if (rt->backend != TWL_BACKEND_CPU) {
       // FP16 q is loaded as 16-byte vectors; other dtypes are converted elementwise first.
       const size_t elem = type == TWL_DTYPE_FP32 ? 4 : 2;
@@ -94,10 +102,9 @@ twl_status twl_batch_append(twl_runtime* rt, twl_batch_id batch, int32_t layer, 
     if (k == nullptr || v == nullptr) {
       return absl::InvalidArgumentError("k and v must not be NULL");
     }
-    const int32_t type = twl::api::EnumValue(dtype);
-    if (type != TWL_DTYPE_FP16 && type != TWL_DTYPE_BF16 && type != TWL_DTYPE_FP32) {
-      return absl::InvalidArgumentError(absl::StrFormat("dtype %d unknown", type));
-    }
+    absl::StatusOr<int32_t> known = KnownDtype(dtype);
+    if (!known.ok()) return known.status();
+    const int32_t type = *known;
     if (rt->backend != TWL_BACKEND_CPU) {
       // Rows are read elementwise (vector loads only where 16-byte aligned).
       const size_t elem = type == TWL_DTYPE_FP32 ? 4 : 2;

@@ -70,11 +70,11 @@
  * run time. They differ only when a program runs against another build than it compiled with:
  * the same major version (and, while major is 0, the same minor) is ABI compatible. */
 #define TWL_VERSION_MAJOR 0
-#define TWL_VERSION_MINOR 3
-#define TWL_VERSION_PATCH 0
+#define TWL_VERSION_MINOR 2
+#define TWL_VERSION_PATCH 1
 #define TWL_VERSION_NUMBER \
   (TWL_VERSION_MAJOR * 10000 + TWL_VERSION_MINOR * 100 + TWL_VERSION_PATCH)
-#define TWL_VERSION_STRING "0.3.0"
+#define TWL_VERSION_STRING "0.2.1"
 
 #ifdef __cplusplus
 extern "C" {
@@ -703,7 +703,7 @@ TWL_API twl_status twl_runtime_last_step_mass(const twl_runtime* rt, float* full
  *      the host) of every sequence, then replay the graph. Put the appends and the replays on
  *      one stream (or order them with your own events): the runtime orders eager calls across
  *      streams, but cannot order a replay it does not see.
- *   Or capture the appends too (added in 0.3, below): per step one eager twl_batch_reserve
+ *   Or capture the appends too (added in 0.2.1, below): per step one eager twl_batch_reserve
  *   (the host's part: a row per sequence and layer, pages allocated), then one replay of a
  *   graph holding, per layer, twl_batch_append (the new K/V rows from the engine's buffers)
  *   and twl_decode_batch. Nothing of the step is then left outside the graph but the
@@ -775,7 +775,7 @@ TWL_API twl_status twl_batch_tables(twl_runtime* rt, twl_batch_id batch, int32_t
                                     int32_t* lens, int64_t lens_capacity, int32_t* pages,
                                     int64_t pages_capacity, int32_t* out_max_pages) TWL_NOEXCEPT;
 
-/* ==== Added in 0.3: appends a CUDA graph can capture (issue 11.3) ===========================
+/* ==== Added in 0.2.1: appends a CUDA graph can capture (issue 11.3) =========================
  * The host's part of an append (a row per token, pages allocated, shared pages copied) and
  * the device's part (writing K/V, codes and bounds) split in two calls, like a serving engine
  * that computes its slot mapping before the forward pass:

@@ -75,6 +75,27 @@ absl::Status GpuOffloadBackend::ReadBoundTables(BoundTables* tables, int32_t lay
   return ReadBoundWords(tables, layer, cfg_.num_layers, words, own_stream_);
 }
 
+absl::StatusOr<GpuOffloadBackend::BoundOrder> GpuOffloadBackend::OrderBoundCall(cudaStream_t c) {
+  BoundOrder o;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  TWL_CUDA(cudaStreamGetCaptureInfo(c, &capture, &o.capture_id));
+  o.capturing = capture != cudaStreamCaptureStatusNone;
+  // Freed pages' rows leave the cache before eager calls; a capture leaves them to the next
+  // eager call (a bound sequence holds no freed page: it cannot be freed, and a reused page
+  // reaches it only through an append or a reservation, which apply them first).
+  if (!o.capturing) TWL_RETURN_IF_ERROR(ApplyPendingReleases());
+  const unsigned wait_flags = o.capturing ? cudaEventWaitExternal : cudaEventWaitDefault;
+  // A bound append or step captured earlier in this same capture recorded the event after
+  // waiting for the eager work itself: the capture's order already covers it.
+  if (!(o.capturing && append_recorded_in_capture_ == o.capture_id)) {
+    TWL_CUDA(cudaStreamWaitEvent(c, ev_append_done_, wait_flags));
+  }
+  if (!(o.capturing && step_recorded_in_capture_ == o.capture_id)) {
+    TWL_CUDA(cudaStreamWaitEvent(c, ev_step_done_, wait_flags));
+  }
+  return o;
+}
+
 // A bound append writes the rows the batch's last reservation took (the layer's segment
 // words, AppendSegmentsKernel reading them from device memory): one launch, no host data, so
 // a capture replays it with whatever the reservation before each replay wrote. Its rows go
@@ -87,18 +108,9 @@ absl::Status GpuOffloadBackend::AppendBound(const BoundAppendRequest& req) {
   if (!checked.ok()) return checked.status();
   const GpuBoundTables& t = **checked;
   cudaStream_t c = req.stream ? AsStream(req.stream) : append_stream_;
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  unsigned long long capture_id = 0;
-  TWL_CUDA(cudaStreamGetCaptureInfo(c, &capture, &capture_id));
-  const bool capturing = capture != cudaStreamCaptureStatusNone;
-  if (!capturing) TWL_RETURN_IF_ERROR(ApplyPendingReleases());
-  const unsigned wait_flags = capturing ? cudaEventWaitExternal : cudaEventWaitDefault;
-  if (!(capturing && append_recorded_in_capture_ == capture_id)) {
-    TWL_CUDA(cudaStreamWaitEvent(c, ev_append_done_, wait_flags));
-  }
-  if (!(capturing && step_recorded_in_capture_ == capture_id)) {
-    TWL_CUDA(cudaStreamWaitEvent(c, ev_step_done_, wait_flags));
-  }
+  absl::StatusOr<BoundOrder> order = OrderBoundCall(c);
+  if (!order.ok()) return order.status();
+  const bool capturing = order->capturing;
   const FpKvView pool_view{static_cast<fp16_t*>(pool_->device_base()), nullptr};
   const AppendSegment* segs = t.Segments(req.layer);
   TWL_RETURN_IF_ERROR(LaunchAppendSegments(g_, segs, req.num_seqs, req.k, req.v,
@@ -110,7 +122,7 @@ absl::Status GpuOffloadBackend::AppendBound(const BoundAppendRequest& req) {
   const unsigned record_flags = capturing ? cudaEventRecordExternal : cudaEventRecordDefault;
   TWL_CUDA(cudaEventRecordWithFlags(ev_appended_, c, record_flags));
   TWL_CUDA(cudaEventRecordWithFlags(ev_append_done_, c, record_flags));
-  append_recorded_in_capture_ = capturing ? capture_id : 0;
+  append_recorded_in_capture_ = capturing ? order->capture_id : 0;
   return offload_cuda::LaunchStatus("offload batch append");
 }
 
@@ -120,10 +132,6 @@ absl::Status GpuOffloadBackend::DecodeBound(const BoundDecodeRequest& req) {
   GpuBoundTables& t = **checked;
   if (t.fetch() == nullptr) return absl::InternalError("decode batch: no bound fetch stage");
   cudaStream_t c = req.stream ? AsStream(req.stream) : own_stream_;
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  unsigned long long capture_id = 0;
-  TWL_CUDA(cudaStreamGetCaptureInfo(c, &capture, &capture_id));
-  const bool capturing = capture != cudaStreamCaptureStatusNone;
   absl::StatusOr<const Selector*> selector = FindSelector(req.selector.kind);
   if (!selector.ok()) return selector.status();
   const int32_t n = req.num_seqs, Hq = req.num_q_heads;
@@ -132,21 +140,9 @@ absl::Status GpuOffloadBackend::DecodeBound(const BoundDecodeRequest& req) {
       executor_.PrepareScratch(t.scratch(), g_, **selector, req.selector, n, Hq, req.max_pages,
                                /*select_prune=*/true, "decode batch");
   if (!strides.ok()) return strides.status();
-  // Freed pages' rows leave the cache before eager steps; a capture leaves them to the next
-  // eager call (a bound sequence holds no freed page: it cannot be freed, and a reused page
-  // reaches it only through an append, which applies them first).
-  if (!capturing) TWL_RETURN_IF_ERROR(ApplyPendingReleases());
-  const unsigned wait_flags = capturing ? cudaEventWaitExternal : cudaEventWaitDefault;
-  // A bound append captured earlier in this same capture waited for the eager appends and
-  // recorded ev_append_done_ after its rows: the capture's order covers both.
-  if (!(capturing && append_recorded_in_capture_ == capture_id)) {
-    TWL_CUDA(cudaStreamWaitEvent(c, ev_append_done_, wait_flags));
-  }
-  // A bound step captured earlier in this same capture recorded the last step: the capture
-  // stream's order already puts this one after it.
-  if (!(capturing && step_recorded_in_capture_ == capture_id)) {
-    TWL_CUDA(cudaStreamWaitEvent(c, ev_step_done_, wait_flags));
-  }
+  absl::StatusOr<BoundOrder> order = OrderBoundCall(c);
+  if (!order.ok()) return order.status();
+  const bool capturing = order->capturing;
   absl::StatusOr<BoundIo> io = BoundInput(req, t, g_, cfg_.device_id, c);
   if (!io.ok()) return io.status();
 
@@ -170,7 +166,7 @@ absl::Status GpuOffloadBackend::DecodeBound(const BoundDecodeRequest& req) {
   TWL_RETURN_IF_ERROR(BoundOutput(req, *io, cfg_.device_id, c));
   if (capturing) {
     TWL_CUDA(cudaEventRecordWithFlags(ev_step_done_, c, cudaEventRecordExternal));
-    step_recorded_in_capture_ = capture_id;
+    step_recorded_in_capture_ = order->capture_id;
   } else {
     TWL_CUDA(cudaEventRecord(ev_step_done_, c));
     step_recorded_in_capture_ = 0;

@@ -357,6 +357,13 @@ class GpuOffloadBackend final : public OffloadBackend {
                                absl::Span<int32_t> words) override;
   absl::Status DecodeBound(const BoundDecodeRequest& request) override;
   absl::Status AppendBound(const BoundAppendRequest& request) override;
+  // How a bound call on stream c orders itself: whether c is capturing (and which capture),
+  // then after the appends and steps issued so far (external event nodes in a capture).
+  struct BoundOrder {
+    bool capturing = false;
+    unsigned long long capture_id = 0;
+  };
+  absl::StatusOr<BoundOrder> OrderBoundCall(cudaStream_t c);
   MemoryUsage Memory() const override;
   absl::Status TakeAsyncError() override {
     absl::Status s = std::exchange(async_error_, absl::OkStatus());

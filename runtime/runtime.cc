@@ -191,6 +191,25 @@ struct Runtime::Impl {
     for (int32_t p : freed) backend->ReleasePage(p);
   }
 
+  // Installs append plans whose data is written (or, for a reservation, enqueued). Nothing
+  // else mutates the table while the exclusive lock is held, so a commit cannot find its
+  // sequence changed; the error is for a broken invariant (the rest are aborted then).
+  absl::Status CommitPlans(const char* what, const std::vector<AppendPlan>& plans) {
+    std::vector<int32_t> freed;
+    for (size_t i = 0; i < plans.size(); ++i) {
+      if (absl::Status s = table->CommitAppend(plans[i], &freed); !s.ok()) {
+        std::vector<int32_t> aborted;
+        for (size_t j = i; j < plans.size(); ++j) table->AbortAppend(plans[j], &aborted);
+        ReleasePages(aborted);
+        ReleasePages(freed);
+        return absl::InternalError(absl::StrFormat(
+            "%s: commit of plan %d failed after %d committed: %s", what, i, i, s.message()));
+      }
+    }
+    ReleasePages(freed);
+    return absl::OkStatus();
+  }
+
   // Hands the writes of an append to the device copies of the batches they touch, one
   // backend call per batch (batches without a device copy: the CPU store, nothing to do).
   // `layer` may be kAllBoundLayers (indices over every layer's words).
@@ -512,20 +531,8 @@ absl::Status Runtime::AppendImpl(const char* what, int32_t layer, absl::Span<con
       return abort(s);
     }
   }
-  // Phase 4: install. Nothing else mutates the table while the exclusive lock is held, so a
-  // commit cannot find its sequence changed; the check below is for a broken invariant.
-  std::vector<int32_t> freed;
-  for (size_t i = 0; i < plans.size(); ++i) {
-    if (absl::Status s = im.table->CommitAppend(plans[i], &freed); !s.ok()) {
-      std::vector<int32_t> aborted;
-      for (size_t j = i; j < plans.size(); ++j) im.table->AbortAppend(plans[j], &aborted);
-      im.ReleasePages(aborted);
-      im.ReleasePages(freed);
-      return absl::InternalError(absl::StrFormat(
-          "%s: commit of entry %d failed after %d committed: %s", what, i, i, s.message()));
-    }
-  }
-  im.ReleasePages(freed);
+  // Phase 4: install.
+  TWL_RETURN_IF_ERROR_RT(im.CommitPlans(what, plans));
   for (const auto& [batch, w] : bound_writes) {
     BoundBatches::ApplyToMirror(batch, layer, absl::MakeConstSpan(&w, 1));
   }
@@ -771,19 +778,8 @@ absl::Status Runtime::ReserveBatchRows(int64_t batch, void* stream) {
   if (absl::Status s = im.WriteBoundDevice(kAllBoundLayers, all_layers, stream); !s.ok()) {
     return abort(s);
   }
-  // Phase 4: install (as AppendImpl's), then the host mirrors.
-  std::vector<int32_t> freed;
-  for (size_t i = 0; i < plans.size(); ++i) {
-    if (absl::Status s = im.table->CommitAppend(plans[i], &freed); !s.ok()) {
-      std::vector<int32_t> aborted;
-      for (size_t j = i; j < plans.size(); ++j) im.table->AbortAppend(plans[j], &aborted);
-      im.ReleasePages(aborted);
-      im.ReleasePages(freed);
-      return absl::InternalError(absl::StrFormat(
-          "batch reserve: commit of plan %d failed after %d committed: %s", i, i, s.message()));
-    }
-  }
-  im.ReleasePages(freed);
+  // Phase 4: install, then the host mirrors.
+  TWL_RETURN_IF_ERROR_RT(im.CommitPlans("batch reserve", plans));
   for (int32_t l = 0; l < num_layers; ++l) {
     for (const auto& [bb, w] : writes[size_t(l)]) {
       BoundBatches::ApplyToMirror(bb, l, absl::MakeConstSpan(&w, 1));

@@ -20,7 +20,7 @@ from ._runtime import BoundBatch, Runtime, TwilightError
 __all__ = ["BoundBatch", "Runtime", "TwilightError", "version", "capabilities", "set_log_callback",
            "library_path", "__version__"]
 
-__version__ = "0.3.0"
+__version__ = "0.2.1"
 library_path: str = _lib.lib_path
 
 LOG_ERROR, LOG_WARNING, LOG_INFO, LOG_DEBUG = 0, 1, 2, 3

@@ -258,7 +258,7 @@ twl_decode_batch = _declare("twl_decode_batch", status,
 twl_batch_tables = _declare("twl_batch_tables", status,
                             [rt_p, batch_id_t, ctypes.c_int32, vp, ctypes.c_int64, vp,
                              ctypes.c_int64, P(ctypes.c_int32)], optional=True)
-# Added in 0.3: appends split in a reservation (host) and a capturable batch append (device).
+# Added in 0.2.1: appends split in a reservation (host) and a capturable batch append (device).
 twl_batch_reserve = _declare("twl_batch_reserve", status, [rt_p, batch_id_t, vp], optional=True)
 twl_batch_append = _declare("twl_batch_append", status,
                             [rt_p, batch_id_t, ctypes.c_int32, vp, vp, ctypes.c_int32, vp],

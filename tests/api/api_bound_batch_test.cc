@@ -283,7 +283,7 @@ TEST_F(ApiBoundBatch, EmptyLayerIsAPreconditionAndOtherDtypesMatchDecodeEx) {
 }
 
 // Appends split in a reservation and a batch append (twl_batch_reserve / twl_batch_append,
-// added in 0.3): the stored rows, the tables and every decode equal those of twl_append_batch
+// added in 0.2.1): the stored rows, the tables and every decode equal those of twl_append_batch
 // of the same tokens to twins, bit for bit, across page boundaries, after the copy-on-write
 // of a shared partial page (the twins are forks), with FP32 input too.
 TEST_F(ApiBoundBatch, ReservedRowsAppendLikeAppendBatch) {

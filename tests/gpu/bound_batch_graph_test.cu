@@ -251,7 +251,7 @@ TEST_P(BoundBatchGraph, ReplaysWithAppendsInBetweenEqualEagerSteps) {
   EXPECT_EQ(twl_sequence_free(rt_, seqs_[0]), TWL_OK);
 }
 
-// Whole steps in one graph (twl_batch_reserve, added in 0.3): per step one eager reservation,
+// Whole steps in one graph (twl_batch_reserve, added in 0.2.1): per step one eager reservation,
 // then one replay holding every layer's twl_batch_append and twl_decode_batch. A twin that
 // binds the same sequences and runs the step eagerly (twl_append_batch + twl_decode_batch)
 // gets the same outputs bit for bit at every step (the same append kernel, the same rows),
