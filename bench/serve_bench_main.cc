@@ -17,12 +17,13 @@
 //   quest-b8k       gpu-offload, Quest B0 alone (p = 1 per call: every candidate is kept)
 //   hbm-b8k         gpu-hbm (all FP16 KV in HBM), Quest B0 + Twilight
 //   hbm             gpu-hbm, library defaults
-//   hbm-graph       gpu-hbm, library defaults, the batch bound (twl_batch_create) and the
-//                   whole step replayed from one CUDA graph captured once: per step one eager
+//   hbm-graph       gpu-hbm, library defaults, the batch bound (twl_batch_create) and each
+//                   layer's twl_decode_batch replayed from a CUDA graph captured once (per
+//                   step: eager append, q copied into the graph's buffer, replay); with
+//                   --graph_appends the whole step from one graph (per step one eager
 //                   twl_batch_reserve, K, V and q copied into the graph's buffers, one launch
-//                   holding every layer's twl_batch_append and twl_decode_batch (with
-//                   --graph_appends=false: eager twl_append_batch and one graph per layer's
-//                   decode): what an engine that captures its decode step pays. Bound decodes
+//                   holding every layer's twl_batch_append and twl_decode_batch): what an
+//                   engine that captures its decode step pays. Bound decodes
 //                   publish no telemetry: its stage split comes from the telemetry steps,
 //                   decoded eagerly; rebound and recaptured at each churn.
 //   offload-graph   gpu-offload (row cache), library defaults, bound and replayed from CUDA
@@ -132,10 +133,11 @@ ABSL_FLAG(int32_t, sample_units, 16, "(sequence, KV head) pairs whose accuracy i
 ABSL_FLAG(int32_t, accuracy_layer, -1, "layer whose accuracy is measured (-1: the middle one)");
 ABSL_FLAG(int32_t, full_offload_steps, 2, "measured steps of full-offload (each moves all KV)");
 ABSL_FLAG(int32_t, prefill_chunk, 8192, "tokens per prefill append call");
-ABSL_FLAG(bool, graph_appends, true,
+ABSL_FLAG(bool, graph_appends, false,
           "graph methods: capture the whole step, every layer's append (twl_batch_append, after "
           "one eager twl_batch_reserve per step) and decode, in one graph; false: eager appends "
-          "and one graph per layer's decode");
+          "and one graph per layer's decode (the default until the whole-step flow has run on "
+          "a GPU: built 2026-12-07, not yet run)");
 ABSL_FLAG(std::string, sdpa_csv, "", "CSV of bench/sdpa_serving.py (the dense baseline)");
 ABSL_FLAG(std::string, out, "out/serve", "output directory (created)");
 ABSL_FLAG(uint64_t, seed, 20261201, "workload seed");
