@@ -542,7 +542,7 @@ class Harness {
 
   // ---- operations --------------------------------------------------------------------------
   void Step() {
-    switch (in_.Pick(16)) {
+    switch (in_.Pick(17)) {
       case 0: case 1: OpCreate(); break;
       case 2: case 3: case 4: case 5: OpAppend(); break;
       case 6: case 7: case 8: OpDecode(); break;
@@ -552,6 +552,7 @@ class Harness {
       case 12: OpSave(); break;
       case 13: OpRestore(); break;
       case 14: OpQueries(); break;
+      case 15: OpBound(); break;
       default: OpMisc(); break;
     }
   }
@@ -862,6 +863,72 @@ class Harness {
         capacity >= 0 && !(capacity > 0 && null_buffers)) {
       FUZZ_CHECK(out_len == len, "read_kv with a small buffer did not report the length");
     }
+  }
+
+  // A bound batch over a few sequences for one step: a reservation (refused at max_tokens,
+  // changing nothing), then every layer's batch append, checked against the model by the
+  // later reads and decodes; an append before the reservation and a bad layer on the way.
+  // Host backend without a disk tier only (a failed disk write would leave reserved rows the
+  // model cannot know).
+  void OpBound() {
+    if (model_.empty() || disk_ || cfg_.backend != TWL_BACKEND_CPU || cfg_.num_layers > 64) return;
+    std::vector<twl_seq_id> seqs;
+    const int want = 1 + in_.Pick(3);
+    for (int i = 0; i < want; ++i) {
+      const twl_seq_id id = PickSeq();
+      if (Find(id) && std::find(seqs.begin(), seqs.end(), id) == seqs.end()) seqs.push_back(id);
+    }
+    if (seqs.empty()) return;
+    int32_t longest = 0;
+    for (twl_seq_id id : seqs) {
+      for (int32_t l = 0; l < cfg_.num_layers; ++l) {
+        longest = std::max(longest, ModelLen(model_.at(id), l));
+      }
+    }
+    const int32_t max_tokens = std::max(longest + int32_t(in_.Pick(3)), 1);  // 0: no room
+    const int32_t n = int32_t(seqs.size());
+    twl_batch_id b = TWL_INVALID_BATCH_ID;
+    twl_status s = twl_batch_create(rt_, seqs.data(), n, max_tokens, &b);
+    Expect(s, {TWL_OK, TWL_INVALID_ARGUMENT, TWL_OUT_OF_MEMORY}, "twl_batch_create", rt_);
+    if (s != TWL_OK) return;
+    TRACE("bound batch of %d, max_tokens %d, longest %d\n", n, max_tokens, longest);
+    std::vector<uint16_t> k(size_t(n) * tok_), v(size_t(n) * tok_);
+    Rng rng(in_.U32());
+    FillHalf(&k, &rng, false);
+    FillHalf(&v, &rng, false);
+    if (in_.Pick(4) == 0) {
+      Expect(twl_batch_append(rt_, b, 0, k.data(), v.data(), TWL_DTYPE_FP16, nullptr),
+             {TWL_FAILED_PRECONDITION}, "twl_batch_append", rt_);
+    }
+    const int64_t used_before = PoolUsed();
+    s = twl_batch_reserve(rt_, b, nullptr);
+    if (max_tokens > longest) {
+      Expect(s, {TWL_OK, TWL_CAPACITY_EXHAUSTED, TWL_OUT_OF_MEMORY}, "twl_batch_reserve", rt_);
+    } else {
+      Expect(s, {TWL_FAILED_PRECONDITION}, "twl_batch_reserve", rt_);
+    }
+    if (s == TWL_OK) {
+      const int32_t bad = in_.Pick(2) ? -1 : cfg_.num_layers;
+      Expect(twl_batch_append(rt_, b, bad, k.data(), v.data(), TWL_DTYPE_FP16, nullptr),
+             {TWL_INVALID_ARGUMENT}, "twl_batch_append", rt_);
+      for (int32_t l = 0; l < cfg_.num_layers; ++l) {
+        FillHalf(&k, &rng, false);
+        FillHalf(&v, &rng, false);
+        Expect(twl_batch_append(rt_, b, l, k.data(), v.data(), TWL_DTYPE_FP16, nullptr),
+               {TWL_OK}, "twl_batch_append", rt_);
+        for (int32_t i = 0; i < n; ++i) {
+          SeqModel& m = model_.at(seqs[size_t(i)]);
+          const auto row = [&](const std::vector<uint16_t>& x) { return x.begin() + i * tok_; };
+          m.k[size_t(l)].insert(m.k[size_t(l)].end(), row(k), row(k) + tok_);
+          m.v[size_t(l)].insert(m.v[size_t(l)].end(), row(v), row(v) + tok_);
+        }
+        touched_.insert(l);
+      }
+    } else {
+      FUZZ_CHECK(PoolUsed() == used_before, "failed reservation changed pool use %lld -> %lld",
+                 (long long)used_before, (long long)PoolUsed());
+    }
+    Expect(twl_batch_free(rt_, b), {TWL_OK}, "twl_batch_free", rt_);
   }
 
   void OpFork() {
