@@ -722,6 +722,22 @@ absl::Status Runtime::ReserveBatchRows(int64_t batch, void* stream) {
     return absl::NotFoundError(absl::StrFormat("batch reserve: unknown batch %d", batch));
   }
   const int32_t n = b->num_seqs(), num_layers = config_.num_layers;
+  // max_tokens first, for every (layer, sequence), so that a batch with no room says so
+  // whatever the pool holds (and nothing is allocated for a call that cannot succeed).
+  for (int32_t l = 0; l < num_layers; ++l) {
+    for (int32_t i = 0; i < n; ++i) {
+      AppendPlan probe;
+      probe.seq = b->seqs[size_t(i)];
+      probe.layer = l;
+      probe.num_tokens = 1;
+      absl::StatusOr<int32_t> len = im.table->Length(probe.seq, l);
+      if (!len.ok()) return len.status();  // bound sequences exist: an invariant
+      probe.old_len = *len;
+      if (absl::Status c = im.bound.CheckAppend(probe); !c.ok()) {
+        return absl::FailedPreconditionError(absl::StrFormat("batch reserve: %s", c.message()));
+      }
+    }
+  }
   // Phase 1: one token's plan per (layer, sequence), all before anything is written.
   std::vector<AppendPlan> plans;
   plans.reserve(size_t(n) * size_t(num_layers));
@@ -742,10 +758,6 @@ absl::Status Runtime::ReserveBatchRows(int64_t batch, void* stream) {
                             plan.status().message())));
       }
       plans.push_back(std::move(*plan));
-      if (absl::Status c = im.bound.CheckAppend(plans.back()); !c.ok()) {
-        return abort(absl::FailedPreconditionError(
-            absl::StrFormat("batch reserve: %s", c.message())));
-      }
     }
   }
   // Phase 2: copy-on-write of shared partial pages (forks; rare).

@@ -435,6 +435,18 @@ TEST(ApiBoundBatchPool, ExhaustedPoolReservesNothing) {
   ASSERT_EQ(twl_sequence_length(rt.get(), b, 1, &len), TWL_OK);
   EXPECT_EQ(len, 3);
   EXPECT_EQ(twl_batch_free(rt.get(), batch), TWL_OK);
+  // No room under max_tokens comes first, whatever the pool holds (the fuzzer's find: the
+  // pool was reported when the sequence planned first needed a page).
+  twl_seq_id empty = TWL_INVALID_SEQ_ID, filler = TWL_INVALID_SEQ_ID;
+  ASSERT_EQ(twl_sequence_create(rt.get(), &empty), TWL_OK);
+  ASSERT_EQ(twl_sequence_create(rt.get(), &filler), TWL_OK);
+  ASSERT_EQ(AppendRandom(rt.get(), filler, 0, 8, c.num_kv_heads, c.head_dim, &rng), TWL_OK);
+  // The pool is full now; `empty` needs a page, `a` is at max_tokens (8).
+  const twl_seq_id ea[2] = {empty, a};
+  ASSERT_EQ(twl_batch_create(rt.get(), ea, 2, 8, &batch), TWL_OK);
+  EXPECT_EQ(twl_batch_reserve(rt.get(), batch, nullptr), TWL_FAILED_PRECONDITION);
+  EXPECT_NE(std::string(twl_runtime_last_error(rt.get())).find("max_tokens"), std::string::npos);
+  EXPECT_EQ(twl_batch_free(rt.get(), batch), TWL_OK);
 }
 
 TEST_F(ApiBoundBatch, RuntimeFreeReleasesBoundBatches) {
