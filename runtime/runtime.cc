@@ -191,6 +191,32 @@ struct Runtime::Impl {
     for (int32_t p : freed) backend->ReleasePage(p);
   }
 
+  // Gives back the pages of plans that will not be committed.
+  void AbortPlans(const std::vector<AppendPlan>& plans) {
+    std::vector<int32_t> freed;
+    for (const AppendPlan& p : plans) table->AbortAppend(p, &freed);
+    ReleasePages(freed);
+  }
+
+  // Copy-on-write of the shared partial pages the plans write into (forks; rare).
+  absl::Status CopySharedPages(const std::vector<AppendPlan>& plans) {
+    for (const AppendPlan& p : plans) {
+      if (!p.has_cow()) continue;
+      TWL_RETURN_IF_ERROR_RT(backend->CopyPage(p.cow_src, p.cow_dst, p.cow_rows));
+    }
+    return absl::OkStatus();
+  }
+
+  // A plan that found no free page: with a disk tier the ids span pool and tier, so running
+  // out means the disk tier is full; say so rather than "pool exhausted".
+  absl::Status NoPagesStatus(absl::Status st, int64_t tokens) const {
+    if (!disk_tier || !absl::IsResourceExhausted(st)) return st;
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "disk tier full: the host pool (%d pages) and the disk tier (%d records) hold %d "
+        "pages; %d are free, too few for %d more tokens",
+        host_slots, disk_records, num_pages, allocator->num_free(), tokens));
+  }
+
   // Installs append plans whose data is written (or, for a reservation, enqueued). Nothing
   // else mutates the table while the exclusive lock is held, so a commit cannot find its
   // sequence changed; the error is for a broken invariant (the rest are aborted then).
@@ -441,23 +467,14 @@ absl::Status Runtime::AppendImpl(const char* what, int32_t layer, absl::Span<con
   std::vector<AppendPlan> plans;
   plans.reserve(seqs.size());
   auto abort = [&](absl::Status s) {
-    std::vector<int32_t> freed;
-    for (const AppendPlan& p : plans) im.table->AbortAppend(p, &freed);
-    im.ReleasePages(freed);
+    im.AbortPlans(plans);
     return s;
   };
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (counts[i] == 0) continue;
     absl::StatusOr<AppendPlan> plan = im.table->PlanAppend(seqs[i], layer, counts[i]);
     if (!plan.ok()) {
-      absl::Status st = plan.status();
-      if (im.disk_tier && absl::IsResourceExhausted(st)) {
-        // The page ids span host pool and disk tier: when they run out, the disk tier is full.
-        st = absl::ResourceExhaustedError(absl::StrFormat(
-            "disk tier full: the host pool (%d pages) and the disk tier (%d records) hold %d "
-            "pages; %d are free, too few for %d more tokens",
-            im.host_slots, im.disk_records, im.num_pages, im.allocator->num_free(), counts[i]));
-      }
+      const absl::Status st = im.NoPagesStatus(plan.status(), counts[i]);
       return abort(absl::Status(
           st.code(), seqs.size() == 1
                          ? absl::StrFormat("%s: %s", what, st.message())
@@ -492,12 +509,7 @@ absl::Status Runtime::AppendImpl(const char* what, int32_t layer, absl::Span<con
     dtype_in = config_.kv_dtype;
   }
   // Phase 2: copy-on-write of shared partial pages (forks; rare).
-  for (const AppendPlan& p : plans) {
-    if (!p.has_cow()) continue;
-    if (absl::Status s = im.backend->CopyPage(p.cow_src, p.cow_dst, p.cow_rows); !s.ok()) {
-      return abort(s);
-    }
-  }
+  if (absl::Status s = im.CopySharedPages(plans); !s.ok()) return abort(s);
   // Phase 3: one backend call for every token of the batch (packed input order = plan order).
   AppendView view;
   std::vector<int32_t> page_id, slot;
@@ -742,9 +754,7 @@ absl::Status Runtime::ReserveBatchRows(int64_t batch, void* stream) {
   std::vector<AppendPlan> plans;
   plans.reserve(size_t(n) * size_t(num_layers));
   auto abort = [&](absl::Status s) {
-    std::vector<int32_t> freed;
-    for (const AppendPlan& p : plans) im.table->AbortAppend(p, &freed);
-    im.ReleasePages(freed);
+    im.AbortPlans(plans);
     return s;
   };
   for (int32_t l = 0; l < num_layers; ++l) {
@@ -752,21 +762,16 @@ absl::Status Runtime::ReserveBatchRows(int64_t batch, void* stream) {
       const SeqId seq = b->seqs[size_t(i)];
       absl::StatusOr<AppendPlan> plan = im.table->PlanAppend(seq, l, 1);
       if (!plan.ok()) {
+        const absl::Status st = im.NoPagesStatus(plan.status(), 1);
         return abort(absl::Status(
-            plan.status().code(),
-            absl::StrFormat("batch reserve: sequence %d (entry %d), layer %d: %s", seq, i, l,
-                            plan.status().message())));
+            st.code(), absl::StrFormat("batch reserve: sequence %d (entry %d), layer %d: %s",
+                                       seq, i, l, st.message())));
       }
       plans.push_back(std::move(*plan));
     }
   }
   // Phase 2: copy-on-write of shared partial pages (forks; rare).
-  for (const AppendPlan& p : plans) {
-    if (!p.has_cow()) continue;
-    if (absl::Status s = im.backend->CopyPage(p.cow_src, p.cow_dst, p.cow_rows); !s.ok()) {
-      return abort(s);
-    }
-  }
+  if (absl::Status s = im.CopySharedPages(plans); !s.ok()) return abort(s);
   // Phase 3: every batch's words these plans change, plus this batch's reserved rows, on the
   // device (on `stream`, ordered after the appends and steps issued so far).
   std::vector<std::vector<std::pair<BoundBatch*, TableWrite>>> writes(static_cast<size_t>(num_layers));
