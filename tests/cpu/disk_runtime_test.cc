@@ -551,4 +551,45 @@ TEST(DiskResidency, MorePagesThanTheSlotsPlusRecordsIsRejected) {
 }
 
 }  // namespace
+// A reservation takes one row per layer and member; when those need pages and pool and disk
+// tier are full, it says the disk tier is full (like an append) and takes nothing.
+TEST(DiskRuntime, ReservationOnAFullDiskTierSaysSoAndTakesNothing) {
+  TempDir dir("twl-disk-runtime");
+  const RuntimeConfig c = DiskConfig(dir.path(), 2, 4);
+  auto rt = MakeRuntime(c);
+  ASSERT_TRUE(rt);
+  RefStore st = MakeRandomStore(GeometryOf(c), c.num_q_heads, {256}, 83);
+  const SeqId a = *rt->CreateSequence();
+  // Whole pages, alternating layers, until no page is left.
+  int32_t len[2] = {0, 0};
+  for (int32_t layer = 0;; layer ^= 1) {
+    absl::Status s = AppendRange(*rt, a, layer, st, 0, len[layer], kPageSize);
+    if (!s.ok()) {
+      ASSERT_TRUE(absl::IsResourceExhausted(s)) << s;
+      break;
+    }
+    len[layer] += kPageSize;
+    ASSERT_LT(len[layer], 256);
+  }
+  ASSERT_GT(len[0] + len[1], 0);
+  absl::StatusOr<int64_t> batch = rt->BindBatch({a}, 64);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  const MemoryUsage before = rt->Memory();
+  absl::Status s = rt->ReserveBatchRows(*batch, nullptr);
+  EXPECT_TRUE(absl::IsResourceExhausted(s)) << s;
+  EXPECT_NE(s.message().find("disk tier full"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("batch reserve"), std::string::npos) << s;
+  for (int32_t layer : {0, 1}) EXPECT_EQ(*rt->SequenceLength(a, layer), len[layer]);
+  EXPECT_EQ(rt->Memory().host_pool_bytes_used, before.host_pool_bytes_used);
+  EXPECT_EQ(rt->Memory().disk_bytes, before.disk_bytes);
+  ExpectKv(*rt, a, 0, Prefix(st.k_in[0], st, len[0]), Prefix(st.v_in[0], st, len[0]));
+  // Freeing the sequence gives every page back; a later reservation then succeeds.
+  ASSERT_TRUE(rt->UnbindBatch(*batch).ok());
+  ASSERT_TRUE(rt->FreeSequence(a).ok());
+  const SeqId b = *rt->CreateSequence();
+  batch = rt->BindBatch({b}, 64);
+  ASSERT_TRUE(batch.ok()) << batch.status();
+  EXPECT_TRUE(rt->ReserveBatchRows(*batch, nullptr).ok());
+}
+
 }  // namespace twl
