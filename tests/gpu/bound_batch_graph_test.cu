@@ -10,7 +10,8 @@
 // resident: the plan ran, with the device step stamp, inside the graph), and binding is
 // refused (TWL_UNSUPPORTED, a message saying why) over a disk tier or with a cache of blocks.
 // Whole steps (reservation eager, appends and decodes replayed from one graph) equal a bound
-// twin's eager steps bit for bit.
+// twin's eager steps bit for bit. The Double Sparsity selector (device metadata updated by
+// every append, captured ones included) runs the same checks.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -33,7 +34,8 @@ constexpr int32_t kMaxTokens = 160;
 const int32_t kPrompt[kBatch] = {40, 70, 17};  // + 64 steps: 4 page boundaries each at page 16
 
 twl_runtime* MakeRuntime(twl_backend backend, float top_p, int32_t cache_rows = 0,
-                         const char* disk_dir = nullptr) {
+                         const char* disk_dir = nullptr,
+                         twl_selector selector = TWL_SELECTOR_DEFAULT) {
   twl_runtime_config c = twl_runtime_config_default();
   c.num_layers = kLayers;
   c.num_q_heads = kHq;
@@ -44,6 +46,11 @@ twl_runtime* MakeRuntime(twl_backend backend, float top_p, int32_t cache_rows = 
   c.dense_layers = 1;  // layer 0 takes the dense path, the others select -> prune -> attend
   c.collect_telemetry = 1;
   c.cache_rows = cache_rows;
+  c.selector = selector;
+  // Double Sparsity needs a cap: 3 of a sequence's pages by its outlier channels (plus the
+  // sink and the last page), so that the selector's device metadata (kept up to date by the
+  // appends, captured ones included) decides the candidates.
+  if (selector == TWL_SELECTOR_DOUBLE_SPARSITY) c.selector_budget_tokens = 48;
   if (disk_dir != nullptr) {
     c.host_pool_bytes = int64_t(8) << 20;
     c.disk_path = disk_dir;
@@ -54,16 +61,18 @@ twl_runtime* MakeRuntime(twl_backend backend, float top_p, int32_t cache_rows = 
   return rt;
 }
 
-// (backend, top_p)
-class BoundBatchGraph : public ::testing::TestWithParam<std::tuple<twl_backend, float>> {
+// (backend, top_p, selector)
+class BoundBatchGraph
+    : public ::testing::TestWithParam<std::tuple<twl_backend, float, twl_selector>> {
  protected:
   static twl_backend Backend() { return std::get<0>(GetParam()); }
   static float TopP() { return std::get<1>(GetParam()); }
+  static twl_selector Selector() { return std::get<2>(GetParam()); }
   void SetUp() override {
     if (!gpu::GpuAvailable()) GTEST_SKIP() << "no CUDA device visible: GPU test skipped";
     ASSERT_EQ(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), cudaSuccess);
-    rt_ = MakeRuntime(Backend(), TopP());
-    twin_ = MakeRuntime(Backend(), TopP());
+    rt_ = MakeRuntime(Backend(), TopP(), 0, nullptr, Selector());
+    twin_ = MakeRuntime(Backend(), TopP(), 0, nullptr, Selector());
     ASSERT_NE(rt_, nullptr);
     ASSERT_NE(twin_, nullptr);
     std::mt19937 rng(20261202);
@@ -446,14 +455,25 @@ TEST_P(BoundBatchGraph, AppendsAndBoundDecodesNeverWaitForTheGpu) {
   EXPECT_EQ(twl_batch_free(rt_, b), TWL_OK);
 }
 
+std::string ParamName(const ::testing::TestParamInfo<BoundBatchGraph::ParamType>& info) {
+  return std::string(std::get<0>(info.param) == TWL_BACKEND_GPU_HBM ? "Hbm" : "Offload") +
+         (std::get<1>(info.param) == 1.0f ? "Dense" : "TopP") +
+         (std::get<2>(info.param) == TWL_SELECTOR_DOUBLE_SPARSITY ? "DoubleSparsity" : "");
+}
+
 INSTANTIATE_TEST_SUITE_P(
     BackendTopP, BoundBatchGraph,
     ::testing::Combine(::testing::Values(TWL_BACKEND_GPU_HBM, TWL_BACKEND_GPU_OFFLOAD),
-                       ::testing::Values(0.95f, 1.0f)),
-    [](const ::testing::TestParamInfo<BoundBatchGraph::ParamType>& info) {
-      return std::string(std::get<0>(info.param) == TWL_BACKEND_GPU_HBM ? "Hbm" : "Offload") +
-             (std::get<1>(info.param) == 1.0f ? "Dense" : "TopP");
-    });
+                       ::testing::Values(0.95f, 1.0f), ::testing::Values(TWL_SELECTOR_DEFAULT)),
+    ParamName);
+
+// Double Sparsity keeps per-page metadata on the device that every append (eager or
+// captured) updates; its candidates depend on it, so a stale update shows as a different step.
+INSTANTIATE_TEST_SUITE_P(
+    DoubleSparsity, BoundBatchGraph,
+    ::testing::Combine(::testing::Values(TWL_BACKEND_GPU_HBM, TWL_BACKEND_GPU_OFFLOAD),
+                       ::testing::Values(0.95f), ::testing::Values(TWL_SELECTOR_DOUBLE_SPARSITY)),
+    ParamName);
 
 // The offload backend binds with its row cache only: over a disk tier, or with a GPU cache
 // of whole blocks, its fetch stage plans on the host and binding is refused with a reason.
