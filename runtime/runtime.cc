@@ -736,15 +736,16 @@ absl::Status Runtime::ReserveBatchRows(int64_t batch, void* stream) {
   const int32_t n = b->num_seqs(), num_layers = config_.num_layers;
   // max_tokens first, for every (layer, sequence), so that a batch with no room says so
   // whatever the pool holds (and nothing is allocated for a call that cannot succeed).
+  // The lengths come from the batch's host mirror, which follows every commit of its
+  // sequences (no table lookup or lock per row).
+  AppendPlan probe;
+  probe.num_tokens = 1;
   for (int32_t l = 0; l < num_layers; ++l) {
+    const int32_t* lens = b->Layer(l);
     for (int32_t i = 0; i < n; ++i) {
-      AppendPlan probe;
       probe.seq = b->seqs[size_t(i)];
       probe.layer = l;
-      probe.num_tokens = 1;
-      absl::StatusOr<int32_t> len = im.table->Length(probe.seq, l);
-      if (!len.ok()) return len.status();  // bound sequences exist: an invariant
-      probe.old_len = *len;
+      probe.old_len = lens[i];
       if (absl::Status c = im.bound.CheckAppend(probe); !c.ok()) {
         return absl::FailedPreconditionError(absl::StrFormat("batch reserve: %s", c.message()));
       }
