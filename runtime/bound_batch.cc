@@ -147,7 +147,7 @@ void BoundBatches::CollectWrites(const AppendPlan& plan,
 
 void BoundBatches::ApplyToMirror(BoundBatch* batch, int32_t layer,
                                  absl::Span<const TableWrite> w) {
-  int32_t* words = batch->Layer(layer);
+  int32_t* words = batch->Layer(layer == kAllBoundLayers ? 0 : layer);
   for (const TableWrite& x : w) words[x.index] = x.value;
 }
 

@@ -93,7 +93,8 @@ class BoundBatches {
   // segment's page, row_begin and row_end; src_token and stage never change).
   static void ReservedRowWrites(const BoundBatch& batch, int32_t entry, int32_t page,
                                 int32_t row, std::vector<TableWrite>* out);
-  // Applies writes of `layer` to a batch's host mirror.
+  // Applies writes of `layer` to a batch's host mirror (kAllBoundLayers: indices over every
+  // layer's words).
   static void ApplyToMirror(BoundBatch* batch, int32_t layer, absl::Span<const TableWrite> w);
 
  private:

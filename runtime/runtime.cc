@@ -775,33 +775,28 @@ absl::Status Runtime::ReserveBatchRows(int64_t batch, void* stream) {
   if (absl::Status s = im.CopySharedPages(plans); !s.ok()) return abort(s);
   // Phase 3: every batch's words these plans change, plus this batch's reserved rows, on the
   // device (on `stream`, ordered after the appends and steps issued so far).
-  std::vector<std::vector<std::pair<BoundBatch*, TableWrite>>> writes(static_cast<size_t>(num_layers));
+  // Indices over every layer's words (kAllBoundLayers): one launch per batch for all layers.
+  std::vector<std::pair<BoundBatch*, TableWrite>> writes;
   std::vector<TableWrite> rows;
   for (size_t k = 0; k < plans.size(); ++k) {
     const AppendPlan& p = plans[k];
-    auto& layer_writes = writes[size_t(p.layer)];
-    im.bound.CollectWrites(p, &layer_writes);
+    const size_t first = writes.size();
+    im.bound.CollectWrites(p, &writes);
     rows.clear();
     BoundBatches::ReservedRowWrites(*b, int32_t(k % size_t(n)), p.page_id[0], p.slot[0], &rows);
-    for (const TableWrite& w : rows) layer_writes.push_back({b, w});
-  }
-  // One launch per batch for every layer's words (indices over all layers).
-  std::vector<std::pair<BoundBatch*, TableWrite>> all_layers;
-  for (int32_t l = 0; l < num_layers; ++l) {
-    for (auto [bb, w] : writes[size_t(l)]) {
-      w.index = static_cast<int32_t>(w.index + l * bb->WordsPerLayer());
-      all_layers.push_back({bb, w});
+    for (const TableWrite& w : rows) writes.push_back({b, w});
+    for (size_t j = first; j < writes.size(); ++j) {
+      auto& [bb, w] = writes[j];
+      w.index = static_cast<int32_t>(w.index + int64_t(p.layer) * bb->WordsPerLayer());
     }
   }
-  if (absl::Status s = im.WriteBoundDevice(kAllBoundLayers, all_layers, stream); !s.ok()) {
+  if (absl::Status s = im.WriteBoundDevice(kAllBoundLayers, writes, stream); !s.ok()) {
     return abort(s);
   }
   // Phase 4: install, then the host mirrors.
   TWL_RETURN_IF_ERROR_RT(im.CommitPlans("batch reserve", plans));
-  for (int32_t l = 0; l < num_layers; ++l) {
-    for (const auto& [bb, w] : writes[size_t(l)]) {
-      BoundBatches::ApplyToMirror(bb, l, absl::MakeConstSpan(&w, 1));
-    }
+  for (const auto& [bb, w] : writes) {
+    BoundBatches::ApplyToMirror(bb, kAllBoundLayers, absl::MakeConstSpan(&w, 1));
   }
   b->reserved = true;
   return absl::OkStatus();
